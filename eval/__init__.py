@@ -1,0 +1,1 @@
+"""Evaluation: embedders, FAD/FD/KL/IS, CLAP score, reports."""

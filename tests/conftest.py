@@ -1,0 +1,70 @@
+"""Test-suite guards: no network, no hub, seeded, small thread count, --runslow for real-size checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class NetworkRefused(OSError):
+    pass
+
+
+def _refuse(*args, **kwargs):
+    raise NetworkRefused("network access is refused in tta's tests")
+
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    # Unix sockets (used by some local IPC) stay allowed; every inet connect is refused.
+    if self.family == getattr(socket, "AF_UNIX", None):
+        return _real_connect(self, address)
+    _refuse()
+
+
+socket.socket.connect = _guarded_connect
+socket.socket.connect_ex = lambda self, address: _refuse()
+socket.create_connection = _refuse
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    yield
+
+
+@pytest.fixture
+def repo_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]

@@ -1,0 +1,5 @@
+import sys
+
+from tta.cli import main
+
+sys.exit(main())

@@ -1,0 +1,285 @@
+"""Audio I/O and the one mel front end of tta.
+
+The mel contract is AudioLDM's 16 kHz / 64-bin front end (Liu et al. 2023; the reference `TacotronSTFT`):
+periodic Hann STFT with n_fft 1024, hop 160, magnitude (not power), librosa's Slaney mel matrix
+(0-8 kHz, area-normalised), natural log of clamp(mel, 1e-5). The waveform is reflect-padded by
+(n_fft - hop) / 2 samples on each side and framed with center=False, so 163 840 samples give 1024 frames.
+Every component (VAE, vocoder, CLAP audio tower) carries a `MelConfig` and calls `log_mel`; there is no
+second mel implementation anywhere in the project.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+log = logging.getLogger(__name__)
+
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 192_000
+
+
+class AudioError(ValueError):
+    """An audio file or buffer that cannot be used; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    sample_rate: int = 16_000
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float = 8_000.0
+    log_floor: float = 1e-5  # clamp(mel, min=log_floor) before the natural log
+
+    def __post_init__(self) -> None:
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            raise ValueError(f"mel.sample_rate={self.sample_rate} must be in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"mel.win_length={self.win_length} must be <= mel.n_fft={self.n_fft}")
+        if not 0 < self.hop_length <= self.win_length:
+            raise ValueError(f"mel.hop_length={self.hop_length} must be in (0, win_length={self.win_length}]")
+        if (self.n_fft - self.hop_length) % 2:
+            raise ValueError(f"mel.n_fft - mel.hop_length = {self.n_fft - self.hop_length} must be even "
+                             "(it is split into equal reflect pads)")
+        if self.n_mels <= 0:
+            raise ValueError(f"mel.n_mels={self.n_mels} must be positive")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(f"mel band [{self.f_min}, {self.f_max}] Hz must satisfy "
+                             f"0 <= f_min < f_max <= sample_rate/2 = {self.sample_rate / 2}")
+        if self.log_floor <= 0:
+            raise ValueError(f"mel.log_floor={self.log_floor} must be > 0")
+
+    @property
+    def pad(self) -> int:
+        """Reflect padding on each side of the waveform, in samples."""
+        return (self.n_fft - self.hop_length) // 2
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames `log_mel` returns for `num_samples` samples."""
+        return (num_samples + 2 * self.pad - self.n_fft) // self.hop_length + 1
+
+    def num_samples(self, num_frames: int) -> int:
+        """Samples a vocoder produces from `num_frames` frames (hop_length per frame)."""
+        return num_frames * self.hop_length
+
+    def diff(self, other: "MelConfig") -> list[str]:
+        """Names of the fields where two mel configs disagree, as 'field: a != b'."""
+        out = []
+        for name in self.__dataclass_fields__:
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b:
+                out.append(f"{name}: {a} != {b}")
+        return out
+
+
+def check_same_mel(a: MelConfig, b: MelConfig, what_a: str, what_b: str) -> None:
+    """Raise a ValueError naming the differing fields when two components live in different mel spaces."""
+    diffs = a.diff(b)
+    if diffs:
+        raise ValueError(f"mel config of {what_a} differs from {what_b}: " + "; ".join(diffs))
+
+
+# --------------------------------------------------------------------------------------------- mel
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_basis_np(config: MelConfig) -> np.ndarray:
+    import librosa  # heavy import (numba); deferred until the first mel is computed
+
+    return librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
+                               fmin=config.f_min, fmax=config.f_max, htk=False, norm="slaney").astype(np.float32)
+
+
+def mel_basis(config: MelConfig):
+    """(n_mels, n_fft // 2 + 1) float32 torch tensor: librosa's Slaney mel matrix for `config`."""
+    import torch
+
+    return torch.from_numpy(_mel_basis_np(config))
+
+
+_basis_cache: dict = {}
+
+
+def _cached_tensors(config: MelConfig, device, dtype):
+    import torch
+
+    key = (config, str(device), dtype)
+    if key not in _basis_cache:
+        window = torch.hann_window(config.win_length, periodic=True, dtype=dtype, device=device)
+        basis = mel_basis(config).to(device=device, dtype=dtype)
+        _basis_cache[key] = (window, basis)
+    return _basis_cache[key]
+
+
+def log_mel(wav, config: MelConfig = MelConfig()):
+    """Log-mel spectrogram of the mel contract.
+
+    wav: (T,) or (B, T) float audio at `config.sample_rate` (torch tensor or numpy array), any device.
+    Returns (B, n_mels, frames) float tensor on the same device, frames = config.num_frames(T).
+    """
+    import torch
+
+    x = torch.as_tensor(wav)
+    if not torch.is_floating_point(x):
+        raise AudioError(f"log_mel expects float audio, got dtype {x.dtype}")
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        x = x.float()
+    if x.ndim == 1:
+        x = x.unsqueeze(0)
+    if x.ndim != 2:
+        raise AudioError(f"log_mel expects wav of shape (T,) or (B, T), got {tuple(x.shape)}")
+    if x.shape[-1] <= config.pad:
+        raise AudioError(f"audio of {x.shape[-1]} samples is shorter than one mel frame "
+                         f"(needs more than {config.pad} samples at {config.sample_rate} Hz)")
+    if not bool(torch.isfinite(x).all()):
+        raise AudioError("log_mel got non-finite samples (NaN or inf)")
+    window, basis = _cached_tensors(config, x.device, x.dtype)
+    x = torch.nn.functional.pad(x.unsqueeze(1), (config.pad, config.pad), mode="reflect").squeeze(1)
+    spec = torch.stft(x, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
+                      window=window, center=False, return_complex=True)
+    magnitude = spec.abs()  # (B, n_fft//2+1, frames)
+    mel = torch.matmul(basis, magnitude)
+    return torch.log(torch.clamp(mel, min=config.log_floor))
+
+
+# ------------------------------------------------------------------------------------------- wav IO
+
+
+def normalize_wav(wav: np.ndarray, peak: float = 0.5) -> np.ndarray:
+    """Remove DC and scale to |max| = `peak` (AudioLDM's loader). Digital silence is returned unchanged."""
+    wav = wav - wav.mean()
+    top = float(np.max(np.abs(wav))) if wav.size else 0.0
+    if top > 0:
+        wav = wav * (peak / top)
+    return wav.astype(np.float32)
+
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample (T,) or (T, C) float audio with soxr (VHQ)."""
+    if orig_sr == target_sr:
+        return wav
+    import soxr
+
+    return soxr.resample(wav, orig_sr, target_sr, quality="VHQ").astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    sample_rate: int
+    channels: int
+    num_samples: int
+    format: str
+    subtype: str
+
+    @property
+    def seconds(self) -> float:
+        return self.num_samples / self.sample_rate
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Header facts of an audio file, with the same checks as `load_audio` for missing/empty/undecodable."""
+    path = _check_path(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError with its own text
+        raise AudioError(f"{path}: not a readable audio file ({_sf_reason(e)})") from None
+    return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, normalize: bool = False,
+               start_seconds: float = 0.0, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Read anything libsndfile reads, mix to mono, optionally resample / normalise.
+
+    Returns (wav (T,) float32, sample_rate). Raises AudioError naming the file for missing, empty,
+    undecodable, truncated, zero-length or non-finite audio, and for sample rates outside 8-192 kHz.
+    """
+    path = _check_path(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            sr = int(f.samplerate)
+            if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+                raise AudioError(f"{path}: sample rate {sr} Hz is outside the supported "
+                                 f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+            start = int(round(start_seconds * sr))
+            if start:
+                f.seek(min(start, max(f.frames, 0)))
+            frames = -1 if max_seconds is None else int(round(max_seconds * sr))
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(f"{path}: not a readable audio file ({_sf_reason(e)})") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: contains 0 samples")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: contains non-finite samples (NaN or inf)")
+    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if sample_rate is not None and sample_rate != sr:
+        wav = resample(wav, sr, sample_rate)
+        sr = sample_rate
+    if normalize:
+        wav = normalize_wav(wav)
+    return wav, sr
+
+
+def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    """Write (T,) mono audio atomically (temp file + rename): a kill never leaves a half-written file.
+
+    The format follows the suffix (wav, flac, ogg); samples are clipped to [-1, 1].
+    """
+    from tta.checkpoint import atomic_path
+
+    arr = np.asarray(wav.detach().cpu().numpy() if hasattr(wav, "detach") else wav, dtype=np.float32)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise AudioError(f"{path}: save_audio expects mono (T,) audio, got shape {arr.shape}")
+    if arr.size == 0:
+        raise AudioError(f"{path}: refusing to write 0 samples")
+    if not np.isfinite(arr).all():
+        raise AudioError(f"{path}: refusing to write non-finite samples")
+    path = Path(path)
+    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())
+    if fmt is None:
+        raise AudioError(f"{path}: unsupported output suffix {path.suffix!r} (expected .wav, .flac or .ogg)")
+    if fmt == "OGG":
+        subtype = "VORBIS"
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(arr, -1.0, 1.0), sample_rate, subtype=subtype, format=fmt)
+    return path
+
+
+def _check_path(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: file not found")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, expected an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    return path
+
+
+def _sf_reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return text.replace("Error opening", "cannot open").strip()
+
+
+def seconds_to_samples(seconds: float, sample_rate: int) -> int:
+    return int(math.floor(seconds * sample_rate + 0.5))

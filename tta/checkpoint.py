@@ -1,0 +1,255 @@
+"""Component folders, training state and foreign checkpoints.
+
+A component folder is `config.json` = {"class": "<module>.<Class>", "format_version": 1, "config": {...}}
+plus `model.safetensors`. Training state for `--resume` (optimizer, RNG, data position, step) is a
+separate `train_state.pt`, read back with `torch.load(weights_only=True)`. Every write is atomic: files
+go to a temporary name in the same folder and are renamed into place, folders are assembled under a
+temporary name and renamed, so a kill never leaves a half-written file or folder that loads.
+Foreign `.ckpt/.pt/.pth/.bin` files are only ever read with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TRAIN_STATE_NAME = "train_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the folder/file and what was expected."""
+
+
+# ------------------------------------------------------------------------------------ atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` as a whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# ------------------------------------------------------------------------------- component folders
+
+
+def class_path(obj_or_cls: Any) -> str:
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def write_component_config(folder: str | os.PathLike, class_name: str, config: Any) -> Path:
+    from tta.config import to_dict
+
+    body = {"class": class_name, "format_version": FORMAT_VERSION, "config": to_dict(config)}
+    return atomic_write_text(Path(folder) / CONFIG_NAME, json.dumps(body, indent=2) + "\n")
+
+
+def save_component(folder: str | os.PathLike, model: Any, config: Any | None = None, *,
+                   class_name: str | None = None, dtype=None) -> Path:
+    """Write `model` (an nn.Module with a `.config` dataclass, or pass `config`) as a component folder.
+
+    dtype: optionally store floating tensors in another dtype (e.g. torch.float16 for release weights).
+    """
+    from safetensors.torch import save_file
+
+    config = config if config is not None else getattr(model, "config")
+    class_name = class_name or class_path(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    state = _untie(state)
+    with atomic_dir(folder) as tmp:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "class": class_name})
+        write_component_config(tmp, class_name, config)
+    return Path(folder)
+
+
+def read_component_config(folder: str | os.PathLike, expected_class: str | None = None) -> dict:
+    """Parse `folder/config.json`; check the class when `expected_class` is given."""
+    folder = Path(folder)
+    cfg_path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: component folder not found")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not a tta component folder)")
+    try:
+        body = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(body, dict) or not {"class", "format_version", "config"} <= set(body):
+        raise CheckpointError(f"{cfg_path}: expected keys class, format_version, config")
+    if body["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path}: format_version {body['format_version']} is not supported "
+                              f"(this tta reads {FORMAT_VERSION})")
+    if expected_class is not None and body["class"] != expected_class:
+        raise CheckpointError(f"{folder}: holds a {body['class']}, expected a {expected_class}")
+    return body
+
+
+def load_state_dict(path: str | os.PathLike) -> dict:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
+
+
+def load_component(folder: str | os.PathLike, cls: type | None = None, *, device="cpu", strict: bool = True):
+    """Load a component folder into a fresh model.
+
+    With `cls` the folder must hold exactly that class; without it the class named in config.json is
+    imported (it must live in one of tta's own packages). The model class must define `config_class`
+    (the config dataclass) and be constructible as `cls(config)`. Returns the model in eval mode.
+    """
+    from tta.config import ConfigError, from_dict
+
+    body = read_component_config(folder, class_path(cls) if cls is not None else None)
+    if cls is None:
+        cls = import_class(body["class"])
+    try:
+        config = from_dict(cls.config_class, body["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{Path(folder) / CONFIG_NAME}: {e}") from None
+    model = cls(config)
+    state = load_state_dict(Path(folder) / WEIGHTS_NAME)
+    load_into(model, state, where=str(folder), strict=strict)
+    return model.to(device).eval()
+
+
+def load_into(model: Any, state: dict, *, where: str, strict: bool = True) -> None:
+    """load_state_dict with an error that lists the first missing/unexpected/mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if shapes or (strict and (missing or unexpected)):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:5])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:5])})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (first: {'; '.join(shapes[:3])})")
+        raise CheckpointError(f"{where}: weights do not match {type(model).__name__}: " + "; ".join(parts))
+    own_dtypes = {k: v.dtype for k, v in own.items()}
+    state = {k: (v.to(own_dtypes[k]) if k in own_dtypes and v.is_floating_point() else v) for k, v in state.items()}
+    model.load_state_dict(state, strict=strict)
+
+
+_TTA_PACKAGES = ("tta", "vae", "vocoder", "eval")
+
+
+def import_class(name: str) -> type:
+    """Import a class by dotted path, restricted to tta's own packages (config.json is data, not code)."""
+    module_name, _, attr = name.rpartition(".")
+    if not module_name or module_name.split(".")[0] not in _TTA_PACKAGES:
+        raise CheckpointError(f"class {name!r} is not a tta class (expected one of the packages "
+                              f"{', '.join(_TTA_PACKAGES)})")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"class {name!r} does not exist in this version of tta") from None
+
+
+def _untie(state: dict) -> dict:
+    """safetensors refuses shared storage: clone tensors that alias another tensor."""
+    seen: dict = {}
+    out = {}
+    for k, v in state.items():
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.numel() else None
+        if ptr is not None and ptr in seen:
+            v = v.clone()
+        elif ptr is not None:
+            seen[ptr] = k
+        out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------------------ train state / foreign
+
+
+def save_train_state(path: str | os.PathLike, state: dict) -> Path:
+    """torch.save a resume state (tensors, numbers, strings, lists, dicts only) atomically."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(state, str(tmp))
+    return Path(path)
+
+
+def load_train_state(path: str | os.PathLike) -> dict:
+    return load_torch_file(path)
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """Read a .ckpt/.pt/.pth/.bin with weights_only=True (no arbitrary unpickling), with a clear error."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes)")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({reason[:300]})") from None

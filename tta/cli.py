@@ -1,0 +1,151 @@
+"""The `tta` command: parse arguments, configure logging, dispatch. No logic lives here.
+
+Exit codes: 0 ok; 1 a user-facing error printed as one line (the traceback only with -v); 2 bad usage.
+Heavy modules (torch, diffusers, ...) are imported inside each handler so `tta --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from tta import __version__
+
+log = logging.getLogger("tta")
+
+# `tta train KIND` -> module exposing `RunConfig` (the run's config dataclass) and
+# `train(config, out, *, resume, progress) -> Path` (returns the final/ folder).
+TRAINERS = {
+    "vae": "vae.train",
+    "vocoder": "vocoder.train",
+    "clap": "tta.clap.train",
+    "ldm": "tta.ldm.train",
+}
+
+
+class UsageError(Exception):
+    """Bad combination of arguments (exit 2)."""
+
+
+# ---------------------------------------------------------------------------------------- handlers
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tta.config import apply_overrides, load_config
+
+    try:
+        module = importlib.import_module(TRAINERS[args.kind])
+    except ModuleNotFoundError as e:
+        if e.name and TRAINERS[args.kind].startswith(e.name):
+            raise RuntimeError(f"tta train {args.kind}: this component is not part of this tta build yet") from None
+        raise
+    config = apply_overrides(load_config(module.RunConfig, args.config), args.set or [])
+    final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)
+    print(final)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    try:
+        generate = importlib.import_module("tta.generate")
+    except ModuleNotFoundError as e:
+        if e.name in ("tta.generate", "tta.pipeline"):
+            raise RuntimeError("tta generate: the generation pipeline and the embedded default model are not "
+                               "built yet in this version of tta (see the README's status)") from None
+        raise
+    return generate.main(args)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tta.data import commands
+
+    return commands.run(args)
+
+
+# ----------------------------------------------------------------------------------------- parsers
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a component (vae, vocoder, clap, ldm) on a manifest",
+                       description="Train a component. The run folder gets config.json (fully resolved), "
+                                   "metrics.jsonl, checkpoints/step_N/ and final/.")
+    p.add_argument("kind", choices=sorted(TRAINERS), help="which component to train")
+    p.add_argument("--config", required=True, type=Path, help="run config JSON (e.g. configs/vae/tiny.json)")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.max_steps=100 (repeatable; JSON values)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="turn prompts into wav files",
+                       description="Generate audio from text prompts with a tta pipeline folder "
+                                   "(default: the embedded model).")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT")
+    p.add_argument("-o", "--output", type=Path, help="output wav (one prompt)")
+    p.add_argument("--out-dir", type=Path, help="output folder (many prompts)")
+    p.add_argument("--prompts", dest="prompts_file", type=Path, help="txt (one per line), CSV or JSONL file")
+    p.add_argument("--model", type=Path, help="pipeline folder (default: the embedded model)")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--negative", default="")
+    p.add_argument("--candidates", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_data(sub) -> None:
+    from tta.data.commands import add_parsers
+
+    p = sub.add_parser("data", help="build and validate manifests (import, check, recipe)")
+    add_parsers(p)
+    p.set_defaults(func=cmd_data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tta", description="tta: offline-first text-to-audio toolkit "
+                                     "(mel-VAE + CLAP-conditioned latent diffusion + HiFi-GAN).")
+    parser.add_argument("--version", action="version", version=f"tta {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_generate(sub)
+    _add_data(sub)
+    _add_train(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for noisy in ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        parser.error(str(e))
+    except KeyboardInterrupt:
+        print("tta: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the one place a user-facing error is turned into a line and an exit code
+        if args.verbose:
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"tta: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Frozen dataclass configs <-> strict JSON, and `--set a.b=value` overrides.
+
+Every setting lives in a frozen dataclass next to the class it configures. JSON on disk is strict:
+an unknown key, a value of the wrong type or a missing required key raises `ConfigError` naming the
+dotted key and what was expected (for unknown keys: the valid keys). Overrides go through exactly the
+same path, so `--set train.lr=abc` fails like a bad JSON file would. Invariants are checked by each
+dataclass's `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the dataclass; the message names the key."""
+
+
+def to_dict(obj: Any) -> Any:
+    """Fully resolved plain-JSON form of a config dataclass (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def from_dict(cls: type[T], data: Any, *, where: str = "") -> T:
+    """Build dataclass `cls` from `data`, strictly. `where` prefixes key names in errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected an object for {cls.__name__}, got {_tname(data)}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key {_join(where, unknown[0])!r} for {cls.__name__}; "
+                          f"valid keys: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = _join(where, name)
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required config key {key!r} ({_type_name(hints[name])})")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {_tname(value)} {value!r}")
+    if origin is typing.Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"config key {key!r}: expected one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where=key)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list ({_type_name(tp)}), got {_tname(value)} {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"config key {key!r}: expected {len(args)} items, got {len(value)}")
+            items = [_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value))]
+        else:
+            elem = args[0] if args else Any
+            items = [_convert(elem, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected an object, got {_tname(value)} {value!r}")
+        _, vt = get_args(tp) or (str, Any)
+        return {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"config key {key!r}: unsupported field type {tp!r}")
+    raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {_tname(value)} {value!r}")
+
+
+def load_config(cls: type[T], path: str | os.PathLike) -> T:
+    """Read a strict JSON config file into `cls`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def save_config(obj: Any, path: str | os.PathLike) -> Path:
+    """Write the fully resolved config as pretty JSON, atomically."""
+    from tta.checkpoint import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(to_dict(obj), indent=2, sort_keys=False) + "\n")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=value' -> (['a', 'b'], value). The value is JSON when it parses as JSON, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(obj: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """Return a new config with `a.b=value` overrides applied and validated like a JSON file."""
+    if not overrides:
+        return obj
+    data = to_dict(obj)
+    for text in overrides:
+        path, value = parse_override(text)
+        node, cls = data, type(obj)
+        for i, part in enumerate(path):
+            fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+            if part not in fields or not isinstance(node, dict):
+                prefix = ".".join(path[:i]) or "<top>"
+                valid = ", ".join(sorted(fields)) if fields else "(none: not an object)"
+                raise ConfigError(f"override {text!r}: unknown config key {'.'.join(path[:i + 1])!r}; "
+                                  f"valid keys under {prefix}: {valid}")
+            if i == len(path) - 1:
+                node[part] = value
+            else:
+                cls = _dataclass_of(get_type_hints(cls)[part])
+                node = node[part]
+    return from_dict(type(obj), data)
+
+
+def replace(obj: T, **changes: Any) -> T:
+    return dataclasses.replace(obj, **changes)
+
+
+def _dataclass_of(tp: Any) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _tname(value: Any) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (tuple, list):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))

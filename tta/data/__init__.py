@@ -1,0 +1,1 @@
+"""Manifests, importers, datasets and offline corpus recipes."""

@@ -1,0 +1,192 @@
+"""The JSONL manifest: one audio clip per line, the contract every dataset, importer and recipe shares.
+
+A row: {"id", "path", "captions": [...], "seconds", "sample_rate", "split", "source", "licence",
+"labels": [...], "category"}. `path` is stored relative to the manifest's folder when the file lies under
+it, absolute otherwise; `resolve_path` turns it back into a usable path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from tta.checkpoint import atomic_path
+
+SPLITS = ("train", "valid", "test")
+
+
+class ManifestError(ValueError):
+    """A manifest file or row that does not fit the schema; the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    id: str
+    path: str
+    captions: tuple[str, ...]
+    seconds: float
+    sample_rate: int
+    split: str = "train"
+    source: str = ""
+    licence: str = ""
+    labels: tuple[str, ...] = ()
+    category: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ManifestError("field 'id' is empty")
+        if not self.path:
+            raise ManifestError(f"row {self.id!r}: field 'path' is empty")
+        if not self.captions or not all(isinstance(c, str) and c.strip() for c in self.captions):
+            raise ManifestError(f"row {self.id!r}: field 'captions' needs at least one non-empty caption")
+        if self.split not in SPLITS:
+            raise ManifestError(f"row {self.id!r}: field 'split' is {self.split!r}, expected one of {SPLITS}")
+        if not self.seconds >= 0:
+            raise ManifestError(f"row {self.id!r}: field 'seconds' is {self.seconds}, expected >= 0")
+        if self.sample_rate <= 0:
+            raise ManifestError(f"row {self.id!r}: field 'sample_rate' is {self.sample_rate}, expected > 0")
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["captions"] = list(self.captions)
+        d["labels"] = list(self.labels)
+        if d["category"] is None:
+            del d["category"]
+        return d
+
+
+_REQUIRED = ("id", "path", "captions", "seconds", "sample_rate")
+_TYPES = {"id": str, "path": str, "seconds": (int, float), "sample_rate": int, "split": str, "source": str,
+          "licence": str, "category": (str, type(None))}
+
+
+def row_from_json(obj: object, *, where: str) -> ManifestRow:
+    """Validate one decoded JSON object into a ManifestRow (a lone "caption" string is accepted)."""
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    obj = dict(obj)
+    if "caption" in obj and "captions" not in obj:
+        obj["captions"] = [obj.pop("caption")]
+    known = {f.name for f in dataclasses.fields(ManifestRow)}
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise ManifestError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(sorted(known))}")
+    for name in _REQUIRED:
+        if name not in obj:
+            raise ManifestError(f"{where}: missing field {name!r}")
+    for name, tp in _TYPES.items():
+        if name in obj and (not isinstance(obj[name], tp) or isinstance(obj[name], bool)):
+            raise ManifestError(f"{where}: field {name!r} has type {type(obj[name]).__name__}, "
+                                f"expected {getattr(tp, '__name__', 'number' if name == 'seconds' else 'string or null')}")
+    for name in ("captions", "labels"):
+        if name in obj:
+            value = obj[name]
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+                raise ManifestError(f"{where}: field {name!r} must be a list of strings")
+            obj[name] = tuple(value)
+    obj["seconds"] = float(obj["seconds"])
+    try:
+        return ManifestRow(**obj)
+    except ManifestError as e:
+        raise ManifestError(f"{where}: {e}") from None
+
+
+def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -> list[ManifestRow]:
+    """Read a JSONL manifest.
+
+    Strict by default: the first bad line raises ManifestError naming file and line. Pass a list as
+    `errors` to collect one message per bad line (bad JSON, missing caption, duplicate id, ...) and keep
+    the good rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    rows: list[ManifestRow] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ManifestError(f"{where}: broken JSON ({e.msg} at column {e.colno})") from None
+                row = row_from_json(obj, where=where)
+                if row.id in seen:
+                    raise ManifestError(f"{where}: duplicate id {row.id!r} (first on line {seen[row.id]})")
+                seen[row.id] = lineno
+                rows.append(row)
+            except ManifestError as e:
+                if errors is None:
+                    raise
+                errors.append(str(e))
+    return rows
+
+
+def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path:
+    """Write rows as JSONL atomically; paths under the manifest's folder are stored relative to it."""
+    path = Path(path)
+    base = path.parent.resolve()
+    ids: set[str] = set()
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            if row.id in ids:
+                raise ManifestError(f"{path}: duplicate id {row.id!r}")
+            ids.add(row.id)
+            d = row.to_json()
+            d["path"] = relative_path(row.path, base)
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    return path
+
+
+def relative_path(p: str, base: Path) -> str:
+    ap = Path(p)
+    if not ap.is_absolute():
+        return p
+    try:
+        return str(ap.resolve().relative_to(base))
+    except ValueError:
+        return str(ap)
+
+
+def resolve_path(row: ManifestRow, manifest_path: str | os.PathLike) -> Path:
+    """Absolute path of a row's audio (relative paths are relative to the manifest's folder)."""
+    p = Path(row.path)
+    return p if p.is_absolute() else Path(manifest_path).resolve().parent / p
+
+
+def split_rows(rows: list[ManifestRow], split: str) -> list[ManifestRow]:
+    if split not in SPLITS:
+        raise ManifestError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return [r for r in rows if r.split == split]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training data comes from and how clips are cut; nested in every training config."""
+
+    manifest: str = ""                 # JSONL manifest path ("" = must be set with --set data.manifest=...)
+    train_split: str = "train"
+    valid_split: str = "valid"
+    segment_seconds: float = 10.24     # crop/pad length; 10.24 s = 1024 mel frames at 16 kHz / hop 160
+    normalize: bool = True             # DC removal + peak 0.5 (AudioLDM's loader)
+    cache_dir: str = ""                # optional folder for resampled-audio cache ("" = no cache)
+    num_workers: int = 0
+    extra_manifests: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.segment_seconds <= 0:
+            raise ValueError(f"data.segment_seconds={self.segment_seconds} must be > 0")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
+        for s in (self.train_split, self.valid_split):
+            if s not in SPLITS:
+                raise ValueError(f"data split {s!r} must be one of {SPLITS}")

@@ -1,0 +1,487 @@
+"""Shared training-loop machinery: accelerate setup, run folder, EMA, checkpoints, bit-exact resume.
+
+A run folder holds `config.json` (the fully resolved run config), `metrics.jsonl` (one JSON object per
+logged step), `checkpoints/step_N/` (one component folder per tracked module + `train_state.pt`) and
+`final/` (the release artifact). The same loop runs as one CPU process or under `accelerate launch` on
+many GPUs.
+
+Resume is bit-exact on CPU because everything random is either restored or derived from the step:
+model/optimizer/scheduler/EMA state, torch/numpy/python RNG states, and the data order, which comes from
+`ResumableSampler` — a deterministic stream of (index, item_seed) pairs that can start at any position.
+
+Usage inside a component's train.py:
+
+    run = TrainingRun(out, cfg, cfg.train, resume=resume, progress=progress)
+    model = ...; opt = ...
+    model, opt = run.prepare(model, opt)
+    run.track(model=model, optimizer=opt)          # what checkpoints hold (name -> object)
+    run.restore()                                   # no-op for a fresh run
+    for batch in run.batches(dataset, collate_fn):  # stops at train.max_steps
+        with run.accumulate(model):
+            loss = ...; run.backward(loss); run.clip_grad(model); opt.step(); opt.zero_grad()
+        run.end_step(loss=loss.item())              # logs, EMA, checkpoint cadence
+        if run.should(cfg.train.validate_every): ...validate...
+    run.finish(model)                               # writes final/ (EMA weights when EMA is on)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from tta.checkpoint import (TRAIN_STATE_NAME, atomic_dir, load_component, load_into, load_state_dict,
+                            load_train_state, save_component, save_train_state, WEIGHTS_NAME)
+from tta.config import save_config, to_dict
+
+log = logging.getLogger(__name__)
+
+
+class RunError(ValueError):
+    """A run folder that cannot be started or resumed as asked."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    max_steps: int = 10_000
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0                   # max global grad norm; 0 disables clipping
+    warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema_decay: float = 0.0                   # 0 disables EMA; AudioLDM's LDM uses 0.9999
+    log_every: int = 10
+    validate_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3                # older step_N folders are deleted; 0 keeps all
+    cpu: bool = False                        # force CPU even when an accelerator is present
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every",
+                     "validate_every", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name}={getattr(self, name)} must be > 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay={self.ema_decay} must be in [0, 1)")
+        if self.learning_rate <= 0:
+            raise ValueError(f"train.learning_rate={self.learning_rate} must be > 0")
+        if self.grad_clip < 0 or self.warmup_steps < 0 or self.keep_checkpoints < 0:
+            raise ValueError("train.grad_clip, train.warmup_steps and train.keep_checkpoints must be >= 0")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=train.learning_rate, betas=train.adam_betas,
+                             weight_decay=train.weight_decay)
+
+
+def make_warmup_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig):
+    """Linear warm-up to the base LR over train.warmup_steps, then constant."""
+    warm = train.warmup_steps
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Endless deterministic stream of (index, item_seed) pairs over `num_items` items.
+
+    Epoch e is a permutation drawn from seed + e; item_seed is derived from (seed, position) so random
+    crops/augmentations are reproducible without any worker RNG state. `start` is the position (in
+    samples, counted over all processes) to begin at; with several processes each takes every
+    `world_size`-th item from `rank`.
+    """
+
+    def __init__(self, num_items: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
+        if num_items <= 0:
+            raise RunError("the training split is empty: no items to sample")
+        self.num_items, self.seed, self.start = num_items, seed, start
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+
+    def _perm(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.num_items))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_items, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        pos = self.start
+        epoch, offset = divmod(pos, self.num_items)
+        perm = self._perm(epoch)
+        while True:
+            if pos % self.world_size == self.rank:
+                item_seed = (self.seed * 2_654_435_761 + pos * 40_503 + 12_345) % 2**63
+                yield perm[offset], item_seed
+            pos += 1
+            offset += 1
+            if offset == self.num_items:
+                epoch, offset = epoch + 1, 0
+                perm = self._perm(epoch)
+
+
+# -------------------------------------------------------------------------------------------- EMA
+
+
+class EMA:
+    """Exponential moving average of a module's floating parameters and buffers (with LDM's warm-up:
+    decay_t = min(decay, (1 + t) / (10 + t)))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
+                       if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+
+    def averaged(self, model: nn.Module) -> nn.Module:
+        """A copy of `model` carrying the averaged weights."""
+        out = copy.deepcopy(model)
+        state = out.state_dict()
+        for k, v in self.shadow.items():
+            state[k].copy_(v.to(state[k].dtype))
+        return out
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.num_updates = state["num_updates"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+# ----------------------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_gauss": random.getstate()[2],
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+class TrainingRun:
+    def __init__(self, out_dir: str | os.PathLike, config: Any, train: TrainConfig, *, resume: bool = False,
+                 progress: bool = True):
+        from accelerate import Accelerator
+
+        self.out = Path(out_dir)
+        self.config = config
+        self.train = train
+        self.progress = progress
+        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=train.cpu,
+                                       gradient_accumulation_steps=train.gradient_accumulation_steps)
+        self.step = 0               # optimizer steps done
+        self.micro_step = 0         # batches consumed by this process
+        self.data_position = 0      # samples consumed over all processes (sampler position)
+        self._modules: dict[str, nn.Module] = {}
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._schedulers: dict[str, Any] = {}
+        self._emas: dict[str, EMA] = {}
+        self._bar = None
+        self._last_logged: dict[str, float] = {}
+        self._t0 = time.time()
+        self._check_folder(resume)
+        self.resume = resume
+        seed_everything(train.seed)
+
+    # -- folder ----------------------------------------------------------------------------------
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def _check_folder(self, resume: bool) -> None:
+        cfg_path = self.out / "config.json"
+        resolved = to_dict(self.config)
+        if resume:
+            if not cfg_path.is_file():
+                raise RunError(f"{self.out}: nothing to resume (no config.json); start without --resume")
+            saved = json.loads(cfg_path.read_text())
+            if saved != resolved:
+                key = _first_diff(saved, resolved)
+                raise RunError(f"{self.out}: cannot resume with a different config (first difference at "
+                               f"{key!r}); start a new --out or resume with the saved config")
+            return
+        if cfg_path.exists() or self.checkpoints_dir.exists():
+            raise RunError(f"{self.out}: run folder already holds a run; pass --resume to continue it or "
+                           "choose another --out")
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, cfg_path)
+
+    # -- objects -----------------------------------------------------------------------------------
+
+    def prepare(self, *objects):
+        return self.accelerator.prepare(*objects)
+
+    def track(self, **objects: Any) -> None:
+        """Register what checkpoints hold: modules, optimizers, LR schedulers and EMAs, by name."""
+        for name, obj in objects.items():
+            if isinstance(obj, EMA):
+                self._emas[name] = obj
+            elif isinstance(obj, nn.Module):
+                self._modules[name] = obj
+            elif isinstance(obj, torch.optim.Optimizer):
+                self._optimizers[name] = obj
+            elif hasattr(obj, "state_dict") and hasattr(obj, "get_last_lr"):
+                self._schedulers[name] = obj
+            else:
+                raise TypeError(f"cannot track {name}={type(obj).__name__}")
+
+    def make_ema(self, name: str, model: nn.Module) -> EMA | None:
+        """An EMA of the module tracked as `name` when train.ema_decay > 0, else None."""
+        if self.train.ema_decay <= 0:
+            return None
+        ema = EMA(self.unwrap(model), self.train.ema_decay)
+        self._emas[name] = ema
+        return ema
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    # -- loop --------------------------------------------------------------------------------------
+
+    def batches(self, dataset, collate_fn: Callable | None = None, *, shuffle: bool = True) -> Iterator:
+        """Yield training batches (on the run's device) until train.max_steps optimizer steps are done."""
+        acc = self.accelerator
+        sampler = ResumableSampler(len(dataset), self.train.seed, start=self.data_position,
+                                   rank=acc.process_index, world_size=acc.num_processes, shuffle=shuffle)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.train.batch_size, sampler=sampler,
+                                             collate_fn=collate_fn, num_workers=_workers(self.config),
+                                             drop_last=False)
+        if self.progress and self.is_main and self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.train.max_steps, initial=self.step, desc=f"train {self.out.name}",
+                             dynamic_ncols=True, smoothing=0.05)
+        per_batch = self.train.batch_size * acc.num_processes
+        for batch in loader:
+            if self.step >= self.train.max_steps:
+                break
+            self.data_position += per_batch
+            yield _to_device(batch, self.device)
+            if self.step >= self.train.max_steps:
+                break
+
+    def accumulate(self, *models: nn.Module):
+        return self.accelerator.accumulate(*models)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def clip_grad(self, model: nn.Module) -> float | None:
+        """Clip the global grad norm to train.grad_clip on optimizer steps; returns the norm."""
+        if self.train.grad_clip > 0 and self.accelerator.sync_gradients:
+            return float(self.accelerator.clip_grad_norm_(model.parameters(), self.train.grad_clip))
+        return None
+
+    def end_step(self, **scalars: float) -> bool:
+        """Close one batch. Returns True when it completed an optimizer step (then EMA, log, checkpoint)."""
+        self.micro_step += 1
+        if self.micro_step % self.train.gradient_accumulation_steps:
+            return False
+        self.step += 1
+        for name, ema in self._emas.items():
+            ema.update(self.unwrap(self._modules[name]))
+        scalars = {k: float(v) for k, v in scalars.items()}
+        if self._bar is not None:
+            self._bar.update(1)
+            if scalars:
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
+        if self.step % self.train.log_every == 0 or self.step == self.train.max_steps:
+            lrs = {f"lr_{n}": s.get_last_lr()[0] for n, s in self._schedulers.items()}
+            self.log_metrics(split="train", **scalars, **lrs)
+        if self.step % self.train.checkpoint_every == 0 or self.step == self.train.max_steps:
+            self.save_checkpoint()
+        return True
+
+    def should(self, every: int) -> bool:
+        """True right after an optimizer step whose number is a multiple of `every`."""
+        return every > 0 and self.step > 0 and self.step % every == 0 and \
+            self.micro_step % self.train.gradient_accumulation_steps == 0
+
+    def log_metrics(self, **values: Any) -> None:
+        """Append {"step", "time", **values} to metrics.jsonl (main process only)."""
+        if not self.is_main:
+            return
+        row = {"step": self.step, "seconds": round(time.time() - self._t0, 3), **values}
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        folder = self.checkpoints_dir / f"step_{self.step}"
+        if not self.is_main:
+            return None
+        with atomic_dir(folder) as tmp:
+            for name, module in self._modules.items():
+                save_component(tmp / name, self.unwrap(module))
+            state = {
+                "step": self.step, "micro_step": self.micro_step, "data_position": self.data_position,
+                "optimizers": {n: o.state_dict() for n, o in self._optimizers.items()},
+                "schedulers": {n: s.state_dict() for n, s in self._schedulers.items()},
+                "emas": {n: e.state_dict() for n, e in self._emas.items()},
+                "rng": rng_state(),
+            }
+            save_train_state(tmp / TRAIN_STATE_NAME, state)
+        self._prune()
+        log.info("checkpoint %s", folder)
+        return folder
+
+    def _prune(self) -> None:
+        keep = self.train.keep_checkpoints
+        if keep <= 0:
+            return
+        for old in self.list_checkpoints()[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def list_checkpoints(self) -> list[Path]:
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = [p for p in self.checkpoints_dir.iterdir()
+                 if p.is_dir() and re.fullmatch(r"step_\d+", p.name) and (p / TRAIN_STATE_NAME).is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+    def restore(self) -> int:
+        """On --resume, load the latest complete checkpoint into everything tracked; returns the step."""
+        if not self.resume:
+            return 0
+        ckpts = self.list_checkpoints()
+        if not ckpts:
+            raise RunError(f"{self.out}: no complete checkpoint under checkpoints/ to resume from")
+        folder = ckpts[-1]
+        state = load_train_state(folder / TRAIN_STATE_NAME)
+        for name, module in self._modules.items():
+            weights = folder / name / WEIGHTS_NAME
+            load_into(self.unwrap(module), load_state_dict(weights), where=str(folder / name))
+        for name, opt in self._optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in self._schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+        for name, ema in self._emas.items():
+            ema.load_state_dict(state["emas"][name])
+        self.step, self.micro_step = state["step"], state["micro_step"]
+        self.data_position = state["data_position"]
+        set_rng_state(state["rng"])
+        self._truncate_metrics()
+        log.info("resumed %s at step %d", self.out, self.step)
+        if self._bar is not None:
+            self._bar.n = self.step
+        return self.step
+
+    def _truncate_metrics(self) -> None:
+        path = self.out / "metrics.jsonl"
+        if not self.is_main or not path.is_file():
+            return
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+    def finish(self, model: nn.Module, name: str | None = None) -> Path:
+        """Write final/ (EMA weights when an EMA of this model is tracked) and close the bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.accelerator.wait_for_everyone()
+        final = self.out / "final"
+        module = self.unwrap(model)
+        ema = self._emas.get(name or _name_of(self._modules, model))
+        if ema is not None:
+            module = ema.averaged(module)
+        if self.is_main:
+            save_component(final, module)
+        return final
+
+
+def load_final(run_dir: str | os.PathLike, cls: type | None = None):
+    return load_component(Path(run_dir) / "final", cls)
+
+
+def _name_of(modules: dict, model: nn.Module) -> str:
+    for k, v in modules.items():
+        if v is model:
+            return k
+    return ""
+
+
+def _workers(config: Any) -> int:
+    data = getattr(config, "data", None)
+    return int(getattr(data, "num_workers", 0)) if data is not None else 0
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _first_diff(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k, object()) != b.get(k, object()):
+                return _first_diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+    return prefix or "<top>"
+

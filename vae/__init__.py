@@ -1,0 +1,1 @@
+"""Mel-spectrogram KL autoencoder: the latent space the diffusion model lives in."""

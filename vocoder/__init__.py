@@ -1,0 +1,1 @@
+"""HiFi-GAN vocoder: log-mel back to waveform."""
