@@ -59,10 +59,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return generate.main(args)
 
 
-def cmd_data(args: argparse.Namespace) -> int:
-    from tta.data import commands
-
-    return commands.run(args)
+# Command groups that live beside the code they drive. Each module is light to import (argparse only at
+# top level) and exposes `add_parsers(parser)` (fills in the subcommand's arguments or sub-subcommands)
+# and `run(args) -> int`. A group whose module is not in this build is simply not offered.
+COMMAND_MODULES = [
+    ("data", "tta.data.commands", "build and validate manifests (import, check, recipe)"),
+    ("clap", "tta.clap.commands", "CLAP embeddings: score prompts against audio, retrieve"),
+    ("eval", "eval.commands", "FAD / FD / KL / IS / CLAP score of generated audio against a reference"),
+    ("report", "eval.report_commands", "HTML/Markdown report from one or more eval results"),
+]
 
 
 # ----------------------------------------------------------------------------------------- parsers
@@ -102,12 +107,20 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
 
-def _add_data(sub) -> None:
-    from tta.data.commands import add_parsers
+def _add_modules(sub) -> None:
+    import importlib.util
 
-    p = sub.add_parser("data", help="build and validate manifests (import, check, recipe)")
-    add_parsers(p)
-    p.set_defaults(func=cmd_data)
+    for name, module_name, help_text in COMMAND_MODULES:
+        try:
+            found = importlib.util.find_spec(module_name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        module.add_parsers(p)
+        p.set_defaults(func=module.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_generate(sub)
-    _add_data(sub)
     _add_train(sub)
+    _add_modules(sub)
     return parser
 
 

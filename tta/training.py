@@ -305,7 +305,10 @@ class TrainingRun:
                                    rank=acc.process_index, world_size=acc.num_processes, shuffle=shuffle)
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.train.batch_size, sampler=sampler,
                                              collate_fn=collate_fn, num_workers=_workers(self.config),
-                                             drop_last=False)
+                                             drop_last=False,
+                                             # its own generator: creating the iterator must not draw from
+                                             # the global RNG, or a resumed run would diverge
+                                             generator=torch.Generator().manual_seed(self.train.seed))
         if self.progress and self.is_main and self._bar is None:
             from tqdm.auto import tqdm
 

@@ -1,0 +1,135 @@
+"""tta.audio.load_audio / audio_info on the bad and unusual files of the issue's list.
+
+Bad files must raise AudioError (a ValueError) whose one-line message names the file and the problem;
+good files in any format / channel count / rate / sample type must load as mono float32 at the asked rate
+with the right content (the dominant frequency of a test tone survives the trip).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.signals import tone
+from tta.audio import AudioError, audio_info, load_audio
+
+FREQ = 440.0
+
+
+def _dominant_hz(wav: np.ndarray, sample_rate: int) -> float:
+    spec = np.abs(np.fft.rfft(wav * np.hanning(len(wav))))
+    return float(np.fft.rfftfreq(len(wav), 1 / sample_rate)[np.argmax(spec)])
+
+
+def _write_truncated(path):
+    sf.write(path, tone(FREQ, 1.0), 16_000)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _write_nonfinite(value):
+    def write(path):
+        x = tone(FREQ, 0.5)
+        x[100] = value
+        sf.write(path, x, 16_000, subtype="FLOAT")
+    return write
+
+
+BAD = {
+    "missing.wav": (None, "file not found"),
+    "zero_bytes.wav": (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
+    "text.wav": (lambda p: p.write_text("this is a text file, not audio\n" * 20), "not a readable audio file"),
+    "truncated.wav": (_write_truncated, "truncated"),
+    "nan.wav": (_write_nonfinite(np.nan), "non-finite"),
+    "inf.wav": (_write_nonfinite(np.inf), "non-finite"),
+    "no_samples.wav": (lambda p: sf.write(p, np.zeros((0, 1), np.float32), 16_000), "0 samples"),
+    "folder.wav": (lambda p: p.mkdir(), "is a directory"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_file_raises_one_line_error_naming_it(tmp_path, name):
+    make, expected = BAD[name]
+    path = tmp_path / name
+    if make is not None:
+        make(path)
+    with pytest.raises(AudioError) as info:
+        load_audio(path, 16_000)
+    message = str(info.value)
+    assert str(path) in message and expected in message
+    assert "\n" not in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_truncated_compressed_stream_is_an_error(tmp_path):
+    # mp3 decodes a cut file without complaint; the length check must catch the shortfall.
+    path = tmp_path / "cut.mp3"
+    sf.write(path, tone(FREQ, 2.0), 16_000, format="MP3", subtype="MPEG_LAYER_III")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match="truncated|not a readable"):
+        load_audio(path)
+
+
+def test_audio_info_sees_truncated_wav_and_text_file(tmp_path):
+    cut, text = tmp_path / "cut.wav", tmp_path / "text.wav"
+    _write_truncated(cut)
+    text.write_text("hello")
+    with pytest.raises(AudioError, match="truncated"):
+        audio_info(cut)
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        audio_info(text)
+
+
+GOOD = {  # name: (sample_rate, channels, format, subtype)
+    "six_channels.wav": (16_000, 6, "WAV", "PCM_16"),
+    "rate_8k.wav": (8_000, 1, "WAV", "PCM_16"),
+    "rate_96k.wav": (96_000, 1, "WAV", "PCM_16"),
+    "pcm24.wav": (44_100, 2, "WAV", "PCM_24"),
+    "int32.wav": (22_050, 1, "WAV", "PCM_32"),
+    "float.wav": (16_000, 1, "WAV", "FLOAT"),
+    "lossless.flac": (48_000, 2, "FLAC", "PCM_16"),
+    "vorbis.ogg": (44_100, 1, "OGG", "VORBIS"),
+    "opus.opus": (48_000, 1, "OGG", "OPUS"),
+    "layer3.mp3": (44_100, 2, "MP3", "MPEG_LAYER_III"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_good_file_loads_mono_at_requested_rate(tmp_path, name):
+    sr, channels, fmt, subtype = GOOD[name]
+    seconds = 0.5
+    x = tone(FREQ, seconds, sr, amplitude=0.4)
+    data = np.stack([x * (0.5 + 0.1 * c) for c in range(channels)], axis=1)
+    path = tmp_path / name
+    sf.write(path, data, sr, format=fmt, subtype=subtype)
+
+    info = audio_info(path)
+    assert (info.sample_rate, info.channels) == (sr, channels)
+
+    wav, out_sr = load_audio(path, 16_000)
+    assert out_sr == 16_000 and wav.ndim == 1 and wav.dtype == np.float32
+    # Lossy codecs add priming/padding samples: allow 60 ms.
+    assert abs(len(wav) - seconds * 16_000) <= 0.06 * 16_000
+    assert abs(_dominant_hz(wav, 16_000) - FREQ) < 5
+    assert np.isfinite(wav).all() and 0.05 < np.max(np.abs(wav)) <= 1.0
+
+    native, native_sr = load_audio(path)
+    assert native_sr == sr
+
+
+def test_partial_read_equals_slice_of_full_read(tmp_path):
+    path = tmp_path / "long.flac"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 48_000).astype(np.float32), 16_000)
+    full, _ = load_audio(path)
+    part, _ = load_audio(path, start_seconds=1.25, max_seconds=0.5)
+    np.testing.assert_array_equal(part, full[20_000:28_000])
+
+
+def test_normalize_removes_dc_and_sets_peak(tmp_path):
+    path = tmp_path / "dc.wav"
+    sf.write(path, tone(FREQ, 0.5, amplitude=0.2) + 0.3, 16_000, subtype="FLOAT")
+    wav, _ = load_audio(path, normalize=True)
+    assert abs(float(wav.mean())) < 1e-3
+    assert np.max(np.abs(wav)) == pytest.approx(0.5, abs=1e-6)

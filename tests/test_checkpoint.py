@@ -1,0 +1,100 @@
+"""Component folders, atomic writes and foreign checkpoints."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from tests.test_training import TinyNet, TinyNetConfig
+from tta.audio import MelConfig
+from tta.checkpoint import CheckpointError, atomic_dir, atomic_path, load_component, load_torch_file, \
+    read_component_config, save_component
+
+
+def test_save_load_identical_output(tmp_path):
+    model = TinyNet(TinyNetConfig(channels=6)).eval()
+    folder = save_component(tmp_path / "net", model)
+    body = json.loads((folder / "config.json").read_text())
+    assert body["class"] == "tests.test_training.TinyNet" and body["format_version"] == 1
+    assert body["config"]["channels"] == 6 and (folder / "model.safetensors").is_file()
+    loaded = load_component(folder, TinyNet)
+    x = torch.randn(2, 4000) * 0.1
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_fp16_storage_loads_into_float32(tmp_path):
+    model = TinyNet(TinyNetConfig())
+    folder = save_component(tmp_path / "net16", model, dtype=torch.float16)
+    loaded = load_component(folder, TinyNet)
+    assert loaded.net[0].weight.dtype == torch.float32
+    assert torch.allclose(loaded.net[0].weight, model.net[0].weight, atol=1e-3)
+
+
+def test_wrong_class_and_wrong_weights_are_named(tmp_path):
+    folder = save_component(tmp_path / "net", TinyNet(TinyNetConfig()))
+    with pytest.raises(CheckpointError, match="holds a tests.test_training.TinyNet, expected a torch.nn"):
+        read_component_config(folder, "torch.nn.modules.linear.Linear")
+    other = save_component(tmp_path / "other", TinyNet(TinyNetConfig(channels=5)))
+    (folder / "model.safetensors").unlink()
+    os.replace(other / "model.safetensors", folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"other shapes \(first: net.0.weight: \(5, 64, 3\) vs \(8, 64, 3\)"):
+        load_component(folder, TinyNet)
+
+
+def test_config_class_outside_tta_is_refused(tmp_path):
+    folder = save_component(tmp_path / "net", TinyNet(TinyNetConfig()))
+    with pytest.raises(CheckpointError, match="not a tta class"):
+        load_component(folder)  # class named in config.json lives in tests/, not in tta's packages
+
+
+def test_missing_folder_and_config(tmp_path):
+    with pytest.raises(CheckpointError, match="component folder not found"):
+        load_component(tmp_path / "nope", TinyNet)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_component(tmp_path / "empty", TinyNet)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_keeps_old_folder_until_complete(tmp_path):
+    folder = save_component(tmp_path / "net", TinyNet(TinyNetConfig(channels=4)))
+    with pytest.raises(RuntimeError):
+        with atomic_dir(folder) as tmp:
+            (tmp / "config.json").write_text("{}")
+            raise RuntimeError("killed")
+    assert load_component(folder, TinyNet).config.channels == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net"]
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_foreign_checkpoints_are_weights_only(tmp_path):
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "scale_factor": torch.tensor(0.5)}, good)
+    assert torch.equal(load_torch_file(good)["state_dict"]["w"], torch.ones(2))
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_torch_file(evil)
+    (tmp_path / "zero.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty file"):
+        load_torch_file(tmp_path / "zero.ckpt")
+
+
+def test_mel_config_nested_in_component(tmp_path):
+    model = TinyNet(TinyNetConfig(mel=MelConfig(n_mels=32)))
+    loaded = load_component(save_component(tmp_path / "n", model), TinyNet)
+    assert loaded.config.mel == MelConfig(n_mels=32)

@@ -1,0 +1,102 @@
+"""Strict JSON configs and --set overrides."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from tta.audio import MelConfig
+from tta.config import ConfigError, apply_overrides, from_dict, load_config, save_config, to_dict
+
+
+@dataclass(frozen=True)
+class Inner:
+    width: int = 4
+    rates: tuple[int, ...] = (2, 2)
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    mel: MelConfig = field(default_factory=MelConfig)
+    inner: Inner = field(default_factory=Inner)
+    lr: float = 1e-3
+    mode: Literal["eps", "v"] = "eps"
+    dropout: float | None = None
+    flag: bool = False
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+
+
+def test_round_trip_writes_every_field(tmp_path):
+    cfg = Outer(name="x", inner=Inner(width=8, rates=(5, 4)), dropout=0.1)
+    path = save_config(cfg, tmp_path / "c.json")
+    data = json.loads(path.read_text())
+    assert data["mel"]["hop_length"] == 160 and data["inner"]["rates"] == [5, 4] and data["mode"] == "eps"
+    assert load_config(Outer, path) == cfg
+
+
+def test_unknown_key_names_key_and_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        from_dict(Outer, {"name": "x", "inner": {"widht": 3}})
+    assert "inner.widht" in str(e.value) and "valid keys: rates, width" in str(e.value)
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"name": 3}, "'name': expected str, got int"),
+    ({"name": "x", "lr": "fast"}, "'lr': expected float, got string"),
+    ({"name": "x", "flag": 1}, "'flag': expected bool, got int"),
+    ({"name": "x", "inner": {"rates": [2, "a"]}}, "'inner.rates[1]': expected int"),
+    ({"name": "x", "mode": "x0"}, "expected one of ['eps', 'v']"),
+    ({"name": "x", "inner": 5}, "expected an object for Inner"),
+    ({}, "missing required config key 'name'"),
+    ({"name": "x", "mel": {"hop_length": 4096}}, "hop_length"),
+    ({"name": "x", "lr": -1}, "lr=-1.0 must be > 0"),
+])
+def test_bad_values_name_the_key(data, fragment):
+    with pytest.raises(ConfigError, match=None) as e:
+        from_dict(Outer, data)
+    assert fragment in str(e.value)
+
+
+def test_int_accepted_for_float_and_null_for_optional():
+    cfg = from_dict(Outer, {"name": "x", "lr": 1, "dropout": None})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.dropout is None
+
+
+def test_overrides_apply_and_validate():
+    cfg = Outer(name="x")
+    out = apply_overrides(cfg, ["inner.width=16", "lr=0.5", "mode=v", "name=run one", "inner.rates=[5,4]",
+                                "dropout=0.2", "flag=true"])
+    assert (out.inner.width, out.lr, out.mode, out.name, out.inner.rates, out.dropout, out.flag) == \
+        (16, 0.5, "v", "run one", (5, 4), 0.2, True)
+    assert cfg.inner.width == 4  # frozen: the original is untouched
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("inner.width=wide", "'inner.width': expected int, got string 'wide'"),
+    ("inner.depth=3", "unknown config key 'inner.depth'; valid keys under inner: rates, width"),
+    ("lr.x=3", "unknown config key 'lr.x'"),
+    ("lr", "expected KEY=VALUE"),
+    ("mel.n_fft=100", "win_length"),
+])
+def test_bad_overrides(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(Outer(name="x"), [override])
+    assert fragment in str(e.value)
+
+
+def test_bad_json_file_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('{"name": "x",\n "lr": }')
+    with pytest.raises(ConfigError, match=r"bad.json: invalid JSON at line 2"):
+        load_config(Outer, p)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Outer, tmp_path / "missing.json")
+
+
+def test_to_dict_is_plain_json():
+    json.dumps(to_dict(Outer(name="x")))

@@ -1,0 +1,118 @@
+"""`tta data check`: decode every row of a manifest and say which rows cannot be trained on, and why.
+
+Reasons (a row can have several): `manifest` (a line that is not a valid row: broken JSON, no caption,
+duplicate id, ...), `missing` (file not found), `empty` (0 bytes or 0 samples), `unreadable` (not audio,
+truncated, unsupported sample rate), `non-finite` (NaN/inf samples), `silent` (peak below `silence_db`
+dBFS), `too-short` (below `min_seconds`), `mismatch` (the decoded length or sample rate differs from what
+the manifest row says).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tta.audio import AudioError, load_audio
+from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_manifest
+
+log = logging.getLogger(__name__)
+
+REASONS = ("manifest", "missing", "empty", "unreadable", "non-finite", "silent", "too-short", "mismatch")
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str    # "MANIFEST:LINE" for a bad line, else the row id
+    reason: str   # one of REASONS
+    detail: str   # one line: what was found and what was expected
+
+
+@dataclass
+class CheckReport:
+    manifest: Path
+    num_rows: int = 0                                        # lines that parsed into rows
+    good_rows: list[ManifestRow] = field(default_factory=list)  # with absolute paths
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Bad items per reason (a row with two problems counts under both)."""
+        c = Counter(p.reason for p in self.problems)
+        return {r: c[r] for r in REASONS if c[r]}
+
+    @property
+    def num_bad(self) -> int:
+        """Rows (and unparsable lines) with at least one problem."""
+        return len({p.where for p in self.problems})
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def classify_audio_error(message: str) -> str:
+    """Reason for an AudioError raised by `tta.audio.load_audio` (its messages are the contract here)."""
+    if "file not found" in message:
+        return "missing"
+    if "(0 bytes)" in message or "contains 0 samples" in message:
+        return "empty"
+    if "non-finite" in message:
+        return "non-finite"
+    return "unreadable"
+
+
+def check_row(row: ManifestRow, path: Path, *, min_seconds: float, silence_db: float,
+              seconds_tolerance: float) -> list[Problem]:
+    """Decode one row's audio (native rate, no normalisation) and list its problems."""
+    try:
+        wav, sr = load_audio(path)
+    except AudioError as e:
+        return [Problem(row.id, classify_audio_error(str(e)), str(e))]
+    out = []
+    seconds = wav.shape[0] / sr
+    peak = float(np.max(np.abs(wav)))
+    peak_db = 20 * np.log10(peak) if peak > 0 else -np.inf
+    if peak_db < silence_db:
+        out.append(Problem(row.id, "silent", f"{path}: peak {peak_db:.1f} dBFS is below {silence_db:g} dBFS"))
+    if seconds < min_seconds:
+        out.append(Problem(row.id, "too-short", f"{path}: {seconds:.3f} s is shorter than {min_seconds:g} s"))
+    if abs(seconds - row.seconds) > seconds_tolerance:
+        out.append(Problem(row.id, "mismatch", f"{path}: decodes to {seconds:.3f} s, the manifest says "
+                                               f"{row.seconds:.3f} s"))
+    elif sr != row.sample_rate:
+        out.append(Problem(row.id, "mismatch", f"{path}: file is {sr} Hz, the manifest says {row.sample_rate} Hz"))
+    return out
+
+
+def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, silence_db: float = -60.0,
+                   seconds_tolerance: float = 0.1, progress: bool = True) -> CheckReport:
+    """Check every line and every row of `manifest`; never stops at the first bad one."""
+    manifest = Path(manifest)
+    line_errors: list[str] = []
+    rows = read_manifest(manifest, errors=line_errors)
+    report = CheckReport(manifest, num_rows=len(rows))
+    for message in line_errors:
+        where = message.split(": ", 1)[0]
+        report.problems.append(Problem(where, "manifest", message))
+    for row in tqdm(rows, desc=f"check {manifest.name}", unit="file", disable=not progress):
+        path = resolve_path(row, manifest)
+        problems = check_row(row, path, min_seconds=min_seconds, silence_db=silence_db,
+                             seconds_tolerance=seconds_tolerance)
+        report.problems += problems
+        if not problems:
+            report.good_rows.append(replace(row, path=str(path)))
+    log.info("%s: %d rows, %d bad", manifest, report.num_rows, report.num_bad)
+    return report
+
+
+def write_clean(report: CheckReport, out: str | os.PathLike) -> Path:
+    """Write the good rows of `report` as a new manifest (atomically; paths stay valid from its folder)."""
+    if not report.good_rows:
+        raise ValueError(f"{report.manifest}: no good rows; not writing an empty manifest to {out}")
+    return write_manifest(out, report.good_rows)

@@ -1,0 +1,140 @@
+"""Build and validate manifests: `tta data import`, `tta data check` (and `tta data recipe` when present).
+
+This module is imported by `tta --help`: only argparse at top level, everything heavy inside functions.
+
+`recipe` lives in `tta.data.recipes` (offline corpora). If that module exists it must expose
+`add_recipe_parser(subparsers)`, which adds the `recipe` parser to the `tta data` sub-parsers and sets
+`data_func=<callable(args) -> int>` as its default; `run` then dispatches to it like to the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+KINDS = ("folder", "audiocaps", "audioldm", "tango", "webdataset")
+
+
+def add_parsers(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    sub.required = True
+    _add_import(sub)
+    _add_check(sub)
+    _add_recipe(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    func = getattr(args, "data_func", None)
+    if func is None:
+        raise ValueError(f"tta data {args.data_command}: this action has no handler")
+    return int(func(args) or 0)
+
+
+# ------------------------------------------------------------------------------------------- import
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser(
+        "import", help="make a manifest from a folder, AudioCaps CSV, AudioLDM JSON, Tango JSONL or WebDataset",
+        description="Import a corpus into a JSONL manifest. Every file is probed; each bad item (missing, "
+                    "unreadable, no caption, duplicate id) is reported on one line and skipped. Exit 0 when "
+                    "at least one row was imported, else 1 (and no manifest is written).")
+    p.add_argument("kind", choices=KINDS, metavar="KIND", help=f"source layout: {', '.join(KINDS)}")
+    p.add_argument("source", type=Path, metavar="SOURCE",
+                   help="folder (folder), CSV (audiocaps), JSON (audioldm), JSONL (tango), .tar or folder of "
+                        ".tar shards (webdataset)")
+    p.add_argument("--out", required=True, type=Path, metavar="MANIFEST", help="JSONL manifest to write")
+    p.add_argument("--root", type=Path, help="folder the source's audio paths are relative to "
+                   "(audiocaps: required; audioldm/tango: default the source file's folder)")
+    p.add_argument("--captions", type=Path, metavar="CSV",
+                   help="folder: captions CSV (file/path column + caption columns) instead of sidecar .txt")
+    p.add_argument("--audio-dir", type=Path, help="webdataset: folder to extract audio into "
+                   "(default: MANIFEST's name + '_audio' beside it; must not exist)")
+    p.add_argument("--split", choices=("train", "valid", "test"), help="put every row into this split")
+    p.add_argument("--valid-fraction", type=float, default=0.0, metavar="F",
+                   help="rows whose source names no split: this share goes to 'valid' (hash of id; default 0)")
+    p.add_argument("--source", dest="source_name", default="", help="value of each row's 'source' field")
+    p.add_argument("--licence", default="", help="value of each row's 'licence' field")
+    p.set_defaults(data_func=cmd_import)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from tta.data.importers import ImportOptions, import_source
+    from tta.data.manifest import write_manifest
+
+    if args.captions is not None and args.kind != "folder":
+        raise ValueError(f"--captions is only for 'folder' imports, not {args.kind!r}")
+    options = ImportOptions(split=args.split, valid_fraction=args.valid_fraction, source=args.source_name,
+                            licence=args.licence, progress=not args.quiet)
+    audio_dir = args.audio_dir
+    if args.kind == "webdataset" and audio_dir is None:
+        audio_dir = args.out.with_name(args.out.stem + "_audio")
+    result = import_source(args.kind, args.source, root=args.root, captions_csv=args.captions,
+                           audio_dir=audio_dir, options=options)
+    for message in result.errors:
+        print(f"tta: bad item: {message}", file=sys.stderr)
+    if not result.rows:
+        raise ValueError(f"{args.source}: no usable rows ({len(result.errors)} bad items); {args.out} not written")
+    write_manifest(args.out, result.rows)
+    splits = {s: sum(r.split == s for r in result.rows) for s in ("train", "valid", "test")}
+    hours = sum(r.seconds for r in result.rows) / 3600
+    print(f"{args.out}: {len(result.rows)} rows ({', '.join(f'{k} {v}' for k, v in splits.items() if v)}; "
+          f"{hours:.2f} h), {len(result.errors)} bad items skipped")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- check
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser(
+        "check", help="decode every row of a manifest and report bad ones",
+        description="Decode every file of a manifest; report unreadable, empty, non-finite, silent, too-short "
+                    "and mismatched rows with reasons and counts. Exit 1 if any row or line is bad.")
+    p.add_argument("manifest", type=Path, metavar="MANIFEST")
+    p.add_argument("--drop-bad", type=Path, metavar="OUT", help="write the good rows to OUT (a clean manifest)")
+    p.add_argument("--min-seconds", type=float, default=0.1, help="shorter clips are bad (default 0.1)")
+    p.add_argument("--silence-db", type=float, default=-60.0,
+                   help="clips whose peak is below this many dBFS are silent (default -60)")
+    p.set_defaults(data_func=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from tta.data.check import check_manifest, write_clean
+
+    report = check_manifest(args.manifest, min_seconds=args.min_seconds, silence_db=args.silence_db,
+                            progress=not args.quiet)
+    for problem in report.problems:
+        print(f"{problem.reason}\t{problem.where}\t{problem.detail}")
+    if report.problems:
+        width = max(len(r) for r in report.counts)
+        print("reason".ljust(width) + "  count")
+        for reason, count in report.counts.items():
+            print(f"{reason.ljust(width)}  {count}")
+    print(f"{args.manifest}: {report.num_rows} rows, {len(report.good_rows)} good, {report.num_bad} bad")
+    if args.drop_bad is not None:
+        if report.good_rows:
+            write_clean(report, args.drop_bad)
+            print(f"{args.drop_bad}: {len(report.good_rows)} good rows written")
+        else:
+            print(f"tta: no good rows; {args.drop_bad} not written", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+# ------------------------------------------------------------------------------------------- recipe
+
+
+def _add_recipe(sub) -> None:
+    """`tta data recipe ...` comes from tta.data.recipes when that module is part of this build."""
+    try:
+        found = importlib.util.find_spec("tta.data.recipes") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        return
+    add_recipe_parser = getattr(importlib.import_module("tta.data.recipes"), "add_recipe_parser", None)
+    if add_recipe_parser is not None:  # absent while tta.data.recipes is only a namespace of modules
+        add_recipe_parser(sub)

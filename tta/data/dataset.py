@@ -1,0 +1,168 @@
+"""A torch Dataset over one split of a manifest: read, resample, crop/pad to a segment, pick a caption.
+
+Two ways to index it:
+
+- `ds[index]` is deterministic (evaluation): the first `segment_seconds` of the clip (or the centre,
+  with `deterministic_crop="centre"`) and the first caption.
+- `ds[(index, item_seed)]` is the training form (`tta.training.ResumableSampler` yields these pairs): the
+  crop offset and the caption are drawn from `numpy.random.default_rng(item_seed)`, so an item depends on
+  nothing but its key — the same across workers, processes and resumed runs.
+
+Only the needed part of a file is decoded (soundfile seeks), resampled with soxr to `sample_rate`, then
+(AudioLDM's loader) DC-removed and peak-normalised to 0.5, and zero-padded at the end to exactly
+`segment_samples`. With `cache_dir`, each file is resampled once and kept as a `.npy` keyed by path,
+mtime, size and sample rate; crops are then sliced from a memory map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from tta.audio import AudioError, audio_info, load_audio, normalize_wav
+from tta.data.manifest import DataConfig, ManifestError, ManifestRow, read_manifest, resolve_path, split_rows
+
+log = logging.getLogger(__name__)
+
+CaptionChoice = Literal["random", "first"]
+
+
+class AudioDataset(torch.utils.data.Dataset):
+    """Clips of one manifest split as fixed-length segments.
+
+    Items are dicts: {"wav": float32 tensor (segment_samples,), "caption": str, "id": str, "index": int,
+    "seconds": float (length of real audio inside the segment; the rest is zero padding)}. The default
+    collate turns a batch into {"wav": (B, T), "caption": [str], "id": [str], "index": (B,), "seconds": (B,)}.
+    """
+
+    def __init__(self, manifest_path: str | os.PathLike | Sequence[str | os.PathLike], split: str,
+                 sample_rate: int, segment_seconds: float, normalize: bool = True, random_crop: bool = True,
+                 cache_dir: str | os.PathLike | None = None, caption_choice: CaptionChoice = "random",
+                 deterministic_crop: Literal["start", "centre"] = "start"):
+        if segment_seconds <= 0:
+            raise ValueError(f"segment_seconds={segment_seconds} must be > 0")
+        if caption_choice not in ("random", "first"):
+            raise ValueError(f"caption_choice={caption_choice!r}, expected 'random' or 'first'")
+        if deterministic_crop not in ("start", "centre"):
+            raise ValueError(f"deterministic_crop={deterministic_crop!r}, expected 'start' or 'centre'")
+        paths = [manifest_path] if isinstance(manifest_path, (str, os.PathLike)) else list(manifest_path)
+        if not paths:
+            raise ValueError("AudioDataset needs at least one manifest")
+        self.rows: list[ManifestRow] = []
+        self.paths: list[Path] = []  # absolute audio path of each row
+        seen: dict[str, Path] = {}
+        for mpath in paths:
+            for row in split_rows(read_manifest(mpath), split):
+                if row.id in seen:
+                    raise ManifestError(f"{mpath}: id {row.id!r} is also in {seen[row.id]}; ids must be unique "
+                                        "across the manifests of one dataset")
+                seen[row.id] = Path(mpath)
+                self.rows.append(row)
+                self.paths.append(resolve_path(row, mpath))
+        if not self.rows:
+            names = ", ".join(str(p) for p in paths)
+            raise ManifestError(f"{names}: split {split!r} has no rows")
+        self.split = split
+        self.sample_rate = int(sample_rate)
+        self.segment_seconds = float(segment_seconds)
+        self.segment_samples = int(round(segment_seconds * sample_rate))
+        self.normalize = normalize
+        self.random_crop = random_crop
+        self.caption_choice = caption_choice
+        self.deterministic_crop = deterministic_crop
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+
+    @classmethod
+    def from_config(cls, data: DataConfig, split: str, sample_rate: int, random_crop: bool,
+                    caption_choice: CaptionChoice = "random") -> "AudioDataset":
+        """The dataset a run's `DataConfig` describes (`data.manifest` plus `data.extra_manifests`)."""
+        if not data.manifest:
+            raise ValueError("data.manifest is empty; set it in the config or with --set data.manifest=PATH")
+        return cls([data.manifest, *data.extra_manifests], split, sample_rate, data.segment_seconds,
+                   normalize=data.normalize, random_crop=random_crop, cache_dir=data.cache_dir or None,
+                   caption_choice=caption_choice)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            index, item_seed = key
+            rng = np.random.default_rng(int(item_seed))
+        else:
+            index, rng = key, None
+        index = int(index)
+        if not 0 <= index < len(self.rows):
+            raise IndexError(f"index {index} out of range for {len(self.rows)} rows")
+        row = self.rows[index]
+        # Draw the offset first, then the caption, always in this order: the pair stays reproducible.
+        wav = self._read_segment(index, rng if self.random_crop else None)
+        seconds = wav.shape[0] / self.sample_rate
+        if self.normalize:
+            wav = normalize_wav(wav)
+        if wav.shape[0] < self.segment_samples:
+            wav = np.pad(wav, (0, self.segment_samples - wav.shape[0]))
+        caption = row.captions[0]
+        if rng is not None and self.caption_choice == "random" and len(row.captions) > 1:
+            caption = row.captions[int(rng.integers(len(row.captions)))]
+        return {"wav": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), "caption": caption,
+                "id": row.id, "index": index, "seconds": float(seconds)}
+
+    # ----------------------------------------------------------------------------------- reading
+
+    def _offset(self, total: int, rng: np.random.Generator | None) -> int:
+        """Start of the segment in target-rate samples for a clip of `total` target-rate samples."""
+        room = total - self.segment_samples
+        if room <= 0:
+            return 0
+        if rng is not None:
+            return int(rng.integers(0, room + 1))
+        return room // 2 if self.deterministic_crop == "centre" else 0
+
+    def _read_segment(self, index: int, rng: np.random.Generator | None) -> np.ndarray:
+        """(t,) float32 at self.sample_rate, t <= segment_samples (shorter only when the clip is)."""
+        path = self.paths[index]
+        if self.cache_dir is not None:
+            full = self._cached(path)
+            start = self._offset(full.shape[0], rng)
+            return np.array(full[start:start + self.segment_samples], dtype=np.float32)
+        info = audio_info(path)
+        native_sr = info.sample_rate
+        total = int(math.floor(info.num_samples * self.sample_rate / native_sr))
+        start = self._offset(total, rng)
+        if start == 0 and total <= self.segment_samples:
+            wav, _ = load_audio(path, self.sample_rate)
+        else:
+            # Decode a little more than the segment (2 ms guard) so resampling never leaves it short.
+            native_start = int(round(start * native_sr / self.sample_rate))
+            native_len = int(math.ceil(self.segment_samples * native_sr / self.sample_rate)) + native_sr // 500
+            native_len = min(native_len, info.num_samples - native_start)
+            wav, _ = load_audio(path, self.sample_rate, start_seconds=native_start / native_sr,
+                                max_seconds=native_len / native_sr)
+        return wav[:self.segment_samples]
+
+    def _cached(self, path: Path) -> np.ndarray:
+        """The whole file at self.sample_rate from the cache (memory-mapped), creating the entry if needed."""
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{self.sample_rate}"
+        name = hashlib.sha1(key.encode()).hexdigest()
+        cache_file = self.cache_dir / name[:2] / f"{name}.npy"
+        if not cache_file.exists():
+            wav, _ = load_audio(path, self.sample_rate)
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            # Unique temp name per process: several DataLoader workers may fill the same entry at once.
+            tmp = cache_file.with_name(f".{name}.{os.getpid()}.tmp.npy")
+            np.save(tmp, wav.astype(np.float32))
+            os.replace(tmp, cache_file)
+            log.debug("cached %s -> %s", path, cache_file)
+        try:
+            return np.load(cache_file, mmap_mode="r")
+        except (ValueError, OSError) as e:
+            raise AudioError(f"{cache_file}: unreadable cache entry for {path} ({e}); delete it") from None

@@ -1,0 +1,455 @@
+"""Importers: turn the corpus layouts people have into manifest rows.
+
+Kinds: a folder of audio with captions from a CSV or sidecar `.txt` files; an AudioCaps CSV; an AudioLDM
+dataset JSON; a Tango JSONL; WebDataset tar shards. Each returns an `ImportResult` (rows + one message per
+bad item: missing file, unreadable audio, no caption, duplicate id) and keeps going past bad items. Every
+file is probed with `tta.audio.audio_info` for its length and sample rate. A row keeps the split its source
+names (a `split` column/field, or a `train`/`val`/`test` token in the file name); otherwise a deterministic
+hash of its id puts `valid_fraction` of the rows into "valid". Several source entries for one audio file
+(AudioCaps' five captions per clip) become one row with several captions.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from tqdm.auto import tqdm
+
+from tta.audio import AudioError, audio_info
+from tta.data.manifest import SPLITS, ManifestRow
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
+KINDS = ("folder", "audiocaps", "audioldm", "tango", "webdataset")
+_SPLIT_NAMES = {"train": "train", "training": "train", "val": "valid", "valid": "valid",
+                "validation": "valid", "dev": "valid", "test": "test", "eval": "test", "evaluation": "test"}
+
+
+class SourceError(ValueError):
+    """The source as a whole cannot be imported (not found, wrong format); the message names it."""
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    split: str | None = None        # force every row into this split
+    valid_fraction: float = 0.0     # held-out share (hash of id) for rows whose source names no split
+    source: str = ""                # written to each row's `source`
+    licence: str = ""               # written to each row's `licence`
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"split={self.split!r}, expected one of {SPLITS}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction={self.valid_fraction}, expected a number in [0, 1)")
+
+
+@dataclass
+class ImportResult:
+    rows: list[ManifestRow] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Entry:
+    """One audio file as the source describes it, before probing."""
+
+    id: str
+    path: Path
+    where: str                                   # "file:line" of its (first) source entry, for messages
+    captions: list[str] = field(default_factory=list)
+    split: str | None = None
+    labels: tuple[str, ...] = ()
+    category: str | None = None
+
+
+# ------------------------------------------------------------------------------------------- shared
+
+
+def split_from_name(name: str) -> str | None:
+    """The split a source names (`val`, `validation`, `Train`, ...), or None."""
+    return _SPLIT_NAMES.get(name.strip().lower()) if name else None
+
+
+def _split_from_filename(path: Path) -> str | None:
+    """`audiocaps_train_label.json` -> train; a name with no or several split tokens -> None."""
+    found = {_SPLIT_NAMES[t] for t in re.split(r"[^a-z]+", path.stem.lower()) if t in _SPLIT_NAMES}
+    return found.pop() if len(found) == 1 else None
+
+
+def held_out(row_id: str, fraction: float) -> bool:
+    """Deterministic split by hash of the id: the same id lands in the same split on every machine."""
+    h = int.from_bytes(hashlib.sha1(row_id.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+def _clean_captions(values) -> list[str]:
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, (list, tuple)):
+        return []
+    return [" ".join(v.split()) for v in values if isinstance(v, str) and v.strip()]
+
+
+class _Collector:
+    """Gathers entries (merging several captions of one file), then probes and builds rows."""
+
+    def __init__(self, options: ImportOptions, default_split: str | None = None):
+        self.options = options
+        self.default_split = default_split
+        self.by_path: dict[Path, _Entry] = {}
+        self.by_id: dict[str, _Entry] = {}
+        self.errors: list[str] = []
+
+    def add(self, entry: _Entry) -> None:
+        key = entry.path.resolve()
+        old = self.by_path.get(key)
+        if old is not None:  # the same audio again: another caption for it
+            old.captions += [c for c in entry.captions if c not in old.captions]
+            return
+        clash = self.by_id.get(entry.id)
+        if clash is not None:
+            self.errors.append(f"{entry.where}: duplicate id {entry.id!r} ({entry.path} and {clash.path}); "
+                               "skipped")
+            return
+        self.by_path[key] = entry
+        self.by_id[entry.id] = entry
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+
+    def result(self, desc: str) -> ImportResult:
+        out = ImportResult(errors=self.errors)
+        opts = self.options
+        for e in tqdm(list(self.by_path.values()), desc=desc, unit="file", disable=not opts.progress):
+            if not e.captions:
+                out.errors.append(f"{e.where}: {e.path}: no caption; skipped")
+                continue
+            try:
+                info = audio_info(e.path)
+            except AudioError as err:
+                out.errors.append(f"{e.where}: {err}; skipped")
+                continue
+            if info.num_samples == 0:
+                out.errors.append(f"{e.where}: {e.path}: contains 0 samples; skipped")
+                continue
+            split = opts.split or e.split or self.default_split
+            if split is None:
+                split = "valid" if held_out(e.id, opts.valid_fraction) else "train"
+            out.rows.append(ManifestRow(id=e.id, path=str(e.path.resolve()), captions=tuple(e.captions),
+                                        seconds=round(info.seconds, 6), sample_rate=info.sample_rate, split=split,
+                                        source=opts.source, licence=opts.licence, labels=e.labels,
+                                        category=e.category))
+        log.info("%s: %d rows, %d bad items", desc, len(out.rows), len(out.errors))
+        return out
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise SourceError(f"{path}: {what} not found")
+    return path
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+def _stem_id(path: Path, root: Path) -> str:
+    """Id of a file under root: its relative path without suffix (posix separators)."""
+    try:
+        rel = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        rel = Path(path.name)
+    return PurePosixPath(rel.with_suffix("")).as_posix()
+
+
+# ------------------------------------------------------------------------------------------- folder
+
+
+_FILE_COLUMNS = ("file", "path", "filename", "file_name", "audio")
+
+
+def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike | None = None,
+                  options: ImportOptions = ImportOptions()) -> ImportResult:
+    """Audio files under `folder` (recursively) with captions from `captions_csv` or sidecar `.txt` files.
+
+    CSV: a file column (`file`, `path`, `filename`, ...; relative to `folder`) and one or more columns whose
+    names start with `caption`; optional `id`, `split`, `category`, `labels` (`;`-separated) columns.
+    Sidecar: `a.wav` takes its captions from `a.txt`, one per non-empty line.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SourceError(f"{folder}: audio folder not found")
+    c = _Collector(options)
+    files = _audio_files(folder)
+    if captions_csv is None:
+        for p in files:
+            txt = p.with_suffix(".txt")
+            caps = _clean_captions(txt.read_text(encoding="utf-8", errors="replace").splitlines()) \
+                if txt.is_file() else []
+            c.add(_Entry(_stem_id(p, folder), p, str(p), caps))
+        return c.result(f"import {folder}")
+    csv_path = _require_file(Path(captions_csv), "captions CSV")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [h.strip().lower() for h in reader.fieldnames or []]
+        file_col = next((h for h in _FILE_COLUMNS if h in fields), None)
+        caption_cols = [h for h in fields if h.startswith("caption")]
+        if file_col is None or not caption_cols:
+            raise SourceError(f"{csv_path}: needs a file column (one of {', '.join(_FILE_COLUMNS)}) and a "
+                               f"caption column; found columns {fields}")
+        listed: set[Path] = set()
+        for lineno, raw in enumerate(reader, 2):
+            rec = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+            where = f"{csv_path}:{lineno}"
+            if not rec.get(file_col):
+                c.error(f"{where}: empty {file_col!r} column; skipped")
+                continue
+            p = folder / rec[file_col]
+            listed.add(p.resolve())
+            caps = []
+            for col in caption_cols:
+                value = rec.get(col, "")
+                caps += _clean_captions(json.loads(value) if value.startswith("[") and _is_json(value) else value)
+            c.add(_Entry(rec.get("id") or _stem_id(p, folder), p, where, caps,
+                         split=split_from_name(rec.get("split", "")),
+                         labels=tuple(x.strip() for x in rec.get("labels", "").split(";") if x.strip()),
+                         category=rec.get("category") or None))
+    for p in files:
+        if p.resolve() not in listed:
+            c.error(f"{p}: not listed in {csv_path} (no caption); skipped")
+    return c.result(f"import {folder}")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------- audiocaps
+
+
+def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
+                     options: ImportOptions = ImportOptions()) -> ImportResult:
+    """AudioCaps CSV (audiocap_id, youtube_id, start_time, caption); audio under `root` named `YID_START.*`,
+    `YID.*` or with AudioSet's `Y` prefix. Rows are per audio file (the val/test sets give five captions)."""
+    csv_path, root = _require_file(Path(csv_path), "AudioCaps CSV"), Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root}: AudioCaps audio root not found")
+    index: dict[str, Path] = {}
+    for p in _audio_files(root):
+        index.setdefault(p.stem, p)
+    c = _Collector(options, default_split=_split_from_filename(csv_path))
+    seen_caps: dict[str, int] = {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        need = {"audiocap_id", "youtube_id", "start_time", "caption"}
+        if not need <= set(reader.fieldnames or []):
+            raise SourceError(f"{csv_path}: expected AudioCaps columns {sorted(need)}, "
+                               f"found {reader.fieldnames}")
+        for lineno, rec in enumerate(reader, 2):
+            where = f"{csv_path}:{lineno}"
+            cap_id, yid = rec["audiocap_id"].strip(), rec["youtube_id"].strip()
+            try:
+                start = int(float(rec["start_time"]))
+            except ValueError:
+                c.error(f"{where}: start_time {rec['start_time']!r} is not a number; skipped")
+                continue
+            if cap_id in seen_caps:
+                c.error(f"{where}: duplicate audiocap_id {cap_id!r} (first on line {seen_caps[cap_id]}); skipped")
+                continue
+            seen_caps[cap_id] = lineno
+            names = (f"{yid}_{start}", f"Y{yid}_{start}", f"{yid}_{start}.000", yid, f"Y{yid}")
+            path = next((index[n] for n in names if n in index), None)
+            if path is None:
+                c.error(f"{where}: no audio for youtube_id {yid!r} start {start} under {root} "
+                        f"(looked for {yid}_{start}.* and {yid}.*, also with a Y prefix); skipped")
+                continue
+            c.add(_Entry(f"{yid}_{start}", path, where, _clean_captions(rec["caption"])))
+    return c.result(f"import {csv_path.name}")
+
+
+# ------------------------------------------------------------------------------------ audioldm, tango
+
+
+def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                    options: ImportOptions = ImportOptions()) -> ImportResult:
+    """AudioLDM dataset JSON `{"data": [{"wav": PATH, "caption": TEXT, "labels": "..."}, ...]}`; wav paths
+    are relative to `root` (default: the JSON's folder)."""
+    json_path = _require_file(Path(json_path), "AudioLDM dataset JSON")
+    root = Path(root) if root else json_path.parent
+    try:
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SourceError(f"{json_path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise SourceError(f'{json_path}: expected {{"data": [{{"wav": ..., "caption": ...}}, ...]}}')
+    c = _Collector(options, default_split=_split_from_filename(json_path))
+    for i, item in enumerate(doc["data"]):
+        where = f"{json_path}: data[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("wav"), str) or not item["wav"]:
+            c.error(f'{where}: expected an object with a "wav" path; skipped')
+            continue
+        p = root / item["wav"]
+        labels = item.get("labels", ())
+        labels = tuple(x for x in labels.split(",") if x) if isinstance(labels, str) else \
+            tuple(x for x in labels if isinstance(x, str)) if isinstance(labels, list) else ()
+        caps = _clean_captions(item.get("caption", item.get("captions")))
+        c.add(_Entry(_stem_id(p, root), p, where, caps, split=split_from_name(str(item.get("split", ""))),
+                     labels=labels))
+    return c.result(f"import {json_path.name}")
+
+
+def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                 options: ImportOptions = ImportOptions()) -> ImportResult:
+    """Tango JSONL: one `{"location": PATH, "captions": TEXT or [TEXT, ...]}` per line; locations are
+    relative to `root` (default: the JSONL's folder). A broken line is reported and skipped."""
+    jsonl_path = _require_file(Path(jsonl_path), "Tango JSONL")
+    root = Path(root) if root else jsonl_path.parent
+    c = _Collector(options, default_split=_split_from_filename(jsonl_path))
+    with open(jsonl_path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{jsonl_path}:{lineno}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                c.error(f"{where}: broken JSON ({e.msg} at column {e.colno}); skipped")
+                continue
+            if not isinstance(item, dict) or not isinstance(item.get("location"), str) or not item["location"]:
+                c.error(f'{where}: expected an object with a "location" path; skipped')
+                continue
+            p = root / item["location"]
+            caps = _clean_captions(item.get("captions", item.get("caption")))
+            c.add(_Entry(_stem_id(p, root), p, where, caps, split=split_from_name(str(item.get("split", "")))))
+    return c.result(f"import {jsonl_path.name}")
+
+
+# --------------------------------------------------------------------------------------- webdataset
+
+
+def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike,
+                      options: ImportOptions = ImportOptions()) -> ImportResult:
+    """WebDataset tar shards (a .tar file or a folder of them): members `KEY.{wav,flac,ogg,opus,mp3}` with
+    `KEY.json` (caption / captions / text, optional split) or `KEY.txt`. Audio is extracted under
+    `audio_dir` (which must not exist yet; it is created only when at least one row imports)."""
+    shards, audio_dir = Path(shards), Path(audio_dir)
+    tars = sorted(p for p in shards.iterdir() if ".tar" in p.name) if shards.is_dir() else [shards]
+    if not tars or not tars[0].is_file():
+        raise SourceError(f"{shards}: no WebDataset .tar shards found")
+    if audio_dir.exists() and any(audio_dir.iterdir()):
+        raise SourceError(f"{audio_dir}: audio folder for extracted files already exists and is not empty")
+    audio_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{audio_dir.name}.", suffix=".tmp", dir=audio_dir.parent))
+    try:
+        c = _Collector(options)
+        for tar in tars:
+            _read_shard(tar, tmp, c)
+        result = c.result(f"import {shards.name}")
+        final = str(audio_dir.resolve())
+        result.errors = [m.replace(str(tmp.resolve()), final) for m in result.errors]
+        if result.rows:
+            if audio_dir.exists():
+                audio_dir.rmdir()
+            os.replace(tmp, audio_dir)
+            result.rows = [_moved(r, str(tmp.resolve()), final) for r in result.rows]
+        return result
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _moved(row: ManifestRow, old: str, new: str) -> ManifestRow:
+    from dataclasses import replace
+
+    return replace(row, path=new + row.path[len(old):])
+
+
+def _read_shard(tar_path: Path, out: Path, c: _Collector) -> None:
+    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    try:
+        tf = tarfile.open(tar_path)
+    except (tarfile.TarError, OSError) as e:
+        c.error(f"{tar_path}: not a readable tar shard ({e}); skipped")
+        return
+    with tf:
+        try:
+            members = tf.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            c.error(f"{tar_path}: damaged tar shard ({e}); skipped")
+            return
+        for m in members:
+            if not m.isfile():
+                continue
+            pp = PurePosixPath(m.name)
+            if pp.is_absolute() or ".." in pp.parts:
+                c.error(f"{tar_path}: member {m.name!r} has an unsafe path; skipped")
+                continue
+            stem, _, ext = pp.name.partition(".")  # WebDataset: the key ends at the first dot of the name
+            groups.setdefault(str(pp.parent / stem), {})[ext.lower()] = m
+        for key, parts in groups.items():
+            where = f"{tar_path}:{key}"
+            row_id = key.removeprefix("./")
+            if row_id in c.by_id:
+                c.error(f"{where}: duplicate id {row_id!r} (also in an earlier shard); skipped")
+                continue
+            audio_ext = next((e for e in ("wav", "flac", "ogg", "opus", "mp3") if e in parts), None)
+            if audio_ext is None:
+                c.error(f"{where}: no audio member (.wav/.flac/.ogg/.opus/.mp3); skipped")
+                continue
+            caps, split = [], None
+            try:
+                if "json" in parts:
+                    meta = json.loads(tf.extractfile(parts["json"]).read().decode("utf-8"))
+                    if not isinstance(meta, dict):
+                        raise ValueError("expected a JSON object")
+                    caps = _clean_captions(meta.get("captions", meta.get("caption", meta.get("text"))))
+                    split = split_from_name(str(meta.get("split", "")))
+                if not caps and "txt" in parts:
+                    caps = _clean_captions(tf.extractfile(parts["txt"]).read().decode("utf-8").splitlines())
+                dest = out / f"{key}.{audio_ext}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tf.extractfile(parts[audio_ext]).read())
+            except (ValueError, UnicodeDecodeError, tarfile.TarError, OSError, EOFError) as e:
+                c.error(f"{where}: unreadable member ({e}); skipped")
+                continue
+            c.add(_Entry(row_id, dest, where, caps, split=split))
+
+
+# ---------------------------------------------------------------------------------------- dispatch
+
+
+def import_source(kind: str, source: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                  captions_csv: str | os.PathLike | None = None, audio_dir: str | os.PathLike | None = None,
+                  options: ImportOptions = ImportOptions()) -> ImportResult:
+    """Run the importer for `kind` (one of KINDS) on `source`."""
+    if kind == "folder":
+        return import_folder(source, captions_csv=captions_csv, options=options)
+    if kind == "audiocaps":
+        if root is None:
+            raise SourceError("audiocaps import needs --root (the folder holding the audio files)")
+        return import_audiocaps(source, root=root, options=options)
+    if kind == "audioldm":
+        return import_audioldm(source, root=root, options=options)
+    if kind == "tango":
+        return import_tango(source, root=root, options=options)
+    if kind == "webdataset":
+        if audio_dir is None:
+            raise SourceError("webdataset import needs an audio folder to extract into")
+        return import_webdataset(source, audio_dir=audio_dir, options=options)
+    raise SourceError(f"unknown import kind {kind!r}; expected one of {', '.join(KINDS)}")
