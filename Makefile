@@ -13,7 +13,10 @@ $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,recipes]"
+	# aisfx ships the sound-effects CNN used as the "aisfx" FAD embedder; its metadata pins numpy==1.23 /
+	# librosa==0.9.2, which conflict with ours, so it is installed without its (stale) dependencies
+	$(BIN)/python -m pip install -q --no-deps "aisfx==0.1.2"
 	touch $@
 
 venv: $(BIN)/.installed

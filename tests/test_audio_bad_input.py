@@ -115,7 +115,7 @@ def test_good_file_loads_mono_at_requested_rate(tmp_path, name):
     assert abs(_dominant_hz(wav, 16_000) - FREQ) < 5
     assert np.isfinite(wav).all() and 0.05 < np.max(np.abs(wav)) <= 1.0
 
-    native, native_sr = load_audio(path)
+    _native, native_sr = load_audio(path)
     assert native_sr == sr
 
 

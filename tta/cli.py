@@ -67,6 +67,8 @@ COMMAND_MODULES = [
     ("clap", "tta.clap.commands", "CLAP embeddings: score prompts against audio, retrieve"),
     ("eval", "eval.commands", "FAD / FD / KL / IS / CLAP score of generated audio against a reference"),
     ("report", "eval.report_commands", "HTML/Markdown report from one or more eval results"),
+    ("import", "tta.interop", "an AudioLDM .ckpt or a diffusers AudioLDM folder -> a tta pipeline folder"),
+    ("export", "tta.interop", "a tta pipeline folder -> a diffusers AudioLDM folder"),
 ]
 
 
@@ -89,21 +91,30 @@ def _add_train(sub) -> None:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="turn prompts into wav files",
                        description="Generate audio from text prompts with a tta pipeline folder "
-                                   "(default: the embedded model).")
+                                   "(default: the embedded model). Writes a generation.json beside the outputs.")
     p.add_argument("prompts", nargs="*", metavar="PROMPT")
     p.add_argument("-o", "--output", type=Path, help="output wav (one prompt)")
-    p.add_argument("--out-dir", type=Path, help="output folder (many prompts)")
-    p.add_argument("--prompts", dest="prompts_file", type=Path, help="txt (one per line), CSV or JSONL file")
+    p.add_argument("--out-dir", type=Path, help="output folder (many prompts; default: the current folder)")
+    p.add_argument("--prompts", dest="prompts_file", type=Path,
+                   help="txt (one prompt per line), CSV or JSONL file with a prompt column/key (and optional id)")
     p.add_argument("--model", type=Path, help="pipeline folder (default: the embedded model)")
-    p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--negative", default="")
-    p.add_argument("--candidates", type=int, default=1)
+    p.add_argument("--seconds", type=float, help="length of each clip (default: the model's, usually 10)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 disables it)")
+    p.add_argument("--negative", default="", help="negative prompt (the unconditional branch's text)")
+    p.add_argument("--candidates", type=int, help="clips drawn per prompt; the best by CLAP score is kept")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler")
+    p.add_argument("--sampler", help="ddim, dpmsolver++, euler, euler_a, heun, lms, pndm or ddpm")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--init-audio", type=Path, metavar="WAV", help="audio-to-audio / style transfer input")
+    p.add_argument("--strength", type=float, default=0.5, help="with --init-audio: how much to change (0, 1]")
+    p.add_argument("--inpaint", type=Path, metavar="WAV", help="audio to inpaint (with --mask START:END)")
+    p.add_argument("--mask", metavar="START:END", help="with --inpaint: seconds to regenerate")
+    p.add_argument("--super-resolution", type=Path, metavar="WAV",
+                   help="band-limited audio whose upper mel bands are regenerated (with --cutoff)")
+    p.add_argument("--cutoff", type=float, metavar="HZ", help="with --super-resolution: highest kept frequency")
     p.set_defaults(func=cmd_generate)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -66,13 +66,13 @@ class ClapEmbedder:
     def embed_text(self, captions: Sequence[str], progress: bool = False) -> torch.Tensor:
         """(B, D) L2-normalised text embeddings of `captions` ("" = the unconditional embedding)."""
         if isinstance(captions, str):
-            raise ValueError("embed_text expects a list of captions, got a single str (wrap it in a list)")
+            raise ValueError("embed_text expects a list of captions, got a single str (wrap it in a list)")  # noqa: TRY004
         captions = list(captions)
         if not captions:
             raise ValueError("embed_text got an empty caption list")
         for i, c in enumerate(captions):
             if not isinstance(c, str):
-                raise ValueError(f"caption {i} is a {type(c).__name__}, expected str")
+                raise ValueError(f"caption {i} is a {type(c).__name__}, expected str")  # noqa: TRY004
         cache = self.cache
         keys = [text_key(self.identity, c) for c in captions] if cache else [None] * len(captions)
         out: list[np.ndarray | None] = [cache.get(k) if cache else None for k in keys]

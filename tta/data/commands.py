@@ -56,8 +56,9 @@ def _add_import(sub) -> None:
     p.add_argument("--split", choices=("train", "valid", "test"), help="put every row into this split")
     p.add_argument("--valid-fraction", type=float, default=0.0, metavar="F",
                    help="rows whose source names no split: this share goes to 'valid' (hash of id; default 0)")
-    p.add_argument("--source", dest="source_name", default="", help="value of each row's 'source' field")
-    p.add_argument("--licence", default="", help="value of each row's 'licence' field")
+    p.add_argument("--source", dest="source_name", default="", metavar="NAME",
+                   help="value of each row's 'source' field (e.g. the package or corpus name)")
+    p.add_argument("--licence", default="", metavar="LICENCE", help="value of each row's 'licence' field")
     p.set_defaults(data_func=cmd_import)
 
 
@@ -65,8 +66,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     from tta.data.importers import ImportOptions, import_source
     from tta.data.manifest import write_manifest
 
-    if args.captions is not None and args.kind != "folder":
-        raise ValueError(f"--captions is only for 'folder' imports, not {args.kind!r}")
+    for flag, value, kinds in (("--captions", args.captions, ("folder",)),
+                               ("--root", args.root, ("audiocaps", "audioldm", "tango")),
+                               ("--audio-dir", args.audio_dir, ("webdataset",))):
+        if value is not None and args.kind not in kinds:
+            raise ValueError(f"{flag} is only for {' / '.join(kinds)} imports, not {args.kind!r}")
     options = ImportOptions(split=args.split, valid_fraction=args.valid_fraction, source=args.source_name,
                             licence=args.licence, progress=not args.quiet)
     audio_dir = args.audio_dir

@@ -20,8 +20,9 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.split = split
         self.sample_rate = int(sample_rate)
         self.segment_seconds = float(segment_seconds)
-        self.segment_samples = int(round(segment_seconds * sample_rate))
+        self.segment_samples = round(segment_seconds * sample_rate)
         self.normalize = normalize
         self.random_crop = random_crop
         self.caption_choice = caption_choice
@@ -81,7 +82,7 @@ class AudioDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_config(cls, data: DataConfig, split: str, sample_rate: int, random_crop: bool,
-                    caption_choice: CaptionChoice = "random") -> "AudioDataset":
+                    caption_choice: CaptionChoice = "random") -> AudioDataset:
         """The dataset a run's `DataConfig` describes (`data.manifest` plus `data.extra_manifests`)."""
         if not data.manifest:
             raise ValueError("data.manifest is empty; set it in the config or with --set data.manifest=PATH")
@@ -135,14 +136,14 @@ class AudioDataset(torch.utils.data.Dataset):
             return np.array(full[start:start + self.segment_samples], dtype=np.float32)
         info = audio_info(path)
         native_sr = info.sample_rate
-        total = int(math.floor(info.num_samples * self.sample_rate / native_sr))
+        total = math.floor(info.num_samples * self.sample_rate / native_sr)
         start = self._offset(total, rng)
         if start == 0 and total <= self.segment_samples:
             wav, _ = load_audio(path, self.sample_rate)
         else:
             # Decode a little more than the segment (2 ms guard) so resampling never leaves it short.
-            native_start = int(round(start * native_sr / self.sample_rate))
-            native_len = int(math.ceil(self.segment_samples * native_sr / self.sample_rate)) + native_sr // 500
+            native_start = round(start * native_sr / self.sample_rate)
+            native_len = math.ceil(self.segment_samples * native_sr / self.sample_rate) + native_sr // 500
             native_len = min(native_len, info.num_samples - native_start)
             wav, _ = load_audio(path, self.sample_rate, start_seconds=native_start / native_sr,
                                 max_seconds=native_len / native_sr)

@@ -1,12 +1,14 @@
 """Importers: turn the corpus layouts people have into manifest rows.
 
 Kinds: a folder of audio with captions from a CSV or sidecar `.txt` files; an AudioCaps CSV; an AudioLDM
-dataset JSON; a Tango JSONL; WebDataset tar shards. Each returns an `ImportResult` (rows + one message per
+dataset JSON; a Tango JSONL; WebDataset tar shards (in `tta.data.webdataset`). Each returns an `ImportResult` (rows + one message per
 bad item: missing file, unreadable audio, no caption, duplicate id) and keeps going past bad items. Every
 file is probed with `tta.audio.audio_info` for its length and sample rate. A row keeps the split its source
 names (a `split` column/field, or a `train`/`val`/`test` token in the file name); otherwise a deterministic
 hash of its id puts `valid_fraction` of the rows into "valid". Several source entries for one audio file
 (AudioCaps' five captions per clip) become one row with several captions.
+`Entry` + `Collector` are the shared machinery: an importer adds entries, the collector merges, checks
+and probes them and builds the rows.
 """
 
 from __future__ import annotations
@@ -17,9 +19,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -62,7 +61,7 @@ class ImportResult:
 
 
 @dataclass
-class _Entry:
+class Entry:
     """One audio file as the source describes it, before probing."""
 
     id: str
@@ -94,7 +93,7 @@ def held_out(row_id: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-def _clean_captions(values) -> list[str]:
+def clean_captions(values) -> list[str]:
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, (list, tuple)):
@@ -102,17 +101,17 @@ def _clean_captions(values) -> list[str]:
     return [" ".join(v.split()) for v in values if isinstance(v, str) and v.strip()]
 
 
-class _Collector:
+class Collector:
     """Gathers entries (merging several captions of one file), then probes and builds rows."""
 
     def __init__(self, options: ImportOptions, default_split: str | None = None):
         self.options = options
         self.default_split = default_split
-        self.by_path: dict[Path, _Entry] = {}
-        self.by_id: dict[str, _Entry] = {}
+        self.by_path: dict[Path, Entry] = {}
+        self.by_id: dict[str, Entry] = {}
         self.errors: list[str] = []
 
-    def add(self, entry: _Entry) -> None:
+    def add(self, entry: Entry) -> None:
         key = entry.path.resolve()
         old = self.by_path.get(key)
         if old is not None:  # the same audio again: another caption for it
@@ -133,16 +132,18 @@ class _Collector:
         out = ImportResult(errors=self.errors)
         opts = self.options
         for e in tqdm(list(self.by_path.values()), desc=desc, unit="file", disable=not opts.progress):
+            # Messages name the source entry, then the file (once, when the entry is the file itself).
+            prefix = "" if e.where == str(e.path) else f"{e.where}: "
             if not e.captions:
-                out.errors.append(f"{e.where}: {e.path}: no caption; skipped")
+                out.errors.append(f"{prefix}{e.path}: no caption; skipped")
                 continue
             try:
                 info = audio_info(e.path)
             except AudioError as err:
-                out.errors.append(f"{e.where}: {err}; skipped")
+                out.errors.append(f"{prefix}{err}; skipped")
                 continue
             if info.num_samples == 0:
-                out.errors.append(f"{e.where}: {e.path}: contains 0 samples; skipped")
+                out.errors.append(f"{prefix}{e.path}: contains 0 samples; skipped")
                 continue
             split = opts.split or e.split or self.default_split
             if split is None:
@@ -191,14 +192,14 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
     folder = Path(folder)
     if not folder.is_dir():
         raise SourceError(f"{folder}: audio folder not found")
-    c = _Collector(options)
+    c = Collector(options)
     files = _audio_files(folder)
     if captions_csv is None:
         for p in files:
             txt = p.with_suffix(".txt")
-            caps = _clean_captions(txt.read_text(encoding="utf-8", errors="replace").splitlines()) \
+            caps = clean_captions(txt.read_text(encoding="utf-8", errors="replace").splitlines()) \
                 if txt.is_file() else []
-            c.add(_Entry(_stem_id(p, folder), p, str(p), caps))
+            c.add(Entry(_stem_id(p, folder), p, str(p), caps))
         return c.result(f"import {folder}")
     csv_path = _require_file(Path(captions_csv), "captions CSV")
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -218,11 +219,8 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
                 continue
             p = folder / rec[file_col]
             listed.add(p.resolve())
-            caps = []
-            for col in caption_cols:
-                value = rec.get(col, "")
-                caps += _clean_captions(json.loads(value) if value.startswith("[") and _is_json(value) else value)
-            c.add(_Entry(rec.get("id") or _stem_id(p, folder), p, where, caps,
+            caps = clean_captions([rec.get(col, "") for col in caption_cols])
+            c.add(Entry(rec.get("id") or _stem_id(p, folder), p, where, caps,
                          split=split_from_name(rec.get("split", "")),
                          labels=tuple(x.strip() for x in rec.get("labels", "").split(";") if x.strip()),
                          category=rec.get("category") or None))
@@ -230,14 +228,6 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
         if p.resolve() not in listed:
             c.error(f"{p}: not listed in {csv_path} (no caption); skipped")
     return c.result(f"import {folder}")
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-        return True
-    except json.JSONDecodeError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------- audiocaps
@@ -253,7 +243,7 @@ def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
     index: dict[str, Path] = {}
     for p in _audio_files(root):
         index.setdefault(p.stem, p)
-    c = _Collector(options, default_split=_split_from_filename(csv_path))
+    c = Collector(options, default_split=_split_from_filename(csv_path))
     seen_caps: dict[str, int] = {}
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -279,7 +269,7 @@ def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
                 c.error(f"{where}: no audio for youtube_id {yid!r} start {start} under {root} "
                         f"(looked for {yid}_{start}.* and {yid}.*, also with a Y prefix); skipped")
                 continue
-            c.add(_Entry(f"{yid}_{start}", path, where, _clean_captions(rec["caption"])))
+            c.add(Entry(f"{yid}_{start}", path, where, clean_captions(rec["caption"])))
     return c.result(f"import {csv_path.name}")
 
 
@@ -298,7 +288,7 @@ def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | N
         raise SourceError(f"{json_path}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise SourceError(f'{json_path}: expected {{"data": [{{"wav": ..., "caption": ...}}, ...]}}')
-    c = _Collector(options, default_split=_split_from_filename(json_path))
+    c = Collector(options, default_split=_split_from_filename(json_path))
     for i, item in enumerate(doc["data"]):
         where = f"{json_path}: data[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("wav"), str) or not item["wav"]:
@@ -308,8 +298,8 @@ def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | N
         labels = item.get("labels", ())
         labels = tuple(x for x in labels.split(",") if x) if isinstance(labels, str) else \
             tuple(x for x in labels if isinstance(x, str)) if isinstance(labels, list) else ()
-        caps = _clean_captions(item.get("caption", item.get("captions")))
-        c.add(_Entry(_stem_id(p, root), p, where, caps, split=split_from_name(str(item.get("split", ""))),
+        caps = clean_captions(item.get("caption", item.get("captions")))
+        c.add(Entry(_stem_id(p, root), p, where, caps, split=split_from_name(str(item.get("split", ""))),
                      labels=labels))
     return c.result(f"import {json_path.name}")
 
@@ -320,7 +310,7 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
     relative to `root` (default: the JSONL's folder). A broken line is reported and skipped."""
     jsonl_path = _require_file(Path(jsonl_path), "Tango JSONL")
     root = Path(root) if root else jsonl_path.parent
-    c = _Collector(options, default_split=_split_from_filename(jsonl_path))
+    c = Collector(options, default_split=_split_from_filename(jsonl_path))
     with open(jsonl_path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -335,100 +325,9 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
                 c.error(f'{where}: expected an object with a "location" path; skipped')
                 continue
             p = root / item["location"]
-            caps = _clean_captions(item.get("captions", item.get("caption")))
-            c.add(_Entry(_stem_id(p, root), p, where, caps, split=split_from_name(str(item.get("split", "")))))
+            caps = clean_captions(item.get("captions", item.get("caption")))
+            c.add(Entry(_stem_id(p, root), p, where, caps, split=split_from_name(str(item.get("split", "")))))
     return c.result(f"import {jsonl_path.name}")
-
-
-# --------------------------------------------------------------------------------------- webdataset
-
-
-def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike,
-                      options: ImportOptions = ImportOptions()) -> ImportResult:
-    """WebDataset tar shards (a .tar file or a folder of them): members `KEY.{wav,flac,ogg,opus,mp3}` with
-    `KEY.json` (caption / captions / text, optional split) or `KEY.txt`. Audio is extracted under
-    `audio_dir` (which must not exist yet; it is created only when at least one row imports)."""
-    shards, audio_dir = Path(shards), Path(audio_dir)
-    tars = sorted(p for p in shards.iterdir() if ".tar" in p.name) if shards.is_dir() else [shards]
-    if not tars or not tars[0].is_file():
-        raise SourceError(f"{shards}: no WebDataset .tar shards found")
-    if audio_dir.exists() and any(audio_dir.iterdir()):
-        raise SourceError(f"{audio_dir}: audio folder for extracted files already exists and is not empty")
-    audio_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{audio_dir.name}.", suffix=".tmp", dir=audio_dir.parent))
-    try:
-        c = _Collector(options)
-        for tar in tars:
-            _read_shard(tar, tmp, c)
-        result = c.result(f"import {shards.name}")
-        final = str(audio_dir.resolve())
-        result.errors = [m.replace(str(tmp.resolve()), final) for m in result.errors]
-        if result.rows:
-            if audio_dir.exists():
-                audio_dir.rmdir()
-            os.replace(tmp, audio_dir)
-            result.rows = [_moved(r, str(tmp.resolve()), final) for r in result.rows]
-        return result
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def _moved(row: ManifestRow, old: str, new: str) -> ManifestRow:
-    from dataclasses import replace
-
-    return replace(row, path=new + row.path[len(old):])
-
-
-def _read_shard(tar_path: Path, out: Path, c: _Collector) -> None:
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    try:
-        tf = tarfile.open(tar_path)
-    except (tarfile.TarError, OSError) as e:
-        c.error(f"{tar_path}: not a readable tar shard ({e}); skipped")
-        return
-    with tf:
-        try:
-            members = tf.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            c.error(f"{tar_path}: damaged tar shard ({e}); skipped")
-            return
-        for m in members:
-            if not m.isfile():
-                continue
-            pp = PurePosixPath(m.name)
-            if pp.is_absolute() or ".." in pp.parts:
-                c.error(f"{tar_path}: member {m.name!r} has an unsafe path; skipped")
-                continue
-            stem, _, ext = pp.name.partition(".")  # WebDataset: the key ends at the first dot of the name
-            groups.setdefault(str(pp.parent / stem), {})[ext.lower()] = m
-        for key, parts in groups.items():
-            where = f"{tar_path}:{key}"
-            row_id = key.removeprefix("./")
-            if row_id in c.by_id:
-                c.error(f"{where}: duplicate id {row_id!r} (also in an earlier shard); skipped")
-                continue
-            audio_ext = next((e for e in ("wav", "flac", "ogg", "opus", "mp3") if e in parts), None)
-            if audio_ext is None:
-                c.error(f"{where}: no audio member (.wav/.flac/.ogg/.opus/.mp3); skipped")
-                continue
-            caps, split = [], None
-            try:
-                if "json" in parts:
-                    meta = json.loads(tf.extractfile(parts["json"]).read().decode("utf-8"))
-                    if not isinstance(meta, dict):
-                        raise ValueError("expected a JSON object")
-                    caps = _clean_captions(meta.get("captions", meta.get("caption", meta.get("text"))))
-                    split = split_from_name(str(meta.get("split", "")))
-                if not caps and "txt" in parts:
-                    caps = _clean_captions(tf.extractfile(parts["txt"]).read().decode("utf-8").splitlines())
-                dest = out / f"{key}.{audio_ext}"
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tf.extractfile(parts[audio_ext]).read())
-            except (ValueError, UnicodeDecodeError, tarfile.TarError, OSError, EOFError) as e:
-                c.error(f"{where}: unreadable member ({e}); skipped")
-                continue
-            c.add(_Entry(row_id, dest, where, caps, split=split))
 
 
 # ---------------------------------------------------------------------------------------- dispatch
@@ -451,5 +350,7 @@ def import_source(kind: str, source: str | os.PathLike, *, root: str | os.PathLi
     if kind == "webdataset":
         if audio_dir is None:
             raise SourceError("webdataset import needs an audio folder to extract into")
+        from tta.data.webdataset import import_webdataset
+
         return import_webdataset(source, audio_dir=audio_dir, options=options)
     raise SourceError(f"unknown import kind {kind!r}; expected one of {', '.join(KINDS)}")

@@ -52,7 +52,7 @@ SFX_PACKAGES: tuple[DebianSource, ...] = (
     DebianSource("widelands-data", "GPL-2+ / CC-BY-SA"),
     DebianSource("supertuxkart-data", "CC-BY-SA / CC-BY / GPL", large=True),
     DebianSource("0ad-data", "CC-BY-SA-3.0", large=True,
-                 archive="usr/share/games/0ad/data/mods/public/public.zip"),
+                 archive="usr/share/games/0ad/mods/public/public.zip"),
 )
 
 
@@ -93,7 +93,7 @@ def fetch_package(package: str, cache: Path) -> Path:
         if shutil.which("apt-get") is None:
             raise PackageError(f"{package}: apt-get not found; put {package}_*.deb into {debs} by hand")
         log.info("downloading %s with apt-get download", package)
-        proc = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
+        proc = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True, check=False)
         deb = _find_deb(debs, package)
         if proc.returncode != 0 or deb is None:
             reason = (proc.stderr.strip().splitlines() or ["no .deb written"])[-1]
@@ -105,7 +105,7 @@ def fetch_package(package: str, cache: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     log.info("unpacking %s", deb.name)
-    proc = subprocess.run(["dpkg", "-x", str(deb), str(partial)], capture_output=True, text=True)
+    proc = subprocess.run(["dpkg", "-x", str(deb), str(partial)], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise PackageError(f"{package}: dpkg -x {deb.name} failed: {proc.stderr.strip()[-300:]}")
     (partial / ".deb").write_text(deb.name + "\n")

@@ -1,0 +1,228 @@
+"""Mel-VAE benchmark: CPU speed of the configs, and reconstruction quality of a trained run.
+
+speed (default): encode (posterior mode) + decode of 10 s of audio (1000 mel frames) on CPU with 2 torch
+threads, and one training step (forward + backward of the reconstruction/KL loss, no GAN) on a batch of
+2 x 2.56 s, for configs/vae/{tiny,default,audioldm-s}.json plus `default-2x` (default at double width,
+the next size up). Random weights: speed does not depend on them. Ratios are against audioldm-s, in one run.
+
+    python bench/vae.py [--repeats 3] [--threads 2]
+
+quality: reconstruct the deterministic crops of a manifest split with RUN/final (and, for comparison in the
+same run, an AudioLDM .ckpt given with --peer-ckpt) and report mel L1, log-spectral distance, mel SNR.
+
+    python bench/vae.py quality --run RUN --manifest data/x/manifest.jsonl [--split test] [--items 200]
+
+Both print a table and append one JSON line to bench/results.jsonl (machine, versions, settings, load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch
+
+from tta.audio import log_mel
+from tta.config import load_config
+from vae.losses import VAELoss
+from vae.model import MelVAE
+from vae.train import RunConfig
+
+RESULTS = ROOT / "bench" / "results.jsonl"
+NOTE = (
+    "shared 2-core CPU with other jobs running: absolute times are noisy, compare the ratios within this run"
+)
+
+
+def _configs() -> dict:
+    out = {
+        name: load_config(RunConfig, ROOT / f"configs/vae/{name}.json")
+        for name in ("tiny", "default", "audioldm-s")
+    }
+    d = out["default"].model
+    out["default-2x"] = dataclasses.replace(
+        out["default"],
+        model=dataclasses.replace(d, block_out_channels=tuple(2 * c for c in d.block_out_channels)),
+    )
+    return out
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_speed(args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    wav10 = 0.1 * torch.randn(1, 160_000, generator=g)
+    wav_train = 0.1 * torch.randn(2, 40_960, generator=g)
+    rows = []
+    for name, cfg in _configs().items():
+        model = MelVAE(cfg.model)
+        mel = log_mel(wav10, cfg.model.mel)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+
+        def codec(model=model, mel=mel):
+            with torch.no_grad():
+                model.decode(model.encode(mel).mode(), mel.shape[-1])
+
+        codec_s = _time(codec, args.repeats)
+        criterion = VAELoss(cfg.loss)
+        mel_t = log_mel(wav_train, cfg.model.mel)
+        image = model.mel_to_image(mel_t, pad=False)
+
+        def step(model=model, mel_t=mel_t, image=image, criterion=criterion):
+            rec, posterior = model(mel_t)
+            loss, _ = criterion.generator_loss(image, model.mel_to_image(rec, pad=False), posterior, step=0)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        step_s = _time(step, max(1, args.repeats - 1))
+        latent = model.latent_shape(mel.shape[-1])
+        rows.append(
+            {
+                "config": name,
+                "params_m": round(params, 3),
+                "block_out_channels": list(cfg.model.block_out_channels),
+                "layers_per_block": cfg.model.layers_per_block,
+                "latent": list(latent),
+                "encode_decode_10s_s": round(codec_s, 4),
+                "rtf": round(codec_s / 10.0, 4),
+                "train_step_2x2.56s_s": round(step_s, 4),
+            }
+        )
+        print(f"  {name}: done", file=sys.stderr, flush=True)
+    ref = next(r for r in rows if r["config"] == "audioldm-s")
+    for r in rows:
+        r["speedup_vs_audioldm_s"] = round(ref["encode_decode_10s_s"] / r["encode_decode_10s_s"], 2)
+        r["train_speedup_vs_audioldm_s"] = round(ref["train_step_2x2.56s_s"] / r["train_step_2x2.56s_s"], 2)
+    print(
+        f"{'config':<12}{'params M':>10}{'latent':>16}{'enc+dec 10s':>13}{'RTF':>8}{'x vs S':>8}"
+        f"{'train step':>12}{'x vs S':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['config']:<12}{r['params_m']:>10.3f}{tuple(r['latent'])!s:>16}"
+            f"{r['encode_decode_10s_s']:>12.3f}s"
+            f"{r['rtf']:>8.3f}{r['speedup_vs_audioldm_s']:>8.1f}{r['train_step_2x2.56s_s']:>11.3f}s"
+            f"{r['train_speedup_vs_audioldm_s']:>8.1f}"
+        )
+    return {
+        "bench": "vae.speed",
+        "settings": {
+            "audio_seconds": 10.0,
+            "frames": int(mel.shape[-1]),
+            "train_batch": [2, 2.56],
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "stat": "median",
+            "weights": "random",
+        },
+        "results": rows,
+    }
+
+
+def bench_quality(args) -> dict:
+    from tta.checkpoint import load_component
+    from tta.data.dataset import AudioDataset
+    from vae.metrics import ReconstructionMetrics
+
+    torch.set_num_threads(args.threads)
+    models = {"run": load_component(Path(args.run) / "final", MelVAE)}
+    if args.peer_ckpt:
+        from vae.interop import load_audioldm_ckpt
+
+        models["audioldm"] = load_audioldm_ckpt(args.peer_ckpt)
+    mel_cfg = models["run"].config.mel
+    ds = AudioDataset(args.manifest, args.split, mel_cfg.sample_rate, args.segment_seconds, random_crop=False)
+    n = min(args.items, len(ds))
+    metrics = {name: ReconstructionMetrics() for name in models}
+    t0 = time.perf_counter()
+    for start in range(0, n, args.batch_size):
+        wav = torch.stack([ds[i]["wav"] for i in range(start, min(n, start + args.batch_size))])
+        mel = log_mel(wav, mel_cfg)
+        with torch.no_grad():
+            for name, model in models.items():
+                metrics[name].update(mel, model(mel, sample=False)[0])
+    values = {name: m.compute() for name, m in metrics.items()}
+    print(
+        f"{'model':<10}{'mel L1':>10}{'LSD dB':>10}{'SNR dB':>10}   ({n} clips of {args.segment_seconds} s, "
+        f"{args.split} split)"
+    )
+    for name, v in values.items():
+        print(f"{name:<10}{v['mel_l1']:>10.4f}{v['lsd_db']:>10.3f}{v['snr_db']:>10.3f}")
+    return {
+        "bench": "vae.quality",
+        "settings": {
+            "run": str(args.run),
+            "manifest": str(args.manifest),
+            "split": args.split,
+            "items": n,
+            "segment_seconds": args.segment_seconds,
+            "peer_ckpt": args.peer_ckpt or None,
+        },
+        "seconds": round(time.perf_counter() - t0, 2),
+        "results": values,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", nargs="?", default="speed", choices=["speed", "quality"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--run", type=Path, help="training run folder (quality)")
+    p.add_argument("--manifest", type=Path, help="manifest with the held-out clips (quality)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--items", type=int, default=200)
+    p.add_argument("--segment-seconds", type=float, default=10.24)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--peer-ckpt", default="", help="an AudioLDM .ckpt to score in the same run (optional)")
+    p.add_argument("--no-record", action="store_true", help="do not append to bench/results.jsonl")
+    args = p.parse_args()
+    if args.mode == "quality" and not (args.run and args.manifest):
+        p.error("quality needs --run and --manifest")
+    record = bench_speed(args) if args.mode == "speed" else bench_quality(args)
+    import diffusers
+
+    record.update(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {
+                "node": platform.node(),
+                "processor": platform.machine(),
+                "cpu_count": os.cpu_count(),
+            },
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+            },
+            "loadavg": list(os.getloadavg()),
+            "note": NOTE,
+        }
+    )
+    if not args.no_record:
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()

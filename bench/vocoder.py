@@ -1,0 +1,162 @@
+"""HiFi-GAN vocoder benchmark: CPU real-time factor of the tiny / default / audioldm-16k configs, each with
+weight norm (training form) and with it removed (inference form), against Griffin-Lim in the same run;
+optionally the quality of a trained run against Griffin-Lim on held-out real audio.
+
+RTF = seconds of compute / seconds of audio (lower is faster; < 1 is faster than real time). Weights are
+random: speed does not depend on their values.
+
+    .venv/bin/python bench/vocoder.py [--seconds 4] [--repeats 3] [--threads 2]
+    .venv/bin/python bench/vocoder.py --manifest M.jsonl --run RUN [--split test] [--items 32]
+
+Prints a table and appends a JSON line to bench/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tta.audio import log_mel
+from tta.config import load_config
+from vocoder.griffinlim import GriffinLim, GriffinLimConfig
+from vocoder.losses import LossConfig, mel_l1, multi_resolution_stft_distance
+from vocoder.model import HiFiGAN
+from vocoder.train import RunConfig
+
+CONFIGS = ("tiny", "default", "audioldm-16k")
+
+
+def seconds_per_call(fn, repeats: int) -> float:
+    fn()  # warm-up (allocator, kernels)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_speed(seconds: float, repeats: int, gl_iters: int) -> list[dict]:
+    rows = []
+    mel_cfg = None
+    for name in CONFIGS:
+        cfg = load_config(RunConfig, ROOT / "configs" / "vocoder" / f"{name}.json").model
+        mel_cfg = cfg.mel
+        frames = int(seconds * mel_cfg.frames_per_second)
+        mel = torch.randn(1, mel_cfg.n_mels, frames) - 4.0
+        torch.manual_seed(0)
+        model = HiFiGAN(cfg).eval()
+        params = sum(p.numel() for p in model.parameters())
+        for weight_norm in (True, False):
+            if not weight_norm:
+                model = model.inference_copy()
+            with torch.inference_mode():
+                t = seconds_per_call(lambda m=model, x=mel: m(x), repeats)
+            rows.append({"vocoder": name, "weight_norm": weight_norm, "params_m": round(params / 1e6, 3),
+                         "seconds": round(t, 4), "rtf": round(t / seconds, 4)})
+    gl = GriffinLim(GriffinLimConfig(mel_cfg, n_iter=gl_iters))
+    mel = torch.randn(1, mel_cfg.n_mels, int(seconds * mel_cfg.frames_per_second)) - 4.0
+    t = seconds_per_call(lambda: gl(mel), repeats)
+    rows.append({"vocoder": f"griffin-lim-{gl_iters}", "weight_norm": None, "params_m": 0.0, "seconds": round(t, 4),
+                 "rtf": round(t / seconds, 4)})
+    ref = next(r["seconds"] for r in rows if r["vocoder"] == "audioldm-16k" and r["weight_norm"] is False)
+    for r in rows:
+        r["speedup_vs_audioldm16k"] = round(ref / r["seconds"], 2)
+    return rows
+
+
+def bench_quality(manifest: str, run: Path, split: str, items: int, seconds: float, gl_iters: int) -> list[dict]:
+    """Mean mel L1 / MR-STFT distance of the run's final/ vocoder and of Griffin-Lim on held-out clips."""
+    from tta.checkpoint import load_component
+    from tta.data.dataset import AudioDataset
+
+    model = load_component(run / "final", HiFiGAN)
+    mel_cfg = model.config.mel
+    data = AudioDataset(manifest, split, mel_cfg.sample_rate, seconds, normalize=True, random_crop=False,
+                        caption_choice="first")
+    resolutions = LossConfig().stft_resolutions
+    peers = {str(run / "final"): model, f"griffin-lim-{gl_iters}": GriffinLim(GriffinLimConfig(mel_cfg, gl_iters))}
+    sums = {name: {"mel_l1": 0.0, "mrstft": 0.0, "seconds": 0.0} for name in peers}
+    count = 0
+    for i in range(min(items, len(data))):
+        item = data[i]
+        n = min(int(item["seconds"] * mel_cfg.sample_rate), item["wav"].shape[0])
+        n = n // mel_cfg.hop_length * mel_cfg.hop_length
+        if n < 2 * mel_cfg.n_fft:
+            continue
+        wav = item["wav"][None, :n]
+        mel = log_mel(wav, mel_cfg)
+        count += 1
+        for name, peer in peers.items():
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = peer(mel)
+            sums[name]["seconds"] += time.perf_counter() - t0
+            sums[name]["mel_l1"] += float(mel_l1(out, wav, mel_cfg))
+            sums[name]["mrstft"] += float(multi_resolution_stft_distance(out, wav, resolutions))
+    if not count:
+        raise SystemExit(f"{manifest}: no usable clips in split {split!r}")
+    rows = [{"vocoder": name, "clips": count, "mel_l1": round(s["mel_l1"] / count, 4),
+             "mrstft": round(s["mrstft"] / count, 4), "seconds_total": round(s["seconds"], 2)}
+            for name, s in sums.items()]
+    gl = rows[-1]
+    for r in rows:
+        r["mel_l1_vs_griffin_lim"] = round(r["mel_l1"] / gl["mel_l1"], 3)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    keys = list(rows[0])
+    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=4.0, help="audio length per call (speed) / per clip (quality)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gl-iters", type=int, default=32)
+    ap.add_argument("--manifest", help="manifest with held-out clips (quality mode, with --run)")
+    ap.add_argument("--run", type=Path, help="training run folder whose final/ is evaluated")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--items", type=int, default=32)
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if bool(args.manifest) != bool(args.run):
+        ap.error("--manifest and --run go together")
+    if args.run:
+        rows = bench_quality(args.manifest, args.run, args.split, args.items, args.seconds, args.gl_iters)
+        settings = {"mode": "quality", "manifest": args.manifest, "split": args.split, "items": args.items,
+                    "clip_seconds": args.seconds, "gl_iters": args.gl_iters}
+    else:
+        rows = bench_speed(args.seconds, args.repeats, args.gl_iters)
+        settings = {"mode": "speed", "audio_seconds": args.seconds, "repeats": args.repeats,
+                    "gl_iters": args.gl_iters, "batch": 1, "stat": "median"}
+    settings["threads"] = args.threads
+    print_table(rows)
+    record = {"bench": "vocoder", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+              "python": platform.python_version(), "versions": {"torch": torch.__version__},
+              "settings": settings, "loadavg": list(os.getloadavg()), "results": rows,
+              "note": "shared CPU (several jobs on 2 cores): absolute times are noisy, compare ratios within this run"}
+    with open(args.results, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""`tta eval`: FAD / FD / KL / IS / CLAP score of generated audio against a reference folder or statistics.
+
+Writes OUT/eval.json (every number with its protocol: embedder and checkpoint hash, sample rates, counts,
+paired or not, versions, date), OUT/items.csv (one row per generated file) and the Gaussian statistics of
+both sets (OUT/reference_stats.npz can be passed as --reference later).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parsers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generated", required=True, type=Path, help="folder of generated audio")
+    parser.add_argument("--reference", required=True, type=Path,
+                        help="folder of reference audio, or a reference statistics .npz (fad only)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for eval.json and items.csv")
+    parser.add_argument("--metrics", default="fad",
+                        help="comma-separated subset of fad,fd,kl,is,clap (default: fad)")
+    parser.add_argument("--embedder", default="mfcc",
+                        help="FAD embedder: mfcc, aisfx, vggish, panns, clap, laion-clap (default: mfcc)")
+    parser.add_argument("--embedder-weights", help="local weights file for the embedder (vggish/panns .pth)")
+    parser.add_argument("--panns-weights", help="local PANNs Cnn14_16k .pth for fd/kl/is (or $TTA_PANNS_WEIGHTS)")
+    parser.add_argument("--prompts", type=Path,
+                        help="CSV/JSONL with file (or id), prompt and optional category columns; .txt by position")
+    parser.add_argument("--clap-model", help="CLAP model (tta CLAP folder or LAION checkpoint) for --metrics clap")
+    parser.add_argument("--clap-tokenizer", help="local tokenizer folder for an original LAION CLAP .pt")
+    parser.add_argument("--cache-dir", type=Path, help="embedding cache (default $TTA_CACHE_DIR/eval or "
+                                                        "~/.cache/tta/eval)")
+    parser.add_argument("--fad-inf", action="store_true", help="also report FAD-inf (Chung et al. 2020)")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.run import EvalOptions, run_eval
+
+    opts = EvalOptions(generated=args.generated, reference=args.reference, out=args.out,
+                       metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+                       embedder=args.embedder, embedder_weights=args.embedder_weights,
+                       panns_weights=args.panns_weights, clap_model=args.clap_model,
+                       clap_tokenizer=args.clap_tokenizer, prompts=args.prompts,
+                       cache_dir=args.cache_dir, fad_inf=args.fad_inf, batch_size=args.batch_size,
+                       progress=not getattr(args, "quiet", False))
+    result = run_eval(opts)
+    for name, value in result["metrics"].items():
+        print(f"{name}\t{value:.6g}" if isinstance(value, float) else f"{name}\t{value}")
+    print(args.out / "eval.json")
+    return 0

@@ -1,0 +1,87 @@
+"""KL divergence between classifier outputs of paired files, and the Inception Score.
+
+Both follow audioldm_eval (Liu et al. 2023), which the AudioLDM / Tango / Make-An-Audio papers report:
+- KL pairs a generated and a reference file by file name, turns the classifier's logits into
+  probabilities (softmax over classes, or per-class sigmoid as PANNs' multi-label output), and computes
+  sum_c p_ref,c (log p_ref,c - log(p_gen,c + eps)) per pair; the reported KL is the mean over pairs.
+  (The sigmoid variant is this same sum over independent sigmoid outputs, as audioldm_eval computes it.)
+- IS = exp(E_x KL(p(y|x) || p(y))) over softmax(logits) (Salimans et al. 2016), mean and std over
+  `splits` equal chunks as torch-fidelity does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-6  # audioldm_eval's epsilon inside the log of the generated probabilities
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _logits(x, what: str) -> np.ndarray:
+    arr = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"{what}: expected logits of shape (N, classes) with N >= 1, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what}: logits contain NaN or inf")
+    return arr
+
+
+def kl_per_pair(generated_logits, reference_logits, *, mode: str = "softmax") -> np.ndarray:
+    """Row-paired logits (N, C) -> (N,) KL(reference || generated) per pair, float64."""
+    gen = _logits(generated_logits, "generated")
+    ref = _logits(reference_logits, "reference")
+    if gen.shape != ref.shape:
+        raise ValueError(f"paired logits must have the same shape, got {gen.shape} and {ref.shape}")
+    if mode == "softmax":
+        p, q = _softmax(ref), _softmax(gen)
+    elif mode == "sigmoid":
+        p, q = _sigmoid(ref), _sigmoid(gen)
+    else:
+        raise ValueError(f"KL mode {mode!r}: expected 'softmax' or 'sigmoid'")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - np.log(q + EPS)), 0.0)
+    return terms.sum(axis=1)
+
+
+def pair_by_name(generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> list[str]:
+    """Names present in both sets (sorted). Raises when there are none."""
+    common = sorted(set(generated) & set(reference))
+    if not common:
+        some_g = ", ".join(sorted(generated)[:3])
+        some_r = ", ".join(sorted(reference)[:3])
+        raise ValueError(f"paired metrics (KL) found no common file names between generated ({some_g}, ...) "
+                         f"and reference ({some_r}, ...); name paired files alike")
+    return common
+
+
+def kl_divergence(generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict:
+    """Per-name logits (C,) of both sets -> {"kl_softmax", "kl_sigmoid", "pairs", "per_item": {name: (s, g)}}."""
+    names = pair_by_name(generated, reference)
+    gen = np.stack([generated[n] for n in names])
+    ref = np.stack([reference[n] for n in names])
+    soft = kl_per_pair(gen, ref, mode="softmax")
+    sig = kl_per_pair(gen, ref, mode="sigmoid")
+    return {"kl_softmax": float(soft.mean()), "kl_sigmoid": float(sig.mean()), "pairs": len(names),
+            "per_item": {n: (float(s), float(g)) for n, s, g in zip(names, soft, sig)}}
+
+
+def inception_score(logits, *, splits: int = 10) -> dict:
+    """Logits (N, C) -> {"is_mean", "is_std", "splits"}: exp(E KL(p(y|x) || p(y))) per split."""
+    probs = _softmax(_logits(logits, "logits"))
+    splits = max(1, min(int(splits), probs.shape[0]))
+    scores = []
+    for chunk in np.array_split(probs, splits):
+        marginal = chunk.mean(axis=0, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = np.where(chunk > 0, chunk * (np.log(np.where(chunk > 0, chunk, 1.0)) - np.log(marginal)), 0.0)
+        scores.append(float(np.exp(kl.sum(axis=1).mean())))
+    return {"is_mean": float(np.mean(scores)), "is_std": float(np.std(scores)), "splits": splits}

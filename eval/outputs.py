@@ -1,0 +1,69 @@
+"""Writing and reading the results of `tta eval`: `eval.json` and `items.csv` (atomic writes)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+RESULT_NAME = "eval.json"
+ITEMS_NAME = "items.csv"
+ITEM_COLUMNS = ("name", "file", "seconds", "frames", "category", "prompt", "clap_score", "kl_softmax", "kl_sigmoid")
+FORMAT_VERSION = 1
+
+
+class ResultError(ValueError):
+    pass
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN/inf become null (strict JSON), numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict]) -> Path:
+    from tta.checkpoint import atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=ITEM_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for name in sorted(items):
+        row = {"name": name, **{k: ("" if v is None else v) for k, v in items[name].items()}}
+        writer.writerow(row)
+    atomic_write_text(out / ITEMS_NAME, buf.getvalue())
+    body = {"format_version": FORMAT_VERSION, "kind": "tta.eval", **_clean(result), "items_csv": ITEMS_NAME}
+    atomic_write_text(out / RESULT_NAME, json.dumps(body, indent=2, allow_nan=False) + "\n")
+    return out / RESULT_NAME
+
+
+def read_result(path: str | os.PathLike) -> tuple[dict, list[dict], Path]:
+    """An eval result (its folder or its eval.json) -> (eval.json content, item rows, folder)."""
+    path = Path(path)
+    file = path / RESULT_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise ResultError(f"{path}: no {RESULT_NAME} (pass a `tta eval --out` folder or its eval.json)")
+    try:
+        body = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(body, dict) or body.get("kind") != "tta.eval":
+        raise ResultError(f"{file}: not a tta eval result (kind {body.get('kind') if isinstance(body, dict) else None!r})")
+    rows: list[dict] = []
+    items = file.parent / body.get("items_csv", ITEMS_NAME)
+    if items.is_file():
+        with open(items, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    return body, rows, file.parent

@@ -1,0 +1,271 @@
+"""`tta report`: one self-contained HTML page (or Markdown) from one or more `tta eval` results.
+
+The HTML has no external references at all: inline CSS, charts and spectrograms as PNG data URIs
+(matplotlib, Agg backend), audio as data-URI WAV players. Sections: the metrics table (runs side by side),
+per-category bar charts, head/tail table, best and worst items by CLAP score (or example items when a run
+has no CLAP score) with spectrograms and players, and each run's full protocol.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eval.outputs import read_result
+
+log = logging.getLogger(__name__)
+
+MAX_PLAYER_SECONDS = 10.0  # clips are cut for the page; the full files stay where they are
+PLAYER_SAMPLE_RATE = 16_000
+METRIC_LABELS = {"fad": "FAD ↓", "fad_inf": "FAD∞ ↓", "fd": "FD (PANNs) ↓", "kl_softmax": "KL softmax ↓",
+                 "kl_sigmoid": "KL sigmoid ↓", "is_mean": "IS ↑", "is_std": "IS std", "clap_score": "CLAP score ↑"}
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2430;
+padding:0 1rem;background:#fafbfc}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px solid #d6dbe3;padding-bottom:.3rem}
+table{border-collapse:collapse;margin:.6rem 0;background:#fff}th,td{border:1px solid #d6dbe3;padding:.35rem .7rem;
+text-align:right}th{background:#eef1f6}td.name,th.name{text-align:left}td.best{font-weight:700;color:#0b6b2b}
+.items{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1rem}
+.item{background:#fff;border:1px solid #d6dbe3;border-radius:6px;padding:.6rem}.item img{width:100%}
+.item audio{width:100%}.muted{color:#667085;font-size:.9rem}pre{background:#fff;border:1px solid #d6dbe3;
+padding:.6rem;overflow:auto;font-size:.8rem}img.chart{max-width:100%;background:#fff;border:1px solid #d6dbe3}
+"""
+
+
+@dataclass
+class Run:
+    label: str
+    body: dict
+    rows: list[dict]
+    folder: Path
+
+
+def load_runs(paths: list[str | os.PathLike], labels: list[str] | None = None) -> list[Run]:
+    if not paths:
+        raise ValueError("tta report needs at least one eval result")
+    runs = []
+    for i, p in enumerate(paths):
+        body, rows, folder = read_result(p)
+        label = labels[i] if labels and i < len(labels) else folder.name
+        runs.append(Run(label, body, rows, folder))
+    seen: dict[str, int] = {}
+    for r in runs:  # keep column headers unique
+        seen[r.label] = seen.get(r.label, 0) + 1
+        if seen[r.label] > 1:
+            r.label = f"{r.label} ({seen[r.label]})"
+    return runs
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or v == "" else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def _metric_names(runs: list[Run]) -> list[str]:
+    names: list[str] = []
+    for r in runs:
+        names += [k for k in r.body.get("metrics", {}) if k not in names]
+    return names
+
+
+def _png_data_uri(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def category_chart(runs: list[Run], metric: str) -> str | None:
+    """Grouped bar chart of one per-category metric across runs -> PNG data URI (None if no data)."""
+    cats: list[str] = []
+    for r in runs:
+        cats += [c for c in r.body.get("breakdown", {}).get("categories", {}) if c not in cats]
+    values = [[(r.body.get("breakdown", {}).get("categories", {}).get(c) or {}).get(metric) for c in cats]
+              for r in runs]
+    if not cats or all(v is None for row in values for v in row):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cats) * max(1, len(runs)) + 2), 3.2))
+    width = 0.8 / len(runs)
+    x = np.arange(len(cats))
+    for i, (r, row) in enumerate(zip(runs, values)):
+        ax.bar(x + i * width - 0.4 + width / 2, [np.nan if v is None else v for v in row], width, label=r.label)
+    ax.set_xticks(x, cats, rotation=30, ha="right")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title(f"{METRIC_LABELS.get(metric, metric)} by category")
+    if len(runs) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png_data_uri(fig)
+
+
+def spectrogram_and_audio(path: str | os.PathLike) -> tuple[str, str]:
+    """(spectrogram PNG data URI, WAV data URI) of the first MAX_PLAYER_SECONDS of an audio file."""
+    import soundfile as sf
+
+    from tta.audio import MelConfig, load_audio, log_mel
+
+    wav, sr = load_audio(path, sample_rate=PLAYER_SAMPLE_RATE, max_seconds=MAX_PLAYER_SECONDS)
+    if wav.shape[0] <= MelConfig().pad:
+        wav = np.pad(wav, (0, MelConfig().pad + 1 - wav.shape[0]))
+    mel = log_mel(wav, MelConfig())[0].numpy()
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 1.8))
+    ax.imshow(mel, origin="lower", aspect="auto", cmap="magma",
+              extent=(0, wav.shape[0] / sr, 0, mel.shape[0]))
+    ax.set_xlabel("s")
+    ax.set_ylabel("mel band")
+    image = _png_data_uri(fig)
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1, 1), sr, format="WAV", subtype="PCM_16")
+    return image, "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def pick_items(run: Run, k: int = 3) -> tuple[str, list[dict], list[dict]]:
+    """(title, best, worst) items by CLAP score; example items when the run has no CLAP score."""
+    scored = [r for r in run.rows if r.get("clap_score") not in (None, "") and r.get("file")]
+    if scored:
+        scored.sort(key=lambda r: float(r["clap_score"]), reverse=True)
+        k = min(k, len(scored) // 2) or 1
+        return "by CLAP score", scored[:k], scored[::-1][:k] if len(scored) > 1 else []  # worst first
+    return "examples (this run has no CLAP score)", [r for r in run.rows if r.get("file")][:k], []
+
+
+# ------------------------------------------------------------------------------------------ HTML
+
+
+def _item_html(row: dict) -> str:
+    try:
+        image, audio = spectrogram_and_audio(row["file"])
+    except (ValueError, OSError) as e:
+        return (f'<div class="item"><b>{html.escape(row["name"])}</b><p class="muted">audio not available: '
+                f"{html.escape(str(e))}</p></div>")
+    meta = " · ".join(f"{k} {html.escape(_fmt(_num(row.get(k))))}" for k in ("clap_score", "category", "seconds")
+                      if row.get(k) not in (None, ""))
+    prompt = f"<div>“{html.escape(row['prompt'])}”</div>" if row.get("prompt") else ""
+    return (f'<div class="item"><b>{html.escape(row["name"])}</b>{prompt}<div class="muted">{meta}</div>'
+            f'<img alt="spectrogram of {html.escape(row["name"])}" src="{image}">'
+            f'<audio controls preload="metadata" src="{audio}"></audio></div>')
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def render_html(runs: list[Run], title: str = "tta evaluation report") -> str:
+    names = _metric_names(runs)
+    lower_better = {"fad", "fad_inf", "fd", "kl_softmax", "kl_sigmoid"}
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             f'<p class="muted">{len(runs)} run(s): {html.escape(", ".join(r.label for r in runs))}</p>',
+             '<h2>Metrics</h2><table id="metrics"><tr><th class="name">metric</th>',
+             *[f"<th>{html.escape(r.label)}</th>" for r in runs], "</tr>"]
+    for m in names:
+        values = [r.body.get("metrics", {}).get(m) for r in runs]
+        real = [v for v in values if isinstance(v, (int, float))]
+        best = (min(real) if m in lower_better else max(real)) if len(real) > 1 and m != "is_std" else None
+        cells = "".join(f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}</td>' for v in values)
+        parts.append(f'<tr><td class="name">{html.escape(METRIC_LABELS.get(m, m))}</td>{cells}</tr>')
+    parts.append("</table>")
+    charts = [(m, category_chart(runs, m)) for m in ("fad", "clap_score", "kl_softmax")]
+    charts = [(m, c) for m, c in charts if c]
+    if charts:
+        parts.append("<h2>By category</h2>")
+        parts += [f'<img class="chart" alt="{html.escape(m)} by category" src="{c}">' for m, c in charts]
+        parts.append('<table id="headtail"><tr><th class="name">run</th><th class="name">part</th><th>files</th>'
+                     "<th>FAD</th><th>CLAP</th><th>KL softmax</th></tr>")
+        for r in runs:
+            for part in ("head", "tail"):
+                b = r.body.get("breakdown", {}).get(part)
+                if b:
+                    parts.append(f'<tr><td class="name">{html.escape(r.label)}</td><td class="name">{part}: '
+                                 f'{html.escape(", ".join(b["categories"]))}</td><td>{b["files"]}</td>'
+                                 f'<td>{_fmt(b.get("fad"))}</td><td>{_fmt(b.get("clap_score"))}</td>'
+                                 f'<td>{_fmt(b.get("kl_softmax"))}</td></tr>')
+        parts.append("</table>")
+    parts.append("<h2>Items</h2>")
+    for r in runs:
+        how, best, worst = pick_items(r)
+        parts.append(f"<h3>{html.escape(r.label)} — {html.escape(how)}</h3>")
+        for caption, rows in (("best", best), ("worst", worst)):
+            if rows:
+                parts.append(f'<p class="muted">{caption if worst else ""}</p><div class="items">')
+                parts += [_item_html(row) for row in rows]
+                parts.append("</div>")
+    parts.append("<h2>Protocol</h2>")
+    for r in runs:
+        parts.append(f"<details open><summary>{html.escape(r.label)} ({html.escape(str(r.folder))})</summary>"
+                     f"<pre>{html.escape(json.dumps(r.body.get('protocol', {}), indent=2))}</pre></details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> str:
+    names = _metric_names(runs)
+    lines = [f"# {title}", "", "| metric | " + " | ".join(r.label for r in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    lines += [f"| {METRIC_LABELS.get(m, m)} | " + " | ".join(_fmt(r.body.get("metrics", {}).get(m)) for r in runs)
+              + " |" for m in names]
+    for r in runs:
+        cats = r.body.get("breakdown", {}).get("categories", {})
+        if cats:
+            lines += ["", f"## {r.label}: by category", "", "| category | files | FAD | CLAP | KL softmax |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {c} | {v['files']} | {_fmt(v.get('fad'))} | {_fmt(v.get('clap_score'))} | "
+                      f"{_fmt(v.get('kl_softmax'))} |" for c, v in cats.items()]
+        how, best, worst = pick_items(r)
+        lines += ["", f"## {r.label}: items {how}", ""]
+        tags = (("best" if how.startswith("by CLAP") else "example", best), ("worst", worst))
+        lines += [f"- {tag} `{row['name']}` {_fmt(_num(row.get('clap_score')))} {row.get('prompt') or ''}".rstrip()
+                  for tag, rows in tags for row in rows]
+        common = r.body.get("protocol", {}).get("common", {})
+        fad = r.body.get("protocol", {}).get("fad", {})
+        summary = (f"Protocol: embedder `{fad.get('embedder', {}).get('identity', '–')}`, "
+                   f"{common.get('generated_files', '–')} generated files ({common.get('skipped_files', 0)} skipped), "
+                   f"tta {common.get('tta_version', '–')}, torch {common.get('torch_version', '–')}, "
+                   f"{common.get('date', '–')}.")
+        lines += ["", summary]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: list[str | os.PathLike], out: str | os.PathLike | None = None, *,
+                 markdown: str | os.PathLike | None = None, labels: list[str] | None = None,
+                 title: str = "tta evaluation report") -> list[Path]:
+    """Write the HTML page (`out`, or Markdown if it ends in .md) and/or `markdown`; returns the paths."""
+    from tta.checkpoint import atomic_write_text
+
+    if out is None and markdown is None:
+        raise ValueError("tta report: pass --out report.html and/or --markdown report.md")
+    runs = load_runs(list(results), labels)
+    written = []
+    for path, as_md in ((out, out is not None and str(out).endswith(".md")), (markdown, True)):
+        if path is None:
+            continue
+        text = render_markdown(runs, title) if as_md else render_html(runs, title)
+        written.append(atomic_write_text(path, text))
+    return written

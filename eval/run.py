@@ -1,0 +1,338 @@
+"""`tta eval`: embed two folders (or a folder and reference statistics), compute the asked metrics, and
+write `eval.json` (every number with its protocol) and `items.csv` (one row per generated file).
+
+Metrics: `fad` (Fréchet distance of the chosen embedder's frame embeddings, all frames pooled as fadtk and
+the FAD paper do), `fd` (Fréchet distance of PANNs Cnn14 clip embeddings), `kl` (PANNs, paired by file
+name), `is` (PANNs logits), `clap` (CLAP score; needs --prompts and --clap-model). Unreadable files are
+skipped, reported by name and counted; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from eval.cache import EmbeddingCache, content_hash
+from eval.embedders import Embedder, get_embedder
+from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infinity
+from eval.outputs import write_outputs
+from eval.prompts import PromptRow, read_prompts
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+METRICS = ("fad", "fd", "kl", "is", "clap")
+
+
+class EvalError(ValueError):
+    """Inputs that cannot be evaluated; the message names the folder/file/option and what was expected."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    generated: Path
+    reference: Path  # a folder of audio, or a `.npz` of reference statistics (fad only)
+    out: Path
+    metrics: tuple[str, ...] = ("fad",)
+    embedder: str = "mfcc"
+    embedder_weights: str | None = None  # local weights for vggish / panns / aisfx
+    panns_weights: str | None = None  # for fd / kl / is when the embedder is not panns
+    clap_model: str | None = None
+    clap_tokenizer: str | None = None  # local RoBERTa tokenizer folder for an original LAION .pt
+    prompts: Path | None = None
+    cache_dir: Path | None = None  # default: $TTA_CACHE_DIR/eval or ~/.cache/tta/eval
+    fad_inf: bool = False
+    batch_size: int = 32
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad or not self.metrics:
+            raise EvalError(f"--metrics: unknown {bad or 'empty list'}; valid metrics: {', '.join(METRICS)}")
+        if self.batch_size < 1:
+            raise EvalError(f"batch_size={self.batch_size} must be >= 1")
+
+
+@dataclass
+class EmbeddedSet:
+    """Per-file results for one folder: keys are file paths relative to the folder, without suffix."""
+
+    folder: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # (frames, D)
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    sample_rates: Counter = field(default_factory=Counter)  # original rates of the readable files
+    skipped: list[dict] = field(default_factory=list)
+
+    def protocol(self) -> dict:
+        return {"folder": str(self.folder.resolve()), "files_found": len(self.files) + len(self.skipped),
+                "files_used": len(self.files), "files_skipped": len(self.skipped), "skipped": self.skipped,
+                "original_sample_rates": {str(k): v for k, v in sorted(self.sample_rates.items())}}
+
+
+def list_audio(folder: Path, what: str) -> list[Path]:
+    if not folder.exists():
+        raise EvalError(f"{what} {folder}: folder not found")
+    if not folder.is_dir():
+        raise EvalError(f"{what} {folder}: expected a folder of audio files")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+                   and not p.name.startswith("."))
+    if not files:
+        raise EvalError(f"{what} {folder}: no audio files (looked for {', '.join(AUDIO_SUFFIXES)})")
+    return files
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("TTA_CACHE_DIR")
+    return Path(root) / "eval" if root else Path.home() / ".cache" / "tta" / "eval"
+
+
+def scan_folder(folder: Path, what: str) -> EmbeddedSet:
+    """List the readable audio files of a folder (header check only) without embedding them."""
+    from tta.audio import AudioError, audio_info
+
+    result = EmbeddedSet(folder=folder)
+    for path in list_audio(folder, what):
+        try:
+            info = audio_info(path)
+        except AudioError as e:
+            result.skipped.append({"file": str(path), "reason": str(e)})
+            continue
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        result.files[key], result.seconds[key] = path, info.seconds
+        result.sample_rates[info.sample_rate] += 1
+    if not result.files:
+        raise EvalError(f"{what} {folder}: none of the audio files could be read")
+    return result
+
+
+def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None, *, what: str,
+                 want_logits: bool = False, batch_size: int = 32, progress: bool = True) -> EmbeddedSet:
+    """Load, resample and embed every audio file under `folder` (cached by content hash + embedder)."""
+    from tqdm.auto import tqdm
+
+    from tta.audio import AudioError, audio_info, load_audio
+
+    result = EmbeddedSet(folder=folder)
+    files = list_audio(folder, what)
+    bar = tqdm(total=len(files), disable=not progress, desc=f"{what} [{embedder.name}]", unit="file")
+    for start in range(0, len(files), batch_size):
+        todo: list[tuple[str, str, np.ndarray]] = []
+        for path in files[start:start + batch_size]:
+            key = path.relative_to(folder).with_suffix("").as_posix()
+            try:
+                info = audio_info(path)
+                digest = content_hash(path)
+                emb = cache.get(digest) if cache else None
+                logit = cache.get(digest, "logits") if cache and want_logits else None
+                if emb is None or (want_logits and logit is None):
+                    wav, _ = load_audio(path, sample_rate=embedder.sample_rate)
+                    todo.append((key, digest, wav))
+            except (AudioError, OSError) as e:
+                log.warning("skipping unreadable file: %s", e)
+                result.skipped.append({"file": str(path), "reason": str(e)})
+                continue
+            result.files[key] = path
+            result.seconds[key] = info.seconds
+            result.sample_rates[info.sample_rate] += 1
+            if emb is not None and (not want_logits or logit is not None):
+                result.embeddings[key] = emb
+                if want_logits:
+                    result.logits[key] = logit
+        if todo:
+            wavs = [w for _, _, w in todo]
+            embs = embedder.embed_batch(wavs)
+            logits = embedder.logits(wavs) if want_logits else [None] * len(todo)
+            for (key, digest, _), emb, logit in zip(todo, embs, logits):
+                result.embeddings[key] = emb
+                if cache:
+                    cache.put(digest, emb)
+                if want_logits:
+                    result.logits[key] = logit
+                    if cache:
+                        cache.put(digest, logit, "logits")
+        bar.update(len(files[start:start + batch_size]))
+    bar.close()
+    if not result.files:
+        raise EvalError(f"{what} {folder}: none of the {len(files)} audio files could be read "
+                        f"(first: {result.skipped[0]['reason']})")
+    return result
+
+
+def _frames(s: EmbeddedSet, keys=None) -> np.ndarray:
+    return np.concatenate([s.embeddings[k] for k in (keys if keys is not None else s.embeddings)])
+
+
+def fad_value(gen: EmbeddedSet, ref: FrechetStats, dim: int, keys=None) -> dict:
+    metric = FrechetDistanceMetric(dim)
+    metric.set_reference(ref)
+    for k in (keys if keys is not None else gen.embeddings):
+        metric.update(gen.embeddings[k], generated=True)
+    n = int(metric.gen_n.item())
+    if n < 2:
+        return {"value": None, "frames": n, "note": "fewer than 2 embeddings"}
+    return {"value": float(metric.compute()), "frames": n, "files": len(keys if keys is not None else gen.embeddings)}
+
+
+def run_eval(opts: EvalOptions) -> dict:
+    """Evaluate and write `opts.out/eval.json` + `items.csv`; returns the eval.json content."""
+    metrics = tuple(dict.fromkeys(opts.metrics))
+    ref_is_stats = opts.reference.suffix == ".npz"
+    if ref_is_stats and set(metrics) - {"fad", "clap"}:
+        raise EvalError(f"--reference {opts.reference} is a statistics file; it serves fad only, "
+                        f"{'/'.join(sorted(set(metrics) - {'fad', 'clap'}))} need a reference folder")
+    if "clap" in metrics and (opts.prompts is None or not opts.clap_model):
+        raise EvalError("--metrics clap needs --prompts FILE (prompt per generated file) and --clap-model DIR")
+    cache_root = opts.cache_dir or default_cache_dir()
+    result: dict = {"metrics": {}, "protocol": {}, "breakdown": {}}
+    items: dict[str, dict] = {}
+
+    embedder = None
+    gen = ref_set = None
+    ref_stats: FrechetStats | None = None
+    if "fad" in metrics:
+        embedder = get_embedder(opts.embedder, **_embedder_options(opts))
+        cache = EmbeddingCache(cache_root, embedder.identity)
+        gen = embed_folder(opts.generated, embedder, cache, what="generated", batch_size=opts.batch_size,
+                           progress=opts.progress)
+        if ref_is_stats:
+            ref_stats = FrechetStats.load(opts.reference, expected_embedder=embedder.identity)
+            ref_protocol = {"stats_file": str(opts.reference.resolve()), "frames": ref_stats.n,
+                            "files_used": ref_stats.num_files, "sample_rate": ref_stats.sample_rate}
+        else:
+            ref_set = embed_folder(opts.reference, embedder, cache, what="reference", batch_size=opts.batch_size,
+                                   progress=opts.progress)
+            try:
+                ref_stats = FrechetStats.from_embeddings(_frames(ref_set), embedder=embedder.identity,
+                                                         sample_rate=embedder.sample_rate,
+                                                         num_files=len(ref_set.embeddings))
+            except StatsError as e:
+                raise EvalError(f"reference {opts.reference}: {e}") from None
+            ref_stats.save(opts.out / "reference_stats.npz")
+            ref_protocol = ref_set.protocol()
+        fad = fad_value(gen, ref_stats, embedder.dim)
+        if fad["value"] is None:
+            raise EvalError(f"generated {opts.generated}: fewer than 2 {embedder.name} embeddings; FAD needs more audio")
+        FrechetStats.from_embeddings(_frames(gen), embedder=embedder.identity, sample_rate=embedder.sample_rate,
+                                     num_files=len(gen.embeddings)).save(opts.out / "generated_stats.npz")
+        result["metrics"]["fad"] = fad["value"]
+        if opts.fad_inf:
+            result["metrics"]["fad_inf"] = fad_infinity(_frames(gen), ref_stats)["fad_inf"]
+        result["protocol"]["fad"] = {"embedder": embedder.protocol(), "pooling": "all frames pooled",
+                                     "covariance": "unbiased (n-1), float64", "generated": gen.protocol(),
+                                     "generated_frames": fad["frames"], "reference": ref_protocol,
+                                     "reference_frames": ref_stats.n, "resampled_to": embedder.sample_rate,
+                                     "paired": False, "fad_inf": opts.fad_inf}
+        for key in gen.files:
+            items.setdefault(key, {})["frames"] = int(gen.embeddings[key].shape[0])
+
+    panns_metrics = [m for m in metrics if m in ("fd", "kl", "is")]
+    if panns_metrics:
+        weights = opts.embedder_weights if opts.embedder == "panns" else opts.panns_weights
+        try:
+            panns = get_embedder("panns", **({"weights": weights} if weights else {}))
+        except ValueError as e:
+            raise EvalError(f"--metrics {','.join(panns_metrics)} need PANNs Cnn14_16k weights: pass --panns-weights "
+                            f"PATH or set $TTA_PANNS_WEIGHTS ({e})") from None
+        pcache = EmbeddingCache(cache_root, panns.identity)
+        pgen = embed_folder(opts.generated, panns, pcache, what="generated", want_logits=True,
+                            batch_size=opts.batch_size, progress=opts.progress)
+        pref = None if set(panns_metrics) == {"is"} else embed_folder(
+            opts.reference, panns, pcache, what="reference", want_logits=True, batch_size=opts.batch_size,
+            progress=opts.progress)
+        from eval.kl import inception_score, kl_divergence
+
+        proto = {"embedder": panns.protocol(), "generated": pgen.protocol()}
+        if pref is not None:
+            proto["reference"] = pref.protocol()
+        if "fd" in metrics:
+            result["metrics"]["fd"] = FrechetStats.from_embeddings(_frames(pgen)).distance(
+                FrechetStats.from_embeddings(_frames(pref)))
+        if "kl" in metrics:
+            try:
+                kl = kl_divergence(pgen.logits, pref.logits)
+            except ValueError as e:
+                raise EvalError(str(e)) from None
+            result["metrics"].update(kl_softmax=kl["kl_softmax"], kl_sigmoid=kl["kl_sigmoid"])
+            proto["kl"] = {"paired": True, "pairs": kl["pairs"], "direction": "KL(reference || generated)",
+                           "unpaired_generated": len(pgen.logits) - kl["pairs"]}
+            for key, (s, g) in kl["per_item"].items():
+                items.setdefault(key, {}).update(kl_softmax=s, kl_sigmoid=g)
+        if "is" in metrics:
+            score = inception_score(np.stack([pgen.logits[k] for k in sorted(pgen.logits)]))
+            result["metrics"].update(is_mean=score["is_mean"], is_std=score["is_std"])
+            proto["is"] = {"splits": score["splits"], "files": len(pgen.logits)}
+        result["protocol"]["panns"] = proto
+        gen = gen or pgen
+
+    gen = gen or scan_folder(opts.generated, "generated")
+    prompts: dict[str, PromptRow] = {}
+    if opts.prompts is not None:
+        names = sorted(gen.files)
+        prompts = _match_prompts(read_prompts(opts.prompts, names), names, opts.prompts)
+    if "clap" in metrics:
+        _clap_metric(opts, gen, prompts, result, items)
+
+    for key, row in prompts.items():
+        items.setdefault(key, {}).update(prompt=row.prompt, category=row.category)
+    for key in gen.files:
+        items.setdefault(key, {}).update(file=str(gen.files[key].resolve()), seconds=round(gen.seconds[key], 4))
+    if any(r.category for r in prompts.values()):
+        from eval.breakdown import category_breakdown
+
+        result["breakdown"] = category_breakdown(gen, prompts, items, ref_stats)
+    result["protocol"]["common"] = _common_protocol(opts, metrics, gen)
+    write_outputs(opts.out, result, items)
+    return result
+
+
+def _embedder_options(opts: EvalOptions) -> dict:
+    if opts.embedder in ("clap", "laion-clap"):
+        return {"model": opts.clap_model, "tokenizer": opts.clap_tokenizer}
+    return {"weights": opts.embedder_weights} if opts.embedder_weights else {}
+
+
+def _match_prompts(rows: dict[str, PromptRow], names: list[str], path: Path) -> dict[str, PromptRow]:
+    by_name = {Path(k).name: r for k, r in rows.items()}
+    out = {n: rows.get(n) or by_name.get(Path(n).name) for n in names}
+    missing = [n for n, r in out.items() if r is None]
+    if missing:
+        raise EvalError(f"{path}: no prompt for {len(missing)} generated file(s), e.g. {', '.join(missing[:3])}")
+    return out  # type: ignore[return-value]
+
+
+def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
+    from eval.clap_score import clap_score
+    from eval.embedders import clap_embedder, load_clap_model
+    from tta.audio import load_audio
+
+    model = load_clap_model(opts.clap_model, backend="tta", tokenizer=opts.clap_tokenizer)
+    emb = clap_embedder(model, name="clap", checkpoint=str(opts.clap_model))
+    keys = sorted(gen.files)
+    wavs = [load_audio(gen.files[k], sample_rate=emb.sample_rate)[0] for k in keys]
+    score = clap_score(model, [prompts[k].prompt for k in keys], wavs, emb.sample_rate, progress=opts.progress)
+    result["metrics"]["clap_score"] = score["clap_score"]
+    result["protocol"]["clap"] = {"model": emb.protocol(), "scale": "raw cosine in [-1, 1]", "count": score["count"]}
+    for k, v in zip(keys, score["per_item"]):
+        items.setdefault(k, {})["clap_score"] = v
+
+
+def _common_protocol(opts: EvalOptions, metrics, gen) -> dict:
+    import torch
+
+    from tta import __version__ as tta_version
+
+    return {"tta_version": tta_version, "torch_version": torch.__version__, "numpy_version": np.__version__,
+            "python": platform.python_version(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "metrics": list(metrics), "generated": str(opts.generated.resolve()),
+            "reference": str(opts.reference.resolve()), "prompts": str(opts.prompts.resolve()) if opts.prompts else None,
+            "generated_files": len(gen.files) if gen else 0,
+            "skipped_files": len(gen.skipped) if gen else 0}

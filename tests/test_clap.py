@@ -1,0 +1,288 @@
+"""tta's own CLAP: learning on a toy corpus, the shared embedding interface, cache, metrics, CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from tests.clap_toy import KINDS, SR, make_corpus, render
+from tests.signals import tone
+from tta.clap.metrics import ClapScore, retrieval_metrics, zero_shot_accuracy
+from tta.clap.model import ClapConfig, TTAClap, TTAClapEmbedder, contrastive_loss
+from tta.clap.train import AugmentConfig, RunConfig, augment_captions, keyword_caption, merge_captions, train
+from tta.config import apply_overrides, load_config
+
+STEPS = 30
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny towers are far too small for intra-op parallelism; one thread avoids spin-waiting on a
+    shared CPU (measured ~10x faster per step under load)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clap_toy")
+    return make_corpus(folder, labels=True)
+
+
+@pytest.fixture(scope="module")
+def trained(toy, tmp_path_factory):
+    """A tiny CLAP trained by `tta.clap.train.train` on the toy corpus (shared by the tests below)."""
+    torch.set_num_threads(1)
+    cfg = load_config(RunConfig, "configs/clap/tiny.json")
+    cfg = apply_overrides(cfg, [f"data.manifest={json.dumps(str(toy))}", f"train.max_steps={STEPS}",
+                                f"train.checkpoint_every={STEPS}", f"train.validate_every={STEPS}",
+                                "train.log_every=5", "augment.template_prob=0.0"])
+    out = tmp_path_factory.mktemp("clap_run") / "run"
+    final = train(cfg, out, progress=False)
+    return out, final
+
+
+def _rows(run, split):
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+def test_tiny_clap_learns_toy_retrieval(trained, toy):
+    run, final = trained
+    assert (final / "model.safetensors").is_file() and (run / "checkpoints" / f"step_{STEPS}").is_dir()
+    train_rows, valid = _rows(run, "train"), _rows(run, "valid")
+    first, late = np.mean([r["loss"] for r in train_rows[:2]]), np.mean([r["loss"] for r in train_rows[-2:]])
+    assert late < 0.6 * first, (first, late)
+    last = valid[-1]
+    assert last["num_audio"] == len(KINDS) and last["model"].startswith("tta-clap:")
+    chance_r1 = 1 / len(KINDS)
+    # held-out renders of eight sound kinds: far above chance (1/8) both ways
+    assert last["t2a_R@1"] >= 5 * chance_r1, last
+    assert last["a2t_R@1"] >= 4 * chance_r1, last
+    assert last["t2a_mAP@10"] >= 0.7, last
+
+
+def test_untrained_model_is_near_chance_on_same_data(toy):
+    """The same validation with random weights: shows the learning test measures learning."""
+    from tta.clap.train import validate
+    from tta.data.dataset import AudioDataset
+
+    cfg = load_config(RunConfig, "configs/clap/tiny.json")
+    ds = AudioDataset(toy, "valid", SR, 0.5, random_crop=False, caption_choice="first")
+    m = validate(TTAClap(cfg.model), ds, 8, 0, "cpu", model_name="untrained")
+    assert m["t2a_R@1"] <= 0.5
+
+
+def test_embedder_interface_from_run_folder(trained):
+    from tta.clap import load_clap
+
+    run, _ = trained
+    clap = load_clap(run)
+    assert clap.identity.startswith("tta-clap:") and clap.sample_rate == 16_000
+    text = clap.embed_text(["a low steady hum", "", "slow knocking"])
+    rng = np.random.default_rng(1)
+    audio = clap.embed_audio(np.stack([render("low", rng), render("knock", rng)]), SR)
+    assert text.shape == (3, clap.embed_dim) and audio.shape == (2, clap.embed_dim)
+    for e in (text, audio):
+        assert torch.allclose(e.norm(dim=-1), torch.ones(len(e)), atol=1e-5)
+    # "" is a real (unconditional) embedding, distinct from any caption
+    assert torch.isfinite(text[1]).all() and (text[1] @ text[0]) < 0.999
+    # variable-length list input; one clip alone equals the same clip inside a batch
+    single = clap.embed_audio(render("low", np.random.default_rng(1)), SR)
+    assert torch.allclose(single[0], audio[0], atol=1e-5)
+    mixed = clap.embed_audio([render("low", rng), render("hiss", rng, seconds=0.8)], SR)
+    assert mixed.shape == (2, clap.embed_dim)
+
+
+def test_audio_is_resampled_inside(trained):
+    from tta.clap import load_clap
+
+    clap = load_clap(trained[0])
+    a16 = clap.embed_audio(tone(440, 0.5, 16_000), 16_000)
+    a48 = clap.embed_audio(tone(440, 0.5, 48_000), 48_000)
+    assert float(a16[0] @ a48[0]) > 0.98
+
+
+def test_cache_hit_returns_identical_embeddings(trained, tmp_path):
+    from tta.clap import load_clap
+
+    clap = load_clap(trained[0], cache_dir=tmp_path / "cache")
+    wav = np.stack([render(k, np.random.default_rng(3)) for k in ("hiss", "tick")])
+    caps = ["loud white noise hiss", "rapid ticking clicks"]
+    t1, a1 = clap.embed_text(caps), clap.embed_audio(wav, SR)
+    assert clap.cache.hits == 0 and clap.cache.misses == 4
+    t2, a2 = clap.embed_text(caps), clap.embed_audio(wav, SR)
+    assert clap.cache.hits == 4
+    assert torch.equal(t1, t2) and torch.equal(a1, a2)
+    # the cache is keyed by content: other audio misses
+    clap.embed_audio(wav * 0.5, SR)
+    assert clap.cache.misses == 6
+    # and by model identity: another model never reads these entries
+    other = TTAClapEmbedder(clap.model, identity="tta-clap:other", cache_dir=tmp_path / "cache")
+    other.embed_text(caps)
+    assert other.cache.hits == 0
+
+
+def test_bad_inputs_raise_clear_errors(trained, caplog):
+    from tta.clap import load_clap
+
+    clap = load_clap(trained[0])
+    with pytest.raises(ValueError, match="empty caption list"):
+        clap.embed_text([])
+    with pytest.raises(ValueError, match="single str"):
+        clap.embed_text("a dog")
+    with pytest.raises(ValueError, match="shorter than one frame"):
+        clap.embed_audio(np.zeros(500, np.float32), SR)
+    with pytest.raises(ValueError, match="non-finite"):
+        clap.embed_audio(np.full(SR, np.nan, np.float32), SR)
+    with pytest.raises(ValueError, match="float audio"):
+        clap.embed_audio(np.zeros(SR, np.int16), SR)
+    with pytest.raises(ValueError, match="sample_rate"):
+        clap.embed_audio(np.zeros(SR, np.float32), 0)
+    with caplog.at_level(logging.WARNING, logger="tta.clap"):
+        long = clap.embed_text(["noise " * 200])
+    assert long.shape[0] == 1 and "truncated" in caplog.text
+
+
+def test_cli_score_and_retrieve(trained, toy, tmp_path, capsys):
+    from tta.cli import main
+
+    run, _ = trained
+    out = tmp_path / "score.json"
+    assert main(["-q", "clap", "score", "--model", str(run), "--manifest", str(toy), "--split", "valid",
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["num_items"] == len(KINDS) and len(res["per_item"]) == len(KINDS)
+    assert res["model"].startswith("tta-clap:") and -1 <= res["clap_score"] <= 1
+    assert res["clap_score"] == pytest.approx(np.mean([r["score"] for r in res["per_item"]]))
+    assert "CLAP score" in capsys.readouterr().out
+
+    # folder + .txt prompts, paired in sorted order; a count mismatch is a one-line error (exit 1)
+    audio_dir = toy.parent / "audio"
+    files = sorted(audio_dir.glob("*.wav"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(KINDS[f.stem.split("_")[1]] for f in files) + "\n")
+    assert main(["-q", "clap", "score", "--model", str(run), "--audio", str(audio_dir), "--prompts",
+                 str(prompts), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["num_items"] == len(files)
+    prompts.write_text("only one prompt\n")
+    assert main(["-q", "clap", "score", "--model", str(run), "--audio", str(audio_dir), "--prompts",
+                 str(prompts)]) == 1
+    assert "1 prompts but" in capsys.readouterr().err
+
+    rout = tmp_path / "retrieve.json"
+    assert main(["-q", "clap", "retrieve", "--model", str(run), "--manifest", str(toy), "--split", "valid",
+                 "--out", str(rout)]) == 0
+    metrics = json.loads(rout.read_text())
+    assert metrics["t2a_R@1"] >= 0.5 and metrics["model"].startswith("tta-clap:")
+    assert main(["-q", "clap", "retrieve", "--model", str(run), "--manifest", str(toy), "--split", "valid",
+                 "--query", "a rising whistle sweep", "--top-k", "2", "--out", str(rout)]) == 0
+    hits = json.loads(rout.read_text())["queries"][0]["hits"]
+    assert len(hits) == 2 and "rise" in hits[0]["file"]
+
+
+def test_retrieval_metrics_follow_their_definitions():
+    eye = torch.eye(4)
+    m = retrieval_metrics(eye, eye, [0, 1, 2, 3], model="x")
+    assert all(m[f"{d}_{k}"] == 1.0 for d in ("t2a", "a2t") for k in ("R@1", "R@5", "R@10", "mAP@10"))
+    # caption 0 ranks its audio second (audio 1 is closer), the others rank theirs first
+    text = torch.nn.functional.normalize(torch.tensor([[0.6, 0.8, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), dim=-1)
+    audio = torch.eye(3)
+    m = retrieval_metrics(text, audio, [0, 1, 2])
+    assert m["t2a_R@1"] == pytest.approx(2 / 3) and m["t2a_R@5"] == 1.0
+    assert m["t2a_mAP@10"] == pytest.approx((1 / 2 + 1 + 1) / 3)
+    # two captions for audio 0: audio->text AP averages precision at both relevant ranks
+    m = retrieval_metrics(torch.eye(3)[[0, 0, 1]], torch.eye(3)[:2], [0, 0, 1])
+    assert m["a2t_mAP@10"] == 1.0 and m["num_text"] == 3
+    with pytest.raises(ValueError):
+        retrieval_metrics(eye, eye, [0, 1, 2])
+    z = zero_shot_accuracy(torch.eye(3), torch.eye(3), [0, 1, 1])
+    assert z["top1"] == pytest.approx(2 / 3) and z["chance"] == pytest.approx(1 / 3)
+
+
+def test_clap_score_metric_is_mean_cosine():
+    a, b = torch.randn(6, 8), torch.randn(6, 8)
+    metric = ClapScore()
+    metric.update(a[:4], b[:4])
+    metric.update(a[4:], b[4:])
+    expected = torch.nn.functional.cosine_similarity(a, b, dim=-1).mean()
+    assert float(metric.compute()) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_contrastive_loss_merges_shared_captions():
+    audio = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    assert contrastive_loss(audio, audio, torch.tensor(10.0)) < contrastive_loss(audio, audio.roll(1, 0),
+                                                                                torch.tensor(10.0))
+    captions, idx = merge_captions(["a", "b", "a", "c"])
+    assert captions == ["a", "b", "c"] and idx.tolist() == [0, 1, 0, 2]
+    # two clips of one caption that both match it perfectly: no false-negative penalty between them
+    text = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    clips = text[[0, 0, 1]]
+    loss = contrastive_loss(clips, text, torch.tensor(50.0), torch.tensor([0, 0, 1]))
+    assert float(loss) < 0.4
+
+
+def test_keyword_captions_come_from_labels():
+    rng = np.random.default_rng(0)
+    caps = {keyword_caption(("Dog", "Rain", "Thunder"), rng) for _ in range(50)}
+    assert len(caps) > 10 and all(any(w in c for w in ("dog", "rain", "thunder")) for c in caps)
+
+    class Row:
+        labels = ("dog",)
+
+    out = augment_captions(["orig"] * 100, [Row()] * 100, AugmentConfig(template_prob=0.5), rng)
+    assert 20 < sum(c != "orig" for c in out) < 80 and all("dog" in c for c in out if c != "orig")
+
+
+def test_minilm_text_tower_is_referenced_not_copied(tmp_path):
+    """The real sentence model: frozen weights stay in the package (hash recorded); tuned layers are saved."""
+    from tta.checkpoint import load_component, read_component_config, save_component
+    from tta.clap.towers import AudioTowerConfig, TextTowerConfig
+
+    cfg = ClapConfig(audio=AudioTowerConfig(channels=(4,), hidden_dim=8), text=TextTowerConfig(tune_layers=1),
+                     joint_dim=16)
+    model = TTAClap(cfg)
+    assert len(model.config.text.sha256) == 64
+    keys = set(model.state_dict())
+    assert any(k.startswith("text.bert.encoder.layer.5.") for k in keys)
+    assert not any(k.startswith(("text.bert.encoder.layer.0.", "text.bert.embeddings.")) for k in keys)
+    save_component(tmp_path / "clap", model)
+    assert (tmp_path / "clap" / "model.safetensors").stat().st_size < 12_000_000   # MiniLM alone is ~90 MB
+    assert read_component_config(tmp_path / "clap")["config"]["text"]["sha256"] == model.config.text.sha256
+    loaded = load_component(tmp_path / "clap", TTAClap)
+    caps = ["a dog barks in the rain", ""]
+    with torch.no_grad():
+        assert torch.allclose(model.eval().encode_text(caps), loaded.encode_text(caps), atol=1e-6)
+    # pretrained sentence similarity survives the (random) projection's absence: raw tower features
+    feats = loaded.text(["a dog barks", "a puppy is barking", "a jet engine roars"])
+    sims = torch.nn.functional.cosine_similarity(feats[0:1], feats[1:], dim=-1)
+    assert sims[0] > sims[1]
+    bad = read_component_config(tmp_path / "clap")
+    bad["config"]["text"]["sha256"] = "0" * 64
+    (tmp_path / "clap" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_component(tmp_path / "clap", TTAClap)
+
+
+def test_training_resumes_bit_exact(toy, tmp_path):
+    """Kill after step 2 (simulated by removing what came later) and resume: same weights as straight."""
+    import shutil
+
+    from tta.checkpoint import load_state_dict
+
+    cfg = apply_overrides(load_config(RunConfig, "configs/clap/tiny.json"),
+                          [f"data.manifest={json.dumps(str(toy))}", "train.max_steps=4", "train.checkpoint_every=2",
+                           "train.keep_checkpoints=0", "train.validate_every=100", "augment.template_prob=0.5"])
+    straight = train(cfg, tmp_path / "a", progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_4")
+    shutil.rmtree(tmp_path / "b" / "final")
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    a, b = load_state_dict(straight / "model.safetensors"), load_state_dict(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in _rows(tmp_path / "a", "train")] == [r["loss"] for r in _rows(tmp_path / "b", "train")]

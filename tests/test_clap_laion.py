@@ -1,0 +1,325 @@
+"""LAION-CLAP loading: original `.pt` layout -> transformers ClapModel, tokenizer checks, LAION audio prep."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.signals import chirp, noise
+from tta.checkpoint import CheckpointError
+from tta.clap.laion import (
+    MAX_SAMPLES,
+    LaionClapEmbedder,
+    convert_laion_state_dict,
+    laion_prepare,
+    load_laion_checkpoint,
+    load_roberta_tokenizer,
+)
+
+EMBED, DEPTHS, HEADS, WINDOW, MELS, SPEC = 8, (2, 1, 1, 1), (1, 1, 2, 2), 8, 64, 256
+TEXT_H, TEXT_LAYERS, VOCAB, POS, PROJ = 32, 2, 30522, 80, 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster than two spin-waiting ones on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_config(fusion: bool = False):
+    from transformers import ClapConfig
+
+    return ClapConfig(
+        text_config={"vocab_size": VOCAB, "hidden_size": TEXT_H, "num_hidden_layers": TEXT_LAYERS, "num_attention_heads": 2,
+                         "intermediate_size": 64, "max_position_embeddings": POS, "type_vocab_size": 1, "projection_dim": PROJ},
+        audio_config={"patch_embeds_hidden_size": EMBED, "depths": list(DEPTHS), "num_attention_heads": list(HEADS),
+                          "window_size": WINDOW, "spec_size": SPEC, "num_mel_bins": MELS, "hidden_size": EMBED * 8,
+                          "projection_dim": PROJ, "enable_fusion": False},
+        projection_dim=PROJ)
+
+
+def _relative_position_index(w: int) -> torch.Tensor:
+    """Swin's pairwise relative-position index for a w x w window, (w*w, w*w)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (w - 1)
+    return rel[:, :, 0] * (2 * w - 1) + rel[:, :, 1]
+
+
+def laion_layout(seed: int = 0, fusion: bool = False) -> dict:
+    """A state dict named and shaped as LAION-CLAP's HTSAT + RoBERTa model (its own module names:
+    htsat.py HTSAT_Swin_Transformer, model.py CLAP with MLP projections and MLPLayers transforms)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+
+    def put(name, *shape):
+        sd[name] = torch.randn(*shape, generator=g) * 0.05
+
+    a = "audio_branch."
+    put(a + "spectrogram_extractor.stft.conv_real.weight", 513, 1, 1024)
+    put(a + "spectrogram_extractor.stft.conv_imag.weight", 513, 1, 1024)
+    put(a + "logmel_extractor.melW", 513, MELS)
+    for n in ("weight", "bias", "running_mean"):
+        put(a + f"bn0.{n}", MELS)
+    sd[a + "bn0.running_var"] = torch.rand(MELS, generator=g) + 0.5
+    sd[a + "bn0.num_batches_tracked"] = torch.tensor(7)
+    put(a + "patch_embed.proj.weight", EMBED, 1, 4, 4)
+    put(a + "patch_embed.proj.bias", EMBED)
+    put(a + "patch_embed.norm.weight", EMBED)
+    put(a + "patch_embed.norm.bias", EMBED)
+    if fusion:  # feature-fusion checkpoints: a local mel conv and a 2-D attentional feature-fusion block
+        put(a + "patch_embed.mel_conv2d.weight", EMBED, 1, 4, 12)
+        put(a + "patch_embed.mel_conv2d.bias", EMBED)
+        inter = EMBED // 4
+        for branch, convs, norms in (("local_att", (0, 3), (1, 4)), ("global_att", (1, 4), (2, 5))):
+            for n, (c_in, c_out) in zip(convs, ((EMBED, inter), (inter, EMBED))):
+                put(a + f"patch_embed.fusion_model.{branch}.{n}.weight", c_out, c_in, 1, 1)
+                put(a + f"patch_embed.fusion_model.{branch}.{n}.bias", c_out)
+            for n, c in zip(norms, (inter, EMBED)):
+                for stat in ("weight", "bias", "running_mean"):
+                    put(a + f"patch_embed.fusion_model.{branch}.{n}.{stat}", c)
+                sd[a + f"patch_embed.fusion_model.{branch}.{n}.running_var"] = torch.ones(c)
+                sd[a + f"patch_embed.fusion_model.{branch}.{n}.num_batches_tracked"] = torch.tensor(3)
+    res = SPEC // 4
+    for i, (depth, heads) in enumerate(zip(DEPTHS, HEADS)):
+        d = EMBED * 2 ** i
+        for j in range(depth):
+            b = a + f"layers.{i}.blocks.{j}."
+            for norm in ("norm1", "norm2"):
+                put(b + f"{norm}.weight", d)
+                put(b + f"{norm}.bias", d)
+            put(b + "attn.relative_position_bias_table", (2 * WINDOW - 1) ** 2, heads)
+            sd[b + "attn.relative_position_index"] = _relative_position_index(WINDOW)
+            put(b + "attn.qkv.weight", 3 * d, d)
+            put(b + "attn.qkv.bias", 3 * d)
+            put(b + "attn.proj.weight", d, d)
+            put(b + "attn.proj.bias", d)
+            put(b + "mlp.fc1.weight", 4 * d, d)
+            put(b + "mlp.fc1.bias", 4 * d)
+            put(b + "mlp.fc2.weight", d, 4 * d)
+            put(b + "mlp.fc2.bias", d)
+            if j % 2 == 1 and res > WINDOW:  # shifted windows carry a mask buffer
+                n_windows = (res // WINDOW) ** 2
+                sd[b + "attn_mask"] = torch.zeros(n_windows, WINDOW * WINDOW, WINDOW * WINDOW)
+        if i < len(DEPTHS) - 1:
+            put(a + f"layers.{i}.downsample.reduction.weight", 2 * d, 4 * d)
+            put(a + f"layers.{i}.downsample.norm.weight", 4 * d)
+            put(a + f"layers.{i}.downsample.norm.bias", 4 * d)
+        res //= 2
+    feats = EMBED * 8
+    put(a + "norm.weight", feats)
+    put(a + "norm.bias", feats)
+    put(a + "tscam_conv.weight", 527, feats, 2, 3)
+    put(a + "tscam_conv.bias", 527)
+    put(a + "head.weight", 527, 527)
+    put(a + "head.bias", 527)
+    t = "text_branch."
+    put(t + "embeddings.word_embeddings.weight", VOCAB, TEXT_H)
+    put(t + "embeddings.position_embeddings.weight", POS, TEXT_H)
+    put(t + "embeddings.token_type_embeddings.weight", 1, TEXT_H)
+    put(t + "embeddings.LayerNorm.weight", TEXT_H)
+    put(t + "embeddings.LayerNorm.bias", TEXT_H)
+    sd[t + "embeddings.position_ids"] = torch.arange(POS)[None]
+    for k in range(TEXT_LAYERS):
+        L = t + f"encoder.layer.{k}."
+        for name, o, i_ in (("attention.self.query", TEXT_H, TEXT_H), ("attention.self.key", TEXT_H, TEXT_H),
+                            ("attention.self.value", TEXT_H, TEXT_H), ("attention.output.dense", TEXT_H, TEXT_H),
+                            ("intermediate.dense", 64, TEXT_H), ("output.dense", TEXT_H, 64)):
+            put(L + f"{name}.weight", o, i_)
+            put(L + f"{name}.bias", o)
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            put(L + f"{ln}.weight", TEXT_H)
+            put(L + f"{ln}.bias", TEXT_H)
+    put(t + "pooler.dense.weight", TEXT_H, TEXT_H)
+    put(t + "pooler.dense.bias", TEXT_H)
+    for side, width in (("text", TEXT_H), ("audio", feats)):
+        put(f"{side}_projection.0.weight", PROJ, width)
+        put(f"{side}_projection.0.bias", PROJ)
+        put(f"{side}_projection.2.weight", PROJ, PROJ)
+        put(f"{side}_projection.2.bias", PROJ)
+        for n in (0, 3):
+            put(f"{side}_transform.sequential.{n}.weight", PROJ, PROJ)
+            put(f"{side}_transform.sequential.{n}.bias", PROJ)
+    sd["logit_scale_a"] = torch.tensor(3.0)
+    sd["logit_scale_t"] = torch.tensor(2.5)
+    return {f"module.{k}": v for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def laion_pt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("laion") / "630k-tiny.pt"
+    torch.save({"epoch": 45, "state_dict": laion_layout()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir():
+    from tta.clap.towers import minilm_folder
+
+    return minilm_folder()   # a real local WordPiece vocabulary (30522 tokens) stands in for RoBERTa's
+
+
+def test_laion_pt_loads_with_every_key_consumed(laion_pt):
+    src = {k[len("module."):]: v for k, v in torch.load(laion_pt, weights_only=True)["state_dict"].items()}
+    model = load_laion_checkpoint(laion_pt, tiny_config())
+    sd = model.state_dict()
+    enc = "audio_model.audio_encoder."
+    q, k, _v = src["audio_branch.layers.2.blocks.0.attn.qkv.weight"].chunk(3)
+    assert torch.equal(sd[enc + "layers.2.blocks.0.attention.self.query.weight"], q)
+    assert torch.equal(sd[enc + "layers.2.blocks.0.attention.self.key.weight"], k)
+    assert torch.equal(sd[enc + "layers.2.blocks.0.attention.self.value.bias"],
+                       src["audio_branch.layers.2.blocks.0.attn.qkv.bias"].chunk(3)[2])
+    pairs = {enc + "layers.0.blocks.1.attention.output.dense.weight": "audio_branch.layers.0.blocks.1.attn.proj.weight",
+             enc + "layers.0.blocks.1.layernorm_after.bias": "audio_branch.layers.0.blocks.1.norm2.bias",
+             enc + "layers.1.blocks.0.intermediate.dense.weight": "audio_branch.layers.1.blocks.0.mlp.fc1.weight",
+             enc + "layers.1.blocks.0.output.dense.weight": "audio_branch.layers.1.blocks.0.mlp.fc2.weight",
+             enc + "batch_norm.running_var": "audio_branch.bn0.running_var",
+             enc + "layers.0.downsample.reduction.weight": "audio_branch.layers.0.downsample.reduction.weight",
+             "audio_projection.linear2.weight": "audio_projection.2.weight",
+             "text_projection.linear1.bias": "text_projection.0.bias",
+             "text_model.encoder.layer.1.output.dense.weight": "text_branch.encoder.layer.1.output.dense.weight",
+             "logit_scale_a": "logit_scale_a", "logit_scale_t": "logit_scale_t"}
+    for hf, laion in pairs.items():
+        assert torch.equal(sd[hf], src[laion]), hf
+    # every weight tensor of the model came from the file (only deterministic buffers may be the model's own)
+    converted, origin = convert_laion_state_dict(src)
+    own_only = set(sd) - set(converted)
+    assert own_only == {"text_model.embeddings.position_ids", "text_model.embeddings.token_type_ids"}
+    assert set(converted) <= set(sd)
+    dropped = set(src) - set(origin.values())
+    assert dropped and all(k.startswith(("audio_branch.spectrogram_extractor", "audio_branch.logmel_extractor",
+                                         "audio_branch.tscam_conv", "audio_branch.head", "text_transform",
+                                         "audio_transform", "text_branch.embeddings.position_ids"))
+                           or k.endswith(".attn_mask") for k in dropped)
+    assert any(k.endswith(".attn_mask") for k in dropped)
+
+
+def test_fusion_checkpoint_keys_load(tmp_path):
+    path = tmp_path / "fusion.pt"
+    sd = laion_layout(fusion=True)
+    torch.save({"state_dict": sd}, path)
+    model = load_laion_checkpoint(path)          # fusion is detected from the weights
+    assert model.config.audio_config.enable_fusion
+    fused = model.state_dict()
+    enc = "audio_model.audio_encoder.patch_embed."
+    assert torch.equal(fused[enc + "mel_conv2d.weight"], sd["module.audio_branch.patch_embed.mel_conv2d.weight"])
+    assert torch.equal(fused[enc + "fusion_model.global_att.4.weight"],
+                       sd["module.audio_branch.patch_embed.fusion_model.global_att.4.weight"])
+    with pytest.raises(CheckpointError, match="unexpected keys"):   # fusion weights into an unfused model
+        load_laion_checkpoint(path, tiny_config())
+
+
+def test_config_is_inferred_from_the_weights(laion_pt):
+    model = load_laion_checkpoint(laion_pt)   # no config given
+    cfg = model.config
+    assert cfg.audio_config.depths == list(DEPTHS) and cfg.audio_config.num_attention_heads == list(HEADS)
+    assert cfg.audio_config.window_size == WINDOW and cfg.projection_dim == PROJ
+    assert cfg.text_config.num_hidden_layers == TEXT_LAYERS and cfg.text_config.vocab_size == VOCAB
+
+
+@pytest.mark.parametrize("change, expect", [
+    ("drop", "missing from the file (first: audio_model.audio_encoder.layers.1.blocks.0.attention.self.query.weight"),
+    ("extra", "1 unexpected keys (first: module.audio_branch.layers.9.blocks.0.attn.qkv.weight"),
+    ("shape", "other shapes (first: module.text_projection.2.weight"),
+])
+def test_mismatched_keys_are_listed(tmp_path, change, expect):
+    sd = laion_layout()
+    if change == "drop":
+        del sd["module.audio_branch.layers.1.blocks.0.attn.qkv.weight"]
+    elif change == "extra":
+        sd["module.audio_branch.layers.9.blocks.0.attn.qkv.weight"] = torch.zeros(3, 1)
+    else:
+        sd["module.text_projection.2.weight"] = torch.zeros(PROJ + 1, PROJ)
+    path = tmp_path / "bad.pt"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_laion_checkpoint(path, tiny_config())
+    assert expect in str(err.value)
+
+
+def test_not_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="LAION-CLAP checkpoint"):
+        load_laion_checkpoint(path, tiny_config())
+
+
+def test_tokenizer_must_be_a_real_vocabulary(tmp_path):
+    from transformers import BertTokenizer
+
+    with pytest.raises(ValueError, match="not found"):
+        load_roberta_tokenizer(tmp_path / "nope")
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb" + "\n")
+    BertTokenizer(str(small / "vocab.txt")).save_pretrained(str(small))
+    with pytest.raises(ValueError, match="only 7 tokens"):
+        load_roberta_tokenizer(small)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError):
+        load_roberta_tokenizer(empty)
+
+
+def test_laion_audio_preparation():
+    rng = np.random.default_rng(0)
+    clip = noise(1.5, 48_000)
+    out = laion_prepare(clip, rng)
+    q = np.round(np.clip(clip, -1, 1) * 32767).astype(np.int16)   # int16 quantisation round trip
+    n = clip.shape[0]
+    assert out.shape == (MAX_SAMPLES,) and np.abs(out[:n] * 32767 - np.trunc(clip * 32767)).max() < 1e-2
+    assert np.allclose(out[n:2 * n], out[:n]) and (out[6 * n:] == 0).all() and np.abs(q).max() > 0
+    long = noise(12.0, 48_000, seed=3)
+    qlong = np.trunc(np.clip(long, -1, 1) * 32767) / 32767
+    cut = laion_prepare(long, np.random.default_rng(1))
+    windows = np.lib.stride_tricks.sliding_window_view(qlong, 4)
+    starts = np.flatnonzero((np.abs(windows - cut[:4]) < 1e-6).all(axis=1))
+    assert cut.shape == (MAX_SAMPLES,) and len(starts) == 1 and starts[0] > 0      # a random crop ...
+    assert np.allclose(cut, qlong[starts[0]:starts[0] + MAX_SAMPLES], atol=1e-6)   # ... of contiguous audio
+
+
+def test_laion_embedder_and_transformers_folder_agree(laion_pt, tokenizer_dir, tmp_path):
+    from tta.clap import backend_of, load_clap
+
+    clap = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config())
+    assert clap.identity.startswith("laion-clap:") and clap.sample_rate == 48_000
+    text = clap.embed_text(["a dog barks", ""])
+    wav = chirp(200, 4000, 2.0, 16_000)
+    audio = clap.embed_audio(wav, 16_000)
+    assert text.shape == (2, PROJ) and audio.shape == (1, PROJ)
+    assert torch.allclose(audio.norm(dim=-1), torch.ones(1), atol=1e-5)
+    assert torch.equal(audio, clap.embed_audio(wav, 16_000))   # the crop seed makes it reproducible
+    with pytest.raises(ValueError, match="shorter than one frame"):
+        clap.embed_audio(np.zeros(100, np.float32), 16_000)
+    folder = tmp_path / "hf"
+    clap.model.save_pretrained(str(folder))
+    clap.tokenizer.save_pretrained(str(folder))
+    assert backend_of(folder) == "laion-hf" and backend_of(laion_pt) == "laion-pt"
+    again = load_clap(folder)
+    assert torch.allclose(again.embed_text(["a dog barks", ""]), text, atol=1e-5)
+    assert torch.allclose(again.embed_audio(wav, 16_000), audio, atol=1e-5)
+    with pytest.raises(ValueError, match="tokenizer"):
+        load_clap(laion_pt)
+
+
+def test_cli_score_with_a_laion_checkpoint(laion_pt, tokenizer_dir, tmp_path):
+    from tta.audio import save_audio
+    from tta.cli import main
+
+    audio = tmp_path / "gen"
+    for i, f in enumerate((300, 900)):
+        save_audio(audio / f"{i}.wav", chirp(f, 2 * f, 1.0, 16_000), 16_000)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"file": f"{i}.wav", "prompt": p})
+                                 for i, p in enumerate(["a whistle", "a higher whistle"])) + "\n")
+    out = tmp_path / "s.json"
+    # sizes are inferred from the weights here (text heads = hidden // 64)
+    assert main(["-q", "clap", "score", "--model", str(laion_pt), "--tokenizer", str(tokenizer_dir),
+                 "--audio", str(audio), "--prompts", str(prompts), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["model"].startswith("laion-clap:") and res["num_items"] == 2

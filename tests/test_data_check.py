@@ -1,0 +1,103 @@
+"""tta.data.check on a manifest holding every kind of bad row the issue lists."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.signals import noise, tone
+from tta.data.check import check_manifest, write_clean
+from tta.data.manifest import ManifestRow, read_manifest, write_manifest
+
+SR = 16_000
+
+
+def _row(rid, path, seconds, sr=SR):
+    return ManifestRow(id=rid, path=str(path), captions=(f"caption of {rid}",), seconds=seconds, sample_rate=sr)
+
+
+def make_bad_manifest(folder):
+    """A manifest with 4 good rows, one bad row per audio reason, and 3 bad lines. Returns (path, expected)."""
+    a = folder / "audio"
+    a.mkdir(parents=True)
+    sf.write(a / "good.wav", tone(440, 0.5), SR)
+    sf.write(a / "good6ch.wav", np.tile(noise(0.5)[:, None], (1, 6)), SR)
+    sf.write(a / "good96k.flac", tone(440, 0.5, 96_000), 96_000, format="FLAC", subtype="PCM_24")
+    sf.write(a / "good8k.wav", tone(440, 0.5, 8_000), 8_000, subtype="PCM_32")
+    (a / "zero.wav").write_bytes(b"")
+    (a / "text.wav").write_text("plain text pretending to be audio")
+    sf.write(a / "trunc.wav", tone(440, 1.0), SR)
+    (a / "trunc.wav").write_bytes((a / "trunc.wav").read_bytes()[:16_000])
+    nan = tone(440, 0.5)
+    nan[10] = np.nan
+    sf.write(a / "nan.wav", nan, SR, subtype="FLOAT")
+    sf.write(a / "nosamples.wav", np.zeros((0, 1), np.float32), SR)
+    sf.write(a / "silent.wav", np.zeros(SR // 2, np.float32), SR)
+    sf.write(a / "short.wav", tone(440, 0.05), SR)
+    sf.write(a / "mismatch.wav", tone(440, 0.5), SR)
+    rows = [_row("good", a / "good.wav", 0.5), _row("good6ch", a / "good6ch.wav", 0.5),
+            _row("good96k", a / "good96k.flac", 0.5, 96_000), _row("good8k", a / "good8k.wav", 0.5, 8_000),
+            _row("missing", a / "missing.wav", 1.0), _row("zero", a / "zero.wav", 1.0),
+            _row("text", a / "text.wav", 1.0), _row("trunc", a / "trunc.wav", 1.0),
+            _row("nan", a / "nan.wav", 0.5), _row("nosamples", a / "nosamples.wav", 0.0),
+            _row("silent", a / "silent.wav", 0.5), _row("short", a / "short.wav", 0.05),
+            _row("mismatch", a / "mismatch.wav", 3.0)]
+    path = write_manifest(folder / "m.jsonl", rows)
+    good_line = json.loads(path.read_text().splitlines()[0])
+    with open(path, "a") as f:
+        f.write('{"id": "broken", "path": \n')                                     # broken JSON
+        f.write(json.dumps({**good_line, "id": "nocap", "captions": []}) + "\n")  # no caption
+        f.write(json.dumps({**good_line, "captions": ["again"]}) + "\n")          # duplicate id "good"
+    expected = {"missing": "missing", "zero": "empty", "nosamples": "empty", "text": "unreadable",
+                "trunc": "unreadable", "nan": "non-finite", "silent": "silent", "short": "too-short",
+                "mismatch": "mismatch"}
+    return path, expected
+
+
+def test_check_reports_each_bad_row_with_its_reason(tmp_path):
+    path, expected = make_bad_manifest(tmp_path)
+    report = check_manifest(path, min_seconds=0.1, silence_db=-60, progress=False)
+    by_row = {p.where: p for p in report.problems if p.reason != "manifest"}
+    assert {k: p.reason for k, p in by_row.items()} == expected
+    assert "0 bytes" in by_row["zero"].detail and "0 samples" in by_row["nosamples"].detail
+    assert "truncated" in by_row["trunc"].detail and "3.000 s" in by_row["mismatch"].detail
+    assert all("\n" not in p.detail for p in report.problems)
+    lines = [p for p in report.problems if p.reason == "manifest"]
+    assert len(lines) == 3
+    assert any("broken JSON" in p.detail for p in lines)
+    assert any("captions" in p.detail for p in lines)
+    assert any("duplicate id 'good'" in p.detail for p in lines)
+    assert report.counts == {"manifest": 3, "missing": 1, "empty": 2, "unreadable": 2, "non-finite": 1,
+                             "silent": 1, "too-short": 1, "mismatch": 1}
+    assert sorted(r.id for r in report.good_rows) == ["good", "good6ch", "good8k", "good96k"]
+    assert report.num_rows == 13 and report.num_bad == 12 and not report.ok
+
+
+def test_thresholds_move_rows_between_good_and_bad(tmp_path):
+    path, _ = make_bad_manifest(tmp_path)
+    loose = check_manifest(path, min_seconds=0.0, silence_db=-400, progress=False)
+    assert "too-short" not in loose.counts and "silent" in loose.counts  # digital silence stays silent
+    strict = check_manifest(path, min_seconds=0.6, progress=False)
+    assert strict.counts["too-short"] > loose.counts.get("too-short", 0)
+
+
+def test_write_clean_keeps_good_rows_with_valid_paths(tmp_path):
+    path, _ = make_bad_manifest(tmp_path)
+    report = check_manifest(path, progress=False)
+    out = write_clean(report, tmp_path / "elsewhere" / "clean.jsonl")
+    again = check_manifest(out, progress=False)
+    assert again.ok and again.num_rows == 4
+    assert [r.id for r in read_manifest(out)] == [r.id for r in report.good_rows]
+
+
+def test_write_clean_refuses_an_empty_manifest(tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "x", "path": "gone.wav", "captions": ["c"],
+                                                  "seconds": 1.0, "sample_rate": SR}) + "\n")
+    report = check_manifest(tmp_path / "m.jsonl", progress=False)
+    assert report.counts == {"missing": 1}
+    with pytest.raises(ValueError, match="no good rows"):
+        write_clean(report, tmp_path / "clean.jsonl")
+    assert not (tmp_path / "clean.jsonl").exists()

@@ -1,0 +1,151 @@
+"""`tta data import` / `tta data check` through tta.cli.main: exit codes, one-line errors, files written or not."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+import soundfile as sf
+
+from tests.signals import tone
+from tests.test_data_check import make_bad_manifest
+from tta.cli import main
+from tta.data.manifest import read_manifest
+
+
+def _wav(path, seconds=0.5, sr=16_000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(440, seconds, sr), sr)
+
+
+def _run(capsys, *argv):
+    code = main(["-q", *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def _assert_one_line_error(err, *fragments):
+    lines = [l for l in err.splitlines() if l.startswith("tta: error:")]
+    assert len(lines) == 1, err
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "corpus"
+    for name, caption in [("a", "a dog barks"), ("b", "rain falls"), ("c", None)]:
+        _wav(root / f"{name}.wav")
+        if caption:
+            (root / f"{name}.txt").write_text(caption)
+    return root
+
+
+def test_import_folder_writes_manifest_and_reports_bad_items(capsys, tmp_path, folder):
+    out = tmp_path / "m.jsonl"
+    code, stdout, err = _run(capsys, "data", "import", "folder", folder, "--out", out, "--source", "synthetic",
+                             "--licence", "CC0", "--valid-fraction", "0.5")
+    assert code == 0
+    rows = read_manifest(out)
+    assert sorted(r.id for r in rows) == ["a", "b"]
+    assert {r.source for r in rows} == {"synthetic"} and {r.licence for r in rows} == {"CC0"}
+    bad = err.strip().splitlines()
+    assert len(bad) == 1 and "c.wav" in bad[0] and "no caption" in bad[0]
+    assert "2 rows" in stdout and "1 bad items" in stdout
+
+
+def test_import_with_no_good_rows_fails_and_writes_nothing(capsys, tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "x.wav").write_text("text, not audio")
+    (root / "x.txt").write_text("caption")
+    (root / "y.wav").write_bytes(b"")
+    (root / "y.txt").write_text("caption")
+    out = tmp_path / "m.jsonl"
+    code, _, err = _run(capsys, "data", "import", "folder", root, "--out", out)
+    assert code == 1 and not out.exists()
+    assert not list(tmp_path.glob(".m.jsonl*"))
+    _assert_one_line_error(err, "no usable rows", "2 bad items", "not written")
+    assert len([l for l in err.splitlines() if l.startswith("tta: bad item:")]) == 2
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["folder", "{tmp}/nope", "--out", "{tmp}/m.jsonl"], ["nope", "audio folder not found"]),
+    (["audiocaps", "{tmp}/c.csv", "--out", "{tmp}/m.jsonl"], ["needs --root"]),
+    (["tango", "{tmp}/none.jsonl", "--out", "{tmp}/m.jsonl"], ["none.jsonl", "Tango JSONL not found"]),
+    (["audioldm", "{tmp}/d.json", "--out", "{tmp}/m.jsonl", "--captions", "{tmp}/c.csv"], ["--captions"]),
+    (["folder", "{tmp}", "--out", "{tmp}/m.jsonl", "--valid-fraction", "2"], ["valid_fraction"]),
+    (["folder", "{tmp}", "--out", "{tmp}/m.jsonl", "--root", "{tmp}"], ["--root is only for"]),
+])
+def test_import_user_errors_are_one_line(capsys, tmp_path, argv, fragments):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code, _, err = _run(capsys, "data", "import", *argv)
+    assert code == 1
+    _assert_one_line_error(err, *fragments)
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_bad_usage_exits_2(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "import", "soundcloud", str(tmp_path), "--out", str(tmp_path / "m.jsonl")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["data", "check"])
+    assert e.value.code == 2
+    capsys.readouterr()
+
+
+def test_import_webdataset_default_audio_dir(capsys, tmp_path):
+    buf = io.BytesIO()
+    sf.write(buf, tone(500, 0.3), 16_000, format="WAV")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for name, data in [("s1.wav", buf.getvalue()), ("s1.json", json.dumps({"text": "a beep"}).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "wds.jsonl"
+    code, _, _ = _run(capsys, "data", "import", "webdataset", tmp_path / "shard.tar", "--out", out)
+    assert code == 0
+    [row] = read_manifest(out)
+    assert row.captions == ("a beep",) and row.path == "wds_audio/s1.wav"
+    assert (tmp_path / "wds_audio" / "s1.wav").is_file()
+
+
+def test_import_tango_and_audioldm(capsys, tmp_path):
+    _wav(tmp_path / "w" / "one.wav")
+    (tmp_path / "train.jsonl").write_text(json.dumps({"location": "w/one.wav", "captions": "a tone"}) + "\n")
+    (tmp_path / "test.json").write_text(json.dumps({"data": [{"wav": "w/one.wav", "caption": "a tone"}]}))
+    assert _run(capsys, "data", "import", "tango", tmp_path / "train.jsonl", "--out", tmp_path / "t.jsonl")[0] == 0
+    assert _run(capsys, "data", "import", "audioldm", tmp_path / "test.json", "--out", tmp_path / "a.jsonl")[0] == 0
+    assert [r.split for r in read_manifest(tmp_path / "t.jsonl")] == ["train"]
+    assert [r.split for r in read_manifest(tmp_path / "a.jsonl")] == ["test"]
+
+
+def test_check_good_manifest_exits_0(capsys, tmp_path, folder):
+    out = tmp_path / "m.jsonl"
+    _run(capsys, "data", "import", "folder", folder, "--out", out)
+    code, stdout, _ = _run(capsys, "data", "check", out)
+    assert code == 0 and "2 rows, 2 good, 0 bad" in stdout
+
+
+def test_check_bad_manifest_exits_1_and_drop_bad_writes_clean(capsys, tmp_path):
+    path, expected = make_bad_manifest(tmp_path)
+    clean = tmp_path / "clean.jsonl"
+    code, stdout, err = _run(capsys, "data", "check", path, "--drop-bad", clean, "--min-seconds", "0.1")
+    assert code == 1 and err == ""
+    problem_lines = [l for l in stdout.splitlines() if "\t" in l]
+    assert len(problem_lines) == len(expected) + 3
+    for rid, reason in expected.items():
+        assert sum(l.startswith(f"{reason}\t{rid}\t") for l in problem_lines) == 1
+    assert any(l.split() == ["empty", "2"] for l in stdout.splitlines())  # the per-reason count table
+    assert "13 rows, 4 good, 12 bad" in stdout
+    assert sorted(r.id for r in read_manifest(clean)) == ["good", "good6ch", "good8k", "good96k"]
+    assert _run(capsys, "data", "check", clean)[0] == 0
+
+
+def test_check_missing_manifest_is_one_line_error(capsys, tmp_path):
+    code, _, err = _run(capsys, "data", "check", tmp_path / "none.jsonl")
+    assert code == 1
+    _assert_one_line_error(err, "none.jsonl", "manifest not found")

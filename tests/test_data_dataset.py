@@ -1,0 +1,174 @@
+"""AudioDataset: crops (random by item_seed, deterministic by index), padding, resampling, captions, cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tests.signals import chirp, noise, tone
+from tta.audio import AudioError
+from tta.data.dataset import AudioDataset
+from tta.data.manifest import DataConfig, ManifestError, ManifestRow, write_manifest
+
+SR = 16_000
+
+
+def _row(path, rid, seconds, sr, split="train", captions=("a sound",)):
+    return ManifestRow(id=rid, path=str(path), captions=tuple(captions), seconds=seconds, sample_rate=sr,
+                       split=split)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A ramp (sample value = position) so crop offsets can be read back from the audio itself."""
+    ramp = (np.arange(3 * SR, dtype=np.float32) / (3 * SR)) * 0.9 - 0.45   # 3 s, strictly increasing
+    sf.write(tmp_path / "ramp.wav", ramp, SR, subtype="FLOAT")
+    sf.write(tmp_path / "short.wav", tone(440, 0.25), SR)
+    sf.write(tmp_path / "hi.wav", chirp(200, 6000, 2.0, 44_100), 44_100)
+    sf.write(tmp_path / "val.wav", noise(1.0), SR)
+    rows = [
+        _row(tmp_path / "ramp.wav", "ramp", 3.0, SR, captions=("ramp one", "ramp two", "ramp three")),
+        _row(tmp_path / "short.wav", "short", 0.25, SR),
+        _row(tmp_path / "hi.wav", "hi", 2.0, 44_100),
+        _row(tmp_path / "val.wav", "val", 1.0, SR, split="valid"),
+    ]
+    return write_manifest(tmp_path / "m.jsonl", rows), ramp
+
+
+def _offset(wav: torch.Tensor, ramp: np.ndarray) -> int:
+    return int(np.argmin(np.abs(ramp - float(wav[0]))))
+
+
+def test_item_fields_and_default_collate(corpus):
+    manifest, _ = corpus
+    ds = AudioDataset(manifest, "train", SR, 1.0, normalize=False)
+    assert len(ds) == 3
+    item = ds[0]
+    assert set(item) == {"wav", "caption", "id", "index", "seconds"}
+    assert item["wav"].dtype == torch.float32 and item["wav"].shape == (SR,)
+    assert (item["id"], item["index"], item["caption"]) == ("ramp", 0, "ramp one")
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    assert batch["wav"].shape == (3, SR) and batch["id"] == ["ramp", "short", "hi"]
+
+
+def test_random_crop_is_reproducible_from_item_seed_and_varies(corpus):
+    manifest, ramp = corpus
+    ds = AudioDataset(manifest, "train", SR, 1.0, normalize=False)
+    a, b = ds[(0, 1234)], ds[(0, 1234)]
+    assert torch.equal(a["wav"], b["wav"]) and a["caption"] == b["caption"]
+    offsets = {_offset(ds[(0, seed)]["wav"], ramp) for seed in range(12)}
+    assert len(offsets) > 6 and all(0 <= o <= 2 * SR for o in offsets)
+    captions = {ds[(0, seed)]["caption"] for seed in range(30)}
+    assert captions == {"ramp one", "ramp two", "ramp three"}
+    # The crop is the ramp's own samples from the drawn offset (seeked read == slice of the whole file).
+    wav = ds[(0, 7)]["wav"].numpy()
+    o = _offset(ds[(0, 7)]["wav"], ramp)
+    np.testing.assert_allclose(wav, ramp[o:o + SR], atol=1e-6)
+
+
+def test_deterministic_crops_and_first_caption(corpus):
+    manifest, ramp = corpus
+    start = AudioDataset(manifest, "train", SR, 1.0, normalize=False)
+    assert _offset(start[0]["wav"], ramp) == 0 and start[0]["caption"] == "ramp one"
+    assert torch.equal(start[0]["wav"], start[0]["wav"])
+    centre = AudioDataset(manifest, "train", SR, 1.0, normalize=False, deterministic_crop="centre")
+    assert _offset(centre[0]["wav"], ramp) == SR
+    # random_crop=False: (index, seed) keys crop deterministically too; caption_choice="first" fixes captions.
+    fixed = AudioDataset(manifest, "train", SR, 1.0, normalize=False, random_crop=False, caption_choice="first")
+    assert all(_offset(fixed[(0, s)]["wav"], ramp) == 0 for s in range(5))
+    assert {fixed[(0, s)]["caption"] for s in range(10)} == {"ramp one"}
+
+
+def test_short_clip_is_zero_padded_and_reports_real_seconds(corpus):
+    manifest, _ = corpus
+    ds = AudioDataset(manifest, "train", SR, 1.0)
+    item = ds[(1, 99)]
+    wav = item["wav"]
+    assert wav.shape == (SR,)
+    assert item["seconds"] == pytest.approx(0.25)
+    assert torch.all(wav[SR // 4:] == 0) and wav[: SR // 4].abs().max() > 0.1
+
+
+def test_resampling_44k_to_16k_keeps_content(corpus):
+    manifest, _ = corpus
+    ds = AudioDataset(manifest, "train", SR, 2.0)
+    item = ds[2]
+    assert item["wav"].shape == (2 * SR,) and item["seconds"] == pytest.approx(2.0, abs=1e-3)
+    reference = chirp(200, 6000, 2.0, SR)
+    corr = np.corrcoef(item["wav"].numpy()[100:-100], reference[100:-100])[0, 1]
+    assert corr > 0.99
+
+
+def test_normalize_peak_half_and_dc_removed(corpus):
+    manifest, _ = corpus
+    item = AudioDataset(manifest, "train", SR, 1.0, normalize=True)[(0, 3)]
+    assert float(item["wav"].abs().max()) == pytest.approx(0.5, abs=1e-5)
+    assert abs(float(item["wav"].mean())) < 1e-4
+
+
+def test_cache_gives_same_items_and_is_written(corpus, tmp_path):
+    manifest, _ = corpus
+    plain = AudioDataset(manifest, "train", SR, 1.0)
+    cached = AudioDataset(manifest, "train", SR, 1.0, cache_dir=tmp_path / "cache")
+    for key in [0, (0, 5), (1, 2)]:  # 16 kHz files: identical
+        assert torch.equal(plain[key]["wav"], cached[key]["wav"])
+    for key in [2, (2, 11)]:
+        # 44.1 kHz: crop-then-resample vs resample-then-crop differ by edge effects and, for random
+        # offsets, by the sub-sample rounding of the offset to a native sample (< 1/44100 s).
+        a, b = plain[key]["wav"].numpy(), cached[key]["wav"].numpy()
+        assert a.shape == b.shape and np.corrcoef(a, b)[0, 1] > 0.95
+    files = list((tmp_path / "cache").rglob("*.npy"))
+    assert len(files) == 3
+    again = AudioDataset(manifest, "train", SR, 1.0, cache_dir=tmp_path / "cache")
+    assert torch.equal(again[(0, 5)]["wav"], cached[(0, 5)]["wav"])
+
+
+def test_split_selection_from_config_and_errors(corpus, tmp_path):
+    manifest, _ = corpus
+    valid = AudioDataset.from_config(DataConfig(manifest=str(manifest), segment_seconds=0.5), "valid", SR, False)
+    assert len(valid) == 1 and valid[0]["id"] == "val" and valid[0]["wav"].shape == (SR // 2,)
+    with pytest.raises(ManifestError, match="'test' has no rows"):
+        AudioDataset(manifest, "test", SR, 1.0)
+    with pytest.raises(ValueError, match="data.manifest is empty"):
+        AudioDataset.from_config(DataConfig(), "train", SR, True)
+    with pytest.raises(IndexError):
+        AudioDataset(manifest, "train", SR, 1.0)[3]
+    # The same manifest twice: ids collide across manifests.
+    with pytest.raises(ManifestError, match="ids must be unique"):
+        AudioDataset([manifest, manifest], "train", SR, 1.0)
+
+
+def test_dataloader_with_resumable_sampler_is_reproducible(corpus):
+    from tta.training import ResumableSampler
+
+    manifest, _ = corpus
+    ds = AudioDataset(manifest, "train", SR, 0.5)
+
+    def first_batches(n):
+        loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=ResumableSampler(len(ds), seed=3))
+        out = []
+        for batch in loader:
+            out.append(batch)
+            if len(out) == n:
+                return out
+
+    a, b = first_batches(3), first_batches(3)
+    for x, y in zip(a, b):
+        assert torch.equal(x["wav"], y["wav"]) and x["caption"] == y["caption"]
+
+
+def test_bad_manifest_line_and_bad_audio_are_one_line_errors(tmp_path):
+    good = {"id": "a", "path": "a.wav", "captions": ["x"], "seconds": 1.0, "sample_rate": SR}
+    (tmp_path / "a.wav").write_text("not audio")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps(good) + "\n" + '{"id": "b", "path": "b.wav",\n')
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: broken JSON"):
+        AudioDataset(manifest, "train", SR, 1.0)
+    manifest.write_text(json.dumps(good) + "\n")
+    ds = AudioDataset(manifest, "train", SR, 1.0)
+    with pytest.raises(AudioError, match=r"a.wav: not a readable audio file"):
+        ds[(0, 1)]

@@ -1,0 +1,255 @@
+"""Importers on tiny fake corpora: rows, probed lengths, splits, and one message per bad item."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+import soundfile as sf
+
+from tests.signals import chirp, noise, tone
+from tta.data.importers import (
+    ImportOptions,
+    SourceError,
+    held_out,
+    import_audiocaps,
+    import_audioldm,
+    import_folder,
+    import_tango,
+)
+from tta.data.manifest import read_manifest, write_manifest
+from tta.data.webdataset import import_webdataset
+
+
+def _wav(path, seconds=0.5, sr=16_000, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(330, seconds, sr), sr, **kw)
+    return path
+
+
+def _by_id(result):
+    return {r.id: r for r in result.rows}
+
+
+def _one_error(result, *fragments):
+    hits = [e for e in result.errors if all(f in e for f in fragments)]
+    assert len(hits) == 1, (fragments, result.errors)
+    assert "\n" not in hits[0]
+
+
+def test_folder_with_sidecar_txt(tmp_path):
+    root = tmp_path / "corpus"
+    _wav(root / "birds" / "b1.wav", 0.5)
+    (root / "birds" / "b1.txt").write_text("birds singing\n\n  a bird   chirps \n")
+    _wav(root / "rain.flac", 1.25, 44_100, format="FLAC")
+    (root / "rain.txt").write_text("rain on a roof")
+    _wav(root / "nocap.wav")
+    (root / "zero.wav").write_bytes(b"")
+    (root / "zero.txt").write_text("nothing")
+    (root / "text.wav").write_text("not audio at all")
+    (root / "text.txt").write_text("a text file")
+    _wav(root / "dup.wav")
+    _wav(root / "dup.ogg", format="OGG", subtype="VORBIS")
+    (root / "dup.txt").write_text("twice")
+
+    result = import_folder(root, options=ImportOptions(source="test corpus", licence="CC0", progress=False))
+    rows = _by_id(result)
+    assert sorted(rows) == ["birds/b1", "dup", "rain"]
+    assert rows["birds/b1"].captions == ("birds singing", "a bird chirps")
+    assert rows["rain"].sample_rate == 44_100 and rows["rain"].seconds == pytest.approx(1.25)
+    assert rows["rain"].source == "test corpus" and rows["rain"].licence == "CC0"
+    assert all(r.split == "train" for r in result.rows)
+    assert len(result.errors) == 4
+    _one_error(result, "nocap.wav", "no caption")
+    _one_error(result, "zero.wav", "0 bytes")
+    _one_error(result, "text.wav", "not a readable audio file")
+    _one_error(result, "duplicate id 'dup'")
+
+
+def test_folder_with_captions_csv(tmp_path):
+    root = tmp_path / "corpus"
+    for name in ("a.wav", "b.wav", "c.wav", "unlisted.wav"):
+        _wav(root / name)
+    csv_path = tmp_path / "captions.csv"
+    csv_path.write_text("file,caption_1,caption_2,split\n"
+                        "a.wav,a dog barks,,test\n"
+                        "b.wav,a car passes,an engine hums,\n"
+                        "b.wav,a car passes,traffic noise,\n"
+                        "missing.wav,ghost,,\n"
+                        "c.wav,,,\n")
+    result = import_folder(root, captions_csv=csv_path, options=ImportOptions(progress=False))
+    rows = _by_id(result)
+    assert sorted(rows) == ["a", "b"]
+    assert rows["a"].split == "test" and rows["b"].split == "train"
+    assert rows["b"].captions == ("a car passes", "an engine hums", "traffic noise")
+    _one_error(result, "captions.csv:5", "missing.wav", "file not found")
+    _one_error(result, "captions.csv:6", "c.wav", "no caption")
+    _one_error(result, "unlisted.wav", "not listed")
+    assert len(result.errors) == 3
+
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("name,text\na.wav,x\n")
+    with pytest.raises(SourceError, match="bad.csv: needs a file column"):
+        import_folder(root, captions_csv=bad_csv, options=ImportOptions(progress=False))
+
+
+def test_valid_fraction_is_deterministic_and_split_option_wins(tmp_path):
+    root = tmp_path / "many"
+    for i in range(40):
+        _wav(root / f"clip{i:02d}.wav", 0.1)
+        (root / f"clip{i:02d}.txt").write_text(f"clip {i}")
+    opts = ImportOptions(valid_fraction=0.3, progress=False)
+    first = {r.id: r.split for r in import_folder(root, options=opts).rows}
+    second = {r.id: r.split for r in import_folder(root, options=opts).rows}
+    assert first == second
+    n_valid = sum(s == "valid" for s in first.values())
+    assert 4 <= n_valid <= 20
+    assert all((s == "valid") == held_out(i, 0.3) for i, s in first.items())
+    forced = import_folder(root, options=ImportOptions(split="test", valid_fraction=0.3, progress=False))
+    assert {r.split for r in forced.rows} == {"test"}
+    with pytest.raises(ValueError, match="valid_fraction"):
+        ImportOptions(valid_fraction=1.5)
+
+
+def test_audiocaps_csv(tmp_path):
+    root = tmp_path / "audio"
+    _wav(root / "abcdefghijk_30.wav", 1.0)
+    _wav(root / "Ylmnopqrstuv.flac", 0.5, format="FLAC")
+    (tmp_path / "val.csv").write_text(
+        "audiocap_id,youtube_id,start_time,caption\n"
+        "1,abcdefghijk,30,A man speaks\n"
+        "2,abcdefghijk,30,Someone talks loudly\n"
+        "3,lmnopqrstuv,0,Water flows\n"
+        "4,missingxxxx,10,Nothing here\n"
+        "3,lmnopqrstuv,0,Duplicate id line\n"
+        "5,lmnopqrstuv,abc,Bad time\n")
+    result = import_audiocaps(tmp_path / "val.csv", root=root, options=ImportOptions(progress=False))
+    rows = _by_id(result)
+    assert sorted(rows) == ["abcdefghijk_30", "lmnopqrstuv_0"]
+    assert rows["abcdefghijk_30"].captions == ("A man speaks", "Someone talks loudly")
+    assert rows["abcdefghijk_30"].seconds == pytest.approx(1.0)
+    assert {r.split for r in result.rows} == {"valid"}  # from the file name val.csv
+    _one_error(result, "val.csv:5", "missingxxxx")
+    _one_error(result, "val.csv:6", "duplicate audiocap_id '3'")
+    _one_error(result, "val.csv:7", "start_time")
+    (tmp_path / "wrong.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SourceError, match="expected AudioCaps columns"):
+        import_audiocaps(tmp_path / "wrong.csv", root=root, options=ImportOptions(progress=False))
+
+
+def test_audioldm_json(tmp_path):
+    root = tmp_path / "data"
+    _wav(root / "wav" / "x1.wav", 0.75)
+    _wav(root / "wav" / "x2.wav", 0.25, 8_000)
+    doc = {"data": [{"wav": "wav/x1.wav", "caption": "thunder rumbles", "labels": "/m/0ngt1,/m/06mb1"},
+                    {"wav": "wav/x2.wav", "caption": "a bell rings"},
+                    {"wav": "wav/x1.wav", "caption": "distant thunder"},
+                    {"wav": "wav/gone.wav", "caption": "missing"},
+                    {"caption": "no wav key"}]}
+    json_path = tmp_path / "audiocaps_train_label.json"
+    json_path.write_text(json.dumps(doc))
+    result = import_audioldm(json_path, root=root, options=ImportOptions(progress=False))
+    rows = _by_id(result)
+    assert sorted(rows) == ["wav/x1", "wav/x2"]
+    assert rows["wav/x1"].captions == ("thunder rumbles", "distant thunder")
+    assert rows["wav/x1"].labels == ("/m/0ngt1", "/m/06mb1")
+    assert rows["wav/x2"].sample_rate == 8_000
+    assert {r.split for r in result.rows} == {"train"}
+    _one_error(result, "data[3]", "gone.wav", "file not found")
+    _one_error(result, "data[4]", '"wav"')
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(SourceError, match="broken.json: not valid JSON"):
+        import_audioldm(tmp_path / "broken.json", options=ImportOptions(progress=False))
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(SourceError, match='expected {"data"'):
+        import_audioldm(tmp_path / "list.json", options=ImportOptions(progress=False))
+
+
+def test_tango_jsonl(tmp_path):
+    _wav(tmp_path / "audio" / "t1.wav")
+    sf.write(tmp_path / "audio" / "t2.flac", noise(0.3), 16_000)
+    lines = [json.dumps({"dataset": "x", "location": "audio/t1.wav", "captions": "a cat meows"}),
+             "{broken json",
+             json.dumps({"location": "audio/t2.flac", "captions": ["wind", "gusts of wind"], "split": "val"}),
+             json.dumps({"location": "audio/t3.wav", "captions": "gone"}),
+             json.dumps({"location": "audio/t1.wav", "captions": ""})]
+    path = tmp_path / "tango.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = import_tango(path, options=ImportOptions(progress=False))
+    rows = _by_id(result)
+    assert sorted(rows) == ["audio/t1", "audio/t2"]
+    assert rows["audio/t2"].captions == ("wind", "gusts of wind") and rows["audio/t2"].split == "valid"
+    _one_error(result, "tango.jsonl:2", "broken JSON")
+    _one_error(result, "tango.jsonl:4", "t3.wav", "file not found")
+    assert len(result.errors) == 2
+
+
+def _add(tar, name, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _audio_bytes(fmt="WAV", subtype="PCM_16", seconds=0.5):
+    buf = io.BytesIO()
+    sf.write(buf, chirp(300, 3000, seconds), 16_000, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def test_webdataset_shards(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "000000.tar", "w") as tar:
+        _add(tar, "k1.wav", _audio_bytes())
+        _add(tar, "k1.json", json.dumps({"caption": "a chirp rises", "split": "test"}).encode())
+        _add(tar, "k2.flac", _audio_bytes("FLAC", seconds=1.0))
+        _add(tar, "k2.txt", b"a long chirp\n")
+        _add(tar, "k3.wav", _audio_bytes())
+        _add(tar, "k4.json", b'{"caption": "no audio"}')
+        _add(tar, "k5.wav", b"garbage bytes, not a wav file at all")
+        _add(tar, "k5.txt", b"broken audio")
+        _add(tar, "../evil.wav", _audio_bytes())
+    with tarfile.open(shards / "000001.tar", "w") as tar:
+        _add(tar, "k1.ogg", _audio_bytes("OGG", "VORBIS"))
+        _add(tar, "k1.txt", b"same key again")
+        _add(tar, "k6.mp3", _audio_bytes("MP3", "MPEG_LAYER_III"))
+        _add(tar, "k6.json", json.dumps({"captions": ["an mp3 chirp", "a sweep"]}).encode())
+    audio_dir = tmp_path / "extracted"
+    result = import_webdataset(shards, audio_dir=audio_dir, options=ImportOptions(progress=False))
+    rows = _by_id(result)
+    assert sorted(rows) == ["k1", "k2", "k6"]
+    assert rows["k1"].split == "test" and rows["k1"].captions == ("a chirp rises",)
+    assert rows["k6"].captions == ("an mp3 chirp", "a sweep")
+    assert rows["k2"].seconds == pytest.approx(1.0)
+    for r in result.rows:  # rows point at the extracted files in their final place
+        assert r.path.startswith(str(audio_dir.resolve())) and sf.info(r.path).frames > 0
+    _one_error(result, "k3", "no caption")
+    _one_error(result, "k4", "no audio member")
+    _one_error(result, "k5", "not a readable audio file")
+    _one_error(result, "000001.tar:k1", "duplicate id")
+    _one_error(result, "unsafe path")
+    assert len(result.errors) == 5
+    assert not list(tmp_path.glob(".extracted.*"))  # no temp folder left
+    assert sorted(f.name for f in audio_dir.rglob("*") if f.is_file()) == ["k1.wav", "k2.flac", "k6.mp3"]
+
+    # The manifest round-trips and its relative paths resolve.
+    manifest = write_manifest(tmp_path / "m.jsonl", result.rows)
+    assert [r.id for r in read_manifest(manifest)] == [r.id for r in result.rows]
+
+    with pytest.raises(SourceError, match="already exists"):
+        import_webdataset(shards, audio_dir=audio_dir, options=ImportOptions(progress=False))
+
+
+def test_webdataset_without_good_rows_leaves_no_folder(tmp_path):
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        _add(tar, "a.wav", b"not audio")
+        _add(tar, "a.txt", b"caption")
+    result = import_webdataset(tmp_path / "bad.tar", audio_dir=tmp_path / "out", options=ImportOptions(progress=False))
+    assert result.rows == [] and len(result.errors) == 1 and "a.wav" in result.errors[0]
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    (tmp_path / "notatar.tar").write_bytes(b"x" * 100)
+    result = import_webdataset(tmp_path / "notatar.tar", audio_dir=tmp_path / "out2",
+                               options=ImportOptions(progress=False))
+    assert result.rows == [] and "not a readable tar shard" in result.errors[0]

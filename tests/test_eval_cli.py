@@ -1,0 +1,171 @@
+"""`tta eval` end to end through tta.cli.main on small folders of synthetic audio, and its bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from eval.fad import FrechetStats
+from tests.signals import chirp, noise, tone
+from tta.audio import save_audio
+from tta.cli import main
+
+
+class ToyClap:
+    """A stand-in CLAP backend (the CLAP model is not under test here): audio -> centred mean log-mel
+    profile, "low"/"high" prompts -> falling/rising band weights. High tones agree with "high"."""
+
+    sample_rate = 16_000
+
+    def embed_text(self, texts):
+        ramp = np.linspace(-1.0, 1.0, 64)
+        rows = np.stack([ramp if "high" in t else -ramp for t in texts])
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    def embed_audio(self, wav, sample_rate):
+        from tta.audio import log_mel
+
+        profile = log_mel(np.asarray(wav, np.float32)).mean(dim=-1).numpy()
+        profile = profile - profile.mean(axis=1, keepdims=True)
+        return profile / np.linalg.norm(profile, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    rows = []
+    for i in range(8):
+        low = i % 2 == 0
+        freq = 150 + 40 * i if low else 3000 + 200 * i
+        save_audio(gen / f"clip{i}.wav", tone(freq, 2.0) + noise(2.0, amplitude=0.05, seed=i), 16_000)
+        rows.append({"file": f"clip{i}.wav", "prompt": f"a {'low' if low else 'high'} tone",
+                     "category": "hum" if i < 5 else "whistle"})
+    for i in range(8):
+        sr = 22_050 if i == 0 else 16_000  # mixed sample rates are resampled and recorded
+        save_audio(ref / f"clip{i}.wav", chirp(200 + 50 * i, 3000, 2.0, sample_rate=sr), sr)
+    (gen / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # unreadable: reported and skipped
+    prompts = tmp_path / "prompts.csv"
+    with open(prompts, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "prompt", "category"])
+        w.writeheader()
+        w.writerows(rows)
+    return gen, ref, prompts
+
+
+def _eval(tmp_path, *args):
+    return main(["-q", "eval", "--cache-dir", str(tmp_path / "cache"), *map(str, args)])
+
+
+def test_tta_eval_end_to_end(folders, tmp_path, monkeypatch):
+    from eval import embedders
+
+    monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: ToyClap())
+    gen, ref, prompts = folders
+    out = tmp_path / "run"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--metrics", "fad,clap",
+                 "--prompts", prompts, "--clap-model", tmp_path / "toy-clap") == 0
+    body = json.loads((out / "eval.json").read_text())
+    assert body["metrics"]["fad"] > 1.0
+    fad = body["protocol"]["fad"]
+    assert fad["embedder"]["identity"] == "mfcc@v1" and fad["paired"] is False
+    assert fad["generated"]["files_used"] == 8 and fad["generated"]["files_skipped"] == 1
+    assert fad["generated"]["skipped"][0]["file"].endswith("broken.wav")
+    assert fad["reference"]["original_sample_rates"] == {"16000": 7, "22050": 1}
+    assert body["protocol"]["common"]["skipped_files"] == 1 and body["protocol"]["common"]["torch_version"]
+    assert body["protocol"]["clap"]["scale"].startswith("raw cosine")
+    cats = body["breakdown"]["categories"]
+    assert set(cats) == {"hum", "whistle"} and cats["hum"]["files"] == 5
+    assert body["breakdown"]["head"]["categories"] == ["hum"] and body["breakdown"]["tail"]["categories"] == ["whistle"]
+    with open(out / "items.csv") as f:
+        items = {r["name"]: r for r in csv.DictReader(f)}
+    assert len(items) == 8 and "broken" not in items
+    # every prompt matches its tone: the toy CLAP agrees with all of them
+    assert all(float(r["clap_score"]) > 0.1 for r in items.values())
+    assert body["metrics"]["clap_score"] == pytest.approx(np.mean([float(r["clap_score"]) for r in items.values()]))
+
+    # the saved reference statistics reproduce the folder result; the cache serves the second run
+    cached = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert len(cached) == 16
+    out2 = tmp_path / "run2"
+    assert _eval(tmp_path, "--generated", gen, "--reference", out / "reference_stats.npz", "--out", out2) == 0
+    body2 = json.loads((out2 / "eval.json").read_text())
+    assert body2["metrics"]["fad"] == pytest.approx(body["metrics"]["fad"], rel=1e-9)
+    assert sorted((tmp_path / "cache").rglob("*.npy")) == cached
+
+    # FAD of a set against itself is ~0
+    out3 = tmp_path / "self"
+    assert _eval(tmp_path, "--generated", ref, "--reference", ref, "--out", out3) == 0
+    assert json.loads((out3 / "eval.json").read_text())["metrics"]["fad"] < 1e-6
+
+
+def test_tta_eval_bad_inputs(folders, tmp_path, capsys, monkeypatch):
+    gen, ref, _ = folders
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    def error(*args) -> str:
+        capsys.readouterr()
+        assert _eval(tmp_path, *args) == 1
+        return capsys.readouterr().err
+
+    assert "no audio files" in error("--generated", empty, "--reference", ref, "--out", tmp_path / "o1")
+    assert "valid embedders: aisfx" in error("--generated", gen, "--reference", ref, "--out", tmp_path / "o2",
+                                             "--embedder", "openl3")
+    other = FrechetStats.from_embeddings(np.random.default_rng(0).standard_normal((10, 40)),
+                                         embedder="aisfx@sha256:0123456789abcdef", sample_rate=44_100)
+    msg = error("--generated", gen, "--reference", other.save(tmp_path / "aisfx.npz"), "--out", tmp_path / "o3")
+    assert "aisfx@sha256:0123456789abcdef" in msg and "mfcc@v1" in msg
+    monkeypatch.delenv("TTA_PANNS_WEIGHTS", raising=False)
+    assert "--panns-weights" in error("--generated", gen, "--reference", ref, "--out", tmp_path / "o4",
+                                      "--metrics", "kl")
+    assert "--prompts" in error("--generated", gen, "--reference", ref, "--out", tmp_path / "o5", "--metrics", "clap")
+    assert "unknown" in error("--generated", gen, "--reference", ref, "--out", tmp_path / "o6", "--metrics", "fid")
+    tiny = tmp_path / "tiny"
+    save_audio(tiny / "a.wav", tone(440, 0.5), 16_000)  # one clip, one MFCC frame: no covariance
+    assert "at least 2" in error("--generated", gen, "--reference", tiny, "--out", tmp_path / "o7")
+
+
+@pytest.mark.slow
+def test_tta_eval_panns_metrics(folders, tmp_path):
+    """fd / kl / is through the CLI with a PANNs checkpoint built to the reference key layout (random weights)."""
+    import torch
+
+    from tests.test_eval_embedders import _panns_front_end_state, _panns_keys, _random_state
+
+    gen, ref, _ = folders
+    weights = tmp_path / "Cnn14_16k_mAP=0.438.pth"
+    torch.save({"model": {**_random_state(_panns_keys()), **_panns_front_end_state()}}, weights)
+    out = tmp_path / "panns"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--metrics", "fad,fd,kl,is",
+                 "--panns-weights", weights) == 0
+    body = json.loads((out / "eval.json").read_text())
+    m = body["metrics"]
+    assert {"fad", "fd", "kl_softmax", "kl_sigmoid", "is_mean", "is_std"} <= set(m)
+    assert m["fd"] > 0 and m["is_mean"] >= 1.0 and np.isfinite(m["kl_softmax"])
+    assert body["protocol"]["panns"]["kl"]["pairs"] == 8 and body["protocol"]["panns"]["kl"]["paired"] is True
+    with open(out / "items.csv") as f:
+        assert all(r["kl_softmax"] != "" for r in csv.DictReader(f))
+
+
+def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path):
+    """The lazy CLAP registry against the real tta.clap: an (untrained) tiny tta CLAP component folder."""
+    clap_train = pytest.importorskip("tta.clap.train")
+    from tta.checkpoint import save_component
+    from tta.clap.model import TTAClap
+    from tta.config import load_config
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = TTAClap(load_config(clap_train.RunConfig, "configs/clap/tiny.json").model)
+    save_component(tmp_path / "clap", model)
+    gen, ref, prompts = folders
+    out = tmp_path / "clap_run"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--metrics", "clap",
+                 "--prompts", prompts, "--clap-model", tmp_path / "clap") == 0
+    body = json.loads((out / "eval.json").read_text())
+    assert -1.0 <= body["metrics"]["clap_score"] <= 1.0
+    assert body["protocol"]["clap"]["model"]["identity"].startswith("clap@tta-clap:")
+    assert body["protocol"]["clap"]["count"] == 8

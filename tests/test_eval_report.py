@@ -1,0 +1,92 @@
+"""`tta report`: one self-contained HTML page (and Markdown) from two eval runs, checked statically and in
+a real headless browser (Debian's chromium; skipped where /usr/bin/chromium is absent)."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.signals import chirp, noise, tone
+from tests.test_eval_cli import ToyClap
+from tta.audio import save_audio
+from tta.cli import main
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    from eval import embedders
+
+    root = tmp_path_factory.mktemp("report")
+    gen, ref = root / "gen", root / "ref"
+    with open(root / "prompts.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prompt", "category"])
+        for i in range(6):
+            high = i % 2 == 1
+            save_audio(gen / f"s{i}.wav", tone(3000 + 100 * i if high else 200 + 30 * i, 1.5)
+                       + noise(1.5, amplitude=0.05, seed=i), 16_000)
+            save_audio(ref / f"s{i}.wav", chirp(100 * (i + 1), 4000, 1.5), 16_000)
+            # one prompt deliberately wrong, so best and worst differ
+            w.writerow([f"s{i}", f"a {'high' if high != (i == 4) else 'low'} tone", "beep" if i < 4 else "hum"])
+    saved = embedders.CLAP_LOADERS["tta"]
+    embedders.CLAP_LOADERS["tta"] = lambda path: ToyClap()
+    try:
+        common = ["-q", "eval", "--generated", str(gen), "--prompts", str(root / "prompts.csv"),
+                  "--cache-dir", str(root / "cache")]
+        assert main([*common, "--reference", str(ref), "--out", str(root / "run_a"), "--metrics", "fad,clap",
+                     "--clap-model", str(root / "toy")]) == 0
+        assert main([*common, "--reference", str(gen), "--out", str(root / "run_b")]) == 0
+    finally:
+        embedders.CLAP_LOADERS["tta"] = saved
+    assert main(["report", str(root / "run_a"), str(root / "run_b"), "--out", str(root / "report.html"),
+                 "--markdown", str(root / "report.md")]) == 0
+    return root
+
+
+def test_report_is_self_contained(report):
+    page = (report / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert '<table id="metrics">' in page and "run_a" in page and "run_b" in page
+    assert page.count("<audio") >= 3 and "data:audio/wav;base64," in page
+    assert "data:image/png;base64," in page  # charts and spectrograms
+    # nothing is fetched from anywhere: every src/href is a data URI
+    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert refs and all(r.startswith("data:") for r in refs)
+    assert "<link" not in page and "<script" not in page
+    assert "by CLAP score" in page and "examples (this run has no CLAP score)" in page
+    md = (report / "report.md").read_text()
+    assert "| FAD ↓ |" in md and "CLAP score" in md and "worst `s4`" in md
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_report_in_headless_browser(report, tmp_path):
+    """The page loads with no console messages, the DOM has the metrics table and players; screenshot kept."""
+    shot = report / "report.png"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--enable-logging=stderr", "--v=0", "--window-size=1200,2400", f"--screenshot={shot}", "--dump-dom",
+           (report / "report.html").as_uri()]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    dom = proc.stdout
+    assert '<table id="metrics">' in dom and dom.count("<audio") >= 3
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    # the same check catches a broken page: a console error in a copy of the report is reported
+    broken = tmp_path / "broken.html"
+    broken.write_text((report / "report.html").read_text().replace("</body>", "<script>notDefined()</script></body>"))
+    cmd[-1] = broken.as_uri()
+    cmd[cmd.index(f"--screenshot={shot}")] = f"--screenshot={tmp_path / 'b.png'}"
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    assert any(":CONSOLE" in line and "notDefined" in line for line in proc.stderr.splitlines())
+    keep = Path(__import__("os").environ.get("TTA_REPORT_SCREENSHOT", ""))
+    if keep.name:
+        shutil.copy(shot, keep)

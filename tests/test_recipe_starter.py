@@ -1,0 +1,306 @@
+"""The starter recipe on fabricated package trees: caption rules, deny list, dedupe/silence, determinism, mixtures.
+
+No apt, no network: Debian package trees are fabricated in tmp_path with tiny synthetic files named like
+the real ones and handed to the builder through `StarterOptions.file_roots`.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.signals import chirp, clicks, noise, tone
+from tta.data.manifest import read_manifest, resolve_path
+from tta.data.recipes import packages, rules
+from tta.data.recipes.clips import CLIP_SECONDS, SAMPLE_RATE, is_silent
+from tta.data.recipes.starter import RecipeError, StarterOptions, build_starter
+
+MT = "usr/share/games/minetest/games/minetest_game/mods"
+WES = "usr/share/games/wesnoth/1.16/data/core/sounds"
+
+
+def _write(path: Path, wav: np.ndarray, sr: int = 44_100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "OGG" if path.suffix == ".ogg" else "WAV"
+    sf.write(str(path), wav, sr, format=fmt, subtype="VORBIS" if fmt == "OGG" else "PCM_16")
+
+
+def _fake_trees(root: Path) -> dict[str, Path]:
+    """Two fabricated packages: minetest-data (ogg, 44.1 kHz) and wesnoth-1.16-data (wav/ogg, 22.05 kHz)."""
+    mt, wes = root / "minetest-data", root / "wesnoth-1.16-data"
+    _write(mt / MT / "default/sounds/default_grass_footstep.1.ogg", clicks(0.6, 44_100, 0.2) * 0.8)
+    _write(mt / MT / "default/sounds/default_gravel_footstep.2.ogg", noise(0.5, 44_100, 0.4, seed=1))
+    _write(mt / MT / "default/sounds/default_break_glass.1.ogg", chirp(3000, 500, 0.7, 44_100))
+    _write(mt / MT / "fire/sounds/fire_fire.1.ogg", noise(25.0, 44_100, 0.2, seed=2))     # long ambience: 3 cuts
+    _write(mt / MT / "devtest/sounds/soundstuff_mono.ogg", tone(440, 0.5, 44_100))        # no rule: unused
+    _write(mt / MT / "doors/sounds/doors_door_open.ogg", np.zeros(22_050, np.float32))     # digital silence
+    _write(mt / MT / "doors/sounds/doors_door_close.ogg", tone(300, 1.0, 44_100, 10 ** (-75 / 20)))  # -75 dB
+    _write(wes / WES / "ambient/birds1.ogg", chirp(2000, 4000, 6.0, 22_050, 0.3), 22_050)
+    _write(wes / WES / "wolf-growl-1.ogg", noise(1.2, 22_050, 0.5, seed=3), 22_050)
+    dup = tone(660, 0.8, 22_050)
+    _write(wes / WES / "sounds/bell.wav", dup, 22_050)
+    _write(wes / WES / "horn-signals/horn-2.wav", dup, 22_050)   # another rule, the same decoded audio
+    _write(wes / WES / "gunshot.wav", clicks(0.4, 22_050, 0.5), 22_050)
+    (mt / "usr/share/doc/minetest-data").mkdir(parents=True)
+    (mt / "usr/share/doc/minetest-data/copyright").write_text("Format: test\nLicense: CC-BY-SA-3.0\n")
+    return {"minetest-data": mt, "wesnoth-1.16-data": wes}
+
+
+def _options(trees, **kw) -> StarterOptions:
+    base = {"sources": ("sfx",), "file_roots": tuple((k, str(v)) for k, v in sorted(trees.items())), "mixtures": 12}
+    base.update(kw)
+    return StarterOptions(**base)
+
+
+@pytest.fixture
+def trees(tmp_path):
+    return _fake_trees(tmp_path / "trees")
+
+
+# ------------------------------------------------------------------------------------------ rules
+
+
+def test_rule_table_is_well_formed():
+    known = {p.package for p in packages.SFX_PACKAGES}
+    assert {r.package for r in rules.RULES} <= known
+    assert not {r.package for r in rules.RULES} & packages.RESERVED_PACKAGES
+    for r in rules.RULES:
+        assert r.role in ("event", "ambience", "music", "speech") or (not r.captions and r.role == "")
+        assert all(c and c == c.strip() and not c.endswith(".") for c in r.captions)
+        assert len(set(r.captions)) == len(r.captions)
+
+
+@pytest.mark.parametrize("package, path, caption", [
+    ("minetest-data", f"{MT}/default/sounds/default_gravel_footstep.3.ogg", "footsteps on gravel"),
+    ("minetest-data", f"{MT}/default/sounds/default_wood_footstep.1.ogg", "footsteps on a wooden floor"),
+    ("widelands-data", "usr/share/games/widelands/data/sound/animals/wolf_01.ogg", "a wolf howls"),
+    ("supertux-data", "usr/share/games/supertux2/sounds/rain.wav", "heavy rain"),
+    ("lincity-ng-data", "usr/share/games/lincity-ng/sounds/FireStation2.wav", "a fire engine siren"),
+    ("lincity-ng-data", "usr/share/games/lincity-ng/sounds/Fire2.wav", "a large fire burning"),
+    ("0ad-data", "audio/actor/singlesteps/fs_sand3.ogg", "footsteps on sand"),
+])
+def test_rules_caption_real_file_names(package, path, caption):
+    rule = rules.match(package, path)
+    assert rule is not None and rule.captions[0] == caption and len(rule.captions) >= 2
+
+
+@pytest.mark.parametrize("package, path", [
+    ("0ad-data", "audio/actor/singlesteps/fs_rock1.ogg"),              # byte-identical to gravel: excluded
+    ("minetest-data", f"{MT}/devtest/mods/soundstuff/sounds/soundstuff_mono.ogg"),   # no rule
+    ("wesnoth-1.16-data", f"{WES}/magic-dark-big.ogg"),                 # a name that does not say the content
+    ("widelands-data", "usr/share/games/widelands/data/sound/click.ogg"),   # UI sound
+    ("supertux-data", f"{MT}/default/sounds/default_grass_footstep.1.ogg"),   # rules are per package
+])
+def test_rules_exclude_or_ignore(package, path):
+    assert rules.match(package, path) is None
+
+
+def test_builder_uses_only_rule_matched_files(tmp_path, trees):
+    result = build_starter(tmp_path / "out", _options(trees), progress=False)
+    rows = read_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert rows and [(r.id, r.captions, r.seconds) for r in rows] == [(r.id, r.captions, r.seconds)
+                                                                       for r in result.rows]
+    sources = {r.source.split("@")[0] for r in rows}
+    assert not any("soundstuff" in s for s in sources)
+    by_first = {r.captions[0]: r for r in rows}
+    assert "footsteps on grass" in by_first and "birds chirping in a forest" in by_first
+    row = by_first["footsteps on grass"]
+    assert row.licence == "CC-BY-SA-3.0 / CC0-1.0" and row.source.startswith("debian:minetest-data:usr/share/")
+    assert row.category == "event" and row.sample_rate == SAMPLE_RATE
+    for r in rows:
+        info = sf.info(str(resolve_path(r, tmp_path / "out" / "manifest.jsonl")))
+        assert info.samplerate == 16_000 and info.channels == 1
+        assert r.seconds <= CLIP_SECONDS + 1e-6 and abs(info.frames / 16_000 - r.seconds) < 1e-3
+    fire = [r for r in rows if r.captions[0] == "a fire crackling"]
+    assert len(fire) == 3 and {r.split for r in fire} == {fire[0].split}   # 25 s -> 3 cuts, one split
+    assert (tmp_path / "out" / "licences" / "minetest-data.copyright").is_file()
+    attribution = (tmp_path / "out" / "ATTRIBUTION.md").read_text()
+    assert "minetest-data" in attribution and "wesnoth-1.16-data" in attribution
+    info = json.loads((tmp_path / "out" / "recipe.json").read_text())
+    assert info["summary"]["clips"] == len(rows) and info["counts"]["files_matched:minetest-data"] == 6
+
+
+# ---------------------------------------------------------------------------------------- deny list
+
+
+RESERVED = {"tuxpaint-stamps-default", "gcompris-qt-data", "openttd-opensfx", "sound-theme-freedesktop",
+            "sound-icons", "lugaru-data"}
+
+
+def test_reserved_packages_are_denied_everywhere(tmp_path):
+    assert packages.RESERVED_PACKAGES == RESERVED
+    assert not {p.package for p in packages.SFX_PACKAGES} & RESERVED
+    for name in sorted(RESERVED):
+        with pytest.raises(packages.PackageError, match="reserved"):
+            packages.check_allowed(name)
+        with pytest.raises(packages.PackageError, match="reserved"):
+            packages.check_allowed(name.upper())
+        with pytest.raises(packages.PackageError, match="reserved"):
+            packages.fetch_package(name, tmp_path / "cache")            # refused before apt or any disk write
+        with pytest.raises(packages.PackageError, match="reserved"):
+            packages.select_packages([name], large=True)
+        with pytest.raises(packages.PackageError, match="reserved"):
+            StarterOptions(packages=(name,))
+        with pytest.raises(packages.PackageError, match="reserved"):
+            StarterOptions(file_roots=((name, str(tmp_path)),))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_allowed_package_passes_and_unknown_package_is_refused():
+    packages.check_allowed("minetest-data")
+    with pytest.raises(packages.PackageError, match="no caption rules"):
+        packages.select_packages(["some-other-data"], large=False)
+
+
+# --------------------------------------------------------------------------------- dedupe and silence
+
+
+def test_duplicates_and_silence_are_dropped(tmp_path, trees):
+    result = build_starter(tmp_path / "out", _options(trees), progress=False)
+    rows = result.rows
+    sources = " ".join(r.source for r in rows)
+    assert "doors_door_open" not in sources and "doors_door_close" not in sources      # silent / -75 dB
+    assert ("sounds/bell.wav" in sources) != ("horn-2.wav" in sources)                 # one of the two copies
+    assert result.counts["dropped_duplicate"] >= 1 and result.counts["dropped_silent_or_short"] >= 2
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    digests = set()
+    for r in rows:
+        wav, _ = sf.read(str(resolve_path(r, manifest)), dtype="int16")
+        assert not is_silent(wav.astype(np.float32) / 32768)
+        digests.add(wav.tobytes())
+    assert len(digests) == len(rows)
+
+
+def test_is_silent_thresholds():
+    assert is_silent(np.zeros(1600, np.float32))
+    assert is_silent(tone(440, 0.5, amplitude=10 ** (-70 / 20)))
+    assert not is_silent(tone(440, 0.5, amplitude=0.1))
+
+
+# ------------------------------------------------------------------------------------- determinism
+
+
+def test_reruns_and_workers_give_identical_manifest_bytes(tmp_path, trees):
+    build_starter(tmp_path / "a", _options(trees, sources=("sfx", "mix")), progress=False)
+    build_starter(tmp_path / "b", _options(trees, sources=("sfx", "mix"), workers=2), progress=False)
+    a = (tmp_path / "a" / "manifest.jsonl").read_bytes()
+    assert a == (tmp_path / "b" / "manifest.jsonl").read_bytes()
+    build_starter(tmp_path / "a", _options(trees, sources=("sfx", "mix")), progress=False)   # same folder again
+    assert (tmp_path / "a" / "manifest.jsonl").read_bytes() == a
+    for row in read_manifest(tmp_path / "a" / "manifest.jsonl"):
+        pa = resolve_path(row, tmp_path / "a" / "manifest.jsonl")
+        pb = resolve_path(row, tmp_path / "b" / "manifest.jsonl")
+        assert pa.read_bytes() == pb.read_bytes()
+    other = build_starter(tmp_path / "c", _options(trees, sources=("sfx", "mix"), seed=1), progress=False)
+    assert {r.id for r in other.rows if r.id.startswith("sfx")} == {
+        r.id for r in read_manifest(tmp_path / "a" / "manifest.jsonl") if r.id.startswith("sfx")}
+
+
+def test_max_clips_takes_a_subset_and_removes_stale_files(tmp_path, trees):
+    full = build_starter(tmp_path / "out", _options(trees), progress=False)
+    small = build_starter(tmp_path / "out", _options(trees, max_clips=3), progress=False)
+    assert len(small.rows) == 3 < len(full.rows)
+    assert len(list((tmp_path / "out" / "audio").rglob("*.wav"))) == 3
+
+
+def test_validation_split_is_hash_based_and_stable():
+    from tta.data.recipes.clips import split_of
+
+    groups = [f"sfx/pkg/file{i}.ogg" for i in range(2000)]
+    splits = [split_of(g) for g in groups]
+    share = splits.count("valid") / len(splits)
+    assert 0.04 < share < 0.10
+    assert splits == [split_of(g) for g in groups]
+
+
+# ------------------------------------------------------------------------------------------ mixtures
+
+
+def test_mixtures_combine_captions_and_inherit_splits(tmp_path, trees):
+    result = build_starter(tmp_path / "out", _options(trees, sources=("sfx", "mix"), mixtures=20), progress=False)
+    by_id = {r.id: r for r in result.rows}
+    mixes = [r for r in result.rows if r.id.startswith("mix-")]
+    assert mixes and all(r.category == "mixture" for r in mixes)
+    overlays = [r for r in mixes if "in the background" in r.captions[0]]
+    rooms = [r for r in mixes if r.captions[0].endswith(("in a small room", "in a large hall", "in a cathedral"))]
+    assert overlays and rooms
+    for r in mixes:
+        parts = r.source.removeprefix("mix:").split("+")[0]
+        assert parts in by_id and by_id[parts].split == r.split
+        assert r.seconds <= CLIP_SECONDS + 1e-6
+    for r in overlays:
+        fg, bg = r.source.removeprefix("mix:").split("+")
+        assert by_id[fg].captions[0][1:] in r.captions[0] and by_id[bg].captions[0][1:] in r.captions[0]
+
+
+def test_room_reverb_adds_a_decaying_tail():
+    from tta.data.recipes.mixtures import room_impulse_response
+
+    ir = room_impulse_response(1.0, "x")
+    assert ir.shape == (16_000,) and np.isclose(np.sum(ir ** 2), 1.0, atol=1e-4)
+    early, late = np.sum(ir[:1600] ** 2), np.sum(ir[-1600:] ** 2)
+    assert 10 * np.log10(early / late) > 40
+    assert np.array_equal(ir, room_impulse_response(1.0, "x")) and not np.array_equal(ir, room_impulse_response(1.0, "y"))
+
+
+def test_render_mix_overlay_levels(tmp_path):
+    from tta.data.recipes.mixtures import render_mix
+
+    bg, fg = tmp_path / "bg.wav", tmp_path / "fg.wav"
+    sf.write(str(bg), noise(4.0, seed=5) * 0.1, 16_000)
+    sf.write(str(fg), tone(1000, 0.5), 16_000)
+    out = render_mix(("mix", "overlay", str(fg), str(bg), 0.5, 6.0))
+    assert out.shape == (64_000,) and np.abs(out).max() <= 0.9 + 1e-6
+    start = int(0.5 * (64_000 - 8_000))
+    seg, rest = out[start:start + 8_000], out[:start]
+    assert np.sqrt(np.mean(seg ** 2)) > 1.5 * np.sqrt(np.mean(rest ** 2))
+
+
+# ----------------------------------------------------------------------------------- zip (0 A.D.)
+
+
+def test_archive_audio_is_listed_and_fs_rock_excluded(tmp_path):
+    tree = tmp_path / "0ad"
+    archive = tree / "usr/share/games/0ad/mods/public/public.zip"
+    archive.parent.mkdir(parents=True)
+    tmp_wav = tmp_path / "x.ogg"
+    _write(tmp_wav, noise(0.4, 44_100, seed=7))
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(tmp_wav, "audio/actor/singlesteps/fs_gravel1.ogg")
+        z.write(tmp_wav, "audio/actor/singlesteps/fs_rock1.ogg")
+        z.write(tmp_wav, "art/textures/readme.txt")
+    source = next(p for p in packages.SFX_PACKAGES if p.package == "0ad-data")
+    files = packages.list_audio_files(tree, source)
+    assert [rel for rel, _ in files] == ["audio/actor/singlesteps/fs_gravel1.ogg",
+                                         "audio/actor/singlesteps/fs_rock1.ogg"]
+    assert [rules.match("0ad-data", rel) is not None for rel, _ in files] == [True, False]
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def test_bad_options_and_missing_tools(monkeypatch, tmp_path):
+    with pytest.raises(RecipeError, match="unknown"):
+        StarterOptions(sources=("sfx", "video"))
+    with pytest.raises(RecipeError, match="max-clips"):
+        StarterOptions(max_clips=0)
+    import tta.data.recipes.speech as speech_module
+
+    monkeypatch.setattr(speech_module.shutil, "which", lambda name: None)
+    with pytest.raises(RecipeError, match="espeak-ng"):
+        build_starter(tmp_path / "out", StarterOptions(sources=("speech",)), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_a_bad_source_as_one_line(capsys, tmp_path):
+    from tta.cli import main
+
+    code = main(["data", "recipe", "starter", "--out", str(tmp_path / "o"), "--sources", "sfx,video"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tta: error:") and "video" in err

@@ -1,0 +1,211 @@
+"""HiFi-GAN interop: transformers SpeechT5HifiGan parity (both directions), jik876 and AudioLDM checkpoints.
+
+The reference model is transformers' own SpeechT5HifiGan built from a tiny SpeechT5HifiGanConfig (no
+download); its random weights are written in each foreign layout with the exact reference key names, and
+the waveform of our loaded generator must match the reference's to 1e-5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import pytest
+import torch
+
+from tta.audio import MelConfig
+from tta.checkpoint import CheckpointError
+from vocoder.interop import (
+    export_speecht5,
+    load_audioldm_ckpt,
+    load_jik876,
+    load_speecht5_folder,
+    load_vocoder,
+)
+from vocoder.model import HiFiGAN, HiFiGANConfig
+
+transformers = pytest.importorskip("transformers")
+
+TINY = {"upsample_rates": [10, 16], "upsample_kernel_sizes": [20, 32], "upsample_initial_channel": 16,
+        "resblock_kernel_sizes": [3, 5], "resblock_dilation_sizes": [[1, 3, 5], [1, 2, 3]]}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    yield
+
+
+def reference_model(normalize_before: bool = False, **overrides):
+    """transformers.SpeechT5HifiGan with random, non-trivial weights (and mean/scale when normalising)."""
+    torch.manual_seed(1)
+    cfg = transformers.SpeechT5HifiGanConfig(model_in_dim=64, sampling_rate=16000, normalize_before=normalize_before,
+                                             **{**TINY, **overrides})
+    model = transformers.SpeechT5HifiGan(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.15)
+        if normalize_before:
+            model.mean.normal_(-4.0, 1.0)
+            model.scale.uniform_(0.5, 2.0)
+    return model
+
+
+def tiny_config() -> HiFiGANConfig:
+    return HiFiGANConfig(upsample_rates=(10, 16), upsample_kernel_sizes=(20, 32), upsample_initial_channel=16,
+                         resblock_kernel_sizes=(3, 5), resblock_dilation_sizes=((1, 3, 5), (1, 2, 3)))
+
+
+def assert_parity(ours: HiFiGAN, ref) -> None:
+    mel = torch.randn(2, 64, 9) - 3.0
+    with torch.no_grad():
+        a = ours.eval()(mel)
+        b = ref(mel.transpose(1, 2))
+    assert a.shape == (2, 9 * 160)
+    assert b[:, : a.shape[1]].std() > 1e-2  # a parity check on a silent output would prove nothing
+    assert (a - b[:, : a.shape[1]]).abs().max().item() <= 1e-5
+
+
+def plain_reference_state(ref) -> dict:
+    """The reference weights under jik876/AudioLDM names (`ups.i` instead of `upsampler.i`, no mean/scale)."""
+    return {k.replace("upsampler.", "ups.", 1): v.clone() for k, v in ref.state_dict().items()
+            if k not in ("mean", "scale")}
+
+
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_speecht5_folder_loads_with_parity(tmp_path, normalize_before):
+    ref = reference_model(normalize_before)
+    ref.save_pretrained(tmp_path / "vocoder")
+    ours = load_speecht5_folder(tmp_path / "vocoder")
+    assert ours.config.normalize_before is normalize_before and not ours.config.weight_norm
+    assert ours.config.mel == MelConfig()  # 16 kHz / 64 bins / hop 160: the mel contract
+    assert_parity(ours, ref)
+
+
+def test_export_speecht5_is_loadable_by_transformers_with_parity(tmp_path):
+    torch.manual_seed(2)
+    ours = HiFiGAN(dataclasses.replace(tiny_config(), weight_norm=False))
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0.0, 0.15)
+    ours.apply_weight_norm()  # the training form, as a run's checkpoint holds it
+    export_speecht5(ours, tmp_path / "export")
+    assert ours.config.weight_norm  # exporting leaves the (training-form) source untouched
+    ref = transformers.SpeechT5HifiGan.from_pretrained(tmp_path / "export").eval()
+    assert_parity(ours, ref)
+    back = load_speecht5_folder(tmp_path / "export")
+    assert back.config == ours.inference_copy().config
+    with pytest.raises(CheckpointError, match="resblock"):
+        export_speecht5(HiFiGAN(HiFiGANConfig(upsample_rates=(10, 16), upsample_kernel_sizes=(20, 32),
+                                              upsample_initial_channel=16, resblock="2",
+                                              resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1, 2),))),
+                        tmp_path / "v3")
+
+
+def jik876_state(ref) -> dict:
+    """Reference weights as a jik876 generator state dict: torch's classic weight_norm gives weight_g/weight_v."""
+    model = reference_model()
+    model.load_state_dict(ref.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                torch.nn.utils.weight_norm(m)
+    return {k.replace("upsampler.", "ups.", 1): v for k, v in model.state_dict().items() if k not in ("mean", "scale")}
+
+
+def write_jik876(folder, state) -> None:
+    folder.mkdir()
+    torch.save({"generator": state}, folder / "g_00000010")
+    h = {"resblock": "1", "num_gpus": 0, "batch_size": 16, "learning_rate": 0.0002, "adam_b1": 0.8, "adam_b2": 0.99,
+         "lr_decay": 0.999, "seed": 1234, **TINY, "segment_size": 8192, "num_mels": 64, "num_freq": 1025,
+         "n_fft": 1024, "hop_size": 160, "win_size": 1024, "sampling_rate": 16000, "fmin": 0, "fmax": 8000,
+         "fmax_for_loss": None, "num_workers": 4}
+    (folder / "config.json").write_text(json.dumps(h))
+
+
+def test_jik876_generator_checkpoint_loads_with_parity(tmp_path):
+    ref = reference_model()
+    state = jik876_state(ref)
+    for key in ("conv_pre.weight_g", "conv_pre.weight_v", "conv_pre.bias", "ups.1.weight_v",
+                "resblocks.3.convs1.2.weight_g", "resblocks.0.convs2.0.bias", "conv_post.weight_g"):
+        assert key in state
+    write_jik876(tmp_path / "cp_hifigan", state)
+    ours = load_jik876(tmp_path / "cp_hifigan" / "g_00000010")
+    assert not ours.config.weight_norm and ours.config.mel == MelConfig()
+    assert_parity(ours, ref)
+    # for fine-tuning: keep the weight-norm parameterisation, same function
+    training_form = load_jik876(tmp_path / "cp_hifigan" / "g_00000010", weight_norm=True)
+    assert training_form.config.weight_norm
+    g = training_form.conv_pre.parametrizations.weight.original0
+    assert torch.equal(g, state["conv_pre.weight_g"])
+    assert_parity(training_form, ref)
+
+
+def test_jik876_layout_mismatches_are_errors(tmp_path):
+    state = jik876_state(reference_model())
+    extra = dict(state, **{"resblocks.0.convs1.0.extra": torch.zeros(1)})
+    write_jik876(tmp_path / "extra", extra)
+    with pytest.raises(CheckpointError, match="unexpected.*resblocks.0.convs1.0.extra"):
+        load_jik876(tmp_path / "extra" / "g_00000010")
+    missing = {k: v for k, v in state.items() if k != "conv_post.bias"}
+    write_jik876(tmp_path / "missing", missing)
+    with pytest.raises(CheckpointError, match="missing.*conv_post.bias"):
+        load_jik876(tmp_path / "missing" / "g_00000010")
+    (tmp_path / "noconfig").mkdir()
+    torch.save({"generator": state}, tmp_path / "noconfig" / "g_1")
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_jik876(tmp_path / "noconfig" / "g_1")
+
+
+def test_audioldm_ckpt_vocoder_loads_with_parity(tmp_path):
+    ref = reference_model()
+    state = {f"first_stage_model.vocoder.{k}": v for k, v in plain_reference_state(ref).items()}
+    assert "first_stage_model.vocoder.ups.0.weight" in state
+    assert "first_stage_model.vocoder.resblocks.0.convs1.0.weight" in state
+    state["first_stage_model.encoder.conv_in.weight"] = torch.zeros(2)   # other components are left alone
+    state["model.diffusion_model.time_embed.0.weight"] = torch.zeros(2)
+    torch.save({"state_dict": state, "global_step": 3}, tmp_path / "audioldm.ckpt")
+    ours = load_audioldm_ckpt(tmp_path / "audioldm.ckpt", tiny_config())
+    assert_parity(ours, ref)
+    state["first_stage_model.vocoder.conv_post.unknown"] = torch.zeros(1)
+    torch.save({"state_dict": state}, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match="unexpected.*conv_post.unknown"):
+        load_audioldm_ckpt(tmp_path / "bad.ckpt", tiny_config())
+    torch.save({"state_dict": {"model.x": torch.zeros(1)}}, tmp_path / "novocoder.ckpt")
+    with pytest.raises(CheckpointError, match="first_stage_model.vocoder"):
+        load_audioldm_ckpt(tmp_path / "novocoder.ckpt")
+
+
+def test_audioldm_16k_config_matches_the_reference_layout(repo_root):
+    """Our audioldm-16k generator has exactly the parameter names and shapes of the reference at full size."""
+    from tta.config import load_config
+    from vocoder.train import RunConfig
+
+    cfg = load_config(RunConfig, repo_root / "configs/vocoder/audioldm-16k.json").model
+    with torch.device("meta"):
+        ref = transformers.SpeechT5HifiGan(transformers.SpeechT5HifiGanConfig(
+            model_in_dim=64, sampling_rate=16000, upsample_rates=[5, 4, 2, 2, 2],
+            upsample_kernel_sizes=[16, 16, 8, 4, 4], upsample_initial_channel=1024, normalize_before=False))
+        ours = HiFiGAN(dataclasses.replace(cfg, weight_norm=False))
+    want = {k: tuple(v.shape) for k, v in plain_reference_state(ref).items()}
+    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert got == want
+
+
+def test_load_vocoder_recognises_each_format_by_content(tmp_path):
+    from tta.checkpoint import save_component
+
+    ref = reference_model()
+    ref.save_pretrained(tmp_path / "speecht5")
+    assert_parity(load_vocoder(tmp_path / "speecht5"), ref)
+    write_jik876(tmp_path / "jik", jik876_state(ref))
+    assert_parity(load_vocoder(tmp_path / "jik" / "g_00000010"), ref)
+    save_component(tmp_path / "ours", load_speecht5_folder(tmp_path / "speecht5"))
+    trained_form = load_vocoder(tmp_path / "ours", weight_norm=True)
+    assert trained_form.config.weight_norm
+    assert_parity(trained_form, ref)
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a vocoder checkpoint"):
+        load_vocoder(tmp_path / "other.pt")

@@ -1,0 +1,62 @@
+"""CLAP: text and audio embeddings in one joint space (own `TTAClap`, or LAION-CLAP via transformers).
+
+Light to import: the heavy modules load inside `load_clap`. Every backend is a `ClapEmbedder`
+(tta.clap.encoder) with `embed_text(list[str]) -> (B, D)`, `embed_audio(wav, sample_rate) -> (B, D)`
+(L2-normalised), an `identity` string naming backend and checkpoint, and an optional embedding cache.
+The empty caption "" is allowed: it is the unconditional embedding (the LDM's null condition).
+
+    from tta.clap import load_clap
+    clap = load_clap("runs/clap/final")                       # own component folder (or its run folder)
+    clap = load_clap("630k-audioset-best.pt", tokenizer="roberta-base/")   # original LAION checkpoint
+    clap = load_clap("clap-htsat-unfused/")                   # transformers CLAP folder
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["backend_of", "load_clap"]
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+
+def backend_of(path: str | os.PathLike) -> str:
+    """"tta" (own component or run folder), "laion-pt" (original .pt) or "laion-hf" (transformers folder)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() in _TORCH_SUFFIXES:
+            return "laion-pt"
+        raise ValueError(f"{path}: unknown CLAP checkpoint file (expected a LAION {'/'.join(_TORCH_SUFFIXES)})")
+    if not path.is_dir():
+        raise ValueError(f"{path}: CLAP model not found")
+    cfg = path / "config.json"
+    if (path / "final" / "config.json").is_file():  # a run folder: its release artifact is final/
+        return "tta"
+    if not cfg.is_file():
+        raise ValueError(f"{path}: not a CLAP model folder (no config.json)")
+    try:
+        body = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg}: invalid JSON ({e.msg})") from None
+    if isinstance(body, dict) and "class" in body and "format_version" in body:
+        return "tta"
+    if isinstance(body, dict) and body.get("model_type") == "clap":
+        return "laion-hf"
+    raise ValueError(f"{cfg}: neither a tta CLAP component nor a transformers CLAP config")
+
+
+def load_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None, device: str = "cpu",
+              batch_size: int = 32, cache_dir: str | os.PathLike | None = None):
+    """A ready `ClapEmbedder` for a CLAP checkpoint on disk (never downloads anything)."""
+    kind = backend_of(path)
+    if kind == "tta":
+        from tta.clap.model import TTAClapEmbedder
+
+        if tokenizer is not None:
+            raise ValueError(f"{path}: a tta CLAP carries its own tokenizer; --tokenizer is for LAION checkpoints")
+        return TTAClapEmbedder.from_folder(path, device=device, batch_size=batch_size, cache_dir=cache_dir)
+    from tta.clap.laion import LaionClapEmbedder
+
+    return LaionClapEmbedder.from_path(path, tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir)

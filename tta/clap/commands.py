@@ -1,0 +1,206 @@
+"""CLAP on the command line: `tta clap score` (CLAP score of clips against their prompts) and
+`tta clap retrieve` (text->audio search, or retrieval metrics of a captioned manifest).
+
+Inputs: `--audio DIR` (audio files found recursively, sorted by path) with `--prompts FILE`, or
+`--manifest FILE [--split S]` (each row's audio and its first caption; retrieval metrics use every caption).
+A prompts file is .txt (one prompt per line, paired in order with the sorted files of --audio),
+.jsonl ({"file": ..., "caption": ...} per line; "path"/"audio" and "prompt"/"text" also accepted) or .csv
+(a header naming the same columns); relative files are looked up under --audio, else beside the prompts file.
+Every printed or written number names the CLAP model identity (backend + checkpoint hash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+_FILE_KEYS = ("file", "path", "audio")
+_TEXT_KEYS = ("caption", "prompt", "text")
+
+
+def add_parsers(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="clap_command", metavar="ACTION")
+    sub.required = True
+    score = sub.add_parser("score", help="CLAP score (mean cosine, raw) of clips against their prompts")
+    _common(score)
+    score.add_argument("--prompts", type=Path, help="prompts file (.txt / .jsonl / .csv), paired with --audio")
+    retrieve = sub.add_parser("retrieve", help="text->audio search, or retrieval metrics of a manifest")
+    _common(retrieve)
+    retrieve.add_argument("--query", action="append", metavar="TEXT", help="a text query (repeatable)")
+    retrieve.add_argument("--top-k", type=int, default=5, help="hits shown per query (default 5)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path,
+                   help="tta CLAP folder (or run folder), transformers CLAP folder, or LAION .pt")
+    p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (LAION .pt checkpoints)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio", type=Path, help="folder of audio files")
+    src.add_argument("--manifest", type=Path, help="JSONL manifest")
+    p.add_argument("--split", default="test", help="manifest split (default: test)")
+    p.add_argument("--out", type=Path, help="write the full result (per-item values) as JSON here")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cache", type=Path, help="embedding cache folder (content hash + model identity)")
+    p.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tta.clap import load_clap
+
+    clap = load_clap(args.model, tokenizer=args.tokenizer, device=args.device, batch_size=args.batch_size,
+                     cache_dir=args.cache)
+    progress = not getattr(args, "quiet", False)
+    if args.clap_command == "score":
+        result = _score(clap, args, progress)
+        print(f"CLAP score {result['clap_score']:.4f} over {result['num_items']} clips "
+              f"(raw cosine; model {result['model']})")
+    else:
+        result = _retrieve(clap, args, progress)
+    if args.out:
+        from tta.checkpoint import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: audio folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+    return files
+
+
+def _pick(row: dict, keys: tuple[str, ...], where: str) -> str:
+    for k in keys:
+        value = row.get(k)
+        if isinstance(value, str) and (value or k in _TEXT_KEYS):  # "" is a valid (unconditional) prompt
+            return value
+    raise ValueError(f"{where}: expected one of the fields {', '.join(keys)}")
+
+
+def _read_prompts(path: Path, audio_dir: Path | None) -> list[tuple[Path, str]]:
+    """(audio file, prompt) pairs from a prompts file."""
+    if not path.is_file():
+        raise ValueError(f"{path}: prompts file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        prompts = [line.rstrip("\n") for line in path.read_text().splitlines()]
+        while prompts and not prompts[-1].strip():
+            prompts.pop()
+        if audio_dir is None:
+            raise ValueError(f"{path}: a .txt prompts file pairs with the sorted files of --audio DIR")
+        files = _audio_files(audio_dir)
+        if len(files) != len(prompts):
+            raise ValueError(f"{path}: {len(prompts)} prompts but {len(files)} audio files in {audio_dir}")
+        return list(zip(files, prompts))
+    if suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+    elif suffix == ".csv":
+        import csv
+
+        with open(path, newline="") as f:
+            rows = list(enumerate(csv.DictReader(f), 2))
+    else:
+        raise ValueError(f"{path}: unsupported prompts file (expected .txt, .jsonl or .csv)")
+    base = audio_dir if audio_dir is not None else path.parent
+    pairs = []
+    for n, row in rows:
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected an object")  # noqa: TRY004
+        f = Path(_pick(row, _FILE_KEYS, f"{path}:{n}"))
+        pairs.append((f if f.is_absolute() else base / f, _pick(row, _TEXT_KEYS, f"{path}:{n}")))
+    if not pairs:
+        raise ValueError(f"{path}: no prompts")
+    return pairs
+
+
+def _manifest_items(path: Path, split: str) -> list[tuple[Path, tuple[str, ...]]]:
+    from tta.data.manifest import read_manifest, resolve_path, split_rows
+
+    rows = split_rows(read_manifest(path), split)
+    if not rows:
+        raise ValueError(f"{path}: split {split!r} has no rows (choose one with --split)")
+    return [(resolve_path(r, path), r.captions) for r in rows]
+
+
+def _load(files: list[Path], sample_rate: int, progress: bool) -> list:
+    from tqdm.auto import tqdm
+
+    from tta.audio import load_audio
+
+    return [load_audio(f, sample_rate)[0] for f in tqdm(files, desc="read audio", disable=not progress)]
+
+
+# ----------------------------------------------------------------------------------------- actions
+
+
+def _score(clap, args, progress: bool) -> dict:
+    from tta.clap.metrics import clap_score
+
+    if args.manifest is not None:
+        if args.prompts is not None:
+            raise ValueError("--prompts pairs with --audio; a manifest already holds the captions")
+        pairs = [(f, caps[0]) for f, caps in _manifest_items(args.manifest, args.split)]
+    else:
+        if args.prompts is None:
+            raise ValueError("tta clap score --audio DIR needs --prompts FILE (or use --manifest)")
+        pairs = _read_prompts(args.prompts, args.audio)
+    files = [f for f, _ in pairs]
+    wavs = _load(files, clap.sample_rate, progress)
+    result = clap_score(clap, [p for _, p in pairs], wavs, clap.sample_rate, progress=progress)
+    result["per_item"] = [{"file": str(f), "prompt": p, "score": s}
+                          for (f, p), s in zip(pairs, result["per_item"])]
+    result["source"] = str(args.manifest or args.prompts)
+    return result
+
+
+def _retrieve(clap, args, progress: bool) -> dict:
+    import torch
+
+    if args.top_k <= 0:
+        raise ValueError(f"--top-k {args.top_k} must be > 0")
+    if args.manifest is not None:
+        items = _manifest_items(args.manifest, args.split)
+        files = [f for f, _ in items]
+    else:
+        items, files = None, _audio_files(args.audio)
+    audio = clap.embed_audio(_load(files, clap.sample_rate, progress), clap.sample_rate, progress=progress)
+    if args.query:
+        text = clap.embed_text(args.query, progress=progress)
+        sim = text @ audio.t()
+        hits = []
+        for q, row in zip(args.query, sim):
+            top = torch.topk(row, min(args.top_k, len(files)))
+            found = [{"file": str(files[i]), "cosine": float(v)} for v, i in zip(top.values, top.indices)]
+            hits.append({"query": q, "hits": found})
+            print(f"{q!r}:")
+            for h in found:
+                print(f"  {h['cosine']:+.4f}  {h['file']}")
+        return {"model": clap.identity, "queries": hits}
+    if items is None:
+        raise ValueError("tta clap retrieve --audio DIR needs --query TEXT (retrieval metrics need a --manifest)")
+    from tta.clap.metrics import retrieval_metrics
+
+    texts, target = [], []
+    for i, (_, caps) in enumerate(items):
+        texts += caps
+        target += [i] * len(caps)
+    metrics = retrieval_metrics(clap.embed_text(texts, progress=progress), audio, target, model=clap.identity)
+    print(f"retrieval on {args.manifest} [{args.split}]: {len(items)} clips, {len(texts)} captions "
+          f"(model {clap.identity})")
+    for d in ("t2a", "a2t"):
+        print(f"  {d}: " + "  ".join(f"{m} {metrics[f'{d}_{m}']:.3f}" for m in ("R@1", "R@5", "R@10", "mAP@10")))
+    return metrics

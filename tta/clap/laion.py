@@ -1,0 +1,305 @@
+"""LAION-CLAP (HTSAT + RoBERTa, Wu et al. 2023) through transformers' `ClapModel`, loaded from local files.
+
+Two on-disk forms are read:
+
+- a transformers CLAP folder (config.json with model_type "clap" + weights; `save_pretrained` output);
+- an original LAION `.pt` (e.g. 630k-audioset-best.pt): {"state_dict": {"module.<key>": tensor}} in
+  LAION's layout (`text_branch.*` RoBERTa, `audio_branch.*` HTSAT, `text_projection.{0,2}`,
+  `audio_projection.{0,2}`, `logit_scale_{a,t}`), converted here to ClapModel's names. HTSAT attention
+  keeps q, k and v in one `qkv` matrix (rows [q; k; v]); ClapModel has separate `query/key/value`.
+  Tensors the embeddings never use are dropped by name: the torchlibrosa front end
+  (`spectrogram_extractor`, `logmel_extractor`; the mel is computed by ClapFeatureExtractor instead), the
+  AudioSet head (`tscam_conv`, `head`), the shifted-window `attn_mask` buffers (recomputed), the MLP-loss
+  heads `text_transform` / `audio_transform`, and `text_branch.embeddings.position_ids`. Every other key
+  must map onto the model, and every model weight must come from the file: otherwise the error lists the
+  first missing and unexpected keys.
+
+Audio is prepared as LAION does: mono at 48 kHz, a float32 -> int16 -> float32 round trip, then to
+exactly 10 s — longer clips are randomly cropped ("rand_trunc"; the crop comes from a fixed seed so
+embeddings are reproducible and cacheable), shorter ones are repeated whole and zero-padded ("repeatpad")
+— then the 64-bin log-mel of transformers' ClapFeatureExtractor (LAION's 50 Hz - 14 kHz, hop 480).
+Feature-fusion checkpoints (`enable_fusion`) use the extractor's "fusion" mode on the full clip.
+
+The RoBERTa tokenizer must come from local files the user names; a tokenizer with a tiny vocabulary
+(what transformers 5 builds offline when the files are missing) is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tta.checkpoint import CheckpointError, load_torch_file
+from tta.clap.encoder import ClapEmbedder, warn_truncated
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 48_000
+MAX_SAMPLES = 480_000          # 10 s at 48 kHz
+TEXT_MAX_LENGTH = 77           # LAION tokenises RoBERTa input to 77 tokens
+MIN_VOCAB = 1000
+
+_DROP_PREFIXES = ("audio_branch.spectrogram_extractor.", "audio_branch.logmel_extractor.",
+                  "audio_branch.tscam_conv.", "audio_branch.head.", "text_transform.", "audio_transform.")
+_DROP_EXACT = ("text_branch.embeddings.position_ids",)
+# Model tensors that are deterministic buffers, not weights: taken from the fresh model when absent.
+_BUFFERS_OK_MISSING = (re.compile(r"text_model\.embeddings\.(position_ids|token_type_ids)$"),
+                       re.compile(r".*\.relative_position_index$"))
+
+_BLOCK = re.compile(r"^(audio_model\.audio_encoder\.layers\.\d+\.blocks\.\d+\.)(.*)$")
+_BLOCK_RENAMES = (("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."),
+                  ("attn.proj.", "attention.output.dense."),
+                  ("attn.relative_position_bias_table", "attention.self.relative_position_bias_table"),
+                  ("attn.relative_position_index", "attention.self.relative_position_index"),
+                  ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."))
+
+
+def _dropped(key: str) -> bool:
+    return key in _DROP_EXACT or key.startswith(_DROP_PREFIXES) or (
+        key.startswith("audio_branch.layers.") and key.endswith(".attn_mask"))
+
+
+def _rename(key: str) -> str:
+    for old, new in (("text_branch.", "text_model."), ("audio_branch.", "audio_model.audio_encoder.")):
+        if key.startswith(old):
+            key = new + key[len(old):]
+    m = re.match(r"^(text|audio)_projection\.(0|2)\.(weight|bias)$", key)
+    if m:
+        return f"{m[1]}_projection.linear{1 if m[2] == '0' else 2}.{m[3]}"
+    if key.startswith("audio_model.audio_encoder.bn0."):
+        return key.replace(".bn0.", ".batch_norm.", 1)
+    b = _BLOCK.match(key)
+    if b:
+        rest = b[2]
+        for old, new in _BLOCK_RENAMES:
+            if rest.startswith(old):
+                return b[1] + new + rest[len(old):]
+    return key
+
+
+def convert_laion_state_dict(state: dict) -> tuple[dict, dict]:
+    """LAION-layout state dict -> (ClapModel state dict, {ClapModel key: LAION key it came from}).
+
+    Strips DataParallel's `module.` prefix, drops the unused tensors listed in the module docstring,
+    renames the rest and splits HTSAT's fused `attn.qkv` into `attention.self.{query,key,value}`.
+    """
+    out, origin = {}, {}
+    for raw_key, value in state.items():
+        key = raw_key.removeprefix("module.")
+        if _dropped(key):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"state_dict entry {raw_key!r} is a {type(value).__name__}, not a tensor")
+        new = _rename(key)
+        b = _BLOCK.match(new)
+        if b and b[2].startswith("attn.qkv."):
+            if value.shape[0] % 3:
+                raise CheckpointError(f"{raw_key}: fused qkv of shape {tuple(value.shape)} is not 3 equal parts")
+            suffix = b[2][len("attn.qkv."):]
+            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                k = f"{b[1]}attention.self.{name}.{suffix}"
+                out[k], origin[k] = part.clone(), raw_key
+            continue
+        out[new], origin[new] = value, raw_key
+    return out, origin
+
+
+def infer_clap_config(state: dict):
+    """A transformers ClapConfig matching a converted state dict (HTSAT + RoBERTa sizes read off shapes).
+
+    Text attention heads are not visible in the weights: hidden_size // 64 (RoBERTa's head width) is used.
+    """
+    from transformers import ClapConfig
+
+    def shape(k):
+        if k not in state:
+            raise CheckpointError(f"cannot infer the CLAP config: no {k!r} in the checkpoint")
+        return tuple(state[k].shape)
+
+    enc = "audio_model.audio_encoder."
+    depths, heads, i = [], [], 0
+    while f"{enc}layers.{i}.blocks.0.layernorm_before.weight" in state:
+        n = 0
+        while f"{enc}layers.{i}.blocks.{n}.layernorm_before.weight" in state:
+            n += 1
+        depths.append(n)
+        heads.append(shape(f"{enc}layers.{i}.blocks.0.attention.self.relative_position_bias_table")[1])
+        i += 1
+    table = shape(f"{enc}layers.0.blocks.0.attention.self.relative_position_bias_table")[0]
+    window = (round(table ** 0.5) + 1) // 2
+    text_layers = len({k.split(".")[3] for k in state if k.startswith("text_model.encoder.layer.")})
+    vocab, hidden = shape("text_model.embeddings.word_embeddings.weight")
+    audio_cfg = {"patch_embeds_hidden_size": shape(f"{enc}patch_embed.proj.weight")[0], "depths": depths,
+                     "num_attention_heads": heads, "window_size": window, "num_mel_bins": shape(f"{enc}batch_norm.weight")[0],
+                     "hidden_size": shape("audio_projection.linear1.weight")[1],
+                     "projection_dim": shape("audio_projection.linear1.weight")[0],
+                     "enable_fusion": f"{enc}patch_embed.mel_conv2d.weight" in state}
+    text_cfg = {"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": text_layers,
+                    "num_attention_heads": max(1, hidden // 64),
+                    "intermediate_size": shape("text_model.encoder.layer.0.intermediate.dense.weight")[0],
+                    "max_position_embeddings": shape("text_model.embeddings.position_embeddings.weight")[0],
+                    "type_vocab_size": shape("text_model.embeddings.token_type_embeddings.weight")[0],
+                    "projection_dim": shape("text_projection.linear1.weight")[0]}
+    return ClapConfig(text_config=text_cfg, audio_config=audio_cfg,
+                      projection_dim=shape("text_projection.linear1.weight")[0])
+
+
+def load_laion_checkpoint(path: str | os.PathLike, config=None):
+    """An original LAION-CLAP `.pt` as a transformers ClapModel (eval mode). `config`: a ClapConfig, or
+    None to infer the sizes from the weights."""
+    from transformers import ClapModel
+
+    raw = load_torch_file(path)
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: expected a LAION-CLAP checkpoint ({{'state_dict': {{...}}}}), "
+                              f"got {type(raw).__name__}")
+    converted, origin = convert_laion_state_dict(state)
+    model = ClapModel(config if config is not None else infer_clap_config(converted)).eval()
+    own = model.state_dict()
+    missing = [k for k in own if k not in converted and not any(p.match(k) for p in _BUFFERS_OK_MISSING)]
+    unexpected = list(dict.fromkeys(origin[k] for k in converted if k not in own))  # qkv: 3 parts, 1 key
+    shapes = [f"{origin[k]}: {tuple(converted[k].shape)} vs {tuple(own[k].shape)}"
+              for k in converted if k in own and tuple(converted[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model weights missing from the file (first: {', '.join(missing[:5])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (first: {'; '.join(shapes[:3])})")
+        raise CheckpointError(f"{path}: LAION-CLAP weights do not match the CLAP model: " + "; ".join(parts))
+    full = {k: converted.get(k, v) for k, v in own.items()}
+    model.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in full.items()})
+    return model
+
+
+def load_roberta_tokenizer(folder: str | os.PathLike):
+    """A tokenizer from local files only; refuses a missing folder or a tiny (placeholder) vocabulary."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: tokenizer folder not found (give the RoBERTa tokenizer files of the CLAP model)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/TypeError depending on what is missing
+        raise ValueError(f"{folder}: cannot load a tokenizer from local files ({str(e).splitlines()[0][:200]})") from None
+    if len(tok) < MIN_VOCAB:
+        raise ValueError(f"{folder}: tokenizer has only {len(tok)} tokens; expected a real vocabulary (RoBERTa "
+                         f"has 50265) — are vocab.json/merges.txt or tokenizer.json missing?")
+    return tok
+
+
+def laion_prepare(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(T,) float at 48 kHz -> (480000,) float32: int16 round trip, then rand_trunc / repeatpad."""
+    x = (np.clip(wav, -1.0, 1.0) * 32767.0).astype(np.int16).astype(np.float32) / 32767.0
+    if x.shape[0] > MAX_SAMPLES:
+        start = int(rng.integers(0, x.shape[0] - MAX_SAMPLES + 1))
+        return x[start:start + MAX_SAMPLES]
+    if x.shape[0] < MAX_SAMPLES:
+        x = np.tile(x, MAX_SAMPLES // x.shape[0])
+        x = np.pad(x, (0, MAX_SAMPLES - x.shape[0]))
+    return x
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class LaionClapEmbedder(ClapEmbedder):
+    """The shared interface over a transformers ClapModel holding LAION-CLAP weights."""
+
+    sample_rate = SAMPLE_RATE
+    min_samples = 1024     # one STFT window at 48 kHz
+
+    def __init__(self, model, tokenizer, *, identity: str, feature_extractor=None, crop_seed: int = 0,
+                 device: str | torch.device = "cpu", batch_size: int = 16, cache_dir=None):
+        from transformers import ClapFeatureExtractor
+
+        super().__init__(batch_size=batch_size, cache_dir=cache_dir)
+        if len(tokenizer) < MIN_VOCAB:
+            raise ValueError(f"tokenizer has only {len(tokenizer)} tokens; expected a real RoBERTa vocabulary")
+        if len(tokenizer) > model.config.text_config.vocab_size:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the text model only "
+                             f"{model.config.text_config.vocab_size}: not this model's tokenizer")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.fusion = bool(model.config.audio_config.enable_fusion)
+        self.features = feature_extractor or ClapFeatureExtractor(
+            frequency_min=50, frequency_max=14_000, truncation="fusion" if self.fusion else "rand_trunc",
+            padding="repeatpad")
+        self.crop_seed = crop_seed
+        self.identity = identity
+        self.embed_dim = model.config.projection_dim
+        self.max_length = min(TEXT_MAX_LENGTH, model.config.text_config.max_position_embeddings - 2)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None, *, config=None,
+                  **kwargs) -> LaionClapEmbedder:
+        """A LAION `.pt` file (needs `tokenizer`) or a transformers CLAP folder (tokenizer files inside
+        it, or `tokenizer`)."""
+        from transformers import ClapFeatureExtractor, ClapModel
+
+        path = Path(path)
+        if path.is_file():
+            if tokenizer is None:
+                raise ValueError(f"{path}: a LAION .pt needs the RoBERTa tokenizer folder (--tokenizer DIR)")
+            model = load_laion_checkpoint(path, config)
+            return cls(model, load_roberta_tokenizer(tokenizer), identity=f"laion-clap:{_file_hash(path)}", **kwargs)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path}: neither a LAION .pt file nor a transformers CLAP folder (no config.json)")
+        try:
+            model = ClapModel.from_pretrained(str(path), local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means "not a usable folder"
+            raise CheckpointError(f"{path}: not a loadable transformers CLAP folder "
+                                  f"({str(e).splitlines()[0][:200]})") from None
+        weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+        ident = f"laion-clap:{_file_hash(weights) if weights else 'unknown'}"
+        fe = None
+        if (path / "preprocessor_config.json").is_file():
+            fe = ClapFeatureExtractor.from_pretrained(str(path), local_files_only=True)
+        return cls(model, load_roberta_tokenizer(tokenizer or path), identity=ident, feature_extractor=fe, **kwargs)
+
+    @torch.no_grad()
+    def _text_batch(self, captions: list[str]) -> torch.Tensor:
+        warn_truncated(captions, [len(i) for i in self.tokenizer(captions)["input_ids"]], self.max_length)
+        batch = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.device)
+        batch.pop("token_type_ids", None)
+        return _pooled(self.model.get_text_features(input_ids=batch["input_ids"],
+                                                    attention_mask=batch["attention_mask"]))
+
+    @torch.no_grad()
+    def _audio_batch(self, wav: np.ndarray) -> torch.Tensor:
+        rng = np.random.default_rng(self.crop_seed)
+        if self.fusion:  # the extractor makes the fused global+local mels from the whole (quantised) clip
+            clips = [(np.clip(w, -1, 1) * 32767.0).astype(np.int16).astype(np.float32) / 32767.0 for w in wav]
+            state = np.random.get_state()
+            np.random.seed(self.crop_seed)
+            try:
+                feats = self.features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            finally:
+                np.random.set_state(state)
+        else:
+            clips = [laion_prepare(w, rng) for w in wav]
+            feats = self.features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        return _pooled(self.model.get_audio_features(input_features=feats["input_features"].to(self.device),
+                                                     is_longer=feats["is_longer"].to(self.device)))
+
+
+def _pooled(out) -> torch.Tensor:
+    """transformers 5 returns a model output whose pooler_output is the projected embedding; 4.x a tensor."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output

@@ -1,0 +1,152 @@
+"""`tta train clap`: contrastive training of tta's own CLAP on a manifest.
+
+Each batch: clips (random crops from `AudioDataset`) and one caption per clip — a random caption of the
+row, or, with probability `augment.template_prob` when the row has labels, a caption made from its
+keywords by a template ("the sound of dog and rain", as LAION-CLAP's keyword-to-caption augmentation
+does for tag-only data). Identical captions in a batch are merged, so clips sharing a caption are
+positives of it, not negatives. Validation embeds the valid split (deterministic crops, every caption of
+every row) and logs text->audio / audio->text R@1/5/10 and mAP@10 to metrics.jsonl (split "valid").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tta.clap.metrics import retrieval_metrics
+from tta.clap.model import ClapConfig, TTAClap, contrastive_loss
+from tta.data.manifest import DataConfig
+from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = ("the sound of {}", "{} can be heard", "a recording of {}", "{}", "the sounds of {}",
+             "someone recorded {}", "{} in the background", "audio of {}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    template_prob: float = 0.25     # chance a labelled row's caption is replaced by a keyword-template caption
+    max_keywords: int = 3           # labels drawn (1..max) for one template caption
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.template_prob <= 1:
+            raise ValueError(f"augment.template_prob={self.template_prob} must be in [0, 1]")
+        if self.max_keywords < 1:
+            raise ValueError(f"augment.max_keywords={self.max_keywords} must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ClapConfig = field(default_factory=ClapConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    valid_max_items: int = 2000     # clips of the valid split used for the retrieval metrics (0 = all)
+
+    def __post_init__(self) -> None:
+        if self.valid_max_items < 0:
+            raise ValueError(f"valid_max_items={self.valid_max_items} must be >= 0")
+
+
+def keyword_caption(labels: tuple[str, ...], rng: np.random.Generator, max_keywords: int = 3) -> str:
+    """A caption from a clip's keywords: 1..max_keywords labels in random order through a random template."""
+    n = int(rng.integers(1, min(max_keywords, len(labels)) + 1))
+    picked = [labels[i].strip().lower() for i in rng.permutation(len(labels))[:n]]
+    joined = picked[0] if n == 1 else ", ".join(picked[:-1]) + " and " + picked[-1]
+    return TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(joined)
+
+
+def augment_captions(captions: list[str], rows: list, augment: AugmentConfig, rng: np.random.Generator) -> list[str]:
+    out = []
+    for caption, row in zip(captions, rows):
+        if row.labels and rng.random() < augment.template_prob:
+            caption = keyword_caption(row.labels, rng, augment.max_keywords)
+        out.append(caption)
+    return out
+
+
+def merge_captions(captions: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Unique captions (first-seen order) and each clip's index among them."""
+    unique = list(dict.fromkeys(captions))
+    where = {c: i for i, c in enumerate(unique)}
+    return unique, torch.tensor([where[c] for c in captions], dtype=torch.long)
+
+
+@torch.no_grad()
+def validate(model: TTAClap, dataset, batch_size: int, max_items: int, device, *, model_name: str) -> dict:
+    """Retrieval metrics of `model` on a deterministic dataset (every caption of every row)."""
+    was_training = model.training
+    model.eval()
+    n = len(dataset) if max_items == 0 else min(len(dataset), max_items)
+    audio, texts, text_to_audio = [], [], []
+    for start in range(0, n, batch_size):
+        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        audio.append(model.encode_audio(torch.stack([it["wav"] for it in items]).to(device)).cpu())
+        for it in items:
+            caps = dataset.rows[it["index"]].captions
+            texts += caps
+            text_to_audio += [it["index"]] * len(caps)
+    text_emb = torch.cat([model.encode_text(texts[i:i + batch_size]).cpu() for i in range(0, len(texts), batch_size)])
+    model.train(was_training)
+    return retrieval_metrics(text_emb, torch.cat(audio), text_to_audio, model=model_name)
+
+
+def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train a TTAClap; returns the run's final/ component folder."""
+    from tta.data.dataset import AudioDataset
+
+    run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
+    sr = config.model.mel.sample_rate
+    train_ds = AudioDataset.from_config(config.data, config.data.train_split, sr, random_crop=True)
+    try:
+        valid_ds = AudioDataset.from_config(config.data, config.data.valid_split, sr, random_crop=False,
+                                            caption_choice="first")
+    except ValueError as e:  # an empty valid split: train anyway, say so
+        log.warning("no validation: %s", e)
+        valid_ds = None
+    model = TTAClap(config.model)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], config.train)
+    sched = make_warmup_scheduler(opt, config.train)
+    model, opt = run.prepare(model, opt)
+    run.track(model=model, optimizer=opt, scheduler=sched)
+    run.make_ema("model", model)
+    run.restore()
+    core: TTAClap = run.unwrap(model)
+    model.train()
+    last_valid = -1
+
+    def do_validate() -> None:
+        nonlocal last_valid
+        if valid_ds is None or not run.is_main:
+            return
+        metrics = validate(core, valid_ds, config.train.batch_size, config.valid_max_items, run.device,
+                           model_name=f"tta-clap:{Path(out).name}@step{run.step}")
+        run.log_metrics(split="valid", **metrics)
+        log.info("valid step %d: t2a R@5 %.3f (chance %.3f)", run.step, metrics["t2a_R@5"], metrics["t2a_R@5_chance"])
+        last_valid = run.step
+
+    for batch in run.batches(train_ds):
+        rng = np.random.default_rng([config.train.seed, run.micro_step])
+        rows = [train_ds.rows[int(i)] for i in batch["index"]]
+        captions, audio_to_text = merge_captions(augment_captions(list(batch["caption"]), rows, config.augment, rng))
+        with run.accumulate(model):
+            audio_emb, text_emb = model(batch["wav"], captions)   # through the (possibly DDP) wrapper
+            loss = contrastive_loss(audio_emb, text_emb, core.scale(), audio_to_text.to(run.device))
+            run.backward(loss)
+            run.clip_grad(model)
+            opt.step()
+            if run.accelerator.sync_gradients:
+                sched.step()
+            opt.zero_grad()
+        run.end_step(loss=loss.item(), logit_scale=float(core.scale().detach()))
+        if run.should(config.train.validate_every):
+            do_validate()
+    if last_valid != run.step:
+        do_validate()
+    return run.finish(model, "model")

@@ -1,0 +1,303 @@
+"""The starter corpus: real Debian sound effects + FluidSynth music + espeak-ng/flite speech + mixtures.
+
+    build_starter(out, StarterOptions(...), progress=True) -> BuildResult
+
+Steps: list candidates of every requested source (downloading and unpacking Debian packages into the
+cache), order them by a seeded hash, render/decode them (optionally in worker processes; results come
+back in candidate order), trim, cut to <= 10.24 s, drop silence and exact duplicates (sha1 of the 16-bit
+samples written), write 16 kHz mono wavs to OUT/audio/KIND/ID.wav, then build mixtures from the kept
+clips the same way. Writes OUT/manifest.jsonl, OUT/ATTRIBUTION.md, OUT/recipe.json and the packages'
+copyright files under OUT/licences/. The same options give the same manifest bytes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import multiprocessing
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tta.audio import AudioError, load_audio, save_audio
+from tta.data.manifest import ManifestRow, write_manifest
+from tta.data.recipes import music, packages, rules, speech
+from tta.data.recipes.clips import (
+    CLIP_SECONDS,
+    SAMPLE_RATE,
+    Candidate,
+    Clip,
+    clip_id,
+    order_key,
+    segment,
+    split_of,
+)
+from tta.data.recipes.mixtures import mixture_candidates, render_mix
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("sfx", "music", "speech", "mix")
+KIND_ORDER = {k: i for i, k in enumerate(SOURCES)}
+MAX_SEGMENTS = {"ambience": 3, "music": 3, "event": 2, "speech": 1}
+
+
+class RecipeError(ValueError):
+    """Missing tools or bad options for a recipe; the message says what to install or change."""
+
+
+@dataclass(frozen=True)
+class StarterOptions:
+    sources: tuple[str, ...] = SOURCES
+    max_clips: int | None = None              # per source (sfx, music, speech, mix); None = all
+    seed: int = 0
+    cache: str = ""                            # "" = OUT/.cache
+    packages: tuple[str, ...] | None = None    # Debian packages to use (default: all small ones)
+    large: bool = False                        # also 0ad-data (1.3 GB) and supertuxkart-data (0.6 GB)
+    mixtures: int = 1500                       # number of mixtures drawn (before dedupe/silence)
+    max_scores: int | None = None              # per music21 score set
+    espeak_per_sentence: int = 4
+    workers: int = 1
+    file_roots: tuple[tuple[str, str], ...] = ()   # (package, folder) pairs used instead of downloading (tests)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sources if s not in SOURCES]
+        if bad or not self.sources:
+            raise RecipeError(f"--sources: unknown {bad or 'empty'}; choose from {','.join(SOURCES)}")
+        if self.max_clips is not None and self.max_clips < 1:
+            raise RecipeError(f"--max-clips={self.max_clips} must be >= 1")
+        if self.workers < 1:
+            raise RecipeError(f"--workers={self.workers} must be >= 1")
+        for name in self.packages or ():
+            packages.check_allowed(name)
+        for name, _ in self.file_roots:
+            packages.check_allowed(name)
+
+
+@dataclass
+class BuildResult:
+    rows: list[ManifestRow]
+    counts: Counter = field(default_factory=Counter)        # dropped_silent, dropped_duplicate, failed, ...
+    tools: dict = field(default_factory=dict)
+    package_versions: dict = field(default_factory=dict)
+    copyrights: dict = field(default_factory=dict)          # package -> relative path of its copyright copy
+
+
+def missing_tools(sources: tuple[str, ...]) -> list[str]:
+    """One line per missing program/package that a requested source needs (empty list = all there)."""
+    missing = []
+    if "sfx" in sources:
+        for tool in ("apt-get", "dpkg"):
+            if shutil.which(tool) is None:
+                missing.append(f"{tool} (needed to download and unpack the Debian sound packages)")
+    if "music" in sources:
+        reason = music.fluidsynth_status()
+        if reason:
+            missing.append(reason)
+        if importlib.util.find_spec("music21") is None:
+            missing.append("music21 (PyPI; pip install 'tta[recipes]')")
+    if "speech" in sources:
+        status = speech.speech_status()
+        if status["espeak-ng"]:
+            missing.append(status["espeak-ng"])
+    return missing
+
+
+# ------------------------------------------------------------------------------------------ candidates
+
+
+def sfx_candidates(options: StarterOptions, cache: Path, out: Path, result: BuildResult,
+                   *, progress: bool) -> list[Candidate]:
+    """Files of the Debian packages that a caption rule matches (unmatched files are never used)."""
+    roots = dict(options.file_roots)
+    if roots:
+        chosen = [packages.DebianSource(name, "see package copyright") for name in roots]
+        known = {p.package: p for p in packages.SFX_PACKAGES}
+        chosen = [known.get(p.package, p) for p in chosen]
+    else:
+        chosen = packages.select_packages(list(options.packages) if options.packages else None,
+                                          large=options.large)
+    out_licences = out / "licences"
+    candidates = []
+    for source in chosen:
+        packages.check_allowed(source.package)
+        tree = Path(roots[source.package]) if source.package in roots else packages.fetch_package(source.package,
+                                                                                                  cache)
+        result.package_versions[source.package] = packages.package_version(tree)
+        text = packages.copyright_text(tree, source.package)
+        if text is not None:
+            out_licences.mkdir(parents=True, exist_ok=True)
+            (out_licences / f"{source.package}.copyright").write_text(text, encoding="utf-8")
+            result.copyrights[source.package] = f"licences/{source.package}.copyright"
+        files = packages.list_audio_files(tree, source)
+        matched = 0
+        for rel, path in files:
+            rule = rules.match(source.package, rel)
+            if rule is None:
+                continue
+            matched += 1
+            candidates.append(Candidate(
+                key=f"sfx/{source.package}/{rel}", kind="sfx", captions=rule.captions, label=rule.label,
+                role=rule.role, source=f"debian:{source.package}:{rel}", licence=source.licence,
+                spec=("file", str(path), MAX_SEGMENTS[rule.role] * CLIP_SECONDS + 5.0),
+                max_segments=MAX_SEGMENTS[rule.role], labels=(rule.label,)))
+        result.counts[f"files_seen:{source.package}"] = len(files)
+        result.counts[f"files_matched:{source.package}"] = matched
+        log.info("%s: %d audio files, %d matched a caption rule", source.package, len(files), matched)
+    return candidates
+
+
+def list_candidates(kind: str, options: StarterOptions, cache: Path, out: Path, result: BuildResult,
+                    *, progress: bool) -> list[Candidate]:
+    if kind == "sfx":
+        found = sfx_candidates(options, cache, out, result, progress=progress)
+    elif kind == "music":
+        found = (music.instrument_candidates(options.seed) + music.drum_candidates(options.seed)
+                 + music.score_candidates(options.seed, cache / "music21", max_scores=options.max_scores,
+                                          progress=progress, workers=options.workers))
+    elif kind == "speech":
+        found = speech.espeak_candidates(options.seed, per_sentence=options.espeak_per_sentence)
+        if speech.speech_status()["flite"] is None:
+            found += speech.flite_candidates(options.seed)
+        else:
+            log.warning("flite not found: English flite voices skipped (Debian package flite)")
+    else:
+        raise RecipeError(f"unknown source {kind!r}")
+    # Seeded order: --max-clips then takes a varied subset rather than the first package or program.
+    return sorted(found, key=lambda c: order_key(c.key, options.seed))
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+def render(spec: tuple):
+    """(T,) float32 at 16 kHz for any candidate spec."""
+    kind = spec[0]
+    if kind == "file":   # ("file", path, max_seconds): long tracks are only decoded as far as they are used
+        wav, _ = load_audio(spec[1], SAMPLE_RATE, max_seconds=spec[2])
+        return wav
+    if kind == "fluidsynth":
+        return music.render_fluidsynth(*spec[1:])
+    if kind in ("espeak", "flite"):
+        return speech.render_speech(spec)
+    if kind == "mix":
+        return render_mix(spec)
+    raise ValueError(f"unknown render spec {kind!r}")
+
+
+def _process(candidate: Candidate) -> tuple[list[Clip], str]:
+    try:
+        return segment(render(candidate.spec), candidate), ""
+    except (AudioError, RuntimeError, OSError, ValueError) as e:
+        return [], f"{candidate.key}: {e}"
+
+
+def process_all(candidates: list[Candidate], *, workers: int, desc: str, progress: bool):
+    """Yield (candidate, clips, error) in candidate order, whatever the number of workers."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(candidates), desc=desc, unit="item", disable=not progress)
+    try:
+        if workers > 1 and len(candidates) > 1:
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(workers) as pool:
+                for candidate, (clips, error) in zip(candidates, pool.imap(_process, candidates, chunksize=4)):
+                    bar.update()
+                    yield candidate, clips, error
+        else:
+            for candidate in candidates:
+                clips, error = _process(candidate)
+                bar.update()
+                yield candidate, clips, error
+    finally:
+        bar.close()
+
+
+def keep_clips(candidates, out: Path, options: StarterOptions, seen: set[str], result: BuildResult,
+               *, desc: str, progress: bool) -> list[tuple[ManifestRow, str]]:
+    """Render, dedupe, write; returns (row, role) for every kept clip, in candidate order."""
+    kept: list[tuple[ManifestRow, str]] = []
+    # FluidSynth renders depend slightly on what the same synth rendered before (see music.render_fluidsynth):
+    # they run in this process in candidate order; files, speech and mixtures go to the workers.
+    in_process = any(c.spec[0] == "fluidsynth" for c in candidates)
+    workers = 1 if in_process else options.workers
+    for candidate, clips, error in process_all(candidates, workers=workers, desc=desc, progress=progress):
+        if error:
+            result.counts["failed"] += 1
+            log.warning("skipped %s", error)
+            continue
+        if not clips:
+            result.counts["dropped_silent_or_short"] += 1
+        for clip in clips:
+            if options.max_clips is not None and len(kept) >= options.max_clips:
+                break
+            digest = clip.digest
+            if digest in seen:
+                result.counts["dropped_duplicate"] += 1
+                continue
+            seen.add(digest)
+            row_id = clip_id(candidate, clip.segment)
+            path = out / "audio" / candidate.kind / f"{row_id}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_audio(path, clip.wav(), SAMPLE_RATE)
+            where = f"@{clip.segment * 10.24:.2f}s" if candidate.max_segments > 1 else ""
+            kept.append((ManifestRow(
+                id=row_id, path=str(path.resolve()), captions=candidate.captions, seconds=round(clip.seconds, 4),
+                sample_rate=SAMPLE_RATE, split=candidate.split or split_of(candidate.split_group),
+                source=candidate.source + where, licence=candidate.licence, labels=candidate.labels,
+                category=candidate.role), candidate.role))
+        if options.max_clips is not None and len(kept) >= options.max_clips:
+            break
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+
+def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *,
+                  progress: bool = True) -> BuildResult:
+    """Build the corpus into `out` (see the module docstring). Raises RecipeError naming missing tools."""
+    from tta.data.recipes.report import write_attribution, write_recipe_json
+
+    out = Path(out)
+    missing = missing_tools(tuple(s for s in options.sources if not (s == "sfx" and options.file_roots)))
+    if missing:
+        raise RecipeError("missing for the requested sources: " + "; ".join(missing)
+                          + " -- install them (apt-get install fluidsynth fluid-soundfont-gm libfluidsynth3 "
+                            "espeak-ng flite; pip install 'tta[recipes]') or drop the source with --sources")
+    cache = Path(options.cache) if options.cache else out / ".cache"
+    out.mkdir(parents=True, exist_ok=True)
+    result = BuildResult(rows=[])
+    seen: set[str] = set()
+    kept: list[tuple[ManifestRow, str]] = []
+    for kind in ("sfx", "music", "speech"):
+        if kind not in options.sources:
+            continue
+        candidates = list_candidates(kind, options, cache, out, result, progress=progress)
+        result.counts[f"candidates:{kind}"] = len(candidates)
+        kept += keep_clips(candidates, out, options, seen, result, desc=f"{kind} clips", progress=progress)
+    if "mix" in options.sources:
+        rows = [row for row, _ in kept]
+        roles = {row.id: role for row, role in kept}
+        candidates = mixture_candidates(rows, roles, options.mixtures, options.seed)
+        candidates = sorted(candidates, key=lambda c: order_key(c.key, options.seed))
+        result.counts["candidates:mix"] = len(candidates)
+        kept += keep_clips(candidates, out, options, seen, result, desc="mixtures", progress=progress)
+    rows = sorted((row for row, _ in kept), key=lambda r: (KIND_ORDER[r.id.split("-", 1)[0]], r.id))
+    result.rows = rows
+    _remove_stale_audio(out, rows)
+    write_manifest(out / "manifest.jsonl", rows)
+    write_attribution(out / "ATTRIBUTION.md", result)
+    write_recipe_json(out / "recipe.json", result, options)
+    return result
+
+
+def _remove_stale_audio(out: Path, rows: list[ManifestRow]) -> None:
+    """Delete wavs under OUT/audio left by earlier runs with other options (only .wav files, only there)."""
+    wanted = {Path(r.path).resolve() for r in rows}
+    audio = out / "audio"
+    if not audio.is_dir():
+        return
+    for path in sorted(audio.rglob("*.wav")):
+        if path.resolve() not in wanted:
+            path.unlink()

@@ -1,0 +1,113 @@
+"""WebDataset tar shards as a manifest: members `KEY.{wav,flac,ogg,opus,mp3}` + `KEY.json` or `KEY.txt`.
+
+The audio is extracted (the manifest needs files to point at) into a staging folder beside `audio_dir`
+and moved into place only when at least one row imports, so a failed import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+
+from tta.data.importers import (
+    Collector,
+    Entry,
+    ImportOptions,
+    ImportResult,
+    SourceError,
+    clean_captions,
+    split_from_name,
+)
+
+AUDIO_MEMBERS = ("wav", "flac", "ogg", "opus", "mp3")  # preference order when a key has several
+
+
+def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike,
+                      options: ImportOptions | None = None) -> ImportResult:
+    """WebDataset tar shards (a .tar file or a folder of them): members `KEY.{wav,flac,ogg,opus,mp3}` with
+    `KEY.json` (caption / captions / text, optional split) or `KEY.txt`. Audio is extracted under
+    `audio_dir` (which must not exist yet; it is created only when at least one row imports)."""
+    shards, audio_dir, options = Path(shards), Path(audio_dir), options or ImportOptions()
+    tars = sorted(p for p in shards.iterdir() if ".tar" in p.name) if shards.is_dir() else [shards]
+    if not tars or not tars[0].is_file():
+        raise SourceError(f"{shards}: no WebDataset .tar shards found")
+    if audio_dir.exists() and any(audio_dir.iterdir()):
+        raise SourceError(f"{audio_dir}: audio folder for extracted files already exists and is not empty")
+    audio_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{audio_dir.name}.", suffix=".tmp", dir=audio_dir.parent))
+    try:
+        c = Collector(options)
+        for tar in tars:
+            _read_shard(tar, tmp, c)
+        result = c.result(f"import {shards.name}")
+        staged, final = str(tmp.resolve()), str(audio_dir.resolve())
+        # Messages name the member inside the shard, not the staging folder that is about to go.
+        result.errors = [m.replace(staged + os.sep, "") for m in result.errors]
+        if result.rows:
+            keep = {r.path for r in result.rows}
+            for f in [f for f in tmp.rglob("*") if f.is_file() and str(f.resolve()) not in keep]:
+                f.unlink()  # audio of skipped items is not left behind
+            if audio_dir.exists():
+                audio_dir.rmdir()
+            os.replace(tmp, audio_dir)
+            result.rows = [replace(r, path=final + r.path[len(staged):]) for r in result.rows]
+        return result
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _read_shard(tar_path: Path, out: Path, c: Collector) -> None:
+    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    try:
+        tf = tarfile.open(tar_path)  # noqa: SIM115 -- closed by the `with tf` below
+    except (tarfile.TarError, OSError) as e:
+        c.error(f"{tar_path}: not a readable tar shard ({e}); skipped")
+        return
+    with tf:
+        try:
+            members = tf.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            c.error(f"{tar_path}: damaged tar shard ({e}); skipped")
+            return
+        for m in members:
+            if not m.isfile():
+                continue
+            pp = PurePosixPath(m.name)
+            if pp.is_absolute() or ".." in pp.parts:
+                c.error(f"{tar_path}: member {m.name!r} has an unsafe path; skipped")
+                continue
+            stem, _, ext = pp.name.partition(".")  # WebDataset: the key ends at the first dot of the name
+            groups.setdefault(str(pp.parent / stem), {})[ext.lower()] = m
+        for key, parts in groups.items():
+            where = f"{tar_path}:{key}"
+            row_id = key.removeprefix("./")
+            if row_id in c.by_id:
+                c.error(f"{where}: duplicate id {row_id!r} (also in an earlier shard); skipped")
+                continue
+            audio_ext = next((e for e in AUDIO_MEMBERS if e in parts), None)
+            if audio_ext is None:
+                c.error(f"{where}: no audio member (.wav/.flac/.ogg/.opus/.mp3); skipped")
+                continue
+            caps, split = [], None
+            try:
+                if "json" in parts:
+                    meta = json.loads(tf.extractfile(parts["json"]).read().decode("utf-8"))
+                    if not isinstance(meta, dict):
+                        raise ValueError("expected a JSON object")
+                    caps = clean_captions(meta.get("captions", meta.get("caption", meta.get("text"))))
+                    split = split_from_name(str(meta.get("split", "")))
+                if not caps and "txt" in parts:
+                    caps = clean_captions(tf.extractfile(parts["txt"]).read().decode("utf-8").splitlines())
+                dest = out / f"{key}.{audio_ext}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tf.extractfile(parts[audio_ext]).read())
+            except (ValueError, UnicodeDecodeError, tarfile.TarError, OSError, EOFError) as e:
+                c.error(f"{where}: unreadable member ({e}); skipped")
+                continue
+            c.add(Entry(row_id, dest, where, caps, split=split))

@@ -1,0 +1,189 @@
+"""`tta train vae`: train the mel-VAE on a manifest (AudioLDM's first stage).
+
+Each step: wav batch -> `tta.audio.log_mel` -> MelVAE reconstruction -> autoencoder update (L1 + transient
+term + KL, plus the adaptive-weighted PatchGAN term from `loss.disc_start`) -> discriminator update (hinge,
+only once it is on). Both optimizers, the LR scheduler, the loss module (learned logvar + discriminator) and
+the optional EMA are tracked by `TrainingRun`, so `--resume` continues bit-exactly. Every
+`train.validate_every` steps (and after the last) the held-out split is reconstructed from the posterior
+mode: mel L1, log-spectral distance and mel SNR go to metrics.jsonl (split "valid") and input-vs-
+reconstruction spectrograms to RUN/samples/step_N/. At the end `scale_factor` (1 / std of latents) is
+measured on training clips with the released weights and stored in final/.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tta.audio import log_mel
+from tta.data.manifest import DataConfig
+from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
+from vae.losses import LossConfig, VAELoss
+from vae.metrics import ReconstructionMetrics
+from vae.model import MelVAE, VAEConfig, compute_scale_factor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: VAEConfig = field(default_factory=VAEConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    valid_items: int = 16  # held-out clips reconstructed at each validation (0 = skip validation)
+    sample_images: int = 2  # input-vs-reconstruction PNGs written per validation
+    scale_items: int = 64  # training clips used to measure scale_factor at the end
+
+    def __post_init__(self) -> None:
+        if self.valid_items < 0 or self.sample_images < 0:
+            raise ValueError("valid_items and sample_images must be >= 0")
+        if self.scale_items < 1:
+            raise ValueError(f"scale_items={self.scale_items} must be >= 1")
+
+
+def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a run in `out`; returns the final/ component folder."""
+    from tta.data.dataset import AudioDataset
+
+    mel_cfg = config.model.mel
+    train_set = AudioDataset.from_config(
+        config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=True
+    )
+    valid_set = None
+    if config.valid_items:
+        valid_set = AudioDataset.from_config(
+            config.data, config.data.valid_split, mel_cfg.sample_rate, random_crop=False
+        )
+    run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
+    vae = MelVAE(config.model)
+    criterion = VAELoss(config.loss)
+    opt_ae = make_optimizer(list(vae.parameters()) + [criterion.logvar], config.train)
+    opt_d = make_optimizer(criterion.discriminator.parameters(), config.train)
+    sched = make_warmup_scheduler(opt_ae, config.train)
+    vae, criterion, opt_ae, opt_d = run.prepare(vae, criterion, opt_ae, opt_d)
+    run.track(vae=vae, loss=criterion, optimizer_ae=opt_ae, optimizer_disc=opt_d, scheduler_ae=sched)
+    ema = run.make_ema("vae", vae)
+    run.restore()
+    disc = run.unwrap(criterion).discriminator
+
+    for batch in run.batches(train_set):
+        mel = log_mel(batch["wav"], mel_cfg)
+        image = run.unwrap(vae).mel_to_image(mel, pad=False)
+        with run.accumulate(vae, criterion):
+            rec, posterior = vae(mel)
+            rec_image = run.unwrap(vae).mel_to_image(rec, pad=False)
+            disc.requires_grad_(False)  # the generator pass must not leave gradients in D
+            ae_loss, scalars = run.unwrap(criterion).generator_loss(
+                image, rec_image, posterior, step=run.step, last_layer=run.unwrap(vae).last_layer()
+            )
+            disc.requires_grad_(True)
+            run.backward(ae_loss)
+            run.clip_grad(vae)
+            opt_ae.step()
+            opt_ae.zero_grad()
+            if run.accelerator.sync_gradients:
+                sched.step()
+            if run.unwrap(criterion).disc_active(run.step):
+                d_loss, d_scalars = run.unwrap(criterion).discriminator_loss(image, rec_image, step=run.step)
+                run.backward(d_loss)
+                run.clip_grad(criterion)
+                opt_d.step()
+                opt_d.zero_grad()
+                scalars.update(d_scalars)
+        if not run.end_step(loss=scalars.pop("ae_loss"), **scalars):
+            continue
+        last = run.step == config.train.max_steps
+        if config.valid_items and run.is_main and (run.should(config.train.validate_every) or last):
+            model = ema.averaged(run.unwrap(vae)) if ema is not None else run.unwrap(vae)
+            validate(model, valid_set, config, run.out / "samples" / f"step_{run.step}", run=run)
+
+    release = ema.averaged(run.unwrap(vae)) if ema is not None else run.unwrap(vae)
+    if run.is_main:
+        scale_set = AudioDataset.from_config(
+            config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=False
+        )
+        mels = (mel for mel, _ in _mels(scale_set, config, config.scale_items, run.device))
+        scale = compute_scale_factor(release, mels, seed=config.train.seed, progress=progress)
+        release.set_scale_factor(scale)
+        run.log_metrics(split="final", scale_factor=scale)
+        log.info(
+            "scale_factor = %.6g (1 / std of latents over %d training clips)",
+            scale,
+            min(config.scale_items, len(scale_set)),
+        )
+    return run.finish(release)
+
+
+def _mels(dataset, config: RunConfig, limit: int, device):
+    """Deterministic (B, n_mels, frames) log-mels of the first `limit` items, in train.batch_size chunks."""
+    n = min(limit, len(dataset))
+    for start in range(0, n, config.train.batch_size):
+        items = [dataset[i] for i in range(start, min(n, start + config.train.batch_size))]
+        wav = torch.stack([it["wav"] for it in items]).to(device)
+        yield log_mel(wav, config.model.mel), [it["id"] for it in items]
+
+
+@torch.no_grad()
+def validate(
+    model: MelVAE, dataset, config: RunConfig, sample_dir: Path, *, run: TrainingRun | None = None
+) -> dict:
+    """Reconstruct `config.valid_items` held-out clips (posterior mode); log metrics and write PNGs."""
+    was_training = model.training
+    model.eval()
+    metrics = ReconstructionMetrics()
+    images_left = config.sample_images
+    device = model.scale_factor.device
+    try:
+        for mel, ids in _mels(dataset, config, config.valid_items, device):
+            rec, _ = model(mel, sample=False)
+            metrics.update(mel, rec)
+            for i in range(min(images_left, mel.shape[0])):
+                save_spectrogram_png(
+                    sample_dir / f"{_safe_name(ids[i])}.png",
+                    mel[i],
+                    rec[i],
+                    title=f"{ids[i]} ({sample_dir.name})",
+                )
+            images_left -= min(images_left, mel.shape[0])
+    finally:
+        model.train(was_training)
+    values = metrics.compute()
+    if run is not None:
+        run.log_metrics(split="valid", **values)
+    log.info("valid %s", " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    return values
+
+
+def _safe_name(clip_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", clip_id)[:120] or "clip"
+
+
+def save_spectrogram_png(path: Path, mel: torch.Tensor, rec: torch.Tensor, title: str = "") -> Path:
+    """Input and reconstruction log-mels (n_mels, frames) one above the other, same colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a, b = mel.detach().float().cpu().numpy(), rec.detach().float().cpu().numpy()
+    lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+    fig, axes = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True)
+    for ax, data, name in ((axes[0], a, "input"), (axes[1], b, "reconstruction")):
+        im = ax.imshow(
+            data, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap="magma", interpolation="nearest"
+        )
+        ax.set_ylabel(f"{name}\nmel bin")
+    axes[1].set_xlabel("frame")
+    fig.colorbar(im, ax=axes, label="ln mel")
+    if title:
+        fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

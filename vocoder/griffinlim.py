@@ -1,0 +1,109 @@
+"""Griffin-Lim baseline vocoder with the HiFi-GAN interface: forward(mel (B, n_mels, frames)) -> wav (B, T).
+
+Inverts the mel contract step by step: exp of the natural-log mel, the pseudo-inverse of the Slaney mel
+matrix (`tta.audio.mel_basis`, clamped at 0) for a linear magnitude, refined towards the non-negative
+least-squares solution by multiplicative updates (Lee & Seung 2001), then the fast Griffin-Lim phase
+reconstruction (Griffin & Lim 1984; momentum from Perraudin et al. 2013). The STFT matches `log_mel`
+exactly: reflect padding of (n_fft - hop) / 2 on each side, periodic Hann, center=False; the inverse is a
+windowed overlap-add normalised by the squared-window envelope, cropped back to frames * hop samples.
+It needs no training and shows what the neural vocoder buys in reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tta.audio import MelConfig, mel_basis
+from vocoder.model import check_mel_config, check_mel_input
+
+
+@dataclass(frozen=True)
+class GriffinLimConfig:
+    mel: MelConfig = field(default_factory=MelConfig)
+    n_iter: int = 32
+    momentum: float = 0.99  # 0 = the original Griffin-Lim
+    nnls_iter: int = 50     # multiplicative NNLS updates of the magnitude (0 = clamped pseudo-inverse only)
+
+    def __post_init__(self) -> None:
+        if self.n_iter < 0 or self.nnls_iter < 0:
+            raise ValueError(f"n_iter={self.n_iter} and nnls_iter={self.nnls_iter} must be >= 0")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum={self.momentum} must be in [0, 1)")
+
+
+class GriffinLim(nn.Module):
+    """Mel -> linear magnitude (pseudo-inverse) -> Griffin-Lim. No parameters; deterministic (zero initial phase)."""
+
+    config_class = GriffinLimConfig
+
+    def __init__(self, config: GriffinLimConfig):
+        super().__init__()
+        self.config = config
+        m = config.mel
+        basis = mel_basis(m)                                  # (n_mels, n_fft // 2 + 1)
+        self.register_buffer("basis", basis, persistent=False)
+        self.register_buffer("inverse_basis", torch.linalg.pinv(basis), persistent=False)
+        self.register_buffer("window", torch.hann_window(m.win_length, periodic=True), persistent=False)
+
+    @property
+    def mel_config(self) -> MelConfig:
+        return self.config.mel
+
+    def _stft(self, wav: torch.Tensor) -> torch.Tensor:
+        m = self.config.mel
+        x = F.pad(wav.unsqueeze(1), (m.pad, m.pad), mode="reflect").squeeze(1)
+        return torch.stft(x, n_fft=m.n_fft, hop_length=m.hop_length, win_length=m.win_length, window=self.window,
+                          center=False, return_complex=True)
+
+    def _istft(self, spec: torch.Tensor) -> torch.Tensor:
+        """Least-squares inverse of `_stft`: (B, F, frames) complex -> (B, frames * hop) real."""
+        m = self.config.mel
+        frames = spec.shape[-1]
+        window = self.window
+        if m.win_length < m.n_fft:  # torch.stft centres a shorter window inside n_fft
+            left = (m.n_fft - m.win_length) // 2
+            window = F.pad(window, (left, m.n_fft - m.win_length - left))
+        chunks = torch.fft.irfft(spec, n=m.n_fft, dim=1) * window[None, :, None]  # (B, n_fft, frames)
+        length = (frames - 1) * m.hop_length + m.n_fft
+        fold = {"output_size": (1, length), "kernel_size": (1, m.n_fft), "stride": (1, m.hop_length)}
+        signal = F.fold(chunks, **fold).reshape(spec.shape[0], length)
+        envelope = F.fold((window ** 2)[None, :, None].expand(1, -1, frames), **fold).reshape(length)
+        signal = signal / envelope.clamp_min(1e-8)
+        return signal[:, m.pad: m.pad + frames * m.hop_length]
+
+    def magnitude(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, n_mels, frames) log-mel -> (B, n_fft // 2 + 1, frames) non-negative linear magnitude."""
+        target = torch.exp(mel)
+        mag = torch.matmul(self.inverse_basis, target).clamp_min(0.0)
+        if self.config.nnls_iter:
+            # S <- S * B^T M / (B^T B S): keeps S >= 0 and never increases ||B S - M||^2
+            mag = mag.clamp_min(1e-6)
+            numerator = torch.matmul(self.basis.T, target)
+            for _ in range(self.config.nnls_iter):
+                mag = mag * numerator / (torch.matmul(self.basis.T, torch.matmul(self.basis, mag)) + 1e-10)
+        return mag
+
+    @torch.no_grad()
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        mel = check_mel_input(mel, self.config.mel, type(self).__name__).to(self.window.dtype)
+        mag = self.magnitude(mel)
+        if mel.shape[-1] * self.config.mel.hop_length <= self.config.mel.pad:  # too short to reflect-pad
+            return self._istft(mag.to(torch.complex64))
+        angles = torch.ones_like(mag, dtype=torch.complex64)
+        previous = torch.zeros_like(angles)
+        for _ in range(self.config.n_iter):
+            rebuilt = self._stft(self._istft(mag * angles))
+            accelerated = rebuilt - self.config.momentum / (1 + self.config.momentum) * previous
+            angles = accelerated / accelerated.abs().clamp_min(1e-16)
+            previous = rebuilt
+        return self._istft(mag * angles)
+
+    @torch.no_grad()
+    def vocode(self, mel: torch.Tensor, mel_config: MelConfig | None = None) -> torch.Tensor:
+        if mel_config is not None:
+            check_mel_config(self.config.mel, mel_config)
+        return self(mel)

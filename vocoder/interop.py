@@ -1,0 +1,239 @@
+"""HiFi-GAN weights from other projects, loaded from local paths only (no hub, no arbitrary unpickling).
+
+- jik876/hifi-gan generator checkpoints `g_XXXXXXXX`: `{"generator": state_dict}` with weight-norm keys
+  `*.weight_g` / `*.weight_v`, plus the run's `config.json` (hyper-parameters; `num_mels`, `hop_size`, ...).
+- AudioLDM `.ckpt`: `state_dict` with the vocoder under `first_stage_model.vocoder.*`, weight norm already
+  folded into plain `*.weight`; hyper-parameters are AudioLDM's fixed 16 kHz / 64-bin HiFi-GAN.
+- transformers `SpeechT5HifiGan` folders (what diffusers' AudioLDM pipelines hold under `vocoder/`):
+  transformers' config.json + model.safetensors or pytorch_model.bin; `upsampler.i` instead of `ups.i`, and
+  `mean`/`scale` buffers applied as (mel - mean) / scale when `normalize_before` is true.
+- export to that SpeechT5HifiGan folder layout (loadable with `SpeechT5HifiGan.from_pretrained`).
+`load_vocoder(path)` recognises any of these (and tta's own component folders) by content.
+
+All three sources use the reference module names that `vocoder.model.HiFiGAN` keeps, so mapping is a
+handful of renames; every source key must be consumed (strict load) so a layout mismatch is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from tta.audio import MelConfig
+from tta.checkpoint import CheckpointError, atomic_dir, load_into, load_torch_file
+from vocoder.model import HiFiGAN, HiFiGANConfig
+
+log = logging.getLogger(__name__)
+
+AUDIOLDM_PREFIX = "first_stage_model.vocoder."
+SPEECHT5_MODEL_TYPE = "speecht5_hifigan"
+
+_WN_OLD = re.compile(r"^(.*)\.weight_([gv])$")
+
+
+def model_from_reference_state(config: HiFiGANConfig, state: dict, *, where: str,
+                               weight_norm: bool = False) -> HiFiGAN:
+    """Build a HiFiGAN from a state dict in reference names (`conv_pre`, `ups.i`, `resblocks.j.convs1.k`, ...).
+
+    Weights may be plain (`*.weight`), old-style weight norm (`*.weight_g/_v`) or torch parametrizations
+    (`*.parametrizations.weight.original0/1`). Returns the model with weight norm on iff `weight_norm`.
+    """
+    renamed, normed = {}, False
+    for key, value in state.items():
+        m = _WN_OLD.match(key)
+        if m:
+            normed = True
+            key = f"{m.group(1)}.parametrizations.weight.original{0 if m.group(2) == 'g' else 1}"
+        elif ".parametrizations.weight.original" in key:
+            normed = True
+        renamed[key] = value
+    model = HiFiGAN(dataclasses.replace(config, weight_norm=normed))
+    load_into(model, renamed, where=where)
+    if weight_norm:
+        model.apply_weight_norm()
+    else:
+        model.remove_weight_norm()
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------ jik876
+
+
+def config_from_jik876(h: dict, *, where: str) -> HiFiGANConfig:
+    """HiFiGANConfig from a jik876 config.json dict (`num_mels`, `hop_size`, `upsample_rates`, ...)."""
+    try:
+        sr = int(h["sampling_rate"])
+        mel = MelConfig(sample_rate=sr, n_fft=int(h["n_fft"]), win_length=int(h["win_size"]),
+                        hop_length=int(h["hop_size"]), n_mels=int(h["num_mels"]), f_min=float(h["fmin"]),
+                        f_max=float(h["fmax"]) if h.get("fmax") is not None else sr / 2)
+        return HiFiGANConfig(
+            mel=mel, upsample_rates=tuple(h["upsample_rates"]), upsample_kernel_sizes=tuple(h["upsample_kernel_sizes"]),
+            upsample_initial_channel=int(h["upsample_initial_channel"]), resblock=str(h["resblock"]),
+            resblock_kernel_sizes=tuple(h["resblock_kernel_sizes"]),
+            resblock_dilation_sizes=tuple(tuple(d) for d in h["resblock_dilation_sizes"]))
+    except KeyError as e:
+        raise CheckpointError(f"{where}: missing HiFi-GAN hyper-parameter {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def load_jik876(checkpoint: str | os.PathLike, config: str | os.PathLike | None = None, *,
+                weight_norm: bool = False) -> HiFiGAN:
+    """Load a jik876 generator checkpoint; `config` defaults to config.json beside the checkpoint."""
+    return _jik876_from(load_torch_file(checkpoint), Path(checkpoint), config, weight_norm=weight_norm)
+
+
+def _jik876_from(ckpt, checkpoint: Path, config: str | os.PathLike | None, *, weight_norm: bool) -> HiFiGAN:
+    config_path = Path(config) if config is not None else checkpoint.parent / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: HiFi-GAN config.json not found (pass the run's config.json)")
+    try:
+        h = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    hparams = config_from_jik876(h, where=str(config_path))
+    if not isinstance(ckpt, dict) or "generator" not in ckpt:
+        found = ", ".join(list(ckpt)[:5]) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{checkpoint}: expected a jik876 generator checkpoint with a 'generator' entry, "
+                              f"found {found}")
+    return model_from_reference_state(hparams, ckpt["generator"], where=str(checkpoint), weight_norm=weight_norm)
+
+
+# ----------------------------------------------------------------------------------------- AudioLDM
+
+
+def load_audioldm_ckpt(path: str | os.PathLike, config: HiFiGANConfig | None = None, *,
+                       weight_norm: bool = False) -> HiFiGAN:
+    """The vocoder inside an AudioLDM `.ckpt` (keys `first_stage_model.vocoder.*`). `config` defaults to
+    AudioLDM's 16 kHz / 64-bin HiFi-GAN (= HiFiGANConfig's defaults)."""
+    return _audioldm_from(load_torch_file(path), path, config, weight_norm=weight_norm)
+
+
+def _audioldm_from(ckpt, path, config: HiFiGANConfig | None, *, weight_norm: bool) -> HiFiGAN:
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dict with a 'state_dict'")
+    vocoder = {k[len(AUDIOLDM_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIOLDM_PREFIX)}
+    if not vocoder:
+        raise CheckpointError(f"{path}: no '{AUDIOLDM_PREFIX}*' keys (not an AudioLDM checkpoint with a vocoder)")
+    return model_from_reference_state(config or HiFiGANConfig(), vocoder, where=f"{path} [{AUDIOLDM_PREFIX}*]",
+                                      weight_norm=weight_norm)
+
+
+# --------------------------------------------------------------------------------------- SpeechT5
+
+
+def _speecht5_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    if (folder / "model.safetensors").is_file():
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        return load_torch_file(folder / "pytorch_model.bin")
+    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None, *,
+                         weight_norm: bool = False) -> HiFiGAN:
+    """A transformers SpeechT5HifiGan folder. The mel config comes from `mel`, else from the folder's
+    `tta_mel` entry (written by `export_speecht5`), else AudioLDM's mel contract with the folder's
+    sample rate, bin count and hop (the product of upsample_rates)."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder}: no config.json (not a SpeechT5HifiGan folder)")
+    h = json.loads(cfg_path.read_text())
+    if h.get("model_type") != SPEECHT5_MODEL_TYPE:
+        raise CheckpointError(f"{cfg_path}: model_type is {h.get('model_type')!r}, expected {SPEECHT5_MODEL_TYPE!r}")
+    try:
+        hop, sr, n_mels = math.prod(h["upsample_rates"]), int(h["sampling_rate"]), int(h["model_in_dim"])
+        if mel is None and "tta_mel" in h:
+            mel = MelConfig(**h["tta_mel"])
+        if mel is None:
+            base = MelConfig()
+            mel = dataclasses.replace(base, sample_rate=sr, n_mels=n_mels, hop_length=hop,
+                                      f_max=min(base.f_max, sr / 2))
+            log.info("%s: no mel config given; assuming %s", folder, mel)
+        if (mel.sample_rate, mel.n_mels, mel.hop_length) != (sr, n_mels, hop):
+            raise CheckpointError(f"{cfg_path}: sampling_rate={sr}, model_in_dim={n_mels}, hop={hop} do not match "
+                                  f"the given mel config (sample_rate={mel.sample_rate}, n_mels={mel.n_mels}, "
+                                  f"hop_length={mel.hop_length})")
+        config = HiFiGANConfig(
+            mel=mel, upsample_rates=tuple(h["upsample_rates"]), upsample_kernel_sizes=tuple(h["upsample_kernel_sizes"]),
+            upsample_initial_channel=int(h["upsample_initial_channel"]), resblock="1",
+            resblock_kernel_sizes=tuple(h["resblock_kernel_sizes"]),
+            resblock_dilation_sizes=tuple(tuple(d) for d in h["resblock_dilation_sizes"]),
+            leaky_relu_slope=float(h.get("leaky_relu_slope", 0.1)),
+            normalize_before=bool(h.get("normalize_before", True)))
+    except KeyError as e:
+        raise CheckpointError(f"{cfg_path}: missing key {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{cfg_path}: {e}") from None
+    state = {}
+    for key, value in _speecht5_weights(folder).items():
+        if key in ("mean", "scale") and not config.normalize_before:
+            continue  # SpeechT5HifiGan keeps these buffers but only uses them with normalize_before
+        state[re.sub(r"^upsampler\.", "ups.", key)] = value
+    return model_from_reference_state(config, state, where=str(folder), weight_norm=weight_norm)
+
+
+def export_speecht5(model: HiFiGAN, folder: str | os.PathLike) -> Path:
+    """Write `model` as a transformers SpeechT5HifiGan folder (config.json + model.safetensors)."""
+    from safetensors.torch import save_file
+
+    c = model.config
+    if c.resblock != "1":
+        raise CheckpointError(f"{folder}: SpeechT5HifiGan only has resblock type '1', this model uses {c.resblock!r}")
+    plain = model.inference_copy().cpu()
+    state = {}
+    for key, value in plain.state_dict().items():
+        state[re.sub(r"^ups\.", "upsampler.", key)] = value.detach().float().contiguous()
+    if not c.normalize_before:
+        state["mean"] = torch.zeros(c.mel.n_mels)
+        state["scale"] = torch.ones(c.mel.n_mels)
+    body = {
+        "architectures": ["SpeechT5HifiGan"], "model_type": SPEECHT5_MODEL_TYPE,
+        "model_in_dim": c.mel.n_mels, "sampling_rate": c.mel.sample_rate,
+        "upsample_initial_channel": c.upsample_initial_channel, "upsample_rates": list(c.upsample_rates),
+        "upsample_kernel_sizes": list(c.upsample_kernel_sizes), "resblock_kernel_sizes": list(c.resblock_kernel_sizes),
+        "resblock_dilation_sizes": [list(d) for d in c.resblock_dilation_sizes], "initializer_range": 0.01,
+        "leaky_relu_slope": c.leaky_relu_slope, "normalize_before": c.normalize_before, "torch_dtype": "float32",
+        "tta_mel": dataclasses.asdict(c.mel),
+    }
+    with atomic_dir(folder) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(body, indent=2) + "\n")
+    return Path(folder)
+
+
+def load_vocoder(path: str | os.PathLike, *, weight_norm: bool = False) -> HiFiGAN:
+    """Any of the supported forms, recognised by content: a tta component folder, a SpeechT5HifiGan folder,
+    a jik876 `{"generator": ...}` file (config.json beside it) or an AudioLDM `.ckpt`."""
+    from tta.checkpoint import load_component, read_component_config
+
+    path = Path(path)
+    if path.is_dir():
+        cfg = path / "config.json"
+        body = json.loads(cfg.read_text()) if cfg.is_file() else {}
+        if body.get("model_type") == SPEECHT5_MODEL_TYPE:
+            return load_speecht5_folder(path, weight_norm=weight_norm)
+        read_component_config(path)  # raises a clear error for anything else
+        model = load_component(path, HiFiGAN)
+        return model.apply_weight_norm() if weight_norm else model.remove_weight_norm()
+    ckpt = load_torch_file(path)
+    if isinstance(ckpt, dict) and "generator" in ckpt:
+        return _jik876_from(ckpt, path, None, weight_norm=weight_norm)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if isinstance(state, dict) and any(str(k).startswith(AUDIOLDM_PREFIX) for k in state):
+        return _audioldm_from(ckpt, path, None, weight_norm=weight_norm)
+    raise CheckpointError(f"{path}: not a vocoder checkpoint tta knows (expected a tta or SpeechT5HifiGan folder, "
+                          f"a jik876 'generator' checkpoint or an AudioLDM .ckpt with '{AUDIOLDM_PREFIX}*' keys)")

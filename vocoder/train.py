@@ -1,0 +1,194 @@
+"""`tta train vocoder`: train HiFi-GAN on random segments of a manifest (Kong et al. 2020, sec. 2.4 / 4).
+
+Each step: wav segment (B, T) -> `tta.audio.log_mel` -> generator -> wav_hat; one discriminator update
+(LSGAN on MPD + MSD) then one generator update (adversarial + 2 x feature matching + 45 x mel L1). Both
+AdamW optimizers (betas 0.8 / 0.99 in the configs) and their exponential LR decays (x `lr_decay` every
+`lr_decay_every` steps, the paper's per-epoch decay expressed in steps) are tracked by `TrainingRun`, so
+`--resume` continues where the last checkpoint stopped. Every `train.validate_every` steps (and after the
+last) held-out clips are vocoded from their mels: mel L1 and the multi-resolution STFT distance go to
+metrics.jsonl (split "valid"), and a few generated wavs + real-vs-generated spectrogram PNGs to
+RUN/samples/step_N/. final/ is the generator with weight norm removed (the inference form).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tta.audio import MelConfig, log_mel, save_audio
+from tta.data.manifest import DataConfig
+from tta.training import TrainConfig, TrainingRun, make_optimizer
+from vocoder.discriminators import DiscriminatorConfig, HiFiGANDiscriminator
+from vocoder.losses import (
+    LossConfig,
+    discriminator_loss,
+    generator_loss,
+    mel_l1,
+    multi_resolution_stft_distance,
+)
+from vocoder.model import HiFiGAN, HiFiGANConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: HiFiGANConfig = field(default_factory=HiFiGANConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(segment_seconds=0.512))  # 8192 samples at 16 kHz
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        learning_rate=2e-4, adam_betas=(0.8, 0.99), weight_decay=0.01, grad_clip=0.0, batch_size=16))
+    loss: LossConfig = field(default_factory=LossConfig)
+    lr_decay: float = 0.999        # multiplied into both learning rates every `lr_decay_every` steps
+    lr_decay_every: int = 1000     # ~ one epoch of the paper's LJSpeech setup
+    valid_items: int = 8           # held-out clips vocoded at each validation (0 = no validation)
+    valid_seconds: float = 4.0     # at most this much of each held-out clip (from its start)
+    sample_items: int = 2          # of those, how many get a wav + PNG in samples/step_N/
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay={self.lr_decay} must be in (0, 1]")
+        if self.lr_decay_every <= 0:
+            raise ValueError(f"lr_decay_every={self.lr_decay_every} must be > 0")
+        if self.valid_items < 0 or not 0 <= self.sample_items <= self.valid_items:
+            raise ValueError(f"need valid_items >= 0 and 0 <= sample_items <= valid_items, got "
+                             f"{self.valid_items} and {self.sample_items}")
+        if self.valid_seconds <= 0:
+            raise ValueError(f"valid_seconds={self.valid_seconds} must be > 0")
+        mel = self.model.mel
+        segment = round(self.data.segment_seconds * mel.sample_rate)
+        if segment < 2 * mel.n_fft:
+            raise ValueError(f"data.segment_seconds={self.data.segment_seconds} gives {segment} samples; the mel loss "
+                             f"needs at least 2 * mel.n_fft = {2 * mel.n_fft}")
+        if self.train.gradient_accumulation_steps != 1:
+            raise ValueError("train.gradient_accumulation_steps must be 1 for the two-optimizer GAN loop")
+
+
+def decay_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig):
+    """lr = base * lr_decay ** (step // lr_decay_every), stepped once per optimizer step."""
+    decay, every = config.lr_decay, config.lr_decay_every
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** (step // every))
+
+
+def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a vocoder run in `out`; returns the final/ component folder."""
+    from tta.data.dataset import AudioDataset
+
+    mel_cfg = config.model.mel
+    train_set = AudioDataset.from_config(config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=True)
+    run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
+    valid_set = None
+    if config.valid_items:
+        valid_set = AudioDataset([config.data.manifest, *config.data.extra_manifests], config.data.valid_split,
+                                 mel_cfg.sample_rate, config.valid_seconds, normalize=config.data.normalize,
+                                 random_crop=False, cache_dir=config.data.cache_dir or None, caption_choice="first")
+
+    generator = HiFiGAN(config.model).apply_weight_norm()
+    discriminator = HiFiGANDiscriminator(config.discriminator)
+    opt_g = make_optimizer(generator.parameters(), config.train)
+    opt_d = make_optimizer(discriminator.parameters(), config.train)
+    sched_g, sched_d = decay_scheduler(opt_g, config), decay_scheduler(opt_d, config)
+    generator, discriminator, opt_g, opt_d = run.prepare(generator, discriminator, opt_g, opt_d)
+    run.track(generator=generator, discriminator=discriminator, optimizer_g=opt_g, optimizer_d=opt_d,
+              scheduler_g=sched_g, scheduler_d=sched_d)
+    ema = run.make_ema("generator", generator)
+    run.restore()
+    generator.train()
+    discriminator.train()
+
+    hop = mel_cfg.hop_length
+    for batch in run.batches(train_set):
+        wav = batch["wav"]
+        wav = wav[:, : wav.shape[-1] // hop * hop]                 # (B, T), T a multiple of hop
+        mel = log_mel(wav, mel_cfg)                                # (B, n_mels, T / hop)
+        wav_hat = generator(mel)                                   # (B, T)
+
+        real_logits, _ = discriminator(wav)
+        fake_logits, _ = discriminator(wav_hat.detach())
+        loss_d = discriminator_loss(real_logits, fake_logits)
+        opt_d.zero_grad(set_to_none=True)
+        run.backward(loss_d)
+        run.clip_grad(discriminator)
+        opt_d.step()
+
+        losses = generator_loss(discriminator, wav_hat, wav, mel_cfg, config.loss)
+        opt_g.zero_grad(set_to_none=True)
+        run.backward(losses.total)
+        run.clip_grad(generator)
+        opt_g.step()
+        sched_g.step()
+        sched_d.step()
+
+        run.end_step(loss_g=losses.total.item(), loss_d=loss_d.item(), adv=losses.adversarial.item(),
+                     fm=losses.feature_matching.item(), mel_l1=losses.mel_l1.item())
+        if valid_set is not None and (run.should(config.train.validate_every) or run.step == config.train.max_steps):
+            validate(run, generator, valid_set, config)
+
+    final_source = ema.averaged(run.unwrap(generator)) if ema is not None else run.unwrap(generator)
+    return run.finish(final_source.inference_copy())
+
+
+@torch.no_grad()
+def validate(run: TrainingRun, generator: torch.nn.Module, valid_set, config: RunConfig) -> dict:
+    """Vocode up to `valid_items` held-out clips; log mean mel L1 / MR-STFT distance; write samples."""
+    run.accelerator.wait_for_everyone()
+    if not run.is_main:
+        return {}
+    model = run.unwrap(generator)
+    model.eval()
+    mel_cfg = config.model.mel
+    hop = mel_cfg.hop_length
+    folder = run.out / "samples" / f"step_{run.step}"
+    totals = {"mel_l1": 0.0, "mrstft": 0.0}
+    count = min(config.valid_items, len(valid_set))
+    for k in range(count):
+        item = valid_set[k]
+        n = min(int(item["seconds"] * mel_cfg.sample_rate), item["wav"].shape[0]) // hop * hop
+        if n < 2 * mel_cfg.n_fft:
+            log.warning("validation clip %s is shorter than %d samples; skipped", item["id"], 2 * mel_cfg.n_fft)
+            continue
+        wav = item["wav"][None, :n].to(run.device)
+        wav_hat = model(log_mel(wav, mel_cfg))
+        totals["mel_l1"] += float(mel_l1(wav_hat, wav, mel_cfg))
+        totals["mrstft"] += float(multi_resolution_stft_distance(wav_hat, wav, config.loss.stft_resolutions))
+        if k < config.sample_items:
+            write_sample(folder, f"{k}_{_safe(item['id'])}", wav[0], wav_hat[0], mel_cfg)
+    model.train()
+    if count:
+        metrics = {k: v / count for k, v in totals.items()}
+        run.log_metrics(split="valid", **metrics)
+        log.info("step %d valid %s", run.step, metrics)
+        return metrics
+    return {}
+
+
+def write_sample(folder: Path, name: str, wav: torch.Tensor, wav_hat: torch.Tensor, mel_cfg: MelConfig) -> None:
+    """folder/name.wav (generated), name_real.wav, and name.png: real vs generated log-mel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_audio(folder / f"{name}.wav", wav_hat.float().cpu(), mel_cfg.sample_rate)
+    save_audio(folder / f"{name}_real.wav", wav.float().cpu(), mel_cfg.sample_rate)
+    mels = log_mel(torch.stack([wav, wav_hat]).float().cpu(), mel_cfg).numpy()
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    lo, hi = float(mels.min()), float(mels.max())
+    for ax, m, title in zip(axes, mels, ("real", "generated")):
+        ax.imshow(m, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap="magma")
+        ax.set_title(f"{name}: {title} log-mel")
+        ax.set_ylabel("mel bin")
+    axes[-1].set_xlabel(f"frame (hop {mel_cfg.hop_length} samples)")
+    fig.tight_layout()
+    fig.savefig(folder / f"{name}.png", dpi=80)
+    plt.close(fig)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60] or "clip"
