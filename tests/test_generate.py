@@ -1,0 +1,103 @@
+"""`tta generate` end to end on a tiny pipeline folder, and its one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import soundfile as sf
+
+from tests import signals
+from tests.test_ldm_fixtures import copy_pipeline, one_thread, tiny_pipeline  # noqa: F401 (autouse)
+from tta.audio import save_audio
+from tta.cli import main
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["-q", "generate", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_writes_16k_wavs_and_a_record_and_is_reproducible(tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "dog", "prompt": "a dog barks"}\n{"id": "rain", "prompt": "rain on a roof"}\n')
+    args = ["--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.33, "--steps", 2, "--seed", 5]
+    code, _, _ = run(capsys, *args, "--out-dir", tmp_path / "a", "--batch-size", 2)
+    assert code == 0
+    for name in ("dog", "rain"):
+        info = sf.info(str(tmp_path / "a" / f"{name}.wav"))
+        assert (info.samplerate, info.frames, info.channels) == (16_000, 5280, 1)
+    record = json.loads((tmp_path / "a" / "generation.json").read_text())
+    assert [o["id"] for o in record["outputs"]] == ["dog", "rain"]
+    assert record["settings"]["seed"] == 5 and record["settings"]["steps"] == 2
+    assert record["settings"]["sampler"] == "ddim" and record["outputs"][1]["seeds"] == [6]
+    assert record["clap_score_model"].startswith("tta-clap:")
+    # same seed, other batching -> identical bytes
+    assert run(capsys, *args, "--out-dir", tmp_path / "b")[0] == 0
+    for name in ("dog", "rain"):
+        assert (tmp_path / "a" / f"{name}.wav").read_bytes() == (tmp_path / "b" / f"{name}.wav").read_bytes()
+
+
+def test_single_output_file_and_edit(tmp_path, capsys):
+    save_audio(tmp_path / "in.wav", signals.chirp(200, 2000, 0.3), 16_000)
+    out = tmp_path / "edit.wav"
+    code, _, _ = run(capsys, "a bird", "--model", tiny_pipeline(), "--steps", 2, "-o", out,
+                     "--inpaint", tmp_path / "in.wav", "--mask", "0.1:0.2")
+    assert code == 0 and sf.info(str(out)).frames == 4800
+    record = json.loads((tmp_path / "edit.generation.json").read_text())
+    assert record["edit"]["kind"] == "inpaint" and record["edit"]["start"] == 0.1
+
+
+@pytest.fixture(scope="module")
+def broken_model(tmp_path_factory):
+    import shutil
+
+    folder = copy_pipeline(tmp_path_factory.mktemp("broken") / "p")
+    shutil.rmtree(folder / "text_encoder")
+    return folder
+
+
+BAD = [
+    (["--seconds", "0"], "--seconds 0.0 must be a positive"),
+    (["--seconds", "1000"], "exceeds the maximum"),
+    (["--sampler", "fast"], "valid samplers: ddim, dpmsolver++"),
+    (["--guidance", "nan"], "--guidance nan"),
+    (["--steps", "0"], "--steps 0 must be >= 1"),
+    (["-o", "/proc/nope/x.wav"], "does not exist"),
+    (["--init-audio", "MISSING.wav"], "unreadable input audio"),
+    (["--inpaint", "IN.wav"], "--mask START:END"),
+    (["--inpaint", "IN.wav", "--mask", "2:1"], "--mask '2:1'"),
+    (["BROKEN"], "component 'text_encoder' is missing"),
+    (["NOMODEL"], "embedded default model is not built yet"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_one_line_exit_1(tmp_path, capsys, broken_model, extra, message):
+    save_audio(tmp_path / "in.wav", signals.tone(440, 0.3), 16_000)
+    model = ["--model", str(tiny_pipeline())]
+    if extra == ["BROKEN"]:
+        extra, model = [], ["--model", str(broken_model)]
+    elif extra == ["NOMODEL"]:
+        extra, model = [], []
+    extra = [str(tmp_path / "in.wav") if a == "IN.wav" else str(tmp_path / a) if a == "MISSING.wav" else a
+             for a in extra]
+    if "-o" not in extra:
+        extra += ["--out-dir", str(tmp_path / "out")]
+    code, _, err = run(capsys, "a dog", *model, *extra)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tta: error: ") and message in lines[0], err
+    assert not list((tmp_path / "out").glob("*.wav")) if (tmp_path / "out").exists() else True
+
+
+def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "--out-dir", blocker / "sub")
+    assert code == 1 and "cannot create the output folder" in err
+    code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "-o", tmp_path / "x.mp3")
+    assert code == 1 and "must end in .wav" in err
+    code, _, err = run(capsys, "a", "b", "--model", tiny_pipeline(), "-o", tmp_path / "x.wav")
+    assert code == 1 and "exactly one prompt" in err

@@ -1,0 +1,188 @@
+"""tta.ldm: the AudioLDM-style UNet, the noise-schedule maths, `tta train ldm` (trains, validates, resumes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.test_ldm_fixtures import ROOT, one_thread, tiny_run_config  # noqa: F401 (autouse)
+from tta.config import load_config
+from tta.ldm.model import LDMConfig, LDMUNet
+
+
+def tiny_unet(**changes) -> LDMUNet:
+    from dataclasses import replace
+
+    from tta.ldm.train import RunConfig
+
+    torch.manual_seed(0)
+    model = load_config(RunConfig, ROOT / "configs" / "ldm" / "tiny.json").model
+    return LDMUNet(replace(model, **changes)).eval()
+
+
+def test_audioldm_s_config_matches_the_reference_layout():
+    from tta.ldm.train import RunConfig
+
+    cfg = load_config(RunConfig, ROOT / "configs" / "ldm" / "audioldm-s.json").model
+    kw = cfg.diffusers_kwargs()
+    assert kw["block_out_channels"] == (128, 256, 384, 640)           # ch 128 x (1, 2, 3, 5)
+    assert kw["layers_per_block"] == 2
+    assert kw["down_block_types"] == ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3   # attention at ds 2/4/8
+    assert kw["up_block_types"] == ("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",)
+    assert kw["attention_head_dim"] == (4, 8, 12, 20)                 # heads of 32 channels
+    assert kw["cross_attention_dim"] == kw["block_out_channels"]      # self-attention only (no context)
+    assert (kw["class_embed_type"], kw["projection_class_embeddings_input_dim"], kw["class_embeddings_concat"]) \
+        == ("simple_projection", 512, True)
+    assert LDMConfig.from_diffusers(dict(kw, _class_name="UNet2DConditionModel")) == cfg
+
+
+def test_config_invariants_name_the_field():
+    with pytest.raises(ValueError, match="attention_downsample"):
+        LDMConfig(block_out_channels=(32, 64), attention_downsample=(4,), norm_num_groups=32)
+    with pytest.raises(ValueError, match="head_channels"):
+        LDMConfig(block_out_channels=(32, 96), head_channels=64)
+
+
+def test_unet_shapes_and_the_condition_matters():
+    unet = tiny_unet()
+    x = torch.randn(2, 4, 8, 32)
+    t = torch.tensor([10, 900])
+    cond = torch.nn.functional.normalize(torch.randn(2, 64), dim=-1)
+    with torch.no_grad():
+        y = unet(x, t, cond)
+        y2 = unet(x, t, cond.flip(0))
+    assert y.shape == x.shape
+    assert not torch.allclose(y, y2)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        unet(torch.randn(1, 4, 7, 32), t[:1], cond[:1])
+    with pytest.raises(ValueError, match="cond"):
+        unet(x, t, torch.randn(2, 3))
+
+
+def test_diffusers_folder_round_trip(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    unet = tiny_unet()
+    unet.save_diffusers(tmp_path / "unet")
+    back = LDMUNet.load_diffusers(tmp_path / "unet")
+    plain = UNet2DConditionModel.from_pretrained(str(tmp_path / "unet"))   # a diffusers user opens it as is
+    x, t, c = torch.randn(1, 4, 8, 32), torch.tensor([500]), torch.randn(1, 64)
+    with torch.no_grad():
+        ref = unet(x, t, c)
+        assert torch.equal(back(x, t, c), ref)
+        torch.testing.assert_close(plain(x, t, encoder_hidden_states=None, class_labels=c).sample, ref,
+                                   atol=1e-6, rtol=1e-6)
+    assert back.config == unet.config
+
+
+def test_context_slot_for_retrieval():
+    unet = tiny_unet(context_dim=16)
+    x, t, c = torch.randn(1, 4, 8, 32), torch.tensor([500]), torch.randn(1, 64)
+    with torch.no_grad():
+        a = unet(x, t, c, torch.randn(1, 3, 16))
+        b = unet(x, t, c, torch.randn(1, 3, 16))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="context"):
+        unet(x, t, c)
+
+
+def test_v_prediction_target_inverts_to_x0():
+    from tta.ldm.sampling import DiffusionConfig, denoise_loss_target, make_scheduler
+
+    cfg = DiffusionConfig(prediction_type="v_prediction").scheduler_config()
+    acp = make_scheduler("ddpm", cfg).alphas_cumprod
+    x0, eps, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
+    noisy, v = denoise_loss_target(cfg, x0, eps, t, acp)
+    a = acp[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(a.sqrt() * noisy - (1 - a).sqrt() * v, x0, atol=1e-5, rtol=1e-5)
+    # AudioLDM's schedule: betas = linspace(sqrt(0.0015), sqrt(0.0195), 1000) ** 2
+    betas = make_scheduler("ddpm", DiffusionConfig().scheduler_config()).betas
+    torch.testing.assert_close(betas, torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000) ** 2)
+
+
+def test_condition_dropout_uses_the_empty_caption_embedding():
+    from tta.ldm.train import RunConfig, condition
+
+    cfg = load_config(RunConfig, ROOT / "configs" / "ldm" / "tiny.json")
+    cfg = type(cfg)(**{**cfg.__dict__, "cfg_dropout": 0.5})
+    audio = torch.nn.functional.normalize(torch.randn(64, 8), dim=-1)
+    null = torch.nn.functional.normalize(torch.randn(8), dim=-1)
+    torch.manual_seed(0)
+    out = condition(cfg, lambda: audio, lambda: audio, null, 64)
+    dropped = (out == null).all(dim=1)
+    kept = (out == audio).all(dim=1)
+    assert bool((dropped | kept).all()) and 15 < int(dropped.sum()) < 49
+
+
+def test_train_validates_writes_a_pipeline_and_resumes_bit_exactly(tmp_path):
+    from tta.checkpoint import load_state_dict
+    from tta.cli import main
+
+    config = tiny_run_config()
+    cfg_path = tmp_path / "ldm.json"
+    from tta.config import save_config
+
+    save_config(config, cfg_path)
+    run = tmp_path / "run"
+    assert main(["-q", "train", "ldm", "--config", str(cfg_path), "--out", str(run)]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    valid = [r for r in rows if r["split"] == "valid"]
+    assert [r["step"] for r in train_rows] == [1, 2] and all(r["loss"] > 0 for r in train_rows)
+    assert len(valid) == 1 and -1 <= valid[0]["clap_score"] <= 1 and valid[0]["clap_model"].startswith("tta-clap:")
+    assert (run / "samples" / "step_2" / "00_a_tone.wav").is_file()
+    assert (run / "samples" / "step_2" / "00_a_tone.png").stat().st_size > 0
+    assert json.loads((run / "final" / "config.json").read_text())["class"] == "tta.ldm.model.LDMUNet"
+    assert (run / "pipeline" / "pipeline.json").is_file()
+
+    # resume: drop the last checkpoint and the outputs, continue from step 1 -> the same final weights
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    for p in ("checkpoints/step_2", "final", "pipeline", "samples"):
+        shutil.rmtree(again / p)
+    assert main(["-q", "train", "ldm", "--config", str(cfg_path), "--out", str(again), "--resume"]) == 0
+    a = load_state_dict(run / "final" / "model.safetensors")
+    b = load_state_dict(again / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a fresh run into the same folder is refused (no silent overwrite)
+    assert main(["-q", "train", "ldm", "--config", str(cfg_path), "--out", str(run)]) == 1
+
+
+def test_precomputed_latents_train_and_are_cached(tmp_path):
+    from tta.ldm.train import train
+
+    cache = tmp_path / "cache"
+    cfg = tiny_run_config(precompute=True, cache_dir=str(cache), **{
+        "train.max_steps": 1, "validation.prompts": [], "components.vocoder": "", "condition": "mix"})
+    final = train(cfg, tmp_path / "run", progress=False)
+    files = list(cache.glob("latents-*.pt"))
+    assert len(files) == 1 and (final / "model.safetensors").is_file()
+    from tta.checkpoint import load_torch_file
+
+    cached = load_torch_file(files[0])
+    assert cached["mean"].shape[0] == 6 and cached["audio_emb"].shape == (6, 64)
+    assert torch.all(cached["std"] > 0)
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    from tta.ldm.sampling import DiffusionConfig, make_scheduler
+    from tta.ldm.train import RunConfig, diffusion_loss
+
+    for prediction in ("epsilon", "v_prediction"):
+        unet = tiny_unet().train()
+        cfg = RunConfig(model=unet.config, diffusion=DiffusionConfig(prediction_type=prediction))
+        acp = make_scheduler("ddpm", cfg.diffusion.scheduler_config()).alphas_cumprod
+        z, cond = torch.randn(2, 4, 4, 16), torch.randn(2, 64)
+        opt = torch.optim.Adam(unet.parameters(), lr=2e-3)
+        losses = []
+        for _ in range(15):
+            torch.manual_seed(0)     # the same t and noise every step: a fixed regression problem
+            loss = diffusion_loss(unet, cfg, z, cond, acp)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < 0.5 * losses[0], (prediction, losses[0], losses[-1])

@@ -1,0 +1,120 @@
+"""`tta import diffusers` (diffusers AudioLDM folder -> tta pipeline) and `tta export diffusers`'s refusal for
+pipelines on tta's own CLAP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+
+from tests.test_ldm_fixtures import (
+    one_thread,  # noqa: F401 (autouse)
+    tiny_components,
+    tiny_model_config,
+    tiny_pipeline,
+    tiny_run_config,
+)
+from tta.cli import main
+
+
+def write_diffusers_audioldm(folder):
+    """A diffusers AudioLDM folder of tiny random parts, written with the parts' own writers."""
+    import diffusers
+
+    from tta.ldm.model import LDMUNet
+    from vae.model import MelVAE, VAEConfig
+    from vocoder.interop import export_speecht5
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    torch.manual_seed(0)
+    unet = LDMUNet(tiny_run_config().model)
+    unet.net.save_pretrained(str(folder / "unet"))
+    vae = MelVAE(tiny_model_config(VAEConfig, "vae"))
+    vae.set_scale_factor(0.5)
+    vae.net.save_pretrained(str(folder / "vae"))
+    voc = dataclasses.replace(tiny_model_config(HiFiGANConfig, "vocoder"), resblock="1", resblock_kernel_sizes=(3,),
+                              resblock_dilation_sizes=((1, 3, 5),), weight_norm=False)
+    export_speecht5(HiFiGAN(voc), folder / "vocoder")
+    diffusers.DDIMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
+                            set_alpha_to_one=False, steps_offset=1).save_pretrained(str(folder / "scheduler"))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "AudioLDMPipeline"}))
+    return unet
+
+
+def test_import_diffusers_folder_and_generate(tmp_path, capsys):
+    from tta.pipeline import TTAPipeline
+
+    unet = write_diffusers_audioldm(tmp_path / "d")
+    out = tmp_path / "tta"
+    code = main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(tiny_components()["clap"]),
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    pipe = TTAPipeline.from_pretrained(out)
+    assert pipe.defaults.sampler == "ddim" and pipe.scheduler_config["steps_offset"] == 1
+    assert float(pipe.vae.scale_factor) == 0.5
+    mine, ref = pipe.unet.state_dict(), unet.state_dict()
+    assert all(torch.equal(mine[k], ref[k]) for k in ref)
+    wav = pipe(["a bell"], seconds=0.1, steps=2).wavs[0]
+    assert wav.shape == (1600,) and np.isfinite(wav).all()
+    # a second import into the same place is refused before any work
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", "x", "--out", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_import_names_the_missing_part(tmp_path, capsys):
+    import shutil
+
+    write_diffusers_audioldm(tmp_path / "d")
+    shutil.rmtree(tmp_path / "d" / "vocoder")
+    code = main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(tiny_components()["clap"]),
+                 "--out", str(tmp_path / "o")])
+    assert code == 1 and "part 'vocoder' is missing" in capsys.readouterr().err
+
+
+def test_export_refuses_own_clap_with_the_reason(tmp_path, capsys):
+    code = main(["-q", "export", "diffusers", str(tiny_pipeline()), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 1 and "LAION-CLAP text encoder" in err and not (tmp_path / "x").exists()
+
+
+def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_path):
+    """A checkpoint in AudioLDM's own layout (built from tiny parts with the reference key names) imports
+    into a pipeline whose UNet computes what the source UNet computes."""
+    from tta.interop import import_audioldm_ckpt
+    from tta.ldm.audioldm import reference_state_dict
+    from tta.ldm.model import LDMUNet
+    from tta.pipeline import TTAPipeline
+    from vae.interop import reference_state_dict as vae_reference
+    from vae.model import MelVAE, VAEConfig
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny_run_config().model, head_channels=32)   # the reference's 32-channel heads
+    ema_unet, raw_unet = LDMUNet(cfg).eval(), LDMUNet(cfg).eval()
+    ref = reference_state_dict(ema_unet)
+    # the reference layout of a 2-level, 1-res-block UNet with attention at downsample 2
+    for key in ("film_emb.weight", "time_embed.2.bias", "input_blocks.1.0.in_layers.2.weight",
+                "input_blocks.2.0.op.weight", "input_blocks.3.1.transformer_blocks.0.attn1.to_q.weight",
+                "middle_block.1.proj_in.weight", "middle_block.2.emb_layers.1.weight",
+                "output_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", "output_blocks.1.2.conv.weight",
+                "output_blocks.3.0.skip_connection.weight", "out.2.weight"):
+        assert key in ref, key
+    state = {f"model.diffusion_model.{k}": v for k, v in reference_state_dict(raw_unet).items()}
+    state.update({"model_ema." + f"diffusion_model.{k}".replace(".", ""): v for k, v in ref.items()})
+    vae = MelVAE(tiny_model_config(VAEConfig, "vae"))
+    state.update({f"first_stage_model.{k}": v for k, v in vae_reference(vae).items()})
+    state["scale_factor"] = torch.tensor(0.6)
+    voc_cfg = dataclasses.replace(tiny_model_config(HiFiGANConfig, "vocoder"), weight_norm=False)
+    state.update({f"first_stage_model.vocoder.{k}": v for k, v in HiFiGAN(voc_cfg).state_dict().items()})
+    torch.save({"state_dict": state}, tmp_path / "audioldm.ckpt")
+
+    out = import_audioldm_ckpt(tmp_path / "audioldm.ckpt", tmp_path / "p", clap=tiny_components()["clap"],
+                               vocoder_config=voc_cfg, vae_norm_groups=vae.config.norm_num_groups)
+    pipe = TTAPipeline.from_pretrained(out)
+    x, t, c = torch.randn(1, 4, 8, 32), torch.tensor([400]), torch.randn(1, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.unet(x, t, c), ema_unet(x, t, c), atol=1e-5, rtol=1e-5)
+    assert abs(float(pipe.vae.scale_factor) - 0.6) < 1e-6
+    assert pipe(["a bell"], seconds=0.1, steps=2).wavs[0].shape == (1600,)

@@ -1,0 +1,331 @@
+"""`tta generate`: prompts -> wav files + a generation.json recording everything that produced them.
+
+Every argument, the output paths, the model folder and any edit input are checked before the model is
+loaded, so a typo costs nothing. Outputs are written atomically as they are finished.
+
+Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.json` beside it;
+otherwise each prompt goes to `<out-dir>/<id>.wav` (id from the prompts file, or `NNN_<slug>`) and the
+record to `<out-dir>/generation.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
+
+
+class GenerateError(ValueError):
+    """A bad `tta generate` argument or input (one line, exit 1)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    prompt: str
+    path: Path
+
+
+# ----------------------------------------------------------------------------------------- prompts
+
+
+def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
+    """(id or None, prompt) pairs from a .txt (one per line), .csv (prompt/caption column, optional id) or
+    .jsonl ({"prompt" or "caption", optional "id"}) file."""
+    if not path.is_file():
+        raise GenerateError(f"{path}: prompts file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenerateError(f"{path}: cannot read prompts file ({e})") from None
+    suffix = path.suffix.lower()
+    out: list[tuple[str | None, str]] = []
+    if suffix == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        fields = [f.strip().lower() for f in (rows[0].keys() if rows else [])]
+        key = "prompt" if "prompt" in fields else "caption" if "caption" in fields else None
+        if key is None:
+            raise GenerateError(f"{path}: CSV needs a 'prompt' (or 'caption') column; found {fields}")
+        for row in rows:
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            out.append((row.get("id") or None, row[key]))
+    elif suffix in (".jsonl", ".json"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise GenerateError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            prompt = obj.get("prompt", obj.get("caption")) if isinstance(obj, dict) else None
+            if not isinstance(prompt, str):
+                raise GenerateError(f"{path}:{n}: expected an object with a string 'prompt' (or 'caption')")
+            out.append((str(obj["id"]) if obj.get("id") is not None else None, prompt))
+    else:
+        out = [(None, line.strip()) for line in text.splitlines() if line.strip()]
+    if not out:
+        raise GenerateError(f"{path}: no prompts in the file")
+    return out
+
+
+def slug(text: str, limit: int = 40) -> str:
+    s = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return s[:limit].rstrip("_") or "unconditional"
+
+
+def plan_jobs(args: argparse.Namespace) -> list[Job]:
+    pairs: list[tuple[str | None, str]] = [(None, p) for p in args.prompts]
+    if args.prompts_file is not None:
+        pairs += read_prompts_file(args.prompts_file)
+    if not pairs:
+        raise GenerateError("no prompts: give PROMPT arguments or --prompts FILE")
+    if args.output is not None and args.out_dir is not None:
+        raise GenerateError("give either -o FILE or --out-dir DIR, not both")
+    if args.output is not None:
+        if len(pairs) != 1:
+            raise GenerateError(f"-o FILE takes exactly one prompt, got {len(pairs)}; use --out-dir DIR")
+        check_writable_file(args.output)
+        return [Job(pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output)]
+    out_dir = args.out_dir if args.out_dir is not None else Path(".")
+    check_writable_dir(out_dir)
+    jobs, seen = [], set()
+    for i, (id_, prompt) in enumerate(pairs):
+        name = id_ if id_ is not None else f"{i:03d}_{slug(prompt)}"
+        if not re.fullmatch(r"[\w.\-]+", name) or name in (".", ".."):
+            raise GenerateError(f"prompt id {name!r} cannot be a file name (letters, digits, _ . - only)")
+        if name in seen:
+            raise GenerateError(f"prompt id {name!r} appears twice; ids must be unique")
+        seen.add(name)
+        jobs.append(Job(name, prompt, out_dir / f"{name}.wav"))
+    return jobs
+
+
+def check_writable_file(path: Path) -> None:
+    if path.suffix.lower() not in (".wav", ".flac", ".ogg"):
+        raise GenerateError(f"{path}: output must end in .wav, .flac or .ogg")
+    if path.is_dir():
+        raise GenerateError(f"{path}: is a directory; use --out-dir for a folder")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise GenerateError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise GenerateError(f"{path}: output path is not writable")
+
+
+def check_writable_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise GenerateError(f"{path}: --out-dir exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GenerateError(f"{path}: cannot create the output folder ({e.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise GenerateError(f"{path}: output folder is not writable")
+
+
+# ----------------------------------------------------------------------------------------- checks
+
+
+def model_folder(args: argparse.Namespace) -> Path:
+    from tta.pipeline import REQUIRED, read_pipeline_json
+
+    if args.model is None:
+        if not (DEFAULT_MODEL / "pipeline.json").is_file():
+            raise GenerateError("the embedded default model is not built yet in this tta; pass --model DIR "
+                                "(a tta pipeline folder, e.g. the pipeline/ of a `tta train ldm` run)")
+        folder = DEFAULT_MODEL
+    else:
+        folder = args.model
+    spec = read_pipeline_json(folder)
+    for name in REQUIRED:
+        if not (folder / spec["components"][name]).is_dir():
+            raise GenerateError(f"{folder}: component {name!r} is missing (no {spec['components'][name]}/ folder)")
+    return folder
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    from tta.ldm.sampling import check_sampler
+    from tta.pipeline import MAX_SECONDS
+
+    if args.seconds is not None and (not math.isfinite(args.seconds) or args.seconds <= 0):
+        raise GenerateError(f"--seconds {args.seconds} must be a positive number")
+    if args.seconds is not None and args.seconds > MAX_SECONDS:
+        raise GenerateError(f"--seconds {args.seconds} exceeds the maximum of {MAX_SECONDS:g} s")
+    if args.steps is not None and args.steps < 1:
+        raise GenerateError(f"--steps {args.steps} must be >= 1")
+    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
+        raise GenerateError(f"--guidance {args.guidance} must be a finite number >= 0")
+    if args.candidates is not None and args.candidates < 1:
+        raise GenerateError(f"--candidates {args.candidates} must be >= 1")
+    if args.batch_size < 1:
+        raise GenerateError(f"--batch-size {args.batch_size} must be >= 1")
+    if not (math.isfinite(args.eta) and 0 <= args.eta <= 1):
+        raise GenerateError(f"--eta {args.eta} must be in [0, 1]")
+    if args.sampler is not None:
+        try:
+            check_sampler(args.sampler)
+        except ValueError as e:
+            raise GenerateError(f"--sampler: {e}") from None
+
+
+def parse_mask(text: str | None) -> tuple[float, float]:
+    if text is None:
+        raise GenerateError("--inpaint needs --mask START:END (seconds to regenerate)")
+    m = re.fullmatch(r"\s*([0-9.]+)\s*:\s*([0-9.]+)\s*", text)
+    try:
+        start, end = (float(m.group(1)), float(m.group(2))) if m else (math.nan, math.nan)
+    except ValueError:
+        start = end = math.nan
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise GenerateError(f"--mask {text!r} must be START:END seconds with 0 <= START < END")
+    return start, end
+
+
+def plan_edit(args: argparse.Namespace) -> dict | None:
+    """The edit asked for (kind, input path, parameters), checked; None for plain text-to-audio."""
+    from tta.audio import AudioError, audio_info
+
+    given = [(k, p) for k, p in (("audio_to_audio", args.init_audio), ("inpaint", args.inpaint),
+                                 ("super_resolution", args.super_resolution)) if p is not None]
+    if not given:
+        if args.mask is not None or args.cutoff is not None:
+            raise GenerateError("--mask needs --inpaint WAV and --cutoff needs --super-resolution WAV")
+        return None
+    if len(given) > 1:
+        raise GenerateError("give only one of --init-audio, --inpaint, --super-resolution")
+    kind, path = given[0]
+    try:
+        info = audio_info(path)
+    except AudioError as e:
+        raise GenerateError(f"unreadable input audio: {e}") from None
+    if args.seconds is not None:
+        raise GenerateError("--seconds does not apply to edits: the input audio sets the length")
+    edit = {"kind": kind, "input": str(path), "input_seconds": round(info.seconds, 4)}
+    if kind == "audio_to_audio":
+        if not (math.isfinite(args.strength) and 0 < args.strength <= 1):
+            raise GenerateError(f"--strength {args.strength} must be in (0, 1]")
+        edit["strength"] = args.strength
+    elif kind == "inpaint":
+        start, end = parse_mask(args.mask)
+        if end > info.seconds + 1e-6:
+            raise GenerateError(f"--mask end {end} s is past the end of {path} ({info.seconds:.3f} s)")
+        edit.update(start=start, end=end)
+    else:
+        if args.cutoff is None or not math.isfinite(args.cutoff) or args.cutoff <= 0:
+            raise GenerateError("--super-resolution needs --cutoff HZ > 0 (the highest frequency the input holds)")
+        edit["cutoff_hz"] = args.cutoff
+    return edit
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenerateError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GenerateError("--device mps: MPS is not available")
+    return name
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def main(args: argparse.Namespace) -> int:
+    check_numbers(args)
+    jobs = plan_jobs(args)
+    edit = plan_edit(args)
+    folder = model_folder(args)
+    device = pick_device(args.device)
+    progress = not getattr(args, "quiet", False)
+
+    from tta.audio import load_audio, save_audio
+    from tta.pipeline import TTAPipeline
+
+    t0 = time.time()
+    pipe = TTAPipeline.from_pretrained(folder, device=device)
+    if args.sampler is None:
+        args.sampler = pipe.defaults.sampler
+    common = dict(steps=args.steps, guidance=args.guidance, negative=args.negative, candidates=args.candidates,
+                  sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
+                  progress=progress and len(jobs) == 1)
+    wav_in = None
+    if edit is not None:
+        # normalised (DC removed, peak 0.5) like the training data the model saw
+        wav_in, _ = load_audio(edit["input"], pipe.sample_rate, normalize=True)
+    records = []
+    record_path = (jobs[0].path.with_name(jobs[0].path.stem + ".generation.json") if args.output is not None
+                   else jobs[0].path.parent / "generation.json")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="tta generate", unit="clip", disable=not progress or len(jobs) == 1)
+    for start in range(0, len(jobs), args.batch_size):
+        chunk = jobs[start:start + args.batch_size]
+        prompts = [j.prompt for j in chunk]
+        seed = args.seed + start     # prompt i always gets seed + i, whatever the chunking
+        if edit is None:
+            out = pipe(prompts, seconds=args.seconds, seed=seed, **common)
+        elif edit["kind"] == "audio_to_audio":
+            out = pipe.audio_to_audio(wav_in, prompts, strength=edit["strength"], seed=seed, **common)
+        elif edit["kind"] == "inpaint":
+            out = pipe.inpaint(wav_in, prompts, start=edit["start"], end=edit["end"], seed=seed, **common)
+        else:
+            out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], seed=seed, **common)
+        for k, job in enumerate(chunk):
+            save_audio(job.path, out.wavs[k], out.sample_rate)
+            records.append({"id": job.id, "prompt": job.prompt, "file": job.path.name, "seeds": out.seeds[k],
+                            "clap_score": round(out.scores[k], 6),
+                            "candidate_clap_scores": [round(s, 6) for s in out.candidate_scores[k]],
+                            "seconds": round(len(out.wavs[k]) / out.sample_rate, 6)})
+        bar.update(len(chunk))
+    bar.close()
+    write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0)
+    for job in jobs:
+        print(job.path)
+    return 0
+
+
+def write_record(path: Path, args, folder: Path, pipe, device: str, edit, records, seconds: float) -> None:
+    import diffusers
+    import torch
+
+    from tta import __version__
+    from tta.checkpoint import atomic_write_text
+    from tta.config import to_dict
+
+    d = pipe.defaults
+    body = {
+        "tta_version": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "python": platform.python_version(), "command": sys.argv,
+        "model": str(Path(folder).resolve()),
+        "model_defaults": to_dict(d),
+        "settings": {"seconds": args.seconds if args.seconds is not None else (
+                         edit["input_seconds"] if edit else d.seconds),
+                     "steps": args.steps or d.steps,
+                     "guidance": d.guidance if args.guidance is None else args.guidance,
+                     "negative": args.negative, "candidates": args.candidates or d.candidates,
+                     "seed": args.seed, "sampler": args.sampler, "eta": args.eta, "batch_size": args.batch_size,
+                     "device": device, "sample_rate": pipe.sample_rate,
+                     "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
+        "clap_score_model": getattr(pipe.clap, "identity", ""),
+        "edit": edit, "outputs": records, "wall_seconds": round(seconds, 3),
+    }
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")

@@ -1,0 +1,198 @@
+"""Interop with AudioLDM: `tta import audioldm CKPT`, `tta import diffusers DIR`, `tta export diffusers`.
+
+An AudioLDM original `.ckpt` holds `model.diffusion_model.*` (UNet; `model_ema.*` its EMA, preferred),
+`first_stage_model.{encoder,decoder,...}` (VAE) + `scale_factor`, `first_stage_model.vocoder.*` (HiFi-GAN)
+and `cond_stage_model.model.*` (LAION-CLAP). The UNet is renamed by `tta.ldm.audioldm`, the VAE and
+vocoder by their packages' importers; CLAP comes from `--clap` as for diffusers folders (below).
+
+A diffusers AudioLDM folder (the `cvssp/audioldm-s-full-v2` layout) holds `model_index.json`, `unet/`
+(UNet2DConditionModel), `vae/` (AutoencoderKL over the mel image), `vocoder/` (transformers
+SpeechT5HifiGan), `scheduler/`, `text_encoder/` (ClapTextModelWithProjection: the text half of LAION-CLAP)
+and `tokenizer/` (RoBERTa).
+
+Import: the UNet, VAE, vocoder and scheduler convert as they are. The text half alone cannot score audio,
+and tta's pipeline re-ranks candidates by CLAP, so the import takes the full CLAP the folder's text encoder
+came from (`--clap`: a LAION `.pt`, a transformers CLAP folder, or any CLAP tta can load); its embedding
+width must equal the UNet's class-embedding width.
+
+Export: writes that layout from a tta pipeline folder whose text encoder is a transformers CLAP (LAION):
+its text tower + projection become `text_encoder/` (ClapTextModelWithProjection) and its tokenizer
+`tokenizer/`. A pipeline built on tta's own CLAP (MiniLM text tower) has no diffusers equivalent and is
+refused with that reason.
+
+This module is also the `tta import` / `tta export` command group (argparse only at import time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+AUDIOLDM_PARTS = ("unet", "vae", "vocoder", "scheduler")
+
+
+class InteropError(ValueError):
+    """A foreign folder that cannot be converted; the message names the folder and the part."""
+
+
+def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike,
+                              tokenizer: str | os.PathLike | None = None) -> Path:
+    """Convert a diffusers AudioLDM folder (+ the full CLAP at `clap`) into a tta pipeline folder `out`."""
+    import diffusers
+
+    from tta.clap import load_clap
+    from tta.ldm.model import LDMUNet
+    from tta.ldm.sampling import sampler_name_of
+    from tta.pipeline import PipelineDefaults, TTAPipeline
+    from vae.interop import load_diffusers_vae
+    from vocoder.interop import load_speecht5_folder
+
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise InteropError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
+    body = json.loads(index.read_text())
+    if body.get("_class_name") not in ("AudioLDMPipeline", None):
+        raise InteropError(f"{folder}: holds a {body.get('_class_name')}, expected an AudioLDMPipeline")
+    for part in AUDIOLDM_PARTS:
+        if not (folder / part).is_dir():
+            raise InteropError(f"{folder}: part {part!r} is missing (no {part}/ folder)")
+    unet = LDMUNet.load_diffusers(folder / "unet")
+    vocoder = load_speecht5_folder(folder / "vocoder")
+    vae = load_diffusers_vae(folder / "vae", mel=vocoder.config.mel)
+    sched_cfg = folder / "scheduler" / "scheduler_config.json"
+    if not sched_cfg.is_file():
+        raise InteropError(f"{folder}: scheduler/ has no scheduler_config.json")
+    raw = json.loads(sched_cfg.read_text())
+    cls = getattr(diffusers, str(raw.get("_class_name")), None)
+    if cls is None:
+        raise InteropError(f"{sched_cfg}: unknown scheduler class {raw.get('_class_name')!r}")
+    scheduler = cls.from_config(raw)
+    embedder = load_clap(clap, tokenizer=tokenizer)
+    defaults = PipelineDefaults(sampler=sampler_name_of(scheduler), steps=200, guidance=2.5, seconds=10.0)
+    try:
+        pipe = TTAPipeline(unet, vae, vocoder, embedder, dict(scheduler.config), defaults)
+    except ValueError as e:
+        raise InteropError(f"{folder}: parts do not fit together: {e}") from None
+    return pipe.save_pretrained(out)
+
+
+def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike,
+                         tokenizer: str | os.PathLike | None = None, prefer_ema: bool = True,
+                         vocoder_config=None, vae_norm_groups: int = 32) -> Path:
+    """Convert an AudioLDM original `.ckpt` (UNet: EMA weights preferred; VAE + scale_factor; HiFi-GAN) and
+    the full CLAP at `clap` into a tta pipeline folder `out`. S / M / L are told apart by tensor shapes.
+    `vocoder_config` (a HiFiGANConfig) overrides AudioLDM's 16 kHz / 64-bin vocoder hyper-parameters and
+    `vae_norm_groups` the VAE's GroupNorm groups (the reference's 32), for non-standard sizes."""
+    from tta.checkpoint import load_torch_file
+    from tta.clap import load_clap
+    from tta.ldm.audioldm import load_reference_unet
+    from tta.ldm.sampling import DiffusionConfig
+    from tta.pipeline import PipelineDefaults, TTAPipeline
+    from vae.interop import load_audioldm_ckpt as load_vae
+    from vocoder.interop import load_audioldm_ckpt as load_vocoder
+
+    path = Path(path)
+    obj = load_torch_file(path)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise InteropError(f"{path}: expected an AudioLDM checkpoint with a 'state_dict'")
+    unet = load_reference_unet(state, where=str(path), prefer_ema=prefer_ema)
+    del obj, state
+    vocoder = load_vocoder(path, vocoder_config)
+    vae = load_vae(path, mel=vocoder.config.mel, norm_num_groups=vae_norm_groups)
+    embedder = load_clap(clap, tokenizer=tokenizer)
+    try:
+        pipe = TTAPipeline(unet, vae, vocoder, embedder, DiffusionConfig().scheduler_config(), PipelineDefaults())
+    except ValueError as e:
+        raise InteropError(f"{path}: parts do not fit together: {e}") from None
+    return pipe.save_pretrained(out)
+
+
+def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write a tta pipeline folder as a diffusers AudioLDM folder (LAION-CLAP text encoders only)."""
+    import diffusers
+
+    from tta.checkpoint import atomic_dir
+    from tta.ldm.sampling import make_scheduler
+    from tta.pipeline import TTAPipeline
+    from vocoder.interop import export_speecht5
+
+    pipe = TTAPipeline.from_pretrained(pipeline)
+    model = getattr(pipe.clap, "model", None)
+    if not hasattr(model, "text_model") or not hasattr(model, "text_projection"):
+        raise InteropError(f"{pipeline}: its text encoder is {type(model).__name__} (tta's own CLAP); diffusers' "
+                           "AudioLDMPipeline needs a LAION-CLAP text encoder, so this pipeline cannot be exported")
+    from transformers import ClapTextModelWithProjection
+
+    text = ClapTextModelWithProjection(model.config.text_config)
+    state = {f"text_model.{k}": v for k, v in model.text_model.state_dict().items()}
+    state.update({f"text_projection.{k}": v for k, v in model.text_projection.state_dict().items()})
+    missing, unexpected = text.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InteropError(f"{pipeline}: CLAP text tower does not map onto ClapTextModelWithProjection "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    scheduler = make_scheduler(pipe.defaults.sampler, pipe.scheduler_config)
+    with atomic_dir(out) as tmp:
+        pipe.unet.save_diffusers(tmp / "unet")
+        pipe.vae.net.save_pretrained(str(tmp / "vae"), safe_serialization=True)
+        export_speecht5(pipe.vocoder, tmp / "vocoder")
+        scheduler.save_pretrained(str(tmp / "scheduler"))
+        text.save_pretrained(str(tmp / "text_encoder"))
+        pipe.clap.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        index = {"_class_name": "AudioLDMPipeline", "_diffusers_version": diffusers.__version__,
+                 "scheduler": ["diffusers", type(scheduler).__name__],
+                 "text_encoder": ["transformers", "ClapTextModelWithProjection"],
+                 "tokenizer": ["transformers", type(pipe.clap.tokenizer).__name__],
+                 "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+                 "vocoder": ["transformers", "SpeechT5HifiGan"]}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return Path(out)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def add_parsers(parser: argparse.ArgumentParser) -> None:
+    """Fills `tta import` or `tta export` (this module serves both command names)."""
+    verb = parser.prog.split()[-1]
+    sub = parser.add_subparsers(dest="interop_kind", metavar="FORMAT")
+    sub.required = True
+    if verb == "import":
+        p = sub.add_parser("audioldm", help="an AudioLDM original .ckpt -> a tta pipeline folder")
+        p.add_argument("folder", type=Path, metavar="CKPT", help="AudioLDM .ckpt (read weights-only)")
+        p.add_argument("--clap", required=True, help="the full CLAP it was trained with "
+                                                     "(LAION .pt, transformers CLAP folder, or a tta CLAP)")
+        p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (LAION .pt only)")
+        p.add_argument("--no-ema", action="store_true", help="use the raw UNet weights, not model_ema.*")
+        p.add_argument("--out", required=True, type=Path, help="tta pipeline folder to write")
+        p = sub.add_parser("diffusers", help="a diffusers AudioLDM folder -> a tta pipeline folder")
+        p.add_argument("folder", type=Path, help="diffusers AudioLDM folder (model_index.json, unet/, vae/, ...)")
+        p.add_argument("--clap", required=True, help="the full CLAP its text encoder belongs to "
+                                                     "(LAION .pt, transformers CLAP folder, or a tta CLAP)")
+        p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (LAION .pt only)")
+        p.add_argument("--out", required=True, type=Path, help="tta pipeline folder to write")
+    else:
+        p = sub.add_parser("diffusers", help="a tta pipeline folder (LAION-CLAP) -> a diffusers AudioLDM folder")
+        p.add_argument("folder", type=Path, help="tta pipeline folder")
+        p.add_argument("--out", required=True, type=Path, help="diffusers folder to write")
+    parser.set_defaults(interop_verb=verb)
+
+
+def run(args: argparse.Namespace) -> int:
+    if Path(args.out).exists():
+        raise InteropError(f"{args.out}: already exists; choose a new --out")
+    if args.interop_verb == "import" and args.interop_kind == "audioldm":
+        out = import_audioldm_ckpt(args.folder, args.out, clap=args.clap, tokenizer=args.tokenizer,
+                                   prefer_ema=not args.no_ema)
+    elif args.interop_verb == "import":
+        out = import_diffusers_audioldm(args.folder, args.out, clap=args.clap, tokenizer=args.tokenizer)
+    else:
+        out = export_diffusers_audioldm(args.folder, args.out)
+    print(out)
+    return 0

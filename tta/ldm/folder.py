@@ -1,0 +1,56 @@
+"""The on-disk layout of a pipeline folder (written here, read by `tta.pipeline.TTAPipeline`).
+
+    pipeline.json    {"class", "format_version": 1, "components": {name: sub-folder}, "defaults": {...}}
+    unet/            diffusers' own UNet2DConditionModel files
+    scheduler/       diffusers' scheduler_config.json (the training noise schedule + prediction type)
+    vae/ vocoder/ text_encoder/   tta component folders (config.json + model.safetensors)
+
+It lives in tta.ldm so a training run can write a ready-to-use pipeline beside its final/ weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tta.checkpoint import atomic_dir, atomic_write_text, save_component
+
+PIPELINE_FILE = "pipeline.json"
+PIPELINE_CLASS = "tta.pipeline.TTAPipeline"
+FORMAT_VERSION = 1
+REQUIRED = ("unet", "scheduler", "vae", "vocoder", "text_encoder")
+SCHEDULER_FILE = "scheduler_config.json"
+
+
+def write_pipeline(folder: str | os.PathLike, *, unet, scheduler, vae, vocoder, text_encoder,
+                   defaults: dict) -> Path:
+    """Write a pipeline folder atomically. unet: LDMUNet; scheduler: a diffusers scheduler (its config is
+    the noise schedule); vae / vocoder: tta modules with a `.config` dataclass; text_encoder: a CLAP
+    embedder (tta.clap), saved by `save_text_encoder`."""
+    with atomic_dir(folder) as tmp:
+        unet.save_diffusers(tmp / "unet")
+        scheduler.save_pretrained(str(tmp / "scheduler"))
+        save_component(tmp / "vae", vae)
+        save_component(tmp / "vocoder", vocoder)
+        save_text_encoder(text_encoder, tmp / "text_encoder")
+        body = {"class": PIPELINE_CLASS, "format_version": FORMAT_VERSION,
+                "components": {n: n for n in REQUIRED}, "defaults": defaults}
+        atomic_write_text(tmp / PIPELINE_FILE, json.dumps(body, indent=2) + "\n")
+    return Path(folder)
+
+
+def save_text_encoder(embedder, folder: Path) -> None:
+    """Write a CLAP embedder so `tta.clap.load_clap(folder)` reads it back: a tta component for the own
+    CLAP, or a transformers CLAP folder (+ its tokenizer files) for LAION-CLAP."""
+    model = embedder.model
+    if hasattr(model, "config_class") and hasattr(model, "config"):
+        save_component(folder, model)
+        return
+    if not hasattr(model, "save_pretrained"):
+        raise ValueError(f"text encoder {type(embedder).__name__} cannot be written into a pipeline folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    tokenizer = getattr(embedder, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))

@@ -1,0 +1,227 @@
+"""The latent-diffusion UNet: diffusers' `UNet2DConditionModel` configured the AudioLDM way.
+
+AudioLDM (Liu et al. 2023, §3.3) conditions its UNet on one CLAP embedding per clip, not on a token
+sequence. The embedding enters FiLM-style: a Linear(512 -> 4·ch) whose output is *concatenated* to the
+timestep embedding, so every ResNet block sees [t_emb, c_emb] (diffusers: `class_embed_type=
+"simple_projection"`, `class_embeddings_concat=True`, the embedding passed as `class_labels`). The attention
+blocks are the LDM SpatialTransformer with no context: both of its attention layers attend over the latent
+itself. diffusers expresses that with `cross_attention_dim` = the block's own width per level and
+`encoder_hidden_states=None` (exactly how diffusers' AudioLDM conversion and pipeline run AudioLDM-S).
+
+`LDMConfig.context_dim` is the slot for a real cross-attention context (Re-AudioLDM's retrieved
+neighbours): when set, every attention block's second layer attends to a `(B, L, context_dim)` context.
+
+Latents are `(B, C, T', F')` in the VAE's time-major layout; T' and F' must be multiples of
+`downsample_factor` (the pipeline pads T' and crops the audio afterwards).
+
+Storage: a training run writes this wrapper as a tta component (config.json with `LDMConfig` +
+model.safetensors, keys `net.*`). A pipeline folder's `unet/` keeps diffusers' own files
+(`save_diffusers` / `load_diffusers`: config.json + diffusion_pytorch_model.safetensors), so a diffusers
+user can open it with `UNet2DConditionModel.from_pretrained`; `LDMConfig.from_diffusers` reads the
+config back (and imports diffusers AudioLDM UNets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass(frozen=True)
+class LDMConfig:
+    latent_channels: int = 8                                 # = the VAE's latent_channels
+    block_out_channels: tuple[int, ...] = (128, 256, 384, 640)  # AudioLDM-S: ch 128 x mult (1, 2, 3, 5)
+    layers_per_block: int = 2                                # res blocks per level
+    attention_downsample: tuple[int, ...] = (2, 4, 8)        # levels (as downsample factor 2**i) with attention
+    head_channels: int = 32                                  # channels per attention head
+    num_heads: int = 0                                       # > 0: fixed head count at every level (diffusers'
+                                                             # AudioLDM conversion uses 8); 0: width / head_channels
+    class_embed_dim: int = 512                               # CLAP embedding width (FiLM input)
+    context_dim: Optional[int] = None                        # cross-attention context width (retrieval); None = off
+    transformer_layers: int = 1                              # transformer blocks per attention level
+    norm_num_groups: int = 32
+
+    def __post_init__(self) -> None:
+        if self.latent_channels <= 0:
+            raise ValueError(f"model.latent_channels={self.latent_channels} must be > 0")
+        if not self.block_out_channels or any(c <= 0 for c in self.block_out_channels):
+            raise ValueError(f"model.block_out_channels={self.block_out_channels} must be non-empty and positive")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ValueError(f"model.block_out_channels entry {c} is not divisible by "
+                                 f"model.norm_num_groups={self.norm_num_groups}")
+            if self.num_heads == 0 and c % self.head_channels:
+                raise ValueError(f"model.block_out_channels entry {c} is not divisible by "
+                                 f"model.head_channels={self.head_channels}")
+            if self.num_heads > 0 and c % self.num_heads:
+                raise ValueError(f"model.block_out_channels entry {c} is not divisible by "
+                                 f"model.num_heads={self.num_heads}")
+        valid = [2 ** i for i in range(len(self.block_out_channels))]
+        for ds in self.attention_downsample:
+            if ds not in valid:
+                raise ValueError(f"model.attention_downsample entry {ds} must be one of {valid} "
+                                 "(2**level for the configured levels)")
+        for name in ("layers_per_block", "head_channels", "class_embed_dim", "transformer_layers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be > 0")
+        if self.num_heads < 0:
+            raise ValueError(f"model.num_heads={self.num_heads} must be >= 0")
+        if self.context_dim is not None and self.context_dim <= 0:
+            raise ValueError(f"model.context_dim={self.context_dim} must be > 0 or null")
+
+    @property
+    def downsample_factor(self) -> int:
+        """Latent height and width must be multiples of this."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def attention_levels(self) -> list[bool]:
+        return [2 ** i in self.attention_downsample for i in range(len(self.block_out_channels))]
+
+    def heads(self) -> list[int]:
+        if self.num_heads:
+            return [self.num_heads] * len(self.block_out_channels)
+        return [c // self.head_channels for c in self.block_out_channels]
+
+    def diffusers_kwargs(self) -> dict:
+        """Keyword arguments of the equivalent `UNet2DConditionModel`."""
+        attn = self.attention_levels()
+        heads = self.heads()
+        cross = self.context_dim if self.context_dim is not None else tuple(self.block_out_channels)
+        return dict(
+            sample_size=None, in_channels=self.latent_channels, out_channels=self.latent_channels,
+            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+            block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block,
+            norm_num_groups=self.norm_num_groups, cross_attention_dim=cross,
+            # diffusers' historical naming: `attention_head_dim` is the number of heads here
+            attention_head_dim=heads[0] if len(set(heads)) == 1 else tuple(heads),
+            transformer_layers_per_block=self.transformer_layers,
+            class_embed_type="simple_projection", projection_class_embeddings_input_dim=self.class_embed_dim,
+            class_embeddings_concat=True, only_cross_attention=False, use_linear_projection=False,
+        )
+
+    @classmethod
+    def from_diffusers(cls, config: dict, *, where: str = "unet config") -> LDMConfig:
+        """The LDMConfig of a diffusers UNet2DConditionModel config (AudioLDM layout), or a ValueError."""
+        need = {"class_embed_type": "simple_projection", "class_embeddings_concat": True}
+        for k, v in need.items():
+            if config.get(k) != v:
+                raise ValueError(f"{where}: {k}={config.get(k)!r}, expected {v!r} (not an AudioLDM-style UNet)")
+        channels = tuple(config["block_out_channels"])
+        downs = list(config["down_block_types"])
+        attn = tuple(2 ** i for i, t in enumerate(downs) if t.startswith("CrossAttn"))
+        heads = config.get("attention_head_dim", 8)
+        heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(channels)
+        cross = config.get("cross_attention_dim")
+        context = None if isinstance(cross, (list, tuple)) and list(cross) == list(channels) else cross
+        per_head = {c // h for c, h in zip(channels, heads)}
+        if len(per_head) == 1 and all(c % h == 0 for c, h in zip(channels, heads)):
+            head_channels, num_heads = per_head.pop(), 0
+        elif len(set(heads)) == 1:
+            head_channels, num_heads = 1, heads[0]
+        else:
+            raise ValueError(f"{where}: attention_head_dim={heads} is neither one head count nor one head width")
+        tl = config.get("transformer_layers_per_block", 1)
+        if not isinstance(tl, int):
+            raise ValueError(f"{where}: transformer_layers_per_block={tl!r} per level is not supported")
+        if config.get("in_channels") != config.get("out_channels"):
+            raise ValueError(f"{where}: in_channels != out_channels")
+        return cls(latent_channels=config["in_channels"], block_out_channels=channels,
+                   layers_per_block=config["layers_per_block"], attention_downsample=attn,
+                   head_channels=head_channels if num_heads == 0 else 32, num_heads=num_heads,
+                   class_embed_dim=config["projection_class_embeddings_input_dim"],
+                   context_dim=context, transformer_layers=tl, norm_num_groups=config.get("norm_num_groups", 32))
+
+
+class LDMUNet(nn.Module):
+    """Noise/velocity predictor: forward(latents (B, C, T', F'), timesteps (B,), cond (B, class_embed_dim),
+    context (B, L, context_dim) | None) -> prediction (B, C, T', F')."""
+
+    config_class = LDMConfig
+
+    def __init__(self, config: LDMConfig):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        self.config = config
+        self.net = UNet2DConditionModel(**config.diffusers_kwargs())
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.net.conv_in.weight.dtype
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.config
+        if latents.ndim != 4 or latents.shape[1] != c.latent_channels:
+            raise ValueError(f"LDMUNet expects latents (B, {c.latent_channels}, T', F'), got {tuple(latents.shape)}")
+        f = self.downsample_factor
+        if latents.shape[2] % f or latents.shape[3] % f:
+            raise ValueError(f"LDMUNet latents {tuple(latents.shape)}: T' and F' must be multiples of {f}")
+        if cond.ndim != 2 or cond.shape != (latents.shape[0], c.class_embed_dim):
+            raise ValueError(f"LDMUNet expects cond ({latents.shape[0]}, {c.class_embed_dim}), got {tuple(cond.shape)}")
+        if (context is None) != (c.context_dim is None):
+            raise ValueError("LDMUNet: a context is required exactly when model.context_dim is set "
+                             f"(context_dim={c.context_dim}, context {'given' if context is not None else 'absent'})")
+        dtype = self.dtype
+        return self.net(latents.to(dtype), timesteps, encoder_hidden_states=None if context is None
+                        else context.to(dtype), class_labels=cond.to(dtype)).sample
+
+    # -- diffusers folder ------------------------------------------------------------------------
+
+    def save_diffusers(self, folder: str | os.PathLike) -> Path:
+        """Write diffusers' own UNet files (config.json + diffusion_pytorch_model.safetensors), atomically."""
+        from tta.checkpoint import atomic_dir
+
+        with atomic_dir(folder) as tmp:
+            self.net.save_pretrained(str(tmp), safe_serialization=True)
+        return Path(folder)
+
+    @classmethod
+    def load_diffusers(cls, folder: str | os.PathLike, *, device="cpu") -> LDMUNet:
+        """Load a diffusers UNet folder (AudioLDM layout) into an LDMUNet; errors name the folder."""
+        from tta.checkpoint import CheckpointError, load_into, load_state_dict
+
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise CheckpointError(f"{folder}: no config.json (not a diffusers UNet folder)")
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        if raw.get("_class_name") != "UNet2DConditionModel":
+            raise CheckpointError(f"{folder}: holds a {raw.get('_class_name') or raw.get('class')!r}, "
+                                  "expected a diffusers UNet2DConditionModel")
+        try:
+            config = LDMConfig.from_diffusers(raw, where=str(cfg_path))
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{cfg_path}: missing or malformed UNet field ({e})") from None
+        model = cls(config)
+        weights = folder / DIFFUSERS_WEIGHTS
+        legacy = folder / "diffusion_pytorch_model.bin"
+        if weights.is_file():
+            state = load_state_dict(weights)
+        elif legacy.is_file():
+            from tta.checkpoint import load_torch_file
+
+            state = load_torch_file(legacy)
+        else:
+            raise CheckpointError(f"{folder}: no {DIFFUSERS_WEIGHTS} (nor diffusion_pytorch_model.bin)")
+        load_into(model.net, state, where=str(folder))
+        return model.to(device).eval()

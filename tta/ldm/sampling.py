@@ -1,0 +1,194 @@
+"""Samplers by name (diffusers schedulers) and the classifier-free-guided denoising loop.
+
+Every sampler shares one training noise schedule (the `scheduler/` config of a pipeline or a run's
+`diffusion` section) and differs only in how it walks it:
+
+    ddim      Song et al. 2021 (eta = 0 deterministic; eta > 0 adds noise)
+    dpmsolver++  Lu et al. 2022, multistep 2nd order (good at 20-25 steps)
+    euler / euler_a / heun / lms   Karras et al. 2022 style sigma-space solvers (euler_a: ancestral)
+    pndm      Liu et al. 2022 (PLMS, skip_prk_steps)
+    ddpm      Ho et al. 2020 ancestral sampling (needs many steps)
+
+Guidance is AudioLDM's (Ho & Salimans 2022): pred = uncond + g * (cond - uncond), with the unconditional
+branch conditioned on the CLAP embedding of "" (or of a negative prompt); g <= 1 skips the second pass.
+Edits (Meng et al. 2022 SDEdit; AudioLDM §4 inpainting / super-resolution) are the same loop started
+part-way (`strength`) and/or with a `keep` mask whose latents are re-imposed, re-noised to the current
+level, after every step.
+
+All noise is drawn on a CPU `torch.Generator`, so a seed gives the same audio on every device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("ddim", "dpmsolver++", "euler", "euler_a", "heun", "lms", "pndm", "ddpm")
+STOCHASTIC = ("euler_a", "ddpm")    # plus ddim with eta > 0
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The training noise schedule (AudioLDM: 1000 steps, betas = linspace(sqrt .0015, sqrt .0195)^2)."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.num_train_timesteps < 2:
+            raise ValueError(f"diffusion.num_train_timesteps={self.num_train_timesteps} must be >= 2")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(f"diffusion betas must satisfy 0 < beta_start ({self.beta_start}) < "
+                             f"beta_end ({self.beta_end}) < 1")
+
+    def scheduler_config(self) -> dict:
+        return {"num_train_timesteps": self.num_train_timesteps, "beta_schedule": self.beta_schedule,
+                "beta_start": self.beta_start, "beta_end": self.beta_end,
+                "prediction_type": self.prediction_type}
+
+
+def check_sampler(name: str) -> str:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+    return name
+
+
+def make_scheduler(name: str, base: dict):
+    """A fresh diffusers scheduler `name` over the noise schedule `base` (a diffusers scheduler config)."""
+    import diffusers
+
+    check_sampler(name)
+    keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+            "trained_betas", "steps_offset")
+    common = {k: base[k] for k in keys if k in base and base[k] is not None}
+    if name == "ddim":
+        return diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
+    if name == "ddpm":
+        return diffusers.DDPMScheduler(**common, clip_sample=False)
+    if name == "dpmsolver++":
+        return diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "pndm":
+        return diffusers.PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=False)
+    cls = {"euler": diffusers.EulerDiscreteScheduler, "euler_a": diffusers.EulerAncestralDiscreteScheduler,
+           "heun": diffusers.HeunDiscreteScheduler, "lms": diffusers.LMSDiscreteScheduler}[name]
+    return cls(**common)
+
+
+def sampler_name_of(scheduler) -> str:
+    """The sampler name of a diffusers scheduler instance (for pipeline defaults), or 'ddim'."""
+    names = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpmsolver++",
+             "PNDMScheduler": "pndm", "EulerDiscreteScheduler": "euler",
+             "EulerAncestralDiscreteScheduler": "euler_a", "HeunDiscreteScheduler": "heun",
+             "LMSDiscreteScheduler": "lms"}
+    return names.get(type(scheduler).__name__, "ddim")
+
+
+def draw_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+    """(B, *shape) float32 standard normal noise, item b drawn on a CPU generator seeded seeds[b].
+
+    Per-item seeds make an item's noise independent of the batch it is generated in.
+    """
+    out = []
+    for s in seeds:
+        g = torch.Generator(device="cpu").manual_seed(int(s))
+        out.append(torch.randn(shape, generator=g, dtype=torch.float32))
+    return torch.stack(out)
+
+
+def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
+    """Set `steps` inference steps and return the timesteps to run: all of them at strength 1, the last
+    round(steps * strength) for an SDEdit start part-way."""
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength={strength} must be in (0, 1]")
+    scheduler.set_timesteps(steps, device=device)
+    timesteps = scheduler.timesteps
+    if strength < 1:
+        run = min(int(round(steps * strength)), steps)
+        if run < 1:
+            raise ValueError(f"strength={strength} with steps={steps} leaves no denoising step; "
+                             "raise --strength or --steps")
+        start = (steps - run) * scheduler.order
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+    return timesteps
+
+
+@torch.no_grad()
+def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, *,
+            steps: int, guidance: float, eta: float = 0.0, strength: float = 1.0,
+            init_latents: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+            context: torch.Tensor | None = None, generator: torch.Generator | None = None,
+            progress: bool = False) -> torch.Tensor:
+    """Run the guided reverse process; returns x_0 latents (B, C, T', F') on the unet's device.
+
+    noise: (B, C, T', F') standard normal (drawn on CPU); cond / uncond: (B, D) CLAP embeddings
+    (uncond may be None when guidance <= 1). init_latents (B, C, T', F'): the encoded input of an edit;
+    strength < 1 starts from it noised to the matching level (SDEdit). keep: bool mask broadcastable to
+    the latents, True where init_latents are kept (inpainting: times outside the gap; super-resolution:
+    frequencies below the cut-off); kept latents are re-noised to the current level after every step.
+    """
+    from tqdm.auto import tqdm
+
+    device = next(unet.parameters()).device
+    noise = noise.to(device)
+    if (strength < 1 or keep is not None) and init_latents is None:
+        raise ValueError("strength < 1 and keep masks need init_latents (the encoded input audio)")
+    timesteps = set_steps(scheduler, steps, strength, device)
+    if strength < 1:
+        init = init_latents.to(device)
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(noise.shape[0]))
+    else:
+        latents = noise * scheduler.init_noise_sigma
+    use_cfg = guidance > 1.0 and uncond is not None
+    embeds = torch.cat([uncond, cond]).to(device) if use_cfg else cond.to(device)
+    ctx = None if context is None else (torch.cat([context, context]) if use_cfg else context).to(device)
+    params = set(inspect.signature(scheduler.step).parameters)
+    extra = {}
+    if "eta" in params:
+        extra["eta"] = eta
+    if "generator" in params:
+        extra["generator"] = generator
+    keep = None if keep is None else keep.to(device)
+    for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
+        x_in = torch.cat([latents, latents]) if use_cfg else latents
+        x_in = scheduler.scale_model_input(x_in, t)
+        t_batch = t.reshape(1).expand(x_in.shape[0]).to(device)
+        pred = unet(x_in, t_batch, embeds, ctx).float()
+        if use_cfg:
+            pred_uncond, pred_cond = pred.chunk(2)
+            pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+        latents = scheduler.step(pred, t, latents, **extra).prev_sample
+        if keep is not None:
+            init = init_latents.to(device)
+            if i + 1 < len(timesteps):
+                known = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2].repeat(noise.shape[0]))
+            else:
+                known = init
+            latents = torch.where(keep, known, latents)
+    return latents
+
+
+def denoise_loss_target(scheduler_config: dict, latents: torch.Tensor, noise: torch.Tensor,
+                        timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy latents, regression target) of one training step for ε- or v-prediction.
+
+    x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) ε; target ε, or v = sqrt(a_t) ε - sqrt(1 - a_t) x_0
+    (Salimans & Ho 2022).
+    """
+    a = alphas_cumprod.to(latents.device)[timesteps].float().view(-1, 1, 1, 1)
+    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+    if scheduler_config["prediction_type"] == "epsilon":
+        return noisy, noise
+    return noisy, a.sqrt() * noise - (1 - a).sqrt() * latents

@@ -1,0 +1,358 @@
+"""`tta train ldm`: the latent diffusion model on a frozen mel-VAE and a frozen CLAP (AudioLDM §3).
+
+Each step: clip -> log-mel -> VAE posterior -> latents x scale_factor; condition = the clip's CLAP *audio*
+embedding (AudioLDM's trick: no paired text is needed; `condition` = "text" uses its caption and "mix"
+draws one of the two per clip); with probability `cfg_dropout` the condition is replaced by CLAP("")
+(the unconditional embedding used at sampling time, not zeros); t ~ U{0..T-1}; the UNet regresses ε or
+v (`diffusion.prediction_type`) with an MSE loss.
+
+`precompute: true` encodes every training clip once (deterministic crop) to a cache file holding the
+posterior mean/std and both embeddings, so a CPU step is a UNet step only; latents are then drawn
+from the cached posterior (or its mean) every step.
+
+Every `train.validate_every` steps the (EMA) UNet samples the fixed validation prompts: wav + mel PNG in
+`samples/step_N/` and the CLAP score (cosine of prompt and audio embeddings) in metrics.jsonl. At the
+end `final/` holds the UNet (a tta component) and `pipeline/` a complete pipeline folder for
+`tta generate --model RUN/pipeline`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tta.audio import log_mel
+from tta.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_component, load_torch_file, save_train_state
+from tta.config import to_dict
+from tta.data.manifest import DataConfig
+from tta.ldm.model import LDMConfig, LDMUNet
+from tta.ldm.sampling import (
+    SAMPLERS,
+    DiffusionConfig,
+    denoise,
+    denoise_loss_target,
+    draw_noise,
+    make_scheduler,
+)
+from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ComponentsConfig:
+    """Frozen component folders (a component folder or a run folder whose final/ is used)."""
+
+    vae: str = ""        # vae.model.MelVAE (its scale_factor is used)
+    clap: str = ""       # any tta.clap.load_clap path (own CLAP folder, LAION .pt / folder): conditioning + score
+    vocoder: str = ""    # vocoder.model.HiFiGAN: validation audio and the assembled pipeline
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    prompts: tuple[str, ...] = ("a dog barks", "rain falling on a roof", "a church bell rings")
+    seconds: float = 5.12
+    steps: int = 50
+    sampler: str = "ddim"
+    guidance: float = 2.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"validation.sampler={self.sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+        if self.seconds <= 0 or self.steps < 1 or not math.isfinite(self.guidance):
+            raise ValueError("validation.seconds must be > 0, validation.steps >= 1, validation.guidance finite")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: LDMConfig = field(default_factory=LDMConfig)
+    components: ComponentsConfig = field(default_factory=ComponentsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=3e-5, ema_decay=0.9999))
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    condition: Literal["audio", "text", "mix"] = "audio"   # what the UNet is conditioned on while training
+    text_probability: float = 0.5                           # "mix": chance of the caption's text embedding
+    cfg_dropout: float = 0.1                                # chance of the unconditional embedding CLAP("")
+    latent_sampling: Literal["sample", "mean"] = "sample"   # posterior sample each step, or its mean
+    precompute: bool = False                                # encode latents + embeddings once to cache_dir
+    cache_dir: str = ""                                     # "" = RUN/cache
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cfg_dropout < 1:
+            raise ValueError(f"cfg_dropout={self.cfg_dropout} must be in [0, 1)")
+        if not 0 <= self.text_probability <= 1:
+            raise ValueError(f"text_probability={self.text_probability} must be in [0, 1]")
+
+
+# ------------------------------------------------------------------------------------ components
+
+
+def component_dir(path: str, what: str) -> Path:
+    if not path:
+        raise ValueError(f"components.{what} is empty; set it with --set components.{what}=FOLDER")
+    folder = Path(path)
+    if not (folder / CONFIG_NAME).is_file() and (folder / "final" / CONFIG_NAME).is_file():
+        folder = folder / "final"
+    if not (folder / CONFIG_NAME).is_file():
+        raise ValueError(f"components.{what}={path}: not a component folder (no {CONFIG_NAME})")
+    return folder
+
+
+@dataclass
+class Frozen:
+    vae: torch.nn.Module
+    clap: object
+    vocoder: torch.nn.Module | None
+    null_emb: torch.Tensor   # (D,) CLAP("")
+
+
+def load_frozen(config: RunConfig, device) -> Frozen:
+    from tta.clap import load_clap
+    from vae.model import MelVAE
+    from vocoder.model import HiFiGAN
+
+    c = config.components
+    vae = load_component(component_dir(c.vae, "vae"), MelVAE, device=device).requires_grad_(False)
+    if not c.clap:
+        raise ValueError("components.clap is empty; set it with --set components.clap=FOLDER")
+    clap = load_clap(c.clap, device=device)
+    vocoder = None
+    if c.vocoder or config.validation.prompts:
+        vocoder = load_component(component_dir(c.vocoder, "vocoder"), HiFiGAN, device=device).requires_grad_(False)
+        from tta.audio import check_same_mel
+
+        check_same_mel(vae.config.mel, vocoder.config.mel, "components.vae", "components.vocoder")
+    m = config.model
+    if m.latent_channels != vae.config.latent_channels:
+        raise ValueError(f"model.latent_channels={m.latent_channels} differs from the VAE's "
+                         f"latent_channels={vae.config.latent_channels}")
+    if m.class_embed_dim != clap.embed_dim:
+        raise ValueError(f"model.class_embed_dim={m.class_embed_dim} differs from the CLAP embedding width "
+                         f"{clap.embed_dim}")
+    freq = vae.config.mel.n_mels // vae.downsample_factor
+    if freq % m.downsample_factor:
+        raise ValueError(f"the VAE's latent frequency size {freq} is not a multiple of the UNet's "
+                         f"downsampling factor {m.downsample_factor} (fewer block_out_channels levels?)")
+    return Frozen(vae, clap, vocoder, clap.embed_text([""])[0])
+
+
+def padded_mel(wav: torch.Tensor, vae, unet_factor: int) -> torch.Tensor:
+    """wav (B, T) -> log-mel (B, n_mels, frames) padded with silence so the latent length is a multiple of
+    `unet_factor` (the same padding the pipeline uses at generation time)."""
+    mel = log_mel(wav, vae.config.mel).float()
+    step = vae.downsample_factor * unet_factor
+    pad = (-mel.shape[-1]) % step
+    return F.pad(mel, (0, pad), value=math.log(vae.config.mel.log_floor)) if pad else mel
+
+
+# ------------------------------------------------------------------------------------- pre-encoding
+
+
+class CachedLatents(torch.utils.data.Dataset):
+    """Pre-encoded training items: {"mean", "std": (C, T', F'), "audio_emb", "text_emb": (D,)}."""
+
+    def __init__(self, tensors: dict):
+        self.t = tensors
+
+    def __len__(self) -> int:
+        return self.t["mean"].shape[0]
+
+    def __getitem__(self, key) -> dict:
+        index = key[0] if isinstance(key, tuple) else key
+        return {k: v[index] for k, v in self.t.items()}
+
+
+@torch.no_grad()
+def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, progress: bool) -> CachedLatents:
+    """Encode every clip of `dataset` (deterministic crop) once; cached by data + component identity."""
+    from tqdm.auto import tqdm
+
+    h = hashlib.sha256(json.dumps(to_dict(config.data), sort_keys=True).encode())
+    for p in (config.data.manifest, *config.data.extra_manifests):
+        h.update(Path(p).read_bytes())
+    h.update((component_dir(config.components.vae, "vae") / WEIGHTS_NAME).read_bytes())
+    h.update(frozen.clap.identity.encode())
+    h.update(str(config.model.downsample_factor).encode())
+    path = cache_dir / f"latents-{h.hexdigest()[:16]}.pt"
+    if path.is_file():
+        return CachedLatents(load_torch_file(path))
+    vae = frozen.vae
+    out: dict[str, list] = {"mean": [], "std": [], "audio_emb": [], "text_emb": []}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False)
+    for batch in tqdm(loader, desc="pre-encode", disable=not progress, leave=False):
+        wav = batch["wav"]
+        post = vae.encode(padded_mel(wav.to(vae.scale_factor.device), vae, config.model.downsample_factor))
+        out["mean"].append((post.mean * vae.scale_factor).float().cpu())
+        out["std"].append((post.std * vae.scale_factor).float().cpu())
+        out["audio_emb"].append(frozen.clap.embed_audio(wav.numpy(), vae.config.mel.sample_rate))
+        out["text_emb"].append(frozen.clap.embed_text(list(batch["caption"])))
+    tensors = {k: torch.cat(v) for k, v in out.items()}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    save_train_state(path, tensors)
+    return CachedLatents(tensors)
+
+
+# ------------------------------------------------------------------------------------------- loss
+
+
+def condition(config: RunConfig, audio_emb, text_emb, null_emb: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(B, D) conditioning with mix choice and CFG dropout; draws from the global (resumable) RNG."""
+    if config.condition == "audio":
+        cond = audio_emb()
+    elif config.condition == "text":
+        cond = text_emb()
+    else:
+        use_text = (torch.rand(batch_size) < config.text_probability).view(-1, 1)
+        cond = torch.where(use_text, text_emb(), audio_emb())
+    drop = (torch.rand(batch_size) < config.cfg_dropout).view(-1, 1)
+    return torch.where(drop, null_emb.view(1, -1).to(cond), cond)
+
+
+def batch_latents_and_cond(config: RunConfig, batch: dict, frozen: Frozen, device) -> tuple[torch.Tensor, torch.Tensor]:
+    if "mean" in batch:
+        mean, std = batch["mean"].to(device), batch["std"].to(device)
+        z = mean if config.latent_sampling == "mean" else mean + std * torch.randn(mean.shape).to(device)
+        cond = condition(config, lambda: batch["audio_emb"], lambda: batch["text_emb"], frozen.null_emb,
+                         z.shape[0])
+        return z, cond.to(device)
+    wav = batch["wav"]
+    vae = frozen.vae
+    with torch.no_grad():
+        post = vae.encode(padded_mel(wav, vae, config.model.downsample_factor))
+        z = post.mean if config.latent_sampling == "mean" else post.mean + post.std * torch.randn(
+            post.mean.shape).to(post.mean)
+        z = (z * vae.scale_factor).float()
+    sr = vae.config.mel.sample_rate
+    cond = condition(config, lambda: frozen.clap.embed_audio(wav.float().cpu().numpy(), sr),
+                     lambda: frozen.clap.embed_text(list(batch["caption"])), frozen.null_emb, z.shape[0])
+    return z, cond.to(device)
+
+
+def diffusion_loss(unet, config: RunConfig, z: torch.Tensor, cond: torch.Tensor, alphas_cumprod) -> torch.Tensor:
+    noise = torch.randn(z.shape).to(z)
+    t = torch.randint(0, config.diffusion.num_train_timesteps, (z.shape[0],)).to(z.device)
+    noisy, target = denoise_loss_target(config.diffusion.scheduler_config(), z, noise, t, alphas_cumprod)
+    return F.mse_loss(unet(noisy, t, cond).float(), target)
+
+
+# ---------------------------------------------------------------------------------------- train
+
+
+def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a run in `out`; returns the final/ component folder (RUN/pipeline/ is written too)."""
+    from tta.data.dataset import AudioDataset
+
+    # component paths are checked before the run folder is created, so a typo leaves nothing behind
+    component_dir(config.components.vae, "vae")
+    if config.components.vocoder or config.validation.prompts:
+        component_dir(config.components.vocoder, "vocoder")
+    if not config.components.clap or not Path(config.components.clap).exists():
+        raise ValueError(f"components.clap={config.components.clap!r}: CLAP model not found; "
+                         "set it with --set components.clap=PATH")
+    run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
+    frozen = load_frozen(config, run.device)
+    sr = frozen.vae.config.mel.sample_rate
+    caption_choice = "first" if config.precompute else "random"
+    train_set = AudioDataset.from_config(config.data, config.data.train_split, sr,
+                                         random_crop=not config.precompute, caption_choice=caption_choice)
+    if config.precompute:
+        cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
+        train_set = precompute(config, train_set, frozen, cache, progress)
+    unet = LDMUNet(config.model)
+    optimizer = make_optimizer([p for p in unet.parameters() if p.requires_grad], config.train)
+    scheduler = make_warmup_scheduler(optimizer, config.train)
+    unet, optimizer = run.prepare(unet, optimizer)
+    run.track(unet=unet, optimizer=optimizer, lr=scheduler)
+    ema = run.make_ema("unet", unet)
+    run.restore()
+    noise_schedule = make_scheduler("ddpm", config.diffusion.scheduler_config())
+    alphas_cumprod = noise_schedule.alphas_cumprod
+    unet.train()
+    for batch in run.batches(train_set):
+        with run.accumulate(unet):
+            z, cond = batch_latents_and_cond(config, batch, frozen, run.device)
+            loss = diffusion_loss(unet, config, z, cond, alphas_cumprod)
+            run.backward(loss)
+            run.clip_grad(unet)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        run.end_step(loss=loss.item())
+        if run.should(config.train.validate_every) and config.validation.prompts and run.is_main:
+            model = ema.averaged(run.unwrap(unet)) if ema is not None else run.unwrap(unet)
+            validate(model.eval(), frozen, config, run.out / "samples" / f"step_{run.step}", run=run)
+            unet.train()
+    final = run.finish(unet, "unet")
+    if run.is_main and frozen.vocoder is not None:
+        from tta.checkpoint import load_component as load
+        from tta.ldm.folder import write_pipeline
+
+        v = config.validation
+        write_pipeline(run.out / "pipeline", unet=load(final, LDMUNet), scheduler=make_scheduler(
+            v.sampler, config.diffusion.scheduler_config()), vae=frozen.vae, vocoder=frozen.vocoder,
+            text_encoder=frozen.clap, defaults={"sampler": v.sampler, "steps": v.steps,
+                                                      "guidance": v.guidance, "seconds": v.seconds,
+                                                      "candidates": 1})
+    return final
+
+
+@torch.no_grad()
+def validate(unet: LDMUNet, frozen: Frozen, config: RunConfig, folder: Path, *, run: TrainingRun) -> list[float]:
+    """Generate the validation prompts; write wav + spectrogram PNG; log the CLAP scores."""
+    from tta.audio import save_audio
+
+    v = config.validation
+    vae, mel_cfg = frozen.vae, frozen.vae.config.mel
+    num_samples = int(round(v.seconds * mel_cfg.sample_rate))
+    frames = math.ceil(num_samples / mel_cfg.hop_length)
+    f, m = vae.downsample_factor, unet.downsample_factor
+    shape = (config.model.latent_channels, math.ceil(math.ceil(frames / f) / m) * m, mel_cfg.n_mels // f)
+    text = frozen.clap.embed_text(list(v.prompts))
+    scores = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, prompt in enumerate(v.prompts):
+        noise = draw_noise(shape, [v.seed + i])
+        latents = denoise(unet, make_scheduler(v.sampler, config.diffusion.scheduler_config()), noise,
+                          text[i:i + 1], frozen.null_emb[None], steps=v.steps, guidance=v.guidance,
+                          generator=torch.Generator().manual_seed(v.seed + i))
+        mel = vae.latents_to_mel(latents)
+        wav = frozen.vocoder(mel.float())[0, :num_samples].float().cpu()
+        name = f"{i:02d}_{re.sub(r'[^a-z0-9]+', '_', prompt.lower()).strip('_')[:40]}"
+        save_audio(folder / f"{name}.wav", wav.numpy(), mel_cfg.sample_rate)
+        save_mel_png(folder / f"{name}.png", mel[0, :, :frames].float().cpu(), title=f"{prompt} ({folder.name})")
+        audio_emb = frozen.clap.embed_audio(wav.numpy(), mel_cfg.sample_rate)
+        scores.append(float((audio_emb[0] * text[i]).sum()))
+    run.log_metrics(split="valid", clap_score=float(np.mean(scores)), clap_scores=[round(s, 5) for s in scores],
+                    clap_model=frozen.clap.identity)
+    return scores
+
+
+def save_mel_png(path: Path, mel: torch.Tensor, title: str = "") -> Path:
+    """A (n_mels, frames) log-mel as a PNG (low frequencies at the bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma")
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("mel bin")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,365 @@
+"""TTAPipeline: prompt -> CLAP text embedding -> guided latent diffusion -> mel-VAE decoder -> HiFi-GAN -> wav.
+
+A pipeline folder:
+
+    pipeline.json    {"class", "format_version": 1, "components": {name: sub-folder}, "defaults": {...}}
+    unet/            diffusers' own UNet2DConditionModel files (config.json + diffusion_pytorch_model.safetensors)
+    scheduler/       diffusers' scheduler_config.json: the training noise schedule (+ prediction type)
+    vae/             tta component (vae.model.MelVAE; carries scale_factor)
+    vocoder/         tta component (vocoder.model.HiFiGAN)
+    text_encoder/    CLAP: a tta component (tta.clap.model.TTAClap) or a transformers CLAP folder + tokenizer
+    datastore/       optional (retrieval augmentation)
+
+The pipeline refuses components that do not fit together (VAE and vocoder mel configs, latent channels,
+CLAP width vs the UNet's class-embedding width), naming the component and field.
+
+Edits follow AudioLDM §4: `audio_to_audio` (SDEdit: the input's latents noised to `strength` and
+denoised towards the prompt), `inpaint` (a time range regenerated, the rest kept), `super_resolve`
+(mel bands above a cut-off regenerated from low-band audio).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tta.audio import check_same_mel, log_mel
+from tta.checkpoint import CheckpointError, load_component
+from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, write_pipeline
+from tta.ldm.model import LDMUNet
+from tta.ldm.sampling import check_sampler, denoise, draw_noise, make_scheduler
+
+log = logging.getLogger(__name__)
+
+MAX_SECONDS = 120.0        # longest clip one call generates (memory of the attention grows with length)
+
+
+class PipelineError(ValueError):
+    """A pipeline folder or call that cannot work; the message names the component / argument."""
+
+
+@dataclass(frozen=True)
+class PipelineDefaults:
+    """What `tta generate` uses when a flag is not given (AudioLDM: DDIM 200, guidance 2.5)."""
+
+    sampler: str = "ddim"
+    steps: int = 200
+    guidance: float = 2.5
+    seconds: float = 10.0
+    candidates: int = 1
+
+
+@dataclass
+class Generation:
+    """Output of a pipeline call: one wav (T,) float32 per prompt, the CLAP score of each kept wav, and
+    the scores of all candidates (prompt-major) and the seeds that drew them."""
+
+    wavs: list[np.ndarray]
+    sample_rate: int
+    scores: list[float]
+    candidate_scores: list[list[float]] = field(default_factory=list)
+    seeds: list[list[int]] = field(default_factory=list)
+
+
+def open_text_encoder(folder: str | os.PathLike, device="cpu"):
+    """The CLAP embedder (embed_text / embed_audio) stored in text_encoder/: a tta CLAP component, or a
+    transformers CLAP folder holding its own tokenizer files (tta.clap.load_clap reads both)."""
+    from tta.clap import backend_of, load_clap
+
+    folder = Path(folder)
+    tokenizer = None
+    if backend_of(folder) == "laion-hf" and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")):
+        tokenizer = folder
+    return load_clap(folder, tokenizer=tokenizer, device=device)
+
+
+class TTAPipeline:
+    def __init__(self, unet: LDMUNet, vae, vocoder, clap, scheduler_config: dict,
+                 defaults: PipelineDefaults = PipelineDefaults()):
+        self.unet, self.vae, self.vocoder, self.clap = unet.eval(), vae.eval(), vocoder.eval(), clap
+        self.scheduler_config = dict(scheduler_config)
+        self.defaults = defaults
+        self._check_fit()
+
+    # -- assembly --------------------------------------------------------------------------------
+
+    def _check_fit(self) -> None:
+        check_same_mel(self.vae.config.mel, self.vocoder.config.mel, "vae/", "vocoder/")
+        u = self.unet.config
+        if u.latent_channels != self.vae.config.latent_channels:
+            raise PipelineError(f"unet/ latent_channels={u.latent_channels} differs from vae/ "
+                                f"latent_channels={self.vae.config.latent_channels}")
+        if u.class_embed_dim != self.clap.embed_dim:
+            raise PipelineError(f"unet/ class embedding width {u.class_embed_dim} differs from text_encoder/ "
+                                f"embedding width {self.clap.embed_dim}")
+        freq = self.vae.config.mel.n_mels // self.vae.downsample_factor
+        if freq % self.unet.downsample_factor:
+            raise PipelineError(f"vae/ latent frequency size {freq} is not a multiple of the unet/ "
+                                f"downsampling factor {self.unet.downsample_factor}")
+        check_sampler(self.defaults.sampler)
+
+    @property
+    def mel(self):
+        return self.vae.config.mel
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.sample_rate
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device) -> TTAPipeline:
+        self.unet.to(device)
+        self.vae.to(device)
+        self.vocoder.to(device)
+        return self
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, *, device="cpu") -> TTAPipeline:
+        from tta.config import ConfigError, from_dict
+
+        folder = Path(folder)
+        spec = read_pipeline_json(folder)
+        parts = spec["components"]
+        for name in REQUIRED:
+            sub = folder / parts[name]
+            if not sub.is_dir():
+                raise PipelineError(f"{folder}: component {name!r} is missing (no {parts[name]}/ folder)")
+        try:
+            defaults = from_dict(PipelineDefaults, spec.get("defaults", {}), where="defaults")
+        except ConfigError as e:
+            raise PipelineError(f"{folder / PIPELINE_FILE}: {e}") from None
+        sched_path = folder / parts["scheduler"] / SCHEDULER_FILE
+        if not sched_path.is_file():
+            raise PipelineError(f"{folder}: component 'scheduler' has no {SCHEDULER_FILE}")
+        scheduler_config = json.loads(sched_path.read_text())
+        unet = LDMUNet.load_diffusers(folder / parts["unet"])
+        from vae.model import MelVAE
+        from vocoder.model import HiFiGAN
+
+        vae = _load(folder, parts, "vae", MelVAE)
+        vocoder = _load(folder, parts, "vocoder", HiFiGAN)
+        try:
+            clap = open_text_encoder(folder / parts["text_encoder"])
+        except (CheckpointError, ValueError) as e:
+            raise PipelineError(f"{folder}: component 'text_encoder' cannot be loaded: {e}") from None
+        try:
+            return cls(unet, vae, vocoder, clap, scheduler_config, defaults).to(device)
+        except ValueError as e:
+            raise PipelineError(f"{folder}: components do not fit together: {e}") from None
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the pipeline folder atomically (layout: tta.ldm.folder)."""
+        from tta.config import to_dict
+
+        return write_pipeline(folder, unet=self.unet, scheduler=make_scheduler(self.defaults.sampler,
+                              self.scheduler_config), vae=self.vae, vocoder=self.vocoder,
+                              text_encoder=self.clap, defaults=to_dict(self.defaults))
+
+    # -- shapes ----------------------------------------------------------------------------------
+
+    def latent_shape(self, num_samples: int) -> tuple[int, int, int]:
+        """(C, T', F') of the latents generated for `num_samples` of audio: T' padded up to the UNet multiple."""
+        frames = math.ceil(num_samples / self.mel.hop_length)
+        f, m = self.vae.downsample_factor, self.unet.downsample_factor
+        t = math.ceil(math.ceil(frames / f) / m) * m
+        return (self.unet.config.latent_channels, t, self.mel.n_mels // f)
+
+    def check_seconds(self, seconds: float) -> int:
+        """Samples for `seconds`, or a PipelineError when the length is not usable."""
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds)) or seconds <= 0:
+            raise PipelineError(f"seconds={seconds} must be a positive number")
+        if seconds > MAX_SECONDS:
+            raise PipelineError(f"seconds={seconds} exceeds the maximum of {MAX_SECONDS:g} s per clip")
+        n = int(round(seconds * self.sample_rate))
+        if n < self.mel.hop_length:
+            raise PipelineError(f"seconds={seconds} is shorter than one mel frame "
+                                f"({self.mel.hop_length / self.sample_rate:g} s)")
+        return n
+
+    # -- encode / decode -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_audio(self, wav: np.ndarray, num_samples: int) -> torch.Tensor:
+        """wav (T,) at sample_rate -> scaled latents (1, C, T', F') of the padded generation length."""
+        _, t, _ = self.latent_shape(num_samples)
+        x = np.zeros(num_samples, dtype=np.float32)
+        x[: min(len(wav), num_samples)] = wav[:num_samples]
+        mel = log_mel(torch.from_numpy(x)[None], self.mel).float()          # (1, n_mels, frames)
+        frames = t * self.vae.downsample_factor
+        floor = math.log(self.mel.log_floor)                                # silence in log-mel
+        mel = torch.nn.functional.pad(mel, (0, frames - mel.shape[-1]), value=floor)
+        return self.vae.mel_to_latents(mel.to(self.device)).float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Scaled latents (B, C, T', F') -> wav (B, num_samples) float32 on CPU."""
+        mel = self.vae.latents_to_mel(latents)
+        wav = self.vocoder(mel.float())
+        return wav[:, :num_samples].float().cpu()
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def __call__(self, prompts: list[str], *, seconds: float | None = None, steps: int | None = None,
+                 guidance: float | None = None, negative: str = "", candidates: int | None = None,
+                 seed: int = 0, sampler: str | None = None, eta: float = 0.0, batch_size: int = 1,
+                 progress: bool = False) -> Generation:
+        """Generate one wav per prompt (the best of `candidates` by CLAP score).
+
+        Prompt i, candidate j starts from noise seeded `seed + i + 1_000_003 * j`, drawn on the CPU, so
+        outputs do not depend on batch_size or device. guidance <= 1 disables classifier-free guidance.
+        """
+        n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
+        return self._run(prompts, n, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
+                         seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, progress=progress)
+
+    def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
+        """Style transfer (SDEdit): wav (T,) at sample_rate noised to `strength` in (0, 1], denoised to the prompt."""
+        n = self.check_seconds(len(wav) / self.sample_rate)
+        if not 0 < strength <= 1:
+            raise PipelineError(f"strength={strength} must be in (0, 1]")
+        return self._run(prompts, n, init_wav=wav, strength=strength, **kwargs)
+
+    def inpaint(self, wav: np.ndarray, prompts: list[str], *, start: float, end: float, **kwargs) -> Generation:
+        """Regenerate seconds [start, end) of wav (T,) from the prompt; the rest of the clip is kept."""
+        n = self.check_seconds(len(wav) / self.sample_rate)
+        if not 0 <= start < end <= n / self.sample_rate + 1e-9:
+            raise PipelineError(f"inpaint range {start}:{end} s must satisfy 0 <= start < end <= "
+                                f"{n / self.sample_rate:g} (the input's length)")
+        _, t, _ = self.latent_shape(n)
+        per = self.vae.downsample_factor * self.mel.hop_length / self.sample_rate   # seconds per latent step
+        idx = torch.arange(t)
+        gap = ((idx + 1) * per > start) & (idx * per < end)
+        return self._run(prompts, n, init_wav=wav, keep=(~gap).view(1, 1, t, 1), **kwargs)
+
+    def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, **kwargs) -> Generation:
+        """Regenerate the mel bands above `cutoff_hz` of wav (T,) (e.g. audio upsampled from 8 kHz)."""
+        import librosa
+
+        n = self.check_seconds(len(wav) / self.sample_rate)
+        m = self.mel
+        if not m.f_min < cutoff_hz < m.f_max:
+            raise PipelineError(f"cutoff_hz={cutoff_hz} must lie inside the mel band ({m.f_min:g}, {m.f_max:g}) Hz")
+        centres = librosa.mel_frequencies(m.n_mels + 2, fmin=m.f_min, fmax=m.f_max, htk=False)[2:]  # upper edges
+        f = self.vae.downsample_factor
+        top = torch.from_numpy(centres.reshape(-1, f).max(axis=1))                 # (F',) highest edge per latent row
+        keep = (top <= cutoff_hz).view(1, 1, 1, -1)
+        if not bool(keep.any()):
+            raise PipelineError(f"cutoff_hz={cutoff_hz} keeps no latent frequency row; raise it")
+        return self._run(prompts, n, init_wav=wav, keep=keep, **kwargs)
+
+    def _run(self, prompts, num_samples: int, *, steps=None, guidance=None, negative: str = "", candidates=None,
+             seed: int = 0, sampler=None, eta: float = 0.0, batch_size: int = 1, progress: bool = False,
+             init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
+             context: torch.Tensor | None = None) -> Generation:
+        from tqdm.auto import tqdm
+
+        d = self.defaults
+        steps = d.steps if steps is None else steps
+        guidance = d.guidance if guidance is None else guidance
+        candidates = d.candidates if candidates is None else candidates
+        sampler = check_sampler(d.sampler if sampler is None else sampler)
+        check_call(prompts, steps=steps, guidance=guidance, candidates=candidates, batch_size=batch_size, eta=eta)
+        for i, p in enumerate(prompts):
+            if not p.strip():
+                log.warning("prompt %d is empty: generating unconditionally", i)
+        text = self.clap.embed_text(list(prompts))                               # (P, D)
+        uncond = self.clap.embed_text([negative]) if guidance > 1 else None      # (1, D)
+        init = None if init_wav is None else self.encode_audio(np.asarray(init_wav, np.float32), num_samples)
+        shape = self.latent_shape(num_samples)
+        jobs = [(i, j, seed + i + 1_000_003 * j) for i in range(len(prompts)) for j in range(candidates)]
+        wavs: dict[tuple[int, int], torch.Tensor] = {}
+        bar = tqdm(total=len(jobs), desc="generate", unit="clip", disable=not progress)
+        for b in range(0, len(jobs), batch_size):
+            chunk = jobs[b:b + batch_size]
+            seeds = [s for _, _, s in chunk]
+            noise = draw_noise(shape, seeds)
+            cond = text[[i for i, _, _ in chunk]]
+            generator = torch.Generator(device="cpu").manual_seed(seeds[0] + 7)
+            out = self.sample(noise, cond, None if uncond is None else uncond.expand(len(chunk), -1), num_samples,
+                              steps=steps, guidance=guidance, sampler=sampler, eta=eta, strength=strength,
+                              init_latents=None if init is None else init.expand(len(chunk), -1, -1, -1),
+                              keep=keep, context=context, generator=generator, progress=progress and len(jobs) == 1)
+            for (i, j, _), w in zip(chunk, out):
+                wavs[(i, j)] = w
+            bar.update(len(chunk))
+        bar.close()
+        return self._rank(text, wavs, len(prompts), candidates, jobs)
+
+    def sample(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, num_samples: int, *,
+               steps: int, guidance: float, sampler: str, eta: float = 0.0, **edit) -> torch.Tensor:
+        """The core: noise (B, C, T', F') + embeddings cond / uncond (B, D) -> wav (B, num_samples) on CPU.
+
+        `edit` passes strength / init_latents / keep / context / generator / progress on to `denoise`.
+        """
+        scheduler = make_scheduler(check_sampler(sampler), self.scheduler_config)
+        latents = denoise(self.unet, scheduler, noise, cond, uncond, steps=steps, guidance=guidance, eta=eta, **edit)
+        return self.decode(latents, num_samples)
+
+    def _rank(self, text, wavs, num_prompts: int, candidates: int, jobs) -> Generation:
+        """Keep each prompt's candidate with the highest CLAP score cos(text, audio)."""
+        keys = [(i, j) for i in range(num_prompts) for j in range(candidates)]
+        audio = self.clap.embed_audio(torch.stack([wavs[k] for k in keys]).numpy(), self.sample_rate)
+        sims = (audio * text[[i for i, _ in keys]]).sum(-1).view(num_prompts, candidates)
+        best = sims.argmax(dim=1)
+        seeds = [[s for i2, _, s in jobs if i2 == i] for i in range(num_prompts)]
+        return Generation(wavs=[wavs[(i, int(best[i]))].numpy() for i in range(num_prompts)],
+                          sample_rate=self.sample_rate, scores=[float(sims[i, best[i]]) for i in range(num_prompts)],
+                          candidate_scores=sims.tolist(), seeds=seeds)
+
+
+def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float = 0.0) -> None:
+    """Validate generation arguments before any compute; PipelineError names the bad one."""
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
+        raise PipelineError("prompts must be a non-empty list of strings")
+    if any(not isinstance(p, str) for p in prompts):
+        raise PipelineError("every prompt must be a string")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PipelineError(f"steps={steps} must be an integer >= 1")
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance)) or guidance < 0:
+        raise PipelineError(f"guidance={guidance} must be a finite number >= 0")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise PipelineError(f"candidates={candidates} must be an integer >= 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PipelineError(f"batch_size={batch_size} must be an integer >= 1")
+    if not (math.isfinite(eta) and 0 <= eta <= 1):
+        raise PipelineError(f"eta={eta} must be in [0, 1]")
+
+
+def read_pipeline_json(folder: str | os.PathLike) -> dict:
+    """Parse and check `folder/pipeline.json` (components named, format version known)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: model folder not found")
+    path = folder / PIPELINE_FILE
+    if not path.is_file():
+        raise PipelineError(f"{folder}: not a tta pipeline folder (no {PIPELINE_FILE})")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(spec, dict) or spec.get("format_version") != FORMAT_VERSION:
+        raise PipelineError(f"{path}: expected format_version {FORMAT_VERSION}")
+    parts = spec.get("components")
+    if not isinstance(parts, dict):
+        raise PipelineError(f"{path}: no 'components' mapping")
+    for name in REQUIRED:
+        if name not in parts:
+            raise PipelineError(f"{path}: component {name!r} is missing from 'components'")
+    return spec
+
+
+def _load(folder: Path, parts: dict, name: str, cls):
+    try:
+        return load_component(folder / parts[name], cls)
+    except CheckpointError as e:
+        raise PipelineError(f"{folder}: component {name!r} cannot be loaded: {e}") from None
