@@ -253,3 +253,33 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({reason[:300]})") from None
+
+
+# ------------------------------------------------------------------ foreign folders (diffusers, transformers)
+
+DIFFUSERS_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+TRANSFORMERS_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_foreign_folder(folder: str | os.PathLike, weight_names: tuple[str, ...], *,
+                        what: str) -> tuple[dict, dict, Path]:
+    """(config.json as a dict, state dict, weights path) of a diffusers/transformers model folder.
+
+    The first of `weight_names` present is read: safetensors directly, `.bin` with weights_only=True.
+    Errors name the folder and `what` it was expected to be.
+    """
+    folder = Path(folder)
+    cfg_path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: folder not found (expected {what})")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not {what})")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    weights = next((folder / n for n in weight_names if (folder / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{folder}: none of {', '.join(weight_names)} found (expected {what})")
+    state = load_state_dict(weights) if weights.suffix == ".safetensors" else load_torch_file(weights)
+    return config, state, weights

@@ -26,7 +26,6 @@ Usage inside a component's train.py:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging

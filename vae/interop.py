@@ -19,7 +19,6 @@ block_2`, 1x1-conv attention q/k/v/proj_out, `nin_shortcut`), converted as diffu
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -28,7 +27,8 @@ from pathlib import Path
 import torch
 
 from tta.audio import MelConfig
-from tta.checkpoint import CheckpointError, load_into, load_state_dict, load_torch_file
+from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, load_into, load_torch_file,
+                            read_foreign_folder)
 from vae.model import MelVAE, VAEConfig
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,6 @@ def reference_state_dict(model: MelVAE) -> dict:
 # ------------------------------------------------------------------------------------- diffusers
 
 
-_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
@@ -265,19 +264,8 @@ def config_from_diffusers(
 
 def load_diffusers_vae(folder: str | os.PathLike, *, mel: MelConfig | None = None) -> MelVAE:
     """A MelVAE from a diffusers AudioLDM `vae/` folder (config.json + diffusion_pytorch_model.*)."""
-    folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{folder}: no config.json (not a diffusers model folder)")
-    try:
-        body = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    config = config_from_diffusers(body, mel=mel, where=str(cfg_path))
-    weights = next((folder / n for n in _DIFFUSERS_WEIGHTS if (folder / n).is_file()), None)
-    if weights is None:
-        raise CheckpointError(f"{folder}: none of {', '.join(_DIFFUSERS_WEIGHTS)} found")
-    state = load_state_dict(weights) if weights.suffix == ".safetensors" else load_torch_file(weights)
+    body, state, weights = read_foreign_folder(folder, DIFFUSERS_WEIGHT_NAMES, what="a diffusers VAE folder")
+    config = config_from_diffusers(body, mel=mel, where=str(Path(folder) / "config.json"))
     model = MelVAE(config)
     load_into(model.net, _modernise_diffusers_keys(state, model.net.state_dict()), where=str(weights))
     return model.eval()

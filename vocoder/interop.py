@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from tta.audio import MelConfig
-from tta.checkpoint import CheckpointError, atomic_dir, load_into, load_torch_file
+from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, load_into, load_torch_file,
+                            read_foreign_folder)
 from vocoder.model import HiFiGAN, HiFiGANConfig
 
 log = logging.getLogger(__name__)
@@ -130,16 +131,6 @@ def _audioldm_from(ckpt, path, config: HiFiGANConfig | None, *, weight_norm: boo
 # --------------------------------------------------------------------------------------- SpeechT5
 
 
-def _speecht5_weights(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    if (folder / "model.safetensors").is_file():
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").is_file():
-        return load_torch_file(folder / "pytorch_model.bin")
-    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
-
-
 def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None, *,
                          weight_norm: bool = False) -> HiFiGAN:
     """A transformers SpeechT5HifiGan folder. The mel config comes from `mel`, else from the folder's
@@ -147,9 +138,7 @@ def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None
     sample rate, bin count and hop (the product of upsample_rates)."""
     folder = Path(folder)
     cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{folder}: no config.json (not a SpeechT5HifiGan folder)")
-    h = json.loads(cfg_path.read_text())
+    h, state, _ = read_foreign_folder(folder, TRANSFORMERS_WEIGHT_NAMES, what="a SpeechT5HifiGan folder")
     if h.get("model_type") != SPEECHT5_MODEL_TYPE:
         raise CheckpointError(f"{cfg_path}: model_type is {h.get('model_type')!r}, expected {SPEECHT5_MODEL_TYPE!r}")
     try:
@@ -178,8 +167,8 @@ def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"{cfg_path}: {e}") from None
-    state = {}
-    for key, value in _speecht5_weights(folder).items():
+    weights, state = state, {}
+    for key, value in weights.items():
         if key in ("mean", "scale") and not config.normalize_before:
             continue  # SpeechT5HifiGan keeps these buffers but only uses them with normalize_before
         state[re.sub(r"^upsampler\.", "ups.", key)] = value

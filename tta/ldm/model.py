@@ -23,7 +23,6 @@ config back (and imports diffusers AudioLDM UNets).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -34,8 +33,6 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
-
-DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -195,16 +192,10 @@ class LDMUNet(nn.Module):
     @classmethod
     def load_diffusers(cls, folder: str | os.PathLike, *, device="cpu") -> LDMUNet:
         """Load a diffusers UNet folder (AudioLDM layout) into an LDMUNet; errors name the folder."""
-        from tta.checkpoint import CheckpointError, load_into, load_state_dict
+        from tta.checkpoint import DIFFUSERS_WEIGHT_NAMES, CheckpointError, load_into, read_foreign_folder
 
-        folder = Path(folder)
-        cfg_path = folder / "config.json"
-        if not cfg_path.is_file():
-            raise CheckpointError(f"{folder}: no config.json (not a diffusers UNet folder)")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        raw, state, _ = read_foreign_folder(folder, DIFFUSERS_WEIGHT_NAMES, what="a diffusers UNet folder")
+        cfg_path = Path(folder) / "config.json"
         if raw.get("_class_name") != "UNet2DConditionModel":
             raise CheckpointError(f"{folder}: holds a {raw.get('_class_name') or raw.get('class')!r}, "
                                   "expected a diffusers UNet2DConditionModel")
@@ -213,15 +204,5 @@ class LDMUNet(nn.Module):
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{cfg_path}: missing or malformed UNet field ({e})") from None
         model = cls(config)
-        weights = folder / DIFFUSERS_WEIGHTS
-        legacy = folder / "diffusion_pytorch_model.bin"
-        if weights.is_file():
-            state = load_state_dict(weights)
-        elif legacy.is_file():
-            from tta.checkpoint import load_torch_file
-
-            state = load_torch_file(legacy)
-        else:
-            raise CheckpointError(f"{folder}: no {DIFFUSERS_WEIGHTS} (nor diffusion_pytorch_model.bin)")
         load_into(model.net, state, where=str(folder))
         return model.to(device).eval()
