@@ -69,6 +69,7 @@ COMMAND_MODULES = [
     ("report", "eval.report_commands", "HTML/Markdown report from one or more eval results"),
     ("import", "tta.interop", "an AudioLDM .ckpt or a diffusers AudioLDM folder -> a tta pipeline folder"),
     ("export", "tta.interop", "a tta pipeline folder -> a diffusers AudioLDM folder"),
+    ("index", "tta.retrieval.commands", "retrieval datastore: build, query, info"),
 ]
 
 

@@ -1,0 +1,219 @@
+"""Retrieval datastore: build from a manifest with a tiny real CLAP, exact/approximate search, exclusion,
+mmap reload, bad input, and `tta index build|query|info`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.clap_toy import SR, make_corpus
+from tta.checkpoint import save_component
+from tta.clap import load_clap
+from tta.clap.model import TTAClap
+from tta.clap.train import RunConfig
+from tta.config import load_config
+from tta.data.manifest import read_manifest, write_manifest
+from tta.retrieval import Datastore, DatastoreConfig, DatastoreError, build_datastore
+from tta.retrieval.datastore import fill_index, make_index
+
+faiss = pytest.importorskip("faiss")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old, old_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+    faiss.omp_set_num_threads(old_faiss)
+
+
+def _clap_folder(folder, seed):
+    """A tiny CLAP component from configs/clap/tiny.json with seeded random weights (no training needed:
+    retrieval only needs a fixed, deterministic embedder)."""
+    torch.manual_seed(seed)
+    save_component(folder, TTAClap(load_config(RunConfig, "configs/clap/tiny.json").model))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Toy corpus (train split only) plus one exact duplicate of the first clip under another id."""
+    folder = tmp_path_factory.mktemp("retr_corpus")
+    manifest = make_corpus(folder, per_kind_train=2, per_kind_valid=0)
+    rows = read_manifest(manifest)
+    dup = folder / "audio" / "dup.wav"
+    shutil.copy(folder / rows[0].path, dup)
+    rows.append(type(rows[0])(**{**rows[0].__dict__, "id": "dup-of-first", "path": "audio/dup.wav"}))
+    write_manifest(manifest, rows)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def clap(tmp_path_factory):
+    torch.set_num_threads(1)
+    return load_clap(_clap_folder(tmp_path_factory.mktemp("clap") / "tiny", seed=0))
+
+
+@pytest.fixture(scope="module")
+def store_dir(corpus, clap, tmp_path_factory):
+    torch.set_num_threads(1)
+    return build_datastore(corpus, clap, tmp_path_factory.mktemp("store") / "flat", DatastoreConfig(batch_size=5),
+                           progress=False)
+
+
+def _wav(manifest, row_id):
+    from tta.audio import load_audio
+    from tta.data.manifest import resolve_path
+
+    row = next(r for r in read_manifest(manifest) if r.id == row_id)
+    return load_audio(resolve_path(row, manifest), SR)[0]
+
+
+def test_build_writes_the_folder(store_dir, corpus, clap):
+    info = json.loads((store_dir / "datastore.json").read_text())
+    rows = read_manifest(corpus)
+    assert info["clap_identity"] == clap.identity and info["count"] == len(rows) == 17
+    assert info["dim"] == clap.embed_dim and info["index"] == "flat" and info["config"]["batch_size"] == 5
+    meta = [json.loads(x) for x in (store_dir / "meta.jsonl").read_text().splitlines()]
+    assert [m["id"] for m in meta] == [r.id for r in rows]
+    assert meta[0]["audio_sha256"] == meta[-1]["audio_sha256"] != meta[1]["audio_sha256"]
+    emb = np.load(store_dir / "audio_emb.npy")
+    assert emb.dtype == np.float32 and emb.shape == (17, clap.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # streaming in batches of 5 == embedding everything at once
+    np.testing.assert_allclose(emb[6:9], clap.embed_audio([_wav(corpus, r.id) for r in rows[6:9]], SR).numpy(),
+                               atol=1e-5)
+    assert not list(store_dir.parent.glob(".*tmp"))
+
+
+def test_own_audio_is_its_own_nearest_neighbour(store_dir, corpus, clap):
+    store = Datastore.load(store_dir)
+    ids = [store.ids[i] for i in (1, 5, 9, 13)]
+    hits = store.query_audio(clap, [_wav(corpus, i) for i in ids], SR, k=3)
+    assert [h[0] for h in hits.ids] == ids
+    assert hits.scores.shape == (4, 3) and np.all(np.diff(hits.scores, axis=1) <= 1e-6)
+    np.testing.assert_allclose(hits.scores[:, 0], 1.0, atol=1e-4)
+    texts = store.query_text(clap, [store.meta[2]["captions"][0]], k=2, modality="text")
+    assert store.meta[texts.indices[0, 0]]["captions"][0] == store.meta[2]["captions"][0]
+
+
+def test_exclusion_by_id_and_by_audio_hash(store_dir, corpus, clap):
+    store = Datastore.load(store_dir)
+    first = store.ids[0]
+    emb = clap.embed_audio(_wav(corpus, first), SR)
+    k = store.count - 2
+    plain = store.query(emb, 2)
+    assert set(plain.ids[0]) == {first, "dup-of-first"}  # identical audio: both score 1
+    no_self = store.query(emb, k, exclude_ids=[first])
+    assert first not in no_self.ids[0] and no_self.ids[0][0] == "dup-of-first" and len(no_self.ids[0]) == k
+    no_dups = store.query(emb, k, exclude_ids=[first], exclude_duplicates=True)
+    assert not {first, "dup-of-first"} & set(no_dups.ids[0]) and len(no_dups.ids[0]) == k
+    by_hash = store.query(emb, k, exclude_hashes=[store.meta[0]["audio_sha256"]])
+    assert by_hash.ids == no_dups.ids
+    with pytest.raises(ValueError, match="remain after exclusion"):
+        store.query(emb, store.count - 1, exclude_ids=[first], exclude_duplicates=True)
+
+
+def test_mmap_reload_gives_identical_results(store_dir):
+    a, b = Datastore.load(store_dir, mmap=True), Datastore.load(store_dir, mmap=False)
+    assert isinstance(a.emb["audio"], np.memmap) and not isinstance(b.emb["audio"], np.memmap)
+    q = np.asarray(b.emb["text"][:6])
+    for modality in ("audio", "text"):
+        ha, hb = a.query(q, 4, modality), b.query(q, 4, modality)
+        assert ha.ids == hb.ids and np.array_equal(ha.scores, hb.scores)
+
+
+def test_ivf_matches_flat_recall_on_random_vectors():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32))  # clustered, like real embeddings (IVF's premise)
+    base = (centres[rng.integers(40, size=4000)] + 0.5 * rng.standard_normal((4000, 32))).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    queries = base[rng.choice(4000, 50, replace=False)] + 0.3 * rng.standard_normal((50, 32)).astype(np.float32)
+    flat = fill_index(make_index(DatastoreConfig(index="flat"), 32, 4000), base)
+    _, exact = flat.search(queries, 10)
+    np.testing.assert_array_equal(exact[:, 0], np.argmax(queries @ base.T, axis=1))
+    ivf = fill_index(make_index(DatastoreConfig(index="ivf", nprobe=1), 32, 4000), base)
+    assert ivf.nlist == 4000 // 39  # auto: min(4 sqrt N, N / 39)
+
+    def recall(nprobe):
+        ivf.nprobe = nprobe
+        _, approx = ivf.search(queries, 10)
+        return np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+
+    curve = [recall(p) for p in (1, 4, ivf.nlist // 4, ivf.nlist)]
+    assert curve == sorted(curve) and curve[0] < 0.95 <= curve[2] and curve[3] == 1.0, curve
+
+
+def test_ivf_datastore_round_trip(corpus, clap, store_dir, tmp_path):
+    ivf_dir = build_datastore(corpus, clap, tmp_path / "ivf", DatastoreConfig(index="ivf", nlist=2, nprobe=2),
+                              progress=False)
+    flat, ivf = Datastore.load(store_dir), Datastore.load(ivf_dir)
+    q = np.asarray(flat.emb["audio"][:5])
+    assert ivf.query(q, 5).ids == flat.query(q, 5).ids  # every cell probed: exact
+
+
+def test_bad_inputs(store_dir, corpus, clap, tmp_path):
+    store = Datastore.load(store_dir)
+    other = load_clap(_clap_folder(tmp_path / "other", seed=1))
+    with pytest.raises(DatastoreError, match=f"built with CLAP {clap.identity}.*{other.identity}"):
+        store.query_text(other, ["a hum"], k=1)
+    with pytest.raises(ValueError, match="k=18 is larger than the datastore"):
+        store.query(store.emb["audio"][:1], 18)
+    with pytest.raises(ValueError, match=r"must be \(B, 64\)"):
+        store.query(np.zeros((1, 3), np.float32), 1)
+    with pytest.raises(DatastoreError, match="datastore folder not found"):
+        Datastore.load(tmp_path / "nope")
+    with pytest.raises(DatastoreError, match="no rows to index"):
+        build_datastore(corpus, clap, tmp_path / "empty", DatastoreConfig(split="valid"), progress=False)
+    assert not (tmp_path / "empty").exists()
+    with pytest.raises(ValueError, match="needs >= 256 entries"):
+        build_datastore(corpus, clap, tmp_path / "pq", DatastoreConfig(index="ivfpq"), progress=False)
+    broken = tmp_path / "broken"
+    shutil.copytree(store_dir, broken)
+    data = (broken / "audio.index").read_bytes()
+    (broken / "audio.index").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatastoreError, match="audio.index: corrupted or unreadable FAISS index") as e:
+        Datastore.load(broken)
+    assert "\n" not in str(e.value)
+    info = json.loads((broken / "datastore.json").read_text())
+    (broken / "datastore.json").write_text(json.dumps({**info, "count": 0}))
+    with pytest.raises(DatastoreError, match="the datastore is empty"):
+        Datastore.load(broken)
+    with pytest.raises(ValueError, match="nlist=20 IVF cells need"):
+        build_datastore(corpus, clap, tmp_path / "ivf", DatastoreConfig(index="ivf", nlist=20), progress=False)
+
+
+def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
+    from tta.cli import main
+
+    clap_dir = _clap_folder(tmp_path / "clap", seed=0)
+    out = tmp_path / "store"
+    assert main(["-q", "index", "build", "--manifest", str(corpus), "--clap", str(clap_dir), "--out", str(out),
+                 "--batch-size", "8"]) == 0
+    assert (out / "audio.index").is_file()
+    capsys.readouterr()
+    assert main(["index", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 17 and info["ntotal"] == {"audio": 17, "text": 17}
+    first = read_manifest(corpus)[3]
+    wav = corpus.parent / first.path
+    assert main(["index", "query", str(out), "--clap", str(clap_dir), "--audio", str(wav), "-k", "3",
+                 "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"][0]["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["id"] == first.id
+    assert main(["index", "query", str(out), "--clap", str(clap_dir), "--text", first.captions[0], "-k", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "query: " + first.captions[0] in text and len(text.strip().splitlines()) == 3
+    assert main(["index", "query", str(out), "--clap", str(clap_dir), "--text", "x", "-k", "99"]) == 1
+    assert "k=99 is larger than the datastore" in capsys.readouterr().err
+    other = _clap_folder(tmp_path / "other", seed=3)
+    assert main(["index", "query", str(out), "--clap", str(other), "--text", "x"]) == 1
+    assert "built with CLAP" in capsys.readouterr().err
+    assert main(["index", "info", str(tmp_path / "missing")]) == 1
+    assert "datastore folder not found" in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""`tta index build|query|info`: the retrieval datastore on the command line.
+
+    tta index build --manifest M --clap CLAP_DIR --out STORE [--index flat|ivf|ivfpq] [--nlist N] ...
+    tta index query STORE --clap CLAP_DIR (--text "a dog barks" | --audio clip.wav) -k 5 [--json]
+    tta index info STORE [--json]
+
+Light module: only argparse at top level; FAISS, torch and the CLAP load inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parsers(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="index_command", metavar="ACTION")
+    sub.required = True
+    b = sub.add_parser("build", help="embed a manifest with a CLAP and write a datastore folder")
+    b.add_argument("--manifest", required=True, type=Path, help="JSONL manifest of the clips to index")
+    b.add_argument("--split", help="index only this manifest split (default: every row)")
+    _clap_args(b)
+    b.add_argument("--out", required=True, type=Path, help="datastore folder to write (replaced atomically)")
+    b.add_argument("--index", choices=("flat", "ivf", "ivfpq"), default="flat",
+                   help="flat = exact inner product (default); ivf / ivfpq for large stores")
+    b.add_argument("--nlist", type=int, default=0, help="IVF cells (0 = about 4*sqrt(N))")
+    b.add_argument("--m", type=int, default=16, help="PQ sub-quantisers (ivfpq; must divide the dim)")
+    b.add_argument("--nbits", type=int, default=8, help="bits per PQ code (ivfpq)")
+    b.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query")
+    b.add_argument("--max-seconds", type=float, default=10.0, help="embed the first S seconds (0 = whole clip)")
+    b.add_argument("--batch-size", type=int, default=32)
+
+    q = sub.add_parser("query", help="nearest entries of a text prompt or an audio clip")
+    q.add_argument("store", type=Path, help="datastore folder")
+    _clap_args(q)
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", metavar="PROMPT", help="text query (repeatable)")
+    src.add_argument("--audio", action="append", type=Path, metavar="WAV", help="audio query (repeatable)")
+    q.add_argument("-k", type=int, default=5, help="hits per query (default 5)")
+    q.add_argument("--modality", choices=("audio", "text"), default="audio",
+                   help="which index to search: the clips' audio (default) or their captions' text embeddings")
+    q.add_argument("--nprobe", type=int, help="override the IVF cells visited per query")
+    q.add_argument("--exclude-id", action="append", default=[], help="never return this entry (repeatable)")
+    q.add_argument("--json", action="store_true", help="print the hits as JSON")
+
+    i = sub.add_parser("info", help="what a datastore holds: CLAP, count, dim, index type, config")
+    i.add_argument("store", type=Path, help="datastore folder")
+    i.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def _clap_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clap", required=True, type=Path,
+                   help="CLAP: tta folder (or run folder), transformers CLAP folder, or LAION .pt")
+    p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (LAION .pt checkpoints)")
+    p.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tta.retrieval.datastore import Datastore, DatastoreConfig, build_datastore
+
+    if args.index_command == "info":
+        info = Datastore.load(args.store).summary()
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(f"{info['folder']}: {info['count']} entries, dim {info['dim']}, {info['index']} index, "
+                  f"CLAP {info['clap_identity']}")
+            print(f"  manifest {info['manifest']}")
+            print("  config " + ", ".join(f"{k}={v}" for k, v in info["config"].items()))
+        return 0
+
+    from tta.clap import load_clap
+
+    if args.index_command == "build":
+        config = DatastoreConfig(index=args.index, nlist=args.nlist, m=args.m, nbits=args.nbits,
+                                 nprobe=args.nprobe, batch_size=args.batch_size, max_seconds=args.max_seconds,
+                                 split=args.split)
+        clap = load_clap(args.clap, tokenizer=args.tokenizer, device=args.device, batch_size=args.batch_size)
+        out = build_datastore(args.manifest, clap, args.out, config, progress=not getattr(args, "quiet", False))
+        print(out)
+        return 0
+
+    store = Datastore.load(args.store)  # before the CLAP: a missing store fails fast
+    if args.nprobe is not None:
+        for index in store.indexes.values():
+            if hasattr(index, "nprobe"):
+                index.nprobe = args.nprobe
+    clap = load_clap(args.clap, tokenizer=args.tokenizer, device=args.device)
+    store.check_clap(clap)
+    if args.k <= 0:
+        raise ValueError(f"-k {args.k}: must be a positive number of hits")
+    if args.text:
+        queries, emb = args.text, clap.embed_text(args.text)
+    else:
+        from tta.audio import load_audio
+
+        wavs = [load_audio(p, clap.sample_rate)[0] for p in args.audio]
+        queries, emb = [str(p) for p in args.audio], clap.embed_audio(wavs, clap.sample_rate)
+    excl = [args.exclude_id] * len(queries) if args.exclude_id else None
+    hits = store.query(emb, args.k, args.modality, exclude_ids=excl)
+    if args.json:
+        print(json.dumps({"store": str(store.folder), "clap": store.identity, "modality": args.modality,
+                          "results": [{"query": qy, "hits": [{"rank": r + 1, "id": i, "score": float(s), "caption": c}
+                                                             for r, (i, s, c) in enumerate(zip(ids, sc, caps))]}
+                                      for qy, ids, sc, caps in zip(queries, hits.ids, hits.scores, hits.captions)]},
+                         indent=2))
+        return 0
+    for qy, ids, sc, caps in zip(queries, hits.ids, hits.scores, hits.captions):
+        print(f"query: {qy}  ({args.modality} index, CLAP {store.identity})")
+        for r, (i, s, c) in enumerate(zip(ids, sc, caps)):
+            print(f"  {r + 1:>3}  {s:+.4f}  {i}  {c}")
+    return 0

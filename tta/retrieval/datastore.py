@@ -1,0 +1,360 @@
+"""A CLAP datastore: every clip of a manifest as an audio and a text embedding in two FAISS indexes.
+
+Folder layout (written atomically by `build_datastore`):
+
+    datastore.json   format version, CLAP identity, dim, count, index type, manifest path, config
+    audio.index      FAISS index over the clips' CLAP audio embeddings (inner product = cosine)
+    text.index       FAISS index over the CLAP text embeddings of each clip's first caption
+    audio_emb.npy    (N, D) float32, L2-normalised; row i is meta line i
+    text_emb.npy     (N, D) float32
+    meta.jsonl       {"id", "captions", "path", "audio_sha256"} per entry, in index order
+
+`Datastore.load(folder)` memory-maps the arrays (and the indexes where FAISS supports it), so a store of
+millions of entries costs little resident memory. `query` searches one modality and can leave out given
+ids and audio hashes (the query's own clip during training, and its duplicates), still returning k hits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INFO_NAME = "datastore.json"
+META_NAME = "meta.jsonl"
+MODALITIES = ("audio", "text")
+
+
+class DatastoreError(ValueError):
+    """A datastore folder that is missing, corrupted, empty or built with another CLAP."""
+
+
+@dataclass(frozen=True)
+class DatastoreConfig:
+    """How a datastore is built and searched.
+
+    index: "flat" (exact inner product; right up to ~10^5 entries), "ivf" (inverted file over `nlist`
+    k-means cells, `nprobe` cells visited per query) or "ivfpq" (IVF with product-quantised vectors:
+    `m` sub-quantisers of `nbits` bits each; for millions of entries).
+    nlist: IVF cells; 0 = automatic, about 4 * sqrt(N) (at most N / 39 so k-means has enough points).
+    max_seconds: embed at most the first this many seconds of each clip (0 = the whole clip).
+    split: manifest split to index (None = every row).
+    """
+
+    index: Literal["flat", "ivf", "ivfpq"] = "flat"
+    nlist: int = 0
+    m: int = 16
+    nbits: int = 8
+    nprobe: int = 16
+    batch_size: int = 32
+    max_seconds: float = 10.0
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.index not in ("flat", "ivf", "ivfpq"):
+            raise ValueError(f"index={self.index!r} must be 'flat', 'ivf' or 'ivfpq'")
+        for key in ("m", "nbits", "nprobe", "batch_size"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be > 0")
+        if self.nlist < 0:
+            raise ValueError(f"nlist={self.nlist} must be >= 0 (0 = automatic)")
+        if self.max_seconds < 0:
+            raise ValueError(f"max_seconds={self.max_seconds} must be >= 0 (0 = whole clip)")
+
+
+def auto_nlist(count: int) -> int:
+    """IVF cells for `count` entries: ~4 sqrt(N), capped so each cell gets >= 39 training points."""
+    return max(1, min(round(4 * math.sqrt(count)), count // 39))
+
+
+def make_index(config: DatastoreConfig, dim: int, count: int):
+    """An untrained FAISS index (inner-product metric) for `count` vectors of `dim` floats."""
+    import faiss
+
+    if config.index == "flat":
+        return faiss.IndexFlatIP(dim)
+    nlist = config.nlist or auto_nlist(count)
+    if nlist > count:
+        raise ValueError(f"nlist={nlist} IVF cells need at least as many entries; the store has {count} "
+                         "(use index 'flat' for small stores)")
+    if config.index == "ivf":
+        key = f"IVF{nlist},Flat"
+    else:
+        if dim % config.m:
+            raise ValueError(f"m={config.m} PQ sub-quantisers must divide the embedding dim {dim}")
+        if count < 2 ** config.nbits:
+            raise ValueError(f"ivfpq with nbits={config.nbits} needs >= {2 ** config.nbits} entries to train; "
+                             f"the store has {count} (use 'flat' or 'ivf')")
+        key = f"IVF{nlist},PQ{config.m}x{config.nbits}"
+    index = faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)  # owns its coarse quantizer
+    faiss.extract_index_ivf(index).nprobe = min(config.nprobe, nlist)
+    return index
+
+
+def fill_index(index, emb: np.ndarray, *, chunk: int = 65_536, train_max: int = 262_144, seed: int = 0):
+    """Train `index` (if needed) on up to `train_max` rows of `emb` (N, D) and add all rows in chunks."""
+    if not index.is_trained:
+        n = emb.shape[0]
+        rows = np.sort(np.random.default_rng(seed).choice(n, train_max, replace=False)) if n > train_max \
+            else slice(None)
+        index.train(np.ascontiguousarray(emb[rows], dtype=np.float32))
+    for start in range(0, emb.shape[0], chunk):
+        index.add(np.ascontiguousarray(emb[start:start + chunk], dtype=np.float32))
+    return index
+
+
+def audio_hash(wav: np.ndarray) -> str:
+    """sha256 of decoded float32 samples: equal for byte-different files holding the same audio."""
+    return hashlib.sha256(np.ascontiguousarray(wav, dtype=np.float32).tobytes()).hexdigest()
+
+
+def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLike,
+                    config: DatastoreConfig = DatastoreConfig(), *, progress: bool = True) -> Path:
+    """Embed every clip of `manifest` with `clap` (a tta.clap ClapEmbedder) and write a datastore folder.
+
+    Streams the manifest in `config.batch_size` batches: each clip is read at the CLAP's sample rate (at
+    most `config.max_seconds`), embedded, and written into memory-mapped arrays; the FAISS indexes are
+    built from those afterwards. Returns `out_dir`.
+    """
+    import faiss
+    from tqdm import tqdm
+
+    from tta.audio import load_audio
+    from tta.checkpoint import atomic_dir, atomic_write_text
+    from tta.config import to_dict
+    from tta.data.manifest import read_manifest, resolve_path
+
+    manifest = Path(manifest)
+    rows = read_manifest(manifest)
+    if config.split is not None:
+        rows = [r for r in rows if r.split == config.split]
+    if not rows:
+        where = f" split {config.split!r}" if config.split is not None else ""
+        raise DatastoreError(f"{manifest}{where}: no rows to index (an empty datastore is useless)")
+    dim, n = int(clap.embed_dim), len(rows)
+    make_index(config, dim, n)  # fail on bad index settings before minutes of embedding
+    max_seconds = config.max_seconds or None
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        audio_emb = np.lib.format.open_memmap(tmp / "audio_emb.npy", "w+", np.float32, (n, dim))
+        text_emb = np.lib.format.open_memmap(tmp / "text_emb.npy", "w+", np.float32, (n, dim))
+        bar = tqdm(total=n, desc="datastore", unit="clip", disable=not progress)
+        with open(tmp / META_NAME, "w") as meta:
+            for start in range(0, n, config.batch_size):
+                batch = rows[start:start + config.batch_size]
+                wavs = [load_audio(resolve_path(r, manifest), clap.sample_rate, max_seconds=max_seconds)[0]
+                        for r in batch]
+                end = start + len(batch)
+                try:
+                    audio_emb[start:end] = clap.embed_audio(wavs, clap.sample_rate).numpy()
+                except ValueError as e:  # name the rows: the embedder only knows batch positions
+                    raise DatastoreError(f"{manifest}: rows {start + 1}-{end} ({batch[0].id} ...): {e}") from None
+                text_emb[start:end] = clap.embed_text([r.captions[0] for r in batch]).numpy()
+                meta.writelines(json.dumps({"id": r.id, "captions": list(r.captions), "path": r.path,
+                                           "audio_sha256": audio_hash(w)}) + "\n" for r, w in zip(batch, wavs))
+                bar.update(len(batch))
+        bar.close()
+        for name, emb in (("audio", audio_emb), ("text", text_emb)):
+            emb.flush()
+            index = fill_index(make_index(config, dim, n), emb)
+            faiss.write_index(index, str(tmp / f"{name}.index"))
+        del audio_emb, text_emb
+        info = {"format_version": FORMAT_VERSION, "clap_identity": clap.identity, "dim": dim, "count": n,
+                "index": config.index, "manifest": str(manifest.resolve()), "config": to_dict(config)}
+        atomic_write_text(tmp / INFO_NAME, json.dumps(info, indent=2) + "\n")
+    log.info("datastore %s: %d entries, dim %d, %s index, CLAP %s", out_dir, n, dim, config.index, clap.identity)
+    return out_dir
+
+
+@dataclass
+class Neighbours:
+    """Top-k hits per query: ids/captions (B lists of k), scores (B, k) inner products, indices (B, k) rows."""
+
+    ids: list[list[str]]
+    scores: np.ndarray
+    indices: np.ndarray
+    captions: list[list[str]]
+
+
+class Datastore:
+    """A loaded datastore folder (see the module docstring). Build with `build_datastore`."""
+
+    def __init__(self, folder: Path, info: dict, indexes: dict, emb: dict, meta: list[dict]):
+        self.folder, self.info, self.indexes, self.emb, self.meta = folder, info, indexes, emb, meta
+        self.identity: str = info["clap_identity"]
+        self.dim: int = int(info["dim"])
+        self.count: int = int(info["count"])
+        self.ids = [m["id"] for m in meta]
+        self.row_of = {m["id"]: i for i, m in enumerate(meta)}
+        self.rows_of_hash: dict[str, list[int]] = {}
+        for i, m in enumerate(meta):
+            self.rows_of_hash.setdefault(m["audio_sha256"], []).append(i)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, *, mmap: bool = True) -> Datastore:
+        """Open a datastore folder; `mmap` maps the embeddings (and indexes, where FAISS can) from disk."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DatastoreError(f"{folder}: datastore folder not found")
+        info_path = folder / INFO_NAME
+        if not info_path.is_file():
+            raise DatastoreError(f"{folder}: not a datastore (no {INFO_NAME})")
+        try:
+            info = json.loads(info_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatastoreError(f"{info_path}: invalid JSON ({e.msg})") from None
+        if info.get("format_version") != FORMAT_VERSION:
+            raise DatastoreError(f"{info_path}: format_version {info.get('format_version')!r} is not the "
+                                 f"supported {FORMAT_VERSION}")
+        if int(info.get("count", 0)) <= 0:
+            raise DatastoreError(f"{folder}: the datastore is empty (count {info.get('count')})")
+        count, dim = int(info["count"]), int(info["dim"])
+        meta = _read_meta(folder / META_NAME, count)
+        indexes, emb = {}, {}
+        for name in MODALITIES:
+            indexes[name] = _read_index(folder / f"{name}.index", count, dim, mmap)
+            path = folder / f"{name}_emb.npy"
+            try:
+                emb[name] = np.load(path, mmap_mode="r" if mmap else None)
+            except (OSError, ValueError) as e:
+                raise DatastoreError(f"{path}: unreadable embeddings ({e})") from None
+            if emb[name].shape != (count, dim):
+                raise DatastoreError(f"{path}: shape {emb[name].shape}, expected ({count}, {dim})")
+        return cls(folder, info, indexes, emb, meta)
+
+    # ----------------------------------------------------------------------------------------- query
+
+    def check_clap(self, clap) -> None:
+        """Refuse a CLAP other than the one the store was built with (their embeddings do not compare)."""
+        if clap.identity != self.identity:
+            raise DatastoreError(f"{self.folder}: built with CLAP {self.identity}, but the given CLAP is "
+                                 f"{clap.identity}; rebuild the datastore with this CLAP")
+
+    def query(self, emb, k: int, modality: Literal["audio", "text"] = "audio", *,
+              exclude_ids: Sequence[str | Iterable[str] | None] | None = None,
+              exclude_hashes: Sequence[str | Iterable[str] | None] | None = None,
+              exclude_duplicates: bool = False) -> Neighbours:
+        """Top-k entries of the `modality` index by inner product with each query embedding.
+
+        emb: (B, D) or (D,) CLAP embeddings (text or audio: one joint space), L2-normalised.
+        exclude_ids / exclude_hashes: per query, an id / audio sha256 (or a collection of them, or None)
+        whose entries must not be returned. With `exclude_duplicates`, an excluded id also excludes every
+        entry with the same audio hash. Over-fetches so that k hits are still returned.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"modality={modality!r} must be 'audio' or 'text'")
+        q = np.asarray(emb.detach().cpu().numpy() if hasattr(emb, "detach") else emb, dtype=np.float32)
+        q = q[None] if q.ndim == 1 else q
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query embeddings must be (B, {self.dim}), got {tuple(q.shape)}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"k={k!r} must be a positive int")
+        if k > self.count:
+            raise ValueError(f"k={k} is larger than the datastore ({self.count} entries in {self.folder})")
+        excluded = [self._excluded(i, len(q), exclude_ids, exclude_hashes, exclude_duplicates)
+                    for i in range(len(q))]
+        for i, ex in enumerate(excluded):
+            if self.count - len(ex) < k:
+                raise ValueError(f"query {i}: only {self.count - len(ex)} entries remain after exclusion, "
+                                 f"k={k} requested")
+        index = self.indexes[modality]
+        fetch = min(self.count, k + max(len(ex) for ex in excluded))
+        _, rows = index.search(np.ascontiguousarray(q), fetch)
+        out = np.zeros((len(q), k), dtype=np.int64)
+        for i, ex in enumerate(excluded):
+            keep = [r for r in rows[i] if r >= 0 and r not in ex][:k]
+            if len(keep) < k:  # an approximate index visited too few cells: exact search for this query
+                order = np.argsort(-(self.emb[modality] @ q[i]), kind="stable")
+                keep = [r for r in order if r not in ex][:k]
+            out[i] = keep
+        scores = np.einsum("bkd,bd->bk", self.embeddings(out, modality), q)  # exact, even for PQ
+        return Neighbours(ids=[[self.ids[r] for r in row] for row in out], scores=scores.astype(np.float32),
+                          indices=out, captions=[[self.meta[r]["captions"][0] for r in row] for row in out])
+
+    def _excluded(self, i: int, batch: int, exclude_ids, exclude_hashes, duplicates: bool) -> set[int]:
+        rows: set[int] = set()
+        for ids in _per_query(exclude_ids, i, batch, "exclude_ids"):
+            if ids in self.row_of:
+                r = self.row_of[ids]
+                rows.update(self.rows_of_hash[self.meta[r]["audio_sha256"]] if duplicates else (r,))
+        for h in _per_query(exclude_hashes, i, batch, "exclude_hashes"):
+            rows.update(self.rows_of_hash.get(h, ()))
+        return rows
+
+    def query_text(self, clap, prompts: Sequence[str], k: int, modality: Literal["audio", "text"] = "audio",
+                   **exclude) -> Neighbours:
+        """Neighbours of text prompts (text->audio by default, text->text with modality="text")."""
+        self.check_clap(clap)
+        return self.query(clap.embed_text(list(prompts)), k, modality, **exclude)
+
+    def query_audio(self, clap, wav, sample_rate: int, k: int, modality: Literal["audio", "text"] = "audio",
+                    **exclude) -> Neighbours:
+        """Neighbours of audio clips: wav (T,), (B, T) or a list of (T_i,) at `sample_rate` Hz."""
+        self.check_clap(clap)
+        return self.query(clap.embed_audio(wav, sample_rate), k, modality, **exclude)
+
+    def embeddings(self, indices: np.ndarray, modality: Literal["audio", "text"]) -> np.ndarray:
+        """Stored embeddings of entries `indices` (any shape) -> (*indices.shape, D) float32."""
+        idx = np.asarray(indices)
+        return np.asarray(self.emb[modality][idx.reshape(-1)]).reshape(*idx.shape, self.dim)
+
+    def summary(self) -> dict:
+        """datastore.json plus the live index sizes (for `tta index info`)."""
+        return {**self.info, "folder": str(self.folder),
+                "ntotal": {name: int(ix.ntotal) for name, ix in self.indexes.items()}}
+
+
+def _per_query(values, i: int, batch: int, what: str) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        raise ValueError(f"{what} must hold one entry per query (a list of length {batch}), got a string")  # noqa: TRY004
+    if len(values) != batch:
+        raise ValueError(f"{what} has {len(values)} entries for {batch} queries")
+    v = values[i]
+    return [] if v is None else [v] if isinstance(v, str) else list(v)
+
+
+def _read_meta(path: Path, count: int) -> list[dict]:
+    if not path.is_file():
+        raise DatastoreError(f"{path}: missing")
+    try:
+        meta = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise DatastoreError(f"{path}: invalid JSON line ({e.msg})") from None
+    if len(meta) != count:
+        raise DatastoreError(f"{path}: {len(meta)} entries, datastore.json says {count}")
+    return meta
+
+
+def _read_index(path: Path, count: int, dim: int, mmap: bool):
+    import faiss
+
+    if not path.is_file():
+        raise DatastoreError(f"{path}: index file missing")
+    index = None
+    if mmap:
+        try:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            index = None  # this index type cannot be mapped (or the file is bad: the plain read says which)
+    if index is None:
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
+            raise DatastoreError(f"{path}: corrupted or unreadable FAISS index ({first[:160]})") from None
+    if index.ntotal != count or index.d != dim:
+        raise DatastoreError(f"{path}: index holds {index.ntotal} x {index.d}, expected {count} x {dim}")
+    return index
