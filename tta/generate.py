@@ -11,7 +11,6 @@ record to `<out-dir>/generation.json`.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -43,42 +42,10 @@ class Job:
 
 
 def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
-    """(id or None, prompt) pairs from a .txt (one per line), .csv (prompt/caption column, optional id) or
-    .jsonl ({"prompt" or "caption", optional "id"}) file."""
-    if not path.is_file():
-        raise GenerateError(f"{path}: prompts file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise GenerateError(f"{path}: cannot read prompts file ({e})") from None
-    suffix = path.suffix.lower()
-    out: list[tuple[str | None, str]] = []
-    if suffix == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        fields = [f.strip().lower() for f in (rows[0].keys() if rows else [])]
-        key = "prompt" if "prompt" in fields else "caption" if "caption" in fields else None
-        if key is None:
-            raise GenerateError(f"{path}: CSV needs a 'prompt' (or 'caption') column; found {fields}")
-        for row in rows:
-            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-            out.append((row.get("id") or None, row[key]))
-    elif suffix in (".jsonl", ".json"):
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GenerateError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            prompt = obj.get("prompt", obj.get("caption")) if isinstance(obj, dict) else None
-            if not isinstance(prompt, str):
-                raise GenerateError(f"{path}:{n}: expected an object with a string 'prompt' (or 'caption')")
-            out.append((str(obj["id"]) if obj.get("id") is not None else None, prompt))
-    else:
-        out = [(None, line.strip()) for line in text.splitlines() if line.strip()]
-    if not out:
-        raise GenerateError(f"{path}: no prompts in the file")
-    return out
+    """(id or None, prompt) pairs from a prompt file (tta.data.prompts: .txt, .csv or .jsonl)."""
+    from tta.data.prompts import read_prompt_file
+
+    return [(row.id, row.prompt) for row in read_prompt_file(path)]
 
 
 def slug(text: str, limit: int = 40) -> str:

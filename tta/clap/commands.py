@@ -16,8 +16,6 @@ import json
 from pathlib import Path
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-_FILE_KEYS = ("file", "path", "audio")
-_TEXT_KEYS = ("caption", "prompt", "text")
 
 
 def add_parsers(parser: argparse.ArgumentParser) -> None:
@@ -77,53 +75,26 @@ def _audio_files(folder: Path) -> list[Path]:
     return files
 
 
-def _pick(row: dict, keys: tuple[str, ...], where: str) -> str:
-    for k in keys:
-        value = row.get(k)
-        if isinstance(value, str) and (value or k in _TEXT_KEYS):  # "" is a valid (unconditional) prompt
-            return value
-    raise ValueError(f"{where}: expected one of the fields {', '.join(keys)}")
-
-
 def _read_prompts(path: Path, audio_dir: Path | None) -> list[tuple[Path, str]]:
-    """(audio file, prompt) pairs from a prompts file."""
-    if not path.is_file():
-        raise ValueError(f"{path}: prompts file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        prompts = [line.rstrip("\n") for line in path.read_text().splitlines()]
-        while prompts and not prompts[-1].strip():
-            prompts.pop()
-        if audio_dir is None:
-            raise ValueError(f"{path}: a .txt prompts file pairs with the sorted files of --audio DIR")
-        files = _audio_files(audio_dir)
-        if len(files) != len(prompts):
-            raise ValueError(f"{path}: {len(prompts)} prompts but {len(files)} audio files in {audio_dir}")
-        return list(zip(files, prompts))
-    if suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-    elif suffix == ".csv":
-        import csv
+    """(audio file, prompt) pairs from a prompt file (tta.data.prompts); .txt rows pair in order with the
+    sorted files of --audio, CSV/JSONL rows name their file (relative to --audio, else to the file's folder)."""
+    from tta.data.prompts import PromptFileError, read_prompt_file
 
-        with open(path, newline="") as f:
-            rows = list(enumerate(csv.DictReader(f), 2))
-    else:
-        raise ValueError(f"{path}: unsupported prompts file (expected .txt, .jsonl or .csv)")
+    rows = read_prompt_file(path)
+    if all(r.file is None for r in rows) and path.suffix.lower() == ".txt":
+        if audio_dir is None:
+            raise PromptFileError(f"{path}: a .txt prompts file pairs with the sorted files of --audio DIR")
+        files = _audio_files(audio_dir)
+        if len(files) != len(rows):
+            raise PromptFileError(f"{path}: {len(rows)} prompts but {len(files)} audio files in {audio_dir}")
+        return [(f, r.prompt) for f, r in zip(files, rows)]
     base = audio_dir if audio_dir is not None else path.parent
     pairs = []
-    for n, row in rows:
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected an object")  # noqa: TRY004
-        f = Path(_pick(row, _FILE_KEYS, f"{path}:{n}"))
-        pairs.append((f if f.is_absolute() else base / f, _pick(row, _TEXT_KEYS, f"{path}:{n}")))
-    if not pairs:
-        raise ValueError(f"{path}: no prompts")
+    for r in rows:
+        if r.file is None:
+            raise PromptFileError(f"{r.where}: expected a file/path/audio/name field naming the audio")
+        f = Path(r.file)
+        pairs.append((f if f.is_absolute() else base / f, r.prompt))
     return pairs
 
 

@@ -1,0 +1,102 @@
+"""Prompt files: the one reader shared by `tta generate --prompts`, `tta eval --prompts` and `tta clap score`.
+
+So the same file drives generation, evaluation and CLAP scoring:
+
+- `.txt`: one prompt per line (blank lines skipped); rows carry no id or file.
+- `.csv`: a header with a text column (`prompt`, `caption` or `text`) and optionally `id`, a file column
+  (`file`, `path`, `audio` or `name`) and `category`.
+- `.jsonl` / `.json`: one object per line with the same fields. An empty string is a valid prompt
+  (the unconditional one).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TEXT_FIELDS = ("prompt", "caption", "text")
+FILE_FIELDS = ("file", "path", "audio", "name")
+SUFFIXES = (".txt", ".csv", ".jsonl", ".json")
+
+
+class PromptFileError(ValueError):
+    """A prompt file that cannot be read; the message names the file (and line) and what was expected."""
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    id: str | None = None        # the row's `id` field
+    file: str | None = None      # the row's file field (file/path/audio/name), as written
+    category: str | None = None
+    where: str = ""              # "path:line", for error messages
+
+
+def read_prompt_file(path: str | os.PathLike) -> list[PromptRow]:
+    """Rows of a .txt / .csv / .jsonl prompt file, in file order. Raises PromptFileError on any bad row."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"{path}: prompts file not found")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise PromptFileError(f"{path}: unsupported prompts file type {suffix!r} (expected .txt, .csv or .jsonl)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PromptFileError(f"{path}: cannot read prompts file ({e})") from None
+    if suffix == ".txt":
+        rows = [PromptRow(line.strip(), where=f"{path}:{n}")
+                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    elif suffix == ".csv":
+        rows = _csv_rows(path, text)
+    else:
+        rows = _jsonl_rows(path, text)
+    if not rows:
+        raise PromptFileError(f"{path}: no prompts in the file")
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[PromptRow]:
+    try:
+        reader = csv.DictReader(text.splitlines())
+        records = list(reader)
+    except csv.Error as e:
+        raise PromptFileError(f"{path}: not a valid CSV ({e})") from None
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    if not any(f in fields for f in TEXT_FIELDS):
+        raise PromptFileError(f"{path}: CSV needs a {'/'.join(TEXT_FIELDS)} column; found {fields}")
+    rows = []
+    for n, record in enumerate(records, 2):
+        obj = {k.strip().lower(): (v or "").strip() for k, v in record.items() if k}
+        rows.append(_row(obj, f"{path}:{n}"))
+    return rows
+
+
+def _jsonl_rows(path: Path, text: str) -> list[PromptRow]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptFileError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise PromptFileError(f"{where}: expected a JSON object per line")
+        rows.append(_row(obj, where))
+    return rows
+
+
+def _row(obj: dict, where: str) -> PromptRow:
+    text = next((obj[f] for f in TEXT_FIELDS if f in obj and obj[f] is not None), None)
+    if not isinstance(text, str):
+        raise PromptFileError(f"{where}: expected a string {'/'.join(TEXT_FIELDS)} field; got fields {sorted(obj)}")
+    file = next((str(obj[f]) for f in FILE_FIELDS if obj.get(f) not in (None, "")), None)
+    id_ = obj.get("id")
+    category = obj.get("category")
+    return PromptRow(text, None if id_ in (None, "") else str(id_), file,
+                     None if category in (None, "") else str(category), where)
