@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean
+.PHONY: venv test test-all demo lint clean default-model corpus train-vae train-vocoder train-clap train-ldm pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,50 @@ test-all: venv
 ## demo: write $(DEMO_OUT) for "$(PROMPT)" with the embedded default model
 demo: venv
 	HF_HUB_OFFLINE=1 $(BIN)/tta generate "$(PROMPT)" -o $(DEMO_OUT)
+
+# -- the embedded default model, one target per stage (see tta/assets/default/README.md) ---------------------
+# Each training stage resumes its run folder when it exists, so a stage can be stopped and restarted.
+CORPUS ?= ../tta-work/corpus/starter
+RUNS ?= ../tta-work/runs
+AUDIO_CACHE ?= ../tta-work/cache/audio16k
+VAE_STEPS ?= 6000
+VOCODER_STEPS ?= 200000
+CLAP_STEPS ?= 4000
+LDM_STEPS ?= 20000
+DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
+resume = $(if $(wildcard $(1)/config.json),--resume)
+
+## default-model: rebuild tta/assets/default from nothing (hours on a CPU; stages below)
+default-model: corpus train-vae train-vocoder train-clap train-ldm pack-default
+
+corpus: venv
+	test -f $(CORPUS)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS) --large
+
+train-vae: venv
+	$(BIN)/tta train vae --config configs/vae/default.json --out $(RUNS)/vae $(DATA) \
+		--set train.max_steps=$(VAE_STEPS) $(call resume,$(RUNS)/vae)
+
+train-vocoder: venv
+	$(BIN)/tta train vocoder --config configs/vocoder/default.json --out $(RUNS)/vocoder $(DATA) \
+		--set train.max_steps=$(VOCODER_STEPS) $(call resume,$(RUNS)/vocoder)
+
+train-clap: venv
+	$(BIN)/tta train clap --config configs/clap/default.json --out $(RUNS)/clap $(DATA) \
+		--set train.max_steps=$(CLAP_STEPS) $(call resume,$(RUNS)/clap)
+
+train-ldm: venv
+	$(BIN)/tta train ldm --config configs/ldm/default.json --out $(RUNS)/ldm $(DATA) \
+		--set components.vae=$(RUNS)/vae/final --set components.clap=$(RUNS)/clap/final \
+		--set components.vocoder=$(RUNS)/vocoder/final --set train.max_steps=$(LDM_STEPS) $(call resume,$(RUNS)/ldm)
+
+pack-default: venv
+	rm -rf tta/assets/default.new
+	$(BIN)/tta export pipeline $(RUNS)/ldm/pipeline --out tta/assets/default.new --dtype float16 \
+		--default sampler=dpmsolver++ --default steps=20 --default guidance=3.0 --default seconds=10.0 \
+		--vocoder $(RUNS)/vocoder/final
+	cp -r $(CORPUS)/ATTRIBUTION.md $(CORPUS)/licences tta/assets/default.new/
+	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
+	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default
 
 lint: venv
 	$(BIN)/ruff check tta vae vocoder eval tests bench

@@ -12,6 +12,8 @@ draws entries around N/100 centres instead (a stand-in for real embeddings). Tim
 are noisy: the load average is recorded before and after.
 
     .venv/bin/python bench/retrieval.py [--sizes 10000 100000 1000000] [--queries 200] [--data clustered]
+    .venv/bin/python bench/retrieval.py --mode generate [...]   # retrieval overhead per generated clip
+                                                                # (bench/retrieval_overhead.py; its --help)
 
 Prints a table and appends a JSON line to bench/results.jsonl.
 """
@@ -127,6 +129,17 @@ def bench_size(n: int, num_queries: int, target: float, single: int, clustered: 
 def main() -> None:
     import faiss
 
+    if "--mode" in sys.argv:   # `--mode generate`: the per-clip overhead bench; `--mode index` (default): this one
+        i = sys.argv.index("--mode")
+        mode, rest = (sys.argv[i + 1] if i + 1 < len(sys.argv) else ""), sys.argv[1:i] + sys.argv[i + 2:]
+        if mode not in ("index", "generate"):
+            raise SystemExit(f"--mode {mode!r}: expected index or generate")
+        if mode == "generate":
+            sys.path.insert(0, str(ROOT / "bench"))
+            from retrieval_overhead import main as overhead
+
+            return overhead(rest)
+        sys.argv[1:] = rest
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--queries", type=int, default=200, help="queries for latency and recall")

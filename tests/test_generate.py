@@ -69,17 +69,20 @@ BAD = [
     (["--inpaint", "IN.wav"], "--mask START:END"),
     (["--inpaint", "IN.wav", "--mask", "2:1"], "--mask '2:1'"),
     (["BROKEN"], "component 'text_encoder' is missing"),
-    (["NOMODEL"], "embedded default model is not built yet"),
+    (["NOMODEL"], "embedded default model is missing from this install"),
 ]
 
 
 @pytest.mark.parametrize("extra, message", BAD, ids=[m for _, m in BAD])
-def test_bad_input_is_one_line_exit_1(tmp_path, capsys, broken_model, extra, message):
+def test_bad_input_is_one_line_exit_1(tmp_path, capsys, broken_model, extra, message, monkeypatch):
     save_audio(tmp_path / "in.wav", signals.tone(440, 0.3), 16_000)
     model = ["--model", str(tiny_pipeline())]
     if extra == ["BROKEN"]:
         extra, model = [], ["--model", str(broken_model)]
-    elif extra == ["NOMODEL"]:
+    elif extra == ["NOMODEL"]:            # an install whose embedded model folder is gone
+        import tta.generate
+
+        monkeypatch.setattr(tta.generate, "DEFAULT_MODEL", tmp_path / "no-default")
         extra, model = [], []
     extra = [str(tmp_path / "in.wav") if a == "IN.wav" else str(tmp_path / a) if a == "MISSING.wav" else a
              for a in extra]

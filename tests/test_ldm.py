@@ -167,6 +167,36 @@ def test_precomputed_latents_train_and_are_cached(tmp_path):
     assert torch.all(cached["std"] > 0)
 
 
+def test_precompute_longer_clips_then_train_on_random_latent_crops(tmp_path):
+    from tta.ldm.train import precompute, train  # noqa: F401
+
+    cache = tmp_path / "cache"
+    cfg = tiny_run_config(precompute=True, precompute_seconds=0.64, cache_dir=str(cache), **{
+        "data.segment_seconds": 0.16, "train.max_steps": 2, "validation.prompts": [], "components.vocoder": ""})
+    train(cfg, tmp_path / "run", progress=False)
+    from tta.checkpoint import load_torch_file
+    from tta.ldm.train import CachedLatents, latent_frames, load_frozen
+
+    cached = load_torch_file(next(cache.glob("latents-*.pt")))
+    vae = load_frozen(cfg, "cpu").vae
+    full = latent_frames(round(0.64 * 16_000), vae, cfg.model.downsample_factor)
+    crop = latent_frames(round(0.16 * 16_000), vae, cfg.model.downsample_factor)
+    assert cached["mean"].shape[2] == full and crop < full
+    # the 0.5 s clips fill fewer latent frames than the 0.64 s encoded; crops stay inside the real audio
+    assert torch.all(cached["frames"] < full)
+    ds = CachedLatents(cached, crop)
+    starts = set()
+    for seed in range(40):
+        item = ds[(0, seed)]
+        assert item["mean"].shape[1] == crop and item["std"].shape == item["mean"].shape
+        hits = [s for s in range(full - crop + 1) if torch.equal(cached["mean"][0][:, s:s + crop], item["mean"])]
+        assert hits and min(hits) + crop <= int(cached["frames"][0])
+        starts.add(min(hits))
+    assert len(starts) > 1                                       # crops move
+    assert torch.equal(ds[(0, 7)]["mean"], ds[(0, 7)]["mean"])   # and are reproducible from the item seed
+    assert torch.equal(ds[0]["mean"], cached["mean"][0][:, :crop])
+
+
 def test_loss_falls_when_overfitting_one_batch():
     from tta.ldm.sampling import DiffusionConfig, make_scheduler
     from tta.ldm.train import RunConfig, diffusion_loss

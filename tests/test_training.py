@@ -61,8 +61,8 @@ class ToyRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def run_toy(out, max_steps, *, resume=False, stop_at=None, ema=0.99):
-    cfg = ToyRunConfig(train=TrainConfig(max_steps=max_steps, batch_size=4, learning_rate=3e-3, warmup_steps=2,
+def run_toy(out, max_steps, *, resume=False, stop_at=None, ema=0.99, lr=3e-3):
+    cfg = ToyRunConfig(train=TrainConfig(max_steps=max_steps, batch_size=4, learning_rate=lr, warmup_steps=2,
                                          checkpoint_every=2, log_every=1, ema_decay=ema, keep_checkpoints=2))
     run = TrainingRun(out, cfg, cfg.train, resume=resume, progress=False)
     model = TinyNet(cfg.model)
@@ -116,8 +116,8 @@ def test_run_folder_guards(tmp_path):
     run_toy(tmp_path / "r", 2)
     with pytest.raises(RunError, match="already holds a run"):
         run_toy(tmp_path / "r", 2)
-    with pytest.raises(RunError, match="different config .*train.max_steps"):
-        run_toy(tmp_path / "r", 3, resume=True)
+    with pytest.raises(RunError, match="different config .*train.learning_rate"):
+        run_toy(tmp_path / "r", 2, resume=True, lr=1e-3)
     with pytest.raises(RunError, match="nothing to resume"):
         run_toy(tmp_path / "empty", 2, resume=True)
 
@@ -141,3 +141,16 @@ def test_ema_tracks_weights():
     for _ in range(50):
         ema.update(model)
     assert torch.allclose(ema.averaged(model).weight, model.weight, atol=1e-6)
+
+
+def test_resume_may_extend_or_shorten_a_run_and_keeps_its_trajectory(tmp_path):
+    _, straight = run_toy(tmp_path / "straight", 8)
+    run_toy(tmp_path / "extended", 4)                        # a finished 4-step run, continued to 8
+    _, extended = run_toy(tmp_path / "extended", 8, resume=True)
+    weights = lambda folder: load_component(folder, TinyNet).state_dict()
+    assert all(torch.equal(weights(straight)[k], weights(extended)[k]) for k in weights(straight))
+    assert json.loads((tmp_path / "extended" / "config.json").read_text())["train"]["max_steps"] == 8
+    _, four = run_toy(tmp_path / "four", 4)
+    run_toy(tmp_path / "cut", 8, stop_at=4)                  # killed at step 4, then stopped there
+    _, cut = run_toy(tmp_path / "cut", 4, resume=True)
+    assert all(torch.equal(weights(four)[k], weights(cut)[k]) for k in weights(four))

@@ -127,3 +127,25 @@ def test_run_config_rejects_segments_too_short_for_the_mel_loss(tiny):
 
     with pytest.raises(ValueError, match="segment_seconds"):
         replace(tiny, data=replace(tiny.data, segment_seconds=0.05))
+
+
+def test_generator_warmup_runs_without_the_discriminator_then_hands_over(tmp_path, repo_root):
+    manifest = make_manifest(tmp_path)
+    run = tmp_path / "run"
+    rc = main(["-q", "train", "vocoder", "--config", str(repo_root / "configs/vocoder/tiny.json"), "--out", str(run),
+               "--set", f"data.manifest={manifest}", "--set", "train.max_steps=3", "--set", "train.log_every=1",
+               "--set", "disc_start=2", "--set", "valid_items=0", "--set", "sample_items=0"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("split", "train") == "train" and "loss_g" in r]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    # steps 1-2: generator only (no discriminator loss logged), step 3: the adversarial objective
+    assert "loss_d" not in train[0] and "loss_d" not in train[1] and train[0]["stft"] > 0
+    assert "loss_d" in train[2] and "adv" in train[2]
+
+
+def test_run_config_rejects_a_negative_disc_start(tiny):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="disc_start"):
+        replace(tiny, disc_start=-1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -42,7 +43,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if e.name and TRAINERS[args.kind].startswith(e.name):
             raise RuntimeError(f"tta train {args.kind}: this component is not part of this tta build yet") from None
         raise
-    config = apply_overrides(load_config(module.RunConfig, args.config), args.set or [])
+    sets = list(args.set or [])
+    if getattr(args, "datastore", None) is not None or getattr(args, "neighbours", None) is not None:
+        if args.kind != "ldm":
+            raise UsageError(f"--datastore/--neighbours apply to `tta train ldm` only, not {args.kind}")
+        if args.datastore is not None:
+            sets.append(f"retrieval.datastore={json.dumps(str(args.datastore))}")
+        if args.neighbours is not None:
+            sets.append(f"retrieval.neighbours={args.neighbours}")
+    config = apply_overrides(load_config(module.RunConfig, args.config), sets)
     final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)
     print(final)
     return 0
@@ -70,6 +79,7 @@ COMMAND_MODULES = [
     ("import", "tta.interop", "an AudioLDM .ckpt or a diffusers AudioLDM folder -> a tta pipeline folder"),
     ("export", "tta.interop", "a tta pipeline folder -> a diffusers AudioLDM folder"),
     ("index", "tta.retrieval.commands", "retrieval datastore: build, query, info"),
+    ("experiment", "tta.commands.experiment", "experiments: retrieval (Re-AudioLDM variants, long-tail report)"),
 ]
 
 
@@ -86,6 +96,11 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=100 (repeatable; JSON values)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--datastore", type=Path, metavar="DIR",
+                   help="ldm only: retrieval-augmented training (Re-AudioLDM) on a `tta index build` folder "
+                        "(same as --set retrieval.datastore=DIR)")
+    p.add_argument("--neighbours", type=int, metavar="K",
+                   help="ldm only: neighbours per clip with --datastore (same as --set retrieval.neighbours=K)")
     p.set_defaults(func=cmd_train)
 
 
@@ -116,6 +131,11 @@ def _add_generate(sub) -> None:
     p.add_argument("--super-resolution", type=Path, metavar="WAV",
                    help="band-limited audio whose upper mel bands are regenerated (with --cutoff)")
     p.add_argument("--cutoff", type=float, metavar="HZ", help="with --super-resolution: highest kept frequency")
+    p.add_argument("--datastore", type=Path, metavar="DIR",
+                   help="retrieval models: condition each prompt on its nearest entries of this datastore "
+                        "(built with the model's CLAP); without it they run on the null context")
+    p.add_argument("--neighbours", type=int, metavar="K",
+                   help="with --datastore: neighbours per prompt (default: the k the model was trained with)")
     p.set_defaults(func=cmd_generate)
 
 

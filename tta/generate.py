@@ -111,8 +111,8 @@ def model_folder(args: argparse.Namespace) -> Path:
 
     if args.model is None:
         if not (DEFAULT_MODEL / "pipeline.json").is_file():
-            raise GenerateError("the embedded default model is not built yet in this tta; pass --model DIR "
-                                "(a tta pipeline folder, e.g. the pipeline/ of a `tta train ldm` run)")
+            raise GenerateError(f"the embedded default model is missing from this install ({DEFAULT_MODEL / 'pipeline.json'}"
+                                " not found); reinstall tta or pass --model DIR (a tta pipeline folder)")
         folder = DEFAULT_MODEL
     else:
         folder = args.model
@@ -216,11 +216,29 @@ def pick_device(name: str) -> str:
 # ------------------------------------------------------------------------------------------- main
 
 
+def open_datastore(args: argparse.Namespace):
+    """The --datastore (loaded, memory-mapped) or None; checked before the model loads."""
+    store, k = getattr(args, "datastore", None), getattr(args, "neighbours", None)
+    if k is not None and store is None:
+        raise GenerateError(f"--neighbours {k} needs --datastore DIR (a `tta index build` folder)")
+    if k is not None and k < 1:
+        raise GenerateError(f"--neighbours {k} must be >= 1")
+    if store is None:
+        return None
+    from tta.retrieval import Datastore
+
+    loaded = Datastore.load(store)
+    if k is not None and k > loaded.count:
+        raise GenerateError(f"--neighbours {k} is larger than the datastore {store} ({loaded.count} entries)")
+    return loaded
+
+
 def main(args: argparse.Namespace) -> int:
     check_numbers(args)
     jobs = plan_jobs(args)
     edit = plan_edit(args)
     folder = model_folder(args)
+    store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
 
@@ -234,6 +252,8 @@ def main(args: argparse.Namespace) -> int:
     common = dict(steps=args.steps, guidance=args.guidance, negative=args.negative, candidates=args.candidates,
                   sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
                   progress=progress and len(jobs) == 1)
+    if store is not None:
+        common.update(datastore=store, neighbours=getattr(args, "neighbours", None))
     wav_in = None
     if edit is not None:
         # normalised (DC removed, peak 0.5) like the training data the model saw
@@ -262,12 +282,27 @@ def main(args: argparse.Namespace) -> int:
                             "clap_score": round(out.scores[k], 6),
                             "candidate_clap_scores": [round(s, 6) for s in out.candidate_scores[k]],
                             "seconds": round(len(out.wavs[k]) / out.sample_rate, 6)})
+            if out.neighbours is not None:
+                records[-1]["neighbours"] = out.neighbours[k]
         bar.update(len(chunk))
     bar.close()
     write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0)
     for job in jobs:
         print(job.path)
     return 0
+
+
+def retrieval_record(args, pipe) -> dict | None:
+    """The retrieval settings of a run (None for a plain model)."""
+    r = getattr(pipe, "retrieval", None)
+    if r is None:
+        return None
+    store = getattr(args, "datastore", None)
+    k = getattr(args, "neighbours", None)
+    return {"datastore": None if store is None else str(Path(store).resolve()),
+            "neighbours": (k or r.config.neighbours) if store is not None else 0,
+            "index": r.config.index, "features": r.config.features, "trained_modality": r.config.modality,
+            "trained_neighbours": r.config.neighbours}
 
 
 def write_record(path: Path, args, folder: Path, pipe, device: str, edit, records, seconds: float) -> None:
@@ -293,6 +328,7 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                      "device": device, "sample_rate": pipe.sample_rate,
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
         "clap_score_model": getattr(pipe.clap, "identity", ""),
+        "retrieval": retrieval_record(args, pipe),
         "edit": edit, "outputs": records, "wall_seconds": round(seconds, 3),
     }
     atomic_write_text(path, json.dumps(body, indent=2) + "\n")

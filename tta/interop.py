@@ -124,6 +124,9 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
     from vocoder.interop import export_speecht5
 
     pipe = TTAPipeline.from_pretrained(pipeline)
+    if getattr(pipe, "retrieval", None) is not None:
+        raise InteropError(f"{pipeline}: a retrieval-augmented model (retrieval/ component); diffusers' "
+                           "AudioLDMPipeline has no retrieval context, so this pipeline cannot be exported")
     model = getattr(pipe.clap, "model", None)
     if not hasattr(model, "text_model") or not hasattr(model, "text_projection"):
         raise InteropError(f"{pipeline}: its text encoder is {type(model).__name__} (tta's own CLAP); diffusers' "
@@ -155,6 +158,73 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
     return Path(out)
 
 
+def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float16",
+                   defaults: dict | None = None, vocoder: str | os.PathLike | None = None,
+                   min_elements: int = 1024) -> Path:
+    """Copy a tta pipeline folder with its weights stored in `dtype` and new generation defaults.
+
+    Floating-point tensors with at least `min_elements` entries are stored as `dtype` (float16 halves the
+    folder); smaller ones (norm scales, biases, the VAE scale factor, BatchNorm statistics) stay float32.
+    Loading upcasts to the model's float32 parameters, so only the storage rounding changes outputs. The
+    text encoder (CLAP) is copied exactly, so its identity (datastores, embedding caches) is unchanged.
+    `defaults` overrides fields of pipeline.json's "defaults" (PipelineDefaults), validated. `vocoder` (a
+    HiFiGAN component folder or a vocoder run folder) replaces the vocoder: it works on mels, so it can be
+    trained on longer than the rest; its mel config must match the VAE's."""
+    from dataclasses import fields, replace
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tta.checkpoint import atomic_dir
+    from tta.config import ConfigError, apply_overrides
+    from tta.ldm.sampling import check_sampler
+    from tta.pipeline import TTAPipeline
+
+    store = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if dtype not in store:
+        raise InteropError(f"--dtype {dtype!r}: expected one of {', '.join(store)}")
+    pipe = TTAPipeline.from_pretrained(pipeline)
+    if vocoder is not None:
+        from tta.audio import check_same_mel
+        from tta.checkpoint import CheckpointError, load_component
+        from vocoder.model import HiFiGAN
+
+        folder = Path(vocoder)
+        if not (folder / "config.json").is_file() and (folder / "final" / "config.json").is_file():
+            folder = folder / "final"
+        try:
+            pipe.vocoder = load_component(folder, HiFiGAN).eval()
+            check_same_mel(pipe.vae.config.mel, pipe.vocoder.config.mel, "the pipeline's vae", f"--vocoder {vocoder}")
+        except (CheckpointError, ValueError, OSError) as e:
+            raise InteropError(f"--vocoder {vocoder}: {e}") from None
+    if defaults:
+        names = {f.name for f in fields(pipe.defaults)}
+        unknown = sorted(set(defaults) - names)
+        if unknown:
+            raise InteropError(f"--default {unknown[0]}: unknown; valid keys: {', '.join(sorted(names))}")
+        try:
+            pipe.defaults = apply_overrides(pipe.defaults, [f"{k}={v}" for k, v in defaults.items()])
+        except (ConfigError, ValueError) as e:
+            raise InteropError(f"--default: {e}") from None
+        try:
+            check_sampler(pipe.defaults.sampler)
+        except ValueError as e:
+            raise InteropError(f"--default sampler: {e}") from None
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp / "pipeline")
+        for path in sorted((tmp / "pipeline").rglob("*.safetensors")):
+            if path.parent.name == "text_encoder":   # the CLAP stays exact: its identity keys datastores/caches
+                continue
+            state = load_file(str(path))
+            state = {k: (v.to(store[dtype]) if v.is_floating_point() and v.numel() >= min_elements else v)
+                     for k, v in state.items()}
+            save_file(state, str(path), metadata={"format": "pt"})
+        for item in (tmp / "pipeline").iterdir():
+            item.rename(tmp / item.name)
+        (tmp / "pipeline").rmdir()
+    return Path(out)
+
+
 # ------------------------------------------------------------------------------------------- CLI
 
 
@@ -181,6 +251,17 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser("diffusers", help="a tta pipeline folder (LAION-CLAP) -> a diffusers AudioLDM folder")
         p.add_argument("folder", type=Path, help="tta pipeline folder")
         p.add_argument("--out", required=True, type=Path, help="diffusers folder to write")
+        p = sub.add_parser("pipeline", help="a tta pipeline folder -> a compact copy (half-precision storage, "
+                                            "new generation defaults); how the embedded default model is packed")
+        p.add_argument("folder", type=Path, help="tta pipeline folder")
+        p.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
+        p.add_argument("--dtype", default="float16", help="storage dtype of the larger tensors: float16 "
+                                                          "(default), bfloat16 or float32")
+        p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
+                       help="set a generation default in pipeline.json (sampler, steps, guidance, seconds, "
+                            "candidates); repeatable")
+        p.add_argument("--vocoder", type=Path, help="replace the vocoder with this HiFiGAN component or vocoder "
+                                                    "run folder (same mel config)")
     parser.set_defaults(interop_verb=verb)
 
 
@@ -192,6 +273,14 @@ def run(args: argparse.Namespace) -> int:
                                    prefer_ema=not args.no_ema)
     elif args.interop_verb == "import":
         out = import_diffusers_audioldm(args.folder, args.out, clap=args.clap, tokenizer=args.tokenizer)
+    elif args.interop_kind == "pipeline":
+        pairs = {}
+        for item in args.default:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InteropError(f"--default {item!r}: expected KEY=VALUE")
+            pairs[key.strip()] = value.strip()
+        out = export_compact(args.folder, args.out, dtype=args.dtype, defaults=pairs, vocoder=args.vocoder)
     else:
         out = export_diffusers_audioldm(args.folder, args.out)
     print(out)

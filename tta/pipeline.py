@@ -8,7 +8,8 @@ A pipeline folder:
     vae/             tta component (vae.model.MelVAE; carries scale_factor)
     vocoder/         tta component (vocoder.model.HiFiGAN)
     text_encoder/    CLAP: a tta component (tta.clap.model.TTAClap) or a transformers CLAP folder + tokenizer
-    datastore/       optional (retrieval augmentation)
+    retrieval/       optional: the context encoder of a retrieval-augmented (Re-AudioLDM) model; its
+                     datastore is passed per call (`datastore=`, `tta generate --datastore DIR`)
 
 The pipeline refuses components that do not fit together (VAE and vocoder mel configs, latent channels,
 CLAP width vs the UNet's class-embedding width), naming the component and field.
@@ -66,6 +67,7 @@ class Generation:
     scores: list[float]
     candidate_scores: list[list[float]] = field(default_factory=list)
     seeds: list[list[int]] = field(default_factory=list)
+    neighbours: list[list[dict]] | None = None   # per prompt, the retrieved entries (rank, id, caption, score)
 
 
 def open_text_encoder(folder: str | os.PathLike, device="cpu"):
@@ -82,8 +84,9 @@ def open_text_encoder(folder: str | os.PathLike, device="cpu"):
 
 class TTAPipeline:
     def __init__(self, unet: LDMUNet, vae, vocoder, clap, scheduler_config: dict,
-                 defaults: PipelineDefaults = PipelineDefaults()):
+                 defaults: PipelineDefaults = PipelineDefaults(), retrieval=None):
         self.unet, self.vae, self.vocoder, self.clap = unet.eval(), vae.eval(), vocoder.eval(), clap
+        self.retrieval = None if retrieval is None else retrieval.eval()   # RetrievalContext (Re-AudioLDM)
         self.scheduler_config = dict(scheduler_config)
         self.defaults = defaults
         self._check_fit()
@@ -104,6 +107,14 @@ class TTAPipeline:
             raise PipelineError(f"vae/ latent frequency size {freq} is not a multiple of the unet/ "
                                 f"downsampling factor {self.unet.downsample_factor}")
         check_sampler(self.defaults.sampler)
+        r = self.retrieval
+        if (u.context_dim is None) != (r is None):
+            raise PipelineError("unet/ context_dim and retrieval/ go together: a retrieval model needs both, a "
+                                f"plain one neither (unet context_dim={u.context_dim}, retrieval/ "
+                                f"{'present' if r is not None else 'absent'})")
+        if r is not None and (r.config.context_dim != u.context_dim or r.config.embed_dim != self.clap.embed_dim):
+            raise PipelineError(f"retrieval/ maps {r.config.embed_dim}-d embeddings to {r.config.context_dim}-d tokens; "
+                                f"unet/ context_dim is {u.context_dim} and text_encoder/ width {self.clap.embed_dim}")
 
     @property
     def mel(self):
@@ -121,6 +132,8 @@ class TTAPipeline:
         self.unet.to(device)
         self.vae.to(device)
         self.vocoder.to(device)
+        if self.retrieval is not None:
+            self.retrieval.to(device)
         return self
 
     @classmethod
@@ -152,8 +165,13 @@ class TTAPipeline:
             clap = open_text_encoder(folder / parts["text_encoder"])
         except (CheckpointError, ValueError) as e:
             raise PipelineError(f"{folder}: component 'text_encoder' cannot be loaded: {e}") from None
+        retrieval = None
+        if "retrieval" in parts:
+            from tta.ldm.retrieval_context import RetrievalContext
+
+            retrieval = _load(folder, parts, "retrieval", RetrievalContext)
         try:
-            return cls(unet, vae, vocoder, clap, scheduler_config, defaults).to(device)
+            return cls(unet, vae, vocoder, clap, scheduler_config, defaults, retrieval).to(device)
         except ValueError as e:
             raise PipelineError(f"{folder}: components do not fit together: {e}") from None
 
@@ -163,7 +181,7 @@ class TTAPipeline:
 
         return write_pipeline(folder, unet=self.unet, scheduler=make_scheduler(self.defaults.sampler,
                               self.scheduler_config), vae=self.vae, vocoder=self.vocoder,
-                              text_encoder=self.clap, defaults=to_dict(self.defaults))
+                              text_encoder=self.clap, defaults=to_dict(self.defaults), retrieval=self.retrieval)
 
     # -- shapes ----------------------------------------------------------------------------------
 
@@ -212,15 +230,19 @@ class TTAPipeline:
     def __call__(self, prompts: list[str], *, seconds: float | None = None, steps: int | None = None,
                  guidance: float | None = None, negative: str = "", candidates: int | None = None,
                  seed: int = 0, sampler: str | None = None, eta: float = 0.0, batch_size: int = 1,
-                 progress: bool = False) -> Generation:
+                 progress: bool = False, datastore=None, neighbours: int | None = None) -> Generation:
         """Generate one wav per prompt (the best of `candidates` by CLAP score).
 
         Prompt i, candidate j starts from noise seeded `seed + i + 1_000_003 * j`, drawn on the CPU, so
         outputs do not depend on batch_size or device. guidance <= 1 disables classifier-free guidance.
+        datastore (a folder or a tta.retrieval.Datastore) + neighbours k (default: the training k): a
+        retrieval model is conditioned on each prompt's k nearest entries; without a datastore it runs
+        on its null context.
         """
         n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
         return self._run(prompts, n, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
-                         seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, progress=progress)
+                         seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, progress=progress,
+                         datastore=datastore, neighbours=neighbours)
 
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
         """Style transfer (SDEdit): wav (T,) at sample_rate noised to `strength` in (0, 1], denoised to the prompt."""
@@ -260,7 +282,7 @@ class TTAPipeline:
     def _run(self, prompts, num_samples: int, *, steps=None, guidance=None, negative: str = "", candidates=None,
              seed: int = 0, sampler=None, eta: float = 0.0, batch_size: int = 1, progress: bool = False,
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
-             context: torch.Tensor | None = None) -> Generation:
+             context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None) -> Generation:
         from tqdm.auto import tqdm
 
         d = self.defaults
@@ -273,6 +295,9 @@ class TTAPipeline:
             if not p.strip():
                 log.warning("prompt %d is empty: generating unconditionally", i)
         text = self.clap.embed_text(list(prompts))                               # (P, D)
+        found = None
+        if context is None:
+            context, found = self.retrieve(text, datastore, neighbours)          # (P, L, C) or None
         uncond = self.clap.embed_text([negative]) if guidance > 1 else None      # (1, D)
         init = None if init_wav is None else self.encode_audio(np.asarray(init_wav, np.float32), num_samples)
         shape = self.latent_shape(num_samples)
@@ -288,12 +313,33 @@ class TTAPipeline:
             out = self.sample(noise, cond, None if uncond is None else uncond.expand(len(chunk), -1), num_samples,
                               steps=steps, guidance=guidance, sampler=sampler, eta=eta, strength=strength,
                               init_latents=None if init is None else init.expand(len(chunk), -1, -1, -1),
-                              keep=keep, context=context, generator=generator, progress=progress and len(jobs) == 1)
+                              keep=keep, context=_rows(context, [i for i, _, _ in chunk]), generator=generator,
+                              progress=progress and len(jobs) == 1)
             for (i, j, _), w in zip(chunk, out):
                 wavs[(i, j)] = w
             bar.update(len(chunk))
         bar.close()
-        return self._rank(text, wavs, len(prompts), candidates, jobs)
+        out = self._rank(text, wavs, len(prompts), candidates, jobs)
+        out.neighbours = found
+        return out
+
+    def retrieve(self, text: torch.Tensor, datastore, neighbours: int | None):
+        """(context (P, L, C) or None, neighbours per prompt or None) for prompts' embeddings text (P, D).
+
+        A retrieval model without a datastore gets its null context; a datastore needs a retrieval model.
+        """
+        if datastore is None:
+            if neighbours is not None:
+                raise PipelineError(f"neighbours={neighbours} needs a datastore (--datastore DIR)")
+            return (None if self.retrieval is None else self.retrieval.null_context(text.shape[0])), None
+        if self.retrieval is None:
+            raise PipelineError("this model was not trained with retrieval (no retrieval/ component); "
+                                "generate without a datastore")
+        from tta.ldm.retrieval_context import open_store, prompt_context
+
+        k = self.retrieval.config.neighbours if neighbours is None else neighbours
+        store = open_store(datastore, self.clap, k)
+        return prompt_context(self.retrieval, store, text, k)
 
     def sample(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, num_samples: int, *,
                steps: int, guidance: float, sampler: str, eta: float = 0.0, **edit) -> torch.Tensor:
@@ -302,6 +348,8 @@ class TTAPipeline:
         `edit` passes strength / init_latents / keep / context / generator / progress on to `denoise`.
         """
         scheduler = make_scheduler(check_sampler(sampler), self.scheduler_config)
+        if edit.get("context") is None and self.retrieval is not None:    # a retrieval model, no neighbours
+            edit["context"] = self.retrieval.null_context(noise.shape[0])
         latents = denoise(self.unet, scheduler, noise, cond, uncond, steps=steps, guidance=guidance, eta=eta, **edit)
         return self.decode(latents, num_samples)
 
@@ -356,6 +404,13 @@ def read_pipeline_json(folder: str | os.PathLike) -> dict:
         if name not in parts:
             raise PipelineError(f"{path}: component {name!r} is missing from 'components'")
     return spec
+
+
+def _rows(context: torch.Tensor | None, index: list[int]) -> torch.Tensor | None:
+    """The context rows of a chunk of jobs; a one-row context (shared by all prompts) is expanded."""
+    if context is None:
+        return None
+    return context.expand(len(index), -1, -1) if context.shape[0] == 1 else context[index]
 
 
 def _load(folder: Path, parts: dict, name: str, cls):

@@ -253,6 +253,15 @@ class TrainingRun:
             if not cfg_path.is_file():
                 raise RunError(f"{self.out}: nothing to resume (no config.json); start without --resume")
             saved = json.loads(cfg_path.read_text())
+            old_max = saved.get("train", {}).get("max_steps")
+            new_max = resolved.get("train", {}).get("max_steps")
+            if old_max != new_max and {**saved, "train": {**saved["train"], "max_steps": new_max}} == resolved:
+                # Only the length differs: extending or shortening a run keeps its trajectory (no schedule
+                # here depends on max_steps), so it is allowed and recorded.
+                log.info("%s: train.max_steps changed from %s to %s on resume", self.out, old_max, new_max)
+                if self.is_main:
+                    save_config(self.config, cfg_path)
+                return
             if saved != resolved:
                 key = _first_diff(saved, resolved)
                 raise RunError(f"{self.out}: cannot resume with a different config (first difference at "

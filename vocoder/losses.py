@@ -23,11 +23,15 @@ class LossConfig:
     adversarial: float = 1.0
     feature_matching: float = 2.0   # lambda_fm
     mel: float = 45.0               # lambda_mel
+    # Weight of the multi-resolution STFT loss (spectral convergence + log magnitude, Yamamoto et al. 2020)
+    # in the generator objective. Always used while the discriminator is off (step < disc_start); 0 = only
+    # then. A cheap way to get an intelligible vocoder on a CPU before the adversarial phase.
+    stft: float = 0.0
     # (n_fft, hop_length, win_length) triples for the validation multi-resolution STFT distance
     stft_resolutions: tuple[tuple[int, int, int], ...] = ((512, 50, 240), (1024, 120, 600), (2048, 240, 1200))
 
     def __post_init__(self) -> None:
-        for name in ("adversarial", "feature_matching", "mel"):
+        for name in ("adversarial", "feature_matching", "mel", "stft"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name}={getattr(self, name)} must be >= 0")
         for r in self.stft_resolutions:
@@ -81,6 +85,17 @@ class GeneratorLosses:
     adversarial: torch.Tensor
     feature_matching: torch.Tensor
     mel_l1: torch.Tensor
+    stft: torch.Tensor
+
+
+def warmup_generator_loss(wav_hat: torch.Tensor, wav: torch.Tensor, mel: MelConfig, weights: LossConfig,
+                          resolutions: tuple[tuple[int, int, int], ...]) -> GeneratorLosses:
+    """The objective before the discriminator starts: lambda_mel * mel L1 + multi-resolution STFT (weight
+    `weights.stft`, or 1 when that is 0). No discriminator is run."""
+    l1 = mel_l1(wav_hat, wav, mel)
+    stft = multi_resolution_stft_distance(wav_hat, wav, resolutions)
+    zero = wav.new_zeros(())
+    return GeneratorLosses(weights.mel * l1 + (weights.stft or 1.0) * stft, zero, zero, l1, stft)
 
 
 def generator_loss(discriminator, wav_hat: torch.Tensor, wav: torch.Tensor, mel: MelConfig,
@@ -94,4 +109,8 @@ def generator_loss(discriminator, wav_hat: torch.Tensor, wav: torch.Tensor, mel:
     fm = feature_matching_loss(real_fmaps, fake_fmaps)
     l1 = mel_l1(wav_hat, wav, mel)
     total = weights.adversarial * adv + weights.feature_matching * fm + weights.mel * l1
-    return GeneratorLosses(total, adv, fm, l1)
+    stft = wav.new_zeros(())
+    if weights.stft:
+        stft = multi_resolution_stft_distance(wav_hat, wav, weights.stft_resolutions)
+        total = total + weights.stft * stft
+    return GeneratorLosses(total, adv, fm, l1, stft)

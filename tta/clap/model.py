@@ -146,14 +146,15 @@ class TTAClapEmbedder(ClapEmbedder):
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, **kwargs) -> TTAClapEmbedder:
         """Load a TTAClap component folder (or a run folder, whose final/ is used)."""
-        from tta.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_component
+        from tta.checkpoint import CONFIG_NAME, load_component
 
         folder = Path(folder)
         if (folder / "final" / CONFIG_NAME).is_file():
             folder = folder / "final"
         model = load_component(folder, TTAClap)
-        weights_hash = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
-        return cls(model, identity=f"tta-clap:{weights_hash}", **kwargs)
+        # identity from the loaded tensors, not the file bytes: safetensors files of equal weights may
+        # differ (header order), and a pipeline's text_encoder/ copy must keep its CLAP's identity
+        return cls(model, **kwargs)
 
     @torch.no_grad()
     def _text_batch(self, captions: list[str]) -> torch.Tensor:

@@ -4,6 +4,7 @@
     unet/            diffusers' own UNet2DConditionModel files
     scheduler/       diffusers' scheduler_config.json (the training noise schedule + prediction type)
     vae/ vocoder/ text_encoder/   tta component folders (config.json + model.safetensors)
+    retrieval/       optional: the retrieval context encoder of a Re-AudioLDM model (tta component)
 
 It lives in tta.ldm so a training run can write a ready-to-use pipeline beside its final/ weights.
 """
@@ -24,18 +25,22 @@ SCHEDULER_FILE = "scheduler_config.json"
 
 
 def write_pipeline(folder: str | os.PathLike, *, unet, scheduler, vae, vocoder, text_encoder,
-                   defaults: dict) -> Path:
+                   defaults: dict, retrieval=None) -> Path:
     """Write a pipeline folder atomically. unet: LDMUNet; scheduler: a diffusers scheduler (its config is
     the noise schedule); vae / vocoder: tta modules with a `.config` dataclass; text_encoder: a CLAP
-    embedder (tta.clap), saved by `save_text_encoder`."""
+    embedder (tta.clap), saved by `save_text_encoder`; retrieval: an optional RetrievalContext."""
     with atomic_dir(folder) as tmp:
         unet.save_diffusers(tmp / "unet")
         scheduler.save_pretrained(str(tmp / "scheduler"))
         save_component(tmp / "vae", vae)
         save_component(tmp / "vocoder", vocoder)
         save_text_encoder(text_encoder, tmp / "text_encoder")
+        names = list(REQUIRED)
+        if retrieval is not None:
+            save_component(tmp / "retrieval", retrieval)
+            names.append("retrieval")
         body = {"class": PIPELINE_CLASS, "format_version": FORMAT_VERSION,
-                "components": {n: n for n in REQUIRED}, "defaults": defaults}
+                "components": {n: n for n in names}, "defaults": defaults}
         atomic_write_text(tmp / PIPELINE_FILE, json.dumps(body, indent=2) + "\n")
     return Path(folder)
 

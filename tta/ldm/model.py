@@ -9,7 +9,8 @@ itself. diffusers expresses that with `cross_attention_dim` = the block's own wi
 `encoder_hidden_states=None` (exactly how diffusers' AudioLDM conversion and pipeline run AudioLDM-S).
 
 `LDMConfig.context_dim` is the slot for a real cross-attention context (Re-AudioLDM's retrieved
-neighbours): when set, every attention block's second layer attends to a `(B, L, context_dim)` context.
+neighbours): when set, every attention block's second layer attends to a `(B, L, context_dim)` context,
+built by `tta.ldm.retrieval_context.RetrievalContext` (L = 1 null token + k neighbours x features).
 
 Latents are `(B, C, T', F')` in the VAE's time-major layout; T' and F' must be multiples of
 `downsample_factor` (the pipeline pads T' and crops the audio afterwards).

@@ -14,6 +14,11 @@ Every `train.validate_every` steps the (EMA) UNet samples the fixed validation p
 `samples/step_N/` and the CLAP score (cosine of prompt and audio embeddings) in metrics.jsonl. At the
 end `final/` holds the UNet (a tta component) and `pipeline/` a complete pipeline folder for
 `tta generate --model RUN/pipeline`.
+
+Retrieval (Re-AudioLDM; `retrieval.datastore` + `retrieval.neighbours`, or `--datastore DIR --neighbours
+K`): each clip's k neighbours (its own entry and duplicates excluded) become a cross-attention context
+through a `RetrievalContext` trained with the UNet (tta.ldm.retrieval_context; `final/retrieval/`,
+`pipeline/retrieval/`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from tta.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_component, load_torch
 from tta.config import to_dict
 from tta.data.manifest import DataConfig
 from tta.ldm.model import LDMConfig, LDMUNet
+from tta.ldm.retrieval_context import RetrievalConfig
 from tta.ldm.sampling import (
     SAMPLERS,
     DiffusionConfig,
@@ -87,14 +93,32 @@ class RunConfig:
     cfg_dropout: float = 0.1                                # chance of the unconditional embedding CLAP("")
     latent_sampling: Literal["sample", "mean"] = "sample"   # posterior sample each step, or its mean
     precompute: bool = False                                # encode latents + embeddings once to cache_dir
+    # with precompute: seconds of each clip that are encoded (0 = data.segment_seconds, one fixed crop per
+    # clip). Longer: every step draws a random data.segment_seconds crop from the cached latents, so the
+    # whole clip is used while the UNet still trains on short segments.
+    precompute_seconds: float = 0.0
     cache_dir: str = ""                                     # "" = RUN/cache
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)  # Re-AudioLDM neighbours (off by default)
 
     def __post_init__(self) -> None:
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout={self.cfg_dropout} must be in [0, 1)")
+        r, m = self.retrieval, self.model
+        if r.enabled and m.context_dim is None:   # resolved here so run/config.json records the width used
+            from dataclasses import replace
+
+            object.__setattr__(self, "model", replace(m, context_dim=r.context_dim or m.class_embed_dim))
+        elif r.enabled and r.context_dim and r.context_dim != m.context_dim:
+            raise ValueError(f"retrieval.context_dim={r.context_dim} differs from model.context_dim={m.context_dim}")
+        elif not r.enabled and m.context_dim is not None:
+            raise ValueError(f"model.context_dim={m.context_dim} is set but retrieval is off; set "
+                             "retrieval.datastore (--datastore DIR) or model.context_dim=null")
         if not 0 <= self.text_probability <= 1:
             raise ValueError(f"text_probability={self.text_probability} must be in [0, 1]")
+        if self.precompute_seconds and self.precompute_seconds < self.data.segment_seconds:
+            raise ValueError(f"precompute_seconds={self.precompute_seconds} must be 0 or >= "
+                             f"data.segment_seconds={self.data.segment_seconds}")
 
 
 # ------------------------------------------------------------------------------------ components
@@ -162,17 +186,28 @@ def padded_mel(wav: torch.Tensor, vae, unet_factor: int) -> torch.Tensor:
 
 
 class CachedLatents(torch.utils.data.Dataset):
-    """Pre-encoded training items: {"mean", "std": (C, T', F'), "audio_emb", "text_emb": (D,)}."""
+    """Pre-encoded training items: {"mean", "std": (C, T', F'), "audio_emb", "text_emb": (D,)}.
 
-    def __init__(self, tensors: dict):
+    With `crop` (latent frames), items are crops of that length: at a random start drawn from the item
+    seed (`ds[(index, seed)]`, within the clip's non-padded "frames") or at 0 (`ds[index]`)."""
+
+    def __init__(self, tensors: dict, crop: int | None = None):
         self.t = tensors
+        self.crop = crop
 
     def __len__(self) -> int:
         return self.t["mean"].shape[0]
 
     def __getitem__(self, key) -> dict:
-        index = key[0] if isinstance(key, tuple) else key
-        return {k: v[index] for k, v in self.t.items()}
+        index, seed = (key if isinstance(key, tuple) else (key, None))
+        item = {k: v[index] for k, v in self.t.items() if k != "frames"}
+        if self.crop is not None and self.crop < item["mean"].shape[1]:
+            valid = int(self.t["frames"][index]) if "frames" in self.t else item["mean"].shape[1]
+            room = max(min(valid, item["mean"].shape[1]) - self.crop, 0)
+            start = int(np.random.default_rng(int(seed)).integers(0, room + 1)) if seed is not None else 0
+            item["mean"] = item["mean"][:, start:start + self.crop]
+            item["std"] = item["std"][:, start:start + self.crop]
+        return {**item, "index": index}
 
 
 @torch.no_grad()
@@ -186,11 +221,16 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     h.update((component_dir(config.components.vae, "vae") / WEIGHTS_NAME).read_bytes())
     h.update(frozen.clap.identity.encode())
     h.update(str(config.model.downsample_factor).encode())
+    h.update(f"segment={dataset.segment_samples}".encode())
     path = cache_dir / f"latents-{h.hexdigest()[:16]}.pt"
+    crop = None
+    if config.precompute_seconds:
+        num = round(config.data.segment_seconds * frozen.vae.config.mel.sample_rate)
+        crop = latent_frames(num, frozen.vae, config.model.downsample_factor)
     if path.is_file():
-        return CachedLatents(load_torch_file(path))
+        return CachedLatents(load_torch_file(path), crop)
     vae = frozen.vae
-    out: dict[str, list] = {"mean": [], "std": [], "audio_emb": [], "text_emb": []}
+    out: dict[str, list] = {"mean": [], "std": [], "audio_emb": [], "text_emb": [], "frames": []}
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False)
     for batch in tqdm(loader, desc="pre-encode", disable=not progress, leave=False):
         wav = batch["wav"]
@@ -199,10 +239,20 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
         out["std"].append((post.std * vae.scale_factor).float().cpu())
         out["audio_emb"].append(frozen.clap.embed_audio(wav.numpy(), vae.config.mel.sample_rate))
         out["text_emb"].append(frozen.clap.embed_text(list(batch["caption"])))
+        sr = vae.config.mel.sample_rate
+        out["frames"].append(torch.tensor([-(-vae.config.mel.num_frames(round(float(s) * sr)) // vae.downsample_factor)
+                                           for s in batch["seconds"]]))
     tensors = {k: torch.cat(v) for k, v in out.items()}
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_train_state(path, tensors)
-    return CachedLatents(tensors)
+    return CachedLatents(tensors, crop)
+
+
+def latent_frames(num_samples: int, vae, unet_factor: int) -> int:
+    """Latent length T' of a clip of `num_samples` after `padded_mel` (a multiple of unet_factor)."""
+    frames = vae.config.mel.num_frames(num_samples)
+    step = vae.downsample_factor * unet_factor
+    return -(-frames // step) * step // vae.downsample_factor
 
 
 # ------------------------------------------------------------------------------------------- loss
@@ -221,31 +271,40 @@ def condition(config: RunConfig, audio_emb, text_emb, null_emb: torch.Tensor, ba
     return torch.where(drop, null_emb.view(1, -1).to(cond), cond)
 
 
-def batch_latents_and_cond(config: RunConfig, batch: dict, frozen: Frozen, device) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_latents_and_cond(config: RunConfig, batch: dict, frozen: Frozen, device):
+    """(latents (B, C, T', F'), condition (B, D), embed) of a batch; embed("audio" | "text") returns the
+    batch's CLAP embeddings (B, D), computed at most once (the retrieval query reuses them)."""
+    sr = frozen.vae.config.mel.sample_rate
     if "mean" in batch:
         mean, std = batch["mean"].to(device), batch["std"].to(device)
         z = mean if config.latent_sampling == "mean" else mean + std * torch.randn(mean.shape).to(device)
-        cond = condition(config, lambda: batch["audio_emb"], lambda: batch["text_emb"], frozen.null_emb,
-                         z.shape[0])
-        return z, cond.to(device)
-    wav = batch["wav"]
-    vae = frozen.vae
-    with torch.no_grad():
-        post = vae.encode(padded_mel(wav, vae, config.model.downsample_factor))
-        z = post.mean if config.latent_sampling == "mean" else post.mean + post.std * torch.randn(
-            post.mean.shape).to(post.mean)
-        z = (z * vae.scale_factor).float()
-    sr = vae.config.mel.sample_rate
-    cond = condition(config, lambda: frozen.clap.embed_audio(wav.float().cpu().numpy(), sr),
-                     lambda: frozen.clap.embed_text(list(batch["caption"])), frozen.null_emb, z.shape[0])
-    return z, cond.to(device)
+        found = {"audio": batch["audio_emb"], "text": batch["text_emb"]}
+    else:
+        wav = batch["wav"]
+        vae = frozen.vae
+        with torch.no_grad():
+            post = vae.encode(padded_mel(wav, vae, config.model.downsample_factor))
+            z = post.mean if config.latent_sampling == "mean" else post.mean + post.std * torch.randn(
+                post.mean.shape).to(post.mean)
+            z = (z * vae.scale_factor).float()
+        found = {}
+
+    def embed(kind: str) -> torch.Tensor:
+        if kind not in found:
+            found[kind] = (frozen.clap.embed_audio(batch["wav"].float().cpu().numpy(), sr) if kind == "audio"
+                           else frozen.clap.embed_text(list(batch["caption"])))
+        return found[kind]
+
+    cond = condition(config, lambda: embed("audio"), lambda: embed("text"), frozen.null_emb, z.shape[0])
+    return z, cond.to(device), embed
 
 
-def diffusion_loss(unet, config: RunConfig, z: torch.Tensor, cond: torch.Tensor, alphas_cumprod) -> torch.Tensor:
+def diffusion_loss(unet, config: RunConfig, z: torch.Tensor, cond: torch.Tensor, alphas_cumprod,
+                   context: torch.Tensor | None = None) -> torch.Tensor:
     noise = torch.randn(z.shape).to(z)
     t = torch.randint(0, config.diffusion.num_train_timesteps, (z.shape[0],)).to(z.device)
     noisy, target = denoise_loss_target(config.diffusion.scheduler_config(), z, noise, t, alphas_cumprod)
-    return F.mse_loss(unet(noisy, t, cond).float(), target)
+    return F.mse_loss(unet(noisy, t, cond, context).float(), target)
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -262,40 +321,82 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     if not config.components.clap or not Path(config.components.clap).exists():
         raise ValueError(f"components.clap={config.components.clap!r}: CLAP model not found; "
                          "set it with --set components.clap=PATH")
+    r = config.retrieval
+    store = None
+    if r.enabled:   # a missing, empty or corrupted datastore fails before the run folder exists
+        from tta.retrieval import Datastore
+
+        store = Datastore.load(r.datastore)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     frozen = load_frozen(config, run.device)
     sr = frozen.vae.config.mel.sample_rate
     caption_choice = "first" if config.precompute else "random"
-    train_set = AudioDataset.from_config(config.data, config.data.train_split, sr,
+    data = config.data
+    if config.precompute and config.precompute_seconds:
+        from dataclasses import replace
+
+        data = replace(data, segment_seconds=config.precompute_seconds)
+    train_set = AudioDataset.from_config(data, config.data.train_split, sr,
                                          random_crop=not config.precompute, caption_choice=caption_choice)
+    row_ids = [row.id for row in train_set.rows]
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
         train_set = precompute(config, train_set, frozen, cache, progress)
     unet = LDMUNet(config.model)
-    optimizer = make_optimizer([p for p in unet.parameters() if p.requires_grad], config.train)
+    ctx = ctx_ema = None
+    if store is not None:
+        from tta.ldm.retrieval_context import RetrievalContext, context_config, open_store
+
+        store = open_store(store, frozen.clap, r.neighbours, exclude_self=True)
+        ctx = RetrievalContext(context_config(r, frozen.clap.embed_dim, config.model.context_dim))
+    params = [p for m in (unet, ctx) if m is not None for p in m.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config.train)
     scheduler = make_warmup_scheduler(optimizer, config.train)
-    unet, optimizer = run.prepare(unet, optimizer)
-    run.track(unet=unet, optimizer=optimizer, lr=scheduler)
+    if ctx is None:
+        unet, optimizer = run.prepare(unet, optimizer)
+        run.track(unet=unet, optimizer=optimizer, lr=scheduler)
+    else:
+        unet, ctx, optimizer = run.prepare(unet, ctx, optimizer)
+        run.track(unet=unet, retrieval=ctx, optimizer=optimizer, lr=scheduler)
+        ctx_ema = run.make_ema("retrieval", ctx)
     ema = run.make_ema("unet", unet)
     run.restore()
     noise_schedule = make_scheduler("ddpm", config.diffusion.scheduler_config())
     alphas_cumprod = noise_schedule.alphas_cumprod
     unet.train()
+    trained = unet if ctx is None else torch.nn.ModuleDict({"unet": unet, "retrieval": ctx})  # grad clipping
+    query = "audio" if r.modality == "audio_to_audio" else "text"
     for batch in run.batches(train_set):
-        with run.accumulate(unet):
-            z, cond = batch_latents_and_cond(config, batch, frozen, run.device)
-            loss = diffusion_loss(unet, config, z, cond, alphas_cumprod)
+        with run.accumulate(*[m for m in (unet, ctx) if m is not None]):
+            z, cond, embed = batch_latents_and_cond(config, batch, frozen, run.device)
+            context = None
+            if ctx is not None:
+                from tta.ldm.retrieval_context import training_context
+
+                ids = [row_ids[int(i)] for i in batch["index"]]
+                context = training_context(ctx, store, r, ids, embed(query), run.device)
+            loss = diffusion_loss(unet, config, z, cond, alphas_cumprod, context)
             run.backward(loss)
-            run.clip_grad(unet)
+            run.clip_grad(trained)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
         run.end_step(loss=loss.item())
         if run.should(config.train.validate_every) and config.validation.prompts and run.is_main:
             model = ema.averaged(run.unwrap(unet)) if ema is not None else run.unwrap(unet)
-            validate(model.eval(), frozen, config, run.out / "samples" / f"step_{run.step}", run=run)
+            retrieval = None if ctx is None else (ctx_ema.averaged(run.unwrap(ctx)) if ctx_ema is not None
+                                                  else run.unwrap(ctx)).eval()
+            validate(model.eval(), frozen, config, run.out / "samples" / f"step_{run.step}", run=run,
+                     retrieval=retrieval, store=store)
             unet.train()
     final = run.finish(unet, "unet")
+    retrieval = None
+    if ctx is not None:  # the context encoder: final/retrieval/ (EMA weights when EMA is on)
+        from tta.checkpoint import save_component
+
+        retrieval = ctx_ema.averaged(run.unwrap(ctx)) if ctx_ema is not None else run.unwrap(ctx)
+        if run.is_main:
+            save_component(final / "retrieval", retrieval)
     if run.is_main and frozen.vocoder is not None:
         from tta.checkpoint import load_component as load
         from tta.ldm.folder import write_pipeline
@@ -305,13 +406,15 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             v.sampler, config.diffusion.scheduler_config()), vae=frozen.vae, vocoder=frozen.vocoder,
             text_encoder=frozen.clap, defaults={"sampler": v.sampler, "steps": v.steps,
                                                       "guidance": v.guidance, "seconds": v.seconds,
-                                                      "candidates": 1})
+                                                      "candidates": 1}, retrieval=retrieval)
     return final
 
 
 @torch.no_grad()
-def validate(unet: LDMUNet, frozen: Frozen, config: RunConfig, folder: Path, *, run: TrainingRun) -> list[float]:
-    """Generate the validation prompts; write wav + spectrogram PNG; log the CLAP scores."""
+def validate(unet: LDMUNet, frozen: Frozen, config: RunConfig, folder: Path, *, run: TrainingRun,
+             retrieval=None, store=None) -> list[float]:
+    """Generate the validation prompts; write wav + spectrogram PNG; log the CLAP scores. A retrieval
+    model (`retrieval` context encoder + `store`) conditions each prompt on its k nearest entries."""
     from tta.audio import save_audio
 
     v = config.validation
@@ -322,11 +425,17 @@ def validate(unet: LDMUNet, frozen: Frozen, config: RunConfig, folder: Path, *, 
     shape = (config.model.latent_channels, math.ceil(math.ceil(frames / f) / m) * m, mel_cfg.n_mels // f)
     text = frozen.clap.embed_text(list(v.prompts))
     scores = []
+    contexts = None
+    if retrieval is not None:
+        from tta.ldm.retrieval_context import prompt_context
+
+        contexts, _ = prompt_context(retrieval, store, text, config.retrieval.neighbours)
     folder.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(v.prompts):
         noise = draw_noise(shape, [v.seed + i])
         latents = denoise(unet, make_scheduler(v.sampler, config.diffusion.scheduler_config()), noise,
                           text[i:i + 1], frozen.null_emb[None], steps=v.steps, guidance=v.guidance,
+                          context=None if retrieval is None else contexts[i:i + 1],
                           generator=torch.Generator().manual_seed(v.seed + i))
         mel = vae.latents_to_mel(latents)
         wav = frozen.vocoder(mel.float())[0, :num_samples].float().cpu()

@@ -235,11 +235,25 @@ class Datastore:
 
     # ----------------------------------------------------------------------------------------- query
 
-    def check_clap(self, clap) -> None:
-        """Refuse a CLAP other than the one the store was built with (their embeddings do not compare)."""
-        if clap.identity != self.identity:
-            raise DatastoreError(f"{self.folder}: built with CLAP {self.identity}, but the given CLAP is "
-                                 f"{clap.identity}; rebuild the datastore with this CLAP")
+    def check_clap(self, clap, *, probe: int = 4) -> None:
+        """Refuse a CLAP other than the one the store was built with (their embeddings do not compare).
+
+        Identities name checkpoint files, so the same weights saved again (a pipeline's text_encoder/,
+        another file format) carry another identity: then the stored text embeddings of the first `probe`
+        entries are recomputed with `clap`, and the store is accepted only if they match (max abs
+        difference <= 1e-3 on unit vectors; a different CLAP differs by orders of magnitude more).
+        """
+        if clap.identity == self.identity:
+            return
+        if probe > 0 and int(getattr(clap, "embed_dim", -1)) == self.dim:
+            n = min(probe, self.count)
+            mine = np.asarray(clap.embed_text([self.meta[i]["captions"][0] for i in range(n)]), dtype=np.float32)
+            if float(np.abs(mine - np.asarray(self.emb["text"][:n])).max()) <= 1e-3:
+                log.info("%s: CLAP %s reproduces the stored embeddings of CLAP %s: same model", self.folder,
+                         clap.identity, self.identity)
+                return
+        raise DatastoreError(f"{self.folder}: built with CLAP {self.identity}, but the given CLAP is "
+                             f"{clap.identity}; rebuild the datastore with this CLAP")
 
     def query(self, emb, k: int, modality: Literal["audio", "text"] = "audio", *,
               exclude_ids: Sequence[str | Iterable[str] | None] | None = None,

@@ -1,0 +1,353 @@
+"""Quality and cost of a trained tta pipeline folder on the held-out split of a manifest (issue 8).
+
+In one run, on N held-out rows (seeded choice; one seeded caption per row):
+
+  CLAP score   cos(CLAP text embedding of the caption, CLAP audio embedding) of the generations and of the
+               real held-out clips, with the same CLAP (the pipeline's own text_encoder/ unless --clap DIR);
+               goal: gen / real >= 0.9 (only meaningful when the real score is > 0).
+  FAD          Fréchet distance (eval.embedders + eval.fad, frames of all clips pooled) of the generations
+               vs the real held-out clips, against a copy baseline: for each held-out caption the training
+               clip whose caption is nearest in CLAP text space (cosine over every caption of every
+               training row); goal: FAD(gen) < FAD(copy).
+  cost         in a child process (so the numbers are the pipeline's alone): load + generate one clip of
+               --seconds at --threads torch threads with the pipeline's default sampler settings, twice;
+               RTF = best generation wall / audio seconds (goal <= 0.5), peak RSS of that process
+               (goal <= 1.5 GiB), and the size of the model folder on disk (goal <= 40 MB).
+
+Clip lengths: with --length match (default) each generation, real clip and copy is as long as the held-out
+clip, capped at --seconds (clips are cropped from their start, never padded), so FAD compares like with
+like; --length fixed generates --seconds for every caption. Real and copied clips are read with the
+training loader's normalisation (DC removed, peak 0.5).
+
+Writes --out/{gen,real,copy}/<id>.wav, --out/summary.json (settings, per-item rows, all numbers, goals)
+and appends one JSON line to bench/results.jsonl. Timings on a shared CPU are noisy: the record says so and
+carries the load average.
+
+Usage: .venv/bin/python bench/default_quality.py --model tta/assets/default \
+           --manifest /work/corpus/starter/manifest.jsonl [--items 100] [--embedder aisfx] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("bench.default_quality")
+
+GOALS = {"clap_ratio_min": 0.9, "rtf_max": 0.5, "peak_rss_max_mib": 1536.0, "model_size_max_mb": 40.0}
+NOTE = "shared 2-core CPU with background training jobs: absolute times are noisy (see loadavg)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from tta.generate import DEFAULT_MODEL
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                    help="pipeline folder (default: the embedded one)")
+    ap.add_argument("--manifest", type=Path, help="JSONL manifest with a train and a held-out split (required)")
+    ap.add_argument("--split", default="valid", help="held-out split to evaluate on")
+    ap.add_argument("--items", type=int, default=100, help="held-out rows to evaluate")
+    ap.add_argument("--seed", type=int, default=0, help="row / caption choice and generation noise")
+    ap.add_argument("--seconds", type=float, default=10.0, help="cost clip length and the cap of --length match")
+    ap.add_argument("--length", choices=("match", "fixed"), default="match")
+    ap.add_argument("--steps", type=int, help="default: the pipeline's")
+    ap.add_argument("--sampler", help="default: the pipeline's")
+    ap.add_argument("--guidance", type=float, help="default: the pipeline's")
+    ap.add_argument("--clap", type=Path, help="CLAP to score with (default: the pipeline's text_encoder/)")
+    ap.add_argument("--embedder", default="aisfx", help="FAD embedder (eval.embedders registry)")
+    ap.add_argument("--embedder-weights", help="local weights for embedders that need them")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for generation and the cost run")
+    ap.add_argument("--cost-runs", type=int, default=2, help="generations timed in the cost child (>= 1)")
+    ap.add_argument("--cache-dir", type=Path, help="CLAP embedding cache (speeds up re-runs' caption search)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "default_quality")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--cost-child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.manifest is None and not args.cost_child:
+        ap.error("--manifest is required")
+    if args.items < 2:
+        ap.error("--items must be >= 2 (FAD needs a covariance)")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        ap.error("--seconds must be a positive number")
+    if args.threads < 1 or args.cost_runs < 1:
+        ap.error("--threads and --cost-runs must be >= 1")
+    return args
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def pick_items(rows, n: int, seed: int) -> list[tuple[object, str]]:
+    """n rows (seeded, without replacement, independent of manifest order) and one seeded caption each."""
+    rows = sorted(rows, key=lambda r: r.id)
+    if len(rows) < n:
+        raise ValueError(f"the held-out split has {len(rows)} rows; --items {n} asks for more")
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(rows), size=n, replace=False).tolist())
+    return [(rows[i], rows[i].captions[int(rng.integers(len(rows[i].captions)))]) for i in picked]
+
+
+def nearest_training(clap, captions: list[str], train_rows, *, progress: bool) -> list[tuple[object, str, float]]:
+    """For each caption, the training row with the nearest caption: (row, its caption, cosine) by CLAP text."""
+    pool = [(r, c) for r in sorted(train_rows, key=lambda r: r.id) for c in r.captions]
+    if not pool:
+        raise ValueError("the manifest has no training rows for the copy baseline")
+    keys = np.asarray(clap.embed_text([c for _, c in pool], progress=progress), dtype=np.float64)   # (P, D)
+    queries = np.asarray(clap.embed_text(captions), dtype=np.float64)                               # (N, D)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = queries @ keys.T                                                                         # (N, P)
+    best = sims.argmax(axis=1)
+    return [(pool[j][0], pool[j][1], float(sims[i, j])) for i, j in enumerate(best)]
+
+
+def read_clip(row, manifest: Path, sample_rate: int, max_samples: int) -> np.ndarray:
+    from tta.audio import load_audio
+    from tta.data.manifest import resolve_path
+
+    wav, _ = load_audio(resolve_path(row, manifest), sample_rate, normalize=True)
+    return np.asarray(wav[:max_samples], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+def fad_stats(embedder, wavs: list[np.ndarray], sample_rate: int, *, what: str, progress: bool):
+    """All embedding frames of `wavs` (T_i,) pooled into one FrechetStats (the FAD convention)."""
+    from tqdm.auto import tqdm
+
+    from eval.fad import FrechetStats
+
+    frames = [embedder.embed(w, sample_rate) for w in tqdm(wavs, desc=f"{embedder.name} {what}", unit="clip",
+                                                           disable=not progress)]
+    return FrechetStats.from_embeddings(np.concatenate(frames), embedder=embedder.identity,
+                                        sample_rate=embedder.sample_rate, num_files=len(wavs))
+
+
+def folder_megabytes(folder: Path) -> float:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
+
+
+# ------------------------------------------------------------------------------------------ cost
+
+
+def cost_child(spec: dict) -> dict:
+    """Runs inside the child: load the pipeline, generate spec["runs"] clips, report walls and own peak RSS."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    t = time.perf_counter()
+    from tta.pipeline import TTAPipeline
+
+    pipe = TTAPipeline.from_pretrained(spec["model"])
+    load_s = time.perf_counter() - t
+    walls = []
+    for i in range(spec["runs"]):
+        t = time.perf_counter()
+        out = pipe([spec["caption"]], seconds=spec["seconds"], steps=spec["steps"], sampler=spec["sampler"],
+                   guidance=spec["guidance"], seed=i)
+        walls.append(time.perf_counter() - t)
+        if not np.isfinite(out.wavs[0]).all():
+            raise ValueError("the cost run generated non-finite audio")
+    return {"load_s": load_s, "generate_s": walls, "audio_seconds": len(out.wavs[0]) / pipe.sample_rate,
+            "self_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "torch_threads": torch.get_num_threads()}
+
+
+def measure_cost(spec: dict) -> dict:
+    """Run `cost_child` in a fresh interpreter with the thread count fixed before torch is imported."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cost-child", json.dumps(spec)],
+                          check=False, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise RuntimeError(f"cost child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    best = min(child["generate_s"])
+    return {**child, "process_wall_s": wall,
+            # RUSAGE_CHILDREN is a max over all children reaped so far; it names this child only if it grew
+            "children_peak_rss_mib": after / 1024 if after > before else None,
+            "peak_rss_mib": child["self_peak_rss_mib"],
+            "rtf": best / child["audio_seconds"], "rtf_first": child["generate_s"][0] / child["audio_seconds"]}
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def versions() -> dict:
+    import diffusers
+    import torch
+
+    from tta import __version__
+
+    return {"tta": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "numpy": np.__version__}
+
+
+def machine() -> dict:
+    return {"node": platform.node(), "platform": platform.platform(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the whole benchmark; returns the summary that is also written to --out/summary.json."""
+    args = parse_args(argv)
+    if args.cost_child:
+        print(json.dumps(cost_child(json.loads(args.cost_child))))
+        return {}
+    import torch
+
+    from eval.clap_score import clap_score
+    from eval.embedders import get_embedder
+    from tta.audio import save_audio
+    from tta.data.manifest import read_manifest, split_rows
+    from tta.pipeline import TTAPipeline
+
+    progress = not args.quiet
+    loadavg_before = os.getloadavg()
+    torch.set_num_threads(args.threads)
+    rows = read_manifest(args.manifest)
+    items = pick_items(split_rows(rows, args.split), args.items, args.seed)
+    train = split_rows(rows, "train")
+    pipe = TTAPipeline.from_pretrained(args.model)
+    d = pipe.defaults
+    steps = d.steps if args.steps is None else args.steps
+    sampler = d.sampler if args.sampler is None else args.sampler
+    guidance = d.guidance if args.guidance is None else args.guidance
+    if args.clap is None:
+        clap = pipe.clap
+    else:
+        from tta.clap import load_clap
+
+        clap = load_clap(args.clap)
+    if args.cache_dir is not None:
+        clap.set_cache(args.cache_dir)
+    sr = pipe.sample_rate
+    cap = round(args.seconds * sr)
+    captions = [c for _, c in items]
+
+    # copy baseline: the training clip of the nearest caption, cropped like the held-out clip
+    copies = nearest_training(clap, captions, train, progress=progress)
+    real = [read_clip(r, args.manifest, sr, cap) for r, _ in items]
+    lengths = [len(w) if args.length == "match" else cap for w in real]
+    copy = [read_clip(r, args.manifest, sr, n) for (r, _, _), n in zip(copies, lengths)]
+
+    # generations, one caption at a time (lengths differ); prompt i gets seed + i as in `tta generate`
+    from tqdm.auto import tqdm
+
+    gen, gen_walls = [], []
+    for i, (caption, n) in enumerate(tqdm(list(zip(captions, lengths)), desc="generate", unit="clip",
+                                          disable=not progress)):
+        t = time.perf_counter()
+        out = pipe([caption], seconds=n / sr, steps=steps, sampler=sampler, guidance=guidance, seed=args.seed + i)
+        gen_walls.append(time.perf_counter() - t)
+        gen.append(out.wavs[0][:n])
+    for name, wavs in (("gen", gen), ("real", real), ("copy", copy)):
+        for (row, _), w in zip(items, wavs):
+            save_audio(args.out / name / f"{row.id}.wav", w, sr)
+
+    scores = {name: clap_score(clap, captions, wavs, sr) for name, wavs in
+              (("gen", gen), ("real", real), ("copy", copy))}
+    embedder = get_embedder(args.embedder, weights=args.embedder_weights)
+    stats = {name: fad_stats(embedder, wavs, sr, what=name, progress=progress)
+             for name, wavs in (("real", real), ("gen", gen), ("copy", copy))}
+    fad_gen, fad_copy = stats["gen"].distance(stats["real"]), stats["copy"].distance(stats["real"])
+    clap_gen, clap_real = scores["gen"]["clap_score"], scores["real"]["clap_score"]
+    ratio = clap_gen / clap_real if clap_real != 0 else math.nan
+
+    cost = measure_cost({"model": str(Path(args.model).resolve()), "caption": captions[0], "seconds": args.seconds,
+                         "steps": steps, "sampler": sampler, "guidance": guidance, "threads": args.threads,
+                         "runs": args.cost_runs})
+    size_mb = folder_megabytes(args.model)
+    summary = {
+        "bench": "default_quality", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(), "versions": versions(), "note": NOTE,
+        "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg(),
+        "settings": {"model": str(Path(args.model).resolve()), "manifest": str(Path(args.manifest).resolve()),
+                     "split": args.split, "items": len(items), "seed": args.seed, "seconds": args.seconds,
+                     "length": args.length, "steps": steps, "sampler": sampler, "guidance": guidance,
+                     "threads": args.threads, "cost_runs": args.cost_runs, "model_defaults": vars_of(d),
+                     "clap": getattr(clap, "identity", ""), "embedder": embedder.identity,
+                     "copy_baseline": "train clip of the nearest caption (CLAP text cosine, same CLAP)",
+                     "goals": GOALS},
+        "clap": {"gen": clap_gen, "real": clap_real, "copy": scores["copy"]["clap_score"],
+                 "ratio_gen_real": ratio},
+        "fad": {"embedder": embedder.identity, "gen": fad_gen, "copy": fad_copy,
+                "ratio_gen_copy": fad_gen / fad_copy if fad_copy > 0 else math.nan,
+                "frames": {k: v.n for k, v in stats.items()}},
+        "cost": {**cost, "model_size_mb": size_mb,
+                 "in_process_rtf": sum(gen_walls) / (sum(lengths) / sr), "in_process_generate_s": sum(gen_walls)},
+        "goals_met": {"clap_ratio": bool(clap_real > 0 and ratio >= GOALS["clap_ratio_min"]),
+                      "fad_below_copy": bool(fad_gen < fad_copy),
+                      "rtf": bool(cost["rtf"] <= GOALS["rtf_max"]),
+                      "peak_rss": bool(cost["peak_rss_mib"] <= GOALS["peak_rss_max_mib"]),
+                      "model_size": bool(size_mb <= GOALS["model_size_max_mb"])},
+        "per_item": [{"id": row.id, "caption": c, "seconds": n / sr, "clap_gen": g, "clap_real": r, "clap_copy": k,
+                      "copy_id": cr.id, "copy_caption": cc, "caption_cosine": cs}
+                     for (row, c), n, g, r, k, (cr, cc, cs) in zip(items, lengths, scores["gen"]["per_item"],
+                                                                    scores["real"]["per_item"],
+                                                                    scores["copy"]["per_item"], copies)],
+    }
+    from tta.checkpoint import atomic_write_text
+
+    atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    record = {k: v for k, v in summary.items() if k != "per_item"}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print_table(summary)
+    return summary
+
+
+def vars_of(defaults) -> dict:
+    from tta.config import to_dict
+
+    return to_dict(defaults)
+
+
+def print_table(s: dict) -> None:
+    c, f, k, g, st = s["clap"], s["fad"], s["cost"], s["goals_met"], s["settings"]
+    print(f"{st['items']} held-out items of {Path(st['manifest']).name} [{st['split']}], {st['sampler']} "
+          f"{st['steps']} steps, guidance {st['guidance']}, {st['threads']} threads; {NOTE}")
+    rows = [
+        ("CLAP score gen / real (copy)", f"{c['gen']:.4f} / {c['real']:.4f} ({c['copy']:.4f})",
+         f"ratio {c['ratio_gen_real']:.3f} >= {GOALS['clap_ratio_min']}" + (" (real<=0!)" if c["real"] <= 0 else ""),
+         g["clap_ratio"]),
+        (f"FAD {f['embedder']} gen vs copy", f"{f['gen']:.4f} vs {f['copy']:.4f}",
+         f"ratio {f['ratio_gen_copy']:.3f} < 1", g["fad_below_copy"]),
+        (f"RTF at {st['seconds']:g} s (best of {st['cost_runs']}; first)", f"{k['rtf']:.3f}; {k['rtf_first']:.3f}",
+         f"<= {GOALS['rtf_max']}", g["rtf"]),
+        ("peak RSS of the generating process", f"{k['peak_rss_mib']:.0f} MiB",
+         f"<= {GOALS['peak_rss_max_mib']:.0f} MiB", g["peak_rss"]),
+        ("model folder size", f"{k['model_size_mb']:.1f} MB", f"<= {GOALS['model_size_max_mb']:g} MB",
+         g["model_size"]),
+    ]
+    print(f"{'metric':46} | {'value':28} | {'goal':22} | met")
+    for name, value, goal, met in rows:
+        print(f"{name:46} | {value:28} | {goal:22} | {'yes' if met else 'NO'}")
+    print(f"load {k['load_s']:.2f} s; in-process RTF over all items {k['in_process_rtf']:.3f}; "
+          f"loadavg {tuple(round(x, 2) for x in s['loadavg_after'])}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    main()

@@ -1,0 +1,158 @@
+"""Retrieval overhead per generated clip: `TTAPipeline.__call__` with vs without a datastore (Re-AudioLDM).
+
+One retrieval-capable pipeline (UNet with cross-attention context + RetrievalContext; random weights, since
+only time is measured) generates the same prompts twice per round, interleaved: on its null context (no
+datastore) and with k neighbours from a datastore of `--store-size` random unit entries (flat or IVF index,
+memory-mapped like a real store). Reports seconds per clip for both, the ratio, and the retrieval step alone
+(`pipe.retrieve`: CLAP text query + FAISS search + context tokens). The UNet cost with context is the same in
+both runs except for the context length (1 token vs 1 + k * features).
+
+    .venv/bin/python bench/retrieval_overhead.py [--size tiny|default] [--store-size 10000] [-k 5]
+    .venv/bin/python bench/retrieval.py --mode generate ...      (the same, from the retrieval bench)
+
+Prints a table and appends a JSON line to bench/results.jsonl. Timings on the shared CPU are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def model_config(cls, kind: str, size: str):
+    from tta.config import from_dict
+
+    return from_dict(cls, json.loads((ROOT / "configs" / kind / f"{size}.json").read_text())["model"])
+
+
+def synthetic_store(folder: Path, identity: str, n: int, dim: int, index: str) -> Path:
+    """A datastore folder of n random unit audio/text embeddings (format of tta.retrieval.datastore)."""
+    import faiss
+
+    from tta.retrieval.datastore import FORMAT_VERSION, DatastoreConfig, fill_index, make_index
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    config = DatastoreConfig(index=index)
+    for name in ("audio", "text"):
+        emb = rng.standard_normal((n, dim), dtype=np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        np.save(folder / f"{name}_emb.npy", emb)
+        faiss.write_index(fill_index(make_index(config, dim, n), emb), str(folder / f"{name}.index"))
+    with open(folder / "meta.jsonl", "w") as f:
+        f.writelines(json.dumps({"id": f"e{i}", "captions": [f"entry {i}"], "path": "", "audio_sha256": f"{i:064x}"})
+                     + "\n" for i in range(n))
+    info = {"format_version": FORMAT_VERSION, "clap_identity": identity, "dim": dim, "count": n, "index": index,
+            "manifest": "(synthetic)", "config": {"index": index}}
+    (folder / "datastore.json").write_text(json.dumps(info))
+    return folder
+
+
+def build_pipeline(size: str, k: int):
+    from dataclasses import replace
+
+    import torch
+
+    from tta.clap.model import ClapConfig, TTAClap, TTAClapEmbedder
+    from tta.ldm.model import LDMConfig, LDMUNet
+    from tta.ldm.retrieval_context import RetrievalContext, RetrievalContextConfig
+    from tta.ldm.sampling import DiffusionConfig
+    from tta.pipeline import PipelineDefaults, TTAPipeline
+    from vae.model import MelVAE, VAEConfig
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    torch.manual_seed(0)
+    clap = TTAClapEmbedder(TTAClap(model_config(ClapConfig, "clap", size)).eval())
+    ldm = model_config(LDMConfig, "ldm", size)
+    ldm = replace(ldm, context_dim=ldm.context_dim or ldm.class_embed_dim)
+    retrieval = RetrievalContext(RetrievalContextConfig(embed_dim=clap.embed_dim, context_dim=ldm.context_dim,
+                                                        neighbours=k, max_neighbours=max(10, k)))
+    pipe = TTAPipeline(LDMUNet(ldm), MelVAE(model_config(VAEConfig, "vae", size)),
+                       HiFiGAN(model_config(HiFiGANConfig, "vocoder", size)), clap,
+                       DiffusionConfig().scheduler_config(), PipelineDefaults(), retrieval=retrieval)
+    return pipe, clap
+
+
+def main(argv: list[str] | None = None) -> None:
+    import faiss
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("tiny", "default"), default="tiny", help="configs/*/SIZE.json models")
+    p.add_argument("--store-size", type=int, default=10_000)
+    p.add_argument("--index", choices=("flat", "ivf"), default="flat")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=2.56)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-record", action="store_true")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    pipe, clap = build_pipeline(args.size, args.k)
+    prompts = [f"a sound number {i}" for i in range(args.prompts)]
+    load_before = list(os.getloadavg())
+    with tempfile.TemporaryDirectory() as tmp:
+        from tta.retrieval import Datastore
+
+        store = Datastore.load(synthetic_store(Path(tmp) / "store", clap.identity, args.store_size,
+                                               clap.embed_dim, args.index))
+        common = {"seconds": args.seconds, "steps": args.steps, "guidance": 2.5, "batch_size": 1}
+        pipe(prompts[:1], **common)                                       # warm-up
+        pipe(prompts[:1], datastore=store, neighbours=args.k, **common)
+        plain, retrieved, lookup = [], [], []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            pipe(prompts, **common)
+            plain.append((time.perf_counter() - t) / len(prompts))
+            t = time.perf_counter()
+            out = pipe(prompts, datastore=store, neighbours=args.k, **common)
+            retrieved.append((time.perf_counter() - t) / len(prompts))
+            assert out.neighbours is not None and len(out.neighbours[0]) == args.k
+            text = clap.embed_text(prompts)
+            t = time.perf_counter()
+            pipe.retrieve(text, store, args.k)
+            lookup.append((time.perf_counter() - t) / len(prompts))
+    load_after = list(os.getloadavg())
+    a, b, c = statistics.median(plain), statistics.median(retrieved), statistics.median(lookup)
+    row = {"size": args.size, "store_size": args.store_size, "index": args.index, "k": args.k,
+           "seconds": args.seconds, "steps": args.steps, "prompts": args.prompts, "rounds": args.rounds,
+           "s_per_clip_plain": round(a, 4), "s_per_clip_retrieval": round(b, 4),
+           "ratio_retrieval_over_plain": round(b / a, 4), "retrieve_ms_per_prompt": round(c * 1e3, 3),
+           "all_plain": [round(x, 4) for x in plain], "all_retrieval": [round(x, 4) for x in retrieved]}
+    print(f"{'size':>7} {'store':>7} {'index':>5} {'k':>3} {'s/clip plain':>12} {'s/clip retr':>12} "
+          f"{'ratio':>6} {'retrieve ms':>11}")
+    print(f"{args.size:>7} {args.store_size:>7} {args.index:>5} {args.k:>3} {a:>12.4f} {b:>12.4f} {b / a:>6.3f} "
+          f"{c * 1e3:>11.3f}")
+    if args.no_record:
+        return
+    record = {"bench": "retrieval_overhead", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": {"node": platform.node(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+              "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                           "faiss": faiss.__version__},
+              "settings": {"threads": args.threads, "guidance": 2.5, "sampler": "ddim", "weights": "random",
+                           "comparison": "same pipeline, same prompts/seeds: datastore + k vs null context"},
+              "loadavg_before": load_before, "loadavg_after": load_after,
+              "note": "shared 2-core CPU (background training runs): timings are noisy; medians of rounds",
+              "results": [row]}
+    with open(ROOT / "bench" / "results.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()

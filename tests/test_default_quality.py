@@ -1,0 +1,97 @@
+"""bench/default_quality.py end to end on the tiny pipeline (2 DDIM steps, mfcc FAD, 3 held-out items)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from tests import signals
+from tests.test_ldm_fixtures import ROOT, SR, one_thread, tiny_components, tiny_pipeline  # noqa: F401 (autouse)
+from tta.audio import save_audio
+from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_manifest
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_default_quality", ROOT / "bench" / "default_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def corpus(folder: Path) -> Path:
+    """The tiny training clips (0.5 s, split train) plus 4 held-out clips of 1.5 s; held-out "a tone sound"
+    repeats a training caption word for word, so its nearest-caption copy must be the training "tone"."""
+    source = tiny_components()["manifest"]
+    train = [dataclasses.replace(r, path=str(resolve_path(r, source))) for r in read_manifest(source)]
+    held = {"tone": ("a tone sound", signals.tone(440, 1.5)),
+            "sweep": ("a rising sweep", signals.chirp(300, 3000, 1.5)),
+            "hiss": ("a hiss", signals.noise(1.5, seed=7)), "tick": ("a ticking clock", signals.clicks(1.5))}
+    rows = list(train)
+    for name, (caption, wav) in held.items():
+        save_audio(folder / "audio" / f"{name}.wav", wav, SR)
+        captions = (caption,) if name == "tone" else (caption, f"{caption}, close")
+        rows.append(ManifestRow(id=f"valid-{name}", path=f"audio/{name}.wav", captions=captions, seconds=1.5,
+                                sample_rate=SR, split="valid"))
+    return write_manifest(folder / "manifest.jsonl", rows)
+
+
+def test_pick_items_is_seeded_and_independent_of_row_order():
+    bench = load_bench()
+    rows = [ManifestRow(id=f"r{i:02d}", path="x.wav", captions=(f"c{i}", f"d{i}"), seconds=1.0, sample_rate=SR,
+                        split="valid") for i in range(20)]
+    a = bench.pick_items(rows, 5, seed=3)
+    assert [(r.id, c) for r, c in a] == [(r.id, c) for r, c in bench.pick_items(rows[::-1], 5, seed=3)]
+    assert all(c in r.captions for r, c in a) and len({r.id for r, _ in a}) == 5
+    assert [r.id for r, _ in a] != [r.id for r, _ in bench.pick_items(rows, 5, seed=4)]
+    with pytest.raises(ValueError, match="asks for more"):
+        bench.pick_items(rows, 21, seed=0)
+
+
+def test_bench_end_to_end_on_the_tiny_pipeline(tmp_path):
+    bench = load_bench()
+    manifest = corpus(tmp_path / "corpus")
+    results = tmp_path / "results.jsonl"
+    out = tmp_path / "out"
+    s = bench.main(["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--items", "4", "--steps", "2",
+                    "--seconds", "1.5", "--embedder", "mfcc", "--threads", "1", "--cost-runs", "1",
+                    "--out", str(out), "--results", str(results), "--quiet"])
+
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(s))
+    record = json.loads(results.read_text().splitlines()[-1])
+    assert record["fad"] == s["fad"] and record["clap"] == s["clap"] and "per_item" not in record
+    assert len(record["loadavg_before"]) == 3 and record["versions"]["torch"]
+
+    c, f, k = s["clap"], s["fad"], s["cost"]
+    numbers = [c["gen"], c["real"], c["copy"], f["gen"], f["copy"], k["rtf"], k["rtf_first"], k["peak_rss_mib"],
+               k["model_size_mb"], k["in_process_rtf"]]
+    assert all(math.isfinite(x) for x in numbers)
+    assert all(-1 <= x <= 1 for x in (c["gen"], c["real"], c["copy"]))
+    assert c["ratio_gen_real"] == pytest.approx(c["gen"] / c["real"])
+    assert f["gen"] >= 0 and f["copy"] >= 0 and f["ratio_gen_copy"] == pytest.approx(f["gen"] / f["copy"])
+    assert f["embedder"] == "mfcc@v1"                  # mfcc windows: 2 per 1.5 s clip, 1 per 0.5 s copy
+    assert f["frames"]["real"] == f["frames"]["gen"] == 8 and f["frames"]["copy"] == 4
+    assert k["rtf"] > 0 and k["rtf"] <= k["rtf_first"] and k["audio_seconds"] == pytest.approx(1.5)
+    assert 50 < k["peak_rss_mib"] < 16_000 and k["torch_threads"] == 1
+    assert 0 < k["model_size_mb"] < 40
+    goals = s["goals_met"]
+    assert goals["fad_below_copy"] == (f["gen"] < f["copy"]) and goals["rtf"] == (k["rtf"] <= 0.5)
+    assert goals["clap_ratio"] == (c["real"] > 0 and c["ratio_gen_real"] >= 0.9)
+    assert goals["peak_rss"] == (k["peak_rss_mib"] <= 1536) and goals["model_size"] is True
+
+    items = s["per_item"]
+    assert len(items) == 4 and sum(i["clap_gen"] for i in items) / 4 == pytest.approx(c["gen"])
+    train_ids = {r.id for r in read_manifest(manifest) if r.split == "train"}
+    assert all(i["copy_id"] in train_ids for i in items)
+    tone = next(i for i in items if i["id"] == "valid-tone")
+    assert tone["caption"] == "a tone sound"         # the exact training caption: its own row is nearest
+    assert tone["copy_id"] == "tone" and tone["caption_cosine"] == pytest.approx(1.0, abs=1e-5)
+    for i in items:                                  # gen and real are the same length, copies never longer
+        gen, real, copy = (sf.info(str(out / d / f"{i['id']}.wav")) for d in ("gen", "real", "copy"))
+        assert gen.frames == real.frames == round(i["seconds"] * SR) == 24_000 and copy.frames <= gen.frames
+        assert gen.samplerate == SR

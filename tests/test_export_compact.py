@@ -1,0 +1,85 @@
+"""`tta export pipeline`: a half-precision copy of a pipeline folder with new defaults (how the embedded
+default model is packed) loads back and generates what the float32 original generates, up to rounding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from tests.test_ldm_fixtures import one_thread, tiny_pipeline  # noqa: F401  (fixture)
+from tta.cli import main
+
+
+def folder_bytes(folder):
+    return sum(p.stat().st_size for p in folder.rglob("*.safetensors") if p.parent.name != "text_encoder")
+
+
+def test_compact_copy_is_smaller_loads_and_generates_close_to_the_original(tmp_path):
+    from tta.pipeline import TTAPipeline
+
+    src = tiny_pipeline()
+    out = tmp_path / "packed"
+    rc = main(["-q", "export", "pipeline", str(src), "--out", str(out), "--default", "steps=3",
+               "--default", "sampler=dpmsolver++"])
+    assert rc == 0
+    spec = json.loads((out / "pipeline.json").read_text())
+    assert spec["defaults"]["steps"] == 3 and spec["defaults"]["sampler"] == "dpmsolver++"
+    assert folder_bytes(out) < 0.6 * folder_bytes(src)
+    # the CLAP is copied exactly: its identity keys datastores and embedding caches
+    clap = "text_encoder/model.safetensors"
+    from safetensors.torch import load_file
+    import torch
+
+    assert all(torch.equal(a, b) for a, b in zip(load_file(str(src / clap)).values(), load_file(str(out / clap)).values()))
+    with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    assert "F16" in dtypes and "F32" in dtypes      # big tensors halved, small ones (norms, biases) kept
+    a = TTAPipeline.from_pretrained(src)
+    b = TTAPipeline.from_pretrained(out)
+    assert next(b.unet.parameters()).dtype == next(a.unet.parameters()).dtype
+    assert a.clap.identity == b.clap.identity
+    kw = dict(seconds=0.32, steps=2, sampler="ddim", seed=0)
+    wa, wb = a(["a tone sound"], **kw).wavs[0], b(["a tone sound"], **kw).wavs[0]
+    assert wa.shape == wb.shape and np.isfinite(wb).all()
+    assert np.abs(wa - wb).max() < 0.05 * max(np.abs(wa).max(), 1e-3)
+
+
+@pytest.mark.parametrize("args, needle", [(["--default", "nope=1"], "nope"),
+                                          (["--default", "sampler=wat"], "wat"),
+                                          (["--default", "steps"], "KEY=VALUE"),
+                                          (["--dtype", "int8"], "int8")])
+def test_bad_export_options_are_one_line_errors(tmp_path, capsys, args, needle):
+    out = tmp_path / "packed"
+    rc = main(["export", "pipeline", str(tiny_pipeline()), "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and needle in err and "Traceback" not in err and not out.exists()
+
+
+def test_vocoder_replacement_is_used_and_a_mismatched_one_refused(tmp_path, capsys):
+    import torch
+    from dataclasses import replace
+
+    from tests.test_ldm_fixtures import tiny_model_config
+    from tta.checkpoint import save_component
+    from tta.pipeline import TTAPipeline
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    cfg = tiny_model_config(HiFiGANConfig, "vocoder")
+    torch.manual_seed(123)
+    save_component(tmp_path / "voc" / "final", HiFiGAN(cfg))              # a vocoder run folder
+    out = tmp_path / "packed"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(out), "--dtype", "float32",
+                 "--vocoder", str(tmp_path / "voc")]) == 0
+    packed = TTAPipeline.from_pretrained(out)
+    torch.manual_seed(123)
+    mine = HiFiGAN(cfg)
+    assert all(torch.equal(a, b) for a, b in zip(packed.vocoder.state_dict().values(), mine.state_dict().values()))
+    other = replace(cfg, mel=replace(cfg.mel, f_max=4000.0))
+    save_component(tmp_path / "bad", HiFiGAN(other))
+    rc = main(["export", "pipeline", str(tiny_pipeline()), "--out", str(tmp_path / "x"), "--vocoder",
+               str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--vocoder" in err and "f_max" in err and not (tmp_path / "x").exists()

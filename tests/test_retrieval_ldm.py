@@ -1,0 +1,318 @@
+"""Retrieval-augmented conditioning (Re-AudioLDM): the context encoder and its null path, `tta train ldm
+--datastore --neighbours` (resume included), `tta generate` with and without neighbours, bad input, and
+`tta experiment retrieval` producing a head/mid/tail report. Tiny real classes, synthetic audio, offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.clap_toy import make_corpus
+from tests.test_ldm_fixtures import ROOT, one_thread, tiny_components  # noqa: F401 (autouse)
+from tta.cli import main
+from tta.ldm.retrieval_context import RetrievalConfig, RetrievalContext, RetrievalContextConfig
+
+faiss = pytest.importorskip("faiss")
+
+
+@pytest.fixture(autouse=True)
+def _faiss_one_thread():
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(old)
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["-q", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """16 train clips (8 kinds x 2) and 8 valid clips of the toy CLAP corpus."""
+    return make_corpus(tmp_path_factory.mktemp("rl_corpus"), per_kind_train=2, per_kind_valid=1)
+
+
+@pytest.fixture(scope="module")
+def store(corpus, tmp_path_factory):
+    from tta.clap import load_clap
+    from tta.retrieval import DatastoreConfig, build_datastore
+
+    torch.set_num_threads(1)
+    clap = load_clap(tiny_components()["clap"])
+    return build_datastore(corpus, clap, tmp_path_factory.mktemp("rl_store") / "store",
+                           DatastoreConfig(split="train", batch_size=16), progress=False)
+
+
+def train_args(corpus, out, *extra):
+    c = tiny_components()
+    sets = [f"components.{k}={json.dumps(str(c[k]))}" for k in ("vae", "vocoder", "clap")]
+    sets += [f"data.manifest={json.dumps(str(corpus))}", "validation.prompts=[\"a low steady hum\"]",
+             "train.max_steps=2", "train.batch_size=4"]
+    return ["train", "ldm", "--config", ROOT / "configs" / "ldm" / "tiny.json", "--out", out,
+            *[a for s in sets for a in ("--set", s)], *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, store, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("rl_run") / "run"
+    assert main(["-q", *map(str, train_args(corpus, out, "--datastore", store, "--neighbours", 2))]) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------ the module
+
+
+def test_context_tokens_and_the_null_path_is_one_function():
+    from dataclasses import replace
+
+    from tta.config import load_config
+    from tta.ldm.model import LDMUNet
+    from tta.ldm.train import RunConfig
+
+    torch.manual_seed(0)
+    ctx = RetrievalContext(RetrievalContextConfig(embed_dim=64, context_dim=64, max_neighbours=4, neighbours=3)).eval()
+    feats = {f: torch.nn.functional.normalize(torch.randn(2, 3, 64), dim=-1) for f in ("audio", "text")}
+    keep = torch.tensor([True, False])
+    with torch.no_grad():
+        c = ctx(feats, keep)
+    assert c.shape == (2, 1 + 3 * 2, 64)
+    null = ctx.null_token.detach()
+    assert torch.equal(c[1], null.expand(7, -1)) and not torch.allclose(c[0, 1:], null.expand(6, -1))
+    # the rank embedding makes the order of neighbours matter
+    with torch.no_grad():
+        swapped = ctx({f: v.flip(1) for f, v in feats.items()})
+    assert not torch.allclose(swapped[0], c[0])
+    with pytest.raises(ValueError, match="max_neighbours"):
+        ctx({f: torch.randn(1, 5, 64) for f in ("audio", "text")})
+
+    # a dropped training item (null copies) and "no retrieval" (one null token) give the same UNet output
+    model = load_config(RunConfig, ROOT / "configs" / "ldm" / "tiny.json").model
+    unet = LDMUNet(replace(model, context_dim=64)).eval()
+    x, t, cond = torch.randn(2, 4, 8, 16), torch.tensor([10, 500]), torch.randn(2, 64)
+    with torch.no_grad():
+        one = unet(x, t, cond, ctx.null_context(2))
+        many = unet(x, t, cond, ctx(feats, torch.tensor([False, False])))
+        real = unet(x, t, cond, c)
+    torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(real[0], one[0], atol=1e-4)
+
+
+def test_retrieval_config_invariants():
+    with pytest.raises(ValueError, match="needs a datastore"):
+        RetrievalConfig(neighbours=3)
+    with pytest.raises(ValueError, match="neighbours >= 1"):
+        RetrievalConfig(datastore="x")
+    with pytest.raises(ValueError, match="max_neighbours"):
+        RetrievalConfig(datastore="x", neighbours=11)
+    with pytest.raises(ValueError, match="modality"):
+        RetrievalConfig(modality="audio_to_text")
+
+
+# ------------------------------------------------------------------------------ train + resume
+
+
+def test_train_with_retrieval_writes_both_components_and_resumes_bit_exactly(trained, corpus, store, tmp_path,
+                                                                            capsys):
+    from tta.checkpoint import load_state_dict
+
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["retrieval"]["neighbours"] == 2 and cfg["model"]["context_dim"] == 64   # resolved from the CLAP width
+    assert (trained / "final" / "retrieval" / "model.safetensors").is_file()
+    spec = json.loads((trained / "pipeline" / "pipeline.json").read_text())
+    assert spec["components"]["retrieval"] == "retrieval"
+    assert (trained / "checkpoints" / "step_1" / "retrieval" / "model.safetensors").is_file()
+    assert (trained / "samples" / "step_2").is_dir()
+
+    again = tmp_path / "again"
+    shutil.copytree(trained, again)
+    for p in ("checkpoints/step_2", "final", "pipeline", "samples"):
+        shutil.rmtree(again / p)
+    code, _, err = run(capsys, *train_args(corpus, again, "--datastore", store, "--neighbours", 2, "--resume"))
+    assert code == 0, err
+    for part in ("", "retrieval"):
+        a = load_state_dict(trained / "final" / part / "model.safetensors")
+        b = load_state_dict(again / "final" / part / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+
+# ----------------------------------------------------------------------------------- generate
+
+
+def test_generate_with_and_without_neighbours(trained, store, tmp_path, capsys):
+    import soundfile as sf
+
+    model = trained / "pipeline"
+    code, _, err = run(capsys, "generate", "a low steady hum", "a rising whistle sweep", "--model", model,
+                       "--out-dir", tmp_path / "with", "--datastore", store, "--neighbours", 3)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "with" / "generation.json").read_text())
+    ids = {json.loads(line)["id"] for line in (store / "meta.jsonl").read_text().splitlines()}
+    for o in rec["outputs"]:
+        assert [n["rank"] for n in o["neighbours"]] == [1, 2, 3]
+        assert all(n["id"] in ids and n["caption"] for n in o["neighbours"])
+        scores = [n["score"] for n in o["neighbours"]]
+        assert scores == sorted(scores, reverse=True)
+    assert rec["retrieval"]["neighbours"] == 3 and rec["retrieval"]["trained_neighbours"] == 2
+
+    code, _, err = run(capsys, "generate", "a low steady hum", "a rising whistle sweep", "--model", model,
+                       "--out-dir", tmp_path / "without")
+    assert code == 0, err
+    rec = json.loads((tmp_path / "without" / "generation.json").read_text())
+    assert rec["retrieval"]["neighbours"] == 0 and all("neighbours" not in o for o in rec["outputs"])
+    name = rec["outputs"][0]["file"]
+    a, _ = sf.read(tmp_path / "with" / name)
+    b, _ = sf.read(tmp_path / "without" / name)
+    assert a.shape == b.shape and np.isfinite(a).all() and not np.allclose(a, b)   # the context matters
+
+
+@pytest.fixture(scope="module")
+def bad_stores(store, corpus, tmp_path_factory):
+    from tests.test_ldm_fixtures import tiny_model_config
+    from tta.checkpoint import save_component
+    from tta.clap import load_clap
+    from tta.clap.model import ClapConfig, TTAClap
+    from tta.retrieval import DatastoreConfig, build_datastore
+
+    root = tmp_path_factory.mktemp("rl_bad")
+    torch.manual_seed(123)
+    save_component(root / "other_clap", TTAClap(tiny_model_config(ClapConfig, "clap")))
+    other = build_datastore(corpus, load_clap(root / "other_clap"), root / "other", DatastoreConfig(split="train"),
+                            progress=False)
+    empty = shutil.copytree(store, root / "empty")
+    info = json.loads((empty / "datastore.json").read_text())
+    (empty / "datastore.json").write_text(json.dumps({**info, "count": 0}))
+    corrupt = shutil.copytree(store, root / "corrupt")
+    (corrupt / "audio.index").write_bytes(b"not a faiss index" * 10)
+    return {"other": other, "empty": empty, "corrupt": corrupt, "missing": root / "nothing-here"}
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("other", ["--neighbours", "2"], "built with CLAP tta-clap:.* given CLAP is tta-clap:"),
+    ("store", ["--neighbours", "99"], "larger than the datastore"),
+    ("empty", [], "empty"),
+    ("corrupt", [], "corrupted or unreadable FAISS index"),
+    ("missing", [], "datastore folder not found"),
+    (None, ["--neighbours", "2"], "--neighbours 2 needs --datastore"),
+])
+def test_generate_bad_retrieval_input_is_one_line_exit_1(trained, store, bad_stores, tmp_path, capsys, case, extra,
+                                                         message):
+    where = [] if case is None else ["--datastore", store if case == "store" else bad_stores[case]]
+    code, _, err = run(capsys, "generate", "a tone", "--model", trained / "pipeline", "--out-dir", tmp_path,
+                       *where, *extra)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("tta: error:"), err
+    assert __import__("re").search(message, err), err
+    assert not list(tmp_path.glob("*.wav"))
+
+
+def test_train_bad_retrieval_input_and_plain_models(corpus, store, bad_stores, tmp_path, capsys):
+    from tests.test_ldm_fixtures import tiny_pipeline
+
+    cases = [(["--neighbours", "2"], "needs a datastore"),
+             (["--datastore", bad_stores["corrupt"], "--neighbours", "2"], "corrupted"),
+             (["--datastore", bad_stores["other"], "--neighbours", "2"], "built with CLAP"),
+             (["--datastore", store, "--neighbours", "16", "--set", "retrieval.max_neighbours=16"],
+              "k=16 neighbours .* only 16 entries")]
+    for i, (extra, message) in enumerate(cases):
+        code, _, err = run(capsys, *train_args(corpus, tmp_path / f"r{i}", *extra))
+        assert code == 1 and err.count("\n") == 1 and __import__("re").search(message, err), err
+    with pytest.raises(SystemExit) as exit_info:   # bad usage: exit 2
+        run(capsys, "train", "vae", "--config", ROOT / "configs" / "vae" / "tiny.json", "--out", tmp_path / "v",
+            "--neighbours", "2")
+    assert exit_info.value.code == 2 and "apply to `tta train ldm` only" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
+    # a model trained without retrieval refuses a datastore
+    code, _, err = run(capsys, "generate", "a tone", "--model", tiny_pipeline(), "--out-dir", tmp_path / "g",
+                       "--datastore", store)
+    assert code == 1 and "not trained with retrieval" in err
+
+
+# --------------------------------------------------------------------------------- experiment
+
+
+def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys):
+    c = tiny_components()
+    out = tmp_path / "exp"
+    sets = [f"components.{k}={json.dumps(str(c[k]))}" for k in ("vae", "vocoder", "clap")]
+    sets.append(f"manifest={json.dumps(str(corpus))}")
+    code, stdout, err = run(capsys, "experiment", "retrieval", "--config",
+                            ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", out,
+                            *[a for s in sets for a in ("--set", s)])
+    assert code == 0, err
+    assert stdout.strip().endswith("report.html") and (out / "report.html").stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["variants"]) == ["none", "k1", "k3-audio", "k3-text"]
+    assert summary["store_entries"] == 16 and sum(summary["bucket_counts"].values()) == 8
+    assert set(summary["bucket_counts"]) == {"head", "mid", "tail"}
+    for v in summary["variants"].values():
+        assert v["metrics"]["fad"] >= 0 and -1 <= v["metrics"]["clap_score"] <= 1
+        assert sum(v["buckets"][b]["files"] for b in ("head", "mid", "tail")) == 8
+    prompts = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    head = min(p["frequency"] for p in prompts if p["category"] == "head")
+    tail = max(p["frequency"] for p in prompts if p["category"] == "tail")
+    assert head >= tail
+    gen = json.loads((out / "generated" / "k3-text" / "generation.json").read_text())
+    assert all(len(o["neighbours"]) == 3 for o in gen["outputs"])
+    assert all(not o["neighbours"] for o in json.loads((out / "generated" / "none" / "generation.json")
+                                                     .read_text())["outputs"])
+    html = (out / "report.html").read_text()
+    assert all(b in html for b in ("head", "mid", "tail")) and "k3-audio" in html
+    assert "| k1 | 1 | both |" in (out / "summary.md").read_text()
+    assert (out / "runs" / "k3-audio" / "pipeline" / "retrieval").is_dir()
+
+
+def test_a_resaved_clap_is_recognised_and_another_refused(store):
+    """Identities name checkpoint files (a pipeline's text_encoder/ is a re-save): the store then compares
+    the CLAP's embeddings of its stored captions instead of the names."""
+    from tests.test_ldm_fixtures import tiny_model_config
+    from tta.clap import load_clap
+    from tta.clap.model import ClapConfig, TTAClap, TTAClapEmbedder
+    from tta.retrieval import Datastore, DatastoreError
+
+    loaded = Datastore.load(store)
+    clap = load_clap(tiny_components()["clap"])
+    loaded.check_clap(TTAClapEmbedder(clap.model, identity="tta-clap:resaved"))
+    torch.manual_seed(5)
+    other = TTAClapEmbedder(TTAClap(tiny_model_config(ClapConfig, "clap")).eval(), identity="tta-clap:other")
+    with pytest.raises(DatastoreError, match=f"built with CLAP {clap.identity}.*given CLAP is tta-clap:other"):
+        loaded.check_clap(other)
+
+
+def test_a_retrieval_pipeline_round_trips_and_refuses_diffusers_export(trained, store, tmp_path, capsys):
+    from tta.pipeline import TTAPipeline
+
+    pipe = TTAPipeline.from_pretrained(trained / "pipeline")
+    again = TTAPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "copy"))
+    a = pipe(["a deep rumble"], datastore=store, neighbours=2)
+    b = again(["a deep rumble"], datastore=store, neighbours=2)
+    assert np.array_equal(a.wavs[0], b.wavs[0]) and a.neighbours == b.neighbours
+    code, _, err = run(capsys, "export", "diffusers", trained / "pipeline", "--out", tmp_path / "d")
+    assert code == 1 and "retrieval-augmented" in err
+
+
+def test_buckets_follow_training_frequency_of_caption_words_and_classes():
+    from tta.commands.retrieval_experiment import assign_buckets, prompt_frequencies
+    from tta.data.manifest import ManifestRow
+
+    def row(i, caption, labels=()):
+        return ManifestRow(id=f"r{i}", path=f"{i}.wav", captions=(caption,), seconds=1.0, sample_rate=16_000,
+                           split="train", labels=labels)
+
+    rows = [row(i, "a dog barks loudly", ("dog",)) for i in range(6)] + \
+           [row(10 + i, "rain on a roof", ("rain",)) for i in range(3)] + [row(20, "a theremin solo", ("theremin",))]
+    prompts = [{"prompt": "the theremin"}, {"prompt": "dog barks"}, {"prompt": "heavy rain"},
+               {"prompt": "a the of"}, {"prompt": "a dog in the rain"}, {"prompt": "barks"}]
+    freqs = prompt_frequencies(prompts, rows, "words")
+    assert freqs == [1.0, 6.0, 1.5, 0.0, 4.5, 6.0]     # mean over content words of clips containing each word
+    assert assign_buckets(freqs) == ["tail", "head", "mid", "tail", "mid", "head"]   # thirds by rank
+    by_class = prompt_frequencies([{"prompt": "x", "category": c} for c in ("dog", "rain", "theremin", "cat")],
+                                  rows, "category")
+    assert by_class == [6.0, 3.0, 1.0, 0.0] and assign_buckets(by_class) == ["head", "head", "mid", "tail"]

@@ -1,0 +1,358 @@
+"""The retrieval experiment (Re-AudioLDM, Yuan et al. 2024, §5 long-tail analysis) as one reproducible run.
+
+    OUT/datastore/             built from the training split with the run's CLAP (unless `datastore` is given)
+    OUT/runs/<variant>/        `tta train ldm` run folders (pipeline/ reused when present)
+    OUT/prompts.jsonl          evaluation prompts with their bucket (category = head | mid | tail) and frequency
+    OUT/reference/             reference clips for FAD (unless `eval.reference` is given)
+    OUT/generated/<variant>/   wavs + generation.json (retrieved ids and captions per prompt)
+    OUT/eval/<variant>/        `tta eval` results (eval.json, items.csv; per-bucket breakdown)
+    OUT/report.html            `tta report` over all variants; OUT/summary.{md,json,png}: variant x bucket table
+
+Buckets: each prompt gets a frequency — with `bucket_by` "words" the mean, over its content words, of the
+number of training clips whose captions contain the word; with "category" the number of training clips
+labelled with the prompt's category — and prompts are split by rank into equal thirds: head (most
+frequent), mid, tail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tta.ldm.retrieval_context import Features, Modality
+from tta.ldm.train import ComponentsConfig
+
+log = logging.getLogger(__name__)
+
+BUCKETS = ("head", "mid", "tail")
+STOPWORDS = frozenset((
+    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "by", "for", "with", "from", "into",
+    "onto", "over", "under", "as", "is", "are", "was", "were", "be", "being", "been", "it", "its", "this",
+    "that", "these", "those", "some", "someone", "something", "while", "then", "than", "there", "their",
+    "they", "them", "his", "her", "he", "she", "him", "we", "you", "your", "our", "out", "up", "down",
+    "off", "very", "more", "most", "much", "many", "few", "one", "two", "three", "has", "have", "had"
+))
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    name: str
+    neighbours: int = 0                        # 0: no retrieval (the baseline)
+    features: Features = "both"
+    modality: Modality = "text_to_audio"
+    pipeline: str = ""                         # an already trained pipeline folder: load, do not train
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[\w.\-]+", self.name):
+            raise ValueError(f"variants: name {self.name!r} must be letters, digits, _ . - (a folder name)")
+        if self.neighbours < 0:
+            raise ValueError(f"variants.{self.name}.neighbours={self.neighbours} must be >= 0")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    seconds: float | None = None            # None: the pipeline's defaults
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    seed: int = 0
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    prompts: str = ""              # prompt file (tta.data.prompts); "" = captions of `prompt_split` clips
+    prompt_split: str = "valid"
+    max_prompts: int = 60
+    reference: str = ""            # reference audio folder for FAD; "" = the `prompt_split` clips
+    max_reference: int = 200
+    embedder: str = "mfcc"         # eval embedder registry name (mfcc, vggish, panns, clap, ...)
+    embedder_weights: str = ""
+    clap_score: bool = True        # CLAP score with components.clap
+    bucket_by: Literal["words", "category"] = "words"
+
+    def __post_init__(self) -> None:
+        if self.max_prompts < 3 or self.max_reference < 2:
+            raise ValueError("eval.max_prompts must be >= 3 (three buckets) and eval.max_reference >= 2")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    ldm_config: str                                      # base `tta train ldm` config (retrieval off)
+    components: ComponentsConfig = field(default_factory=ComponentsConfig)   # non-empty entries override it
+    manifest: str = ""                                   # training manifest ("" = the base config's)
+    ldm_overrides: tuple[str, ...] = ()                  # KEY=VALUE overrides of the base config
+    datastore: str = ""                                  # "" = build OUT/datastore from the training split
+    variants: tuple[VariantConfig, ...] = (
+        VariantConfig("none"), VariantConfig("k1", 1), VariantConfig("k3", 3), VariantConfig("k5", 5),
+        VariantConfig("k10", 10), VariantConfig("k3-audio", 3, "audio"), VariantConfig("k3-text", 3, "text"))
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.variants]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"variants: names must be unique and non-empty, got {names}")
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+
+def base_run_config(config: ExperimentConfig):
+    """The base LDM RunConfig: ldm_config + components/manifest + ldm_overrides."""
+    from tta.config import apply_overrides, load_config
+    from tta.ldm.train import RunConfig
+
+    sets = [f"components.{k}={json.dumps(v)}" for k, v in vars(config.components).items() if v]
+    if config.manifest:
+        sets.append(f"data.manifest={json.dumps(config.manifest)}")
+    base = apply_overrides(load_config(RunConfig, config.ldm_config), [*sets, *config.ldm_overrides])
+    if base.retrieval.enabled:
+        raise ValueError(f"{config.ldm_config}: the base config must have retrieval off (variants turn it on)")
+    if not base.data.manifest:
+        raise ValueError("manifest: no training manifest (set `manifest` or data.manifest in the base config)")
+    return base
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 2 and w not in STOPWORDS]
+
+
+def prompt_frequencies(prompts: list[dict], rows, by: str) -> list[float]:
+    """Training-set frequency of each prompt (see the module docstring)."""
+    if by == "category":
+        counts = Counter(c for r in rows for c in {*r.labels, *([r.category] if r.category else [])})
+        return [float(counts.get(p.get("category") or "", 0)) for p in prompts]
+    docs = Counter(w for r in rows for w in {w for c in r.captions for w in content_words(c)})
+    out = []
+    for p in prompts:
+        words = content_words(p["prompt"])
+        out.append(sum(docs[w] for w in words) / len(words) if words else 0.0)
+    return out
+
+
+def assign_buckets(freqs: list[float]) -> list[str]:
+    """Equal thirds by frequency rank (ties keep prompt order): head, mid, tail."""
+    order = sorted(range(len(freqs)), key=lambda i: (-freqs[i], i))
+    out = [""] * len(freqs)
+    for rank, i in enumerate(order):
+        out[i] = BUCKETS[min(2, rank * 3 // len(freqs))]
+    return out
+
+
+def eval_prompts(config: ExperimentConfig, manifest: Path, train_rows, out: Path) -> tuple[list[dict], Path]:
+    """The evaluation prompts with bucket and frequency, written to OUT/prompts.jsonl."""
+    from tta.checkpoint import atomic_write_text
+    from tta.data.manifest import read_manifest
+    from tta.data.prompts import read_prompt_file
+
+    e = config.eval
+    if e.prompts:
+        rows = read_prompt_file(e.prompts)
+        prompts = [{"id": r.id or f"{i:03d}", "prompt": r.prompt, "category": r.category} for i, r in enumerate(rows)]
+    else:
+        split = [r for r in read_manifest(manifest) if r.split == e.prompt_split]
+        prompts = [{"id": r.id, "prompt": r.captions[0], "category": r.category or (r.labels[0] if r.labels else None)}
+                   for r in split[:e.max_prompts]]
+    if len(prompts) < 3:
+        raise ValueError(f"eval: {len(prompts)} prompts; the head/mid/tail split needs at least 3")
+    for p in prompts:
+        if not re.fullmatch(r"[\w.\-]+", p["id"]):
+            raise ValueError(f"eval prompt id {p['id']!r} cannot be a file name")
+    freqs = prompt_frequencies(prompts, train_rows, e.bucket_by)
+    for p, f, b in zip(prompts, freqs, assign_buckets(freqs)):
+        p.update(frequency=round(f, 3), label=p["category"], category=b)
+    path = out / "prompts.jsonl"
+    atomic_write_text(path, "".join(json.dumps(p) + "\n" for p in prompts))
+    return prompts, path
+
+
+def write_reference(config: ExperimentConfig, manifest: Path, out: Path, seconds: float) -> Path:
+    """Reference clips for FAD: eval.reference, or the prompt split's clips (first `seconds`) in OUT/reference."""
+    from tta.audio import load_audio, save_audio
+    from tta.data.manifest import read_manifest, resolve_path
+
+    if config.eval.reference:
+        return Path(config.eval.reference)
+    folder = out / "reference"
+    rows = [r for r in read_manifest(manifest) if r.split == config.eval.prompt_split][:config.eval.max_reference]
+    if len(rows) < 2:
+        raise ValueError(f"{manifest}: split {config.eval.prompt_split!r} has {len(rows)} clips; FAD needs a "
+                         "reference of >= 2 (set eval.reference)")
+    for r in rows:
+        target = folder / f"{r.id}.wav"
+        if not target.is_file():
+            wav, sr = load_audio(resolve_path(r, manifest), 16_000, max_seconds=seconds, normalize=True)
+            save_audio(target, wav, sr)
+    return folder
+
+
+def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress: bool) -> Path:
+    """The variant's pipeline folder: given, already trained under OUT/runs, or trained now."""
+    from tta.config import apply_overrides
+    from tta.ldm.train import train
+
+    if variant.pipeline:
+        return Path(variant.pipeline)
+    run = out / "runs" / variant.name
+    if (run / "pipeline" / "pipeline.json").is_file():
+        log.info("variant %s: reusing %s", variant.name, run / "pipeline")
+        return run / "pipeline"
+    cfg = base
+    if variant.neighbours:
+        cfg = apply_overrides(base, [f"retrieval.datastore={json.dumps(str(store))}",
+                                     f"retrieval.neighbours={variant.neighbours}",
+                                     f"retrieval.features={json.dumps(variant.features)}",
+                                     f"retrieval.modality={json.dumps(variant.modality)}",
+                                     f"retrieval.max_neighbours={max(10, variant.neighbours)}"])
+    if run.exists():   # an unfinished earlier attempt: start it again
+        import shutil
+
+        shutil.rmtree(run)
+    train(cfg, run, resume=False, progress=progress)
+    return run / "pipeline"
+
+
+def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: list[dict], g: GenerationSettings,
+                     folder: Path, progress: bool) -> dict:
+    """Generate every prompt with the variant's pipeline into `folder`; returns its generation record."""
+    from tqdm.auto import tqdm
+
+    from tta.audio import save_audio
+    from tta.checkpoint import atomic_write_text
+    from tta.pipeline import TTAPipeline
+
+    pipe = TTAPipeline.from_pretrained(pipeline)
+    k = variant.neighbours or None
+    t0, outputs = time.time(), []
+    for start in tqdm(range(0, len(prompts), g.batch_size), desc=f"generate {variant.name}", disable=not progress):
+        chunk = prompts[start:start + g.batch_size]
+        out = pipe([p["prompt"] for p in chunk], seconds=g.seconds, steps=g.steps, guidance=g.guidance,
+                   sampler=g.sampler, seed=g.seed + start, batch_size=len(chunk),
+                   datastore=store if k else None, neighbours=k)
+        for i, p in enumerate(chunk):
+            save_audio(folder / f"{p['id']}.wav", out.wavs[i], out.sample_rate)
+            outputs.append({"id": p["id"], "prompt": p["prompt"], "bucket": p["category"],
+                            "clap_score": round(out.scores[i], 6),
+                            "neighbours": out.neighbours[i] if out.neighbours else []})
+    record = {"variant": vars(variant), "model": str(pipeline.resolve()), "settings": vars(g),
+              "datastore": str(store.folder) if k else None, "wall_seconds": round(time.time() - t0, 3),
+              "outputs": outputs}
+    atomic_write_text(folder / "generation.json", json.dumps(record, indent=2) + "\n")
+    return record
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress: bool = True) -> dict:
+    """Run every stage (reusing finished ones); returns the summary (also OUT/summary.json)."""
+    from eval.run import EvalOptions, run_eval
+    from tta.checkpoint import atomic_write_text
+    from tta.clap import load_clap
+    from tta.data.manifest import read_manifest
+    from tta.ldm.train import component_dir
+    from tta.retrieval import Datastore, DatastoreConfig, build_datastore
+
+    out = Path(out)
+    base = base_run_config(config)
+    manifest = Path(base.data.manifest)
+    component_dir(base.components.vae, "vae")
+    out.mkdir(parents=True, exist_ok=True)
+    train_rows = [r for r in read_manifest(manifest) if r.split == base.data.train_split]
+    store_dir = Path(config.datastore) if config.datastore else out / "datastore"
+    if not config.datastore and not (store_dir / "datastore.json").is_file():
+        clap = load_clap(base.components.clap)
+        build_datastore(manifest, clap, store_dir, DatastoreConfig(split=base.data.train_split), progress=progress)
+    store = Datastore.load(store_dir)
+    prompts, prompts_path = eval_prompts(config, manifest, train_rows, out)
+    seconds = config.generation.seconds or base.validation.seconds
+    reference = write_reference(config, manifest, out, seconds)
+
+    summary: dict = {"config": _plain(config), "datastore": str(store_dir.resolve()), "store_entries": store.count,
+                     "prompts": str(prompts_path), "reference": str(Path(reference).resolve()),
+                     "bucket_counts": dict(Counter(p["category"] for p in prompts)), "variants": {}}
+    evals = []
+    for variant in config.variants:
+        t0 = time.time()
+        pipeline = train_variant(base, variant, store_dir, out, progress)
+        trained_s = time.time() - t0
+        gen_dir = out / "generated" / variant.name
+        record = generate_variant(pipeline, variant, store, prompts, config.generation, gen_dir, progress)
+        metrics = ("fad", "clap") if config.eval.clap_score else ("fad",)
+        opts = EvalOptions(generated=gen_dir, reference=Path(reference), out=out / "eval" / variant.name,
+                           metrics=metrics, embedder=config.eval.embedder,
+                           embedder_weights=config.eval.embedder_weights or None,
+                           clap_model=base.components.clap,
+                           prompts=prompts_path, cache_dir=out / "cache", progress=progress)
+        result = run_eval(opts)
+        evals.append(opts.out)
+        cats = result.get("breakdown", {}).get("categories", {})
+        summary["variants"][variant.name] = {
+            "neighbours": variant.neighbours, "features": variant.features if variant.neighbours else None,
+            "pipeline": str(pipeline), "train_or_load_seconds": round(trained_s, 2),
+            "generate_seconds": record["wall_seconds"], "metrics": result["metrics"],
+            "buckets": {b: {k: cats.get(b, {}).get(k) for k in ("files", "fad", "clap_score")} for b in BUCKETS}}
+    from eval.report import write_report
+
+    report = out / "report.html"
+    write_report(evals, report, labels=[v.name for v in config.variants],
+                 title=f"Retrieval experiment ({len(prompts)} prompts, head/mid/tail by training frequency)")
+    summary["report"] = str(report)
+    summary["plot"] = str(plot_buckets(summary, out / "summary.png"))
+    atomic_write_text(out / "summary.md", render_summary(summary))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    summary["report"] = report
+    return summary
+
+
+def render_summary(summary: dict) -> str:
+    """Markdown: one row per variant, FAD and CLAP score overall and per bucket."""
+    def f(v):
+        return "–" if v is None else f"{v:.4g}"
+
+    head = "| variant | k | features | FAD | CLAP | " + " | ".join(f"FAD {b} | CLAP {b}" for b in BUCKETS) + " |"
+    lines = ["# Retrieval experiment", "", (f"Prompts per bucket: {summary['bucket_counts']}; datastore "
+             f"{summary['store_entries']} entries. FAD per bucket: that bucket's generated audio vs the whole "
+             "reference."), "", head, "|" + "---|" * (5 + 2 * len(BUCKETS))]
+    for name, v in summary["variants"].items():
+        m, b = v["metrics"], v["buckets"]
+        lines.append(f"| {name} | {v['neighbours']} | {v['features'] or '–'} | {f(m.get('fad'))} | "
+                     f"{f(m.get('clap_score'))} | " + " | ".join(f"{f(b[x]['fad'])} | {f(b[x]['clap_score'])}"
+                                                            for x in BUCKETS) + " |")
+    lines += ["", f"Full report: {summary['report']}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_buckets(summary: dict, path: Path) -> Path:
+    """FAD and CLAP score per bucket, one line per variant (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, metric, label in ((axes[0], "fad", "FAD ↓"), (axes[1], "clap_score", "CLAP score ↑")):
+        for name, v in summary["variants"].items():
+            ys = [v["buckets"][b][metric] for b in BUCKETS]
+            ax.plot(BUCKETS, [float("nan") if y is None else y for y in ys], marker="o", label=name)
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _plain(obj):
+    from tta.config import to_dict
+
+    return to_dict(obj)

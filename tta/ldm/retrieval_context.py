@@ -1,0 +1,227 @@
+"""Retrieved neighbours as the UNet's cross-attention context (Re-AudioLDM, Yuan et al. 2024, §3).
+
+For each clip (training) or prompt (generation) the k nearest datastore entries are looked up by CLAP
+similarity; each neighbour contributes its CLAP *audio* embedding and/or its caption's CLAP *text*
+embedding. `RetrievalContext` maps them to context tokens beside the FiLM-style CLAP condition:
+
+    token(r, f) = LayerNorm(W_f e_{r,f} + type_f + rank_r)        f in {audio, text}, r = 0..k-1
+    context     = [null, token(0, audio), token(0, text), token(1, audio), ...]   (B, 1 + k * F, context_dim)
+
+`rank_r` is a learned embedding of the neighbour's rank (0 = nearest), `type_f` a learned embedding of the
+feature type, and `null` a learned token that always leads the sequence.
+
+The null path: "no retrieval" is the context `[null]` (B, 1, context_dim). During training a clip's
+context is replaced, with probability `retrieval.context_dropout`, by copies of the null token (as many as
+the real sequence has, so a batch stays one tensor). Attention over n identical key/value pairs returns
+exactly what attention over one of them returns, so a dropped training item and a generation without a
+datastore see the same function of the null token: one model serves both. The UNet itself needs no
+change: `LDMConfig.context_dim` turns on its cross-attention.
+
+Storage: the module is a tta component of its own (config.json + model.safetensors) — `retrieval/` in a
+pipeline folder beside the diffusers `unet/` (whose files stay diffusers' own), `final/retrieval/` and
+`checkpoints/step_N/retrieval/` in a training run. Its config records the training k, modality and
+features, so `tta generate --datastore DIR` needs no other setting. A pipeline folder without
+`retrieval/` is a plain (non-retrieval) model and loads as before.
+
+Which index is searched: text->audio and audio->audio search the clips' audio embeddings, text->text the
+captions' text embeddings; at generation time the query is always the prompt's text embedding (CLAP has
+one joint space, so a model trained audio->audio still retrieves from text).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+Modality = Literal["text_to_audio", "text_to_text", "audio_to_audio"]
+Features = Literal["audio", "text", "both"]
+MODALITIES = ("text_to_audio", "text_to_text", "audio_to_audio")
+FEATURES = ("audio", "text", "both")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """`retrieval` section of an LDM run config. Retrieval is on when `datastore` is set.
+
+    datastore: a `tta index build` folder (built with the run's CLAP). neighbours: k per clip (>= 1 when
+    on). modality: how neighbours are found while training (query embedding -> searched index).
+    features: which embeddings of each neighbour become context tokens. context_dropout: chance per
+    clip that its context is replaced by the null context. exclude_duplicates: also leave out entries
+    with the same decoded audio as the clip (its own id is always left out). max_neighbours: size of
+    the rank embedding (the largest k the model accepts at generation). context_dim: token width
+    (0 = model.class_embed_dim); `model.context_dim` is set from it when null.
+    """
+
+    datastore: str = ""
+    neighbours: int = 0
+    modality: Modality = "text_to_audio"
+    features: Features = "both"
+    context_dropout: float = 0.1
+    exclude_duplicates: bool = True
+    max_neighbours: int = 10
+    context_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ValueError(f"retrieval.modality={self.modality!r} must be one of {', '.join(MODALITIES)}")
+        if self.features not in FEATURES:
+            raise ValueError(f"retrieval.features={self.features!r} must be one of {', '.join(FEATURES)}")
+        if self.neighbours < 0 or self.max_neighbours < 1 or self.context_dim < 0:
+            raise ValueError(f"retrieval.neighbours={self.neighbours} must be >= 0, retrieval.max_neighbours="
+                             f"{self.max_neighbours} >= 1 and retrieval.context_dim={self.context_dim} >= 0")
+        if not 0 <= self.context_dropout < 1:
+            raise ValueError(f"retrieval.context_dropout={self.context_dropout} must be in [0, 1)")
+        if self.neighbours and not self.datastore:
+            raise ValueError(f"retrieval.neighbours={self.neighbours} needs a datastore "
+                             "(--datastore DIR or retrieval.datastore)")
+        if self.datastore and self.neighbours < 1:
+            raise ValueError(f"retrieval.datastore={self.datastore} needs retrieval.neighbours >= 1 (--neighbours K)")
+        if self.neighbours > self.max_neighbours:
+            raise ValueError(f"retrieval.neighbours={self.neighbours} exceeds retrieval.max_neighbours="
+                             f"{self.max_neighbours}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.datastore)
+
+
+@dataclass(frozen=True)
+class RetrievalContextConfig:
+    """The context encoder's own config (saved with its weights)."""
+
+    embed_dim: int = 512           # CLAP embedding width D
+    context_dim: int = 512         # token width = the UNet's cross-attention width
+    max_neighbours: int = 10       # rank embeddings
+    features: Features = "both"
+    modality: Modality = "text_to_audio"   # how the model was trained (decides the index searched)
+    neighbours: int = 3            # k used in training: the default k at generation
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURES or self.modality not in MODALITIES:
+            raise ValueError(f"features={self.features!r} / modality={self.modality!r} not supported")
+        if min(self.embed_dim, self.context_dim, self.max_neighbours, self.neighbours) < 1:
+            raise ValueError("embed_dim, context_dim, max_neighbours and neighbours must be >= 1")
+        if self.neighbours > self.max_neighbours:
+            raise ValueError(f"neighbours={self.neighbours} exceeds max_neighbours={self.max_neighbours}")
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return ("audio", "text") if self.features == "both" else (self.features,)
+
+    @property
+    def index(self) -> str:
+        """The datastore index searched: "text" for text->text, else "audio"."""
+        return "text" if self.modality == "text_to_text" else "audio"
+
+
+class RetrievalContext(nn.Module):
+    """Neighbour embeddings -> cross-attention context.
+
+    forward(features {"audio"/"text": (B, k, D)}, keep (B,) bool | None) -> (B, 1 + k * F, context_dim);
+    items with keep False get the null context (copies of the null token).
+    """
+
+    config_class = RetrievalContextConfig
+
+    def __init__(self, config: RetrievalContextConfig):
+        super().__init__()
+        self.config = config
+        c, names = config.context_dim, config.feature_names
+        self.proj = nn.ModuleDict({f: nn.Linear(config.embed_dim, c) for f in names})
+        self.type_embedding = nn.Parameter(torch.randn(len(names), c) * 0.02)
+        self.rank_embedding = nn.Parameter(torch.randn(config.max_neighbours, c) * 0.02)
+        self.null_token = nn.Parameter(torch.randn(c) * 0.02)
+        self.norm = nn.LayerNorm(c)
+
+    def null_context(self, batch_size: int) -> torch.Tensor:
+        """(batch_size, 1, context_dim): the context of "no retrieval"."""
+        return self.null_token.view(1, 1, -1).expand(batch_size, 1, -1)
+
+    def forward(self, features: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> torch.Tensor:
+        names = self.config.feature_names
+        missing = [f for f in names if f not in features]
+        if missing:
+            raise ValueError(f"RetrievalContext needs neighbour features {names}, missing {missing}")
+        first = features[names[0]]
+        if first.ndim != 3 or first.shape[-1] != self.config.embed_dim:
+            raise ValueError(f"neighbour features must be (B, k, {self.config.embed_dim}), got {tuple(first.shape)}")
+        b, k = first.shape[:2]
+        if k > self.config.max_neighbours:
+            raise ValueError(f"k={k} neighbours exceed this model's max_neighbours={self.config.max_neighbours}")
+        dtype = self.null_token.dtype
+        tokens = torch.stack([self.proj[f](features[f].to(dtype)) + self.type_embedding[i]
+                              for i, f in enumerate(names)], dim=2)            # (B, k, F, C)
+        tokens = self.norm(tokens + self.rank_embedding[:k].view(1, k, 1, -1))
+        tokens = tokens.flatten(1, 2)                                          # (B, k * F, C), rank-major
+        if keep is not None:
+            null = self.null_token.view(1, 1, -1).to(tokens)
+            tokens = torch.where(keep.view(-1, 1, 1).to(tokens.device), tokens, null)
+        return torch.cat([self.null_context(b).to(tokens), tokens], dim=1)
+
+
+def context_config(retrieval: RetrievalConfig, embed_dim: int, context_dim: int) -> RetrievalContextConfig:
+    return RetrievalContextConfig(embed_dim=embed_dim, context_dim=context_dim,
+                                  max_neighbours=retrieval.max_neighbours, features=retrieval.features,
+                                  modality=retrieval.modality, neighbours=retrieval.neighbours)
+
+
+def open_store(store, clap, k: int, *, exclude_self: bool = False):
+    """A Datastore (loaded from a folder path unless already one), checked against `clap` and `k`.
+
+    exclude_self: the query clip is left out while training, so one more entry than k is needed.
+    """
+    from tta.retrieval.datastore import Datastore, DatastoreError
+
+    if not hasattr(store, "query"):
+        store = Datastore.load(store)
+    store.check_clap(clap)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"neighbours={k!r} must be a positive int")
+    need = k + 1 if exclude_self else k
+    if need > store.count:
+        extra = " (+1: the query clip itself is excluded in training)" if exclude_self else ""
+        raise DatastoreError(f"{store.folder}: k={k} neighbours{extra} but the datastore holds only "
+                             f"{store.count} entries")
+    return store
+
+
+def neighbour_features(store, rows: np.ndarray, names: tuple[str, ...], device) -> dict[str, torch.Tensor]:
+    """Stored embeddings of the neighbour rows (B, k) -> {"audio"/"text": (B, k, D) float32 tensors}."""
+    return {f: torch.from_numpy(store.embeddings(rows, f)).to(device) for f in names}
+
+
+def training_context(module, store, retrieval: RetrievalConfig, ids: list[str], query_emb: torch.Tensor,
+                     device) -> torch.Tensor:
+    """Context (B, 1 + k * F, C) for a training batch: neighbours of each clip (its own entry and, with
+    `exclude_duplicates`, entries with the same audio excluded), dropped per clip with probability
+    `context_dropout` (draws from the global, resumable torch RNG). `module` is the RetrievalContext as
+    prepared for training (possibly wrapped for distributed data parallel: it is called as given, so its
+    gradients are synchronised)."""
+    cfg = getattr(module, "module", module).config
+    hits = store.query(query_emb.float().cpu(), retrieval.neighbours, cfg.index, exclude_ids=[[i] for i in ids],
+                       exclude_duplicates=retrieval.exclude_duplicates)
+    keep = torch.rand(len(ids)) >= retrieval.context_dropout
+    return module(neighbour_features(store, hits.indices, cfg.feature_names, device), keep.to(device))
+
+
+@torch.no_grad()
+def prompt_context(module: RetrievalContext, store, text_emb: torch.Tensor, k: int) -> tuple[torch.Tensor, list]:
+    """Context (P, 1 + k * F, C) for prompts' CLAP text embeddings (P, D), and per prompt its neighbours
+    as [{"rank", "id", "caption", "score"}]."""
+    cfg = module.config
+    if k > cfg.max_neighbours:
+        raise ValueError(f"neighbours={k} exceeds the model's max_neighbours={cfg.max_neighbours}")
+    hits = store.query(text_emb.float().cpu(), k, cfg.index)
+    device = module.null_token.device
+    context = module(neighbour_features(store, hits.indices, cfg.feature_names, device))
+    found = [[{"rank": r + 1, "id": i, "caption": c, "score": round(float(s), 6)}
+              for r, (i, c, s) in enumerate(zip(ids, caps, sc))]
+             for ids, caps, sc in zip(hits.ids, hits.captions, hits.scores)]
+    return context, found
