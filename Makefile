@@ -38,10 +38,13 @@ demo: venv
 CORPUS ?= ../tta-work/corpus/starter
 RUNS ?= ../tta-work/runs
 AUDIO_CACHE ?= ../tta-work/cache/audio16k
+LATENT_CACHE ?= ../tta-work/cache/latents
 VAE_STEPS ?= 6000
 VOCODER_STEPS ?= 200000
 CLAP_STEPS ?= 4000
 LDM_STEPS ?= 20000
+# the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
+PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
 resume = $(if $(wildcard $(1)/config.json),--resume)
 
@@ -66,13 +69,14 @@ train-clap: venv
 train-ldm: venv
 	$(BIN)/tta train ldm --config configs/ldm/default.json --out $(RUNS)/ldm $(DATA) \
 		--set components.vae=$(RUNS)/vae/final --set components.clap=$(RUNS)/clap/final \
-		--set components.vocoder=$(RUNS)/vocoder/final --set train.max_steps=$(LDM_STEPS) $(call resume,$(RUNS)/ldm)
+		--set components.vocoder=$(RUNS)/vocoder/final --set cache_dir=$(LATENT_CACHE) \
+		--set train.max_steps=$(LDM_STEPS) $(call resume,$(RUNS)/ldm)
 
 pack-default: venv
 	rm -rf tta/assets/default.new
 	$(BIN)/tta export pipeline $(RUNS)/ldm/pipeline --out tta/assets/default.new --dtype float16 \
-		--default sampler=dpmsolver++ --default steps=20 --default guidance=3.0 --default seconds=10.0 \
-		--vocoder $(RUNS)/vocoder/final
+		--default sampler=dpmsolver++ --default steps=20 --default guidance=3.0 --default seconds=5.12 \
+		--vocoder $(PACK_VOCODER)
 	cp -r $(CORPUS)/ATTRIBUTION.md $(CORPUS)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
 	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default

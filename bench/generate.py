@@ -145,9 +145,10 @@ def sampler_comparison(model: Path, prompts: list[str], seconds: float) -> list[
     rows = []
     for sampler, steps in (("ddim", 200), ("dpmsolver++", 25)):
         t = time.perf_counter()
-        out = pipe(prompts, seconds=seconds, steps=steps, sampler=sampler, guidance=2.5, seed=0)
+        out = pipe(prompts, seconds=seconds, steps=steps, sampler=sampler, guidance=pipe.defaults.guidance, seed=0)
         rows.append({"sampler": sampler, "steps": steps, "s_per_clip": round((time.perf_counter() - t) / len(prompts), 2),
-                     "clap_score": round(sum(out.scores) / len(out.scores), 4), "clap_model": pipe.clap.identity})
+                     "clap_score": round(sum(out.scores) / len(out.scores), 4), "clap_scores": out.scores,
+                     "prompts": len(prompts), "guidance": pipe.defaults.guidance, "clap_model": pipe.clap.identity})
     return rows
 
 
@@ -169,7 +170,7 @@ def main() -> None:
         print(json.dumps(one_size(args.one, args.seconds, args.steps, args.sampler, args.guidance)))
         return
     rows = []
-    for size in args.sizes.split(","):
+    for size in [s for s in args.sizes.split(",") if s]:
         cmd = [sys.executable, __file__, "--one", size, "--seconds", str(args.seconds), "--steps", str(args.steps),
                "--sampler", args.sampler, "--guidance", str(args.guidance), "--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -83,3 +83,22 @@ def test_vocoder_replacement_is_used_and_a_mismatched_one_refused(tmp_path, caps
                str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert rc == 1 and "--vocoder" in err and "f_max" in err and not (tmp_path / "x").exists()
+
+
+def test_a_griffin_lim_vocoder_can_replace_the_hifigan(tmp_path, capsys):
+    from tta.pipeline import TTAPipeline
+    from vocoder.griffinlim import GriffinLim
+
+    out = tmp_path / "gl"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(out), "--vocoder", "griffin-lim:4"]) == 0
+    assert json.loads((out / "vocoder" / "config.json").read_text())["class"] == "vocoder.griffinlim.GriffinLim"
+    pipe = TTAPipeline.from_pretrained(out)
+    assert isinstance(pipe.vocoder, GriffinLim) and pipe.vocoder.config.n_iter == 4
+    wav = pipe(["a tone sound"], seconds=0.32, steps=2, sampler="ddim", seed=0).wavs[0]
+    assert wav.shape == (5120,) and np.isfinite(wav).all()
+    # diffusers' AudioLDMPipeline has no Griffin-Lim: that export is refused in one line
+    rc = main(["export", "diffusers", str(out), "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "GriffinLim" in err and "Traceback" not in err
+    rc = main(["export", "pipeline", str(tiny_pipeline()), "--out", str(tmp_path / "x"), "--vocoder", "griffin-lim:x"])
+    assert rc == 1 and "griffin-lim:ITERS" in capsys.readouterr().err

@@ -104,3 +104,15 @@ def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
     assert code == 1 and "must end in .wav" in err
     code, _, err = run(capsys, "a", "b", "--model", tiny_pipeline(), "-o", tmp_path / "x.wav")
     assert code == 1 and "exactly one prompt" in err
+
+
+def test_loud_generations_are_turned_down_not_clipped():
+    import numpy as np
+
+    from tta.generate import fit_full_scale
+
+    loud = np.array([0.5, -3.0, 1.5], dtype=np.float32)
+    wav, gain = fit_full_scale(loud)
+    assert np.isclose(np.abs(wav).max(), 0.99) and np.allclose(wav / gain, loud)
+    quiet = np.array([0.1, -0.2], dtype=np.float32)
+    assert fit_full_scale(quiet)[1] == 1.0 and np.array_equal(fit_full_scale(quiet)[0], quiet)

@@ -216,3 +216,16 @@ def test_loss_falls_when_overfitting_one_batch():
             opt.step()
             losses.append(loss.item())
         assert losses[-1] < 0.5 * losses[0], (prediction, losses[0], losses[-1])
+
+
+def test_component_paths_may_name_a_training_run_folder(tmp_path):
+    from tta.ldm.train import component_dir
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "config.json").write_text('{"model": {}, "train": {}}')          # the run's own config
+    (run / "final" / "config.json").write_text('{"class": "x", "format_version": 1, "config": {}}')
+    assert component_dir(str(run), "vae") == run / "final"
+    assert component_dir(str(run / "final"), "vae") == run / "final"
+    with pytest.raises(ValueError, match="components.vae=.*not a component folder"):
+        component_dir(str(tmp_path / "nothing"), "vae")

@@ -103,6 +103,16 @@ def check_writable_dir(path: Path) -> None:
         raise GenerateError(f"{path}: output folder is not writable")
 
 
+def fit_full_scale(wav, peak: float = 0.99):
+    """(wav scaled down so its peak is at most `peak`, the gain applied): a wav file clips at 1.0, so a
+    louder generation is turned down as a whole instead of being distorted. Quieter ones are untouched."""
+    import numpy as np
+
+    top = float(np.max(np.abs(wav))) if len(wav) else 0.0
+    gain = 1.0 if top <= peak else peak / top
+    return (wav * gain if gain != 1.0 else wav), gain
+
+
 # ----------------------------------------------------------------------------------------- checks
 
 
@@ -277,8 +287,10 @@ def main(args: argparse.Namespace) -> int:
         else:
             out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], seed=seed, **common)
         for k, job in enumerate(chunk):
-            save_audio(job.path, out.wavs[k], out.sample_rate)
+            wav, gain = fit_full_scale(out.wavs[k])
+            save_audio(job.path, wav, out.sample_rate)
             records.append({"id": job.id, "prompt": job.prompt, "file": job.path.name, "seeds": out.seeds[k],
+                            "gain": round(gain, 6),
                             "clap_score": round(out.scores[k], 6),
                             "candidate_clap_scores": [round(s, 6) for s in out.candidate_scores[k]],
                             "seconds": round(len(out.wavs[k]) / out.sample_rate, 6)})

@@ -122,8 +122,12 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
     from tta.ldm.sampling import make_scheduler
     from tta.pipeline import TTAPipeline
     from vocoder.interop import export_speecht5
+    from vocoder.model import HiFiGAN
 
     pipe = TTAPipeline.from_pretrained(pipeline)
+    if not isinstance(pipe.vocoder, HiFiGAN):
+        raise InteropError(f"{pipeline}: its vocoder is {type(pipe.vocoder).__name__}; diffusers' AudioLDMPipeline "
+                           "needs a HiFi-GAN (SpeechT5HifiGan), so this pipeline cannot be exported")
     if getattr(pipe, "retrieval", None) is not None:
         raise InteropError(f"{pipeline}: a retrieval-augmented model (retrieval/ component); diffusers' "
                            "AudioLDMPipeline has no retrieval context, so this pipeline cannot be exported")
@@ -185,18 +189,7 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
         raise InteropError(f"--dtype {dtype!r}: expected one of {', '.join(store)}")
     pipe = TTAPipeline.from_pretrained(pipeline)
     if vocoder is not None:
-        from tta.audio import check_same_mel
-        from tta.checkpoint import CheckpointError, load_component
-        from vocoder.model import HiFiGAN
-
-        folder = Path(vocoder)
-        if not (folder / "config.json").is_file() and (folder / "final" / "config.json").is_file():
-            folder = folder / "final"
-        try:
-            pipe.vocoder = load_component(folder, HiFiGAN).eval()
-            check_same_mel(pipe.vae.config.mel, pipe.vocoder.config.mel, "the pipeline's vae", f"--vocoder {vocoder}")
-        except (CheckpointError, ValueError, OSError) as e:
-            raise InteropError(f"--vocoder {vocoder}: {e}") from None
+        pipe.vocoder = _replacement_vocoder(str(vocoder), pipe.vae.config.mel)
     if defaults:
         names = {f.name for f in fields(pipe.defaults)}
         unknown = sorted(set(defaults) - names)
@@ -223,6 +216,33 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
             item.rename(tmp / item.name)
         (tmp / "pipeline").rmdir()
     return Path(out)
+
+
+def _replacement_vocoder(spec: str, mel):
+    """`--vocoder`: "griffin-lim[:ITERS]" (the untrained baseline) or a HiFi-GAN / Griffin-Lim component
+    folder or run folder; its mel config must equal `mel` (the VAE's)."""
+    import torch  # noqa: F401  (component classes are torch modules)
+
+    from tta.audio import check_same_mel
+    from tta.checkpoint import CheckpointError, load_component
+    from tta.pipeline import VOCODER_CLASSES, PipelineError, vocoder_class
+    from vocoder.griffinlim import GriffinLim, GriffinLimConfig
+
+    try:
+        if spec == "griffin-lim" or spec.startswith("griffin-lim:"):
+            iters = spec.partition(":")[2]
+            if iters and not iters.isdigit():
+                raise ValueError(f"expected griffin-lim:ITERS with a whole number, got {iters!r}")
+            return GriffinLim(GriffinLimConfig(mel=mel, **({"n_iter": int(iters)} if iters else {}))).eval()
+        folder = Path(spec)
+        if (folder / "final" / "config.json").is_file():      # a training run folder
+            folder = folder / "final"
+        model = load_component(folder, vocoder_class(folder)).eval()
+        check_same_mel(mel, model.config.mel, "the pipeline's vae", f"--vocoder {spec}")
+        return model
+    except (CheckpointError, PipelineError, ValueError, OSError) as e:
+        raise InteropError(f"--vocoder {spec}: {e} (expected griffin-lim[:ITERS] or a folder holding one of "
+                           f"{', '.join(VOCODER_CLASSES)})") from None
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -260,8 +280,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
                        help="set a generation default in pipeline.json (sampler, steps, guidance, seconds, "
                             "candidates); repeatable")
-        p.add_argument("--vocoder", type=Path, help="replace the vocoder with this HiFiGAN component or vocoder "
-                                                    "run folder (same mel config)")
+        p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN component or vocoder run folder (same "
+                                         "mel config), or griffin-lim[:ITERS] for the untrained baseline")
     parser.set_defaults(interop_verb=verb)
 
 

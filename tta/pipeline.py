@@ -6,7 +6,7 @@ A pipeline folder:
     unet/            diffusers' own UNet2DConditionModel files (config.json + diffusion_pytorch_model.safetensors)
     scheduler/       diffusers' scheduler_config.json: the training noise schedule (+ prediction type)
     vae/             tta component (vae.model.MelVAE; carries scale_factor)
-    vocoder/         tta component (vocoder.model.HiFiGAN)
+    vocoder/         tta component: vocoder.model.HiFiGAN, or vocoder.griffinlim.GriffinLim (no weights)
     text_encoder/    CLAP: a tta component (tta.clap.model.TTAClap) or a transformers CLAP folder + tokenizer
     retrieval/       optional: the context encoder of a retrieval-augmented (Re-AudioLDM) model; its
                      datastore is passed per call (`datastore=`, `tta generate --datastore DIR`)
@@ -157,10 +157,8 @@ class TTAPipeline:
         scheduler_config = json.loads(sched_path.read_text())
         unet = LDMUNet.load_diffusers(folder / parts["unet"])
         from vae.model import MelVAE
-        from vocoder.model import HiFiGAN
-
         vae = _load(folder, parts, "vae", MelVAE)
-        vocoder = _load(folder, parts, "vocoder", HiFiGAN)
+        vocoder = _load(folder, parts, "vocoder", vocoder_class(folder / parts["vocoder"]))
         try:
             clap = open_text_encoder(folder / parts["text_encoder"])
         except (CheckpointError, ValueError) as e:
@@ -411,6 +409,22 @@ def _rows(context: torch.Tensor | None, index: list[int]) -> torch.Tensor | None
     if context is None:
         return None
     return context.expand(len(index), -1, -1) if context.shape[0] == 1 else context[index]
+
+
+VOCODER_CLASSES = ("vocoder.model.HiFiGAN", "vocoder.griffinlim.GriffinLim")
+
+
+def vocoder_class(folder: Path) -> type:
+    """The class of the vocoder component in `folder`: HiFi-GAN or the Griffin-Lim baseline."""
+    from tta.checkpoint import import_class, read_component_config
+
+    try:
+        name = read_component_config(folder)["class"]
+    except CheckpointError as e:
+        raise PipelineError(f"component 'vocoder' cannot be loaded: {e}") from None
+    if name not in VOCODER_CLASSES:
+        raise PipelineError(f"{folder}: component 'vocoder' is a {name}; expected one of {', '.join(VOCODER_CLASSES)}")
+    return import_class(name)
 
 
 def _load(folder: Path, parts: dict, name: str, cls):

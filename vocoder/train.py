@@ -115,28 +115,20 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         mel = log_mel(wav, mel_cfg)                                # (B, n_mels, T / hop)
         wav_hat = generator(mel)                                   # (B, T)
 
-        if run.step < config.disc_start:                          # generator-only warm-up
+        adversarial = run.step >= config.disc_start                # before: generator-only warm-up
+        logged = {}
+        if adversarial:
+            real_logits, _ = discriminator(wav)
+            fake_logits, _ = discriminator(wav_hat.detach())
+            loss_d = discriminator_loss(real_logits, fake_logits)
+            opt_d.zero_grad(set_to_none=True)
+            run.backward(loss_d)
+            run.clip_grad(discriminator)
+            opt_d.step()
+            losses = generator_loss(discriminator, wav_hat, wav, mel_cfg, config.loss)
+            logged = {"loss_d": loss_d.item(), "adv": losses.adversarial.item(), "fm": losses.feature_matching.item()}
+        else:
             losses = warmup_generator_loss(wav_hat, wav, mel_cfg, config.loss, config.loss.stft_resolutions)
-            opt_g.zero_grad(set_to_none=True)
-            run.backward(losses.total)
-            run.clip_grad(generator)
-            opt_g.step()
-            sched_g.step()
-            sched_d.step()
-            run.end_step(loss_g=losses.total.item(), mel_l1=losses.mel_l1.item(), stft=losses.stft.item())
-            if valid_set is not None and (run.should(config.train.validate_every) or run.step == config.train.max_steps):
-                validate(run, generator, valid_set, config)
-            continue
-
-        real_logits, _ = discriminator(wav)
-        fake_logits, _ = discriminator(wav_hat.detach())
-        loss_d = discriminator_loss(real_logits, fake_logits)
-        opt_d.zero_grad(set_to_none=True)
-        run.backward(loss_d)
-        run.clip_grad(discriminator)
-        opt_d.step()
-
-        losses = generator_loss(discriminator, wav_hat, wav, mel_cfg, config.loss)
         opt_g.zero_grad(set_to_none=True)
         run.backward(losses.total)
         run.clip_grad(generator)
@@ -144,8 +136,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         sched_g.step()
         sched_d.step()
 
-        run.end_step(loss_g=losses.total.item(), loss_d=loss_d.item(), adv=losses.adversarial.item(),
-                     fm=losses.feature_matching.item(), mel_l1=losses.mel_l1.item(), stft=losses.stft.item())
+        run.end_step(loss_g=losses.total.item(), **logged, mel_l1=losses.mel_l1.item(), stft=losses.stft.item())
         if valid_set is not None and (run.should(config.train.validate_every) or run.step == config.train.max_steps):
             validate(run, generator, valid_set, config)
 

@@ -128,7 +128,7 @@ def component_dir(path: str, what: str) -> Path:
     if not path:
         raise ValueError(f"components.{what} is empty; set it with --set components.{what}=FOLDER")
     folder = Path(path)
-    if not (folder / CONFIG_NAME).is_file() and (folder / "final" / CONFIG_NAME).is_file():
+    if (folder / "final" / CONFIG_NAME).is_file():   # a training run folder: its release weights
         folder = folder / "final"
     if not (folder / CONFIG_NAME).is_file():
         raise ValueError(f"components.{what}={path}: not a component folder (no {CONFIG_NAME})")
