@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model corpus train-vae train-vocoder train-clap train-ldm pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick corpus train-vae train-vocoder train-clap train-ldm pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -80,6 +80,18 @@ pack-default: venv
 	cp -r $(CORPUS)/ATTRIBUTION.md $(CORPUS)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
 	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default
+
+## experiment-retrieval-quick: the Re-AudioLDM experiment on a seeded 1 320-clip subset of the starter corpus
+## (needs the default-model runs under RUNS; ~20 min on 2 CPU cores)
+experiment-retrieval-quick: venv
+	test -f $(CORPUS)/subset-1k.jsonl || $(BIN)/python -c "import random, sys; \
+		from tta.data.manifest import read_manifest, write_manifest; \
+		rows = read_manifest(sys.argv[1]); rng = random.Random(0); \
+		train = [r for r in rows if r.split == 'train']; valid = [r for r in rows if r.split == 'valid']; \
+		write_manifest(sys.argv[2], rng.sample(train, 1200) + rng.sample(valid, 120))" \
+		$(CORPUS)/manifest.jsonl $(CORPUS)/subset-1k.jsonl
+	$(BIN)/tta experiment retrieval --config configs/experiment/retrieval-starter-quick.json \
+		--out ../tta-work/experiments/retrieval-quick
 
 lint: venv
 	$(BIN)/ruff check tta vae vocoder eval tests bench
