@@ -24,7 +24,9 @@ and appends one JSON line to bench/results.jsonl. Timings on a shared CPU are no
 carries the load average.
 
 Usage: .venv/bin/python bench/default_quality.py --model tta/assets/default \
-           --manifest /work/corpus/starter/manifest.jsonl [--items 100] [--embedder aisfx] [--threads 2]
+           --manifest ../tta-work/corpus/starter/manifest.jsonl [--items 100] [--embedder aisfx] [--threads 2]
+
+Paths in the bench/results.jsonl record are relative to the repository root.
 """
 
 from __future__ import annotations
@@ -282,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
         "bench": "default_quality", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(), "versions": versions(), "note": NOTE,
         "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg(),
-        "settings": {"model": str(Path(args.model).resolve()), "manifest": str(Path(args.manifest).resolve()),
+        "settings": {"model": os.path.relpath(Path(args.model).resolve(), ROOT),
+                     "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT),
                      "split": args.split, "items": len(items), "seed": args.seed, "seconds": args.seconds,
                      "length": args.length, "steps": steps, "sampler": sampler, "guidance": guidance,
                      "threads": args.threads, "cost_runs": args.cost_runs, "model_defaults": vars_of(d),

@@ -171,8 +171,8 @@ def bench_quality(args) -> dict:
     return {
         "bench": "vae.quality",
         "settings": {
-            "run": str(args.run),
-            "manifest": str(args.manifest),
+            "run": os.path.relpath(Path(args.run).resolve(), ROOT),          # repo-relative: no machine paths
+            "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT),
             "split": args.split,
             "items": n,
             "segment_seconds": args.segment_seconds,

@@ -86,7 +86,9 @@ def bench_quality(manifest: str, run: Path, split: str, items: int, seconds: flo
     data = AudioDataset(manifest, split, mel_cfg.sample_rate, seconds, normalize=True, random_crop=False,
                         caption_choice="first")
     resolutions = LossConfig().stft_resolutions
-    peers = {str(run / "final"): model, f"griffin-lim-{gl_iters}": GriffinLim(GriffinLimConfig(mel_cfg, gl_iters))}
+    # the record names the run repo-relative, not by this machine's absolute path
+    peers = {os.path.relpath((run / "final").resolve(), ROOT): model,
+             f"griffin-lim-{gl_iters}": GriffinLim(GriffinLimConfig(mel_cfg, gl_iters))}
     sums = {name: {"mel_l1": 0.0, "mrstft": 0.0, "seconds": 0.0} for name in peers}
     count = 0
     for i in range(min(items, len(data))):
@@ -141,7 +143,7 @@ def main() -> None:
         ap.error("--manifest and --run go together")
     if args.run:
         rows = bench_quality(args.manifest, args.run, args.split, args.items, args.seconds, args.gl_iters)
-        settings = {"mode": "quality", "manifest": args.manifest, "split": args.split, "items": args.items,
+        settings = {"mode": "quality", "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT), "split": args.split, "items": args.items,
                     "clip_seconds": args.seconds, "gl_iters": args.gl_iters}
     else:
         rows = bench_speed(args.seconds, args.repeats, args.gl_iters)

@@ -30,18 +30,18 @@ def test_compact_copy_is_smaller_loads_and_generates_close_to_the_original(tmp_p
     assert folder_bytes(out) < 0.6 * folder_bytes(src)
     # the CLAP is copied exactly: its identity keys datastores and embedding caches
     clap = "text_encoder/model.safetensors"
-    from safetensors.torch import load_file
     import torch
+    from safetensors.torch import load_file
 
     assert all(torch.equal(a, b) for a, b in zip(load_file(str(src / clap)).values(), load_file(str(out / clap)).values()))
     with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
-        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     assert "F16" in dtypes and "F32" in dtypes      # big tensors halved, small ones (norms, biases) kept
     a = TTAPipeline.from_pretrained(src)
     b = TTAPipeline.from_pretrained(out)
     assert next(b.unet.parameters()).dtype == next(a.unet.parameters()).dtype
     assert a.clap.identity == b.clap.identity
-    kw = dict(seconds=0.32, steps=2, sampler="ddim", seed=0)
+    kw = {"seconds": 0.32, "steps": 2, "sampler": "ddim", "seed": 0}
     wa, wb = a(["a tone sound"], **kw).wavs[0], b(["a tone sound"], **kw).wavs[0]
     assert wa.shape == wb.shape and np.isfinite(wb).all()
     assert np.abs(wa - wb).max() < 0.05 * max(np.abs(wa).max(), 1e-3)
@@ -59,8 +59,9 @@ def test_bad_export_options_are_one_line_errors(tmp_path, capsys, args, needle):
 
 
 def test_vocoder_replacement_is_used_and_a_mismatched_one_refused(tmp_path, capsys):
-    import torch
     from dataclasses import replace
+
+    import torch
 
     from tests.test_ldm_fixtures import tiny_model_config
     from tta.checkpoint import save_component

@@ -174,7 +174,7 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     `defaults` overrides fields of pipeline.json's "defaults" (PipelineDefaults), validated. `vocoder` (a
     HiFiGAN component folder or a vocoder run folder) replaces the vocoder: it works on mels, so it can be
     trained on longer than the rest; its mel config must match the VAE's."""
-    from dataclasses import fields, replace
+    from dataclasses import fields
 
     import torch
     from safetensors.torch import load_file, save_file

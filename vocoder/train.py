@@ -28,9 +28,9 @@ from vocoder.losses import (
     LossConfig,
     discriminator_loss,
     generator_loss,
-    warmup_generator_loss,
     mel_l1,
     multi_resolution_stft_distance,
+    warmup_generator_loss,
 )
 from vocoder.model import HiFiGAN, HiFiGANConfig
 

@@ -238,8 +238,9 @@ class Datastore:
     def check_clap(self, clap, *, probe: int = 4) -> None:
         """Refuse a CLAP other than the one the store was built with (their embeddings do not compare).
 
-        Identities name checkpoint files, so the same weights saved again (a pipeline's text_encoder/,
-        another file format) carry another identity: then the stored text embeddings of the first `probe`
+        A tta CLAP's identity hashes its tensors, so a re-saved copy keeps it. A LAION CLAP's identity
+        hashes its checkpoint file, so the same weights in another format (the transformers folder of a
+        pipeline's text_encoder/) carry another one: then the stored text embeddings of the first `probe`
         entries are recomputed with `clap`, and the store is accepted only if they match (max abs
         difference <= 1e-3 on unit vectors; a different CLAP differs by orders of magnitude more).
         """
