@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick corpus train-vae train-vocoder train-clap train-ldm pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick corpus train-vae train-vocoder train-clap train-ldm train-ldm-10s pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,13 +43,15 @@ VAE_STEPS ?= 6000
 VOCODER_STEPS ?= 200000
 CLAP_STEPS ?= 4000
 LDM_STEPS ?= 20000
+# second LDM stage: fine-tune on whole 10.24 s clips, initialised from the 2.56 s-crop run
+LDM10_STEPS ?= 6000
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
 resume = $(if $(wildcard $(1)/config.json),--resume)
 
 ## default-model: rebuild tta/assets/default from nothing (hours on a CPU; stages below)
-default-model: corpus train-vae train-vocoder train-clap train-ldm pack-default
+default-model: corpus train-vae train-vocoder train-clap train-ldm train-ldm-10s pack-default
 
 corpus: venv
 	test -f $(CORPUS)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS) --large
@@ -72,9 +74,16 @@ train-ldm: venv
 		--set components.vocoder=$(RUNS)/vocoder/final --set cache_dir=$(LATENT_CACHE) \
 		--set train.max_steps=$(LDM_STEPS) $(call resume,$(RUNS)/ldm)
 
+train-ldm-10s: venv
+	$(BIN)/tta train ldm --config configs/ldm/default-10s.json --out $(RUNS)/ldm-10s $(DATA) \
+		--set components.vae=$(RUNS)/vae/final --set components.clap=$(RUNS)/clap/final \
+		--set components.vocoder=$(RUNS)/vocoder/final --set cache_dir=$(LATENT_CACHE) \
+		--set train.max_steps=$(LDM10_STEPS) \
+		$(if $(wildcard $(RUNS)/ldm-10s/config.json),--resume,--init-from $(RUNS)/ldm)
+
 pack-default: venv
 	rm -rf tta/assets/default.new
-	$(BIN)/tta export pipeline $(RUNS)/ldm/pipeline --out tta/assets/default.new --dtype float16 \
+	$(BIN)/tta export pipeline $(RUNS)/ldm-10s/pipeline --out tta/assets/default.new --dtype float16 \
 		--default sampler=dpmsolver++ --default steps=20 --default guidance=3.0 --default seconds=5.12 \
 		--vocoder $(PACK_VOCODER)
 	cp -r $(CORPUS)/ATTRIBUTION.md $(CORPUS)/licences tta/assets/default.new/

@@ -120,6 +120,34 @@ def test_retrieval_config_invariants():
 # ------------------------------------------------------------------------------ train + resume
 
 
+def test_a_retrieval_model_fine_tunes_from_a_text_only_run(corpus, store, tmp_path, capsys):
+    """--init-from: the UNet of a plain LDM run seeds a Re-AudioLDM run; the new cross-attention layers and the
+    context encoder start fresh."""
+    from tta.checkpoint import load_state_dict
+
+    torch.set_num_threads(1)
+    plain = tmp_path / "plain"
+    assert main(["-q", *map(str, train_args(corpus, plain))]) == 0, capsys.readouterr().err
+    ft = tmp_path / "ft"
+    code = main(["-q", *map(str, train_args(corpus, ft, "--datastore", store, "--neighbours", 2, "--init-from",
+                                            plain, "--set", "train.max_steps=1", "--set",
+                                            "train.learning_rate=1e-9"))])
+    assert code == 0, capsys.readouterr().err
+    base = load_state_dict(plain / "final" / "model.safetensors")
+    tuned = load_state_dict(ft / "final" / "model.safetensors")
+    assert set(base) <= set(tuned)
+    shared = [k for k in base if base[k].is_floating_point()]
+    assert all(torch.allclose(tuned[k], base[k], atol=1e-5) for k in shared)   # one step at lr 1e-9
+    assert json.loads((ft / "config.json").read_text())["train"]["init_from"] == str(plain)
+    # --init-from starts a run: with --resume it is a usage error, a missing source a one-line error
+    with pytest.raises(SystemExit) as e:
+        main(["-q", *map(str, train_args(corpus, ft, "--resume", "--init-from", plain))])
+    assert e.value.code == 2 and "cannot be combined with --resume" in capsys.readouterr().err
+    code = main(["-q", *map(str, train_args(corpus, tmp_path / "x", "--init-from", tmp_path / "nowhere"))])
+    err = capsys.readouterr().err
+    assert code != 0 and "nowhere" in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
 def test_train_with_retrieval_writes_both_components_and_resumes_bit_exactly(trained, corpus, store, tmp_path,
                                                                             capsys):
     from tta.checkpoint import load_state_dict

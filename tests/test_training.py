@@ -61,9 +61,10 @@ class ToyRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def run_toy(out, max_steps, *, resume=False, stop_at=None, ema=0.99, lr=3e-3):
+def run_toy(out, max_steps, *, resume=False, stop_at=None, ema=0.99, lr=3e-3, init_from=""):
     cfg = ToyRunConfig(train=TrainConfig(max_steps=max_steps, batch_size=4, learning_rate=lr, warmup_steps=2,
-                                         checkpoint_every=2, log_every=1, ema_decay=ema, keep_checkpoints=2))
+                                         checkpoint_every=2, log_every=1, ema_decay=ema, keep_checkpoints=2,
+                                         init_from=str(init_from)))
     run = TrainingRun(out, cfg, cfg.train, resume=resume, progress=False)
     model = TinyNet(cfg.model)
     opt = make_optimizer(model.parameters(), cfg.train)
@@ -72,6 +73,8 @@ def run_toy(out, max_steps, *, resume=False, stop_at=None, ema=0.99, lr=3e-3):
     run.track(model=model, optimizer=opt, scheduler=sched)
     run.make_ema("model", model)
     run.restore()
+    if stop_at == 0:
+        return run, model   # set up, nothing trained
     for batch in run.batches(ToyClips()):
         with run.accumulate(model):
             loss = nn.functional.cross_entropy(model(batch["wav"]), batch["label"])
@@ -120,6 +123,32 @@ def test_run_folder_guards(tmp_path):
         run_toy(tmp_path / "r", 2, resume=True, lr=1e-3)
     with pytest.raises(RunError, match="nothing to resume"):
         run_toy(tmp_path / "empty", 2, resume=True)
+
+
+def test_init_from_starts_a_fresh_run_from_another_runs_ema_weights(tmp_path):
+    from tta.checkpoint import load_train_state
+
+    run_toy(tmp_path / "base", 4)
+    ckpt = tmp_path / "base" / "checkpoints" / "step_4"
+    ema_weights = load_train_state(ckpt / "train_state.pt")["emas"]["model"]["shadow"]
+    run, model = run_toy(tmp_path / "ft", 4, init_from=tmp_path / "base", stop_at=0)  # before any step
+    assert run.step == 0 and not (tmp_path / "ft" / "checkpoints").exists()
+    loaded = run.unwrap(model).state_dict()
+    assert all(torch.equal(loaded[k], ema_weights[k]) for k in ema_weights)     # the EMA, not the raw weights
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["init_from"] == str(tmp_path / "base")
+    # a fine-tune run trains on from there; its metrics start at step 1 and its optimizer is fresh
+    run, _ = run_toy(tmp_path / "ft2", 2, init_from=ckpt)
+    assert [json.loads(r)["step"] for r in (tmp_path / "ft2" / "metrics.jsonl").open()] == [1, 2]
+    assert run._optimizers["optimizer"].state_dict()["state"][0]["step"] == 2
+    # a component folder works too; nonsense is refused before anything is trained
+    run, model = run_toy(tmp_path / "ft3", 2, init_from=tmp_path / "base" / "final", stop_at=0)
+    final_w = load_component(tmp_path / "base" / "final", TinyNet).state_dict()
+    assert all(torch.equal(run.unwrap(model).state_dict()[k], final_w[k]) for k in final_w)
+    with pytest.raises(RunError, match="init_from=.*no such"):
+        run_toy(tmp_path / "ft4", 2, init_from=tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="no weights for model"):
+        run_toy(tmp_path / "ft5", 2, init_from=tmp_path / "empty")
 
 
 def test_sampler_is_a_deterministic_resumable_stream():

@@ -51,6 +51,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             sets.append(f"retrieval.datastore={json.dumps(str(args.datastore))}")
         if args.neighbours is not None:
             sets.append(f"retrieval.neighbours={args.neighbours}")
+    if getattr(args, "init_from", None) is not None:
+        if args.resume:
+            raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
+        if not args.init_from.exists():
+            raise FileNotFoundError(f"--init-from {args.init_from}: no such run, checkpoint or component folder")
+        sets.append(f"train.init_from={json.dumps(str(args.init_from))}")
     config = apply_overrides(load_config(module.RunConfig, args.config), sets)
     final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)
     print(final)
@@ -96,6 +102,10 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=100 (repeatable; JSON values)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--init-from", type=Path, metavar="RUN",
+                   help="fine-tune: start this new run from another run's weights (a run folder, its "
+                        "checkpoints/step_N or a component folder; EMA weights when present); optimizer and "
+                        "step start fresh (same as --set train.init_from=RUN)")
     p.add_argument("--datastore", type=Path, metavar="DIR",
                    help="ldm only: retrieval-augmented training (Re-AudioLDM) on a `tta index build` folder "
                         "(same as --set retrieval.datastore=DIR)")

@@ -26,6 +26,7 @@ This module is also the `tta import` / `tta export` command group (argparse only
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -151,7 +152,11 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
         export_speecht5(pipe.vocoder, tmp / "vocoder")
         scheduler.save_pretrained(str(tmp / "scheduler"))
         text.save_pretrained(str(tmp / "text_encoder"))
-        pipe.clap.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        # diffusers pads and truncates prompts to tokenizer.model_max_length: make that the length tta's CLAP
+        # embedder uses (LAION: 77 tokens, within the text model's position table), so both encode alike
+        tokenizer = copy.deepcopy(pipe.clap.tokenizer)
+        tokenizer.model_max_length = pipe.clap.max_length
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
         index = {"_class_name": "AudioLDMPipeline", "_diffusers_version": diffusers.__version__,
                  "scheduler": ["diffusers", type(scheduler).__name__],
                  "text_encoder": ["transformers", "ClapTextModelWithProjection"],

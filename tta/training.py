@@ -71,6 +71,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3                # older step_N folders are deleted; 0 keeps all
     cpu: bool = False                        # force CPU even when an accelerator is present
+    init_from: str = ""                      # fine-tune: start a fresh run from another run's weights
+                                             # (RUN, RUN/checkpoints/step_N or a component folder)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every",
@@ -151,6 +153,10 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
+        self.reset(model)
+
+    def reset(self, model: nn.Module) -> None:
+        """Start averaging afresh from `model`'s current weights."""
         self.num_updates = 0
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
                        if v.is_floating_point()}
@@ -413,8 +419,12 @@ class TrainingRun:
         return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
     def restore(self) -> int:
-        """On --resume, load the latest complete checkpoint into everything tracked; returns the step."""
+        """On --resume, load the latest complete checkpoint into everything tracked; returns the step.
+
+        A fresh run with train.init_from starts from that run's weights instead (see `init_weights`)."""
         if not self.resume:
+            if self.train.init_from:
+                self.init_weights(self.train.init_from)
             return 0
         ckpts = self.list_checkpoints()
         if not ckpts:
@@ -446,6 +456,53 @@ class TrainingRun:
         keep = [line for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= self.step]
         path.write_text("".join(line + "\n" for line in keep))
+
+    def init_weights(self, source: str | os.PathLike) -> None:
+        """Fine-tuning start: load weights from another run into the tracked modules of this fresh run.
+
+        `source` is a run folder (its latest complete checkpoint, else final/), one checkpoints/step_N
+        folder, or a component folder (weights for the first tracked module). A module that has an EMA
+        in the source gets the EMA weights. Optimizers, schedulers and the step start fresh; this run's
+        EMAs restart from the loaded weights. Modules and tensors the source lacks keep their fresh
+        initialisation, with a warning (e.g. a retrieval context encoder and the cross-attention it feeds,
+        added to a text-only LDM); a tensor only the source has, or a shape mismatch, is an error."""
+        src = Path(source)
+        if not src.exists():
+            raise RunError(f"train.init_from={str(source)!r}: no such run, checkpoint or component folder")
+        if (src / "checkpoints").is_dir() or (src / "final").is_dir():
+            ckpts = sorted((p for p in (src / "checkpoints").glob("step_*")
+                            if re.fullmatch(r"step_\d+", p.name) and (p / TRAIN_STATE_NAME).is_file()),
+                           key=lambda p: int(p.name.split("_")[1])) if (src / "checkpoints").is_dir() else []
+            src = ckpts[-1] if ckpts else src / "final"
+        weights: dict[str, dict] = {}
+        if (src / TRAIN_STATE_NAME).is_file():      # a checkpoint: one sub-folder per tracked module
+            emas = load_train_state(src / TRAIN_STATE_NAME).get("emas", {})
+            for name in self._modules:
+                if name in emas:
+                    weights[name] = emas[name]["shadow"]
+                elif (src / name / WEIGHTS_NAME).is_file():
+                    weights[name] = load_state_dict(src / name / WEIGHTS_NAME)
+        elif (src / WEIGHTS_NAME).is_file() and self._modules:   # a component folder: the main module
+            weights[next(iter(self._modules))] = load_state_dict(src / WEIGHTS_NAME)
+        if not weights:
+            raise RunError(f"train.init_from={str(source)!r}: no weights for {', '.join(self._modules)} there "
+                           f"(expected a run folder, checkpoints/step_N or a component folder)")
+        for name, module in self._modules.items():
+            if name not in weights:
+                log.warning("init_from %s: no %s weights there; it keeps its fresh initialisation", src, name)
+                continue
+            module = self.unwrap(module)
+            own = module.state_dict()
+            new = [k for k in own if k not in weights[name]]
+            if [k for k in new if own[k].is_floating_point()]:   # (EMA shadows hold float tensors only)
+                log.warning("init_from %s: %d %s tensors are new in this model and keep their fresh "
+                            "initialisation (first: %s)", src, len(new), name, ", ".join(new[:3]))
+            # new tensors (e.g. cross-attention added for a retrieval context) are filled from this model;
+            # a tensor the source has and this model lacks, or a shape mismatch, is an error
+            load_into(module, {**{k: own[k] for k in new}, **weights[name]}, where=f"{src}/{name}")
+            if name in self._emas:
+                self._emas[name].reset(module)
+        log.info("initialised %s from %s", ", ".join(n for n in self._modules if n in weights), src)
 
     def finish(self, model: nn.Module, name: str | None = None) -> Path:
         """Write final/ (EMA weights when an EMA of this model is tracked) and close the bar."""

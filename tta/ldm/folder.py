@@ -49,7 +49,8 @@ def save_text_encoder(embedder, folder: Path) -> None:
     """Write a CLAP embedder so `tta.clap.load_clap(folder)` reads it back: a tta component for the own
     CLAP, or a transformers CLAP folder (+ its tokenizer files) for LAION-CLAP."""
     model = embedder.model
-    if hasattr(model, "config_class") and hasattr(model, "config"):
+    own = type(model).__module__.split(".")[0] in ("tta", "vae", "vocoder", "eval")
+    if own:   # (a transformers model also has .config and .config_class; it goes the other way)
         save_component(folder, model)
         return
     if not hasattr(model, "save_pretrained"):

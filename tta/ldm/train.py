@@ -215,7 +215,10 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     """Encode every clip of `dataset` (deterministic crop) once; cached by data + component identity."""
     from tqdm.auto import tqdm
 
-    h = hashlib.sha256(json.dumps(to_dict(config.data), sort_keys=True).encode())
+    data = to_dict(config.data)
+    if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
+        data["segment_seconds"] = config.precompute_seconds
+    h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
     for p in (config.data.manifest, *config.data.extra_manifests):
         h.update(Path(p).read_bytes())
     h.update((component_dir(config.components.vae, "vae") / WEIGHTS_NAME).read_bytes())

@@ -1,0 +1,99 @@
+"""`tta export diffusers`, the positive path: a tiny pipeline on a LAION-CLAP text encoder becomes a folder that
+diffusers' own AudioLDMPipeline.from_pretrained loads, and that pipeline, run on the prompt text through the
+exported tokenizer and text encoder, gives the same waveform as tta's pipeline for the same initial latents."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import pytest
+import torch
+
+from tests.test_ldm_fixtures import one_thread, tiny_model_config, tiny_run_config  # noqa: F401 (autouse)
+from tta.cli import main
+
+
+@pytest.fixture(scope="module")
+def laion_pipeline(tmp_path_factory):
+    """A tta pipeline folder of tiny random parts whose text encoder is a transformers (LAION) CLAP."""
+    pytest.importorskip("diffusers")
+    from transformers import ClapModel
+
+    from tests.test_clap_laion import PROJ, tiny_config
+    from tta.clap import load_clap
+    from tta.clap.towers import minilm_folder
+    from tta.ldm.model import LDMUNet
+    from tta.pipeline import PipelineDefaults, TTAPipeline
+    from vae.model import MelVAE, VAEConfig
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    root = tmp_path_factory.mktemp("laion-pipe")
+    torch.manual_seed(0)
+    clap_dir = root / "clap"
+    ClapModel(tiny_config()).save_pretrained(str(clap_dir))
+    from transformers import AutoTokenizer
+
+    # a real local WordPiece vocabulary stands in for RoBERTa's (the tokenizer is saved with the model)
+    AutoTokenizer.from_pretrained(str(minilm_folder()), local_files_only=True).save_pretrained(str(clap_dir))
+    clap = load_clap(clap_dir)
+    vae = MelVAE(tiny_model_config(VAEConfig, "vae")).eval()
+    vae.set_scale_factor(0.81)
+    vocoder = HiFiGAN(dataclasses.replace(tiny_model_config(HiFiGANConfig, "vocoder"), resblock="1",
+                                          resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1, 3, 5),),
+                                          weight_norm=False)).eval()
+    unet = LDMUNet(dataclasses.replace(tiny_run_config().model, class_embed_dim=PROJ)).eval()
+    pipe = TTAPipeline(unet, vae, vocoder, clap, tiny_run_config().diffusion.scheduler_config(),
+                       PipelineDefaults(sampler="ddim", steps=3, guidance=2.5, seconds=0.32))
+    return pipe.save_pretrained(root / "tta")
+
+
+def test_exported_folder_loads_in_diffusers_and_matches(laion_pipeline, tmp_path, capsys):
+    import diffusers
+
+    from tta.pipeline import TTAPipeline
+
+    out = tmp_path / "audioldm"
+    code = main(["-q", "export", "diffusers", str(laion_pipeline), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "AudioLDMPipeline"
+    assert {"unet", "vae", "vocoder", "scheduler", "text_encoder", "tokenizer"} <= set(index)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = diffusers.AudioLDMPipeline.from_pretrained(str(out), local_files_only=True)
+    theirs.set_progress_bar_config(disable=True)
+    ours = TTAPipeline.from_pretrained(laion_pipeline)
+    assert type(theirs.scheduler).__name__ == "DDIMScheduler"
+    assert float(theirs.vae.config.scaling_factor) == pytest.approx(0.81)
+
+    # the text path: diffusers tokenizes and encodes the prompt itself; the embedding equals tta's CLAP one
+    ids = theirs.tokenizer(["a dog barks"], return_tensors="pt")
+    with torch.no_grad():
+        text = theirs.text_encoder(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).text_embeds
+    torch.testing.assert_close(torch.nn.functional.normalize(text, dim=-1), ours.clap.embed_text(["a dog barks"]),
+                               atol=1e-5, rtol=0)
+
+    seconds, steps, guidance = 0.32, 3, 2.5
+    num_samples = int(seconds * 16_000)
+    noise = torch.randn((1, *ours.latent_shape(num_samples)), generator=torch.Generator().manual_seed(0))
+    cond, uncond = ours.clap.embed_text(["a dog barks"]), ours.clap.embed_text([""])
+    mine = ours.sample(noise, cond, uncond, num_samples, steps=steps, guidance=guidance, sampler="ddim")[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = theirs("a dog barks", latents=noise.clone(), num_inference_steps=steps, guidance_scale=guidance,
+                     audio_length_in_s=seconds, output_type="pt").audios[0]
+    assert ref.shape == mine.shape == (num_samples,)
+    assert float(ref.abs().max()) > 1e-4                          # not a trivially silent comparison
+    torch.testing.assert_close(mine, ref.float(), atol=1e-4, rtol=0)
+
+
+def test_export_into_an_existing_folder_is_refused(laion_pipeline, tmp_path, capsys):
+    out = tmp_path / "audioldm"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code = main(["-q", "export", "diffusers", str(laion_pipeline), "--out", str(out)])
+    assert code == 1 and str(out) in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
