@@ -84,7 +84,7 @@ train-ldm-10s: venv
 pack-default: venv
 	rm -rf tta/assets/default.new
 	$(BIN)/tta export pipeline $(RUNS)/ldm-10s/pipeline --out tta/assets/default.new --dtype float16 \
-		--default sampler=dpmsolver++ --default steps=20 --default guidance=3.0 --default seconds=5.12 \
+		--default sampler=dpmsolver++ --default steps=20 --default guidance=3.0 --default seconds=10.0 --default window=10.24 \
 		--vocoder $(PACK_VOCODER)
 	cp -r $(CORPUS)/ATTRIBUTION.md $(CORPUS)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card

@@ -33,6 +33,7 @@ def test_generate_writes_16k_wavs_and_a_record_and_is_reproducible(tmp_path, cap
     assert record["settings"]["seed"] == 5 and record["settings"]["steps"] == 2
     assert record["settings"]["sampler"] == "ddim" and record["outputs"][1]["seeds"] == [6]
     assert record["clap_score_model"].startswith("tta-clap:")
+    assert record["settings"]["window"] == 0.0 and record["model_defaults"]["window"] == 0.0
     # same seed, other batching -> identical bytes
     assert run(capsys, *args, "--out-dir", tmp_path / "b")[0] == 0
     for name in ("dog", "rain"):
@@ -47,6 +48,11 @@ def test_single_output_file_and_edit(tmp_path, capsys):
     assert code == 0 and sf.info(str(out)).frames == 4800
     record = json.loads((tmp_path / "edit.generation.json").read_text())
     assert record["edit"]["kind"] == "inpaint" and record["edit"]["start"] == 0.1
+    # --window: sampled longer, written at --seconds
+    code, _, _ = run(capsys, "a bird", "--model", tiny_pipeline(), "--steps", 2, "-o", tmp_path / "w.wav",
+                     "--seconds", 0.1, "--window", 0.3)
+    assert code == 0 and sf.info(str(tmp_path / "w.wav")).frames == 1600
+    assert json.loads((tmp_path / "w.generation.json").read_text())["settings"]["window"] == 0.3
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +74,8 @@ BAD = [
     (["--init-audio", "MISSING.wav"], "unreadable input audio"),
     (["--inpaint", "IN.wav"], "--mask START:END"),
     (["--inpaint", "IN.wav", "--mask", "2:1"], "--mask '2:1'"),
+    (["--window", "-1"], "--window -1.0 must be between 0"),
+    (["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--window", "1"], "--window does not apply to edits"),
     (["BROKEN"], "component 'text_encoder' is missing"),
     (["NOMODEL"], "embedded default model is missing from this install"),
 ]

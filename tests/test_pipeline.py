@@ -31,6 +31,22 @@ def test_same_seed_same_audio_any_duration(pipe):
     np.testing.assert_allclose(alone.wavs[0], a.wavs[1], atol=1e-5)
 
 
+def test_window_samples_the_longer_length_and_cuts_from_the_start(pipe):
+    long = pipe(["rain"], seconds=0.3, seed=3)
+    cut = pipe(["rain"], seconds=0.1, seed=3, window=0.3)
+    assert cut.wavs[0].shape == (1600,)
+    np.testing.assert_array_equal(cut.wavs[0], long.wavs[0][:1600])
+    # the CLAP score (and candidate ranking) is of the clip that is returned
+    again = float((pipe.clap.embed_audio(cut.wavs[0][None], 16_000) * pipe.clap.embed_text(["rain"])).sum())
+    assert cut.scores[0] == pytest.approx(again, abs=1e-5)
+    # a window shorter than the request changes nothing; the model's default applies when none is given
+    np.testing.assert_array_equal(pipe(["rain"], seconds=0.3, seed=3, window=0.1).wavs[0], long.wavs[0])
+    assert pipe.defaults.window == 0.0
+    for bad in (-1.0, float("nan"), 1e4):
+        with pytest.raises(PipelineError, match="window"):
+            pipe(["rain"], seconds=0.1, window=bad)
+
+
 def test_every_sampler_runs_and_bad_names_list_the_valid_ones(pipe):
     from tta.ldm.sampling import SAMPLERS
 

@@ -129,6 +129,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 disables it)")
     p.add_argument("--negative", default="", help="negative prompt (the unconditional branch's text)")
     p.add_argument("--candidates", type=int, help="clips drawn per prompt; the best by CLAP score is kept")
+    p.add_argument("--window", type=float, metavar="S",
+                   help="sample at least S seconds and cut to --seconds (default: the model's window, 10.24 "
+                        "for the embedded model, which was trained on 10.24 s clips; 0 = sample exactly --seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", help="ddim, dpmsolver++, euler, euler_a, heun, lms, pndm or ddpm")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")

@@ -141,6 +141,9 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise GenerateError(f"--seconds {args.seconds} must be a positive number")
     if args.seconds is not None and args.seconds > MAX_SECONDS:
         raise GenerateError(f"--seconds {args.seconds} exceeds the maximum of {MAX_SECONDS:g} s")
+    window = getattr(args, "window", None)
+    if window is not None and not (math.isfinite(window) and 0 <= window <= MAX_SECONDS):
+        raise GenerateError(f"--window {window} must be between 0 and {MAX_SECONDS:g} seconds")
     if args.steps is not None and args.steps < 1:
         raise GenerateError(f"--steps {args.steps} must be >= 1")
     if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
@@ -190,6 +193,8 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
         raise GenerateError(f"unreadable input audio: {e}") from None
     if args.seconds is not None:
         raise GenerateError("--seconds does not apply to edits: the input audio sets the length")
+    if getattr(args, "window", None) is not None:
+        raise GenerateError("--window does not apply to edits: the input audio sets the length")
     edit = {"kind": kind, "input": str(path), "input_seconds": round(info.seconds, 4)}
     if kind == "audio_to_audio":
         if not (math.isfinite(args.strength) and 0 < args.strength <= 1):
@@ -279,7 +284,7 @@ def main(args: argparse.Namespace) -> int:
         prompts = [j.prompt for j in chunk]
         seed = args.seed + start     # prompt i always gets seed + i, whatever the chunking
         if edit is None:
-            out = pipe(prompts, seconds=args.seconds, seed=seed, **common)
+            out = pipe(prompts, seconds=args.seconds, seed=seed, window=getattr(args, "window", None), **common)
         elif edit["kind"] == "audio_to_audio":
             out = pipe.audio_to_audio(wav_in, prompts, strength=edit["strength"], seed=seed, **common)
         elif edit["kind"] == "inpaint":
@@ -336,6 +341,8 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                      "steps": args.steps or d.steps,
                      "guidance": d.guidance if args.guidance is None else args.guidance,
                      "negative": args.negative, "candidates": args.candidates or d.candidates,
+                     "window": None if edit else (d.window if getattr(args, "window", None) is None
+                                                  else args.window),
                      "seed": args.seed, "sampler": args.sampler, "eta": args.eta, "batch_size": args.batch_size,
                      "device": device, "sample_rate": pipe.sample_rate,
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},

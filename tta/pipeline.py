@@ -55,6 +55,14 @@ class PipelineDefaults:
     guidance: float = 2.5
     seconds: float = 10.0
     candidates: int = 1
+    # Shortest length sampled for text-to-audio: a shorter request is generated at `window` seconds and cut
+    # from its start to the asked length (a UNet trained on fixed-length crops sounds best at that length).
+    # 0 = sample exactly the asked length.
+    window: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.window) and 0 <= self.window <= MAX_SECONDS):
+            raise ValueError(f"defaults.window={self.window} must be in [0, {MAX_SECONDS:g}] seconds")
 
 
 @dataclass
@@ -228,19 +236,25 @@ class TTAPipeline:
     def __call__(self, prompts: list[str], *, seconds: float | None = None, steps: int | None = None,
                  guidance: float | None = None, negative: str = "", candidates: int | None = None,
                  seed: int = 0, sampler: str | None = None, eta: float = 0.0, batch_size: int = 1,
-                 progress: bool = False, datastore=None, neighbours: int | None = None) -> Generation:
+                 progress: bool = False, datastore=None, neighbours: int | None = None,
+                 window: float | None = None) -> Generation:
         """Generate one wav per prompt (the best of `candidates` by CLAP score).
 
         Prompt i, candidate j starts from noise seeded `seed + i + 1_000_003 * j`, drawn on the CPU, so
         outputs do not depend on batch_size or device. guidance <= 1 disables classifier-free guidance.
         datastore (a folder or a tta.retrieval.Datastore) + neighbours k (default: the training k): a
         retrieval model is conditioned on each prompt's k nearest entries; without a datastore it runs
-        on its null context.
+        on its null context. window (default: the model's `defaults.window`): clips shorter than this are
+        sampled at `window` seconds and cut to `seconds` from the start (before CLAP ranking).
         """
         n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
-        return self._run(prompts, n, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
+        window = self.defaults.window if window is None else window
+        if not (isinstance(window, (int, float)) and math.isfinite(window) and 0 <= window <= MAX_SECONDS):
+            raise PipelineError(f"window={window} must be in [0, {MAX_SECONDS:g}] seconds")
+        sampled = max(n, int(round(window * self.sample_rate)))
+        return self._run(prompts, sampled, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
                          seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, progress=progress,
-                         datastore=datastore, neighbours=neighbours)
+                         datastore=datastore, neighbours=neighbours, cut=n)
 
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
         """Style transfer (SDEdit): wav (T,) at sample_rate noised to `strength` in (0, 1], denoised to the prompt."""
@@ -280,7 +294,8 @@ class TTAPipeline:
     def _run(self, prompts, num_samples: int, *, steps=None, guidance=None, negative: str = "", candidates=None,
              seed: int = 0, sampler=None, eta: float = 0.0, batch_size: int = 1, progress: bool = False,
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
-             context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None) -> Generation:
+             context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
+             cut: int | None = None) -> Generation:
         from tqdm.auto import tqdm
 
         d = self.defaults
@@ -314,7 +329,7 @@ class TTAPipeline:
                               keep=keep, context=_rows(context, [i for i, _, _ in chunk]), generator=generator,
                               progress=progress and len(jobs) == 1)
             for (i, j, _), w in zip(chunk, out):
-                wavs[(i, j)] = w
+                wavs[(i, j)] = w if cut is None else w[:cut]
             bar.update(len(chunk))
         bar.close()
         out = self._rank(text, wavs, len(prompts), candidates, jobs)
