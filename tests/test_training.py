@@ -125,6 +125,16 @@ def test_run_folder_guards(tmp_path):
         run_toy(tmp_path / "empty", 2, resume=True)
 
 
+def test_a_run_from_an_older_version_resumes_when_only_new_fields_are_missing(tmp_path):
+    run_toy(tmp_path / "old", 2)
+    cfg_path = tmp_path / "old" / "config.json"
+    saved = json.loads(cfg_path.read_text())
+    del saved["train"]["init_from"]                  # a field this version added
+    cfg_path.write_text(json.dumps(saved))
+    run, _ = run_toy(tmp_path / "old", 4, resume=True)
+    assert run.step == 4
+
+
 def test_init_from_starts_a_fresh_run_from_another_runs_ema_weights(tmp_path):
     from tta.checkpoint import load_train_state
 

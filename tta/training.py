@@ -34,7 +34,7 @@ import random
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -44,7 +44,7 @@ from torch import nn
 
 from tta.checkpoint import (TRAIN_STATE_NAME, atomic_dir, load_component, load_into, load_state_dict,
                             load_train_state, save_component, save_train_state, WEIGHTS_NAME)
-from tta.config import save_config, to_dict
+from tta.config import ConfigError, from_dict, save_config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,13 @@ class TrainingRun:
             if not cfg_path.is_file():
                 raise RunError(f"{self.out}: nothing to resume (no config.json); start without --resume")
             saved = json.loads(cfg_path.read_text())
+            if is_dataclass(self.config):
+                # read through this version's config class, so a field added since the run started takes its
+                # default instead of counting as a change (a config that no longer parses is compared as is)
+                try:
+                    saved = to_dict(from_dict(type(self.config), saved))
+                except (ConfigError, TypeError, ValueError):
+                    pass
             old_max = saved.get("train", {}).get("max_steps")
             new_max = resolved.get("train", {}).get("max_steps")
             if old_max != new_max and {**saved, "train": {**saved["train"], "max_steps": new_max}} == resolved:
