@@ -125,6 +125,27 @@ def test_run_folder_guards(tmp_path):
         run_toy(tmp_path / "empty", 2, resume=True)
 
 
+def test_init_from_keeps_reshaped_tensors_fresh_and_refuses_another_model(tmp_path, caplog):
+    from tta.checkpoint import save_component
+
+    run_toy(tmp_path / "base", 2)
+    base = load_component(tmp_path / "base" / "final", TinyNet)
+    # a source whose output layer has another width (3 -> 5 classes): that layer keeps its fresh init
+    other = TinyNet(TinyNetConfig(num_classes=5))
+    state = {**other.state_dict(), **{k: v for k, v in base.state_dict().items() if not k.startswith("net.3")}}
+    other.load_state_dict(state)
+    save_component(tmp_path / "wide", other)
+    with caplog.at_level("WARNING"):
+        run, model = run_toy(tmp_path / "ft", 2, init_from=tmp_path / "wide", stop_at=0)
+    got = run.unwrap(model).state_dict()
+    assert torch.equal(got["net.0.weight"], base.state_dict()["net.0.weight"])
+    assert got["net.3.weight"].shape == (3, 8, 1) and "reshaped" in caplog.text
+    # when most tensors do not fit, it is not a run of this model
+    save_component(tmp_path / "alien", TinyNet(TinyNetConfig(channels=4, num_classes=5)))
+    with pytest.raises(RunError, match="not a run of this model"):
+        run_toy(tmp_path / "ft2", 2, init_from=tmp_path / "alien")
+
+
 def test_a_run_from_an_older_version_resumes_when_only_new_fields_are_missing(tmp_path):
     run_toy(tmp_path / "old", 2)
     cfg_path = tmp_path / "old" / "config.json"

@@ -251,7 +251,7 @@ class TTAPipeline:
         window = self.defaults.window if window is None else window
         if not (isinstance(window, (int, float)) and math.isfinite(window) and 0 <= window <= MAX_SECONDS):
             raise PipelineError(f"window={window} must be in [0, {MAX_SECONDS:g}] seconds")
-        sampled = max(n, int(round(window * self.sample_rate)))
+        sampled = max(n, round(window * self.sample_rate))
         return self._run(prompts, sampled, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
                          seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, progress=progress,
                          datastore=datastore, neighbours=neighbours, cut=n)

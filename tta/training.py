@@ -470,9 +470,10 @@ class TrainingRun:
         `source` is a run folder (its latest complete checkpoint, else final/), one checkpoints/step_N
         folder, or a component folder (weights for the first tracked module). A module that has an EMA
         in the source gets the EMA weights. Optimizers, schedulers and the step start fresh; this run's
-        EMAs restart from the loaded weights. Modules and tensors the source lacks keep their fresh
-        initialisation, with a warning (e.g. a retrieval context encoder and the cross-attention it feeds,
-        added to a text-only LDM); a tensor only the source has, or a shape mismatch, is an error."""
+        EMAs restart from the loaded weights. Modules, and tensors the source lacks or shapes differently,
+        keep their fresh initialisation, with a warning (e.g. a retrieval context encoder and the key/value
+        projections of the cross-attention it feeds, added to a text-only LDM). A tensor only the source
+        has, or more than half of a module's tensors fresh, is an error."""
         src = Path(source)
         if not src.exists():
             raise RunError(f"train.init_from={str(source)!r}: no such run, checkpoint or component folder")
@@ -500,13 +501,23 @@ class TrainingRun:
                 continue
             module = self.unwrap(module)
             own = module.state_dict()
-            new = [k for k in own if k not in weights[name]]
-            if [k for k in new if own[k].is_floating_point()]:   # (EMA shadows hold float tensors only)
-                log.warning("init_from %s: %d %s tensors are new in this model and keep their fresh "
-                            "initialisation (first: %s)", src, len(new), name, ", ".join(new[:3]))
-            # new tensors (e.g. cross-attention added for a retrieval context) are filled from this model;
-            # a tensor the source has and this model lacks, or a shape mismatch, is an error
-            load_into(module, {**{k: own[k] for k in new}, **weights[name]}, where=f"{src}/{name}")
+            src_w = weights[name]
+            new = [k for k in own if k not in src_w]
+            reshaped = [k for k in own if k in src_w and tuple(src_w[k].shape) != tuple(own[k].shape)]
+            fresh = [k for k in new + reshaped if own[k].is_floating_point()]   # (EMA shadows: floats only)
+            floats = [k for k in own if own[k].is_floating_point()]
+            if len(fresh) > len(floats) // 2:
+                raise RunError(f"train.init_from={str(source)!r}: {len(fresh)} of {len(floats)} {name} tensors are "
+                               f"missing there or shaped differently (first: {', '.join(fresh[:3])}); "
+                               "not a run of this model")
+            if fresh:
+                log.warning("init_from %s: %d %s tensors are new or reshaped in this model and keep their fresh "
+                            "initialisation (first: %s)", src, len(fresh), name, ", ".join(fresh[:3]))
+            # e.g. a retrieval context: the context encoder is new, and the second attention layer of each
+            # block attends to the context instead of to itself, so its key/value projections change width.
+            # A tensor only the source has is an error (load_into names it).
+            state = {**{k: own[k] for k in new + reshaped}, **{k: v for k, v in src_w.items() if k not in reshaped}}
+            load_into(module, state, where=f"{src}/{name}")
             if name in self._emas:
                 self._emas[name].reset(module)
         log.info("initialised %s from %s", ", ".join(n for n in self._modules if n in weights), src)
