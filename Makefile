@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick corpus train-vae train-vocoder train-clap train-ldm train-ldm-10s pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus train-vae train-vocoder train-clap train-ldm train-ldm-10s pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -92,15 +92,24 @@ pack-default: venv
 
 ## experiment-retrieval-quick: the Re-AudioLDM experiment on a seeded 1 320-clip subset of the starter corpus
 ## (needs the default-model runs under RUNS; ~20 min on 2 CPU cores)
-experiment-retrieval-quick: venv
-	test -f $(CORPUS)/subset-1k.jsonl || $(BIN)/python -c "import random, sys; \
+experiment-retrieval-quick: venv $(CORPUS)/subset-1k.jsonl
+	$(BIN)/tta experiment retrieval --config configs/experiment/retrieval-starter-quick.json \
+		--out ../tta-work/experiments/retrieval-quick
+
+## experiment-retrieval-finetune: the same subset; every variant fine-tunes the default LDM's 10.24 s stage
+## (RUNS/ldm-10s) for 300 steps, the retrieval ones with a fresh context encoder (~45 min on 2 CPU cores)
+experiment-retrieval-finetune: venv $(CORPUS)/subset-1k.jsonl
+	$(BIN)/tta experiment retrieval --config configs/experiment/retrieval-starter-finetune.json \
+		--out ../tta-work/experiments/retrieval-finetune
+
+# the seeded 1 200 + 120 clip subset of the starter corpus the retrieval experiments use
+$(CORPUS)/subset-1k.jsonl: | venv
+	$(BIN)/python -c "import random, sys; \
 		from tta.data.manifest import read_manifest, write_manifest; \
 		rows = read_manifest(sys.argv[1]); rng = random.Random(0); \
 		train = [r for r in rows if r.split == 'train']; valid = [r for r in rows if r.split == 'valid']; \
 		write_manifest(sys.argv[2], rng.sample(train, 1200) + rng.sample(valid, 120))" \
-		$(CORPUS)/manifest.jsonl $(CORPUS)/subset-1k.jsonl
-	$(BIN)/tta experiment retrieval --config configs/experiment/retrieval-starter-quick.json \
-		--out ../tta-work/experiments/retrieval-quick
+		$(CORPUS)/manifest.jsonl $@
 
 lint: venv
 	$(BIN)/ruff check tta vae vocoder eval tests bench
