@@ -194,15 +194,15 @@ def load_into(model: Any, state: dict, *, where: str, strict: bool = True) -> No
     model.load_state_dict(state, strict=strict)
 
 
-_TTA_PACKAGES = ("tta", "vae", "vocoder", "eval")
+TTA_PACKAGES = ("tta", "vae", "vocoder", "eval")
 
 
 def import_class(name: str) -> type:
     """Import a class by dotted path, restricted to tta's own packages (config.json is data, not code)."""
     module_name, _, attr = name.rpartition(".")
-    if not module_name or module_name.split(".")[0] not in _TTA_PACKAGES:
+    if not module_name or module_name.split(".")[0] not in TTA_PACKAGES:
         raise CheckpointError(f"class {name!r} is not a tta class (expected one of the packages "
-                              f"{', '.join(_TTA_PACKAGES)})")
+                              f"{', '.join(TTA_PACKAGES)})")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError):

@@ -135,14 +135,14 @@ def model_folder(args: argparse.Namespace) -> Path:
 
 def check_numbers(args: argparse.Namespace) -> None:
     from tta.ldm.sampling import check_sampler
-    from tta.pipeline import MAX_SECONDS
+    from tta.pipeline import MAX_SECONDS, valid_window
 
     if args.seconds is not None and (not math.isfinite(args.seconds) or args.seconds <= 0):
         raise GenerateError(f"--seconds {args.seconds} must be a positive number")
     if args.seconds is not None and args.seconds > MAX_SECONDS:
         raise GenerateError(f"--seconds {args.seconds} exceeds the maximum of {MAX_SECONDS:g} s")
     window = getattr(args, "window", None)
-    if window is not None and not (math.isfinite(window) and 0 <= window <= MAX_SECONDS):
+    if window is not None and not valid_window(window):
         raise GenerateError(f"--window {window} must be between 0 and {MAX_SECONDS:g} seconds")
     if args.steps is not None and args.steps < 1:
         raise GenerateError(f"--steps {args.steps} must be >= 1")

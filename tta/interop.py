@@ -284,7 +284,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                                                           "(default), bfloat16 or float32")
         p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
                        help="set a generation default in pipeline.json (sampler, steps, guidance, seconds, "
-                            "candidates); repeatable")
+                            "candidates, window); repeatable")
         p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN component or vocoder run folder (same "
                                          "mel config), or griffin-lim[:ITERS] for the untrained baseline")
     parser.set_defaults(interop_verb=verb)

@@ -61,8 +61,13 @@ class PipelineDefaults:
     window: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.window) and 0 <= self.window <= MAX_SECONDS):
+        if not valid_window(self.window):
             raise ValueError(f"defaults.window={self.window} must be in [0, {MAX_SECONDS:g}] seconds")
+
+
+def valid_window(window) -> bool:
+    """A sampling window is a finite number of seconds in [0, MAX_SECONDS]."""
+    return isinstance(window, (int, float)) and math.isfinite(window) and 0 <= window <= MAX_SECONDS
 
 
 @dataclass
@@ -249,7 +254,7 @@ class TTAPipeline:
         """
         n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
         window = self.defaults.window if window is None else window
-        if not (isinstance(window, (int, float)) and math.isfinite(window) and 0 <= window <= MAX_SECONDS):
+        if not valid_window(window):
             raise PipelineError(f"window={window} must be in [0, {MAX_SECONDS:g}] seconds")
         sampled = max(n, round(window * self.sample_rate))
         return self._run(prompts, sampled, steps=steps, guidance=guidance, negative=negative, candidates=candidates,

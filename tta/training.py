@@ -419,11 +419,7 @@ class TrainingRun:
             shutil.rmtree(old, ignore_errors=True)
 
     def list_checkpoints(self) -> list[Path]:
-        if not self.checkpoints_dir.is_dir():
-            return []
-        found = [p for p in self.checkpoints_dir.iterdir()
-                 if p.is_dir() and re.fullmatch(r"step_\d+", p.name) and (p / TRAIN_STATE_NAME).is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+        return complete_checkpoints(self.checkpoints_dir)
 
     def restore(self) -> int:
         """On --resume, load the latest complete checkpoint into everything tracked; returns the step.
@@ -477,10 +473,8 @@ class TrainingRun:
         src = Path(source)
         if not src.exists():
             raise RunError(f"train.init_from={str(source)!r}: no such run, checkpoint or component folder")
-        if (src / "checkpoints").is_dir() or (src / "final").is_dir():
-            ckpts = sorted((p for p in (src / "checkpoints").glob("step_*")
-                            if re.fullmatch(r"step_\d+", p.name) and (p / TRAIN_STATE_NAME).is_file()),
-                           key=lambda p: int(p.name.split("_")[1])) if (src / "checkpoints").is_dir() else []
+        if (src / "checkpoints").is_dir() or (src / "final").is_dir():     # a run folder
+            ckpts = complete_checkpoints(src / "checkpoints")
             src = ckpts[-1] if ckpts else src / "final"
         weights: dict[str, dict] = {}
         if (src / TRAIN_STATE_NAME).is_file():      # a checkpoint: one sub-folder per tracked module
@@ -536,6 +530,15 @@ class TrainingRun:
         if self.is_main:
             save_component(final, module)
         return final
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The complete step_N checkpoints (with their train state) under `folder`, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir()
+             if p.is_dir() and re.fullmatch(r"step_\d+", p.name) and (p / TRAIN_STATE_NAME).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
 def load_final(run_dir: str | os.PathLike, cls: type | None = None):

@@ -49,8 +49,9 @@ def save_text_encoder(embedder, folder: Path) -> None:
     """Write a CLAP embedder so `tta.clap.load_clap(folder)` reads it back: a tta component for the own
     CLAP, or a transformers CLAP folder (+ its tokenizer files) for LAION-CLAP."""
     model = embedder.model
-    own = type(model).__module__.split(".")[0] in ("tta", "vae", "vocoder", "eval")
-    if own:   # (a transformers model also has .config and .config_class; it goes the other way)
+    from tta.checkpoint import TTA_PACKAGES
+
+    if type(model).__module__.split(".")[0] in TTA_PACKAGES:   # (a transformers model also has .config)
         save_component(folder, model)
         return
     if not hasattr(model, "save_pretrained"):
