@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus train-vae train-vocoder train-clap train-ldm train-ldm-10s pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,7 +35,9 @@ demo: venv
 
 # -- the embedded default model, one target per stage (see tta/assets/default/README.md) ---------------------
 # Each training stage resumes its run folder when it exists, so a stage can be stopped and restarted.
+# CORPUS: recipe version 1, what the VAE, CLAP and LDM stages 1-2 trained on; CORPUS2: version 2 (LDM stage 3)
 CORPUS ?= ../tta-work/corpus/starter
+CORPUS2 ?= ../tta-work/corpus/starter-v2
 RUNS ?= ../tta-work/runs
 AUDIO_CACHE ?= ../tta-work/cache/audio16k
 LATENT_CACHE ?= ../tta-work/cache/latents
@@ -45,16 +47,22 @@ CLAP_STEPS ?= 4000
 LDM_STEPS ?= 20000
 # second LDM stage: fine-tune on whole 10.24 s clips, initialised from the 2.56 s-crop run
 LDM10_STEPS ?= 6000
+# third LDM stage: fine-tune stage 2 on the version-2 corpus (dog barks, more animals and instruments)
+LDM_V2_STEPS ?= 3500
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
+DATA2 = --set data.manifest=$(CORPUS2)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
 resume = $(if $(wildcard $(1)/config.json),--resume)
 
 ## default-model: rebuild tta/assets/default from nothing (hours on a CPU; stages below)
-default-model: corpus train-vae train-vocoder train-clap train-ldm train-ldm-10s pack-default
+default-model: corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 pack-default
 
 corpus: venv
-	test -f $(CORPUS)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS) --large
+	test -f $(CORPUS)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS) --large --recipe-version 1
+
+corpus-v2: venv
+	test -f $(CORPUS2)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS2) --large --recipe-version 2
 
 train-vae: venv
 	$(BIN)/tta train vae --config configs/vae/default.json --out $(RUNS)/vae $(DATA) \
@@ -81,12 +89,19 @@ train-ldm-10s: venv
 		--set train.max_steps=$(LDM10_STEPS) \
 		$(if $(wildcard $(RUNS)/ldm-10s/config.json),--resume,--init-from $(RUNS)/ldm)
 
+train-ldm-v2: venv
+	$(BIN)/tta train ldm --config configs/ldm/default-v2.json --out $(RUNS)/ldm-v2 $(DATA2) \
+		--set components.vae=$(RUNS)/vae/final --set components.clap=$(RUNS)/clap/final \
+		--set components.vocoder=$(RUNS)/vocoder/final \
+		--set train.max_steps=$(LDM_V2_STEPS) \
+		$(if $(wildcard $(RUNS)/ldm-v2/config.json),--resume,--init-from $(RUNS)/ldm-10s)
+
 pack-default: venv
 	rm -rf tta/assets/default.new
-	$(BIN)/tta export pipeline $(RUNS)/ldm-10s/pipeline --out tta/assets/default.new --dtype float16 \
+	$(BIN)/tta export pipeline $(RUNS)/ldm-v2/pipeline --out tta/assets/default.new --dtype float16 \
 		--default sampler=dpmsolver++ --default steps=20 --default guidance=3.0 --default seconds=10.0 --default window=10.24 \
 		--vocoder $(PACK_VOCODER)
-	cp -r $(CORPUS)/ATTRIBUTION.md $(CORPUS)/licences tta/assets/default.new/
+	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
 	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default
 

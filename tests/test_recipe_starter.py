@@ -83,6 +83,11 @@ def test_rule_table_is_well_formed():
     ("lincity-ng-data", "usr/share/games/lincity-ng/sounds/FireStation2.wav", "a fire engine siren"),
     ("lincity-ng-data", "usr/share/games/lincity-ng/sounds/Fire2.wav", "a large fire burning"),
     ("0ad-data", "audio/actor/singlesteps/fs_sand3.ogg", "footsteps on sand"),
+    ("qabcs-data", "usr/share/qabcs/abcs/all/noises/dog.ogg", "a dog barks"),
+    ("qabcs-data", "usr/share/qabcs/abcs/all/noises/grand_piano.ogg", "a piano playing"),
+    ("scorched3d-data", "usr/share/games/scorched3d/data/globalmods/apoc/data/wav/misc/dog3.wav",
+     "a dog barking repeatedly"),
+    ("mate-media-common", "usr/share/sounds/mate/default/alerts/bark.ogg", "a dog barks"),
 ])
 def test_rules_caption_real_file_names(package, path, caption):
     rule = rules.match(package, path)
@@ -95,6 +100,10 @@ def test_rules_caption_real_file_names(package, path, caption):
     ("wesnoth-1.16-data", f"{WES}/magic-dark-big.ogg"),                 # a name that does not say the content
     ("widelands-data", "usr/share/games/widelands/data/sound/click.ogg"),   # UI sound
     ("supertux-data", f"{MT}/default/sounds/default_grass_footstep.1.ogg"),   # rules are per package
+    ("qabcs-data", "usr/share/qabcs/abcs/en/sounds/words/dog.ogg"),      # the spoken word, not the noise
+    ("qabcs-data", "usr/share/qabcs/abcs/all/noises/hot_dog.ogg"),
+    ("qabcs-data", "usr/share/qabcs/abcs/all/noises/electric_guitar_x.ogg"),
+    ("qabcs-data", "usr/share/qabcs/abcs/all/noises/cheburashka.ogg"),   # a character: sound unknown
 ])
 def test_rules_exclude_or_ignore(package, path):
     assert rules.match(package, path) is None
@@ -304,3 +313,44 @@ def test_cli_reports_a_bad_source_as_one_line(capsys, tmp_path):
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("tta: error:") and "video" in err
+
+
+# ----------------------------------------------------------------------------------- recipe versions
+
+
+def test_version_1_skips_the_rules_and_packages_of_version_2():
+    bark = "audio/voice/global/civ_dog_move.ogg"
+    assert rules.match("0ad-data", bark, version=2).label == "dog"
+    assert rules.match("0ad-data", bark, version=1) is None
+    assert rules.match("0ad-data", "audio/voice/global/civ_dog_bark.ogg", version=1).label == "dog"
+    v1 = {p.package for p in packages.select_packages(None, large=True, version=1)}
+    v2 = {p.package for p in packages.select_packages(None, large=True, version=2)}
+    assert "etw-data" in v2 - v1 and "0ad-data" in v1 and v1 < v2
+    with pytest.raises(packages.PackageError, match="etw-data"):
+        packages.select_packages(["etw-data"], large=False, version=1)
+    with pytest.raises(RecipeError, match="--recipe-version=3"):
+        StarterOptions(version=3)
+
+
+def test_version_2_keeps_rare_labels_in_train(tmp_path, trees):
+    """A label with fewer than three recordings never lands in the held-out split; version 1 hash-splits
+    every recording (it held out the only dog bark)."""
+    from tta.data.recipes.clips import Candidate, split_of
+    from tta.data.recipes.starter import keep_rare_in_train
+
+    def cand(label, name):
+        return Candidate(key=f"sfx/p/{name}", kind="sfx", captions=("x",), label=label, role="event",
+                         source="s", licence="l", spec=())
+
+    # names whose hash split is "valid" exist among a few hundred; find one per label to make the test bite
+    held_out = [f"f{i}.ogg" for i in range(400) if split_of(f"sfx/p/f{i}.ogg") == "valid"]
+    rare = [cand("dog", held_out[0]), cand("dog", "g1.ogg")]
+    common = [cand("rain", n) for n in held_out[1:3] + ["r1.ogg", "r2.ogg"]]
+    out = keep_rare_in_train(rare + common)
+    assert [c.split for c in out[:2]] == ["train", "train"]
+    assert [c.split for c in out[2:]] == [""] * 4          # 4 recordings: the hash split decides
+    v1 = build_starter(tmp_path / "v1", _options(trees, version=1), progress=False).rows
+    v2 = build_starter(tmp_path / "v2", _options(trees), progress=False).rows
+    assert [r.id for r in v1] == [r.id for r in v2]        # same clips; only splits of rare labels move
+    assert all(r2.split == "train" or r1.split == r2.split for r1, r2 in zip(v1, v2))
+    assert json.loads((tmp_path / "v1" / "recipe.json").read_text())["options"]["version"] == 1

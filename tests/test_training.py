@@ -182,6 +182,22 @@ def test_init_from_starts_a_fresh_run_from_another_runs_ema_weights(tmp_path):
         run_toy(tmp_path / "ft5", 2, init_from=tmp_path / "empty")
 
 
+def test_a_fine_tune_resumes_without_repeating_init_from(tmp_path):
+    """`--resume` of an init_from run continues from its own checkpoint, with or without init_from given
+    again (make targets pass --init-from only on the first run), and keeps init_from in config.json."""
+    run_toy(tmp_path / "base", 2)
+    run, model = run_toy(tmp_path / "straight", 6, init_from=tmp_path / "base", stop_at=6)
+    a = run.unwrap(model).state_dict()
+    run_toy(tmp_path / "ft", 6, init_from=tmp_path / "base", stop_at=2)
+    run_toy(tmp_path / "ft", 6, resume=True, stop_at=4)                       # init_from not repeated
+    run, model = run_toy(tmp_path / "ft", 8, resume=True, init_from=tmp_path / "base", stop_at=6)
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["init_from"] == str(tmp_path / "base")
+    b = run.unwrap(model).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(RunError, match="different config.*init_from"):
+        run_toy(tmp_path / "ft", 8, resume=True, init_from=tmp_path / "straight")
+
+
 def test_sampler_is_a_deterministic_resumable_stream():
     full = ResumableSampler(5, seed=3)
     it = iter(full)

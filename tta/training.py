@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tta.checkpoint import (TRAIN_STATE_NAME, atomic_dir, load_component, load_into, load_state_dict,
-                            load_train_state, save_component, save_train_state, WEIGHTS_NAME)
+from tta.checkpoint import (TRAIN_STATE_NAME, atomic_dir, atomic_write_text, load_component, load_into,
+                            load_state_dict, load_train_state, save_component, save_train_state, WEIGHTS_NAME)
 from tta.config import ConfigError, from_dict, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -110,23 +110,30 @@ def make_warmup_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig):
 class ResumableSampler(torch.utils.data.Sampler):
     """Endless deterministic stream of (index, item_seed) pairs over `num_items` items.
 
-    Epoch e is a permutation drawn from seed + e; item_seed is derived from (seed, position) so random
+    Epoch e is a permutation drawn from seed + e, or with `weights` (one per item) `num_items` indices
+    drawn with replacement in proportion to them; item_seed is derived from (seed, position) so random
     crops/augmentations are reproducible without any worker RNG state. `start` is the position (in
     samples, counted over all processes) to begin at; with several processes each takes every
     `world_size`-th item from `rank`.
     """
 
     def __init__(self, num_items: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+                 shuffle: bool = True, weights: torch.Tensor | None = None):
         if num_items <= 0:
             raise RunError("the training split is empty: no items to sample")
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=torch.float64)
+            if weights.shape != (num_items,) or not bool((weights >= 0).all()) or not float(weights.sum()) > 0:
+                raise RunError(f"sampler weights must be {num_items} non-negative numbers, not all zero")
         self.num_items, self.seed, self.start = num_items, seed, start
-        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.rank, self.world_size, self.shuffle, self.weights = rank, world_size, shuffle, weights
 
     def _perm(self, epoch: int) -> list[int]:
-        if not self.shuffle:
+        if self.weights is None and not self.shuffle:
             return list(range(self.num_items))
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.num_items, replacement=True, generator=g).tolist()
         return torch.randperm(self.num_items, generator=g).tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -142,6 +149,14 @@ class ResumableSampler(torch.utils.data.Sampler):
             if offset == self.num_items:
                 epoch, offset = epoch + 1, 0
                 perm = self._perm(epoch)
+
+
+def balance_weights(keys: list[str], balance: float) -> torch.Tensor:
+    """Per-item sampling weights count(key)^-balance (float64); balance 1 makes every key equally likely."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    return torch.tensor([counts[k] ** -float(balance) for k in keys], dtype=torch.float64)
 
 
 # -------------------------------------------------------------------------------------------- EMA
@@ -266,6 +281,11 @@ class TrainingRun:
                     saved = to_dict(from_dict(type(self.config), saved))
                 except (ConfigError, TypeError, ValueError):
                     pass
+            old_init = saved.get("train", {}).get("init_from")
+            if old_init and not resolved.get("train", {}).get("init_from"):
+                # The weights come from the run's own checkpoint now; init_from only records where the run
+                # started, so resuming without repeating it continues the same run.
+                resolved["train"]["init_from"] = old_init
             old_max = saved.get("train", {}).get("max_steps")
             new_max = resolved.get("train", {}).get("max_steps")
             if old_max != new_max and {**saved, "train": {**saved["train"], "max_steps": new_max}} == resolved:
@@ -273,7 +293,7 @@ class TrainingRun:
                 # here depends on max_steps), so it is allowed and recorded.
                 log.info("%s: train.max_steps changed from %s to %s on resume", self.out, old_max, new_max)
                 if self.is_main:
-                    save_config(self.config, cfg_path)
+                    atomic_write_text(cfg_path, json.dumps(resolved, indent=2) + "\n")
                 return
             if saved != resolved:
                 key = _first_diff(saved, resolved)
@@ -319,11 +339,16 @@ class TrainingRun:
 
     # -- loop --------------------------------------------------------------------------------------
 
-    def batches(self, dataset, collate_fn: Callable | None = None, *, shuffle: bool = True) -> Iterator:
-        """Yield training batches (on the run's device) until train.max_steps optimizer steps are done."""
+    def batches(self, dataset, collate_fn: Callable | None = None, *, shuffle: bool = True,
+                keys: list[str] | None = None) -> Iterator:
+        """Yield training batches (on the run's device) until train.max_steps optimizer steps are done.
+
+        With data.balance > 0, items are drawn with weight count(key)^-balance; `keys` (one per item)
+        defaults to `dataset.balance_keys()`."""
         acc = self.accelerator
         sampler = ResumableSampler(len(dataset), self.train.seed, start=self.data_position,
-                                   rank=acc.process_index, world_size=acc.num_processes, shuffle=shuffle)
+                                   rank=acc.process_index, world_size=acc.num_processes, shuffle=shuffle,
+                                   weights=self._balance_weights(dataset, keys))
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.train.batch_size, sampler=sampler,
                                              collate_fn=collate_fn, num_workers=_workers(self.config),
                                              drop_last=False,
@@ -343,6 +368,29 @@ class TrainingRun:
             yield _to_device(batch, self.device)
             if self.step >= self.train.max_steps:
                 break
+
+    def _balance_weights(self, dataset, keys: list[str] | None) -> torch.Tensor | None:
+        balance = float(getattr(getattr(self.config, "data", None), "balance", 0.0))
+        if balance <= 0:
+            return None
+        if keys is None:
+            if not hasattr(dataset, "balance_keys"):
+                raise RunError(f"data.balance={balance}: {type(dataset).__name__} has no labels to balance "
+                               "(no balance_keys()); set data.balance=0")
+            keys = dataset.balance_keys()
+        if len(keys) != len(dataset):
+            raise RunError(f"data.balance: {len(keys)} keys for {len(dataset)} training items")
+        weights = balance_weights(list(keys), balance)
+        count: dict[str, int] = {}
+        share: dict[str, float] = {}
+        for k, w in zip(keys, (weights / weights.sum()).tolist()):
+            count[k] = count.get(k, 0) + 1
+            share[k] = share.get(k, 0.0) + w
+        rare, common = min(count, key=count.get), max(count, key=count.get)
+        log.info("data.balance=%g: %d keys over %d items; share of draws: rarest key %r (%d items) %.3g%%, most "
+                 "common %r (%d items) %.3g%%", balance, len(count), len(keys), rare, count[rare],
+                 100 * share[rare], common, count[common], 100 * share[common])
+        return weights
 
     def accumulate(self, *models: nn.Module):
         return self.accelerator.accumulate(*models)

@@ -93,6 +93,10 @@ class AudioDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def balance_keys(self) -> list[str]:
+        """Each row's key for `data.balance`: its first label, else its category, else ""."""
+        return [r.labels[0] if r.labels else (r.category or "") for r in self.rows]
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         if isinstance(key, tuple):
             index, item_seed = key

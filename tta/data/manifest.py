@@ -181,8 +181,12 @@ class DataConfig:
     cache_dir: str = ""                # optional folder for resampled-audio cache ("" = no cache)
     num_workers: int = 0
     extra_manifests: tuple[str, ...] = field(default_factory=tuple)
+    balance: float = 0.0               # label-balanced sampling: item weight count(key)^-balance, key = first
+                                       # label, else category; 0 = uniform, 1 = every key equally likely
 
     def __post_init__(self) -> None:
+        if not 0 <= self.balance < float("inf"):
+            raise ValueError(f"data.balance={self.balance} must be a finite number >= 0")
         if self.segment_seconds <= 0:
             raise ValueError(f"data.segment_seconds={self.segment_seconds} must be > 0")
         if self.num_workers < 0:

@@ -216,6 +216,7 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     from tqdm.auto import tqdm
 
     data = to_dict(config.data)
+    data.pop("balance")     # how items are drawn, not what is encoded (older caches stay valid)
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
     h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
@@ -342,6 +343,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     train_set = AudioDataset.from_config(data, config.data.train_split, sr,
                                          random_crop=not config.precompute, caption_choice=caption_choice)
     row_ids = [row.id for row in train_set.rows]
+    keys = train_set.balance_keys()     # data.balance; CachedLatents keeps the dataset's order
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
         train_set = precompute(config, train_set, frozen, cache, progress)
@@ -369,7 +371,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     unet.train()
     trained = unet if ctx is None else torch.nn.ModuleDict({"unet": unet, "retrieval": ctx})  # grad clipping
     query = "audio" if r.modality == "audio_to_audio" else "text"
-    for batch in run.batches(train_set):
+    for batch in run.batches(train_set, keys=keys):
         with run.accumulate(*[m for m in (unet, ctx) if m is not None]):
             z, cond, embed = batch_latents_and_cond(config, batch, frozen, run.device)
             context = None

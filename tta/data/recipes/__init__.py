@@ -36,6 +36,9 @@ def add_recipe_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--mixtures", type=int, default=1500, metavar="N", help="mixtures to draw (default 1500)")
     s.add_argument("--max-scores", type=int, metavar="N", help="at most N music21 scores per score set")
     s.add_argument("--workers", type=int, default=1, help="render processes (the result does not depend on it)")
+    s.add_argument("--recipe-version", type=int, default=2, metavar="N",
+                   help="recipe version (default 2: more dog/animal/instrument packages, classes with fewer "
+                        "than 3 recordings kept in train); 1 rebuilds the first corpus exactly")
     s.set_defaults(data_func=run_starter)
     return p
 
@@ -48,7 +51,8 @@ def run_starter(args: argparse.Namespace) -> int:
         sources=tuple(x.strip() for x in args.sources.split(",") if x.strip()),
         max_clips=args.max_clips, seed=args.seed, cache=str(args.cache or ""),
         packages=tuple(x.strip() for x in args.packages.split(",") if x.strip()) if args.packages else None,
-        large=args.large, mixtures=args.mixtures, max_scores=args.max_scores, workers=args.workers)
+        large=args.large, mixtures=args.mixtures, max_scores=args.max_scores, workers=args.workers,
+        version=args.recipe_version)
     result = build_starter(args.out, options, progress=not getattr(args, "quiet", False))
     s = summarize(result.rows)
     per = ", ".join(f"{k} {v['clips']}" for k, v in s["per_source"].items())

@@ -22,6 +22,7 @@ SILENCE_PEAK = 10 ** (-50 / 20)    # peak below -50 dBFS: silence (digital silen
 SILENCE_RMS_DB = -60.0             # or RMS below -60 dBFS over the whole clip
 TRIM_DB = 50.0                     # leading/trailing audio this far below the clip's peak is trimmed
 VALID_PERCENT = 7                  # share of the held-out validation split (hash of the group key)
+MIN_VALID_GROUPS = 3               # (recipe v2) a label with fewer recordings than this stays in train
 
 
 @dataclass(frozen=True)

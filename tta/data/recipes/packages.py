@@ -37,6 +37,7 @@ class DebianSource:
     licence: str          # short form for the manifest; the package's full copyright file is copied too
     large: bool = False   # only with --large (hundreds of MB to download)
     archive: str = ""     # a zip inside the package that holds the audio (0 A.D.)
+    since: int = 1        # first recipe version that uses the package
 
 
 SFX_PACKAGES: tuple[DebianSource, ...] = (
@@ -53,6 +54,13 @@ SFX_PACKAGES: tuple[DebianSource, ...] = (
     DebianSource("supertuxkart-data", "CC-BY-SA / CC-BY / GPL", large=True),
     DebianSource("0ad-data", "CC-BY-SA-3.0", large=True,
                  archive="usr/share/games/0ad/mods/public/public.zip"),
+    DebianSource("qabcs-data", "GPL-3+", since=2),
+    DebianSource("etw-data", "GPL-2+", since=2),
+    DebianSource("scorched3d-data", "GPL-2+", since=2),
+    DebianSource("trophy-data", "GPL-2", since=2),
+    DebianSource("mate-media-common", "GPL-2+", since=2),
+    DebianSource("xemacs21-basesupport", "GPL-2+", since=2),
+    DebianSource("wx3.2-examples", "wxWindows", since=2),
 )
 
 
@@ -63,11 +71,11 @@ def check_allowed(package: str) -> None:
                            f"used for training data")
 
 
-def select_packages(names: list[str] | None, *, large: bool) -> list[DebianSource]:
-    """The packages to use: all small ones (and the large with `large`), or exactly `names`."""
-    by_name = {p.package: p for p in SFX_PACKAGES}
+def select_packages(names: list[str] | None, *, large: bool, version: int = 2) -> list[DebianSource]:
+    """The packages of recipe `version` to use: all small ones (and the large with `large`), or exactly `names`."""
+    by_name = {p.package: p for p in SFX_PACKAGES if p.since <= version}
     if names is None:
-        return [p for p in SFX_PACKAGES if large or not p.large]
+        return [p for p in by_name.values() if large or not p.large]
     out = []
     for name in names:
         check_allowed(name)

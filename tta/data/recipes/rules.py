@@ -14,6 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+# Version 2 added dog, farm-animal and instrument recordings from more packages (qabcs-data, etw-data,
+# scorched3d-data, trophy-data, mate-media-common, xemacs21-basesupport, wx3.2-examples) and keeps labels
+# with fewer than MIN_VALID_GROUPS recordings in train. `--recipe-version 1` rebuilds the first corpus.
+RECIPE_VERSION = 2
+
 
 @dataclass(frozen=True)
 class CaptionRule:
@@ -22,6 +27,7 @@ class CaptionRule:
     label: str                         # short class name ("footsteps", "rain", ...)
     role: str                          # "event" | "ambience" | "music" | "speech" | "" for an exclusion
     captions: tuple[str, ...] = ()     # empty = exclude the matched files
+    since: int = 1                     # first recipe version that uses the rule (older versions skip it)
     regex: re.Pattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -30,8 +36,8 @@ class CaptionRule:
             raise ValueError(f"rule {self.pattern!r}: role {self.role!r} is not event/ambience/music/speech")
 
 
-def _r(package: str, pattern: str, label: str, role: str, *captions: str) -> CaptionRule:
-    return CaptionRule(package, pattern, label, role, tuple(captions))
+def _r(package: str, pattern: str, label: str, role: str, *captions: str, since: int = 1) -> CaptionRule:
+    return CaptionRule(package, pattern, label, role, tuple(captions), since)
 
 
 def _x(package: str, pattern: str) -> CaptionRule:
@@ -416,12 +422,95 @@ RULES: tuple[CaptionRule, ...] = (
       for sex, who in (("female", "woman"), ("male", "man"))),
     _r("0ad-data", r"audio/music/", "music", "music", "orchestral music with ancient instruments",
        "an epic historical soundtrack"),
+    # ---------------------------------------------------------------- recipe version 2: dogs and qabcs-data
+    _r("0ad-data", r"voice/global/civ_dog_move", "dog", "event", "a dog barks", "a short dog bark", since=2),
+    _r("etw-data", r"snd/dog\.wav", "dog", "event", "a dog barks", "a single dog bark", since=2),
+    _r("trophy-data", r"sounds/dog\.wav", "dog", "event", "a dog barks", "a dog barking once", since=2),
+    _r("scorched3d-data", r"wav/misc/dog3\.wav", "dog", "event", "a dog barking repeatedly",
+       "a dog barks again and again", "a dog barks", since=2),
+    _r("scorched3d-data", r"wav/misc/dog2?\.wav", "dog", "event", "a dog barks", "a dog barking", since=2),
+    _r("mate-media-common", r"alerts/bark\.ogg", "dog", "event", "a dog barks", "a dog barking once",
+       since=2),
+    _r("xemacs21-basesupport", r"etc/sounds/bark\.wav", "dog", "event", "a dog barks", "a small dog barks",
+       since=2),
+    _r("wx3.2-examples", r"samples/sound/doggrowl\.wav", "dog", "event", "a dog growls", "an angry dog snarling",
+       since=2),
+    # qabcs-data: short clips named after what makes the noise (abcs/all/noises); names whose sound the
+    # name does not tell (characters, flags, objects) are not used
+    *(_r("qabcs-data", rf"abcs/all/noises/({stems})\.ogg", label, role, *caps, since=2)
+      for stems, label, role, caps in (
+          ("dog", "dog", "event", ("a dog barks", "a dog barking")),
+          ("cat", "cat", "event", ("a cat meows", "a cat meowing")),
+          ("cow|calf", "cow", "event", ("a cow moos", "a cow mooing")),
+          ("sheep", "sheep", "event", ("a sheep bleats", "a sheep bleating")),
+          ("pig", "pig", "event", ("a pig grunts", "a pig oinking")),
+          ("horse|foal", "horse", "event", ("a horse neighs", "a horse whinnying")),
+          ("duck", "duck", "event", ("a duck quacks", "a duck quacking")),
+          ("goose", "goose", "event", ("a goose honks", "a goose honking")),
+          ("rooster", "rooster", "event", ("a rooster crows", "a cockerel crowing")),
+          ("crow", "crow", "event", ("a crow caws", "a crow cawing")),
+          ("owl|eagle-owl", "owl", "event", ("an owl hoots", "an owl hooting")),
+          ("frog", "frog", "event", ("a frog croaks", "a frog croaking")),
+          ("lion", "lion", "event", ("a lion roars", "a lion roaring")),
+          ("tiger|jaguar", "big cat", "event", ("a big cat growls", "a tiger growling")),
+          ("bear", "bear", "event", ("a bear growls", "a bear roaring")),
+          ("wolf", "wolf", "event", ("a wolf howls", "the howl of a wolf")),
+          ("elephant", "elephant", "event", ("an elephant trumpets", "an elephant trumpeting")),
+          ("sparrow|bird", "birds", "event", ("a small bird chirps", "a bird chirping")),
+          ("pheasant|quail|guinea_fowl|wood_grouse", "birds", "event", ("a game bird calls", "a bird calling")),
+          ("chimpanzee|little_monkey", "monkey", "event", ("a monkey chatters", "a monkey screeching")),
+          ("hyena", "hyena", "event", ("a hyena laughs", "a hyena cackling")),
+          ("mouse|hamster", "mouse", "event", ("a mouse squeaks", "a small rodent squeaking")),
+          ("grasshopper", "insect", "event", ("a grasshopper chirps", "an insect chirping")),
+          ("whale", "whale", "event", ("a whale sings", "whale song underwater")),
+          ("dolphin", "dolphin", "event", ("a dolphin clicks and whistles", "dolphin calls")),
+          ("airplane", "airplane", "event", ("an airplane flies over", "a propeller plane passing")),
+          ("helicopter", "helicopter", "event", ("a helicopter flies by", "helicopter rotor blades")),
+          ("quadrocopter", "drone", "event", ("a drone buzzes", "a quadcopter flying")),
+          ("train", "train", "event", ("a train passes", "a train rattling along the tracks")),
+          ("tractor", "tractor", "event", ("a tractor engine runs", "a tractor driving")),
+          ("excavator", "excavator", "event", ("an excavator working", "heavy machinery rumbling")),
+          ("rocket", "rocket", "event", ("a rocket launches", "a rocket engine roaring")),
+          ("clock|watch", "clock", "event", ("a clock ticks", "a clock ticking")),
+          ("zipper", "zipper", "event", ("a zipper is pulled", "a zip being done up")),
+          ("whistle", "whistle", "event", ("a whistle blows", "a referee's whistle")),
+          ("fire", "fire", "event", ("a fire crackles", "a crackling fire")),
+          ("dice", "dice", "event", ("dice rolling on a table", "rattling dice")),
+          ("newspaper", "paper", "event", ("paper rustling", "the pages of a newspaper turning")),
+          ("accordion|squeezebox", "accordion", "music", ("an accordion playing", "a squeezebox playing a tune")),
+          ("bagpipes", "bagpipes", "music", ("bagpipes playing", "the drone of bagpipes")),
+          ("cello", "cello", "music", ("a cello playing", "a bowed cello melody")),
+          ("clarinet", "clarinet", "music", ("a clarinet playing", "a clarinet melody")),
+          ("oboe", "oboe", "music", ("an oboe playing", "an oboe melody")),
+          ("flute|western_concert_flute", "flute", "music", ("a flute playing", "a flute melody")),
+          ("recorder", "recorder", "music", ("a recorder playing", "a recorder tune")),
+          ("saxophone", "saxophone", "music", ("a saxophone playing", "a saxophone melody")),
+          ("trumpet", "trumpet", "music", ("a trumpet playing", "a trumpet fanfare")),
+          ("natural_horn", "horn", "music", ("a horn playing", "a French horn call")),
+          ("violin", "violin", "music", ("a violin playing", "a violin melody")),
+          ("guitar", "guitar", "music", ("an acoustic guitar playing", "a guitar being strummed")),
+          ("electric_guitar", "guitar", "music", ("an electric guitar playing", "an electric guitar riff")),
+          ("ukulele", "ukulele", "music", ("a ukulele playing", "a ukulele being strummed")),
+          ("harp", "harp", "music", ("a harp playing", "a plucked harp")),
+          ("zither", "zither", "music", ("a zither playing", "a plucked zither")),
+          ("piano|grand_piano", "piano", "music", ("a piano playing", "a piano melody")),
+          ("organ", "organ", "music", ("an organ playing", "organ chords")),
+          ("harmonica", "harmonica", "music", ("a harmonica playing", "a harmonica melody")),
+          ("kazoo", "kazoo", "music", ("a kazoo buzzing", "someone playing a kazoo")),
+          ("xylophone", "xylophone", "music", ("a xylophone playing", "a xylophone melody")),
+          ("drums", "drums", "music", ("drums playing", "a drum beat")),
+          ("bass_drum", "drums", "music", ("a bass drum beating", "a deep drum")),
+          ("timpani", "drums", "music", ("timpani rolling", "kettle drums")),
+          ("cymbals", "cymbals", "music", ("cymbals crashing", "a cymbal crash")),
+          ("maracas", "maracas", "music", ("maracas shaking", "a shaker rhythm")),
+      )),
 )
 
 
-def match(package: str, relpath: str) -> CaptionRule | None:
-    """The first rule of `package` whose pattern matches `relpath`; None when none does or it is an exclusion."""
+def match(package: str, relpath: str, version: int = RECIPE_VERSION) -> CaptionRule | None:
+    """The first rule of `package` (of recipe `version`) whose pattern matches `relpath`; None when none
+    does or it is an exclusion."""
     for rule in RULES:
-        if rule.package == package and rule.regex.search(relpath):
+        if rule.package == package and rule.since <= version and rule.regex.search(relpath):
             return rule if rule.captions else None
     return None

@@ -12,6 +12,7 @@ copyright files under OUT/licences/. The same options give the same manifest byt
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import multiprocessing
@@ -25,6 +26,7 @@ from tta.data.manifest import ManifestRow, write_manifest
 from tta.data.recipes import music, packages, rules, speech
 from tta.data.recipes.clips import (
     CLIP_SECONDS,
+    MIN_VALID_GROUPS,
     SAMPLE_RATE,
     Candidate,
     Clip,
@@ -59,8 +61,11 @@ class StarterOptions:
     espeak_per_sentence: int = 4
     workers: int = 1
     file_roots: tuple[tuple[str, str], ...] = ()   # (package, folder) pairs used instead of downloading (tests)
+    version: int = rules.RECIPE_VERSION        # recipe version: 1 rebuilds the first corpus exactly
 
     def __post_init__(self) -> None:
+        if self.version not in range(1, rules.RECIPE_VERSION + 1):
+            raise RecipeError(f"--recipe-version={self.version}: choose 1..{rules.RECIPE_VERSION}")
         bad = [s for s in self.sources if s not in SOURCES]
         if bad or not self.sources:
             raise RecipeError(f"--sources: unknown {bad or 'empty'}; choose from {','.join(SOURCES)}")
@@ -116,7 +121,7 @@ def sfx_candidates(options: StarterOptions, cache: Path, out: Path, result: Buil
         chosen = [known.get(p.package, p) for p in chosen]
     else:
         chosen = packages.select_packages(list(options.packages) if options.packages else None,
-                                          large=options.large)
+                                          large=options.large, version=options.version)
     out_licences = out / "licences"
     candidates = []
     for source in chosen:
@@ -132,7 +137,7 @@ def sfx_candidates(options: StarterOptions, cache: Path, out: Path, result: Buil
         files = packages.list_audio_files(tree, source)
         matched = 0
         for rel, path in files:
-            rule = rules.match(source.package, rel)
+            rule = rules.match(source.package, rel, options.version)
             if rule is None:
                 continue
             matched += 1
@@ -144,7 +149,19 @@ def sfx_candidates(options: StarterOptions, cache: Path, out: Path, result: Buil
         result.counts[f"files_seen:{source.package}"] = len(files)
         result.counts[f"files_matched:{source.package}"] = matched
         log.info("%s: %d audio files, %d matched a caption rule", source.package, len(files), matched)
+    if options.version >= 2:
+        candidates = keep_rare_in_train(candidates)
     return candidates
+
+
+def keep_rare_in_train(candidates: list[Candidate]) -> list[Candidate]:
+    """Force labels with fewer than MIN_VALID_GROUPS recordings into train: a hash split would otherwise
+    hold out the only recording of a class (version 1 held out the only dog bark)."""
+    groups: dict[str, set[str]] = {}
+    for c in candidates:
+        groups.setdefault(c.label, set()).add(c.split_group)
+    rare = {label for label, g in groups.items() if len(g) < MIN_VALID_GROUPS}
+    return [dataclasses.replace(c, split="train") if c.label in rare and not c.split else c for c in candidates]
 
 
 def list_candidates(kind: str, options: StarterOptions, cache: Path, out: Path, result: BuildResult,

@@ -1,0 +1,126 @@
+"""data.balance: label-balanced training sampling (weights count(key)^-balance), deterministic and resumable."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+
+from tests.signals import chirp, noise, tone
+from tta.audio import save_audio
+from tta.cli import main
+from tta.data.manifest import DataConfig, ManifestRow, write_manifest
+from tta.training import ResumableSampler, RunError, TrainConfig, TrainingRun, balance_weights
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _stream(sampler, n):
+    return list(islice(iter(sampler), n))
+
+
+def test_weighted_sampler_is_deterministic_and_resumes_at_any_position():
+    w = balance_weights(["a"] * 7 + ["b"] * 3 + ["c"], 1.0)
+    full = _stream(ResumableSampler(11, seed=5, weights=w), 60)
+    assert full == _stream(ResumableSampler(11, seed=5, weights=w), 60)
+    for start in (1, 10, 11, 23, 37):
+        assert _stream(ResumableSampler(11, seed=5, start=start, weights=w), 60 - start) == full[start:]
+    shard1 = _stream(ResumableSampler(11, seed=5, rank=1, world_size=2, weights=w), 10)
+    assert shard1 == full[1:21:2]
+    assert full != _stream(ResumableSampler(11, seed=6, weights=w), 60)
+    assert any(c > 1 for c in np.bincount([i for i, _ in full[:11]]))   # drawn with replacement
+
+
+def test_weighted_draws_follow_the_weights():
+    keys = ["common"] * 90 + ["rare"] * 10
+    for balance, rare_share in ((1.0, 0.5), (0.5, 10 * 10**-0.5 / (90 * 90**-0.5 + 10 * 10**-0.5))):
+        draws = [i for i, _ in _stream(ResumableSampler(100, seed=0, weights=balance_weights(keys, balance)), 20_000)]
+        share = np.mean([keys[i] == "rare" for i in draws])
+        assert share == pytest.approx(rare_share, abs=0.02)
+        assert len(set(draws)) == 100     # every item is still seen
+
+
+def test_balance_zero_keeps_the_unweighted_stream(tmp_path):
+    old = _stream(ResumableSampler(9, seed=3), 40)
+    assert _stream(ResumableSampler(9, seed=3, weights=None), 40) == old
+    assert balance_weights(["a", "a", "b"], 0.0).tolist() == [1.0, 1.0, 1.0]
+
+    class Data:
+        def __len__(self):
+            return 9
+
+    run = TrainingRun(tmp_path / "r", _Cfg(), TrainConfig(), progress=False)
+    assert run._balance_weights(Data(), None) is None        # data.balance=0: no keys needed
+    with pytest.raises(RunError, match="data.balance=0.5.*no labels"):
+        TrainingRun(tmp_path / "s", _Cfg(data=DataConfig(balance=0.5)), TrainConfig(), progress=False) \
+            ._balance_weights(Data(), None)
+
+
+def test_balance_must_be_non_negative_and_older_configs_load():
+    from tta.config import ConfigError, from_dict, to_dict
+
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="data.balance"):
+            DataConfig(balance=bad)
+    old = to_dict(DataConfig())
+    del old["balance"]
+    assert from_dict(DataConfig, old).balance == 0.0
+    with pytest.raises((ConfigError, ValueError), match="balance"):
+        from_dict(DataConfig, {**old, "balance": -1.0})
+
+
+@pytest.fixture(scope="module")
+def labelled_manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("balance_data")
+    signals = [("tone", tone(440, 1.0), ("Tone",), None), ("tone2", tone(660, 1.0), ("Tone", "Music"), None),
+               ("tone3", tone(880, 1.0), ("Tone",), None), ("chirp", chirp(100, 7000, 1.0), (), "sfx"),
+               ("noise", noise(1.0, seed=1), (), None), ("v", tone(300, 1.0), (), None)]
+    rows = []
+    for i, (name, wav, labels, category) in enumerate(signals):
+        path = save_audio(root / f"{name}.wav", np.clip(wav, -1, 1), 16_000)
+        rows.append(ManifestRow(id=name, path=str(path), captions=(f"a {name}",), seconds=1.0, sample_rate=16_000,
+                                split="valid" if i == 5 else "train", labels=labels, category=category))
+    return write_manifest(root / "manifest.jsonl", rows)
+
+
+def test_dataset_keys_are_first_label_then_category(labelled_manifest):
+    from tta.data.dataset import AudioDataset
+
+    ds = AudioDataset(labelled_manifest, "train", 16_000, 0.5)
+    assert ds.balance_keys() == ["Tone", "Tone", "Tone", "sfx", ""]
+    w = balance_weights(ds.balance_keys(), 1.0)
+    assert torch.allclose(w, torch.tensor([1 / 3, 1 / 3, 1 / 3, 1, 1], dtype=torch.float64))
+
+
+def test_tiny_vae_run_trains_with_balance(repo_root, tmp_path, labelled_manifest, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="tta.training"):
+        assert main(["-q", "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"), "--out", str(out),
+                     "--set", f"data.manifest={labelled_manifest}", "--set", "data.balance=0.5"]) == 0
+    assert json.loads((out / "config.json").read_text())["data"]["balance"] == 0.5
+    assert (out / "final" / "model.safetensors").is_file()
+    assert "data.balance=0.5: 3 keys over 5 items" in caplog.text
+
+
+def test_ldm_on_precomputed_latents_balances_and_shares_the_latent_cache(tmp_path, caplog):
+    from tests.test_ldm_fixtures import tiny_run_config
+    from tta.ldm.train import train
+
+    cache = tmp_path / "cache"
+    sets = {"train.max_steps": 1, "validation.prompts": [], "components.vocoder": "", "precompute": True,
+            "cache_dir": str(cache)}
+    train(tiny_run_config(**sets), tmp_path / "plain", progress=False)
+    with caplog.at_level(logging.INFO, logger="tta.training"):
+        final = train(tiny_run_config(**sets, **{"data.balance": 1.0}), tmp_path / "balanced", progress=False)
+    assert (final / "model.safetensors").is_file()
+    assert "data.balance=1: 1 keys over 6 items" in caplog.text
+    assert len(list(cache.glob("latents-*.pt"))) == 1     # data.balance is not part of the cache key
