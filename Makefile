@@ -48,7 +48,7 @@ LDM_STEPS ?= 20000
 # second LDM stage: fine-tune on whole 10.24 s clips, initialised from the 2.56 s-crop run
 LDM10_STEPS ?= 6000
 # third LDM stage: fine-tune stage 2 on the version-2 corpus (dog barks, more animals and instruments)
-LDM_V2_STEPS ?= 3500
+LDM_V2_STEPS ?= 3000
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)

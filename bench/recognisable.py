@@ -1,0 +1,199 @@
+"""Does a prompt give a recognisable sound? A judge that is not the model's own CLAP (issue 8).
+
+For each (prompt, label) pair, each pipeline folder generates --seeds clips with its default settings. Every
+generation, trimmed to where it is not silent, is embedded with aisfx (a sound-effects CNN that never saw
+this corpus) and mean-pooled; so is every real recorded clip of the manifest's training split (rows from
+Debian packages, the real recordings) of the prompts' labels, plus --distractors of other labels. The judge is a k-nearest-neighbour vote among those real clips
+(cosine):
+
+  hit@1   the nearest real clip carries the prompt's label
+  vote@k  the prompt's label is the most common among the k nearest (ties count as a miss)
+
+Two references in the same run: "real held-out" (held-out real clips of the same labels, judged against the
+same training clips: how well the judge recognises real audio) and "chance" (the label's share of the
+reference clips, averaged over prompts).
+
+Several --model folders are compared in one run (same prompts, seeds, judge). Writes --out/summary.json and
+--out/<model>/<label>-<seed>.wav, appends one JSON line to bench/results.jsonl (repository-relative paths).
+
+Usage: .venv/bin/python bench/recognisable.py --model tta/assets/default --model OTHER \
+           --manifest ../tta-work/corpus/starter-v2/manifest.jsonl [--seeds 4] [--k 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.default_quality import machine, versions
+
+# prompt -> label of the starter corpus's real recordings (each label has >= 5 training clips there)
+PROMPTS: tuple[tuple[str, str], ...] = (
+    ("a dog barks", "dog"), ("a cow moos", "cow"), ("a sheep bleats", "sheep"), ("a pig grunts", "pig"),
+    ("a horse neighs", "horse"), ("a chicken clucks", "chicken"), ("a wolf howls", "wolf"),
+    ("an elephant trumpets", "elephant"), ("rain falling", "rain"), ("footsteps on gravel", "footsteps"),
+    ("birds chirping in a forest", "birds"), ("an explosion", "explosion"), ("thunder rumbling", "thunder"),
+    ("a fire crackling", "fire"), ("chopping wood with an axe", "chopping"),
+)
+TRIM_DB = 40.0      # a generation is cut to its span above peak - TRIM_DB (generations often end in silence)
+
+
+def relative(path: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), ROOT)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, action="append", required=True, help="pipeline folder (repeatable)")
+    ap.add_argument("--manifest", type=Path, required=True, help="manifest whose train split holds the judges' clips")
+    ap.add_argument("--seeds", type=int, default=4, help="generations per prompt and model")
+    ap.add_argument("--k", type=int, default=5, help="neighbours in the vote")
+    ap.add_argument("--distractors", type=int, default=400,
+                    help="real training clips of other labels among the judge's clips (seeded sample)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache-dir", type=Path, help="where the reference embeddings are cached")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "recognisable")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
+    ap.add_argument("--quiet", action="store_true")
+    return ap.parse_args(argv)
+
+
+def active(wav: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The span of `wav` above its peak - TRIM_DB (at least 0.25 s), so trailing silence is not judged."""
+    a = np.abs(wav)
+    peak = float(a.max()) if a.size else 0.0
+    if peak <= 0:
+        return wav
+    idx = np.flatnonzero(a >= peak * 10 ** (-TRIM_DB / 20))
+    start, end = int(idx[0]), int(idx[-1]) + 1
+    end = max(end, min(len(wav), start + sample_rate // 4))
+    return wav[start:end]
+
+
+def pooled(embedder, wavs: list[np.ndarray], sample_rate: int, *, desc: str, progress: bool) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    out = [embedder.embed(w, sample_rate).mean(axis=0) for w in tqdm(wavs, desc=desc, unit="clip",
+                                                                       disable=not progress)]
+    x = np.stack(out)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def judge(queries: np.ndarray, refs: np.ndarray, ref_labels: list[str], label: str, k: int) -> tuple[bool, bool]:
+    sims = refs @ queries
+    order = np.argsort(-sims, kind="stable")
+    top = [ref_labels[j] for j in order[:k]]
+    counts = Counter(top).most_common()
+    vote = counts[0][0] == label and (len(counts) == 1 or counts[1][1] < counts[0][1])
+    return top[0] == label, vote
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    from eval.embedders import get_embedder
+    from tta.audio import load_audio, save_audio
+    from tta.data.manifest import read_manifest, resolve_path, split_rows
+    from tta.pipeline import TTAPipeline
+
+    progress = not args.quiet
+    torch.set_num_threads(args.threads)
+    rows = read_manifest(args.manifest)
+    real = lambda rs: [r for r in rs if r.source.startswith("debian:") and r.labels]
+    train, held = real(split_rows(rows, "train")), real(split_rows(rows, "valid"))
+    wanted = {label for _, label in PROMPTS}
+    # the judge's clips: every real training clip of the prompts' labels, plus a seeded sample of the
+    # others as distractors (embedding all ~2 500 takes half an hour on a busy 2-core CPU)
+    others = sorted((r for r in train if r.labels[0] not in wanted), key=lambda r: r.id)
+    rng = np.random.default_rng(0)
+    keep = set(rng.choice(len(others), size=min(args.distractors, len(others)), replace=False).tolist())
+    train = [r for r in train if r.labels[0] in wanted] + [r for i, r in enumerate(others) if i in keep]
+    missing = sorted(label for label in wanted if not any(r.labels[0] == label for r in train))
+    if missing:
+        raise SystemExit(f"{args.manifest}: no training clips labelled {', '.join(missing)}")
+    embedder = get_embedder("aisfx")
+    sr = 16_000
+
+    key = hashlib.sha256(Path(args.manifest).read_bytes() + embedder.identity.encode()
+                         + str(args.distractors).encode()).hexdigest()[:16]
+    cache = (args.cache_dir / f"recognisable-refs-{key}.npy") if args.cache_dir else None
+    if cache is not None and cache.is_file():
+        refs = np.load(cache)
+    else:
+        wavs = [load_audio(resolve_path(r, args.manifest), sr, normalize=True)[0] for r in train]
+        refs = pooled(embedder, wavs, sr, desc="aisfx references", progress=progress)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, refs)
+    ref_labels = [r.labels[0] for r in train]
+    share = Counter(ref_labels)
+    chance = float(np.mean([share[label] / len(train) for _, label in PROMPTS]))
+
+    held_rows = [r for r in held if r.labels[0] in wanted]
+    held_emb = pooled(embedder, [load_audio(resolve_path(r, args.manifest), sr, normalize=True)[0]
+                                 for r in held_rows], sr, desc="aisfx held-out", progress=progress)
+    held_j = [judge(e, refs, ref_labels, r.labels[0], args.k) for e, r in zip(held_emb, held_rows)]
+
+    summary = {"bench": "recognisable", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine(), "versions": versions(),
+               "settings": {"manifest": relative(args.manifest), "seeds": args.seeds, "k": args.k,
+                            "threads": args.threads, "embedder": embedder.identity, "trim_db": TRIM_DB,
+                            "reference_clips": len(train), "distractors": args.distractors, "prompts": [list(p) for p in PROMPTS]},
+               "chance": round(chance, 4),
+               "real_held_out": {"clips": len(held_rows),
+                                 "hit@1": round(float(np.mean([h for h, _ in held_j])), 4) if held_j else None,
+                                 f"vote@{args.k}": round(float(np.mean([v for _, v in held_j])), 4) if held_j
+                                 else None},
+               "models": []}
+    for model in args.model:
+        pipe = TTAPipeline.from_pretrained(model)
+        name = model.resolve().name if model.resolve().name != "default" else "default"
+        folder = args.out / f"{len(summary['models'])}-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        per_prompt = []
+        for prompt, label in PROMPTS:
+            out = pipe([prompt] * args.seeds, seed=0, batch_size=args.seeds)
+            clips = [active(np.asarray(w, dtype=np.float32), out.sample_rate) for w in out.wavs]
+            for s, w in enumerate(out.wavs):
+                save_audio(folder / f"{label}-{s}.wav", np.asarray(w), out.sample_rate)
+            emb = pooled(embedder, clips, out.sample_rate, desc=f"aisfx {label}", progress=False)
+            js = [judge(e, refs, ref_labels, label, args.k) for e in emb]
+            per_prompt.append({"prompt": prompt, "label": label, "hit@1": sum(h for h, _ in js),
+                               f"vote@{args.k}": sum(v for _, v in js), "of": len(js),
+                               "active_seconds": [round(len(c) / out.sample_rate, 2) for c in clips]})
+        n = sum(p["of"] for p in per_prompt)
+        summary["models"].append({
+            "model": relative(model), "defaults": {k: v for k, v in vars(pipe.defaults).items()
+                                                   if isinstance(v, (int, float, str))},
+            "hit@1": round(sum(p["hit@1"] for p in per_prompt) / n, 4),
+            f"vote@{args.k}": round(sum(p[f"vote@{args.k}"] for p in per_prompt) / n, 4),
+            "per_prompt": per_prompt})
+        del pipe
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(args.results, "a") as f:
+        f.write(json.dumps(summary) + "\n")
+    print(f"chance {summary['chance']:.3f}; real held-out ({len(held_rows)} clips) hit@1 "
+          f"{summary['real_held_out']['hit@1']}")
+    for m in summary["models"]:
+        print(f"{m['model']}: hit@1 {m['hit@1']:.3f}, vote@{args.k} {m[f'vote@{args.k}']:.3f}; "
+              + ", ".join(f"{p['label']} {p['hit@1']}/{p['of']}" for p in m["per_prompt"]))
+    return summary
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
