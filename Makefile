@@ -47,8 +47,17 @@ CLAP_STEPS ?= 4000
 LDM_STEPS ?= 20000
 # second LDM stage: fine-tune on whole 10.24 s clips, initialised from the 2.56 s-crop run
 LDM10_STEPS ?= 6000
-# third LDM stage: fine-tune stage 2 on the version-2 corpus (dog barks, more animals and instruments)
+# third LDM stage: fine-tune stage 2 on the version-2 corpus (dog barks, more animals and instruments).
+# V2_FROM=PIPELINE starts it from a pipeline folder instead (its unet/, with its vae/, text_encoder/ and
+# vocoder/): how v0.3 was made, from the v0.2 release (see tta/assets/default/README.md)
 LDM_V2_STEPS ?= 3000
+V2_FROM ?=
+# an experiment, not part of the default: the VAE's decoder fine-tuned on corpus version 2 with its encoder
+# frozen (the latent space, so the UNet, stays valid), started from the VAE the LDM used. It lowered the mel
+# error but made sounds less recognisable, so v0.3 does not ship it (model card, "Training")
+VAE_DEC_STEPS ?= 2500
+# the VAE packed into the default: empty for the pipeline's own; PACK_VAE=$(RUNS)/vae-dec packs the experiment's
+PACK_VAE ?=
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
@@ -91,16 +100,22 @@ train-ldm-10s: venv
 
 train-ldm-v2: venv
 	$(BIN)/tta train ldm --config configs/ldm/default-v2.json --out $(RUNS)/ldm-v2 $(DATA2) \
-		--set components.vae=$(RUNS)/vae/final --set components.clap=$(RUNS)/clap/final \
-		--set components.vocoder=$(RUNS)/vocoder/final \
+		$(if $(V2_FROM),--set components.vae=$(V2_FROM)/vae --set components.clap=$(V2_FROM)/text_encoder \
+		--set components.vocoder=$(V2_FROM)/vocoder,--set components.vae=$(RUNS)/vae/final \
+		--set components.clap=$(RUNS)/clap/final --set components.vocoder=$(RUNS)/vocoder/final) \
 		--set train.max_steps=$(LDM_V2_STEPS) \
-		$(if $(wildcard $(RUNS)/ldm-v2/config.json),--resume,--init-from $(RUNS)/ldm-10s)
+		$(if $(wildcard $(RUNS)/ldm-v2/config.json),--resume,--init-from $(or $(V2_FROM),$(RUNS)/ldm-10s))
+
+train-vae-decoder: venv
+	$(BIN)/tta train vae --config configs/vae/default-decoder.json --out $(RUNS)/vae-dec $(DATA2) \
+		--set train.max_steps=$(VAE_DEC_STEPS) \
+		$(if $(wildcard $(RUNS)/vae-dec/config.json),--resume,--init-from $(or $(V2_FROM),$(RUNS)/vae/final))
 
 pack-default: venv
 	rm -rf tta/assets/default.new
 	$(BIN)/tta export pipeline $(RUNS)/ldm-v2/pipeline --out tta/assets/default.new --dtype float16 \
 		--default sampler=dpmsolver++ --default steps=20 --default guidance=3.0 --default seconds=10.0 --default window=10.24 \
-		--vocoder $(PACK_VOCODER)
+		--vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE))
 	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
 	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default

@@ -11,7 +11,9 @@ Debian packages, the real recordings) of the prompts' labels, plus --distractors
 
 Two references in the same run: "real held-out" (held-out real clips of the same labels, judged against the
 same training clips: how well the judge recognises real audio) and "chance" (the label's share of the
-reference clips, averaged over prompts).
+reference clips, averaged over prompts). Per model, two ceilings of its own parts: the held-out clips through
+its vocoder alone (mel -> wav) and through its VAE and vocoder (wav -> latents -> mel -> wav); a generation
+cannot be recognised better than those, whatever the UNet learns. Each generation's nearest label is kept.
 
 Several --model folders are compared in one run (same prompts, seeds, judge). Writes --out/summary.json and
 --out/<model>/<label>-<seed>.wav, appends one JSON line to bench/results.jsonl (repository-relative paths).
@@ -62,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=5, help="neighbours in the vote")
     ap.add_argument("--distractors", type=int, default=400,
                     help="real training clips of other labels among the judge's clips (seeded sample)")
+    ap.add_argument("--guidance", type=float, help="classifier-free guidance for every model (default: each model's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, help="where the reference embeddings are cached")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "recognisable")
@@ -91,13 +94,37 @@ def pooled(embedder, wavs: list[np.ndarray], sample_rate: int, *, desc: str, pro
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def nearest(query: np.ndarray, refs: np.ndarray, ref_labels: list[str], k: int) -> list[str]:
+    order = np.argsort(-(refs @ query), kind="stable")
+    return [ref_labels[j] for j in order[:k]]
+
+
 def judge(queries: np.ndarray, refs: np.ndarray, ref_labels: list[str], label: str, k: int) -> tuple[bool, bool]:
-    sims = refs @ queries
-    order = np.argsort(-sims, kind="stable")
-    top = [ref_labels[j] for j in order[:k]]
+    top = nearest(queries, refs, ref_labels, k)
     counts = Counter(top).most_common()
     vote = counts[0][0] == label and (len(counts) == 1 or counts[1][1] < counts[0][1])
     return top[0] == label, vote
+
+
+def rates(judged: list[tuple[bool, bool]], k: int) -> dict:
+    return {"hit@1": round(float(np.mean([h for h, _ in judged])), 4) if judged else None,
+            f"vote@{k}": round(float(np.mean([v for _, v in judged])), 4) if judged else None}
+
+
+def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each wav through the pipeline's vocoder alone, and through its VAE and vocoder (the parts' ceilings)."""
+    import torch
+
+    from tta.audio import log_mel
+
+    vocoded, through_vae = [], []
+    with torch.no_grad():
+        for w in wavs:
+            n = len(w)
+            mel = log_mel(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))[None], pipe.mel).float()
+            vocoded.append(pipe.vocoder(mel)[0, :n].float().numpy())
+            through_vae.append(pipe.decode(pipe.encode_audio(w, n), n)[0].numpy())
+    return vocoded, through_vae
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -143,29 +170,32 @@ def main(argv: list[str] | None = None) -> dict:
     chance = float(np.mean([share[label] / len(train) for _, label in PROMPTS]))
 
     held_rows = [r for r in held if r.labels[0] in wanted]
-    held_emb = pooled(embedder, [load_audio(resolve_path(r, args.manifest), sr, normalize=True)[0]
-                                 for r in held_rows], sr, desc="aisfx held-out", progress=progress)
+    held_wavs = [load_audio(resolve_path(r, args.manifest), sr, normalize=True)[0] for r in held_rows]
+    held_emb = pooled(embedder, held_wavs, sr, desc="aisfx held-out", progress=progress)
     held_j = [judge(e, refs, ref_labels, r.labels[0], args.k) for e, r in zip(held_emb, held_rows)]
 
     summary = {"bench": "recognisable", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": machine(), "versions": versions(),
                "settings": {"manifest": relative(args.manifest), "seeds": args.seeds, "k": args.k,
+                            "guidance": args.guidance,
                             "threads": args.threads, "embedder": embedder.identity, "trim_db": TRIM_DB,
                             "reference_clips": len(train), "distractors": args.distractors, "prompts": [list(p) for p in PROMPTS]},
                "chance": round(chance, 4),
-               "real_held_out": {"clips": len(held_rows),
-                                 "hit@1": round(float(np.mean([h for h, _ in held_j])), 4) if held_j else None,
-                                 f"vote@{args.k}": round(float(np.mean([v for _, v in held_j])), 4) if held_j
-                                 else None},
+               "real_held_out": {"clips": len(held_rows), **rates(held_j, args.k)},
                "models": []}
     for model in args.model:
         pipe = TTAPipeline.from_pretrained(model)
         name = model.resolve().name if model.resolve().name != "default" else "default"
         folder = args.out / f"{len(summary['models'])}-{name}"
         folder.mkdir(parents=True, exist_ok=True)
+        ceilings = {}
+        for part, wavs in zip(("vocoder", "vae+vocoder"), resynthesised(pipe, held_wavs)):
+            emb = pooled(embedder, wavs, sr, desc=f"aisfx held-out via {part}", progress=False)
+            ceilings[part] = rates([judge(e, refs, ref_labels, r.labels[0], args.k)
+                                    for e, r in zip(emb, held_rows)], args.k)
         per_prompt = []
         for prompt, label in PROMPTS:
-            out = pipe([prompt] * args.seeds, seed=0, batch_size=args.seeds)
+            out = pipe([prompt] * args.seeds, seed=0, batch_size=args.seeds, guidance=args.guidance)
             clips = [active(np.asarray(w, dtype=np.float32), out.sample_rate) for w in out.wavs]
             for s, w in enumerate(out.wavs):
                 save_audio(folder / f"{label}-{s}.wav", np.asarray(w), out.sample_rate)
@@ -173,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
             js = [judge(e, refs, ref_labels, label, args.k) for e in emb]
             per_prompt.append({"prompt": prompt, "label": label, "hit@1": sum(h for h, _ in js),
                                f"vote@{args.k}": sum(v for _, v in js), "of": len(js),
+                               "nearest": [nearest(e, refs, ref_labels, 1)[0] for e in emb],
                                "active_seconds": [round(len(c) / out.sample_rate, 2) for c in clips]})
         n = sum(p["of"] for p in per_prompt)
         summary["models"].append({
@@ -180,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                    if isinstance(v, (int, float, str))},
             "hit@1": round(sum(p["hit@1"] for p in per_prompt) / n, 4),
             f"vote@{args.k}": round(sum(p[f"vote@{args.k}"] for p in per_prompt) / n, 4),
-            "per_prompt": per_prompt})
+            "held_out_resynthesised": ceilings, "per_prompt": per_prompt})
         del pipe
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -191,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
     for m in summary["models"]:
         print(f"{m['model']}: hit@1 {m['hit@1']:.3f}, vote@{args.k} {m[f'vote@{args.k}']:.3f}; "
               + ", ".join(f"{p['label']} {p['hit@1']}/{p['of']}" for p in m["per_prompt"]))
+        print("  held-out real clips resynthesised: " + "; ".join(
+            f"via {part} hit@1 {r['hit@1']}" for part, r in m["held_out_resynthesised"].items()))
+        print("  nearest labels: " + "; ".join(f"{p['label']}: {' '.join(p['nearest'])}" for p in m["per_prompt"]))
     return summary
 
 

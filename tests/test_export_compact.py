@@ -103,3 +103,33 @@ def test_a_griffin_lim_vocoder_can_replace_the_hifigan(tmp_path, capsys):
     assert rc == 1 and "GriffinLim" in err and "Traceback" not in err
     rc = main(["export", "pipeline", str(tiny_pipeline()), "--out", str(tmp_path / "x"), "--vocoder", "griffin-lim:x"])
     assert rc == 1 and "griffin-lim:ITERS" in capsys.readouterr().err
+
+
+def test_vae_replacement_takes_a_decoder_fine_tune_and_refuses_a_new_encoder(tmp_path, capsys):
+    import torch
+
+    from tta.checkpoint import save_component
+    from tta.pipeline import TTAPipeline
+
+    src = tiny_pipeline()
+    vae = TTAPipeline.from_pretrained(src).vae
+    with torch.no_grad():                                   # what a decoder fine-tune changes
+        vae.net.decoder.conv_out.weight.add_(0.01)
+    save_component(tmp_path / "dec" / "final", vae)          # a run folder
+    out = tmp_path / "packed"
+    assert main(["-q", "export", "pipeline", str(src), "--out", str(out), "--dtype", "float32",
+                 "--vae", str(tmp_path / "dec")]) == 0
+    packed = TTAPipeline.from_pretrained(out).vae
+    assert torch.equal(packed.net.decoder.conv_out.weight, vae.net.decoder.conv_out.weight)
+    assert float(packed.scale_factor) == float(vae.scale_factor)
+
+    with torch.no_grad():
+        vae.net.encoder.conv_in.weight.mul_(1.5)
+    save_component(tmp_path / "enc", vae)
+    rc = main(["export", "pipeline", str(src), "--out", str(tmp_path / "x"), "--vae", str(tmp_path / "enc")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--vae" in err and "encoder differs" in err and "freeze_encoder" in err
+    assert "Traceback" not in err and not (tmp_path / "x").exists()
+    rc = main(["export", "pipeline", str(src), "--out", str(tmp_path / "y"), "--vae", str(tmp_path / "nothing")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--vae" in err and not (tmp_path / "y").exists()

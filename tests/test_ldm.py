@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from tests.test_ldm_fixtures import ROOT, one_thread, tiny_run_config  # noqa: F401 (autouse)
+from tests.test_ldm_fixtures import ROOT, one_thread, tiny_pipeline, tiny_run_config  # noqa: F401 (autouse)
 from tta.config import load_config
 from tta.ldm.model import LDMConfig, LDMUNet
 
@@ -229,3 +229,37 @@ def test_component_paths_may_name_a_training_run_folder(tmp_path):
     assert component_dir(str(run / "final"), "vae") == run / "final"
     with pytest.raises(ValueError, match="components.vae=.*not a component folder"):
         component_dir(str(tmp_path / "nothing"), "vae")
+
+
+def test_fine_tune_from_a_half_precision_pipeline_folder_with_a_griffin_lim_vocoder(tmp_path):
+    """--init-from a pipeline folder (how the embedded default is fine-tuned): the UNet starts from its unet/
+    (diffusers files, half-precision storage widened), and a Griffin-Lim vocoder serves the validation audio."""
+    from tta.checkpoint import load_component
+    from tta.cli import main
+    from tta.ldm.train import train
+    from vocoder.griffinlim import GriffinLim
+
+    packed = tmp_path / "packed"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(packed), "--vocoder", "griffin-lim:2"]) == 0
+    assert isinstance(load_component(packed / "vocoder", GriffinLim), GriffinLim)
+    source = LDMUNet.load_diffusers(packed / "unet")
+    cfg = tiny_run_config(**{"train.max_steps": 1, "train.learning_rate": 1e-12,
+                             "train.validate_every": 1, "train.init_from": str(packed),
+                             "components.vocoder": str(packed / "vocoder")})
+    final = train(cfg, tmp_path / "ft", progress=False)
+    tuned = load_component(final, LDMUNet)
+    a, b = source.state_dict(), tuned.state_dict()
+    assert a.keys() == b.keys()
+    assert all(b[k].dtype == torch.float32 and torch.allclose(a[k].float(), b[k], atol=1e-6)
+               for k in a if b[k].is_floating_point())
+    from safetensors.torch import load_file
+
+    stored = load_file(str(packed / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(v.dtype == torch.float16 for v in stored.values())      # the source really was half precision
+    assert (tmp_path / "ft" / "samples" / "step_1").is_dir() and (tmp_path / "ft" / "pipeline" / "pipeline.json").is_file()
+    # a folder with no weights a UNet can take is a one-line error naming it
+    (tmp_path / "bare" / "unet").mkdir(parents=True)
+    (tmp_path / "bare" / "pipeline.json").write_text("{}")
+    with pytest.raises(ValueError, match="init_from.*bare/unet holds no weights"):
+        train(tiny_run_config(**{"train.max_steps": 1, "train.init_from": str(tmp_path / "bare")}), tmp_path / "ft2",
+              progress=False)

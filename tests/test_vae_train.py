@@ -132,3 +132,30 @@ def test_resume_continues_bit_exactly(repo_root, tmp_path, manifest):
     d_a = load_file(str(tmp_path / "full" / "checkpoints" / "step_3" / "loss" / "model.safetensors"))
     d_b = load_file(str(cut / "checkpoints" / "step_3" / "loss" / "model.safetensors"))
     assert all(torch.equal(d_a[k], d_b[k]) for k in d_a)
+
+
+def test_freeze_encoder_fine_tunes_the_decoder_and_keeps_the_latent_space(repo_root, tmp_path, manifest, capsys):
+    """A decoder fine-tune from a trained VAE: encoder and scale_factor untouched, decoder changed."""
+    from safetensors.torch import load_file
+
+    base = tmp_path / "base"
+    assert _train(repo_root, base, manifest, "--set", "valid_items=0") == 0
+    ft = tmp_path / "ft"
+    assert _train(repo_root, ft, manifest, "--set", "valid_items=0", "--set", "freeze_encoder=true",
+                  "--set", "train.max_steps=3", "--init-from", str(base / "final")) == 0
+    a = load_file(str(base / "final" / "model.safetensors"))
+    b = load_file(str(ft / "final" / "model.safetensors"))
+    frozen = [k for k in a if k.startswith(("net.encoder.", "net.quant_conv."))]
+    decoder = [k for k in a if k.startswith("net.decoder.")]
+    assert frozen and decoder
+    assert all(torch.equal(a[k], b[k]) for k in frozen)
+    assert any(not torch.equal(a[k], b[k]) for k in decoder)
+    assert torch.equal(a["scale_factor"], b["scale_factor"]) and float(b["scale_factor"]) != 1.0
+    assert json.loads((ft / "final" / "config.json").read_text())["config"]["scale_factor"] == pytest.approx(
+        float(a["scale_factor"]))
+
+    capsys.readouterr()
+    assert _train(repo_root, tmp_path / "bad", manifest, "--set", "freeze_encoder=true") != 0
+    err = capsys.readouterr().err
+    assert "freeze_encoder" in err and "init_from" in err and "Traceback" not in err
+    assert not (tmp_path / "bad" / "final").exists()

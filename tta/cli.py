@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
         if not args.init_from.exists():
-            raise FileNotFoundError(f"--init-from {args.init_from}: no such run, checkpoint or component folder")
+            raise FileNotFoundError(f"--init-from {args.init_from}: no such run, checkpoint, component or pipeline folder")
         sets.append(f"train.init_from={json.dumps(str(args.init_from))}")
     config = apply_overrides(load_config(module.RunConfig, args.config), sets)
     final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)
@@ -104,8 +104,9 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--init-from", type=Path, metavar="RUN",
                    help="fine-tune: start this new run from another run's weights (a run folder, its "
-                        "checkpoints/step_N or a component folder; EMA weights when present); optimizer and "
-                        "step start fresh (same as --set train.init_from=RUN)")
+                        "checkpoints/step_N, a component folder, or a pipeline folder such as "
+                        "tta/assets/default; EMA weights when present); optimizer and step start fresh "
+                        "(same as --set train.init_from=RUN)")
     p.add_argument("--datastore", type=Path, metavar="DIR",
                    help="ldm only: retrieval-augmented training (Re-AudioLDM) on a `tta index build` folder "
                         "(same as --set retrieval.datastore=DIR)")

@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
 
 def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float16",
                    defaults: dict | None = None, vocoder: str | os.PathLike | None = None,
-                   min_elements: int = 1024) -> Path:
+                   vae: str | os.PathLike | None = None, min_elements: int = 1024) -> Path:
     """Copy a tta pipeline folder with its weights stored in `dtype` and new generation defaults.
 
     Floating-point tensors with at least `min_elements` entries are stored as `dtype` (float16 halves the
@@ -178,7 +179,9 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     text encoder (CLAP) is copied exactly, so its identity (datastores, embedding caches) is unchanged.
     `defaults` overrides fields of pipeline.json's "defaults" (PipelineDefaults), validated. `vocoder` (a
     HiFiGAN component folder or a vocoder run folder) replaces the vocoder: it works on mels, so it can be
-    trained on longer than the rest; its mel config must match the VAE's."""
+    trained on longer than the rest; its mel config must match the VAE's. `vae` (a MelVAE component or run
+    folder) replaces the VAE only when it keeps the latent space the UNet was trained on: same config, same
+    encoder weights and scale_factor, i.e. a decoder fine-tune (`tta train vae --set freeze_encoder=true`)."""
     from dataclasses import fields
 
     import torch
@@ -193,6 +196,8 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     if dtype not in store:
         raise InteropError(f"--dtype {dtype!r}: expected one of {', '.join(store)}")
     pipe = TTAPipeline.from_pretrained(pipeline)
+    if vae is not None:
+        pipe.vae = _replacement_vae(str(vae), pipe.vae)
     if vocoder is not None:
         pipe.vocoder = _replacement_vocoder(str(vocoder), pipe.vae.config.mel)
     if defaults:
@@ -223,6 +228,45 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     return Path(out)
 
 
+def _replacement_vae(spec: str, current):
+    """`--vae`: a MelVAE component or run folder whose latent space is `current`'s (same config apart from
+    scale_factor's last digits, encoder tensors equal up to float16 storage rounding, same scale_factor)."""
+    import torch
+
+    from tta.checkpoint import CheckpointError, load_component
+    from vae.model import MelVAE
+
+    folder = Path(spec)
+    if (folder / "final" / "config.json").is_file():      # a training run folder
+        folder = folder / "final"
+    try:
+        model = load_component(folder, MelVAE).eval()
+    except (CheckpointError, ValueError, OSError) as e:
+        raise InteropError(f"--vae {spec}: {e} (expected a MelVAE component or run folder)") from None
+    why = ""
+    if _without_scale(model.config) != _without_scale(current.config):
+        why = "its config differs from the pipeline's vae/"
+    elif not math.isclose(float(model.scale_factor), float(current.scale_factor), rel_tol=1e-4):
+        why = f"its scale_factor {float(model.scale_factor):.6g} is not the pipeline's {float(current.scale_factor):.6g}"
+    else:
+        mine, theirs = current.state_dict(), model.state_dict()
+        encoder = [k for k in mine if k.startswith(("net.encoder.", "net.quant_conv."))]
+        moved = [k for k in encoder if not torch.allclose(mine[k].float(), theirs[k].float(), rtol=1e-3, atol=1e-6)]
+        if moved:
+            why = f"its encoder differs from the pipeline's ({len(moved)} tensors, first {moved[0]})"
+    if why:
+        raise InteropError(f"--vae {spec}: {why}; the UNet was trained on that encoder's latents, so only a "
+                           "decoder fine-tune of it can replace it (tta train vae --set freeze_encoder=true "
+                           "--init-from the pipeline)")
+    return model
+
+
+def _without_scale(config):
+    from dataclasses import replace
+
+    return replace(config, scale_factor=1.0)
+
+
 def _replacement_vocoder(spec: str, mel):
     """`--vocoder`: "griffin-lim[:ITERS]" (the untrained baseline) or a HiFi-GAN / Griffin-Lim component
     folder or run folder; its mel config must equal `mel` (the VAE's)."""
@@ -230,7 +274,8 @@ def _replacement_vocoder(spec: str, mel):
 
     from tta.audio import check_same_mel
     from tta.checkpoint import CheckpointError, load_component
-    from tta.pipeline import VOCODER_CLASSES, PipelineError, vocoder_class
+    from tta.ldm.folder import VOCODER_CLASSES
+    from tta.pipeline import PipelineError, vocoder_class
     from vocoder.griffinlim import GriffinLim, GriffinLimConfig
 
     try:
@@ -287,6 +332,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                             "candidates, window); repeatable")
         p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN component or vocoder run folder (same "
                                          "mel config), or griffin-lim[:ITERS] for the untrained baseline")
+        p.add_argument("--vae", help="replace the VAE with a decoder fine-tune of it (a MelVAE component or run "
+                                     "folder trained with freeze_encoder=true: same encoder and scale_factor)")
     parser.set_defaults(interop_verb=verb)
 
 
@@ -305,7 +352,8 @@ def run(args: argparse.Namespace) -> int:
             if not sep or not key:
                 raise InteropError(f"--default {item!r}: expected KEY=VALUE")
             pairs[key.strip()] = value.strip()
-        out = export_compact(args.folder, args.out, dtype=args.dtype, defaults=pairs, vocoder=args.vocoder)
+        out = export_compact(args.folder, args.out, dtype=args.dtype, defaults=pairs, vocoder=args.vocoder,
+                             vae=args.vae)
     else:
         out = export_diffusers_audioldm(args.folder, args.out)
     print(out)

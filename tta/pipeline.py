@@ -34,6 +34,7 @@ import torch
 from tta.audio import check_same_mel, log_mel
 from tta.checkpoint import CheckpointError, load_component
 from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, write_pipeline
+from tta.ldm.folder import vocoder_class as _vocoder_class
 from tta.ldm.model import LDMUNet
 from tta.ldm.sampling import check_sampler, denoise, draw_noise, make_scheduler
 
@@ -431,20 +432,12 @@ def _rows(context: torch.Tensor | None, index: list[int]) -> torch.Tensor | None
     return context.expand(len(index), -1, -1) if context.shape[0] == 1 else context[index]
 
 
-VOCODER_CLASSES = ("vocoder.model.HiFiGAN", "vocoder.griffinlim.GriffinLim")
-
-
 def vocoder_class(folder: Path) -> type:
     """The class of the vocoder component in `folder`: HiFi-GAN or the Griffin-Lim baseline."""
-    from tta.checkpoint import import_class, read_component_config
-
     try:
-        name = read_component_config(folder)["class"]
+        return _vocoder_class(folder)
     except CheckpointError as e:
         raise PipelineError(f"component 'vocoder' cannot be loaded: {e}") from None
-    if name not in VOCODER_CLASSES:
-        raise PipelineError(f"{folder}: component 'vocoder' is a {name}; expected one of {', '.join(VOCODER_CLASSES)}")
-    return import_class(name)
 
 
 def _load(folder: Path, parts: dict, name: str, cls):

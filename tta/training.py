@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tta.checkpoint import (TRAIN_STATE_NAME, atomic_dir, atomic_write_text, load_component, load_into,
-                            load_state_dict, load_train_state, save_component, save_train_state, WEIGHTS_NAME)
+from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_dir, atomic_write_text,
+                            load_component, load_into, load_state_dict, load_train_state, read_foreign_folder,
+                            save_component, save_train_state)
 from tta.config import ConfigError, from_dict, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -512,7 +513,9 @@ class TrainingRun:
         """Fine-tuning start: load weights from another run into the tracked modules of this fresh run.
 
         `source` is a run folder (its latest complete checkpoint, else final/), one checkpoints/step_N
-        folder, or a component folder (weights for the first tracked module). A module that has an EMA
+        folder, a component folder (weights for the first tracked module; a diffusers model folder too),
+        or a pipeline folder (its sub-folder named like each tracked module, e.g. unet/: fine-tune the
+        embedded default or an imported AudioLDM). A module that has an EMA
         in the source gets the EMA weights. Optimizers, schedulers and the step start fresh; this run's
         EMAs restart from the loaded weights. Modules, and tensors the source lacks or shapes differently,
         keep their fresh initialisation, with a warning (e.g. a retrieval context encoder and the key/value
@@ -520,7 +523,7 @@ class TrainingRun:
         has, or more than half of a module's tensors fresh, is an error."""
         src = Path(source)
         if not src.exists():
-            raise RunError(f"train.init_from={str(source)!r}: no such run, checkpoint or component folder")
+            raise RunError(f"train.init_from={str(source)!r}: no such run, checkpoint, component or pipeline folder")
         if (src / "checkpoints").is_dir() or (src / "final").is_dir():     # a run folder
             ckpts = complete_checkpoints(src / "checkpoints")
             src = ckpts[-1] if ckpts else src / "final"
@@ -532,11 +535,16 @@ class TrainingRun:
                     weights[name] = emas[name]["shadow"]
                 elif (src / name / WEIGHTS_NAME).is_file():
                     weights[name] = load_state_dict(src / name / WEIGHTS_NAME)
-        elif (src / WEIGHTS_NAME).is_file() and self._modules:   # a component folder: the main module
-            weights[next(iter(self._modules))] = load_state_dict(src / WEIGHTS_NAME)
+        elif (src / "pipeline.json").is_file():   # a pipeline folder: one sub-folder per component
+            for name, module in self._modules.items():
+                if (src / name).is_dir():
+                    weights[name] = _folder_weights(src / name, self.unwrap(module))
+        elif (src / WEIGHTS_NAME).is_file() or _diffusers_weights(src):   # a component folder: the main module
+            name, module = next(iter(self._modules.items()))
+            weights[name] = _folder_weights(src, self.unwrap(module))
         if not weights:
             raise RunError(f"train.init_from={str(source)!r}: no weights for {', '.join(self._modules)} there "
-                           f"(expected a run folder, checkpoints/step_N or a component folder)")
+                           f"(expected a run folder, checkpoints/step_N, a component or a pipeline folder)")
         for name, module in self._modules.items():
             if name not in weights:
                 log.warning("init_from %s: no %s weights there; it keeps its fresh initialisation", src, name)
@@ -622,3 +630,20 @@ def _first_diff(a: Any, b: Any, prefix: str = "") -> str:
                 return _first_diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
     return prefix or "<top>"
 
+
+def _diffusers_weights(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in DIFFUSERS_WEIGHT_NAMES)
+
+
+def _folder_weights(folder: Path, module: nn.Module) -> dict:
+    """The state dict of a component folder for `module`: a tta component (model.safetensors), or
+    diffusers' own files for a module that wraps a diffusers model as `.net` (the LDM UNet); half-precision
+    storage is widened when it is loaded into the module."""
+    if (folder / WEIGHTS_NAME).is_file():
+        return load_state_dict(folder / WEIGHTS_NAME)
+    if not _diffusers_weights(folder):
+        raise RunError(f"train.init_from: {folder} holds no weights ({WEIGHTS_NAME} or "
+                       f"{' / '.join(DIFFUSERS_WEIGHT_NAMES)})")
+    _, state, _ = read_foreign_folder(folder, DIFFUSERS_WEIGHT_NAMES, what="a diffusers model folder")
+    prefix = "net." if isinstance(getattr(module, "net", None), nn.Module) else ""
+    return {prefix + k: v for k, v in state.items()}

@@ -8,6 +8,10 @@ the optional EMA are tracked by `TrainingRun`, so `--resume` continues bit-exact
 mode: mel L1, log-spectral distance and mel SNR go to metrics.jsonl (split "valid") and input-vs-
 reconstruction spectrograms to RUN/samples/step_N/. At the end `scale_factor` (1 / std of latents) is
 measured on training clips with the released weights and stored in final/.
+
+`freeze_encoder` fine-tunes the decoder of a trained VAE (`train.init_from`) and leaves its encoder and
+scale_factor as they were: the latent space a diffusion model was trained on stays valid, so a better decoder
+can be swapped into a pipeline without retraining the UNet (Stable Diffusion's "ft-MSE" VAE is the same idea).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class RunConfig:
     valid_items: int = 16  # held-out clips reconstructed at each validation (0 = skip validation)
     sample_images: int = 2  # input-vs-reconstruction PNGs written per validation
     scale_items: int = 64  # training clips used to measure scale_factor at the end
+    freeze_encoder: bool = False  # train the decoder only; keeps init_from's encoder and scale_factor
 
     def __post_init__(self) -> None:
         if self.valid_items < 0 or self.sample_images < 0:
@@ -52,6 +57,9 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     from tta.data.dataset import AudioDataset
 
     mel_cfg = config.model.mel
+    if config.freeze_encoder and not (config.train.init_from or resume):
+        raise ValueError("freeze_encoder=true fine-tunes the decoder of a trained VAE: set train.init_from "
+                         "(--init-from RUN, component or pipeline folder)")
     train_set = AudioDataset.from_config(
         config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=True
     )
@@ -62,8 +70,13 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         )
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     vae = MelVAE(config.model)
+    if config.freeze_encoder:
+        for part in (vae.net.encoder, vae.net.quant_conv):
+            if part is not None:
+                part.requires_grad_(False)
     criterion = VAELoss(config.loss)
-    opt_ae = make_optimizer(list(vae.parameters()) + [criterion.logvar], config.train)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    opt_ae = make_optimizer(trainable + [criterion.logvar], config.train)
     opt_d = make_optimizer(criterion.discriminator.parameters(), config.train)
     sched = make_warmup_scheduler(opt_ae, config.train)
     vae, criterion, opt_ae, opt_d = run.prepare(vae, criterion, opt_ae, opt_d)
@@ -104,7 +117,12 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             validate(model, valid_set, config, run.out / "samples" / f"step_{run.step}", run=run)
 
     release = ema.averaged(run.unwrap(vae)) if ema is not None else run.unwrap(vae)
-    if run.is_main:
+    if run.is_main and config.freeze_encoder:
+        scale = float(release.scale_factor)    # same encoder, same latents: the diffusion model's scale stays
+        release.set_scale_factor(scale)
+        run.log_metrics(split="final", scale_factor=scale)
+        log.info("scale_factor = %.6g (kept: the encoder was frozen)", scale)
+    elif run.is_main:
         scale_set = AudioDataset.from_config(
             config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=False
         )

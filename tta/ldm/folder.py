@@ -22,6 +22,18 @@ PIPELINE_CLASS = "tta.pipeline.TTAPipeline"
 FORMAT_VERSION = 1
 REQUIRED = ("unet", "scheduler", "vae", "vocoder", "text_encoder")
 SCHEDULER_FILE = "scheduler_config.json"
+VOCODER_CLASSES = ("vocoder.model.HiFiGAN", "vocoder.griffinlim.GriffinLim")
+
+
+def vocoder_class(folder: str | os.PathLike) -> type:
+    """The class of the vocoder component in `folder`: HiFi-GAN or the Griffin-Lim baseline. A ValueError
+    (CheckpointError) names the folder when it holds neither."""
+    from tta.checkpoint import CheckpointError, import_class, read_component_config
+
+    name = read_component_config(folder)["class"]
+    if name not in VOCODER_CLASSES:
+        raise CheckpointError(f"{folder}: holds a {name}; expected a vocoder ({', '.join(VOCODER_CLASSES)})")
+    return import_class(name)
 
 
 def write_pipeline(folder: str | os.PathLike, *, unet, scheduler, vae, vocoder, text_encoder,

@@ -62,7 +62,7 @@ class ComponentsConfig:
 
     vae: str = ""        # vae.model.MelVAE (its scale_factor is used)
     clap: str = ""       # any tta.clap.load_clap path (own CLAP folder, LAION .pt / folder): conditioning + score
-    vocoder: str = ""    # vocoder.model.HiFiGAN: validation audio and the assembled pipeline
+    vocoder: str = ""    # HiFi-GAN or Griffin-Lim component: validation audio and the assembled pipeline
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ class Frozen:
 
 def load_frozen(config: RunConfig, device) -> Frozen:
     from tta.clap import load_clap
+    from tta.ldm.folder import vocoder_class
     from vae.model import MelVAE
-    from vocoder.model import HiFiGAN
 
     c = config.components
     vae = load_component(component_dir(c.vae, "vae"), MelVAE, device=device).requires_grad_(False)
@@ -155,7 +155,8 @@ def load_frozen(config: RunConfig, device) -> Frozen:
     clap = load_clap(c.clap, device=device)
     vocoder = None
     if c.vocoder or config.validation.prompts:
-        vocoder = load_component(component_dir(c.vocoder, "vocoder"), HiFiGAN, device=device).requires_grad_(False)
+        folder = component_dir(c.vocoder, "vocoder")
+        vocoder = load_component(folder, vocoder_class(folder), device=device).requires_grad_(False)
         from tta.audio import check_same_mel
 
         check_same_mel(vae.config.mel, vocoder.config.mel, "components.vae", "components.vocoder")
