@@ -274,8 +274,7 @@ def _replacement_vocoder(spec: str, mel):
 
     from tta.audio import check_same_mel
     from tta.checkpoint import CheckpointError, load_component
-    from tta.ldm.folder import VOCODER_CLASSES
-    from tta.pipeline import PipelineError, vocoder_class
+    from tta.ldm.folder import VOCODER_CLASSES, vocoder_class
     from vocoder.griffinlim import GriffinLim, GriffinLimConfig
 
     try:
@@ -290,7 +289,7 @@ def _replacement_vocoder(spec: str, mel):
         model = load_component(folder, vocoder_class(folder)).eval()
         check_same_mel(mel, model.config.mel, "the pipeline's vae", f"--vocoder {spec}")
         return model
-    except (CheckpointError, PipelineError, ValueError, OSError) as e:
+    except (CheckpointError, ValueError, OSError) as e:
         raise InteropError(f"--vocoder {spec}: {e} (expected griffin-lim[:ITERS] or a folder holding one of "
                            f"{', '.join(VOCODER_CLASSES)})") from None
 
