@@ -13,7 +13,9 @@ Two references in the same run: "real held-out" (held-out real clips of the same
 same training clips: how well the judge recognises real audio) and "chance" (the label's share of the
 reference clips, averaged over prompts). Per model, two ceilings of its own parts: the held-out clips through
 its vocoder alone (mel -> wav) and through its VAE and vocoder (wav -> latents -> mel -> wav); a generation
-cannot be recognised better than those, whatever the UNet learns. Each generation's nearest label is kept.
+cannot be recognised better than those, whatever the UNet learns; with them, the mean aisfx cosine between each
+held-out clip and its resynthesis (a less noisy measure of what a part keeps). Each generation's nearest label
+is kept. --seeds 0 measures only the ceilings (to compare VAEs before a UNet is trained on one).
 
 Several --model folders are compared in one run (same prompts, seeds, judge). Writes --out/summary.json and
 --out/<model>/<label>-<seed>.wav, appends one JSON line to bench/results.jsonl (repository-relative paths).
@@ -60,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, action="append", required=True, help="pipeline folder (repeatable)")
     ap.add_argument("--manifest", type=Path, required=True, help="manifest whose train split holds the judges' clips")
-    ap.add_argument("--seeds", type=int, default=4, help="generations per prompt and model")
+    ap.add_argument("--seeds", type=int, default=4,
+                    help="generations per prompt and model (0: only the held-out ceilings of each model's parts)")
     ap.add_argument("--k", type=int, default=5, help="neighbours in the vote")
     ap.add_argument("--distractors", type=int, default=400,
                     help="real training clips of other labels among the judge's clips (seeded sample)")
@@ -193,8 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
             emb = pooled(embedder, wavs, sr, desc=f"aisfx held-out via {part}", progress=False)
             ceilings[part] = rates([judge(e, refs, ref_labels, r.labels[0], args.k)
                                     for e, r in zip(emb, held_rows)], args.k)
+            ceilings[part]["cosine"] = round(float(np.mean(np.sum(emb * held_emb, axis=1))), 4)  # unit rows
         per_prompt = []
-        for prompt, label in PROMPTS:
+        for prompt, label in (PROMPTS if args.seeds > 0 else ()):
             out = pipe([prompt] * args.seeds, seed=0, batch_size=args.seeds, guidance=args.guidance)
             clips = [active(np.asarray(w, dtype=np.float32), out.sample_rate) for w in out.wavs]
             for s, w in enumerate(out.wavs):
@@ -205,12 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
                                f"vote@{args.k}": sum(v for _, v in js), "of": len(js),
                                "nearest": [nearest(e, refs, ref_labels, 1)[0] for e in emb],
                                "active_seconds": [round(len(c) / out.sample_rate, 2) for c in clips]})
-        n = sum(p["of"] for p in per_prompt)
+        n = max(1, sum(p["of"] for p in per_prompt))
         summary["models"].append({
             "model": relative(model), "defaults": {k: v for k, v in vars(pipe.defaults).items()
                                                    if isinstance(v, (int, float, str))},
-            "hit@1": round(sum(p["hit@1"] for p in per_prompt) / n, 4),
-            f"vote@{args.k}": round(sum(p[f"vote@{args.k}"] for p in per_prompt) / n, 4),
+            "hit@1": round(sum(p["hit@1"] for p in per_prompt) / n, 4) if per_prompt else None,
+            f"vote@{args.k}": round(sum(p[f"vote@{args.k}"] for p in per_prompt) / n, 4) if per_prompt else None,
             "held_out_resynthesised": ceilings, "per_prompt": per_prompt})
         del pipe
     args.out.mkdir(parents=True, exist_ok=True)
@@ -220,10 +224,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"chance {summary['chance']:.3f}; real held-out ({len(held_rows)} clips) hit@1 "
           f"{summary['real_held_out']['hit@1']}")
     for m in summary["models"]:
-        print(f"{m['model']}: hit@1 {m['hit@1']:.3f}, vote@{args.k} {m[f'vote@{args.k}']:.3f}; "
-              + ", ".join(f"{p['label']} {p['hit@1']}/{p['of']}" for p in m["per_prompt"]))
-        print("  held-out real clips resynthesised: " + "; ".join(
-            f"via {part} hit@1 {r['hit@1']}" for part, r in m["held_out_resynthesised"].items()))
+        if m["per_prompt"]:
+            print(f"{m['model']}: hit@1 {m['hit@1']:.3f}, vote@{args.k} {m[f'vote@{args.k}']:.3f}; "
+                  + ", ".join(f"{p['label']} {p['hit@1']}/{p['of']}" for p in m["per_prompt"]))
+        print(f"  {m['model']}: held-out real clips resynthesised: " + "; ".join(
+            f"via {part} hit@1 {r['hit@1']} cosine {r['cosine']}" for part, r in m["held_out_resynthesised"].items()))
         print("  nearest labels: " + "; ".join(f"{p['label']}: {' '.join(p['nearest'])}" for p in m["per_prompt"]))
     return summary
 
