@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -63,6 +63,9 @@ VAE_DEC_STEPS ?= 2500
 V3_FROM ?= $(RUNS)/ldm-v2/pipeline
 VAE_V2_STEPS ?= 2000
 LDM_V4_STEPS ?= 2500
+# the next experiment: a UNet trained from scratch on VAE v2's posterior means (whole 10.24 s clips of corpus
+# version 2, pre-encoded once into LATENT_CACHE), with V3_FROM's CLAP and vocoder
+LDM_MEAN_STEPS ?= 8000
 # the run packed into the default: stage 3's pipeline folder (v0.3); $(RUNS)/ldm-v4/pipeline packs stage 4
 PACK_FROM ?= $(RUNS)/ldm-v2/pipeline
 # the VAE packed into the default: empty for the pipeline's own; PACK_VAE=$(RUNS)/vae-dec packs the experiment's
@@ -130,6 +133,12 @@ train-ldm-v4: venv
 		--set components.vae=$(RUNS)/vae-v2/final --set components.clap=$(V3_FROM)/text_encoder \
 		--set components.vocoder=$(V3_FROM)/vocoder --set train.max_steps=$(LDM_V4_STEPS) \
 		$(if $(wildcard $(RUNS)/ldm-v4/config.json),--resume,--init-from $(V3_FROM))
+
+train-ldm-mean: venv
+	$(BIN)/tta train ldm --config configs/ldm/default-mean.json --out $(RUNS)/ldm-mean $(DATA2) \
+		--set components.vae=$(RUNS)/vae-v2/final --set components.clap=$(V3_FROM)/text_encoder \
+		--set components.vocoder=$(V3_FROM)/vocoder --set cache_dir=$(LATENT_CACHE) \
+		--set train.max_steps=$(LDM_MEAN_STEPS) $(call resume,$(RUNS)/ldm-mean)
 
 pack-default: venv
 	rm -rf tta/assets/default.new

@@ -48,3 +48,51 @@ def test_resynthesis_ceilings_keep_length_and_stay_finite():
     for src, a, b in zip(wavs, vocoded, through_vae):
         assert a.shape == b.shape == src.shape
         assert np.isfinite(a).all() and np.isfinite(b).all() and np.abs(a).max() > 0
+
+
+def judge_corpus(folder, bench):
+    """Two real (debian:) training clips per prompt label, a held-out one for two labels, and a rendered
+    clip that must not become a judge's clip (only real recordings are)."""
+    from tta.audio import save_audio
+    from tta.data.manifest import ManifestRow, write_manifest
+
+    rows = []
+    for i, (_, label) in enumerate(bench.PROMPTS):
+        for j, split in enumerate(("train", "train", "valid") if label in ("dog", "rain") else ("train", "train")):
+            wav = signals.tone(200 + 90 * i + 7 * j, 0.6) if i % 2 else signals.noise(0.6, seed=10 * i + j)
+            name = f"{label}-{j}"
+            save_audio(folder / "audio" / f"{name}.wav", wav, SR)
+            rows.append(ManifestRow(id=name, path=f"audio/{name}.wav", captions=(f"a {label}",), seconds=0.6,
+                                    sample_rate=SR, split=split, source="debian:test-data", labels=(label,)))
+    save_audio(folder / "audio" / "synth.wav", signals.chirp(300, 900, 0.6), SR)
+    rows.append(ManifestRow(id="synth", path="audio/synth.wav", captions=("a dog",), seconds=0.6, sample_rate=SR,
+                            source="fluidsynth", labels=("dog",)))
+    return write_manifest(folder / "manifest.jsonl", rows)
+
+
+def test_ceilings_only_run_writes_a_summary_and_reuses_the_reference_cache(tmp_path):
+    import json
+
+    import pytest
+
+    pytest.importorskip("aisfx")
+    bench = load_bench()
+    manifest = judge_corpus(tmp_path / "corpus", bench)
+    results, cache = tmp_path / "results.jsonl", tmp_path / "cache"
+    argv = ["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--seeds", "0", "--distractors", "0",
+            "--threads", "1", "--cache-dir", str(cache), "--out", str(tmp_path / "out"), "--results", str(results),
+            "--quiet"]
+    s = bench.main(argv)
+
+    assert s["settings"]["reference_clips"] == 2 * len(bench.PROMPTS)        # the rendered clip is left out
+    assert s["real_held_out"]["clips"] == 2 and s["chance"] == round(1 / len(bench.PROMPTS), 4)
+    (m,) = s["models"]
+    assert m["hit@1"] is None and m["per_prompt"] == []                      # no generations with --seeds 0
+    for part in ("vocoder", "vae+vocoder"):
+        ceiling = m["held_out_resynthesised"][part]
+        assert 0 <= ceiling["hit@1"] <= 1 and -1 <= ceiling["cosine"] <= 1
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == json.loads(json.dumps(s))
+    (ref_cache,) = cache.glob("recognisable-refs-*.npy")
+    assert np.load(ref_cache).shape[0] == 2 * len(bench.PROMPTS)
+    again = bench.main(argv)                                                 # the cached references are used
+    assert again["real_held_out"] == s["real_held_out"] and len(results.read_text().splitlines()) == 2
