@@ -63,8 +63,9 @@ VAE_DEC_STEPS ?= 2500
 V3_FROM ?= $(RUNS)/ldm-v2/pipeline
 VAE_V2_STEPS ?= 2000
 LDM_V4_STEPS ?= 2500
-# another experiment, not part of the default: a UNet trained from scratch on VAE v2's posterior means (whole 10.24 s clips of corpus
-# version 2, pre-encoded once into LATENT_CACHE), with V3_FROM's CLAP and vocoder; 8 000 steps stay below v0.3
+# another experiment, not part of the default: a UNet trained from scratch on VAE v2's posterior means
+# (whole 10.24 s clips of corpus version 2, pre-encoded once into LATENT_CACHE), with V3_FROM's CLAP and
+# vocoder. After 8 000 steps it is less recognisable than v0.3 (model card, "Training")
 LDM_MEAN_STEPS ?= 8000
 # the run packed into the default: stage 3's pipeline folder (v0.3); $(RUNS)/ldm-v4/pipeline packs stage 4
 PACK_FROM ?= $(RUNS)/ldm-v2/pipeline

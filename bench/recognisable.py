@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
                   + ", ".join(f"{p['label']} {p['hit@1']}/{p['of']}" for p in m["per_prompt"]))
         print(f"  {m['model']}: held-out real clips resynthesised: " + "; ".join(
             f"via {part} hit@1 {r['hit@1']} cosine {r['cosine']}" for part, r in m["held_out_resynthesised"].items()))
-        print("  nearest labels: " + "; ".join(f"{p['label']}: {' '.join(p['nearest'])}" for p in m["per_prompt"]))
+        if m["per_prompt"]:
+            print("  nearest labels: " + "; ".join(f"{p['label']}: {' '.join(p['nearest'])}" for p in m["per_prompt"]))
     return summary
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from tests import signals
 from tests.test_ldm_fixtures import ROOT, SR, one_thread, tiny_pipeline  # noqa: F401 (autouse)
@@ -71,10 +74,6 @@ def judge_corpus(folder, bench):
 
 
 def test_ceilings_only_run_writes_a_summary_and_reuses_the_reference_cache(tmp_path):
-    import json
-
-    import pytest
-
     pytest.importorskip("aisfx")
     bench = load_bench()
     manifest = judge_corpus(tmp_path / "corpus", bench)
