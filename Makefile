@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean train-ldm-repeat pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,6 +67,11 @@ LDM_V4_STEPS ?= 2500
 # (whole 10.24 s clips of corpus version 2, pre-encoded once into LATENT_CACHE), with V3_FROM's CLAP and
 # vocoder. After 8 000 steps it is less recognisable than v0.3 (model card, "Training")
 LDM_MEAN_STEPS ?= 8000
+# another LDM stage: fine-tune from REPEAT_FROM (the shipped default's pipeline folder: its UNet, VAE, CLAP and
+# vocoder) on corpus version 2 with short event and ambience clips repeated, after random gaps, to fill the
+# 10.24 s window (data.repeat_below), so a one-shot bark is no longer 95 % silence (model card, "Training")
+LDM_REPEAT_STEPS ?= 3000
+REPEAT_FROM ?= tta/assets/default
 # the run packed into the default: stage 3's pipeline folder (v0.3); $(RUNS)/ldm-v4/pipeline packs stage 4
 PACK_FROM ?= $(RUNS)/ldm-v2/pipeline
 # the VAE packed into the default: empty for the pipeline's own; PACK_VAE=$(RUNS)/vae-dec packs the experiment's
@@ -140,6 +145,12 @@ train-ldm-mean: venv
 		--set components.vae=$(RUNS)/vae-v2/final --set components.clap=$(V3_FROM)/text_encoder \
 		--set components.vocoder=$(V3_FROM)/vocoder --set cache_dir=$(LATENT_CACHE) \
 		--set train.max_steps=$(LDM_MEAN_STEPS) $(call resume,$(RUNS)/ldm-mean)
+
+train-ldm-repeat: venv
+	$(BIN)/tta train ldm --config configs/ldm/default-repeat.json --out $(RUNS)/ldm-repeat $(DATA2) \
+		--set components.vae=$(REPEAT_FROM)/vae --set components.clap=$(REPEAT_FROM)/text_encoder \
+		--set components.vocoder=$(REPEAT_FROM)/vocoder --set train.max_steps=$(LDM_REPEAT_STEPS) \
+		$(if $(wildcard $(RUNS)/ldm-repeat/config.json),--resume,--init-from $(REPEAT_FROM))
 
 pack-default: venv
 	rm -rf tta/assets/default.new

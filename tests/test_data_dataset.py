@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -172,3 +173,79 @@ def test_bad_manifest_line_and_bad_audio_are_one_line_errors(tmp_path):
     ds = AudioDataset(manifest, "train", SR, 1.0)
     with pytest.raises(AudioError, match=r"a.wav: not a readable audio file"):
         ds[(0, 1)]
+
+
+def _event_corpus(tmp_path):
+    """A 0.25 s tone (category sfx), the same tone as speech, and a 2 s noise clip (sfx)."""
+    sf.write(tmp_path / "bark.wav", tone(440, 0.25), SR)
+    sf.write(tmp_path / "long.wav", noise(2.0), SR)
+    rows = [
+        ManifestRow(id="bark", path=str(tmp_path / "bark.wav"), captions=("a dog barks",), seconds=0.25,
+                    sample_rate=SR, category="sfx"),
+        ManifestRow(id="said", path=str(tmp_path / "bark.wav"), captions=("a man says bark",), seconds=0.25,
+                    sample_rate=SR, category="speech"),
+        ManifestRow(id="long", path=str(tmp_path / "long.wav"), captions=("noise",), seconds=2.0,
+                    sample_rate=SR, category="sfx"),
+    ]
+    return write_manifest(tmp_path / "m.jsonl", rows)
+
+
+def _runs(wav: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of the non-zero stretches of `wav`."""
+    nz = np.concatenate([[0], (wav != 0).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(nz))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def test_short_training_clips_repeat_with_random_gaps_to_fill_the_segment(tmp_path):
+    manifest = _event_corpus(tmp_path)
+    data = DataConfig(manifest=str(manifest), segment_seconds=4.0, repeat_below=1.0, repeat_gap=(0.2, 0.6),
+                      repeat_categories=("sfx",))
+    ds = AudioDataset.from_config(data, "train", SR, random_crop=True)
+    plain = AudioDataset(manifest, "train", SR, 4.0)
+    event = plain[0]["wav"].numpy()[:SR // 4]
+    item = ds[(0, 11)]
+    wav = item["wav"].numpy()
+    assert item["seconds"] == 4.0 and wav.shape == (4 * SR,)
+    runs = _runs(wav)
+    assert runs[0][0] == 0 and len(runs) >= 5       # 4 s of 0.25 s events with 0.2-0.6 s gaps: 5 to 9 copies
+    for start, stop in runs[:-1]:                  # every whole copy is the clip itself
+        np.testing.assert_array_equal(wav[start:start + SR // 4], event)
+    gaps = [b[0] - a[0] - SR // 4 for a, b in itertools.pairwise(runs)]
+    assert all(0.2 * SR - 2 <= g <= 0.6 * SR + 2 for g in gaps) and len(set(gaps)) > 1
+    assert torch.equal(ds[(0, 11)]["wav"], item["wav"])                        # reproducible from the key
+    assert not torch.equal(ds[(0, 12)]["wav"], item["wav"])                     # other seed, other gaps
+    # Evaluation items, other categories and clips at least repeat_below long are left as they were.
+    assert torch.equal(ds[0]["wav"], plain[0]["wav"]) and ds[0]["seconds"] == 0.25
+    assert torch.equal(ds[(1, 11)]["wav"], plain[(1, 11)]["wav"]) and ds[(1, 11)]["seconds"] == 0.25
+    assert torch.equal(ds[(2, 11)]["wav"], plain[(2, 11)]["wav"])
+    # No category filter: the speech row repeats too; off (the default) draws nothing more from the rng.
+    every = AudioDataset(manifest, "train", SR, 4.0, repeat_below=1.0)
+    assert len(_runs(every[(1, 11)]["wav"].numpy())) >= 5
+    assert ds[(0, 11)]["caption"] == plain[(0, 11)]["caption"] == "a dog barks"
+
+
+def test_a_caption_that_counts_one_event_is_not_repeated(tmp_path):
+    sf.write(tmp_path / "bark.wav", tone(440, 0.25), SR)
+    rows = [ManifestRow(id="bark", path=str(tmp_path / "bark.wav"), seconds=0.25, sample_rate=SR, category="event",
+                        captions=("a dog barks", "a dog barking Once", "a single dog bark", "one dog barks"))]
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    ds = AudioDataset(manifest, "train", SR, 2.0, repeat_below=1.0)
+    counted = {}
+    for seed in range(40):
+        item = ds[(0, seed)]
+        counted.setdefault(item["caption"], set()).add(len(_runs(item["wav"].numpy())))
+    assert min(counted["a dog barks"]) > 1              # 2 s of a 0.25 s event after 0.2-1 s gaps: 2 to 5 copies
+    assert counted["a dog barking Once"] == counted["a single dog bark"] == {1}
+    assert min(counted["one dog barks"]) > 1              # only the listed words: "once", "single"
+    every = AudioDataset(manifest, "train", SR, 2.0, repeat_below=1.0, repeat_skip_words=())
+    assert all(len(_runs(every[(0, seed)]["wav"].numpy())) > 1 for seed in range(10))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("repeat_below", -1.0, "data.repeat_below=-1.0 must be a finite number of seconds"),
+    ("repeat_gap", (0.5, 0.1), r"data.repeat_gap=\[0.5, 0.1\] must be \[min, max\] seconds"),
+])
+def test_repeat_settings_are_checked(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**{field: value})

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -46,7 +47,9 @@ class AudioDataset(torch.utils.data.Dataset):
     def __init__(self, manifest_path: str | os.PathLike | Sequence[str | os.PathLike], split: str,
                  sample_rate: int, segment_seconds: float, normalize: bool = True, random_crop: bool = True,
                  cache_dir: str | os.PathLike | None = None, caption_choice: CaptionChoice = "random",
-                 deterministic_crop: Literal["start", "centre"] = "start"):
+                 deterministic_crop: Literal["start", "centre"] = "start", repeat_below: float = 0.0,
+                 repeat_gap: tuple[float, float] = (0.2, 1.0), repeat_categories: Sequence[str] = (),
+                 repeat_skip_words: Sequence[str] = ("once", "single")):
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds={segment_seconds} must be > 0")
         if caption_choice not in ("random", "first"):
@@ -79,6 +82,11 @@ class AudioDataset(torch.utils.data.Dataset):
         self.caption_choice = caption_choice
         self.deterministic_crop = deterministic_crop
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.repeat_below = float(repeat_below)
+        self.repeat_gap = (float(repeat_gap[0]), float(repeat_gap[1]))
+        self.repeat_categories = frozenset(repeat_categories)
+        self.repeat_skip = (re.compile(r"\b(" + "|".join(re.escape(w) for w in repeat_skip_words) + r")\b", re.IGNORECASE)
+                            if repeat_skip_words else None)
 
     @classmethod
     def from_config(cls, data: DataConfig, split: str, sample_rate: int, random_crop: bool,
@@ -88,7 +96,8 @@ class AudioDataset(torch.utils.data.Dataset):
             raise ValueError("data.manifest is empty; set it in the config or with --set data.manifest=PATH")
         return cls([data.manifest, *data.extra_manifests], split, sample_rate, data.segment_seconds,
                    normalize=data.normalize, random_crop=random_crop, cache_dir=data.cache_dir or None,
-                   caption_choice=caption_choice)
+                   caption_choice=caption_choice, repeat_below=data.repeat_below, repeat_gap=data.repeat_gap,
+                   repeat_categories=data.repeat_categories, repeat_skip_words=data.repeat_skip_words)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -117,8 +126,35 @@ class AudioDataset(torch.utils.data.Dataset):
         caption = row.captions[0]
         if rng is not None and self.caption_choice == "random" and len(row.captions) > 1:
             caption = row.captions[int(rng.integers(len(row.captions)))]
+        if rng is not None and self._repeats(row, seconds, caption):
+            wav, seconds = self._fill_with_repeats(wav, round(seconds * self.sample_rate), rng)
         return {"wav": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), "caption": caption,
                 "id": row.id, "index": index, "seconds": float(seconds)}
+
+    # ----------------------------------------------------------------------------------- repeats
+
+    def _repeats(self, row: ManifestRow, seconds: float, caption: str) -> bool:
+        """Whether a training item of `row` with `seconds` of real audio and this caption is repeated to fill
+        the segment ("a dog barking once" is not)."""
+        if not 0 < seconds < self.repeat_below:
+            return False
+        if self.repeat_categories and (row.category or "") not in self.repeat_categories:
+            return False
+        return self.repeat_skip is None or not self.repeat_skip.search(caption)
+
+    def _fill_with_repeats(self, wav: np.ndarray, length: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        """The clip's first `length` samples from the start, again and again after gaps drawn uniformly from
+        `repeat_gap`, until the segment is full (the last copy may be cut). A one-shot event in a 10 s
+        window is mostly silence; repeated, every item teaches the event as a 10 s clip of it would."""
+        event = wav[:length]
+        out = np.zeros(self.segment_samples, dtype=np.float32)
+        lo, hi = self.repeat_gap
+        pos = 0
+        while pos < self.segment_samples:
+            take = min(length, self.segment_samples - pos)
+            out[pos:pos + take] = event[:take]
+            pos += length + max(1, round(rng.uniform(lo, hi) * self.sample_rate))
+        return out, self.segment_samples / self.sample_rate
 
     # ----------------------------------------------------------------------------------- reading
 

@@ -119,6 +119,9 @@ class RunConfig:
         if self.precompute_seconds and self.precompute_seconds < self.data.segment_seconds:
             raise ValueError(f"precompute_seconds={self.precompute_seconds} must be 0 or >= "
                              f"data.segment_seconds={self.data.segment_seconds}")
+        if self.precompute and self.data.repeat_below:
+            raise ValueError(f"data.repeat_below={self.data.repeat_below} needs precompute=false: repeats are drawn "
+                             "afresh for every training item, pre-encoded latents are fixed")
 
 
 # ------------------------------------------------------------------------------------ components
@@ -217,7 +220,8 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     from tqdm.auto import tqdm
 
     data = to_dict(config.data)
-    data.pop("balance")     # how items are drawn, not what is encoded (older caches stay valid)
+    for k in ("balance", "repeat_below", "repeat_gap", "repeat_categories"):
+        data.pop(k)         # how training items are drawn, not what is encoded (older caches stay valid)
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
     h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
