@@ -85,8 +85,8 @@ class AudioDataset(torch.utils.data.Dataset):
         self.repeat_below = float(repeat_below)
         self.repeat_gap = (float(repeat_gap[0]), float(repeat_gap[1]))
         self.repeat_categories = frozenset(repeat_categories)
-        self.repeat_skip = (re.compile(r"\b(" + "|".join(re.escape(w) for w in repeat_skip_words) + r")\b", re.IGNORECASE)
-                            if repeat_skip_words else None)
+        words = "|".join(re.escape(w) for w in repeat_skip_words)
+        self.repeat_skip = re.compile(rf"\b({words})\b", re.IGNORECASE) if repeat_skip_words else None
 
     @classmethod
     def from_config(cls, data: DataConfig, split: str, sample_rate: int, random_crop: bool,
@@ -142,7 +142,8 @@ class AudioDataset(torch.utils.data.Dataset):
             return False
         return self.repeat_skip is None or not self.repeat_skip.search(caption)
 
-    def _fill_with_repeats(self, wav: np.ndarray, length: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    def _fill_with_repeats(self, wav: np.ndarray, length: int,
+                           rng: np.random.Generator) -> tuple[np.ndarray, float]:
         """The clip's first `length` samples from the start, again and again after gaps drawn uniformly from
         `repeat_gap`, until the segment is full (the last copy may be cut). A one-shot event in a 10 s
         window is mostly silence; repeated, every item teaches the event as a 10 s clip of it would."""

@@ -183,9 +183,9 @@ class DataConfig:
     extra_manifests: tuple[str, ...] = field(default_factory=tuple)
     balance: float = 0.0               # label-balanced sampling: item weight count(key)^-balance, key = first
                                        # label, else category; 0 = uniform, 1 = every key equally likely
-    repeat_below: float = 0.0          # training items only: a clip with less real audio than this many seconds
-                                       # is repeated, with random gaps, to fill the segment (0 = off; the rest
-                                       # of the segment stays silence)
+    repeat_below: float = 0.0          # training items only: a clip with less real audio than this many
+                                       # seconds is repeated, with random gaps, to fill the segment (0 = off:
+                                       # the rest of the segment stays silence)
     repeat_gap: tuple[float, float] = (0.2, 1.0)    # gap range between repeats, seconds (uniform)
     repeat_categories: tuple[str, ...] = ()         # only rows of these categories repeat (empty = all)
     repeat_skip_words: tuple[str, ...] = ("once", "single")  # an item whose caption has one of these words
@@ -200,7 +200,8 @@ class DataConfig:
             raise ValueError(f"data.repeat_below={self.repeat_below} must be a finite number of seconds >= 0")
         lo, hi = self.repeat_gap
         if not 0 <= lo <= hi < float("inf"):
-            raise ValueError(f"data.repeat_gap={list(self.repeat_gap)} must be [min, max] seconds, 0 <= min <= max")
+            raise ValueError(f"data.repeat_gap={list(self.repeat_gap)} must be [min, max] seconds, "
+                             "0 <= min <= max")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
         for s in (self.train_split, self.valid_split):

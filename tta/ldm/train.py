@@ -120,8 +120,8 @@ class RunConfig:
             raise ValueError(f"precompute_seconds={self.precompute_seconds} must be 0 or >= "
                              f"data.segment_seconds={self.data.segment_seconds}")
         if self.precompute and self.data.repeat_below:
-            raise ValueError(f"data.repeat_below={self.data.repeat_below} needs precompute=false: repeats are drawn "
-                             "afresh for every training item, pre-encoded latents are fixed")
+            raise ValueError(f"data.repeat_below={self.data.repeat_below} needs precompute=false: repeats are "
+                             "drawn afresh for every training item, pre-encoded latents are fixed")
 
 
 # ------------------------------------------------------------------------------------ components
