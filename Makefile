@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean train-ldm-repeat pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean train-ldm-repeat train-clap-v2 train-ldm-clap2 pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,13 +67,24 @@ LDM_V4_STEPS ?= 2500
 # (whole 10.24 s clips of corpus version 2, pre-encoded once into LATENT_CACHE), with V3_FROM's CLAP and
 # vocoder. After 8 000 steps it is less recognisable than v0.3 (model card, "Training")
 LDM_MEAN_STEPS ?= 8000
-# another LDM stage: fine-tune from REPEAT_FROM (the shipped default's pipeline folder: its UNet, VAE, CLAP and
-# vocoder) on corpus version 2 with short event and ambience clips repeated, after random gaps, to fill the
-# 10.24 s window (data.repeat_below), so a one-shot bark is no longer 95 % silence (model card, "Training")
+# an experiment, not part of the default: fine-tune from REPEAT_FROM (a pipeline folder: its UNet, VAE, CLAP
+# and vocoder; the model card's run started from the v0.3 release folder) on corpus version 2 with short
+# event and ambience clips repeated, after random gaps, to fill the 10.24 s window (data.repeat_below), so a
+# one-shot bark is no longer 95 % silence (model card, "Training")
 LDM_REPEAT_STEPS ?= 3000
-REPEAT_FROM ?= tta/assets/default
-# the run packed into the default: stage 3's pipeline folder (v0.3); $(RUNS)/ldm-v4/pipeline packs stage 4
-PACK_FROM ?= $(RUNS)/ldm-v2/pipeline
+REPEAT_FROM ?= $(RUNS)/ldm-v2/pipeline
+# the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
+# first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
+# CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
+# conditioned on that CLAP, with STAGE6_FROM's VAE and vocoder. v0.4 was made from the v0.3 release folder
+# (CLAP_V2_FROM=STAGE6_FROM=<v0.3 folder>, see tta/assets/default/README.md)
+CLAP_V2_STEPS ?= 1000
+CLAP_V2_FROM ?= $(RUNS)/ldm-v2/pipeline
+STAGE6_FROM ?= $(RUNS)/ldm-v2/pipeline
+LDM_CLAP2_STEPS ?= 2500
+# the run packed into the default: stage 6's pipeline folder (v0.4); $(RUNS)/ldm-v2/pipeline packs stage 3
+# (v0.3), $(RUNS)/ldm-v4/pipeline stage 4
+PACK_FROM ?= $(RUNS)/ldm-clap2/pipeline
 # the VAE packed into the default: empty for the pipeline's own; PACK_VAE=$(RUNS)/vae-dec packs the experiment's
 PACK_VAE ?=
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
@@ -83,7 +94,8 @@ DATA2 = --set data.manifest=$(CORPUS2)/manifest.jsonl --set data.cache_dir=$(AUD
 resume = $(if $(wildcard $(1)/config.json),--resume)
 
 ## default-model: rebuild tta/assets/default from nothing (hours on a CPU; stages below)
-default-model: corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 pack-default
+default-model: corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 \
+		train-clap-v2 train-ldm-clap2 pack-default
 
 corpus: venv
 	test -f $(CORPUS)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS) --large --recipe-version 1
@@ -151,6 +163,17 @@ train-ldm-repeat: venv
 		--set components.vae=$(REPEAT_FROM)/vae --set components.clap=$(REPEAT_FROM)/text_encoder \
 		--set components.vocoder=$(REPEAT_FROM)/vocoder --set train.max_steps=$(LDM_REPEAT_STEPS) \
 		$(if $(wildcard $(RUNS)/ldm-repeat/config.json),--resume,--init-from $(REPEAT_FROM))
+
+train-clap-v2: venv
+	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \
+		--set train.max_steps=$(CLAP_V2_STEPS) \
+		$(if $(wildcard $(RUNS)/clap-v2/config.json),--resume,--init-from $(CLAP_V2_FROM)/text_encoder)
+
+train-ldm-clap2: venv
+	$(BIN)/tta train ldm --config configs/ldm/default-repeat.json --out $(RUNS)/ldm-clap2 $(DATA2) \
+		--set components.vae=$(STAGE6_FROM)/vae --set components.clap=$(RUNS)/clap-v2/final \
+		--set components.vocoder=$(STAGE6_FROM)/vocoder --set train.max_steps=$(LDM_CLAP2_STEPS) \
+		$(if $(wildcard $(RUNS)/ldm-clap2/config.json),--resume,--init-from $(STAGE6_FROM))
 
 pack-default: venv
 	rm -rf tta/assets/default.new
