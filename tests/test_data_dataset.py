@@ -226,15 +226,16 @@ def test_short_training_clips_repeat_with_random_gaps_to_fill_the_segment(tmp_pa
 
 def test_a_caption_that_counts_one_event_is_not_repeated(tmp_path):
     sf.write(tmp_path / "bark.wav", tone(440, 0.25), SR)
+    captions = ("a dog barks", "a dog barking Once", "a single dog bark", "one dog barks")
     rows = [ManifestRow(id="bark", path=str(tmp_path / "bark.wav"), seconds=0.25, sample_rate=SR,
-                        category="event", captions=("a dog barks", "a dog barking Once", "a single dog bark", "one dog barks"))]
+                        category="event", captions=captions)]
     manifest = write_manifest(tmp_path / "m.jsonl", rows)
     ds = AudioDataset(manifest, "train", SR, 2.0, repeat_below=1.0)
     counted = {}
     for seed in range(40):
         item = ds[(0, seed)]
         counted.setdefault(item["caption"], set()).add(len(_runs(item["wav"].numpy())))
-    assert min(counted["a dog barks"]) > 1      # 2 s of a 0.25 s event after 0.2-1 s gaps: 2 to 5 copies
+    assert min(counted["a dog barks"]) > 1                # 2 s of a 0.25 s event after 0.2-1 s gaps: 2 to 5 copies
     assert counted["a dog barking Once"] == counted["a single dog bark"] == {1}
     assert min(counted["one dog barks"]) > 1              # only the listed words: "once", "single"
     every = AudioDataset(manifest, "train", SR, 2.0, repeat_below=1.0, repeat_skip_words=())

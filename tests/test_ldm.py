@@ -203,7 +203,8 @@ def test_repeated_short_clips_train_on_the_fly_and_are_refused_with_precompute(t
     with pytest.raises(ValueError, match="data.repeat_below=0.4 needs precompute=false"):
         tiny_run_config(precompute=True, **{"data.repeat_below": 0.4})
     cfg = tiny_run_config(**{"data.segment_seconds": 1.28, "data.repeat_below": 1.0,
-                             "data.repeat_gap": [0.1, 0.2], "train.max_steps": 2, "validation.prompts": [], "components.vocoder": ""})
+                             "data.repeat_gap": [0.1, 0.2], "train.max_steps": 2, "validation.prompts": [],
+                             "components.vocoder": ""})
     final = train(cfg, tmp_path / "run", progress=False)
     assert (final / "model.safetensors").is_file()
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
