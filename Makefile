@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean train-ldm-repeat train-clap-v2 train-ldm-clap2 pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean train-ldm-repeat train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -82,9 +82,17 @@ CLAP_V2_STEPS ?= 1000
 CLAP_V2_FROM ?= $(RUNS)/ldm-v2/pipeline
 STAGE6_FROM ?= $(RUNS)/ldm-v2/pipeline
 LDM_CLAP2_STEPS ?= 2500
-# the run packed into the default: stage 6's pipeline folder (v0.4); $(RUNS)/ldm-v2/pipeline packs stage 3
-# (v0.3), $(RUNS)/ldm-v4/pipeline stage 4
-PACK_FROM ?= $(RUNS)/ldm-clap2/pipeline
+# the default's last two stages since v0.5: CLAP stage 3 (2 000 more steps of stage 2's recipe, started from
+# the text_encoder/ of the pipeline folder CLAP_V3_FROM), then LDM stage 7: STAGE7_FROM's UNet fine-tuned for
+# 1 000 steps of stage 6's recipe, conditioned on CLAP stage 3, with STAGE7_FROM's VAE and vocoder. v0.5 was
+# made from the v0.4 release folder (CLAP_V3_FROM=STAGE7_FROM=<v0.4 folder>, see tta/assets/default/README.md)
+CLAP_V3_STEPS ?= 2000
+CLAP_V3_FROM ?= $(RUNS)/ldm-clap2/pipeline
+STAGE7_FROM ?= $(RUNS)/ldm-clap2/pipeline
+LDM_CLAP3_STEPS ?= 1000
+# the run packed into the default: stage 7's pipeline folder (v0.5); $(RUNS)/ldm-clap2/pipeline packs stage 6
+# (v0.4), $(RUNS)/ldm-v2/pipeline stage 3 (v0.3)
+PACK_FROM ?= $(RUNS)/ldm-clap3/pipeline
 # the VAE packed into the default: empty for the pipeline's own; PACK_VAE=$(RUNS)/vae-dec packs the experiment's
 PACK_VAE ?=
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
@@ -95,7 +103,7 @@ resume = $(if $(wildcard $(1)/config.json),--resume)
 
 ## default-model: rebuild tta/assets/default from nothing (hours on a CPU; stages below)
 default-model: corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 \
-		train-clap-v2 train-ldm-clap2 pack-default
+		train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
 
 corpus: venv
 	test -f $(CORPUS)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS) --large --recipe-version 1
@@ -174,6 +182,17 @@ train-ldm-clap2: venv
 		--set components.vae=$(STAGE6_FROM)/vae --set components.clap=$(RUNS)/clap-v2/final \
 		--set components.vocoder=$(STAGE6_FROM)/vocoder --set train.max_steps=$(LDM_CLAP2_STEPS) \
 		$(if $(wildcard $(RUNS)/ldm-clap2/config.json),--resume,--init-from $(STAGE6_FROM))
+
+train-clap-v3: venv
+	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v3 $(DATA2) \
+		--set train.max_steps=$(CLAP_V3_STEPS) --set train.validate_every=500 \
+		$(if $(wildcard $(RUNS)/clap-v3/config.json),--resume,--init-from $(CLAP_V3_FROM)/text_encoder)
+
+train-ldm-clap3: venv
+	$(BIN)/tta train ldm --config configs/ldm/default-repeat.json --out $(RUNS)/ldm-clap3 $(DATA2) \
+		--set components.vae=$(STAGE7_FROM)/vae --set components.clap=$(RUNS)/clap-v3/final \
+		--set components.vocoder=$(STAGE7_FROM)/vocoder --set train.max_steps=$(LDM_CLAP3_STEPS) \
+		$(if $(wildcard $(RUNS)/ldm-clap3/config.json),--resume,--init-from $(STAGE7_FROM))
 
 pack-default: venv
 	rm -rf tta/assets/default.new
