@@ -87,6 +87,8 @@ LDM_CLAP2_STEPS ?= 2500
 # 1 000 steps of stage 6's recipe, conditioned on CLAP stage 3, with STAGE7_FROM's VAE and vocoder. v0.5 was
 # made from the v0.4 release folder (CLAP_V3_FROM=STAGE7_FROM=<v0.4 folder>, see tta/assets/default/README.md)
 CLAP_V3_STEPS ?= 2000
+# the CLAP stage's config: configs/clap/default-tune.json also tunes MiniLM's top layer (the tried CLAP stage 5)
+CLAP_V3_CONFIG ?= configs/clap/default-v2.json
 CLAP_V3_FROM ?= $(RUNS)/ldm-clap2/pipeline
 STAGE7_FROM ?= $(RUNS)/ldm-clap2/pipeline
 LDM_CLAP3_STEPS ?= 1000
@@ -184,7 +186,7 @@ train-ldm-clap2: venv
 		$(if $(wildcard $(RUNS)/ldm-clap2/config.json),--resume,--init-from $(STAGE6_FROM))
 
 train-clap-v3: venv
-	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v3 $(DATA2) \
+	$(BIN)/tta train clap --config $(CLAP_V3_CONFIG) --out $(RUNS)/clap-v3 $(DATA2) \
 		--set train.max_steps=$(CLAP_V3_STEPS) --set train.validate_every=500 \
 		$(if $(wildcard $(RUNS)/clap-v3/config.json),--resume,--init-from $(CLAP_V3_FROM)/text_encoder)
 

@@ -13,7 +13,8 @@ from tests.clap_toy import KINDS, SR, make_corpus, render
 from tests.signals import tone
 from tta.clap.metrics import ClapScore, retrieval_metrics, zero_shot_accuracy
 from tta.clap.model import ClapConfig, TTAClap, TTAClapEmbedder, contrastive_loss
-from tta.clap.train import AugmentConfig, RunConfig, augment_captions, keyword_caption, merge_captions, train
+from tta.clap.train import (AugmentConfig, RunConfig, augment_captions, keyword_caption, merge_captions, param_groups,
+                            train)
 from tta.config import apply_overrides, load_config
 
 STEPS = 30
@@ -267,6 +268,23 @@ def test_minilm_text_tower_is_referenced_not_copied(tmp_path):
     (tmp_path / "clap" / "config.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="SHA-256"):
         load_component(tmp_path / "clap", TTAClap)
+
+
+def test_tuned_text_layers_get_their_own_learning_rate():
+    """text_lr_scale applies to the tuned transformer layers only; a frozen tower adds no group."""
+    cfg = apply_overrides(load_config(RunConfig, "configs/clap/tiny.json"), ["text_lr_scale=0.1"])
+    model = TTAClap(cfg.model)   # tiny: 2 random layers, both tuned
+    groups = param_groups(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(cfg.train.learning_rate * 0.1)
+    assert groups[1]["params"] and all(names[id(p)].startswith("text.bert.encoder.layer.") for p in groups[1]["params"])
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    opt = torch.optim.AdamW(groups, lr=cfg.train.learning_rate)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([cfg.train.learning_rate, cfg.train.learning_rate * 0.1])
+    frozen = apply_overrides(cfg, ["model.text.tune_layers=0"])
+    assert len(param_groups(TTAClap(frozen.model), frozen)) == 1
+    with pytest.raises(ValueError, match="text_lr_scale"):
+        apply_overrides(cfg, ["text_lr_scale=0"])
 
 
 def test_training_resumes_bit_exact(toy, tmp_path):

@@ -11,7 +11,7 @@ from torch import nn
 from tests.signals import chirp, noise, tone
 from tta.audio import MelConfig, log_mel
 from tta.checkpoint import load_component
-from tta.training import EMA, ResumableSampler, RunError, TrainConfig, TrainingRun, make_optimizer, \
+from tta.training import EMA, ResumableSampler, RunError, TrainConfig, TrainingRun, lr_factor, make_optimizer, \
     make_warmup_scheduler
 
 
@@ -61,10 +61,10 @@ class ToyRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def run_toy(out, max_steps, *, resume=False, stop_at=None, ema=0.99, lr=3e-3, init_from=""):
+def run_toy(out, max_steps, *, resume=False, stop_at=None, ema=0.99, lr=3e-3, init_from="", schedule="constant"):
     cfg = ToyRunConfig(train=TrainConfig(max_steps=max_steps, batch_size=4, learning_rate=lr, warmup_steps=2,
                                          checkpoint_every=2, log_every=1, ema_decay=ema, keep_checkpoints=2,
-                                         init_from=str(init_from)))
+                                         init_from=str(init_from), lr_schedule=schedule))
     run = TrainingRun(out, cfg, cfg.train, resume=resume, progress=False)
     model = TinyNet(cfg.model)
     opt = make_optimizer(model.parameters(), cfg.train)
@@ -89,10 +89,11 @@ def run_toy(out, max_steps, *, resume=False, stop_at=None, ema=0.99, lr=3e-3, in
     return run, run.finish(model)
 
 
-def test_resume_is_bit_exact(tmp_path):
-    _, final_straight = run_toy(tmp_path / "straight", 8)
-    run_toy(tmp_path / "halves", 8, stop_at=4)
-    _, final_resumed = run_toy(tmp_path / "halves", 8, resume=True)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_is_bit_exact(tmp_path, schedule):
+    _, final_straight = run_toy(tmp_path / "straight", 8, schedule=schedule)
+    run_toy(tmp_path / "halves", 8, stop_at=4, schedule=schedule)
+    _, final_resumed = run_toy(tmp_path / "halves", 8, resume=True, schedule=schedule)
     a = load_component(final_straight, TinyNet).state_dict()
     b = load_component(final_resumed, TinyNet).state_dict()
     assert a.keys() == b.keys()
@@ -101,6 +102,30 @@ def test_resume_is_bit_exact(tmp_path):
     rows = lambda run: [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / run / "metrics.jsonl").open())]
     assert rows("straight") == rows("halves")
     assert [p.name for p in sorted((tmp_path / "halves" / "checkpoints").iterdir())] == ["step_6", "step_8"]
+
+
+def test_lr_schedules_follow_their_definitions():
+    const = TrainConfig(max_steps=110, warmup_steps=10)
+    cos = TrainConfig(max_steps=110, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.2)
+    for cfg in (const, cos):
+        assert [lr_factor(s, cfg) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])   # linear warm-up
+    assert lr_factor(10, const) == lr_factor(109, const) == lr_factor(500, const) == 1.0
+    assert lr_factor(10, cos) == pytest.approx(1.0)
+    assert lr_factor(60, cos) == pytest.approx(0.6)           # half-way: the mean of 1 and min_lr_ratio
+    assert lr_factor(110, cos) == lr_factor(500, cos) == pytest.approx(0.2)
+    falls = [lr_factor(s, cos) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(falls, falls[1:]))
+    opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))]},
+                           {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.1}], lr=1.0)
+    sched = make_warmup_scheduler(opt, cos)
+    for _ in range(60):
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.6, 0.06])   # every group, scaled alike
+    with pytest.raises(ValueError, match="train.lr_schedule"):
+        TrainConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="train.min_lr_ratio"):
+        TrainConfig(min_lr_ratio=1.5)
 
 
 def test_training_changes_weights_and_final_uses_ema(tmp_path):

@@ -149,3 +149,10 @@ def test_run_config_rejects_a_negative_disc_start(tiny):
 
     with pytest.raises(ValueError, match="disc_start"):
         replace(tiny, disc_start=-1)
+
+
+def test_run_config_rejects_the_shared_cosine_schedule(tiny):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="lr_decay"):
+        replace(tiny, train=replace(tiny.train, lr_schedule="cosine"))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -64,6 +65,8 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0                   # max global grad norm; 0 disables clipping
     warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"   # after warm-up: constant, or a cosine decay
+    min_lr_ratio: float = 0.1                # cosine: the LR at max_steps, as a fraction of learning_rate
     gradient_accumulation_steps: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema_decay: float = 0.0                   # 0 disables EMA; AudioLDM's LDM uses 0.9999
@@ -84,6 +87,10 @@ class TrainConfig:
             raise ValueError(f"train.ema_decay={self.ema_decay} must be in [0, 1)")
         if self.learning_rate <= 0:
             raise ValueError(f"train.learning_rate={self.learning_rate} must be > 0")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule={self.lr_schedule!r} must be 'constant' or 'cosine'")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if self.grad_clip < 0 or self.warmup_steps < 0 or self.keep_checkpoints < 0:
             raise ValueError("train.grad_clip, train.warmup_steps and train.keep_checkpoints must be >= 0")
 
@@ -99,10 +106,21 @@ def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
                              weight_decay=train.weight_decay)
 
 
-def make_warmup_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig):
-    """Linear warm-up to the base LR over train.warmup_steps, then constant."""
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """LR multiplier after `step` optimizer steps: linear warm-up over train.warmup_steps, then constant, or
+    (lr_schedule "cosine") half a cosine from 1 down to min_lr_ratio at max_steps."""
     warm = train.warmup_steps
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    if step < warm:
+        return (step + 1) / warm
+    if train.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warm) / max(1, train.max_steps - warm))
+    return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_warmup_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig):
+    """The LR schedule of `lr_factor` (warm-up, then constant or cosine), applied to every parameter group."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train))
 
 
 # ------------------------------------------------------------------------------------------- data

@@ -74,6 +74,9 @@ class RunConfig:
                              f"needs at least 2 * mel.n_fft = {2 * mel.n_fft}")
         if self.train.gradient_accumulation_steps != 1:
             raise ValueError("train.gradient_accumulation_steps must be 1 for the two-optimizer GAN loop")
+        if self.train.lr_schedule != "constant":
+            raise ValueError(f"train.lr_schedule={self.train.lr_schedule!r}: the vocoder's learning rates follow "
+                             "lr_decay / lr_decay_every; leave train.lr_schedule 'constant'")
 
 
 def decay_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig):

@@ -48,10 +48,26 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     valid_max_items: int = 2000     # clips of the valid split used for the retrieval metrics (0 = all)
+    text_lr_scale: float = 1.0      # LR multiplier for the tuned pretrained text layers (model.text.tune_layers)
 
     def __post_init__(self) -> None:
         if self.valid_max_items < 0:
             raise ValueError(f"valid_max_items={self.valid_max_items} must be >= 0")
+        if self.text_lr_scale <= 0:
+            raise ValueError(f"text_lr_scale={self.text_lr_scale} must be > 0")
+
+
+def param_groups(model: TTAClap, config: RunConfig) -> list[dict]:
+    """Trainable parameters; the pretrained text layers (text.bert.*) get train.learning_rate * text_lr_scale,
+    since a pretrained layer tuned at the rate of the fresh parts forgets what it knew."""
+    bert, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (bert if name.startswith("text.bert.") else rest).append(p)
+    groups = [{"params": rest}]
+    if bert:
+        groups.append({"params": bert, "lr": config.train.learning_rate * config.text_lr_scale})
+    return groups
 
 
 def keyword_caption(labels: tuple[str, ...], rng: np.random.Generator, max_keywords: int = 3) -> str:
@@ -111,7 +127,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         log.warning("no validation: %s", e)
         valid_ds = None
     model = TTAClap(config.model)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], config.train)
+    opt = make_optimizer(param_groups(model, config), config.train)
     sched = make_warmup_scheduler(opt, config.train)
     model, opt = run.prepare(model, opt)
     run.track(model=model, optimizer=opt, scheduler=sched)
