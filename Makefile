@@ -92,11 +92,13 @@ CLAP_V3_CONFIG ?= configs/clap/default-v2.json
 CLAP_V3_FROM ?= $(RUNS)/ldm-clap2/pipeline
 STAGE7_FROM ?= $(RUNS)/ldm-clap2/pipeline
 LDM_CLAP3_STEPS ?= 1000
-# the run packed into the default: stage 7's pipeline folder (v0.5); $(RUNS)/ldm-clap2/pipeline packs stage 6
-# (v0.4), $(RUNS)/ldm-v2/pipeline stage 3 (v0.3)
+# the run packed into the default: stage 7's pipeline folder (v0.5; with PACK_GUIDANCE 4.5, v0.5.1);
+# $(RUNS)/ldm-clap2/pipeline packs stage 6 (v0.4), $(RUNS)/ldm-v2/pipeline stage 3 (v0.3)
 PACK_FROM ?= $(RUNS)/ldm-clap3/pipeline
 # the VAE packed into the default: empty for the pipeline's own; PACK_VAE=$(RUNS)/vae-dec packs the experiment's
 PACK_VAE ?=
+# the default guidance packed into the default (v0.5.1: 4.5; v0.5 and earlier: 3.0)
+PACK_GUIDANCE ?= 4.5
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
@@ -199,7 +201,7 @@ train-ldm-clap3: venv
 pack-default: venv
 	rm -rf tta/assets/default.new
 	$(BIN)/tta export pipeline $(PACK_FROM) --out tta/assets/default.new --dtype float16 \
-		--default sampler=dpmsolver++ --default steps=20 --default guidance=3.0 --default seconds=10.0 --default window=10.24 \
+		--default sampler=dpmsolver++ --default steps=20 --default guidance=$(PACK_GUIDANCE) --default seconds=10.0 --default window=10.24 \
 		--vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE))
 	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
