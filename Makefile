@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean train-ldm-repeat train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -73,6 +73,11 @@ LDM_MEAN_STEPS ?= 8000
 # one-shot bark is no longer 95 % silence (model card, "Training")
 LDM_REPEAT_STEPS ?= 3000
 REPEAT_FROM ?= $(RUNS)/ldm-v2/pipeline
+# an experiment in progress, not part of the default (LDM stage 10): STAGE10_FROM's UNet (v0.5's) fine-tuned on
+# VAE v2's posterior means (RUNS/vae-v2: `make train-vae-v2 V3_FROM=<the same folder>`) with stage 6's recipe
+# (short clips repeated), conditioned on STAGE10_FROM's CLAP; a long run, resumed across sessions
+STAGE10_FROM ?= $(RUNS)/ldm-clap3/pipeline
+LDM_VAE2_STEPS ?= 6000
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -175,6 +180,12 @@ train-ldm-repeat: venv
 		--set components.vae=$(REPEAT_FROM)/vae --set components.clap=$(REPEAT_FROM)/text_encoder \
 		--set components.vocoder=$(REPEAT_FROM)/vocoder --set train.max_steps=$(LDM_REPEAT_STEPS) \
 		$(if $(wildcard $(RUNS)/ldm-repeat/config.json),--resume,--init-from $(REPEAT_FROM))
+
+train-ldm-vae2: venv
+	$(BIN)/tta train ldm --config configs/ldm/default-repeat-mean.json --out $(RUNS)/ldm-vae2 $(DATA2) \
+		--set components.vae=$(RUNS)/vae-v2/final --set components.clap=$(STAGE10_FROM)/text_encoder \
+		--set components.vocoder=$(STAGE10_FROM)/vocoder --set train.max_steps=$(LDM_VAE2_STEPS) \
+		$(if $(wildcard $(RUNS)/ldm-vae2/config.json),--resume,--init-from $(STAGE10_FROM))
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \
