@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -62,6 +62,7 @@ VAE_DEC_STEPS ?= 2500
 # v0.3 release folder. Lower FAD, but less recognisable after 4 800 steps (model card, "Training")
 V3_FROM ?= $(RUNS)/ldm-v2/pipeline
 VAE_V2_STEPS ?= 2000
+VAE_GAN_STEPS ?= 2000
 LDM_V4_STEPS ?= 2500
 # another experiment, not part of the default: a UNet trained from scratch on VAE v2's posterior means
 # (whole 10.24 s clips of corpus version 2, pre-encoded once into LATENT_CACHE), with V3_FROM's CLAP and
@@ -162,6 +163,16 @@ train-vae-v2: venv
 	$(BIN)/tta train vae --config configs/vae/default-v2.json --out $(RUNS)/vae-v2 $(DATA2) \
 		--set train.max_steps=$(VAE_V2_STEPS) \
 		$(if $(wildcard $(RUNS)/vae-v2/config.json),--resume,--init-from $(V3_FROM)/vae)
+
+# a VAE's decoder fine-tuned with the PatchGAN on from the first step (encoder frozen, so the latents of a
+# UNet trained on that VAE stay valid; label-balanced draws), written to VAE_GAN_RUN: VAE_GAN_FROM is a VAE
+# component or a pipeline folder's vae/ (default: VAE v2, after `make train-vae-v2`)
+VAE_GAN_FROM ?= $(RUNS)/vae-v2/final
+VAE_GAN_RUN ?= $(RUNS)/vae-gan
+train-vae-gan: venv
+	$(BIN)/tta train vae --config configs/vae/default-gan.json --out $(VAE_GAN_RUN) $(DATA2) \
+		--set train.max_steps=$(VAE_GAN_STEPS) \
+		$(if $(wildcard $(VAE_GAN_RUN)/config.json),--resume,--init-from $(VAE_GAN_FROM))
 
 train-ldm-v4: venv
 	$(BIN)/tta train ldm --config configs/ldm/default-v2-mean.json --out $(RUNS)/ldm-v4 $(DATA2) \

@@ -16,6 +16,8 @@ its vocoder alone (mel -> wav) and through its VAE and vocoder (wav -> latents -
 cannot be recognised better than those, whatever the UNet learns; with them, the mean aisfx cosine between each
 held-out clip and its resynthesis (a less noisy measure of what a part keeps). Each generation's nearest label
 is kept. --seeds 0 measures only the ceilings (to compare VAEs before a UNet is trained on one).
+--train-ceiling adds a per-label ceiling on more clips: every real training clip of the prompts' labels, as
+recorded and resynthesised, judged leave-one-out (its own reference removed).
 
 Several --model folders are compared in one run (same prompts, seeds, judge). Writes --out/summary.json and
 --out/<model>/<label>-<seed>.wav, appends one JSON line to bench/results.jsonl (repository-relative paths).
@@ -67,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=5, help="neighbours in the vote")
     ap.add_argument("--distractors", type=int, default=400,
                     help="real training clips of other labels among the judge's clips (seeded sample)")
+    ap.add_argument("--train-ceiling", action="store_true",
+                    help="also judge the real training clips of the prompts' labels leave-one-out (each without "
+                         "itself among the references), as recorded and through each model's vocoder and VAE + "
+                         "vocoder, per label: a ceiling on ~10x more clips than the held-out ones")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance for every model (default: each model's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, help="where the reference embeddings are cached")
@@ -97,13 +103,16 @@ def pooled(embedder, wavs: list[np.ndarray], sample_rate: int, *, desc: str, pro
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def nearest(query: np.ndarray, refs: np.ndarray, ref_labels: list[str], k: int) -> list[str]:
+def nearest(query: np.ndarray, refs: np.ndarray, ref_labels: list[str], k: int,
+            exclude: int | None = None) -> list[str]:
+    """Labels of the k references nearest to `query` (reference `exclude` left out: leave-one-out)."""
     order = np.argsort(-(refs @ query), kind="stable")
-    return [ref_labels[j] for j in order[:k]]
+    return [ref_labels[j] for j in order if j != exclude][:k]
 
 
-def judge(queries: np.ndarray, refs: np.ndarray, ref_labels: list[str], label: str, k: int) -> tuple[bool, bool]:
-    top = nearest(queries, refs, ref_labels, k)
+def judge(queries: np.ndarray, refs: np.ndarray, ref_labels: list[str], label: str, k: int,
+          exclude: int | None = None) -> tuple[bool, bool]:
+    top = nearest(queries, refs, ref_labels, k, exclude)
     counts = Counter(top).most_common()
     vote = counts[0][0] == label and (len(counts) == 1 or counts[1][1] < counts[0][1])
     return top[0] == label, vote
@@ -112,6 +121,15 @@ def judge(queries: np.ndarray, refs: np.ndarray, ref_labels: list[str], label: s
 def rates(judged: list[tuple[bool, bool]], k: int) -> dict:
     return {"hit@1": round(float(np.mean([h for h, _ in judged])), 4) if judged else None,
             f"vote@{k}": round(float(np.mean([v for _, v in judged])), 4) if judged else None}
+
+
+def per_label(judged: list[tuple[bool, bool]], labels: list[str], k: int) -> dict:
+    """{label: {"hit@1": hits, "vote@k": votes, "of": clips}} of judged clips with these labels."""
+    out = {}
+    for label in sorted(set(labels)):
+        js = [j for j, lab in zip(judged, labels) if lab == label]
+        out[label] = {"hit@1": sum(h for h, _ in js), f"vote@{k}": sum(v for _, v in js), "of": len(js)}
+    return out
 
 
 def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -186,6 +204,16 @@ def main(argv: list[str] | None = None) -> dict:
                "chance": round(chance, 4),
                "real_held_out": {"clips": len(held_rows), **rates(held_j, args.k)},
                "models": []}
+    loo = [i for i, r in enumerate(train) if r.labels[0] in wanted]    # the prompts' labels among the refs
+    loo_labels = [ref_labels[i] for i in loo]
+
+    def leave_one_out(emb: np.ndarray) -> dict:
+        js = [judge(e, refs, ref_labels, lab, args.k, exclude=i) for e, i, lab in zip(emb, loo, loo_labels)]
+        return {"clips": len(js), **rates(js, args.k), "per_label": per_label(js, loo_labels, args.k)}
+
+    if args.train_ceiling:
+        loo_wavs = [load_audio(resolve_path(train[i], args.manifest), sr, normalize=True)[0] for i in loo]
+        summary["real_train_leave_one_out"] = leave_one_out(refs[loo])
     for model in args.model:
         pipe = TTAPipeline.from_pretrained(model)
         name = model.resolve().name if model.resolve().name != "default" else "default"
@@ -197,6 +225,12 @@ def main(argv: list[str] | None = None) -> dict:
             ceilings[part] = rates([judge(e, refs, ref_labels, r.labels[0], args.k)
                                     for e, r in zip(emb, held_rows)], args.k)
             ceilings[part]["cosine"] = round(float(np.mean(np.sum(emb * held_emb, axis=1))), 4)  # unit rows
+        train_ceilings = {}
+        if args.train_ceiling:
+            for part, wavs in zip(("vocoder", "vae+vocoder"), resynthesised(pipe, loo_wavs)):
+                emb = pooled(embedder, wavs, sr, desc=f"aisfx training clips via {part}", progress=False)
+                train_ceilings[part] = leave_one_out(emb)
+                train_ceilings[part]["cosine"] = round(float(np.mean(np.sum(emb * refs[loo], axis=1))), 4)
         per_prompt = []
         for prompt, label in (PROMPTS if args.seeds > 0 else ()):
             out = pipe([prompt] * args.seeds, seed=0, batch_size=args.seeds, guidance=args.guidance)
@@ -215,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                    if isinstance(v, (int, float, str))},
             "hit@1": round(sum(p["hit@1"] for p in per_prompt) / n, 4) if per_prompt else None,
             f"vote@{args.k}": round(sum(p[f"vote@{args.k}"] for p in per_prompt) / n, 4) if per_prompt else None,
-            "held_out_resynthesised": ceilings, "per_prompt": per_prompt})
+            "held_out_resynthesised": ceilings, **({"train_resynthesised": train_ceilings} if train_ceilings else {}),
+            "per_prompt": per_prompt})
         del pipe
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -223,12 +258,18 @@ def main(argv: list[str] | None = None) -> dict:
         f.write(json.dumps(summary) + "\n")
     print(f"chance {summary['chance']:.3f}; real held-out ({len(held_rows)} clips) hit@1 "
           f"{summary['real_held_out']['hit@1']}")
+    if "real_train_leave_one_out" in summary:
+        t = summary["real_train_leave_one_out"]
+        print(f"real training clips of the prompts' labels, leave-one-out ({t['clips']} clips): hit@1 {t['hit@1']}")
     for m in summary["models"]:
         if m["per_prompt"]:
             print(f"{m['model']}: hit@1 {m['hit@1']:.3f}, vote@{args.k} {m[f'vote@{args.k}']:.3f}; "
                   + ", ".join(f"{p['label']} {p['hit@1']}/{p['of']}" for p in m["per_prompt"]))
         print(f"  {m['model']}: held-out real clips resynthesised: " + "; ".join(
             f"via {part} hit@1 {r['hit@1']} cosine {r['cosine']}" for part, r in m["held_out_resynthesised"].items()))
+        for part, r in m.get("train_resynthesised", {}).items():
+            print(f"  {m['model']}: training clips via {part}, leave-one-out: hit@1 {r['hit@1']} cosine "
+                  f"{r['cosine']}; " + ", ".join(f"{lab} {c['hit@1']}/{c['of']}" for lab, c in r["per_label"].items()))
         if m["per_prompt"]:
             print("  nearest labels: " + "; ".join(f"{p['label']}: {' '.join(p['nearest'])}" for p in m["per_prompt"]))
     return summary

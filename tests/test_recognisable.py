@@ -31,6 +31,11 @@ def test_judge_counts_the_nearest_clip_and_a_strict_majority():
     tie = np.array([1.0, 0.0, 0.9, 0.0], dtype=np.float32)        # dog then cow: a tie is no vote
     assert bench.judge(tie, refs, labels, "dog", 2) == (True, False)
     assert bench.rates([(True, True), (False, True)], 2) == {"hit@1": 0.5, "vote@2": 1.0}
+    assert bench.nearest(refs[0], refs, labels, 2, exclude=0) == ["dog", "cow"]   # leave-one-out
+    assert bench.judge(refs[0], refs, labels, "dog", 1, exclude=0) == (True, True)
+    assert bench.judge(refs[2], refs, labels, "cow", 1, exclude=2) == (False, False)
+    assert bench.per_label([(True, False), (False, False), (True, True)], ["dog", "cow", "dog"], 5) == {
+        "cow": {"hit@1": 0, "vote@5": 0, "of": 1}, "dog": {"hit@1": 2, "vote@5": 1, "of": 2}}
 
 
 def test_active_trims_silence_but_keeps_a_quarter_second():
@@ -93,5 +98,12 @@ def test_ceilings_only_run_writes_a_summary_and_reuses_the_reference_cache(tmp_p
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == json.loads(json.dumps(s))
     (ref_cache,) = cache.glob("recognisable-refs-*.npy")
     assert np.load(ref_cache).shape[0] == 2 * len(bench.PROMPTS)
-    again = bench.main(argv)                                                 # the cached references are used
+    assert "real_train_leave_one_out" not in s and "train_resynthesised" not in m
+    again = bench.main(argv + ["--train-ceiling"])                           # the cached references are used
     assert again["real_held_out"] == s["real_held_out"] and len(results.read_text().splitlines()) == 2
+    loo = again["real_train_leave_one_out"]
+    assert loo["clips"] == 2 * len(bench.PROMPTS) and set(loo["per_label"]) == {label for _, label in bench.PROMPTS}
+    assert sum(c["of"] for c in loo["per_label"].values()) == loo["clips"]
+    for part in ("vocoder", "vae+vocoder"):
+        ceiling = again["models"][0]["train_resynthesised"][part]
+        assert ceiling["clips"] == loo["clips"] and 0 <= ceiling["hit@1"] <= 1 and -1 <= ceiling["cosine"] <= 1
