@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -74,11 +74,20 @@ LDM_MEAN_STEPS ?= 8000
 # one-shot bark is no longer 95 % silence (model card, "Training")
 LDM_REPEAT_STEPS ?= 3000
 REPEAT_FROM ?= $(RUNS)/ldm-v2/pipeline
-# an experiment in progress, not part of the default (LDM stage 10): STAGE10_FROM's UNet (v0.5's) fine-tuned on
+# LDM stage 10 (v0.6's second-last stage, to step 6 000): STAGE10_FROM's UNet (v0.5's) fine-tuned on
 # VAE v2's posterior means (RUNS/vae-v2: `make train-vae-v2 V3_FROM=<the same folder>`) with stage 6's recipe
 # (short clips repeated), conditioned on STAGE10_FROM's CLAP; a long run, resumed across sessions
 STAGE10_FROM ?= $(RUNS)/ldm-clap3/pipeline
 LDM_VAE2_STEPS ?= 6000
+# LDM stage 11, a polish (v0.6's last stage): POLISH_FROM's UNet fine-tuned with configs/ldm/default-polish.json (stage
+# 10's recipe at half the learning rate with a cosine decay, and the min-SNR-5 loss weighting) on POLISH_VAE's
+# latents, conditioned on POLISH_FROM's CLAP; POLISH_ARGS adds --set overrides (e.g. latent_sampling=sample
+# for a UNet trained on posterior samples), POLISH_RUN names the run folder
+POLISH_FROM ?= $(RUNS)/ldm-vae2/pipeline
+POLISH_VAE ?= $(RUNS)/vae-v2/final
+POLISH_RUN ?= $(RUNS)/ldm-polish
+POLISH_ARGS ?=
+LDM_POLISH_STEPS ?= 3000
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -98,13 +107,14 @@ CLAP_V3_CONFIG ?= configs/clap/default-v2.json
 CLAP_V3_FROM ?= $(RUNS)/ldm-clap2/pipeline
 STAGE7_FROM ?= $(RUNS)/ldm-clap2/pipeline
 LDM_CLAP3_STEPS ?= 1000
-# the run packed into the default: stage 7's pipeline folder (v0.5; with PACK_GUIDANCE 4.5, v0.5.1);
-# $(RUNS)/ldm-clap2/pipeline packs stage 6 (v0.4), $(RUNS)/ldm-v2/pipeline stage 3 (v0.3)
-PACK_FROM ?= $(RUNS)/ldm-clap3/pipeline
+# the run packed into the default: LDM stage 11's pipeline folder (v0.6, with VAE v2); $(RUNS)/ldm-clap3/pipeline
+# packs stage 7 (v0.5; with PACK_GUIDANCE 4.5, v0.5.1), $(RUNS)/ldm-clap2/pipeline stage 6 (v0.4),
+# $(RUNS)/ldm-v2/pipeline stage 3 (v0.3)
+PACK_FROM ?= $(RUNS)/ldm-polish/pipeline
 # the VAE packed into the default: empty for the pipeline's own; PACK_VAE=$(RUNS)/vae-dec packs the experiment's
 PACK_VAE ?=
-# the default guidance packed into the default (v0.5.1: 4.5; v0.5 and earlier: 3.0)
-PACK_GUIDANCE ?= 4.5
+# the default guidance packed into the default (v0.6: 6.0; v0.5.1: 4.5; v0.5 and earlier: 3.0)
+PACK_GUIDANCE ?= 6.0
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
@@ -113,7 +123,8 @@ resume = $(if $(wildcard $(1)/config.json),--resume)
 
 ## default-model: rebuild tta/assets/default from nothing (hours on a CPU; stages below)
 default-model: corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 \
-		train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
+		train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-vae-v2 train-ldm-vae2 train-ldm-polish \
+		pack-default
 
 corpus: venv
 	test -f $(CORPUS)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS) --large --recipe-version 1
@@ -197,6 +208,12 @@ train-ldm-vae2: venv
 		--set components.vae=$(RUNS)/vae-v2/final --set components.clap=$(STAGE10_FROM)/text_encoder \
 		--set components.vocoder=$(STAGE10_FROM)/vocoder --set train.max_steps=$(LDM_VAE2_STEPS) \
 		$(if $(wildcard $(RUNS)/ldm-vae2/config.json),--resume,--init-from $(STAGE10_FROM))
+
+train-ldm-polish: venv
+	$(BIN)/tta train ldm --config configs/ldm/default-polish.json --out $(POLISH_RUN) $(DATA2) \
+		--set components.vae=$(POLISH_VAE) --set components.clap=$(POLISH_FROM)/text_encoder \
+		--set components.vocoder=$(POLISH_FROM)/vocoder --set train.max_steps=$(LDM_POLISH_STEPS) $(POLISH_ARGS) \
+		$(if $(wildcard $(POLISH_RUN)/config.json),--resume,--init-from $(POLISH_FROM))
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \

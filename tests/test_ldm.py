@@ -103,6 +103,41 @@ def test_v_prediction_target_inverts_to_x0():
     torch.testing.assert_close(betas, torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000) ** 2)
 
 
+def test_min_snr_weights_match_min_snr_gamma_x0_weighting():
+    from tta.ldm.sampling import DiffusionConfig, make_scheduler
+    from tta.ldm.train import RunConfig, diffusion_loss, min_snr_weights
+
+    acp = make_scheduler("ddpm", DiffusionConfig().scheduler_config()).alphas_cumprod
+    t = torch.tensor([0, 100, 500, 999])
+    a = acp[t].double()
+    snr = a / (1 - a)
+    eps_w, v_w = min_snr_weights(a, 5.0, "epsilon"), min_snr_weights(a, 5.0, "v_prediction")
+    # the x_0 error is the ε error / sqrt(SNR) and the v error / sqrt(SNR + 1): both give min(SNR, 5) there
+    torch.testing.assert_close(eps_w * snr, snr.clamp(max=5.0))
+    torch.testing.assert_close(v_w * (snr + 1), snr.clamp(max=5.0))
+    assert float(eps_w[0]) < 0.02 and float(eps_w[-1]) == 1.0      # clean timesteps down-weighted, noisy kept
+
+    cfg = load_config(RunConfig, ROOT / "configs" / "ldm" / "tiny.json")
+    unet = LDMUNet(cfg.model).eval()
+    z, cond = torch.randn(16, cfg.model.latent_channels, 16, 8), torch.randn(16, cfg.model.class_embed_dim)
+    losses = {}
+    for gamma in (0.0, 1e9, 5.0):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            losses[gamma] = float(diffusion_loss(unet, type(cfg)(**{**cfg.__dict__, "snr_gamma": gamma}), z,
+                                                 cond, acp))
+    assert losses[1e9] == pytest.approx(losses[0.0], rel=1e-5)    # γ above every SNR: the plain MSE
+    torch.manual_seed(0)                                          # the same draws, weighted by hand
+    noise, t = torch.randn(z.shape), torch.randint(0, 1000, (16,))
+    a = acp[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        err = (unet(a.sqrt() * z + (1 - a).sqrt() * noise, t, cond) - noise).pow(2).flatten(1).mean(1)
+    expected = (err * min_snr_weights(acp[t].double(), 5.0, "epsilon").float()).mean()
+    assert losses[5.0] == pytest.approx(float(expected), rel=1e-5) and losses[5.0] < losses[0.0]
+    with pytest.raises(ValueError, match="snr_gamma"):
+        type(cfg)(**{**cfg.__dict__, "snr_gamma": -1.0})
+
+
 def test_condition_dropout_uses_the_empty_caption_embedding():
     from tta.ldm.train import RunConfig, condition
 

@@ -91,6 +91,10 @@ class RunConfig:
     condition: Literal["audio", "text", "mix"] = "audio"   # what the UNet is conditioned on while training
     text_probability: float = 0.5                           # "mix": chance of the caption's text embedding
     cfg_dropout: float = 0.1                                # chance of the unconditional embedding CLAP("")
+    # min-SNR-γ loss weighting (Hang et al. 2023): each item's MSE is weighted by min(SNR(t), γ) / SNR(t)
+    # (ε-prediction) or min(SNR(t), γ) / (SNR(t) + 1) (v-prediction), so the nearly clean timesteps stop
+    # dominating the gradient; 0 = the plain MSE. 5 is the paper's value.
+    snr_gamma: float = 0.0
     latent_sampling: Literal["sample", "mean"] = "sample"   # posterior sample each step, or its mean
     precompute: bool = False                                # encode latents + embeddings once to cache_dir
     # with precompute: seconds of each clip that are encoded (0 = data.segment_seconds, one fixed crop per
@@ -114,6 +118,8 @@ class RunConfig:
         elif not r.enabled and m.context_dim is not None:
             raise ValueError(f"model.context_dim={m.context_dim} is set but retrieval is off; set "
                              "retrieval.datastore (--datastore DIR) or model.context_dim=null")
+        if not (self.snr_gamma >= 0 and math.isfinite(self.snr_gamma)):
+            raise ValueError(f"snr_gamma={self.snr_gamma} must be >= 0 (0 = plain MSE)")
         if not 0 <= self.text_probability <= 1:
             raise ValueError(f"text_probability={self.text_probability} must be in [0, 1]")
         if self.precompute_seconds and self.precompute_seconds < self.data.segment_seconds:
@@ -313,7 +319,21 @@ def diffusion_loss(unet, config: RunConfig, z: torch.Tensor, cond: torch.Tensor,
     noise = torch.randn(z.shape).to(z)
     t = torch.randint(0, config.diffusion.num_train_timesteps, (z.shape[0],)).to(z.device)
     noisy, target = denoise_loss_target(config.diffusion.scheduler_config(), z, noise, t, alphas_cumprod)
-    return F.mse_loss(unet(noisy, t, cond, context).float(), target)
+    pred = unet(noisy, t, cond, context).float()
+    if not config.snr_gamma:
+        return F.mse_loss(pred, target)
+    per_item = F.mse_loss(pred, target.float(), reduction="none").flatten(1).mean(1)
+    weights = min_snr_weights(alphas_cumprod.to(z.device)[t].double(), config.snr_gamma,
+                              config.diffusion.prediction_type)
+    return (per_item * weights.to(per_item)).mean()
+
+
+def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-item loss weights of min-SNR-γ, SNR(t) = ᾱ_t / (1 - ᾱ_t): min(SNR, γ) / SNR for ε-prediction,
+    min(SNR, γ) / (SNR + 1) for v-prediction (both equal min(SNR, γ) weighting of the x_0 error)."""
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
 # ---------------------------------------------------------------------------------------- train
