@@ -49,6 +49,33 @@ def test_weighted_draws_follow_the_weights():
         assert len(set(draws)) == 100     # every item is still seen
 
 
+def test_key_weights_multiply_the_balanced_weights_and_shift_the_draws():
+    keys = ["common"] * 90 + ["rare"] * 10
+    assert balance_weights(keys, 0.0, {"rare": 4.0}).tolist() == [1.0] * 90 + [4.0] * 10
+    w = balance_weights(keys, 1.0, {"rare": 3.0})
+    assert torch.allclose(w, balance_weights(keys, 1.0) * torch.tensor([1.0] * 90 + [3.0] * 10, dtype=torch.float64))
+    draws = [i for i, _ in _stream(ResumableSampler(100, seed=0, weights=w), 20_000)]
+    assert np.mean([keys[i] == "rare" for i in draws]) == pytest.approx(0.75, abs=0.02)   # 3:1 per key
+
+
+def test_key_weights_need_known_keys_and_positive_numbers(tmp_path):
+    class Data:
+        def __len__(self):
+            return 3
+
+        def balance_keys(self):
+            return ["a", "a", "b"]
+
+    run = TrainingRun(tmp_path / "r", _Cfg(data=DataConfig(key_weights={"b": 2.0})), TrainConfig(), progress=False)
+    assert run._balance_weights(Data(), None).tolist() == [1.0, 1.0, 2.0]       # works without data.balance
+    with pytest.raises(RunError, match="data.key_weights: no training item has the key 'dgo'"):
+        TrainingRun(tmp_path / "s", _Cfg(data=DataConfig(key_weights={"dgo": 2.0})), TrainConfig(),
+                    progress=False)._balance_weights(Data(), None)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"data.key_weights\['b'\]"):
+            DataConfig(key_weights={"b": bad})
+
+
 def test_balance_zero_keeps_the_unweighted_stream(tmp_path):
     old = _stream(ResumableSampler(9, seed=3), 40)
     assert _stream(ResumableSampler(9, seed=3, weights=None), 40) == old
@@ -99,6 +126,16 @@ def test_dataset_keys_are_first_label_then_category(labelled_manifest):
     assert ds.balance_keys() == ["Tone", "Tone", "Tone", "sfx", ""]
     w = balance_weights(ds.balance_keys(), 1.0)
     assert torch.allclose(w, torch.tensor([1 / 3, 1 / 3, 1 / 3, 1, 1], dtype=torch.float64))
+    assert ds.weight_names() == [("Tone",), ("Tone",), ("Tone",), ("sfx",), ()]
+    w = balance_weights(ds.balance_keys(), 0.0, {"Tone": 2.0, "sfx": 3.0}, ds.weight_names())
+    assert w.tolist() == [2.0, 2.0, 2.0, 3.0, 1.0]
+
+
+def test_key_weights_match_labels_and_categories_and_multiply():
+    keys = ["dog", "rain", "rain", "piano"]
+    names = [("dog", "event"), ("rain", "ambience"), ("rain", "ambience"), ("piano", "music")]
+    w = balance_weights(keys, 0.0, {"dog": 4.0, "event": 2.0, "ambience": 3.0}, names)
+    assert w.tolist() == [8.0, 3.0, 3.0, 1.0]
 
 
 def test_tiny_vae_run_trains_with_balance(repo_root, tmp_path, labelled_manifest, caplog):

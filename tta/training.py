@@ -170,12 +170,22 @@ class ResumableSampler(torch.utils.data.Sampler):
                 perm = self._perm(epoch)
 
 
-def balance_weights(keys: list[str], balance: float) -> torch.Tensor:
-    """Per-item sampling weights count(key)^-balance (float64); balance 1 makes every key equally likely."""
+def balance_weights(keys: list[str], balance: float, key_weights: dict[str, float] | None = None,
+                    names: list | None = None) -> torch.Tensor:
+    """Per-item sampling weights (float64): count(key)^-balance, times key_weights[n] for each distinct name n
+    of the item (`names[i]`, default just `keys[i]`) that key_weights lists. balance 1 makes every key equally
+    likely; a key weight of 4 then makes that key's items 4x as likely as that."""
     counts: dict[str, int] = {}
     for k in keys:
         counts[k] = counts.get(k, 0) + 1
-    return torch.tensor([counts[k] ** -float(balance) for k in keys], dtype=torch.float64)
+    extra = key_weights or {}
+    out = []
+    for i, k in enumerate(keys):
+        w = counts[k] ** -float(balance)
+        for n in (set(names[i]) if names is not None else {k}):
+            w *= float(extra.get(n, 1.0))
+        out.append(w)
+    return torch.tensor(out, dtype=torch.float64)
 
 
 # -------------------------------------------------------------------------------------------- EMA
@@ -359,15 +369,17 @@ class TrainingRun:
     # -- loop --------------------------------------------------------------------------------------
 
     def batches(self, dataset, collate_fn: Callable | None = None, *, shuffle: bool = True,
-                keys: list[str] | None = None) -> Iterator:
+                keys: list[str] | None = None, names: list | None = None) -> Iterator:
         """Yield training batches (on the run's device) until train.max_steps optimizer steps are done.
 
-        With data.balance > 0, items are drawn with weight count(key)^-balance; `keys` (one per item)
-        defaults to `dataset.balance_keys()`."""
+        With data.balance > 0 or data.key_weights, items are drawn with weight
+        count(key)^-balance times key_weights of the item's names; `keys` (one per item) defaults to
+        `dataset.balance_keys()`, `names` (the names key_weights can match, per item) to
+        `dataset.weight_names()`, else the keys."""
         acc = self.accelerator
         sampler = ResumableSampler(len(dataset), self.train.seed, start=self.data_position,
                                    rank=acc.process_index, world_size=acc.num_processes, shuffle=shuffle,
-                                   weights=self._balance_weights(dataset, keys))
+                                   weights=self._balance_weights(dataset, keys, names))
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.train.batch_size, sampler=sampler,
                                              collate_fn=collate_fn, num_workers=_workers(self.config),
                                              drop_last=False,
@@ -388,24 +400,41 @@ class TrainingRun:
             if self.step >= self.train.max_steps:
                 break
 
-    def _balance_weights(self, dataset, keys: list[str] | None) -> torch.Tensor | None:
-        balance = float(getattr(getattr(self.config, "data", None), "balance", 0.0))
-        if balance <= 0:
+    def _balance_weights(self, dataset, keys: list[str] | None, names: list | None = None) -> torch.Tensor | None:
+        data = getattr(self.config, "data", None)
+        balance = float(getattr(data, "balance", 0.0))
+        extra = dict(getattr(data, "key_weights", None) or {})
+        if balance <= 0 and not extra:
             return None
+        what = f"data.balance={balance}" if balance > 0 else "data.key_weights"
         if keys is None:
             if not hasattr(dataset, "balance_keys"):
-                raise RunError(f"data.balance={balance}: {type(dataset).__name__} has no labels to balance "
-                               "(no balance_keys()); set data.balance=0")
+                raise RunError(f"{what}: {type(dataset).__name__} has no labels to balance "
+                               "(no balance_keys()); set data.balance=0 and data.key_weights={}")
             keys = dataset.balance_keys()
         if len(keys) != len(dataset):
-            raise RunError(f"data.balance: {len(keys)} keys for {len(dataset)} training items")
-        weights = balance_weights(list(keys), balance)
+            raise RunError(f"{what}: {len(keys)} keys for {len(dataset)} training items")
+        if names is None and extra:
+            names = dataset.weight_names() if hasattr(dataset, "weight_names") else [[k] for k in keys]
+        if names is not None and len(names) != len(keys):
+            raise RunError(f"{what}: {len(names)} name lists for {len(keys)} training items")
+        known = {n for ns in names for n in ns} if names is not None else set(keys)
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            raise RunError(f"data.key_weights: no training item has the key {unknown[0]!r} (a key is an item's "
+                           "first label or its category)")
+        weights = balance_weights(list(keys), balance, extra, names)
         count: dict[str, int] = {}
         share: dict[str, float] = {}
         for k, w in zip(keys, (weights / weights.sum()).tolist()):
             count[k] = count.get(k, 0) + 1
             share[k] = share.get(k, 0.0) + w
         rare, common = min(count, key=count.get), max(count, key=count.get)
+        p = (weights / weights.sum()).tolist()
+        for k, w in sorted(extra.items()):
+            hit = [i for i, ns in enumerate(names) if k in ns]
+            log.info("data.key_weights: %r x%g -> %.3g%% of draws (%d items)", k, w, 100 * sum(p[i] for i in hit),
+                     len(hit))
         log.info("data.balance=%g: %d keys over %d items; share of draws: rarest key %r (%d items) %.3g%%, most "
                  "common %r (%d items) %.3g%%", balance, len(count), len(keys), rare, count[rare],
                  100 * share[rare], common, count[common], 100 * share[common])

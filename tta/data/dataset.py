@@ -106,6 +106,16 @@ class AudioDataset(torch.utils.data.Dataset):
         """Each row's key for `data.balance`: its first label, else its category, else ""."""
         return [r.labels[0] if r.labels else (r.category or "") for r in self.rows]
 
+    def weight_names(self) -> list[tuple[str, ...]]:
+        """Each row's names that `data.key_weights` can match: its first label and its category."""
+        out = []
+        for r in self.rows:
+            names = [r.labels[0]] if r.labels else []
+            if r.category and r.category not in names:
+                names.append(r.category)
+            out.append(tuple(names))
+        return out
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         if isinstance(key, tuple):
             index, item_seed = key

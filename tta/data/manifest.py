@@ -183,6 +183,9 @@ class DataConfig:
     extra_manifests: tuple[str, ...] = field(default_factory=tuple)
     balance: float = 0.0               # label-balanced sampling: item weight count(key)^-balance, key = first
                                        # label, else category; 0 = uniform, 1 = every key equally likely
+    key_weights: dict[str, float] = field(default_factory=dict)  # extra draw weight per first label or
+                                       # category, e.g. {"dog": 4, "ambience": 2}: those items are drawn that
+                                       # many times as often as balance alone gives (both apply if both match)
     repeat_below: float = 0.0          # training items only: a clip with less real audio than this many
                                        # seconds is repeated, with random gaps, to fill the segment (0 = off:
                                        # the rest of the segment stays silence)
@@ -194,6 +197,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.balance < float("inf"):
             raise ValueError(f"data.balance={self.balance} must be a finite number >= 0")
+        for k, w in self.key_weights.items():
+            if not 0 < w < float("inf"):
+                raise ValueError(f"data.key_weights[{k!r}]={w} must be a finite number > 0")
         if self.segment_seconds <= 0:
             raise ValueError(f"data.segment_seconds={self.segment_seconds} must be > 0")
         if not 0 <= self.repeat_below < float("inf"):

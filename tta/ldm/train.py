@@ -226,7 +226,7 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     from tqdm.auto import tqdm
 
     data = to_dict(config.data)
-    for k in ("balance", "repeat_below", "repeat_gap", "repeat_categories"):
+    for k in ("balance", "key_weights", "repeat_below", "repeat_gap", "repeat_categories"):
         data.pop(k)         # how training items are drawn, not what is encoded (older caches stay valid)
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
@@ -369,6 +369,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                                          random_crop=not config.precompute, caption_choice=caption_choice)
     row_ids = [row.id for row in train_set.rows]
     keys = train_set.balance_keys()     # data.balance; CachedLatents keeps the dataset's order
+    names = train_set.weight_names()    # data.key_weights
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
         train_set = precompute(config, train_set, frozen, cache, progress)
@@ -396,7 +397,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     unet.train()
     trained = unet if ctx is None else torch.nn.ModuleDict({"unet": unet, "retrieval": ctx})  # grad clipping
     query = "audio" if r.modality == "audio_to_audio" else "text"
-    for batch in run.batches(train_set, keys=keys):
+    for batch in run.batches(train_set, keys=keys, names=names):
         with run.accumulate(*[m for m in (unet, ctx) if m is not None]):
             z, cond, embed = batch_latents_and_cond(config, batch, frozen, run.device)
             context = None
