@@ -161,3 +161,38 @@ def test_ldm_on_precomputed_latents_balances_and_shares_the_latent_cache(tmp_pat
     assert (final / "model.safetensors").is_file()
     assert "data.balance=1: 1 keys over 6 items" in caplog.text
     assert len(list(cache.glob("latents-*.pt"))) == 1     # data.balance is not part of the cache key
+
+
+def test_ldm_run_applies_key_weights_by_category(tmp_path, labelled_manifest, caplog):
+    from tests.test_ldm_fixtures import tiny_run_config
+    from tta.ldm.train import train
+
+    sets = {"train.max_steps": 1, "validation.prompts": [], "components.vocoder": "",
+            "data.manifest": str(labelled_manifest), "data.key_weights": {"sfx": 3.0}}
+    with caplog.at_level(logging.INFO, logger="tta.training"):
+        final = train(tiny_run_config(**sets), tmp_path / "run", progress=False)
+    assert (final / "model.safetensors").is_file()
+    # 5 training items, one of category "sfx": weight 3 of 3 + 4 = 3/7 of the draws
+    assert "data.key_weights: 'sfx' x3 -> 42.9% of draws (1 items)" in caplog.text
+
+
+def test_cli_names_an_unknown_key_weight_in_one_line(repo_root, tmp_path, labelled_manifest, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"), "--out", str(out),
+               "--set", f"data.manifest={labelled_manifest}", "--set", 'data.key_weights={"dgo": 2}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and "Traceback" not in "\n".join(err)
+    assert any("data.key_weights: no training item has the key 'dgo'" in line for line in err)
+    assert not (out / "final").exists()
+
+
+def test_ldm_rejects_an_unknown_key_weight_before_pre_encoding(tmp_path, labelled_manifest):
+    from tests.test_ldm_fixtures import tiny_run_config
+    from tta.ldm.train import train
+
+    cache = tmp_path / "cache"
+    sets = {"train.max_steps": 1, "validation.prompts": [], "components.vocoder": "", "precompute": True,
+            "cache_dir": str(cache), "data.manifest": str(labelled_manifest), "data.key_weights": {"dgo": 2.0}}
+    with pytest.raises(RunError, match="no training item has the key 'dgo'"):
+        train(tiny_run_config(**sets), tmp_path / "run", progress=False)
+    assert not list(cache.glob("latents-*.pt"))     # failed before encoding anything

@@ -188,6 +188,15 @@ def balance_weights(keys: list[str], balance: float, key_weights: dict[str, floa
     return torch.tensor(out, dtype=torch.float64)
 
 
+def check_key_weights(key_weights: dict[str, float], names: list) -> None:
+    """RunError when data.key_weights names a key that none of the items' `names` has."""
+    known = {n for ns in names for n in ns}
+    unknown = sorted(set(key_weights) - known)
+    if unknown:
+        raise RunError(f"data.key_weights: no training item has the key {unknown[0]!r} (a key is an item's "
+                       "first label or its category)")
+
+
 # -------------------------------------------------------------------------------------------- EMA
 
 
@@ -418,19 +427,15 @@ class TrainingRun:
             names = dataset.weight_names() if hasattr(dataset, "weight_names") else [[k] for k in keys]
         if names is not None and len(names) != len(keys):
             raise RunError(f"{what}: {len(names)} name lists for {len(keys)} training items")
-        known = {n for ns in names for n in ns} if names is not None else set(keys)
-        unknown = sorted(set(extra) - known)
-        if unknown:
-            raise RunError(f"data.key_weights: no training item has the key {unknown[0]!r} (a key is an item's "
-                           "first label or its category)")
+        check_key_weights(extra, names if names is not None else [[k] for k in keys])
         weights = balance_weights(list(keys), balance, extra, names)
+        p = (weights / weights.sum()).tolist()
         count: dict[str, int] = {}
         share: dict[str, float] = {}
-        for k, w in zip(keys, (weights / weights.sum()).tolist()):
+        for k, w in zip(keys, p):
             count[k] = count.get(k, 0) + 1
             share[k] = share.get(k, 0.0) + w
         rare, common = min(count, key=count.get), max(count, key=count.get)
-        p = (weights / weights.sum()).tolist()
         for k, w in sorted(extra.items()):
             hit = [i for i, ns in enumerate(names) if k in ns]
             log.info("data.key_weights: %r x%g -> %.3g%% of draws (%d items)", k, w, 100 * sum(p[i] for i in hit),

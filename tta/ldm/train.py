@@ -51,7 +51,7 @@ from tta.ldm.sampling import (
     draw_noise,
     make_scheduler,
 )
-from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
+from tta.training import TrainConfig, TrainingRun, check_key_weights, make_optimizer, make_warmup_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +370,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     row_ids = [row.id for row in train_set.rows]
     keys = train_set.balance_keys()     # data.balance; CachedLatents keeps the dataset's order
     names = train_set.weight_names()    # data.key_weights
+    check_key_weights(config.data.key_weights, names)   # before any pre-encoding, not after it
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
         train_set = precompute(config, train_set, frozen, cache, progress)
