@@ -111,8 +111,9 @@ LDM_CLAP3_STEPS ?= 1000
 # packs stage 7 (v0.5; with PACK_GUIDANCE 4.5, v0.5.1), $(RUNS)/ldm-clap2/pipeline stage 6 (v0.4),
 # $(RUNS)/ldm-v2/pipeline stage 3 (v0.3)
 PACK_FROM ?= $(RUNS)/ldm-polish/pipeline
-# the VAE packed into the default: empty for the pipeline's own; PACK_VAE=$(RUNS)/vae-dec packs the experiment's
-PACK_VAE ?=
+# the VAE packed into the default: VAE v2 with its GAN-tuned decoder (`make train-vae-gan`; v0.6.1); empty
+# packs the pipeline's own VAE (v0.6 and earlier)
+PACK_VAE ?= $(RUNS)/vae-gan/final
 # the default guidance packed into the default (v0.6: 6.0; v0.5.1: 4.5; v0.5 and earlier: 3.0)
 PACK_GUIDANCE ?= 6.0
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it

@@ -22,8 +22,16 @@ recorded and resynthesised, judged leave-one-out (its own reference removed).
 Several --model folders are compared in one run (same prompts, seeds, judge). Writes --out/summary.json and
 --out/<model>/<label>-<seed>.wav, appends one JSON line to bench/results.jsonl (repository-relative paths).
 
+The judge's result depends on the seeds: v0.6 scored hit@1 0.417 on seeds 0-7 and 0.333 on seeds 8-15 and on
+16-23. So every model's hit@1 comes with a 95 % bootstrap interval (seeds resampled within each prompt), and
+every model after the first with its paired difference from the first (the same resampled seeds for both:
+a model's generation for a prompt and seed starts from the same noise). A difference whose interval spans 0
+is not a difference. --seed-start extends a run with new seeds, and --merge pools the summaries of such runs
+(per model, by its folder) into one, with intervals over all their generations.
+
 Usage: .venv/bin/python bench/recognisable.py --model tta/assets/default --model OTHER \
-           --manifest ../tta-work/corpus/starter-v2/manifest.jsonl [--seeds 4] [--k 5]
+           --manifest ../tta-work/corpus/starter-v2/manifest.jsonl [--seeds 8] [--seed-start 0] [--k 5]
+       .venv/bin/python bench/recognisable.py --merge RUN1/summary.json RUN2/summary.json --out DIR
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ PROMPTS: tuple[tuple[str, str], ...] = (
     ("birds chirping in a forest", "birds"), ("an explosion", "explosion"), ("thunder rumbling", "thunder"),
     ("a fire crackling", "fire"), ("chopping wood with an axe", "chopping"),
 )
+RESAMPLES = 2000    # bootstrap resamples of the hit@1 intervals
 TRIM_DB = 40.0      # a generation is cut to its span above peak - TRIM_DB (generations often end in silence)
 
 
@@ -62,10 +71,16 @@ def relative(path: Path) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, action="append", required=True, help="pipeline folder (repeatable)")
-    ap.add_argument("--manifest", type=Path, required=True, help="manifest whose train split holds the judges' clips")
+    ap.add_argument("--model", type=Path, action="append", help="pipeline folder (repeatable)")
+    ap.add_argument("--manifest", type=Path, help="manifest whose train split holds the judges' clips")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="SUMMARY",
+                    help="instead of a run: pool the generations of these summary.json files (runs of the same "
+                         "models and prompts on other seeds) into one summary with intervals over all of them")
     ap.add_argument("--seeds", type=int, default=4,
                     help="generations per prompt and model (0: only the held-out ceilings of each model's parts)")
+    ap.add_argument("--seed-start", type=int, default=0,
+                    help="first seed: prompt generations use seeds seed-start .. seed-start + seeds - 1 (a second "
+                         "run with --seed-start 8 adds 8 new generations per prompt to one with --seeds 8)")
     ap.add_argument("--k", type=int, default=5, help="neighbours in the vote")
     ap.add_argument("--distractors", type=int, default=400,
                     help="real training clips of other labels among the judge's clips (seeded sample)")
@@ -79,7 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "recognisable")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
     ap.add_argument("--quiet", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if not args.merge and (not args.model or args.manifest is None):
+        ap.error("--model and --manifest are required (unless --merge)")
+    if args.merge and (args.model or args.manifest is not None):
+        ap.error("--merge pools finished runs; it takes no --model or --manifest")
+    return args
 
 
 def active(wav: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -132,6 +152,110 @@ def per_label(judged: list[tuple[bool, bool]], labels: list[str], k: int) -> dic
     return out
 
 
+def hits_of(prompt_entry: dict) -> list[int]:
+    """Per-generation hit@1 of one per_prompt entry, from its nearest labels (so older summaries work too)."""
+    return [int(n == prompt_entry["label"]) for n in prompt_entry["nearest"]]
+
+
+def intervals(per_prompt_of_models: list[list[dict]], *, resamples: int = RESAMPLES, seed: int = 0) -> list[dict]:
+    """Per model: hit@1 with a 95 % bootstrap interval; after the first, the paired difference from the first.
+
+    The prompts are fixed and the seeds are the sample, so seeds are resampled within each prompt, with the same
+    draw for every model (paired: the models' generations for a prompt and seed start from the same noise).
+    Models with other prompts or another number of seeds than the first get no difference.
+    """
+    grids = [np.array([hits_of(p) for p in pp], dtype=np.float64) for pp in per_prompt_of_models]
+    labels = [[p["label"] for p in pp] for pp in per_prompt_of_models]
+    if not grids or grids[0].size == 0:
+        return [{} for _ in grids]
+    prompts, seeds = grids[0].shape
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, seeds, size=(resamples, prompts, seeds))
+    rows = np.arange(prompts)[None, :, None]
+    first = grids[0][rows, draw].mean(axis=(1, 2))
+    ci = lambda x: [round(float(np.percentile(x, 2.5)), 4), round(float(np.percentile(x, 97.5)), 4)]
+    out = []
+    for i, grid in enumerate(grids):
+        if grid.shape != grids[0].shape or labels[i] != labels[0]:      # not paired with the first model
+            boot = grid[np.arange(grid.shape[0])[None, :, None],
+                        rng.integers(0, grid.shape[1], size=(resamples, *grid.shape))].mean(axis=(1, 2))
+            out.append({"hit@1_ci95": ci(boot)})
+            continue
+        boot = grid[rows, draw].mean(axis=(1, 2))
+        entry = {"hit@1_ci95": ci(boot)}
+        if i:
+            entry["hit@1_minus_first"] = round(float(grid.mean() - grids[0].mean()), 4)
+            entry["hit@1_minus_first_ci95"] = ci(boot - first)
+        out.append(entry)
+    return out
+
+
+def merge(paths: list[Path], k: int) -> dict:
+    """One summary pooling the generations of several runs' summaries, per model folder and prompt."""
+    runs = []
+    for path in paths:
+        try:
+            runs.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{path}: not a readable summary.json ({e})")
+        if runs[-1].get("bench") not in ("recognisable", "recognisable-merged"):
+            raise SystemExit(f"{path}: not a summary of bench/recognisable.py")
+    models: dict[str, dict] = {}
+    for path, run in zip(paths, runs):
+        if run["settings"].get("k", k) != k:
+            raise SystemExit(f"{path}: judged with k={run['settings']['k']}, not k={k} (pass --k)")
+        for m in run["models"]:
+            if not m["per_prompt"]:
+                continue
+            into = models.setdefault(m["model"], {"model": m["model"], "defaults": m["defaults"], "per_prompt": {}})
+            for p in m["per_prompt"]:
+                q = into["per_prompt"].setdefault(p["label"], {"prompt": p["prompt"], "label": p["label"],
+                                                               "hit@1": 0, f"vote@{k}": 0, "of": 0, "nearest": []})
+                q["hit@1"] += p["hit@1"]
+                q[f"vote@{k}"] += p[f"vote@{k}"]
+                q["of"] += p["of"]
+                q["nearest"] += p["nearest"]
+    if not models:
+        raise SystemExit("--merge: the summaries hold no generations")
+    summary = {"bench": "recognisable-merged", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "sources": [relative(Path(p)) for p in paths],
+               "settings": {"k": k, "runs": [r["settings"] for r in runs]},
+               "chance": runs[0].get("chance"), "real_held_out": runs[0].get("real_held_out"), "models": []}
+    for m in models.values():
+        pp = list(m["per_prompt"].values())
+        n = sum(p["of"] for p in pp)
+        summary["models"].append({"model": m["model"], "defaults": m["defaults"],
+                                  "hit@1": round(sum(p["hit@1"] for p in pp) / n, 4),
+                                  f"vote@{k}": round(sum(p[f"vote@{k}"] for p in pp) / n, 4),
+                                  "held_out_resynthesised": {}, "per_prompt": pp})
+    for m, extra in zip(summary["models"], intervals([m["per_prompt"] for m in summary["models"]])):
+        m.update(extra)
+    return summary
+
+
+def report(summary: dict, k: int) -> None:
+    held = summary["real_held_out"]
+    print(f"chance {summary['chance']:.3f}; real held-out ({held['clips']} clips) hit@1 {held['hit@1']}")
+    if "real_train_leave_one_out" in summary:
+        t = summary["real_train_leave_one_out"]
+        print(f"real training clips of the prompts' labels, leave-one-out ({t['clips']} clips): hit@1 {t['hit@1']}")
+    for m in summary["models"]:
+        if m["per_prompt"]:
+            gens = sum(p["of"] for p in m["per_prompt"])
+            lo, hi = m["hit@1_ci95"]
+            diff = (f"; minus the first model {m['hit@1_minus_first']:+.3f} [{m['hit@1_minus_first_ci95'][0]:+.3f}, "
+                    f"{m['hit@1_minus_first_ci95'][1]:+.3f}]" if "hit@1_minus_first" in m else "")
+            print(f"{m['model']}: hit@1 {m['hit@1']:.3f} [{lo:.3f}, {hi:.3f}]{diff}, vote@{k} {m[f'vote@{k}']:.3f} "
+                  f"({gens} generations); " + ", ".join(f"{p['label']} {p['hit@1']}/{p['of']}" for p in m["per_prompt"]))
+        for part, r in m["held_out_resynthesised"].items():
+            print(f"  {m['model']}: held-out real clips via {part}: hit@1 {r['hit@1']} cosine {r['cosine']}")
+        for part, r in m.get("train_resynthesised", {}).items():
+            print(f"  {m['model']}: training clips via {part}, leave-one-out: hit@1 {r['hit@1']} cosine "
+                  f"{r['cosine']}; " + ", ".join(f"{lab} {c['hit@1']}/{c['of']}" for lab, c in r["per_label"].items()))
+        if m["per_prompt"]:
+            print("  nearest labels: " + "; ".join(f"{p['label']}: {' '.join(p['nearest'])}" for p in m["per_prompt"]))
+
+
 def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each wav through the pipeline's vocoder alone, and through its VAE and vocoder (the parts' ceilings)."""
     import torch
@@ -150,6 +274,14 @@ def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        summary = merge(args.merge, args.k)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with open(args.results, "a") as f:
+            f.write(json.dumps(summary) + "\n")
+        report(summary, args.k)
+        return summary
     import torch
 
     from eval.embedders import get_embedder
@@ -197,7 +329,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {"bench": "recognisable", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": machine(), "versions": versions(),
-               "settings": {"manifest": relative(args.manifest), "seeds": args.seeds, "k": args.k,
+               "settings": {"manifest": relative(args.manifest), "seeds": args.seeds,
+                            "seed_start": args.seed_start, "k": args.k,
                             "guidance": args.guidance,
                             "threads": args.threads, "embedder": embedder.identity, "trim_db": TRIM_DB,
                             "reference_clips": len(train), "distractors": args.distractors, "prompts": [list(p) for p in PROMPTS]},
@@ -233,10 +366,10 @@ def main(argv: list[str] | None = None) -> dict:
                 train_ceilings[part]["cosine"] = round(float(np.mean(np.sum(emb * refs[loo], axis=1))), 4)
         per_prompt = []
         for prompt, label in (PROMPTS if args.seeds > 0 else ()):
-            out = pipe([prompt] * args.seeds, seed=0, batch_size=args.seeds, guidance=args.guidance)
+            out = pipe([prompt] * args.seeds, seed=args.seed_start, batch_size=args.seeds, guidance=args.guidance)
             clips = [active(np.asarray(w, dtype=np.float32), out.sample_rate) for w in out.wavs]
             for s, w in enumerate(out.wavs):
-                save_audio(folder / f"{label}-{s}.wav", np.asarray(w), out.sample_rate)
+                save_audio(folder / f"{label}-{args.seed_start + s}.wav", np.asarray(w), out.sample_rate)
             emb = pooled(embedder, clips, out.sample_rate, desc=f"aisfx {label}", progress=False)
             js = [judge(e, refs, ref_labels, label, args.k) for e in emb]
             per_prompt.append({"prompt": prompt, "label": label, "hit@1": sum(h for h, _ in js),
@@ -252,26 +385,13 @@ def main(argv: list[str] | None = None) -> dict:
             "held_out_resynthesised": ceilings, **({"train_resynthesised": train_ceilings} if train_ceilings else {}),
             "per_prompt": per_prompt})
         del pipe
+    for m, extra in zip(summary["models"], intervals([m["per_prompt"] for m in summary["models"]])):
+        m.update(extra)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(args.results, "a") as f:
         f.write(json.dumps(summary) + "\n")
-    print(f"chance {summary['chance']:.3f}; real held-out ({len(held_rows)} clips) hit@1 "
-          f"{summary['real_held_out']['hit@1']}")
-    if "real_train_leave_one_out" in summary:
-        t = summary["real_train_leave_one_out"]
-        print(f"real training clips of the prompts' labels, leave-one-out ({t['clips']} clips): hit@1 {t['hit@1']}")
-    for m in summary["models"]:
-        if m["per_prompt"]:
-            print(f"{m['model']}: hit@1 {m['hit@1']:.3f}, vote@{args.k} {m[f'vote@{args.k}']:.3f}; "
-                  + ", ".join(f"{p['label']} {p['hit@1']}/{p['of']}" for p in m["per_prompt"]))
-        print(f"  {m['model']}: held-out real clips resynthesised: " + "; ".join(
-            f"via {part} hit@1 {r['hit@1']} cosine {r['cosine']}" for part, r in m["held_out_resynthesised"].items()))
-        for part, r in m.get("train_resynthesised", {}).items():
-            print(f"  {m['model']}: training clips via {part}, leave-one-out: hit@1 {r['hit@1']} cosine "
-                  f"{r['cosine']}; " + ", ".join(f"{lab} {c['hit@1']}/{c['of']}" for lab, c in r["per_label"].items()))
-        if m["per_prompt"]:
-            print("  nearest labels: " + "; ".join(f"{p['label']}: {' '.join(p['nearest'])}" for p in m["per_prompt"]))
+    report(summary, args.k)
     return summary
 
 

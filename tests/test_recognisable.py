@@ -107,3 +107,65 @@ def test_ceilings_only_run_writes_a_summary_and_reuses_the_reference_cache(tmp_p
     for part in ("vocoder", "vae+vocoder"):
         ceiling = again["models"][0]["train_resynthesised"][part]
         assert ceiling["clips"] == loo["clips"] and 0 <= ceiling["hit@1"] <= 1 and -1 <= ceiling["cosine"] <= 1
+
+
+def test_generations_start_at_seed_start_and_a_second_run_adds_new_clips(tmp_path):
+    pytest.importorskip("aisfx")
+    bench = load_bench()
+    manifest = judge_corpus(tmp_path / "corpus", bench)
+    common = ["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--seeds", "1", "--distractors", "0",
+              "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "r.jsonl"),
+              "--quiet"]
+    first = bench.main(common + ["--out", str(tmp_path / "a")])
+    second = bench.main(common + ["--out", str(tmp_path / "b"), "--seed-start", "3"])
+    assert first["settings"]["seed_start"] == 0 and second["settings"]["seed_start"] == 3
+    (folder_a,), (folder_b,) = [p for p in (tmp_path / "a").iterdir() if p.is_dir()], \
+        [p for p in (tmp_path / "b").iterdir() if p.is_dir()]
+    labels = [label for _, label in bench.PROMPTS]
+    assert sorted(p.name for p in folder_a.glob("*.wav")) == sorted(f"{label}-0.wav" for label in labels)
+    assert sorted(p.name for p in folder_b.glob("*.wav")) == sorted(f"{label}-3.wav" for label in labels)
+    for run in (first, second):
+        (m,) = run["models"]
+        assert sum(p["of"] for p in m["per_prompt"]) == len(labels) and 0 <= m["hit@1"] <= 1
+    from tta.audio import load_audio
+    a, _ = load_audio(folder_a / "dog-0.wav")
+    b, _ = load_audio(folder_b / "dog-3.wav")
+    assert not np.array_equal(a, b)                                           # other seeds, other noise
+
+    merged = bench.main(["--merge", str(tmp_path / "a" / "summary.json"), str(tmp_path / "b" / "summary.json"),
+                         "--out", str(tmp_path / "m"), "--results", str(tmp_path / "r.jsonl")])
+    (m,) = merged["models"]
+    assert merged["bench"] == "recognisable-merged" and len(merged["sources"]) == 2
+    assert [p["of"] for p in m["per_prompt"]] == [2] * len(labels)
+    hits = sum(r["models"][0]["hit@1"] for r in (first, second)) / 2
+    assert m["hit@1"] == pytest.approx(hits, abs=1e-4)
+    assert m["hit@1_ci95"][0] <= m["hit@1"] <= m["hit@1_ci95"][1]
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["models"][0]["hit@1"] == m["hit@1"]
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 3
+
+
+def test_intervals_pair_the_models_on_resampled_seeds():
+    bench = load_bench()
+
+    def prompts(hits_per_prompt):
+        return [{"label": f"l{i}", "nearest": [f"l{i}" if h else "other" for h in hs]}
+                for i, hs in enumerate(hits_per_prompt)]
+
+    a = prompts([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]])
+    better = prompts([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]])              # a hit wherever a has one, and more
+    ia, isame, ib, iother = bench.intervals([a, a, better, a[:2]], resamples=500)
+    assert ia["hit@1_ci95"][0] <= 0.5 <= ia["hit@1_ci95"][1] and "hit@1_minus_first" not in ia
+    assert isame["hit@1_minus_first"] == 0 and isame["hit@1_minus_first_ci95"] == [0, 0]   # paired: no noise
+    assert ib["hit@1_minus_first"] == pytest.approx(5 / 12, abs=1e-4)
+    assert ib["hit@1_minus_first_ci95"][0] > 0                                # never below a on the same seeds
+    assert "hit@1_minus_first" not in iother and "hit@1_ci95" in iother      # other prompts: not paired
+
+
+def test_merge_rejects_what_is_not_a_summary(tmp_path):
+    bench = load_bench()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit, match="not a summary"):
+        bench.main(["--merge", str(bad), "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r.jsonl")])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--merge", str(bad), "--model", "x"])

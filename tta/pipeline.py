@@ -328,7 +328,9 @@ class TTAPipeline:
             seeds = [s for _, _, s in chunk]
             noise = draw_noise(shape, seeds)
             cond = text[[i for i, _, _ in chunk]]
-            generator = torch.Generator(device="cpu").manual_seed(seeds[0] + 7)
+            # one generator per item for the noise stochastic samplers add at every step (euler_a, ddpm, ddim
+            # with eta > 0), so an item's audio does not depend on the batch it is generated in either
+            generator = [torch.Generator(device="cpu").manual_seed(s + 7) for s in seeds]
             out = self.sample(noise, cond, None if uncond is None else uncond.expand(len(chunk), -1), num_samples,
                               steps=steps, guidance=guidance, sampler=sampler, eta=eta, strength=strength,
                               init_latents=None if init is None else init.expand(len(chunk), -1, -1, -1),

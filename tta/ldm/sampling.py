@@ -129,7 +129,7 @@ def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
 def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, *,
             steps: int, guidance: float, eta: float = 0.0, strength: float = 1.0,
             init_latents: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-            context: torch.Tensor | None = None, generator: torch.Generator | None = None,
+            context: torch.Tensor | None = None, generator: torch.Generator | list | None = None,
             progress: bool = False) -> torch.Tensor:
     """Run the guided reverse process; returns x_0 latents (B, C, T', F') on the unet's device.
 
@@ -138,6 +138,7 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
     strength < 1 starts from it noised to the matching level (SDEdit). keep: bool mask broadcastable to
     the latents, True where init_latents are kept (inpainting: times outside the gap; super-resolution:
     frequencies below the cut-off); kept latents are re-noised to the current level after every step.
+    generator: the noise of stochastic samplers, one CPU generator or a list of one per item.
     """
     from tqdm.auto import tqdm
 
