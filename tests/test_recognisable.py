@@ -169,3 +169,5 @@ def test_merge_rejects_what_is_not_a_summary(tmp_path):
         bench.main(["--merge", str(bad), "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r.jsonl")])
     with pytest.raises(SystemExit):
         bench.parse_args(["--merge", str(bad), "--model", "x"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--model", "x", "--manifest", "m.jsonl", "--seed-start", "-1"])
