@@ -107,9 +107,9 @@ CLAP_V3_CONFIG ?= configs/clap/default-v2.json
 CLAP_V3_FROM ?= $(RUNS)/ldm-clap2/pipeline
 STAGE7_FROM ?= $(RUNS)/ldm-clap2/pipeline
 LDM_CLAP3_STEPS ?= 1000
-# the run packed into the default: LDM stage 11's pipeline folder (v0.6, with VAE v2); $(RUNS)/ldm-clap3/pipeline
-# packs stage 7 (v0.5; with PACK_GUIDANCE 4.5, v0.5.1), $(RUNS)/ldm-clap2/pipeline stage 6 (v0.4),
-# $(RUNS)/ldm-v2/pipeline stage 3 (v0.3)
+# the run packed into the default: LDM stage 11's pipeline folder (v0.6 and v0.6.1, with VAE v2);
+# $(RUNS)/ldm-clap3/pipeline packs stage 7 (v0.5; with PACK_GUIDANCE 4.5, v0.5.1), $(RUNS)/ldm-clap2/pipeline
+# stage 6 (v0.4), $(RUNS)/ldm-v2/pipeline stage 3 (v0.3); those older runs need PACK_VAE= (their own VAE)
 PACK_FROM ?= $(RUNS)/ldm-polish/pipeline
 # the VAE packed into the default: VAE v2 with its GAN-tuned decoder (`make train-vae-gan`; v0.6.1); empty
 # packs the pipeline's own VAE (v0.6 and earlier)
@@ -125,7 +125,7 @@ resume = $(if $(wildcard $(1)/config.json),--resume)
 ## default-model: rebuild tta/assets/default from nothing (hours on a CPU; stages below)
 default-model: corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 \
 		train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-vae-v2 train-ldm-vae2 train-ldm-polish \
-		pack-default
+		train-vae-gan pack-default
 
 corpus: venv
 	test -f $(CORPUS)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS) --large --recipe-version 1

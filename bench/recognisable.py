@@ -80,8 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="generations per prompt and model (0: only the held-out ceilings of each model's parts; "
                          "8 seeds moved a model's hit@1 by 0.08 between seed sets, so 24 is the default)")
     ap.add_argument("--seed-start", type=int, default=0,
-                    help="first seed: prompt generations use seeds seed-start .. seed-start + seeds - 1 (a second "
-                         "run with --seed-start 8 adds 8 new generations per prompt to one with --seeds 8)")
+                    help="first seed: prompt generations use seeds seed-start .. seed-start + seeds - 1 (after a "
+                         "run with --seeds 8, `--seeds 8 --seed-start 8 --out OTHER` judges 8 new seeds; pool the "
+                         "two with --merge)")
     ap.add_argument("--k", type=int, default=5, help="neighbours in the vote")
     ap.add_argument("--distractors", type=int, default=400,
                     help="real training clips of other labels among the judge's clips (seeded sample)")
@@ -92,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--guidance", type=float, help="classifier-free guidance for every model (default: each model's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, help="where the reference embeddings are cached")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "recognisable")
+    ap.add_argument("--out", type=Path, help="folder for the summary and the wavs (default bench/out/recognisable; "
+                                              "required with --merge)")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -102,6 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--model and --manifest are required (unless --merge)")
     if args.merge and (args.model or args.manifest is not None):
         ap.error("--merge pools finished runs; it takes no --model or --manifest")
+    if args.out is None:
+        if args.merge:
+            ap.error("--merge needs --out (a folder for the pooled summary, not one of the runs')")
+        args.out = ROOT / "bench" / "out" / "recognisable"
     return args
 
 
@@ -160,48 +166,73 @@ def hits_of(prompt_entry: dict) -> list[int]:
     return [int(n == prompt_entry["label"]) for n in prompt_entry["nearest"]]
 
 
-def intervals(per_prompt_of_models: list[list[dict]], *, resamples: int = RESAMPLES, seed: int = 0) -> list[dict]:
+def intervals(per_prompt_of_models: list[list[dict]], seeds_of_models: list[list[int] | None] | None = None, *,
+              resamples: int = RESAMPLES, seed: int = 0) -> list[dict]:
     """Per model: hit@1 with a 95 % bootstrap interval; after the first, the paired difference from the first.
 
     The prompts are fixed and the seeds are the sample, so seeds are resampled within each prompt, with the same
-    draw for every model (paired: the models' generations for a prompt and seed start from the same noise).
-    Models with other prompts or another number of seeds than the first get no difference.
+    draw for every model (paired: the models' generations for a prompt and seed start from the same noise when
+    they share a latent shape). A model is paired with the first only when it has the same prompts and the same
+    seeds (`seeds_of_models`, when given; else the same number of seeds); a model without generations, or with
+    unequal seed counts across prompts, gets nothing.
     """
-    grids = [np.array([hits_of(p) for p in pp], dtype=np.float64) for pp in per_prompt_of_models]
-    labels = [[p["label"] for p in pp] for pp in per_prompt_of_models]
-    if not grids or grids[0].size == 0:
-        return [{} for _ in grids]
-    prompts, seeds = grids[0].shape
-    rng = np.random.default_rng(seed)
-    draw = rng.integers(0, seeds, size=(resamples, prompts, seeds))
-    rows = np.arange(prompts)[None, :, None]
-    first = grids[0][rows, draw].mean(axis=(1, 2))
+    seeds_of_models = seeds_of_models or [None] * len(per_prompt_of_models)
+    grids, labels = [], []
+    for pp in per_prompt_of_models:
+        counts = {len(p["nearest"]) for p in pp}
+        grids.append(np.array([hits_of(p) for p in pp], dtype=np.float64) if len(counts) == 1 else None)
+        labels.append([p["label"] for p in pp])
     ci = lambda x: [round(float(np.percentile(x, 2.5)), 4), round(float(np.percentile(x, 97.5)), 4)]
+    rng = np.random.default_rng(seed)
+
+    def boot(grid, draw):
+        return grid[np.arange(grid.shape[0])[None, :, None], draw].mean(axis=(1, 2))
+
+    usable = lambda g: g is not None and g.ndim == 2 and g.size > 0
+    first, first_boot, draw = grids[0] if grids else None, None, None
+    if grids and usable(first):
+        draw = rng.integers(0, first.shape[1], size=(resamples, *first.shape))
+        first_boot = boot(first, draw)
     out = []
     for i, grid in enumerate(grids):
-        if grid.shape != grids[0].shape or labels[i] != labels[0]:      # not paired with the first model
-            boot = grid[np.arange(grid.shape[0])[None, :, None],
-                        rng.integers(0, grid.shape[1], size=(resamples, *grid.shape))].mean(axis=(1, 2))
-            out.append({"hit@1_ci95": ci(boot)})
+        if not usable(grid):
+            out.append({})
             continue
-        boot = grid[rows, draw].mean(axis=(1, 2))
-        entry = {"hit@1_ci95": ci(boot)}
-        if i:
-            entry["hit@1_minus_first"] = round(float(grid.mean() - grids[0].mean()), 4)
-            entry["hit@1_minus_first_ci95"] = ci(boot - first)
+        paired = (i > 0 and first_boot is not None and grid.shape == first.shape and labels[i] == labels[0]
+                  and seeds_of_models[i] == seeds_of_models[0])
+        if i == 0 or paired:
+            b = boot(grid, draw)
+        else:
+            b = boot(grid, rng.integers(0, grid.shape[1], size=(resamples, *grid.shape)))
+        entry = {"hit@1_ci95": ci(b)}
+        if paired:
+            entry["hit@1_minus_first"] = round(float(grid.mean() - first.mean()), 4)
+            entry["hit@1_minus_first_ci95"] = ci(b - first_boot)
         out.append(entry)
     return out
 
 
-def merge(paths: list[Path], k: int) -> dict:
-    """One summary pooling the generations of several runs' summaries, per model folder and prompt."""
+def run_seeds(settings: dict) -> list[int]:
+    """The seeds of a run's generations (per prompt), from its settings."""
+    start = int(settings.get("seed_start", 0))
+    return list(range(start, start + int(settings["seeds"])))
+
+
+def merge(paths: list[Path], k: int, out: Path) -> dict:
+    """One summary pooling the generations of several runs' summaries, per model and prompt.
+
+    A model is its folder plus its weights' fingerprint (recorded since the judge has intervals): two runs of a
+    folder whose weights changed in between are refused, and so is a seed that two runs of one model share.
+    """
     runs = []
     for path in paths:
+        if Path(path).resolve() == (out / "summary.json").resolve():
+            raise SystemExit(f"{path}: --merge would overwrite its own input; pass another --out")
         try:
             runs.append(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as e:
             raise SystemExit(f"{path}: not a readable summary.json ({e})")
-        if runs[-1].get("bench") not in ("recognisable", "recognisable-merged"):
+        if not isinstance(runs[-1], dict) or runs[-1].get("bench") not in ("recognisable", "recognisable-merged"):
             raise SystemExit(f"{path}: not a summary of bench/recognisable.py")
     models: dict[str, dict] = {}
     for path, run in zip(paths, runs):
@@ -210,10 +241,27 @@ def merge(paths: list[Path], k: int) -> dict:
         for m in run["models"]:
             if not m["per_prompt"]:
                 continue
-            into = models.setdefault(m["model"], {"model": m["model"], "defaults": m["defaults"], "per_prompt": {}})
+            if any("nearest" not in p for p in m["per_prompt"]):
+                raise SystemExit(f"{path}: {m['model']} has no per-generation nearest labels (an older summary)")
+            seeds = m.get("seeds") or run_seeds(run["settings"])
+            into = models.setdefault(m["model"], {"model": m["model"], "defaults": m["defaults"],
+                                                  "fingerprint": m.get("fingerprint"), "seeds": [],
+                                                  "per_prompt": {}})
+            if m.get("fingerprint") and into["fingerprint"] and m["fingerprint"] != into["fingerprint"]:
+                raise SystemExit(f"{path}: {m['model']} holds other weights than in an earlier summary "
+                                 f"(fingerprint {m['fingerprint']} vs {into['fingerprint']})")
+            into["fingerprint"] = into["fingerprint"] or m.get("fingerprint")
+            twice = sorted(set(seeds) & set(into["seeds"]))
+            if twice:
+                raise SystemExit(f"{path}: {m['model']} was already judged on seed(s) {twice[:5]} in an earlier "
+                                 "summary; merge runs on disjoint seeds")
+            into["seeds"] += seeds
             for p in m["per_prompt"]:
                 q = into["per_prompt"].setdefault(p["label"], {"prompt": p["prompt"], "label": p["label"],
                                                                "hit@1": 0, f"vote@{k}": 0, "of": 0, "nearest": []})
+                if q["prompt"] != p["prompt"]:
+                    raise SystemExit(f"{path}: label {p['label']!r} has the prompt {p['prompt']!r}, not "
+                                     f"{q['prompt']!r} as in an earlier summary")
                 q["hit@1"] += p["hit@1"]
                 q[f"vote@{k}"] += p[f"vote@{k}"]
                 q["of"] += p["of"]
@@ -227,25 +275,35 @@ def merge(paths: list[Path], k: int) -> dict:
     for m in models.values():
         pp = list(m["per_prompt"].values())
         n = sum(p["of"] for p in pp)
-        summary["models"].append({"model": m["model"], "defaults": m["defaults"],
-                                  "hit@1": round(sum(p["hit@1"] for p in pp) / n, 4),
+        summary["models"].append({"model": m["model"], "defaults": m["defaults"], "fingerprint": m["fingerprint"],
+                                  "seeds": m["seeds"], "hit@1": round(sum(p["hit@1"] for p in pp) / n, 4),
                                   f"vote@{k}": round(sum(p[f"vote@{k}"] for p in pp) / n, 4),
                                   "held_out_resynthesised": {}, "per_prompt": pp})
-    for m, extra in zip(summary["models"], intervals([m["per_prompt"] for m in summary["models"]])):
+    ms = summary["models"]
+    for m, extra in zip(ms, intervals([m["per_prompt"] for m in ms], [m["seeds"] for m in ms])):
         m.update(extra)
     return summary
 
 
+def fingerprint(folder: Path) -> str:
+    """sha256 (16 hex) over a pipeline folder's weight files, so merged runs can tell its versions apart."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).rglob("*.safetensors")):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def report(summary: dict, k: int) -> None:
-    held = summary["real_held_out"]
-    print(f"chance {summary['chance']:.3f}; real held-out ({held['clips']} clips) hit@1 {held['hit@1']}")
+    held = summary.get("real_held_out") or {}
+    print(f"chance {summary.get('chance') or 0:.3f}; real held-out ({held.get('clips')} clips) hit@1 {held.get('hit@1')}")
     if "real_train_leave_one_out" in summary:
         t = summary["real_train_leave_one_out"]
         print(f"real training clips of the prompts' labels, leave-one-out ({t['clips']} clips): hit@1 {t['hit@1']}")
     for m in summary["models"]:
         if m["per_prompt"]:
             gens = sum(p["of"] for p in m["per_prompt"])
-            lo, hi = m["hit@1_ci95"]
+            lo, hi = m.get("hit@1_ci95", (float("nan"), float("nan")))
             diff = (f"; minus the first model {m['hit@1_minus_first']:+.3f} [{m['hit@1_minus_first_ci95'][0]:+.3f}, "
                     f"{m['hit@1_minus_first_ci95'][1]:+.3f}]" if "hit@1_minus_first" in m else "")
             print(f"{m['model']}: hit@1 {m['hit@1']:.3f} [{lo:.3f}, {hi:.3f}]{diff}, vote@{k} {m[f'vote@{k}']:.3f} "
@@ -278,7 +336,7 @@ def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.merge:
-        summary = merge(args.merge, args.k)
+        summary = merge(args.merge, args.k, args.out)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         with open(args.results, "a") as f:
@@ -381,7 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
                                "active_seconds": [round(len(c) / out.sample_rate, 2) for c in clips]})
         n = max(1, sum(p["of"] for p in per_prompt))
         summary["models"].append({
-            "model": relative(model), "defaults": {k: v for k, v in vars(pipe.defaults).items()
+            "model": relative(model), "fingerprint": fingerprint(model),
+            "seeds": list(range(args.seed_start, args.seed_start + args.seeds)), "defaults": {k: v for k, v in vars(pipe.defaults).items()
                                                    if isinstance(v, (int, float, str))},
             "hit@1": round(sum(p["hit@1"] for p in per_prompt) / n, 4) if per_prompt else None,
             f"vote@{args.k}": round(sum(p[f"vote@{args.k}"] for p in per_prompt) / n, 4) if per_prompt else None,

@@ -159,6 +159,10 @@ def test_intervals_pair_the_models_on_resampled_seeds():
     assert ib["hit@1_minus_first"] == pytest.approx(5 / 12, abs=1e-4)
     assert ib["hit@1_minus_first_ci95"][0] > 0                                # never below a on the same seeds
     assert "hit@1_minus_first" not in iother and "hit@1_ci95" in iother      # other prompts: not paired
+    _, other_seeds = bench.intervals([a, a], [[0, 1, 2, 3], [8, 9, 10, 11]], resamples=50)
+    assert "hit@1_minus_first" not in other_seeds                             # other seeds: not paired
+    ragged = [{"label": "l0", "nearest": ["l0"]}, {"label": "l1", "nearest": ["l1", "x"]}]
+    assert bench.intervals([a, ragged, []], resamples=50)[1:] == [{}, {}]     # nothing to resample
 
 
 def test_merge_rejects_what_is_not_a_summary(tmp_path):
@@ -169,5 +173,29 @@ def test_merge_rejects_what_is_not_a_summary(tmp_path):
         bench.main(["--merge", str(bad), "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r.jsonl")])
     with pytest.raises(SystemExit):
         bench.parse_args(["--merge", str(bad), "--model", "x"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--merge", str(bad)])                               # no --out
+    run = {"bench": "recognisable", "settings": {"k": 5, "seeds": 2}, "chance": 0.1, "real_held_out": {},
+           "models": [{"model": "m", "defaults": {}, "fingerprint": "aa",
+                       "per_prompt": [{"prompt": "a dog barks", "label": "dog", "hit@1": 1, "vote@5": 1, "of": 2,
+                                       "nearest": ["dog", "cow"]}]}]}
+    first, again = tmp_path / "first.json", tmp_path / "again.json"
+    first.write_text(json.dumps(run))
+    again.write_text(json.dumps(run))
+    argv = ["--out", str(tmp_path / "o"), "--results", str(tmp_path / "r.jsonl"), "--merge", str(first)]
+    with pytest.raises(SystemExit, match="already judged on seed"):          # seeds 0-1 twice
+        bench.main(argv + [str(again)])
+    run["settings"]["seed_start"] = 2
+    run["models"][0]["fingerprint"] = "bb"
+    again.write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match="other weights"):                    # the folder's weights changed
+        bench.main(argv + [str(again)])
+    run["models"][0]["fingerprint"] = "aa"
+    again.write_text(json.dumps(run))
+    (m,) = bench.main(argv + [str(again)])["models"]
+    assert m["seeds"] == [0, 1, 2, 3] and m["per_prompt"][0]["of"] == 4 and m["hit@1"] == 0.5
+    with pytest.raises(SystemExit, match="overwrite"):
+        bench.main(["--out", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--merge",
+                    str(tmp_path / "summary.json")])
     with pytest.raises(SystemExit):
         bench.parse_args(["--model", "x", "--manifest", "m.jsonl", "--seed-start", "-1"])

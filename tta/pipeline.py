@@ -37,10 +37,10 @@ from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FI
 from tta.ldm.folder import vocoder_class as _vocoder_class
 from tta.ldm.model import LDMUNet
 from tta.ldm.sampling import check_sampler, denoise, draw_noise, make_scheduler
-
 log = logging.getLogger(__name__)
 
 MAX_SECONDS = 120.0        # longest clip one call generates (memory of the attention grows with length)
+STEP_NOISE_OFFSET = 1 << 40   # seed of an item's per-step sampler noise = its seed + this
 
 
 class PipelineError(ValueError):
@@ -329,8 +329,9 @@ class TTAPipeline:
             noise = draw_noise(shape, seeds)
             cond = text[[i for i, _, _ in chunk]]
             # one generator per item for the noise stochastic samplers add at every step (euler_a, ddpm, ddim
-            # with eta > 0), so an item's audio does not depend on the batch it is generated in either
-            generator = [torch.Generator(device="cpu").manual_seed(s + 7) for s in seeds]
+            # with eta > 0), so an item's audio does not depend on the batch it is generated in either; offset
+            # by 2**40 so it is not the starting noise of another seed (seed s + 7 under the old offset of 7)
+            generator = [torch.Generator(device="cpu").manual_seed(s + STEP_NOISE_OFFSET) for s in seeds]
             out = self.sample(noise, cond, None if uncond is None else uncond.expand(len(chunk), -1), num_samples,
                               steps=steps, guidance=guidance, sampler=sampler, eta=eta, strength=strength,
                               init_latents=None if init is None else init.expand(len(chunk), -1, -1, -1),
