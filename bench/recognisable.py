@@ -336,13 +336,7 @@ def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.merge:
-        summary = merge(args.merge, args.k, args.out)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        with open(args.results, "a") as f:
-            f.write(json.dumps(summary) + "\n")
-        report(summary, args.k)
-        return summary
+        return finish(merge(args.merge, args.k, args.out), args)
     import torch
 
     from eval.embedders import get_embedder
@@ -449,6 +443,11 @@ def main(argv: list[str] | None = None) -> dict:
         del pipe
     for m, extra in zip(summary["models"], intervals([m["per_prompt"] for m in summary["models"]])):
         m.update(extra)
+    return finish(summary, args)
+
+
+def finish(summary: dict, args: argparse.Namespace) -> dict:
+    """Write --out/summary.json, append the summary to --results, print the report."""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(args.results, "a") as f:

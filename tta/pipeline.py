@@ -37,6 +37,7 @@ from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FI
 from tta.ldm.folder import vocoder_class as _vocoder_class
 from tta.ldm.model import LDMUNet
 from tta.ldm.sampling import check_sampler, denoise, draw_noise, make_scheduler
+
 log = logging.getLogger(__name__)
 
 MAX_SECONDS = 120.0        # longest clip one call generates (memory of the attention grows with length)
