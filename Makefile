@@ -116,6 +116,8 @@ PACK_FROM ?= $(RUNS)/ldm-polish/pipeline
 PACK_VAE ?= $(RUNS)/vae-gan/final
 # the default guidance packed into the default (v0.6: 6.0; v0.5.1: 4.5; v0.5 and earlier: 3.0)
 PACK_GUIDANCE ?= 6.0
+# the candidates per prompt packed into the default, the best kept by the own CLAP (v0.6.2: 2; earlier: 1)
+PACK_CANDIDATES ?= 2
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
@@ -242,7 +244,7 @@ pack-default: venv
 	rm -rf tta/assets/default.new
 	$(BIN)/tta export pipeline $(PACK_FROM) --out tta/assets/default.new --dtype float16 \
 		--default sampler=dpmsolver++ --default steps=20 --default guidance=$(PACK_GUIDANCE) --default seconds=10.0 --default window=10.24 \
-		--vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE))
+		--default candidates=$(PACK_CANDIDATES) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE))
 	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
 	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default

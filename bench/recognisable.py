@@ -75,7 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--manifest", type=Path, help="manifest whose train split holds the judges' clips")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="SUMMARY",
                     help="instead of a run: pool the generations of these summary.json files (runs of the same "
-                         "models and prompts on other seeds) into one summary with intervals over all of them")
+                         "models and prompts on other seeds) into one summary with intervals over all of them; a "
+                         "model is its weights plus its generation defaults, so copies of a folder pool")
+    ap.add_argument("--best-of", type=int, nargs="+", default=[], metavar="G",
+                    help="with --merge: also estimate each model's hit@1 had it kept the best of G generations by its "
+                         "own CLAP (what `candidates` G does), averaged over every G of its judged seeds, from the "
+                         "runs' saved wavs; with a 95 %% interval of the gain over one generation")
     ap.add_argument("--seeds", type=int, default=24,
                     help="generations per prompt and model (0: only the held-out ceilings of each model's parts; "
                          "8 seeds moved a model's hit@1 by 0.08 between seed sets, so 24 is the default)")
@@ -104,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--model and --manifest are required (unless --merge)")
     if args.merge and (args.model or args.manifest is not None):
         ap.error("--merge pools finished runs; it takes no --model or --manifest")
+    if args.best_of and (not args.merge or min(args.best_of) < 2):
+        ap.error("--best-of G needs --merge and G >= 2")
     if args.out is None:
         if args.merge:
             ap.error("--merge needs --out (a folder for the pooled summary, not one of the runs')")
@@ -218,10 +225,11 @@ def run_seeds(settings: dict) -> list[int]:
     return list(range(start, start + int(settings["seeds"])))
 
 
-def merge(paths: list[Path], k: int, out: Path) -> dict:
+def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = ()) -> dict:
     """One summary pooling the generations of several runs' summaries, per model and prompt.
 
-    A model is its folder plus its weights' fingerprint (recorded since the judge has intervals): two runs of a
+    A model is its weights' fingerprint (recorded since the judge has intervals) plus its generation defaults,
+    so runs of copies of one folder pool; a summary without fingerprints is keyed by its folder. Two runs of a
     folder whose weights changed in between are refused, and so is a seed that two runs of one model share.
     """
     runs = []
@@ -234,7 +242,14 @@ def merge(paths: list[Path], k: int, out: Path) -> dict:
             raise SystemExit(f"{path}: not a readable summary.json ({e})")
         if not isinstance(runs[-1], dict) or runs[-1].get("bench") not in ("recognisable", "recognisable-merged"):
             raise SystemExit(f"{path}: not a summary of bench/recognisable.py")
-    models: dict[str, dict] = {}
+    prints: dict[str, str] = {}            # folder -> the fingerprint of its weights when judged
+    for path, run in zip(paths, runs):
+        for m in run["models"]:
+            fp = m.get("fingerprint")
+            if fp and prints.setdefault(m["model"], fp) != fp:
+                raise SystemExit(f"{path}: {m['model']} holds other weights than in an earlier summary "
+                                 f"(fingerprint {fp} vs {prints[m['model']]})")
+    models: dict[object, dict] = {}
     for path, run in zip(paths, runs):
         if run["settings"].get("k", k) != k:
             raise SystemExit(f"{path}: judged with k={run['settings']['k']}, not k={k} (pass --k)")
@@ -244,13 +259,14 @@ def merge(paths: list[Path], k: int, out: Path) -> dict:
             if any("nearest" not in p for p in m["per_prompt"]):
                 raise SystemExit(f"{path}: {m['model']} has no per-generation nearest labels (an older summary)")
             seeds = m.get("seeds") or run_seeds(run["settings"])
-            into = models.setdefault(m["model"], {"model": m["model"], "defaults": m["defaults"],
-                                                  "fingerprint": m.get("fingerprint"), "seeds": [],
-                                                  "per_prompt": {}})
-            if m.get("fingerprint") and into["fingerprint"] and m["fingerprint"] != into["fingerprint"]:
-                raise SystemExit(f"{path}: {m['model']} holds other weights than in an earlier summary "
-                                 f"(fingerprint {m['fingerprint']} vs {into['fingerprint']})")
-            into["fingerprint"] = into["fingerprint"] or m.get("fingerprint")
+            # a model is its weights and its generation defaults: copies of a folder pool, whatever their path
+            # (a summary from before fingerprints takes its folder's from another summary, if one has it)
+            fp = m.get("fingerprint") or prints.get(m["model"])
+            key = (fp, json.dumps(m["defaults"], sort_keys=True)) if fp else m["model"]
+            into = models.setdefault(key, {"model": m["model"], "folders": [], "defaults": m["defaults"],
+                                           "fingerprint": fp, "seeds": [], "per_prompt": {}, "wavs": {}})
+            if m["model"] not in into["folders"]:
+                into["folders"].append(m["model"])
             twice = sorted(set(seeds) & set(into["seeds"]))
             if twice:
                 raise SystemExit(f"{path}: {m['model']} was already judged on seed(s) {twice[:5]} in an earlier "
@@ -266,6 +282,11 @@ def merge(paths: list[Path], k: int, out: Path) -> dict:
                 q[f"vote@{k}"] += p[f"vote@{k}"]
                 q["of"] += p["of"]
                 q["nearest"] += p["nearest"]
+                if run["bench"] == "recognisable":     # a run's wavs: --out/<index>-<folder name>/<label>-<seed>.wav
+                    folder = Path(path).parent / f"{run['models'].index(m)}-{folder_name(ROOT / m['model'])}"
+                    into["wavs"].setdefault(p["label"], []).extend(folder / f"{p['label']}-{s}.wav" for s in seeds)
+                else:
+                    into["wavs"].setdefault(p["label"], []).extend([None] * len(p["nearest"]))
     if not models:
         raise SystemExit("--merge: the summaries hold no generations")
     summary = {"bench": "recognisable-merged", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -275,14 +296,82 @@ def merge(paths: list[Path], k: int, out: Path) -> dict:
     for m in models.values():
         pp = list(m["per_prompt"].values())
         n = sum(p["of"] for p in pp)
-        summary["models"].append({"model": m["model"], "defaults": m["defaults"], "fingerprint": m["fingerprint"],
+        summary["models"].append({"model": m["model"], "folders": m["folders"], "defaults": m["defaults"],
+                                  "fingerprint": m["fingerprint"],
                                   "seeds": m["seeds"], "hit@1": round(sum(p["hit@1"] for p in pp) / n, 4),
                                   f"vote@{k}": round(sum(p[f"vote@{k}"] for p in pp) / n, 4),
                                   "held_out_resynthesised": {}, "per_prompt": pp})
     ms = summary["models"]
     for m, extra in zip(ms, intervals([m["per_prompt"] for m in ms], [m["seeds"] for m in ms])):
         m.update(extra)
+    for m, src in zip(ms, models.values()):
+        if best_of:
+            m["best_of"] = best_of_estimates(m, src["wavs"], best_of)
     return summary
+
+
+def folder_name(model: Path) -> str:
+    """The wav folder name a run gives a model folder (after its index)."""
+    return Path(model).resolve().name
+
+
+def best_of_weights(n: int, g: int) -> np.ndarray:
+    """w[r]: the chance that the generation ranked r (0 = highest score) of n is the best of a random g-subset."""
+    from math import comb
+
+    return np.array([comb(n - 1 - r, g - 1) for r in range(n)], dtype=np.float64) / comb(n, g)
+
+
+def best_of_estimates(m: dict, wavs: dict[str, list], gs: list[int], *, resamples: int = RESAMPLES,
+                      seed: int = 0) -> dict:
+    """hit@1 of keeping the best of G generations by the model's own CLAP, for each G in gs.
+
+    Every prompt's judged generations are scored as the pipeline ranks candidates (cosine of the prompt's CLAP
+    text embedding and the clip's CLAP audio embedding); the expected hit of the best of a random G-subset of
+    them is exact (a weighted sum over the ranks). Seeds are resampled within each prompt for the interval of
+    the gain over a single generation.
+    """
+    from tta.audio import load_audio
+    from tta.clap import load_clap
+
+    folder = ROOT / m["model"]
+    if not (folder / "text_encoder").is_dir():
+        raise SystemExit(f"--best-of: {m['model']}: no pipeline folder with a text_encoder/ here")
+    if not m.get("fingerprint"):
+        raise SystemExit(f"--best-of: {m['model']} was judged before runs recorded the weights' fingerprint, so "
+                         "its CLAP cannot be checked against the one that made its generations")
+    if fingerprint(folder) != m["fingerprint"]:
+        raise SystemExit(f"--best-of: {m['model']} holds other weights now than when it was judged")
+    clap = load_clap(folder / "text_encoder")
+    grids = []
+    for p in m["per_prompt"]:
+        paths = wavs[p["label"]]
+        if any(w is None or not Path(w).is_file() for w in paths):
+            missing = next((w for w in paths if w is None or not Path(w).is_file()), None)
+            raise SystemExit(f"--best-of: {m['model']}, {p['label']}: generation {missing or '(of a merged summary)'} "
+                             "not found; merge the runs' own summaries, next to their wav folders")
+        audio = np.stack([np.asarray(clap.embed_audio(load_audio(w, clap.sample_rate)[0][None], clap.sample_rate))[0]
+                          for w in paths])
+        text = np.asarray(clap.embed_text([p["prompt"]]))[0]
+        grids.append((audio @ text / np.maximum(np.linalg.norm(audio, axis=1) * np.linalg.norm(text), 1e-12),
+                      np.array(hits_of(p), dtype=np.float64)))
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(h), size=(resamples, len(h))) for _, h in grids]
+    out = {}
+    for g in gs:
+        if any(len(h) < g for _, h in grids):
+            raise SystemExit(f"--best-of {g}: {m['model']} has fewer than {g} generations of a prompt")
+
+        def expected(score, hit):
+            return float(best_of_weights(len(hit), g) @ hit[np.argsort(-score, kind="stable")])
+
+        est = np.mean([expected(sc, h) for sc, h in grids])
+        gains = np.mean([[expected(sc[d], h[d]) - h[d].mean() for d in draw] for (sc, h), draw in zip(grids, draws)],
+                        axis=0)
+        out[str(g)] = {"hit@1": round(float(est), 4), "gain": round(float(est - np.mean([h.mean() for _, h in grids])), 4),
+                       "gain_ci95": [round(float(np.percentile(gains, 2.5)), 4),
+                                     round(float(np.percentile(gains, 97.5)), 4)]}
+    return out
 
 
 def fingerprint(folder: Path) -> str:
@@ -308,6 +397,9 @@ def report(summary: dict, k: int) -> None:
                     f"{m['hit@1_minus_first_ci95'][1]:+.3f}]" if "hit@1_minus_first" in m else "")
             print(f"{m['model']}: hit@1 {m['hit@1']:.3f} [{lo:.3f}, {hi:.3f}]{diff}, vote@{k} {m[f'vote@{k}']:.3f} "
                   f"({gens} generations); " + ", ".join(f"{p['label']} {p['hit@1']}/{p['of']}" for p in m["per_prompt"]))
+        for g, b in m.get("best_of", {}).items():
+            print(f"  {m['model']}: best of {g} by its own CLAP (estimated from its judged seeds): hit@1 "
+                  f"{b['hit@1']:.3f}, gain {b['gain']:+.3f} [{b['gain_ci95'][0]:+.3f}, {b['gain_ci95'][1]:+.3f}]")
         for part, r in m["held_out_resynthesised"].items():
             print(f"  {m['model']}: held-out real clips via {part}: hit@1 {r['hit@1']} cosine {r['cosine']}")
         for part, r in m.get("train_resynthesised", {}).items():
@@ -336,7 +428,7 @@ def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.merge:
-        return finish(merge(args.merge, args.k, args.out), args)
+        return finish(merge(args.merge, args.k, args.out, args.best_of), args)
     import torch
 
     from eval.embedders import get_embedder
@@ -404,8 +496,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary["real_train_leave_one_out"] = leave_one_out(refs[loo])
     for model in args.model:
         pipe = TTAPipeline.from_pretrained(model)
-        name = model.resolve().name if model.resolve().name != "default" else "default"
-        folder = args.out / f"{len(summary['models'])}-{name}"
+        folder = args.out / f"{len(summary['models'])}-{folder_name(model)}"
         folder.mkdir(parents=True, exist_ok=True)
         ceilings = {}
         for part, wavs in zip(("vocoder", "vae+vocoder"), resynthesised(pipe, held_wavs)):

@@ -95,3 +95,20 @@ def test_bench_end_to_end_on_the_tiny_pipeline(tmp_path):
         gen, real, copy = (sf.info(str(out / d / f"{i['id']}.wav")) for d in ("gen", "real", "copy"))
         assert gen.frames == real.frames == round(i["seconds"] * SR) == 24_000 and copy.frames <= gen.frames
         assert gen.samplerate == SR
+
+
+def test_best_of_candidates_reports_the_per_draw_score(tmp_path):
+    """With --candidates 2 the kept clip is the better of two by the pipeline's CLAP, which is also the scorer:
+    the bench flags that and reports the mean over both draws, which cannot exceed the kept clips' score."""
+    bench = load_bench()
+    manifest = corpus(tmp_path / "corpus")
+    s = bench.main(["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--items", "2", "--steps", "2",
+                    "--seconds", "1.5", "--embedder", "mfcc", "--threads", "1", "--cost-runs", "1",
+                    "--candidates", "2", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r.jsonl"),
+                    "--quiet"])
+    c = s["clap"]
+    assert s["settings"]["candidates"] == 2 and c["ranked_by_this_clap"] is True
+    assert -1 <= c["gen_per_draw"] <= c["gen"] + 1e-5
+    assert c["ratio_per_draw_real"] == pytest.approx(c["gen_per_draw"] / c["real"])
+    with pytest.raises(SystemExit):
+        bench.main(["--manifest", str(manifest), "--candidates", "0"])

@@ -143,6 +143,42 @@ def test_generations_start_at_seed_start_and_a_second_run_adds_new_clips(tmp_pat
     assert json.loads((tmp_path / "m" / "summary.json").read_text())["models"][0]["hit@1"] == m["hit@1"]
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 3
 
+    # best of 2 by the own CLAP, from the saved wavs: with 2 seeds, the hit of the higher-scored generation
+    best = bench.main(["--merge", str(tmp_path / "a" / "summary.json"), str(tmp_path / "b" / "summary.json"),
+                       "--best-of", "2", "--out", str(tmp_path / "m2"), "--results", str(tmp_path / "r.jsonl")])
+    b = best["models"][0]["best_of"]["2"]
+    from tta.pipeline import TTAPipeline
+    clap = TTAPipeline.from_pretrained(tiny_pipeline()).clap
+    kept = []
+    for p in m["per_prompt"]:
+        wavs = np.stack([load_audio(folder / f"{p['label']}-{s}.wav")[0] for folder, s in ((folder_a, 0), (folder_b, 3))])
+        score = (np.asarray(clap.embed_audio(wavs, SR)) * np.asarray(clap.embed_text([p["prompt"]]))).sum(-1)
+        kept.append(p["nearest"][int(np.argmax(score))] == p["label"])
+    assert b["hit@1"] == pytest.approx(np.mean(kept), abs=1e-4)
+    assert b["gain"] == pytest.approx(b["hit@1"] - m["hit@1"], abs=2e-4)
+    assert b["gain_ci95"][0] <= b["gain_ci95"][1]
+    with pytest.raises(SystemExit, match="fewer than 3"):
+        bench.main(["--merge", str(tmp_path / "a" / "summary.json"), "--best-of", "3", "--out",
+                    str(tmp_path / "m3"), "--results", str(tmp_path / "r.jsonl")])
+
+
+def test_best_of_weights_match_counting_subsets():
+    from itertools import combinations
+
+    bench = load_bench()
+    rng = np.random.default_rng(0)
+    score, hit = rng.normal(size=7), rng.integers(0, 2, size=7).astype(float)
+    for g in (2, 3, 7):
+        w = bench.best_of_weights(7, g)
+        assert w.sum() == pytest.approx(1.0) and np.all(np.diff(w) <= 0)
+        brute = np.mean([hit[max(c, key=lambda i: score[i])] for c in combinations(range(7), g)])
+        assert float(w @ hit[np.argsort(-score)]) == pytest.approx(brute)
+    assert bench.best_of_weights(3, 2).tolist() == pytest.approx([2 / 3, 1 / 3, 0])
+    for argv in (["--model", "x", "--manifest", "m.jsonl", "--best-of", "2"], ["--merge", "s.json", "--out", "o",
+                                                                              "--best-of", "1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+
 
 def test_intervals_pair_the_models_on_resampled_seeds():
     bench = load_bench()
@@ -194,6 +230,18 @@ def test_merge_rejects_what_is_not_a_summary(tmp_path):
     again.write_text(json.dumps(run))
     (m,) = bench.main(argv + [str(again)])["models"]
     assert m["seeds"] == [0, 1, 2, 3] and m["per_prompt"][0]["of"] == 4 and m["hit@1"] == 0.5
+    copy = json.loads(json.dumps(run))                                        # a copy of the folder elsewhere
+    copy["settings"]["seed_start"] = 4
+    copy["models"][0]["model"] = "copy-of-m"
+    other = json.loads(json.dumps(copy))                                      # the same weights, other defaults
+    other["settings"]["seed_start"] = 0
+    other["models"][0]["model"], other["models"][0]["defaults"] = "m-best-of-2", {"candidates": 2}
+    paths = [tmp_path / f"{n}.json" for n in ("copy", "other")]
+    for path, r in zip(paths, (copy, other)):
+        path.write_text(json.dumps(r))
+    pooled, second = bench.main(argv + [str(again)] + [str(p) for p in paths])["models"]
+    assert pooled["folders"] == ["m", "copy-of-m"] and pooled["seeds"] == [0, 1, 2, 3, 4, 5]
+    assert second["folders"] == ["m-best-of-2"] and second["seeds"] == [0, 1]
     with pytest.raises(SystemExit, match="overwrite"):
         bench.main(["--out", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--merge",
                     str(tmp_path / "summary.json")])

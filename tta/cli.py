@@ -129,7 +129,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 disables it)")
     p.add_argument("--negative", default="", help="negative prompt (the unconditional branch's text)")
-    p.add_argument("--candidates", type=int, help="clips drawn per prompt; the best by CLAP score is kept")
+    p.add_argument("--candidates", type=int, help="clips drawn per prompt; the best by the model's CLAP score is kept "
+                   "(default: the model's; the embedded model draws 2)")
     p.add_argument("--window", type=float, metavar="S",
                    help="sample at least S seconds and cut to --seconds (default: the model's window, 10.24 "
                         "for the embedded model, which was trained on 10.24 s clips; 0 = sample exactly --seconds)")
