@@ -322,6 +322,11 @@ def best_of_weights(n: int, g: int) -> np.ndarray:
     return np.array([comb(n - 1 - r, g - 1) for r in range(n)], dtype=np.float64) / comb(n, g)
 
 
+def best_of_hit(score: np.ndarray, hit: np.ndarray, g: int) -> float:
+    """Expected hit of the best-scored generation of a random g-subset of these (score, hit) generations."""
+    return float(best_of_weights(len(hit), g) @ hit[np.argsort(-score, kind="stable")])
+
+
 def best_of_estimates(m: dict, wavs: dict[str, list], gs: list[int], *, resamples: int = RESAMPLES,
                       seed: int = 0) -> dict:
     """hit@1 of keeping the best of G generations by the model's own CLAP, for each G in gs.
@@ -346,9 +351,9 @@ def best_of_estimates(m: dict, wavs: dict[str, list], gs: list[int], *, resample
     grids = []
     for p in m["per_prompt"]:
         paths = wavs[p["label"]]
-        if any(w is None or not Path(w).is_file() for w in paths):
-            missing = next((w for w in paths if w is None or not Path(w).is_file()), None)
-            raise SystemExit(f"--best-of: {m['model']}, {p['label']}: generation {missing or '(of a merged summary)'} "
+        missing = [w for w in paths if w is None or not Path(w).is_file()]
+        if missing:
+            raise SystemExit(f"--best-of: {m['model']}, {p['label']}: generation {missing[0] or '(of a merged summary)'} "
                              "not found; merge the runs' own summaries, next to their wav folders")
         audio = np.stack([np.asarray(clap.embed_audio(load_audio(w, clap.sample_rate)[0][None], clap.sample_rate))[0]
                           for w in paths])
@@ -361,13 +366,9 @@ def best_of_estimates(m: dict, wavs: dict[str, list], gs: list[int], *, resample
     for g in gs:
         if any(len(h) < g for _, h in grids):
             raise SystemExit(f"--best-of {g}: {m['model']} has fewer than {g} generations of a prompt")
-
-        def expected(score, hit):
-            return float(best_of_weights(len(hit), g) @ hit[np.argsort(-score, kind="stable")])
-
-        est = np.mean([expected(sc, h) for sc, h in grids])
-        gains = np.mean([[expected(sc[d], h[d]) - h[d].mean() for d in draw] for (sc, h), draw in zip(grids, draws)],
-                        axis=0)
+        est = np.mean([best_of_hit(sc, h, g) for sc, h in grids])
+        gains = np.mean([[best_of_hit(sc[d], h[d], g) - h[d].mean() for d in draw]
+                         for (sc, h), draw in zip(grids, draws)], axis=0)
         out[str(g)] = {"hit@1": round(float(est), 4), "gain": round(float(est - np.mean([h.mean() for _, h in grids])), 4),
                        "gain_ci95": [round(float(np.percentile(gains, 2.5)), 4),
                                      round(float(np.percentile(gains, 97.5)), 4)]}
