@@ -89,6 +89,30 @@ def test_candidates_keep_the_best_clap_score(pipe):
     assert out.seeds == [[0, 1_000_003], [1, 1_000_004]]
 
 
+def test_a_prompts_candidates_share_one_forward_pass(pipe, monkeypatch):
+    """batch_size counts prompts: with 2 candidates, batch_size 1 denoises 2 latents at a time, and the kept
+    clips match those drawn one prompt and one candidate per pass (up to batched float sums)."""
+    import tta.pipeline as tp
+
+    sizes = []
+
+    def recording(unet, scheduler, noise, *args, **kwargs):
+        sizes.append(noise.shape[0])
+        return real(unet, scheduler, noise, *args, **kwargs)
+
+    real = tp.denoise
+    monkeypatch.setattr(tp, "denoise", recording)
+    out = pipe(["a tone", "noise", "a bell"], seconds=0.1, candidates=2, batch_size=1)
+    assert sizes == [2, 2, 2]
+    sizes.clear()
+    pipe(["a tone", "noise", "a bell"], seconds=0.1, candidates=2, batch_size=2)
+    assert sizes == [4, 2]
+    for i, prompt in enumerate(["a tone", "noise", "a bell"]):
+        for j in range(2):
+            alone = pipe([prompt], seconds=0.1, candidates=1, seed=i + 1_000_003 * j).scores[0]
+            assert out.candidate_scores[i][j] == pytest.approx(alone, abs=1e-4)
+
+
 def test_bad_arguments_are_refused_before_compute(pipe):
     for kwargs, match in [({"seconds": 0}, "seconds"), ({"seconds": 1e4}, "maximum"), ({"steps": 0}, "steps"),
                           ({"guidance": float("nan")}, "guidance"), ({"candidates": 0}, "candidates")]:

@@ -137,7 +137,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", help="ddim, dpmsolver++, euler, euler_a, heun, lms, pndm or ddpm")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="prompts generated together; each brings its candidates into the same pass (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--init-audio", type=Path, metavar="WAV", help="audio-to-audio / style transfer input")
     p.add_argument("--strength", type=float, default=0.5, help="with --init-audio: how much to change (0, 1]")

@@ -248,7 +248,10 @@ class TTAPipeline:
         """Generate one wav per prompt (the best of `candidates` by CLAP score).
 
         Prompt i, candidate j starts from noise seeded `seed + i + 1_000_003 * j`, drawn on the CPU, so
-        outputs do not depend on batch_size or device. guidance <= 1 disables classifier-free guidance.
+        outputs do not depend on batch_size or device (up to float rounding of batched sums). batch_size counts
+        prompts: each brings its candidates into the same forward pass (as diffusers' num_images_per_prompt
+        does), so drawing candidates costs less than running them one by one. guidance <= 1 disables
+        classifier-free guidance.
         datastore (a folder or a tta.retrieval.Datastore) + neighbours k (default: the training k): a
         retrieval model is conditioned on each prompt's k nearest entries; without a datastore it runs
         on its null context. window (default: the model's `defaults.window`): clips shorter than this are
@@ -324,8 +327,9 @@ class TTAPipeline:
         jobs = [(i, j, seed + i + 1_000_003 * j) for i in range(len(prompts)) for j in range(candidates)]
         wavs: dict[tuple[int, int], torch.Tensor] = {}
         bar = tqdm(total=len(jobs), desc="generate", unit="clip", disable=not progress)
-        for b in range(0, len(jobs), batch_size):
-            chunk = jobs[b:b + batch_size]
+        per = batch_size * candidates                     # a prompt's candidates share its forward pass
+        for b in range(0, len(jobs), per):
+            chunk = jobs[b:b + per]
             seeds = [s for _, _, s in chunk]
             noise = draw_noise(shape, seeds)
             cond = text[[i for i, _, _ in chunk]]
