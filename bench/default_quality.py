@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = clap_gen / clap_real if clap_real != 0 else math.nan
     # best-of-N by the pipeline's own CLAP flatters that CLAP's score; the mean over all drawn candidates
     # (the pipeline's ranking scores) is what one draw gets
-    ranked_here = candidates > 1 and args.clap is None
+    same = clap is pipe.clap or bool(getattr(clap, "identity", "")) and clap.identity == getattr(pipe.clap, "identity", "")
+    ranked_here = candidates > 1 and same
     per_draw = float(np.mean([np.mean(c) for c in draws])) if ranked_here else None
 
     cost = measure_cost({"model": str(Path(args.model).resolve()), "caption": captions[0], "seconds": args.seconds,
@@ -346,8 +347,9 @@ def vars_of(defaults) -> dict:
 def print_table(s: dict) -> None:
     c, f, k, g, st = s["clap"], s["fad"], s["cost"], s["goals_met"], s["settings"]
     print(f"{st['items']} held-out items of {Path(st['manifest']).name} [{st['split']}], {st['sampler']} "
-          f"{st['steps']} steps, guidance {st['guidance']}, best of {st.get('candidates', 1)} by the pipeline's CLAP, "
-          f"{st['threads']} threads; {NOTE}")
+          f"{st['steps']} steps, guidance {st['guidance']}, "
+          + (f"best of {st['candidates']} by the pipeline's CLAP, " if st.get("candidates", 1) > 1 else "")
+          + f"{st['threads']} threads; {NOTE}")
     rows = [
         ("CLAP score gen / real (copy)", f"{c['gen']:.4f} / {c['real']:.4f} ({c['copy']:.4f})",
          f"ratio {c['ratio_gen_real']:.3f} >= {GOALS['clap_ratio_min']}" + (" (real<=0!)" if c["real"] <= 0 else ""),

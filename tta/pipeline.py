@@ -341,7 +341,7 @@ class TTAPipeline:
                               steps=steps, guidance=guidance, sampler=sampler, eta=eta, strength=strength,
                               init_latents=None if init is None else init.expand(len(chunk), -1, -1, -1),
                               keep=keep, context=_rows(context, [i for i, _, _ in chunk]), generator=generator,
-                              progress=progress and len(jobs) == 1)
+                              progress=progress and len(jobs) <= per)
             for (i, j, _), w in zip(chunk, out):
                 wavs[(i, j)] = w if cut is None else w[:cut]
             bar.update(len(chunk))
