@@ -124,3 +124,12 @@ def test_loud_generations_are_turned_down_not_clipped():
     assert np.isclose(np.abs(wav).max(), 0.99) and np.allclose(wav / gain, loud)
     quiet = np.array([0.1, -0.2], dtype=np.float32)
     assert fit_full_scale(quiet)[1] == 1.0 and np.array_equal(fit_full_scale(quiet)[0], quiet)
+
+
+def test_guidance_rule_flag_is_used_and_recorded(tmp_path, capsys):
+    args = ["a bell", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--guidance", 3.0]
+    assert run(capsys, *args, "-o", tmp_path / "cfg.wav")[0] == 0
+    assert run(capsys, *args, "--guidance-rule", "apg", "-o", tmp_path / "apg.wav")[0] == 0
+    record = json.loads((tmp_path / "apg.generation.json").read_text())
+    assert record["settings"]["guidance_rule"] == "apg" and record["model_defaults"]["guidance_rule"] == "cfg"
+    assert json.loads((tmp_path / "cfg.generation.json").read_text())["settings"]["guidance_rule"] == "cfg"

@@ -178,3 +178,46 @@ def test_mismatched_or_missing_components_are_named(tmp_path):
         TTAPipeline.from_pretrained(folder)
     with pytest.raises(PipelineError, match="no pipeline.json"):
         TTAPipeline.from_pretrained(folder / "vae")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_apg_keeps_only_the_push_orthogonal_to_the_conditional_estimate(prediction_type):
+    """In x0 space: a difference along x0_cond is dropped (the conditional prediction comes back), and a
+    difference orthogonal to it is plain classifier-free guidance."""
+    from tta.ldm.sampling import guide
+
+    g, a = torch.Generator().manual_seed(0), torch.tensor(0.3)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    x0_cond = torch.randn(2, 4, 8, 8, generator=g)
+    other = torch.randn(2, 4, 8, 8, generator=g)
+    unit = x0_cond.flatten(1) / x0_cond.flatten(1).norm(dim=1, keepdim=True)
+    ortho = other.flatten(1) - (other.flatten(1) * unit).sum(1, keepdim=True) * unit
+
+    def pred(x0):                      # the model output that means this x0 estimate at level a
+        return (x - a.sqrt() * x0) / (1 - a).sqrt() if prediction_type == "epsilon" else \
+            (a.sqrt() * x - x0) / (1 - a).sqrt()
+
+    kw = {"x": x, "alpha_cumprod": a, "prediction_type": prediction_type}
+    cond = pred(x0_cond)
+    parallel = pred(0.4 * x0_cond)                                            # differs only along x0_cond
+    torch.testing.assert_close(guide(parallel, cond, 5.0, "apg", **kw), cond, atol=1e-4, rtol=1e-4)
+    orthogonal = pred(x0_cond - ortho.view_as(x0_cond))                       # differs only across it
+    torch.testing.assert_close(guide(orthogonal, cond, 5.0, "apg", **kw), guide(orthogonal, cond, 5.0),
+                               atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="valid guidance rules: cfg, apg"):
+        guide(parallel, cond, 5.0, "cfg++", **kw)
+
+
+def test_guidance_rule_is_a_default_and_a_call_argument(pipe):
+    from tta.pipeline import PipelineDefaults
+
+    cfg = pipe(["a bell"], seconds=0.1, steps=3, guidance=4.0, seed=2)
+    apg = pipe(["a bell"], seconds=0.1, steps=3, guidance=4.0, seed=2, guidance_rule="apg")
+    assert np.isfinite(apg.wavs[0]).all() and not np.array_equal(cfg.wavs[0], apg.wavs[0])
+    same = pipe(["a bell"], seconds=0.1, steps=3, guidance=1.0, seed=2, guidance_rule="apg")   # no guidance
+    np.testing.assert_array_equal(same.wavs[0], pipe(["a bell"], seconds=0.1, steps=3, guidance=1.0, seed=2).wavs[0])
+    with pytest.raises(PipelineError, match="valid guidance rules"):
+        pipe(["a bell"], seconds=0.1, guidance_rule="cfg++")
+    with pytest.raises(ValueError, match="guidance_rule"):
+        PipelineDefaults(guidance_rule="cfg++")
+    assert PipelineDefaults().guidance_rule == "cfg"

@@ -129,6 +129,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1 disables it)")
     p.add_argument("--negative", default="", help="negative prompt (the unconditional branch's text)")
+    p.add_argument("--guidance-rule", choices=["cfg", "apg"],
+                   help="cfg: classifier-free guidance; apg: its push orthogonal to the conditional estimate only "
+                        "(adaptive projected guidance; default: the model's)")
     p.add_argument("--candidates", type=int, help="clips drawn per prompt; the best by the model's CLAP score is kept "
                    "(default: the model's; the embedded model draws 2)")
     p.add_argument("--window", type=float, metavar="S",

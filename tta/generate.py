@@ -265,6 +265,7 @@ def main(args: argparse.Namespace) -> int:
     if args.sampler is None:
         args.sampler = pipe.defaults.sampler
     common = dict(steps=args.steps, guidance=args.guidance, negative=args.negative, candidates=args.candidates,
+                  guidance_rule=getattr(args, "guidance_rule", None),
                   sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
                   progress=progress and len(jobs) == 1)
     if store is not None:
@@ -340,6 +341,7 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                          edit["input_seconds"] if edit else d.seconds),
                      "steps": args.steps or d.steps,
                      "guidance": d.guidance if args.guidance is None else args.guidance,
+                     "guidance_rule": getattr(args, "guidance_rule", None) or d.guidance_rule,
                      "negative": args.negative, "candidates": args.candidates or d.candidates,
                      "window": None if edit else (d.window if getattr(args, "window", None) is None
                                                   else args.window),

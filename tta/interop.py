@@ -328,7 +328,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                                                           "(default), bfloat16 or float32")
         p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
                        help="set a generation default in pipeline.json (sampler, steps, guidance, seconds, "
-                            "candidates, window); repeatable")
+                            "candidates, window, guidance_rule); repeatable")
         p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN component or vocoder run folder (same "
                                          "mel config), or griffin-lim[:ITERS] for the untrained baseline")
         p.add_argument("--vae", help="replace the VAE with a decoder fine-tune of it (a MelVAE component or run "

@@ -36,7 +36,14 @@ from tta.checkpoint import CheckpointError, load_component
 from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, write_pipeline
 from tta.ldm.folder import vocoder_class as _vocoder_class
 from tta.ldm.model import LDMUNet
-from tta.ldm.sampling import check_sampler, denoise, draw_noise, make_scheduler
+from tta.ldm.sampling import (
+    GUIDANCE_RULES,
+    check_guidance_rule,
+    check_sampler,
+    denoise,
+    draw_noise,
+    make_scheduler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +68,14 @@ class PipelineDefaults:
     # from its start to the asked length (a UNet trained on fixed-length crops sounds best at that length).
     # 0 = sample exactly the asked length.
     window: float = 0.0
+    # how guidance combines the conditional and unconditional predictions: "cfg" or "apg" (tta.ldm.sampling)
+    guidance_rule: str = "cfg"
 
     def __post_init__(self) -> None:
         if not valid_window(self.window):
             raise ValueError(f"defaults.window={self.window} must be in [0, {MAX_SECONDS:g}] seconds")
+        if self.guidance_rule not in GUIDANCE_RULES:
+            raise ValueError(f"defaults.guidance_rule={self.guidance_rule!r} must be one of {', '.join(GUIDANCE_RULES)}")
 
 
 def valid_window(window) -> bool:
@@ -243,6 +254,7 @@ class TTAPipeline:
     def __call__(self, prompts: list[str], *, seconds: float | None = None, steps: int | None = None,
                  guidance: float | None = None, negative: str = "", candidates: int | None = None,
                  seed: int = 0, sampler: str | None = None, eta: float = 0.0, batch_size: int = 1,
+                 guidance_rule: str | None = None,
                  progress: bool = False, datastore=None, neighbours: int | None = None,
                  window: float | None = None) -> Generation:
         """Generate one wav per prompt (the best of `candidates` by CLAP score).
@@ -263,7 +275,8 @@ class TTAPipeline:
             raise PipelineError(f"window={window} must be in [0, {MAX_SECONDS:g}] seconds")
         sampled = max(n, round(window * self.sample_rate))
         return self._run(prompts, sampled, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
-                         seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, progress=progress,
+                         seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, guidance_rule=guidance_rule,
+                         progress=progress,
                          datastore=datastore, neighbours=neighbours, cut=n)
 
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
@@ -302,7 +315,8 @@ class TTAPipeline:
         return self._run(prompts, n, init_wav=wav, keep=keep, **kwargs)
 
     def _run(self, prompts, num_samples: int, *, steps=None, guidance=None, negative: str = "", candidates=None,
-             seed: int = 0, sampler=None, eta: float = 0.0, batch_size: int = 1, progress: bool = False,
+             seed: int = 0, sampler=None, eta: float = 0.0, batch_size: int = 1, guidance_rule: str | None = None,
+             progress: bool = False,
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
              context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
              cut: int | None = None) -> Generation:
@@ -313,6 +327,10 @@ class TTAPipeline:
         guidance = d.guidance if guidance is None else guidance
         candidates = d.candidates if candidates is None else candidates
         sampler = check_sampler(d.sampler if sampler is None else sampler)
+        try:
+            rule = check_guidance_rule(d.guidance_rule if guidance_rule is None else guidance_rule)
+        except ValueError as e:
+            raise PipelineError(str(e)) from None
         check_call(prompts, steps=steps, guidance=guidance, candidates=candidates, batch_size=batch_size, eta=eta)
         for i, p in enumerate(prompts):
             if not p.strip():
@@ -339,6 +357,7 @@ class TTAPipeline:
             generator = [torch.Generator(device="cpu").manual_seed(s + STEP_NOISE_OFFSET) for s in seeds]
             out = self.sample(noise, cond, None if uncond is None else uncond.expand(len(chunk), -1), num_samples,
                               steps=steps, guidance=guidance, sampler=sampler, eta=eta, strength=strength,
+                              guidance_rule=rule,
                               init_latents=None if init is None else init.expand(len(chunk), -1, -1, -1),
                               keep=keep, context=_rows(context, [i for i, _, _ in chunk]), generator=generator,
                               progress=progress and len(jobs) <= per)
@@ -372,7 +391,8 @@ class TTAPipeline:
                steps: int, guidance: float, sampler: str, eta: float = 0.0, **edit) -> torch.Tensor:
         """The core: noise (B, C, T', F') + embeddings cond / uncond (B, D) -> wav (B, num_samples) on CPU.
 
-        `edit` passes strength / init_latents / keep / context / generator / progress on to `denoise`.
+        `edit` passes strength / init_latents / keep / context / generator / progress / guidance_rule on to
+        `denoise`.
         """
         scheduler = make_scheduler(check_sampler(sampler), self.scheduler_config)
         if edit.get("context") is None and self.retrieval is not None:    # a retrieval model, no neighbours

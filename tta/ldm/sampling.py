@@ -30,6 +30,10 @@ import torch
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("ddim", "dpmsolver++", "euler", "euler_a", "heun", "lms", "pndm", "ddpm")
+# How the conditional and unconditional predictions combine: "cfg", classifier-free guidance (Ho & Salimans
+# 2022); "apg", its update projected orthogonally to the conditional x0 estimate (adaptive projected guidance,
+# Sadat et al. 2024, with the parallel part dropped and no momentum or norm threshold).
+GUIDANCE_RULES = ("cfg", "apg")
 STOCHASTIC = ("euler_a", "ddpm")    # plus ddim with eta > 0
 
 
@@ -125,9 +129,40 @@ def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
     return timesteps
 
 
+def check_guidance_rule(name: str) -> str:
+    if name not in GUIDANCE_RULES:
+        raise ValueError(f"unknown guidance rule {name!r}; valid guidance rules: {', '.join(GUIDANCE_RULES)}")
+    return name
+
+
+def guide(pred_uncond: torch.Tensor, pred_cond: torch.Tensor, guidance: float, rule: str = "cfg", *,
+          x: torch.Tensor | None = None, alpha_cumprod: float | torch.Tensor | None = None,
+          prediction_type: str = "epsilon") -> torch.Tensor:
+    """Combine one step's unconditional and conditional predictions (B, C, T', F').
+
+    "cfg": pred_uncond + guidance (pred_cond - pred_uncond). "apg": in x0 space (x: the model's input, in the
+    variance-preserving form sqrt(a) x0 + sqrt(1 - a) noise with a = alpha_cumprod), the difference of the two
+    x0 estimates loses its component along the conditional estimate, x0 = x0_cond + (guidance - 1) * that
+    orthogonal part, and the result goes back to the model's prediction type. Pushing along x0_cond mostly
+    scales it up, which is what over-saturates high guidance; the orthogonal part carries the prompt.
+    """
+    if rule == "cfg":
+        return pred_uncond + guidance * (pred_cond - pred_uncond)
+    check_guidance_rule(rule)
+    a = torch.as_tensor(alpha_cumprod, dtype=torch.float32, device=x.device)
+    sa, sb = a.sqrt(), (1 - a).sqrt()
+    eps = prediction_type == "epsilon"       # else v-prediction: v = sqrt(a) noise - sqrt(1 - a) x0
+    x0_cond, x0_uncond = ((x - sb * p) / sa if eps else sa * x - sb * p for p in (pred_cond, pred_uncond))
+    diff = (x0_cond - x0_uncond).flatten(1)
+    unit = x0_cond.flatten(1) / x0_cond.flatten(1).norm(dim=1, keepdim=True).clamp_min(1e-12)
+    orthogonal = diff - (diff * unit).sum(dim=1, keepdim=True) * unit
+    x0 = x0_cond + (guidance - 1) * orthogonal.view_as(x0_cond)
+    return (x - sa * x0) / sb if eps else (sa * x - x0) / sb
+
+
 @torch.no_grad()
 def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, *,
-            steps: int, guidance: float, eta: float = 0.0, strength: float = 1.0,
+            steps: int, guidance: float, guidance_rule: str = "cfg", eta: float = 0.0, strength: float = 1.0,
             init_latents: torch.Tensor | None = None, keep: torch.Tensor | None = None,
             context: torch.Tensor | None = None, generator: torch.Generator | list | None = None,
             progress: bool = False) -> torch.Tensor:
@@ -139,9 +174,11 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
     the latents, True where init_latents are kept (inpainting: times outside the gap; super-resolution:
     frequencies below the cut-off); kept latents are re-noised to the current level after every step.
     generator: the noise of stochastic samplers, one CPU generator or a list of one per item.
+    guidance_rule: "cfg" or "apg" (`guide`).
     """
     from tqdm.auto import tqdm
 
+    check_guidance_rule(guidance_rule)
     device = next(unet.parameters()).device
     noise = noise.to(device)
     if (strength < 1 or keep is not None) and init_latents is None:
@@ -169,7 +206,11 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
         pred = unet(x_in, t_batch, embeds, ctx).float()
         if use_cfg:
             pred_uncond, pred_cond = pred.chunk(2)
-            pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+            a = None
+            if guidance_rule != "cfg":   # the level of an interpolated (Euler-family) timestep: the nearest one's
+                a = scheduler.alphas_cumprod[min(round(float(t)), len(scheduler.alphas_cumprod) - 1)]
+            pred = guide(pred_uncond, pred_cond, guidance, guidance_rule, x=x_in.chunk(2)[0].float(),
+                         alpha_cumprod=a, prediction_type=scheduler.config.prediction_type)
         latents = scheduler.step(pred, t, latents, **extra).prev_sample
         if keep is not None:
             init = init_latents.to(device)
