@@ -118,6 +118,8 @@ PACK_VAE ?= $(RUNS)/vae-gan/final
 PACK_GUIDANCE ?= 6.0
 # the candidates per prompt packed into the default, the best kept by the own CLAP (v0.6.2: 2; earlier: 1)
 PACK_CANDIDATES ?= 2
+# the guidance rule packed into the default: cfg (every release so far) or apg (projected guidance)
+PACK_GUIDANCE_RULE ?= cfg
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
@@ -244,7 +246,7 @@ pack-default: venv
 	rm -rf tta/assets/default.new
 	$(BIN)/tta export pipeline $(PACK_FROM) --out tta/assets/default.new --dtype float16 \
 		--default sampler=dpmsolver++ --default steps=20 --default guidance=$(PACK_GUIDANCE) --default seconds=10.0 --default window=10.24 \
-		--default candidates=$(PACK_CANDIDATES) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE))
+		--default candidates=$(PACK_CANDIDATES) --default guidance_rule=$(PACK_GUIDANCE_RULE) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE))
 	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
 	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default
