@@ -118,8 +118,8 @@ PACK_VAE ?= $(RUNS)/vae-gan/final
 PACK_GUIDANCE ?= 6.0
 # the candidates per prompt packed into the default, the best kept by the own CLAP (v0.6.2: 2; earlier: 1)
 PACK_CANDIDATES ?= 2
-# the guidance rule packed into the default: cfg (every release so far) or apg (projected guidance)
-PACK_GUIDANCE_RULE ?= cfg
+# the guidance rule packed into the default: apg (projected guidance, v0.6.3) or cfg (every earlier release)
+PACK_GUIDANCE_RULE ?= apg
 # the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
