@@ -27,7 +27,9 @@ The judge's result depends on the seeds: v0.6 scored hit@1 0.417 on seeds 0-7 an
 every model after the first with its paired difference from the first (the same resampled seeds for both:
 a model's generation for a prompt and seed starts from the same noise). A difference whose interval spans 0
 is not a difference. --seed-start extends a run with new seeds, and --merge pools the summaries of such runs
-(per model, by its folder) into one, with intervals over all their generations.
+(per model: its weights plus its generation defaults) into one, with intervals over all their generations;
+--merge ... --best-of G estimates from the saved generations what keeping the best of G by the model's own
+CLAP (`candidates` G) would score.
 
 Usage: .venv/bin/python bench/recognisable.py --model tta/assets/default --model OTHER \
            --manifest ../tta-work/corpus/starter-v2/manifest.jsonl [--seeds 24] [--seed-start 0] [--k 5]
@@ -262,7 +264,7 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = ()) -> dict
             # a model is its weights and its generation defaults: copies of a folder pool, whatever their path
             # (a summary from before fingerprints takes its folder's from another summary, if one has it)
             fp = m.get("fingerprint") or prints.get(m["model"])
-            key = (fp, json.dumps(m["defaults"], sort_keys=True)) if fp else m["model"]
+            key = (fp, json.dumps(with_unset_defaults(m["defaults"]), sort_keys=True)) if fp else m["model"]
             into = models.setdefault(key, {"model": m["model"], "folders": [], "defaults": m["defaults"],
                                            "fingerprint": fp, "seeds": [], "per_prompt": {}, "wavs": {}})
             if m["model"] not in into["folders"]:
@@ -310,6 +312,16 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = ()) -> dict
     return summary
 
 
+def with_unset_defaults(defaults: dict) -> dict:
+    """A summary's generation defaults, with the ones recorded before they existed (guidance_rule) filled in."""
+    from dataclasses import fields
+
+    from tta.pipeline import PipelineDefaults
+
+    base = {f.name: getattr(PipelineDefaults(), f.name) for f in fields(PipelineDefaults)}
+    return {**base, **defaults}
+
+
 def folder_name(model: Path) -> str:
     """The wav folder name a run gives a model folder (after its index)."""
     return Path(model).resolve().name
@@ -336,6 +348,7 @@ def best_of_estimates(m: dict, wavs: dict[str, list], gs: list[int], *, resample
     them is exact (a weighted sum over the ranks). Seeds are resampled within each prompt for the interval of
     the gain over a single generation.
     """
+    from eval.clap_score import cosine_scores
     from tta.audio import load_audio
     from tta.clap import load_clap
 
@@ -355,11 +368,9 @@ def best_of_estimates(m: dict, wavs: dict[str, list], gs: list[int], *, resample
         if missing:
             raise SystemExit(f"--best-of: {m['model']}, {p['label']}: generation {missing[0] or '(of a merged summary)'} "
                              "not found; merge the runs' own summaries, next to their wav folders")
-        audio = np.stack([np.asarray(clap.embed_audio(load_audio(w, clap.sample_rate)[0][None], clap.sample_rate))[0]
-                          for w in paths])
-        text = np.asarray(clap.embed_text([p["prompt"]]))[0]
-        grids.append((audio @ text / np.maximum(np.linalg.norm(audio, axis=1) * np.linalg.norm(text), 1e-12),
-                      np.array(hits_of(p), dtype=np.float64)))
+        audio = clap.embed_audio([load_audio(w, clap.sample_rate)[0] for w in paths], clap.sample_rate)
+        text = np.repeat(np.asarray(clap.embed_text([p["prompt"]])), len(paths), axis=0)
+        grids.append((cosine_scores(text, audio), np.array(hits_of(p), dtype=np.float64)))
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(h), size=(resamples, len(h))) for _, h in grids]
     out = {}

@@ -233,6 +233,7 @@ def test_merge_rejects_what_is_not_a_summary(tmp_path):
     copy = json.loads(json.dumps(run))                                        # a copy of the folder elsewhere
     copy["settings"]["seed_start"] = 4
     copy["models"][0]["model"] = "copy-of-m"
+    copy["models"][0]["defaults"] = {"guidance_rule": "cfg"}                 # recorded since; unset before = cfg
     other = json.loads(json.dumps(copy))                                      # the same weights, other defaults
     other["settings"]["seed_start"] = 0
     other["models"][0]["model"], other["models"][0]["defaults"] = "m-best-of-2", {"candidates": 2}

@@ -146,6 +146,9 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
     if missing or unexpected:
         raise InteropError(f"{pipeline}: CLAP text tower does not map onto ClapTextModelWithProjection "
                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if pipe.defaults.guidance_rule != "cfg":
+        log.warning("%s: its default guidance rule %r has no diffusers equivalent; AudioLDMPipeline will use "
+                    "classifier-free guidance", pipeline, pipe.defaults.guidance_rule)
     scheduler = make_scheduler(pipe.defaults.sampler, pipe.scheduler_config)
     with atomic_dir(out) as tmp:
         pipe.unet.save_diffusers(tmp / "unet")

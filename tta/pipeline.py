@@ -392,7 +392,8 @@ class TTAPipeline:
         """The core: noise (B, C, T', F') + embeddings cond / uncond (B, D) -> wav (B, num_samples) on CPU.
 
         `edit` passes strength / init_latents / keep / context / generator / progress / guidance_rule on to
-        `denoise`.
+        `denoise`. Like steps and guidance, the guidance rule is not taken from the model's defaults here: it is
+        "cfg" unless given (the parity checks against diffusers call this directly).
         """
         scheduler = make_scheduler(check_sampler(sampler), self.scheduler_config)
         if edit.get("context") is None and self.retrieval is not None:    # a retrieval model, no neighbours
