@@ -99,7 +99,8 @@ def test_bench_end_to_end_on_the_tiny_pipeline(tmp_path):
 
 def test_best_of_candidates_reports_the_per_draw_score(tmp_path):
     """With --candidates 2 the kept clip is the better of two by the pipeline's CLAP, which is also the scorer:
-    the bench flags that and reports the mean over both draws, which cannot exceed the kept clips' score."""
+    the bench flags that and reports the mean over both draws, which cannot exceed the kept clips' score, and
+    the FAD of the first draws alone, which is what --candidates 1 gives."""
     bench = load_bench()
     manifest = corpus(tmp_path / "corpus")
     s = bench.main(["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--items", "2", "--steps", "2",
@@ -110,5 +111,13 @@ def test_best_of_candidates_reports_the_per_draw_score(tmp_path):
     assert s["settings"]["candidates"] == 2 and c["ranked_by_this_clap"] is True
     assert -1 <= c["gen_per_draw"] <= c["gen"] + 1e-5
     assert c["ratio_per_draw_real"] == pytest.approx(c["gen_per_draw"] / c["real"])
+    f = s["fad"]
+    assert f["ratio_first_draw_copy"] == pytest.approx(f["gen_first_draw"] / f["copy"])
+    one = bench.main(["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--items", "2", "--steps", "2",
+                      "--seconds", "1.5", "--embedder", "mfcc", "--threads", "1", "--cost-runs", "1",
+                      "--candidates", "1", "--out", str(tmp_path / "one"), "--results", str(tmp_path / "r.jsonl"),
+                      "--quiet"])
+    assert f["gen_first_draw"] == pytest.approx(one["fad"]["gen"], rel=1e-3)
+    assert "gen_per_draw" not in one["clap"] and "gen_first_draw" not in one["fad"]
     with pytest.raises(SystemExit):
         bench.main(["--manifest", str(manifest), "--candidates", "0"])

@@ -87,6 +87,19 @@ def test_candidates_keep_the_best_clap_score(pipe):
     for score, cands in zip(out.scores, out.candidate_scores):
         assert len(cands) == 2 and score == max(cands)
     assert out.seeds == [[0, 1_000_003], [1, 1_000_004]]
+    assert out.candidate_wavs is None
+
+
+def test_return_candidates_gives_every_draw_with_the_kept_one_among_them(pipe):
+    out = pipe(["a tone", "noise"], seconds=0.1, candidates=2, return_candidates=True)
+    assert [len(c) for c in out.candidate_wavs] == [2, 2]
+    for kept, cands, scores in zip(out.wavs, out.candidate_wavs, out.candidate_scores):
+        best = int(np.argmax(scores))
+        np.testing.assert_array_equal(kept, cands[best])
+        assert all(c.shape == kept.shape for c in cands)
+    # candidate j of prompt i is what one draw from seed i + 1_000_003 j gives
+    alone = pipe(["noise"], seconds=0.1, candidates=1, seed=1 + 1_000_003).wavs[0]
+    np.testing.assert_allclose(out.candidate_wavs[1][1], alone, atol=1e-4)
 
 
 def test_a_prompts_candidates_share_one_forward_pass(pipe, monkeypatch):

@@ -86,7 +86,8 @@ def valid_window(window) -> bool:
 @dataclass
 class Generation:
     """Output of a pipeline call: one wav (T,) float32 per prompt, the CLAP score of each kept wav, and
-    the scores of all candidates (prompt-major) and the seeds that drew them."""
+    the scores of all candidates (prompt-major) and the seeds that drew them; with return_candidates, every
+    candidate's wav as well (prompt-major, the kept one among them)."""
 
     wavs: list[np.ndarray]
     sample_rate: int
@@ -94,6 +95,7 @@ class Generation:
     candidate_scores: list[list[float]] = field(default_factory=list)
     seeds: list[list[int]] = field(default_factory=list)
     neighbours: list[list[dict]] | None = None   # per prompt, the retrieved entries (rank, id, caption, score)
+    candidate_wavs: list[list[np.ndarray]] | None = None   # per prompt, every candidate (return_candidates)
 
 
 def open_text_encoder(folder: str | os.PathLike, device="cpu"):
@@ -256,7 +258,7 @@ class TTAPipeline:
                  seed: int = 0, sampler: str | None = None, eta: float = 0.0, batch_size: int = 1,
                  guidance_rule: str | None = None,
                  progress: bool = False, datastore=None, neighbours: int | None = None,
-                 window: float | None = None) -> Generation:
+                 window: float | None = None, return_candidates: bool = False) -> Generation:
         """Generate one wav per prompt (the best of `candidates` by CLAP score).
 
         Prompt i, candidate j starts from noise seeded `seed + i + 1_000_003 * j`, drawn on the CPU, so
@@ -268,6 +270,8 @@ class TTAPipeline:
         retrieval model is conditioned on each prompt's k nearest entries; without a datastore it runs
         on its null context. window (default: the model's `defaults.window`): clips shorter than this are
         sampled at `window` seconds and cut to `seconds` from the start (before CLAP ranking).
+        return_candidates: also return every candidate's wav (`Generation.candidate_wavs`), e.g. to score
+        one draw with another CLAP.
         """
         n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
         window = self.defaults.window if window is None else window
@@ -276,7 +280,7 @@ class TTAPipeline:
         sampled = max(n, round(window * self.sample_rate))
         return self._run(prompts, sampled, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
                          seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, guidance_rule=guidance_rule,
-                         progress=progress,
+                         progress=progress, return_candidates=return_candidates,
                          datastore=datastore, neighbours=neighbours, cut=n)
 
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
@@ -316,7 +320,7 @@ class TTAPipeline:
 
     def _run(self, prompts, num_samples: int, *, steps=None, guidance=None, negative: str = "", candidates=None,
              seed: int = 0, sampler=None, eta: float = 0.0, batch_size: int = 1, guidance_rule: str | None = None,
-             progress: bool = False,
+             progress: bool = False, return_candidates: bool = False,
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
              context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
              cut: int | None = None) -> Generation:
@@ -367,6 +371,8 @@ class TTAPipeline:
         bar.close()
         out = self._rank(text, wavs, len(prompts), candidates, jobs)
         out.neighbours = found
+        if return_candidates:
+            out.candidate_wavs = [[wavs[(i, j)].numpy() for j in range(candidates)] for i in range(len(prompts))]
         return out
 
     def retrieve(self, text: torch.Tensor, datastore, neighbours: int | None):
