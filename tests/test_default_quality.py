@@ -6,10 +6,13 @@ import dataclasses
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import soundfile as sf
+import torch
+from safetensors.torch import load_file, save_file
 
 from tests import signals
 from tests.test_ldm_fixtures import ROOT, SR, one_thread, tiny_components, tiny_pipeline  # noqa: F401 (autouse)
@@ -119,5 +122,21 @@ def test_best_of_candidates_reports_the_per_draw_score(tmp_path):
                       "--quiet"])
     assert f["gen_first_draw"] == pytest.approx(one["fad"]["gen"], rel=1e-3)
     assert "gen_per_draw" not in one["clap"] and "gen_first_draw" not in one["fad"]
+
+    # scored by another CLAP (the pipeline's with one tensor perturbed): not the ranking one, but one draw's
+    # score is still reported, and the FAD of the first draws does not depend on the CLAP
+    other = tmp_path / "other_clap"
+    shutil.copytree(tiny_pipeline() / "text_encoder", other)
+    tensors = load_file(other / "model.safetensors")
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    tensors[name] = tensors[name] + 0.5 * torch.randn_like(tensors[name])
+    save_file(tensors, other / "model.safetensors")
+    o = bench.main(["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--items", "2", "--steps", "2",
+                    "--seconds", "1.5", "--embedder", "mfcc", "--threads", "1", "--cost-runs", "1",
+                    "--candidates", "2", "--clap", str(other), "--out", str(tmp_path / "o"),
+                    "--results", str(tmp_path / "r.jsonl"), "--quiet"])
+    assert o["settings"]["clap"] != s["settings"]["clap"] and o["clap"]["ranked_by_this_clap"] is False
+    assert -1 <= o["clap"]["gen_per_draw"] <= 1 and o["clap"]["gen_per_draw"] != pytest.approx(c["gen_per_draw"])
+    assert o["fad"]["gen_first_draw"] == pytest.approx(f["gen_first_draw"], rel=1e-6)
     with pytest.raises(SystemExit):
         bench.main(["--manifest", str(manifest), "--candidates", "0"])
