@@ -111,8 +111,9 @@ CLAP_V3_FROM ?= $(RUNS)/ldm-clap2/pipeline
 STAGE7_FROM ?= $(RUNS)/ldm-clap2/pipeline
 LDM_CLAP3_STEPS ?= 1000
 # the run packed into the default: LDM stage 13's pipeline folder (v0.7); $(RUNS)/ldm-polish/pipeline packs
-# stage 11 (v0.6 to v0.6.3, with VAE v2); $(RUNS)/ldm-clap3/pipeline packs stage 7 (v0.5; with PACK_GUIDANCE 4.5, v0.5.1), $(RUNS)/ldm-clap2/pipeline
-# stage 6 (v0.4), $(RUNS)/ldm-v2/pipeline stage 3 (v0.3); those older runs need PACK_VAE= (their own VAE)
+# stage 11 (v0.6 to v0.6.3, with VAE v2); $(RUNS)/ldm-clap3/pipeline packs stage 7 (v0.5; with PACK_GUIDANCE
+# 4.5, v0.5.1), $(RUNS)/ldm-clap2/pipeline stage 6 (v0.4), $(RUNS)/ldm-v2/pipeline stage 3 (v0.3); those older
+# runs need PACK_VAE= (their own VAE)
 PACK_FROM ?= $(RUNS)/ldm-polish2/pipeline
 # the VAE packed into the default: VAE v2 with its GAN-tuned decoder (`make train-vae-gan`; v0.6.1); empty
 # packs the pipeline's own VAE (v0.6 and earlier)
