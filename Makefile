@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -91,6 +91,13 @@ LDM_POLISH_STEPS ?= 3000
 # LDM stage 13 (v0.7's last stage): stage 11's polish again, from stage 11's run folder, at a peak rate of 3e-5
 POLISH2_FROM ?= $(RUNS)/ldm-polish/pipeline
 POLISH2_RUN ?= $(RUNS)/ldm-polish2
+# LDM stage 15 (an experiment, not in default-model): GROW_FROM's UNet grown to two transformer blocks per
+# attention level (11.5 M -> 15.4 M parameters; the new blocks start as the identity, so the grown UNet starts
+# out predicting exactly what GROW_FROM's does), then stage 11's polish recipe at its 5e-5 peak rate
+GROW_FROM ?= $(POLISH2_RUN)/pipeline
+GROW_VAE ?= $(POLISH_VAE)
+GROW_RUN ?= $(RUNS)/ldm-grow
+LDM_GROW_STEPS ?= 3000
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -227,6 +234,10 @@ train-ldm-polish: venv
 train-ldm-polish2: venv
 	$(MAKE) train-ldm-polish POLISH_FROM=$(POLISH2_FROM) POLISH_RUN=$(POLISH2_RUN) \
 		POLISH_ARGS="--set train.learning_rate=3e-5 $(POLISH_ARGS)"
+
+train-ldm-grow: venv
+	$(MAKE) train-ldm-polish POLISH_FROM=$(GROW_FROM) POLISH_VAE=$(GROW_VAE) POLISH_RUN=$(GROW_RUN) \
+		LDM_POLISH_STEPS=$(LDM_GROW_STEPS) POLISH_ARGS="--set model.transformer_layers=2 $(POLISH_ARGS)"
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \

@@ -267,6 +267,36 @@ def test_loss_falls_when_overfitting_one_batch():
         assert losses[-1] < 0.5 * losses[0], (prediction, losses[0], losses[-1])
 
 
+def test_init_from_a_smaller_unet_grows_it_without_changing_its_output(tmp_path):
+    """--init-from a run with fewer transformer_layers: the new transformer blocks start as the identity, so the
+    grown UNet predicts exactly what its source did; training then moves them (their zeroed layers get grads)."""
+    from tta.checkpoint import load_component
+    from tta.ldm.train import train
+
+    base = train(tiny_run_config(**{"train.max_steps": 2, "train.validate_every": 1000}), tmp_path / "base",
+                 progress=False)
+    source = load_component(base, LDMUNet).eval()
+    grown_cfg = {"train.init_from": str(tmp_path / "base"), "model.transformer_layers": 2,
+                 "train.validate_every": 1000}
+    start = load_component(train(tiny_run_config(**grown_cfg, **{"train.max_steps": 1, "train.learning_rate": 1e-12}),
+                                 tmp_path / "grown0", progress=False), LDMUNet).eval()
+    assert start.config.transformer_layers == 2
+    new = [k for k in start.state_dict() if ".transformer_blocks.1." in k]
+    assert new and all(k not in source.state_dict() for k in new)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, source.config.latent_channels, 16, 8, generator=g)
+    cond = torch.randn(2, source.config.class_embed_dim, generator=g)
+    t = torch.tensor([10, 700])
+    with torch.no_grad():
+        assert torch.allclose(start(z, t, cond), source(z, t, cond), atol=1e-5)
+    outs = [k for k in new if k.endswith(("to_out.0.weight", "net.2.weight"))]
+    assert outs and all(start.state_dict()[k].abs().max() < 1e-9 for k in outs)   # zero (one step at lr 1e-12)
+    tuned = load_component(train(tiny_run_config(**grown_cfg, **{"train.max_steps": 3, "train.learning_rate": 1e-3,
+                                                                 "train.ema_decay": 0.0}),
+                                 tmp_path / "grown", progress=False), LDMUNet)
+    assert all(tuned.state_dict()[k].abs().max() > 1e-6 for k in outs)
+
+
 def test_component_paths_may_name_a_training_run_folder(tmp_path):
     from tta.ldm.train import component_dir
 

@@ -284,6 +284,9 @@ class TrainingRun:
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._schedulers: dict[str, Any] = {}
         self._emas: dict[str, EMA] = {}
+        # init_from: per tracked module, called as hook(module, fresh_keys) after the load and before the EMA
+        # restarts, so a model can initialise what the source lacks (e.g. a grown UNet's new blocks)
+        self.init_hooks: dict[str, Callable[[nn.Module, list[str]], None]] = {}
         self._bar = None
         self._last_logged: dict[str, float] = {}
         self._t0 = time.time()
@@ -571,7 +574,8 @@ class TrainingRun:
         in the source gets the EMA weights. Optimizers, schedulers and the step start fresh; this run's
         EMAs restart from the loaded weights. Modules, and tensors the source lacks or shapes differently,
         keep their fresh initialisation, with a warning (e.g. a retrieval context encoder and the key/value
-        projections of the cross-attention it feeds, added to a text-only LDM). A tensor only the source
+        projections of the cross-attention it feeds, added to a text-only LDM), unless `init_hooks` has a
+        hook for that module, which is then given the module and the list of its fresh tensors' keys. A tensor only the source
         has, or more than half of a module's tensors fresh, is an error."""
         src = Path(source)
         if not src.exists():
@@ -620,6 +624,8 @@ class TrainingRun:
             # A tensor only the source has is an error (load_into names it).
             state = {**{k: own[k] for k in new + reshaped}, **{k: v for k, v in src_w.items() if k not in reshaped}}
             load_into(module, state, where=f"{src}/{name}")
+            if fresh and name in self.init_hooks:
+                self.init_hooks[name](module, fresh)
             if name in self._emas:
                 self._emas[name].reset(module)
         log.info("initialised %s from %s", ", ".join(n for n in self._modules if n in weights), src)

@@ -207,3 +207,35 @@ class LDMUNet(nn.Module):
         model = cls(config)
         load_into(model.net, state, where=str(folder))
         return model.to(device).eval()
+
+
+def identity_new_blocks(unet: LDMUNet, fresh: list[str]) -> int:
+    """Make every transformer block that is wholly new (all of its tensors in `fresh`) start as the identity.
+
+    A transformer block adds its attention and feed-forward branches to its input, so zeroing the last linear
+    layer of each branch makes it pass its input through unchanged. A UNet grown from a trained one with more
+    `transformer_layers` then computes exactly what the trained one did until training moves the new blocks
+    (function-preserving growth, as in Net2Net; the zero output layers still get gradients). Blocks with only
+    some tensors new (e.g. the retrieval context's reshaped key/value projections) are left alone. Returns the
+    number of blocks made the identity."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    fresh_set = set(fresh)
+    made = 0
+    for prefix, block in unet.named_modules():
+        if not isinstance(block, BasicTransformerBlock):
+            continue
+        keys = [f"{prefix}.{k}" for k, v in block.state_dict().items() if v.is_floating_point()]
+        if not keys or not all(k in fresh_set for k in keys):
+            continue
+        outs = [a.to_out[0] for a in (block.attn1, getattr(block, "attn2", None)) if a is not None]
+        outs.append(block.ff.net[-1])
+        with torch.no_grad():
+            for layer in outs:
+                layer.weight.zero_()
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        made += 1
+    if made:
+        log.info("init_from: %d new transformer block(s) start as the identity", made)
+    return made

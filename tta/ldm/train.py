@@ -41,7 +41,7 @@ from tta.audio import log_mel
 from tta.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_component, load_torch_file, save_train_state
 from tta.config import to_dict
 from tta.data.manifest import DataConfig
-from tta.ldm.model import LDMConfig, LDMUNet
+from tta.ldm.model import LDMConfig, LDMUNet, identity_new_blocks
 from tta.ldm.retrieval_context import RetrievalConfig
 from tta.ldm.sampling import (
     SAMPLERS,
@@ -392,6 +392,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         run.track(unet=unet, retrieval=ctx, optimizer=optimizer, lr=scheduler)
         ctx_ema = run.make_ema("retrieval", ctx)
     ema = run.make_ema("unet", unet)
+    run.init_hooks["unet"] = identity_new_blocks   # init_from a UNet with fewer transformer_layers: grow it
     run.restore()
     noise_schedule = make_scheduler("ddpm", config.diffusion.scheduler_config())
     alphas_cumprod = noise_schedule.alphas_cumprod
