@@ -618,7 +618,8 @@ class TrainingRun:
                                "not a run of this model")
             if fresh:
                 log.warning("init_from %s: %d %s tensors are new or reshaped in this model and keep their fresh "
-                            "initialisation (first: %s)", src, len(fresh), name, ", ".join(fresh[:3]))
+                            "initialisation%s (first: %s)", src, len(fresh), name,
+                            " unless its init hook sets them" if name in self.init_hooks else "", ", ".join(fresh[:3]))
             # e.g. a retrieval context: the context encoder is new, and the second attention layer of each
             # block attends to the context instead of to itself, so its key/value projections change width.
             # A tensor only the source has is an error (load_into names it).
