@@ -575,8 +575,9 @@ class TrainingRun:
         EMAs restart from the loaded weights. Modules, and tensors the source lacks or shapes differently,
         keep their fresh initialisation, with a warning (e.g. a retrieval context encoder and the key/value
         projections of the cross-attention it feeds, added to a text-only LDM), unless `init_hooks` has a
-        hook for that module, which is then given the module and the list of its fresh tensors' keys. A tensor only the source
-        has, or more than half of a module's tensors fresh, is an error."""
+        hook for that module, which is then given the module and the list of its fresh tensors' keys (a grown
+        LDM's new transformer blocks start as the identity). A tensor only the source has, or more than half
+        of a module's tensors fresh, is an error."""
         src = Path(source)
         if not src.exists():
             raise RunError(f"train.init_from={str(source)!r}: no such run, checkpoint, component or pipeline folder")
