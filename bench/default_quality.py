@@ -13,6 +13,10 @@ In one run, on N held-out rows (seeded choice; one seeded caption per row):
                --seconds at --threads torch threads with the pipeline's default sampler settings, twice;
                RTF = best generation wall / audio seconds (goal <= 0.5), peak RSS of that process
                (goal <= 1.5 GiB), and the size of the model folder on disk (goal <= 40 MB).
+  ceiling      (unless --no-ceiling) what the pipeline's decoder alone allows, with the same FAD and CLAP:
+               the real clips through its vocoder (mel -> wav) and through its VAE and vocoder (wav -> latents
+               -> wav), which is what a UNet that made each clip's own latents would score; and the copy
+               baseline through the VAE and vocoder, a copy heard through the same decoder as the generations.
 
 Candidates: a pipeline drawing N > 1 candidates per prompt (its `candidates` default or --candidates N) keeps
 the one its own CLAP scores highest, which flatters that CLAP's score of the kept clips (and that of any CLAP
@@ -26,7 +30,7 @@ clip, capped at --seconds (clips are cropped from their start, never padded), so
 like; --length fixed generates --seconds for every caption. Real and copied clips are read with the
 training loader's normalisation (DC removed, peak 0.5).
 
-Writes --out/{gen,real,copy}/<id>.wav, --out/summary.json (settings, per-item rows, all numbers, goals)
+Writes --out/{gen,real,copy,decoded}/<id>.wav (decoded: the real clip through the VAE and vocoder), --out/summary.json (settings, per-item rows, all numbers, goals)
 and appends one JSON line to bench/results.jsonl. Timings on a shared CPU are noisy: the record says so and
 carries the load average.
 
@@ -86,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--embedder-weights", help="local weights for embedders that need them")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for generation and the cost run")
     ap.add_argument("--cost-runs", type=int, default=2, help="generations timed in the cost child (>= 1)")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                    help="skip the decoder's ceiling (real and copied clips through the VAE and vocoder)")
     ap.add_argument("--cache-dir", type=Path, help="CLAP embedding cache (speeds up re-runs' caption search)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "default_quality")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
@@ -153,6 +159,32 @@ def fad_stats(embedder, wavs: list[np.ndarray], sample_rate: int, *, what: str, 
                                                            disable=not progress)]
     return FrechetStats.from_embeddings(np.concatenate(frames), embedder=embedder.identity,
                                         sample_rate=embedder.sample_rate, num_files=len(wavs))
+
+
+def decoder_ceiling(pipe, clap, captions, real, copy, embedder, real_stats, fad_gen: float, clap_gen: float, *,
+                    progress: bool) -> dict:
+    """FAD and CLAP score of the real clips through the pipeline's vocoder and through its VAE + vocoder, and
+    the FAD of the copies through its VAE + vocoder; "wavs" holds the real clips through VAE + vocoder."""
+    from tqdm.auto import tqdm
+
+    from eval.clap_score import clap_score
+
+    def through(wavs, part, what):
+        return [pipe.resynthesise(w, through=part) for w in tqdm(wavs, desc=what, unit="clip", disable=not progress)]
+
+    sr = pipe.sample_rate
+    vocoded = through(real, "vocoder", "real -> vocoder")
+    decoded = through(real, "vae", "real -> VAE + vocoder")
+    copy_decoded = through(copy, "vae", "copy -> VAE + vocoder")
+    fad = {name: fad_stats(embedder, wavs, sr, what=name, progress=progress).distance(real_stats)
+           for name, wavs in (("vocoder_real", vocoded), ("decoder_real", decoded), ("decoder_copy", copy_decoded))}
+    clap = {name: clap_score(clap, captions, wavs, sr)["clap_score"]
+            for name, wavs in (("vocoder_real", vocoded), ("decoder_real", decoded), ("decoder_copy", copy_decoded))}
+    return {"fad": {**fad, "ratio_gen_decoder_copy": fad_gen / fad["decoder_copy"] if fad["decoder_copy"] > 0
+                    else math.nan},
+            "clap": {**clap, "ratio_gen_decoder_real": clap_gen / clap["decoder_real"] if clap["decoder_real"] > 0
+                     else math.nan},
+            "wavs": decoded}
 
 
 def folder_megabytes(folder: Path) -> float:
@@ -304,6 +336,13 @@ def main(argv: list[str] | None = None) -> dict:
         fad_first = fad_stats(embedder, [ws[0] for ws in draws], sr, what="first draw",
                               progress=progress).distance(stats["real"])
 
+    ceiling = None
+    if args.ceiling:
+        ceiling = decoder_ceiling(pipe, clap, captions, real, copy, embedder, stats["real"], fad_gen, clap_gen,
+                                  progress=progress)
+        for (row, _), w in zip(items, ceiling.pop("wavs")):
+            save_audio(args.out / "decoded" / f"{row.id}.wav", w, sr)
+
     cost = measure_cost({"model": str(Path(args.model).resolve()), "caption": captions[0], "seconds": args.seconds,
                          "steps": steps, "sampler": sampler, "guidance": guidance, "candidates": candidates,
                          "threads": args.threads, "runs": args.cost_runs})
@@ -320,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "threads": args.threads, "cost_runs": args.cost_runs, "model_defaults": vars_of(d),
                      "clap": getattr(clap, "identity", ""), "embedder": embedder.identity,
                      "copy_baseline": "train clip of the nearest caption (CLAP text cosine, same CLAP)",
+                     "ceiling": args.ceiling,
                      "goals": GOALS},
         "clap": {"gen": clap_gen, "real": clap_real, "copy": scores["copy"]["clap_score"],
                  "ratio_gen_real": ratio, "ranked_by_this_clap": ranked_here,
@@ -331,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "ratio_first_draw_copy": fad_first / fad_copy if fad_copy > 0 else math.nan}
                    if fad_first is not None else {}),
                 "frames": {k: v.n for k, v in stats.items()}},
+        **({"ceiling": ceiling} if ceiling is not None else {}),
         "cost": {**cost, "model_size_mb": size_mb,
                  "in_process_rtf": sum(gen_walls) / (sum(lengths) / sr), "in_process_generate_s": sum(gen_walls)},
         "goals_met": {"clap_ratio": bool(clap_real > 0 and ratio >= GOALS["clap_ratio_min"]),
@@ -386,6 +427,18 @@ def print_table(s: dict) -> None:
         ("model folder size", f"{k['model_size_mb']:.1f} MB", f"<= {GOALS['model_size_max_mb']:g} MB",
          g["model_size"]),
     ]
+    if "ceiling" in s:
+        cf, cc = s["ceiling"]["fad"], s["ceiling"]["clap"]
+        rows += [
+            ("decoder ceiling: FAD real -> vocoder", f"{cf['vocoder_real']:.4f}", "", None),
+            ("  FAD real -> VAE + vocoder", f"{cf['decoder_real']:.4f}",
+             "above copy: FAD goal out of reach" if cf["decoder_real"] >= f["copy"] else "", None),
+            ("  FAD copy -> VAE + vocoder", f"{cf['decoder_copy']:.4f}",
+             f"gen / this {cf['ratio_gen_decoder_copy']:.3f}", None),
+            ("  CLAP real -> vocoder; -> VAE + vocoder", f"{cc['vocoder_real']:.4f}; {cc['decoder_real']:.4f}",
+             f"gen / VAE {cc['ratio_gen_decoder_real']:.3f}", None),
+            ("  CLAP copy -> VAE + vocoder", f"{cc['decoder_copy']:.4f}", "", None),
+        ]
     print(f"{'metric':46} | {'value':28} | {'goal':22} | met")
     for name, value, goal, met in rows:
         print(f"{name:46} | {value:28} | {goal:22} | {'' if met is None else 'yes' if met else 'NO'}")

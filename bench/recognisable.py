@@ -423,18 +423,8 @@ def report(summary: dict, k: int) -> None:
 
 def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each wav through the pipeline's vocoder alone, and through its VAE and vocoder (the parts' ceilings)."""
-    import torch
-
-    from tta.audio import log_mel
-
-    vocoded, through_vae = [], []
-    with torch.no_grad():
-        for w in wavs:
-            n = len(w)
-            mel = log_mel(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))[None], pipe.mel).float()
-            vocoded.append(pipe.vocoder(mel)[0, :n].float().numpy())
-            through_vae.append(pipe.decode(pipe.encode_audio(w, n), n)[0].numpy())
-    return vocoded, through_vae
+    return ([pipe.resynthesise(w, through="vocoder") for w in wavs],
+            [pipe.resynthesise(w, through="vae") for w in wavs])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -87,6 +87,18 @@ def test_bench_end_to_end_on_the_tiny_pipeline(tmp_path):
     assert goals["clap_ratio"] == (c["real"] > 0 and c["ratio_gen_real"] >= 0.9)
     assert goals["peak_rss"] == (k["peak_rss_mib"] <= 1536) and goals["model_size"] is True
 
+    # the decoder's ceiling: real and copied clips resynthesised by the pipeline's own parts, same FAD and CLAP
+    cf, cc = s["ceiling"]["fad"], s["ceiling"]["clap"]
+    assert json.dumps(record["ceiling"]) == json.dumps(s["ceiling"]) and s["settings"]["ceiling"] is True
+    assert all(math.isfinite(cf[k]) and cf[k] >= 0 for k in ("vocoder_real", "decoder_real", "decoder_copy"))
+    assert all(-1 <= cc[k] <= 1 for k in ("vocoder_real", "decoder_real", "decoder_copy"))
+    assert cf["ratio_gen_decoder_copy"] == pytest.approx(f["gen"] / cf["decoder_copy"])
+    assert cf["decoder_real"] > 0                    # the tiny VAE + Griffin-Lim do not give the real clips back
+    if cc["decoder_real"] > 0:                       # an untrained tiny CLAP can score the real clips below 0
+        assert cc["ratio_gen_decoder_real"] == pytest.approx(c["gen"] / cc["decoder_real"])
+    else:
+        assert math.isnan(cc["ratio_gen_decoder_real"])
+
     items = s["per_item"]
     assert len(items) == 4 and sum(i["clap_gen"] for i in items) / 4 == pytest.approx(c["gen"])
     train_ids = {r.id for r in read_manifest(manifest) if r.split == "train"}
@@ -95,8 +107,9 @@ def test_bench_end_to_end_on_the_tiny_pipeline(tmp_path):
     assert tone["caption"] == "a tone sound"         # the exact training caption: its own row is nearest
     assert tone["copy_id"] == "tone" and tone["caption_cosine"] == pytest.approx(1.0, abs=1e-5)
     for i in items:                                  # gen and real are the same length, copies never longer
-        gen, real, copy = (sf.info(str(out / d / f"{i['id']}.wav")) for d in ("gen", "real", "copy"))
-        assert gen.frames == real.frames == round(i["seconds"] * SR) == 24_000 and copy.frames <= gen.frames
+        gen, real, copy, dec = (sf.info(str(out / d / f"{i['id']}.wav")) for d in ("gen", "real", "copy", "decoded"))
+        assert gen.frames == real.frames == dec.frames == round(i["seconds"] * SR) == 24_000
+        assert copy.frames <= gen.frames
         assert gen.samplerate == SR
 
 

@@ -251,6 +251,19 @@ class TTAPipeline:
         wav = self.vocoder(mel.float())
         return wav[:, :num_samples].float().cpu()
 
+    @torch.no_grad()
+    def resynthesise(self, wav: np.ndarray, *, through: str = "vae") -> np.ndarray:
+        """wav (T,) back out of the pipeline's own parts, as long as it went in: `through="vocoder"` makes
+        its mel and vocodes it; `through="vae"` also encodes that mel to latents and decodes them first. What
+        comes out is the best any UNet on these parts could give for that clip (a ceiling)."""
+        if through not in ("vae", "vocoder"):
+            raise PipelineError(f"through={through!r}: expected 'vae' or 'vocoder'")
+        n = len(wav)
+        if through == "vae":
+            return self.decode(self.encode_audio(wav, n), n)[0].numpy()
+        mel = log_mel(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None], self.mel).float()
+        return self.vocoder(mel.to(self.device))[0, :n].float().cpu().numpy()
+
     # -- generation ------------------------------------------------------------------------------
 
     def __call__(self, prompts: list[str], *, seconds: float | None = None, steps: int | None = None,
