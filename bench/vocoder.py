@@ -1,12 +1,20 @@
 """HiFi-GAN vocoder benchmark: CPU real-time factor of the tiny / default / audioldm-16k configs, each with
 weight norm (training form) and with it removed (inference form), against Griffin-Lim in the same run;
-optionally the quality of a trained run against Griffin-Lim on held-out real audio.
+optionally the quality of a trained run against Griffin-Lim on held-out real audio, and where Griffin-Lim's
+FAD comes from (--fad-split).
 
 RTF = seconds of compute / seconds of audio (lower is faster; < 1 is faster than real time). Weights are
 random: speed does not depend on their values.
 
     .venv/bin/python bench/vocoder.py [--seconds 4] [--repeats 3] [--threads 2]
     .venv/bin/python bench/vocoder.py --manifest M.jsonl --run RUN [--split test] [--items 32]
+    .venv/bin/python bench/vocoder.py --fad-split --manifest M.jsonl [--run RUN] [--split valid] [--items 60]
+
+--fad-split: FAD (aisfx unless --embedder) against held-out real clips of each clip rebuilt four ways: from
+its log-mel by Griffin-Lim (what a pipeline with the Griffin-Lim vocoder does), from its true STFT magnitude
+by Griffin-Lim (the cost of finding the phase alone), from the mel's magnitude with its true phase (the cost
+of the 64-band mel's lost detail alone), and from its true magnitude and phase (a check: near 0); with --run,
+also from its log-mel by that HiFi-GAN.
 
 Prints a table and appends a JSON line to bench/results.jsonl.
 """
@@ -118,6 +126,63 @@ def bench_quality(manifest: str, run: Path, split: str, items: int, seconds: flo
     return rows
 
 
+def bench_fad_split(manifest: str, split: str, items: int, seconds: float, gl_iters: int, nnls_iter: int,
+                    embedder_name: str, run: Path | None, progress: bool) -> list[dict]:
+    """FAD against the real clips of each clip rebuilt by Griffin-Lim from its mel, from its true magnitude, from
+    the mel's magnitude with the true phase, and from the true magnitude and phase (and by `run`'s HiFi-GAN)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from eval.embedders import get_embedder
+    from eval.fad import FrechetStats
+    from tta.checkpoint import load_component
+    from tta.data.dataset import AudioDataset
+
+    hifigan = load_component(run / "final", HiFiGAN).eval() if run else None
+    mel_cfg = hifigan.config.mel if hifigan else load_config(RunConfig, ROOT / "configs" / "vocoder" /
+                                                              "default.json").model.mel
+    gl = GriffinLim(GriffinLimConfig(mel_cfg, n_iter=gl_iters, nnls_iter=nnls_iter))
+    data = AudioDataset(manifest, split, mel_cfg.sample_rate, seconds, normalize=True, random_crop=False,
+                        caption_choice="first")
+    routes = {f"mel -> griffin-lim-{gl_iters} (nnls {nnls_iter})": [],
+              f"true magnitude -> griffin-lim-{gl_iters}": [],
+              f"mel magnitude (nnls {nnls_iter}) + true phase": [],
+              "true magnitude + true phase (check)": []}
+    if hifigan is not None:
+        routes[f"mel -> {os.path.relpath((run / 'final').resolve(), ROOT)}"] = []
+    real = []
+    for i in tqdm(range(min(items, len(data))), desc="rebuild", unit="clip", disable=not progress):
+        item = data[i]
+        n = min(int(item["seconds"] * mel_cfg.sample_rate), item["wav"].shape[0])
+        n = n // mel_cfg.hop_length * mel_cfg.hop_length
+        if n < 2 * mel_cfg.n_fft:
+            continue
+        wav = item["wav"][None, :n].float()
+        with torch.inference_mode():
+            mel = log_mel(wav, mel_cfg)
+            spec = gl._stft(wav)[..., : mel.shape[-1]]
+            phase = spec / spec.abs().clamp_min(1e-16)
+            outs = [gl(mel), gl.from_magnitude(spec.abs()), gl._istft(gl.magnitude(mel) * phase), gl._istft(spec)]
+            if hifigan is not None:
+                outs.append(hifigan(mel))
+        for out, wavs in zip(outs, routes.values()):
+            y = out[0, :n].float().numpy()
+            wavs.append(np.pad(y, (0, n - len(y))))
+        real.append(wav[0].numpy())
+    if len(real) < 2:
+        raise SystemExit(f"{manifest}: fewer than 2 usable clips in split {split!r} (FAD needs a covariance)")
+    embedder = get_embedder(embedder_name)
+
+    def stats(wavs):
+        frames = [embedder.embed(w, mel_cfg.sample_rate) for w in wavs]
+        return FrechetStats.from_embeddings(np.concatenate(frames), embedder=embedder.identity,
+                                            sample_rate=embedder.sample_rate, num_files=len(wavs))
+
+    reference = stats(real)
+    return [{"route": name, "clips": len(real), "embedder": embedder.identity,
+             "fad": round(stats(wavs).distance(reference), 3)} for name, wavs in routes.items()]
+
+
 def print_table(rows: list[dict]) -> None:
     keys = list(rows[0])
     widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
@@ -126,7 +191,7 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=4.0, help="audio length per call (speed) / per clip (quality)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -136,12 +201,26 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="training run folder whose final/ is evaluated")
     ap.add_argument("--split", default="test")
     ap.add_argument("--items", type=int, default=32)
+    ap.add_argument("--fad-split", action="store_true",
+                    help="where Griffin-Lim's FAD comes from: mel, phase or both (needs --manifest; --run optional)")
+    ap.add_argument("--nnls-iter", type=int, default=50, help="Griffin-Lim's magnitude updates (--fad-split)")
+    ap.add_argument("--embedder", default="aisfx", help="FAD embedder (--fad-split)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if bool(args.manifest) != bool(args.run):
+    if args.fad_split:
+        if not args.manifest:
+            ap.error("--fad-split needs --manifest")
+    elif bool(args.manifest) != bool(args.run):
         ap.error("--manifest and --run go together")
-    if args.run:
+    if args.fad_split:
+        rows = bench_fad_split(args.manifest, args.split, args.items, args.seconds, args.gl_iters, args.nnls_iter,
+                               args.embedder, args.run, not args.quiet)
+        settings = {"mode": "fad-split", "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT),
+                    "split": args.split, "items": args.items, "clip_seconds": args.seconds,
+                    "gl_iters": args.gl_iters, "nnls_iter": args.nnls_iter, "embedder": args.embedder}
+    elif args.run:
         rows = bench_quality(args.manifest, args.run, args.split, args.items, args.seconds, args.gl_iters)
         settings = {"mode": "quality", "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT), "split": args.split, "items": args.items,
                     "clip_seconds": args.seconds, "gl_iters": args.gl_iters}
@@ -158,6 +237,7 @@ def main() -> None:
               "note": "shared CPU (several jobs on 2 cores): absolute times are noisy, compare ratios within this run"}
     with open(args.results, "a") as f:
         f.write(json.dumps(record) + "\n")
+    return rows
 
 
 if __name__ == "__main__":

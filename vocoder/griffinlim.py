@@ -90,8 +90,13 @@ class GriffinLim(nn.Module):
     @torch.no_grad()
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         mel = check_mel_input(mel, self.config.mel, type(self).__name__).to(self.window.dtype)
-        mag = self.magnitude(mel)
-        if mel.shape[-1] * self.config.mel.hop_length <= self.config.mel.pad:  # too short to reflect-pad
+        return self.from_magnitude(self.magnitude(mel))
+
+    @torch.no_grad()
+    def from_magnitude(self, mag: torch.Tensor) -> torch.Tensor:
+        """(B, n_fft // 2 + 1, frames) linear magnitude -> (B, frames * hop) wav, its phase found by n_iter
+        fast Griffin-Lim iterations from zero phase."""
+        if mag.shape[-1] * self.config.mel.hop_length <= self.config.mel.pad:  # too short to reflect-pad
             return self._istft(mag.to(torch.complex64))
         angles = torch.ones_like(mag, dtype=torch.complex64)
         previous = torch.zeros_like(angles)
