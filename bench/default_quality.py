@@ -30,9 +30,9 @@ clip, capped at --seconds (clips are cropped from their start, never padded), so
 like; --length fixed generates --seconds for every caption. Real and copied clips are read with the
 training loader's normalisation (DC removed, peak 0.5).
 
-Writes --out/{gen,real,copy,decoded}/<id>.wav (decoded: the real clip through the VAE and vocoder), --out/summary.json (settings, per-item rows, all numbers, goals)
-and appends one JSON line to bench/results.jsonl. Timings on a shared CPU are noisy: the record says so and
-carries the load average.
+Writes --out/{gen,real,copy,decoded}/<id>.wav (decoded: the real clip through the VAE and vocoder),
+--out/summary.json (settings, per-item rows, all numbers, goals) and appends one JSON line to
+bench/results.jsonl. Timings on a shared CPU are noisy: the record says so and carries the load average.
 
 Usage: .venv/bin/python bench/default_quality.py --model tta/assets/default \
            --manifest ../tta-work/corpus/starter/manifest.jsonl [--items 100] [--embedder aisfx] [--threads 2]
@@ -163,8 +163,8 @@ def fad_stats(embedder, wavs: list[np.ndarray], sample_rate: int, *, what: str, 
 
 def decoder_ceiling(pipe, clap, captions, real, copy, embedder, real_stats, fad_gen: float, clap_gen: float, *,
                     progress: bool) -> dict:
-    """FAD and CLAP score of the real clips through the pipeline's vocoder and through its VAE + vocoder, and
-    the FAD of the copies through its VAE + vocoder; "wavs" holds the real clips through VAE + vocoder."""
+    """FAD and CLAP score of the real clips through the pipeline's vocoder and through its VAE + vocoder, and of
+    the copies through its VAE + vocoder; "wavs" holds the real clips through VAE + vocoder."""
     from tqdm.auto import tqdm
 
     from eval.clap_score import clap_score

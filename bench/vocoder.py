@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                args.embedder, args.run, not args.quiet)
         settings = {"mode": "fad-split", "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT),
                     "split": args.split, "items": args.items, "clip_seconds": args.seconds,
-                    "gl_iters": args.gl_iters, "nnls_iter": args.nnls_iter, "embedder": args.embedder}
+                    "gl_iters": args.gl_iters, "nnls_iter": args.nnls_iter, "embedder": args.embedder,
+                    "run": os.path.relpath(args.run.resolve(), ROOT) if args.run else None}
     elif args.run:
         rows = bench_quality(args.manifest, args.run, args.split, args.items, args.seconds, args.gl_iters)
         settings = {"mode": "quality", "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT), "split": args.split, "items": args.items,

@@ -48,6 +48,7 @@ def test_fad_split_separates_the_mel_and_the_phase_and_checks_itself(tmp_path):
     assert abs(check) < 1e-2 and all(v > 100 * max(check, 1e-4) for k, v in fad.items() if "check" not in k)
     record = json.loads(results.read_text().splitlines()[-1])
     assert record["settings"]["mode"] == "fad-split" and record["results"] == out
+    assert record["settings"]["run"].endswith("hifigan-run")
 
 
 def test_fad_split_needs_a_manifest():
