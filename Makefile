@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -131,7 +131,8 @@ PACK_GUIDANCE ?= 6.0
 PACK_CANDIDATES ?= 2
 # the guidance rule packed into the default: apg (projected guidance, v0.6.3) or cfg (every earlier release)
 PACK_GUIDANCE_RULE ?= apg
-# the vocoder packed into the default: griffin-lim:ITERS, or $(RUNS)/vocoder/final once the HiFi-GAN beats it
+# the vocoder packed into the default: griffin-lim:ITERS (every release so far); $(RUNS)/postnet-gan packs the
+# post-net experiment of `make train-postnet-gan`, $(RUNS)/vocoder a HiFi-GAN run
 PACK_VOCODER ?= griffin-lim:16
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
 DATA2 = --set data.manifest=$(CORPUS2)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
@@ -200,6 +201,23 @@ train-vae-gan: venv
 	$(BIN)/tta train vae --config configs/vae/default-gan.json --out $(VAE_GAN_RUN) $(DATA2) \
 		--set train.max_steps=$(VAE_GAN_STEPS) \
 		$(if $(wildcard $(VAE_GAN_RUN)/config.json),--resume,--init-from $(VAE_GAN_FROM))
+
+# Griffin-Lim's learned magnitude front-end (`tta train postnet`, vocoder/postnet.py): stage 1 regresses the true
+# STFT magnitude from the mel (log L1 + spectral convergence), half of every batch first rebuilt by the VAE of
+# POSTNET_VAE (a VAE component, run or pipeline folder: the VAE packed into the default); stage 2 adds the
+# magnitude discriminator, started from stage 1 (an experiment, not packed: "Training" in the model card)
+POSTNET_VAE ?= $(PACK_VAE)
+POSTNET_STEPS ?= 2500
+POSTNET_GAN_STEPS ?= 1500
+train-postnet: venv
+	$(BIN)/tta train postnet --config configs/postnet/default.json --out $(RUNS)/postnet $(DATA2) \
+		--set vae='"$(POSTNET_VAE)"' --set train.max_steps=$(POSTNET_STEPS) $(call resume,$(RUNS)/postnet)
+
+train-postnet-gan: venv
+	$(BIN)/tta train postnet --config configs/postnet/default.json --out $(RUNS)/postnet-gan $(DATA2) \
+		--set vae='"$(POSTNET_VAE)"' --set adversarial=0.3 --set feature_matching=1.0 \
+		--set train.max_steps=$(POSTNET_GAN_STEPS) --set train.validate_every=250 \
+		$(if $(wildcard $(RUNS)/postnet-gan/config.json),--resume,--init-from $(RUNS)/postnet)
 
 train-ldm-v4: venv
 	$(BIN)/tta train ldm --config configs/ldm/default-v2-mean.json --out $(RUNS)/ldm-v4 $(DATA2) \

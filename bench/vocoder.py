@@ -14,7 +14,8 @@ random: speed does not depend on their values.
 its log-mel by Griffin-Lim (what a pipeline with the Griffin-Lim vocoder does), from its true STFT magnitude
 by Griffin-Lim (the cost of finding the phase alone), from the mel's magnitude with its true phase (the cost
 of the 64-band mel's lost detail alone), and from its true magnitude and phase (a check: near 0); with --run,
-also from its log-mel by that HiFi-GAN.
+also from its log-mel by that run's vocoder (a `tta train vocoder` HiFi-GAN or a `tta train postnet`
+post-net Griffin-Lim; for a post-net also its magnitude with the true phase).
 
 Prints a table and appends a JSON line to bench/results.jsonl.
 """
@@ -88,8 +89,9 @@ def bench_quality(manifest: str, run: Path, split: str, items: int, seconds: flo
     """Mean mel L1 / MR-STFT distance of the run's final/ vocoder and of Griffin-Lim on held-out clips."""
     from tta.checkpoint import load_component
     from tta.data.dataset import AudioDataset
+    from tta.ldm.folder import vocoder_class
 
-    model = load_component(run / "final", HiFiGAN)
+    model = load_component(run / "final", vocoder_class(run / "final"))
     mel_cfg = model.config.mel
     data = AudioDataset(manifest, split, mel_cfg.sample_rate, seconds, normalize=True, random_crop=False,
                         caption_choice="first")
@@ -129,7 +131,8 @@ def bench_quality(manifest: str, run: Path, split: str, items: int, seconds: flo
 def bench_fad_split(manifest: str, split: str, items: int, seconds: float, gl_iters: int, nnls_iter: int,
                     embedder_name: str, run: Path | None, progress: bool) -> list[dict]:
     """FAD against the real clips of each clip rebuilt by Griffin-Lim from its mel, from its true magnitude, from
-    the mel's magnitude with the true phase, and from the true magnitude and phase (and by `run`'s HiFi-GAN)."""
+    the mel's magnitude with the true phase, and from the true magnitude and phase (and by `run`'s vocoder;
+    for a post-net Griffin-Lim also its magnitude with the true phase)."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -137,9 +140,11 @@ def bench_fad_split(manifest: str, split: str, items: int, seconds: float, gl_it
     from eval.fad import FrechetStats
     from tta.checkpoint import load_component
     from tta.data.dataset import AudioDataset
+    from tta.ldm.folder import vocoder_class
+    from vocoder.postnet import PostnetGriffinLim
 
-    hifigan = load_component(run / "final", HiFiGAN).eval() if run else None
-    mel_cfg = hifigan.config.mel if hifigan else load_config(RunConfig, ROOT / "configs" / "vocoder" /
+    trained = load_component(run / "final", vocoder_class(run / "final")).eval() if run else None
+    mel_cfg = trained.config.mel if trained else load_config(RunConfig, ROOT / "configs" / "vocoder" /
                                                               "default.json").model.mel
     gl = GriffinLim(GriffinLimConfig(mel_cfg, n_iter=gl_iters, nnls_iter=nnls_iter))
     data = AudioDataset(manifest, split, mel_cfg.sample_rate, seconds, normalize=True, random_crop=False,
@@ -148,8 +153,11 @@ def bench_fad_split(manifest: str, split: str, items: int, seconds: float, gl_it
               f"true magnitude -> griffin-lim-{gl_iters}": [],
               f"mel magnitude (nnls {nnls_iter}) + true phase": [],
               "true magnitude + true phase (check)": []}
-    if hifigan is not None:
-        routes[f"mel -> {os.path.relpath((run / 'final').resolve(), ROOT)}"] = []
+    if trained is not None:
+        name = os.path.relpath((run / "final").resolve(), ROOT)
+        routes[f"mel -> {name}"] = []
+        if isinstance(trained, PostnetGriffinLim):
+            routes[f"{name} magnitude + true phase"] = []
     real = []
     for i in tqdm(range(min(items, len(data))), desc="rebuild", unit="clip", disable=not progress):
         item = data[i]
@@ -163,8 +171,10 @@ def bench_fad_split(manifest: str, split: str, items: int, seconds: float, gl_it
             spec = gl._stft(wav)[..., : mel.shape[-1]]
             phase = spec / spec.abs().clamp_min(1e-16)
             outs = [gl(mel), gl.from_magnitude(spec.abs()), gl._istft(gl.magnitude(mel) * phase), gl._istft(spec)]
-            if hifigan is not None:
-                outs.append(hifigan(mel))
+            if trained is not None:
+                outs.append(trained(mel))
+                if isinstance(trained, PostnetGriffinLim):
+                    outs.append(gl._istft(trained.magnitude(mel) * phase))
         for out, wavs in zip(outs, routes.values()):
             y = out[0, :n].float().numpy()
             wavs.append(np.pad(y, (0, n - len(y))))
@@ -198,7 +208,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gl-iters", type=int, default=32)
     ap.add_argument("--manifest", help="manifest with held-out clips (quality mode, with --run)")
-    ap.add_argument("--run", type=Path, help="training run folder whose final/ is evaluated")
+    ap.add_argument("--run", type=Path, help="vocoder or postnet training run folder whose final/ is evaluated")
     ap.add_argument("--split", default="test")
     ap.add_argument("--items", type=int, default=32)
     ap.add_argument("--fad-split", action="store_true",

@@ -92,11 +92,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     mel_cfg = config.model.mel
     train_set = AudioDataset.from_config(config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=True)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
-    valid_set = None
-    if config.valid_items:
-        valid_set = AudioDataset([config.data.manifest, *config.data.extra_manifests], config.data.valid_split,
-                                 mel_cfg.sample_rate, config.valid_seconds, normalize=config.data.normalize,
-                                 random_crop=False, cache_dir=config.data.cache_dir or None, caption_choice="first")
+    valid_set = held_out_set(config.data, mel_cfg.sample_rate, config.valid_seconds) if config.valid_items else None
 
     generator = HiFiGAN(config.model).apply_weight_norm()
     discriminator = HiFiGANDiscriminator(config.discriminator)
@@ -147,6 +143,15 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     return run.finish(final_source.inference_copy())
 
 
+def held_out_set(data: DataConfig, sample_rate: int, seconds: float):
+    """The validation clips of a vocoder run: the first `seconds` of each held-out row, its first caption."""
+    from tta.data.dataset import AudioDataset
+
+    return AudioDataset([data.manifest, *data.extra_manifests], data.valid_split, sample_rate, seconds,
+                        normalize=data.normalize, random_crop=False, cache_dir=data.cache_dir or None,
+                        caption_choice="first")
+
+
 @torch.no_grad()
 def validate(run: TrainingRun, generator: torch.nn.Module, valid_set, config: RunConfig) -> dict:
     """Vocode up to `valid_items` held-out clips; log mean mel L1 / MR-STFT distance; write samples."""
@@ -173,12 +178,17 @@ def validate(run: TrainingRun, generator: torch.nn.Module, valid_set, config: Ru
         if k < config.sample_items:
             write_sample(folder, f"{k}_{_safe(item['id'])}", wav[0], wav_hat[0], mel_cfg)
     model.train()
-    if count:
-        metrics = {k: v / count for k, v in totals.items()}
-        run.log_metrics(split="valid", **metrics)
-        log.info("step %d valid %s", run.step, metrics)
-        return metrics
-    return {}
+    return log_valid(run, totals, count)
+
+
+def log_valid(run: TrainingRun, totals: dict[str, float], count: int) -> dict:
+    """Log the means of validation sums over `count` clips (split "valid"); {} when no clip was usable."""
+    if not count:
+        return {}
+    metrics = {k: v / count for k, v in totals.items()}
+    run.log_metrics(split="valid", **metrics)
+    log.info("step %d valid %s", run.step, metrics)
+    return metrics
 
 
 def write_sample(folder: Path, name: str, wav: torch.Tensor, wav_hat: torch.Tensor, mel_cfg: MelConfig) -> None:
