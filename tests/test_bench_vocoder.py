@@ -28,8 +28,8 @@ def make_clips(tmp_path):
     rows = []
     for name, wav in clips.items():
         save_audio(tmp_path / "audio" / f"{name}.wav", wav, SR)
-        rows.append(ManifestRow(id=name, path=f"audio/{name}.wav", captions=(name,), seconds=1.5, sample_rate=SR,
-                                split="valid"))
+        rows.append(ManifestRow(id=name, path=f"audio/{name}.wav", captions=(name,), seconds=1.5,
+                                sample_rate=SR, split="valid"))
     return write_manifest(tmp_path / "manifest.jsonl", rows)
 
 

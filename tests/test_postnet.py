@@ -61,7 +61,8 @@ def test_magnitude_loss_is_zero_at_the_target_and_weights_loud_bins():
 def test_fitting_one_segment_beats_the_nnls_inversion(tiny):
     torch.manual_seed(0)
     c = tiny.model
-    wav = torch.from_numpy(tone(330, 0.4) + tone(1250, 0.4, amplitude=0.3) + noise(0.4, seed=3, amplitude=0.02))[None]
+    wav = tone(330, 0.4) + tone(1250, 0.4, amplitude=0.3) + noise(0.4, seed=3, amplitude=0.02)
+    wav = torch.from_numpy(wav)[None]
     wav = wav[:, : wav.shape[-1] // 160 * 160]
     net = PostnetGriffinLim(c).train()
     mel, target = targets(net, wav)
@@ -82,12 +83,14 @@ def test_cli_trains_from_vae_reconstructions_and_the_run_exports_into_a_pipeline
     manifest = make_manifest(tmp_path)
     vae = tiny_components()["vae"]
     run = tmp_path / "run"
-    rc = main(["-q", "train", "postnet", "--config", str(repo_root / "configs/postnet/tiny.json"), "--out", str(run),
+    config = str(repo_root / "configs/postnet/tiny.json")
+    rc = main(["-q", "train", "postnet", "--config", config, "--out", str(run),
                "--set", f"data.manifest={json.dumps(manifest)}", "--set", f"vae={json.dumps(str(vae))}"])
     assert rc == 0
     valid = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["split"] == "valid"]
-    assert valid and {"log_l1", "sc", "nnls_log_l1", "nnls_sc", "vae_log_l1", "vae_sc", "vae_nnls_sc"} <= set(valid[-1])
+    expected = {"log_l1", "sc", "nnls_log_l1", "nnls_sc", "vae_log_l1", "vae_sc", "vae_nnls_sc"}
+    assert valid and expected <= set(valid[-1])
     assert all(np.isfinite(v) for v in valid[-1].values() if isinstance(v, float))
     assert list((run / "samples" / "step_2").glob("*.png"))
     assert vocoder_class(run / "final") is PostnetGriffinLim
@@ -95,8 +98,10 @@ def test_cli_trains_from_vae_reconstructions_and_the_run_exports_into_a_pipeline
     assert model.config.channels == 16
 
     out = tmp_path / "packed"
-    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(out), "--vocoder", str(run)]) == 0
-    assert json.loads((out / "vocoder" / "config.json").read_text())["class"] == "vocoder.postnet.PostnetGriffinLim"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(out),
+                 "--vocoder", str(run)]) == 0
+    spec = json.loads((out / "vocoder" / "config.json").read_text())
+    assert spec["class"] == "vocoder.postnet.PostnetGriffinLim"
     pipe = TTAPipeline.from_pretrained(out)
     assert isinstance(pipe.vocoder, PostnetGriffinLim)
     wav = pipe(["a tone sound"], seconds=0.32, steps=2, sampler="ddim", seed=0).wavs[0]
@@ -104,7 +109,7 @@ def test_cli_trains_from_vae_reconstructions_and_the_run_exports_into_a_pipeline
 
     # a folder that is no VAE: one line naming the key, exit 1, nothing written
     capsys.readouterr()
-    rc = main(["train", "postnet", "--config", str(repo_root / "configs/postnet/tiny.json"), "--out", str(tmp_path / "bad"),
+    rc = main(["train", "postnet", "--config", config, "--out", str(tmp_path / "bad"),
                "--set", f"data.manifest={json.dumps(manifest)}", "--set", f"vae={json.dumps(str(tmp_path))}"])
     err = capsys.readouterr().err
     assert rc == 1 and "vae=" in err and "Traceback" not in err
@@ -123,7 +128,8 @@ def test_adversarial_training_logs_its_losses_and_resumes_exactly(tmp_path, repo
     manifest = make_manifest(tmp_path)
     args = ["-q", "train", "postnet", "--config", str(repo_root / "configs/postnet/tiny.json"),
             "--set", f"data.manifest={json.dumps(manifest)}", "--set", "adversarial=0.1",
-            "--set", "feature_matching=0.2", "--set", "disc_start=1", "--set", "valid_items=0", "--set", "sample_items=0"]
+            "--set", "feature_matching=0.2", "--set", "disc_start=1", "--set", "valid_items=0",
+            "--set", "sample_items=0"]
     assert main([*args, "--out", str(tmp_path / "straight"), "--set", "train.max_steps=4"]) == 0
     assert main([*args, "--out", str(tmp_path / "split"), "--set", "train.max_steps=2"]) == 0
     assert main([*args, "--out", str(tmp_path / "split"), "--set", "train.max_steps=4", "--resume"]) == 0

@@ -10,7 +10,8 @@ fast Griffin-Lim. The correction's output layer starts at zero, so an untrained 
 `GriffinLim` (up to the magnitude floor `floor`, about -110 dB of full scale).
 
 `tta train postnet` (vocoder/postnet_train.py) fits it to true STFT magnitudes; it can also learn from a
-VAE's reconstructed mels, so that it undoes some of the VAE decoder's smoothing as well.
+VAE's reconstructed mels, so that it undoes some of the VAE decoder's smoothing as well, and against a patch
+discriminator on log-magnitude spectrograms.
 """
 
 from __future__ import annotations
@@ -86,9 +87,10 @@ class PostnetGriffinLim(GriffinLim):
 
 def magnitude_loss(log_mag: torch.Tensor, target: torch.Tensor, floor: float,
                    spectral_convergence: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L1 between log magnitudes (both clamped at `floor`) + `spectral_convergence` x ||exp(log_mag) - target||_F
-    / ||target||_F (per item, averaged). Returns (total, parts). The log term alone fits the quiet bins and
-    blurs the loud ones; the spectral-convergence term weights bins by their energy."""
+    """L1 between log magnitudes (both clamped at `floor`) + `spectral_convergence` x
+    ||exp(log_mag) - target||_F / ||target||_F (per item, averaged). Returns (total, parts). The log term
+    alone fits the quiet bins and blurs the loud ones; the spectral-convergence term weights bins by their
+    energy."""
     log_l1 = (log_mag - torch.log(target.clamp_min(floor))).abs().mean()
     diff = torch.linalg.vector_norm(torch.exp(log_mag) - target, dim=(-2, -1))
     sc = (diff / torch.linalg.vector_norm(target, dim=(-2, -1)).clamp_min(1e-8)).mean()

@@ -15,13 +15,13 @@ spectrograms (`SpectrogramDiscriminator`) is trained against the post-net (least
 and the VAE's PatchGAN), and the post-net gets `adversarial` x its generator loss plus `feature_matching`
 x the L1 between the discriminator's features of real and predicted magnitudes. The regression losses
 alone predict the mean of the detail a mel band hides, a smooth magnitude; the discriminator asks for
-detail that looks real, which is what FAD measures. It works on the magnitude, not the waveform, so it
-stays cheap on a CPU (Griffin-Lim still finds the phase).
+detail that looks real. It sees the magnitude, not the waveform, and one random window of
+`discriminator.crop_frames` frames per batch, so it stays cheap on a CPU (Griffin-Lim still finds the phase).
 
 Every `train.validate_every` steps (and after the last) the first `valid_items` held-out clips are
 inverted: log-magnitude L1 and spectral convergence of the post-net and of the plain NNLS inversion it
-starts from (`nnls_` metrics), and with a VAE the same from the VAE's reconstruction (`vae_`, `vae_nnls_`), go to
-metrics.jsonl (split "valid"); a few Griffin-Lim wavs + spectrogram PNGs go to RUN/samples/step_N/.
+starts from (`nnls_` metrics), and with a VAE the same from the VAE's reconstruction (`vae_`, `vae_nnls_`),
+go to metrics.jsonl (split "valid"); a few Griffin-Lim wavs + spectrogram PNGs go to RUN/samples/step_N/.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class SpectrogramDiscriminatorConfig:
     channels: tuple[int, ...] = (16, 32, 64, 64)     # one 2-D conv per entry, stride 2 in frequency and time
     kernel_size: int = 5
     leaky_relu_slope: float = 0.2
-    crop_frames: int = 64      # it sees one random window of this many frames per batch (0 = the whole segment)
+    crop_frames: int = 64      # one random window of this many frames per batch (0 = the whole segment)
 
     def __post_init__(self) -> None:
         if not self.channels or min(self.channels) <= 0:
@@ -111,7 +111,8 @@ class RunConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.adversarial and self.train.gradient_accumulation_steps != 1:
-            raise ValueError("train.gradient_accumulation_steps must be 1 with the discriminator (adversarial > 0)")
+            raise ValueError("train.gradient_accumulation_steps must be 1 with the discriminator "
+                             "(adversarial > 0)")
         if self.valid_items < 0 or not 0 <= self.sample_items <= self.valid_items:
             raise ValueError(f"need valid_items >= 0 and 0 <= sample_items <= valid_items, got "
                              f"{self.valid_items} and {self.sample_items}")
@@ -119,8 +120,8 @@ class RunConfig:
             raise ValueError(f"valid_seconds={self.valid_seconds} must be > 0")
         mel = self.model.mel
         if round(self.data.segment_seconds * mel.sample_rate) < mel.n_fft:
-            raise ValueError(f"data.segment_seconds={self.data.segment_seconds} is shorter than one STFT frame "
-                             f"(mel.n_fft = {mel.n_fft} samples)")
+            raise ValueError(f"data.segment_seconds={self.data.segment_seconds} is shorter than one STFT "
+                             f"frame (mel.n_fft = {mel.n_fft} samples)")
 
 
 def load_vae(path: str, mel: MelConfig) -> torch.nn.Module:
@@ -159,9 +160,12 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 
     mel_cfg = config.model.mel
     vae = load_vae(config.vae, mel_cfg) if config.vae else None      # before the run folder exists
-    train_set = AudioDataset.from_config(config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=True)
+    train_set = AudioDataset.from_config(config.data, config.data.train_split, mel_cfg.sample_rate,
+                                         random_crop=True)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
-    valid_set = held_out_set(config.data, mel_cfg.sample_rate, config.valid_seconds) if config.valid_items else None
+    valid_set = None
+    if config.valid_items:
+        valid_set = held_out_set(config.data, mel_cfg.sample_rate, config.valid_seconds)
 
     model = PostnetGriffinLim(config.model)
     optimizer = make_optimizer(model.parameters(), config.train)
@@ -213,7 +217,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                 sched_d.step()
                 fake_logits, fake_features = disc(fake)
                 adv = ((fake_logits - 1) ** 2).mean()
-                fm = sum((a.detach() - b).abs().mean() for a, b in zip(real_features, fake_features)) / len(fake_features)
+                fm = sum((a.detach() - b).abs().mean()
+                         for a, b in zip(real_features, fake_features)) / len(fake_features)
                 loss = loss + config.adversarial * adv + config.feature_matching * fm
                 logged = {"loss_d": loss_d.item(), "adv": adv.item(), "fm": fm.item()}
             optimizer.zero_grad(set_to_none=True)
@@ -222,7 +227,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             optimizer.step()
             scheduler.step()
         run.end_step(loss=loss.item(), log_l1=parts["log_l1"].item(), sc=parts["sc"].item(), **logged)
-        if valid_set is not None and (run.should(config.train.validate_every) or run.step == config.train.max_steps):
+        last = run.step == config.train.max_steps
+        if valid_set is not None and (run.should(config.train.validate_every) or last):
             validate(run, model, valid_set, config, vae)
 
     final_source = ema.averaged(run.unwrap(model)) if ema is not None else run.unwrap(model)
@@ -232,7 +238,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 @torch.no_grad()
 def validate(run: TrainingRun, model: torch.nn.Module, valid_set, config: RunConfig,
              vae: torch.nn.Module | None = None) -> dict:
-    """Invert up to `valid_items` held-out clips; log mean magnitude errors (post-net, NNLS, through the VAE)."""
+    """Invert up to `valid_items` held-out clips; log mean magnitude errors (post-net, NNLS, via the VAE)."""
     run.accelerator.wait_for_everyone()
     if not run.is_main:
         return {}

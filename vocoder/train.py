@@ -92,7 +92,9 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     mel_cfg = config.model.mel
     train_set = AudioDataset.from_config(config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=True)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
-    valid_set = held_out_set(config.data, mel_cfg.sample_rate, config.valid_seconds) if config.valid_items else None
+    valid_set = None
+    if config.valid_items:
+        valid_set = held_out_set(config.data, mel_cfg.sample_rate, config.valid_seconds)
 
     generator = HiFiGAN(config.model).apply_weight_norm()
     discriminator = HiFiGANDiscriminator(config.discriminator)
