@@ -112,7 +112,7 @@ def test_cli_trains_from_vae_reconstructions_and_the_run_exports_into_a_pipeline
     rc = main(["train", "postnet", "--config", config, "--out", str(tmp_path / "bad"),
                "--set", f"data.manifest={json.dumps(manifest)}", "--set", f"vae={json.dumps(str(tmp_path))}"])
     err = capsys.readouterr().err
-    assert rc == 1 and "vae=" in err and "Traceback" not in err
+    assert rc == 1 and "vae=" in err and "Traceback" not in err and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("change, message", [({"kernel_size": 4}, "kernel_size"), ({"floor": 0.0}, "floor"),
