@@ -207,7 +207,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                 if 0 < crop < real.shape[-1]:       # one window for the batch, from the step's RNG stream
                     start = int(torch.randint(0, real.shape[-1] - crop + 1, ()))
                     real, fake = real[..., start: start + crop], fake[..., start: start + crop]
-                real_logits, real_features = disc(real)
+                real_logits, _ = disc(real)
                 fake_logits, _ = disc(fake.detach())
                 loss_d = ((real_logits - 1) ** 2).mean() + (fake_logits ** 2).mean()
                 opt_d.zero_grad(set_to_none=True)
@@ -215,9 +215,11 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                 run.clip_grad(disc)
                 opt_d.step()
                 sched_d.step()
+                with torch.no_grad():    # the real side's features under the updated discriminator
+                    _, real_features = disc(real)
                 fake_logits, fake_features = disc(fake)
                 adv = ((fake_logits - 1) ** 2).mean()
-                fm = sum((a.detach() - b).abs().mean()
+                fm = sum((a - b).abs().mean()
                          for a, b in zip(real_features, fake_features)) / len(fake_features)
                 loss = loss + config.adversarial * adv + config.feature_matching * fm
                 logged = {"loss_d": loss_d.item(), "adv": adv.item(), "fm": fm.item()}
