@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -105,6 +105,10 @@ GROW2_RUN ?= $(RUNS)/ldm-grow2
 # a third data order
 GROW3_FROM ?= $(GROW2_RUN)/pipeline
 GROW3_RUN ?= $(RUNS)/ldm-grow3
+# LDM stage 18 (an experiment, not in default-model): stage 17's run folder polished once more at stage 13's
+# lower peak rate (3e-5, cosine to 3e-6), a fourth data order
+GROW4_FROM ?= $(GROW3_RUN)/pipeline
+GROW4_RUN ?= $(RUNS)/ldm-grow4
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -269,6 +273,10 @@ train-ldm-grow2: venv
 
 train-ldm-grow3: venv
 	$(MAKE) train-ldm-grow GROW_FROM=$(GROW3_FROM) GROW_RUN=$(GROW3_RUN) POLISH_ARGS="--set train.seed=2 $(POLISH_ARGS)"
+
+train-ldm-grow4: venv
+	$(MAKE) train-ldm-grow GROW_FROM=$(GROW4_FROM) GROW_RUN=$(GROW4_RUN) \
+		POLISH_ARGS="--set train.seed=3 --set train.learning_rate=3e-5 $(POLISH_ARGS)"
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \
