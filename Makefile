@@ -145,6 +145,9 @@ PACK_GUIDANCE_RULE ?= apg
 # the vocoder packed into the default: griffin-lim:ITERS (every release so far); $(RUNS)/postnet-gan packs the
 # post-net experiment of `make train-postnet-gan`, $(RUNS)/vocoder a HiFi-GAN run
 PACK_VOCODER ?= griffin-lim:16
+# run folders whose UNet weights are averaged with PACK_FROM's (`tta export pipeline --average`; same UNet and
+# CLAP); empty packs PACK_FROM's UNet alone (every release so far)
+PACK_AVERAGE ?=
 DATA = --set data.manifest=$(CORPUS)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
 DATA2 = --set data.manifest=$(CORPUS2)/manifest.jsonl --set data.cache_dir=$(AUDIO_CACHE)
 resume = $(if $(wildcard $(1)/config.json),--resume)
@@ -304,7 +307,8 @@ pack-default: venv
 	rm -rf tta/assets/default.new
 	$(BIN)/tta export pipeline $(PACK_FROM) --out tta/assets/default.new --dtype float16 \
 		--default sampler=dpmsolver++ --default steps=20 --default guidance=$(PACK_GUIDANCE) --default seconds=10.0 --default window=10.24 \
-		--default candidates=$(PACK_CANDIDATES) --default guidance_rule=$(PACK_GUIDANCE_RULE) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE))
+		--default candidates=$(PACK_CANDIDATES) --default guidance_rule=$(PACK_GUIDANCE_RULE) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE)) \
+		$(foreach a,$(PACK_AVERAGE),--average $(a))
 	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
 	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default

@@ -133,3 +133,40 @@ def test_vae_replacement_takes_a_decoder_fine_tune_and_refuses_a_new_encoder(tmp
     rc = main(["export", "pipeline", str(src), "--out", str(tmp_path / "y"), "--vae", str(tmp_path / "nothing")])
     err = capsys.readouterr().err
     assert rc == 1 and "--vae" in err and not (tmp_path / "y").exists()
+
+
+def test_average_makes_the_mean_unet_of_one_model_and_refuses_another_model(tmp_path, capsys):
+    import torch
+
+    from tta.pipeline import TTAPipeline
+
+    src = tiny_pipeline()
+    pipe = TTAPipeline.from_pretrained(src)
+    base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    steps = []
+    for i, where in enumerate(("b", "run/pipeline")):      # a pipeline folder and an LDM run folder
+        torch.manual_seed(i)
+        with torch.no_grad():
+            step = {k: torch.randn_like(v) * 0.01 for k, v in base.items() if v.is_floating_point()}
+            pipe.unet.load_state_dict({k: v + step[k] if k in step else v for k, v in base.items()})
+        pipe.save_pretrained(tmp_path / where)
+        steps.append(step)
+    out = tmp_path / "soup"
+    assert main(["-q", "export", "pipeline", str(src), "--out", str(out), "--dtype", "float32",
+                 "--average", str(tmp_path / "b"), "--average", str(tmp_path / "run")]) == 0
+    soup = TTAPipeline.from_pretrained(out).unet.state_dict()
+    k = next(k for k, v in base.items() if v.is_floating_point() and v.numel() > 16)
+    want = base[k] + (steps[0][k] + steps[1][k]) / 3
+    assert torch.allclose(soup[k], want, atol=1e-6) and not torch.allclose(soup[k], base[k], atol=1e-4)
+    # another CLAP: its UNet answers other embeddings, so it is not averaged in
+    other = TTAPipeline.from_pretrained(src)
+    with torch.no_grad():
+        next(iter(other.clap.model.parameters())).add_(0.5)
+    other.save_pretrained(tmp_path / "c")
+    rc = main(["export", "pipeline", str(src), "--out", str(tmp_path / "x"), "--average", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--average" in err and "CLAP" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+    rc = main(["export", "pipeline", str(src), "--out", str(tmp_path / "y"), "--average", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--average" in err and not (tmp_path / "y").exists()

@@ -173,7 +173,8 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
 
 def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float16",
                    defaults: dict | None = None, vocoder: str | os.PathLike | None = None,
-                   vae: str | os.PathLike | None = None, min_elements: int = 1024) -> Path:
+                   vae: str | os.PathLike | None = None, average: list | tuple = (),
+                   min_elements: int = 1024) -> Path:
     """Copy a tta pipeline folder with its weights stored in `dtype` and new generation defaults.
 
     Floating-point tensors with at least `min_elements` entries are stored as `dtype` (float16 halves the
@@ -184,7 +185,10 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     HiFiGAN component folder or a vocoder run folder) replaces the vocoder: it works on mels, so it can be
     trained on longer than the rest; its mel config must match the VAE's. `vae` (a MelVAE component or run
     folder) replaces the VAE only when it keeps the latent space the UNet was trained on: same config, same
-    encoder weights and scale_factor, i.e. a decoder fine-tune (`tta train vae --set freeze_encoder=true`)."""
+    encoder weights and scale_factor, i.e. a decoder fine-tune (`tta train vae --set freeze_encoder=true`).
+    `average` (pipeline folders or LDM run folders) replaces the UNet, and the retrieval context if there is
+    one, with the uniform average of its weights and theirs (a "model soup" of checkpoints from one training
+    line); every folder must have the same UNet config and the same CLAP."""
     from dataclasses import fields
 
     import torch
@@ -199,6 +203,8 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     if dtype not in store:
         raise InteropError(f"--dtype {dtype!r}: expected one of {', '.join(store)}")
     pipe = TTAPipeline.from_pretrained(pipeline)
+    if average:
+        _average_generators(pipe, [str(a) for a in average])
     if vae is not None:
         pipe.vae = _replacement_vae(str(vae), pipe.vae)
     if vocoder is not None:
@@ -229,6 +235,45 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
             item.rename(tmp / item.name)
         (tmp / "pipeline").rmdir()
     return Path(out)
+
+
+def _average_generators(pipe, specs: list[str]) -> None:
+    """`--average`: set pipe's UNet (and retrieval context) to the uniform average of its weights and those of
+    the pipelines in `specs` (pipeline folders, or run folders holding pipeline/). Sums run in float64, so the
+    order of the folders does not matter; every folder must match in UNet config and CLAP."""
+    from tta.checkpoint import CheckpointError
+    from tta.pipeline import PipelineError, TTAPipeline
+
+    parts = {"unet": pipe.unet} if pipe.retrieval is None else {"unet": pipe.unet, "retrieval": pipe.retrieval}
+    sums = {name: {k: v.double() for k, v in m.state_dict().items() if v.is_floating_point()}
+            for name, m in parts.items()}
+    for spec in specs:
+        folder = Path(spec)
+        if not (folder / "pipeline.json").is_file() and (folder / "pipeline" / "pipeline.json").is_file():
+            folder = folder / "pipeline"                  # a `tta train ldm` run folder
+        try:
+            other = TTAPipeline.from_pretrained(folder)
+        except (PipelineError, CheckpointError, ValueError, OSError) as e:
+            raise InteropError(f"--average {spec}: {e} (expected a pipeline folder or an LDM run folder)") from None
+        why = ""
+        if other.unet.config != pipe.unet.config:
+            why = "its unet/ config differs from the pipeline's"
+        elif other.clap.identity != pipe.clap.identity:
+            why = "its text_encoder/ (CLAP) is not the pipeline's, so its UNet answers other embeddings"
+        elif (other.retrieval is None) != (pipe.retrieval is None) or (
+                other.retrieval is not None and other.retrieval.config != pipe.retrieval.config):
+            why = "its retrieval/ component does not match the pipeline's"
+        if why:
+            raise InteropError(f"--average {spec}: {why}; only checkpoints of one model can be averaged")
+        mine = {"unet": other.unet, "retrieval": other.retrieval}
+        for name, acc in sums.items():
+            theirs = mine[name].state_dict()
+            for k in acc:
+                acc[k] += theirs[k].double()
+    n = len(specs) + 1
+    for name, m in parts.items():
+        state = m.state_dict()
+        m.load_state_dict({k: (sums[name][k] / n).to(v.dtype) if k in sums[name] else v for k, v in state.items()})
 
 
 def _replacement_vae(spec: str, current):
@@ -337,6 +382,9 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                                          "or griffin-lim[:ITERS] for the untrained baseline")
         p.add_argument("--vae", help="replace the VAE with a decoder fine-tune of it (a MelVAE component or run "
                                      "folder trained with freeze_encoder=true: same encoder and scale_factor)")
+        p.add_argument("--average", action="append", default=[], metavar="FOLDER",
+                       help="average the UNet weights with this pipeline or `tta train ldm` run folder's (same "
+                            "UNet config and CLAP; repeatable: a uniform average of all, the folder included)")
     parser.set_defaults(interop_verb=verb)
 
 
@@ -356,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
                 raise InteropError(f"--default {item!r}: expected KEY=VALUE")
             pairs[key.strip()] = value.strip()
         out = export_compact(args.folder, args.out, dtype=args.dtype, defaults=pairs, vocoder=args.vocoder,
-                             vae=args.vae)
+                             vae=args.vae, average=args.average)
     else:
         out = export_diffusers_audioldm(args.folder, args.out)
     print(out)
