@@ -326,6 +326,29 @@ def test_a_retrieval_pipeline_round_trips_and_refuses_diffusers_export(trained, 
     assert code == 1 and "retrieval-augmented" in err
 
 
+def test_average_covers_the_retrieval_context_and_refuses_a_plain_model(trained, tmp_path, capsys):
+    import torch
+
+    from tests.test_ldm_fixtures import tiny_pipeline
+    from tta.pipeline import TTAPipeline
+
+    pipe = TTAPipeline.from_pretrained(trained / "pipeline")
+    base = {k: v.clone() for k, v in pipe.retrieval.state_dict().items()}
+    k = next(k for k, v in base.items() if v.is_floating_point() and v.numel() > 4)
+    with torch.no_grad():
+        pipe.retrieval.state_dict()[k].add_(0.3)
+    pipe.save_pretrained(tmp_path / "moved")
+    code, _, err = run(capsys, "export", "pipeline", trained / "pipeline", "--out", tmp_path / "soup",
+                       "--dtype", "float32", "--average", tmp_path / "moved")
+    assert code == 0, err
+    soup = TTAPipeline.from_pretrained(tmp_path / "soup").retrieval.state_dict()
+    assert torch.allclose(soup[k], base[k] + 0.15, atol=1e-6)
+    code, _, err = run(capsys, "export", "pipeline", trained / "pipeline", "--out", tmp_path / "x",
+                       "--average", tiny_pipeline())
+    assert code == 1 and "--average" in err and "unet/ config" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_buckets_follow_training_frequency_of_caption_words_and_classes():
     from tta.commands.retrieval_experiment import assign_buckets, prompt_frequencies
     from tta.data.manifest import ManifestRow
