@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -98,17 +98,21 @@ GROW_FROM ?= $(POLISH2_RUN)/pipeline
 GROW_VAE ?= $(POLISH_VAE)
 GROW_RUN ?= $(RUNS)/ldm-grow
 LDM_GROW_STEPS ?= 3000
-# LDM stage 16 (v0.8's last stage): the same recipe again from stage 15's run folder, another data order
+# LDM stage 16 (v0.8's last stage; v0.9 trains on): the same recipe again from stage 15's run folder, another data order
 GROW2_FROM ?= $(GROW_RUN)/pipeline
 GROW2_RUN ?= $(RUNS)/ldm-grow2
-# LDM stage 17 (an experiment, not in default-model): the same recipe once more from stage 16's run folder,
+# LDM stage 17 (v0.9's first): the same recipe once more from stage 16's run folder,
 # a third data order
 GROW3_FROM ?= $(GROW2_RUN)/pipeline
 GROW3_RUN ?= $(RUNS)/ldm-grow3
-# LDM stage 18 (an experiment, not in default-model): stage 17's run folder polished once more at stage 13's
+# LDM stage 18 (v0.9's second): stage 17's run folder polished once more at stage 13's
 # lower peak rate (3e-5, cosine to 3e-6), a fourth data order
 GROW4_FROM ?= $(GROW3_RUN)/pipeline
 GROW4_RUN ?= $(RUNS)/ldm-grow4
+# LDM stage 19 (v0.9's last): stage 18's recipe again from its run folder, a fifth
+# data order
+GROW5_FROM ?= $(GROW4_RUN)/pipeline
+GROW5_RUN ?= $(RUNS)/ldm-grow5
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -128,11 +132,11 @@ CLAP_V3_CONFIG ?= configs/clap/default-v2.json
 CLAP_V3_FROM ?= $(RUNS)/ldm-clap2/pipeline
 STAGE7_FROM ?= $(RUNS)/ldm-clap2/pipeline
 LDM_CLAP3_STEPS ?= 1000
-# the run packed into the default: LDM stage 16's pipeline folder (v0.8); $(RUNS)/ldm-polish2/pipeline packs
-# stage 13 (v0.7), $(RUNS)/ldm-polish/pipeline stage 11 (v0.6 to v0.6.3, with VAE v2); $(RUNS)/ldm-clap3/pipeline packs stage 7 (v0.5; with PACK_GUIDANCE
+# the run packed into the default: LDM stage 19's pipeline folder (v0.9); $(RUNS)/ldm-grow2/pipeline packs
+# stage 16 (v0.8), $(RUNS)/ldm-polish2/pipeline stage 13 (v0.7), $(RUNS)/ldm-polish/pipeline stage 11 (v0.6 to v0.6.3, with VAE v2); $(RUNS)/ldm-clap3/pipeline packs stage 7 (v0.5; with PACK_GUIDANCE
 # 4.5, v0.5.1), $(RUNS)/ldm-clap2/pipeline stage 6 (v0.4), $(RUNS)/ldm-v2/pipeline stage 3 (v0.3); those older
 # runs need PACK_VAE= (their own VAE)
-PACK_FROM ?= $(RUNS)/ldm-grow2/pipeline
+PACK_FROM ?= $(RUNS)/ldm-grow5/pipeline
 # the VAE packed into the default: VAE v2 with its GAN-tuned decoder (`make train-vae-gan`; v0.6.1); empty
 # packs the pipeline's own VAE (v0.6 and earlier)
 PACK_VAE ?= $(RUNS)/vae-gan/final
@@ -155,7 +159,8 @@ resume = $(if $(wildcard $(1)/config.json),--resume)
 ## default-model: rebuild tta/assets/default from nothing (hours on a CPU; stages below)
 default-model: corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 \
 		train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-vae-v2 train-ldm-vae2 train-ldm-polish \
-		train-ldm-polish2 train-vae-gan train-ldm-grow train-ldm-grow2 pack-default
+		train-ldm-polish2 train-vae-gan train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 \
+		train-ldm-grow5 pack-default
 
 corpus: venv
 	test -f $(CORPUS)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS) --large --recipe-version 1
@@ -280,6 +285,10 @@ train-ldm-grow3: venv
 train-ldm-grow4: venv
 	$(MAKE) train-ldm-grow GROW_FROM=$(GROW4_FROM) GROW_RUN=$(GROW4_RUN) \
 		POLISH_ARGS="--set train.seed=3 --set train.learning_rate=3e-5 $(POLISH_ARGS)"
+
+train-ldm-grow5: venv
+	$(MAKE) train-ldm-grow GROW_FROM=$(GROW5_FROM) GROW_RUN=$(GROW5_RUN) \
+		POLISH_ARGS="--set train.seed=4 --set train.learning_rate=3e-5 $(POLISH_ARGS)"
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \
