@@ -98,19 +98,18 @@ GROW_FROM ?= $(POLISH2_RUN)/pipeline
 GROW_VAE ?= $(POLISH_VAE)
 GROW_RUN ?= $(RUNS)/ldm-grow
 LDM_GROW_STEPS ?= 3000
-# LDM stage 16 (v0.8's last stage; v0.9 trains on): the same recipe again from stage 15's run folder, another data order
+# LDM stage 16 (v0.8's last stage; v0.9 trains on): the same recipe again from stage 15's run folder,
+# another data order
 GROW2_FROM ?= $(GROW_RUN)/pipeline
 GROW2_RUN ?= $(RUNS)/ldm-grow2
-# LDM stage 17 (v0.9's first): the same recipe once more from stage 16's run folder,
-# a third data order
+# LDM stage 17 (v0.9's first): the same recipe once more from stage 16's run folder, a third data order
 GROW3_FROM ?= $(GROW2_RUN)/pipeline
 GROW3_RUN ?= $(RUNS)/ldm-grow3
 # LDM stage 18 (v0.9's second): stage 17's run folder polished once more at stage 13's
 # lower peak rate (3e-5, cosine to 3e-6), a fourth data order
 GROW4_FROM ?= $(GROW3_RUN)/pipeline
 GROW4_RUN ?= $(RUNS)/ldm-grow4
-# LDM stage 19 (v0.9's last): stage 18's recipe again from its run folder, a fifth
-# data order
+# LDM stage 19 (v0.9's last): stage 18's recipe again from its run folder, a fifth data order
 GROW5_FROM ?= $(GROW4_RUN)/pipeline
 GROW5_RUN ?= $(RUNS)/ldm-grow5
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
@@ -133,7 +132,8 @@ CLAP_V3_FROM ?= $(RUNS)/ldm-clap2/pipeline
 STAGE7_FROM ?= $(RUNS)/ldm-clap2/pipeline
 LDM_CLAP3_STEPS ?= 1000
 # the run packed into the default: LDM stage 19's pipeline folder (v0.9); $(RUNS)/ldm-grow2/pipeline packs
-# stage 16 (v0.8), $(RUNS)/ldm-polish2/pipeline stage 13 (v0.7), $(RUNS)/ldm-polish/pipeline stage 11 (v0.6 to v0.6.3, with VAE v2); $(RUNS)/ldm-clap3/pipeline packs stage 7 (v0.5; with PACK_GUIDANCE
+# stage 16 (v0.8), $(RUNS)/ldm-polish2/pipeline stage 13 (v0.7), $(RUNS)/ldm-polish/pipeline stage 11 (v0.6
+# to v0.6.3, with VAE v2); $(RUNS)/ldm-clap3/pipeline packs stage 7 (v0.5; with PACK_GUIDANCE
 # 4.5, v0.5.1), $(RUNS)/ldm-clap2/pipeline stage 6 (v0.4), $(RUNS)/ldm-v2/pipeline stage 3 (v0.3); those older
 # runs need PACK_VAE= (their own VAE)
 PACK_FROM ?= $(RUNS)/ldm-grow5/pipeline

@@ -261,7 +261,9 @@ def _average_generators(pipe, specs: list[str]) -> None:
         elif other.clap.identity != pipe.clap.identity:
             why = "its text_encoder/ (CLAP) is not the pipeline's, so its UNet answers other embeddings"
         elif other.retrieval is not None and other.retrieval.config != pipe.retrieval.config:
-            why = "its retrieval/ config differs from the pipeline's"   # (retrieval/ goes with unet context_dim)
+            # (a retrieval/ component goes with its own unet context_dim, so one that is missing on either side
+            # has been refused above by the unet/ config)
+            why = "its retrieval/ config differs from the pipeline's"
         if why:
             raise InteropError(f"--average {spec}: {why}; only checkpoints of one model can be averaged")
         mine = {"unet": other.unet, "retrieval": other.retrieval}
@@ -382,8 +384,9 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--vae", help="replace the VAE with a decoder fine-tune of it (a MelVAE component or run "
                                      "folder trained with freeze_encoder=true: same encoder and scale_factor)")
         p.add_argument("--average", action="append", default=[], metavar="FOLDER",
-                       help="average the UNet (and retrieval) weights with this pipeline or `tta train ldm` run folder's (same "
-                            "UNet config and CLAP; repeatable: a uniform average of all, the folder included)")
+                       help="average the UNet (and retrieval) weights with this pipeline or `tta train ldm` run "
+                            "folder's (same UNet config and CLAP; repeatable: a uniform average of all, the folder "
+                            "included)")
     parser.set_defaults(interop_verb=verb)
 
 
