@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -112,6 +112,12 @@ GROW4_RUN ?= $(RUNS)/ldm-grow4
 # LDM stage 19 (v0.9's last): stage 18's recipe again from its run folder, a fifth data order
 GROW5_FROM ?= $(GROW4_RUN)/pipeline
 GROW5_RUN ?= $(RUNS)/ldm-grow5
+# LDM stage 21 (an experiment, not shipped): the capacity step that 8-bit storage makes room for. DEEP_FROM's UNet
+# (the v0.9 release folder) grown to three transformer blocks per attention level (15.4 M -> 19.4 M parameters;
+# the seven new blocks start as the identity), then stage 15's recipe (peak 5e-5, cosine, min-SNR-5), seed 6;
+# packed with `tta export pipeline --dtype int8` (the UNet's linear layers in 8 bits) to fit the 40 MB budget
+DEEP_FROM ?= tta/assets/default
+DEEP_RUN ?= $(RUNS)/ldm-grow7
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -149,6 +155,9 @@ PACK_GUIDANCE_RULE ?= apg
 # the vocoder packed into the default: griffin-lim:ITERS (every release so far); $(RUNS)/postnet-gan packs the
 # post-net experiment of `make train-postnet-gan`, $(RUNS)/vocoder a HiFi-GAN run
 PACK_VOCODER ?= griffin-lim:16
+# the storage of the packed weights: float16 (every release so far), or int8 (the UNet's linear layers in 8 bits
+# in optimum-quanto's layout, the rest float16; room for a larger UNet in the 40 MB budget)
+PACK_DTYPE ?= float16
 # run folders whose UNet weights are averaged with PACK_FROM's (`tta export pipeline --average`; same UNet and
 # CLAP); empty packs PACK_FROM's UNet alone (every release so far)
 PACK_AVERAGE ?=
@@ -290,6 +299,10 @@ train-ldm-grow5: venv
 	$(MAKE) train-ldm-grow GROW_FROM=$(GROW5_FROM) GROW_RUN=$(GROW5_RUN) \
 		POLISH_ARGS="--set train.seed=4 --set train.learning_rate=3e-5 $(POLISH_ARGS)"
 
+train-ldm-deep: venv
+	$(MAKE) train-ldm-grow GROW_FROM=$(DEEP_FROM) GROW_VAE=$(DEEP_FROM)/vae GROW_RUN=$(DEEP_RUN) \
+		POLISH_ARGS="--set model.transformer_layers=3 --set train.seed=6 $(POLISH_ARGS)"
+
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \
 		--set train.max_steps=$(CLAP_V2_STEPS) \
@@ -314,7 +327,7 @@ train-ldm-clap3: venv
 
 pack-default: venv
 	rm -rf tta/assets/default.new
-	$(BIN)/tta export pipeline $(PACK_FROM) --out tta/assets/default.new --dtype float16 \
+	$(BIN)/tta export pipeline $(PACK_FROM) --out tta/assets/default.new --dtype $(PACK_DTYPE) \
 		--default sampler=dpmsolver++ --default steps=20 --default guidance=$(PACK_GUIDANCE) --default seconds=10.0 --default window=10.24 \
 		--default candidates=$(PACK_CANDIDATES) --default guidance_rule=$(PACK_GUIDANCE_RULE) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE)) \
 		$(foreach a,$(PACK_AVERAGE),--average $(a))

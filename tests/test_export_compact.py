@@ -50,12 +50,84 @@ def test_compact_copy_is_smaller_loads_and_generates_close_to_the_original(tmp_p
 @pytest.mark.parametrize("args, needle", [(["--default", "nope=1"], "nope"),
                                           (["--default", "sampler=wat"], "wat"),
                                           (["--default", "steps"], "KEY=VALUE"),
-                                          (["--dtype", "int8"], "int8")])
+                                          (["--dtype", "int4"], "int4")])
 def test_bad_export_options_are_one_line_errors(tmp_path, capsys, args, needle):
     out = tmp_path / "packed"
     rc = main(["export", "pipeline", str(tiny_pipeline()), "--out", str(out), *args])
     err = capsys.readouterr().err
     assert rc == 1 and needle in err and "Traceback" not in err and not out.exists()
+
+
+def test_int8_keeps_the_unet_linears_in_8_bits_in_quantos_layout_and_generates_close(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from tta.pipeline import TTAPipeline
+
+    src = tiny_pipeline()
+    half, eight = tmp_path / "half", tmp_path / "eight"
+    assert main(["-q", "export", "pipeline", str(src), "--out", str(half)]) == 0
+    assert main(["-q", "export", "pipeline", str(src), "--out", str(eight), "--dtype", "int8"]) == 0
+    config = json.loads((eight / "unet" / "config.json").read_text())
+    assert config["quantization_config"] == {"quant_method": "quanto", "weights_dtype": "int8",
+                                             "modules_to_not_convert": None}
+    stored = load_file(str(eight / "unet" / "diffusion_pytorch_model.safetensors"))
+    a = TTAPipeline.from_pretrained(src)
+    linears = [n for n, m in a.unet.net.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(stored[f"{n}.weight._data"].dtype == torch.int8 for n in linears)
+    assert all(f"{n}.weight" not in stored for n in linears)
+    assert all(stored[f"{n}.weight._scale"].dtype == torch.float32 for n in linears)
+    # one scale per output row, and the row's largest weight is stored as +-127
+    n = linears[0]
+    w = a.unet.net.get_submodule(n).weight
+    data, scale = stored[f"{n}.weight._data"], stored[f"{n}.weight._scale"]
+    assert scale.shape == (w.shape[0], 1)
+    assert torch.equal(data.abs().amax(dim=1), torch.full((w.shape[0],), 127, dtype=torch.int8))
+    assert (data.float() * scale - w).abs().max() <= scale.max() / 2 + 1e-6
+    assert folder_bytes(eight / "unet") < 0.9 * folder_bytes(half / "unet")   # (the tiny UNet is mostly conv)
+    b = TTAPipeline.from_pretrained(eight)
+    assert next(b.unet.parameters()).dtype == torch.float32
+    kw = {"seconds": 0.32, "steps": 2, "sampler": "ddim", "seed": 0}
+    wa, wb = a(["a tone sound"], **kw).wavs[0], b(["a tone sound"], **kw).wavs[0]
+    assert wa.shape == wb.shape and np.isfinite(wb).all()
+    assert np.abs(wa - wb).max() < 0.1 * max(np.abs(wa).max(), 1e-3)
+    # a copy of the 8-bit folder is stored plainly again (float16), and other quantizations are refused
+    assert main(["-q", "export", "pipeline", str(eight), "--out", str(tmp_path / "again")]) == 0
+    assert "quantization_config" not in json.loads((tmp_path / "again" / "unet" / "config.json").read_text())
+
+
+def test_an_unsupported_quantization_is_a_one_line_error(tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bnb"
+    shutil.copytree(tiny_pipeline(), bad)
+    config = json.loads((bad / "unet" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    (bad / "unet" / "config.json").write_text(json.dumps(config))
+    rc = main(["generate", "a tone sound", "--model", str(bad), "-o", str(tmp_path / "x.wav"),
+               "--seconds", "0.32", "--steps", "2"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "unet/config.json" in err and "bitsandbytes" in err and "Traceback" not in err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_diffusers_with_optimum_quanto_opens_the_int8_unet(tmp_path):
+    pytest.importorskip("optimum.quanto")
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from tta.pipeline import TTAPipeline
+
+    out = tmp_path / "eight"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(out), "--dtype", "int8"]) == 0
+    theirs = UNet2DConditionModel.from_pretrained(str(out / "unet"), torch_dtype=torch.float32)
+    mine = TTAPipeline.from_pretrained(out).unet
+    x, t = torch.randn(1, mine.config.latent_channels, 16, 8), torch.tensor([500])
+    cond = torch.randn(1, mine.config.class_embed_dim)
+    with torch.no_grad():
+        want = mine(x, t, cond)
+        got = theirs(x, t, encoder_hidden_states=None, class_labels=cond).sample
+    assert torch.allclose(got, want, atol=1e-4)
 
 
 def test_vocoder_replacement_is_used_and_a_mismatched_one_refused(tmp_path, capsys):

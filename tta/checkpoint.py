@@ -282,4 +282,60 @@ def read_foreign_folder(folder: str | os.PathLike, weight_names: tuple[str, ...]
     if weights is None:
         raise CheckpointError(f"{folder}: none of {', '.join(weight_names)} found (expected {what})")
     state = load_state_dict(weights) if weights.suffix == ".safetensors" else load_torch_file(weights)
+    if config.get("quantization_config") is not None:
+        state = dequantize_int8(state, config["quantization_config"], where=str(cfg_path))
     return config, state, weights
+
+
+# ----------------------------------------------------------------------- 8-bit storage (quanto layout)
+#
+# `tta export pipeline --dtype int8` stores every nn.Linear weight of a diffusers UNet as int8 with one
+# float32 scale per output row (symmetric: scale = max|row| / 127, value = round(w / scale)), in the layout
+# diffusers' optimum-quanto backend writes for weight-only int8 (`QuantoConfig(weights_dtype="int8")`):
+#   <module>.weight._data   int8 (out, in)        <module>.weight._scale  float32 (out, 1)
+#   <module>.input_scale / <module>.output_scale  float32 scalars 1.0 (no activation quantization)
+# and `"quantization_config": {"quant_method": "quanto", "weights_dtype": "int8", ...}` in config.json. So
+# diffusers with optimum-quanto installed opens the folder as a quantized model, and tta reads it without
+# optimum-quanto: `read_foreign_folder` widens the weights to float32 on load.
+
+QUANTO_INT8 = {"quant_method": "quanto", "weights_dtype": "int8", "modules_to_not_convert": None}
+_DATA, _SCALE = ".weight._data", ".weight._scale"
+
+
+def quantize_int8(state: dict, modules: set[str] | list[str]) -> dict:
+    """`state` with the `.weight` of each module in `modules` (names as in the state dict, e.g. the
+    nn.Linear layers of a UNet) replaced by its int8 storage in the quanto layout above."""
+    import torch
+
+    out = dict(state)
+    for name in sorted(modules):
+        w = out.pop(f"{name}.weight").float()
+        scale = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True).clamp_min(1e-12) / 127.0
+        out[name + _DATA] = torch.clamp(torch.round(w / scale), -128, 127).to(torch.int8)
+        out[name + _SCALE] = scale.to(torch.float32)
+        out[f"{name}.input_scale"] = torch.ones((), dtype=torch.float32)
+        out[f"{name}.output_scale"] = torch.ones((), dtype=torch.float32)
+    return out
+
+
+def dequantize_int8(state: dict, qconfig: Any, *, where: str) -> dict:
+    """The float32 state dict of a folder stored with `quantize_int8` (quanto weight-only int8); any other
+    quantization is refused with an error naming `where` (the config.json)."""
+    import torch
+
+    if not isinstance(qconfig, dict) or qconfig.get("quant_method") != "quanto" \
+            or qconfig.get("weights_dtype") != "int8":
+        raise CheckpointError(f"{where}: quantization_config {qconfig!r} is not supported; tta reads "
+                              "weight-only int8 in optimum-quanto's layout (quant_method 'quanto', "
+                              "weights_dtype 'int8', as `tta export pipeline --dtype int8` writes)")
+    out = dict(state)
+    for key in [k for k in state if k.endswith(_DATA)]:
+        name = key[:-len(_DATA)]
+        data, scale = out.pop(key), out.pop(name + _SCALE, None)
+        if data.dtype != torch.int8 or scale is None:
+            raise CheckpointError(f"{where}: {key} is {data.dtype} with {'a' if scale is not None else 'no'} "
+                                  f"{name + _SCALE}; expected int8 data with a float scale per output row")
+        out[f"{name}.weight"] = data.float() * scale.float()
+        out.pop(f"{name}.input_scale", None)
+        out.pop(f"{name}.output_scale", None)
+    return out

@@ -179,7 +179,10 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
 
     Floating-point tensors with at least `min_elements` entries are stored as `dtype` (float16 halves the
     folder); smaller ones (norm scales, biases, the VAE scale factor, BatchNorm statistics) stay float32.
-    Loading upcasts to the model's float32 parameters, so only the storage rounding changes outputs. The
+    Loading upcasts to the model's float32 parameters, so only the storage rounding changes outputs. `dtype`
+    "int8" stores the UNet's nn.Linear weights in 8 bits with a float32 scale per output row
+    (`tta.checkpoint.quantize_int8`: optimum-quanto's layout, which diffusers opens as a quantized model when
+    optimum-quanto is installed and tta reads without it) and the other large tensors as float16. The
     text encoder (CLAP) is copied exactly, so its identity (datastores, embedding caches) is unchanged.
     `defaults` overrides fields of pipeline.json's "defaults" (PipelineDefaults), validated. `vocoder` (a
     HiFiGAN component folder or a vocoder run folder) replaces the vocoder: it works on mels, so it can be
@@ -194,12 +197,13 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     import torch
     from safetensors.torch import load_file, save_file
 
-    from tta.checkpoint import atomic_dir
+    from tta.checkpoint import QUANTO_INT8, atomic_dir, quantize_int8
     from tta.config import ConfigError, apply_overrides
     from tta.ldm.sampling import check_sampler
     from tta.pipeline import TTAPipeline
 
-    store = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    store = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+             "int8": torch.float16}
     if dtype not in store:
         raise InteropError(f"--dtype {dtype!r}: expected one of {', '.join(store)}")
     pipe = TTAPipeline.from_pretrained(pipeline)
@@ -222,15 +226,24 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
             check_sampler(pipe.defaults.sampler)
         except ValueError as e:
             raise InteropError(f"--default sampler: {e}") from None
+    # int8: the UNet's linear layers in 8 bits (quanto layout, tta.checkpoint.quantize_int8), the rest float16
+    linears = {n for n, m in pipe.unet.net.named_modules() if isinstance(m, torch.nn.Linear)}
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp / "pipeline")
         for path in sorted((tmp / "pipeline").rglob("*.safetensors")):
             if path.parent.name == "text_encoder":   # the CLAP stays exact: its identity keys datastores/caches
                 continue
             state = load_file(str(path))
-            state = {k: (v.to(store[dtype]) if v.is_floating_point() and v.numel() >= min_elements else v)
-                     for k, v in state.items()}
+            quantized = dtype == "int8" and path.parent.name == "unet"
+            if quantized:
+                state = quantize_int8(state, linears)
+            state = {k: (v.to(store[dtype]) if v.is_floating_point() and v.numel() >= min_elements
+                         and not k.endswith("._scale") else v) for k, v in state.items()}
             save_file(state, str(path), metadata={"format": "pt"})
+            if quantized:
+                config = json.loads((path.parent / "config.json").read_text())
+                config["quantization_config"] = dict(QUANTO_INT8)
+                (path.parent / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for item in (tmp / "pipeline").iterdir():
             item.rename(tmp / item.name)
         (tmp / "pipeline").rmdir()
@@ -373,8 +386,10 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                                             "new generation defaults); how the embedded default model is packed")
         p.add_argument("folder", type=Path, help="tta pipeline folder")
         p.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
-        p.add_argument("--dtype", default="float16", help="storage dtype of the larger tensors: float16 "
-                                                          "(default), bfloat16 or float32")
+        p.add_argument("--dtype", default="float16",
+                       help="storage dtype of the larger tensors: float16 (default), bfloat16, float32, or "
+                            "int8: the UNet's linear layers in 8 bits with a scale per output row (the "
+                            "layout diffusers' optimum-quanto backend reads), everything else float16")
         p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
                        help="set a generation default in pipeline.json (sampler, steps, guidance, seconds, "
                             "candidates, window, guidance_rule); repeatable")

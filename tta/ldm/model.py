@@ -19,7 +19,9 @@ Storage: a training run writes this wrapper as a tta component (config.json with
 model.safetensors, keys `net.*`). A pipeline folder's `unet/` keeps diffusers' own files
 (`save_diffusers` / `load_diffusers`: config.json + diffusion_pytorch_model.safetensors), so a diffusers
 user can open it with `UNet2DConditionModel.from_pretrained`; `LDMConfig.from_diffusers` reads the
-config back (and imports diffusers AudioLDM UNets).
+config back (and imports diffusers AudioLDM UNets). A `unet/` packed with `tta export pipeline --dtype int8`
+keeps its linear layers in 8 bits in optimum-quanto's layout (`tta.checkpoint.quantize_int8`); it loads here
+widened to float32, and in diffusers when optimum-quanto is installed.
 """
 
 from __future__ import annotations

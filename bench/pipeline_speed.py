@@ -1,0 +1,94 @@
+"""Generation time of several pipeline folders, timed alternately in one process.
+
+On a shared CPU the speed of the machine drifts by tens of percent within an hour, so two models timed in
+separate runs (e.g. two `bench/default_quality.py` runs) are not comparable. This loads every --model once,
+makes one warm-up generation with each, then runs --rounds rounds in which each model in turn generates one
+clip of --seconds with its own pipeline defaults (sampler, steps, guidance, candidates) from the same prompt
+and seed; drift then hits every model alike. Reported per model: load time, every round's time, the median
+and best RTF, and the ratio of its median time to the first model's (the baseline). Used to check that
+8-bit storage (`tta export pipeline --dtype int8`) costs no speed, and what a deeper UNet costs.
+
+Usage: .venv/bin/python bench/pipeline_speed.py --model A --model B [--rounds 4] [--seconds 10] [--threads 2]
+Prints one line per model and appends a JSON line to --results (bench/results.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", action="append", required=True, type=Path,
+                    help="pipeline folder (repeatable; the first is the baseline of the ratios)")
+    ap.add_argument("--rounds", type=int, default=4, help="timed generations per model (default 4)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="audio per generation (default 10)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--prompt", default="rain on a tin roof")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: expected at least 1")
+    for m in args.model:
+        if not (m / "pipeline.json").is_file():
+            ap.error(f"--model {m}: no pipeline.json (expected a tta pipeline folder)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    from default_quality import machine, versions
+    from tta.pipeline import TTAPipeline
+
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    pipes, loads = [], []
+    for m in args.model:
+        t = time.perf_counter()
+        pipes.append(TTAPipeline.from_pretrained(m))
+        loads.append(time.perf_counter() - t)
+    for p in pipes:                                      # warm-up: first-call allocations, caches
+        p([args.prompt], seconds=args.seconds, seed=0)
+    times: list[list[float]] = [[] for _ in pipes]
+    for r in range(args.rounds):
+        for i, p in enumerate(pipes):
+            t = time.perf_counter()
+            p([args.prompt], seconds=args.seconds, seed=r + 1)
+            times[i].append(time.perf_counter() - t)
+    base = statistics.median(times[0])
+    rows = []
+    for m, p, load, ts in zip(args.model, pipes, loads, times):
+        med = statistics.median(ts)
+        size = sum(f.stat().st_size for f in m.rglob("*") if f.is_file())
+        rows.append({"model": str(m), "load_s": round(load, 2), "generate_s": [round(x, 3) for x in ts],
+                     "rtf_median": round(med / args.seconds, 4), "rtf_best": round(min(ts) / args.seconds, 4),
+                     "ratio_to_first": round(med / base, 3), "size_mb": round(size / 1e6, 2),
+                     "defaults": json.loads((m / "pipeline.json").read_text()).get("defaults", {})})
+        print(f"{m}: load {load:.1f} s, {args.seconds:g} s of audio in "
+              + ", ".join(f"{x:.2f}" for x in ts) + f" s; RTF median {med / args.seconds:.3f}, "
+              f"best {min(ts) / args.seconds:.3f}; {med / base:.2f}x the first model; {size / 1e6:.1f} MB")
+    summary = {"bench": "pipeline_speed", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine(), "versions": versions(),
+               "note": "models timed alternately in one process on a shared CPU: compare the ratios",
+               "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
+               "settings": {"rounds": args.rounds, "seconds": args.seconds, "threads": args.threads,
+                            "prompt": args.prompt}, "models": rows}
+    with open(args.results, "a") as f:
+        f.write(json.dumps(summary) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""bench/pipeline_speed.py on the tiny pipeline and its 8-bit copy: every model timed in every round, ratios
+against the first, one JSON line appended; a folder that is not a pipeline is refused in one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.test_ldm_fixtures import ROOT, one_thread, tiny_pipeline  # noqa: F401 (autouse)
+from tta.cli import main as tta_main
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_pipeline_speed", ROOT / "bench" / "pipeline_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pipelines_are_timed_alternately_and_recorded(tmp_path, capsys):
+    src, eight = tmp_path / "half", tmp_path / "eight"
+    for out, dtype in ((src, "float16"), (eight, "int8")):
+        assert tta_main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(out), "--dtype", dtype,
+                         "--default", "steps=2", "--default", "sampler=ddim", "--default", "candidates=1"]) == 0
+    results = tmp_path / "results.jsonl"
+    summary = load_bench().main(["--model", str(eight), "--model", str(src), "--rounds", "2", "--seconds", "0.32",
+                                 "--threads", "1", "--results", str(results)])
+    rows = summary["models"]
+    assert [r["model"] for r in rows] == [str(eight), str(src)]
+    assert all(len(r["generate_s"]) == 2 and all(t > 0 for t in r["generate_s"]) for r in rows)
+    assert rows[0]["ratio_to_first"] == 1.0 and rows[1]["ratio_to_first"] > 0
+    assert rows[0]["defaults"]["steps"] == 2 and rows[0]["size_mb"] < rows[1]["size_mb"]
+    line = json.loads(results.read_text().splitlines()[-1])
+    assert line["bench"] == "pipeline_speed" and line["versions"]["torch"] and line["settings"]["rounds"] == 2
+    assert "1.00x the first model" in capsys.readouterr().out
+
+
+def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        load_bench().main(["--model", str(tmp_path), "--results", str(tmp_path / "r.jsonl")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no pipeline.json" in err and "Traceback" not in err
+    assert not (tmp_path / "r.jsonl").exists()
