@@ -15,6 +15,7 @@ Prints one line per model and appends a JSON line to --results (bench/results.js
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -24,7 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,8 +49,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from default_quality import machine, versions
     from tta.pipeline import TTAPipeline
+
+    # machine() and versions() of bench/default_quality.py, loaded by path: putting bench/ on sys.path would
+    # shadow the top-level `vae` package with bench/vae.py
+    spec = importlib.util.spec_from_file_location("bench_default_quality", ROOT / "bench" / "default_quality.py")
+    dq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dq)
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
               + ", ".join(f"{x:.2f}" for x in ts) + f" s; RTF median {med / args.seconds:.3f}, "
               f"best {min(ts) / args.seconds:.3f}; {med / base:.2f}x the first model; {size / 1e6:.1f} MB")
     summary = {"bench": "pipeline_speed", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": machine(), "versions": versions(),
+               "machine": dq.machine(), "versions": dq.versions(),
                "note": "models timed alternately in one process on a shared CPU: compare the ratios",
                "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
                "settings": {"rounds": args.rounds, "seconds": args.seconds, "threads": args.threads,
