@@ -152,6 +152,9 @@ PACK_GUIDANCE ?= 6.0
 PACK_CANDIDATES ?= 2
 # the guidance rule packed into the default: apg (projected guidance, v0.6.3) or cfg (every earlier release)
 PACK_GUIDANCE_RULE ?= apg
+# the UNet's arithmetic packed into the default: auto (bfloat16 where the hardware has it, v0.9.1) or float32
+# (every earlier release)
+PACK_PRECISION ?= auto
 # the vocoder packed into the default: griffin-lim:ITERS (every release so far); $(RUNS)/postnet-gan packs the
 # post-net experiment of `make train-postnet-gan`, $(RUNS)/vocoder a HiFi-GAN run
 PACK_VOCODER ?= griffin-lim:16
@@ -329,7 +332,8 @@ pack-default: venv
 	rm -rf tta/assets/default.new
 	$(BIN)/tta export pipeline $(PACK_FROM) --out tta/assets/default.new --dtype $(PACK_DTYPE) \
 		--default sampler=dpmsolver++ --default steps=20 --default guidance=$(PACK_GUIDANCE) --default seconds=10.0 --default window=10.24 \
-		--default candidates=$(PACK_CANDIDATES) --default guidance_rule=$(PACK_GUIDANCE_RULE) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE)) \
+		--default candidates=$(PACK_CANDIDATES) --default guidance_rule=$(PACK_GUIDANCE_RULE) \
+		--default precision=$(PACK_PRECISION) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE)) \
 		$(foreach a,$(PACK_AVERAGE),--average $(a))
 	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
 	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card

@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="clips drawn per caption, the best by the pipeline's CLAP kept (default: the pipeline's); "
                          "with more than one, the score of that same CLAP is optimistic, so the per-draw mean is "
                          "reported beside it")
+    ap.add_argument("--precision", choices=("float32", "bfloat16", "auto"),
+                    help="the UNet's arithmetic while sampling (default: the pipeline's)")
     ap.add_argument("--clap", type=Path, help="CLAP to score with (default: the pipeline's text_encoder/)")
     ap.add_argument("--embedder", default="aisfx", help="FAD embedder (eval.embedders registry)")
     ap.add_argument("--embedder-weights", help="local weights for embedders that need them")
@@ -208,7 +210,7 @@ def cost_child(spec: dict) -> dict:
     for i in range(spec["runs"]):
         t = time.perf_counter()
         out = pipe([spec["caption"]], seconds=spec["seconds"], steps=spec["steps"], sampler=spec["sampler"],
-                   guidance=spec["guidance"], candidates=spec["candidates"], seed=i)
+                   guidance=spec["guidance"], candidates=spec["candidates"], precision=spec["precision"], seed=i)
         walls.append(time.perf_counter() - t)
         if not np.isfinite(out.wavs[0]).all():
             raise ValueError("the cost run generated non-finite audio")
@@ -281,6 +283,9 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = d.sampler if args.sampler is None else args.sampler
     guidance = d.guidance if args.guidance is None else args.guidance
     candidates = d.candidates if args.candidates is None else args.candidates
+    from tta.ldm.sampling import resolve_precision
+
+    precision = resolve_precision(d.precision if args.precision is None else args.precision)
     if args.clap is None:
         clap = pipe.clap
     else:
@@ -307,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
                                           disable=not progress)):
         t = time.perf_counter()
         out = pipe([caption], seconds=n / sr, steps=steps, sampler=sampler, guidance=guidance,
-                   candidates=candidates, seed=args.seed + i, return_candidates=candidates > 1)
+                   candidates=candidates, precision=precision, seed=args.seed + i,
+                   return_candidates=candidates > 1)
         gen_walls.append(time.perf_counter() - t)
         gen.append(out.wavs[0][:n])
         if candidates > 1:
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cost = measure_cost({"model": str(Path(args.model).resolve()), "caption": captions[0], "seconds": args.seconds,
                          "steps": steps, "sampler": sampler, "guidance": guidance, "candidates": candidates,
-                         "threads": args.threads, "runs": args.cost_runs})
+                         "precision": precision, "threads": args.threads, "runs": args.cost_runs})
     size_mb = folder_megabytes(args.model)
     summary = {
         "bench": "default_quality", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -355,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT),
                      "split": args.split, "items": len(items), "seed": args.seed, "seconds": args.seconds,
                      "length": args.length, "steps": steps, "sampler": sampler, "guidance": guidance,
-                     "candidates": candidates,
+                     "candidates": candidates, "precision": precision,
                      "threads": args.threads, "cost_runs": args.cost_runs, "model_defaults": vars_of(d),
                      "clap": getattr(clap, "identity", ""), "embedder": embedder.identity,
                      "copy_baseline": "train clip of the nearest caption (CLAP text cosine, same CLAP)",

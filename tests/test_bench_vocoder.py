@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -10,16 +9,13 @@ import shutil
 import pytest
 
 from tests import signals
-from tests.test_ldm_fixtures import ROOT, SR, one_thread, tiny_components  # noqa: F401 (autouse)
+from tests.test_ldm_fixtures import ROOT, SR, bench_module, one_thread, tiny_components  # noqa: F401 (autouse)
 from tta.audio import save_audio
 from tta.data.manifest import ManifestRow, write_manifest
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_vocoder", ROOT / "bench" / "vocoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("vocoder")
 
 
 def make_clips(tmp_path):

@@ -31,3 +31,6 @@ def test_generate_without_a_model_flag_uses_the_default(tmp_path, capsys):
     assert np.isfinite(wav).all() and np.abs(wav).max() > 1e-4        # finite and not silent
     record = json.loads((tmp_path / "dog.generation.json").read_text())
     assert record["model"] == str(DEFAULT_MODEL) or record["model"].endswith("assets/default")
+    # the default's precision is "auto": recorded as what it resolved to on this machine
+    spec = json.loads((DEFAULT_MODEL / "pipeline.json").read_text())
+    assert spec["defaults"]["precision"] == "auto" and record["settings"]["precision"] in ("float32", "bfloat16")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import shutil
@@ -15,16 +14,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests import signals
-from tests.test_ldm_fixtures import ROOT, SR, one_thread, tiny_components, tiny_pipeline  # noqa: F401 (autouse)
+from tests.test_ldm_fixtures import SR, bench_module, one_thread, tiny_components, tiny_pipeline  # noqa: F401 (autouse)
 from tta.audio import save_audio
 from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_manifest
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_default_quality", ROOT / "bench" / "default_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("default_quality")
 
 
 def corpus(folder: Path) -> Path:

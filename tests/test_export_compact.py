@@ -23,10 +23,11 @@ def test_compact_copy_is_smaller_loads_and_generates_close_to_the_original(tmp_p
     src = tiny_pipeline()
     out = tmp_path / "packed"
     rc = main(["-q", "export", "pipeline", str(src), "--out", str(out), "--default", "steps=3",
-               "--default", "sampler=dpmsolver++"])
+               "--default", "sampler=dpmsolver++", "--default", "precision=auto"])
     assert rc == 0
     spec = json.loads((out / "pipeline.json").read_text())
     assert spec["defaults"]["steps"] == 3 and spec["defaults"]["sampler"] == "dpmsolver++"
+    assert spec["defaults"]["precision"] == "auto"
     assert folder_bytes(out) < 0.6 * folder_bytes(src)
     # the CLAP is copied exactly: its identity keys datastores and embedding caches
     clap = "text_encoder/model.safetensors"
@@ -50,6 +51,7 @@ def test_compact_copy_is_smaller_loads_and_generates_close_to_the_original(tmp_p
 @pytest.mark.parametrize("args, needle", [(["--default", "nope=1"], "nope"),
                                           (["--default", "sampler=wat"], "wat"),
                                           (["--default", "steps"], "KEY=VALUE"),
+                                          (["--default", "precision=half"], "precision"),
                                           (["--dtype", "int4"], "int4")])
 def test_bad_export_options_are_one_line_errors(tmp_path, capsys, args, needle):
     out = tmp_path / "packed"

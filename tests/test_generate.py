@@ -133,3 +133,14 @@ def test_guidance_rule_flag_is_used_and_recorded(tmp_path, capsys):
     record = json.loads((tmp_path / "apg.generation.json").read_text())
     assert record["settings"]["guidance_rule"] == "apg" and record["model_defaults"]["guidance_rule"] == "cfg"
     assert json.loads((tmp_path / "cfg.generation.json").read_text())["settings"]["guidance_rule"] == "cfg"
+
+
+def test_precision_flag_is_used_and_recorded(tmp_path, capsys):
+    args = ["a bell", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--guidance", 3.0]
+    assert run(capsys, *args, "--precision", "bfloat16", "-o", tmp_path / "low.wav")[0] == 0
+    assert json.loads((tmp_path / "low.generation.json").read_text())["settings"]["precision"] == "bfloat16"
+    assert run(capsys, *args, "-o", tmp_path / "full.wav")[0] == 0
+    assert json.loads((tmp_path / "full.generation.json").read_text())["settings"]["precision"] == "float32"
+    with pytest.raises(SystemExit) as e:                     # argparse: usage + one line, exit status 2
+        run(capsys, *args, "--precision", "half", "-o", tmp_path / "bad.wav")
+    assert e.value.code == 2 and "--precision" in capsys.readouterr().err and not (tmp_path / "bad.wav").exists()

@@ -22,6 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SR = 16_000
 
 
+def bench_module(name: str):
+    """bench/<name>.py loaded by path as a module (putting bench/ on sys.path would shadow the `vae` package
+    with bench/vae.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """These tiny models run ~100x slower with 2 OpenMP threads when the other core is busy (measured on the

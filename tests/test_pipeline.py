@@ -251,3 +251,41 @@ def test_guidance_rule_is_a_default_and_a_call_argument(pipe):
     with pytest.raises(ValueError, match="guidance_rule"):
         PipelineDefaults(guidance_rule="cfg++")
     assert PipelineDefaults().guidance_rule == "cfg"
+
+
+def test_bfloat16_precision_rounds_only_the_unet_and_is_a_default_and_a_call_argument(pipe, monkeypatch):
+    from tta.ldm import sampling
+    from tta.pipeline import PipelineDefaults
+
+    kw = dict(seconds=0.2, steps=4, guidance=3.0, seed=5, guidance_rule="apg", candidates=1)
+    full = pipe(["a bell"], **kw).wavs[0]
+    seen = []
+    forward = pipe.unet.forward
+
+    def spy(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return out
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    low = pipe(["a bell"], precision="bfloat16", **kw).wavs[0]
+    assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)     # every UNet pass, in bfloat16
+    seen.clear()
+    assert np.array_equal(pipe(["a bell"], precision="float32", **kw).wavs[0], full)
+    assert seen and not any(on for on, _ in seen)
+    assert low.dtype == np.float32 and np.isfinite(low).all() and not np.array_equal(low, full)
+    # bfloat16 keeps 8 bits of mantissa: the waveform moves, but the audio is the same sound
+    assert np.corrcoef(low, full)[0, 1] > 0.9
+    # "auto" is bfloat16 exactly where the hardware has it
+    for native, expected in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(sampling, "native_bfloat16", lambda device, native=native: native)
+        assert sampling.resolve_precision("auto", "cpu") == expected
+        seen.clear()
+        pipe(["a bell"], precision="auto", **kw)
+        assert all(on == native for on, _ in seen)
+    with pytest.raises(PipelineError, match="valid precisions: float32, bfloat16, auto"):
+        pipe(["a bell"], seconds=0.1, precision="float16")
+    with pytest.raises(ValueError, match="defaults.precision"):
+        PipelineDefaults(precision="int8")
+    assert PipelineDefaults().precision == "float32"
+    assert isinstance(sampling.native_bfloat16("cpu"), bool)

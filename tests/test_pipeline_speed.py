@@ -3,20 +3,16 @@ against the first, one JSON line appended; a folder that is not a pipeline is re
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.test_ldm_fixtures import ROOT, one_thread, tiny_pipeline  # noqa: F401 (autouse)
+from tests.test_ldm_fixtures import bench_module, one_thread, tiny_pipeline  # noqa: F401 (autouse)
 from tta.cli import main as tta_main
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_pipeline_speed", ROOT / "bench" / "pipeline_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("pipeline_speed")
 
 
 def test_pipelines_are_timed_alternately_and_recorded(tmp_path, capsys):
@@ -35,6 +31,15 @@ def test_pipelines_are_timed_alternately_and_recorded(tmp_path, capsys):
     line = json.loads(results.read_text().splitlines()[-1])
     assert line["bench"] == "pipeline_speed" and line["versions"]["torch"] and line["settings"]["rounds"] == 2
     assert "1.00x the first model" in capsys.readouterr().out
+
+
+def test_every_model_is_timed_under_every_precision_given(tmp_path):
+    summary = load_bench().main(["--model", str(tiny_pipeline()), "--precision", "float32", "--precision", "bfloat16",
+                                 "--rounds", "1", "--seconds", "0.16", "--threads", "1",
+                                 "--results", str(tmp_path / "r.jsonl")])
+    assert [r["precision"] for r in summary["models"]] == ["float32", "bfloat16"]
+    assert summary["settings"]["precisions"] == ["float32", "bfloat16"]
+    assert isinstance(summary["settings"]["native_bfloat16"], bool)
 
 
 def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path, capsys):

@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 
 from tests import signals
-from tests.test_ldm_fixtures import ROOT, SR, one_thread, tiny_pipeline  # noqa: F401 (autouse)
+from tests.test_ldm_fixtures import SR, bench_module, one_thread, tiny_pipeline  # noqa: F401 (autouse)
 
 
 def load_bench():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_recognisable", ROOT / "bench" / "recognisable.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("recognisable")
 
 
 def test_judge_counts_the_nearest_clip_and_a_strict_majority():

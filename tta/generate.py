@@ -265,7 +265,7 @@ def main(args: argparse.Namespace) -> int:
     if args.sampler is None:
         args.sampler = pipe.defaults.sampler
     common = dict(steps=args.steps, guidance=args.guidance, negative=args.negative, candidates=args.candidates,
-                  guidance_rule=getattr(args, "guidance_rule", None),
+                  guidance_rule=getattr(args, "guidance_rule", None), precision=getattr(args, "precision", None),
                   sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
                   progress=progress and len(jobs) == 1)
     if store is not None:
@@ -330,6 +330,7 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
     from tta import __version__
     from tta.checkpoint import atomic_write_text
     from tta.config import to_dict
+    from tta.ldm.sampling import resolve_precision
 
     d = pipe.defaults
     body = {
@@ -342,6 +343,7 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                      "steps": args.steps or d.steps,
                      "guidance": d.guidance if args.guidance is None else args.guidance,
                      "guidance_rule": getattr(args, "guidance_rule", None) or d.guidance_rule,
+                     "precision": resolve_precision(getattr(args, "precision", None) or d.precision, device),
                      "negative": args.negative, "candidates": args.candidates or d.candidates,
                      "window": None if edit else (d.window if getattr(args, "window", None) is None
                                                   else args.window),

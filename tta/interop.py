@@ -392,7 +392,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                             "layout diffusers' optimum-quanto backend reads), everything else float16")
         p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
                        help="set a generation default in pipeline.json (sampler, steps, guidance, seconds, "
-                            "candidates, window, guidance_rule); repeatable")
+                            "candidates, window, guidance_rule, precision); repeatable")
         p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN or PostnetGriffinLim component, or a "
                                          "`tta train vocoder` / `tta train postnet` run folder (same mel config), "
                                          "or griffin-lim[:ITERS] for the untrained baseline")

@@ -39,7 +39,9 @@ from tta.ldm.folder import vocoder_class as _vocoder_class
 from tta.ldm.model import LDMUNet
 from tta.ldm.sampling import (
     GUIDANCE_RULES,
+    PRECISIONS,
     check_guidance_rule,
+    check_precision,
     check_sampler,
     denoise,
     draw_noise,
@@ -71,12 +73,17 @@ class PipelineDefaults:
     window: float = 0.0
     # how guidance combines the conditional and unconditional predictions: "cfg" or "apg" (tta.ldm.sampling)
     guidance_rule: str = "cfg"
+    # the UNet's arithmetic while sampling: "float32", "bfloat16" (autocast) or "auto" (bfloat16 where the device
+    # has it in hardware; tta.ldm.sampling.native_bfloat16)
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if not valid_window(self.window):
             raise ValueError(f"defaults.window={self.window} must be in [0, {MAX_SECONDS:g}] seconds")
         if self.guidance_rule not in GUIDANCE_RULES:
             raise ValueError(f"defaults.guidance_rule={self.guidance_rule!r} must be one of {', '.join(GUIDANCE_RULES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"defaults.precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
 
 
 def valid_window(window) -> bool:
@@ -270,7 +277,7 @@ class TTAPipeline:
     def __call__(self, prompts: list[str], *, seconds: float | None = None, steps: int | None = None,
                  guidance: float | None = None, negative: str = "", candidates: int | None = None,
                  seed: int = 0, sampler: str | None = None, eta: float = 0.0, batch_size: int = 1,
-                 guidance_rule: str | None = None,
+                 guidance_rule: str | None = None, precision: str | None = None,
                  progress: bool = False, datastore=None, neighbours: int | None = None,
                  window: float | None = None, return_candidates: bool = False) -> Generation:
         """Generate one wav per prompt (the best of `candidates` by CLAP score).
@@ -285,7 +292,8 @@ class TTAPipeline:
         on its null context. window (default: the model's `defaults.window`): clips shorter than this are
         sampled at `window` seconds and cut to `seconds` from the start (before CLAP ranking).
         return_candidates: also return every candidate's wav (`Generation.candidate_wavs`), e.g. to score
-        one draw with another CLAP.
+        one draw with another CLAP. precision (default: the model's `defaults.precision`): the UNet's arithmetic,
+        "float32", "bfloat16" or "auto" (tta.ldm.sampling.PRECISIONS).
         """
         n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
         window = self.defaults.window if window is None else window
@@ -294,7 +302,7 @@ class TTAPipeline:
         sampled = max(n, round(window * self.sample_rate))
         return self._run(prompts, sampled, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
                          seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, guidance_rule=guidance_rule,
-                         progress=progress, return_candidates=return_candidates,
+                         precision=precision, progress=progress, return_candidates=return_candidates,
                          datastore=datastore, neighbours=neighbours, cut=n)
 
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
@@ -334,7 +342,7 @@ class TTAPipeline:
 
     def _run(self, prompts, num_samples: int, *, steps=None, guidance=None, negative: str = "", candidates=None,
              seed: int = 0, sampler=None, eta: float = 0.0, batch_size: int = 1, guidance_rule: str | None = None,
-             progress: bool = False, return_candidates: bool = False,
+             precision: str | None = None, progress: bool = False, return_candidates: bool = False,
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
              context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
              cut: int | None = None) -> Generation:
@@ -347,6 +355,7 @@ class TTAPipeline:
         sampler = check_sampler(d.sampler if sampler is None else sampler)
         try:
             rule = check_guidance_rule(d.guidance_rule if guidance_rule is None else guidance_rule)
+            precision = check_precision(d.precision if precision is None else precision)
         except ValueError as e:
             raise PipelineError(str(e)) from None
         check_call(prompts, steps=steps, guidance=guidance, candidates=candidates, batch_size=batch_size, eta=eta)
@@ -375,7 +384,7 @@ class TTAPipeline:
             generator = [torch.Generator(device="cpu").manual_seed(s + STEP_NOISE_OFFSET) for s in seeds]
             out = self.sample(noise, cond, None if uncond is None else uncond.expand(len(chunk), -1), num_samples,
                               steps=steps, guidance=guidance, sampler=sampler, eta=eta, strength=strength,
-                              guidance_rule=rule,
+                              guidance_rule=rule, precision=precision,
                               init_latents=None if init is None else init.expand(len(chunk), -1, -1, -1),
                               keep=keep, context=_rows(context, [i for i, _, _ in chunk]), generator=generator,
                               progress=progress and len(jobs) <= per)
@@ -411,9 +420,10 @@ class TTAPipeline:
                steps: int, guidance: float, sampler: str, eta: float = 0.0, **edit) -> torch.Tensor:
         """The core: noise (B, C, T', F') + embeddings cond / uncond (B, D) -> wav (B, num_samples) on CPU.
 
-        `edit` passes strength / init_latents / keep / context / generator / progress / guidance_rule on to
-        `denoise`. Like steps and guidance, the guidance rule is not taken from the model's defaults here: it is
-        "cfg" unless given (the parity checks against diffusers call this directly).
+        `edit` passes strength / init_latents / keep / context / generator / progress / guidance_rule / precision
+        on to `denoise`. Like steps and guidance, the guidance rule and the precision are not taken from the
+        model's defaults here: they are "cfg" and "float32" unless given (the parity checks against diffusers
+        call this directly).
         """
         scheduler = make_scheduler(check_sampler(sampler), self.scheduler_config)
         if edit.get("context") is None and self.retrieval is not None:    # a retrieval model, no neighbours

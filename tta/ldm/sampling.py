@@ -34,6 +34,10 @@ SAMPLERS = ("ddim", "dpmsolver++", "euler", "euler_a", "heun", "lms", "pndm", "d
 # 2022); "apg", its update projected orthogonally to the conditional x0 estimate (adaptive projected guidance,
 # Sadat et al. 2024, with the parallel part dropped and no momentum or norm threshold).
 GUIDANCE_RULES = ("cfg", "apg")
+# arithmetic of the UNet's forward passes while sampling: "bfloat16" runs them under torch.autocast (weights stay
+# float32; the latents, the scheduler and the guidance stay float32); "auto" picks bfloat16 where the device
+# computes it natively (`native_bfloat16`) and float32 elsewhere
+PRECISIONS = ("float32", "bfloat16", "auto")
 STOCHASTIC = ("euler_a", "ddpm")    # plus ddim with eta > 0
 
 
@@ -135,6 +139,32 @@ def check_guidance_rule(name: str) -> str:
     return name
 
 
+def check_precision(name: str) -> str:
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; valid precisions: {', '.join(PRECISIONS)}")
+    return name
+
+
+def native_bfloat16(device: torch.device | str = "cpu") -> bool:
+    """Whether `device` has bfloat16 arithmetic in hardware (a CUDA GPU that reports it; a CPU with AVX512-BF16
+    or AMX). Emulated bfloat16 is slower than float32, so "auto" precision only uses it where this is True."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")   # torch.cpu's CPU-feature probes
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def resolve_precision(name: str, device: torch.device | str = "cpu") -> str:
+    """"float32" or "bfloat16": what precision `name` means on `device`."""
+    check_precision(name)
+    if name == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return name
+
+
 def guide(pred_uncond: torch.Tensor, pred_cond: torch.Tensor, guidance: float, rule: str = "cfg", *,
           x: torch.Tensor | None = None, alpha_cumprod: float | torch.Tensor | None = None,
           prediction_type: str = "epsilon") -> torch.Tensor:
@@ -165,7 +195,7 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
             steps: int, guidance: float, guidance_rule: str = "cfg", eta: float = 0.0, strength: float = 1.0,
             init_latents: torch.Tensor | None = None, keep: torch.Tensor | None = None,
             context: torch.Tensor | None = None, generator: torch.Generator | list | None = None,
-            progress: bool = False) -> torch.Tensor:
+            progress: bool = False, precision: str = "float32") -> torch.Tensor:
     """Run the guided reverse process; returns x_0 latents (B, C, T', F') on the unet's device.
 
     noise: (B, C, T', F') standard normal (drawn on CPU); cond / uncond: (B, D) CLAP embeddings
@@ -174,12 +204,14 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
     the latents, True where init_latents are kept (inpainting: times outside the gap; super-resolution:
     frequencies below the cut-off); kept latents are re-noised to the current level after every step.
     generator: the noise of stochastic samplers, one CPU generator or a list of one per item.
-    guidance_rule: "cfg" or "apg" (`guide`).
+    guidance_rule: "cfg" or "apg" (`guide`). precision: the UNet's arithmetic (`PRECISIONS`); its output is
+    taken back to float32 at every step, so only the network's forward pass is rounded.
     """
     from tqdm.auto import tqdm
 
     check_guidance_rule(guidance_rule)
     device = next(unet.parameters()).device
+    low = resolve_precision(precision, device) == "bfloat16"
     noise = noise.to(device)
     if (strength < 1 or keep is not None) and init_latents is None:
         raise ValueError("strength < 1 and keep masks need init_latents (the encoded input audio)")
@@ -203,7 +235,9 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
         x_in = torch.cat([latents, latents]) if use_cfg else latents
         x_in = scheduler.scale_model_input(x_in, t)
         t_batch = t.reshape(1).expand(x_in.shape[0]).to(device)
-        pred = unet(x_in, t_batch, embeds, ctx).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
+            pred = unet(x_in, t_batch, embeds, ctx)
+        pred = pred.float()
         if use_cfg:
             pred_uncond, pred_cond = pred.chunk(2)
             a = None
