@@ -1,5 +1,6 @@
-"""HiFi-GAN vocoder benchmark: CPU real-time factor of the tiny / default / audioldm-16k configs, each with
-weight norm (training form) and with it removed (inference form), against Griffin-Lim in the same run;
+"""Vocoder benchmark: CPU real-time factor of the HiFi-GAN tiny / default / audioldm-16k configs, each with
+weight norm (training form) and with it removed (inference form), and of the Vocos tiny / default configs,
+against Griffin-Lim in the same run;
 optionally the quality of a trained run against Griffin-Lim on held-out real audio, and where Griffin-Lim's
 FAD comes from (--fad-split).
 
@@ -42,8 +43,11 @@ from vocoder.griffinlim import GriffinLim, GriffinLimConfig
 from vocoder.losses import LossConfig, mel_l1, multi_resolution_stft_distance
 from vocoder.model import HiFiGAN
 from vocoder.train import RunConfig
+from vocoder.vocos import Vocos
+from vocoder.vocos_train import RunConfig as VocosRunConfig
 
 CONFIGS = ("tiny", "default", "audioldm-16k")
+VOCOS_CONFIGS = ("tiny", "default")
 
 
 def seconds_per_call(fn, repeats: int) -> float:
@@ -74,8 +78,17 @@ def bench_speed(seconds: float, repeats: int, gl_iters: int) -> list[dict]:
                 t = seconds_per_call(lambda m=model, x=mel: m(x), repeats)
             rows.append({"vocoder": name, "weight_norm": weight_norm, "params_m": round(params / 1e6, 3),
                          "seconds": round(t, 4), "rtf": round(t / seconds, 4)})
-    gl = GriffinLim(GriffinLimConfig(mel_cfg, n_iter=gl_iters))
     mel = torch.randn(1, mel_cfg.n_mels, int(seconds * mel_cfg.frames_per_second)) - 4.0
+    for name in VOCOS_CONFIGS:
+        cfg = load_config(VocosRunConfig, ROOT / "configs" / "vocos" / f"{name}.json").model
+        torch.manual_seed(0)
+        model = Vocos(cfg).eval()
+        with torch.inference_mode():
+            t = seconds_per_call(lambda m=model: m(mel), repeats)
+        rows.append({"vocoder": f"vocos-{name}", "weight_norm": None,
+                     "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+                     "seconds": round(t, 4), "rtf": round(t / seconds, 4)})
+    gl = GriffinLim(GriffinLimConfig(mel_cfg, n_iter=gl_iters))
     t = seconds_per_call(lambda: gl(mel), repeats)
     rows.append({"vocoder": f"griffin-lim-{gl_iters}", "weight_norm": None, "params_m": 0.0, "seconds": round(t, 4),
                  "rtf": round(t / seconds, 4)})

@@ -19,6 +19,8 @@ def run_config(kind: str):
         from vocoder.train import RunConfig
     elif kind == "postnet":
         from vocoder.postnet_train import RunConfig
+    elif kind == "vocos":
+        from vocoder.vocos_train import RunConfig
     elif kind == "clap":
         from tta.clap.train import RunConfig
     else:
@@ -26,7 +28,7 @@ def run_config(kind: str):
     return RunConfig
 
 
-@pytest.mark.parametrize("path", sorted(p for kind in ("vae", "vocoder", "postnet", "clap", "ldm")
+@pytest.mark.parametrize("path", sorted(p for kind in ("vae", "vocoder", "vocos", "postnet", "clap", "ldm")
                                         for p in (CONFIGS / kind).glob("*.json")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_config_loads(path):
     config = load_config(run_config(path.parent.name), path)

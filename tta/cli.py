@@ -23,6 +23,7 @@ TRAINERS = {
     "vae": "vae.train",
     "vocoder": "vocoder.train",
     "postnet": "vocoder.postnet_train",
+    "vocos": "vocoder.vocos_train",
     "clap": "tta.clap.train",
     "ldm": "tta.ldm.train",
 }
@@ -94,11 +95,12 @@ COMMAND_MODULES = [
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a component (vae, vocoder, postnet, clap, ldm) on a manifest",
+    p = sub.add_parser("train", help="train a component (vae, vocoder, vocos, postnet, clap, ldm) on a manifest",
                        description="Train a component. The run folder gets config.json (fully resolved), "
                                    "metrics.jsonl, checkpoints/step_N/ and final/.")
     p.add_argument("kind", choices=sorted(TRAINERS),
-                   help="which component to train (postnet: a learned magnitude front-end for Griffin-Lim)")
+                   help="which component to train (vocoder: HiFi-GAN; vocos: a frame-rate vocoder with an inverse "
+                        "STFT; postnet: a learned magnitude front-end for Griffin-Lim)")
     p.add_argument("--config", required=True, type=Path, help="run config JSON (e.g. configs/vae/tiny.json)")
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

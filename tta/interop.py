@@ -330,8 +330,8 @@ def _without_scale(config):
 
 
 def _replacement_vocoder(spec: str, mel):
-    """`--vocoder`: "griffin-lim[:ITERS]" (the untrained baseline) or a HiFi-GAN / Griffin-Lim / post-net
-    Griffin-Lim component folder or run folder; its mel config must equal `mel` (the VAE's)."""
+    """`--vocoder`: "griffin-lim[:ITERS]" (the untrained baseline) or a HiFi-GAN / Vocos / Griffin-Lim /
+    post-net Griffin-Lim component folder or run folder; its mel config must equal `mel` (the VAE's)."""
     import torch  # noqa: F401  (component classes are torch modules)
 
     from tta.audio import check_same_mel
@@ -393,8 +393,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
                        help="set a generation default in pipeline.json (sampler, steps, guidance, seconds, "
                             "candidates, window, guidance_rule, precision); repeatable")
-        p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN or PostnetGriffinLim component, or a "
-                                         "`tta train vocoder` / `tta train postnet` run folder (same mel config), "
+        p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN, Vocos or PostnetGriffinLim component, or "
+                                         "a `tta train vocoder` / `vocos` / `postnet` run folder (same mel config), "
                                          "or griffin-lim[:ITERS] for the untrained baseline")
         p.add_argument("--vae", help="replace the VAE with a decoder fine-tune of it (a MelVAE component or run "
                                      "folder trained with freeze_encoder=true: same encoder and scale_factor)")

@@ -6,8 +6,9 @@ A pipeline folder:
     unet/            diffusers' own UNet2DConditionModel files (config.json + diffusion_pytorch_model.safetensors)
     scheduler/       diffusers' scheduler_config.json: the training noise schedule (+ prediction type)
     vae/             tta component (vae.model.MelVAE; carries scale_factor)
-    vocoder/         tta component: vocoder.model.HiFiGAN, vocoder.griffinlim.GriffinLim (no weights), or
-                     vocoder.postnet.PostnetGriffinLim (Griffin-Lim behind a learned magnitude post-net)
+    vocoder/         tta component: vocoder.model.HiFiGAN, vocoder.vocos.Vocos (inverse-STFT vocoder),
+                     vocoder.griffinlim.GriffinLim (no weights), or vocoder.postnet.PostnetGriffinLim
+                     (Griffin-Lim behind a learned magnitude post-net)
     text_encoder/    CLAP: a tta component (tta.clap.model.TTAClap) or a transformers CLAP folder + tokenizer
     retrieval/       optional: the context encoder of a retrieval-augmented (Re-AudioLDM) model; its
                      datastore is passed per call (`datastore=`, `tta generate --datastore DIR`)
@@ -492,7 +493,7 @@ def _rows(context: torch.Tensor | None, index: list[int]) -> torch.Tensor | None
 
 
 def vocoder_class(folder: Path) -> type:
-    """The class of the vocoder component in `folder`: HiFi-GAN, Griffin-Lim or Griffin-Lim with a post-net."""
+    """The class of the vocoder component in `folder`: HiFi-GAN, Vocos, Griffin-Lim or Griffin-Lim with a post-net."""
     try:
         return _vocoder_class(folder)
     except CheckpointError as e:

@@ -61,31 +61,11 @@ class GriffinLim(nn.Module):
 
     def _istft(self, spec: torch.Tensor) -> torch.Tensor:
         """Least-squares inverse of `_stft`: (B, F, frames) complex -> (B, frames * hop) real."""
-        m = self.config.mel
-        frames = spec.shape[-1]
-        window = self.window
-        if m.win_length < m.n_fft:  # torch.stft centres a shorter window inside n_fft
-            left = (m.n_fft - m.win_length) // 2
-            window = F.pad(window, (left, m.n_fft - m.win_length - left))
-        chunks = torch.fft.irfft(spec, n=m.n_fft, dim=1) * window[None, :, None]  # (B, n_fft, frames)
-        length = (frames - 1) * m.hop_length + m.n_fft
-        fold = {"output_size": (1, length), "kernel_size": (1, m.n_fft), "stride": (1, m.hop_length)}
-        signal = F.fold(chunks, **fold).reshape(spec.shape[0], length)
-        envelope = F.fold((window ** 2)[None, :, None].expand(1, -1, frames), **fold).reshape(length)
-        signal = signal / envelope.clamp_min(1e-8)
-        return signal[:, m.pad: m.pad + frames * m.hop_length]
+        return overlap_add_istft(spec, self.window, self.config.mel)
 
     def magnitude(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, frames) log-mel -> (B, n_fft // 2 + 1, frames) non-negative linear magnitude."""
-        target = torch.exp(mel)
-        mag = torch.matmul(self.inverse_basis, target).clamp_min(0.0)
-        if self.config.nnls_iter:
-            # S <- S * B^T M / (B^T B S): keeps S >= 0 and never increases ||B S - M||^2
-            mag = mag.clamp_min(1e-6)
-            numerator = torch.matmul(self.basis.T, target)
-            for _ in range(self.config.nnls_iter):
-                mag = mag * numerator / (torch.matmul(self.basis.T, torch.matmul(self.basis, mag)) + 1e-10)
-        return mag
+        return nnls_magnitude(mel, self.basis, self.inverse_basis, self.config.nnls_iter)
 
     @torch.no_grad()
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
@@ -112,3 +92,34 @@ class GriffinLim(nn.Module):
         if mel_config is not None:
             check_mel_config(self.config.mel, mel_config)
         return self(mel)
+
+
+def overlap_add_istft(spec: torch.Tensor, window: torch.Tensor, m: MelConfig) -> torch.Tensor:
+    """Least-squares inverse of the mel contract's STFT (reflect padding of `m.pad`, center=False): a windowed
+    overlap-add normalised by the squared-window envelope. (B, n_fft // 2 + 1, frames) complex ->
+    (B, frames * hop) real. Differentiable (a neural vocoder's output stage uses it too)."""
+    frames = spec.shape[-1]
+    if m.win_length < m.n_fft:  # torch.stft centres a shorter window inside n_fft
+        left = (m.n_fft - m.win_length) // 2
+        window = F.pad(window, (left, m.n_fft - m.win_length - left))
+    chunks = torch.fft.irfft(spec, n=m.n_fft, dim=1) * window[None, :, None]  # (B, n_fft, frames)
+    length = (frames - 1) * m.hop_length + m.n_fft
+    fold = {"output_size": (1, length), "kernel_size": (1, m.n_fft), "stride": (1, m.hop_length)}
+    signal = F.fold(chunks, **fold).reshape(spec.shape[0], length)
+    envelope = F.fold((window ** 2)[None, :, None].expand(1, -1, frames), **fold).reshape(length)
+    signal = signal / envelope.clamp_min(1e-8)
+    return signal[:, m.pad: m.pad + frames * m.hop_length]
+
+
+def nnls_magnitude(mel: torch.Tensor, basis: torch.Tensor, inverse_basis: torch.Tensor, iters: int) -> torch.Tensor:
+    """(B, n_mels, frames) natural-log mel -> (B, n_fft // 2 + 1, frames) linear magnitude: the clamped
+    pseudo-inverse of the mel matrix `basis`, refined by `iters` multiplicative NNLS updates."""
+    target = torch.exp(mel)
+    mag = torch.matmul(inverse_basis, target).clamp_min(0.0)
+    if iters:
+        # S <- S * B^T M / (B^T B S): keeps S >= 0 and never increases ||B S - M||^2
+        mag = mag.clamp_min(1e-6)
+        numerator = torch.matmul(basis.T, target)
+        for _ in range(iters):
+            mag = mag * numerator / (torch.matmul(basis.T, torch.matmul(basis, mag)) + 1e-10)
+    return mag

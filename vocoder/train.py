@@ -78,6 +78,10 @@ class RunConfig:
             raise ValueError(f"train.lr_schedule={self.train.lr_schedule!r}: the vocoder's learning rates follow "
                              "lr_decay / lr_decay_every; leave train.lr_schedule 'constant'")
 
+    def build_generator(self) -> torch.nn.Module:
+        """The generator to train, in its training form (weight norm on)."""
+        return HiFiGAN(self.model).apply_weight_norm()
+
 
 def decay_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig):
     """lr = base * lr_decay ** (step // lr_decay_every), stepped once per optimizer step."""
@@ -96,7 +100,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     if config.valid_items:
         valid_set = held_out_set(config.data, mel_cfg.sample_rate, config.valid_seconds)
 
-    generator = HiFiGAN(config.model).apply_weight_norm()
+    generator = config.build_generator()
     discriminator = HiFiGANDiscriminator(config.discriminator)
     opt_g = make_optimizer(generator.parameters(), config.train)
     opt_d = make_optimizer(discriminator.parameters(), config.train)

@@ -22,12 +22,13 @@ PIPELINE_CLASS = "tta.pipeline.TTAPipeline"
 FORMAT_VERSION = 1
 REQUIRED = ("unet", "scheduler", "vae", "vocoder", "text_encoder")
 SCHEDULER_FILE = "scheduler_config.json"
-VOCODER_CLASSES = ("vocoder.model.HiFiGAN", "vocoder.griffinlim.GriffinLim", "vocoder.postnet.PostnetGriffinLim")
+VOCODER_CLASSES = ("vocoder.model.HiFiGAN", "vocoder.griffinlim.GriffinLim", "vocoder.postnet.PostnetGriffinLim",
+                   "vocoder.vocos.Vocos")
 
 
 def vocoder_class(folder: str | os.PathLike) -> type:
-    """The class of the vocoder component in `folder`: HiFi-GAN, Griffin-Lim, or Griffin-Lim with a learned
-    magnitude post-net. A ValueError (CheckpointError) names the folder when it holds none of them."""
+    """The class of the vocoder component in `folder`: HiFi-GAN, Vocos, Griffin-Lim, or Griffin-Lim with a
+    learned magnitude post-net. A ValueError (CheckpointError) names the folder when it holds none of them."""
     from tta.checkpoint import CheckpointError, import_class, read_component_config
 
     name = read_component_config(folder)["class"]

@@ -1,0 +1,153 @@
+"""The Vocos-style vocoder: frame-aligned output, Griffin-Lim's magnitudes at the start, a GAN step that learns,
+and `tta train vocos` writing a run whose final/ loads wherever a vocoder does."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.signals import chirp
+from tests.test_ldm_fixtures import one_thread, tiny_pipeline  # noqa: F401  (fixture)
+from tests.test_vocoder_train import make_manifest
+from tta.audio import log_mel
+from tta.checkpoint import load_component, save_component
+from tta.cli import main
+from tta.config import load_config
+from tta.ldm.folder import vocoder_class
+from vocoder.discriminators import HiFiGANDiscriminator
+from vocoder.griffinlim import GriffinLim, GriffinLimConfig
+from vocoder.losses import discriminator_loss, generator_loss
+from vocoder.model import VocoderInputError
+from vocoder.vocos import Vocos, VocosConfig
+from vocoder.vocos_train import RunConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def tiny(repo_root) -> RunConfig:
+    return load_config(RunConfig, repo_root / "configs/vocos/tiny.json")
+
+
+def test_output_is_frames_times_hop_and_finite(tiny):
+    torch.manual_seed(0)
+    model = Vocos(tiny.model).eval()
+    wav = model(torch.randn(2, 64, 7) - 4)
+    assert wav.shape == (2, 7 * 160) and torch.isfinite(wav).all()
+    assert model(torch.randn(64, 1) - 4).shape == (1, 160)   # one frame, no batch axis
+
+
+def test_untrained_magnitudes_are_the_nnls_inversion(tiny):
+    """The magnitude correction starts at zero: training starts from Griffin-Lim's magnitudes."""
+    torch.manual_seed(0)
+    mel = log_mel(torch.from_numpy(chirp(200, 3000, 0.3))[None], tiny.model.mel)
+    model = Vocos(tiny.model)
+    gl = GriffinLim(GriffinLimConfig(mel=tiny.model.mel, nnls_iter=tiny.model.nnls_iter))
+    with torch.no_grad():
+        got = model.spectrum(mel).abs()
+    want = gl.magnitude(mel).clamp_min(tiny.model.mel.log_floor)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    # without the base, the head predicts the whole log magnitude and starts elsewhere
+    plain = Vocos(replace(tiny.model, magnitude_base=False))
+    with torch.no_grad():
+        assert not torch.allclose(plain.spectrum(mel).abs(), want, rtol=1e-2, atol=1e-3)
+
+
+def test_true_spectrum_through_the_inverse_stft_gives_back_the_wav(tiny):
+    """The output stage inverts the mel contract's own STFT framing exactly."""
+    model = Vocos(tiny.model)
+    wav = torch.from_numpy(chirp(300, 2500, 0.5))[None].float()
+    n = wav.shape[-1] // 160 * 160
+    wav = wav[:, :n]
+    gl = GriffinLim(GriffinLimConfig(mel=tiny.model.mel))
+    from vocoder.griffinlim import overlap_add_istft
+
+    back = overlap_add_istft(gl._stft(wav), model.window, tiny.model.mel)
+    torch.testing.assert_close(back, wav, rtol=0, atol=1e-4)
+
+
+def test_bad_mel_is_a_clear_error(tiny):
+    model = Vocos(tiny.model)
+    with pytest.raises(VocoderInputError, match="64 mel bins"):
+        model(torch.zeros(1, 80, 4))
+    with pytest.raises(VocoderInputError, match="non-finite"):
+        model(torch.full((1, 64, 4), float("nan")))
+
+
+def test_config_rejects_an_even_kernel():
+    with pytest.raises(ValueError, match="kernel_size=4"):
+        VocosConfig(kernel_size=4)
+
+
+def test_gan_steps_on_one_segment_lower_the_mel_loss(tiny):
+    torch.manual_seed(0)
+    mel_cfg = tiny.model.mel
+    wav = torch.from_numpy(chirp(200, 2000, 0.25))[None].float()
+    mel = log_mel(wav, mel_cfg)
+    gen = Vocos(tiny.model).train()
+    disc = HiFiGANDiscriminator(tiny.discriminator).train()
+    opt_g = torch.optim.AdamW(gen.parameters(), lr=2e-3, betas=(0.8, 0.99))
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.8, 0.99))
+    history = []
+    for _ in range(20):
+        wav_hat = gen(mel)
+        real, _ = disc(wav)
+        fake, _ = disc(wav_hat.detach())
+        loss_d = discriminator_loss(real, fake)
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        losses = generator_loss(disc, wav_hat, wav, mel_cfg, tiny.loss)
+        opt_g.zero_grad()
+        losses.total.backward()
+        opt_g.step()
+        assert torch.isfinite(losses.total) and torch.isfinite(loss_d)
+        history.append(losses.mel_l1.item())
+    first, last = np.mean(history[:3]), np.mean(history[-3:])
+    assert last < 0.8 * first, history
+
+
+def test_cli_train_writes_a_vocos_component_that_loads_as_a_vocoder(tmp_path, repo_root):
+    manifest = make_manifest(tmp_path)
+    run = tmp_path / "run"
+    rc = main(["-q", "train", "vocos", "--config", str(repo_root / "configs/vocos/tiny.json"), "--out", str(run),
+               "--set", f"data.manifest={manifest}"])
+    assert rc == 0
+    assert vocoder_class(run / "final") is Vocos
+    model = load_component(run / "final", Vocos)
+    assert model(torch.zeros(1, 64, 5)).shape == (1, 800)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
+    assert [r["step"] for r in rows if r["split"] == "valid"] == [2]
+    assert (run / "samples" / "step_2" / "0_held.wav").is_file()
+    # a float16 copy (how a pipeline stores it) vocodes the same mel within float16 rounding
+    save_component(tmp_path / "half", model, dtype=torch.float16)
+    half = load_component(tmp_path / "half", Vocos)
+    mel = log_mel(torch.from_numpy(chirp(200, 3000, 0.3))[None].float(), model.config.mel)
+    a, b = model.vocode(mel), half.vocode(mel)
+    assert float((a - b).abs().max()) < 0.05 * float(a.abs().max()) + 1e-4
+
+
+def test_a_vocos_run_packs_into_a_pipeline_that_generates(tmp_path, repo_root):
+    from tta.pipeline import TTAPipeline
+
+    manifest = make_manifest(tmp_path)
+    run = tmp_path / "run"
+    assert main(["-q", "train", "vocos", "--config", str(repo_root / "configs/vocos/tiny.json"), "--out", str(run),
+                 "--set", f"data.manifest={manifest}", "--set", "valid_items=0", "--set", "sample_items=0"]) == 0
+    out = tmp_path / "packed"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(out), "--dtype", "float16",
+                 "--vocoder", str(run)]) == 0
+    assert json.loads((out / "vocoder" / "config.json").read_text())["class"] == "vocoder.vocos.Vocos"
+    pipe = TTAPipeline.from_pretrained(out)
+    assert isinstance(pipe.vocoder, Vocos)
+    wav = pipe(["a tone sound"], seconds=0.32, steps=2, sampler="ddim", seed=0).wavs[0]
+    assert wav.shape == (5120,) and np.isfinite(wav).all()
