@@ -12,15 +12,13 @@ import torch
 
 from tests.signals import chirp
 from tests.test_ldm_fixtures import one_thread, tiny_pipeline  # noqa: F401  (fixture)
-from tests.test_vocoder_train import make_manifest
+from tests.test_vocoder_train import gan_steps, make_manifest
 from tta.audio import log_mel
 from tta.checkpoint import load_component, save_component
 from tta.cli import main
 from tta.config import load_config
 from tta.ldm.folder import vocoder_class
-from vocoder.discriminators import HiFiGANDiscriminator
 from vocoder.griffinlim import GriffinLim, GriffinLimConfig
-from vocoder.losses import discriminator_loss, generator_loss
 from vocoder.model import VocoderInputError
 from vocoder.vocos import Vocos, VocosConfig
 from vocoder.vocos_train import RunConfig
@@ -89,28 +87,8 @@ def test_config_rejects_an_even_kernel():
 
 def test_gan_steps_on_one_segment_lower_the_mel_loss(tiny):
     torch.manual_seed(0)
-    mel_cfg = tiny.model.mel
     wav = torch.from_numpy(chirp(200, 2000, 0.25))[None].float()
-    mel = log_mel(wav, mel_cfg)
-    gen = Vocos(tiny.model).train()
-    disc = HiFiGANDiscriminator(tiny.discriminator).train()
-    opt_g = torch.optim.AdamW(gen.parameters(), lr=2e-3, betas=(0.8, 0.99))
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.8, 0.99))
-    history = []
-    for _ in range(20):
-        wav_hat = gen(mel)
-        real, _ = disc(wav)
-        fake, _ = disc(wav_hat.detach())
-        loss_d = discriminator_loss(real, fake)
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        losses = generator_loss(disc, wav_hat, wav, mel_cfg, tiny.loss)
-        opt_g.zero_grad()
-        losses.total.backward()
-        opt_g.step()
-        assert torch.isfinite(losses.total) and torch.isfinite(loss_d)
-        history.append(losses.mel_l1.item())
+    history = gan_steps(Vocos(tiny.model).train(), tiny, wav, log_mel(wav, tiny.model.mel))
     first, last = np.mean(history[:3]), np.mean(history[-3:])
     assert last < 0.8 * first, history
 

@@ -43,11 +43,7 @@ class GriffinLim(nn.Module):
     def __init__(self, config: GriffinLimConfig):
         super().__init__()
         self.config = config
-        m = config.mel
-        basis = mel_basis(m)                                  # (n_mels, n_fft // 2 + 1)
-        self.register_buffer("basis", basis, persistent=False)
-        self.register_buffer("inverse_basis", torch.linalg.pinv(basis), persistent=False)
-        self.register_buffer("window", torch.hann_window(m.win_length, periodic=True), persistent=False)
+        register_inversion_buffers(self, config.mel)
 
     @property
     def mel_config(self) -> MelConfig:
@@ -92,6 +88,15 @@ class GriffinLim(nn.Module):
         if mel_config is not None:
             check_mel_config(self.config.mel, mel_config)
         return self(mel)
+
+
+def register_inversion_buffers(module: nn.Module, m: MelConfig) -> None:
+    """Give `module` the (non-persistent) buffers that invert the mel contract: `basis` (n_mels, n_fft // 2 + 1),
+    its pseudo-inverse `inverse_basis`, and the STFT's periodic Hann `window`."""
+    basis = mel_basis(m)
+    module.register_buffer("basis", basis, persistent=False)
+    module.register_buffer("inverse_basis", torch.linalg.pinv(basis), persistent=False)
+    module.register_buffer("window", torch.hann_window(m.win_length, periodic=True), persistent=False)
 
 
 def overlap_add_istft(spec: torch.Tensor, window: torch.Tensor, m: MelConfig) -> torch.Tensor:
