@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-vocoder-gan train-vocos train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,6 +50,11 @@ VOCODER_GAN_STEPS ?= 200000
 # the Vocos-style vocoder run (`make train-vocos`), resumed and shortened the same way
 VOCOS_RUN ?= $(RUNS)/vocos
 VOCOS_STEPS ?= 200000
+# an experiment: the same vocoder trained from scratch with VOCOS_VAE's reconstructions (posterior mode) as the
+# input of VOCOS_VAE_FRACTION of each batch, the smoother mels every generation hands the vocoder
+VOCOS_VAE ?= tta/assets/default
+VOCOS_VAE_FRACTION ?= 0.75
+VOCOS_VAE_RUN ?= $(RUNS)/vocos-vae
 CLAP_STEPS ?= 4000
 LDM_STEPS ?= 20000
 # second LDM stage: fine-tune on whole 10.24 s clips, initialised from the 2.56 s-crop run
@@ -206,6 +211,11 @@ train-vocoder-gan: venv
 train-vocos: venv
 	$(BIN)/tta train vocos --config configs/vocos/default.json --out $(VOCOS_RUN) $(DATA2) \
 		--set train.max_steps=$(VOCOS_STEPS) $(call resume,$(VOCOS_RUN))
+
+train-vocos-vae: venv
+	$(BIN)/tta train vocos --config configs/vocos/default.json --out $(VOCOS_VAE_RUN) $(DATA2) \
+		--set train.max_steps=$(VOCOS_STEPS) --set vae=$(VOCOS_VAE) --set vae_fraction=$(VOCOS_VAE_FRACTION) \
+		$(call resume,$(VOCOS_VAE_RUN))
 
 train-clap: venv
 	$(BIN)/tta train clap --config configs/clap/default.json --out $(RUNS)/clap $(DATA) \

@@ -9,14 +9,16 @@ random: speed does not depend on their values.
 
     .venv/bin/python bench/vocoder.py [--seconds 4] [--repeats 3] [--threads 2]
     .venv/bin/python bench/vocoder.py --manifest M.jsonl --run RUN [--split test] [--items 32]
-    .venv/bin/python bench/vocoder.py --fad-split --manifest M.jsonl [--run RUN] [--split valid] [--items 60]
+    .venv/bin/python bench/vocoder.py --fad-split --manifest M.jsonl [--run RUN] [--vae VAE] [--split valid] [--items 60]
 
 --fad-split: FAD (aisfx unless --embedder) against held-out real clips of each clip rebuilt four ways: from
 its log-mel by Griffin-Lim (what a pipeline with the Griffin-Lim vocoder does), from its true STFT magnitude
 by Griffin-Lim (the cost of finding the phase alone), from the mel's magnitude with its true phase (the cost
 of the 64-band mel's lost detail alone), and from its true magnitude and phase (a check: near 0); with --run,
 also from its log-mel by that run's vocoder (a `tta train vocoder` HiFi-GAN or a `tta train postnet`
-post-net Griffin-Lim; for a post-net also its magnitude with the true phase).
+post-net Griffin-Lim; for a post-net also its magnitude with the true phase). With --vae (a MelVAE component,
+run or pipeline folder), also from the VAE's reconstruction of its log-mel (posterior mode) by Griffin-Lim and
+by the run's vocoder: the route every generation of a latent diffusion pipeline takes to its wav.
 
 Prints a table and appends a JSON line to bench/results.jsonl.
 """
@@ -142,10 +144,11 @@ def bench_quality(manifest: str, run: Path, split: str, items: int, seconds: flo
 
 
 def bench_fad_split(manifest: str, split: str, items: int, seconds: float, gl_iters: int, nnls_iter: int,
-                    embedder_name: str, run: Path | None, progress: bool) -> list[dict]:
+                    embedder_name: str, run: Path | None, progress: bool, vae_path: Path | None = None) -> list[dict]:
     """FAD against the real clips of each clip rebuilt by Griffin-Lim from its mel, from its true magnitude, from
     the mel's magnitude with the true phase, and from the true magnitude and phase (and by `run`'s vocoder;
-    for a post-net Griffin-Lim also its magnitude with the true phase)."""
+    for a post-net Griffin-Lim also its magnitude with the true phase; with `vae_path`, Griffin-Lim and the
+    vocoder also from the VAE's reconstruction of the mel)."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -155,11 +158,13 @@ def bench_fad_split(manifest: str, split: str, items: int, seconds: float, gl_it
     from tta.data.dataset import AudioDataset
     from tta.ldm.folder import vocoder_class
     from vocoder.postnet import PostnetGriffinLim
+    from vocoder.train import load_frozen_vae, through_vae
 
     trained = load_component(run / "final", vocoder_class(run / "final")).eval() if run else None
     mel_cfg = trained.config.mel if trained else load_config(RunConfig, ROOT / "configs" / "vocoder" /
                                                               "default.json").model.mel
     gl = GriffinLim(GriffinLimConfig(mel_cfg, n_iter=gl_iters, nnls_iter=nnls_iter))
+    vae = load_frozen_vae(str(vae_path), mel_cfg) if vae_path else None
     data = AudioDataset(manifest, split, mel_cfg.sample_rate, seconds, normalize=True, random_crop=False,
                         caption_choice="first")
     routes = {f"mel -> griffin-lim-{gl_iters} (nnls {nnls_iter})": [],
@@ -171,6 +176,10 @@ def bench_fad_split(manifest: str, split: str, items: int, seconds: float, gl_it
         routes[f"mel -> {name}"] = []
         if isinstance(trained, PostnetGriffinLim):
             routes[f"{name} magnitude + true phase"] = []
+    if vae is not None:
+        routes[f"mel -> vae -> griffin-lim-{gl_iters}"] = []
+        if trained is not None:
+            routes[f"mel -> vae -> {name}"] = []
     real = []
     for i in tqdm(range(min(items, len(data))), desc="rebuild", unit="clip", disable=not progress):
         item = data[i]
@@ -188,6 +197,11 @@ def bench_fad_split(manifest: str, split: str, items: int, seconds: float, gl_it
                 outs.append(trained(mel))
                 if isinstance(trained, PostnetGriffinLim):
                     outs.append(gl._istft(trained.magnitude(mel) * phase))
+            if vae is not None:
+                rebuilt = through_vae(vae, mel)
+                outs.append(gl(rebuilt))
+                if trained is not None:
+                    outs.append(trained(rebuilt))
         for out, wavs in zip(outs, routes.values()):
             y = out[0, :n].float().numpy()
             wavs.append(np.pad(y, (0, n - len(y))))
@@ -226,6 +240,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--items", type=int, default=32)
     ap.add_argument("--fad-split", action="store_true",
                     help="where Griffin-Lim's FAD comes from: mel, phase or both (needs --manifest; --run optional)")
+    ap.add_argument("--vae", type=Path, help="MelVAE component, run or pipeline folder: also score the routes "
+                    "through its reconstruction of the mel (--fad-split)")
     ap.add_argument("--nnls-iter", type=int, default=50, help="Griffin-Lim's magnitude updates (--fad-split)")
     ap.add_argument("--embedder", default="aisfx", help="FAD embedder (--fad-split)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -239,11 +255,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error("--manifest and --run go together")
     if args.fad_split:
         rows = bench_fad_split(args.manifest, args.split, args.items, args.seconds, args.gl_iters, args.nnls_iter,
-                               args.embedder, args.run, not args.quiet)
+                               args.embedder, args.run, not args.quiet, args.vae)
         settings = {"mode": "fad-split", "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT),
                     "split": args.split, "items": args.items, "clip_seconds": args.seconds,
                     "gl_iters": args.gl_iters, "nnls_iter": args.nnls_iter, "embedder": args.embedder,
-                    "run": os.path.relpath(args.run.resolve(), ROOT) if args.run else None}
+                    "run": os.path.relpath(args.run.resolve(), ROOT) if args.run else None,
+                    "vae": os.path.relpath(args.vae.resolve(), ROOT) if args.vae else None}
     elif args.run:
         rows = bench_quality(args.manifest, args.run, args.split, args.items, args.seconds, args.gl_iters)
         settings = {"mode": "quality", "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT), "split": args.split, "items": args.items,

@@ -29,14 +29,19 @@ def make_clips(tmp_path):
     return write_manifest(tmp_path / "manifest.jsonl", rows)
 
 
-def test_fad_split_separates_the_mel_and_the_phase_and_checks_itself(tmp_path):
+def fad_split_with_a_hifigan_run(tmp_path, *extra: str) -> list[dict]:
+    """--fad-split (mfcc FAD) on the four tiny clips with the tiny HiFi-GAN as --run; results to tmp_path."""
     manifest = make_clips(tmp_path)
     run = tmp_path / "hifigan-run"
     shutil.copytree(tiny_components()["vocoder"], run / "final")
+    return load_bench().main(["--fad-split", "--manifest", str(manifest), "--split", "valid", "--items", "4",
+                              "--seconds", "1.5", "--gl-iters", "4", "--embedder", "mfcc", "--threads", "1",
+                              "--run", str(run), "--quiet", "--results", str(tmp_path / "results.jsonl"), *extra])
+
+
+def test_fad_split_separates_the_mel_and_the_phase_and_checks_itself(tmp_path):
+    out = fad_split_with_a_hifigan_run(tmp_path)
     results = tmp_path / "results.jsonl"
-    out = load_bench().main(["--fad-split", "--manifest", str(manifest), "--split", "valid", "--items", "4",
-                             "--seconds", "1.5", "--gl-iters", "4", "--embedder", "mfcc", "--threads", "1",
-                             "--run", str(run), "--quiet", "--results", str(results)])
     fad = {r["route"]: r["fad"] for r in out}
     assert list(fad)[:4] == ["mel -> griffin-lim-4 (nnls 50)", "true magnitude -> griffin-lim-4",
                              "mel magnitude (nnls 50) + true phase", "true magnitude + true phase (check)"]
@@ -80,3 +85,16 @@ def test_fad_split_scores_a_postnet_run_and_its_magnitude_alone(tmp_path):
     # whole route (an untrained post-net raises these digital silences to its -110 dB floor, so it is not
     # compared with plain Griffin-Lim here; tests/test_postnet.py checks that at the magnitude level)
     assert fad[names[5]] < fad[names[4]]
+
+
+def test_fad_split_with_a_vae_scores_the_routes_through_its_reconstruction(tmp_path):
+    out = fad_split_with_a_hifigan_run(tmp_path, "--vae", str(tiny_components()["vae"]))
+    results = tmp_path / "results.jsonl"
+    fad = {r["route"]: r["fad"] for r in out}
+    names = list(fad)
+    assert len(names) == 7 and names[5] == "mel -> vae -> griffin-lim-4"
+    assert names[6].startswith("mel -> vae -> ") and names[6].endswith("hifigan-run/final")
+    assert all(math.isfinite(v) and v >= -1e-3 for v in fad.values())
+    # the VAE's reconstruction is not the mel: both vocoders land somewhere else through it
+    assert fad[names[5]] != fad[names[0]] and fad[names[6]] != fad[names[4]]
+    assert json.loads(results.read_text().splitlines()[-1])["settings"]["vae"]

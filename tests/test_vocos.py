@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.signals import chirp
-from tests.test_ldm_fixtures import one_thread, tiny_pipeline  # noqa: F401  (fixture)
+from tests.test_ldm_fixtures import one_thread, tiny_components, tiny_pipeline  # noqa: F401  (fixture)
 from tests.test_vocoder_train import gan_steps, make_manifest
 from tta.audio import log_mel
 from tta.checkpoint import load_component, save_component
@@ -20,6 +20,7 @@ from tta.config import load_config
 from tta.ldm.folder import vocoder_class
 from vocoder.griffinlim import GriffinLim, GriffinLimConfig
 from vocoder.model import VocoderInputError
+from vocoder.train import load_frozen_vae, through_vae, vae_inputs
 from vocoder.vocos import Vocos, VocosConfig
 from vocoder.vocos_train import RunConfig
 
@@ -129,3 +130,54 @@ def test_a_vocos_run_packs_into_a_pipeline_that_generates(tmp_path, repo_root):
     assert isinstance(pipe.vocoder, Vocos)
     wav = pipe(["a tone sound"], seconds=0.32, steps=2, sampler="ddim", seed=0).wavs[0]
     assert wav.shape == (5120,) and np.isfinite(wav).all()
+
+
+def test_vae_inputs_cut_frame_aligned_windows_with_the_vae_on_the_first_items(tiny):
+    """The VAE sees the context; the generator gets the centred window of mel and wav, aligned frame for frame."""
+    mel_cfg = tiny.model.mel
+    hop, context, window = mel_cfg.hop_length, 10, 24
+    n = (window + 2 * context) * hop
+    wav = torch.stack([torch.from_numpy(chirp(200, 3000, n / mel_cfg.sample_rate)).float()[:n],
+                       torch.from_numpy(chirp(500, 1500, n / mel_cfg.sample_rate)).float()[:n]])
+    vae = load_frozen_vae(str(tiny_components()["vae"]), mel_cfg)
+    mel, cut = vae_inputs(vae, wav, mel_cfg, 0.5, context, window)
+    assert mel.shape == (2, mel_cfg.n_mels, window) and cut.shape == (2, window * hop)
+    full = log_mel(wav, mel_cfg)
+    # the second item is the real mel of the window, and the window's own mel matches it away from the edges
+    # (where the window's STFT pads instead of seeing the context)
+    assert torch.equal(mel[1], full[1, :, context: context + window])
+    edge = mel_cfg.n_fft // hop
+    own = log_mel(cut, mel_cfg)
+    assert torch.allclose(own[1, :, edge:-edge], mel[1, :, edge:-edge], atol=1e-3)
+    # the first item is the VAE's reconstruction of the whole context, cut to the window
+    rebuilt = through_vae(vae, full[:1])[0, :, context: context + window]
+    assert torch.allclose(mel[0], rebuilt, atol=1e-5) and not torch.allclose(mel[0], full[0, :, context: context + window])
+
+
+def test_cli_trains_vocos_on_vae_reconstructions(tmp_path, capsys, repo_root):
+    manifest = make_manifest(tmp_path)
+    vae = tiny_components()["vae"]
+    run = tmp_path / "run"
+    config = str(repo_root / "configs/vocos/tiny.json")
+    rc = main(["-q", "train", "vocos", "--config", config, "--out", str(run), "--set", f"data.manifest={manifest}",
+               "--set", f"vae={json.dumps(str(vae))}", "--set", "vae_fraction=1.0"])
+    assert rc == 0
+    valid = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "valid"]
+    assert valid and {"mel_l1", "mrstft", "vae_mel_l1"} <= set(valid[-1])
+    assert np.isfinite(valid[-1]["vae_mel_l1"]) and valid[-1]["vae_mel_l1"] != valid[-1]["mel_l1"]
+    assert vocoder_class(run / "final") is Vocos
+
+    # a folder that is no VAE: one line naming the key, exit 1, nothing written
+    capsys.readouterr()
+    rc = main(["train", "vocos", "--config", config, "--out", str(tmp_path / "bad"),
+               "--set", f"data.manifest={manifest}", "--set", f"vae={json.dumps(str(tmp_path))}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "vae=" in err and "Traceback" not in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("change, message", [({"vae_fraction": 1.5}, "vae_fraction"),
+                                             ({"vae_context_seconds": -0.1}, "vae_context_seconds")])
+def test_run_config_rejects_bad_vae_settings(tiny, change, message):
+    with pytest.raises(ValueError, match=message):
+        replace(tiny, **change)

@@ -36,12 +36,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from tta.audio import MelConfig, check_same_mel, log_mel
-from tta.checkpoint import CONFIG_NAME, load_component
+from tta.audio import log_mel
 from tta.data.manifest import DataConfig
 from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
 from vocoder.postnet import PostnetGriffinLim, PostnetGriffinLimConfig, magnitude_loss
-from vocoder.train import _safe, held_out_set, log_valid, write_sample
+from vocoder.train import _safe, held_out_set, load_frozen_vae, log_valid, through_vae, write_sample
 
 log = logging.getLogger(__name__)
 
@@ -124,29 +123,6 @@ class RunConfig:
                              f"frame (mel.n_fft = {mel.n_fft} samples)")
 
 
-def load_vae(path: str, mel: MelConfig) -> torch.nn.Module:
-    """The frozen VAE named by `vae`: a component folder, a run folder (its final/) or a pipeline folder
-    (its vae/). Its mel config must be the post-net's."""
-    folder = Path(path)
-    for sub in ("final", "vae"):
-        if (folder / sub / CONFIG_NAME).is_file():
-            folder = folder / sub
-            break
-    if not (folder / CONFIG_NAME).is_file():
-        raise ValueError(f"vae={path}: not a VAE component, run or pipeline folder (no {CONFIG_NAME})")
-    vae = load_component(folder)
-    if not hasattr(vae, "encode") or not hasattr(vae, "config") or not hasattr(vae.config, "mel"):
-        raise ValueError(f"vae={path}: holds a {type(vae).__name__}, not a mel VAE")
-    check_same_mel(vae.config.mel, mel, f"vae={path}", "model.mel")
-    return vae.requires_grad_(False).eval()
-
-
-@torch.no_grad()
-def through_vae(vae: torch.nn.Module, mel: torch.Tensor) -> torch.Tensor:
-    """The VAE's reconstruction of `mel` from its posterior mode, same shape."""
-    return vae(mel, sample=False)[0].to(mel.dtype)
-
-
 def targets(model: PostnetGriffinLim, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-mel, true linear STFT magnitude) of wav (B, T), frame-aligned: (B, n_mels, F), (B, bins, F)."""
     mel = log_mel(wav, model.config.mel).float()
@@ -159,7 +135,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     from tta.data.dataset import AudioDataset
 
     mel_cfg = config.model.mel
-    vae = load_vae(config.vae, mel_cfg) if config.vae else None      # before the run folder exists
+    vae = load_frozen_vae(config.vae, mel_cfg) if config.vae else None      # before the run folder exists
     train_set = AudioDataset.from_config(config.data, config.data.train_split, mel_cfg.sample_rate,
                                          random_crop=True)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)

@@ -8,6 +8,14 @@ AdamW optimizers (betas 0.8 / 0.99 in the configs) and their exponential LR deca
 last) held-out clips are vocoded from their mels: mel L1 and the multi-resolution STFT distance go to
 metrics.jsonl (split "valid"), and a few generated wavs + real-vs-generated spectrogram PNGs to
 RUN/samples/step_N/. final/ is the generator with weight norm removed (the inference form).
+
+With `vae` set (a MelVAE component, run or pipeline folder in the same mel space), the first
+round(vae_fraction x B) mels of every batch are the VAE's reconstruction (posterior mode) of the real mel,
+while the target stays the real wav: the generator learns to vocode the smoother mels a latent diffusion
+pipeline hands it, as HiFi-GAN is fine-tuned on a text-to-speech model's mels (Kong et al. 2020, sec. 4.4).
+Each item is then loaded `vae_context_seconds` longer on both sides, so that the VAE sees real audio around
+the window; the generator and the discriminators see only the centred `data.segment_seconds`. Validation
+also logs the mel L1 of the held-out clips vocoded from their VAE reconstruction (`vae_mel_l1`).
 """
 
 from __future__ import annotations
@@ -15,12 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from tta.audio import MelConfig, log_mel, save_audio
+from tta.audio import MelConfig, check_same_mel, log_mel, save_audio
+from tta.checkpoint import CONFIG_NAME, load_component
 from tta.data.manifest import DataConfig
 from tta.training import TrainConfig, TrainingRun, make_optimizer
 from vocoder.discriminators import DiscriminatorConfig, HiFiGANDiscriminator
@@ -54,8 +63,16 @@ class RunConfig:
     # multi-resolution STFT (loss.stft), which is several times cheaper per step on a CPU (Parallel WaveGAN
     # pre-trains its generator the same way). 0 = adversarial from the first step (the paper's recipe).
     disc_start: int = 0
+    vae: str = ""                  # MelVAE component, run or pipeline folder whose reconstructions are mixed
+                                   # into the generator's inputs ("" = real mels only)
+    vae_fraction: float = 0.5      # share of each batch fed through the VAE first (with `vae`)
+    vae_context_seconds: float = 0.256  # real audio the VAE sees on each side of the window (with `vae`)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.vae_fraction <= 1:
+            raise ValueError(f"vae_fraction={self.vae_fraction} must be in [0, 1]")
+        if self.vae_context_seconds < 0:
+            raise ValueError(f"vae_context_seconds={self.vae_context_seconds} must be >= 0")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay={self.lr_decay} must be in (0, 1]")
         if self.lr_decay_every <= 0:
@@ -94,7 +111,13 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     from tta.data.dataset import AudioDataset
 
     mel_cfg = config.model.mel
-    train_set = AudioDataset.from_config(config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=True)
+    hop = mel_cfg.hop_length
+    vae = load_frozen_vae(config.vae, mel_cfg) if config.vae else None      # before the run folder exists
+    context = round(config.vae_context_seconds * mel_cfg.sample_rate / hop) if vae is not None else 0  # frames
+    data = config.data
+    if context:     # load the window plus `context` frames of real audio on each side
+        data = replace(data, segment_seconds=data.segment_seconds + 2 * context * hop / mel_cfg.sample_rate)
+    train_set = AudioDataset.from_config(data, data.train_split, mel_cfg.sample_rate, random_crop=True)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     valid_set = None
     if config.valid_items:
@@ -110,14 +133,19 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
               scheduler_g=sched_g, scheduler_d=sched_d)
     ema = run.make_ema("generator", generator)
     run.restore()
+    if vae is not None:
+        vae.to(run.device)
     generator.train()
     discriminator.train()
 
-    hop = mel_cfg.hop_length
+    window = round(config.data.segment_seconds * mel_cfg.sample_rate) // hop        # frames trained on
     for batch in run.batches(train_set):
         wav = batch["wav"]
         wav = wav[:, : wav.shape[-1] // hop * hop]                 # (B, T), T a multiple of hop
-        mel = log_mel(wav, mel_cfg)                                # (B, n_mels, T / hop)
+        if vae is None:
+            mel = log_mel(wav, mel_cfg)                            # (B, n_mels, T / hop)
+        else:
+            mel, wav = vae_inputs(vae, wav, mel_cfg, config.vae_fraction, context, window)
         wav_hat = generator(mel)                                   # (B, T)
 
         adversarial = run.step >= config.disc_start                # before: generator-only warm-up
@@ -143,10 +171,47 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 
         run.end_step(loss_g=losses.total.item(), **logged, mel_l1=losses.mel_l1.item(), stft=losses.stft.item())
         if valid_set is not None and (run.should(config.train.validate_every) or run.step == config.train.max_steps):
-            validate(run, generator, valid_set, config)
+            validate(run, generator, valid_set, config, vae)
 
     final_source = ema.averaged(run.unwrap(generator)) if ema is not None else run.unwrap(generator)
     return run.finish(final_source.inference_copy())
+
+
+def load_frozen_vae(path: str, mel: MelConfig) -> torch.nn.Module:
+    """The frozen VAE named by a run config's `vae`: a component folder, a run folder (its final/) or a
+    pipeline folder (its vae/). Its mel config must be the model's."""
+    folder = Path(path)
+    for sub in ("final", "vae"):
+        if (folder / sub / CONFIG_NAME).is_file():
+            folder = folder / sub
+            break
+    if not (folder / CONFIG_NAME).is_file():
+        raise ValueError(f"vae={path}: not a VAE component, run or pipeline folder (no {CONFIG_NAME})")
+    vae = load_component(folder)
+    if not hasattr(vae, "encode") or not hasattr(vae, "config") or not hasattr(vae.config, "mel"):
+        raise ValueError(f"vae={path}: holds a {type(vae).__name__}, not a mel VAE")
+    check_same_mel(vae.config.mel, mel, f"vae={path}", "model.mel")
+    return vae.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def through_vae(vae: torch.nn.Module, mel: torch.Tensor) -> torch.Tensor:
+    """The VAE's reconstruction of `mel` from its posterior mode, same shape."""
+    return vae(mel, sample=False)[0].to(mel.dtype)
+
+
+def vae_inputs(vae: torch.nn.Module, wav: torch.Tensor, mel_cfg: MelConfig, fraction: float, context: int,
+               window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mel, wav) of a batch for a generator trained on VAE reconstructions: wav (B, T) holds `window` frames
+    plus `context` frames of audio on each side; the first round(fraction x B) log-mels are replaced by the
+    VAE's reconstruction of them, then the centred window of both is cut out, frame-aligned:
+    (B, n_mels, window) and (B, window x hop)."""
+    hop = mel_cfg.hop_length
+    mel = log_mel(wav, mel_cfg)
+    through = round(fraction * mel.shape[0])
+    if through:
+        mel = torch.cat([through_vae(vae, mel[:through]), mel[through:]])
+    return mel[..., context: context + window], wav[:, context * hop: (context + window) * hop]
 
 
 def held_out_set(data: DataConfig, sample_rate: int, seconds: float):
@@ -159,8 +224,10 @@ def held_out_set(data: DataConfig, sample_rate: int, seconds: float):
 
 
 @torch.no_grad()
-def validate(run: TrainingRun, generator: torch.nn.Module, valid_set, config: RunConfig) -> dict:
-    """Vocode up to `valid_items` held-out clips; log mean mel L1 / MR-STFT distance; write samples."""
+def validate(run: TrainingRun, generator: torch.nn.Module, valid_set, config: RunConfig,
+             vae: torch.nn.Module | None = None) -> dict:
+    """Vocode up to `valid_items` held-out clips; log mean mel L1 / MR-STFT distance (and, with a VAE, the
+    mel L1 of the clips vocoded from its reconstruction); write samples."""
     run.accelerator.wait_for_everyone()
     if not run.is_main:
         return {}
@@ -170,6 +237,8 @@ def validate(run: TrainingRun, generator: torch.nn.Module, valid_set, config: Ru
     hop = mel_cfg.hop_length
     folder = run.out / "samples" / f"step_{run.step}"
     totals = {"mel_l1": 0.0, "mrstft": 0.0}
+    if vae is not None:
+        totals["vae_mel_l1"] = 0.0
     count = min(config.valid_items, len(valid_set))
     for k in range(count):
         item = valid_set[k]
@@ -181,6 +250,8 @@ def validate(run: TrainingRun, generator: torch.nn.Module, valid_set, config: Ru
         wav_hat = model(log_mel(wav, mel_cfg))
         totals["mel_l1"] += float(mel_l1(wav_hat, wav, mel_cfg))
         totals["mrstft"] += float(multi_resolution_stft_distance(wav_hat, wav, config.loss.stft_resolutions))
+        if vae is not None:
+            totals["vae_mel_l1"] += float(mel_l1(model(through_vae(vae, log_mel(wav, mel_cfg))), wav, mel_cfg))
         if k < config.sample_items:
             write_sample(folder, f"{k}_{_safe(item['id'])}", wav[0], wav_hat[0], mel_cfg)
     model.train()
