@@ -212,6 +212,8 @@ train-vocos: venv
 	$(BIN)/tta train vocos --config configs/vocos/default.json --out $(VOCOS_RUN) $(DATA2) \
 		--set train.max_steps=$(VOCOS_STEPS) $(call resume,$(VOCOS_RUN))
 
+## train-vocos-vae: the same vocoder with VOCOS_VAE's reconstructions as VOCOS_VAE_FRACTION of its inputs
+## (an experiment; the model card's row "trained on VAE reconstructions")
 train-vocos-vae: venv
 	$(BIN)/tta train vocos --config configs/vocos/default.json --out $(VOCOS_VAE_RUN) $(DATA2) \
 		--set train.max_steps=$(VOCOS_STEPS) --set vae=$(VOCOS_VAE) --set vae_fraction=$(VOCOS_VAE_FRACTION) \

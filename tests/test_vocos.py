@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.signals import chirp
-from tests.test_ldm_fixtures import one_thread, tiny_components, tiny_pipeline  # noqa: F401  (fixture)
+from tests.test_ldm_fixtures import one_thread, tiny_components, tiny_pipeline  # noqa: F401  (autouse: 1 thread)
 from tests.test_vocoder_train import gan_steps, make_manifest
 from tta.audio import log_mel
 from tta.checkpoint import load_component, save_component
@@ -23,12 +23,6 @@ from vocoder.model import VocoderInputError
 from vocoder.train import load_frozen_vae, through_vae, vae_inputs
 from vocoder.vocos import Vocos, VocosConfig
 from vocoder.vocos_train import RunConfig
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
 
 
 @pytest.fixture
