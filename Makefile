@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -99,6 +99,7 @@ POLISH_FROM ?= $(RUNS)/ldm-vae2/pipeline
 POLISH_VAE ?= $(RUNS)/vae-v2/final
 POLISH_RUN ?= $(RUNS)/ldm-polish
 POLISH_ARGS ?=
+POLISH_CONFIG ?= configs/ldm/default-polish.json
 LDM_POLISH_STEPS ?= 3000
 # LDM stage 13 (v0.7's last stage): stage 11's polish again, from stage 11's run folder, at a peak rate of 3e-5
 POLISH2_FROM ?= $(RUNS)/ldm-polish/pipeline
@@ -130,6 +131,12 @@ GROW5_RUN ?= $(RUNS)/ldm-grow5
 # packed with `tta export pipeline --dtype int8` (the UNet's linear layers in 8 bits) to fit the 40 MB budget
 DEEP_FROM ?= tta/assets/default
 DEEP_RUN ?= $(RUNS)/ldm-grow7
+# LDM stage 25 (an experiment): GAP_FROM's UNet (the v0.9.1 release folder) trained 2 500 steps with stage 16's
+# recipe (peak 5e-5, cosine, min-SNR-5), seed 6, on training items whose short events repeat after 1-3 s gaps
+# instead of 0.2-1 s (configs/ldm/default-gap.json, `data.repeat_gap_by_category`; ambiences keep 0.2-1 s)
+GAP_FROM ?= tta/assets/default
+GAP_RUN ?= $(RUNS)/ldm-gap
+LDM_GAP_STEPS ?= 2500
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -306,7 +313,7 @@ train-ldm-vae2: venv
 		$(if $(wildcard $(RUNS)/ldm-vae2/config.json),--resume,--init-from $(STAGE10_FROM))
 
 train-ldm-polish: venv
-	$(BIN)/tta train ldm --config configs/ldm/default-polish.json --out $(POLISH_RUN) $(DATA2) \
+	$(BIN)/tta train ldm --config $(POLISH_CONFIG) --out $(POLISH_RUN) $(DATA2) \
 		--set components.vae=$(POLISH_VAE) --set components.clap=$(POLISH_FROM)/text_encoder \
 		--set components.vocoder=$(POLISH_FROM)/vocoder --set train.max_steps=$(LDM_POLISH_STEPS) $(POLISH_ARGS) \
 		$(if $(wildcard $(POLISH_RUN)/config.json),--resume,--init-from $(POLISH_FROM))
@@ -336,6 +343,12 @@ train-ldm-grow5: venv
 train-ldm-deep: venv
 	$(MAKE) train-ldm-grow GROW_FROM=$(DEEP_FROM) GROW_VAE=$(DEEP_FROM)/vae GROW_RUN=$(DEEP_RUN) \
 		POLISH_ARGS="--set model.transformer_layers=3 --set train.seed=6 $(POLISH_ARGS)"
+
+## train-ldm-gap: LDM stage 25, the default's UNet trained on short events repeated after 1-3 s gaps
+## (configs/ldm/default-gap.json; an experiment, the model card's row "LDM stage 25")
+train-ldm-gap: venv
+	$(MAKE) train-ldm-grow GROW_FROM=$(GAP_FROM) GROW_VAE=$(GAP_FROM)/vae GROW_RUN=$(GAP_RUN) \
+		LDM_GROW_STEPS=$(LDM_GAP_STEPS) POLISH_CONFIG=configs/ldm/default-gap.json POLISH_ARGS="--set train.seed=6 $(POLISH_ARGS)"
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \

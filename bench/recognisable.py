@@ -17,7 +17,10 @@ cannot be recognised better than those, whatever the UNet learns; with them, the
 held-out clip and its resynthesis (a less noisy measure of what a part keeps). Each generation's nearest label
 is kept. --seeds 0 measures only the ceilings (to compare VAEs before a UNet is trained on one).
 --train-ceiling adds a per-label ceiling on more clips: every real training clip of the prompts' labels, as
-recorded and resynthesised, judged leave-one-out (its own reference removed).
+recorded and resynthesised, judged leave-one-out (its own reference removed). --items-ceiling CONFIG judges those
+clips as a training run with CONFIG's `data` section sees them (LDM runs repeat short events with gaps to fill the
+window): each drawn --item-draws times as a training item and trimmed like a generation, leave-one-out. A UNet
+learns to generate its training items, so this is what its generations can be recognised at if learned exactly.
 
 Several --model folders are compared in one run (same prompts, seeds, judge). Writes --out/summary.json and
 --out/<model>/<label>-<seed>.wav, appends one JSON line to bench/results.jsonl (repository-relative paths).
@@ -97,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="also judge the real training clips of the prompts' labels leave-one-out (each without "
                          "itself among the references), as recorded and through each model's vocoder and VAE + "
                          "vocoder, per label: a ceiling on ~10x more clips than the held-out ones")
+    ap.add_argument("--items-ceiling", type=Path, action="append", default=[], metavar="CONFIG",
+                    help="a training config or run's config.json (repeatable): judge the real training clips of the "
+                         "prompts' labels as that config's `data` section draws them as training items (repeats, "
+                         "gaps, crops), leave-one-out, per label")
+    ap.add_argument("--item-draws", type=int, default=3, help="training items drawn per clip for --items-ceiling")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance for every model (default: each model's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, help="where the reference embeddings are cached")
@@ -107,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.seeds < 0 or args.seed_start < 0:
         ap.error("--seeds and --seed-start must be >= 0")
+    if args.item_draws < 1:
+        ap.error("--item-draws must be >= 1")
     if not args.merge and (not args.model or args.manifest is None):
         ap.error("--model and --manifest are required (unless --merge)")
     if args.merge and (args.model or args.manifest is not None):
@@ -401,6 +411,9 @@ def report(summary: dict, k: int) -> None:
     if "real_train_leave_one_out" in summary:
         t = summary["real_train_leave_one_out"]
         print(f"real training clips of the prompts' labels, leave-one-out ({t['clips']} clips): hit@1 {t['hit@1']}")
+    for t in summary.get("training_items", []):
+        print(f"as training items of {t['config']} ({t['clips']} items): hit@1 {t['hit@1']}; "
+              + ", ".join(f"{lab} {c['hit@1']}/{c['of']}" for lab, c in t["per_label"].items()))
     for m in summary["models"]:
         if m["per_prompt"]:
             gens = sum(p["of"] for p in m["per_prompt"])
@@ -419,6 +432,38 @@ def report(summary: dict, k: int) -> None:
                   f"{r['cosine']}; " + ", ".join(f"{lab} {c['hit@1']}/{c['of']}" for lab, c in r["per_label"].items()))
         if m["per_prompt"]:
             print("  nearest labels: " + "; ".join(f"{p['label']}: {' '.join(p['nearest'])}" for p in m["per_prompt"]))
+
+
+def items_config(config: Path, manifest: Path):
+    """The `data` section of a training config or run config.json, reading `manifest` instead of its own."""
+    from tta.config import ConfigError, from_dict
+    from tta.data.manifest import DataConfig
+
+    try:
+        data = json.loads(Path(config).read_text()).get("data")
+        if not isinstance(data, dict):
+            raise SystemExit(f"{config}: no `data` section (expected a training config or a run's config.json)")
+        return from_dict(DataConfig, {**data, "manifest": str(manifest), "extra_manifests": [], "cache_dir": ""},
+                         where=f"{config}: data")
+    except (OSError, AttributeError, json.JSONDecodeError, ConfigError, ValueError) as e:
+        raise SystemExit(f"{config}: {e}") from None
+
+
+def training_items(config: Path, data, ids: list[str], ref_index: list[int], labels: list[str], draws: int,
+                   embedder, refs: np.ndarray, ref_labels: list[str], k: int, progress: bool) -> dict:
+    """The clips `ids` drawn `draws` times each as training items with `data` (a DataConfig), trimmed like
+    generations, judged leave-one-out (reference ref_index[i] removed)."""
+    from tta.data.dataset import AudioDataset
+
+    sr = 16_000
+    ds = AudioDataset.from_config(data, data.train_split, sr, random_crop=True)
+    where = {row.id: i for i, row in enumerate(ds.rows)}
+    wavs = [active(ds[(where[i], draw)]["wav"].numpy(), sr) for i in ids for draw in range(draws)]
+    emb = pooled(embedder, wavs, sr, desc=f"aisfx training items of {Path(config).name}", progress=progress)
+    every = [(ref, lab) for ref, lab in zip(ref_index, labels) for _ in range(draws)]
+    js = [judge(e, refs, ref_labels, lab, k, exclude=ref) for e, (ref, lab) in zip(emb, every)]
+    return {"config": relative(config), "draws": draws, "clips": len(js), **rates(js, k),
+            "per_label": per_label(js, [lab for _, lab in every], k)}
 
 
 def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -441,6 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
     progress = not args.quiet
     torch.set_num_threads(args.threads)
     rows = read_manifest(args.manifest)
+    item_data = [items_config(c, args.manifest) for c in args.items_ceiling]   # bad configs fail before any work
     real = lambda rs: [r for r in rs if r.source.startswith("debian:") and r.labels]
     train, held = real(split_rows(rows, "train")), real(split_rows(rows, "valid"))
     wanted = {label for _, label in PROMPTS}
@@ -496,6 +542,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.train_ceiling:
         loo_wavs = [load_audio(resolve_path(train[i], args.manifest), sr, normalize=True)[0] for i in loo]
         summary["real_train_leave_one_out"] = leave_one_out(refs[loo])
+    if args.items_ceiling:
+        summary["training_items"] = [
+            training_items(config, data, [train[i].id for i in loo], loo, loo_labels, args.item_draws, embedder,
+                           refs, ref_labels, args.k, progress)
+            for config, data in zip(args.items_ceiling, item_data)]
     for model in args.model:
         pipe = TTAPipeline.from_pretrained(model)
         folder = args.out / f"{len(summary['models'])}-{folder_name(model)}"

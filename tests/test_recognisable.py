@@ -104,6 +104,31 @@ def test_ceilings_only_run_writes_a_summary_and_reuses_the_reference_cache(tmp_p
         assert ceiling["clips"] == loo["clips"] and 0 <= ceiling["hit@1"] <= 1 and -1 <= ceiling["cosine"] <= 1
 
 
+def test_items_ceiling_judges_the_clips_as_a_training_config_draws_them(tmp_path):
+    pytest.importorskip("aisfx")
+    bench = load_bench()
+    manifest = judge_corpus(tmp_path / "corpus", bench)
+    config = tmp_path / "run" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({"train": {"max_steps": 1},
+                                  "data": {"segment_seconds": 2.0, "repeat_below": 1.0, "repeat_gap": [0.1, 0.3]}}))
+    argv = ["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--seeds", "0", "--distractors", "0",
+            "--threads", "1", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r.jsonl"), "--quiet"]
+    s = bench.main(argv + ["--items-ceiling", str(config), "--item-draws", "1"])
+    (items,) = s["training_items"]
+    n = 2 * len(bench.PROMPTS)
+    assert items["clips"] == n and items["draws"] == 1 and items["config"].endswith("run/config.json")
+    assert set(items["per_label"]) == {label for _, label in bench.PROMPTS}
+    assert sum(c["of"] for c in items["per_label"].values()) == n and 0 <= items["hit@1"] <= 1
+
+    data = bench.items_config(config, manifest)
+    assert data.repeat_below == 1.0 and data.manifest == str(manifest)
+    for bad, message in (({"model": {}}, "no `data` section"), ({"data": {"repeat_gap": [2, 1]}}, "repeat_gap")):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(SystemExit, match=f"bad.json: .*{message}"):
+            bench.main(argv + ["--items-ceiling", str(tmp_path / "bad.json")])
+
+
 def test_generations_start_at_seed_start_and_a_second_run_adds_new_clips(tmp_path):
     pytest.importorskip("aisfx")
     bench = load_bench()

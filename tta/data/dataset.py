@@ -49,7 +49,8 @@ class AudioDataset(torch.utils.data.Dataset):
                  cache_dir: str | os.PathLike | None = None, caption_choice: CaptionChoice = "random",
                  deterministic_crop: Literal["start", "centre"] = "start", repeat_below: float = 0.0,
                  repeat_gap: tuple[float, float] = (0.2, 1.0), repeat_categories: Sequence[str] = (),
-                 repeat_skip_words: Sequence[str] = ("once", "single")):
+                 repeat_skip_words: Sequence[str] = ("once", "single"),
+                 repeat_gap_by_category: dict[str, tuple[float, float]] | None = None):
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds={segment_seconds} must be > 0")
         if caption_choice not in ("random", "first"):
@@ -84,6 +85,8 @@ class AudioDataset(torch.utils.data.Dataset):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.repeat_below = float(repeat_below)
         self.repeat_gap = (float(repeat_gap[0]), float(repeat_gap[1]))
+        self.repeat_gap_by_category = {str(k): (float(lo), float(hi))
+                                       for k, (lo, hi) in (repeat_gap_by_category or {}).items()}
         self.repeat_categories = frozenset(repeat_categories)
         words = "|".join(re.escape(w) for w in repeat_skip_words)
         self.repeat_skip = re.compile(rf"\b({words})\b", re.IGNORECASE) if repeat_skip_words else None
@@ -97,7 +100,8 @@ class AudioDataset(torch.utils.data.Dataset):
         return cls([data.manifest, *data.extra_manifests], split, sample_rate, data.segment_seconds,
                    normalize=data.normalize, random_crop=random_crop, cache_dir=data.cache_dir or None,
                    caption_choice=caption_choice, repeat_below=data.repeat_below, repeat_gap=data.repeat_gap,
-                   repeat_categories=data.repeat_categories, repeat_skip_words=data.repeat_skip_words)
+                   repeat_categories=data.repeat_categories, repeat_skip_words=data.repeat_skip_words,
+                   repeat_gap_by_category=data.repeat_gap_by_category)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -137,7 +141,8 @@ class AudioDataset(torch.utils.data.Dataset):
         if rng is not None and self.caption_choice == "random" and len(row.captions) > 1:
             caption = row.captions[int(rng.integers(len(row.captions)))]
         if rng is not None and self._repeats(row, seconds, caption):
-            wav, seconds = self._fill_with_repeats(wav, round(seconds * self.sample_rate), rng)
+            gap = self.repeat_gap_by_category.get(row.category or "", self.repeat_gap)
+            wav, seconds = self._fill_with_repeats(wav, round(seconds * self.sample_rate), rng, gap)
         return {"wav": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), "caption": caption,
                 "id": row.id, "index": index, "seconds": float(seconds)}
 
@@ -152,14 +157,14 @@ class AudioDataset(torch.utils.data.Dataset):
             return False
         return self.repeat_skip is None or not self.repeat_skip.search(caption)
 
-    def _fill_with_repeats(self, wav: np.ndarray, length: int,
-                           rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    def _fill_with_repeats(self, wav: np.ndarray, length: int, rng: np.random.Generator,
+                           gap: tuple[float, float]) -> tuple[np.ndarray, float]:
         """The clip's first `length` samples from the start, again and again after gaps drawn uniformly from
-        `repeat_gap`, until the segment is full (the last copy may be cut). A one-shot event in a 10 s
+        `gap` (seconds), until the segment is full (the last copy may be cut). A one-shot event in a 10 s
         window is mostly silence; repeated, every item teaches the event as a 10 s clip of it would."""
         event = wav[:length]
         out = np.zeros(self.segment_samples, dtype=np.float32)
-        lo, hi = self.repeat_gap
+        lo, hi = gap
         pos = 0
         while pos < self.segment_samples:
             take = min(length, self.segment_samples - pos)

@@ -226,7 +226,7 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     from tqdm.auto import tqdm
 
     data = to_dict(config.data)
-    for k in ("balance", "key_weights", "repeat_below", "repeat_gap", "repeat_categories"):
+    for k in ("balance", "key_weights", "repeat_below", "repeat_gap", "repeat_categories", "repeat_gap_by_category"):
         data.pop(k)         # how training items are drawn, not what is encoded (older caches stay valid)
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
