@@ -133,7 +133,7 @@ DEEP_FROM ?= tta/assets/default
 DEEP_RUN ?= $(RUNS)/ldm-grow7
 # LDM stage 25 (an experiment): GAP_FROM's UNet (the v0.9.1 release folder) trained 2 500 steps with stage 16's
 # recipe (peak 5e-5, cosine, min-SNR-5), seed 6, on training items whose short events repeat after 1-3 s gaps
-# instead of 0.2-1 s (configs/ldm/default-gap.json, `data.repeat_gap_by_category`; ambiences keep 0.2-1 s)
+# instead of 0.2-1 s (configs/ldm/default-gap.json, `data.repeat_gap_by_key`; ambiences keep 0.2-1 s)
 GAP_FROM ?= tta/assets/default
 GAP_RUN ?= $(RUNS)/ldm-gap
 LDM_GAP_STEPS ?= 2500

@@ -196,3 +196,14 @@ def test_ldm_rejects_an_unknown_key_weight_before_pre_encoding(tmp_path, labelle
     with pytest.raises(RunError, match="no training item has the key 'dgo'"):
         train(tiny_run_config(**sets), tmp_path / "run", progress=False)
     assert not list(cache.glob("latents-*.pt"))     # failed before encoding anything
+
+
+def test_ldm_rejects_a_repeat_gap_for_an_unknown_key(tmp_path, labelled_manifest):
+    from tests.test_ldm_fixtures import tiny_run_config
+    from tta.ldm.train import train
+
+    sets = {"train.max_steps": 1, "validation.prompts": [], "components.vocoder": "",
+            "data.manifest": str(labelled_manifest), "data.repeat_gap_by_key": {"dgo": [1.0, 2.0]}}
+    with pytest.raises(RunError, match="data.repeat_gap_by_key: no training item has the key 'dgo'"):
+        train(tiny_run_config(**sets), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "final").exists()

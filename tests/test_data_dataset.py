@@ -224,17 +224,21 @@ def test_short_training_clips_repeat_with_random_gaps_to_fill_the_segment(tmp_pa
     assert len(_runs(every[(1, 11)]["wav"].numpy())) >= 5
 
 
-def test_a_category_can_have_its_own_repeat_gap(tmp_path):
-    manifest = _event_corpus(tmp_path)
+def test_a_label_or_category_can_have_its_own_repeat_gap(tmp_path):
+    sf.write(tmp_path / "bark.wav", tone(440, 0.25), SR)
+    row = dict(path=str(tmp_path / "bark.wav"), captions=("a sound",), seconds=0.25, sample_rate=SR)
+    manifest = write_manifest(tmp_path / "m.jsonl", [
+        ManifestRow(id="bark", labels=("dog",), category="sfx", **row),     # its label's range wins
+        ManifestRow(id="click", category="sfx", **row),                      # its category's range
+        ManifestRow(id="said", category="speech", **row)])                   # repeat_gap
     data = DataConfig(manifest=str(manifest), segment_seconds=8.0, repeat_below=1.0, repeat_gap=(0.2, 0.6),
-                      repeat_gap_by_category={"sfx": (1.0, 1.5)})
+                      repeat_gap_by_key={"sfx": (1.0, 1.5), "dog": (2.0, 2.5)})
     ds = AudioDataset.from_config(data, "train", SR, random_crop=True)
-    for seed in range(5):
-        sfx, speech = (_runs(ds[(i, seed)]["wav"].numpy()) for i in (0, 1))
-        sfx_gaps = [b[0] - a[0] - SR // 4 for a, b in itertools.pairwise(sfx)]
-        speech_gaps = [b[0] - a[0] - SR // 4 for a, b in itertools.pairwise(speech)]
-        assert sfx_gaps and all(1.0 * SR - 2 <= g <= 1.5 * SR + 2 for g in sfx_gaps)    # the category's range
-        assert speech_gaps and all(0.2 * SR - 2 <= g <= 0.6 * SR + 2 for g in speech_gaps)  # repeat_gap
+    for index, (lo, hi) in enumerate(((2.0, 2.5), (1.0, 1.5), (0.2, 0.6))):
+        for seed in range(4):
+            runs = _runs(ds[(index, seed)]["wav"].numpy())
+            gaps = [b[0] - a[0] - SR // 4 for a, b in itertools.pairwise(runs)]
+            assert gaps and all(lo * SR - 2 <= g <= hi * SR + 2 for g in gaps), (index, gaps)
 
 
 def test_a_caption_that_counts_one_event_is_not_repeated(tmp_path):
@@ -258,8 +262,8 @@ def test_a_caption_that_counts_one_event_is_not_repeated(tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("repeat_below", -1.0, "data.repeat_below=-1.0 must be a finite number of seconds"),
     ("repeat_gap", (0.5, 0.1), r"data.repeat_gap=\[0.5, 0.1\] must be \[min, max\] seconds"),
-    ("repeat_gap_by_category", {"event": (-1.0, 2.0)},
-     r"data.repeat_gap_by_category\['event'\]=\[-1.0, 2.0\] must be \[min, max\] seconds"),
+    ("repeat_gap_by_key", {"event": (-1.0, 2.0)},
+     r"data.repeat_gap_by_key\['event'\]=\[-1.0, 2.0\] must be \[min, max\] seconds"),
 ])
 def test_repeat_settings_are_checked(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -188,12 +188,13 @@ def balance_weights(keys: list[str], balance: float, key_weights: dict[str, floa
     return torch.tensor(out, dtype=torch.float64)
 
 
-def check_key_weights(key_weights: dict[str, float], names: list) -> None:
-    """RunError when data.key_weights names a key that none of the items' `names` has."""
+def check_key_weights(key_weights: dict, names: list, field: str = "data.key_weights") -> None:
+    """RunError when `field` (data.key_weights, data.repeat_gap_by_key) names a key that none of the items'
+    `names` has."""
     known = {n for ns in names for n in ns}
     unknown = sorted(set(key_weights) - known)
     if unknown:
-        raise RunError(f"data.key_weights: no training item has the key {unknown[0]!r} (a key is an item's "
+        raise RunError(f"{field}: no training item has the key {unknown[0]!r} (a key is an item's "
                        "first label or its category)")
 
 

@@ -50,7 +50,7 @@ class AudioDataset(torch.utils.data.Dataset):
                  deterministic_crop: Literal["start", "centre"] = "start", repeat_below: float = 0.0,
                  repeat_gap: tuple[float, float] = (0.2, 1.0), repeat_categories: Sequence[str] = (),
                  repeat_skip_words: Sequence[str] = ("once", "single"),
-                 repeat_gap_by_category: dict[str, tuple[float, float]] | None = None):
+                 repeat_gap_by_key: dict[str, tuple[float, float]] | None = None):
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds={segment_seconds} must be > 0")
         if caption_choice not in ("random", "first"):
@@ -85,8 +85,8 @@ class AudioDataset(torch.utils.data.Dataset):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.repeat_below = float(repeat_below)
         self.repeat_gap = (float(repeat_gap[0]), float(repeat_gap[1]))
-        self.repeat_gap_by_category = {str(k): (float(lo), float(hi))
-                                       for k, (lo, hi) in (repeat_gap_by_category or {}).items()}
+        self.repeat_gap_by_key = {str(k): (float(lo), float(hi))
+                                       for k, (lo, hi) in (repeat_gap_by_key or {}).items()}
         self.repeat_categories = frozenset(repeat_categories)
         words = "|".join(re.escape(w) for w in repeat_skip_words)
         self.repeat_skip = re.compile(rf"\b({words})\b", re.IGNORECASE) if repeat_skip_words else None
@@ -101,7 +101,7 @@ class AudioDataset(torch.utils.data.Dataset):
                    normalize=data.normalize, random_crop=random_crop, cache_dir=data.cache_dir or None,
                    caption_choice=caption_choice, repeat_below=data.repeat_below, repeat_gap=data.repeat_gap,
                    repeat_categories=data.repeat_categories, repeat_skip_words=data.repeat_skip_words,
-                   repeat_gap_by_category=data.repeat_gap_by_category)
+                   repeat_gap_by_key=data.repeat_gap_by_key)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -141,7 +141,7 @@ class AudioDataset(torch.utils.data.Dataset):
         if rng is not None and self.caption_choice == "random" and len(row.captions) > 1:
             caption = row.captions[int(rng.integers(len(row.captions)))]
         if rng is not None and self._repeats(row, seconds, caption):
-            gap = self.repeat_gap_by_category.get(row.category or "", self.repeat_gap)
+            gap = self._repeat_gap(row)
             wav, seconds = self._fill_with_repeats(wav, round(seconds * self.sample_rate), rng, gap)
         return {"wav": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), "caption": caption,
                 "id": row.id, "index": index, "seconds": float(seconds)}
@@ -156,6 +156,13 @@ class AudioDataset(torch.utils.data.Dataset):
         if self.repeat_categories and (row.category or "") not in self.repeat_categories:
             return False
         return self.repeat_skip is None or not self.repeat_skip.search(caption)
+
+    def _repeat_gap(self, row: ManifestRow) -> tuple[float, float]:
+        """`repeat_gap_by_key`'s range for the row's first label, else for its category, else `repeat_gap`."""
+        for name in (row.labels[0] if row.labels else None, row.category):
+            if name and name in self.repeat_gap_by_key:
+                return self.repeat_gap_by_key[name]
+        return self.repeat_gap
 
     def _fill_with_repeats(self, wav: np.ndarray, length: int, rng: np.random.Generator,
                            gap: tuple[float, float]) -> tuple[np.ndarray, float]:

@@ -190,9 +190,10 @@ class DataConfig:
                                        # seconds is repeated, with random gaps, to fill the segment (0 = off:
                                        # the rest of the segment stays silence)
     repeat_gap: tuple[float, float] = (0.2, 1.0)    # gap range between repeats, seconds (uniform)
-    repeat_gap_by_category: dict[str, tuple[float, float]] = field(default_factory=dict)  # a row category's
-                                       # own gap range instead of repeat_gap, e.g. {"event": [1.0, 3.0]}:
-                                       # barks a second or more apart, rain with short breaks
+    repeat_gap_by_key: dict[str, tuple[float, float]] = field(default_factory=dict)  # a gap range per
+                                       # first label or category (as key_weights; the label wins when both are
+                                       # listed) instead of repeat_gap, e.g. {"event": [1.0, 3.0]}: barks a
+                                       # second or more apart while ambiences keep short breaks
     repeat_categories: tuple[str, ...] = ()         # only rows of these categories repeat (empty = all)
     repeat_skip_words: tuple[str, ...] = ("once", "single")  # an item whose caption has one of these words
                                                              # (whole word, any case) is never repeated
@@ -211,9 +212,9 @@ class DataConfig:
         if not 0 <= lo <= hi < float("inf"):
             raise ValueError(f"data.repeat_gap={list(self.repeat_gap)} must be [min, max] seconds, "
                              "0 <= min <= max")
-        for k, (lo, hi) in self.repeat_gap_by_category.items():
+        for k, (lo, hi) in self.repeat_gap_by_key.items():
             if not 0 <= lo <= hi < float("inf"):
-                raise ValueError(f"data.repeat_gap_by_category[{k!r}]={[lo, hi]} must be [min, max] seconds, "
+                raise ValueError(f"data.repeat_gap_by_key[{k!r}]={[lo, hi]} must be [min, max] seconds, "
                                  "0 <= min <= max")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")

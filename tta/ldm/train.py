@@ -226,7 +226,7 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     from tqdm.auto import tqdm
 
     data = to_dict(config.data)
-    for k in ("balance", "key_weights", "repeat_below", "repeat_gap", "repeat_categories", "repeat_gap_by_category"):
+    for k in ("balance", "key_weights", "repeat_below", "repeat_gap", "repeat_categories", "repeat_gap_by_key"):
         data.pop(k)         # how training items are drawn, not what is encoded (older caches stay valid)
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
@@ -371,6 +371,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     keys = train_set.balance_keys()     # data.balance; CachedLatents keeps the dataset's order
     names = train_set.weight_names()    # data.key_weights
     check_key_weights(config.data.key_weights, names)   # before any pre-encoding, not after it
+    check_key_weights(config.data.repeat_gap_by_key, names, "data.repeat_gap_by_key")
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
         train_set = precompute(config, train_set, frozen, cache, progress)
