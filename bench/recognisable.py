@@ -449,16 +449,22 @@ def items_config(config: Path, manifest: Path):
         raise SystemExit(f"{config}: {e}") from None
 
 
+def item_wavs(data, ids: list[str], draws: int, sample_rate: int) -> list[np.ndarray]:
+    """Each clip of `ids` drawn `draws` times (item seeds 0 .. draws - 1) as a training item of `data` (a
+    DataConfig): repeated, gapped and cropped as a training run draws it, in the order of `ids`."""
+    from tta.data.dataset import AudioDataset
+
+    ds = AudioDataset.from_config(data, data.train_split, sample_rate, random_crop=True)
+    where = {row.id: i for i, row in enumerate(ds.rows)}
+    return [ds[(where[i], draw)]["wav"].numpy() for i in ids for draw in range(draws)]
+
+
 def training_items(config: Path, data, ids: list[str], ref_index: list[int], labels: list[str], draws: int,
                    embedder, refs: np.ndarray, ref_labels: list[str], k: int, progress: bool) -> dict:
     """The clips `ids` drawn `draws` times each as training items with `data` (a DataConfig), trimmed like
     generations, judged leave-one-out (reference ref_index[i] removed)."""
-    from tta.data.dataset import AudioDataset
-
     sr = 16_000
-    ds = AudioDataset.from_config(data, data.train_split, sr, random_crop=True)
-    where = {row.id: i for i, row in enumerate(ds.rows)}
-    wavs = [active(ds[(where[i], draw)]["wav"].numpy(), sr) for i in ids for draw in range(draws)]
+    wavs = [active(w, sr) for w in item_wavs(data, ids, draws, sr)]
     emb = pooled(embedder, wavs, sr, desc=f"aisfx training items of {Path(config).name}", progress=progress)
     every = [(ref, lab) for ref, lab in zip(ref_index, labels) for _ in range(draws)]
     js = [judge(e, refs, ref_labels, lab, k, exclude=ref) for e, (ref, lab) in zip(emb, every)]

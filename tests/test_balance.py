@@ -207,3 +207,13 @@ def test_ldm_rejects_a_repeat_gap_for_an_unknown_key(tmp_path, labelled_manifest
     with pytest.raises(RunError, match="data.repeat_gap_by_key: no training item has the key 'dgo'"):
         train(tiny_run_config(**sets), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_any_trainer_names_an_unknown_repeat_gap_key_in_one_line(repo_root, tmp_path, labelled_manifest, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"), "--out", str(out),
+               "--set", f"data.manifest={labelled_manifest}", "--set", 'data.repeat_gap_by_key={"dgo": [1, 2]}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and "Traceback" not in "\n".join(err)
+    assert any("data.repeat_gap_by_key: no training item has the key 'dgo'" in line for line in err)
+    assert not (out / "final").exists()

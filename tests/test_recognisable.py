@@ -110,6 +110,7 @@ def test_items_ceiling_judges_the_clips_as_a_training_config_draws_them(tmp_path
     manifest = judge_corpus(tmp_path / "corpus", bench)
     config = tmp_path / "run" / "config.json"
     config.parent.mkdir()
+    (tmp_path / "plain.json").write_text(json.dumps({"data": {"segment_seconds": 2.0}}))
     config.write_text(json.dumps({"train": {"max_steps": 1},
                                   "data": {"segment_seconds": 2.0, "repeat_below": 1.0, "repeat_gap": [0.1, 0.3]}}))
     argv = ["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--seeds", "0", "--distractors", "0",
@@ -121,8 +122,19 @@ def test_items_ceiling_judges_the_clips_as_a_training_config_draws_them(tmp_path
     assert set(items["per_label"]) == {label for _, label in bench.PROMPTS}
     assert sum(c["of"] for c in items["per_label"].values()) == n and 0 <= items["hit@1"] <= 1
 
+    # the items are the clips repeated as the config says: a 0.6 s clip after 0.1-0.3 s gaps, three copies in 2 s
     data = bench.items_config(config, manifest)
     assert data.repeat_below == 1.0 and data.manifest == str(manifest)
+    recorded = bench.item_wavs(bench.items_config(tmp_path / "plain.json", manifest), ["dog-0"], 1, SR)[0]
+    drawn = bench.item_wavs(data, ["dog-0", "dog-0"], 2, SR)
+    assert len(drawn) == 4 and all(w.shape == (2 * SR,) for w in drawn)
+    clip = recorded[: round(0.6 * SR)]
+    assert np.abs(recorded[round(0.6 * SR):]).max() == 0                    # no repeats: silence after the clip
+    for w in drawn:
+        np.testing.assert_array_equal(w[: len(clip)], clip)                  # the clip first, then a gap ...
+        assert np.abs(w[len(clip): len(clip) + round(0.1 * SR)]).max() == 0
+        assert np.abs(w[round(1.5 * SR):]).max() > 0                         # ... and more copies after it
+    assert not np.array_equal(drawn[0], drawn[1])                           # each draw has its own gaps
     for bad, message in (({"model": {}}, "no `data` section"), ({"data": {"repeat_gap": [2, 1]}}, "repeat_gap")):
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(SystemExit, match=f"bad.json: .*{message}"):

@@ -389,6 +389,9 @@ class TrainingRun:
         count(key)^-balance times key_weights of the item's names; `keys` (one per item) defaults to
         `dataset.balance_keys()`, `names` (the names key_weights can match, per item) to
         `dataset.weight_names()`, else the keys."""
+        gaps = getattr(getattr(self.config, "data", None), "repeat_gap_by_key", None)
+        if gaps and hasattr(dataset, "weight_names"):       # every trainer's items can repeat (data.repeat_below)
+            check_key_weights(gaps, dataset.weight_names(), "data.repeat_gap_by_key")
         acc = self.accelerator
         sampler = ResumableSampler(len(dataset), self.train.seed, start=self.data_position,
                                    rank=acc.process_index, world_size=acc.num_processes, shuffle=shuffle,

@@ -85,8 +85,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.repeat_below = float(repeat_below)
         self.repeat_gap = (float(repeat_gap[0]), float(repeat_gap[1]))
-        self.repeat_gap_by_key = {str(k): (float(lo), float(hi))
-                                       for k, (lo, hi) in (repeat_gap_by_key or {}).items()}
+        self.repeat_gap_by_key = {str(k): (float(lo), float(hi)) for k, (lo, hi) in (repeat_gap_by_key or {}).items()}
         self.repeat_categories = frozenset(repeat_categories)
         words = "|".join(re.escape(w) for w in repeat_skip_words)
         self.repeat_skip = re.compile(rf"\b({words})\b", re.IGNORECASE) if repeat_skip_words else None
