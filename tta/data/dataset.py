@@ -109,15 +109,18 @@ class AudioDataset(torch.utils.data.Dataset):
         """Each row's key for `data.balance`: its first label, else its category, else ""."""
         return [r.labels[0] if r.labels else (r.category or "") for r in self.rows]
 
+    @staticmethod
+    def row_names(row: ManifestRow) -> tuple[str, ...]:
+        """The names a row's `data.key_weights` and `data.repeat_gap_by_key` entries match, in order of
+        precedence: its first label, then its category."""
+        names = [row.labels[0]] if row.labels else []
+        if row.category and row.category not in names:
+            names.append(row.category)
+        return tuple(names)
+
     def weight_names(self) -> list[tuple[str, ...]]:
         """Each row's names that `data.key_weights` can match: its first label and its category."""
-        out = []
-        for r in self.rows:
-            names = [r.labels[0]] if r.labels else []
-            if r.category and r.category not in names:
-                names.append(r.category)
-            out.append(tuple(names))
-        return out
+        return [self.row_names(r) for r in self.rows]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         if isinstance(key, tuple):
@@ -158,8 +161,8 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def _repeat_gap(self, row: ManifestRow) -> tuple[float, float]:
         """`repeat_gap_by_key`'s range for the row's first label, else for its category, else `repeat_gap`."""
-        for name in (row.labels[0] if row.labels else None, row.category):
-            if name and name in self.repeat_gap_by_key:
+        for name in self.row_names(row):
+            if name in self.repeat_gap_by_key:
                 return self.repeat_gap_by_key[name]
         return self.repeat_gap
 
