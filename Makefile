@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-ldm-control train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -140,6 +140,9 @@ LDM_GAP_STEPS ?= 2500
 # LDM stage 26 (an experiment): as stage 25, but only the short animal calls (first label dog, wolf or chicken)
 # repeat after 1-3 s gaps; every other event and ambience keeps 0.2-1 s (configs/ldm/default-calls.json)
 CALLS_RUN ?= $(RUNS)/ldm-calls
+# the control for stages 25 and 26: the same run (GAP_FROM, seed 6, LDM_GAP_STEPS) with the old 0.2-1 s gaps
+# for every clip (configs/ldm/default-polish.json), to tell what the run does from what the longer gaps do
+CONTROL_RUN ?= $(RUNS)/ldm-control
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -358,6 +361,12 @@ train-ldm-gap: venv
 train-ldm-calls: venv
 	$(MAKE) train-ldm-grow GROW_FROM=$(GAP_FROM) GROW_VAE=$(GAP_FROM)/vae GROW_RUN=$(CALLS_RUN) \
 		LDM_GROW_STEPS=$(LDM_GAP_STEPS) POLISH_CONFIG=configs/ldm/default-calls.json POLISH_ARGS="--set train.seed=6 $(POLISH_ARGS)"
+
+## train-ldm-control: the control for stages 25 and 26, their run with the old 0.2-1 s gaps
+## (configs/ldm/default-polish.json; an experiment, the model card's row "LDM control for stages 25-26")
+train-ldm-control: venv
+	$(MAKE) train-ldm-grow GROW_FROM=$(GAP_FROM) GROW_VAE=$(GAP_FROM)/vae GROW_RUN=$(CONTROL_RUN) \
+		LDM_GROW_STEPS=$(LDM_GAP_STEPS) POLISH_ARGS="--set train.seed=6 $(POLISH_ARGS)"
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \
