@@ -133,9 +133,10 @@ DEEP_FROM ?= tta/assets/default
 DEEP_RUN ?= $(RUNS)/ldm-grow7
 # LDM stage 25 (an experiment): GAP_FROM's UNet (the v0.9.1 release folder) trained 2 500 steps with stage 16's
 # recipe (peak 5e-5, cosine, min-SNR-5), seed 6, on training items whose short events repeat after 1-3 s gaps
-# instead of 0.2-1 s (configs/ldm/default-gap.json, `data.repeat_gap_by_key`; ambiences keep 0.2-1 s)
+# instead of 0.2-1 s (GAP_CONFIG, configs/ldm/default-gap.json: `data.repeat_gap_by_key`; ambiences keep 0.2-1 s)
 GAP_FROM ?= tta/assets/default
 GAP_RUN ?= $(RUNS)/ldm-gap
+GAP_CONFIG ?= configs/ldm/default-gap.json
 LDM_GAP_STEPS ?= 2500
 # LDM stage 26 (an experiment): as stage 25, but only the short animal calls (first label dog, wolf or chicken)
 # repeat after 1-3 s gaps; every other event and ambience keeps 0.2-1 s (configs/ldm/default-calls.json)
@@ -354,19 +355,17 @@ train-ldm-deep: venv
 ## (configs/ldm/default-gap.json; an experiment, the model card's row "LDM stage 25")
 train-ldm-gap: venv
 	$(MAKE) train-ldm-grow GROW_FROM=$(GAP_FROM) GROW_VAE=$(GAP_FROM)/vae GROW_RUN=$(GAP_RUN) \
-		LDM_GROW_STEPS=$(LDM_GAP_STEPS) POLISH_CONFIG=configs/ldm/default-gap.json POLISH_ARGS="--set train.seed=6 $(POLISH_ARGS)"
+		LDM_GROW_STEPS=$(LDM_GAP_STEPS) POLISH_CONFIG=$(GAP_CONFIG) POLISH_ARGS="--set train.seed=6 $(POLISH_ARGS)"
 
 ## train-ldm-calls: LDM stage 26, as stage 25 but with the longer gaps only for dog, wolf and chicken clips
 ## (configs/ldm/default-calls.json; an experiment, the model card's row "LDM stage 26")
 train-ldm-calls: venv
-	$(MAKE) train-ldm-grow GROW_FROM=$(GAP_FROM) GROW_VAE=$(GAP_FROM)/vae GROW_RUN=$(CALLS_RUN) \
-		LDM_GROW_STEPS=$(LDM_GAP_STEPS) POLISH_CONFIG=configs/ldm/default-calls.json POLISH_ARGS="--set train.seed=6 $(POLISH_ARGS)"
+	$(MAKE) train-ldm-gap GAP_RUN=$(CALLS_RUN) GAP_CONFIG=configs/ldm/default-calls.json
 
 ## train-ldm-control: the control for stages 25 and 26, their run with the old 0.2-1 s gaps
 ## (configs/ldm/default-polish.json; an experiment, the model card's row "LDM control for stages 25-26")
 train-ldm-control: venv
-	$(MAKE) train-ldm-grow GROW_FROM=$(GAP_FROM) GROW_VAE=$(GAP_FROM)/vae GROW_RUN=$(CONTROL_RUN) \
-		LDM_GROW_STEPS=$(LDM_GAP_STEPS) POLISH_ARGS="--set train.seed=6 $(POLISH_ARGS)"
+	$(MAKE) train-ldm-gap GAP_RUN=$(CONTROL_RUN) GAP_CONFIG=configs/ldm/default-polish.json
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \
