@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-ldm-control train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 corpus-v3 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-ldm-control train-ldm-gapv3 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,9 +35,11 @@ demo: venv
 
 # -- the embedded default model, one target per stage (see tta/assets/default/README.md) ---------------------
 # Each training stage resumes its run folder when it exists, so a stage can be stopped and restarted.
-# CORPUS: recipe version 1, what the VAE, CLAP and LDM stages 1-2 trained on; CORPUS2: version 2 (LDM stage 3)
+# CORPUS: recipe version 1, what the VAE, CLAP and LDM stages 1-2 trained on; CORPUS2: version 2 (LDM stage 3
+# on); CORPUS3: version 3 (Scratch's recordings added), which no shipped stage has trained on yet
 CORPUS ?= ../tta-work/corpus/starter
 CORPUS2 ?= ../tta-work/corpus/starter-v2
+CORPUS3 ?= ../tta-work/corpus/starter-v3
 RUNS ?= ../tta-work/runs
 AUDIO_CACHE ?= ../tta-work/cache/audio16k
 LATENT_CACHE ?= ../tta-work/cache/latents
@@ -144,6 +146,7 @@ CALLS_RUN ?= $(RUNS)/ldm-calls
 # the control for stages 25 and 26: the same run (GAP_FROM, seed 6, LDM_GAP_STEPS) with the old 0.2-1 s gaps
 # for every clip (configs/ldm/default-polish.json), to tell what the run does from what the longer gaps do
 CONTROL_RUN ?= $(RUNS)/ldm-control
+GAPV3_RUN ?= $(RUNS)/ldm-gapv3
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -205,6 +208,9 @@ corpus: venv
 
 corpus-v2: venv
 	test -f $(CORPUS2)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS2) --large --recipe-version 2
+
+corpus-v3: venv
+	test -f $(CORPUS3)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS3) --large --recipe-version 3
 
 train-vae: venv
 	$(BIN)/tta train vae --config configs/vae/default.json --out $(RUNS)/vae $(DATA) \
@@ -366,6 +372,12 @@ train-ldm-calls: venv
 ## (configs/ldm/default-polish.json; an experiment, the model card's row "LDM control for stages 25-26")
 train-ldm-control: venv
 	$(MAKE) train-ldm-gap GAP_RUN=$(CONTROL_RUN) GAP_CONFIG=configs/ldm/default-polish.json
+
+## train-ldm-gapv3: stage 27's run (1 000 steps at peak 1.5e-5 with the longer gaps) on corpus version 3
+## (an experiment, the model card's row "LDM stage 28")
+train-ldm-gapv3: venv corpus-v3
+	$(MAKE) train-ldm-gap GAP_RUN=$(GAPV3_RUN) LDM_GAP_STEPS=1000 CORPUS2=$(CORPUS3) \
+		POLISH_ARGS="--set train.learning_rate=1.5e-5 $(POLISH_ARGS)"
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \

@@ -34,9 +34,16 @@ is not a difference. --seed-start extends a run with new seeds, and --merge pool
 --merge ... --best-of G estimates from the saved generations what keeping the best of G by the model's own
 CLAP (`candidates` G) would score.
 
+--labels dog[,...] judges only those prompts (the reference clips stay every prompt's, so a label's hits compare
+with a full run's), and --setting KEY=VALUE (steps, candidates, sampler, guidance, guidance_rule, window,
+precision) generates with that value instead of each model's default, e.g. a sweep of one prompt's settings.
+Both are recorded in the summary; --merge pools only runs of the same prompts and the same effective settings.
+
 Usage: .venv/bin/python bench/recognisable.py --model tta/assets/default --model OTHER \
            --manifest ../tta-work/corpus/starter-v2/manifest.jsonl [--seeds 24] [--seed-start 0] [--k 5]
        .venv/bin/python bench/recognisable.py --merge RUN1/summary.json RUN2/summary.json --out DIR
+       .venv/bin/python bench/recognisable.py --model tta/assets/default --manifest ... --labels dog \
+           --setting guidance=3.0 --setting candidates=1
 """
 
 from __future__ import annotations
@@ -66,12 +73,55 @@ PROMPTS: tuple[tuple[str, str], ...] = (
     ("birds chirping in a forest", "birds"), ("an explosion", "explosion"), ("thunder rumbling", "thunder"),
     ("a fire crackling", "fire"), ("chopping wood with an axe", "chopping"),
 )
+# generation settings `--setting KEY=VALUE` may override for every model (the pipeline call's arguments)
+GENERATION_SETTINGS = {"steps": int, "candidates": int, "sampler": str, "guidance": float, "guidance_rule": str,
+                       "window": float, "precision": str}
 RESAMPLES = 2000    # bootstrap resamples of the hit@1 intervals
 TRIM_DB = 40.0      # a generation is cut to its span above peak - TRIM_DB (generations often end in silence)
 
 
 def relative(path: Path) -> str:
     return os.path.relpath(Path(path).resolve(), ROOT)
+
+
+def setting(text: str) -> tuple[str, object]:
+    """`--setting KEY=VALUE` -> (key, typed value)."""
+    key, sep, value = text.partition("=")
+    if not sep or key not in GENERATION_SETTINGS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with KEY one of "
+                                         f"{', '.join(GENERATION_SETTINGS)}")
+    kind = GENERATION_SETTINGS[key]
+    try:
+        typed = kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {key} must be {'an integer' if kind is int else 'a number'}")
+    if key in ("steps", "candidates") and typed < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: {key} must be >= 1")
+    if key in ("sampler", "guidance_rule", "precision"):
+        from tta.ldm import sampling
+
+        check = {"sampler": sampling.check_sampler, "guidance_rule": sampling.check_guidance_rule,
+                 "precision": sampling.check_precision}[key]
+        try:
+            check(typed)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}")
+    return key, typed
+
+
+def labels_list(text: str) -> list[str]:
+    """`--labels dog,wolf` -> the prompts' labels to judge, each one of PROMPTS'."""
+    known = [label for _, label in PROMPTS]
+    labels = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in labels if x not in known]
+    if bad or not labels:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated labels among {', '.join(known)}")
+    return [label for label in known if label in labels]
+
+
+def judged_labels(run: dict) -> list[str]:
+    """The labels whose prompts a summary (a run or a merge) judged; all of PROMPTS' before --labels existed."""
+    return run["settings"].get("labels") or [label for _, label in PROMPTS]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,6 +156,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "gaps, crops), leave-one-out, per label")
     ap.add_argument("--item-draws", type=int, default=3, help="training items drawn per clip for --items-ceiling")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance for every model (default: each model's)")
+    ap.add_argument("--setting", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                    help="a generation setting for every model instead of its default (repeatable): "
+                         f"{', '.join(GENERATION_SETTINGS)}; recorded with each model's defaults, so runs with "
+                         "other settings do not pool in --merge")
+    ap.add_argument("--labels", type=labels_list, metavar="LABEL[,LABEL...]",
+                    help="judge only these prompts' labels (e.g. dog); the judge's reference clips stay those of "
+                         "every prompt, so a label's hits are comparable with a full run's")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, help="where the reference embeddings are cached")
     ap.add_argument("--out", type=Path, help="folder for the summary and the wavs (default bench/out/recognisable; "
@@ -261,6 +318,11 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = ()) -> dict
             if fp and prints.setdefault(m["model"], fp) != fp:
                 raise SystemExit(f"{path}: {m['model']} holds other weights than in an earlier summary "
                                  f"(fingerprint {fp} vs {prints[m['model']]})")
+    labels = judged_labels(runs[0])
+    for path, run in zip(paths[1:], runs[1:]):
+        if judged_labels(run) != labels:
+            raise SystemExit(f"{path}: judged the prompts of {', '.join(judged_labels(run))}, not those of "
+                             f"{', '.join(labels)} as {paths[0]}; merge runs of the same prompts")
     models: dict[object, dict] = {}
     for path, run in zip(paths, runs):
         if run["settings"].get("k", k) != k:
@@ -303,7 +365,8 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = ()) -> dict
         raise SystemExit("--merge: the summaries hold no generations")
     summary = {"bench": "recognisable-merged", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "sources": [relative(Path(p)) for p in paths],
-               "settings": {"k": k, "runs": [r["settings"] for r in runs]},
+               "settings": {"k": k, "labels": None if len(labels) == len(PROMPTS) else labels,
+                            "runs": [r["settings"] for r in runs]},
                "chance": runs[0].get("chance"), "real_held_out": runs[0].get("real_held_out"), "models": []}
     for m in models.values():
         pp = list(m["per_prompt"].values())
@@ -521,7 +584,11 @@ def main(argv: list[str] | None = None) -> dict:
             np.save(cache, refs)
     ref_labels = [r.labels[0] for r in train]
     share = Counter(ref_labels)
-    chance = float(np.mean([share[label] / len(train) for _, label in PROMPTS]))
+    judged = [(prompt, label) for prompt, label in PROMPTS if not args.labels or label in args.labels]
+    chance = float(np.mean([share[label] / len(train) for _, label in judged]))
+    generation = dict(args.setting)      # what every model generates with instead of its defaults
+    if args.guidance is not None:
+        generation["guidance"] = args.guidance
 
     held_rows = [r for r in held if r.labels[0] in wanted]
     held_wavs = [load_audio(resolve_path(r, args.manifest), sr, normalize=True)[0] for r in held_rows]
@@ -532,7 +599,7 @@ def main(argv: list[str] | None = None) -> dict:
                "machine": machine(), "versions": versions(),
                "settings": {"manifest": relative(args.manifest), "seeds": args.seeds,
                             "seed_start": args.seed_start, "k": args.k,
-                            "guidance": args.guidance,
+                            "guidance": args.guidance, "generation": generation, "labels": args.labels,
                             "threads": args.threads, "embedder": embedder.identity, "trim_db": TRIM_DB,
                             "reference_clips": len(train), "distractors": args.distractors, "prompts": [list(p) for p in PROMPTS]},
                "chance": round(chance, 4),
@@ -570,8 +637,8 @@ def main(argv: list[str] | None = None) -> dict:
                 train_ceilings[part] = leave_one_out(emb)
                 train_ceilings[part]["cosine"] = round(float(np.mean(np.sum(emb * refs[loo], axis=1))), 4)
         per_prompt = []
-        for prompt, label in (PROMPTS if args.seeds > 0 else ()):
-            out = pipe([prompt] * args.seeds, seed=args.seed_start, batch_size=args.seeds, guidance=args.guidance)
+        for prompt, label in (judged if args.seeds > 0 else ()):
+            out = pipe([prompt] * args.seeds, seed=args.seed_start, batch_size=args.seeds, **generation)
             clips = [active(np.asarray(w, dtype=np.float32), out.sample_rate) for w in out.wavs]
             for s, w in enumerate(out.wavs):
                 save_audio(folder / f"{label}-{args.seed_start + s}.wav", np.asarray(w), out.sample_rate)
@@ -584,8 +651,9 @@ def main(argv: list[str] | None = None) -> dict:
         n = max(1, sum(p["of"] for p in per_prompt))
         summary["models"].append({
             "model": relative(model), "fingerprint": fingerprint(model),
-            "seeds": list(range(args.seed_start, args.seed_start + args.seeds)), "defaults": {k: v for k, v in vars(pipe.defaults).items()
-                                                   if isinstance(v, (int, float, str))},
+            "seeds": list(range(args.seed_start, args.seed_start + args.seeds)),
+            "defaults": {**{k: v for k, v in vars(pipe.defaults).items() if isinstance(v, (int, float, str))},
+                         **generation},
             "hit@1": round(sum(p["hit@1"] for p in per_prompt) / n, 4) if per_prompt else None,
             f"vote@{args.k}": round(sum(p[f"vote@{args.k}"] for p in per_prompt) / n, 4) if per_prompt else None,
             "held_out_resynthesised": ceilings, **({"train_resynthesised": train_ceilings} if train_ceilings else {}),

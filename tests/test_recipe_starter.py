@@ -328,8 +328,24 @@ def test_version_1_skips_the_rules_and_packages_of_version_2():
     assert "etw-data" in v2 - v1 and "0ad-data" in v1 and v1 < v2
     with pytest.raises(packages.PackageError, match="etw-data"):
         packages.select_packages(["etw-data"], large=False, version=1)
-    with pytest.raises(RecipeError, match="--recipe-version=3"):
-        StarterOptions(version=3)
+    with pytest.raises(RecipeError, match="--recipe-version=4"):
+        StarterOptions(version=4)
+
+
+def test_version_3_adds_scratch_recordings_only_by_name():
+    sounds = "usr/share/scratch/Media/Sounds/"
+    assert rules.match("scratch", sounds + "Animal/Dog1.wav").label == "dog"
+    assert rules.match("scratch", sounds + "Animal/Dog1.wav", version=2) is None
+    assert rules.match("scratch", sounds + "Animal/HorseGallop.wav").captions[0] == "a horse galloping"
+    assert rules.match("scratch", sounds + "Animal/Horse.wav").captions[0] == "a horse neighs"
+    assert rules.match("scratch", sounds + "Animal/Crickets.wav").role == "ambience"
+    # names that do not say what sounds, and the MP3s, are left out
+    for rel in ("Electronic/Zoop.wav", "Effects/Rattle.wav", "Animal/Cat.mp3", "Vocals/Singer1.wav"):
+        assert rules.match("scratch", sounds + rel) is None
+    v2 = {p.package for p in packages.select_packages(None, large=True, version=2)}
+    v3 = {p.package for p in packages.select_packages(None, large=True, version=3)}
+    assert v3 - v2 == {"scratch"}
+    assert not v3 & packages.RESERVED_PACKAGES
 
 
 def test_version_2_keeps_rare_labels_in_train(tmp_path, trees):

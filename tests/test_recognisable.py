@@ -141,13 +141,18 @@ def test_items_ceiling_judges_the_clips_as_a_training_config_draws_them(tmp_path
             bench.main(argv + ["--items-ceiling", str(tmp_path / "bad.json")])
 
 
-def test_generations_start_at_seed_start_and_a_second_run_adds_new_clips(tmp_path):
+def one_seed_run(tmp_path):
+    """The bench module and the arguments of a one-seed run on the test corpus (add --out and options)."""
     pytest.importorskip("aisfx")
     bench = load_bench()
     manifest = judge_corpus(tmp_path / "corpus", bench)
-    common = ["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--seeds", "1", "--distractors", "0",
-              "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "r.jsonl"),
-              "--quiet"]
+    return bench, ["--model", str(tiny_pipeline()), "--manifest", str(manifest), "--seeds", "1", "--distractors",
+                   "0", "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--results",
+                   str(tmp_path / "r.jsonl"), "--quiet"]
+
+
+def test_generations_start_at_seed_start_and_a_second_run_adds_new_clips(tmp_path):
+    bench, common = one_seed_run(tmp_path)
     first = bench.main(common + ["--out", str(tmp_path / "a")])
     second = bench.main(common + ["--out", str(tmp_path / "b"), "--seed-start", "3"])
     assert first["settings"]["seed_start"] == 0 and second["settings"]["seed_start"] == 3
@@ -280,3 +285,37 @@ def test_merge_rejects_what_is_not_a_summary(tmp_path):
                     str(tmp_path / "summary.json")])
     with pytest.raises(SystemExit):
         bench.parse_args(["--model", "x", "--manifest", "m.jsonl", "--seed-start", "-1"])
+
+
+def test_labels_and_settings_judge_a_subset_with_other_generation_settings(tmp_path):
+    bench, common = one_seed_run(tmp_path)
+    sub = bench.main(common + ["--out", str(tmp_path / "sub"), "--labels", "rain,dog", "--setting", "steps=2",
+                               "--setting", "candidates=2", "--guidance", "1.5"])
+    (m,) = sub["models"]
+    assert [p["label"] for p in m["per_prompt"]] == ["dog", "rain"]          # PROMPTS' order
+    (folder,) = [p for p in (tmp_path / "sub").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in folder.glob("*.wav")) == ["dog-0.wav", "rain-0.wav"]
+    assert sub["settings"]["labels"] == ["dog", "rain"]
+    assert sub["settings"]["generation"] == {"steps": 2, "candidates": 2, "guidance": 1.5}
+    assert m["defaults"]["steps"] == 2 and m["defaults"]["candidates"] == 2 and m["defaults"]["guidance"] == 1.5
+    assert sub["settings"]["reference_clips"] == 2 * len(bench.PROMPTS)      # the references stay every label's
+    assert sub["chance"] == pytest.approx(1 / len(bench.PROMPTS), abs=1e-4)  # 2 of 30 references per label
+
+    # a run of the same subset on other seeds pools; a run of every prompt does not
+    again = bench.main(common + ["--out", str(tmp_path / "again"), "--labels", "dog,rain", "--seed-start", "1",
+                                 "--setting", "steps=2", "--setting", "candidates=2", "--guidance", "1.5"])
+    merged = bench.main(["--merge", str(tmp_path / "sub" / "summary.json"), str(tmp_path / "again" / "summary.json"),
+                         "--out", str(tmp_path / "m"), "--results", str(tmp_path / "r.jsonl")])
+    assert merged["settings"]["labels"] == ["dog", "rain"] and merged["models"][0]["seeds"] == [0, 1]
+    assert again["models"][0]["defaults"] == m["defaults"]
+    full = bench.main(common + ["--out", str(tmp_path / "full"), "--seed-start", "5"])
+    with pytest.raises(SystemExit, match="same prompts"):
+        bench.main(["--merge", str(tmp_path / "sub" / "summary.json"), str(tmp_path / "full" / "summary.json"),
+                    "--out", str(tmp_path / "m2"), "--results", str(tmp_path / "r.jsonl")])
+    assert full["settings"]["generation"] == {} and full["settings"]["labels"] is None
+
+    for bad in (["--setting", "steps"], ["--setting", "colour=red"], ["--setting", "steps=two"],
+                ["--setting", "candidates=0"], ["--setting", "sampler=magic"], ["--labels", "unicorn"],
+                ["--labels", ","]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--model", "x", "--manifest", "m.jsonl", *bad])

@@ -36,9 +36,10 @@ def add_recipe_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--mixtures", type=int, default=1500, metavar="N", help="mixtures to draw (default 1500)")
     s.add_argument("--max-scores", type=int, metavar="N", help="at most N music21 scores per score set")
     s.add_argument("--workers", type=int, default=1, help="render processes (the result does not depend on it)")
-    s.add_argument("--recipe-version", type=int, default=2, metavar="N",
-                   help="recipe version (default 2: more dog/animal/instrument packages, classes with fewer "
-                        "than 3 recordings kept in train); 1 rebuilds the first corpus exactly")
+    s.add_argument("--recipe-version", type=int, default=3, metavar="N",
+                   help="recipe version (default 3: adds Scratch 1.4's recorded sounds; 2: more dog/animal/"
+                        "instrument packages, classes with fewer than 3 recordings kept in train); 1 and 2 "
+                        "rebuild the corpora the default model was trained on exactly")
     s.set_defaults(data_func=run_starter)
     return p
 

@@ -61,6 +61,7 @@ SFX_PACKAGES: tuple[DebianSource, ...] = (
     DebianSource("mate-media-common", "GPL-2+", since=2),
     DebianSource("xemacs21-basesupport", "GPL-2+", since=2),
     DebianSource("wx3.2-examples", "wxWindows", since=2),
+    DebianSource("scratch", "CC-BY-SA-3.0 (Media/*)", since=3),
 )
 
 
@@ -71,7 +72,7 @@ def check_allowed(package: str) -> None:
                            f"used for training data")
 
 
-def select_packages(names: list[str] | None, *, large: bool, version: int = 2) -> list[DebianSource]:
+def select_packages(names: list[str] | None, *, large: bool, version: int = 3) -> list[DebianSource]:
     """The packages of recipe `version` to use: all small ones (and the large with `large`), or exactly `names`."""
     by_name = {p.package: p for p in SFX_PACKAGES if p.since <= version}
     if names is None:
