@@ -16,6 +16,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tta.data.recipes.rules import RECIPE_VERSION
+
 log = logging.getLogger(__name__)
 
 # Kept for independent evaluation: never downloaded, opened or used for tuning. A test pins this list.
@@ -72,7 +74,8 @@ def check_allowed(package: str) -> None:
                            f"used for training data")
 
 
-def select_packages(names: list[str] | None, *, large: bool, version: int = 3) -> list[DebianSource]:
+def select_packages(names: list[str] | None, *, large: bool,
+                    version: int = RECIPE_VERSION) -> list[DebianSource]:
     """The packages of recipe `version` to use: all small ones (and the large with `large`), or exactly `names`."""
     by_name = {p.package: p for p in SFX_PACKAGES if p.since <= version}
     if names is None:
