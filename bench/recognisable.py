@@ -32,7 +32,10 @@ a model's generation for a prompt and seed starts from the same noise). A differ
 is not a difference. --seed-start extends a run with new seeds, and --merge pools the summaries of such runs
 (per model: its weights plus its generation defaults) into one, with intervals over all their generations;
 --merge ... --best-of G estimates from the saved generations what keeping the best of G by the model's own
-CLAP (`candidates` G) would score.
+CLAP (`candidates` G) would score. --baseline FOLDER pools FOLDER's runs recorded in bench/results.jsonl (its
+weights' fingerprint and generation defaults, the same judge: references, embedder, k) on the seeds the
+--merge summaries hold and puts them first, so a candidate is paired with the shipped default without the
+default's own summary files, which live outside the repository and can be lost.
 
 --labels dog[,...] judges only those prompts (the reference clips stay every prompt's, so a label's hits compare
 with a full run's), and --setting KEY=VALUE (steps, candidates, sampler, guidance, guidance_rule, window,
@@ -42,6 +45,7 @@ Both are recorded in the summary; --merge pools only runs of the same prompts an
 Usage: .venv/bin/python bench/recognisable.py --model tta/assets/default --model OTHER \
            --manifest ../tta-work/corpus/starter-v2/manifest.jsonl [--seeds 24] [--seed-start 0] [--k 5]
        .venv/bin/python bench/recognisable.py --merge RUN1/summary.json RUN2/summary.json --out DIR
+       .venv/bin/python bench/recognisable.py --baseline tta/assets/default --merge RUN1/summary.json --out DIR
        .venv/bin/python bench/recognisable.py --model tta/assets/default --manifest ... --labels dog \
            --setting guidance=3.0 --setting candidates=1
 """
@@ -132,6 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="instead of a run: pool the generations of these summary.json files (runs of the same "
                          "models and prompts on other seeds) into one summary with intervals over all of them; a "
                          "model is its weights plus its generation defaults, so copies of a folder pool")
+    ap.add_argument("--baseline", type=Path, metavar="FOLDER",
+                    help="with --merge (or alone): first pool the runs of FOLDER's weights and generation defaults "
+                         "recorded in --results (e.g. the shipped default's), on the seeds the summaries cover, so "
+                         "every model's paired difference is from them; no folder of earlier runs is needed")
     ap.add_argument("--best-of", type=int, nargs="+", default=[], metavar="G",
                     help="with --merge: also estimate each model's hit@1 had it kept the best of G generations by its "
                          "own CLAP (what `candidates` G does), averaged over every G of its judged seeds, from the "
@@ -174,15 +182,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--seeds and --seed-start must be >= 0")
     if args.item_draws < 1:
         ap.error("--item-draws must be >= 1")
-    if not args.merge and (not args.model or args.manifest is None):
-        ap.error("--model and --manifest are required (unless --merge)")
-    if args.merge and (args.model or args.manifest is not None):
-        ap.error("--merge pools finished runs; it takes no --model or --manifest")
+    pooling = bool(args.merge) or args.baseline is not None
+    if not pooling and (not args.model or args.manifest is None):
+        ap.error("--model and --manifest are required (unless --merge or --baseline)")
+    if pooling and (args.model or args.manifest is not None):
+        ap.error("--merge and --baseline pool finished runs; they take no --model or --manifest")
     if args.best_of and (not args.merge or min(args.best_of) < 2):
         ap.error("--best-of G needs --merge and G >= 2")
     if args.out is None:
-        if args.merge:
-            ap.error("--merge needs --out (a folder for the pooled summary, not one of the runs')")
+        if pooling:
+            ap.error("--merge and --baseline need --out (a folder for the pooled summary, not one of the runs')")
         args.out = ROOT / "bench" / "out" / "recognisable"
     return args
 
@@ -294,16 +303,11 @@ def run_seeds(settings: dict) -> list[int]:
     return list(range(start, start + int(settings["seeds"])))
 
 
-def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = ()) -> dict:
-    """One summary pooling the generations of several runs' summaries, per model and prompt.
-
-    A model is its weights' fingerprint (recorded since the judge has intervals) plus its generation defaults,
-    so runs of copies of one folder pool; a summary without fingerprints is keyed by its folder. Two runs of a
-    folder whose weights changed in between are refused, and so is a seed that two runs of one model share.
-    """
+def read_summaries(paths: list[Path], out: Path | None = None) -> list[dict]:
+    """The summaries of --merge, each checked to be one of this bench's."""
     runs = []
     for path in paths:
-        if Path(path).resolve() == (out / "summary.json").resolve():
+        if out is not None and Path(path).resolve() == (out / "summary.json").resolve():
             raise SystemExit(f"{path}: --merge would overwrite its own input; pass another --out")
         try:
             runs.append(json.loads(Path(path).read_text()))
@@ -311,6 +315,21 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = ()) -> dict
             raise SystemExit(f"{path}: not a readable summary.json ({e})")
         if not isinstance(runs[-1], dict) or runs[-1].get("bench") not in ("recognisable", "recognisable-merged"):
             raise SystemExit(f"{path}: not a summary of bench/recognisable.py")
+    return runs
+
+
+def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
+          recorded: list[tuple[str, dict]] = ()) -> dict:
+    """One summary pooling the generations of several runs' summaries, per model and prompt.
+
+    A model is its weights' fingerprint (recorded since the judge has intervals) plus its generation defaults,
+    so runs of copies of one folder pool; a summary without fingerprints is keyed by its folder. Two runs of a
+    folder whose weights changed in between are refused, and so is a seed that two runs of one model share.
+    `recorded` runs (source, run; from `recorded_runs`) come first, so their model is the one the others are
+    paired with. Each model's generations are put in seed order, so runs given in any order pair.
+    """
+    runs = [run for _, run in recorded] + read_summaries(paths, out)
+    paths = [source for source, _ in recorded] + list(paths)
     prints: dict[str, str] = {}            # folder -> the fingerprint of its weights when judged
     for path, run in zip(paths, runs):
         for m in run["models"]:
@@ -356,13 +375,20 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = ()) -> dict
                 q[f"vote@{k}"] += p[f"vote@{k}"]
                 q["of"] += p["of"]
                 q["nearest"] += p["nearest"]
-                if run["bench"] == "recognisable":     # a run's wavs: --out/<index>-<folder name>/<label>-<seed>.wav
+                if run["bench"] == "recognisable" and Path(path).is_file():   # wavs: --out/<index>-<folder>/<label>-<seed>.wav
                     folder = Path(path).parent / f"{run['models'].index(m)}-{folder_name(ROOT / m['model'])}"
                     into["wavs"].setdefault(p["label"], []).extend(folder / f"{p['label']}-{s}.wav" for s in seeds)
                 else:
                     into["wavs"].setdefault(p["label"], []).extend([None] * len(p["nearest"]))
     if not models:
         raise SystemExit("--merge: the summaries hold no generations")
+    for m in models.values():                 # seed order, whatever the order of the runs
+        order = sorted(range(len(m["seeds"])), key=m["seeds"].__getitem__)
+        m["seeds"] = [m["seeds"][i] for i in order]
+        for label, q in m["per_prompt"].items():
+            if len(q["nearest"]) == len(order):
+                q["nearest"] = [q["nearest"][i] for i in order]
+                m["wavs"][label] = [m["wavs"][label][i] for i in order]
     summary = {"bench": "recognisable-merged", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "sources": [relative(Path(p)) for p in paths],
                "settings": {"k": k, "labels": None if len(labels) == len(PROMPTS) else labels,
@@ -383,6 +409,85 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = ()) -> dict
         if best_of:
             m["best_of"] = best_of_estimates(m, src["wavs"], best_of)
     return summary
+
+
+def judge_identity(settings: dict) -> dict:
+    """What makes two runs' judges the same: the reference clips, the embedder and the vote."""
+    keys = ("embedder", "k", "trim_db", "distractors", "reference_clips", "prompts", "labels")
+    ident = {key: settings.get(key) for key in keys}
+    # the manifest's hash where both runs recorded it, else its path as given
+    ident["manifest"] = settings.get("manifest_sha256") or settings.get("manifest")
+    return ident
+
+
+def same_judge(a: dict, b: dict) -> bool:
+    if a.get("manifest_sha256") and b.get("manifest_sha256"):
+        return judge_identity(a) == judge_identity(b)
+    strip = lambda s: {**judge_identity(s), "manifest": s.get("manifest")}
+    return strip(a) == strip(b)
+
+
+def folder_defaults(folder: Path) -> dict:
+    """A pipeline folder's generation defaults as a run records them (pipeline.json, read without weights)."""
+    from dataclasses import asdict
+
+    from tta.config import ConfigError, from_dict
+    from tta.pipeline import PipelineDefaults, PipelineError, read_pipeline_json
+
+    try:
+        spec = read_pipeline_json(Path(folder))
+        defaults = from_dict(PipelineDefaults, spec.get("defaults", {}), where="defaults")
+    except (PipelineError, ConfigError, OSError) as e:
+        raise SystemExit(f"{folder}: not a pipeline folder ({e})")
+    return {k: v for k, v in asdict(defaults).items() if isinstance(v, (int, float, str))}
+
+
+def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> list[tuple[str, dict]]:
+    """The runs of `folder`'s weights and defaults recorded in `results`, as (source, one-model run) pairs.
+
+    Only single runs ("recognisable", not merges) with the same judge as the summaries at `paths` count, the
+    earliest run of each seed. With summaries, exactly the seeds they hold are taken and each must be recorded;
+    alone, every recorded seed.
+    """
+    fp, defaults = fingerprint(Path(folder)), with_unset_defaults(folder_defaults(folder))
+    others = read_summaries(paths)
+    wanted = sorted({s for run in others for m in run["models"] if m["per_prompt"]
+                     for s in (m.get("seeds") or run_seeds(run["settings"]))})
+    judges = [r for run in others for r in (run["settings"].get("runs") or [run["settings"]])]
+    held = {s for run in others for m in run["models"] if m.get("fingerprint") == fp
+            and with_unset_defaults(m["defaults"]) == defaults for s in (m.get("seeds") or run_seeds(run["settings"]))}
+    try:
+        lines = Path(results).read_text().splitlines()
+    except OSError as e:
+        raise SystemExit(f"{results}: cannot read the recorded results ({e})")
+    taken, out = set(held), []
+    for n, line in enumerate(lines, 1):
+        try:
+            run = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(run, dict) or run.get("bench") != "recognisable" or run["settings"].get("k", k) != k:
+            continue
+        if judges and not same_judge(run["settings"], judges[0]):
+            continue
+        for m in run["models"]:
+            if m.get("fingerprint") != fp or with_unset_defaults(m["defaults"]) != defaults or not m["per_prompt"]:
+                continue
+            seeds = m.get("seeds") or run_seeds(run["settings"])
+            if set(seeds) & taken or (wanted and not set(seeds) <= set(wanted)):
+                continue
+            if judges and judged_labels(run) != judged_labels(others[0]):
+                continue
+            taken |= set(seeds)
+            out.append((f"{relative(Path(results))}:{n}", {**run, "models": [m]}))
+    missing = sorted(set(wanted) - taken)
+    if missing:
+        raise SystemExit(f"{folder}: no recorded run in {results} on seed(s) {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''} with the same judge; run it with --seed-start "
+                         f"{missing[0]} (and whole runs of the seeds the summaries hold)")
+    if not out and not held:
+        raise SystemExit(f"{folder}: no run of its weights and defaults is recorded in {results}")
+    return out
 
 
 def with_unset_defaults(defaults: dict) -> dict:
@@ -543,8 +648,9 @@ def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.merge:
-        return finish(merge(args.merge, args.k, args.out, args.best_of), args)
+    if args.merge or args.baseline is not None:
+        recorded = recorded_runs(args.baseline, args.results, args.merge or [], args.k) if args.baseline else []
+        return finish(merge(args.merge or [], args.k, args.out, args.best_of, recorded=recorded), args)
     import torch
 
     from eval.embedders import get_embedder
@@ -597,7 +703,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {"bench": "recognisable", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": machine(), "versions": versions(),
-               "settings": {"manifest": relative(args.manifest), "seeds": args.seeds,
+               "settings": {"manifest": relative(args.manifest),
+                            "manifest_sha256": hashlib.sha256(Path(args.manifest).read_bytes()).hexdigest(),
+                            "seeds": args.seeds,
                             "seed_start": args.seed_start, "k": args.k,
                             "guidance": args.guidance, "generation": generation, "labels": args.labels,
                             "threads": args.threads, "embedder": embedder.identity, "trim_db": TRIM_DB,

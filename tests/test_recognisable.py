@@ -287,6 +287,57 @@ def test_merge_rejects_what_is_not_a_summary(tmp_path):
         bench.parse_args(["--model", "x", "--manifest", "m.jsonl", "--seed-start", "-1"])
 
 
+def test_baseline_pairs_with_the_recorded_runs_of_a_folder(tmp_path):
+    """--baseline FOLDER takes FOLDER's runs from the results file (its weights and defaults, the same judge,
+    the seeds the summaries hold), puts them first and pairs every other model with them on those seeds."""
+    bench = load_bench()
+    folder = tiny_pipeline()
+    fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
+    judge = {"manifest": "corpus/manifest.jsonl", "k": 5, "embedder": "aisfx@x", "trim_db": 40.0,
+             "reference_clips": 30, "distractors": 0}
+
+    def run(start, nearest, *, model="base", fingerprint=fp, defaults=defaults, **settings):
+        return {"bench": "recognisable", "settings": {**judge, "seeds": 2, "seed_start": start, **settings},
+                "chance": 0.1, "real_held_out": {},
+                "models": [{"model": model, "fingerprint": fingerprint, "defaults": defaults,
+                            "seeds": [start, start + 1],
+                            "per_prompt": [{"prompt": "a dog barks", "label": "dog", "of": 2, "nearest": nearest,
+                                            "hit@1": nearest.count("dog"), "vote@5": nearest.count("dog")}]}]}
+
+    results = tmp_path / "results.jsonl"
+    lines = [run(0, ["dog", "cow"]), run(0, ["dog", "dog"], defaults={**defaults, "candidates": 9}),
+             {"bench": "recognisable-merged", "settings": {"k": 5}, "models": []}, "not json",
+             run(2, ["cow", "cow"], reference_clips=31),                     # another judge: not this baseline
+             run(2, ["cow", "dog"]), run(2, ["dog", "dog"])]                 # the earliest run of a seed counts
+    results.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    later, earlier = tmp_path / "c2.json", tmp_path / "c0.json"
+    later.write_text(json.dumps(run(2, ["dog", "dog"], model="cand", fingerprint="cc")))
+    earlier.write_text(json.dumps(run(0, ["dog", "dog"], model="cand", fingerprint="cc")))
+    argv = ["--baseline", str(folder), "--out", str(tmp_path / "o"), "--results", str(results)]
+
+    base, cand = bench.main(argv + ["--merge", str(later), str(earlier)])["models"]   # runs in any order
+    assert base["model"] == "base" and base["seeds"] == cand["seeds"] == [0, 1, 2, 3]
+    assert base["per_prompt"][0]["nearest"] == ["dog", "cow", "cow", "dog"] and base["hit@1"] == 0.5
+    assert cand["hit@1"] == 1.0 and cand["hit@1_minus_first"] == 0.5
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["sources"][:2] == [f"{bench.relative(results)}:1", f"{bench.relative(results)}:6"]
+    (alone,) = bench.main(argv)["models"]                                    # every recorded seed
+    assert alone["seeds"] == [0, 1, 2, 3] and "hit@1_minus_first" not in alone
+
+    beyond = tmp_path / "c4.json"
+    beyond.write_text(json.dumps(run(4, ["dog", "dog"], model="cand", fingerprint="cc")))
+    with pytest.raises(SystemExit, match=r"no recorded run .* seed\(s\) \[4, 5\]"):
+        bench.main(argv + ["--merge", str(earlier), str(beyond)])
+    other_judge = tmp_path / "j.json"
+    other_judge.write_text(json.dumps(run(0, ["dog", "dog"], model="cand", fingerprint="cc", reference_clips=29)))
+    with pytest.raises(SystemExit, match="same judge"):
+        bench.main(argv + ["--merge", str(other_judge)])
+    with pytest.raises(SystemExit, match="not a pipeline folder"):
+        bench.main(["--baseline", str(tmp_path), "--out", str(tmp_path / "o2"), "--results", str(results)])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--baseline", str(folder), "--model", "x", "--out", "o"])
+
+
 def test_labels_and_settings_judge_a_subset_with_other_generation_settings(tmp_path):
     bench, common = one_seed_run(tmp_path)
     sub = bench.main(common + ["--out", str(tmp_path / "sub"), "--labels", "rain,dog", "--setting", "steps=2",

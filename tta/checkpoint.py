@@ -97,14 +97,34 @@ def write_component_config(folder: str | os.PathLike, class_name: str, config: A
     return atomic_write_text(Path(folder) / CONFIG_NAME, json.dumps(body, indent=2) + "\n")
 
 
+def save_safetensors(state: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write `state` as a safetensors file whose bytes depend only on its tensors and metadata.
+
+    safetensors orders the header's `__metadata__` as a hash map does, which changes from process to process,
+    so the same weights written twice could differ byte for byte (and a folder's fingerprint with them).
+    Here the header is rewritten with the metadata's keys sorted: the same length, so no offset moves.
+    """
+    from safetensors.torch import save
+
+    data = save(state, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n], object_pairs_hook=dict)
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) <= n:                      # safetensors pads its header with spaces to n
+        data = data[:8] + text + b" " * (n - len(text)) + data[8 + n:]
+    path = Path(path)
+    path.write_bytes(data)
+    return path
+
+
 def save_component(folder: str | os.PathLike, model: Any, config: Any | None = None, *,
                    class_name: str | None = None, dtype=None) -> Path:
     """Write `model` (an nn.Module with a `.config` dataclass, or pass `config`) as a component folder.
 
     dtype: optionally store floating tensors in another dtype (e.g. torch.float16 for release weights).
     """
-    from safetensors.torch import save_file
-
     config = config if config is not None else getattr(model, "config")
     class_name = class_name or class_path(model)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -112,7 +132,7 @@ def save_component(folder: str | os.PathLike, model: Any, config: Any | None = N
         state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
     state = _untie(state)
     with atomic_dir(folder) as tmp:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "class": class_name})
+        save_safetensors(state, tmp / WEIGHTS_NAME, metadata={"format": "pt", "class": class_name})
         write_component_config(tmp, class_name, config)
     return Path(folder)
 

@@ -195,9 +195,9 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     from dataclasses import fields
 
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from tta.checkpoint import QUANTO_INT8, atomic_dir, quantize_int8
+    from tta.checkpoint import QUANTO_INT8, atomic_dir, quantize_int8, save_safetensors
     from tta.config import ConfigError, apply_overrides
     from tta.ldm.sampling import check_sampler
     from tta.pipeline import TTAPipeline
@@ -239,7 +239,7 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
                 state = quantize_int8(state, linears)
             state = {k: (v.to(store[dtype]) if v.is_floating_point() and v.numel() >= min_elements
                          and not k.endswith("._scale") else v) for k, v in state.items()}
-            save_file(state, str(path), metadata={"format": "pt"})
+            save_safetensors(state, path, metadata={"format": "pt"})
             if quantized:
                 config = json.loads((path.parent / "config.json").read_text())
                 config["quantization_config"] = dict(QUANTO_INT8)

@@ -28,7 +28,7 @@ import torch
 
 from tta.audio import MelConfig
 from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, load_into, load_torch_file,
-                            read_foreign_folder)
+                            read_foreign_folder, save_safetensors)
 from vocoder.model import HiFiGAN, HiFiGANConfig
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,6 @@ def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None
 
 def export_speecht5(model: HiFiGAN, folder: str | os.PathLike) -> Path:
     """Write `model` as a transformers SpeechT5HifiGan folder (config.json + model.safetensors)."""
-    from safetensors.torch import save_file
-
     c = model.config
     if c.resblock != "1":
         raise CheckpointError(f"{folder}: SpeechT5HifiGan only has resblock type '1', this model uses {c.resblock!r}")
@@ -199,7 +197,7 @@ def export_speecht5(model: HiFiGAN, folder: str | os.PathLike) -> Path:
         "tta_mel": dataclasses.asdict(c.mel),
     }
     with atomic_dir(folder) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(body, indent=2) + "\n")
     return Path(folder)
 
