@@ -447,7 +447,7 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
 
     Only single runs ("recognisable", not merges) with the same judge as the summaries at `paths` count, the
     earliest run of each seed. With summaries, exactly the seeds they hold are taken and each must be recorded;
-    alone, every recorded seed.
+    alone, every recorded seed judged as the earliest such run was.
     """
     fp, defaults = fingerprint(Path(folder)), with_unset_defaults(folder_defaults(folder))
     others = read_summaries(paths)
@@ -460,7 +460,7 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
         lines = Path(results).read_text().splitlines()
     except OSError as e:
         raise SystemExit(f"{results}: cannot read the recorded results ({e})")
-    taken, out = set(held), []
+    taken, out, first = set(held), [], None
     for n, line in enumerate(lines, 1):
         try:
             run = json.loads(line)
@@ -476,8 +476,10 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
             seeds = m.get("seeds") or run_seeds(run["settings"])
             if set(seeds) & taken or (wanted and not set(seeds) <= set(wanted)):
                 continue
-            if judges and judged_labels(run) != judged_labels(others[0]):
+            if judges and judged_labels(run) != judged_labels(others[0] if others else first):
                 continue
+            if not judges:                    # alone: the judge and prompts of the earliest run found
+                judges, first = [run["settings"]], run
             taken |= set(seeds)
             out.append((f"{relative(Path(results))}:{n}", {**run, "models": [m]}))
     missing = sorted(set(wanted) - taken)

@@ -323,6 +323,7 @@ def test_baseline_pairs_with_the_recorded_runs_of_a_folder(tmp_path):
     assert summary["sources"][:2] == [f"{bench.relative(results)}:1", f"{bench.relative(results)}:6"]
     (alone,) = bench.main(argv)["models"]                                    # every recorded seed
     assert alone["seeds"] == [0, 1, 2, 3] and "hit@1_minus_first" not in alone
+    assert alone["per_prompt"][0]["nearest"] == ["dog", "cow", "cow", "dog"]  # not the other judge's seeds 2-3
 
     beyond = tmp_path / "c4.json"
     beyond.write_text(json.dumps(run(4, ["dog", "dog"], model="cand", fingerprint="cc")))
