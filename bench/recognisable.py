@@ -46,6 +46,7 @@ Usage: .venv/bin/python bench/recognisable.py --model tta/assets/default --model
            --manifest ../tta-work/corpus/starter-v2/manifest.jsonl [--seeds 24] [--seed-start 0] [--k 5]
        .venv/bin/python bench/recognisable.py --merge RUN1/summary.json RUN2/summary.json --out DIR
        .venv/bin/python bench/recognisable.py --baseline tta/assets/default --merge RUN1/summary.json --out DIR
+       .venv/bin/python bench/recognisable.py --merge bench/results.jsonl:290 RUN1/summary.json --out DIR
        .venv/bin/python bench/recognisable.py --model tta/assets/default --manifest ... --labels dog \
            --setting guidance=3.0 --setting candidates=1
 """
@@ -132,10 +133,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, action="append", help="pipeline folder (repeatable)")
     ap.add_argument("--manifest", type=Path, help="manifest whose train split holds the judges' clips")
-    ap.add_argument("--merge", type=Path, nargs="+", metavar="SUMMARY",
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="SUMMARY|FILE:N",
                     help="instead of a run: pool the generations of these summary.json files (runs of the same "
                          "models and prompts on other seeds) into one summary with intervals over all of them; a "
-                         "model is its weights plus its generation defaults, so copies of a folder pool")
+                         "model is its weights plus its generation defaults, so copies of a folder pool; FILE:N "
+                         "takes line N of a results file, e.g. bench/results.jsonl:290")
     ap.add_argument("--baseline", type=Path, metavar="FOLDER",
                     help="with --merge (or alone): first pool the runs of FOLDER's weights and generation defaults "
                          "recorded in --results (e.g. the shipped default's), on the seeds the summaries cover, so "
@@ -304,13 +306,21 @@ def run_seeds(settings: dict) -> list[int]:
 
 
 def read_summaries(paths: list[Path], out: Path | None = None) -> list[dict]:
-    """The summaries of --merge, each checked to be one of this bench's."""
+    """The summaries of --merge, each checked to be one of this bench's: a summary.json, or FILE:N, line N
+    (from 1) of a results file such as bench/results.jsonl (no copy of a recorded run outside the repository)."""
     runs = []
     for path in paths:
         if out is not None and Path(path).resolve() == (out / "summary.json").resolve():
             raise SystemExit(f"{path}: --merge would overwrite its own input; pass another --out")
+        file, _, line = str(path).rpartition(":")
         try:
-            runs.append(json.loads(Path(path).read_text()))
+            if not Path(path).is_file() and line.isdigit() and Path(file).is_file():
+                lines = Path(file).read_text().splitlines()
+                if not 1 <= int(line) <= len(lines):
+                    raise SystemExit(f"{path}: {file} has {len(lines)} lines, not a line {line}")
+                runs.append(json.loads(lines[int(line) - 1]))
+            else:
+                runs.append(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as e:
             raise SystemExit(f"{path}: not a readable summary.json ({e})")
         if not isinstance(runs[-1], dict) or runs[-1].get("bench") not in ("recognisable", "recognisable-merged"):

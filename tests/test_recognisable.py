@@ -325,6 +325,14 @@ def test_baseline_pairs_with_the_recorded_runs_of_a_folder(tmp_path):
     assert alone["seeds"] == [0, 1, 2, 3] and "hit@1_minus_first" not in alone
     assert alone["per_prompt"][0]["nearest"] == ["dog", "cow", "cow", "dog"]  # not the other judge's seeds 2-3
 
+    # a recorded run is merged in place as FILE:N (line N of the results file), with no copy of it elsewhere
+    merged = bench.main(["--merge", f"{results}:6", str(earlier), "--out", str(tmp_path / "o3"),
+                         "--results", str(tmp_path / "r.jsonl")])
+    assert [m["model"] for m in merged["models"]] == ["base", "cand"]
+    assert merged["sources"][0] == f"{bench.relative(results)}:6" and merged["models"][0]["seeds"] == [2, 3]
+    with pytest.raises(SystemExit, match="not a line 99"):
+        bench.main(["--merge", f"{results}:99", "--out", str(tmp_path / "o4"), "--results", str(tmp_path / "r.jsonl")])
+
     beyond = tmp_path / "c4.json"
     beyond.write_text(json.dumps(run(4, ["dog", "dog"], model="cand", fingerprint="cc")))
     with pytest.raises(SystemExit, match=r"no recorded run .* seed\(s\) \[4, 5\]"):
