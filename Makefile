@@ -68,24 +68,24 @@ LDM_V2_STEPS ?= 3000
 V2_FROM ?=
 # an experiment, not part of the default: the VAE's decoder fine-tuned on corpus version 2 with its encoder
 # frozen (the latent space, so the UNet, stays valid), started from the VAE the LDM used. It lowered the mel
-# error but made sounds less recognisable, so v0.3 does not ship it (model card, "Training")
+# error but made sounds less recognisable, so v0.3 does not ship it (tta/assets/default/EXPERIMENTS.md, "Training")
 VAE_DEC_STEPS ?= 2500
 # another experiment, not part of the default: the whole VAE (encoder too) fine-tuned on corpus version 2
 # with a 20x lower KL weight, so that its latents carry more of the clip, then LDM stage 4 on that VAE's
 # posterior means, started from V3_FROM: stage 3's pipeline folder (its UNet, VAE, CLAP and vocoder), or the
-# v0.3 release folder. Lower FAD, but less recognisable after 4 800 steps (model card, "Training")
+# v0.3 release folder. Lower FAD, but less recognisable after 4 800 steps (tta/assets/default/EXPERIMENTS.md, "Training")
 V3_FROM ?= $(RUNS)/ldm-v2/pipeline
 VAE_V2_STEPS ?= 2000
 VAE_GAN_STEPS ?= 2000
 LDM_V4_STEPS ?= 2500
 # another experiment, not part of the default: a UNet trained from scratch on VAE v2's posterior means
 # (whole 10.24 s clips of corpus version 2, pre-encoded once into LATENT_CACHE), with V3_FROM's CLAP and
-# vocoder. After 8 000 steps it is less recognisable than v0.3 (model card, "Training")
+# vocoder. After 8 000 steps it is less recognisable than v0.3 (tta/assets/default/EXPERIMENTS.md, "Training")
 LDM_MEAN_STEPS ?= 8000
 # an experiment, not part of the default: fine-tune from REPEAT_FROM (a pipeline folder: its UNet, VAE, CLAP
 # and vocoder; the model card's run started from the v0.3 release folder) on corpus version 2 with short
 # event and ambience clips repeated, after random gaps, to fill the 10.24 s window (data.repeat_below), so a
-# one-shot bark is no longer 95 % silence (model card, "Training")
+# one-shot bark is no longer 95 % silence (tta/assets/default/EXPERIMENTS.md, "Training")
 LDM_REPEAT_STEPS ?= 3000
 REPEAT_FROM ?= $(RUNS)/ldm-v2/pipeline
 # LDM stage 10 (v0.6's second-last stage, to step 6 000): STAGE10_FROM's UNet (v0.5's) fine-tuned on
@@ -233,7 +233,7 @@ train-vocos: venv
 		--set train.max_steps=$(VOCOS_STEPS) $(call resume,$(VOCOS_RUN))
 
 ## train-vocos-vae: the same vocoder with VOCOS_VAE's reconstructions as VOCOS_VAE_FRACTION of its inputs
-## (an experiment; the model card's row "trained on VAE reconstructions")
+## (an experiment; the row "trained on VAE reconstructions" in tta/assets/default/EXPERIMENTS.md)
 train-vocos-vae: venv
 	$(BIN)/tta train vocos --config configs/vocos/default.json --out $(VOCOS_VAE_RUN) $(DATA2) \
 		--set train.max_steps=$(VOCOS_STEPS) --set vae=$(VOCOS_VAE) --set vae_fraction=$(VOCOS_VAE_FRACTION) \
@@ -287,7 +287,7 @@ train-vae-gan: venv
 # Griffin-Lim's learned magnitude front-end (`tta train postnet`, vocoder/postnet.py): stage 1 regresses the true
 # STFT magnitude from the mel (log L1 + spectral convergence), half of every batch first rebuilt by the VAE of
 # POSTNET_VAE (a VAE component, run or pipeline folder: the VAE packed into the default); stage 2 adds the
-# magnitude discriminator, started from stage 1 (an experiment, not packed: "Training" in the model card)
+# magnitude discriminator, started from stage 1 (an experiment, not packed: "Training" in tta/assets/default/EXPERIMENTS.md)
 POSTNET_VAE ?= $(PACK_VAE)
 POSTNET_STEPS ?= 2500
 POSTNET_GAN_STEPS ?= 1500
@@ -358,23 +358,23 @@ train-ldm-deep: venv
 		POLISH_ARGS="--set model.transformer_layers=3 --set train.seed=6 $(POLISH_ARGS)"
 
 ## train-ldm-gap: LDM stage 25, the default's UNet trained on short events repeated after 1-3 s gaps
-## (configs/ldm/default-gap.json; an experiment, the model card's row "LDM stage 25")
+## (configs/ldm/default-gap.json; an experiment, EXPERIMENTS.md's row "LDM stage 25")
 train-ldm-gap: venv
 	$(MAKE) train-ldm-grow GROW_FROM=$(GAP_FROM) GROW_VAE=$(GAP_FROM)/vae GROW_RUN=$(GAP_RUN) \
 		LDM_GROW_STEPS=$(LDM_GAP_STEPS) POLISH_CONFIG=$(GAP_CONFIG) POLISH_ARGS="--set train.seed=6 $(POLISH_ARGS)"
 
 ## train-ldm-calls: LDM stage 26, as stage 25 but with the longer gaps only for dog, wolf and chicken clips
-## (configs/ldm/default-calls.json; an experiment, the model card's row "LDM stage 26")
+## (configs/ldm/default-calls.json; an experiment, EXPERIMENTS.md's row "LDM stage 26")
 train-ldm-calls: venv
 	$(MAKE) train-ldm-gap GAP_RUN=$(CALLS_RUN) GAP_CONFIG=configs/ldm/default-calls.json
 
 ## train-ldm-control: the control for stages 25 and 26, their run with the old 0.2-1 s gaps
-## (configs/ldm/default-polish.json; an experiment, the model card's row "LDM control for stages 25-26")
+## (configs/ldm/default-polish.json; an experiment, EXPERIMENTS.md's row "LDM control for stages 25-26")
 train-ldm-control: venv
 	$(MAKE) train-ldm-gap GAP_RUN=$(CONTROL_RUN) GAP_CONFIG=configs/ldm/default-polish.json
 
 ## train-ldm-gapv3: stage 27's run (1 000 steps at peak 1.5e-5 with the longer gaps) on corpus version 3
-## (an experiment, the model card's row "LDM stage 28")
+## (an experiment, EXPERIMENTS.md's row "LDM stage 28")
 train-ldm-gapv3: venv corpus-v3
 	$(MAKE) train-ldm-gap GAP_RUN=$(GAPV3_RUN) LDM_GAP_STEPS=1000 CORPUS2=$(CORPUS3) \
 		POLISH_ARGS="--set train.learning_rate=1.5e-5 $(POLISH_ARGS)"
@@ -409,7 +409,7 @@ pack-default: venv
 		--default precision=$(PACK_PRECISION) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE)) \
 		$(foreach a,$(PACK_AVERAGE),--average $(a))
 	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
-	cp tta/assets/default/README.md tta/assets/default.new/ 2>/dev/null || true   # the model card
+	cp tta/assets/default/README.md tta/assets/default/EXPERIMENTS.md tta/assets/default.new/ 2>/dev/null || true   # the model card and its lab notebook
 	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default
 
 ## experiment-retrieval-quick: the Re-AudioLDM experiment on a seeded 1 320-clip subset of the starter corpus

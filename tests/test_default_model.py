@@ -19,7 +19,8 @@ def test_default_pipeline_is_complete_and_within_the_size_budget():
         assert (DEFAULT_MODEL / spec["components"][name]).is_dir(), name
     weights = sum(p.stat().st_size for p in DEFAULT_MODEL.rglob("*.safetensors"))
     assert weights <= 40e6, f"{weights / 1e6:.1f} MB of weights"
-    assert (DEFAULT_MODEL / "README.md").is_file() and (DEFAULT_MODEL / "ATTRIBUTION.md").is_file()
+    for doc in ("README.md", "EXPERIMENTS.md", "ATTRIBUTION.md"):   # the model card, its lab notebook, sources
+        assert (DEFAULT_MODEL / doc).is_file(), doc
 
 
 def test_generate_without_a_model_flag_uses_the_default(tmp_path, capsys):
