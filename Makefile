@@ -68,12 +68,14 @@ LDM_V2_STEPS ?= 3000
 V2_FROM ?=
 # an experiment, not part of the default: the VAE's decoder fine-tuned on corpus version 2 with its encoder
 # frozen (the latent space, so the UNet, stays valid), started from the VAE the LDM used. It lowered the mel
-# error but made sounds less recognisable, so v0.3 does not ship it (tta/assets/default/EXPERIMENTS.md, "Training")
+# error but made sounds less recognisable, so v0.3 does not ship it (tta/assets/default/EXPERIMENTS.md,
+# "Training")
 VAE_DEC_STEPS ?= 2500
 # another experiment, not part of the default: the whole VAE (encoder too) fine-tuned on corpus version 2
 # with a 20x lower KL weight, so that its latents carry more of the clip, then LDM stage 4 on that VAE's
 # posterior means, started from V3_FROM: stage 3's pipeline folder (its UNet, VAE, CLAP and vocoder), or the
-# v0.3 release folder. Lower FAD, but less recognisable after 4 800 steps (tta/assets/default/EXPERIMENTS.md, "Training")
+# v0.3 release folder. Lower FAD, but less recognisable after 4 800 steps (tta/assets/default/EXPERIMENTS.md,
+# "Training")
 V3_FROM ?= $(RUNS)/ldm-v2/pipeline
 VAE_V2_STEPS ?= 2000
 VAE_GAN_STEPS ?= 2000
@@ -287,7 +289,8 @@ train-vae-gan: venv
 # Griffin-Lim's learned magnitude front-end (`tta train postnet`, vocoder/postnet.py): stage 1 regresses the true
 # STFT magnitude from the mel (log L1 + spectral convergence), half of every batch first rebuilt by the VAE of
 # POSTNET_VAE (a VAE component, run or pipeline folder: the VAE packed into the default); stage 2 adds the
-# magnitude discriminator, started from stage 1 (an experiment, not packed: "Training" in tta/assets/default/EXPERIMENTS.md)
+# magnitude discriminator, started from stage 1 (an experiment, not packed: "Training" in
+# tta/assets/default/EXPERIMENTS.md)
 POSTNET_VAE ?= $(PACK_VAE)
 POSTNET_STEPS ?= 2500
 POSTNET_GAN_STEPS ?= 1500
@@ -409,7 +412,8 @@ pack-default: venv
 		--default precision=$(PACK_PRECISION) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE)) \
 		$(foreach a,$(PACK_AVERAGE),--average $(a))
 	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
-	cp tta/assets/default/README.md tta/assets/default/EXPERIMENTS.md tta/assets/default.new/ 2>/dev/null || true   # the model card and its lab notebook
+	# the model card and its lab notebook
+	cp tta/assets/default/README.md tta/assets/default/EXPERIMENTS.md tta/assets/default.new/ 2>/dev/null || true
 	rm -rf tta/assets/default && mv tta/assets/default.new tta/assets/default
 
 ## experiment-retrieval-quick: the Re-AudioLDM experiment on a seeded 1 320-clip subset of the starter corpus
