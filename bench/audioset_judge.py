@@ -20,10 +20,10 @@ packages, training and held-out splits) are judged the same way: what the judge 
 MODEL judges them through MODEL's vocoder alone and through its VAE and vocoder as well (what a generation
 through those parts could reach). Per model, hit@1 comes with a 95 % bootstrap interval over seeds and, for
 every model after the first judged on the same prompts and seeds, the paired difference from the first (the
-intervals of bench/recognisable.py). Each model's runs are pooled (same weights fingerprint and generation
-defaults); the aisfx judge's verdicts saved in the runs' summaries are set beside YAMNet's, per label (both,
-aisfx only, YAMNet only), and each label's precision (right verdicts / times YAMNet gave that label to any of
-the model's generations) shows which labels YAMNet gives too freely.
+intervals of bench/recognisable.py). Each model's runs are pooled (same folder, weights and component configs
+fingerprints and generation defaults); the aisfx judge's verdicts saved in the runs' summaries are set beside
+YAMNet's, per label (both, aisfx only, YAMNet only), and each label's precision (right verdicts / times YAMNet
+gave that label to any of the model's generations) shows which labels YAMNet gives too freely.
 
 Writes --out/summary.json and appends it to bench/results.jsonl.
 
@@ -118,7 +118,9 @@ def read_run(folder: Path) -> dict:
 
 
 def model_key(m: dict) -> str:
-    return json.dumps([m.get("fingerprint"), m.get("defaults")], sort_keys=True)
+    """Runs of one folder pool: the same path, weights, component configs (when recorded) and defaults."""
+    return json.dumps([m["model"], m.get("fingerprint"), m.get("config_fingerprint"), m.get("defaults")],
+                      sort_keys=True)
 
 
 def judge_runs(runs: list[tuple[Path, dict]], judge: Judge, progress: bool) -> list[dict]:

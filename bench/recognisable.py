@@ -332,8 +332,9 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
           recorded: list[tuple[str, dict]] = ()) -> dict:
     """One summary pooling the generations of several runs' summaries, per model and prompt.
 
-    A model is its weights' fingerprint (recorded since the judge has intervals) plus its generation defaults,
-    so runs of copies of one folder pool; a summary without fingerprints is keyed by its folder. Two runs of a
+    A model is its weights' fingerprint (recorded since the judge has intervals), its components' configs'
+    fingerprint (recorded since 2026-12-05; an entry without one takes it from an entry of the same folder and
+    weights) and its generation defaults, so runs of copies of one folder pool; a summary without fingerprints is keyed by its folder. Two runs of a
     folder whose weights changed in between are refused, and so is a seed that two runs of one model share.
     `recorded` runs (source, run; from `recorded_runs`) come first, so their model is the one the others are
     paired with. Each model's generations are put in seed order, so runs given in any order pair.
@@ -341,6 +342,8 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
     runs = [run for _, run in recorded] + read_summaries(paths, out)
     paths = [source for source, _ in recorded] + list(paths)
     prints: dict[str, str] = {}            # folder -> the fingerprint of its weights when judged
+    config_prints = {(m.get("fingerprint"), m["model"]): m["config_fingerprint"]      # for entries without one
+                     for run in runs for m in run["models"] if m.get("config_fingerprint")}
     for path, run in zip(paths, runs):
         for m in run["models"]:
             fp = m.get("fingerprint")
@@ -365,9 +368,12 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
             # a model is its weights and its generation defaults: copies of a folder pool, whatever their path
             # (a summary from before fingerprints takes its folder's from another summary, if one has it)
             fp = m.get("fingerprint") or prints.get(m["model"])
-            key = (fp, json.dumps(with_unset_defaults(m["defaults"]), sort_keys=True)) if fp else m["model"]
+            cfp = m.get("config_fingerprint") or config_prints.get((fp, m["model"]))
+            key = ((fp, cfp, json.dumps(with_unset_defaults(m["defaults"]), sort_keys=True)) if fp
+                   else m["model"])
             into = models.setdefault(key, {"model": m["model"], "folders": [], "defaults": m["defaults"],
-                                           "fingerprint": fp, "seeds": [], "per_prompt": {}, "wavs": {}})
+                                           "fingerprint": fp, "config_fingerprint": cfp, "seeds": [],
+                                           "per_prompt": {}, "wavs": {}})
             if m["model"] not in into["folders"]:
                 into["folders"].append(m["model"])
             twice = sorted(set(seeds) & set(into["seeds"]))
@@ -408,7 +414,7 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
         pp = list(m["per_prompt"].values())
         n = sum(p["of"] for p in pp)
         summary["models"].append({"model": m["model"], "folders": m["folders"], "defaults": m["defaults"],
-                                  "fingerprint": m["fingerprint"],
+                                  "fingerprint": m["fingerprint"], "config_fingerprint": m["config_fingerprint"],
                                   "seeds": m["seeds"], "hit@1": round(sum(p["hit@1"] for p in pp) / n, 4),
                                   f"vote@{k}": round(sum(p[f"vote@{k}"] for p in pp) / n, 4),
                                   "held_out_resynthesised": {}, "per_prompt": pp})
@@ -460,11 +466,12 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
     alone, every recorded seed judged as the earliest such run was.
     """
     fp, defaults = fingerprint(Path(folder)), with_unset_defaults(folder_defaults(folder))
+    cfp = config_fingerprint(Path(folder))
     others = read_summaries(paths)
     wanted = sorted({s for run in others for m in run["models"] if m["per_prompt"]
                      for s in (m.get("seeds") or run_seeds(run["settings"]))})
     judges = [r for run in others for r in (run["settings"].get("runs") or [run["settings"]])]
-    held = {s for run in others for m in run["models"] if m.get("fingerprint") == fp
+    held = {s for run in others for m in run["models"] if m.get("fingerprint") == fp and same_configs(m, cfp)
             and with_unset_defaults(m["defaults"]) == defaults for s in (m.get("seeds") or run_seeds(run["settings"]))}
     try:
         lines = Path(results).read_text().splitlines()
@@ -481,7 +488,8 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
         if judges and not same_judge(run["settings"], judges[0]):
             continue
         for m in run["models"]:
-            if m.get("fingerprint") != fp or with_unset_defaults(m["defaults"]) != defaults or not m["per_prompt"]:
+            if (m.get("fingerprint") != fp or not same_configs(m, cfp)
+                    or with_unset_defaults(m["defaults"]) != defaults or not m["per_prompt"]):
                 continue
             seeds = m.get("seeds") or run_seeds(run["settings"])
             if set(seeds) & taken or (wanted and not set(seeds) <= set(wanted)):
@@ -583,6 +591,22 @@ def fingerprint(folder: Path) -> str:
         h.update(f.relative_to(folder).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def config_fingerprint(folder: Path) -> str:
+    """sha256 (16 hex) over the components' JSON files (not the top-level pipeline.json, whose generation
+    defaults are compared on their own): two folders with the same weights but, say, another Griffin-Lim
+    `n_iter` differ here. Runs recorded before 2026-12-05 carry none and match any."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*.json") if p.parent != Path(folder)):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def same_configs(m: dict, cfp: str | None) -> bool:
+    """A judged model entry matches config fingerprint `cfp` (an entry or a cfp without one matches any)."""
+    return not m.get("config_fingerprint") or not cfp or m["config_fingerprint"] == cfp
 
 
 def report(summary: dict, k: int) -> None:
@@ -771,6 +795,7 @@ def main(argv: list[str] | None = None) -> dict:
         n = max(1, sum(p["of"] for p in per_prompt))
         summary["models"].append({
             "model": relative(model), "fingerprint": fingerprint(model),
+            "config_fingerprint": config_fingerprint(model),
             "seeds": list(range(args.seed_start, args.seed_start + args.seeds)),
             "defaults": {**{k: v for k, v in vars(pipe.defaults).items() if isinstance(v, (int, float, str))},
                          **generation},

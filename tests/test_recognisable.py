@@ -347,6 +347,47 @@ def test_baseline_pairs_with_the_recorded_runs_of_a_folder(tmp_path):
         bench.parse_args(["--baseline", str(folder), "--model", "x", "--out", "o"])
 
 
+def test_a_folder_with_the_same_weights_and_other_component_configs_is_another_model(tmp_path):
+    """A copy of the baseline with another Griffin-Lim n_iter has the same weights' fingerprint: the components'
+    config fingerprint keeps it apart, in --baseline and in --merge; records without one match any."""
+    import shutil
+
+    bench = load_bench()
+    folder = tiny_pipeline()
+    copy = tmp_path / "gl8"
+    shutil.copytree(folder, copy)
+    voc = copy / "vocoder" / "config.json"
+    cfg = json.loads(voc.read_text())
+    cfg.setdefault("config", {})["n_iter"] = 8
+    voc.write_text(json.dumps(cfg))
+    assert bench.fingerprint(copy) == bench.fingerprint(folder)
+    assert bench.config_fingerprint(copy) != bench.config_fingerprint(folder)
+    fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
+    judge = {"manifest": "corpus/manifest.jsonl", "k": 5, "embedder": "aisfx@x", "trim_db": 40.0,
+             "reference_clips": 30, "distractors": 0}
+
+    def run(nearest, model, **extra):
+        return {"bench": "recognisable", "settings": {**judge, "seeds": 2, "seed_start": 0},
+                "chance": 0.1, "real_held_out": {},
+                "models": [{"model": model, "fingerprint": fp, "defaults": defaults, "seeds": [0, 1], **extra,
+                            "per_prompt": [{"prompt": "a dog barks", "label": "dog", "of": 2, "nearest": nearest,
+                                            "hit@1": nearest.count("dog"), "vote@5": nearest.count("dog")}]}]}
+
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps(run(["dog", "cow"], "base")) + "\n")        # recorded before config prints
+    cand = tmp_path / "cand.json"
+    cand.write_text(json.dumps(run(["dog", "dog"], "gl8", config_fingerprint=bench.config_fingerprint(copy))))
+    base, other = bench.main(["--baseline", str(folder), "--merge", str(cand), "--out", str(tmp_path / "o"),
+                              "--results", str(results)])["models"]
+    assert (base["model"], other["model"]) == ("base", "gl8") and other["hit@1_minus_first"] == 0.5
+    # the same folder judged again with its config fingerprint: the record without one is taken to be it
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(run(["dog", "dog"], "base", config_fingerprint=bench.config_fingerprint(folder))))
+    with pytest.raises(SystemExit, match="was already judged on seed"):
+        bench.main(["--merge", str(cand), str(same), f"{results}:1", "--out", str(tmp_path / "o2"),
+                    "--results", str(tmp_path / "r.jsonl")])
+
+
 def test_labels_and_settings_judge_a_subset_with_other_generation_settings(tmp_path):
     bench, common = one_seed_run(tmp_path)
     sub = bench.main(common + ["--out", str(tmp_path / "sub"), "--labels", "rain,dog", "--setting", "steps=2",
