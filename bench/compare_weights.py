@@ -102,20 +102,27 @@ def compare_tensors(a: dict, b: dict, rtol: float, atol: float) -> dict:
             continue
         differing += n
         differ.append(name)
-        stats = dtypes.setdefault(str(x.dtype).removeprefix("torch."),
-                                  {"differing_elements": 0, "max_abs": 0.0, "max_rel": 0.0, "max_ulp": None})
-        stats["differing_elements"] += n
         u, v = x[~same].double(), y[~same].double()
         delta = (u - v).abs().nan_to_num(nan=float("inf"))
-        stats["max_abs"] = max(stats["max_abs"], float(delta.max()))
-        stats["max_rel"] = max(stats["max_rel"], float((delta / torch_max_abs(u, v)).nan_to_num(nan=0.0).max()))
         not_close += int((delta > atol + rtol * torch_max_abs(u, v)).sum())
+        steps = None
         if x.is_floating_point() and str(x.dtype).removeprefix("torch.") in BITS:
             steps = int((ordered_bits(x[~same]).double() - ordered_bits(y[~same]).double()).abs().max())
-            stats["max_ulp"] = max(stats["max_ulp"] or 0, steps)
+        add_stats(dtypes, str(x.dtype).removeprefix("torch."), {
+            "differing_elements": n, "max_abs": float(delta.max()), "max_ulp": steps,
+            "max_rel": float((delta / torch_max_abs(u, v)).nan_to_num(nan=0.0).max())})
     return {"tensors": len(a), "only_a": only_a, "only_b": only_b, "layout": layout,
             "differing_tensors": len(differ), "first_differing": differ[:5], "elements": elements,
             "differing_elements": differing, "not_close": not_close, "dtypes": dtypes}
+
+
+def add_stats(into: dict, dtype: str, stats: dict) -> None:
+    """Fold one tensor's (or file's) difference statistics into `into[dtype]`."""
+    d = into.setdefault(dtype, {"differing_elements": 0, "max_abs": 0.0, "max_rel": 0.0, "max_ulp": None})
+    d["differing_elements"] += stats["differing_elements"]
+    d["max_abs"], d["max_rel"] = max(d["max_abs"], stats["max_abs"]), max(d["max_rel"], stats["max_rel"])
+    if stats["max_ulp"] is not None:
+        d["max_ulp"] = max(d["max_ulp"] or 0, stats["max_ulp"])
 
 
 def torch_max_abs(u, v):
@@ -189,12 +196,8 @@ def compare(a: Path, b: Path, rtol: float = RTOL, atol: float = ATOL) -> dict:
         verdict = "different"
     dtypes = {}
     for f in weights:
-        for dtype, st in f["dtypes"].items():
-            d = dtypes.setdefault(dtype, {"differing_elements": 0, "max_abs": 0.0, "max_rel": 0.0, "max_ulp": None})
-            d["differing_elements"] += st["differing_elements"]
-            d["max_abs"], d["max_rel"] = max(d["max_abs"], st["max_abs"]), max(d["max_rel"], st["max_rel"])
-            if st["max_ulp"] is not None:
-                d["max_ulp"] = max(d["max_ulp"] or 0, st["max_ulp"])
+        for dtype, stats in f["dtypes"].items():
+            add_stats(dtypes, dtype, stats)
     return {"verdict": verdict, "rtol": rtol, "atol": atol, "files": files,
             "elements": sum(f["elements"] for f in weights),
             "differing_elements": sum(f["differing_elements"] for f in weights),

@@ -335,8 +335,9 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
 
     A model is its weights' fingerprint (recorded since the judge has intervals), its components' configs'
     fingerprint (recorded since 2026-12-05; an entry without one takes it from an entry of the same folder and
-    weights) and its generation defaults, so runs of copies of one folder pool; a summary without fingerprints is keyed by its folder. Two runs of a
-    folder whose weights changed in between are refused, and so is a seed that two runs of one model share.
+    weights) and its generation defaults, so runs of copies of one folder pool; a summary without fingerprints
+    is keyed by its folder. Two runs of a folder whose weights changed in between are refused, and so is a seed
+    that two runs of one model share.
     `recorded` runs (source, run; from `recorded_runs`) come first, so their model is the one the others are
     paired with. Each model's generations are put in seed order, so runs given in any order pair.
     """
