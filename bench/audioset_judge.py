@@ -117,10 +117,15 @@ def read_run(folder: Path) -> dict:
     return run
 
 
-def model_key(m: dict) -> str:
-    """Runs of one folder pool: the same path, weights, component configs (when recorded) and defaults."""
-    return json.dumps([m["model"], m.get("fingerprint"), m.get("config_fingerprint"), m.get("defaults")],
-                      sort_keys=True)
+def model_key(m: dict, config_prints: dict) -> tuple[str, str | None]:
+    """Runs of one folder pool: the same path, weights, component configs (when recorded) and defaults.
+
+    A run recorded before the component configs were fingerprinted takes the fingerprint of another run of the
+    same folder and weights (`config_prints`), as bench/recognisable.py's --merge does. Returns the key and the
+    configs' fingerprint.
+    """
+    cfp = m.get("config_fingerprint") or config_prints.get((m["model"], m.get("fingerprint")))
+    return json.dumps([m["model"], m.get("fingerprint"), cfp, m.get("defaults")], sort_keys=True), cfp
 
 
 def judge_runs(runs: list[tuple[Path, dict]], judge: Judge, progress: bool) -> list[dict]:
@@ -131,12 +136,14 @@ def judge_runs(runs: list[tuple[Path, dict]], judge: Judge, progress: bool) -> l
 
     models: dict[str, dict] = {}
     jobs = []
+    config_prints = {(m["model"], m.get("fingerprint")): m["config_fingerprint"]       # for runs without one
+                     for _, run in runs for m in run["models"] if m.get("config_fingerprint")}
     for folder, run in runs:
         for i, m in enumerate(run["models"]):
-            entry = models.setdefault(model_key(m), {"model": m["model"], "fingerprint": m.get("fingerprint"),
-                                                     "config_fingerprint": m.get("config_fingerprint"),
-                                                     "defaults": m.get("defaults"), "runs": [],
-                                                     "labels": defaultdict(dict)})
+            key, cfp = model_key(m, config_prints)
+            entry = models.setdefault(key, {"model": m["model"], "fingerprint": m.get("fingerprint"),
+                                            "config_fingerprint": cfp, "defaults": m.get("defaults"),
+                                            "runs": [], "labels": defaultdict(dict)})
             entry["runs"].append(relative(folder))
             wav_dir = folder / f"{i}-{folder_name(m['model'])}"
             seeds = m.get("seeds") or []

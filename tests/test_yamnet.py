@@ -87,6 +87,11 @@ def test_audioset_judge_pools_runs_pairs_models_and_sets_the_judges_side_by_side
               "b": {"dog": ["pig", "pig"], "rain": ["fire", "rain"], "elephant": ["elephant", "cow"]}}
     run1 = fake_run(tmp_path / "run1", [0, 1], models, clips)
     run2 = fake_run(tmp_path / "run2", [2, 3], models, clips)
+    # run2 records its component configs' fingerprint, run1 (as before such fingerprints) does not: they pool
+    summary2 = json.loads((run2 / "summary.json").read_text())
+    for m in summary2["models"]:
+        m["config_fingerprint"] = f"cfg-{m['model']}"
+    (run2 / "summary.json").write_text(json.dumps(summary2))
     results = tmp_path / "results.jsonl"
     s = bench.main(["--run", str(run1), str(run2), "--out", str(tmp_path / "out"), "--results", str(results),
                     "--quiet"])
@@ -94,6 +99,7 @@ def test_audioset_judge_pools_runs_pairs_models_and_sets_the_judges_side_by_side
     assert len(s["settings"]["labels"]) == 14 and s["chance"] == round(1 / 14, 4)
     assert [m["model"] for m in s["models"]] == ["somewhere/a", "somewhere/b"]
     for m in s["models"]:
+        assert m["config_fingerprint"] == f"cfg-{m['model']}"
         assert m["generations"] == 8 and [r.rsplit("/", 1)[-1] for r in m["runs"]] == ["run1", "run2"]
         assert [p["label"] for p in m["per_prompt"]] == ["dog", "rain"]
         for p in m["per_prompt"]:
