@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.default_quality import machine, versions
-from bench.recognisable import folder_name, intervals, relative
+from bench.recognisable import config_print_of, folder_name, intervals, recorded_config_prints, relative
 
 # judged label -> AudioSet classes (YAMNet's class names) that name it; a class belongs to one label only
 LABEL_CLASSES: dict[str, tuple[str, ...]] = {
@@ -124,7 +124,7 @@ def model_key(m: dict, config_prints: dict) -> tuple[str, str | None]:
     same folder and weights (`config_prints`), as bench/recognisable.py's --merge does. Returns the key and the
     configs' fingerprint.
     """
-    cfp = m.get("config_fingerprint") or config_prints.get((m["model"], m.get("fingerprint")))
+    cfp = config_print_of(m, config_prints)
     return json.dumps([m["model"], m.get("fingerprint"), cfp, m.get("defaults")], sort_keys=True), cfp
 
 
@@ -136,8 +136,7 @@ def judge_runs(runs: list[tuple[Path, dict]], judge: Judge, progress: bool) -> l
 
     models: dict[str, dict] = {}
     jobs = []
-    config_prints = {(m["model"], m.get("fingerprint")): m["config_fingerprint"]       # for runs without one
-                     for _, run in runs for m in run["models"] if m.get("config_fingerprint")}
+    config_prints = recorded_config_prints([run for _, run in runs])
     for folder, run in runs:
         for i, m in enumerate(run["models"]):
             key, cfp = model_key(m, config_prints)

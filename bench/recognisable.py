@@ -329,6 +329,19 @@ def read_summaries(paths: list[Path], out: Path | None = None) -> list[dict]:
     return runs
 
 
+def recorded_config_prints(runs: list[dict]) -> dict[tuple[str, str | None], str]:
+    """(folder, weights fingerprint) -> its components' configs' fingerprint, from the runs that recorded one."""
+    return {(m["model"], m.get("fingerprint")): m["config_fingerprint"]
+            for run in runs for m in run["models"] if m.get("config_fingerprint")}
+
+
+def config_print_of(m: dict, config_prints: dict, fingerprint: str | None = None) -> str | None:
+    """A model entry's configs' fingerprint; an entry recorded before those were fingerprinted (2026-12-05)
+    takes the one another run recorded for the same folder and weights."""
+    fp = fingerprint or m.get("fingerprint")
+    return m.get("config_fingerprint") or config_prints.get((m["model"], fp))
+
+
 def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
           recorded: list[tuple[str, dict]] = ()) -> dict:
     """One summary pooling the generations of several runs' summaries, per model and prompt.
@@ -344,8 +357,7 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
     runs = [run for _, run in recorded] + read_summaries(paths, out)
     paths = [source for source, _ in recorded] + list(paths)
     prints: dict[str, str] = {}            # folder -> the fingerprint of its weights when judged
-    config_prints = {(m.get("fingerprint"), m["model"]): m["config_fingerprint"]      # for entries without one
-                     for run in runs for m in run["models"] if m.get("config_fingerprint")}
+    config_prints = recorded_config_prints(runs)
     for path, run in zip(paths, runs):
         for m in run["models"]:
             fp = m.get("fingerprint")
@@ -370,7 +382,7 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
             # a model is its weights and its generation defaults: copies of a folder pool, whatever their path
             # (a summary from before fingerprints takes its folder's from another summary, if one has it)
             fp = m.get("fingerprint") or prints.get(m["model"])
-            cfp = m.get("config_fingerprint") or config_prints.get((fp, m["model"]))
+            cfp = config_print_of(m, config_prints, fp)
             key = ((fp, cfp, json.dumps(with_unset_defaults(m["defaults"]), sort_keys=True)) if fp
                    else m["model"])
             into = models.setdefault(key, {"model": m["model"], "folders": [], "defaults": m["defaults"],
