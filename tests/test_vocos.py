@@ -67,6 +67,41 @@ def test_true_spectrum_through_the_inverse_stft_gives_back_the_wav(tiny):
     torch.testing.assert_close(back, wav, rtol=0, atol=1e-4)
 
 
+def test_griffin_lim_refinement_starts_from_the_network_phase(tiny):
+    """griffin_lim_iter > 0 runs fast Griffin-Lim from the network's phase: none changes nothing, some make the
+    waveform's spectrum consistent with the kept magnitude (the network's, or the mel's NNLS inversion)."""
+    from vocoder.griffinlim import contract_stft, nnls_magnitude, overlap_add_istft
+
+    torch.manual_seed(0)
+    mel = log_mel(torch.from_numpy(chirp(200, 3000, 0.5))[None], tiny.model.mel)
+    model = Vocos(tiny.model).eval()
+    with torch.no_grad():   # a network whose phase and magnitude are far from consistent
+        model.head.weight.normal_(0, 0.05)
+        spec = model.spectrum(mel)
+        plain = model(mel)
+        zero = Vocos(replace(tiny.model, griffin_lim_iter=1, griffin_lim_momentum=0.0))
+        zero.load_state_dict(model.state_dict())
+        assert not torch.allclose(zero(mel), plain, atol=1e-4)
+        refined = Vocos(replace(tiny.model, griffin_lim_iter=8))
+        refined.load_state_dict(model.state_dict())
+        wav = refined(mel)
+    assert wav.shape == plain.shape and torch.isfinite(wav).all()
+    torch.testing.assert_close(overlap_add_istft(spec, model.window, tiny.model.mel), plain)
+
+    def inconsistency(w, mag):
+        return float((contract_stft(w, model.window, tiny.model.mel).abs() - mag).norm() / mag.norm())
+
+    assert inconsistency(wav, spec.abs()) < 0.8 * inconsistency(plain, spec.abs())
+    nnls = Vocos(replace(tiny.model, griffin_lim_iter=8, griffin_lim_magnitude="nnls"))
+    nnls.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        kept = nnls.refine(spec, mel).abs()
+    want = nnls_magnitude(mel, model.basis, model.inverse_basis, tiny.model.nnls_iter)
+    torch.testing.assert_close(kept, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="griffin_lim_magnitude='mel'"):
+        VocosConfig(griffin_lim_magnitude="mel")
+
+
 def test_bad_mel_is_a_clear_error(tiny):
     model = Vocos(tiny.model)
     with pytest.raises(VocoderInputError, match="64 mel bins"):
@@ -109,7 +144,7 @@ def test_cli_train_writes_a_vocos_component_that_loads_as_a_vocoder(tmp_path, re
     assert float((a - b).abs().max()) < 0.05 * float(a.abs().max()) + 1e-4
 
 
-def test_a_vocos_run_packs_into_a_pipeline_that_generates(tmp_path, repo_root):
+def test_a_vocos_run_packs_into_a_pipeline_that_generates(tmp_path, repo_root, capsys):
     from tta.pipeline import TTAPipeline
 
     manifest = make_manifest(tmp_path)
@@ -124,6 +159,21 @@ def test_a_vocos_run_packs_into_a_pipeline_that_generates(tmp_path, repo_root):
     assert isinstance(pipe.vocoder, Vocos)
     wav = pipe(["a tone sound"], seconds=0.32, steps=2, sampler="ddim", seed=0).wavs[0]
     assert wav.shape == (5120,) and np.isfinite(wav).all()
+    # --vocoder-set: the same weights with Griffin-Lim refinement; weight shapes and the mel config cannot change
+    hybrid = tmp_path / "hybrid"
+    assert main(["-q", "export", "pipeline", str(out), "--out", str(hybrid), "--vocoder-set", "griffin_lim_iter=4",
+                 "--vocoder-set", "griffin_lim_magnitude=nnls"]) == 0
+    pipe2 = TTAPipeline.from_pretrained(hybrid)
+    assert (pipe2.vocoder.config.griffin_lim_iter, pipe2.vocoder.config.griffin_lim_magnitude) == (4, "nnls")
+    for name, value in pipe.vocoder.state_dict().items():
+        torch.testing.assert_close(pipe2.vocoder.state_dict()[name], value)
+    wav2 = pipe2(["a tone sound"], seconds=0.32, steps=2, sampler="ddim", seed=0).wavs[0]
+    assert wav2.shape == (5120,) and np.isfinite(wav2).all() and not np.allclose(wav2, wav)
+    for bad, message in (("dim=64", "changes the shapes"), ("mel.n_mels=80", "mel config is the VAE's"),
+                         ("griffin_lim_iters=4", "unknown config key"), ("griffin_lim_iter=-1", "must be >= 0")):
+        assert main(["-q", "export", "pipeline", str(out), "--out", str(tmp_path / "bad"), "--vocoder-set", bad]) == 1
+        assert not (tmp_path / "bad").exists()
+        assert message in capsys.readouterr().err
 
 
 def test_vae_inputs_cut_frame_aligned_windows_with_the_vae_on_the_first_items(tiny):

@@ -174,7 +174,7 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
 def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float16",
                    defaults: dict | None = None, vocoder: str | os.PathLike | None = None,
                    vae: str | os.PathLike | None = None, average: list | tuple = (),
-                   min_elements: int = 1024) -> Path:
+                   vocoder_set: list | tuple = (), min_elements: int = 1024) -> Path:
     """Copy a tta pipeline folder with its weights stored in `dtype` and new generation defaults.
 
     Floating-point tensors with at least `min_elements` entries are stored as `dtype` (float16 halves the
@@ -191,7 +191,9 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     encoder weights and scale_factor, i.e. a decoder fine-tune (`tta train vae --set freeze_encoder=true`).
     `average` (pipeline folders or LDM run folders) replaces the UNet, and the retrieval context if there is
     one, with the uniform average of its weights and theirs (a "model soup" of checkpoints from one training
-    line); every folder must have the same UNet config and the same CLAP."""
+    line); every folder must have the same UNet config and the same CLAP. `vocoder_set` ("key=value" strings)
+    changes fields of the vocoder's config that hold no weights (Griffin-Lim's n_iter, the Vocos vocoder's
+    griffin_lim_iter, ...); the mel config stays the VAE's."""
     from dataclasses import fields
 
     import torch
@@ -213,6 +215,8 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
         pipe.vae = _replacement_vae(str(vae), pipe.vae)
     if vocoder is not None:
         pipe.vocoder = _replacement_vocoder(str(vocoder), pipe.vae.config.mel)
+    if vocoder_set:
+        pipe.vocoder = _reconfigured_vocoder(pipe.vocoder, list(vocoder_set))
     if defaults:
         names = {f.name for f in fields(pipe.defaults)}
         unknown = sorted(set(defaults) - names)
@@ -356,6 +360,29 @@ def _replacement_vocoder(spec: str, mel):
                            f"{', '.join(VOCODER_CLASSES)})") from None
 
 
+def _reconfigured_vocoder(model, overrides: list[str]):
+    """`--vocoder-set`: the same vocoder weights under a config with `overrides` applied. Only fields that hold
+    no weights can change (the weights must load into the new model as they are), and never the mel config."""
+    from tta.config import ConfigError, apply_overrides
+
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key.split(".")[0] == "mel":
+            raise InteropError(f"--vocoder-set {text!r}: the vocoder's mel config is the VAE's and cannot change")
+    try:
+        config = apply_overrides(model.config, overrides)
+    except (ConfigError, ValueError) as e:
+        raise InteropError(f"--vocoder-set: {e}") from None
+    new = type(model)(config)
+    try:
+        new.load_state_dict(model.state_dict())
+    except RuntimeError:
+        changed = ", ".join(o.partition("=")[0].strip() for o in overrides)
+        raise InteropError(f"--vocoder-set {changed}: changes the shapes of {type(model).__name__}'s weights; "
+                           "only settings that hold no weights can be set") from None
+    return new.eval()
+
+
 # ------------------------------------------------------------------------------------------- CLI
 
 
@@ -396,6 +423,10 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN, Vocos or PostnetGriffinLim component, or "
                                          "a `tta train vocoder` / `vocos` / `postnet` run folder (same mel config), "
                                          "or griffin-lim[:ITERS] for the untrained baseline")
+        p.add_argument("--vocoder-set", action="append", default=[], metavar="KEY=VALUE",
+                       help="set a field of the vocoder's config that holds no weights, after --vocoder: n_iter "
+                            "of Griffin-Lim, or griffin_lim_iter / griffin_lim_magnitude (network or nnls) of the "
+                            "Vocos vocoder, which then refines its phase by Griffin-Lim; repeatable")
         p.add_argument("--vae", help="replace the VAE with a decoder fine-tune of it (a MelVAE component or run "
                                      "folder trained with freeze_encoder=true: same encoder and scale_factor)")
         p.add_argument("--average", action="append", default=[], metavar="FOLDER",
@@ -421,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
                 raise InteropError(f"--default {item!r}: expected KEY=VALUE")
             pairs[key.strip()] = value.strip()
         out = export_compact(args.folder, args.out, dtype=args.dtype, defaults=pairs, vocoder=args.vocoder,
-                             vae=args.vae, average=args.average)
+                             vae=args.vae, average=args.average, vocoder_set=args.vocoder_set)
     else:
         out = export_diffusers_audioldm(args.folder, args.out)
     print(out)

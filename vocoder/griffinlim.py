@@ -50,10 +50,7 @@ class GriffinLim(nn.Module):
         return self.config.mel
 
     def _stft(self, wav: torch.Tensor) -> torch.Tensor:
-        m = self.config.mel
-        x = F.pad(wav.unsqueeze(1), (m.pad, m.pad), mode="reflect").squeeze(1)
-        return torch.stft(x, n_fft=m.n_fft, hop_length=m.hop_length, win_length=m.win_length, window=self.window,
-                          center=False, return_complex=True)
+        return contract_stft(wav, self.window, self.config.mel)
 
     def _istft(self, spec: torch.Tensor) -> torch.Tensor:
         """Least-squares inverse of `_stft`: (B, F, frames) complex -> (B, frames * hop) real."""
@@ -72,22 +69,40 @@ class GriffinLim(nn.Module):
     def from_magnitude(self, mag: torch.Tensor) -> torch.Tensor:
         """(B, n_fft // 2 + 1, frames) linear magnitude -> (B, frames * hop) wav, its phase found by n_iter
         fast Griffin-Lim iterations from zero phase."""
-        if mag.shape[-1] * self.config.mel.hop_length <= self.config.mel.pad:  # too short to reflect-pad
-            return self._istft(mag.to(torch.complex64))
         angles = torch.ones_like(mag, dtype=torch.complex64)
-        previous = torch.zeros_like(angles)
-        for _ in range(self.config.n_iter):
-            rebuilt = self._stft(self._istft(mag * angles))
-            accelerated = rebuilt - self.config.momentum / (1 + self.config.momentum) * previous
-            angles = accelerated / accelerated.abs().clamp_min(1e-16)
-            previous = rebuilt
-        return self._istft(mag * angles)
+        spec = fast_griffin_lim(mag, angles, self.config.n_iter, self.config.momentum, self.window, self.config.mel)
+        return self._istft(spec)
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, mel_config: MelConfig | None = None) -> torch.Tensor:
         if mel_config is not None:
             check_mel_config(self.config.mel, mel_config)
         return self(mel)
+
+
+def contract_stft(wav: torch.Tensor, window: torch.Tensor, m: MelConfig) -> torch.Tensor:
+    """The mel contract's STFT (reflect padding of `m.pad`, center=False): (B, T) -> (B, n_fft // 2 + 1,
+    frames) complex."""
+    x = F.pad(wav.unsqueeze(1), (m.pad, m.pad), mode="reflect").squeeze(1)
+    return torch.stft(x, n_fft=m.n_fft, hop_length=m.hop_length, win_length=m.win_length, window=window,
+                      center=False, return_complex=True)
+
+
+def fast_griffin_lim(mag: torch.Tensor, angles: torch.Tensor, n_iter: int, momentum: float, window: torch.Tensor,
+                     m: MelConfig) -> torch.Tensor:
+    """`n_iter` fast Griffin-Lim iterations (momentum as in Perraudin et al. 2013) that keep the magnitude `mag`
+    (B, n_fft // 2 + 1, frames) and start from the unit-modulus phase factors `angles` (same shape, complex).
+    Returns the complex spectrum mag * angles after the last iteration; a signal too short to reflect-pad keeps
+    its starting phase."""
+    if mag.shape[-1] * m.hop_length <= m.pad:
+        return mag * angles
+    previous = torch.zeros_like(angles)
+    for _ in range(n_iter):
+        rebuilt = contract_stft(overlap_add_istft(mag * angles, window, m), window, m)
+        accelerated = rebuilt - momentum / (1 + momentum) * previous
+        angles = accelerated / accelerated.abs().clamp_min(1e-16)
+        previous = rebuilt
+    return mag * angles
 
 
 def register_inversion_buffers(module: nn.Module, m: MelConfig) -> None:

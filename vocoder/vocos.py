@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tta.audio import MelConfig
-from vocoder.griffinlim import nnls_magnitude, overlap_add_istft, register_inversion_buffers
+from vocoder.griffinlim import fast_griffin_lim, nnls_magnitude, overlap_add_istft, register_inversion_buffers
 from vocoder.model import check_mel_config, check_mel_input
 
 
@@ -41,6 +41,11 @@ class VocosConfig:
     magnitude_base: bool = True     # predict a log correction to the NNLS magnitude (False: the log magnitude)
     nnls_iter: int = 50             # NNLS updates of the base magnitude
     max_log_magnitude: float = 7.0  # log magnitudes are clamped here (|S| <= sum of the window = 512 for |x| <= 1)
+    # inference only, no weights: fast Griffin-Lim iterations that start from the network's phase (0 = none),
+    # keeping the network's magnitude ("network") or the NNLS inversion of the mel ("nnls", Griffin-Lim's)
+    griffin_lim_iter: int = 0
+    griffin_lim_magnitude: str = "network"
+    griffin_lim_momentum: float = 0.99
 
     def __post_init__(self) -> None:
         if self.dim <= 0 or self.intermediate_dim <= 0 or self.layers < 0:
@@ -48,8 +53,12 @@ class VocosConfig:
                              f"layers={self.layers} >= 0")
         if self.kernel_size <= 0 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={self.kernel_size} must be a positive odd number")
-        if self.nnls_iter < 0:
-            raise ValueError(f"nnls_iter={self.nnls_iter} must be >= 0")
+        if self.nnls_iter < 0 or self.griffin_lim_iter < 0:
+            raise ValueError(f"nnls_iter={self.nnls_iter} and griffin_lim_iter={self.griffin_lim_iter} must be >= 0")
+        if self.griffin_lim_magnitude not in ("network", "nnls"):
+            raise ValueError(f"griffin_lim_magnitude={self.griffin_lim_magnitude!r}: expected 'network' or 'nnls'")
+        if not 0 <= self.griffin_lim_momentum < 1:
+            raise ValueError(f"griffin_lim_momentum={self.griffin_lim_momentum} must be in [0, 1)")
 
     @property
     def hop_length(self) -> int:
@@ -125,7 +134,21 @@ class Vocos(nn.Module):
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: (B, n_mels, frames) or (n_mels, frames) log-mel of `config.mel`. Returns wav (B, frames * hop)."""
         x = check_mel_input(mel, self.config.mel, type(self).__name__)
-        return overlap_add_istft(self.spectrum(x), self.window, self.config.mel)
+        spec = self.spectrum(x)
+        if self.config.griffin_lim_iter:
+            spec = self.refine(spec, x)
+        return overlap_add_istft(spec, self.window, self.config.mel)
+
+    def refine(self, spec: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """`griffin_lim_iter` fast Griffin-Lim iterations from the network's phase: the network's spectrum
+        (B, bins, frames) -> a spectrum whose magnitude is the network's or the mel's NNLS inversion."""
+        c = self.config
+        angles = spec / spec.abs().clamp_min(1e-16)
+        if c.griffin_lim_magnitude == "nnls":
+            mag = nnls_magnitude(mel.float(), self.basis, self.inverse_basis, c.nnls_iter)
+        else:
+            mag = spec.abs()
+        return fast_griffin_lim(mag, angles, c.griffin_lim_iter, c.griffin_lim_momentum, self.window, c.mel)
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, mel_config: MelConfig | None = None) -> torch.Tensor:
