@@ -92,14 +92,21 @@ def test_griffin_lim_refinement_starts_from_the_network_phase(tiny):
         return float((contract_stft(w, model.window, tiny.model.mel).abs() - mag).norm() / mag.norm())
 
     assert inconsistency(wav, spec.abs()) < 0.8 * inconsistency(plain, spec.abs())
-    nnls = Vocos(replace(tiny.model, griffin_lim_iter=8, griffin_lim_magnitude="nnls"))
+    nnls = Vocos(replace(tiny.model, griffin_lim_iter=8, output_magnitude="nnls"))
     nnls.load_state_dict(model.state_dict())
     with torch.no_grad():
         kept = nnls.refine(spec, mel).abs()
     want = nnls_magnitude(mel, model.basis, model.inverse_basis, tiny.model.nnls_iter)
     torch.testing.assert_close(kept, want, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="griffin_lim_magnitude='mel'"):
-        VocosConfig(griffin_lim_magnitude="mel")
+    # no iterations: the NNLS magnitude under the network's own phase
+    phase_only = Vocos(replace(tiny.model, output_magnitude="nnls"))
+    phase_only.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        got = phase_only(mel)
+    torch.testing.assert_close(got, overlap_add_istft(want * spec / spec.abs(), model.window, tiny.model.mel))
+    assert not torch.allclose(got, plain, atol=1e-4)
+    with pytest.raises(ValueError, match="output_magnitude='mel'"):
+        VocosConfig(output_magnitude="mel")
 
 
 def test_bad_mel_is_a_clear_error(tiny):
@@ -162,9 +169,9 @@ def test_a_vocos_run_packs_into_a_pipeline_that_generates(tmp_path, repo_root, c
     # --vocoder-set: the same weights with Griffin-Lim refinement; weight shapes and the mel config cannot change
     hybrid = tmp_path / "hybrid"
     assert main(["-q", "export", "pipeline", str(out), "--out", str(hybrid), "--vocoder-set", "griffin_lim_iter=4",
-                 "--vocoder-set", "griffin_lim_magnitude=nnls"]) == 0
+                 "--vocoder-set", "output_magnitude=nnls"]) == 0
     pipe2 = TTAPipeline.from_pretrained(hybrid)
-    assert (pipe2.vocoder.config.griffin_lim_iter, pipe2.vocoder.config.griffin_lim_magnitude) == (4, "nnls")
+    assert (pipe2.vocoder.config.griffin_lim_iter, pipe2.vocoder.config.output_magnitude) == (4, "nnls")
     for name, value in pipe.vocoder.state_dict().items():
         torch.testing.assert_close(pipe2.vocoder.state_dict()[name], value)
     wav2 = pipe2(["a tone sound"], seconds=0.32, steps=2, sampler="ddim", seed=0).wavs[0]

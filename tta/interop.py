@@ -425,8 +425,9 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                                          "or griffin-lim[:ITERS] for the untrained baseline")
         p.add_argument("--vocoder-set", action="append", default=[], metavar="KEY=VALUE",
                        help="set a field of the vocoder's config that holds no weights, after --vocoder: n_iter "
-                            "of Griffin-Lim, or griffin_lim_iter / griffin_lim_magnitude (network or nnls) of the "
-                            "Vocos vocoder, which then refines its phase by Griffin-Lim; repeatable")
+                            "of Griffin-Lim, or output_magnitude (network, or nnls: Griffin-Lim's magnitude "
+                            "under the network's phase) and griffin_lim_iter (Griffin-Lim iterations from that "
+                            "phase) of the Vocos vocoder; repeatable")
         p.add_argument("--vae", help="replace the VAE with a decoder fine-tune of it (a MelVAE component or run "
                                      "folder trained with freeze_encoder=true: same encoder and scale_factor)")
         p.add_argument("--average", action="append", default=[], metavar="FOLDER",

@@ -41,10 +41,11 @@ class VocosConfig:
     magnitude_base: bool = True     # predict a log correction to the NNLS magnitude (False: the log magnitude)
     nnls_iter: int = 50             # NNLS updates of the base magnitude
     max_log_magnitude: float = 7.0  # log magnitudes are clamped here (|S| <= sum of the window = 512 for |x| <= 1)
-    # inference only, no weights: fast Griffin-Lim iterations that start from the network's phase (0 = none),
-    # keeping the network's magnitude ("network") or the NNLS inversion of the mel ("nnls", Griffin-Lim's)
+    # inference only, no weights: the magnitude of the output spectrum, the network's ("network") or the NNLS
+    # inversion of the mel ("nnls", Griffin-Lim's), under the network's phase; then griffin_lim_iter fast
+    # Griffin-Lim iterations started from that phase (0 = none)
+    output_magnitude: str = "network"
     griffin_lim_iter: int = 0
-    griffin_lim_magnitude: str = "network"
     griffin_lim_momentum: float = 0.99
 
     def __post_init__(self) -> None:
@@ -55,8 +56,8 @@ class VocosConfig:
             raise ValueError(f"kernel_size={self.kernel_size} must be a positive odd number")
         if self.nnls_iter < 0 or self.griffin_lim_iter < 0:
             raise ValueError(f"nnls_iter={self.nnls_iter} and griffin_lim_iter={self.griffin_lim_iter} must be >= 0")
-        if self.griffin_lim_magnitude not in ("network", "nnls"):
-            raise ValueError(f"griffin_lim_magnitude={self.griffin_lim_magnitude!r}: expected 'network' or 'nnls'")
+        if self.output_magnitude not in ("network", "nnls"):
+            raise ValueError(f"output_magnitude={self.output_magnitude!r}: expected 'network' or 'nnls'")
         if not 0 <= self.griffin_lim_momentum < 1:
             raise ValueError(f"griffin_lim_momentum={self.griffin_lim_momentum} must be in [0, 1)")
 
@@ -135,16 +136,16 @@ class Vocos(nn.Module):
         """mel: (B, n_mels, frames) or (n_mels, frames) log-mel of `config.mel`. Returns wav (B, frames * hop)."""
         x = check_mel_input(mel, self.config.mel, type(self).__name__)
         spec = self.spectrum(x)
-        if self.config.griffin_lim_iter:
+        if self.config.griffin_lim_iter or self.config.output_magnitude != "network":
             spec = self.refine(spec, x)
         return overlap_add_istft(spec, self.window, self.config.mel)
 
     def refine(self, spec: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        """`griffin_lim_iter` fast Griffin-Lim iterations from the network's phase: the network's spectrum
-        (B, bins, frames) -> a spectrum whose magnitude is the network's or the mel's NNLS inversion."""
+        """The network's spectrum (B, bins, frames) -> one with `output_magnitude` (the network's or the mel's
+        NNLS inversion) under the network's phase, refined by `griffin_lim_iter` fast Griffin-Lim iterations."""
         c = self.config
         angles = spec / spec.abs().clamp_min(1e-16)
-        if c.griffin_lim_magnitude == "nnls":
+        if c.output_magnitude == "nnls":
             mag = nnls_magnitude(mel.float(), self.basis, self.inverse_basis, c.nnls_iter)
         else:
             mag = spec.abs()
