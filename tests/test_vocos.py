@@ -68,8 +68,8 @@ def test_true_spectrum_through_the_inverse_stft_gives_back_the_wav(tiny):
 
 
 def test_griffin_lim_refinement_starts_from_the_network_phase(tiny):
-    """griffin_lim_iter > 0 runs fast Griffin-Lim from the network's phase: none changes nothing, some make the
-    waveform's spectrum consistent with the kept magnitude (the network's, or the mel's NNLS inversion)."""
+    """griffin_lim_iter > 0 runs fast Griffin-Lim from the network's phase: the iterations make the waveform's
+    spectrum consistent with the kept magnitude (the network's, or the mel's NNLS inversion)."""
     from vocoder.griffinlim import contract_stft, nnls_magnitude, overlap_add_istft
 
     torch.manual_seed(0)
@@ -79,14 +79,13 @@ def test_griffin_lim_refinement_starts_from_the_network_phase(tiny):
         model.head.weight.normal_(0, 0.05)
         spec = model.spectrum(mel)
         plain = model(mel)
-        zero = Vocos(replace(tiny.model, griffin_lim_iter=1, griffin_lim_momentum=0.0))
-        zero.load_state_dict(model.state_dict())
-        assert not torch.allclose(zero(mel), plain, atol=1e-4)
+        one = Vocos(replace(tiny.model, griffin_lim_iter=1, griffin_lim_momentum=0.0))
+        one.load_state_dict(model.state_dict())
+        assert not torch.allclose(one(mel), plain, atol=1e-4)
         refined = Vocos(replace(tiny.model, griffin_lim_iter=8))
         refined.load_state_dict(model.state_dict())
         wav = refined(mel)
     assert wav.shape == plain.shape and torch.isfinite(wav).all()
-    torch.testing.assert_close(overlap_add_istft(spec, model.window, tiny.model.mel), plain)
 
     def inconsistency(w, mag):
         return float((contract_stft(w, model.window, tiny.model.mel).abs() - mag).norm() / mag.norm())
