@@ -60,8 +60,8 @@ VOCOS_STEPS ?= 200000
 VOCOS_VAE ?= tta/assets/default
 VOCOS_VAE_FRACTION ?= 0.75
 VOCOS_VAE_RUN ?= $(RUNS)/vocos-vae
-# an experiment: the Vocos run fine-tuned with music and speech drawn a tenth as often, so ~80 % of its batches
-# are the real events, ambiences and their mixtures that the judged prompts are made of
+# an experiment: the Vocos run fine-tuned with music and speech weighted 0.1, so 84 % of its draws (on corpus
+# version 2) are the real events, ambiences and their mixtures that the judged prompts are made of
 VOCOS_SFX_FROM ?= $(VOCOS_RUN)
 VOCOS_SFX_RUN ?= $(RUNS)/vocos-sfx
 VOCOS_SFX_STEPS ?= 3000
