@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 corpus-v3 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-vocos-sfx train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-ldm-control train-ldm-gapv3 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 corpus-v3 corpus-v4 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-vocos-sfx train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-ldm-control train-ldm-gapv3 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,10 +39,12 @@ demo: venv
 # -- the embedded default model, one target per stage (see tta/assets/default/README.md) ---------------------
 # Each training stage resumes its run folder when it exists, so a stage can be stopped and restarted.
 # CORPUS: recipe version 1, what the VAE, CLAP and LDM stages 1-2 trained on; CORPUS2: version 2 (LDM stage 3
-# on); CORPUS3: version 3 (Scratch's recordings added), which no shipped stage has trained on yet
+# on); CORPUS3: version 3 (Scratch's recordings added), which no shipped stage has trained on yet; CORPUS4:
+# version 4 (Festival and Piper speech added; needs Debian festival + festvox-* voices, see corpus-v4)
 CORPUS ?= ../tta-work/corpus/starter
 CORPUS2 ?= ../tta-work/corpus/starter-v2
 CORPUS3 ?= ../tta-work/corpus/starter-v3
+CORPUS4 ?= ../tta-work/corpus/starter-v4
 RUNS ?= ../tta-work/runs
 AUDIO_CACHE ?= ../tta-work/cache/audio16k
 LATENT_CACHE ?= ../tta-work/cache/latents
@@ -221,6 +223,12 @@ corpus-v2: venv
 
 corpus-v3: venv
 	test -f $(CORPUS3)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS3) --large --recipe-version 3
+
+# version 4 also renders speech with Festival's voices (apt-get install festival and the festvox-* packages of
+# FESTIVAL_VOICES in tta/data/recipes/speech.py); a voice that is not installed is skipped with a warning that
+# names its package, and the corpus is then smaller than the card's
+corpus-v4: venv
+	test -f $(CORPUS4)/manifest.jsonl || $(BIN)/tta data recipe starter --out $(CORPUS4) --large --recipe-version 4
 
 train-vae: venv
 	$(BIN)/tta train vae --config configs/vae/default.json --out $(RUNS)/vae $(DATA) \

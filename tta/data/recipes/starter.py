@@ -1,4 +1,4 @@
-"""The starter corpus: real Debian sound effects + FluidSynth music + espeak-ng/flite speech + mixtures.
+"""The starter corpus: real Debian sound effects + FluidSynth music + synthetic speech + mixtures.
 
     build_starter(out, StarterOptions(...), progress=True) -> BuildResult
 
@@ -36,6 +36,7 @@ from tta.data.recipes.clips import (
     split_of,
 )
 from tta.data.recipes.mixtures import mixture_candidates, render_mix
+from tta.data.recipes.report import debian_version
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,40 @@ def keep_rare_in_train(candidates: list[Candidate]) -> list[Candidate]:
     return [dataclasses.replace(c, split="train") if c.label in rare and not c.split else c for c in candidates]
 
 
+def festival_and_piper_candidates(seed: int, out: Path, result: BuildResult) -> list[Candidate]:
+    """(Recipe version 4) Festival's installed festvox voices and the Piper voice; what is missing is skipped
+    with a warning naming the package. Copies the voice packages' copyright files to OUT/licences."""
+    status = speech.speech_status()
+    found: list[Candidate] = []
+    voices = ()
+    if status["festival"] is None:
+        voices = tuple(v for v in speech.FESTIVAL_VOICES if speech.festival_voice_installed(v))
+        absent = [v.package for v in speech.FESTIVAL_VOICES if v not in voices]
+        if absent:
+            log.warning("Festival voices not installed, skipped: %s (Debian packages)", ", ".join(absent))
+        found += speech.festival_candidates(seed, voices)
+    else:
+        log.warning("%s: Festival voices skipped", status["festival"])
+    used = ("festival",) + tuple(v.package for v in voices) if voices else ()
+    for package in used:
+        copyright_file = Path("/usr/share/doc") / package / "copyright"
+        if copyright_file.is_file():
+            (out / "licences").mkdir(parents=True, exist_ok=True)
+            text = copyright_file.read_text(encoding="utf-8", errors="replace")
+            (out / "licences" / f"{package}.copyright").write_text(text, encoding="utf-8")
+            result.copyrights[package] = f"licences/{package}.copyright"
+            result.package_versions[package] = debian_version(package) or ""
+    if status["piper"] is None:
+        found += speech.piper_candidates()
+        (out / "licences").mkdir(parents=True, exist_ok=True)
+        card = speech.piper_model_card()
+        (out / "licences" / f"{speech.PIPER_PACKAGE}.MODEL_CARD").write_text(card, encoding="utf-8")
+        result.copyrights[speech.PIPER_PACKAGE] = f"licences/{speech.PIPER_PACKAGE}.MODEL_CARD"
+    else:
+        log.warning("%s: the Piper voice skipped", status["piper"])
+    return found
+
+
 def list_candidates(kind: str, options: StarterOptions, cache: Path, out: Path, result: BuildResult,
                     *, progress: bool) -> list[Candidate]:
     if kind == "sfx":
@@ -178,6 +213,8 @@ def list_candidates(kind: str, options: StarterOptions, cache: Path, out: Path, 
             found += speech.flite_candidates(options.seed)
         else:
             log.warning("flite not found: English flite voices skipped (Debian package flite)")
+        if options.version >= 4:
+            found += festival_and_piper_candidates(options.seed, out, result)
     else:
         raise RecipeError(f"unknown source {kind!r}")
     # Seeded order: --max-clips then takes a varied subset rather than the first package or program.
@@ -195,7 +232,7 @@ def render(spec: tuple):
         return wav
     if kind == "fluidsynth":
         return music.render_fluidsynth(*spec[1:])
-    if kind in ("espeak", "flite"):
+    if kind in ("espeak", "flite", "festival", "piper"):
         return speech.render_speech(spec)
     if kind == "mix":
         return render_mix(spec)
