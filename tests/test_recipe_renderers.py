@@ -199,3 +199,22 @@ def test_ci_installs_every_festival_voice_the_recipe_uses():
 
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text(encoding="utf-8")
     assert set(re.findall(r"festvox-[a-z0-9-]+", ci)) == {v.package for v in speech.FESTIVAL_VOICES}
+
+
+@needs_espeak
+def test_missing_festival_voices_are_named_and_skipped(tmp_path, monkeypatch, capsys):
+    import json
+
+    from tta.cli import main
+    from tta.data.manifest import read_manifest
+
+    monkeypatch.setattr(speech, "FESTIVAL_VOICES_DIR", tmp_path / "no-voices")    # as on a machine without them
+    out = tmp_path / "corpus"
+    code = main(["-q", "data", "recipe", "starter", "--out", str(out), "--sources", "speech", "--max-clips", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "not installed, so not rendered: Festival voice (Debian festvox-kallpc16k)" in printed
+    skipped = json.loads((out / "recipe.json").read_text())["skipped_speech"]
+    assert [s for s in skipped if s.startswith("Festival voice")] == [
+        f"Festival voice (Debian {v.package})" for v in speech.FESTIVAL_VOICES]
+    assert not any(r.source.startswith("festival:") for r in read_manifest(out / "manifest.jsonl"))

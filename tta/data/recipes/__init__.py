@@ -61,4 +61,6 @@ def run_starter(args: argparse.Namespace) -> int:
     per = ", ".join(f"{k} {v['clips']}" for k, v in s["per_source"].items())
     print(f"{args.out / 'manifest.jsonl'}: {s['clips']} clips ({per}), {s['hours']:.2f} h, "
           f"{s['distinct_captions']} distinct captions, splits {s['splits']}")
+    if result.skipped:
+        print("not installed, so not rendered: " + "; ".join(result.skipped))
     return 0 if result.rows else 1

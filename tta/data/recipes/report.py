@@ -131,6 +131,7 @@ def write_recipe_json(path: Path, result, options) -> Path:
             "libfluidsynth3": debian_version("libfluidsynth3"),
         },
         "system_packages": list(SYSTEM_PACKAGES),
+        "skipped_speech": list(result.skipped),
     }
     atomic_write_text(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return path

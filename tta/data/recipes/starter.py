@@ -87,6 +87,7 @@ class BuildResult:
     tools: dict = field(default_factory=dict)
     package_versions: dict = field(default_factory=dict)
     copyrights: dict = field(default_factory=dict)          # package -> relative path of its copyright copy
+    skipped: list = field(default_factory=list)             # optional speech engines/voices not installed
 
 
 def missing_tools(sources: tuple[str, ...]) -> list[str]:
@@ -176,9 +177,11 @@ def festival_and_piper_candidates(seed: int, out: Path, result: BuildResult) -> 
         absent = [v.package for v in speech.FESTIVAL_VOICES if v not in voices]
         if absent:
             log.warning("Festival voices not installed, skipped: %s (Debian packages)", ", ".join(absent))
+            result.skipped += [f"Festival voice (Debian {package})" for package in absent]
         found += speech.festival_candidates(seed, voices)
     else:
         log.warning("%s: Festival voices skipped", status["festival"])
+        result.skipped.append(status["festival"])
     used = ("festival",) + tuple(v.package for v in voices) if voices else ()
     for package in used:
         copyright_file = Path("/usr/share/doc") / package / "copyright"
@@ -196,6 +199,7 @@ def festival_and_piper_candidates(seed: int, out: Path, result: BuildResult) -> 
         result.copyrights[speech.PIPER_PACKAGE] = f"licences/{speech.PIPER_PACKAGE}.MODEL_CARD"
     else:
         log.warning("%s: the Piper voice skipped", status["piper"])
+        result.skipped.append(status["piper"])
     return found
 
 
@@ -213,6 +217,7 @@ def list_candidates(kind: str, options: StarterOptions, cache: Path, out: Path, 
             found += speech.flite_candidates(options.seed)
         else:
             log.warning("flite not found: English flite voices skipped (Debian package flite)")
+            result.skipped.append(speech.speech_status()["flite"])
         if options.version >= 4:
             found += festival_and_piper_candidates(options.seed, out, result)
     else:
