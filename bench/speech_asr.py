@@ -46,13 +46,11 @@ def edit_distance(ref: list[str], hyp: list[str]) -> int:
 
 
 def engine_of(source: str) -> str:
-    """'festival:festvox-kallpc16k:kal_diphone' -> 'festival:kal_diphone', 'flite:slt' -> 'flite:slt',
-    'espeak-ng:en+f3' -> 'espeak-ng', 'piper:en_US-joe-medium' -> 'piper:en_US-joe-medium'."""
+    """'festival:festvox-kallpc16k:kal_diphone' -> 'festival:kal_diphone'; 'flite:slt', 'espeak-ng:en+f3' and
+    'piper:en_US-joe-medium' stay as they are."""
     head = source.split(":")
     if head[0] == "festival" and len(head) == 3:
         return f"festival:{head[2]}"
-    if head[0] == "espeak-ng":
-        return "espeak-ng"
     return ":".join(head[:2])
 
 

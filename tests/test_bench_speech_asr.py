@@ -24,7 +24,7 @@ def test_word_error_counts_and_engine_names():
     assert bench.edit_distance(["a", "b", "c"], ["a", "x", "c", "d"]) == 2        # one substitution, one insertion
     assert bench.edit_distance(["a", "b"], []) == 2
     assert bench.engine_of("festival:festvox-kallpc16k:kal_diphone") == "festival:kal_diphone"
-    assert bench.engine_of("espeak-ng:en+f3") == "espeak-ng"
+    assert bench.engine_of("espeak-ng:en+f3") == "espeak-ng:en+f3"
     assert bench.engine_of("piper:en_US-joe-medium") == "piper:en_US-joe-medium"
 
 
