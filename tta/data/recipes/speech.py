@@ -156,14 +156,9 @@ def espeak_candidates(seed: int, *, per_sentence: int = 3) -> list[Candidate]:
             for variant in rng.sample(variants, per_sentence):
                 who, adjective = VARIANTS[variant]
                 wpm, pitch = rng.choice((130, 155, 175, 195)), rng.randint(30, 70)
-                captions = [f"{who} speaking {language}", f"a {adjective} voice talking in {language}",
-                            f"a text-to-speech voice reading a sentence in {language}"]
-                if code == "en":
-                    captions.insert(0, f'{who} says "{text.rstrip(".?!").lower()}"')
-                if wpm >= 190:
-                    captions.append(f"{who} speaking {language} quickly")
+                captions = _rated_captions(who, adjective, language, text, 0.8 if wpm >= 190 else 1.0)
                 out.append(Candidate(key=f"speech/espeak/{code}/{i:02d}-{variant}", kind="speech",
-                                     captions=tuple(captions), label=f"speech {language}", role="speech",
+                                     captions=captions, label=f"speech {language}", role="speech",
                                      source=f"espeak-ng:{code}+{variant}", licence=ESPEAK_LICENCE,
                                      spec=("espeak", f"{code}+{variant}", wpm, pitch, text),
                                      group=f"speech/{code}/{i}", labels=("speech", language)))
@@ -188,6 +183,8 @@ def _sentences(code: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _rated_captions(who: str, adjective: str, language: str, text: str, rate: float) -> tuple[str, ...]:
+    """The captions of a read sentence: who speaks which language, the quoted words for English, and the
+    rate's word (RATE_WORDS) when it is not the voice's own."""
     captions = [f"{who} speaking {language}", f"a {adjective} voice talking in {language}",
                 f"a text-to-speech voice reading a sentence in {language}"]
     if language == "English":
@@ -276,7 +273,9 @@ def render_speech(spec: tuple) -> np.ndarray:
         out = Path(tmp) / "speech.wav"
         if spec[0] == "festival":
             _, name, rate, text = spec
-            voice = next(v for v in FESTIVAL_VOICES if v.name == name)
+            voice = next((v for v in FESTIVAL_VOICES if v.name == name), None)
+            if voice is None:
+                raise ValueError(f"not a Festival voice of the recipe: {name!r}")
             text_file = Path(tmp) / "text.txt"
             text_file.write_bytes(text.encode(voice.encoding))
             cmd = ["text2wave", "-eval", f"(voice_{name})"]

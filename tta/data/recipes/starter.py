@@ -183,13 +183,13 @@ def festival_and_piper_candidates(seed: int, out: Path, result: BuildResult) -> 
         log.warning("%s: Festival voices skipped", status["festival"])
         result.skipped.append(status["festival"])
     used = ("festival",) + tuple(v.package for v in voices) if voices else ()
-    for package in used:
-        copyright_file = Path("/usr/share/doc") / package / "copyright"
-        if copyright_file.is_file():
+    for package in used:                  # installed packages: their tree is the system's own
+        text = packages.copyright_text(Path("/"), package)
+        if text is not None:
             (out / "licences").mkdir(parents=True, exist_ok=True)
-            text = copyright_file.read_text(encoding="utf-8", errors="replace")
             (out / "licences" / f"{package}.copyright").write_text(text, encoding="utf-8")
             result.copyrights[package] = f"licences/{package}.copyright"
+        if package != "festival":         # the voices' versions name their rows in ATTRIBUTION.md
             result.package_versions[package] = debian_version(package) or ""
     if status["piper"] is None:
         found += speech.piper_candidates()
