@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 corpus-v3 corpus-v4 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-vocos-sfx train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-ldm-control train-ldm-gapv3 train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 corpus-v3 corpus-v4 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-vocos-sfx train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-ldm-control train-ldm-gapv3 train-ldm-speed train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,7 +40,8 @@ demo: venv
 # Each training stage resumes its run folder when it exists, so a stage can be stopped and restarted.
 # CORPUS: recipe version 1, what the VAE, CLAP and LDM stages 1-2 trained on; CORPUS2: version 2 (LDM stage 3
 # on); CORPUS3: version 3 (Scratch's recordings added), which no shipped stage has trained on yet; CORPUS4:
-# version 4 (Festival and Piper speech added; needs Debian festival + festvox-* voices, see corpus-v4)
+# version 4 (Festival and Piper speech added; needs Debian festival + festvox-* voices, see corpus-v4), which
+# only the experiment LDM stage 29 has trained on
 CORPUS ?= ../tta-work/corpus/starter
 CORPUS2 ?= ../tta-work/corpus/starter-v2
 CORPUS3 ?= ../tta-work/corpus/starter-v3
@@ -159,6 +160,10 @@ CALLS_RUN ?= $(RUNS)/ldm-calls
 # for every clip (configs/ldm/default-polish.json), to tell what the run does from what the longer gaps do
 CONTROL_RUN ?= $(RUNS)/ldm-control
 GAPV3_RUN ?= $(RUNS)/ldm-gapv3
+# LDM stage 29 (an experiment): stage 28's run (1 000 steps at peak 1.5e-5, events repeated after 1-3 s gaps) on
+# corpus version 4, with the dog recordings drawn 4x as often and each bark played at a random speed of 0.8-1.25x
+# (configs/ldm/default-speed.json: `data.key_weights`, `data.speed_by_key`)
+SPEED_RUN ?= $(RUNS)/ldm-speed
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -403,6 +408,12 @@ train-ldm-control: venv
 train-ldm-gapv3: venv corpus-v3
 	$(MAKE) train-ldm-gap GAP_RUN=$(GAPV3_RUN) LDM_GAP_STEPS=1000 CORPUS2=$(CORPUS3) \
 		POLISH_ARGS="--set train.learning_rate=1.5e-5 $(POLISH_ARGS)"
+
+## train-ldm-speed: stage 28's run on corpus version 4 with the dog barks drawn 4x as often, each at a random
+## speed of 0.8-1.25x (an experiment, EXPERIMENTS.md's row "LDM stage 29")
+train-ldm-speed: venv corpus-v4
+	$(MAKE) train-ldm-gap GAP_RUN=$(SPEED_RUN) LDM_GAP_STEPS=1000 CORPUS2=$(CORPUS4) \
+		GAP_CONFIG=configs/ldm/default-speed.json POLISH_ARGS="--set train.learning_rate=1.5e-5 $(POLISH_ARGS)"
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \

@@ -177,7 +177,8 @@ def test_ldm_run_applies_key_weights_by_category(tmp_path, labelled_manifest, ca
 
 
 @pytest.mark.parametrize("field, value", [("data.key_weights", '{"dgo": 2}'),
-                                          ("data.repeat_gap_by_key", '{"dgo": [1, 2]}')])
+                                          ("data.repeat_gap_by_key", '{"dgo": [1, 2]}'),
+                                          ("data.speed_by_key", '{"dgo": [0.8, 1.25]}')])
 def test_cli_names_an_unknown_key_in_one_line(repo_root, tmp_path, labelled_manifest, capsys, field, value):
     # any trainer: the keys are checked where training batches are drawn
     out = tmp_path / "run"
@@ -210,3 +211,15 @@ def test_ldm_rejects_a_repeat_gap_for_an_unknown_key(tmp_path, labelled_manifest
     with pytest.raises(RunError, match="data.repeat_gap_by_key: no training item has the key 'dgo'"):
         train(tiny_run_config(**sets), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_ldm_trains_on_the_fly_with_a_speed_range(tmp_path, labelled_manifest):
+    from tests.test_ldm_fixtures import tiny_run_config
+    from tta.ldm.train import train
+
+    sets = {"train.max_steps": 2, "validation.prompts": [], "components.vocoder": "",
+            "data.manifest": str(labelled_manifest), "data.speed_by_key": {"sfx": [0.8, 1.25]}}
+    final = train(tiny_run_config(**sets), tmp_path / "run", progress=False)
+    assert (final / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["speed_by_key"] == {"sfx": [0.8, 1.25]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -224,13 +225,18 @@ def test_short_training_clips_repeat_with_random_gaps_to_fill_the_segment(tmp_pa
     assert len(_runs(every[(1, 11)]["wav"].numpy())) >= 5
 
 
+def _keyed_corpus(tmp_path, hz: float, seconds: float):
+    """Three rows of one tone: "bark" (label dog, category sfx), "click" (category sfx), "said" (speech)."""
+    sf.write(tmp_path / "bark.wav", tone(hz, seconds), SR)
+    row = dict(path=str(tmp_path / "bark.wav"), captions=("a sound",), seconds=seconds, sample_rate=SR)
+    return write_manifest(tmp_path / "m.jsonl", [
+        ManifestRow(id="bark", labels=("dog",), category="sfx", **row),     # its label's entry wins
+        ManifestRow(id="click", category="sfx", **row),                      # its category's entry
+        ManifestRow(id="said", category="speech", **row)])                   # none
+
+
 def test_a_label_or_category_can_have_its_own_repeat_gap(tmp_path):
-    sf.write(tmp_path / "bark.wav", tone(440, 0.25), SR)
-    row = dict(path=str(tmp_path / "bark.wav"), captions=("a sound",), seconds=0.25, sample_rate=SR)
-    manifest = write_manifest(tmp_path / "m.jsonl", [
-        ManifestRow(id="bark", labels=("dog",), category="sfx", **row),     # its label's range wins
-        ManifestRow(id="click", category="sfx", **row),                      # its category's range
-        ManifestRow(id="said", category="speech", **row)])                   # repeat_gap
+    manifest = _keyed_corpus(tmp_path, 440, 0.25)
     data = DataConfig(manifest=str(manifest), segment_seconds=8.0, repeat_below=1.0, repeat_gap=(0.2, 0.6),
                       repeat_gap_by_key={"sfx": (1.0, 1.5), "dog": (2.0, 2.5)})
     ds = AudioDataset.from_config(data, "train", SR, random_crop=True)
@@ -239,6 +245,46 @@ def test_a_label_or_category_can_have_its_own_repeat_gap(tmp_path):
             runs = _runs(ds[(index, seed)]["wav"].numpy())
             gaps = [b[0] - a[0] - SR // 4 for a, b in itertools.pairwise(runs)]
             assert gaps and all(lo * SR - 2 <= g <= hi * SR + 2 for g in gaps), (index, gaps)
+
+
+def _peak_hz(wav: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(wav * np.hanning(wav.shape[0])))
+    return float(np.argmax(spectrum)) * SR / wav.shape[0]
+
+
+def test_a_speed_range_plays_its_rows_faster_or_slower(tmp_path):
+    manifest = _keyed_corpus(tmp_path, 500, 0.5)
+    base = DataConfig(manifest=str(manifest), segment_seconds=2.0)
+    ds = AudioDataset.from_config(replace(base, speed_by_key={"dog": (2.0, 2.0), "sfx": (0.5, 0.5)}), "train",
+                                  SR, random_crop=True)
+    plain = AudioDataset.from_config(base, "train", SR, random_crop=True)
+    for index, factor in ((0, 2.0), (1, 0.5)):
+        item = ds[(index, 3)]
+        assert item["seconds"] == pytest.approx(0.5 / factor, abs=2 / SR)       # tempo
+        wav = item["wav"].numpy()[:round(item["seconds"] * SR)]
+        assert _peak_hz(wav) == pytest.approx(500 * factor, abs=8)              # and pitch, together
+        assert torch.equal(item["wav"], ds[(index, 3)]["wav"])                  # reproducible from the seed
+        assert not torch.equal(item["wav"], plain[(index, 3)]["wav"])
+    assert torch.equal(ds[(2, 3)]["wav"], plain[(2, 3)]["wav"])                 # a row without a range
+    assert torch.equal(ds[0]["wav"], plain[0]["wav"])                           # evaluation items never change
+    # a range draws a factor per item, log-uniformly inside it
+    drawn = AudioDataset.from_config(replace(base, speed_by_key={"dog": (0.8, 1.25)}), "train", SR,
+                                     random_crop=True)
+    factors = [0.5 / drawn[(0, seed)]["seconds"] for seed in range(40)]
+    assert 0.8 - 0.01 <= min(factors) < 0.9 and 1.25 + 0.01 >= max(factors) > 1.1
+    assert 0.4 <= np.mean(np.array(factors) > 1.0) <= 0.6
+
+
+def test_a_sped_up_short_clip_repeats_at_its_new_length(tmp_path):
+    sf.write(tmp_path / "bark.wav", tone(500, 0.5), SR)
+    rows = [ManifestRow(id="bark", path=str(tmp_path / "bark.wav"), captions=("a dog barks",), seconds=0.5,
+                        sample_rate=SR, labels=("dog",), category="event")]
+    data = DataConfig(manifest=str(write_manifest(tmp_path / "m.jsonl", rows)), segment_seconds=4.0,
+                      repeat_below=1.0, repeat_gap=(0.5, 0.5), speed_by_key={"dog": (2.0, 2.0)})
+    item = AudioDataset.from_config(data, "train", SR, random_crop=True)[(0, 1)]
+    runs = _runs(item["wav"].numpy())
+    assert [b - a for a, b in runs][:3] == pytest.approx([SR // 4] * 3, abs=4)   # 0.25 s copies
+    assert [b[0] - a[0] for a, b in itertools.pairwise(runs)][:2] == pytest.approx([SR * 3 // 4] * 2, abs=4)
 
 
 def test_a_caption_that_counts_one_event_is_not_repeated(tmp_path):
@@ -264,6 +310,8 @@ def test_a_caption_that_counts_one_event_is_not_repeated(tmp_path):
     ("repeat_gap", (0.5, 0.1), r"data.repeat_gap=\[0.5, 0.1\] must be \[min, max\] seconds"),
     ("repeat_gap_by_key", {"event": (-1.0, 2.0)},
      r"data.repeat_gap_by_key\['event'\]=\[-1.0, 2.0\] must be \[min, max\] seconds"),
+    ("speed_by_key", {"dog": (0.0, 1.2)}, r"data.speed_by_key\['dog'\]=\[0.0, 1.2\] must be \[min, max\] speed"),
+    ("speed_by_key", {"dog": (1.2, 0.8)}, r"data.speed_by_key\['dog'\]=\[1.2, 0.8\] must be \[min, max\] speed"),
 ])
 def test_repeat_settings_are_checked(field, value, message):
     with pytest.raises(ValueError, match=message):

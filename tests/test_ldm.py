@@ -237,6 +237,8 @@ def test_repeated_short_clips_train_on_the_fly_and_are_refused_with_precompute(t
 
     with pytest.raises(ValueError, match="data.repeat_below=0.4 needs precompute=false"):
         tiny_run_config(precompute=True, **{"data.repeat_below": 0.4})
+    with pytest.raises(ValueError, match="data.speed_by_key needs precompute=false"):
+        tiny_run_config(precompute=True, **{"data.speed_by_key": {"dog": [0.8, 1.25]}})
     cfg = tiny_run_config(**{"data.segment_seconds": 1.28, "data.repeat_below": 1.0,
                              "data.repeat_gap": [0.1, 0.2], "train.max_steps": 2, "validation.prompts": [],
                              "components.vocoder": ""})

@@ -176,8 +176,8 @@ def normalize_wav(wav: np.ndarray, peak: float = 0.5) -> np.ndarray:
     return wav.astype(np.float32)
 
 
-def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample (T,) or (T, C) float audio with soxr (VHQ)."""
+def resample(wav: np.ndarray, orig_sr: float, target_sr: float) -> np.ndarray:
+    """Resample (T,) or (T, C) float audio with soxr (VHQ); non-integer rates change speed (varispeed)."""
     if orig_sr == target_sr:
         return wav
     import soxr

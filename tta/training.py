@@ -189,8 +189,8 @@ def balance_weights(keys: list[str], balance: float, key_weights: dict[str, floa
 
 
 def check_key_weights(key_weights: dict, names: list, field: str = "data.key_weights") -> None:
-    """RunError when `field` (data.key_weights, data.repeat_gap_by_key) names a key that none of the items'
-    `names` has."""
+    """RunError when `field` (data.key_weights, data.repeat_gap_by_key, data.speed_by_key) names a key that
+    none of the items' `names` has."""
     known = {n for ns in names for n in ns}
     unknown = sorted(set(key_weights) - known)
     if unknown:
@@ -389,9 +389,11 @@ class TrainingRun:
         count(key)^-balance times key_weights of the item's names; `keys` (one per item) defaults to
         `dataset.balance_keys()`, `names` (the names key_weights can match, per item) to
         `dataset.weight_names()`, else the keys."""
-        gaps = getattr(getattr(self.config, "data", None), "repeat_gap_by_key", None)
-        if gaps and hasattr(dataset, "weight_names"):       # every trainer's items can repeat (data.repeat_below)
-            check_key_weights(gaps, dataset.weight_names(), "data.repeat_gap_by_key")
+        data = getattr(self.config, "data", None)
+        for field in ("repeat_gap_by_key", "speed_by_key"):     # every trainer's items can repeat or change speed
+            by_key = getattr(data, field, None)
+            if by_key and hasattr(dataset, "weight_names"):
+                check_key_weights(by_key, dataset.weight_names(), f"data.{field}")
         acc = self.accelerator
         sampler = ResumableSampler(len(dataset), self.train.seed, start=self.data_position,
                                    rank=acc.process_index, world_size=acc.num_processes, shuffle=shuffle,

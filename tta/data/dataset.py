@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tta.audio import AudioError, audio_info, load_audio, normalize_wav
+from tta.audio import AudioError, audio_info, load_audio, normalize_wav, resample
 from tta.data.manifest import DataConfig, ManifestError, ManifestRow, read_manifest, resolve_path, split_rows
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ class AudioDataset(torch.utils.data.Dataset):
                  deterministic_crop: Literal["start", "centre"] = "start", repeat_below: float = 0.0,
                  repeat_gap: tuple[float, float] = (0.2, 1.0), repeat_categories: Sequence[str] = (),
                  repeat_skip_words: Sequence[str] = ("once", "single"),
-                 repeat_gap_by_key: dict[str, tuple[float, float]] | None = None):
+                 repeat_gap_by_key: dict[str, tuple[float, float]] | None = None,
+                 speed_by_key: dict[str, tuple[float, float]] | None = None):
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds={segment_seconds} must be > 0")
         if caption_choice not in ("random", "first"):
@@ -87,6 +88,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.repeat_gap = (float(repeat_gap[0]), float(repeat_gap[1]))
         self.repeat_gap_by_key = {str(k): (float(lo), float(hi)) for k, (lo, hi) in (repeat_gap_by_key or {}).items()}
         self.repeat_categories = frozenset(repeat_categories)
+        self.speed_by_key = {str(k): (float(lo), float(hi)) for k, (lo, hi) in (speed_by_key or {}).items()}
         words = "|".join(re.escape(w) for w in repeat_skip_words)
         self.repeat_skip = re.compile(rf"\b({words})\b", re.IGNORECASE) if repeat_skip_words else None
 
@@ -100,7 +102,7 @@ class AudioDataset(torch.utils.data.Dataset):
                    normalize=data.normalize, random_crop=random_crop, cache_dir=data.cache_dir or None,
                    caption_choice=caption_choice, repeat_below=data.repeat_below, repeat_gap=data.repeat_gap,
                    repeat_categories=data.repeat_categories, repeat_skip_words=data.repeat_skip_words,
-                   repeat_gap_by_key=data.repeat_gap_by_key)
+                   repeat_gap_by_key=data.repeat_gap_by_key, speed_by_key=data.speed_by_key)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -111,8 +113,8 @@ class AudioDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def row_names(row: ManifestRow) -> tuple[str, ...]:
-        """The names a row's `data.key_weights` and `data.repeat_gap_by_key` entries match, in order of
-        precedence: its first label, then its category."""
+        """The names a row's `data.key_weights`, `data.repeat_gap_by_key` and `data.speed_by_key` entries
+        match, in order of precedence: its first label, then its category."""
         names = [row.labels[0]] if row.labels else []
         if row.category and row.category not in names:
             names.append(row.category)
@@ -132,21 +134,44 @@ class AudioDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self.rows):
             raise IndexError(f"index {index} out of range for {len(self.rows)} rows")
         row = self.rows[index]
-        # Draw the offset first, then the caption, always in this order: the pair stays reproducible.
+        # Draw the offset first, then the caption, then (rows with a speed range only) the speed, always in
+        # this order: an item stays reproducible, and rows without a speed range draw what they always drew.
         wav = self._read_segment(index, rng if self.random_crop else None)
+        caption = row.captions[0]
+        if rng is not None and self.caption_choice == "random" and len(row.captions) > 1:
+            caption = row.captions[int(rng.integers(len(row.captions)))]
+        speeds = self._speed_range(row) if rng is not None else None
+        if speeds is not None:
+            wav = self._change_speed(wav, speeds, rng)
         seconds = wav.shape[0] / self.sample_rate
         if self.normalize:
             wav = normalize_wav(wav)
         if wav.shape[0] < self.segment_samples:
             wav = np.pad(wav, (0, self.segment_samples - wav.shape[0]))
-        caption = row.captions[0]
-        if rng is not None and self.caption_choice == "random" and len(row.captions) > 1:
-            caption = row.captions[int(rng.integers(len(row.captions)))]
         if rng is not None and self._repeats(row, seconds, caption):
             gap = self._repeat_gap(row)
             wav, seconds = self._fill_with_repeats(wav, round(seconds * self.sample_rate), rng, gap)
         return {"wav": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), "caption": caption,
                 "id": row.id, "index": index, "seconds": float(seconds)}
+
+    # ----------------------------------------------------------------------------------- speed
+
+    def _speed_range(self, row: ManifestRow) -> tuple[float, float] | None:
+        """`speed_by_key`'s range for the row's first label, else for its category, else None (unchanged)."""
+        for name in self.row_names(row):
+            if name in self.speed_by_key:
+                return self.speed_by_key[name]
+        return None
+
+    def _change_speed(self, wav: np.ndarray, speeds: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+        """`wav` played r times as fast, r drawn log-uniformly from `speeds` (varispeed: pitch and tempo move
+        together, as a tape played faster), cut to the segment. A sped-up long clip ends early; the rest of
+        the segment is padded or repeated like a short clip's."""
+        lo, hi = speeds
+        r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        if wav.shape[0] == 0 or r == 1.0:
+            return wav
+        return resample(wav, self.sample_rate * r, self.sample_rate)[:self.segment_samples]
 
     # ----------------------------------------------------------------------------------- repeats
 

@@ -195,6 +195,11 @@ class DataConfig:
                                        # listed) instead of repeat_gap, e.g. {"event": [1.0, 3.0]}: barks a
                                        # second or more apart while ambiences keep short breaks
     repeat_categories: tuple[str, ...] = ()         # only rows of these categories repeat (empty = all)
+    speed_by_key: dict[str, tuple[float, float]] = field(default_factory=dict)  # training items only: a
+                                       # varispeed range per first label or category (as key_weights), e.g.
+                                       # {"dog": [0.8, 1.25]}: each item of such a row is played r times as
+                                       # fast (pitch and tempo together, r log-uniform in the range) before it
+                                       # is repeated: a bigger or smaller dog from the same few recordings
     repeat_skip_words: tuple[str, ...] = ("once", "single")  # an item whose caption has one of these words
                                                              # (whole word, any case) is never repeated
 
@@ -216,6 +221,10 @@ class DataConfig:
             if not 0 <= lo <= hi < float("inf"):
                 raise ValueError(f"data.repeat_gap_by_key[{k!r}]={[lo, hi]} must be [min, max] seconds, "
                                  "0 <= min <= max")
+        for k, (lo, hi) in self.speed_by_key.items():
+            if not 0 < lo <= hi < float("inf"):
+                raise ValueError(f"data.speed_by_key[{k!r}]={[lo, hi]} must be [min, max] speed factors, "
+                                 "0 < min <= max")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
         for s in (self.train_split, self.valid_split):

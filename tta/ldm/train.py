@@ -128,6 +128,9 @@ class RunConfig:
         if self.precompute and self.data.repeat_below:
             raise ValueError(f"data.repeat_below={self.data.repeat_below} needs precompute=false: repeats are "
                              "drawn afresh for every training item, pre-encoded latents are fixed")
+        if self.precompute and self.data.speed_by_key:
+            raise ValueError("data.speed_by_key needs precompute=false: speeds are drawn afresh for every "
+                             "training item, pre-encoded latents are fixed")
 
 
 # ------------------------------------------------------------------------------------ components
@@ -226,7 +229,8 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     from tqdm.auto import tqdm
 
     data = to_dict(config.data)
-    for k in ("balance", "key_weights", "repeat_below", "repeat_gap", "repeat_categories", "repeat_gap_by_key"):
+    for k in ("balance", "key_weights", "repeat_below", "repeat_gap", "repeat_categories", "repeat_gap_by_key",
+              "speed_by_key"):
         data.pop(k)         # how training items are drawn, not what is encoded (older caches stay valid)
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
@@ -372,6 +376,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     names = train_set.weight_names()    # data.key_weights
     check_key_weights(config.data.key_weights, names)   # before any pre-encoding, not after it
     check_key_weights(config.data.repeat_gap_by_key, names, "data.repeat_gap_by_key")
+    check_key_weights(config.data.speed_by_key, names, "data.speed_by_key")
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
         train_set = precompute(config, train_set, frozen, cache, progress)
