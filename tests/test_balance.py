@@ -218,8 +218,9 @@ def test_ldm_trains_on_the_fly_with_a_speed_range(tmp_path, labelled_manifest):
     from tta.ldm.train import train
 
     sets = {"train.max_steps": 2, "validation.prompts": [], "components.vocoder": "",
-            "data.manifest": str(labelled_manifest), "data.speed_by_key": {"sfx": [0.8, 1.25]}}
+            "data.manifest": str(labelled_manifest), "data.key_weights": {"sfx": 1000.0},    # drawn: the chirp
+            "data.speed_by_key": {"sfx": [0.8, 1.25], "Tone": [0.5, 0.5]}}
     final = train(tiny_run_config(**sets), tmp_path / "run", progress=False)
     assert (final / "model.safetensors").is_file()
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["data"]["speed_by_key"] == {"sfx": [0.8, 1.25]}
+    assert saved["data"]["speed_by_key"] == {"sfx": [0.8, 1.25], "Tone": [0.5, 0.5]}

@@ -120,6 +120,11 @@ class AudioDataset(torch.utils.data.Dataset):
             names.append(row.category)
         return tuple(names)
 
+    def _by_key(self, table: dict, row: ManifestRow):
+        """A per-key setting (`data.*_by_key`) for the row: its first label's entry, else its category's, else
+        None."""
+        return next((table[name] for name in self.row_names(row) if name in table), None)
+
     def weight_names(self) -> list[tuple[str, ...]]:
         """Each row's names that `data.key_weights` can match: its first label and its category."""
         return [self.row_names(r) for r in self.rows]
@@ -157,11 +162,8 @@ class AudioDataset(torch.utils.data.Dataset):
     # ----------------------------------------------------------------------------------- speed
 
     def _speed_range(self, row: ManifestRow) -> tuple[float, float] | None:
-        """`speed_by_key`'s range for the row's first label, else for its category, else None (unchanged)."""
-        for name in self.row_names(row):
-            if name in self.speed_by_key:
-                return self.speed_by_key[name]
-        return None
+        """`speed_by_key`'s range for the row (None: its speed is left alone)."""
+        return self._by_key(self.speed_by_key, row)
 
     def _change_speed(self, wav: np.ndarray, speeds: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
         """`wav` played r times as fast, r drawn log-uniformly from `speeds` (varispeed: pitch and tempo move
@@ -185,11 +187,8 @@ class AudioDataset(torch.utils.data.Dataset):
         return self.repeat_skip is None or not self.repeat_skip.search(caption)
 
     def _repeat_gap(self, row: ManifestRow) -> tuple[float, float]:
-        """`repeat_gap_by_key`'s range for the row's first label, else for its category, else `repeat_gap`."""
-        for name in self.row_names(row):
-            if name in self.repeat_gap_by_key:
-                return self.repeat_gap_by_key[name]
-        return self.repeat_gap
+        """`repeat_gap_by_key`'s range for the row, else `repeat_gap`."""
+        return self._by_key(self.repeat_gap_by_key, row) or self.repeat_gap
 
     def _fill_with_repeats(self, wav: np.ndarray, length: int, rng: np.random.Generator,
                            gap: tuple[float, float]) -> tuple[np.ndarray, float]:
