@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
-.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 corpus-v3 corpus-v4 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-vocos-sfx train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-ldm-control train-ldm-gapv3 train-ldm-speed train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
+.PHONY: venv test test-all demo lint clean default-model experiment-retrieval-quick experiment-retrieval-finetune corpus corpus-v2 corpus-v3 corpus-v4 train-vae train-vocoder train-vocoder-gan train-vocos train-vocos-vae train-vocos-sfx train-clap train-ldm train-ldm-10s train-ldm-v2 train-vae-decoder train-vae-v2 train-vae-gan train-ldm-v4 train-ldm-mean train-ldm-repeat train-ldm-vae2 train-ldm-polish train-ldm-polish2 train-ldm-grow train-ldm-grow2 train-ldm-grow3 train-ldm-grow4 train-ldm-grow5 train-ldm-deep train-ldm-gap train-ldm-calls train-ldm-control train-ldm-gapv3 train-ldm-speed train-ldm-retrieval train-clap-v2 train-ldm-clap2 train-clap-v3 train-ldm-clap3 train-postnet train-postnet-gan pack-default
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -164,6 +164,9 @@ GAPV3_RUN ?= $(RUNS)/ldm-gapv3
 # corpus version 4, with the dog recordings drawn 4x as often and each bark played at a random speed of 0.8-1.25x
 # (configs/ldm/default-speed.json: `data.key_weights`, `data.speed_by_key`)
 SPEED_RUN ?= $(RUNS)/ldm-speed
+RETR_RUN ?= $(RUNS)/ldm-retrieval
+RETR_STORE ?= ../tta-work/stores/v4-train
+RETR_SCALE ?= 100
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -415,6 +418,16 @@ train-ldm-speed: venv corpus-v4
 	$(MAKE) train-ldm-gap GAP_RUN=$(SPEED_RUN) LDM_GAP_STEPS=1000 CORPUS2=$(CORPUS4) \
 		GAP_CONFIG=configs/ldm/default-speed.json POLISH_ARGS="--set train.learning_rate=1.5e-5 $(POLISH_ARGS)"
 
+## train-ldm-retrieval: stage 29's run with decoupled retrieval attention (Re-AudioLDM) over corpus version 4's
+## train split, k 3, the context encoder at RETR_SCALE x the rate (an experiment, the model card's row "LDM stage 30")
+train-ldm-retrieval: venv corpus-v4 $(RETR_STORE)/datastore.json
+	$(MAKE) train-ldm-speed SPEED_RUN=$(RETR_RUN) POLISH_ARGS="--datastore $(RETR_STORE) --neighbours 3 \
+		--set retrieval.attention=decoupled --set retrieval.context_dim=128 --set retrieval.learning_rate_scale=$(RETR_SCALE)"
+
+$(RETR_STORE)/datastore.json: | venv
+	$(BIN)/tta index build --manifest $(CORPUS4)/manifest.jsonl --split train --clap $(GAP_FROM)/text_encoder \
+		--out $(RETR_STORE)
+
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \
 		--set train.max_steps=$(CLAP_V2_STEPS) \
@@ -456,7 +469,8 @@ experiment-retrieval-quick: venv $(CORPUS)/subset-1k.jsonl
 		--out ../tta-work/experiments/retrieval-quick
 
 ## experiment-retrieval-finetune: the same subset; every variant fine-tunes the default LDM's 10.24 s stage
-## (RUNS/ldm-10s) for 300 steps, the retrieval ones with a fresh context encoder (~45 min on 2 CPU cores)
+## (RUNS/ldm-10s) for 300 steps, the retrieval ones with a fresh context encoder beside the UNet's attention
+## (retrieval.attention "decoupled", ~45 min on 2 CPU cores)
 experiment-retrieval-finetune: venv $(CORPUS)/subset-1k.jsonl
 	$(BIN)/tta experiment retrieval --config configs/experiment/retrieval-starter-finetune.json \
 		--out ../tta-work/experiments/retrieval-finetune

@@ -87,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "reported beside it")
     ap.add_argument("--precision", choices=("float32", "bfloat16", "auto"),
                     help="the UNet's arithmetic while sampling (default: the pipeline's)")
+    ap.add_argument("--datastore", type=Path, metavar="DIR",
+                    help="retrieval models: condition each caption on its nearest entries of this datastore (`tta "
+                         "index build` of the train split; timed in the cost run too)")
+    ap.add_argument("--neighbours", type=int, metavar="K",
+                    help="with --datastore: neighbours per caption (default: the k the model was trained with)")
     ap.add_argument("--clap", type=Path, help="CLAP to score with (default: the pipeline's text_encoder/)")
     ap.add_argument("--embedder", default="aisfx", help="FAD embedder (eval.embedders registry)")
     ap.add_argument("--embedder-weights", help="local weights for embedders that need them")
@@ -104,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--manifest is required")
     if args.items < 2:
         ap.error("--items must be >= 2 (FAD needs a covariance)")
+    if args.neighbours is not None and (args.datastore is None or args.neighbours < 1):
+        ap.error("--neighbours K needs --datastore DIR and K >= 1")
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         ap.error("--seconds must be a positive number")
     if args.threads < 1 or args.cost_runs < 1:
@@ -210,7 +217,8 @@ def cost_child(spec: dict) -> dict:
     for i in range(spec["runs"]):
         t = time.perf_counter()
         out = pipe([spec["caption"]], seconds=spec["seconds"], steps=spec["steps"], sampler=spec["sampler"],
-                   guidance=spec["guidance"], candidates=spec["candidates"], precision=spec["precision"], seed=i)
+                   guidance=spec["guidance"], candidates=spec["candidates"], precision=spec["precision"], seed=i,
+                   datastore=spec.get("datastore"), neighbours=spec.get("neighbours"))
         walls.append(time.perf_counter() - t)
         if not np.isfinite(out.wavs[0]).all():
             raise ValueError("the cost run generated non-finite audio")
@@ -313,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.perf_counter()
         out = pipe([caption], seconds=n / sr, steps=steps, sampler=sampler, guidance=guidance,
                    candidates=candidates, precision=precision, seed=args.seed + i,
-                   return_candidates=candidates > 1)
+                   return_candidates=candidates > 1, datastore=args.datastore, neighbours=args.neighbours)
         gen_walls.append(time.perf_counter() - t)
         gen.append(out.wavs[0][:n])
         if candidates > 1:
@@ -351,7 +359,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     cost = measure_cost({"model": str(Path(args.model).resolve()), "caption": captions[0], "seconds": args.seconds,
                          "steps": steps, "sampler": sampler, "guidance": guidance, "candidates": candidates,
-                         "precision": precision, "threads": args.threads, "runs": args.cost_runs})
+                         "precision": precision, "threads": args.threads, "runs": args.cost_runs,
+                         "datastore": None if args.datastore is None else str(Path(args.datastore).resolve()),
+                         "neighbours": args.neighbours})
     size_mb = folder_megabytes(args.model)
     summary = {
         "bench": "default_quality", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -362,6 +372,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "split": args.split, "items": len(items), "seed": args.seed, "seconds": args.seconds,
                      "length": args.length, "steps": steps, "sampler": sampler, "guidance": guidance,
                      "candidates": candidates, "precision": precision,
+                     **({} if args.datastore is None else {
+                         "datastore": os.path.relpath(Path(args.datastore).resolve(), ROOT),
+                         "neighbours": args.neighbours}),
                      "threads": args.threads, "cost_runs": args.cost_runs, "model_defaults": vars_of(d),
                      "clap": getattr(clap, "identity", ""), "embedder": embedder.identity,
                      "copy_baseline": "train clip of the nearest caption (CLAP text cosine, same CLAP)",

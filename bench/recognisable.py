@@ -171,6 +171,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="a generation setting for every model instead of its default (repeatable): "
                          f"{', '.join(GENERATION_SETTINGS)}; recorded with each model's defaults, so runs with "
                          "other settings do not pool in --merge")
+    ap.add_argument("--datastore", type=Path, metavar="DIR",
+                    help="retrieval models: condition every prompt on its nearest entries of this datastore (`tta "
+                         "index build`; recorded with the model's defaults, so runs with and without do not pool)")
+    ap.add_argument("--neighbours", type=int, metavar="K", help="with --datastore: neighbours per prompt "
+                                                                "(default: the k each model was trained with)")
     ap.add_argument("--labels", type=labels_list, metavar="LABEL[,LABEL...]",
                     help="judge only these prompts' labels (e.g. dog); the judge's reference clips stay those of "
                          "every prompt, so a label's hits are comparable with a full run's")
@@ -185,6 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--seeds and --seed-start must be >= 0")
     if args.item_draws < 1:
         ap.error("--item-draws must be >= 1")
+    if args.neighbours is not None and (args.datastore is None or args.neighbours < 1):
+        ap.error("--neighbours K needs --datastore DIR and K >= 1")
     pooling = bool(args.merge) or args.baseline is not None
     if not pooling and (not args.model or args.manifest is None):
         ap.error("--model and --manifest are required (unless --merge or --baseline)")
@@ -745,6 +752,10 @@ def main(argv: list[str] | None = None) -> dict:
     generation = dict(args.setting)      # what every model generates with instead of its defaults
     if args.guidance is not None:
         generation["guidance"] = args.guidance
+    retrieval = {}                       # a datastore for retrieval models, recorded as part of their defaults
+    if args.datastore is not None:
+        retrieval = {"datastore": relative(args.datastore), **({"neighbours": args.neighbours}
+                                                                if args.neighbours is not None else {})}
 
     held_rows = [r for r in held if r.labels[0] in wanted]
     held_wavs = [load_audio(resolve_path(r, args.manifest), sr, normalize=True)[0] for r in held_rows]
@@ -796,7 +807,8 @@ def main(argv: list[str] | None = None) -> dict:
                 train_ceilings[part]["cosine"] = round(float(np.mean(np.sum(emb * refs[loo], axis=1))), 4)
         per_prompt = []
         for prompt, label in (judged if args.seeds > 0 else ()):
-            out = pipe([prompt] * args.seeds, seed=args.seed_start, batch_size=args.seeds, **generation)
+            out = pipe([prompt] * args.seeds, seed=args.seed_start, batch_size=args.seeds, **generation,
+                       **({"datastore": args.datastore, "neighbours": args.neighbours} if retrieval else {}))
             clips = [active(np.asarray(w, dtype=np.float32), out.sample_rate) for w in out.wavs]
             for s, w in enumerate(out.wavs):
                 save_audio(folder / f"{label}-{args.seed_start + s}.wav", np.asarray(w), out.sample_rate)
@@ -812,7 +824,7 @@ def main(argv: list[str] | None = None) -> dict:
             "config_fingerprint": config_fingerprint(model),
             "seeds": list(range(args.seed_start, args.seed_start + args.seeds)),
             "defaults": {**{k: v for k, v in vars(pipe.defaults).items() if isinstance(v, (int, float, str))},
-                         **generation},
+                         **generation, **retrieval},
             "hit@1": round(sum(p["hit@1"] for p in per_prompt) / n, 4) if per_prompt else None,
             f"vote@{args.k}": round(sum(p[f"vote@{args.k}"] for p in per_prompt) / n, 4) if per_prompt else None,
             "held_out_resynthesised": ceilings, **({"train_resynthesised": train_ceilings} if train_ceilings else {}),

@@ -367,3 +367,162 @@ def test_buckets_follow_training_frequency_of_caption_words_and_classes():
     by_class = prompt_frequencies([{"prompt": "x", "category": c} for c in ("dog", "rain", "theremin", "cat")],
                                   rows, "category")
     assert by_class == [6.0, 3.0, 1.0, 0.0] and assign_buckets(by_class) == ["head", "head", "mid", "tail"]
+
+
+# --------------------------------------------------------------------------- decoupled attention
+
+
+def _tiny_unet(**changes):
+    from dataclasses import replace
+
+    from tta.config import load_config
+    from tta.ldm.model import LDMUNet
+    from tta.ldm.train import RunConfig
+
+    return LDMUNet(replace(load_config(RunConfig, ROOT / "configs" / "ldm" / "tiny.json").model, **changes)).eval()
+
+
+def test_decoupled_attention_starts_as_the_plain_unet_and_keeps_one_null_function():
+    import copy
+
+    from tta.ldm.retrieval_context import attach_decoupled, attention_layers, context_config
+
+    torch.manual_seed(0)
+    plain = _tiny_unet()
+    unet = copy.deepcopy(plain)
+    layers = attention_layers(unet)
+    assert layers and all(name.endswith(".attn2") for name in layers)
+    r = RetrievalConfig(datastore="x", neighbours=3, attention="decoupled", context_dim=16)
+    ctx = RetrievalContext(context_config(r, 64, 16, layers)).eval()
+    attach_decoupled(unet, ctx.config)
+    assert ctx.config.width == 2 * sum(layers.values())
+    assert unet.state_dict().keys() == plain.state_dict().keys()       # the UNet's weights are not touched
+    feats = {f: torch.nn.functional.normalize(torch.randn(2, 3, 64), dim=-1) for f in ("audio", "text")}
+    x, t, cond = torch.randn(2, 4, 8, 16), torch.tensor([10, 500]), torch.randn(2, 64)
+    with torch.no_grad():
+        base = plain(x, t, cond)
+        torch.testing.assert_close(unet(x, t, cond, ctx(feats)), base, atol=1e-6, rtol=1e-5)  # values start at 0
+        torch.testing.assert_close(unet(x, t, cond), base, atol=1e-6, rtol=1e-5)   # no context: self-attention
+        ctx.branch.weight.normal_(0, 0.5)                                        # as if trained
+        real = unet(x, t, cond, ctx(feats))
+        one = unet(x, t, cond, ctx.null_context(2))
+        many = unet(x, t, cond, ctx(feats, torch.tensor([False, False])))
+    assert not torch.allclose(real, base, atol=1e-3) and not torch.allclose(real[0], one[0], atol=1e-4)
+    torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="expects a context"):
+        unet(x, t, cond, torch.randn(2, 3, 16))
+    # the encoder's branches must match the UNet's layers
+    other = RetrievalContext(context_config(r, 64, 16, {name: width * 2 for name, width in layers.items()}))
+    with pytest.raises(ValueError, match="do not match"):
+        attach_decoupled(copy.deepcopy(plain), other.config)
+
+
+def test_decoupled_config_checks():
+    from tta.config import ConfigError, apply_overrides, load_config
+    from tta.ldm.train import RunConfig
+
+    with pytest.raises(ValueError, match="attention"):
+        RetrievalConfig(datastore="x", neighbours=2, attention="gated")
+    with pytest.raises(ValueError, match="learning_rate_scale"):
+        RetrievalConfig(datastore="x", neighbours=2, learning_rate_scale=0.0)
+    with pytest.raises(ValueError, match="branches"):
+        RetrievalContextConfig(attention="decoupled")
+    with pytest.raises(ValueError, match="branches"):
+        RetrievalContextConfig(branches={"a.attn2": 32})
+    with pytest.raises((ValueError, ConfigError), match="without cross-attention"):
+        apply_overrides(load_config(RunConfig, ROOT / "configs" / "ldm" / "tiny.json"),
+                        ["retrieval.datastore=\"x\"", "retrieval.neighbours=2",
+                         "retrieval.attention=\"decoupled\"", "model.context_dim=64"])
+
+
+def test_a_decoupled_retrieval_model_fine_tunes_a_text_only_run_and_generates(corpus, store, tmp_path, capsys):
+    """--init-from a plain run with decoupled attention: every UNet tensor is the plain run's (no fresh
+    cross-attention), the context encoder carries the branches and trains at its own rate, and the pipeline
+    generates with and without neighbours."""
+    import soundfile as sf
+
+    from tta.checkpoint import load_state_dict
+
+    torch.set_num_threads(1)
+    plain = tmp_path / "plain"
+    assert main(["-q", *map(str, train_args(corpus, plain))]) == 0, capsys.readouterr().err
+    ft = tmp_path / "ft"
+    code = main(["-q", *map(str, train_args(
+        corpus, ft, "--datastore", store, "--neighbours", 2, "--init-from", plain, "--set",
+        "retrieval.attention=\"decoupled\"", "--set", "retrieval.learning_rate_scale=1000", "--set",
+        "train.learning_rate=1e-9", "--set", "train.warmup_steps=1", "--set", "retrieval.context_dropout=0"))])
+    assert code == 0, capsys.readouterr().err
+    cfg = json.loads((ft / "config.json").read_text())
+    assert cfg["model"]["context_dim"] is None and cfg["retrieval"]["attention"] == "decoupled"
+    base = load_state_dict(plain / "final" / "model.safetensors")
+    tuned = load_state_dict(ft / "final" / "model.safetensors")
+    assert base.keys() == tuned.keys()
+    assert all(torch.allclose(tuned[k], base[k], atol=1e-5) for k in base if base[k].is_floating_point())
+    ctx = load_state_dict(ft / "final" / "retrieval" / "model.safetensors")
+    enc = json.loads((ft / "final" / "retrieval" / "config.json").read_text())["config"]
+    assert enc["attention"] == "decoupled" and ctx["branch.weight"].shape[0] == 2 * sum(enc["branches"].values())
+    start = 0   # the value parts left zero: the encoder's rate (1000 x 1e-9) moved them
+    for width in enc["branches"].values():
+        assert ctx["branch.weight"][start + width:start + 2 * width].abs().max() > 1e-7
+        start += 2 * width
+
+    model = ft / "pipeline"
+    outs = {}
+    for name, extra in (("with", ["--datastore", store]), ("without", [])):
+        code, _, err = run(capsys, "generate", "a low steady hum", "--model", model, "--out-dir", tmp_path / name,
+                           "--seed", 3, *extra)
+        assert code == 0, err
+        rec = json.loads((tmp_path / name / "generation.json").read_text())
+        outs[name], _ = sf.read(tmp_path / name / rec["outputs"][0]["file"])
+    assert np.isfinite(outs["with"]).all() and outs["with"].shape == outs["without"].shape
+
+
+def test_the_judge_and_the_quality_bench_generate_with_a_datastore(trained, store, tmp_path):
+    """bench/recognisable.py and bench/default_quality.py pass --datastore to a retrieval model and record it
+    with its settings (so judge runs with and without it never pool)."""
+    pytest.importorskip("aisfx")
+    from tests.test_ldm_fixtures import bench_module
+    from tests.test_recognisable import judge_corpus
+
+    judge = bench_module("recognisable")
+    manifest = judge_corpus(tmp_path / "corpus", judge)
+    common = ["--model", str(trained / "pipeline"), "--manifest", str(manifest), "--seeds", "1", "--distractors",
+              "0", "--threads", "1", "--labels", "dog", "--results", str(tmp_path / "r.jsonl"), "--quiet"]
+    (with_store,) = judge.main(common + ["--out", str(tmp_path / "a"), "--datastore", str(store),
+                                         "--neighbours", "2"])["models"]
+    (without,) = judge.main(common + ["--out", str(tmp_path / "b")])["models"]
+    assert with_store["defaults"]["datastore"].endswith("store") and with_store["defaults"]["neighbours"] == 2
+    assert "datastore" not in without["defaults"]
+    import soundfile as sf
+
+    a, b = (sf.read(next((tmp_path / run).glob("*/dog-0.wav")))[0] for run in ("a", "b"))
+    assert a.shape == b.shape and not np.allclose(a, b)                   # the neighbours reached the UNet
+    merged = judge.main(["--merge", str(tmp_path / "a" / "summary.json"), str(tmp_path / "b" / "summary.json"),
+                         "--out", str(tmp_path / "m"), "--results", str(tmp_path / "r.jsonl"), "--quiet"])
+    assert len(merged["models"]) == 2                                     # two models, not one pooled
+    with pytest.raises(SystemExit):
+        judge.parse_args(common + ["--neighbours", "2"])
+
+    quality = bench_module("default_quality")
+    s = quality.main(["--model", str(trained / "pipeline"), "--manifest", str(manifest), "--items", "2", "--steps",
+                      "2", "--seconds", "1", "--no-ceiling", "--threads", "1", "--cost-runs", "1", "--out",
+                      str(tmp_path / "q"), "--results", str(tmp_path / "q.jsonl"), "--quiet", "--datastore",
+                      str(store), "--split", "valid"])
+    assert s["settings"]["datastore"].endswith("store") and s["settings"]["neighbours"] is None
+    assert np.isfinite(s["fad"]["gen"]) and np.isfinite(s["clap"]["gen"])
+
+
+def test_the_attention_bench_measures_both_starts_and_a_trained_context(trained, store, tmp_path):
+    from tests.test_ldm_fixtures import bench_module, tiny_pipeline
+
+    bench = bench_module("retrieval_attention")
+    results = tmp_path / "r.jsonl"
+    s = bench.main(["--model", str(tiny_pipeline()), "--seconds", "1", "--threads", "1", "--results", str(results)])
+    for row in s["relative_change"].values():
+        assert row["decoupled"] == [0.0] * len(bench.PROMPTS) and min(row["replace"]) > 0
+    s = bench.main(["--model", str(trained / "pipeline"), "--datastore", str(store), "--seconds", "1", "--threads",
+                    "1", "--results", str(results)])
+    assert all(np.isfinite(v).all() for v in s["relative_change"].values()) and len(s["neighbours"]) == 4
+    assert len(results.read_text().splitlines()) == 2
+    with pytest.raises(SystemExit, match="not a retrieval model"):
+        bench.main(["--model", str(tiny_pipeline()), "--datastore", str(store), "--results", str(results)])

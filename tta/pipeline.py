@@ -145,6 +145,18 @@ class TTAPipeline:
                                 f"downsampling factor {self.unet.downsample_factor}")
         check_sampler(self.defaults.sampler)
         r = self.retrieval
+        if r is not None and r.config.attention == "decoupled":   # a plain UNet plus the encoder's branches
+            if u.context_dim is not None or r.config.embed_dim != self.clap.embed_dim:
+                raise PipelineError(f"retrieval/ (decoupled attention, {r.config.embed_dim}-d embeddings) needs a "
+                                    f"unet/ without cross-attention (context_dim {u.context_dim}) and a "
+                                    f"text_encoder/ of that width ({self.clap.embed_dim})")
+            from tta.ldm.retrieval_context import attach_decoupled
+
+            try:
+                attach_decoupled(self.unet, r.config)
+            except ValueError as e:
+                raise PipelineError(str(e)) from None
+            return
         if (u.context_dim is None) != (r is None):
             raise PipelineError("unet/ context_dim and retrieval/ go together: a retrieval model needs both, a "
                                 f"plain one neither (unet context_dim={u.context_dim}, retrieval/ "

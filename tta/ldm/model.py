@@ -10,7 +10,9 @@ itself. diffusers expresses that with `cross_attention_dim` = the block's own wi
 
 `LDMConfig.context_dim` is the slot for a real cross-attention context (Re-AudioLDM's retrieved
 neighbours): when set, every attention block's second layer attends to a `(B, L, context_dim)` context,
-built by `tta.ldm.retrieval_context.RetrievalContext` (L = 1 null token + k neighbours x features).
+built by `tta.ldm.retrieval_context.RetrievalContext` (L = 1 null token + k neighbours x features). With
+`context_dim` null, `retrieval_context.attach_decoupled` can instead add a zero-started context branch to those
+self-attention layers (decoupled retrieval attention, for fine-tuning a trained UNet); the weights stay the same.
 
 Latents are `(B, C, T', F')` in the VAE's time-major layout; T' and F' must be multiples of
 `downsample_factor` (the pipeline pads T' and crops the audio afterwards).
@@ -149,6 +151,7 @@ class LDMUNet(nn.Module):
     context (B, L, context_dim) | None) -> prediction (B, C, T', F')."""
 
     config_class = LDMConfig
+    decoupled_width: int | None = None   # set by retrieval_context.attach_decoupled: the context's width
 
     def __init__(self, config: LDMConfig):
         super().__init__()
@@ -175,7 +178,11 @@ class LDMUNet(nn.Module):
             raise ValueError(f"LDMUNet latents {tuple(latents.shape)}: T' and F' must be multiples of {f}")
         if cond.ndim != 2 or cond.shape != (latents.shape[0], c.class_embed_dim):
             raise ValueError(f"LDMUNet expects cond ({latents.shape[0]}, {c.class_embed_dim}), got {tuple(cond.shape)}")
-        if (context is None) != (c.context_dim is None):
+        if self.decoupled_width is not None:   # decoupled retrieval attention: a context is optional
+            if context is not None and (context.ndim != 3 or context.shape[-1] != self.decoupled_width):
+                raise ValueError(f"LDMUNet (decoupled retrieval attention) expects a context (B, L, "
+                                 f"{self.decoupled_width}), got {tuple(context.shape)}")
+        elif (context is None) != (c.context_dim is None):
             raise ValueError("LDMUNet: a context is required exactly when model.context_dim is set "
                              f"(context_dim={c.context_dim}, context {'given' if context is not None else 'absent'})")
         dtype = self.dtype

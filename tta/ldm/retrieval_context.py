@@ -17,6 +17,21 @@ exactly what attention over one of them returns, so a dropped training item and 
 datastore see the same function of the null token: one model serves both. The UNet itself needs no
 change: `LDMConfig.context_dim` turns on its cross-attention.
 
+Decoupled attention (`retrieval.attention: "decoupled"`, for fine-tuning a trained text-only UNet): AudioLDM's
+UNets (and tta's own without a context) run each transformer block's second attention layer as self-attention.
+Turning on cross-attention replaces that layer's keys and values, so the trained UNet stops computing what it
+learned (v0.9.1's noise prediction moves by 3-14 % of its norm at once; bench/retrieval_attention.py). Decoupled mode keeps the UNet as
+it is and adds, IP-Adapter style (Ye et al. 2023), a second attention of the same queries over the context
+tokens inside every such layer, summed before its output projection:
+
+    attn2(h) = W_o [softmax(q k_h^T / sqrt(d)) v_h + softmax(q k_c^T / sqrt(d)) v_c] + b_o,   k_c, v_c = f(tokens)
+
+The new key / value projections belong to the context encoder (`branches`: one per attention layer; the value
+parts start at zero, so before training the UNet computes exactly what it did without retrieval), and the
+encoder emits the projected keys and values of every layer as one wide context tensor (B, L, sum of 2 * inner
+widths), which the UNet's `attach_decoupled` processors slice. The `unet/` folder is unchanged (diffusers'
+own, `context_dim` null).
+
 Storage: the module is a tta component of its own (config.json + model.safetensors) — `retrieval/` in a
 pipeline folder beside the diffusers `unet/` (whose files stay diffusers' own), `final/retrieval/` and
 `checkpoints/step_N/retrieval/` in a training run. Its config records the training k, modality and
@@ -31,7 +46,8 @@ one joint space, so a model trained audio->audio still retrieves from text).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -42,8 +58,10 @@ log = logging.getLogger(__name__)
 
 Modality = Literal["text_to_audio", "text_to_text", "audio_to_audio"]
 Features = Literal["audio", "text", "both"]
+Attention = Literal["replace", "decoupled"]
 MODALITIES = ("text_to_audio", "text_to_text", "audio_to_audio")
 FEATURES = ("audio", "text", "both")
+ATTENTIONS = ("replace", "decoupled")
 
 
 @dataclass(frozen=True)
@@ -56,7 +74,11 @@ class RetrievalConfig:
     clip that its context is replaced by the null context. exclude_duplicates: also leave out entries
     with the same decoded audio as the clip (its own id is always left out). max_neighbours: size of
     the rank embedding (the largest k the model accepts at generation). context_dim: token width
-    (0 = model.class_embed_dim); `model.context_dim` is set from it when null.
+    (0 = model.class_embed_dim); `model.context_dim` is set from it when null. attention: "replace" (the
+    UNet's second attention layers attend to the context instead of themselves) or "decoupled" (they keep their
+    self-attention and gain a zero-started attention over the context; for fine-tuning a trained text-only UNet,
+    whose `model.context_dim` stays null). learning_rate_scale: the context encoder's learning rate as a multiple
+    of train.learning_rate (same schedule; fresh parameters beside a UNet fine-tuned at a low rate need more).
     """
 
     datastore: str = ""
@@ -67,8 +89,14 @@ class RetrievalConfig:
     exclude_duplicates: bool = True
     max_neighbours: int = 10
     context_dim: int = 0
+    attention: Attention = "replace"
+    learning_rate_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (self.learning_rate_scale > 0 and math.isfinite(self.learning_rate_scale)):
+            raise ValueError(f"retrieval.learning_rate_scale={self.learning_rate_scale} must be > 0")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"retrieval.attention={self.attention!r} must be one of {', '.join(ATTENTIONS)}")
         if self.modality not in MODALITIES:
             raise ValueError(f"retrieval.modality={self.modality!r} must be one of {', '.join(MODALITIES)}")
         if self.features not in FEATURES:
@@ -102,10 +130,16 @@ class RetrievalContextConfig:
     features: Features = "both"
     modality: Modality = "text_to_audio"   # how the model was trained (decides the index searched)
     neighbours: int = 3            # k used in training: the default k at generation
+    attention: Attention = "replace"
+    branches: dict[str, int] = field(default_factory=dict)  # decoupled: attention layer -> inner width
 
     def __post_init__(self) -> None:
-        if self.features not in FEATURES or self.modality not in MODALITIES:
-            raise ValueError(f"features={self.features!r} / modality={self.modality!r} not supported")
+        if self.features not in FEATURES or self.modality not in MODALITIES or self.attention not in ATTENTIONS:
+            raise ValueError(f"features={self.features!r} / modality={self.modality!r} / attention="
+                             f"{self.attention!r} not supported")
+        if (self.attention == "decoupled") != bool(self.branches) or any(d < 1 for d in self.branches.values()):
+            raise ValueError("a decoupled context encoder needs its attention layers' widths (branches), "
+                             f"and only it: attention={self.attention!r}, {len(self.branches)} branches")
         if min(self.embed_dim, self.context_dim, self.max_neighbours, self.neighbours) < 1:
             raise ValueError("embed_dim, context_dim, max_neighbours and neighbours must be >= 1")
         if self.neighbours > self.max_neighbours:
@@ -116,6 +150,12 @@ class RetrievalContextConfig:
         return ("audio", "text") if self.features == "both" else (self.features,)
 
     @property
+    def width(self) -> int:
+        """Width of the context tensor the encoder emits: the token width, or (decoupled) every layer's keys
+        and values side by side."""
+        return 2 * sum(self.branches.values()) if self.branches else self.context_dim
+
+    @property
     def index(self) -> str:
         """The datastore index searched: "text" for text->text, else "audio"."""
         return "text" if self.modality == "text_to_text" else "audio"
@@ -124,8 +164,9 @@ class RetrievalContextConfig:
 class RetrievalContext(nn.Module):
     """Neighbour embeddings -> cross-attention context.
 
-    forward(features {"audio"/"text": (B, k, D)}, keep (B,) bool | None) -> (B, 1 + k * F, context_dim);
-    items with keep False get the null context (copies of the null token).
+    forward(features {"audio"/"text": (B, k, D)}, keep (B,) bool | None) -> (B, 1 + k * F, width);
+    items with keep False get the null context (copies of the null token). width is context_dim, or with
+    decoupled attention the tokens' keys and values for every attention layer (`config.width`).
     """
 
     config_class = RetrievalContextConfig
@@ -139,10 +180,19 @@ class RetrievalContext(nn.Module):
         self.rank_embedding = nn.Parameter(torch.randn(config.max_neighbours, c) * 0.02)
         self.null_token = nn.Parameter(torch.randn(c) * 0.02)
         self.norm = nn.LayerNorm(c)
+        self.branch = None
+        if config.branches:   # decoupled: every layer's key and value projections in one matrix, values at zero
+            self.branch = nn.Linear(c, config.width, bias=False)
+            with torch.no_grad():
+                for start, width in _slices(config.branches):
+                    self.branch.weight[start + width:start + 2 * width].zero_()
+
+    def _emit(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens if self.branch is None else self.branch(tokens)
 
     def null_context(self, batch_size: int) -> torch.Tensor:
-        """(batch_size, 1, context_dim): the context of "no retrieval"."""
-        return self.null_token.view(1, 1, -1).expand(batch_size, 1, -1)
+        """(batch_size, 1, width): the context of "no retrieval"."""
+        return self._emit(self.null_token.view(1, 1, -1)).expand(batch_size, 1, -1)
 
     def forward(self, features: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> torch.Tensor:
         names = self.config.feature_names
@@ -163,13 +213,74 @@ class RetrievalContext(nn.Module):
         if keep is not None:
             null = self.null_token.view(1, 1, -1).to(tokens)
             tokens = torch.where(keep.view(-1, 1, 1).to(tokens.device), tokens, null)
-        return torch.cat([self.null_context(b).to(tokens), tokens], dim=1)
+        return self._emit(torch.cat([self.null_token.view(1, 1, -1).expand(b, 1, -1).to(tokens), tokens], dim=1))
 
 
-def context_config(retrieval: RetrievalConfig, embed_dim: int, context_dim: int) -> RetrievalContextConfig:
+def context_config(retrieval: RetrievalConfig, embed_dim: int, context_dim: int,
+                   branches: dict[str, int] | None = None) -> RetrievalContextConfig:
     return RetrievalContextConfig(embed_dim=embed_dim, context_dim=context_dim,
                                   max_neighbours=retrieval.max_neighbours, features=retrieval.features,
-                                  modality=retrieval.modality, neighbours=retrieval.neighbours)
+                                  modality=retrieval.modality, neighbours=retrieval.neighbours,
+                                  attention=retrieval.attention, branches=dict(branches or {}))
+
+
+def _slices(branches: dict[str, int]):
+    """(start, inner width) of each layer's keys in the decoupled context; its values follow its keys."""
+    start = 0
+    for width in branches.values():
+        yield start, width
+        start += 2 * width
+
+
+def attention_layers(unet) -> dict[str, int]:
+    """The UNet's second attention layers (name -> inner width): where decoupled attention adds its branch."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    return {f"{name}.attn2": block.attn2.inner_dim for name, block in unet.net.named_modules()
+            if isinstance(block, BasicTransformerBlock) and block.attn2 is not None}
+
+
+class DecoupledAttention:
+    """Attention processor of one second attention layer with a decoupled context branch (see the module
+    docstring). A plain object, not a module: the UNet's state dict and its diffusers folder stay unchanged.
+    Without a context (encoder_hidden_states None) it is exactly the layer's self-attention."""
+
+    def __init__(self, start: int, width: int):
+        self.start, self.width = start, width
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        import torch.nn.functional as F
+
+        b, n, _ = hidden_states.shape
+        heads = attn.heads
+        split = lambda x: x.view(b, x.shape[1], heads, -1).transpose(1, 2)   # noqa: E731  (B, H, L, d)
+        q = split(attn.to_q(hidden_states))
+        out = F.scaled_dot_product_attention(q, split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states)))
+        if encoder_hidden_states is not None:
+            kv = encoder_hidden_states[..., self.start:self.start + 2 * self.width].to(q.dtype)
+            out = out + F.scaled_dot_product_attention(q, split(kv[..., :self.width]), split(kv[..., self.width:]))
+        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(b, n, -1)))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def attach_decoupled(unet, config: RetrievalContextConfig) -> None:
+    """Give the UNet's second attention layers the decoupled context branch of a context encoder with this
+    config (its `branches` must name exactly those layers and widths); afterwards `unet(..., context)` takes the
+    encoder's wide context tensor."""
+    layers = attention_layers(unet)
+    if layers != dict(config.branches):
+        raise ValueError(f"retrieval/ was trained for {len(config.branches)} attention layers that do not match "
+                         f"this UNet's {len(layers)} (names or widths differ)")
+    modules = dict(unet.net.named_modules())
+    for (name, _), (start, width) in zip(layers.items(), _slices(layers)):
+        attn = modules[name]
+        if attn.spatial_norm is not None or attn.group_norm is not None or attn.norm_q is not None:
+            raise ValueError(f"{name}: decoupled retrieval attention supports plain attention layers only")
+        attn.set_processor(DecoupledAttention(start, width))
+    unet.decoupled_width = config.width
 
 
 def open_store(store, clap, k: int, *, exclude_self: bool = False):

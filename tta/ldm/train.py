@@ -18,7 +18,8 @@ end `final/` holds the UNet (a tta component) and `pipeline/` a complete pipelin
 Retrieval (Re-AudioLDM; `retrieval.datastore` + `retrieval.neighbours`, or `--datastore DIR --neighbours
 K`): each clip's k neighbours (its own entry and duplicates excluded) become a cross-attention context
 through a `RetrievalContext` trained with the UNet (tta.ldm.retrieval_context; `final/retrieval/`,
-`pipeline/retrieval/`).
+`pipeline/retrieval/`); `retrieval.attention: "decoupled"` adds it beside the UNet's self-attention instead, so a
+trained text-only UNet can be fine-tuned into a retrieval one without first losing what it computes.
 """
 
 from __future__ import annotations
@@ -109,7 +110,11 @@ class RunConfig:
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout={self.cfg_dropout} must be in [0, 1)")
         r, m = self.retrieval, self.model
-        if r.enabled and m.context_dim is None:   # resolved here so run/config.json records the width used
+        if r.enabled and r.attention == "decoupled":   # the UNet keeps its self-attention (context_dim null)
+            if m.context_dim is not None:
+                raise ValueError(f"retrieval.attention=\"decoupled\" keeps the UNet without cross-attention; "
+                                 f"model.context_dim={m.context_dim} must be null")
+        elif r.enabled and m.context_dim is None:   # resolved here so run/config.json records the width used
             from dataclasses import replace
 
             object.__setattr__(self, "model", replace(m, context_dim=r.context_dim or m.class_embed_dim))
@@ -386,8 +391,18 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         from tta.ldm.retrieval_context import RetrievalContext, context_config, open_store
 
         store = open_store(store, frozen.clap, r.neighbours, exclude_self=True)
-        ctx = RetrievalContext(context_config(r, frozen.clap.embed_dim, config.model.context_dim))
-    params = [p for m in (unet, ctx) if m is not None for p in m.parameters() if p.requires_grad]
+        if r.attention == "decoupled":   # the branch projections live in the context encoder
+            from tta.ldm.retrieval_context import attach_decoupled, attention_layers
+
+            ctx = RetrievalContext(context_config(r, frozen.clap.embed_dim, r.context_dim or config.model.class_embed_dim,
+                                                  attention_layers(unet)))
+            attach_decoupled(unet, ctx.config)
+        else:
+            ctx = RetrievalContext(context_config(r, frozen.clap.embed_dim, config.model.context_dim))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if ctx is not None:   # the context encoder in its own group, at retrieval.learning_rate_scale x the rate
+        params = [{"params": params}, {"params": [p for p in ctx.parameters() if p.requires_grad],
+                                       "lr": config.train.learning_rate * r.learning_rate_scale}]
     optimizer = make_optimizer(params, config.train)
     scheduler = make_warmup_scheduler(optimizer, config.train)
     if ctx is None:
