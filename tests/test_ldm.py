@@ -46,6 +46,17 @@ def test_config_invariants_name_the_field():
         LDMConfig(block_out_channels=(32, 96), head_channels=64)
 
 
+def test_text_probability_outside_mix_is_refused_not_ignored():
+    from tta.config import apply_overrides
+    from tta.ldm.train import RunConfig
+
+    base = load_config(RunConfig, ROOT / "configs" / "ldm" / "tiny.json")
+    assert apply_overrides(base, ["condition=\"mix\"", "text_probability=1.0"]).text_probability == 1.0
+    for condition in ("text", "audio"):
+        with pytest.raises(ValueError, match="applies to condition \"mix\" only"):
+            apply_overrides(base, [f"condition=\"{condition}\"", "text_probability=1.0"])
+
+
 def test_unet_shapes_and_the_condition_matters():
     unet = tiny_unet()
     x = torch.randn(2, 4, 8, 32)

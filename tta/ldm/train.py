@@ -90,7 +90,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=3e-5, ema_decay=0.9999))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     condition: Literal["audio", "text", "mix"] = "audio"   # what the UNet is conditioned on while training
-    text_probability: float = 0.5                           # "mix": chance of the caption's text embedding
+    text_probability: float = 0.5                           # "mix" only: chance of the caption's text embedding
     cfg_dropout: float = 0.1                                # chance of the unconditional embedding CLAP("")
     # min-SNR-γ loss weighting (Hang et al. 2023): each item's MSE is weighted by min(SNR(t), γ) / SNR(t)
     # (ε-prediction) or min(SNR(t), γ) / (SNR(t) + 1) (v-prediction), so the nearly clean timesteps stop
@@ -127,6 +127,9 @@ class RunConfig:
             raise ValueError(f"snr_gamma={self.snr_gamma} must be >= 0 (0 = plain MSE)")
         if not 0 <= self.text_probability <= 1:
             raise ValueError(f"text_probability={self.text_probability} must be in [0, 1]")
+        if self.condition != "mix" and self.text_probability != 0.5:   # a setting that would silently do nothing
+            raise ValueError(f"text_probability={self.text_probability} applies to condition \"mix\" only "
+                             f"(condition is {self.condition!r})")
         if self.precompute_seconds and self.precompute_seconds < self.data.segment_seconds:
             raise ValueError(f"precompute_seconds={self.precompute_seconds} must be 0 or >= "
                              f"data.segment_seconds={self.data.segment_seconds}")
