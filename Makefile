@@ -426,7 +426,7 @@ train-ldm-retrieval: venv corpus-v4 $(RETR_STORE)/datastore.json
 	$(MAKE) train-ldm-speed SPEED_RUN=$(RETR_RUN) POLISH_ARGS="--datastore $(RETR_STORE) --neighbours 3 \
 		--set retrieval.attention=decoupled --set retrieval.context_dim=128 --set retrieval.learning_rate_scale=$(RETR_SCALE) $(RETR_ARGS)"
 
-$(RETR_STORE)/datastore.json: | venv
+$(RETR_STORE)/datastore.json: | venv corpus-v4
 	$(BIN)/tta index build --manifest $(CORPUS4)/manifest.jsonl --split train --clap $(GAP_FROM)/text_encoder \
 		--out $(RETR_STORE)
 
