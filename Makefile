@@ -168,6 +168,7 @@ RETR_RUN ?= $(RUNS)/ldm-retrieval
 RETR_STORE ?= ../tta-work/stores/v4-train
 RETR_SCALE ?= 100
 RETR_ARGS ?=
+RETR_STORE_ARGS ?=
 # the default's last two stages (v0.4): the CLAP fine-tuned on corpus version 2 (whose dog recordings the
 # first CLAP, trained on version 1, never heard), started from the text_encoder/ of the pipeline folder
 # CLAP_V2_FROM; then LDM stage 6: STAGE6_FROM's UNet fine-tuned as in stage 5 (short clips repeated) but
@@ -421,14 +422,16 @@ train-ldm-speed: venv corpus-v4
 
 ## train-ldm-retrieval: stage 29's run with decoupled retrieval attention (Re-AudioLDM) over corpus version 4's
 ## train split, k 3, the context encoder at RETR_SCALE x the rate, RETR_ARGS added (an experiment, the model card's
-## row "LDM stage 30"; run D: RETR_ARGS="--set retrieval.modality=audio_to_audio")
+## row "LDM stage 30"; run D: RETR_ARGS="--set retrieval.modality=audio_to_audio"; run E, neighbours' VAE latents too:
+## RETR_STORE=../tta-work/stores/v4-train-latent RETR_STORE_ARGS="--vae tta/assets/default/vae"
+## RETR_ARGS="--set retrieval.features=all")
 train-ldm-retrieval: venv corpus-v4 $(RETR_STORE)/datastore.json
 	$(MAKE) train-ldm-speed SPEED_RUN=$(RETR_RUN) POLISH_ARGS="--datastore $(RETR_STORE) --neighbours 3 \
 		--set retrieval.attention=decoupled --set retrieval.context_dim=128 --set retrieval.learning_rate_scale=$(RETR_SCALE) $(RETR_ARGS)"
 
 $(RETR_STORE)/datastore.json: | venv corpus-v4
 	$(BIN)/tta index build --manifest $(CORPUS4)/manifest.jsonl --split train --clap $(GAP_FROM)/text_encoder \
-		--out $(RETR_STORE)
+		--out $(RETR_STORE) $(RETR_STORE_ARGS)
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \

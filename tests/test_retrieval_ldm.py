@@ -526,3 +526,119 @@ def test_the_attention_bench_measures_both_starts_and_a_trained_context(trained,
     assert len(results.read_text().splitlines()) == 2
     with pytest.raises(SystemExit, match="not a retrieval model"):
         bench.main(["--model", str(tiny_pipeline()), "--datastore", str(store), "--results", str(results)])
+
+
+# ------------------------------------------------------------------ neighbours as VAE latents
+
+
+@pytest.fixture(scope="module")
+def latent_store(corpus, tmp_path_factory):
+    """The train split indexed with the tiny CLAP and, through the CLI, the tiny VAE's pooled latents."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("rl_latent") / "store"
+    assert main(["-q", "index", "build", "--manifest", str(corpus), "--split", "train", "--clap",
+                 str(tiny_components()["clap"]), "--vae", str(tiny_components()["vae"]), "--latent-tokens", "4",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_vae_identity_survives_float16_and_names_other_weights():
+    from tests.test_ldm_fixtures import tiny_model_config
+    from vae.model import MelVAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = MelVAE(tiny_model_config(VAEConfig, "vae"))
+    ident = vae.identity
+    assert ident.startswith("tta-vae:") and MelVAE(vae.config).identity != ident
+    half = MelVAE(vae.config)
+    half.load_state_dict({k: v.half().float() for k, v in vae.state_dict().items()})
+    assert half.identity == ident
+    with torch.no_grad():
+        half.net.encoder.conv_in.weight[0, 0, 0, 0] += 0.1
+    assert half.identity != ident
+
+
+def test_a_datastore_built_with_a_vae_holds_each_clips_pooled_latents(latent_store, corpus, capsys):
+    from tta.audio import load_audio, log_mel
+    from tta.data.manifest import read_manifest, resolve_path
+    from tta.retrieval import Datastore
+    from vae.model import load_vae
+
+    store = Datastore.load(latent_store)
+    vae = load_vae(tiny_components()["vae"])
+    lat = store.latent_info
+    width = vae.config.latent_channels * (vae.config.mel.n_mels // vae.downsample_factor)
+    assert lat["vae_identity"] == vae.identity and (lat["tokens"], lat["dim"]) == (4, width)
+    rows = [r for r in read_manifest(corpus) if r.split == "train"]
+    got = store.latents(np.array([[0, 5]]))
+    assert got.shape == (1, 2, 4, width) and got.dtype == np.float32
+    for j, i in enumerate((0, 5)):   # row i is clip i's own summary (stored as float16)
+        wav = load_audio(resolve_path(rows[i], corpus), vae.config.mel.sample_rate, max_seconds=10.0)[0]
+        want = vae.latent_summary(log_mel(torch.from_numpy(wav)[None], vae.config.mel), 4).numpy()
+        np.testing.assert_allclose(got[0, j], want, rtol=2e-3, atol=2e-3)
+    assert not np.allclose(got[0, 0], got[0, 1])
+    code, out, _ = run(capsys, "index", "info", latent_store)
+    assert code == 0 and f"latents of VAE {vae.identity}: 4 tokens x {width} per clip" in out
+
+
+def test_latent_neighbour_tokens_and_their_config():
+    from tta.ldm.retrieval_context import feature_names
+
+    assert feature_names("both") == ("audio", "text") and feature_names("latent+text") == ("text", "latent")
+    assert feature_names("all") == ("audio", "text", "latent")
+    for bad in ("mel", "text+text", "", "audio+"):
+        with pytest.raises(ValueError, match="retrieval.features"):
+            RetrievalConfig(features=bad)
+    with pytest.raises(ValueError, match="latent_tokens, latent_dim and latent_vae"):
+        RetrievalContextConfig(embed_dim=8, context_dim=8, features="latent")
+    with pytest.raises(ValueError, match="latent_tokens, latent_dim and latent_vae"):
+        RetrievalContextConfig(embed_dim=8, context_dim=8, latent_tokens=2, latent_dim=6, latent_vae="v")
+    torch.manual_seed(0)
+    ctx = RetrievalContext(RetrievalContextConfig(embed_dim=8, context_dim=16, features="text+latent", neighbours=2,
+                                                  latent_tokens=3, latent_dim=6, latent_vae="tta-vae:x")).eval()
+    feats = {"text": torch.randn(2, 2, 8), "latent": torch.randn(2, 2, 3, 6)}
+    with torch.no_grad():
+        c = ctx(feats, torch.tensor([True, False]))
+        moved = ctx({**feats, "latent": feats["latent"].flip(2)})   # the time position embedding sees order
+    assert c.shape == (2, 1 + 2 * (1 + 3), 16) and ctx.config.tokens_per_neighbour == 4
+    assert torch.equal(c[1], ctx.null_token.detach().expand(9, -1))
+    assert not torch.allclose(moved[0, 2:5], c[0, 2:5])
+    with pytest.raises(ValueError, match="'latent' must be \\(B, k, 3, 6\\)"):
+        ctx({**feats, "latent": torch.randn(2, 2, 4, 6)})
+
+
+def test_a_latent_neighbour_model_trains_generates_and_refuses_a_store_without_latents(
+        corpus, store, latent_store, tmp_path, capsys):
+    import soundfile as sf
+
+    torch.set_num_threads(1)
+    code, _, err = run(capsys, *train_args(corpus, tmp_path / "nolat", "--datastore", store, "--neighbours", 2,
+                                           "--set", "retrieval.features=\"text+latent\""))
+    assert code == 1 and err.count("\n") == 1 and "holds no VAE latents" in err and "--vae" in err, err
+    assert not (tmp_path / "nolat").exists()
+
+    out = tmp_path / "lat"
+    code, _, err = run(capsys, *train_args(corpus, out, "--datastore", latent_store, "--neighbours", 2,
+                                           "--set", "retrieval.features=\"text+latent\""))
+    assert code == 0, err
+    enc = json.loads((out / "final" / "retrieval" / "config.json").read_text())["config"]
+    info = json.loads((latent_store / "datastore.json").read_text())["latent"]
+    assert (enc["latent_tokens"], enc["latent_dim"], enc["latent_vae"]) == (4, info["dim"], info["vae_identity"])
+    model = out / "pipeline"
+    wavs = {}
+    for name, extra in (("with", ["--datastore", latent_store]), ("without", [])):
+        code, _, err = run(capsys, "generate", "a low steady hum", "--model", model, "--out-dir", tmp_path / name,
+                           "--seed", 3, *extra)
+        assert code == 0, err
+        rec = json.loads((tmp_path / name / "generation.json").read_text())
+        wavs[name], _ = sf.read(tmp_path / name / rec["outputs"][0]["file"])
+    assert np.isfinite(wavs["with"]).all() and not np.allclose(wavs["with"], wavs["without"])
+    other = shutil.copytree(latent_store, tmp_path / "other_vae")   # latents claimed by another VAE
+    info = json.loads((other / "datastore.json").read_text())
+    info["latent"]["vae_identity"] = "tta-vae:0123456789abcdef"
+    (other / "datastore.json").write_text(json.dumps(info))
+    for bad, message in ((store, "holds no VAE latents"), (other, "latents are of VAE tta-vae:0123456789abcdef")):
+        code, _, err = run(capsys, "generate", "a low steady hum", "--model", model, "--out-dir", tmp_path / "bad",
+                           "--datastore", bad)
+        assert code == 1 and err.count("\n") == 1 and message in err, err
+        assert not list((tmp_path / "bad").glob("*.wav"))

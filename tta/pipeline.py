@@ -426,7 +426,7 @@ class TTAPipeline:
         from tta.ldm.retrieval_context import open_store, prompt_context
 
         k = self.retrieval.config.neighbours if neighbours is None else neighbours
-        store = open_store(datastore, self.clap, k)
+        store = open_store(datastore, self.clap, k, latent_vae=self.retrieval.config.latent_vae)
         return prompt_context(self.retrieval, store, text, k)
 
     def sample(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, num_samples: int, *,

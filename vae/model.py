@@ -14,6 +14,7 @@ buffer saved with the weights and mirrored in the config; `compute_scale_factor`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Iterable
@@ -151,6 +152,30 @@ class MelVAE(nn.Module):
         """(C, T', F') of the latents for a mel of `num_frames` frames."""
         f = self.downsample_factor
         return (self.config.latent_channels, -(-num_frames // f), self.config.mel.n_mels // f)
+
+    @property
+    def identity(self) -> str:
+        """"tta-vae:" + a short hash of the weights rounded to float16 (names, shapes, values): a model and its
+        float16 export share it, a retrained or other VAE does not. Names the latent space a datastore's
+        stored latents live in."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            t = v.detach().cpu().contiguous().reshape(-1)
+            t = t.half() if t.is_floating_point() else t
+            h.update(f"{k}{tuple(v.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return f"tta-vae:{h.hexdigest()[:16]}"
+
+    @torch.no_grad()
+    def latent_summary(self, mel: torch.Tensor, tokens: int) -> torch.Tensor:
+        """One clip's acoustic summary: mel (1, n_mels, frames) -> the posterior mean latents x scale_factor
+        average-pooled over time to `tokens` frames, (tokens, C * F') (each token: every channel of every
+        latent frequency row, channel-major). A clip shorter than `tokens` latent frames repeats frames."""
+        if mel.ndim != 3 or mel.shape[0] != 1:
+            raise ValueError(f"latent_summary takes one clip's mel (1, n_mels, frames), got {tuple(mel.shape)}")
+        z = self.encode(mel).mean.float() * self.scale_factor            # (1, C, T', F')
+        z = nn.functional.adaptive_avg_pool2d(z, (tokens, z.shape[-1]))  # (1, C, tokens, F')
+        return rearrange(z[0], "c t f -> t (c f)")
 
     # -- the autoencoder -------------------------------------------------------------------------
 

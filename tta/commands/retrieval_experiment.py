@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tta.ldm.retrieval_context import Features, Modality
+from tta.ldm.retrieval_context import Modality
 from tta.ldm.train import ComponentsConfig
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ STOPWORDS = frozenset((
 class VariantConfig:
     name: str
     neighbours: int = 0                        # 0: no retrieval (the baseline)
-    features: Features = "both"
+    features: str = "both"
     modality: Modality = "text_to_audio"
     pipeline: str = ""                         # an already trained pipeline folder: load, do not train
 

@@ -1,14 +1,19 @@
 """Retrieved neighbours as the UNet's cross-attention context (Re-AudioLDM, Yuan et al. 2024, §3).
 
 For each clip (training) or prompt (generation) the k nearest datastore entries are looked up by CLAP
-similarity; each neighbour contributes its CLAP *audio* embedding and/or its caption's CLAP *text*
-embedding. `RetrievalContext` maps them to context tokens beside the FiLM-style CLAP condition:
+similarity; each neighbour contributes its CLAP *audio* embedding, its caption's CLAP *text* embedding
+and/or its *latent* summary (the neighbour's VAE latents pooled over time to L tokens, stored in the
+datastore when it is built with `--vae`: acoustic features, the role AudioMAE features play in
+Re-AudioLDM). `RetrievalContext` maps them to context tokens beside the FiLM-style CLAP condition:
 
-    token(r, f) = LayerNorm(W_f e_{r,f} + type_f + rank_r)        f in {audio, text}, r = 0..k-1
-    context     = [null, token(0, audio), token(0, text), token(1, audio), ...]   (B, 1 + k * F, context_dim)
+    token(r, f)    = LayerNorm(W_f e_{r,f} + type_f + rank_r)                 f in {audio, text}, r = 0..k-1
+    token(r, l, j) = LayerNorm(W_l z_{r,j} + type_l + pos_j + rank_r)         latent token j = 0..L-1
+    context        = [null, neighbour 0's tokens (audio, text, latent 0..L-1), neighbour 1's, ...]
+                     (B, 1 + k * (F + L), context_dim), F = CLAP features used, L = 0 without "latent"
 
-`rank_r` is a learned embedding of the neighbour's rank (0 = nearest), `type_f` a learned embedding of the
-feature type, and `null` a learned token that always leads the sequence.
+`rank_r` is a learned embedding of the neighbour's rank (0 = nearest), `type_f` of the feature type, `pos_j` of
+the latent token's time position, and `null` a learned token that always leads the sequence. `features` names
+them: "audio", "text", "latent", joined with "+" ("text+latent"); "both" = "audio+text", "all" = all three.
 
 The null path: "no retrieval" is the context `[null]` (B, 1, context_dim). During training a clip's
 context is replaced, with probability `retrieval.context_dropout`, by copies of the null token (as many as
@@ -57,11 +62,21 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 Modality = Literal["text_to_audio", "text_to_text", "audio_to_audio"]
-Features = Literal["audio", "text", "both"]
 Attention = Literal["replace", "decoupled"]
 MODALITIES = ("text_to_audio", "text_to_text", "audio_to_audio")
-FEATURES = ("audio", "text", "both")
+FEATURE_NAMES = ("audio", "text", "latent")
 ATTENTIONS = ("replace", "decoupled")
+
+
+def feature_names(features: str) -> tuple[str, ...]:
+    """The neighbour features a `features` setting names, in token order: "both" = audio + text, "all" = audio +
+    text + latent, else names from FEATURE_NAMES joined with "+"."""
+    alias = {"both": "audio+text", "all": "audio+text+latent"}
+    names = alias.get(features, features).split("+") if isinstance(features, str) else []
+    if not names or any(n not in FEATURE_NAMES for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"retrieval.features={features!r} must name neighbour features from "
+                         f"{', '.join(FEATURE_NAMES)} joined with '+' (or 'both', 'all')")
+    return tuple(n for n in FEATURE_NAMES if n in names)
 
 
 @dataclass(frozen=True)
@@ -70,7 +85,8 @@ class RetrievalConfig:
 
     datastore: a `tta index build` folder (built with the run's CLAP). neighbours: k per clip (>= 1 when
     on). modality: how neighbours are found while training (query embedding -> searched index).
-    features: which embeddings of each neighbour become context tokens. context_dropout: chance per
+    features: which features of each neighbour become context tokens ("audio", "text", "latent" joined with
+    "+", or "both" / "all"; "latent" needs a datastore built with the run's VAE, `--vae`). context_dropout: chance per
     clip that its context is replaced by the null context. exclude_duplicates: also leave out entries
     with the same decoded audio as the clip (its own id is always left out). max_neighbours: size of
     the rank embedding (the largest k the model accepts at generation). context_dim: token width
@@ -84,7 +100,7 @@ class RetrievalConfig:
     datastore: str = ""
     neighbours: int = 0
     modality: Modality = "text_to_audio"
-    features: Features = "both"
+    features: str = "both"
     context_dropout: float = 0.1
     exclude_duplicates: bool = True
     max_neighbours: int = 10
@@ -99,8 +115,7 @@ class RetrievalConfig:
             raise ValueError(f"retrieval.attention={self.attention!r} must be one of {', '.join(ATTENTIONS)}")
         if self.modality not in MODALITIES:
             raise ValueError(f"retrieval.modality={self.modality!r} must be one of {', '.join(MODALITIES)}")
-        if self.features not in FEATURES:
-            raise ValueError(f"retrieval.features={self.features!r} must be one of {', '.join(FEATURES)}")
+        feature_names(self.features)
         if self.neighbours < 0 or self.max_neighbours < 1 or self.context_dim < 0:
             raise ValueError(f"retrieval.neighbours={self.neighbours} must be >= 0, retrieval.max_neighbours="
                              f"{self.max_neighbours} >= 1 and retrieval.context_dim={self.context_dim} >= 0")
@@ -127,16 +142,23 @@ class RetrievalContextConfig:
     embed_dim: int = 512           # CLAP embedding width D
     context_dim: int = 512         # token width = the UNet's cross-attention width
     max_neighbours: int = 10       # rank embeddings
-    features: Features = "both"
+    features: str = "both"
     modality: Modality = "text_to_audio"   # how the model was trained (decides the index searched)
     neighbours: int = 3            # k used in training: the default k at generation
     attention: Attention = "replace"
     branches: dict[str, int] = field(default_factory=dict)  # decoupled: attention layer -> inner width
+    latent_tokens: int = 0         # "latent" feature: tokens per neighbour, their width, the VAE they come from
+    latent_dim: int = 0
+    latent_vae: str = ""
 
     def __post_init__(self) -> None:
-        if self.features not in FEATURES or self.modality not in MODALITIES or self.attention not in ATTENTIONS:
-            raise ValueError(f"features={self.features!r} / modality={self.modality!r} / attention="
-                             f"{self.attention!r} not supported")
+        if self.modality not in MODALITIES or self.attention not in ATTENTIONS:
+            raise ValueError(f"modality={self.modality!r} / attention={self.attention!r} not supported")
+        uses_latent = "latent" in feature_names(self.features)
+        if uses_latent != (self.latent_tokens > 0 and self.latent_dim > 0 and bool(self.latent_vae)):
+            raise ValueError(f"features={self.features!r}: latent_tokens, latent_dim and latent_vae must be set "
+                             f"exactly when the latent feature is used (got {self.latent_tokens}, "
+                             f"{self.latent_dim}, {self.latent_vae!r})")
         if (self.attention == "decoupled") != bool(self.branches) or any(d < 1 for d in self.branches.values()):
             raise ValueError("a decoupled context encoder needs its attention layers' widths (branches), "
                              f"and only it: attention={self.attention!r}, {len(self.branches)} branches")
@@ -147,7 +169,15 @@ class RetrievalContextConfig:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return ("audio", "text") if self.features == "both" else (self.features,)
+        return feature_names(self.features)
+
+    @property
+    def clap_features(self) -> tuple[str, ...]:
+        return tuple(f for f in self.feature_names if f != "latent")
+
+    @property
+    def tokens_per_neighbour(self) -> int:
+        return len(self.clap_features) + self.latent_tokens
 
     @property
     def width(self) -> int:
@@ -164,9 +194,10 @@ class RetrievalContextConfig:
 class RetrievalContext(nn.Module):
     """Neighbour embeddings -> cross-attention context.
 
-    forward(features {"audio"/"text": (B, k, D)}, keep (B,) bool | None) -> (B, 1 + k * F, width);
-    items with keep False get the null context (copies of the null token). width is context_dim, or with
-    decoupled attention the tokens' keys and values for every attention layer (`config.width`).
+    forward(features {"audio"/"text": (B, k, D), "latent": (B, k, L, latent_dim)}, keep (B,) bool | None)
+    -> (B, 1 + k * (F + L), width); items with keep False get the null context (copies of the null token).
+    width is context_dim, or with decoupled attention the tokens' keys and values for every attention layer
+    (`config.width`).
     """
 
     config_class = RetrievalContextConfig
@@ -175,7 +206,10 @@ class RetrievalContext(nn.Module):
         super().__init__()
         self.config = config
         c, names = config.context_dim, config.feature_names
-        self.proj = nn.ModuleDict({f: nn.Linear(config.embed_dim, c) for f in names})
+        self.proj = nn.ModuleDict({f: nn.Linear(config.latent_dim if f == "latent" else config.embed_dim, c)
+                                   for f in names})
+        if config.latent_tokens:
+            self.latent_position = nn.Parameter(torch.randn(config.latent_tokens, c) * 0.02)
         self.type_embedding = nn.Parameter(torch.randn(len(names), c) * 0.02)
         self.rank_embedding = nn.Parameter(torch.randn(config.max_neighbours, c) * 0.02)
         self.null_token = nn.Parameter(torch.randn(c) * 0.02)
@@ -199,17 +233,23 @@ class RetrievalContext(nn.Module):
         missing = [f for f in names if f not in features]
         if missing:
             raise ValueError(f"RetrievalContext needs neighbour features {names}, missing {missing}")
-        first = features[names[0]]
-        if first.ndim != 3 or first.shape[-1] != self.config.embed_dim:
-            raise ValueError(f"neighbour features must be (B, k, {self.config.embed_dim}), got {tuple(first.shape)}")
-        b, k = first.shape[:2]
-        if k > self.config.max_neighbours:
-            raise ValueError(f"k={k} neighbours exceed this model's max_neighbours={self.config.max_neighbours}")
+        cfg = self.config
+        for f in names:
+            want = (cfg.latent_tokens, cfg.latent_dim) if f == "latent" else (cfg.embed_dim,)
+            got = tuple(features[f].shape)
+            if len(got) != 2 + len(want) or got[2:] != want or got[:2] != tuple(features[names[0]].shape[:2]):
+                raise ValueError(f"neighbour feature {f!r} must be (B, k, {', '.join(map(str, want))}), got {got}")
+        b, k = features[names[0]].shape[:2]
+        if k > cfg.max_neighbours:
+            raise ValueError(f"k={k} neighbours exceed this model's max_neighbours={cfg.max_neighbours}")
         dtype = self.null_token.dtype
-        tokens = torch.stack([self.proj[f](features[f].to(dtype)) + self.type_embedding[i]
-                              for i, f in enumerate(names)], dim=2)            # (B, k, F, C)
+        parts = []
+        for i, f in enumerate(names):
+            x = self.proj[f](features[f].to(dtype)) + self.type_embedding[i]
+            parts.append(x + self.latent_position if f == "latent" else x.unsqueeze(2))   # (B, k, n_f, C)
+        tokens = torch.cat(parts, dim=2)                                       # (B, k, F + L, C)
         tokens = self.norm(tokens + self.rank_embedding[:k].view(1, k, 1, -1))
-        tokens = tokens.flatten(1, 2)                                          # (B, k * F, C), rank-major
+        tokens = tokens.flatten(1, 2)                                          # (B, k * (F + L), C), rank-major
         if keep is not None:
             null = self.null_token.view(1, 1, -1).to(tokens)
             tokens = torch.where(keep.view(-1, 1, 1).to(tokens.device), tokens, null)
@@ -217,11 +257,20 @@ class RetrievalContext(nn.Module):
 
 
 def context_config(retrieval: RetrievalConfig, embed_dim: int, context_dim: int,
-                   branches: dict[str, int] | None = None) -> RetrievalContextConfig:
+                   branches: dict[str, int] | None = None, latent: dict | None = None) -> RetrievalContextConfig:
+    """The encoder config of a run; `latent` is the datastore's latent record (needed with the "latent"
+    feature: its token count and width become the encoder's)."""
+    lat = {}
+    if "latent" in feature_names(retrieval.features):
+        if not latent:
+            raise ValueError(f"retrieval.features={retrieval.features!r} uses neighbour latents, but datastore "
+                             f"{retrieval.datastore} holds none; rebuild it with `tta index build ... --vae DIR`")
+        lat = {"latent_tokens": int(latent["tokens"]), "latent_dim": int(latent["dim"]),
+               "latent_vae": str(latent["vae_identity"])}
     return RetrievalContextConfig(embed_dim=embed_dim, context_dim=context_dim,
                                   max_neighbours=retrieval.max_neighbours, features=retrieval.features,
                                   modality=retrieval.modality, neighbours=retrieval.neighbours,
-                                  attention=retrieval.attention, branches=dict(branches or {}))
+                                  attention=retrieval.attention, branches=dict(branches or {}), **lat)
 
 
 def _slices(branches: dict[str, int]):
@@ -283,16 +332,19 @@ def attach_decoupled(unet, config: RetrievalContextConfig) -> None:
     unet.decoupled_width = config.width
 
 
-def open_store(store, clap, k: int, *, exclude_self: bool = False):
+def open_store(store, clap, k: int, *, exclude_self: bool = False, latent_vae: str = ""):
     """A Datastore (loaded from a folder path unless already one), checked against `clap` and `k`.
 
     exclude_self: the query clip is left out while training, so one more entry than k is needed.
+    latent_vae: the model reads neighbour latents of this VAE (identity), which the store must hold.
     """
     from tta.retrieval.datastore import Datastore, DatastoreError
 
     if not hasattr(store, "query"):
         store = Datastore.load(store)
     store.check_clap(clap)
+    if latent_vae:
+        store.check_latents(latent_vae)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"neighbours={k!r} must be a positive int")
     need = k + 1 if exclude_self else k
@@ -304,13 +356,15 @@ def open_store(store, clap, k: int, *, exclude_self: bool = False):
 
 
 def neighbour_features(store, rows: np.ndarray, names: tuple[str, ...], device) -> dict[str, torch.Tensor]:
-    """Stored embeddings of the neighbour rows (B, k) -> {"audio"/"text": (B, k, D) float32 tensors}."""
-    return {f: torch.from_numpy(store.embeddings(rows, f)).to(device) for f in names}
+    """Stored features of the neighbour rows (B, k) -> {"audio"/"text": (B, k, D), "latent": (B, k, L, W)}
+    float32 tensors."""
+    return {f: torch.from_numpy(store.latents(rows) if f == "latent" else store.embeddings(rows, f)).to(device)
+            for f in names}
 
 
 def training_context(module, store, retrieval: RetrievalConfig, ids: list[str], query_emb: torch.Tensor,
                      device) -> torch.Tensor:
-    """Context (B, 1 + k * F, C) for a training batch: neighbours of each clip (its own entry and, with
+    """Context (B, 1 + k * (F + L), C) for a training batch: neighbours of each clip (its own entry and, with
     `exclude_duplicates`, entries with the same audio excluded), dropped per clip with probability
     `context_dropout` (draws from the global, resumable torch RNG). `module` is the RetrievalContext as
     prepared for training (possibly wrapped for distributed data parallel: it is called as given, so its
@@ -324,7 +378,7 @@ def training_context(module, store, retrieval: RetrievalConfig, ids: list[str], 
 
 @torch.no_grad()
 def prompt_context(module: RetrievalContext, store, text_emb: torch.Tensor, k: int) -> tuple[torch.Tensor, list]:
-    """Context (P, 1 + k * F, C) for prompts' CLAP text embeddings (P, D), and per prompt its neighbours
+    """Context (P, 1 + k * (F + L), C) for prompts' CLAP text embeddings (P, D), and per prompt its neighbours
     as [{"rank", "id", "caption", "score"}]."""
     cfg = module.config
     if k > cfg.max_neighbours:

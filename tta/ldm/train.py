@@ -367,7 +367,11 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     if r.enabled:   # a missing, empty or corrupted datastore fails before the run folder exists
         from tta.retrieval import Datastore
 
+        from tta.ldm.retrieval_context import feature_names
+
         store = Datastore.load(r.datastore)
+        if "latent" in feature_names(r.features) and store.latent_info is None:
+            store.check_latents("")   # raises: the store holds no latents (its VAE is checked once loaded)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     frozen = load_frozen(config, run.device)
     sr = frozen.vae.config.mel.sample_rate
@@ -393,15 +397,18 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     if store is not None:
         from tta.ldm.retrieval_context import RetrievalContext, context_config, open_store
 
-        store = open_store(store, frozen.clap, r.neighbours, exclude_self=True)
+        uses_latent = "latent" in feature_names(r.features)    # neighbours' latents of the run's own VAE
+        store = open_store(store, frozen.clap, r.neighbours, exclude_self=True,
+                           latent_vae=frozen.vae.identity if uses_latent else "")
         if r.attention == "decoupled":   # the branch projections live in the context encoder
             from tta.ldm.retrieval_context import attach_decoupled, attention_layers
 
             ctx = RetrievalContext(context_config(r, frozen.clap.embed_dim, r.context_dim or config.model.class_embed_dim,
-                                                  attention_layers(unet)))
+                                                  attention_layers(unet), store.latent_info))
             attach_decoupled(unet, ctx.config)
         else:
-            ctx = RetrievalContext(context_config(r, frozen.clap.embed_dim, config.model.context_dim))
+            ctx = RetrievalContext(context_config(r, frozen.clap.embed_dim, config.model.context_dim,
+                                                  latent=store.latent_info))
     params = [p for p in unet.parameters() if p.requires_grad]
     if ctx is not None:   # the context encoder in its own group, at retrieval.learning_rate_scale x the rate
         params = [{"params": params}, {"params": [p for p in ctx.parameters() if p.requires_grad],

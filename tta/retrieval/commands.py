@@ -1,6 +1,6 @@
 """`tta index build|query|info`: the retrieval datastore on the command line.
 
-    tta index build --manifest M --clap CLAP_DIR --out STORE [--index flat|ivf|ivfpq] [--nlist N] ...
+    tta index build --manifest M --clap CLAP_DIR --out STORE [--index flat|ivf|ivfpq] [--nlist N] [--vae DIR] ...
     tta index query STORE --clap CLAP_DIR (--text "a dog barks" | --audio clip.wav) -k 5 [--json]
     tta index info STORE [--json]
 
@@ -30,6 +30,10 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query")
     b.add_argument("--max-seconds", type=float, default=10.0, help="embed the first S seconds (0 = whole clip)")
     b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--vae", type=Path, metavar="DIR",
+                   help="also store each clip's pooled latents of this VAE (component, run or pipeline folder): "
+                        "needed by retrieval models with the \"latent\" neighbour feature")
+    b.add_argument("--latent-tokens", type=int, default=8, help="time tokens per clip's latents (with --vae)")
 
     q = sub.add_parser("query", help="nearest entries of a text prompt or an audio clip")
     q.add_argument("store", type=Path, help="datastore folder")
@@ -68,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
                   f"CLAP {info['clap_identity']}")
             print(f"  manifest {info['manifest']}")
             print("  config " + ", ".join(f"{k}={v}" for k, v in info["config"].items()))
+            if info.get("latent"):
+                lat = info["latent"]
+                print(f"  latents of VAE {lat['vae_identity']}: {lat['tokens']} tokens x {lat['dim']} per clip")
         return 0
 
     from tta.clap import load_clap
@@ -75,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
     if args.index_command == "build":
         config = DatastoreConfig(index=args.index, nlist=args.nlist, m=args.m, nbits=args.nbits,
                                  nprobe=args.nprobe, batch_size=args.batch_size, max_seconds=args.max_seconds,
-                                 split=args.split)
+                                 split=args.split, latent_tokens=args.latent_tokens)
+        vae = None if args.vae is None else load_vae_folder(args.vae, args.device)
         clap = load_clap(args.clap, tokenizer=args.tokenizer, device=args.device, batch_size=args.batch_size)
-        out = build_datastore(args.manifest, clap, args.out, config, progress=not getattr(args, "quiet", False))
+        out = build_datastore(args.manifest, clap, args.out, config, progress=not getattr(args, "quiet", False),
+                              vae=vae)
         print(out)
         return 0
 
@@ -111,3 +120,14 @@ def run(args: argparse.Namespace) -> int:
         for r, (i, s, c) in enumerate(zip(ids, sc, caps)):
             print(f"  {r + 1:>3}  {s:+.4f}  {i}  {c}")
     return 0
+
+
+def load_vae_folder(path: Path, device: str = "cpu"):
+    """A MelVAE from a component folder, a training run (its final/) or a pipeline folder (its vae/)."""
+    from tta.checkpoint import CONFIG_NAME
+    from vae.model import load_vae
+
+    for folder in (path / "final", path / "vae", path):
+        if (folder / CONFIG_NAME).is_file():
+            return load_vae(folder, device=device).requires_grad_(False).eval()
+    raise ValueError(f"--vae {path}: not a VAE component, run or pipeline folder (no {CONFIG_NAME})")

@@ -8,6 +8,10 @@ Folder layout (written atomically by `build_datastore`):
     audio_emb.npy    (N, D) float32, L2-normalised; row i is meta line i
     text_emb.npy     (N, D) float32
     meta.jsonl       {"id", "captions", "path", "audio_sha256"} per entry, in index order
+    latent.npy       optional (built with a VAE): (N, L, C * F') float16, each clip's VAE latents (posterior
+                     mean x scale_factor) average-pooled over time to L tokens; datastore.json's "latent"
+                     names the VAE (its identity), L and the token width. Retrieval models with the "latent"
+                     feature (Re-AudioLDM's acoustic neighbour features) read them; other uses ignore them.
 
 `Datastore.load(folder)` memory-maps the arrays (and the indexes where FAISS supports it), so a store of
 millions of entries costs little resident memory. `query` searches one modality and can leave out given
@@ -50,6 +54,7 @@ class DatastoreConfig:
     nlist: IVF cells; 0 = automatic, about 4 * sqrt(N) (at most N / 39 so k-means has enough points).
     max_seconds: embed at most the first this many seconds of each clip (0 = the whole clip).
     split: manifest split to index (None = every row).
+    latent_tokens: with a VAE, the time tokens each clip's latents are pooled to.
     """
 
     index: Literal["flat", "ivf", "ivfpq"] = "flat"
@@ -60,11 +65,12 @@ class DatastoreConfig:
     batch_size: int = 32
     max_seconds: float = 10.0
     split: str | None = None
+    latent_tokens: int = 8
 
     def __post_init__(self) -> None:
         if self.index not in ("flat", "ivf", "ivfpq"):
             raise ValueError(f"index={self.index!r} must be 'flat', 'ivf' or 'ivfpq'")
-        for key in ("m", "nbits", "nprobe", "batch_size"):
+        for key in ("m", "nbits", "nprobe", "batch_size", "latent_tokens"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}={getattr(self, key)} must be > 0")
         if self.nlist < 0:
@@ -120,17 +126,18 @@ def audio_hash(wav: np.ndarray) -> str:
 
 
 def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLike,
-                    config: DatastoreConfig = DatastoreConfig(), *, progress: bool = True) -> Path:
+                    config: DatastoreConfig = DatastoreConfig(), *, progress: bool = True, vae=None) -> Path:
     """Embed every clip of `manifest` with `clap` (a tta.clap ClapEmbedder) and write a datastore folder.
 
     Streams the manifest in `config.batch_size` batches: each clip is read at the CLAP's sample rate (at
     most `config.max_seconds`), embedded, and written into memory-mapped arrays; the FAISS indexes are
-    built from those afterwards. Returns `out_dir`.
+    built from those afterwards. With `vae` (a MelVAE) each clip's pooled latents are stored too
+    (latent.npy, see the module docstring). Returns `out_dir`.
     """
     import faiss
     from tqdm import tqdm
 
-    from tta.audio import load_audio
+    from tta.audio import load_audio, log_mel
     from tta.checkpoint import atomic_dir, atomic_write_text
     from tta.config import to_dict
     from tta.data.manifest import read_manifest, resolve_path
@@ -149,6 +156,15 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
     with atomic_dir(out_dir) as tmp:
         audio_emb = np.lib.format.open_memmap(tmp / "audio_emb.npy", "w+", np.float32, (n, dim))
         text_emb = np.lib.format.open_memmap(tmp / "text_emb.npy", "w+", np.float32, (n, dim))
+        latent, latent_info = None, None
+        if vae is not None:
+            import torch
+
+            mel_cfg, tokens = vae.config.mel, config.latent_tokens
+            width = vae.config.latent_channels * (mel_cfg.n_mels // vae.downsample_factor)
+            latent = np.lib.format.open_memmap(tmp / "latent.npy", "w+", np.float16, (n, tokens, width))
+            latent_info = {"vae_identity": vae.identity, "tokens": tokens, "dim": width,
+                           "sample_rate": mel_cfg.sample_rate}
         bar = tqdm(total=n, desc="datastore", unit="clip", disable=not progress)
         with open(tmp / META_NAME, "w") as meta:
             for start in range(0, n, config.batch_size):
@@ -161,6 +177,13 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
                 except ValueError as e:  # name the rows: the embedder only knows batch positions
                     raise DatastoreError(f"{manifest}: rows {start + 1}-{end} ({batch[0].id} ...): {e}") from None
                 text_emb[start:end] = clap.embed_text([r.captions[0] for r in batch]).numpy()
+                if latent is not None:
+                    same = mel_cfg.sample_rate == clap.sample_rate
+                    for j, r in enumerate(batch):
+                        w = wavs[j] if same else load_audio(resolve_path(r, manifest), mel_cfg.sample_rate,
+                                                            max_seconds=max_seconds)[0]
+                        mel = log_mel(torch.as_tensor(np.asarray(w, dtype=np.float32))[None], mel_cfg)
+                        latent[start + j] = vae.latent_summary(mel.to(vae.scale_factor.device), tokens).cpu().numpy()
                 meta.writelines(json.dumps({"id": r.id, "captions": list(r.captions), "path": r.path,
                                            "audio_sha256": audio_hash(w)}) + "\n" for r, w in zip(batch, wavs))
                 bar.update(len(batch))
@@ -169,11 +192,16 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
             emb.flush()
             index = fill_index(make_index(config, dim, n), emb)
             faiss.write_index(index, str(tmp / f"{name}.index"))
-        del audio_emb, text_emb
+        if latent is not None:
+            latent.flush()
+        del audio_emb, text_emb, latent
         info = {"format_version": FORMAT_VERSION, "clap_identity": clap.identity, "dim": dim, "count": n,
                 "index": config.index, "manifest": str(manifest.resolve()), "config": to_dict(config)}
+        if latent_info is not None:
+            info["latent"] = latent_info
         atomic_write_text(tmp / INFO_NAME, json.dumps(info, indent=2) + "\n")
-    log.info("datastore %s: %d entries, dim %d, %s index, CLAP %s", out_dir, n, dim, config.index, clap.identity)
+    log.info("datastore %s: %d entries, dim %d, %s index, CLAP %s%s", out_dir, n, dim, config.index, clap.identity,
+             f", latents of VAE {latent_info['vae_identity']}" if latent_info else "")
     return out_dir
 
 
@@ -193,6 +221,7 @@ class Datastore:
     def __init__(self, folder: Path, info: dict, indexes: dict, emb: dict, meta: list[dict]):
         self.folder, self.info, self.indexes, self.emb, self.meta = folder, info, indexes, emb, meta
         self.identity: str = info["clap_identity"]
+        self.latent_info: dict | None = info.get("latent")
         self.dim: int = int(info["dim"])
         self.count: int = int(info["count"])
         self.ids = [m["id"] for m in meta]
@@ -231,6 +260,15 @@ class Datastore:
                 raise DatastoreError(f"{path}: unreadable embeddings ({e})") from None
             if emb[name].shape != (count, dim):
                 raise DatastoreError(f"{path}: shape {emb[name].shape}, expected ({count}, {dim})")
+        if info.get("latent") is not None:
+            path, lat = folder / "latent.npy", info["latent"]
+            try:
+                emb["latent"] = np.load(path, mmap_mode="r" if mmap else None)
+            except (OSError, ValueError) as e:
+                raise DatastoreError(f"{path}: unreadable latents ({e})") from None
+            want = (count, int(lat.get("tokens", 0)), int(lat.get("dim", 0)))
+            if emb["latent"].shape != want:
+                raise DatastoreError(f"{path}: shape {emb['latent'].shape}, expected {want}")
         return cls(folder, info, indexes, emb, meta)
 
     # ----------------------------------------------------------------------------------------- query
@@ -323,6 +361,23 @@ class Datastore:
         """Stored embeddings of entries `indices` (any shape) -> (*indices.shape, D) float32."""
         idx = np.asarray(indices)
         return np.asarray(self.emb[modality][idx.reshape(-1)]).reshape(*idx.shape, self.dim)
+
+    def check_latents(self, vae_identity: str) -> None:
+        """Refuse a store without stored latents, or with latents of another VAE than `vae_identity`."""
+        if self.latent_info is None:
+            raise DatastoreError(f"{self.folder}: holds no VAE latents; rebuild it with `tta index build ... "
+                                 "--vae DIR` (the model uses its neighbours' latents)")
+        if self.latent_info["vae_identity"] != vae_identity:
+            raise DatastoreError(f"{self.folder}: its latents are of VAE {self.latent_info['vae_identity']}, the "
+                                 f"model's is {vae_identity}; rebuild it with --vae set to the model's VAE")
+
+    def latents(self, indices: np.ndarray) -> np.ndarray:
+        """Stored pooled latents of entries `indices` (any shape) -> (*indices.shape, L, C * F') float32."""
+        if "latent" not in self.emb:
+            raise DatastoreError(f"{self.folder}: holds no VAE latents (built without --vae)")
+        idx = np.asarray(indices)
+        lat = self.emb["latent"]
+        return np.asarray(lat[idx.reshape(-1)], dtype=np.float32).reshape(*idx.shape, *lat.shape[1:])
 
     def summary(self) -> dict:
         """datastore.json plus the live index sizes (for `tta index info`)."""
