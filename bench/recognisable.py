@@ -40,7 +40,7 @@ can be lost.
 
 --labels dog[,...] judges only those prompts (the reference clips stay every prompt's, so a label's hits compare
 with a full run's), and --setting KEY=VALUE (steps, candidates, sampler, guidance, guidance_rule, window,
-precision) generates with that value instead of each model's default, e.g. a sweep of one prompt's settings.
+precision, context_guidance) generates with that value instead of each model's default, e.g. a sweep of one prompt's settings.
 Both are recorded in the summary; --merge pools only runs of the same prompts and the same effective settings.
 
 Usage: .venv/bin/python bench/recognisable.py --model tta/assets/default --model OTHER \
@@ -81,7 +81,7 @@ PROMPTS: tuple[tuple[str, str], ...] = (
 )
 # generation settings `--setting KEY=VALUE` may override for every model (the pipeline call's arguments)
 GENERATION_SETTINGS = {"steps": int, "candidates": int, "sampler": str, "guidance": float, "guidance_rule": str,
-                       "window": float, "precision": str}
+                       "window": float, "precision": str, "context_guidance": str}
 RESAMPLES = 2000    # bootstrap resamples of the hit@1 intervals
 TRIM_DB = 40.0      # a generation is cut to its span above peak - TRIM_DB (generations often end in silence)
 
@@ -103,16 +103,24 @@ def setting(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{text!r}: {key} must be {'an integer' if kind is int else 'a number'}")
     if key in ("steps", "candidates") and typed < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: {key} must be >= 1")
-    if key in ("sampler", "guidance_rule", "precision"):
+    if key in ("sampler", "guidance_rule", "precision", "context_guidance"):
         from tta.ldm import sampling
 
         check = {"sampler": sampling.check_sampler, "guidance_rule": sampling.check_guidance_rule,
-                 "precision": sampling.check_precision}[key]
+                 "precision": sampling.check_precision, "context_guidance": check_context_guidance}[key]
         try:
             check(typed)
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"{text!r}: {e}")
     return key, typed
+
+
+def check_context_guidance(value: str) -> str:
+    from tta.pipeline import CONTEXT_GUIDANCE
+
+    if value not in CONTEXT_GUIDANCE:
+        raise ValueError(f"context_guidance must be one of {', '.join(CONTEXT_GUIDANCE)}")
+    return value
 
 
 def labels_list(text: str) -> list[str]:

@@ -9,7 +9,13 @@ fed random unit-norm neighbour embeddings, and reports ||eps_retrieval - eps_pla
 - "decoupled": those layers keep their self-attention and gain a zero-started attention over the context.
 
 With a trained retrieval pipeline and `--datastore` it reports instead how far each prompt's retrieved context
-moves the prediction from the null context (what the model learned to take from its neighbours).
+moves the prediction from the null context (what the model learned to take from its neighbours), and that move
+as a fraction of the prompt's own: ||eps(prompt, neighbours) - eps(prompt, null)|| / ||eps(prompt, null) -
+eps(empty caption, null)||.
+
+Both modes also report the scale to read these against: how far the prompt's CLAP condition itself moves the
+prediction from the empty caption's (`prompt_effect`, plain UNet or null context). A trained text-to-audio UNet's
+prompt moves it by only a few percent, the rest of the prediction being the noise it must find either way.
 
 Latents are seeded Gaussian noise of a 10.24 s clip, the condition the prompts' CLAP text embeddings; the UNet
 runs in float32 on the CPU. Prints a table and appends a JSON line to --results.
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     freq = pipe.mel.n_mels // pipe.vae.downsample_factor
     x = torch.randn(len(PROMPTS), unet.config.latent_channels, frames, freq, generator=g)
     cond = torch.as_tensor(pipe.clap.embed_text(list(PROMPTS))).float()
-    rows = {}
+    empty = torch.as_tensor(pipe.clap.embed_text([""])).float().expand(len(PROMPTS), -1)
+    rows, prompt_rows, ratio_rows = {}, {}, {}
     with torch.no_grad():
         if args.datastore is not None:      # a trained retrieval model: retrieved vs null context
             if pipe.retrieval is None:
@@ -80,7 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
             null = pipe.retrieval.null_context(len(PROMPTS))
             for t in TIMESTEPS:
                 tt = torch.full((len(PROMPTS),), t)
-                rows[t] = relative_change(unet(x, tt, cond, context), unet(x, tt, cond, null))
+                with_ctx, plain, blank = unet(x, tt, cond, context), unet(x, tt, cond, null), unet(x, tt, empty, null)
+                rows[t] = relative_change(with_ctx, plain)
+                prompt_rows[t] = relative_change(plain, blank)
+                ratio_rows[t] = [round(float((a - b).norm() / (b - c).norm()), 4)
+                                 for a, b, c in zip(with_ctx, plain, blank)]
             mode = f"trained {pipe.retrieval.config.attention}: retrieved vs null context"
             extra = {"neighbours": [[n["caption"] for n in f] for f in found]}
         else:                               # the two ways a plain UNet starts a retrieval fine-tune
@@ -107,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
             for t in TIMESTEPS:
                 tt = torch.full((len(PROMPTS),), t)
                 plain = unet(x, tt, cond)
+                prompt_rows[t] = relative_change(plain, unet(x, tt, empty))
                 rows[t] = {"replace": relative_change(replaced(x, tt, cond, ctx_replace(feats)), plain),
                            "decoupled": relative_change(decoupled(x, tt, cond, ctx_decoupled.eval()(feats)), plain)}
             mode = "init from a plain UNet: replace vs decoupled"
@@ -116,10 +128,20 @@ def main(argv: list[str] | None = None) -> dict:
                "settings": {"model": relative(args.model), "datastore": relative(args.datastore)
                             if args.datastore else None, "prompts": list(PROMPTS), "seconds": args.seconds,
                             "seed": args.seed, "threads": args.threads},
-               "mode": mode, "relative_change": {str(t): v for t, v in rows.items()}, **extra}
+               "mode": mode, "relative_change": {str(t): v for t, v in rows.items()},
+               "prompt_effect": {str(t): v for t, v in prompt_rows.items()}, **extra}
+    if ratio_rows:
+        summary["context_vs_prompt"] = {str(t): v for t, v in ratio_rows.items()}
     print(f"{relative(args.model)}: {mode}; ||eps' - eps|| / ||eps|| per prompt ({', '.join(PROMPTS)})")
     for t, v in rows.items():
         print(f"  t={t:4d}  " + ("  ".join(f"{k} {v[k]}" for k in v) if isinstance(v, dict) else str(v)))
+    print("the prompt's own effect, ||eps(prompt) - eps(empty caption)|| / ||eps(empty caption)||:")
+    for t, v in prompt_rows.items():
+        print(f"  t={t:4d}  {v}")
+    if ratio_rows:
+        print("the context's move as a fraction of the prompt's:")
+        for t, v in ratio_rows.items():
+            print(f"  t={t:4d}  {v}")
     with open(args.results, "a") as f:
         f.write(json.dumps(summary) + "\n")
     return summary

@@ -415,8 +415,10 @@ def test_labels_and_settings_judge_a_subset_with_other_generation_settings(tmp_p
                     "--out", str(tmp_path / "m2"), "--results", str(tmp_path / "r.jsonl")])
     assert full["settings"]["generation"] == {} and full["settings"]["labels"] is None
 
+    assert bench.parse_args(["--model", "x", "--manifest", "m.jsonl", "--setting", "context_guidance=guided"]
+                            ).setting == [("context_guidance", "guided")]
     for bad in (["--setting", "steps"], ["--setting", "colour=red"], ["--setting", "steps=two"],
-                ["--setting", "candidates=0"], ["--setting", "sampler=magic"], ["--labels", "unicorn"],
-                ["--labels", ","]):
+                ["--setting", "candidates=0"], ["--setting", "sampler=magic"], ["--setting", "context_guidance=both"],
+                ["--labels", "unicorn"], ["--labels", ","]):
         with pytest.raises(SystemExit):
             bench.parse_args(["--model", "x", "--manifest", "m.jsonl", *bad])

@@ -520,9 +520,13 @@ def test_the_attention_bench_measures_both_starts_and_a_trained_context(trained,
     s = bench.main(["--model", str(tiny_pipeline()), "--seconds", "1", "--threads", "1", "--results", str(results)])
     for row in s["relative_change"].values():
         assert row["decoupled"] == [0.0] * len(bench.PROMPTS) and min(row["replace"]) > 0
+    assert all(min(v) > 0 for v in s["prompt_effect"].values()) and "context_vs_prompt" not in s
     s = bench.main(["--model", str(trained / "pipeline"), "--datastore", str(store), "--seconds", "1", "--threads",
                     "1", "--results", str(results)])
     assert all(np.isfinite(v).all() for v in s["relative_change"].values()) and len(s["neighbours"]) == 4
+    for t, change in s["relative_change"].items():   # the ratio is the context's move over the prompt's
+        assert all(r > 0 and np.isfinite(r) for r in s["context_vs_prompt"][t]) and min(s["prompt_effect"][t]) > 0
+        assert s["context_vs_prompt"][t] != change
     assert len(results.read_text().splitlines()) == 2
     with pytest.raises(SystemExit, match="not a retrieval model"):
         bench.main(["--model", str(tiny_pipeline()), "--datastore", str(store), "--results", str(results)])
@@ -642,3 +646,27 @@ def test_a_latent_neighbour_model_trains_generates_and_refuses_a_store_without_l
                            "--datastore", bad)
         assert code == 1 and err.count("\n") == 1 and message in err, err
         assert not list((tmp_path / "bad").glob("*.wav"))
+
+
+def test_context_guidance_changes_only_the_unconditional_branch(trained, store, tmp_path, capsys):
+    from tta.pipeline import PipelineError, TTAPipeline
+
+    torch.set_num_threads(1)
+    pipe = TTAPipeline.from_pretrained(trained / "pipeline")
+    assert pipe.defaults.context_guidance == "shared"
+    kw = dict(datastore=store, steps=3, seconds=1.0, window=0.0, candidates=1, sampler="ddim", seed=5)
+    shared = pipe(["a low steady hum"], guidance=3.0, context_guidance="shared", **kw).wavs[0]
+    guided = pipe(["a low steady hum"], guidance=3.0, context_guidance="guided", **kw).wavs[0]
+    assert np.isfinite(guided).all() and not np.allclose(shared, guided)
+    # without guidance there is no unconditional branch: both settings are the same generation
+    a = pipe(["a low steady hum"], guidance=1.0, context_guidance="shared", **kw).wavs[0]
+    b = pipe(["a low steady hum"], guidance=1.0, context_guidance="guided", **kw).wavs[0]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(PipelineError, match="context_guidance='both' must be one of shared, guided"):
+        pipe(["a low steady hum"], context_guidance="both", **kw)
+
+    code, _, err = run(capsys, "generate", "a low steady hum", "--model", trained / "pipeline", "--out-dir", tmp_path,
+                       "--datastore", store, "--context-guidance", "guided", "--seconds", 1, "--steps", 3)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "generation.json").read_text())
+    assert rec["retrieval"]["context_guidance"] == "guided"

@@ -140,6 +140,10 @@ def _add_generate(sub) -> None:
                    help="the UNet's arithmetic while sampling: bfloat16 runs it under autocast (faster on CPUs "
                         "with AVX512-BF16 or AMX and on most GPUs, slower where bfloat16 is emulated); auto picks "
                         "bfloat16 only where the hardware has it (default: the model's)")
+    p.add_argument("--context-guidance", choices=["shared", "guided"],
+                   help="retrieval models with --datastore: shared = both guidance branches see the neighbours; "
+                        "guided = the unconditional branch sees the null context, so guidance also amplifies what "
+                        "the neighbours change (default: the model's)")
     p.add_argument("--candidates", type=int, help="clips drawn per prompt; the best by the model's CLAP score is kept "
                    "(default: the model's; the embedded model draws 2)")
     p.add_argument("--window", type=float, metavar="S",

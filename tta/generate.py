@@ -266,7 +266,7 @@ def main(args: argparse.Namespace) -> int:
         args.sampler = pipe.defaults.sampler
     common = dict(steps=args.steps, guidance=args.guidance, negative=args.negative, candidates=args.candidates,
                   guidance_rule=getattr(args, "guidance_rule", None), precision=getattr(args, "precision", None),
-                  sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
+                  context_guidance=getattr(args, "context_guidance", None), sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
                   progress=progress and len(jobs) == 1)
     if store is not None:
         common.update(datastore=store, neighbours=getattr(args, "neighbours", None))
@@ -320,7 +320,9 @@ def retrieval_record(args, pipe) -> dict | None:
     return {"datastore": None if store is None else str(Path(store).resolve()),
             "neighbours": (k or r.config.neighbours) if store is not None else 0,
             "index": r.config.index, "features": r.config.features, "trained_modality": r.config.modality,
-            "trained_neighbours": r.config.neighbours}
+            "trained_neighbours": r.config.neighbours,
+            "context_guidance": (getattr(args, "context_guidance", None) or pipe.defaults.context_guidance)
+            if store is not None else None}
 
 
 def write_record(path: Path, args, folder: Path, pipe, device: str, edit, records, seconds: float) -> None:

@@ -59,6 +59,9 @@ class PipelineError(ValueError):
     """A pipeline folder or call that cannot work; the message names the component / argument."""
 
 
+CONTEXT_GUIDANCE = ("shared", "guided")
+
+
 @dataclass(frozen=True)
 class PipelineDefaults:
     """What `tta generate` uses when a flag is not given (AudioLDM: DDIM 200, guidance 2.5)."""
@@ -77,6 +80,10 @@ class PipelineDefaults:
     # the UNet's arithmetic while sampling: "float32", "bfloat16" (autocast) or "auto" (bfloat16 where the device
     # has it in hardware; tta.ldm.sampling.native_bfloat16)
     precision: str = "float32"
+    # retrieval models: what the unconditional guidance branch sees, "shared" (the prompt's neighbours, like the
+    # conditional branch: guidance pushes along the prompt only) or "guided" (the null context: guidance pushes
+    # along the prompt and the neighbours together, as IP-Adapter guides its image prompt)
+    context_guidance: str = "shared"
 
     def __post_init__(self) -> None:
         if not valid_window(self.window):
@@ -85,6 +92,9 @@ class PipelineDefaults:
             raise ValueError(f"defaults.guidance_rule={self.guidance_rule!r} must be one of {', '.join(GUIDANCE_RULES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"defaults.precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
+        if self.context_guidance not in CONTEXT_GUIDANCE:
+            raise ValueError(f"defaults.context_guidance={self.context_guidance!r} must be one of "
+                             f"{', '.join(CONTEXT_GUIDANCE)}")
 
 
 def valid_window(window) -> bool:
@@ -292,7 +302,8 @@ class TTAPipeline:
                  seed: int = 0, sampler: str | None = None, eta: float = 0.0, batch_size: int = 1,
                  guidance_rule: str | None = None, precision: str | None = None,
                  progress: bool = False, datastore=None, neighbours: int | None = None,
-                 window: float | None = None, return_candidates: bool = False) -> Generation:
+                 window: float | None = None, return_candidates: bool = False,
+                 context_guidance: str | None = None) -> Generation:
         """Generate one wav per prompt (the best of `candidates` by CLAP score).
 
         Prompt i, candidate j starts from noise seeded `seed + i + 1_000_003 * j`, drawn on the CPU, so
@@ -306,7 +317,9 @@ class TTAPipeline:
         sampled at `window` seconds and cut to `seconds` from the start (before CLAP ranking).
         return_candidates: also return every candidate's wav (`Generation.candidate_wavs`), e.g. to score
         one draw with another CLAP. precision (default: the model's `defaults.precision`): the UNet's arithmetic,
-        "float32", "bfloat16" or "auto" (tta.ldm.sampling.PRECISIONS).
+        "float32", "bfloat16" or "auto" (tta.ldm.sampling.PRECISIONS). context_guidance (default: the model's
+        `defaults.context_guidance`): with a datastore, "guided" gives the unconditional branch the null context,
+        so guidance amplifies the neighbours' effect with the prompt's; "shared" gives both branches the neighbours.
         """
         n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
         window = self.defaults.window if window is None else window
@@ -316,7 +329,7 @@ class TTAPipeline:
         return self._run(prompts, sampled, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
                          seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, guidance_rule=guidance_rule,
                          precision=precision, progress=progress, return_candidates=return_candidates,
-                         datastore=datastore, neighbours=neighbours, cut=n)
+                         datastore=datastore, neighbours=neighbours, cut=n, context_guidance=context_guidance)
 
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
         """Style transfer (SDEdit): wav (T,) at sample_rate noised to `strength` in (0, 1], denoised to the prompt."""
@@ -358,7 +371,7 @@ class TTAPipeline:
              precision: str | None = None, progress: bool = False, return_candidates: bool = False,
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
              context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
-             cut: int | None = None) -> Generation:
+             cut: int | None = None, context_guidance: str | None = None) -> Generation:
         from tqdm.auto import tqdm
 
         d = self.defaults
@@ -372,6 +385,9 @@ class TTAPipeline:
         except ValueError as e:
             raise PipelineError(str(e)) from None
         check_call(prompts, steps=steps, guidance=guidance, candidates=candidates, batch_size=batch_size, eta=eta)
+        context_guidance = d.context_guidance if context_guidance is None else context_guidance
+        if context_guidance not in CONTEXT_GUIDANCE:
+            raise PipelineError(f"context_guidance={context_guidance!r} must be one of {', '.join(CONTEXT_GUIDANCE)}")
         for i, p in enumerate(prompts):
             if not p.strip():
                 log.warning("prompt %d is empty: generating unconditionally", i)
@@ -380,6 +396,9 @@ class TTAPipeline:
         if context is None:
             context, found = self.retrieve(text, datastore, neighbours)          # (P, L, C) or None
         uncond = self.clap.embed_text([negative]) if guidance > 1 else None      # (1, D)
+        uncond_context = None   # "guided": the null context, as many tokens as the neighbours' (same function)
+        if context_guidance == "guided" and found is not None and uncond is not None:
+            uncond_context = self.retrieval.null_context(1).expand(context.shape[0], context.shape[1], -1)
         init = None if init_wav is None else self.encode_audio(np.asarray(init_wav, np.float32), num_samples)
         shape = self.latent_shape(num_samples)
         jobs = [(i, j, seed + i + 1_000_003 * j) for i in range(len(prompts)) for j in range(candidates)]
@@ -399,7 +418,8 @@ class TTAPipeline:
                               steps=steps, guidance=guidance, sampler=sampler, eta=eta, strength=strength,
                               guidance_rule=rule, precision=precision,
                               init_latents=None if init is None else init.expand(len(chunk), -1, -1, -1),
-                              keep=keep, context=_rows(context, [i for i, _, _ in chunk]), generator=generator,
+                              keep=keep, context=_rows(context, [i for i, _, _ in chunk]),
+                              uncond_context=_rows(uncond_context, [i for i, _, _ in chunk]), generator=generator,
                               progress=progress and len(jobs) <= per)
             for (i, j, _), w in zip(chunk, out):
                 wavs[(i, j)] = w if cut is None else w[:cut]
@@ -433,8 +453,8 @@ class TTAPipeline:
                steps: int, guidance: float, sampler: str, eta: float = 0.0, **edit) -> torch.Tensor:
         """The core: noise (B, C, T', F') + embeddings cond / uncond (B, D) -> wav (B, num_samples) on CPU.
 
-        `edit` passes strength / init_latents / keep / context / generator / progress / guidance_rule / precision
-        on to `denoise`. Like steps and guidance, the guidance rule and the precision are not taken from the
+        `edit` passes strength / init_latents / keep / context / uncond_context / generator / progress /
+        guidance_rule / precision on to `denoise`. Like steps and guidance, the guidance rule and the precision are not taken from the
         model's defaults here: they are "cfg" and "float32" unless given (the parity checks against diffusers
         call this directly).
         """

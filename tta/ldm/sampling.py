@@ -194,8 +194,9 @@ def guide(pred_uncond: torch.Tensor, pred_cond: torch.Tensor, guidance: float, r
 def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, *,
             steps: int, guidance: float, guidance_rule: str = "cfg", eta: float = 0.0, strength: float = 1.0,
             init_latents: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-            context: torch.Tensor | None = None, generator: torch.Generator | list | None = None,
-            progress: bool = False, precision: str = "float32") -> torch.Tensor:
+            context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None,
+            generator: torch.Generator | list | None = None, progress: bool = False,
+            precision: str = "float32") -> torch.Tensor:
     """Run the guided reverse process; returns x_0 latents (B, C, T', F') on the unet's device.
 
     noise: (B, C, T', F') standard normal (drawn on CPU); cond / uncond: (B, D) CLAP embeddings
@@ -204,6 +205,8 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
     the latents, True where init_latents are kept (inpainting: times outside the gap; super-resolution:
     frequencies below the cut-off); kept latents are re-noised to the current level after every step.
     generator: the noise of stochastic samplers, one CPU generator or a list of one per item.
+    context (B, L, C): the retrieval context of both guidance branches, unless `uncond_context` (B, L, C) is given
+    for the unconditional one (then guidance pushes along the context's effect too).
     guidance_rule: "cfg" or "apg" (`guide`). precision: the UNet's arithmetic (`PRECISIONS`); its output is
     taken back to float32 at every step, so only the network's forward pass is rounded.
     """
@@ -223,7 +226,10 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
         latents = noise * scheduler.init_noise_sigma
     use_cfg = guidance > 1.0 and uncond is not None
     embeds = torch.cat([uncond, cond]).to(device) if use_cfg else cond.to(device)
-    ctx = None if context is None else (torch.cat([context, context]) if use_cfg else context).to(device)
+    if uncond_context is not None and (context is None or uncond_context.shape != context.shape):
+        raise ValueError("uncond_context needs a context of the same shape")
+    ctx = None if context is None else (torch.cat([context if uncond_context is None else uncond_context, context])
+                                        if use_cfg else context).to(device)
     params = set(inspect.signature(scheduler.step).parameters)
     extra = {}
     if "eta" in params:
