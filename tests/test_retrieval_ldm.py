@@ -277,7 +277,10 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys):
     assert code == 0, err
     assert stdout.strip().endswith("report.html") and (out / "report.html").stat().st_size > 1000
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["variants"]) == ["none", "k1", "k3-audio", "k3-text"]
+    assert list(summary["variants"]) == ["none", "k1", "k3-audio", "k3-text", "k2-latent"]
+    from tta.retrieval import Datastore   # a variant reads neighbours' latents: the store holds the VAE's
+
+    assert Datastore.load(out / "datastore").latent_info["vae_identity"].startswith("tta-vae:")
     assert summary["store_entries"] == 16 and sum(summary["bucket_counts"].values()) == 8
     assert set(summary["bucket_counts"]) == {"head", "mid", "tail"}
     for v in summary["variants"].values():
@@ -295,6 +298,8 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys):
     assert all(b in html for b in ("head", "mid", "tail")) and "k3-audio" in html
     assert "| k1 | 1 | both |" in (out / "summary.md").read_text()
     assert (out / "runs" / "k3-audio" / "pipeline" / "retrieval").is_dir()
+    enc = json.loads((out / "runs" / "k2-latent" / "pipeline" / "retrieval" / "config.json").read_text())["config"]
+    assert enc["features"] == "text+latent" and enc["latent_tokens"] == 8
 
 
 def test_a_resaved_clap_is_recognised_and_another_refused(store):

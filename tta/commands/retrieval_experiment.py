@@ -1,6 +1,7 @@
 """The retrieval experiment (Re-AudioLDM, Yuan et al. 2024, §5 long-tail analysis) as one reproducible run.
 
-    OUT/datastore/             built from the training split with the run's CLAP (unless `datastore` is given)
+    OUT/datastore/             built from the training split with the run's CLAP (unless `datastore` is given),
+                               and with its VAE's latents when a variant uses the "latent" feature
     OUT/runs/<variant>/        `tta train ldm` run folders (pipeline/ reused when present)
     OUT/prompts.jsonl          evaluation prompts with their bucket (category = head | mid | tail) and frequency
     OUT/reference/             reference clips for FAD (unless `eval.reference` is given)
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tta.ldm.retrieval_context import Modality
+from tta.ldm.retrieval_context import Modality, feature_names
 from tta.ldm.train import ComponentsConfig
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class VariantConfig:
             raise ValueError(f"variants: name {self.name!r} must be letters, digits, _ . - (a folder name)")
         if self.neighbours < 0:
             raise ValueError(f"variants.{self.name}.neighbours={self.neighbours} must be >= 0")
+        try:
+            feature_names(self.features)
+        except ValueError as e:
+            raise ValueError(f"variants.{self.name}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -268,9 +273,15 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     out.mkdir(parents=True, exist_ok=True)
     train_rows = [r for r in read_manifest(manifest) if r.split == base.data.train_split]
     store_dir = Path(config.datastore) if config.datastore else out / "datastore"
-    if not config.datastore and not (store_dir / "datastore.json").is_file():
+    latent = any(v.neighbours and "latent" in feature_names(v.features) for v in config.variants)
+    built = (store_dir / "datastore.json").is_file()
+    if not config.datastore and (not built or latent and Datastore.load(store_dir).latent_info is None):
+        from tta.retrieval.commands import load_vae_folder
+
         clap = load_clap(base.components.clap)
-        build_datastore(manifest, clap, store_dir, DatastoreConfig(split=base.data.train_split), progress=progress)
+        vae = load_vae_folder(Path(base.components.vae)) if latent else None
+        build_datastore(manifest, clap, store_dir, DatastoreConfig(split=base.data.train_split), progress=progress,
+                        vae=vae)
     store = Datastore.load(store_dir)
     prompts, prompts_path = eval_prompts(config, manifest, train_rows, out)
     seconds = config.generation.seconds or base.validation.seconds
