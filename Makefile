@@ -422,9 +422,9 @@ train-ldm-speed: venv corpus-v4
 
 ## train-ldm-retrieval: stage 29's run with decoupled retrieval attention (Re-AudioLDM) over corpus version 4's
 ## train split, k 3, the context encoder at RETR_SCALE x the rate, RETR_ARGS added (an experiment, the model card's
-## row "LDM stage 30"; run D: RETR_ARGS="--set retrieval.modality=audio_to_audio"; run E, neighbours' VAE latents too:
-## RETR_STORE=../tta-work/stores/v4-train-latent RETR_STORE_ARGS="--vae tta/assets/default/vae"
-## RETR_ARGS="--set retrieval.features=all")
+## row "LDM stage 30"; run D: RETR_ARGS="--set retrieval.modality=audio_to_audio"; stage 31's run E, with the
+## neighbours' VAE latents too: RETR_STORE=../tta-work/stores/v4-train-latent
+## RETR_STORE_ARGS="--vae tta/assets/default/vae" RETR_ARGS="--set retrieval.features=all")
 train-ldm-retrieval: venv corpus-v4 $(RETR_STORE)/datastore.json
 	$(MAKE) train-ldm-speed SPEED_RUN=$(RETR_RUN) POLISH_ARGS="--datastore $(RETR_STORE) --neighbours 3 \
 		--set retrieval.attention=decoupled --set retrieval.context_dim=128 --set retrieval.learning_rate_scale=$(RETR_SCALE) $(RETR_ARGS)"

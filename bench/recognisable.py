@@ -40,7 +40,8 @@ can be lost.
 
 --labels dog[,...] judges only those prompts (the reference clips stay every prompt's, so a label's hits compare
 with a full run's), and --setting KEY=VALUE (steps, candidates, sampler, guidance, guidance_rule, window,
-precision, context_guidance) generates with that value instead of each model's default, e.g. a sweep of one prompt's settings.
+precision, context_guidance) generates with that value instead of each model's default, e.g. a sweep of one
+prompt's settings.
 Both are recorded in the summary; --merge pools only runs of the same prompts and the same effective settings.
 
 Usage: .venv/bin/python bench/recognisable.py --model tta/assets/default --model OTHER \

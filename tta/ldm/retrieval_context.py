@@ -86,8 +86,8 @@ class RetrievalConfig:
     datastore: a `tta index build` folder (built with the run's CLAP). neighbours: k per clip (>= 1 when
     on). modality: how neighbours are found while training (query embedding -> searched index).
     features: which features of each neighbour become context tokens ("audio", "text", "latent" joined with
-    "+", or "both" / "all"; "latent" needs a datastore built with the run's VAE, `--vae`). context_dropout: chance per
-    clip that its context is replaced by the null context. exclude_duplicates: also leave out entries
+    "+", or "both" / "all"; "latent" needs a datastore built with the run's VAE, `--vae`). context_dropout:
+    chance per clip that its context is replaced by the null context. exclude_duplicates: also leave out entries
     with the same decoded audio as the clip (its own id is always left out). max_neighbours: size of
     the rank embedding (the largest k the model accepts at generation). context_dim: token width
     (0 = model.class_embed_dim); `model.context_dim` is set from it when null. attention: "replace" (the

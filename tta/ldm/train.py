@@ -365,9 +365,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     r = config.retrieval
     store = None
     if r.enabled:   # a missing, empty or corrupted datastore fails before the run folder exists
-        from tta.retrieval import Datastore
-
         from tta.ldm.retrieval_context import feature_names
+        from tta.retrieval import Datastore
 
         store = Datastore.load(r.datastore)
         if "latent" in feature_names(r.features) and store.latent_info is None:
