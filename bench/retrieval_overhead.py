@@ -5,9 +5,11 @@ only time is measured) generates the same prompts twice per round, interleaved: 
 datastore) and with k neighbours from a datastore of `--store-size` random unit entries (flat or IVF index,
 memory-mapped like a real store). Reports seconds per clip for both, the ratio, and the retrieval step alone
 (`pipe.retrieve`: CLAP text query + FAISS search + context tokens). The UNet cost with context is the same in
-both runs except for the context length (1 token vs 1 + k * features).
+both runs except for the context length (1 token vs 1 + k * (features + latent tokens)). `--features` picks the
+neighbour features ("both" = CLAP audio + text; "all" adds each neighbour's pooled VAE latents, `--latent-tokens`
+of them, stored in the synthetic datastore as random values of the VAE's latent width).
 
-    .venv/bin/python bench/retrieval_overhead.py [--size tiny|default] [--store-size 10000] [-k 5]
+    .venv/bin/python bench/retrieval_overhead.py [--size tiny|default] [--store-size 10000] [-k 5] [--features all]
     .venv/bin/python bench/retrieval.py --mode generate ...      (the same, from the retrieval bench)
 
 Prints a table and appends a JSON line to bench/results.jsonl. Timings on the shared CPU are noisy.
@@ -37,8 +39,9 @@ def model_config(cls, kind: str, size: str):
     return from_dict(cls, json.loads((ROOT / "configs" / kind / f"{size}.json").read_text())["model"])
 
 
-def synthetic_store(folder: Path, identity: str, n: int, dim: int, index: str) -> Path:
-    """A datastore folder of n random unit audio/text embeddings (format of tta.retrieval.datastore)."""
+def synthetic_store(folder: Path, identity: str, n: int, dim: int, index: str, latent: dict | None = None) -> Path:
+    """A datastore folder of n random unit audio/text embeddings (format of tta.retrieval.datastore); with `latent`
+    ({"vae_identity", "tokens", "dim"}) also random float16 pooled latents."""
     import faiss
 
     from tta.retrieval.datastore import FORMAT_VERSION, DatastoreConfig, fill_index, make_index
@@ -56,18 +59,22 @@ def synthetic_store(folder: Path, identity: str, n: int, dim: int, index: str) -
                      + "\n" for i in range(n))
     info = {"format_version": FORMAT_VERSION, "clap_identity": identity, "dim": dim, "count": n, "index": index,
             "manifest": "(synthetic)", "config": {"index": index}}
+    if latent:
+        np.save(folder / "latent.npy", rng.standard_normal((n, latent["tokens"], latent["dim"])).astype(np.float16))
+        info["latent"] = latent
     (folder / "datastore.json").write_text(json.dumps(info))
     return folder
 
 
-def build_pipeline(size: str, k: int):
+def build_pipeline(size: str, k: int, features: str = "both", latent_tokens: int = 8):
+    """(pipeline with random weights, its CLAP, the datastore's latent record or None)."""
     from dataclasses import replace
 
     import torch
 
     from tta.clap.model import ClapConfig, TTAClap, TTAClapEmbedder
     from tta.ldm.model import LDMConfig, LDMUNet
-    from tta.ldm.retrieval_context import RetrievalContext, RetrievalContextConfig
+    from tta.ldm.retrieval_context import RetrievalContext, RetrievalContextConfig, feature_names
     from tta.ldm.sampling import DiffusionConfig
     from tta.pipeline import PipelineDefaults, TTAPipeline
     from vae.model import MelVAE, VAEConfig
@@ -77,15 +84,22 @@ def build_pipeline(size: str, k: int):
     clap = TTAClapEmbedder(TTAClap(model_config(ClapConfig, "clap", size)).eval())
     ldm = model_config(LDMConfig, "ldm", size)
     ldm = replace(ldm, context_dim=ldm.context_dim or ldm.class_embed_dim)
+    vae = MelVAE(model_config(VAEConfig, "vae", size))
+    latent = None
+    if "latent" in feature_names(features):
+        latent = {"vae_identity": vae.identity, "tokens": latent_tokens,
+                  "dim": vae.config.latent_channels * (vae.config.mel.n_mels // vae.downsample_factor)}
+    lat = {} if latent is None else {"latent_tokens": latent_tokens, "latent_dim": latent["dim"],
+                                     "latent_vae": latent["vae_identity"]}
     retrieval = RetrievalContext(RetrievalContextConfig(embed_dim=clap.embed_dim, context_dim=ldm.context_dim,
-                                                        neighbours=k, max_neighbours=max(10, k)))
-    pipe = TTAPipeline(LDMUNet(ldm), MelVAE(model_config(VAEConfig, "vae", size)),
-                       HiFiGAN(model_config(HiFiGANConfig, "vocoder", size)), clap,
+                                                        neighbours=k, max_neighbours=max(10, k), features=features,
+                                                        **lat))
+    pipe = TTAPipeline(LDMUNet(ldm), vae, HiFiGAN(model_config(HiFiGANConfig, "vocoder", size)), clap,
                        DiffusionConfig().scheduler_config(), PipelineDefaults(), retrieval=retrieval)
-    return pipe, clap
+    return pipe, clap, latent
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     import faiss
     import torch
 
@@ -94,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--store-size", type=int, default=10_000)
     p.add_argument("--index", choices=("flat", "ivf"), default="flat")
     p.add_argument("-k", type=int, default=5)
+    p.add_argument("--features", default="both", help="neighbour features: both (CLAP audio + text), all (+ latents), ...")
+    p.add_argument("--latent-tokens", type=int, default=8, help="pooled latent tokens per neighbour (latent features)")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--seconds", type=float, default=2.56)
     p.add_argument("--steps", type=int, default=10)
@@ -104,14 +120,14 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    pipe, clap = build_pipeline(args.size, args.k)
+    pipe, clap, latent = build_pipeline(args.size, args.k, args.features, args.latent_tokens)
     prompts = [f"a sound number {i}" for i in range(args.prompts)]
     load_before = list(os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         from tta.retrieval import Datastore
 
         store = Datastore.load(synthetic_store(Path(tmp) / "store", clap.identity, args.store_size,
-                                               clap.embed_dim, args.index))
+                                               clap.embed_dim, args.index, latent))
         common = {"seconds": args.seconds, "steps": args.steps, "guidance": 2.5, "batch_size": 1}
         pipe(prompts[:1], **common)                                       # warm-up
         pipe(prompts[:1], datastore=store, neighbours=args.k, **common)
@@ -131,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     load_after = list(os.getloadavg())
     a, b, c = statistics.median(plain), statistics.median(retrieved), statistics.median(lookup)
     row = {"size": args.size, "store_size": args.store_size, "index": args.index, "k": args.k,
+           "features": args.features, "context_tokens": 1 + args.k * pipe.retrieval.config.tokens_per_neighbour,
            "seconds": args.seconds, "steps": args.steps, "prompts": args.prompts, "rounds": args.rounds,
            "s_per_clip_plain": round(a, 4), "s_per_clip_retrieval": round(b, 4),
            "ratio_retrieval_over_plain": round(b / a, 4), "retrieve_ms_per_prompt": round(c * 1e3, 3),
@@ -140,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.size:>7} {args.store_size:>7} {args.index:>5} {args.k:>3} {a:>12.4f} {b:>12.4f} {b / a:>6.3f} "
           f"{c * 1e3:>11.3f}")
     if args.no_record:
-        return
+        return row
     record = {"bench": "retrieval_overhead", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"node": platform.node(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
               "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
@@ -152,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
               "results": [row]}
     with open(ROOT / "bench" / "results.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    return row
 
 
 if __name__ == "__main__":

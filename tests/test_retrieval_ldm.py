@@ -675,3 +675,15 @@ def test_context_guidance_changes_only_the_unconditional_branch(trained, store, 
     assert code == 0, err
     rec = json.loads((tmp_path / "generation.json").read_text())
     assert rec["retrieval"]["context_guidance"] == "guided"
+
+
+def test_the_overhead_bench_times_latent_neighbour_tokens():
+    from tests.test_ldm_fixtures import bench_module
+
+    bench = bench_module("retrieval_overhead")
+    common = ["--size", "tiny", "--store-size", "64", "-k", "2", "--prompts", "1", "--seconds", "0.32", "--steps", "2",
+              "--rounds", "1", "--no-record"]
+    row = bench.main([*common, "--features", "all", "--latent-tokens", "3"])
+    assert row["features"] == "all" and row["context_tokens"] == 1 + 2 * (2 + 3)
+    assert row["s_per_clip_plain"] > 0 and row["s_per_clip_retrieval"] > 0 and row["retrieve_ms_per_prompt"] > 0
+    assert bench.main(common)["context_tokens"] == 1 + 2 * 2
