@@ -440,11 +440,24 @@ def test_decoupled_config_checks():
                          "retrieval.attention=\"decoupled\"", "model.context_dim=64"])
 
 
+def generate_with_and_without(capsys, model, store, tmp_path) -> dict:
+    """{"with", "without"}: the wav `tta generate` writes for one prompt and seed with and without `store`."""
+    import soundfile as sf
+
+    wavs = {}
+    for name, extra in (("with", ["--datastore", store]), ("without", [])):
+        code, _, err = run(capsys, "generate", "a low steady hum", "--model", model, "--out-dir", tmp_path / name,
+                           "--seed", 3, *extra)
+        assert code == 0, err
+        rec = json.loads((tmp_path / name / "generation.json").read_text())
+        wavs[name], _ = sf.read(tmp_path / name / rec["outputs"][0]["file"])
+    return wavs
+
+
 def test_a_decoupled_retrieval_model_fine_tunes_a_text_only_run_and_generates(corpus, store, tmp_path, capsys):
     """--init-from a plain run with decoupled attention: every UNet tensor is the plain run's (no fresh
     cross-attention), the context encoder carries the branches and trains at its own rate, and the pipeline
     generates with and without neighbours."""
-    import soundfile as sf
 
     from tta.checkpoint import load_state_dict
 
@@ -471,14 +484,7 @@ def test_a_decoupled_retrieval_model_fine_tunes_a_text_only_run_and_generates(co
         assert ctx["branch.weight"][start + width:start + 2 * width].abs().max() > 1e-7
         start += 2 * width
 
-    model = ft / "pipeline"
-    outs = {}
-    for name, extra in (("with", ["--datastore", store]), ("without", [])):
-        code, _, err = run(capsys, "generate", "a low steady hum", "--model", model, "--out-dir", tmp_path / name,
-                           "--seed", 3, *extra)
-        assert code == 0, err
-        rec = json.loads((tmp_path / name / "generation.json").read_text())
-        outs[name], _ = sf.read(tmp_path / name / rec["outputs"][0]["file"])
+    outs = generate_with_and_without(capsys, ft / "pipeline", store, tmp_path)
     assert np.isfinite(outs["with"]).all() and outs["with"].shape == outs["without"].shape
 
 
@@ -618,7 +624,6 @@ def test_latent_neighbour_tokens_and_their_config():
 
 def test_a_latent_neighbour_model_trains_generates_and_refuses_a_store_without_latents(
         corpus, store, latent_store, tmp_path, capsys):
-    import soundfile as sf
 
     torch.set_num_threads(1)
     code, _, err = run(capsys, *train_args(corpus, tmp_path / "nolat", "--datastore", store, "--neighbours", 2,
@@ -634,13 +639,7 @@ def test_a_latent_neighbour_model_trains_generates_and_refuses_a_store_without_l
     info = json.loads((latent_store / "datastore.json").read_text())["latent"]
     assert (enc["latent_tokens"], enc["latent_dim"], enc["latent_vae"]) == (4, info["dim"], info["vae_identity"])
     model = out / "pipeline"
-    wavs = {}
-    for name, extra in (("with", ["--datastore", latent_store]), ("without", [])):
-        code, _, err = run(capsys, "generate", "a low steady hum", "--model", model, "--out-dir", tmp_path / name,
-                           "--seed", 3, *extra)
-        assert code == 0, err
-        rec = json.loads((tmp_path / name / "generation.json").read_text())
-        wavs[name], _ = sf.read(tmp_path / name / rec["outputs"][0]["file"])
+    wavs = generate_with_and_without(capsys, model, latent_store, tmp_path)
     assert np.isfinite(wavs["with"]).all() and not np.allclose(wavs["with"], wavs["without"])
     other = shutil.copytree(latent_store, tmp_path / "other_vae")   # latents claimed by another VAE
     info = json.loads((other / "datastore.json").read_text())

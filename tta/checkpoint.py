@@ -159,6 +159,23 @@ def read_component_config(folder: str | os.PathLike, expected_class: str | None 
     return body
 
 
+def weights_hash(state: dict, *, float16: bool = False) -> str:
+    """Short content hash of a state dict (names, sizes, dtypes, bytes): the identity of a model's weights.
+    `float16` rounds floating tensors to float16 first, so a model and its float16 export hash alike."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        t = v.detach().cpu().contiguous().reshape(-1)
+        if float16 and t.is_floating_point():
+            t = t.half()
+        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def load_state_dict(path: str | os.PathLike) -> dict:
     from safetensors.torch import load_file
 

@@ -266,8 +266,8 @@ def main(args: argparse.Namespace) -> int:
         args.sampler = pipe.defaults.sampler
     common = dict(steps=args.steps, guidance=args.guidance, negative=args.negative, candidates=args.candidates,
                   guidance_rule=getattr(args, "guidance_rule", None), precision=getattr(args, "precision", None),
-                  context_guidance=getattr(args, "context_guidance", None), sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
-                  progress=progress and len(jobs) == 1)
+                  context_guidance=getattr(args, "context_guidance", None), sampler=args.sampler, eta=args.eta,
+                  batch_size=args.batch_size, progress=progress and len(jobs) == 1)
     if store is not None:
         common.update(datastore=store, neighbours=getattr(args, "neighbours", None))
     wav_in = None

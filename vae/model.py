@@ -14,7 +14,6 @@ buffer saved with the weights and mirrored in the config; `compute_scale_factor`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 from collections.abc import Iterable
@@ -158,13 +157,9 @@ class MelVAE(nn.Module):
         """"tta-vae:" + a short hash of the weights rounded to float16 (names, shapes, values): a model and its
         float16 export share it, a retrained or other VAE does not. Names the latent space a datastore's
         stored latents live in."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.state_dict().items()):
-            t = v.detach().cpu().contiguous().reshape(-1)
-            t = t.half() if t.is_floating_point() else t
-            h.update(f"{k}{tuple(v.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return f"tta-vae:{h.hexdigest()[:16]}"
+        from tta.checkpoint import weights_hash
+
+        return f"tta-vae:{weights_hash(self.state_dict(), float16=True)}"
 
     @torch.no_grad()
     def latent_summary(self, mel: torch.Tensor, tokens: int) -> torch.Tensor:

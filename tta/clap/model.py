@@ -8,7 +8,6 @@ trained one in the shared `ClapEmbedder` interface.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -122,12 +121,9 @@ def contrastive_loss(audio_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
 
 def state_identity(model: nn.Module) -> str:
     """Short content hash of a model's saved weights (names, shapes, bytes)."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    from tta.checkpoint import weights_hash
+
+    return weights_hash(model.state_dict())
 
 
 class TTAClapEmbedder(ClapEmbedder):

@@ -276,10 +276,10 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     latent = any(v.neighbours and "latent" in feature_names(v.features) for v in config.variants)
     built = (store_dir / "datastore.json").is_file()
     if not config.datastore and (not built or latent and Datastore.load(store_dir).latent_info is None):
-        from tta.retrieval.commands import load_vae_folder
+        from vae.model import load_vae
 
         clap = load_clap(base.components.clap)
-        vae = load_vae_folder(Path(base.components.vae)) if latent else None
+        vae = load_vae(component_dir(base.components.vae, "vae")).eval() if latent else None
         build_datastore(manifest, clap, store_dir, DatastoreConfig(split=base.data.train_split), progress=progress,
                         vae=vae)
     store = Datastore.load(store_dir)
