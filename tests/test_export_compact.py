@@ -209,7 +209,7 @@ def test_vae_replacement_takes_a_decoder_fine_tune_and_refuses_a_new_encoder(tmp
     assert rc == 1 and "--vae" in err and not (tmp_path / "y").exists()
 
 
-def test_average_makes_the_mean_unet_of_one_model_and_refuses_another_model(tmp_path, capsys):
+def test_average_makes_the_mean_or_a_weighted_mix_of_one_model_and_refuses_another_model(tmp_path, capsys):
     import torch
 
     from tta.pipeline import TTAPipeline
@@ -232,6 +232,20 @@ def test_average_makes_the_mean_unet_of_one_model_and_refuses_another_model(tmp_
     k = next(k for k, v in base.items() if v.is_floating_point() and v.numel() > 16)
     want = base[k] + (steps[0][k] + steps[1][k]) / 3
     assert torch.allclose(soup[k], want, atol=1e-6) and not torch.allclose(soup[k], base[k], atol=1e-4)
+    # weighted: 30 % of the way to b and 20 % to the run, the pipeline keeps the other half
+    assert main(["-q", "export", "pipeline", str(src), "--out", str(tmp_path / "mix"), "--dtype", "float32",
+                 "--average", f"{tmp_path / 'b'}:0.3", "--average", f"{tmp_path / 'run'}:0.2"]) == 0
+    mix = TTAPipeline.from_pretrained(tmp_path / "mix").unet.state_dict()
+    assert torch.allclose(mix[k], base[k] + 0.3 * steps[0][k] + 0.2 * steps[1][k], atol=1e-6)
+    # a negative rest extrapolates past the folder: 1.5 x b - 0.5 x the pipeline
+    assert main(["-q", "export", "pipeline", str(src), "--out", str(tmp_path / "far"), "--dtype", "float32",
+                 "--average", f"{tmp_path / 'b'}:1.5"]) == 0
+    far = TTAPipeline.from_pretrained(tmp_path / "far").unet.state_dict()
+    assert torch.allclose(far[k], base[k] + 1.5 * steps[0][k], atol=1e-6)
+    rc = main(["export", "pipeline", str(src), "--out", str(tmp_path / "half"),
+               "--average", f"{tmp_path / 'b'}:0.3", "--average", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "every folder a weight" in err and not (tmp_path / "half").exists()
     # another CLAP: its UNet answers other embeddings, so it is not averaged in
     other = TTAPipeline.from_pretrained(src)
     with torch.no_grad():

@@ -310,6 +310,36 @@ def test_init_from_a_smaller_unet_grows_it_without_changing_its_output(tmp_path)
     assert all(tuned.state_dict()[k].abs().max() > 1e-6 for k in outs)
 
 
+def test_trainable_patterns_train_only_the_matching_parameters(tmp_path, capsys):
+    """trainable: a fine-tune from a run moves only the parameters its patterns match; the rest keep the start's
+    exact values. A pattern that matches nothing is a one-line error before any run folder is made."""
+    from tta.checkpoint import load_component
+    from tta.cli import main
+    from tta.ldm.train import train
+
+    base = train(tiny_run_config(**{"train.max_steps": 2, "train.validate_every": 1000}), tmp_path / "base",
+                 progress=False)
+    start = load_component(base, LDMUNet).state_dict()
+    patterns = ["net.class_embedding.*", "*.time_emb_proj.*"]
+    tuned = load_component(train(tiny_run_config(**{"train.init_from": str(tmp_path / "base"), "trainable": patterns,
+                                                    "train.max_steps": 3, "train.learning_rate": 1e-3,
+                                                    "train.ema_decay": 0.0, "train.validate_every": 1000}),
+                                 tmp_path / "tuned", progress=False), LDMUNet).state_dict()
+    moved = {k for k in start if not torch.equal(start[k], tuned[k])}
+    assert moved and all(k.startswith("net.class_embedding.") or ".time_emb_proj." in k for k in moved)
+    assert any(k.startswith("net.class_embedding.") for k in moved) and any(".time_emb_proj." in k for k in moved)
+    c = tiny_run_config()
+    rc = main(["train", "ldm", "--config", str(ROOT / "configs" / "ldm" / "tiny.json"), "--out", str(tmp_path / "bad"),
+               "--set", f"components.vae={json.dumps(c.components.vae)}",
+               "--set", f"components.vocoder={json.dumps(c.components.vocoder)}",
+               "--set", f"components.clap={json.dumps(c.components.clap)}",
+               "--set", f"data.manifest={json.dumps(c.data.manifest)}",
+               "--set", 'trainable=["*.no_such_layer.*"]'])
+    err = capsys.readouterr().err
+    assert rc != 0 and "trainable" in err and "no_such_layer" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_component_paths_may_name_a_training_run_folder(tmp_path):
     from tta.ldm.train import component_dir
 

@@ -191,7 +191,10 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     encoder weights and scale_factor, i.e. a decoder fine-tune (`tta train vae --set freeze_encoder=true`).
     `average` (pipeline folders or LDM run folders) replaces the UNet, and the retrieval context if there is
     one, with the uniform average of its weights and theirs (a "model soup" of checkpoints from one training
-    line); every folder must have the same UNet config and the same CLAP. `vocoder_set` ("key=value" strings)
+    line); every folder must have the same UNet config and the same CLAP. Written "FOLDER:WEIGHT" (all of
+    them, then) the mix is weighted instead: each folder gets its weight and `pipeline` the rest, 1 minus their
+    sum, so "FT:0.3" moves 30 % of the way from `pipeline` to a fine-tune FT of it (interpolation, as WiSE-FT
+    and task arithmetic merge weights) and a negative rest extrapolates past it. `vocoder_set` ("key=value" strings)
     changes fields of the vocoder's config that hold no weights (Griffin-Lim's n_iter, the Vocos vocoder's
     griffin_lim_iter, ...); the mel config stays the VAE's."""
     from dataclasses import fields
@@ -254,18 +257,45 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     return Path(out)
 
 
+def _average_weights(specs: list[str]) -> tuple[list[str], list[float], float, int]:
+    """Split `--average` specs into folders, their weights, the pipeline's own weight and a final divisor: a
+    plain sum over n = len(specs) + 1 divided by n when no spec names a weight (as the uniform soup always was
+    summed), else each "FOLDER:WEIGHT" its own weight and the pipeline 1 minus their sum, divided by 1."""
+    import math
+
+    folders, weights = [], []
+    for spec in specs:
+        head, sep, tail = spec.rpartition(":")
+        try:
+            weight = float(tail) if sep and head else None
+        except ValueError:
+            weight = None                               # a ':' that is part of the path
+        if weight is not None and not math.isfinite(weight):
+            raise InteropError(f"--average {spec}: the weight must be a finite number")
+        folders.append(head if weight is not None else spec)
+        weights.append(weight)
+    if all(w is None for w in weights):
+        return folders, [1.0] * len(specs), 1.0, len(specs) + 1
+    bare = [s for s, w in zip(specs, weights) if w is None]
+    if bare:
+        raise InteropError(f"--average {bare[0]}: give every folder a weight (FOLDER:WEIGHT) or none")
+    return folders, weights, 1.0 - sum(weights), 1
+
+
 def _average_generators(pipe, specs: list[str]) -> None:
     """`--average`: set pipe's UNet (and retrieval context) to the uniform average of its weights and those of
-    the pipelines in `specs` (pipeline folders, or run folders holding pipeline/). Sums run in float64, so the
-    order of the folders does not matter; every folder must match in UNet config and CLAP."""
+    the pipelines in `specs` (pipeline folders, or run folders holding pipeline/), or to their weighted sum
+    when the specs are "FOLDER:WEIGHT" (`_average_weights`). Sums run in float64, so the order of the folders
+    does not matter; every folder must match in UNet config and CLAP."""
     from tta.checkpoint import CheckpointError
     from tta.pipeline import PipelineError, TTAPipeline
 
+    folders, weights, own, divisor = _average_weights(specs)
     parts = {"unet": pipe.unet} if pipe.retrieval is None else {"unet": pipe.unet, "retrieval": pipe.retrieval}
-    sums = {name: {k: v.double() for k, v in m.state_dict().items() if v.is_floating_point()}
+    sums = {name: {k: v.double() * own for k, v in m.state_dict().items() if v.is_floating_point()}
             for name, m in parts.items()}
-    for spec in specs:
-        folder = Path(spec)
+    for spec, path, weight in zip(specs, folders, weights):
+        folder = Path(path)
         if not (folder / "pipeline.json").is_file() and (folder / "pipeline" / "pipeline.json").is_file():
             folder = folder / "pipeline"                  # a `tta train ldm` run folder
         try:
@@ -287,11 +317,11 @@ def _average_generators(pipe, specs: list[str]) -> None:
         for name, acc in sums.items():
             theirs = mine[name].state_dict()
             for k in acc:
-                acc[k] += theirs[k].double()
-    n = len(specs) + 1
+                acc[k] += theirs[k].double() * weight
     for name, m in parts.items():
         state = m.state_dict()
-        m.load_state_dict({k: (sums[name][k] / n).to(v.dtype) if k in sums[name] else v for k, v in state.items()})
+        m.load_state_dict({k: (sums[name][k] / divisor).to(v.dtype) if k in sums[name] else v
+                           for k, v in state.items()})
 
 
 def _replacement_vae(spec: str, current):
@@ -430,10 +460,11 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                             "phase) of the Vocos vocoder; repeatable")
         p.add_argument("--vae", help="replace the VAE with a decoder fine-tune of it (a MelVAE component or run "
                                      "folder trained with freeze_encoder=true: same encoder and scale_factor)")
-        p.add_argument("--average", action="append", default=[], metavar="FOLDER",
+        p.add_argument("--average", action="append", default=[], metavar="FOLDER[:WEIGHT]",
                        help="average the UNet (and retrieval) weights with this pipeline or `tta train ldm` run "
                             "folder's (same UNet config and CLAP; repeatable: a uniform average of all, the folder "
-                            "included)")
+                            "included); with :WEIGHT on every one, a weighted mix in which the folder keeps 1 minus "
+                            "their sum (FT:0.3 moves 30 %% of the way towards a fine-tune FT)")
     parser.set_defaults(interop_verb=verb)
 
 

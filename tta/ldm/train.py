@@ -52,7 +52,14 @@ from tta.ldm.sampling import (
     draw_noise,
     make_scheduler,
 )
-from tta.training import TrainConfig, TrainingRun, check_key_weights, make_optimizer, make_warmup_scheduler
+from tta.training import (
+    RunError,
+    TrainConfig,
+    TrainingRun,
+    check_key_weights,
+    make_optimizer,
+    make_warmup_scheduler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,10 @@ class RunConfig:
     # whole clip is used while the UNet still trains on short segments.
     precompute_seconds: float = 0.0
     cache_dir: str = ""                                     # "" = RUN/cache
+    # fnmatch patterns over the UNet's parameter names ("net.class_embedding.*", "*.time_emb_proj.*"): only
+    # the parameters they match train, the rest stay as initialised (with --init-from, the start's), as Custom
+    # Diffusion tunes a few layers to teach a model a concept from a handful of clips; () = every parameter
+    trainable: tuple[str, ...] = ()
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)  # Re-AudioLDM neighbours (off by default)
 
@@ -351,6 +362,23 @@ def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, prediction_type: str)
 # ---------------------------------------------------------------------------------------- train
 
 
+def freeze_except(unet: torch.nn.Module, patterns) -> int:
+    """Leave only the parameters whose names match one of the fnmatch `patterns` trainable (`trainable`);
+    returns how many values train. RunError when a pattern matches no parameter."""
+    from fnmatch import fnmatchcase
+
+    names = [n for n, _ in unet.named_parameters()]
+    for pattern in patterns:
+        if not any(fnmatchcase(n, pattern) for n in names):
+            raise RunError(f"trainable: {pattern!r} matches no UNet parameter (names look like {names[0]!r}, "
+                           f"{names[-1]!r})")
+    count = 0
+    for name, p in unet.named_parameters():
+        p.requires_grad_(any(fnmatchcase(name, pattern) for pattern in patterns))
+        count += p.numel() if p.requires_grad else 0
+    return count
+
+
 def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) a run in `out`; returns the final/ component folder (RUN/pipeline/ is written too)."""
     from tta.data.dataset import AudioDataset
@@ -371,6 +399,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         store = Datastore.load(r.datastore)
         if "latent" in feature_names(r.features) and store.latent_info is None:
             store.check_latents("")   # raises: the store holds no latents (its VAE is checked once loaded)
+    if config.trainable:   # a pattern that matches nothing fails before the run folder exists
+        freeze_except(LDMUNet(config.model), config.trainable)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     frozen = load_frozen(config, run.device)
     sr = frozen.vae.config.mel.sample_rate
@@ -408,6 +438,9 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         else:
             ctx = RetrievalContext(context_config(r, frozen.clap.embed_dim, config.model.context_dim,
                                                   latent=store.latent_info))
+    if config.trainable:
+        count = freeze_except(unet, config.trainable)
+        log.info("trainable: %d of the UNet's %d values train", count, sum(p.numel() for p in unet.parameters()))
     params = [p for p in unet.parameters() if p.requires_grad]
     if ctx is not None:   # the context encoder in its own group, at retrieval.learning_rate_scale x the rate
         params = [{"params": params}, {"params": [p for p in ctx.parameters() if p.requires_grad],
