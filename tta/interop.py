@@ -194,9 +194,9 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     line); every folder must have the same UNet config and the same CLAP. Written "FOLDER:WEIGHT" (all of
     them, then) the mix is weighted instead: each folder gets its weight and `pipeline` the rest, 1 minus their
     sum, so "FT:0.3" moves 30 % of the way from `pipeline` to a fine-tune FT of it (interpolation, as WiSE-FT
-    and task arithmetic merge weights) and a negative rest extrapolates past it. `vocoder_set` ("key=value" strings)
-    changes fields of the vocoder's config that hold no weights (Griffin-Lim's n_iter, the Vocos vocoder's
-    griffin_lim_iter, ...); the mel config stays the VAE's."""
+    and task arithmetic merge weights) and a negative rest extrapolates past it. `vocoder_set` ("key=value"
+    strings) changes fields of the vocoder's config that hold no weights (Griffin-Lim's n_iter, the Vocos
+    vocoder's griffin_lim_iter, ...); the mel config stays the VAE's."""
     from dataclasses import fields
 
     import torch
