@@ -106,6 +106,7 @@ def setting(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{text!r}: {key} must be >= 1")
     if key in ("sampler", "guidance_rule", "precision", "context_guidance"):
         from tta.ldm import sampling
+        from tta.pipeline import check_context_guidance
 
         check = {"sampler": sampling.check_sampler, "guidance_rule": sampling.check_guidance_rule,
                  "precision": sampling.check_precision, "context_guidance": check_context_guidance}[key]
@@ -114,14 +115,6 @@ def setting(text: str) -> tuple[str, object]:
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"{text!r}: {e}")
     return key, typed
-
-
-def check_context_guidance(value: str) -> str:
-    from tta.pipeline import CONTEXT_GUIDANCE
-
-    if value not in CONTEXT_GUIDANCE:
-        raise ValueError(f"context_guidance must be one of {', '.join(CONTEXT_GUIDANCE)}")
-    return value
 
 
 def labels_list(text: str) -> list[str]:

@@ -188,6 +188,16 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
 
 
+def find_component(path: str | os.PathLike, pipeline_part: str) -> Path | None:
+    """The component folder that `path` names: itself, a training run's final/, or a pipeline folder's
+    `pipeline_part`/ (e.g. "vae"); None when none of them holds a config.json."""
+    path = Path(path)
+    for folder in (path / "final", path / pipeline_part, path):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    return None
+
+
 def load_component(folder: str | os.PathLike, cls: type | None = None, *, device="cpu", strict: bool = True):
     """Load a component folder into a fresh model.
 

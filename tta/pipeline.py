@@ -62,6 +62,12 @@ class PipelineError(ValueError):
 CONTEXT_GUIDANCE = ("shared", "guided")
 
 
+def check_context_guidance(name: str) -> str:
+    if name not in CONTEXT_GUIDANCE:
+        raise ValueError(f"context_guidance={name!r} must be one of {', '.join(CONTEXT_GUIDANCE)}")
+    return name
+
+
 @dataclass(frozen=True)
 class PipelineDefaults:
     """What `tta generate` uses when a flag is not given (AudioLDM: DDIM 200, guidance 2.5)."""
@@ -386,8 +392,10 @@ class TTAPipeline:
             raise PipelineError(str(e)) from None
         check_call(prompts, steps=steps, guidance=guidance, candidates=candidates, batch_size=batch_size, eta=eta)
         context_guidance = d.context_guidance if context_guidance is None else context_guidance
-        if context_guidance not in CONTEXT_GUIDANCE:
-            raise PipelineError(f"context_guidance={context_guidance!r} must be one of {', '.join(CONTEXT_GUIDANCE)}")
+        try:
+            check_context_guidance(context_guidance)
+        except ValueError as e:
+            raise PipelineError(str(e)) from None
         for i, p in enumerate(prompts):
             if not p.strip():
                 log.warning("prompt %d is empty: generating unconditionally", i)
@@ -454,9 +462,9 @@ class TTAPipeline:
         """The core: noise (B, C, T', F') + embeddings cond / uncond (B, D) -> wav (B, num_samples) on CPU.
 
         `edit` passes strength / init_latents / keep / context / uncond_context / generator / progress /
-        guidance_rule / precision on to `denoise`. Like steps and guidance, the guidance rule and the precision are not taken from the
-        model's defaults here: they are "cfg" and "float32" unless given (the parity checks against diffusers
-        call this directly).
+        guidance_rule / precision on to `denoise`. Like steps and guidance, the guidance rule and the precision
+        are not taken from the model's defaults here: they are "cfg" and "float32" unless given (the parity
+        checks against diffusers call this directly).
         """
         scheduler = make_scheduler(check_sampler(sampler), self.scheduler_config)
         if edit.get("context") is None and self.retrieval is not None:    # a retrieval model, no neighbours

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from tta.audio import MelConfig, check_same_mel, log_mel, save_audio
-from tta.checkpoint import CONFIG_NAME, load_component
+from tta.checkpoint import CONFIG_NAME, find_component, load_component
 from tta.data.manifest import DataConfig
 from tta.training import TrainConfig, TrainingRun, make_optimizer
 from vocoder.discriminators import DiscriminatorConfig, HiFiGANDiscriminator
@@ -180,12 +180,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 def load_frozen_vae(path: str, mel: MelConfig) -> torch.nn.Module:
     """The frozen VAE named by a run config's `vae`: a component folder, a run folder (its final/) or a
     pipeline folder (its vae/). Its mel config must be the model's."""
-    folder = Path(path)
-    for sub in ("final", "vae"):
-        if (folder / sub / CONFIG_NAME).is_file():
-            folder = folder / sub
-            break
-    if not (folder / CONFIG_NAME).is_file():
+    folder = find_component(path, "vae")
+    if folder is None:
         raise ValueError(f"vae={path}: not a VAE component, run or pipeline folder (no {CONFIG_NAME})")
     vae = load_component(folder)
     if not hasattr(vae, "encode") or not hasattr(vae, "config") or not hasattr(vae.config, "mel"):

@@ -124,10 +124,10 @@ def run(args: argparse.Namespace) -> int:
 
 def load_vae_folder(path: Path, device: str = "cpu"):
     """A MelVAE from a component folder, a training run (its final/) or a pipeline folder (its vae/)."""
-    from tta.checkpoint import CONFIG_NAME
+    from tta.checkpoint import CONFIG_NAME, find_component
     from vae.model import load_vae
 
-    for folder in (path / "final", path / "vae", path):
-        if (folder / CONFIG_NAME).is_file():
-            return load_vae(folder, device=device).requires_grad_(False).eval()
-    raise ValueError(f"--vae {path}: not a VAE component, run or pipeline folder (no {CONFIG_NAME})")
+    folder = find_component(path, "vae")
+    if folder is None:
+        raise ValueError(f"--vae {path}: not a VAE component, run or pipeline folder (no {CONFIG_NAME})")
+    return load_vae(folder, device=device).requires_grad_(False).eval()
