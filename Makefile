@@ -41,7 +41,7 @@ demo: venv
 # CORPUS: recipe version 1, what the VAE, CLAP and LDM stages 1-2 trained on; CORPUS2: version 2 (LDM stage 3
 # on); CORPUS3: version 3 (Scratch's recordings added), which no shipped stage has trained on yet; CORPUS4:
 # version 4 (Festival and Piper speech added; needs Debian festival + festvox-* voices, see corpus-v4), which
-# only the experiment LDM stage 29 has trained on
+# only the experiments LDM stage 29 and the retrieval stages 30-31 have trained on
 CORPUS ?= ../tta-work/corpus/starter
 CORPUS2 ?= ../tta-work/corpus/starter-v2
 CORPUS3 ?= ../tta-work/corpus/starter-v3
@@ -49,8 +49,10 @@ CORPUS4 ?= ../tta-work/corpus/starter-v4
 RUNS ?= ../tta-work/runs
 AUDIO_CACHE ?= ../tta-work/cache/audio16k
 LATENT_CACHE ?= ../tta-work/cache/latents
-VAE_STEPS ?= 6000
-VOCODER_STEPS ?= 200000
+# the first stages' lengths are those of the shipped model's runs (the model card's training table); their configs
+# give longer max_steps, but none of their learning rates depends on max_steps, so stopping there is the same run
+VAE_STEPS ?= 2000
+VOCODER_STEPS ?= 1500
 # the vocoder run with the adversarial phase from step 0 (`make train-vocoder-gan`); its length can be shortened
 # on a resume (the run then writes final/ at its last checkpoint) and extended again on the next
 VOCODER_GAN_RUN ?= $(RUNS)/vocoder-gan
@@ -68,8 +70,8 @@ VOCOS_VAE_RUN ?= $(RUNS)/vocos-vae
 VOCOS_SFX_FROM ?= $(VOCOS_RUN)
 VOCOS_SFX_RUN ?= $(RUNS)/vocos-sfx
 VOCOS_SFX_STEPS ?= 3000
-CLAP_STEPS ?= 4000
-LDM_STEPS ?= 20000
+CLAP_STEPS ?= 750
+LDM_STEPS ?= 4250
 # second LDM stage: fine-tune on whole 10.24 s clips, initialised from the 2.56 s-crop run
 LDM10_STEPS ?= 6000
 # third LDM stage: fine-tune stage 2 on the version-2 corpus (dog barks, more animals and instruments).

@@ -85,7 +85,7 @@ COMMAND_MODULES = [
     ("eval", "eval.commands", "FAD / FD / KL / IS / CLAP score of generated audio against a reference"),
     ("report", "eval.report_commands", "HTML/Markdown report from one or more eval results"),
     ("import", "tta.interop", "an AudioLDM .ckpt or a diffusers AudioLDM folder -> a tta pipeline folder"),
-    ("export", "tta.interop", "a tta pipeline folder -> a diffusers AudioLDM folder"),
+    ("export", "tta.interop", "a tta pipeline folder -> a diffusers AudioLDM folder, or a compact tta copy"),
     ("index", "tta.retrieval.commands", "retrieval datastore: build, query, info"),
     ("experiment", "tta.commands.experiment", "experiments: retrieval (Re-AudioLDM variants, long-tail report)"),
 ]

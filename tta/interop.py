@@ -1,4 +1,4 @@
-"""Interop with AudioLDM: `tta import audioldm CKPT`, `tta import diffusers DIR`, `tta export diffusers`.
+"""AudioLDM interop and packing: `tta import audioldm|diffusers`, `tta export diffusers|pipeline`.
 
 An AudioLDM original `.ckpt` holds `model.diffusion_model.*` (UNet; `model_ema.*` its EMA, preferred),
 `first_stage_model.{encoder,decoder,...}` (VAE) + `scale_factor`, `first_stage_model.vocoder.*` (HiFi-GAN)
@@ -449,7 +449,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                             "layout diffusers' optimum-quanto backend reads), everything else float16")
         p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
                        help="set a generation default in pipeline.json (sampler, steps, guidance, seconds, "
-                            "candidates, window, guidance_rule, precision); repeatable")
+                            "candidates, window, guidance_rule, precision, context_guidance); repeatable")
         p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN, Vocos or PostnetGriffinLim component, or "
                                          "a `tta train vocoder` / `vocos` / `postnet` run folder (same mel config), "
                                          "or griffin-lim[:ITERS] for the untrained baseline")

@@ -1,5 +1,7 @@
-"""CLAP on the command line: `tta clap score` (CLAP score of clips against their prompts) and
-`tta clap retrieve` (text->audio search, or retrieval metrics of a captioned manifest).
+"""CLAP on the command line: `tta clap score` (clips against prompts), `tta clap retrieve` (search, metrics).
+
+`tta clap score` gives the CLAP score of clips against their prompts; `tta clap retrieve` a text->audio
+search, or the retrieval metrics of a captioned manifest.
 
 Inputs: `--audio DIR` (audio files found recursively, sorted by path) with `--prompts FILE`, or
 `--manifest FILE [--split S]` (each row's audio and its first caption; retrieval metrics use every caption).
