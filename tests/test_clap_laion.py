@@ -220,6 +220,24 @@ def test_config_is_inferred_from_the_weights(laion_pt):
     assert cfg.audio_config.depths == list(DEPTHS) and cfg.audio_config.num_attention_heads == list(HEADS)
     assert cfg.audio_config.window_size == WINDOW and cfg.projection_dim == PROJ
     assert cfg.text_config.num_hidden_layers == TEXT_LAYERS and cfg.text_config.vocab_size == VOCAB
+    assert cfg.text_config.layer_norm_eps == 1e-5       # RoBERTa's, which LAION's text branch is built from
+
+
+def test_the_clap_inside_an_audioldm_ckpt_loads(laion_pt, tokenizer_dir, tmp_path):
+    """An AudioLDM .ckpt keeps the CLAP it was trained with under cond_stage_model.model.* (LAION's layout
+    without `module.`), beside the UNet and VAE; it loads as the same model as the stand-alone .pt."""
+    sd = {f"cond_stage_model.model.{k[len('module.'):]}": v for k, v in laion_layout().items()}
+    sd["model.diffusion_model.out.2.weight"] = torch.zeros(4, 8, 3, 3)    # other parts of the checkpoint
+    sd["scale_factor"] = torch.tensor(0.5)
+    ckpt = tmp_path / "audioldm.ckpt"
+    torch.save({"state_dict": sd}, ckpt)
+    want = load_laion_checkpoint(laion_pt).state_dict()
+    got = load_laion_checkpoint(ckpt).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    loaded = torch.load(ckpt, weights_only=True)
+    clap = LaionClapEmbedder.from_path(ckpt, tokenizer_dir, loaded=loaded)
+    plain = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir)
+    torch.testing.assert_close(clap.embed_text(["a dog barks"]), plain.embed_text(["a dog barks"]))
 
 
 @pytest.mark.parametrize("change, expect", [

@@ -89,6 +89,14 @@ def test_exported_folder_loads_in_diffusers_and_matches(laion_pipeline, tmp_path
     assert float(ref.abs().max()) > 1e-4                          # not a trivially silent comparison
     torch.testing.assert_close(mine, ref.float(), atol=1e-4, rtol=0)
 
+    # diffusers' default call (no audio_length_in_s) takes its length from the UNet's sample_size: the
+    # pipeline's default seconds in latent frames
+    assert theirs.unet.config.sample_size == ours.latent_shape(num_samples)[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = theirs("a dog barks", num_inference_steps=2, output_type="pt").audios[0]
+    assert default.shape == (num_samples,) and bool(torch.isfinite(default).all())
+
 
 def test_export_into_an_existing_folder_is_refused(laion_pipeline, tmp_path, capsys):
     out = tmp_path / "audioldm"

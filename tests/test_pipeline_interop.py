@@ -79,7 +79,7 @@ def test_export_refuses_own_clap_with_the_reason(tmp_path, capsys):
     assert code == 1 and "LAION-CLAP text encoder" in err and not (tmp_path / "x").exists()
 
 
-def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_path):
+def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_path, capsys):
     """A checkpoint in AudioLDM's own layout (built from tiny parts with the reference key names) imports
     into a pipeline whose UNet computes what the source UNet computes."""
     from tta.interop import import_audioldm_ckpt
@@ -118,3 +118,32 @@ def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_pa
         torch.testing.assert_close(pipe.unet(x, t, c), ema_unet(x, t, c), atol=1e-5, rtol=1e-5)
     assert abs(float(pipe.vae.scale_factor) - 0.6) < 1e-6
     assert pipe(["a bell"], seconds=0.1, steps=2).wavs[0].shape == (1600,)
+    # the reference's DDIM visits timesteps 1, 1 + c, ..., not 0, c, ...
+    assert pipe.scheduler_config["steps_offset"] == 1
+
+    # without --clap the CLAP inside the .ckpt is used; this one has none, which is a one-line refusal
+    code = main(["-q", "import", "audioldm", str(tmp_path / "audioldm.ckpt"), "--out", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 1 and "holds no CLAP (cond_stage_model.model.*)" in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_audioldm_l_heads_are_64_channels_wide():
+    """AudioLDM-L (base width 256) uses 64-channel attention heads, S and M 32; nothing in the weights tells
+    them apart, so the import follows the reference's configuration unless a width is given."""
+    from tta.ldm.audioldm import config_from_reference, load_reference_unet, reference_state_dict
+    from tta.ldm.model import LDMUNet
+
+    torch.manual_seed(0)
+    base = tiny_run_config().model
+    wide = LDMUNet(dataclasses.replace(base, block_out_channels=(256, 256), head_channels=64)).eval()
+    narrow = LDMUNet(dataclasses.replace(base, block_out_channels=(64, 128), head_channels=32)).eval()
+    assert config_from_reference(reference_state_dict(wide)).head_channels == 64
+    assert config_from_reference(reference_state_dict(narrow)).head_channels == 32
+    state = {f"model.diffusion_model.{k}": v for k, v in reference_state_dict(wide).items()}
+    x, t, c = torch.randn(1, 4, 8, 32), torch.tensor([400]), torch.randn(1, 64)
+    with torch.no_grad():
+        want = wide(x, t, c)
+        torch.testing.assert_close(load_reference_unet(state, where="L", prefer_ema=False)(x, t, c), want)
+        other = load_reference_unet(state, where="L", prefer_ema=False, head_channels=32)
+        assert other.config.head_channels == 32 and not torch.allclose(other(x, t, c), want, atol=1e-4)

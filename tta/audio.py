@@ -1,9 +1,12 @@
 """Audio I/O and the one mel front end of tta.
 
-The mel contract is AudioLDM's 16 kHz / 64-bin front end (Liu et al. 2023; the reference `TacotronSTFT`):
-periodic Hann STFT with n_fft 1024, hop 160, magnitude (not power), librosa's Slaney mel matrix
-(0-8 kHz, area-normalised), natural log of clamp(mel, 1e-5). The waveform is reflect-padded by
-(n_fft - hop) / 2 samples on each side and framed with center=False, so 163 840 samples give 1024 frames.
+The mel contract is AudioLDM's 16 kHz / 64-bin front end (Liu et al. 2023): periodic Hann STFT with n_fft
+1024, hop 160, magnitude (not power), librosa's Slaney mel matrix (0-8 kHz, area-normalised), natural log of
+clamp(mel, 1e-5). The framing is HiFi-GAN's (jik876 `mel_spectrogram`): the waveform is reflect-padded by
+(n_fft - hop) / 2 = 432 samples on each side and framed with center=False, so 163 840 samples give 1024
+frames and frame k is centred on sample 160 k + 80. AudioLDM's own `TacotronSTFT` pads n_fft / 2 and centres
+frame k on sample 160 k (then keeps the first 1024 frames): the same values half a hop (5 ms) earlier, which
+matters only when audio is encoded by an imported AudioLDM VAE (audio-to-audio, inpainting).
 Every component (VAE, vocoder, CLAP audio tower) carries a `MelConfig` and calls `log_mel`; there is no
 second mel implementation anywhere in the project.
 """

@@ -2,8 +2,11 @@
 
 An AudioLDM original `.ckpt` holds `model.diffusion_model.*` (UNet; `model_ema.*` its EMA, preferred),
 `first_stage_model.{encoder,decoder,...}` (VAE) + `scale_factor`, `first_stage_model.vocoder.*` (HiFi-GAN)
-and `cond_stage_model.model.*` (LAION-CLAP). The UNet is renamed by `tta.ldm.audioldm`, the VAE and
-vocoder by their packages' importers; CLAP comes from `--clap` as for diffusers folders (below).
+and `cond_stage_model.model.*` (LAION-CLAP). The file is read once. The UNet is renamed by
+`tta.ldm.audioldm` (attention heads of 32 channels for S and M, 64 for L, as the reference configures them;
+`--head-channels` overrides), the VAE and vocoder by their packages' importers, and the CLAP is the one under
+`cond_stage_model.model.*` (it needs `--tokenizer`, a local RoBERTa tokenizer) unless `--clap` names another.
+The scheduler keeps the reference's DDIM step offset of 1 (timesteps 1, 6, ..., 996 for 200 steps).
 
 A diffusers AudioLDM folder (the `cvssp/audioldm-s-full-v2` layout) holds `model_index.json`, `unet/`
 (UNet2DConditionModel), `vae/` (AutoencoderKL over the mel image), `vocoder/` (transformers
@@ -84,33 +87,44 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     return pipe.save_pretrained(out)
 
 
-def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike,
+def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike | None = None,
                          tokenizer: str | os.PathLike | None = None, prefer_ema: bool = True,
-                         vocoder_config=None, vae_norm_groups: int = 32) -> Path:
-    """Convert an AudioLDM original `.ckpt` (UNet: EMA weights preferred; VAE + scale_factor; HiFi-GAN) and
-    the full CLAP at `clap` into a tta pipeline folder `out`. S / M / L are told apart by tensor shapes.
+                         vocoder_config=None, vae_norm_groups: int = 32, head_channels: int | None = None) -> Path:
+    """Convert an AudioLDM original `.ckpt` (UNet: EMA weights preferred; VAE + scale_factor; HiFi-GAN; the
+    CLAP under `cond_stage_model.model.*` unless `clap` names another) into a tta pipeline folder `out`. S / M /
+    L are told apart by tensor shapes; `head_channels` overrides the reference's attention head width.
     `vocoder_config` (a HiFiGANConfig) overrides AudioLDM's 16 kHz / 64-bin vocoder hyper-parameters and
     `vae_norm_groups` the VAE's GroupNorm groups (the reference's 32), for non-standard sizes."""
     from tta.checkpoint import load_torch_file
     from tta.clap import load_clap
+    from tta.clap.laion import AUDIOLDM_CLAP_PREFIX, LaionClapEmbedder
     from tta.ldm.audioldm import load_reference_unet
     from tta.ldm.sampling import DiffusionConfig
     from tta.pipeline import PipelineDefaults, TTAPipeline
-    from vae.interop import load_audioldm_ckpt as load_vae
-    from vocoder.interop import load_audioldm_ckpt as load_vocoder
+    from vae.interop import vae_from_audioldm_state
+    from vocoder.interop import vocoder_from_audioldm_state
 
     path = Path(path)
     obj = load_torch_file(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise InteropError(f"{path}: expected an AudioLDM checkpoint with a 'state_dict'")
-    unet = load_reference_unet(state, where=str(path), prefer_ema=prefer_ema)
-    del obj, state
-    vocoder = load_vocoder(path, vocoder_config)
-    vae = load_vae(path, mel=vocoder.config.mel, norm_num_groups=vae_norm_groups)
-    embedder = load_clap(clap, tokenizer=tokenizer)
+    if clap is None and not any(k.startswith(AUDIOLDM_CLAP_PREFIX) for k in state):
+        raise InteropError(f"{path}: holds no CLAP ({AUDIOLDM_CLAP_PREFIX}*); name the one it was trained with "
+                           "(--clap)")
+    unet = load_reference_unet(state, where=str(path), prefer_ema=prefer_ema, head_channels=head_channels)
+    vocoder = vocoder_from_audioldm_state(obj, path, vocoder_config)
+    vae = vae_from_audioldm_state(obj, mel=vocoder.config.mel, norm_num_groups=vae_norm_groups, where=str(path))
+    if clap is not None:
+        del obj, state
+        embedder = load_clap(clap, tokenizer=tokenizer)
+    else:
+        embedder = LaionClapEmbedder.from_path(path, tokenizer, loaded=obj)
+        del obj, state
+    # AudioLDM's DDIM visits timesteps 1, 1 + c, ... (its make_ddim_timesteps adds 1): diffusers' steps_offset
+    schedule = {**DiffusionConfig().scheduler_config(), "steps_offset": 1}
     try:
-        pipe = TTAPipeline(unet, vae, vocoder, embedder, DiffusionConfig().scheduler_config(), PipelineDefaults())
+        pipe = TTAPipeline(unet, vae, vocoder, embedder, schedule, PipelineDefaults())
     except ValueError as e:
         raise InteropError(f"{path}: parts do not fit together: {e}") from None
     return pipe.save_pretrained(out)
@@ -152,6 +166,12 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
     scheduler = make_scheduler(pipe.defaults.sampler, pipe.scheduler_config)
     with atomic_dir(out) as tmp:
         pipe.unet.save_diffusers(tmp / "unet")
+        # AudioLDMPipeline derives its default length from the UNet's sample_size (latent frames): make that the
+        # pipeline's default seconds, padded as tta pads it (the official conversion writes 128, 5.12 s)
+        unet_config = tmp / "unet" / "config.json"
+        body = json.loads(unet_config.read_text())
+        body["sample_size"] = pipe.latent_shape(pipe.check_seconds(pipe.defaults.seconds))[1]
+        unet_config.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         pipe.vae.net.save_pretrained(str(tmp / "vae"), safe_serialization=True)
         export_speecht5(pipe.vocoder, tmp / "vocoder")
         scheduler.save_pretrained(str(tmp / "scheduler"))
@@ -424,10 +444,12 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     if verb == "import":
         p = sub.add_parser("audioldm", help="an AudioLDM original .ckpt -> a tta pipeline folder")
         p.add_argument("folder", type=Path, metavar="CKPT", help="AudioLDM .ckpt (read weights-only)")
-        p.add_argument("--clap", required=True, help="the full CLAP it was trained with "
-                                                     "(LAION .pt, transformers CLAP folder, or a tta CLAP)")
-        p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (LAION .pt only)")
+        p.add_argument("--clap", help="another full CLAP to use (LAION .pt, transformers CLAP folder, or a tta "
+                                      "CLAP; default: the one inside the .ckpt, cond_stage_model.model.*)")
+        p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (the .ckpt's CLAP or a LAION .pt)")
         p.add_argument("--no-ema", action="store_true", help="use the raw UNet weights, not model_ema.*")
+        p.add_argument("--head-channels", type=int, metavar="N",
+                       help="UNet attention head width (default: the reference's, 64 for AudioLDM-L, else 32)")
         p.add_argument("--out", required=True, type=Path, help="tta pipeline folder to write")
         p = sub.add_parser("diffusers", help="a diffusers AudioLDM folder -> a tta pipeline folder")
         p.add_argument("folder", type=Path, help="diffusers AudioLDM folder (model_index.json, unet/, vae/, ...)")
@@ -473,7 +495,7 @@ def run(args: argparse.Namespace) -> int:
         raise InteropError(f"{args.out}: already exists; choose a new --out")
     if args.interop_verb == "import" and args.interop_kind == "audioldm":
         out = import_audioldm_ckpt(args.folder, args.out, clap=args.clap, tokenizer=args.tokenizer,
-                                   prefer_ema=not args.no_ema)
+                                   prefer_ema=not args.no_ema, head_channels=args.head_channels)
     elif args.interop_verb == "import":
         out = import_diffusers_audioldm(args.folder, args.out, clap=args.clap, tokenizer=args.tokenizer)
     elif args.interop_kind == "pipeline":

@@ -114,10 +114,13 @@ def load_audioldm_ckpt(path: str | os.PathLike, config: HiFiGANConfig | None = N
                        weight_norm: bool = False) -> HiFiGAN:
     """The vocoder inside an AudioLDM `.ckpt` (keys `first_stage_model.vocoder.*`). `config` defaults to
     AudioLDM's 16 kHz / 64-bin HiFi-GAN (= HiFiGANConfig's defaults)."""
-    return _audioldm_from(load_torch_file(path), path, config, weight_norm=weight_norm)
+    return vocoder_from_audioldm_state(load_torch_file(path), path, config, weight_norm=weight_norm)
 
 
-def _audioldm_from(ckpt, path, config: HiFiGANConfig | None, *, weight_norm: bool) -> HiFiGAN:
+def vocoder_from_audioldm_state(ckpt, path, config: HiFiGANConfig | None = None, *,
+                                weight_norm: bool = False) -> HiFiGAN:
+    """The vocoder of an already-loaded AudioLDM checkpoint object (so a whole-pipeline import reads the
+    file once); `path` names it in errors."""
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict with a 'state_dict'")
@@ -221,6 +224,6 @@ def load_vocoder(path: str | os.PathLike, *, weight_norm: bool = False) -> HiFiG
         return _jik876_from(ckpt, path, None, weight_norm=weight_norm)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if isinstance(state, dict) and any(str(k).startswith(AUDIOLDM_PREFIX) for k in state):
-        return _audioldm_from(ckpt, path, None, weight_norm=weight_norm)
+        return vocoder_from_audioldm_state(ckpt, path, None, weight_norm=weight_norm)
     raise CheckpointError(f"{path}: not a vocoder checkpoint tta knows (expected a tta or SpeechT5HifiGan folder, "
                           f"a jik876 'generator' checkpoint or an AudioLDM .ckpt with '{AUDIOLDM_PREFIX}*' keys)")

@@ -4,7 +4,8 @@ Two on-disk forms are read:
 
 - a transformers CLAP folder (config.json with model_type "clap" + weights; `save_pretrained` output);
 - an original LAION `.pt` (e.g. 630k-audioset-best.pt): {"state_dict": {"module.<key>": tensor}} in
-  LAION's layout (`text_branch.*` RoBERTa, `audio_branch.*` HTSAT, `text_projection.{0,2}`,
+  LAION's layout (or an AudioLDM `.ckpt`, whose `cond_stage_model.model.*` is the CLAP it was trained with,
+  in the same layout) (`text_branch.*` RoBERTa, `audio_branch.*` HTSAT, `text_projection.{0,2}`,
   `audio_projection.{0,2}`, `logit_scale_{a,t}`), converted here to ClapModel's names. HTSAT attention
   keeps q, k and v in one `qkv` matrix (rows [q; k; v]); ClapModel has separate `query/key/value`.
   Tensors the embeddings never use are dropped by name: the torchlibrosa front end
@@ -113,7 +114,9 @@ def convert_laion_state_dict(state: dict) -> tuple[dict, dict]:
 def infer_clap_config(state: dict):
     """A transformers ClapConfig matching a converted state dict (HTSAT + RoBERTa sizes read off shapes).
 
-    Text attention heads are not visible in the weights: hidden_size // 64 (RoBERTa's head width) is used.
+    Text attention heads are not visible in the weights: hidden_size // 64 (RoBERTa's head width) is used;
+    the text tower's LayerNorm epsilon is RoBERTa's 1e-5 (LAION builds it from roberta-base), not
+    ClapTextConfig's default 1e-12.
     """
     from transformers import ClapConfig
 
@@ -145,21 +148,29 @@ def infer_clap_config(state: dict):
                     "intermediate_size": shape("text_model.encoder.layer.0.intermediate.dense.weight")[0],
                     "max_position_embeddings": shape("text_model.embeddings.position_embeddings.weight")[0],
                     "type_vocab_size": shape("text_model.embeddings.token_type_embeddings.weight")[0],
+                    "layer_norm_eps": 1e-5,
                     "projection_dim": shape("text_projection.linear1.weight")[0]}
     return ClapConfig(text_config=text_cfg, audio_config=audio_cfg,
                       projection_dim=shape("text_projection.linear1.weight")[0])
 
 
-def load_laion_checkpoint(path: str | os.PathLike, config=None):
-    """An original LAION-CLAP `.pt` as a transformers ClapModel (eval mode). `config`: a ClapConfig, or
-    None to infer the sizes from the weights."""
+AUDIOLDM_CLAP_PREFIX = "cond_stage_model.model."
+
+
+def load_laion_checkpoint(path: str | os.PathLike, config=None, *, loaded=None):
+    """An original LAION-CLAP `.pt` (or the CLAP inside an AudioLDM `.ckpt`) as a transformers ClapModel (eval
+    mode). `config`: a ClapConfig, or None to infer the sizes from the weights; `loaded`: the file's content
+    when the caller has already read it."""
     from transformers import ClapModel
 
-    raw = load_torch_file(path)
+    raw = load_torch_file(path) if loaded is None else loaded
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{path}: expected a LAION-CLAP checkpoint ({{'state_dict': {{...}}}}), "
                               f"got {type(raw).__name__}")
+    if any(k.startswith(AUDIOLDM_CLAP_PREFIX) for k in state):
+        state = {k[len(AUDIOLDM_CLAP_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIOLDM_CLAP_PREFIX)}
+        log.info("%s: using the CLAP under %s*", path, AUDIOLDM_CLAP_PREFIX)
     converted, origin = convert_laion_state_dict(state)
     model = ClapModel(config if config is not None else infer_clap_config(converted)).eval()
     own = model.state_dict()
@@ -248,16 +259,16 @@ class LaionClapEmbedder(ClapEmbedder):
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None, *, config=None,
-                  **kwargs) -> LaionClapEmbedder:
-        """A LAION `.pt` file (needs `tokenizer`) or a transformers CLAP folder (tokenizer files inside
-        it, or `tokenizer`)."""
+                  loaded=None, **kwargs) -> LaionClapEmbedder:
+        """A LAION `.pt` file (needs `tokenizer`; `loaded`: its content, when already read) or a transformers
+        CLAP folder (tokenizer files inside it, or `tokenizer`)."""
         from transformers import ClapFeatureExtractor, ClapModel
 
         path = Path(path)
         if path.is_file():
             if tokenizer is None:
                 raise ValueError(f"{path}: a LAION .pt needs the RoBERTa tokenizer folder (--tokenizer DIR)")
-            model = load_laion_checkpoint(path, config)
+            model = load_laion_checkpoint(path, config, loaded=loaded)
             return cls(model, load_roberta_tokenizer(tokenizer), identity=f"laion-clap:{_file_hash(path)}", **kwargs)
         if not (path / "config.json").is_file():
             raise ValueError(f"{path}: neither a LAION .pt file nor a transformers CLAP folder (no config.json)")

@@ -16,8 +16,9 @@ Reference layout (`model.diffusion_model.*`, or the EMA copy `model_ema.diffusio
     ResBlock: in_layers.{0,2} -> norm1, conv1; emb_layers.1 -> time_emb_proj; out_layers.{0,3} -> norm2, conv2;
               skip_connection -> conv_shortcut. Transformer inner names are the same in both layouts.
 
-The sizes (S / M / L differ in model_channels and depth) are read from tensor shapes; heads are the
-reference's 32-channel heads (`num_head_channels: 32`).
+The sizes (S / M / L differ in model_channels and depth) are read from tensor shapes. The head width leaves
+no trace in the weights: the reference uses 32-channel heads (`num_head_channels: 32`) for S and M and
+64-channel heads for L (model_channels 256), so that is what is assumed unless a width is given.
 """
 
 from __future__ import annotations
@@ -47,8 +48,14 @@ def unet_state_from_checkpoint(state: dict, *, prefer_ema: bool = True) -> tuple
     return raw, False
 
 
-def config_from_reference(state: dict) -> LDMConfig:
-    """LDMConfig from reference-layout UNet weights (AudioLDM S/M/L are told apart by these shapes)."""
+def reference_head_channels(base_width: int) -> int:
+    """The reference's attention head width for a UNet of this base width (L: 256 -> 64, else 32)."""
+    return 64 if base_width >= 256 else 32
+
+
+def config_from_reference(state: dict, *, head_channels: int | None = None) -> LDMConfig:
+    """LDMConfig from reference-layout UNet weights (AudioLDM S/M/L are told apart by these shapes);
+    `head_channels` None takes the reference's width for that size (`reference_head_channels`)."""
     in_ch = state["input_blocks.0.0.weight"].shape[1]
     idx = sorted({int(m.group(1)) for k in state if (m := re.match(r"input_blocks\.(\d+)\.", k))})
     widths, attn_levels, level, layers = [], [], 0, 0
@@ -68,8 +75,13 @@ def config_from_reference(state: dict) -> LDMConfig:
         raise ValueError(f"res blocks per level differ ({per_level}); not an AudioLDM UNet")
     if "film_emb.weight" not in state:
         raise ValueError("no film_emb.* weights: the UNet has no CLAP FiLM conditioning (not AudioLDM)")
+    if head_channels is None:
+        head_channels = reference_head_channels(widths[0])
+    bad = [w for w in widths if w % head_channels]
+    if head_channels <= 0 or bad:
+        raise ValueError(f"head width {head_channels} does not divide the UNet's widths {tuple(widths)}")
     return LDMConfig(latent_channels=in_ch, block_out_channels=tuple(widths), layers_per_block=per_level[0],
-                     attention_downsample=tuple(attn_levels), head_channels=32, num_heads=0,
+                     attention_downsample=tuple(attn_levels), head_channels=head_channels, num_heads=0,
                      class_embed_dim=state["film_emb.weight"].shape[1], context_dim=None, transformer_layers=1,
                      norm_num_groups=32)
 
@@ -119,13 +131,15 @@ def rename_reference_key(key: str, config: LDMConfig) -> str:
     raise KeyError(key)
 
 
-def load_reference_unet(state: dict, *, where: str, prefer_ema: bool = True) -> LDMUNet:
-    """An LDMUNet carrying the UNet of an AudioLDM checkpoint's state_dict (EMA weights when present)."""
+def load_reference_unet(state: dict, *, where: str, prefer_ema: bool = True,
+                        head_channels: int | None = None) -> LDMUNet:
+    """An LDMUNet carrying the UNet of an AudioLDM checkpoint's state_dict (EMA weights when present);
+    `head_channels` as in `config_from_reference`."""
     from tta.checkpoint import CheckpointError, load_into
 
     try:
         ref, used_ema = unet_state_from_checkpoint(state, prefer_ema=prefer_ema)
-        config = config_from_reference(ref)
+        config = config_from_reference(ref, head_channels=head_channels)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{where}: {e}") from None
     model = LDMUNet(config)
@@ -140,7 +154,9 @@ def load_reference_unet(state: dict, *, where: str, prefer_ema: bool = True) -> 
                               f"(first: {', '.join(unknown[:5])})")
     # proj_in / proj_out are 1x1 convs in both layouts (use_linear_projection=False): no reshaping
     load_into(model.net, renamed, where=where)
-    log.info("%s: AudioLDM UNet %s (%s weights)", where, config.block_out_channels, "EMA" if used_ema else "raw")
+    log.info("%s: AudioLDM UNet %s (%s weights), attention heads of %d channels%s", where,
+             config.block_out_channels, "EMA" if used_ema else "raw", config.head_channels,
+             "" if head_channels else " (the reference's width for this size)")
     return model.eval()
 
 
