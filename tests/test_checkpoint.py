@@ -94,6 +94,25 @@ def test_atomic_dir_keeps_old_folder_until_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net"]
 
 
+def test_atomic_outputs_get_the_umask_modes_and_a_file_is_not_replaced_by_a_folder(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.json") as tmp:
+            tmp.write_text("{}")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(old)
+    # readable by others, as open() and mkdir() would make them (tempfile's own modes are 0600 / 0700)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(CheckpointError, match="exists and is not a folder"):
+        with atomic_dir(tmp_path / "f"):
+            raise AssertionError("not reached")
+    assert (tmp_path / "f").read_text() == "mine" and not list(tmp_path.glob(".f*"))
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))

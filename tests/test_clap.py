@@ -187,6 +187,36 @@ def test_cli_score_and_retrieve(trained, toy, tmp_path, capsys):
     assert len(hits) == 2 and "rise" in hits[0]["file"]
 
 
+def test_cli_skips_unreadable_audio_and_goes_on(trained, toy, tmp_path, capsys, caplog):
+    """A batch names each bad file and scores the rest; only a folder with no readable file is an error."""
+    import shutil
+
+    from tta.cli import main
+
+    run, _ = trained
+    audio_dir = tmp_path / "audio"
+    shutil.copytree(toy.parent / "audio", audio_dir)
+    good = sorted(audio_dir.glob("*.wav"))
+    (audio_dir / "zz_text.wav").write_text("not audio")
+    out = tmp_path / "r.json"
+    assert main(["-q", "clap", "retrieve", "--model", str(run), "--audio", str(audio_dir),
+                 "--query", "a tone", "--top-k", "1000", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert len(res["queries"][0]["hits"]) == len(good) and len(res["skipped"]) == 1
+    assert any("zz_text.wav" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(["a tone"] * (len(good) + 1)) + "\n")
+    assert main(["-q", "clap", "score", "--model", str(run), "--audio", str(audio_dir),
+                 "--prompts", str(prompts), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["num_items"] == len(good)
+    for f in good:
+        f.unlink()
+    capsys.readouterr()
+    assert main(["-q", "clap", "retrieve", "--model", str(run), "--audio", str(audio_dir),
+                 "--query", "x"]) == 1
+    assert "none of the 1 audio files is readable" in capsys.readouterr().err
+
+
 def test_retrieval_metrics_follow_their_definitions():
     eye = torch.eye(4)
     m = retrieval_metrics(eye, eye, [0, 1, 2, 3], model="x")

@@ -96,6 +96,9 @@ def test_bad_json_file_names_file_and_line(tmp_path):
         load_config(Outer, p)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(Outer, tmp_path / "missing.json")
+    (tmp_path / "audio.json").write_bytes(b"RIFF\x24\x80\x00\x00WAVEfmt ")     # a wav given as --config
+    with pytest.raises(ConfigError, match=r"audio.json: not a UTF-8 text file"):
+        load_config(Outer, tmp_path / "audio.json")
 
 
 def test_to_dict_is_plain_json():

@@ -149,3 +149,17 @@ def test_check_missing_manifest_is_one_line_error(capsys, tmp_path):
     code, _, err = _run(capsys, "data", "check", tmp_path / "none.jsonl")
     assert code == 1
     _assert_one_line_error(err, "none.jsonl", "manifest not found")
+
+
+def test_check_refuses_an_empty_or_binary_manifest_and_non_finite_thresholds(capsys, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    code, stdout, err = _run(capsys, "data", "check", tmp_path / "empty.jsonl")
+    assert code == 1 and "0 rows" in stdout and "no rows" in err
+    (tmp_path / "utf16.jsonl").write_bytes('{"id": "a"}\n'.encode("utf-16"))
+    code, _, err = _run(capsys, "data", "check", tmp_path / "utf16.jsonl")
+    assert code == 1
+    _assert_one_line_error(err, "utf16.jsonl", "not a UTF-8 text file")
+    for flag, value in (("--min-seconds", "nan"), ("--min-seconds", "-5"), ("--silence-db", "nan")):
+        code, _, err = _run(capsys, "data", "check", tmp_path / "empty.jsonl", flag, value)
+        assert code == 1
+        _assert_one_line_error(err, flag)

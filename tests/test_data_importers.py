@@ -253,3 +253,4 @@ def test_webdataset_without_good_rows_leaves_no_folder(tmp_path):
     result = import_webdataset(tmp_path / "notatar.tar", audio_dir=tmp_path / "out2",
                                options=ImportOptions(progress=False))
     assert result.rows == [] and "not a readable tar shard" in result.errors[0]
+    assert len(result.errors[0].splitlines()) == 1       # tarfile's own message spans several lines

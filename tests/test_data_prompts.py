@@ -27,6 +27,12 @@ def test_one_file_drives_generate_and_eval(tmp_path):
     assert by_key["dog"].prompt == "a dog barks" and by_key["dog"].category == "animals"
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    # Excel's "CSV UTF-8" starts the file with U+FEFF
+    (tmp_path / "p.csv").write_bytes("prompt,id\na dog barks,d1\n".encode("utf-8-sig"))
+    assert [(r.id, r.prompt) for r in read_prompt_file(tmp_path / "p.csv")] == [("d1", "a dog barks")]
+
+
 def test_txt_skips_blank_lines(tmp_path):
     (tmp_path / "p.txt").write_text("a dog barks\n\n  rain on a roof  \n")
     assert [r.prompt for r in read_prompt_file(tmp_path / "p.txt")] == ["a dog barks", "rain on a roof"]

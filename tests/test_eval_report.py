@@ -90,3 +90,13 @@ def test_report_in_headless_browser(report, tmp_path):
     keep = Path(__import__("os").environ.get("TTA_REPORT_SCREENSHOT", ""))
     if keep.name:
         shutil.copy(shot, keep)
+
+
+def test_report_refuses_other_file_types_and_extra_labels(report, tmp_path, capsys):
+    runs = [str(report / "run_a"), str(report / "run_b")]
+    for argv in (["--out", str(tmp_path / "r.pdf")], ["--markdown", str(tmp_path / "r.txt")],
+                 ["--out", str(tmp_path / "r.html"), "--label", "a", "--label", "b", "--label", "c"]):
+        assert main(["-q", "report", *runs, *argv]) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("tta: error:"), err
+    assert list(tmp_path.iterdir()) == []

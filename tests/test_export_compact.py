@@ -52,6 +52,10 @@ def test_compact_copy_is_smaller_loads_and_generates_close_to_the_original(tmp_p
                                           (["--default", "sampler=wat"], "wat"),
                                           (["--default", "steps"], "KEY=VALUE"),
                                           (["--default", "precision=half"], "precision"),
+                                          (["--default", "steps=0"], "defaults.steps=0"),
+                                          (["--default", "candidates=0"], "defaults.candidates=0"),
+                                          (["--default", "guidance=NaN"], "guidance"),
+                                          (["--default", "seconds=-1"], "defaults.seconds=-1"),
                                           (["--dtype", "int4"], "int4")])
 def test_bad_export_options_are_one_line_errors(tmp_path, capsys, args, needle):
     out = tmp_path / "packed"

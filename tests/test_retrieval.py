@@ -217,3 +217,105 @@ def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
     assert "built with CLAP" in capsys.readouterr().err
     assert main(["index", "info", str(tmp_path / "missing")]) == 1
     assert "datastore folder not found" in capsys.readouterr().err
+
+
+def _with_bad_rows(corpus, folder, good: int = 6):
+    """A manifest of the corpus's first `good` rows (absolute paths) with bad rows in between: a missing
+    file, NaN samples, a text file named .wav, and a clip too short for the CLAP. Returns (manifest, good ids)."""
+    import soundfile as sf
+
+    from tta.data.manifest import resolve_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [type(r)(**{**r.__dict__, "path": str(resolve_path(r, corpus))}) for r in read_manifest(corpus)[:good]]
+    sf.write(folder / "nan.wav", np.full(SR // 2, np.nan, np.float32), SR, subtype="FLOAT")
+    (folder / "text.wav").write_text("not audio\n")
+    sf.write(folder / "short.wav", np.zeros(20, np.float32), SR)
+    bad = [type(rows[0])(**{**rows[0].__dict__, "id": f"bad-{name}", "path": str(folder / f"{name}.wav")})
+           for name in ("missing", "nan", "text", "short")]
+    mixed = [bad[0], rows[0], rows[1], bad[1], rows[2], bad[2], bad[3], *rows[3:]]
+    write_manifest(folder / "mixed.jsonl", mixed)
+    return folder / "mixed.jsonl", [r.id for r in rows]
+
+
+def test_build_skips_bad_rows_and_keeps_the_rest_aligned(corpus, clap, tmp_path, caplog):
+    from tests.test_ldm_fixtures import tiny_model_config
+    from vae.model import MelVAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = MelVAE(tiny_model_config(VAEConfig, "vae")).requires_grad_(False).eval()
+    mixed, good_ids = _with_bad_rows(corpus, tmp_path / "in")
+    write_manifest(tmp_path / "good.jsonl", [r for r in read_manifest(mixed) if r.id in good_ids])
+    config = DatastoreConfig(batch_size=3, latent_tokens=2)
+    with caplog.at_level("WARNING", logger="tta.retrieval.datastore"):
+        store = Datastore.load(build_datastore(mixed, clap, tmp_path / "mixed", config, progress=False, vae=vae))
+    lines = [r.getMessage() for r in caplog.records]
+    for name, reason in (("missing", "file not found"), ("nan", "non-finite samples"),
+                         ("text", "not a readable audio file"), ("short", "refused by the CLAP")):
+        hit = [x for x in lines if f"skipping row bad-{name}:" in x]
+        assert len(hit) == 1 and f"{name}.wav" in hit[0] and reason in hit[0] and "\n" not in hit[0], lines
+    assert any("skipped 4 of 10 rows" in x for x in lines)
+    # the store holds exactly the good rows, each array aligned with meta as if built from them alone
+    ref = Datastore.load(build_datastore(tmp_path / "good.jsonl", clap, tmp_path / "ref", config, progress=False,
+                                         vae=vae))
+    assert store.count == store.info["count"] == 6 and store.ids == ref.ids == good_ids
+    assert [m["audio_sha256"] for m in store.meta] == [m["audio_sha256"] for m in ref.meta]
+    for key in ("audio", "text", "latent"):
+        np.testing.assert_allclose(np.asarray(store.emb[key]), np.asarray(ref.emb[key]), atol=1e-5)
+    assert store.indexes["audio"].ntotal == 6 and not list(tmp_path.glob(".*"))
+    assert store.query(np.asarray(ref.emb["audio"][4]), 1).ids == [[good_ids[4]]]
+
+
+def test_build_with_no_usable_row_is_one_error(corpus, clap, tmp_path):
+    mixed, good_ids = _with_bad_rows(corpus, tmp_path / "in")
+    write_manifest(tmp_path / "bad.jsonl", [r for r in read_manifest(mixed) if r.id not in good_ids])
+    with pytest.raises(DatastoreError, match=r"bad.jsonl: none of the 4 rows has usable audio") as e:
+        build_datastore(tmp_path / "bad.jsonl", clap, tmp_path / "store", progress=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "store").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_cli_build_skips_bad_rows(corpus, tmp_path, capsys, caplog):
+    from tta.cli import main
+
+    mixed, good_ids = _with_bad_rows(corpus, tmp_path / "in", good=3)
+    clap_dir = _clap_folder(tmp_path / "clap", seed=0)
+    out = tmp_path / "store"
+    assert main(["-q", "index", "build", "--manifest", str(mixed), "--clap", str(clap_dir), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("tta.")]
+    assert sum("skipping row bad-" in x for x in warned) == 4 and "skipped 4 of 7 rows" in warned[-1]
+    assert Datastore.load(out).ids == good_ids
+
+
+def test_cli_build_refuses_an_existing_out(corpus, store_dir, tmp_path, capsys):
+    from tta.cli import main
+
+    clap_dir = _clap_folder(tmp_path / "clap", seed=0)
+    keep = tmp_path / "keep"
+    (keep / "sub").mkdir(parents=True)
+    (keep / "a.txt").write_text("important\n")
+    (tmp_path / "pfile").write_text("x\n")
+    store = tmp_path / "store"
+    shutil.copytree(store_dir, store)
+    before = (store / "meta.jsonl").read_text()
+    for out in (keep, tmp_path / "pfile", store):
+        assert main(["index", "build", "--manifest", str(corpus), "--clap", str(clap_dir), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err == f"tta: error: {out}: already exists; choose a new --out\n"
+    assert (keep / "a.txt").read_text() == "important\n" and (keep / "sub").is_dir()
+    assert (tmp_path / "pfile").read_text() == "x\n" and (store / "meta.jsonl").read_text() == before
+    assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_cli_build_refuses_a_bad_max_seconds(corpus, tmp_path, capsys, value):
+    from tta.cli import main
+
+    out = tmp_path / "store"
+    assert main(["index", "build", "--manifest", str(corpus), "--clap", str(tmp_path / "no-clap"), "--out", str(out),
+                 "--max-seconds", value]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tta: error: --max-seconds {float(value)}: expected a finite number") and err.count("\n") == 1
+    assert not out.exists()
+    with pytest.raises(ValueError, match="max_seconds=.* must be a finite number >= 0"):
+        DatastoreConfig(max_seconds=float(value))

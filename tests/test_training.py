@@ -255,3 +255,175 @@ def test_resume_may_extend_or_shorten_a_run_and_keeps_its_trajectory(tmp_path):
     run_toy(tmp_path / "cut", 8, stop_at=4)                  # killed at step 4, then stopped there
     _, cut = run_toy(tmp_path / "cut", 4, resume=True)
     assert all(torch.equal(weights(four)[k], weights(cut)[k]) for k in weights(four))
+
+
+# ------------------------------------------------- a fresh run that fails early leaves no run folder behind
+
+
+def test_a_fresh_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path):
+    from tta.training import discard_on_failure
+
+    # a bad init_from is found after the run folder (config.json) exists: the folder goes, the rerun works
+    out = tmp_path / "runs" / "deep" / "ft"
+    with pytest.raises(RunError, match="init_from=.*no such"), discard_on_failure(out):
+        run_toy(out, 2, init_from=tmp_path / "nowhere")
+    assert not (tmp_path / "runs").exists()          # with the parents this call made
+    with discard_on_failure(out):
+        run_toy(out, 2)
+    assert (out / "final").is_dir()
+    # an error in the loop, after metrics.jsonl was written but before the first checkpoint (step 2)
+    with pytest.raises(RuntimeError, match="bad batch"), discard_on_failure(tmp_path / "loop"):
+        run, _ = run_toy(tmp_path / "loop", 4, stop_at=0)
+        for _ in run.batches(ToyClips()):
+            run.end_step(loss=1.0)
+            assert (tmp_path / "loop" / "metrics.jsonl").is_file()
+            raise RuntimeError("bad batch")
+    assert not (tmp_path / "loop").exists()
+    # a folder that existed before keeps what it held; only what the run wrote goes
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(RunError), discard_on_failure(kept):
+        run_toy(kept, 2, init_from=tmp_path / "nowhere")
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_with_a_checkpoint_and_a_resume_are_never_discarded(tmp_path):
+    from tta.training import discard_on_failure
+
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError), discard_on_failure(out):
+        run_toy(out, 6, stop_at=2)                   # killed after its first checkpoint: it can be resumed
+        raise RuntimeError("killed")
+    assert (out / "checkpoints" / "step_2").is_dir()
+    with pytest.raises(RunError, match="already holds a run"), discard_on_failure(out):
+        run_toy(out, 6)                              # a fresh start refused in that folder leaves it alone
+    with pytest.raises(RuntimeError), discard_on_failure(out, resume=True):
+        run_toy(out, 6, resume=True, stop_at=4)
+        raise RuntimeError("killed again")
+    assert (out / "checkpoints" / "step_4").is_dir() and (out / "config.json").is_file()
+    run, _ = run_toy(out, 6, resume=True)
+    assert run.step == 6
+    # a resume that fails is left as it is, even with no checkpoint at all
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps({"model": {}, "train": {}}))
+    with pytest.raises(RunError), discard_on_failure(bare, resume=True):
+        run_toy(bare, 2, resume=True)
+    assert (bare / "config.json").is_file()
+
+
+def _vae_manifest(root, bad: str = ""):
+    """A tiny train/valid manifest of 1 s clips; bad="nan" adds a train row whose audio is all NaN."""
+    import soundfile as sf
+
+    from tests.signals import clicks
+    from tta.audio import save_audio
+    from tta.data.manifest import ManifestRow, write_manifest
+
+    rows = []
+    for i, (name, wav) in enumerate({"tone": tone(440, 1.0), "chirp": chirp(100, 7000, 1.0),
+                                     "noise": noise(1.0, seed=1), "clicks": clicks(1.0)}.items()):
+        path = save_audio(root / f"{name}.wav", np.clip(wav, -1, 1), 16_000)
+        rows.append(ManifestRow(id=name, path=str(path), captions=(f"a {name}",), seconds=1.0, sample_rate=16_000,
+                                split="valid" if i == 3 else "train"))
+    if bad == "nan":
+        sf.write(root / "nan.wav", np.full(16_000, np.nan, dtype=np.float32), 16_000, subtype="FLOAT")
+        rows.append(ManifestRow(id="nan", path=str(root / "nan.wav"), captions=("nan",), seconds=1.0,
+                                sample_rate=16_000, split="train"))
+    return write_manifest(root / f"manifest{bad}.jsonl", rows)
+
+
+def _tta_train(capsys, kind, out, *sets, extra=()):
+    from tests.test_ldm_fixtures import ROOT
+    from tta.cli import main
+
+    args = ["-q", "train", kind, "--config", str(ROOT / "configs" / kind / "tiny.json"), "--out", str(out), *extra]
+    for s in sets:
+        args += ["--set", s]
+    capsys.readouterr()
+    rc = main(args)
+    return rc, capsys.readouterr().err
+
+
+def test_tta_train_errors_found_after_start_up_leave_no_run_folder(tmp_path, capsys):
+    """`tta train`: a bad --init-from or a bad manifest row reached while training is a one-line error and
+    leaves no run folder, so the corrected command runs as it is (no "already holds a run")."""
+    good = _vae_manifest(tmp_path)
+    nan = _vae_manifest(tmp_path, "nan")
+    (tmp_path / "notckpt.pt").write_text("not a checkpoint\n")
+    out = tmp_path / "run"
+    rc, err = _tta_train(capsys, "vae", out, f"data.manifest={good}", extra=["--init-from", str(tmp_path / "notckpt.pt")])
+    assert rc == 1 and err.startswith("tta: error: train.init_from=") and "notckpt.pt" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    rc, err = _tta_train(capsys, "vae", out, f"data.manifest={nan}", "valid_items=0", "train.max_steps=4",
+                         "train.checkpoint_every=4")
+    assert rc == 1 and "nan.wav" in err and "non-finite" in err and "Traceback" not in err
+    assert not out.exists()
+    rc, err = _tta_train(capsys, "vae", out, f"data.manifest={good}", "valid_items=0", "train.max_steps=1")
+    assert rc == 0, err
+    assert (out / "checkpoints" / "step_1").is_dir() and (out / "final").is_dir()
+
+
+def test_tta_train_ldm_with_a_clap_folder_that_is_not_clap_leaves_no_run_folder(tmp_path, capsys):
+    from tests.test_ldm_fixtures import tiny_components
+
+    c = tiny_components()
+    out = tmp_path / "ldm"
+    rc, err = _tta_train(capsys, "ldm", out, f"components.vae={json.dumps(str(c['vae']))}",
+                         f"components.vocoder={json.dumps(str(c['vocoder']))}",
+                         f"components.clap={json.dumps(str(c['vae']))}",      # a VAE folder, not a CLAP model
+                         f"data.manifest={json.dumps(str(c['manifest']))}")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+# -------------------------------------------------------------------- NaN / inf in the config are refused
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("learning_rate", float("nan"), "train.learning_rate=nan must be a finite number > 0"),
+    ("learning_rate", float("inf"), "train.learning_rate=inf must be a finite number > 0"),
+    ("grad_clip", float("nan"), "train.grad_clip=nan must be a finite number >= 0"),
+    ("grad_clip", float("inf"), "train.grad_clip=inf must be a finite number >= 0"),
+    ("weight_decay", float("nan"), "train.weight_decay=nan must be a finite number >= 0"),
+    ("weight_decay", -0.1, "train.weight_decay=-0.1 must be a finite number >= 0"),
+    ("ema_decay", float("nan"), "train.ema_decay=nan must be in [0, 1)"),
+    ("min_lr_ratio", float("nan"), "train.min_lr_ratio=nan must be in [0, 1]"),
+    ("adam_betas", (0.9, float("nan")), "train.adam_betas=[0.9, nan] must be two numbers in [0, 1)"),
+])
+def test_train_config_refuses_non_finite_numbers(field, value, fragment):
+    with pytest.raises(ValueError) as e:
+        TrainConfig(**{field: value})
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.learning_rate=NaN", "train.learning_rate"),
+    ("train.grad_clip=NaN", "train.grad_clip"),
+    ("train.warmup_steps=NaN", "train.warmup_steps"),
+    ("train.adam_betas=[0.9, Infinity]", "train.adam_betas[1]"),
+    ("loss.kl_weight=Infinity", "loss.kl_weight"),
+    ("model.mel.f_max=-Infinity", "model.mel.f_max"),
+])
+def test_non_finite_numbers_in_any_config_are_refused_by_key(override, key):
+    """Python's json reads NaN / Infinity; every float field of every config refuses them by name (a NaN
+    passes `x <= 0`, so grad_clip=NaN used to train with clipping silently off)."""
+    from tta.config import ConfigError, apply_overrides, from_dict, to_dict
+    from vae.train import RunConfig
+
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(RunConfig(), [override])
+    assert repr(key) in str(e.value) and ("finite" in str(e.value) or "expected int" in str(e.value))
+    data = to_dict(RunConfig())
+    data["loss"]["kl_weight"] = float("nan")                  # a JSON file with NaN in it
+    with pytest.raises(ConfigError, match="'loss.kl_weight': expected a finite number, got nan"):
+        from_dict(RunConfig, data)
+
+
+def test_tta_train_refuses_nan_settings_before_making_a_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    for setting in ("train.grad_clip=NaN", "train.learning_rate=NaN", "loss.kl_weight=Infinity"):
+        rc, err = _tta_train(capsys, "vae", out, "data.manifest=unused.jsonl", setting)
+        assert rc == 1 and len(err.strip().splitlines()) == 1 and setting.split("=")[0] in err and "finite" in err
+        assert not out.exists()

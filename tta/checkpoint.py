@@ -32,6 +32,14 @@ class CheckpointError(ValueError):
 # ------------------------------------------------------------------------------------ atomic writes
 
 
+def _default_mode(folder: bool) -> int:
+    """The mode open() / mkdir() would give a new file / folder under the process umask (tempfile's are 0600
+    / 0700, which would make every atomically written output private to its owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
@@ -42,6 +50,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _default_mode(folder=tmp.is_dir()))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -62,12 +72,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` as a whole."""
+    """Yield a temporary folder beside `path`; on success it replaces `path` (a folder) as a whole."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: exists and is not a folder; choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(folder=True))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

@@ -60,7 +60,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--init-from {args.init_from}: no such run, checkpoint, component or pipeline folder")
         sets.append(f"train.init_from={json.dumps(str(args.init_from))}")
     config = apply_overrides(load_config(module.RunConfig, args.config), sets)
-    final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)
+    from tta.training import discard_on_failure
+
+    with discard_on_failure(args.out, resume=args.resume):   # a fresh run that fails early leaves no folder
+        final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)
     print(final)
     return 0
 
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        for noisy in ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock"):
+        for noisy in ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock",
+                      "faiss"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)

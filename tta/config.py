@@ -3,7 +3,8 @@
 Every setting lives in a frozen dataclass next to the class it configures. JSON on disk is strict:
 an unknown key, a value of the wrong type or a missing required key raises `ConfigError` naming the
 dotted key and what was expected (for unknown keys: the valid keys). Overrides go through exactly the
-same path, so `--set train.lr=abc` fails like a bad JSON file would. Invariants are checked by each
+same path, so `--set train.lr=abc` fails like a bad JSON file would. A float field takes finite numbers
+only (no NaN / Infinity, which Python's json would otherwise read). Invariants are checked by each
 dataclass's `__post_init__`.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -110,7 +112,15 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            # Python's json reads NaN / Infinity / -Infinity; no setting means anything with them (a NaN
+            # even passes `x <= 0` range checks), so they are refused here for every float field
+            try:
+                number = float(value)
+            except OverflowError:      # an int beyond float range
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -125,7 +135,9 @@ def load_config(cls: type[T], path: str | os.PathLike) -> T:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason}); a config is JSON") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     try:

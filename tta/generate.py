@@ -93,14 +93,18 @@ def check_writable_file(path: Path) -> None:
 
 
 def check_writable_dir(path: Path) -> None:
+    """Refuse an --out-dir that cannot be written; a missing one is made by the first write, so a run that
+    fails before it (a bad prompt id, a missing model) leaves no empty folder."""
     if path.exists() and not path.is_dir():
         raise GenerateError(f"{path}: --out-dir exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise GenerateError(f"{path}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise GenerateError(f"{path}: output folder is not writable")
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise GenerateError(f"{path}: cannot create the output folder ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK):
+        raise GenerateError(f"{path}: output folder is not writable" if existing == path.absolute()
+                            else f"{path}: cannot create the output folder ({existing} is not writable)")
 
 
 def fit_full_scale(wav, peak: float = 0.99):

@@ -92,6 +92,15 @@ class PipelineDefaults:
     context_guidance: str = "shared"
 
     def __post_init__(self) -> None:
+        for name in ("steps", "candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"defaults.{name}={value!r} must be an integer >= 1")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) \
+                or not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ValueError(f"defaults.guidance={self.guidance!r} must be a finite number >= 0")
+        if not valid_window(self.seconds) or self.seconds == 0:
+            raise ValueError(f"defaults.seconds={self.seconds!r} must be in (0, {MAX_SECONDS:g}] seconds")
         if not valid_window(self.window):
             raise ValueError(f"defaults.window={self.window} must be in [0, {MAX_SECONDS:g}] seconds")
         if self.guidance_rule not in GUIDANCE_RULES:

@@ -3,7 +3,8 @@
 A run folder holds `config.json` (the fully resolved run config), `metrics.jsonl` (one JSON object per
 logged step), `checkpoints/step_N/` (one component folder per tracked module + `train_state.pt`) and
 `final/` (the release artifact). The same loop runs as one CPU process or under `accelerate launch` on
-many GPUs.
+many GPUs. A fresh run that fails before its first checkpoint (a bad init_from, component or data row found
+after start-up) leaves no folder behind when run inside `discard_on_failure`, as `tta train` does.
 
 Resume is bit-exact on CPU because everything random is either restored or derived from the step:
 model/optimizer/scheduler/EMA state, torch/numpy/python RNG states, and the data order, which comes from
@@ -26,6 +27,7 @@ Usage inside a component's train.py:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -83,16 +85,24 @@ class TrainConfig:
                      "validate_every", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name}={getattr(self, name)} must be > 0")
+        # the float settings: NaN fails every comparison, so each test is written to be False for NaN
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"train.ema_decay={self.ema_decay} must be in [0, 1)")
-        if self.learning_rate <= 0:
-            raise ValueError(f"train.learning_rate={self.learning_rate} must be > 0")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"train.learning_rate={self.learning_rate} must be a finite number > 0")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"train.weight_decay={self.weight_decay} must be a finite number >= 0")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"train.adam_betas={list(self.adam_betas)} must be two numbers in [0, 1)")
+        if not 0 <= self.grad_clip < math.inf:
+            raise ValueError(f"train.grad_clip={self.grad_clip} must be a finite number >= 0 "
+                             "(0 disables clipping)")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule={self.lr_schedule!r} must be 'constant' or 'cosine'")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        if self.grad_clip < 0 or self.warmup_steps < 0 or self.keep_checkpoints < 0:
-            raise ValueError("train.grad_clip, train.warmup_steps and train.keep_checkpoints must be >= 0")
+        if self.warmup_steps < 0 or self.keep_checkpoints < 0:
+            raise ValueError("train.warmup_steps and train.keep_checkpoints must be >= 0")
 
 
 def seed_everything(seed: int) -> None:
@@ -652,6 +662,70 @@ class TrainingRun:
         if self.is_main:
             save_component(final, module)
         return final
+
+
+@contextlib.contextmanager
+def discard_on_failure(out: str | os.PathLike, *, resume: bool = False) -> Iterator[None]:
+    """Around one fresh training run in `out` (a trainer's `train(config, out)`; `tta train` uses it): when it
+    fails before its first complete checkpoint, remove what it wrote there, so the corrected command can be
+    run again as it is. A run folder is made before the trainer has loaded its components, weights and data,
+    so a bad --init-from, component or manifest row, or a loss that turns non-finite, is found after the
+    folder (and its config.json, metrics.jsonl, samples/) exists; left there it would only block the rerun
+    ("already holds a run"), and --resume has no checkpoint to continue from.
+
+    The folder itself (with the parents this call made) goes only when it did not exist before; in a folder
+    that did, only the entries that were not there before go. A resume (`resume=True`) and a run that has a
+    complete checkpoint (it can be resumed) are left as they are. Only the main process removes anything."""
+    out = Path(out)
+    if resume:
+        yield
+        return
+    made = None                     # the top-most of out and its parents that this call may create
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        made = folder
+    before = None if made is not None else set(os.listdir(out)) if out.is_dir() else None
+    try:
+        yield
+    except BaseException:
+        if made is not None or before is not None:
+            _discard_unstarted(out, made, before)
+        raise
+
+
+def _discard_unstarted(out: Path, made: Path | None, before: set[str] | None) -> None:
+    if not out.is_dir() or complete_checkpoints(out / "checkpoints") or (out / "final").exists():
+        return
+    if not _is_main_process():
+        return
+    if made is not None:
+        shutil.rmtree(out, ignore_errors=True)
+        for parent in out.parents:        # the empty parents this call made, up to `made`
+            if parent == made.parent:
+                break
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        log.info("removed %s: the run failed before its first checkpoint", out)
+        return
+    new = sorted(set(os.listdir(out)) - (before or set()))
+    for name in new:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    if new:
+        log.info("removed %s from %s: the run failed before its first checkpoint", ", ".join(new), out)
+
+
+def _is_main_process() -> bool:
+    from accelerate.state import PartialState, is_initialized
+
+    if is_initialized():
+        return PartialState().is_main_process
+    return os.environ.get("RANK", "0") == "0"
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -109,12 +112,26 @@ def _manifest_items(path: Path, split: str) -> list[tuple[Path, tuple[str, ...]]
     return [(resolve_path(r, path), r.captions) for r in rows]
 
 
-def _load(files: list[Path], sample_rate: int, progress: bool) -> list:
+def _load(files: list[Path], sample_rate: int, progress: bool) -> tuple[list[int], list, list[str]]:
+    """(indices of the files that decoded, their audio, one message per file skipped): a bad file is
+    reported and left out; no readable file at all is an error."""
     from tqdm.auto import tqdm
 
-    from tta.audio import load_audio
+    from tta.audio import AudioError, load_audio
 
-    return [load_audio(f, sample_rate)[0] for f in tqdm(files, desc="read audio", disable=not progress)]
+    kept, wavs, skipped = [], [], []
+    for i, f in enumerate(tqdm(files, desc="read audio", disable=not progress)):
+        try:
+            wavs.append(load_audio(f, sample_rate)[0])
+            kept.append(i)
+        except AudioError as e:
+            log.warning("skipping %s", e)
+            skipped.append(str(e))
+    if not wavs:
+        raise ValueError(f"none of the {len(files)} audio files is readable (first: {skipped[0]})")
+    if skipped:
+        log.warning("skipped %d of %d audio files", len(skipped), len(files))
+    return kept, wavs, skipped
 
 
 # ----------------------------------------------------------------------------------------- actions
@@ -131,12 +148,13 @@ def _score(clap, args, progress: bool) -> dict:
         if args.prompts is None:
             raise ValueError("tta clap score --audio DIR needs --prompts FILE (or use --manifest)")
         pairs = _read_prompts(args.prompts, args.audio)
-    files = [f for f, _ in pairs]
-    wavs = _load(files, clap.sample_rate, progress)
+    kept, wavs, skipped = _load([f for f, _ in pairs], clap.sample_rate, progress)
+    pairs = [pairs[i] for i in kept]
     result = clap_score(clap, [p for _, p in pairs], wavs, clap.sample_rate, progress=progress)
     result["per_item"] = [{"file": str(f), "prompt": p, "score": s}
                           for (f, p), s in zip(pairs, result["per_item"])]
     result["source"] = str(args.manifest or args.prompts)
+    result["skipped"] = skipped
     return result
 
 
@@ -150,7 +168,10 @@ def _retrieve(clap, args, progress: bool) -> dict:
         files = [f for f, _ in items]
     else:
         items, files = None, _audio_files(args.audio)
-    audio = clap.embed_audio(_load(files, clap.sample_rate, progress), clap.sample_rate, progress=progress)
+    kept, wavs, skipped = _load(files, clap.sample_rate, progress)
+    files = [files[i] for i in kept]
+    items = [items[i] for i in kept] if items is not None else None
+    audio = clap.embed_audio(wavs, clap.sample_rate, progress=progress)
     if args.query:
         text = clap.embed_text(args.query, progress=progress)
         sim = text @ audio.t()
@@ -162,7 +183,7 @@ def _retrieve(clap, args, progress: bool) -> dict:
             print(f"{q!r}:")
             for h in found:
                 print(f"  {h['cosine']:+.4f}  {h['file']}")
-        return {"model": clap.identity, "queries": hits}
+        return {"model": clap.identity, "queries": hits, "skipped": skipped}
     if items is None:
         raise ValueError("tta clap retrieve --audio DIR needs --query TEXT (retrieval metrics need a --manifest)")
     from tta.clap.metrics import retrieval_metrics
@@ -173,7 +194,7 @@ def _retrieve(clap, args, progress: bool) -> dict:
         target += [i] * len(caps)
     metrics = retrieval_metrics(clap.embed_text(texts, progress=progress), audio, target, model=clap.identity)
     print(f"retrieval on {args.manifest} [{args.split}]: {len(items)} clips, {len(texts)} captions "
-          f"(model {clap.identity})")
+          f"(model {clap.identity}" + (f"; {len(skipped)} unreadable clips left out)" if skipped else ")"))
     for d in ("t2a", "a2t"):
         print(f"  {d}: " + "  ".join(f"{m} {metrics[f'{d}_{m}']:.3f}" for m in ("R@1", "R@5", "R@10", "mAP@10")))
-    return metrics
+    return {**metrics, "skipped": skipped}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -109,6 +110,10 @@ def _add_check(sub) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from tta.data.check import check_manifest, write_clean
 
+    if not (math.isfinite(args.min_seconds) and args.min_seconds >= 0):
+        raise ValueError(f"--min-seconds {args.min_seconds}: expected a finite number of seconds >= 0")
+    if not (math.isfinite(args.silence_db) and args.silence_db <= 0):
+        raise ValueError(f"--silence-db {args.silence_db}: expected a finite level in dBFS <= 0")
     report = check_manifest(args.manifest, min_seconds=args.min_seconds, silence_db=args.silence_db,
                             progress=not args.quiet)
     for problem in report.problems:
@@ -119,6 +124,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for reason, count in report.counts.items():
             print(f"{reason.ljust(width)}  {count}")
     print(f"{args.manifest}: {report.num_rows} rows, {len(report.good_rows)} good, {report.num_bad} bad")
+    if report.num_rows == 0 and report.ok:
+        print(f"tta: {args.manifest}: no rows (an empty manifest)", file=sys.stderr)
+        return 1
     if args.drop_bad is not None:
         if report.good_rows:
             write_clean(report, args.drop_bad)

@@ -109,25 +109,29 @@ def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -
         raise ManifestError(f"{path}: manifest not found")
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ManifestError(f"{where}: broken JSON ({e.msg} at column {e.colno})") from None
-                row = row_from_json(obj, where=where)
-                if row.id in seen:
-                    raise ManifestError(f"{where}: duplicate id {row.id!r} (first on line {seen[row.id]})")
-                seen[row.id] = lineno
-                rows.append(row)
-            except ManifestError as e:
-                if errors is None:
-                    raise
-                errors.append(str(e))
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ManifestError(f"{where}: broken JSON ({e.msg} at column {e.colno})") from None
+                    row = row_from_json(obj, where=where)
+                    if row.id in seen:
+                        raise ManifestError(f"{where}: duplicate id {row.id!r} (first on line {seen[row.id]})")
+                    seen[row.id] = lineno
+                    rows.append(row)
+                except ManifestError as e:
+                    if errors is None:
+                        raise
+                    errors.append(str(e))
+    except UnicodeDecodeError as e:   # a binary or UTF-16 file given as a manifest
+        raise ManifestError(f"{path}: not a UTF-8 text file ({e.reason}); "
+                            "a manifest is JSON lines") from None
     return rows
 
 

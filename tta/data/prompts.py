@@ -44,7 +44,7 @@ def read_prompt_file(path: str | os.PathLike) -> list[PromptRow]:
     if suffix not in SUFFIXES:
         raise PromptFileError(f"{path}: unsupported prompts file type {suffix!r} (expected .txt, .csv or .jsonl)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")   # a leading byte-order mark (Excel's "CSV UTF-8") is dropped
     except (OSError, UnicodeDecodeError) as e:
         raise PromptFileError(f"{path}: cannot read prompts file ({e})") from None
     if suffix == ".txt":

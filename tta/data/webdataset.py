@@ -62,18 +62,23 @@ def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike
             shutil.rmtree(tmp)
 
 
+def _one_line(e: Exception) -> str:
+    """An exception's message on one line (tarfile lists each compression it tried on a line of its own)."""
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
 def _read_shard(tar_path: Path, out: Path, c: Collector) -> None:
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
         tf = tarfile.open(tar_path)  # noqa: SIM115 -- closed by the `with tf` below
     except (tarfile.TarError, OSError) as e:
-        c.error(f"{tar_path}: not a readable tar shard ({e}); skipped")
+        c.error(f"{tar_path}: not a readable tar shard ({_one_line(e)}); skipped")
         return
     with tf:
         try:
             members = tf.getmembers()
         except (tarfile.TarError, OSError, EOFError) as e:
-            c.error(f"{tar_path}: damaged tar shard ({e}); skipped")
+            c.error(f"{tar_path}: damaged tar shard ({_one_line(e)}); skipped")
             return
         for m in members:
             if not m.isfile():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
@@ -21,7 +22,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--manifest", required=True, type=Path, help="JSONL manifest of the clips to index")
     b.add_argument("--split", help="index only this manifest split (default: every row)")
     _clap_args(b)
-    b.add_argument("--out", required=True, type=Path, help="datastore folder to write (replaced atomically)")
+    b.add_argument("--out", required=True, type=Path,
+                   help="datastore folder to write (must not exist yet; written atomically)")
     b.add_argument("--index", choices=("flat", "ivf", "ivfpq"), default="flat",
                    help="flat = exact inner product (default); ivf / ivfpq for large stores")
     b.add_argument("--nlist", type=int, default=0, help="IVF cells (0 = about 4*sqrt(N))")
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from tta.clap import load_clap
 
     if args.index_command == "build":
+        check_build_args(args)
         config = DatastoreConfig(index=args.index, nlist=args.nlist, m=args.m, nbits=args.nbits,
                                  nprobe=args.nprobe, batch_size=args.batch_size, max_seconds=args.max_seconds,
                                  split=args.split, latent_tokens=args.latent_tokens)
@@ -120,6 +123,15 @@ def run(args: argparse.Namespace) -> int:
         for r, (i, s, c) in enumerate(zip(ids, sc, caps)):
             print(f"  {r + 1:>3}  {s:+.4f}  {i}  {c}")
     return 0
+
+
+def check_build_args(args: argparse.Namespace) -> None:
+    """Refuse a non-finite --max-seconds and an existing --out (even a datastore) before any work."""
+    if not math.isfinite(args.max_seconds) or args.max_seconds < 0:
+        raise ValueError(f"--max-seconds {args.max_seconds}: expected a finite number of seconds >= 0 "
+                         "(0 = whole clip)")
+    if args.out.exists() or args.out.is_symlink():
+        raise ValueError(f"{args.out}: already exists; choose a new --out")
 
 
 def load_vae_folder(path: Path, device: str = "cpu"):

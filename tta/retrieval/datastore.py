@@ -75,8 +75,8 @@ class DatastoreConfig:
                 raise ValueError(f"{key}={getattr(self, key)} must be > 0")
         if self.nlist < 0:
             raise ValueError(f"nlist={self.nlist} must be >= 0 (0 = automatic)")
-        if self.max_seconds < 0:
-            raise ValueError(f"max_seconds={self.max_seconds} must be >= 0 (0 = whole clip)")
+        if not math.isfinite(self.max_seconds) or self.max_seconds < 0:
+            raise ValueError(f"max_seconds={self.max_seconds} must be a finite number >= 0 (0 = whole clip)")
 
 
 def auto_nlist(count: int) -> int:
@@ -132,12 +132,13 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
     Streams the manifest in `config.batch_size` batches: each clip is read at the CLAP's sample rate (at
     most `config.max_seconds`), embedded, and written into memory-mapped arrays; the FAISS indexes are
     built from those afterwards. With `vae` (a MelVAE) each clip's pooled latents are stored too
-    (latent.npy, see the module docstring). Returns `out_dir`.
+    (latent.npy, see the module docstring). A row whose audio is missing, unreadable or refused by the
+    CLAP is skipped with a warning (the store holds the others); none usable is an error. Returns `out_dir`.
     """
     import faiss
     from tqdm import tqdm
 
-    from tta.audio import load_audio, log_mel
+    from tta.audio import AudioError, load_audio, log_mel
     from tta.checkpoint import atomic_dir, atomic_write_text
     from tta.config import to_dict
     from tta.data.manifest import read_manifest, resolve_path
@@ -166,28 +167,46 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
             latent_info = {"vae_identity": vae.identity, "tokens": tokens, "dim": width,
                            "sample_rate": mel_cfg.sample_rate}
         bar = tqdm(total=n, desc="datastore", unit="clip", disable=not progress)
+        kept = 0  # rows written so far: bad rows leave no gap
         with open(tmp / META_NAME, "w") as meta:
             for start in range(0, n, config.batch_size):
-                batch = rows[start:start + config.batch_size]
-                wavs = [load_audio(resolve_path(r, manifest), clap.sample_rate, max_seconds=max_seconds)[0]
-                        for r in batch]
-                end = start + len(batch)
-                try:
-                    audio_emb[start:end] = clap.embed_audio(wavs, clap.sample_rate).numpy()
-                except ValueError as e:  # name the rows: the embedder only knows batch positions
-                    raise DatastoreError(f"{manifest}: rows {start + 1}-{end} ({batch[0].id} ...): {e}") from None
-                text_emb[start:end] = clap.embed_text([r.captions[0] for r in batch]).numpy()
+                batch, wavs = [], []
+                for r in rows[start:start + config.batch_size]:
+                    try:
+                        wavs.append(load_audio(resolve_path(r, manifest), clap.sample_rate,
+                                               max_seconds=max_seconds)[0])
+                        batch.append(r)
+                    except AudioError as e:
+                        log.warning("%s: skipping row %s: %s", manifest, r.id, e)
+                bar.update(min(config.batch_size, n - start))
+                if not batch:
+                    continue
+                batch, wavs, emb = _embed_rows(clap, batch, wavs, manifest)
+                if not batch:
+                    continue
+                end = kept + len(batch)
+                audio_emb[kept:end] = emb
+                text_emb[kept:end] = clap.embed_text([r.captions[0] for r in batch]).numpy()
                 if latent is not None:
                     same = mel_cfg.sample_rate == clap.sample_rate
                     for j, r in enumerate(batch):
                         w = wavs[j] if same else load_audio(resolve_path(r, manifest), mel_cfg.sample_rate,
                                                             max_seconds=max_seconds)[0]
                         mel = log_mel(torch.as_tensor(np.asarray(w, dtype=np.float32))[None], mel_cfg)
-                        latent[start + j] = vae.latent_summary(mel.to(vae.scale_factor.device), tokens).cpu().numpy()
+                        latent[kept + j] = vae.latent_summary(mel.to(vae.scale_factor.device), tokens).cpu().numpy()
                 meta.writelines(json.dumps({"id": r.id, "captions": list(r.captions), "path": r.path,
                                            "audio_sha256": audio_hash(w)}) + "\n" for r, w in zip(batch, wavs))
-                bar.update(len(batch))
+                kept = end
         bar.close()
+        if kept == 0:
+            raise DatastoreError(f"{manifest}: none of the {n} rows has usable audio (each is named above)")
+        if kept < n:
+            log.warning("%s: skipped %d of %d rows with bad audio; the datastore holds %d", manifest, n - kept,
+                        n, kept)
+            audio_emb = _shrink(tmp / "audio_emb.npy", audio_emb, kept)
+            text_emb = _shrink(tmp / "text_emb.npy", text_emb, kept)
+            latent = None if latent is None else _shrink(tmp / "latent.npy", latent, kept)
+            n = kept
         for name, emb in (("audio", audio_emb), ("text", text_emb)):
             emb.flush()
             index = fill_index(make_index(config, dim, n), emb)
@@ -203,6 +222,39 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
     log.info("datastore %s: %d entries, dim %d, %s index, CLAP %s%s", out_dir, n, dim, config.index, clap.identity,
              f", latents of VAE {latent_info['vae_identity']}" if latent_info else "")
     return out_dir
+
+
+def _embed_rows(clap, batch: list, wavs: list, manifest: Path) -> tuple[list, list, np.ndarray]:
+    """CLAP audio embeddings of a batch; if the CLAP refuses it, clip by clip, skipping those it refuses."""
+    from tta.data.manifest import resolve_path
+
+    try:
+        return batch, wavs, clap.embed_audio(wavs, clap.sample_rate).numpy()
+    except ValueError:  # the embedder only knows batch positions: find the clip(s) by embedding one at a time
+        pass
+    rows, kept, emb = [], [], []
+    for r, w in zip(batch, wavs):
+        try:
+            emb.append(clap.embed_audio([w], clap.sample_rate).numpy()[0])
+        except ValueError as e:
+            log.warning("%s: skipping row %s: %s: refused by the CLAP (%s)", manifest, r.id,
+                        resolve_path(r, manifest), e)
+            continue
+        rows.append(r)
+        kept.append(w)
+    return rows, kept, np.stack(emb) if emb else np.zeros((0, int(clap.embed_dim)), np.float32)
+
+
+def _shrink(path: Path, arr: np.ndarray, rows: int, chunk: int = 65_536) -> np.ndarray:
+    """Rewrite the .npy memmap `arr` at `path` holding only its first `rows` rows; returns the new memmap."""
+    part = path.with_name(path.name + ".part")
+    small = np.lib.format.open_memmap(part, "w+", arr.dtype, (rows, *arr.shape[1:]))
+    for start in range(0, rows, chunk):
+        small[start:start + chunk] = arr[start:min(start + chunk, rows)]
+    small.flush()
+    del small, arr
+    os.replace(part, path)
+    return np.lib.format.open_memmap(path, "r+")
 
 
 @dataclass
