@@ -111,6 +111,9 @@ def test_atomic_outputs_get_the_umask_modes_and_a_file_is_not_replaced_by_a_fold
         with atomic_dir(tmp_path / "f"):
             raise AssertionError("not reached")
     assert (tmp_path / "f").read_text() == "mine" and not list(tmp_path.glob(".f*"))
+    with pytest.raises(CheckpointError, match="is a folder"):
+        with atomic_path(tmp_path / "d"):
+            raise AssertionError("not reached")
 
 
 class Evil:

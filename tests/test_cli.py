@@ -1,5 +1,6 @@
 """The `tta` command: exit codes, one-line errors, --version, -v tracebacks."""
 
+import os
 import subprocess
 import sys
 
@@ -37,6 +38,22 @@ def test_user_error_is_one_line_exit_1(capsys, tmp_path):
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("tta: error: ") and "missing.json" in err
     assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_an_operating_system_error_names_the_users_path(capsys, tmp_path, monkeypatch):
+    import tta.data.commands
+
+    def fails(args):   # what an output path under a file gives, or a rename onto a folder
+        if args.manifest.name == "mkdir":
+            (tmp_path / "a_file").write_text("x")
+            (tmp_path / "a_file" / "sub").mkdir(parents=True)
+        os.replace(tmp_path / ".hidden.tmp", tmp_path / "mine.jsonl")
+
+    monkeypatch.setattr(tta.data.commands, "cmd_check", fails)
+    code, _, err = run_cli(capsys, "data", "check", "mkdir")
+    assert code == 1 and err == f"tta: error: {tmp_path / 'a_file' / 'sub'}: Not a directory\n"
+    code, _, err = run_cli(capsys, "data", "check", "replace")
+    assert code == 1 and err == f"tta: error: {tmp_path / 'mine.jsonl'}: No such file or directory\n"
 
 
 def test_verbose_shows_the_traceback(tmp_path):

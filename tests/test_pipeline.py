@@ -210,6 +210,19 @@ def test_mismatched_or_missing_components_are_named(tmp_path):
         TTAPipeline.from_pretrained(folder / "vae")
 
 
+@pytest.mark.parametrize("change, fragment", [({"num_train_timesteps": "1000"}, "num_train_timesteps"),
+                                              ({"beta_end": 0.0001}, "beta_start"),
+                                              ({"prediction_type": "noise"}, "prediction_type"),
+                                              (None, "Expecting value")])
+def test_a_bad_scheduler_config_is_named(tmp_path, change, fragment):
+    folder = copy_pipeline(tmp_path / "p")
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}) if change else "")
+    with pytest.raises(PipelineError, match=fragment) as e:
+        TTAPipeline.from_pretrained(folder)
+    assert str(e.value).startswith(f"{path}: ")
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_apg_keeps_only_the_push_orthogonal_to_the_conditional_estimate(prediction_type):
     """In x0 space: a difference along x0_cond is dropped (the conditional prediction comes back), and a

@@ -266,7 +266,8 @@ def test_train_bad_retrieval_input_and_plain_models(corpus, store, bad_stores, t
 # --------------------------------------------------------------------------------- experiment
 
 
-def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys):
+def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # the config's "configs/ldm/tiny.json" is found from the config file's folder
     c = tiny_components()
     out = tmp_path / "exp"
     sets = [f"components.{k}={json.dumps(str(c[k]))}" for k in ("vae", "vocoder", "clap")]

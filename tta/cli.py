@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, OSError) and e.filename is not None and e.strerror:   # not "[Errno 17] File exists: ..."
+            # a rename names its source, often a hidden temporary file, first: the destination is the user's
+            message = f"{e.filename2 if e.filename2 is not None else e.filename}: {e.strerror}"
+
         print(f"tta: error: {message}", file=sys.stderr)
         return 1
 

@@ -41,6 +41,7 @@ from tta.ldm.model import LDMUNet
 from tta.ldm.sampling import (
     GUIDANCE_RULES,
     PRECISIONS,
+    DiffusionConfig,
     check_guidance_rule,
     check_precision,
     check_sampler,
@@ -228,7 +229,16 @@ class TTAPipeline:
         sched_path = folder / parts["scheduler"] / SCHEDULER_FILE
         if not sched_path.is_file():
             raise PipelineError(f"{folder}: component 'scheduler' has no {SCHEDULER_FILE}")
-        scheduler_config = json.loads(sched_path.read_text())
+        try:
+            scheduler_config = json.loads(sched_path.read_text(encoding="utf-8"))
+            if not isinstance(scheduler_config, dict):
+                raise ValueError(f"expected a JSON object, got {type(scheduler_config).__name__}")
+            # the noise schedule's own fields, checked by type and range like any config (diffusers would
+            # otherwise fail deep inside set_timesteps with an error that names no file)
+            from_dict(DiffusionConfig, {f: scheduler_config[f] for f in DiffusionConfig.__dataclass_fields__
+                                        if f in scheduler_config}, where="scheduler")
+        except (UnicodeDecodeError, json.JSONDecodeError, ConfigError, ValueError) as e:
+            raise PipelineError(f"{sched_path}: {e}") from None
         unet = LDMUNet.load_diffusers(folder / parts["unet"])
         from vae.model import MelVAE
         vae = _load(folder, parts, "vae", MelVAE)

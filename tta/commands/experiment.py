@@ -12,6 +12,7 @@ Light module: argparse only at top level.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 
@@ -27,11 +28,25 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                    help="override an experiment config value, e.g. --set components.clap=DIR (repeatable)")
 
 
+def find_relative(path: str, config_file: Path) -> Path:
+    """A relative path an experiment config names (e.g. "configs/ldm/tiny.json"): from the current folder if
+    it is there, else from the config file's folder or the nearest folder above it that holds it, so the
+    shipped experiments run from anywhere."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    for folder in Path(config_file).resolve().parents:
+        if (folder / p).exists():
+            return folder / p
+    return p     # not found anywhere: the loader names it
+
+
 def run(args: argparse.Namespace) -> int:
     from tta.commands.retrieval_experiment import ExperimentConfig, run_experiment
     from tta.config import apply_overrides, load_config
 
     config = apply_overrides(load_config(ExperimentConfig, args.config), args.set or [])
+    config = dataclasses.replace(config, ldm_config=str(find_relative(config.ldm_config, args.config)))
     result = run_experiment(config, args.out, progress=not getattr(args, "quiet", False))
     print(result["report"])
     return 0
