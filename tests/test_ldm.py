@@ -197,6 +197,22 @@ def test_train_validates_writes_a_pipeline_and_resumes_bit_exactly(tmp_path):
     assert main(["-q", "train", "ldm", "--config", str(cfg_path), "--out", str(run)]) == 1
 
 
+def test_with_gradient_accumulation_the_rate_moves_once_per_optimizer_step(tmp_path):
+    """Four optimizer steps of two micro-batches each: the warm-up advances four times, not eight."""
+    from tta.ldm.train import train
+    from tta.training import lr_factor
+
+    config = tiny_run_config(**{"train.gradient_accumulation_steps": 2, "train.warmup_steps": 8,
+                                "train.max_steps": 4, "train.log_every": 1, "train.checkpoint_every": 100,
+                                "validation.prompts": []})
+    train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [(r["step"], r["lr_lr"]) for r in rows if r["split"] == "train"]
+    assert [s for s, _ in lrs] == [1, 2, 3, 4]
+    for step, lr in lrs:
+        assert lr == pytest.approx(config.train.learning_rate * lr_factor(step, config.train)), step
+
+
 def test_precomputed_latents_train_and_are_cached(tmp_path):
     from tta.ldm.train import train
 

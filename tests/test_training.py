@@ -257,6 +257,15 @@ def test_resume_may_extend_or_shorten_a_run_and_keeps_its_trajectory(tmp_path):
     assert all(torch.equal(weights(four)[k], weights(cut)[k]) for k in weights(four))
 
 
+def test_a_cosine_run_cannot_change_its_length_on_resume_except_to_stop_at_a_checkpoint(tmp_path):
+    """The cosine decays to max_steps: a new length would make the rate jump mid-run."""
+    run_toy(tmp_path / "c", 8, stop_at=4, schedule="cosine")
+    with pytest.raises(RunError, match=r"max_steps cannot change on resume \(8 -> 12\)"):
+        run_toy(tmp_path / "c", 12, resume=True, schedule="cosine")
+    _, stopped = run_toy(tmp_path / "c", 4, resume=True, schedule="cosine")    # nothing more to train
+    assert stopped.is_dir()
+
+
 # ------------------------------------------------- a fresh run that fails early leaves no run folder behind
 
 

@@ -10,6 +10,11 @@ Resume is bit-exact on CPU because everything random is either restored or deriv
 model/optimizer/scheduler/EMA state, torch/numpy/python RNG states, and the data order, which comes from
 `ResumableSampler` — a deterministic stream of (index, item_seed) pairs that can start at any position.
 
+On several processes every one builds the same models (one seed), then each but the main one gets its own
+random stream for noise, timesteps and dropout (the main one keeps the one-process stream), and checkpoints
+keep every process's stream. LR schedulers step once per optimizer step; logged scalars are means over the
+step's micro-batches and the processes; `average_grads` averages what a trainer calls outside DDP's wrapper.
+
 Usage inside a component's train.py:
 
     run = TrainingRun(out, cfg, cfg.train, resume=resume, progress=progress)
@@ -299,6 +304,7 @@ class TrainingRun:
         # restarts, so a model can initialise what the source lacks (e.g. a grown UNet's new blocks)
         self.init_hooks: dict[str, Callable[[nn.Module, list[str]], None]] = {}
         self._bar = None
+        self._pending: dict[str, list[float]] = {}    # scalars of this optimizer step's micro-batches
         self._last_logged: dict[str, float] = {}
         self._t0 = time.time()
         self._check_folder(resume)
@@ -341,8 +347,15 @@ class TrainingRun:
             old_max = saved.get("train", {}).get("max_steps")
             new_max = resolved.get("train", {}).get("max_steps")
             if old_max != new_max and {**saved, "train": {**saved["train"], "max_steps": new_max}} == resolved:
-                # Only the length differs: extending or shortening a run keeps its trajectory (no schedule
-                # here depends on max_steps), so it is allowed and recorded.
+                # Only the length differs: extending or shortening a run keeps its trajectory unless the LR
+                # schedule is a cosine to max_steps, which would jump (stopping at a checkpoint already made
+                # trains nothing more, so that is allowed too); otherwise allowed and recorded.
+                done = max((int(c.name.split("_")[1]) for c in complete_checkpoints(self.checkpoints_dir)),
+                           default=0)
+                if resolved.get("train", {}).get("lr_schedule") == "cosine" and new_max > done:
+                    raise RunError(f"{self.out}: train.max_steps cannot change on resume ({old_max} -> {new_max}): "
+                                   "the cosine learning-rate schedule decays to max_steps and would jump; start "
+                                   "a new run with --init-from instead")
                 log.info("%s: train.max_steps changed from %s to %s on resume", self.out, old_max, new_max)
                 if self.is_main:
                     atomic_write_text(cfg_path, json.dumps(resolved, indent=2) + "\n")
@@ -352,12 +365,17 @@ class TrainingRun:
                 raise RunError(f"{self.out}: cannot resume with a different config (first difference at "
                                f"{key!r}); start a new --out or resume with the saved config")
             return
-        if cfg_path.exists() or self.checkpoints_dir.exists():
+        held = cfg_path.exists() or self.checkpoints_dir.exists()
+        # every process looks before the main one writes config.json: a slower one must not take the new file
+        # for an old run
+        self.accelerator.wait_for_everyone()
+        if held:
             raise RunError(f"{self.out}: run folder already holds a run; pass --resume to continue it or "
                            "choose another --out")
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.config, cfg_path)
+        self.accelerator.wait_for_everyone()
 
     # -- objects -----------------------------------------------------------------------------------
 
@@ -470,6 +488,24 @@ class TrainingRun:
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
 
+    def average_grads(self, *parts: nn.Module | torch.Tensor) -> None:
+        """Average the gradients of modules / parameters over the processes, on optimizer steps. DDP averages
+        only what runs through its wrapper's forward; a part called unwrapped (a loss module's own weights, a
+        model's method) needs this. A no-op on one process."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or not acc.sync_gradients:
+            return
+        import torch.distributed as dist
+
+        for part in parts:
+            for p in (part.parameters() if isinstance(part, nn.Module) else [part]):
+                if not p.requires_grad:
+                    continue
+                if p.grad is None:       # every process must reduce the same tensors, in the same order
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(acc.num_processes)
+
     def clip_grad(self, model: nn.Module) -> float | None:
         """Clip the global grad norm to train.grad_clip on optimizer steps; returns the norm."""
         if self.train.grad_clip > 0 and self.accelerator.sync_gradients:
@@ -477,14 +513,23 @@ class TrainingRun:
         return None
 
     def end_step(self, **scalars: float) -> bool:
-        """Close one batch. Returns True when it completed an optimizer step (then EMA, log, checkpoint)."""
+        """Close one batch. Returns True when it completed an optimizer step (then EMA, log, checkpoint).
+
+        The scalars logged for a step are their means over its micro-batches and over the processes."""
         self.micro_step += 1
+        for k, v in scalars.items():
+            self._pending.setdefault(k, []).append(float(v))
         if self.micro_step % self.train.gradient_accumulation_steps:
             return False
         self.step += 1
         for name, ema in self._emas.items():
             ema.update(self.unwrap(self._modules[name]))
-        scalars = {k: float(v) for k, v in scalars.items()}
+        scalars = {k: sum(v) / len(v) for k, v in sorted(self._pending.items())}
+        self._pending = {}
+        if scalars and self.accelerator.num_processes > 1:
+            mean = self.accelerator.reduce(torch.tensor(list(scalars.values()), dtype=torch.float64,
+                                                        device=self.device), "mean")
+            scalars = dict(zip(scalars, mean.tolist()))
         if self._bar is not None:
             self._bar.update(1)
             if scalars:
@@ -514,6 +559,11 @@ class TrainingRun:
     def save_checkpoint(self) -> Path | None:
         self.accelerator.wait_for_everyone()
         folder = self.checkpoints_dir / f"step_{self.step}"
+        ranks = None
+        if self.accelerator.num_processes > 1:   # each process draws its own noise: keep every stream
+            from accelerate.utils import gather_object
+
+            ranks = gather_object([rng_state()])
         if not self.is_main:
             return None
         with atomic_dir(folder) as tmp:
@@ -526,6 +576,8 @@ class TrainingRun:
                 "emas": {n: e.state_dict() for n, e in self._emas.items()},
                 "rng": rng_state(),
             }
+            if ranks is not None:
+                state["rng_ranks"] = ranks
             save_train_state(tmp / TRAIN_STATE_NAME, state)
         self._prune()
         log.info("checkpoint %s", folder)
@@ -548,6 +600,7 @@ class TrainingRun:
         if not self.resume:
             if self.train.init_from:
                 self.init_weights(self.train.init_from)
+            self._seed_process()
             return 0
         ckpts = self.list_checkpoints()
         if not ckpts:
@@ -565,12 +618,25 @@ class TrainingRun:
             ema.load_state_dict(state["emas"][name])
         self.step, self.micro_step = state["step"], state["micro_step"]
         self.data_position = state["data_position"]
-        set_rng_state(state["rng"])
+        ranks, index = state.get("rng_ranks"), self.accelerator.process_index
+        if ranks is not None and len(ranks) == self.accelerator.num_processes:
+            set_rng_state(ranks[index])
+        else:      # one process before (or another number of them): the main stream, the others derived
+            set_rng_state(state["rng"])
+            self._seed_process()
         self._truncate_metrics()
         log.info("resumed %s at step %d", self.out, self.step)
         if self._bar is not None:
             self._bar.n = self.step
         return self.step
+
+    def _seed_process(self) -> None:
+        """Give every process but the main one its own random stream, once the models are built (their
+        initialisation must agree): otherwise all processes draw the same noise, timesteps and dropout for
+        different data. The main process keeps its stream, so a one-process run is unchanged."""
+        index = self.accelerator.process_index
+        if index > 0:
+            seed_everything(int(np.random.SeedSequence([self.train.seed, index, self.step]).generate_state(1)[0]))
 
     def _truncate_metrics(self) -> None:
         path = self.out / "metrics.jsonl"

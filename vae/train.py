@@ -97,6 +97,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             )
             disc.requires_grad_(True)
             run.backward(ae_loss)
+            # the loss module is called unwrapped, so DDP does not average its gradients (logvar, D): do it here
+            run.average_grads(run.unwrap(criterion).logvar)
             run.clip_grad(vae)
             opt_ae.step()
             opt_ae.zero_grad()
@@ -105,6 +107,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             if run.unwrap(criterion).disc_active(run.step):
                 d_loss, d_scalars = run.unwrap(criterion).discriminator_loss(image, rec_image, step=run.step)
                 run.backward(d_loss)
+                run.average_grads(disc)
                 run.clip_grad(criterion)
                 opt_d.step()
                 opt_d.zero_grad()

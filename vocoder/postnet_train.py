@@ -190,7 +190,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                 run.backward(loss_d)
                 run.clip_grad(disc)
                 opt_d.step()
-                sched_d.step()
+                if run.accelerator.sync_gradients:
+                    sched_d.step()
                 with torch.no_grad():    # the real side's features under the updated discriminator
                     _, real_features = disc(real)
                 fake_logits, fake_features = disc(fake)
@@ -201,9 +202,11 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                 logged = {"loss_d": loss_d.item(), "adv": adv.item(), "fm": fm.item()}
             optimizer.zero_grad(set_to_none=True)
             run.backward(loss)
+            run.average_grads(run.unwrap(model))   # called unwrapped (log_magnitude), so DDP does not average them
             run.clip_grad(model)
             optimizer.step()
-            scheduler.step()
+            if run.accelerator.sync_gradients:     # one LR step per optimizer step, not per micro-batch
+                scheduler.step()
         run.end_step(loss=loss.item(), log_l1=parts["log_l1"].item(), sc=parts["sc"].item(), **logged)
         last = run.step == config.train.max_steps
         if valid_set is not None and (run.should(config.train.validate_every) or last):

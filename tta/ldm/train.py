@@ -475,7 +475,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             run.backward(loss)
             run.clip_grad(trained)
             optimizer.step()
-            scheduler.step()
+            if run.accelerator.sync_gradients:     # one LR step per optimizer step, not per micro-batch
+                scheduler.step()
             optimizer.zero_grad()
         run.end_step(loss=loss.item())
         if run.should(config.train.validate_every) and config.validation.prompts and run.is_main:

@@ -1,0 +1,51 @@
+"""Training on several processes (what `accelerate launch` does on several GPUs), run for real on the CPU: two
+processes under torchrun with the gloo backend train the tiny VAE and its discriminator."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.signals import chirp, noise, tone
+from tta.audio import save_audio
+from tta.data.manifest import ManifestRow, write_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
+def test_two_processes_keep_one_model_and_draw_their_own_noise(tmp_path):
+    rows = []
+    for i, wav in enumerate([tone(440, 1.0), chirp(100, 7000, 1.0), noise(1.0, seed=1), tone(150, 1.0)]):
+        path = save_audio(tmp_path / f"c{i}.wav", np.clip(wav, -1, 1), 16_000)
+        rows.append(ManifestRow(id=f"c{i}", path=str(path), captions=(f"clip {i}",), seconds=1.0,
+                                sample_rate=16_000, split="train"))
+    manifest = write_manifest(tmp_path / "manifest.jsonl", rows)
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "tests" / "multiprocess_vae.py"), str(manifest), str(tmp_path / "run"),
+                           str(dump)], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert a["processes"] == b["processes"] == 2
+    # one model: the VAE (through DDP) and the loss module's own weights, which the trainer calls unwrapped
+    # (the discriminator, logvar), are equal on both processes; BatchNorm running statistics are per process
+    for part in ("vae", "loss"):
+        for key, value in a["weights"][part].items():
+            if key.endswith(("running_mean", "running_var", "num_batches_tracked", "scale_factor")):
+                continue
+            assert torch.equal(value, b["weights"][part][key]), f"{part}.{key} differs between the processes"
+    assert not torch.equal(a["rng"], b["rng"])          # each process draws its own noise
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_2" / "train_state.pt", weights_only=False)
+    assert len(state["rng_ranks"]) == 2                  # and a resume gives each its stream back
+    shutil.rmtree(dump)
