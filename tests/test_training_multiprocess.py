@@ -1,5 +1,6 @@
 """Training on several processes (what `accelerate launch` does on several GPUs), run for real on the CPU: two
-processes under torchrun with the gloo backend train the tiny VAE and its discriminator."""
+processes under torchrun with the gloo backend train the tiny VAE with its discriminator, and the tiny CLAP
+with the batch gathered over both."""
 
 from __future__ import annotations
 
@@ -21,22 +22,31 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
-@pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
-def test_two_processes_keep_one_model_and_draw_their_own_noise(tmp_path):
+def _two_processes(tmp_path, script: str, captions: list[str]) -> tuple[dict, dict]:
+    """Run tests/SCRIPT on two processes over a manifest of len(captions) short clips; the two dumps."""
     rows = []
-    for i, wav in enumerate([tone(440, 1.0), chirp(100, 7000, 1.0), noise(1.0, seed=1), tone(150, 1.0)]):
-        path = save_audio(tmp_path / f"c{i}.wav", np.clip(wav, -1, 1), 16_000)
-        rows.append(ManifestRow(id=f"c{i}", path=str(path), captions=(f"clip {i}",), seconds=1.0,
+    waves = [tone(440, 1.0), chirp(100, 7000, 1.0), noise(1.0, seed=1), tone(150, 1.0), chirp(3000, 200, 1.0),
+             noise(1.0, seed=2)]
+    for i, caption in enumerate(captions):
+        path = save_audio(tmp_path / f"c{i}.wav", np.clip(waves[i % len(waves)], -1, 1), 16_000)
+        rows.append(ManifestRow(id=f"c{i}", path=str(path), captions=(caption,), seconds=1.0,
                                 sample_rate=16_000, split="train"))
     manifest = write_manifest(tmp_path / "manifest.jsonl", rows)
     dump = tmp_path / "dump"
     dump.mkdir()
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2",
-                           str(ROOT / "tests" / "multiprocess_vae.py"), str(manifest), str(tmp_path / "run"),
-                           str(dump)], env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / script),
+                           str(manifest), str(tmp_path / "run"), str(dump)],
+                          env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    shutil.rmtree(dump)
+    return a, b
+
+
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
+def test_two_processes_keep_one_model_and_draw_their_own_noise(tmp_path):
+    a, b = _two_processes(tmp_path, "multiprocess_vae.py", [f"clip {i}" for i in range(4)])
     assert a["processes"] == b["processes"] == 2
     # one model: the VAE (through DDP) and the loss module's own weights, which the trainer calls unwrapped
     # (the discriminator, logvar), are equal on both processes; BatchNorm running statistics are per process
@@ -48,4 +58,19 @@ def test_two_processes_keep_one_model_and_draw_their_own_noise(tmp_path):
     assert not torch.equal(a["rng"], b["rng"])          # each process draws its own noise
     state = torch.load(tmp_path / "run" / "checkpoints" / "step_2" / "train_state.pt", weights_only=False)
     assert len(state["rng_ranks"]) == 2                  # and a resume gives each its stream back
-    shutil.rmtree(dump)
+
+
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
+def test_clap_negatives_are_the_whole_batch_over_the_processes(tmp_path):
+    # six clips, two processes, three per batch: "a tone" is on both processes in most batches
+    a, b = _two_processes(tmp_path, "multiprocess_clap.py",
+                          ["a tone", "a chirp", "noise", "a tone", "a falling chirp", "noise again"])
+    for rec in (a["record"], b["record"]):
+        assert [r["clips"] for r in rec] == [6, 6, 6]                  # both processes' clips, every step
+        for r in rec:                                                  # the loss of one process on all clips
+            assert r["got"] == pytest.approx(r["expected"], rel=1e-5, abs=1e-6)
+    assert any(r["texts"] < r["clips"] for r in a["record"])          # a caption shared across processes
+    assert a["record"] == b["record"]                                  # one loss on both
+    for key, value in a["weights"].items():      # BatchNorm statistics: DDP sends the main process's
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(value, b["weights"][key]), f"{key} differs between the processes"

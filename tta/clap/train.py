@@ -4,7 +4,9 @@ Each batch: clips (random crops from `AudioDataset`) and one caption per clip â€
 row, or, with probability `augment.template_prob` when the row has labels, a caption made from its
 keywords by a template ("the sound of dog and rain", as LAION-CLAP's keyword-to-caption augmentation
 does for tag-only data). Identical captions in a batch are merged, so clips sharing a caption are
-positives of it, not negatives. Validation embeds the valid split (deterministic crops, every caption of
+positives of it, not negatives. On several processes the negatives are the whole batch: the embeddings of
+every process are gathered (with their gradients) and identical captions are merged across processes, as
+LAION-CLAP and OpenCLIP gather theirs. Validation embeds the valid split (deterministic crops, every caption of
 every row) and logs text->audio / audio->text R@1/5/10 and mAP@10 to metrics.jsonl (split "valid").
 """
 
@@ -94,6 +96,39 @@ def merge_captions(captions: list[str]) -> tuple[list[str], torch.Tensor]:
     return unique, torch.tensor([where[c] for c in captions], dtype=torch.long)
 
 
+def gather_batch(audio_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str],
+                 audio_to_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole batch over every process (torch.distributed initialised): (audio (B_all, D), unique texts
+    (U_all, D), each clip's text index (B_all,)). Gathered with autograd, so each process's loss reaches every
+    process's embeddings; a caption on several processes is one text whose clips are all its positives."""
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (list(captions), audio_to_text.tolist()))
+    most_a = max(len(a2t) for _, a2t in parts)
+    most_t = max(len(caps) for caps, _ in parts)
+
+    def padded(x: torch.Tensor, n: int) -> torch.Tensor:     # all_gather needs one shape on every process
+        return torch.cat([x, x.new_zeros(n - x.shape[0], x.shape[1])])
+
+    audios = all_gather(padded(audio_emb, most_a))
+    texts = all_gather(padded(text_emb, most_t))
+    unique: dict[str, int] = {}
+    audio_rows, text_rows, targets = [], [], []
+    for rank, (caps, a2t) in enumerate(parts):
+        audio_rows.append(audios[rank][:len(a2t)])
+        index = []
+        for j, caption in enumerate(caps):
+            if caption not in unique:
+                unique[caption] = len(unique)
+                text_rows.append(texts[rank][j])
+            index.append(unique[caption])
+        targets += [index[i] for i in a2t]
+    return (torch.cat(audio_rows), torch.stack(text_rows),
+            torch.tensor(targets, dtype=torch.long, device=audio_emb.device))
+
+
 @torch.no_grad()
 def validate(model: TTAClap, dataset, batch_size: int, max_items: int, device, *, model_name: str) -> dict:
     """Retrieval metrics of `model` on a deterministic dataset (every caption of every row)."""
@@ -153,7 +188,10 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         captions, audio_to_text = merge_captions(augment_captions(list(batch["caption"]), rows, config.augment, rng))
         with run.accumulate(model):
             audio_emb, text_emb = model(batch["wav"], captions)   # through the (possibly DDP) wrapper
-            loss = contrastive_loss(audio_emb, text_emb, core.scale(), audio_to_text.to(run.device))
+            audio_to_text = audio_to_text.to(run.device)
+            if run.accelerator.num_processes > 1:    # negatives from every process's clips
+                audio_emb, text_emb, audio_to_text = gather_batch(audio_emb, text_emb, captions, audio_to_text)
+            loss = contrastive_loss(audio_emb, text_emb, core.scale(), audio_to_text)
             run.backward(loss)
             run.clip_grad(model)
             opt.step()
