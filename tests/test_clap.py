@@ -334,3 +334,19 @@ def test_training_resumes_bit_exact(toy, tmp_path):
     a, b = load_state_dict(straight / "model.safetensors"), load_state_dict(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in _rows(tmp_path / "a", "train")] == [r["loss"] for r in _rows(tmp_path / "b", "train")]
+
+
+def test_the_logit_scale_parameter_is_kept_at_its_cap(toy, tmp_path):
+    """Started above the cap (1 / 0.005 = 200 > 100), the parameter itself is clamped after each step, so it
+    is not stranded where scale() has no gradient."""
+    import math
+
+    from tta.checkpoint import load_state_dict
+
+    cfg = apply_overrides(load_config(RunConfig, "configs/clap/tiny.json"),
+                          [f"data.manifest={json.dumps(str(toy))}", "train.max_steps=1",
+                           "model.init_temperature=0.005", "model.max_logit_scale=100.0",
+                           "augment.template_prob=0.0", "valid_max_items=4"])
+    final = train(cfg, tmp_path / "run", progress=False)
+    scale = float(load_state_dict(final / "model.safetensors")["logit_scale"])
+    assert scale == pytest.approx(math.log(100.0), abs=1e-6)

@@ -13,6 +13,7 @@ every row) and logs text->audio / audio->text R@1/5/10 and mAP@10 to metrics.jso
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,10 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             opt.step()
             if run.accelerator.sync_gradients:
                 sched.step()
+                # the cap applies to the parameter, as CLIP's clamp does: clamped only inside scale(), it has no
+                # gradient above the cap and momentum could leave it there for good
+                with torch.no_grad():
+                    core.logit_scale.clamp_(max=math.log(config.model.max_logit_scale))
             opt.zero_grad()
         run.end_step(loss=loss.item(), logit_scale=float(core.scale().detach()))
         if run.should(config.train.validate_every):
