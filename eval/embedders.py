@@ -61,10 +61,16 @@ class Embedder:
         """What a cache key and a stats file must agree on: name + checkpoint hash (or front-end version)."""
         return f"{self.name}@sha256:{self.checkpoint_sha256[:16]}" if self.checkpoint_sha256 else f"{self.name}@v1"
 
+    @property
+    def pooling(self) -> str:
+        """How a clip becomes embeddings (recorded with every FAD): frames, or one embedding per clip."""
+        return (f"frames: one {self.dim}-d embedding every {self.hop_seconds:.3g} s; the frames of all files are "
+                "pooled into one Gaussian")
+
     def protocol(self) -> dict:
         return {"embedder": self.name, "identity": self.identity, "dim": self.dim, "sample_rate": self.sample_rate,
                 "hop_seconds": self.hop_seconds, "checkpoint": self.checkpoint_path or None,
-                "checkpoint_sha256": self.checkpoint_sha256 or None, **self.options}
+                "checkpoint_sha256": self.checkpoint_sha256 or None, **self.options, "pooling": self.pooling}
 
     def embed(self, wav, sample_rate: int) -> np.ndarray:
         """wav (T,) mono float at `sample_rate` Hz -> (frames, dim) float64; resampled when needed."""
@@ -245,6 +251,11 @@ def make_vggish(weights: str | os.PathLike | None = None, **options) -> Embedder
 class PannsEmbedder(_NetEmbedder):
     """One 2048-d embedding per clip (clip-level pooling inside Cnn14) and 527 AudioSet logits."""
 
+    @property
+    def pooling(self) -> str:
+        return ("one embedding per clip: Cnn14's clip-level pooling over the whole clip (zero-padded to 1 s); "
+                "the clips are pooled into one Gaussian")
+
     def _run(self, wavs):
         import torch
 
@@ -286,7 +297,7 @@ def make_panns(weights: str | os.PathLike | None = None, **options) -> Embedder:
     load_into(net, state, where=str(path))
     return PannsEmbedder(name="panns", dim=2048, sample_rate=16_000, hop_seconds=0.0, has_logits=True,
                          checkpoint_sha256=file_sha256(str(path)), checkpoint_path=str(path), net=net.eval(),
-                         options={"model": "Cnn14_16k", "pooling": "clip"})
+                         options={"model": "Cnn14_16k"})
 
 
 # -------------------------------------------------------------------------------------------- CLAP
@@ -297,6 +308,18 @@ class ClapEmbedder(Embedder):
 
     model: object = None
     model_identity: str = ""
+
+    @property
+    def pooling(self) -> str:
+        if hasattr(self.model, "crop_seed"):  # tta.clap.laion: LAION's audio preparation
+            if getattr(self.model, "fusion", False):
+                how = "LAION feature fusion over the whole clip (global + local mels; fixed seed)"
+            else:
+                how = (f"LAION's 10 s rule: clips longer than 10 s are cropped to one random 10 s window (fixed seed "
+                       f"{self.model.crop_seed}), shorter ones repeated whole and zero-padded to 10 s")
+            return f"one embedding per clip: {how}; the clips are pooled into one Gaussian"
+        return ("one embedding per clip (the whole clip through the CLAP audio tower); the clips are pooled into one "
+                "Gaussian")
 
     @property
     def identity(self) -> str:

@@ -13,6 +13,7 @@ Covariances use the unbiased (n - 1) normaliser, as numpy.cov and every FAD tool
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import zipfile
@@ -97,6 +98,13 @@ class FrechetStats:
             raise StatsError(f"need at least 2 embeddings to estimate a covariance, got {arr.shape[0]}")
         return cls(mu=arr.mean(axis=0), sigma=np.cov(arr, rowvar=False).reshape(arr.shape[1], arr.shape[1]),
                    n=arr.shape[0], **protocol)
+
+    def fingerprint(self) -> str:
+        """Short sha256 of (n, mu, sigma): equal for the same statistics, from a folder or a stats file."""
+        h = hashlib.sha256(np.int64(self.n).tobytes())
+        h.update(np.ascontiguousarray(self.mu, np.float64).tobytes())
+        h.update(np.ascontiguousarray(self.sigma, np.float64).tobytes())
+        return h.hexdigest()[:16]
 
     def distance(self, other: FrechetStats) -> float:
         check_same_embedder(self, other)
@@ -215,18 +223,32 @@ def _pair(s: FrechetStats):
 # ------------------------------------------------------------------------------------------ FAD-inf
 
 
+FAD_INF_METHOD = "Chung et al. 2020: subsets without replacement, linear fit in 1/N"
+FAD_INF_MIN_SUBSET = 500  # fadtk's min_n; Chung et al. start at 5 000
+
+
+def fad_inf_smallest_subset(dim: int) -> int:
+    """Smallest subset of the default FAD-inf fit: max(500, 5 x D), where FD is close to linear in 1/N."""
+    return max(FAD_INF_MIN_SUBSET, 5 * int(dim))
+
+
 def fad_infinity(generated, reference: FrechetStats, *, sizes: tuple[int, ...] | None = None,
                  num_points: int = 15, seed: int = 0) -> dict:
-    """FAD extrapolated to an infinite sample (Chung et al. 2020, "FID∞"; Gui et al. 2024 for audio).
+    """FAD extrapolated to an infinite sample, as Chung et al. 2020 ("FID∞") do.
 
-    FD is biased upward by ~1/N; FD is computed on random subsets of the generated embeddings (N, D) of
-    several sizes, a line is fitted in 1/N, and its intercept is FAD∞. Returns {"fad_inf", "slope",
-    "r2", "sizes", "values"}.
+    FD is biased upward by ~1/N once N is well above D; FD is computed on random subsets (without
+    replacement) of the generated embeddings (N, D), from max(500, 5 x D) frames up to all N, a line is
+    fitted in 1/N, and its intercept is FAD∞. Refuses fewer than 2 x max(500, 5 x D) frames. fadtk (Gui et
+    al. 2024) samples with replacement, so its FAD∞ is not directly comparable. Returns {"fad_inf",
+    "slope", "r2", "sizes", "values", "seed", "method"}.
     """
     x = _as_float64(generated, "generated")
-    n = x.shape[0]
+    n, dim = x.shape
     if sizes is None:
-        low = max(2, min(n // 2, max(x.shape[1] // 4, 50)))
+        low = fad_inf_smallest_subset(dim)
+        if n < 2 * low:
+            raise StatsError(f"FAD-inf needs at least {2 * low} generated frames (subsets from max(500, 5 x D={dim}) "
+                             f"= {low} frames up to all of them); got {n}")
         sizes = tuple(sorted(set(np.linspace(low, n, num_points).astype(int).tolist())))
     if len(sizes) < 2 or min(sizes) < 2 or max(sizes) > n:
         raise ValueError(f"FAD-inf needs >= 2 subset sizes in [2, {n}], got {sizes}")
@@ -241,4 +263,5 @@ def fad_infinity(generated, reference: FrechetStats, *, sizes: tuple[int, ...] |
     ss_res = float(((np.asarray(values) - pred) ** 2).sum())
     ss_tot = float(((np.asarray(values) - np.mean(values)) ** 2).sum())
     return {"fad_inf": float(intercept), "slope": float(slope), "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
-            "sizes": [int(s) for s in sizes], "values": [float(v) for v in values]}
+            "sizes": [int(s) for s in sizes], "values": [float(v) for v in values], "seed": int(seed),
+            "method": FAD_INF_METHOD}

@@ -2,8 +2,12 @@
 
 The HTML has no external references at all: inline CSS, charts and spectrograms as PNG data URIs
 (matplotlib, Agg backend), audio as data-URI WAV players. Sections: the metrics table (runs side by side),
-per-category bar charts, head/tail table, best and worst items by CLAP score (or example items when a run
-has no CLAP score) with spectrograms and players, and each run's full protocol.
+per-category bar charts and tables, head/tail table, best and worst items by CLAP score (or example items when
+a run has no CLAP score) with spectrograms and players, and each run's full protocol.
+
+Each metric row names its embedder (in the row when the runs share it, else in each cell). A best value is
+marked only when the runs used the same embedder and the same reference (statistics or audio, by content);
+otherwise the row says "not comparable: different embedder/reference". Category FADs carry their frame count.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ text-align:right}th{background:#eef1f6}td.name,th.name{text-align:left}td.best{f
 .item{background:#fff;border:1px solid #d6dbe3;border-radius:6px;padding:.6rem}.item img{width:100%}
 .item audio{width:100%}.muted{color:#667085;font-size:.9rem}pre{background:#fff;border:1px solid #d6dbe3;
 padding:.6rem;overflow:auto;font-size:.8rem}img.chart{max-width:100%;background:#fff;border:1px solid #d6dbe3}
+.note{color:#b54708;font-size:.85rem}
 """
 
 
@@ -70,6 +75,44 @@ def load_runs(paths: list[str | os.PathLike], labels: list[str] | None = None) -
 
 def _fmt(v) -> str:
     return "–" if v is None or v == "" else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+NOT_COMPARABLE = "not comparable: different embedder/reference"
+FEW_FRAMES_NOTE = ("fewer than 5 x D frames: that FAD is biased upward by the small set alone; compare only "
+                   "categories of similar frame counts")
+
+
+def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | None]:
+    """(embedder identity, reference identity) a metric value depends on, read from the run's protocol."""
+    proto = run.body.get("protocol", {}) or {}
+    if metric in ("fad", "fad_inf"):
+        fad = proto.get("fad", {}) or {}
+        ref = fad.get("reference", {}) or {}
+        ref_id = fad.get("reference_stats_sha256") or ref.get("stats_file") or ref.get("folder")
+        if metric == "fad_inf":
+            method = fad.get("fad_inf").get("method") if isinstance(fad.get("fad_inf"), dict) else None
+            ref_id = f"{ref_id} | {method}"
+        return (fad.get("embedder", {}) or {}).get("identity"), ref_id
+    panns = proto.get("panns", {}) or {}
+    emb = (panns.get("embedder", {}) or {}).get("identity")
+    if metric in ("fd", "kl_softmax", "kl_sigmoid"):
+        ref = panns.get("reference", {}) or {}
+        return emb, ref.get("content_sha256") or ref.get("folder")
+    if metric in ("is_mean", "is_std"):
+        split = panns.get("is", {}) or {}
+        return emb, f"splits {split.get('splits')}, seed {split.get('shuffle_seed')}"
+    if metric == "clap_score":
+        return ((proto.get("clap", {}) or {}).get("model", {}) or {}).get("identity"), None
+    return None, None
+
+
+def _comparison(runs: list[Run], metric: str) -> tuple[list, bool, str | None]:
+    """(per-run keys, whether the runs with a value are comparable, the embedder they share or None)."""
+    keys = [_comparison_key(r, metric) for r in runs]
+    present = [k for r, k in zip(runs, keys) if isinstance(r.body.get("metrics", {}).get(metric), (int, float))]
+    embedders = {k[0] for k in present}
+    shared = next(iter(embedders)) if len(embedders) == 1 else None
+    return keys, len(set(present)) <= 1, shared
 
 
 def _metric_names(runs: list[Run]) -> list[str]:
@@ -177,6 +220,16 @@ def _num(v):
         return v
 
 
+def _frames_cell(b: dict) -> str:
+    return _fmt(b.get("fad_frames")) + (" ⚠" if b.get("warning") else "")
+
+
+def _category_cells_html(b: dict) -> str:
+    warn = f' title="{html.escape(b["warning"])}"' if b.get("warning") else ""
+    return (f'<td>{b.get("files", "–")}</td><td>{_fmt(b.get("fad"))}</td><td{warn}>{_frames_cell(b)}</td>'
+            f'<td>{_fmt(b.get("clap_score"))}</td><td>{_fmt(b.get("kl_softmax"))}</td>')
+
+
 def render_html(runs: list[Run], title: str = "tta evaluation report") -> str:
     names = _metric_names(runs)
     lower_better = {"fad", "fad_inf", "fd", "kl_softmax", "kl_sigmoid"}
@@ -188,26 +241,42 @@ def render_html(runs: list[Run], title: str = "tta evaluation report") -> str:
     for m in names:
         values = [r.body.get("metrics", {}).get(m) for r in runs]
         real = [v for v in values if isinstance(v, (int, float))]
+        keys, comparable, shared = _comparison(runs, m)
         best = (min(real) if m in lower_better else max(real)) if len(real) > 1 and m != "is_std" else None
-        cells = "".join(f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}</td>' for v in values)
-        parts.append(f'<tr><td class="name">{html.escape(METRIC_LABELS.get(m, m))}</td>{cells}</tr>')
+        label = html.escape(METRIC_LABELS.get(m, m))
+        if shared:
+            label += f' <span class="muted">{html.escape(shared)}</span>'
+        if not comparable:
+            best, label = None, label + f'<div class="note">{NOT_COMPARABLE}</div>'
+        cells = "".join(
+            f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}'
+            + (f'<br><span class="muted">{html.escape(k[0])}</span>' if not shared and k[0] and v is not None else "")
+            + "</td>" for v, k in zip(values, keys))
+        parts.append(f'<tr><td class="name">{label}</td>{cells}</tr>')
     parts.append("</table>")
     charts = [(m, category_chart(runs, m)) for m in ("fad", "clap_score", "kl_softmax")]
     charts = [(m, c) for m, c in charts if c]
     if charts:
         parts.append("<h2>By category</h2>")
         parts += [f'<img class="chart" alt="{html.escape(m)} by category" src="{c}">' for m, c in charts]
+        parts.append('<table id="categories"><tr><th class="name">run</th><th class="name">category</th><th>files</th>'
+                     "<th>FAD</th><th>FAD frames</th><th>CLAP</th><th>KL softmax</th></tr>")
+        for r in runs:
+            for c, b in r.body.get("breakdown", {}).get("categories", {}).items():
+                parts.append(f'<tr><td class="name">{html.escape(r.label)}</td><td class="name">{html.escape(c)}</td>'
+                             f"{_category_cells_html(b)}</tr>")
+        parts.append("</table>")
         parts.append('<table id="headtail"><tr><th class="name">run</th><th class="name">part</th><th>files</th>'
-                     "<th>FAD</th><th>CLAP</th><th>KL softmax</th></tr>")
+                     "<th>FAD</th><th>FAD frames</th><th>CLAP</th><th>KL softmax</th></tr>")
         for r in runs:
             for part in ("head", "tail"):
                 b = r.body.get("breakdown", {}).get(part)
                 if b:
                     parts.append(f'<tr><td class="name">{html.escape(r.label)}</td><td class="name">{part}: '
-                                 f'{html.escape(", ".join(b["categories"]))}</td><td>{b["files"]}</td>'
-                                 f'<td>{_fmt(b.get("fad"))}</td><td>{_fmt(b.get("clap_score"))}</td>'
-                                 f'<td>{_fmt(b.get("kl_softmax"))}</td></tr>')
+                                 f'{html.escape(", ".join(b["categories"]))}</td>{_category_cells_html(b)}</tr>')
         parts.append("</table>")
+        if any(b.get("warning") for r in runs for b in r.body.get("breakdown", {}).get("categories", {}).values()):
+            parts.append(f'<p class="note">⚠ {FEW_FRAMES_NOTE}</p>')
     parts.append("<h2>Items</h2>")
     for r in runs:
         how, best, worst = pick_items(r)
@@ -227,17 +296,28 @@ def render_html(runs: list[Run], title: str = "tta evaluation report") -> str:
 
 def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> str:
     names = _metric_names(runs)
+    lower_better = {"fad", "fad_inf", "fd", "kl_softmax", "kl_sigmoid"}
     lines = [f"# {title}", "", "| metric | " + " | ".join(r.label for r in runs) + " |",
              "|---|" + "---|" * len(runs)]
-    lines += [f"| {METRIC_LABELS.get(m, m)} | " + " | ".join(_fmt(r.body.get("metrics", {}).get(m)) for r in runs)
-              + " |" for m in names]
+    for m in names:
+        values = [r.body.get("metrics", {}).get(m) for r in runs]
+        real = [v for v in values if isinstance(v, (int, float))]
+        keys, comparable, shared = _comparison(runs, m)
+        best = (min(real) if m in lower_better else max(real)) if len(real) > 1 and m != "is_std" else None
+        label = METRIC_LABELS.get(m, m) + (f" `{shared}`" if shared else "")
+        if not comparable:
+            best, label = None, f"{label} ({NOT_COMPARABLE})"
+        cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v))
+                 + (f" `{k[0]}`" if not shared and k[0] and v is not None else "") for v, k in zip(values, keys)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for r in runs:
         cats = r.body.get("breakdown", {}).get("categories", {})
         if cats:
-            lines += ["", f"## {r.label}: by category", "", "| category | files | FAD | CLAP | KL softmax |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {c} | {v['files']} | {_fmt(v.get('fad'))} | {_fmt(v.get('clap_score'))} | "
+            lines += ["", f"## {r.label}: by category", "", "| category | files | FAD | FAD frames | CLAP | KL softmax |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {c} | {v['files']} | {_fmt(v.get('fad'))} | {_frames_cell(v)} | {_fmt(v.get('clap_score'))} | "
                       f"{_fmt(v.get('kl_softmax'))} |" for c, v in cats.items()]
+            lines += [f"- ⚠ {c}: {v['warning']}" for c, v in cats.items() if v.get("warning")]
         how, best, worst = pick_items(r)
         lines += ["", f"## {r.label}: items {how}", ""]
         tags = (("best" if how.startswith("by CLAP") else "example", best), ("worst", worst))

@@ -1,15 +1,18 @@
 """`tta eval`: embed two folders (or a folder and reference statistics), compute the asked metrics, and
 write `eval.json` (every number with its protocol) and `items.csv` (one row per generated file).
 
-Metrics: `fad` (Fréchet distance of the chosen embedder's frame embeddings, all frames pooled as fadtk and
-the FAD paper do), `fd` (Fréchet distance of PANNs Cnn14 clip embeddings), `kl` (PANNs, paired by file
-name), `is` (PANNs logits), `clap` (CLAP score; needs --prompts and --clap-model). Unreadable files are
-skipped, reported by name and counted; nothing is dropped silently.
+Metrics: `fad` (Fréchet distance of the chosen embedder's embeddings, all of them pooled: frames for
+mfcc/vggish/aisfx as fadtk and the FAD paper do, one per clip for panns/clap/laion-clap; the protocol
+says which), `fd` (Fréchet distance of PANNs Cnn14 clip embeddings), `kl` (PANNs, paired by file name;
+needs >= 99 % of both sets paired, as audioldm_eval), `is` (PANNs logits), `clap` (CLAP score; needs
+--prompts and --clap-model). Unreadable files are skipped, reported by name and counted; two files whose
+names differ only in the suffix (x.wav, x.flac) are refused; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import os
 import platform
@@ -71,11 +74,16 @@ class EmbeddedSet:
     seconds: dict[str, float] = field(default_factory=dict)
     sample_rates: Counter = field(default_factory=Counter)  # original rates of the readable files
     skipped: list[dict] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # content hash per file (embedded sets only)
 
     def protocol(self) -> dict:
-        return {"folder": str(self.folder.resolve()), "files_found": len(self.files) + len(self.skipped),
-                "files_used": len(self.files), "files_skipped": len(self.skipped), "skipped": self.skipped,
-                "original_sample_rates": {str(k): v for k, v in sorted(self.sample_rates.items())}}
+        out = {"folder": str(self.folder.resolve()), "files_found": len(self.files) + len(self.skipped),
+               "files_used": len(self.files), "files_skipped": len(self.skipped), "skipped": self.skipped,
+               "original_sample_rates": {str(k): v for k, v in sorted(self.sample_rates.items())}}
+        if self.digests:  # what the files hold, wherever the folder is: runs on the same audio share it
+            lines = "\n".join(f"{k}:{self.digests[k]}" for k in sorted(self.digests))
+            out["content_sha256"] = hashlib.sha256(lines.encode()).hexdigest()[:16]
+        return out
 
 
 def list_audio(folder: Path, what: str) -> list[Path]:
@@ -87,7 +95,18 @@ def list_audio(folder: Path, what: str) -> list[Path]:
                    and not p.name.startswith("."))
     if not files:
         raise EvalError(f"{what} {folder}: no audio files (looked for {', '.join(AUDIO_SUFFIXES)})")
+    seen: dict[str, Path] = {}
+    for path in files:  # results are keyed by name without suffix: x.wav and x.flac would collide
+        key = _key(folder, path)
+        if key in seen:
+            raise EvalError(f"{what} {folder}: {seen[key].relative_to(folder)} and {path.relative_to(folder)} have "
+                            f"the same name without suffix ({key}); results are keyed by name, keep only one of them")
+        seen[key] = path
     return files
+
+
+def _key(folder: Path, path: Path) -> str:
+    return path.relative_to(folder).with_suffix("").as_posix()
 
 
 def default_cache_dir() -> Path:
@@ -106,7 +125,7 @@ def scan_folder(folder: Path, what: str) -> EmbeddedSet:
         except AudioError as e:
             result.skipped.append({"file": str(path), "reason": str(e)})
             continue
-        key = path.relative_to(folder).with_suffix("").as_posix()
+        key = _key(folder, path)
         result.files[key], result.seconds[key] = path, info.seconds
         result.sample_rates[info.sample_rate] += 1
     if not result.files:
@@ -127,7 +146,7 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
     for start in range(0, len(files), batch_size):
         todo: list[tuple[str, str, np.ndarray]] = []
         for path in files[start:start + batch_size]:
-            key = path.relative_to(folder).with_suffix("").as_posix()
+            key = _key(folder, path)
             try:
                 info = audio_info(path)
                 digest = content_hash(path)
@@ -141,6 +160,7 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
                 result.skipped.append({"file": str(path), "reason": str(e)})
                 continue
             result.files[key] = path
+            result.digests[key] = digest
             result.seconds[key] = info.seconds
             result.sample_rates[info.sample_rate] += 1
             if emb is not None and (not want_logits or logit is not None):
@@ -182,6 +202,18 @@ def fad_value(gen: EmbeddedSet, ref: FrechetStats, dim: int, keys=None) -> dict:
     return {"value": float(metric.compute()), "frames": n, "files": len(keys if keys is not None else gen.embeddings)}
 
 
+def few_frames_warning(what: str, n: int, dim: int, warnings: list | None = None) -> str | None:
+    """Log (and collect) a warning when a Fréchet set has fewer embeddings than dimensions."""
+    if n >= dim:
+        return None
+    msg = (f"{what}: {n} embeddings for {dim} dimensions; the covariance is singular and the Fréchet distance "
+           "is dominated by the small-sample bias (use more audio)")
+    log.warning(msg)
+    if warnings is not None:
+        warnings.append(msg)
+    return msg
+
+
 def run_eval(opts: EvalOptions) -> dict:
     """Evaluate and write `opts.out/eval.json` + `items.csv`; returns the eval.json content."""
     metrics = tuple(dict.fromkeys(opts.metrics))
@@ -221,16 +253,26 @@ def run_eval(opts: EvalOptions) -> dict:
         fad = fad_value(gen, ref_stats, embedder.dim)
         if fad["value"] is None:
             raise EvalError(f"generated {opts.generated}: fewer than 2 {embedder.name} embeddings; FAD needs more audio")
+        warnings: list[str] = []
+        for what, n in (("FAD generated", fad["frames"]), ("FAD reference", ref_stats.n)):
+            few_frames_warning(what, n, embedder.dim, warnings)
+        fad_inf = None
+        if opts.fad_inf:
+            try:
+                fad_inf = fad_infinity(_frames(gen), ref_stats)
+            except StatsError as e:
+                raise EvalError(f"--fad-inf: generated {opts.generated}: {e}") from None
         FrechetStats.from_embeddings(_frames(gen), embedder=embedder.identity, sample_rate=embedder.sample_rate,
                                      num_files=len(gen.embeddings)).save(opts.out / "generated_stats.npz")
         result["metrics"]["fad"] = fad["value"]
-        if opts.fad_inf:
-            result["metrics"]["fad_inf"] = fad_infinity(_frames(gen), ref_stats)["fad_inf"]
-        result["protocol"]["fad"] = {"embedder": embedder.protocol(), "pooling": "all frames pooled",
+        if fad_inf is not None:
+            result["metrics"]["fad_inf"] = fad_inf["fad_inf"]
+        result["protocol"]["fad"] = {"embedder": embedder.protocol(), "pooling": embedder.pooling,
                                      "covariance": "unbiased (n-1), float64", "generated": gen.protocol(),
                                      "generated_frames": fad["frames"], "reference": ref_protocol,
-                                     "reference_frames": ref_stats.n, "resampled_to": embedder.sample_rate,
-                                     "paired": False, "fad_inf": opts.fad_inf}
+                                     "reference_frames": ref_stats.n, "reference_stats_sha256": ref_stats.fingerprint(),
+                                     "resampled_to": embedder.sample_rate, "paired": False,
+                                     "fad_inf": fad_inf, "warnings": warnings}
         for key in gen.files:
             items.setdefault(key, {})["frames"] = int(gen.embeddings[key].shape[0])
 
@@ -254,22 +296,35 @@ def run_eval(opts: EvalOptions) -> dict:
         if pref is not None:
             proto["reference"] = pref.protocol()
         if "fd" in metrics:
-            result["metrics"]["fd"] = FrechetStats.from_embeddings(_frames(pgen)).distance(
-                FrechetStats.from_embeddings(_frames(pref)))
+            gen_frames, ref_frames = _frames(pgen), _frames(pref)
+            proto["fd"] = {"pooling": panns.pooling, "warnings": [
+                w for what, x in (("FD generated", gen_frames), ("FD reference", ref_frames))
+                if (w := few_frames_warning(what, x.shape[0], panns.dim))]}
+            result["metrics"]["fd"] = FrechetStats.from_embeddings(gen_frames).distance(
+                FrechetStats.from_embeddings(ref_frames))
         if "kl" in metrics:
             try:
                 kl = kl_divergence(pgen.logits, pref.logits)
             except ValueError as e:
-                raise EvalError(str(e)) from None
+                raise EvalError(f"--metrics kl: {e}") from None
             result["metrics"].update(kl_softmax=kl["kl_softmax"], kl_sigmoid=kl["kl_sigmoid"])
             proto["kl"] = {"paired": True, "pairs": kl["pairs"], "direction": "KL(reference || generated)",
-                           "unpaired_generated": len(pgen.logits) - kl["pairs"]}
+                           "unpaired_generated": kl["unpaired_generated"],
+                           "unpaired_reference": kl["unpaired_reference"],
+                           "pairing": "by file name; >= 99 % of each set must be paired (audioldm_eval)"}
             for key, (s, g) in kl["per_item"].items():
                 items.setdefault(key, {}).update(kl_softmax=s, kl_sigmoid=g)
         if "is" in metrics:
-            score = inception_score(np.stack([pgen.logits[k] for k in sorted(pgen.logits)]))
+            try:
+                score = inception_score(np.stack([pgen.logits[k] for k in sorted(pgen.logits)]))
+            except ValueError as e:
+                raise EvalError(f"--metrics is: generated {opts.generated}: {e}") from None
             result["metrics"].update(is_mean=score["is_mean"], is_std=score["is_std"])
-            proto["is"] = {"splits": score["splits"], "files": len(pgen.logits)}
+            proto["is"] = {"splits": score["splits"], "files": len(pgen.logits), "shuffle_seed": score["seed"],
+                           "split_rule": "rows sorted by name, shuffled with numpy RandomState(seed).permutation, "
+                                         "split by slices [i*N//splits:(i+1)*N//splits] (audioldm_eval)"}
+            if "warning" in score:
+                proto["is"]["warning"] = score["warning"]
         result["protocol"]["panns"] = proto
         gen = gen or pgen
 

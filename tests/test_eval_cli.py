@@ -71,6 +71,9 @@ def test_tta_eval_end_to_end(folders, tmp_path, monkeypatch):
     assert body["metrics"]["fad"] > 1.0
     fad = body["protocol"]["fad"]
     assert fad["embedder"]["identity"] == "mfcc@v1" and fad["paired"] is False
+    assert fad["pooling"].startswith("frames: one 40-d embedding every 0.5 s") and fad["fad_inf"] is None
+    # 8 clips of 2 s give fewer MFCC frames than dimensions: the singular covariance is flagged
+    assert fad["generated_frames"] < 40 and "embeddings for 40 dimensions" in fad["warnings"][0]
     assert fad["generated"]["files_used"] == 8 and fad["generated"]["files_skipped"] == 1
     assert fad["generated"]["skipped"][0]["file"].endswith("broken.wav")
     assert fad["reference"]["original_sample_rates"] == {"16000": 7, "22050": 1}
@@ -78,6 +81,9 @@ def test_tta_eval_end_to_end(folders, tmp_path, monkeypatch):
     assert body["protocol"]["clap"]["scale"].startswith("raw cosine")
     cats = body["breakdown"]["categories"]
     assert set(cats) == {"hum", "whistle"} and cats["hum"]["files"] == 5
+    # per-category FAD carries its frame count, and a warning below 5 x D frames (FAD's 1/N bias)
+    assert cats["hum"]["fad_frames"] + cats["whistle"]["fad_frames"] == fad["generated_frames"]
+    assert "fewer than 5 x D = 200" in cats["whistle"]["warning"]
     assert body["breakdown"]["head"]["categories"] == ["hum"] and body["breakdown"]["tail"]["categories"] == ["whistle"]
     with open(out / "items.csv") as f:
         items = {r["name"]: r for r in csv.DictReader(f)}
@@ -93,6 +99,8 @@ def test_tta_eval_end_to_end(folders, tmp_path, monkeypatch):
     assert _eval(tmp_path, "--generated", gen, "--reference", out / "reference_stats.npz", "--out", out2) == 0
     body2 = json.loads((out2 / "eval.json").read_text())
     assert body2["metrics"]["fad"] == pytest.approx(body["metrics"]["fad"], rel=1e-9)
+    # the folder and its saved statistics are the same reference to `tta report`
+    assert body2["protocol"]["fad"]["reference_stats_sha256"] == fad["reference_stats_sha256"]
     assert sorted((tmp_path / "cache").rglob("*.npy")) == cached
 
     # FAD of a set against itself is ~0
@@ -126,6 +134,32 @@ def test_tta_eval_bad_inputs(folders, tmp_path, capsys, monkeypatch):
     tiny = tmp_path / "tiny"
     save_audio(tiny / "a.wav", tone(440, 0.5), 16_000)  # one clip, one MFCC frame: no covariance
     assert "at least 2" in error("--generated", gen, "--reference", tiny, "--out", tmp_path / "o7")
+    # x.wav and x.flac share the key "x": refused, naming both, instead of one silently replacing the other
+    dup = tmp_path / "dup"
+    save_audio(dup / "x.wav", tone(440, 1.0), 16_000)
+    save_audio(dup / "x.flac", tone(880, 1.0), 16_000)
+    save_audio(dup / "y.wav", tone(660, 1.0), 16_000)
+    for args in (("--generated", dup, "--reference", ref), ("--generated", gen, "--reference", dup)):
+        msg = error(*args, "--out", tmp_path / "o8")
+        assert "x.flac and x.wav have the same name without suffix" in msg and len(msg.strip().splitlines()) == 1
+    # FAD-inf needs 2 x max(500, 5 x D) generated frames; these folders have a few dozen
+    msg = error("--generated", gen, "--reference", ref, "--out", tmp_path / "o9", "--fad-inf")
+    assert "FAD-inf needs at least 1000 generated frames" in msg and len(msg.strip().splitlines()) == 1
+
+
+def test_tta_eval_records_the_fad_inf_fit(folders, tmp_path, monkeypatch):
+    """The whole FAD-inf fit goes into eval.json (the subset floor is lowered so that small folders fit)."""
+    from eval import fad as fad_module
+
+    monkeypatch.setattr(fad_module, "fad_inf_smallest_subset", lambda dim: 8)
+    gen, ref, _ = folders
+    out = tmp_path / "inf"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--fad-inf") == 0
+    body = json.loads((out / "eval.json").read_text())
+    fit = body["protocol"]["fad"]["fad_inf"]
+    assert fit["fad_inf"] == body["metrics"]["fad_inf"] and fit["sizes"][0] == 8
+    assert fit["sizes"][-1] == body["protocol"]["fad"]["generated_frames"] and len(fit["values"]) == len(fit["sizes"])
+    assert {"slope", "r2", "seed"} <= set(fit) and fit["method"].startswith("Chung et al. 2020: subsets without")
 
 
 @pytest.mark.slow
@@ -136,6 +170,9 @@ def test_tta_eval_panns_metrics(folders, tmp_path):
     from tests.test_eval_embedders import _panns_front_end_state, _panns_keys, _random_state
 
     gen, ref, _ = folders
+    for i in range(8, 12):  # IS refuses fewer files than its 10 splits: 12 pairs (and a warning, < 20)
+        save_audio(gen / f"clip{i}.wav", tone(500 + 90 * i, 2.0), 16_000)
+        save_audio(ref / f"clip{i}.wav", chirp(300, 2500, 2.0), 16_000)
     weights = tmp_path / "Cnn14_16k_mAP=0.438.pth"
     torch.save({"model": {**_random_state(_panns_keys()), **_panns_front_end_state()}}, weights)
     out = tmp_path / "panns"
@@ -145,7 +182,10 @@ def test_tta_eval_panns_metrics(folders, tmp_path):
     m = body["metrics"]
     assert {"fad", "fd", "kl_softmax", "kl_sigmoid", "is_mean", "is_std"} <= set(m)
     assert m["fd"] > 0 and m["is_mean"] >= 1.0 and np.isfinite(m["kl_softmax"])
-    assert body["protocol"]["panns"]["kl"]["pairs"] == 8 and body["protocol"]["panns"]["kl"]["paired"] is True
+    kl = body["protocol"]["panns"]["kl"]
+    assert kl["pairs"] == 12 and kl["paired"] is True and kl["unpaired_generated"] == kl["unpaired_reference"] == 0
+    assert body["protocol"]["panns"]["is"]["shuffle_seed"] == 2020 and "warning" in body["protocol"]["panns"]["is"]
+    assert body["protocol"]["panns"]["fd"]["pooling"].startswith("one embedding per clip")
     with open(out / "items.csv") as f:
         assert all(r["kl_softmax"] != "" for r in csv.DictReader(f))
 

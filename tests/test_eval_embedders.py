@@ -197,3 +197,26 @@ def test_aisfx_embeds_audio():
     emb = get_embedder("aisfx")
     out = emb.embed(noise(5.0, sample_rate=44_100), 44_100)
     assert out.shape == (3, 512) and np.isfinite(out).all()
+
+
+def test_pooling_is_recorded_as_each_embedder_makes_its_embeddings():
+    """FAD's protocol says frames or one embedding per clip (and LAION-CLAP's 10 s crop / repeat-pad rule)."""
+    from eval.embedders import PannsEmbedder, clap_embedder
+
+    mfcc = get_embedder("mfcc")
+    assert mfcc.pooling.startswith("frames: one 40-d embedding every 0.5 s") and mfcc.protocol()["pooling"] == mfcc.pooling
+    panns = PannsEmbedder(name="panns", dim=2048, sample_rate=16_000, hop_seconds=0.0)
+    assert panns.pooling.startswith("one embedding per clip: Cnn14's clip-level pooling")
+
+    class TtaClap:
+        sample_rate, embed_dim = 16_000, 8
+
+    class LaionClap(TtaClap):
+        sample_rate, crop_seed, fusion = 48_000, 0, False
+
+    assert clap_embedder(TtaClap(), name="clap").pooling.startswith("one embedding per clip (the whole clip")
+    laion = clap_embedder(LaionClap(), name="laion-clap").pooling
+    assert laion.startswith("one embedding per clip: LAION's 10 s rule") and "repeated whole and zero-padded" in laion
+    fused = LaionClap()
+    fused.fusion = True
+    assert "feature fusion" in clap_embedder(fused, name="laion-clap").pooling

@@ -123,10 +123,33 @@ def test_stats_round_trip_and_embedder_check(tmp_path):
 
 def test_fad_infinity_removes_small_sample_bias():
     rng = np.random.default_rng(7)
-    d = 8
+    d = 24
     population = FrechetStats(mu=np.zeros(d), sigma=np.eye(d), n=10**6)
-    gen = rng.standard_normal((600, d))  # same distribution: the true FD is 0, finite N biases it upward
+    gen = rng.standard_normal((1500, d))  # same distribution: the true FD is 0, finite N biases it upward
     finite = FrechetStats.from_embeddings(gen).distance(population)
     result = fad_infinity(gen, population, seed=0)
     assert result["slope"] > 0  # FD falls as N grows
     assert abs(result["fad_inf"]) < finite / 2
+    # the whole fit is returned: sizes from max(500, 5 x D) up to all frames, its quality, seed and method
+    assert result["sizes"][0] == 500 and result["sizes"][-1] == 1500 and len(result["values"]) == len(result["sizes"])
+    assert 0.0 <= result["r2"] <= 1.0 and result["seed"] == 0 and result["method"].startswith("Chung et al. 2020")
+    with pytest.raises(StatsError, match="needs at least 1000 generated frames.*got 999"):
+        fad_infinity(gen[:999], population)
+
+
+def test_fad_infinity_recovers_the_true_distance_when_d_is_large():
+    """D = 64: subsets below D (the old rule started at 50) make FD non-linear in 1/N and pulled FAD-inf
+    11-15 % low on this data; from max(500, 5 x D) frames the intercept is the true FD within a few %."""
+    d, n, scale, shift = 64, 2000, 0.8, 0.05
+    true_fd = d * (1 - scale) ** 2 + d * shift**2  # N(shift, scale^2 I) against N(0, I)
+    population = FrechetStats(mu=np.zeros(d), sigma=np.eye(d), n=10**9)
+    values = []
+    for seed in range(4):
+        gen = scale * np.random.default_rng(100 + seed).standard_normal((n, d)) + shift
+        finite = FrechetStats.from_embeddings(gen).distance(population)
+        assert finite > 1.15 * true_fd  # the plain FAD of 2000 frames is far off
+        result = fad_infinity(gen, population, seed=seed)
+        values.append(result["fad_inf"])
+        assert result["fad_inf"] == pytest.approx(true_fd, rel=0.06)
+        assert result["sizes"][0] == 500 and result["r2"] > 0.9
+    assert np.mean(values) == pytest.approx(true_fd, rel=0.02)

@@ -62,7 +62,14 @@ def test_report_is_self_contained(report):
     assert "<link" not in page and "<script" not in page
     assert "by CLAP score" in page and "examples (this run has no CLAP score)" in page
     md = (report / "report.md").read_text()
-    assert "| FAD ↓ |" in md and "CLAP score" in md and "worst `s4`" in md
+    assert "| FAD ↓ `mfcc@v1`" in md and "CLAP score" in md and "worst `s4`" in md
+    # run_b's reference is another folder than run_a's: its FAD of 0 is not "best", the row says why
+    row = re.search(r"<tr><td class=\"name\">FAD ↓.*?</tr>", page).group(0)
+    assert "not comparable: different embedder/reference" in row and 'class="best"' not in row
+    assert "| FAD ↓ `mfcc@v1` (not comparable: different embedder/reference) |" in md
+    # per-category FAD is shown with its frame count (and flagged: far fewer than 5 x D frames)
+    assert '<table id="categories">' in page and "FAD frames" in page and "fewer than 5 x D frames" in page
+    assert "| category | files | FAD | FAD frames |" in md and "⚠ beep: FAD on" in md
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
@@ -100,3 +107,42 @@ def test_report_refuses_other_file_types_and_extra_labels(report, tmp_path, caps
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("tta: error:"), err
     assert list(tmp_path.iterdir()) == []
+
+
+def _run(label, fad, embedder, reference, clap=None):
+    from eval.report import Run
+
+    protocol = {"fad": {"embedder": {"identity": embedder}, "reference": {"folder": f"/data/{reference}"},
+                        "reference_stats_sha256": reference}}
+    metrics = {"fad": fad}
+    if clap is not None:
+        metrics["clap_score"] = clap
+        protocol["clap"] = {"model": {"identity": "clap@tta-clap:0123"}}
+    return Run(label, {"metrics": metrics, "protocol": protocol}, [], Path(f"/runs/{label}"))
+
+
+def test_report_marks_best_only_between_comparable_runs():
+    from eval.report import render_html, render_markdown
+
+    def fad_row(page):
+        return re.search(r'<tr><td class="name">FAD ↓.*?</tr>', page).group(0)
+
+    same = [_run("a", 116.2, "mfcc@v1", "ref1", clap=0.2), _run("b", 82.9, "mfcc@v1", "ref1", clap=0.3)]
+    row = fad_row(render_html(same))
+    assert '<td class="best">82.9' in row and "mfcc@v1" in row and "not comparable" not in row
+    md = render_markdown(same)
+    assert "| FAD ↓ `mfcc@v1` | 116.2 | **82.9** |" in md and "| CLAP score ↑ `clap@tta-clap:0123` | 0.2 | **0.3** |" in md
+
+    # the audit's case: mfcc and aisfx FADs in one row; each cell names its embedder, nothing is "best"
+    mixed = [_run("a", 116.2, "mfcc@v1", "ref1"), _run("b", 82.89, "aisfx@sha256:1a2b", "ref1")]
+    row = fad_row(render_html(mixed))
+    assert 'class="best"' not in row and "not comparable: different embedder/reference" in row
+    assert "mfcc@v1" in row and "aisfx@sha256:1a2b" in row
+    md = render_markdown(mixed)
+    assert ("| FAD ↓ (not comparable: different embedder/reference) | 116.2 `mfcc@v1` | 82.89 `aisfx@sha256:1a2b` |"
+            in md)
+
+    # same embedder, other reference statistics: not comparable either
+    other_ref = [_run("a", 116.2, "mfcc@v1", "ref1"), _run("b", 82.9, "mfcc@v1", "ref2")]
+    assert 'class="best"' not in fad_row(render_html(other_ref))
+    assert "not comparable" in render_markdown(other_ref)
