@@ -144,3 +144,21 @@ def test_precision_flag_is_used_and_recorded(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:                     # argparse: usage + one line, exit status 2
         run(capsys, *args, "--precision", "half", "-o", tmp_path / "bad.wav")
     assert e.value.code == 2 and "--precision" in capsys.readouterr().err and not (tmp_path / "bad.wav").exists()
+
+
+def test_an_edit_comes_out_at_its_inputs_level(tmp_path, capsys):
+    """Two inputs that differ only in level are normalised to the same model input; their outputs differ by
+    the same factor (the recorded input_level), so what an edit keeps keeps its loudness."""
+    outs = {}
+    for level in (0.2, 0.8):
+        save_audio(tmp_path / f"in{level}.wav", signals.tone(440, 0.32, amplitude=level), 16_000)
+        out = tmp_path / f"out{level}.wav"
+        code, _, err = run(capsys, "a tone", "--model", tiny_pipeline(), "--inpaint", tmp_path / f"in{level}.wav",
+                           "--mask", "0.1:0.2", "-o", out, "--steps", 2)
+        assert code == 0, err
+        record = json.loads(out.with_name(out.stem + ".generation.json").read_text())
+        assert record["edit"]["input_level"] == pytest.approx(level / 0.5, rel=1e-3)
+        assert record["outputs"][0]["gain"] == 1.0          # not turned down: the ratio below is the level's
+        outs[level], _ = sf.read(out)
+    ratio = float((abs(outs[0.8]).max()) / abs(outs[0.2]).max())
+    assert ratio == pytest.approx(4.0, rel=1e-3)

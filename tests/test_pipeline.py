@@ -302,3 +302,29 @@ def test_bfloat16_precision_rounds_only_the_unet_and_is_a_default_and_a_call_arg
         PipelineDefaults(precision="int8")
     assert PipelineDefaults().precision == "float32"
     assert isinstance(sampling.native_bfloat16("cpu"), bool)
+
+
+def test_the_inpaint_gap_is_computed_in_whole_samples(pipe, monkeypatch):
+    """A start on a latent boundary (k latent steps in) keeps latent k - 1, whatever float rounding of k * step."""
+    per = pipe.vae.downsample_factor * pipe.mel.hop_length            # samples per latent step
+    wav = signals.tone(440, 2.0)
+    seen = {}
+    monkeypatch.setattr(pipe, "_run", lambda prompts, n, keep, **kw: seen.setdefault("keep", keep))
+    for k in range(1, 40):
+        start = round(k * per / pipe.sample_rate, 6)
+        pipe.inpaint(wav, ["x"], start=start, end=start + 0.05)
+        gap = (~seen.pop("keep")).flatten().nonzero().flatten()
+        assert int(gap[0]) == k, (k, start)
+
+
+def test_part_way_starts_refuse_the_samplers_that_cannot_take_them(pipe):
+    wav = signals.tone(440, 0.32)
+    for sampler in ("pndm", "lms"):
+        with pytest.raises(ValueError, match=f"the {sampler} sampler cannot start part-way"):
+            pipe.audio_to_audio(wav, ["x"], strength=0.5, steps=4, sampler=sampler)
+    assert pipe.audio_to_audio(wav, ["x"], strength=0.5, steps=4, sampler="ddim").wavs[0].shape == (5120,)
+
+
+def test_a_clip_shorter_than_a_clap_window_is_still_ranked(pipe):
+    out = pipe(["a click"], seconds=0.05, steps=2, candidates=2, seed=0)
+    assert out.wavs[0].shape == (800,) and len(out.candidate_scores[0]) == 2

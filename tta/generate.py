@@ -261,7 +261,9 @@ def main(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
 
-    from tta.audio import load_audio, save_audio
+    import numpy as np
+
+    from tta.audio import load_audio, normalize_wav, save_audio
     from tta.pipeline import TTAPipeline
 
     t0 = time.time()
@@ -276,8 +278,13 @@ def main(args: argparse.Namespace) -> int:
         common.update(datastore=store, neighbours=getattr(args, "neighbours", None))
     wav_in = None
     if edit is not None:
-        # normalised (DC removed, peak 0.5) like the training data the model saw
-        wav_in, _ = load_audio(edit["input"], pipe.sample_rate, normalize=True)
+        # normalised (DC removed, peak 0.5) like the training data the model saw; the outputs are scaled back by
+        # the same factor, so the part an edit keeps comes out at the input's level
+        raw, _ = load_audio(edit["input"], pipe.sample_rate)
+        wav_in = normalize_wav(raw)
+        top = float(np.max(np.abs(raw - raw.mean()))) if raw.size else 0.0
+        level = top / 0.5 if top > 0 else 1.0
+        edit["input_level"] = round(level, 6)
     records = []
     record_path = (jobs[0].path.with_name(jobs[0].path.stem + ".generation.json") if args.output is not None
                    else jobs[0].path.parent / "generation.json")
@@ -297,12 +304,13 @@ def main(args: argparse.Namespace) -> int:
         else:
             out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], seed=seed, **common)
         for k, job in enumerate(chunk):
-            wav, gain = fit_full_scale(out.wavs[k])
+            wav, gain = fit_full_scale(out.wavs[k] if edit is None else out.wavs[k] * level)
             save_audio(job.path, wav, out.sample_rate)
             records.append({"id": job.id, "prompt": job.prompt, "file": job.path.name, "seeds": out.seeds[k],
                             "gain": round(gain, 6),
                             "clap_score": round(out.scores[k], 6),
                             "candidate_clap_scores": [round(s, 6) for s in out.candidate_scores[k]],
+                            "kept_candidate": int(np.argmax(out.candidate_scores[k])),
                             "seconds": round(len(out.wavs[k]) / out.sample_rate, 6)})
             if out.neighbours is not None:
                 records[-1]["neighbours"] = out.neighbours[k]

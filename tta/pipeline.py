@@ -370,9 +370,10 @@ class TTAPipeline:
             raise PipelineError(f"inpaint range {start}:{end} s must satisfy 0 <= start < end <= "
                                 f"{n / self.sample_rate:g} (the input's length)")
         _, t, _ = self.latent_shape(n)
-        per = self.vae.downsample_factor * self.mel.hop_length / self.sample_rate   # seconds per latent step
+        per = self.vae.downsample_factor * self.mel.hop_length          # samples per latent step (an integer)
+        first, last = round(start * self.sample_rate), round(end * self.sample_rate)
         idx = torch.arange(t)
-        gap = ((idx + 1) * per > start) & (idx * per < end)
+        gap = ((idx + 1) * per > first) & (idx * per < last)
         return self._run(prompts, n, init_wav=wav, keep=(~gap).view(1, 1, t, 1), **kwargs)
 
     def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, **kwargs) -> Generation:
@@ -494,7 +495,11 @@ class TTAPipeline:
     def _rank(self, text, wavs, num_prompts: int, candidates: int, jobs) -> Generation:
         """Keep each prompt's candidate with the highest CLAP score cos(text, audio)."""
         keys = [(i, j) for i in range(num_prompts) for j in range(candidates)]
-        audio = self.clap.embed_audio(torch.stack([wavs[k] for k in keys]).numpy(), self.sample_rate)
+        clips = torch.stack([wavs[k] for k in keys])
+        shortest = int(0.1 * self.sample_rate)    # a CLAP needs at least one analysis window: score a very short
+        if clips.shape[1] < shortest:             # clip zero-padded (the clip itself is returned as generated)
+            clips = torch.nn.functional.pad(clips, (0, shortest - clips.shape[1]))
+        audio = self.clap.embed_audio(clips.numpy(), self.sample_rate)
         sims = (audio * text[[i for i, _ in keys]]).sum(-1).view(num_prompts, candidates)
         best = sims.argmax(dim=1)
         seeds = [[s for i2, _, s in jobs if i2 == i] for i in range(num_prompts)]

@@ -39,6 +39,9 @@ GUIDANCE_RULES = ("cfg", "apg")
 # computes it natively (`native_bfloat16`) and float32 elsewhere
 PRECISIONS = ("float32", "bfloat16", "auto")
 STOCHASTIC = ("euler_a", "ddpm")    # plus ddim with eta > 0
+# samplers whose multistep state diffusers restarts wrongly when the first timesteps are cut off (strength < 1):
+# PNDM's warm-up list repeats a timestep, LMS takes its order from the absolute step index
+PART_WAY_REFUSED = ("PNDMScheduler", "LMSDiscreteScheduler")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,10 @@ def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
         raise ValueError(f"steps={steps} must be >= 1")
     if not 0 < strength <= 1:
         raise ValueError(f"strength={strength} must be in (0, 1]")
+    if strength < 1 and type(scheduler).__name__ in PART_WAY_REFUSED:
+        raise ValueError(f"the {sampler_name_of(scheduler)} sampler cannot start part-way (strength < 1): its "
+                         "multistep history would restart at the wrong timestep or order; use ddim, euler, "
+                         "euler_a, heun, dpmsolver++ or ddpm")
     scheduler.set_timesteps(steps, device=device)
     timesteps = scheduler.timesteps
     if strength < 1:
@@ -149,8 +156,8 @@ def native_bfloat16(device: torch.device | str = "cpu") -> bool:
     """Whether `device` has bfloat16 arithmetic in hardware (a CUDA GPU that reports it; a CPU with AVX512-BF16
     or AMX). Emulated bfloat16 is slower than float32, so "auto" precision only uses it where this is True."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":   # bfloat16 tensor cores from Ampere (compute capability 8) on; older GPUs emulate it
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type != "cpu":
         return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")   # torch.cpu's CPU-feature probes
@@ -234,6 +241,8 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
     extra = {}
     if "eta" in params:
         extra["eta"] = eta
+    elif eta > 0:
+        log.warning("eta=%g has no effect with the %s sampler (only ddim takes it)", eta, sampler_name_of(scheduler))
     if "generator" in params:
         extra["generator"] = generator
     keep = None if keep is None else keep.to(device)
