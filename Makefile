@@ -427,9 +427,11 @@ train-ldm-speed: venv corpus-v4
 ## row "LDM stage 30"; run D: RETR_ARGS="--set retrieval.modality=audio_to_audio"; stage 31's run E, with the
 ## neighbours' VAE latents too: RETR_STORE=../tta-work/stores/v4-train-latent
 ## RETR_STORE_ARGS="--vae tta/assets/default/vae" RETR_ARGS="--set retrieval.features=all")
+# retrieval.exclude_related=false: the recorded runs (LDM stages 30-31) predate it and excluded only duplicates
 train-ldm-retrieval: venv corpus-v4 $(RETR_STORE)/datastore.json
 	$(MAKE) train-ldm-speed SPEED_RUN=$(RETR_RUN) POLISH_ARGS="--datastore $(RETR_STORE) --neighbours 3 \
-		--set retrieval.attention=decoupled --set retrieval.context_dim=128 --set retrieval.learning_rate_scale=$(RETR_SCALE) $(RETR_ARGS)"
+		--set retrieval.attention=decoupled --set retrieval.context_dim=128 --set retrieval.learning_rate_scale=$(RETR_SCALE) \
+		--set retrieval.exclude_related=false $(RETR_ARGS)"
 
 $(RETR_STORE)/datastore.json: | venv corpus-v4
 	$(BIN)/tta index build --manifest $(CORPUS4)/manifest.jsonl --split train --clap $(GAP_FROM)/text_encoder \

@@ -172,7 +172,7 @@ def test_bad_inputs(store_dir, corpus, clap, tmp_path):
     with pytest.raises(DatastoreError, match="no rows to index"):
         build_datastore(corpus, clap, tmp_path / "empty", DatastoreConfig(split="valid"), progress=False)
     assert not (tmp_path / "empty").exists()
-    with pytest.raises(ValueError, match="needs >= 256 entries"):
+    with pytest.raises(ValueError, match=r"needs >= 9984 entries .*39 per centroid.*--index ivf, or a smaller --nbits"):
         build_datastore(corpus, clap, tmp_path / "pq", DatastoreConfig(index="ivfpq"), progress=False)
     broken = tmp_path / "broken"
     shutil.copytree(store_dir, broken)
@@ -319,3 +319,125 @@ def test_cli_build_refuses_a_bad_max_seconds(corpus, tmp_path, capsys, value):
     assert not out.exists()
     with pytest.raises(ValueError, match="max_seconds=.* must be a finite number >= 0"):
         DatastoreConfig(max_seconds=float(value))
+
+
+# ------------------------------------------------------------ related clips, renamed ids, IVF-PQ re-ranking
+
+
+@pytest.fixture(scope="module")
+def related(corpus, clap, tmp_path_factory):
+    """The corpus with provenance: crops of one file, two mixtures, a mixture of a crop, and two clips that only
+    share a synthesis setting (no "@...s": not a group). Returns (manifest, store folder, rows)."""
+    folder = corpus.parent
+    rows = read_manifest(corpus)
+    ids = [r.id for r in rows]
+    sources = {1: "debian:pkg:a.ogg@0.00s", 2: "debian:pkg:a.ogg@10.24s", 3: f"mix:{ids[4]}+{ids[5]}",
+               6: f"mix:{ids[7]}+reverb small room", 8: f"mix:{ids[9]}+reverb cathedral",
+               9: "debian:pkg:b.ogg@0.00s", 10: "debian:pkg:b.ogg@5.12s", 11: "fluidsynth:gm.sf2:program 0",
+               12: "fluidsynth:gm.sf2:program 0"}
+    rows = [type(r)(**{**r.__dict__, "source": sources.get(i, r.source)}) for i, r in enumerate(rows)]
+    manifest = write_manifest(folder / "related.jsonl", rows)
+    torch.set_num_threads(1)
+    return manifest, build_datastore(manifest, clap, tmp_path_factory.mktemp("rel") / "store",
+                                     DatastoreConfig(batch_size=8), progress=False), rows
+
+
+def test_sources_groups_and_mixture_parts():
+    from tta.retrieval.datastore import mixture_parts, source_group
+
+    assert source_group("debian:0ad-data:audio/x.ogg@10.24s") == source_group("debian:0ad-data:audio/x.ogg@0.00s") \
+        == "debian:0ad-data:audio/x.ogg"
+    assert source_group("fluidsynth:FluidR3_GM.sf2:program 0") is None and source_group("espeak-ng:en+m1") is None
+    assert source_group("synthetic") is None and source_group("") is None
+    assert mixture_parts("mix:sfx-a-1234abcd-s0+music-b-5678abcd") == ("sfx-a-1234abcd-s0", "music-b-5678abcd")
+    assert mixture_parts("mix:music-c-9abc0123+reverb small room") == ("music-c-9abc0123",)
+    assert mixture_parts("espeak-ng:en+m1") == ()
+
+
+def test_related_clips_are_excluded_in_both_directions(related, clap):
+    from tta.retrieval.datastore import clip_path, relations_of_rows
+
+    manifest, folder, rows = related
+    store = Datastore.load(folder)
+    assert store.has_sources and [m["source"] for m in store.meta] == [r.source for r in rows]
+    paths = [clip_path(r.path, manifest) for r in rows]
+    assert store.paths == paths
+    rels = relations_of_rows(rows, paths)
+    expect = {1: {1, 2}, 2: {1, 2}, 3: {3, 4, 5}, 4: {3, 4}, 5: {3, 5}, 6: {6, 7}, 7: {6, 7},
+              9: {8, 9, 10}, 10: {8, 9, 10}, 8: {8, 9, 10}, 11: {11}, 12: {12}, 0: {0}}
+    for i, want in expect.items():
+        assert store.related_rows(rels[i]) == want, (i, store.related_rows(rels[i]))
+    # a query keeps k hits and never returns a related entry
+    q = np.asarray(store.emb["audio"])
+    k = store.count - 4
+    hits = store.query(q, k, exclude_ids=[[r.id] for r in rows], exclude_related=rels)
+    for i, got in enumerate(hits.indices):
+        assert len(got) == k and not set(got) & store.related_rows(rels[i])
+    with pytest.raises(ValueError, match="exclude_related has 1 entries for 2 queries"):
+        store.query(q[:2], 1, exclude_related=rels[:1])
+
+
+def test_renamed_ids_are_excluded_by_audio_file(related):
+    """A manifest re-imported under other ids names the same files: excluding by id alone returns the clip
+    itself; excluding by its resolved path does not."""
+    from tta.retrieval.datastore import clip_path
+
+    manifest, folder, rows = related
+    store = Datastore.load(folder)
+    q = np.asarray(store.emb["audio"][[1, 5, 9]])
+    renamed = [[f"re-{rows[i].id}"] for i in (1, 5, 9)]
+    by_id = store.query(q, 1, exclude_ids=renamed)
+    assert by_id.indices[:, 0].tolist() == [1, 5, 9]           # the clip itself: id exclusion did nothing
+    absolute = [clip_path(str(manifest.parent / rows[i].path), "/elsewhere") for i in (1, 5, 9)]
+    by_path = store.query(q, 1, exclude_ids=renamed, exclude_paths=absolute)
+    assert not set(by_path.indices[:, 0].tolist()) & {1, 5, 9}
+
+
+def test_a_store_without_sources_falls_back_to_duplicates_and_warns_once(related, corpus, tmp_path, caplog):
+    from tta.retrieval.datastore import clip_path, relations_of_rows
+
+    manifest, folder, rows = related
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    meta = [json.loads(x) for x in (old / "meta.jsonl").read_text().splitlines()]
+    (old / "meta.jsonl").write_text("".join(json.dumps({k: v for k, v in m.items() if k != "source"}) + "\n"
+                                            for m in meta))
+    store = Datastore.load(old)
+    assert not store.has_sources
+    rels = relations_of_rows(rows, [clip_path(r.path, manifest) for r in rows])
+    q = np.asarray(store.emb["audio"][[0, 0]])
+    with caplog.at_level("WARNING"):
+        hits = store.query(q, 2, exclude_related=rels[:1] * 2)
+        store.query(q, 2, exclude_related=rels[:1] * 2)
+    assert sum("built before sources were recorded" in r.message for r in caplog.records) == 1
+    # the query's own clip and its exact duplicate ("dup-of-first") are left out; a mixture's parts are still
+    # found through their paths (the query side knows its sources), a part's mixtures and crops are not
+    assert not {"dup-of-first", rows[0].id} & set(hits.ids[0])
+    assert store.related_rows(rels[3]) == {3, 4, 5} and store.related_rows(rels[4]) == {4}
+    assert store.related_rows(rels[1]) == {1}
+
+
+def test_ivfpq_hits_are_reranked_by_exact_score_and_sorted():
+    from pathlib import Path
+
+    rng = np.random.default_rng(0)
+    n, d = 2000, 32
+    centres = rng.standard_normal((20, d))
+    base = (centres[rng.integers(20, size=n)] + 0.6 * rng.standard_normal((n, d))).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    queries = base[rng.choice(n, 100, replace=False)] + 0.2 * rng.standard_normal((100, d)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    config = DatastoreConfig(index="ivfpq", m=4, nbits=4, nprobe=8)
+    index = fill_index(make_index(config, d, n), base)
+    meta = [{"id": f"e{i}", "captions": ["c"], "path": f"{i}.wav", "audio_sha256": str(i)} for i in range(n)]
+    store = Datastore(Path("in-memory"), {"clap_identity": "x", "dim": d, "count": n, "index": "ivfpq"},
+                      {"audio": index, "text": index}, {"audio": base, "text": base}, meta)
+    hits = store.query(queries, 5)
+    assert np.all(np.diff(hits.scores, axis=1) <= 0)          # best first, by the scores reported
+    exact = np.argsort(-(queries @ base.T), axis=1)[:, :5]
+    assert np.mean(hits.indices[:, 0] == exact[:, 0]) >= 0.9
+    np.testing.assert_allclose(hits.scores, np.einsum("bkd,bd->bk", base[hits.indices], queries), atol=1e-5)
+    # PQ codebooks need 39 training points per centroid
+    make_index(config, d, 39 * 16)
+    with pytest.raises(ValueError, match=r"nbits=4 needs >= 624 entries.*--index ivf, or a smaller --nbits"):
+        make_index(config, d, 39 * 16 - 1)

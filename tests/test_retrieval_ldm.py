@@ -283,14 +283,22 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monke
 
     assert Datastore.load(out / "datastore").latent_info["vae_identity"].startswith("tta-vae:")
     assert summary["store_entries"] == 16 and sum(summary["bucket_counts"].values()) == 8
-    assert set(summary["bucket_counts"]) == {"head", "mid", "tail"}
+    assert set(summary["bucket_counts"]) <= {"head", "mid", "tail"} and len(summary["bucket_counts"]) >= 2
     for v in summary["variants"].values():
         assert v["metrics"]["fad"] >= 0 and -1 <= v["metrics"]["clap_score"] <= 1
-        assert sum(v["buckets"][b]["files"] for b in ("head", "mid", "tail")) == 8
+        assert sum(v["buckets"][b]["files"] or 0 for b in ("head", "mid", "tail")) == 8
     prompts = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
-    head = min(p["frequency"] for p in prompts if p["category"] == "head")
-    tail = max(p["frequency"] for p in prompts if p["category"] == "tail")
-    assert head >= tail
+    rank = {"head": 0, "mid": 1, "tail": 2}
+    for a in prompts:   # a more frequent prompt is never in a rarer bucket; equal frequencies share one
+        for b in prompts:
+            if a["frequency"] > b["frequency"]:
+                assert rank[a["category"]] <= rank[b["category"]]
+            elif a["frequency"] == b["frequency"]:
+                assert a["category"] == b["category"]
+    assert summary["store_check"]["passed"] and summary["store_check"]["eval_clips"] == 8
+    assert summary["store_check"]["by_id"] == summary["store_check"]["related"] == 0
+    assert summary["prompt_sample"] == {"seed": 0, "split": "valid", "prompts": 8, "reference_clips": 8}
+    assert sorted(p.stem for p in (out / "reference").glob("*.wav")) == sorted(p["id"] for p in prompts)
     gen = json.loads((out / "generated" / "k3-text" / "generation.json").read_text())
     assert all(len(o["neighbours"]) == 3 for o in gen["outputs"])
     assert all(not o["neighbours"] for o in json.loads((out / "generated" / "none" / "generation.json")
@@ -687,3 +695,150 @@ def test_the_overhead_bench_times_latent_neighbour_tokens():
     assert row["features"] == "all" and row["context_tokens"] == 1 + 2 * (2 + 3)
     assert row["s_per_clip_plain"] > 0 and row["s_per_clip_retrieval"] > 0 and row["retrieve_ms_per_prompt"] > 0
     assert bench.main(common)["context_tokens"] == 1 + 2 * 2
+
+
+# ------------------------------------------------------------- exclusion, store checks, prompt sample, k
+
+
+def test_training_excludes_clips_renamed_in_the_manifest_by_their_audio_file(corpus, store, tmp_path, capsys,
+                                                                              caplog, monkeypatch):
+    """The training manifest names the store's clips under other ids (a re-import): training warns, and no
+    training clip gets itself back as a neighbour (it is left out by its audio file). joint_dropout runs too."""
+    from tta.data.manifest import read_manifest, write_manifest
+    from tta.retrieval.datastore import Datastore
+
+    rows = read_manifest(corpus)
+    renamed = write_manifest(corpus.parent / "renamed.jsonl",
+                             [type(r)(**{**r.__dict__, "id": f"re-{r.id}"}) for r in rows])
+    calls = []
+    real_query = Datastore.query
+
+    def spy(self, emb, k, modality="audio", **kw):
+        hits = real_query(self, emb, k, modality, **kw)
+        calls.append((kw, hits))
+        return hits
+
+    monkeypatch.setattr(Datastore, "query", spy)
+    args = train_args(renamed, tmp_path / "run", "--datastore", store, "--neighbours", 2,
+                      "--set", "retrieval.joint_dropout=0.5")
+    with caplog.at_level("WARNING"):
+        code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert any("holds 16 training clips under other ids" in r.message for r in caplog.records)
+    training = [(kw, h) for kw, h in calls if kw.get("exclude_ids")]
+    assert training
+    for kw, hits in training:
+        assert "exclude_related" in kw and len(kw["exclude_paths"]) == len(hits.ids)
+        for (query_id,), found in zip(kw["exclude_ids"], hits.ids):
+            assert query_id.removeprefix("re-") not in found
+
+
+def test_training_exclusions_log_the_overlap_and_a_plain_store_keeps_every_clip(corpus, store, caplog):
+    from tta.data.dataset import AudioDataset
+    from tta.ldm.retrieval_context import training_exclusions
+    from tta.retrieval.datastore import Datastore
+
+    data = AudioDataset(corpus, "train", 16_000, 0.32)
+    st = Datastore.load(store)
+    with caplog.at_level("INFO", logger="tta.ldm.retrieval_context"):
+        ex = training_exclusions(st, data.rows, data.paths, RetrievalConfig(datastore=str(store), neighbours=2))
+    assert any("holds 16 of the 16 training clips by id, 16 by audio file" in r.message for r in caplog.records)
+    assert not any(r.levelname == "WARNING" for r in caplog.records)
+    assert len(ex.paths) == 16 and len(ex.relations) == 16 and not ex.duplicates
+    assert set(ex.of([0, 3])) == {"exclude_paths", "exclude_related"}
+    off = training_exclusions(st, data.rows, data.paths,
+                              RetrievalConfig(datastore=str(store), neighbours=2, exclude_related=False))
+    assert off.relations is None and set(off.of([1])) == {"exclude_paths"}
+
+
+def test_the_experiment_refuses_a_store_holding_evaluation_clips(corpus, store, tmp_path, capsys, monkeypatch):
+    """By id (a store over every split) or only through a related clip (a train crop of a valid clip's file)."""
+    from tta.clap import load_clap
+    from tta.commands.retrieval_experiment import check_store
+    from tta.data.manifest import read_manifest, write_manifest
+    from tta.retrieval import Datastore, DatastoreConfig, DatastoreError, build_datastore
+
+    torch.set_num_threads(1)
+    clap = load_clap(tiny_components()["clap"])
+    every = build_datastore(corpus, clap, tmp_path / "every", DatastoreConfig(batch_size=24), progress=False)
+    monkeypatch.chdir(tmp_path)
+    c = tiny_components()
+    sets = [f"components.{k}={json.dumps(str(c[k]))}" for k in ("vae", "vocoder", "clap")]
+    sets += [f"manifest={json.dumps(str(corpus))}", f"datastore={json.dumps(str(every))}"]
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", tmp_path / "exp",
+                       *[a for s in sets for a in ("--set", s)])
+    assert code == 1 and err.count("\n") == 1 and "holds 8 of the 8 evaluation clips (by id 8" in err, err
+    assert not (tmp_path / "exp" / "runs").exists()
+
+    rows = read_manifest(corpus)
+    valid = [r for r in rows if r.split == "valid"]
+    assert check_store(Datastore.load(store), valid, corpus)["passed"]
+    crops = {valid[0].id: "debian:pkg:x.ogg@0.00s", rows[0].id: "debian:pkg:x.ogg@10.24s"}
+    manifest = write_manifest(corpus.parent / "crops.jsonl",
+                              [type(r)(**{**r.__dict__, "source": crops.get(r.id, r.source)}) for r in rows])
+    train_only = build_datastore(manifest, clap, tmp_path / "crops", DatastoreConfig(split="train", batch_size=16),
+                                 progress=False)
+    with pytest.raises(DatastoreError, match=r"holds 1 of the 8 evaluation clips \(by id 0, by audio file 0, "
+                                             r"related 1; e.g. valid-"):
+        check_store(Datastore.load(train_only), [r for r in read_manifest(manifest) if r.split == "valid"], manifest)
+
+
+def test_evaluation_prompts_are_a_seeded_sample_and_the_reference_their_clips(corpus):
+    from tta.commands.retrieval_experiment import EvalSettings, ExperimentConfig, eval_rows
+    from tta.data.manifest import read_manifest
+
+    valid = [r.id for r in read_manifest(corpus) if r.split == "valid"]
+
+    def pick(**eval_settings):
+        config = ExperimentConfig(ldm_config="x.json", eval=EvalSettings(max_prompts=4, **eval_settings))
+        prompts, reference = eval_rows(config, corpus)
+        return [r.id for r in prompts], [r.id for r in reference]
+
+    prompts, reference = pick()
+    assert len(prompts) == 4 and prompts != valid[:4] and reference == prompts
+    assert prompts == [i for i in valid if i in prompts]            # kept in manifest order
+    assert pick() == (prompts, reference) and pick(seed=1)[0] != prompts
+    more_prompts, more = pick(reference_from="split", max_reference=6)
+    assert more_prompts == prompts and len(more) == 6 and set(prompts) <= set(more)
+    assert pick(reference="ref/") == (prompts, [])
+    with pytest.raises(ValueError, match="reference_from"):
+        EvalSettings(reference_from="all")
+
+
+def test_tied_frequencies_share_a_bucket_whatever_the_prompt_order():
+    from tta.commands.retrieval_experiment import assign_buckets
+
+    freqs = [5.0, 5.0, 5.0, 1.0, 1.0, 0.0]
+    assert assign_buckets(freqs) == ["head", "head", "head", "mid", "mid", "tail"]
+    order = [3, 5, 0, 4, 1, 2]
+    assert assign_buckets([freqs[i] for i in order]) == [assign_buckets(freqs)[i] for i in order]
+    assert assign_buckets([2.0] * 6) == ["mid"] * 6
+
+
+def test_more_neighbours_than_trained_warns_and_joint_dropout_nulls_the_context(store, caplog):
+    from tta.ldm import retrieval_context
+    from tta.ldm.retrieval_context import prompt_context, training_context
+    from tta.retrieval.datastore import Datastore
+
+    retrieval_context._warned_k.clear()   # warned once per process: another test may have warned already
+    st = Datastore.load(store)
+    torch.manual_seed(0)
+    ctx = RetrievalContext(RetrievalContextConfig(embed_dim=st.dim, context_dim=32, max_neighbours=6,
+                                                  neighbours=2)).eval()
+    text = torch.tensor(np.asarray(st.emb["text"][:2]))
+    with caplog.at_level("WARNING", logger="tta.ldm.retrieval_context"):
+        prompt_context(ctx, st, text, 2)
+        assert not caplog.records
+        prompt_context(ctx, st, text, 4)
+        prompt_context(ctx, st, text, 4)
+    warned = [r.message for r in caplog.records]
+    assert len(warned) == 1 and "neighbours=4" in warned[0] and "k=2" in warned[0] and "gradient" in warned[0]
+
+    config = RetrievalConfig(datastore=str(store), neighbours=2, context_dropout=0.0, joint_dropout=0.5)
+    with torch.no_grad():
+        c = training_context(ctx, st, config, st.ids[:2], text, "cpu", drop=torch.tensor([True, False]))
+    assert torch.equal(c[0], ctx.null_token.detach().expand(c.shape[1], -1))
+    assert not torch.allclose(c[1, 1:], ctx.null_token.detach().expand(c.shape[1] - 1, -1))
+    with pytest.raises(ValueError, match="joint_dropout"):
+        RetrievalConfig(joint_dropout=1.0)

@@ -4,15 +4,23 @@
                                and with its VAE's latents when a variant uses the "latent" feature
     OUT/runs/<variant>/        `tta train ldm` run folders (pipeline/ reused when present)
     OUT/prompts.jsonl          evaluation prompts with their bucket (category = head | mid | tail) and frequency
-    OUT/reference/             reference clips for FAD (unless `eval.reference` is given)
+    OUT/reference/             reference clips for FAD (unless `eval.reference` is given): by default the
+                               evaluation prompts' own clips
     OUT/generated/<variant>/   wavs + generation.json (retrieved ids and captions per prompt)
     OUT/eval/<variant>/        `tta eval` results (eval.json, items.csv; per-bucket breakdown)
     OUT/report.html            `tta report` over all variants; OUT/summary.{md,json,png}: variant x bucket table
 
 Buckets: each prompt gets a frequency — with `bucket_by` "words" the mean, over its content words, of the
 number of training clips whose captions contain the word; with "category" the number of training clips
-labelled with the prompt's category — and prompts are split by rank into equal thirds: head (most
-frequent), mid, tail.
+labelled with the prompt's category — and prompts are split by rank into thirds: head (most frequent),
+mid, tail; prompts of equal frequency share a bucket (the one of their mean rank), so the thirds are equal
+only up to ties.
+
+Evaluation prompts (without a prompt file) are a seeded random sample (`eval.seed`) of `eval.max_prompts`
+clips of `eval.prompt_split`, not its first rows (manifests are often sorted by kind). The store is checked to
+hold none of the evaluation clips (prompts and reference) by id, by audio file or through a related clip
+(another crop of the same file, a mixture and its parts); a store that does is refused, and the check is
+recorded in summary.json ("store_check").
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import time
 from collections import Counter
@@ -75,9 +84,11 @@ class GenerationSettings:
 class EvalSettings:
     prompts: str = ""              # prompt file (tta.data.prompts); "" = captions of `prompt_split` clips
     prompt_split: str = "valid"
-    max_prompts: int = 60
-    reference: str = ""            # reference audio folder for FAD; "" = the `prompt_split` clips
-    max_reference: int = 200
+    max_prompts: int = 60          # a seeded random sample of this many `prompt_split` clips
+    seed: int = 0                  # the sample's seed (prompts and reference)
+    reference: str = ""            # reference audio folder for FAD; "" = `prompt_split` clips, see reference_from
+    reference_from: Literal["prompts", "split"] = "prompts"   # the prompts' own clips, or `max_reference` clips
+    max_reference: int = 200       # "split": the prompts' clips plus more of the sample, this many in all
     embedder: str = "mfcc"         # eval embedder registry name (mfcc, vggish, panns, clap, ...)
     embedder_weights: str = ""
     clap_score: bool = True        # CLAP score with components.clap
@@ -86,6 +97,8 @@ class EvalSettings:
     def __post_init__(self) -> None:
         if self.max_prompts < 3 or self.max_reference < 2:
             raise ValueError("eval.max_prompts must be >= 3 (three buckets) and eval.max_reference >= 2")
+        if self.reference_from not in ("prompts", "split"):
+            raise ValueError(f"eval.reference_from={self.reference_from!r} must be 'prompts' or 'split'")
 
 
 @dataclass(frozen=True)
@@ -144,18 +157,45 @@ def prompt_frequencies(prompts: list[dict], rows, by: str) -> list[float]:
 
 
 def assign_buckets(freqs: list[float]) -> list[str]:
-    """Equal thirds by frequency rank (ties keep prompt order): head, mid, tail."""
+    """Thirds by frequency rank: head, mid, tail. Prompts of equal frequency share the bucket of their mean
+    rank (so a bucket never depends on prompt order)."""
     order = sorted(range(len(freqs)), key=lambda i: (-freqs[i], i))
     out = [""] * len(freqs)
-    for rank, i in enumerate(order):
-        out[i] = BUCKETS[min(2, rank * 3 // len(freqs))]
+    start = 0
+    while start < len(order):
+        end = start
+        while end < len(order) and freqs[order[end]] == freqs[order[start]]:
+            end += 1
+        bucket = BUCKETS[min(2, int((start + end - 1) / 2 * 3 // len(freqs)))]
+        for i in order[start:end]:
+            out[i] = bucket
+        start = end
     return out
 
 
-def eval_prompts(config: ExperimentConfig, manifest: Path, train_rows, out: Path) -> tuple[list[dict], Path]:
-    """The evaluation prompts with bucket and frequency, written to OUT/prompts.jsonl."""
-    from tta.checkpoint import atomic_write_text
+def eval_rows(config: ExperimentConfig, manifest: Path) -> tuple[list, list]:
+    """(prompt rows, reference rows) of `eval.prompt_split`: a seeded random sample (`eval.seed`) of
+    `eval.max_prompts` clips (none with a prompt file), in manifest order; the reference is the prompts' own
+    clips (`reference_from` "prompts"; with a prompt file, or with "split": the first `max_reference` clips of
+    the same seeded order, which begins with the prompts'). No reference rows when `eval.reference` is given."""
     from tta.data.manifest import read_manifest
+
+    e = config.eval
+    split = [r for r in read_manifest(manifest) if r.split == e.prompt_split]
+    order = list(range(len(split)))
+    random.Random(e.seed).shuffle(order)
+    prompts = [] if e.prompts else [split[i] for i in sorted(order[:e.max_prompts])]
+    if e.reference:
+        return prompts, []
+    if e.reference_from == "prompts" and not e.prompts:
+        return prompts, prompts
+    return prompts, [split[i] for i in sorted(order[:max(e.max_reference, len(prompts))])]
+
+
+def eval_prompts(config: ExperimentConfig, rows, train_rows, out: Path) -> tuple[list[dict], Path]:
+    """The evaluation prompts (a prompt file's, else the captions of the sampled `rows`) with bucket and
+    frequency, written to OUT/prompts.jsonl."""
+    from tta.checkpoint import atomic_write_text
     from tta.data.prompts import read_prompt_file
 
     e = config.eval
@@ -163,9 +203,8 @@ def eval_prompts(config: ExperimentConfig, manifest: Path, train_rows, out: Path
         rows = read_prompt_file(e.prompts)
         prompts = [{"id": r.id or f"{i:03d}", "prompt": r.prompt, "category": r.category} for i, r in enumerate(rows)]
     else:
-        split = [r for r in read_manifest(manifest) if r.split == e.prompt_split]
         prompts = [{"id": r.id, "prompt": r.captions[0], "category": r.category or (r.labels[0] if r.labels else None)}
-                   for r in split[:e.max_prompts]]
+                   for r in rows]
     if len(prompts) < 3:
         raise ValueError(f"eval: {len(prompts)} prompts; the head/mid/tail split needs at least 3")
     for p in prompts:
@@ -179,24 +218,61 @@ def eval_prompts(config: ExperimentConfig, manifest: Path, train_rows, out: Path
     return prompts, path
 
 
-def write_reference(config: ExperimentConfig, manifest: Path, out: Path, seconds: float) -> Path:
-    """Reference clips for FAD: eval.reference, or the prompt split's clips (first `seconds`) in OUT/reference."""
+def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, seconds: float) -> Path:
+    """Reference clips for FAD: eval.reference, or `rows` (first `seconds`) in OUT/reference (wavs of an earlier
+    selection that are not among them are removed)."""
     from tta.audio import load_audio, save_audio
-    from tta.data.manifest import read_manifest, resolve_path
+    from tta.data.manifest import resolve_path
 
     if config.eval.reference:
         return Path(config.eval.reference)
     folder = out / "reference"
-    rows = [r for r in read_manifest(manifest) if r.split == config.eval.prompt_split][:config.eval.max_reference]
     if len(rows) < 2:
-        raise ValueError(f"{manifest}: split {config.eval.prompt_split!r} has {len(rows)} clips; FAD needs a "
-                         "reference of >= 2 (set eval.reference)")
+        raise ValueError(f"{manifest}: split {config.eval.prompt_split!r} gives {len(rows)} reference clips; FAD "
+                         "needs >= 2 (set eval.reference)")
+    _remove_stale_wavs(folder, {r.id for r in rows})
     for r in rows:
         target = folder / f"{r.id}.wav"
         if not target.is_file():
             wav, sr = load_audio(resolve_path(r, manifest), 16_000, max_seconds=seconds, normalize=True)
             save_audio(target, wav, sr)
     return folder
+
+
+def _remove_stale_wavs(folder: Path, keep: set[str]) -> None:
+    stale = [p for p in folder.glob("*.wav") if p.stem not in keep] if folder.is_dir() else []
+    if stale:
+        log.info("%s: removing %d wavs of an earlier prompt selection", folder, len(stale))
+        for p in stale:
+            p.unlink()
+
+
+def check_store(store, rows, manifest: Path) -> dict:
+    """Refuse (DatastoreError) a store holding any of the evaluation clips `rows` (ManifestRows of `manifest`)
+    by id, by audio file or through a related clip; returns the check's record for summary.json."""
+    from tta.data.manifest import read_manifest
+    from tta.retrieval.datastore import DatastoreError, clip_path, relations_of_rows
+
+    everything = read_manifest(manifest)
+    paths = [clip_path(r.path, manifest) for r in rows]
+    relations = relations_of_rows(rows, paths, (everything, [clip_path(r.path, manifest) for r in everything]))
+    by_id = [r.id for r in rows if r.id in store.row_of]
+    by_path = [r.id for r, p in zip(rows, paths) if p in store.rows_of_path]
+    related = [r.id for r, rel in zip(rows, relations) if store.related_rows(rel)]
+    record = {"datastore_split": store.info.get("config", {}).get("split"), "datastore_manifest": store.manifest,
+              "eval_clips": len(rows), "by_id": len(by_id), "by_path": len(by_path), "related": len(related),
+              "sources_recorded": store.has_sources}
+    leaked = sorted({*by_id, *by_path, *related})
+    if leaked:
+        built = record["datastore_split"] or "every split"
+        raise DatastoreError(f"{store.folder}: holds {len(leaked)} of the {len(rows)} evaluation clips (by id "
+                             f"{len(by_id)}, by audio file {len(by_path)}, related {len(related)}; e.g. "
+                             f"{leaked[0]}; built from {built}), so retrieval would return them: build it from the "
+                             "training split only (tta index build --split train)")
+    if not store.has_sources:
+        log.warning("%s: records no sources, so only ids and audio files of the evaluation clips were checked "
+                    "(no crops of the same file or mixtures); rebuild the store to check those", store.folder)
+    return {**record, "passed": True}
 
 
 def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress: bool) -> Path:
@@ -236,6 +312,7 @@ def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: lis
 
     pipe = TTAPipeline.from_pretrained(pipeline)
     k = variant.neighbours or None
+    _remove_stale_wavs(folder, {p["id"] for p in prompts})
     t0, outputs = time.time(), []
     for start in tqdm(range(0, len(prompts), g.batch_size), desc=f"generate {variant.name}", disable=not progress):
         chunk = prompts[start:start + g.batch_size]
@@ -283,12 +360,17 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
         build_datastore(manifest, clap, store_dir, DatastoreConfig(split=base.data.train_split), progress=progress,
                         vae=vae)
     store = Datastore.load(store_dir)
-    prompts, prompts_path = eval_prompts(config, manifest, train_rows, out)
+    prompt_rows, reference_rows = eval_rows(config, manifest)
+    store_check = check_store(store, list({r.id: r for r in [*prompt_rows, *reference_rows]}.values()), manifest)
+    prompts, prompts_path = eval_prompts(config, prompt_rows, train_rows, out)
     seconds = config.generation.seconds or base.validation.seconds
-    reference = write_reference(config, manifest, out, seconds)
+    reference = write_reference(config, reference_rows, manifest, out, seconds)
 
     summary: dict = {"config": _plain(config), "datastore": str(store_dir.resolve()), "store_entries": store.count,
-                     "prompts": str(prompts_path), "reference": str(Path(reference).resolve()),
+                     "store_check": store_check, "prompts": str(prompts_path),
+                     "prompt_sample": {"seed": config.eval.seed, "split": config.eval.prompt_split,
+                                       "prompts": len(prompts), "reference_clips": len(reference_rows) or None},
+                     "reference": str(Path(reference).resolve()),
                      "bucket_counts": dict(Counter(p["category"] for p in prompts)), "variants": {}}
     evals = []
     for variant in config.variants:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -87,8 +88,13 @@ class RetrievalConfig:
     on). modality: how neighbours are found while training (query embedding -> searched index).
     features: which features of each neighbour become context tokens ("audio", "text", "latent" joined with
     "+", or "both" / "all"; "latent" needs a datastore built with the run's VAE, `--vae`). context_dropout:
-    chance per clip that its context is replaced by the null context. exclude_duplicates: also leave out entries
-    with the same decoded audio as the clip (its own id is always left out). max_neighbours: size of
+    chance per clip that its context is replaced by the null context. joint_dropout: chance per clip that its
+    text condition and its context are dropped together (the unconditional input of "guided" context guidance;
+    0 = off, and then no extra random draw is made, so runs without it are unchanged). exclude_duplicates: also
+    leave out entries with the same decoded audio as the clip (its own entry, by id and by audio file, is always
+    left out). exclude_related: also leave out entries related to the clip: other crops of its source file and
+    mixtures built from it or that it is built from (tta.retrieval.datastore.Relation; a store built before
+    sources were recorded falls back to exact duplicates, with a warning). max_neighbours: size of
     the rank embedding (the largest k the model accepts at generation). context_dim: token width
     (0 = model.class_embed_dim); `model.context_dim` is set from it when null. attention: "replace" (the
     UNet's second attention layers attend to the context instead of themselves) or "decoupled" (they keep their
@@ -102,7 +108,9 @@ class RetrievalConfig:
     modality: Modality = "text_to_audio"
     features: str = "both"
     context_dropout: float = 0.1
+    joint_dropout: float = 0.0
     exclude_duplicates: bool = True
+    exclude_related: bool = True
     max_neighbours: int = 10
     context_dim: int = 0
     attention: Attention = "replace"
@@ -121,6 +129,8 @@ class RetrievalConfig:
                              f"{self.max_neighbours} >= 1 and retrieval.context_dim={self.context_dim} >= 0")
         if not 0 <= self.context_dropout < 1:
             raise ValueError(f"retrieval.context_dropout={self.context_dropout} must be in [0, 1)")
+        if not 0 <= self.joint_dropout < 1:
+            raise ValueError(f"retrieval.joint_dropout={self.joint_dropout} must be in [0, 1)")
         if self.neighbours and not self.datastore:
             raise ValueError(f"retrieval.neighbours={self.neighbours} needs a datastore "
                              "(--datastore DIR or retrieval.datastore)")
@@ -362,18 +372,70 @@ def neighbour_features(store, rows: np.ndarray, names: tuple[str, ...], device) 
             for f in names}
 
 
+@dataclass
+class TrainingExclusions:
+    """Per training row (dataset order): its resolved audio file and, with `retrieval.exclude_related`, its
+    Relation; `duplicates` forces exact-duplicate exclusion (the fallback of a store without sources)."""
+
+    paths: list[str]
+    relations: list | None = None
+    duplicates: bool = False
+
+    def of(self, rows) -> dict:
+        """Datastore.query exclusion arguments for the batch's dataset rows `rows`."""
+        out: dict = {"exclude_paths": [self.paths[i] for i in rows]}
+        if self.relations is not None:
+            out["exclude_related"] = [self.relations[i] for i in rows]
+        if self.duplicates:
+            out["exclude_duplicates"] = True
+        return out
+
+
+def training_exclusions(store, rows, paths, retrieval: RetrievalConfig) -> TrainingExclusions:
+    """What training leaves out of each clip's neighbours besides its own id (manifest `rows` and their audio
+    `paths`, the training dataset's): its audio file and (exclude_related) its related clips. Logs how many
+    training clips the store holds by id and by audio file, and warns when it holds some only under other ids
+    (a renamed or re-imported manifest: exclusion by id alone would return the clip itself)."""
+    from tta.retrieval.datastore import relations_of_rows
+
+    paths = [os.path.realpath(p) for p in paths]   # as the store resolves its own (clip_path)
+    by_id = sum(r.id in store.row_of for r in rows)
+    by_path = sum(p in store.rows_of_path for p in paths)
+    renamed = sum(p in store.rows_of_path and r.id not in store.row_of for r, p in zip(rows, paths))
+    log.info("retrieval: datastore %s holds %d of the %d training clips by id, %d by audio file", store.folder,
+             by_id, len(rows), by_path)
+    if renamed:
+        log.warning("retrieval: datastore %s holds %d training clips under other ids than the training manifest's "
+                    "(same audio file; built from %s): they are excluded by file, but check that the store was "
+                    "built from this manifest", store.folder, renamed, store.manifest or "an unknown manifest")
+    relations, duplicates = None, False
+    if retrieval.exclude_related:
+        relations = relations_of_rows(rows, paths)
+        if not store.has_sources:
+            store.warn_without_sources()
+            duplicates = True
+    return TrainingExclusions(paths, relations, duplicates)
+
+
 def training_context(module, store, retrieval: RetrievalConfig, ids: list[str], query_emb: torch.Tensor,
-                     device) -> torch.Tensor:
+                     device, exclude: dict | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
     """Context (B, 1 + k * (F + L), C) for a training batch: neighbours of each clip (its own entry and, with
-    `exclude_duplicates`, entries with the same audio excluded), dropped per clip with probability
-    `context_dropout` (draws from the global, resumable torch RNG). `module` is the RetrievalContext as
+    `exclude_duplicates`, entries with the same audio excluded; `exclude`: more Datastore.query exclusions,
+    `TrainingExclusions.of`), dropped per clip with probability `context_dropout` (draws from the global,
+    resumable torch RNG) and wherever `drop` (B,) is True (joint dropout). `module` is the RetrievalContext as
     prepared for training (possibly wrapped for distributed data parallel: it is called as given, so its
     gradients are synchronised)."""
     cfg = getattr(module, "module", module).config
+    kwargs = {"exclude_duplicates": retrieval.exclude_duplicates, **(exclude or {})}
     hits = store.query(query_emb.float().cpu(), retrieval.neighbours, cfg.index, exclude_ids=[[i] for i in ids],
-                       exclude_duplicates=retrieval.exclude_duplicates)
+                       **kwargs)
     keep = torch.rand(len(ids)) >= retrieval.context_dropout
+    if drop is not None:
+        keep &= ~drop.cpu()
     return module(neighbour_features(store, hits.indices, cfg.feature_names, device), keep.to(device))
+
+
+_warned_k: set[tuple[int, int]] = set()
 
 
 @torch.no_grad()
@@ -383,6 +445,10 @@ def prompt_context(module: RetrievalContext, store, text_emb: torch.Tensor, k: i
     cfg = module.config
     if k > cfg.max_neighbours:
         raise ValueError(f"neighbours={k} exceeds the model's max_neighbours={cfg.max_neighbours}")
+    if k > cfg.neighbours and (cfg.neighbours, k) not in _warned_k:
+        _warned_k.add((cfg.neighbours, k))
+        log.warning("neighbours=%d is more than the k=%d this model was trained with: the rank embeddings of "
+                    "neighbours %d..%d never received a gradient", k, cfg.neighbours, cfg.neighbours + 1, k)
     hits = store.query(text_emb.float().cpu(), k, cfg.index)
     device = module.null_token.device
     context = module(neighbour_features(store, hits.indices, cfg.feature_names, device))

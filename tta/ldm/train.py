@@ -413,6 +413,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     train_set = AudioDataset.from_config(data, config.data.train_split, sr,
                                          random_crop=not config.precompute, caption_choice=caption_choice)
     row_ids = [row.id for row in train_set.rows]
+    train_rows, train_paths = list(train_set.rows), list(train_set.paths)   # retrieval: what to exclude
     keys = train_set.balance_keys()     # data.balance; CachedLatents keeps the dataset's order
     names = train_set.weight_names()    # data.key_weights
     check_key_weights(config.data.key_weights, names)   # before any pre-encoding, not after it
@@ -424,11 +425,12 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     unet = LDMUNet(config.model)
     ctx = ctx_ema = None
     if store is not None:
-        from tta.ldm.retrieval_context import RetrievalContext, context_config, open_store
+        from tta.ldm.retrieval_context import RetrievalContext, context_config, open_store, training_exclusions
 
         uses_latent = "latent" in feature_names(r.features)    # neighbours' latents of the run's own VAE
         store = open_store(store, frozen.clap, r.neighbours, exclude_self=True,
                            latent_vae=frozen.vae.identity if uses_latent else "")
+        exclusions = training_exclusions(store, train_rows, train_paths, r)   # logs the store's overlap
         if r.attention == "decoupled":   # the branch projections live in the context encoder
             from tta.ldm.retrieval_context import attach_decoupled, attention_layers
 
@@ -469,8 +471,13 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             if ctx is not None:
                 from tta.ldm.retrieval_context import training_context
 
-                ids = [row_ids[int(i)] for i in batch["index"]]
-                context = training_context(ctx, store, r, ids, embed(query), run.device)
+                rows = [int(i) for i in batch["index"]]
+                drop = None
+                if r.joint_dropout:   # text and context dropped together (guided mode's unconditional input)
+                    drop = torch.rand(len(rows)) < r.joint_dropout
+                    cond = torch.where(drop.view(-1, 1).to(cond.device), frozen.null_emb.view(1, -1).to(cond), cond)
+                context = training_context(ctx, store, r, [row_ids[i] for i in rows], embed(query), run.device,
+                                           exclusions.of(rows), drop)
             loss = diffusion_loss(unet, config, z, cond, alphas_cumprod, context)
             run.backward(loss)
             run.clip_grad(trained)

@@ -7,7 +7,8 @@ Folder layout (written atomically by `build_datastore`):
     text.index       FAISS index over the CLAP text embeddings of each clip's first caption
     audio_emb.npy    (N, D) float32, L2-normalised; row i is meta line i
     text_emb.npy     (N, D) float32
-    meta.jsonl       {"id", "captions", "path", "audio_sha256"} per entry, in index order
+    meta.jsonl       {"id", "captions", "path", "audio_sha256", "source"} per entry, in index order ("source" is
+                     the manifest row's provenance: stores built before it was recorded lack it)
     latent.npy       optional (built with a VAE): (N, L, C * F') float16, each clip's VAE latents (posterior
                      mean x scale_factor) average-pooled over time to L tokens; datastore.json's "latent"
                      names the VAE (its identity), L and the token width. Retrieval models with the "latent"
@@ -15,7 +16,15 @@ Folder layout (written atomically by `build_datastore`):
 
 `Datastore.load(folder)` memory-maps the arrays (and the indexes where FAISS supports it), so a store of
 millions of entries costs little resident memory. `query` searches one modality and can leave out given
-ids and audio hashes (the query's own clip during training, and its duplicates), still returning k hits.
+ids, audio files, audio hashes and clips related to the query's (the query's own clip during training, its
+duplicates, other crops of its source file and mixtures built from it), still returning k hits.
+
+Related clips (`Relation`, `relations_of_rows`): a manifest `source` ending in "@<seconds>s" is a crop of a
+file, and the source without that suffix is its file group ("debian:pkg:x.ogg@10.24s" -> "debian:pkg:x.ogg");
+a source without it ("fluidsynth:...:program 0", "espeak-ng:en+m1") names a setting many different clips share,
+not a group. A source "mix:ID1+ID2" or "mix:ID+reverb room" is a mixture of the clips ID1, ID2 (parts holding a
+space are effects, not ids). Two clips are related when they are the same audio file, crops of one file, or
+one is a mixture built from the other (or from a crop of the other's file), in either direction.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +48,8 @@ FORMAT_VERSION = 1
 INFO_NAME = "datastore.json"
 META_NAME = "meta.jsonl"
 MODALITIES = ("audio", "text")
+PQ_POINTS_PER_CENTROID = 39   # FAISS warns (and k-means is poor) below 39 training points per centroid
+_CROP = re.compile(r"(?P<file>.+)@\d+(?:\.\d+)?s")
 
 
 class DatastoreError(ValueError):
@@ -99,9 +111,10 @@ def make_index(config: DatastoreConfig, dim: int, count: int):
     else:
         if dim % config.m:
             raise ValueError(f"m={config.m} PQ sub-quantisers must divide the embedding dim {dim}")
-        if count < 2 ** config.nbits:
-            raise ValueError(f"ivfpq with nbits={config.nbits} needs >= {2 ** config.nbits} entries to train; "
-                             f"the store has {count} (use 'flat' or 'ivf')")
+        if count < PQ_POINTS_PER_CENTROID * 2 ** config.nbits:
+            raise ValueError(f"ivfpq with nbits={config.nbits} needs >= {PQ_POINTS_PER_CENTROID * 2 ** config.nbits} "
+                             f"entries to train its PQ codebooks ({PQ_POINTS_PER_CENTROID} per centroid); the store "
+                             f"has {count} (use --index ivf, or a smaller --nbits)")
         key = f"IVF{nlist},PQ{config.m}x{config.nbits}"
     index = faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)  # owns its coarse quantizer
     faiss.extract_index_ivf(index).nprobe = min(config.nprobe, nlist)
@@ -123,6 +136,64 @@ def fill_index(index, emb: np.ndarray, *, chunk: int = 65_536, train_max: int = 
 def audio_hash(wav: np.ndarray) -> str:
     """sha256 of decoded float32 samples: equal for byte-different files holding the same audio."""
     return hashlib.sha256(np.ascontiguousarray(wav, dtype=np.float32).tobytes()).hexdigest()
+
+
+def source_group(source: str) -> str | None:
+    """The file group of a manifest `source`: the source without its trailing "@<seconds>s" crop offset; None
+    when it has none (see the module docstring: such a source is no group)."""
+    m = _CROP.fullmatch(source or "")
+    return m["file"] if m else None
+
+
+def mixture_parts(source: str) -> tuple[str, ...]:
+    """The clip ids a mixture `source` ("mix:ID1+ID2", "mix:ID+reverb room") is built from; () for others."""
+    if not (source or "").startswith("mix:"):
+        return ()
+    return tuple(p for p in source[4:].split("+") if p and not any(c.isspace() for c in p))
+
+
+def clip_path(path: str, manifest: str | os.PathLike) -> str:
+    """A manifest row's audio path as one comparable string: resolved against the manifest's folder, with
+    symbolic links followed (so a re-imported manifest naming the same files compares equal)."""
+    p = Path(path)
+    return os.path.realpath(p if p.is_absolute() else Path(manifest).resolve().parent / p)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """What ties a clip to others: `own` keys (its resolved audio file, its file group, its id) and `parts`
+    keys (the same keys of each clip it is a mixture of). Clips A and B are related when A's own keys meet B's
+    own or parts keys, or B's own keys meet A's parts keys (two mixtures that only share a part are not)."""
+
+    own: frozenset[str]
+    parts: frozenset[str] = frozenset()
+
+
+def relation(row_id: str, path: str | None, source: str | None, part=None) -> Relation:
+    """The Relation of a clip; `part(id)` gives (resolved path, source) of a clip a mixture names, or None
+    when unknown (then only its id is a key)."""
+    def keys(i: str, p: str | None, src: str | None) -> set[str]:
+        out = {f"id:{i}"}
+        if p:
+            out.add(f"path:{p}")
+        group = source_group(src or "")
+        if group:
+            out.add(f"group:{group}")
+        return out
+
+    parts: set[str] = set()
+    for pid in mixture_parts(source or ""):
+        found = part(pid) if part is not None else None
+        parts |= keys(pid, *found) if found else {f"id:{pid}"}
+    return Relation(frozenset(keys(row_id, path, source)), frozenset(parts))
+
+
+def relations_of_rows(rows, paths: Sequence[str], others=None) -> list[Relation]:
+    """Relations of manifest `rows` (ManifestRows) whose audio files are `paths` (`clip_path` strings); the
+    parts a mixture names are looked up in `others` = (rows, paths) (default: these rows)."""
+    look_rows, look_paths = others if others is not None else (rows, paths)
+    by_id = {r.id: (p, r.source) for r, p in zip(look_rows, look_paths)}
+    return [relation(r.id, p, r.source, by_id.get) for r, p in zip(rows, paths)]
 
 
 def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLike,
@@ -195,7 +266,8 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
                         mel = log_mel(torch.as_tensor(np.asarray(w, dtype=np.float32))[None], mel_cfg)
                         latent[kept + j] = vae.latent_summary(mel.to(vae.scale_factor.device), tokens).cpu().numpy()
                 meta.writelines(json.dumps({"id": r.id, "captions": list(r.captions), "path": r.path,
-                                           "audio_sha256": audio_hash(w)}) + "\n" for r, w in zip(batch, wavs))
+                                           "audio_sha256": audio_hash(w), "source": r.source}) + "\n"
+                                for r, w in zip(batch, wavs))
                 kept = end
         bar.close()
         if kept == 0:
@@ -281,6 +353,67 @@ class Datastore:
         self.rows_of_hash: dict[str, list[int]] = {}
         for i, m in enumerate(meta):
             self.rows_of_hash.setdefault(m["audio_sha256"], []).append(i)
+        self.has_sources: bool = all("source" in m for m in meta)   # stores built before sources were recorded
+        self._paths: list[str] | None = None
+        self._rows_of_path: dict[str, list[int]] | None = None
+        self._related: tuple[dict[str, set[int]], dict[str, set[int]]] | None = None
+        self._warned_sources = False
+
+    @property
+    def manifest(self) -> str:
+        """The manifest the store was built from (datastore.json)."""
+        return str(self.info.get("manifest", ""))
+
+    @property
+    def paths(self) -> list[str]:
+        """Each entry's audio file, resolved against the store's manifest (`clip_path`); computed once."""
+        if self._paths is None:
+            self._paths = [clip_path(m["path"], self.manifest) for m in self.meta]
+        return self._paths
+
+    @property
+    def rows_of_path(self) -> dict[str, list[int]]:
+        if self._rows_of_path is None:
+            self._rows_of_path = {}
+            for i, p in enumerate(self.paths):
+                self._rows_of_path.setdefault(p, []).append(i)
+        return self._rows_of_path
+
+    def relations(self) -> list[Relation]:
+        """Each entry's Relation (mixture parts looked up among the store's own entries). Without recorded
+        sources only paths and ids are known: no file groups, and mixtures are not recognised as such."""
+        def part(pid: str):
+            r = self.row_of.get(pid)
+            return None if r is None else (self.paths[r], self.meta[r].get("source"))
+
+        return [relation(m["id"], p, m.get("source"), part) for m, p in zip(self.meta, self.paths)]
+
+    def related_rows(self, rel: Relation) -> set[int]:
+        """Rows of the entries related to a clip with Relation `rel` (see `Relation`), the clip itself included."""
+        if self._related is None:
+            own: dict[str, set[int]] = {}
+            parts: dict[str, set[int]] = {}
+            for i, r in enumerate(self.relations()):
+                for key in r.own:
+                    own.setdefault(key, set()).add(i)
+                for key in r.parts:
+                    parts.setdefault(key, set()).add(i)
+            self._related = own, parts
+        own, parts = self._related
+        rows: set[int] = set()
+        for key in rel.own:
+            rows |= own.get(key, set()) | parts.get(key, set())
+        for key in rel.parts:
+            rows |= own.get(key, set())
+        return rows
+
+    def warn_without_sources(self) -> None:
+        """Warn once that this store records no sources: related clips are left out only as exact duplicates."""
+        if not self._warned_sources:
+            self._warned_sources = True
+            log.warning("%s: built before sources were recorded in %s, so other crops of a clip's file and "
+                        "mixtures built from it cannot be recognised; leaving out exact duplicates instead "
+                        "(rebuild the store to exclude related clips)", self.folder, META_NAME)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, mmap: bool = True) -> Datastore:
@@ -349,14 +482,23 @@ class Datastore:
     def query(self, emb, k: int, modality: Literal["audio", "text"] = "audio", *,
               exclude_ids: Sequence[str | Iterable[str] | None] | None = None,
               exclude_hashes: Sequence[str | Iterable[str] | None] | None = None,
+              exclude_paths: Sequence[str | Iterable[str] | None] | None = None,
+              exclude_related: Sequence[Relation | None] | None = None,
               exclude_duplicates: bool = False) -> Neighbours:
-        """Top-k entries of the `modality` index by inner product with each query embedding.
+        """Top-k entries of the `modality` index by inner product with each query embedding, best first.
 
         emb: (B, D) or (D,) CLAP embeddings (text or audio: one joint space), L2-normalised.
-        exclude_ids / exclude_hashes: per query, an id / audio sha256 (or a collection of them, or None)
-        whose entries must not be returned. With `exclude_duplicates`, an excluded id also excludes every
-        entry with the same audio hash. Over-fetches so that k hits are still returned.
+        exclude_ids / exclude_hashes / exclude_paths: per query, an id / audio sha256 / resolved audio path
+        (`clip_path`; or a collection of them, or None) whose entries must not be returned. exclude_related: per
+        query a Relation (or None): entries related to that clip are not returned either (a store without
+        recorded sources warns once and leaves out exact duplicates instead). With `exclude_duplicates`, an
+        excluded id or path also excludes every entry with the same audio hash. Over-fetches so that k hits are
+        still returned. IVF indexes are searched for a shortlist of max(10 k, 64) (approximate, PQ codes most
+        of all), which is re-ranked by the exact inner product.
         """
+        if exclude_related is not None and not self.has_sources:
+            self.warn_without_sources()
+            exclude_duplicates = True
         if modality not in MODALITIES:
             raise ValueError(f"modality={modality!r} must be 'audio' or 'text'")
         q = np.asarray(emb.detach().cpu().numpy() if hasattr(emb, "detach") else emb, dtype=np.float32)
@@ -367,34 +509,55 @@ class Datastore:
             raise ValueError(f"k={k!r} must be a positive int")
         if k > self.count:
             raise ValueError(f"k={k} is larger than the datastore ({self.count} entries in {self.folder})")
-        excluded = [self._excluded(i, len(q), exclude_ids, exclude_hashes, exclude_duplicates)
+        if exclude_related is not None and len(exclude_related) != len(q):
+            raise ValueError(f"exclude_related has {len(exclude_related)} entries for {len(q)} queries")
+        excluded = [self._excluded(i, len(q), exclude_ids, exclude_hashes, exclude_duplicates, exclude_paths,
+                                   None if exclude_related is None else exclude_related[i])
                     for i in range(len(q))]
         for i, ex in enumerate(excluded):
             if self.count - len(ex) < k:
                 raise ValueError(f"query {i}: only {self.count - len(ex)} entries remain after exclusion, "
                                  f"k={k} requested")
         index = self.indexes[modality]
-        fetch = min(self.count, k + max(len(ex) for ex in excluded))
+        approximate = self.info.get("index", "flat") != "flat"
+        shortlist = max(10 * k, 64) if approximate else k
+        fetch = min(self.count, shortlist + max(len(ex) for ex in excluded))
         _, rows = index.search(np.ascontiguousarray(q), fetch)
         out = np.zeros((len(q), k), dtype=np.int64)
         for i, ex in enumerate(excluded):
-            keep = [r for r in rows[i] if r >= 0 and r not in ex][:k]
+            keep = [r for r in rows[i] if r >= 0 and r not in ex]
             if len(keep) < k:  # an approximate index visited too few cells: exact search for this query
                 order = np.argsort(-(self.emb[modality] @ q[i]), kind="stable")
-                keep = [r for r in order if r not in ex][:k]
-            out[i] = keep
+                keep = [r for r in order if r not in ex]
+            elif approximate:  # the index's order (PQ distances) is not the exact one: re-rank the shortlist
+                exact = self.embeddings(np.asarray(keep), modality) @ q[i]
+                keep = [keep[j] for j in np.argsort(-exact, kind="stable")]
+            out[i] = keep[:k]
         scores = np.einsum("bkd,bd->bk", self.embeddings(out, modality), q)  # exact, even for PQ
+        if approximate:  # the order of these very scores, so scores never rise along a row
+            order = np.argsort(-scores, axis=1, kind="stable")
+            out, scores = np.take_along_axis(out, order, 1), np.take_along_axis(scores, order, 1)
         return Neighbours(ids=[[self.ids[r] for r in row] for row in out], scores=scores.astype(np.float32),
                           indices=out, captions=[[self.meta[r]["captions"][0] for r in row] for row in out])
 
-    def _excluded(self, i: int, batch: int, exclude_ids, exclude_hashes, duplicates: bool) -> set[int]:
+    def _excluded(self, i: int, batch: int, exclude_ids, exclude_hashes, duplicates: bool, exclude_paths=None,
+                  related: Relation | None = None) -> set[int]:
         rows: set[int] = set()
         for ids in _per_query(exclude_ids, i, batch, "exclude_ids"):
             if ids in self.row_of:
                 r = self.row_of[ids]
                 rows.update(self.rows_of_hash[self.meta[r]["audio_sha256"]] if duplicates else (r,))
+        for p in _per_query(exclude_paths, i, batch, "exclude_paths"):
+            for r in self.rows_of_path.get(p, ()):
+                rows.update(self.rows_of_hash[self.meta[r]["audio_sha256"]] if duplicates else (r,))
         for h in _per_query(exclude_hashes, i, batch, "exclude_hashes"):
             rows.update(self.rows_of_hash.get(h, ()))
+        if related is not None:
+            related_rows = self.related_rows(related)
+            rows |= related_rows
+            if duplicates:
+                for r in related_rows:
+                    rows.update(self.rows_of_hash[self.meta[r]["audio_sha256"]])
         return rows
 
     def query_text(self, clap, prompts: Sequence[str], k: int, modality: Literal["audio", "text"] = "audio",
