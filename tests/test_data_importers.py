@@ -139,6 +139,33 @@ def test_audiocaps_csv(tmp_path):
         import_audiocaps(tmp_path / "wrong.csv", root=root, options=ImportOptions(progress=False))
 
 
+def test_audiocaps_segments_of_one_video_are_not_merged_and_are_held_out_together(tmp_path):
+    root = tmp_path / "audio"
+    _wav(root / "Yvid0000000_30.000_40.000.wav", 1.0)      # AudioSet's own file name
+    _wav(root / "onlyid00000.wav", 1.0)                     # a file named by the video alone
+    (tmp_path / "train.csv").write_text(
+        "audiocap_id,youtube_id,start_time,caption\n"
+        "1,vid0000000,30,A dog barks\n"
+        "2,onlyid00000,10,A car passes\n"
+        "3,onlyid00000,50,Rain falls\n")
+    result = import_audiocaps(tmp_path / "train.csv", root=root, options=ImportOptions(progress=False))
+    rows = _by_id(result)
+    assert sorted(rows) == ["onlyid00000_10", "vid0000000_30"]
+    assert rows["onlyid00000_10"].captions == ("A car passes",)
+    _one_error(result, "train.csv:4", "resolves to")         # not merged into the other segment's row
+    from tta.data.importers import held_out
+
+    # clips of one video share a split: their split is decided by the video id, not by the clip id
+    opts = ImportOptions(progress=False, valid_fraction=0.5)
+    for i in range(20):
+        (tmp_path / f"g{i}.csv").write_text("audiocap_id,youtube_id,start_time,caption\n"
+                                           f"1,video{i:06d},0,x\n2,video{i:06d},10,y\n")
+        _wav(root / f"video{i:06d}_0.wav", 0.2)
+        _wav(root / f"video{i:06d}_10.wav", 0.2)
+        got = import_audiocaps(tmp_path / f"g{i}.csv", root=root, options=opts)
+        assert {r.split for r in got.rows} == {"valid" if held_out(f"video{i:06d}", 0.5) else "train"}
+
+
 def test_audioldm_json(tmp_path):
     root = tmp_path / "data"
     _wav(root / "wav" / "x1.wav", 0.75)

@@ -72,6 +72,15 @@ def test_music_source_builds_a_tiny_corpus(tmp_path):
     rows = read_manifest(tmp_path / "a" / "manifest.jsonl")
     assert len(rows) == 4 and all(r.id.startswith("music-") and r.sample_rate == 16_000 for r in rows)
     assert (tmp_path / "a" / "manifest.jsonl").read_bytes() == (tmp_path / "b" / "manifest.jsonl").read_bytes()
+    # the renderers' inputs keep their notices: the SoundFont's MIT copyright, music21's BSD licence
+    from tta.data.recipes.report import RENDERER_PACKAGES
+
+    attribution = (tmp_path / "a" / "ATTRIBUTION.md").read_text()
+    for renderer in {r.source.split(":", 1)[0] for r in rows}:
+        package = RENDERER_PACKAGES[renderer]
+        name = "music21.LICENSE" if package == "music21" else f"{package}.copyright"
+        assert (tmp_path / "a" / "licences" / name).stat().st_size > 100, name
+        assert f"(licences/{name})" in attribution
 
 
 @needs_espeak
@@ -103,6 +112,8 @@ def test_cli_builds_a_tiny_speech_corpus(tmp_path, capsys):
     assert any(("speaking" in c or "says" in c) for r in rows for c in r.captions)
     assert "3 clips" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} >= {"manifest.jsonl", "ATTRIBUTION.md", "recipe.json", "audio"}
+    assert "(licences/espeak-ng.copyright)" in (out / "ATTRIBUTION.md").read_text()
+    assert "GPL" in (out / "licences" / "espeak-ng.copyright").read_text()
 
 
 def test_festival_and_piper_candidates_are_captioned_by_language_voice_and_rate():

@@ -328,8 +328,8 @@ def test_version_1_skips_the_rules_and_packages_of_version_2():
     assert "etw-data" in v2 - v1 and "0ad-data" in v1 and v1 < v2
     with pytest.raises(packages.PackageError, match="etw-data"):
         packages.select_packages(["etw-data"], large=False, version=1)
-    with pytest.raises(RecipeError, match="--recipe-version=5"):
-        StarterOptions(version=5)
+    with pytest.raises(RecipeError, match="--recipe-version=6"):
+        StarterOptions(version=6)
 
 
 def test_version_3_adds_scratch_recordings_only_by_name():
@@ -370,3 +370,14 @@ def test_version_2_keeps_rare_labels_in_train(tmp_path, trees):
     assert [r.id for r in v1] == [r.id for r in v2]        # same clips; only splits of rare labels move
     assert all(r2.split == "train" or r1.split == r2.split for r1, r2 in zip(v1, v2))
     assert json.loads((tmp_path / "v1" / "recipe.json").read_text())["options"]["version"] == 1
+
+
+def test_version_5_keeps_the_same_scores_wherever_music21_is_installed():
+    from tta.data.recipes.music import order_scores
+
+    rel = [f"palestrina/Agnus_{i:02d}.krn" for i in range(40)]
+    venv = [f"/home/a/.venv/lib/python3.11/site-packages/music21/corpus/{p}" for p in rel]
+    system = [f"/usr/lib/python3/dist-packages/music21/corpus/{p}" for p in rel]
+    keep = lambda paths, independent: [p.split("corpus/")[1] for p in order_scores(paths, 0, independent)][:10]
+    assert keep(venv, True) == keep(system, True)          # version 5
+    assert keep(venv, False) != keep(system, False)        # versions 1-4 hashed the absolute path

@@ -71,6 +71,7 @@ class Entry:
     split: str | None = None
     labels: tuple[str, ...] = ()
     category: str | None = None
+    group: str | None = None      # entries of one recording (e.g. one YouTube video): held out together
 
 
 # ------------------------------------------------------------------------------------------- shared
@@ -114,6 +115,10 @@ class Collector:
     def add(self, entry: Entry) -> None:
         key = entry.path.resolve()
         old = self.by_path.get(key)
+        if old is not None and old.id != entry.id:   # two different clips resolved to one file
+            self.errors.append(f"{entry.where}: {entry.id!r} resolves to {entry.path}, the file of {old.id!r} "
+                               f"({old.where}); skipped (name the audio of each clip apart)")
+            return
         if old is not None:  # the same audio again: another caption for it
             old.captions += [c for c in entry.captions if c not in old.captions]
             return
@@ -147,7 +152,7 @@ class Collector:
                 continue
             split = opts.split or e.split or self.default_split
             if split is None:
-                split = "valid" if held_out(e.id, opts.valid_fraction) else "train"
+                split = "valid" if held_out(e.group or e.id, opts.valid_fraction) else "train"
             out.rows.append(ManifestRow(id=e.id, path=str(e.path.resolve()), captions=tuple(e.captions),
                                         seconds=round(info.seconds, 6), sample_rate=info.sample_rate, split=split,
                                         source=opts.source, licence=opts.licence, labels=e.labels,
@@ -240,9 +245,9 @@ def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
     csv_path, root = _require_file(Path(csv_path), "AudioCaps CSV"), Path(root)
     if not root.is_dir():
         raise SourceError(f"{root}: AudioCaps audio root not found")
-    index: dict[str, Path] = {}
+    index: dict[str, list[Path]] = {}
     for p in _audio_files(root):
-        index.setdefault(p.stem, p)
+        index.setdefault(p.stem, []).append(p)
     c = Collector(options, default_split=_split_from_filename(csv_path))
     seen_caps: dict[str, int] = {}
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -263,13 +268,21 @@ def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
                 c.error(f"{where}: duplicate audiocap_id {cap_id!r} (first on line {seen_caps[cap_id]}); skipped")
                 continue
             seen_caps[cap_id] = lineno
-            names = (f"{yid}_{start}", f"Y{yid}_{start}", f"{yid}_{start}.000", yid, f"Y{yid}")
-            path = next((index[n] for n in names if n in index), None)
-            if path is None:
+            segment = f"{start}.000_{start + 10}.000"             # AudioSet's own names: Y<id>_30.000_40.000
+            names = (f"{yid}_{start}", f"Y{yid}_{start}", f"{yid}_{start}.000", f"Y{yid}_{segment}",
+                     f"{yid}_{segment}", yid, f"Y{yid}")
+            found = next((index[n] for n in names if n in index), None)
+            if found is None:
                 c.error(f"{where}: no audio for youtube_id {yid!r} start {start} under {root} "
-                        f"(looked for {yid}_{start}.* and {yid}.*, also with a Y prefix); skipped")
+                        f"(looked for {yid}_{start}.*, {yid}_{segment}.* and {yid}.*, also with a Y prefix); "
+                        "skipped")
                 continue
-            c.add(Entry(f"{yid}_{start}", path, where, clean_captions(rec["caption"])))
+            if len(found) > 1:
+                c.error(f"{where}: several files could be youtube_id {yid!r} start {start}: "
+                        f"{', '.join(str(p) for p in found[:3])}; skipped")
+                continue
+            # clips of one video are held out together (--valid-fraction)
+            c.add(Entry(f"{yid}_{start}", found[0], where, clean_captions(rec["caption"]), group=yid))
     return c.result(f"import {csv_path.name}")
 
 

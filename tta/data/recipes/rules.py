@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 # with fewer than MIN_VALID_GROUPS recordings in train. Version 3 adds the real recordings of Scratch 1.4's
 # sound library (animals, household and human sounds, percussion; its .wav files only: libsndfile decodes
 # its MP3s short). Version 4 changes no rule here: it adds speech from Festival's festvox voices and Piper
-# (tta.data.recipes.speech). `--recipe-version N` rebuilds version N.
-RECIPE_VERSION = 4
+# (tta.data.recipes.speech). Version 5 changes no rule either: it orders music21's scores by their path inside
+# the corpus, where versions 1-4 hashed the absolute path, so which scores a set keeps no longer depends on where
+# music21 is installed. `--recipe-version N` rebuilds version N.
+RECIPE_VERSION = 5
 
 
 @dataclass(frozen=True)

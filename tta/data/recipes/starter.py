@@ -210,7 +210,8 @@ def list_candidates(kind: str, options: StarterOptions, cache: Path, out: Path, 
     elif kind == "music":
         found = (music.instrument_candidates(options.seed) + music.drum_candidates(options.seed)
                  + music.score_candidates(options.seed, cache / "music21", max_scores=options.max_scores,
-                                          progress=progress, workers=options.workers))
+                                          progress=progress, workers=options.workers,
+                                          install_independent=options.version >= 5))
     elif kind == "speech":
         found = speech.espeak_candidates(options.seed, per_sentence=options.espeak_per_sentence)
         if speech.speech_status()["flite"] is None:
@@ -344,11 +345,45 @@ def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *
         kept += keep_clips(candidates, out, options, seen, result, desc="mixtures", progress=progress)
     rows = sorted((row for row, _ in kept), key=lambda r: (KIND_ORDER[r.id.split("-", 1)[0]], r.id))
     result.rows = rows
+    _keep_renderer_licences(out, rows, result)
     _remove_stale_audio(out, rows)
     write_manifest(out / "manifest.jsonl", rows)
     write_attribution(out / "ATTRIBUTION.md", result)
     write_recipe_json(out / "recipe.json", result, options)
     return result
+
+
+def _keep_renderer_licences(out: Path, rows: list[ManifestRow], result: BuildResult) -> None:
+    """Copy the licence texts of the renderers' inputs next to ATTRIBUTION.md: the Debian copyright files of
+    the SoundFont and the speech engines, and music21's licence with its corpus's (an MIT or BSD notice must
+    travel with what is made from the work)."""
+    import importlib.metadata
+
+    from tta.data.recipes.report import RENDERER_PACKAGES
+
+    used = {r.source.split(":", 1)[0] for r in rows}
+    for renderer, package in sorted(RENDERER_PACKAGES.items()):
+        if renderer not in used or package in result.copyrights:
+            continue
+        if package == "music21":
+            try:
+                files = importlib.metadata.distribution("music21").files or []
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            parts = [f.locate() for f in files if str(f).endswith(("dist-info/licenses/LICENSE", "dist-info/LICENSE",
+                                                                   "music21/corpus/license.txt"))]
+            text = "\n\n".join(Path(p).read_text(encoding="utf-8", errors="replace") for p in sorted(map(str, parts))
+                                if Path(p).is_file()) or None
+        else:
+            text = packages.copyright_text(Path("/"), package)
+        if text is None:
+            log.warning("%s: no licence text found for %s rows; ATTRIBUTION.md lists them without one", package,
+                        renderer)
+            continue
+        name = f"{package}.copyright" if package != "music21" else "music21.LICENSE"
+        (out / "licences").mkdir(parents=True, exist_ok=True)
+        (out / "licences" / name).write_text(text, encoding="utf-8")
+        result.copyrights[package] = f"licences/{name}"
 
 
 def _remove_stale_audio(out: Path, rows: list[ManifestRow]) -> None:
