@@ -488,6 +488,12 @@ class TrainingRun:
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
 
+    @property
+    def optimizer_stepped(self) -> bool:
+        """Whether the optimizer step just taken changed the weights: not between accumulation micro-batches, and
+        not when float16's loss scaler skipped it for an overflow. LR schedulers step only then."""
+        return self.accelerator.sync_gradients and not self.accelerator.optimizer_step_was_skipped
+
     def average_grads(self, *parts: nn.Module | torch.Tensor) -> None:
         """Average the gradients of modules / parameters over the processes, on optimizer steps. DDP averages
         only what runs through its wrapper's forward; a part called unwrapped (a loss module's own weights, a

@@ -102,7 +102,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             run.clip_grad(vae)
             opt_ae.step()
             opt_ae.zero_grad()
-            if run.accelerator.sync_gradients:
+            if run.optimizer_stepped:
                 sched.step()
             if run.unwrap(criterion).disc_active(run.step):
                 d_loss, d_scalars = run.unwrap(criterion).discriminator_loss(image, rec_image, step=run.step)

@@ -190,7 +190,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                 run.backward(loss_d)
                 run.clip_grad(disc)
                 opt_d.step()
-                if run.accelerator.sync_gradients:
+                if run.optimizer_stepped:
                     sched_d.step()
                 with torch.no_grad():    # the real side's features under the updated discriminator
                     _, real_features = disc(real)
@@ -205,7 +205,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             run.average_grads(run.unwrap(model))   # called unwrapped (log_magnitude), so DDP does not average them
             run.clip_grad(model)
             optimizer.step()
-            if run.accelerator.sync_gradients:     # one LR step per optimizer step, not per micro-batch
+            if run.optimizer_stepped:     # one LR step per optimizer step, not per micro-batch or skipped step
                 scheduler.step()
         run.end_step(loss=loss.item(), log_l1=parts["log_l1"].item(), sc=parts["sc"].item(), **logged)
         last = run.step == config.train.max_steps

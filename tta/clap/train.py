@@ -196,7 +196,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             run.backward(loss)
             run.clip_grad(model)
             opt.step()
-            if run.accelerator.sync_gradients:
+            if run.optimizer_stepped:
                 sched.step()
                 # the cap applies to the parameter, as CLIP's clamp does: clamped only inside scale(), it has no
                 # gradient above the cap and momentum could leave it there for good

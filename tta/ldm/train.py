@@ -482,7 +482,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             run.backward(loss)
             run.clip_grad(trained)
             optimizer.step()
-            if run.accelerator.sync_gradients:     # one LR step per optimizer step, not per micro-batch
+            if run.optimizer_stepped:     # one LR step per optimizer step, not per micro-batch or skipped step
                 scheduler.step()
             optimizer.zero_grad()
         run.end_step(loss=loss.item())
