@@ -1,20 +1,23 @@
 """How fast AudioDataset serves random 10.24 s crops of long files, compared in one run with the naive way.
 
-Peers, all producing the same item (16 kHz, 10.24 s, normalised):
+Peers, all producing the same kind of item (16 kHz, 10.24 s, normalised; naive draws its crop offsets with its
+own generator, so the crops are not the same spans of the file):
   naive   decode the whole file, resample all of it, then crop (what a simple loader does)
   seek    AudioDataset without cache: decode only the crop's span (soundfile seek), resample that
   cache   AudioDataset with cache_dir: resampled once to .npy, crops sliced from a memory map (warm cache)
 
-Usage: .venv/bin/python bench/bench_data_loading.py [--seconds 60] [--items 20]
-Prints a table (ms per item and speed-up vs naive) and appends a JSON line to bench/results.jsonl.
+Every peer reads the file just written, so from the page cache: this times decoding and resampling, not disk.
+
+Usage: .venv/bin/python bench/bench_data_loading.py [--seconds 60] [--items 20] [--results PATH] [--no-record]
+Prints a table (ms per item and speed-up vs naive) and appends a JSON line to --results (bench/results.jsonl)
+unless --no-record.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +26,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from tta.audio import load_audio, normalize_wav
 from tta.data.dataset import AudioDataset
@@ -46,11 +53,13 @@ def time_per_item(fn, items: int) -> float:
     return (time.perf_counter() - t0) / items * 1000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each test file")
     ap.add_argument("--items", type=int, default=20, help="random crops timed per peer and format")
-    args = ap.parse_args()
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
+    ap.add_argument("--no-record", action="store_true", help="do not append to --results")
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,16 +86,22 @@ def main() -> None:
     for r in results:
         for peer, ms in r["ms_per_item"].items():
             print(f"{r['format']:8}{peer:8}{ms:>10.2f}{r['speedup_vs_naive'][peer]:>10.2f}")
+    from bench.record import append_record, machine_info
+
+    machine = machine_info()
     record = {"bench": "data_loading", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+              # bench.record.machine_info(); this script used to store platform.machine() here (now machine.arch)
+              "machine": machine, "cpu_count": machine["cpu_count"], "python": machine["python"],
               "versions": {"numpy": np.__version__, "soundfile": sf.__version__, "soxr": soxr.__version__,
-                           "libsndfile": sf.__libsndfile_version__, "torch": torch.__version__},
+                           "libsndfile": sf.__libsndfile_version__, "torch": torch.__version__,
+                           "tta": machine["tta"]},
               "settings": {"file_seconds": args.seconds, "items": args.items, "segment_seconds": SEGMENT,
                            "sample_rate": SR, "threads": 1},
               "loadavg": os.getloadavg(), "results": results,
               "note": "shared CPU: absolute times are noisy, compare the ratios within this run"}
-    with open(Path(__file__).with_name("results.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    if not args.no_record:
+        append_record(args.results, record)
+    return record
 
 
 if __name__ == "__main__":

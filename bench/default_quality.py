@@ -12,7 +12,13 @@ In one run, on N held-out rows (seeded choice; one seeded caption per row):
   cost         in a child process (so the numbers are the pipeline's alone): load + generate one clip of
                --seconds at --threads torch threads with the pipeline's default sampler settings, twice;
                RTF = best generation wall / audio seconds (goal <= 0.5), peak RSS of that process
-               (goal <= 1.5 GiB), and the size of the model folder on disk (goal <= 40 MB).
+               (goal <= 1.5 GB = 1.5e9 bytes = 1430.5 MiB; cost.peak_rss_mib is in MiB, 2**20 bytes), and
+               the size of the model folder on disk (goal <= 40 MB = 40e6 bytes).
+               Also recorded: in_process_generate_s, the wall of generating every held-out item in this
+               process, and in_process_s_per_held_out_audio_s = that wall / the summed length of the
+               held-out clips. It is not comparable with `rtf`: it includes the first call's warm-up and
+               candidate scoring, and with a pipeline `window` each shorter clip is generated at the full
+               window. `in_process_rtf` is the same number under its old name.
   ceiling      (unless --no-ceiling) what the pipeline's decoder alone allows, with the same FAD and CLAP:
                the real clips through its vocoder (mel -> wav) and through its VAE and vocoder (wav -> latents
                -> wav), which is what a UNet that made each clip's own latents would score; and the copy
@@ -62,7 +68,12 @@ if str(ROOT) not in sys.path:
 
 log = logging.getLogger("bench.default_quality")
 
-GOALS = {"clap_ratio_min": 0.9, "rtf_max": 0.5, "peak_rss_max_mib": 1536.0, "model_size_max_mb": 40.0}
+# peak RSS goal: the issue's "1.5 GB" = 1.5e9 bytes = 1430.5 MiB (not 1.5 GiB = 1536 MiB, which records before
+# this change used). peak_rss_max_bytes is the goal; peak_rss_max_mib is the same number in MiB, for display
+# and for readers of the old key.
+RSS_GOAL_BYTES = 1.5e9
+GOALS = {"clap_ratio_min": 0.9, "rtf_max": 0.5, "peak_rss_max_bytes": RSS_GOAL_BYTES,
+         "peak_rss_max_mib": round(RSS_GOAL_BYTES / 2**20, 1), "model_size_max_mb": 40.0}
 NOTE = "shared 2-core CPU with background training jobs: absolute times are noisy (see loadavg)"
 
 
@@ -261,8 +272,11 @@ def versions() -> dict:
 
 
 def machine() -> dict:
-    return {"node": platform.node(), "platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count()}
+    """bench.record.machine_info(): CPU model and bf16 flags, cores, kernel, versions, git commit (the old keys
+    node / platform / processor / cpu_count included)."""
+    from bench.record import machine_info
+
+    return machine_info()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -392,11 +406,19 @@ def main(argv: list[str] | None = None) -> dict:
                 "frames": {k: v.n for k, v in stats.items()}},
         **({"ceiling": ceiling} if ceiling is not None else {}),
         "cost": {**cost, "model_size_mb": size_mb,
-                 "in_process_rtf": sum(gen_walls) / (sum(lengths) / sr), "in_process_generate_s": sum(gen_walls)},
+                 # wall of all held-out generations in this process / the held-out clips' summed length:
+                 # includes the first call's warm-up and candidate scoring, and with a pipeline window each
+                 # shorter clip is generated at the full window; not comparable with "rtf"
+                 "in_process_s_per_held_out_audio_s": sum(gen_walls) / (sum(lengths) / sr),
+                 "in_process_rtf": sum(gen_walls) / (sum(lengths) / sr),       # old name of the line above
+                 "in_process_rtf_note": "old name of in_process_s_per_held_out_audio_s: wall of every held-out "
+                                        "generation (warm-up, candidate ranking and window padding included) / "
+                                        "held-out audio seconds; not comparable with rtf",
+                 "in_process_generate_s": sum(gen_walls)},
         "goals_met": {"clap_ratio": bool(clap_real > 0 and ratio >= GOALS["clap_ratio_min"]),
                       "fad_below_copy": bool(fad_gen < fad_copy),
                       "rtf": bool(cost["rtf"] <= GOALS["rtf_max"]),
-                      "peak_rss": bool(cost["peak_rss_mib"] <= GOALS["peak_rss_max_mib"]),
+                      "peak_rss": bool(cost["peak_rss_mib"] * 2**20 <= GOALS["peak_rss_max_bytes"]),
                       "model_size": bool(size_mb <= GOALS["model_size_max_mb"])},
         "per_item": [{"id": row.id, "caption": c, "seconds": n / sr, "clap_gen": g, "clap_real": r, "clap_copy": k,
                       "copy_id": cr.id, "copy_caption": cc, "caption_cosine": cs}
@@ -442,7 +464,7 @@ def print_table(s: dict) -> None:
         (f"RTF at {st['seconds']:g} s (best of {st['cost_runs']}; first)", f"{k['rtf']:.3f}; {k['rtf_first']:.3f}",
          f"<= {GOALS['rtf_max']}", g["rtf"]),
         ("peak RSS of the generating process", f"{k['peak_rss_mib']:.0f} MiB",
-         f"<= {GOALS['peak_rss_max_mib']:.0f} MiB", g["peak_rss"]),
+         f"<= {GOALS['peak_rss_max_bytes'] / 1e9:g} GB ({GOALS['peak_rss_max_mib']:g} MiB)", g["peak_rss"]),
         ("model folder size", f"{k['model_size_mb']:.1f} MB", f"<= {GOALS['model_size_max_mb']:g} MB",
          g["model_size"]),
     ]
@@ -461,7 +483,8 @@ def print_table(s: dict) -> None:
     print(f"{'metric':46} | {'value':28} | {'goal':22} | met")
     for name, value, goal, met in rows:
         print(f"{name:46} | {value:28} | {goal:22} | {'' if met is None else 'yes' if met else 'NO'}")
-    print(f"load {k['load_s']:.2f} s; in-process RTF over all items {k['in_process_rtf']:.3f}; "
+    print(f"load {k['load_s']:.2f} s; in-process generation s per held-out audio s (warm-up, ranking and window "
+          f"included; not the RTF) {k['in_process_s_per_held_out_audio_s']:.3f}; "
           f"loadavg {tuple(round(x, 2) for x in s['loadavg_after'])}")
 
 

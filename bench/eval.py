@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -111,9 +110,11 @@ def main() -> None:
     for name, sec, value, ratio in rows:
         print(f"{name:32s} {sec:9.2f} {value:14.6f} {ratio:8.2f}x")
     print(f"relative difference of the values: {rel:.2e}")
+    from bench.record import machine_info
+
     record = {
         "bench": "eval.fad", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"node": platform.node(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine_info(),    # bench.record (keeps node, cpu_count, platform)
         "versions": {"tta": tta.__version__, "torch": torch.__version__, "numpy": np.__version__},
         "settings": {"files_per_set": args.files, "seconds": args.seconds, "embedder": args.embedder,
                      "torch_threads": torch.get_num_threads()},

@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
                      "ratio_to_first": round(med / base, 3)})
         print(f"{p}: {med:.3f} s per step (rounds: " + ", ".join(f"{x:.3f}" for x in ts)
               + f"); {med / base:.2f}x {args.precision[0]}")
+    from bench.record import machine_info
+
     summary = {"bench": "ldm_train_step", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": {"node": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count()},
+               "machine": machine_info(),    # bench.record (keeps node, platform, cpu_count)
                "versions": {"tta": __version__, "python": platform.python_version(), "torch": torch.__version__,
                             "diffusers": diffusers.__version__},
                "note": "precisions timed alternately in one process on a shared CPU: compare the ratios; random "

@@ -13,8 +13,10 @@ Prints a table and appends a JSON line to bench/results.jsonl (--results).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import json
+import os
 import re
 import sys
 import time
@@ -26,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.default_quality import machine  # noqa: E402
+from bench.record import tta_version  # noqa: E402
 from tta.data.manifest import read_manifest, resolve_path  # noqa: E402
 
 QUOTE = re.compile(r' says "([^"]+)"')
@@ -100,8 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
     engines = {k: {"clips": c, "words": n, "errors": e, "wer": round(e / max(n, 1), 4)}
                for k, (c, n, e) in sorted(totals.items())}
     summary = {"bench": "speech_asr", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": machine(), "versions": {"pocketsphinx": importlib.metadata.version("pocketsphinx")},
-               "settings": {"manifest": str(args.manifest), "recogniser": "pocketsphinx default US-English model"},
+               "machine": machine(),
+               "versions": {"pocketsphinx": importlib.metadata.version("pocketsphinx"), "tta": tta_version()},
+               # repository-relative like the other benches' paths (no machine path), and the manifest's hash
+               "settings": {"manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT),
+                            "manifest_sha256": hashlib.sha256(Path(args.manifest).read_bytes()).hexdigest(),
+                            "recogniser": "pocketsphinx default US-English model"},
                "seconds": round(time.perf_counter() - start, 1), "engines": engines}
     if not args.quiet:
         print(f"{'engine / voice':34s} {'clips':>5s} {'words':>6s} {'WER':>6s}")

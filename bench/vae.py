@@ -12,16 +12,15 @@ same run, an AudioLDM .ckpt given with --peer-ckpt) and report mel L1, log-spect
 
     python bench/vae.py quality --run RUN --manifest data/x/manifest.jsonl [--split test] [--items 200]
 
-Both print a table and append one JSON line to bench/results.jsonl (machine, versions, settings, load).
+Both print a table and append one JSON line to --results (bench/results.jsonl; machine, versions, settings,
+load) unless --no-record.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -57,23 +56,18 @@ def _configs() -> dict:
     return out
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def bench_speed(args) -> dict:
+    """All configs built first; their encode+decode calls are then timed alternately (--repeats rounds, rotating
+    order, after one warm-up each; bench.record.time_alternately), and so are their training steps
+    (max(1, repeats - 1) rounds); the median round of each is reported."""
+    from bench.record import time_alternately
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     wav10 = 0.1 * torch.randn(1, 160_000, generator=g)
     wav_train = 0.1 * torch.randn(2, 40_960, generator=g)
-    rows = []
+    codecs, steps, meta = {}, {}, {}
     for name, cfg in _configs().items():
         model = MelVAE(cfg.model)
         mel = log_mel(wav10, cfg.model.mel)
@@ -83,7 +77,6 @@ def bench_speed(args) -> dict:
             with torch.no_grad():
                 model.decode(model.encode(mel).mode(), mel.shape[-1])
 
-        codec_s = _time(codec, args.repeats)
         criterion = VAELoss(cfg.loss)
         mel_t = log_mel(wav_train, cfg.model.mel)
         image = model.mel_to_image(mel_t, pad=False)
@@ -94,21 +87,22 @@ def bench_speed(args) -> dict:
             loss.backward()
             model.zero_grad(set_to_none=True)
 
-        step_s = _time(step, max(1, args.repeats - 1))
-        latent = model.latent_shape(mel.shape[-1])
-        rows.append(
-            {
-                "config": name,
-                "params_m": round(params, 3),
-                "block_out_channels": list(cfg.model.block_out_channels),
-                "layers_per_block": cfg.model.layers_per_block,
-                "latent": list(latent),
-                "encode_decode_10s_s": round(codec_s, 4),
-                "rtf": round(codec_s / 10.0, 4),
-                "train_step_2x2.56s_s": round(step_s, 4),
-            }
-        )
-        print(f"  {name}: done", file=sys.stderr, flush=True)
+        codecs[name], steps[name] = codec, step
+        meta[name] = {"config": name, "params_m": round(params, 3),
+                      "block_out_channels": list(cfg.model.block_out_channels),
+                      "layers_per_block": cfg.model.layers_per_block,
+                      "latent": list(model.latent_shape(mel.shape[-1]))}
+    codec_times = time_alternately(codecs, args.repeats)
+    print("  encode+decode: done", file=sys.stderr, flush=True)
+    step_times = time_alternately(steps, max(1, args.repeats - 1))
+    print("  train step: done", file=sys.stderr, flush=True)
+    rows = []
+    for name in meta:
+        codec_s, step_s = statistics.median(codec_times[name]), statistics.median(step_times[name])
+        rows.append({**meta[name], "encode_decode_10s_s": round(codec_s, 4), "rtf": round(codec_s / 10.0, 4),
+                     "train_step_2x2.56s_s": round(step_s, 4),
+                     "encode_decode_rounds_s": [round(x, 4) for x in codec_times[name]],
+                     "train_step_rounds_s": [round(x, 4) for x in step_times[name]]})
     ref = next(r for r in rows if r["config"] == "audioldm-s")
     for r in rows:
         r["speedup_vs_audioldm_s"] = round(ref["encode_decode_10s_s"] / r["encode_decode_10s_s"], 2)
@@ -132,7 +126,7 @@ def bench_speed(args) -> dict:
             "train_batch": [2, 2.56],
             "repeats": args.repeats,
             "threads": args.threads,
-            "stat": "median",
+            "stat": "median of rounds; configs warmed up, then timed alternately (rotating order)",
             "weights": "random",
         },
         "results": rows,
@@ -195,33 +189,35 @@ def main() -> None:
     p.add_argument("--segment-seconds", type=float, default=10.24)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--peer-ckpt", default="", help="an AudioLDM .ckpt to score in the same run (optional)")
-    p.add_argument("--no-record", action="store_true", help="do not append to bench/results.jsonl")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results file to append to (bench/results.jsonl)")
+    p.add_argument("--no-record", action="store_true", help="do not append to --results")
     args = p.parse_args()
     if args.mode == "quality" and not (args.run and args.manifest):
         p.error("quality needs --run and --manifest")
     record = bench_speed(args) if args.mode == "speed" else bench_quality(args)
     import diffusers
 
+    from bench.record import append_record, machine_info
+
+    machine = machine_info()
     record.update(
         {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {
-                "node": platform.node(),
-                "processor": platform.machine(),
-                "cpu_count": os.cpu_count(),
-            },
+            # bench.record.machine_info(); its "processor" is the CPU model (this script used to store
+            # platform.machine(), the architecture, there: that is now machine.arch)
+            "machine": machine,
             "versions": {
-                "python": platform.python_version(),
+                "python": machine["python"],
                 "torch": torch.__version__,
                 "diffusers": diffusers.__version__,
+                "tta": machine["tta"],
             },
             "loadavg": list(os.getloadavg()),
             "note": NOTE,
         }
     )
     if not args.no_record:
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(args.results, record)
 
 
 if __name__ == "__main__":

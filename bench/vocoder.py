@@ -5,7 +5,8 @@ optionally the quality of a trained run against Griffin-Lim on held-out real aud
 FAD comes from (--fad-split).
 
 RTF = seconds of compute / seconds of audio (lower is faster; < 1 is faster than real time). Weights are
-random: speed does not depend on their values.
+random: speed does not depend on their values. Speed mode warms every peer up, then times them alternately
+round by round (--repeats rounds, rotating order) and reports each one's median round.
 
     .venv/bin/python bench/vocoder.py [--seconds 4] [--repeats 3] [--threads 2]
     .venv/bin/python bench/vocoder.py --manifest M.jsonl --run RUN [--split test] [--items 32]
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,18 +52,13 @@ CONFIGS = ("tiny", "default", "audioldm-16k")
 VOCOS_CONFIGS = ("tiny", "default")
 
 
-def seconds_per_call(fn, repeats: int) -> float:
-    fn()  # warm-up (allocator, kernels)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def bench_speed(seconds: float, repeats: int, gl_iters: int) -> list[dict]:
-    rows = []
+    """Every peer built first, warmed up once, then timed alternately: `repeats` rounds, each timing every peer
+    once in a rotating order (bench.record.time_alternately); the median round per peer is reported, so drift
+    of the shared CPU hits all peers alike."""
+    from bench.record import time_alternately
+
+    peers, meta = {}, {}
     mel_cfg = None
     for name in CONFIGS:
         cfg = load_config(RunConfig, ROOT / "configs" / "vocoder" / f"{name}.json").model
@@ -76,24 +71,28 @@ def bench_speed(seconds: float, repeats: int, gl_iters: int) -> list[dict]:
         for weight_norm in (True, False):
             if not weight_norm:
                 model = model.inference_copy()
-            with torch.inference_mode():
-                t = seconds_per_call(lambda m=model, x=mel: m(x), repeats)
-            rows.append({"vocoder": name, "weight_norm": weight_norm, "params_m": round(params / 1e6, 3),
-                         "seconds": round(t, 4), "rtf": round(t / seconds, 4)})
+            key = f"{name}/wn={weight_norm}"
+            peers[key] = lambda m=model, x=mel: m(x)
+            meta[key] = {"vocoder": name, "weight_norm": weight_norm, "params_m": round(params / 1e6, 3)}
     mel = torch.randn(1, mel_cfg.n_mels, int(seconds * mel_cfg.frames_per_second)) - 4.0
     for name in VOCOS_CONFIGS:
         cfg = load_config(VocosRunConfig, ROOT / "configs" / "vocos" / f"{name}.json").model
         torch.manual_seed(0)
         model = Vocos(cfg).eval()
-        with torch.inference_mode():
-            t = seconds_per_call(lambda m=model: m(mel), repeats)
-        rows.append({"vocoder": f"vocos-{name}", "weight_norm": None,
-                     "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-                     "seconds": round(t, 4), "rtf": round(t / seconds, 4)})
+        key = f"vocos-{name}"
+        peers[key] = lambda m=model: m(mel)
+        meta[key] = {"vocoder": key, "weight_norm": None,
+                     "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
     gl = GriffinLim(GriffinLimConfig(mel_cfg, n_iter=gl_iters))
-    t = seconds_per_call(lambda: gl(mel), repeats)
-    rows.append({"vocoder": f"griffin-lim-{gl_iters}", "weight_norm": None, "params_m": 0.0, "seconds": round(t, 4),
-                 "rtf": round(t / seconds, 4)})
+    peers["griffin-lim"] = lambda: gl(mel)
+    meta["griffin-lim"] = {"vocoder": f"griffin-lim-{gl_iters}", "weight_norm": None, "params_m": 0.0}
+    with torch.inference_mode():
+        times = time_alternately(peers, repeats)
+    rows = []
+    for key, ts in times.items():
+        t = statistics.median(ts)
+        rows.append({**meta[key], "seconds": round(t, 4), "rtf": round(t / seconds, 4),
+                     "rounds_s": [round(x, 4) for x in ts]})
     ref = next(r["seconds"] for r in rows if r["vocoder"] == "audioldm-16k" and r["weight_norm"] is False)
     for r in rows:
         r["speedup_vs_audioldm16k"] = round(ref / r["seconds"], 2)
@@ -268,12 +267,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         rows = bench_speed(args.seconds, args.repeats, args.gl_iters)
         settings = {"mode": "speed", "audio_seconds": args.seconds, "repeats": args.repeats,
-                    "gl_iters": args.gl_iters, "batch": 1, "stat": "median"}
+                    "gl_iters": args.gl_iters, "batch": 1,
+                    "stat": "median of --repeats rounds; peers warmed up, then timed alternately (rotating order)"}
     settings["threads"] = args.threads
     print_table(rows)
+    from bench.record import machine_info
+
+    machine = machine_info()
     record = {"bench": "vocoder", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-              "python": platform.python_version(), "versions": {"torch": torch.__version__},
+              "machine": machine,       # bench.record.machine_info() (was platform.machine(), now machine.arch)
+              "processor": machine["processor"], "cpu_count": machine["cpu_count"], "python": machine["python"],
+              "versions": {"torch": torch.__version__, "tta": machine["tta"]},
               "settings": settings, "loadavg": list(os.getloadavg()), "results": rows,
               "note": "shared CPU (several jobs on 2 cores): absolute times are noisy, compare ratios within this run"}
     with open(args.results, "a") as f:

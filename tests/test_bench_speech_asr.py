@@ -52,3 +52,11 @@ def test_recogniser_hears_what_the_caption_quotes(tmp_path):
     assert set(engines) == {"piper:right", "piper:wrong"}               # no mixture, no unquoted clip
     assert engines["piper:right"]["words"] == 6 and engines["piper:wrong"]["words"] == 6
     assert engines["piper:right"]["wer"] <= 0.34 < 0.6 <= engines["piper:wrong"]["wer"]
+    # the record names the manifest repository-relative, with its hash, and carries the tta version
+    import hashlib
+    import os
+
+    settings = summary["settings"]
+    assert not os.path.isabs(settings["manifest"]) and settings["manifest"].endswith("manifest.jsonl")
+    assert settings["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert summary["versions"]["tta"] and "cpu_model" in summary["machine"]

@@ -30,6 +30,8 @@ def test_pipelines_are_timed_alternately_and_recorded(tmp_path, capsys):
     assert rows[0]["defaults"]["steps"] == 2 and rows[0]["size_mb"] < rows[1]["size_mb"]
     line = json.loads(results.read_text().splitlines()[-1])
     assert line["bench"] == "pipeline_speed" and line["versions"]["torch"] and line["settings"]["rounds"] == 2
+    assert line["settings"]["discarded_first_load_s"] > 0                 # first-call setup kept out of load_s
+    assert {"cpu_model", "cpu_flags", "kernel", "git_commit", "tta", "processor"} <= set(line["machine"])
     assert "1.00x the first model" in capsys.readouterr().out
 
 
