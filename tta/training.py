@@ -528,8 +528,9 @@ class TrainingRun:
         if self.micro_step % self.train.gradient_accumulation_steps:
             return False
         self.step += 1
-        for name, ema in self._emas.items():
-            ema.update(self.unwrap(self._modules[name]))
+        if not self.accelerator.optimizer_step_was_skipped:   # float16's scaler skipped it: nothing to average in
+            for name, ema in self._emas.items():
+                ema.update(self.unwrap(self._modules[name]))
         scalars = {k: sum(v) / len(v) for k, v in sorted(self._pending.items())}
         self._pending = {}
         if scalars and self.accelerator.num_processes > 1:
