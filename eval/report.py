@@ -106,13 +106,23 @@ def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _comparison(runs: list[Run], metric: str) -> tuple[list, bool, str | None]:
-    """(per-run keys, whether the runs with a value are comparable, the embedder they share or None)."""
+LOWER_BETTER = {"fad", "fad_inf", "fd", "kl_softmax", "kl_sigmoid"}
+
+
+def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None, str | None, bool]:
+    """One metric across runs: (values, per-run (embedder, reference) keys, the best value to mark or None,
+    the embedder all runs with a value share or None, whether those runs are comparable at all)."""
+    values = [r.body.get("metrics", {}).get(metric) for r in runs]
     keys = [_comparison_key(r, metric) for r in runs]
-    present = [k for r, k in zip(runs, keys) if isinstance(r.body.get("metrics", {}).get(metric), (int, float))]
+    present = [k for v, k in zip(values, keys) if isinstance(v, (int, float))]
     embedders = {k[0] for k in present}
     shared = next(iter(embedders)) if len(embedders) == 1 else None
-    return keys, len(set(present)) <= 1, shared
+    comparable = len(set(present)) <= 1
+    real = [v for v in values if isinstance(v, (int, float))]
+    best = None
+    if comparable and len(real) > 1 and metric != "is_std":
+        best = min(real) if metric in LOWER_BETTER else max(real)
+    return values, keys, best, shared, comparable
 
 
 def _metric_names(runs: list[Run]) -> list[str]:
@@ -232,22 +242,18 @@ def _category_cells_html(b: dict) -> str:
 
 def render_html(runs: list[Run], title: str = "tta evaluation report") -> str:
     names = _metric_names(runs)
-    lower_better = {"fad", "fad_inf", "fd", "kl_softmax", "kl_sigmoid"}
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f'<p class="muted">{len(runs)} run(s): {html.escape(", ".join(r.label for r in runs))}</p>',
              '<h2>Metrics</h2><table id="metrics"><tr><th class="name">metric</th>',
              *[f"<th>{html.escape(r.label)}</th>" for r in runs], "</tr>"]
     for m in names:
-        values = [r.body.get("metrics", {}).get(m) for r in runs]
-        real = [v for v in values if isinstance(v, (int, float))]
-        keys, comparable, shared = _comparison(runs, m)
-        best = (min(real) if m in lower_better else max(real)) if len(real) > 1 and m != "is_std" else None
+        values, keys, best, shared, comparable = _metric_row(runs, m)
         label = html.escape(METRIC_LABELS.get(m, m))
         if shared:
             label += f' <span class="muted">{html.escape(shared)}</span>'
         if not comparable:
-            best, label = None, label + f'<div class="note">{NOT_COMPARABLE}</div>'
+            label += f'<div class="note">{NOT_COMPARABLE}</div>'
         cells = "".join(
             f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}'
             + (f'<br><span class="muted">{html.escape(k[0])}</span>' if not shared and k[0] and v is not None else "")
@@ -296,17 +302,13 @@ def render_html(runs: list[Run], title: str = "tta evaluation report") -> str:
 
 def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> str:
     names = _metric_names(runs)
-    lower_better = {"fad", "fad_inf", "fd", "kl_softmax", "kl_sigmoid"}
     lines = [f"# {title}", "", "| metric | " + " | ".join(r.label for r in runs) + " |",
              "|---|" + "---|" * len(runs)]
     for m in names:
-        values = [r.body.get("metrics", {}).get(m) for r in runs]
-        real = [v for v in values if isinstance(v, (int, float))]
-        keys, comparable, shared = _comparison(runs, m)
-        best = (min(real) if m in lower_better else max(real)) if len(real) > 1 and m != "is_std" else None
+        values, keys, best, shared, comparable = _metric_row(runs, m)
         label = METRIC_LABELS.get(m, m) + (f" `{shared}`" if shared else "")
         if not comparable:
-            best, label = None, f"{label} ({NOT_COMPARABLE})"
+            label = f"{label} ({NOT_COMPARABLE})"
         cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v))
                  + (f" `{k[0]}`" if not shared and k[0] and v is not None else "") for v, k in zip(values, keys)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

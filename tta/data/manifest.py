@@ -161,9 +161,10 @@ def relative_path(p: str, base: Path) -> str:
         return str(ap)
 
 
-def resolve_path(row: ManifestRow, manifest_path: str | os.PathLike) -> Path:
-    """Absolute path of a row's audio (relative paths are relative to the manifest's folder)."""
-    p = Path(row.path)
+def resolve_path(row: ManifestRow | str, manifest_path: str | os.PathLike) -> Path:
+    """Absolute path of a row's audio, or of a path as a row stores it (relative paths are relative to the
+    manifest's folder)."""
+    p = Path(row if isinstance(row, str) else row.path)
     return p if p.is_absolute() else Path(manifest_path).resolve().parent / p
 
 

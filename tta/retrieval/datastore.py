@@ -155,8 +155,9 @@ def mixture_parts(source: str) -> tuple[str, ...]:
 def clip_path(path: str, manifest: str | os.PathLike) -> str:
     """A manifest row's audio path as one comparable string: resolved against the manifest's folder, with
     symbolic links followed (so a re-imported manifest naming the same files compares equal)."""
-    p = Path(path)
-    return os.path.realpath(p if p.is_absolute() else Path(manifest).resolve().parent / p)
+    from tta.data.manifest import resolve_path
+
+    return os.path.realpath(resolve_path(path, manifest))
 
 
 @dataclass(frozen=True)
@@ -534,9 +535,6 @@ class Datastore:
                 keep = [keep[j] for j in np.argsort(-exact, kind="stable")]
             out[i] = keep[:k]
         scores = np.einsum("bkd,bd->bk", self.embeddings(out, modality), q)  # exact, even for PQ
-        if approximate:  # the order of these very scores, so scores never rise along a row
-            order = np.argsort(-scores, axis=1, kind="stable")
-            out, scores = np.take_along_axis(out, order, 1), np.take_along_axis(scores, order, 1)
         return Neighbours(ids=[[self.ids[r] for r in row] for row in out], scores=scores.astype(np.float32),
                           indices=out, captions=[[self.meta[r]["captions"][0] for r in row] for row in out])
 
