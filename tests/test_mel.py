@@ -6,7 +6,7 @@ import torch
 from scipy.signal import get_window
 
 from tests.signals import chirp, clicks, noise, tone
-from tta.audio import AudioError, MelConfig, log_mel
+from tta.audio import AudioError, MelConfig, check_same_mel, log_mel
 
 # --- independent reference: Slaney mel scale + area norm written out, periodic Hann, reflect pad, |rfft|
 
@@ -48,6 +48,19 @@ def reference_log_mel(x: np.ndarray, c: MelConfig) -> np.ndarray:
     return np.log(np.maximum(mel, c.log_floor))
 
 
+def reference_tacotron_log_mel(x: np.ndarray, c: MelConfig) -> np.ndarray:
+    """AudioLDM's TacotronSTFT framing written out: frame k is centred on sample hop * k (reflect pad of
+    n_fft / 2), for k < len(x) // hop (AudioLDM keeps 1024 frames of 10.24 s)."""
+    half = c.n_fft // 2
+    x = np.pad(np.asarray(x, np.float64), half, mode="reflect")
+    centres = c.hop_length * np.arange((len(x) - 2 * half) // c.hop_length)
+    idx = centres[:, None] + np.arange(c.n_fft)[None, :]        # padded index of centre - half + j
+    window = get_window("hann", c.n_fft, fftbins=True)
+    magnitude = np.abs(np.fft.rfft(x[idx] * window, axis=1)).T
+    mel = _slaney_matrix(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max) @ magnitude
+    return np.log(np.maximum(mel, c.log_floor))
+
+
 SIGNALS = {
     "uniform_noise": lambda: np.random.default_rng(1).uniform(-1, 1, 24_000).astype(np.float32),
     "gaussian_noise": lambda: noise(1.5, seed=3),
@@ -77,6 +90,29 @@ def test_reference_sizes_and_default_contract():
     assert c.pad == 432 and c.num_frames(163_840) == 1024
     mel = log_mel(torch.zeros(163_840) + 0.01, c)
     assert mel.shape == (1, 64, 1024)
+
+
+@pytest.mark.parametrize("name", ["chirp", "clicks", "speechlike_mix"])
+def test_tacotron_framing_matches_audioldm_reference(name):
+    c = MelConfig(framing="tacotron")
+    x = SIGNALS[name]()
+    ours = log_mel(torch.from_numpy(x), c)
+    ref = reference_tacotron_log_mel(x, c)
+    assert ours.shape == (1, 64, ref.shape[1]) == (1, 64, MelConfig().num_frames(x.size))
+    assert np.abs(ours[0].double().numpy() - ref).max() <= 1e-4
+    assert c.pad == 512 and c.num_frames(163_840) == 1024     # AudioLDM's 10.24 s: 1024 frames
+
+
+def test_the_two_framings_are_half_a_hop_apart():
+    """HiFi-GAN's frame k is centred on sample hop k + hop/2, TacotronSTFT's on hop k: delaying the audio by
+    hop/2 samples makes the first framing's values the second's (away from the reflect-padded ends)."""
+    x = noise(1.0, seed=5)
+    delayed = np.concatenate([np.zeros(MelConfig().hop_length // 2, np.float32), x])
+    hifigan = log_mel(delayed, MelConfig())[0]
+    tacotron = log_mel(x, MelConfig(framing="tacotron"))[0]
+    inner = slice(8, hifigan.shape[1] - 8)
+    assert torch.allclose(hifigan[:, inner], tacotron[:, inner], atol=1e-4)
+    assert not torch.allclose(log_mel(x, MelConfig())[0][:, inner], tacotron[:, inner], atol=1e-2)
 
 
 def test_batched_equals_per_item_and_numpy_input():
@@ -121,7 +157,7 @@ def test_bad_audio_is_refused(bad, message):
 
 @pytest.mark.parametrize("kwargs, key", [
     ({"hop_length": 2048}, "hop_length"), ({"f_max": 9000.0}, "f_max"), ({"win_length": 2048}, "win_length"),
-    ({"sample_rate": 4000}, "sample_rate"), ({"n_mels": 0}, "n_mels"),
+    ({"sample_rate": 4000}, "sample_rate"), ({"n_mels": 0}, "n_mels"), ({"framing": "center"}, "framing"),
 ])
 def test_mel_config_invariants(kwargs, key):
     with pytest.raises(ValueError, match=key):
@@ -131,3 +167,7 @@ def test_mel_config_invariants(kwargs, key):
 def test_mel_config_diff_names_fields():
     a, b = MelConfig(), MelConfig(n_mels=80)
     assert a.diff(b) == ["n_mels: 64 != 80"]
+    # framing moves frames by half a hop, not into another mel space: components of either framing fit
+    t = MelConfig(framing="tacotron")
+    assert a.diff(t) == ["framing: hifigan != tacotron"] and a.diff(t, framing=False) == []
+    check_same_mel(a, t, "vae", "vocoder")

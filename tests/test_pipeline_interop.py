@@ -58,9 +58,33 @@ def test_import_diffusers_folder_and_generate(tmp_path, capsys):
     assert all(torch.equal(mine[k], ref[k]) for k in ref)
     wav = pipe(["a bell"], seconds=0.1, steps=2).wavs[0]
     assert wav.shape == (1600,) and np.isfinite(wav).all()
+    # a folder that tta exported keeps tta's framing (vocoder/config.json records the mel)
+    assert pipe.mel.framing == "hifigan" and pipe.vocoder.config.mel.framing == "hifigan"
     # a second import into the same place is refused before any work
     assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", "x", "--out", str(out)]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_import_of_a_foreign_folder_frames_mels_as_audioldm(tmp_path, capsys):
+    """A folder converted from AudioLDM records no mel: the VAE frames audio as AudioLDM's TacotronSTFT, unless
+    --mel-framing says otherwise; audio-to-audio then runs on that framing."""
+    from tta.pipeline import TTAPipeline
+
+    write_diffusers_audioldm(tmp_path / "d")
+    cfg_path = tmp_path / "d" / "vocoder" / "config.json"
+    body = json.loads(cfg_path.read_text())
+    del body["tta_mel"]
+    cfg_path.write_text(json.dumps(body))
+    clap = str(tiny_components()["clap"])
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", clap, "--out", str(tmp_path / "a")]) == 0
+    pipe = TTAPipeline.from_pretrained(tmp_path / "a")
+    assert pipe.mel.framing == "tacotron" and pipe.vocoder.config.mel.framing == "tacotron"
+    wav = np.random.default_rng(0).uniform(-0.5, 0.5, 3200).astype(np.float32)
+    out = pipe.audio_to_audio(wav, ["a bell"], strength=0.5, steps=2).wavs[0]
+    assert out.shape == (3200,) and np.isfinite(out).all()
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", clap, "--mel-framing", "hifigan",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert TTAPipeline.from_pretrained(tmp_path / "b").mel.framing == "hifigan"
 
 
 def test_import_names_the_missing_part(tmp_path, capsys):
@@ -120,6 +144,12 @@ def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_pa
     assert pipe(["a bell"], seconds=0.1, steps=2).wavs[0].shape == (1600,)
     # the reference's DDIM visits timesteps 1, 1 + c, ..., not 0, c, ...
     assert pipe.scheduler_config["steps_offset"] == 1
+    # and its VAE was trained on TacotronSTFT frames (frame k centred on sample hop * k)
+    assert pipe.mel.framing == "tacotron" and pipe.vocoder.config.mel.framing == "tacotron"
+    out = import_audioldm_ckpt(tmp_path / "audioldm.ckpt", tmp_path / "h", clap=tiny_components()["clap"],
+                               vocoder_config=voc_cfg, vae_norm_groups=vae.config.norm_num_groups,
+                               mel_framing="hifigan")
+    assert TTAPipeline.from_pretrained(out).mel.framing == "hifigan"
 
     # without --clap the CLAP inside the .ckpt is used; this one has none, which is a one-line refusal
     code = main(["-q", "import", "audioldm", str(tmp_path / "audioldm.ckpt"), "--out", str(tmp_path / "q")])
@@ -147,3 +177,9 @@ def test_audioldm_l_heads_are_64_channels_wide():
         torch.testing.assert_close(load_reference_unet(state, where="L", prefer_ema=False)(x, t, c), want)
         other = load_reference_unet(state, where="L", prefer_ema=False, head_channels=32)
         assert other.config.head_channels == 32 and not torch.allclose(other(x, t, c), want, atol=1e-4)
+
+
+def test_the_cli_offers_every_mel_framing():
+    from tta import audio, interop
+
+    assert interop.FRAMINGS == audio.FRAMINGS

@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+from tta.audio import AUDIOLDM_MEL
 from tta.checkpoint import CheckpointError
 from vae.interop import (
     audioldm_state_dict,
@@ -134,6 +135,7 @@ def test_audioldm_ckpt_every_key_consumed_and_matches_diffusers_converter(tmp_pa
     _audioldm_ckpt(tmp_path / "audioldm.ckpt", ref)
     model = load_audioldm_ckpt(tmp_path / "audioldm.ckpt")
     assert model.config == VAEConfig(
+        mel=AUDIOLDM_MEL,   # AudioLDM's TacotronSTFT framing: audio is framed as the VAE was trained
         block_out_channels=(32, 64, 64),
         layers_per_block=2,
         latent_channels=4,

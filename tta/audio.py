@@ -2,11 +2,14 @@
 
 The mel contract is AudioLDM's 16 kHz / 64-bin front end (Liu et al. 2023): periodic Hann STFT with n_fft
 1024, hop 160, magnitude (not power), librosa's Slaney mel matrix (0-8 kHz, area-normalised), natural log of
-clamp(mel, 1e-5). The framing is HiFi-GAN's (jik876 `mel_spectrogram`): the waveform is reflect-padded by
-(n_fft - hop) / 2 = 432 samples on each side and framed with center=False, so 163 840 samples give 1024
-frames and frame k is centred on sample 160 k + 80. AudioLDM's own `TacotronSTFT` pads n_fft / 2 and centres
-frame k on sample 160 k (then keeps the first 1024 frames): the same values half a hop (5 ms) earlier, which
-matters only when audio is encoded by an imported AudioLDM VAE (audio-to-audio, inpainting).
+clamp(mel, 1e-5). The framing is HiFi-GAN's (jik876 `mel_spectrogram`) by default: the waveform is
+reflect-padded by (n_fft - hop) / 2 = 432 samples on each side and framed with center=False, so 163 840
+samples give 1024 frames and frame k is centred on sample 160 k + 80. `MelConfig.framing = "tacotron"` frames
+as AudioLDM's own `TacotronSTFT` does: a reflect pad of n_fft / 2 and frame k centred on sample 160 k, keeping
+the first T // hop frames as AudioLDM keeps 1024 of 1025. The two give the same values half a hop (5 ms) apart
+and the same number of frames; the AudioLDM importers set "tacotron", so audio that an imported AudioLDM VAE
+encodes (audio-to-audio, inpainting) is framed as it was in AudioLDM's training. A vocoder only reads mels, so
+a VAE and a vocoder of different framings still fit together (`check_same_mel` ignores the field).
 Every component (VAE, vocoder, CLAP audio tower) carries a `MelConfig` and calls `log_mel`; there is no
 second mel implementation anywhere in the project.
 """
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
+FRAMINGS = ("hifigan", "tacotron")
 
 
 class AudioError(ValueError):
@@ -44,6 +48,7 @@ class MelConfig:
     f_min: float = 0.0
     f_max: float = 8_000.0
     log_floor: float = 1e-5  # clamp(mel, min=log_floor) before the natural log
+    framing: str = "hifigan"  # "hifigan": frame k centred on sample hop k + hop / 2; "tacotron": on hop k
 
     def __post_init__(self) -> None:
         if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
@@ -52,7 +57,9 @@ class MelConfig:
             raise ValueError(f"mel.win_length={self.win_length} must be <= mel.n_fft={self.n_fft}")
         if not 0 < self.hop_length <= self.win_length:
             raise ValueError(f"mel.hop_length={self.hop_length} must be in (0, win_length={self.win_length}]")
-        if (self.n_fft - self.hop_length) % 2:
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"mel.framing={self.framing!r} must be one of {', '.join(map(repr, FRAMINGS))}")
+        if self.framing == "hifigan" and (self.n_fft - self.hop_length) % 2:
             raise ValueError(f"mel.n_fft - mel.hop_length = {self.n_fft - self.hop_length} must be even "
                              "(it is split into equal reflect pads)")
         if self.n_mels <= 0:
@@ -66,6 +73,8 @@ class MelConfig:
     @property
     def pad(self) -> int:
         """Reflect padding on each side of the waveform, in samples."""
+        if self.framing == "tacotron":
+            return self.n_fft // 2
         return (self.n_fft - self.hop_length) // 2
 
     @property
@@ -73,26 +82,35 @@ class MelConfig:
         return self.sample_rate / self.hop_length
 
     def num_frames(self, num_samples: int) -> int:
-        """Frames `log_mel` returns for `num_samples` samples."""
-        return (num_samples + 2 * self.pad - self.n_fft) // self.hop_length + 1
+        """Frames `log_mel` returns for `num_samples` samples (num_samples // hop_length in both framings)."""
+        frames = (num_samples + 2 * self.pad - self.n_fft) // self.hop_length + 1
+        return frames - 1 if self.framing == "tacotron" else frames   # AudioLDM drops the frame past the end
 
     def num_samples(self, num_frames: int) -> int:
         """Samples a vocoder produces from `num_frames` frames (hop_length per frame)."""
         return num_frames * self.hop_length
 
-    def diff(self, other: "MelConfig") -> list[str]:
-        """Names of the fields where two mel configs disagree, as 'field: a != b'."""
+    def diff(self, other: "MelConfig", *, framing: bool = True) -> list[str]:
+        """Names of the fields where two mel configs disagree, as 'field: a != b' (`framing=False`: only the
+        fields that make a different mel space, leaving out the half-hop framing)."""
         out = []
         for name in self.__dataclass_fields__:
+            if name == "framing" and not framing:
+                continue
             a, b = getattr(self, name), getattr(other, name)
             if a != b:
                 out.append(f"{name}: {a} != {b}")
         return out
 
 
+AUDIOLDM_MEL = MelConfig(framing="tacotron")
+"""AudioLDM's own mel front end (TacotronSTFT framing): what the AudioLDM and diffusers importers assume."""
+
+
 def check_same_mel(a: MelConfig, b: MelConfig, what_a: str, what_b: str) -> None:
-    """Raise a ValueError naming the differing fields when two components live in different mel spaces."""
-    diffs = a.diff(b)
+    """Raise a ValueError naming the differing fields when two components live in different mel spaces. The
+    framing is not compared: it moves frames by half a hop, which a vocoder reading the mel does not see."""
+    diffs = a.diff(b, framing=False)
     if diffs:
         raise ValueError(f"mel config of {what_a} differs from {what_b}: " + "; ".join(diffs))
 
@@ -159,12 +177,21 @@ def log_mel(wav, config: MelConfig = MelConfig(), *, precision: str = "float64")
     if not bool(torch.isfinite(x).all()):
         raise AudioError("log_mel got non-finite samples (NaN or inf)")
     window, basis = _cached_tensors(config, x.device, x.dtype)
-    x = torch.nn.functional.pad(x.unsqueeze(1), (config.pad, config.pad), mode="reflect").squeeze(1)
-    spec = torch.stft(x, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
-                      window=window, center=False, return_complex=True)
-    magnitude = spec.abs()  # (B, n_fft//2+1, frames)
+    magnitude = contract_stft(x, window, config).abs()  # (B, n_fft//2+1, frames)
     mel = torch.matmul(basis, magnitude)
     return torch.log(torch.clamp(mel, min=config.log_floor)).to(out_dtype)
+
+
+def contract_stft(wav, window, config: MelConfig):
+    """The mel contract's STFT: (B, T) real -> (B, n_fft // 2 + 1, config.num_frames(T)) complex, framed as
+    `config.framing` says (reflect pad of `config.pad`, center=False; "tacotron" drops the frame past the end).
+    `window` is the periodic Hann window of win_length samples, on wav's device and dtype."""
+    import torch
+
+    x = torch.nn.functional.pad(wav.unsqueeze(1), (config.pad, config.pad), mode="reflect").squeeze(1)
+    spec = torch.stft(x, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
+                      window=window, center=False, return_complex=True)
+    return spec[..., : config.num_frames(wav.shape[-1])]
 
 
 # ------------------------------------------------------------------------------------------- wav IO

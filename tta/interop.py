@@ -6,7 +6,9 @@ and `cond_stage_model.model.*` (LAION-CLAP). The file is read once. The UNet is 
 `tta.ldm.audioldm` (attention heads of 32 channels for S and M, 64 for L, as the reference configures them;
 `--head-channels` overrides), the VAE and vocoder by their packages' importers, and the CLAP is the one under
 `cond_stage_model.model.*` (it needs `--tokenizer`, a local RoBERTa tokenizer) unless `--clap` names another.
-The scheduler keeps the reference's DDIM step offset of 1 (timesteps 1, 6, ..., 996 for 200 steps).
+The scheduler keeps the reference's DDIM step offset of 1 (timesteps 1, 6, ..., 996 for 200 steps), and the
+mel config the reference's TacotronSTFT framing (`mel.framing = "tacotron"`: frames half a hop earlier than
+tta's own), so audio the imported VAE encodes is framed as in AudioLDM's training.
 
 A diffusers AudioLDM folder (the `cvssp/audioldm-s-full-v2` layout) holds `model_index.json`, `unet/`
 (UNet2DConditionModel), `vae/` (AutoencoderKL over the mel image), `vocoder/` (transformers
@@ -38,6 +40,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+FRAMINGS = ("hifigan", "tacotron")   # tta.audio.FRAMINGS, spelled out: the CLI parser imports no numpy
+
 AUDIOLDM_PARTS = ("unet", "vae", "vocoder", "scheduler")
 
 
@@ -46,8 +50,10 @@ class InteropError(ValueError):
 
 
 def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike,
-                              tokenizer: str | os.PathLike | None = None) -> Path:
-    """Convert a diffusers AudioLDM folder (+ the full CLAP at `clap`) into a tta pipeline folder `out`."""
+                              tokenizer: str | os.PathLike | None = None, mel_framing: str | None = None) -> Path:
+    """Convert a diffusers AudioLDM folder (+ the full CLAP at `clap`) into a tta pipeline folder `out`. The mel
+    is the one a tta export recorded in vocoder/config.json, else AudioLDM's (TacotronSTFT framing);
+    `mel_framing` overrides the framing."""
     import diffusers
 
     from tta.clap import load_clap
@@ -68,7 +74,7 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
         if not (folder / part).is_dir():
             raise InteropError(f"{folder}: part {part!r} is missing (no {part}/ folder)")
     unet = LDMUNet.load_diffusers(folder / "unet")
-    vocoder = load_speecht5_folder(folder / "vocoder")
+    vocoder = _with_framing(load_speecht5_folder(folder / "vocoder"), mel_framing)
     vae = load_diffusers_vae(folder / "vae", mel=vocoder.config.mel)
     sched_cfg = folder / "scheduler" / "scheduler_config.json"
     if not sched_cfg.is_file():
@@ -89,12 +95,14 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
 
 def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike | None = None,
                          tokenizer: str | os.PathLike | None = None, prefer_ema: bool = True,
-                         vocoder_config=None, vae_norm_groups: int = 32, head_channels: int | None = None) -> Path:
+                         vocoder_config=None, vae_norm_groups: int = 32, head_channels: int | None = None,
+                         mel_framing: str = "tacotron") -> Path:
     """Convert an AudioLDM original `.ckpt` (UNet: EMA weights preferred; VAE + scale_factor; HiFi-GAN; the
     CLAP under `cond_stage_model.model.*` unless `clap` names another) into a tta pipeline folder `out`. S / M /
     L are told apart by tensor shapes; `head_channels` overrides the reference's attention head width.
     `vocoder_config` (a HiFiGANConfig) overrides AudioLDM's 16 kHz / 64-bin vocoder hyper-parameters and
-    `vae_norm_groups` the VAE's GroupNorm groups (the reference's 32), for non-standard sizes."""
+    `vae_norm_groups` the VAE's GroupNorm groups (the reference's 32), for non-standard sizes. The mel framing
+    is AudioLDM's TacotronSTFT's ("tacotron", as its VAE was trained) unless `mel_framing` says "hifigan"."""
     from tta.checkpoint import load_torch_file
     from tta.clap import load_clap
     from tta.clap.laion import AUDIOLDM_CLAP_PREFIX, LaionClapEmbedder
@@ -113,7 +121,7 @@ def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, cla
         raise InteropError(f"{path}: holds no CLAP ({AUDIOLDM_CLAP_PREFIX}*); name the one it was trained with "
                            "(--clap)")
     unet = load_reference_unet(state, where=str(path), prefer_ema=prefer_ema, head_channels=head_channels)
-    vocoder = vocoder_from_audioldm_state(obj, path, vocoder_config)
+    vocoder = _with_framing(vocoder_from_audioldm_state(obj, path, vocoder_config), mel_framing)
     vae = vae_from_audioldm_state(obj, mel=vocoder.config.mel, norm_num_groups=vae_norm_groups, where=str(path))
     if clap is not None:
         del obj, state
@@ -128,6 +136,20 @@ def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, cla
     except ValueError as e:
         raise InteropError(f"{path}: parts do not fit together: {e}") from None
     return pipe.save_pretrained(out)
+
+
+def _with_framing(vocoder, framing: str | None):
+    """`vocoder` with its mel framing set to `framing` (None keeps it); the VAE takes the vocoder's mel."""
+    import dataclasses
+
+    if framing is None or framing == vocoder.config.mel.framing:
+        return vocoder
+    try:
+        mel = dataclasses.replace(vocoder.config.mel, framing=framing)
+    except ValueError as e:
+        raise InteropError(f"--mel-framing: {e}") from None
+    vocoder.config = dataclasses.replace(vocoder.config, mel=mel)
+    return vocoder
 
 
 def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -450,12 +472,19 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--no-ema", action="store_true", help="use the raw UNet weights, not model_ema.*")
         p.add_argument("--head-channels", type=int, metavar="N",
                        help="UNet attention head width (default: the reference's, 64 for AudioLDM-L, else 32)")
+        p.add_argument("--mel-framing", choices=FRAMINGS, default="tacotron",
+                       help="how audio is framed into mels for the VAE (audio-to-audio, inpainting): tacotron "
+                            "(default; AudioLDM's TacotronSTFT, as its VAE was trained) or hifigan (half a hop "
+                            "later, tta's own)")
         p.add_argument("--out", required=True, type=Path, help="tta pipeline folder to write")
         p = sub.add_parser("diffusers", help="a diffusers AudioLDM folder -> a tta pipeline folder")
         p.add_argument("folder", type=Path, help="diffusers AudioLDM folder (model_index.json, unet/, vae/, ...)")
         p.add_argument("--clap", required=True, help="the full CLAP its text encoder belongs to "
                                                      "(LAION .pt, transformers CLAP folder, or a tta CLAP)")
         p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (LAION .pt only)")
+        p.add_argument("--mel-framing", choices=FRAMINGS,
+                       help="how audio is framed into mels for the VAE (default: the framing a tta export "
+                            "recorded, else tacotron, AudioLDM's TacotronSTFT)")
         p.add_argument("--out", required=True, type=Path, help="tta pipeline folder to write")
     else:
         p = sub.add_parser("diffusers", help="a tta pipeline folder (LAION-CLAP) -> a diffusers AudioLDM folder")
@@ -495,9 +524,11 @@ def run(args: argparse.Namespace) -> int:
         raise InteropError(f"{args.out}: already exists; choose a new --out")
     if args.interop_verb == "import" and args.interop_kind == "audioldm":
         out = import_audioldm_ckpt(args.folder, args.out, clap=args.clap, tokenizer=args.tokenizer,
-                                   prefer_ema=not args.no_ema, head_channels=args.head_channels)
+                                   prefer_ema=not args.no_ema, head_channels=args.head_channels,
+                                   mel_framing=args.mel_framing)
     elif args.interop_verb == "import":
-        out = import_diffusers_audioldm(args.folder, args.out, clap=args.clap, tokenizer=args.tokenizer)
+        out = import_diffusers_audioldm(args.folder, args.out, clap=args.clap, tokenizer=args.tokenizer,
+                                        mel_framing=args.mel_framing)
     elif args.interop_kind == "pipeline":
         pairs = {}
         for item in args.default:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from tta.audio import MelConfig
+from tta.audio import AUDIOLDM_MEL, MelConfig
 from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, load_into, load_torch_file,
                             read_foreign_folder)
 from vae.model import MelVAE, VAEConfig
@@ -84,7 +84,8 @@ def config_from_reference(
 ) -> VAEConfig:
     """Infer the VAE architecture from reference-layout VAE keys (prefix already stripped).
 
-    GroupNorm's group count is not visible in the weights; the reference hard-codes 32.
+    GroupNorm's group count is not visible in the weights; the reference hard-codes 32. Without `mel`, the
+    mel is AudioLDM's (`tta.audio.AUDIOLDM_MEL`, TacotronSTFT framing).
     """
     try:
         levels = sorted({int(m[1]) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
@@ -103,7 +104,7 @@ def config_from_reference(
             "(diffusers' AutoencoderKL ties them)"
         )
     return VAEConfig(
-        mel=mel or MelConfig(),
+        mel=mel or AUDIOLDM_MEL,
         block_out_channels=channels,
         layers_per_block=len(blocks),
         latent_channels=z_channels,
@@ -225,7 +226,8 @@ _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_o
 def config_from_diffusers(
     body: dict, *, mel: MelConfig | None = None, where: str = "config.json"
 ) -> VAEConfig:
-    """VAEConfig from a diffusers AutoencoderKL config.json body (checks it is a 1-channel mel VAE)."""
+    """VAEConfig from a diffusers AutoencoderKL config.json body (checks it is a 1-channel mel VAE). Without
+    `mel`, the mel is AudioLDM's (`tta.audio.AUDIOLDM_MEL`, TacotronSTFT framing): the folder does not say."""
 
     def need(name, ok, expected):
         if name not in body or not ok(body[name]):
@@ -250,7 +252,7 @@ def config_from_diffusers(
         )
     try:
         return VAEConfig(
-            mel=mel or MelConfig(),
+            mel=mel or AUDIOLDM_MEL,
             block_out_channels=tuple(int(c) for c in body["block_out_channels"]),
             layers_per_block=int(body.get("layers_per_block", 1)),
             latent_channels=int(body.get("latent_channels", 4)),

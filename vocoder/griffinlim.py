@@ -3,9 +3,10 @@
 Inverts the mel contract step by step: exp of the natural-log mel, the pseudo-inverse of the Slaney mel
 matrix (`tta.audio.mel_basis`, clamped at 0) for a linear magnitude, refined towards the non-negative
 least-squares solution by multiplicative updates (Lee & Seung 2001), then the fast Griffin-Lim phase
-reconstruction (Griffin & Lim 1984; momentum from Perraudin et al. 2013). The STFT matches `log_mel`
-exactly: reflect padding of (n_fft - hop) / 2 on each side, periodic Hann, center=False; the inverse is a
-windowed overlap-add normalised by the squared-window envelope, cropped back to frames * hop samples.
+reconstruction (Griffin & Lim 1984; momentum from Perraudin et al. 2013). The STFT is `log_mel`'s own
+(`tta.audio.contract_stft`: the mel config's reflect padding and framing, periodic Hann, center=False); the
+inverse is a windowed overlap-add normalised by the squared-window envelope, cropped back to frames * hop
+samples.
 It needs no training and shows what the neural vocoder buys in reports.
 """
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tta.audio import MelConfig, mel_basis
+from tta.audio import MelConfig, contract_stft, mel_basis
 from vocoder.model import check_mel_config, check_mel_input
 
 
@@ -78,14 +79,6 @@ class GriffinLim(nn.Module):
         if mel_config is not None:
             check_mel_config(self.config.mel, mel_config)
         return self(mel)
-
-
-def contract_stft(wav: torch.Tensor, window: torch.Tensor, m: MelConfig) -> torch.Tensor:
-    """The mel contract's STFT (reflect padding of `m.pad`, center=False): (B, T) -> (B, n_fft // 2 + 1,
-    frames) complex."""
-    x = F.pad(wav.unsqueeze(1), (m.pad, m.pad), mode="reflect").squeeze(1)
-    return torch.stft(x, n_fft=m.n_fft, hop_length=m.hop_length, win_length=m.win_length, window=window,
-                      center=False, return_complex=True)
 
 
 def fast_griffin_lim(mag: torch.Tensor, angles: torch.Tensor, n_iter: int, momentum: float, window: torch.Tensor,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from tta.audio import MelConfig
+from tta.audio import AUDIOLDM_MEL, MelConfig
 from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, load_into, load_torch_file,
                             read_foreign_folder, save_safetensors)
 from vocoder.model import HiFiGAN, HiFiGANConfig
@@ -113,7 +113,7 @@ def _jik876_from(ckpt, checkpoint: Path, config: str | os.PathLike | None, *, we
 def load_audioldm_ckpt(path: str | os.PathLike, config: HiFiGANConfig | None = None, *,
                        weight_norm: bool = False) -> HiFiGAN:
     """The vocoder inside an AudioLDM `.ckpt` (keys `first_stage_model.vocoder.*`). `config` defaults to
-    AudioLDM's 16 kHz / 64-bin HiFi-GAN (= HiFiGANConfig's defaults)."""
+    AudioLDM's 16 kHz / 64-bin HiFi-GAN (HiFiGANConfig's defaults with AudioLDM's TacotronSTFT framing)."""
     return vocoder_from_audioldm_state(load_torch_file(path), path, config, weight_norm=weight_norm)
 
 
@@ -127,7 +127,7 @@ def vocoder_from_audioldm_state(ckpt, path, config: HiFiGANConfig | None = None,
     vocoder = {k[len(AUDIOLDM_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIOLDM_PREFIX)}
     if not vocoder:
         raise CheckpointError(f"{path}: no '{AUDIOLDM_PREFIX}*' keys (not an AudioLDM checkpoint with a vocoder)")
-    return model_from_reference_state(config or HiFiGANConfig(), vocoder, where=f"{path} [{AUDIOLDM_PREFIX}*]",
+    return model_from_reference_state(config or HiFiGANConfig(mel=AUDIOLDM_MEL), vocoder, where=f"{path} [{AUDIOLDM_PREFIX}*]",
                                       weight_norm=weight_norm)
 
 
@@ -137,8 +137,8 @@ def vocoder_from_audioldm_state(ckpt, path, config: HiFiGANConfig | None = None,
 def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None, *,
                          weight_norm: bool = False) -> HiFiGAN:
     """A transformers SpeechT5HifiGan folder. The mel config comes from `mel`, else from the folder's
-    `tta_mel` entry (written by `export_speecht5`), else AudioLDM's mel contract with the folder's
-    sample rate, bin count and hop (the product of upsample_rates)."""
+    `tta_mel` entry (written by `export_speecht5`), else AudioLDM's mel (`tta.audio.AUDIOLDM_MEL`: TacotronSTFT
+    framing) with the folder's sample rate, bin count and hop (the product of upsample_rates)."""
     folder = Path(folder)
     cfg_path = folder / "config.json"
     h, state, _ = read_foreign_folder(folder, TRANSFORMERS_WEIGHT_NAMES, what="a SpeechT5HifiGan folder")
@@ -149,7 +149,7 @@ def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None
         if mel is None and "tta_mel" in h:
             mel = MelConfig(**h["tta_mel"])
         if mel is None:
-            base = MelConfig()
+            base = AUDIOLDM_MEL
             mel = dataclasses.replace(base, sample_rate=sr, n_mels=n_mels, hop_length=hop,
                                       f_max=min(base.f_max, sr / 2))
             log.info("%s: no mel config given; assuming %s", folder, mel)

@@ -137,8 +137,9 @@ def check_mel_input(mel: torch.Tensor, config: MelConfig, who: str) -> torch.Ten
 
 
 def check_mel_config(vocoder: MelConfig, other: MelConfig, what: str = "the input") -> None:
-    """Refuse a mel made in another mel space; the message names both configs' differing fields."""
-    diffs = vocoder.diff(other)
+    """Refuse a mel made in another mel space; the message names both configs' differing fields. The framing
+    (half a hop earlier or later) is no other space and is not compared."""
+    diffs = vocoder.diff(other, framing=False)
     if diffs:
         raise VocoderInputError(f"mel config of {what} differs from the vocoder's: " + "; ".join(diffs)
                                 + f" (vocoder: {vocoder}; {what}: {other})")
