@@ -131,6 +131,31 @@ def test_dataset_keys_are_first_label_then_category(labelled_manifest):
     assert w.tolist() == [2.0, 2.0, 2.0, 3.0, 1.0]
 
 
+def test_all_labels_balance_sums_each_labels_weight(labelled_manifest):
+    """balance_labels "all": an item weighs the sum of count(label)^-balance over its labels (PSLA's AudioSet
+    rule), so a mixture is drawn for its rare labels too, not for its generic first one."""
+    from tta.data.dataset import AudioDataset
+
+    ds = AudioDataset(labelled_manifest, "train", 16_000, 0.5)
+    keys = ds.balance_keys("all")
+    assert keys == [("Tone",), ("Tone", "Music"), ("Tone",), ("sfx",), ("",)]
+    w = balance_weights(keys, 1.0)
+    assert torch.allclose(w, torch.tensor([1 / 3, 1 / 3 + 1, 1 / 3, 1, 1], dtype=torch.float64))
+    # the corpus case: mixtures' first label is "mixture", speech's "speech"; 40 mixtures hold dog or rain
+    keys = [("mixture", "dog")] * 20 + [("mixture", "rain")] * 20 + [("dog",)] * 5 + [("rain",)] * 55
+    first = balance_weights([k[0] for k in keys], 1.0)
+    every = balance_weights(keys, 1.0)
+    mixture_share = {name: float(w[:40].sum() / w.sum()) for name, w in (("first", first), ("all", every))}
+    assert mixture_share["first"] == pytest.approx(1 / 3)          # "mixture" is one key of three
+    assert mixture_share["all"] == pytest.approx((20 * (1 / 40 + 1 / 25) + 20 * (1 / 40 + 1 / 75)) / 3)  # 0.69
+    # one label per item: the same weights as the first-label rule
+    assert torch.equal(balance_weights([(k,) for k in "aab"], 0.5), balance_weights(list("aab"), 0.5))
+    # without balance, key weights alone: an item with two labels is not drawn twice as often
+    assert balance_weights(keys[:1] + keys[20:21] + keys[40:41], 0.0, {"dog": 2.0}).tolist() == [2.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="balance_labels"):
+        DataConfig(balance_labels="most")
+
+
 def test_key_weights_match_labels_and_categories_and_multiply():
     keys = ["dog", "rain", "rain", "piano"]
     names = [("dog", "event"), ("rain", "ambience"), ("rain", "ambience"), ("piano", "music")]
@@ -161,6 +186,12 @@ def test_ldm_on_precomputed_latents_balances_and_shares_the_latent_cache(tmp_pat
     assert (final / "model.safetensors").is_file()
     assert "data.balance=1: 1 keys over 6 items" in caplog.text
     assert len(list(cache.glob("latents-*.pt"))) == 1     # data.balance is not part of the cache key
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tta.training"):
+        train(tiny_run_config(**sets, **{"data.balance": 1.0, "data.balance_labels": "all"}), tmp_path / "all",
+              progress=False)
+    assert "data.balance=1: 1 keys over 6 items" in caplog.text
+    assert len(list(cache.glob("latents-*.pt"))) == 1     # nor is data.balance_labels
 
 
 def test_ldm_run_applies_key_weights_by_category(tmp_path, labelled_manifest, caplog):

@@ -436,3 +436,22 @@ def test_tta_train_refuses_nan_settings_before_making_a_run_folder(tmp_path, cap
         rc, err = _tta_train(capsys, "vae", out, "data.manifest=unused.jsonl", setting)
         assert rc == 1 and len(err.strip().splitlines()) == 1 and setting.split("=")[0] in err and "finite" in err
         assert not out.exists()
+
+
+@pytest.mark.parametrize("decay_1d", [True, False])
+def test_weight_decay_on_1d_tensors_is_a_choice(decay_1d):
+    """weight_decay_1d=false leaves biases, norm gains and scalars undecayed (LAION-CLAP's and nanoGPT's rule);
+    a group's own learning rate carries over to both halves."""
+    torch.manual_seed(0)
+    layer, norm, scale = nn.Linear(4, 4), nn.LayerNorm(4), nn.Parameter(torch.tensor(2.0))
+    train = TrainConfig(learning_rate=0.1, weight_decay=0.5, weight_decay_1d=decay_1d)
+    opt = make_optimizer([{"params": [layer.weight, layer.bias, scale]},
+                          {"params": list(norm.parameters()), "lr": 0.01}], train)
+    before = [t.detach().clone() for t in (layer.weight, layer.bias, scale, norm.weight)]
+    for t in (layer.weight, layer.bias, scale, norm.weight, norm.bias):
+        t.grad = torch.zeros_like(t)     # no gradient: only the decay moves a tensor
+    opt.step()
+    assert torch.allclose(layer.weight, before[0] * (1 - 0.1 * 0.5))
+    for now, then, lr in ((layer.bias, before[1], 0.1), (scale, before[2], 0.1), (norm.weight, before[3], 0.01)):
+        assert torch.allclose(now, then * (1 - lr * 0.5) if decay_1d else then)
+    assert {g["lr"] for g in opt.param_groups} == {0.1, 0.01}

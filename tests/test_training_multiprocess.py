@@ -1,6 +1,6 @@
 """Training on several processes (what `accelerate launch` does on several GPUs), run for real on the CPU: two
-processes under torchrun with the gloo backend train the tiny VAE with its discriminator, and the tiny CLAP
-with the batch gathered over both."""
+processes under torchrun with the gloo backend train the tiny VAE with its discriminator, the tiny CLAP
+with the batch gathered over both, and the tiny LDM on latents encoded once."""
 
 from __future__ import annotations
 
@@ -32,11 +32,16 @@ def _two_processes(tmp_path, script: str, captions: list[str]) -> tuple[dict, di
         rows.append(ManifestRow(id=f"c{i}", path=str(path), captions=(caption,), seconds=1.0,
                                 sample_rate=16_000, split="train"))
     manifest = write_manifest(tmp_path / "manifest.jsonl", rows)
+    return _torchrun(tmp_path, script, manifest)
+
+
+def _torchrun(tmp_path, script: str, source: Path) -> tuple[dict, dict]:
+    """tests/SCRIPT SOURCE RUN DUMP on two processes; the two processes' dumps."""
     dump = tmp_path / "dump"
     dump.mkdir()
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / script),
-                           str(manifest), str(tmp_path / "run"), str(dump)],
+                           str(source), str(tmp_path / "run"), str(dump)],
                           env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -74,3 +79,17 @@ def test_clap_negatives_are_the_whole_batch_over_the_processes(tmp_path):
     for key, value in a["weights"].items():      # BatchNorm statistics: DDP sends the main process's
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             assert torch.equal(value, b["weights"][key]), f"{key} differs between the processes"
+
+
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
+def test_ldm_precompute_encodes_once_for_all_processes(tmp_path):
+    from tests.test_ldm_fixtures import tiny_run_config
+    from tta.config import save_config
+
+    config = tiny_run_config(**{"precompute": True, "train.checkpoint_every": 2, "validation.prompts": []})
+    save_config(config, tmp_path / "ldm.json")
+    a, b = _torchrun(tmp_path, "multiprocess_ldm.py", tmp_path / "ldm.json")
+    assert len(a["wrote"]) == 1 and b["wrote"] == []     # the main process encoded, the other read its cache
+    for key, value in a["weights"].items():
+        assert torch.equal(value, b["weights"][key]), f"{key} differs between the processes"
+

@@ -69,6 +69,8 @@ class TrainConfig:
     batch_size: int = 8
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
+    weight_decay_1d: bool = True             # decay 1-D and scalar tensors too (biases, norm gains, CLAP's logit
+                                             # scale); false exempts them, as LAION-CLAP, CLIP and nanoGPT do
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0                   # max global grad norm; 0 disables clipping
     warmup_steps: int = 0
@@ -117,6 +119,21 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over `params` (tensors or param-group dicts). With train.weight_decay_1d false, every group is
+    split in two: tensors of 2 or more dimensions keep the decay, the rest (biases, norm gains, scalars) get
+    none; the groups' other settings (a group's own lr) carry over."""
+    if not train.weight_decay_1d and train.weight_decay > 0:
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        split = []
+        for group in groups:
+            tensors = list(group["params"])
+            settings = {k: v for k, v in group.items() if k != "params"}
+            decayed = [p for p in tensors if p.ndim >= 2]
+            exempt = [p for p in tensors if p.ndim < 2]
+            split += [{**settings, "params": decayed}, {**settings, "params": exempt, "weight_decay": 0.0}]
+        params = [g for g in split if g["params"]]
     return torch.optim.AdamW(params, lr=train.learning_rate, betas=train.adam_betas,
                              weight_decay=train.weight_decay)
 
@@ -185,19 +202,23 @@ class ResumableSampler(torch.utils.data.Sampler):
                 perm = self._perm(epoch)
 
 
-def balance_weights(keys: list[str], balance: float, key_weights: dict[str, float] | None = None,
+def balance_weights(keys: list, balance: float, key_weights: dict[str, float] | None = None,
                     names: list | None = None) -> torch.Tensor:
     """Per-item sampling weights (float64): count(key)^-balance, times key_weights[n] for each distinct name n
     of the item (`names[i]`, default just `keys[i]`) that key_weights lists. balance 1 makes every key equally
-    likely; a key weight of 4 then makes that key's items 4x as likely as that."""
+    likely; a key weight of 4 then makes that key's items 4x as likely as that. An item whose key is a tuple of
+    labels (`data.balance_labels: "all"`) weighs the sum of count(label)^-balance over them, count being the
+    number of items with that label (PSLA's and AudioLDM's rule for multi-label AudioSet)."""
+    keys = [k if isinstance(k, tuple) else (k,) for k in keys]
     counts: dict[str, int] = {}
     for k in keys:
-        counts[k] = counts.get(k, 0) + 1
+        for label in k:
+            counts[label] = counts.get(label, 0) + 1
     extra = key_weights or {}
     out = []
     for i, k in enumerate(keys):
-        w = counts[k] ** -float(balance)
-        for n in (set(names[i]) if names is not None else {k}):
+        w = sum(counts[label] ** -float(balance) for label in k) if balance > 0 else 1.0
+        for n in (set(names[i]) if names is not None else set(k)):
             w *= float(extra.get(n, 1.0))
         out.append(w)
     return torch.tensor(out, dtype=torch.float64)
@@ -457,21 +478,24 @@ class TrainingRun:
             if not hasattr(dataset, "balance_keys"):
                 raise RunError(f"{what}: {type(dataset).__name__} has no labels to balance "
                                "(no balance_keys()); set data.balance=0 and data.key_weights={}")
-            keys = dataset.balance_keys()
+            by_all = getattr(data, "balance_labels", "first") == "all"
+            keys = dataset.balance_keys("all") if by_all else dataset.balance_keys()
         if len(keys) != len(dataset):
             raise RunError(f"{what}: {len(keys)} keys for {len(dataset)} training items")
+        labelled = [k if isinstance(k, tuple) else (k,) for k in keys]   # data.balance_labels "all": tuples
         if names is None and extra:
-            names = dataset.weight_names() if hasattr(dataset, "weight_names") else [[k] for k in keys]
+            names = dataset.weight_names() if hasattr(dataset, "weight_names") else labelled
         if names is not None and len(names) != len(keys):
             raise RunError(f"{what}: {len(names)} name lists for {len(keys)} training items")
-        check_key_weights(extra, names if names is not None else [[k] for k in keys])
+        check_key_weights(extra, names if names is not None else labelled)
         weights = balance_weights(list(keys), balance, extra, names)
         p = (weights / weights.sum()).tolist()
         count: dict[str, int] = {}
-        share: dict[str, float] = {}
-        for k, w in zip(keys, p):
-            count[k] = count.get(k, 0) + 1
-            share[k] = share.get(k, 0.0) + w
+        share: dict[str, float] = {}     # the share of draws that carry the key
+        for ks, w in zip(labelled, p):
+            for k in ks:
+                count[k] = count.get(k, 0) + 1
+                share[k] = share.get(k, 0.0) + w
         rare, common = min(count, key=count.get), max(count, key=count.get)
         for k, w in sorted(extra.items()):
             hit = [i for i, ns in enumerate(names) if k in ns]

@@ -107,8 +107,11 @@ class AudioDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def balance_keys(self) -> list[str]:
-        """Each row's key for `data.balance`: its first label, else its category, else ""."""
+    def balance_keys(self, labels: str = "first") -> list:
+        """Each row's key for `data.balance`: its first label, else its category, else "" (`labels="first"`);
+        with `labels="all"` a tuple of all its labels (or of that one name)."""
+        if labels == "all":
+            return [tuple(dict.fromkeys(r.labels)) if r.labels else (r.category or "",) for r in self.rows]
         return [r.labels[0] if r.labels else (r.category or "") for r in self.rows]
 
     @staticmethod

@@ -188,6 +188,8 @@ class DataConfig:
     extra_manifests: tuple[str, ...] = field(default_factory=tuple)
     balance: float = 0.0               # label-balanced sampling: item weight count(key)^-balance, key = first
                                        # label, else category; 0 = uniform, 1 = every key equally likely
+    balance_labels: str = "first"      # "first": the key above; "all": the sum of count(label)^-balance over
+                                       # all of an item's labels (AudioLDM's and PSLA's AudioSet sampling)
     key_weights: dict[str, float] = field(default_factory=dict)  # extra draw weight per first label or
                                        # category, e.g. {"dog": 4, "ambience": 2}: those items are drawn that
                                        # many times as often as balance alone gives (both apply if both match)
@@ -211,6 +213,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.balance < float("inf"):
             raise ValueError(f"data.balance={self.balance} must be a finite number >= 0")
+        if self.balance_labels not in ("first", "all"):
+            raise ValueError(f"data.balance_labels={self.balance_labels!r} must be 'first' or 'all'")
         for k, w in self.key_weights.items():
             if not 0 < w < float("inf"):
                 raise ValueError(f"data.key_weights[{k!r}]={w} must be a finite number > 0")

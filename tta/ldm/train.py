@@ -248,8 +248,8 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     from tqdm.auto import tqdm
 
     data = to_dict(config.data)
-    for k in ("balance", "key_weights", "repeat_below", "repeat_gap", "repeat_categories", "repeat_gap_by_key",
-              "speed_by_key"):
+    for k in ("balance", "balance_labels", "key_weights", "repeat_below", "repeat_gap", "repeat_categories",
+              "repeat_gap_by_key", "speed_by_key"):
         data.pop(k)         # how training items are drawn, not what is encoded (older caches stay valid)
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
@@ -414,14 +414,16 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                                          random_crop=not config.precompute, caption_choice=caption_choice)
     row_ids = [row.id for row in train_set.rows]
     train_rows, train_paths = list(train_set.rows), list(train_set.paths)   # retrieval: what to exclude
-    keys = train_set.balance_keys()     # data.balance; CachedLatents keeps the dataset's order
+    keys = train_set.balance_keys(config.data.balance_labels)   # data.balance; CachedLatents keeps the order
     names = train_set.weight_names()    # data.key_weights
     check_key_weights(config.data.key_weights, names)   # before any pre-encoding, not after it
     check_key_weights(config.data.repeat_gap_by_key, names, "data.repeat_gap_by_key")
     check_key_weights(config.data.speed_by_key, names, "data.speed_by_key")
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
-        train_set = precompute(config, train_set, frozen, cache, progress)
+        # one process per machine encodes; the others wait, then load its cache file
+        with run.accelerator.local_main_process_first():
+            train_set = precompute(config, train_set, frozen, cache, progress and run.is_main)
     unet = LDMUNet(config.model)
     ctx = ctx_ema = None
     if store is not None:
