@@ -107,6 +107,14 @@ def test_valid_fraction_is_deterministic_and_split_option_wins(tmp_path):
     n_valid = sum(s == "valid" for s in first.values())
     assert 4 <= n_valid <= 20
     assert all((s == "valid") == held_out(i, 0.3) for i, s in first.items())
+    # a `group` column holds out the pieces of one recording together (here: clips 0-19 and 20-39)
+    csv_path = tmp_path / "groups.csv"
+    csv_path.write_text("file,caption,group\n" + "".join(f"clip{i:02d}.wav,clip {i},rec{i // 20}\n"
+                                                         for i in range(40)))
+    grouped = import_folder(root, captions_csv=csv_path, options=opts).rows
+    for g in ("rec0", "rec1"):
+        assert {r.split for r in grouped if int(r.id[4:]) // 20 == int(g[3])} == \
+            {"valid" if held_out(g, 0.3) else "train"}
     forced = import_folder(root, options=ImportOptions(split="test", valid_fraction=0.3, progress=False))
     assert {r.split for r in forced.rows} == {"test"}
     with pytest.raises(ValueError, match="valid_fraction"):

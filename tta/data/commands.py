@@ -51,7 +51,8 @@ def _add_import(sub) -> None:
     p.add_argument("--root", type=Path, help="folder the source's audio paths are relative to "
                    "(audiocaps: required; audioldm/tango: default the source file's folder)")
     p.add_argument("--captions", type=Path, metavar="CSV",
-                   help="folder: captions CSV (file/path column + caption columns) instead of sidecar .txt")
+                   help="folder: captions CSV (file/path column + caption columns; optional id, split, category, "
+                        "labels, and group: rows of one group land in one split) instead of sidecar .txt")
     p.add_argument("--audio-dir", type=Path, help="webdataset: folder to extract audio into "
                    "(default: MANIFEST's name + '_audio' beside it; must not exist)")
     p.add_argument("--split", choices=("train", "valid", "test"), help="put every row into this split")

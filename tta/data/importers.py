@@ -191,7 +191,8 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
     """Audio files under `folder` (recursively) with captions from `captions_csv` or sidecar `.txt` files.
 
     CSV: a file column (`file`, `path`, `filename`, ...; relative to `folder`) and one or more columns whose
-    names start with `caption`; optional `id`, `split`, `category`, `labels` (`;`-separated) columns.
+    names start with `caption`; optional `id`, `split`, `category`, `labels` (`;`-separated) and `group`
+    columns (rows of one group, e.g. pieces of one recording, land in the same split of `valid_fraction`).
     Sidecar: `a.wav` takes its captions from `a.txt`, one per non-empty line.
     """
     folder = Path(folder)
@@ -228,7 +229,7 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
             c.add(Entry(rec.get("id") or _stem_id(p, folder), p, where, caps,
                          split=split_from_name(rec.get("split", "")),
                          labels=tuple(x.strip() for x in rec.get("labels", "").split(";") if x.strip()),
-                         category=rec.get("category") or None))
+                         category=rec.get("category") or None, group=rec.get("group") or None))
     for p in files:
         if p.resolve() not in listed:
             c.error(f"{p}: not listed in {csv_path} (no caption); skipped")
