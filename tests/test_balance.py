@@ -150,8 +150,8 @@ def test_all_labels_balance_sums_each_labels_weight(labelled_manifest):
     assert mixture_share["all"] == pytest.approx((20 * (1 / 40 + 1 / 25) + 20 * (1 / 40 + 1 / 75)) / 3)  # 0.69
     # one label per item: the same weights as the first-label rule
     assert torch.equal(balance_weights([(k,) for k in "aab"], 0.5), balance_weights(list("aab"), 0.5))
-    # without balance, key weights alone: an item with two labels is not drawn twice as often
-    assert balance_weights(keys[:1] + keys[20:21] + keys[40:41], 0.0, {"dog": 2.0}).tolist() == [2.0, 1.0, 2.0]
+    # key weights match the first label (or category) in either mode; without balance they alone weigh
+    assert balance_weights(keys[:1] + keys[20:21] + keys[40:41], 0.0, {"dog": 2.0}).tolist() == [1.0, 1.0, 2.0]
     with pytest.raises(ValueError, match="balance_labels"):
         DataConfig(balance_labels="most")
 
@@ -192,6 +192,17 @@ def test_ldm_on_precomputed_latents_balances_and_shares_the_latent_cache(tmp_pat
               progress=False)
     assert "data.balance=1: 1 keys over 6 items" in caplog.text
     assert len(list(cache.glob("latents-*.pt"))) == 1     # nor is data.balance_labels
+    # the same VAE weights framing audio the other way encode other latents: a cache of their own
+    import shutil
+
+    from tests.test_ldm_fixtures import tiny_components
+
+    vae = shutil.copytree(tiny_components()["vae"], tmp_path / "vae-tacotron")
+    body = json.loads((vae / "config.json").read_text())
+    body["config"]["mel"]["framing"] = "tacotron"
+    (vae / "config.json").write_text(json.dumps(body))
+    train(tiny_run_config(**sets, **{"components.vae": str(vae)}), tmp_path / "tacotron", progress=False)
+    assert len(list(cache.glob("latents-*.pt"))) == 2
 
 
 def test_ldm_run_applies_key_weights_by_category(tmp_path, labelled_manifest, caplog):

@@ -145,7 +145,7 @@ def test_cuda_matches_cpu():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (np.zeros(100, dtype=np.float32), "shorter than one mel frame"),
+    (np.zeros(100, dtype=np.float32), "too short for a mel frame"),
     (np.array([np.nan] * 2000, dtype=np.float32), "non-finite"),
     (np.zeros((2, 2, 2000), dtype=np.float32), "shape"),
     (np.zeros(2000, dtype=np.int16), "float audio"),
@@ -155,9 +155,17 @@ def test_bad_audio_is_refused(bad, message):
         log_mel(torch.from_numpy(bad), MelConfig())
 
 
+def test_audio_longer_than_the_pad_but_shorter_than_a_hop_is_refused():
+    c = MelConfig(n_fft=256, win_length=256, hop_length=200, framing="tacotron")     # pad 128 < hop 200
+    with pytest.raises(AudioError, match="needs more than 199 samples"):
+        log_mel(torch.from_numpy(noise(0.01)), c)                                   # 160 samples
+    assert log_mel(torch.from_numpy(noise(0.0125)), c).shape == (1, 64, 1)          # 200 samples
+
+
 @pytest.mark.parametrize("kwargs, key", [
     ({"hop_length": 2048}, "hop_length"), ({"f_max": 9000.0}, "f_max"), ({"win_length": 2048}, "win_length"),
     ({"sample_rate": 4000}, "sample_rate"), ({"n_mels": 0}, "n_mels"), ({"framing": "center"}, "framing"),
+    ({"framing": "tacotron", "n_fft": 1023, "win_length": 1023}, "n_fft"),
 ])
 def test_mel_config_invariants(kwargs, key):
     with pytest.raises(ValueError, match=key):

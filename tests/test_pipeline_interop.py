@@ -82,6 +82,8 @@ def test_import_of_a_foreign_folder_frames_mels_as_audioldm(tmp_path, capsys):
     wav = np.random.default_rng(0).uniform(-0.5, 0.5, 3200).astype(np.float32)
     out = pipe.audio_to_audio(wav, ["a bell"], strength=0.5, steps=2).wavs[0]
     assert out.shape == (3200,) and np.isfinite(out).all()
+    out = pipe.audio_to_audio(wav[:400], ["a bell"], strength=0.5, steps=2).wavs[0]    # shorter than the pad
+    assert out.shape == (400,) and np.isfinite(out).all()
     assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", clap, "--mel-framing", "hifigan",
                  "--out", str(tmp_path / "b")]) == 0
     assert TTAPipeline.from_pretrained(tmp_path / "b").mel.framing == "hifigan"

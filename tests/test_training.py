@@ -455,3 +455,5 @@ def test_weight_decay_on_1d_tensors_is_a_choice(decay_1d):
     for now, then, lr in ((layer.bias, before[1], 0.1), (scale, before[2], 0.1), (norm.weight, before[3], 0.01)):
         assert torch.allclose(now, then * (1 - lr * 0.5) if decay_1d else then)
     assert {g["lr"] for g in opt.param_groups} == {0.1, 0.01}
+    bare = make_optimizer([{"params": layer.weight}, {"params": layer.bias}], train)   # a tensor, not a list
+    assert sum(len(g["params"]) for g in bare.param_groups) == 2

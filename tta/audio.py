@@ -7,9 +7,11 @@ reflect-padded by (n_fft - hop) / 2 = 432 samples on each side and framed with c
 samples give 1024 frames and frame k is centred on sample 160 k + 80. `MelConfig.framing = "tacotron"` frames
 as AudioLDM's own `TacotronSTFT` does: a reflect pad of n_fft / 2 and frame k centred on sample 160 k, keeping
 the first T // hop frames as AudioLDM keeps 1024 of 1025. The two give the same values half a hop (5 ms) apart
-and the same number of frames; the AudioLDM importers set "tacotron", so audio that an imported AudioLDM VAE
-encodes (audio-to-audio, inpainting) is framed as it was in AudioLDM's training. A vocoder only reads mels, so
-a VAE and a vocoder of different framings still fit together (`check_same_mel` ignores the field).
+and the same number of frames. The AudioLDM importers set "tacotron", so audio an imported AudioLDM VAE encodes
+(audio-to-audio, inpainting) is framed as AudioLDM's own inference frames it (`audioldm.audio.tools.
+wav_to_fbank`, for its style transfer and inpainting); AudioLDM's later public training code frames as HiFi-GAN
+does, so which framing the released VAEs saw is not documented. A vocoder only reads mels, so a VAE and a
+vocoder of different framings still fit together (`check_same_mel` ignores the field).
 Every component (VAE, vocoder, CLAP audio tower) carries a `MelConfig` and calls `log_mel`; there is no
 second mel implementation anywhere in the project.
 """
@@ -59,6 +61,8 @@ class MelConfig:
             raise ValueError(f"mel.hop_length={self.hop_length} must be in (0, win_length={self.win_length}]")
         if self.framing not in FRAMINGS:
             raise ValueError(f"mel.framing={self.framing!r} must be one of {', '.join(map(repr, FRAMINGS))}")
+        if self.framing == "tacotron" and self.n_fft % 2:
+            raise ValueError(f"mel.n_fft={self.n_fft} must be even with framing 'tacotron' (a pad of n_fft / 2)")
         if self.framing == "hifigan" and (self.n_fft - self.hop_length) % 2:
             raise ValueError(f"mel.n_fft - mel.hop_length = {self.n_fft - self.hop_length} must be even "
                              "(it is split into equal reflect pads)")
@@ -171,9 +175,9 @@ def log_mel(wav, config: MelConfig = MelConfig(), *, precision: str = "float64")
         x = x.unsqueeze(0)
     if x.ndim != 2:
         raise AudioError(f"log_mel expects wav of shape (T,) or (B, T), got {tuple(x.shape)}")
-    if x.shape[-1] <= config.pad:
-        raise AudioError(f"audio of {x.shape[-1]} samples is shorter than one mel frame "
-                         f"(needs more than {config.pad} samples at {config.sample_rate} Hz)")
+    if x.shape[-1] <= config.pad or config.num_frames(x.shape[-1]) <= 0:
+        raise AudioError(f"audio of {x.shape[-1]} samples is too short for a mel frame (needs more than "
+                         f"{max(config.pad, config.hop_length - 1)} samples at {config.sample_rate} Hz)")
     if not bool(torch.isfinite(x).all()):
         raise AudioError("log_mel got non-finite samples (NaN or inf)")
     window, basis = _cached_tensors(config, x.device, x.dtype)

@@ -8,7 +8,8 @@ and `cond_stage_model.model.*` (LAION-CLAP). The file is read once. The UNet is 
 `cond_stage_model.model.*` (it needs `--tokenizer`, a local RoBERTa tokenizer) unless `--clap` names another.
 The scheduler keeps the reference's DDIM step offset of 1 (timesteps 1, 6, ..., 996 for 200 steps), and the
 mel config the reference's TacotronSTFT framing (`mel.framing = "tacotron"`: frames half a hop earlier than
-tta's own), so audio the imported VAE encodes is framed as in AudioLDM's training.
+tta's own), so audio the imported VAE encodes is framed as AudioLDM's own inference frames it for style
+transfer and inpainting.
 
 A diffusers AudioLDM folder (the `cvssp/audioldm-s-full-v2` layout) holds `model_index.json`, `unet/`
 (UNet2DConditionModel), `vae/` (AutoencoderKL over the mel image), `vocoder/` (transformers
@@ -102,7 +103,7 @@ def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, cla
     L are told apart by tensor shapes; `head_channels` overrides the reference's attention head width.
     `vocoder_config` (a HiFiGANConfig) overrides AudioLDM's 16 kHz / 64-bin vocoder hyper-parameters and
     `vae_norm_groups` the VAE's GroupNorm groups (the reference's 32), for non-standard sizes. The mel framing
-    is AudioLDM's TacotronSTFT's ("tacotron", as its VAE was trained) unless `mel_framing` says "hifigan"."""
+    is AudioLDM's inference TacotronSTFT's ("tacotron") unless `mel_framing` says "hifigan"."""
     from tta.checkpoint import load_torch_file
     from tta.clap import load_clap
     from tta.clap.laion import AUDIOLDM_CLAP_PREFIX, LaionClapEmbedder
@@ -474,8 +475,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                        help="UNet attention head width (default: the reference's, 64 for AudioLDM-L, else 32)")
         p.add_argument("--mel-framing", choices=FRAMINGS, default="tacotron",
                        help="how audio is framed into mels for the VAE (audio-to-audio, inpainting): tacotron "
-                            "(default; AudioLDM's TacotronSTFT, as its VAE was trained) or hifigan (half a hop "
-                            "later, tta's own)")
+                            "(default; as AudioLDM's own inference, TacotronSTFT) or hifigan (half a hop later, "
+                            "tta's own and AudioLDM's later training code's)")
         p.add_argument("--out", required=True, type=Path, help="tta pipeline folder to write")
         p = sub.add_parser("diffusers", help="a diffusers AudioLDM folder -> a tta pipeline folder")
         p.add_argument("folder", type=Path, help="diffusers AudioLDM folder (model_index.json, unet/, vae/, ...)")

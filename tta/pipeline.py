@@ -292,7 +292,7 @@ class TTAPipeline:
     def encode_audio(self, wav: np.ndarray, num_samples: int) -> torch.Tensor:
         """wav (T,) at sample_rate -> scaled latents (1, C, T', F') of the padded generation length."""
         _, t, _ = self.latent_shape(num_samples)
-        x = np.zeros(num_samples, dtype=np.float32)
+        x = np.zeros(max(num_samples, self.mel.pad + 1), dtype=np.float32)   # room for the reflect pad
         x[: min(len(wav), num_samples)] = wav[:num_samples]
         mel = log_mel(torch.from_numpy(x)[None], self.mel).float()          # (1, n_mels, frames)
         frames = t * self.vae.downsample_factor

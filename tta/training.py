@@ -128,7 +128,8 @@ def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
             groups = [{"params": groups}]
         split = []
         for group in groups:
-            tensors = list(group["params"])
+            given = group["params"]
+            tensors = [given] if isinstance(given, torch.Tensor) else list(given)
             settings = {k: v for k, v in group.items() if k != "params"}
             decayed = [p for p in tensors if p.ndim >= 2]
             exempt = [p for p in tensors if p.ndim < 2]
@@ -209,7 +210,7 @@ def balance_weights(keys: list, balance: float, key_weights: dict[str, float] | 
     likely; a key weight of 4 then makes that key's items 4x as likely as that. An item whose key is a tuple of
     labels (`data.balance_labels: "all"`) weighs the sum of count(label)^-balance over them, count being the
     number of items with that label (PSLA's and AudioLDM's rule for multi-label AudioSet)."""
-    keys = [k if isinstance(k, tuple) else (k,) for k in keys]
+    keys = [k if isinstance(k, tuple) else (k,) for k in keys]   # key_weights' default names: the first label
     counts: dict[str, int] = {}
     for k in keys:
         for label in k:
@@ -218,7 +219,7 @@ def balance_weights(keys: list, balance: float, key_weights: dict[str, float] | 
     out = []
     for i, k in enumerate(keys):
         w = sum(counts[label] ** -float(balance) for label in k) if balance > 0 else 1.0
-        for n in (set(names[i]) if names is not None else set(k)):
+        for n in (set(names[i]) if names is not None else {k[0]}):
             w *= float(extra.get(n, 1.0))
         out.append(w)
     return torch.tensor(out, dtype=torch.float64)

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -242,11 +243,8 @@ class CachedLatents(torch.utils.data.Dataset):
         return {**item, "index": index}
 
 
-@torch.no_grad()
-def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, progress: bool) -> CachedLatents:
-    """Encode every clip of `dataset` (deterministic crop) once; cached by data + component identity."""
-    from tqdm.auto import tqdm
-
+def latent_cache_path(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path) -> Path:
+    """The cache file `precompute` writes: named by the data and the identity of the components that encode."""
     data = to_dict(config.data)
     for k in ("balance", "balance_labels", "key_weights", "repeat_below", "repeat_gap", "repeat_categories",
               "repeat_gap_by_key", "speed_by_key"):
@@ -260,7 +258,30 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     h.update(frozen.clap.identity.encode())
     h.update(str(config.model.downsample_factor).encode())
     h.update(f"segment={dataset.segment_samples}".encode())
-    path = cache_dir / f"latents-{h.hexdigest()[:16]}.pt"
+    if frozen.vae.config.mel.framing != "hifigan":   # the same weights frame audio otherwise (default: old keys)
+        h.update(f"framing={frozen.vae.config.mel.framing}".encode())
+    return cache_dir / f"latents-{h.hexdigest()[:16]}.pt"
+
+
+def wait_for_cache(path: Path, poll_seconds: float = 2.0) -> None:
+    """Block until the main process has written `path` (atomically). A filesystem wait, not a collective
+    barrier: encoding a large corpus outlasts a process group's timeout, and if the main process fails the
+    launcher stops this one."""
+    waited = 0.0
+    while not path.is_file():
+        time.sleep(poll_seconds)
+        waited += poll_seconds
+        if waited % 300 < poll_seconds:
+            log.info("waiting for the main process to pre-encode the training clips into %s (%.0f min)", path,
+                     waited / 60)
+
+
+@torch.no_grad()
+def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, progress: bool) -> CachedLatents:
+    """Encode every clip of `dataset` (deterministic crop) once; cached by data + component identity."""
+    from tqdm.auto import tqdm
+
+    path = latent_cache_path(config, dataset, frozen, cache_dir)
     crop = None
     if config.precompute_seconds:
         num = round(config.data.segment_seconds * frozen.vae.config.mel.sample_rate)
@@ -421,9 +442,10 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     check_key_weights(config.data.speed_by_key, names, "data.speed_by_key")
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
-        # one process per machine encodes; the others wait, then load its cache file
-        with run.accelerator.local_main_process_first():
-            train_set = precompute(config, train_set, frozen, cache, progress and run.is_main)
+        # one process per machine encodes; the others wait for its cache file, then load it
+        if not run.accelerator.is_local_main_process:
+            wait_for_cache(latent_cache_path(config, train_set, frozen, cache))
+        train_set = precompute(config, train_set, frozen, cache, progress and run.is_main)
     unet = LDMUNet(config.model)
     ctx = ctx_ema = None
     if store is not None:
