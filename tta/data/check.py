@@ -4,7 +4,9 @@ Reasons (a row can have several): `manifest` (a line that is not a valid row: br
 duplicate id, ...), `missing` (file not found), `empty` (0 bytes or 0 samples), `unreadable` (not audio,
 truncated, unsupported sample rate), `non-finite` (NaN/inf samples), `silent` (peak below `silence_db`
 dBFS), `too-short` (below `min_seconds`), `mismatch` (the decoded length or sample rate differs from what
-the manifest row says).
+the manifest row says), `leak` (with near-duplicate checking: a held-out row whose audio is a near-duplicate
+of a row in another split, `tta.data.duplicates`; the train row is kept, the held-out one is bad).
+Near-duplicates within one split are listed but are not bad rows.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_ma
 
 log = logging.getLogger(__name__)
 
-REASONS = ("manifest", "missing", "empty", "unreadable", "non-finite", "silent", "too-short", "mismatch")
+REASONS = ("manifest", "missing", "empty", "unreadable", "non-finite", "silent", "too-short", "mismatch", "leak")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class CheckReport:
     num_rows: int = 0                                        # lines that parsed into rows
     good_rows: list[ManifestRow] = field(default_factory=list)  # with absolute paths
     problems: list[Problem] = field(default_factory=list)
+    duplicates: list[tuple[str, str, str]] = field(default_factory=list)  # same-split near-duplicates: id, id, how
 
     @property
     def counts(self) -> dict[str, int]:
@@ -68,12 +71,15 @@ def classify_audio_error(message: str) -> str:
 
 
 def check_row(row: ManifestRow, path: Path, *, min_seconds: float, silence_db: float,
-              seconds_tolerance: float) -> list[Problem]:
-    """Decode one row's audio (native rate, no normalisation) and list its problems."""
+              seconds_tolerance: float, on_audio=None) -> list[Problem]:
+    """Decode one row's audio (native rate, no normalisation) and list its problems; `on_audio(wav, sr)` sees
+    the decoded audio."""
     try:
         wav, sr = load_audio(path)
     except AudioError as e:
         return [Problem(row.id, classify_audio_error(str(e)), str(e))]
+    if on_audio is not None:
+        on_audio(wav, sr)
     out = []
     seconds = wav.shape[0] / sr
     peak = float(np.max(np.abs(wav)))
@@ -91,8 +97,10 @@ def check_row(row: ManifestRow, path: Path, *, min_seconds: float, silence_db: f
 
 
 def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, silence_db: float = -60.0,
-                   seconds_tolerance: float = 0.1, progress: bool = True) -> CheckReport:
-    """Check every line and every row of `manifest`; never stops at the first bad one."""
+                   seconds_tolerance: float = 0.1, near_duplicates: bool = False,
+                   progress: bool = True) -> CheckReport:
+    """Check every line and every row of `manifest`; never stops at the first bad one. `near_duplicates` also
+    compares the decoded clips with each other (`tta.data.duplicates`)."""
     manifest = Path(manifest)
     line_errors: list[str] = []
     rows = read_manifest(manifest, errors=line_errors)
@@ -100,15 +108,45 @@ def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, sil
     for message in line_errors:
         where = message.split(": ", 1)[0]
         report.problems.append(Problem(where, "manifest", message))
+    prints: list = []
     for row in tqdm(rows, desc=f"check {manifest.name}", unit="file", disable=not progress):
         path = resolve_path(row, manifest)
+        audio: list = []
         problems = check_row(row, path, min_seconds=min_seconds, silence_db=silence_db,
-                             seconds_tolerance=seconds_tolerance)
+                             seconds_tolerance=seconds_tolerance,
+                             on_audio=(lambda w, sr: audio.append((w, sr))) if near_duplicates else None)
         report.problems += problems
         if not problems:
             report.good_rows.append(replace(row, path=str(path)))
+            if near_duplicates:
+                from tta.data.duplicates import fingerprint
+
+                prints.append(fingerprint(*audio[0]))
+    if near_duplicates:
+        _near_duplicates(report, prints, progress)
     log.info("%s: %d rows, %d bad", manifest, report.num_rows, report.num_bad)
     return report
+
+
+def _near_duplicates(report: CheckReport, prints: list, progress: bool) -> None:
+    """Add the near-duplicates among the good rows: across splits a `leak` problem on the held-out row (which
+    leaves the good rows), within a split an entry of report.duplicates."""
+    from tta.data.duplicates import find_near_duplicates
+
+    rows = report.good_rows
+    leaked: set[int] = set()
+    for pair in find_near_duplicates(prints, progress=progress):
+        a, b = rows[pair.a], rows[pair.b]
+        how = (f"image {pair.image:.3f}, motion {pair.motion:.3f}, offset {pair.offset_seconds:+.1f} s, "
+               f"{100 * pair.cover:.0f} % of the shorter clip")
+        if a.split == b.split:
+            report.duplicates.append((a.id, b.id, how))
+            continue
+        bad, twin = (pair.a, b) if b.split == "train" else (pair.b, a)
+        leaked.add(bad)
+        report.problems.append(Problem(rows[bad].id, "leak", f"{rows[bad].path}: ({rows[bad].split}) is a "
+                                       f"near-duplicate of {twin.id} ({twin.split}): {how}"))
+    report.good_rows = [r for i, r in enumerate(rows) if i not in leaked]
 
 
 def write_clean(report: CheckReport, out: str | os.PathLike) -> Path:

@@ -99,12 +99,17 @@ def _add_check(sub) -> None:
     p = sub.add_parser(
         "check", help="decode every row of a manifest and report bad ones",
         description="Decode every file of a manifest; report unreadable, empty, non-finite, silent, too-short "
-                    "and mismatched rows with reasons and counts. Exit 1 if any row or line is bad.")
+                    "and mismatched rows with reasons and counts. With --near-duplicates, also compare the clips "
+                    "with each other: a held-out row whose audio nearly duplicates a row of another split (same "
+                    "recording at another gain, rate or format, or cut from it) is a leak, a bad row; "
+                    "near-duplicates within one split are listed. Exit 1 if any row or line is bad.")
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--drop-bad", type=Path, metavar="OUT", help="write the good rows to OUT (a clean manifest)")
     p.add_argument("--min-seconds", type=float, default=0.1, help="shorter clips are bad (default 0.1)")
     p.add_argument("--silence-db", type=float, default=-60.0,
                    help="clips whose peak is below this many dBFS are silent (default -60)")
+    p.add_argument("--near-duplicates", action="store_true",
+                   help="also find near-duplicate clips (leaks across splits are bad rows; ~5 ms per clip)")
     p.set_defaults(data_func=cmd_check)
 
 
@@ -116,15 +121,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.silence_db) and args.silence_db <= 0):
         raise ValueError(f"--silence-db {args.silence_db}: expected a finite level in dBFS <= 0")
     report = check_manifest(args.manifest, min_seconds=args.min_seconds, silence_db=args.silence_db,
-                            progress=not args.quiet)
+                            near_duplicates=args.near_duplicates, progress=not args.quiet)
     for problem in report.problems:
         print(f"{problem.reason}\t{problem.where}\t{problem.detail}")
+    for a, b, how in report.duplicates:
+        print(f"near-duplicate\t{a}\t{b}: {how}")
     if report.problems:
         width = max(len(r) for r in report.counts)
         print("reason".ljust(width) + "  count")
         for reason, count in report.counts.items():
             print(f"{reason.ljust(width)}  {count}")
     print(f"{args.manifest}: {report.num_rows} rows, {len(report.good_rows)} good, {report.num_bad} bad")
+    if args.near_duplicates:
+        leaked = len({p.where for p in report.problems if p.reason == "leak"})
+        print(f"{args.manifest}: {len(report.duplicates)} near-duplicate pairs within a split (kept), {leaked} "
+              "held-out rows with a twin in another split (leaks)")
     if report.num_rows == 0 and report.ok:
         print(f"tta: {args.manifest}: no rows (an empty manifest)", file=sys.stderr)
         return 1

@@ -1,0 +1,124 @@
+"""Near-duplicate clips in a manifest: one recording or render stored twice, under other names, at another gain,
+rate or format, or one clip cut from another.
+
+The exact-hash dedupe of the importers and the recipe only catches bit-identical audio. Here every clip gets a
+fingerprint, its log-mel (the mel contract, 16 kHz / 64 bins) averaged to 10 frames per second. Candidates are
+each clip's nearest neighbours by the shape of its mean spectrum; a candidate pair is a near-duplicate when, at
+the best time offset (found by cross-correlation, so a crop matches the clip it was cut from), the overlapping
+fingerprints agree on both counts:
+
+- `image`: the correlation of the two log-mel images (level-free: a gain change adds a constant in log); and
+- `motion`: the correlation after each mel band's own mean is removed, i.e. of how the sound moves in time.
+  Two recordings of steady rain share a spectrum (high image) but not their fluctuations (low motion); two
+  renders of one score on different instruments share their onsets but not their spectra.
+
+The overlap must cover most of the shorter clip (`min_cover`). Pairs across splits are leaks: a held-out clip
+whose twin is trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+FRAME_RATE = 10            # fingerprint frames per second (the mel contract's 100, averaged by 10)
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    a: int                  # index of the first clip
+    b: int                  # index of the second clip
+    image: float            # correlation of the overlapping log-mel images
+    motion: float           # correlation of their band-wise fluctuations
+    offset_seconds: float   # b's content starts this many seconds into a (negative: a starts inside b)
+    cover: float            # overlap / length of the shorter clip
+
+
+def fingerprint(wav: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(64, frames) float32 log-mel of mono `wav` at FRAME_RATE frames per second (at least one frame)."""
+    import torch
+
+    from tta.audio import MelConfig, log_mel, resample
+
+    wav = resample(np.asarray(wav, dtype=np.float32), sample_rate, SAMPLE_RATE)
+    config = MelConfig()
+    if wav.shape[0] <= config.pad:
+        wav = np.pad(wav, (0, config.pad + 1 - wav.shape[0]))
+    mel = log_mel(torch.from_numpy(np.ascontiguousarray(wav)), config, precision="float32")[0].numpy()
+    per = round(config.frames_per_second / FRAME_RATE)
+    frames = mel.shape[1] // per
+    if frames == 0:
+        return mel.mean(axis=1, keepdims=True).astype(np.float32)
+    return mel[:, : frames * per].reshape(mel.shape[0], frames, per).mean(axis=2).astype(np.float32)
+
+
+def _summary(prints: list[np.ndarray]) -> np.ndarray:
+    """Unit vectors of each clip's power-mean log spectrum (loud frames dominate, so a noise floor or a
+    silent stretch barely moves it) with its level removed: (N, 64)."""
+    spectra = np.stack([np.log(np.exp(p.astype(np.float64)).mean(axis=1)) for p in prints])
+    spectra -= spectra.mean(axis=1, keepdims=True)
+    return spectra / np.maximum(np.linalg.norm(spectra, axis=1, keepdims=True), 1e-9)
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    den = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
+    return float((x * y).sum() / den) if den > 1e-12 else (1.0 if np.allclose(x, y) else 0.0)
+
+
+def _best_offset(a: np.ndarray, b: np.ndarray) -> int:
+    """Frame offset d maximising the band-summed cross-correlation of a[:, t] with b[:, t - d]."""
+    na, nb = a.shape[1], b.shape[1]
+    x = a - a.mean(axis=1, keepdims=True)
+    y = b - b.mean(axis=1, keepdims=True)
+    n = 1 << (na + nb - 1).bit_length()
+    c = np.fft.irfft((np.fft.rfft(x, n, axis=1) * np.conj(np.fft.rfft(y, n, axis=1))).sum(axis=0), n)
+    lags = np.concatenate([np.arange(0, na), np.arange(-(nb - 1), 0)])
+    values = np.concatenate([c[:na], c[n - (nb - 1):]]) if nb > 1 else c[:na]
+    return int(lags[int(np.argmax(values))])
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int, float]:
+    """(image, motion, offset in frames, cover) of two fingerprints at their best offset."""
+    d = _best_offset(a, b)
+    start_a, start_b = max(d, 0), max(-d, 0)
+    length = min(a.shape[1] - start_a, b.shape[1] - start_b)
+    if length <= 0:
+        return 0.0, 0.0, d, 0.0
+    x, y = a[:, start_a: start_a + length], b[:, start_b: start_b + length]
+    image = _correlation(x, y)
+    motion = _correlation(x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)) if length > 1 \
+        else image
+    return image, motion, d, length / min(a.shape[1], b.shape[1])
+
+
+def find_near_duplicates(prints: list[np.ndarray], *, image: float = 0.97, motion: float = 0.95,
+                         min_cover: float = 0.8, neighbours: int = 10, progress: bool = False) -> list[NearDuplicate]:
+    """Near-duplicate pairs among fingerprints (`fingerprint`), each pair once (a < b), best first.
+
+    Every clip is compared with its `neighbours` nearest clips by mean-spectrum shape; a pair counts when its
+    image and motion correlations reach `image` and `motion` over an overlap of at least `min_cover` of the
+    shorter clip."""
+    from tqdm.auto import tqdm
+
+    n = len(prints)
+    if n < 2:
+        return []
+    unit = _summary(prints)
+    pairs: set[tuple[int, int]] = set()
+    k = min(neighbours, n - 1)
+    for start in range(0, n, 1024):
+        sims = unit[start: start + 1024] @ unit.T
+        for row, i in enumerate(range(start, min(start + 1024, n))):
+            sims[row, i] = -np.inf
+            for j in np.argpartition(-sims[row], k - 1)[:k]:
+                pairs.add((min(i, int(j)), max(i, int(j))))
+    found = []
+    for i, j in tqdm(sorted(pairs), desc="compare", unit="pair", disable=not progress):
+        img, mot, d, cover = compare(prints[i], prints[j])
+        if img >= image and mot >= motion and cover >= min_cover:
+            found.append(NearDuplicate(i, j, img, mot, d / FRAME_RATE, cover))
+    return sorted(found, key=lambda p: (-min(p.image, p.motion), p.a, p.b))
