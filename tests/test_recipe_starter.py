@@ -328,8 +328,8 @@ def test_version_1_skips_the_rules_and_packages_of_version_2():
     assert "etw-data" in v2 - v1 and "0ad-data" in v1 and v1 < v2
     with pytest.raises(packages.PackageError, match="etw-data"):
         packages.select_packages(["etw-data"], large=False, version=1)
-    with pytest.raises(RecipeError, match="--recipe-version=6"):
-        StarterOptions(version=6)
+    with pytest.raises(RecipeError, match="--recipe-version=7"):
+        StarterOptions(version=7)
 
 
 def test_version_3_adds_scratch_recordings_only_by_name():
@@ -381,3 +381,30 @@ def test_version_5_keeps_the_same_scores_wherever_music21_is_installed():
     keep = lambda paths, independent: [p.split("corpus/")[1] for p in order_scores(paths, 0, independent)][:10]
     assert keep(venv, True) == keep(system, True)          # version 5
     assert keep(venv, False) != keep(system, False)        # versions 1-4 hashed the absolute path
+
+
+def test_version_6_drops_held_out_twins_of_training_clips(tmp_path, trees):
+    """A held-out clip that nearly duplicates a training clip (another gain, a little noise) is dropped before
+    mixtures are built; the training twin and unrelated held-out clips stay."""
+    from tta.audio import save_audio
+    from tta.data.manifest import ManifestRow
+    from tta.data.recipes.starter import BuildResult, _drop_held_out_twins
+
+    rng = np.random.default_rng(0)
+    moving = chirp(200, 3000, 3.0, SAMPLE_RATE, 0.3) * (rng.random(3 * SAMPLE_RATE) < 0.999)
+    moving[::4000] += 0.4                                       # clicks at fixed times: a sound that moves
+    clips = {"a": ("train", moving), "a-copy": ("valid", 0.5 * moving + noise(3.0, SAMPLE_RATE, 1e-4, seed=4)),
+             "b": ("valid", clicks(3.0, SAMPLE_RATE, 0.3) * 0.3), "c": ("train", noise(3.0, SAMPLE_RATE, seed=5))}
+    kept = []
+    for name, (split, wav) in clips.items():
+        path = save_audio(tmp_path / f"{name}.wav", np.clip(wav, -1, 1).astype(np.float32), SAMPLE_RATE)
+        kept.append((ManifestRow(id=name, path=str(path), captions=(name,), seconds=3.0, sample_rate=SAMPLE_RATE,
+                                 split=split), "event"))
+    result = BuildResult(rows=[])
+    assert [row.id for row, _ in _drop_held_out_twins(kept, result, progress=False)] == ["a", "b", "c"]
+    assert result.counts["dropped_held_out_twin"] == 1
+    # on the fabricated packages nothing is twinned: version 6 keeps what version 5 keeps
+    v5 = build_starter(tmp_path / "v5", _options(trees, version=5), progress=False)
+    v6 = build_starter(tmp_path / "v6", _options(trees), progress=False)
+    assert [r.id for r in v5.rows] == [r.id for r in v6.rows] and v6.counts["dropped_held_out_twin"] == 0
+

@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 # its MP3s short). Version 4 changes no rule here: it adds speech from Festival's festvox voices and Piper
 # (tta.data.recipes.speech). Version 5 changes no rule either: it orders music21's scores by their path inside
 # the corpus, where versions 1-4 hashed the absolute path, so which scores a set keeps no longer depends on where
-# music21 is installed. `--recipe-version N` rebuilds version N.
-RECIPE_VERSION = 5
+# music21 is installed. Version 6 changes no rule: before mixtures are built it drops every held-out clip whose
+# audio nearly duplicates a training clip (tta.data.duplicates; e.g. General MIDI drum kits that share one sample,
+# two variants of a render that come out identical), so the valid split holds no copy of what is trained on.
+# `--recipe-version N` rebuilds version N.
+RECIPE_VERSION = 6
 
 
 @dataclass(frozen=True)

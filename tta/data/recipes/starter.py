@@ -5,8 +5,9 @@
 Steps: list candidates of every requested source (downloading and unpacking Debian packages into the
 cache), order them by a seeded hash, render/decode them (optionally in worker processes; results come
 back in candidate order), trim, cut to <= 10.24 s, drop silence and exact duplicates (sha1 of the 16-bit
-samples written), write 16 kHz mono wavs to OUT/audio/KIND/ID.wav, then build mixtures from the kept
-clips the same way. Writes OUT/manifest.jsonl, OUT/ATTRIBUTION.md, OUT/recipe.json and the packages'
+samples written), write 16 kHz mono wavs to OUT/audio/KIND/ID.wav, drop held-out clips that nearly
+duplicate a training clip (version 6, `tta.data.duplicates`), then build mixtures from the kept clips the
+same way. Writes OUT/manifest.jsonl, OUT/ATTRIBUTION.md, OUT/recipe.json and the packages'
 copyright files under OUT/licences/. The same options give the same manifest bytes.
 """
 
@@ -336,6 +337,8 @@ def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *
         candidates = list_candidates(kind, options, cache, out, result, progress=progress)
         result.counts[f"candidates:{kind}"] = len(candidates)
         kept += keep_clips(candidates, out, options, seen, result, desc=f"{kind} clips", progress=progress)
+    if options.version >= 6:
+        kept = _drop_held_out_twins(kept, result, progress)
     if "mix" in options.sources:
         rows = [row for row, _ in kept]
         roles = {row.id: role for row, role in kept}
@@ -351,6 +354,25 @@ def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *
     write_attribution(out / "ATTRIBUTION.md", result)
     write_recipe_json(out / "recipe.json", result, options)
     return result
+
+
+def _drop_held_out_twins(kept: list[tuple[ManifestRow, str]], result: BuildResult,
+                         progress: bool) -> list[tuple[ManifestRow, str]]:
+    """Drop the held-out clips whose audio nearly duplicates a training clip (before mixtures are built, so no
+    held-out mixture is made from one); their wavs go with the stale audio."""
+    from tta.audio import load_audio
+    from tta.data.duplicates import find_near_duplicates, fingerprint
+
+    prints = [fingerprint(*load_audio(row.path)) for row, _ in kept]
+    leaked: set[int] = set()
+    for pair in find_near_duplicates(prints, progress=progress):
+        a, b = kept[pair.a][0], kept[pair.b][0]
+        if a.split != b.split:
+            leaked.add(pair.a if a.split != "train" else pair.b)
+    result.counts["dropped_held_out_twin"] = len(leaked)
+    if leaked:
+        log.info("dropped %d held-out clips that nearly duplicate a training clip", len(leaked))
+    return [item for i, item in enumerate(kept) if i not in leaked]
 
 
 def _keep_renderer_licences(out: Path, rows: list[ManifestRow], result: BuildResult) -> None:
