@@ -580,6 +580,14 @@ def test_vae_identity_survives_float16_and_names_other_weights():
     with torch.no_grad():
         half.net.encoder.conv_in.weight[0, 0, 0, 0] += 0.1
     assert half.identity != ident
+    # the same weights framing audio the other way encode other latents: another identity
+    import dataclasses
+
+    from tta.audio import MelConfig
+
+    other = MelVAE(dataclasses.replace(vae.config, mel=MelConfig(framing="tacotron")))
+    other.load_state_dict(vae.state_dict())
+    assert other.identity == ident + "+tacotron"
 
 
 def test_a_datastore_built_with_a_vae_holds_each_clips_pooled_latents(latent_store, corpus, capsys):

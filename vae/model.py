@@ -156,10 +156,13 @@ class MelVAE(nn.Module):
     def identity(self) -> str:
         """"tta-vae:" + a short hash of the weights rounded to float16 (names, shapes, values): a model and its
         float16 export share it, a retrained or other VAE does not. Names the latent space a datastore's
-        stored latents live in."""
+        stored latents live in; a mel framing other than the default is named too (the same weights encode
+        audio framed half a hop apart into other latents)."""
         from tta.checkpoint import weights_hash
 
-        return f"tta-vae:{weights_hash(self.state_dict(), float16=True)}"
+        framing = self.config.mel.framing
+        suffix = "" if framing == "hifigan" else f"+{framing}"
+        return f"tta-vae:{weights_hash(self.state_dict(), float16=True)}{suffix}"
 
     @torch.no_grad()
     def latent_summary(self, mel: torch.Tensor, tokens: int) -> torch.Tensor:
