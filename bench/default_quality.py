@@ -11,8 +11,9 @@ In one run, on N held-out rows (seeded choice; one seeded caption per row):
                training row); goal: FAD(gen) < FAD(copy).
   cost         in a child process (so the numbers are the pipeline's alone): load + generate one clip of
                --seconds at --threads torch threads with the pipeline's default sampler settings, twice;
-               RTF = best generation wall / audio seconds (goal <= 0.5), peak RSS of that process
-               (goal <= 1.5 GB = 1.5e9 bytes = 1430.5 MiB; cost.peak_rss_mib is in MiB, 2**20 bytes), and
+               RTF = best generation wall / audio seconds (goal <= 0.5), peak RSS of that process (its own
+               high-water mark, VmHWM; goal <= 1.5 GB = 1.5e9 bytes = 1430.5 MiB; cost.peak_rss_mib is in
+               MiB, 2**20 bytes), and
                the size of the model folder on disk (goal <= 40 MB = 40e6 bytes).
                Also recorded: in_process_generate_s, the wall of generating every held-out item in this
                process, and in_process_s_per_held_out_audio_s = that wall / the summed length of the
@@ -54,7 +55,6 @@ import logging
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -233,15 +233,16 @@ def cost_child(spec: dict) -> dict:
         walls.append(time.perf_counter() - t)
         if not np.isfinite(out.wavs[0]).all():
             raise ValueError("the cost run generated non-finite audio")
+    from bench.record import peak_rss_mib
+
     return {"load_s": load_s, "generate_s": walls, "audio_seconds": len(out.wavs[0]) / pipe.sample_rate,
-            "self_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "self_peak_rss_mib": peak_rss_mib(),   # VmHWM: ru_maxrss would carry the parent's peak over exec
             "torch_threads": torch.get_num_threads()}
 
 
 def measure_cost(spec: dict) -> dict:
     """Run `cost_child` in a fresh interpreter with the thread count fixed before torch is imported."""
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cost-child", json.dumps(spec)],
                           check=False, capture_output=True, text=True, env=env)
@@ -249,12 +250,10 @@ def measure_cost(spec: dict) -> dict:
     if proc.returncode:
         raise RuntimeError(f"cost child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     child = json.loads(proc.stdout.strip().splitlines()[-1])
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     best = min(child["generate_s"])
-    return {**child, "process_wall_s": wall,
-            # RUSAGE_CHILDREN is a max over all children reaped so far; it names this child only if it grew
-            "children_peak_rss_mib": after / 1024 if after > before else None,
-            "peak_rss_mib": child["self_peak_rss_mib"],
+    # (records before 2026-12-07 also carry children_peak_rss_mib from RUSAGE_CHILDREN, and their peaks came from
+    # ru_maxrss: both include this process's own peak, which getrusage carries into a child over fork and exec)
+    return {**child, "process_wall_s": wall, "peak_rss_mib": child["self_peak_rss_mib"],
             "rtf": best / child["audio_seconds"], "rtf_first": child["generate_s"][0] / child["audio_seconds"]}
 
 

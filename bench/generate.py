@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,7 +65,10 @@ def median_time(fn, repeats: int = 3) -> float:
 
 
 def peak_rss_mib() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's own peak (bench.record.peak_rss_mib: VmHWM, which a parent's peak does not leak into)."""
+    from bench.record import peak_rss_mib as own_peak
+
+    return round(own_peak(), 1)
 
 
 def one_size(size: str, seconds: float, steps: int, sampler: str, guidance: float, rounds: int = 3,

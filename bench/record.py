@@ -8,6 +8,11 @@ old keys (node, platform, processor, cpu_count) are kept so readers of either ki
 
 `append_record(path, record)` appends one JSON line to a results file, creating its folder.
 
+`peak_rss_mib()` is this process's own peak resident set size in MiB. On Linux it reads VmHWM from
+/proc/self/status: getrusage's ru_maxrss survives fork and exec, so a child started from a large process
+reports the parent's peak when that was higher (measured: a child of a 1.2 GB process said 1 171 MiB by
+ru_maxrss and 13 MiB by VmHWM).
+
 Import it as `bench.record` with the repository root on sys.path (putting bench/ itself first on sys.path
 would shadow the top-level `vae` package with bench/vae.py), or load it by path.
 """
@@ -92,6 +97,22 @@ def machine_info() -> dict:
         "tta": tta_version(),
         "git_commit": git_commit(),
     }
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS in MiB: VmHWM of /proc/self/status where it exists, else ru_maxrss (KiB on
+    Linux, bytes on macOS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def append_record(path: str | Path, record: dict) -> None:

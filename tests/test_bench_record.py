@@ -32,3 +32,23 @@ def test_peers_are_warmed_up_then_timed_in_rotating_order():
     times = record.time_alternately({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]    # warm-up, then a first, b first, a first
     assert [len(v) for v in times.values()] == [3, 3] and all(t >= 0 for v in times.values() for t in v)
+
+
+def test_a_child_reports_its_own_peak_rss_not_its_parents():
+    """ru_maxrss survives fork and exec, so a small child of a large process reports the parent's peak;
+    peak_rss_mib() reads the child's own high-water mark."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tests.test_ldm_fixtures import ROOT
+
+    big = np.ones(40_000_000)            # 305 MiB held by this (the parent) process
+    code = ("import resource, sys; sys.path.insert(0, sys.argv[1]); from bench.record import peak_rss_mib; "
+            "print(peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    own, maxrss = map(float, subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True,
+                                            text=True, check=True).stdout.split())
+    assert big.sum() > 0 and own < 150
+    if sys.platform.startswith("linux"):
+        assert maxrss > 300               # the quirk this guards against
