@@ -109,5 +109,33 @@ def test_check_near_duplicates_marks_leaks_and_lists_twins(tmp_path, capsys, cli
     leaks = [line for line in out.splitlines() if line.startswith("leak\t")]
     assert len(leaks) == 2 and all(line.startswith("leak\tquieter\t") for line in leaks)   # twin of 2 train rows
     assert "near-duplicate\tbase\tother_rate: image" in out
-    assert "1 near-duplicate pairs within a split (kept), 1 held-out rows with a twin in another split" in out
+    assert "1 near-duplicate pairs within a split (kept), 1 leaked rows (a held-out row with a twin in" in out
     assert [r.id for r in read_manifest(tmp_path / "c.jsonl")] == ["base", "other_rate", "rain_1", "rain_2", "other"]
+
+
+def test_check_against_another_manifest_finds_copies_of_its_clips(tmp_path, capsys, clips):
+    """--against TRAIN: an evaluation set's rows that copy a training clip are leaks, whatever their split."""
+    import soundfile as sf
+
+    from tta.cli import main
+    from tta.data.manifest import ManifestRow, read_manifest, write_manifest
+
+    def manifest(name, members):
+        rows = []
+        for member in members:
+            wav, sr = clips[member]
+            sf.write(tmp_path / f"{name}-{member}.wav", wav, sr)
+            rows.append(ManifestRow(id=member, path=f"{name}-{member}.wav", captions=(member,),
+                                    seconds=len(wav) / sr, sample_rate=sr, split="test"))
+        return write_manifest(tmp_path / f"{name}.jsonl", rows)
+
+    train = manifest("train", ["base", "rain_1", "rhythm_low"])
+    evaluation = manifest("eval", ["crop", "rain_2", "rhythm_high", "other"])
+    code = main(["-q", "data", "check", str(evaluation), "--near-duplicates", "--against", str(train),
+                 "--drop-bad", str(tmp_path / "clean.jsonl")])
+    out = capsys.readouterr().out
+    assert code == 1 and [line.split("\t")[1] for line in out.splitlines() if line.startswith("leak\t")] == ["crop"]
+    assert "near-duplicate of base (test) in" in out
+    assert [r.id for r in read_manifest(tmp_path / "clean.jsonl")] == ["rain_2", "rhythm_high", "other"]
+    assert main(["-q", "data", "check", str(evaluation), "--against", str(train)]) == 1
+    assert "--against needs --near-duplicates" in capsys.readouterr().err

@@ -5,8 +5,9 @@ duplicate id, ...), `missing` (file not found), `empty` (0 bytes or 0 samples), 
 truncated, unsupported sample rate), `non-finite` (NaN/inf samples), `silent` (peak below `silence_db`
 dBFS), `too-short` (below `min_seconds`), `mismatch` (the decoded length or sample rate differs from what
 the manifest row says), `leak` (with near-duplicate checking: a held-out row whose audio is a near-duplicate
-of a row in another split, `tta.data.duplicates`; the train row is kept, the held-out one is bad).
-Near-duplicates within one split are listed but are not bad rows.
+of a row in another split, `tta.data.duplicates`; the train row is kept, the held-out one is bad; with
+`against`, also any row that nearly duplicates a row of that other manifest, e.g. an evaluation set checked
+against a training manifest). Near-duplicates within one split are listed but are not bad rows.
 """
 
 from __future__ import annotations
@@ -98,9 +99,10 @@ def check_row(row: ManifestRow, path: Path, *, min_seconds: float, silence_db: f
 
 def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, silence_db: float = -60.0,
                    seconds_tolerance: float = 0.1, near_duplicates: bool = False,
-                   progress: bool = True) -> CheckReport:
+                   against: str | os.PathLike | None = None, progress: bool = True) -> CheckReport:
     """Check every line and every row of `manifest`; never stops at the first bad one. `near_duplicates` also
-    compares the decoded clips with each other (`tta.data.duplicates`)."""
+    compares the decoded clips with each other (`tta.data.duplicates`), and with the clips of the manifest
+    `against` when given."""
     manifest = Path(manifest)
     line_errors: list[str] = []
     rows = read_manifest(manifest, errors=line_errors)
@@ -122,23 +124,46 @@ def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, sil
                 from tta.data.duplicates import fingerprint
 
                 prints.append(fingerprint(*audio[0]))
-    if near_duplicates:
-        _near_duplicates(report, prints, progress)
+    if near_duplicates or against is not None:
+        _near_duplicates(report, prints, progress, against)
     log.info("%s: %d rows, %d bad", manifest, report.num_rows, report.num_bad)
     return report
 
 
-def _near_duplicates(report: CheckReport, prints: list, progress: bool) -> None:
+def _how(pair) -> str:
+    return (f"image {pair.image:.3f}, motion {pair.motion:.3f}, offset {pair.offset_seconds:+.1f} s, "
+            f"{100 * pair.cover:.0f} % of the shorter clip")
+
+
+def _near_duplicates(report: CheckReport, prints: list, progress: bool, against=None) -> None:
     """Add the near-duplicates among the good rows: across splits a `leak` problem on the held-out row (which
-    leaves the good rows), within a split an entry of report.duplicates."""
-    from tta.data.duplicates import find_near_duplicates
+    leaves the good rows), within a split an entry of report.duplicates; with `against` (a manifest), a `leak`
+    on every row with a twin there."""
+    from tta.data.duplicates import find_near_duplicates, fingerprint
 
     rows = report.good_rows
     leaked: set[int] = set()
+    if against is not None:
+        against = Path(against)
+        others, other_rows, unreadable, bad_lines = [], [], 0, []
+        for row in tqdm(read_manifest(against, errors=bad_lines), desc=f"read {against.name}", unit="file",
+                        disable=not progress):
+            try:
+                others.append(fingerprint(*load_audio(resolve_path(row, against))))
+                other_rows.append(row)
+            except AudioError:
+                unreadable += 1
+        if unreadable or bad_lines:
+            log.warning("%s: %d rows could not be read or decoded and were not compared", against,
+                        unreadable + len(bad_lines))
+        for pair in find_near_duplicates(prints, others, progress=progress):
+            twin = other_rows[pair.b]
+            leaked.add(pair.a)
+            report.problems.append(Problem(rows[pair.a].id, "leak", f"{rows[pair.a].path}: near-duplicate of "
+                                           f"{twin.id} ({twin.split}) in {against}: {_how(pair)}"))
     for pair in find_near_duplicates(prints, progress=progress):
         a, b = rows[pair.a], rows[pair.b]
-        how = (f"image {pair.image:.3f}, motion {pair.motion:.3f}, offset {pair.offset_seconds:+.1f} s, "
-               f"{100 * pair.cover:.0f} % of the shorter clip")
+        how = _how(pair)
         if a.split == b.split:
             report.duplicates.append((a.id, b.id, how))
             continue

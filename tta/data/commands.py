@@ -110,6 +110,9 @@ def _add_check(sub) -> None:
                    help="clips whose peak is below this many dBFS are silent (default -60)")
     p.add_argument("--near-duplicates", action="store_true",
                    help="also find near-duplicate clips (leaks across splits are bad rows; ~5 ms per clip)")
+    p.add_argument("--against", type=Path, metavar="OTHER",
+                   help="with --near-duplicates: a row that nearly duplicates a row of this manifest is a leak "
+                        "too (e.g. an evaluation set checked against the training manifest)")
     p.set_defaults(data_func=cmd_check)
 
 
@@ -120,8 +123,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-seconds {args.min_seconds}: expected a finite number of seconds >= 0")
     if not (math.isfinite(args.silence_db) and args.silence_db <= 0):
         raise ValueError(f"--silence-db {args.silence_db}: expected a finite level in dBFS <= 0")
+    if args.against is not None and not args.near_duplicates:
+        raise ValueError("--against needs --near-duplicates")
+    if args.against is not None and not args.against.is_file():
+        raise ValueError(f"--against {args.against}: manifest not found")
     report = check_manifest(args.manifest, min_seconds=args.min_seconds, silence_db=args.silence_db,
-                            near_duplicates=args.near_duplicates, progress=not args.quiet)
+                            near_duplicates=args.near_duplicates, against=args.against, progress=not args.quiet)
     for problem in report.problems:
         print(f"{problem.reason}\t{problem.where}\t{problem.detail}")
     for a, b, how in report.duplicates:
@@ -134,8 +141,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.manifest}: {report.num_rows} rows, {len(report.good_rows)} good, {report.num_bad} bad")
     if args.near_duplicates:
         leaked = len({p.where for p in report.problems if p.reason == "leak"})
+        where = "a held-out row with a twin in another split" + (f", or any row with one in {args.against}"
+                                                                  if args.against else "")
         print(f"{args.manifest}: {len(report.duplicates)} near-duplicate pairs within a split (kept), {leaked} "
-              "held-out rows with a twin in another split (leaks)")
+              f"leaked rows ({where})")
     if report.num_rows == 0 and report.ok:
         print(f"tta: {args.manifest}: no rows (an empty manifest)", file=sys.stderr)
         return 1

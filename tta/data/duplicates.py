@@ -95,30 +95,49 @@ def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int, float]:
     return image, motion, d, length / min(a.shape[1], b.shape[1])
 
 
-def find_near_duplicates(prints: list[np.ndarray], *, image: float = 0.97, motion: float = 0.95,
-                         min_cover: float = 0.8, neighbours: int = 10, progress: bool = False) -> list[NearDuplicate]:
-    """Near-duplicate pairs among fingerprints (`fingerprint`), each pair once (a < b), best first.
+def _nearest(unit_a: np.ndarray, unit_b: np.ndarray, k: int, same: bool) -> set[tuple[int, int]]:
+    """(i, j) for each row i of unit_a and its k nearest rows j of unit_b (not itself when `same`)."""
+    pairs: set[tuple[int, int]] = set()
+    k = min(k, len(unit_b) - (1 if same else 0))
+    if k <= 0:
+        return pairs
+    for start in range(0, len(unit_a), 1024):
+        sims = unit_a[start: start + 1024] @ unit_b.T
+        for row, i in enumerate(range(start, min(start + 1024, len(unit_a)))):
+            if same:
+                sims[row, i] = -np.inf
+            for j in np.argpartition(-sims[row], k - 1)[:k]:
+                pairs.add((i, int(j)))
+    return pairs
 
-    Every clip is compared with its `neighbours` nearest clips by mean-spectrum shape; a pair counts when its
-    image and motion correlations reach `image` and `motion` over an overlap of at least `min_cover` of the
-    shorter clip."""
+
+def find_near_duplicates(prints: list[np.ndarray], others: list[np.ndarray] | None = None, *, image: float = 0.97,
+                         motion: float = 0.95, min_cover: float = 0.8, neighbours: int = 10,
+                         progress: bool = False) -> list[NearDuplicate]:
+    """Near-duplicate pairs among fingerprints (`fingerprint`), each pair once (a < b), best first; with
+    `others`, the pairs of a clip of `prints` (a) and one of `others` (b) instead.
+
+    Every clip is compared with its `neighbours` nearest clips (of the other set, with `others`, in both
+    directions) by mean-spectrum shape; a pair counts when its image and motion correlations reach `image` and
+    `motion` over an overlap of at least `min_cover` of the shorter clip."""
     from tqdm.auto import tqdm
 
-    n = len(prints)
-    if n < 2:
-        return []
-    unit = _summary(prints)
-    pairs: set[tuple[int, int]] = set()
-    k = min(neighbours, n - 1)
-    for start in range(0, n, 1024):
-        sims = unit[start: start + 1024] @ unit.T
-        for row, i in enumerate(range(start, min(start + 1024, n))):
-            sims[row, i] = -np.inf
-            for j in np.argpartition(-sims[row], k - 1)[:k]:
-                pairs.add((min(i, int(j)), max(i, int(j))))
+    if others is None:
+        if len(prints) < 2:
+            return []
+        unit = _summary(prints)
+        pairs = {(min(i, j), max(i, j)) for i, j in _nearest(unit, unit, neighbours, same=True)}
+        second = prints
+    else:
+        if not prints or not others:
+            return []
+        unit, unit_o = _summary(prints), _summary(others)
+        pairs = _nearest(unit, unit_o, neighbours, same=False)
+        pairs |= {(i, j) for j, i in _nearest(unit_o, unit, neighbours, same=False)}
+        second = others
     found = []
     for i, j in tqdm(sorted(pairs), desc="compare", unit="pair", disable=not progress):
-        img, mot, d, cover = compare(prints[i], prints[j])
+        img, mot, d, cover = compare(prints[i], second[j])
         if img >= image and mot >= motion and cover >= min_cover:
             found.append(NearDuplicate(i, j, img, mot, d / FRAME_RATE, cover))
     return sorted(found, key=lambda p: (-min(p.image, p.motion), p.a, p.b))
