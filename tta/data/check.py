@@ -46,8 +46,8 @@ class CheckReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Bad items per reason (a row with two problems counts under both)."""
-        c = Counter(p.reason for p in self.problems)
+        """Bad items per reason (a row with two problems counts under both, a row with one reason twice once)."""
+        c = Counter(reason for _, reason in {(p.where, p.reason) for p in self.problems})
         return {r: c[r] for r in REASONS if c[r]}
 
     @property
@@ -130,8 +130,10 @@ def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, sil
     return report
 
 
-def _how(pair) -> str:
-    return (f"image {pair.image:.3f}, motion {pair.motion:.3f}, offset {pair.offset_seconds:+.1f} s, "
+def _how(pair, flip: bool = False) -> str:
+    """The pair's scores; the offset is where the second clip's sound starts in the first's (flip: the other way)."""
+    offset = -pair.offset_seconds if flip else pair.offset_seconds
+    return (f"image {pair.image:.3f}, motion {pair.motion:.3f}, offset {offset:+.2f} s, "
             f"{100 * pair.cover:.0f} % of the shorter clip")
 
 
@@ -168,6 +170,8 @@ def _near_duplicates(report: CheckReport, prints: list, progress: bool, against=
             report.duplicates.append((a.id, b.id, how))
             continue
         bad, twin = (pair.a, b) if b.split == "train" else (pair.b, a)
+        if bad == pair.b:       # say where the twin's sound starts in the held-out clip's terms
+            how = _how(pair, flip=True)
         leaked.add(bad)
         report.problems.append(Problem(rows[bad].id, "leak", f"{rows[bad].path}: ({rows[bad].split}) is a "
                                        f"near-duplicate of {twin.id} ({twin.split}): {how}"))

@@ -127,6 +127,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ValueError("--against needs --near-duplicates")
     if args.against is not None and not args.against.is_file():
         raise ValueError(f"--against {args.against}: manifest not found")
+    if args.against is not None and args.against.resolve() == Path(args.manifest).resolve():
+        raise ValueError(f"--against {args.against}: the manifest being checked; name another one")
     report = check_manifest(args.manifest, min_seconds=args.min_seconds, silence_db=args.silence_db,
                             near_duplicates=args.near_duplicates, against=args.against, progress=not args.quiet)
     for problem in report.problems:

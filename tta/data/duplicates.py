@@ -2,9 +2,12 @@
 rate or format, or one clip cut from another.
 
 The exact-hash dedupe of the importers and the recipe only catches bit-identical audio. Here every clip gets a
-fingerprint, its log-mel (the mel contract, 16 kHz / 64 bins) averaged to 10 frames per second. Candidates are
-each clip's nearest neighbours by the shape of its mean spectrum; a candidate pair is a near-duplicate when, at
-the best time offset (found by cross-correlation, so a crop matches the clip it was cut from), the overlapping
+fingerprint: its log-mel (the mel contract, 16 kHz / 64 bins), floored 50 dB below the clip's loudest value
+(so the quiet bins a lossy codec rewrites, and a noise floor, count as silence), trimmed of silent frames at
+both ends (so padding does not make unrelated clips alike), and averaged over 200 ms Hann windows every 100 ms,
+at two phases 50 ms apart (so a copy cut anywhere is at most 25 ms off one of them). Candidates are each clip's
+nearest neighbours by the shape of its mean spectrum; a candidate pair is a near-duplicate when, at the best
+time offset (found by cross-correlation, so a crop matches the clip it was cut from), the overlapping
 fingerprints agree on both counts:
 
 - `image`: the correlation of the two log-mel images (level-free: a gain change adds a constant in log); and
@@ -12,8 +15,9 @@ fingerprints agree on both counts:
   Two recordings of steady rain share a spectrum (high image) but not their fluctuations (low motion); two
   renders of one score on different instruments share their onsets but not their spectra.
 
-The overlap must cover most of the shorter clip (`min_cover`). Pairs across splits are leaks: a held-out clip
-whose twin is trained on.
+The overlap must cover most of the shorter clip (`min_cover`) and at least MIN_OVERLAP frames: clips with less
+than 0.3 s of sound are never near-duplicates here. Pairs across splits are leaks: a held-out clip whose twin
+is trained on.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FRAME_RATE = 10            # fingerprint frames per second (the mel contract's 100, averaged by 10)
+FRAME_RATE = 10            # fingerprint frames per second (windows of the mel contract's 100)
 SAMPLE_RATE = 16_000
+FLOOR_DB = 50.0            # the fingerprint's floor below the clip's loudest value
+WINDOW = 20                # mel frames averaged per fingerprint frame (Hann weights), every 10
+MIN_OVERLAP = 3            # fingerprint frames two clips must share to be compared
 
 
 @dataclass(frozen=True)
@@ -33,12 +40,13 @@ class NearDuplicate:
     b: int                  # index of the second clip
     image: float            # correlation of the overlapping log-mel images
     motion: float           # correlation of their band-wise fluctuations
-    offset_seconds: float   # b's content starts this many seconds into a (negative: a starts inside b)
+    offset_seconds: float   # b's sound starts this many seconds into a's (negative: a starts inside b)
     cover: float            # overlap / length of the shorter clip
 
 
 def fingerprint(wav: np.ndarray, sample_rate: int) -> np.ndarray:
-    """(64, frames) float32 log-mel of mono `wav` at FRAME_RATE frames per second (at least one frame)."""
+    """(2, 64, frames) float32: the floored, trimmed log-mel of mono `wav` averaged to FRAME_RATE frames per
+    second, at phase 0 and 50 ms later (at least one frame)."""
     import torch
 
     from tta.audio import MelConfig, log_mel, resample
@@ -48,17 +56,28 @@ def fingerprint(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     if wav.shape[0] <= config.pad:
         wav = np.pad(wav, (0, config.pad + 1 - wav.shape[0]))
     mel = log_mel(torch.from_numpy(np.ascontiguousarray(wav)), config, precision="float32")[0].numpy()
+    floor = max(float(mel.max()) - FLOOR_DB / 20 * math.log(10),  # natural-log magnitude, 20 dB per decade
+                math.log(config.log_floor))                         # and never below digital silence
+    mel = np.maximum(mel, floor)
+    sounding = np.flatnonzero(mel.max(axis=0) > floor + 1e-6)
+    if sounding.size:
+        mel = mel[:, sounding[0]: sounding[-1] + 1]
     per = round(config.frames_per_second / FRAME_RATE)
-    frames = mel.shape[1] // per
-    if frames == 0:
-        return mel.mean(axis=1, keepdims=True).astype(np.float32)
-    return mel[:, : frames * per].reshape(mel.shape[0], frames, per).mean(axis=2).astype(np.float32)
+    edge = WINDOW // 4
+    x = torch.nn.functional.pad(torch.from_numpy(np.ascontiguousarray(mel))[None],
+                                (edge, edge + max(0, WINDOW - mel.shape[1])), value=floor)
+    weights = torch.hann_window(WINDOW + 2, periodic=False, dtype=x.dtype)[1:-1]
+    weights = (weights / weights.sum()).expand(x.shape[1], 1, WINDOW).contiguous()
+    pooled = torch.nn.functional.conv1d(x, weights, groups=x.shape[1])[0]   # (64, T + 2 edge - W + 1)
+    phases = [pooled[:, 0::per], pooled[:, per // 2::per]]
+    frames = min(p.shape[1] for p in phases)
+    return torch.stack([p[:, :frames] for p in phases]).numpy().copy()
 
 
 def _summary(prints: list[np.ndarray]) -> np.ndarray:
     """Unit vectors of each clip's power-mean log spectrum (loud frames dominate, so a noise floor or a
     silent stretch barely moves it) with its level removed: (N, 64)."""
-    spectra = np.stack([np.log(np.exp(p.astype(np.float64)).mean(axis=1)) for p in prints])
+    spectra = np.stack([np.log(np.exp(p[0].astype(np.float64)).mean(axis=1)) for p in prints])
     spectra -= spectra.mean(axis=1, keepdims=True)
     return spectra / np.maximum(np.linalg.norm(spectra, axis=1, keepdims=True), 1e-9)
 
@@ -66,7 +85,7 @@ def _summary(prints: list[np.ndarray]) -> np.ndarray:
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     x, y = x - x.mean(), y - y.mean()
     den = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
-    return float((x * y).sum() / den) if den > 1e-12 else (1.0 if np.allclose(x, y) else 0.0)
+    return float((x * y).sum() / den) if den > 1e-12 else 0.0     # a constant image matches nothing
 
 
 def _best_offset(a: np.ndarray, b: np.ndarray) -> int:
@@ -81,18 +100,29 @@ def _best_offset(a: np.ndarray, b: np.ndarray) -> int:
     return int(lags[int(np.argmax(values))])
 
 
-def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int, float]:
-    """(image, motion, offset in frames, cover) of two fingerprints at their best offset."""
+def _compare_phase(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int, float]:
+    """(image, motion, offset in frames, cover) of two (64, frames) fingerprint phases at their best offset."""
     d = _best_offset(a, b)
     start_a, start_b = max(d, 0), max(-d, 0)
     length = min(a.shape[1] - start_a, b.shape[1] - start_b)
-    if length <= 0:
+    if length < MIN_OVERLAP:
         return 0.0, 0.0, d, 0.0
     x, y = a[:, start_a: start_a + length], b[:, start_b: start_b + length]
     image = _correlation(x, y)
-    motion = _correlation(x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)) if length > 1 \
-        else image
+    motion = _correlation(x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True))
     return image, motion, d, length / min(a.shape[1], b.shape[1])
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
+    """(image, motion, offset in seconds, cover) of two fingerprints: `a` at phase 0 against both phases of `b`,
+    the better match kept."""
+    best = None
+    for phase, shift in ((0, 0.0), (1, -0.5 / FRAME_RATE)):
+        image, motion, d, cover = _compare_phase(a[0], b[phase])
+        found = (min(image, motion), image, motion, d / FRAME_RATE + shift, cover)
+        if best is None or found[0] > best[0]:
+            best = found
+    return best[1], best[2], best[3], best[4]
 
 
 def _nearest(unit_a: np.ndarray, unit_b: np.ndarray, k: int, same: bool) -> set[tuple[int, int]]:
@@ -139,5 +169,5 @@ def find_near_duplicates(prints: list[np.ndarray], others: list[np.ndarray] | No
     for i, j in tqdm(sorted(pairs), desc="compare", unit="pair", disable=not progress):
         img, mot, d, cover = compare(prints[i], second[j])
         if img >= image and mot >= motion and cover >= min_cover:
-            found.append(NearDuplicate(i, j, img, mot, d / FRAME_RATE, cover))
+            found.append(NearDuplicate(i, j, img, mot, d, cover))
     return sorted(found, key=lambda p: (-min(p.image, p.motion), p.a, p.b))
