@@ -109,7 +109,7 @@ def _add_check(sub) -> None:
     p.add_argument("--silence-db", type=float, default=-60.0,
                    help="clips whose peak is below this many dBFS are silent (default -60)")
     p.add_argument("--near-duplicates", action="store_true",
-                   help="also find near-duplicate clips (leaks across splits are bad rows; ~5 ms per clip)")
+                   help="also find near-duplicate clips (leaks across splits are bad rows; ~6 ms per clip)")
     p.add_argument("--against", type=Path, metavar="OTHER",
                    help="with --near-duplicates: a row that nearly duplicates a row of this manifest is a leak "
                         "too (e.g. an evaluation set checked against the training manifest)")
