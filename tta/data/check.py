@@ -141,7 +141,7 @@ def _near_duplicates(report: CheckReport, prints: list, progress: bool, against=
     """Add the near-duplicates among the good rows: across splits a `leak` problem on the held-out row (which
     leaves the good rows), within a split an entry of report.duplicates; with `against` (a manifest), a `leak`
     on every row with a twin there."""
-    from tta.data.duplicates import find_near_duplicates, fingerprint
+    from tta.data.duplicates import find_near_duplicates, fingerprint, held_out_member
 
     rows = report.good_rows
     leaked: set[int] = set()
@@ -163,15 +163,14 @@ def _near_duplicates(report: CheckReport, prints: list, progress: bool, against=
             leaked.add(pair.a)
             report.problems.append(Problem(rows[pair.a].id, "leak", f"{rows[pair.a].path}: near-duplicate of "
                                            f"{twin.id} ({twin.split}) in {against}: {_how(pair)}"))
+    splits = [r.split for r in rows]
     for pair in find_near_duplicates(prints, progress=progress):
-        a, b = rows[pair.a], rows[pair.b]
-        how = _how(pair)
-        if a.split == b.split:
-            report.duplicates.append((a.id, b.id, how))
+        bad = held_out_member(pair, splits)
+        if bad is None:
+            report.duplicates.append((rows[pair.a].id, rows[pair.b].id, _how(pair)))
             continue
-        bad, twin = (pair.a, b) if b.split == "train" else (pair.b, a)
-        if bad == pair.b:       # say where the twin's sound starts in the held-out clip's terms
-            how = _how(pair, flip=True)
+        twin = rows[pair.b] if bad == pair.a else rows[pair.a]
+        how = _how(pair, flip=bad == pair.b)   # where the twin's sound starts in the held-out clip's terms
         leaked.add(bad)
         report.problems.append(Problem(rows[bad].id, "leak", f"{rows[bad].path}: ({rows[bad].split}) is a "
                                        f"near-duplicate of {twin.id} ({twin.split}): {how}"))

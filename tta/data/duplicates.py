@@ -74,6 +74,14 @@ def fingerprint(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     return torch.stack([p[:, :frames] for p in phases]).numpy().copy()
 
 
+def held_out_member(pair: NearDuplicate, splits) -> int | None:
+    """The clip of a pair across splits to leave out (a leak): the one not in "train", the second when neither
+    is; None for a pair within one split. `splits[i]` is clip i's split."""
+    if splits[pair.a] == splits[pair.b]:
+        return None
+    return pair.a if splits[pair.b] == "train" else pair.b
+
+
 def _summary(prints: list[np.ndarray]) -> np.ndarray:
     """Unit vectors of each clip's power-mean log spectrum (loud frames dominate, so a noise floor or a
     silent stretch barely moves it) with its level removed: (N, 64)."""

@@ -361,14 +361,11 @@ def _drop_held_out_twins(kept: list[tuple[ManifestRow, str]], result: BuildResul
     """Drop the held-out clips whose audio nearly duplicates a training clip (before mixtures are built, so no
     held-out mixture is made from one); their wavs go with the stale audio."""
     from tta.audio import load_audio
-    from tta.data.duplicates import find_near_duplicates, fingerprint
+    from tta.data.duplicates import find_near_duplicates, fingerprint, held_out_member
 
     prints = [fingerprint(*load_audio(row.path)) for row, _ in kept]
-    leaked: set[int] = set()
-    for pair in find_near_duplicates(prints, progress=progress):
-        a, b = kept[pair.a][0], kept[pair.b][0]
-        if a.split != b.split:
-            leaked.add(pair.a if a.split != "train" else pair.b)
+    splits = [row.split for row, _ in kept]
+    leaked = {held_out_member(pair, splits) for pair in find_near_duplicates(prints, progress=progress)} - {None}
     result.counts["dropped_held_out_twin"] = len(leaked)
     if leaked:
         log.info("dropped %d held-out clips that nearly duplicate a training clip", len(leaked))
