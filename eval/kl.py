@@ -1,7 +1,7 @@
 """KL divergence between classifier outputs of paired files, and the Inception Score.
 
 Both follow audioldm_eval (Liu et al. 2023), which the AudioLDM / Tango / Make-An-Audio papers report:
-- KL pairs a generated and a reference file by file name (at least 99 % of the files of each set must
+- KL pairs a generated and a reference file by file name (more than 99 % of the files of each set must
   have a partner, as audioldm_eval requires; otherwise it refuses), turns the classifier's logits into
   probabilities (softmax over classes, or per-class sigmoid as PANNs' multi-label output), and computes
   sum_c p_ref,c (log p_ref,c - log(p_gen,c + eps)) per pair; the reported KL is the mean over pairs.
@@ -61,15 +61,15 @@ def kl_per_pair(generated_logits, reference_logits, *, mode: str = "softmax") ->
 
 
 def pair_by_name(generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> list[str]:
-    """Names present in both sets (sorted). Raises when fewer than 99 % of either set have a partner."""
+    """Names present in both sets (sorted). Raises unless more than 99 % of each set have a partner."""
     common = sorted(set(generated) & set(reference))
     gen_frac = len(common) / max(len(generated), 1)
     ref_frac = len(common) / max(len(reference), 1)
-    if not common or gen_frac < MIN_PAIRED_FRACTION or ref_frac < MIN_PAIRED_FRACTION:
+    if not common or gen_frac <= MIN_PAIRED_FRACTION or ref_frac <= MIN_PAIRED_FRACTION:
         lonely_g = sorted(set(generated) - set(reference))[:2]
         lonely_r = sorted(set(reference) - set(generated))[:2]
         example = "; e.g. " + ", ".join([*(f"generated {n}" for n in lonely_g), *(f"reference {n}" for n in lonely_r)])
-        raise ValueError(f"KL needs paired files named alike in both folders (>= 99 % of each paired): "
+        raise ValueError(f"KL needs paired files named alike in both folders (> 99 % of each paired): "
                          f"{len(generated) - len(common)} of {len(generated)} generated and "
                          f"{len(reference) - len(common)} of {len(reference)} reference files have no partner"
                          f"{example}")

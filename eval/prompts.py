@@ -3,13 +3,15 @@
 The file is read by tta.data.prompts (the reader `tta generate` and `tta clap` share). CSV/JSONL rows name
 their file by a file column (file/path/audio/name) or by `id` — matched against the audio file name
 without its suffix, or its path relative to the folder without suffix — and may carry a `category`. A
-`.txt` file is one prompt per line, matched to the sorted generated files by position only if the counts
-agree.
+`.txt` file is one prompt per line, matched to the generated files by position only if the counts agree;
+the files are in the order of their leading number when all have one (`tta generate`'s `NNN_<slug>`
+names), else sorted by name.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,15 @@ def _key(value: str) -> str:
     return p.with_suffix("").as_posix() if p.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3"} else p.as_posix()
 
 
+def _by_index(names: list[str]) -> list[str]:
+    """Generated files in prompt order: by their leading number when all have one (`tta generate` names them
+    `NNN_<slug>`, and a plain sort puts 1000_x before 100_x), else in sorted order."""
+    index = [re.match(r"(\d+)_", Path(n).name) for n in names]
+    if all(index):
+        return [n for _, n in sorted(zip((int(m.group(1)) for m in index), names))]
+    return sorted(names)
+
+
 def read_prompts(path: str | os.PathLike, names: list[str] | None = None) -> dict[str, PromptRow]:
     """Prompt rows keyed by file key. `names` (sorted generated keys) is needed for .txt files."""
     path = Path(path)
@@ -39,7 +50,7 @@ def read_prompts(path: str | os.PathLike, names: list[str] | None = None) -> dic
             raise PromptFileError(f"{path}: a .txt prompt file pairs by position and needs exactly one line per "
                                   f"generated file ({len(rows)} lines, {0 if names is None else len(names)} files); "
                                   "use CSV/JSONL with a file column otherwise")
-        keyed = [PromptRow(n, r.prompt) for n, r in zip(names, rows)]
+        keyed = [PromptRow(n, r.prompt) for n, r in zip(_by_index(names), rows)]
     else:
         keyed = []
         for r in rows:

@@ -4,7 +4,7 @@ write `eval.json` (every number with its protocol) and `items.csv` (one row per 
 Metrics: `fad` (Fréchet distance of the chosen embedder's embeddings, all of them pooled: frames for
 mfcc/vggish/aisfx as fadtk and the FAD paper do, one per clip for panns/clap/laion-clap; the protocol
 says which), `fd` (Fréchet distance of PANNs Cnn14 clip embeddings), `kl` (PANNs, paired by file name;
-needs >= 99 % of both sets paired, as audioldm_eval), `is` (PANNs logits), `clap` (CLAP score; needs
+needs > 99 % of both sets paired, as audioldm_eval), `is` (PANNs logits), `clap` (CLAP score; needs
 --prompts and --clap-model). Unreadable files are skipped, reported by name and counted; two files whose
 names differ only in the suffix (x.wav, x.flac) are refused; nothing is dropped silently.
 """
@@ -142,6 +142,7 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
 
     result = EmbeddedSet(folder=folder)
     files = list_audio(folder, what)
+    rates: dict[str, int] = {}
     bar = tqdm(total=len(files), disable=not progress, desc=f"{what} [{embedder.name}]", unit="file")
     for start in range(0, len(files), batch_size):
         todo: list[tuple[str, str, np.ndarray]] = []
@@ -163,14 +164,23 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
             result.digests[key] = digest
             result.seconds[key] = info.seconds
             result.sample_rates[info.sample_rate] += 1
+            rates[key] = info.sample_rate
             if emb is not None and (not want_logits or logit is not None):
                 result.embeddings[key] = emb
                 if want_logits:
                     result.logits[key] = logit
         if todo:
-            wavs = [w for _, _, w in todo]
-            embs = embedder.embed_batch(wavs)
-            logits = embedder.logits(wavs) if want_logits else [None] * len(todo)
+            todo, embs, logits, failed = _embed_todo(embedder, todo, want_logits)
+            for key, reason in failed.items():  # reported like an unreadable file, by name
+                path = result.files.pop(key)
+                result.digests.pop(key)
+                rate = rates.pop(key)
+                result.sample_rates[rate] -= 1
+                if not result.sample_rates[rate]:
+                    del result.sample_rates[rate]
+                result.seconds.pop(key)
+                log.warning("skipping %s: %s", path, reason)
+                result.skipped.append({"file": str(path), "reason": reason})
             for (key, digest, _), emb, logit in zip(todo, embs, logits):
                 result.embeddings[key] = emb
                 if cache:
@@ -185,6 +195,35 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
         raise EvalError(f"{what} {folder}: none of the {len(files)} audio files could be read "
                         f"(first: {result.skipped[0]['reason']})")
     return result
+
+
+def _embed_todo(embedder: Embedder, todo: list, want_logits: bool):
+    """Embed a batch of loaded clips -> (clips embedded, embeddings, logits, {key: reason} of failed clips).
+
+    When the batch fails on a clip the embedder cannot take (too short for its front end, ...), the clips
+    are embedded one by one and the failing ones are returned, so that one bad clip does not stop the run."""
+    from tta.audio import AudioError
+
+    def run(items):
+        wavs = [w for _, _, w in items]
+        return embedder.embed_batch(wavs), embedder.logits(wavs) if want_logits else [None] * len(items)
+
+    try:
+        return (todo, *run(todo), {})
+    except AudioError as e:
+        if len(todo) == 1:
+            return [], [], [], {todo[0][0]: str(e)}
+    kept, embs, logits, failed = [], [], [], {}
+    for item in todo:
+        try:
+            (emb,), (logit,) = run([item])
+        except AudioError as e:
+            failed[item[0]] = str(e)
+            continue
+        kept.append(item)
+        embs.append(emb)
+        logits.append(logit)
+    return kept, embs, logits, failed
 
 
 def _frames(s: EmbeddedSet, keys=None) -> np.ndarray:
@@ -226,6 +265,7 @@ def run_eval(opts: EvalOptions) -> dict:
     cache_root = opts.cache_dir or default_cache_dir()
     result: dict = {"metrics": {}, "protocol": {}, "breakdown": {}}
     items: dict[str, dict] = {}
+    stats_out: dict[str, FrechetStats] = {}  # written with eval.json at the end: a failed run writes nothing
 
     embedder = None
     gen = ref_set = None
@@ -248,7 +288,7 @@ def run_eval(opts: EvalOptions) -> dict:
                                                          num_files=len(ref_set.embeddings))
             except StatsError as e:
                 raise EvalError(f"reference {opts.reference}: {e}") from None
-            ref_stats.save(opts.out / "reference_stats.npz")
+            stats_out["reference_stats.npz"] = ref_stats
             ref_protocol = ref_set.protocol()
         fad = fad_value(gen, ref_stats, embedder.dim)
         if fad["value"] is None:
@@ -262,8 +302,8 @@ def run_eval(opts: EvalOptions) -> dict:
                 fad_inf = fad_infinity(_frames(gen), ref_stats)
             except StatsError as e:
                 raise EvalError(f"--fad-inf: generated {opts.generated}: {e}") from None
-        FrechetStats.from_embeddings(_frames(gen), embedder=embedder.identity, sample_rate=embedder.sample_rate,
-                                     num_files=len(gen.embeddings)).save(opts.out / "generated_stats.npz")
+        stats_out["generated_stats.npz"] = FrechetStats.from_embeddings(
+            _frames(gen), embedder=embedder.identity, sample_rate=embedder.sample_rate, num_files=len(gen.embeddings))
         result["metrics"]["fad"] = fad["value"]
         if fad_inf is not None:
             result["metrics"]["fad_inf"] = fad_inf["fad_inf"]
@@ -311,7 +351,7 @@ def run_eval(opts: EvalOptions) -> dict:
             proto["kl"] = {"paired": True, "pairs": kl["pairs"], "direction": "KL(reference || generated)",
                            "unpaired_generated": kl["unpaired_generated"],
                            "unpaired_reference": kl["unpaired_reference"],
-                           "pairing": "by file name; >= 99 % of each set must be paired (audioldm_eval)"}
+                           "pairing": "by file name; > 99 % of each set must be paired (audioldm_eval)"}
             for key, (s, g) in kl["per_item"].items():
                 items.setdefault(key, {}).update(kl_softmax=s, kl_sigmoid=g)
         if "is" in metrics:
@@ -345,6 +385,12 @@ def run_eval(opts: EvalOptions) -> dict:
 
         result["breakdown"] = category_breakdown(gen, prompts, items, ref_stats)
     result["protocol"]["common"] = _common_protocol(opts, metrics, gen)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    for name in ("reference_stats.npz", "generated_stats.npz"):  # no stats of an earlier run beside this eval.json
+        if name in stats_out:
+            stats_out[name].save(opts.out / name)
+        else:
+            (opts.out / name).unlink(missing_ok=True)
     write_outputs(opts.out, result, items)
     return result
 

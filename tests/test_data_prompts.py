@@ -56,3 +56,28 @@ def test_bad_prompt_files_name_file_and_line(tmp_path, name, content, fragment):
 def test_missing_file(tmp_path):
     with pytest.raises(PromptFileError, match="prompts file not found"):
         read_prompt_file(tmp_path / "nope.txt")
+
+
+def test_txt_prompts_pair_with_generated_files_in_prompt_order_past_1000(tmp_path):
+    """`tta generate --prompts P.txt` names its files by prompt index; `tta eval --prompts P.txt` pairs the
+    lines with them by that index. With 1 005 prompts the names are zero-padded to four digits, and eval
+    pairs by the leading number, so a plain sort (1000_x before 100_x) cannot shift the prompts."""
+    import argparse
+
+    from tta.generate import plan_jobs
+
+    lines = [f"sound number {i}" for i in range(1005)]
+    path = tmp_path / "p.txt"
+    path.write_text("\n".join(lines) + "\n")
+    args = argparse.Namespace(prompts=[], prompts_file=path, output=None, out_dir=tmp_path / "gen")
+    jobs = plan_jobs(args)
+    assert jobs[0].id == "0000_sound_number_0" and jobs[1004].id == "1004_sound_number_1004"
+    names = sorted(j.id for j in jobs)
+    assert names == [j.id for j in jobs]  # names sort in prompt order
+    rows = read_prompts(path, names)
+    assert all(rows[j.id].prompt == j.prompt for j in jobs)
+    # files named by an older run (three-digit indices: 1000_x sorts before 100_x) pair by their number too
+    old_names = [f"{i:03d}_{'_'.join(line.split())}" for i, line in enumerate(lines)]
+    rows = read_prompts(path, sorted(old_names))
+    assert rows["1000_sound_number_1000"].prompt == "sound number 1000"
+    assert rows["100_sound_number_100"].prompt == "sound number 100"

@@ -145,6 +145,49 @@ def test_tta_eval_bad_inputs(folders, tmp_path, capsys, monkeypatch):
     # FAD-inf needs 2 x max(500, 5 x D) generated frames; these folders have a few dozen
     msg = error("--generated", gen, "--reference", ref, "--out", tmp_path / "o9", "--fad-inf")
     assert "FAD-inf needs at least 1000 generated frames" in msg and len(msg.strip().splitlines()) == 1
+    # it failed after both sets were embedded: nothing was written, not even the statistics
+    assert not (tmp_path / "o9").exists()
+
+
+def test_tta_eval_failed_rerun_keeps_the_earlier_result_whole(folders, tmp_path, monkeypatch):
+    """A run that fails after embedding (here on --fad-inf) leaves an earlier run's eval.json and its
+    statistics as they were: the folder never holds the reference statistics of one run beside the
+    eval.json of another."""
+    gen, ref, prompts = folders
+    out = tmp_path / "run"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"eval.json", "items.csv", "reference_stats.npz", "generated_stats.npz"} <= set(before)
+    ref2 = tmp_path / "ref2"
+    for i in range(6):
+        save_audio(ref2 / f"n{i}.wav", noise(2.0, seed=100 + i), 16_000)
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref2, "--out", out, "--fad-inf") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a later run without fad does not leave the first run's statistics beside its own eval.json
+    from eval import embedders
+
+    monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: ToyClap())
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref2, "--out", out, "--metrics", "clap",
+                 "--prompts", prompts, "--clap-model", tmp_path / "toy-clap") == 0
+    assert "fad" not in json.loads((out / "eval.json").read_text())["metrics"]
+    assert not (out / "reference_stats.npz").exists() and not (out / "generated_stats.npz").exists()
+
+
+def test_tta_eval_skips_a_clip_too_short_to_embed_and_names_it(folders, tmp_path):
+    """A valid wav too short for the MFCC front end (320 samples; a mel frame needs 433) is skipped and
+    reported by name, like an unreadable file, instead of stopping the whole run."""
+    gen, ref, _ = folders
+    save_audio(gen / "tiny.wav", tone(440, 0.02), 16_000)
+    out = tmp_path / "run"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out) == 0
+    body = json.loads((out / "eval.json").read_text())
+    proto = body["protocol"]["fad"]["generated"]
+    assert proto["files_used"] == 8 and proto["files_skipped"] == 2
+    tiny = [s for s in proto["skipped"] if s["file"].endswith("tiny.wav")]
+    assert len(tiny) == 1 and "too short for a mel frame" in tiny[0]["reason"]
+    assert proto["original_sample_rates"] == {"16000": 8}
+    with open(out / "items.csv") as f:
+        assert "tiny" not in {r["name"] for r in csv.DictReader(f)}
 
 
 def test_tta_eval_records_the_fad_inf_fit(folders, tmp_path, monkeypatch):

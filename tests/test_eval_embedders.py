@@ -220,3 +220,21 @@ def test_pooling_is_recorded_as_each_embedder_makes_its_embeddings():
     fused = LaionClap()
     fused.fusion = True
     assert "feature fusion" in clap_embedder(fused, name="laion-clap").pooling
+
+
+def test_weights_identity_follows_a_file_replaced_at_the_same_path(tmp_path):
+    """The weights hash names the embedder in caches and stats files; weights overwritten at the same path
+    (a notebook re-running an evaluation after retraining) get the new hash, not the remembered one."""
+    import os
+
+    from eval.embedders import file_sha256
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"first weights")
+    first = file_sha256(str(path))
+    assert file_sha256(str(path)) == first
+    path.write_bytes(b"other weights!")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a later write, whatever the clock
+    second = file_sha256(str(path))
+    assert second != first and second == __import__("hashlib").sha256(b"other weights!").hexdigest()

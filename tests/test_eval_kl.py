@@ -54,6 +54,11 @@ def test_kl_refuses_partial_pairing_like_audioldm_eval():
     big_gen = {**{k: v for k, v in big_ref.items() if k != "r000"}, "extra": rng.standard_normal(5)}
     out = kl_divergence(big_gen, big_ref)
     assert (out["pairs"], out["unpaired_generated"], out["unpaired_reference"]) == (199, 1, 1)
+    # exactly 99 % paired (99 of 100) is not more than 99 %: refused, as audioldm_eval's strict comparison does
+    ref100 = {f"r{i:03d}": rng.standard_normal(5) for i in range(100)}
+    gen100 = {**{k: v for k, v in ref100.items() if k != "r000"}, "extra": rng.standard_normal(5)}
+    with pytest.raises(ValueError, match=r"1 of 100 generated and 1 of 100 reference"):
+        kl_divergence(gen100, ref100)
 
 
 def _audioldm_eval_is(logits, splits=10, seed=2020):

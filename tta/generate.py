@@ -69,8 +69,9 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
     jobs, seen = [], set()
+    width = max(3, len(str(len(pairs) - 1)))  # names sort in prompt order, also past 1000 prompts
     for i, (id_, prompt) in enumerate(pairs):
-        name = id_ if id_ is not None else f"{i:03d}_{slug(prompt)}"
+        name = id_ if id_ is not None else f"{i:0{width}d}_{slug(prompt)}"
         if not re.fullmatch(r"[\w.\-]+", name) or name in (".", ".."):
             raise GenerateError(f"prompt id {name!r} cannot be a file name (letters, digits, _ . - only)")
         if name in seen:
