@@ -189,6 +189,36 @@ def test_bad_inputs(store_dir, corpus, clap, tmp_path):
         build_datastore(corpus, clap, tmp_path / "ivf", DatastoreConfig(index="ivf", nlist=20), progress=False)
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("meta-hash", r"meta.jsonl line 4: missing 'audio_sha256'"),
+    ("meta-captions", r"meta.jsonl line 2: \"captions\" must be a non-empty list"),
+    ("meta-list", r"meta.jsonl line 1: expected a JSON object"),
+    ("info-dim", r"datastore.json: 'dim' is missing, expected an integer"),
+    ("info-clap", r"datastore.json: 'clap_identity' is missing, expected a string"),
+    ("info-count", r"datastore.json: 'count' is '17', expected an integer"),
+])
+def test_a_damaged_store_names_its_file_line_and_field(store_dir, tmp_path, damage, message):
+    broken = shutil.copytree(store_dir, tmp_path / "broken")
+    meta = (broken / "meta.jsonl").read_text().splitlines()
+    info = json.loads((broken / "datastore.json").read_text())
+    if damage == "meta-hash":
+        meta[3] = json.dumps({k: v for k, v in json.loads(meta[3]).items() if k != "audio_sha256"})
+    elif damage == "meta-captions":
+        meta[1] = json.dumps({**json.loads(meta[1]), "captions": []})
+    elif damage == "meta-list":
+        meta[0] = "[1, 2]"
+    else:
+        key = {"info-dim": "dim", "info-clap": "clap_identity", "info-count": "count"}[damage]
+        info = {k: v for k, v in info.items() if k != key}
+        if damage == "info-count":
+            info["count"] = "17"
+    (broken / "meta.jsonl").write_text("\n".join(meta) + "\n")
+    (broken / "datastore.json").write_text(json.dumps(info))
+    with pytest.raises(DatastoreError, match=message) as e:
+        Datastore.load(broken)
+    assert "\n" not in str(e.value)
+
+
 def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
     from tta.cli import main
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,6 +310,34 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monke
     assert (out / "runs" / "k3-audio" / "pipeline" / "retrieval").is_dir()
     enc = json.loads((out / "runs" / "k2-latent" / "pipeline" / "retrieval" / "config.json").read_text())["config"]
     assert enc["features"] == "text+latent" and enc["latent_tokens"] == 8
+
+    # run again into the same OUT: the store and every trained variant are reused ...
+    def stamps():
+        return {p.parent.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/pipeline/pipeline.json")}
+
+    before, store_before = stamps(), (out / "datastore" / "datastore.json").stat().st_mtime_ns
+    one = [*sets[:-1], 'variants=[{"name": "none"}, {"name": "k1", "neighbours": 1}]']
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", out,
+                       *[a for s in [*one, sets[-1]] for a in ("--set", s)])
+    assert code == 0, err
+    assert (out / "datastore" / "datastore.json").stat().st_mtime_ns == store_before
+    assert {k: v for k, v in stamps().items() if k in ("none", "k1")} == {k: before[k] for k in ("none", "k1")}
+    # ... but with another manifest (here the same clips, one training row fewer) both are rebuilt, so no
+    # variant is scored having trained on other data than the report names
+    from tta.data.manifest import read_manifest, write_manifest
+
+    rows = read_manifest(corpus)
+    drop = next(r.id for r in rows if r.split == "train")
+    other = write_manifest(corpus.parent / "one-fewer.jsonl", [r for r in rows if r.id != drop])
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", out,
+                       *[a for s in [*one, f"manifest={json.dumps(str(other))}"] for a in ("--set", s)])
+    assert code == 0, err
+    assert Datastore.load(out / "datastore").count == 15 and drop not in Datastore.load(out / "datastore").row_of
+    after = stamps()
+    assert after["none"] != before["none"] and after["k1"] != before["k1"]
+    assert json.loads((out / "summary.json").read_text())["store_entries"] == 15
 
 
 def test_a_resaved_clap_is_recognised_and_another_refused(store):
@@ -749,13 +778,15 @@ def test_training_exclusions_log_the_overlap_and_a_plain_store_keeps_every_clip(
     data = AudioDataset(corpus, "train", 16_000, 0.32)
     st = Datastore.load(store)
     with caplog.at_level("INFO", logger="tta.ldm.retrieval_context"):
-        ex = training_exclusions(st, data.rows, data.paths, RetrievalConfig(datastore=str(store), neighbours=2))
-    assert any("holds 16 of the 16 training clips by id, 16 by audio file" in r.message for r in caplog.records)
+        ex = training_exclusions(st, data.rows, data.paths, RetrievalConfig(datastore=str(store), neighbours=2),
+                                 16_000)
+    assert any("holds 16 of the 16 training clips by id, 16 by audio file, 0 by decoded audio only" in r.message
+               for r in caplog.records)
     assert not any(r.levelname == "WARNING" for r in caplog.records)
     assert len(ex.paths) == 16 and len(ex.relations) == 16 and not ex.duplicates
     assert set(ex.of([0, 3])) == {"exclude_paths", "exclude_related"}
     off = training_exclusions(st, data.rows, data.paths,
-                              RetrievalConfig(datastore=str(store), neighbours=2, exclude_related=False))
+                              RetrievalConfig(datastore=str(store), neighbours=2, exclude_related=False), 16_000)
     assert off.relations is None and set(off.of([1])) == {"exclude_paths"}
 
 
@@ -781,15 +812,117 @@ def test_the_experiment_refuses_a_store_holding_evaluation_clips(corpus, store, 
 
     rows = read_manifest(corpus)
     valid = [r for r in rows if r.split == "valid"]
-    assert check_store(Datastore.load(store), valid, corpus)["passed"]
+    assert check_store(Datastore.load(store), valid, corpus, clap.sample_rate)["passed"]
     crops = {valid[0].id: "debian:pkg:x.ogg@0.00s", rows[0].id: "debian:pkg:x.ogg@10.24s"}
     manifest = write_manifest(corpus.parent / "crops.jsonl",
                               [type(r)(**{**r.__dict__, "source": crops.get(r.id, r.source)}) for r in rows])
     train_only = build_datastore(manifest, clap, tmp_path / "crops", DatastoreConfig(split="train", batch_size=16),
                                  progress=False)
     with pytest.raises(DatastoreError, match=r"holds 1 of the 8 evaluation clips \(by id 0, by audio file 0, "
-                                             r"related 1; e.g. valid-"):
-        check_store(Datastore.load(train_only), [r for r in read_manifest(manifest) if r.split == "valid"], manifest)
+                                             r"by decoded audio 0, related 1; e.g. valid-"):
+        check_store(Datastore.load(train_only), [r for r in read_manifest(manifest) if r.split == "valid"], manifest,
+                    clap.sample_rate)
+
+
+def _store_of_copies(corpus, tmp_path, clap, split=None):
+    """A datastore built from a copy of the corpus in another folder, every clip under the id copy-<id>."""
+    from tta.data.manifest import read_manifest, resolve_path, write_manifest
+    from tta.retrieval import DatastoreConfig, build_datastore
+
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    moved = []
+    for r in read_manifest(corpus):
+        if split is None or r.split == split:
+            target = copies / f"copy-{r.id}{Path(r.path).suffix}"
+            shutil.copyfile(resolve_path(r, corpus), target)
+            moved.append(type(r)(**{**r.__dict__, "id": f"copy-{r.id}", "path": str(target), "split": "train"}))
+    return build_datastore(write_manifest(tmp_path / "copied.jsonl", moved), clap, tmp_path / "copied",
+                           DatastoreConfig(batch_size=24), progress=False)
+
+
+def test_training_excludes_a_clips_copy_held_under_another_id_and_file(corpus, tmp_path, caplog):
+    """A store built from a copy of the training corpus (other folder, other ids): id and file exclusion
+    cannot see a clip's own copy, its decoded audio does; training warns and no clip gets its copy back."""
+    from tta.clap import load_clap
+    from tta.data.dataset import AudioDataset
+    from tta.ldm.retrieval_context import training_exclusions
+    from tta.retrieval.datastore import Datastore
+
+    torch.set_num_threads(1)
+    clap = load_clap(tiny_components()["clap"])
+    st = Datastore.load(_store_of_copies(corpus, tmp_path, clap, split="train"))
+    data = AudioDataset(corpus, "train", 16_000, 0.32)
+    with caplog.at_level("INFO", logger="tta.ldm.retrieval_context"):
+        ex = training_exclusions(st, data.rows, data.paths, RetrievalConfig(datastore=str(st.folder), neighbours=2),
+                                 clap.sample_rate)
+    assert any("holds 0 of the 16 training clips by id, 0 by audio file, 16 by decoded audio only" in r.message for r in caplog.records)
+    assert any(r.levelname == "WARNING" and "16 as copies of the audio" in r.message for r in caplog.records)
+    rows = list(range(len(data.rows)))
+    hits = st.query(st.embeddings(np.asarray([st.row_of[f"copy-{r.id}"] for r in data.rows]), "audio"), 2,
+                    exclude_ids=[[r.id] for r in data.rows], **ex.of(rows))
+    for r, found in zip(data.rows, hits.ids):
+        assert f"copy-{r.id}" not in found
+    # without the hashes each clip's nearest neighbour by its own audio is its copy
+    plain = st.query(st.embeddings(np.asarray([st.row_of[f"copy-{r.id}"] for r in data.rows]), "audio"), 2,
+                     exclude_ids=[[r.id] for r in data.rows], exclude_paths=ex.of(rows)["exclude_paths"])
+    assert all(found[0] == f"copy-{r.id}" for r, found in zip(data.rows, plain.ids))
+
+
+def test_training_refuses_a_store_leaving_a_clip_fewer_than_k_neighbours_before_it_starts(corpus, tmp_path):
+    """Four training clips are crops of one file: each leaves out itself and the other three, so a store of 16
+    cannot give them 13 neighbours. Refused up front, naming a clip, instead of on the batch that draws it."""
+    from tta.clap import load_clap
+    from tta.data.dataset import AudioDataset
+    from tta.data.manifest import read_manifest, write_manifest
+    from tta.ldm.retrieval_context import training_exclusions
+    from tta.retrieval import Datastore, DatastoreConfig, DatastoreError, build_datastore
+
+    torch.set_num_threads(1)
+    clap = load_clap(tiny_components()["clap"])
+    rows = read_manifest(corpus)
+    crop = {r.id: f"debian:pkg:x.ogg@{10.24 * j:.2f}s" for j, r in enumerate([r for r in rows if r.split == "train"][:4])}
+    manifest = write_manifest(corpus.parent / "crops-of-one-file.jsonl",
+                              [type(r)(**{**r.__dict__, "source": crop.get(r.id, r.source)}) for r in rows])
+    st = Datastore.load(build_datastore(manifest, clap, tmp_path / "store", DatastoreConfig(split="train", batch_size=16),
+                                        progress=False))
+    data = AudioDataset(manifest, "train", 16_000, 0.32)
+    with pytest.raises(DatastoreError, match=r"training clip .* leaves only 12 datastore entries .* neighbours=13"):
+        training_exclusions(st, data.rows, data.paths, RetrievalConfig(datastore=str(st.folder), neighbours=13, max_neighbours=13),
+                            clap.sample_rate)
+    training_exclusions(st, data.rows, data.paths, RetrievalConfig(datastore=str(st.folder), neighbours=12, max_neighbours=12),
+                        clap.sample_rate)
+
+
+def test_the_experiment_store_check_finds_evaluation_clips_copied_under_other_ids_and_files(corpus, store,
+                                                                                           tmp_path):
+    """A store built from a re-imported copy of the corpus (other folder, other ids) holds the evaluation
+    clips under names the id and file checks cannot see; their decoded audio gives them away. Files of an
+    `eval.reference` folder are checked the same way."""
+    from tta.clap import load_clap
+    from tta.commands.retrieval_experiment import check_store
+    from tta.data.manifest import read_manifest, resolve_path
+    from tta.retrieval import Datastore, DatastoreError
+
+    torch.set_num_threads(1)
+    clap = load_clap(tiny_components()["clap"])
+    rows = read_manifest(corpus)
+    copied = _store_of_copies(corpus, tmp_path, clap)
+    valid = [r for r in rows if r.split == "valid"]
+    with pytest.raises(DatastoreError, match=r"holds 8 of the 8 evaluation clips \(by id 0, by audio file 0, "
+                                             r"by decoded audio 8, related 0"):
+        check_store(Datastore.load(copied), valid, corpus, clap.sample_rate)
+    # the training-split store holds no valid clip, but a reference folder of training clips is refused
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    train = [r for r in rows if r.split == "train"][:2]
+    for r in train:
+        shutil.copyfile(resolve_path(r, corpus), reference / f"ref-{r.id}{Path(r.path).suffix}")
+    with pytest.raises(DatastoreError, match=r"holds 2 of the 10 evaluation clips \(by id 0, by audio file 0, "
+                                             r"by decoded audio 2, related 0"):
+        check_store(Datastore.load(store), valid, corpus, clap.sample_rate, reference)
+    record = check_store(Datastore.load(store), valid, corpus, clap.sample_rate)
+    assert record["passed"] and record["by_audio"] == 0
 
 
 def test_evaluation_prompts_are_a_seeded_sample_and_the_reference_their_clips(corpus):

@@ -1,8 +1,10 @@
 """The retrieval experiment (Re-AudioLDM, Yuan et al. 2024, §5 long-tail analysis) as one reproducible run.
 
     OUT/datastore/             built from the training split with the run's CLAP (unless `datastore` is given),
-                               and with its VAE's latents when a variant uses the "latent" feature
-    OUT/runs/<variant>/        `tta train ldm` run folders (pipeline/ reused when present)
+                               and with its VAE's latents when a variant uses the "latent" feature; rebuilt when
+                               the manifest (path or content), the split or the CLAP changed
+    OUT/runs/<variant>/        `tta train ldm` run folders (pipeline/ reused when its experiment-variant.json
+                               shows the same run config, manifest content and datastore; trained again otherwise)
     OUT/prompts.jsonl          evaluation prompts with their bucket (category = head | mid | tail) and frequency
     OUT/reference/             reference clips for FAD (unless `eval.reference` is given): by default the
                                evaluation prompts' own clips
@@ -18,9 +20,10 @@ only up to ties.
 
 Evaluation prompts (without a prompt file) are a seeded random sample (`eval.seed`) of `eval.max_prompts`
 clips of `eval.prompt_split`, not its first rows (manifests are often sorted by kind). The store is checked to
-hold none of the evaluation clips (prompts and reference) by id, by audio file or through a related clip
-(another crop of the same file, a mixture and its parts); a store that does is refused, and the check is
-recorded in summary.json ("store_check").
+hold none of the evaluation clips (prompts and reference, or the files of `eval.reference`) by id, by audio
+file, by decoded audio (a copy under another id and file) or through a related clip (another crop of the same
+file, a mixture and its parts); a store that does is refused, and the check is recorded in summary.json
+("store_check").
 """
 
 from __future__ import annotations
@@ -247,45 +250,80 @@ def _remove_stale_wavs(folder: Path, keep: set[str]) -> None:
             p.unlink()
 
 
-def check_store(store, rows, manifest: Path) -> dict:
+def check_store(store, rows, manifest: Path, sample_rate: int, reference: Path | None = None) -> dict:
     """Refuse (DatastoreError) a store holding any of the evaluation clips `rows` (ManifestRows of `manifest`)
-    by id, by audio file or through a related clip; returns the check's record for summary.json."""
+    by id, by audio file, by decoded audio (a copy under another id and file; hashed at the CLAP's
+    `sample_rate` as the store hashes its entries) or through a related clip, or holding the audio of a
+    `reference` folder's files (`eval.reference`); returns the check's record for summary.json."""
     from tta.data.manifest import read_manifest
-    from tta.retrieval.datastore import DatastoreError, clip_path, relations_of_rows
+    from tta.retrieval.datastore import DatastoreError, clip_hashes, clip_path, relations_of_rows
 
     everything = read_manifest(manifest)
     paths = [clip_path(r.path, manifest) for r in rows]
     relations = relations_of_rows(rows, paths, (everything, [clip_path(r.path, manifest) for r in everything]))
     by_id = [r.id for r in rows if r.id in store.row_of]
     by_path = [r.id for r, p in zip(rows, paths) if p in store.rows_of_path]
+    hashes = clip_hashes(paths, sample_rate, store.max_seconds)
+    by_audio = [r.id for r, h in zip(rows, hashes) if h in store.rows_of_hash]
     related = [r.id for r, rel in zip(rows, relations) if store.related_rows(rel)]
+    if reference is not None:
+        from eval.run import AUDIO_SUFFIXES
+
+        files = sorted(p for p in Path(reference).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        ref_paths = [os.path.realpath(p) for p in files]
+        ref_hashes = clip_hashes(ref_paths, sample_rate, store.max_seconds)
+        by_path += [f"{reference}/{p.name}" for p, rp in zip(files, ref_paths) if rp in store.rows_of_path]
+        by_audio += [f"{reference}/{p.name}" for p, h in zip(files, ref_hashes) if h in store.rows_of_hash]
     record = {"datastore_split": store.info.get("config", {}).get("split"), "datastore_manifest": store.manifest,
-              "eval_clips": len(rows), "by_id": len(by_id), "by_path": len(by_path), "related": len(related),
+              "eval_clips": len(rows), "reference_files": None if reference is None else len(files),
+              "by_id": len(by_id), "by_path": len(by_path), "by_audio": len(by_audio), "related": len(related),
               "sources_recorded": store.has_sources}
-    leaked = sorted({*by_id, *by_path, *related})
+    leaked = sorted({*by_id, *by_path, *by_audio, *related})
     if leaked:
         built = record["datastore_split"] or "every split"
-        raise DatastoreError(f"{store.folder}: holds {len(leaked)} of the {len(rows)} evaluation clips (by id "
-                             f"{len(by_id)}, by audio file {len(by_path)}, related {len(related)}; e.g. "
-                             f"{leaked[0]}; built from {built}), so retrieval would return them: build it from the "
-                             "training split only (tta index build --split train)")
+        total = len(rows) + (record["reference_files"] or 0)
+        origin = store.manifest or "an unknown manifest"
+        raise DatastoreError(f"{store.folder}: holds {len(leaked)} of the {total} evaluation clips (by id "
+                             f"{len(by_id)}, by audio file {len(by_path)}, by decoded audio {len(by_audio)}, related "
+                             f"{len(related)}; e.g. {leaked[0]}; built from {built} of {origin}), so retrieval "
+                             "would return them: build it from the training split only "
+                             "(tta index build --split train)")
     if not store.has_sources:
         log.warning("%s: records no sources, so only ids and audio files of the evaluation clips were checked "
                     "(no crops of the same file or mixtures); rebuild the store to check those", store.folder)
     return {**record, "passed": True}
 
 
+def stale_store(store, manifest: Path, split: str, clap_identity: str) -> str:
+    """Why an experiment's own OUT/datastore does not serve this run ("" when it does): built from another
+    manifest file, another content of it (stores that record its sha256), another split or another CLAP."""
+    import hashlib
+
+    if store.manifest != str(manifest.resolve()):
+        return f"from {store.manifest or 'an unknown manifest'}, not {manifest.resolve()}"
+    recorded = store.info.get("manifest_sha256")
+    if recorded and recorded != hashlib.sha256(manifest.read_bytes()).hexdigest():
+        return f"from an earlier content of {manifest}"
+    if store.info.get("config", {}).get("split") != split:
+        return f"from split {store.info.get('config', {}).get('split')!r}, not {split!r}"
+    if store.identity != clap_identity:
+        return f"with CLAP {store.identity}, not {clap_identity}"
+    return ""
+
+
+VARIANT_RECORD = "experiment-variant.json"
+
+
 def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress: bool) -> Path:
-    """The variant's pipeline folder: given, already trained under OUT/runs, or trained now."""
-    from tta.config import apply_overrides
+    """The variant's pipeline folder: given, already trained under OUT/runs with the same settings and data
+    (its VARIANT_RECORD: the resolved run config and, with retrieval, the datastore it read), or trained now."""
+    from tta.checkpoint import atomic_write_text
+    from tta.config import apply_overrides, to_dict
     from tta.ldm.train import train
 
     if variant.pipeline:
         return Path(variant.pipeline)
     run = out / "runs" / variant.name
-    if (run / "pipeline" / "pipeline.json").is_file():
-        log.info("variant %s: reusing %s", variant.name, run / "pipeline")
-        return run / "pipeline"
     cfg = base
     if variant.neighbours:
         cfg = apply_overrides(base, [f"retrieval.datastore={json.dumps(str(store))}",
@@ -293,12 +331,33 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
                                      f"retrieval.features={json.dumps(variant.features)}",
                                      f"retrieval.modality={json.dumps(variant.modality)}",
                                      f"retrieval.max_neighbours={max(10, variant.neighbours)}"])
-    if run.exists():   # an unfinished earlier attempt: start it again
+    record = {"run_config": to_dict(cfg), "manifest_sha256": _sha256(Path(base.data.manifest))}
+    if variant.neighbours:
+        info = json.loads((Path(store) / "datastore.json").read_text())
+        record["datastore"] = {k: info.get(k) for k in ("clap_identity", "count", "manifest", "manifest_sha256")}
+    if (run / "pipeline" / "pipeline.json").is_file():
+        try:
+            old = json.loads((run / VARIANT_RECORD).read_text())
+        except (OSError, ValueError):
+            old = None
+        if old == json.loads(json.dumps(record)):
+            log.info("variant %s: reusing %s", variant.name, run / "pipeline")
+            return run / "pipeline"
+        log.warning("variant %s: %s was trained with other settings or data (%s); training it again", variant.name,
+                    run / "pipeline", "no record" if old is None else f"see {run / VARIANT_RECORD}")
+    if run.exists():   # an unfinished or outdated earlier attempt: start it again
         import shutil
 
         shutil.rmtree(run)
     train(cfg, run, resume=False, progress=progress)
+    atomic_write_text(run / VARIANT_RECORD, json.dumps(record, indent=2) + "\n")
     return run / "pipeline"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: list[dict], g: GenerationSettings,
@@ -351,17 +410,26 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     train_rows = [r for r in read_manifest(manifest) if r.split == base.data.train_split]
     store_dir = Path(config.datastore) if config.datastore else out / "datastore"
     latent = any(v.neighbours and "latent" in feature_names(v.features) for v in config.variants)
+    clap = load_clap(base.components.clap)
     built = (store_dir / "datastore.json").is_file()
+    if built and not config.datastore:
+        stale = stale_store(Datastore.load(store_dir), manifest, base.data.train_split, clap.identity)
+        if stale:   # OUT/datastore of an earlier run on other data: rebuilt (the variants trained on it follow)
+            import shutil
+
+            log.warning("%s: built %s; rebuilding it", store_dir, stale)
+            shutil.rmtree(store_dir)
+            built = False
     if not config.datastore and (not built or latent and Datastore.load(store_dir).latent_info is None):
         from vae.model import load_vae
 
-        clap = load_clap(base.components.clap)
         vae = load_vae(component_dir(base.components.vae, "vae")).eval() if latent else None
         build_datastore(manifest, clap, store_dir, DatastoreConfig(split=base.data.train_split), progress=progress,
                         vae=vae)
     store = Datastore.load(store_dir)
     prompt_rows, reference_rows = eval_rows(config, manifest)
-    store_check = check_store(store, list({r.id: r for r in [*prompt_rows, *reference_rows]}.values()), manifest)
+    store_check = check_store(store, list({r.id: r for r in [*prompt_rows, *reference_rows]}.values()), manifest,
+                              clap.sample_rate, Path(config.eval.reference) if config.eval.reference else None)
     prompts, prompts_path = eval_prompts(config, prompt_rows, train_rows, out)
     seconds = config.generation.seconds or base.validation.seconds
     reference = write_reference(config, reference_rows, manifest, out, seconds)

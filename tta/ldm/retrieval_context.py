@@ -380,10 +380,13 @@ class TrainingExclusions:
     paths: list[str]
     relations: list | None = None
     duplicates: bool = False
+    hashes: list | None = None   # decoded-audio hashes of the clips the store holds under another id and file
 
     def of(self, rows) -> dict:
         """Datastore.query exclusion arguments for the batch's dataset rows `rows`."""
         out: dict = {"exclude_paths": [self.paths[i] for i in rows]}
+        if self.hashes is not None:
+            out["exclude_hashes"] = [self.hashes[i] for i in rows]
         if self.relations is not None:
             out["exclude_related"] = [self.relations[i] for i in rows]
         if self.duplicates:
@@ -391,30 +394,55 @@ class TrainingExclusions:
         return out
 
 
-def training_exclusions(store, rows, paths, retrieval: RetrievalConfig) -> TrainingExclusions:
+def training_exclusions(store, rows, paths, retrieval: RetrievalConfig, sample_rate: int) -> TrainingExclusions:
     """What training leaves out of each clip's neighbours besides its own id (manifest `rows` and their audio
-    `paths`, the training dataset's): its audio file and (exclude_related) its related clips. Logs how many
-    training clips the store holds by id and by audio file, and warns when it holds some only under other ids
-    (a renamed or re-imported manifest: exclusion by id alone would return the clip itself)."""
-    from tta.retrieval.datastore import relations_of_rows
+    `paths`, the training dataset's): its audio file, its decoded audio (for clips the store holds under
+    neither their id nor their file, a copy of the corpus: hashed at the CLAP's `sample_rate` as the store
+    hashes its entries) and (exclude_related) its related clips. Logs how many training clips the store holds
+    by id, by audio file and by audio only, warns when it holds some only under other ids or files (a renamed
+    or re-imported manifest: exclusion by id alone would return the clip itself), and refuses, naming the
+    clip, a store that leaves some clip fewer than k neighbours."""
+    from tta.retrieval.datastore import DatastoreError, clip_hashes, relations_of_rows
 
     paths = [os.path.realpath(p) for p in paths]   # as the store resolves its own (clip_path)
     by_id = sum(r.id in store.row_of for r in rows)
     by_path = sum(p in store.rows_of_path for p in paths)
     renamed = sum(p in store.rows_of_path and r.id not in store.row_of for r, p in zip(rows, paths))
-    log.info("retrieval: datastore %s holds %d of the %d training clips by id, %d by audio file", store.folder,
-             by_id, len(rows), by_path)
-    if renamed:
+    unseen = [i for i, (r, p) in enumerate(zip(rows, paths)) if r.id not in store.row_of and p not in store.rows_of_path]
+    hashes = None
+    copies = 0
+    if unseen:   # neither id nor file in the store: is the same audio there under other names?
+        log.info("retrieval: hashing the audio of %d training clips the datastore does not hold by id or file",
+                 len(unseen))
+        hashes = [None] * len(rows)
+        for i, h in zip(unseen, clip_hashes([paths[i] for i in unseen], sample_rate, store.max_seconds)):
+            if h in store.rows_of_hash:
+                hashes[i] = h
+                copies += 1
+        if not copies:
+            hashes = None
+    log.info("retrieval: datastore %s holds %d of the %d training clips by id, %d by audio file, %d by decoded "
+             "audio only", store.folder, by_id, len(rows), by_path, copies)
+    if renamed or copies:
         log.warning("retrieval: datastore %s holds %d training clips under other ids than the training manifest's "
-                    "(same audio file; built from %s): they are excluded by file, but check that the store was "
-                    "built from this manifest", store.folder, renamed, store.manifest or "an unknown manifest")
+                    "(%d by the same audio file, %d as copies of the audio; built from %s): they are excluded by "
+                    "file and audio, but check that the store was built from this manifest", store.folder,
+                    renamed + copies, renamed, copies, store.manifest or "an unknown manifest")
     relations, duplicates = None, False
     if retrieval.exclude_related:
         relations = relations_of_rows(rows, paths)
         if not store.has_sources:
             store.warn_without_sources()
             duplicates = True
-    return TrainingExclusions(paths, relations, duplicates)
+    for i, (r, p) in enumerate(zip(rows, paths)):   # k neighbours must remain for every clip, checked now
+        left = store.count - len(store.excluded_rows(
+            exclude_id=r.id, exclude_path=p, exclude_hash=hashes[i] if hashes else None,
+            related=relations[i] if relations else None, duplicates=duplicates or retrieval.exclude_duplicates))
+        if left < retrieval.neighbours:
+            raise DatastoreError(f"{store.folder}: training clip {r.id} ({p}) leaves only {left} datastore entries "
+                                 f"once itself and its related clips are excluded, fewer than "
+                                 f"neighbours={retrieval.neighbours}: use a larger store or fewer neighbours")
+    return TrainingExclusions(paths, relations, duplicates, hashes)
 
 
 def training_context(module, store, retrieval: RetrievalConfig, ids: list[str], query_emb: torch.Tensor,

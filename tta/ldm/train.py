@@ -454,7 +454,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         uses_latent = "latent" in feature_names(r.features)    # neighbours' latents of the run's own VAE
         store = open_store(store, frozen.clap, r.neighbours, exclude_self=True,
                            latent_vae=frozen.vae.identity if uses_latent else "")
-        exclusions = training_exclusions(store, train_rows, train_paths, r)   # logs the store's overlap
+        exclusions = training_exclusions(store, train_rows, train_paths, r, frozen.clap.sample_rate)
         if r.attention == "decoupled":   # the branch projections live in the context encoder
             from tta.ldm.retrieval_context import attach_decoupled, attention_layers
 

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 INFO_NAME = "datastore.json"
 META_NAME = "meta.jsonl"
+META_KEYS = ("id", "captions", "path", "audio_sha256")   # every meta.jsonl line ("source": newer stores only)
 MODALITIES = ("audio", "text")
 PQ_POINTS_PER_CENTROID = 39   # FAISS warns (and k-means is poor) below 39 training points per centroid
 _CROP = re.compile(r"(?P<file>.+)@\d+(?:\.\d+)?s")
@@ -136,6 +137,21 @@ def fill_index(index, emb: np.ndarray, *, chunk: int = 65_536, train_max: int = 
 def audio_hash(wav: np.ndarray) -> str:
     """sha256 of decoded float32 samples: equal for byte-different files holding the same audio."""
     return hashlib.sha256(np.ascontiguousarray(wav, dtype=np.float32).tobytes()).hexdigest()
+
+
+def clip_hashes(paths: Sequence[str | os.PathLike], sample_rate: int, max_seconds: float) -> list[str | None]:
+    """`audio_hash` of each audio file as `build_datastore` hashes its entries (decoded at the CLAP's
+    `sample_rate`, cut at the store's `max_seconds`, 0 = whole clip), so that a copy of an entry under
+    another id and file is recognised; None for a file that cannot be read."""
+    from tta.audio import AudioError, load_audio
+
+    out: list[str | None] = []
+    for path in paths:
+        try:
+            out.append(audio_hash(load_audio(path, sample_rate, max_seconds=max_seconds or None)[0]))
+        except AudioError:
+            out.append(None)
+    return out
 
 
 def source_group(source: str) -> str | None:
@@ -288,7 +304,8 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
             latent.flush()
         del audio_emb, text_emb, latent
         info = {"format_version": FORMAT_VERSION, "clap_identity": clap.identity, "dim": dim, "count": n,
-                "index": config.index, "manifest": str(manifest.resolve()), "config": to_dict(config)}
+                "index": config.index, "manifest": str(manifest.resolve()),
+                "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(), "config": to_dict(config)}
         if latent_info is not None:
             info["latent"] = latent_info
         atomic_write_text(tmp / INFO_NAME, json.dumps(info, indent=2) + "\n")
@@ -361,6 +378,11 @@ class Datastore:
         self._warned_sources = False
 
     @property
+    def max_seconds(self) -> float:
+        """How much of each clip was embedded and hashed (DatastoreConfig.max_seconds; 0 = whole clip)."""
+        return float(self.info.get("config", {}).get("max_seconds", 0) or 0)
+
+    @property
     def manifest(self) -> str:
         """The manifest the store was built from (datastore.json)."""
         return str(self.info.get("manifest", ""))
@@ -429,9 +451,15 @@ class Datastore:
             info = json.loads(info_path.read_text())
         except json.JSONDecodeError as e:
             raise DatastoreError(f"{info_path}: invalid JSON ({e.msg})") from None
+        if not isinstance(info, dict):
+            raise DatastoreError(f"{info_path}: expected a JSON object")
         if info.get("format_version") != FORMAT_VERSION:
             raise DatastoreError(f"{info_path}: format_version {info.get('format_version')!r} is not the "
                                  f"supported {FORMAT_VERSION}")
+        for key, kind in (("clap_identity", str), ("dim", int), ("count", int)):
+            if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
+                raise DatastoreError(f"{info_path}: {key!r} is {'missing' if key not in info else repr(info[key])}, "
+                                     f"expected {'a string' if kind is str else 'an integer'}")
         if int(info.get("count", 0)) <= 0:
             raise DatastoreError(f"{folder}: the datastore is empty (count {info.get('count')})")
         count, dim = int(info["count"]), int(info["dim"])
@@ -538,6 +566,12 @@ class Datastore:
         return Neighbours(ids=[[self.ids[r] for r in row] for row in out], scores=scores.astype(np.float32),
                           indices=out, captions=[[self.meta[r]["captions"][0] for r in row] for row in out])
 
+    def excluded_rows(self, *, exclude_id: str | None = None, exclude_hash: str | None = None,
+                      exclude_path: str | None = None, related: Relation | None = None,
+                      duplicates: bool = False) -> set[int]:
+        """The rows one query with these exclusions (as `query` takes them) leaves out."""
+        return self._excluded(0, 1, [exclude_id], [exclude_hash], duplicates, [exclude_path], related)
+
     def _excluded(self, i: int, batch: int, exclude_ids, exclude_hashes, duplicates: bool, exclude_paths=None,
                   related: Relation | None = None) -> set[int]:
         rows: set[int] = set()
@@ -612,10 +646,21 @@ def _per_query(values, i: int, batch: int, what: str) -> list[str]:
 def _read_meta(path: Path, count: int) -> list[dict]:
     if not path.is_file():
         raise DatastoreError(f"{path}: missing")
-    try:
-        meta = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise DatastoreError(f"{path}: invalid JSON line ({e.msg})") from None
+    meta = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatastoreError(f"{path} line {n}: invalid JSON ({e.msg})") from None
+        if not isinstance(m, dict):
+            raise DatastoreError(f"{path} line {n}: expected a JSON object")
+        missing = [k for k in META_KEYS if k not in m]
+        if missing or not isinstance(m["captions"], list) or not m["captions"]:
+            raise DatastoreError(f"{path} line {n}: " + (f"missing {', '.join(map(repr, missing))}" if missing
+                                                         else '"captions" must be a non-empty list'))
+        meta.append(m)
     if len(meta) != count:
         raise DatastoreError(f"{path}: {len(meta)} entries, datastore.json says {count}")
     return meta
