@@ -134,6 +134,28 @@ def test_foreign_checkpoints_are_weights_only(tmp_path):
         load_torch_file(tmp_path / "zero.ckpt")
 
 
+def test_numpy_numbers_in_a_checkpoint_load_and_other_objects_are_named(tmp_path):
+    """LAION-CLAP's released .pt files carry their optimizer state, whose learning rates its cosine schedule
+    computed as np.float64: weights-only loading takes NumPy numbers. Any other pickled class is still
+    refused, and the error names it (without the terminal colour codes torch puts in its message)."""
+    import argparse
+
+    import numpy as np
+
+    laion = tmp_path / "laion.pt"
+    torch.save({"epoch": 45, "state_dict": {"w": torch.ones(2)},
+                "optimizer": {"state": {}, "param_groups": [{"lr": np.float64(3e-5), "betas": (0.9, 0.99),
+                                                            "step": np.int64(7), "params": [0]}]}}, laion)
+    loaded = load_torch_file(laion)
+    assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+    assert loaded["optimizer"]["param_groups"][0]["lr"] == 3e-5 and loaded["optimizer"]["param_groups"][0]["step"] == 7
+    other = tmp_path / "args.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1e-4)}, other)
+    with pytest.raises(CheckpointError, match=r"pickles Python objects .*argparse.Namespace") as e:
+        load_torch_file(other)
+    assert "\x1b" not in str(e.value) and "\n" not in str(e.value)
+
+
 def test_mel_config_nested_in_component(tmp_path):
     model = TinyNet(TinyNetConfig(mel=MelConfig(n_mels=32)))
     loaded = load_component(save_component(tmp_path / "n", model), TinyNet)

@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -301,8 +302,30 @@ def load_train_state(path: str | os.PathLike) -> dict:
     return load_torch_file(path)
 
 
+_NUMPY_DTYPES = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float16",
+                 "Float32", "Float64", "LongDouble", "Complex64", "Complex128", "Byte", "UByte", "Short", "UShort",
+                 "Int", "UInt", "Long", "ULong", "LongLong", "ULongLong")
+
+
+def _numpy_scalar_globals() -> list:
+    """What a pickled NumPy number needs (its reconstructor and dtype classes), allowed in a weights-only load.
+
+    Training code often leaves NumPy numbers in a checkpoint, e.g. LAION-CLAP's cosine schedule writes
+    np.float64 learning rates into the optimizer state its released `.pt` files carry. These rebuild plain
+    numbers; object arrays and every other class stay refused."""
+    import numpy as np
+
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+    found = [(multiarray.scalar, "numpy.core.multiarray.scalar"), (multiarray.scalar, "numpy._core.multiarray.scalar"),
+             np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    found += [getattr(dtypes, f"{n}DType") for n in _NUMPY_DTYPES if hasattr(dtypes, f"{n}DType")]
+    return found
+
+
 def load_torch_file(path: str | os.PathLike) -> Any:
-    """Read a .ckpt/.pt/.pth/.bin with weights_only=True (no arbitrary unpickling), with a clear error."""
+    """Read a .ckpt/.pt/.pth/.bin with weights_only=True (no arbitrary unpickling; NumPy numbers are allowed),
+    with a clear error naming what the file pickles that a weights-only load refuses."""
     import torch
 
     path = Path(path)
@@ -311,9 +334,18 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes)")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+        reason = reason.splitlines()[0] if reason else type(e).__name__
+        try:
+            blocked = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:
+            blocked = []
+        if blocked:
+            reason = (f"it pickles Python objects a weights-only load does not rebuild: {', '.join(blocked[:5])}"
+                      f"{' ...' if len(blocked) > 5 else ''}; re-save the tensors, e.g. torch.save(state_dict)")
         raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({reason[:300]})") from None
 
 
