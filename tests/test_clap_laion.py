@@ -214,6 +214,37 @@ def test_fusion_checkpoint_keys_load(tmp_path):
         load_laion_checkpoint(path, tiny_config())
 
 
+def test_fusion_embeddings_of_short_clips_do_not_depend_on_their_batch(tmp_path, tokenizer_dir):
+    """transformers' feature extractor marks a random clip "longer" when no clip exceeds 10 s (LAION does so
+    only while training); at inference LAION fuses only the clips that are longer. A clip's embedding is the
+    same alone, first or second in a batch, and equals the unfused path LAION takes at inference."""
+    from transformers import AutoTokenizer
+
+    from transformers import ClapModel
+
+    config = tiny_config()
+    config.audio_config.enable_fusion = True
+    torch.manual_seed(0)
+    model = ClapModel(config).eval()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():   # make the fusion branch matter
+        for name, param in model.named_parameters():
+            if "fusion_model" in name or "mel_conv2d" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    clap = LaionClapEmbedder(model, AutoTokenizer.from_pretrained(str(tokenizer_dir)), identity="fused")
+    a, b = chirp(200, 4000, 4.0, 48_000), chirp(3000, 300, 4.0, 48_000)
+    alone = clap.embed_audio(a, 48_000)[0]
+    assert torch.allclose(clap.embed_audio([a, b], 48_000)[0], alone, atol=1e-5)
+    assert torch.allclose(clap.embed_audio([b, a], 48_000)[1], alone, atol=1e-5)
+    clip = (np.clip(a, -1, 1) * 32767.0).astype(np.int16).astype(np.float32) / 32767.0
+    feats = clap.features([clip], sampling_rate=48_000, return_tensors="pt")
+    with torch.no_grad():
+        unfused = clap.model.get_audio_features(input_features=feats["input_features"],
+                                                is_longer=torch.zeros(1, 1, dtype=torch.bool))
+    unfused = getattr(unfused, "pooler_output", unfused)[0]
+    assert torch.allclose(alone, unfused / unfused.norm(), atol=1e-5)
+
+
 def test_config_is_inferred_from_the_weights(laion_pt):
     model = load_laion_checkpoint(laion_pt)   # no config given
     cfg = model.config

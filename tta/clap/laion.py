@@ -304,6 +304,10 @@ class LaionClapEmbedder(ClapEmbedder):
                 feats = self.features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
             finally:
                 np.random.set_state(state)
+            # the extractor marks a random clip "longer" when none is (LAION does that only while training); at
+            # inference LAION fuses exactly the clips longer than the window, so no clip depends on its batch
+            limit = int(getattr(self.features, "nb_max_samples", 10 * SAMPLE_RATE))
+            feats["is_longer"] = torch.tensor([[len(c) > limit] for c in clips])
         else:
             clips = [laion_prepare(w, rng) for w in wav]
             feats = self.features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
