@@ -185,3 +185,42 @@ def test_the_cli_offers_every_mel_framing():
     from tta import audio, interop
 
     assert interop.FRAMINGS == audio.FRAMINGS
+
+
+def test_import_checks_the_clap_against_the_folders_text_encoder(tmp_path, capsys):
+    """A diffusers AudioLDM folder carries the text tower its UNet was trained on (text_encoder/). `--clap`
+    must be that CLAP: another LAION-CLAP of the same width, or tta's own CLAP, is refused, naming why."""
+    from transformers import AutoTokenizer, ClapModel, ClapTextModelWithProjection
+
+    import tests.test_clap_laion as laion
+    from tta.clap.towers import minilm_folder
+
+    write_diffusers_audioldm(tmp_path / "d")
+    width = tiny_run_config().model.class_embed_dim
+    cfg = laion.tiny_config()
+    cfg.projection_dim = cfg.text_config.projection_dim = cfg.audio_config.projection_dim = width
+    tok = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    claps = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        claps[seed] = ClapModel(cfg).eval()
+        claps[seed].save_pretrained(str(tmp_path / f"clap{seed}"))
+        tok.save_pretrained(str(tmp_path / f"clap{seed}"))
+    text = ClapTextModelWithProjection(cfg.text_config)
+    text.load_state_dict({**{f"text_model.{k}": v for k, v in claps[1].text_model.state_dict().items()},
+                          **{f"text_projection.{k}": v for k, v in claps[1].text_projection.state_dict().items()}},
+                         strict=False)
+    text.save_pretrained(str(tmp_path / "d" / "text_encoder"))
+
+    def imported(clap, out):
+        capsys.readouterr()
+        code = main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(clap), "--out", str(out)])
+        return code, capsys.readouterr().err
+
+    code, err = imported(tmp_path / "clap2", tmp_path / "p2")
+    assert code == 1 and "is not the CLAP this pipeline was trained with" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "p2").exists()
+    code, err = imported(tiny_components()["clap"], tmp_path / "own")
+    assert code == 1 and "tta's own CLAP" in err, err
+    code, err = imported(tmp_path / "clap1", tmp_path / "p1")
+    assert code == 0, err

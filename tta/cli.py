@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -208,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.quiet:   # transformers draws a "Loading weights" bar per model load: none under -q
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:   # already imported (the setting is read at import)
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     if not args.verbose:
         for noisy in ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock",
                       "faiss"):

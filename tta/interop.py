@@ -86,12 +86,43 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
         raise InteropError(f"{sched_cfg}: unknown scheduler class {raw.get('_class_name')!r}")
     scheduler = cls.from_config(raw)
     embedder = load_clap(clap, tokenizer=tokenizer)
+    if (folder / "text_encoder").is_dir():
+        check_text_encoder(folder / "text_encoder", embedder, clap)
     defaults = PipelineDefaults(sampler=sampler_name_of(scheduler), steps=200, guidance=2.5, seconds=10.0)
     try:
         pipe = TTAPipeline(unet, vae, vocoder, embedder, dict(scheduler.config), defaults)
     except ValueError as e:
         raise InteropError(f"{folder}: parts do not fit together: {e}") from None
     return pipe.save_pretrained(out)
+
+
+def check_text_encoder(folder: Path, embedder, clap) -> None:
+    """Refuse a CLAP (`--clap`) whose text tower is not the diffusers folder's `text_encoder/` (a
+    ClapTextModelWithProjection): the UNet was trained on that tower's embeddings, and another CLAP of the same
+    width would condition it on a foreign text space without any error."""
+    import torch
+
+    from tta.checkpoint import TRANSFORMERS_WEIGHT_NAMES, CheckpointError, read_foreign_folder
+
+    try:
+        _, state, weights = read_foreign_folder(folder, TRANSFORMERS_WEIGHT_NAMES, what="a CLAP text encoder")
+    except CheckpointError as e:
+        raise InteropError(str(e)) from None
+    model = getattr(embedder, "model", None)
+    if not hasattr(model, "text_model") or not hasattr(model, "text_projection"):
+        raise InteropError(f"{folder.parent}: its UNet was trained on the LAION-CLAP text encoder in text_encoder/, "
+                           f"but --clap {clap} is {type(model).__name__} (tta's own CLAP): pass that LAION-CLAP "
+                           "checkpoint")
+    mine = {f"text_model.{k}": v for k, v in model.text_model.state_dict().items()}
+    mine.update({f"text_projection.{k}": v for k, v in model.text_projection.state_dict().items()})
+    for key, value in state.items():
+        if key.endswith("position_ids"):
+            continue
+        other = mine.get(key)
+        if other is None or other.shape != value.shape or not torch.allclose(other.float(), value.float(), atol=1e-4):
+            why = "has no such tensor" if other is None else "holds other values"
+            raise InteropError(f"{weights}: --clap {clap} is not the CLAP this pipeline was trained with ({key}: "
+                               f"--clap {why}); pass the LAION-CLAP checkpoint whose text tower text_encoder/ holds")
 
 
 def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike | None = None,
