@@ -43,6 +43,9 @@ def test_txt_skips_blank_lines(tmp_path):
     ("p.jsonl", '["a list"]\n', "expected a JSON object"),
     ("p.jsonl", '{"id": "x"}\n', "p.jsonl:1: expected a string prompt/caption/text field"),
     ("p.csv", "id,label\n1,dog\n", "CSV needs a prompt/caption/text column"),
+    ("p.csv", "id,prompt\nd0,rain\nd1,a dog barks, then a cat meows\n",
+     "p.csv:3: 3 fields, the header has 2; quote a prompt that contains commas"),
+    ("p.csv", "id,prompt,category\nd0,rain,weather\nd1\n", "p.csv:3: 1 field, the header has 3"),
     ("p.txt", "\n\n", "no prompts"),
     ("p.yaml", "prompt: x\n", "unsupported prompts file type '.yaml'"),
 ])

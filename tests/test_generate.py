@@ -76,6 +76,11 @@ BAD = [
     (["--inpaint", "IN.wav", "--mask", "2:1"], "--mask '2:1'"),
     (["--window", "-1"], "--window -1.0 must be between 0"),
     (["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--window", "1"], "--window does not apply to edits"),
+    (["--strength", "0.7"], "--strength needs --init-audio"),
+    (["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--strength", "0.7"], "--strength applies to --init-audio only"),
+    (["--init-audio", "IN.wav", "--strength", "7"], "--strength 7.0 must be in (0, 1]"),
+    (["--seed", "18446744073709551616"], "--seed 18446744073709551616 must be in [0, 2**62)"),
+    (["--seed", "-1"], "--seed -1 must be in"),
     (["BROKEN"], "component 'text_encoder' is missing"),
     (["NOMODEL"], "embedded default model is missing from this install"),
 ]
@@ -112,6 +117,55 @@ def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
     assert code == 1 and "must end in .wav" in err
     code, _, err = run(capsys, "a", "b", "--model", tiny_pipeline(), "-o", tmp_path / "x.wav")
     assert code == 1 and "exactly one prompt" in err
+    # a folder where one of the outputs or the record would go: refused before the model loads, nothing written
+    (tmp_path / "batch" / "001_y.wav").mkdir(parents=True)
+    code, _, err = run(capsys, "x", "y", "z", "--model", tmp_path / "no-model", "--out-dir", tmp_path / "batch")
+    assert code == 1 and "001_y.wav: an output file would go there, but it is a folder" in err, err
+    (tmp_path / "single.generation.json").mkdir()
+    code, _, err = run(capsys, "x", "--model", tmp_path / "no-model", "-o", tmp_path / "single.wav")
+    assert code == 1 and "single.generation.json: an output file would go there" in err, err
+    assert not [p for p in tmp_path.rglob("*.wav") if p.is_file()]
+
+
+def test_file_names_keep_any_script_and_an_unused_negative_prompt_is_not_recorded(tmp_path, capsys, caplog):
+    from tta.generate import slug
+
+    assert slug("A dog barks!") == "a_dog_barks" and slug("🐶 ワンワン") == "ワンワン"
+    assert slug("🐶 !!") == "prompt" and slug("   ") == "unconditional"
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,
+                           "--guidance", 1, "--negative", "loud noise", "-o", tmp_path / "x.wav")
+    assert code == 0, err
+    assert any("--negative has no effect at guidance <= 1" in r.message for r in caplog.records)
+    assert json.loads((tmp_path / "x.generation.json").read_text())["settings"]["negative"] is None
+
+
+def test_a_run_stopped_part_way_leaves_a_record_of_what_it_wrote(tmp_path, capsys, monkeypatch):
+    """Outputs are written as they are finished; the record is rewritten after each batch (complete: false
+    until the last), so a run stopped part-way never leaves an earlier run's record describing its files."""
+    from tta.pipeline import TTAPipeline
+
+    out = tmp_path / "out"
+    args = ["x", "y", "z", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--out-dir", out]
+    assert run(capsys, *args, "--seed", 0)[0] == 0
+    first = json.loads((out / "generation.json").read_text())
+    assert first["complete"] and first["planned_outputs"] == 3 and len(first["outputs"]) == 3
+    calls = []
+    real = TTAPipeline.__call__
+
+    def stop_on_the_second_batch(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(TTAPipeline, "__call__", stop_on_the_second_batch)
+    code, _, err = run(capsys, *args, "--seed", 7, "--seconds", 0.3)
+    assert code == 130 and "interrupted" in err
+    record = json.loads((out / "generation.json").read_text())
+    assert not record["complete"] and record["settings"]["seed"] == 7 and record["settings"]["seconds"] == 0.3
+    assert [o["file"] for o in record["outputs"]] == ["000_x.wav"]
+    assert sf.info(str(out / "000_x.wav")).frames == 4800   # the new run's file, as the record says
 
 
 def test_loud_generations_are_turned_down_not_clipped():

@@ -325,6 +325,22 @@ def test_part_way_starts_refuse_the_samplers_that_cannot_take_them(pipe):
     assert pipe.audio_to_audio(wav, ["x"], strength=0.5, steps=4, sampler="ddim").wavs[0].shape == (5120,)
 
 
+def test_step_counts_a_sampler_cannot_take_are_refused_before_denoising():
+    """DPM-Solver++'s linspace spacing puts two of 1 000 steps on one timestep of a 1 000-step schedule: a
+    zero-length step that turned the latents into NaN half-way through; more steps than training timesteps
+    mean nothing for any sampler."""
+    from tta.ldm.sampling import DiffusionConfig, make_scheduler, set_steps
+
+    cfg = DiffusionConfig().scheduler_config()
+    with pytest.raises(ValueError, match="steps=1000 is too many for the dpmsolver.. sampler .*timesteps repeat"):
+        set_steps(make_scheduler("dpmsolver++", cfg), 1000, 1.0, "cpu")
+    assert len(set_steps(make_scheduler("dpmsolver++", cfg), 999, 1.0, "cpu")) == 999
+    for sampler in ("ddim", "euler", "heun"):
+        with pytest.raises(ValueError, match="steps=1001 exceeds the 1000 timesteps"):
+            set_steps(make_scheduler(sampler, cfg), 1001, 1.0, "cpu")
+    assert len(set_steps(make_scheduler("ddim", cfg), 1000, 1.0, "cpu")) == 1000
+
+
 def test_a_clip_shorter_than_a_clap_window_is_still_ranked(pipe):
     out = pipe(["a click"], seconds=0.05, steps=2, candidates=2, seed=0)
     assert out.wavs[0].shape == (800,) and len(out.candidate_scores[0]) == 2

@@ -160,7 +160,8 @@ def _add_generate(sub) -> None:
                    help="prompts generated together; each brings its candidates into the same pass (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--init-audio", type=Path, metavar="WAV", help="audio-to-audio / style transfer input")
-    p.add_argument("--strength", type=float, default=0.5, help="with --init-audio: how much to change (0, 1]")
+    p.add_argument("--strength", type=float, default=None,
+                   help="with --init-audio: how much to change (0, 1]; default 0.5")
     p.add_argument("--inpaint", type=Path, metavar="WAV", help="audio to inpaint (with --mask START:END)")
     p.add_argument("--mask", metavar="START:END", help="with --inpaint: seconds to regenerate")
     p.add_argument("--super-resolution", type=Path, metavar="WAV",

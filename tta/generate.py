@@ -49,8 +49,10 @@ def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
 
 
 def slug(text: str, limit: int = 40) -> str:
-    s = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-    return s[:limit].rstrip("_") or "unconditional"
+    """A file-name stem from a prompt: its letters and digits (any script) joined by _; "unconditional" for an
+    empty prompt and "prompt" for one with no letters or digits."""
+    s = re.sub(r"[\W_]+", "_", text.lower()).strip("_")
+    return s[:limit].rstrip("_") or ("prompt" if text.strip() else "unconditional")
 
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
@@ -65,6 +67,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         if len(pairs) != 1:
             raise GenerateError(f"-o FILE takes exactly one prompt, got {len(pairs)}; use --out-dir DIR")
         check_writable_file(args.output)
+        check_output_path(record_path_of(args.output, single=True))
         return [Job(pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output)]
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
@@ -78,7 +81,22 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             raise GenerateError(f"prompt id {name!r} appears twice; ids must be unique")
         seen.add(name)
         jobs.append(Job(name, prompt, out_dir / f"{name}.wav"))
+        check_output_path(jobs[-1].path)
+    check_output_path(record_path_of(out_dir, single=False))
     return jobs
+
+
+def record_path_of(output: Path, *, single: bool) -> Path:
+    """Where the generation record goes: beside `-o FILE` as `<stem>.generation.json`, else `<out-dir>/generation.json`."""
+    return output.with_name(output.stem + ".generation.json") if single else output / "generation.json"
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, before the model loads, an output path that is a folder or a file that cannot be overwritten."""
+    if path.is_dir():
+        raise GenerateError(f"{path}: an output file would go there, but it is a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise GenerateError(f"{path}: output file exists and is not writable")
 
 
 def check_writable_file(path: Path) -> None:
@@ -157,6 +175,8 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise GenerateError(f"--candidates {args.candidates} must be >= 1")
     if args.batch_size < 1:
         raise GenerateError(f"--batch-size {args.batch_size} must be >= 1")
+    if not 0 <= args.seed < 2**62:   # prompt i, candidate j draw with seed + i + 1000003 * j: a 64-bit generator seed
+        raise GenerateError(f"--seed {args.seed} must be in [0, 2**62)")
     if not (math.isfinite(args.eta) and 0 <= args.eta <= 1):
         raise GenerateError(f"--eta {args.eta} must be in [0, 1]")
     if args.sampler is not None:
@@ -185,9 +205,11 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
 
     given = [(k, p) for k, p in (("audio_to_audio", args.init_audio), ("inpaint", args.inpaint),
                                  ("super_resolution", args.super_resolution)) if p is not None]
+    strength = getattr(args, "strength", None)
     if not given:
-        if args.mask is not None or args.cutoff is not None:
-            raise GenerateError("--mask needs --inpaint WAV and --cutoff needs --super-resolution WAV")
+        if args.mask is not None or args.cutoff is not None or strength is not None:
+            raise GenerateError("--mask needs --inpaint WAV, --cutoff needs --super-resolution WAV and --strength "
+                                "needs --init-audio WAV")
         return None
     if len(given) > 1:
         raise GenerateError("give only one of --init-audio, --inpaint, --super-resolution")
@@ -201,10 +223,13 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
     if getattr(args, "window", None) is not None:
         raise GenerateError("--window does not apply to edits: the input audio sets the length")
     edit = {"kind": kind, "input": str(path), "input_seconds": round(info.seconds, 4)}
+    if strength is not None and kind != "audio_to_audio":
+        raise GenerateError("--strength applies to --init-audio only")
     if kind == "audio_to_audio":
-        if not (math.isfinite(args.strength) and 0 < args.strength <= 1):
-            raise GenerateError(f"--strength {args.strength} must be in (0, 1]")
-        edit["strength"] = args.strength
+        strength = 0.5 if strength is None else strength
+        if not (math.isfinite(strength) and 0 < strength <= 1):
+            raise GenerateError(f"--strength {strength} must be in (0, 1]")
+        edit["strength"] = strength
     elif kind == "inpaint":
         start, end = parse_mask(args.mask)
         if end > info.seconds + 1e-6:
@@ -271,6 +296,8 @@ def main(args: argparse.Namespace) -> int:
     pipe = TTAPipeline.from_pretrained(folder, device=device)
     if args.sampler is None:
         args.sampler = pipe.defaults.sampler
+    if args.negative and (pipe.defaults.guidance if args.guidance is None else args.guidance) <= 1:
+        log.warning("--negative has no effect at guidance <= 1 (there is no unconditional branch to steer)")
     common = dict(steps=args.steps, guidance=args.guidance, negative=args.negative, candidates=args.candidates,
                   guidance_rule=getattr(args, "guidance_rule", None), precision=getattr(args, "precision", None),
                   context_guidance=getattr(args, "context_guidance", None), sampler=args.sampler, eta=args.eta,
@@ -287,8 +314,8 @@ def main(args: argparse.Namespace) -> int:
         level = top / 0.5 if top > 0 else 1.0
         edit["input_level"] = round(level, 6)
     records = []
-    record_path = (jobs[0].path.with_name(jobs[0].path.stem + ".generation.json") if args.output is not None
-                   else jobs[0].path.parent / "generation.json")
+    record_path = record_path_of(args.output if args.output is not None else jobs[0].path.parent,
+                                 single=args.output is not None)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc="tta generate", unit="clip", disable=not progress or len(jobs) == 1)
@@ -304,6 +331,8 @@ def main(args: argparse.Namespace) -> int:
             out = pipe.inpaint(wav_in, prompts, start=edit["start"], end=edit["end"], seed=seed, **common)
         else:
             out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], seed=seed, **common)
+        if start == 0:   # an earlier run's record would describe the files this run replaces
+            record_path.unlink(missing_ok=True)
         for k, job in enumerate(chunk):
             wav, gain = fit_full_scale(out.wavs[k] if edit is None else out.wavs[k] * level)
             save_audio(job.path, wav, out.sample_rate)
@@ -316,8 +345,11 @@ def main(args: argparse.Namespace) -> int:
             if out.neighbours is not None:
                 records[-1]["neighbours"] = out.neighbours[k]
         bar.update(len(chunk))
+        if start + len(chunk) < len(jobs):   # the files written so far stay described if the run stops
+            write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0,
+                         planned=len(jobs))
     bar.close()
-    write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0)
+    write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs))
     for job in jobs:
         print(job.path)
     return 0
@@ -338,7 +370,10 @@ def retrieval_record(args, pipe) -> dict | None:
             if store is not None else None}
 
 
-def write_record(path: Path, args, folder: Path, pipe, device: str, edit, records, seconds: float) -> None:
+def write_record(path: Path, args, folder: Path, pipe, device: str, edit, records, seconds: float, *,
+                 planned: int) -> None:
+    """Write the generation record; `complete` is false while fewer than `planned` outputs are written (a run
+    stopped part-way leaves the record of what it did write)."""
     import diffusers
     import torch
 
@@ -359,7 +394,8 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                      "guidance": d.guidance if args.guidance is None else args.guidance,
                      "guidance_rule": getattr(args, "guidance_rule", None) or d.guidance_rule,
                      "precision": resolve_precision(getattr(args, "precision", None) or d.precision, device),
-                     "negative": args.negative, "candidates": args.candidates or d.candidates,
+                     "negative": args.negative if (d.guidance if args.guidance is None else args.guidance) > 1
+                     else None, "candidates": args.candidates or d.candidates,
                      "window": None if edit else (d.window if getattr(args, "window", None) is None
                                                   else args.window),
                      "seed": args.seed, "sampler": args.sampler, "eta": args.eta, "batch_size": args.batch_size,
@@ -367,6 +403,7 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
         "clap_score_model": getattr(pipe.clap, "identity", ""),
         "retrieval": retrieval_record(args, pipe),
-        "edit": edit, "outputs": records, "wall_seconds": round(seconds, 3),
+        "edit": edit, "complete": len(records) == planned, "planned_outputs": planned, "outputs": records,
+        "wall_seconds": round(seconds, 3),
     }
     atomic_write_text(path, json.dumps(body, indent=2) + "\n")

@@ -70,6 +70,11 @@ def _csv_rows(path: Path, text: str) -> list[PromptRow]:
         raise PromptFileError(f"{path}: CSV needs a {'/'.join(TEXT_FIELDS)} column; found {fields}")
     rows = []
     for n, record in enumerate(records, 2):
+        extra, short = record.get(None), [k for k, v in record.items() if k is not None and v is None]
+        if extra or short:   # csv files an unquoted comma's spill-over under None: the prompt would be cut short
+            got = len(fields) + len(extra or []) - len(short)
+            raise PromptFileError(f"{path}:{n}: {got} field{'' if got == 1 else 's'}, the header has {len(fields)}"
+                                  + ("; quote a prompt that contains commas" if extra else ""))
         obj = {k.strip().lower(): (v or "").strip() for k, v in record.items() if k}
         rows.append(_row(obj, f"{path}:{n}"))
     return rows

@@ -126,8 +126,19 @@ def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
         raise ValueError(f"the {sampler_name_of(scheduler)} sampler cannot start part-way (strength < 1): its "
                          "multistep history would restart at the wrong timestep or order; use ddim, euler, "
                          "euler_a, heun, dpmsolver++ or ddpm")
-    scheduler.set_timesteps(steps, device=device)
+    train_steps = int(scheduler.config.num_train_timesteps)
+    if steps > train_steps:
+        raise ValueError(f"steps={steps} exceeds the {train_steps} timesteps the model was trained on")
+    try:
+        scheduler.set_timesteps(steps, device=device)
+    except ValueError as e:   # e.g. DDIM with an offset past the last training timestep
+        raise ValueError(f"steps={steps}: the {sampler_name_of(scheduler)} sampler refuses it ({e})") from None
     timesteps = scheduler.timesteps
+    if len(torch.unique(timesteps)) * getattr(scheduler, "order", 1) < len(timesteps) and \
+            sampler_name_of(scheduler) in ("dpmsolver++", "ddim", "ddpm"):
+        # spacing rounded two steps onto one timestep: a zero-length step that turns the latents into NaN
+        raise ValueError(f"steps={steps} is too many for the {sampler_name_of(scheduler)} sampler on a "
+                         f"{train_steps}-step schedule (timesteps repeat); use fewer steps")
     if strength < 1:
         run = min(int(round(steps * strength)), steps)
         if run < 1:
