@@ -291,6 +291,15 @@ def test_mismatched_keys_are_listed(tmp_path, change, expect):
     assert expect in str(err.value)
 
 
+def test_a_tensor_the_config_is_read_from_names_the_file(tmp_path):
+    sd = laion_layout()
+    del sd["module.text_projection.0.weight"]
+    path = tmp_path / "damaged.pt"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointError, match=r"damaged.pt: cannot infer the CLAP config: no 'text_projection"):
+        load_laion_checkpoint(path)
+
+
 def test_not_a_checkpoint_is_refused(tmp_path):
     path = tmp_path / "x.pt"
     torch.save({"state_dict": {}}, path)

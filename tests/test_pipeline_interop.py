@@ -142,6 +142,9 @@ def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_pa
     x, t, c = torch.randn(1, 4, 8, 32), torch.tensor([400]), torch.randn(1, 64)
     with torch.no_grad():
         torch.testing.assert_close(pipe.unet(x, t, c), ema_unet(x, t, c), atol=1e-5, rtol=1e-5)
+    # AudioLDM's own text_to_audio: DDIM 200 steps at eta 1, guidance 2.5, best of 3 candidates
+    d = pipe.defaults
+    assert (d.sampler, d.steps, d.guidance, d.candidates, d.eta) == ("ddim", 200, 2.5, 3, 1.0)
     assert abs(float(pipe.vae.scale_factor) - 0.6) < 1e-6
     assert pipe(["a bell"], seconds=0.1, steps=2).wavs[0].shape == (1600,)
     # the reference's DDIM visits timesteps 1, 1 + c, ..., not 0, c, ...
@@ -158,6 +161,26 @@ def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_pa
     err = capsys.readouterr().err
     assert code == 1 and "holds no CLAP (cond_stage_model.model.*)" in err and "Traceback" not in err
     assert not (tmp_path / "q").exists()
+
+    def refused(state, name, *extra):
+        torch.save({"state_dict": state}, tmp_path / name)
+        code = main(["-q", "import", "audioldm", str(tmp_path / name), "--out", str(tmp_path / "bad"), *extra])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1 and not (tmp_path / "bad").exists(), err
+        return err
+
+    # another model's file (a HiFi-GAN generator) is named for what it is, before any missing CLAP
+    assert "not an AudioLDM checkpoint (no model.diffusion_model.* UNet weights" in refused(
+        HiFiGAN(voc_cfg).state_dict(), "generator.pt")
+    # an EMA copy with one tensor missing is a damaged file, not a run without EMA
+    ema_key = next(k for k in state if k.startswith("model_ema."))
+    assert "holds EMA weights (model_ema.*) for" in refused(
+        {k: v for k, v in state.items() if k != ema_key}, "ema-hole.ckpt", "--clap", str(tiny_components()["clap"]))
+    # a UNet without its first convolution names the missing tensor
+    assert "not a complete AudioLDM UNet (no model.diffusion_model.input_blocks.0.0.weight)" in refused(
+        {k: v for k, v in state.items() if not k.startswith("model_ema.")
+         and k != "model.diffusion_model.input_blocks.0.0.weight"}, "no-conv-in.ckpt", "--clap",
+        str(tiny_components()["clap"]))
 
 
 def test_audioldm_l_heads_are_64_channels_wide():

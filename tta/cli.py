@@ -155,7 +155,8 @@ def _add_generate(sub) -> None:
                         "for the embedded model, which was trained on 10.24 s clips; 0 = sample exactly --seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", help="ddim, dpmsolver++, euler, euler_a, heun, lms, pndm or ddpm")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic; default: the model's, "
+                   "usually 0)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="prompts generated together; each brings its candidates into the same pass (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

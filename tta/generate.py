@@ -177,7 +177,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise GenerateError(f"--batch-size {args.batch_size} must be >= 1")
     if not 0 <= args.seed < 2**62:   # prompt i, candidate j draw with seed + i + 1000003 * j: a 64-bit generator seed
         raise GenerateError(f"--seed {args.seed} must be in [0, 2**62)")
-    if not (math.isfinite(args.eta) and 0 <= args.eta <= 1):
+    if args.eta is not None and not (math.isfinite(args.eta) and 0 <= args.eta <= 1):
         raise GenerateError(f"--eta {args.eta} must be in [0, 1]")
     if args.sampler is not None:
         try:
@@ -398,7 +398,8 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                      else None, "candidates": args.candidates or d.candidates,
                      "window": None if edit else (d.window if getattr(args, "window", None) is None
                                                   else args.window),
-                     "seed": args.seed, "sampler": args.sampler, "eta": args.eta, "batch_size": args.batch_size,
+                     "seed": args.seed, "sampler": args.sampler, "eta": d.eta if args.eta is None else args.eta,
+                     "batch_size": args.batch_size,
                      "device": device, "sample_rate": pipe.sample_rate,
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
         "clap_score_model": getattr(pipe.clap, "identity", ""),

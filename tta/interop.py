@@ -149,6 +149,9 @@ def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, cla
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise InteropError(f"{path}: expected an AudioLDM checkpoint with a 'state_dict'")
+    if not any(k.startswith("model.diffusion_model.") for k in state):
+        raise InteropError(f"{path}: not an AudioLDM checkpoint (no model.diffusion_model.* UNet weights; first keys: "
+                           f"{', '.join(list(state)[:3])})")
     if clap is None and not any(k.startswith(AUDIOLDM_CLAP_PREFIX) for k in state):
         raise InteropError(f"{path}: holds no CLAP ({AUDIOLDM_CLAP_PREFIX}*); name the one it was trained with "
                            "(--clap)")
@@ -163,8 +166,10 @@ def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, cla
         del obj, state
     # AudioLDM's DDIM visits timesteps 1, 1 + c, ... (its make_ddim_timesteps adds 1): diffusers' steps_offset
     schedule = {**DiffusionConfig().scheduler_config(), "steps_offset": 1}
+    # AudioLDM's text_to_audio: DDIM 200 steps at eta 1, guidance 2.5, the best of 3 candidates by its CLAP
+    defaults = PipelineDefaults(sampler="ddim", steps=200, guidance=2.5, candidates=3, eta=1.0)
     try:
-        pipe = TTAPipeline(unet, vae, vocoder, embedder, schedule, PipelineDefaults())
+        pipe = TTAPipeline(unet, vae, vocoder, embedder, schedule, defaults)
     except ValueError as e:
         raise InteropError(f"{path}: parts do not fit together: {e}") from None
     return pipe.save_pretrained(out)

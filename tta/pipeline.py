@@ -91,6 +91,8 @@ class PipelineDefaults:
     # conditional branch: guidance pushes along the prompt only) or "guided" (the null context: guidance pushes
     # along the prompt and the neighbours together, as IP-Adapter guides its image prompt)
     context_guidance: str = "shared"
+    # DDIM's eta (0 = deterministic DDIM; 1 = as stochastic as DDPM; AudioLDM's own sampling uses 1)
+    eta: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "candidates"):
@@ -108,6 +110,8 @@ class PipelineDefaults:
             raise ValueError(f"defaults.guidance_rule={self.guidance_rule!r} must be one of {', '.join(GUIDANCE_RULES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"defaults.precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
+            raise ValueError(f"defaults.eta={self.eta!r} must be a number in [0, 1]")
         if self.context_guidance not in CONTEXT_GUIDANCE:
             raise ValueError(f"defaults.context_guidance={self.context_guidance!r} must be one of "
                              f"{', '.join(CONTEXT_GUIDANCE)}")
@@ -324,7 +328,7 @@ class TTAPipeline:
 
     def __call__(self, prompts: list[str], *, seconds: float | None = None, steps: int | None = None,
                  guidance: float | None = None, negative: str = "", candidates: int | None = None,
-                 seed: int = 0, sampler: str | None = None, eta: float = 0.0, batch_size: int = 1,
+                 seed: int = 0, sampler: str | None = None, eta: float | None = None, batch_size: int = 1,
                  guidance_rule: str | None = None, precision: str | None = None,
                  progress: bool = False, datastore=None, neighbours: int | None = None,
                  window: float | None = None, return_candidates: bool = False,
@@ -393,7 +397,7 @@ class TTAPipeline:
         return self._run(prompts, n, init_wav=wav, keep=keep, **kwargs)
 
     def _run(self, prompts, num_samples: int, *, steps=None, guidance=None, negative: str = "", candidates=None,
-             seed: int = 0, sampler=None, eta: float = 0.0, batch_size: int = 1, guidance_rule: str | None = None,
+             seed: int = 0, sampler=None, eta: float | None = None, batch_size: int = 1, guidance_rule: str | None = None,
              precision: str | None = None, progress: bool = False, return_candidates: bool = False,
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
              context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
@@ -404,6 +408,7 @@ class TTAPipeline:
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
         candidates = d.candidates if candidates is None else candidates
+        eta = d.eta if eta is None else eta
         sampler = check_sampler(d.sampler if sampler is None else sampler)
         try:
             rule = check_guidance_rule(d.guidance_rule if guidance_rule is None else guidance_rule)

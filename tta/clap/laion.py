@@ -172,7 +172,11 @@ def load_laion_checkpoint(path: str | os.PathLike, config=None, *, loaded=None):
         state = {k[len(AUDIOLDM_CLAP_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIOLDM_CLAP_PREFIX)}
         log.info("%s: using the CLAP under %s*", path, AUDIOLDM_CLAP_PREFIX)
     converted, origin = convert_laion_state_dict(state)
-    model = ClapModel(config if config is not None else infer_clap_config(converted)).eval()
+    try:
+        config = config if config is not None else infer_clap_config(converted)
+    except CheckpointError as e:   # names the converted (transformers) key; the file is the user's handle
+        raise CheckpointError(f"{path}: {e} (a damaged or non-HTSAT LAION-CLAP checkpoint)") from None
+    model = ClapModel(config).eval()
     own = model.state_dict()
     missing = [k for k in own if k not in converted and not any(p.match(k) for p in _BUFFERS_OK_MISSING)]
     unexpected = list(dict.fromkeys(origin[k] for k in converted if k not in own))  # qkv: 3 parts, 1 key

@@ -45,6 +45,11 @@ def unet_state_from_checkpoint(state: dict, *, prefer_ema: bool = True) -> tuple
         ema = {k: state.get(EMA_PREFIX + ("diffusion_model." + k).replace(".", "")) for k in raw}
         if all(v is not None for v in ema.values()):
             return ema, True
+        missing = [k for k, v in ema.items() if v is None]
+        if len(missing) < len(ema):   # some EMA weights but not all: a damaged file, not a run without EMA
+            raise ValueError(f"holds EMA weights ({EMA_PREFIX}*) for {len(ema) - len(missing)} of the UNet's "
+                             f"{len(ema)} tensors (missing e.g. the EMA of {PREFIX}{missing[0]}); pass "
+                             "--no-ema to import the raw weights")
     return raw, False
 
 
@@ -140,7 +145,9 @@ def load_reference_unet(state: dict, *, where: str, prefer_ema: bool = True,
     try:
         ref, used_ema = unet_state_from_checkpoint(state, prefer_ema=prefer_ema)
         config = config_from_reference(ref, head_channels=head_channels)
-    except (ValueError, KeyError) as e:
+    except KeyError as e:   # a tensor the layout needs is absent
+        raise CheckpointError(f"{where}: not a complete AudioLDM UNet (no {PREFIX}{e.args[0]})") from None
+    except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from None
     model = LDMUNet(config)
     renamed, unknown = {}, []
