@@ -403,7 +403,8 @@ def _embedder_options(opts: EvalOptions) -> dict:
 
 def _match_prompts(rows: dict[str, PromptRow], names: list[str], path: Path) -> dict[str, PromptRow]:
     by_name = {Path(k).name: r for k, r in rows.items()}
-    out = {n: rows.get(n) or by_name.get(Path(n).name) for n in names}
+    counts = Counter(Path(n).name for n in names)   # a bare name stands for one file only: a/x and b/x need paths
+    out = {n: rows.get(n) or (by_name.get(Path(n).name) if counts[Path(n).name] == 1 else None) for n in names}
     missing = [n for n, r in out.items() if r is None]
     if missing:
         raise EvalError(f"{path}: no prompt for {len(missing)} generated file(s), e.g. {', '.join(missing[:3])}")
@@ -418,12 +419,29 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
     model = load_clap_model(opts.clap_model, backend="tta", tokenizer=opts.clap_tokenizer)
     emb = clap_embedder(model, name="clap", checkpoint=str(opts.clap_model))
     keys = sorted(gen.files)
-    wavs = [load_audio(gen.files[k], sample_rate=emb.sample_rate)[0] for k in keys]
-    score = clap_score(model, [prompts[k].prompt for k in keys], wavs, emb.sample_rate, progress=opts.progress)
+    wavs = _LazyClips([gen.files[k] for k in keys], emb.sample_rate, load_audio)   # read batch by batch
+    score = clap_score(model, [prompts[k].prompt for k in keys], wavs, emb.sample_rate, batch_size=opts.batch_size,
+                       progress=opts.progress)
     result["metrics"]["clap_score"] = score["clap_score"]
     result["protocol"]["clap"] = {"model": emb.protocol(), "scale": "raw cosine in [-1, 1]", "count": score["count"]}
     for k, v in zip(keys, score["per_item"]):
         items.setdefault(k, {})["clap_score"] = v
+
+
+class _LazyClips:
+    """The clips of `paths` at `sample_rate`, read when a slice of them is taken: a CLAP score over thousands
+    of 10 s clips at 48 kHz holds one batch in memory, not all of them (4 875 AudioCaps clips: ~9 GB)."""
+
+    def __init__(self, paths: list[Path], sample_rate: int, load):
+        self.paths, self.sample_rate, self.load = paths, sample_rate, load
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.load(p, sample_rate=self.sample_rate)[0] for p in self.paths[index]]
+        return self.load(self.paths[index], sample_rate=self.sample_rate)[0]
 
 
 def _common_protocol(opts: EvalOptions, metrics, gen) -> dict:

@@ -173,6 +173,28 @@ def test_tta_eval_failed_rerun_keeps_the_earlier_result_whole(folders, tmp_path,
     assert not (out / "reference_stats.npz").exists() and not (out / "generated_stats.npz").exists()
 
 
+def test_tta_eval_clap_score_reads_the_clips_batch_by_batch(folders, tmp_path, monkeypatch):
+    """The CLAP score holds one batch of clips in memory, not the whole folder (thousands of 10 s clips at
+    48 kHz would be gigabytes): when the first batch is embedded, only that batch has been read."""
+    import tta.audio
+    from eval import embedders
+
+    gen, ref, prompts = folders
+    loads, seen = [], []
+    real = tta.audio.load_audio
+    monkeypatch.setattr(tta.audio, "load_audio", lambda *a, **k: (loads.append(1), real(*a, **k))[1])
+
+    class Spy(ToyClap):
+        def embed_audio(self, wav, sample_rate):
+            seen.append(len(loads))
+            return super().embed_audio(wav, sample_rate)
+
+    monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: Spy())
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "run", "--metrics", "clap",
+                 "--prompts", prompts, "--clap-model", tmp_path / "toy-clap", "--batch-size", "3") == 0
+    assert seen[-8] <= 3 and len(loads) == 8   # the last 8 calls embed the 8 clips, one by one
+
+
 def test_tta_eval_skips_a_clip_too_short_to_embed_and_names_it(folders, tmp_path):
     """A valid wav too short for the MFCC front end (320 samples; a mel frame needs 433) is skipped and
     reported by name, like an unreadable file, instead of stopping the whole run."""
@@ -252,3 +274,20 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path):
     assert -1.0 <= body["metrics"]["clap_score"] <= 1.0
     assert body["protocol"]["clap"]["model"]["identity"].startswith("clap@tta-clap:")
     assert body["protocol"]["clap"]["count"] == 8
+
+
+def test_a_prompt_row_naming_a_bare_file_name_pairs_with_one_file_only(tmp_path):
+    """A row for "x.wav" matches a generated file x in a subfolder only when no other subfolder has an x:
+    a/x and b/x would otherwise silently share one prompt."""
+    gen = tmp_path / "gen"
+    for sub in ("a", "b"):
+        save_audio(gen / sub / "x.wav", tone(440, 1.0), 16_000)
+    save_audio(gen / "a" / "y.wav", tone(660, 1.0), 16_000)
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("file,prompt\nx.wav,a tone\ny.wav,another tone\n")
+    assert _eval(tmp_path, "--generated", gen, "--reference", gen, "--out", tmp_path / "o", "--prompts", prompts) == 1
+    prompts.write_text("file,prompt\na/x.wav,a tone\nb/x.wav,a hum\ny.wav,another tone\n")
+    assert _eval(tmp_path, "--generated", gen, "--reference", gen, "--out", tmp_path / "o", "--prompts", prompts) == 0
+    with open(tmp_path / "o" / "items.csv") as f:
+        assert {r["name"]: r["prompt"] for r in csv.DictReader(f)} == {"a/x": "a tone", "b/x": "a hum",
+                                                                      "a/y": "another tone"}
