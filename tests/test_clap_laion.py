@@ -381,3 +381,22 @@ def test_cli_score_with_a_laion_checkpoint(laion_pt, tokenizer_dir, tmp_path):
                  "--audio", str(audio), "--prompts", str(prompts), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["model"].startswith("laion-clap:") and res["num_items"] == 2
+
+
+def test_sharded_transformers_folders_get_their_own_identity(tmp_path, tokenizer_dir):
+    """The identity names a CLAP in embedding caches and datastores: two different models saved in shards
+    must not share one (it was "laion-clap:unknown" for every sharded folder)."""
+    from transformers import AutoTokenizer, ClapModel
+
+    from tta.clap import load_clap
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    identities = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        folder = tmp_path / f"sharded{seed}"
+        ClapModel(tiny_config()).save_pretrained(str(folder), max_shard_size="100KB")
+        tok.save_pretrained(str(folder))
+        assert not (folder / "model.safetensors").exists() and list(folder.glob("model-*.safetensors"))
+        identities.append(load_clap(folder).identity)
+    assert identities[0] != identities[1] and "unknown" not in identities[0]

@@ -282,7 +282,12 @@ class LaionClapEmbedder(ClapEmbedder):
             raise CheckpointError(f"{path}: not a loadable transformers CLAP folder "
                                   f"({str(e).splitlines()[0][:200]})") from None
         weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
-        ident = f"laion-clap:{_file_hash(weights) if weights else 'unknown'}"
+        shards = sorted([*path.glob("model-*.safetensors"), *path.glob("pytorch_model-*.bin")])
+        if weights is not None:
+            ident = f"laion-clap:{_file_hash(weights)}"
+        else:   # sharded weights (or none found): every shard's hash, so two such models never share caches
+            h = hashlib.sha256("".join(_file_hash(f) for f in shards or [path / "config.json"]).encode())
+            ident = f"laion-clap:{h.hexdigest()[:16]}"
         fe = None
         if (path / "preprocessor_config.json").is_file():
             fe = ClapFeatureExtractor.from_pretrained(str(path), local_files_only=True)
