@@ -355,6 +355,17 @@ def test_a_resaved_clap_is_recognised_and_another_refused(store):
     other = TTAClapEmbedder(TTAClap(tiny_model_config(ClapConfig, "clap")).eval(), identity="tta-clap:other")
     with pytest.raises(DatastoreError, match=f"built with CLAP {clap.identity}.*given CLAP is tta-clap:other"):
         loaded.check_clap(other)
+    # the same text tower with another audio tower: the stored captions agree, the stored audio does not
+    import copy
+
+    audio_changed = copy.deepcopy(clap.model)
+    with torch.no_grad():
+        for name, param in audio_changed.named_parameters():
+            if name.startswith("audio"):
+                param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    assert any(n.startswith("audio") for n, _ in audio_changed.named_parameters())
+    with pytest.raises(DatastoreError, match="given CLAP is tta-clap:new-audio"):
+        loaded.check_clap(TTAClapEmbedder(audio_changed, identity="tta-clap:new-audio"))
 
 
 def test_a_retrieval_pipeline_round_trips_and_refuses_diffusers_export(trained, store, tmp_path, capsys):

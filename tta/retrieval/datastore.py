@@ -494,19 +494,40 @@ class Datastore:
         hashes its checkpoint file, so the same weights in another format (the transformers folder of a
         pipeline's text_encoder/) carry another one: then the stored text embeddings of the first `probe`
         entries are recomputed with `clap`, and the store is accepted only if they match (max abs
-        difference <= 1e-3 on unit vectors; a different CLAP differs by orders of magnitude more).
+        difference <= 1e-3 on unit vectors; a different CLAP differs by orders of magnitude more) and so do the
+        audio embeddings of the first two entries whose audio files can be read (`_audio_agrees`).
         """
         if clap.identity == self.identity:
             return
         if probe > 0 and int(getattr(clap, "embed_dim", -1)) == self.dim:
             n = min(probe, self.count)
             mine = np.asarray(clap.embed_text([self.meta[i]["captions"][0] for i in range(n)]), dtype=np.float32)
-            if float(np.abs(mine - np.asarray(self.emb["text"][:n])).max()) <= 1e-3:
+            if float(np.abs(mine - np.asarray(self.emb["text"][:n])).max()) <= 1e-3 and self._audio_agrees(clap):
                 log.info("%s: CLAP %s reproduces the stored embeddings of CLAP %s: same model", self.folder,
                          clap.identity, self.identity)
                 return
         raise DatastoreError(f"{self.folder}: built with CLAP {self.identity}, but the given CLAP is "
                              f"{clap.identity}; rebuild the datastore with this CLAP")
+
+    def _audio_agrees(self, clap, probe: int = 2) -> bool:
+        """Whether `clap` reproduces the stored audio embeddings of the first `probe` entries whose audio can be
+        read (a CLAP whose audio tower alone changed has the same text embeddings); True when none can be read.
+        The tolerance (1e-2 on unit vectors) allows for batch padding; another audio tower is far beyond it."""
+        from tta.audio import AudioError, load_audio
+
+        checked = 0
+        for i in range(self.count):
+            if checked == probe:
+                break
+            try:
+                wav = load_audio(self.paths[i], clap.sample_rate, max_seconds=self.max_seconds or None)[0]
+            except (AudioError, OSError):
+                continue
+            mine = np.asarray(clap.embed_audio(wav[None], clap.sample_rate), dtype=np.float32)[0]
+            if float(np.abs(mine - np.asarray(self.emb["audio"][i])).max()) > 1e-2:
+                return False
+            checked += 1
+        return True
 
     def query(self, emb, k: int, modality: Literal["audio", "text"] = "audio", *,
               exclude_ids: Sequence[str | Iterable[str] | None] | None = None,
