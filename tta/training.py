@@ -50,9 +50,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_dir, atomic_write_text,
-                            load_component, load_into, load_state_dict, load_train_state, read_foreign_folder,
-                            save_component, save_train_state)
+from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_dir,
+                            atomic_write_text, load_component, load_into, load_state_dict, load_train_state,
+                            read_foreign_folder, save_component, save_train_state)
 from tta.config import ConfigError, from_dict, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"   # after warm-up: constant, or a cosine decay
     min_lr_ratio: float = 0.1                # cosine: the LR at max_steps, as a fraction of learning_rate
     gradient_accumulation_steps: int = 1
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"   # fp16 needs a CUDA GPU (loss scaling); bf16 runs anywhere
     ema_decay: float = 0.0                   # 0 disables EMA; AudioLDM's LDM uses 0.9999
     log_every: int = 10
     validate_every: int = 500
@@ -88,6 +88,11 @@ class TrainConfig:
                                              # (RUN, RUN/checkpoints/step_N or a component folder)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:     # numpy's and the sampler's seeds are 32-bit
+            raise ValueError(f"train.seed={self.seed} must be in [0, 2**32)")
+        if self.mixed_precision == "fp16" and self.cpu:
+            raise ValueError("train.mixed_precision='fp16' needs a CUDA GPU, but train.cpu is true: use 'bf16' "
+                             "(or 'no') on the CPU")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every",
                      "validate_every", "checkpoint_every"):
             if getattr(self, name) <= 0:
@@ -307,8 +312,13 @@ def set_rng_state(state: dict) -> None:
 class TrainingRun:
     def __init__(self, out_dir: str | os.PathLike, config: Any, train: TrainConfig, *, resume: bool = False,
                  progress: bool = True):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, PartialState
 
+        if train.mixed_precision == "fp16" and PartialState(cpu=train.cpu).device.type == "cpu":
+            # accelerate makes neither autocast nor a loss scaler for fp16 on the CPU: the run would train in
+            # float32 while config.json says fp16
+            raise RunError("train.mixed_precision='fp16' needs a CUDA GPU and this run is on the CPU: use 'bf16' "
+                           "(or 'no') there")
         self.out = Path(out_dir)
         self.config = config
         self.train = train
@@ -325,6 +335,12 @@ class TrainingRun:
         # init_from: per tracked module, called as hook(module, fresh_keys) after the load and before the EMA
         # restarts, so a model can initialise what the source lacks (e.g. a grown UNet's new blocks)
         self.init_hooks: dict[str, Callable[[nn.Module, list[str]], None]] = {}
+        # init_from a component or pipeline folder (inference weights): per tracked module, the pipeline
+        # sub-folder that holds it when it is not named like the module (None: no inference folder holds it, it
+        # starts fresh, e.g. a GAN's discriminators), and a loader, folder -> state dict in the module's training
+        # form, for a module whose component folders store another form (HiFi-GAN: weight norm removed)
+        self.init_subfolders: dict[str, str | None] = {}
+        self.init_loaders: dict[str, Callable[[Path], dict]] = {}
         self._bar = None
         self._pending: dict[str, list[float]] = {}    # scalars of this optimizer step's micro-batches
         self._last_logged: dict[str, float] = {}
@@ -372,8 +388,10 @@ class TrainingRun:
                 # Only the length differs: extending or shortening a run keeps its trajectory unless the LR
                 # schedule is a cosine to max_steps, which would jump (stopping at a checkpoint already made
                 # trains nothing more, so that is allowed too); otherwise allowed and recorded.
-                done = max((int(c.name.split("_")[1]) for c in complete_checkpoints(self.checkpoints_dir)),
-                           default=0)
+                ckpts = complete_checkpoints(self.checkpoints_dir)
+                done = _step_of(ckpts[-1]) if ckpts else 0
+                if ckpts:
+                    self._resume_checkpoint(ckpts)      # refused before config.json records the new length
                 if resolved.get("train", {}).get("lr_schedule") == "cosine" and new_max > done:
                     raise RunError(f"{self.out}: train.max_steps cannot change on resume ({old_max} -> {new_max}): "
                                    "the cosine learning-rate schedule decays to max_steps and would jump; start "
@@ -608,6 +626,8 @@ class TrainingRun:
                 "emas": {n: e.state_dict() for n, e in self._emas.items()},
                 "rng": rng_state(),
             }
+            if self.accelerator.scaler is not None:     # fp16 on CUDA: the loss scale it has found so far
+                state["scaler"] = self.accelerator.scaler.state_dict()
             if ranks is not None:
                 state["rng_ranks"] = ranks
             save_train_state(tmp / TRAIN_STATE_NAME, state)
@@ -626,7 +646,8 @@ class TrainingRun:
         return complete_checkpoints(self.checkpoints_dir)
 
     def restore(self) -> int:
-        """On --resume, load the latest complete checkpoint into everything tracked; returns the step.
+        """On --resume, load the latest complete checkpoint (with a train.max_steps below its step, the one at
+        max_steps) into everything tracked, fp16's loss scale included; returns the step.
 
         A fresh run with train.init_from starts from that run's weights instead (see `init_weights`)."""
         if not self.resume:
@@ -637,7 +658,10 @@ class TrainingRun:
         ckpts = self.list_checkpoints()
         if not ckpts:
             raise RunError(f"{self.out}: no complete checkpoint under checkpoints/ to resume from")
-        folder = ckpts[-1]
+        folder = self._resume_checkpoint(ckpts)
+        if folder != ckpts[-1]:
+            log.info("%s: train.max_steps=%d is below the latest checkpoint (%s): resuming from %s", self.out,
+                     self.train.max_steps, ckpts[-1].name, folder.name)
         state = load_train_state(folder / TRAIN_STATE_NAME)
         for name, module in self._modules.items():
             weights = folder / name / WEIGHTS_NAME
@@ -648,6 +672,12 @@ class TrainingRun:
             sched.load_state_dict(state["schedulers"][name])
         for name, ema in self._emas.items():
             ema.load_state_dict(state["emas"][name])
+        scaler = self.accelerator.scaler
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        elif scaler is not None:
+            log.warning("%s holds no fp16 loss-scaler state (written by an older tta): the loss scale starts afresh",
+                        folder)
         self.step, self.micro_step = state["step"], state["micro_step"]
         self.data_position = state["data_position"]
         ranks, index = state.get("rng_ranks"), self.accelerator.process_index
@@ -661,6 +691,19 @@ class TrainingRun:
         if self._bar is not None:
             self._bar.n = self.step
         return self.step
+
+    def _resume_checkpoint(self, ckpts: list[Path]) -> Path:
+        """The checkpoint a resume continues from: the latest, or, when train.max_steps is below its step (a run
+        shortened on resume), the one at max_steps; refused when none was kept there."""
+        steps = [_step_of(c) for c in ckpts]
+        target = self.train.max_steps
+        if steps[-1] <= target:
+            return ckpts[-1]
+        if target in steps:
+            return ckpts[steps.index(target)]
+        raise RunError(f"{self.out}: train.max_steps={target} is below the latest checkpoint's step {steps[-1]} "
+                       f"and no checkpoint was kept at step {target} (checkpoints: "
+                       f"{', '.join(f'step_{s}' for s in steps)}); set train.max_steps to one of those steps")
 
     def _seed_process(self) -> None:
         """Give every process but the main one its own random stream, once the models are built (their
@@ -683,8 +726,9 @@ class TrainingRun:
 
         `source` is a run folder (its latest complete checkpoint, else final/), one checkpoints/step_N
         folder, a component folder (weights for the first tracked module; a diffusers model folder too),
-        or a pipeline folder (its sub-folder named like each tracked module, e.g. unet/: fine-tune the
-        embedded default or an imported AudioLDM). A module that has an EMA
+        or a pipeline folder (its sub-folder named like each tracked module, e.g. unet/, or as `init_subfolders`
+        says: fine-tune the embedded default or an imported AudioLDM); `init_loaders` turns a component folder
+        into a module's training form. A module that has an EMA
         in the source gets the EMA weights. Optimizers, schedulers and the step start fresh; this run's
         EMAs restart from the loaded weights. Modules, and tensors the source lacks or shapes differently,
         keep their fresh initialisation, with a warning (e.g. a retrieval context encoder and the key/value
@@ -708,17 +752,22 @@ class TrainingRun:
                     weights[name] = load_state_dict(src / name / WEIGHTS_NAME)
         elif (src / "pipeline.json").is_file():   # a pipeline folder: one sub-folder per component
             for name, module in self._modules.items():
-                if (src / name).is_dir():
-                    weights[name] = _folder_weights(src / name, self.unwrap(module))
-        elif (src / WEIGHTS_NAME).is_file() or _diffusers_weights(src):   # a component folder: the main module
-            name, module = next(iter(self._modules.items()))
-            weights[name] = _folder_weights(src, self.unwrap(module))
+                sub = self.init_subfolders.get(name, name)
+                if sub is not None and (src / sub).is_dir():
+                    weights[name] = self._inference_weights(name, src / sub, module)
+        elif (src / WEIGHTS_NAME).is_file() or _diffusers_weights(src) or \
+                (next(iter(self._modules)) in self.init_loaders and (src / CONFIG_NAME).is_file()):
+            name, module = next(iter(self._modules.items()))    # a component folder: the main module
+            weights[name] = self._inference_weights(name, src, module)
         if not weights:
             raise RunError(f"train.init_from={str(source)!r}: no weights for {', '.join(self._modules)} there "
                            f"(expected a run folder, checkpoints/step_N, a component or a pipeline folder)")
         for name, module in self._modules.items():
             if name not in weights:
-                log.warning("init_from %s: no %s weights there; it keeps its fresh initialisation", src, name)
+                if self.init_subfolders.get(name, name) is None and not (src / TRAIN_STATE_NAME).is_file():
+                    log.info("init_from %s: %s starts fresh (an inference folder holds none)", src, name)
+                else:
+                    log.warning("init_from %s: no %s weights there; it keeps its fresh initialisation", src, name)
                 continue
             module = self.unwrap(module)
             own = module.state_dict()
@@ -745,6 +794,11 @@ class TrainingRun:
             if name in self._emas:
                 self._emas[name].reset(module)
         log.info("initialised %s from %s", ", ".join(n for n in self._modules if n in weights), src)
+
+    def _inference_weights(self, name: str, folder: Path, module: nn.Module) -> dict:
+        """The state dict of the tracked module `name` from a component folder, in its training form."""
+        loader = self.init_loaders.get(name)
+        return loader(folder) if loader is not None else _folder_weights(folder, self.unwrap(module))
 
     def finish(self, model: nn.Module, name: str | None = None) -> Path:
         """Write final/ (EMA weights when an EMA of this model is tracked) and close the bar."""
@@ -832,7 +886,11 @@ def complete_checkpoints(folder: Path) -> list[Path]:
         return []
     found = [p for p in folder.iterdir()
              if p.is_dir() and re.fullmatch(r"step_\d+", p.name) and (p / TRAIN_STATE_NAME).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    return sorted(found, key=_step_of)
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("_")[1])
 
 
 def load_final(run_dir: str | os.PathLike, cls: type | None = None):

@@ -12,6 +12,8 @@ measured on training clips with the released weights and stored in final/.
 `freeze_encoder` fine-tunes the decoder of a trained VAE (`train.init_from`) and leaves its encoder and
 scale_factor as they were: the latent space a diffusion model was trained on stays valid, so a better decoder
 can be swapped into a pipeline without retraining the UNet (Stable Diffusion's "ft-MSE" VAE is the same idea).
+A run's checkpoints are written before its scale_factor is measured, so from a run folder (or one of its
+checkpoints) the scale_factor comes from the run's final/, which must hold the same encoder.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tta.audio import log_mel
+from tta.checkpoint import TRAIN_STATE_NAME, WEIGHTS_NAME, load_state_dict
 from tta.data.manifest import DataConfig
 from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
 from vae.losses import LossConfig, VAELoss
@@ -60,6 +63,9 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     if config.freeze_encoder and not (config.train.init_from or resume):
         raise ValueError("freeze_encoder=true fine-tunes the decoder of a trained VAE: set train.init_from "
                          "(--init-from RUN, component or pipeline folder)")
+    measured = None      # freeze_encoder from a run: its final/, which holds the measured scale_factor
+    if config.freeze_encoder and not resume:
+        measured = measured_scale_source(config.train.init_from)
     train_set = AudioDataset.from_config(
         config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=True
     )
@@ -83,6 +89,11 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     run.track(vae=vae, loss=criterion, optimizer_ae=opt_ae, optimizer_disc=opt_d, scheduler_ae=sched)
     ema = run.make_ema("vae", vae)
     run.restore()
+    if measured is not None:
+        run.unwrap(vae).set_scale_factor(kept_scale_factor(measured, run.unwrap(vae), config.train.init_from))
+        if ema is not None:
+            ema.reset(run.unwrap(vae))      # still step 0: restart the average with the kept scale
+    kept_scale = float(run.unwrap(vae).scale_factor)    # freeze_encoder: a buffer training never changes
     disc = run.unwrap(criterion).discriminator
 
     for batch in run.batches(train_set):
@@ -121,7 +132,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 
     release = ema.averaged(run.unwrap(vae)) if ema is not None else run.unwrap(vae)
     if run.is_main and config.freeze_encoder:
-        scale = float(release.scale_factor)    # same encoder, same latents: the diffusion model's scale stays
+        scale = kept_scale    # same encoder, same latents: the diffusion model's scale stays
         release.set_scale_factor(scale)
         run.log_metrics(split="final", scale_factor=scale)
         log.info("scale_factor = %.6g (kept: the encoder was frozen)", scale)
@@ -139,6 +150,38 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             min(config.scale_items, len(scale_set)),
         )
     return run.finish(release)
+
+
+def measured_scale_source(source: str) -> Path | None:
+    """For a frozen-encoder fine-tune from `source`: the final/ weights file of the run it names (a run folder or
+    one of its checkpoints, which are written before the run measures scale_factor at its end), None for a
+    component or pipeline folder, which stores the measured value. A run without final/ is refused."""
+    src = Path(source)
+    if (src / TRAIN_STATE_NAME).is_file():          # RUN/checkpoints/step_N
+        run_dir = src.parent.parent
+    elif (src / "checkpoints").is_dir() or (src / "final").is_dir():
+        run_dir = src
+    else:
+        return None
+    final = run_dir / "final" / WEIGHTS_NAME
+    if not final.is_file():
+        raise ValueError(f"freeze_encoder=true keeps the scale_factor of train.init_from={source}, but {run_dir} has "
+                         "no final/ (a run measures it when it finishes): finish that run, or start from a component "
+                         "or pipeline folder")
+    return final
+
+
+def kept_scale_factor(final: Path, vae: MelVAE, source: str) -> float:
+    """The scale_factor stored in a run's `final` weights, for `vae` loaded from that run: its encoder must be
+    final/'s (else the scale was measured for another encoder)."""
+    state = load_state_dict(final)
+    own = vae.state_dict()
+    encoder = [k for k in own if k.startswith(("net.encoder.", "net.quant_conv."))]
+    if any(k not in state or not torch.equal(state[k].to(own[k].dtype), own[k]) for k in encoder):
+        raise ValueError(f"freeze_encoder=true: the encoder of train.init_from={source} is not the one in "
+                         f"{final.parent} (another step's), whose measured scale_factor it would keep; start from "
+                         f"{final.parent}")
+    return float(state["scale_factor"])
 
 
 def _mels(dataset, config: RunConfig, limit: int, device):

@@ -7,7 +7,12 @@ AdamW optimizers (betas 0.8 / 0.99 in the configs) and their exponential LR deca
 `--resume` continues where the last checkpoint stopped. Every `train.validate_every` steps (and after the
 last) held-out clips are vocoded from their mels: mel L1 and the multi-resolution STFT distance go to
 metrics.jsonl (split "valid"), and a few generated wavs + real-vs-generated spectrogram PNGs to
-RUN/samples/step_N/. final/ is the generator with weight norm removed (the inference form).
+RUN/samples/step_N/, scored with the EMA weights when train.ema_decay > 0 (what final/ holds). final/ is the
+generator with weight norm removed (the inference form).
+
+`train.init_from` fine-tunes a run (its checkpoint: generator and discriminators), or a vocoder component
+folder (a run's final/, an imported AudioLDM or SpeechT5HifiGan folder) or a pipeline folder's vocoder/: these
+hold the inference form, so weight norm is re-applied (the same function) and the discriminators start fresh.
 
 With `vae` set (a MelVAE component, run or pipeline folder in the same mel space), the first
 round(vae_fraction x B) mels of every batch are the VAE's reconstruction (posterior mode) of the real mel,
@@ -132,6 +137,11 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     run.track(generator=generator, discriminator=discriminator, optimizer_g=opt_g, optimizer_d=opt_d,
               scheduler_g=sched_g, scheduler_d=sched_d)
     ema = run.make_ema("generator", generator)
+    # init_from an inference folder: a pipeline keeps the generator as vocoder/, no such folder keeps the
+    # discriminators, and HiFi-GAN's component folders hold it with weight norm folded in
+    run.init_subfolders.update(generator="vocoder", discriminator=None)
+    if isinstance(run.unwrap(generator), HiFiGAN):
+        run.init_loaders["generator"] = lambda folder: weight_norm_state(folder, run.unwrap(generator))
     run.restore()
     if vae is not None:
         vae.to(run.device)
@@ -171,10 +181,25 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 
         run.end_step(loss_g=losses.total.item(), **logged, mel_l1=losses.mel_l1.item(), stft=losses.stft.item())
         if valid_set is not None and (run.should(config.train.validate_every) or run.step == config.train.max_steps):
-            validate(run, generator, valid_set, config, vae)
+            # the weights final/ will hold: the EMA's when there is one
+            scored = ema.averaged(run.unwrap(generator)) if ema is not None and run.is_main else generator
+            validate(run, scored, valid_set, config, vae)
 
     final_source = ema.averaged(run.unwrap(generator)) if ema is not None else run.unwrap(generator)
     return run.finish(final_source.inference_copy())
+
+
+def weight_norm_state(folder: Path, generator: HiFiGAN) -> dict:
+    """The state dict, in `generator`'s training form (weight norm on), of the HiFi-GAN in a component folder
+    (a run's final/, a pipeline's vocoder/) or an imported SpeechT5HifiGan folder, which hold it with weight
+    norm removed: weight norm is re-applied, g = ||w|| and v = w, so the function stays the same."""
+    from vocoder.interop import load_vocoder
+
+    try:
+        source = load_vocoder(folder, weight_norm=generator.config.weight_norm)
+    except ValueError as e:      # CheckpointError, ConfigError: a folder of something else
+        raise ValueError(f"train.init_from: {folder} is not a HiFi-GAN vocoder folder ({e})") from None
+    return source.state_dict()
 
 
 def load_frozen_vae(path: str, mel: MelConfig) -> torch.nn.Module:

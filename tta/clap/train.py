@@ -7,7 +7,8 @@ does for tag-only data). Identical captions in a batch are merged, so clips shar
 positives of it, not negatives. On several processes the negatives are the whole batch: the embeddings of
 every process are gathered (with their gradients) and identical captions are merged across processes, as
 LAION-CLAP and OpenCLIP gather theirs. Validation embeds the valid split (deterministic crops, every caption of
-every row) and logs text->audio / audio->text R@1/5/10 and mAP@10 to metrics.jsonl (split "valid").
+every row) and logs text->audio / audio->text R@1/5/10 and mAP@10 to metrics.jsonl (split "valid"), scoring the
+EMA weights when train.ema_decay > 0 (what final/ holds).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     sched = make_warmup_scheduler(opt, config.train)
     model, opt = run.prepare(model, opt)
     run.track(model=model, optimizer=opt, scheduler=sched)
-    run.make_ema("model", model)
+    ema = run.make_ema("model", model)
     run.restore()
     core: TTAClap = run.unwrap(model)
     model.train()
@@ -177,7 +178,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         nonlocal last_valid
         if valid_ds is None or not run.is_main:
             return
-        metrics = validate(core, valid_ds, config.train.batch_size, config.valid_max_items, run.device,
+        scored = ema.averaged(core) if ema is not None else core     # the weights final/ will hold
+        metrics = validate(scored, valid_ds, config.train.batch_size, config.valid_max_items, run.device,
                            model_name=f"tta-clap:{Path(out).name}@step{run.step}")
         run.log_metrics(split="valid", **metrics)
         log.info("valid step %d: t2a R@5 %.3f (chance %.3f)", run.step, metrics["t2a_R@5"], metrics["t2a_R@5_chance"])
