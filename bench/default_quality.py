@@ -8,7 +8,9 @@ In one run, on N held-out rows (seeded choice; one seeded caption per row):
   FAD          Fréchet distance (eval.embedders + eval.fad, frames of all clips pooled) of the generations
                vs the real held-out clips, against a copy baseline: for each held-out caption the training
                clip whose caption is nearest in CLAP text space (cosine over every caption of every
-               training row); goal: FAD(gen) < FAD(copy).
+               training row) among those at least as long as the held-out clip (--copy-length match; the
+               count of nearer but shorter clips passed over is recorded) and never the held-out clip
+               itself; goal: FAD(gen) < FAD(copy).
   cost         in a child process (so the numbers are the pipeline's alone): load + generate one clip of
                --seconds at --threads torch threads with the pipeline's default sampler settings, twice;
                RTF = best generation wall / audio seconds (goal <= 0.5), peak RSS of that process (its own
@@ -89,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="row / caption choice and generation noise")
     ap.add_argument("--seconds", type=float, default=10.0, help="cost clip length and the cap of --length match")
     ap.add_argument("--length", choices=("match", "fixed"), default="match")
+    ap.add_argument("--copy-length", choices=("match", "any"), default="match",
+                    help="match: the copy is the nearest-caption training clip at least as long as the held-out "
+                         "clip (FAD then compares the same frames); any: the nearest of any length, as records "
+                         "before 2026-12-07 (a shorter copy gave the copy set fewer frames)")
     ap.add_argument("--steps", type=int, help="default: the pipeline's")
     ap.add_argument("--sampler", help="default: the pipeline's")
     ap.add_argument("--guidance", type=float, help="default: the pipeline's")
@@ -144,8 +150,15 @@ def pick_items(rows, n: int, seed: int) -> list[tuple[object, str]]:
     return [(rows[i], rows[i].captions[int(rng.integers(len(rows[i].captions)))]) for i in picked]
 
 
-def nearest_training(clap, captions: list[str], train_rows, *, progress: bool) -> list[tuple[object, str, float]]:
-    """For each caption, the training row with the nearest caption: (row, its caption, cosine) by CLAP text."""
+def nearest_training(clap, captions: list[str], train_rows, *, progress: bool, min_seconds: list[float] | None = None,
+                     exclude: list[set] | None = None) -> tuple[list[tuple[object, str, float]], int, int]:
+    """For each caption, the training row with the nearest caption: (row, its caption, cosine) by CLAP text;
+    how many captions had a nearer one that did not qualify; and how many had no clip long enough (then the
+    nearest shorter one is their copy).
+
+    min_seconds: per caption, the shortest training clip that may be its copy (the held-out clip's length, so a
+    copy is as long as what it stands in for and FAD compares sets of the same frames); exclude: per caption,
+    ids and manifest paths that may not be its copy (the held-out clip itself, when the split is a train one)."""
     pool = [(r, c) for r in sorted(train_rows, key=lambda r: r.id) for c in r.captions]
     if not pool:
         raise ValueError("the manifest has no training rows for the copy baseline")
@@ -154,8 +167,27 @@ def nearest_training(clap, captions: list[str], train_rows, *, progress: bool) -
     keys /= np.linalg.norm(keys, axis=1, keepdims=True)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     sims = queries @ keys.T                                                                         # (N, P)
-    best = sims.argmax(axis=1)
-    return [(pool[j][0], pool[j][1], float(sims[i, j])) for i, j in enumerate(best)]
+    nearest = sims.argmax(axis=1)
+    seconds = np.asarray([r.seconds for r, _ in pool])
+    names = [{r.id, str(r.path)} for r, _ in pool]
+    out, passed_over, shorter = [], 0, 0
+    for i in range(len(captions)):
+        allowed = np.ones(len(pool), dtype=bool)
+        if exclude is not None and exclude[i]:
+            allowed &= np.asarray([not (n & exclude[i]) for n in names])
+        if not allowed.any():
+            raise ValueError(f"no training clip may be the copy of caption {i} ({captions[i]!r})")
+        ok = allowed
+        if min_seconds is not None:
+            long_enough = allowed & (seconds >= min_seconds[i] - 1e-3)   # a millisecond of rounding in the manifest
+            if long_enough.any():
+                ok = long_enough
+            else:                                      # no clip is that long: the nearest, shorter, is counted
+                shorter += 1
+        j = int(np.where(ok, sims[i], -np.inf).argmax())
+        passed_over += int(j != nearest[i])
+        out.append((pool[j][0], pool[j][1], float(sims[i, j])))
+    return out, passed_over, shorter
 
 
 def read_clip(row, manifest: Path, sample_rate: int, max_samples: int) -> np.ndarray:
@@ -319,10 +351,15 @@ def main(argv: list[str] | None = None) -> dict:
     cap = round(args.seconds * sr)
     captions = [c for _, c in items]
 
-    # copy baseline: the training clip of the nearest caption, cropped like the held-out clip
-    copies = nearest_training(clap, captions, train, progress=progress)
+    # copy baseline: the training clip of the nearest caption that is at least as long as the held-out clip (so
+    # copies and real clips give FAD the same frames; --copy-length any: the nearest of any length, as records
+    # before 2026-12-07 did), never the held-out clip itself, cropped like it
     real = [read_clip(r, args.manifest, sr, cap) for r, _ in items]
     lengths = [len(w) if args.length == "match" else cap for w in real]
+    copies, passed_over, copies_shorter = nearest_training(
+        clap, captions, train, progress=progress,
+        min_seconds=[n / sr for n in lengths] if args.copy_length == "match" else None,
+        exclude=[{r.id, str(r.path)} for r, _ in items])
     copy = [read_clip(r, args.manifest, sr, n) for (r, _, _), n in zip(copies, lengths)]
 
     # generations, one caption at a time (lengths differ); prompt i gets seed + i as in `tta generate`
@@ -390,7 +427,11 @@ def main(argv: list[str] | None = None) -> dict:
                          "neighbours": args.neighbours}),
                      "threads": args.threads, "cost_runs": args.cost_runs, "model_defaults": vars_of(d),
                      "clap": getattr(clap, "identity", ""), "embedder": embedder.identity,
-                     "copy_baseline": "train clip of the nearest caption (CLAP text cosine, same CLAP)",
+                     "copy_baseline": "train clip of the nearest caption (CLAP text cosine, same CLAP)"
+                                      + (", at least as long as the held-out clip" if args.copy_length == "match"
+                                         else ", of any length"),
+                     "copy_length": args.copy_length, "copies_passed_over_shorter": passed_over,
+                     "copies_shorter_than_real": copies_shorter,
                      "ceiling": args.ceiling,
                      "goals": GOALS},
         "clap": {"gen": clap_gen, "real": clap_real, "copy": scores["copy"]["clap_score"],
@@ -420,10 +461,10 @@ def main(argv: list[str] | None = None) -> dict:
                       "peak_rss": bool(cost["peak_rss_mib"] * 2**20 <= GOALS["peak_rss_max_bytes"]),
                       "model_size": bool(size_mb <= GOALS["model_size_max_mb"])},
         "per_item": [{"id": row.id, "caption": c, "seconds": n / sr, "clap_gen": g, "clap_real": r, "clap_copy": k,
-                      "copy_id": cr.id, "copy_caption": cc, "caption_cosine": cs}
-                     for (row, c), n, g, r, k, (cr, cc, cs) in zip(items, lengths, scores["gen"]["per_item"],
-                                                                    scores["real"]["per_item"],
-                                                                    scores["copy"]["per_item"], copies)],
+                      "copy_id": cr.id, "copy_caption": cc, "caption_cosine": cs, "copy_seconds": len(w) / sr}
+                     for (row, c), n, g, r, k, (cr, cc, cs), w in zip(items, lengths, scores["gen"]["per_item"],
+                                                                       scores["real"]["per_item"],
+                                                                       scores["copy"]["per_item"], copies, copy)],
     }
     from tta.checkpoint import atomic_write_text
 

@@ -62,6 +62,25 @@ def git_commit(root: Path = ROOT) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def git_dirty(root: Path = ROOT) -> bool | None:
+    """Whether tracked files of the checkout differ from HEAD (the record's commit did not alone make the
+    result); None when it cannot be told. `git diff --quiet` reads without taking the index lock."""
+    try:
+        out = subprocess.run(["git", "-C", str(root), "--no-optional-locks", "diff", "HEAD", "--quiet"],
+                             capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: False, 1: True}.get(out.returncode)
+
+
+def clear_text_memo(embedder) -> None:
+    """Forget the caption features a frozen tta text tower keeps, so a timed call computes them (a benchmark
+    that times the same captions again would otherwise time a dictionary lookup)."""
+    text = getattr(getattr(embedder, "model", None), "text", None)
+    if hasattr(text, "clear_memo"):
+        text.clear_memo()
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -96,6 +115,7 @@ def machine_info() -> dict:
         "numpy": _version("numpy"),
         "tta": tta_version(),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
     }
 
 

@@ -148,17 +148,28 @@ def bench_quality(args) -> dict:
     ds = AudioDataset(args.manifest, args.split, mel_cfg.sample_rate, args.segment_seconds, random_crop=False)
     n = min(args.items, len(ds))
     metrics = {name: ReconstructionMetrics() for name in models}
+    block = max(m.downsample_factor for m in models.values())   # frames per latent step: whole blocks only
     t0 = time.perf_counter()
-    for start in range(0, n, args.batch_size):
-        wav = torch.stack([ds[i]["wav"] for i in range(start, min(n, start + args.batch_size))])
-        mel = log_mel(wav, mel_cfg)
+    used, too_short = 0, 0
+    for i in range(n):   # each clip alone, cut to its own length: the loader's zero padding is not audio
+        item = ds[i]
+        wav = item["wav"][:min(int(item["seconds"] * mel_cfg.sample_rate), item["wav"].shape[0])]
+        if wav.shape[0] <= mel_cfg.pad:
+            too_short += 1
+            continue
+        mel = log_mel(wav[None], mel_cfg)
+        mel = mel[..., :mel.shape[-1] // block * block]
+        if mel.shape[-1] == 0:
+            too_short += 1
+            continue
+        used += 1
         with torch.no_grad():
             for name, model in models.items():
                 metrics[name].update(mel, model(mel, sample=False)[0])
     values = {name: m.compute() for name, m in metrics.items()}
     print(
-        f"{'model':<10}{'mel L1':>10}{'LSD dB':>10}{'SNR dB':>10}   ({n} clips of {args.segment_seconds} s, "
-        f"{args.split} split)"
+        f"{'model':<10}{'mel L1':>10}{'LSD dB':>10}{'SNR dB':>10}   ({used} clips of up to {args.segment_seconds} s, "
+        f"padding excluded, {args.split} split)"
     )
     for name, v in values.items():
         print(f"{name:<10}{v['mel_l1']:>10.4f}{v['lsd_db']:>10.3f}{v['snr_db']:>10.3f}")
@@ -168,8 +179,11 @@ def bench_quality(args) -> dict:
             "run": os.path.relpath(Path(args.run).resolve(), ROOT),          # repo-relative: no machine paths
             "manifest": os.path.relpath(Path(args.manifest).resolve(), ROOT),
             "split": args.split,
-            "items": n,
+            "items": used,
+            "items_too_short": too_short,
             "segment_seconds": args.segment_seconds,
+            "scored": "each clip alone, cut to its own length in whole VAE blocks (the loader's zero padding "
+                      "excluded; records before 2026-12-07 scored the padded 10.24 s segments)",
             "peer_ckpt": args.peer_ckpt or None,
         },
         "seconds": round(time.perf_counter() - t0, 2),

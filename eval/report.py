@@ -101,8 +101,9 @@ def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | None]:
     if metric in ("is_mean", "is_std"):
         split = panns.get("is", {}) or {}
         return emb, f"splits {split.get('splits')}, seed {split.get('shuffle_seed')}"
-    if metric == "clap_score":
-        return ((proto.get("clap", {}) or {}).get("model", {}) or {}).get("identity"), None
+    if metric == "clap_score":   # the same CLAP on the same prompts (runs recorded before the hash: the CLAP only)
+        clap = proto.get("clap", {}) or {}
+        return (clap.get("model", {}) or {}).get("identity"), clap.get("prompts_sha256")
     return None, None
 
 
@@ -300,9 +301,18 @@ def render_html(runs: list[Run], title: str = "tta evaluation report") -> str:
     return "\n".join(parts)
 
 
+def _md(text) -> str:
+    """Text for a Markdown table cell or list item: a | would split the cell, and HTML in a prompt or label
+    would reach whatever renders the file."""
+    text = " ".join(str(text).split())
+    for a, b in (("\\", "\\\\"), ("|", "\\|"), ("<", "&lt;"), (">", "&gt;"), ("`", "'")):
+        text = text.replace(a, b)
+    return text
+
+
 def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> str:
     names = _metric_names(runs)
-    lines = [f"# {title}", "", "| metric | " + " | ".join(r.label for r in runs) + " |",
+    lines = [f"# {_md(title)}", "", "| metric | " + " | ".join(_md(r.label) for r in runs) + " |",
              "|---|" + "---|" * len(runs)]
     for m in names:
         values, keys, best, shared, comparable = _metric_row(runs, m)
@@ -315,16 +325,16 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
     for r in runs:
         cats = r.body.get("breakdown", {}).get("categories", {})
         if cats:
-            lines += ["", f"## {r.label}: by category", "", "| category | files | FAD | FAD frames | CLAP | KL softmax |",
+            lines += ["", f"## {_md(r.label)}: by category", "", "| category | files | FAD | FAD frames | CLAP | KL softmax |",
                       "|---|---|---|---|---|---|"]
-            lines += [f"| {c} | {v['files']} | {_fmt(v.get('fad'))} | {_frames_cell(v)} | {_fmt(v.get('clap_score'))} | "
+            lines += [f"| {_md(c)} | {v['files']} | {_fmt(v.get('fad'))} | {_frames_cell(v)} | {_fmt(v.get('clap_score'))} | "
                       f"{_fmt(v.get('kl_softmax'))} |" for c, v in cats.items()]
-            lines += [f"- ⚠ {c}: {v['warning']}" for c, v in cats.items() if v.get("warning")]
+            lines += [f"- ⚠ {_md(c)}: {v['warning']}" for c, v in cats.items() if v.get("warning")]
         how, best, worst = pick_items(r)
-        lines += ["", f"## {r.label}: items {how}", ""]
+        lines += ["", f"## {_md(r.label)}: items {how}", ""]
         tags = (("best" if how.startswith("by CLAP") else "example", best), ("worst", worst))
-        lines += [f"- {tag} `{row['name']}` {_fmt(_num(row.get('clap_score')))} {row.get('prompt') or ''}".rstrip()
-                  for tag, rows in tags for row in rows]
+        lines += [f"- {tag} `{_md(row['name'])}` {_fmt(_num(row.get('clap_score')))} {_md(row.get('prompt') or '')}"
+                  .rstrip() for tag, rows in tags for row in rows]
         common = r.body.get("protocol", {}).get("common", {})
         fad = r.body.get("protocol", {}).get("fad", {})
         summary = (f"Protocol: embedder `{fad.get('embedder', {}).get('identity', '–')}`, "

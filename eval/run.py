@@ -423,7 +423,9 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
     score = clap_score(model, [prompts[k].prompt for k in keys], wavs, emb.sample_rate, batch_size=opts.batch_size,
                        progress=opts.progress)
     result["metrics"]["clap_score"] = score["clap_score"]
-    result["protocol"]["clap"] = {"model": emb.protocol(), "scale": "raw cosine in [-1, 1]", "count": score["count"]}
+    pairs = "\n".join(f"{k}\t{prompts[k].prompt}" for k in keys)   # which prompt scored which file: runs on other
+    result["protocol"]["clap"] = {"model": emb.protocol(), "scale": "raw cosine in [-1, 1]", "count": score["count"],
+                                  "prompts_sha256": hashlib.sha256(pairs.encode()).hexdigest()[:16]}   # prompts differ
     for k, v in zip(keys, score["per_item"]):
         items.setdefault(k, {})["clap_score"] = v
 

@@ -75,6 +75,8 @@ def test_bench_end_to_end_on_the_tiny_pipeline(tmp_path):
     assert f["gen"] >= 0 and f["copy"] >= 0 and f["ratio_gen_copy"] == pytest.approx(f["gen"] / f["copy"])
     assert f["embedder"] == "mfcc@v1"                  # mfcc windows: 2 per 1.5 s clip, 1 per 0.5 s copy
     assert f["frames"]["real"] == f["frames"]["gen"] == 8 and f["frames"]["copy"] == 4
+    # no training clip is as long as a held-out one here: every copy is the nearest shorter clip, and counted
+    assert s["settings"]["copies_shorter_than_real"] == 4 and s["settings"]["copy_length"] == "match"
     assert k["rtf"] > 0 and k["rtf"] <= k["rtf_first"] and k["audio_seconds"] == pytest.approx(1.5)
     assert 50 < k["peak_rss_mib"] < 16_000 and k["torch_threads"] == 1
     assert 0 < k["model_size_mb"] < 40
@@ -156,3 +158,36 @@ def test_best_of_candidates_reports_the_per_draw_score(tmp_path):
     assert o["fad"]["gen_first_draw"] == pytest.approx(f["gen_first_draw"], rel=1e-6)
     with pytest.raises(SystemExit):
         bench.main(["--manifest", str(manifest), "--candidates", "0"])
+
+
+def test_the_copy_is_the_nearest_caption_long_enough_and_never_the_item_itself():
+    """The copy baseline stands in for a held-out clip of n seconds: the nearest-caption training clip at least
+    n long (a shorter nearest one is passed over and counted), never the held-out row itself (--split train),
+    and, when no clip is long enough, the nearest one, counted as shorter."""
+    import numpy as np
+
+    bench = load_bench()
+
+    class WordClap:                                   # captions embed as bags of their words
+        vocab = ["dog", "barks", "rain", "roof", "loud", "far"]
+
+        def embed_text(self, captions, progress=False):
+            return np.asarray([[c.split().count(w) + 1e-3 for w in self.vocab] for c in captions])
+
+    def row(id_, caption, seconds, split="train"):
+        return ManifestRow(id=id_, path=f"{id_}.wav", captions=(caption,), seconds=seconds, sample_rate=SR,
+                           split=split)
+
+    train = [row("short-dog", "dog barks", 1.0), row("long-dog", "dog barks loud", 6.0),
+             row("rain", "rain roof", 10.0)]
+    copies, passed, shorter = bench.nearest_training(WordClap(), ["dog barks"], train, progress=False,
+                                                     min_seconds=[5.0])
+    assert [r.id for r, _, _ in copies] == ["long-dog"] and (passed, shorter) == (1, 0)
+    copies, passed, shorter = bench.nearest_training(WordClap(), ["dog barks"], train, progress=False)
+    assert [r.id for r, _, _ in copies] == ["short-dog"] and (passed, shorter) == (0, 0)
+    copies, passed, shorter = bench.nearest_training(WordClap(), ["dog barks"], train, progress=False,
+                                                     min_seconds=[12.0])
+    assert [r.id for r, _, _ in copies] == ["short-dog"] and (passed, shorter) == (0, 1)
+    copies, passed, _ = bench.nearest_training(WordClap(), ["dog barks"], train, progress=False,
+                                               exclude=[{"short-dog", "short-dog.wav"}])
+    assert [r.id for r, _, _ in copies] == ["long-dog"] and passed == 1

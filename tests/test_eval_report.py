@@ -109,7 +109,7 @@ def test_report_refuses_other_file_types_and_extra_labels(report, tmp_path, caps
     assert list(tmp_path.iterdir()) == []
 
 
-def _run(label, fad, embedder, reference, clap=None):
+def _run(label, fad, embedder, reference, clap=None, prompts=None, items=()):
     from eval.report import Run
 
     protocol = {"fad": {"embedder": {"identity": embedder}, "reference": {"folder": f"/data/{reference}"},
@@ -117,8 +117,32 @@ def _run(label, fad, embedder, reference, clap=None):
     metrics = {"fad": fad}
     if clap is not None:
         metrics["clap_score"] = clap
-        protocol["clap"] = {"model": {"identity": "clap@tta-clap:0123"}}
-    return Run(label, {"metrics": metrics, "protocol": protocol}, [], Path(f"/runs/{label}"))
+        protocol["clap"] = {"model": {"identity": "clap@tta-clap:0123"},
+                            **({"prompts_sha256": prompts} if prompts else {})}
+    return Run(label, {"metrics": metrics, "protocol": protocol}, list(items), Path(f"/runs/{label}"))
+
+
+def test_clap_scores_on_other_prompts_are_not_compared():
+    from eval.report import render_markdown
+
+    md = render_markdown([_run("a", 1.0, "mfcc@v1", "ref1", clap=0.3, prompts="aaaa"),
+                          _run("b", 1.0, "mfcc@v1", "ref1", clap=0.5, prompts="bbbb")])
+    row = next(line for line in md.splitlines() if line.startswith("| CLAP score"))
+    assert "not comparable" in row and "**" not in row
+    same = render_markdown([_run("a", 1.0, "mfcc@v1", "ref1", clap=0.3, prompts="aaaa"),
+                            _run("b", 1.0, "mfcc@v1", "ref1", clap=0.5, prompts="aaaa")])
+    assert "**0.5**" in next(line for line in same.splitlines() if line.startswith("| CLAP score"))
+
+
+def test_markdown_cells_escape_bars_and_html():
+    from eval.report import render_markdown
+
+    items = [{"name": "x|y", "prompt": "a | b <b>x</b>", "clap_score": "0.4", "file": "/nowhere/x.wav"}]
+    md = render_markdown([_run("x|y", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items),
+                          _run("z", 2.0, "mfcc@v1", "ref1")])
+    header = next(line for line in md.splitlines() if line.startswith("| metric"))
+    assert header == "| metric | x\\|y | z |"
+    assert "<b>" not in md and "a \\| b &lt;b&gt;x&lt;/b&gt;" in md
 
 
 def test_report_marks_best_only_between_comparable_runs():
