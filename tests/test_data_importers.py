@@ -289,3 +289,82 @@ def test_webdataset_without_good_rows_leaves_no_folder(tmp_path):
                                options=ImportOptions(progress=False))
     assert result.rows == [] and "not a readable tar shard" in result.errors[0]
     assert len(result.errors[0].splitlines()) == 1       # tarfile's own message spans several lines
+
+
+def test_malformed_csv_rows_and_unknown_splits_are_bad_items(tmp_path):
+    """An unquoted comma spills the rest of a caption into an extra field (the caption was silently cut short);
+    a short row made the AudioCaps import crash; a split value naming no split made the row training data."""
+    root = tmp_path / "audio"
+    _wav(root / "abcdefghijk_30.wav", 1.0)
+    _wav(root / "bcdefghijkl_0.wav", 1.0)
+    _wav(root / "cdefghijklm_0.wav", 1.0)
+    (tmp_path / "train.csv").write_text(
+        "audiocap_id,youtube_id,start_time,caption\n"
+        "1,abcdefghijk,30,a dog barks, then a cat meows\n"
+        "2,bcdefghijkl\n"
+        "3,cdefghijklm,0,\"rain, then thunder\"\n")
+    result = import_audiocaps(tmp_path / "train.csv", root=root, options=ImportOptions(progress=False))
+    assert sorted(_by_id(result)) == ["cdefghijklm_0"]
+    assert _by_id(result)["cdefghijklm_0"].captions == ("rain, then thunder",)
+    _one_error(result, "train.csv:2", "5 fields, the header has 4; quote a caption that contains commas")
+    _one_error(result, "train.csv:3", "2 fields, the header has 4")
+
+    folder = tmp_path / "folder"
+    for name in ("a", "b", "c", "d"):
+        _wav(folder / f"{name}.wav")
+    (tmp_path / "caps.csv").write_text(
+        'file,caption,split\n'
+        'a.wav,"a caption\nover two lines",train\n'
+        'b.wav,a dog barks, then a cat meows,train\n'
+        'c.wav,rain,testing\n'
+        'd.wav,wind,valid\n')
+    result = import_folder(folder, captions_csv=tmp_path / "caps.csv", options=ImportOptions(progress=False))
+    assert sorted(_by_id(result)) == ["a", "d"] and _by_id(result)["d"].split == "valid"
+    _one_error(result, "caps.csv:4", "4 fields, the header has 3")       # physical line numbers
+    _one_error(result, "caps.csv:5", "split 'testing' is not one of")
+
+    (tmp_path / "data.json").write_text(json.dumps({"data": [
+        {"wav": "folder/a.wav", "caption": "x", "split": "holdout"}, {"wav": "folder/b.wav", "caption": "y"}]}))
+    result = import_audioldm(tmp_path / "data.json", options=ImportOptions(progress=False))
+    assert len(result.rows) == 1 and result.rows[0].path.endswith("b.wav")
+    _one_error(result, "data[0]", "split 'holdout' is not one of")
+
+
+def test_audiocaps_files_named_by_audiocap_id_merge_into_one_clip(tmp_path):
+    """audiocaps-download saves each caption's copy of a clip as <audiocap_id>.wav: the five captions of a
+    val/test clip become one row, not five rows (or four duplicate-id errors)."""
+    root = tmp_path / "audio"
+    for cap_id in ("91", "92", "93"):
+        _wav(root / f"{cap_id}.wav", 1.0)
+    (tmp_path / "test.csv").write_text(
+        "audiocap_id,youtube_id,start_time,caption\n"
+        "91,abcdefghijk,30,A man speaks\n"
+        "92,abcdefghijk,30,Someone talks\n"
+        "93,zzzzzzzzzzz,0,Water flows\n")
+    result = import_audiocaps(tmp_path / "test.csv", root=root, options=ImportOptions(progress=False))
+    rows = _by_id(result)
+    assert sorted(rows) == ["abcdefghijk_30", "zzzzzzzzzzz_0"] and not result.errors
+    assert rows["abcdefghijk_30"].captions == ("A man speaks", "Someone talks")
+
+
+def test_sidecar_captions_must_be_utf8_and_lose_a_byte_order_mark(tmp_path):
+    _wav(tmp_path / "a.wav")
+    _wav(tmp_path / "b.wav")
+    (tmp_path / "a.txt").write_bytes("\ufeffa dog barks\n".encode("utf-8"))
+    (tmp_path / "b.txt").write_bytes("rain in a café\n".encode("cp1252"))
+    result = import_folder(tmp_path, options=ImportOptions(progress=False))
+    assert _by_id(result)["a"].captions == ("a dog barks",) and "b" not in _by_id(result)
+    _one_error(result, "b.txt", "not UTF-8")
+
+
+def test_webdataset_takes_the_first_caption_field_that_holds_one_and_refuses_unknown_splits(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "000000.tar", "w") as tar:
+        _add(tar, "c.wav", _audio_bytes())
+        _add(tar, "c.json", json.dumps({"captions": None, "caption": "cap c"}).encode())
+        _add(tar, "t.wav", _audio_bytes())
+        _add(tar, "t.json", json.dumps({"caption": "cap t", "split": "testing"}).encode())
+    result = import_webdataset(shards, audio_dir=tmp_path / "x", options=ImportOptions(progress=False))
+    assert sorted(_by_id(result)) == ["c"] and _by_id(result)["c"].captions == ("cap c",)
+    _one_error(result, "t", "split 'testing' is not one of")

@@ -217,6 +217,30 @@ def test_max_clips_takes_a_subset_and_removes_stale_files(tmp_path, trees):
     assert len(list((tmp_path / "out" / "audio").rglob("*.wav"))) == 3
 
 
+def test_a_rebuild_deletes_only_the_recipes_own_clips(tmp_path, trees):
+    """Stale clips are the recipe's own (OUT/audio/<kind>/<kind>-*.wav); a user's file in OUT is left alone,
+    and an OUT holding a manifest.jsonl no recipe wrote is refused rather than overwritten."""
+    import soundfile as sf
+
+    from tta.data.recipes.starter import RecipeError
+
+    out = tmp_path / "out"
+    build_starter(out, _options(trees), progress=False)
+    mine = [out / "audio" / "field" / "my_recording.wav", out / "audio" / "sfx" / "keep me.wav"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, [0.1] * 1600, 16_000)
+    build_starter(out, _options(trees, max_clips=3), progress=False)
+    assert all(p.is_file() for p in mine)
+    assert len(list((out / "audio" / "sfx").glob("sfx-*.wav"))) == 3
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "manifest.jsonl").write_text('{"id": "x"}\n')
+    with pytest.raises(RecipeError, match="manifest.jsonl that no recipe run wrote"):
+        build_starter(theirs, _options(trees), progress=False)
+    assert (theirs / "manifest.jsonl").read_text() == '{"id": "x"}\n'
+
+
 def test_validation_split_is_hash_based_and_stable():
     from tta.data.recipes.clips import split_of
 

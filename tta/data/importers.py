@@ -82,6 +82,28 @@ def split_from_name(name: str) -> str | None:
     return _SPLIT_NAMES.get(name.strip().lower()) if name else None
 
 
+def row_split(value: str | None, where: str) -> str | None:
+    """The split a row's split field names; None when the field is empty; SourceError for a value that names
+    no split (a "holdout" or "testing" row must not silently become training data)."""
+    if value is None or not str(value).strip():
+        return None
+    split = split_from_name(str(value))
+    if split is None:
+        raise SourceError(f"{where}: split {value!r} is not one of {', '.join(sorted(set(_SPLIT_NAMES)))}; skipped")
+    return split
+
+
+def csv_row_problem(raw: dict, columns: int, where: str) -> str | None:
+    """Why a csv.DictReader row is malformed (more or fewer fields than the header), or None: an unquoted comma
+    in a caption spills the rest of it into an extra field, which would silently cut the caption short."""
+    extra, short = raw.get(None), [k for k, v in raw.items() if k is not None and v is None]
+    if not extra and not short:
+        return None
+    got = columns + len(extra or []) - len(short)
+    return (f"{where}: {got} field{'' if got == 1 else 's'}, the header has {columns}"
+            + ("; quote a caption that contains commas" if extra else "") + "; skipped")
+
+
 def _split_from_filename(path: Path) -> str | None:
     """`audiocaps_train_label.json` -> train; a name with no or several split tokens -> None."""
     found = {_SPLIT_NAMES[t] for t in re.split(r"[^a-z]+", path.stem.lower()) if t in _SPLIT_NAMES}
@@ -203,8 +225,11 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
     if captions_csv is None:
         for p in files:
             txt = p.with_suffix(".txt")
-            caps = clean_captions(txt.read_text(encoding="utf-8", errors="replace").splitlines()) \
-                if txt.is_file() else []
+            try:   # UTF-8 (a byte-order mark is no caption text); another encoding is reported, not mangled
+                caps = clean_captions(txt.read_text(encoding="utf-8-sig").splitlines()) if txt.is_file() else []
+            except UnicodeDecodeError as e:
+                c.error(f"{txt}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8; skipped")
+                continue
             c.add(Entry(_stem_id(p, folder), p, str(p), caps))
         return c.result(f"import {folder}")
     csv_path = _require_file(Path(captions_csv), "captions CSV")
@@ -217,17 +242,25 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
             raise SourceError(f"{csv_path}: needs a file column (one of {', '.join(_FILE_COLUMNS)}) and a "
                                f"caption column; found columns {fields}")
         listed: set[Path] = set()
-        for lineno, raw in enumerate(reader, 2):
+        for raw in reader:
+            where = f"{csv_path}:{reader.line_num}"    # the row's last physical line (quoted captions span lines)
+            problem = csv_row_problem(raw, len(fields), where)
+            if problem:
+                c.error(problem)
+                continue
             rec = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
-            where = f"{csv_path}:{lineno}"
             if not rec.get(file_col):
                 c.error(f"{where}: empty {file_col!r} column; skipped")
                 continue
             p = folder / rec[file_col]
             listed.add(p.resolve())
+            try:
+                split = row_split(rec.get("split"), where)
+            except SourceError as e:
+                c.error(str(e))
+                continue
             caps = clean_captions([rec.get(col, "") for col in caption_cols])
-            c.add(Entry(rec.get("id") or _stem_id(p, folder), p, where, caps,
-                         split=split_from_name(rec.get("split", "")),
+            c.add(Entry(rec.get("id") or _stem_id(p, folder), p, where, caps, split=split,
                          labels=tuple(x.strip() for x in rec.get("labels", "").split(";") if x.strip()),
                          category=rec.get("category") or None, group=rec.get("group") or None))
     for p in files:
@@ -242,7 +275,8 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
 def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
                      options: ImportOptions = ImportOptions()) -> ImportResult:
     """AudioCaps CSV (audiocap_id, youtube_id, start_time, caption); audio under `root` named `YID_START.*`,
-    `YID.*` or with AudioSet's `Y` prefix. Rows are per audio file (the val/test sets give five captions)."""
+    `YID.*`, with AudioSet's `Y` prefix, or `AUDIOCAP_ID.*` (the audiocaps-download package's names, one copy per
+    caption). Rows are per clip (the val/test sets give five captions)."""
     csv_path, root = _require_file(Path(csv_path), "AudioCaps CSV"), Path(root)
     if not root.is_dir():
         raise SourceError(f"{root}: AudioCaps audio root not found")
@@ -257,8 +291,14 @@ def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
         if not need <= set(reader.fieldnames or []):
             raise SourceError(f"{csv_path}: expected AudioCaps columns {sorted(need)}, "
                                f"found {reader.fieldnames}")
-        for lineno, rec in enumerate(reader, 2):
+        columns = len(reader.fieldnames or [])
+        for rec in reader:
+            lineno = reader.line_num
             where = f"{csv_path}:{lineno}"
+            problem = csv_row_problem(rec, columns, where)
+            if problem:
+                c.error(problem)
+                continue
             cap_id, yid = rec["audiocap_id"].strip(), rec["youtube_id"].strip()
             try:
                 start = int(float(rec["start_time"]))
@@ -273,17 +313,25 @@ def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
             names = (f"{yid}_{start}", f"Y{yid}_{start}", f"{yid}_{start}.000", f"Y{yid}_{segment}",
                      f"{yid}_{segment}", yid, f"Y{yid}")
             found = next((index[n] for n in names if n in index), None)
+            by_caption = found is None and cap_id in index     # audiocaps-download names files <audiocap_id>.*
+            if by_caption:
+                found = index[cap_id]
             if found is None:
                 c.error(f"{where}: no audio for youtube_id {yid!r} start {start} under {root} "
-                        f"(looked for {yid}_{start}.*, {yid}_{segment}.* and {yid}.*, also with a Y prefix); "
-                        "skipped")
+                        f"(looked for {yid}_{start}.*, {yid}_{segment}.*, {yid}.* (also with a Y prefix) and "
+                        f"{cap_id}.*); skipped")
                 continue
             if len(found) > 1:
                 c.error(f"{where}: several files could be youtube_id {yid!r} start {start}: "
                         f"{', '.join(str(p) for p in found[:3])}; skipped")
                 continue
+            clip_id = f"{yid}_{start}"
+            if by_caption and clip_id in c.by_id:   # a val/test clip's other captions: copies of one clip's audio
+                old = c.by_id[clip_id]
+                old.captions += [x for x in clean_captions(rec["caption"]) if x not in old.captions]
+                continue
             # clips of one video are held out together (--valid-fraction)
-            c.add(Entry(f"{yid}_{start}", found[0], where, clean_captions(rec["caption"]), group=yid))
+            c.add(Entry(clip_id, found[0], where, clean_captions(rec["caption"]), group=yid))
     return c.result(f"import {csv_path.name}")
 
 
@@ -313,8 +361,12 @@ def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | N
         labels = tuple(x for x in labels.split(",") if x) if isinstance(labels, str) else \
             tuple(x for x in labels if isinstance(x, str)) if isinstance(labels, list) else ()
         caps = clean_captions(item.get("caption", item.get("captions")))
-        c.add(Entry(_stem_id(p, root), p, where, caps, split=split_from_name(str(item.get("split", ""))),
-                     labels=labels))
+        try:
+            split = row_split(item.get("split"), where)
+        except SourceError as e:
+            c.error(str(e))
+            continue
+        c.add(Entry(_stem_id(p, root), p, where, caps, split=split, labels=labels))
     return c.result(f"import {json_path.name}")
 
 
@@ -325,7 +377,7 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
     jsonl_path = _require_file(Path(jsonl_path), "Tango JSONL")
     root = Path(root) if root else jsonl_path.parent
     c = Collector(options, default_split=_split_from_filename(jsonl_path))
-    with open(jsonl_path, encoding="utf-8", errors="replace") as f:
+    with open(jsonl_path, encoding="utf-8-sig", errors="replace") as f:    # -sig: a byte-order mark is no text
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -340,7 +392,12 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
                 continue
             p = root / item["location"]
             caps = clean_captions(item.get("captions", item.get("caption")))
-            c.add(Entry(_stem_id(p, root), p, where, caps, split=split_from_name(str(item.get("split", "")))))
+            try:
+                split = row_split(item.get("split"), where)
+            except SourceError as e:
+                c.error(str(e))
+                continue
+            c.add(Entry(_stem_id(p, root), p, where, caps, split=split))
     return c.result(f"import {jsonl_path.name}")
 
 

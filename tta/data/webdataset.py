@@ -21,7 +21,7 @@ from tta.data.importers import (
     ImportResult,
     SourceError,
     clean_captions,
-    split_from_name,
+    row_split,
 )
 
 AUDIO_MEMBERS = ("wav", "flac", "ogg", "opus", "mp3")  # preference order when a key has several
@@ -105,13 +105,17 @@ def _read_shard(tar_path: Path, out: Path, c: Collector) -> None:
                     meta = json.loads(tf.extractfile(parts["json"]).read().decode("utf-8"))
                     if not isinstance(meta, dict):
                         raise ValueError("expected a JSON object")
-                    caps = clean_captions(meta.get("captions", meta.get("caption", meta.get("text"))))
-                    split = split_from_name(str(meta.get("split", "")))
+                    caps = next((c for c in (clean_captions(meta.get(k)) for k in ("captions", "caption", "text"))
+                                 if c), [])   # the first field that holds a caption ({"captions": null, ...})
+                    split = row_split(meta.get("split"), where)
                 if not caps and "txt" in parts:
                     caps = clean_captions(tf.extractfile(parts["txt"]).read().decode("utf-8").splitlines())
                 dest = out / f"{key}.{audio_ext}"
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(tf.extractfile(parts[audio_ext]).read())
+            except SourceError as e:      # a split value that names no split
+                c.error(str(e))
+                continue
             except (ValueError, UnicodeDecodeError, tarfile.TarError, OSError, EOFError) as e:
                 c.error(f"{where}: unreadable member ({e}); skipped")
                 continue

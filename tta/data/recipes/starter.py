@@ -326,6 +326,7 @@ def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *
         raise RecipeError("missing for the requested sources: " + "; ".join(missing)
                           + " -- install them (apt-get install fluidsynth fluid-soundfont-gm libfluidsynth3 "
                             "espeak-ng flite; pip install 'tta[recipes]') or drop the source with --sources")
+    check_output_folder(out)
     cache = Path(options.cache) if options.cache else out / ".cache"
     out.mkdir(parents=True, exist_ok=True)
     result = BuildResult(rows=[])
@@ -406,11 +407,21 @@ def _keep_renderer_licences(out: Path, rows: list[ManifestRow], result: BuildRes
 
 
 def _remove_stale_audio(out: Path, rows: list[ManifestRow]) -> None:
-    """Delete wavs under OUT/audio left by earlier runs with other options (only .wav files, only there)."""
+    """Delete the clips earlier runs with other options left: wavs the recipe names itself (OUT/audio/<kind>/
+    <kind>-*.wav) that this run's manifest does not list. Any other file there is left alone."""
     wanted = {Path(r.path).resolve() for r in rows}
-    audio = out / "audio"
-    if not audio.is_dir():
-        return
-    for path in sorted(audio.rglob("*.wav")):
-        if path.resolve() not in wanted:
-            path.unlink()
+    for kind in SOURCES:
+        folder = out / "audio" / kind
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob(f"{kind}-*.wav")):
+            if path.resolve() not in wanted:
+                path.unlink()
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an OUT that holds a manifest.jsonl no recipe run wrote (no recipe.json beside it): the build would
+    replace it."""
+    if (out / "manifest.jsonl").exists() and not (out / "recipe.json").is_file():
+        raise RecipeError(f"{out}: holds a manifest.jsonl that no recipe run wrote (no recipe.json); the build "
+                          "would replace it: choose another --out")
