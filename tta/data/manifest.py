@@ -35,6 +35,9 @@ class ManifestRow:
     licence: str = ""
     labels: tuple[str, ...] = ()
     category: str | None = None
+    # the folder a relative `path` is relative to: read_manifest sets it (the manifest's folder) and
+    # write_manifest uses it, so rows read from one manifest stay valid written into another folder; not stored
+    base: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -52,6 +55,7 @@ class ManifestRow:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
+        del d["base"]
         d["captions"] = list(self.captions)
         d["labels"] = list(self.labels)
         if d["category"] is None:
@@ -71,7 +75,7 @@ def row_from_json(obj: object, *, where: str) -> ManifestRow:
     obj = dict(obj)
     if "caption" in obj and "captions" not in obj:
         obj["captions"] = [obj.pop("caption")]
-    known = {f.name for f in dataclasses.fields(ManifestRow)}
+    known = {f.name for f in dataclasses.fields(ManifestRow)} - {"base"}   # base is the reader's, not a field
     unknown = sorted(set(obj) - known)
     if unknown:
         raise ManifestError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(sorted(known))}")
@@ -109,6 +113,7 @@ def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -
         raise ManifestError(f"{path}: manifest not found")
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
+    folder = str(path.resolve().parent)
     try:
         with open(path, encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, 1):
@@ -120,7 +125,7 @@ def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -
                         obj = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ManifestError(f"{where}: broken JSON ({e.msg} at column {e.colno})") from None
-                    row = row_from_json(obj, where=where)
+                    row = dataclasses.replace(row_from_json(obj, where=where), base=folder)
                     if row.id in seen:
                         raise ManifestError(f"{where}: duplicate id {row.id!r} (first on line {seen[row.id]})")
                     seen[row.id] = lineno
@@ -136,7 +141,9 @@ def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path:
-    """Write rows as JSONL atomically; paths under the manifest's folder are stored relative to it."""
+    """Write rows as JSONL atomically; paths under the manifest's folder are stored relative to it. A row read
+    from another manifest (its relative path is relative to that one's folder, `row.base`) keeps pointing at its
+    audio."""
     path = Path(path)
     base = path.parent.resolve()
     ids: set[str] = set()
@@ -146,7 +153,8 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path
                 raise ManifestError(f"{path}: duplicate id {row.id!r}")
             ids.add(row.id)
             d = row.to_json()
-            d["path"] = relative_path(row.path, base)
+            source = row.path if Path(row.path).is_absolute() or not row.base else str(Path(row.base) / row.path)
+            d["path"] = relative_path(source, base)
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
     return path
 
