@@ -133,3 +133,12 @@ def test_normalize_removes_dc_and_sets_peak(tmp_path):
     wav, _ = load_audio(path, normalize=True)
     assert abs(float(wav.mean())) < 1e-3
     assert np.max(np.abs(wav)) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_audio_info_refuses_the_sample_rates_load_audio_refuses(tmp_path):
+    """What an importer probes with audio_info must load: a 4 kHz file was imported, then failed in training."""
+    path = tmp_path / "lo.wav"
+    sf.write(path, tone(300, 0.5, 4000), 4000)
+    for read in (audio_info, load_audio):
+        with pytest.raises(AudioError, match="sample rate 4000 Hz is outside the supported"):
+            read(path)

@@ -101,3 +101,18 @@ def test_write_clean_refuses_an_empty_manifest(tmp_path):
     with pytest.raises(ValueError, match="no good rows"):
         write_clean(report, tmp_path / "clean.jsonl")
     assert not (tmp_path / "clean.jsonl").exists()
+
+
+def test_bad_lines_are_located_by_line_even_when_the_folder_name_holds_a_colon(tmp_path):
+    import json
+
+    from tta.data.check import check_manifest
+
+    folder = tmp_path / "set: v2"
+    folder.mkdir()
+    rows = ['{"id": "a", "path": "a.wav", "captions": ["x"], "seconds": 1.0, "sample_rate": 16000}', "{broken",
+            json.dumps({"id": "c", "path": "c.wav", "captions": [""], "seconds": 1.0, "sample_rate": 16000})]
+    (folder / "m.jsonl").write_text("\n".join(rows) + "\n")
+    report = check_manifest(folder / "m.jsonl", progress=False)
+    where = sorted(p.where for p in report.problems if p.reason == "manifest")
+    assert where == [f"{folder / 'm.jsonl'}:2", f"{folder / 'm.jsonl'}:3"]

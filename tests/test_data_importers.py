@@ -368,3 +368,24 @@ def test_webdataset_takes_the_first_caption_field_that_holds_one_and_refuses_unk
     result = import_webdataset(shards, audio_dir=tmp_path / "x", options=ImportOptions(progress=False))
     assert sorted(_by_id(result)) == ["c"] and _by_id(result)["c"].captions == ("cap c",)
     _one_error(result, "t", "split 'testing' is not one of")
+
+
+def test_folder_import_follows_symlinked_folders_and_keeps_the_names_under_the_root(tmp_path):
+    """A corpus assembled from links: a linked sub-folder is walked (it was skipped without a word), and a file
+    keeps its name under the root as its id (a linked file's id was its target's bare name, so cats/001 and
+    birds/001 clashed); a link loop is walked once."""
+    import os
+
+    store = tmp_path / "store"
+    _wav(store / "dogs" / "001.wav")
+    _wav(store / "birds_real" / "001.wav")
+    root = tmp_path / "corpus"
+    _wav(root / "cats" / "001.wav")
+    os.symlink(store / "dogs", root / "dogs")
+    (root / "birds").mkdir()
+    os.symlink(store / "birds_real" / "001.wav", root / "birds" / "001.wav")
+    os.symlink(root, root / "cats" / "loop")
+    for name in ("cats/001", "dogs/001", "birds/001"):
+        (root / f"{name}.txt").write_text("a sound\n")
+    result = import_folder(root, options=ImportOptions(progress=False))
+    assert sorted(_by_id(result)) == ["birds/001", "cats/001", "dogs/001"], result.errors

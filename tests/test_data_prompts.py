@@ -84,3 +84,13 @@ def test_txt_prompts_pair_with_generated_files_in_prompt_order_past_1000(tmp_pat
     rows = read_prompts(path, sorted(old_names))
     assert rows["1000_sound_number_1000"].prompt == "sound number 1000"
     assert rows["100_sound_number_100"].prompt == "sound number 100"
+
+
+def test_a_quoted_csv_prompt_may_span_lines_and_jsonl_keeps_line_separators(tmp_path):
+    (tmp_path / "p.csv").write_text('id,prompt\nr,"rain\non a tin roof"\nbad,a, b\n')
+    with pytest.raises(PromptFileError, match=r"p.csv:4: 3 fields"):    # the physical line of the bad row
+        read_prompt_file(tmp_path / "p.csv")
+    (tmp_path / "q.csv").write_text('id,prompt\nr,"rain\non a tin roof"\n')
+    assert [r.prompt for r in read_prompt_file(tmp_path / "q.csv")] == ["rain\non a tin roof"]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a\u2028b"}\n', encoding="utf-8")
+    assert [r.prompt for r in read_prompt_file(tmp_path / "p.jsonl")] == ["a\u2028b"]

@@ -402,8 +402,10 @@ def test_version_5_keeps_the_same_scores_wherever_music21_is_installed():
     rel = [f"palestrina/Agnus_{i:02d}.krn" for i in range(40)]
     venv = [f"/home/a/.venv/lib/python3.11/site-packages/music21/corpus/{p}" for p in rel]
     system = [f"/usr/lib/python3/dist-packages/music21/corpus/{p}" for p in rel]
-    keep = lambda paths, independent: [p.split("corpus/")[1] for p in order_scores(paths, 0, independent)][:10]
+    under = [f"/home/a/corpus/venv/lib/python3.11/site-packages/music21/corpus/{p}" for p in rel]
+    keep = lambda paths, independent: [p.rsplit("corpus/")[-1] for p in order_scores(paths, 0, independent)][:10]
     assert keep(venv, True) == keep(system, True)          # version 5
+    assert keep(under, True) == keep(system, True)         # even in a folder that is itself called corpus/
     assert keep(venv, False) != keep(system, False)        # versions 1-4 hashed the absolute path
 
 

@@ -234,12 +234,16 @@ class AudioInfo:
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Header facts of an audio file, with the same checks as `load_audio` for missing/empty/undecodable."""
+    """Header facts of an audio file, with the same checks as `load_audio` for missing/empty/undecodable files
+    and unsupported sample rates (what passes here loads)."""
     path = _check_path(path)
     try:
         info = sf.info(str(path))
     except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError with its own text
         raise AudioError(f"{path}: not a readable audio file ({_sf_reason(e)})") from None
+    if not MIN_SAMPLE_RATE <= int(info.samplerate) <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{path}: sample rate {int(info.samplerate)} Hz is outside the supported "
+                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
     _check_truncated(path, info.extra_info)
     return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -107,8 +108,9 @@ def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, sil
     line_errors: list[str] = []
     rows = read_manifest(manifest, errors=line_errors)
     report = CheckReport(manifest, num_rows=len(rows))
-    for message in line_errors:
-        where = message.split(": ", 1)[0]
+    for message in line_errors:   # "<manifest>:<line>: ...": the path itself may hold ": "
+        line = re.match(r"(\d+):", message[len(str(manifest)) + 1:]) if message.startswith(f"{manifest}:") else None
+        where = f"{manifest}:{line.group(1)}" if line else message.split(": ", 1)[0]
         report.problems.append(Problem(where, "manifest", message))
     prints: list = []
     for row in tqdm(rows, desc=f"check {manifest.name}", unit="file", disable=not progress):

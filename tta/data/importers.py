@@ -190,15 +190,30 @@ def _require_file(path: Path, what: str) -> Path:
 
 
 def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    """Audio files under `folder`, following symlinked sub-folders (a corpus assembled from links) but never
+    into a folder already walked (a link loop)."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        found += [Path(top) / f for f in files if Path(f).suffix.lower() in AUDIO_SUFFIXES]
+    return sorted(p for p in found if p.is_file())
 
 
 def _stem_id(path: Path, root: Path) -> str:
-    """Id of a file under root: its relative path without suffix (posix separators)."""
+    """Id of a file under root: its relative path without suffix (posix separators), as the folder shows it
+    (a symlinked file or folder keeps its name under root, not its target's)."""
     try:
-        rel = path.resolve().relative_to(root.resolve())
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
     except ValueError:
-        rel = Path(path.name)
+        try:
+            rel = path.resolve().relative_to(root.resolve())
+        except ValueError:
+            rel = Path(path.name)
     return PurePosixPath(rel.with_suffix("")).as_posix()
 
 

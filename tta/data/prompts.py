@@ -12,6 +12,7 @@ So the same file drives generation, evaluation and CLAP scoring:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -60,16 +61,16 @@ def read_prompt_file(path: str | os.PathLike) -> list[PromptRow]:
 
 
 def _csv_rows(path: Path, text: str) -> list[PromptRow]:
-    try:
-        reader = csv.DictReader(text.splitlines())
-        records = list(reader)
+    try:   # a quoted prompt may span lines: csv reads the text itself, and names rows by physical line
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        records = [(reader.line_num, record) for record in reader]
     except csv.Error as e:
         raise PromptFileError(f"{path}: not a valid CSV ({e})") from None
     fields = [f.strip().lower() for f in (reader.fieldnames or [])]
     if not any(f in fields for f in TEXT_FIELDS):
         raise PromptFileError(f"{path}: CSV needs a {'/'.join(TEXT_FIELDS)} column; found {fields}")
     rows = []
-    for n, record in enumerate(records, 2):
+    for n, record in records:
         extra, short = record.get(None), [k for k, v in record.items() if k is not None and v is None]
         if extra or short:   # csv files an unquoted comma's spill-over under None: the prompt would be cut short
             got = len(fields) + len(extra or []) - len(short)
@@ -82,7 +83,7 @@ def _csv_rows(path: Path, text: str) -> list[PromptRow]:
 
 def _jsonl_rows(path: Path, text: str) -> list[PromptRow]:
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):   # JSON lines end at \n only: a U+2028 in a prompt is text
         if not line.strip():
             continue
         where = f"{path}:{n}"

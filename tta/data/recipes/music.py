@@ -251,10 +251,20 @@ _DANCES = ("reel", "jig", "hornpipe", "strathspey", "march", "waltz", "polka", "
            "fling", "air")
 
 
+def corpus_name(path: str) -> str:
+    """A score's path inside music21's corpus ("bach/bwv66.6.mxl"), wherever music21 is installed, even under a
+    folder that is itself called corpus/."""
+    path = str(path).replace("\\", "/")
+    for marker in ("music21/corpus/", "corpus/"):
+        if marker in path:
+            return path.rsplit(marker, 1)[-1]
+    return path
+
+
 def order_scores(paths: list[str], seed: int, install_independent: bool = True) -> list[str]:
     """Score files in the seeded order a set keeps them in: by a hash of each path inside music21's corpus
     (the part after "corpus/"), or, for recipe versions 1-4, of the absolute path."""
-    name_of = (lambda p: p.split("corpus/", 1)[-1]) if install_independent else (lambda p: p)
+    name_of = corpus_name if install_independent else (lambda p: p)
     return sorted(sorted(paths), key=lambda p: hashlib.sha1(f"{seed}:{name_of(p)}".encode()).hexdigest())
 
 
@@ -296,7 +306,7 @@ def score_candidates(seed: int, cache: Path, *, max_scores: int | None, progress
         if info is None:
             continue
         limit, phrase, composer, instruments = SCORE_SETS[name]
-        rel = path.split("corpus/", 1)[-1]
+        rel = corpus_name(path)
         rng = random.Random(f"{seed}:{rel}")
         program, inst = rng.choice(instruments)
         tempo = info["tempo"] or rng.choice((66, 76, 88, 100))
