@@ -262,3 +262,50 @@ def test_average_makes_the_mean_or_a_weighted_mix_of_one_model_and_refuses_anoth
     rc = main(["export", "pipeline", str(src), "--out", str(tmp_path / "y"), "--average", str(tmp_path / "none")])
     err = capsys.readouterr().err
     assert rc == 1 and "--average" in err and not (tmp_path / "y").exists()
+
+
+def test_average_refuses_a_unet_of_another_target_or_latent_space(tmp_path, capsys):
+    """Averaging needs one model: a UNet trained to predict v instead of the noise, or on another VAE's
+    latents, answers another question, and its weights mixed in made a silently meaningless model."""
+    import json as _json
+
+    import torch
+
+    from tta.pipeline import TTAPipeline
+
+    src = tiny_pipeline()
+    v_pred = TTAPipeline.from_pretrained(src).save_pretrained(tmp_path / "v")
+    sched = next((v_pred / "scheduler").glob("*.json"))
+    body = _json.loads(sched.read_text())
+    body["prediction_type"] = "v_prediction"
+    sched.write_text(_json.dumps(body))
+    other_vae = TTAPipeline.from_pretrained(src)
+    with torch.no_grad():
+        for name, param in other_vae.vae.named_parameters():
+            if name.startswith("net.encoder."):
+                param.mul_(-3)
+    other_vae.save_pretrained(tmp_path / "vae")
+    for folder, words in ((tmp_path / "v", "prediction type"), (tmp_path / "vae", "another latent space")):
+        rc = main(["export", "pipeline", str(src), "--out", str(tmp_path / "x"), "--average", str(folder)])
+        err = capsys.readouterr().err
+        assert rc == 1 and words in err and err.count("\n") == 1, err
+        assert not (tmp_path / "x").exists()
+
+
+def test_a_weight_beyond_float16_is_kept_in_float32_not_stored_as_inf(tmp_path, caplog):
+    import torch
+    from safetensors.torch import load_file
+
+    from tta.pipeline import TTAPipeline
+
+    pipe = TTAPipeline.from_pretrained(tiny_pipeline())
+    name, param = next((n, p) for n, p in pipe.unet.named_parameters() if p.numel() >= 1024)
+    with torch.no_grad():
+        param.view(-1)[0] = 7e4
+    big = pipe.save_pretrained(tmp_path / "big")
+    with caplog.at_level("WARNING"):
+        assert main(["-q", "export", "pipeline", str(big), "--out", str(tmp_path / "half")]) == 0
+    assert any("overflow float16" in r.message for r in caplog.records)
+    stored = load_file(str(next((tmp_path / "half" / "unet").glob("*.safetensors"))))
+    assert all(torch.isfinite(v.float()).all() for v in stored.values())
+    assert float(TTAPipeline.from_pretrained(tmp_path / "half").unet.state_dict()[name].view(-1)[0]) == 7e4

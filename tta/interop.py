@@ -323,8 +323,8 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
             quantized = dtype == "int8" and path.parent.name == "unet"
             if quantized:
                 state = quantize_int8(state, linears)
-            state = {k: (v.to(store[dtype]) if v.is_floating_point() and v.numel() >= min_elements
-                         and not k.endswith("._scale") else v) for k, v in state.items()}
+            state = {k: (_stored(v, store[dtype], f"{path.parent.name}/{k}") if v.is_floating_point()
+                         and v.numel() >= min_elements and not k.endswith("._scale") else v) for k, v in state.items()}
             save_safetensors(state, path, metadata={"format": "pt"})
             if quantized:
                 config = json.loads((path.parent / "config.json").read_text())
@@ -334,6 +334,19 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
             item.rename(tmp / item.name)
         (tmp / "pipeline").rmdir()
     return Path(out)
+
+
+def _stored(value, dtype, name: str):
+    """`value` cast to the storage `dtype`, or kept as it is when the cast would turn finite values into inf
+    (float16 ends at 65504): a model whose weights load as inf makes NaN audio, with no error anywhere."""
+    import torch
+
+    cast = value.to(dtype)
+    if dtype != value.dtype and not torch.isfinite(cast).all() and torch.isfinite(value).all():
+        log.warning("%s: values up to %.4g overflow %s; stored as %s", name, float(value.abs().max()),
+                    str(dtype).removeprefix("torch."), str(value.dtype).removeprefix("torch."))
+        return value
+    return cast
 
 
 def _average_weights(specs: list[str]) -> tuple[list[str], list[float], float, int]:
@@ -386,6 +399,11 @@ def _average_generators(pipe, specs: list[str]) -> None:
             why = "its unet/ config differs from the pipeline's"
         elif other.clap.identity != pipe.clap.identity:
             why = "its text_encoder/ (CLAP) is not the pipeline's, so its UNet answers other embeddings"
+        elif _trained_schedule(other.scheduler_config) != _trained_schedule(pipe.scheduler_config):
+            why = ("its scheduler's training schedule or prediction type differs from the pipeline's, so its UNet "
+                   "predicts another target")
+        elif vae_why := latent_space_difference(other.vae, pipe.vae):
+            why = f"its vae/ encodes into another latent space ({vae_why}), so its UNet models other latents"
         elif other.retrieval is not None and other.retrieval.config != pipe.retrieval.config:
             # (a retrieval/ component goes with its own unet context_dim, so one that is missing on either side
             # has been refused above by the unet/ config)
@@ -403,10 +421,32 @@ def _average_generators(pipe, specs: list[str]) -> None:
                            for k, v in state.items()})
 
 
+def _trained_schedule(config: dict) -> dict:
+    """The parts of a scheduler config a UNet is trained for (what it predicts, on which noise schedule)."""
+    keys = ("prediction_type", "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+            "rescale_betas_zero_snr")
+    return {k: config.get(k) for k in keys}
+
+
+def latent_space_difference(model, current) -> str:
+    """Why VAE `model` does not encode into `current`'s latent space ("" when it does): another config (apart
+    from scale_factor's last digits), scale_factor or encoder (tensors equal up to float16 / bfloat16 storage
+    rounding; another encoder differs by far more)."""
+    import torch
+
+    if _without_scale(model.config) != _without_scale(current.config):
+        return "its config differs from the pipeline's vae/"
+    if not math.isclose(float(model.scale_factor), float(current.scale_factor), rel_tol=1e-4):
+        return f"its scale_factor {float(model.scale_factor):.6g} is not the pipeline's {float(current.scale_factor):.6g}"
+    mine, theirs = current.state_dict(), model.state_dict()
+    encoder = [k for k in mine if k.startswith(("net.encoder.", "net.quant_conv."))]
+    moved = [k for k in encoder if not torch.allclose(mine[k].float(), theirs[k].float(), rtol=1e-2, atol=1e-5)]
+    return f"its encoder differs from the pipeline's ({len(moved)} tensors, first {moved[0]})" if moved else ""
+
+
 def _replacement_vae(spec: str, current):
     """`--vae`: a MelVAE component or run folder whose latent space is `current`'s (same config apart from
     scale_factor's last digits, encoder tensors equal up to float16 storage rounding, same scale_factor)."""
-    import torch
 
     from tta.checkpoint import CheckpointError, load_component
     from vae.model import MelVAE
@@ -418,17 +458,7 @@ def _replacement_vae(spec: str, current):
         model = load_component(folder, MelVAE).eval()
     except (CheckpointError, ValueError, OSError) as e:
         raise InteropError(f"--vae {spec}: {e} (expected a MelVAE component or run folder)") from None
-    why = ""
-    if _without_scale(model.config) != _without_scale(current.config):
-        why = "its config differs from the pipeline's vae/"
-    elif not math.isclose(float(model.scale_factor), float(current.scale_factor), rel_tol=1e-4):
-        why = f"its scale_factor {float(model.scale_factor):.6g} is not the pipeline's {float(current.scale_factor):.6g}"
-    else:
-        mine, theirs = current.state_dict(), model.state_dict()
-        encoder = [k for k in mine if k.startswith(("net.encoder.", "net.quant_conv."))]
-        moved = [k for k in encoder if not torch.allclose(mine[k].float(), theirs[k].float(), rtol=1e-3, atol=1e-6)]
-        if moved:
-            why = f"its encoder differs from the pipeline's ({len(moved)} tensors, first {moved[0]})"
+    why = latent_space_difference(model, current)
     if why:
         raise InteropError(f"--vae {spec}: {why}; the UNet was trained on that encoder's latents, so only a "
                            "decoder fine-tune of it can replace it (tta train vae --set freeze_encoder=true "
