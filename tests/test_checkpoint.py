@@ -160,3 +160,13 @@ def test_mel_config_nested_in_component(tmp_path):
     model = TinyNet(TinyNetConfig(mel=MelConfig(n_mels=32)))
     loaded = load_component(save_component(tmp_path / "n", model), TinyNet)
     assert loaded.config.mel == MelConfig(n_mels=32)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a Linux /proc to refuse a file")
+def test_a_folder_that_refuses_files_is_named_by_the_path_asked_for():
+    """The temporary file is hidden beside the output: when it cannot be made, the error names the output."""
+    from tta.checkpoint import atomic_write_text
+
+    with pytest.raises(CheckpointError, match=r"^/proc/tta-out.wav: cannot write there") as e:
+        atomic_write_text("/proc/tta-out.wav", "x")
+    assert ".tmp" not in str(e.value)

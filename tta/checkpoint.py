@@ -47,8 +47,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder; expected the path of a file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:   # errors name the file asked for, not the hidden temporary one beside it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
