@@ -434,3 +434,19 @@ def test_version_6_drops_held_out_twins_of_training_clips(tmp_path, trees):
     v6 = build_starter(tmp_path / "v6", _options(trees), progress=False)
     assert [r.id for r in v5.rows] == [r.id for r in v6.rows] and v6.counts["dropped_held_out_twin"] == 0
 
+
+
+def test_a_score_cache_entry_cut_short_is_parsed_again(tmp_path):
+    """The music21 parse cache is written atomically; an entry an older version left half written is not fatal."""
+    pytest.importorskip("music21")
+    import hashlib
+
+    from music21 import corpus
+
+    from tta.data.recipes.music import _score_events
+
+    path = str(corpus.getWork("bach/bwv66.6"))
+    broken = tmp_path / f"{hashlib.sha1(path.encode()).hexdigest()[:16]}.json"
+    broken.write_text('{"notes": [[0.0, 1.0, 6')
+    data = _score_events(path, tmp_path)
+    assert data and data["notes"] and json.loads(broken.read_text()) == json.loads(json.dumps(data))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tta.checkpoint import atomic_write_text
 from tta.data.recipes.clips import SAMPLE_RATE, Candidate
 from tta.data.recipes.gm import DRUM_KITS, GM_DRUMS, GM_EFFECTS, GM_PROGRAMS, NOTE_NAMES, bare, indefinite
 
@@ -335,8 +336,11 @@ def _score_events(path: str, cache: Path) -> dict | None:
     digest = hashlib.sha1(path.encode()).hexdigest()[:16]
     cached = cache / f"{digest}.json"
     if cached.is_file():
-        data = json.loads(cached.read_text())
-        return data or None
+        try:
+            data = json.loads(cached.read_text())
+            return data or None
+        except (ValueError, OSError):   # a cache file cut short (an older, non-atomic write): parse again
+            log.debug("%s: unreadable cache entry %s; parsing the score again", path, cached)
     from music21 import converter
     from music21 import tempo as m21tempo
 
@@ -364,5 +368,5 @@ def _score_events(path: str, cache: Path) -> dict | None:
         data = {}
     if data and not data["notes"]:
         data = {}
-    cached.write_text(json.dumps(data))
+    atomic_write_text(cached, json.dumps(data))   # several workers share the cache; a kill leaves no half file
     return data or None
