@@ -111,6 +111,11 @@ def test_import_webdataset_default_audio_dir(capsys, tmp_path):
     [row] = read_manifest(out)
     assert row.captions == ("a beep",) and row.path == "wds_audio/s1.wav"
     assert (tmp_path / "wds_audio" / "s1.wav").is_file()
+    # a folder as --out is refused before anything is extracted (it left an orphaned <out>_audio folder)
+    (tmp_path / "folder_out").mkdir()
+    code, _, err = _run(capsys, "data", "import", "webdataset", tmp_path / "shard.tar", "--out", tmp_path / "folder_out")
+    assert code == 1 and "is a folder; --out is the manifest file" in err
+    assert not (tmp_path / "folder_out_audio").exists()
 
 
 def test_import_tango_and_audioldm(capsys, tmp_path):

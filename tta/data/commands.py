@@ -73,6 +73,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                                ("--audio-dir", args.audio_dir, ("webdataset",))):
         if value is not None and args.kind not in kinds:
             raise ValueError(f"{flag} is only for {' / '.join(kinds)} imports, not {args.kind!r}")
+    if args.out.is_dir():   # before any work: a WebDataset import would otherwise extract its audio first
+        raise ValueError(f"{args.out}: is a folder; --out is the manifest file to write (e.g. {args.out}/manifest.jsonl)")
     options = ImportOptions(split=args.split, valid_fraction=args.valid_fraction, source=args.source_name,
                             licence=args.licence, progress=not args.quiet)
     audio_dir = args.audio_dir
