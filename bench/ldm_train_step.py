@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     for p in args.precision:                             # warm-up: allocator, oneDNN kernels, AdamW state
         step(p)
     times: dict[str, list[float]] = {p: [] for p in args.precision}
-    for _ in range(args.rounds):
-        for p in args.precision:
+    for r in range(args.rounds):
+        for p in args.precision[r % len(args.precision):] + args.precision[:r % len(args.precision)]:   # rotating
             t0 = time.perf_counter()
             for _ in range(args.steps_per_round):
                 if not torch.isfinite(torch.tensor(step(p))):

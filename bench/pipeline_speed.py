@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
         p([args.prompt], seconds=args.seconds, seed=0, precision=prec)
     times: list[list[float]] = [[] for _ in entries]
     for r in range(args.rounds):
-        for i, (_, p, _, prec) in enumerate(entries):
+        for i in [(r + j) % len(entries) for j in range(len(entries))]:   # the order rotates round by round
+            _, p, _, prec = entries[i]
             t = time.perf_counter()
             p([args.prompt], seconds=args.seconds, seed=r + 1, precision=prec)
             times[i].append(time.perf_counter() - t)

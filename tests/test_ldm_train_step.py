@@ -35,3 +35,18 @@ def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path, capsys):
         load_bench().main(["--model", str(tmp_path), "--results", str(tmp_path / "r.jsonl")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "no pipeline.json" in err and not (tmp_path / "r.jsonl").exists()
+
+
+def test_the_timing_order_rotates_round_by_round(tmp_path, monkeypatch):
+    import torch
+
+    order, real = [], torch.autocast
+
+    def spy(*a, **kw):
+        order.append("bfloat16" if kw.get("enabled") else "float32")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    load_bench().main(["--model", str(tiny_pipeline()), "--batch", "1", "--seconds", "0.32", "--rounds", "3",
+                       "--steps-per-round", "1", "--threads", "1", "--results", str(tmp_path / "r.jsonl")])
+    assert order[-6:] == ["float32", "bfloat16", "bfloat16", "float32", "float32", "bfloat16"]

@@ -44,6 +44,23 @@ def test_every_model_is_timed_under_every_precision_given(tmp_path):
     assert isinstance(summary["settings"]["native_bfloat16"], bool)
 
 
+def test_the_timing_order_rotates_round_by_round(tmp_path, monkeypatch):
+    """No peer always runs in another's wake: round r starts from entry r mod n (as bench.record does)."""
+    from tta.pipeline import TTAPipeline
+
+    order, real = [], TTAPipeline.__call__
+
+    def spy(self, *a, **kw):
+        order.append(kw.get("precision"))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(TTAPipeline, "__call__", spy)
+    load_bench().main(["--model", str(tiny_pipeline()), "--precision", "float32", "--precision", "bfloat16",
+                       "--rounds", "3", "--seconds", "0.16", "--threads", "1", "--results", str(tmp_path / "r.jsonl")])
+    timed = order[-6:]      # after one warm-up call each
+    assert timed == ["float32", "bfloat16", "bfloat16", "float32", "float32", "bfloat16"]
+
+
 def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         load_bench().main(["--model", str(tmp_path), "--results", str(tmp_path / "r.jsonl")])
