@@ -153,6 +153,10 @@ def judge_runs(runs: list[tuple[Path, dict]], judge: Judge, progress: bool) -> l
                     raise SystemExit(f"{folder}/summary.json: {m['model']} {p['label']}: {len(p['nearest'])} "
                                      f"verdicts for {len(seeds)} seeds")
                 for seed, nearest in zip(seeds, p["nearest"]):
+                    if seed in entry["labels"][p["label"]]:   # two runs of one model on one seed: refuse, as
+                        raise SystemExit(f"{folder}/summary.json: {m['model']} {p['label']} seed {seed} was already "
+                                         "judged in an earlier run given; pass each seed once")   # --merge does
+                    entry["labels"][p["label"]][seed] = None
                     wav = wav_dir / f"{p['label']}-{seed}.wav"
                     if not wav.is_file():
                         raise SystemExit(f"{wav}: generation missing (the run's wav folder is incomplete)")

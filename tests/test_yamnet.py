@@ -117,6 +117,9 @@ def test_audioset_judge_pools_runs_pairs_models_and_sets_the_judges_side_by_side
     assert json.loads(results.read_text().splitlines()[-1])["bench"] == "audioset_judge"
     assert (tmp_path / "out" / "summary.json").is_file()
 
+    run3 = fake_run(tmp_path / "run3", [1, 5], models, clips)   # seed 1 again: judged twice, refused
+    with pytest.raises(SystemExit, match="seed 1 was already judged in an earlier run"):
+        bench.main(["--run", str(run1), str(run3), "--out", str(tmp_path / "out4"), "--results", str(results)])
     (run2 / "1-b" / "rain-3.wav").unlink()
     with pytest.raises(SystemExit, match="rain-3.wav: generation missing"):
         bench.main(["--run", str(run1), str(run2), "--out", str(tmp_path / "out2"), "--results", str(results)])
