@@ -302,6 +302,8 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monke
     assert sorted(p.stem for p in (out / "reference").glob("*.wav")) == sorted(p["id"] for p in prompts)
     gen = json.loads((out / "generated" / "k3-text" / "generation.json").read_text())
     assert all(len(o["neighbours"]) == 3 for o in gen["outputs"])
+    # the settings that ran, those left to the pipeline included (not None)
+    assert all(gen["settings"][k] is not None for k in ("seconds", "steps", "guidance", "sampler", "candidates"))
     assert all(not o["neighbours"] for o in json.loads((out / "generated" / "none" / "generation.json")
                                                      .read_text())["outputs"])
     html = (out / "report.html").read_text()

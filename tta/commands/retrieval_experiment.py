@@ -383,7 +383,10 @@ def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: lis
             outputs.append({"id": p["id"], "prompt": p["prompt"], "bucket": p["category"],
                             "clap_score": round(out.scores[i], 6),
                             "neighbours": out.neighbours[i] if out.neighbours else []})
-    record = {"variant": vars(variant), "model": str(pipeline.resolve()), "settings": vars(g),
+    d = pipe.defaults   # what ran: a setting left to the pipeline is its default (variants may differ there)
+    ran = {**vars(g), **{k: getattr(d, k) for k in ("seconds", "steps", "guidance", "sampler") if getattr(g, k) is None},
+           "candidates": d.candidates, "guidance_rule": d.guidance_rule, "precision": d.precision}
+    record = {"variant": vars(variant), "model": str(pipeline.resolve()), "settings": ran,
               "datastore": str(store.folder) if k else None, "wall_seconds": round(time.time() - t0, 3),
               "outputs": outputs}
     atomic_write_text(folder / "generation.json", json.dumps(record, indent=2) + "\n")
