@@ -175,7 +175,8 @@ def test_a_vocos_run_packs_into_a_pipeline_that_generates(tmp_path, repo_root, c
         torch.testing.assert_close(pipe2.vocoder.state_dict()[name], value)
     wav2 = pipe2(["a tone sound"], seconds=0.32, steps=2, sampler="ddim", seed=0).wavs[0]
     assert wav2.shape == (5120,) and np.isfinite(wav2).all() and not np.allclose(wav2, wav)
-    for bad, message in (("dim=64", "changes the shapes"), ("mel.n_mels=80", "mel config is the VAE's"),
+    for bad, message in (("dim=64", "weights were trained with it; settable: output_magnitude"),
+                         ("nnls_iter=10", "weights were trained with it"), ("mel.n_mels=80", "mel config is the VAE's"),
                          ("griffin_lim_iters=4", "unknown config key"), ("griffin_lim_iter=-1", "must be >= 0")):
         assert main(["-q", "export", "pipeline", str(out), "--out", str(tmp_path / "bad"), "--vocoder-set", bad]) == 1
         assert not (tmp_path / "bad").exists()
