@@ -291,6 +291,18 @@ def test_mismatched_keys_are_listed(tmp_path, change, expect):
     assert expect in str(err.value)
 
 
+def test_a_bert_text_branch_is_refused_by_name(tmp_path):
+    """LAION-CLAP can train a BERT text branch (2 token types, no position offset); read as RoBERTa it would
+    embed every caption wrongly without an error."""
+    sd = laion_layout()
+    key = next(k for k in sd if k.endswith("embeddings.token_type_embeddings.weight"))
+    sd[key] = torch.zeros(2, sd[key].shape[1])
+    path = tmp_path / "bert.pt"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointError, match=r"bert.pt: its text branch is BERT-like \(2 token types\)"):
+        load_laion_checkpoint(path)
+
+
 def test_a_tensor_the_config_is_read_from_names_the_file(tmp_path):
     sd = laion_layout()
     del sd["module.text_projection.0.weight"]

@@ -172,6 +172,10 @@ def load_laion_checkpoint(path: str | os.PathLike, config=None, *, loaded=None):
         state = {k[len(AUDIOLDM_CLAP_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIOLDM_CLAP_PREFIX)}
         log.info("%s: using the CLAP under %s*", path, AUDIOLDM_CLAP_PREFIX)
     converted, origin = convert_laion_state_dict(state)
+    types = converted.get("text_model.embeddings.token_type_embeddings.weight")
+    if types is not None and types.shape[0] != 1:   # BERT has 2 token types; RoBERTa, LAION's default, 1
+        raise CheckpointError(f"{path}: its text branch is BERT-like ({types.shape[0]} token types), and tta reads "
+                              "LAION-CLAP's RoBERTa text branch only (tmodel 'roberta', every released checkpoint)")
     try:
         config = config if config is not None else infer_clap_config(converted)
     except CheckpointError as e:   # names the converted (transformers) key; the file is the user's handle
