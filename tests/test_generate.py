@@ -140,6 +140,15 @@ def test_file_names_keep_any_script_and_an_unused_negative_prompt_is_not_recorde
     assert json.loads((tmp_path / "x.generation.json").read_text())["settings"]["negative"] is None
 
 
+def test_an_empty_prompt_is_named_by_its_file_in_the_warning(tmp_path, capsys, caplog):
+    with caplog.at_level("WARNING", logger="tta.pipeline"):
+        code, _, err = run(capsys, "a dog", "", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,
+                           "--out-dir", tmp_path)
+    assert code == 0, err
+    assert [r.message for r in caplog.records if "is empty" in r.message] == [
+        "prompt 001_unconditional is empty: generating unconditionally"]
+
+
 def test_a_run_stopped_part_way_leaves_a_record_of_what_it_wrote(tmp_path, capsys, monkeypatch):
     """Outputs are written as they are finished; the record is rewritten after each batch (complete: false
     until the last), so a run stopped part-way never leaves an earlier run's record describing its files."""

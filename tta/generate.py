@@ -323,14 +323,18 @@ def main(args: argparse.Namespace) -> int:
         chunk = jobs[start:start + args.batch_size]
         prompts = [j.prompt for j in chunk]
         seed = args.seed + start     # prompt i always gets seed + i, whatever the chunking
+        ids = [j.id for j in chunk]  # messages name the prompt as its file does
         if edit is None:
-            out = pipe(prompts, seconds=args.seconds, seed=seed, window=getattr(args, "window", None), **common)
+            out = pipe(prompts, seconds=args.seconds, seed=seed, window=getattr(args, "window", None), prompt_ids=ids,
+                       **common)
         elif edit["kind"] == "audio_to_audio":
-            out = pipe.audio_to_audio(wav_in, prompts, strength=edit["strength"], seed=seed, **common)
+            out = pipe.audio_to_audio(wav_in, prompts, strength=edit["strength"], seed=seed, prompt_ids=ids, **common)
         elif edit["kind"] == "inpaint":
-            out = pipe.inpaint(wav_in, prompts, start=edit["start"], end=edit["end"], seed=seed, **common)
+            out = pipe.inpaint(wav_in, prompts, start=edit["start"], end=edit["end"], seed=seed, prompt_ids=ids,
+                               **common)
         else:
-            out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], seed=seed, **common)
+            out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], seed=seed, prompt_ids=ids,
+                                     **common)
         if start == 0:   # an earlier run's record would describe the files this run replaces
             record_path.unlink(missing_ok=True)
         for k, job in enumerate(chunk):

@@ -332,7 +332,7 @@ class TTAPipeline:
                  guidance_rule: str | None = None, precision: str | None = None,
                  progress: bool = False, datastore=None, neighbours: int | None = None,
                  window: float | None = None, return_candidates: bool = False,
-                 context_guidance: str | None = None) -> Generation:
+                 context_guidance: str | None = None, prompt_ids: list[str] | None = None) -> Generation:
         """Generate one wav per prompt (the best of `candidates` by CLAP score).
 
         Prompt i, candidate j starts from noise seeded `seed + i + 1_000_003 * j`, drawn on the CPU, so
@@ -349,6 +349,7 @@ class TTAPipeline:
         "float32", "bfloat16" or "auto" (tta.ldm.sampling.PRECISIONS). context_guidance (default: the model's
         `defaults.context_guidance`): with a datastore, "guided" gives the unconditional branch the null context,
         so guidance amplifies the neighbours' effect with the prompt's; "shared" gives both branches the neighbours.
+        prompt_ids: names for the prompts in messages (default: their index in `prompts`).
         """
         n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
         window = self.defaults.window if window is None else window
@@ -358,6 +359,7 @@ class TTAPipeline:
         return self._run(prompts, sampled, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
                          seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, guidance_rule=guidance_rule,
                          precision=precision, progress=progress, return_candidates=return_candidates,
+                         prompt_ids=prompt_ids,
                          datastore=datastore, neighbours=neighbours, cut=n, context_guidance=context_guidance)
 
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
@@ -401,7 +403,8 @@ class TTAPipeline:
              precision: str | None = None, progress: bool = False, return_candidates: bool = False,
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
              context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
-             cut: int | None = None, context_guidance: str | None = None) -> Generation:
+             cut: int | None = None, context_guidance: str | None = None,
+             prompt_ids: list[str] | None = None) -> Generation:
         from tqdm.auto import tqdm
 
         d = self.defaults
@@ -423,7 +426,7 @@ class TTAPipeline:
             raise PipelineError(str(e)) from None
         for i, p in enumerate(prompts):
             if not p.strip():
-                log.warning("prompt %d is empty: generating unconditionally", i)
+                log.warning("prompt %s is empty: generating unconditionally", prompt_ids[i] if prompt_ids else i)
         text = self.clap.embed_text(list(prompts))                               # (P, D)
         found = None
         if context is None:
