@@ -217,6 +217,22 @@ def test_max_clips_takes_a_subset_and_removes_stale_files(tmp_path, trees):
     assert len(list((tmp_path / "out" / "audio").rglob("*.wav"))) == 3
 
 
+def test_a_rebuild_stopped_part_way_leaves_no_manifest_of_the_audio_it_replaced(tmp_path, trees, monkeypatch):
+    import tta.data.recipes.starter as starter
+
+    out = tmp_path / "out"
+    build_starter(out, _options(trees), progress=False)
+    assert (out / "manifest.jsonl").is_file()
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(starter, "_remove_stale_audio", stop)   # after the clips, before the manifest
+    with pytest.raises(KeyboardInterrupt):
+        build_starter(out, _options(trees, seed=1), progress=False)
+    assert not (out / "manifest.jsonl").exists()
+
+
 def test_a_rebuild_deletes_only_the_recipes_own_clips(tmp_path, trees):
     """Stale clips are the recipe's own (OUT/audio/<kind>/<kind>-*.wav); a user's file in OUT is left alone,
     and an OUT holding a manifest.jsonl no recipe wrote is refused rather than overwritten."""

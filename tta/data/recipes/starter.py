@@ -329,6 +329,9 @@ def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *
     check_output_folder(out)
     cache = Path(options.cache) if options.cache else out / ".cache"
     out.mkdir(parents=True, exist_ok=True)
+    # a rebuild rewrites clips in place: an earlier manifest would describe audio this run replaces, so a build
+    # stopped part-way must leave none (the new one is written, atomically, at the end)
+    (out / "manifest.jsonl").unlink(missing_ok=True)
     result = BuildResult(rows=[])
     seen: set[str] = set()
     kept: list[tuple[ManifestRow, str]] = []
