@@ -11,30 +11,14 @@ import shutil
 import pytest
 import torch
 
-from tests.test_ldm_fixtures import ROOT
+from tests.test_ldm_fixtures import ROOT, one_thread  # noqa: F401 (one_thread: autouse)
 from tests.test_training import TinyNet, TinyNetConfig, ToyRunConfig, run_toy
+from tests.test_training import _tta_train as _cli
 from tta.checkpoint import load_component, load_state_dict
 from tta.config import apply_overrides, load_config
 from tta.training import RunError, TrainConfig, TrainingRun, make_optimizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _cli(capsys, kind, out, *sets, extra=()):
-    from tta.cli import main
-
-    args = ["-q", "train", kind, "--config", str(ROOT / "configs" / kind / "tiny.json"), "--out", str(out), *extra]
-    for s in sets:
-        args += ["--set", s]
-    capsys.readouterr()
-    rc = main(args)
-    return rc, capsys.readouterr().err
 
 
 # ----------------------------------------------------- VAE decoder fine-tune from a run folder (finding 1)
