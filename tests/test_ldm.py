@@ -229,11 +229,91 @@ def test_precomputed_latents_train_and_are_cached(tmp_path):
     assert torch.all(cached["std"] > 0)
 
 
+def test_precompute_caches_every_caption_and_items_draw_one(tmp_path):
+    """Pre-encoding kept only each clip's first caption, so 4 of AudioCaps' 5 were never trained on: every
+    caption is cached ("all", the default) and each item draws one from its seed, as on-the-fly training does."""
+    import dataclasses
+
+    from tests.test_ldm_fixtures import tiny_components
+    from tta.checkpoint import load_torch_file
+    from tta.data.manifest import read_manifest, resolve_path, write_manifest
+    from tta.ldm.train import CachedLatents, load_frozen, train
+
+    source = tiny_components()["manifest"]
+    rows = [dataclasses.replace(r, path=str(resolve_path(r, source)),
+                                captions=tuple(f"{r.captions[0]} take {k}" for k in range(1 + i % 3)))
+            for i, r in enumerate(read_manifest(source))]
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    cache = tmp_path / "cache"
+    cfg = tiny_run_config(precompute=True, cache_dir=str(cache), condition="text", **{
+        "data.manifest": str(manifest), "train.max_steps": 1, "validation.prompts": [], "components.vocoder": ""})
+    train(cfg, tmp_path / "run", progress=False)
+    cached = load_torch_file(next(cache.glob("latents-*.pt")))
+    train_rows = [r for r in rows if r.split == "train"]
+    assert cached["captions"].tolist() == [len(r.captions) for r in train_rows]
+    clap = load_frozen(cfg, "cpu").clap
+    ds = CachedLatents(cached)
+    for i, r in enumerate(train_rows):
+        want = clap.embed_text(list(r.captions))
+        drawn = {int(torch.argmax(want @ ds[(i, seed)]["text_emb"])) for seed in range(30)}
+        assert drawn == set(range(len(r.captions)))                     # every caption, none other
+        assert torch.allclose(ds[i]["text_emb"], want[0], atol=1e-6)    # no seed: the first
+    first = tiny_run_config(precompute=True, precompute_captions="first", cache_dir=str(cache), condition="text",
+                            **{"data.manifest": str(manifest), "train.max_steps": 1, "validation.prompts": [],
+                               "components.vocoder": ""})
+    train(first, tmp_path / "run-first", progress=False)
+    assert len(list(cache.glob("latents-*.pt"))) == 2                  # its own cache, the old layout
+    old = [load_torch_file(f) for f in cache.glob("latents-*.pt") if "text_emb" in load_torch_file(f)]
+    assert len(old) == 1 and old[0]["text_emb"].shape == (len(train_rows), 64)
+
+
+def test_the_latent_cache_follows_the_audio_and_the_vaes_mel(tmp_path):
+    """The cache was keyed by the manifest's bytes and the VAE's weights: a clip re-rendered in place, or a
+    VAE folder whose mel settings changed, reused latents of other audio or another front end."""
+    import copy
+    import dataclasses
+    import os
+    from pathlib import Path
+
+    from tta.data.dataset import AudioDataset
+    from tta.data.manifest import read_manifest, resolve_path, write_manifest
+    from tests.test_ldm_fixtures import tiny_components
+    from tta.ldm.train import latent_cache_path, load_frozen
+
+    source = tiny_components()["manifest"]
+    rows = read_manifest(source)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    moved = []
+    for r in rows:
+        shutil.copyfile(resolve_path(r, source), audio / Path(r.path).name)
+        moved.append(dataclasses.replace(r, path=str(audio / Path(r.path).name)))
+    manifest = write_manifest(tmp_path / "m.jsonl", moved)
+    cfg = tiny_run_config(precompute=True, condition="text", **{"data.manifest": str(manifest)})
+    frozen = load_frozen(cfg, "cpu")
+
+    def key(frozen=frozen):
+        ds = AudioDataset.from_config(cfg.data, "train", 16_000, random_crop=False, caption_choice="first")
+        return latent_cache_path(cfg, ds, frozen, tmp_path / "cache").name
+
+    before = key()
+    assert key() == before
+    target = audio / Path(moved[0].path).name
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))     # the clip re-rendered in place
+    after = key()
+    assert after != before
+    other = dataclasses.replace(frozen, vae=copy.deepcopy(frozen.vae))
+    other.vae.config = dataclasses.replace(other.vae.config, mel=dataclasses.replace(other.vae.config.mel,
+                                                                                      f_max=4000.0))
+    assert key(other) != after
+
+
 def test_precompute_longer_clips_then_train_on_random_latent_crops(tmp_path):
     from tta.ldm.train import precompute, train  # noqa: F401
 
     cache = tmp_path / "cache"
-    cfg = tiny_run_config(precompute=True, precompute_seconds=0.64, cache_dir=str(cache), **{
+    cfg = tiny_run_config(precompute=True, precompute_seconds=0.64, cache_dir=str(cache), condition="text", **{
         "data.segment_seconds": 0.16, "train.max_steps": 2, "validation.prompts": [], "components.vocoder": ""})
     train(cfg, tmp_path / "run", progress=False)
     from tta.checkpoint import load_torch_file
@@ -257,6 +337,9 @@ def test_precompute_longer_clips_then_train_on_random_latent_crops(tmp_path):
     assert len(starts) > 1                                       # crops move
     assert torch.equal(ds[(0, 7)]["mean"], ds[(0, 7)]["mean"])   # and are reproducible from the item seed
     assert torch.equal(ds[0]["mean"], cached["mean"][0][:, :crop])
+    # the cached audio embedding is the whole clip's: it cannot condition a crop
+    with pytest.raises(ValueError, match="cached CLAP audio embedding describes the whole clip"):
+        tiny_run_config(precompute=True, precompute_seconds=0.64, condition="audio", **{"data.segment_seconds": 0.16})
 
 
 def test_repeated_short_clips_train_on_the_fly_and_are_refused_with_precompute(tmp_path):

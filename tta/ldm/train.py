@@ -8,7 +8,12 @@ v (`diffusion.prediction_type`) with an MSE loss.
 
 `precompute: true` encodes every training clip once (deterministic crop) to a cache file holding the
 posterior mean/std and both embeddings, so a CPU step is a UNet step only; latents are then drawn
-from the cached posterior (or its mean) every step.
+from the cached posterior (or its mean) every step. The text embeddings of every caption are cached and each
+item draws one (`precompute_captions: "first"` keeps the first only, as the shipped stages trained). The cache
+is keyed by the data settings, the manifests, each audio file's size and modification time, the VAE's weights
+and mel settings and the CLAP. With `precompute_seconds` longer than the segment, the cached audio embedding is
+the whole clip's, so `condition` "audio"/"mix" and audio-queried retrieval are refused there, and a crop keeps
+the loudness it had within its whole clip (the clip is normalised as one piece).
 
 Every `train.validate_every` steps the (EMA) UNet samples the fixed validation prompts: wav + mel PNG in
 `samples/step_N/` and the CLAP score (cosine of prompt and audio embeddings) in metrics.jsonl. At the
@@ -110,6 +115,9 @@ class RunConfig:
     # clip). Longer: every step draws a random data.segment_seconds crop from the cached latents, so the
     # whole clip is used while the UNet still trains on short segments.
     precompute_seconds: float = 0.0
+    # with precompute: the caption text embeddings cached per clip, "all" (each training item draws one, as
+    # on-the-fly training does) or "first" (only the first caption: how tta trained before 2026-12-07)
+    precompute_captions: Literal["all", "first"] = "all"
     cache_dir: str = ""                                     # "" = RUN/cache
     # fnmatch patterns over the UNet's parameter names ("net.class_embedding.*", "*.time_emb_proj.*"): only
     # the parameters they match train, the rest stay as initialised (with --init-from, the start's), as Custom
@@ -145,6 +153,14 @@ class RunConfig:
         if self.precompute_seconds and self.precompute_seconds < self.data.segment_seconds:
             raise ValueError(f"precompute_seconds={self.precompute_seconds} must be 0 or >= "
                              f"data.segment_seconds={self.data.segment_seconds}")
+        if self.precompute and self.precompute_seconds > self.data.segment_seconds and (
+                self.condition in ("audio", "mix") or r.enabled and r.modality == "audio_to_audio"):
+            raise ValueError(f"precompute_seconds={self.precompute_seconds} > data.segment_seconds: the cached CLAP "
+                             "audio embedding describes the whole clip, not the crop a step trains on, so it cannot "
+                             f"condition (condition={self.condition!r}) or query neighbours (retrieval.modality="
+                             f"{r.modality!r}); use condition \"text\" and a text query, or precompute_seconds=0")
+        if self.precompute_captions not in ("all", "first"):
+            raise ValueError(f"precompute_captions={self.precompute_captions!r}: expected 'all' or 'first'")
         if self.precompute and self.data.repeat_below:
             raise ValueError(f"data.repeat_below={self.data.repeat_below} needs precompute=false: repeats are "
                              "drawn afresh for every training item, pre-encoded latents are fixed")
@@ -222,7 +238,9 @@ class CachedLatents(torch.utils.data.Dataset):
     """Pre-encoded training items: {"mean", "std": (C, T', F'), "audio_emb", "text_emb": (D,)}.
 
     With `crop` (latent frames), items are crops of that length: at a random start drawn from the item
-    seed (`ds[(index, seed)]`, within the clip's non-padded "frames") or at 0 (`ds[index]`)."""
+    seed (`ds[(index, seed)]`, within the clip's non-padded "frames") or at 0 (`ds[index]`). A cache of every
+    caption ("text_embs" (N, C, D) with "captions" (N,) counts) gives each item one of its clip's captions,
+    drawn from the item seed (the first without one)."""
 
     def __init__(self, tensors: dict, crop: int | None = None):
         self.t = tensors
@@ -233,7 +251,11 @@ class CachedLatents(torch.utils.data.Dataset):
 
     def __getitem__(self, key) -> dict:
         index, seed = (key if isinstance(key, tuple) else (key, None))
-        item = {k: v[index] for k, v in self.t.items() if k != "frames"}
+        item = {k: v[index] for k, v in self.t.items() if k not in ("frames", "text_embs", "captions")}
+        if "text_embs" in self.t:
+            count = int(self.t["captions"][index])
+            pick = int(np.random.default_rng((int(seed), 1)).integers(count)) if seed is not None else 0
+            item["text_emb"] = self.t["text_embs"][index, pick]
         if self.crop is not None and self.crop < item["mean"].shape[1]:
             valid = int(self.t["frames"][index]) if "frames" in self.t else item["mean"].shape[1]
             room = max(min(valid, item["mean"].shape[1]) - self.crop, 0)
@@ -247,19 +269,22 @@ def latent_cache_path(config: RunConfig, dataset, frozen: Frozen, cache_dir: Pat
     """The cache file `precompute` writes: named by the data and the identity of the components that encode."""
     data = to_dict(config.data)
     for k in ("balance", "balance_labels", "key_weights", "repeat_below", "repeat_gap", "repeat_categories",
-              "repeat_gap_by_key", "speed_by_key"):
-        data.pop(k)         # how training items are drawn, not what is encoded (older caches stay valid)
+              "repeat_gap_by_key", "speed_by_key", "repeat_skip_words", "num_workers", "valid_split", "cache_dir"):
+        data.pop(k, None)   # how training items are drawn or loaded, not what is encoded
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
     h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
     for p in (config.data.manifest, *config.data.extra_manifests):
         h.update(Path(p).read_bytes())
+    for path in dataset.paths:   # the audio itself: a clip re-rendered under an unchanged manifest re-encodes
+        st = os.stat(path)
+        h.update(f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
     h.update((component_dir(config.components.vae, "vae") / WEIGHTS_NAME).read_bytes())
+    h.update(json.dumps(to_dict(frozen.vae.config.mel), sort_keys=True).encode())   # the mel the VAE encodes
+    h.update(f"captions={config.precompute_captions}".encode())
     h.update(frozen.clap.identity.encode())
     h.update(str(config.model.downsample_factor).encode())
     h.update(f"segment={dataset.segment_samples}".encode())
-    if frozen.vae.config.mel.framing != "hifigan":   # the same weights frame audio otherwise (default: old keys)
-        h.update(f"framing={frozen.vae.config.mel.framing}".encode())
     return cache_dir / f"latents-{h.hexdigest()[:16]}.pt"
 
 
@@ -289,7 +314,10 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     if path.is_file():
         return CachedLatents(load_torch_file(path), crop)
     vae = frozen.vae
-    out: dict[str, list] = {"mean": [], "std": [], "audio_emb": [], "text_emb": [], "frames": []}
+    every = config.precompute_captions == "all"
+    out: dict[str, list] = {"mean": [], "std": [], "audio_emb": [], "frames": [],
+                            **({"text_embs": [], "captions": []} if every else {"text_emb": []})}
+    most = max((len(r.captions) for r in dataset.rows), default=1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False)
     for batch in tqdm(loader, desc="pre-encode", disable=not progress, leave=False):
         wav = batch["wav"]
@@ -297,7 +325,18 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
         out["mean"].append((post.mean * vae.scale_factor).float().cpu())
         out["std"].append((post.std * vae.scale_factor).float().cpu())
         out["audio_emb"].append(frozen.clap.embed_audio(wav.numpy(), vae.config.mel.sample_rate))
-        out["text_emb"].append(frozen.clap.embed_text(list(batch["caption"])))
+        if every:   # each clip's captions, padded to the most any clip has (the count says how many are real)
+            caps = [dataset.rows[int(i)].captions for i in batch["index"]]
+            emb = frozen.clap.embed_text([c for cs in caps for c in cs])
+            rows, start = [], 0
+            for cs in caps:
+                part = emb[start:start + len(cs)]
+                rows.append(torch.cat([part, part[:1].expand(most - len(cs), -1)]) if len(cs) < most else part)
+                start += len(cs)
+            out["text_embs"].append(torch.stack(rows))
+            out["captions"].append(torch.tensor([len(cs) for cs in caps]))
+        else:
+            out["text_emb"].append(frozen.clap.embed_text(list(batch["caption"])))
         sr = vae.config.mel.sample_rate
         out["frames"].append(torch.tensor([-(-vae.config.mel.num_frames(round(float(s) * sr)) // vae.downsample_factor)
                                            for s in batch["seconds"]]))
