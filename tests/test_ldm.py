@@ -37,6 +37,11 @@ def test_audioldm_s_config_matches_the_reference_layout():
     assert (kw["class_embed_type"], kw["projection_class_embeddings_input_dim"], kw["class_embeddings_concat"]) \
         == ("simple_projection", 512, True)
     assert LDMConfig.from_diffusers(dict(kw, _class_name="UNet2DConditionModel")) == cfg
+    # settings that change what the weights compute, not their shapes: loading them silently computed otherwise
+    for field, value in (("freq_shift", 1), ("flip_sin_to_cos", False), ("norm_eps", 1e-2), ("act_fn", "mish"),
+                         ("center_input_sample", True), ("time_embedding_act_fn", "gelu")):
+        with pytest.raises(ValueError, match=f"unet config: {field}=.* is not supported"):
+            LDMConfig.from_diffusers(dict(kw, **{field: value}))
 
 
 def test_config_invariants_name_the_field():

@@ -341,6 +341,48 @@ def test_step_counts_a_sampler_cannot_take_are_refused_before_denoising():
     assert len(set_steps(make_scheduler("ddim", cfg), 1000, 1.0, "cpu")) == 1000
 
 
+def test_a_zero_terminal_snr_schedule_is_followed_or_refused_and_a_late_start_is_warned(caplog):
+    """rescale_betas_zero_snr is part of the schedule a model was trained on: it was dropped silently. DDIM's
+    "leading" spacing on a step count that does not divide the schedule starts far from pure noise: warned."""
+    from tta.ldm.sampling import DiffusionConfig, make_scheduler, set_steps
+
+    cfg = {**DiffusionConfig().scheduler_config(), "rescale_betas_zero_snr": True}
+    assert float(make_scheduler("ddim", cfg).alphas_cumprod[-1]) < 1e-6
+    assert float(make_scheduler("ddim", DiffusionConfig().scheduler_config()).alphas_cumprod[-1]) > 1e-4
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr .* the heun sampler cannot follow"):
+        make_scheduler("heun", cfg)
+    with caplog.at_level("WARNING", logger="tta.ldm.sampling"):
+        set_steps(make_scheduler("ddim", DiffusionConfig().scheduler_config()), 200, 1.0, "cpu")
+        assert not caplog.records
+        set_steps(make_scheduler("ddim", DiffusionConfig().scheduler_config()), 300, 1.0, "cpu")
+    assert any("starts at timestep 897 of 1000" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("framing", ["hifigan", "tacotron"])
+def test_the_inpainted_gap_covers_the_latents_whose_frames_hold_the_range(framing, monkeypatch):
+    """A click inside [start, end) must land in a regenerated latent step, under either mel framing (the gap
+    was computed for HiFi-GAN framing, half a hop off for TacotronSTFT's, which AudioLDM imports use)."""
+    import copy
+    import dataclasses
+
+    from tta.audio import log_mel
+
+    p = copy.deepcopy(TTAPipeline.from_pretrained(tiny_pipeline()))
+    p.vae.config = dataclasses.replace(p.vae.config, mel=dataclasses.replace(p.vae.config.mel, framing=framing))
+    seen = {}
+    monkeypatch.setattr(p, "_run", lambda prompts, n, keep=None, **kw: seen.setdefault("keep", keep))
+    per, hop, sr = p.vae.downsample_factor * p.mel.hop_length, p.mel.hop_length, p.sample_rate
+    for boundary in (3 * per, 5 * per):
+        for s in (boundary - hop // 4, boundary - 3 * hop // 4):   # the last samples before a latent boundary
+            seen.clear()
+            p.inpaint(np.zeros(8 * per, np.float32), ["x"], start=(s - 10) / sr, end=(s + 1) / sr)
+            gap = ~seen["keep"].view(-1)
+            click = np.zeros(8 * per, np.float32)
+            click[s] = 1.0
+            frame = int(log_mel(torch.from_numpy(click)[None], p.mel)[0].sum(0).argmax())
+            assert gap[frame // p.vae.downsample_factor], (framing, s, frame)
+
+
 def test_a_clip_shorter_than_a_clap_window_is_still_ranked(pipe):
     out = pipe(["a click"], seconds=0.05, steps=2, candidates=2, seed=0)
     assert out.wavs[0].shape == (800,) and len(out.candidate_scores[0]) == 2

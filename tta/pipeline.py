@@ -377,9 +377,12 @@ class TTAPipeline:
                                 f"{n / self.sample_rate:g} (the input's length)")
         _, t, _ = self.latent_shape(n)
         per = self.vae.downsample_factor * self.mel.hop_length          # samples per latent step (an integer)
+        # latent step idx covers samples [idx * per, (idx + 1) * per) with HiFi-GAN framing (frame k centred on
+        # hop * k + hop / 2); TacotronSTFT centres frame k on hop * k, half a hop earlier
+        shift = self.mel.hop_length // 2 if self.mel.framing == "tacotron" else 0
         first, last = round(start * self.sample_rate), round(end * self.sample_rate)
         idx = torch.arange(t)
-        gap = ((idx + 1) * per > first) & (idx * per < last)
+        gap = ((idx + 1) * per - shift > first) & (idx * per - shift < last)
         return self._run(prompts, n, init_wav=wav, keep=(~gap).view(1, 1, t, 1), **kwargs)
 
     def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, **kwargs) -> Generation:

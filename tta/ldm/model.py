@@ -120,6 +120,15 @@ class LDMConfig:
         for k, v in need.items():
             if config.get(k) != v:
                 raise ValueError(f"{where}: {k}={config.get(k)!r}, expected {v!r} (not an AudioLDM-style UNet)")
+        # settings that change what the weights compute without changing their shapes: tta builds the UNet with
+        # diffusers' defaults for them (AudioLDM's), so another value would load silently and compute otherwise
+        defaults = {"flip_sin_to_cos": True, "freq_shift": 0, "norm_eps": 1e-5, "act_fn": "silu",
+                    "center_input_sample": False, "time_embedding_act_fn": None, "only_cross_attention": False,
+                    "upcast_attention": False, "resnet_time_scale_shift": "default", "time_embedding_type": "positional",
+                    "mid_block_type": "UNetMidBlock2DCrossAttn", "dual_cross_attention": False}
+        for k, v in defaults.items():
+            if k in config and config[k] != v:
+                raise ValueError(f"{where}: {k}={config[k]!r} is not supported (tta computes the UNet with {v!r})")
         channels = tuple(config["block_out_channels"])
         downs = list(config["down_block_types"])
         attn = tuple(2 ** i for i, t in enumerate(downs) if t.startswith("CrossAttn"))

@@ -77,10 +77,21 @@ def make_scheduler(name: str, base: dict):
     """A fresh diffusers scheduler `name` over the noise schedule `base` (a diffusers scheduler config)."""
     import diffusers
 
+    import inspect
+
     check_sampler(name)
     keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
             "trained_betas", "steps_offset")
     common = {k: base[k] for k in keys if k in base and base[k] is not None}
+    if base.get("rescale_betas_zero_snr"):   # a zero-terminal-SNR model: part of the schedule it was trained on
+        cls_name = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "dpmsolver++": "DPMSolverMultistepScheduler",
+                    "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
+                    "euler_a": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
+                    "lms": "LMSDiscreteScheduler"}[name]
+        if "rescale_betas_zero_snr" not in inspect.signature(getattr(diffusers, cls_name).__init__).parameters:
+            raise ValueError(f"the model's scheduler config sets rescale_betas_zero_snr (zero terminal SNR), which "
+                             f"the {name} sampler cannot follow; use ddim, ddpm, dpmsolver++, euler or euler_a")
+        common["rescale_betas_zero_snr"] = True
     if name == "ddim":
         return diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
     if name == "ddpm":
@@ -115,6 +126,9 @@ def draw_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
     return torch.stack(out)
 
 
+_warned_start: set[tuple[str, int]] = set()
+
+
 def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
     """Set `steps` inference steps and return the timesteps to run: all of them at strength 1, the last
     round(steps * strength) for an SDEdit start part-way."""
@@ -134,6 +148,13 @@ def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
     except ValueError as e:   # e.g. DDIM with an offset past the last training timestep
         raise ValueError(f"steps={steps}: the {sampler_name_of(scheduler)} sampler refuses it ({e})") from None
     timesteps = scheduler.timesteps
+    first, ratio = int(timesteps[0]), -(-train_steps // steps)
+    if first < train_steps - 1 - 2 * ratio and (
+            sampler_name_of(scheduler), steps) not in _warned_start:
+        _warned_start.add((sampler_name_of(scheduler), steps))   # "leading" spacing on a count that does not divide
+        log.warning("steps=%d: the %s sampler starts at timestep %d of %d, in latents that are pure noise; a step "
+                    "count that divides %d (or dpmsolver++ / euler) starts at the end", steps,
+                    sampler_name_of(scheduler), first, train_steps, train_steps)
     if len(torch.unique(timesteps)) * getattr(scheduler, "order", 1) < len(timesteps) and \
             sampler_name_of(scheduler) in ("dpmsolver++", "ddim", "ddpm"):
         # spacing rounded two steps onto one timestep: a zero-length step that turns the latents into NaN
