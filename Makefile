@@ -1,9 +1,17 @@
-# Every target sets up what it needs on a fresh machine. torch goes in first, pinned to the CPU wheel
-# that installs here, so that no dependency drags in a multi-GB CUDA build.
+# Every target sets up what it needs on a fresh machine. torch goes in first, pinned to the CPU build, so
+# that no dependency drags in a multi-GB CUDA build: on Linux, PyPI's torch wheel is the CUDA one, so the CPU
+# wheel comes from PyTorch's CPU index (or a local wheel pip is configured to find); macOS wheels are CPU ones.
+# A GPU machine: make TORCH=torch==2.13.0 TORCH_INDEX=
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+ifeq ($(shell uname -s),Linux)
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?= --extra-index-url https://download.pytorch.org/whl/cpu --retries 1 --timeout 15
+else
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+endif
 PROMPT ?= a dog barks
 DEMO_OUT ?= demo.wav
 
@@ -12,7 +20,7 @@ DEMO_OUT ?= demo.wav
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q $(TORCH_INDEX) "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev,recipes,judge]"
 	# aisfx ships the sound-effects CNN used as the "aisfx" FAD embedder; its metadata pins numpy==1.23 /
 	# librosa==0.9.2, which conflict with ours, so it is installed without its (stale) dependencies

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the processes the tests start load tests/netguard/sitecustomize.py: they are held offline too
+_GUARD = str(Path(__file__).resolve().parent / "netguard")
+os.environ["PYTHONPATH"] = os.pathsep.join([_GUARD, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 class NetworkRefused(OSError):
@@ -34,6 +38,9 @@ def _guarded_connect(self, address):
 socket.socket.connect = _guarded_connect
 socket.socket.connect_ex = lambda self, address: _refuse()
 socket.create_connection = _refuse
+_real_getaddrinfo = socket.getaddrinfo
+socket.getaddrinfo = lambda host, *a, **k: (_real_getaddrinfo(host, *a, **k) if host in (None, "", "localhost")
+                                            else _refuse())
 
 
 def pytest_addoption(parser):

@@ -39,7 +39,8 @@ def _torchrun(tmp_path, script: str, source: Path) -> tuple[dict, dict]:
     """tests/SCRIPT SOURCE RUN DUMP on two processes; the two processes' dumps."""
     dump = tmp_path / "dump"
     dump.mkdir()
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)])}   # offline; logs in tmp
     done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / script),
                            str(source), str(tmp_path / "run"), str(dump)],
                           env=env, capture_output=True, text=True, timeout=240)

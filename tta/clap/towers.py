@@ -141,9 +141,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(folder: str):
-    """The BERT WordPiece tokenizer of a sentence-model folder (local files only)."""
+    """The BERT WordPiece tokenizer of a sentence-model folder (local files only; a name that is not a folder is
+    refused here, before transformers would try the hub)."""
     from transformers import AutoTokenizer
 
+    if not Path(folder).is_dir():
+        raise ValueError(f"{folder}: tokenizer folder not found (a local folder with the model's tokenizer files)")
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if len(tok) < 1000:
         raise ValueError(f"{folder}: tokenizer has only {len(tok)} tokens; expected a real vocabulary "

@@ -345,7 +345,7 @@ def _score_events(path: str, cache: Path) -> dict | None:
     from music21 import tempo as m21tempo
 
     try:
-        score = converter.parse(path)
+        score = converter.parse(path, storePickle=False)   # tta keeps its own cache; no pickles left in TMPDIR
         if hasattr(score, "scores"):  # an opus of many tunes: take the first
             score = score.scores[0] if len(score.scores) else score
         flat = score.flatten()
