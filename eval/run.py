@@ -369,6 +369,12 @@ def run_eval(opts: EvalOptions) -> dict:
         gen = gen or pgen
 
     gen = gen or scan_folder(opts.generated, "generated")
+    unlisted = _not_in_generation_record(opts.generated, gen)
+    if unlisted:
+        msg = (f"generated {opts.generated}: {len(unlisted)} audio files are not in its generation.json (e.g. "
+               f"{unlisted[0]}): files of another run may be mixed into this evaluation")
+        log.warning(msg)
+        result["protocol"]["generated_not_in_record"] = {"files": unlisted, "warning": msg}
     prompts: dict[str, PromptRow] = {}
     if opts.prompts is not None:
         names = sorted(gen.files)
@@ -393,6 +399,19 @@ def run_eval(opts: EvalOptions) -> dict:
             (opts.out / name).unlink(missing_ok=True)
     write_outputs(opts.out, result, items)
     return result
+
+
+def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:
+    """Audio files of a `tta generate --out-dir` folder that its generation.json does not list (sorted, relative);
+    [] when the folder has no record."""
+    import json
+
+    record = folder / "generation.json"
+    try:
+        listed = {o["file"] for o in json.loads(record.read_text()).get("outputs", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return sorted(str(p.relative_to(folder)) for p in gen.files.values() if p.parent == folder and p.name not in listed)
 
 
 def _embedder_options(opts: EvalOptions) -> dict:

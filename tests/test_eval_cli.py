@@ -291,3 +291,14 @@ def test_a_prompt_row_naming_a_bare_file_name_pairs_with_one_file_only(tmp_path)
     with open(tmp_path / "o" / "items.csv") as f:
         assert {r["name"]: r["prompt"] for r in csv.DictReader(f)} == {"a/x": "a tone", "b/x": "a hum",
                                                                       "a/y": "another tone"}
+
+
+def test_audio_a_generation_record_does_not_list_is_reported(folders, tmp_path):
+    """A `tta generate --out-dir` folder reused by a later run holds the earlier run's files too: eval scores
+    every file, so it says which ones the folder's generation.json does not list."""
+    gen, ref, _ = folders
+    (gen / "generation.json").write_text(json.dumps({"outputs": [{"file": f"clip{i}.wav"} for i in range(6)]}))
+    out = tmp_path / "run"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out) == 0
+    note = json.loads((out / "eval.json").read_text())["protocol"]["generated_not_in_record"]
+    assert note["files"] == ["clip6.wav", "clip7.wav"] and "another run" in note["warning"]

@@ -140,6 +140,15 @@ def test_file_names_keep_any_script_and_an_unused_negative_prompt_is_not_recorde
     assert json.loads((tmp_path / "x.generation.json").read_text())["settings"]["negative"] is None
 
 
+def test_audio_of_an_earlier_run_in_the_out_dir_is_warned_about(tmp_path, capsys, caplog):
+    args = ["--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--out-dir", tmp_path]
+    assert run(capsys, "a", "b", *args)[0] == 0
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, "c", *args)[0] == 0
+    assert any("already holds 2 audio files this run does not write (e.g. 000_a.wav)" in r.message
+               for r in caplog.records)
+
+
 def test_an_empty_prompt_is_named_by_its_file_in_the_warning(tmp_path, capsys, caplog):
     with caplog.at_level("WARNING", logger="tta.pipeline"):
         code, _, err = run(capsys, "a dog", "", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,

@@ -83,6 +83,14 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         jobs.append(Job(name, prompt, out_dir / f"{name}.wav"))
         check_output_path(jobs[-1].path)
     check_output_path(record_path_of(out_dir, single=False))
+    if out_dir.is_dir():   # audio this run does not write would sit beside its outputs, e.g. in one `tta eval`
+        planned = {j.path.name for j in jobs}
+        others = sorted(p.name for p in out_dir.iterdir() if p.suffix.lower() in (".wav", ".flac", ".ogg")
+                        and p.name not in planned)
+        if others:
+            log.warning("%s already holds %d audio files this run does not write (e.g. %s); generation.json will "
+                        "list only this run's, and `tta eval` scores every file of a folder", out_dir, len(others),
+                        others[0])
     return jobs
 
 
