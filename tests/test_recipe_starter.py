@@ -368,8 +368,8 @@ def test_version_1_skips_the_rules_and_packages_of_version_2():
     assert "etw-data" in v2 - v1 and "0ad-data" in v1 and v1 < v2
     with pytest.raises(packages.PackageError, match="etw-data"):
         packages.select_packages(["etw-data"], large=False, version=1)
-    with pytest.raises(RecipeError, match="--recipe-version=7"):
-        StarterOptions(version=7)
+    with pytest.raises(RecipeError, match="--recipe-version=8"):
+        StarterOptions(version=8)
 
 
 def test_version_3_adds_scratch_recordings_only_by_name():
@@ -466,3 +466,50 @@ def test_a_score_cache_entry_cut_short_is_parsed_again(tmp_path):
     broken.write_text('{"notes": [[0.0, 1.0, 6')
     data = _score_events(path, tmp_path)
     assert data and data["notes"] and json.loads(broken.read_text()) == json.loads(json.dumps(data))
+
+
+HW = "usr/share/games/hedgewars/Data/Sounds"
+
+
+@pytest.mark.parametrize("package, path, v6, v7", [
+    ("hedgewars-data", f"{HW}/voices/Russian_pl/Boring.ogg", "a cartoon character speaking Russian",
+     "a cartoon character speaking Polish"),              # the Russian character's pack for the Polish locale
+    ("hedgewars-data", f"{HW}/voices/Default/Ow2.ogg", "a cartoon character shouts a short phrase in English",
+     "a man grunts in pain"),
+    ("hedgewars-data", f"{HW}/voices/Pirate/Laugh.ogg", "a man talks like a pirate", "a man laughs"),
+    ("hedgewars-data", f"{HW}/voices/Robot/Ow1.ogg", "a robotic voice says a short phrase",
+     "a robotic voice says a short phrase"),              # the robot's grunts are synthetic: unchanged
+    ("hedgewars-data", f"{HW}/hammer.ogg", "a hammer striking", "a hammer striking"),
+    ("hedgewars-data", f"{HW}/pickhammer.ogg", "a hammer striking", "a jackhammer drilling"),
+    ("hedgewars-data", f"{HW}/drillgun.ogg", "rapid machine gun fire", "a drill rocket whirring"),
+    ("supertux-data", "usr/share/games/supertux2/sounds/turnkey.ogg", "a door opening", "a key turning in a lock"),
+    ("lincity-ng-data", "usr/share/games/lincity-ng/sounds/Raze2.wav", "construction work",
+     "a building being demolished"),
+    ("lincity-ng-data", "usr/share/games/lincity-ng/sounds/WindMillHTech1.wav", "a mill turning", None),
+    ("megaglest-data", "usr/share/games/megaglest/data/tilesets/desert2/sounds/day.ogg",
+     "birds singing in the daytime", None),
+])
+def test_version_7_corrects_reviewed_captions_and_older_versions_keep_theirs(package, path, v6, v7):
+    old, new = rules.match(package, path, version=6), rules.match(package, path, version=7)
+    assert old is not None and old.captions[0] == v6
+    assert (new.captions[0] if new else None) == v7
+
+
+def test_version_7_mixtures_carry_their_parts_labels():
+    from tta.data.manifest import ManifestRow
+    from tta.data.recipes.mixtures import mixture_candidates
+
+    def row(id_, label):
+        return ManifestRow(id=id_, path=f"/x/{id_}.wav", captions=(f"a {label}",), seconds=2.0, sample_rate=16_000,
+                           split="train", labels=(label,))
+
+    rows = [row("sfx-dog", "dog"), row("sfx-rain", "rain"), row("sfx-bell", "bell")]
+    roles = {"sfx-dog": "event", "sfx-rain": "ambience", "sfx-bell": "event"}
+    v6 = mixture_candidates(rows, roles, 20, seed=0, version=6)
+    v7 = mixture_candidates(rows, roles, 20, seed=0, version=7)
+    assert [c.key for c in v6] == [c.key for c in v7]          # the same mixtures, other labels
+    assert all(c.labels[0] == "mixture" for c in v6)
+    overlay = next(c for c in v7 if c.key.startswith("mix/overlay/sfx-dog+"))
+    assert overlay.labels == ("dog", "rain")
+    room = next(c for c in v7 if c.key.startswith("mix/room/"))
+    assert room.labels[-1] == room.label and room.labels[0] in {"dog", "rain", "bell"}

@@ -38,9 +38,10 @@ def add_recipe_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--mixtures", type=int, default=1500, metavar="N", help="mixtures to draw (default 1500)")
     s.add_argument("--max-scores", type=int, metavar="N", help="at most N music21 scores per score set")
     s.add_argument("--workers", type=int, default=1, help="render processes (the result does not depend on it)")
-    s.add_argument("--recipe-version", type=int, default=6, metavar="N",
-                   help="recipe version (default 6: version 5 without held-out clips that nearly duplicate a "
-                        "training clip; 5: music21's scores chosen independently of where music21 is "
+    s.add_argument("--recipe-version", type=int, default=7, metavar="N",
+                   help="recipe version (default 7: version 6 with reviewed captions (Hedgewars' Polish pack, "
+                        "grunts and laughs, split rules) and mixtures labelled by their parts; 6: version 5 "
+                        "without held-out clips that nearly duplicate a training clip; 5: music21's scores chosen independently of where music21 is "
                         "installed; 4: adds Festival and Piper speech; 3: Scratch 1.4's recorded "
                         "sounds; 2: more dog/animal/instrument packages, classes with fewer than 3 recordings "
                         "kept in train); 1 and 2 rebuild the corpora the default model was trained on exactly "

@@ -36,8 +36,11 @@ def _seeded(*parts) -> random.Random:
     return random.Random(":".join(str(p) for p in parts))
 
 
-def mixture_candidates(rows: list[ManifestRow], roles: dict[str, str], count: int, seed: int) -> list[Candidate]:
-    """`count` mixtures (about 60 % overlays, 40 % rooms) from finished rows; rows are not mixtures.
+def mixture_candidates(rows: list[ManifestRow], roles: dict[str, str], count: int, seed: int,
+                       version: int = 6) -> list[Candidate]:
+    """`count` mixtures (about 60 % overlays, 40 % rooms) from finished rows; rows are not mixtures. From recipe
+    version 7 a mixture's labels are its parts' (and the room's), so label balancing and CLAP's keyword captions
+    see a dog in a dog-and-rain mixture; earlier versions labelled every mixture ("mixture", "overlay" | room).
 
     rows: the kept clips (paths absolute); roles: row id -> "event" | "ambience" | "music" | "speech".
     Mixtures are built within a split (train from train, valid from valid) in proportion to its size.
@@ -65,6 +68,7 @@ def mixture_candidates(rows: list[ManifestRow], roles: dict[str, str], count: in
                 spec = ("mix", "overlay", fg.path, bg.path, round(offset, 4), round(snr, 2))
                 key = f"mix/overlay/{fg.id}+{bg.id}"
                 label = "overlay"
+                parts = (*fg.labels, *bg.labels)
                 licence = fg.licence if fg.licence == bg.licence else f"{fg.licence} + {bg.licence}"
                 source = f"mix:{fg.id}+{bg.id}"
             elif reverberant:
@@ -75,13 +79,15 @@ def mixture_candidates(rows: list[ManifestRow], roles: dict[str, str], count: in
                 spec = ("mix", "room", item.path, room, f"{seed}:{item.id}:{room}")
                 key = f"mix/room/{item.id}+{room.replace(' ', '-')}"
                 label = room
+                parts = (*item.labels, room)
                 licence = item.licence
                 source = f"mix:{item.id}+reverb {room}"
             else:
                 continue
             out.append(Candidate(key=key, kind="mix", captions=captions, label=label, role="mixture",
                                  source=source, licence=licence, spec=spec, split=split,
-                                 labels=("mixture", label)))
+                                 labels=tuple(dict.fromkeys(parts)) if version >= 7 and parts
+                                 else ("mixture", label)))
     unique = {c.key: c for c in out}           # the same pair drawn twice is one mixture
     return sorted(unique.values(), key=lambda c: c.key)
 

@@ -346,7 +346,7 @@ def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *
     if "mix" in options.sources:
         rows = [row for row, _ in kept]
         roles = {row.id: role for row, role in kept}
-        candidates = mixture_candidates(rows, roles, options.mixtures, options.seed)
+        candidates = mixture_candidates(rows, roles, options.mixtures, options.seed, options.version)
         candidates = sorted(candidates, key=lambda c: order_key(c.key, options.seed))
         result.counts["candidates:mix"] = len(candidates)
         kept += keep_clips(candidates, out, options, seen, result, desc="mixtures", progress=progress)
