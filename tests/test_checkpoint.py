@@ -170,3 +170,11 @@ def test_a_folder_that_refuses_files_is_named_by_the_path_asked_for():
     with pytest.raises(CheckpointError, match=r"^/proc/tta-out.wav: cannot write there") as e:
         atomic_write_text("/proc/tta-out.wav", "x")
     assert ".tmp" not in str(e.value)
+
+
+def test_a_file_where_a_parent_folder_should_be_is_named(tmp_path):
+    from tta.checkpoint import atomic_write_text
+
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(CheckpointError, match=r"out.json: cannot write there \(.*blocker is a file, not a folder\)"):
+        atomic_write_text(tmp_path / "blocker" / "sub" / "out.json", "{}")

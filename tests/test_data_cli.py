@@ -168,3 +168,31 @@ def test_check_refuses_an_empty_or_binary_manifest_and_non_finite_thresholds(cap
         code, _, err = _run(capsys, "data", "check", tmp_path / "empty.jsonl", flag, value)
         assert code == 1
         _assert_one_line_error(err, flag)
+
+
+def test_webdataset_audio_folder_gets_the_umask_mode_and_goes_when_the_manifest_fails(capsys, tmp_path, monkeypatch):
+    import os
+    import stat
+
+    buf = io.BytesIO()
+    sf.write(buf, tone(500, 0.3), 16_000, format="WAV")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for name, data in [("s1.wav", buf.getvalue()), ("s1.json", json.dumps({"text": "a beep"}).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    old = os.umask(0o022)
+    try:
+        assert _run(capsys, "data", "import", "webdataset", tmp_path / "shard.tar", "--out", tmp_path / "a.jsonl")[0] == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a_audio").stat().st_mode) == 0o755      # not mkdtemp's private 0o700
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    import tta.data.manifest as manifest
+
+    monkeypatch.setattr(manifest, "write_manifest", interrupted)
+    code, _, _ = _run(capsys, "data", "import", "webdataset", tmp_path / "shard.tar", "--out", tmp_path / "b.jsonl")
+    assert code == 130 and not (tmp_path / "b_audio").exists() and not (tmp_path / "b.jsonl").exists()

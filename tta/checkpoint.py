@@ -51,6 +51,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     except OSError as e:
+        blocker = next((a for a in path.parents if a.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise CheckpointError(f"{path}: cannot write there ({blocker} is a file, not a folder)") from None
         raise CheckpointError(f"{path}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     tmp = Path(tmp)

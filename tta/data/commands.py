@@ -80,13 +80,21 @@ def cmd_import(args: argparse.Namespace) -> int:
     audio_dir = args.audio_dir
     if args.kind == "webdataset" and audio_dir is None:
         audio_dir = args.out.with_name(args.out.stem + "_audio")
+    made = audio_dir is not None and not audio_dir.exists()
     result = import_source(args.kind, args.source, root=args.root, captions_csv=args.captions,
                            audio_dir=audio_dir, options=options)
     for message in result.errors:
         print(f"tta: bad item: {message}", file=sys.stderr)
     if not result.rows:
         raise ValueError(f"{args.source}: no usable rows ({len(result.errors)} bad items); {args.out} not written")
-    write_manifest(args.out, result.rows)
+    try:
+        write_manifest(args.out, result.rows)
+    except BaseException:   # no manifest names the extracted audio: remove it, so the same command can run again
+        if made and audio_dir.is_dir():
+            import shutil
+
+            shutil.rmtree(audio_dir)
+        raise
     splits = {s: sum(r.split == s for r in result.rows) for s in ("train", "valid", "test")}
     hours = sum(r.seconds for r in result.rows) / 3600
     print(f"{args.out}: {len(result.rows)} rows ({', '.join(f'{k} {v}' for k, v in splits.items() if v)}; "

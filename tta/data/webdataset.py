@@ -54,6 +54,9 @@ def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike
                 f.unlink()  # audio of skipped items is not left behind
             if audio_dir.exists():
                 audio_dir.rmdir()
+            from tta.checkpoint import _default_mode
+
+            os.chmod(tmp, _default_mode(folder=True))   # mkdtemp made it private; a folder made here is not
             os.replace(tmp, audio_dir)
             result.rows = [replace(r, path=final + r.path[len(staged):]) for r in result.rows]
         return result

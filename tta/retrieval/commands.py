@@ -30,7 +30,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--m", type=int, default=16, help="PQ sub-quantisers (ivfpq; must divide the dim)")
     b.add_argument("--nbits", type=int, default=8, help="bits per PQ code (ivfpq)")
     b.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query")
-    b.add_argument("--max-seconds", type=float, default=10.0, help="embed the first S seconds (0 = whole clip)")
+    b.add_argument("--max-seconds", type=float, default=10.0, help="embed the first S seconds of each clip (default 10; 0 = the whole clip)")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--vae", type=Path, metavar="DIR",
                    help="also store each clip's pooled latents of this VAE (component, run or pipeline folder): "
