@@ -35,7 +35,9 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from eval.run import EvalOptions, run_eval
+    from tta.checkpoint import check_output_path
 
+    check_output_path(args.out, "--out", folder=True)   # before embedding both folders
     opts = EvalOptions(generated=args.generated, reference=args.reference, out=args.out,
                        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
                        embedder=args.embedder, embedder_weights=args.embedder_weights,

@@ -114,7 +114,7 @@ def test_import_webdataset_default_audio_dir(capsys, tmp_path):
     # a folder as --out is refused before anything is extracted (it left an orphaned <out>_audio folder)
     (tmp_path / "folder_out").mkdir()
     code, _, err = _run(capsys, "data", "import", "webdataset", tmp_path / "shard.tar", "--out", tmp_path / "folder_out")
-    assert code == 1 and "is a folder; --out is the manifest file" in err
+    assert code == 1 and "--out is a folder; expected the path of a file to write" in err
     assert not (tmp_path / "folder_out_audio").exists()
 
 
@@ -196,3 +196,20 @@ def test_webdataset_audio_folder_gets_the_umask_mode_and_goes_when_the_manifest_
     monkeypatch.setattr(manifest, "write_manifest", interrupted)
     code, _, _ = _run(capsys, "data", "import", "webdataset", tmp_path / "shard.tar", "--out", tmp_path / "b.jsonl")
     assert code == 130 and not (tmp_path / "b_audio").exists() and not (tmp_path / "b.jsonl").exists()
+
+
+def test_output_paths_are_checked_before_the_work(capsys, tmp_path, monkeypatch):
+    """data check --drop-bad, clap score --out and eval --out are refused up front (they decoded or embedded
+    everything first, then failed on the path)."""
+    import tta.data.check as check
+
+    monkeypatch.setattr(check, "check_manifest", lambda *a, **k: pytest.fail("checked before refusing the path"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    code, _, err = _run(capsys, "data", "check", tmp_path / "m.jsonl", "--drop-bad", tmp_path / "folder")
+    assert code == 1 and "--drop-bad is a folder" in err
+    code, _, err = _run(capsys, "clap", "score", "--model", tmp_path / "none", "--audio", tmp_path,
+                        "--out", tmp_path / "file" / "out.json")
+    assert code == 1 and "file is a file, not a folder" in err
+    code, _, err = _run(capsys, "eval", "--generated", tmp_path, "--reference", tmp_path, "--out", tmp_path / "file")
+    assert code == 1 and "--out is a file; expected the path of a folder" in err

@@ -67,6 +67,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def check_output_path(path: str | os.PathLike, flag: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output `path` (a file, or a folder with `folder`) that cannot be written:
+    a folder where a file goes (or the reverse), a file where a parent folder goes, or an unwritable place."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise CheckpointError(f"{path}: {flag} is {'a file' if folder else 'a folder'}; expected the path of a "
+                              f"{'folder' if folder else 'file'} to write")
+    existing = next((a for a in path.parents if a.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise CheckpointError(f"{path}: {flag} cannot be written there ({existing} is a file, not a folder)")
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise CheckpointError(f"{path}: {flag} cannot be written there ({existing} is not writable)")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

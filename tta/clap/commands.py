@@ -52,6 +52,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tta.clap import load_clap
 
+    if args.out:   # before embedding every clip
+        from tta.checkpoint import check_output_path
+
+        check_output_path(args.out, "--out")
     clap = load_clap(args.model, tokenizer=args.tokenizer, device=args.device, batch_size=args.batch_size,
                      cache_dir=args.cache)
     progress = not getattr(args, "quiet", False)

@@ -73,8 +73,9 @@ def cmd_import(args: argparse.Namespace) -> int:
                                ("--audio-dir", args.audio_dir, ("webdataset",))):
         if value is not None and args.kind not in kinds:
             raise ValueError(f"{flag} is only for {' / '.join(kinds)} imports, not {args.kind!r}")
-    if args.out.is_dir():   # before any work: a WebDataset import would otherwise extract its audio first
-        raise ValueError(f"{args.out}: is a folder; --out is the manifest file to write (e.g. {args.out}/manifest.jsonl)")
+    from tta.checkpoint import check_output_path
+
+    check_output_path(args.out, "--out")   # before any work: a WebDataset import would extract its audio first
     options = ImportOptions(split=args.split, valid_fraction=args.valid_fraction, source=args.source_name,
                             licence=args.licence, progress=not args.quiet)
     audio_dir = args.audio_dir
@@ -139,6 +140,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ValueError(f"--against {args.against}: manifest not found")
     if args.against is not None and args.against.resolve() == Path(args.manifest).resolve():
         raise ValueError(f"--against {args.against}: the manifest being checked; name another one")
+    if args.drop_bad is not None:   # before minutes of decoding
+        from tta.checkpoint import check_output_path
+
+        check_output_path(args.drop_bad, "--drop-bad")
     report = check_manifest(args.manifest, min_seconds=args.min_seconds, silence_db=args.silence_db,
                             near_duplicates=args.near_duplicates, against=args.against, progress=not args.quiet)
     for problem in report.problems:
