@@ -90,3 +90,19 @@ def test_wrong_type_in_set_names_the_key(capsys, tmp_path, repo_root):
                            "--out", str(tmp_path / "run"), "--set", "train.max_stepz=3")
     assert code == 1 and "unknown config key 'train.max_stepz'" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["clap", "score", "--model", "M", "--audio", "."],
+                                  ["index", "query", "STORE", "--clap", "C", "--text", "x"]])
+def test_every_device_flag_takes_the_same_choices_and_names_itself(argv, capsys):
+    """clap and index commands took any --device string and failed inside torch with a message that named no
+    flag; they share generate's choices and checks now."""
+    import torch
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--device", "tpu"])
+    assert e.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["-q", *argv, "--device", "cuda"]) == 1
+        err = capsys.readouterr().err
+        assert err.strip() == "tta: error: --device cuda: no CUDA device is available"

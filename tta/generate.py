@@ -251,19 +251,12 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
 
 
 def pick_device(name: str) -> str:
-    import torch
+    from tta.device import pick_device as pick
 
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GenerateError("--device cuda: no CUDA device is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise GenerateError("--device mps: MPS is not available")
-    return name
+    try:
+        return pick(name)
+    except ValueError as e:
+        raise GenerateError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------- main

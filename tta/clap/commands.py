@@ -18,6 +18,8 @@ import json
 import logging
 from pathlib import Path
 
+from tta.device import DEVICES, pick_device
+
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -46,17 +48,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="write the full result (per-item values) as JSON here")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cache", type=Path, help="embedding cache folder (content hash + model identity)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="torch device (default cpu; auto: CUDA, then "
+                   "MPS, then the CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
     from tta.clap import load_clap
 
+    device = pick_device(args.device)
     if args.out:   # before embedding every clip
         from tta.checkpoint import check_output_path
 
         check_output_path(args.out, "--out")
-    clap = load_clap(args.model, tokenizer=args.tokenizer, device=args.device, batch_size=args.batch_size,
+    clap = load_clap(args.model, tokenizer=args.tokenizer, device=device, batch_size=args.batch_size,
                      cache_dir=args.cache)
     progress = not getattr(args, "quiet", False)
     if args.clap_command == "score":

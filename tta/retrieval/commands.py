@@ -14,6 +14,8 @@ import json
 import math
 from pathlib import Path
 
+from tta.device import DEVICES, pick_device
+
 
 def add_parsers(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="index_command", metavar="ACTION")
@@ -59,7 +61,8 @@ def _clap_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clap", required=True, type=Path,
                    help="CLAP: tta folder (or run folder), transformers CLAP folder, or LAION .pt")
     p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (LAION .pt checkpoints)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="torch device (default cpu; auto: CUDA, then "
+                   "MPS, then the CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,13 +84,14 @@ def run(args: argparse.Namespace) -> int:
 
     from tta.clap import load_clap
 
+    device = pick_device(args.device)   # before anything loads
     if args.index_command == "build":
         check_build_args(args)
         config = DatastoreConfig(index=args.index, nlist=args.nlist, m=args.m, nbits=args.nbits,
                                  nprobe=args.nprobe, batch_size=args.batch_size, max_seconds=args.max_seconds,
                                  split=args.split, latent_tokens=args.latent_tokens)
-        vae = None if args.vae is None else load_vae_folder(args.vae, args.device)
-        clap = load_clap(args.clap, tokenizer=args.tokenizer, device=args.device, batch_size=args.batch_size)
+        vae = None if args.vae is None else load_vae_folder(args.vae, device)
+        clap = load_clap(args.clap, tokenizer=args.tokenizer, device=device, batch_size=args.batch_size)
         out = build_datastore(args.manifest, clap, args.out, config, progress=not getattr(args, "quiet", False),
                               vae=vae)
         print(out)
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         for index in store.indexes.values():
             if hasattr(index, "nprobe"):
                 index.nprobe = args.nprobe
-    clap = load_clap(args.clap, tokenizer=args.tokenizer, device=args.device)
+    clap = load_clap(args.clap, tokenizer=args.tokenizer, device=device)
     store.check_clap(clap)
     if args.k <= 0:
         raise ValueError(f"-k {args.k}: must be a positive number of hits")
