@@ -803,6 +803,25 @@ def test_training_exclusions_log_the_overlap_and_a_plain_store_keeps_every_clip(
     assert off.relations is None and set(off.of([1])) == {"exclude_paths"}
 
 
+def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, capsys, monkeypatch):
+    """A VAE given as the CLAP, or a split with too few prompts, left an empty OUT (or a built datastore)."""
+    from tta.data.manifest import read_manifest, write_manifest
+
+    monkeypatch.chdir(tmp_path)
+    c = tiny_components()
+    rows = read_manifest(corpus)
+    few = write_manifest(corpus.parent / "two-valid.jsonl",
+                         [r for r in rows if r.split == "train"] + [r for r in rows if r.split == "valid"][:2])
+    for name, clap, manifest, message in (("badclap", c["vae"], corpus, ""), ("few", c["clap"], few, "at least 3")):
+        sets = [f"components.vae={json.dumps(str(c['vae']))}", f"components.vocoder={json.dumps(str(c['vocoder']))}",
+                f"components.clap={json.dumps(str(clap))}", f"manifest={json.dumps(str(manifest))}"]
+        code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                           ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", tmp_path / name,
+                           *[a for s in sets for a in ("--set", s)])
+        assert code == 1 and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / name).exists()
+
+
 def test_the_experiment_refuses_a_store_holding_evaluation_clips(corpus, store, tmp_path, capsys, monkeypatch):
     """By id (a store over every split) or only through a related clip (a train crop of a valid clip's file)."""
     from tta.clap import load_clap

@@ -409,11 +409,15 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     base = base_run_config(config)
     manifest = Path(base.data.manifest)
     component_dir(base.components.vae, "vae")
-    out.mkdir(parents=True, exist_ok=True)
+    clap = load_clap(base.components.clap)   # the inputs are checked before OUT is made or a store is built
     train_rows = [r for r in read_manifest(manifest) if r.split == base.data.train_split]
+    prompt_rows, reference_rows = eval_rows(config, manifest)
+    if not config.eval.prompts and len(prompt_rows) < 3:
+        raise ValueError(f"eval: {len(prompt_rows)} prompts from split {config.eval.prompt_split!r} of {manifest}; "
+                         "the head/mid/tail split needs at least 3")
+    out.mkdir(parents=True, exist_ok=True)
     store_dir = Path(config.datastore) if config.datastore else out / "datastore"
     latent = any(v.neighbours and "latent" in feature_names(v.features) for v in config.variants)
-    clap = load_clap(base.components.clap)
     built = (store_dir / "datastore.json").is_file()
     if built and not config.datastore:
         stale = stale_store(Datastore.load(store_dir), manifest, base.data.train_split, clap.identity)
@@ -430,7 +434,6 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
         build_datastore(manifest, clap, store_dir, DatastoreConfig(split=base.data.train_split), progress=progress,
                         vae=vae)
     store = Datastore.load(store_dir)
-    prompt_rows, reference_rows = eval_rows(config, manifest)
     store_check = check_store(store, list({r.id: r for r in [*prompt_rows, *reference_rows]}.values()), manifest,
                               clap.sample_rate, Path(config.eval.reference) if config.eval.reference else None)
     prompts, prompts_path = eval_prompts(config, prompt_rows, train_rows, out)
