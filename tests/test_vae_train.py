@@ -159,3 +159,25 @@ def test_freeze_encoder_fine_tunes_the_decoder_and_keeps_the_latent_space(repo_r
     err = capsys.readouterr().err
     assert "freeze_encoder" in err and "init_from" in err and "Traceback" not in err
     assert not (tmp_path / "bad" / "final").exists()
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_the_output_log_variance_is_fixed_unless_asked_as_upstream_trains_it(repo_root, tmp_path, manifest, learn):
+    """AudioLDM's and LDM's optimizers leave the loss's logvar out, so kl_weight keeps its meaning; tta trained
+    it always. Now it stays at logvar_init unless loss.learn_logvar is true (tta's own VAE configs set it)."""
+    from tta.checkpoint import load_state_dict
+
+    out = tmp_path / f"run-{learn}"
+    assert _train(repo_root, out, manifest, "--set", "train.max_steps=3", "--set", "train.checkpoint_every=3",
+                  "--set", f"loss.learn_logvar={json.dumps(learn)}", "--set", "loss.logvar_init=0.5",
+                  "--set", "train.learning_rate=0.01") == 0
+    state = load_state_dict(out / "checkpoints" / "step_3" / "loss" / "model.safetensors")
+    assert (float(state["logvar"]) != 0.5) == learn
+
+
+def test_segments_too_short_for_the_discriminator_are_refused_up_front(repo_root, tmp_path, manifest, capsys):
+    code = _train(repo_root, tmp_path / "run", manifest, "--set", "data.segment_seconds=0.2", "--set",
+                  "loss.disc_num_layers=3", "--set", "loss.disc_start=1")
+    err = capsys.readouterr().err
+    assert code == 1 and "needs at least 24 of each" in err and "data.segment_seconds=0.2" in err
+    assert not (tmp_path / "run").exists()

@@ -3,7 +3,9 @@
 Follows the weighting of AudioLDM's `LPIPSWithDiscriminator` (taming/LDM lineage):
 
     nll   = sum_pixels(rec) / exp(logvar) + num_pixels * logvar        (per sample, then batch mean;
-                                                                        logvar is one learned scalar)
+                                                                        logvar one scalar, fixed at
+                                                                        logvar_init as upstream trains
+                                                                        it, or learned: learn_logvar)
     kl    = mean over latent elements of KL(q(z|x) || N(0, I))          (per sample, then batch mean)
     G     = nll + kl_weight * kl + d_weight * disc_factor(step) * (-mean D(x_hat))
     D     = disc_factor(step) * hinge(D(x), D(x_hat))
@@ -32,6 +34,10 @@ class LossConfig:
     transient_scales: tuple[int, ...] = (1, 2, 4)  # time pooling factors for the difference term
     kl_weight: float = 1000.0  # AudioLDM 16k_64 VAE config (on the per-element mean KL)
     logvar_init: float = 0.0
+    # train the output log-variance: AudioLDM's and LDM's optimizers leave it out (it stays at logvar_init),
+    # so kl_weight keeps its meaning; true lets it settle near log(reconstruction error), which lowers the KL's
+    # effective weight (tta's default VAEs trained that way: their configs set it)
+    learn_logvar: bool = False
     disc_start: int = 50_001  # optimizer step at which the discriminator switches on
     disc_weight: float = 0.5  # AudioLDM 16k_64 VAE config
     disc_factor: float = 1.0
@@ -42,10 +48,28 @@ class LossConfig:
         for name in ("pixel_weight", "transient_weight", "kl_weight", "disc_weight", "disc_factor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name}={getattr(self, name)} must be >= 0")
+        if not isinstance(self.learn_logvar, bool):
+            raise ValueError(f"loss.learn_logvar={self.learn_logvar!r} must be true or false")
         if self.disc_start < 0 or self.disc_num_layers < 1 or self.disc_channels < 1:
             raise ValueError("loss.disc_start must be >= 0, loss.disc_num_layers and loss.disc_channels >= 1")
         if not self.transient_scales or any(s < 1 for s in self.transient_scales):
             raise ValueError(f"loss.transient_scales={self.transient_scales} must be non-empty and >= 1")
+
+
+def patchgan_min_size(num_layers: int) -> int:
+    """The smallest image side NLayerDiscriminator(num_layers) takes: its 4x4 convolutions (stride 2 but for
+    the last two) must leave at least one patch (3 layers: 24 frames, 0.24 s at a 10 ms hop)."""
+    def out(n: int) -> int:
+        for i in range(num_layers + 2):
+            n = (n + 2 - 4) // (2 if i < num_layers else 1) + 1
+            if n < 1:
+                return 0
+        return n
+
+    size = 1
+    while out(size) < 1:
+        size += 1
+    return size
 
 
 class NLayerDiscriminator(nn.Module):

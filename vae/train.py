@@ -53,6 +53,16 @@ class RunConfig:
             raise ValueError("valid_items and sample_images must be >= 0")
         if self.scale_items < 1:
             raise ValueError(f"scale_items={self.scale_items} must be >= 1")
+        if self.loss.disc_start < self.train.max_steps and self.loss.disc_factor > 0:   # the PatchGAN will run
+            from vae.losses import patchgan_min_size
+
+            need = patchgan_min_size(self.loss.disc_num_layers)
+            mel = self.model.mel
+            frames = mel.num_frames(round(self.data.segment_seconds * mel.sample_rate))
+            if min(frames, mel.n_mels) < need:
+                raise ValueError(f"data.segment_seconds={self.data.segment_seconds} gives {frames} mel frames and "
+                                 f"model.mel.n_mels is {mel.n_mels}; the discriminator of loss.disc_num_layers="
+                                 f"{self.loss.disc_num_layers} needs at least {need} of each")
 
 
 def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
@@ -82,7 +92,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                 part.requires_grad_(False)
     criterion = VAELoss(config.loss)
     trainable = [p for p in vae.parameters() if p.requires_grad]
-    opt_ae = make_optimizer(trainable + [criterion.logvar], config.train)
+    criterion.logvar.requires_grad_(config.loss.learn_logvar)   # upstream keeps it fixed (learn_logvar false)
+    opt_ae = make_optimizer(trainable + ([criterion.logvar] if config.loss.learn_logvar else []), config.train)
     opt_d = make_optimizer(criterion.discriminator.parameters(), config.train)
     sched = make_warmup_scheduler(opt_ae, config.train)
     vae, criterion, opt_ae, opt_d = run.prepare(vae, criterion, opt_ae, opt_d)
