@@ -15,7 +15,9 @@ included) at about half the 0.38 M HiFi-GAN's CPU time per second of audio and a
 least-squares inversion of the mel (`vocoder.griffinlim.nnls_magnitude`, Griffin-Lim's magnitude), and the
 correction's weights start at zero, so training starts from Griffin-Lim's magnitudes and only the phase is
 learned from scratch. The phase is the angle p of each bin: S = |S| (cos p + i sin p), as in Vocos.
-Trained by `tta train vocos` (vocoder/vocos_train.py) with HiFi-GAN's discriminators and losses.
+Trained by `tta train vocos` (vocoder/vocos_train.py) with HiFi-GAN's discriminators and losses. Layers start
+from PyTorch's default initialisation (Vocos initialises its convolutions and linear layers from a truncated
+normal of std 0.02), as the recorded runs did.
 """
 
 from __future__ import annotations
