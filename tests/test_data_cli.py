@@ -97,14 +97,19 @@ def test_bad_usage_exits_2(capsys, tmp_path):
     capsys.readouterr()
 
 
-def test_import_webdataset_default_audio_dir(capsys, tmp_path):
+def _one_clip_shard(path):
+    """A WebDataset shard of one beep with its caption."""
     buf = io.BytesIO()
     sf.write(buf, tone(500, 0.3), 16_000, format="WAV")
-    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+    with tarfile.open(path, "w") as tar:
         for name, data in [("s1.wav", buf.getvalue()), ("s1.json", json.dumps({"text": "a beep"}).encode())]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def test_import_webdataset_default_audio_dir(capsys, tmp_path):
+    _one_clip_shard(tmp_path / "shard.tar")
     out = tmp_path / "wds.jsonl"
     code, _, _ = _run(capsys, "data", "import", "webdataset", tmp_path / "shard.tar", "--out", out)
     assert code == 0
@@ -174,13 +179,7 @@ def test_webdataset_audio_folder_gets_the_umask_mode_and_goes_when_the_manifest_
     import os
     import stat
 
-    buf = io.BytesIO()
-    sf.write(buf, tone(500, 0.3), 16_000, format="WAV")
-    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
-        for name, data in [("s1.wav", buf.getvalue()), ("s1.json", json.dumps({"text": "a beep"}).encode())]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    _one_clip_shard(tmp_path / "shard.tar")
     old = os.umask(0o022)
     try:
         assert _run(capsys, "data", "import", "webdataset", tmp_path / "shard.tar", "--out", tmp_path / "a.jsonl")[0] == 0
