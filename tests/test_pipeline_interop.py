@@ -247,3 +247,6 @@ def test_import_checks_the_clap_against_the_folders_text_encoder(tmp_path, capsy
     assert code == 1 and "tta's own CLAP" in err, err
     code, err = imported(tmp_path / "clap1", tmp_path / "p1")
     assert code == 0, err
+    text.half().save_pretrained(str(tmp_path / "d" / "text_encoder"))   # a float16 copy of the same tower
+    code, err = imported(tmp_path / "clap1", tmp_path / "p1-half")
+    assert code == 0, err

@@ -325,6 +325,16 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monke
     assert code == 0, err
     assert (out / "datastore" / "datastore.json").stat().st_mtime_ns == store_before
     assert {k: v for k, v in stamps().items() if k in ("none", "k1")} == {k: before[k] for k in ("none", "k1")}
+    # a variant trained before records existed is kept, and so is one whose record lacks a field added since
+    (out / "runs" / "none" / "experiment-variant.json").unlink()
+    record = json.loads((out / "runs" / "k1" / "experiment-variant.json").read_text())
+    del record["run_config"]["cfg_dropout"]
+    (out / "runs" / "k1" / "experiment-variant.json").write_text(json.dumps(record))
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", out,
+                       *[a for s in [*one, sets[-1]] for a in ("--set", s)])
+    assert code == 0, err
+    assert {k: v for k, v in stamps().items() if k in ("none", "k1")} == {k: before[k] for k in ("none", "k1")}
     # ... but with another manifest (here the same clips, one training row fewer) both are rebuilt, so no
     # variant is scored having trained on other data than the report names
     from tta.data.manifest import read_manifest, write_manifest

@@ -15,7 +15,7 @@ from tests.test_ldm_fixtures import ROOT, one_thread  # noqa: F401 (one_thread: 
 from tests.test_training import TinyNet, TinyNetConfig, ToyRunConfig, run_toy
 from tests.test_training import _tta_train as _cli
 from tta.checkpoint import load_component, load_state_dict
-from tta.config import apply_overrides, load_config
+from tta.config import apply_overrides, load_config, to_dict
 from tta.training import RunError, TrainConfig, TrainingRun, make_optimizer
 
 
@@ -246,3 +246,31 @@ def test_the_loss_scale_is_checkpointed_and_restored(tmp_path):
     run.save_checkpoint()
     resumed = _scaled_run(tmp_path / "r", resume=True)
     assert resumed.accelerator.scaler.get_scale() == 37.0
+
+
+# ----------------------------------------------------- a run begun before a field existed resumes as it began
+
+
+@pytest.mark.parametrize("kind, key, config", [("vae", "loss.learn_logvar", "default.json"),
+                                               ("ldm", "precompute_captions", "default.json")])
+def test_a_run_from_before_a_field_resumes_with_the_behaviour_it_began_with(tmp_path, kind, key, config):
+    """config.json of an older run lacks the field; read with the class default it differed from the shipped
+    config (which states the old behaviour), and the resume was refused."""
+    import importlib
+
+    run_config = importlib.import_module("vae.train" if kind == "vae" else "tta.ldm.train").RunConfig
+    cfg = load_config(run_config, ROOT / "configs" / kind / config)
+    cfg = apply_overrides(cfg, ["train.cpu=true"])
+    out = tmp_path / "run"
+    out.mkdir()
+    body = json.loads(json.dumps(to_dict(cfg)))
+    *parents, name = key.split(".")
+    node = body
+    for part in parents:
+        node = node[part]
+    del node[name]                                  # as the older version wrote it
+    (out / "config.json").write_text(json.dumps(body))
+    TrainingRun(out, cfg, cfg.train, resume=True, progress=False)      # the shipped config: accepted
+    other = apply_overrides(cfg, [f"{key}={json.dumps(False if kind == 'vae' else 'all')}"])
+    with pytest.raises(RunError, match=f"first difference at '{key}'"):
+        TrainingRun(out, other, other.train, resume=True, progress=False)

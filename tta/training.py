@@ -370,6 +370,15 @@ class TrainingRun:
             if not cfg_path.is_file():
                 raise RunError(f"{self.out}: nothing to resume (no config.json); start without --resume")
             saved = json.loads(cfg_path.read_text())
+            # a field added since the run started, whose earlier behaviour is not its default: the run keeps the
+            # behaviour it started with (e.g. a VAE run from before loss.learn_logvar learned its log-variance)
+            for dotted, value in getattr(type(self.config), "legacy_defaults", {}).items():
+                *parents, name = dotted.split(".")
+                node = saved
+                for part in parents:
+                    node = node.get(part) if isinstance(node, dict) else None
+                if isinstance(node, dict) and name not in node:
+                    node[name] = value
             if is_dataclass(self.config):
                 # read through this version's config class, so a field added since the run started takes its
                 # default instead of counting as a change (a config that no longer parses is compared as is)

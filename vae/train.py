@@ -23,6 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -47,6 +48,8 @@ class RunConfig:
     sample_images: int = 2  # input-vs-reconstruction PNGs written per validation
     scale_items: int = 64  # training clips used to measure scale_factor at the end
     freeze_encoder: bool = False  # train the decoder only; keeps init_from's encoder and scale_factor
+    # what runs begun before a field existed did (read on --resume when their config.json lacks it)
+    legacy_defaults: ClassVar[dict] = {"loss.learn_logvar": True}
 
     def __post_init__(self) -> None:
         if self.valid_items < 0 or self.sample_images < 0:

@@ -340,11 +340,17 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
             old = json.loads((run / VARIANT_RECORD).read_text())
         except (OSError, ValueError):
             old = None
-        if old == json.loads(json.dumps(record)):
+        if old is None:   # trained before runs were recorded: nothing says it differs, so it is kept (and
+            # recorded from now on, so a later change of settings or data is seen)
+            log.warning("variant %s: reusing %s, trained before the experiment recorded its settings (delete %s to "
+                        "train it again)", variant.name, run / "pipeline", run)
+            atomic_write_text(run / VARIANT_RECORD, json.dumps(record, indent=2) + "\n")
+            return run / "pipeline"
+        if _same_settings(old, json.loads(json.dumps(record))):
             log.info("variant %s: reusing %s", variant.name, run / "pipeline")
             return run / "pipeline"
-        log.warning("variant %s: %s was trained with other settings or data (%s); training it again", variant.name,
-                    run / "pipeline", "no record" if old is None else f"see {run / VARIANT_RECORD}")
+        log.warning("variant %s: %s was trained with other settings or data (first difference at %s); training it "
+                    "again", variant.name, run / "pipeline", _first_difference(old, json.loads(json.dumps(record))))
     if run.exists():   # an unfinished or outdated earlier attempt: start it again
         import shutil
 
@@ -352,6 +358,21 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
     train(cfg, run, resume=False, progress=progress)
     atomic_write_text(run / VARIANT_RECORD, json.dumps(record, indent=2) + "\n")
     return run / "pipeline"
+
+
+def _same_settings(old, new) -> bool:
+    """Whether `new` holds `old`'s settings: a key `old` lacks (a field added since it was recorded) is ignored."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(k in new and _same_settings(v, new[k]) for k, v in old.items())
+    return old == new
+
+
+def _first_difference(old, new, where: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k, v in old.items():
+            if k not in new or not _same_settings(v, new[k]):
+                return _first_difference(v, new.get(k), f"{where}.{k}" if where else k)
+    return where or "the record"
 
 
 def _sha256(path: Path) -> str:

@@ -38,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -118,6 +118,8 @@ class RunConfig:
     # with precompute: the caption text embeddings cached per clip, "all" (each training item draws one, as
     # on-the-fly training does) or "first" (only the first caption: how tta trained before 2026-12-07)
     precompute_captions: Literal["all", "first"] = "all"
+    # what runs begun before a field existed did (read on --resume when their config.json lacks it)
+    legacy_defaults: ClassVar[dict] = {"precompute_captions": "first"}
     cache_dir: str = ""                                     # "" = RUN/cache
     # fnmatch patterns over the UNet's parameter names ("net.class_embedding.*", "*.time_emb_proj.*"): only
     # the parameters they match train, the rest stay as initialised (with --init-from, the start's), as Custom
