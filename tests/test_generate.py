@@ -149,6 +149,20 @@ def test_audio_of_an_earlier_run_in_the_out_dir_is_warned_about(tmp_path, capsys
                for r in caplog.records)
 
 
+def test_a_long_run_rewrites_its_record_at_most_every_few_seconds(tmp_path, capsys, monkeypatch):
+    """Rewriting the growing record after every clip is quadratic in a long prompt list."""
+    import tta.generate as generate
+
+    calls, real = [], generate.write_record
+    monkeypatch.setattr(generate, "write_record", lambda *a, **k: (calls.append(k["planned"]), real(*a, **k))[1])
+    monkeypatch.setattr(generate, "RECORD_EVERY", 1e6)     # however slow this machine is today
+    code, _, err = run(capsys, *"abcde", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,
+                       "--out-dir", tmp_path)
+    assert code == 0, err
+    assert len(calls) == 2      # after the first batch (none written yet) and at the end
+    assert json.loads((tmp_path / "generation.json").read_text())["complete"]
+
+
 def test_an_empty_prompt_is_named_by_its_file_in_the_warning(tmp_path, capsys, caplog):
     with caplog.at_level("WARNING", logger="tta.pipeline"):
         code, _, err = run(capsys, "a dog", "", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,

@@ -25,6 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
+RECORD_EVERY = 10.0   # seconds between rewrites of generation.json while a batch run goes on
 
 
 class GenerateError(ValueError):
@@ -320,6 +321,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc="tta generate", unit="clip", disable=not progress or len(jobs) == 1)
+    last_record = 0.0
     for start in range(0, len(jobs), args.batch_size):
         chunk = jobs[start:start + args.batch_size]
         prompts = [j.prompt for j in chunk]
@@ -350,9 +352,12 @@ def main(args: argparse.Namespace) -> int:
             if out.neighbours is not None:
                 records[-1]["neighbours"] = out.neighbours[k]
         bar.update(len(chunk))
-        if start + len(chunk) < len(jobs):   # the files written so far stay described if the run stops
+        # the files written so far stay described if the run stops; at most every RECORD_EVERY seconds, so a
+        # long prompt list does not rewrite a growing record after every clip
+        if start + len(chunk) < len(jobs) and time.time() - last_record >= RECORD_EVERY:
             write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0,
                          planned=len(jobs))
+            last_record = time.time()
     bar.close()
     write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs))
     for job in jobs:
