@@ -476,6 +476,7 @@ HW = "usr/share/games/hedgewars/Data/Sounds"
      "a cartoon character speaking Polish"),              # the Russian character's pack for the Polish locale
     ("hedgewars-data", f"{HW}/voices/Default/Ow2.ogg", "a cartoon character shouts a short phrase in English",
      "a man grunts in pain"),
+    ("hedgewars-data", f"{HW}/voices/Russian_pl/Laugh.ogg", "a cartoon character speaking Russian", "a man laughs"),
     ("hedgewars-data", f"{HW}/voices/Pirate/Laugh.ogg", "a man talks like a pirate", "a man laughs"),
     ("hedgewars-data", f"{HW}/voices/Robot/Ow1.ogg", "a robotic voice says a short phrase",
      "a robotic voice says a short phrase"),              # the robot's grunts are synthetic: unchanged

@@ -61,8 +61,6 @@ def _x(package: str, pattern: str, since: int = 1) -> CaptionRule:
 # recipe version 7: corrections, matched before the rules they override (the first matching rule wins)
 _HW_VOICES = r"voices/(?!Robot/)[^/]+/"      # the human voice packs (the robot's grunts are synthetic)
 _V7 = (
-    _r("hedgewars-data", r"voices/Russian_pl/", "cartoon voice", "speech", "a cartoon character speaking Polish",
-       "a silly voice shouts in Polish", since=7),
     _r("hedgewars-data", _HW_VOICES + r"(Ow|Ooff)\d", "grunt", "event", "a man grunts in pain",
        "a short cry of pain", since=7),
     _r("hedgewars-data", _HW_VOICES + r"Jump\d", "grunt", "event", "a man grunts as he jumps",
@@ -72,6 +70,9 @@ _V7 = (
     _r("hedgewars-data", _HW_VOICES + r"PoisonMoan", "moan", "event", "a man moans", "a sick groan", since=7),
     _r("hedgewars-data", _HW_VOICES + r"Laugh", "laughter", "event", "a man laughs", "a cartoon laugh", since=7),
     _r("hedgewars-data", _HW_VOICES + r"Hmm", "hmm", "event", "a man hums thoughtfully", "a short hmm", since=7),
+    # after the grunts and laughs, which this pack has too
+    _r("hedgewars-data", r"voices/Russian_pl/", "cartoon voice", "speech", "a cartoon character speaking Polish",
+       "a silly voice shouts in Polish", since=7),
     _r("hedgewars-data", r"Sounds/drillgun", "drill", "event", "a drill rocket whirring", "a whirring drill",
        since=7),
     _r("hedgewars-data", r"Sounds/pickhammer", "jackhammer", "event", "a jackhammer drilling",
