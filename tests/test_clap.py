@@ -350,3 +350,15 @@ def test_the_logit_scale_parameter_is_kept_at_its_cap(toy, tmp_path):
     final = train(cfg, tmp_path / "run", progress=False)
     scale = float(load_state_dict(final / "model.safetensors")["logit_scale"])
     assert scale == pytest.approx(math.log(100.0), abs=1e-6)
+
+
+def test_an_empty_cache_entry_is_recomputed(tmp_path):
+    """An empty .npy (a crash before the data reached the disk) raised EOFError out of the cache."""
+    import numpy as np
+
+    from tta.clap.cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path, "tta-clap:x")
+    cache.put("k", np.ones(3, np.float32))
+    next(tmp_path.rglob("*.npy")).write_bytes(b"")
+    assert cache.get("k") is None

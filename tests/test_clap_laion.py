@@ -214,6 +214,23 @@ def test_fusion_checkpoint_keys_load(tmp_path):
         load_laion_checkpoint(path, tiny_config())
 
 
+@pytest.mark.parametrize("fusion", [False, True])
+def test_a_long_clips_embedding_does_not_depend_on_its_batch(tokenizer_dir, fusion):
+    """A clip over 10 s is cropped (or fused from chunks) at random from crop_seed: one generator shared by a
+    batch gave each position its own crop, so scores moved with --batch-size and file order."""
+    from transformers import AutoTokenizer, ClapModel
+
+    config = tiny_config()
+    config.audio_config.enable_fusion = fusion
+    torch.manual_seed(0)
+    clap = LaionClapEmbedder(ClapModel(config).eval(), AutoTokenizer.from_pretrained(str(tokenizer_dir)),
+                             identity="long")
+    a, b = chirp(200, 4000, 12.0, 48_000), chirp(3000, 300, 12.0, 48_000)
+    alone = clap.embed_audio(b, 48_000)[0]
+    assert torch.allclose(clap.embed_audio([a, b], 48_000)[1], alone, atol=1e-5)
+    assert torch.allclose(clap.embed_audio([b, a], 48_000)[0], alone, atol=1e-5)
+
+
 def test_fusion_embeddings_of_short_clips_do_not_depend_on_their_batch(tmp_path, tokenizer_dir):
     """transformers' feature extractor marks a random clip "longer" when no clip exceeds 10 s (LAION does so
     only while training); at inference LAION fuses only the clips that are longer. A clip's embedding is the
@@ -412,3 +429,19 @@ def test_sharded_transformers_folders_get_their_own_identity(tmp_path, tokenizer
         assert not (folder / "model.safetensors").exists() and list(folder.glob("model-*.safetensors"))
         identities.append(load_clap(folder).identity)
     assert identities[0] != identities[1] and "unknown" not in identities[0]
+
+
+def test_a_laion_pt_identity_names_its_tokenizer(laion_pt, tokenizer_dir, tmp_path):
+    """The identity keys embedding caches and datastores: the same .pt read with another tokenizer embeds
+    captions otherwise, so it must not share one."""
+    import shutil
+
+    other = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, other)
+    vocab = other / "vocab.txt"
+    lines = vocab.read_text().splitlines()
+    lines[2000], lines[2001] = lines[2001], lines[2000]      # another vocabulary of the same size
+    vocab.write_text("\n".join(lines) + "\n")
+    a = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config()).identity
+    b = LaionClapEmbedder.from_path(laion_pt, other, config=tiny_config()).identity
+    assert a != b and a == LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config()).identity

@@ -127,6 +127,12 @@ def test_cache_gives_same_items_and_is_written(corpus, tmp_path):
     assert len(files) == 3
     again = AudioDataset(manifest, "train", SR, 1.0, cache_dir=tmp_path / "cache")
     assert torch.equal(again[(0, 5)]["wav"], cached[(0, 5)]["wav"])
+    # an entry a crash left empty or cut short is resampled again, not an error
+    for damage in (b"", files[0].read_bytes()[:60]):
+        for f in files:
+            f.write_bytes(damage)
+        fresh = AudioDataset(manifest, "train", SR, 1.0, cache_dir=tmp_path / "cache")
+        assert all(torch.equal(fresh[k]["wav"], cached[k]["wav"]) for k in [0, (1, 2), (2, 11)])
 
 
 def test_split_selection_from_config_and_errors(corpus, tmp_path):

@@ -303,6 +303,12 @@ def test_the_latent_cache_follows_the_audio_and_the_vaes_mel(tmp_path):
 
     before = key()
     assert key() == before
+    # a held-out row added, then its caption edited: the training rows are the same, so are their latents
+    held = dataclasses.replace(moved[0], id="held-out", split="valid")
+    write_manifest(tmp_path / "m.jsonl", [*moved, held])
+    assert key() == before
+    write_manifest(tmp_path / "m.jsonl", [*moved, dataclasses.replace(held, captions=("another caption",))])
+    assert key() == before
     target = audio / Path(moved[0].path).name
     st = target.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))     # the clip re-rendered in place

@@ -58,7 +58,7 @@ class EmbeddingCache:
             return None
         try:
             value = np.load(path)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:   # EOFError: an empty file a crash left
             log.warning("ignoring unreadable cache entry %s (%s)", path, e)
             self.misses += 1
             return None

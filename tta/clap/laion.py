@@ -229,6 +229,19 @@ def laion_prepare(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
+
+
+def _tokenizer_hash(folder: Path) -> str:
+    """sha256 (16 hex) of the files of a tokenizer folder that define how text becomes tokens."""
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            h.update(f"{name}:{_file_hash(folder / name)}".encode())
+    return h.hexdigest()[:16]
+
+
 def _file_hash(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -277,7 +290,9 @@ class LaionClapEmbedder(ClapEmbedder):
             if tokenizer is None:
                 raise ValueError(f"{path}: a LAION .pt needs the RoBERTa tokenizer folder (--tokenizer DIR)")
             model = load_laion_checkpoint(path, config, loaded=loaded)
-            return cls(model, load_roberta_tokenizer(tokenizer), identity=f"laion-clap:{_file_hash(path)}", **kwargs)
+            # the tokenizer comes from elsewhere: another one embeds captions otherwise, so it is in the identity
+            ident = hashlib.sha256(f"{_file_hash(path)}:{_tokenizer_hash(Path(tokenizer))}".encode()).hexdigest()[:16]
+            return cls(model, load_roberta_tokenizer(tokenizer), identity=f"laion-clap:{ident}", **kwargs)
         if not (path / "config.json").is_file():
             raise ValueError(f"{path}: neither a LAION .pt file nor a transformers CLAP folder (no config.json)")
         try:
@@ -308,21 +323,25 @@ class LaionClapEmbedder(ClapEmbedder):
 
     @torch.no_grad()
     def _audio_batch(self, wav: np.ndarray) -> torch.Tensor:
-        rng = np.random.default_rng(self.crop_seed)
+        # every clip draws its crop (or its fusion chunks) from crop_seed afresh: a clip longer than the window
+        # embeds the same whatever batch it is in and wherever (a shared generator gave each position its own crop)
         if self.fusion:  # the extractor makes the fused global+local mels from the whole (quantised) clip
             clips = [(np.clip(w, -1, 1) * 32767.0).astype(np.int16).astype(np.float32) / 32767.0 for w in wav]
             state = np.random.get_state()
-            np.random.seed(self.crop_seed)
+            parts = []
             try:
-                feats = self.features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+                for clip in clips:   # the extractor draws with numpy's global generator: reseeded per clip
+                    np.random.seed(self.crop_seed)
+                    parts.append(self.features([clip], sampling_rate=SAMPLE_RATE, return_tensors="pt"))
             finally:
                 np.random.set_state(state)
+            feats = {"input_features": torch.cat([f["input_features"] for f in parts])}
             # the extractor marks a random clip "longer" when none is (LAION does that only while training); at
             # inference LAION fuses exactly the clips longer than the window, so no clip depends on its batch
             limit = int(getattr(self.features, "nb_max_samples", 10 * SAMPLE_RATE))
             feats["is_longer"] = torch.tensor([[len(c) > limit] for c in clips])
         else:
-            clips = [laion_prepare(w, rng) for w in wav]
+            clips = [laion_prepare(w, np.random.default_rng(self.crop_seed)) for w in wav]
             feats = self.features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         return _pooled(self.model.get_audio_features(input_features=feats["input_features"].to(self.device),
                                                      is_longer=feats["is_longer"].to(self.device)))

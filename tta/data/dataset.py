@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tta.audio import AudioError, audio_info, load_audio, normalize_wav, resample
+from tta.audio import audio_info, load_audio, normalize_wav, resample
 from tta.data.manifest import DataConfig, ManifestError, ManifestRow, read_manifest, resolve_path, split_rows
 
 log = logging.getLogger(__name__)
@@ -257,5 +257,10 @@ class AudioDataset(torch.utils.data.Dataset):
             log.debug("cached %s -> %s", path, cache_file)
         try:
             return np.load(cache_file, mmap_mode="r")
-        except (ValueError, OSError) as e:
-            raise AudioError(f"{cache_file}: unreadable cache entry for {path} ({e}); delete it") from None
+        except (ValueError, OSError, EOFError) as e:   # a damaged entry (a crash mid-write): resampled again
+            log.warning("%s: unreadable cache entry for %s (%s); resampling it again", cache_file, path, e)
+            wav, _ = load_audio(path, self.sample_rate)
+            tmp = cache_file.with_name(f".{name}.{os.getpid()}.tmp.npy")
+            np.save(tmp, wav.astype(np.float32))
+            os.replace(tmp, cache_file)
+            return np.load(cache_file, mmap_mode="r")

@@ -275,9 +275,11 @@ def latent_cache_path(config: RunConfig, dataset, frozen: Frozen, cache_dir: Pat
         data.pop(k, None)   # how training items are drawn or loaded, not what is encoded
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
+    for k in ("manifest", "extra_manifests"):
+        data.pop(k, None)   # the rows encoded count, not the files that list them (a held-out caption edit)
     h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
-    for p in (config.data.manifest, *config.data.extra_manifests):
-        h.update(Path(p).read_bytes())
+    for row in dataset.rows:   # what is encoded: every training row (id, captions, length, labels, ...)
+        h.update(json.dumps({**row.to_json(), "path": ""}, sort_keys=True).encode())
     for path in dataset.paths:   # the audio itself: a clip re-rendered under an unchanged manifest re-encodes
         st = os.stat(path)
         h.update(f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
