@@ -320,6 +320,23 @@ def test_the_latent_cache_follows_the_audio_and_the_vaes_mel(tmp_path):
     assert key(other) != after
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_runs_own_latent_cache_drops_encodings_it_no_longer_reads(tmp_path, shared):
+    """Each change of data or components adds a latents-*.pt; the run's own cache folder keeps only the one in
+    use, a shared cache_dir keeps them all (other runs may read them)."""
+    from tta.data.dataset import AudioDataset
+    from tta.ldm.train import load_frozen, precompute
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "latents-0123456789abcdef.pt").write_bytes(b"an encoding of earlier settings")
+    cfg = tiny_run_config(precompute=True, condition="text", cache_dir=str(cache) if shared else "")
+    data = AudioDataset.from_config(cfg.data, "train", 16_000, random_crop=False, caption_choice="first")
+    precompute(cfg, data, load_frozen(cfg, "cpu"), cache, progress=False)
+    assert (cache / "latents-0123456789abcdef.pt").exists() == shared
+    assert len(list(cache.glob("latents-*.pt"))) == (2 if shared else 1)
+
+
 def test_precompute_longer_clips_then_train_on_random_latent_crops(tmp_path):
     from tta.ldm.train import precompute, train  # noqa: F401
 

@@ -347,6 +347,14 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     tensors = {k: torch.cat(v) for k, v in out.items()}
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_train_state(path, tensors)
+    others = [f for f in cache_dir.glob("latents-*.pt") if f != path]
+    if others and not config.cache_dir:   # the run's own cache: its earlier encodings will not be read again
+        for f in others:
+            f.unlink(missing_ok=True)
+        log.info("%s: removed %d latent caches of earlier settings", cache_dir, len(others))
+    elif others:   # a shared cache_dir: other runs may still read them
+        log.info("%s also holds %d other latent caches (%.0f MB); delete those no run needs to free the space",
+                 cache_dir, len(others), sum(f.stat().st_size for f in others) / 1e6)
     return CachedLatents(tensors, crop)
 
 
