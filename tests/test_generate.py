@@ -163,6 +163,16 @@ def test_a_long_run_rewrites_its_record_at_most_every_few_seconds(tmp_path, caps
     assert json.loads((tmp_path / "generation.json").read_text())["complete"]
 
 
+def test_a_bad_prompt_id_names_the_prompts_file(tmp_path, capsys):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("id,prompt\n1,a dog\n1,a cat\n")
+    code, _, err = run(capsys, "--prompts", prompts, "--model", tmp_path / "no-model", "--out-dir", tmp_path / "o")
+    assert code == 1 and f"{prompts}: prompt id '1' appears twice" in err, err
+    prompts.write_text("id,prompt\na/b,a dog\n")
+    code, _, err = run(capsys, "--prompts", prompts, "--model", tmp_path / "no-model", "--out-dir", tmp_path / "o")
+    assert code == 1 and f"{prompts}: prompt id 'a/b' cannot be a file name" in err, err
+
+
 def test_an_empty_prompt_is_named_by_its_file_in_the_warning(tmp_path, capsys, caplog):
     with caplog.at_level("WARNING", logger="tta.pipeline"):
         code, _, err = run(capsys, "a dog", "", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,

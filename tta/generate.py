@@ -73,13 +73,14 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
     jobs, seen = [], set()
+    where = f"{args.prompts_file}: " if args.prompts_file is not None else ""   # ids come from that file
     width = max(3, len(str(len(pairs) - 1)))  # names sort in prompt order, also past 1000 prompts
     for i, (id_, prompt) in enumerate(pairs):
         name = id_ if id_ is not None else f"{i:0{width}d}_{slug(prompt)}"
         if not re.fullmatch(r"[\w.\-]+", name) or name in (".", ".."):
-            raise GenerateError(f"prompt id {name!r} cannot be a file name (letters, digits, _ . - only)")
+            raise GenerateError(f"{where}prompt id {name!r} cannot be a file name (letters, digits, _ . - only)")
         if name in seen:
-            raise GenerateError(f"prompt id {name!r} appears twice; ids must be unique")
+            raise GenerateError(f"{where}prompt id {name!r} appears twice; ids must be unique")
         seen.add(name)
         jobs.append(Job(name, prompt, out_dir / f"{name}.wav"))
         check_output_path(jobs[-1].path)
