@@ -120,10 +120,10 @@ def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
     # a folder where one of the outputs or the record would go: refused before the model loads, nothing written
     (tmp_path / "batch" / "001_y.wav").mkdir(parents=True)
     code, _, err = run(capsys, "x", "y", "z", "--model", tmp_path / "no-model", "--out-dir", tmp_path / "batch")
-    assert code == 1 and "001_y.wav: an output file would go there, but it is a folder" in err, err
+    assert code == 1 and "001_y.wav: an output file is a folder" in err, err
     (tmp_path / "single.generation.json").mkdir()
     code, _, err = run(capsys, "x", "--model", tmp_path / "no-model", "-o", tmp_path / "single.wav")
-    assert code == 1 and "single.generation.json: an output file would go there" in err, err
+    assert code == 1 and "single.generation.json: an output file is a folder" in err, err
     assert not [p for p in tmp_path.rglob("*.wav") if p.is_file()]
 
 

@@ -79,6 +79,8 @@ def check_output_path(path: str | os.PathLike, flag: str, *, folder: bool = Fals
         raise CheckpointError(f"{path}: {flag} cannot be written there ({existing} is a file, not a folder)")
     if existing is not None and not os.access(existing, os.W_OK):
         raise CheckpointError(f"{path}: {flag} cannot be written there ({existing} is not writable)")
+    if not folder and path.is_file() and not os.access(path, os.W_OK):
+        raise CheckpointError(f"{path}: {flag} exists and is not writable")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -102,11 +102,14 @@ def record_path_of(output: Path, *, single: bool) -> Path:
 
 
 def check_output_path(path: Path) -> None:
-    """Refuse, before the model loads, an output path that is a folder or a file that cannot be overwritten."""
-    if path.is_dir():
-        raise GenerateError(f"{path}: an output file would go there, but it is a folder")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise GenerateError(f"{path}: output file exists and is not writable")
+    """Refuse, before the model loads, an output path that cannot be written (tta.checkpoint.check_output_path)."""
+    from tta.checkpoint import CheckpointError
+    from tta.checkpoint import check_output_path as check
+
+    try:
+        check(path, "an output file")
+    except CheckpointError as e:
+        raise GenerateError(str(e)) from None
 
 
 def check_writable_file(path: Path) -> None:

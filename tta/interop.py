@@ -501,13 +501,6 @@ def _replacement_vocoder(spec: str, mel):
                            f"{', '.join(VOCODER_CLASSES)})") from None
 
 
-# per vocoder class, the config fields that only steer inference (None: every field; Griffin-Lim has no weights):
-# others (HiFi-GAN's slopes, Vocos' NNLS base, the post-net's input magnitude) change what trained weights compute
-INFERENCE_ONLY: dict[str, tuple[str, ...] | None] = {
-    "GriffinLim": None, "PostnetGriffinLim": ("n_iter", "momentum"),
-    "Vocos": ("output_magnitude", "griffin_lim_iter", "griffin_lim_momentum"), "HiFiGAN": ()}
-
-
 def _reconfigured_vocoder(model, overrides: list[str]):
     """`--vocoder-set`: the same vocoder weights under a config with `overrides` applied. Only fields that hold
     no weights can change (the weights must load into the new model as they are), and never the mel config."""
@@ -521,7 +514,7 @@ def _reconfigured_vocoder(model, overrides: list[str]):
         config = apply_overrides(model.config, overrides)
     except (ConfigError, ValueError) as e:
         raise InteropError(f"--vocoder-set: {e}") from None
-    settable = INFERENCE_ONLY.get(type(model).__name__, ())
+    settable = getattr(type(model), "inference_fields", ())   # each vocoder class names its own
     for text in overrides:
         key = text.partition("=")[0].strip()
         if settable is not None and key not in settable:   # it would change what the trained weights compute

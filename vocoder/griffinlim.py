@@ -40,6 +40,8 @@ class GriffinLim(nn.Module):
     """Mel -> linear magnitude (pseudo-inverse) -> Griffin-Lim. No parameters; deterministic (zero initial phase)."""
 
     config_class = GriffinLimConfig
+    # config fields `tta export pipeline --vocoder-set` may change: every one (Griffin-Lim has no weights)
+    inference_fields: tuple[str, ...] | None = None
 
     def __init__(self, config: GriffinLimConfig):
         super().__init__()

@@ -149,6 +149,7 @@ class HiFiGAN(nn.Module):
     """HiFi-GAN generator. forward(mel (B, n_mels, frames) natural-log mel) -> wav (B, frames * hop) in [-1, 1]."""
 
     config_class = HiFiGANConfig
+    inference_fields: tuple[str, ...] | None = ()   # every field shapes what the trained weights compute
 
     def __init__(self, config: HiFiGANConfig):
         super().__init__()

@@ -51,6 +51,8 @@ class PostnetGriffinLim(GriffinLim):
     `vocode` run without gradients."""
 
     config_class = PostnetGriffinLimConfig
+    # `--vocoder-set` may change the Griffin-Lim iterations after the network, not the magnitude it reads
+    inference_fields: tuple[str, ...] | None = ("n_iter", "momentum")
 
     def __init__(self, config: PostnetGriffinLimConfig):
         super().__init__(config)

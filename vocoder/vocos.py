@@ -89,6 +89,8 @@ class Vocos(nn.Module):
     """forward(mel (B, n_mels, frames) natural-log mel) -> wav (B, frames * hop), like `HiFiGAN`."""
 
     config_class = VocosConfig
+    # fields that only steer inference (`--vocoder-set`); the NNLS base and the rest were trained with
+    inference_fields: tuple[str, ...] | None = ("output_magnitude", "griffin_lim_iter", "griffin_lim_momentum")
 
     def __init__(self, config: VocosConfig):
         super().__init__()

@@ -94,14 +94,11 @@ def row_split(value: str | None, where: str) -> str | None:
 
 
 def csv_row_problem(raw: dict, columns: int, where: str) -> str | None:
-    """Why a csv.DictReader row is malformed (more or fewer fields than the header), or None: an unquoted comma
-    in a caption spills the rest of it into an extra field, which would silently cut the caption short."""
-    extra, short = raw.get(None), [k for k, v in raw.items() if k is not None and v is None]
-    if not extra and not short:
-        return None
-    got = columns + len(extra or []) - len(short)
-    return (f"{where}: {got} field{'' if got == 1 else 's'}, the header has {columns}"
-            + ("; quote a caption that contains commas" if extra else "") + "; skipped")
+    """A malformed captions-CSV row as a bad item (tta.data.prompts.csv_row_problem), or None."""
+    from tta.data.prompts import csv_row_problem as problem
+
+    found = problem(raw, columns, where, "caption")
+    return None if found is None else found + "; skipped"
 
 
 def _split_from_filename(path: Path) -> str | None:

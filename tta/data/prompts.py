@@ -71,14 +71,24 @@ def _csv_rows(path: Path, text: str) -> list[PromptRow]:
         raise PromptFileError(f"{path}: CSV needs a {'/'.join(TEXT_FIELDS)} column; found {fields}")
     rows = []
     for n, record in records:
-        extra, short = record.get(None), [k for k, v in record.items() if k is not None and v is None]
-        if extra or short:   # csv files an unquoted comma's spill-over under None: the prompt would be cut short
-            got = len(fields) + len(extra or []) - len(short)
-            raise PromptFileError(f"{path}:{n}: {got} field{'' if got == 1 else 's'}, the header has {len(fields)}"
-                                  + ("; quote a prompt that contains commas" if extra else ""))
+        problem = csv_row_problem(record, len(fields), f"{path}:{n}", "prompt")
+        if problem:
+            raise PromptFileError(problem)
         obj = {k.strip().lower(): (v or "").strip() for k, v in record.items() if k}
         rows.append(_row(obj, f"{path}:{n}"))
     return rows
+
+
+def csv_row_problem(record: dict, columns: int, where: str, what: str) -> str | None:
+    """Why a csv.DictReader row is malformed (more or fewer fields than its header's `columns`), or None. An
+    unquoted comma in a `what` (a prompt, a caption) spills the rest of it into an extra field, which csv files
+    under the key None: read as it is, the text would be cut short without a word."""
+    extra, short = record.get(None), [k for k, v in record.items() if k is not None and v is None]
+    if not extra and not short:
+        return None
+    got = columns + len(extra or []) - len(short)
+    return (f"{where}: {got} field{'' if got == 1 else 's'}, the header has {columns}"
+            + (f"; quote a {what} that contains commas" if extra else ""))
 
 
 def _jsonl_rows(path: Path, text: str) -> list[PromptRow]:

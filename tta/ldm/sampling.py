@@ -73,44 +73,40 @@ def check_sampler(name: str) -> str:
     return name
 
 
+# sampler name -> the diffusers scheduler class and the settings tta samples it with
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+    "ddpm": ("DDPMScheduler", {"clip_sample": False}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False}),
+    "euler": ("EulerDiscreteScheduler", {}), "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
+}
+
+
 def make_scheduler(name: str, base: dict):
     """A fresh diffusers scheduler `name` over the noise schedule `base` (a diffusers scheduler config)."""
-    import diffusers
-
     import inspect
 
+    import diffusers
+
     check_sampler(name)
+    cls_name, settings = SCHEDULERS[name]
+    cls = getattr(diffusers, cls_name)
     keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
             "trained_betas", "steps_offset")
     common = {k: base[k] for k in keys if k in base and base[k] is not None}
     if base.get("rescale_betas_zero_snr"):   # a zero-terminal-SNR model: part of the schedule it was trained on
-        cls_name = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "dpmsolver++": "DPMSolverMultistepScheduler",
-                    "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
-                    "euler_a": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
-                    "lms": "LMSDiscreteScheduler"}[name]
-        if "rescale_betas_zero_snr" not in inspect.signature(getattr(diffusers, cls_name).__init__).parameters:
+        if "rescale_betas_zero_snr" not in inspect.signature(cls.__init__).parameters:
             raise ValueError(f"the model's scheduler config sets rescale_betas_zero_snr (zero terminal SNR), which "
                              f"the {name} sampler cannot follow; use ddim, ddpm, dpmsolver++, euler or euler_a")
         common["rescale_betas_zero_snr"] = True
-    if name == "ddim":
-        return diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
-    if name == "ddpm":
-        return diffusers.DDPMScheduler(**common, clip_sample=False)
-    if name == "dpmsolver++":
-        return diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
-    if name == "pndm":
-        return diffusers.PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=False)
-    cls = {"euler": diffusers.EulerDiscreteScheduler, "euler_a": diffusers.EulerAncestralDiscreteScheduler,
-           "heun": diffusers.HeunDiscreteScheduler, "lms": diffusers.LMSDiscreteScheduler}[name]
-    return cls(**common)
+    return cls(**common, **settings)
 
 
 def sampler_name_of(scheduler) -> str:
     """The sampler name of a diffusers scheduler instance (for pipeline defaults), or 'ddim'."""
-    names = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpmsolver++",
-             "PNDMScheduler": "pndm", "EulerDiscreteScheduler": "euler",
-             "EulerAncestralDiscreteScheduler": "euler_a", "HeunDiscreteScheduler": "heun",
-             "LMSDiscreteScheduler": "lms"}
+    names = {cls_name: name for name, (cls_name, _) in SCHEDULERS.items()}
     return names.get(type(scheduler).__name__, "ddim")
 
 
