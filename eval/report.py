@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.outputs import read_result
+from tta import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -352,13 +353,13 @@ def write_report(results: list[str | os.PathLike], out: str | os.PathLike | None
     from tta.checkpoint import atomic_write_text
 
     if out is None and markdown is None:
-        raise ValueError("tta report: pass --out report.html and/or --markdown report.md")
+        raise UsageError("tta report: pass --out report.html and/or --markdown report.md")
     if out is not None and Path(out).suffix.lower() not in (".html", ".htm", ".md"):
         raise ValueError(f"--out {out}: expected a .html or .md file name")
     if markdown is not None and Path(markdown).suffix.lower() != ".md":
         raise ValueError(f"--markdown {markdown}: expected a .md file name")
     if labels and len(labels) > len(results):
-        raise ValueError(f"{len(labels)} --label values for {len(results)} results; "
+        raise UsageError(f"{len(labels)} --label values for {len(results)} results; "
                          "give at most one per result")
     runs = load_runs(list(results), labels)
     written = []

@@ -140,7 +140,7 @@ def test_check_against_another_manifest_finds_copies_of_its_clips(tmp_path, caps
     assert code == 1 and [line.split("\t")[1] for line in out.splitlines() if line.startswith("leak\t")] == ["crop"]
     assert "near-duplicate of base (test) in" in out
     assert [r.id for r in read_manifest(tmp_path / "clean.jsonl")] == ["rain_2", "rhythm_high", "other"]
-    assert main(["-q", "data", "check", str(evaluation), "--against", str(train)]) == 1
+    assert main(["-q", "data", "check", str(evaluation), "--against", str(train)]) == 2   # bad usage
     assert "--against needs --near-duplicates" in capsys.readouterr().err
     assert main(["-q", "data", "check", str(evaluation), "--near-duplicates", "--against", str(evaluation)]) == 1
     assert "the manifest being checked" in capsys.readouterr().err

@@ -101,9 +101,10 @@ def test_report_in_headless_browser(report, tmp_path):
 
 def test_report_refuses_other_file_types_and_extra_labels(report, tmp_path, capsys):
     runs = [str(report / "run_a"), str(report / "run_b")]
-    for argv in (["--out", str(tmp_path / "r.pdf")], ["--markdown", str(tmp_path / "r.txt")],
-                 ["--out", str(tmp_path / "r.html"), "--label", "a", "--label", "b", "--label", "c"]):
-        assert main(["-q", "report", *runs, *argv]) == 1
+    for code, argv in ((1, ["--out", str(tmp_path / "r.pdf")]), (1, ["--markdown", str(tmp_path / "r.txt")]),
+                       (2, ["--out", str(tmp_path / "r.html"), "--label", "a", "--label", "b", "--label", "c"]),
+                       (2, [])):    # flags that do not fit each other (or none at all) are bad usage: exit 2
+        assert main(["-q", "report", *runs, *argv]) == code
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("tta: error:"), err
     assert list(tmp_path.iterdir()) == []

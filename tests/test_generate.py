@@ -65,29 +65,30 @@ def broken_model(tmp_path_factory):
 
 
 BAD = [
-    (["--seconds", "0"], "--seconds 0.0 must be a positive"),
-    (["--seconds", "1000"], "exceeds the maximum"),
-    (["--sampler", "fast"], "valid samplers: ddim, dpmsolver++"),
-    (["--guidance", "nan"], "--guidance nan"),
-    (["--steps", "0"], "--steps 0 must be >= 1"),
-    (["-o", "/proc/nope/x.wav"], "does not exist"),
-    (["--init-audio", "MISSING.wav"], "unreadable input audio"),
-    (["--inpaint", "IN.wav"], "--mask START:END"),
-    (["--inpaint", "IN.wav", "--mask", "2:1"], "--mask '2:1'"),
-    (["--window", "-1"], "--window -1.0 must be between 0"),
-    (["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--window", "1"], "--window does not apply to edits"),
-    (["--strength", "0.7"], "--strength needs --init-audio"),
-    (["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--strength", "0.7"], "--strength applies to --init-audio only"),
-    (["--init-audio", "IN.wav", "--strength", "7"], "--strength 7.0 must be in (0, 1]"),
-    (["--seed", "18446744073709551616"], "--seed 18446744073709551616 must be in [0, 2**62)"),
-    (["--seed", "-1"], "--seed -1 must be in"),
-    (["BROKEN"], "component 'text_encoder' is missing"),
-    (["NOMODEL"], "embedded default model is missing from this install"),
+    (1, ["--seconds", "0"], "--seconds 0.0 must be a positive"),
+    (1, ["--seconds", "1000"], "exceeds the maximum"),
+    (1, ["--sampler", "fast"], "valid samplers: ddim, dpmsolver++"),
+    (1, ["--guidance", "nan"], "--guidance nan"),
+    (1, ["--steps", "0"], "--steps 0 must be >= 1"),
+    (1, ["-o", "/proc/nope/x.wav"], "does not exist"),
+    (1, ["--init-audio", "MISSING.wav"], "unreadable input audio"),
+    (2, ["--inpaint", "IN.wav"], "--mask START:END"),
+    (1, ["--inpaint", "IN.wav", "--mask", "2:1"], "--mask '2:1'"),
+    (1, ["--window", "-1"], "--window -1.0 must be between 0"),
+    (2, ["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--window", "1"], "--window does not apply to edits"),
+    (2, ["--strength", "0.7"], "--strength needs --init-audio"),
+    (2, ["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--strength", "0.7"], "--strength applies to --init-audio only"),
+    (1, ["--init-audio", "IN.wav", "--strength", "7"], "--strength 7.0 must be in (0, 1]"),
+    (1, ["--seed", "18446744073709551616"], "--seed 18446744073709551616 must be in [0, 2**62)"),
+    (1, ["--seed", "-1"], "--seed -1 must be in"),
+    (1, ["BROKEN"], "component 'text_encoder' is missing"),
+    (1, ["NOMODEL"], "embedded default model is missing from this install"),
 ]
 
 
-@pytest.mark.parametrize("extra, message", BAD, ids=[m for _, m in BAD])
-def test_bad_input_is_one_line_exit_1(tmp_path, capsys, broken_model, extra, message, monkeypatch):
+@pytest.mark.parametrize("exit_code, extra, message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_input_and_bad_usage_are_one_line(tmp_path, capsys, broken_model, exit_code, extra, message, monkeypatch):
+    """Bad input exits 1; a flag that needs or excludes another is bad usage and exits 2 (DESIGN.md), one line too."""
     save_audio(tmp_path / "in.wav", signals.tone(440, 0.3), 16_000)
     model = ["--model", str(tiny_pipeline())]
     if extra == ["BROKEN"]:
@@ -102,7 +103,7 @@ def test_bad_input_is_one_line_exit_1(tmp_path, capsys, broken_model, extra, mes
     if "-o" not in extra:
         extra += ["--out-dir", str(tmp_path / "out")]
     code, _, err = run(capsys, "a dog", *model, *extra)
-    assert code == 1
+    assert code == exit_code
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tta: error: ") and message in lines[0], err
     assert not (tmp_path / "out").exists()          # not even an empty --out-dir is left behind

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from tta import __version__
+from tta import UsageError, __version__
 
 log = logging.getLogger("tta")
 
@@ -28,10 +28,6 @@ TRAINERS = {
     "clap": "tta.clap.train",
     "ldm": "tta.ldm.train",
 }
-
-
-class UsageError(Exception):
-    """Bad combination of arguments (exit 2)."""
 
 
 # ---------------------------------------------------------------------------------------- handlers
@@ -221,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
-    except UsageError as e:
-        parser.error(str(e))
+    except UsageError as e:   # one line, as for bad input, but exit 2 as argparse's own usage errors
+        if args.verbose:
+            raise
+        print(f"tta: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tta: interrupted", file=sys.stderr)
         return 130

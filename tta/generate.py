@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tta import UsageError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
@@ -61,12 +63,12 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     if args.prompts_file is not None:
         pairs += read_prompts_file(args.prompts_file)
     if not pairs:
-        raise GenerateError("no prompts: give PROMPT arguments or --prompts FILE")
+        raise UsageError("no prompts: give PROMPT arguments or --prompts FILE")
     if args.output is not None and args.out_dir is not None:
-        raise GenerateError("give either -o FILE or --out-dir DIR, not both")
+        raise UsageError("give either -o FILE or --out-dir DIR, not both")
     if args.output is not None:
         if len(pairs) != 1:
-            raise GenerateError(f"-o FILE takes exactly one prompt, got {len(pairs)}; use --out-dir DIR")
+            raise UsageError(f"-o FILE takes exactly one prompt, got {len(pairs)}; use --out-dir DIR")
         check_writable_file(args.output)
         check_output_path(record_path_of(args.output, single=True))
         return [Job(pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output)]
@@ -201,7 +203,7 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 def parse_mask(text: str | None) -> tuple[float, float]:
     if text is None:
-        raise GenerateError("--inpaint needs --mask START:END (seconds to regenerate)")
+        raise UsageError("--inpaint needs --mask START:END (seconds to regenerate)")
     m = re.fullmatch(r"\s*([0-9.]+)\s*:\s*([0-9.]+)\s*", text)
     try:
         start, end = (float(m.group(1)), float(m.group(2))) if m else (math.nan, math.nan)
@@ -221,23 +223,23 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
     strength = getattr(args, "strength", None)
     if not given:
         if args.mask is not None or args.cutoff is not None or strength is not None:
-            raise GenerateError("--mask needs --inpaint WAV, --cutoff needs --super-resolution WAV and --strength "
+            raise UsageError("--mask needs --inpaint WAV, --cutoff needs --super-resolution WAV and --strength "
                                 "needs --init-audio WAV")
         return None
     if len(given) > 1:
-        raise GenerateError("give only one of --init-audio, --inpaint, --super-resolution")
+        raise UsageError("give only one of --init-audio, --inpaint, --super-resolution")
     kind, path = given[0]
     try:
         info = audio_info(path)
     except AudioError as e:
         raise GenerateError(f"unreadable input audio: {e}") from None
     if args.seconds is not None:
-        raise GenerateError("--seconds does not apply to edits: the input audio sets the length")
+        raise UsageError("--seconds does not apply to edits: the input audio sets the length")
     if getattr(args, "window", None) is not None:
-        raise GenerateError("--window does not apply to edits: the input audio sets the length")
+        raise UsageError("--window does not apply to edits: the input audio sets the length")
     edit = {"kind": kind, "input": str(path), "input_seconds": round(info.seconds, 4)}
     if strength is not None and kind != "audio_to_audio":
-        raise GenerateError("--strength applies to --init-audio only")
+        raise UsageError("--strength applies to --init-audio only")
     if kind == "audio_to_audio":
         strength = 0.5 if strength is None else strength
         if not (math.isfinite(strength) and 0 < strength <= 1):
@@ -271,7 +273,7 @@ def open_datastore(args: argparse.Namespace):
     """The --datastore (loaded, memory-mapped) or None; checked before the model loads."""
     store, k = getattr(args, "datastore", None), getattr(args, "neighbours", None)
     if k is not None and store is None:
-        raise GenerateError(f"--neighbours {k} needs --datastore DIR (a `tta index build` folder)")
+        raise UsageError(f"--neighbours {k} needs --datastore DIR (a `tta index build` folder)")
     if k is not None and k < 1:
         raise GenerateError(f"--neighbours {k} must be >= 1")
     if store is None:

@@ -18,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 
+from tta import UsageError
 from tta.device import DEVICES, pick_device
 
 log = logging.getLogger(__name__)
@@ -150,11 +151,11 @@ def _score(clap, args, progress: bool) -> dict:
 
     if args.manifest is not None:
         if args.prompts is not None:
-            raise ValueError("--prompts pairs with --audio; a manifest already holds the captions")
+            raise UsageError("--prompts pairs with --audio; a manifest already holds the captions")
         pairs = [(f, caps[0]) for f, caps in _manifest_items(args.manifest, args.split)]
     else:
         if args.prompts is None:
-            raise ValueError("tta clap score --audio DIR needs --prompts FILE (or use --manifest)")
+            raise UsageError("tta clap score --audio DIR needs --prompts FILE (or use --manifest)")
         pairs = _read_prompts(args.prompts, args.audio)
     kept, wavs, skipped = _load([f for f, _ in pairs], clap.sample_rate, progress)
     pairs = [pairs[i] for i in kept]
@@ -193,7 +194,7 @@ def _retrieve(clap, args, progress: bool) -> dict:
                 print(f"  {h['cosine']:+.4f}  {h['file']}")
         return {"model": clap.identity, "queries": hits, "skipped": skipped}
     if items is None:
-        raise ValueError("tta clap retrieve --audio DIR needs --query TEXT (retrieval metrics need a --manifest)")
+        raise UsageError("tta clap retrieve --audio DIR needs --query TEXT (retrieval metrics need a --manifest)")
     from tta.clap.metrics import retrieval_metrics
 
     texts, target = [], []

@@ -16,6 +16,8 @@ import math
 import sys
 from pathlib import Path
 
+from tta import UsageError
+
 KINDS = ("folder", "audiocaps", "audioldm", "tango", "webdataset")
 
 
@@ -72,7 +74,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                                ("--root", args.root, ("audiocaps", "audioldm", "tango")),
                                ("--audio-dir", args.audio_dir, ("webdataset",))):
         if value is not None and args.kind not in kinds:
-            raise ValueError(f"{flag} is only for {' / '.join(kinds)} imports, not {args.kind!r}")
+            raise UsageError(f"{flag} is only for {' / '.join(kinds)} imports, not {args.kind!r}")
     from tta.checkpoint import check_output_path
 
     check_output_path(args.out, "--out")   # before any work: a WebDataset import would extract its audio first
@@ -135,7 +137,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.silence_db) and args.silence_db <= 0):
         raise ValueError(f"--silence-db {args.silence_db}: expected a finite level in dBFS <= 0")
     if args.against is not None and not args.near_duplicates:
-        raise ValueError("--against needs --near-duplicates")
+        raise UsageError("--against needs --near-duplicates")
     if args.against is not None and not args.against.is_file():
         raise ValueError(f"--against {args.against}: manifest not found")
     if args.against is not None and args.against.resolve() == Path(args.manifest).resolve():
