@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -48,6 +49,17 @@ def test_single_output_file_and_edit(tmp_path, capsys):
     assert code == 0 and sf.info(str(out)).frames == 4800
     record = json.loads((tmp_path / "edit.generation.json").read_text())
     assert record["edit"]["kind"] == "inpaint" and record["edit"]["start"] == 0.1
+    assert record["edit"]["outside"] == "original"
+    given, _ = sf.read(tmp_path / "in.wav", dtype="float32")
+    got, _ = sf.read(out, dtype="float32")          # the input's own samples outside the gap and its crossfades
+    kept = np.r_[0:1600 - 160, 3200 + 160:4800]
+    np.testing.assert_allclose(got[kept], (given - given.mean())[kept], atol=2 / 32768)
+    code, _, _ = run(capsys, "a bird", "--model", tiny_pipeline(), "--steps", 2, "-o", tmp_path / "dec.wav",
+                     "--inpaint", tmp_path / "in.wav", "--mask", "0.1:0.2", "--inpaint-outside", "decoded")
+    decoded, _ = sf.read(tmp_path / "dec.wav", dtype="float32")
+    assert code == 0 and json.loads((tmp_path / "dec.generation.json").read_text())["edit"]["outside"] == "decoded"
+    assert np.abs(decoded[kept] - (given - given.mean())[kept]).max() > 0.01
+    np.testing.assert_allclose(decoded[1600 + 160:3200 - 160], got[1600 + 160:3200 - 160], atol=2 / 32768)
     # --window: sampled longer, written at --seconds
     code, _, _ = run(capsys, "a bird", "--model", tiny_pipeline(), "--steps", 2, "-o", tmp_path / "w.wav",
                      "--seconds", 0.1, "--window", 0.3)
@@ -78,6 +90,8 @@ BAD = [
     (2, ["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--window", "1"], "--window does not apply to edits"),
     (2, ["--strength", "0.7"], "--strength needs --init-audio"),
     (2, ["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--strength", "0.7"], "--strength applies to --init-audio only"),
+    (2, ["--init-audio", "IN.wav", "--inpaint-outside", "decoded"], "--inpaint-outside applies to --inpaint only"),
+    (2, ["--inpaint-outside", "original"], "--inpaint-outside need --inpaint"),
     (1, ["--init-audio", "IN.wav", "--strength", "7"], "--strength 7.0 must be in (0, 1]"),
     (1, ["--seed", "18446744073709551616"], "--seed 18446744073709551616 must be in [0, 2**62)"),
     (1, ["--seed", "-1"], "--seed -1 must be in"),

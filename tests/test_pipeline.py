@@ -156,6 +156,44 @@ def test_inpainting_keeps_the_latents_outside_the_gap(pipe):
         assert not torch.allclose(out[:, :, 3:5], init[:, :, 3:5])
 
 
+def test_inpainting_keeps_the_inputs_own_samples_outside_the_gap(pipe):
+    """outside="original" splices the generated gap into the input: the input's exact samples beyond the 20 ms
+    crossfades, the decoded clip's exact samples inside the gap past them; "decoded" is the whole decoded clip."""
+    from tta.pipeline import INPAINT_FADE, splice_weight
+
+    wav = signals.chirp(300, 3000, 0.4).astype(np.float32)
+    sr, half = pipe.sample_rate, round(INPAINT_FADE * pipe.sample_rate) // 2
+    first, last = round(0.15 * sr), round(0.3 * sr)
+    spliced = pipe.inpaint(wav, ["a bird"], start=0.15, end=0.3, steps=2, candidates=2, return_candidates=True)
+    decoded = pipe.inpaint(wav, ["a bird"], start=0.15, end=0.3, steps=2, candidates=2, return_candidates=True,
+                           outside="decoded")
+    for got, whole in zip(spliced.candidate_wavs[0], decoded.candidate_wavs[0]):
+        assert np.array_equal(got[:first - half], wav[:first - half]) and np.array_equal(got[last + half:],
+                                                                                         wav[last + half:])
+        assert np.array_equal(got[first + half:last - half], whole[first + half:last - half])
+        assert not np.allclose(whole[:first - half], wav[:first - half], atol=1e-3)   # the decoder's rendering
+        edge = slice(first - half, first + half)
+        w = splice_weight(len(wav), first, last, 2 * half)[edge]
+        np.testing.assert_allclose(got[edge], w * whole[edge] + (1 - w) * wav[edge], atol=1e-6)
+    # candidates are ranked on what is returned, and the kept one is among them
+    assert any(np.array_equal(spliced.wavs[0], c) for c in spliced.candidate_wavs[0])
+    with pytest.raises(PipelineError, match="outside='kept'"):
+        pipe.inpaint(wav, ["a bird"], start=0.15, end=0.3, outside="kept")
+
+
+def test_splice_weights_ramp_only_at_edges_inside_the_clip():
+    from tta.pipeline import splice_weight
+
+    w = splice_weight(100, 30, 60, 10)
+    assert (w[:25] == 0).all() and (w[35:55] == 1).all() and (w[65:] == 0).all()
+    assert np.all(np.diff(w[25:35]) > 0) and np.all(np.diff(w[55:65]) < 0)
+    np.testing.assert_allclose(w[29] + w[30], 1.0, atol=1e-6)     # symmetric about the edge
+    assert (splice_weight(100, 0, 60, 10)[:55] == 1).all() and (splice_weight(100, 30, 100, 10)[35:] == 1).all()
+    assert (splice_weight(100, 0, 100, 10) == 1).all()
+    short = splice_weight(100, 50, 54, 10)                        # a gap shorter than the fade: shorter ramps
+    assert (short[:48] == 0).all() and (short[56:] == 0).all() and short[51] > 0.5
+
+
 def test_edits_run_on_audio(pipe):
     wav = signals.chirp(300, 3000, 0.2).astype(np.float32)
     weak = pipe.audio_to_audio(wav, ["a bird"], strength=0.5, steps=2)

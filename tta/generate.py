@@ -222,9 +222,10 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
                                  ("super_resolution", args.super_resolution)) if p is not None]
     strength = getattr(args, "strength", None)
     if not given:
-        if args.mask is not None or args.cutoff is not None or strength is not None:
-            raise UsageError("--mask needs --inpaint WAV, --cutoff needs --super-resolution WAV and --strength "
-                                "needs --init-audio WAV")
+        if (args.mask is not None or args.cutoff is not None or strength is not None
+                or getattr(args, "inpaint_outside", None) is not None):
+            raise UsageError("--mask and --inpaint-outside need --inpaint WAV, --cutoff needs --super-resolution "
+                             "WAV and --strength needs --init-audio WAV")
         return None
     if len(given) > 1:
         raise UsageError("give only one of --init-audio, --inpaint, --super-resolution")
@@ -240,6 +241,8 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
     edit = {"kind": kind, "input": str(path), "input_seconds": round(info.seconds, 4)}
     if strength is not None and kind != "audio_to_audio":
         raise UsageError("--strength applies to --init-audio only")
+    if getattr(args, "inpaint_outside", None) is not None and kind != "inpaint":
+        raise UsageError("--inpaint-outside applies to --inpaint only")
     if kind == "audio_to_audio":
         strength = 0.5 if strength is None else strength
         if not (math.isfinite(strength) and 0 < strength <= 1):
@@ -249,7 +252,7 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
         start, end = parse_mask(args.mask)
         if end > info.seconds + 1e-6:
             raise GenerateError(f"--mask end {end} s is past the end of {path} ({info.seconds:.3f} s)")
-        edit.update(start=start, end=end)
+        edit.update(start=start, end=end, outside=getattr(args, "inpaint_outside", None) or "original")
     else:
         if args.cutoff is None or not math.isfinite(args.cutoff) or args.cutoff <= 0:
             raise GenerateError("--super-resolution needs --cutoff HZ > 0 (the highest frequency the input holds)")
@@ -339,8 +342,8 @@ def main(args: argparse.Namespace) -> int:
         elif edit["kind"] == "audio_to_audio":
             out = pipe.audio_to_audio(wav_in, prompts, strength=edit["strength"], seed=seed, prompt_ids=ids, **common)
         elif edit["kind"] == "inpaint":
-            out = pipe.inpaint(wav_in, prompts, start=edit["start"], end=edit["end"], seed=seed, prompt_ids=ids,
-                               **common)
+            out = pipe.inpaint(wav_in, prompts, start=edit["start"], end=edit["end"], outside=edit["outside"],
+                               seed=seed, prompt_ids=ids, **common)
         else:
             out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], seed=seed, prompt_ids=ids,
                                      **common)

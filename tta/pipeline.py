@@ -61,6 +61,8 @@ class PipelineError(ValueError):
 
 
 CONTEXT_GUIDANCE = ("shared", "guided")
+INPAINT_OUTSIDE = ("original", "decoded")   # what an inpainted clip holds outside its gap
+INPAINT_FADE = 0.02        # seconds of raised-cosine crossfade centred on each edge of a spliced gap
 
 
 def check_context_guidance(name: str) -> str:
@@ -369,8 +371,18 @@ class TTAPipeline:
             raise PipelineError(f"strength={strength} must be in (0, 1]")
         return self._run(prompts, n, init_wav=wav, strength=strength, **kwargs)
 
-    def inpaint(self, wav: np.ndarray, prompts: list[str], *, start: float, end: float, **kwargs) -> Generation:
-        """Regenerate seconds [start, end) of wav (T,) from the prompt; the rest of the clip is kept."""
+    def inpaint(self, wav: np.ndarray, prompts: list[str], *, start: float, end: float, outside: str = "original",
+                **kwargs) -> Generation:
+        """Regenerate seconds [start, end) of wav (T,) from the prompt; the rest of the clip is kept.
+
+        The latents outside the gap are held at the input's throughout sampling, so the generated gap fits its
+        surroundings. `outside` "original" (the default) then splices the generated gap into the input audio
+        itself, with a 20 ms raised-cosine crossfade centred on each edge, so the kept parts are the input's
+        samples; "decoded" returns the whole decoded clip, the kept parts too as the VAE and vocoder render them
+        (AudioLDM's inpainting output). Candidates are ranked on what is returned.
+        """
+        if outside not in INPAINT_OUTSIDE:
+            raise PipelineError(f"outside={outside!r}: expected one of {', '.join(INPAINT_OUTSIDE)}")
         n = self.check_seconds(len(wav) / self.sample_rate)
         if not 0 <= start < end <= n / self.sample_rate + 1e-9:
             raise PipelineError(f"inpaint range {start}:{end} s must satisfy 0 <= start < end <= "
@@ -383,7 +395,12 @@ class TTAPipeline:
         first, last = round(start * self.sample_rate), round(end * self.sample_rate)
         idx = torch.arange(t)
         gap = ((idx + 1) * per - shift > first) & (idx * per - shift < last)
-        return self._run(prompts, n, init_wav=wav, keep=(~gap).view(1, 1, t, 1), **kwargs)
+        splice = None
+        if outside == "original":
+            original = np.zeros(n, np.float32)
+            original[:min(n, len(wav))] = np.asarray(wav, np.float32)[:n]
+            splice = (original, splice_weight(n, first, min(last, n), round(INPAINT_FADE * self.sample_rate)))
+        return self._run(prompts, n, init_wav=wav, keep=(~gap).view(1, 1, t, 1), splice=splice, **kwargs)
 
     def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, **kwargs) -> Generation:
         """Regenerate the mel bands above `cutoff_hz` of wav (T,) (e.g. audio upsampled from 8 kHz)."""
@@ -407,7 +424,7 @@ class TTAPipeline:
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
              context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
              cut: int | None = None, context_guidance: str | None = None,
-             prompt_ids: list[str] | None = None) -> Generation:
+             prompt_ids: list[str] | None = None, splice: tuple[np.ndarray, np.ndarray] | None = None) -> Generation:
         from tqdm.auto import tqdm
 
         d = self.defaults
@@ -461,7 +478,10 @@ class TTAPipeline:
                               uncond_context=_rows(uncond_context, [i for i, _, _ in chunk]), generator=generator,
                               progress=progress and len(jobs) <= per)
             for (i, j, _), w in zip(chunk, out):
-                wavs[(i, j)] = w if cut is None else w[:cut]
+                w = w if cut is None else w[:cut]
+                if splice is not None:   # (original audio, weight of the generated audio per sample)
+                    w = torch.from_numpy(splice[1]) * w + torch.from_numpy((1 - splice[1]) * splice[0])
+                wavs[(i, j)] = w
             bar.update(len(chunk))
         bar.close()
         out = self._rank(text, wavs, len(prompts), candidates, jobs)
@@ -517,6 +537,18 @@ class TTAPipeline:
         return Generation(wavs=[wavs[(i, int(best[i]))].numpy() for i in range(num_prompts)],
                           sample_rate=self.sample_rate, scores=[float(sims[i, best[i]]) for i in range(num_prompts)],
                           candidate_scores=sims.tolist(), seeds=seeds)
+
+
+def splice_weight(n: int, first: int, last: int, fade: int) -> np.ndarray:
+    """(n,) float32 weight of generated audio for a gap [first, last) spliced into other audio: 1 inside the gap,
+    0 outside it, and a raised-cosine ramp of `fade` samples centred on each edge that is not the clip's own
+    (a gap shorter than `fade` gets ramps as long as the gap)."""
+    half = max(1, min(fade, last - first) // 2)
+    t = np.arange(n, dtype=np.float64) + 0.5                  # sample centres
+    rise = t - (first - half) if first > 0 else np.where(t < last + half, np.inf, -np.inf)
+    fall = (last + half) - t if last < n else np.where(t > first - half, np.inf, -np.inf)
+    x = np.clip(np.minimum(rise, fall) / (2 * half), 0.0, 1.0)
+    return (0.5 - 0.5 * np.cos(np.pi * x)).astype(np.float32)
 
 
 def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float = 0.0) -> None:
