@@ -242,7 +242,7 @@ def _category_cells_html(b: dict) -> str:
             f'<td>{_fmt(b.get("clap_score"))}</td><td>{_fmt(b.get("kl_softmax"))}</td>')
 
 
-def render_html(runs: list[Run], title: str = "tta evaluation report") -> str:
+def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_tail: bool = True) -> str:
     names = _metric_names(runs)
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -274,15 +274,18 @@ def render_html(runs: list[Run], title: str = "tta evaluation report") -> str:
                 parts.append(f'<tr><td class="name">{html.escape(r.label)}</td><td class="name">{html.escape(c)}</td>'
                              f"{_category_cells_html(b)}</tr>")
         parts.append("</table>")
-        parts.append('<table id="headtail"><tr><th class="name">run</th><th class="name">part</th><th>files</th>'
-                     "<th>FAD</th><th>FAD frames</th><th>CLAP</th><th>KL softmax</th></tr>")
-        for r in runs:
-            for part in ("head", "tail"):
-                b = r.body.get("breakdown", {}).get(part)
-                if b:
-                    parts.append(f'<tr><td class="name">{html.escape(r.label)}</td><td class="name">{part}: '
-                                 f'{html.escape(", ".join(b["categories"]))}</td>{_category_cells_html(b)}</tr>')
-        parts.append("</table>")
+        if head_tail:
+            parts.append("<h3>Head and tail by file count</h3><p class=\"note\">head: the categories with the most "
+                         "files that together hold at least half of them; tail: the rest</p>")
+            parts.append('<table id="headtail"><tr><th class="name">run</th><th class="name">part</th><th>files</th>'
+                         "<th>FAD</th><th>FAD frames</th><th>CLAP</th><th>KL softmax</th></tr>")
+            for r in runs:
+                for part in ("head", "tail"):
+                    b = r.body.get("breakdown", {}).get(part)
+                    if b:
+                        parts.append(f'<tr><td class="name">{html.escape(r.label)}</td><td class="name">{part}: '
+                                     f'{html.escape(", ".join(b["categories"]))}</td>{_category_cells_html(b)}</tr>')
+            parts.append("</table>")
         if any(b.get("warning") for r in runs for b in r.body.get("breakdown", {}).get("categories", {}).values()):
             parts.append(f'<p class="note">⚠ {FEW_FRAMES_NOTE}</p>')
     parts.append("<h2>Items</h2>")
@@ -348,8 +351,11 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
 
 def write_report(results: list[str | os.PathLike], out: str | os.PathLike | None = None, *,
                  markdown: str | os.PathLike | None = None, labels: list[str] | None = None,
-                 title: str = "tta evaluation report") -> list[Path]:
-    """Write the HTML page (`out`, or Markdown if it ends in .md) and/or `markdown`; returns the paths."""
+                 title: str = "tta evaluation report", head_tail: bool = True) -> list[Path]:
+    """Write the HTML page (`out`, or Markdown if it ends in .md) and/or `markdown`; returns the paths.
+
+    `head_tail` False leaves out the HTML page's head/tail-by-file-count table (for prompt categories that are
+    already such a split, as `tta experiment retrieval`'s frequency buckets are)."""
     from tta.checkpoint import atomic_write_text
 
     if out is None and markdown is None:
@@ -366,6 +372,6 @@ def write_report(results: list[str | os.PathLike], out: str | os.PathLike | None
     for path, as_md in ((out, out is not None and str(out).endswith(".md")), (markdown, True)):
         if path is None:
             continue
-        text = render_markdown(runs, title) if as_md else render_html(runs, title)
+        text = render_markdown(runs, title) if as_md else render_html(runs, title, head_tail=head_tail)
         written.append(atomic_write_text(path, text))
     return written

@@ -69,6 +69,7 @@ def test_report_is_self_contained(report):
     assert "| FAD ↓ `mfcc@v1` (not comparable: different embedder/reference) |" in md
     # per-category FAD is shown with its frame count (and flagged: far fewer than 5 x D frames)
     assert '<table id="categories">' in page and "FAD frames" in page and "fewer than 5 x D frames" in page
+    assert "Head and tail by file count" in page and '<table id="headtail">' in page
     assert "| category | files | FAD | FAD frames |" in md and "⚠ beep: FAD on" in md
 
 

@@ -247,6 +247,10 @@ def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
     assert "built with CLAP" in capsys.readouterr().err
     assert main(["index", "info", str(tmp_path / "missing")]) == 1
     assert "datastore folder not found" in capsys.readouterr().err
+    for bad, message in ((["--nprobe", "0"], "--nprobe 0: must be >= 1"), (["-k", "0"], "-k 0: must be")):
+        assert main(["index", "query", str(out), "--clap", str(clap_dir), "--text", "x", *bad]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
 
 
 def _with_bad_rows(corpus, folder, good: int = 6):

@@ -307,6 +307,7 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monke
                                                      .read_text())["outputs"])
     html = (out / "report.html").read_text()
     assert all(b in html for b in ("head", "mid", "tail")) and "k3-audio" in html
+    assert 'id="categories"' in html and 'id="headtail"' not in html   # no file-count split of the buckets
     assert "| k1 | 1 | both |" in (out / "summary.md").read_text()
     assert (out / "runs" / "k3-audio" / "pipeline" / "retrieval").is_dir()
     enc = json.loads((out / "runs" / "k2-latent" / "pipeline" / "retrieval" / "config.json").read_text())["config"]
@@ -821,14 +822,53 @@ def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, ca
     rows = read_manifest(corpus)
     few = write_manifest(corpus.parent / "two-valid.jsonl",
                          [r for r in rows if r.split == "train"] + [r for r in rows if r.split == "valid"][:2])
-    for name, clap, manifest, message in (("badclap", c["vae"], corpus, ""), ("few", c["clap"], few, "at least 3")):
+    unfit = 'ldm_overrides=["model.latent_channels=3", "model.class_embed_dim=7"]'   # both named in one line
+    for name, clap, manifest, extra, message in (
+            ("badclap", c["vae"], corpus, [], ""), ("few", c["clap"], few, [], "at least 3"),
+            ("unfit", c["clap"], corpus, [unfit], "latent_channels=3 differs .*; model.class_embed_dim=7 differs")):
         sets = [f"components.vae={json.dumps(str(c['vae']))}", f"components.vocoder={json.dumps(str(c['vocoder']))}",
-                f"components.clap={json.dumps(str(clap))}", f"manifest={json.dumps(str(manifest))}"]
+                f"components.clap={json.dumps(str(clap))}", f"manifest={json.dumps(str(manifest))}", *extra]
         code, _, err = run(capsys, "experiment", "retrieval", "--config",
                            ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", tmp_path / name,
                            *[a for s in sets for a in ("--set", s)])
-        assert code == 1 and message in err and err.count("\n") == 1, err
+        assert code == 1 and __import__("re").search(message, err) and err.count("\n") == 1, err
         assert not (tmp_path / name).exists()
+
+
+def test_the_experiment_remakes_reference_clips_made_at_another_length_or_from_other_audio(corpus, tmp_path):
+    """A re-run into the same OUT with another generation.seconds scored against the earlier run's clips."""
+    import shutil
+
+    import soundfile as sf
+
+    from tta.commands.retrieval_experiment import ExperimentConfig, write_reference
+    from tta.data.manifest import read_manifest, resolve_path, write_manifest
+
+    rows = []
+    for r in [r for r in read_manifest(corpus) if r.split == "valid"][:3]:   # own copies: one is edited below
+        shutil.copy(resolve_path(r, corpus), tmp_path / f"{r.id}.wav")
+        rows.append(type(r)(**{**r.__dict__, "path": str(tmp_path / f"{r.id}.wav")}))
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    out, config = tmp_path / "exp", ExperimentConfig("configs/ldm/tiny.json")
+    out.mkdir()
+
+    def lengths():
+        return {p.stem: sf.info(str(p)).frames for p in (out / "reference").glob("*.wav")}
+
+    write_reference(config, rows, manifest, out, 0.1)
+    assert set(lengths().values()) == {1600}
+    write_reference(config, rows, manifest, out, 0.2)
+    assert set(lengths().values()) == {3200}
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "reference").glob("*.wav")}
+    write_reference(config, rows, manifest, out, 0.2)                  # unchanged: reused
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "reference").glob("*.wav")} == stamp
+    edited = Path(rows[0].path)
+    sf.write(edited, np.zeros(16_000, np.float32) + 0.1 * np.sin(np.arange(16_000)), 16_000)
+    write_reference(config, rows, manifest, out, 0.2)
+    again = {p.name: p.stat().st_mtime_ns for p in (out / "reference").glob("*.wav")}
+    assert again[f"{rows[0].id}.wav"] != stamp[f"{rows[0].id}.wav"]
+    assert {k: v for k, v in again.items() if k != f"{rows[0].id}.wav"} == {
+        k: v for k, v in stamp.items() if k != f"{rows[0].id}.wav"}
 
 
 def test_the_experiment_refuses_a_store_holding_evaluation_clips(corpus, store, tmp_path, capsys, monkeypatch):

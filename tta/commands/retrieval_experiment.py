@@ -45,6 +45,7 @@ from tta.ldm.train import ComponentsConfig
 log = logging.getLogger(__name__)
 
 BUCKETS = ("head", "mid", "tail")
+REFERENCE_STAMP = "reference.json"   # in OUT: what each reference clip was made from (write_reference)
 STOPWORDS = frozenset((
     "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "by", "for", "with", "from", "into",
     "onto", "over", "under", "as", "is", "are", "was", "were", "be", "being", "been", "it", "its", "this",
@@ -225,6 +226,7 @@ def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, s
     """Reference clips for FAD: eval.reference, or `rows` (first `seconds`) in OUT/reference (wavs of an earlier
     selection that are not among them are removed)."""
     from tta.audio import load_audio, save_audio
+    from tta.checkpoint import atomic_write_text
     from tta.data.manifest import resolve_path
 
     if config.eval.reference:
@@ -234,11 +236,23 @@ def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, s
         raise ValueError(f"{manifest}: split {config.eval.prompt_split!r} gives {len(rows)} reference clips; FAD "
                          "needs >= 2 (set eval.reference)")
     _remove_stale_wavs(folder, {r.id for r in rows})
+    # a clip is reused only when made from the same file (size, mtime) at the same length: a re-run with another
+    # generation.seconds or edited audio would otherwise score against clips of the earlier run
+    stamp_path = out / REFERENCE_STAMP
+    try:
+        old = json.loads(stamp_path.read_text())["clips"]
+    except (OSError, ValueError, KeyError, TypeError):
+        old = {}
+    stamp = {}
     for r in rows:
-        target = folder / f"{r.id}.wav"
-        if not target.is_file():
-            wav, sr = load_audio(resolve_path(r, manifest), 16_000, max_seconds=seconds, normalize=True)
+        target, source = folder / f"{r.id}.wav", resolve_path(r, manifest)
+        st = source.stat()
+        stamp[r.id] = [str(Path(source).resolve()), st.st_size, st.st_mtime_ns, seconds]
+        if not target.is_file() or old.get(r.id) != stamp[r.id]:
+            stamp_path.unlink(missing_ok=True)   # a run stopped here rewrites the rest next time
+            wav, sr = load_audio(source, 16_000, max_seconds=seconds, normalize=True)
             save_audio(target, wav, sr)
+    atomic_write_text(stamp_path, json.dumps({"clips": stamp}, indent=1) + "\n")
     return folder
 
 
@@ -426,11 +440,16 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     from tta.ldm.train import component_dir
     from tta.retrieval import Datastore, DatastoreConfig, build_datastore
 
+    from tta.checkpoint import load_component
+    from tta.ldm.train import check_component_fit
+    from vae.model import MelVAE
+
     out = Path(out)
     base = base_run_config(config)
     manifest = Path(base.data.manifest)
-    component_dir(base.components.vae, "vae")
     clap = load_clap(base.components.clap)   # the inputs are checked before OUT is made or a store is built
+    check_component_fit(base.model, load_component(component_dir(base.components.vae, "vae"), MelVAE),
+                        clap.embed_dim)
     train_rows = [r for r in read_manifest(manifest) if r.split == base.data.train_split]
     prompt_rows, reference_rows = eval_rows(config, manifest)
     if not config.eval.prompts and len(prompt_rows) < 3:
@@ -491,7 +510,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     from eval.report import write_report
 
     report = out / "report.html"
-    write_report(evals, report, labels=[v.name for v in config.variants],
+    # the prompts' categories are the frequency buckets: no second head/tail split of them by file count
+    write_report(evals, report, labels=[v.name for v in config.variants], head_tail=False,
                  title=f"Retrieval experiment ({len(prompts)} prompts, head/mid/tail by training frequency)")
     summary["report"] = str(report)
     summary["plot"] = str(plot_buckets(summary, out / "summary.png"))

@@ -210,18 +210,25 @@ def load_frozen(config: RunConfig, device) -> Frozen:
         from tta.audio import check_same_mel
 
         check_same_mel(vae.config.mel, vocoder.config.mel, "components.vae", "components.vocoder")
-    m = config.model
+    check_component_fit(config.model, vae, clap.embed_dim)
+    return Frozen(vae, clap, vocoder, clap.embed_text([""])[0])
+
+
+def check_component_fit(m, vae, clap_dim: int) -> None:
+    """Refuse, naming every mismatch at once, a UNet config `m` that does not fit its frozen VAE (a MelVAE) and
+    CLAP (embedding width `clap_dim`)."""
+    problems = []
     if m.latent_channels != vae.config.latent_channels:
-        raise ValueError(f"model.latent_channels={m.latent_channels} differs from the VAE's "
-                         f"latent_channels={vae.config.latent_channels}")
-    if m.class_embed_dim != clap.embed_dim:
-        raise ValueError(f"model.class_embed_dim={m.class_embed_dim} differs from the CLAP embedding width "
-                         f"{clap.embed_dim}")
+        problems.append(f"model.latent_channels={m.latent_channels} differs from the VAE's "
+                        f"latent_channels={vae.config.latent_channels}")
+    if m.class_embed_dim != clap_dim:
+        problems.append(f"model.class_embed_dim={m.class_embed_dim} differs from the CLAP embedding width {clap_dim}")
     freq = vae.config.mel.n_mels // vae.downsample_factor
     if freq % m.downsample_factor:
-        raise ValueError(f"the VAE's latent frequency size {freq} is not a multiple of the UNet's "
-                         f"downsampling factor {m.downsample_factor} (fewer block_out_channels levels?)")
-    return Frozen(vae, clap, vocoder, clap.embed_text([""])[0])
+        problems.append(f"the VAE's latent frequency size {freq} is not a multiple of the UNet's downsampling "
+                        f"factor {m.downsample_factor} (fewer block_out_channels levels?)")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def padded_mel(wav: torch.Tensor, vae, unet_factor: int) -> torch.Tensor:

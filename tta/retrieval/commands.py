@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         print(out)
         return 0
 
+    if args.nprobe is not None and args.nprobe < 1:
+        raise ValueError(f"--nprobe {args.nprobe}: must be >= 1 (IVF cells visited per query)")
+    if args.k <= 0:
+        raise ValueError(f"-k {args.k}: must be a positive number of hits")
     store = Datastore.load(args.store)  # before the CLAP: a missing store fails fast
     if args.nprobe is not None:
         for index in store.indexes.values():
@@ -104,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
                 index.nprobe = args.nprobe
     clap = load_clap(args.clap, tokenizer=args.tokenizer, device=device)
     store.check_clap(clap)
-    if args.k <= 0:
-        raise ValueError(f"-k {args.k}: must be a positive number of hits")
     if args.text:
         queries, emb = args.text, clap.embed_text(args.text)
     else:
