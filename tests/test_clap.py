@@ -79,6 +79,31 @@ def test_untrained_model_is_near_chance_on_same_data(toy):
     assert m["t2a_R@1"] <= 0.5
 
 
+def test_the_same_weights_through_another_front_end_are_another_identity(trained, tmp_path):
+    """A CLAP's mel settings and text max_length are not in its weights: a copy with another hop length embeds
+    differently and must not share caches or datastores with the original (it had the same identity)."""
+    import shutil
+    from pathlib import Path
+
+    from tta.clap import load_clap
+
+    run, _ = trained
+    base = load_clap(run)
+    weights = base.identity.split("-fe")[0]
+    idents = {base.identity}
+    for name, change in (("hop", ("mel", "hop_length", 320)), ("floor", ("mel", "log_floor", 1e-3))):
+        folder = tmp_path / name
+        shutil.copytree(run / "final", folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["config"][change[0]][change[1]] = change[2]
+        (folder / "config.json").write_text(json.dumps(config))
+        idents.add(load_clap(folder).identity)
+    assert len(idents) == 3 and all(i.startswith(weights + "-fe") for i in idents - {base.identity})
+    # a default front end keeps the weights-only identity that existing stores and caches are keyed by
+    shipped = Path(__file__).resolve().parents[1] / "tta" / "assets" / "default" / "text_encoder"
+    assert "-fe" not in load_clap(shipped).identity
+
+
 def test_embedder_interface_from_run_folder(trained):
     from tta.clap import load_clap
 

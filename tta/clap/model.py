@@ -120,10 +120,27 @@ def contrastive_loss(audio_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
 
 
 def state_identity(model: nn.Module) -> str:
-    """Short content hash of a model's saved weights (names, shapes, bytes)."""
+    """Short content hash of a model's saved weights (names, shapes, bytes), and for a TTAClap whose mel front end
+    or text max_length is not the default, a hash of those too ("-fe" + 8 hex digits): the same weights read
+    through another front end embed differently, so they must not share caches or datastores. Default front ends
+    keep the weights-only identity that existing stores and caches are keyed by."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
     from tta.checkpoint import weights_hash
 
-    return weights_hash(model.state_dict())
+    identity = weights_hash(model.state_dict())
+    config = getattr(model, "config", None)
+    if isinstance(config, ClapConfig):
+        front = {}
+        if config.mel != MelConfig():
+            front["mel"] = asdict(config.mel)
+        if config.text.max_length != TextTowerConfig().max_length:
+            front["text.max_length"] = config.text.max_length
+        if front:
+            identity += "-fe" + hashlib.sha256(json.dumps(front, sort_keys=True).encode()).hexdigest()[:8]
+    return identity
 
 
 class TTAClapEmbedder(ClapEmbedder):
