@@ -322,6 +322,14 @@ def test_malformed_csv_rows_and_unknown_splits_are_bad_items(tmp_path):
     assert sorted(_by_id(result)) == ["a", "d"] and _by_id(result)["d"].split == "valid"
     _one_error(result, "caps.csv:4", "4 fields, the header has 3")       # physical line numbers
     _one_error(result, "caps.csv:5", "split 'testing' is not one of")
+    # a quote left open took every later line into one caption: the import stops there, naming the line
+    (tmp_path / "open.csv").write_text('file,caption\na.wav,"rain\nb.wav,wind\nc.wav,sea\n')
+    with pytest.raises(SourceError, match=r"open.csv:2: not valid CSV \(unexpected end of data; a quote"):
+        import_folder(folder, captions_csv=tmp_path / "open.csv", options=ImportOptions(progress=False))
+    (tmp_path / "open.csv").write_text('audiocap_id,youtube_id,start_time,caption\n1,abcdefghijk,30,rain\n'
+                                       '2,bcdefghijkl,0,"dog" barking\n')
+    with pytest.raises(SourceError, match=r"open.csv:3: not valid CSV"):
+        import_audiocaps(tmp_path / "open.csv", root=root, options=ImportOptions(progress=False))
 
     (tmp_path / "data.json").write_text(json.dumps({"data": [
         {"wav": "folder/a.wav", "caption": "x", "split": "holdout"}, {"wav": "folder/b.wav", "caption": "y"}]}))

@@ -90,6 +90,13 @@ def test_a_quoted_csv_prompt_may_span_lines_and_jsonl_keeps_line_separators(tmp_
     (tmp_path / "p.csv").write_text('id,prompt\nr,"rain\non a tin roof"\nbad,a, b\n')
     with pytest.raises(PromptFileError, match=r"p.csv:4: 3 fields"):    # the physical line of the bad row
         read_prompt_file(tmp_path / "p.csv")
+    # a quote left open (or text after a closing quote) read every later row into one prompt, silently
+    (tmp_path / "o.csv").write_text('id,prompt\nd1,"a dog barks\nr1,rain on a roof\nt1,thunder\n')
+    with pytest.raises(PromptFileError, match=r"o.csv:2: not valid CSV \(unexpected end of data; a quote"):
+        read_prompt_file(tmp_path / "o.csv")
+    (tmp_path / "o.csv").write_text('id,prompt\nr1,rain\nd1,"quoted" word\n')
+    with pytest.raises(PromptFileError, match=r"o.csv:3: not valid CSV"):
+        read_prompt_file(tmp_path / "o.csv")
     (tmp_path / "q.csv").write_text('id,prompt\nr,"rain\non a tin roof"\n')
     assert [r.prompt for r in read_prompt_file(tmp_path / "q.csv")] == ["rain\non a tin roof"]
     (tmp_path / "p.jsonl").write_text('{"prompt": "a\u2028b"}\n', encoding="utf-8")

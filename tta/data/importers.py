@@ -93,6 +93,20 @@ def row_split(value: str | None, where: str) -> str | None:
     return split
 
 
+def csv_records(reader, path: Path):
+    """The rows of a strict csv.DictReader; a row csv cannot parse (a quote left open swallows every line after
+    it) ends the import with a SourceError naming its line, since no later row can be trusted."""
+    last = 1
+    try:
+        for rec in reader:
+            yield rec
+            last = reader.line_num
+    except csv.Error as e:
+        from tta.data.prompts import csv_error
+
+        raise SourceError(csv_error(path, last, e)) from None
+
+
 def csv_row_problem(raw: dict, columns: int, where: str) -> str | None:
     """A malformed captions-CSV row as a bad item (tta.data.prompts.csv_row_problem), or None."""
     from tta.data.prompts import csv_row_problem as problem
@@ -246,7 +260,7 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
         return c.result(f"import {folder}")
     csv_path = _require_file(Path(captions_csv), "captions CSV")
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         fields = [h.strip().lower() for h in reader.fieldnames or []]
         file_col = next((h for h in _FILE_COLUMNS if h in fields), None)
         caption_cols = [h for h in fields if h.startswith("caption")]
@@ -254,7 +268,7 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
             raise SourceError(f"{csv_path}: needs a file column (one of {', '.join(_FILE_COLUMNS)}) and a "
                                f"caption column; found columns {fields}")
         listed: set[Path] = set()
-        for raw in reader:
+        for raw in csv_records(reader, csv_path):
             where = f"{csv_path}:{reader.line_num}"    # the row's last physical line (quoted captions span lines)
             problem = csv_row_problem(raw, len(fields), where)
             if problem:
@@ -298,13 +312,13 @@ def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
     c = Collector(options, default_split=_split_from_filename(csv_path))
     seen_caps: dict[str, int] = {}
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         need = {"audiocap_id", "youtube_id", "start_time", "caption"}
         if not need <= set(reader.fieldnames or []):
             raise SourceError(f"{csv_path}: expected AudioCaps columns {sorted(need)}, "
                                f"found {reader.fieldnames}")
         columns = len(reader.fieldnames or [])
-        for rec in reader:
+        for rec in csv_records(reader, csv_path):
             lineno = reader.line_num
             where = f"{csv_path}:{lineno}"
             problem = csv_row_problem(rec, columns, where)

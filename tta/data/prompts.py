@@ -61,11 +61,14 @@ def read_prompt_file(path: str | os.PathLike) -> list[PromptRow]:
 
 
 def _csv_rows(path: Path, text: str) -> list[PromptRow]:
-    try:   # a quoted prompt may span lines: csv reads the text itself, and names rows by physical line
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        records = [(reader.line_num, record) for record in reader]
+    # a quoted prompt may span lines: csv reads the text itself, and names rows by physical line
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    records = []
+    try:
+        for record in reader:
+            records.append((reader.line_num, record))
     except csv.Error as e:
-        raise PromptFileError(f"{path}: not a valid CSV ({e})") from None
+        raise PromptFileError(csv_error(path, records[-1][0] if records else 1, e)) from None
     fields = [f.strip().lower() for f in (reader.fieldnames or [])]
     if not any(f in fields for f in TEXT_FIELDS):
         raise PromptFileError(f"{path}: CSV needs a {'/'.join(TEXT_FIELDS)} column; found {fields}")
@@ -77,6 +80,13 @@ def _csv_rows(path: Path, text: str) -> list[PromptRow]:
         obj = {k.strip().lower(): (v or "").strip() for k, v in record.items() if k}
         rows.append(_row(obj, f"{path}:{n}"))
     return rows
+
+
+def csv_error(path, last_good_line: int, error: Exception) -> str:
+    """One line for a csv.Error of a strict reader: where the bad row starts and what is likely wrong (a quote
+    left open takes every line after it into one field; a stray character after a closing quote)."""
+    hint = "; a quote that is opened and not closed?" if "end of data" in str(error) else ""
+    return f"{path}:{last_good_line + 1}: not valid CSV ({error}{hint})"
 
 
 def csv_row_problem(record: dict, columns: int, where: str, what: str) -> str | None:
