@@ -131,7 +131,7 @@ def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
     code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "-o", tmp_path / "x.mp3")
     assert code == 1 and "must end in .wav" in err
     code, _, err = run(capsys, "a", "b", "--model", tiny_pipeline(), "-o", tmp_path / "x.wav")
-    assert code == 1 and "exactly one prompt" in err
+    assert code == 2 and "exactly one prompt" in err   # bad usage
     # a folder where one of the outputs or the record would go: refused before the model loads, nothing written
     (tmp_path / "batch" / "001_y.wav").mkdir(parents=True)
     code, _, err = run(capsys, "x", "y", "z", "--model", tmp_path / "no-model", "--out-dir", tmp_path / "batch")
@@ -273,3 +273,71 @@ def test_an_edit_comes_out_at_its_inputs_level(tmp_path, capsys):
         outs[level], _ = sf.read(out)
     ratio = float((abs(outs[0.8]).max()) / abs(outs[0.2]).max())
     assert ratio == pytest.approx(4.0, rel=1e-3)
+
+
+def test_a_loud_inpainted_gap_is_turned_down_alone_and_the_kept_samples_stay_the_inputs():
+    """fit_full_scale on the whole spliced clip turned the kept part down with a loud gap (gain 0.2: the kept
+    samples came out at a fifth of the input's level)."""
+    from tta.generate import fit_gap
+    from tta.pipeline import inpaint_weight
+
+    sr, n = 16_000, 16_000
+    source = (0.5 * np.sin(np.arange(n) * 0.05)).astype(np.float32)           # normalised input (peak 0.5)
+    w = inpaint_weight(n, 0.4, 0.6, sr)
+    gap = (3.0 * np.sin(np.arange(n) * 0.3)).astype(np.float32)               # a gap six times too loud
+    spliced = w * gap + (1 - w) * source
+    edit = {"start": 0.4, "end": 0.6}
+    wav, gain, gap_gain = fit_gap(spliced, source, edit, sr, level=1.6)
+    kept = w == 0
+    assert gain == 1.0 and 0 < gap_gain < 0.35 and np.abs(wav).max() <= 0.99 + 1e-6
+    np.testing.assert_allclose(wav[kept], 1.6 * source[kept], atol=1e-6)
+    np.testing.assert_allclose(wav[w == 1], gap_gain * 1.6 * gap[w == 1], atol=1e-5)
+    wav, gain, gap_gain = fit_gap(w * 0.1 * gap + (1 - w) * source, source, edit, sr, level=1.6)   # fits as is
+    assert gain == 1.0 and gap_gain == 1.0
+    wav, gain, _ = fit_gap(spliced, source, edit, sr, level=2.2)   # the input itself is over full scale at 2.2
+    assert gain < 1.0 and np.abs(wav).max() <= 0.99 + 1e-6
+
+
+def test_a_stopped_run_records_every_file_it_wrote_and_a_broken_sample_is_reported(tmp_path, capsys, caplog,
+                                                                                  monkeypatch):
+    """The record was rewritten at most every 10 s, and not when the run stopped: after Ctrl-C it listed one of
+    three written files. An output turned down by over 10x to fit full scale passed without a word."""
+    from tta.pipeline import Generation, TTAPipeline
+
+    calls = []
+
+    def fake_call(self, prompts, seed=0, **kw):
+        calls.append(prompts)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        loud = 40.0 if len(calls) == 2 else 0.5
+        return Generation([np.full(1600, loud, np.float32) for _ in prompts], 16_000, [0.1] * len(prompts),
+                          [[0.1]] * len(prompts), [[seed + i] for i in range(len(prompts))])
+
+    monkeypatch.setattr(TTAPipeline, "__call__", fake_call)
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, _, err = run(capsys, "a", "b", "c", "d", "--model", tiny_pipeline(), "--out-dir", tmp_path)
+    record = json.loads((tmp_path / "generation.json").read_text())
+    assert code == 130 and "interrupted" in err
+    assert [o["file"] for o in record["outputs"]] == ["000_a.wav", "001_b.wav"] and not record["complete"]
+    assert sorted(p.name for p in tmp_path.glob("*.wav")) == ["000_a.wav", "001_b.wav"]
+    assert "001_b.wav came out 40x over full scale" in caplog.text and "000_a.wav" not in caplog.text
+    assert set(record["model_weights_sha256"]) == {"unet", "vae", "vocoder", "text_encoder"}
+    assert all(len(h) == 16 for h in record["model_weights_sha256"].values())
+
+
+def test_a_prompt_rows_file_column_names_its_output_as_tta_eval_pairs_it(tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("file,caption\nclipA.wav,a dog barks\nclipB.flac,rain\n")
+    code, _, err = run(capsys, "--prompts", tmp_path / "p.csv", "--model", tiny_pipeline(), "--seconds", 0.2,
+                       "--steps", 1, "--out-dir", tmp_path / "g")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "g").glob("*.wav")) == ["clipA.wav", "clipB.wav"]
+    from eval.prompts import read_prompts
+
+    assert set(read_prompts(tmp_path / "p.csv")) == {"clipA", "clipB"}       # the keys tta eval pairs by
+    (tmp_path / "q.csv").write_text("file,caption\nsub/clipA.wav,a dog barks\n")
+    code, _, err = run(capsys, "--prompts", tmp_path / "q.csv", "--model", tiny_pipeline(), "--out-dir", tmp_path / "h")
+    assert code == 1 and "q.csv:2: file 'sub/clipA.wav' names a folder too" in err
+    code, _, err = run(capsys, "x", "--model", tiny_pipeline(), "--seconds", 0.005, "--out-dir", tmp_path / "h")
+    assert code == 1 and "--seconds 0.005 is shorter than one mel frame of this model (0.01 s)" in err
+    assert not (tmp_path / "h").exists()

@@ -11,6 +11,7 @@ record to `<out-dir>/generation.json`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -27,6 +28,8 @@ from tta import UsageError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
+QUIET_GAIN = 0.1   # an output turned down more than this to fit full scale is reported (a broken sample)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")   # stripped from a prompt row's file name, as tta eval does
 RECORD_EVERY = 10.0   # seconds between rewrites of generation.json while a batch run goes on
 
 
@@ -45,10 +48,23 @@ class Job:
 
 
 def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
-    """(id or None, prompt) pairs from a prompt file (tta.data.prompts: .txt, .csv or .jsonl)."""
+    """(output name or None, prompt) pairs from a prompt file (tta.data.prompts: .txt, .csv or .jsonl). A row
+    names its output as `tta eval --prompts` pairs it: by its file column (file/path/audio/name; the name without
+    an audio suffix) when it has one, else by its id; None for neither."""
     from tta.data.prompts import read_prompt_file
 
-    return [(row.id, row.prompt) for row in read_prompt_file(path)]
+    pairs = []
+    for row in read_prompt_file(path):
+        name = row.id
+        if row.file is not None:
+            stem = Path(row.file.strip())
+            stem = stem.with_suffix("") if stem.suffix.lower() in AUDIO_SUFFIXES else stem
+            if len(stem.parts) != 1:
+                raise GenerateError(f"{row.where}: file {row.file!r} names a folder too; tta generate writes one "
+                                    "folder of outputs, so give a bare file name (or an id and no file column)")
+            name = stem.name
+        pairs.append((name, row.prompt))
+    return pairs
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -141,6 +157,28 @@ def check_writable_dir(path: Path) -> None:
                             else f"{path}: cannot create the output folder ({existing} is not writable)")
 
 
+def fit_gap(wav, original, edit: dict, sample_rate: int, level: float, peak: float = 0.99):
+    """(wav, gain, gap_gain) for an inpainted clip spliced into its input (pipeline outside="original"), at the
+    input's level: a gap too loud for the file is turned down alone (gap_gain), so the kept samples stay the
+    input's; only an input that is itself over `peak` turns the whole clip down (gain), as fit_full_scale."""
+    import numpy as np
+
+    from tta.pipeline import inpaint_weight
+
+    n = len(wav)
+    w = inpaint_weight(n, edit["start"], edit["end"], sample_rate)
+    source = np.zeros(n, np.float32)
+    source[:min(n, len(original))] = np.asarray(original, np.float32)[:n]
+    kept = (1 - w) * source * level                      # exactly the spliced clip's input part
+    generated = wav * level - kept
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(np.abs(generated) > 0, (peak - np.sign(generated) * kept) / np.abs(generated), np.inf)
+    gap_gain = float(np.clip(np.min(room) if n else 1.0, 0.0, 1.0))
+    gap_gain = gap_gain if gap_gain == 1.0 else gap_gain * (1 - 1e-5)   # float rounding stays under the peak
+    out, gain = fit_full_scale(kept + gap_gain * generated, peak)
+    return out, gain, gap_gain
+
+
 def fit_full_scale(wav, peak: float = 0.99):
     """(wav scaled down so its peak is at most `peak`, the gain applied): a wav file clips at 1.0, so a
     louder generation is turned down as a whole instead of being distorted. Quieter ones are untouched."""
@@ -169,6 +207,40 @@ def model_folder(args: argparse.Namespace) -> Path:
         if not (folder / spec["components"][name]).is_dir():
             raise GenerateError(f"{folder}: component {name!r} is missing (no {spec['components'][name]}/ folder)")
     return folder
+
+
+def check_length(args: argparse.Namespace, folder: Path) -> None:
+    """--seconds against the model's mel frame (read from its VAE's config.json, before any weights load)."""
+    from tta.checkpoint import read_component_config
+    from tta.pipeline import read_pipeline_json
+
+    if args.seconds is None:
+        return
+    mel = read_component_config(folder / read_pipeline_json(folder)["components"]["vae"])["config"].get("mel", {})
+    hop, rate = mel.get("hop_length", 160), mel.get("sample_rate", 16_000)
+    if round(args.seconds * rate) < hop:
+        raise GenerateError(f"--seconds {args.seconds} is shorter than one mel frame of this model ({hop / rate:g} s)")
+
+
+@functools.lru_cache(maxsize=8)   # the record is rewritten as a run goes: hash each folder once
+def component_hashes(folder: Path) -> dict:
+    """sha256 (first 16 hex digits) of each component's weights files, by component name: which weights made the
+    audio, whatever the folder's path (a wheel's site-packages, a copy)."""
+    import hashlib
+
+    from tta.pipeline import read_pipeline_json
+
+    out = {}
+    for name, sub in sorted(read_pipeline_json(folder)["components"].items()):
+        files = sorted(f for f in (folder / sub).glob("*") if f.suffix in (".safetensors", ".bin", ".pt", ".ckpt"))
+        if files:
+            h = hashlib.sha256()
+            for f in files:
+                with open(f, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        h.update(block)
+            out[name] = h.hexdigest()[:16]
+    return out
 
 
 def check_numbers(args: argparse.Namespace) -> None:
@@ -294,13 +366,14 @@ def main(args: argparse.Namespace) -> int:
     jobs = plan_jobs(args)
     edit = plan_edit(args)
     folder = model_folder(args)
+    check_length(args, folder)
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
 
     import numpy as np
 
-    from tta.audio import load_audio, normalize_wav, save_audio
+    from tta.audio import load_audio, normalize_wav
     from tta.pipeline import TTAPipeline
 
     t0 = time.time()
@@ -315,7 +388,7 @@ def main(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, progress=progress and len(jobs) == 1)
     if store is not None:
         common.update(datastore=store, neighbours=getattr(args, "neighbours", None))
-    wav_in = None
+    wav_in, level = None, 1.0
     if edit is not None:
         # normalised (DC removed, peak 0.5) like the training data the model saw; the outputs are scaled back by
         # the same factor, so the part an edit keeps comes out at the input's level
@@ -330,6 +403,26 @@ def main(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc="tta generate", unit="clip", disable=not progress or len(jobs) == 1)
+    try:
+        run_jobs(args, jobs, edit, pipe, common, wav_in, level, records, record_path, bar, folder, device, t0)
+    except BaseException:   # stopped part-way (Ctrl-C included): the record lists every file written
+        bar.close()
+        if records:
+            write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs))
+        raise
+    bar.close()
+    write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs))
+    for job in jobs:
+        print(job.path)
+    return 0
+
+
+def run_jobs(args, jobs, edit, pipe, common, wav_in, level, records, record_path, bar, folder, device, t0) -> None:
+    """Generate and write every job in batches, appending each output's record to `records`."""
+    import numpy as np
+
+    from tta.audio import save_audio
+
     last_record = 0.0
     for start in range(0, len(jobs), args.batch_size):
         chunk = jobs[start:start + args.batch_size]
@@ -350,10 +443,19 @@ def main(args: argparse.Namespace) -> int:
         if start == 0:   # an earlier run's record would describe the files this run replaces
             record_path.unlink(missing_ok=True)
         for k, job in enumerate(chunk):
-            wav, gain = fit_full_scale(out.wavs[k] if edit is None else out.wavs[k] * level)
+            extra = {}
+            if edit is None:
+                wav, gain = fit_full_scale(out.wavs[k])
+            elif edit["kind"] == "inpaint" and edit["outside"] == "original":
+                wav, gain, extra["gap_gain"] = fit_gap(out.wavs[k], wav_in, edit, out.sample_rate, level)
+            else:
+                wav, gain = fit_full_scale(out.wavs[k] * level)
+            if gain < QUIET_GAIN:
+                log.warning("%s came out %.0fx over full scale and was turned down to fit (gain %.2g): too few "
+                            "sampler steps for this sampler?", job.path.name, 1 / gain, gain)
             save_audio(job.path, wav, out.sample_rate)
             records.append({"id": job.id, "prompt": job.prompt, "file": job.path.name, "seeds": out.seeds[k],
-                            "gain": round(gain, 6),
+                            "gain": round(gain, 6), **{key: round(v, 6) for key, v in extra.items()},
                             "clap_score": round(out.scores[k], 6),
                             "candidate_clap_scores": [round(s, 6) for s in out.candidate_scores[k]],
                             "kept_candidate": int(np.argmax(out.candidate_scores[k])),
@@ -367,11 +469,6 @@ def main(args: argparse.Namespace) -> int:
             write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0,
                          planned=len(jobs))
             last_record = time.time()
-    bar.close()
-    write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs))
-    for job in jobs:
-        print(job.path)
-    return 0
 
 
 def retrieval_record(args, pipe) -> dict | None:
@@ -405,7 +502,8 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
     body = {
         "tta_version": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "python": platform.python_version(), "command": sys.argv,
-        "model": str(Path(folder).resolve()),
+        "model": str(Path(folder).resolve()), "model_weights_sha256": dict(component_hashes(Path(folder).resolve())),
+        "cwd": os.getcwd(),
         "model_defaults": to_dict(d),
         "settings": {"seconds": args.seconds if args.seconds is not None else (
                          edit["input_seconds"] if edit else d.seconds),

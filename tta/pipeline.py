@@ -399,7 +399,7 @@ class TTAPipeline:
         if outside == "original":
             original = np.zeros(n, np.float32)
             original[:min(n, len(wav))] = np.asarray(wav, np.float32)[:n]
-            splice = (original, splice_weight(n, first, min(last, n), round(INPAINT_FADE * self.sample_rate)))
+            splice = (original, inpaint_weight(n, start, end, self.sample_rate))
         return self._run(prompts, n, init_wav=wav, keep=(~gap).view(1, 1, t, 1), splice=splice, **kwargs)
 
     def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, **kwargs) -> Generation:
@@ -537,6 +537,12 @@ class TTAPipeline:
         return Generation(wavs=[wavs[(i, int(best[i]))].numpy() for i in range(num_prompts)],
                           sample_rate=self.sample_rate, scores=[float(sims[i, best[i]]) for i in range(num_prompts)],
                           candidate_scores=sims.tolist(), seeds=seeds)
+
+
+def inpaint_weight(n: int, start: float, end: float, sample_rate: int) -> np.ndarray:
+    """The splice weight (splice_weight) of an inpainted gap of seconds [start, end) in a clip of n samples."""
+    first, last = round(start * sample_rate), round(end * sample_rate)
+    return splice_weight(n, first, min(last, n), round(INPAINT_FADE * sample_rate))
 
 
 def splice_weight(n: int, first: int, last: int, fade: int) -> np.ndarray:
