@@ -12,6 +12,7 @@ names differ only in the suffix (x.wav, x.flac) are refused; nothing is dropped 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import os
@@ -133,6 +134,16 @@ def scan_folder(folder: Path, what: str) -> EmbeddedSet:
     return result
 
 
+AUDIO_READ = ("mono (channels averaged), rounded to the 16-bit PCM grid, then resampled to the embedder's rate: "
+              "a float or 24-bit file scores as its 16-bit copy (fadtk reads every file as 16-bit)")
+
+
+def on_pcm16_grid(info) -> bool:
+    """Whether a file's decoded mono samples already lie on the 16-bit grid (reading it at 16 bits changes
+    nothing): mono 8- or 16-bit PCM."""
+    return info.channels == 1 and info.subtype in ("PCM_16", "PCM_S8", "PCM_U8")
+
+
 def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None, *, what: str,
                  want_logits: bool = False, batch_size: int = 32, progress: bool = True) -> EmbeddedSet:
     """Load, resample and embed every audio file under `folder` (cached by content hash + embedder)."""
@@ -151,11 +162,14 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
             try:
                 info = audio_info(path)
                 digest = content_hash(path)
-                emb = cache.get(digest) if cache else None
-                logit = cache.get(digest, "logits") if cache and want_logits else None
+                # read at 16-bit resolution (AUDIO_READ); entries of files that changes are keyed apart from the
+                # embeddings of the same bytes read at full resolution by earlier versions
+                entry = digest if on_pcm16_grid(info) else f"{digest}-pcm16"
+                emb = cache.get(entry) if cache else None
+                logit = cache.get(entry, "logits") if cache and want_logits else None
                 if emb is None or (want_logits and logit is None):
-                    wav, _ = load_audio(path, sample_rate=embedder.sample_rate)
-                    todo.append((key, digest, wav))
+                    wav, _ = load_audio(path, sample_rate=embedder.sample_rate, pcm16=True)
+                    todo.append((key, entry, wav))
             except (AudioError, OSError) as e:
                 log.warning("skipping unreadable file: %s", e)
                 result.skipped.append({"file": str(path), "reason": str(e)})
@@ -181,14 +195,14 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
                 result.seconds.pop(key)
                 log.warning("skipping %s: %s", path, reason)
                 result.skipped.append({"file": str(path), "reason": reason})
-            for (key, digest, _), emb, logit in zip(todo, embs, logits):
+            for (key, entry, _), emb, logit in zip(todo, embs, logits):
                 result.embeddings[key] = emb
                 if cache:
-                    cache.put(digest, emb)
+                    cache.put(entry, emb)
                 if want_logits:
                     result.logits[key] = logit
                     if cache:
-                        cache.put(digest, logit, "logits")
+                        cache.put(entry, logit, "logits")
         bar.update(len(files[start:start + batch_size]))
     bar.close()
     if not result.files:
@@ -438,7 +452,8 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
     model = load_clap_model(opts.clap_model, backend="tta", tokenizer=opts.clap_tokenizer)
     emb = clap_embedder(model, name="clap", checkpoint=str(opts.clap_model))
     keys = sorted(gen.files)
-    wavs = _LazyClips([gen.files[k] for k in keys], emb.sample_rate, load_audio)   # read batch by batch
+    wavs = _LazyClips([gen.files[k] for k in keys], emb.sample_rate,   # read batch by batch, as AUDIO_READ says
+                      functools.partial(load_audio, pcm16=True))
     score = clap_score(model, [prompts[k].prompt for k in keys], wavs, emb.sample_rate, batch_size=opts.batch_size,
                        progress=opts.progress)
     result["metrics"]["clap_score"] = score["clap_score"]
@@ -474,5 +489,5 @@ def _common_protocol(opts: EvalOptions, metrics, gen) -> dict:
             "python": platform.python_version(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "metrics": list(metrics), "generated": str(opts.generated.resolve()),
             "reference": str(opts.reference.resolve()), "prompts": str(opts.prompts.resolve()) if opts.prompts else None,
-            "generated_files": len(gen.files) if gen else 0,
+            "audio_read": AUDIO_READ, "generated_files": len(gen.files) if gen else 0,
             "skipped_files": len(gen.skipped) if gen else 0}

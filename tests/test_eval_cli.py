@@ -302,3 +302,36 @@ def test_audio_a_generation_record_does_not_list_is_reported(folders, tmp_path):
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out) == 0
     note = json.loads((out / "eval.json").read_text())["protocol"]["generated_not_in_record"]
     assert note["files"] == ["clip6.wav", "clip7.wav"] and "another run" in note["warning"]
+
+
+def test_a_float_wav_scores_as_its_16_bit_copy(tmp_path, monkeypatch):
+    """Clips with digital silence scored differently written as float and as 16-bit WAV (CLAP score 0.769
+    against 0.744 on the embedded model's generations): the log-mel front ends hear 16-bit rounding noise
+    where float silence sits at the log floor. Every file is now read at 16-bit resolution, as fadtk does."""
+    import soundfile as sf
+
+    from eval import embedders
+
+    monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: ToyClap())
+    rows = []
+    for subtype in ("FLOAT", "PCM_16"):
+        (tmp_path / subtype).mkdir()
+        for i in range(6):
+            wav = np.zeros(32_000, np.float32)
+            wav[:12_000] = tone(300 + 500 * i, 0.75) * np.hanning(12_000)   # a tone, then digital silence
+            sf.write(tmp_path / subtype / f"c{i}.wav", wav, 16_000, subtype=subtype)
+            if subtype == "FLOAT":
+                rows.append(f"c{i}.wav,a {'low' if i < 3 else 'high'} tone")
+    (tmp_path / "p.csv").write_text("file,prompt\n" + "\n".join(rows) + "\n")
+    ref = tmp_path / "ref"
+    for i in range(6):
+        save_audio(ref / f"r{i}.wav", chirp(200 + 80 * i, 4000, 2.0) + noise(2.0, amplitude=0.01, seed=i), 16_000)
+    metrics = {}
+    for subtype in ("FLOAT", "PCM_16"):
+        assert _eval(tmp_path, "--generated", tmp_path / subtype, "--reference", ref, "--out", tmp_path / f"e{subtype}",
+                     "--metrics", "fad,clap", "--prompts", tmp_path / "p.csv", "--clap-model", tmp_path / "toy") == 0
+        body = json.loads((tmp_path / f"e{subtype}" / "eval.json").read_text())
+        metrics[subtype] = body["metrics"], body["protocol"]["common"].get("audio_read", "")
+    assert metrics["FLOAT"][0]["clap_score"] == pytest.approx(metrics["PCM_16"][0]["clap_score"], abs=1e-6)
+    assert metrics["FLOAT"][0]["fad"] == pytest.approx(metrics["PCM_16"][0]["fad"], rel=1e-6)
+    assert "16-bit" in metrics["FLOAT"][1]

@@ -249,8 +249,13 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, normalize: bool = False,
-               start_seconds: float = 0.0, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+               start_seconds: float = 0.0, max_seconds: float | None = None,
+               pcm16: bool = False) -> tuple[np.ndarray, int]:
     """Read anything libsndfile reads, mix to mono, optionally resample / normalise.
+
+    `pcm16` puts the mono samples on the 16-bit PCM grid (k / 32768, clipped) before resampling, so a float or
+    24-bit file scores as its 16-bit copy does (a no-op for a mono 16-bit file): fadtk reads every file as 16-bit,
+    and the log-mel front ends hear the difference between digital silence and 16-bit rounding noise.
 
     Returns (wav (T,) float32, sample_rate). Raises AudioError naming the file for missing, empty,
     undecodable, truncated, zero-length or non-finite audio, and for sample rates outside 8-192 kHz.
@@ -285,6 +290,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
         raise AudioError(f"{path}: contains non-finite samples (NaN or inf)")
     wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if pcm16:
+        # floor(x * 32768), less a millionth of a step below 0 (-1e-14 steps gives 0): the 16-bit value libsndfile
+        # writes for a float sample (save_audio's PCM_16 files), as measured; samples on the grid stay put
+        q = np.floor(wav.astype(np.float64) * 32768.0 + 1e-6)
+        wav = (np.clip(q, -32768, 32767) / 32768.0).astype(np.float32)
     if sample_rate is not None and sample_rate != sr:
         wav = resample(wav, sr, sample_rate)
         sr = sample_rate
