@@ -76,6 +76,17 @@ def test_overrides_apply_and_validate():
     assert cfg.inner.width == 4  # frozen: the original is untouched
 
 
+def test_an_object_for_a_section_sets_its_keys_and_keeps_the_others():
+    """--set inner={"width": 16} reset every other key of the section to its default (a tiny config's
+    train={"max_steps": 5} came back with the default batch size, rate and checkpoint interval)."""
+    cfg = Outer(name="x", inner=Inner(width=8, rates=(5, 4)), mel=MelConfig(hop_length=320))
+    out = apply_overrides(cfg, ['inner={"width": 16}', 'mel={"n_mels": 80}'])
+    assert out.inner == Inner(width=16, rates=(5, 4)) and (out.mel.n_mels, out.mel.hop_length) == (80, 320)
+    assert apply_overrides(cfg, ["inner={}"]).inner == cfg.inner
+    with pytest.raises(ConfigError, match="inner.depth"):
+        apply_overrides(cfg, ['inner={"depth": 3}'])
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("inner.width=wide", "'inner.width': expected int, got string 'wide'"),
     ("inner.depth=3", "unknown config key 'inner.depth'; valid keys under inner: rates, width"),

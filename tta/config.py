@@ -184,11 +184,31 @@ def apply_overrides(obj: T, overrides: list[str] | tuple[str, ...]) -> T:
                 raise ConfigError(f"override {text!r}: unknown config key {'.'.join(path[:i + 1])!r}; "
                                   f"valid keys under {prefix}: {valid}")
             if i == len(path) - 1:
-                node[part] = value
+                section = _dataclass_of(get_type_hints(cls)[part])
+                if section is not None and isinstance(value, dict) and isinstance(node.get(part), dict):
+                    # an object for a config section sets the keys it names; the section's others stay (it reset
+                    # them to their defaults: --set train={"max_steps": 5} also dropped batch size, rate, ...)
+                    node[part] = _merge_section(section, node[part], value)
+                else:
+                    node[part] = value
             else:
                 cls = _dataclass_of(get_type_hints(cls)[part])
                 node = node[part]
     return from_dict(type(obj), data)
+
+
+def _merge_section(cls: Any, old: dict, new: dict) -> dict:
+    """`old` (a config section's dict) with `new`'s keys set, nested sections merged the same way; a value for a
+    mapping or list field replaces it whole. Unknown keys are kept for from_dict to report."""
+    out = dict(old)
+    hints = get_type_hints(cls)
+    for key, value in new.items():
+        section = _dataclass_of(hints[key]) if key in hints else None
+        if section is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_section(section, out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def replace(obj: T, **changes: Any) -> T:
