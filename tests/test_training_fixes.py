@@ -274,3 +274,25 @@ def test_a_run_from_before_a_field_resumes_with_the_behaviour_it_began_with(tmp_
     other = apply_overrides(cfg, [f"{key}={json.dumps(False if kind == 'vae' else 'all')}"])
     with pytest.raises(RunError, match=f"first difference at '{key}'"):
         TrainingRun(out, other, other.train, resume=True, progress=False)
+
+
+def test_a_clap_fine_tune_starts_from_a_pipeline_folders_text_encoder(tmp_path, monkeypatch):
+    """`--init-from tta/assets/default` (a pipeline folder) failed for clap ("no weights for model there"): the
+    CLAP trainer tracks `model`, and a pipeline keeps its CLAP as text_encoder/."""
+    import tta.clap.train as ct
+    from tests.test_ldm_fixtures import tiny_components, tiny_pipeline
+
+    seen = {}
+
+    def no_batches(run, *args, **kwargs):          # stop at step 0, after restore(): look at the model
+        seen.update({k: v.detach().clone() for k, v in run.unwrap(run._modules["model"]).state_dict().items()})
+        return iter(())
+
+    monkeypatch.setattr(TrainingRun, "batches", no_batches)
+    tiny = load_config(ct.RunConfig, ROOT / "configs" / "clap" / "tiny.json")
+    cfg = apply_overrides(tiny, [f"data.manifest={json.dumps(str(tiny_components()['manifest']))}",
+                                 f"train.init_from={json.dumps(str(tiny_pipeline()))}"])
+    ct.train(cfg, tmp_path / "ft", progress=False)
+    expected = load_state_dict(tiny_pipeline() / "text_encoder" / "model.safetensors")
+    assert seen and set(expected) <= set(seen)
+    assert all(torch.equal(seen[k], expected[k]) for k in expected)

@@ -168,6 +168,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     sched = make_warmup_scheduler(opt, config.train)
     model, opt = run.prepare(model, opt)
     run.track(model=model, optimizer=opt, scheduler=sched)
+    run.init_subfolders["model"] = "text_encoder"   # init_from a pipeline folder: its CLAP
     ema = run.make_ema("model", model)
     run.restore()
     core: TTAClap = run.unwrap(model)
