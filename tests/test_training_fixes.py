@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -296,3 +297,20 @@ def test_a_clap_fine_tune_starts_from_a_pipeline_folders_text_encoder(tmp_path, 
     expected = load_state_dict(tiny_pipeline() / "text_encoder" / "model.safetensors")
     assert seen and set(expected) <= set(seen)
     assert all(torch.equal(seen[k], expected[k]) for k in expected)
+
+
+def test_a_resume_refuses_a_manifest_whose_rows_changed(tmp_path, capsys):
+    """--resume went on without a word after rows were added to the run's manifest (the same path): the resumed
+    run trains on data neither the checkpoint's run nor a fresh one sees. The manifest's sha256 is recorded."""
+    from tests.test_vocoder_train import make_manifest
+
+    manifest = Path(make_manifest(tmp_path))
+    sets = (f"data.manifest={manifest}", "train.max_steps=1", "valid_items=0", "sample_items=0")
+    assert _cli(capsys, "vocoder", tmp_path / "run", *sets)[0] == 0
+    record = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert len(record["manifest_sha256"]) == 64
+    assert _cli(capsys, "vocoder", tmp_path / "run", *sets, extra=["--resume"])[0] == 0    # unchanged: fine
+    manifest.write_text(manifest.read_text() + manifest.read_text().splitlines()[0].replace('"id": "', '"id": "x') + "\n")
+    rc, err = _cli(capsys, "vocoder", tmp_path / "run", *sets, extra=["--resume"])
+    assert rc == 1 and "has changed since the run started" in err and err.count("\n") == 1, err
+    assert _cli(capsys, "vocoder", tmp_path / "new", *sets)[0] == 0     # a fresh run records the new content

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -56,6 +57,8 @@ from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAM
 from tta.config import ConfigError, from_dict, save_config, to_dict
 
 log = logging.getLogger(__name__)
+
+DATA_RECORD = "data.json"   # in a run folder: the training manifest's sha256 when the run started
 
 
 class RunError(ValueError):
@@ -413,6 +416,7 @@ class TrainingRun:
                 key = _first_diff(saved, resolved)
                 raise RunError(f"{self.out}: cannot resume with a different config (first difference at "
                                f"{key!r}); start a new --out or resume with the saved config")
+            self._check_data(resume=True)
             return
         held = cfg_path.exists() or self.checkpoints_dir.exists()
         # every process looks before the main one writes config.json: a slower one must not take the new file
@@ -424,7 +428,28 @@ class TrainingRun:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.config, cfg_path)
+        self._check_data(resume=False)
         self.accelerator.wait_for_everyone()
+
+    def _check_data(self, *, resume: bool) -> None:
+        """Record the training manifest's sha256 in DATA_RECORD when the run starts (or first resumes), and refuse a
+        resume once it has changed: the same path with other rows trains on data neither the checkpoint's run nor a
+        new one would have (re-running `tta data check --drop-bad` into the same file does it)."""
+        manifest = getattr(getattr(self.config, "data", None), "manifest", "")
+        if not manifest or not Path(manifest).is_file():
+            return
+        digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+        record = self.out / DATA_RECORD
+        try:
+            saved = json.loads(record.read_text())["manifest_sha256"] if resume else None
+        except (OSError, ValueError, KeyError, TypeError):
+            saved = None
+        if saved is not None and saved != digest:
+            raise RunError(f"{self.out}: data.manifest {manifest} has changed since the run started (sha256 "
+                           f"{saved[:12]}... -> {digest[:12]}...): resuming would go on with other rows; restore "
+                           "the manifest, or start a new run from this one with --init-from")
+        if saved is None and self.is_main:
+            atomic_write_text(record, json.dumps({"manifest": str(manifest), "manifest_sha256": digest}, indent=1) + "\n")
 
     # -- objects -----------------------------------------------------------------------------------
 
