@@ -111,6 +111,31 @@ def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | None]:
 LOWER_BETTER = {"fad", "fad_inf", "fd", "kl_softmax", "kl_sigmoid"}
 
 
+def protocol_warnings(run: Run) -> list[tuple[str, str]]:
+    """(where, message) of every warning an eval.json's protocol carries ("warnings" lists and "warning"
+    strings at any depth; `where` is the dotted path, e.g. "fad" or "panns.fd")."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "warnings" and isinstance(value, list):
+                    found.extend((".".join(path), str(w)) for w in value if w)
+                elif key == "warning" and isinstance(value, str) and value:
+                    found.append((".".join(path), value))
+                else:
+                    walk(value, [*path, key])
+
+    walk(run.body.get("protocol", {}), [])
+    return found
+
+
+def _warned(run: Run, metric: str) -> bool:
+    """Whether a protocol warning concerns `metric` (FAD: the fad section; fd/kl/is: theirs)."""
+    name = {"is_mean": "is", "is_std": "is", "kl_softmax": "kl", "kl_sigmoid": "kl"}.get(metric, metric)
+    return any(name in where.split(".") for where, _ in protocol_warnings(run))
+
+
 def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None, str | None, bool]:
     """One metric across runs: (values, per-run (embedder, reference) keys, the best value to mark or None,
     the embedder all runs with a value share or None, whether those runs are comparable at all)."""
@@ -258,10 +283,16 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
             label += f'<div class="note">{NOT_COMPARABLE}</div>'
         cells = "".join(
             f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}'
+            + (" ⚠" if v is not None and _warned(r, m) else "")
             + (f'<br><span class="muted">{html.escape(k[0])}</span>' if not shared and k[0] and v is not None else "")
-            + "</td>" for v, k in zip(values, keys))
+            + "</td>" for v, k, r in zip(values, keys, runs))
         parts.append(f'<tr><td class="name">{label}</td>{cells}</tr>')
     parts.append("</table>")
+    warned = [(r, where, msg) for r in runs for where, msg in protocol_warnings(r)]
+    if warned:
+        parts.append('<ul class="note">' + "".join(
+            f"<li>⚠ {html.escape(r.label)} ({html.escape(where or 'eval')}): {html.escape(msg)}</li>"
+            for r, where, msg in warned) + "</ul>")
     charts = [(m, category_chart(runs, m)) for m in ("fad", "clap_score", "kl_softmax")]
     charts = [(m, c) for m, c in charts if c]
     if charts:
@@ -324,8 +355,12 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
         if not comparable:
             label = f"{label} ({NOT_COMPARABLE})"
         cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v))
-                 + (f" `{k[0]}`" if not shared and k[0] and v is not None else "") for v, k in zip(values, keys)]
+                 + (" ⚠" if v is not None and _warned(r, m) else "")
+                 + (f" `{k[0]}`" if not shared and k[0] and v is not None else "") for v, k, r in zip(values, keys, runs)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    warned = [(r, where, msg) for r in runs for where, msg in protocol_warnings(r)]
+    if warned:
+        lines += [""] + [f"- ⚠ {_md(r.label)} ({_md(where or 'eval')}): {_md(msg)}" for r, where, msg in warned]
     for r in runs:
         cats = r.body.get("breakdown", {}).get("categories", {})
         if cats:

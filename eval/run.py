@@ -256,11 +256,19 @@ def fad_value(gen: EmbeddedSet, ref: FrechetStats, dim: int, keys=None) -> dict:
 
 
 def few_frames_warning(what: str, n: int, dim: int, warnings: list | None = None) -> str | None:
-    """Log (and collect) a warning when a Fréchet set has fewer embeddings than dimensions."""
-    if n >= dim:
+    """Log (and collect) a warning when a Fréchet set has fewer than MIN_FRAMES_PER_DIM x D embeddings (the
+    per-category rule, eval.breakdown): below D the covariance is singular, below 5 x D the small-sample bias
+    still moves the distance more than differences between sets of other sizes."""
+    from eval.breakdown import MIN_FRAMES_PER_DIM
+
+    if n >= MIN_FRAMES_PER_DIM * dim:
         return None
-    msg = (f"{what}: {n} embeddings for {dim} dimensions; the covariance is singular and the Fréchet distance "
-           "is dominated by the small-sample bias (use more audio)")
+    if n < dim:
+        msg = (f"{what}: {n} embeddings for {dim} dimensions; the covariance is singular and the Fréchet "
+               "distance is dominated by the small-sample bias (use more audio)")
+    else:
+        msg = (f"{what}: {n} embeddings, fewer than {MIN_FRAMES_PER_DIM} x D = {MIN_FRAMES_PER_DIM * dim}; the "
+               "distance is biased upward by the small set: compare only sets of similar size (use more audio)")
     log.warning(msg)
     if warnings is not None:
         warnings.append(msg)

@@ -70,6 +70,10 @@ def test_report_is_self_contained(report):
     # per-category FAD is shown with its frame count (and flagged: far fewer than 5 x D frames)
     assert '<table id="categories">' in page and "FAD frames" in page and "fewer than 5 x D frames" in page
     assert "Head and tail by file count" in page and '<table id="headtail">' in page
+    # the protocol's small-sample warning on the overall FAD is shown by the value and listed (it was only in the
+    # collapsed protocol dump)
+    assert re.search(r"FAD ↓.*?<td[^>]*>[0-9.]+ ⚠", row) and "⚠ run_a (fad): FAD generated:" in page
+    assert re.search(r"\| FAD ↓ .*\| [0-9.*]+ ⚠ \|", md) and "- ⚠ run_a (fad): FAD generated:" in md
     assert "| category | files | FAD | FAD frames |" in md and "⚠ beep: FAD on" in md
 
 
