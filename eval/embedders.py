@@ -255,13 +255,27 @@ def make_vggish(weights: str | os.PathLike | None = None, **options) -> Embedder
                           options={"layer": "embeddings before the last ReLU, no PCA"})
 
 
+PANNS_MIN_SAMPLES = 32_000   # audioldm_eval's WaveDataset pads shorter clips with zeros to 2 s at 16 kHz
+
+
 class PannsEmbedder(_NetEmbedder):
-    """One 2048-d embedding per clip (clip-level pooling inside Cnn14) and 527 AudioSet logits."""
+    """One 2048-d embedding per clip (clip-level pooling inside Cnn14) and 527 AudioSet logits, on clips prepared
+    as audioldm_eval prepares them for its Cnn14 (FD, KL, IS): the mean removed, zero-padded to 2 s. (It takes
+    a multi-channel file's first channel; tta averages the channels, as everywhere.)"""
+
+    @property
+    def identity(self) -> str:
+        # "+ae": the audioldm_eval preparation (since 2026-12-07; before it, no mean removal and 1 s of padding)
+        return f"{super().identity}+ae"
 
     @property
     def pooling(self) -> str:
-        return ("one embedding per clip: Cnn14's clip-level pooling over the whole clip (zero-padded to 1 s); "
-                "the clips are pooled into one Gaussian")
+        return ("one embedding per clip: Cnn14's clip-level pooling over the whole clip (mean removed, zero-padded "
+                "to 2 s, as audioldm_eval); the clips are pooled into one Gaussian")
+
+    @staticmethod
+    def prepare(wav: np.ndarray) -> np.ndarray:
+        return _min_length((wav - wav.mean()).astype(np.float32), PANNS_MIN_SAMPLES)
 
     def _run(self, wavs):
         import torch
@@ -276,13 +290,13 @@ class PannsEmbedder(_NetEmbedder):
         return [e for _, e in sorted(embs, key=lambda t: t[0])], [z for _, z in sorted(logits, key=lambda t: t[0])]
 
     def _embed_batch(self, wavs):
-        return [e[None] for e in self._run([_min_length(w, 16_000) for w in wavs])[0]]
+        return [e[None] for e in self._run([self.prepare(w) for w in wavs])[0]]
 
     def logits(self, wavs):
         import torch
 
         with torch.inference_mode():
-            return [z.numpy() for z in self._run([_min_length(w, 16_000) for w in wavs])[1]]
+            return [z.numpy() for z in self._run([self.prepare(w) for w in wavs])[1]]
 
 
 def _min_length(wav: np.ndarray, n: int) -> np.ndarray:
@@ -324,7 +338,8 @@ class ClapEmbedder(Embedder):
             else:
                 how = (f"LAION's 10 s rule: clips longer than 10 s are cropped to one random 10 s window (fixed seed "
                        f"{self.model.crop_seed}), shorter ones repeated whole and zero-padded to 10 s")
-            return f"one embedding per clip: {how}; the clips are pooled into one Gaussian"
+            return (f"one embedding per clip: {how}; the clips are pooled into one Gaussian (fadtk's clap-laion FAD "
+                    "embeds 10 s windows every 1 s instead: its numbers are not these)")
         return ("one embedding per clip (the whole clip through the CLAP audio tower); the clips are pooled into one "
                 "Gaussian")
 

@@ -7,7 +7,8 @@ a run has no CLAP score) with spectrograms and players, and each run's full prot
 
 Each metric row names its embedder (in the row when the runs share it, else in each cell). A best value is
 marked only when the runs used the same embedder and the same reference (statistics or audio, by content);
-otherwise the row says "not comparable: different embedder/reference". Category FADs carry their frame count.
+otherwise the row says what differs ("not comparable: different reference"; for the CLAP score, the CLAP or
+the set of prompts). Category FADs carry their frame count.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _fmt(v) -> str:
     return "–" if v is None or v == "" else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
 
-NOT_COMPARABLE = "not comparable: different embedder/reference"
+WHAT_DIFFERS = {"clap_score": "prompts", "is_mean": "IS splits", "is_std": "IS splits"}   # else "reference"
 FEW_FRAMES_NOTE = ("fewer than 5 x D frames: that FAD is biased upward by the small set alone; compare only "
                    "categories of similar frame counts")
 
@@ -103,8 +104,8 @@ def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | None]:
         split = panns.get("is", {}) or {}
         return emb, f"splits {split.get('splits')}, seed {split.get('shuffle_seed')}"
     if metric == "clap_score":   # the same CLAP on the same prompts (runs recorded before the hash: the CLAP only)
-        clap = proto.get("clap", {}) or {}
-        return (clap.get("model", {}) or {}).get("identity"), clap.get("prompts_sha256")
+        clap = proto.get("clap", {}) or {}   # the prompts, whatever the files are named (older runs: name + prompt)
+        return (clap.get("model", {}) or {}).get("identity"), clap.get("prompt_set_sha256") or clap.get("prompts_sha256")
     return None, None
 
 
@@ -132,7 +133,8 @@ def protocol_warnings(run: Run) -> list[tuple[str, str]]:
 
 def _warned(run: Run, metric: str) -> bool:
     """Whether a protocol warning concerns `metric` (FAD: the fad section; fd/kl/is: theirs)."""
-    name = {"is_mean": "is", "is_std": "is", "kl_softmax": "kl", "kl_sigmoid": "kl"}.get(metric, metric)
+    name = {"is_mean": "is", "is_std": "is", "kl_softmax": "kl", "kl_sigmoid": "kl", "clap_score": "clap",
+            "fad_inf": "fad"}.get(metric, metric)
     return any(name in where.split(".") for where, _ in protocol_warnings(run))
 
 
@@ -150,6 +152,16 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
     if comparable and len(real) > 1 and metric != "is_std":
         best = min(real) if metric in LOWER_BETTER else max(real)
     return values, keys, best, shared, comparable
+
+
+def not_comparable(metric: str, keys: list) -> str:
+    """Why values of `metric` with these (embedder, reference) keys cannot be ranked: what differs."""
+    parts = []
+    if len({k[0] for k in keys}) > 1:
+        parts.append("embedder" if metric != "clap_score" else "CLAP")
+    if len({k[1] for k in keys}) > 1:
+        parts.append(WHAT_DIFFERS.get(metric, "reference"))
+    return f"not comparable: different {' and '.join(parts) or 'protocol'}"
 
 
 def _metric_names(runs: list[Run]) -> list[str]:
@@ -280,7 +292,8 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
         if shared:
             label += f' <span class="muted">{html.escape(shared)}</span>'
         if not comparable:
-            label += f'<div class="note">{NOT_COMPARABLE}</div>'
+            why = not_comparable(m, [k for v, k in zip(values, keys) if isinstance(v, (int, float))])
+            label += f'<div class="note">{html.escape(why)}</div>'
         cells = "".join(
             f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}'
             + (" ⚠" if v is not None and _warned(r, m) else "")
@@ -353,7 +366,7 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
         values, keys, best, shared, comparable = _metric_row(runs, m)
         label = METRIC_LABELS.get(m, m) + (f" `{shared}`" if shared else "")
         if not comparable:
-            label = f"{label} ({NOT_COMPARABLE})"
+            label = f"{label} ({not_comparable(m, [k for v, k in zip(values, keys) if isinstance(v, (int, float))])})"
         cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v))
                  + (" ⚠" if v is not None and _warned(r, m) else "")
                  + (f" `{k[0]}`" if not shared and k[0] and v is not None else "") for v, k, r in zip(values, keys, runs)]

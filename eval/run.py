@@ -436,6 +436,20 @@ def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in gen.files.values() if p.parent == folder and p.name not in listed)
 
 
+def _picked_by(folder: Path, identity: str | None) -> int:
+    """The candidates per prompt of a `tta generate` folder whose clips were kept by the CLAP `identity` (its
+    generation.json's clap_score_model), or 0 (no record, one candidate, or another CLAP)."""
+    import json
+
+    try:
+        record = json.loads((folder / "generation.json").read_text())
+        candidates = int(record["settings"]["candidates"])
+        model = record.get("clap_score_model")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+    return candidates if identity and model == identity and candidates > 1 else 0
+
+
 def _embedder_options(opts: EvalOptions) -> dict:
     if opts.embedder in ("clap", "laion-clap"):
         return {"model": opts.clap_model, "tokenizer": opts.clap_tokenizer}
@@ -465,9 +479,17 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
     score = clap_score(model, [prompts[k].prompt for k in keys], wavs, emb.sample_rate, batch_size=opts.batch_size,
                        progress=opts.progress)
     result["metrics"]["clap_score"] = score["clap_score"]
-    pairs = "\n".join(f"{k}\t{prompts[k].prompt}" for k in keys)   # which prompt scored which file: runs on other
+    pairs = "\n".join(f"{k}\t{prompts[k].prompt}" for k in keys)   # which prompt scored which file
+    prompt_set = "\n".join(sorted(prompts[k].prompt for k in keys))  # the prompts alone: what makes runs comparable
     result["protocol"]["clap"] = {"model": emb.protocol(), "scale": "raw cosine in [-1, 1]", "count": score["count"],
-                                  "prompts_sha256": hashlib.sha256(pairs.encode()).hexdigest()[:16]}   # prompts differ
+                                  "prompts_sha256": hashlib.sha256(pairs.encode()).hexdigest()[:16],
+                                  "prompt_set_sha256": hashlib.sha256(prompt_set.encode()).hexdigest()[:16]}
+    picked = _picked_by(opts.generated, getattr(model, "identity", None))
+    if picked:
+        msg = (f"the generated clips were each kept from {picked} candidates by this same CLAP (generation.json): "
+               "its score of them is flattered; score with another CLAP, or compare with one-candidate runs")
+        log.warning(msg)
+        result["protocol"]["clap"]["warning"] = msg
     for k, v in zip(keys, score["per_item"]):
         items.setdefault(k, {})["clap_score"] = v
 

@@ -335,3 +335,39 @@ def test_a_float_wav_scores_as_its_16_bit_copy(tmp_path, monkeypatch):
     assert metrics["FLOAT"][0]["clap_score"] == pytest.approx(metrics["PCM_16"][0]["clap_score"], abs=1e-6)
     assert metrics["FLOAT"][0]["fad"] == pytest.approx(metrics["PCM_16"][0]["fad"], rel=1e-6)
     assert "16-bit" in metrics["FLOAT"][1]
+
+
+def test_clap_scores_of_renamed_files_compare_and_a_self_picked_set_is_flagged(folders, tmp_path, monkeypatch):
+    """The same audio and prompts under other file names was "not comparable: different embedder/reference" for
+    the CLAP score; clips kept from several candidates by the scoring CLAP itself scored above the real clips
+    with no word."""
+    import shutil
+
+    from eval import embedders
+    from eval.report import load_runs, render_markdown
+
+    toy = ToyClap()
+    toy.identity = "tta-clap:toy"
+    monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: toy)
+    gen, ref, prompts = folders
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    rows = list(csv.DictReader(open(prompts)))
+    for r in rows:
+        shutil.copy(gen / r["file"], renamed / f"x_{r['file']}")
+    with open(tmp_path / "renamed.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "prompt"])
+        w.writeheader()
+        w.writerows({"file": f"x_{r['file']}", "prompt": r["prompt"]} for r in rows)
+    (renamed / "generation.json").write_text(json.dumps({
+        "settings": {"candidates": 2}, "clap_score_model": "tta-clap:toy",
+        "outputs": [{"file": f"x_{r['file']}"} for r in rows]}))
+    for name, folder, p in (("a", gen, prompts), ("b", renamed, tmp_path / "renamed.csv")):
+        assert _eval(tmp_path, "--generated", folder, "--reference", ref, "--out", tmp_path / name, "--metrics",
+                     "clap", "--prompts", p, "--clap-model", tmp_path / "toy-clap") == 0
+    b = json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert "kept from 2 candidates by this same CLAP" in b["protocol"]["clap"]["warning"]
+    assert "warning" not in json.loads((tmp_path / "a" / "eval.json").read_text())["protocol"]["clap"]
+    md = render_markdown(load_runs([tmp_path / "a", tmp_path / "b"], None))
+    row = next(line for line in md.splitlines() if line.startswith("| CLAP score"))
+    assert "not comparable" not in row and "⚠" in row, row

@@ -168,6 +168,13 @@ def test_panns_loads_reference_checkpoint(tmp_path):
     emb = get_embedder("panns", weights=str(path))
     assert emb.embed(noise(1.0, amplitude=0.2), 16_000).shape == (1, 2048)
     assert [z.shape for z in emb.logits([noise(1.0), tone(1000, 1.2)])] == [(527,), (527,)]
+    # clips are prepared as audioldm_eval's WaveDataset does: the mean removed, zero-padded to 2 s (32 000 samples)
+    clip = (noise(0.7, amplitude=0.2) + 0.3).astype(np.float32)
+    padded = np.zeros(32_000, np.float32)
+    padded[:clip.size] = clip - clip.mean()
+    np.testing.assert_array_equal(emb.prepare(clip), padded)
+    np.testing.assert_allclose(emb.logits([clip])[0], emb.logits([padded])[0], rtol=1e-5, atol=1e-5)
+    assert emb.identity.endswith("+ae") and "mean removed, zero-padded to 2 s" in emb.pooling
     del state["fc1.bias"]
     torch.save({"model": state}, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match="fc1.bias"):

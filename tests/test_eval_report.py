@@ -65,8 +65,8 @@ def test_report_is_self_contained(report):
     assert "| FAD ↓ `mfcc@v1`" in md and "CLAP score" in md and "worst `s4`" in md
     # run_b's reference is another folder than run_a's: its FAD of 0 is not "best", the row says why
     row = re.search(r"<tr><td class=\"name\">FAD ↓.*?</tr>", page).group(0)
-    assert "not comparable: different embedder/reference" in row and 'class="best"' not in row
-    assert "| FAD ↓ `mfcc@v1` (not comparable: different embedder/reference) |" in md
+    assert "not comparable: different reference" in row and 'class="best"' not in row
+    assert "| FAD ↓ `mfcc@v1` (not comparable: different reference) |" in md
     # per-category FAD is shown with its frame count (and flagged: far fewer than 5 x D frames)
     assert '<table id="categories">' in page and "FAD frames" in page and "fewer than 5 x D frames" in page
     assert "Head and tail by file count" in page and '<table id="headtail">' in page
@@ -166,13 +166,13 @@ def test_report_marks_best_only_between_comparable_runs():
     # the audit's case: mfcc and aisfx FADs in one row; each cell names its embedder, nothing is "best"
     mixed = [_run("a", 116.2, "mfcc@v1", "ref1"), _run("b", 82.89, "aisfx@sha256:1a2b", "ref1")]
     row = fad_row(render_html(mixed))
-    assert 'class="best"' not in row and "not comparable: different embedder/reference" in row
+    assert 'class="best"' not in row and "not comparable: different embedder" in row
     assert "mfcc@v1" in row and "aisfx@sha256:1a2b" in row
     md = render_markdown(mixed)
-    assert ("| FAD ↓ (not comparable: different embedder/reference) | 116.2 `mfcc@v1` | 82.89 `aisfx@sha256:1a2b` |"
+    assert ("| FAD ↓ (not comparable: different embedder) | 116.2 `mfcc@v1` | 82.89 `aisfx@sha256:1a2b` |"
             in md)
 
     # same embedder, other reference statistics: not comparable either
     other_ref = [_run("a", 116.2, "mfcc@v1", "ref1"), _run("b", 82.9, "mfcc@v1", "ref2")]
     assert 'class="best"' not in fad_row(render_html(other_ref))
-    assert "not comparable" in render_markdown(other_ref)
+    assert "not comparable: different reference" in render_markdown(other_ref)
