@@ -121,6 +121,19 @@ def test_valid_fraction_is_deterministic_and_split_option_wins(tmp_path):
         ImportOptions(valid_fraction=1.5)
 
 
+def test_a_valid_fraction_that_holds_out_nothing_is_reported(tmp_path, caplog):
+    """30 rows at valid_fraction 0.2 gave a manifest with no 'valid' row and no word; the trainers then stopped."""
+    root = tmp_path / "few"
+    ids = [f"c{i}" for i in range(200) if not held_out(f"c{i}", 0.05)][:3]   # three ids the hash keeps in train
+    for i in ids:
+        _wav(root / f"{i}.wav", 0.1)
+        (root / f"{i}.txt").write_text(f"clip {i}")
+    with caplog.at_level("WARNING", logger="tta.data.importers"):
+        rows = import_folder(root, options=ImportOptions(valid_fraction=0.05, progress=False)).rows
+    assert {r.split for r in rows} == {"train"}
+    assert "valid_fraction 0.05 put none of 3 rows in 'valid'" in caplog.text
+
+
 def test_audiocaps_csv(tmp_path):
     root = tmp_path / "audio"
     _wav(root / "abcdefghijk_30.wav", 1.0)

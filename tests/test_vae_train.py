@@ -181,3 +181,20 @@ def test_segments_too_short_for_the_discriminator_are_refused_up_front(repo_root
     err = capsys.readouterr().err
     assert code == 1 and "needs at least 24 of each" in err and "data.segment_seconds=0.2" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_manifest_with_no_held_out_rows_trains_without_validation_and_says_so(repo_root, tmp_path, manifest,
+                                                                                 caplog):
+    """vae (and vocoder) stopped with "split 'valid' has no rows" where clap trained on with a warning; nothing
+    said that valid_items=0 would do."""
+    from tta.data.manifest import DataConfig, read_manifest, write_manifest
+    from vocoder.train import held_out_set
+
+    rows = [r for r in read_manifest(manifest) if r.split == "train"]
+    train_only = write_manifest(tmp_path / "train-only.jsonl", rows)
+    with caplog.at_level("WARNING"):
+        assert _train(repo_root, tmp_path / "run", train_only, "--set", "train.max_steps=1") == 0
+        assert held_out_set(DataConfig(manifest=str(train_only)), 16_000, 1.0) is None
+    assert caplog.text.count("no validation:") == 2 and "valid_items=0" in caplog.text
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r["split"] == "valid"]

@@ -29,7 +29,7 @@ import torch
 
 from tta.audio import log_mel
 from tta.checkpoint import TRAIN_STATE_NAME, WEIGHTS_NAME, load_state_dict
-from tta.data.manifest import DataConfig
+from tta.data.manifest import DataConfig, ManifestError
 from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
 from vae.losses import LossConfig, VAELoss
 from vae.metrics import ReconstructionMetrics
@@ -84,9 +84,14 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     )
     valid_set = None
     if config.valid_items:
-        valid_set = AudioDataset.from_config(
-            config.data, config.data.valid_split, mel_cfg.sample_rate, random_crop=False
-        )
+        try:
+            valid_set = AudioDataset.from_config(
+                config.data, config.data.valid_split, mel_cfg.sample_rate, random_crop=False
+            )
+        except ManifestError as e:   # an empty held-out split: train anyway, say so (valid_items=0 says nothing)
+            if "has no rows" not in str(e):
+                raise
+            log.warning("no validation: %s (set valid_items=0 to train without it)", e)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     vae = MelVAE(config.model)
     if config.freeze_encoder:
@@ -140,7 +145,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         if not run.end_step(loss=scalars.pop("ae_loss"), **scalars):
             continue
         last = run.step == config.train.max_steps
-        if config.valid_items and run.is_main and (run.should(config.train.validate_every) or last):
+        if valid_set is not None and run.is_main and (run.should(config.train.validate_every) or last):
             model = ema.averaged(run.unwrap(vae)) if ema is not None else run.unwrap(vae)
             validate(model, valid_set, config, run.out / "samples" / f"step_{run.step}", run=run)
 

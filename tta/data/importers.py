@@ -169,6 +169,7 @@ class Collector:
     def result(self, desc: str) -> ImportResult:
         out = ImportResult(errors=self.errors)
         opts = self.options
+        hashed = {"train": 0, "valid": 0}    # rows whose split the valid_fraction hash chose
         for e in tqdm(list(self.by_path.values()), desc=desc, unit="file", disable=not opts.progress):
             # Messages name the source entry, then the file (once, when the entry is the file itself).
             prefix = "" if e.where == str(e.path) else f"{e.where}: "
@@ -186,11 +187,16 @@ class Collector:
             split = opts.split or e.split or self.default_split
             if split is None:
                 split = "valid" if held_out(e.group or e.id, opts.valid_fraction) else "train"
+                hashed[split] += 1
             out.rows.append(ManifestRow(id=e.id, path=str(e.path.resolve()), captions=tuple(e.captions),
                                         seconds=round(info.seconds, 6), sample_rate=info.sample_rate, split=split,
                                         source=opts.source, licence=opts.licence, labels=e.labels,
                                         category=e.category))
         log.info("%s: %d rows, %d bad items", desc, len(out.rows), len(out.errors))
+        if opts.valid_fraction > 0 and hashed["train"] and not hashed["valid"]:
+            log.warning("%s: valid_fraction %g put none of %d rows in 'valid' (a hash of each id decides, so a "
+                        "small set can get none): raise it, or name a split per row", desc, opts.valid_fraction,
+                        hashed["train"])
         return out
 
 
