@@ -322,3 +322,13 @@ def test_a_caption_that_counts_one_event_is_not_repeated(tmp_path):
 def test_repeat_settings_are_checked(field, value, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(**{field: value})
+
+
+def test_audio_files_gone_since_the_manifest_was_written_are_named_up_front(corpus, tmp_path):
+    """A deleted file stopped a training run at its first draw (step 5 of 20), and every --resume with it."""
+    manifest, _ = corpus
+    (tmp_path / "short.wav").unlink()
+    with pytest.raises(ManifestError, match=r"1 of split 'train''s audio files are missing \(rows short\); "
+                                            r"`tta data check MANIFEST --drop-bad"):
+        AudioDataset(manifest, "train", SR, 1.0)
+    assert len(AudioDataset(manifest, "valid", SR, 1.0)) == 1     # the other split is whole

@@ -75,6 +75,13 @@ class AudioDataset(torch.utils.data.Dataset):
         if not self.rows:
             names = ", ".join(str(p) for p in paths)
             raise ManifestError(f"{names}: split {split!r} has no rows")
+        # a file gone since the manifest was written stopped a run at its first draw (and every resume with it)
+        missing = [row.id for row, path in zip(self.rows, self.paths) if not path.is_file()]
+        if missing:
+            names = ", ".join(str(p) for p in paths)
+            raise ManifestError(f"{names}: {len(missing)} of split {split!r}'s audio files are missing (rows "
+                                f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); `tta data check "
+                                "MANIFEST --drop-bad CLEAN.jsonl` writes a manifest without them")
         self.split = split
         self.sample_rate = int(sample_rate)
         self.segment_seconds = float(segment_seconds)
