@@ -480,7 +480,7 @@ def test_component_paths_may_name_a_training_run_folder(tmp_path):
         component_dir(str(tmp_path / "nothing"), "vae")
 
 
-def test_fine_tune_from_a_half_precision_pipeline_folder_with_a_griffin_lim_vocoder(tmp_path):
+def test_fine_tune_from_a_half_precision_pipeline_folder_with_a_griffin_lim_vocoder(tmp_path, caplog):
     """--init-from a pipeline folder (how the embedded default is fine-tuned): the UNet starts from its unet/
     (diffusers files, half-precision storage widened), and a Griffin-Lim vocoder serves the validation audio."""
     from tta.checkpoint import load_component
@@ -495,7 +495,9 @@ def test_fine_tune_from_a_half_precision_pipeline_folder_with_a_griffin_lim_voco
     cfg = tiny_run_config(**{"train.max_steps": 1, "train.learning_rate": 1e-12,
                              "train.validate_every": 1, "train.init_from": str(packed),
                              "components.vocoder": str(packed / "vocoder")})
-    final = train(cfg, tmp_path / "ft", progress=False)
+    with caplog.at_level("WARNING", logger="tta.ldm.train"):
+        final = train(cfg, tmp_path / "ft", progress=False)
+    assert "was trained with CLAP" not in caplog.text and "latent space" not in caplog.text   # its own, as float16
     tuned = load_component(final, LDMUNet)
     a, b = source.state_dict(), tuned.state_dict()
     assert a.keys() == b.keys()
@@ -506,6 +508,21 @@ def test_fine_tune_from_a_half_precision_pipeline_folder_with_a_griffin_lim_voco
     stored = load_file(str(packed / "unet" / "diffusion_pytorch_model.safetensors"))
     assert any(v.dtype == torch.float16 for v in stored.values())      # the source really was half precision
     assert (tmp_path / "ft" / "samples" / "step_1").is_dir() and (tmp_path / "ft" / "pipeline" / "pipeline.json").is_file()
+    # a UNet trained with another CLAP or VAE latent space than the run's: said (it may be meant)
+    from tests.test_ldm_fixtures import tiny_model_config
+    from tta.checkpoint import save_component
+    from tta.clap.model import ClapConfig, TTAClap
+    from vae.model import MelVAE, VAEConfig
+
+    torch.manual_seed(5)
+    save_component(tmp_path / "clap2", TTAClap(tiny_model_config(ClapConfig, "clap")))
+    save_component(tmp_path / "vae2", MelVAE(tiny_model_config(VAEConfig, "vae")))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.ldm.train"):
+        train(tiny_run_config(**{"train.max_steps": 1, "train.init_from": str(packed),
+                                 "components.clap": str(tmp_path / "clap2"), "components.vae": str(tmp_path / "vae2"),
+                                 "components.vocoder": str(packed / "vocoder")}), tmp_path / "ft3", progress=False)
+    assert "its UNet was trained with CLAP" in caplog.text and "another VAE latent space" in caplog.text
     # a folder with no weights a UNet can take is a one-line error naming it
     (tmp_path / "bare" / "unet").mkdir(parents=True)
     (tmp_path / "bare" / "pipeline.json").write_text("{}")

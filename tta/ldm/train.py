@@ -214,6 +214,48 @@ def load_frozen(config: RunConfig, device) -> Frozen:
     return Frozen(vae, clap, vocoder, clap.embed_text([""])[0])
 
 
+def warn_other_conditioning(source: str, frozen: Frozen) -> None:
+    """Warn when an init_from pipeline folder's UNet was trained with another CLAP or another VAE latent space
+    (encoder or scale_factor) than the run's components: it starts from predictions made for other inputs.
+    Meant sometimes (moving a UNet to a new CLAP), so a warning, where `tta export pipeline --average` refuses."""
+    import torch
+
+    from tta.checkpoint import CONFIG_NAME, load_state_dict
+
+    src = Path(source) if source else None
+    if src is None or not (src / "pipeline.json").is_file():
+        return
+    try:   # read here, not through tta.pipeline (a higher layer)
+        parts = json.loads((src / "pipeline.json").read_text())["components"]
+        parts = {k: str(v) for k, v in parts.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return   # not a folder this check can read: loading its weights reports what is wrong
+    clap_dir = src / parts.get("text_encoder", "text_encoder")
+    if (clap_dir / CONFIG_NAME).is_file():
+        from tta.clap import load_clap
+
+        theirs = getattr(load_clap(clap_dir), "identity", None)
+        ours = getattr(frozen.clap, "identity", None)
+        if theirs and ours and theirs != ours:
+            log.warning("train.init_from %s: its UNet was trained with CLAP %s, this run conditions on %s "
+                        "(components.clap)", src, theirs, ours)
+    vae_file = src / parts.get("vae", "vae") / "model.safetensors"
+    if vae_file.is_file():
+        theirs = {k: v for k, v in load_state_dict(vae_file).items() if _latent_space_key(k)}
+        ours = {k: v.detach().cpu() for k, v in frozen.vae.state_dict().items() if _latent_space_key(k)}
+        same = theirs.keys() == ours.keys() and all(
+            theirs[k].shape == ours[k].shape and torch.allclose(theirs[k].float(), ours[k].float(), atol=1e-3, rtol=1e-3)
+            for k in theirs)
+        if not same:
+            log.warning("train.init_from %s: its UNet was trained on another VAE latent space (encoder or "
+                        "scale_factor) than components.vae's", src)
+
+
+def _latent_space_key(key: str) -> bool:
+    """A MelVAE weight that shapes its latents: the encoder, quant_conv and scale_factor (not the decoder)."""
+    return key == "scale_factor" or key.startswith("net.encoder.") or key.startswith("net.quant_conv.")
+
+
 def check_component_fit(m, vae, clap_dim: int) -> None:
     """Refuse, naming every mismatch at once, a UNet config `m` that does not fit its frozen VAE (a MelVAE) and
     CLAP (embedding width `clap_dim`)."""
@@ -482,6 +524,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         freeze_except(LDMUNet(config.model), config.trainable)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     frozen = load_frozen(config, run.device)
+    if not resume:
+        warn_other_conditioning(config.train.init_from, frozen)
     sr = frozen.vae.config.mel.sample_rate
     caption_choice = "first" if config.precompute else "random"
     data = config.data
