@@ -142,3 +142,17 @@ def test_audio_info_refuses_the_sample_rates_load_audio_refuses(tmp_path):
     for read in (audio_info, load_audio):
         with pytest.raises(AudioError, match="sample rate 4000 Hz is outside the supported"):
             read(path)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_written(tmp_path):
+    """soundfile encodes a str path strictly as UTF-8: a file named with a latin-1 byte (Python gives it a
+    surrogate) was "not a readable audio file" to every command, and could not be written."""
+    import os
+
+    from tta.audio import save_audio
+
+    path = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.wav")
+    save_audio(path, tone(440, 0.1), 16_000)
+    assert audio_info(path).num_samples == 1600
+    wav, sr = load_audio(path)
+    assert sr == 16_000 and wav.shape == (1600,)

@@ -238,7 +238,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     and unsupported sample rates (what passes here loads)."""
     path = _check_path(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))   # bytes: a file name that is not UTF-8 is a name too
     except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError with its own text
         raise AudioError(f"{path}: not a readable audio file ({_sf_reason(e)})") from None
     if not MIN_SAMPLE_RATE <= int(info.samplerate) <= MAX_SAMPLE_RATE:
@@ -262,7 +262,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     """
     path = _check_path(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:
             sr = int(f.samplerate)
             if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
                 raise AudioError(f"{path}: sample rate {sr} Hz is outside the supported "
@@ -326,7 +326,7 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
     if fmt == "OGG":
         subtype = "VORBIS"
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), np.clip(arr, -1.0, 1.0), sample_rate, subtype=subtype, format=fmt)
+        sf.write(os.fsencode(tmp), np.clip(arr, -1.0, 1.0), sample_rate, subtype=subtype, format=fmt)
     return path
 
 
