@@ -473,7 +473,15 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
 
     model = load_clap_model(opts.clap_model, backend="tta", tokenizer=opts.clap_tokenizer)
     emb = clap_embedder(model, name="clap", checkpoint=str(opts.clap_model))
-    keys = sorted(gen.files)
+    window = getattr(model, "min_samples", 0) / getattr(model, "sample_rate", emb.sample_rate)   # seconds
+    short = sorted(k for k in gen.files if gen.seconds[k] < window + 1 / emb.sample_rate)   # + resampling slack
+    for k in short:   # too short for one CLAP analysis window: named and left out, as unreadable files are
+        log.warning("clap score: skipping %s: %.4f s, shorter than the CLAP's analysis window (%.4f s)",
+                    gen.files[k], gen.seconds[k], window)
+    keys = sorted(k for k in gen.files if k not in short)
+    if not keys:
+        raise EvalError(f"generated {opts.generated}: every file is shorter than the CLAP's analysis window "
+                        f"({window:.4f} s)")
     wavs = _LazyClips([gen.files[k] for k in keys], emb.sample_rate,   # read batch by batch, as AUDIO_READ says
                       functools.partial(load_audio, pcm16=True))
     score = clap_score(model, [prompts[k].prompt for k in keys], wavs, emb.sample_rate, batch_size=opts.batch_size,
@@ -483,7 +491,9 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
     prompt_set = "\n".join(sorted(prompts[k].prompt for k in keys))  # the prompts alone: what makes runs comparable
     result["protocol"]["clap"] = {"model": emb.protocol(), "scale": "raw cosine in [-1, 1]", "count": score["count"],
                                   "prompts_sha256": hashlib.sha256(pairs.encode()).hexdigest()[:16],
-                                  "prompt_set_sha256": hashlib.sha256(prompt_set.encode()).hexdigest()[:16]}
+                                  "prompt_set_sha256": hashlib.sha256(prompt_set.encode()).hexdigest()[:16],
+                                  "skipped": [{"file": str(gen.files[k]), "reason": "shorter than one analysis "
+                                               "window"} for k in short]}
     picked = _picked_by(opts.generated, getattr(model, "identity", None))
     if picked:
         msg = (f"the generated clips were each kept from {picked} candidates by this same CLAP (generation.json): "

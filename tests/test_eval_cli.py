@@ -371,3 +371,21 @@ def test_clap_scores_of_renamed_files_compare_and_a_self_picked_set_is_flagged(f
     md = render_markdown(load_runs([tmp_path / "a", tmp_path / "b"], None))
     row = next(line for line in md.splitlines() if line.startswith("| CLAP score"))
     assert "not comparable" not in row and "⚠" in row, row
+
+
+def test_a_clip_too_short_for_the_clap_is_named_and_left_out_of_the_clap_score(folders, tmp_path, monkeypatch):
+    """One 60 ms clip stopped the whole CLAP score with "clip 0 has 1 samples", naming no file."""
+    from eval import embedders
+
+    toy = ToyClap()
+    toy.min_samples = 1024
+    monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: toy)
+    gen, ref, prompts = folders
+    save_audio(gen / "tiny.wav", tone(440, 0.01), 16_000)
+    with open(prompts, "a", newline="") as f:
+        f.write("tiny.wav,a high tone,whistle\n")
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "run", "--metrics", "clap",
+                 "--prompts", prompts, "--clap-model", tmp_path / "toy-clap") == 0
+    body = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert body["protocol"]["clap"]["count"] == 8
+    assert [s["file"].endswith("tiny.wav") for s in body["protocol"]["clap"]["skipped"]] == [True]

@@ -247,6 +247,12 @@ def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
     assert "built with CLAP" in capsys.readouterr().err
     assert main(["index", "info", str(tmp_path / "missing")]) == 1
     assert "datastore folder not found" in capsys.readouterr().err
+    import soundfile as sf
+
+    sf.write(tmp_path / "blip.wav", np.zeros(100, np.float32), 16_000)
+    assert main(["index", "query", str(out), "--clap", str(clap_dir), "--audio", str(tmp_path / "blip.wav")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--audio " in err and "blip.wav: 100 samples" in err, err
     for bad, message in ((["--nprobe", "0"], "--nprobe 0: must be >= 1"), (["-k", "0"], "-k 0: must be")):
         assert main(["index", "query", str(out), "--clap", str(clap_dir), "--text", "x", *bad]) == 1
         err = capsys.readouterr().err

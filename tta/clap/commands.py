@@ -121,9 +121,11 @@ def _manifest_items(path: Path, split: str) -> list[tuple[Path, tuple[str, ...]]
     return [(resolve_path(r, path), r.captions) for r in rows]
 
 
-def _load(files: list[Path], sample_rate: int, progress: bool) -> tuple[list[int], list, list[str]]:
-    """(indices of the files that decoded, their audio, one message per file skipped): a bad file is
-    reported and left out; no readable file at all is an error."""
+def _load(files: list[Path], sample_rate: int, progress: bool,
+          min_samples: int = 0) -> tuple[list[int], list, list[str]]:
+    """(indices of the files that decoded, their audio, one message per file skipped): a bad file, or one
+    shorter than `min_samples` (the CLAP's analysis window), is reported and left out; no usable file at all is
+    an error."""
     from tqdm.auto import tqdm
 
     from tta.audio import AudioError, load_audio
@@ -131,13 +133,17 @@ def _load(files: list[Path], sample_rate: int, progress: bool) -> tuple[list[int
     kept, wavs, skipped = [], [], []
     for i, f in enumerate(tqdm(files, desc="read audio", disable=not progress)):
         try:
-            wavs.append(load_audio(f, sample_rate)[0])
+            wav = load_audio(f, sample_rate)[0]
+            if wav.shape[0] < min_samples:
+                raise AudioError(f"{f}: {wav.shape[0]} samples at {sample_rate} Hz, shorter than the CLAP's "
+                                 f"analysis window ({min_samples}); skipped")
+            wavs.append(wav)
             kept.append(i)
         except AudioError as e:
             log.warning("skipping %s", e)
             skipped.append(str(e))
     if not wavs:
-        raise ValueError(f"none of the {len(files)} audio files is readable (first: {skipped[0]})")
+        raise ValueError(f"none of the {len(files)} audio files is readable and long enough (first: {skipped[0]})")
     if skipped:
         log.warning("skipped %d of %d audio files", len(skipped), len(files))
     return kept, wavs, skipped
@@ -157,7 +163,7 @@ def _score(clap, args, progress: bool) -> dict:
         if args.prompts is None:
             raise UsageError("tta clap score --audio DIR needs --prompts FILE (or use --manifest)")
         pairs = _read_prompts(args.prompts, args.audio)
-    kept, wavs, skipped = _load([f for f, _ in pairs], clap.sample_rate, progress)
+    kept, wavs, skipped = _load([f for f, _ in pairs], clap.sample_rate, progress, clap.min_samples)
     pairs = [pairs[i] for i in kept]
     result = clap_score(clap, [p for _, p in pairs], wavs, clap.sample_rate, progress=progress)
     result["per_item"] = [{"file": str(f), "prompt": p, "score": s}
@@ -177,7 +183,7 @@ def _retrieve(clap, args, progress: bool) -> dict:
         files = [f for f, _ in items]
     else:
         items, files = None, _audio_files(args.audio)
-    kept, wavs, skipped = _load(files, clap.sample_rate, progress)
+    kept, wavs, skipped = _load(files, clap.sample_rate, progress, clap.min_samples)
     files = [files[i] for i in kept]
     items = [items[i] for i in kept] if items is not None else None
     audio = clap.embed_audio(wavs, clap.sample_rate, progress=progress)

@@ -114,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
         from tta.audio import load_audio
 
         wavs = [load_audio(p, clap.sample_rate)[0] for p in args.audio]
+        for p, w in zip(args.audio, wavs):
+            if w.shape[0] < clap.min_samples:
+                raise ValueError(f"--audio {p}: {w.shape[0]} samples at {clap.sample_rate} Hz, shorter than the "
+                                 f"CLAP's analysis window ({clap.min_samples})")
         queries, emb = [str(p) for p in args.audio], clap.embed_audio(wavs, clap.sample_rate)
     excl = [args.exclude_id] * len(queries) if args.exclude_id else None
     hits = store.query(emb, args.k, args.modality, exclude_ids=excl)
