@@ -338,11 +338,28 @@ def test_bad_options_and_missing_tools(monkeypatch, tmp_path):
         StarterOptions(sources=("sfx", "video"))
     with pytest.raises(RecipeError, match="max-clips"):
         StarterOptions(max_clips=0)
+    with pytest.raises(RecipeError, match="--mixtures=-5 must be >= 0"):
+        StarterOptions(mixtures=-5)
+    with pytest.raises(RecipeError, match="--max-scores=0"):
+        StarterOptions(max_scores=0)
+    with pytest.raises(RecipeError, match="--sources mix needs sfx, music or speech"):   # it wrote an empty corpus
+        StarterOptions(sources=("mix",))
     import tta.data.recipes.speech as speech_module
 
     monkeypatch.setattr(speech_module.shutil, "which", lambda name: None)
     with pytest.raises(RecipeError, match="espeak-ng"):
         build_starter(tmp_path / "out", StarterOptions(sources=("speech",)), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_build_that_keeps_no_clip_is_an_error_and_leaves_no_folder(tmp_path, trees):
+    """It wrote an empty manifest, recipe.json and ATTRIBUTION.md and exited 1 with no error line."""
+    empty = tmp_path / "empty"
+    (empty / "usr/share/doc/minetest-data").mkdir(parents=True)    # the package holds no sound at all
+    (empty / "usr/share/doc/minetest-data/copyright").write_text("Format: test\nLicense: CC-BY-SA-3.0\n")
+    options = StarterOptions(sources=("sfx",), packages=("minetest-data",), file_roots=(("minetest-data", str(empty)),))
+    with pytest.raises(RecipeError, match="no clips were kept for --sources sfx .*nothing written"):
+        build_starter(tmp_path / "out", options, progress=False)
     assert not (tmp_path / "out").exists()
 
 

@@ -75,6 +75,12 @@ class StarterOptions:
             raise RecipeError(f"--max-clips={self.max_clips} must be >= 1")
         if self.workers < 1:
             raise RecipeError(f"--workers={self.workers} must be >= 1")
+        if self.mixtures < 0:
+            raise RecipeError(f"--mixtures={self.mixtures} must be >= 0")
+        if self.max_scores is not None and self.max_scores < 1:
+            raise RecipeError(f"--max-scores={self.max_scores} must be >= 1")
+        if set(self.sources) == {"mix"}:
+            raise RecipeError("--sources mix needs sfx, music or speech beside it: mixtures are made of their clips")
         for name in self.packages or ():
             packages.check_allowed(name)
         for name, _ in self.file_roots:
@@ -317,9 +323,9 @@ def keep_clips(candidates, out: Path, options: StarterOptions, seen: set[str], r
 
 def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *,
                   progress: bool = True) -> BuildResult:
-    """Build the corpus into `out` (see the module docstring). Raises RecipeError naming missing tools."""
-    from tta.data.recipes.report import write_attribution, write_recipe_json
-
+    """Build the corpus into `out` (see the module docstring). Raises RecipeError naming missing tools, unknown
+    packages or an empty result; a folder this call made is then removed, all but its download cache (a crash or
+    Ctrl-C keeps what was rendered, for the re-run)."""
     out = Path(out)
     missing = missing_tools(tuple(s for s in options.sources if not (s == "sfx" and options.file_roots)))
     if missing:
@@ -328,7 +334,23 @@ def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *
                             "espeak-ng flite; pip install 'tta[recipes]') or drop the source with --sources")
     check_output_folder(out)
     cache = Path(options.cache) if options.cache else out / ".cache"
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build(out, options, cache, progress)
+    except RecipeError:   # a folder this run made keeps nothing but its download cache
+        if created:
+            for entry in out.iterdir():
+                if entry.resolve() != cache.resolve():
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def _build(out: Path, options: StarterOptions, cache: Path, progress: bool) -> BuildResult:
+    from tta.data.recipes.report import write_attribution, write_recipe_json
+
     # a rebuild rewrites clips in place: an earlier manifest would describe audio this run replaces, so a build
     # stopped part-way must leave none (the new one is written, atomically, at the end)
     (out / "manifest.jsonl").unlink(missing_ok=True)
@@ -351,6 +373,10 @@ def build_starter(out: str | Path, options: StarterOptions = StarterOptions(), *
         result.counts["candidates:mix"] = len(candidates)
         kept += keep_clips(candidates, out, options, seen, result, desc="mixtures", progress=progress)
     rows = sorted((row for row, _ in kept), key=lambda r: (KIND_ORDER[r.id.split("-", 1)[0]], r.id))
+    if not rows:
+        raise RecipeError(f"no clips were kept for --sources {','.join(options.sources)} (candidates: "
+                          + ", ".join(f"{k.split(':')[1]} {v}" for k, v in result.counts.items()
+                                      if k.startswith("candidates:")) + "); nothing written")
     result.rows = rows
     _keep_renderer_licences(out, rows, result)
     _remove_stale_audio(out, rows)
