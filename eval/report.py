@@ -415,6 +415,11 @@ def write_report(results: list[str | os.PathLike], out: str | os.PathLike | None
     if labels and len(labels) > len(results):
         raise UsageError(f"{len(labels)} --label values for {len(results)} results; "
                          "give at most one per result")
+    from tta.checkpoint import check_output_path
+
+    for path, flag in ((out, "--out"), (markdown, "--markdown")):   # both before either is written
+        if path is not None:
+            check_output_path(path, flag)
     runs = load_runs(list(results), labels)
     written = []
     for path, as_md in ((out, out is not None and str(out).endswith(".md")), (markdown, True)):

@@ -113,6 +113,12 @@ def test_report_refuses_other_file_types_and_extra_labels(report, tmp_path, caps
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("tta: error:"), err
     assert list(tmp_path.iterdir()) == []
+    # a --markdown that cannot be written: refused before the HTML page is written (it was left behind)
+    (tmp_path / "afile").write_text("x")
+    assert main(["-q", "report", *runs, "--out", str(tmp_path / "r.html"), "--markdown",
+                 str(tmp_path / "afile" / "r.md")]) == 1
+    assert "--markdown cannot be written there" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def _run(label, fad, embedder, reference, clap=None, prompts=None, items=()):
