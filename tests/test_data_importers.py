@@ -215,6 +215,22 @@ def test_audioldm_json(tmp_path):
         import_audioldm(tmp_path / "list.json", options=ImportOptions(progress=False))
 
 
+def test_text_in_another_encoding_is_named_not_mangled(tmp_path):
+    """A latin-1 captions CSV stopped the import with Python's bare codec message, naming no file; a latin-1
+    Tango line was imported with U+FFFD in its caption and no word."""
+    folder = tmp_path / "audio"
+    _wav(folder / "a.wav")
+    _wav(folder / "b.wav")
+    (tmp_path / "caps.csv").write_bytes("file,caption\na.wav,un caf\xe9 anim\xe9\n".encode("latin-1"))
+    with pytest.raises(SourceError, match=r"caps.csv: not UTF-8 text \(invalid continuation byte at byte"):
+        import_folder(folder, captions_csv=tmp_path / "caps.csv", options=ImportOptions(progress=False))
+    (tmp_path / "t.jsonl").write_bytes('{"location": "audio/a.wav", "captions": "caf\xe9"}\n'.encode("latin-1")
+                                      + b'{"location": "audio/b.wav", "captions": "rain"}\n')
+    result = import_tango(tmp_path / "t.jsonl", options=ImportOptions(progress=False))
+    assert [r.captions for r in result.rows] == [("rain",)]
+    _one_error(result, "t.jsonl:1", "not UTF-8 text")
+
+
 def test_tango_jsonl(tmp_path):
     _wav(tmp_path / "audio" / "t1.wav")
     sf.write(tmp_path / "audio" / "t2.flac", noise(0.3), 16_000)

@@ -97,6 +97,11 @@ def test_import_names_the_missing_part(tmp_path, capsys):
     code = main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(tiny_components()["clap"]),
                  "--out", str(tmp_path / "o")])
     assert code == 1 and "part 'vocoder' is missing" in capsys.readouterr().err
+    (tmp_path / "d" / "model_index.json").write_text("{'_class_name': 'AudioLDMPipeline'}")   # not JSON
+    code = main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(tiny_components()["clap"]),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "model_index.json: not valid JSON" in err and err.count("\n") == 1, err
 
 
 def test_export_refuses_own_clap_with_the_reason(tmp_path, capsys):

@@ -50,6 +50,17 @@ class InteropError(ValueError):
     """A foreign folder that cannot be converted; the message names the folder and the part."""
 
 
+def _read_json_object(path: Path) -> dict:
+    """A foreign folder's JSON file as a dict; bad JSON or another encoding is an InteropError naming it."""
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InteropError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise InteropError(f"{path}: expected a JSON object")
+    return body
+
+
 def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike,
                               tokenizer: str | os.PathLike | None = None, mel_framing: str | None = None) -> Path:
     """Convert a diffusers AudioLDM folder (+ the full CLAP at `clap`) into a tta pipeline folder `out`. The mel
@@ -68,7 +79,7 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     index = folder / "model_index.json"
     if not index.is_file():
         raise InteropError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
-    body = json.loads(index.read_text())
+    body = _read_json_object(index)
     if body.get("_class_name") not in ("AudioLDMPipeline", None):
         raise InteropError(f"{folder}: holds a {body.get('_class_name')}, expected an AudioLDMPipeline")
     for part in AUDIOLDM_PARTS:
@@ -80,7 +91,7 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     sched_cfg = folder / "scheduler" / "scheduler_config.json"
     if not sched_cfg.is_file():
         raise InteropError(f"{folder}: scheduler/ has no scheduler_config.json")
-    raw = json.loads(sched_cfg.read_text())
+    raw = _read_json_object(sched_cfg)
     cls = getattr(diffusers, str(raw.get("_class_name")), None)
     if cls is None:
         raise InteropError(f"{sched_cfg}: unknown scheduler class {raw.get('_class_name')!r}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -200,6 +201,15 @@ class Collector:
         return out
 
 
+def _read_utf8(path: Path) -> str:
+    """A text file's content as UTF-8 (a byte-order mark dropped); another encoding is a SourceError naming the
+    file and the byte, not Python's bare codec message."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+
+
 def _require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise SourceError(f"{path}: {what} not found")
@@ -265,7 +275,7 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
             c.add(Entry(_stem_id(p, folder), p, str(p), caps))
         return c.result(f"import {folder}")
     csv_path = _require_file(Path(captions_csv), "captions CSV")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_read_utf8(csv_path), newline="") as f:
         reader = csv.DictReader(f, strict=True)
         fields = [h.strip().lower() for h in reader.fieldnames or []]
         file_col = next((h for h in _FILE_COLUMNS if h in fields), None)
@@ -317,7 +327,7 @@ def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
         index.setdefault(p.stem, []).append(p)
     c = Collector(options, default_split=_split_from_filename(csv_path))
     seen_caps: dict[str, int] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_read_utf8(csv_path), newline="") as f:
         reader = csv.DictReader(f, strict=True)
         need = {"audiocap_id", "youtube_id", "start_time", "caption"}
         if not need <= set(reader.fieldnames or []):
@@ -409,11 +419,16 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
     jsonl_path = _require_file(Path(jsonl_path), "Tango JSONL")
     root = Path(root) if root else jsonl_path.parent
     c = Collector(options, default_split=_split_from_filename(jsonl_path))
-    with open(jsonl_path, encoding="utf-8-sig", errors="replace") as f:    # -sig: a byte-order mark is no text
-        for lineno, line in enumerate(f, 1):
+    with open(jsonl_path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{jsonl_path}:{lineno}"
+            try:   # line by line: a line in another encoding is a bad item, not mangled into U+FFFD
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")   # a byte-order mark is no text
+            except UnicodeDecodeError as e:
+                c.error(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); skipped")
+                continue
             if not line.strip():
                 continue
-            where = f"{jsonl_path}:{lineno}"
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as e:
