@@ -426,3 +426,21 @@ def test_folder_import_follows_symlinked_folders_and_keeps_the_names_under_the_r
         (root / f"{name}.txt").write_text("a sound\n")
     result = import_folder(root, options=ImportOptions(progress=False))
     assert sorted(_by_id(result)) == ["birds/001", "cats/001", "dogs/001"], result.errors
+
+
+def test_a_webdataset_shard_cut_short_keeps_the_samples_before_the_cut(tmp_path):
+    """A shard truncated part-way lost every sample with "damaged tar shard; skipped", the whole ones too."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "000000.tar", "w") as tar:
+        for k in range(1, 5):
+            _add(tar, f"k{k}.wav", _audio_bytes(seconds=0.5))
+            _add(tar, f"k{k}.txt", f"sample {k}\n".encode())
+    data = (shards / "000000.tar").read_bytes()
+    (shards / "000000.tar").write_bytes(data[:len(data) // 2 + 100])   # cut inside sample 2 or 3
+    result = import_webdataset(shards, audio_dir=tmp_path / "x", options=ImportOptions(progress=False))
+    ids = sorted(_by_id(result))
+    assert ids and ids == [f"k{k}" for k in range(1, len(ids) + 1)] and len(ids) < 4
+    assert any("damaged tar shard after" in e for e in result.errors)
+    for r in result.rows:
+        assert sf.info(r.path).frames == 8000        # every kept sample is whole

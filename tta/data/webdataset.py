@@ -78,11 +78,16 @@ def _read_shard(tar_path: Path, out: Path, c: Collector) -> None:
         c.error(f"{tar_path}: not a readable tar shard ({_one_line(e)}); skipped")
         return
     with tf:
-        try:
-            members = tf.getmembers()
+        members = []
+        try:   # member by member: a shard cut short keeps the samples before the cut
+            while (m := tf.next()) is not None:
+                members.append(m)
         except (tarfile.TarError, OSError, EOFError) as e:
-            c.error(f"{tar_path}: damaged tar shard ({_one_line(e)}); skipped")
-            return
+            if not members:
+                c.error(f"{tar_path}: damaged tar shard ({_one_line(e)}); skipped")
+                return
+            c.error(f"{tar_path}: damaged tar shard after {len(members)} members ({_one_line(e)}); the samples "
+                    "before the damage are imported (a member cut short fails to read and is skipped)")
         for m in members:
             if not m.isfile():
                 continue
