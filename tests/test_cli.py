@@ -106,3 +106,25 @@ def test_every_device_flag_takes_the_same_choices_and_names_itself(argv, capsys)
         assert main(["-q", *argv, "--device", "cuda"]) == 1
         err = capsys.readouterr().err
         assert err.strip() == "tta: error: --device cuda: no CUDA device is available"
+
+
+@pytest.mark.parametrize("argv", [
+    ["index", "build", "--manifest", "M", "--clap", "CLAP", "--out", "afile/store"],
+    ["export", "pipeline", "MODEL", "--out", "afile/copy"],
+    ["train", "vae", "--config", "VAECONFIG", "--out", "afile/run"],
+    ["data", "import", "webdataset", "SHARDS", "--out", "m.jsonl", "--audio-dir", "afile/audio"],
+])
+def test_an_output_folder_under_a_file_is_named(tmp_path, capsys, argv):
+    """These said "afile: File exists" (mkdir's errno text) instead of naming the flag and the file in the way."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "SHARDS").mkdir()
+    subs = {"M": tmp_path / "m.jsonl", "CLAP": root / "tta/assets/default/text_encoder", "MODEL": root / "tta/assets/default",
+            "VAECONFIG": root / "configs/vae/tiny.json", "SHARDS": tmp_path / "SHARDS"}
+    args = [str(subs[a]) if a in subs else str(tmp_path / a) if "/" in a or a.endswith(".jsonl") else a for a in argv]
+    code = main(["-q", *args])
+    err = capsys.readouterr().err
+    flag = "--audio-dir" if "--audio-dir" in argv else "--out"
+    assert code == 1 and f"{flag} cannot be written there" in err and "afile is a file" in err, err

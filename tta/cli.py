@@ -57,7 +57,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--init-from {args.init_from}: no such run, checkpoint, component or pipeline folder")
         sets.append(f"train.init_from={json.dumps(str(args.init_from))}")
     config = apply_overrides(load_config(module.RunConfig, args.config), sets)
+    from tta.checkpoint import check_output_path
     from tta.training import discard_on_failure
+
+    check_output_path(args.out, "--out", folder=True)
 
     with discard_on_failure(args.out, resume=args.resume):   # a fresh run that fails early leaves no folder
         final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)

@@ -606,8 +606,11 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tta.checkpoint import check_output_path
+
     if Path(args.out).exists():
         raise InteropError(f"{args.out}: already exists; choose a new --out")
+    check_output_path(args.out, "--out", folder=True)   # a parent that is a file: named, not "File exists"
     if args.interop_verb == "import" and args.interop_kind == "audioldm":
         out = import_audioldm_ckpt(args.folder, args.out, clap=args.clap, tokenizer=args.tokenizer,
                                    prefer_ema=not args.no_ema, head_channels=args.head_channels,

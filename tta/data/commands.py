@@ -83,6 +83,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     audio_dir = args.audio_dir
     if args.kind == "webdataset" and audio_dir is None:
         audio_dir = args.out.with_name(args.out.stem + "_audio")
+    if audio_dir is not None:
+        check_output_path(audio_dir, "--audio-dir", folder=True)
     made = audio_dir is not None and not audio_dir.exists()
     result = import_source(args.kind, args.source, root=args.root, captions_csv=args.captions,
                            audio_dir=audio_dir, options=options)

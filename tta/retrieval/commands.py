@@ -142,6 +142,9 @@ def check_build_args(args: argparse.Namespace) -> None:
                          "(0 = whole clip)")
     if args.out.exists() or args.out.is_symlink():
         raise ValueError(f"{args.out}: already exists; choose a new --out")
+    from tta.checkpoint import check_output_path
+
+    check_output_path(args.out, "--out", folder=True)   # a parent that is a file: named, not "File exists"
 
 
 def load_vae_folder(path: Path, device: str = "cpu"):
