@@ -341,3 +341,15 @@ def test_a_prompt_rows_file_column_names_its_output_as_tta_eval_pairs_it(tmp_pat
     code, _, err = run(capsys, "x", "--model", tiny_pipeline(), "--seconds", 0.005, "--out-dir", tmp_path / "h")
     assert code == 1 and "--seconds 0.005 is shorter than one mel frame of this model (0.01 s)" in err
     assert not (tmp_path / "h").exists()
+
+
+def test_an_edit_input_with_no_or_one_sample_is_refused_before_the_model_loads(tmp_path, capsys):
+    """A 1-sample or 0-sample input was found only after the model loaded (16 s here), and the 1-sample
+    message named neither the file nor the flag."""
+    sf.write(tmp_path / "one.wav", np.zeros(1, np.float32), 16_000)
+    sf.write(tmp_path / "none.wav", np.zeros(0, np.float32), 16_000)
+    for name, message in (("one.wav", "one.wav: 0.0001 s of audio, shorter than one mel frame"),
+                          ("none.wav", "none.wav: contains 0 samples")):
+        code, _, err = run(capsys, "x", "--model", tiny_pipeline(), "--init-audio", tmp_path / name,
+                           "--out-dir", tmp_path / "o")
+        assert code == 1 and message in err and err.count("\n") == 1, err

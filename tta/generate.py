@@ -209,17 +209,21 @@ def model_folder(args: argparse.Namespace) -> Path:
     return folder
 
 
-def check_length(args: argparse.Namespace, folder: Path) -> None:
-    """--seconds against the model's mel frame (read from its VAE's config.json, before any weights load)."""
+def check_length(args: argparse.Namespace, folder: Path, edit: dict | None = None) -> None:
+    """--seconds, or an edit's input, against the model's mel frame (read from its VAE's config.json, before any
+    weights load)."""
     from tta.checkpoint import read_component_config
     from tta.pipeline import read_pipeline_json
 
-    if args.seconds is None:
+    if args.seconds is None and edit is None:
         return
     mel = read_component_config(folder / read_pipeline_json(folder)["components"]["vae"])["config"].get("mel", {})
     hop, rate = mel.get("hop_length", 160), mel.get("sample_rate", 16_000)
-    if round(args.seconds * rate) < hop:
+    if args.seconds is not None and round(args.seconds * rate) < hop:
         raise GenerateError(f"--seconds {args.seconds} is shorter than one mel frame of this model ({hop / rate:g} s)")
+    if edit is not None and round(edit["input_seconds"] * rate) < hop:
+        raise GenerateError(f"{edit['input']}: {edit['input_seconds']:g} s of audio, shorter than one mel frame of "
+                            f"this model ({hop / rate:g} s)")
 
 
 @functools.lru_cache(maxsize=8)   # the record is rewritten as a run goes: hash each folder once
@@ -306,6 +310,8 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
         info = audio_info(path)
     except AudioError as e:
         raise GenerateError(f"unreadable input audio: {e}") from None
+    if info.num_samples == 0:
+        raise GenerateError(f"unreadable input audio: {path}: contains 0 samples")
     if args.seconds is not None:
         raise UsageError("--seconds does not apply to edits: the input audio sets the length")
     if getattr(args, "window", None) is not None:
@@ -366,7 +372,7 @@ def main(args: argparse.Namespace) -> int:
     jobs = plan_jobs(args)
     edit = plan_edit(args)
     folder = model_folder(args)
-    check_length(args, folder)
+    check_length(args, folder, edit)
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)

@@ -75,6 +75,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                                ("--audio-dir", args.audio_dir, ("webdataset",))):
         if value is not None and args.kind not in kinds:
             raise UsageError(f"{flag} is only for {' / '.join(kinds)} imports, not {args.kind!r}")
+    if args.kind == "audiocaps" and args.root is None:
+        raise UsageError("audiocaps import needs --root (the folder holding the audio files)")
     from tta.checkpoint import check_output_path
 
     check_output_path(args.out, "--out")   # before any work: a WebDataset import would extract its audio first
