@@ -81,9 +81,9 @@ class Embedder:
 
     def embed(self, wav, sample_rate: int) -> np.ndarray:
         """wav (T,) mono float at `sample_rate` Hz -> (frames, dim) float64; resampled when needed."""
-        from tta.audio import AudioError, resample
+        from tta.audio import AudioError, float_audio, resample
 
-        x = np.asarray(wav.detach().cpu().numpy() if hasattr(wav, "detach") else wav, dtype=np.float32)
+        x = float_audio(wav, self.name)
         if x.ndim != 1 or x.size == 0:
             raise AudioError(f"{self.name}: expected mono audio of shape (T,), got {x.shape}")
         if not np.isfinite(x).all():

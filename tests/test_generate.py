@@ -53,13 +53,14 @@ def test_single_output_file_and_edit(tmp_path, capsys):
     given, _ = sf.read(tmp_path / "in.wav", dtype="float32")
     got, _ = sf.read(out, dtype="float32")          # the input's own samples outside the gap and its crossfades
     kept = np.r_[0:1600 - 160, 3200 + 160:4800]
-    np.testing.assert_allclose(got[kept], (given - given.mean())[kept], atol=2 / 32768)
+    np.testing.assert_allclose(got[kept], given[kept], atol=2 / 32768)          # its DC offset too
     code, _, _ = run(capsys, "a bird", "--model", tiny_pipeline(), "--steps", 2, "-o", tmp_path / "dec.wav",
-                     "--inpaint", tmp_path / "in.wav", "--mask", "0.1:0.2", "--inpaint-outside", "decoded")
+                     "--inpaint", tmp_path / "in.wav", "--mask", "0.1:0.2", "--outside", "decoded")
     decoded, _ = sf.read(tmp_path / "dec.wav", dtype="float32")
     assert code == 0 and json.loads((tmp_path / "dec.generation.json").read_text())["edit"]["outside"] == "decoded"
-    assert np.abs(decoded[kept] - (given - given.mean())[kept]).max() > 0.01
-    np.testing.assert_allclose(decoded[1600 + 160:3200 - 160], got[1600 + 160:3200 - 160], atol=2 / 32768)
+    assert np.abs(decoded[kept] - given[kept]).max() > 0.01
+    np.testing.assert_allclose(decoded[1600 + 160:3200 - 160] + given.mean(), got[1600 + 160:3200 - 160],
+                               atol=2 / 32768)
     # --window: sampled longer, written at --seconds
     code, _, _ = run(capsys, "a bird", "--model", tiny_pipeline(), "--steps", 2, "-o", tmp_path / "w.wav",
                      "--seconds", 0.1, "--window", 0.3)
@@ -90,8 +91,9 @@ BAD = [
     (2, ["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--window", "1"], "--window does not apply to edits"),
     (2, ["--strength", "0.7"], "--strength needs --init-audio"),
     (2, ["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--strength", "0.7"], "--strength applies to --init-audio only"),
-    (2, ["--init-audio", "IN.wav", "--inpaint-outside", "decoded"], "--inpaint-outside applies to --inpaint only"),
-    (2, ["--inpaint-outside", "original"], "--inpaint-outside need --inpaint"),
+    (2, ["--init-audio", "IN.wav", "--outside", "decoded"], "--outside applies to --inpaint and --super-resolution"),
+    (2, ["--outside", "original"], "--outside one of --inpaint, --super-resolution"),
+    (1, ["--init-audio", "IN.wav", "--strength", "0.01"], "--strength 0.01 at 2 sampler steps leaves no denoising"),
     (1, ["--init-audio", "IN.wav", "--strength", "7"], "--strength 7.0 must be in (0, 1]"),
     (1, ["--seed", "18446744073709551616"], "--seed 18446744073709551616 must be in [0, 2**62)"),
     (1, ["--seed", "-1"], "--seed -1 must be in"),
@@ -275,27 +277,32 @@ def test_an_edit_comes_out_at_its_inputs_level(tmp_path, capsys):
     assert ratio == pytest.approx(4.0, rel=1e-3)
 
 
-def test_a_loud_inpainted_gap_is_turned_down_alone_and_the_kept_samples_stay_the_inputs():
+def test_a_loud_generated_part_is_turned_down_alone_and_the_kept_audio_stays_the_inputs():
     """fit_full_scale on the whole spliced clip turned the kept part down with a loud gap (gain 0.2: the kept
     samples came out at a fifth of the input's level)."""
-    from tta.generate import fit_gap
+    from tta.generate import fit_generated, kept_part
     from tta.pipeline import inpaint_weight
 
     sr, n = 16_000, 16_000
-    source = (0.5 * np.sin(np.arange(n) * 0.05)).astype(np.float32)           # normalised input (peak 0.5)
+    t = np.arange(n)
+    raw = (0.8 * np.sin(t * 0.05) + 0.05).astype(np.float32)                # the input, DC offset included
+    edit = {"kind": "inpaint", "outside": "original", "start": 0.4, "end": 0.6}
+    kept = kept_part(edit, raw, sr)
     w = inpaint_weight(n, 0.4, 0.6, sr)
-    gap = (3.0 * np.sin(np.arange(n) * 0.3)).astype(np.float32)               # a gap six times too loud
-    spliced = w * gap + (1 - w) * source
-    edit = {"start": 0.4, "end": 0.6}
-    wav, gain, gap_gain = fit_gap(spliced, source, edit, sr, level=1.6)
-    kept = w == 0
-    assert gain == 1.0 and 0 < gap_gain < 0.35 and np.abs(wav).max() <= 0.99 + 1e-6
-    np.testing.assert_allclose(wav[kept], 1.6 * source[kept], atol=1e-6)
-    np.testing.assert_allclose(wav[w == 1], gap_gain * 1.6 * gap[w == 1], atol=1e-5)
-    wav, gain, gap_gain = fit_gap(w * 0.1 * gap + (1 - w) * source, source, edit, sr, level=1.6)   # fits as is
-    assert gain == 1.0 and gap_gain == 1.0
-    wav, gain, _ = fit_gap(spliced, source, edit, sr, level=2.2)   # the input itself is over full scale at 2.2
+    gap = (3.0 * np.sin(t * 0.3)).astype(np.float32)                         # a gap three times too loud
+    wav, gain, generated_gain = fit_generated(kept + w * gap, kept)
+    assert gain == 1.0 and 0 < generated_gain < 0.35 and np.abs(wav).max() <= 0.99 + 1e-6
+    np.testing.assert_allclose(wav[w == 0], raw[w == 0], atol=1e-6)
+    np.testing.assert_allclose(wav[w == 1], generated_gain * gap[w == 1], atol=1e-5)
+    assert fit_generated(kept + w * 0.1 * gap, kept)[1:] == (1.0, 1.0)          # fits as it is
+    wav, gain, _ = fit_generated(1.3 * kept + w * gap, 1.3 * kept)           # the input itself is over full scale
     assert gain < 1.0 and np.abs(wav).max() <= 0.99 + 1e-6
+    # super-resolution keeps the band below the cutoff: a 300 Hz tone stays, a 5 kHz one is the generated part's
+    low, high = 0.3 * np.sin(2 * np.pi * 300 * t / sr), 0.3 * np.sin(2 * np.pi * 5000 * t / sr)
+    kept = kept_part({"kind": "super_resolution", "outside": "original", "cutoff_hz": 2000.0},
+                     (low + high).astype(np.float32), sr)
+    np.testing.assert_allclose(kept[1000:-1000], low[1000:-1000], atol=2e-3)
+    assert kept_part({"kind": "audio_to_audio"}, raw, sr) is None
 
 
 def test_a_stopped_run_records_every_file_it_wrote_and_a_broken_sample_is_reported(tmp_path, capsys, caplog,
@@ -353,3 +360,22 @@ def test_an_edit_input_with_no_or_one_sample_is_refused_before_the_model_loads(t
         code, _, err = run(capsys, "x", "--model", tiny_pipeline(), "--init-audio", tmp_path / name,
                            "--out-dir", tmp_path / "o")
         assert code == 1 and message in err and err.count("\n") == 1, err
+
+
+def test_an_edit_never_overwrites_its_input_and_records_what_it_read(tmp_path, capsys):
+    """`-o clip.wav --inpaint clip.wav` replaced the 44.1 kHz original with the 16 kHz edit, and the record named
+    the new file as its input."""
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.stack([signals.tone(440, 0.4, sample_rate=22_050)] * 2, axis=1), 22_050)
+    before = clip.read_bytes()
+    code, _, err = run(capsys, "a bell", "--model", tiny_pipeline(), "--inpaint", clip, "--mask", "0.1:0.2",
+                       "-o", clip)
+    assert code == 1 and "is the edit's input audio" in err and clip.read_bytes() == before
+    code, _, err = run(capsys, "a bell", "--model", tiny_pipeline(), "--steps", 2, "--super-resolution", clip,
+                       "--cutoff", 3000, "-o", tmp_path / "sr.wav")
+    assert code == 0, err
+    edit = json.loads((tmp_path / "sr.generation.json").read_text())["edit"]
+    import hashlib
+
+    assert edit["input_sha256"] == hashlib.sha256(before).hexdigest()
+    assert (edit["input_sample_rate"], edit["input_channels"], edit["outside"]) == (22_050, 2, "original")

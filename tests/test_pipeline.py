@@ -11,7 +11,7 @@ import torch
 
 from tests import signals
 from tests.test_ldm_fixtures import copy_pipeline, one_thread, tiny_pipeline  # noqa: F401 (autouse)
-from tta.pipeline import PipelineError, TTAPipeline
+from tta.pipeline import Generation, PipelineError, TTAPipeline
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +167,15 @@ def test_inpainting_keeps_the_inputs_own_samples_outside_the_gap(pipe):
     spliced = pipe.inpaint(wav, ["a bird"], start=0.15, end=0.3, steps=2, candidates=2, return_candidates=True)
     decoded = pipe.inpaint(wav, ["a bird"], start=0.15, end=0.3, steps=2, candidates=2, return_candidates=True,
                            outside="decoded")
+    mean = float(wav.mean())   # the input's DC offset: kept with its samples, added to the generated gap too
     for got, whole in zip(spliced.candidate_wavs[0], decoded.candidate_wavs[0]):
-        assert np.array_equal(got[:first - half], wav[:first - half]) and np.array_equal(got[last + half:],
-                                                                                         wav[last + half:])
-        assert np.array_equal(got[first + half:last - half], whole[first + half:last - half])
+        np.testing.assert_allclose(got[:first - half], wav[:first - half], atol=1e-6)
+        np.testing.assert_allclose(got[last + half:], wav[last + half:], atol=1e-6)
+        np.testing.assert_allclose(got[first + half:last - half], whole[first + half:last - half] + mean, atol=1e-6)
         assert not np.allclose(whole[:first - half], wav[:first - half], atol=1e-3)   # the decoder's rendering
         edge = slice(first - half, first + half)
         w = splice_weight(len(wav), first, last, 2 * half)[edge]
-        np.testing.assert_allclose(got[edge], w * whole[edge] + (1 - w) * wav[edge], atol=1e-6)
+        np.testing.assert_allclose(got[edge], w * (whole[edge] + mean) + (1 - w) * wav[edge], atol=1e-6)
     # candidates are ranked on what is returned, and the kept one is among them
     assert any(np.array_equal(spliced.wavs[0], c) for c in spliced.candidate_wavs[0])
     with pytest.raises(PipelineError, match="outside='kept'"):
@@ -347,7 +348,8 @@ def test_the_inpaint_gap_is_computed_in_whole_samples(pipe, monkeypatch):
     per = pipe.vae.downsample_factor * pipe.mel.hop_length            # samples per latent step
     wav = signals.tone(440, 2.0)
     seen = {}
-    monkeypatch.setattr(pipe, "_run", lambda prompts, n, keep, **kw: seen.setdefault("keep", keep))
+    monkeypatch.setattr(pipe, "_run", lambda prompts, n, keep, **kw: (seen.setdefault("keep", keep),
+                                                                       Generation([], 16_000, []))[1])
     for k in range(1, 40):
         start = round(k * per / pipe.sample_rate, 6)
         pipe.inpaint(wav, ["x"], start=start, end=start + 0.05)
@@ -408,7 +410,8 @@ def test_the_inpainted_gap_covers_the_latents_whose_frames_hold_the_range(framin
     p = copy.deepcopy(TTAPipeline.from_pretrained(tiny_pipeline()))
     p.vae.config = dataclasses.replace(p.vae.config, mel=dataclasses.replace(p.vae.config.mel, framing=framing))
     seen = {}
-    monkeypatch.setattr(p, "_run", lambda prompts, n, keep=None, **kw: seen.setdefault("keep", keep))
+    monkeypatch.setattr(p, "_run", lambda prompts, n, keep=None, **kw: (seen.setdefault("keep", keep),
+                                                                         Generation([], 16_000, []))[1])
     per, hop, sr = p.vae.downsample_factor * p.mel.hop_length, p.mel.hop_length, p.sample_rate
     for boundary in (3 * per, 5 * per):
         for s in (boundary - hop // 4, boundary - 3 * hop // 4):   # the last samples before a latent boundary
@@ -424,3 +427,63 @@ def test_the_inpainted_gap_covers_the_latents_whose_frames_hold_the_range(framin
 def test_a_clip_shorter_than_a_clap_window_is_still_ranked(pipe):
     out = pipe(["a click"], seconds=0.05, steps=2, candidates=2, seed=0)
     assert out.wavs[0].shape == (800,) and len(out.candidate_scores[0]) == 2
+
+
+def test_edits_hear_their_input_normalised_and_answer_at_its_level(pipe):
+    """The Python edits fed raw arrays to the model (the CLI normalised them): a quiet clip gave another edit
+    from the API than from the CLI. Now the same clip at two levels gives the same edit at those levels, and
+    integer PCM is refused instead of being read as samples 30 000 times too loud."""
+    wav = (signals.chirp(300, 3000, 0.3) * 0.5).astype(np.float32)
+    for edit in (lambda x: pipe.audio_to_audio(x, ["a bird"], strength=0.6, steps=2),
+                 lambda x: pipe.inpaint(x, ["a bird"], start=0.1, end=0.2, steps=2),
+                 lambda x: pipe.super_resolve(x, ["a bird"], cutoff_hz=3000, steps=2)):
+        loud, quiet = edit(wav), edit(wav * 0.05)
+        assert quiet.input_level == pytest.approx(loud.input_level * 0.05)
+        np.testing.assert_allclose(quiet.wavs[0], loud.wavs[0] * 0.05, atol=1e-6)
+    with pytest.raises(PipelineError, match="edit input: expected float samples.*int16"):
+        pipe.audio_to_audio((wav * 32767).astype(np.int16), ["a bird"], steps=2)
+
+
+def test_super_resolution_keeps_the_input_below_the_cutoff(pipe):
+    """Only the latent rows below the cutoff were held; the decoder let the regenerated rows spill into the low
+    band (a burst 10 dB over the input, low-band correlation with the input 0.01)."""
+    import torch
+
+    sr = pipe.sample_rate
+    t = np.arange(int(0.5 * sr))
+    wav = (0.4 * np.sin(2 * np.pi * 440 * t / sr)).astype(np.float32)             # all below the cutoff
+    out = pipe.super_resolve(wav, ["a bird"], cutoff_hz=3000, steps=2).wavs[0]
+    decoded = pipe.super_resolve(wav, ["a bird"], cutoff_hz=3000, steps=2, outside="decoded").wavs[0]
+
+    def low(x):   # the band below 0.9 x cutoff
+        spec = torch.stft(torch.from_numpy(x).double(), 1024, 256, window=torch.hann_window(1024, dtype=torch.float64),
+                          return_complex=True)
+        spec[int(0.9 * 3000 / (sr / 1024)):] = 0
+        return torch.istft(spec, 1024, 256, window=torch.hann_window(1024, dtype=torch.float64), length=len(x)).numpy()
+
+    inner = slice(1024, -1024)
+    assert np.corrcoef(low(out)[inner], wav[inner])[0, 1] > 0.999
+    assert np.corrcoef(low(decoded)[inner], wav[inner])[0, 1] < 0.99
+
+
+def test_an_edit_shorter_than_the_window_is_sampled_at_the_window(monkeypatch):
+    """A 0.3 s input was edited at its exact length (a UNet trained on 10 s clips renders that poorly), unlike
+    text-to-audio, which samples at the window and cuts."""
+    import copy
+    import dataclasses
+
+    p = copy.deepcopy(TTAPipeline.from_pretrained(tiny_pipeline()))
+    p.defaults = dataclasses.replace(p.defaults, window=0.64)
+    seen = {}
+    real = p._run
+
+    def spy(prompts, n, **kw):
+        seen.update(n=n, cut=kw.get("cut"))
+        return real(prompts, n, **kw)
+
+    monkeypatch.setattr(p, "_run", spy)
+    wav = signals.chirp(300, 3000, 0.2).astype(np.float32)
+    out = p.inpaint(wav, ["x"], start=0.05, end=0.1, steps=2)
+    assert seen == {"n": 10_240, "cut": 3200} and out.wavs[0].shape == (3200,)
+    out = p.audio_to_audio(wav, ["x"], steps=2, strength=0.5)
+    assert seen == {"n": 10_240, "cut": 3200} and out.wavs[0].shape == (3200,)

@@ -201,6 +201,19 @@ def contract_stft(wav, window, config: MelConfig):
 # ------------------------------------------------------------------------------------------- wav IO
 
 
+def float_audio(wav, what: str = "audio") -> np.ndarray:
+    """`wav` (numpy array, torch tensor or list) as a float32 numpy array; integer samples (int16 PCM as
+    scipy.io.wavfile or soundfile's dtype="int16" give them) are an AudioError: read as floats they would be
+    about 30 000 times too loud."""
+    if hasattr(wav, "detach"):
+        wav = wav.detach().cpu().numpy()
+    arr = np.asarray(wav)
+    if arr.dtype.kind != "f" and arr.size:
+        raise AudioError(f"{what}: expected float samples in [-1, 1], got dtype {arr.dtype} (divide integer PCM "
+                         "by 32768, or read the file with tta.audio.load_audio)")
+    return np.asarray(arr, dtype=np.float32)
+
+
 def normalize_wav(wav: np.ndarray, peak: float = 0.5) -> np.ndarray:
     """Remove DC and scale to |max| = `peak` (AudioLDM's loader). Digital silence is returned unchanged."""
     wav = wav - wav.mean()
@@ -310,7 +323,7 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
     """
     from tta.checkpoint import atomic_path
 
-    arr = np.asarray(wav.detach().cpu().numpy() if hasattr(wav, "detach") else wav, dtype=np.float32)
+    arr = float_audio(wav, str(path))
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
     if arr.ndim != 1:

@@ -165,10 +165,11 @@ def _add_generate(sub) -> None:
                    help="with --init-audio: how much to change (0, 1]; default 0.5")
     p.add_argument("--inpaint", type=Path, metavar="WAV", help="audio to inpaint (with --mask START:END)")
     p.add_argument("--mask", metavar="START:END", help="with --inpaint: seconds to regenerate")
-    p.add_argument("--inpaint-outside", choices=["original", "decoded"],
-                   help="with --inpaint: outside the gap keep the input's own samples (original, the default; 20 ms "
-                        "crossfades at the gap's edges) or the whole clip as the VAE and vocoder decode it (decoded, "
-                        "as AudioLDM)")
+    p.add_argument("--outside", choices=["original", "decoded"],
+                   help="with --inpaint or --super-resolution, what the output holds outside the regenerated part "
+                        "(the gap; the band below --cutoff): the input's own audio (original, the default; 20 ms "
+                        "crossfades at a gap's edges, a crossover just below the cutoff) or the whole clip as the VAE "
+                        "and vocoder decode it (decoded, as AudioLDM)")
     p.add_argument("--super-resolution", type=Path, metavar="WAV",
                    help="band-limited audio whose upper mel bands are regenerated (with --cutoff)")
     p.add_argument("--cutoff", type=float, metavar="HZ", help="with --super-resolution: highest kept frequency")

@@ -157,26 +157,41 @@ def check_writable_dir(path: Path) -> None:
                             else f"{path}: cannot create the output folder ({existing} is not writable)")
 
 
-def fit_gap(wav, original, edit: dict, sample_rate: int, level: float, peak: float = 0.99):
-    """(wav, gain, gap_gain) for an inpainted clip spliced into its input (pipeline outside="original"), at the
-    input's level: a gap too loud for the file is turned down alone (gap_gain), so the kept samples stay the
-    input's; only an input that is itself over `peak` turns the whole clip down (gain), as fit_full_scale."""
+def kept_part(edit: dict, raw, sample_rate: int):
+    """The part of an edit's output that is the input's own audio (pipeline outside="original"): the input
+    outside an inpainted gap (and its crossfades), or below a super-resolution's cutoff; None for other edits."""
     import numpy as np
 
-    from tta.pipeline import inpaint_weight
+    if edit.get("outside") != "original" or edit["kind"] not in ("inpaint", "super_resolution"):
+        return None
+    raw = np.asarray(raw, np.float32)
+    if edit["kind"] == "inpaint":
+        from tta.pipeline import inpaint_weight
+
+        return (1 - inpaint_weight(len(raw), edit["start"], edit["end"], sample_rate)) * raw
+    import torch
+
+    from tta.pipeline import band_splice
+
+    x = torch.from_numpy(raw)
+    return band_splice(x, torch.zeros_like(x), edit["cutoff_hz"], sample_rate).numpy()
+
+
+def fit_generated(wav, kept, peak: float = 0.99):
+    """(wav, gain, generated_gain) for an edit whose output is `kept` (the input's own audio) plus a generated
+    part: a generated part too loud for the file is turned down alone (generated_gain), so the kept audio stays
+    the input's; only an input that is itself over `peak` turns the whole clip down (gain), as fit_full_scale."""
+    import numpy as np
 
     n = len(wav)
-    w = inpaint_weight(n, edit["start"], edit["end"], sample_rate)
-    source = np.zeros(n, np.float32)
-    source[:min(n, len(original))] = np.asarray(original, np.float32)[:n]
-    kept = (1 - w) * source * level                      # exactly the spliced clip's input part
-    generated = wav * level - kept
+    kept = np.asarray(kept, np.float32)[:n]
+    generated = wav - kept
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(np.abs(generated) > 0, (peak - np.sign(generated) * kept) / np.abs(generated), np.inf)
-    gap_gain = float(np.clip(np.min(room) if n else 1.0, 0.0, 1.0))
-    gap_gain = gap_gain if gap_gain == 1.0 else gap_gain * (1 - 1e-5)   # float rounding stays under the peak
-    out, gain = fit_full_scale(kept + gap_gain * generated, peak)
-    return out, gain, gap_gain
+    gain = float(np.clip(np.min(room) if n else 1.0, 0.0, 1.0))
+    gain = gain if gain == 1.0 else gain * (1 - 1e-5)   # float rounding stays under the peak
+    out, whole = fit_full_scale(kept + gain * generated, peak)
+    return out, whole, gain
 
 
 def fit_full_scale(wav, peak: float = 0.99):
@@ -224,6 +239,13 @@ def check_length(args: argparse.Namespace, folder: Path, edit: dict | None = Non
     if edit is not None and round(edit["input_seconds"] * rate) < hop:
         raise GenerateError(f"{edit['input']}: {edit['input_seconds']:g} s of audio, shorter than one mel frame of "
                             f"this model ({hop / rate:g} s)")
+    if edit is not None and "strength" in edit:
+        from tta.pipeline import PipelineDefaults
+
+        steps = args.steps or int(read_pipeline_json(folder).get("defaults", {}).get("steps", PipelineDefaults.steps))
+        if steps and round(edit["strength"] * steps) < 1:
+            raise GenerateError(f"--strength {edit['strength']} at {steps} sampler steps leaves no denoising step "
+                                f"(it needs >= {0.5 / steps:.3g}, or more --steps)")
 
 
 @functools.lru_cache(maxsize=8)   # the record is rewritten as a run goes: hash each folder once
@@ -297,11 +319,11 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
     given = [(k, p) for k, p in (("audio_to_audio", args.init_audio), ("inpaint", args.inpaint),
                                  ("super_resolution", args.super_resolution)) if p is not None]
     strength = getattr(args, "strength", None)
+    outside = getattr(args, "outside", None)
     if not given:
-        if (args.mask is not None or args.cutoff is not None or strength is not None
-                or getattr(args, "inpaint_outside", None) is not None):
-            raise UsageError("--mask and --inpaint-outside need --inpaint WAV, --cutoff needs --super-resolution "
-                             "WAV and --strength needs --init-audio WAV")
+        if args.mask is not None or args.cutoff is not None or strength is not None or outside is not None:
+            raise UsageError("--mask needs --inpaint WAV, --cutoff needs --super-resolution WAV, --strength needs "
+                             "--init-audio WAV and --outside one of --inpaint, --super-resolution")
         return None
     if len(given) > 1:
         raise UsageError("give only one of --init-audio, --inpaint, --super-resolution")
@@ -316,11 +338,19 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
         raise UsageError("--seconds does not apply to edits: the input audio sets the length")
     if getattr(args, "window", None) is not None:
         raise UsageError("--window does not apply to edits: the input audio sets the length")
-    edit = {"kind": kind, "input": str(path), "input_seconds": round(info.seconds, 4)}
     if strength is not None and kind != "audio_to_audio":
         raise UsageError("--strength applies to --init-audio only")
-    if getattr(args, "inpaint_outside", None) is not None and kind != "inpaint":
-        raise UsageError("--inpaint-outside applies to --inpaint only")
+    if outside is not None and kind == "audio_to_audio":
+        raise UsageError("--outside applies to --inpaint and --super-resolution only")
+    from tta.pipeline import MAX_SECONDS
+
+    if info.seconds > MAX_SECONDS:
+        raise GenerateError(f"{path}: {info.seconds:.1f} s of audio; an edit takes at most {MAX_SECONDS:g} s "
+                            "(cut the input)")
+    # what the edit read, to redo it: the file's content and format (it is heard as 16 kHz mono)
+    edit = {"kind": kind, "input": str(path), "input_seconds": round(info.seconds, 4),
+            "input_sha256": _file_sha256(path), "input_sample_rate": info.sample_rate,
+            "input_channels": info.channels}
     if kind == "audio_to_audio":
         strength = 0.5 if strength is None else strength
         if not (math.isfinite(strength) and 0 < strength <= 1):
@@ -330,12 +360,22 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
         start, end = parse_mask(args.mask)
         if end > info.seconds + 1e-6:
             raise GenerateError(f"--mask end {end} s is past the end of {path} ({info.seconds:.3f} s)")
-        edit.update(start=start, end=end, outside=getattr(args, "inpaint_outside", None) or "original")
+        edit.update(start=start, end=end, outside=outside or "original")
     else:
         if args.cutoff is None or not math.isfinite(args.cutoff) or args.cutoff <= 0:
             raise GenerateError("--super-resolution needs --cutoff HZ > 0 (the highest frequency the input holds)")
-        edit["cutoff_hz"] = args.cutoff
+        edit.update(cutoff_hz=args.cutoff, outside=outside or "original")
     return edit
+
+
+def _file_sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def pick_device(name: str) -> str:
@@ -371,15 +411,19 @@ def main(args: argparse.Namespace) -> int:
     check_numbers(args)
     jobs = plan_jobs(args)
     edit = plan_edit(args)
+    if edit is not None:   # `-o clip.wav --inpaint clip.wav` replaced the input with the edit, and no record can redo it
+        source = Path(edit["input"]).resolve()
+        for job in jobs:
+            if job.path.resolve() == source:
+                raise GenerateError(f"{job.path}: is the edit's input audio; write the output to another file")
     folder = model_folder(args)
     check_length(args, folder, edit)
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
 
-    import numpy as np
 
-    from tta.audio import load_audio, normalize_wav
+    from tta.audio import load_audio
     from tta.pipeline import TTAPipeline
 
     t0 = time.time()
@@ -394,15 +438,18 @@ def main(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, progress=progress and len(jobs) == 1)
     if store is not None:
         common.update(datastore=store, neighbours=getattr(args, "neighbours", None))
-    wav_in, level = None, 1.0
+    wav_in = kept = None
     if edit is not None:
-        # normalised (DC removed, peak 0.5) like the training data the model saw; the outputs are scaled back by
-        # the same factor, so the part an edit keeps comes out at the input's level
-        raw, _ = load_audio(edit["input"], pipe.sample_rate)
-        wav_in = normalize_wav(raw)
-        top = float(np.max(np.abs(raw - raw.mean()))) if raw.size else 0.0
-        level = top / 0.5 if top > 0 else 1.0
-        edit["input_level"] = round(level, 6)
+        # the pipeline hears it normalised (DC removed, peak 0.5) as the training audio was, and scales its
+        # outputs back, so the part an edit keeps comes out at the input's level
+        from tta.pipeline import edit_input
+
+        wav_in, _ = load_audio(edit["input"], pipe.sample_rate)
+        if edit["input_sample_rate"] != pipe.sample_rate or edit["input_channels"] != 1:
+            log.info("%s: %d Hz, %d channel(s); the edit hears it, and writes it, as %d Hz mono", edit["input"],
+                     edit["input_sample_rate"], edit["input_channels"], pipe.sample_rate)
+        edit["input_level"] = round(edit_input(wav_in)[1], 6)
+        kept = kept_part(edit, wav_in, pipe.sample_rate)
     records = []
     record_path = record_path_of(args.output if args.output is not None else jobs[0].path.parent,
                                  single=args.output is not None)
@@ -410,7 +457,7 @@ def main(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=len(jobs), desc="tta generate", unit="clip", disable=not progress or len(jobs) == 1)
     try:
-        run_jobs(args, jobs, edit, pipe, common, wav_in, level, records, record_path, bar, folder, device, t0)
+        run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path, bar, folder, device, t0)
     except BaseException:   # stopped part-way (Ctrl-C included): the record lists every file written
         bar.close()
         if records:
@@ -423,7 +470,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_jobs(args, jobs, edit, pipe, common, wav_in, level, records, record_path, bar, folder, device, t0) -> None:
+def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path, bar, folder, device, t0) -> None:
     """Generate and write every job in batches, appending each output's record to `records`."""
     import numpy as np
 
@@ -444,18 +491,16 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, level, records, record_path
             out = pipe.inpaint(wav_in, prompts, start=edit["start"], end=edit["end"], outside=edit["outside"],
                                seed=seed, prompt_ids=ids, **common)
         else:
-            out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], seed=seed, prompt_ids=ids,
-                                     **common)
+            out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], outside=edit["outside"],
+                                     seed=seed, prompt_ids=ids, **common)
         if start == 0:   # an earlier run's record would describe the files this run replaces
             record_path.unlink(missing_ok=True)
         for k, job in enumerate(chunk):
             extra = {}
-            if edit is None:
-                wav, gain = fit_full_scale(out.wavs[k])
-            elif edit["kind"] == "inpaint" and edit["outside"] == "original":
-                wav, gain, extra["gap_gain"] = fit_gap(out.wavs[k], wav_in, edit, out.sample_rate, level)
+            if kept is not None:
+                wav, gain, extra["generated_gain"] = fit_generated(out.wavs[k], kept)
             else:
-                wav, gain = fit_full_scale(out.wavs[k] * level)
+                wav, gain = fit_full_scale(out.wavs[k])
             if gain < QUIET_GAIN:
                 log.warning("%s came out %.0fx over full scale and was turned down to fit (gain %.2g): too few "
                             "sampler steps for this sampler?", job.path.name, 1 / gain, gain)

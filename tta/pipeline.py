@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tta.audio import check_same_mel, log_mel
+from tta.audio import AudioError, check_same_mel, float_audio, log_mel
 from tta.checkpoint import CheckpointError, load_component
 from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, write_pipeline
 from tta.ldm.folder import vocoder_class as _vocoder_class
@@ -63,6 +63,8 @@ class PipelineError(ValueError):
 CONTEXT_GUIDANCE = ("shared", "guided")
 INPAINT_OUTSIDE = ("original", "decoded")   # what an inpainted clip holds outside its gap
 INPAINT_FADE = 0.02        # seconds of raised-cosine crossfade centred on each edge of a spliced gap
+INPAINT_RANK_CONTEXT = 0.5  # seconds on each side of an inpainted gap that candidate ranking hears with it
+SR_CROSSOVER = 0.1          # super-resolution's crossover: input below (1 - this) x cutoff, generated above cutoff
 
 
 def check_context_guidance(name: str) -> str:
@@ -137,6 +139,7 @@ class Generation:
     seeds: list[list[int]] = field(default_factory=list)
     neighbours: list[list[dict]] | None = None   # per prompt, the retrieved entries (rank, id, caption, score)
     candidate_wavs: list[list[np.ndarray]] | None = None   # per prompt, every candidate (return_candidates)
+    input_level: float = 1.0   # an edit's: the factor that took the model's output back to the input's level
 
 
 def open_text_encoder(folder: str | os.PathLike, device="cpu"):
@@ -364,12 +367,25 @@ class TTAPipeline:
                          prompt_ids=prompt_ids,
                          datastore=datastore, neighbours=neighbours, cut=n, context_guidance=context_guidance)
 
-    def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
-        """Style transfer (SDEdit): wav (T,) at sample_rate noised to `strength` in (0, 1], denoised to the prompt."""
+    def _edit_length(self, wav: np.ndarray) -> tuple[int, int]:
+        """(the edit's length in samples, the length it is sampled at): an input shorter than the model's window
+        is sampled padded with silence to the window and cut back, as a shorter text-to-audio clip is (a UNet
+        trained on 10 s clips renders a 0.3 s one poorly)."""
         n = self.check_seconds(len(wav) / self.sample_rate)
+        return n, max(n, round(self.defaults.window * self.sample_rate))
+
+    def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
+        """Style transfer (SDEdit): wav (T,) at sample_rate noised to `strength` in (0, 1], denoised to the prompt.
+
+        Every edit (this, inpaint, super_resolve) takes float audio at any level: the model hears it as it heard
+        its training audio (DC removed, peak 0.5) and the outputs come back at the input's level
+        (`Generation.input_level`, the factor applied). An input shorter than the model's `window` is sampled
+        padded with silence to the window, and the output cut back to the input's length."""
+        wav, level, _ = edit_input(wav)
+        n, sampled = self._edit_length(wav)
         if not 0 < strength <= 1:
             raise PipelineError(f"strength={strength} must be in (0, 1]")
-        return self._run(prompts, n, init_wav=wav, strength=strength, **kwargs)
+        return at_level(self._run(prompts, sampled, init_wav=wav, strength=strength, cut=n, **kwargs), level)
 
     def inpaint(self, wav: np.ndarray, prompts: list[str], *, start: float, end: float, outside: str = "original",
                 **kwargs) -> Generation:
@@ -378,16 +394,20 @@ class TTAPipeline:
         The latents outside the gap are held at the input's throughout sampling, so the generated gap fits its
         surroundings. `outside` "original" (the default) then splices the generated gap into the input audio
         itself, with a 20 ms raised-cosine crossfade centred on each edge, so the kept parts are the input's
-        samples; "decoded" returns the whole decoded clip, the kept parts too as the VAE and vocoder render them
-        (AudioLDM's inpainting output). Candidates are ranked on what is returned.
+        samples (its DC offset too); "decoded" returns the whole decoded clip, the kept parts too as the VAE and
+        vocoder render them (AudioLDM's inpainting output). Candidates are ranked by CLAP on the gap with up to
+        INPAINT_RANK_CONTEXT seconds on each side, not on the whole clip, which is mostly the input.
         """
         if outside not in INPAINT_OUTSIDE:
             raise PipelineError(f"outside={outside!r}: expected one of {', '.join(INPAINT_OUTSIDE)}")
-        n = self.check_seconds(len(wav) / self.sample_rate)
+        wav, level, offset = edit_input(wav)
+        n, sampled = self._edit_length(wav)
+        if 0 <= start < end and n / self.sample_rate < end <= (n + 1) / self.sample_rate:
+            end = n / self.sample_rate   # the header's length, within a sample of the resampled one
         if not 0 <= start < end <= n / self.sample_rate + 1e-9:
             raise PipelineError(f"inpaint range {start}:{end} s must satisfy 0 <= start < end <= "
                                 f"{n / self.sample_rate:g} (the input's length)")
-        _, t, _ = self.latent_shape(n)
+        _, t, _ = self.latent_shape(sampled)
         per = self.vae.downsample_factor * self.mel.hop_length          # samples per latent step (an integer)
         # latent step idx covers samples [idx * per, (idx + 1) * per) with HiFi-GAN framing (frame k centred on
         # hop * k + hop / 2); TacotronSTFT centres frame k on hop * k, half a hop earlier
@@ -395,18 +415,32 @@ class TTAPipeline:
         first, last = round(start * self.sample_rate), round(end * self.sample_rate)
         idx = torch.arange(t)
         gap = ((idx + 1) * per - shift > first) & (idx * per - shift < last)
-        splice = None
+        finish = None
         if outside == "original":
-            original = np.zeros(n, np.float32)
-            original[:min(n, len(wav))] = np.asarray(wav, np.float32)[:n]
-            splice = (original, inpaint_weight(n, start, end, self.sample_rate))
-        return self._run(prompts, n, init_wav=wav, keep=(~gap).view(1, 1, t, 1), splice=splice, **kwargs)
+            original = torch.from_numpy(np.ascontiguousarray(wav[:n], np.float32))
+            weight = torch.from_numpy(inpaint_weight(n, start, end, self.sample_rate))
+            finish = lambda w: weight * w + (1 - weight) * original   # noqa: E731 (one expression)
+        context = round(INPAINT_RANK_CONTEXT * self.sample_rate)
+        span = (max(0, first - context), min(n, last + context))
+        out = self._run(prompts, sampled, init_wav=wav, keep=(~gap).view(1, 1, t, 1), finish=finish, cut=n,
+                        rank_span=span, **kwargs)
+        return at_level(out, level, offset if outside == "original" else 0.0)
 
-    def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, **kwargs) -> Generation:
-        """Regenerate the mel bands above `cutoff_hz` of wav (T,) (e.g. audio upsampled from 8 kHz)."""
+    def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, outside: str = "original",
+                      **kwargs) -> Generation:
+        """Regenerate the mel bands above `cutoff_hz` of wav (T,) (e.g. audio upsampled from 8 kHz).
+
+        The latent rows below the cutoff are held at the input's throughout sampling. `outside` "original" (the
+        default) then joins the input's own audio below the cutoff with the generated audio above it (STFT
+        crossover fading over SR_CROSSOVER of the cutoff just below it), since the VAE decoder lets the
+        regenerated rows spill into the low band; "decoded" returns the whole decoded clip.
+        """
         import librosa
 
-        n = self.check_seconds(len(wav) / self.sample_rate)
+        if outside not in INPAINT_OUTSIDE:
+            raise PipelineError(f"outside={outside!r}: expected one of {', '.join(INPAINT_OUTSIDE)}")
+        wav, level, offset = edit_input(wav)
+        n, sampled = self._edit_length(wav)
         m = self.mel
         if not m.f_min < cutoff_hz < m.f_max:
             raise PipelineError(f"cutoff_hz={cutoff_hz} must lie inside the mel band ({m.f_min:g}, {m.f_max:g}) Hz")
@@ -416,7 +450,12 @@ class TTAPipeline:
         keep = (top <= cutoff_hz).view(1, 1, 1, -1)
         if not bool(keep.any()):
             raise PipelineError(f"cutoff_hz={cutoff_hz} keeps no latent frequency row; raise it")
-        return self._run(prompts, n, init_wav=wav, keep=keep, **kwargs)
+        finish = None
+        if outside == "original":
+            original = torch.from_numpy(np.ascontiguousarray(wav[:n], np.float32))
+            finish = lambda w: band_splice(original, w, cutoff_hz, self.sample_rate)   # noqa: E731
+        out = self._run(prompts, sampled, init_wav=wav, keep=keep, finish=finish, cut=n, **kwargs)
+        return at_level(out, level, offset if outside == "original" else 0.0)
 
     def _run(self, prompts, num_samples: int, *, steps=None, guidance=None, negative: str = "", candidates=None,
              seed: int = 0, sampler=None, eta: float | None = None, batch_size: int = 1, guidance_rule: str | None = None,
@@ -424,7 +463,7 @@ class TTAPipeline:
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
              context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
              cut: int | None = None, context_guidance: str | None = None,
-             prompt_ids: list[str] | None = None, splice: tuple[np.ndarray, np.ndarray] | None = None) -> Generation:
+             prompt_ids: list[str] | None = None, finish=None, rank_span: tuple[int, int] | None = None) -> Generation:
         from tqdm.auto import tqdm
 
         d = self.defaults
@@ -479,12 +518,10 @@ class TTAPipeline:
                               progress=progress and len(jobs) <= per)
             for (i, j, _), w in zip(chunk, out):
                 w = w if cut is None else w[:cut]
-                if splice is not None:   # (original audio, weight of the generated audio per sample)
-                    w = torch.from_numpy(splice[1]) * w + torch.from_numpy((1 - splice[1]) * splice[0])
-                wavs[(i, j)] = w
+                wavs[(i, j)] = w if finish is None else finish(w)   # an edit's splice into its input
             bar.update(len(chunk))
         bar.close()
-        out = self._rank(text, wavs, len(prompts), candidates, jobs)
+        out = self._rank(text, wavs, len(prompts), candidates, jobs, rank_span)
         out.neighbours = found
         if return_candidates:
             out.candidate_wavs = [[wavs[(i, j)].numpy() for j in range(candidates)] for i in range(len(prompts))]
@@ -523,10 +560,13 @@ class TTAPipeline:
         latents = denoise(self.unet, scheduler, noise, cond, uncond, steps=steps, guidance=guidance, eta=eta, **edit)
         return self.decode(latents, num_samples)
 
-    def _rank(self, text, wavs, num_prompts: int, candidates: int, jobs) -> Generation:
-        """Keep each prompt's candidate with the highest CLAP score cos(text, audio)."""
+    def _rank(self, text, wavs, num_prompts: int, candidates: int, jobs, span=None) -> Generation:
+        """Keep each prompt's candidate with the highest CLAP score cos(text, audio) (of samples span[0]:span[1]
+        when given: an inpainted gap and its surroundings)."""
         keys = [(i, j) for i in range(num_prompts) for j in range(candidates)]
         clips = torch.stack([wavs[k] for k in keys])
+        if span is not None:
+            clips = clips[:, span[0]:span[1]]
         shortest = int(0.1 * self.sample_rate)    # a CLAP needs at least one analysis window: score a very short
         if clips.shape[1] < shortest:             # clip zero-padded (the clip itself is returned as generated)
             clips = torch.nn.functional.pad(clips, (0, shortest - clips.shape[1]))
@@ -537,6 +577,49 @@ class TTAPipeline:
         return Generation(wavs=[wavs[(i, int(best[i]))].numpy() for i in range(num_prompts)],
                           sample_rate=self.sample_rate, scores=[float(sims[i, best[i]]) for i in range(num_prompts)],
                           candidate_scores=sims.tolist(), seeds=seeds)
+
+
+def edit_input(wav) -> tuple[np.ndarray, float, float]:
+    """(an edit's input as the model heard its training audio: float32 mono, DC removed, peak 0.5; the factor
+    that takes the model's output back to the input's level; the input's DC offset). Integer samples are refused
+    (tta.audio.float_audio)."""
+    from tta.audio import normalize_wav
+
+    try:
+        arr = float_audio(wav, "edit input")
+    except AudioError as e:
+        raise PipelineError(str(e)) from None
+    if arr.ndim != 1:
+        raise PipelineError(f"edit input: expected mono audio of shape (T,), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise PipelineError("edit input: contains NaN or inf")
+    mean = float(arr.mean()) if arr.size else 0.0
+    top = float(np.max(np.abs(arr - mean))) if arr.size else 0.0
+    return normalize_wav(arr), (top / 0.5 if top > 0 else 1.0), mean
+
+
+def at_level(out: Generation, level: float, offset: float = 0.0) -> Generation:
+    """An edit's Generation scaled back to its input's level (see edit_input), plus `offset` (the input's DC,
+    for an output that holds the input's own samples)."""
+    out.wavs = [w * np.float32(level) + np.float32(offset) for w in out.wavs]
+    if out.candidate_wavs is not None:
+        out.candidate_wavs = [[w * np.float32(level) + np.float32(offset) for w in ws] for ws in out.candidate_wavs]
+    out.input_level = float(level)
+    return out
+
+
+def band_splice(low: torch.Tensor, high: torch.Tensor, cutoff_hz: float, sample_rate: int,
+                n_fft: int = 1024) -> torch.Tensor:
+    """(T,) audio holding `low` below `cutoff_hz` and `high` above it: their STFTs (Hann, n_fft, hop n_fft / 4)
+    joined with a raised-cosine crossover from (1 - SR_CROSSOVER) x cutoff up to the cutoff, inverted."""
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = [torch.stft(x.double(), n_fft, n_fft // 4, window=window, pad_mode="constant", return_complex=True)
+            for x in (low, high)]
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    x = ((freqs - (1 - SR_CROSSOVER) * cutoff_hz) / (SR_CROSSOVER * cutoff_hz)).clamp(0, 1)
+    w = (0.5 - 0.5 * torch.cos(torch.pi * x))[:, None]                         # 0 in the low band, 1 above cutoff
+    joined = spec[0] * (1 - w) + spec[1] * w
+    return torch.istft(joined, n_fft, n_fft // 4, window=window, length=low.shape[0]).float()
 
 
 def inpaint_weight(n: int, start: float, end: float, sample_rate: int) -> np.ndarray:
