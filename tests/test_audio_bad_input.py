@@ -156,3 +156,17 @@ def test_a_file_name_that_is_not_utf8_is_read_and_written(tmp_path):
     assert audio_info(path).num_samples == 1600
     wav, sr = load_audio(path)
     assert sr == 16_000 and wav.shape == (1600,)
+
+
+def test_integer_pcm_arrays_are_refused_not_read_as_huge_floats(tmp_path):
+    """save_audio and the FAD embedders cast int16 arrays to float and went on: a file with 84 % of its samples
+    at full scale, an MFCC embedding off by up to 74."""
+    from eval.embedders import get_embedder
+    from tta.audio import save_audio
+
+    pcm = (tone(440, 0.2) * 30_000).astype(np.int16)
+    with pytest.raises(AudioError, match="expected float samples in \\[-1, 1\\], got dtype int16"):
+        save_audio(tmp_path / "x.wav", pcm, 16_000)
+    assert not (tmp_path / "x.wav").exists()
+    with pytest.raises(AudioError, match="got dtype int16"):
+        get_embedder("mfcc").embed(pcm, 16_000)
