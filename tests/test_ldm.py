@@ -227,11 +227,16 @@ def test_precomputed_latents_train_and_are_cached(tmp_path):
     final = train(cfg, tmp_path / "run", progress=False)
     files = list(cache.glob("latents-*.pt"))
     assert len(files) == 1 and (final / "model.safetensors").is_file()
-    from tta.checkpoint import load_torch_file
+    from tta.checkpoint import load_state_dict, load_torch_file
 
     cached = load_torch_file(files[0])
     assert cached["mean"].shape[0] == 6 and cached["audio_emb"].shape == (6, 64)
     assert torch.all(cached["std"] > 0)
+    # a second run that finds the cache trains the same weights (the encoding run's DataLoader took a draw from
+    # the global RNG before the UNet was built, so the two started from different weights)
+    again = train(cfg, tmp_path / "run2", progress=False)
+    a, b = load_state_dict(final / "model.safetensors"), load_state_dict(again / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_precompute_caches_every_caption_and_items_draw_one(tmp_path):

@@ -457,3 +457,20 @@ def test_weight_decay_on_1d_tensors_is_a_choice(decay_1d):
     assert {g["lr"] for g in opt.param_groups} == {0.1, 0.01}
     bare = make_optimizer([{"params": layer.weight}, {"params": layer.bias}], train)   # a tensor, not a list
     assert sum(len(g["params"]) for g in bare.param_groups) == 2
+
+
+def test_a_run_stopped_by_sigterm_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    """torchrun stops the other processes of a run with SIGTERM when one fails; Python's default handling ran no
+    cleanup, so the folder stayed and the corrected rerun was refused ("already holds a run")."""
+    import os
+    import signal
+
+    from tta.training import discard_on_failure, terminate_as_exit
+
+    out = tmp_path / "r"
+    with pytest.raises(SystemExit) as stopped, terminate_as_exit(), discard_on_failure(out):
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert stopped.value.code == 143 and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL        # the handler is put back

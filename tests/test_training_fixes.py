@@ -313,4 +313,16 @@ def test_a_resume_refuses_a_manifest_whose_rows_changed(tmp_path, capsys):
     manifest.write_text(manifest.read_text() + manifest.read_text().splitlines()[0].replace('"id": "', '"id": "x') + "\n")
     rc, err = _cli(capsys, "vocoder", tmp_path / "run", *sets, extra=["--resume"])
     assert rc == 1 and "has changed since the run started" in err and err.count("\n") == 1, err
+    # also when the resume extends the run (that branch returned before the check)
+    longer = (*sets[:1], "train.max_steps=2", *sets[2:])
+    rc, err = _cli(capsys, "vocoder", tmp_path / "run", *longer, extra=["--resume"])
+    assert rc == 1 and "has changed since the run started" in err, err
+    # and for data.extra_manifests, which the dataset reads too
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(manifest.read_text().splitlines()[0].replace('"id": "', '"id": "e') + "\n")
+    with_extra = (*sets, f"data.extra_manifests={json.dumps([str(extra)])}")
+    assert _cli(capsys, "vocoder", tmp_path / "run2", *with_extra)[0] == 0
+    extra.write_text(extra.read_text() + extra.read_text().replace('"id": "e', '"id": "f'))
+    rc, err = _cli(capsys, "vocoder", tmp_path / "run2", *with_extra, extra=["--resume"])
+    assert rc == 1 and f"manifest {extra} has changed" in err, err
     assert _cli(capsys, "vocoder", tmp_path / "new", *sets)[0] == 0     # a fresh run records the new content

@@ -58,11 +58,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         sets.append(f"train.init_from={json.dumps(str(args.init_from))}")
     config = apply_overrides(load_config(module.RunConfig, args.config), sets)
     from tta.checkpoint import check_output_path
-    from tta.training import discard_on_failure
+    from tta.training import discard_on_failure, terminate_as_exit
 
     check_output_path(args.out, "--out", folder=True)
-
-    with discard_on_failure(args.out, resume=args.resume):   # a fresh run that fails early leaves no folder
+    # a fresh run that fails early leaves no folder, also when a launcher stops it with SIGTERM
+    with terminate_as_exit(), discard_on_failure(args.out, resume=args.resume):
         final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)
     print(final)
     return 0

@@ -408,6 +408,7 @@ class TrainingRun:
                     raise RunError(f"{self.out}: train.max_steps cannot change on resume ({old_max} -> {new_max}): "
                                    "the cosine learning-rate schedule decays to max_steps and would jump; start "
                                    "a new run with --init-from instead")
+                self._check_data(resume=True)
                 log.info("%s: train.max_steps changed from %s to %s on resume", self.out, old_max, new_max)
                 if self.is_main:
                     atomic_write_text(cfg_path, json.dumps(resolved, indent=2) + "\n")
@@ -432,24 +433,39 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
 
     def _check_data(self, *, resume: bool) -> None:
-        """Record the training manifest's sha256 in DATA_RECORD when the run starts (or first resumes), and refuse a
-        resume once it has changed: the same path with other rows trains on data neither the checkpoint's run nor a
-        new one would have (re-running `tta data check --drop-bad` into the same file does it)."""
-        manifest = getattr(getattr(self.config, "data", None), "manifest", "")
-        if not manifest or not Path(manifest).is_file():
+        """Record the training manifests' sha256 (data.manifest and data.extra_manifests) and the process count in
+        DATA_RECORD when the run starts (or first resumes), and refuse a resume once a manifest has changed: the
+        same path with other rows trains on data neither the checkpoint's run nor a new one would have
+        (re-running `tta data check --drop-bad` into the same file does it). Another process count changes the
+        global batch: said, not refused (a run moved to a machine with more GPUs)."""
+        data = getattr(self.config, "data", None)
+        paths = [getattr(data, "manifest", ""), *getattr(data, "extra_manifests", ())]
+        paths = [str(p) for p in paths if p and Path(p).is_file()]
+        if not paths:
             return
-        digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+        digests = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+        processes = self.accelerator.num_processes
         record = self.out / DATA_RECORD
         try:
-            saved = json.loads(record.read_text())["manifest_sha256"] if resume else None
-        except (OSError, ValueError, KeyError, TypeError):
+            saved = json.loads(record.read_text()) if resume else None
+        except (OSError, ValueError):
             saved = None
-        if saved is not None and saved != digest:
-            raise RunError(f"{self.out}: data.manifest {manifest} has changed since the run started (sha256 "
-                           f"{saved[:12]}... -> {digest[:12]}...): resuming would go on with other rows; restore "
-                           "the manifest, or start a new run from this one with --init-from")
-        if saved is None and self.is_main:
-            atomic_write_text(record, json.dumps({"manifest": str(manifest), "manifest_sha256": digest}, indent=1) + "\n")
+        if isinstance(saved, dict) and "manifest_sha256" in saved:
+            old = saved.get("manifests_sha256") or {saved.get("manifest"): saved["manifest_sha256"]}
+            for path, digest in digests.items():
+                before = old.get(path)
+                if before is not None and before != digest:
+                    raise RunError(f"{self.out}: manifest {path} has changed since the run started (sha256 "
+                                   f"{before[:12]}... -> {digest[:12]}...): resuming would go on with other rows; "
+                                   "restore the manifest, or start a new run from this one with --init-from")
+            if saved.get("num_processes") not in (None, processes):
+                log.warning("%s: resumed on %d processes, started on %d: the global batch changes with them",
+                            self.out, processes, saved["num_processes"])
+            return
+        if self.is_main:
+            body = {"manifest": paths[0], "manifest_sha256": digests[paths[0]], "manifests_sha256": digests,
+                    "num_processes": processes}
+            atomic_write_text(record, json.dumps(body, indent=1) + "\n")
 
     # -- objects -----------------------------------------------------------------------------------
 
@@ -848,6 +864,28 @@ class TrainingRun:
         if self.is_main:
             save_component(final, module)
         return final
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Within it, SIGTERM raises SystemExit(143) instead of ending the process at once, so `finally` blocks and
+    discard_on_failure run: torchrun and accelerate stop the other processes of a run with SIGTERM when one fails,
+    and a run stopped that way left its folder, blocking the corrected rerun ("already holds a run")."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -187,7 +187,11 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         last_valid = run.step
 
     for batch in run.batches(train_ds):
-        rng = np.random.default_rng([config.train.seed, run.micro_step])
+        # caption augmentation draws: each process its own (the same draws on every process repeated one pattern
+        # N times in the global batch); one process keeps the stream the shipped CLAP runs were trained with
+        nproc = run.accelerator.num_processes
+        rng = np.random.default_rng([config.train.seed, run.micro_step]
+                                    + ([run.accelerator.process_index] if nproc > 1 else []))
         rows = [train_ds.rows[int(i)] for i in batch["index"]]
         captions, audio_to_text = merge_captions(augment_captions(list(batch["caption"]), rows, config.augment, rng))
         with run.accumulate(model):

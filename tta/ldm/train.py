@@ -365,6 +365,11 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
         num = round(config.data.segment_seconds * frozen.vae.config.mel.sample_rate)
         crop = latent_frames(num, frozen.vae, config.model.downsample_factor)
     if path.is_file():
+        # encoding iterates a DataLoader through tqdm, which takes two draws from the global torch RNG (measured;
+        # tests/test_ldm.py checks it): take them here too, so a run that finds its cache builds the same UNet
+        # from the same seed as the run that encoded it
+        for _ in range(2):
+            torch.empty((), dtype=torch.int64).random_()
         return CachedLatents(load_torch_file(path), crop)
     vae = frozen.vae
     every = config.precompute_captions == "all"
