@@ -57,6 +57,10 @@ class EvalOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("generated", "reference", "out", "prompts", "cache_dir"):   # str paths from Python callers
+            value = getattr(self, name, None)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or not self.metrics:
             raise EvalError(f"--metrics: unknown {bad or 'empty list'}; valid metrics: {', '.join(METRICS)}")
@@ -151,6 +155,7 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
 
     from tta.audio import AudioError, audio_info, load_audio
 
+    folder = Path(folder)
     result = EmbeddedSet(folder=folder)
     files = list_audio(folder, what)
     rates: dict[str, int] = {}

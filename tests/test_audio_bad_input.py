@@ -170,3 +170,19 @@ def test_integer_pcm_arrays_are_refused_not_read_as_huge_floats(tmp_path):
     assert not (tmp_path / "x.wav").exists()
     with pytest.raises(AudioError, match="got dtype int16"):
         get_embedder("mfcc").embed(pcm, 16_000)
+
+
+def test_load_and_save_arguments_are_checked_not_blamed_on_the_file(tmp_path):
+    """start_seconds=-1 said the file was not readable (psf_fseek), max_seconds=-1 read the whole file, and a
+    float or zero sample rate reached libsndfile."""
+    from tta.audio import save_audio
+
+    sf.write(tmp_path / "a.wav", tone(440, 0.2), 16_000)
+    with pytest.raises(ValueError, match="start_seconds=-1"):
+        load_audio(tmp_path / "a.wav", start_seconds=-1)
+    with pytest.raises(ValueError, match="max_seconds=-1"):
+        load_audio(tmp_path / "a.wav", max_seconds=-1)
+    for rate in (48_000.0, 0):
+        with pytest.raises(AudioError, match="expected a positive integer"):
+            save_audio(tmp_path / "b.wav", tone(440, 0.2), rate)
+    assert not (tmp_path / "b.wav").exists()

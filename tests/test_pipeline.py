@@ -487,3 +487,24 @@ def test_an_edit_shorter_than_the_window_is_sampled_at_the_window(monkeypatch):
     assert seen == {"n": 10_240, "cut": 3200} and out.wavs[0].shape == (3200,)
     out = p.audio_to_audio(wav, ["x"], steps=2, strength=0.5)
     assert seen == {"n": 10_240, "cut": 3200} and out.wavs[0].shape == (3200,)
+
+
+def test_the_python_api_takes_numpy_numbers_and_moves_the_clap_with_the_pipeline(pipe, caplog):
+    """numpy scalars (a sweep over np.arange) were refused as "steps=2 must be an integer >= 1", a bad seed
+    reached torch as a traceback, negative= at guidance <= 1 passed without a word, resynthesise through the
+    vocoder came back shorter than it went in, and TTAPipeline.to left the CLAP where it was."""
+    import copy
+
+    a = pipe(["a bell"], seconds=np.float32(0.1), steps=np.int64(2), candidates=np.int64(1), seed=np.int64(3))
+    b = pipe(["a bell"], seconds=0.1, steps=2, candidates=1, seed=3)
+    assert np.array_equal(a.wavs[0], b.wavs[0])
+    for bad, match in ((1.7, "seed=1.7 must be an integer"), (-1, "seed=-1"), (2**62, "seed=")):
+        with pytest.raises(PipelineError, match=match):
+            pipe(["a bell"], seconds=0.1, steps=2, seed=bad)
+    with caplog.at_level("WARNING", logger="tta.pipeline"):
+        pipe(["a bell"], seconds=0.1, steps=2, guidance=1.0, negative="hiss")
+    assert "negative='hiss' has no effect at guidance <= 1" in caplog.text
+    wav = signals.chirp(300, 3000, 1.428).astype(np.float32)         # 22 848 samples: not whole hops
+    assert pipe.resynthesise(wav, through="vocoder").shape == wav.shape == pipe.resynthesise(wav).shape
+    moved = copy.deepcopy(pipe).to("meta")
+    assert next(moved.clap.model.parameters()).device.type == "meta"

@@ -273,6 +273,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     Returns (wav (T,) float32, sample_rate). Raises AudioError naming the file for missing, empty,
     undecodable, truncated, zero-length or non-finite audio, and for sample rates outside 8-192 kHz.
     """
+    if not (isinstance(start_seconds, (int, float)) and math.isfinite(start_seconds) and start_seconds >= 0):
+        raise ValueError(f"load_audio start_seconds={start_seconds!r}: expected a finite number >= 0")
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ValueError(f"load_audio max_seconds={max_seconds!r}: expected a number > 0, or None for the whole file")
     path = _check_path(path)
     try:
         with sf.SoundFile(os.fsencode(path)) as f:
@@ -323,6 +327,8 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
     """
     from tta.checkpoint import atomic_path
 
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"{path}: sample_rate={sample_rate!r}: expected a positive integer (Hz)")
     arr = float_audio(wav, str(path))
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)

@@ -430,9 +430,11 @@ def main(args: argparse.Namespace) -> int:
     pipe = TTAPipeline.from_pretrained(folder, device=device)
     if args.sampler is None:
         args.sampler = pipe.defaults.sampler
-    if args.negative and (pipe.defaults.guidance if args.guidance is None else args.guidance) <= 1:
+    negative = args.negative
+    if negative and (pipe.defaults.guidance if args.guidance is None else args.guidance) <= 1:
         log.warning("--negative has no effect at guidance <= 1 (there is no unconditional branch to steer)")
-    common = dict(steps=args.steps, guidance=args.guidance, negative=args.negative, candidates=args.candidates,
+        negative = ""   # said once here, not again by the pipeline for every batch
+    common = dict(steps=args.steps, guidance=args.guidance, negative=negative, candidates=args.candidates,
                   guidance_rule=getattr(args, "guidance_rule", None), precision=getattr(args, "precision", None),
                   context_guidance=getattr(args, "context_guidance", None), sampler=args.sampler, eta=args.eta,
                   batch_size=args.batch_size, progress=progress and len(jobs) == 1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,9 +214,13 @@ class TTAPipeline:
         return next(self.unet.parameters()).device
 
     def to(self, device) -> TTAPipeline:
+        """Move every part, the CLAP included (it ranks candidates and embeds prompts; its embeddings come back on
+        the CPU either way)."""
         self.unet.to(device)
         self.vae.to(device)
         self.vocoder.to(device)
+        if hasattr(self.clap, "to"):
+            self.clap.to(device)
         if self.retrieval is not None:
             self.retrieval.to(device)
         return self
@@ -285,8 +290,9 @@ class TTAPipeline:
 
     def check_seconds(self, seconds: float) -> int:
         """Samples for `seconds`, or a PipelineError when the length is not usable."""
-        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds)) or seconds <= 0:
-            raise PipelineError(f"seconds={seconds} must be a positive number")
+        if not (isinstance(seconds, numbers.Real) and not isinstance(seconds, bool) and math.isfinite(seconds)) \
+                or seconds <= 0:
+            raise PipelineError(f"seconds={seconds!r} must be a positive number")
         if seconds > MAX_SECONDS:
             raise PipelineError(f"seconds={seconds} exceeds the maximum of {MAX_SECONDS:g} s per clip")
         n = int(round(seconds * self.sample_rate))
@@ -323,11 +329,15 @@ class TTAPipeline:
         comes out is the best any UNet on these parts could give for that clip (a ceiling)."""
         if through not in ("vae", "vocoder"):
             raise PipelineError(f"through={through!r}: expected 'vae' or 'vocoder'")
+        wav = float_audio(wav, "resynthesise")
         n = len(wav)
         if through == "vae":
             return self.decode(self.encode_audio(wav, n), n)[0].numpy()
-        mel = log_mel(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None], self.mel).float()
-        return self.vocoder(mel.to(self.device))[0, :n].float().cpu().numpy()
+        x = np.zeros(max(n, self.mel.pad + 1), np.float32)   # a clip shorter than the reflect pad: zero-padded
+        x[:n] = wav
+        mel = log_mel(torch.from_numpy(x)[None], self.mel).float()
+        out = self.vocoder(mel.to(self.device))[0, :n].float().cpu().numpy()
+        return np.pad(out, (0, n - len(out)))   # the vocoder makes whole hops: as long as it went in, as "vae" is
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -341,7 +351,9 @@ class TTAPipeline:
         """Generate one wav per prompt (the best of `candidates` by CLAP score).
 
         Prompt i, candidate j starts from noise seeded `seed + i + 1_000_003 * j`, drawn on the CPU, so
-        outputs do not depend on batch_size or device (up to float rounding of batched sums). batch_size counts
+        outputs do not depend on batch_size or device up to float rounding of batched sums: in float32 a few
+        percent, in bfloat16 (precision "auto" on a CPU that computes it, as the embedded model asks) the
+        sampler can carry the rounding to an audibly different clip. batch_size counts
         prompts: each brings its candidates into the same forward pass (as diffusers' num_images_per_prompt
         does), so drawing candidates costs less than running them one by one. guidance <= 1 disables
         classifier-free guidance.
@@ -477,7 +489,13 @@ class TTAPipeline:
             precision = check_precision(d.precision if precision is None else precision)
         except ValueError as e:
             raise PipelineError(str(e)) from None
-        check_call(prompts, steps=steps, guidance=guidance, candidates=candidates, batch_size=batch_size, eta=eta)
+        check_call(prompts, steps=steps, guidance=guidance, candidates=candidates, batch_size=batch_size, eta=eta,
+                   seed=seed)
+        steps, candidates, batch_size, seed = int(steps), int(candidates), int(batch_size), int(seed)
+        guidance, eta = float(guidance), float(eta)
+        if negative and guidance <= 1:
+            log.warning("negative=%r has no effect at guidance <= 1 (there is no unconditional branch to steer)",
+                        negative)
         context_guidance = d.context_guidance if context_guidance is None else context_guidance
         try:
             check_context_guidance(context_guidance)
@@ -640,22 +658,31 @@ def splice_weight(n: int, first: int, last: int, fade: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(np.pi * x)).astype(np.float32)
 
 
-def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float = 0.0) -> None:
-    """Validate generation arguments before any compute; PipelineError names the bad one."""
+def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float = 0.0, seed: int = 0) -> None:
+    """Validate generation arguments before any compute; PipelineError names the bad one. Numbers may be numpy
+    scalars (a sweep over np.arange); bools are not numbers here."""
+    def integer(x) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    def real(x) -> bool:
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
         raise PipelineError("prompts must be a non-empty list of strings")
     if any(not isinstance(p, str) for p in prompts):
         raise PipelineError("every prompt must be a string")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise PipelineError(f"steps={steps} must be an integer >= 1")
-    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance)) or guidance < 0:
-        raise PipelineError(f"guidance={guidance} must be a finite number >= 0")
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise PipelineError(f"candidates={candidates} must be an integer >= 1")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise PipelineError(f"batch_size={batch_size} must be an integer >= 1")
-    if not (math.isfinite(eta) and 0 <= eta <= 1):
-        raise PipelineError(f"eta={eta} must be in [0, 1]")
+    if not integer(steps) or steps < 1:
+        raise PipelineError(f"steps={steps!r} must be an integer >= 1")
+    if not real(guidance) or guidance < 0:
+        raise PipelineError(f"guidance={guidance!r} must be a finite number >= 0")
+    if not integer(candidates) or candidates < 1:
+        raise PipelineError(f"candidates={candidates!r} must be an integer >= 1")
+    if not integer(batch_size) or batch_size < 1:
+        raise PipelineError(f"batch_size={batch_size!r} must be an integer >= 1")
+    if not real(eta) or not 0 <= eta <= 1:
+        raise PipelineError(f"eta={eta!r} must be in [0, 1]")
+    if not integer(seed) or not 0 <= seed < 2**62:   # prompt i, candidate j: seed + i + 1000003 * j, a 64-bit seed
+        raise PipelineError(f"seed={seed!r} must be an integer in [0, 2**62)")
 
 
 def read_pipeline_json(folder: str | os.PathLike) -> dict:

@@ -206,8 +206,10 @@ def export_speecht5(model: HiFiGAN, folder: str | os.PathLike) -> Path:
 
 
 def load_vocoder(path: str | os.PathLike, *, weight_norm: bool = False) -> HiFiGAN:
-    """Any of the supported forms, recognised by content: a tta component folder, a SpeechT5HifiGan folder,
-    a jik876 `{"generator": ...}` file (config.json beside it) or an AudioLDM `.ckpt`."""
+    """A HiFi-GAN in any of the supported forms, recognised by content: a tta HiFi-GAN component folder, a
+    SpeechT5HifiGan folder, a jik876 `{"generator": ...}` file (config.json beside it) or an AudioLDM `.ckpt`.
+    Other tta vocoders (Griffin-Lim, Vocos, the post-net; the embedded model's is Griffin-Lim) load with
+    tta.checkpoint.load_component and the class tta.ldm.folder.vocoder_class names."""
     from tta.checkpoint import load_component, read_component_config
 
     path = Path(path)

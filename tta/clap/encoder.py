@@ -58,6 +58,14 @@ class ClapEmbedder:
             self._cache = EmbeddingCache(self._cache_dir, self.identity)
         return self._cache
 
+    def to(self, device) -> ClapEmbedder:
+        """Run the model on `device` (the embeddings still come back as CPU tensors)."""
+        import torch
+
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
     def set_cache(self, cache_dir: str | os.PathLike | None) -> None:
         self._cache_dir, self._cache = cache_dir, None
 
