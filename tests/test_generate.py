@@ -379,3 +379,12 @@ def test_an_edit_never_overwrites_its_input_and_records_what_it_read(tmp_path, c
 
     assert edit["input_sha256"] == hashlib.sha256(before).hexdigest()
     assert (edit["input_sample_rate"], edit["input_channels"], edit["outside"]) == (22_050, 2, "original")
+
+
+def test_a_training_run_folder_given_as_model_points_at_its_pipeline(tmp_path, capsys):
+    import shutil
+
+    run_folder = tmp_path / "runs" / "ldm"
+    shutil.copytree(tiny_pipeline(), run_folder / "pipeline")
+    code, _, err = run(capsys, "x", "--model", run_folder, "--out-dir", tmp_path / "o")
+    assert code == 1 and f"its pipeline is {run_folder / 'pipeline'}" in err, err

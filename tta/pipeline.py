@@ -692,7 +692,9 @@ def read_pipeline_json(folder: str | os.PathLike) -> dict:
         raise PipelineError(f"{folder}: model folder not found")
     path = folder / PIPELINE_FILE
     if not path.is_file():
-        raise PipelineError(f"{folder}: not a tta pipeline folder (no {PIPELINE_FILE})")
+        hint = (f"; it looks like an LDM training run: its pipeline is {folder / 'pipeline'}"
+                if (folder / "pipeline" / PIPELINE_FILE).is_file() else "")
+        raise PipelineError(f"{folder}: not a tta pipeline folder (no {PIPELINE_FILE}){hint}")
     try:
         spec = json.loads(path.read_text())
     except json.JSONDecodeError as e:
