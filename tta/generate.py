@@ -422,7 +422,6 @@ def main(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
 
-
     from tta.audio import load_audio
     from tta.pipeline import TTAPipeline
 
