@@ -104,8 +104,8 @@ def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | None]:
         split = panns.get("is", {}) or {}
         return emb, f"splits {split.get('splits')}, seed {split.get('shuffle_seed')}"
     if metric == "clap_score":   # the same CLAP on the same prompts (runs recorded before the hash: the CLAP only)
-        clap = proto.get("clap", {}) or {}   # the prompts, whatever the files are named (older runs: name + prompt)
-        return (clap.get("model", {}) or {}).get("identity"), clap.get("prompt_set_sha256") or clap.get("prompts_sha256")
+        clap = proto.get("clap", {}) or {}   # see _metric_row: the prompts alone, or file name + prompt
+        return (clap.get("model", {}) or {}).get("identity"), clap.get("prompts_sha256")
     return None, None
 
 
@@ -143,6 +143,10 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
     the embedder all runs with a value share or None, whether those runs are comparable at all)."""
     values = [r.body.get("metrics", {}).get(metric) for r in runs]
     keys = [_comparison_key(r, metric) for r in runs]
+    if metric == "clap_score":   # the set of prompts, whatever the files are named, when every run records it
+        sets = [((r.body.get("protocol", {}) or {}).get("clap", {}) or {}).get("prompt_set_sha256") for r in runs]
+        if all(sets[i] for i, v in enumerate(values) if isinstance(v, (int, float))):
+            keys = [(k[0], s) for k, s in zip(keys, sets)]
     present = [k for v, k in zip(values, keys) if isinstance(v, (int, float))]
     embedders = {k[0] for k in present}
     shared = next(iter(embedders)) if len(embedders) == 1 else None

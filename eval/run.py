@@ -28,6 +28,7 @@ from eval.embedders import Embedder, get_embedder
 from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infinity
 from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
+from tta import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ METRICS = ("fad", "fd", "kl", "is", "clap")
 
 class EvalError(ValueError):
     """Inputs that cannot be evaluated; the message names the folder/file/option and what was expected."""
+
+
+class ClapUsageError(EvalError, UsageError):
+    """--metrics clap without what it needs: a flag combination, so `tta eval` exits 2."""
 
 
 @dataclass(frozen=True)
@@ -287,8 +292,8 @@ def run_eval(opts: EvalOptions) -> dict:
     if ref_is_stats and set(metrics) - {"fad", "clap"}:
         raise EvalError(f"--reference {opts.reference} is a statistics file; it serves fad only, "
                         f"{'/'.join(sorted(set(metrics) - {'fad', 'clap'}))} need a reference folder")
-    if "clap" in metrics and (opts.prompts is None or not opts.clap_model):
-        raise EvalError("--metrics clap needs --prompts FILE (prompt per generated file) and --clap-model DIR")
+    if "clap" in metrics and (opts.prompts is None or not opts.clap_model):   # bad usage (exit 2); an EvalError too
+        raise ClapUsageError("--metrics clap needs --prompts FILE (prompt per generated file) and --clap-model DIR")
     cache_root = opts.cache_dir or default_cache_dir()
     result: dict = {"metrics": {}, "protocol": {}, "breakdown": {}}
     items: dict[str, dict] = {}

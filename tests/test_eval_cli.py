@@ -129,7 +129,6 @@ def test_tta_eval_bad_inputs(folders, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TTA_PANNS_WEIGHTS", raising=False)
     assert "--panns-weights" in error("--generated", gen, "--reference", ref, "--out", tmp_path / "o4",
                                       "--metrics", "kl")
-    assert "--prompts" in error("--generated", gen, "--reference", ref, "--out", tmp_path / "o5", "--metrics", "clap")
     assert "unknown" in error("--generated", gen, "--reference", ref, "--out", tmp_path / "o6", "--metrics", "fid")
     tiny = tmp_path / "tiny"
     save_audio(tiny / "a.wav", tone(440, 0.5), 16_000)  # one clip, one MFCC frame: no covariance
@@ -389,3 +388,27 @@ def test_a_clip_too_short_for_the_clap_is_named_and_left_out_of_the_clap_score(f
     body = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert body["protocol"]["clap"]["count"] == 8
     assert [s["file"].endswith("tiny.wav") for s in body["protocol"]["clap"]["skipped"]] == [True]
+
+
+def test_a_clap_score_without_its_prompts_or_model_is_bad_usage(folders, tmp_path, capsys):
+    gen, ref, prompts = folders
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "e", "--metrics", "clap") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--metrics clap needs --prompts FILE" in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_clap_scores_recorded_before_the_prompt_set_hash_still_compare():
+    """A run recorded before prompt_set_sha256 and one after, same files and prompts, were "not comparable"."""
+    from pathlib import Path
+
+    from eval.report import Run, render_markdown
+
+    def run(label, value, with_set):
+        clap = {"model": {"identity": "clap@tta-clap:1"}, "prompts_sha256": "ab12",
+                **({"prompt_set_sha256": "cd34"} if with_set else {})}
+        return Run(label, {"metrics": {"clap_score": value}, "protocol": {"clap": clap}}, [], Path(label))
+
+    row = next(line for line in render_markdown([run("old", 0.1, False), run("new", 0.2, True)]).splitlines()
+               if line.startswith("| CLAP score"))
+    assert "not comparable" not in row and "**0.2**" in row

@@ -295,8 +295,12 @@ def test_a_loud_generated_part_is_turned_down_alone_and_the_kept_audio_stays_the
     np.testing.assert_allclose(wav[w == 0], raw[w == 0], atol=1e-6)
     np.testing.assert_allclose(wav[w == 1], generated_gain * gap[w == 1], atol=1e-5)
     assert fit_generated(kept + w * 0.1 * gap, kept)[1:] == (1.0, 1.0)          # fits as it is
-    wav, gain, _ = fit_generated(1.3 * kept + w * gap, 1.3 * kept)           # the input itself is over full scale
+    wav, gain, generated_gain = fit_generated(1.3 * kept + w * gap, 1.3 * kept)   # the input is over full scale
     assert gain < 1.0 and np.abs(wav).max() <= 0.99 + 1e-6
+    assert generated_gain > 0.2 and np.abs(wav[w == 1]).max() > 0.5     # the gap kept (it was dropped to silence)
+    full = kept / np.abs(kept).max()                                      # an input peak-normalised to 0 dBFS
+    wav, gain, generated_gain = fit_generated(full + w * 0.3 * gap, full)
+    assert 0.98 < gain < 1.0 and generated_gain > 0.5 and np.abs(wav[w == 1]).max() > 0.3
     # super-resolution keeps the band below the cutoff: a 300 Hz tone stays, a 5 kHz one is the generated part's
     low, high = 0.3 * np.sin(2 * np.pi * 300 * t / sr), 0.3 * np.sin(2 * np.pi * 5000 * t / sr)
     kept = kept_part({"kind": "super_resolution", "outside": "original", "cutoff_hz": 2000.0},
@@ -342,9 +346,14 @@ def test_a_prompt_rows_file_column_names_its_output_as_tta_eval_pairs_it(tmp_pat
     from eval.prompts import read_prompts
 
     assert set(read_prompts(tmp_path / "p.csv")) == {"clipA", "clipB"}       # the keys tta eval pairs by
-    (tmp_path / "q.csv").write_text("file,caption\nsub/clipA.wav,a dog barks\n")
-    code, _, err = run(capsys, "--prompts", tmp_path / "q.csv", "--model", tiny_pipeline(), "--out-dir", tmp_path / "h")
-    assert code == 1 and "q.csv:2: file 'sub/clipA.wav' names a folder too" in err
+    # a path names its output by its base name (tta eval pairs a file by its base name too); two alike are refused
+    (tmp_path / "q.csv").write_text("id,prompt,path\nd1,a dog,/data/test/Y0001.wav\nd2,rain,/data/test/Y0002.wav\n")
+    code, _, err = run(capsys, "--prompts", tmp_path / "q.csv", "--model", tiny_pipeline(), "--seconds", 0.2,
+                       "--steps", 1, "--out-dir", tmp_path / "q")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "q").glob("*.wav")) == ["Y0001.wav", "Y0002.wav"], err
+    (tmp_path / "r.csv").write_text("file,caption\na/x.wav,a dog\nb/x.wav,rain\n")
+    code, _, err = run(capsys, "--prompts", tmp_path / "r.csv", "--model", tiny_pipeline(), "--out-dir", tmp_path / "h")
+    assert code == 1 and "prompt id 'x' appears twice" in err, err
     code, _, err = run(capsys, "x", "--model", tiny_pipeline(), "--seconds", 0.005, "--out-dir", tmp_path / "h")
     assert code == 1 and "--seconds 0.005 is shorter than one mel frame of this model (0.01 s)" in err
     assert not (tmp_path / "h").exists()

@@ -326,3 +326,22 @@ def test_a_resume_refuses_a_manifest_whose_rows_changed(tmp_path, capsys):
     rc, err = _cli(capsys, "vocoder", tmp_path / "run2", *with_extra, extra=["--resume"])
     assert rc == 1 and f"manifest {extra} has changed" in err, err
     assert _cli(capsys, "vocoder", tmp_path / "new", *sets)[0] == 0     # a fresh run records the new content
+
+
+def test_a_run_begun_when_a_section_object_replaced_the_section_still_resumes(tmp_path, capsys):
+    """`--set 'train={...}'` now sets only the keys it names; a run begun when it replaced the whole section was
+    refused on --resume with the same command ("cannot resume with a different config")."""
+    import vocoder.train as vt
+    from tests.test_vocoder_train import make_manifest
+    from tta.config import save_config
+
+    manifest = make_manifest(tmp_path)
+    sets = [f"data.manifest={manifest}", "valid_items=0", "sample_items=0",
+            'train={"max_steps": 1, "batch_size": 2, "checkpoint_every": 1}']
+    tiny = load_config(vt.RunConfig, ROOT / "configs" / "vocoder" / "tiny.json")
+    began = apply_overrides(tiny, sets, merge_sections=False)           # what the run resolved then
+    assert began != apply_overrides(tiny, sets)
+    save_config(began, tmp_path / "began.json")
+    assert _cli(capsys, "vocoder", tmp_path / "run", extra=["--config", str(tmp_path / "began.json")])[0] == 0
+    rc, err = _cli(capsys, "vocoder", tmp_path / "run", *sets, extra=["--resume"])     # the run's own command
+    assert rc == 0, err

@@ -308,8 +308,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     wav = np.ascontiguousarray(wav, dtype=np.float32)
     if pcm16:
-        # floor(x * 32768), less a millionth of a step below 0 (-1e-14 steps gives 0): the 16-bit value libsndfile
-        # writes for a float sample (save_audio's PCM_16 files), as measured; samples on the grid stay put
+        # floor(x * 32768 + 1e-6): the 16-bit value libsndfile writes for a float sample (save_audio's PCM_16
+        # files), as measured on random audio (a sample within ~1e-5 of a step below a negative grid point can
+        # come out one step lower); samples on the grid stay put
         q = np.floor(wav.astype(np.float64) * 32768.0 + 1e-6)
         wav = (np.clip(q, -32768, 32767) / 32768.0).astype(np.float32)
     if sample_rate is not None and sample_rate != sr:

@@ -57,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--init-from {args.init_from}: no such run, checkpoint, component or pipeline folder")
         sets.append(f"train.init_from={json.dumps(str(args.init_from))}")
     config = apply_overrides(load_config(module.RunConfig, args.config), sets)
+    if args.resume:
+        config = _as_the_run_began(module.RunConfig, config, load_config(module.RunConfig, args.config), sets, args.out)
     from tta.checkpoint import check_output_path
     from tta.training import discard_on_failure, terminate_as_exit
 
@@ -66,6 +68,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)
     print(final)
     return 0
+
+
+def _as_the_run_began(cls, config, base, sets, out: Path):
+    """For --resume: a run begun before `--set SECTION={...}` merged into the section (it replaced it) resolves
+    the same command as it did then, when that, and not today's reading, gives the config the run saved."""
+    from tta.config import ConfigError, apply_overrides, from_dict, to_dict
+
+    saved_path = Path(out) / "config.json"
+    if not any("={" in s for s in sets) or not saved_path.is_file():
+        return config
+    try:
+        saved = to_dict(from_dict(cls, json.loads(saved_path.read_text())))
+        legacy = apply_overrides(base, sets, merge_sections=False)
+    except (ConfigError, ValueError, TypeError, OSError):
+        return config
+    if to_dict(config) != saved and to_dict(legacy) == saved:
+        log.info("%s: --set SECTION={...} read as it was when the run began (replacing the section)", out)
+        return legacy
+    return config
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

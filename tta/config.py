@@ -168,8 +168,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(obj: T, overrides: list[str] | tuple[str, ...]) -> T:
-    """Return a new config with `a.b=value` overrides applied and validated like a JSON file."""
+def apply_overrides(obj: T, overrides: list[str] | tuple[str, ...], *, merge_sections: bool = True) -> T:
+    """Return a new config with `a.b=value` overrides applied and validated like a JSON file. An object given
+    for a config section sets the keys it names; `merge_sections=False` replaces the section whole, as tta did
+    before 2026-12-07 (the rest of it at its defaults), to resume runs started that way."""
     if not overrides:
         return obj
     data = to_dict(obj)
@@ -185,7 +187,7 @@ def apply_overrides(obj: T, overrides: list[str] | tuple[str, ...]) -> T:
                                   f"valid keys under {prefix}: {valid}")
             if i == len(path) - 1:
                 section = _dataclass_of(get_type_hints(cls)[part])
-                if section is not None and isinstance(value, dict) and isinstance(node.get(part), dict):
+                if merge_sections and section is not None and isinstance(value, dict) and isinstance(node.get(part), dict):
                     # an object for a config section sets the keys it names; the section's others stay (it reset
                     # them to their defaults: --set train={"max_steps": 5} also dropped batch size, rate, ...)
                     node[part] = _merge_section(section, node[part], value)

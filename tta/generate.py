@@ -57,12 +57,8 @@ def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
     for row in read_prompt_file(path):
         name = row.id
         if row.file is not None:
-            stem = Path(row.file.strip())
-            stem = stem.with_suffix("") if stem.suffix.lower() in AUDIO_SUFFIXES else stem
-            if len(stem.parts) != 1:
-                raise GenerateError(f"{row.where}: file {row.file!r} names a folder too; tta generate writes one "
-                                    "folder of outputs, so give a bare file name (or an id and no file column)")
-            name = stem.name
+            stem = Path(row.file.strip())   # a path's base name: tta eval pairs a generated file by it too
+            name = (stem.with_suffix("") if stem.suffix.lower() in AUDIO_SUFFIXES else stem).name
         pairs.append((name, row.prompt))
     return pairs
 
@@ -186,12 +182,18 @@ def fit_generated(wav, kept, peak: float = 0.99):
     n = len(wav)
     kept = np.asarray(kept, np.float32)[:n]
     generated = wav - kept
+    # an input that is itself over the peak turns the whole clip down first, by the least that fits it; the
+    # generated part then gets the room left beside the (turned-down) input (at full scale it had none, and was
+    # dropped to silence)
+    top = float(np.max(np.abs(kept))) if n else 0.0
+    whole = 1.0 if top <= peak else peak / top * (1 - 1e-6)
+    kept, generated = kept * whole, generated * whole
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(np.abs(generated) > 0, (peak - np.sign(generated) * kept) / np.abs(generated), np.inf)
     gain = float(np.clip(np.min(room) if n else 1.0, 0.0, 1.0))
     gain = gain if gain == 1.0 else gain * (1 - 1e-5)   # float rounding stays under the peak
-    out, whole = fit_full_scale(kept + gain * generated, peak)
-    return out, whole, gain
+    out, extra = fit_full_scale(kept + gain * generated, peak)
+    return out, whole * extra, gain
 
 
 def fit_full_scale(wav, peak: float = 0.99):
@@ -245,7 +247,7 @@ def check_length(args: argparse.Namespace, folder: Path, edit: dict | None = Non
         steps = args.steps or int(read_pipeline_json(folder).get("defaults", {}).get("steps", PipelineDefaults.steps))
         if steps and round(edit["strength"] * steps) < 1:
             raise GenerateError(f"--strength {edit['strength']} at {steps} sampler steps leaves no denoising step "
-                                f"(it needs >= {0.5 / steps:.3g}, or more --steps)")
+                                f"(it needs more than {0.5 / steps:.3g}, or more --steps)")
 
 
 @functools.lru_cache(maxsize=8)   # the record is rewritten as a run goes: hash each folder once
@@ -500,6 +502,9 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
             extra = {}
             if kept is not None:
                 wav, gain, extra["generated_gain"] = fit_generated(out.wavs[k], kept)
+                if extra["generated_gain"] < QUIET_GAIN:
+                    log.warning("%s: what the edit generated came out too loud for the file and was turned down "
+                                "alone (generated_gain %.2g)", job.path.name, extra["generated_gain"])
             else:
                 wav, gain = fit_full_scale(out.wavs[k])
             if gain < QUIET_GAIN:

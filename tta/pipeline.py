@@ -124,7 +124,8 @@ class PipelineDefaults:
 
 def valid_window(window) -> bool:
     """A sampling window is a finite number of seconds in [0, MAX_SECONDS]."""
-    return isinstance(window, (int, float)) and math.isfinite(window) and 0 <= window <= MAX_SECONDS
+    return (isinstance(window, numbers.Real) and not isinstance(window, bool) and math.isfinite(window)
+            and 0 <= window <= MAX_SECONDS)
 
 
 @dataclass
