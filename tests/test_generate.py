@@ -49,6 +49,9 @@ def test_single_output_file_and_edit(tmp_path, capsys):
     assert code == 0 and sf.info(str(out)).frames == 4800
     record = json.loads((tmp_path / "edit.generation.json").read_text())
     assert record["edit"]["kind"] == "inpaint" and record["edit"]["start"] == 0.1
+    import torch
+
+    assert record["settings"]["threads"] == torch.get_num_threads()   # the bytes depend on it
     assert record["edit"]["outside"] == "original"
     given, _ = sf.read(tmp_path / "in.wav", dtype="float32")
     got, _ = sf.read(out, dtype="float32")          # the input's own samples outside the gap and its crossfades
@@ -97,6 +100,7 @@ BAD = [
     (1, ["--init-audio", "IN.wav", "--strength", "7"], "--strength 7.0 must be in (0, 1]"),
     (1, ["--seed", "18446744073709551616"], "--seed 18446744073709551616 must be in [0, 2**62)"),
     (1, ["--seed", "-1"], "--seed -1 must be in"),
+    (1, ["--threads", "0"], "--threads 0 must be >= 1"),
     (1, ["BROKEN"], "component 'text_encoder' is missing"),
     (1, ["NOMODEL"], "embedded default model is missing from this install"),
 ]

@@ -410,7 +410,27 @@ def open_datastore(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    import gc
+
+    t0 = time.time()
+    # no garbage collection while torch, diffusers and the model load (it walked their objects 8 times, ~1 s of a
+    # 10 s clip's 8 s command on 2 cores); what they made is then frozen out of later collections, and the
+    # generation loop collects as usual
+    gc.disable()
+    try:
+        return _main(args, t0)
+    finally:
+        gc.enable()
+        gc.freeze()   # the interpreter's last collection at exit skips the loaded model too (~0.9 s)
+
+
+def _main(args: argparse.Namespace, t0: float) -> int:
+    import gc
+
     check_numbers(args)
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise GenerateError(f"--threads {threads} must be >= 1")
     jobs = plan_jobs(args)
     edit = plan_edit(args)
     if edit is not None:   # `-o clip.wav --inpaint clip.wav` replaced the input with the edit, and no record can redo it
@@ -427,8 +447,13 @@ def main(args: argparse.Namespace) -> int:
     from tta.audio import load_audio
     from tta.pipeline import TTAPipeline
 
-    t0 = time.time()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     pipe = TTAPipeline.from_pretrained(folder, device=device)
+    gc.freeze()
+    gc.enable()
     if args.sampler is None:
         args.sampler = pipe.defaults.sampler
     negative = args.negative
@@ -574,7 +599,7 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                                                   else args.window),
                      "seed": args.seed, "sampler": args.sampler, "eta": d.eta if args.eta is None else args.eta,
                      "batch_size": args.batch_size,
-                     "device": device, "sample_rate": pipe.sample_rate,
+                     "device": device, "threads": torch.get_num_threads(), "sample_rate": pipe.sample_rate,
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
         "clap_score_model": getattr(pipe.clap, "identity", ""),
         "retrieval": retrieval_record(args, pipe),

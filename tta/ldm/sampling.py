@@ -20,6 +20,7 @@ All noise is drawn on a CPU `torch.Generator`, so a seed gives the same audio on
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -245,7 +246,6 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
     guidance_rule: "cfg" or "apg" (`guide`). precision: the UNet's arithmetic (`PRECISIONS`); its output is
     taken back to float32 at every step, so only the network's forward pass is rounded.
     """
-    from tqdm.auto import tqdm
 
     check_guidance_rule(guidance_rule)
     device = next(unet.parameters()).device
@@ -274,6 +274,19 @@ def denoise(unet, scheduler, noise: torch.Tensor, cond: torch.Tensor, uncond: to
     if "generator" in params:
         extra["generator"] = generator
     keep = None if keep is None else keep.to(device)
+    # an outer (disabled) autocast context keeps autocast's bfloat16 copies of the weights from one step to the
+    # next (the cache is dropped when the outermost context exits): the same arithmetic, without re-casting
+    # every weight at every step (0.3 s of a 10 s clip's 1.8 s on 2 CPU threads)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=False) if low else contextlib.nullcontext():
+        return _loop(unet, scheduler, timesteps, latents, noise, init_latents, keep, embeds, ctx, use_cfg, guidance,
+                     guidance_rule, extra, device, low, progress)
+
+
+def _loop(unet, scheduler, timesteps, latents, noise, init_latents, keep, embeds, ctx, use_cfg, guidance,
+          guidance_rule, extra, device, low, progress):
+    """denoise's sampler loop."""
+    from tqdm.auto import tqdm
+
     for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
         x_in = torch.cat([latents, latents]) if use_cfg else latents
         x_in = scheduler.scale_model_input(x_in, t)
