@@ -345,3 +345,6 @@ def test_a_run_begun_when_a_section_object_replaced_the_section_still_resumes(tm
     assert _cli(capsys, "vocoder", tmp_path / "run", extra=["--config", str(tmp_path / "began.json")])[0] == 0
     rc, err = _cli(capsys, "vocoder", tmp_path / "run", *sets, extra=["--resume"])     # the run's own command
     assert rc == 0, err
+    longer = [*sets[:-1], 'train={"max_steps": 2, "batch_size": 2, "checkpoint_every": 1}']   # and lengthened
+    rc, err = _cli(capsys, "vocoder", tmp_path / "run", *longer, extra=["--resume"])
+    assert rc == 0, err

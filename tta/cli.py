@@ -83,7 +83,11 @@ def _as_the_run_began(cls, config, base, sets, out: Path):
         legacy = apply_overrides(base, sets, merge_sections=False)
     except (ConfigError, ValueError, TypeError, OSError):
         return config
-    if to_dict(config) != saved and to_dict(legacy) == saved:
+    def as_saved(d: dict) -> dict:   # the differences a resume accepts anyway (TrainingRun: length, init_from)
+        train = {**d.get("train", {}), **{k: saved.get("train", {}).get(k) for k in ("max_steps", "init_from")}}
+        return {**d, "train": train}
+
+    if as_saved(to_dict(config)) != saved and as_saved(to_dict(legacy)) == saved:
         log.info("%s: --set SECTION={...} read as it was when the run began (replacing the section)", out)
         return legacy
     return config
@@ -236,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None:   # the process's own command line: it ends now, and the interpreter's last garbage collection
+        import gc      # need not walk what the command loaded (~0.7 s after `tta generate`)
+
+        gc.freeze()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO

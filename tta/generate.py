@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 QUIET_GAIN = 0.1   # an output turned down more than this to fit full scale is reported (a broken sample)
+EDIT_HEADROOM = 0.9   # an edit's input louder than this x the peak is turned down to it, to leave room beside it
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")   # stripped from a prompt row's file name, as tta eval does
 RECORD_EVERY = 10.0   # seconds between rewrites of generation.json while a batch run goes on
 
@@ -182,11 +183,11 @@ def fit_generated(wav, kept, peak: float = 0.99):
     n = len(wav)
     kept = np.asarray(kept, np.float32)[:n]
     generated = wav - kept
-    # an input that is itself over the peak turns the whole clip down first, by the least that fits it; the
-    # generated part then gets the room left beside the (turned-down) input (at full scale it had none, and was
-    # dropped to silence)
+    # an input within EDIT_HEADROOM of the peak (or over it) turns the whole clip down first, to that headroom:
+    # the generated part gets the room left beside the input, and a full-scale input left it none (the gap or the
+    # regenerated band came out silent)
     top = float(np.max(np.abs(kept))) if n else 0.0
-    whole = 1.0 if top <= peak else peak / top * (1 - 1e-6)
+    whole = 1.0 if top <= EDIT_HEADROOM * peak else EDIT_HEADROOM * peak / top
     kept, generated = kept * whole, generated * whole
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(np.abs(generated) > 0, (peak - np.sign(generated) * kept) / np.abs(generated), np.inf)
@@ -414,17 +415,18 @@ def main(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     # no garbage collection while torch, diffusers and the model load (it walked their objects 8 times, ~1 s of a
-    # 10 s clip's 8 s command on 2 cores); what they made is then frozen out of later collections, and the
-    # generation loop collects as usual
+    # 10 s clip's 8 s command on 2 cores); one collection after loading frees what loading left in cycles, and the
+    # generation loop collects as usual. The collector's state is the caller's again afterwards.
+    enabled = gc.isenabled()
     gc.disable()
     try:
-        return _main(args, t0)
+        return _main(args, t0, enabled)
     finally:
-        gc.enable()
-        gc.freeze()   # the interpreter's last collection at exit skips the loaded model too (~0.9 s)
+        if enabled:
+            gc.enable()
 
 
-def _main(args: argparse.Namespace, t0: float) -> int:
+def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     import gc
 
     check_numbers(args)
@@ -452,8 +454,9 @@ def _main(args: argparse.Namespace, t0: float) -> int:
 
         torch.set_num_threads(threads)
     pipe = TTAPipeline.from_pretrained(folder, device=device)
-    gc.freeze()
-    gc.enable()
+    gc.collect()   # e.g. the loaded UNet state dict, held by a cycle of import frames (31 MB for the default)
+    if gc_enabled:
+        gc.enable()
     if args.sampler is None:
         args.sampler = pipe.defaults.sampler
     negative = args.negative
