@@ -348,3 +348,29 @@ def test_a_run_begun_when_a_section_object_replaced_the_section_still_resumes(tm
     longer = [*sets[:-1], 'train={"max_steps": 2, "batch_size": 2, "checkpoint_every": 1}']   # and lengthened
     rc, err = _cli(capsys, "vocoder", tmp_path / "run", *longer, extra=["--resume"])
     assert rc == 0, err
+
+
+def test_a_validation_lost_between_a_checkpoint_and_its_run_is_made_on_resume(tmp_path, capsys):
+    """A run killed after writing a checkpoint and before validating it lost that validation for good (the
+    checkpoint is written first); the resume now validates the checkpoint's weights before its next step."""
+    from tests.test_vocoder_train import make_manifest
+
+    manifest = make_manifest(tmp_path)
+    sets = (f"data.manifest={manifest}", "train.max_steps=4", "train.checkpoint_every=2", "train.validate_every=2",
+            "valid_items=1", "sample_items=0")
+    run = tmp_path / "run"
+    assert _cli(capsys, "vocoder", run, *sets)[0] == 0
+
+    def valid_steps():
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in rows if r.get("split") == "valid"]
+
+    assert valid_steps() == [2, 4]
+    # as if killed right after checkpoints/step_2 was written: no validation row for it, nothing later
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows
+                                               if r["step"] < 2 or (r["step"] == 2 and r.get("split") != "valid")))
+    shutil.rmtree(run / "checkpoints" / "step_4")
+    shutil.rmtree(run / "final")
+    assert _cli(capsys, "vocoder", run, *sets, extra=["--resume"])[0] == 0
+    assert valid_steps() == [2, 4]

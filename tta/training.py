@@ -737,10 +737,26 @@ class TrainingRun:
             set_rng_state(state["rng"])
             self._seed_process()
         self._truncate_metrics()
+        self._resumed_at = self.step
         log.info("resumed %s at step %d", self.out, self.step)
         if self._bar is not None:
             self._bar.n = self.step
         return self.step
+
+    def missed_validation(self, every: int, *, at_end: bool = True) -> bool:
+        """True once, right after a resume, when the checkpoint's step was due a validation (a multiple of
+        `every`, or max_steps with `at_end`) and metrics.jsonl holds none for it: the run was stopped between
+        writing the checkpoint and validating it. The trainer then validates before its next step. Every process
+        calls it at the same point (it waits for them all), and all get the same answer."""
+        step, self._resumed_at = getattr(self, "_resumed_at", 0), 0
+        if not step or not (every and step % every == 0 or at_end and step == self.train.max_steps):
+            return False
+        self.accelerator.wait_for_everyone()   # the main process has truncated metrics.jsonl by now
+        try:
+            rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        except (OSError, ValueError):
+            return False
+        return not any(r.get("split") == "valid" and r.get("step") == step for r in rows)
 
     def _resume_checkpoint(self, ckpts: list[Path]) -> Path:
         """The checkpoint a resume continues from: the latest, or, when train.max_steps is below its step (a run

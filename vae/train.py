@@ -108,12 +108,19 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     run.track(vae=vae, loss=criterion, optimizer_ae=opt_ae, optimizer_disc=opt_d, scheduler_ae=sched)
     ema = run.make_ema("vae", vae)
     run.restore()
+
+    def do_validate() -> None:
+        model = ema.averaged(run.unwrap(vae)) if ema is not None else run.unwrap(vae)
+        validate(model, valid_set, config, run.out / "samples" / f"step_{run.step}", run=run)
+
     if measured is not None:
         run.unwrap(vae).set_scale_factor(kept_scale_factor(measured, run.unwrap(vae), config.train.init_from))
         if ema is not None:
             ema.reset(run.unwrap(vae))      # still step 0: restart the average with the kept scale
     kept_scale = float(run.unwrap(vae).scale_factor)    # freeze_encoder: a buffer training never changes
     disc = run.unwrap(criterion).discriminator
+    if run.missed_validation(config.train.validate_every) and valid_set is not None and run.is_main:
+        do_validate()   # stopped between a checkpoint and its validation: validate it now
 
     for batch in run.batches(train_set):
         mel = log_mel(batch["wav"], mel_cfg)
@@ -146,8 +153,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             continue
         last = run.step == config.train.max_steps
         if valid_set is not None and run.is_main and (run.should(config.train.validate_every) or last):
-            model = ema.averaged(run.unwrap(vae)) if ema is not None else run.unwrap(vae)
-            validate(model, valid_set, config, run.out / "samples" / f"step_{run.step}", run=run)
+            do_validate()
 
     release = ema.averaged(run.unwrap(vae)) if ema is not None else run.unwrap(vae)
     if run.is_main and config.freeze_encoder:

@@ -163,6 +163,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     model.train()
 
     hop = mel_cfg.hop_length
+    if run.missed_validation(config.train.validate_every) and valid_set is not None:
+        validate(run, model, valid_set, config, vae)   # stopped between a checkpoint and its validation
     for batch in run.batches(train_set):
         wav = batch["wav"]
         wav = wav[:, : wav.shape[-1] // hop * hop]

@@ -149,6 +149,14 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     discriminator.train()
 
     window = round(config.data.segment_seconds * mel_cfg.sample_rate) // hop        # frames trained on
+
+    def do_validate() -> None:
+        # the weights final/ will hold: the EMA's when there is one
+        scored = ema.averaged(run.unwrap(generator)) if ema is not None and run.is_main else generator
+        validate(run, scored, valid_set, config, vae)
+
+    if run.missed_validation(config.train.validate_every) and valid_set is not None:
+        do_validate()   # stopped between a checkpoint and its validation: validate it now
     for batch in run.batches(train_set):
         wav = batch["wav"]
         wav = wav[:, : wav.shape[-1] // hop * hop]                 # (B, T), T a multiple of hop
@@ -181,9 +189,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 
         run.end_step(loss_g=losses.total.item(), **logged, mel_l1=losses.mel_l1.item(), stft=losses.stft.item())
         if valid_set is not None and (run.should(config.train.validate_every) or run.step == config.train.max_steps):
-            # the weights final/ will hold: the EMA's when there is one
-            scored = ema.averaged(run.unwrap(generator)) if ema is not None and run.is_main else generator
-            validate(run, scored, valid_set, config, vae)
+            do_validate()
 
     final_source = ema.averaged(run.unwrap(generator)) if ema is not None else run.unwrap(generator)
     return run.finish(final_source.inference_copy())

@@ -186,6 +186,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         log.info("valid step %d: t2a R@5 %.3f (chance %.3f)", run.step, metrics["t2a_R@5"], metrics["t2a_R@5_chance"])
         last_valid = run.step
 
+    if run.missed_validation(config.train.validate_every):
+        do_validate()   # stopped between a checkpoint and its validation: validate it now
     for batch in run.batches(train_ds):
         # caption augmentation draws: each process its own (the same draws on every process repeated one pattern
         # N times in the global batch); one process keeps the stream the shipped CLAP runs were trained with

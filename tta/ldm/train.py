@@ -595,6 +595,18 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     unet.train()
     trained = unet if ctx is None else torch.nn.ModuleDict({"unet": unet, "retrieval": ctx})  # grad clipping
     query = "audio" if r.modality == "audio_to_audio" else "text"
+
+    def do_validate() -> None:
+        model = ema.averaged(run.unwrap(unet)) if ema is not None else run.unwrap(unet)
+        retrieval = None if ctx is None else (ctx_ema.averaged(run.unwrap(ctx)) if ctx_ema is not None
+                                              else run.unwrap(ctx)).eval()
+        validate(model.eval(), frozen, config, run.out / "samples" / f"step_{run.step}", run=run,
+                 retrieval=retrieval, store=store)
+        unet.train()
+
+    if (run.missed_validation(config.train.validate_every, at_end=False) and config.validation.prompts
+            and run.is_main):
+        do_validate()   # stopped between a checkpoint and its validation: validate it now
     for batch in run.batches(train_set, keys=keys, names=names):
         with run.accumulate(*[m for m in (unet, ctx) if m is not None]):
             z, cond, embed = batch_latents_and_cond(config, batch, frozen, run.device)
@@ -618,12 +630,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             optimizer.zero_grad()
         run.end_step(loss=loss.item())
         if run.should(config.train.validate_every) and config.validation.prompts and run.is_main:
-            model = ema.averaged(run.unwrap(unet)) if ema is not None else run.unwrap(unet)
-            retrieval = None if ctx is None else (ctx_ema.averaged(run.unwrap(ctx)) if ctx_ema is not None
-                                                  else run.unwrap(ctx)).eval()
-            validate(model.eval(), frozen, config, run.out / "samples" / f"step_{run.step}", run=run,
-                     retrieval=retrieval, store=store)
-            unet.train()
+            do_validate()
     final = run.finish(unet, "unet")
     retrieval = None
     if ctx is not None:  # the context encoder: final/retrieval/ (EMA weights when EMA is on)
