@@ -144,7 +144,7 @@ def scan_folder(folder: Path, what: str) -> EmbeddedSet:
 
 
 AUDIO_READ = ("mono (channels averaged), rounded to the 16-bit PCM grid, then resampled to the embedder's rate: "
-              "a float or 24-bit file scores as its 16-bit copy (fadtk reads every file as 16-bit)")
+              "a mono float or 24-bit file scores as its 16-bit copy (fadtk reads every file as 16-bit)")
 
 
 def on_pcm16_grid(info) -> bool:

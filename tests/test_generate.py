@@ -95,7 +95,9 @@ BAD = [
     (2, ["--strength", "0.7"], "--strength needs --init-audio"),
     (2, ["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--strength", "0.7"], "--strength applies to --init-audio only"),
     (2, ["--init-audio", "IN.wav", "--outside", "decoded"], "--outside applies to --inpaint and --super-resolution"),
-    (2, ["--outside", "original"], "--outside one of --inpaint, --super-resolution"),
+    (2, ["--outside", "original"], "--outside needs --inpaint or --super-resolution"),
+    (2, ["--super-resolution", "IN.wav"], "--super-resolution needs --cutoff HZ"),
+    (1, ["--super-resolution", "IN.wav", "--cutoff", "9000"], "--cutoff 9000 must lie inside this model's mel band"),
     (1, ["--init-audio", "IN.wav", "--strength", "0.01"], "--strength 0.01 at 2 sampler steps leaves no denoising"),
     (1, ["--init-audio", "IN.wav", "--strength", "7"], "--strength 7.0 must be in (0, 1]"),
     (1, ["--seed", "18446744073709551616"], "--seed 18446744073709551616 must be in [0, 2**62)"),
@@ -421,3 +423,11 @@ def test_generate_leaves_the_callers_garbage_collector_as_it_found_it(tmp_path, 
         gc.enable()
     code, _, _ = run(capsys, "x", "--model", tiny_pipeline(), "--threads", 0, "--out-dir", tmp_path)
     assert code == 1 and gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_bad_usage_exits_2_with_v_too_and_names_only_the_flags_given(tmp_path, capsys):
+    from tta.cli import main
+
+    code = main(["-v", "generate", "x", "--mask", "0:1", "-o", str(tmp_path / "o.wav")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1] == "tta: error: --mask needs --inpaint WAV"

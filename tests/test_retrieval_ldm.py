@@ -245,7 +245,7 @@ def test_generate_bad_retrieval_input_is_one_line_exit_1(trained, store, bad_sto
 def test_train_bad_retrieval_input_and_plain_models(corpus, store, bad_stores, tmp_path, capsys):
     from tests.test_ldm_fixtures import tiny_pipeline
 
-    cases = [(["--neighbours", "2"], "needs a datastore"),
+    cases = [(["--set", "retrieval.neighbours=2"], "needs a datastore"),   # as a config value: exit 1
              (["--datastore", bad_stores["corrupt"], "--neighbours", "2"], "corrupted"),
              (["--datastore", bad_stores["other"], "--neighbours", "2"], "built with CLAP"),
              (["--datastore", store, "--neighbours", "16", "--set", "retrieval.max_neighbours=16"],
@@ -256,6 +256,9 @@ def test_train_bad_retrieval_input_and_plain_models(corpus, store, bad_stores, t
     code, _, err = run(capsys, "train", "vae", "--config", ROOT / "configs" / "vae" / "tiny.json",   # bad usage
                        "--out", tmp_path / "v", "--neighbours", "2")
     assert code == 2 and err.count("\n") == 1 and "apply to `tta train ldm` only" in err, err
+    code, _, err = run(capsys, "train", "ldm", "--config", ROOT / "configs" / "ldm" / "tiny.json",
+                       "--out", tmp_path / "l", "--neighbours", "2")
+    assert code == 2 and err.count("\n") == 1 and "--neighbours 2 needs --datastore DIR" in err, err
     assert not (tmp_path / "v").exists()
     # a model trained without retrieval refuses a datastore
     code, _, err = run(capsys, "generate", "a tone", "--model", tiny_pipeline(), "--out-dir", tmp_path / "g",

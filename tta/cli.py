@@ -46,6 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "datastore", None) is not None or getattr(args, "neighbours", None) is not None:
         if args.kind != "ldm":
             raise UsageError(f"--datastore/--neighbours apply to `tta train ldm` only, not {args.kind}")
+        if args.datastore is None:
+            raise UsageError(f"--neighbours {args.neighbours} needs --datastore DIR (a `tta index build` folder)")
         if args.datastore is not None:
             sets.append(f"retrieval.datastore={json.dumps(str(args.datastore))}")
         if args.neighbours is not None:
@@ -125,7 +127,8 @@ COMMAND_MODULES = [
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a component (vae, vocoder, vocos, postnet, clap, ldm) on a manifest",
                        description="Train a component. The run folder gets config.json (fully resolved), "
-                                   "metrics.jsonl, checkpoints/step_N/ and final/.")
+                                   "data.json (the manifests' sha256, checked on --resume), metrics.jsonl, "
+                                   "checkpoints/step_N/ and final/.")
     p.add_argument("kind", choices=sorted(TRAINERS),
                    help="which component to train (vocoder: HiFi-GAN; vocos: a frame-rate vocoder with an inverse "
                         "STFT; postnet: a learned magnitude front-end for Griffin-Lim)")
@@ -265,7 +268,9 @@ def _main(argv: list[str] | None) -> int:
         return int(args.func(args) or 0)
     except UsageError as e:   # one line, as for bad input, but exit 2 as argparse's own usage errors
         if args.verbose:
-            raise
+            import traceback
+
+            traceback.print_exc()
         print(f"tta: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -239,6 +239,11 @@ def check_length(args: argparse.Namespace, folder: Path, edit: dict | None = Non
     hop, rate = mel.get("hop_length", 160), mel.get("sample_rate", 16_000)
     if args.seconds is not None and round(args.seconds * rate) < hop:
         raise GenerateError(f"--seconds {args.seconds} is shorter than one mel frame of this model ({hop / rate:g} s)")
+    if edit is not None and "cutoff_hz" in edit:
+        low, high = mel.get("f_min", 0.0), mel.get("f_max", rate / 2)
+        if not low < edit["cutoff_hz"] < high:
+            raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} must lie inside this model's mel band ({low:g}, "
+                                f"{high:g}) Hz")
     if edit is not None and round(edit["input_seconds"] * rate) < hop:
         raise GenerateError(f"{edit['input']}: {edit['input_seconds']:g} s of audio, shorter than one mel frame of "
                             f"this model ({hop / rate:g} s)")
@@ -324,9 +329,13 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
     strength = getattr(args, "strength", None)
     outside = getattr(args, "outside", None)
     if not given:
-        if args.mask is not None or args.cutoff is not None or strength is not None or outside is not None:
-            raise UsageError("--mask needs --inpaint WAV, --cutoff needs --super-resolution WAV, --strength needs "
-                             "--init-audio WAV and --outside one of --inpaint, --super-resolution")
+        needs = [need for flag, need in ((args.mask, "--mask needs --inpaint WAV"),
+                                         (args.cutoff, "--cutoff needs --super-resolution WAV"),
+                                         (strength, "--strength needs --init-audio WAV"),
+                                         (outside, "--outside needs --inpaint or --super-resolution"))
+                 if flag is not None]
+        if needs:
+            raise UsageError("; ".join(needs))
         return None
     if len(given) > 1:
         raise UsageError("give only one of --init-audio, --inpaint, --super-resolution")
@@ -365,8 +374,10 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
             raise GenerateError(f"--mask end {end} s is past the end of {path} ({info.seconds:.3f} s)")
         edit.update(start=start, end=end, outside=outside or "original")
     else:
-        if args.cutoff is None or not math.isfinite(args.cutoff) or args.cutoff <= 0:
-            raise GenerateError("--super-resolution needs --cutoff HZ > 0 (the highest frequency the input holds)")
+        if args.cutoff is None:
+            raise UsageError("--super-resolution needs --cutoff HZ (the highest frequency the input holds)")
+        if not math.isfinite(args.cutoff) or args.cutoff <= 0:
+            raise GenerateError(f"--cutoff {args.cutoff} must be a frequency > 0 Hz")
         edit.update(cutoff_hz=args.cutoff, outside=outside or "original")
     return edit
 

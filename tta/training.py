@@ -1,8 +1,9 @@
 """Shared training-loop machinery: accelerate setup, run folder, EMA, checkpoints, bit-exact resume.
 
-A run folder holds `config.json` (the fully resolved run config), `metrics.jsonl` (one JSON object per
-logged step), `checkpoints/step_N/` (one component folder per tracked module + `train_state.pt`) and
-`final/` (the release artifact). The same loop runs as one CPU process or under `accelerate launch` on
+A run folder holds `config.json` (the fully resolved run config), `data.json` (the training manifests'
+sha256, which a resume checks, and the process count), `metrics.jsonl` (one JSON object per logged step),
+`checkpoints/step_N/` (one component folder per tracked module + `train_state.pt`) and `final/` (the release
+artifact). The same loop runs as one CPU process or under `accelerate launch` on
 many GPUs. A fresh run that fails before its first checkpoint (a bad init_from, component or data row found
 after start-up) leaves no folder behind when run inside `discard_on_failure`, as `tta train` does.
 
@@ -22,6 +23,7 @@ Usage inside a component's train.py:
     model, opt = run.prepare(model, opt)
     run.track(model=model, optimizer=opt)          # what checkpoints hold (name -> object)
     run.restore()                                   # no-op for a fresh run
+    if run.missed_validation(cfg.train.validate_every): ...validate...   # stopped before validating a checkpoint
     for batch in run.batches(dataset, collate_fn):  # stops at train.max_steps
         with run.accumulate(model):
             loss = ...; run.backward(loss); run.clip_grad(model); opt.step(); opt.zero_grad()
@@ -58,7 +60,7 @@ from tta.config import ConfigError, from_dict, save_config, to_dict
 
 log = logging.getLogger(__name__)
 
-DATA_RECORD = "data.json"   # in a run folder: the training manifest's sha256 when the run started
+DATA_RECORD = "data.json"   # in a run folder: the manifests' sha256 and the process count when it started
 
 
 class RunError(ValueError):
