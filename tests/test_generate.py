@@ -344,8 +344,8 @@ def test_a_stopped_run_records_every_file_it_wrote_and_a_broken_sample_is_report
     assert [o["file"] for o in record["outputs"]] == ["000_a.wav", "001_b.wav"] and not record["complete"]
     assert sorted(p.name for p in tmp_path.glob("*.wav")) == ["000_a.wav", "001_b.wav"]
     assert "001_b.wav came out 40x over full scale" in caplog.text and "000_a.wav" not in caplog.text
-    assert set(record["model_weights_sha256"]) == {"unet", "vae", "vocoder", "text_encoder"}
-    assert all(len(h) == 16 for h in record["model_weights_sha256"].values())
+    assert set(record["model_files_sha256"]) == {"pipeline.json", "unet", "scheduler", "vae", "vocoder", "text_encoder"}
+    assert all(len(h) == 16 for h in record["model_files_sha256"].values())
 
 
 def test_a_prompt_rows_file_column_names_its_output_as_tta_eval_pairs_it(tmp_path, capsys):

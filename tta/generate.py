@@ -258,18 +258,23 @@ def check_length(args: argparse.Namespace, folder: Path, edit: dict | None = Non
 
 @functools.lru_cache(maxsize=8)   # the record is rewritten as a run goes: hash each folder once
 def component_hashes(folder: Path) -> dict:
-    """sha256 (first 16 hex digits) of each component's weights files, by component name: which weights made the
-    audio, whatever the folder's path (a wheel's site-packages, a copy)."""
+    """sha256 (first 16 hex digits) of each component folder's files (weights and configs, e.g. the VAE's
+    scale_factor), by component name, and of pipeline.json (its generation defaults): which model made the audio,
+    whatever the folder's path (a wheel's site-packages, a copy). A CLAP's separately installed text tower (the
+    MiniLM files a tta CLAP names by its own sha256 in its config) is covered through that config."""
     import hashlib
 
-    from tta.pipeline import read_pipeline_json
+    from tta.pipeline import PIPELINE_FILE, read_pipeline_json
 
     out = {}
-    for name, sub in sorted(read_pipeline_json(folder)["components"].items()):
-        files = sorted(f for f in (folder / sub).glob("*") if f.suffix in (".safetensors", ".bin", ".pt", ".ckpt"))
+    parts = [("pipeline.json", [folder / PIPELINE_FILE])]
+    parts += [(name, sorted(f for f in (folder / sub).rglob("*") if f.is_file()))
+              for name, sub in sorted(read_pipeline_json(folder)["components"].items())]
+    for name, files in parts:
         if files:
             h = hashlib.sha256()
             for f in files:
+                h.update(str(f.relative_to(folder)).encode() + b"\0")
                 with open(f, "rb") as handle:
                     for block in iter(lambda: handle.read(1 << 20), b""):
                         h.update(block)
@@ -598,7 +603,7 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
     body = {
         "tta_version": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "python": platform.python_version(), "command": sys.argv,
-        "model": str(Path(folder).resolve()), "model_weights_sha256": dict(component_hashes(Path(folder).resolve())),
+        "model": str(Path(folder).resolve()), "model_files_sha256": dict(component_hashes(Path(folder).resolve())),
         "cwd": os.getcwd(),
         "model_defaults": to_dict(d),
         "settings": {"seconds": args.seconds if args.seconds is not None else (
