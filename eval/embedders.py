@@ -16,8 +16,6 @@ already at `sample_rate` (batched where the network allows).
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import os
 import pickle
@@ -27,27 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tta.checkpoint import file_sha256
+
 log = logging.getLogger(__name__)
 
 
 class EmbedderError(ValueError):
     """An embedder that cannot be built (unknown name, missing or mismatched weights)."""
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a weights file, remembered while its size and modification time stay the same (a file
-    replaced at the same path is hashed again, so its embeddings and stats get a new identity)."""
-    st = os.stat(path)
-    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

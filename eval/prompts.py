@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tta.data.prompts import PromptFileError, read_prompt_file
+from tta.data.prompts import PromptFileError, file_key, read_prompt_file
 
 __all__ = ["PromptFileError", "PromptRow", "read_prompts"]
 
@@ -25,11 +25,6 @@ class PromptRow:
     key: str  # file stem / id the row belongs to
     prompt: str
     category: str | None = None
-
-
-def _key(value: str) -> str:
-    p = Path(str(value).strip())
-    return p.with_suffix("").as_posix() if p.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3"} else p.as_posix()
 
 
 def _by_index(names: list[str]) -> list[str]:
@@ -57,7 +52,7 @@ def read_prompts(path: str | os.PathLike, names: list[str] | None = None) -> dic
             ref = r.file if r.file is not None else r.id
             if ref is None:
                 raise PromptFileError(f"{r.where}: each row needs a file/path/audio/name or id field")
-            keyed.append(PromptRow(_key(ref), r.prompt, r.category))
+            keyed.append(PromptRow(file_key(ref), r.prompt, r.category))
     out: dict[str, PromptRow] = {}
     for r in keyed:
         if r.key in out:

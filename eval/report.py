@@ -138,9 +138,9 @@ def _warned(run: Run, metric: str) -> bool:
     return any(name in where.split(".") for where, _ in protocol_warnings(run))
 
 
-def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None, str | None, bool]:
+def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None, str | None, str | None]:
     """One metric across runs: (values, per-run (embedder, reference) keys, the best value to mark or None,
-    the embedder all runs with a value share or None, whether those runs are comparable at all)."""
+    the embedder all runs with a value share or None, why those runs cannot be compared or None)."""
     values = [r.body.get("metrics", {}).get(metric) for r in runs]
     keys = [_comparison_key(r, metric) for r in runs]
     if metric == "clap_score":   # the set of prompts, whatever the files are named, when every run records it
@@ -151,11 +151,12 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
     embedders = {k[0] for k in present}
     shared = next(iter(embedders)) if len(embedders) == 1 else None
     comparable = len(set(present)) <= 1
+    why = None if comparable else not_comparable(metric, present)
     real = [v for v in values if isinstance(v, (int, float))]
     best = None
     if comparable and len(real) > 1 and metric != "is_std":
         best = min(real) if metric in LOWER_BETTER else max(real)
-    return values, keys, best, shared, comparable
+    return values, keys, best, shared, why
 
 
 def not_comparable(metric: str, keys: list) -> str:
@@ -291,12 +292,11 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
              '<h2>Metrics</h2><table id="metrics"><tr><th class="name">metric</th>',
              *[f"<th>{html.escape(r.label)}</th>" for r in runs], "</tr>"]
     for m in names:
-        values, keys, best, shared, comparable = _metric_row(runs, m)
+        values, keys, best, shared, why = _metric_row(runs, m)
         label = html.escape(METRIC_LABELS.get(m, m))
         if shared:
             label += f' <span class="muted">{html.escape(shared)}</span>'
-        if not comparable:
-            why = not_comparable(m, [k for v, k in zip(values, keys) if isinstance(v, (int, float))])
+        if why:
             label += f'<div class="note">{html.escape(why)}</div>'
         cells = "".join(
             f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}'
@@ -367,10 +367,10 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
     lines = [f"# {_md(title)}", "", "| metric | " + " | ".join(_md(r.label) for r in runs) + " |",
              "|---|" + "---|" * len(runs)]
     for m in names:
-        values, keys, best, shared, comparable = _metric_row(runs, m)
+        values, keys, best, shared, why = _metric_row(runs, m)
         label = METRIC_LABELS.get(m, m) + (f" `{shared}`" if shared else "")
-        if not comparable:
-            label = f"{label} ({not_comparable(m, [k for v, k in zip(values, keys) if isinstance(v, (int, float))])})"
+        if why:
+            label = f"{label} ({why})"
         cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v))
                  + (" ⚠" if v is not None and _warned(r, m) else "")
                  + (f" `{k[0]}`" if not shared and k[0] and v is not None else "") for v, k, r in zip(values, keys, runs)]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.embedders import file_sha256
+from tta.checkpoint import file_sha256
 
 SAMPLE_RATE = 16_000
 WINDOW = 15_600            # samples per YAMNet call (0.975 s)

@@ -308,7 +308,7 @@ def test_a_resume_refuses_a_manifest_whose_rows_changed(tmp_path, capsys):
     sets = (f"data.manifest={manifest}", "train.max_steps=1", "valid_items=0", "sample_items=0")
     assert _cli(capsys, "vocoder", tmp_path / "run", *sets)[0] == 0
     record = json.loads((tmp_path / "run" / "data.json").read_text())
-    assert len(record["manifest_sha256"]) == 64
+    assert [len(d) for d in record["manifests_sha256"].values()] == [64] and record["num_processes"] == 1
     assert _cli(capsys, "vocoder", tmp_path / "run", *sets, extra=["--resume"])[0] == 0    # unchanged: fine
     manifest.write_text(manifest.read_text() + manifest.read_text().splitlines()[0].replace('"id": "', '"id": "x') + "\n")
     rc, err = _cli(capsys, "vocoder", tmp_path / "run", *sets, extra=["--resume"])

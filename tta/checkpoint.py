@@ -11,6 +11,7 @@ Foreign `.ckpt/.pt/.pth/.bin` files are only ever read with `weights_only=True`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -195,6 +196,24 @@ def read_component_config(folder: str | os.PathLike, expected_class: str | None 
     if expected_class is not None and body["class"] != expected_class:
         raise CheckpointError(f"{folder}: holds a {body['class']}, expected a {expected_class}")
     return body
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file's bytes, remembered while its size and modification time stay the same (a file
+    replaced at the same path is hashed again)."""
+    st = os.stat(path)
+    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def weights_hash(state: dict, *, float16: bool = False) -> str:

@@ -48,8 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--datastore/--neighbours apply to `tta train ldm` only, not {args.kind}")
         if args.datastore is None:
             raise UsageError(f"--neighbours {args.neighbours} needs --datastore DIR (a `tta index build` folder)")
-        if args.datastore is not None:
-            sets.append(f"retrieval.datastore={json.dumps(str(args.datastore))}")
+        sets.append(f"retrieval.datastore={json.dumps(str(args.datastore))}")
         if args.neighbours is not None:
             sets.append(f"retrieval.neighbours={args.neighbours}")
     if getattr(args, "init_from", None) is not None:
@@ -85,6 +84,7 @@ def _as_the_run_began(cls, config, base, sets, out: Path):
         legacy = apply_overrides(base, sets, merge_sections=False)
     except (ConfigError, ValueError, TypeError, OSError):
         return config
+
     def as_saved(d: dict) -> dict:   # the differences a resume accepts anyway (TrainingRun: length, init_from)
         train = {**d.get("train", {}), **{k: saved.get("train", {}).get(k) for k in ("max_steps", "init_from")}}
         return {**d, "train": train}

@@ -11,7 +11,6 @@ record to `<out-dir>/generation.json`.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 QUIET_GAIN = 0.1   # an output turned down more than this to fit full scale is reported (a broken sample)
 EDIT_HEADROOM = 0.9   # an edit's input louder than this x the peak is turned down to it, to leave room beside it
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")   # stripped from a prompt row's file name, as tta eval does
 RECORD_EVERY = 10.0   # seconds between rewrites of generation.json while a batch run goes on
 
 
@@ -52,16 +50,11 @@ def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
     """(output name or None, prompt) pairs from a prompt file (tta.data.prompts: .txt, .csv or .jsonl). A row
     names its output as `tta eval --prompts` pairs it: by its file column (file/path/audio/name; the name without
     an audio suffix) when it has one, else by its id; None for neither."""
-    from tta.data.prompts import read_prompt_file
+    from tta.data.prompts import file_key, read_prompt_file
 
-    pairs = []
-    for row in read_prompt_file(path):
-        name = row.id
-        if row.file is not None:
-            stem = Path(row.file.strip())   # a path's base name: tta eval pairs a generated file by it too
-            name = (stem.with_suffix("") if stem.suffix.lower() in AUDIO_SUFFIXES else stem).name
-        pairs.append((name, row.prompt))
-    return pairs
+    # a path's base name: tta eval pairs a generated file by it too
+    return [(Path(file_key(row.file)).name if row.file is not None else row.id, row.prompt)
+            for row in read_prompt_file(path)]
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -227,20 +220,23 @@ def model_folder(args: argparse.Namespace) -> Path:
     return folder
 
 
-def check_length(args: argparse.Namespace, folder: Path, edit: dict | None = None) -> None:
-    """--seconds, or an edit's input, against the model's mel frame (read from its VAE's config.json, before any
-    weights load)."""
+def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | None = None) -> None:
+    """What only the model's configs can check, before any weights load: --seconds and an edit's input against
+    its mel frame, --cutoff against its mel band, --strength against its sampler steps."""
+    from tta.audio import MelConfig
     from tta.checkpoint import read_component_config
+    from tta.config import from_dict
     from tta.pipeline import read_pipeline_json
 
     if args.seconds is None and edit is None:
         return
-    mel = read_component_config(folder / read_pipeline_json(folder)["components"]["vae"])["config"].get("mel", {})
-    hop, rate = mel.get("hop_length", 160), mel.get("sample_rate", 16_000)
+    vae = read_component_config(folder / read_pipeline_json(folder)["components"]["vae"])["config"]
+    mel = from_dict(MelConfig, vae.get("mel", {}))
+    hop, rate = mel.hop_length, mel.sample_rate
     if args.seconds is not None and round(args.seconds * rate) < hop:
         raise GenerateError(f"--seconds {args.seconds} is shorter than one mel frame of this model ({hop / rate:g} s)")
     if edit is not None and "cutoff_hz" in edit:
-        low, high = mel.get("f_min", 0.0), mel.get("f_max", rate / 2)
+        low, high = mel.f_min, mel.f_max
         if not low < edit["cutoff_hz"] < high:
             raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} must lie inside this model's mel band ({low:g}, "
                                 f"{high:g}) Hz")
@@ -248,15 +244,15 @@ def check_length(args: argparse.Namespace, folder: Path, edit: dict | None = Non
         raise GenerateError(f"{edit['input']}: {edit['input_seconds']:g} s of audio, shorter than one mel frame of "
                             f"this model ({hop / rate:g} s)")
     if edit is not None and "strength" in edit:
+        from tta.ldm.sampling import strength_steps
         from tta.pipeline import PipelineDefaults
 
         steps = args.steps or int(read_pipeline_json(folder).get("defaults", {}).get("steps", PipelineDefaults.steps))
-        if steps and round(edit["strength"] * steps) < 1:
+        if steps and strength_steps(steps, edit["strength"]) < 1:
             raise GenerateError(f"--strength {edit['strength']} at {steps} sampler steps leaves no denoising step "
                                 f"(it needs more than {0.5 / steps:.3g}, or more --steps)")
 
 
-@functools.lru_cache(maxsize=8)   # the record is rewritten as a run goes: hash each folder once
 def component_hashes(folder: Path) -> dict:
     """sha256 (first 16 hex digits) of each component folder's files (weights and configs, e.g. the VAE's
     scale_factor), by component name, and of pipeline.json (its generation defaults): which model made the audio,
@@ -264,27 +260,23 @@ def component_hashes(folder: Path) -> dict:
     MiniLM files a tta CLAP names by its own sha256 in its config) is covered through that config."""
     import hashlib
 
+    from tta.checkpoint import file_sha256
     from tta.pipeline import PIPELINE_FILE, read_pipeline_json
 
     out = {}
     parts = [("pipeline.json", [folder / PIPELINE_FILE])]
     parts += [(name, sorted(f for f in (folder / sub).rglob("*") if f.is_file()))
               for name, sub in sorted(read_pipeline_json(folder)["components"].items())]
-    for name, files in parts:
+    for name, files in parts:   # each file's sha256 (remembered while it is unchanged), by its place in the folder
         if files:
-            h = hashlib.sha256()
-            for f in files:
-                h.update(str(f.relative_to(folder)).encode() + b"\0")
-                with open(f, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        h.update(block)
-            out[name] = h.hexdigest()[:16]
+            listing = "".join(f"{f.relative_to(folder)}\t{file_sha256(f)}\n" for f in files)
+            out[name] = hashlib.sha256(listing.encode()).hexdigest()[:16]
     return out
 
 
 def check_numbers(args: argparse.Namespace) -> None:
     from tta.ldm.sampling import check_sampler
-    from tta.pipeline import MAX_SECONDS, valid_window
+    from tta.pipeline import MAX_SECONDS, MAX_SEED, valid_window
 
     if args.seconds is not None and (not math.isfinite(args.seconds) or args.seconds <= 0):
         raise GenerateError(f"--seconds {args.seconds} must be a positive number")
@@ -301,7 +293,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise GenerateError(f"--candidates {args.candidates} must be >= 1")
     if args.batch_size < 1:
         raise GenerateError(f"--batch-size {args.batch_size} must be >= 1")
-    if not 0 <= args.seed < 2**62:   # prompt i, candidate j draw with seed + i + 1000003 * j: a 64-bit generator seed
+    if not 0 <= args.seed < MAX_SEED:
         raise GenerateError(f"--seed {args.seed} must be in [0, 2**62)")
     if args.eta is not None and not (math.isfinite(args.eta) and 0 <= args.eta <= 1):
         raise GenerateError(f"--eta {args.eta} must be in [0, 1]")
@@ -328,6 +320,7 @@ def parse_mask(text: str | None) -> tuple[float, float]:
 def plan_edit(args: argparse.Namespace) -> dict | None:
     """The edit asked for (kind, input path, parameters), checked; None for plain text-to-audio."""
     from tta.audio import AudioError, audio_info
+    from tta.checkpoint import file_sha256
 
     given = [(k, p) for k, p in (("audio_to_audio", args.init_audio), ("inpaint", args.inpaint),
                                  ("super_resolution", args.super_resolution)) if p is not None]
@@ -366,7 +359,7 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
                             "(cut the input)")
     # what the edit read, to redo it: the file's content and format (it is heard as 16 kHz mono)
     edit = {"kind": kind, "input": str(path), "input_seconds": round(info.seconds, 4),
-            "input_sha256": _file_sha256(path), "input_sample_rate": info.sample_rate,
+            "input_sha256": file_sha256(path), "input_sample_rate": info.sample_rate,
             "input_channels": info.channels}
     if kind == "audio_to_audio":
         strength = 0.5 if strength is None else strength
@@ -385,16 +378,6 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
             raise GenerateError(f"--cutoff {args.cutoff} must be a frequency > 0 Hz")
         edit.update(cutoff_hz=args.cutoff, outside=outside or "original")
     return edit
-
-
-def _file_sha256(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pick_device(name: str) -> str:
@@ -457,7 +440,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
             if job.path.resolve() == source:
                 raise GenerateError(f"{job.path}: is the edit's input audio; write the output to another file")
     folder = model_folder(args)
-    check_length(args, folder, edit)
+    check_against_model(args, folder, edit)
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)

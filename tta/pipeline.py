@@ -62,7 +62,8 @@ class PipelineError(ValueError):
 
 
 CONTEXT_GUIDANCE = ("shared", "guided")
-INPAINT_OUTSIDE = ("original", "decoded")   # what an inpainted clip holds outside its gap
+EDIT_OUTSIDE = ("original", "decoded")   # what an inpainted or super-resolved clip holds outside what it made
+MAX_SEED = 2**62           # prompt i, candidate j draw with seed + i + 1000003 * j: a 64-bit generator seed
 INPAINT_FADE = 0.02        # seconds of raised-cosine crossfade centred on each edge of a spliced gap
 INPAINT_RANK_CONTEXT = 0.5  # seconds on each side of an inpainted gap that candidate ranking hears with it
 SR_CROSSOVER = 0.1          # super-resolution's crossover: input below (1 - this) x cutoff, generated above cutoff
@@ -122,10 +123,19 @@ class PipelineDefaults:
                              f"{', '.join(CONTEXT_GUIDANCE)}")
 
 
+def is_real(x) -> bool:
+    """A finite real number, numpy scalars included, bools not."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def is_integer(x) -> bool:
+    """An integer, numpy scalars included, bools not."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def valid_window(window) -> bool:
     """A sampling window is a finite number of seconds in [0, MAX_SECONDS]."""
-    return (isinstance(window, numbers.Real) and not isinstance(window, bool) and math.isfinite(window)
-            and 0 <= window <= MAX_SECONDS)
+    return is_real(window) and 0 <= window <= MAX_SECONDS
 
 
 @dataclass
@@ -291,8 +301,7 @@ class TTAPipeline:
 
     def check_seconds(self, seconds: float) -> int:
         """Samples for `seconds`, or a PipelineError when the length is not usable."""
-        if not (isinstance(seconds, numbers.Real) and not isinstance(seconds, bool) and math.isfinite(seconds)) \
-                or seconds <= 0:
+        if not is_real(seconds) or seconds <= 0:
             raise PipelineError(f"seconds={seconds!r} must be a positive number")
         if seconds > MAX_SECONDS:
             raise PipelineError(f"seconds={seconds} exceeds the maximum of {MAX_SECONDS:g} s per clip")
@@ -411,8 +420,8 @@ class TTAPipeline:
         vocoder render them (AudioLDM's inpainting output). Candidates are ranked by CLAP on the gap with up to
         INPAINT_RANK_CONTEXT seconds on each side, not on the whole clip, which is mostly the input.
         """
-        if outside not in INPAINT_OUTSIDE:
-            raise PipelineError(f"outside={outside!r}: expected one of {', '.join(INPAINT_OUTSIDE)}")
+        if outside not in EDIT_OUTSIDE:
+            raise PipelineError(f"outside={outside!r}: expected one of {', '.join(EDIT_OUTSIDE)}")
         wav, level, offset = edit_input(wav)
         n, sampled = self._edit_length(wav)
         if 0 <= start < end and n / self.sample_rate < end <= (n + 1) / self.sample_rate:
@@ -450,8 +459,8 @@ class TTAPipeline:
         """
         import librosa
 
-        if outside not in INPAINT_OUTSIDE:
-            raise PipelineError(f"outside={outside!r}: expected one of {', '.join(INPAINT_OUTSIDE)}")
+        if outside not in EDIT_OUTSIDE:
+            raise PipelineError(f"outside={outside!r}: expected one of {', '.join(EDIT_OUTSIDE)}")
         wav, level, offset = edit_input(wav)
         n, sampled = self._edit_length(wav)
         m = self.mel
@@ -662,27 +671,21 @@ def splice_weight(n: int, first: int, last: int, fade: int) -> np.ndarray:
 def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float = 0.0, seed: int = 0) -> None:
     """Validate generation arguments before any compute; PipelineError names the bad one. Numbers may be numpy
     scalars (a sweep over np.arange); bools are not numbers here."""
-    def integer(x) -> bool:
-        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-    def real(x) -> bool:
-        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
         raise PipelineError("prompts must be a non-empty list of strings")
     if any(not isinstance(p, str) for p in prompts):
         raise PipelineError("every prompt must be a string")
-    if not integer(steps) or steps < 1:
+    if not is_integer(steps) or steps < 1:
         raise PipelineError(f"steps={steps!r} must be an integer >= 1")
-    if not real(guidance) or guidance < 0:
+    if not is_real(guidance) or guidance < 0:
         raise PipelineError(f"guidance={guidance!r} must be a finite number >= 0")
-    if not integer(candidates) or candidates < 1:
+    if not is_integer(candidates) or candidates < 1:
         raise PipelineError(f"candidates={candidates!r} must be an integer >= 1")
-    if not integer(batch_size) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise PipelineError(f"batch_size={batch_size!r} must be an integer >= 1")
-    if not real(eta) or not 0 <= eta <= 1:
+    if not is_real(eta) or not 0 <= eta <= 1:
         raise PipelineError(f"eta={eta!r} must be in [0, 1]")
-    if not integer(seed) or not 0 <= seed < 2**62:   # prompt i, candidate j: seed + i + 1000003 * j, a 64-bit seed
+    if not is_integer(seed) or not 0 <= seed < MAX_SEED:
         raise PipelineError(f"seed={seed!r} must be an integer in [0, 2**62)")
 
 

@@ -347,6 +347,7 @@ class TrainingRun:
         self.init_subfolders: dict[str, str | None] = {}
         self.init_loaders: dict[str, Callable[[Path], dict]] = {}
         self._bar = None
+        self._resumed_at = 0   # the step restore() resumed at, until missed_validation() has looked at it
         self._pending: dict[str, list[float]] = {}    # scalars of this optimizer step's micro-batches
         self._last_logged: dict[str, float] = {}
         self._t0 = time.time()
@@ -452,8 +453,8 @@ class TrainingRun:
             saved = json.loads(record.read_text()) if resume else None
         except (OSError, ValueError):
             saved = None
-        if isinstance(saved, dict) and "manifest_sha256" in saved:
-            old = saved.get("manifests_sha256") or {saved.get("manifest"): saved["manifest_sha256"]}
+        if isinstance(saved, dict) and isinstance(saved.get("manifests_sha256"), dict):
+            old = saved["manifests_sha256"]
             for path, digest in digests.items():
                 before = old.get(path)
                 if before is not None and before != digest:
@@ -465,8 +466,7 @@ class TrainingRun:
                             self.out, processes, saved["num_processes"])
             return
         if self.is_main:
-            body = {"manifest": paths[0], "manifest_sha256": digests[paths[0]], "manifests_sha256": digests,
-                    "num_processes": processes}
+            body = {"manifests_sha256": digests, "num_processes": processes}
             atomic_write_text(record, json.dumps(body, indent=1) + "\n")
 
     # -- objects -----------------------------------------------------------------------------------
@@ -750,7 +750,7 @@ class TrainingRun:
         `every`, or max_steps with `at_end`) and metrics.jsonl holds none for it: the run was stopped between
         writing the checkpoint and validating it. The trainer then validates before its next step. Every process
         calls it at the same point (it waits for them all), and all get the same answer."""
-        step, self._resumed_at = getattr(self, "_resumed_at", 0), 0
+        step, self._resumed_at = self._resumed_at, 0
         if not step or not (every and step % every == 0 or at_end and step == self.train.max_steps):
             return False
         self.accelerator.wait_for_everyone()   # the main process has truncated metrics.jsonl by now

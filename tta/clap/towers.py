@@ -17,9 +17,7 @@ records the path and the SHA-256 of its weights file, checked on load); tuned la
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from tta.audio import MelConfig, log_mel
+from tta.checkpoint import file_sha256
 from tta.clap.encoder import warn_truncated
 
 log = logging.getLogger(__name__)
@@ -123,20 +122,6 @@ def minilm_folder(path: str = "") -> Path:
         if not (folder / name).is_file():
             raise ValueError(f"{folder}: not a sentence-model folder (no {name})")
     return folder
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    st = os.stat(path)
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=4)

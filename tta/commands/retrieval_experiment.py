@@ -332,6 +332,7 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
     """The variant's pipeline folder: given, already trained under OUT/runs with the same settings and data
     (its VARIANT_RECORD: the resolved run config and, with retrieval, the datastore it read), or trained now."""
     from tta.checkpoint import atomic_write_text
+    from tta.checkpoint import file_sha256
     from tta.config import apply_overrides, to_dict
     from tta.ldm.train import train
 
@@ -345,7 +346,7 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
                                      f"retrieval.features={json.dumps(variant.features)}",
                                      f"retrieval.modality={json.dumps(variant.modality)}",
                                      f"retrieval.max_neighbours={max(10, variant.neighbours)}"])
-    record = {"run_config": to_dict(cfg), "manifest_sha256": _sha256(Path(base.data.manifest))}
+    record = {"run_config": to_dict(cfg), "manifest_sha256": file_sha256(base.data.manifest)}
     if variant.neighbours:
         info = json.loads((Path(store) / "datastore.json").read_text())
         record["datastore"] = {k: info.get(k) for k in ("clap_identity", "count", "manifest", "manifest_sha256")}
@@ -387,12 +388,6 @@ def _first_difference(old, new, where: str = "") -> str:
             if k not in new or not _same_settings(v, new[k]):
                 return _first_difference(v, new.get(k), f"{where}.{k}" if where else k)
     return where or "the record"
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: list[dict], g: GenerationSettings,

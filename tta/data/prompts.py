@@ -20,6 +20,14 @@ from pathlib import Path
 
 TEXT_FIELDS = ("prompt", "caption", "text")
 FILE_FIELDS = ("file", "path", "audio", "name")
+FILE_KEY_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")   # dropped from a row's file name to make its key
+
+
+def file_key(value: str) -> str:
+    """The key a row's file field names its audio by: the path as written, without an audio suffix (`tta eval`
+    pairs generated files by it; `tta generate` names its outputs by its base name)."""
+    p = Path(str(value).strip())
+    return p.with_suffix("").as_posix() if p.suffix.lower() in FILE_KEY_SUFFIXES else p.as_posix()
 SUFFIXES = (".txt", ".csv", ".jsonl", ".json")
 
 

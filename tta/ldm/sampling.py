@@ -126,6 +126,11 @@ def draw_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
 _warned_start: set[tuple[str, int]] = set()
 
 
+def strength_steps(steps: int, strength: float) -> int:
+    """How many of `steps` sampler steps an edit at `strength` runs (the last ones; 0 is refused)."""
+    return min(int(round(steps * strength)), steps)
+
+
 def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
     """Set `steps` inference steps and return the timesteps to run: all of them at strength 1, the last
     round(steps * strength) for an SDEdit start part-way."""
@@ -158,7 +163,7 @@ def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
         raise ValueError(f"steps={steps} is too many for the {sampler_name_of(scheduler)} sampler on a "
                          f"{train_steps}-step schedule (timesteps repeat); use fewer steps")
     if strength < 1:
-        run = min(int(round(steps * strength)), steps)
+        run = strength_steps(steps, strength)
         if run < 1:
             raise ValueError(f"strength={strength} with steps={steps} leaves no denoising step; "
                              "raise --strength or --steps")
