@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zlib
 
 import pytest
 import soundfile as sf
@@ -24,8 +25,9 @@ from tta.data.webdataset import import_webdataset
 
 
 def _wav(path, seconds=0.5, sr=16_000, **kw):
+    """A tone whose pitch depends on the file's path: importers merge files with the same bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, tone(330, seconds, sr), sr, **kw)
+    sf.write(path, tone(300 + zlib.crc32(str(path).encode()) % 100_000 / 50, seconds, sr), sr, **kw)
     return path
 
 
@@ -444,3 +446,83 @@ def test_a_webdataset_shard_cut_short_keeps_the_samples_before_the_cut(tmp_path)
     assert any("damaged tar shard after" in e for e in result.errors)
     for r in result.rows:
         assert sf.info(r.path).frames == 8000        # every kept sample is whole
+
+
+def test_a_captions_csv_named_for_a_split_sets_the_split_of_a_folder_import(tmp_path):
+    """Clotho's captions_validation.csv imported as a folder + --captions put every row in train (the AudioCaps,
+    AudioLDM and Tango importers read the split from the file name; the folder importer did not), so evaluation
+    clips became training data; Clotho's 'development' split is its training split."""
+    _wav(tmp_path / "audio" / "a.wav")
+    for name, split in (("clotho_captions_validation.csv", "valid"), ("clotho_captions_evaluation.csv", "test"),
+                        ("clotho_captions_development.csv", "train")):
+        (tmp_path / name).write_text("file_name,caption_1,caption_2\na.wav,a dog barks,a dog\n")
+        result = import_folder(tmp_path / "audio", captions_csv=tmp_path / name,
+                               options=ImportOptions(valid_fraction=0.5, progress=False))
+        assert [r.split for r in result.rows] == [split], name
+
+
+def test_files_with_the_same_bytes_become_one_row(tmp_path):
+    """Identical copies under other names were separate rows, so the id hash could put one in train and its copy
+    in valid (a leak no plain `tta data check` reports); the copy's captions join the kept row."""
+    root = tmp_path / "corpus"
+    data = (tone(440, 0.5) * 32767).astype("int16")
+    for name, caption in (("a", "a dog barks"), ("b", "a barking dog"), ("c", "rain")):
+        root.mkdir(exist_ok=True)
+        sf.write(root / f"{name}.wav", data if name != "c" else data[::-1].copy(), 16_000)
+        (root / f"{name}.txt").write_text(caption)
+    result = import_folder(root, options=ImportOptions(valid_fraction=0.5, progress=False))
+    rows = _by_id(result)
+    assert sorted(rows) == ["a", "c"]
+    assert rows["a"].captions == ("a dog barks", "a barking dog")
+    _one_error(result, "b.wav", "the same bytes as", "'a'", "captions join that row")
+
+
+def test_oga_wave_and_aifc_files_are_imported(tmp_path):
+    """Debian's sound packages name Ogg audio .oga; .oga, .wave and .aifc files were passed over without a
+    word."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    sf.write(root / "bell.oga", tone(500, 0.5), 16_000, format="OGG", subtype="VORBIS")
+    sf.write(root / "hiss.wave", tone(700, 0.5), 16_000, format="WAV")
+    sf.write(root / "hum.aifc", tone(900, 0.5), 16_000, format="AIFF")
+    for name in ("bell", "hiss", "hum"):
+        (root / f"{name}.txt").write_text(f"a {name}")
+    result = import_folder(root, options=ImportOptions(progress=False))
+    assert sorted(_by_id(result)) == ["bell", "hiss", "hum"], result.errors
+
+
+def test_a_manifest_of_audio_under_a_linked_sub_folder_stays_relative(tmp_path):
+    """A project folder whose audio/ is a link to another disk got absolute paths to the link's target, so the
+    manifest broke when the disk moved and the link was re-pointed."""
+    import os
+
+    disk = tmp_path / "disk"
+    _wav(disk / "n.wav")
+    (disk / "n.txt").write_text("noise")
+    project = tmp_path / "project"
+    project.mkdir()
+    os.symlink(disk, project / "audio")
+    result = import_folder(project / "audio", options=ImportOptions(progress=False))
+    write_manifest(project / "m.jsonl", result.rows)
+    assert json.loads((project / "m.jsonl").read_text())["path"] == "audio/n.wav"
+    moved = tmp_path / "disk2"
+    os.rename(disk, moved)
+    os.remove(project / "audio")
+    os.symlink(moved, project / "audio")
+    assert read_manifest(project / "m.jsonl")[0].path == "audio/n.wav"
+
+
+def test_id_prefix_keeps_two_corpora_apart_and_their_splits(tmp_path):
+    _wav(tmp_path / "one" / "1.wav")
+    (tmp_path / "one" / "1.txt").write_text("a bell")
+    plain = import_folder(tmp_path / "one", options=ImportOptions(valid_fraction=0.5, progress=False))
+    prefixed = import_folder(tmp_path / "one", options=ImportOptions(valid_fraction=0.5, id_prefix="one/",
+                                                                     progress=False))
+    assert [r.id for r in prefixed.rows] == ["one/1"]
+    assert [r.split for r in prefixed.rows] == [r.split for r in plain.rows]
+
+
+def test_a_folder_file_without_a_sidecar_names_the_sidecar_it_looked_for(tmp_path):
+    _wav(tmp_path / "a.wav")
+    result = import_folder(tmp_path, options=ImportOptions(progress=False))
+    _one_error(result, "a.wav", "no sidecar a.txt", "captions CSV")

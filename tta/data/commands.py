@@ -54,7 +54,9 @@ def _add_import(sub) -> None:
                    "(audiocaps: required; audioldm/tango: default the source file's folder)")
     p.add_argument("--captions", type=Path, metavar="CSV",
                    help="folder: captions CSV (file/path column + caption columns; optional id, split, category, "
-                        "labels, and group: rows of one group land in one split) instead of sidecar .txt")
+                        "labels, and group: rows of one group land in one split) instead of sidecar .txt files "
+                        "(a.wav's captions in a.txt, one per line); a train/val/test token in the CSV's name "
+                        "(Clotho's captions_validation.csv) is the split of rows without a split column")
     p.add_argument("--audio-dir", type=Path, help="webdataset: folder to extract audio into "
                    "(default: MANIFEST's name + '_audio' beside it; must not exist)")
     p.add_argument("--split", choices=("train", "valid", "test"), help="put every row into this split")
@@ -63,6 +65,10 @@ def _add_import(sub) -> None:
     p.add_argument("--source", dest="source_name", default="", metavar="NAME",
                    help="value of each row's 'source' field (e.g. the package or corpus name)")
     p.add_argument("--licence", default="", metavar="LICENCE", help="value of each row's 'licence' field")
+    p.add_argument("--id-prefix", default="", metavar="PREFIX",
+                   help="put PREFIX before every row's id, e.g. 'clotho/', so that manifests of corpora with the "
+                        "same file names can be trained together (data.extra_manifests); the split stays the one "
+                        "the unprefixed id hashes to")
     p.set_defaults(data_func=cmd_import)
 
 
@@ -81,7 +87,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     check_output_path(args.out, "--out")   # before any work: a WebDataset import would extract its audio first
     options = ImportOptions(split=args.split, valid_fraction=args.valid_fraction, source=args.source_name,
-                            licence=args.licence, progress=not args.quiet)
+                            licence=args.licence, id_prefix=args.id_prefix, progress=not args.quiet)
     audio_dir = args.audio_dir
     if args.kind == "webdataset" and audio_dir is None:
         audio_dir = args.out.with_name(args.out.stem + "_audio")
@@ -118,7 +124,7 @@ def _add_check(sub) -> None:
         description="Decode every file of a manifest; report unreadable, empty, non-finite, silent, too-short "
                     "and mismatched rows with reasons and counts. With --near-duplicates, also compare the clips "
                     "with each other: a held-out row whose audio nearly duplicates a row of another split (same "
-                    "recording at another gain, rate or format, or cut from it) is a leak, a bad row; "
+                    "recording at another gain, format or rate of 16 kHz or more, or cut from it) is a leak, a bad row; "
                     "near-duplicates within one split are listed. Exit 1 if any row or line is bad.")
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--drop-bad", type=Path, metavar="OUT", help="write the good rows to OUT (a clean manifest)")

@@ -1,7 +1,8 @@
 """Near-duplicate clips in a manifest: one recording or render stored twice, under other names, at another gain,
-rate or format, or one clip cut from another.
+rate (16 kHz or more: a copy at a lower rate lacks the bands above half its rate) or format, or one clip cut
+from another.
 
-The exact-hash dedupe of the importers and the recipe only catches bit-identical audio. Here every clip gets a
+The importers merge files with the same bytes and the recipe drops bit-identical audio; neither catches more. Here every clip gets a
 fingerprint: its log-mel (the mel contract, 16 kHz / 64 bins), floored 50 dB below the clip's loudest value
 (so the quiet bins a lossy codec rewrites, and a noise floor, count as silence), trimmed of silent frames at
 both ends (so padding does not make unrelated clips alike), and averaged over 200 ms Hann windows every 100 ms,

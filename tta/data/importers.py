@@ -20,20 +20,23 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
 from tta.audio import AudioError, audio_info
+from tta.checkpoint import file_sha256
 from tta.data.manifest import SPLITS, ManifestRow
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
+AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64",
+                  ".caf")
 KINDS = ("folder", "audiocaps", "audioldm", "tango", "webdataset")
-_SPLIT_NAMES = {"train": "train", "training": "train", "val": "valid", "valid": "valid",
-                "validation": "valid", "dev": "valid", "test": "test", "eval": "test", "evaluation": "test"}
+_SPLIT_NAMES = {"train": "train", "training": "train", "development": "train",   # Clotho's training split
+                "val": "valid", "valid": "valid", "validation": "valid", "dev": "valid",
+                "test": "test", "eval": "test", "evaluation": "test"}
 
 
 class SourceError(ValueError):
@@ -46,6 +49,7 @@ class ImportOptions:
     valid_fraction: float = 0.0     # held-out share (hash of id) for rows whose source names no split
     source: str = ""                # written to each row's `source`
     licence: str = ""               # written to each row's `licence`
+    id_prefix: str = ""             # put before each row's id (two corpora with a `1.wav` each, trained together)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -171,6 +175,7 @@ class Collector:
         out = ImportResult(errors=self.errors)
         opts = self.options
         hashed = {"train": 0, "valid": 0}    # rows whose split the valid_fraction hash chose
+        by_bytes: dict[str, int] = {}        # sha256 of a file's bytes -> index of its row
         for e in tqdm(list(self.by_path.values()), desc=desc, unit="file", disable=not opts.progress):
             # Messages name the source entry, then the file (once, when the entry is the file itself).
             prefix = "" if e.where == str(e.path) else f"{e.where}: "
@@ -186,11 +191,25 @@ class Collector:
                 out.errors.append(f"{prefix}{e.path}: contains 0 samples; skipped")
                 continue
             split = opts.split or e.split or self.default_split
-            if split is None:
+            by_hash = split is None
+            if by_hash:
                 split = "valid" if held_out(e.group or e.id, opts.valid_fraction) else "train"
+            digest = file_sha256(e.path)
+            if digest in by_bytes:   # a copy under another name: one row, or its twin could land in another split
+                kept = out.rows[by_bytes[digest]]
+                out.rows[by_bytes[digest]] = replace(
+                    kept, captions=kept.captions + tuple(c for c in e.captions if c not in kept.captions))
+                moved = "" if split == kept.split else f" (its split {split!r} is not kept: the row is {kept.split!r})"
+                out.errors.append(f"{prefix}{e.path}: the same bytes as {kept.path} (id {kept.id!r}); its captions "
+                                  f"join that row{moved}; skipped")
+                continue
+            by_bytes[digest] = len(out.rows)
+            if by_hash:
                 hashed[split] += 1
-            out.rows.append(ManifestRow(id=e.id, path=str(e.path.resolve()), captions=tuple(e.captions),
-                                        seconds=round(info.seconds, 6), sample_rate=info.sample_rate, split=split,
+            # the path as the folder shows it (a symlinked sub-folder keeps its name, so the manifest can stay
+            # relative to a folder of links); resolve() would store the links' targets
+            out.rows.append(ManifestRow(id=opts.id_prefix + e.id, path=str(e.path.absolute()),
+                                        captions=tuple(e.captions), seconds=round(info.seconds, 6), sample_rate=info.sample_rate, split=split,
                                         source=opts.source, licence=opts.licence, labels=e.labels,
                                         category=e.category))
         log.info("%s: %d rows, %d bad items", desc, len(out.rows), len(out.errors))
@@ -262,19 +281,23 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
     folder = Path(folder)
     if not folder.is_dir():
         raise SourceError(f"{folder}: audio folder not found")
-    c = Collector(options)
     files = _audio_files(folder)
     if captions_csv is None:
+        c = Collector(options)
         for p in files:
             txt = p.with_suffix(".txt")
+            if not txt.is_file():
+                c.error(f"{p}: no caption (no sidecar {txt.name} beside it, and no captions CSV given); skipped")
+                continue
             try:   # UTF-8 (a byte-order mark is no caption text); another encoding is reported, not mangled
-                caps = clean_captions(txt.read_text(encoding="utf-8-sig").splitlines()) if txt.is_file() else []
+                caps = clean_captions(txt.read_text(encoding="utf-8-sig").splitlines())
             except UnicodeDecodeError as e:
                 c.error(f"{txt}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8; skipped")
                 continue
             c.add(Entry(_stem_id(p, folder), p, str(p), caps))
         return c.result(f"import {folder}")
     csv_path = _require_file(Path(captions_csv), "captions CSV")
+    c = Collector(options, default_split=_split_from_filename(csv_path))   # Clotho: captions_validation.csv
     with io.StringIO(_read_utf8(csv_path), newline="") as f:
         reader = csv.DictReader(f, strict=True)
         fields = [h.strip().lower() for h in reader.fieldnames or []]

@@ -145,7 +145,7 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path
     from another manifest (its relative path is relative to that one's folder, `row.base`) keeps pointing at its
     audio."""
     path = Path(path)
-    base = path.parent.resolve()
+    base = path.parent.absolute()
     ids: set[str] = set()
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
@@ -160,13 +160,21 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path
 
 
 def relative_path(p: str, base: Path) -> str:
+    """`p` relative to the folder `base` when it lies under it, else `p`. Under it as the folders show it first (a
+    sub-folder that is a link to another disk stays a relative path, valid again when the link is re-pointed),
+    then with every link resolved."""
     ap = Path(p)
     if not ap.is_absolute():
         return p
-    try:
-        return str(ap.resolve().relative_to(base))
-    except ValueError:
-        return str(ap)
+    tries = [(ap.resolve(), base.resolve())]
+    if ".." not in ap.parts:   # a '..' after a link leads elsewhere than the same path written without it
+        tries.insert(0, (ap, base))
+    for candidate, folder in tries:
+        try:
+            return str(candidate.relative_to(folder))
+        except ValueError:
+            pass
+    return str(ap)
 
 
 def resolve_path(row: ManifestRow | str, manifest_path: str | os.PathLike) -> Path:
