@@ -174,6 +174,11 @@ def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_pa
         assert code == 1 and err.count("\n") == 1 and not (tmp_path / "bad").exists(), err
         return err
 
+    # the CLAP inside a .ckpt needs its tokenizer: refused before the UNet, VAE and vocoder are built (a real file's
+    # conversion takes minutes), in words that name the .ckpt, not "a LAION .pt"
+    with_clap = {**state, "cond_stage_model.model.logit_scale_a": torch.zeros(())}
+    err = refused(with_clap, "with-clap.ckpt")
+    assert "the CLAP inside" in err and "needs its RoBERTa tokenizer folder (--tokenizer DIR)" in err, err
     # another model's file (a HiFi-GAN generator) is named for what it is, before any missing CLAP
     assert "not an AudioLDM checkpoint (no model.diffusion_model.* UNet weights" in refused(
         HiFiGAN(voc_cfg).state_dict(), "generator.pt")
@@ -247,6 +252,7 @@ def test_import_checks_the_clap_against_the_folders_text_encoder(tmp_path, capsy
 
     code, err = imported(tmp_path / "clap2", tmp_path / "p2")
     assert code == 1 and "is not the CLAP this pipeline was trained with" in err and err.count("\n") == 1, err
+    assert "token_type_ids" not in err and ".weight: --clap holds other values" in err, err   # a weight, not an index
     assert not (tmp_path / "p2").exists()
     code, err = imported(tiny_components()["clap"], tmp_path / "own")
     assert code == 1 and "tta's own CLAP" in err, err

@@ -210,3 +210,17 @@ def test_load_vocoder_recognises_each_format_by_content(tmp_path):
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a vocoder checkpoint"):
         load_vocoder(tmp_path / "other.pt")
+
+
+def test_a_jik876_config_listing_more_dilations_than_its_resblock_uses_loads_as_there():
+    """jik876's ResBlock2 builds two convolutions (dilations [0] and [1]) and ResBlock1 three, whatever the list
+    holds; a V3-style config listing three dilations loaded in jik876 and was refused here (27 missing keys)."""
+    from vocoder.interop import config_from_jik876
+
+    h = {**TINY, "num_mels": 64, "n_fft": 1024, "hop_size": 160, "win_size": 1024, "sampling_rate": 16000,
+         "fmin": 0, "fmax": 8000}
+    two = config_from_jik876({**h, "resblock": "2", "resblock_dilation_sizes": [[1, 2, 3], [2, 6, 9]]}, where="x")
+    assert two.resblock_dilation_sizes == ((1, 2), (2, 6))
+    three = config_from_jik876({**h, "resblock": "1", "resblock_dilation_sizes": [[1, 3, 5, 7], [1, 3, 5]]},
+                               where="x")
+    assert three.resblock_dilation_sizes == ((1, 3, 5), (1, 3, 5))

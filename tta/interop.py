@@ -127,13 +127,15 @@ def check_text_encoder(folder: Path, embedder, clap) -> None:
     mine = {f"text_model.{k}": v for k, v in model.text_model.state_dict().items()}
     mine.update({f"text_projection.{k}": v for k, v in model.text_projection.state_dict().items()})
     for key, value in state.items():
-        if key.endswith("position_ids"):
-            continue
+        if key.endswith("position_ids") or not value.is_floating_point():   # index buffers (token_type_ids) say
+            continue                                                         # nothing of the weights
         other = mine.get(key)
         low = value.dtype in (torch.float16, torch.bfloat16)   # a half-precision copy of the same tower
         if other is None or other.shape != value.shape or not torch.allclose(
                 other.to(value.dtype).float() if low else other.float(), value.float(), atol=1e-3 if low else 1e-4):
-            why = "has no such tensor" if other is None else "holds other values"
+            why = ("has no such tensor" if other is None else
+                   f"has it in shape {tuple(other.shape)}, not {tuple(value.shape)}: another architecture"
+                   if other.shape != value.shape else "holds other values")
             raise InteropError(f"{weights}: --clap {clap} is not the CLAP this pipeline was trained with ({key}: "
                                f"--clap {why}); pass the LAION-CLAP checkpoint whose text tower text_encoder/ holds")
 
@@ -168,6 +170,9 @@ def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, cla
     if clap is None and not any(k.startswith(AUDIOLDM_CLAP_PREFIX) for k in state):
         raise InteropError(f"{path}: holds no CLAP ({AUDIOLDM_CLAP_PREFIX}*); name the one it was trained with "
                            "(--clap)")
+    if tokenizer is None and (clap is None or Path(clap).is_file()):   # before the UNet, VAE and vocoder are built
+        which = f"the CLAP inside {path}" if clap is None else f"--clap {clap} (a LAION-CLAP file)"
+        raise InteropError(f"{which} needs its RoBERTa tokenizer folder (--tokenizer DIR)")
     unet = load_reference_unet(state, where=str(path), prefer_ema=prefer_ema, head_channels=head_channels)
     vocoder = _with_framing(vocoder_from_audioldm_state(obj, path, vocoder_config), mel_framing)
     vae = vae_from_audioldm_state(obj, mel=vocoder.config.mel, norm_num_groups=vae_norm_groups, where=str(path))

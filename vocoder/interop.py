@@ -74,11 +74,14 @@ def config_from_jik876(h: dict, *, where: str) -> HiFiGANConfig:
         mel = MelConfig(sample_rate=sr, n_fft=int(h["n_fft"]), win_length=int(h["win_size"]),
                         hop_length=int(h["hop_size"]), n_mels=int(h["num_mels"]), f_min=float(h["fmin"]),
                         f_max=float(h["fmax"]) if h.get("fmax") is not None else sr / 2)
+        # jik876's ResBlock1 builds convolutions for the first three dilations of each list and ResBlock2 for the
+        # first two, whatever the list holds: a config listing more loads there, so it loads here the same way
+        used = 3 if str(h["resblock"]) == "1" else 2
         return HiFiGANConfig(
             mel=mel, upsample_rates=tuple(h["upsample_rates"]), upsample_kernel_sizes=tuple(h["upsample_kernel_sizes"]),
             upsample_initial_channel=int(h["upsample_initial_channel"]), resblock=str(h["resblock"]),
             resblock_kernel_sizes=tuple(h["resblock_kernel_sizes"]),
-            resblock_dilation_sizes=tuple(tuple(d) for d in h["resblock_dilation_sizes"]))
+            resblock_dilation_sizes=tuple(tuple(d)[:used] for d in h["resblock_dilation_sizes"]))
     except KeyError as e:
         raise CheckpointError(f"{where}: missing HiFi-GAN hyper-parameter {e.args[0]!r}") from None
     except (TypeError, ValueError) as e:
