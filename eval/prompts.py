@@ -3,7 +3,8 @@
 The file is read by tta.data.prompts (the reader `tta generate` and `tta clap` share). CSV/JSONL rows name
 their file by a file column (file/path/audio/name) or by `id` — matched against the audio file name
 without its suffix, or its path relative to the folder without suffix — and may carry a `category`. A
-`.txt` file is one prompt per line, matched to the generated files by position only if the counts agree;
+`.txt` file is one prompt per line, and a CSV/JSONL file none of whose rows has a file or id field one prompt
+per row: both are matched to the generated files by position, only if the counts agree;
 the files are in the order of their leading number when all have one (`tta generate`'s `NNN_<slug>`
 names), else sorted by name.
 """
@@ -40,12 +41,14 @@ def read_prompts(path: str | os.PathLike, names: list[str] | None = None) -> dic
     """Prompt rows keyed by file key. `names` (sorted generated keys) is needed for .txt files."""
     path = Path(path)
     rows = read_prompt_file(path)
-    if path.suffix.lower() == ".txt":
+    by_position = path.suffix.lower() == ".txt" or all(r.file is None and r.id is None for r in rows)
+    if by_position:   # `tta generate` names such rows' outputs NNN_<slug>, in file order
         if names is None or len(rows) != len(names):
-            raise PromptFileError(f"{path}: a .txt prompt file pairs by position and needs exactly one line per "
-                                  f"generated file ({len(rows)} lines, {0 if names is None else len(names)} files); "
-                                  "use CSV/JSONL with a file column otherwise")
-        keyed = [PromptRow(n, r.prompt) for n, r in zip(_by_index(names), rows)]
+            what = "a .txt prompt file" if path.suffix.lower() == ".txt" else "a prompt file without file or id fields"
+            raise PromptFileError(f"{path}: {what} pairs by position and needs exactly one row per generated file "
+                                  f"({len(rows)} rows, {0 if names is None else len(names)} files); give each row a "
+                                  "file or id field otherwise")
+        keyed = [PromptRow(n, r.prompt, r.category) for n, r in zip(_by_index(names), rows)]
     else:
         keyed = []
         for r in rows:

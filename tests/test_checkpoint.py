@@ -178,3 +178,18 @@ def test_a_file_where_a_parent_folder_should_be_is_named(tmp_path):
     (tmp_path / "blocker").write_text("x")
     with pytest.raises(CheckpointError, match=r"out.json: cannot write there \(.*blocker is a file, not a folder\)"):
         atomic_write_text(tmp_path / "blocker" / "sub" / "out.json", "{}")
+
+
+def test_a_long_file_name_is_written_atomically_and_a_too_long_one_refused_up_front(tmp_path):
+    """The temporary file beside the output is named after it and ~18 bytes longer, so a valid 244-byte name failed
+    to write; a name over the file system's limit reached the file system and failed with a traceback."""
+    from tta.checkpoint import CheckpointError, atomic_write_text, check_output_path
+
+    name = "a" * 244 + ".wav"
+    check_output_path(tmp_path / name, "--out")
+    atomic_write_text(tmp_path / name, "x")
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    with pytest.raises(CheckpointError, match="has a name of 260 bytes; the file system takes at most 255"):
+        check_output_path(tmp_path / ("b" * 256 + ".wav"), "--out")
+    with pytest.raises(CheckpointError, match="has a name of 300 bytes"):
+        check_output_path(tmp_path / ("c" * 300) / "x.wav", "--out")

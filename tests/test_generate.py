@@ -190,10 +190,12 @@ def test_a_bad_prompt_id_names_the_prompts_file(tmp_path, capsys):
     prompts = tmp_path / "prompts.csv"
     prompts.write_text("id,prompt\n1,a dog\n1,a cat\n")
     code, _, err = run(capsys, "--prompts", prompts, "--model", tmp_path / "no-model", "--out-dir", tmp_path / "o")
-    assert code == 1 and f"{prompts}: prompt id '1' appears twice" in err, err
+    assert code == 1 and f"{prompts}: output name '1' (a row's file field, as its base name, or its id) appears twice" \
+        in err, err
     prompts.write_text("id,prompt\na/b,a dog\n")
     code, _, err = run(capsys, "--prompts", prompts, "--model", tmp_path / "no-model", "--out-dir", tmp_path / "o")
-    assert code == 1 and f"{prompts}: prompt id 'a/b' cannot be a file name" in err, err
+    assert code == 1 and f"{prompts}: output name 'a/b' (a row's file or id field) cannot be a file name: it holds '/'" \
+        in err, err
 
 
 def test_an_empty_prompt_is_named_by_its_file_in_the_warning(tmp_path, capsys, caplog):
@@ -364,7 +366,7 @@ def test_a_prompt_rows_file_column_names_its_output_as_tta_eval_pairs_it(tmp_pat
     assert code == 0 and sorted(p.name for p in (tmp_path / "q").glob("*.wav")) == ["Y0001.wav", "Y0002.wav"], err
     (tmp_path / "r.csv").write_text("file,caption\na/x.wav,a dog\nb/x.wav,rain\n")
     code, _, err = run(capsys, "--prompts", tmp_path / "r.csv", "--model", tiny_pipeline(), "--out-dir", tmp_path / "h")
-    assert code == 1 and "prompt id 'x' appears twice" in err, err
+    assert code == 1 and "output name 'x' (a row's file field, as its base name, or its id) appears twice" in err, err
     code, _, err = run(capsys, "x", "--model", tiny_pipeline(), "--seconds", 0.005, "--out-dir", tmp_path / "h")
     assert code == 1 and "--seconds 0.005 is shorter than one mel frame of this model (0.01 s)" in err
     assert not (tmp_path / "h").exists()
@@ -431,3 +433,85 @@ def test_bad_usage_exits_2_with_v_too_and_names_only_the_flags_given(tmp_path, c
     code = main(["-v", "generate", "x", "--mask", "0:1", "-o", str(tmp_path / "o.wav")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1] == "tta: error: --mask needs --inpaint WAV"
+
+
+def test_a_batch_stopped_with_sigterm_records_every_file_it_wrote(tmp_path, capsys, monkeypatch):
+    """kill, timeout, a scheduler's cancel and docker stop send SIGTERM, which ended the process at once: the
+    record (rewritten at most every 10 s) listed only the first of six files written."""
+    import os
+    import signal
+
+    from tta import generate
+    from tta.pipeline import TTAPipeline
+
+    calls, real = [], TTAPipeline.__call__
+
+    def terminated_on_the_third_batch(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(TTAPipeline, "__call__", terminated_on_the_third_batch)
+    monkeypatch.setattr(generate, "RECORD_EVERY", 1e6)
+    with pytest.raises(SystemExit) as stopped:
+        run(capsys, "a", "b", "c", "d", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 1,
+            "--out-dir", tmp_path)
+    assert stopped.value.code == 143
+    record = json.loads((tmp_path / "generation.json").read_text())
+    assert not record["complete"] and [o["file"] for o in record["outputs"]] == ["000_a.wav", "001_b.wav"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_batch_names_and_seeds_are_checked_before_the_model_loads(tmp_path, capsys, caplog):
+    """A name too long for the file system failed after earlier rows were written; a --seed whose last row passes
+    2**62 failed part-way with a seed the user never gave; a valid name in a decomposed (macOS) spelling, in
+    Devanagari or with spaces was refused; two names that differ only in case pass on Linux and are one file on
+    macOS and Windows."""
+    no_model = tmp_path / "no-model"
+    prompts = tmp_path / "p.csv"
+    prompts.write_text(f"id,prompt\nfirst,a dog\n{'a' * 300},a cat\n")
+    code, _, err = run(capsys, "--prompts", prompts, "--model", no_model, "--out-dir", tmp_path / "o")
+    assert code == 1 and "has a name of 304 bytes; the file system takes at most 255" in err, err
+    code, _, err = run(capsys, "a", "b", "--seed", 2**62 - 1, "--model", no_model, "--out-dir", tmp_path / "o")
+    assert code == 1 and "--seed 4611686018427387903 with 2 prompts" in err, err
+    prompts.write_text("id,prompt\nDog,a dog\ndog,a small dog\n")
+    code, _, err = run(capsys, "--prompts", prompts, "--model", no_model, "--out-dir", tmp_path / "o")
+    assert code == 1 and "appears twice, as 'Dog' and 'dog'" in err, err
+    assert not (tmp_path / "o").exists()
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "café")
+    prompts.write_text(f"id,prompt\n{decomposed},a cafe\nकुत्ता,a dog\ndog bark 01,a dog barks\n")
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, _, err = run(capsys, "--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 1,
+                           "--out-dir", tmp_path / "u")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "u").glob("*.wav")) == sorted(
+        [f"{decomposed}.wav", "कुत्ता.wav", "dog bark 01.wav"])
+
+
+def test_prompt_file_columns_generate_does_not_read_are_named(tmp_path, capsys, caplog):
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("prompt,seed,seconds\na dog,7,2\n,,\n,,\n")   # and a spreadsheet's empty rows
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, _, err = run(capsys, "--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.2,
+                           "--steps", 1, "--out-dir", tmp_path / "o")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "o").glob("*.wav")] == ["000_a_dog.wav"]
+    assert any("does not read its fields seconds, seed" in r.message for r in caplog.records)
+    from eval.prompts import read_prompts
+
+    assert {k: r.prompt for k, r in read_prompts(prompts, ["000_a_dog"]).items()} == {"000_a_dog": "a dog"}
+
+
+def test_slugs_keep_marks_and_txt_prompts_end_at_newlines_only(tmp_path):
+    import unicodedata
+
+    from tta.data.prompts import read_prompt_file
+    from tta.generate import slug
+
+    assert slug("कुत्ता भौंकता है") == "कुत्ता_भौंकता_है"
+    assert slug(unicodedata.normalize("NFD", "Crème brûlée")) == "crème_brûlée"
+    (tmp_path / "p.txt").write_text("a dog\x0cbarks\nrain\u2028on a roof\r\nwind\n")
+    assert [r.prompt for r in read_prompt_file(tmp_path / "p.txt")] == ["a dog\x0cbarks", "rain\u2028on a roof", "wind"]

@@ -465,7 +465,8 @@ def test_a_run_stopped_by_sigterm_before_its_first_checkpoint_leaves_no_folder(t
     import os
     import signal
 
-    from tta.training import discard_on_failure, terminate_as_exit
+    from tta.checkpoint import terminate_as_exit
+    from tta.training import discard_on_failure
 
     out = tmp_path / "r"
     with pytest.raises(SystemExit) as stopped, terminate_as_exit(), discard_on_failure(out):

@@ -43,6 +43,43 @@ def _default_mode(folder: bool) -> int:
 
 
 @contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Within it, SIGTERM raises SystemExit(143) instead of ending the process at once, so `finally` blocks run:
+    torchrun and accelerate stop the other processes of a training run with SIGTERM when one fails (a run stopped
+    that way left its folder, blocking the corrected rerun), and `kill`, `timeout`, a batch scheduler's cancel or
+    `docker stop` send it to a `tta generate` batch, which then still writes the record of the files it wrote."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _temp_prefix(name: str) -> str:
+    """The prefix of a temporary file or folder written beside `name`: `.NAME.` (so a leftover tells what it was
+    for), or `.tta.` for a name so long that the temporary one would pass the file system's limit on names."""
+    return f".{name}." if len(os.fsencode(name)) <= 200 else ".tta."
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that the file system of `folder` takes (255 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
     path = Path(path)
@@ -50,7 +87,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise CheckpointError(f"{path}: is a folder; expected the path of a file to write")
     try:   # errors name the file asked for, not the hidden temporary one beside it
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp" + path.suffix, dir=path.parent)
     except OSError as e:
         blocker = next((a for a in path.parents if a.exists()), None)
         if blocker is not None and not blocker.is_dir():
@@ -72,6 +109,16 @@ def check_output_path(path: str | os.PathLike, flag: str, *, folder: bool = Fals
     """Refuse, before any work, an output `path` (a file, or a folder with `folder`) that cannot be written:
     a folder where a file goes (or the reverse), a file where a parent folder goes, or an unwritable place."""
     path = Path(path)
+    deepest = Path(".")
+    for a in reversed(path.parents):   # from the root down, as far as the folders exist
+        if len(os.fsencode(a.name)) > 255 or not a.is_dir():
+            break
+        deepest = a
+    limit = _name_max(deepest)
+    too_long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
+    if too_long is not None:   # before anything asks the file system about it (that fails with a traceback)
+        raise CheckpointError(f"{path}: {flag} has a name of {len(os.fsencode(too_long))} bytes; the file system "
+                              f"takes at most {limit}")
     if path.exists() and path.is_dir() != folder:
         raise CheckpointError(f"{path}: {flag} is {'a file' if folder else 'a folder'}; expected the path of a "
                               f"{'folder' if folder else 'file'} to write")
@@ -103,7 +150,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: exists and is not a folder; choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, _default_mode(folder=True))

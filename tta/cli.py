@@ -61,7 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         config = _as_the_run_began(module.RunConfig, config, load_config(module.RunConfig, args.config), sets, args.out)
     from tta.checkpoint import check_output_path
-    from tta.training import discard_on_failure, terminate_as_exit
+    from tta.checkpoint import terminate_as_exit
+    from tta.training import discard_on_failure
 
     check_output_path(args.out, "--out", folder=True)
     # a fresh run that fails early leaves no folder, also when a launcher stops it with SIGTERM
@@ -181,7 +182,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--window", type=float, metavar="S",
                    help="sample at least S seconds and cut to --seconds (default: the model's window, 10.24 "
                         "for the embedded model, which was trained on 10.24 s clips; 0 = sample exactly --seconds)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="prompt i of the run (in order) takes seed SEED + i (default 0); for new variations of a "
+                        "batch of N prompts, move --seed by N or more, else its rows repeat earlier rows' noise")
     p.add_argument("--sampler", help="ddim, dpmsolver++, euler, euler_a, heun, lms, pndm or ddpm")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic; default: the model's, "
                    "usually 0)")

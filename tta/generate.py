@@ -19,6 +19,7 @@ import platform
 import re
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,16 +53,46 @@ def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
     an audio suffix) when it has one, else by its id; None for neither."""
     from tta.data.prompts import file_key, read_prompt_file
 
+    rows = read_prompt_file(path)
+    unread = sorted({name for row in rows for name in row.unread})
+    if unread:   # a "seed" or "seconds" column would otherwise be ignored without a word
+        log.warning("%s: tta generate does not read its field%s %s; a row gives a prompt, and a file name or id "
+                    "(seeds, lengths and settings come from the command line)", path, "" if len(unread) == 1 else "s",
+                    ", ".join(unread))
     # a path's base name: tta eval pairs a generated file by it too
-    return [(Path(file_key(row.file)).name if row.file is not None else row.id, row.prompt)
-            for row in read_prompt_file(path)]
+    return [(Path(file_key(row.file)).name if row.file is not None else row.id, row.prompt) for row in rows]
+
+
+def _word_char(ch: str) -> bool:
+    """A letter, digit or combining mark of any script (a Devanagari vowel sign, the accent of a decomposed é)."""
+    import unicodedata
+
+    return unicodedata.category(ch)[0] in "LNM"
 
 
 def slug(text: str, limit: int = 40) -> str:
-    """A file-name stem from a prompt: its letters and digits (any script) joined by _; "unconditional" for an
-    empty prompt and "prompt" for one with no letters or digits."""
-    s = re.sub(r"[\W_]+", "_", text.lower()).strip("_")
+    """A file-name stem from a prompt: its letters, digits and marks (any script, NFC) joined by _;
+    "unconditional" for an empty prompt and "prompt" for one with no letters or digits."""
+    import unicodedata
+
+    words = "".join(ch if _word_char(ch) else " " for ch in unicodedata.normalize("NFC", text.lower())).split()
+    s = "_".join(words)
     return s[:limit].rstrip("_") or ("prompt" if text.strip() else "unconditional")
+
+
+NAME_PUNCTUATION = "_.-+,()[]'&@# "   # besides letters, digits and marks, in an output name a prompts file gives
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be an output file name, or None: it must hold letters, digits, marks and NAME_PUNCTUATION
+    only (no path separator, no control character, nothing Windows refuses), not start or end with a space."""
+    if name in (".", "..") or not name or name != name.strip():
+        return "is empty, '.', '..', or starts or ends with a space"
+    bad = next((ch for ch in name if not (_word_char(ch) or ch in NAME_PUNCTUATION)), None)
+    if bad is not None:
+        return (f"holds {bad!r} (U+{ord(bad):04X}); a name takes letters, digits and "
+                f"{' '.join(NAME_PUNCTUATION.strip())} and spaces")
+    return None
 
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
@@ -80,16 +111,23 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         return [Job(pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output)]
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
-    jobs, seen = [], set()
+    jobs = []
     where = f"{args.prompts_file}: " if args.prompts_file is not None else ""   # ids come from that file
     width = max(3, len(str(len(pairs) - 1)))  # names sort in prompt order, also past 1000 prompts
+    seen: dict[str, str] = {}   # case-folded NFC name -> name: one file on macOS and Windows file systems
     for i, (id_, prompt) in enumerate(pairs):
-        name = id_ if id_ is not None else f"{i:0{width}d}_{slug(prompt)}"
-        if not re.fullmatch(r"[\w.\-]+", name) or name in (".", ".."):
-            raise GenerateError(f"{where}prompt id {name!r} cannot be a file name (letters, digits, _ . - only)")
-        if name in seen:
-            raise GenerateError(f"{where}prompt id {name!r} appears twice; ids must be unique")
-        seen.add(name)
+        name = id_ if id_ is not None else f"{i:0{width}d}_{slug(prompt)}"   # as written: tta eval pairs by it
+        problem = name_problem(name)
+        if problem:
+            raise GenerateError(f"{where}output name {name!r} (a row's file or id field) cannot be a file name: it "
+                                f"{problem}")
+        folded = unicodedata.normalize("NFC", name).casefold()
+        if folded in seen:
+            how = "twice" if seen[folded] == name else f"twice, as {seen[folded]!r} and {name!r} (one file where " \
+                                                        f"case does not count)"
+            raise GenerateError(f"{where}output name {name!r} (a row's file field, as its base name, or its id) "
+                                f"appears {how}; each row's output needs its own name")
+        seen[folded] = name
         jobs.append(Job(name, prompt, out_dir / f"{name}.wav"))
         check_output_path(jobs[-1].path)
     check_output_path(record_path_of(out_dir, single=False))
@@ -433,6 +471,11 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     if threads is not None and threads < 1:
         raise GenerateError(f"--threads {threads} must be >= 1")
     jobs = plan_jobs(args)
+    from tta.pipeline import MAX_SEED
+
+    if args.seed + len(jobs) - 1 >= MAX_SEED:   # row i takes seed + i
+        raise GenerateError(f"--seed {args.seed} with {len(jobs)} prompts: row i takes seed + i, which must stay below "
+                            "2**62")
     edit = plan_edit(args)
     if edit is not None:   # `-o clip.wav --inpaint clip.wav` replaced the input with the edit, and no record can redo it
         source = Path(edit["input"]).resolve()
@@ -486,8 +529,11 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc="tta generate", unit="clip", disable=not progress or len(jobs) == 1)
+    from tta.checkpoint import terminate_as_exit
+
     try:
-        run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path, bar, folder, device, t0)
+        with terminate_as_exit():   # SIGTERM (kill, timeout, a scheduler's cancel) stops it as Ctrl-C does
+            run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path, bar, folder, device, t0)
     except BaseException:   # stopped part-way (Ctrl-C included): the record lists every file written
         bar.close()
         if records:

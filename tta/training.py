@@ -885,28 +885,6 @@ class TrainingRun:
 
 
 @contextlib.contextmanager
-def terminate_as_exit() -> Iterator[None]:
-    """Within it, SIGTERM raises SystemExit(143) instead of ending the process at once, so `finally` blocks and
-    discard_on_failure run: torchrun and accelerate stop the other processes of a run with SIGTERM when one fails,
-    and a run stopped that way left its folder, blocking the corrected rerun ("already holds a run")."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
 def discard_on_failure(out: str | os.PathLike, *, resume: bool = False) -> Iterator[None]:
     """Around one fresh training run in `out` (a trainer's `train(config, out)`; `tta train` uses it): when it
     fails before its first complete checkpoint, remove what it wrote there, so the corrected command can be

@@ -90,14 +90,16 @@ def _audio_files(folder: Path) -> list[Path]:
 
 
 def _read_prompts(path: Path, audio_dir: Path | None) -> list[tuple[Path, str]]:
-    """(audio file, prompt) pairs from a prompt file (tta.data.prompts); .txt rows pair in order with the
-    sorted files of --audio, CSV/JSONL rows name their file (relative to --audio, else to the file's folder)."""
+    """(audio file, prompt) pairs from a prompt file (tta.data.prompts); .txt rows (and CSV/JSONL rows with no file
+    or id field) pair in order with the sorted files of --audio, CSV/JSONL rows name their file (relative to
+    --audio, else to the file's folder)."""
     from tta.data.prompts import PromptFileError, read_prompt_file
 
     rows = read_prompt_file(path)
-    if all(r.file is None for r in rows) and path.suffix.lower() == ".txt":
-        if audio_dir is None:
-            raise PromptFileError(f"{path}: a .txt prompts file pairs with the sorted files of --audio DIR")
+    if all(r.file is None for r in rows) and (path.suffix.lower() == ".txt" or all(r.id is None for r in rows)):
+        if audio_dir is None:   # as `tta eval --prompts` pairs them: a .txt file, or rows with no file or id
+            raise PromptFileError(f"{path}: a prompts file whose rows name no file pairs with the sorted files of "
+                                  "--audio DIR")
         files = _audio_files(audio_dir)
         if len(files) != len(rows):
             raise PromptFileError(f"{path}: {len(rows)} prompts but {len(files)} audio files in {audio_dir}")

@@ -42,6 +42,7 @@ class PromptRow:
     file: str | None = None      # the row's file field (file/path/audio/name), as written
     category: str | None = None
     where: str = ""              # "path:line", for error messages
+    unread: tuple[str, ...] = ()   # the names of the row's other non-empty fields (e.g. a "seed" column)
 
 
 def read_prompt_file(path: str | os.PathLike) -> list[PromptRow]:
@@ -57,8 +58,9 @@ def read_prompt_file(path: str | os.PathLike) -> list[PromptRow]:
     except (OSError, UnicodeDecodeError) as e:
         raise PromptFileError(f"{path}: cannot read prompts file ({e})") from None
     if suffix == ".txt":
+        # lines end at \n (and \r\n) only: a form feed or U+2028 inside a prompt does not make two prompts
         rows = [PromptRow(line.strip(), where=f"{path}:{n}")
-                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+                for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     elif suffix == ".csv":
         rows = _csv_rows(path, text)
     else:
@@ -86,6 +88,8 @@ def _csv_rows(path: Path, text: str) -> list[PromptRow]:
         if problem:
             raise PromptFileError(problem)
         obj = {k.strip().lower(): (v or "").strip() for k, v in record.items() if k}
+        if not any(obj.values()):   # a spreadsheet's empty rows (",,") at the end of an export, not prompts
+            continue
         rows.append(_row(obj, f"{path}:{n}"))
     return rows
 
@@ -132,5 +136,7 @@ def _row(obj: dict, where: str) -> PromptRow:
     file = next((str(obj[f]) for f in FILE_FIELDS if obj.get(f) not in (None, "")), None)
     id_ = obj.get("id")
     category = obj.get("category")
+    known = {*TEXT_FIELDS, *FILE_FIELDS, "id", "category"}
+    unread = tuple(k for k, v in obj.items() if k not in known and v not in (None, ""))
     return PromptRow(text, None if id_ in (None, "") else str(id_), file,
-                     None if category in (None, "") else str(category), where)
+                     None if category in (None, "") else str(category), where, unread)
