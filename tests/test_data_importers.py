@@ -526,3 +526,12 @@ def test_a_folder_file_without_a_sidecar_names_the_sidecar_it_looked_for(tmp_pat
     _wav(tmp_path / "a.wav")
     result = import_folder(tmp_path, options=ImportOptions(progress=False))
     _one_error(result, "a.wav", "no sidecar a.txt", "captions CSV")
+
+
+def test_a_binary_file_given_as_tango_jsonl_is_one_error(tmp_path):
+    """An audio file given by mistake gave one 'not UTF-8 text' bad item per newline byte in it (481 for 1.4 s)."""
+    from tta.data.importers import SourceError
+
+    _wav(tmp_path / "clip.wav")
+    with pytest.raises(SourceError, match="clip.wav: binary data, not a Tango JSON lines file"):
+        import_tango(tmp_path / "clip.wav", options=ImportOptions(progress=False))

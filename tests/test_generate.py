@@ -515,3 +515,11 @@ def test_slugs_keep_marks_and_txt_prompts_end_at_newlines_only(tmp_path):
     assert slug(unicodedata.normalize("NFD", "Crème brûlée")) == "crème_brûlée"
     (tmp_path / "p.txt").write_text("a dog\x0cbarks\nrain\u2028on a roof\r\nwind\n")
     assert [r.prompt for r in read_prompt_file(tmp_path / "p.txt")] == ["a dog\x0cbarks", "rain\u2028on a roof", "wind"]
+
+
+def test_an_output_that_would_replace_another_files_record_is_warned_about(tmp_path, capsys, caplog):
+    args = ["a dog", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 1]
+    assert run(capsys, *args, "-o", tmp_path / "x.flac")[0] == 0
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args, "-o", tmp_path / "x.ogg")[0] == 0
+    assert any("will replace the record of" in r.message and "x.flac" in r.message for r in caplog.records)

@@ -107,7 +107,12 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         if len(pairs) != 1:
             raise UsageError(f"-o FILE takes exactly one prompt, got {len(pairs)}; use --out-dir DIR")
         check_writable_file(args.output)
-        check_output_path(record_path_of(args.output, single=True))
+        record = record_path_of(args.output, single=True)
+        check_output_path(record)
+        other = _recorded_other(record, args.output)
+        if other is not None:   # x.flac and x.ogg share x.generation.json
+            log.warning("%s will replace the record of %s, which is still there (a record is named after its "
+                        "output's stem); write to another stem to keep both", record, other)
         return [Job(pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output)]
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
@@ -140,6 +145,17 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                         "list only this run's, and `tta eval` scores every file of a folder", out_dir, len(others),
                         others[0])
     return jobs
+
+
+def _recorded_other(record: Path, output: Path) -> Path | None:
+    """The output an existing single-file record describes when it is another file that still exists, else None."""
+    try:
+        files = [o.get("file") for o in json.loads(record.read_text(encoding="utf-8")).get("outputs", [])]
+    except (OSError, ValueError, AttributeError):
+        return None
+    other = next((output.with_name(f) for f in files
+                  if isinstance(f, str) and f and "/" not in f and f != output.name), None)
+    return other if other is not None and other.is_file() else None
 
 
 def record_path_of(output: Path, *, single: bool) -> Path:

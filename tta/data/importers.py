@@ -443,6 +443,9 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
     root = Path(root) if root else jsonl_path.parent
     c = Collector(options, default_split=_split_from_filename(jsonl_path))
     with open(jsonl_path, "rb") as f:
+        if b"\0" in f.read(8192):   # an audio or archive file given by mistake: one message, not one per "line"
+            raise SourceError(f"{jsonl_path}: binary data, not a Tango JSON lines file")
+        f.seek(0)
         for lineno, raw in enumerate(f, 1):
             where = f"{jsonl_path}:{lineno}"
             try:   # line by line: a line in another encoding is a bad item, not mangled into U+FFFD
