@@ -470,8 +470,74 @@ def test_a_run_stopped_by_sigterm_before_its_first_checkpoint_leaves_no_folder(t
 
     out = tmp_path / "r"
     with pytest.raises(SystemExit) as stopped, terminate_as_exit(), discard_on_failure(out):
-        out.mkdir()
+        out.mkdir(exist_ok=True)   # the run's lock made it
         (out / "config.json").write_text("{}")
         os.kill(os.getpid(), signal.SIGTERM)
     assert stopped.value.code == 143 and not out.exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL        # the handler is put back
+
+
+def test_a_cut_short_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
+    """A metrics.jsonl whose last line was cut short (a kill or a full disk while appending) stopped --resume with
+    json's bare message; a bad line before the last is an error naming the file and line."""
+    run_toy(tmp_path / "straight", 8)
+    run_toy(tmp_path / "halves", 8, stop_at=4)
+    metrics = tmp_path / "halves" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 5, "loss": 0.')
+    with caplog.at_level("WARNING", logger="tta.training"):
+        run_toy(tmp_path / "halves", 8, resume=True)
+    assert any("a line cut short" in r.message for r in caplog.records)
+    rows = lambda run: [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / run / "metrics.jsonl").open())]
+    assert rows("straight") == rows("halves")
+    run_toy(tmp_path / "bad", 8, stop_at=4)
+    bad = tmp_path / "bad" / "metrics.jsonl"
+    lines = bad.read_text().splitlines()
+    bad.write_text("\n".join(lines[:1] + ["garbage"] + lines[1:]) + "\n")
+    with pytest.raises(RunError, match=r"metrics.jsonl:2: not a JSON metrics row"):
+        run_toy(tmp_path / "bad", 8, resume=True)
+
+
+def test_a_second_tta_train_into_a_running_folder_is_refused_and_removes_nothing(tmp_path, capsys):
+    """Two launches of one command into a new --out: the second, refused as "already holds a run", removed the
+    folder the first was training in. Now the folder is locked while a run trains there."""
+    import fcntl
+
+    good = _vae_manifest(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")            # the first run, started
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("12345\n")
+        held.flush()
+        for extra in ([], ["--resume"]):
+            rc, err = _tta_train(capsys, "vae", out, f"data.manifest={good}", extra=extra)
+            assert rc == 1 and "another tta train (process 12345) is training in this folder" in err, err
+            assert (out / "config.json").read_text() == "{}"
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path, capsys, caplog):
+    """A run killed (SIGKILL, the OOM killer) before its first checkpoint left config.json, data.json and
+    metrics.jsonl: a fresh rerun was refused ("pass --resume") and --resume had nothing to resume, a dead end.
+    --resume now starts the same run from step 0, with the weights of an uninterrupted run."""
+    import shutil
+
+    from tta.checkpoint import load_state_dict
+
+    good = _vae_manifest(tmp_path)
+    sets = (f"data.manifest={good}", "valid_items=0", "train.max_steps=2", "train.checkpoint_every=2")
+    rc, err = _tta_train(capsys, "vae", tmp_path / "straight", *sets)
+    assert rc == 0, err
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "straight", killed)
+    shutil.rmtree(killed / "checkpoints")
+    shutil.rmtree(killed / "final")
+    rc, err = _tta_train(capsys, "vae", killed, *sets)
+    assert rc == 1 and "pass --resume" in err
+    with caplog.at_level("WARNING", logger="tta"):
+        rc, err = _tta_train(capsys, "vae", killed, *sets, extra=["--resume"])
+    assert rc == 0, err
+    assert any("starting it again from step 0" in r.message for r in caplog.records)
+    a = load_state_dict(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_state_dict(killed / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -62,12 +62,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _as_the_run_began(module.RunConfig, config, load_config(module.RunConfig, args.config), sets, args.out)
     from tta.checkpoint import check_output_path
     from tta.checkpoint import terminate_as_exit
-    from tta.training import discard_on_failure
+    from tta.training import clear_unstarted, discard_on_failure, run_lock, unstarted_run
 
     check_output_path(args.out, "--out", folder=True)
-    # a fresh run that fails early leaves no folder, also when a launcher stops it with SIGTERM
-    with terminate_as_exit(), discard_on_failure(args.out, resume=args.resume):
-        final = module.train(config, args.out, resume=args.resume, progress=not args.quiet)
+    # a fresh run that fails early leaves no folder, also when a launcher stops it with SIGTERM; a second command
+    # into a folder a run is training in is refused (run_lock)
+    with terminate_as_exit():
+        if not args.resume:
+            with discard_on_failure(args.out):
+                final = module.train(config, args.out, progress=not args.quiet)
+        else:
+            with run_lock(args.out, create=False):
+                resume = True
+                saved = unstarted_run(args.out) if int(os.environ.get("WORLD_SIZE", "1")) == 1 else None
+                if saved is not None:   # killed before its first checkpoint: nothing to resume; the run from step 0
+                    log.warning("%s holds no complete checkpoint (the run was stopped before its first one): "
+                                "starting it again from step 0", args.out)
+                    train_saved = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+                    if train_saved.get("init_from") and not config.train.init_from:   # as the run began
+                        config = apply_overrides(config, [f"train.init_from={json.dumps(train_saved['init_from'])}"])
+                    clear_unstarted(args.out)
+                    resume = False
+                with discard_on_failure(args.out, resume=resume, lock=False):
+                    final = module.train(config, args.out, resume=resume, progress=not args.quiet)
     print(final)
     return 0
 
@@ -267,8 +284,13 @@ def _main(argv: list[str] | None) -> int:
         for noisy in ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock",
                       "faiss"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+    from tta.checkpoint import terminate_as_exit
+
     try:
-        return int(args.func(args) or 0)
+        # SIGTERM (kill, timeout, a batch scheduler, docker stop) unwinds as an exception, so every command's
+        # clean-up runs: temporary files and folders are removed and a stopped batch keeps its record
+        with terminate_as_exit():
+            return int(args.func(args) or 0)
     except UsageError as e:   # one line, as for bad input, but exit 2 as argparse's own usage errors
         if args.verbose:
             import traceback

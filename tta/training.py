@@ -782,12 +782,27 @@ class TrainingRun:
             seed_everything(int(np.random.SeedSequence([self.train.seed, index, self.step]).generate_state(1)[0]))
 
     def _truncate_metrics(self) -> None:
+        """Drop the metrics rows of steps after the resumed checkpoint (they are trained again). A last line cut
+        short (the run killed, or its disk full, while appending it) is dropped with a warning; a bad line
+        before it is an error naming it."""
         path = self.out / "metrics.jsonl"
         if not self.is_main or not path.is_file():
             return
-        keep = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        path.write_text("".join(line + "\n" for line in keep))
+        lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        keep = []
+        for i, (n, line) in enumerate(lines):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if i == len(lines) - 1:
+                    log.warning("%s:%d: a line cut short (the run was stopped while writing it); dropped", path, n)
+                    break
+                raise RunError(f"{path}:{n}: not a JSON metrics row; repair or remove the line to resume") from None
+            if not isinstance(row, dict):
+                raise RunError(f"{path}:{n}: not a JSON metrics row; repair or remove the line to resume")
+            if row.get("step", 0) <= self.step:
+                keep.append(line)
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
 
     def init_weights(self, source: str | os.PathLike) -> None:
         """Fine-tuning start: load weights from another run into the tracked modules of this fresh run.
@@ -885,7 +900,7 @@ class TrainingRun:
 
 
 @contextlib.contextmanager
-def discard_on_failure(out: str | os.PathLike, *, resume: bool = False) -> Iterator[None]:
+def discard_on_failure(out: str | os.PathLike, *, resume: bool = False, lock: bool = True) -> Iterator[None]:
     """Around one fresh training run in `out` (a trainer's `train(config, out)`; `tta train` uses it): when it
     fails before its first complete checkpoint, remove what it wrote there, so the corrected command can be
     run again as it is. A run folder is made before the trainer has loaded its components, weights and data,
@@ -895,10 +910,12 @@ def discard_on_failure(out: str | os.PathLike, *, resume: bool = False) -> Itera
 
     The folder itself (with the parents this call made) goes only when it did not exist before; in a folder
     that did, only the entries that were not there before go. A resume (`resume=True`) and a run that has a
-    complete checkpoint (it can be resumed) are left as they are. Only the main process removes anything."""
+    complete checkpoint (it can be resumed) are left as they are. Only the main process removes anything.
+    With `lock` (the default) the run holds `run_lock(out)` throughout; a command refused by it removes nothing."""
     out = Path(out)
     if resume:
-        yield
+        with run_lock(out) if lock else contextlib.nullcontext():
+            yield
         return
     made = None                     # the top-most of out and its parents that this call may create
     for folder in (out, *out.parents):
@@ -906,12 +923,78 @@ def discard_on_failure(out: str | os.PathLike, *, resume: bool = False) -> Itera
             break
         made = folder
     before = None if made is not None else set(os.listdir(out)) if out.is_dir() else None
+    with run_lock(out) if lock else contextlib.nullcontext():   # a second command into the folder stops here
+        try:
+            yield
+        except BaseException:
+            if made is not None or before is not None:
+                _discard_unstarted(out, made, before)
+            raise
+
+
+RUN_LOCK = ".lock"   # in a run folder: held (flock) by the main process of the run training there
+_RUN_ENTRIES = (CONFIG_NAME, DATA_RECORD, "metrics.jsonl", "samples", "checkpoints", "pipeline")  # not cache/
+
+
+def unstarted_run(out: str | os.PathLike) -> dict | None:
+    """The saved config of a run folder that holds a run stopped before its first complete checkpoint (killed
+    with SIGKILL, by the OOM killer or a reboot, which leave no chance to clean up), else None. Such a folder
+    blocks a fresh run ("already holds a run") and has nothing to resume."""
+    out = Path(out)
+    if not (out / CONFIG_NAME).is_file() or complete_checkpoints(out / "checkpoints") or (out / "final").exists():
+        return None
     try:
+        saved = json.loads((out / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def clear_unstarted(out: str | os.PathLike) -> None:
+    """Remove what a run stopped before its first checkpoint wrote in `out`, keeping a pre-encoded cache/ (its
+    file names say what they encode, and a run reads only the one that matches)."""
+    out = Path(out)
+    for name in _RUN_ENTRIES:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike, *, create: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on `out`/.lock while a run trains there (main process only; POSIX): the same command
+    started twice, or two --resume at once, would write one folder together (and the second, refused as "already
+    holds a run", removed the folder the first was training in). The lock goes with the process, also when it is
+    killed. Without `create`, a folder that does not exist is not made (nothing to lock: a resume fails on its own)."""
+    if not _is_main_process() or not create and not Path(out).is_dir():
         yield
-    except BaseException:
-        if made is not None or before is not None:
-            _discard_unstarted(out, made, before)
-        raise
+        return
+    try:
+        import fcntl
+    except ImportError:   # no flock here (Windows): unguarded, as before
+        yield
+        return
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RUN_LOCK
+    f = open(path, "a+")   # noqa: SIM115 -- held for the whole run, closed below
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip()
+            raise RunError(f"{out}: another tta train{f' (process {holder})' if holder else ''} is training in this "
+                           "folder; wait for it, or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
 
 
 def _discard_unstarted(out: Path, made: Path | None, before: set[str] | None) -> None:

@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from tta.audio import log_mel
-from tta.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_component, load_torch_file, save_train_state
+from tta.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_component, load_torch_file,
+                            save_train_state)
 from tta.config import to_dict
 from tta.data.manifest import DataConfig
 from tta.ldm.model import LDMConfig, LDMUNet, identity_new_blocks
@@ -364,13 +365,20 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     if config.precompute_seconds:
         num = round(config.data.segment_seconds * frozen.vae.config.mel.sample_rate)
         crop = latent_frames(num, frozen.vae, config.model.downsample_factor)
+    cached = None
     if path.is_file():
+        try:
+            cached = load_torch_file(path)
+        except CheckpointError as e:   # cut short (a full disk, a kill while an older tta wrote it): encode again
+            log.warning("%s; encoding the clips again", e)
+            path.unlink(missing_ok=True)
+    if cached is not None:
         # encoding iterates a DataLoader through tqdm, which takes two draws from the global torch RNG (measured;
         # tests/test_ldm.py checks it): take them here too, so a run that finds its cache builds the same UNet
         # from the same seed as the run that encoded it
         for _ in range(2):
             torch.empty((), dtype=torch.int64).random_()
-        return CachedLatents(load_torch_file(path), crop)
+        return CachedLatents(cached, crop)
     vae = frozen.vae
     every = config.precompute_captions == "all"
     out: dict[str, list] = {"mean": [], "std": [], "audio_emb": [], "frames": [],
