@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -44,7 +45,10 @@ def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict]) 
         row = {"name": name, **{k: ("" if v is None else v) for k, v in items[name].items()}}
         writer.writerow(row)
     atomic_write_text(out / ITEMS_NAME, buf.getvalue())
-    body = {"format_version": FORMAT_VERSION, "kind": "tta.eval", **_clean(result), "items_csv": ITEMS_NAME}
+    body = {"format_version": FORMAT_VERSION, "kind": "tta.eval", **_clean(result), "items_csv": ITEMS_NAME,
+            # items.csv is written first: a run stopped between the two writes, or a file changed since, pairs
+            # an eval.json with items that are not its own; the report checks this
+            "items_sha256": hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest()}
     atomic_write_text(out / RESULT_NAME, json.dumps(body, indent=2, allow_nan=False) + "\n")
     return out / RESULT_NAME
 
@@ -64,6 +68,10 @@ def read_result(path: str | os.PathLike) -> tuple[dict, list[dict], Path]:
     rows: list[dict] = []
     items = file.parent / body.get("items_csv", ITEMS_NAME)
     if items.is_file():
-        with open(items, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        text = items.read_bytes().replace(b"\r\n", b"\n")   # as written (text mode adds \r on Windows)
+        expected = body.get("items_sha256")
+        if expected and hashlib.sha256(text).hexdigest() != expected:
+            raise ResultError(f"{items}: not the items.csv written with {file} (changed, or cut short, since); run "
+                              "`tta eval` again")
+        rows = list(csv.DictReader(io.StringIO(text.decode("utf-8"), newline="")))
     return body, rows, file.parent

@@ -407,6 +407,13 @@ def run_eval(opts: EvalOptions) -> dict:
                f"{unlisted[0]}): files of another run may be mixed into this evaluation")
         log.warning(msg)
         result["protocol"]["generated_not_in_record"] = {"files": unlisted, "warning": msg}
+    unfinished = _unfinished_generation(opts.generated)
+    if unfinished is not None:
+        written, planned = unfinished
+        msg = (f"generated {opts.generated}: its generation.json says the run stopped part-way ({written} of "
+               f"{planned} outputs written): the scores describe the prompts it reached")
+        log.warning(msg)
+        result["protocol"]["generated_incomplete"] = {"written": written, "planned": planned, "warning": msg}
     prompts: dict[str, PromptRow] = {}
     if opts.prompts is not None:
         names = sorted(gen.files)
@@ -444,6 +451,20 @@ def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
     return sorted(str(p.relative_to(folder)) for p in gen.files.values() if p.parent == folder and p.name not in listed)
+
+
+def _unfinished_generation(folder: Path) -> tuple[int, int] | None:
+    """(outputs written, outputs planned) when the folder's generation.json records a `tta generate` run that
+    stopped part-way (`complete` false), else None."""
+    import json
+
+    try:
+        record = json.loads((folder / "generation.json").read_text())
+        if record.get("complete", True) is not False:
+            return None
+        return len(record.get("outputs", [])), int(record.get("planned_outputs", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _picked_by(folder: Path, identity: str | None) -> int:

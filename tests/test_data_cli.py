@@ -215,3 +215,26 @@ def test_output_paths_are_checked_before_the_work(capsys, tmp_path, monkeypatch)
     assert code == 1 and "file is a file, not a folder" in err
     code, _, err = _run(capsys, "eval", "--generated", tmp_path, "--reference", tmp_path, "--out", tmp_path / "file")
     assert code == 1 and "--out is a file; expected the path of a folder" in err
+
+
+def test_a_command_stopped_with_sigterm_removes_its_temporary_files(capsys, tmp_path, monkeypatch):
+    """SIGTERM (kill, timeout, a scheduler) skipped every clean-up outside `tta train`: a WebDataset import left
+    its hidden staging folder of extracted audio (90 MB for 800 samples), one more per stopped run."""
+    import os
+    import signal
+
+    import tta.data.webdataset as wds
+
+    _one_clip_shard(tmp_path / "shard.tar")
+    real = wds._read_shard
+
+    def terminated(*a, **kw):
+        real(*a, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(wds, "_read_shard", terminated)
+    with pytest.raises(SystemExit) as stopped:
+        main(["-q", "data", "import", "webdataset", str(tmp_path / "shard.tar"), "--out", str(tmp_path / "w.jsonl")])
+    assert stopped.value.code == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.tar"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -535,3 +535,12 @@ def test_a_binary_file_given_as_tango_jsonl_is_one_error(tmp_path):
     _wav(tmp_path / "clip.wav")
     with pytest.raises(SourceError, match="clip.wav: binary data, not a Tango JSON lines file"):
         import_tango(tmp_path / "clip.wav", options=ImportOptions(progress=False))
+
+
+def test_hidden_audio_files_are_not_imported(tmp_path):
+    """A write's temporary file (.x.wav.abc123.tmp.wav) or macOS's ._x.wav beside the real one was imported."""
+    _wav(tmp_path / "x.wav")
+    (tmp_path / "x.txt").write_text("a tone")
+    _wav(tmp_path / ".x.wav.abc123.tmp.wav")
+    (tmp_path / ".x.wav.abc123.tmp.txt").write_text("a tone")
+    assert sorted(_by_id(import_folder(tmp_path, options=ImportOptions(progress=False)))) == ["x"]

@@ -301,6 +301,12 @@ def test_audio_a_generation_record_does_not_list_is_reported(folders, tmp_path):
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out) == 0
     note = json.loads((out / "eval.json").read_text())["protocol"]["generated_not_in_record"]
     assert note["files"] == ["clip6.wav", "clip7.wav"] and "another run" in note["warning"]
+    # a run stopped part-way says so in its record; the scores describe the prompts it reached (not a word before)
+    (gen / "generation.json").write_text(json.dumps({"complete": False, "planned_outputs": 12, "outputs": [
+        {"file": f"clip{i}.wav"} for i in range(8)]}))
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "run2") == 0
+    note = json.loads((tmp_path / "run2" / "eval.json").read_text())["protocol"]["generated_incomplete"]
+    assert (note["written"], note["planned"]) == (8, 12) and "stopped part-way (8 of 12" in note["warning"]
 
 
 def test_a_float_wav_scores_as_its_16_bit_copy(tmp_path, monkeypatch):

@@ -182,3 +182,14 @@ def test_report_marks_best_only_between_comparable_runs():
     other_ref = [_run("a", 116.2, "mfcc@v1", "ref1"), _run("b", 82.9, "mfcc@v1", "ref2")]
     assert 'class="best"' not in fad_row(render_html(other_ref))
     assert "not comparable: different reference" in render_markdown(other_ref)
+
+
+def test_an_items_csv_that_is_not_the_results_own_is_refused(report, tmp_path, capsys):
+    """A cut-short items.csv (or one written by a later run stopped before its eval.json) was reported as if
+    it were the result's: 1.5 item rows of 6, exit 0."""
+    run = tmp_path / "run_a"
+    shutil.copytree(report / "run_a", run)
+    (run / "items.csv").write_bytes((run / "items.csv").read_bytes()[:200])
+    code = main(["report", str(run), "--out", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err
+    assert code == 1 and "items.csv: not the items.csv written with" in err and not (tmp_path / "r.html").exists()

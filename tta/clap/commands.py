@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
 def _audio_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ValueError(f"{folder}: audio folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+                   and not p.name.startswith("."))   # hidden: e.g. the temporary file of a write in progress
     if not files:
         raise ValueError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
     return files

@@ -236,8 +236,8 @@ def _require_file(path: Path, what: str) -> Path:
 
 
 def _audio_files(folder: Path) -> list[Path]:
-    """Audio files under `folder`, following symlinked sub-folders (a corpus assembled from links) but never
-    into a folder already walked (a link loop)."""
+    """Audio files under `folder` (not hidden ones), following symlinked sub-folders (a corpus assembled from
+    links) but never into a folder already walked (a link loop)."""
     found, seen = [], set()
     for top, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
@@ -246,7 +246,8 @@ def _audio_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs.sort()
-        found += [Path(top) / f for f in files if Path(f).suffix.lower() in AUDIO_SUFFIXES]
+        found += [Path(top) / f for f in files if Path(f).suffix.lower() in AUDIO_SUFFIXES
+                  and not f.startswith(".")]   # hidden: e.g. a write's temporary file, macOS's ._ resource forks
     return sorted(p for p in found if p.is_file())
 
 
