@@ -12,7 +12,8 @@ from pathlib import Path
 
 RESULT_NAME = "eval.json"
 ITEMS_NAME = "items.csv"
-ITEM_COLUMNS = ("name", "file", "seconds", "frames", "category", "prompt", "clap_score", "kl_softmax", "kl_sigmoid")
+ITEM_COLUMNS = ("name", "file", "seconds", "frames", "category", "prompt", "clap_score", "kl_softmax", "kl_sigmoid",
+                "sha256")   # sha256: the file's bytes when it was scored (the report plays only that audio)
 FORMAT_VERSION = 1
 
 
@@ -53,6 +54,26 @@ def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict]) 
     return out / RESULT_NAME
 
 
+def _check_shape(body: dict, file: Path) -> None:
+    """Refuse an eval.json whose parts are not what `tta eval` writes, naming the field (a hand-edited or damaged
+    file rendered half a report and failed on a bare key)."""
+    metrics = body.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise ResultError(f"{file}: 'metrics' must be an object of numbers")
+    for name, value in metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ResultError(f"{file}: metrics.{name} is {value!r}, not a number")
+    if not isinstance(body.get("protocol", {}), dict):
+        raise ResultError(f"{file}: 'protocol' must be an object")
+    breakdown = body.get("breakdown", {})
+    categories = breakdown.get("categories", {}) if isinstance(breakdown, dict) else None
+    if not isinstance(categories, dict):
+        raise ResultError(f"{file}: 'breakdown' must be an object with a 'categories' object")
+    for name, cat in categories.items():
+        if not isinstance(cat, dict) or not isinstance(cat.get("files"), int):
+            raise ResultError(f"{file}: breakdown.categories.{name} must be an object with a 'files' count")
+
+
 def read_result(path: str | os.PathLike) -> tuple[dict, list[dict], Path]:
     """An eval result (its folder or its eval.json) -> (eval.json content, item rows, folder)."""
     path = Path(path)
@@ -65,6 +86,11 @@ def read_result(path: str | os.PathLike) -> tuple[dict, list[dict], Path]:
         raise ResultError(f"{file}: not valid JSON ({e})") from None
     if not isinstance(body, dict) or body.get("kind") != "tta.eval":
         raise ResultError(f"{file}: not a tta eval result (kind {body.get('kind') if isinstance(body, dict) else None!r})")
+    version = body.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ResultError(f"{file}: eval result format version {version!r}; this tta reads version {FORMAT_VERSION} "
+                          "(run `tta eval` again with this version)")
+    _check_shape(body, file)
     rows: list[dict] = []
     items = file.parent / body.get("items_csv", ITEMS_NAME)
     if items.is_file():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.outputs import read_result
+from eval.outputs import ResultError, read_result
 from tta import UsageError
 
 log = logging.getLogger(__name__)
@@ -59,17 +59,34 @@ class Run:
 def load_runs(paths: list[str | os.PathLike], labels: list[str] | None = None) -> list[Run]:
     if not paths:
         raise ValueError("tta report needs at least one eval result")
-    runs = []
+    runs, given = [], {}
     for i, p in enumerate(paths):
         body, rows, folder = read_result(p)
+        same = next((q for where, (q, b) in given.items() if where == folder.resolve() or _same_result(b, body)),
+                    None)
+        if same is not None:   # it would be ranked against itself
+            raise ResultError(f"{p}: the same result as {same}; give each result once")
+        given[folder.resolve()] = (p, body)
         label = labels[i] if labels and i < len(labels) else folder.name
         runs.append(Run(label, body, rows, folder))
-    seen: dict[str, int] = {}
-    for r in runs:  # keep column headers unique
-        seen[r.label] = seen.get(r.label, 0) + 1
-        if seen[r.label] > 1:
-            r.label = f"{r.label} ({seen[r.label]})"
+    taken: set[str] = set()
+    for r in runs:  # keep column headers unique ("A", "A (2)", ... never a label given elsewhere)
+        label, n = r.label, 1
+        while label in taken or label != r.label and label in {x.label for x in runs}:
+            n += 1
+            label = f"{r.label} ({n})"
+        r.label = label
+        taken.add(label)
     return runs
+
+
+def _same_result(a: dict, b: dict) -> bool:
+    """Whether two eval.json bodies hold the same result (a copied folder): equal but for when they ran."""
+    def undated(body: dict) -> dict:
+        proto = body.get("protocol")
+        return {**body, "protocol": {k: v for k, v in proto.items() if k != "date"}} if isinstance(proto, dict) \
+            else body
+    return undated(a) == undated(b)
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -151,20 +168,47 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
     embedders = {k[0] for k in present}
     shared = next(iter(embedders)) if len(embedders) == 1 else None
     comparable = len(set(present)) <= 1
-    why = None if comparable else not_comparable(metric, present)
+    sources = [_reference_source(r, metric) for r, v in zip(runs, values) if isinstance(v, (int, float))]
+    why = None if comparable else not_comparable(metric, present, sources)
     real = [v for v in values if isinstance(v, (int, float))]
+    short = [r.label for r, v in zip(runs, values) if isinstance(v, (int, float)) and _skipped_files(r, metric)]
+    if why is None and short and len(real) > 1:   # a run that lost files scored a subset of what it was given
+        why = f"not ranked: {', '.join(short)} left unreadable files out"
     best = None
-    if comparable and len(real) > 1 and metric != "is_std":
+    if why is None and len(real) > 1 and metric != "is_std":
         best = min(real) if metric in LOWER_BETTER else max(real)
     return values, keys, best, shared, why
 
 
-def not_comparable(metric: str, keys: list) -> str:
-    """Why values of `metric` with these (embedder, reference) keys cannot be ranked: what differs."""
+def _skipped_files(run: Run, metric: str) -> int:
+    """How many generated files the run's `metric` left out as unreadable (tta eval's protocol)."""
+    proto = run.body.get("protocol", {}) or {}
+    section = proto.get("fad" if metric in ("fad", "fad_inf") else "clap" if metric == "clap_score" else "panns")
+    generated = section.get("generated") if isinstance(section, dict) else None
+    count = generated.get("files_skipped") if isinstance(generated, dict) else None
+    return count if isinstance(count, int) else 0
+
+
+def _reference_source(run: Run, metric: str) -> str | None:
+    """The FAD reference a run scored against, whatever the embedder (its folder's content, its stats file, its
+    folder); None for other metrics. The reference key of `_comparison_key` is the reference's statistics, which
+    differ with the embedder even on the same audio."""
+    if metric not in ("fad", "fad_inf"):
+        return None
+    fad = (run.body.get("protocol", {}) or {}).get("fad", {}) or {}
+    ref = fad.get("reference", {}) or {}
+    return ref.get("content_sha256") or ref.get("stats_file") or ref.get("folder")
+
+
+def not_comparable(metric: str, keys: list, sources: list | None = None) -> str:
+    """Why values of `metric` with these (embedder, reference) keys cannot be ranked: what differs. `sources`
+    (the runs' `_reference_source`) tells whether the reference differs when the embedders do."""
     parts = []
-    if len({k[0] for k in keys}) > 1:
+    embedders_differ = len({k[0] for k in keys}) > 1
+    if embedders_differ:
         parts.append("embedder" if metric != "clap_score" else "CLAP")
-    if len({k[1] for k in keys}) > 1:
+    known = sources is not None and all(sources)
+    if len(set(sources)) > 1 if embedders_differ and known else len({k[1] for k in keys}) > 1:
         parts.append(WHAT_DIFFERS.get(metric, "reference"))
     return f"not comparable: different {' and '.join(parts) or 'protocol'}"
 
@@ -255,6 +299,12 @@ def pick_items(run: Run, k: int = 3) -> tuple[str, list[dict], list[dict]]:
 
 def _item_html(row: dict) -> str:
     try:
+        if row.get("sha256"):   # the audio the scores describe, not a file written over it since
+            from eval.cache import content_hash
+
+            if content_hash(row["file"]) != row["sha256"]:
+                raise ValueError(f"{row['file']} has changed since the eval (its sha256 differs); run `tta eval` "
+                                 "again to hear and score it")
         image, audio = spectrogram_and_audio(row["file"])
     except (ValueError, OSError) as e:
         return (f'<div class="item"><b>{html.escape(row["name"])}</b><p class="muted">audio not available: '
@@ -425,10 +475,9 @@ def write_report(results: list[str | os.PathLike], out: str | os.PathLike | None
         if path is not None:
             check_output_path(path, flag)
     runs = load_runs(list(results), labels)
-    written = []
-    for path, as_md in ((out, out is not None and str(out).endswith(".md")), (markdown, True)):
-        if path is None:
-            continue
-        text = render_markdown(runs, title) if as_md else render_html(runs, title, head_tail=head_tail)
-        written.append(atomic_write_text(path, text))
-    return written
+    texts = []   # every text rendered before any is written: a result that fails to render leaves no file
+    for path, as_md in ((out, out is not None and Path(out).suffix.lower() == ".md"), (markdown, True)):
+        if path is not None:
+            texts.append((path, render_markdown(runs, title) if as_md else render_html(runs, title,
+                                                                                        head_tail=head_tail)))
+    return [atomic_write_text(path, text) for path, text in texts]

@@ -90,6 +90,10 @@ class EmbeddedSet:
         out = {"folder": str(self.folder.resolve()), "files_found": len(self.files) + len(self.skipped),
                "files_used": len(self.files), "files_skipped": len(self.skipped), "skipped": self.skipped,
                "original_sample_rates": {str(k): v for k, v in sorted(self.sample_rates.items())}}
+        if self.skipped:   # shown beside the scores (tta report), which describe the readable files alone
+            out["warning"] = (f"{len(self.skipped)} of {out['files_found']} files in {self.folder} could not be "
+                              f"scored and are left out (first: {self.skipped[0]['file']}: "
+                              f"{self.skipped[0]['reason']})")
         if self.digests:  # what the files hold, wherever the folder is: runs on the same audio share it
             lines = "\n".join(f"{k}:{self.digests[k]}" for k in sorted(self.digests))
             out["content_sha256"] = hashlib.sha256(lines.encode()).hexdigest()[:16]
@@ -424,7 +428,8 @@ def run_eval(opts: EvalOptions) -> dict:
     for key, row in prompts.items():
         items.setdefault(key, {}).update(prompt=row.prompt, category=row.category)
     for key in gen.files:
-        items.setdefault(key, {}).update(file=str(gen.files[key].resolve()), seconds=round(gen.seconds[key], 4))
+        items.setdefault(key, {}).update(file=str(gen.files[key].resolve()), seconds=round(gen.seconds[key], 4),
+                                         sha256=gen.digests.get(key) or content_hash(gen.files[key]))
     if any(r.category for r in prompts.values()):
         from eval.breakdown import category_breakdown
 

@@ -193,3 +193,97 @@ def test_an_items_csv_that_is_not_the_results_own_is_refused(report, tmp_path, c
     code = main(["report", str(run), "--out", str(tmp_path / "r.html")])
     err = capsys.readouterr().err
     assert code == 1 and "items.csv: not the items.csv written with" in err and not (tmp_path / "r.html").exists()
+
+
+def test_a_run_that_left_unreadable_files_out_is_warned_and_not_ranked(report, tmp_path, capsys):
+    """A run whose FAD scored half its files (the rest unreadable) got the best mark with no warning."""
+    import json
+
+    from eval.report import render_markdown
+
+    src = tmp_path / "gen"
+    shutil.copytree(report / "gen", src)
+    (src / "s5.wav").write_bytes(b"RIFF\0\0")   # cut short
+    from tests.test_eval_cli import ToyClap  # noqa: F401 (the fixture's embedder is not needed: FAD only)
+
+    assert main(["-q", "eval", "--generated", str(src), "--reference", str(report / "ref"), "--out",
+                 str(tmp_path / "lossy"), "--cache-dir", str(report / "cache")]) == 0
+    proto = json.loads((tmp_path / "lossy" / "eval.json").read_text())["protocol"]["fad"]["generated"]
+    assert proto["files_skipped"] == 1 and "1 of 6 files" in proto["warning"] and "s5.wav" in proto["warning"]
+    from eval.report import load_runs
+
+    md = render_markdown(load_runs([report / "run_a", tmp_path / "lossy"]))
+    fad_line = next(line for line in md.splitlines() if line.startswith("| FAD"))
+    assert "not ranked: lossy left unreadable files out" in fad_line and "**" not in fad_line, fad_line
+    assert "⚠" in md
+
+
+def test_report_refuses_a_result_twice_another_version_and_a_damaged_body(report, tmp_path, capsys):
+    import json
+
+    def refused(*results):
+        code = main(["-q", "report", *map(str, results), "--out", str(tmp_path / "r.html"), "--markdown",
+                     str(tmp_path / "r.md")])
+        err = capsys.readouterr().err
+        assert code == 1 and len(err.strip().splitlines()) == 1 and not list(tmp_path.glob("r.*")), err
+        return err
+
+    assert "the same result as" in refused(report / "run_a", report / "run_a" / "eval.json")
+    shutil.copytree(report / "run_a", tmp_path / "copy")
+    assert "the same result as" in refused(report / "run_a", tmp_path / "copy")
+
+    def edited(name, change):
+        folder = tmp_path / name
+        shutil.copytree(report / "run_a", folder)
+        body = json.loads((folder / "eval.json").read_text())
+        change(body)
+        (folder / "eval.json").write_text(json.dumps(body))
+        return folder
+
+    assert "format version 2; this tta reads version 1" in refused(
+        edited("v2", lambda b: b.update(format_version=2)))
+    assert "metrics.fad is {'value': 3.0}, not a number" in refused(
+        edited("nested", lambda b: b["metrics"].update(fad={"value": 3.0})))
+    assert "breakdown.categories.beep must be an object with a 'files' count" in refused(
+        edited("nofiles", lambda b: b["breakdown"]["categories"]["beep"].pop("files")))
+    assert "'protocol' must be an object" in refused(edited("noproto", lambda b: b.update(protocol=None)))
+
+
+def test_upper_case_md_writes_markdown_labels_stay_unique_and_changed_audio_is_not_played(report, tmp_path):
+    from eval.report import load_runs
+
+    assert main(["-q", "report", str(report / "run_a"), "--out", str(tmp_path / "UP.MD")]) == 0
+    assert (tmp_path / "UP.MD").read_text().startswith("# ")
+    assert [r.label for r in load_runs([report / "run_a", report / "run_b"], ["A", "A"])] == ["A", "A (2)"]
+    import json
+
+    shutil.copytree(report / "run_b", tmp_path / "run_c")   # a third result (a different FAD)
+    body = json.loads((tmp_path / "run_c" / "eval.json").read_text())
+    body["metrics"]["fad"] += 1
+    (tmp_path / "run_c" / "eval.json").write_text(json.dumps(body))
+    runs = load_runs([report / "run_a", report / "run_b", tmp_path / "run_c"], ["A", "A", "A (2)"])
+    assert len({r.label for r in runs}) == 3   # "A", "A (3)", "A (2)": two "A (2)" columns before
+    # audio written over since the eval is not played under the old scores
+    gen = tmp_path / "gen"
+    shutil.copytree(report / "gen", gen)
+    run = tmp_path / "run_d"
+    assert main(["-q", "eval", "--generated", str(gen), "--reference", str(report / "ref"), "--out", str(run),
+                 "--cache-dir", str(report / "cache")]) == 0
+    save_audio(gen / "s0.wav", noise(1.0, seed=9), 16_000)
+    assert main(["-q", "report", str(run), "--out", str(tmp_path / "d.html")]) == 0
+    page = (tmp_path / "d.html").read_text()
+    assert "s0.wav has changed since the eval" in page
+
+
+def test_runs_on_one_reference_with_two_embedders_differ_by_embedder_only():
+    """The reference's statistics depend on the embedder, so the same reference folder read as 'different
+    embedder and reference'."""
+    from eval.report import render_markdown
+
+    a, b = _run("a", 1.0, "mfcc@v1", "stats-mfcc"), _run("b", 2.0, "aisfx@x", "stats-aisfx")
+    for run in (a, b):
+        run.body["protocol"]["fad"]["reference"] = {"folder": "/data/ref", "content_sha256": "0123"}
+    md = render_markdown([a, b])
+    assert "not comparable: different embedder)" in md, md
+    b.body["protocol"]["fad"]["reference"]["content_sha256"] = "4567"
+    assert "not comparable: different embedder and reference)" in render_markdown([a, b])
