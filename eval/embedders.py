@@ -137,8 +137,13 @@ class AisfxEmbedder(_NetEmbedder):
     def _embed_batch(self, wavs):
         import torch
 
-        from eval.frontends import aisfx_blocks
+        from eval.frontends import AISFX_N_FFT, aisfx_blocks
+        from tta.audio import AudioError
 
+        for w in wavs:   # skipped and named, as the other embedders skip a clip their front end cannot frame
+            if w.shape[0] < AISFX_N_FFT:
+                raise AudioError(f"aisfx: {w.shape[0]} samples at {self.sample_rate} Hz, shorter than one STFT "
+                                 f"window ({AISFX_N_FFT})")
         blocks = [aisfx_blocks(w) for w in wavs]
         flat = torch.from_numpy(np.concatenate(blocks))
         emb = torch.cat([self.net(flat[i:i + self.batch_size]) for i in range(0, len(flat), self.batch_size)])

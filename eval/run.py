@@ -411,6 +411,13 @@ def run_eval(opts: EvalOptions) -> dict:
                f"{unlisted[0]}): files of another run may be mixed into this evaluation")
         log.warning(msg)
         result["protocol"]["generated_not_in_record"] = {"files": unlisted, "warning": msg}
+    silent = _silent_files(gen)
+    if silent:
+        msg = (f"generated {opts.generated}: {len(silent)} of {len(gen.files)} files are silent (peak, DC removed, "
+               f"below {SILENCE_DB:g} dBFS; e.g. {silent[0]}): a generator that failed on them is scored as if "
+               "it had not")
+        log.warning(msg)
+        result["protocol"]["generated_silent"] = {"files": silent, "warning": msg}
     unfinished = _unfinished_generation(opts.generated)
     if unfinished is not None:
         written, planned = unfinished
@@ -456,6 +463,26 @@ def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
     return sorted(str(p.relative_to(folder)) for p in gen.files.values() if p.parent == folder and p.name not in listed)
+
+
+SILENCE_DB = -60.0   # a generated clip whose peak, its DC offset removed, lies below this is silent (as tta data check)
+
+
+def _silent_files(gen: EmbeddedSet) -> list[str]:
+    """The generated files (relative, sorted) that hold silence or a DC offset alone, read as AUDIO_READ reads them
+    (at their own rate: a peak needs no resampling)."""
+    from tta.audio import AudioError, load_audio
+
+    floor = 10 ** (SILENCE_DB / 20)
+    found = []
+    for key in sorted(gen.files):
+        try:
+            wav, _ = load_audio(gen.files[key], pcm16=True)
+        except AudioError:
+            continue   # reported where it was skipped
+        if wav.size == 0 or float(np.max(np.abs(wav - wav.mean(dtype=np.float64)))) < floor:
+            found.append(str(gen.files[key].relative_to(gen.folder)))
+    return found
 
 
 def _unfinished_generation(folder: Path) -> tuple[int, int] | None:

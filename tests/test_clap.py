@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.clap_toy import KINDS, SR, make_corpus, render
-from tests.signals import tone
+from tests.signals import chirp, noise, tone
 from tta.clap.metrics import ClapScore, retrieval_metrics, zero_shot_accuracy
 from tta.clap.model import ClapConfig, TTAClap, TTAClapEmbedder, contrastive_loss
 from tta.clap.train import (AugmentConfig, RunConfig, augment_captions, keyword_caption, merge_captions, param_groups,
@@ -391,3 +391,25 @@ def test_an_empty_cache_entry_is_recomputed(tmp_path):
     cache.put("k", np.ones(3, np.float32))
     next(tmp_path.rglob("*.npy")).write_bytes(b"")
     assert cache.get("k") is None
+
+
+def test_clap_score_reads_a_float_file_as_tta_eval_does(trained, tmp_path):
+    """`tta clap score` scored a float WAV's raw samples and `tta eval` its 16-bit copy: one file, two scores."""
+    import soundfile as sf
+
+    from tta.cli import main
+
+    run, _ = trained
+    quiet = (noise(1.0, seed=3) * 1e-4).astype(np.float32)   # below 16-bit resolution in places
+    wav = np.concatenate([quiet, chirp(200, 4000, 1.0)]).astype(np.float32)
+    (tmp_path / "f").mkdir()
+    (tmp_path / "i").mkdir()
+    sf.write(tmp_path / "f" / "q.wav", wav, SR, subtype="FLOAT")
+    sf.write(tmp_path / "i" / "q.wav", wav, SR, subtype="PCM_16")
+    scores = []
+    for folder in ("f", "i"):
+        (tmp_path / "p.txt").write_text("a rising chirp\n")
+        assert main(["-q", "clap", "score", "--model", str(run), "--audio", str(tmp_path / folder), "--prompts",
+                     str(tmp_path / "p.txt"), "--out", str(tmp_path / f"{folder}.json")]) == 0
+        scores.append(json.loads((tmp_path / f"{folder}.json").read_text())["clap_score"])
+    assert scores[0] == scores[1]

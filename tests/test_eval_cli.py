@@ -418,3 +418,24 @@ def test_clap_scores_recorded_before_the_prompt_set_hash_still_compare():
     row = next(line for line in render_markdown([run("old", 0.1, False), run("new", 0.2, True)]).splitlines()
                if line.startswith("| CLAP score"))
     assert "not comparable" not in row and "**0.2**" in row
+
+
+def test_silent_and_dc_only_generated_files_are_named(folders, tmp_path):
+    """An all-silent generated set scored FAD 2329 and a CLAP score without a word; tta data check calls the same
+    files silent."""
+    gen, ref, _ = folders
+    save_audio(gen / "quiet.wav", np.zeros(16_000, np.float32), 16_000)
+    save_audio(gen / "dc.wav", np.full(16_000, 0.25, np.float32), 16_000)
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "o") == 0
+    note = json.loads((tmp_path / "o" / "eval.json").read_text())["protocol"]["generated_silent"]
+    assert note["files"] == ["dc.wav", "quiet.wav"] and "2 of 10 files are silent" in note["warning"]
+
+
+def test_aisfx_skips_a_clip_shorter_than_its_stft_window():
+    """mfcc and clap skip such a clip, naming it; aisfx embedded it as a zero-padded block (and librosa warned)."""
+    from eval.embedders import AisfxEmbedder
+    from tta.audio import AudioError
+
+    emb = AisfxEmbedder(name="aisfx", dim=512, sample_rate=44_100, hop_seconds=1.0, net=None)
+    with pytest.raises(AudioError, match="aisfx: 10 samples at 44100 Hz, shorter than one STFT window"):
+        emb.embed_batch([np.full(10, 0.1, np.float32)])

@@ -98,6 +98,8 @@ BAD = [
     (2, ["--outside", "original"], "--outside needs --inpaint or --super-resolution"),
     (2, ["--super-resolution", "IN.wav"], "--super-resolution needs --cutoff HZ"),
     (1, ["--super-resolution", "IN.wav", "--cutoff", "9000"], "--cutoff 9000 must lie inside this model's mel band"),
+    (1, ["--super-resolution", "IN.wav", "--cutoff", "10"], "--cutoff 10 keeps none of this model's latent frequency"),
+    (1, ["--inpaint", "IN.wav", "--mask", "0.1:0.10001"], "--mask 0.1:0.10001 is shorter than one mel frame"),
     (1, ["--init-audio", "IN.wav", "--strength", "0.01"], "--strength 0.01 at 2 sampler steps leaves no denoising"),
     (1, ["--init-audio", "IN.wav", "--strength", "7"], "--strength 7.0 must be in (0, 1]"),
     (1, ["--seed", "18446744073709551616"], "--seed 18446744073709551616 must be in [0, 2**62)"),
@@ -523,3 +525,20 @@ def test_an_output_that_would_replace_another_files_record_is_warned_about(tmp_p
     with caplog.at_level("WARNING", logger="tta.generate"):
         assert run(capsys, *args, "-o", tmp_path / "x.ogg")[0] == 0
     assert any("will replace the record of" in r.message and "x.flac" in r.message for r in caplog.records)
+
+
+def test_a_mask_ending_at_the_inputs_printed_length_is_taken(tmp_path, capsys):
+    """551 samples at 11.025 kHz print as 0.050 s; --mask 0:0.05 ends a quarter sample past them and was refused
+    as 'past the end of ... (0.050 s)'."""
+    from tta.audio import save_audio
+
+    clip = tmp_path / "short.wav"
+    save_audio(clip, signals.tone(440, 551 / 11_025, 11_025), 11_025)
+    code, _, err = run(capsys, "a beep", "--model", tiny_pipeline(), "--inpaint", clip, "--mask", "0:0.05",
+                       "--steps", 1, "-o", tmp_path / "o.wav")
+    assert code == 0, err
+    record = json.loads((tmp_path / "o.generation.json").read_text())
+    assert record["edit"]["end"] == pytest.approx(551 / 11_025)
+    code, _, err = run(capsys, "a beep", "--model", tiny_pipeline(), "--inpaint", clip, "--mask", "0:0.06",
+                       "--steps", 1, "-o", tmp_path / "p.wav")
+    assert code == 1 and "(551 samples at 11025 Hz: 0.0499773 s)" in err, err

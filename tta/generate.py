@@ -294,6 +294,17 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
         if not low < edit["cutoff_hz"] < high:
             raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} must lie inside this model's mel band ({low:g}, "
                                 f"{high:g}) Hz")
+    if edit is not None and "cutoff_hz" in edit:
+        from tta.pipeline import latent_row_tops
+
+        factor = 2 ** (len(vae.get("block_out_channels", (0,))) - 1)
+        lowest = float(latent_row_tops(mel, factor).min())
+        if edit["cutoff_hz"] < lowest:
+            raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} keeps none of this model's latent frequency rows "
+                                f"(the lowest reaches {lowest:.0f} Hz); raise it to at least that")
+    if edit is not None and "start" in edit and round((edit["end"] - edit["start"]) * rate) < hop:
+        raise GenerateError(f"--mask {edit['start']:g}:{edit['end']:g} is shorter than one mel frame of this model "
+                            f"({hop / rate:g} s): there is nothing to regenerate")
     if edit is not None and round(edit["input_seconds"] * rate) < hop:
         raise GenerateError(f"{edit['input']}: {edit['input_seconds']:g} s of audio, shorter than one mel frame of "
                             f"this model ({hop / rate:g} s)")
@@ -422,9 +433,10 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
         edit["strength"] = strength
     elif kind == "inpaint":
         start, end = parse_mask(args.mask)
-        if end > info.seconds + 1e-6:
-            raise GenerateError(f"--mask end {end} s is past the end of {path} ({info.seconds:.3f} s)")
-        edit.update(start=start, end=end, outside=outside or "original")
+        if end > info.seconds + 1 / info.sample_rate:   # the length as printed may round up by part of a sample
+            raise GenerateError(f"--mask end {end} s is past the end of {path} ({info.num_samples} samples at "
+                                f"{info.sample_rate} Hz: {info.seconds:.6g} s)")
+        edit.update(start=start, end=min(end, info.seconds), outside=outside or "original")
     else:
         if args.cutoff is None:
             raise UsageError("--super-resolution needs --cutoff HZ (the highest frequency the input holds)")

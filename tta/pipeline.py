@@ -457,8 +457,6 @@ class TTAPipeline:
         crossover fading over SR_CROSSOVER of the cutoff just below it), since the VAE decoder lets the
         regenerated rows spill into the low band; "decoded" returns the whole decoded clip.
         """
-        import librosa
-
         if outside not in EDIT_OUTSIDE:
             raise PipelineError(f"outside={outside!r}: expected one of {', '.join(EDIT_OUTSIDE)}")
         wav, level, offset = edit_input(wav)
@@ -466,9 +464,7 @@ class TTAPipeline:
         m = self.mel
         if not m.f_min < cutoff_hz < m.f_max:
             raise PipelineError(f"cutoff_hz={cutoff_hz} must lie inside the mel band ({m.f_min:g}, {m.f_max:g}) Hz")
-        centres = librosa.mel_frequencies(m.n_mels + 2, fmin=m.f_min, fmax=m.f_max, htk=False)[2:]  # upper edges
-        f = self.vae.downsample_factor
-        top = torch.from_numpy(centres.reshape(-1, f).max(axis=1))                 # (F',) highest edge per latent row
+        top = torch.from_numpy(latent_row_tops(m, self.vae.downsample_factor))
         keep = (top <= cutoff_hz).view(1, 1, 1, -1)
         if not bool(keep.any()):
             raise PipelineError(f"cutoff_hz={cutoff_hz} keeps no latent frequency row; raise it")
@@ -605,6 +601,15 @@ class TTAPipeline:
         return Generation(wavs=[wavs[(i, int(best[i]))].numpy() for i in range(num_prompts)],
                           sample_rate=self.sample_rate, scores=[float(sims[i, best[i]]) for i in range(num_prompts)],
                           candidate_scores=sims.tolist(), seeds=seeds)
+
+
+def latent_row_tops(mel, factor: int) -> np.ndarray:
+    """(n_mels // factor,) the highest mel-band edge (Hz) each latent frequency row of a VAE with downsampling
+    `factor` covers: super-resolution keeps the rows whose top lies at or below the cutoff."""
+    import librosa
+
+    upper = librosa.mel_frequencies(mel.n_mels + 2, fmin=mel.f_min, fmax=mel.f_max, htk=False)[2:]   # band tops
+    return upper.reshape(-1, factor).max(axis=1)
 
 
 def edit_input(wav) -> tuple[np.ndarray, float, float]:

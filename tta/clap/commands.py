@@ -29,7 +29,10 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 def add_parsers(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="clap_command", metavar="ACTION")
     sub.required = True
-    score = sub.add_parser("score", help="CLAP score (mean cosine, raw) of clips against their prompts")
+    score = sub.add_parser("score", help="CLAP score (mean cosine, raw) of clips against their prompts",
+                           description="CLAP score (mean cosine, raw) of clips against their prompts. Files are read "
+                                       "as `tta eval` reads them (mono, on the 16-bit grid, then resampled), so both "
+                                       "give one score per file.")
     _common(score)
     score.add_argument("--prompts", type=Path, help="prompts file (.txt / .jsonl / .csv), paired with --audio")
     retrieve = sub.add_parser("retrieve", help="text->audio search, or retrieval metrics of a manifest")
@@ -136,7 +139,7 @@ def _load(files: list[Path], sample_rate: int, progress: bool,
     kept, wavs, skipped = [], [], []
     for i, f in enumerate(tqdm(files, desc="read audio", disable=not progress)):
         try:
-            wav = load_audio(f, sample_rate)[0]
+            wav = load_audio(f, sample_rate, pcm16=True)[0]   # as `tta eval` reads it: one score per file
             if wav.shape[0] < min_samples:
                 raise AudioError(f"{f}: {wav.shape[0]} samples at {sample_rate} Hz, shorter than the CLAP's "
                                  f"analysis window ({min_samples}); skipped")
