@@ -474,6 +474,8 @@ pack-default: venv
 		--default candidates=$(PACK_CANDIDATES) --default guidance_rule=$(PACK_GUIDANCE_RULE) \
 		--default precision=$(PACK_PRECISION) --vocoder $(PACK_VOCODER) $(if $(PACK_VAE),--vae $(PACK_VAE)) \
 		$(foreach a,$(PACK_AVERAGE),--average $(a))
+	# the corpus's attribution and licences, not a copy the export carried over from PACK_FROM
+	rm -rf tta/assets/default.new/ATTRIBUTION.md tta/assets/default.new/licences
 	cp -r $(CORPUS2)/ATTRIBUTION.md $(CORPUS2)/licences tta/assets/default.new/
 	# the model card and its lab notebook
 	cp tta/assets/default/README.md tta/assets/default/EXPERIMENTS.md tta/assets/default.new/ 2>/dev/null || true

@@ -56,6 +56,8 @@ def test_compact_copy_is_smaller_loads_and_generates_close_to_the_original(tmp_p
                                           (["--default", "candidates=0"], "defaults.candidates=0"),
                                           (["--default", "guidance=NaN"], "guidance"),
                                           (["--default", "seconds=-1"], "defaults.seconds=-1"),
+                                          (["--default", "seconds=0.001"], "--default seconds=0.001: seconds=0.001 is "
+                                                                           "shorter than one mel frame"),
                                           (["--dtype", "int4"], "int4")])
 def test_bad_export_options_are_one_line_errors(tmp_path, capsys, args, needle):
     out = tmp_path / "packed"
@@ -309,3 +311,23 @@ def test_a_weight_beyond_float16_is_kept_in_float32_not_stored_as_inf(tmp_path, 
     stored = load_file(str(next((tmp_path / "half" / "unet").glob("*.safetensors"))))
     assert all(torch.isfinite(v.float()).all() for v in stored.values())
     assert float(TTAPipeline.from_pretrained(tmp_path / "half").unet.state_dict()[name].view(-1)[0]) == 7e4
+
+
+def test_the_model_card_attribution_and_licences_go_with_the_weights(tmp_path, caplog):
+    """`tta export pipeline tta/assets/default --dtype int8` (as the card suggests) wrote the components only: the
+    CC-BY-SA attribution that must ship with the weights was lost without a word."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_pipeline(), src)
+    (src / "README.md").write_text("# card\n")
+    (src / "licences").mkdir()
+    (src / "licences" / "pkg.copyright").write_text("CC-BY-SA-3.0\n")
+    assert main(["-q", "export", "pipeline", str(src), "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "README.md").read_text() == "# card\n"
+    assert (tmp_path / "a" / "licences" / "pkg.copyright").is_file()
+    with caplog.at_level("WARNING", logger="tta.interop"):
+        assert main(["-q", "export", "pipeline", str(src), "--out", str(tmp_path / "b"), "--average",
+                     str(src)]) == 0
+    assert any("copied README.md, licences" in r.message and "--average changed" in r.message
+               for r in caplog.records)

@@ -105,3 +105,39 @@ def test_export_into_an_existing_folder_is_refused(laion_pipeline, tmp_path, cap
     code = main(["-q", "export", "diffusers", str(laion_pipeline), "--out", str(out)])
     assert code == 1 and str(out) in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_the_vaes_own_framing_survives_a_diffusers_round_trip(laion_pipeline, tmp_path, capsys):
+    """A pipeline whose VAE frames mels otherwise than its vocoder (allowed: the vocoder reads mels alike) came
+    back from export + import with the vocoder's framing on its VAE: edits encoded input half a hop off."""
+    from tta.pipeline import TTAPipeline
+
+    pipe = TTAPipeline.from_pretrained(laion_pipeline)
+    other = "tacotron" if pipe.vae.config.mel.framing != "tacotron" else "hifigan"
+    pipe.vae.config = dataclasses.replace(pipe.vae.config, mel=dataclasses.replace(pipe.vae.config.mel,
+                                                                                 framing=other))
+    mixed = pipe.save_pretrained(tmp_path / "mixed")
+    assert main(["-q", "export", "diffusers", str(mixed), "--out", str(tmp_path / "d")]) == 0
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(laion_pipeline.parent / "clap"),
+                 "--out", str(tmp_path / "back")]) == 0, capsys.readouterr().err
+    back = TTAPipeline.from_pretrained(tmp_path / "back")
+    assert back.vae.config.mel.framing == other
+    assert back.vocoder.config.mel.framing == pipe.vocoder.config.mel.framing != other
+
+
+def test_a_resblock_2_hifigan_is_refused_before_anything_is_written(laion_pipeline, tmp_path, capsys):
+    """configs/vocoder/*.json train resblock '2', which SpeechT5HifiGan lacks: the refusal came after the UNet and
+    VAE were written, named the deleted temporary folder and left the output's parent behind."""
+    from tests.test_ldm_fixtures import tiny_model_config
+    from tta.pipeline import TTAPipeline
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    pipe = TTAPipeline.from_pretrained(laion_pipeline)
+    pipe.vocoder = HiFiGAN(dataclasses.replace(tiny_model_config(HiFiGANConfig, "vocoder"), resblock="2",
+                                               resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1, 3),),
+                                               mel=pipe.vocoder.config.mel)).eval()
+    folder = pipe.save_pretrained(tmp_path / "rb2")
+    code = main(["-q", "export", "diffusers", str(folder), "--out", str(tmp_path / "new" / "d")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{folder}/vocoder: a HiFi-GAN with resblock type '2'" in err, err
+    assert not (tmp_path / "new").exists()

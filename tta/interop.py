@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -63,9 +64,9 @@ def _read_json_object(path: Path) -> dict:
 
 def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike,
                               tokenizer: str | os.PathLike | None = None, mel_framing: str | None = None) -> Path:
-    """Convert a diffusers AudioLDM folder (+ the full CLAP at `clap`) into a tta pipeline folder `out`. The mel
-    is the one a tta export recorded in vocoder/config.json, else AudioLDM's (TacotronSTFT framing);
-    `mel_framing` overrides the framing."""
+    """Convert a diffusers AudioLDM folder (+ the full CLAP at `clap`) into a tta pipeline folder `out`. The mels
+    are the ones a tta export recorded in vocoder/config.json and vae/config.json, else AudioLDM's (TacotronSTFT
+    framing) for both; `mel_framing` overrides the framing."""
     import diffusers
 
     from tta.clap import load_clap
@@ -87,7 +88,17 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
             raise InteropError(f"{folder}: part {part!r} is missing (no {part}/ folder)")
     unet = LDMUNet.load_diffusers(folder / "unet")
     vocoder = _with_framing(load_speecht5_folder(folder / "vocoder"), mel_framing)
-    vae = load_diffusers_vae(folder / "vae", mel=vocoder.config.mel)
+    vae_mel = vocoder.config.mel
+    recorded = _read_json_object(folder / "vae" / "config.json").get("tta_mel") \
+        if (folder / "vae" / "config.json").is_file() else None
+    if isinstance(recorded, dict):   # a tta export's VAE mel (its framing may differ from the vocoder's)
+        from tta.audio import MelConfig
+
+        try:
+            vae_mel = MelConfig(**{**recorded, **({"framing": mel_framing} if mel_framing else {})})
+        except (TypeError, ValueError) as e:
+            raise InteropError(f"{folder / 'vae' / 'config.json'}: tta_mel: {e}") from None
+    vae = load_diffusers_vae(folder / "vae", mel=vae_mel)
     sched_cfg = folder / "scheduler" / "scheduler_config.json"
     if not sched_cfg.is_file():
         raise InteropError(f"{folder}: scheduler/ has no scheduler_config.json")
@@ -194,9 +205,7 @@ def import_audioldm_ckpt(path: str | os.PathLike, out: str | os.PathLike, *, cla
 
 
 def _with_framing(vocoder, framing: str | None):
-    """`vocoder` with its mel framing set to `framing` (None keeps it); the VAE takes the vocoder's mel."""
-    import dataclasses
-
+    """`vocoder` with its mel framing set to `framing` (None keeps it)."""
     if framing is None or framing == vocoder.config.mel.framing:
         return vocoder
     try:
@@ -240,6 +249,10 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
     if pipe.defaults.guidance_rule != "cfg":
         log.warning("%s: its default guidance rule %r has no diffusers equivalent; AudioLDMPipeline will use "
                     "classifier-free guidance", pipeline, pipe.defaults.guidance_rule)
+    if getattr(pipe.vocoder.config, "resblock", "1") != "1":   # before any part is written, naming the source
+        raise InteropError(f"{pipeline}/vocoder: a HiFi-GAN with resblock type {pipe.vocoder.config.resblock!r} "
+                           "(configs/vocoder/*.json train type '2'); diffusers' SpeechT5HifiGan has type '1' only, "
+                           "so this pipeline cannot be exported")
     scheduler = make_scheduler(pipe.defaults.sampler, pipe.scheduler_config)
     with atomic_dir(out) as tmp:
         pipe.unet.save_diffusers(tmp / "unet")
@@ -250,6 +263,12 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
         body["sample_size"] = pipe.latent_shape(pipe.check_seconds(pipe.defaults.seconds))[1]
         unet_config.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         pipe.vae.net.save_pretrained(str(tmp / "vae"), safe_serialization=True)
+        # the pipeline's mel is the VAE's: its framing may differ from the vocoder's (which reads mels alike
+        # either way); recorded, as the vocoder's is, so that an import gives the VAE its own
+        vae_config = tmp / "vae" / "config.json"
+        body = json.loads(vae_config.read_text())
+        body["tta_mel"] = dataclasses.asdict(pipe.mel)
+        vae_config.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         export_speecht5(pipe.vocoder, tmp / "vocoder")
         scheduler.save_pretrained(str(tmp / "scheduler"))
         text.save_pretrained(str(tmp / "text_encoder"))
@@ -299,10 +318,12 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     import torch
     from safetensors.torch import load_file
 
+    import shutil
+
     from tta.checkpoint import QUANTO_INT8, atomic_dir, quantize_int8, save_safetensors
     from tta.config import ConfigError, apply_overrides
     from tta.ldm.sampling import check_sampler
-    from tta.pipeline import TTAPipeline
+    from tta.pipeline import PIPELINE_FILE, TTAPipeline, read_pipeline_json
 
     store = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
              "int8": torch.float16}
@@ -330,6 +351,21 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
             check_sampler(pipe.defaults.sampler)
         except ValueError as e:
             raise InteropError(f"--default sampler: {e}") from None
+        for key in ("seconds", "window"):   # a default the model cannot generate makes every default call fail
+            value = getattr(pipe.defaults, key, 0)
+            if key in defaults and value:
+                try:
+                    pipe.check_seconds(value)
+                except ValueError as e:
+                    raise InteropError(f"--default {key}={value:g}: {e}") from None
+    # the source's other files (a model card, its data's attribution and licences) go with the weights
+    components = set(read_pipeline_json(pipeline).get("components", {}).values()) | {PIPELINE_FILE, "scheduler"}
+    extras = sorted(p for p in Path(pipeline).iterdir() if p.name not in components and not p.name.startswith("."))
+    changed = [flag for flag, given in (("--average", average), ("--vae", vae), ("--vocoder", vocoder),
+                                        ("--vocoder-set", vocoder_set)) if given]
+    if extras and changed:
+        log.warning("%s: copied %s from %s; they describe its model, which %s changed: edit them to describe this "
+                    "one", out, ", ".join(p.name for p in extras), pipeline, " and ".join(changed))
     # int8: the UNet's linear layers in 8 bits (quanto layout, tta.checkpoint.quantize_int8), the rest float16
     linears = {n for n, m in pipe.unet.net.named_modules() if isinstance(m, torch.nn.Linear)}
     with atomic_dir(out) as tmp:
@@ -351,6 +387,11 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
         for item in (tmp / "pipeline").iterdir():
             item.rename(tmp / item.name)
         (tmp / "pipeline").rmdir()
+        for item in extras:
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
     return Path(out)
 
 
