@@ -11,7 +11,10 @@ Two ways to index it:
 Only the needed part of a file is decoded (soundfile seeks), resampled with soxr to `sample_rate`, then
 (AudioLDM's loader) DC-removed and peak-normalised to 0.5, and zero-padded at the end to exactly
 `segment_samples`. With `cache_dir`, each file is resampled once and kept as a `.npy` keyed by path,
-mtime, size and sample rate; crops are then sliced from a memory map.
+mtime, size and sample rate; crops are then sliced from a memory map. For a file at another rate the two paths
+give slightly different crops (a crop resampled alone starts with soxr's filter settling over its first ~10
+samples, and its start is rounded to a native sample), so a run's weights depend on `cache_dir` as on any other
+data setting.
 """
 
 from __future__ import annotations
