@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import json
 import tarfile
 import zlib
@@ -457,8 +458,47 @@ def test_a_captions_csv_named_for_a_split_sets_the_split_of_a_folder_import(tmp_
                         ("clotho_captions_development.csv", "train")):
         (tmp_path / name).write_text("file_name,caption_1,caption_2\na.wav,a dog barks,a dog\n")
         result = import_folder(tmp_path / "audio", captions_csv=tmp_path / name,
-                               options=ImportOptions(valid_fraction=0.5, progress=False))
+                               options=ImportOptions(progress=False))
         assert [r.split for r in result.rows] == [split], name
+
+
+def test_valid_fraction_splits_a_training_file_and_never_a_held_out_one(tmp_path, caplog):
+    """A file named for training (train.csv, Clotho's development) is split by --valid-fraction as a file named
+    for nothing is; a file named valid/test keeps its rows held out (never hashed into train), with a warning
+    that names the word."""
+    names = [f"c{i}" for i in range(40)]
+    for n in names:
+        _wav(tmp_path / "audio" / f"{n}.wav")
+    body = "file,caption\n" + "".join(f"{n}.wav,a sound {n}\n" for n in names)
+    for csv_name in ("plain.csv", "train_captions.csv"):
+        (tmp_path / csv_name).write_text(body)
+    options = ImportOptions(valid_fraction=0.2, progress=False)
+    plain = import_folder(tmp_path / "audio", captions_csv=tmp_path / "plain.csv", options=options)
+    train = import_folder(tmp_path / "audio", captions_csv=tmp_path / "train_captions.csv", options=options)
+    assert [r.split for r in train.rows] == [r.split for r in plain.rows] and "valid" in {r.split for r in train.rows}
+    (tmp_path / "test.csv").write_text(body)
+    with caplog.at_level("WARNING", logger="tta.data.importers"):
+        held = import_folder(tmp_path / "audio", captions_csv=tmp_path / "test.csv", options=options)
+    assert {r.split for r in held.rows} == {"test"}
+    assert any("its file name says 'test'" in r.message for r in caplog.records)
+
+
+def test_paths_are_stored_without_dot_dot_and_hidden_folders_are_not_walked(tmp_path, monkeypatch):
+    """`cd corpus/work && tta data import folder ..` stored /.../corpus/work/../a.wav, which broke when work/ went
+    away; a hidden folder (another import's staging folder) was walked."""
+    import tta.data.importers as importers
+
+    _wav(tmp_path / "corpus" / "a.wav")
+    (tmp_path / "corpus" / "a.txt").write_text("a tone")
+    _wav(tmp_path / "corpus" / ".x_audio.abc.tmp" / "b.wav")
+    (tmp_path / "corpus" / ".x_audio.abc.tmp" / "b.txt").write_text("a tone")
+    (tmp_path / "corpus" / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "corpus" / "work")
+    hashed = []
+    monkeypatch.setattr(importers, "file_sha256", lambda p: hashed.append(p) or "x")
+    result = import_folder(Path(".."), options=ImportOptions(progress=False))
+    assert [r.path for r in result.rows] == [str(tmp_path / "corpus" / "a.wav")]
+    assert hashed == []   # a file of a size no other file has cannot have another's bytes: not read in full
 
 
 def test_files_with_the_same_bytes_become_one_row(tmp_path):

@@ -514,6 +514,7 @@ def test_slugs_keep_marks_and_txt_prompts_end_at_newlines_only(tmp_path):
     from tta.generate import slug
 
     assert slug("कुत्ता भौंकता है") == "कुत्ता_भौंकता_है"
+    assert slug("☀️ sunny day") == "sunny_day" and slug("a heart ❤️") == "a_heart"   # no stray variation selector
     assert slug(unicodedata.normalize("NFD", "Crème brûlée")) == "crème_brûlée"
     (tmp_path / "p.txt").write_text("a dog\x0cbarks\nrain\u2028on a roof\r\nwind\n")
     assert [r.prompt for r in read_prompt_file(tmp_path / "p.txt")] == ["a dog\x0cbarks", "rain\u2028on a roof", "wind"]

@@ -541,3 +541,17 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_
     a = load_state_dict(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_state_dict(killed / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_terminate_as_exit_leaves_an_ignored_sigterm_ignored():
+    """A parent's `trap '' TERM` made SIGTERM ignored; the handler turned it into an exit again."""
+    import signal
+
+    from tta.checkpoint import terminate_as_exit
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with terminate_as_exit():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

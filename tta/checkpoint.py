@@ -51,7 +51,8 @@ def terminate_as_exit() -> Iterator[None]:
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    ignored = signal.getsignal(signal.SIGTERM) is signal.SIG_IGN   # a parent's `trap '' TERM` stays in force
+    if threading.current_thread() is not threading.main_thread() or ignored:
         yield
         return
 
@@ -65,10 +66,12 @@ def terminate_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _temp_prefix(name: str) -> str:
-    """The prefix of a temporary file or folder written beside `name`: `.NAME.` (so a leftover tells what it was
-    for), or `.tta.` for a name so long that the temporary one would pass the file system's limit on names."""
-    return f".{name}." if len(os.fsencode(name)) <= 200 else ".tta."
+def _temp_prefix(path: Path) -> str:
+    """The prefix of a temporary file or folder written beside `path`: `.NAME.` (so a leftover tells what it was
+    for), or `.tta.` for a name so long that the temporary one (30 bytes more at most) would pass the file
+    system's limit on names."""
+    room = _name_max(path.parent if path.parent.is_dir() else Path("."))
+    return f".{path.name}." if len(os.fsencode(path.name)) + 30 <= room else ".tta."
 
 
 def _name_max(folder: Path) -> int:
@@ -87,7 +90,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise CheckpointError(f"{path}: is a folder; expected the path of a file to write")
     try:   # errors name the file asked for, not the hidden temporary one beside it
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp" + path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp" + path.suffix, dir=path.parent)
     except OSError as e:
         blocker = next((a for a in path.parents if a.exists()), None)
         if blocker is not None and not blocker.is_dir():
@@ -150,7 +153,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: exists and is not a folder; choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, _default_mode(folder=True))

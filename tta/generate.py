@@ -75,8 +75,14 @@ def slug(text: str, limit: int = 40) -> str:
     "unconditional" for an empty prompt and "prompt" for one with no letters or digits."""
     import unicodedata
 
-    words = "".join(ch if _word_char(ch) else " " for ch in unicodedata.normalize("NFC", text.lower())).split()
-    s = "_".join(words)
+    kept, prev = [], " "
+    for ch in unicodedata.normalize("NFC", text.lower()):
+        # a mark stays with the letter or digit it follows; after a dropped symbol (the variation selector of
+        # an emoji) it would stand alone, invisible in the file name
+        keep = _word_char(ch) and (unicodedata.category(ch)[0] != "M" or prev != " ")
+        kept.append(ch if keep else " ")
+        prev = kept[-1]
+    s = "_".join("".join(kept).split())
     return s[:limit].rstrip("_") or ("prompt" if text.strip() else "unconditional")
 
 

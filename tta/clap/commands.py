@@ -35,7 +35,10 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                                        "give one score per file.")
     _common(score)
     score.add_argument("--prompts", type=Path, help="prompts file (.txt / .jsonl / .csv), paired with --audio")
-    retrieve = sub.add_parser("retrieve", help="text->audio search, or retrieval metrics of a manifest")
+    retrieve = sub.add_parser("retrieve", help="text->audio search, or retrieval metrics of a manifest",
+                              description="Text->audio search over --audio, or retrieval metrics of a manifest. Files "
+                                          "are read as `tta eval` reads them (mono, on the 16-bit grid, then "
+                                          "resampled).")
     _common(retrieve)
     retrieve.add_argument("--query", action="append", metavar="TEXT", help="a text query (repeatable)")
     retrieve.add_argument("--top-k", type=int, default=5, help="hits shown per query (default 5)")

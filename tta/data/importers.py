@@ -13,6 +13,7 @@ and probes them and builds the rows.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from tta.audio import AudioError, audio_info
 from tta.checkpoint import file_sha256
-from tta.data.manifest import SPLITS, ManifestRow
+from tta.data.manifest import SPLITS, ManifestRow, absolute_path
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,17 @@ class Collector:
         opts = self.options
         hashed = {"train": 0, "valid": 0}    # rows whose split the valid_fraction hash chose
         by_bytes: dict[str, int] = {}        # sha256 of a file's bytes -> index of its row
+        sizes: dict[int, int] = {}           # only files of one size can hold the same bytes: only those are hashed
+        for e in self.by_path.values():
+            with contextlib.suppress(OSError):
+                size = e.path.stat().st_size
+                sizes[size] = sizes.get(size, 0) + 1
+        named = self.default_split   # a train/val/test token in the source's file name
+        if named == "train" and opts.valid_fraction > 0:
+            named = None   # a training set, of which --valid-fraction holds a share out
+        elif named is not None and opts.valid_fraction > 0 and opts.split is None:
+            log.warning("%s: its file name says %r, so rows that name no split go to %r and --valid-fraction holds "
+                        "none of them out (rename the file, or give each row a split)", desc, named, named)
         for e in tqdm(list(self.by_path.values()), desc=desc, unit="file", disable=not opts.progress):
             # Messages name the source entry, then the file (once, when the entry is the file itself).
             prefix = "" if e.where == str(e.path) else f"{e.where}: "
@@ -190,11 +202,15 @@ class Collector:
             if info.num_samples == 0:
                 out.errors.append(f"{prefix}{e.path}: contains 0 samples; skipped")
                 continue
-            split = opts.split or e.split or self.default_split
+            split = opts.split or e.split or named
             by_hash = split is None
             if by_hash:
                 split = "valid" if held_out(e.group or e.id, opts.valid_fraction) else "train"
-            digest = file_sha256(e.path)
+            try:
+                shared = sizes.get(e.path.stat().st_size, 0) > 1
+            except OSError:
+                shared = False
+            digest = file_sha256(e.path) if shared else f"unique:{e.path}"
             if digest in by_bytes:   # a copy under another name: one row, or its twin could land in another split
                 kept = out.rows[by_bytes[digest]]
                 out.rows[by_bytes[digest]] = replace(
@@ -208,7 +224,7 @@ class Collector:
                 hashed[split] += 1
             # the path as the folder shows it (a symlinked sub-folder keeps its name, so the manifest can stay
             # relative to a folder of links); resolve() would store the links' targets
-            out.rows.append(ManifestRow(id=opts.id_prefix + e.id, path=str(e.path.absolute()),
+            out.rows.append(ManifestRow(id=opts.id_prefix + e.id, path=str(absolute_path(e.path)),
                                         captions=tuple(e.captions), seconds=round(info.seconds, 6), sample_rate=info.sample_rate, split=split,
                                         source=opts.source, licence=opts.licence, labels=e.labels,
                                         category=e.category))
@@ -245,7 +261,7 @@ def _audio_files(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))   # hidden: e.g. another import's staging folder
         found += [Path(top) / f for f in files if Path(f).suffix.lower() in AUDIO_SUFFIXES
                   and not f.startswith(".")]   # hidden: e.g. a write's temporary file, macOS's ._ resource forks
     return sorted(p for p in found if p.is_file())

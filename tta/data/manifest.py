@@ -145,7 +145,7 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path
     from another manifest (its relative path is relative to that one's folder, `row.base`) keeps pointing at its
     audio."""
     path = Path(path)
-    base = path.parent.absolute()
+    base = absolute_path(path.parent)
     ids: set[str] = set()
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
@@ -157,6 +157,14 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path
             d["path"] = relative_path(source, base)
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
     return path
+
+
+def absolute_path(path: str | os.PathLike) -> Path:
+    """`path` made absolute as the folders show it (a linked sub-folder keeps its name, so a manifest can store
+    audio under it relative to its own folder), or with every link resolved when it holds a '..': after a link
+    '..' leads elsewhere than the path written without it, and a path through a folder that goes away breaks."""
+    p = Path(path).absolute()
+    return p if ".." not in p.parts else p.resolve()
 
 
 def relative_path(p: str, base: Path) -> str:

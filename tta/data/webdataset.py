@@ -23,6 +23,7 @@ from tta.data.importers import (
     clean_captions,
     row_split,
 )
+from tta.data.manifest import absolute_path
 
 AUDIO_MEMBERS = ("wav", "flac", "ogg", "opus", "mp3")  # preference order when a key has several
 
@@ -45,12 +46,12 @@ def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike
         for tar in tars:
             _read_shard(tar, tmp, c)
         result = c.result(f"import {shards.name}")
-        staged, final = str(tmp.absolute()), str(audio_dir.absolute())   # as the rows' paths are written
+        staged, final = str(absolute_path(tmp)), str(absolute_path(audio_dir))   # as the rows' paths are written
         # Messages name the member inside the shard, not the staging folder that is about to go.
         result.errors = [m.replace(staged + os.sep, "").replace(str(tmp) + os.sep, "") for m in result.errors]
         if result.rows:
             keep = {r.path for r in result.rows}
-            for f in [f for f in tmp.rglob("*") if f.is_file() and str(f.absolute()) not in keep]:
+            for f in [f for f in tmp.rglob("*") if f.is_file() and str(absolute_path(f)) not in keep]:
                 f.unlink()  # audio of skipped items is not left behind
             if audio_dir.exists():
                 audio_dir.rmdir()
