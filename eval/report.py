@@ -173,7 +173,7 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
     real = [v for v in values if isinstance(v, (int, float))]
     short = [r.label for r, v in zip(runs, values) if isinstance(v, (int, float)) and _skipped_files(r, metric)]
     if why is None and short and len(real) > 1:   # a run that lost files scored a subset of what it was given
-        why = f"not ranked: {', '.join(short)} left unreadable files out"
+        why = f"not ranked: {', '.join(short)} left files out (unreadable, or too short for the embedder)"
     best = None
     if why is None and len(real) > 1 and metric != "is_std":
         best = min(real) if metric in LOWER_BETTER else max(real)
@@ -181,12 +181,16 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
 
 
 def _skipped_files(run: Run, metric: str) -> int:
-    """How many generated files the run's `metric` left out as unreadable (tta eval's protocol)."""
+    """How many generated files the run's `metric` left out (unreadable, or, for the CLAP score, shorter than its
+    window), from tta eval's protocol."""
     proto = run.body.get("protocol", {}) or {}
     section = proto.get("fad" if metric in ("fad", "fad_inf") else "clap" if metric == "clap_score" else "panns")
-    generated = section.get("generated") if isinstance(section, dict) else None
+    if not isinstance(section, dict):
+        return 0
+    generated = section.get("generated")
     count = generated.get("files_skipped") if isinstance(generated, dict) else None
-    return count if isinstance(count, int) else 0
+    short = section.get("skipped") if metric == "clap_score" else None
+    return (count if isinstance(count, int) else 0) + (len(short) if isinstance(short, list) else 0)
 
 
 def _reference_source(run: Run, metric: str) -> str | None:

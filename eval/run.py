@@ -411,13 +411,6 @@ def run_eval(opts: EvalOptions) -> dict:
                f"{unlisted[0]}): files of another run may be mixed into this evaluation")
         log.warning(msg)
         result["protocol"]["generated_not_in_record"] = {"files": unlisted, "warning": msg}
-    silent = _silent_files(gen)
-    if silent:
-        msg = (f"generated {opts.generated}: {len(silent)} of {len(gen.files)} files are silent (peak, DC removed, "
-               f"below {SILENCE_DB:g} dBFS; e.g. {silent[0]}): a generator that failed on them is scored as if "
-               "it had not")
-        log.warning(msg)
-        result["protocol"]["generated_silent"] = {"files": silent, "warning": msg}
     unfinished = _unfinished_generation(opts.generated)
     if unfinished is not None:
         written, planned = unfinished
@@ -431,6 +424,13 @@ def run_eval(opts: EvalOptions) -> dict:
         prompts = _match_prompts(read_prompts(opts.prompts, names), names, opts.prompts)
     if "clap" in metrics:
         _clap_metric(opts, gen, prompts, result, items)
+    silent = _silent_files(gen, EmbeddingCache(cache_root, PEAK_CACHE))
+    if silent:
+        msg = (f"generated {opts.generated}: {len(silent)} of {len(gen.files)} files are silent (peak, DC removed, "
+               f"below {SILENCE_DB:g} dBFS; e.g. {silent[0]}): a generator that failed on them is scored as if "
+               "it had not")
+        log.warning(msg)
+        result["protocol"]["generated_silent"] = {"files": silent, "warning": msg}
 
     for key, row in prompts.items():
         items.setdefault(key, {}).update(prompt=row.prompt, category=row.category)
@@ -466,21 +466,28 @@ def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:
 
 
 SILENCE_DB = -60.0   # a generated clip whose peak, its DC offset removed, lies below this is silent (as tta data check)
+PEAK_CACHE = "peak-dc-removed@v1"   # the cache's entries of each file's peak, by content hash
 
 
-def _silent_files(gen: EmbeddedSet) -> list[str]:
+def _silent_files(gen: EmbeddedSet, cache: EmbeddingCache | None = None) -> list[str]:
     """The generated files (relative, sorted) that hold silence or a DC offset alone, read as AUDIO_READ reads them
-    (at their own rate: a peak needs no resampling)."""
+    (at their own rate: a peak needs no resampling). Peaks are cached by content hash where the set has one."""
     from tta.audio import AudioError, load_audio
 
     floor = 10 ** (SILENCE_DB / 20)
     found = []
     for key in sorted(gen.files):
-        try:
-            wav, _ = load_audio(gen.files[key], pcm16=True)
-        except AudioError:
-            continue   # reported where it was skipped
-        if wav.size == 0 or float(np.max(np.abs(wav - wav.mean(dtype=np.float64)))) < floor:
+        digest = gen.digests.get(key)
+        peak = cache.get(digest, "peak") if cache is not None and digest else None
+        if peak is None:
+            try:
+                wav, _ = load_audio(gen.files[key], pcm16=True)
+            except AudioError:
+                continue   # reported where it was skipped
+            peak = np.array(float(np.max(np.abs(wav - wav.mean(dtype=np.float64)))) if wav.size else 0.0)
+            if cache is not None and digest:
+                cache.put(digest, peak, "peak")
+        if float(peak) < floor:
             found.append(str(gen.files[key].relative_to(gen.folder)))
     return found
 
@@ -552,7 +559,8 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
     result["metrics"]["clap_score"] = score["clap_score"]
     pairs = "\n".join(f"{k}\t{prompts[k].prompt}" for k in keys)   # which prompt scored which file
     prompt_set = "\n".join(sorted(prompts[k].prompt for k in keys))  # the prompts alone: what makes runs comparable
-    result["protocol"]["clap"] = {"model": emb.protocol(), "scale": "raw cosine in [-1, 1]", "count": score["count"],
+    result["protocol"]["clap"] = {"model": emb.protocol(), "generated": gen.protocol(),
+                                  "scale": "raw cosine in [-1, 1]", "count": score["count"],
                                   "prompts_sha256": hashlib.sha256(pairs.encode()).hexdigest()[:16],
                                   "prompt_set_sha256": hashlib.sha256(prompt_set.encode()).hexdigest()[:16],
                                   "skipped": [{"file": str(gen.files[k]), "reason": "shorter than one analysis "

@@ -214,7 +214,7 @@ def test_a_run_that_left_unreadable_files_out_is_warned_and_not_ranked(report, t
 
     md = render_markdown(load_runs([report / "run_a", tmp_path / "lossy"]))
     fad_line = next(line for line in md.splitlines() if line.startswith("| FAD"))
-    assert "not ranked: lossy left unreadable files out" in fad_line and "**" not in fad_line, fad_line
+    assert "not ranked: lossy left files out" in fad_line and "**" not in fad_line, fad_line
     assert "⚠" in md
 
 
@@ -287,3 +287,29 @@ def test_runs_on_one_reference_with_two_embedders_differ_by_embedder_only():
     assert "not comparable: different embedder)" in md, md
     b.body["protocol"]["fad"]["reference"]["content_sha256"] = "4567"
     assert "not comparable: different embedder and reference)" in render_markdown([a, b])
+
+
+def test_a_clap_score_that_left_files_out_is_not_ranked():
+    """The CLAP row kept its best mark when a run's CLAP score left files out (its protocol has no FAD section)."""
+    from eval.report import render_markdown
+
+    a = _run("a", 1.0, "mfcc@v1", "ref1", clap=0.3, prompts="p")
+    b = _run("b", 2.0, "mfcc@v1", "ref1", clap=0.4, prompts="p")
+    b.body["protocol"]["clap"]["skipped"] = [{"file": "x.wav", "reason": "shorter than one analysis window"}]
+    line = next(x for x in render_markdown([a, b]).splitlines() if x.startswith("| CLAP"))
+    assert "not ranked: b left files out" in line and "**" not in line, line
+
+
+def test_a_result_whose_prompt_holds_a_crlf_stays_readable(tmp_path, capsys):
+    """items.csv's hash was checked against its \\r\\n-normalised bytes: a prompt with a \\r\\n of its own made
+    `tta report` refuse the result `tta eval` had just written, with no way out."""
+    import json
+
+    gen = tmp_path / "gen"
+    for i in range(3):
+        save_audio(gen / f"c{i}.wav", tone(300 + 100 * i, 1.0), 16_000)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"file": f"c{i}.wav", "prompt": "two\r\nlines"}) + "\n"
+                                              for i in range(3)))
+    assert main(["-q", "eval", "--generated", str(gen), "--reference", str(gen), "--out", str(tmp_path / "e"),
+                 "--prompts", str(tmp_path / "p.jsonl"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert main(["-q", "report", str(tmp_path / "e"), "--out", str(tmp_path / "r.md")]) == 0, capsys.readouterr().err

@@ -540,3 +540,23 @@ def test_fine_tune_from_a_half_precision_pipeline_folder_with_a_griffin_lim_voco
     with pytest.raises(ValueError, match="init_from.*bare/unet holds no weights"):
         train(tiny_run_config(**{"train.max_steps": 1, "train.init_from": str(tmp_path / "bare")}), tmp_path / "ft2",
               progress=False)
+
+
+def test_a_process_that_does_not_encode_waits_for_the_damaged_cache_to_be_written_again(tmp_path):
+    """With several processes each found the damaged cache, encoded the corpus and wrote the shared file (N full
+    encodings, and one could remove the file the main process had just written): the others now wait for it."""
+    import threading
+
+    from tta.checkpoint import save_train_state
+    from tta.ldm.train import _replaced
+
+    path = tmp_path / "latents-0.pt"
+    path.write_bytes(b"cut short")
+    damaged = path.stat()
+    writer = threading.Timer(0.3, lambda: save_train_state(path, {"mean": torch.ones(2)}))
+    writer.start()
+    try:
+        cached = _replaced(path, damaged, poll_seconds=0.05)
+    finally:
+        writer.join()
+    assert torch.equal(cached["mean"], torch.ones(2))

@@ -500,7 +500,7 @@ def test_a_cut_short_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
 def test_a_second_tta_train_into_a_running_folder_is_refused_and_removes_nothing(tmp_path, capsys):
     """Two launches of one command into a new --out: the second, refused as "already holds a run", removed the
     folder the first was training in. Now the folder is locked while a run trains there."""
-    import fcntl
+    fcntl = pytest.importorskip("fcntl")
 
     good = _vae_manifest(tmp_path)
     out = tmp_path / "run"
@@ -534,6 +534,9 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_
     shutil.rmtree(killed / "final")
     rc, err = _tta_train(capsys, "vae", killed, *sets)
     assert rc == 1 and "pass --resume" in err
+    rc, err = _tta_train(capsys, "vae", killed, *sets, "train.learning_rate=0.5", extra=["--resume"])
+    assert rc == 1 and "cannot resume with a different config (first difference at 'train.learning_rate')" in err
+    assert (killed / "config.json").is_file()
     with caplog.at_level("WARNING", logger="tta"):
         rc, err = _tta_train(capsys, "vae", killed, *sets, extra=["--resume"])
     assert rc == 0, err
@@ -555,3 +558,19 @@ def test_terminate_as_exit_leaves_an_ignored_sigterm_ignored():
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_file_system_without_locks_trains_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Lustre mounted without -o flock answers ENOSYS: every run was refused as 'another tta train'."""
+    import errno
+
+    fcntl = pytest.importorskip("fcntl")
+    from tta.training import run_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="tta.training"), run_lock(tmp_path / "run"):
+        pass
+    assert any("cannot lock the run folder" in r.message for r in caplog.records)

@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _as_the_run_began(module.RunConfig, config, load_config(module.RunConfig, args.config), sets, args.out)
     from tta.checkpoint import check_output_path
     from tta.checkpoint import terminate_as_exit
-    from tta.training import clear_unstarted, discard_on_failure, run_lock, unstarted_run
+    from tta.training import discard_on_failure, restart_unstarted, run_lock
 
     check_output_path(args.out, "--out", folder=True)
     # a fresh run that fails early leaves no folder, also when a launcher stops it with SIGTERM; a second command
@@ -73,16 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 final = module.train(config, args.out, progress=not args.quiet)
         else:
             with run_lock(args.out, create=False):
-                resume = True
-                saved = unstarted_run(args.out) if int(os.environ.get("WORLD_SIZE", "1")) == 1 else None
-                if saved is not None:   # killed before its first checkpoint: nothing to resume; the run from step 0
-                    log.warning("%s holds no complete checkpoint (the run was stopped before its first one): "
-                                "starting it again from step 0", args.out)
-                    train_saved = saved.get("train") if isinstance(saved.get("train"), dict) else {}
-                    if train_saved.get("init_from") and not config.train.init_from:   # as the run began
-                        config = apply_overrides(config, [f"train.init_from={json.dumps(train_saved['init_from'])}"])
-                    clear_unstarted(args.out)
-                    resume = False
+                restarted = restart_unstarted(args.out, config)   # killed before its first checkpoint: from step 0
+                resume = restarted is None
+                config = restarted or config
                 with discard_on_failure(args.out, resume=resume, lock=False):
                     final = module.train(config, args.out, resume=resume, progress=not args.quiet)
     print(final)

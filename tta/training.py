@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import hashlib
 import json
 import logging
@@ -708,8 +709,10 @@ class TrainingRun:
             self._seed_process()
             return 0
         ckpts = self.list_checkpoints()
-        if not ckpts:
-            raise RunError(f"{self.out}: no complete checkpoint under checkpoints/ to resume from")
+        if not ckpts:   # (with one process `tta train --resume` starts such a run again before it gets here)
+            raise RunError(f"{self.out}: no complete checkpoint under checkpoints/ to resume from (a run stopped "
+                           "before its first checkpoint: `--resume` with one process starts it again; with several, delete its "
+                           "config.json, data.json and metrics.jsonl, keeping cache/, and start it again)")
         folder = self._resume_checkpoint(ckpts)
         if folder != ckpts[-1]:
             log.info("%s: train.max_steps=%d is below the latest checkpoint (%s): resuming from %s", self.out,
@@ -950,6 +953,37 @@ def unstarted_run(out: str | os.PathLike) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
+def restart_unstarted(out: str | os.PathLike, config):
+    """For `tta train --resume` on one process: when `out` holds a run stopped before its first complete
+    checkpoint, clear it (keeping cache/) and return the config to start it again from step 0 with: `config`
+    with the train.init_from the run began with. A config that differs from the saved one otherwise (but for
+    train.max_steps, which a resume may change) is refused, as a resume refuses it. None when there is
+    nothing to restart (or on several processes, which cannot agree on it before they start)."""
+    from tta.config import apply_overrides
+
+    saved = unstarted_run(out) if int(os.environ.get("WORLD_SIZE", "1")) == 1 else None
+    if saved is None:
+        return None
+    began = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+    if began.get("init_from") and not config.train.init_from:   # --resume cannot repeat --init-from
+        config = apply_overrides(config, [f"train.init_from={json.dumps(began['init_from'])}"])
+    try:
+        then = to_dict(from_dict(type(config), saved))
+    except (ConfigError, TypeError, ValueError):
+        then = saved
+    now = to_dict(config)
+    for d in (then, now):
+        if isinstance(d.get("train"), dict):
+            d["train"] = {k: v for k, v in d["train"].items() if k != "max_steps"}
+    if then != now:
+        raise RunError(f"{out}: cannot resume with a different config (first difference at "
+                       f"{_first_diff(then, now)!r}); resume with the saved config, or start a new --out")
+    log.warning("%s holds no complete checkpoint (the run was stopped before its first one): starting it again "
+                "from step 0", out)
+    clear_unstarted(out)
+    return config
+
+
 def clear_unstarted(out: str | os.PathLike) -> None:
     """Remove what a run stopped before its first checkpoint wrote in `out`, keeping a pre-encoded cache/ (its
     file names say what they encode, and a run reads only the one that matches)."""
@@ -983,7 +1017,11 @@ def run_lock(out: str | os.PathLike, *, create: bool = True) -> Iterator[None]:
     try:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):   # e.g. Lustre without -o flock
+                log.warning("%s: cannot lock the run folder (%s); training without the lock", out, e.strerror or e)
+                yield
+                return
             f.seek(0)
             holder = f.read().strip()
             raise RunError(f"{out}: another tta train{f' (process {holder})' if holder else ''} is training in this "

@@ -355,9 +355,26 @@ def wait_for_cache(path: Path, poll_seconds: float = 2.0) -> None:
                      waited / 60)
 
 
+def _replaced(path: Path, damaged: os.stat_result, poll_seconds: float = 2.0) -> dict:
+    """The cache at `path` once the main process has written a new one over the `damaged` file it found."""
+    while True:
+        time.sleep(poll_seconds)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if (st.st_ino, st.st_mtime_ns, st.st_size) != (damaged.st_ino, damaged.st_mtime_ns, damaged.st_size):
+            try:
+                return load_torch_file(path)
+            except CheckpointError:
+                damaged = st
+
+
 @torch.no_grad()
-def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, progress: bool) -> CachedLatents:
-    """Encode every clip of `dataset` (deterministic crop) once; cached by data + component identity."""
+def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, progress: bool, *,
+               encodes: bool = True) -> CachedLatents:
+    """Encode every clip of `dataset` (deterministic crop) once; cached by data + component identity. A process
+    that is not its machine's main one (`encodes` false) never encodes: it reads what the main one wrote."""
     from tqdm.auto import tqdm
 
     path = latent_cache_path(config, dataset, frozen, cache_dir)
@@ -367,11 +384,15 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
         crop = latent_frames(num, frozen.vae, config.model.downsample_factor)
     cached = None
     if path.is_file():
+        damaged = path.stat()
         try:
             cached = load_torch_file(path)
         except CheckpointError as e:   # cut short (a full disk, a kill while an older tta wrote it): encode again
-            log.warning("%s; encoding the clips again", e)
-            path.unlink(missing_ok=True)
+            if not encodes:   # the main process finds the same damage and writes the file again
+                cached = _replaced(path, damaged)
+            else:
+                log.warning("%s; encoding the clips again", e)
+                path.unlink(missing_ok=True)
     if cached is not None:
         # encoding iterates a DataLoader through tqdm, which takes two draws from the global torch RNG (measured;
         # tests/test_ldm.py checks it): take them here too, so a run that finds its cache builds the same UNet
@@ -560,7 +581,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         # one process per machine encodes; the others wait for its cache file, then load it
         if not run.accelerator.is_local_main_process:
             wait_for_cache(latent_cache_path(config, train_set, frozen, cache))
-        train_set = precompute(config, train_set, frozen, cache, progress and run.is_main)
+        train_set = precompute(config, train_set, frozen, cache, progress and run.is_main,
+                               encodes=run.accelerator.is_local_main_process)
     unet = LDMUNet(config.model)
     ctx = ctx_ema = None
     if store is not None:
