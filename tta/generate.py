@@ -65,16 +65,12 @@ def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
 
 def _word_char(ch: str) -> bool:
     """A letter, digit or combining mark of any script (a Devanagari vowel sign, the accent of a decomposed é)."""
-    import unicodedata
-
     return unicodedata.category(ch)[0] in "LNM"
 
 
 def slug(text: str, limit: int = 40) -> str:
     """A file-name stem from a prompt: its letters, digits and marks (any script, NFC) joined by _;
     "unconditional" for an empty prompt and "prompt" for one with no letters or digits."""
-    import unicodedata
-
     kept, prev = [], " "
     for ch in unicodedata.normalize("NFC", text.lower()):
         # a mark stays with the letter or digit it follows; after a dropped symbol (the variation selector of
@@ -300,7 +296,6 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
         if not low < edit["cutoff_hz"] < high:
             raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} must lie inside this model's mel band ({low:g}, "
                                 f"{high:g}) Hz")
-    if edit is not None and "cutoff_hz" in edit:
         from tta.pipeline import latent_row_tops
 
         factor = 2 ** (len(vae.get("block_out_channels", (0,))) - 1)

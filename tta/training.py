@@ -711,8 +711,8 @@ class TrainingRun:
         ckpts = self.list_checkpoints()
         if not ckpts:   # (with one process `tta train --resume` starts such a run again before it gets here)
             raise RunError(f"{self.out}: no complete checkpoint under checkpoints/ to resume from (a run stopped "
-                           "before its first checkpoint: `--resume` with one process starts it again; with several, delete its "
-                           "config.json, data.json and metrics.jsonl, keeping cache/, and start it again)")
+                           "before its first checkpoint: `--resume` with one process starts it again; with several, "
+                           "delete its config.json, data.json and metrics.jsonl, keeping cache/, and start it again)")
         folder = self._resume_checkpoint(ckpts)
         if folder != ckpts[-1]:
             log.info("%s: train.max_steps=%d is below the latest checkpoint (%s): resuming from %s", self.out,

@@ -124,7 +124,8 @@ def _add_check(sub) -> None:
         description="Decode every file of a manifest; report unreadable, empty, non-finite, silent, too-short "
                     "and mismatched rows with reasons and counts. With --near-duplicates, also compare the clips "
                     "with each other: a held-out row whose audio nearly duplicates a row of another split (same "
-                    "recording at another gain, format or rate of 16 kHz or more, or cut from it) is a leak, a bad row; "
+                    "recording at another gain, format or rate of 16 kHz or more, or cut from it) is a leak, a bad "
+                    "row; "
                     "near-duplicates within one split are listed. Exit 1 if any row or line is bad.")
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--drop-bad", type=Path, metavar="OUT", help="write the good rows to OUT (a clean manifest)")

@@ -2,14 +2,14 @@
 rate (16 kHz or more: a copy at a lower rate lacks the bands above half its rate) or format, or one clip cut
 from another.
 
-The importers merge files with the same bytes and the recipe drops bit-identical audio; neither catches more. Here every clip gets a
-fingerprint: its log-mel (the mel contract, 16 kHz / 64 bins), floored 50 dB below the clip's loudest value
-(so the quiet bins a lossy codec rewrites, and a noise floor, count as silence), trimmed of silent frames at
-both ends (so padding does not make unrelated clips alike), and averaged over 200 ms Hann windows every 100 ms,
-at two phases 50 ms apart (so a copy cut anywhere is at most 25 ms off one of them). Candidates are each clip's
-nearest neighbours by the shape of its mean spectrum; a candidate pair is a near-duplicate when, at the best
-time offset (found by cross-correlation, so a crop matches the clip it was cut from), the overlapping
-fingerprints agree on both counts:
+The importers merge files with the same bytes and the recipe drops bit-identical audio; neither catches more.
+Here every clip gets a fingerprint: its log-mel (the mel contract, 16 kHz / 64 bins), floored 50 dB below the
+clip's loudest value (so the quiet bins a lossy codec rewrites, and a noise floor, count as silence), trimmed of
+silent frames at both ends (so padding does not make unrelated clips alike), and averaged over 200 ms Hann
+windows every 100 ms, at two phases 50 ms apart (so a copy cut anywhere is at most 25 ms off one of them).
+Candidates are each clip's nearest neighbours by the shape of its mean spectrum; a candidate pair is a
+near-duplicate when, at the best time offset (found by cross-correlation, so a crop matches the clip it was cut
+from), the overlapping fingerprints agree on both counts:
 
 - `image`: the correlation of the two log-mel images (level-free: a gain change adds a constant in log); and
 - `motion`: the correlation after each mel band's own mean is removed, i.e. of how the sound moves in time.

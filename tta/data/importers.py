@@ -225,9 +225,9 @@ class Collector:
             # the path as the folder shows it (a symlinked sub-folder keeps its name, so the manifest can stay
             # relative to a folder of links); resolve() would store the links' targets
             out.rows.append(ManifestRow(id=opts.id_prefix + e.id, path=str(absolute_path(e.path)),
-                                        captions=tuple(e.captions), seconds=round(info.seconds, 6), sample_rate=info.sample_rate, split=split,
-                                        source=opts.source, licence=opts.licence, labels=e.labels,
-                                        category=e.category))
+                                        captions=tuple(e.captions), seconds=round(info.seconds, 6),
+                                        sample_rate=info.sample_rate, split=split, source=opts.source,
+                                        licence=opts.licence, labels=e.labels, category=e.category))
         log.info("%s: %d rows, %d bad items", desc, len(out.rows), len(out.errors))
         if opts.valid_fraction > 0 and hashed["train"] and not hashed["valid"]:
             log.warning("%s: valid_fraction %g put none of %d rows in 'valid' (a hash of each id decides, so a "
