@@ -139,3 +139,24 @@ def test_adversarial_training_logs_its_losses_and_resumes_exactly(tmp_path, repo
     b = load_file(tmp_path / "split" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "split" / "checkpoints" / "step_4" / "discriminator").is_dir()
+
+
+def test_validation_scores_the_ema_weights_and_a_pipeline_seeds_a_fine_tune(tmp_path, repo_root, monkeypatch):
+    """The post-net validated its raw weights while final/ holds the EMA's (the other trainers score the EMA);
+    and `--init-from` a pipeline folder, which the help offers, was refused (no weights for 'model' there)."""
+    import vocoder.postnet_train as postnet_train
+
+    manifest = make_manifest(tmp_path)
+    seen = []
+    real = postnet_train.validate
+    monkeypatch.setattr(postnet_train, "validate",
+                        lambda run, model, *a, **k: (seen.append(run.unwrap(model).state_dict()), real(run, model, *a, **k))[1])
+    args = ["-q", "train", "postnet", "--config", str(repo_root / "configs/postnet/tiny.json"),
+            "--set", f"data.manifest={json.dumps(manifest)}", "--set", "train.ema_decay=0.9"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    final = load_component(tmp_path / "run" / "final", PostnetGriffinLim).state_dict()
+    assert seen and all(torch.equal(seen[-1][k], final[k]) for k in final)
+    out = tmp_path / "packed"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(out), "--vocoder",
+                 str(tmp_path / "run")]) == 0
+    assert main([*args, "--out", str(tmp_path / "tuned"), "--init-from", str(out), "--set", "train.max_steps=1"]) == 0

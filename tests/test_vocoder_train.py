@@ -148,6 +148,7 @@ def test_generator_warmup_runs_without_the_discriminator_then_hands_over(tmp_pat
     # steps 1-2: generator only (no discriminator loss logged), step 3: the adversarial objective
     assert "loss_d" not in train[0] and "loss_d" not in train[1] and train[0]["stft"] > 0
     assert "loss_d" in train[2] and "adv" in train[2]
+    assert "stft" not in train[2]   # not computed with loss.stft 0: it was logged as 0.0, a perfect match
 
 
 def test_run_config_rejects_a_negative_disc_start(tiny):
@@ -157,8 +158,49 @@ def test_run_config_rejects_a_negative_disc_start(tiny):
         replace(tiny, disc_start=-1)
 
 
-def test_run_config_rejects_the_shared_cosine_schedule(tiny):
+def test_run_config_rejects_the_shared_cosine_schedule_a_warm_up_and_too_short_validation(tiny):
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="lr_decay"):
         replace(tiny, train=replace(tiny.train, lr_schedule="cosine"))
+    with pytest.raises(ValueError, match="train.warmup_steps=100"):   # it was accepted and ignored
+        replace(tiny, train=replace(tiny.train, warmup_steps=100))
+    with pytest.raises(ValueError, match="valid_seconds=0.1 gives 1600 samples"):   # every clip skipped: 0.0 logged
+        replace(tiny, valid_seconds=0.1)
+
+
+def test_validation_means_cover_the_clips_it_scored(tmp_path, repo_root):
+    """A held-out clip too short to score was skipped but counted, halving the logged means."""
+    manifest = make_manifest(tmp_path)
+    rows = [json.loads(line) for line in open(manifest)]
+    save_audio(tmp_path / "blip.wav", tone(440, 0.09), 16_000)
+    blip = {**rows[0], "id": "a_blip", "path": "blip.wav", "seconds": 0.09, "split": "valid"}
+    (tmp_path / "with_blip.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [blip, *rows]))
+    logged = []
+    for name, items in ((manifest, 1), (str(tmp_path / "with_blip.jsonl"), 2)):
+        run = tmp_path / f"run{items}"
+        assert main(["-q", "train", "vocoder", "--config", str(repo_root / "configs/vocoder/tiny.json"), "--out",
+                     str(run), "--set", f"data.manifest={name}", "--set", "train.max_steps=1", "--set",
+                     f"valid_items={items}", "--set", "sample_items=0"]) == 0
+        logged.append([json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
+                       if json.loads(x)["split"] == "valid"][0])
+    assert logged[1]["mel_l1"] == pytest.approx(logged[0]["mel_l1"])   # the one clip scored, not half of it
+
+
+def test_exporting_a_run_that_has_not_finished_names_the_checkpoint_to_use(tmp_path, repo_root, capsys):
+    """`--vocoder RUN` without final/ read the run's own config.json as a component: 'expected keys class, ...'."""
+    import shutil
+
+    from tests.test_ldm_fixtures import tiny_pipeline
+
+    manifest = make_manifest(tmp_path)
+    run = tmp_path / "run"
+    assert main(["-q", "train", "vocoder", "--config", str(repo_root / "configs/vocoder/tiny.json"), "--out", str(run),
+                 "--set", f"data.manifest={manifest}", "--set", "train.max_steps=1", "--set", "valid_items=0",
+                 "--set", "sample_items=0"]) == 0
+    shutil.rmtree(run / "final")
+    capsys.readouterr()
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(tmp_path / "p"), "--vocoder",
+                 str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "a training run that has not finished (no final/)" in err and "step_1/generator" in err, err

@@ -503,6 +503,22 @@ def latent_space_difference(model, current) -> str:
     return f"its encoder differs from the pipeline's ({len(moved)} tensors, first {moved[0]})" if moved else ""
 
 
+def _run_component(folder: Path) -> Path:
+    """The component a `--vae`/`--vocoder` folder names: a training run's final/, or the folder itself. A run
+    without final/ (still training, or stopped) is refused with the checkpoint component that can stand in."""
+    if (folder / "final" / "config.json").is_file():      # a training run folder
+        return folder / "final"
+    if (folder / "checkpoints").is_dir() and (folder / "config.json").is_file():
+        from tta.training import complete_checkpoints
+
+        ckpts = complete_checkpoints(folder / "checkpoints")
+        parts = sorted(p for p in ckpts[-1].iterdir() if (p / "config.json").is_file()
+                       and "discriminator" not in p.name) if ckpts else []
+        hint = f"; pass a checkpoint's component, e.g. {parts[0]}" if parts else ""
+        raise ValueError(f"a training run that has not finished (no final/){hint}")
+    return folder
+
+
 def _replacement_vae(spec: str, current):
     """`--vae`: a MelVAE component or run folder whose latent space is `current`'s (same config apart from
     scale_factor's last digits, encoder tensors equal up to float16 storage rounding, same scale_factor)."""
@@ -510,11 +526,8 @@ def _replacement_vae(spec: str, current):
     from tta.checkpoint import CheckpointError, load_component
     from vae.model import MelVAE
 
-    folder = Path(spec)
-    if (folder / "final" / "config.json").is_file():      # a training run folder
-        folder = folder / "final"
     try:
-        model = load_component(folder, MelVAE).eval()
+        model = load_component(_run_component(Path(spec)), MelVAE).eval()
     except (CheckpointError, ValueError, OSError) as e:
         raise InteropError(f"--vae {spec}: {e} (expected a MelVAE component or run folder)") from None
     why = latent_space_difference(model, current)
@@ -547,9 +560,7 @@ def _replacement_vocoder(spec: str, mel):
             if iters and not iters.isdigit():
                 raise ValueError(f"expected griffin-lim:ITERS with a whole number, got {iters!r}")
             return GriffinLim(GriffinLimConfig(mel=mel, **({"n_iter": int(iters)} if iters else {}))).eval()
-        folder = Path(spec)
-        if (folder / "final" / "config.json").is_file():      # a training run folder
-            folder = folder / "final"
+        folder = _run_component(Path(spec))
         model = load_component(folder, vocoder_class(folder)).eval()
         check_same_mel(mel, model.config.mel, "the pipeline's vae", f"--vocoder {spec}")
         return model

@@ -157,14 +157,21 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         tracked.update(discriminator=disc, optimizer_d=opt_d, scheduler_d=sched_d)
     run.track(**tracked)
     ema = run.make_ema("model", model)
+    run.init_subfolders.update(model="vocoder", discriminator=None)   # --init-from a pipeline: its vocoder/
     run.restore()
     if vae is not None:
         vae.to(run.device)
     model.train()
 
     hop = mel_cfg.hop_length
+
+    def do_validate() -> None:
+        # the weights final/ will hold: the EMA's when there is one
+        scored = ema.averaged(run.unwrap(model)) if ema is not None and run.is_main else model
+        validate(run, scored, valid_set, config, vae)
+
     if run.missed_validation(config.train.validate_every) and valid_set is not None:
-        validate(run, model, valid_set, config, vae)   # stopped between a checkpoint and its validation
+        do_validate()   # stopped between a checkpoint and its validation
     for batch in run.batches(train_set):
         wav = batch["wav"]
         wav = wav[:, : wav.shape[-1] // hop * hop]
@@ -212,7 +219,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         run.end_step(loss=loss.item(), log_l1=parts["log_l1"].item(), sc=parts["sc"].item(), **logged)
         last = run.step == config.train.max_steps
         if valid_set is not None and (run.should(config.train.validate_every) or last):
-            validate(run, model, valid_set, config, vae)
+            do_validate()
 
     final_source = ema.averaged(run.unwrap(model)) if ema is not None else run.unwrap(model)
     return run.finish(final_source)

@@ -90,15 +90,20 @@ class RunConfig:
         if self.valid_seconds <= 0:
             raise ValueError(f"valid_seconds={self.valid_seconds} must be > 0")
         mel = self.model.mel
+        if self.valid_items and round(self.valid_seconds * mel.sample_rate) < 2 * mel.n_fft:
+            raise ValueError(f"valid_seconds={self.valid_seconds} gives {round(self.valid_seconds * mel.sample_rate)} "
+                             f"samples; validation needs at least 2 * mel.n_fft = {2 * mel.n_fft}")
         segment = round(self.data.segment_seconds * mel.sample_rate)
         if segment < 2 * mel.n_fft:
             raise ValueError(f"data.segment_seconds={self.data.segment_seconds} gives {segment} samples; the mel loss "
                              f"needs at least 2 * mel.n_fft = {2 * mel.n_fft}")
         if self.train.gradient_accumulation_steps != 1:
             raise ValueError("train.gradient_accumulation_steps must be 1 for the two-optimizer GAN loop")
-        if self.train.lr_schedule != "constant":
-            raise ValueError(f"train.lr_schedule={self.train.lr_schedule!r}: the vocoder's learning rates follow "
-                             "lr_decay / lr_decay_every; leave train.lr_schedule 'constant'")
+        if self.train.lr_schedule != "constant" or self.train.warmup_steps:
+            what = (f"train.lr_schedule={self.train.lr_schedule!r}" if self.train.lr_schedule != "constant"
+                    else f"train.warmup_steps={self.train.warmup_steps}")
+            raise ValueError(f"{what}: the vocoder's learning rates follow lr_decay / lr_decay_every; leave "
+                             "train.lr_schedule 'constant' and train.warmup_steps 0")
 
     def build_generator(self) -> torch.nn.Module:
         """The generator to train, in its training form (weight norm on)."""
@@ -187,7 +192,9 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         sched_g.step()
         sched_d.step()
 
-        run.end_step(loss_g=losses.total.item(), **logged, mel_l1=losses.mel_l1.item(), stft=losses.stft.item())
+        if not adversarial or config.loss.stft:   # logged where the loss computed it: 0.0 would read as a perfect match
+            logged["stft"] = losses.stft.item()
+        run.end_step(loss_g=losses.total.item(), **logged, mel_l1=losses.mel_l1.item())
         if valid_set is not None and (run.should(config.train.validate_every) or run.step == config.train.max_steps):
             do_validate()
 
@@ -273,13 +280,15 @@ def validate(run: TrainingRun, generator: torch.nn.Module, valid_set, config: Ru
     totals = {"mel_l1": 0.0, "mrstft": 0.0}
     if vae is not None:
         totals["vae_mel_l1"] = 0.0
-    count = min(config.valid_items, len(valid_set))
-    for k in range(count):
+    count = 0   # the clips scored: a clip too short to score is left out of the means, not counted as 0
+    for k in range(min(config.valid_items, len(valid_set))):
         item = valid_set[k]
         n = min(int(item["seconds"] * mel_cfg.sample_rate), item["wav"].shape[0]) // hop * hop
         if n < 2 * mel_cfg.n_fft:
-            log.warning("validation clip %s is shorter than %d samples; skipped", item["id"], 2 * mel_cfg.n_fft)
+            log.warning("validation clip %s (%.3f s) is shorter than %d samples; skipped", item["id"],
+                        float(item["seconds"]), 2 * mel_cfg.n_fft)
             continue
+        count += 1
         wav = item["wav"][None, :n].to(run.device)
         wav_hat = model(log_mel(wav, mel_cfg))
         totals["mel_l1"] += float(mel_l1(wav_hat, wav, mel_cfg))
