@@ -86,6 +86,11 @@ class EmbeddedSet:
     skipped: list[dict] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # content hash per file (embedded sets only)
 
+    def in_file_order(self) -> list[str]:
+        """The embedded keys in the folder's file order, whichever came from the cache: pooled in another order the
+        statistics, and the FAD, differ in their last digits between a warm, a cold and a partly warm cache."""
+        return [k for k in self.files if k in self.embeddings]
+
     def protocol(self) -> dict:
         out = {"folder": str(self.folder.resolve()), "files_found": len(self.files) + len(self.skipped),
                "files_used": len(self.files), "files_skipped": len(self.skipped), "skipped": self.skipped,
@@ -255,13 +260,13 @@ def _embed_todo(embedder: Embedder, todo: list, want_logits: bool):
 
 
 def _frames(s: EmbeddedSet, keys=None) -> np.ndarray:
-    return np.concatenate([s.embeddings[k] for k in (keys if keys is not None else s.embeddings)])
+    return np.concatenate([s.embeddings[k] for k in (keys if keys is not None else s.in_file_order())])
 
 
 def fad_value(gen: EmbeddedSet, ref: FrechetStats, dim: int, keys=None) -> dict:
     metric = FrechetDistanceMetric(dim)
     metric.set_reference(ref)
-    for k in (keys if keys is not None else gen.embeddings):
+    for k in (keys if keys is not None else gen.in_file_order()):
         metric.update(gen.embeddings[k], generated=True)
     n = int(metric.gen_n.item())
     if n < 2:

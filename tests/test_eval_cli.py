@@ -441,3 +441,16 @@ def test_aisfx_skips_a_clip_shorter_than_its_stft_window():
     emb = AisfxEmbedder(name="aisfx", dim=512, sample_rate=44_100, hop_seconds=1.0, net=None)
     with pytest.raises(AudioError, match="aisfx: 10 samples at 44100 Hz, shorter than one STFT window"):
         emb.embed_batch([np.full(10, 0.1, np.float32)])
+
+
+def test_a_partly_warm_cache_gives_the_fad_of_a_cold_one(folders, tmp_path):
+    """Cached embeddings were pooled before the freshly computed ones of their batch: a partly warm cache gave
+    another FAD in its last digits (246.27030153 against 246.27030340)."""
+    gen, ref, _ = folders
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "a") == 0
+    save_audio(gen / "clip0.wav", tone(777, 2.0) + noise(2.0, amplitude=0.05, seed=9), 16_000)
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "warm") == 0
+    assert main(["-q", "eval", "--cache-dir", str(tmp_path / "cold"), "--generated", str(gen), "--reference",
+                 str(ref), "--out", str(tmp_path / "fresh")]) == 0
+    fad = [json.loads((tmp_path / r / "eval.json").read_text())["metrics"]["fad"] for r in ("warm", "fresh")]
+    assert fad[0] == fad[1]

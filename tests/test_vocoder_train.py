@@ -204,3 +204,45 @@ def test_exporting_a_run_that_has_not_finished_names_the_checkpoint_to_use(tmp_p
                  str(run)]) == 1
     err = capsys.readouterr().err
     assert "a training run that has not finished (no final/)" in err and "step_1/generator" in err, err
+
+
+def test_a_resume_refuses_a_changed_vae_and_records_threads_and_the_init_checkpoint(tmp_path, repo_root, capsys,
+                                                                                      caplog):
+    """data.json hashed the manifests only: a frozen component changed under the same path (here the vocoder's
+    `vae`) resumed into another run without a word; the thread count, on which CPU bits depend, was not
+    recorded; and `--init-from RUN` recorded the folder, which `--config RUN/config.json` later resolved to a newer
+    checkpoint."""
+    import shutil
+
+    from tests.test_ldm_fixtures import tiny_components
+    from tta.checkpoint import load_state_dict, save_safetensors
+
+    manifest = make_manifest(tmp_path)
+    vae = tmp_path / "vae"
+    shutil.copytree(tiny_components()["vae"], vae)
+    common = ["-q", "train", "vocoder", "--config", str(repo_root / "configs/vocoder/tiny.json"),
+              "--set", f"data.manifest={manifest}", "--set", f"vae={vae}", "--set", "train.checkpoint_every=1",
+              "--set", "valid_items=0", "--set", "sample_items=0"]
+    run = tmp_path / "run"
+    assert main([*common, "--out", str(run), "--set", "train.max_steps=1"]) == 0
+    record = json.loads((run / "data.json").read_text())
+    assert record["threads"] == torch.get_num_threads() and set(record["inputs_sha256"]) == {"vae"}
+    weights = vae / "model.safetensors"
+    state, original = load_state_dict(weights), weights.read_bytes()
+    save_safetensors({k: v * 1.01 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    capsys.readouterr()
+    assert main([*common, "--out", str(run), "--set", "train.max_steps=2", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert f"vae={str(vae)!r} has changed since the run started" in err, err
+    weights.write_bytes(original)
+    with caplog.at_level("WARNING", logger="tta.training"):
+        torch.set_num_threads(2)
+        try:
+            assert main([*common, "--out", str(run), "--set", "train.max_steps=2", "--resume"]) == 0
+        finally:
+            torch.set_num_threads(1)
+    assert any("resumed with 2 CPU threads, started with 1" in r.message for r in caplog.records)
+    tuned = tmp_path / "tuned"
+    assert main([*common, "--out", str(tuned), "--set", "train.max_steps=1", "--init-from", str(run)]) == 0
+    saved = json.loads((tuned / "config.json").read_text())["train"]["init_from"]
+    assert saved == str(run / "checkpoints" / "step_2")

@@ -65,6 +65,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tta.training import discard_on_failure, restart_unstarted, run_lock
 
     check_output_path(args.out, "--out", folder=True)
+    if not args.resume and config.train.init_from:   # a run folder: the checkpoint it holds now, in config.json, so
+        from tta.training import init_source          # that `--config RUN/config.json` starts from the same weights
+
+        source = init_source(config.train.init_from)
+        if source != Path(config.train.init_from):
+            log.info("train.init_from %s: its latest checkpoint, %s", config.train.init_from, source)
+            config = apply_overrides(config, [f"train.init_from={json.dumps(str(source))}"])
     # a fresh run that fails early leaves no folder, also when a launcher stops it with SIGTERM; a second command
     # into a folder a run is training in is refused (run_lock)
     with terminate_as_exit():

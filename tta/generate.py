@@ -324,9 +324,7 @@ def component_hashes(folder: Path) -> dict:
     scale_factor), by component name, and of pipeline.json (its generation defaults): which model made the audio,
     whatever the folder's path (a wheel's site-packages, a copy). A CLAP's separately installed text tower (the
     MiniLM files a tta CLAP names by its own sha256 in its config) is covered through that config."""
-    import hashlib
-
-    from tta.checkpoint import file_sha256
+    from tta.checkpoint import files_sha256
     from tta.pipeline import PIPELINE_FILE, read_pipeline_json
 
     out = {}
@@ -335,8 +333,7 @@ def component_hashes(folder: Path) -> dict:
               for name, sub in sorted(read_pipeline_json(folder)["components"].items())]
     for name, files in parts:   # each file's sha256 (remembered while it is unchanged), by its place in the folder
         if files:
-            listing = "".join(f"{f.relative_to(folder)}\t{file_sha256(f)}\n" for f in files)
-            out[name] = hashlib.sha256(listing.encode()).hexdigest()[:16]
+            out[name] = files_sha256(files, folder)
     return out
 
 

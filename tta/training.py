@@ -1,7 +1,8 @@
 """Shared training-loop machinery: accelerate setup, run folder, EMA, checkpoints, bit-exact resume.
 
-A run folder holds `config.json` (the fully resolved run config), `data.json` (the training manifests'
-sha256, which a resume checks, and the process count), `metrics.jsonl` (one JSON object per logged step),
+A run folder holds `config.json` (the fully resolved run config), `data.json` (the training manifests' sha256
+and the frozen components' and datastore's, which a resume checks, the process and thread counts and the working
+directory its relative paths start from), `metrics.jsonl` (one JSON object per logged step),
 `checkpoints/step_N/` (one component folder per tracked module + `train_state.pt`) and `final/` (the release
 artifact). The same loop runs as one CPU process or under `accelerate launch` on
 many GPUs. A fresh run that fails before its first checkpoint (a bad init_from, component or data row found
@@ -61,7 +62,7 @@ from tta.config import ConfigError, from_dict, save_config, to_dict
 
 log = logging.getLogger(__name__)
 
-DATA_RECORD = "data.json"   # in a run folder: the manifests' sha256 and the process count when it started
+DATA_RECORD = "data.json"   # in a run folder: what the run trained with besides its config, when it started
 
 
 class RunError(ValueError):
@@ -394,9 +395,11 @@ class TrainingRun:
                 except (ConfigError, TypeError, ValueError):
                     pass
             old_init = saved.get("train", {}).get("init_from")
-            if old_init and not resolved.get("train", {}).get("init_from"):
+            new_init = resolved.get("train", {}).get("init_from")
+            if old_init and (not new_init or Path(old_init).is_relative_to(Path(new_init))):
                 # The weights come from the run's own checkpoint now; init_from only records where the run
-                # started, so resuming without repeating it continues the same run.
+                # started, so resuming without repeating it, or naming the run folder whose checkpoint it then
+                # resolved to (`tta train` records that), continues the same run.
                 resolved["train"]["init_from"] = old_init
             old_max = saved.get("train", {}).get("max_steps")
             new_max = resolved.get("train", {}).get("max_steps")
@@ -437,18 +440,20 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
 
     def _check_data(self, *, resume: bool) -> None:
-        """Record the training manifests' sha256 (data.manifest and data.extra_manifests) and the process count in
-        DATA_RECORD when the run starts (or first resumes), and refuse a resume once a manifest has changed: the
-        same path with other rows trains on data neither the checkpoint's run nor a new one would have
-        (re-running `tta data check --drop-bad` into the same file does it). Another process count changes the
-        global batch: said, not refused (a run moved to a machine with more GPUs)."""
+        """Record the training manifests' sha256 (data.manifest and data.extra_manifests), the frozen inputs'
+        (`_input_digests`), the process and thread counts and the working directory in DATA_RECORD when the run
+        starts (or first resumes), and refuse a resume once a manifest or input has changed: the same path with
+        other rows (re-running `tta data check --drop-bad` into the same file does it), or another VAE or
+        datastore, trains on what neither the checkpoint's run nor a new one would have. Another process count
+        changes the global batch, another thread count the last bits of the arithmetic: said, not refused."""
         data = getattr(self.config, "data", None)
         paths = [getattr(data, "manifest", ""), *getattr(data, "extra_manifests", ())]
         paths = [str(p) for p in paths if p and Path(p).is_file()]
         if not paths:
             return
         digests = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
-        processes = self.accelerator.num_processes
+        inputs = self._input_digests()
+        processes, threads = self.accelerator.num_processes, torch.get_num_threads()
         record = self.out / DATA_RECORD
         try:
             saved = json.loads(record.read_text()) if resume else None
@@ -462,13 +467,40 @@ class TrainingRun:
                     raise RunError(f"{self.out}: manifest {path} has changed since the run started (sha256 "
                                    f"{before[:12]}... -> {digest[:12]}...): resuming would go on with other rows; "
                                    "restore the manifest, or start a new run from this one with --init-from")
+            old_inputs = saved.get("inputs_sha256") if isinstance(saved.get("inputs_sha256"), dict) else {}
+            for key, digest in inputs.items():
+                before = old_inputs.get(key)
+                if before is not None and before != digest:
+                    raise RunError(f"{self.out}: {key}={getattr_path(self.config, key)!r} has changed since the run "
+                                   f"started (its files' sha256 {before} -> {digest}): resuming would go on with "
+                                   "another component; restore it, or start a new run from this one with --init-from")
             if saved.get("num_processes") not in (None, processes):
                 log.warning("%s: resumed on %d processes, started on %d: the global batch changes with them",
                             self.out, processes, saved["num_processes"])
+            if saved.get("threads") not in (None, threads):
+                log.warning("%s: resumed with %d CPU threads, started with %d: the arithmetic's order changes with "
+                            "them, so the weights will not equal an uninterrupted run's bit for bit", self.out,
+                            threads, saved["threads"])
             return
         if self.is_main:
-            body = {"manifests_sha256": digests, "num_processes": processes}
+            body = {"manifests_sha256": digests, "inputs_sha256": inputs, "num_processes": processes,
+                    "threads": threads, "cwd": os.getcwd()}
             atomic_write_text(record, json.dumps(body, indent=1) + "\n")
+
+    def _input_digests(self) -> dict[str, str]:
+        """files_sha256 of the folders the config trains with besides the data (a frozen VAE, CLAP or vocoder, a
+        vocoder's `vae`, a retrieval datastore), by config key; a run folder counts by its final/."""
+        from tta.checkpoint import folder_sha256
+
+        keys = [f"components.{f}" for f in ("vae", "clap", "vocoder")] + ["vae", "retrieval.datastore"]
+        out = {}
+        for key in keys:
+            value = getattr_path(self.config, key)
+            if not isinstance(value, str) or not value or not Path(value).exists():
+                continue
+            path = Path(value) / "final" if (Path(value) / "final").is_dir() else Path(value)
+            out[key] = folder_sha256(path)
+        return out
 
     # -- objects -----------------------------------------------------------------------------------
 
@@ -825,9 +857,7 @@ class TrainingRun:
         src = Path(source)
         if not src.exists():
             raise RunError(f"train.init_from={str(source)!r}: no such run, checkpoint, component or pipeline folder")
-        if (src / "checkpoints").is_dir() or (src / "final").is_dir():     # a run folder
-            ckpts = complete_checkpoints(src / "checkpoints")
-            src = ckpts[-1] if ckpts else src / "final"
+        src = init_source(src)
         weights: dict[str, dict] = {}
         if (src / TRAIN_STATE_NAME).is_file():      # a checkpoint: one sub-folder per tracked module
             emas = load_train_state(src / TRAIN_STATE_NAME).get("emas", {})
@@ -933,6 +963,23 @@ def discard_on_failure(out: str | os.PathLike, *, resume: bool = False, lock: bo
             if made is not None or before is not None:
                 _discard_unstarted(out, made, before)
             raise
+
+
+def init_source(source: str | os.PathLike) -> Path:
+    """What a train.init_from names: a run folder's latest complete checkpoint (else its final/), or the folder
+    itself (a checkpoint, component or pipeline folder)."""
+    src = Path(source)
+    if (src / "checkpoints").is_dir() or (src / "final").is_dir():     # a run folder
+        ckpts = complete_checkpoints(src / "checkpoints")
+        return ckpts[-1] if ckpts else src / "final"
+    return src
+
+
+def getattr_path(obj, dotted: str):
+    """obj.a.b for "a.b", or None where a part is missing."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 RUN_LOCK = ".lock"   # in a run folder: held (flock) by the main process of the run training there
