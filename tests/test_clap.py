@@ -413,3 +413,19 @@ def test_clap_score_reads_a_float_file_as_tta_eval_does(trained, tmp_path):
                      str(tmp_path / "p.txt"), "--out", str(tmp_path / f"{folder}.json")]) == 0
         scores.append(json.loads((tmp_path / f"{folder}.json").read_text())["clap_score"])
     assert scores[0] == scores[1]
+
+
+def test_a_clap_run_that_has_not_finished_names_the_checkpoint_to_use(trained, tmp_path):
+    """A run folder without final/ had its own config.json read as the model's: 'neither a tta CLAP component nor
+    a transformers CLAP config'."""
+    import shutil
+
+    from tta.clap import load_clap
+
+    run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "final")
+    with pytest.raises(ValueError, match=r"a training run that has not finished \(no final/\); pass a checkpoint's "
+                                         r"component, e\.g\. .*checkpoints/step_\d+/model"):
+        load_clap(copy)

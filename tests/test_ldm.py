@@ -534,6 +534,15 @@ def test_fine_tune_from_a_half_precision_pipeline_folder_with_a_griffin_lim_voco
                                  "components.clap": str(tmp_path / "clap2"), "components.vae": str(tmp_path / "vae2"),
                                  "components.vocoder": str(packed / "vocoder")}), tmp_path / "ft3", progress=False)
     assert "its UNet was trained with CLAP" in caplog.text and "another VAE latent space" in caplog.text
+    # the same from an LDM run folder or one of its checkpoints (said only for a pipeline folder before)
+    for source in (tmp_path / "ft", tmp_path / "ft" / "checkpoints" / "step_1"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tta.ldm.train"):
+            train(tiny_run_config(**{"train.max_steps": 1, "train.init_from": str(source),
+                                     "components.clap": str(tmp_path / "clap2"),
+                                     "components.vocoder": str(packed / "vocoder")}), tmp_path / f"ft-{source.name}",
+                  progress=False)
+        assert "its UNet was trained with CLAP" in caplog.text, source
     # a folder with no weights a UNet can take is a one-line error naming it
     (tmp_path / "bare" / "unet").mkdir(parents=True)
     (tmp_path / "bare" / "pipeline.json").write_text("{}")

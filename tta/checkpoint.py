@@ -266,6 +266,31 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The complete step_N checkpoints (with their train state) under `folder`, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir()
+             if p.is_dir() and re.fullmatch(r"step_\d+", p.name) and (p / TRAIN_STATE_NAME).is_file()]
+    return sorted(found, key=step_of)
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("_")[1])
+
+
+def unfinished_run(folder: Path) -> str | None:
+    """Why a folder given as a component is a training run that has not finished (no final/: still training, or
+    stopped), naming a checkpoint component that can stand in; None for anything else."""
+    if (folder / "final").is_dir() or not (folder / "checkpoints").is_dir() or not (folder / CONFIG_NAME).is_file():
+        return None
+    ckpts = complete_checkpoints(folder / "checkpoints")
+    parts = sorted(p for p in ckpts[-1].iterdir() if (p / CONFIG_NAME).is_file()
+                   and "discriminator" not in p.name) if ckpts else []
+    return "a training run that has not finished (no final/)" + (
+        f"; pass a checkpoint's component, e.g. {parts[0]}" if parts else "")
+
+
 def files_sha256(files, root: str | os.PathLike) -> str:
     """sha256 (first 16 hex digits) of files by their place under `root`: each file's path relative to it and its
     own sha256 (file_sha256), one line each, in the order given."""

@@ -506,16 +506,13 @@ def latent_space_difference(model, current) -> str:
 def _run_component(folder: Path) -> Path:
     """The component a `--vae`/`--vocoder` folder names: a training run's final/, or the folder itself. A run
     without final/ (still training, or stopped) is refused with the checkpoint component that can stand in."""
+    from tta.checkpoint import unfinished_run
+
     if (folder / "final" / "config.json").is_file():      # a training run folder
         return folder / "final"
-    if (folder / "checkpoints").is_dir() and (folder / "config.json").is_file():
-        from tta.training import complete_checkpoints
-
-        ckpts = complete_checkpoints(folder / "checkpoints")
-        parts = sorted(p for p in ckpts[-1].iterdir() if (p / "config.json").is_file()
-                       and "discriminator" not in p.name) if ckpts else []
-        hint = f"; pass a checkpoint's component, e.g. {parts[0]}" if parts else ""
-        raise ValueError(f"a training run that has not finished (no final/){hint}")
+    why = unfinished_run(folder)
+    if why:
+        raise ValueError(why)
     return folder
 
 

@@ -44,7 +44,6 @@ import logging
 import math
 import os
 import random
-import re
 import shutil
 import time
 from dataclasses import dataclass, is_dataclass
@@ -58,6 +57,7 @@ from torch import nn
 from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_dir,
                             atomic_write_text, load_component, load_into, load_state_dict, load_train_state,
                             read_foreign_folder, save_component, save_train_state)
+from tta.checkpoint import complete_checkpoints, step_of
 from tta.config import ConfigError, from_dict, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ class TrainingRun:
                 # schedule is a cosine to max_steps, which would jump (stopping at a checkpoint already made
                 # trains nothing more, so that is allowed too); otherwise allowed and recorded.
                 ckpts = complete_checkpoints(self.checkpoints_dir)
-                done = _step_of(ckpts[-1]) if ckpts else 0
+                done = step_of(ckpts[-1]) if ckpts else 0
                 if ckpts:
                     self._resume_checkpoint(ckpts)      # refused before config.json records the new length
                 if resolved.get("train", {}).get("lr_schedule") == "cosine" and new_max > done:
@@ -798,7 +798,7 @@ class TrainingRun:
     def _resume_checkpoint(self, ckpts: list[Path]) -> Path:
         """The checkpoint a resume continues from: the latest, or, when train.max_steps is below its step (a run
         shortened on resume), the one at max_steps; refused when none was kept there."""
-        steps = [_step_of(c) for c in ckpts]
+        steps = [step_of(c) for c in ckpts]
         target = self.train.max_steps
         if steps[-1] <= target:
             return ckpts[-1]
@@ -897,8 +897,9 @@ class TrainingRun:
                                f"missing there or shaped differently (first: {', '.join(fresh[:3])}); "
                                "not a run of this model")
             if fresh:
-                log.warning("init_from %s: %d %s tensors are new or reshaped in this model and keep their fresh "
-                            "initialisation%s (first: %s)", src, len(fresh), name,
+                log.warning("init_from %s: %d %s tensors are new or reshaped in this model and keep the values it "
+                            "was built with: a fresh initialisation, or a pretrained part it loads itself (a MiniLM "
+                            "text tower's tuned layers)%s (first: %s)", src, len(fresh), name,
                             " unless its init hook sets them" if name in self.init_hooks else "", ", ".join(fresh[:3]))
             # e.g. a retrieval context: the context encoder is new, and the second attention layer of each
             # block attends to the context instead of to itself, so its key/value projections change width.
@@ -1116,17 +1117,6 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def complete_checkpoints(folder: Path) -> list[Path]:
-    """The complete step_N checkpoints (with their train state) under `folder`, oldest first."""
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir()
-             if p.is_dir() and re.fullmatch(r"step_\d+", p.name) and (p / TRAIN_STATE_NAME).is_file()]
-    return sorted(found, key=_step_of)
-
-
-def _step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.split("_")[1])
 
 
 def load_final(run_dir: str | os.PathLike, cls: type | None = None):

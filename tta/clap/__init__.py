@@ -34,6 +34,11 @@ def backend_of(path: str | os.PathLike) -> str:
     cfg = path / "config.json"
     if (path / "final" / "config.json").is_file():  # a run folder: its release artifact is final/
         return "tta"
+    from tta.checkpoint import unfinished_run
+
+    why = unfinished_run(path)
+    if why:
+        raise ValueError(f"{path}: {why}")
     if not cfg.is_file():
         raise ValueError(f"{path}: not a CLAP model folder (no config.json)")
     try:
@@ -55,7 +60,8 @@ def load_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
         from tta.clap.model import TTAClapEmbedder
 
         if tokenizer is not None:
-            raise ValueError(f"{path}: a tta CLAP carries its own tokenizer; --tokenizer is for LAION checkpoints")
+            raise ValueError(f"{path}: a tta CLAP carries its own tokenizer; a tokenizer folder (--tokenizer, "
+                             "--clap-tokenizer in tta eval) is for LAION .pt checkpoints")
         return TTAClapEmbedder.from_folder(path, device=device, batch_size=batch_size, cache_dir=cache_dir)
     from tta.clap.laion import LaionClapEmbedder
 

@@ -76,7 +76,8 @@ class ComponentsConfig:
     """Frozen component folders (a component folder or a run folder whose final/ is used)."""
 
     vae: str = ""        # vae.model.MelVAE (its scale_factor is used)
-    clap: str = ""       # any tta.clap.load_clap path (own CLAP folder, LAION .pt / folder): conditioning + score
+    clap: str = ""       # own CLAP folder or transformers CLAP folder (a LAION .pt needs a tokenizer this config
+    #                      cannot name: convert it, or use an imported pipeline's text_encoder/): conditioning + score
     vocoder: str = ""    # HiFi-GAN or Griffin-Lim component: validation audio and the assembled pipeline
 
 
@@ -216,22 +217,41 @@ def load_frozen(config: RunConfig, device) -> Frozen:
 
 
 def warn_other_conditioning(source: str, frozen: Frozen) -> None:
-    """Warn when an init_from pipeline folder's UNet was trained with another CLAP or another VAE latent space
-    (encoder or scale_factor) than the run's components: it starts from predictions made for other inputs.
+    """Warn when an init_from pipeline folder's UNet (or an LDM run's, or one of its checkpoints') was trained with
+    another CLAP or another VAE latent space (encoder or scale_factor) than the run's components: it starts from
+    predictions made for other inputs.
     Meant sometimes (moving a UNet to a new CLAP), so a warning, where `tta export pipeline --average` refuses."""
     import torch
 
     from tta.checkpoint import CONFIG_NAME, load_state_dict
 
     src = Path(source) if source else None
-    if src is None or not (src / "pipeline.json").is_file():
+    if src is None:
         return
-    try:   # read here, not through tta.pipeline (a higher layer)
-        parts = json.loads((src / "pipeline.json").read_text())["components"]
-        parts = {k: str(v) for k, v in parts.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return   # not a folder this check can read: loading its weights reports what is wrong
-    clap_dir = src / parts.get("text_encoder", "text_encoder")
+    # an LDM run folder, its final/ or one of its checkpoints: its pipeline/ when written, else its components
+    run = src if (src / "checkpoints").is_dir() else src.parent.parent if src.parent.name == "checkpoints" \
+        else src.parent if src.name == "final" else None
+    if run is not None and (run / "pipeline" / "pipeline.json").is_file():
+        src = run / "pipeline"
+    if (src / "pipeline.json").is_file():
+        try:   # read here, not through tta.pipeline (a higher layer)
+            parts = json.loads((src / "pipeline.json").read_text())["components"]
+            parts = {k: str(v) for k, v in parts.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return   # not a folder this check can read: loading its weights reports what is wrong
+        clap_dir, vae_dir = src / parts.get("text_encoder", "text_encoder"), src / parts.get("vae", "vae")
+    elif run is not None and (run / CONFIG_NAME).is_file():
+        try:
+            components = json.loads((run / CONFIG_NAME).read_text())["components"]
+            clap_dir, vae_dir = Path(components["clap"]), Path(components["vae"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+    else:
+        return
+    if clap_dir.is_dir() and (clap_dir / "final").is_dir():   # components given as run folders
+        clap_dir = clap_dir / "final"
+    if vae_dir.is_dir() and (vae_dir / "final").is_dir():
+        vae_dir = vae_dir / "final"
     if (clap_dir / CONFIG_NAME).is_file():
         from tta.clap import load_clap
 
@@ -240,7 +260,7 @@ def warn_other_conditioning(source: str, frozen: Frozen) -> None:
         if theirs and ours and theirs != ours:
             log.warning("train.init_from %s: its UNet was trained with CLAP %s, this run conditions on %s "
                         "(components.clap)", src, theirs, ours)
-    vae_file = src / parts.get("vae", "vae") / "model.safetensors"
+    vae_file = vae_dir / "model.safetensors"
     if vae_file.is_file():
         theirs = {k: v for k, v in load_state_dict(vae_file).items() if _latent_space_key(k)}
         ours = {k: v.detach().cpu() for k, v in frozen.vae.state_dict().items() if _latent_space_key(k)}
