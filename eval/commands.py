@@ -34,10 +34,20 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tta import UsageError
     from eval.run import EvalOptions, run_eval
     from tta.checkpoint import check_output_path
 
     check_output_path(args.out, "--out", folder=True)   # before embedding both folders
+    metrics = {m.strip() for m in args.metrics.split(",") if m.strip()}
+    if args.fad_inf and "fad" not in metrics:
+        raise UsageError("--fad-inf extends the FAD: it needs fad in --metrics")
+    if args.clap_tokenizer and "clap" not in metrics and args.embedder not in ("clap", "laion-clap"):
+        raise UsageError("--clap-tokenizer is for a LAION CLAP .pt: it needs --metrics clap or --embedder "
+                         "clap/laion-clap")
+    if args.embedder_weights and args.embedder in ("mfcc", "clap", "laion-clap"):
+        raise UsageError(f"--embedder-weights is for aisfx, vggish and panns; --embedder {args.embedder} takes none "
+                         "(a CLAP comes with --clap-model)")
     opts = EvalOptions(generated=args.generated, reference=args.reference, out=args.out,
                        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
                        embedder=args.embedder, embedder_weights=args.embedder_weights,

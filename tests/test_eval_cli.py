@@ -454,3 +454,17 @@ def test_a_partly_warm_cache_gives_the_fad_of_a_cold_one(folders, tmp_path):
                  str(ref), "--out", str(tmp_path / "fresh")]) == 0
     fad = [json.loads((tmp_path / r / "eval.json").read_text())["metrics"]["fad"] for r in ("warm", "fresh")]
     assert fad[0] == fad[1]
+
+
+def test_flags_the_chosen_metrics_do_not_use_are_bad_usage(folders, tmp_path, capsys):
+    """--fad-inf without the FAD, --clap-tokenizer with no CLAP and --embedder-weights for mfcc were ignored
+    (exit 0) or an exit-1 error."""
+    gen, ref, prompts = folders
+    for extra, message in ((["--metrics", "clap", "--prompts", str(prompts), "--clap-model", "x", "--fad-inf"],
+                            "--fad-inf extends the FAD"),
+                           (["--clap-tokenizer", str(tmp_path)], "--clap-tokenizer is for a LAION CLAP .pt"),
+                           (["--embedder-weights", str(tmp_path / "w.pth")], "--embedder-weights is for aisfx")):
+        capsys.readouterr()
+        assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "o", *extra) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

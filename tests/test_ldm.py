@@ -519,6 +519,9 @@ def test_fine_tune_from_a_half_precision_pipeline_folder_with_a_griffin_lim_voco
     stored = load_file(str(packed / "unet" / "diffusion_pytorch_model.safetensors"))
     assert any(v.dtype == torch.float16 for v in stored.values())      # the source really was half precision
     assert (tmp_path / "ft" / "samples" / "step_1").is_dir() and (tmp_path / "ft" / "pipeline" / "pipeline.json").is_file()
+    # the fine-tune generates as the pipeline it started from did (it got the validation settings as defaults)
+    assert json.loads((tmp_path / "ft" / "pipeline" / "pipeline.json").read_text())["defaults"] == \
+        json.loads((packed / "pipeline.json").read_text())["defaults"]
     # a UNet trained with another CLAP or VAE latent space than the run's: said (it may be meant)
     from tests.test_ldm_fixtures import tiny_model_config
     from tta.checkpoint import save_component

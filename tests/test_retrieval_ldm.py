@@ -621,6 +621,14 @@ def latent_store(corpus, tmp_path_factory):
     return out
 
 
+def test_latent_tokens_without_a_vae_is_bad_usage(corpus, tmp_path, capsys):
+    """--latent-tokens without --vae built a store that recorded latent_tokens but held no latents."""
+    assert main(["-q", "index", "build", "--manifest", str(corpus), "--clap", str(tiny_components()["clap"]),
+                 "--latent-tokens", "4", "--out", str(tmp_path / "s")]) == 2
+    assert "--latent-tokens sets the stored VAE latents' length: it needs --vae" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_vae_identity_survives_float16_and_names_other_weights():
     from tests.test_ldm_fixtures import tiny_model_config
     from vae.model import MelVAE, VAEConfig

@@ -574,3 +574,20 @@ def test_a_file_system_without_locks_trains_unguarded_with_a_warning(tmp_path, m
     with caplog.at_level("WARNING", logger="tta.training"), run_lock(tmp_path / "run"):
         pass
     assert any("cannot lock the run folder" in r.message for r in caplog.records)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_keeps_its_pre_encoded_cache(tmp_path):
+    """Ctrl-C or SIGTERM (a scheduler's time limit) before the first checkpoint removed the whole folder, the
+    pre-encoded latents (hours on a large corpus) with it; the same command, run again, now reads them."""
+    from tta.training import discard_on_failure
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt), discard_on_failure(out):
+        out.mkdir(exist_ok=True)
+        (out / "config.json").write_text("{}")
+        (out / "metrics.jsonl").write_text("")
+        (out / "cache").mkdir()
+        (out / "cache" / "latents-0.pt").write_bytes(b"latents")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["cache"]
+    assert (out / "cache" / "latents-0.pt").read_bytes() == b"latents"

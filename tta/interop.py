@@ -645,10 +645,11 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                                          "a `tta train vocoder` / `vocos` / `postnet` run folder (same mel config), "
                                          "or griffin-lim[:ITERS] for the untrained baseline")
         p.add_argument("--vocoder-set", action="append", default=[], metavar="KEY=VALUE",
-                       help="set a field of the vocoder's config that holds no weights, after --vocoder: n_iter "
-                            "of Griffin-Lim, or output_magnitude (network, or nnls: Griffin-Lim's magnitude "
-                            "under the network's phase) and griffin_lim_iter (Griffin-Lim iterations from that "
-                            "phase) of the Vocos vocoder; repeatable")
+                       help="set a field of the vocoder's config that holds no weights, after --vocoder: any "
+                            "field of Griffin-Lim (n_iter, momentum, nnls_iter, ...); n_iter and momentum of the "
+                            "post-net; output_magnitude (network, or nnls: Griffin-Lim's magnitude under the "
+                            "network's phase), griffin_lim_iter and griffin_lim_momentum (Griffin-Lim iterations "
+                            "from that phase) of the Vocos vocoder; none of a HiFi-GAN's; repeatable")
         p.add_argument("--vae", help="replace the VAE with a decoder fine-tune of it (a MelVAE component or run "
                                      "folder trained with freeze_encoder=true: same encoder and scale_factor)")
         p.add_argument("--average", action="append", default=[], metavar="FOLDER[:WEIGHT]",

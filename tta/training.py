@@ -1088,6 +1088,20 @@ def _discard_unstarted(out: Path, made: Path | None, before: set[str] | None) ->
         return
     if not _is_main_process():
         return
+    cache = out / "cache"
+    if cache.is_dir() and any(cache.iterdir()):   # pre-encoded latents (hours on a large corpus): the same
+        keep = {"cache", RUN_LOCK}                # command, run again, reads them instead of encoding again
+        gone = sorted(n for n in os.listdir(out) if n not in keep and (before is None or n not in before))
+        for name in gone:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        log.warning("%s: the run stopped before its first checkpoint; removed %s and kept its pre-encoded cache/ "
+                    "for the next run", out, ", ".join(gone) or "nothing")
+        return
     if made is not None:
         shutil.rmtree(out, ignore_errors=True)
         for parent in out.parents:        # the empty parents this call made, up to `made`

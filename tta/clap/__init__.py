@@ -40,7 +40,8 @@ def backend_of(path: str | os.PathLike) -> str:
     if why:
         raise ValueError(f"{path}: {why}")
     if not cfg.is_file():
-        raise ValueError(f"{path}: not a CLAP model folder (no config.json)")
+        hint = f"; a pipeline folder's CLAP is its {path / 'text_encoder'}" if (path / "pipeline.json").is_file() else ""
+        raise ValueError(f"{path}: not a CLAP model folder (no config.json){hint}")
     try:
         body = json.loads(cfg.read_text())
     except json.JSONDecodeError as e:

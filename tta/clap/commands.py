@@ -124,9 +124,11 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> list[tuple[Path, str]]:
 def _manifest_items(path: Path, split: str) -> list[tuple[Path, tuple[str, ...]]]:
     from tta.data.manifest import read_manifest, resolve_path, split_rows
 
-    rows = split_rows(read_manifest(path), split)
+    every = read_manifest(path)
+    rows = split_rows(every, split)
     if not rows:
-        raise ValueError(f"{path}: split {split!r} has no rows (choose one with --split)")
+        present = ", ".join(sorted({r.split for r in every})) or "none"
+        raise ValueError(f"{path}: split {split!r} has no rows (its splits: {present}; choose one with --split)")
     return [(resolve_path(r, path), r.captions) for r in rows]
 
 

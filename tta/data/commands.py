@@ -55,13 +55,16 @@ def _add_import(sub) -> None:
     p.add_argument("--captions", type=Path, metavar="CSV",
                    help="folder: captions CSV (file/path column + caption columns; optional id, split, category, "
                         "labels, and group: rows of one group land in one split) instead of sidecar .txt files "
-                        "(a.wav's captions in a.txt, one per line); a train/val/test token in the CSV's name "
-                        "(Clotho's captions_validation.csv) is the split of rows without a split column")
+                        "(a.wav's captions in a.txt, one per line); a val/test token in the CSV's name (Clotho's "
+                        "captions_validation.csv) holds its rows without a split column out in that split, a train "
+                        "token (or Clotho's development) makes them training rows, of which --valid-fraction "
+                        "holds a share out")
     p.add_argument("--audio-dir", type=Path, help="webdataset: folder to extract audio into "
                    "(default: MANIFEST's name + '_audio' beside it; must not exist)")
     p.add_argument("--split", choices=("train", "valid", "test"), help="put every row into this split")
     p.add_argument("--valid-fraction", type=float, default=0.0, metavar="F",
-                   help="rows whose source names no split: this share goes to 'valid' (hash of id; default 0)")
+                   help="rows whose source names no split (a file named for training counts as naming none): "
+                        "this share goes to 'valid' (hash of id; default 0)")
     p.add_argument("--source", dest="source_name", default="", metavar="NAME",
                    help="value of each row's 'source' field (e.g. the package or corpus name)")
     p.add_argument("--licence", default="", metavar="LICENCE", help="value of each row's 'licence' field")

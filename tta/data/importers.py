@@ -4,8 +4,9 @@ Kinds: a folder of audio with captions from a CSV or sidecar `.txt` files; an Au
 dataset JSON; a Tango JSONL; WebDataset tar shards (in `tta.data.webdataset`). Each returns an `ImportResult` (rows + one message per
 bad item: missing file, unreadable audio, no caption, duplicate id) and keeps going past bad items. Every
 file is probed with `tta.audio.audio_info` for its length and sample rate. A row keeps the split its source
-names (a `split` column/field, or a `train`/`val`/`test` token in the file name); otherwise a deterministic
-hash of its id puts `valid_fraction` of the rows into "valid". Several source entries for one audio file
+names (a `split` column/field, or a `val`/`test` token in the file name); otherwise (a `train` token in the name
+included: a training set of which a share is held out) a deterministic hash of its id puts `valid_fraction` of
+the rows into "valid". Several source entries for one audio file
 (AudioCaps' five captions per clip) become one row with several captions.
 `Entry` + `Collector` are the shared machinery: an importer adds entries, the collector merges, checks
 and probes them and builds the rows.

@@ -216,6 +216,18 @@ def load_frozen(config: RunConfig, device) -> Frozen:
     return Frozen(vae, clap, vocoder, clap.embed_text([""])[0])
 
 
+def _pipeline_defaults(source: str) -> dict | None:
+    """The generation defaults of an init_from pipeline folder (its pipeline.json), or None."""
+    path = Path(source) / "pipeline.json" if source else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        defaults = json.loads(path.read_text()).get("defaults")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dict(defaults) if isinstance(defaults, dict) and defaults else None
+
+
 def warn_other_conditioning(source: str, frozen: Frozen) -> None:
     """Warn when an init_from pipeline folder's UNet (or an LDM run's, or one of its checkpoints') was trained with
     another CLAP or another VAE latent space (encoder or scale_factor) than the run's components: it starts from
@@ -694,11 +706,14 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         from tta.ldm.folder import write_pipeline
 
         v = config.validation
+        defaults = {"sampler": v.sampler, "steps": v.steps, "guidance": v.guidance, "seconds": v.seconds,
+                    "candidates": 1}
+        inherited = _pipeline_defaults(config.train.init_from)
+        if inherited:   # a fine-tune of a pipeline generates as it did (the embedded default: APG, 2 candidates, ...)
+            defaults = inherited
         write_pipeline(run.out / "pipeline", unet=load(final, LDMUNet), scheduler=make_scheduler(
-            v.sampler, config.diffusion.scheduler_config()), vae=frozen.vae, vocoder=frozen.vocoder,
-            text_encoder=frozen.clap, defaults={"sampler": v.sampler, "steps": v.steps,
-                                                      "guidance": v.guidance, "seconds": v.seconds,
-                                                      "candidates": 1}, retrieval=retrieval)
+            defaults.get("sampler", v.sampler), config.diffusion.scheduler_config()), vae=frozen.vae,
+            vocoder=frozen.vocoder, text_encoder=frozen.clap, defaults=defaults, retrieval=retrieval)
     return final
 
 

@@ -14,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+from tta import UsageError
 from tta.device import DEVICES, pick_device
 
 
@@ -37,7 +38,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--vae", type=Path, metavar="DIR",
                    help="also store each clip's pooled latents of this VAE (component, run or pipeline folder): "
                         "needed by retrieval models with the \"latent\" neighbour feature")
-    b.add_argument("--latent-tokens", type=int, default=8, help="time tokens per clip's latents (with --vae)")
+    b.add_argument("--latent-tokens", type=int, default=None,
+                   help="time tokens per clip's latents (with --vae; default 8)")
 
     q = sub.add_parser("query", help="nearest entries of a text prompt or an audio clip")
     q.add_argument("store", type=Path, help="datastore folder")
@@ -87,9 +89,12 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)   # before anything loads
     if args.index_command == "build":
         check_build_args(args)
+        if args.latent_tokens is not None and args.vae is None:
+            raise UsageError("--latent-tokens sets the stored VAE latents' length: it needs --vae")
         config = DatastoreConfig(index=args.index, nlist=args.nlist, m=args.m, nbits=args.nbits,
                                  nprobe=args.nprobe, batch_size=args.batch_size, max_seconds=args.max_seconds,
-                                 split=args.split, latent_tokens=args.latent_tokens)
+                                 split=args.split, **({} if args.latent_tokens is None else
+                                                      {"latent_tokens": args.latent_tokens}))
         vae = None if args.vae is None else load_vae_folder(args.vae, device)
         clap = load_clap(args.clap, tokenizer=args.tokenizer, device=device, batch_size=args.batch_size)
         out = build_datastore(args.manifest, clap, args.out, config, progress=not getattr(args, "quiet", False),
