@@ -139,7 +139,11 @@ def test_a_retrieval_model_fine_tunes_from_a_text_only_run(corpus, store, tmp_pa
     assert set(base) <= set(tuned)
     shared = [k for k in base if base[k].is_floating_point() and base[k].shape == tuned[k].shape]
     assert all(torch.allclose(tuned[k], base[k], atol=1e-5) for k in shared)   # one step at lr 1e-9
-    assert json.loads((ft / "config.json").read_text())["train"]["init_from"] == str(plain)
+    # recorded as the checkpoint it named, so that `--config ft/config.json` starts from the same weights
+    from tta.training import init_source
+
+    assert json.loads((ft / "config.json").read_text())["train"]["init_from"] == str(init_source(plain))
+    assert init_source(plain).parent == plain / "checkpoints"
     # --init-from starts a run: with --resume it is a usage error, a missing source a one-line error
     code = main(["-q", *map(str, train_args(corpus, ft, "--resume", "--init-from", plain))])
     err = capsys.readouterr().err
