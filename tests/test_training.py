@@ -591,3 +591,43 @@ def test_a_run_stopped_before_its_first_checkpoint_keeps_its_pre_encoded_cache(t
         raise KeyboardInterrupt
     assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["cache"]
     assert (out / "cache" / "latents-0.pt").read_bytes() == b"latents"
+
+
+def test_the_input_hash_covers_the_loaded_component_not_notes_beside_it(tmp_path):
+    """A vocoder's `vae` given as a pipeline folder hashed the whole folder: editing its model card blocked the
+    resume of a long run whose VAE had not changed."""
+    import shutil
+    from types import SimpleNamespace
+
+    from tests.test_ldm_fixtures import tiny_pipeline
+    from tta.training import TrainingRun
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline(), pipe)
+    run = SimpleNamespace(config=SimpleNamespace(vae=str(pipe)))
+    before = TrainingRun._input_digests(run)
+    (pipe / "README.md").write_text("a card\n")
+    (pipe / "unet" / "notes.txt").write_text("x\n")
+    (pipe / "vae" / "README.md").write_text("the VAE\n")
+    assert TrainingRun._input_digests(run) == before
+    (pipe / "vae" / "config.json").write_text((pipe / "vae" / "config.json").read_text() + " ")
+    assert TrainingRun._input_digests(run) != before
+
+
+def test_restarting_an_unstarted_run_accepts_the_run_folder_its_checkpoint_came_from(tmp_path, repo_root):
+    """config.json records --init-from RUN as RUN/checkpoints/step_N; a config naming RUN again (a --set or the
+    config file) was refused as another config when the run, killed before its first checkpoint, restarted."""
+    from tta.config import apply_overrides, load_config, save_config
+    from tta.training import restart_unstarted
+    from vae.train import RunConfig
+
+    base = load_config(RunConfig, repo_root / "configs/vae/tiny.json")
+    src = tmp_path / "src"
+    (src / "checkpoints" / "step_2").mkdir(parents=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    began = apply_overrides(base, [f'train.init_from="{src / "checkpoints" / "step_2"}"'])
+    save_config(began, out / "config.json")
+    restarted = restart_unstarted(out, apply_overrides(base, [f'train.init_from="{src}"']))
+    assert restarted is not None and restarted.train.init_from == str(src / "checkpoints" / "step_2")
+    assert not (out / "config.json").exists()

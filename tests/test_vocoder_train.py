@@ -158,15 +158,15 @@ def test_run_config_rejects_a_negative_disc_start(tiny):
         replace(tiny, disc_start=-1)
 
 
-def test_run_config_rejects_the_shared_cosine_schedule_a_warm_up_and_too_short_validation(tiny):
+def test_run_config_rejects_the_shared_cosine_schedule_and_names_an_unused_warm_up(tiny, caplog):
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="lr_decay"):
         replace(tiny, train=replace(tiny.train, lr_schedule="cosine"))
-    with pytest.raises(ValueError, match="train.warmup_steps=100"):   # it was accepted and ignored
-        replace(tiny, train=replace(tiny.train, warmup_steps=100))
-    with pytest.raises(ValueError, match="valid_seconds=0.1 gives 1600 samples"):   # every clip skipped: 0.0 logged
+    with caplog.at_level("WARNING", logger="vocoder.train"):   # accepted and ignored without a word before (a run
+        replace(tiny, train=replace(tiny.train, warmup_steps=100))    # begun with them must still resume)
         replace(tiny, valid_seconds=0.1)
+    assert "train.warmup_steps=100 is not used" in caplog.text and "valid_seconds=0.1 gives 1600 samples" in caplog.text
 
 
 def test_validation_means_cover_the_clips_it_scored(tmp_path, repo_root):

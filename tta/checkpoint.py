@@ -300,15 +300,6 @@ def files_sha256(files, root: str | os.PathLike) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
-def folder_sha256(path: str | os.PathLike) -> str:
-    """files_sha256 of every file under a folder (sorted), or of one file: what a component, a run's final/ or a
-    datastore holds, whatever its path."""
-    path = Path(path)
-    if path.is_file():
-        return files_sha256([path], path.parent)
-    return files_sha256(sorted(f for f in path.rglob("*") if f.is_file()), path)
-
-
 def weights_hash(state: dict, *, float16: bool = False) -> str:
     """Short content hash of a state dict (names, sizes, dtypes, bytes): the identity of a model's weights.
     `float16` rounds floating tensors to float16 first, so a model and its float16 export hash alike."""

@@ -69,11 +69,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from tta.training import init_source          # that `--config RUN/config.json` starts from the same weights
 
         source = init_source(config.train.init_from)
-        if source != Path(config.train.init_from):
-            log.info("train.init_from %s: its latest checkpoint, %s", config.train.init_from, source)
+        if source != Path(config.train.init_from) and source.is_dir():
+            log.info("train.init_from %s: its latest checkpoint (or final/), %s", config.train.init_from, source)
             config = apply_overrides(config, [f"train.init_from={json.dumps(str(source))}"])
-    # a fresh run that fails early leaves no folder, also when a launcher stops it with SIGTERM; a second command
-    # into a folder a run is training in is refused (run_lock)
+    # a fresh run that fails early leaves no folder (but a pre-encoded cache/), also when a launcher stops it with
+    # SIGTERM; a second command into a folder a run is training in is refused (run_lock)
     with terminate_as_exit():
         if not args.resume:
             with discard_on_failure(args.out):

@@ -6,7 +6,8 @@ directory its relative paths start from), `metrics.jsonl` (one JSON object per l
 `checkpoints/step_N/` (one component folder per tracked module + `train_state.pt`) and `final/` (the release
 artifact). The same loop runs as one CPU process or under `accelerate launch` on
 many GPUs. A fresh run that fails before its first checkpoint (a bad init_from, component or data row found
-after start-up) leaves no folder behind when run inside `discard_on_failure`, as `tta train` does.
+after start-up, Ctrl-C, SIGTERM) leaves no folder behind, or only its pre-encoded cache/, when run inside
+`discard_on_failure`, as `tta train` does.
 
 Resume is bit-exact on CPU because everything random is either restored or derived from the step:
 model/optimizer/scheduler/EMA state, torch/numpy/python RNG states, and the data order, which comes from
@@ -477,7 +478,7 @@ class TrainingRun:
             if saved.get("num_processes") not in (None, processes):
                 log.warning("%s: resumed on %d processes, started on %d: the global batch changes with them",
                             self.out, processes, saved["num_processes"])
-            if saved.get("threads") not in (None, threads):
+            if saved.get("threads") not in (None, threads) and self.device.type == "cpu":
                 log.warning("%s: resumed with %d CPU threads, started with %d: the arithmetic's order changes with "
                             "them, so the weights will not equal an uninterrupted run's bit for bit", self.out,
                             threads, saved["threads"])
@@ -490,16 +491,24 @@ class TrainingRun:
     def _input_digests(self) -> dict[str, str]:
         """files_sha256 of the folders the config trains with besides the data (a frozen VAE, CLAP or vocoder, a
         vocoder's `vae`, a retrieval datastore), by config key; a run folder counts by its final/."""
-        from tta.checkpoint import folder_sha256
+        from tta.checkpoint import files_sha256
 
-        keys = [f"components.{f}" for f in ("vae", "clap", "vocoder")] + ["vae", "retrieval.datastore"]
+        subfolder = {"components.vae": "vae", "vae": "vae", "components.clap": "text_encoder",
+                     "components.vocoder": "vocoder"}   # of a pipeline folder
         out = {}
-        for key in keys:
+        for key in [*subfolder, "retrieval.datastore"]:
             value = getattr_path(self.config, key)
             if not isinstance(value, str) or not value or not Path(value).exists():
                 continue
-            path = Path(value) / "final" if (Path(value) / "final").is_dir() else Path(value)
-            out[key] = folder_sha256(path)
+            path = Path(value)
+            if (path / "final").is_dir():              # a run folder: its release artifact
+                path = path / "final"
+            elif (path / "pipeline.json").is_file() and key in subfolder:   # the component the run loads from it
+                path = path / subfolder[key]
+            # what the model holds, not notes beside it (a README added to a component folder is no new model)
+            files = [path] if path.is_file() else sorted(
+                f for f in path.rglob("*") if f.is_file() and f.suffix.lower() not in (".md", ".txt", ".png"))
+            out[key] = files_sha256(files, path.parent if path.is_file() else path)
         return out
 
     # -- objects -----------------------------------------------------------------------------------
@@ -943,7 +952,8 @@ def discard_on_failure(out: str | os.PathLike, *, resume: bool = False, lock: bo
     ("already holds a run"), and --resume has no checkpoint to continue from.
 
     The folder itself (with the parents this call made) goes only when it did not exist before; in a folder
-    that did, only the entries that were not there before go. A resume (`resume=True`) and a run that has a
+    that did, only the entries that were not there before go. A pre-encoded cache/ stays (with the folder and its
+    lock file): the same command, run again, reads it. A resume (`resume=True`) and a run that has a
     complete checkpoint (it can be resumed) are left as they are. Only the main process removes anything.
     With `lock` (the default) the run holds `run_lock(out)` throughout; a command refused by it removes nothing."""
     out = Path(out)
@@ -1013,8 +1023,11 @@ def restart_unstarted(out: str | os.PathLike, config):
     if saved is None:
         return None
     began = saved.get("train") if isinstance(saved.get("train"), dict) else {}
-    if began.get("init_from") and not config.train.init_from:   # --resume cannot repeat --init-from
-        config = apply_overrides(config, [f"train.init_from={json.dumps(began['init_from'])}"])
+    old_init, new_init = began.get("init_from"), config.train.init_from
+    if old_init and (not new_init or Path(old_init).is_relative_to(Path(new_init))):
+        # --resume cannot repeat --init-from; a config naming the run folder whose checkpoint the run recorded
+        # is the same start (as a resume compares them)
+        config = apply_overrides(config, [f"train.init_from={json.dumps(old_init)}"])
     try:
         then = to_dict(from_dict(type(config), saved))
     except (ConfigError, TypeError, ValueError):

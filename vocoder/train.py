@@ -91,19 +91,22 @@ class RunConfig:
             raise ValueError(f"valid_seconds={self.valid_seconds} must be > 0")
         mel = self.model.mel
         if self.valid_items and round(self.valid_seconds * mel.sample_rate) < 2 * mel.n_fft:
-            raise ValueError(f"valid_seconds={self.valid_seconds} gives {round(self.valid_seconds * mel.sample_rate)} "
-                             f"samples; validation needs at least 2 * mel.n_fft = {2 * mel.n_fft}")
+            # said, not refused: a run begun with it still resumes
+            log.warning("valid_seconds=%g gives %d samples; validation needs at least 2 * mel.n_fft = %d and will "
+                        "score no clip", self.valid_seconds, round(self.valid_seconds * mel.sample_rate),
+                        2 * mel.n_fft)
         segment = round(self.data.segment_seconds * mel.sample_rate)
         if segment < 2 * mel.n_fft:
             raise ValueError(f"data.segment_seconds={self.data.segment_seconds} gives {segment} samples; the mel loss "
                              f"needs at least 2 * mel.n_fft = {2 * mel.n_fft}")
         if self.train.gradient_accumulation_steps != 1:
             raise ValueError("train.gradient_accumulation_steps must be 1 for the two-optimizer GAN loop")
-        if self.train.lr_schedule != "constant" or self.train.warmup_steps:
-            what = (f"train.lr_schedule={self.train.lr_schedule!r}" if self.train.lr_schedule != "constant"
-                    else f"train.warmup_steps={self.train.warmup_steps}")
-            raise ValueError(f"{what}: the vocoder's learning rates follow lr_decay / lr_decay_every; leave "
-                             "train.lr_schedule 'constant' and train.warmup_steps 0")
+        if self.train.lr_schedule != "constant":
+            raise ValueError(f"train.lr_schedule={self.train.lr_schedule!r}: the vocoder's learning rates follow "
+                             "lr_decay / lr_decay_every; leave train.lr_schedule 'constant'")
+        if self.train.warmup_steps:   # said, not refused: a run begun with it still resumes
+            log.warning("train.warmup_steps=%d is not used by the vocoder trainers: their learning rates follow "
+                        "lr_decay / lr_decay_every", self.train.warmup_steps)
 
     def build_generator(self) -> torch.nn.Module:
         """The generator to train, in its training form (weight norm on)."""
