@@ -484,7 +484,7 @@ def test_valid_fraction_splits_a_training_file_and_never_a_held_out_one(tmp_path
 
 
 def test_paths_are_stored_without_dot_dot_and_hidden_folders_are_not_walked(tmp_path, monkeypatch):
-    """`cd corpus/work && tta data import folder ..` stored /.../corpus/work/../a.wav, which broke when work/ went
+    """`cd corpus/sub && tta data import folder ..` stored /.../corpus/sub/../a.wav, which broke when sub/ went
     away; a hidden folder (another import's staging folder) was walked."""
     import tta.data.importers as importers
 
@@ -492,8 +492,8 @@ def test_paths_are_stored_without_dot_dot_and_hidden_folders_are_not_walked(tmp_
     (tmp_path / "corpus" / "a.txt").write_text("a tone")
     _wav(tmp_path / "corpus" / ".x_audio.abc.tmp" / "b.wav")
     (tmp_path / "corpus" / ".x_audio.abc.tmp" / "b.txt").write_text("a tone")
-    (tmp_path / "corpus" / "work").mkdir()
-    monkeypatch.chdir(tmp_path / "corpus" / "work")
+    (tmp_path / "corpus" / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "corpus" / "sub")
     hashed = []
     monkeypatch.setattr(importers, "file_sha256", lambda p: hashed.append(p) or "x")
     result = import_folder(Path(".."), options=ImportOptions(progress=False))
