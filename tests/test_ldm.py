@@ -572,3 +572,22 @@ def test_a_process_that_does_not_encode_waits_for_the_damaged_cache_to_be_writte
     finally:
         writer.join()
     assert torch.equal(cached["mean"], torch.ones(2))
+
+
+def test_the_conditioning_check_leaves_the_random_streams_alone(tmp_path, monkeypatch):
+    """The init_from check builds the source's CLAP, which drew from the global RNG: a fine-tune's noise and
+    timesteps (and weights) depended on whether the source could still be read."""
+    import tta.ldm.train as ldm_train
+    from tta.checkpoint import load_state_dict
+    from tta.cli import main
+
+    packed = tmp_path / "packed"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(packed), "--vocoder",
+                 "griffin-lim:2"]) == 0
+    cfg = tiny_run_config(**{"train.max_steps": 2, "train.init_from": str(packed), "validation.prompts": [],
+                             "components.vocoder": str(packed / "vocoder")})
+    checked = ldm_train.train(cfg, tmp_path / "checked", progress=False)
+    monkeypatch.setattr(ldm_train, "warn_other_conditioning", lambda *a, **k: None)
+    unchecked = ldm_train.train(cfg, tmp_path / "unchecked", progress=False)
+    a, b = load_state_dict(checked / "model.safetensors"), load_state_dict(unchecked / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -246,3 +246,26 @@ def test_a_resume_refuses_a_changed_vae_and_records_threads_and_the_init_checkpo
     assert main([*common, "--out", str(tuned), "--set", "train.max_steps=1", "--init-from", str(run)]) == 0
     saved = json.loads((tuned / "config.json").read_text())["train"]["init_from"]
     assert saved == str(run / "checkpoints" / "step_2")
+
+
+def test_a_run_begun_by_an_earlier_tta_is_guarded_from_its_first_resume_on(tmp_path, repo_root):
+    """data.json of an earlier tta holds no input hashes: a resume checked nothing and added nothing, so a
+    rebuilt datastore or changed VAE went on unseen at every later resume too."""
+    import shutil
+
+    from tests.test_ldm_fixtures import tiny_components
+
+    manifest = make_manifest(tmp_path)
+    vae = tmp_path / "vae"
+    shutil.copytree(tiny_components()["vae"], vae)
+    common = ["-q", "train", "vocoder", "--config", str(repo_root / "configs/vocoder/tiny.json"),
+              "--set", f"data.manifest={manifest}", "--set", f"vae={vae}", "--set", "train.checkpoint_every=1",
+              "--set", "valid_items=0", "--set", "sample_items=0", "--out", str(tmp_path / "run")]
+    assert main([*common, "--set", "train.max_steps=1"]) == 0
+    record = tmp_path / "run" / "data.json"
+    old = json.loads(record.read_text())
+    record.write_text(json.dumps({k: old[k] for k in ("manifests_sha256", "num_processes")}))
+    assert main([*common, "--set", "train.max_steps=2", "--resume"]) == 0
+    assert set(json.loads(record.read_text())) >= {"inputs_sha256", "threads", "cwd"}
+    (vae / "config.json").write_text((vae / "config.json").read_text() + " ")
+    assert main([*common, "--set", "train.max_steps=3", "--resume"]) == 1

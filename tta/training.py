@@ -482,6 +482,12 @@ class TrainingRun:
                 log.warning("%s: resumed with %d CPU threads, started with %d: the arithmetic's order changes with "
                             "them, so the weights will not equal an uninterrupted run's bit for bit", self.out,
                             threads, saved["threads"])
+            if "inputs_sha256" not in saved and self.is_main:   # a run begun by an earlier tta: guarded from now on
+                log.info("%s: data.json of an earlier tta; its frozen components and datastore are recorded now "
+                         "(changes before this resume cannot be seen)", self.out)
+                body = {**saved, "inputs_sha256": inputs, "threads": saved.get("threads", threads),
+                        "cwd": saved.get("cwd", os.getcwd())}
+                atomic_write_text(record, json.dumps(body, indent=1) + "\n")
             return
         if self.is_main:
             body = {"manifests_sha256": digests, "inputs_sha256": inputs, "num_processes": processes,
@@ -1028,6 +1034,11 @@ def restart_unstarted(out: str | os.PathLike, config):
         # --resume cannot repeat --init-from; a config naming the run folder whose checkpoint the run recorded
         # is the same start (as a resume compares them)
         config = apply_overrides(config, [f"train.init_from={json.dumps(old_init)}"])
+    source = init_source(config.train.init_from) if config.train.init_from else None
+    if source is not None and source != Path(config.train.init_from) and source.is_dir():
+        log.warning("%s: began from the run folder %s (an earlier tta recorded no checkpoint): it starts again "
+                    "from %s, that folder's latest checkpoint now, which may be newer than the one it began from",
+                    out, config.train.init_from, source)
     try:
         then = to_dict(from_dict(type(config), saved))
     except (ConfigError, TypeError, ValueError):

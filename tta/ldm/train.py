@@ -591,7 +591,15 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     frozen = load_frozen(config, run.device)
     if not resume:
-        warn_other_conditioning(config.train.init_from, frozen)
+        # the check builds the source's CLAP: it must leave every random stream as it found it, or the run's noise
+        # and timesteps would depend on whether the source folder can still be read
+        import random
+
+        states = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            warn_other_conditioning(config.train.init_from, frozen)
+        random.setstate(states[0])
+        np.random.set_state(states[1])
     sr = frozen.vae.config.mel.sample_rate
     caption_choice = "first" if config.precompute else "random"
     data = config.data
