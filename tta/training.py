@@ -461,20 +461,18 @@ class TrainingRun:
         except (OSError, ValueError):
             saved = None
         if isinstance(saved, dict) and isinstance(saved.get("manifests_sha256"), dict):
-            old = saved["manifests_sha256"]
-            for path, digest in digests.items():
-                before = old.get(path)
-                if before is not None and before != digest:
-                    raise RunError(f"{self.out}: manifest {path} has changed since the run started (sha256 "
-                                   f"{before[:12]}... -> {digest[:12]}...): resuming would go on with other rows; "
-                                   "restore the manifest, or start a new run from this one with --init-from")
-            old_inputs = saved.get("inputs_sha256") if isinstance(saved.get("inputs_sha256"), dict) else {}
-            for key, digest in inputs.items():
-                before = old_inputs.get(key)
-                if before is not None and before != digest:
-                    raise RunError(f"{self.out}: {key}={getattr_path(self.config, key)!r} has changed since the run "
-                                   f"started (its files' sha256 {before} -> {digest}): resuming would go on with "
-                                   "another component; restore it, or start a new run from this one with --init-from")
+            changed = _first_change(saved["manifests_sha256"], digests)
+            if changed:
+                path, before, digest = changed
+                raise RunError(f"{self.out}: manifest {path} has changed since the run started (sha256 "
+                               f"{before[:12]}... -> {digest[:12]}...): resuming would go on with other rows; "
+                               "restore the manifest, or start a new run from this one with --init-from")
+            changed = _first_change(saved.get("inputs_sha256"), inputs)
+            if changed:
+                key, before, digest = changed
+                raise RunError(f"{self.out}: {key}={getattr_path(self.config, key)!r} has changed since the run "
+                               f"started (its files' sha256 {before} -> {digest}): resuming would go on with "
+                               "another component; restore it, or start a new run from this one with --init-from")
             if saved.get("num_processes") not in (None, processes):
                 log.warning("%s: resumed on %d processes, started on %d: the global batch changes with them",
                             self.out, processes, saved["num_processes"])
@@ -992,6 +990,13 @@ def init_source(source: str | os.PathLike) -> Path:
     return src
 
 
+def _first_change(recorded, now: dict) -> tuple[str, str, str] | None:
+    """(key, recorded digest, digest now) of the first entry of `now` whose recorded digest differs, or None (a
+    key the record lacks is no change: the record is older than the key)."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return next(((k, recorded[k], d) for k, d in now.items() if recorded.get(k) not in (None, d)), None)
+
+
 def getattr_path(obj, dotted: str):
     """obj.a.b for "a.b", or None where a part is missing."""
     for part in dotted.split("."):
@@ -1061,11 +1066,7 @@ def clear_unstarted(out: str | os.PathLike) -> None:
     file names say what they encode, and a run reads only the one that matches)."""
     out = Path(out)
     for name in _RUN_ENTRIES:
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+        _remove(out / name)
 
 
 @contextlib.contextmanager
@@ -1117,12 +1118,7 @@ def _discard_unstarted(out: Path, made: Path | None, before: set[str] | None) ->
         keep = {"cache", RUN_LOCK}                # command, run again, reads them instead of encoding again
         gone = sorted(n for n in os.listdir(out) if n not in keep and (before is None or n not in before))
         for name in gone:
-            path = out / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            _remove(out / name)
         log.warning("%s: the run stopped before its first checkpoint; removed %s and kept its pre-encoded cache/ "
                     "for the next run", out, ", ".join(gone) or "nothing")
         return
@@ -1137,14 +1133,18 @@ def _discard_unstarted(out: Path, made: Path | None, before: set[str] | None) ->
         return
     new = sorted(set(os.listdir(out)) - (before or set()))
     for name in new:
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        _remove(out / name)
     if new:
         log.info("removed %s from %s: the run failed before its first checkpoint", ", ".join(new), out)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or folder, quietly when it is already gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _is_main_process() -> bool:
