@@ -149,10 +149,17 @@ def protocol_warnings(run: Run) -> list[tuple[str, str]]:
 
 
 def _warned(run: Run, metric: str) -> bool:
-    """Whether a protocol warning concerns `metric` (FAD: the fad section; fd/kl/is: theirs)."""
+    """Whether a protocol warning concerns `metric` (FAD: the fad section; fd/kl/is: theirs), or every metric (a
+    warning about the generated files themselves: silent ones, a stopped run, files of another run)."""
     name = {"is_mean": "is", "is_std": "is", "kl_softmax": "kl", "kl_sigmoid": "kl", "clap_score": "clap",
             "fad_inf": "fad"}.get(metric, metric)
-    return any(name in where.split(".") for where, _ in protocol_warnings(run))
+    return any(name in where.split(".") for where, _ in protocol_warnings(run)) or bool(_generated_warnings(run))
+
+
+def _generated_warnings(run: Run) -> list[str]:
+    """The run's warnings about its generated files as a whole (protocol.generated_*)."""
+    proto = run.body.get("protocol", {}) or {}
+    return [k for k, v in proto.items() if k.startswith("generated_") and isinstance(v, dict) and v.get("warning")]
 
 
 def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None, str | None, str | None]:
@@ -171,9 +178,11 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
     sources = [_reference_source(r, metric) for r, v in zip(runs, values) if isinstance(v, (int, float))]
     why = None if comparable else not_comparable(metric, present, sources)
     real = [v for v in values if isinstance(v, (int, float))]
-    short = [r.label for r, v in zip(runs, values) if isinstance(v, (int, float)) and _skipped_files(r, metric)]
+    short = [r.label for r, v in zip(runs, values) if isinstance(v, (int, float))
+             and (_skipped_files(r, metric) or _generated_warnings(r))]
     if why is None and short and len(real) > 1:   # a run that lost files scored a subset of what it was given
-        why = f"not ranked: {', '.join(short)} left files out (unreadable, or too short for the embedder)"
+        why = (f"not ranked: {', '.join(short)} left files out or holds files that may not be what they should "
+               "(see the warnings)")
     best = None
     if why is None and len(real) > 1 and metric != "is_std":
         best = min(real) if metric in LOWER_BETTER else max(real)

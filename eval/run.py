@@ -28,11 +28,11 @@ from eval.embedders import Embedder, get_embedder
 from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infinity
 from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
+from tta.audio import AUDIO_SUFFIXES
 from tta import UsageError
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 METRICS = ("fad", "fd", "kl", "is", "clap")
 
 

@@ -313,3 +313,13 @@ def test_a_result_whose_prompt_holds_a_crlf_stays_readable(tmp_path, capsys):
     assert main(["-q", "eval", "--generated", str(gen), "--reference", str(gen), "--out", str(tmp_path / "e"),
                  "--prompts", str(tmp_path / "p.jsonl"), "--cache-dir", str(tmp_path / "cache")]) == 0
     assert main(["-q", "report", str(tmp_path / "e"), "--out", str(tmp_path / "r.md")]) == 0, capsys.readouterr().err
+
+
+def test_a_run_with_silent_generated_files_is_warned_and_not_ranked():
+    """A run whose generated folder held silent files (or a stopped run's) got the best mark and no warning sign."""
+    from eval.report import render_markdown
+
+    a, b = _run("a", 1.0, "mfcc@v1", "ref1"), _run("b", 2.0, "mfcc@v1", "ref1")
+    a.body["protocol"]["generated_silent"] = {"files": ["q.wav"], "warning": "1 of 10 files are silent"}
+    line = next(x for x in render_markdown([a, b]).splitlines() if x.startswith("| FAD"))
+    assert "not ranked: a" in line and "**" not in line and "⚠" in line, line

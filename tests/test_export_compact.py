@@ -323,9 +323,13 @@ def test_the_model_card_attribution_and_licences_go_with_the_weights(tmp_path, c
     (src / "README.md").write_text("# card\n")
     (src / "licences").mkdir()
     (src / "licences" / "pkg.copyright").write_text("CC-BY-SA-3.0\n")
+    shutil.copytree(src, src / "old-export")           # an earlier export and generated audio kept in the folder
+    (src / "generated").mkdir()
+    (src / "generated" / "x.wav").write_bytes(b"RIFF")
     assert main(["-q", "export", "pipeline", str(src), "--out", str(tmp_path / "a")]) == 0
     assert (tmp_path / "a" / "README.md").read_text() == "# card\n"
     assert (tmp_path / "a" / "licences" / "pkg.copyright").is_file()
+    assert not (tmp_path / "a" / "old-export").exists() and not (tmp_path / "a" / "generated").exists()
     with caplog.at_level("WARNING", logger="tta.interop"):
         assert main(["-q", "export", "pipeline", str(src), "--out", str(tmp_path / "b"), "--average",
                      str(src)]) == 0

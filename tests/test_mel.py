@@ -179,3 +179,20 @@ def test_mel_config_diff_names_fields():
     t = MelConfig(framing="tacotron")
     assert a.diff(t) == ["framing: hifigan != tacotron"] and a.diff(t, framing=False) == []
     check_same_mel(a, t, "vae", "vocoder")
+
+
+def test_a_mel_first_computed_under_inference_mode_still_trains():
+    """The cached window and mel basis were made inside the first caller's inference_mode (an evaluation): a
+    training step in the same process then failed with 'Inference tensors cannot be saved for backward'."""
+    import dataclasses
+
+    import torch
+
+    from tta.audio import MelConfig, log_mel
+
+    config = dataclasses.replace(MelConfig(), n_mels=48)   # not cached by another test
+    with torch.inference_mode():
+        log_mel(torch.zeros(1, 4000), config, precision="float32")
+    wav = torch.zeros(1, 4000, requires_grad=True)
+    log_mel(wav, config, precision="float32").sum().backward()
+    assert wav.grad is not None

@@ -269,3 +269,17 @@ def test_a_run_begun_by_an_earlier_tta_is_guarded_from_its_first_resume_on(tmp_p
     assert set(json.loads(record.read_text())) >= {"inputs_sha256", "threads", "cwd"}
     (vae / "config.json").write_text((vae / "config.json").read_text() + " ")
     assert main([*common, "--set", "train.max_steps=3", "--resume"]) == 1
+
+
+def test_a_damaged_data_json_stops_the_resume_it_guards(tmp_path, repo_root, capsys):
+    """A data.json that was not JSON (or not the run's record) turned the manifest check off and was overwritten
+    with the changed manifest's hash."""
+    manifest = make_manifest(tmp_path)
+    common = ["-q", "train", "vocoder", "--config", str(repo_root / "configs/vocoder/tiny.json"),
+              "--set", f"data.manifest={manifest}", "--set", "train.checkpoint_every=1", "--set", "valid_items=0",
+              "--set", "sample_items=0", "--out", str(tmp_path / "run")]
+    assert main([*common, "--set", "train.max_steps=1"]) == 0
+    (tmp_path / "run" / "data.json").write_text("garbage")
+    capsys.readouterr()
+    assert main([*common, "--set", "train.max_steps=2", "--resume"]) == 1
+    assert "data.json: not the record this run wrote" in capsys.readouterr().err

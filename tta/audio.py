@@ -119,6 +119,10 @@ def check_same_mel(a: MelConfig, b: MelConfig, what_a: str, what_b: str) -> None
         raise ValueError(f"mel config of {what_a} differs from {what_b}: " + "; ".join(diffs))
 
 
+# the audio files tta reads by suffix (folders of clips to import, score or evaluate); libsndfile decodes them
+AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64",
+                  ".caf")
+
 # --------------------------------------------------------------------------------------------- mel
 
 
@@ -145,8 +149,11 @@ def _cached_tensors(config: MelConfig, device, dtype):
 
     key = (config, str(device), dtype)
     if key not in _basis_cache:
-        window = torch.hann_window(config.win_length, periodic=True, dtype=dtype, device=device)
-        basis = mel_basis(config).to(device=device, dtype=dtype)
+        # made as ordinary tensors even when first asked for under torch.inference_mode (an evaluation): cached
+        # inference tensors broke a later training step in the same process ("cannot be saved for backward")
+        with torch.inference_mode(False):
+            window = torch.hann_window(config.win_length, periodic=True, dtype=dtype, device=device)
+            basis = mel_basis(config).to(device=device, dtype=dtype)
         _basis_cache[key] = (window, basis)
     return _basis_cache[key]
 

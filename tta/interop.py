@@ -358,9 +358,10 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
                     pipe.check_seconds(value)
                 except ValueError as e:
                     raise InteropError(f"--default {key}={value:g}: {e}") from None
-    # the source's other files (a model card, its data's attribution and licences) go with the weights
+    # the source's notes (a model card, its data's attribution and licences) go with the weights; nothing else
+    # (an earlier export or generated audio kept in the folder)
     components = set(read_pipeline_json(pipeline).get("components", {}).values()) | {PIPELINE_FILE, "scheduler"}
-    extras = sorted(p for p in Path(pipeline).iterdir() if p.name not in components and not p.name.startswith("."))
+    extras = sorted(p for p in Path(pipeline).iterdir() if p.name not in components and _is_note(p))
     changed = [flag for flag, given in (("--average", average), ("--vae", vae), ("--vocoder", vocoder),
                                         ("--vocoder-set", vocoder_set)) if given]
     if extras and changed:
@@ -393,6 +394,16 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
             else:
                 shutil.copy2(item, tmp / item.name)
     return Path(out)
+
+
+def _is_note(path: Path) -> bool:
+    """A file or folder of notes that describe a pipeline's weights: a Markdown or text file (model card,
+    attribution, lab notebook), a licence file, or a licences/ folder."""
+    if path.name.startswith("."):
+        return False
+    if path.is_dir():
+        return path.name.lower() in ("licences", "licenses")
+    return path.suffix.lower() in (".md", ".txt") or path.name.upper().startswith(("LICEN", "COPYING", "NOTICE"))
 
 
 def _stored(value, dtype, name: str):

@@ -456,10 +456,19 @@ class TrainingRun:
         inputs = self._input_digests()
         processes, threads = self.accelerator.num_processes, torch.get_num_threads()
         record = self.out / DATA_RECORD
-        try:
-            saved = json.loads(record.read_text()) if resume else None
-        except (OSError, ValueError):
-            saved = None
+        saved = None
+        if resume and record.is_file():
+            try:
+                saved = json.loads(record.read_text())
+            except (OSError, ValueError):
+                saved = None
+            if not isinstance(saved, dict) or not isinstance(saved.get("manifests_sha256"), dict):
+                raise RunError(f"{record}: not the record this run wrote (a JSON object with manifests_sha256); it "
+                               "guards the resume against changed data: restore it, or start a new run from this "
+                               "one with --init-from")
+        elif resume and self.is_main:
+            log.warning("%s: no %s (a run of a tta before it existed, or removed): the manifests and components "
+                        "cannot be checked against the run's start; recorded from now on", self.out, DATA_RECORD)
         if isinstance(saved, dict) and isinstance(saved.get("manifests_sha256"), dict):
             changed = _first_change(saved["manifests_sha256"], digests)
             if changed:
@@ -474,10 +483,10 @@ class TrainingRun:
                                f"started (its files' sha256 {before} -> {digest}): resuming would go on with "
                                "another component; restore it, or start a new run from this one with --init-from")
             if saved.get("num_processes") not in (None, processes):
-                log.warning("%s: resumed on %d processes, started on %d: the global batch changes with them",
+                log.warning("%s: resumed on %s processes, started on %s: the global batch changes with them",
                             self.out, processes, saved["num_processes"])
             if saved.get("threads") not in (None, threads) and self.device.type == "cpu":
-                log.warning("%s: resumed with %d CPU threads, started with %d: the arithmetic's order changes with "
+                log.warning("%s: resumed with %s CPU threads, started with %s: the arithmetic's order changes with "
                             "them, so the weights will not equal an uninterrupted run's bit for bit", self.out,
                             threads, saved["threads"])
             if "inputs_sha256" not in saved and self.is_main:   # a run begun by an earlier tta: guarded from now on

@@ -23,7 +23,6 @@ from tta.device import DEVICES, pick_device
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 def add_parsers(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _audio_files(folder: Path) -> list[Path]:
+    from tta.audio import AUDIO_SUFFIXES
+
     if not folder.is_dir():
         raise ValueError(f"{folder}: audio folder not found")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES

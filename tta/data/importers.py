@@ -27,14 +27,12 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from tta.audio import AudioError, audio_info
+from tta.audio import AUDIO_SUFFIXES, AudioError, audio_info
 from tta.checkpoint import file_sha256
 from tta.data.manifest import SPLITS, ManifestRow, absolute_path
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64",
-                  ".caf")
 KINDS = ("folder", "audiocaps", "audioldm", "tango", "webdataset")
 _SPLIT_NAMES = {"train": "train", "training": "train", "development": "train",   # Clotho's training split
                 "val": "valid", "valid": "valid", "validation": "valid", "dev": "valid",
