@@ -457,15 +457,23 @@ def run_eval(opts: EvalOptions) -> dict:
     return result
 
 
+def _generation_record(folder: Path) -> dict:
+    """The generation.json of a `tta generate --out-dir` folder, or {} (none, or not a JSON object)."""
+    import json
+
+    try:
+        record = json.loads((folder / "generation.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:
     """Audio files of a `tta generate --out-dir` folder that its generation.json does not list (sorted, relative);
     [] when the folder has no record."""
-    import json
-
-    record = folder / "generation.json"
     try:
-        listed = {o["file"] for o in json.loads(record.read_text()).get("outputs", [])}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        listed = {o["file"] for o in _generation_record(folder)["outputs"]}
+    except (KeyError, TypeError):
         return []
     return sorted(str(p.relative_to(folder)) for p in gen.files.values() if p.parent == folder and p.name not in listed)
 
@@ -500,28 +508,24 @@ def _silent_files(gen: EmbeddedSet, cache: EmbeddingCache | None = None) -> list
 def _unfinished_generation(folder: Path) -> tuple[int, int] | None:
     """(outputs written, outputs planned) when the folder's generation.json records a `tta generate` run that
     stopped part-way (`complete` false), else None."""
-    import json
-
+    record = _generation_record(folder)
+    if record.get("complete", True) is not False:
+        return None
     try:
-        record = json.loads((folder / "generation.json").read_text())
-        if record.get("complete", True) is not False:
-            return None
         return len(record.get("outputs", [])), int(record.get("planned_outputs", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (TypeError, ValueError):
         return None
 
 
 def _picked_by(folder: Path, identity: str | None) -> int:
     """The candidates per prompt of a `tta generate` folder whose clips were kept by the CLAP `identity` (its
     generation.json's clap_score_model), or 0 (no record, one candidate, or another CLAP)."""
-    import json
-
+    record = _generation_record(folder)
     try:
-        record = json.loads((folder / "generation.json").read_text())
         candidates = int(record["settings"]["candidates"])
-        model = record.get("clap_score_model")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, ValueError):
         return 0
+    model = record.get("clap_score_model")
     return candidates if identity and model == identity and candidates > 1 else 0
 
 

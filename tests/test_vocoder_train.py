@@ -283,3 +283,23 @@ def test_a_damaged_data_json_stops_the_resume_it_guards(tmp_path, repo_root, cap
     capsys.readouterr()
     assert main([*common, "--set", "train.max_steps=2", "--resume"]) == 1
     assert "data.json: not the record this run wrote" in capsys.readouterr().err
+
+
+def test_a_record_of_the_first_data_json_form_still_guards_the_resume(tmp_path, repo_root, capsys):
+    """data.json first held {"manifest", "manifest_sha256"}: a resume of such a run checks that manifest (it was
+    refused as a damaged record)."""
+    import hashlib
+
+    manifest = make_manifest(tmp_path)
+    common = ["-q", "train", "vocoder", "--config", str(repo_root / "configs/vocoder/tiny.json"),
+              "--set", f"data.manifest={manifest}", "--set", "train.checkpoint_every=1", "--set", "valid_items=0",
+              "--set", "sample_items=0", "--out", str(tmp_path / "run")]
+    assert main([*common, "--set", "train.max_steps=1"]) == 0
+    digest = hashlib.sha256(open(manifest, "rb").read()).hexdigest()
+    record = tmp_path / "run" / "data.json"
+    record.write_text(json.dumps({"manifest": manifest, "manifest_sha256": digest}))
+    assert main([*common, "--set", "train.max_steps=2", "--resume"]) == 0
+    record.write_text(json.dumps({"manifest": manifest, "manifest_sha256": "0" * 64}))
+    capsys.readouterr()
+    assert main([*common, "--set", "train.max_steps=3", "--resume"]) == 1
+    assert "has changed since the run started" in capsys.readouterr().err

@@ -61,7 +61,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         config = _as_the_run_began(module.RunConfig, config, load_config(module.RunConfig, args.config), sets, args.out)
     from tta.checkpoint import check_output_path
-    from tta.checkpoint import terminate_as_exit
     from tta.training import discard_on_failure, restart_unstarted, run_lock
 
     check_output_path(args.out, "--out", folder=True)
@@ -73,18 +72,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             log.info("train.init_from %s: its latest checkpoint (or final/), %s", config.train.init_from, source)
             config = apply_overrides(config, [f"train.init_from={json.dumps(str(source))}"])
     # a fresh run that fails early leaves no folder (but a pre-encoded cache/), also when a launcher stops it with
-    # SIGTERM; a second command into a folder a run is training in is refused (run_lock)
-    with terminate_as_exit():
-        if not args.resume:
-            with discard_on_failure(args.out):
-                final = module.train(config, args.out, progress=not args.quiet)
-        else:
-            with run_lock(args.out, create=False):
-                restarted = restart_unstarted(args.out, config)   # killed before its first checkpoint: from step 0
-                resume = restarted is None
-                config = restarted or config
-                with discard_on_failure(args.out, resume=resume, lock=False):
-                    final = module.train(config, args.out, resume=resume, progress=not args.quiet)
+    # SIGTERM (main() turns it into an exit for every command); a second command into a folder a run is training in
+    # is refused (run_lock)
+    if not args.resume:
+        with discard_on_failure(args.out):
+            final = module.train(config, args.out, progress=not args.quiet)
+    else:
+        with run_lock(args.out, create=False):
+            restarted = restart_unstarted(args.out, config)   # killed before its first checkpoint: from step 0
+            resume = restarted is None
+            config = restarted or config
+            with discard_on_failure(args.out, resume=resume, lock=False):
+                final = module.train(config, args.out, resume=resume, progress=not args.quiet)
     print(final)
     return 0
 
@@ -145,8 +144,8 @@ COMMAND_MODULES = [
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a component (vae, vocoder, vocos, postnet, clap, ldm) on a manifest",
                        description="Train a component. The run folder gets config.json (fully resolved), "
-                                   "data.json (the manifests' sha256, checked on --resume), metrics.jsonl, "
-                                   "checkpoints/step_N/ and final/.")
+                                   "data.json (the sha256 of the manifests and frozen components, checked on "
+                                   "--resume), metrics.jsonl, checkpoints/step_N/ and final/.")
     p.add_argument("kind", choices=sorted(TRAINERS),
                    help="which component to train (vocoder: HiFi-GAN; vocos: a frame-rate vocoder with an inverse "
                         "STFT; postnet: a learned magnitude front-end for Griffin-Lim)")

@@ -378,30 +378,7 @@ class TrainingRun:
         if resume:
             if not cfg_path.is_file():
                 raise RunError(f"{self.out}: nothing to resume (no config.json); start without --resume")
-            saved = json.loads(cfg_path.read_text())
-            # a field added since the run started, whose earlier behaviour is not its default: the run keeps the
-            # behaviour it started with (e.g. a VAE run from before loss.learn_logvar learned its log-variance)
-            for dotted, value in getattr(type(self.config), "legacy_defaults", {}).items():
-                *parents, name = dotted.split(".")
-                node = saved
-                for part in parents:
-                    node = node.get(part) if isinstance(node, dict) else None
-                if isinstance(node, dict) and name not in node:
-                    node[name] = value
-            if is_dataclass(self.config):
-                # read through this version's config class, so a field added since the run started takes its
-                # default instead of counting as a change (a config that no longer parses is compared as is)
-                try:
-                    saved = to_dict(from_dict(type(self.config), saved))
-                except (ConfigError, TypeError, ValueError):
-                    pass
-            old_init = saved.get("train", {}).get("init_from")
-            new_init = resolved.get("train", {}).get("init_from")
-            if old_init and (not new_init or Path(old_init).is_relative_to(Path(new_init))):
-                # The weights come from the run's own checkpoint now; init_from only records where the run
-                # started, so resuming without repeating it, or naming the run folder whose checkpoint it then
-                # resolved to (`tta train` records that), continues the same run.
-                resolved["train"]["init_from"] = old_init
+            saved, resolved = resume_view(self.config, json.loads(cfg_path.read_text()))
             old_max = saved.get("train", {}).get("max_steps")
             new_max = resolved.get("train", {}).get("max_steps")
             if old_max != new_max and {**saved, "train": {**saved["train"], "max_steps": new_max}} == resolved:
@@ -462,6 +439,9 @@ class TrainingRun:
                 saved = json.loads(record.read_text())
             except (OSError, ValueError):
                 saved = None
+            if isinstance(saved, dict) and "manifests_sha256" not in saved and isinstance(saved.get("manifest"), str) \
+                    and isinstance(saved.get("manifest_sha256"), str):   # the first record's form: one manifest
+                saved = {**saved, "manifests_sha256": {saved["manifest"]: saved["manifest_sha256"]}}
             if not isinstance(saved, dict) or not isinstance(saved.get("manifests_sha256"), dict):
                 raise RunError(f"{record}: not the record this run wrote (a JSON object with manifests_sha256); it "
                                "guards the resume against changed data: restore it, or start a new run from this "
@@ -989,6 +969,34 @@ def discard_on_failure(out: str | os.PathLike, *, resume: bool = False, lock: bo
             raise
 
 
+def resume_view(config, saved: dict) -> tuple[dict, dict]:
+    """(saved, resolved): a run's saved config.json and `config` (the one it is resumed with) as a resume compares
+    them. A field added since the run started takes the behaviour the run started with (`legacy_defaults`, e.g. a
+    VAE run from before loss.learn_logvar learned its log-variance), or else this version's default (the saved
+    config read through this version's class; one that no longer parses is compared as is). The weights come
+    from the run's own checkpoint, and init_from only records where the run started: resuming without repeating
+    it, or naming the run folder whose checkpoint it then resolved to (`tta train` records that), continues the
+    same run."""
+    saved, resolved = copy.deepcopy(saved), to_dict(config)
+    for dotted, value in getattr(type(config), "legacy_defaults", {}).items():
+        *parents, name = dotted.split(".")
+        node = saved
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name not in node:
+            node[name] = value
+    if is_dataclass(config):
+        try:
+            saved = to_dict(from_dict(type(config), saved))
+        except (ConfigError, TypeError, ValueError):
+            pass
+    old_init = saved.get("train", {}).get("init_from") if isinstance(saved.get("train"), dict) else None
+    new_init = resolved.get("train", {}).get("init_from")
+    if old_init and (not new_init or Path(old_init).is_relative_to(Path(new_init))):
+        resolved["train"]["init_from"] = old_init
+    return saved, resolved
+
+
 def init_source(source: str | os.PathLike) -> Path:
     """What a train.init_from names: a run folder's latest complete checkpoint (else its final/), or the folder
     itself (a checkpoint, component or pipeline folder)."""
@@ -1042,23 +1050,16 @@ def restart_unstarted(out: str | os.PathLike, config):
     saved = unstarted_run(out) if int(os.environ.get("WORLD_SIZE", "1")) == 1 else None
     if saved is None:
         return None
-    began = saved.get("train") if isinstance(saved.get("train"), dict) else {}
-    old_init, new_init = began.get("init_from"), config.train.init_from
-    if old_init and (not new_init or Path(old_init).is_relative_to(Path(new_init))):
-        # --resume cannot repeat --init-from; a config naming the run folder whose checkpoint the run recorded
-        # is the same start (as a resume compares them)
-        config = apply_overrides(config, [f"train.init_from={json.dumps(old_init)}"])
-    source = init_source(config.train.init_from) if config.train.init_from else None
-    if source is not None and source != Path(config.train.init_from) and source.is_dir():
+    then, now = resume_view(config, saved)
+    init_from = now.get("train", {}).get("init_from")
+    if init_from != config.train.init_from:   # the start the run recorded (--resume cannot repeat --init-from)
+        config = apply_overrides(config, [f"train.init_from={json.dumps(init_from)}"])
+    source = init_source(init_from) if init_from else None
+    if source is not None and source != Path(init_from) and source.is_dir():
         log.warning("%s: began from the run folder %s (an earlier tta recorded no checkpoint): it starts again "
                     "from %s, that folder's latest checkpoint now, which may be newer than the one it began from",
-                    out, config.train.init_from, source)
-    try:
-        then = to_dict(from_dict(type(config), saved))
-    except (ConfigError, TypeError, ValueError):
-        then = saved
-    now = to_dict(config)
-    for d in (then, now):
+                    out, init_from, source)
+    for d in (then, now):   # a resume may change the length
         if isinstance(d.get("train"), dict):
             d["train"] = {k: v for k, v in d["train"].items() if k != "max_steps"}
     if then != now:
@@ -1162,8 +1163,6 @@ def _is_main_process() -> bool:
     if is_initialized():
         return PartialState().is_main_process
     return os.environ.get("RANK", "0") == "0"
-
-
 
 
 def load_final(run_dir: str | os.PathLike, cls: type | None = None):

@@ -66,6 +66,8 @@ from tta.training import (
     check_key_weights,
     make_optimizer,
     make_warmup_scheduler,
+    rng_state,
+    set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -593,13 +595,9 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     if not resume:
         # the check builds the source's CLAP: it must leave every random stream as it found it, or the run's noise
         # and timesteps would depend on whether the source folder can still be read
-        import random
-
-        states = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            warn_other_conditioning(config.train.init_from, frozen)
-        random.setstate(states[0])
-        np.random.set_state(states[1])
+        streams = rng_state()
+        warn_other_conditioning(config.train.init_from, frozen)
+        set_rng_state(streams)
     sr = frozen.vae.config.mel.sample_rate
     caption_choice = "first" if config.precompute else "random"
     data = config.data
