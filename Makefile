@@ -441,9 +441,10 @@ train-ldm-retrieval: venv corpus-v4 $(RETR_STORE)/datastore.json
 		--set retrieval.attention=decoupled --set retrieval.context_dim=128 --set retrieval.learning_rate_scale=$(RETR_SCALE) \
 		--set retrieval.exclude_related=false $(RETR_ARGS)"
 
+# --no-normalize: the recorded stages 30-31 embedded each clip at its file's level (before stores normalised)
 $(RETR_STORE)/datastore.json: | venv corpus-v4
 	$(BIN)/tta index build --manifest $(CORPUS4)/manifest.jsonl --split train --clap $(GAP_FROM)/text_encoder \
-		--out $(RETR_STORE) $(RETR_STORE_ARGS)
+		--no-normalize --out $(RETR_STORE) $(RETR_STORE_ARGS)
 
 train-clap-v2: venv
 	$(BIN)/tta train clap --config configs/clap/default-v2.json --out $(RUNS)/clap-v2 $(DATA2) \

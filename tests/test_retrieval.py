@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.clap_toy import SR, make_corpus
+from tta.audio import normalize_wav
 from tta.checkpoint import save_component
 from tta.clap import load_clap
 from tta.clap.model import TTAClap
@@ -86,10 +87,50 @@ def test_build_writes_the_folder(store_dir, corpus, clap):
     emb = np.load(store_dir / "audio_emb.npy")
     assert emb.dtype == np.float32 and emb.shape == (17, clap.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    # streaming in batches of 5 == embedding everything at once
-    np.testing.assert_allclose(emb[6:9], clap.embed_audio([_wav(corpus, r.id) for r in rows[6:9]], SR).numpy(),
-                               atol=1e-5)
+    # streaming in batches of 5 == embedding everything at once, each clip normalised as the training loader does
+    assert info["config"]["normalize"] is True and Datastore.load(store_dir).normalize
+    np.testing.assert_allclose(emb[6:9], clap.embed_audio([normalize_wav(_wav(corpus, r.id)) for r in rows[6:9]],
+                                                          SR).numpy(), atol=1e-5)
     assert not list(store_dir.parent.glob(".*tmp"))
+
+
+def test_a_quiet_copy_is_stored_and_found_at_the_level_of_its_loud_original(corpus, clap, tmp_path):
+    """The CLAP trains on normalised crops, so a store embeds clips normalised (DC removed, peak 0.5): a copy
+    of a clip at -26 dB gets its original's embedding (its own audio hash), and an audio query is normalised
+    alike. `--no-normalize` (and a store built before the setting existed) embeds and queries raw levels."""
+    import soundfile as sf
+
+    from tta.cli import main
+
+    rows = read_manifest(corpus)[:6]
+    loud = _wav(corpus, rows[1].id)
+    sf.write(tmp_path / "quiet.wav", 0.05 * loud, SR, subtype="FLOAT")
+    rows = [type(r)(**{**r.__dict__, "path": str(corpus.parent / r.path)}) for r in rows]
+    rows.append(type(rows[0])(**{**rows[1].__dict__, "id": "quiet", "path": str(tmp_path / "quiet.wav")}))
+    write_manifest(tmp_path / "m.jsonl", rows)
+    stores = {}
+    for name, extra in (("norm", []), ("raw", ["--no-normalize"])):
+        stores[name] = tmp_path / name
+        assert main(["-q", "index", "build", "--manifest", str(tmp_path / "m.jsonl"), "--clap",
+                     str(_clap_folder(tmp_path / "clap", seed=0)), "--out", str(stores[name]), *extra]) == 0
+    norm, raw = Datastore.load(stores["norm"]), Datastore.load(stores["raw"])
+    assert norm.normalize and not raw.normalize
+    assert norm.meta[1]["audio_sha256"] != norm.meta[6]["audio_sha256"] == raw.meta[6]["audio_sha256"]
+    np.testing.assert_allclose(norm.emb["audio"][6], norm.emb["audio"][1], atol=1e-5)
+    assert float(np.abs(raw.emb["audio"][6] - raw.emb["audio"][1]).max()) > 1e-3   # this CLAP hears the level
+    np.testing.assert_allclose(raw.emb["audio"][1], clap.embed_audio(loud, SR).numpy()[0], atol=1e-5)
+    # audio queries come to the store's level: the quiet file finds its loud original at cosine 1
+    hits = norm.query_audio(clap, [0.05 * loud], SR, k=2, exclude_ids=[["quiet"]])
+    assert hits.ids[0][0] == rows[1].id and hits.scores[0, 0] > 1 - 1e-4
+    assert raw.query_audio(clap, torch.from_numpy(0.05 * loud), SR, k=1).ids[0] == ["quiet"]
+    # a store written before the setting existed has no "normalize": it is read as raw, and still checks out
+    info = json.loads((stores["raw"] / "datastore.json").read_text())
+    del info["config"]["normalize"]
+    (stores["raw"] / "datastore.json").write_text(json.dumps(info))
+    old = Datastore.load(stores["raw"])
+    assert not old.normalize and old._audio_agrees(clap)
+    assert not norm._audio_agrees(load_clap(_clap_folder(tmp_path / "other", seed=3)))
+    assert norm._audio_agrees(clap)
 
 
 def test_own_audio_is_its_own_nearest_neighbour(store_dir, corpus, clap):
@@ -106,7 +147,7 @@ def test_own_audio_is_its_own_nearest_neighbour(store_dir, corpus, clap):
 def test_exclusion_by_id_and_by_audio_hash(store_dir, corpus, clap):
     store = Datastore.load(store_dir)
     first = store.ids[0]
-    emb = clap.embed_audio(_wav(corpus, first), SR)
+    emb = clap.embed_audio(normalize_wav(_wav(corpus, first)), SR)
     k = store.count - 2
     plain = store.query(emb, 2)
     assert set(plain.ids[0]) == {first, "dup-of-first"}  # identical audio: both score 1

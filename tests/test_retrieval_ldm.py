@@ -671,8 +671,9 @@ def test_a_datastore_built_with_a_vae_holds_each_clips_pooled_latents(latent_sto
     rows = [r for r in read_manifest(corpus) if r.split == "train"]
     got = store.latents(np.array([[0, 5]]))
     assert got.shape == (1, 2, 4, width) and got.dtype == np.float32
-    for j, i in enumerate((0, 5)):   # row i is clip i's own summary (stored as float16)
-        wav = load_audio(resolve_path(rows[i], corpus), vae.config.mel.sample_rate, max_seconds=10.0)[0]
+    for j, i in enumerate((0, 5)):   # row i is clip i's own summary (normalised as in training; float16)
+        wav = load_audio(resolve_path(rows[i], corpus), vae.config.mel.sample_rate, max_seconds=10.0,
+                         normalize=True)[0]
         want = vae.latent_summary(log_mel(torch.from_numpy(wav)[None], vae.config.mel), 4).numpy()
         np.testing.assert_allclose(got[0, j], want, rtol=2e-3, atol=2e-3)
     assert not np.allclose(got[0, 0], got[0, 1])

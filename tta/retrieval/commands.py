@@ -35,6 +35,9 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query")
     b.add_argument("--max-seconds", type=float, default=10.0, help="embed the first S seconds of each clip (default 10; 0 = the whole clip)")
     b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="embed each clip at its file's own level (default: DC removed and scaled to peak 0.5, as "
+                        "the training loader reads clips; audio queries are then normalised alike)")
     b.add_argument("--vae", type=Path, metavar="DIR",
                    help="also store each clip's pooled latents of this VAE (component, run or pipeline folder): "
                         "needed by retrieval models with the \"latent\" neighbour feature")
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--latent-tokens sets the stored VAE latents' length: it needs --vae")
         config = DatastoreConfig(index=args.index, nlist=args.nlist, m=args.m, nbits=args.nbits,
                                  nprobe=args.nprobe, batch_size=args.batch_size, max_seconds=args.max_seconds,
-                                 split=args.split, **({} if args.latent_tokens is None else
+                                 split=args.split, normalize=args.normalize, **({} if args.latent_tokens is None else
                                                       {"latent_tokens": args.latent_tokens}))
         vae = None if args.vae is None else load_vae_folder(args.vae, device)
         clap = load_clap(args.clap, tokenizer=args.tokenizer, device=device, batch_size=args.batch_size)
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from tta.audio import load_audio
 
-        wavs = [load_audio(p, clap.sample_rate)[0] for p in args.audio]
+        wavs = [load_audio(p, clap.sample_rate, normalize=store.normalize)[0] for p in args.audio]
         for p, w in zip(args.audio, wavs):
             if w.shape[0] < clap.min_samples:
                 raise ValueError(f"--audio {p}: {w.shape[0]} samples at {clap.sample_rate} Hz, shorter than the "

@@ -68,6 +68,10 @@ class DatastoreConfig:
     max_seconds: embed at most the first this many seconds of each clip (0 = the whole clip).
     split: manifest split to index (None = every row).
     latent_tokens: with a VAE, the time tokens each clip's latents are pooled to.
+    normalize: embed each clip (and take its latents) as the training loader sees it, DC removed and scaled to
+    peak 0.5 (AudioLDM's loader, `tta.audio.normalize_wav`), so a quiet recording sits where its training
+    crops do; audio queries are normalised alike. False: the file's own level (stores built before this
+    setting existed read as False). The stored audio hash is of the file's own samples either way.
     """
 
     index: Literal["flat", "ivf", "ivfpq"] = "flat"
@@ -79,6 +83,7 @@ class DatastoreConfig:
     max_seconds: float = 10.0
     split: str | None = None
     latent_tokens: int = 8
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         if self.index not in ("flat", "ivf", "ivfpq"):
@@ -226,7 +231,7 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
     import faiss
     from tqdm import tqdm
 
-    from tta.audio import AudioError, load_audio, log_mel
+    from tta.audio import AudioError, load_audio, log_mel, normalize_wav
     from tta.checkpoint import atomic_dir, atomic_write_text
     from tta.config import to_dict
     from tta.data.manifest import read_manifest, resolve_path
@@ -254,6 +259,7 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
             latent = np.lib.format.open_memmap(tmp / "latent.npy", "w+", np.float16, (n, tokens, width))
             latent_info = {"vae_identity": vae.identity, "tokens": tokens, "dim": width,
                            "sample_rate": mel_cfg.sample_rate}
+        level = normalize_wav if config.normalize else (lambda w: w)   # as the training loader reads clips
         bar = tqdm(total=n, desc="datastore", unit="clip", disable=not progress)
         kept = 0  # rows written so far: bad rows leave no gap
         with open(tmp / META_NAME, "w") as meta:
@@ -269,7 +275,7 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
                 bar.update(min(config.batch_size, n - start))
                 if not batch:
                     continue
-                batch, wavs, emb = _embed_rows(clap, batch, wavs, manifest)
+                batch, wavs, emb = _embed_rows(clap, batch, wavs, manifest, level)
                 if not batch:
                     continue
                 end = kept + len(batch)
@@ -278,8 +284,8 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
                 if latent is not None:
                     same = mel_cfg.sample_rate == clap.sample_rate
                     for j, r in enumerate(batch):
-                        w = wavs[j] if same else load_audio(resolve_path(r, manifest), mel_cfg.sample_rate,
-                                                            max_seconds=max_seconds)[0]
+                        w = level(wavs[j] if same else load_audio(resolve_path(r, manifest), mel_cfg.sample_rate,
+                                                                  max_seconds=max_seconds)[0])
                         mel = log_mel(torch.as_tensor(np.asarray(w, dtype=np.float32))[None], mel_cfg)
                         latent[kept + j] = vae.latent_summary(mel.to(vae.scale_factor.device), tokens).cpu().numpy()
                 meta.writelines(json.dumps({"id": r.id, "captions": list(r.captions), "path": r.path,
@@ -314,18 +320,19 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
     return out_dir
 
 
-def _embed_rows(clap, batch: list, wavs: list, manifest: Path) -> tuple[list, list, np.ndarray]:
-    """CLAP audio embeddings of a batch; if the CLAP refuses it, clip by clip, skipping those it refuses."""
+def _embed_rows(clap, batch: list, wavs: list, manifest: Path, level) -> tuple[list, list, np.ndarray]:
+    """CLAP audio embeddings of a batch, each clip through `level` first (returned as read); if the CLAP refuses
+    the batch, clip by clip, skipping those it refuses."""
     from tta.data.manifest import resolve_path
 
     try:
-        return batch, wavs, clap.embed_audio(wavs, clap.sample_rate).numpy()
+        return batch, wavs, clap.embed_audio([level(w) for w in wavs], clap.sample_rate).numpy()
     except ValueError:  # the embedder only knows batch positions: find the clip(s) by embedding one at a time
         pass
     rows, kept, emb = [], [], []
     for r, w in zip(batch, wavs):
         try:
-            emb.append(clap.embed_audio([w], clap.sample_rate).numpy()[0])
+            emb.append(clap.embed_audio([level(w)], clap.sample_rate).numpy()[0])
         except ValueError as e:
             log.warning("%s: skipping row %s: %s: refused by the CLAP (%s)", manifest, r.id,
                         resolve_path(r, manifest), e)
@@ -381,6 +388,17 @@ class Datastore:
     def max_seconds(self) -> float:
         """How much of each clip was embedded and hashed (DatastoreConfig.max_seconds; 0 = whole clip)."""
         return float(self.info.get("config", {}).get("max_seconds", 0) or 0)
+
+    @property
+    def normalize(self) -> bool:
+        """Whether clips were embedded normalised (DatastoreConfig.normalize; False for stores built before it)."""
+        return bool(self.info.get("config", {}).get("normalize", False))
+
+    def level(self, wav: np.ndarray) -> np.ndarray:
+        """One (T,) clip at the level the store's clips were embedded at (`normalize`), for an audio query."""
+        from tta.audio import normalize_wav
+
+        return normalize_wav(wav) if self.normalize else wav
 
     @property
     def manifest(self) -> str:
@@ -520,7 +538,8 @@ class Datastore:
             if checked == probe:
                 break
             try:
-                wav = load_audio(self.paths[i], clap.sample_rate, max_seconds=self.max_seconds or None)[0]
+                wav = load_audio(self.paths[i], clap.sample_rate, max_seconds=self.max_seconds or None,
+                                 normalize=self.normalize)[0]
             except (AudioError, OSError):
                 continue
             mine = np.asarray(clap.embed_audio(wav[None], clap.sample_rate), dtype=np.float32)[0]
@@ -621,8 +640,12 @@ class Datastore:
 
     def query_audio(self, clap, wav, sample_rate: int, k: int, modality: Literal["audio", "text"] = "audio",
                     **exclude) -> Neighbours:
-        """Neighbours of audio clips: wav (T,), (B, T) or a list of (T_i,) at `sample_rate` Hz."""
+        """Neighbours of audio clips: wav (T,), (B, T) or a list of (T_i,) at `sample_rate` Hz, each brought to the
+        store's level first (`level`)."""
         self.check_clap(clap)
+        if self.normalize:
+            clips = list(wav) if isinstance(wav, (list, tuple)) else list(np.atleast_2d(_numpy(wav)))
+            wav = [self.level(c) if c.dtype.kind == "f" else c for c in map(_numpy, clips)]
         return self.query(clap.embed_audio(wav, sample_rate), k, modality, **exclude)
 
     def embeddings(self, indices: np.ndarray, modality: Literal["audio", "text"]) -> np.ndarray:
@@ -651,6 +674,14 @@ class Datastore:
         """datastore.json plus the live index sizes (for `tta index info`)."""
         return {**self.info, "folder": str(self.folder),
                 "ntotal": {name: int(ix.ntotal) for name, ix in self.indexes.items()}}
+
+
+def _numpy(wav) -> np.ndarray:
+    """A tensor or array-like as a NumPy array, float tensors as float32 (other dtypes stay for the CLAP to refuse)."""
+    if hasattr(wav, "detach"):
+        wav = wav.detach().cpu()
+        return (wav.float() if wav.is_floating_point() else wav).numpy()
+    return np.asarray(wav)
 
 
 def _per_query(values, i: int, batch: int, what: str) -> list[str]:
