@@ -508,3 +508,23 @@ def test_the_python_api_takes_numpy_numbers_and_moves_the_clap_with_the_pipeline
     assert pipe.resynthesise(wav, through="vocoder").shape == wav.shape == pipe.resynthesise(wav).shape
     moved = copy.deepcopy(pipe).to("meta")
     assert next(moved.clap.model.parameters()).device.type == "meta"
+
+
+def test_to_refuses_a_dtype_or_a_missing_device_before_moving_any_part(pipe):
+    """pipe.to(torch.bfloat16) (diffusers' habit) cast the UNet, VAE and vocoder, then failed on the CLAP with
+    torch's "device() received an invalid combination of arguments": the pipeline went on generating in bfloat16.
+    A device name torch does not know, or one this machine lacks, failed inside torch (RuntimeError,
+    AssertionError), from_pretrained only after loading every part."""
+    before = pipe(["a bell"], seconds=0.1, steps=2, seed=3).wavs[0]
+    with pytest.raises(PipelineError, match=r"device=torch.bfloat16: expected a device, got a dtype.*precision="):
+        pipe.to(torch.bfloat16)
+    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.vocoder) for p in m.parameters()} == {torch.float32}
+    assert np.array_equal(pipe(["a bell"], seconds=0.1, steps=2, seed=3).wavs[0], before)
+    with pytest.raises(PipelineError, match="device='gpu': expected a torch device or its name"):
+        pipe.to("gpu")
+    with pytest.raises(PipelineError, match=r"device='cuda:99': (no CUDA device|this machine has)"):
+        pipe.to("cuda:99")
+    with pytest.raises(PipelineError, match="device='gpu'"):
+        TTAPipeline.from_pretrained(tiny_pipeline(), device="gpu")
+    assert pipe.to(torch.device("cpu")) is pipe and pipe.device == torch.device("cpu")
+

@@ -10,13 +10,31 @@ def pick_device(name: str, flag: str = "--device") -> str:
     lacks is a ValueError naming the flag."""
     import torch
 
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     if name not in DEVICES:
         raise ValueError(f"{flag} {name}: expected one of {', '.join(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{flag} cuda: no CUDA device is available")
-    if name == "mps" and not mps:
-        raise ValueError(f"{flag} mps: MPS is not available")
+    why = unavailable(torch.device(name))
+    if why:
+        raise ValueError(f"{flag} {name}: {why}")
     return name
+
+
+def unavailable(device) -> str | None:
+    """Why the torch.device `device` cannot be used on this machine (a CUDA or MPS device it lacks), or None."""
+    import torch
+
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if device.type == "mps" and not _mps_available():
+        return "MPS is not available"
+    return None
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()

@@ -226,7 +226,10 @@ class TTAPipeline:
 
     def to(self, device) -> TTAPipeline:
         """Move every part, the CLAP included (it ranks candidates and embeds prompts; its embeddings come back on
-        the CPU either way)."""
+        the CPU either way). `device` is a torch.device or its name ("cpu", "cuda:1"); a dtype, an unknown name or
+        a device this machine lacks is a PipelineError before any part moves (the UNet's arithmetic is chosen per
+        call: `precision=`)."""
+        device = check_device(device)
         self.unet.to(device)
         self.vae.to(device)
         self.vocoder.to(device)
@@ -238,9 +241,14 @@ class TTAPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device="cpu") -> TTAPipeline:
+        """Load a pipeline folder onto `device` (checked first, as `to` checks it)."""
+        check_device(device)
+        return cls._load_folder(Path(folder), device)
+
+    @classmethod
+    def _load_folder(cls, folder: Path, device) -> TTAPipeline:
         from tta.config import ConfigError, from_dict
 
-        folder = Path(folder)
         spec = read_pipeline_json(folder)
         parts = spec["components"]
         for name in REQUIRED:
@@ -692,6 +700,25 @@ def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float =
         raise PipelineError(f"eta={eta!r} must be in [0, 1]")
     if not is_integer(seed) or not 0 <= seed < MAX_SEED:
         raise PipelineError(f"seed={seed!r} must be an integer in [0, 2**62)")
+
+
+def check_device(device) -> torch.device:
+    """`device` (a torch.device or its name) as a torch.device, or a PipelineError naming it: a dtype (the UNet's
+    arithmetic is a call's `precision`), a name torch does not know, or a CUDA / MPS device this machine lacks."""
+    from tta.device import unavailable
+
+    if isinstance(device, torch.dtype):
+        raise PipelineError(f"device={device}: expected a device, got a dtype; the UNet's arithmetic is chosen per "
+                            f"call with precision= ({', '.join(PRECISIONS)})")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PipelineError(f"device={device!r}: expected a torch device or its name, e.g. 'cpu', 'cuda', "
+                            "'cuda:1', 'mps'") from None
+    why = unavailable(dev)
+    if why:
+        raise PipelineError(f"device={device!r}: {why}")
+    return dev
 
 
 def read_pipeline_json(folder: str | os.PathLike) -> dict:
