@@ -528,3 +528,15 @@ def test_to_refuses_a_dtype_or_a_missing_device_before_moving_any_part(pipe):
         TTAPipeline.from_pretrained(tiny_pipeline(), device="gpu")
     assert pipe.to(torch.device("cpu")) is pipe and pipe.device == torch.device("cpu")
 
+
+def test_loading_a_pipeline_leaves_the_global_random_generators_as_they_were():
+    """Building the parts drew their initial weights (replaced by the stored ones) from torch's global generator,
+    so a script's torch.rand after loading a model gave other numbers than without it."""
+    import random
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    TTAPipeline.from_pretrained(tiny_pipeline())
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]

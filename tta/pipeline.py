@@ -241,9 +241,17 @@ class TTAPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device="cpu") -> TTAPipeline:
-        """Load a pipeline folder onto `device` (checked first, as `to` checks it)."""
+        """Load a pipeline folder onto `device` (checked first, as `to` checks it). The global random generators
+        are left as they were: building the parts draws initial weights that the stored ones replace, and a
+        script's own random numbers must not depend on whether it loaded a model."""
+        from tta.training import rng_state, set_rng_state
+
         check_device(device)
-        return cls._load_folder(Path(folder), device)
+        streams = rng_state()
+        try:
+            return cls._load_folder(Path(folder), device)
+        finally:
+            set_rng_state(streams)
 
     @classmethod
     def _load_folder(cls, folder: Path, device) -> TTAPipeline:
