@@ -540,3 +540,24 @@ def test_loading_a_pipeline_leaves_the_global_random_generators_as_they_were():
     TTAPipeline.from_pretrained(tiny_pipeline())
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_resynthesise_and_the_edits_refuse_audio_that_is_not_one_mono_clip(pipe):
+    """resynthesise took a (2, T) array to numpy's "could not broadcast input array from shape (2,16000) into shape
+    (2,)" and an empty one to the VAE's "MelVAE expects mel of shape (B, n_mels=64, frames), got (1, 64, 0)"; an
+    empty edit input was refused as "seconds=0.0 must be a positive number", a length no one had given."""
+    wav = signals.chirp(300, 3000, 0.2).astype(np.float32)
+    for through in ("vae", "vocoder"):
+        with pytest.raises(PipelineError, match=r"resynthesise: expected mono audio of shape \(T,\) with T > 0, "
+                                                r"got \(2, 3200\)"):
+            pipe.resynthesise(np.stack([wav, wav]), through=through)
+        with pytest.raises(PipelineError, match=r"resynthesise: expected mono.*got \(0,\)"):
+            pipe.resynthesise(np.zeros(0, np.float32), through=through)
+        with pytest.raises(PipelineError, match="resynthesise: contains NaN or inf"):
+            pipe.resynthesise(np.full(3200, np.nan, np.float32), through=through)
+        with pytest.raises(PipelineError, match="resynthesise: expected float samples.*int16"):
+            pipe.resynthesise((wav * 32767).astype(np.int16), through=through)
+    with pytest.raises(PipelineError, match=r"edit input: expected mono.*got \(0,\)"):
+        pipe.audio_to_audio(np.zeros(0, np.float32), ["x"], strength=0.5)
+    assert pipe.resynthesise(torch.from_numpy(wav)).shape == wav.shape    # a tensor or a list is a clip too
+    assert pipe.resynthesise(wav.tolist(), through="vocoder").shape == wav.shape

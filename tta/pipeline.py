@@ -355,7 +355,7 @@ class TTAPipeline:
         comes out is the best any UNet on these parts could give for that clip (a ceiling)."""
         if through not in ("vae", "vocoder"):
             raise PipelineError(f"through={through!r}: expected 'vae' or 'vocoder'")
-        wav = float_audio(wav, "resynthesise")
+        wav = mono_audio(wav, "resynthesise")
         n = len(wav)
         if through == "vae":
             return self.decode(self.encode_audio(wav, n), n)[0].numpy()
@@ -634,17 +634,24 @@ def edit_input(wav) -> tuple[np.ndarray, float, float]:
     (tta.audio.float_audio)."""
     from tta.audio import normalize_wav
 
+    arr = mono_audio(wav, "edit input")
+    mean = float(arr.mean())
+    top = float(np.max(np.abs(arr - mean)))
+    return normalize_wav(arr), (top / 0.5 if top > 0 else 1.0), mean
+
+
+def mono_audio(wav, what: str) -> np.ndarray:
+    """`wav` as float32 (T,) audio with T > 0, or a PipelineError naming `what`: integer samples
+    (tta.audio.float_audio), another shape, no samples, NaN or inf."""
     try:
-        arr = float_audio(wav, "edit input")
+        arr = float_audio(wav, what)
     except AudioError as e:
         raise PipelineError(str(e)) from None
-    if arr.ndim != 1:
-        raise PipelineError(f"edit input: expected mono audio of shape (T,), got {arr.shape}")
+    if arr.ndim != 1 or not arr.size:
+        raise PipelineError(f"{what}: expected mono audio of shape (T,) with T > 0, got {arr.shape}")
     if not np.isfinite(arr).all():
-        raise PipelineError("edit input: contains NaN or inf")
-    mean = float(arr.mean()) if arr.size else 0.0
-    top = float(np.max(np.abs(arr - mean))) if arr.size else 0.0
-    return normalize_wav(arr), (top / 0.5 if top > 0 else 1.0), mean
+        raise PipelineError(f"{what}: contains NaN or inf")
+    return arr
 
 
 def at_level(out: Generation, level: float, offset: float = 0.0) -> Generation:
