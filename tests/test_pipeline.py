@@ -4,6 +4,7 @@ edits (audio-to-audio, inpainting, super-resolution), component checks."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -561,3 +562,30 @@ def test_resynthesise_and_the_edits_refuse_audio_that_is_not_one_mono_clip(pipe)
         pipe.audio_to_audio(np.zeros(0, np.float32), ["x"], strength=0.5)
     assert pipe.resynthesise(torch.from_numpy(wav)).shape == wav.shape    # a tensor or a list is a clip too
     assert pipe.resynthesise(wav.tolist(), through="vocoder").shape == wav.shape
+
+
+def test_call_arguments_of_the_wrong_type_are_named_before_compute(pipe):
+    """negative=None failed in the CLAP as "caption 0 is a NoneType, expected str" (no word of negative=), a
+    prompt_ids list shorter than the prompts raised IndexError at the first empty prompt (and was taken silently
+    otherwise), and a strength, inpaint range or cutoff given as a string failed on Python's "'<' not supported
+    between instances of 'int' and 'str'"."""
+    wav = signals.chirp(300, 3000, 0.2).astype(np.float32)
+    for negative in (None, ["hiss"], 3):
+        with pytest.raises(PipelineError, match=re.escape(f"negative={negative!r} must be a string")):
+            pipe(["a bell"], seconds=0.1, negative=negative)
+    with pytest.raises(PipelineError, match=r"prompt_ids=\['x'\] must name each of the 2 prompts"):
+        pipe(["a bell", ""], seconds=0.1, prompt_ids=["x"])
+    with pytest.raises(PipelineError, match="prompt_ids='ab' must name each"):
+        pipe(["a", "b"], seconds=0.1, prompt_ids="ab")
+    with pytest.raises(PipelineError, match=r"strength='0.5' must be a number in \(0, 1\]"):
+        pipe.audio_to_audio(wav, ["x"], strength="0.5")
+    with pytest.raises(PipelineError, match="inpaint range start='0.05', end=0.1: expected numbers of seconds"):
+        pipe.inpaint(wav, ["x"], start="0.05", end=0.1)
+    with pytest.raises(PipelineError, match=r"cutoff_hz='3000' must be a number inside the mel band \(0, 8000\)"):
+        pipe.super_resolve(wav, ["x"], cutoff_hz="3000")
+    with pytest.raises(PipelineError, match="window='1' must be in"):
+        pipe(["x"], seconds=0.1, window="1")
+    out = pipe(["a bell", "rain"], seconds=0.1, steps=2, prompt_ids=("b", "r"), negative="hiss",
+               guidance=np.float32(2.0))
+    assert len(out.wavs) == 2
+    assert pipe.inpaint(wav, ["x"], start=np.float32(0.05), end=np.float64(0.1), steps=2).wavs[0].shape == wav.shape

@@ -397,7 +397,7 @@ class TTAPipeline:
         n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
         window = self.defaults.window if window is None else window
         if not valid_window(window):
-            raise PipelineError(f"window={window} must be in [0, {MAX_SECONDS:g}] seconds")
+            raise PipelineError(f"window={window!r} must be in [0, {MAX_SECONDS:g}] seconds")
         sampled = max(n, round(window * self.sample_rate))
         return self._run(prompts, sampled, steps=steps, guidance=guidance, negative=negative, candidates=candidates,
                          seed=seed, sampler=sampler, eta=eta, batch_size=batch_size, guidance_rule=guidance_rule,
@@ -421,8 +421,8 @@ class TTAPipeline:
         padded with silence to the window, and the output cut back to the input's length."""
         wav, level, _ = edit_input(wav)
         n, sampled = self._edit_length(wav)
-        if not 0 < strength <= 1:
-            raise PipelineError(f"strength={strength} must be in (0, 1]")
+        if not is_real(strength) or not 0 < strength <= 1:
+            raise PipelineError(f"strength={strength!r} must be a number in (0, 1]")
         return at_level(self._run(prompts, sampled, init_wav=wav, strength=strength, cut=n, **kwargs), level)
 
     def inpaint(self, wav: np.ndarray, prompts: list[str], *, start: float, end: float, outside: str = "original",
@@ -438,6 +438,8 @@ class TTAPipeline:
         """
         if outside not in EDIT_OUTSIDE:
             raise PipelineError(f"outside={outside!r}: expected one of {', '.join(EDIT_OUTSIDE)}")
+        if not is_real(start) or not is_real(end):
+            raise PipelineError(f"inpaint range start={start!r}, end={end!r}: expected numbers of seconds")
         wav, level, offset = edit_input(wav)
         n, sampled = self._edit_length(wav)
         if 0 <= start < end and n / self.sample_rate < end <= (n + 1) / self.sample_rate:
@@ -478,8 +480,9 @@ class TTAPipeline:
         wav, level, offset = edit_input(wav)
         n, sampled = self._edit_length(wav)
         m = self.mel
-        if not m.f_min < cutoff_hz < m.f_max:
-            raise PipelineError(f"cutoff_hz={cutoff_hz} must lie inside the mel band ({m.f_min:g}, {m.f_max:g}) Hz")
+        if not is_real(cutoff_hz) or not m.f_min < cutoff_hz < m.f_max:
+            raise PipelineError(f"cutoff_hz={cutoff_hz!r} must be a number inside the mel band "
+                                f"({m.f_min:g}, {m.f_max:g}) Hz")
         top = torch.from_numpy(latent_row_tops(m, self.vae.downsample_factor))
         keep = (top <= cutoff_hz).view(1, 1, 1, -1)
         if not bool(keep.any()):
@@ -512,7 +515,7 @@ class TTAPipeline:
         except ValueError as e:
             raise PipelineError(str(e)) from None
         check_call(prompts, steps=steps, guidance=guidance, candidates=candidates, batch_size=batch_size, eta=eta,
-                   seed=seed)
+                   seed=seed, negative=negative, prompt_ids=prompt_ids)
         steps, candidates, batch_size, seed = int(steps), int(candidates), int(batch_size), int(seed)
         guidance, eta = float(guidance), float(eta)
         if negative and guidance <= 1:
@@ -696,13 +699,19 @@ def splice_weight(n: int, first: int, last: int, fade: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(np.pi * x)).astype(np.float32)
 
 
-def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float = 0.0, seed: int = 0) -> None:
+def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float = 0.0, seed: int = 0,
+               negative: str = "", prompt_ids=None) -> None:
     """Validate generation arguments before any compute; PipelineError names the bad one. Numbers may be numpy
     scalars (a sweep over np.arange); bools are not numbers here."""
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
         raise PipelineError("prompts must be a non-empty list of strings")
     if any(not isinstance(p, str) for p in prompts):
         raise PipelineError("every prompt must be a string")
+    if not isinstance(negative, str):
+        raise PipelineError(f"negative={negative!r} must be a string (one negative prompt for every prompt; \"\" is "
+                            "the unconditional embedding)")
+    if prompt_ids is not None and (isinstance(prompt_ids, str) or len(prompt_ids) != len(prompts)):
+        raise PipelineError(f"prompt_ids={prompt_ids!r} must name each of the {len(prompts)} prompts")
     if not is_integer(steps) or steps < 1:
         raise PipelineError(f"steps={steps!r} must be an integer >= 1")
     if not is_real(guidance) or guidance < 0:
