@@ -36,6 +36,8 @@ def clap_score(model, prompts: list[str], wavs: list[np.ndarray], sample_rate: i
     """Prompts and their clips (T_i,) at `sample_rate` -> {"clap_score", "per_item" (list), "count"}."""
     from tqdm.auto import tqdm
 
+    if isinstance(prompts, str):   # sliced, a str gives characters for prompts
+        raise ValueError("clap_score expects a list of prompts, got a single str (wrap it in a list)")  # noqa: TRY004
     if len(prompts) != len(wavs) or not prompts:
         raise ValueError(f"CLAP score needs one prompt per clip and at least one, got {len(prompts)} prompts "
                          f"and {len(wavs)} clips")

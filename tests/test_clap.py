@@ -429,3 +429,22 @@ def test_a_clap_run_that_has_not_finished_names_the_checkpoint_to_use(trained, t
     with pytest.raises(ValueError, match=r"a training run that has not finished \(no final/\); pass a checkpoint's "
                                          r"component, e\.g\. .*checkpoints/step_\d+/model"):
         load_clap(copy)
+
+
+def test_clap_scores_refuse_a_bare_string_for_the_prompts():
+    """Both CLAP score functions listed a str into its characters: "ab" scored two clips against the prompts "a"
+    and "b" without a word, and one prompt for one clip was refused as "11 prompts but 1 audio clips"."""
+    from eval.clap_score import clap_score as eval_clap_score
+    from tta.clap.metrics import clap_score
+
+    torch.manual_seed(0)
+    cfg = load_config(RunConfig, "configs/clap/tiny.json")
+    clap = TTAClapEmbedder(TTAClap(cfg.model))
+    wavs = [tone(440, 0.5), chirp(300, 3000, 0.5)]
+    for score in (clap_score, eval_clap_score):
+        with pytest.raises(ValueError, match="clap_score expects a list of prompts, got a single str"):
+            score(clap, "ab", wavs, 16_000)
+        with pytest.raises(ValueError, match="clap_score expects a list of prompts, got a single str"):
+            score(clap, "a dog barks", wavs[:1], 16_000)
+    assert len(clap_score(clap, ("a", "b"), np.stack(wavs), 16_000)["per_item"]) == 2
+    assert eval_clap_score(clap, ["a", "b"], wavs, 16_000)["count"] == 2

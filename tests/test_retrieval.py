@@ -204,6 +204,8 @@ def test_bad_inputs(store_dir, corpus, clap, tmp_path):
     other = load_clap(_clap_folder(tmp_path / "other", seed=1))
     with pytest.raises(DatastoreError, match=f"built with CLAP {clap.identity}.*{other.identity}"):
         store.query_text(other, ["a hum"], k=1)
+    with pytest.raises(ValueError, match="query_text expects a list of prompts, got a single str"):
+        store.query_text(clap, "a hum", k=1)    # each character was a query: five rows of hits came back
     with pytest.raises(ValueError, match="k=18 is larger than the datastore"):
         store.query(store.emb["audio"][:1], 18)
     with pytest.raises(ValueError, match=r"must be \(B, 64\)"):

@@ -109,6 +109,8 @@ class ClapScore(torchmetrics.Metric):
 
 def clap_score(embedder, prompts: Sequence[str], wavs, sample_rate: int, progress: bool = False) -> dict:
     """CLAP score of clips against their prompts: {"clap_score", "per_item", "num_items", "model", ...}."""
+    if isinstance(prompts, str):   # list() would make each character a prompt
+        raise ValueError("clap_score expects a list of prompts, got a single str (wrap it in a list)")  # noqa: TRY004
     prompts = list(prompts)
     n_audio = len(wavs) if isinstance(wavs, (list, tuple)) else (1 if wavs.ndim == 1 else wavs.shape[0])
     if len(prompts) != n_audio:

@@ -635,6 +635,8 @@ class Datastore:
     def query_text(self, clap, prompts: Sequence[str], k: int, modality: Literal["audio", "text"] = "audio",
                    **exclude) -> Neighbours:
         """Neighbours of text prompts (text->audio by default, text->text with modality="text")."""
+        if isinstance(prompts, str):   # list() would make each character a query
+            raise ValueError("query_text expects a list of prompts, got a single str (wrap it in a list)")  # noqa: TRY004
         self.check_clap(clap)
         return self.query(clap.embed_text(list(prompts)), k, modality, **exclude)
 
