@@ -186,3 +186,19 @@ def test_load_and_save_arguments_are_checked_not_blamed_on_the_file(tmp_path):
         with pytest.raises(AudioError, match="expected a positive integer"):
             save_audio(tmp_path / "b.wav", tone(440, 0.2), rate)
     assert not (tmp_path / "b.wav").exists()
+
+
+def test_load_audio_checks_its_sample_rate_and_takes_numpy_numbers(tmp_path):
+    """sample_rate=0 or -16000 failed in soxr ("Sample rate should be over 0"), "16000" on a str comparison,
+    16000.5 came back as the returned rate (a float save_audio refuses); max_seconds=inf was blamed on the file
+    ("not a readable audio file (cannot convert float infinity to integer)"), and np.float32(0.1) seconds were
+    refused as if not a finite number >= 0."""
+    sf.write(tmp_path / "a.wav", tone(440, 0.5), 22_050)
+    for rate in (0, -16_000, "16000", 16_000.5, True):
+        with pytest.raises(ValueError, match=rf"load_audio sample_rate={rate!r}: expected a positive integer"):
+            load_audio(tmp_path / "a.wav", rate)
+    with pytest.raises(ValueError, match="max_seconds=inf: expected a finite number > 0"):
+        load_audio(tmp_path / "a.wav", max_seconds=float("inf"))
+    wav, sr = load_audio(tmp_path / "a.wav", np.int64(16_000), start_seconds=np.float32(0.1),
+                         max_seconds=np.float32(0.2))
+    assert type(sr) is int and sr == 16_000 and wav.shape == (3200,)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -280,10 +281,16 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     Returns (wav (T,) float32, sample_rate). Raises AudioError naming the file for missing, empty,
     undecodable, truncated, zero-length or non-finite audio, and for sample rates outside 8-192 kHz.
     """
-    if not (isinstance(start_seconds, (int, float)) and math.isfinite(start_seconds) and start_seconds >= 0):
+    if not (_is_real(start_seconds) and math.isfinite(start_seconds) and start_seconds >= 0):
         raise ValueError(f"load_audio start_seconds={start_seconds!r}: expected a finite number >= 0")
-    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
-        raise ValueError(f"load_audio max_seconds={max_seconds!r}: expected a number > 0, or None for the whole file")
+    if max_seconds is not None and not (_is_real(max_seconds) and math.isfinite(max_seconds) and max_seconds > 0):
+        raise ValueError(f"load_audio max_seconds={max_seconds!r}: expected a finite number > 0, or None for the "
+                         "whole file")
+    if sample_rate is not None:
+        if not (isinstance(sample_rate, numbers.Integral) and not isinstance(sample_rate, bool) and sample_rate > 0):
+            raise ValueError(f"load_audio sample_rate={sample_rate!r}: expected a positive integer (Hz), or None for "
+                             "the file's own")
+        sample_rate = int(sample_rate)
     path = _check_path(path)
     try:
         with sf.SoundFile(os.fsencode(path)) as f:
@@ -384,6 +391,11 @@ def _check_truncated(path: Path, extra_info: str) -> None:
 def _sf_reason(e: Exception) -> str:
     text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     return text.replace("Error opening", "cannot open").strip()
+
+
+def _is_real(x) -> bool:
+    """A real number, numpy scalars included (np.float32 is no Python float), bools not."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def seconds_to_samples(seconds: float, sample_rate: int) -> int:
