@@ -15,6 +15,7 @@ import datetime as _dt
 import functools
 import hashlib
 import logging
+import numbers
 import os
 import platform
 from collections import Counter
@@ -66,11 +67,14 @@ class EvalOptions:
             value = getattr(self, name, None)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
+        if isinstance(self.metrics, str):   # each character would be a metric: "unknown ['f', 'a', 'd']"
+            raise EvalError(f"metrics={self.metrics!r}: expected a tuple of metric names, e.g. ('fad', 'clap'), got "
+                            "a single str")
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or not self.metrics:
             raise EvalError(f"--metrics: unknown {bad or 'empty list'}; valid metrics: {', '.join(METRICS)}")
-        if self.batch_size < 1:
-            raise EvalError(f"batch_size={self.batch_size} must be >= 1")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
+            raise EvalError(f"batch_size={self.batch_size!r} must be an integer >= 1")
 
 
 @dataclass

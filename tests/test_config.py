@@ -100,6 +100,14 @@ def test_bad_overrides(override, fragment):
     assert fragment in str(e.value)
 
 
+def test_overrides_given_as_one_string_are_named_as_such():
+    """A str was iterated as its characters: apply_overrides(cfg, "name=y") said "override 'n': expected
+    KEY=VALUE", blaming a character."""
+    with pytest.raises(ConfigError, match=r"overrides='name=y': expected a list of KEY=VALUE strings, got a single str"):
+        apply_overrides(Outer(name="x"), "name=y")
+    assert apply_overrides(Outer(name="x"), ("name=y",)).name == "y"
+
+
 def test_bad_json_file_names_file_and_line(tmp_path):
     p = tmp_path / "bad.json"
     p.write_text('{"name": "x",\n "lr": }')

@@ -406,6 +406,22 @@ def test_a_clap_score_without_its_prompts_or_model_is_bad_usage(folders, tmp_pat
     assert not (tmp_path / "e").exists()
 
 
+def test_eval_options_from_python_name_a_bare_string_or_a_bad_batch_size(folders, tmp_path):
+    """EvalOptions(metrics="fad") was refused as "unknown ['f', 'a', 'd']" and batch_size="8" failed on Python's
+    "'<' not supported between instances of 'str' and 'int'"."""
+    from eval.run import EvalError, EvalOptions, run_eval
+
+    gen, ref, _ = folders
+    with pytest.raises(EvalError, match=r"metrics='fad': expected a tuple of metric names.*got a single str"):
+        EvalOptions(generated=gen, reference=ref, out=tmp_path / "e", metrics="fad")
+    for bad in ("8", 0, 2.0):
+        with pytest.raises(EvalError, match=rf"batch_size={bad!r} must be an integer >= 1"):
+            EvalOptions(generated=gen, reference=ref, out=tmp_path / "e", batch_size=bad)
+    opts = EvalOptions(generated=str(gen), reference=str(ref), out=str(tmp_path / "e"), metrics=["fad"],
+                       batch_size=np.int64(4), cache_dir=tmp_path / "cache", progress=False)
+    assert run_eval(opts)["metrics"]["fad"] >= 0
+
+
 def test_clap_scores_recorded_before_the_prompt_set_hash_still_compare():
     """A run recorded before prompt_set_sha256 and one after, same files and prompts, were "not comparable"."""
     from pathlib import Path

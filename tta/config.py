@@ -172,6 +172,9 @@ def apply_overrides(obj: T, overrides: list[str] | tuple[str, ...], *, merge_sec
     """Return a new config with `a.b=value` overrides applied and validated like a JSON file. An object given
     for a config section sets the keys it names; `merge_sections=False` replaces the section whole, as tta did
     before 2026-12-07 (the rest of it at its defaults), to resume runs started that way."""
+    if isinstance(overrides, str):   # each character would be an override: "override 't': expected KEY=VALUE"
+        raise ConfigError(f"overrides={overrides!r}: expected a list of KEY=VALUE strings, got a single str (wrap "
+                          "it in a list)")
     if not overrides:
         return obj
     data = to_dict(obj)
