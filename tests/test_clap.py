@@ -448,3 +448,24 @@ def test_clap_scores_refuse_a_bare_string_for_the_prompts():
             score(clap, "a dog barks", wavs[:1], 16_000)
     assert len(clap_score(clap, ("a", "b"), np.stack(wavs), 16_000)["per_item"]) == 2
     assert eval_clap_score(clap, ["a", "b"], wavs, 16_000)["count"] == 2
+
+
+def test_a_device_this_machine_lacks_is_named_before_the_clap_loads(tmp_path):
+    """load_clap(..., device="gpu") failed on torch's list of every device type (a RuntimeError) and "cuda" on a
+    machine without it on "Torch not compiled with CUDA enabled" (an AssertionError), each once the model had
+    loaded; clap.to(torch.bfloat16) failed on "device() received an invalid combination of arguments"."""
+    from tta.checkpoint import save_component
+    from tta.clap import load_clap
+
+    torch.manual_seed(0)
+    save_component(tmp_path / "clap", TTAClap(load_config(RunConfig, "configs/clap/tiny.json").model))
+    with pytest.raises(ValueError, match="device='gpu': expected a torch device or its name"):
+        load_clap(tmp_path / "clap", device="gpu")
+    with pytest.raises(ValueError, match=r"device='cuda:99': (no CUDA device|this machine has)"):
+        load_clap(tmp_path / "clap", device="cuda:99")
+    clap = load_clap(tmp_path / "clap", device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="device=torch.bfloat16: expected a device, got a dtype"):
+        clap.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="device='cuda:99'"):
+        TTAClapEmbedder(clap.model, device="cuda:99")
+    assert clap.to("cpu").device == torch.device("cpu") and clap.embed_text(["a"]).shape == (1, clap.embed_dim)

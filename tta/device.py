@@ -20,6 +20,26 @@ def pick_device(name: str, flag: str = "--device") -> str:
     return name
 
 
+def torch_device(device):
+    """`device` (a torch.device or its name: "cpu", "cuda:1", "meta") as a torch.device, or a ValueError naming it:
+    a dtype, a name torch does not know (torch lists every device type it has), or a CUDA / MPS device this
+    machine lacks (torch's "Torch not compiled with CUDA enabled" is an AssertionError, raised once a model has
+    loaded)."""
+    import torch
+
+    if isinstance(device, torch.dtype):
+        raise ValueError(f"device={device}: expected a device, got a dtype")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r}: expected a torch device or its name, e.g. 'cpu', 'cuda', 'cuda:1', "
+                         "'mps'") from None
+    why = unavailable(dev)
+    if why:
+        raise ValueError(f"device={device!r}: {why}")
+    return dev
+
+
 def unavailable(device) -> str | None:
     """Why the torch.device `device` cannot be used on this machine (a CUDA or MPS device it lacks), or None."""
     import torch

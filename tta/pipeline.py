@@ -729,20 +729,14 @@ def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float =
 def check_device(device) -> torch.device:
     """`device` (a torch.device or its name) as a torch.device, or a PipelineError naming it: a dtype (the UNet's
     arithmetic is a call's `precision`), a name torch does not know, or a CUDA / MPS device this machine lacks."""
-    from tta.device import unavailable
+    from tta.device import torch_device
 
-    if isinstance(device, torch.dtype):
-        raise PipelineError(f"device={device}: expected a device, got a dtype; the UNet's arithmetic is chosen per "
-                            f"call with precision= ({', '.join(PRECISIONS)})")
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise PipelineError(f"device={device!r}: expected a torch device or its name, e.g. 'cpu', 'cuda', "
-                            "'cuda:1', 'mps'") from None
-    why = unavailable(dev)
-    if why:
-        raise PipelineError(f"device={device!r}: {why}")
-    return dev
+        return torch_device(device)
+    except ValueError as e:
+        hint = (f"; the UNet's arithmetic is chosen per call with precision= ({', '.join(PRECISIONS)})"
+                if isinstance(device, torch.dtype) else "")
+        raise PipelineError(f"{e}{hint}") from None
 
 
 def read_pipeline_json(folder: str | os.PathLike) -> dict:

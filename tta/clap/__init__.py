@@ -55,7 +55,11 @@ def backend_of(path: str | os.PathLike) -> str:
 
 def load_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None, device: str = "cpu",
               batch_size: int = 32, cache_dir: str | os.PathLike | None = None):
-    """A ready `ClapEmbedder` for a CLAP checkpoint on disk (never downloads anything)."""
+    """A ready `ClapEmbedder` for a CLAP checkpoint on disk (never downloads anything), on `device` (checked before
+    anything loads: tta.device.torch_device)."""
+    from tta.device import torch_device
+
+    torch_device(device)
     kind = backend_of(path)
     if kind == "tta":
         from tta.clap.model import TTAClapEmbedder

@@ -59,10 +59,11 @@ class ClapEmbedder:
         return self._cache
 
     def to(self, device) -> ClapEmbedder:
-        """Run the model on `device` (the embeddings still come back as CPU tensors)."""
-        import torch
+        """Run the model on `device` (the embeddings still come back as CPU tensors); a device this machine lacks is a
+        ValueError (tta.device.torch_device)."""
+        from tta.device import torch_device
 
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.model.to(self.device)
         return self
 

@@ -38,6 +38,7 @@ import torch
 
 from tta.checkpoint import CheckpointError, load_torch_file
 from tta.clap.encoder import ClapEmbedder, warn_truncated
+from tta.device import torch_device
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class LaionClapEmbedder(ClapEmbedder):
         if len(tokenizer) > model.config.text_config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the text model only "
                              f"{model.config.text_config.vocab_size}: not this model's tokenizer")
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.fusion = bool(model.config.audio_config.enable_fusion)

@@ -22,6 +22,7 @@ from torch import nn
 from tta.audio import MelConfig
 from tta.clap.encoder import ClapEmbedder
 from tta.clap.towers import AudioTower, AudioTowerConfig, TextTower, TextTowerConfig
+from tta.device import torch_device
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class TTAClapEmbedder(ClapEmbedder):
     def __init__(self, model: TTAClap, *, identity: str | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 32, cache_dir: str | os.PathLike | None = None):
         super().__init__(batch_size=batch_size, cache_dir=cache_dir)
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.model = model.to(self.device).eval()
         self.sample_rate = model.config.mel.sample_rate
         self.min_samples = model.config.mel.n_fft
