@@ -543,6 +543,18 @@ def test_loading_a_pipeline_leaves_the_global_random_generators_as_they_were():
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
 
 
+def test_loading_a_pipeline_does_not_read_the_cuda_generators(monkeypatch):
+    """Keeping the random streams must not start CUDA: torch.cuda.get_rng_state_all() makes a context on every GPU
+    of the machine, for a pipeline built on the CPU whose loading draws from the CPU generator alone."""
+    def started(*args, **kwargs):
+        raise AssertionError("CUDA's generators were read")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", started)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", started)
+    assert TTAPipeline.from_pretrained(tiny_pipeline()).device == torch.device("cpu")
+
+
 def test_resynthesise_and_the_edits_refuse_audio_that_is_not_one_mono_clip(pipe):
     """resynthesise took a (2, T) array to numpy's "could not broadcast input array from shape (2,16000) into shape
     (2,)" and an empty one to the VAE's "MelVAE expects mel of shape (B, n_mels=64, frames), got (1, 64, 0)"; an

@@ -243,11 +243,13 @@ class TTAPipeline:
     def from_pretrained(cls, folder: str | os.PathLike, *, device="cpu") -> TTAPipeline:
         """Load a pipeline folder onto `device` (checked first, as `to` checks it). The global random generators
         are left as they were: building the parts draws initial weights that the stored ones replace, and a
-        script's own random numbers must not depend on whether it loaded a model."""
+        script's own random numbers must not depend on whether it loaded a model. The parts are built on the CPU
+        (and moved after), so CUDA's generators are neither read nor drawn from: reading them would start CUDA
+        on every GPU of the machine."""
         from tta.training import rng_state, set_rng_state
 
         check_device(device)
-        streams = rng_state()
+        streams = rng_state(cuda=False)
         try:
             return cls._load_folder(Path(folder), device)
         finally:

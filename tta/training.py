@@ -293,13 +293,15 @@ class EMA:
 # ----------------------------------------------------------------------------------------- RNG
 
 
-def rng_state() -> dict:
+def rng_state(*, cuda: bool = True) -> dict:
+    """Every global random stream (torch's CPU and, with `cuda`, CUDA generators, numpy's, Python's); `cuda=False`
+    leaves CUDA alone where only CPU streams can move (reading the CUDA state starts CUDA on every GPU)."""
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
              "python_gauss": random.getstate()[2],
              "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                        "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
-    if torch.cuda.is_available():
+    if cuda and torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
