@@ -1080,3 +1080,52 @@ def test_more_neighbours_than_trained_warns_and_joint_dropout_nulls_the_context(
     assert not torch.allclose(c[1, 1:], ctx.null_token.detach().expand(c.shape[1] - 1, -1))
     with pytest.raises(ValueError, match="joint_dropout"):
         RetrievalConfig(joint_dropout=1.0)
+
+
+def _experiment_sets(corpus, *extra, **components):
+    c = {k: str(v) for k, v in tiny_components().items()}
+    c.update({k: str(v) for k, v in components.items()})
+    sets = [f"components.{k}={json.dumps(c[k])}" for k in ("vae", "vocoder", "clap")]
+    return [a for s in [*sets, f"manifest={json.dumps(str(corpus))}", *extra] for a in ("--set", s)]
+
+
+def test_the_experiment_checks_the_store_against_every_variant_before_training_any(corpus, store, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """A store without latents, built with another CLAP or too small for a variant's k was refused only when that
+    variant trained, after every variant before it had trained, generated and been evaluated."""
+    from tests.test_ldm_fixtures import tiny_model_config
+    from tta.checkpoint import save_component
+    from tta.clap.model import ClapConfig, TTAClap
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(5)
+    other_clap = save_component(tmp_path / "other-clap", TTAClap(tiny_model_config(ClapConfig, "clap")))
+    variants = '[{"name": "none"}, {"name": "k1", "neighbours": 1}, %s]'
+    for name, last, clap, message in (
+            ("latent", '{"name": "k1-latent", "neighbours": 1, "features": "text+latent"}', {},
+             "variant k1-latent: .*holds no VAE latents"),
+            ("big", '{"name": "k16", "neighbours": 16}', {}, "variant k16: .*k=16 neighbours .*holds only 16"),
+            ("clap", '{"name": "k2", "neighbours": 2}', {"clap": other_clap}, "variant k1: .*built with CLAP")):
+        out = tmp_path / name
+        code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                           ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", out,
+                           *_experiment_sets(corpus, f"datastore={json.dumps(str(store))}",
+                                             f"variants={variants % last}", **clap))
+        assert code == 1 and __import__("re").search(message, err) and err.count("\n") == 1, err
+        assert not (out / "runs").exists()
+
+
+def test_the_experiments_own_store_is_rebuilt_when_its_latents_are_of_another_vae(latent_store, corpus):
+    """A re-run with another VAE kept OUT/datastore and stopped at the first latent variant (after training the
+    others) with 'its latents are of VAE ...'."""
+    from tta.clap import load_clap
+    from tta.commands.retrieval_experiment import stale_store
+    from tta.retrieval import Datastore
+
+    st = Datastore.load(latent_store)
+    clap = load_clap(tiny_components()["clap"])
+    ok = (st, corpus, "train", clap.identity)
+    assert stale_store(*ok) == stale_store(*ok, st.latent_info["vae_identity"]) == ""
+    assert stale_store(*ok, "tta-vae:other") == (f"with latents of VAE {st.latent_info['vae_identity']}, not "
+                                                 "tta-vae:other")
+

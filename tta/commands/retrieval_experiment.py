@@ -2,7 +2,9 @@
 
     OUT/datastore/             built from the training split with the run's CLAP (unless `datastore` is given),
                                and with its VAE's latents when a variant uses the "latent" feature; rebuilt when
-                               the manifest (path or content), the split or the CLAP changed
+                               the manifest (path or content), the split or the CLAP changed, or a variant reads
+                               latents and the VAE did; refused before any variant trains when one of them could
+                               not train on it (another CLAP, too few entries for k, no latents of the VAE)
     OUT/runs/<variant>/        `tta train ldm` run folders (pipeline/ reused when its experiment-variant.json
                                shows the same run config, manifest content and datastore; trained again otherwise)
     OUT/prompts.jsonl          evaluation prompts with their bucket (category = head | mid | tail) and frequency
@@ -308,9 +310,10 @@ def check_store(store, rows, manifest: Path, sample_rate: int, reference: Path |
     return {**record, "passed": True}
 
 
-def stale_store(store, manifest: Path, split: str, clap_identity: str) -> str:
+def stale_store(store, manifest: Path, split: str, clap_identity: str, vae_identity: str = "") -> str:
     """Why an experiment's own OUT/datastore does not serve this run ("" when it does): built from another
-    manifest file, another content of it (stores that record its sha256), another split or another CLAP."""
+    manifest file, another content of it (stores that record its sha256), another split or another CLAP, or
+    (`vae_identity`: a variant reads neighbour latents of this VAE) holding latents of another VAE."""
     import hashlib
 
     if store.manifest != str(manifest.resolve()):
@@ -322,7 +325,27 @@ def stale_store(store, manifest: Path, split: str, clap_identity: str) -> str:
         return f"from split {store.info.get('config', {}).get('split')!r}, not {split!r}"
     if store.identity != clap_identity:
         return f"with CLAP {store.identity}, not {clap_identity}"
+    if vae_identity and store.latent_info and store.latent_info.get("vae_identity") != vae_identity:
+        return f"with latents of VAE {store.latent_info.get('vae_identity')}, not {vae_identity}"
     return ""
+
+
+def check_variants(store, variants, clap, vae_identity: str) -> None:
+    """Refuse, before any variant trains, a store that some retrieval variant's training would refuse: built
+    with another CLAP, too small for its k (its own clip is left out while training), or without latents of
+    the run's VAE (`vae_identity`) for a variant that reads them. A variant given as a trained `pipeline` is
+    not trained: its own CLAP and VAE check the store when it generates."""
+    from tta.ldm.retrieval_context import open_store
+    from tta.retrieval import DatastoreError
+
+    for v in variants:
+        if not v.neighbours or v.pipeline:
+            continue
+        try:
+            open_store(store, clap, v.neighbours, exclude_self=True,
+                       latent_vae=vae_identity if "latent" in feature_names(v.features) else "")
+        except DatastoreError as e:
+            raise DatastoreError(f"variant {v.name}: {e}") from None
 
 
 VARIANT_RECORD = "experiment-variant.json"
@@ -443,8 +466,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     base = base_run_config(config)
     manifest = Path(base.data.manifest)
     clap = load_clap(base.components.clap)   # the inputs are checked before OUT is made or a store is built
-    check_component_fit(base.model, load_component(component_dir(base.components.vae, "vae"), MelVAE),
-                        clap.embed_dim)
+    base_vae = load_component(component_dir(base.components.vae, "vae"), MelVAE)
+    check_component_fit(base.model, base_vae, clap.embed_dim)
     train_rows = [r for r in read_manifest(manifest) if r.split == base.data.train_split]
     prompt_rows, reference_rows = eval_rows(config, manifest)
     if not config.eval.prompts and len(prompt_rows) < 3:
@@ -455,7 +478,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     latent = any(v.neighbours and "latent" in feature_names(v.features) for v in config.variants)
     built = (store_dir / "datastore.json").is_file()
     if built and not config.datastore:
-        stale = stale_store(Datastore.load(store_dir), manifest, base.data.train_split, clap.identity)
+        stale = stale_store(Datastore.load(store_dir), manifest, base.data.train_split, clap.identity,
+                            base_vae.identity if latent else "")
         if stale:   # OUT/datastore of an earlier run on other data: rebuilt (the variants trained on it follow)
             import shutil
 
@@ -471,6 +495,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     store = Datastore.load(store_dir)
     store_check = check_store(store, list({r.id: r for r in [*prompt_rows, *reference_rows]}.values()), manifest,
                               clap.sample_rate, Path(config.eval.reference) if config.eval.reference else None)
+    check_variants(store, config.variants, clap, base_vae.identity)
     prompts, prompts_path = eval_prompts(config, prompt_rows, train_rows, out)
     seconds = config.generation.seconds or base.validation.seconds
     reference = write_reference(config, reference_rows, manifest, out, seconds)
