@@ -1129,3 +1129,43 @@ def test_the_experiments_own_store_is_rebuilt_when_its_latents_are_of_another_va
     assert stale_store(*ok, "tta-vae:other") == (f"with latents of VAE {st.latent_info['vae_identity']}, not "
                                                  "tta-vae:other")
 
+
+
+def test_the_experiment_reuses_a_variant_only_with_the_same_component_and_store_content(corpus, store, tmp_path,
+                                                                                        capsys, monkeypatch):
+    """A store rebuilt under the same path with other settings, or a VAE replaced in the folder the config names,
+    left the variants trained on the earlier ones in place (only paths and the store's CLAP and count were
+    compared)."""
+    from tests.test_ldm_fixtures import tiny_model_config
+    from tta.checkpoint import save_component
+    from tta.clap import load_clap
+    from tta.retrieval import DatastoreConfig, build_datastore
+    from vae.model import MelVAE, VAEConfig
+
+    monkeypatch.chdir(tmp_path)
+    given, vae = tmp_path / "store", tmp_path / "vae"
+    shutil.copytree(store, given)
+    shutil.copytree(tiny_components()["vae"], vae)
+    out = tmp_path / "exp"
+    args = ["experiment", "retrieval", "--config", ROOT / "configs" / "experiment" / "retrieval-tiny.json",
+            "--out", out, *_experiment_sets(corpus, f"datastore={json.dumps(str(given))}",
+                                            'variants=[{"name": "none"}, {"name": "k1", "neighbours": 1}]', vae=vae)]
+
+    def stamps():
+        return {v: (out / "runs" / v / "pipeline" / "pipeline.json").stat().st_mtime_ns for v in ("none", "k1")}
+
+    assert run(capsys, *args)[0] == 0
+    first = stamps()
+    assert run(capsys, *args)[0] == 0 and stamps() == first          # nothing changed: both reused
+    shutil.rmtree(given)   # the same clips and CLAP, each embedded from its first 0.2 s
+    build_datastore(corpus, load_clap(tiny_components()["clap"]), given,
+                    DatastoreConfig(split="train", batch_size=16, max_seconds=0.2), progress=False)
+    assert run(capsys, *args)[0] == 0
+    second = stamps()
+    assert second["none"] == first["none"] and second["k1"] != first["k1"]
+    shutil.rmtree(vae)     # another VAE of the same config in the same folder
+    torch.manual_seed(7)
+    save_component(vae, MelVAE(tiny_model_config(VAEConfig, "vae")))
+    assert run(capsys, *args)[0] == 0
+    third = stamps()
+    assert third["none"] != second["none"] and third["k1"] != second["k1"]

@@ -484,27 +484,7 @@ class TrainingRun:
             atomic_write_text(record, json.dumps(body, indent=1) + "\n")
 
     def _input_digests(self) -> dict[str, str]:
-        """files_sha256 of the folders the config trains with besides the data (a frozen VAE, CLAP or vocoder, a
-        vocoder's `vae`, a retrieval datastore), by config key; a run folder counts by its final/."""
-        from tta.checkpoint import files_sha256
-
-        subfolder = {"components.vae": "vae", "vae": "vae", "components.clap": "text_encoder",
-                     "components.vocoder": "vocoder"}   # of a pipeline folder
-        out = {}
-        for key in [*subfolder, "retrieval.datastore"]:
-            value = getattr_path(self.config, key)
-            if not isinstance(value, str) or not value or not Path(value).exists():
-                continue
-            path = Path(value)
-            if (path / "final").is_dir():              # a run folder: its release artifact
-                path = path / "final"
-            elif (path / "pipeline.json").is_file() and key in subfolder:   # the component the run loads from it
-                path = path / subfolder[key]
-            # what the model holds, not notes beside it (a README added to a component folder is no new model)
-            files = [path] if path.is_file() else sorted(
-                f for f in path.rglob("*") if f.is_file() and f.suffix.lower() not in (".md", ".txt", ".png"))
-            out[key] = files_sha256(files, path.parent if path.is_file() else path)
-        return out
+        return input_digests(self.config)
 
     # -- objects -----------------------------------------------------------------------------------
 
@@ -1014,6 +994,30 @@ def _first_change(recorded, now: dict) -> tuple[str, str, str] | None:
     key the record lacks is no change: the record is older than the key)."""
     recorded = recorded if isinstance(recorded, dict) else {}
     return next(((k, recorded[k], d) for k, d in now.items() if recorded.get(k) not in (None, d)), None)
+
+
+def input_digests(config) -> dict[str, str]:
+    """files_sha256 of the folders a run config trains with besides the data (a frozen VAE, CLAP or vocoder, a
+    vocoder's `vae`, a retrieval datastore), by config key; a run folder counts by its final/."""
+    from tta.checkpoint import files_sha256
+
+    subfolder = {"components.vae": "vae", "vae": "vae", "components.clap": "text_encoder",
+                 "components.vocoder": "vocoder"}   # of a pipeline folder
+    out = {}
+    for key in [*subfolder, "retrieval.datastore"]:
+        value = getattr_path(config, key)
+        if not isinstance(value, str) or not value or not Path(value).exists():
+            continue
+        path = Path(value)
+        if (path / "final").is_dir():              # a run folder: its release artifact
+            path = path / "final"
+        elif (path / "pipeline.json").is_file() and key in subfolder:   # the component the run loads from it
+            path = path / subfolder[key]
+        # what the model holds, not notes beside it (a README added to a component folder is no new model)
+        files = [path] if path.is_file() else sorted(
+            f for f in path.rglob("*") if f.is_file() and f.suffix.lower() not in (".md", ".txt", ".png"))
+        out[key] = files_sha256(files, path.parent if path.is_file() else path)
+    return out
 
 
 def getattr_path(obj, dotted: str):

@@ -6,7 +6,8 @@
                                latents and the VAE did; refused before any variant trains when one of them could
                                not train on it (another CLAP, too few entries for k, no latents of the VAE)
     OUT/runs/<variant>/        `tta train ldm` run folders (pipeline/ reused when its experiment-variant.json
-                               shows the same run config, manifest content and datastore; trained again otherwise)
+                               shows the same run config, manifest content, component content and datastore (the
+                               files the variant reads); trained again otherwise)
     OUT/prompts.jsonl          evaluation prompts with their bucket (category = head | mid | tail) and frequency
     OUT/reference/             reference clips for FAD (unless `eval.reference` is given): by default the
                                evaluation prompts' own clips
@@ -348,6 +349,17 @@ def check_variants(store, variants, clap, vae_identity: str) -> None:
             raise DatastoreError(f"variant {v.name}: {e}") from None
 
 
+def store_files_sha256(folder: Path, latent: bool) -> str:
+    """files_sha256 of what a variant's training reads from a datastore folder: its entries, embeddings and
+    indexes, and its latents when it reads them (`latent`); a store rebuilt to add latents stays the same to
+    the variants that do not read them."""
+    from tta.checkpoint import files_sha256
+    from tta.retrieval.datastore import META_NAME, MODALITIES
+
+    names = [META_NAME, *(f"{m}_emb.npy" for m in MODALITIES), *(f"{m}.index" for m in MODALITIES)]
+    return files_sha256([Path(folder) / n for n in [*names, *(["latent.npy"] if latent else [])]], folder)
+
+
 VARIANT_RECORD = "experiment-variant.json"
 
 
@@ -358,6 +370,7 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
     from tta.checkpoint import file_sha256
     from tta.config import apply_overrides, to_dict
     from tta.ldm.train import train
+    from tta.training import input_digests
 
     if variant.pipeline:
         return Path(variant.pipeline)
@@ -369,10 +382,14 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
                                      f"retrieval.features={json.dumps(variant.features)}",
                                      f"retrieval.modality={json.dumps(variant.modality)}",
                                      f"retrieval.max_neighbours={max(10, variant.neighbours)}"])
-    record = {"run_config": to_dict(cfg), "manifest_sha256": file_sha256(base.data.manifest)}
+    # the content of the components and of the store, not only their paths: one replaced under the same path
+    # (a VAE trained again into the folder the config names, a store rebuilt with other settings) is another input
+    record = {"run_config": to_dict(cfg), "manifest_sha256": file_sha256(base.data.manifest),
+              "inputs_sha256": input_digests(base)}
     if variant.neighbours:
         info = json.loads((Path(store) / "datastore.json").read_text())
         record["datastore"] = {k: info.get(k) for k in ("clap_identity", "count", "manifest", "manifest_sha256")}
+        record["datastore"]["files_sha256"] = store_files_sha256(store, "latent" in feature_names(variant.features))
     if (run / "pipeline" / "pipeline.json").is_file():
         try:
             old = json.loads((run / VARIANT_RECORD).read_text())
