@@ -280,6 +280,9 @@ def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
                  "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["results"][0]["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["id"] == first.id
+    assert main(["index", "query", str(out), "--clap", str(clap_dir), "--audio", str(wav), "-k", "2",
+                 "--exclude-id", first.id, "--json"]) == 0
+    assert [h["id"] for h in json.loads(capsys.readouterr().out)["results"][0]["hits"]] == [h["id"] for h in hits[1:]]
     assert main(["index", "query", str(out), "--clap", str(clap_dir), "--text", first.captions[0], "-k", "2"]) == 0
     text = capsys.readouterr().out
     assert "query: " + first.captions[0] in text and len(text.strip().splitlines()) == 3
@@ -296,7 +299,9 @@ def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
     assert main(["index", "query", str(out), "--clap", str(clap_dir), "--audio", str(tmp_path / "blip.wav")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--audio " in err and "blip.wav: 100 samples" in err, err
-    for bad, message in ((["--nprobe", "0"], "--nprobe 0: must be >= 1"), (["-k", "0"], "-k 0: must be")):
+    for bad, message in ((["--nprobe", "0"], "--nprobe 0: must be >= 1"), (["-k", "0"], "-k 0: must be"),
+                         (["--exclude-id", first.id, "--exclude-id", first.id.upper()],   # a typo excluded nothing
+                          f"--exclude-id {first.id.upper()!r}: {out} holds no entry with this id")):
         assert main(["index", "query", str(out), "--clap", str(clap_dir), "--text", "x", *bad]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err

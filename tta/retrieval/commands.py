@@ -54,7 +54,9 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--modality", choices=("audio", "text"), default="audio",
                    help="which index to search: the clips' audio (default) or their captions' text embeddings")
     q.add_argument("--nprobe", type=int, help="override the IVF cells visited per query")
-    q.add_argument("--exclude-id", action="append", default=[], help="never return this entry (repeatable)")
+    q.add_argument("--exclude-id", action="append", default=[],
+                   help="never return the entry with this id, e.g. the query clip's own (repeatable; an id the "
+                        "store does not hold is an error)")
     q.add_argument("--json", action="store_true", help="print the hits as JSON")
 
     i = sub.add_parser("info", help="what a datastore holds: CLAP, count, dim, index type, config")
@@ -110,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     if args.k <= 0:
         raise ValueError(f"-k {args.k}: must be a positive number of hits")
     store = Datastore.load(args.store)  # before the CLAP: a missing store fails fast
+    unknown = [i for i in args.exclude_id if i not in store.row_of]
+    if unknown:   # a mistyped id excluded nothing: the query's own clip came back first, unannounced
+        raise ValueError(f"--exclude-id {unknown[0]!r}: {store.folder} holds no entry with this id (its ids are "
+                         f"the manifest's, e.g. {store.ids[0]!r})")
     if args.nprobe is not None:
         for index in store.indexes.values():
             if hasattr(index, "nprobe"):
