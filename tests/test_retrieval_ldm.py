@@ -235,6 +235,7 @@ def bad_stores(store, corpus, tmp_path_factory):
     ("corrupt", [], "corrupted or unreadable FAISS index"),
     ("missing", [], "datastore folder not found"),
     (None, ["--neighbours", "2"], "--neighbours 2 needs --datastore"),   # bad usage: exit 2
+    (None, ["--context-guidance", "guided"], "--context-guidance guided needs --datastore"),   # it was ignored
 ])
 def test_generate_bad_retrieval_input_is_one_line_exit_1(trained, store, bad_stores, tmp_path, capsys, case, extra,
                                                          message):

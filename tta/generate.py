@@ -461,6 +461,10 @@ def open_datastore(args: argparse.Namespace):
     store, k = getattr(args, "datastore", None), getattr(args, "neighbours", None)
     if k is not None and store is None:
         raise UsageError(f"--neighbours {k} needs --datastore DIR (a `tta index build` folder)")
+    guidance = getattr(args, "context_guidance", None)
+    if guidance is not None and store is None:   # without neighbours both branches see the null context: no effect
+        raise UsageError(f"--context-guidance {guidance} needs --datastore DIR (it decides which guidance branch "
+                         "sees the neighbours)")
     if k is not None and k < 1:
         raise GenerateError(f"--neighbours {k} must be >= 1")
     if store is None:
