@@ -195,12 +195,15 @@ def test_generate_with_and_without_neighbours(trained, store, tmp_path, capsys):
         scores = [n["score"] for n in o["neighbours"]]
         assert scores == sorted(scores, reverse=True)
     assert rec["retrieval"]["neighbours"] == 3 and rec["retrieval"]["trained_neighbours"] == 2
+    # the store as built (CLAP, entries, manifest and its sha256, settings), not only its path
+    assert rec["retrieval"]["datastore_info"] == json.loads((store / "datastore.json").read_text())
 
     code, _, err = run(capsys, "generate", "a low steady hum", "a rising whistle sweep", "--model", model,
                        "--out-dir", tmp_path / "without")
     assert code == 0, err
     rec = json.loads((tmp_path / "without" / "generation.json").read_text())
     assert rec["retrieval"]["neighbours"] == 0 and all("neighbours" not in o for o in rec["outputs"])
+    assert rec["retrieval"]["datastore"] is rec["retrieval"]["datastore_info"] is None
     name = rec["outputs"][0]["file"]
     a, _ = sf.read(tmp_path / "with" / name)
     b, _ = sf.read(tmp_path / "without" / name)

@@ -638,7 +638,12 @@ def retrieval_record(args, pipe) -> dict | None:
         return None
     store = getattr(args, "datastore", None)
     k = getattr(args, "neighbours", None)
-    return {"datastore": None if store is None else str(Path(store).resolve()),
+    info = None
+    if store is not None:   # what the store was built from and how: a store rebuilt under the same path differs here
+        from tta.retrieval.datastore import INFO_NAME
+
+        info = json.loads((Path(store) / INFO_NAME).read_text())
+    return {"datastore": None if store is None else str(Path(store).resolve()), "datastore_info": info,
             "neighbours": (k or r.config.neighbours) if store is not None else 0,
             "index": r.config.index, "features": r.config.features, "trained_modality": r.config.modality,
             "trained_neighbours": r.config.neighbours,
