@@ -535,7 +535,8 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_
     rc, err = _tta_train(capsys, "vae", killed, *sets)
     assert rc == 1 and "pass --resume" in err
     rc, err = _tta_train(capsys, "vae", killed, *sets, "train.learning_rate=0.5", extra=["--resume"])
-    assert rc == 1 and "cannot resume with a different config (first difference at 'train.learning_rate')" in err
+    assert rc == 1 and "cannot resume with a different config (first difference at 'train.learning_rate': " in err
+    assert "saved, 0.5 now)" in err, err
     assert (killed / "config.json").is_file()
     with caplog.at_level("WARNING", logger="tta"):
         rc, err = _tta_train(capsys, "vae", killed, *sets, extra=["--resume"])
@@ -631,3 +632,18 @@ def test_restarting_an_unstarted_run_accepts_the_run_folder_its_checkpoint_came_
     restarted = restart_unstarted(out, apply_overrides(base, [f'train.init_from="{src}"']))
     assert restarted is not None and restarted.train.init_from == str(src / "checkpoints" / "step_2")
     assert not (out / "config.json").exists()
+
+
+def test_a_refused_resume_names_every_setting_that_differs_with_its_values():
+    """A retrieval run resumed without --datastore differed first at the derived 'model.context_dim' (keys sort
+    alphabetically) and the message named only that; the cause is named too now, with the values."""
+    from tta.training import _first_diff
+
+    saved = {"model": {"context_dim": 128, "width": 64}, "retrieval": {"datastore": "stores/train", "neighbours": 3},
+             "train": {"learning_rate": 1e-4}}
+    now = {"model": {"context_dim": 0, "width": 64}, "retrieval": None, "train": {"learning_rate": 1e-4}}
+    assert _first_diff(saved, now) == "'model.context_dim': 128 saved, 0 now; also 'retrieval'"
+    now = {"model": {"context_dim": 0, "width": 64}, "retrieval": {"neighbours": 3}, "train": {}}
+    assert _first_diff(saved, now) == ("'model.context_dim': 128 saved, 0 now; also 'retrieval.datastore', "
+                                       "'train.learning_rate'")
+    assert _first_diff({"a": 1, "b": "x" * 100}, {"b": "y"}) == "'a': 1 saved, absent now; also 'b'"

@@ -401,9 +401,8 @@ class TrainingRun:
                     atomic_write_text(cfg_path, json.dumps(resolved, indent=2) + "\n")
                 return
             if saved != resolved:
-                key = _first_diff(saved, resolved)
                 raise RunError(f"{self.out}: cannot resume with a different config (first difference at "
-                               f"{key!r}); start a new --out or resume with the saved config")
+                               f"{_first_diff(saved, resolved)}); start a new --out or resume with the saved config")
             self._check_data(resume=True)
             return
         held = cfg_path.exists() or self.checkpoints_dir.exists()
@@ -1070,7 +1069,7 @@ def restart_unstarted(out: str | os.PathLike, config):
             d["train"] = {k: v for k, v in d["train"].items() if k != "max_steps"}
     if then != now:
         raise RunError(f"{out}: cannot resume with a different config (first difference at "
-                       f"{_first_diff(then, now)!r}); resume with the saved config, or start a new --out")
+                       f"{_first_diff(then, now)}); resume with the saved config, or start a new --out")
     log.warning("%s holds no complete checkpoint (the run was stopped before its first one): starting it again "
                 "from step 0", out)
     clear_unstarted(out)
@@ -1197,12 +1196,37 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _first_diff(a: Any, b: Any, prefix: str = "") -> str:
+_MISSING = object()
+
+
+def _diffs(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) of every leaf where two configs differ, in key order."""
     if isinstance(a, dict) and isinstance(b, dict):
+        out = []
         for k in sorted(set(a) | set(b)):
-            if a.get(k, object()) != b.get(k, object()):
-                return _first_diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
-    return prefix or "<top>"
+            x, y = a.get(k, _MISSING), b.get(k, _MISSING)
+            if x != y:
+                out += _diffs(x, y, f"{prefix}.{k}" if prefix else k)
+        return out
+    return [(prefix or "<top>", a, b)]
+
+
+def _first_diff(a: Any, b: Any) -> str:
+    """Where the saved config `a` and the given `b` differ, for a resume's refusal: the first key with both values,
+    then the other keys (a setting derived from another, e.g. a retrieval model's context width from its
+    datastore, sorts before its cause, so all of them are named)."""
+    found = _diffs(a, b)
+    if not found:
+        return "'<top>'"
+
+    def value(v) -> str:
+        text = "absent" if v is _MISSING else repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    key, old, new = found[0]
+    rest = [k for k, _, _ in found[1:]]
+    also = f"; also {', '.join(map(repr, rest[:5]))}{', ...' if len(rest) > 5 else ''}" if rest else ""
+    return f"{key!r}: {value(old)} saved, {value(new)} now{also}"
 
 
 def _diffusers_weights(folder: Path) -> bool:
