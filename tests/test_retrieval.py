@@ -191,9 +191,17 @@ def test_ivf_matches_flat_recall_on_random_vectors():
     assert curve == sorted(curve) and curve[0] < 0.95 <= curve[2] and curve[3] == 1.0, curve
 
 
-def test_ivf_datastore_round_trip(corpus, clap, store_dir, tmp_path):
-    ivf_dir = build_datastore(corpus, clap, tmp_path / "ivf", DatastoreConfig(index="ivf", nlist=2, nprobe=2),
-                              progress=False)
+def test_ivf_datastore_round_trip(corpus, clap, store_dir, tmp_path, caplog, capfd):
+    from tta.retrieval import datastore
+
+    datastore._warned_small.clear()
+    with caplog.at_level("WARNING", logger="tta.retrieval"):
+        ivf_dir = build_datastore(corpus, clap, tmp_path / "ivf", DatastoreConfig(index="ivf", nlist=2, nprobe=2),
+                                  progress=False)
+    # 17 entries in 2 cells: one warning in our words, not FAISS's own clustering warning for each index
+    small = [r for r in caplog.records if "fewer than 39 per cell" in r.getMessage()]
+    assert len(small) == 1 and "17 entries for 2 IVF cells" in small[0].getMessage()
+    assert "WARNING clustering" not in capfd.readouterr().err
     flat, ivf = Datastore.load(store_dir), Datastore.load(ivf_dir)
     q = np.asarray(flat.emb["audio"][:5])
     assert ivf.query(q, 5).ids == flat.query(q, 5).ids  # every cell probed: exact

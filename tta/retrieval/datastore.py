@@ -50,6 +50,7 @@ META_NAME = "meta.jsonl"
 META_KEYS = ("id", "captions", "path", "audio_sha256")   # every meta.jsonl line ("source": newer stores only)
 MODALITIES = ("audio", "text")
 PQ_POINTS_PER_CENTROID = 39   # FAISS warns (and k-means is poor) below 39 training points per centroid
+_warned_small: set[tuple[str, int, int]] = set()
 _CROP = re.compile(r"(?P<file>.+)@\d+(?:\.\d+)?s")
 
 
@@ -123,7 +124,16 @@ def make_index(config: DatastoreConfig, dim: int, count: int):
                              f"has {count} (use --index ivf, or a smaller --nbits)")
         key = f"IVF{nlist},PQ{config.m}x{config.nbits}"
     index = faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)  # owns its coarse quantizer
-    faiss.extract_index_ivf(index).nprobe = min(config.nprobe, nlist)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = min(config.nprobe, nlist)
+    if count < PQ_POINTS_PER_CENTROID * nlist:
+        # said once in our words; FAISS would print its own clustering warning at every training
+        if (config.index, count, nlist) not in _warned_small:
+            _warned_small.add((config.index, count, nlist))
+            log.warning("%s index: %d entries for %d IVF cells (fewer than %d per cell): k-means is poor%s; a "
+                        "flat index is exact and as fast at this size", config.index, count, nlist,
+                        PQ_POINTS_PER_CENTROID, ", and one cell searches everything" if nlist == 1 else "")
+        ivf.cp.min_points_per_centroid = 1
     return index
 
 
