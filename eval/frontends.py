@@ -108,8 +108,9 @@ def aisfx_blocks(wav: np.ndarray) -> np.ndarray:
     log10(1e4 x + 1), divide by the package's normalisation constant; blocks of 100 frames with hop 50,
     the last partial block dropped (a clip shorter than one block gives one zero-padded block).
     """
-    import librosa
+    from tta.audio import import_librosa
 
+    librosa = import_librosa()
     peak = float(np.max(np.abs(wav))) if wav.size else 0.0
     y = wav / peak if peak > 0 else wav
     power = librosa.feature.melspectrogram(y=y.astype(np.float32), sr=AISFX_SAMPLE_RATE, n_fft=AISFX_N_FFT,

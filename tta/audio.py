@@ -24,6 +24,7 @@ import math
 import numbers
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +128,72 @@ AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".a
 # --------------------------------------------------------------------------------------------- mel
 
 
+def import_librosa():
+    """librosa (a heavy import: numba), imported so that it works for a user who cannot write beside it.
+
+    librosa compiles its numba functions with `cache=True`, and numba refuses the import ("cannot cache function
+    ...: no locator available") when it can write neither beside librosa's files nor in ~/.cache/numba: an
+    install read-only to its user, run by a service account or a container user whose home folder is not
+    writable. librosa also asks for the home folder at import, which fails for a user with none. Then numba's
+    cache (and that question) go to a temporary folder of this process, removed at exit; NUMBA_CACHE_DIR, when
+    set, is numba's own choice and is left alone."""
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        _give_numba_a_cache()
+    import librosa
+
+    return librosa
+
+
+@functools.lru_cache(maxsize=None)   # once per process
+def _give_numba_a_cache() -> None:
+    import importlib.util
+    import tempfile
+
+    spec = importlib.util.find_spec("librosa")
+    if spec is None or not spec.submodule_search_locations:
+        return   # not installed: the import names it
+    package = Path(list(spec.submodule_search_locations)[0])
+    beside = {p.parent / "__pycache__" for p in package.rglob("*.py")}   # numba's cache beside each module
+    home = os.path.expanduser("~")
+    no_home = home.startswith("~") and not os.environ.get("XDG_CACHE_HOME")
+    user_wide = None if no_home else Path(os.environ.get("XDG_CACHE_HOME") or Path(home, ".cache")) / "numba"
+    if not no_home and (all(map(_writable_folder, beside)) or _writable_folder(user_wide)):
+        return
+    try:
+        folder = tempfile.mkdtemp(prefix="tta-numba-")
+    except OSError as e:
+        raise RuntimeError(f"librosa's numba needs a folder for its cache: {package} and "
+                           f"{user_wide or 'the home folder'} are not writable and there is no temporary folder "
+                           f"({e.strerror or e}); set NUMBA_CACHE_DIR to a writable folder") from None
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["NUMBA_CACHE_DIR"] = folder
+    if "numba" in sys.modules:   # imported already: its config has read the environment
+        sys.modules["numba"].config.CACHE_DIR = folder
+    if no_home:
+        os.environ["XDG_CACHE_HOME"] = folder
+    log.info("numba (librosa) has no writable cache folder (%s); it caches in %s for this process only (set "
+             "NUMBA_CACHE_DIR to keep its cache)", "no home folder" if no_home else f"{package}, {user_wide}",
+             folder)
+
+
+def _writable_folder(folder: Path) -> bool:
+    """Whether `folder` can be made and written, tried as numba tries its cache folders."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=16)
 def _mel_basis_np(config: MelConfig) -> np.ndarray:
-    import librosa  # heavy import (numba); deferred until the first mel is computed
+    librosa = import_librosa()   # deferred until the first mel is computed
 
     return librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
                                fmin=config.f_min, fmax=config.f_max, htk=False, norm="slaney").astype(np.float32)

@@ -627,8 +627,9 @@ class TTAPipeline:
 def latent_row_tops(mel, factor: int) -> np.ndarray:
     """(n_mels // factor,) the highest mel-band edge (Hz) each latent frequency row of a VAE with downsampling
     `factor` covers: super-resolution keeps the rows whose top lies at or below the cutoff."""
-    import librosa
+    from tta.audio import import_librosa
 
+    librosa = import_librosa()
     upper = librosa.mel_frequencies(mel.n_mels + 2, fmin=mel.f_min, fmax=mel.f_max, htk=False)[2:]   # band tops
     return upper.reshape(-1, factor).max(axis=1)
 
