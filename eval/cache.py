@@ -54,7 +54,21 @@ class EmbeddingCache:
         return value
 
     def put(self, digest: str, value: np.ndarray, kind: str = "embedding") -> None:
-        from tta.checkpoint import atomic_path
+        """Keep `value`; a cache folder that cannot be written (read-only to this user, under a home folder that is
+        not writable, on a full disk) is skipped with one warning: the values are computed all the same."""
+        from tta.checkpoint import CheckpointError, atomic_path
 
-        with atomic_path(self._path(digest, kind)) as tmp, open(tmp, "wb") as f:
-            np.save(f, np.asarray(value), allow_pickle=False)
+        root = self.folder.parent
+        if root in _UNWRITABLE:
+            return
+        try:
+            with atomic_path(self._path(digest, kind)) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.asarray(value), allow_pickle=False)
+        except (OSError, CheckpointError) as e:
+            _UNWRITABLE.add(root)
+            reason = f"{e.filename or root}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+            log.warning("%s; going on without the embedding cache (--cache-dir or $TTA_CACHE_DIR names another "
+                        "folder)", reason)
+
+
+_UNWRITABLE: set[Path] = set()   # cache folders found unwritable in this process: warned about once

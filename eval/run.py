@@ -132,9 +132,16 @@ def _key(folder: Path, path: Path) -> str:
     return path.relative_to(folder).with_suffix("").as_posix()
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir() -> Path | None:
+    """$TTA_CACHE_DIR/eval, else ~/.cache/tta/eval; None (no cache) for a user without a home folder."""
     root = os.environ.get("TTA_CACHE_DIR")
-    return Path(root) / "eval" if root else Path.home() / ".cache" / "tta" / "eval"
+    if root:
+        return Path(root) / "eval"
+    home = os.path.expanduser("~")
+    if home.startswith("~"):
+        log.warning("no home folder: the embedding cache is off (--cache-dir or $TTA_CACHE_DIR names one)")
+        return None
+    return Path(home) / ".cache" / "tta" / "eval"
 
 
 def scan_folder(folder: Path, what: str) -> EmbeddedSet:
@@ -317,7 +324,7 @@ def run_eval(opts: EvalOptions) -> dict:
     ref_stats: FrechetStats | None = None
     if "fad" in metrics:
         embedder = get_embedder(opts.embedder, **_embedder_options(opts))
-        cache = EmbeddingCache(cache_root, embedder.identity)
+        cache = EmbeddingCache(cache_root, embedder.identity) if cache_root else None
         gen = embed_folder(opts.generated, embedder, cache, what="generated", batch_size=opts.batch_size,
                            progress=opts.progress)
         if ref_is_stats:
@@ -369,7 +376,7 @@ def run_eval(opts: EvalOptions) -> dict:
         except ValueError as e:
             raise EvalError(f"--metrics {','.join(panns_metrics)} need PANNs Cnn14_16k weights: pass --panns-weights "
                             f"PATH or set $TTA_PANNS_WEIGHTS ({e})") from None
-        pcache = EmbeddingCache(cache_root, panns.identity)
+        pcache = EmbeddingCache(cache_root, panns.identity) if cache_root else None
         pgen = embed_folder(opts.generated, panns, pcache, what="generated", want_logits=True,
                             batch_size=opts.batch_size, progress=opts.progress)
         pref = None if set(panns_metrics) == {"is"} else embed_folder(
@@ -433,7 +440,7 @@ def run_eval(opts: EvalOptions) -> dict:
         prompts = _match_prompts(read_prompts(opts.prompts, names), names, opts.prompts)
     if "clap" in metrics:
         _clap_metric(opts, gen, prompts, result, items)
-    silent = _silent_files(gen, EmbeddingCache(cache_root, PEAK_CACHE))
+    silent = _silent_files(gen, EmbeddingCache(cache_root, PEAK_CACHE) if cache_root else None)
     if silent:
         msg = (f"generated {opts.generated}: {len(silent)} of {len(gen.files)} files are silent (peak, DC removed, "
                f"below {SILENCE_DB:g} dBFS; e.g. {silent[0]}): a generator that failed on them is scored as if "

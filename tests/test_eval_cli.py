@@ -484,3 +484,18 @@ def test_flags_the_chosen_metrics_do_not_use_are_bad_usage(folders, tmp_path, ca
         assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "o", *extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_goes_on_without_a_cache_it_cannot_write(folders, tmp_path, caplog):
+    # the default cache is under the home folder; a user whose home is not writable got "cannot write there"
+    # and no eval (a regular file where the folder should be stays unwritable for root too)
+    gen, ref, _ = folders
+    blocked = tmp_path / "home"
+    blocked.write_text("not a folder")
+    args = ["--generated", gen, "--reference", ref]
+    assert main(["-q", "eval", "--cache-dir", str(blocked / "cache"), *map(str, args), "--out",
+                 str(tmp_path / "uncached")]) == 0
+    assert "going on without the embedding cache" in caplog.text and str(blocked / "cache") in caplog.text
+    assert _eval(tmp_path, *args, "--out", tmp_path / "cached") == 0
+    uncached, cached = (json.loads((tmp_path / n / "eval.json").read_text()) for n in ("uncached", "cached"))
+    assert uncached["metrics"]["fad"] == cached["metrics"]["fad"]
