@@ -34,23 +34,28 @@ def _clean(obj):
     return obj
 
 
-def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict]) -> Path:
-    from tta.checkpoint import atomic_write_text
+def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict], stats: dict | None = None) -> Path:
+    """Write OUT/items.csv, OUT/eval.json and the statistics `stats` ({file name: FrechetStats}) together: each is
+    written in full before any replaces an earlier run's file, so a failed write (a full disk) leaves the folder
+    as it was, never an eval.json beside the statistics of another run."""
+    from tta.checkpoint import atomic_files, atomic_write_text
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, stats = Path(out), stats or {}
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=ITEM_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for name in sorted(items):
         row = {"name": name, **{k: ("" if v is None else v) for k, v in items[name].items()}}
         writer.writerow(row)
-    atomic_write_text(out / ITEMS_NAME, buf.getvalue())
     body = {"format_version": FORMAT_VERSION, "kind": "tta.eval", **_clean(result), "items_csv": ITEMS_NAME,
-            # items.csv is written first: a run stopped between the two writes, or a file changed since, pairs
-            # an eval.json with items that are not its own; the report checks this
+            # eval.json is renamed into place last: a run killed between the renames, or a file changed since,
+            # pairs an eval.json with items that are not its own; the report checks this
             "items_sha256": hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest()}
-    atomic_write_text(out / RESULT_NAME, json.dumps(body, indent=2, allow_nan=False) + "\n")
+    with atomic_files(out, [RESULT_NAME, ITEMS_NAME, *stats]) as tmp:   # renamed in the reverse order
+        for name, value in stats.items():
+            value.save(tmp[name])
+        atomic_write_text(tmp[ITEMS_NAME], buf.getvalue())
+        atomic_write_text(tmp[RESULT_NAME], json.dumps(body, indent=2, allow_nan=False) + "\n")
     return out / RESULT_NAME
 
 

@@ -458,13 +458,10 @@ def run_eval(opts: EvalOptions) -> dict:
 
         result["breakdown"] = category_breakdown(gen, prompts, items, ref_stats)
     result["protocol"]["common"] = _common_protocol(opts, metrics, gen)
-    opts.out.mkdir(parents=True, exist_ok=True)
+    write_outputs(opts.out, result, items, stats_out)
     for name in ("reference_stats.npz", "generated_stats.npz"):  # no stats of an earlier run beside this eval.json
-        if name in stats_out:
-            stats_out[name].save(opts.out / name)
-        else:
+        if name not in stats_out:
             (opts.out / name).unlink(missing_ok=True)
-    write_outputs(opts.out, result, items)
     return result
 
 

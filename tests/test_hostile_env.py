@@ -5,12 +5,16 @@ places are made so that they stay unwritable for root too (a regular file where 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 def _env(**changes) -> dict:
@@ -37,3 +41,90 @@ def test_librosa_imports_when_neither_its_folder_nor_home_takes_numbas_cache(tmp
     shape, where, cache = out.stdout.splitlines()
     assert shape == "torch.Size([64, 513])" and where.startswith(str(site))
     assert not Path(cache).exists()   # the process's temporary cache went with it
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """fill(free) -> a folder on a 512 KiB file system with about `free` bytes left: a tmpfs, so only where the
+    tests may mount one (root); skipped elsewhere."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs a small file system: mounting a tmpfs needs root")
+
+    def fill(free: int = 0) -> Path:
+        st = os.statvfs(mnt)
+        (mnt / "filler").write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - free))
+        return mnt
+
+    yield fill
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _left(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "filler")
+
+
+def test_writes_to_a_full_disk_name_the_file_and_leave_nothing(full_disk):
+    # a write's error named no file ("[Errno 28] No space left on device"), libsndfile said "System error.",
+    # torch.save "[enforce fail at inline_container.cc] unexpected pos ..."; a file's new folder stayed behind
+    import torch
+
+    from tests.signals import tone
+    from tta.audio import save_audio
+    from tta.checkpoint import atomic_write_text, save_train_state
+
+    disk = full_disk(8192)
+    writes = {disk / "x.wav": lambda p: save_audio(p, tone(440.0, 5.0), 16_000),
+              disk / "state.pt": lambda p: save_train_state(p, {"w": torch.zeros(100_000)}),
+              disk / "new" / "deeper" / "a.json": lambda p: atomic_write_text(p, "x" * 100_000)}
+    for path, write in writes.items():
+        with pytest.raises(OSError) as e:
+            write(path)
+        assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(path))
+        assert _left(disk) == []
+
+
+def test_commands_on_a_full_disk_say_so_in_one_line_and_leave_nothing(full_disk, tmp_path, capsys):
+    from tests.signals import noise, tone
+    from tta.audio import save_audio
+    from tta.cli import main
+
+    for i in range(3):
+        save_audio(tmp_path / "gen" / f"g{i}.wav", tone(300 + 100 * i, 1.0), 16_000)
+        save_audio(tmp_path / "ref" / f"r{i}.wav", noise(1.0, seed=i), 16_000)
+        (tmp_path / "ref" / f"r{i}.txt").write_text("noise\n")
+    disk = full_disk(0)
+    commands = [["data", "import", "folder", tmp_path / "ref", "--out", disk / "m.jsonl"],
+                ["eval", "--generated", tmp_path / "gen", "--reference", tmp_path / "ref", "--out", disk / "ev",
+                 "--cache-dir", tmp_path / "cache"]]
+    for argv in commands:
+        capsys.readouterr()
+        assert main(["-q", *map(str, argv)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tta: error: {argv[argv.index('--out') + 1]}") and err.endswith(
+            "No space left on device") and "\n" not in err
+        assert _left(disk) == []
+
+
+def test_a_training_run_whose_checkpoint_finds_the_disk_full_says_so_and_leaves_nothing(full_disk, tmp_path,
+                                                                                         repo_root, capsys):
+    # torch.save's "[enforce fail at inline_container.cc:672] . unexpected pos 142272 vs 142164" was the message
+    from tests.signals import noise
+    from tta.audio import save_audio
+    from tta.cli import main
+
+    for i in range(4):
+        save_audio(tmp_path / "clips" / f"c{i}.wav", noise(1.0, seed=i), 16_000)
+        (tmp_path / "clips" / f"c{i}.txt").write_text("noise\n")
+    manifest = tmp_path / "m.jsonl"
+    assert main(["-q", "data", "import", "folder", str(tmp_path / "clips"), "--out", str(manifest),
+                 "--valid-fraction", "0.25"]) == 0
+    disk = full_disk(200_000)   # room for the run's config, metrics and samples; not for its checkpoint
+    capsys.readouterr()
+    assert main(["-q", "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"), "--out",
+                 str(disk / "run"), "--set", f"data.manifest={json.dumps(str(manifest))}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"tta: error: {disk / 'run' / 'checkpoints' / 'step_2'}: No space left on device"
+    assert _left(disk) == []

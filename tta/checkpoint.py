@@ -84,14 +84,17 @@ def _name_max(folder: Path) -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed (with the
+    folders made for it). A failed write is an OSError naming `path` (see `_write_error`)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder; expected the path of a file to write")
+    made = _missing_top(path.parent)
     try:   # errors name the file asked for, not the hidden temporary one beside it
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp" + path.suffix, dir=path.parent)
     except OSError as e:
+        _remove_made(path.parent, made)
         blocker = next((a for a in path.parents if a.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise CheckpointError(f"{path}: cannot write there ({blocker} is a file, not a folder)") from None
@@ -99,13 +102,82 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        if tmp.exists():
-            os.chmod(tmp, _default_mode(folder=tmp.is_dir()))
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            if tmp.exists():
+                os.chmod(tmp, _default_mode(folder=tmp.is_dir()))
+            os.replace(tmp, path)
+        except Exception as e:
+            error = _write_error(e, tmp, path)
+            if error is None:
+                raise
+            raise error from e
     finally:
         if tmp.exists():
             tmp.unlink()
+        if not path.exists():
+            _remove_made(path.parent, made)
+
+
+@contextlib.contextmanager
+def atomic_files(folder: str | os.PathLike, names) -> Iterator[dict[str, Path]]:
+    """{name: temporary path beside folder/name}: when the block succeeds each is renamed onto folder/name, when it
+    fails none is, so files that belong together are never half replaced. Write each through its own atomic write
+    (`atomic_write_text(tmp[name], ...)`): a failure then names the file it was writing."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(atomic_path(Path(folder) / name)) for name in names}
+
+
+def _write_error(e: Exception, tmp: Path, path: Path) -> OSError | None:
+    """`e`, raised while writing the temporary `tmp`, as an OSError about `path`, the file or folder asked for; None
+    when it is no failure to write. A write that fails names no file ("[Errno 28] No space left on device") or the
+    hidden temporary one, and some writers drop the reason: libsndfile says "System error.", torch.save "unexpected
+    pos 142272 vs 142164", safetensors "I/O error: ... (os error 28)"; on a full file system it is the space."""
+    import errno as errnos
+
+    if isinstance(e, OSError):
+        if e.errno is None:
+            return None
+        if e.filename is not None:   # about the temporary file or a file in the temporary folder
+            inside = os.path.abspath(os.fsdecode(e.filename)).startswith(os.path.abspath(tmp))
+        else:                        # a write's error names no file; another (a pipe's, a socket's) is left alone
+            inside = e.errno in (errnos.ENOSPC, errnos.EDQUOT, errnos.EFBIG, errnos.EROFS, errnos.EIO)
+        return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) if inside else None
+    if isinstance(e, (ValueError, TypeError, AttributeError, KeyError, IndexError, NameError)):
+        return None   # tta's own errors (CheckpointError, AudioError, ...) and programming errors stay as they are
+    code = re.search(r"\(os error (\d+)\)", str(e))
+    if code:
+        return OSError(int(code[1]), os.strerror(int(code[1])), str(path))
+    try:
+        st = os.statvfs(tmp.parent)
+    except (OSError, AttributeError):
+        return None
+    if st.f_bavail * st.f_frsize < 1 << 20:
+        return OSError(errnos.ENOSPC, os.strerror(errnos.ENOSPC), str(path))
+    return None
+
+
+def _missing_top(folder: Path) -> Path | None:
+    """The top-most of `folder` and its parents that does not exist yet (None when `folder` exists)."""
+    top = None
+    for a in (folder, *folder.parents):
+        if a.exists():
+            break
+        top = a
+    return top
+
+
+def _remove_made(folder: Path, top: Path | None) -> None:
+    """Remove the empty folders from `folder` up to `top`, those a failed write made for its file."""
+    if top is None:
+        return
+    for a in (folder, *folder.parents):
+        try:
+            a.rmdir()
+        except OSError:
+            return
+        if a == top:
+            return
 
 
 def check_output_path(path: str | os.PathLike, flag: str, *, folder: bool = False) -> None:
@@ -152,23 +224,32 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: exists and is not a folder; choose another output path")
+    made = _missing_top(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        os.chmod(tmp, _default_mode(folder=True))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
+        try:
+            yield tmp
+            os.chmod(tmp, _default_mode(folder=True))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(path, old)
+                os.replace(tmp, path)
                 shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+            else:
+                os.replace(tmp, path)
+        except Exception as e:
+            error = _write_error(e, tmp, path)
+            if error is None:
+                raise
+            raise error from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        if not path.exists():
+            _remove_made(path.parent, made)
 
 
 # ------------------------------------------------------------------------------- component folders

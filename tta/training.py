@@ -669,8 +669,12 @@ class TrainingRun:
         if not self.is_main:
             return
         row = {"step": self.step, "seconds": round(time.time() - self._t0, 3), **values}
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        path = self.out / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:   # a full disk's error names no file
+            raise OSError(e.errno, e.strerror, str(path)) if e.filename is None and e.errno else e from None
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -1114,10 +1118,11 @@ def run_lock(out: str | os.PathLike, *, create: bool = True) -> Iterator[None]:
             holder = f.read().strip()
             raise RunError(f"{out}: another tta train{f' (process {holder})' if holder else ''} is training in this "
                            "folder; wait for it, or choose another --out") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+        try:   # who holds the lock, for a refused command's message; on a full disk the lock holds without it
+            os.ftruncate(f.fileno(), 0)
+            os.write(f.fileno(), f"{os.getpid()}\n".encode())
+        except OSError as e:
+            log.warning("%s: cannot write the process id into the lock file (%s)", path, e.strerror or e)
         yield
     finally:
         f.close()
