@@ -54,8 +54,10 @@ def full_disk(tmp_path):
         pytest.skip("needs a small file system: mounting a tmpfs needs root")
 
     def fill(free: int = 0) -> Path:
+        filler = mnt / "filler"
+        filler.unlink(missing_ok=True)
         st = os.statvfs(mnt)
-        (mnt / "filler").write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - free))
+        filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - free))
         return mnt
 
     yield fill
@@ -128,3 +130,30 @@ def test_a_training_run_whose_checkpoint_finds_the_disk_full_says_so_and_leaves_
     err = capsys.readouterr().err.strip()
     assert err == f"tta: error: {disk / 'run' / 'checkpoints' / 'step_2'}: No space left on device"
     assert _left(disk) == []
+
+
+def test_index_build_on_a_nearly_full_disk_is_an_error_not_a_bus_error(full_disk, tmp_path, repo_root):
+    # the embeddings are written into memory maps of sparse files: with too little room the first row written
+    # ended the process with SIGBUS ("Bus error", exit 135) and left the hidden temporary store behind
+    import torch
+
+    from tests.clap_toy import make_corpus
+    from tta.checkpoint import save_component
+    from tta.clap.model import TTAClap
+    from tta.clap.train import RunConfig
+    from tta.config import load_config
+    from tta.data.manifest import read_manifest, write_manifest
+
+    manifest = make_corpus(tmp_path / "corpus", per_kind_train=1, per_kind_valid=0)
+    rows = read_manifest(manifest)   # 64 rows of the same few clips: arrays of several pages each
+    write_manifest(manifest, [type(r)(**{**r.__dict__, "id": f"{r.id}-{i}"}) for i in range(64 // len(rows) + 1)
+                              for r in rows])
+    torch.manual_seed(0)
+    clap = save_component(tmp_path / "clap", TTAClap(load_config(RunConfig, repo_root / "configs/clap/tiny.json").model))
+    for free in (16_384, 20_480):
+        disk = full_disk(free)
+        out = subprocess.run([sys.executable, "-m", "tta", "-q", "index", "build", "--manifest", str(manifest),
+                              "--clap", str(clap), "--out", str(disk / "store")], cwd=repo_root, capture_output=True,
+                             text=True, env=_env(OMP_NUM_THREADS="1"))
+        assert (out.returncode, out.stderr.strip()) == (1, f"tta: error: {disk / 'store'}: No space left on device"), free
+        assert _left(disk) == []

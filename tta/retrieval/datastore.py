@@ -29,6 +29,7 @@ one is a mixture built from the other (or from a crop of the other's file), in e
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -258,15 +259,15 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
     max_seconds = config.max_seconds or None
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        audio_emb = np.lib.format.open_memmap(tmp / "audio_emb.npy", "w+", np.float32, (n, dim))
-        text_emb = np.lib.format.open_memmap(tmp / "text_emb.npy", "w+", np.float32, (n, dim))
+        audio_emb = _new_array(tmp / "audio_emb.npy", np.float32, (n, dim))
+        text_emb = _new_array(tmp / "text_emb.npy", np.float32, (n, dim))
         latent, latent_info = None, None
         if vae is not None:
             import torch
 
             mel_cfg, tokens = vae.config.mel, config.latent_tokens
             width = vae.config.latent_channels * (mel_cfg.n_mels // vae.downsample_factor)
-            latent = np.lib.format.open_memmap(tmp / "latent.npy", "w+", np.float16, (n, tokens, width))
+            latent = _new_array(tmp / "latent.npy", np.float16, (n, tokens, width))
             latent_info = {"vae_identity": vae.identity, "tokens": tokens, "dim": width,
                            "sample_rate": mel_cfg.sample_rate}
         level = normalize_wav if config.normalize else (lambda w: w)   # as the training loader reads clips
@@ -352,10 +353,25 @@ def _embed_rows(clap, batch: list, wavs: list, manifest: Path, level) -> tuple[l
     return rows, kept, np.stack(emb) if emb else np.zeros((0, int(clap.embed_dim)), np.float32)
 
 
+def _new_array(path: Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new .npy file mapped into memory, its blocks reserved on disk first: a map of a file that the file system
+    has no room for ends the process with SIGBUS ("Bus error") when it is written, where the reservation fails with
+    ENOSPC, an error that names the store (and leaves no temporary folder)."""
+    arr = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    if hasattr(os, "posix_fallocate"):   # not on macOS or Windows
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):   # else: cannot reserve there
+                    raise
+    return arr
+
+
 def _shrink(path: Path, arr: np.ndarray, rows: int, chunk: int = 65_536) -> np.ndarray:
     """Rewrite the .npy memmap `arr` at `path` holding only its first `rows` rows; returns the new memmap."""
     part = path.with_name(path.name + ".part")
-    small = np.lib.format.open_memmap(part, "w+", arr.dtype, (rows, *arr.shape[1:]))
+    small = _new_array(part, arr.dtype, (rows, *arr.shape[1:]))
     for start in range(0, rows, chunk):
         small[start:start + chunk] = arr[start:min(start + chunk, rows)]
     small.flush()
