@@ -138,6 +138,8 @@ def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
     blocker.write_text("not a folder")
     code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "--out-dir", blocker / "sub")
     assert code == 1 and "cannot create the output folder" in err
+    code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "-o", blocker / "x.wav")
+    assert code == 1 and f"({blocker} is a file, not a folder)" in err, err   # was: "output folder ... does not exist"
     code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "-o", tmp_path / "x.mp3")
     assert code == 1 and "must end in .wav" in err
     code, _, err = run(capsys, "a", "b", "--model", tiny_pipeline(), "-o", tmp_path / "x.wav")

@@ -182,6 +182,8 @@ def check_writable_file(path: Path) -> None:
     if path.is_dir():
         raise GenerateError(f"{path}: is a directory; use --out-dir for a folder")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise GenerateError(f"{path}: cannot be written there ({parent} is a file, not a folder)")
     if not parent.is_dir():
         raise GenerateError(f"{path}: output folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
