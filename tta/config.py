@@ -129,10 +129,27 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {_tname(value)} {value!r}")
 
 
+def installed_configs() -> Path | None:
+    """The folder where an installed tta keeps the repository's configs/ (<prefix>/share/tta/configs, a wheel's
+    data files, or the same under the user's base for `pip install --user`), or None."""
+    import sys
+    import sysconfig
+
+    for prefix in (sys.prefix, sysconfig.get_path("data", sysconfig.get_preferred_scheme("user"))):
+        folder = Path(prefix) / "share" / "tta" / "configs"
+        if folder.is_dir():
+            return folder
+    return None
+
+
 def load_config(cls: type[T], path: str | os.PathLike) -> T:
     """Read a strict JSON config file into `cls`."""
     path = Path(path)
     if not path.is_file():
+        shipped = installed_configs()
+        if path.parts[:1] == ("configs",) and shipped is not None and (shipped.parent / path).is_file():
+            raise ConfigError(f"{path}: config file not found here; tta's shipped configs are installed in "
+                              f"{shipped}: --config {shipped.parent / path}")
         raise ConfigError(f"{path}: config file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
