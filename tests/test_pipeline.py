@@ -601,3 +601,37 @@ def test_call_arguments_of_the_wrong_type_are_named_before_compute(pipe):
                guidance=np.float32(2.0))
     assert len(out.wavs) == 2
     assert pipe.inpaint(wav, ["x"], start=np.float32(0.05), end=np.float64(0.1), steps=2).wavs[0].shape == wav.shape
+
+
+def test_an_edit_names_itself_and_the_keyword_it_does_not_take(pipe):
+    """pipe.audio_to_audio(wav, ["a"], seconds=1) failed on "TTAPipeline._run() got an unexpected keyword argument
+    'seconds'", a private method and no reason; init_wav= or keep= on "multiple values for keyword argument", and
+    strength= on inpaint / super_resolve was taken silently (the command line refuses --strength there)."""
+    import inspect
+
+    wav = signals.chirp(300, 3000, 0.2).astype(np.float32)
+    edits = {"audio_to_audio": lambda **kw: pipe.audio_to_audio(wav, ["x"], steps=2, **kw),
+             "inpaint": lambda **kw: pipe.inpaint(wav, ["x"], start=0.05, end=0.1, steps=2, **kw),
+             "super_resolve": lambda **kw: pipe.super_resolve(wav, ["x"], cutoff_hz=3000, steps=2, **kw)}
+    for name, edit in edits.items():
+        with pytest.raises(TypeError, match=rf"TTAPipeline\.{name}\(\) takes no seconds=: an edit's length is its "
+                                            r"input's"):
+            edit(seconds=1)
+        with pytest.raises(TypeError, match=rf"TTAPipeline\.{name}\(\) takes no window=: an edit's length"):
+            edit(window=1.0)
+        for private in ("init_wav", "keep", "cut", "finish", "context", "stepz"):
+            with pytest.raises(TypeError, match=rf"TTAPipeline\.{name}\(\) got an unexpected keyword argument "
+                                                rf"'{private}'; besides its own, an edit takes steps, guidance"):
+                edit(**{private: None})
+    for name in ("inpaint", "super_resolve"):
+        with pytest.raises(TypeError, match=rf"TTAPipeline\.{name}\(\) takes no strength="):
+            edits[name](strength=0.5)
+    # an edit takes every generation setting of __call__ but its length
+    from tta.pipeline import EDIT_SETTINGS
+
+    call = set(inspect.signature(TTAPipeline.__call__).parameters) - {"self", "prompts", "seconds", "window"}
+    assert set(EDIT_SETTINGS) == call
+    out = edits["audio_to_audio"](seed=np.int64(3), candidates=2, return_candidates=True, guidance_rule="apg",
+                                  precision="float32", progress=False, prompt_ids=["a"], negative="hiss", eta=0.0,
+                                  sampler="ddim", batch_size=1, guidance=2.0, context_guidance="shared")
+    assert len(out.candidate_wavs[0]) == 2

@@ -69,6 +69,30 @@ INPAINT_RANK_CONTEXT = 0.5  # seconds on each side of an inpainted gap that cand
 SR_CROSSOVER = 0.1          # super-resolution's crossover: input below (1 - this) x cutoff, generated above cutoff
 
 
+# what an edit (audio_to_audio, inpaint, super_resolve) passes on to generation: __call__'s settings but its length
+EDIT_SETTINGS = ("steps", "guidance", "negative", "candidates", "seed", "sampler", "eta", "batch_size",
+                 "guidance_rule", "precision", "progress", "return_candidates", "datastore", "neighbours",
+                 "context_guidance", "prompt_ids")
+
+
+def check_edit_settings(method: str, settings: dict) -> None:
+    """A TypeError naming the edit `method` and the keyword it does not take, before any compute: its length
+    (seconds=, window=) is its input's, and the arguments the edit itself computes are not settings."""
+    method = f"TTAPipeline.{method}()"
+    for name in settings:
+        if name == "seconds":
+            raise TypeError(f"{method} takes no seconds=: an edit's length is its input's (cut or pad the audio)")
+        if name == "window":
+            raise TypeError(f"{method} takes no window=: an edit's length is its input's (an input shorter than the "
+                            "model's defaults.window is sampled at that window and cut back)")
+        if name == "strength":
+            raise TypeError(f"{method} takes no strength=: it regenerates what it edits from noise (strength= is "
+                            "audio_to_audio's)")
+        if name not in EDIT_SETTINGS:
+            raise TypeError(f"{method} got an unexpected keyword argument {name!r}; besides its own, an edit takes "
+                            f"{', '.join(EDIT_SETTINGS)}")
+
+
 def check_context_guidance(name: str) -> str:
     if name not in CONTEXT_GUIDANCE:
         raise ValueError(f"context_guidance={name!r} must be one of {', '.join(CONTEXT_GUIDANCE)}")
@@ -420,7 +444,9 @@ class TTAPipeline:
         Every edit (this, inpaint, super_resolve) takes float audio at any level: the model hears it as it heard
         its training audio (DC removed, peak 0.5) and the outputs come back at the input's level
         (`Generation.input_level`, the factor applied). An input shorter than the model's `window` is sampled
-        padded with silence to the window, and the output cut back to the input's length."""
+        padded with silence to the window, and the output cut back to the input's length. The other settings are
+        __call__'s (EDIT_SETTINGS), less its length: an edit's is its input's."""
+        check_edit_settings("audio_to_audio", kwargs)
         wav, level, _ = edit_input(wav)
         n, sampled = self._edit_length(wav)
         if not is_real(strength) or not 0 < strength <= 1:
@@ -438,6 +464,7 @@ class TTAPipeline:
         vocoder render them (AudioLDM's inpainting output). Candidates are ranked by CLAP on the gap with up to
         INPAINT_RANK_CONTEXT seconds on each side, not on the whole clip, which is mostly the input.
         """
+        check_edit_settings("inpaint", kwargs)
         if outside not in EDIT_OUTSIDE:
             raise PipelineError(f"outside={outside!r}: expected one of {', '.join(EDIT_OUTSIDE)}")
         if not is_real(start) or not is_real(end):
@@ -477,6 +504,7 @@ class TTAPipeline:
         crossover fading over SR_CROSSOVER of the cutoff just below it), since the VAE decoder lets the
         regenerated rows spill into the low band; "decoded" returns the whole decoded clip.
         """
+        check_edit_settings("super_resolve", kwargs)
         if outside not in EDIT_OUTSIDE:
             raise PipelineError(f"outside={outside!r}: expected one of {', '.join(EDIT_OUTSIDE)}")
         wav, level, offset = edit_input(wav)
