@@ -66,13 +66,18 @@ class Embedder:
     def embed(self, wav, sample_rate: int) -> np.ndarray:
         """wav (T,) mono float at `sample_rate` Hz -> (frames, dim) float64; resampled when needed."""
         from tta.audio import AudioError, float_audio, resample
+        from tta.config import check_number
 
+        # a str rate was taken through int() ("16000"), a fractional one cut down (16000.7 -> 16000), 0 failed in soxr
+        sample_rate = check_number(sample_rate, int, f"{self.name}: sample_rate")
+        if sample_rate <= 0:
+            raise ValueError(f"{self.name}: sample_rate={sample_rate} must be a positive integer (Hz)")
         x = float_audio(wav, self.name)
         if x.ndim != 1 or x.size == 0:
             raise AudioError(f"{self.name}: expected mono audio of shape (T,), got {x.shape}")
         if not np.isfinite(x).all():
             raise AudioError(f"{self.name}: audio contains NaN or inf")
-        return self.embed_batch([resample(x, int(sample_rate), self.sample_rate)])[0]
+        return self.embed_batch([resample(x, sample_rate, self.sample_rate)])[0]
 
     def embed_batch(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
         """Clips (T_i,) already at `self.sample_rate` -> list of (frames_i, dim) float64."""

@@ -92,8 +92,11 @@ def kl_divergence(generated: dict[str, np.ndarray], reference: dict[str, np.ndar
 def inception_score(logits, *, splits: int = 10, seed: int = IS_SEED) -> dict:
     """Logits (N, C) -> {"is_mean", "is_std", "splits", "seed"} (+ "warning" when N < 2 x splits):
     exp(E KL(p(y|x) || p(y))) per split of the shuffled rows, as audioldm_eval. Refuses N < splits."""
+    from tta.config import check_number
+
+    splits = check_number(splits, int, "inception_score splits")   # int() took "10" and cut 2.5 down to 2 without a word
     probs = _softmax(_logits(logits, "logits"))
-    n, splits = probs.shape[0], int(splits)
+    n = probs.shape[0]
     if splits < 1 or n < splits:
         raise ValueError(f"IS needs at least {splits} generated files ({splits} splits), got {n}")
     probs = probs[np.random.RandomState(seed).permutation(n)]

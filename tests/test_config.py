@@ -122,3 +122,44 @@ def test_bad_json_file_names_file_and_line(tmp_path):
 
 def test_to_dict_is_plain_json():
     json.dumps(to_dict(Outer(name="x")))
+
+
+def test_configs_built_in_python_name_a_str_where_a_number_belongs_and_take_numpy_numbers():
+    """MelConfig(sample_rate="16000"), DataConfig(num_workers="2"), ImportOptions(valid_fraction="0.1"),
+    DatastoreConfig(nprobe="4") and StarterOptions(workers="2") failed on Python's "'<=' not supported between
+    instances of 'str' and 'int'", naming no field; MelConfig(log_floor=nan) was taken; a numpy number was kept
+    and the config failed to write as JSON ("Object of type int64 is not JSON serializable")."""
+    import math
+
+    import numpy as np
+
+    from tta.data.importers import ImportOptions
+    from tta.data.manifest import DataConfig
+    from tta.data.recipes.starter import RecipeError, StarterOptions
+    from tta.retrieval.datastore import DatastoreConfig
+
+    for make, match in ((lambda: MelConfig(sample_rate="16000"), "mel.sample_rate='16000' must be an integer"),
+                        (lambda: MelConfig(f_max="8000"), "mel.f_max='8000' must be a finite number"),
+                        (lambda: MelConfig(hop_length=160.5), "mel.hop_length=160.5 must be an integer"),
+                        (lambda: MelConfig(log_floor=math.nan), "mel.log_floor=nan must be a finite number"),
+                        (lambda: MelConfig(n_mels=True), "mel.n_mels=True must be an integer"),
+                        (lambda: DataConfig(num_workers="2"), "data.num_workers='2' must be an integer"),
+                        (lambda: DataConfig(repeat_gap=("0.2", 1.0)), r"data.repeat_gap\[0\]='0.2' must be a finite"),
+                        (lambda: DataConfig(key_weights={"dog": "4"}), r"data.key_weights\['dog'\]='4' must be"),
+                        (lambda: ImportOptions(valid_fraction="0.1"), "valid_fraction='0.1' must be a finite number"),
+                        (lambda: DatastoreConfig(nprobe="4"), "nprobe='4' must be an integer"),
+                        (lambda: DatastoreConfig(max_seconds="5"), "max_seconds='5' must be a finite number")):
+        with pytest.raises(ValueError, match=match):
+            make()
+    with pytest.raises(RecipeError, match="workers='2' must be an integer"):
+        StarterOptions(workers="2")
+    mel = MelConfig(sample_rate=np.int64(16_000), f_max=np.float32(8000.0), hop_length=160.0)
+    assert mel == MelConfig() and type(mel.sample_rate) is int and type(mel.f_max) is float
+    assert type(mel.hop_length) is int
+    data = DataConfig(num_workers=np.int64(2), repeat_gap=(np.float32(0.5), 1), key_weights={"dog": np.int64(4)})
+    assert json.loads(json.dumps(to_dict(data)))["key_weights"] == {"dog": 4.0}
+    assert data.repeat_gap == (0.5, 1) and type(data.repeat_gap[0]) is float and data.num_workers == 2
+    assert ImportOptions(valid_fraction=np.float64(0.25)).valid_fraction == 0.25
+    assert DatastoreConfig(nprobe=np.int32(4), max_seconds=np.float64(5)).nprobe == 4
+    assert StarterOptions(workers=np.int64(2)).workers == 2
+    assert DataConfig(segment_seconds=10).segment_seconds == 10   # a Python int in a float field is kept as it is

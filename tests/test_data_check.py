@@ -116,3 +116,17 @@ def test_bad_lines_are_located_by_line_even_when_the_folder_name_holds_a_colon(t
     report = check_manifest(folder / "m.jsonl", progress=False)
     where = sorted(p.where for p in report.problems if p.reason == "manifest")
     assert where == [f"{folder / 'm.jsonl'}:2", f"{folder / 'm.jsonl'}:3"]
+
+
+def test_thresholds_given_as_strings_are_named_before_any_row_is_read(tmp_path):
+    """check_manifest(m, min_seconds="0.1") failed on "'<' not supported" and silence_db="-60" on numpy's "ufunc
+    'less' did not contain a loop with signature matching types", at the first row."""
+    manifest, _ = make_bad_manifest(tmp_path)
+    for kwargs, match in (({"min_seconds": "0.1"}, "min_seconds='0.1' must be a finite number"),
+                          ({"silence_db": "-60"}, "silence_db='-60' must be a finite number"),
+                          ({"seconds_tolerance": None}, "seconds_tolerance=None must be a finite number")):
+        with pytest.raises(ValueError, match=match):
+            check_manifest(manifest, progress=False, **kwargs)
+    a = check_manifest(manifest, min_seconds=np.float32(0.1), silence_db=np.int64(-60), progress=False)
+    b = check_manifest(manifest, progress=False)
+    assert a.problems == b.problems and a.good_rows == b.good_rows

@@ -332,3 +332,23 @@ def test_audio_files_gone_since_the_manifest_was_written_are_named_up_front(corp
                                             r"`tta data check MANIFEST --drop-bad"):
         AudioDataset(manifest, "train", SR, 1.0)
     assert len(AudioDataset(manifest, "valid", SR, 1.0)) == 1     # the other split is whole
+
+
+def test_numbers_given_in_python_are_checked_and_numpy_numbers_taken(corpus):
+    """AudioDataset(M, "train", "16000", 1.0) failed on "can't multiply sequence by non-int of type 'float'",
+    segment_seconds="1.0" on "'<=' not supported", and repeat_below="0.5" was read with float()."""
+    manifest, _ = corpus
+    for args, kwargs, match in ((("16000", 1.0), {}, "sample_rate='16000' must be an integer"),
+                                ((SR, "1.0"), {}, "segment_seconds='1.0' must be a finite number"),
+                                ((0, 1.0), {}, "sample_rate=0 must be a positive integer"),
+                                ((SR, 1.0), {"repeat_below": "0.5"}, "repeat_below='0.5' must be a finite number"),
+                                ((SR, 1.0), {"repeat_gap": (0.2, "1")}, r"repeat_gap\[1\]='1' must be a finite"),
+                                ((SR, 1.0), {"repeat_gap": 0.2}, r"repeat_gap=0.2 must be a pair of numbers"),
+                                ((SR, 1.0), {"speed_by_key": {"dog": ("0.8", 1.2)}},
+                                 r"speed_by_key\['dog'\]\[0\]='0.8' must be")):
+        with pytest.raises(ValueError, match=match):
+            AudioDataset(manifest, "train", *args, **kwargs)
+    a = AudioDataset(manifest, "train", np.int64(SR), np.float32(1.0), normalize=False, random_crop=False)
+    b = AudioDataset(manifest, "train", SR, 1.0, normalize=False, random_crop=False)
+    assert a.segment_samples == b.segment_samples == SR and type(a.sample_rate) is int
+    assert torch.equal(a[0]["wav"], b[0]["wav"])

@@ -17,3 +17,25 @@ def test_rows_read_from_one_manifest_stay_valid_written_into_another_folder(tmp_
     assert resolve_path(again[0], subset) == (tmp_path / "corpus" / "audio" / "a.wav").resolve()
     assert again[0] == rows[0].__class__(**{**rows[0].__dict__, "path": again[0].path})   # base is not compared
     assert "base" not in subset.read_text()
+
+
+def test_a_row_built_in_python_names_a_str_where_a_number_belongs():
+    """ManifestRow(..., seconds="1.0") failed on "'>=' not supported between instances of 'str' and 'int'"; a
+    numpy number was kept and the manifest failed to write ("Object of type float32 is not JSON serializable")."""
+    import json
+
+    import numpy as np
+    import pytest
+
+    from tta.data.manifest import ManifestError, ManifestRow
+
+    with pytest.raises(ManifestError, match="row 'a': field 'seconds' is '1.0', expected a finite number"):
+        ManifestRow("a", "a.wav", ("x",), "1.0", 16_000)
+    with pytest.raises(ManifestError, match="row 'a': field 'sample_rate' is '16000', expected an integer"):
+        ManifestRow("a", "a.wav", ("x",), 1.0, "16000")
+    with pytest.raises(ManifestError, match="row 'a': field 'seconds' is inf, expected a finite number"):
+        ManifestRow("a", "a.wav", ("x",), float("inf"), 16_000)
+    row = ManifestRow("a", "a.wav", ("x",), np.float32(1.5), np.int64(16_000))
+    assert json.dumps(row.to_json()) and row.seconds == 1.5 and type(row.sample_rate) is int
+    assert ManifestRow("a", "a.wav", ("x",), 2, 16_000).to_json()["seconds"] == 2   # kept as given
+

@@ -245,3 +245,16 @@ def test_weights_identity_follows_a_file_replaced_at_the_same_path(tmp_path):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a later write, whatever the clock
     second = file_sha256(str(path))
     assert second != first and second == __import__("hashlib").sha256(b"other weights!").hexdigest()
+
+
+def test_embed_names_a_sample_rate_that_is_not_a_positive_integer():
+    """Embedder.embed(wav, "16000") took the str through int(), 16000.7 was cut down to 16000 and 0 failed in soxr
+    ("Sample rate should be over 0")."""
+    emb = get_embedder("mfcc")
+    wav = tone(440, 1.0)
+    for rate, match in (("16000", "mfcc: sample_rate='16000' must be an integer"),
+                        (16000.7, "mfcc: sample_rate=16000.7 must be an integer"),
+                        (0, r"mfcc: sample_rate=0 must be a positive integer \(Hz\)")):
+        with pytest.raises(ValueError, match=match):
+            emb.embed(wav, rate)
+    assert np.array_equal(emb.embed(wav, np.int64(16_000)), emb.embed(wav, 16_000))

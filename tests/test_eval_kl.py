@@ -107,3 +107,12 @@ def test_inception_score_refuses_or_warns_on_tiny_sets(caplog):
     with pytest.raises(ValueError, match="IS needs at least 10 generated files .* got 6"):
         inception_score(logits[:6])
     assert "warning" not in inception_score(np.random.default_rng(0).standard_normal((20, 20)))
+
+
+def test_inception_score_names_splits_that_are_not_an_integer():
+    """int(splits) took "10" and cut 2.5 down to 2 without a word."""
+    logits = np.random.default_rng(0).standard_normal((20, 5))
+    for splits in ("10", 2.5):
+        with pytest.raises(ValueError, match=f"inception_score splits={splits!r} must be an integer"):
+            inception_score(logits, splits=splits)
+    assert inception_score(logits, splits=np.int64(2)) == inception_score(logits, splits=2)

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from tta.config import check_numbers
+
 log = logging.getLogger(__name__)
 
 MIN_SAMPLE_RATE = 8_000
@@ -55,6 +57,7 @@ class MelConfig:
     framing: str = "hifigan"  # "hifigan": frame k centred on sample hop k + hop / 2; "tacotron": on hop k
 
     def __post_init__(self) -> None:
+        check_numbers(self, "mel")   # a config built in Python: "16000" failed on "'<=' not supported"
         if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
             raise ValueError(f"mel.sample_rate={self.sample_rate} must be in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")
         if self.win_length > self.n_fft:

@@ -11,8 +11,10 @@ dataclass's `__post_init__`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import numbers
 import os
 import types
 import typing
@@ -140,6 +142,69 @@ def installed_configs() -> Path | None:
         if folder.is_dir():
             return folder
     return None
+
+
+def check_number(value: Any, kind: type, what: str, error: type[Exception] = ValueError) -> Any:
+    """`value` as a number of `kind` (int or float) for a setting given in Python, or `error` naming `what`: a str
+    such as "16000" failed later on Python's "'<=' not supported between instances of 'str' and 'int'". numpy
+    numbers become Python's (so the setting writes as JSON); like from_dict, an int takes an integral float and a
+    float takes finite numbers only; bools are not numbers. Python ints and floats are returned as they are."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if kind is int:
+            if type(value) is int:
+                return value
+            if isinstance(value, numbers.Integral):
+                return int(value)
+            if math.isfinite(value) and float(value).is_integer():
+                return int(value)
+        elif _finite(value):
+            return value if type(value) in (int, float) else float(value)
+    raise error(f"{what}={value!r} must be {'an integer' if kind is int else 'a finite number'}")
+
+
+def check_numbers(obj: Any, where: str = "", error: type[Exception] = ValueError) -> None:
+    """For a config dataclass's `__post_init__`: every int or float in its fields (optional ones, tuples and the
+    values of mappings included) is checked with `check_number`, and numpy numbers are replaced by Python's.
+    from_dict checks a config read from JSON; this checks one built in Python. `where` prefixes the field names."""
+    hints = _field_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        fixed = _check_numbers_in(hints[f.name], value, _join(where, f.name), error)
+        if fixed is not value:
+            object.__setattr__(obj, f.name, fixed)
+
+
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:      # an int beyond float range
+        return False
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _check_numbers_in(tp: Any, value: Any, key: str, error: type[Exception]) -> Any:
+    origin = get_origin(tp)
+    if tp in (int, float):
+        return check_number(value, tp, key, error)
+    if origin in (Union, types.UnionType):
+        kinds = [a for a in get_args(tp) if a is not type(None)]
+        if value is None or len(kinds) != 1:
+            return value
+        return _check_numbers_in(kinds[0], value, key, error)
+    if origin in (tuple, list) and isinstance(value, (tuple, list)):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        if not args or (origin is tuple and Ellipsis not in get_args(tp) and len(args) != len(value)):
+            return value
+        items = [_check_numbers_in(args[min(i, len(args) - 1)], v, f"{key}[{i}]", error) for i, v in enumerate(value)]
+        return value if all(a is b for a, b in zip(items, value)) else type(value)(items)
+    if origin is dict and isinstance(value, dict) and get_args(tp):
+        items = {k: _check_numbers_in(get_args(tp)[1], v, f"{key}[{k!r}]", error) for k, v in value.items()}
+        return value if all(items[k] is v for k, v in value.items()) else items
+    return value
 
 
 def load_config(cls: type[T], path: str | os.PathLike) -> T:

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tta.audio import AudioError, load_audio
+from tta.config import check_number
 from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_manifest
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,10 @@ def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, sil
     """Check every line and every row of `manifest`; never stops at the first bad one. `near_duplicates` also
     compares the decoded clips with each other (`tta.data.duplicates`), and with the clips of the manifest
     `against` when given."""
+    # given in Python, a str failed part-way on "'<' not supported" or numpy's "ufunc 'less' did not contain a loop"
+    min_seconds = check_number(min_seconds, float, "min_seconds")
+    silence_db = check_number(silence_db, float, "silence_db")
+    seconds_tolerance = check_number(seconds_tolerance, float, "seconds_tolerance")
     manifest = Path(manifest)
     line_errors: list[str] = []
     rows = read_manifest(manifest, errors=line_errors)

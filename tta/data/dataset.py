@@ -32,11 +32,21 @@ import numpy as np
 import torch
 
 from tta.audio import audio_info, load_audio, normalize_wav, resample
+from tta.config import check_number
 from tta.data.manifest import DataConfig, ManifestError, ManifestRow, read_manifest, resolve_path, split_rows
 
 log = logging.getLogger(__name__)
 
 CaptionChoice = Literal["random", "first"]
+
+
+def _number_pair(pair, what: str) -> tuple[float, float]:
+    """(min, max) given in Python as two numbers (numpy's included), or a ValueError naming `what`."""
+    try:
+        lo, hi = pair
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}={pair!r} must be a pair of numbers (min, max)") from None
+    return float(check_number(lo, float, f"{what}[0]")), float(check_number(hi, float, f"{what}[1]"))
 
 
 class AudioDataset(torch.utils.data.Dataset):
@@ -55,8 +65,19 @@ class AudioDataset(torch.utils.data.Dataset):
                  repeat_skip_words: Sequence[str] = ("once", "single"),
                  repeat_gap_by_key: dict[str, tuple[float, float]] | None = None,
                  speed_by_key: dict[str, tuple[float, float]] | None = None):
+        # numbers given in Python: a str failed on "can't multiply sequence by non-int" (sample_rate), "'<=' not
+        # supported" (segment_seconds) or was read with float() (repeat_below="0.5"); numpy numbers are numbers
+        sample_rate = check_number(sample_rate, int, "sample_rate")
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate={sample_rate} must be a positive integer (Hz)")
+        segment_seconds = check_number(segment_seconds, float, "segment_seconds")
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds={segment_seconds} must be > 0")
+        repeat_below = check_number(repeat_below, float, "repeat_below")
+        repeat_gap = _number_pair(repeat_gap, "repeat_gap")
+        repeat_gap_by_key = {str(k): _number_pair(v, f"repeat_gap_by_key[{k!r}]")
+                             for k, v in (repeat_gap_by_key or {}).items()}
+        speed_by_key = {str(k): _number_pair(v, f"speed_by_key[{k!r}]") for k, v in (speed_by_key or {}).items()}
         if caption_choice not in ("random", "first"):
             raise ValueError(f"caption_choice={caption_choice!r}, expected 'random' or 'first'")
         if deterministic_crop not in ("start", "centre"):
@@ -86,7 +107,7 @@ class AudioDataset(torch.utils.data.Dataset):
                                 f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); `tta data check "
                                 "MANIFEST --drop-bad CLEAN.jsonl` writes a manifest without them")
         self.split = split
-        self.sample_rate = int(sample_rate)
+        self.sample_rate = sample_rate
         self.segment_seconds = float(segment_seconds)
         self.segment_samples = round(segment_seconds * sample_rate)
         self.normalize = normalize
@@ -95,10 +116,10 @@ class AudioDataset(torch.utils.data.Dataset):
         self.deterministic_crop = deterministic_crop
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.repeat_below = float(repeat_below)
-        self.repeat_gap = (float(repeat_gap[0]), float(repeat_gap[1]))
-        self.repeat_gap_by_key = {str(k): (float(lo), float(hi)) for k, (lo, hi) in (repeat_gap_by_key or {}).items()}
+        self.repeat_gap = repeat_gap
+        self.repeat_gap_by_key = repeat_gap_by_key
         self.repeat_categories = frozenset(repeat_categories)
-        self.speed_by_key = {str(k): (float(lo), float(hi)) for k, (lo, hi) in (speed_by_key or {}).items()}
+        self.speed_by_key = speed_by_key
         words = "|".join(re.escape(w) for w in repeat_skip_words)
         self.repeat_skip = re.compile(rf"\b({words})\b", re.IGNORECASE) if repeat_skip_words else None
 

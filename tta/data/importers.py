@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from tta.audio import AUDIO_SUFFIXES, AudioError, audio_info
 from tta.checkpoint import file_sha256
+from tta.config import check_numbers
 from tta.data.manifest import SPLITS, ManifestRow, absolute_path
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class ImportOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.split is not None and self.split not in SPLITS:
             raise ValueError(f"split={self.split!r}, expected one of {SPLITS}")
         if not 0.0 <= self.valid_fraction < 1.0:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from tta.checkpoint import atomic_path
+from tta.config import check_number, check_numbers
 
 SPLITS = ("train", "valid", "test")
 
@@ -48,6 +49,13 @@ class ManifestRow:
             raise ManifestError(f"row {self.id!r}: field 'captions' needs at least one non-empty caption")
         if self.split not in SPLITS:
             raise ManifestError(f"row {self.id!r}: field 'split' is {self.split!r}, expected one of {SPLITS}")
+        for name, kind in (("seconds", float), ("sample_rate", int)):   # a row built in Python: "16000" failed on
+            value = getattr(self, name)                                  # "'<=' not supported"; numpy numbers
+            try:                                                         # become Python's (rows write as JSON)
+                object.__setattr__(self, name, check_number(value, kind, name))
+            except ValueError:
+                raise ManifestError(f"row {self.id!r}: field {name!r} is {value!r}, expected "
+                                    f"{'an integer' if kind is int else 'a finite number'}") from None
         if not self.seconds >= 0:
             raise ManifestError(f"row {self.id!r}: field 'seconds' is {self.seconds}, expected >= 0")
         if self.sample_rate <= 0:
@@ -235,6 +243,7 @@ class DataConfig:
                                                              # (whole word, any case) is never repeated
 
     def __post_init__(self) -> None:
+        check_numbers(self, "data")
         if not 0 <= self.balance < float("inf"):
             raise ValueError(f"data.balance={self.balance} must be a finite number >= 0")
         if self.balance_labels not in ("first", "all"):

@@ -43,6 +43,8 @@ from typing import Literal
 
 import numpy as np
 
+from tta.config import check_numbers
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -88,6 +90,7 @@ class DatastoreConfig:
     normalize: bool = True
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.index not in ("flat", "ivf", "ivfpq"):
             raise ValueError(f"index={self.index!r} must be 'flat', 'ivf' or 'ivfpq'")
         for key in ("m", "nbits", "nprobe", "batch_size", "latent_tokens"):

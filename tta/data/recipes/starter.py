@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tta.audio import AudioError, load_audio, save_audio
+from tta.config import check_numbers
 from tta.data.manifest import ManifestRow, write_manifest
 from tta.data.recipes import music, packages, rules, speech
 from tta.data.recipes.clips import (
@@ -66,6 +67,7 @@ class StarterOptions:
     version: int = rules.RECIPE_VERSION        # recipe version: 1 rebuilds the first corpus exactly
 
     def __post_init__(self) -> None:
+        check_numbers(self, error=RecipeError)
         if self.version not in range(1, rules.RECIPE_VERSION + 1):
             raise RecipeError(f"--recipe-version={self.version}: choose 1..{rules.RECIPE_VERSION}")
         bad = [s for s in self.sources if s not in SOURCES]
