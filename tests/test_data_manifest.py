@@ -39,3 +39,23 @@ def test_a_row_built_in_python_names_a_str_where_a_number_belongs():
     assert json.dumps(row.to_json()) and row.seconds == 1.5 and type(row.sample_rate) is int
     assert ManifestRow("a", "a.wav", ("x",), 2, 16_000).to_json()["seconds"] == 2   # kept as given
 
+
+def test_write_manifest_takes_rows_as_dicts_checked_as_manifest_lines(tmp_path):
+    """write_manifest(p, [r.to_json() for r in rows]) failed on "'dict' object has no attribute 'id'"."""
+    import pytest
+
+    from tta.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
+
+    rows = [ManifestRow("a", "audio/a.wav", ("a dog",), 1.0, 16_000),
+            ManifestRow("b", "audio/b.wav", ("rain", "rain on a roof"), 2.5, 44_100, split="valid", labels=("rain",))]
+    as_rows = write_manifest(tmp_path / "rows.jsonl", rows).read_text()
+    assert write_manifest(tmp_path / "dicts.jsonl", [r.to_json() for r in rows]).read_text() == as_rows
+    assert read_manifest(tmp_path / "dicts.jsonl") == rows
+    bad = tmp_path / "bad.jsonl"
+    with pytest.raises(ManifestError, match=rf"{bad}: row 1: unknown field 'caption_text'"):
+        write_manifest(bad, [rows[0].to_json(), {**rows[1].to_json(), "caption_text": "x"}])
+    with pytest.raises(ManifestError, match=rf"{bad}: row 1: missing field 'sample_rate'"):
+        write_manifest(bad, [rows[0], {k: v for k, v in rows[1].to_json().items() if k != "sample_rate"}])
+    with pytest.raises(ManifestError, match=rf"{bad}: row 0 is a tuple, expected a ManifestRow or a dict"):
+        write_manifest(bad, [("a", "audio/a.wav")])
+    assert not bad.exists()

@@ -647,3 +647,25 @@ def test_a_refused_resume_names_every_setting_that_differs_with_its_values():
     assert _first_diff(saved, now) == ("'model.context_dim': 128 saved, 0 now; also 'retrieval.datastore', "
                                        "'train.learning_rate'")
     assert _first_diff({"a": 1, "b": "x" * 100}, {"b": "y"}) == "'a': 1 saved, absent now; also 'b'"
+
+
+@pytest.mark.parametrize("module", ["vae.train", "vocoder.train", "vocoder.vocos_train", "vocoder.postnet_train",
+                                    "tta.clap.train", "tta.ldm.train"])
+def test_every_trainer_reads_a_dict_config_strictly_and_names_what_else_it_expects(module, tmp_path):
+    """vae.train.train({...}, out) failed on "'dict' object has no attribute 'model'" (each trainer on its first
+    field); a dict is now read as a JSON file is, and anything else is named, before the run folder is made."""
+    import importlib
+
+    from tta.config import ConfigError
+
+    trainer = importlib.import_module(module)
+    with pytest.raises(ConfigError, match=r"unknown config key 'data\.manifets' for DataConfig"):
+        trainer.train({"data": {"manifets": "m.jsonl"}}, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match=rf"config: expected a {module}\.RunConfig or a dict of its fields, got "
+                                          r"builtins\.str; read a config file with tta\.config\.load_config\("
+                                          r"RunConfig, PATH\)"):
+        trainer.train("config.json", tmp_path / "run", progress=False)
+    other = importlib.import_module("tta.clap.train" if module != "tta.clap.train" else "vae.train")
+    with pytest.raises(ConfigError, match=rf"expected a {module}\.RunConfig .*got {other.__name__}\.RunConfig"):
+        trainer.train(other.RunConfig(), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

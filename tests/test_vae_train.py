@@ -198,3 +198,17 @@ def test_a_manifest_with_no_held_out_rows_trains_without_validation_and_says_so(
     assert caplog.text.count("no validation:") == 2 and "valid_items=0" in caplog.text
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in rows if r["split"] == "valid"]
+
+
+def test_train_takes_a_dict_config_as_its_json_file_reads(repo_root, tmp_path, manifest):
+    """vae.train.train(dict, out) failed on "'dict' object has no attribute 'model'"."""
+    from tta.config import from_dict, load_config
+    from vae.train import RunConfig, train
+
+    data = json.loads((repo_root / "configs/vae/tiny.json").read_text())
+    data["data"]["manifest"] = str(manifest)
+    data["train"]["max_steps"] = 1
+    data["valid_items"] = 0
+    final = train(data, tmp_path / "run", progress=False)
+    assert (final / "model.safetensors").is_file()
+    assert load_config(RunConfig, tmp_path / "run" / "config.json") == from_dict(RunConfig, data)

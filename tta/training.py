@@ -49,7 +49,7 @@ import shutil
 import time
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -68,6 +68,23 @@ DATA_RECORD = "data.json"   # in a run folder: what the run trained with besides
 
 class RunError(ValueError):
     """A run folder that cannot be started or resumed as asked."""
+
+
+C = TypeVar("C")
+
+
+def check_run_config(config: Any, cls: type[C]) -> C:
+    """A trainer's `config` as its RunConfig `cls`: an instance (of a subclass too) as it is, or a dict of its fields
+    read as strictly as a JSON file is (tta.config.from_dict: an unknown key or a wrong type is a ConfigError naming
+    it). Anything else is a ConfigError saying what is expected, before the run folder is made."""
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, dict):   # failed on "'dict' object has no attribute 'model'"
+        return from_dict(cls, config)
+    hint = (f"; read a config file with tta.config.load_config({cls.__qualname__}, PATH)"
+            if isinstance(config, (str, os.PathLike)) else "")
+    raise ConfigError(f"config: expected a {cls.__module__}.{cls.__qualname__} or a dict of its fields, got "
+                      f"{type(config).__module__}.{type(config).__qualname__}{hint}")
 
 
 @dataclass(frozen=True)

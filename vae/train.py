@@ -30,7 +30,7 @@ import torch
 from tta.audio import log_mel
 from tta.checkpoint import TRAIN_STATE_NAME, WEIGHTS_NAME, load_state_dict
 from tta.data.manifest import DataConfig, ManifestError
-from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
+from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer, make_warmup_scheduler
 from vae.losses import LossConfig, VAELoss
 from vae.metrics import ReconstructionMetrics
 from vae.model import MelVAE, VAEConfig, compute_scale_factor
@@ -72,6 +72,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     """Train (or resume) a run in `out`; returns the final/ component folder."""
     from tta.data.dataset import AudioDataset
 
+    config = check_run_config(config, RunConfig)
     mel_cfg = config.model.mel
     if config.freeze_encoder and not (config.train.init_from or resume):
         raise ValueError("freeze_encoder=true fine-tunes the decoder of a trained VAE: set train.init_from "

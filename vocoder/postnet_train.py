@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from tta.audio import log_mel
 from tta.data.manifest import DataConfig
-from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
+from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer, make_warmup_scheduler
 from vocoder.postnet import PostnetGriffinLim, PostnetGriffinLimConfig, magnitude_loss
 from vocoder.train import _safe, held_out_set, load_frozen_vae, log_valid, through_vae, write_sample
 
@@ -134,6 +134,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     """Train (or resume) a post-net run in `out`; returns the final/ component folder."""
     from tta.data.dataset import AudioDataset
 
+    config = check_run_config(config, RunConfig)
     mel_cfg = config.model.mel
     vae = load_frozen_vae(config.vae, mel_cfg) if config.vae else None      # before the run folder exists
     train_set = AudioDataset.from_config(config.data, config.data.train_split, mel_cfg.sample_rate,

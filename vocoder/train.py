@@ -36,7 +36,7 @@ import torch
 from tta.audio import MelConfig, check_same_mel, log_mel, save_audio
 from tta.checkpoint import CONFIG_NAME, find_component, load_component
 from tta.data.manifest import DataConfig
-from tta.training import TrainConfig, TrainingRun, make_optimizer
+from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer
 from vocoder.discriminators import DiscriminatorConfig, HiFiGANDiscriminator
 from vocoder.losses import (
     LossConfig,
@@ -123,6 +123,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     """Train (or resume) a vocoder run in `out`; returns the final/ component folder."""
     from tta.data.dataset import AudioDataset
 
+    config = check_run_config(config, RunConfig)
     mel_cfg = config.model.mel
     hop = mel_cfg.hop_length
     vae = load_frozen_vae(config.vae, mel_cfg) if config.vae else None      # before the run folder exists

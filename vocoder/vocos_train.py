@@ -29,4 +29,6 @@ class RunConfig(hifigan_train.RunConfig):
 
 def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) a Vocos run in `out`; returns the final/ component folder."""
-    return hifigan_train.train(config, out, resume=resume, progress=progress)
+    from tta.training import check_run_config
+
+    return hifigan_train.train(check_run_config(config, RunConfig), out, resume=resume, progress=progress)

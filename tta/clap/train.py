@@ -25,7 +25,7 @@ import torch
 from tta.clap.metrics import retrieval_metrics
 from tta.clap.model import ClapConfig, TTAClap, contrastive_loss
 from tta.data.manifest import DataConfig
-from tta.training import TrainConfig, TrainingRun, make_optimizer, make_warmup_scheduler
+from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer, make_warmup_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     """Train a TTAClap; returns the run's final/ component folder."""
     from tta.data.dataset import AudioDataset
 
+    config = check_run_config(config, RunConfig)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     sr = config.model.mel.sample_rate
     train_ds = AudioDataset.from_config(config.data, config.data.train_split, sr, random_crop=True)

@@ -148,15 +148,21 @@ def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -
     return rows
 
 
-def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path:
+def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow | dict]) -> Path:
     """Write rows as JSONL atomically; paths under the manifest's folder are stored relative to it. A row read
     from another manifest (its relative path is relative to that one's folder, `row.base`) keeps pointing at its
-    audio."""
+    audio. A row may also be given as a dict of its fields (`ManifestRow.to_json`, a manifest line), checked as a
+    line read from a manifest is; its relative path is then relative to this manifest's folder, as on a line."""
     path = Path(path)
     base = absolute_path(path.parent)
     ids: set[str] = set()
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
+        for i, row in enumerate(rows):
+            if isinstance(row, dict):   # failed on "'dict' object has no attribute 'id'"
+                row = row_from_json(row, where=f"{path}: row {i}")
+            elif not isinstance(row, ManifestRow):
+                raise ManifestError(f"{path}: row {i} is a {type(row).__name__}, expected a ManifestRow or a dict "
+                                    "of its fields")
             if row.id in ids:
                 raise ManifestError(f"{path}: duplicate id {row.id!r}")
             ids.add(row.id)

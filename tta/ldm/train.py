@@ -64,6 +64,7 @@ from tta.training import (
     TrainConfig,
     TrainingRun,
     check_key_weights,
+    check_run_config,
     make_optimizer,
     make_warmup_scheduler,
     rng_state,
@@ -572,6 +573,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     """Train (or resume) a run in `out`; returns the final/ component folder (RUN/pipeline/ is written too)."""
     from tta.data.dataset import AudioDataset
 
+    config = check_run_config(config, RunConfig)
     # component paths are checked before the run folder is created, so a typo leaves nothing behind
     component_dir(config.components.vae, "vae")
     if config.components.vocoder or config.validation.prompts:
