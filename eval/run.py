@@ -577,7 +577,7 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
     pairs = "\n".join(f"{k}\t{prompts[k].prompt}" for k in keys)   # which prompt scored which file
     prompt_set = "\n".join(sorted(prompts[k].prompt for k in keys))  # the prompts alone: what makes runs comparable
     result["protocol"]["clap"] = {"model": emb.protocol(), "generated": gen.protocol(),
-                                  "scale": "raw cosine in [-1, 1]", "count": score["count"],
+                                  "scale": "raw cosine in [-1, 1]", "num_items": score["num_items"],
                                   "prompts_sha256": hashlib.sha256(pairs.encode()).hexdigest()[:16],
                                   "prompt_set_sha256": hashlib.sha256(prompt_set.encode()).hexdigest()[:16],
                                   "skipped": [{"file": str(gen.files[k]), "reason": "shorter than one analysis "

@@ -447,7 +447,27 @@ def test_clap_scores_refuse_a_bare_string_for_the_prompts():
         with pytest.raises(ValueError, match="clap_score expects a list of prompts, got a single str"):
             score(clap, "a dog barks", wavs[:1], 16_000)
     assert len(clap_score(clap, ("a", "b"), np.stack(wavs), 16_000)["per_item"]) == 2
-    assert eval_clap_score(clap, ["a", "b"], wavs, 16_000)["count"] == 2
+    assert eval_clap_score(clap, ["a", "b"], wavs, 16_000)["num_items"] == 2
+
+
+def test_one_clap_score_serves_tta_eval_and_tta_clap_score():
+    """Two implementations (eval.clap_score's counted "count", tta.clap.metrics' "num_items") scored the same clips
+    a few 1e-8 apart; a batch_size given as "8" failed on "'str' object cannot be interpreted as an integer"."""
+    from eval.clap_score import clap_score as eval_clap_score
+    from tta.clap.metrics import clap_score
+
+    assert eval_clap_score is clap_score
+    torch.manual_seed(0)
+    clap = TTAClapEmbedder(TTAClap(load_config(RunConfig, "configs/clap/tiny.json").model))
+    wavs = [tone(440, 0.5), chirp(300, 3000, 0.7), noise(0.5)]
+    out = clap_score(clap, ["a", "b", "c"], wavs, 16_000, batch_size=2)
+    assert set(out) == {"clap_score", "per_item", "num_items", "model", "sample_rate", "scale"}
+    assert out["num_items"] == 3 and out["model"] == clap.identity
+    other = clap_score(clap, ["a", "b", "c"], [wavs[0], wavs[1], tone(880, 0.5)], 16_000, batch_size=2)
+    assert other["per_item"][:2] == out["per_item"][:2]   # each clip is embedded alone, not with its neighbours
+    for bad, match in (("8", "batch_size='8' must be an integer"), (0, "batch_size=0 must be >= 1")):
+        with pytest.raises(ValueError, match=match):
+            clap_score(clap, ["a"], wavs[:1], 16_000, batch_size=bad)
 
 
 def test_a_device_this_machine_lacks_is_named_before_the_clap_loads(tmp_path):

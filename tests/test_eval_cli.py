@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,7 +275,18 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path):
     body = json.loads((out / "eval.json").read_text())
     assert -1.0 <= body["metrics"]["clap_score"] <= 1.0
     assert body["protocol"]["clap"]["model"]["identity"].startswith("clap@tta-clap:")
-    assert body["protocol"]["clap"]["count"] == 8
+    assert body["protocol"]["clap"]["num_items"] == 8
+    # `tta clap score` on the same files and prompts gives each file the score `tta eval` gave it, under the same
+    # key names: two implementations disagreed in the last digits (one embedded equal-length clips in batches and
+    # took float32 cosines) and named the count "num_items" and "count"
+    assert main(["-q", "clap", "score", "--model", str(tmp_path / "clap"), "--audio", str(gen), "--prompts",
+                 str(prompts), "--out", str(tmp_path / "score.json")]) == 0
+    score = json.loads((tmp_path / "score.json").read_text())
+    with open(out / "items.csv") as f:
+        by_file = {r["file"]: float(r["clap_score"]) for r in csv.DictReader(f)}
+    assert score["num_items"] == 8 and len(by_file) == 8
+    assert {Path(r["file"]).name: r["score"] for r in score["per_item"]} == {Path(k).name: v for k, v in by_file.items()}
+    assert score["clap_score"] == body["metrics"]["clap_score"]
 
 
 def test_a_prompt_row_naming_a_bare_file_name_pairs_with_one_file_only(tmp_path):
@@ -394,7 +406,7 @@ def test_a_clip_too_short_for_the_clap_is_named_and_left_out_of_the_clap_score(f
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "run", "--metrics", "clap",
                  "--prompts", prompts, "--clap-model", tmp_path / "toy-clap") == 0
     body = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert body["protocol"]["clap"]["count"] == 8
+    assert body["protocol"]["clap"]["num_items"] == 8
     assert [s["file"].endswith("tiny.wav") for s in body["protocol"]["clap"]["skipped"]] == [True]
 
 

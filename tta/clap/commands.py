@@ -177,7 +177,8 @@ def _score(clap, args, progress: bool) -> dict:
         pairs = _read_prompts(args.prompts, args.audio)
     kept, wavs, skipped = _load([f for f, _ in pairs], clap.sample_rate, progress, clap.min_samples)
     pairs = [pairs[i] for i in kept]
-    result = clap_score(clap, [p for _, p in pairs], wavs, clap.sample_rate, progress=progress)
+    result = clap_score(clap, [p for _, p in pairs], wavs, clap.sample_rate, batch_size=args.batch_size,
+                        progress=progress)
     result["per_item"] = [{"file": str(f), "prompt": p, "score": s}
                           for (f, p), s in zip(pairs, result["per_item"])]
     result["source"] = str(args.manifest or args.prompts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torchmetrics
 
@@ -107,17 +108,60 @@ class ClapScore(torchmetrics.Metric):
         return self.total / self.count.clamp(min=1)
 
 
-def clap_score(embedder, prompts: Sequence[str], wavs, sample_rate: int, progress: bool = False) -> dict:
-    """CLAP score of clips against their prompts: {"clap_score", "per_item", "num_items", "model", ...}."""
+def cosine_scores(text_emb, audio_emb) -> np.ndarray:
+    """Row-paired (B, D) text and audio embeddings -> (B,) float64 cosine similarities (re-normalised here)."""
+    t, a = _unit_rows(text_emb, "text embeddings"), _unit_rows(audio_emb, "audio embeddings")
+    if t.shape != a.shape:
+        raise ValueError(f"text {t.shape} and audio {a.shape} embeddings must pair row by row")
+    return (t * a).sum(axis=1)
+
+
+def clap_score(embedder, prompts: Sequence[str], wavs, sample_rate: int, *, batch_size: int = 32,
+               progress: bool = False) -> dict:
+    """CLAP score of clips against their prompts (`tta clap score` and `tta eval` alike): {"clap_score" (the mean),
+    "per_item" (list), "num_items", "model" (the embedder's identity), "sample_rate" (the CLAP's), "scale"}.
+
+    embedder: anything with tta.clap's interface, `embed_text(list[str]) -> (B, D)` and
+    `embed_audio(wav (B, T), sample_rate) -> (B, D)`. wavs: one clip (T,) at `sample_rate` per prompt, as a list, a
+    (B, T) array or a sequence whose slices are read when taken (tta eval's): `batch_size` prompts and their clips
+    are held at a time, the prompts embedded together. Each clip is embedded alone, so its audio embedding does not
+    depend on the clips beside it (equal-length clips batched together differed in their last digits).
+    """
+    from tqdm.auto import tqdm
+
+    from tta.config import check_number
+
     if isinstance(prompts, str):   # list() would make each character a prompt
         raise ValueError("clap_score expects a list of prompts, got a single str (wrap it in a list)")  # noqa: TRY004
     prompts = list(prompts)
-    n_audio = len(wavs) if isinstance(wavs, (list, tuple)) else (1 if wavs.ndim == 1 else wavs.shape[0])
-    if len(prompts) != n_audio:
-        raise ValueError(f"{len(prompts)} prompts but {n_audio} audio clips; they must pair up one to one")
-    text = embedder.embed_text(prompts, progress=progress)
-    audio = embedder.embed_audio(wavs, sample_rate, progress=progress)
-    per_item = torch.nn.functional.cosine_similarity(text, audio, dim=-1)
-    return {"clap_score": float(per_item.double().mean()), "per_item": [float(v) for v in per_item],
-            "num_items": len(prompts), "model": embedder.identity, "sample_rate": embedder.sample_rate,
+    if getattr(wavs, "ndim", None) == 1:   # one clip (T,)
+        wavs = wavs[None]
+    if len(prompts) != len(wavs) or not prompts:
+        raise ValueError(f"CLAP score needs one prompt per clip and at least one, got {len(prompts)} prompts "
+                         f"and {len(wavs)} clips")
+    batch_size = check_number(batch_size, int, "clap_score batch_size")
+    if batch_size < 1:
+        raise ValueError(f"clap_score batch_size={batch_size} must be >= 1")
+    scores: list[float] = []
+    for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="CLAP score", unit="batch"):
+        text = embedder.embed_text(prompts[start:start + batch_size])
+        audio = np.concatenate([_numpy(embedder.embed_audio(np.asarray(w, np.float32)[None], sample_rate))
+                                for w in wavs[start:start + batch_size]])
+        scores += cosine_scores(_numpy(text), audio).tolist()
+    return {"clap_score": float(np.mean(scores)), "per_item": scores, "num_items": len(scores),
+            "model": str(getattr(embedder, "identity", "") or ""), "sample_rate": getattr(embedder, "sample_rate", None),
             "scale": "raw cosine (not x100)"}
+
+
+def _unit_rows(x, what: str) -> np.ndarray:
+    arr = np.asarray(_numpy(x), dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{what}: expected (B, D) embeddings, got {arr.shape}")
+    norm = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norm == 0).any() or not np.isfinite(arr).all():
+        raise ValueError(f"{what}: zero or non-finite embedding")
+    return arr / norm
+
+
+def _numpy(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
