@@ -157,3 +157,20 @@ def test_index_build_on_a_nearly_full_disk_is_an_error_not_a_bus_error(full_disk
                              text=True, env=_env(OMP_NUM_THREADS="1"))
         assert (out.returncode, out.stderr.strip()) == (1, f"tta: error: {disk / 'store'}: No space left on device"), free
         assert _left(disk) == []
+
+
+def test_training_sample_plots_on_a_full_disk_name_the_file_and_leave_nothing(full_disk):
+    # matplotlib's savefig wrote the PNG in place: a full disk left a partial file and "[Errno 28]" named none
+    import torch
+
+    from tta.ldm.train import save_mel_png
+    from vae.train import save_spectrogram_png
+
+    disk = full_disk(0)
+    mel = torch.randn(64, 200)
+    for name, write in (("ldm.png", lambda p: save_mel_png(p, mel, "x")),
+                        ("vae.png", lambda p: save_spectrogram_png(p, mel, mel, "x"))):
+        with pytest.raises(OSError, match="No space left on device") as caught:
+            write(disk / "samples" / name)
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(disk / "samples" / name)
+        assert _left(disk) == []

@@ -28,7 +28,7 @@ from typing import ClassVar
 import torch
 
 from tta.audio import log_mel
-from tta.checkpoint import TRAIN_STATE_NAME, WEIGHTS_NAME, load_state_dict
+from tta.checkpoint import TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_path, load_state_dict
 from tta.data.manifest import DataConfig, ManifestError
 from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer, make_warmup_scheduler
 from vae.losses import LossConfig, VAELoss
@@ -273,7 +273,9 @@ def save_spectrogram_png(path: Path, mel: torch.Tensor, rec: torch.Tensor, title
     fig.colorbar(im, ax=axes, label="ln mel")
     if title:
         fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:   # makes the folder; a full disk names the plot and leaves no partial file
+            fig.savefig(tmp, dpi=80)
+    finally:
+        plt.close(fig)
     return path

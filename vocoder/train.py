@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from tta.audio import MelConfig, check_same_mel, log_mel, save_audio
-from tta.checkpoint import CONFIG_NAME, find_component, load_component
+from tta.checkpoint import CONFIG_NAME, atomic_path, find_component, load_component
 from tta.data.manifest import DataConfig
 from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer
 from vocoder.discriminators import DiscriminatorConfig, HiFiGANDiscriminator
@@ -334,8 +334,11 @@ def write_sample(folder: Path, name: str, wav: torch.Tensor, wav_hat: torch.Tens
         ax.set_ylabel("mel bin")
     axes[-1].set_xlabel(f"frame (hop {mel_cfg.hop_length} samples)")
     fig.tight_layout()
-    fig.savefig(folder / f"{name}.png", dpi=80)
-    plt.close(fig)
+    try:
+        with atomic_path(folder / f"{name}.png") as tmp:
+            fig.savefig(tmp, dpi=80)
+    finally:
+        plt.close(fig)
 
 
 def _safe(name: str) -> str:

@@ -583,6 +583,8 @@ def plot_buckets(summary: dict, path: Path) -> Path:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    from tta.checkpoint import atomic_path
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric, label in ((axes[0], "fad", "FAD ↓"), (axes[1], "clap_score", "CLAP score ↑")):
         for name, v in summary["variants"].items():
@@ -592,8 +594,11 @@ def plot_buckets(summary: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from tta.audio import log_mel
-from tta.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_component, load_torch_file,
+from tta.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_path, load_component, load_torch_file,
                             save_train_state)
 from tta.config import to_dict
 from tta.data.manifest import DataConfig
@@ -777,6 +777,9 @@ def save_mel_png(path: Path, mel: torch.Tensor, title: str = "") -> Path:
     ax.set_xlabel("frame")
     ax.set_ylabel("mel bin")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:   # a full disk names the plot and leaves no partial file
+            fig.savefig(tmp, dpi=80)
+    finally:
+        plt.close(fig)
     return path
