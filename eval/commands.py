@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tta.checkpoint import output_path
+
 
 def add_parsers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generated", required=True, type=Path, help="folder of generated audio")
     parser.add_argument("--reference", required=True, type=Path,
                         help="folder of reference audio, or a reference statistics .npz (fad only)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for eval.json and items.csv")
+    parser.add_argument("--out", required=True, type=output_path, help="output folder for eval.json and items.csv")
     parser.add_argument("--metrics", default="fad",
                         help="comma-separated subset of fad,fd,kl,is,clap (default: fad)")
     parser.add_argument("--embedder", default="mfcc",
@@ -26,7 +28,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                         help="CSV/JSONL with file (or id), prompt and optional category columns; .txt by position")
     parser.add_argument("--clap-model", help="CLAP model (tta CLAP folder or LAION checkpoint) for --metrics clap")
     parser.add_argument("--clap-tokenizer", help="local tokenizer folder for an original LAION CLAP .pt")
-    parser.add_argument("--cache-dir", type=Path, help="embedding cache (default $TTA_CACHE_DIR/eval or "
+    parser.add_argument("--cache-dir", type=output_path, help="embedding cache (default $TTA_CACHE_DIR/eval or "
                                                         "~/.cache/tta/eval)")
     parser.add_argument("--fad-inf", action="store_true", help="also report FAD-inf (Chung et al. 2020; needs 2 x max(500, 5 x D) "
                         "generated frames)")

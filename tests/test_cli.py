@@ -128,3 +128,47 @@ def test_an_output_folder_under_a_file_is_named(tmp_path, capsys, argv):
     err = capsys.readouterr().err
     flag = "--audio-dir" if "--audio-dir" in argv else "--out"
     assert code == 1 and f"{flag} cannot be written there" in err and "afile is a file" in err, err
+
+
+OUTPUT_FLAGS = ("--out", "-o", "--out-dir", "--markdown", "--drop-bad", "--audio-dir", "--cache", "--cache-dir")
+
+
+def _actions(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _actions(sub, (*path, name))
+        else:
+            yield path, action
+
+
+def test_every_output_flag_refuses_an_empty_path():
+    """`--out ""` (an unset shell variable) was Path(""), the current folder: tta eval, generate --out-dir and a
+    recipe wrote there, and a training run made the current folder its run folder."""
+    from tta.checkpoint import output_path
+    from tta.cli import build_parser
+
+    flags = [(path, action) for path, action in _actions(build_parser()) if set(action.option_strings) & set(OUTPUT_FLAGS)]
+    assert len(flags) >= 15
+    for path, action in flags:
+        assert action.type is output_path, (" ".join(path), action.option_strings)
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--generated", "G", "--reference", "R", "--out", ""],
+    ["generate", "x", "--out-dir", ""],
+    ["generate", "x", "-o", ""],
+    ["train", "vae", "--config", "C", "--out", ""],
+    ["report", "R", "--out", ""],
+    ["data", "check", "M", "--drop-bad", ""],
+])
+def test_an_empty_output_path_is_refused_before_any_work(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    flag = argv[argv.index("") - 1]
+    assert e.value.code == 2 and f"argument {flag}" in err and "an empty path" in err, err
+    assert list(tmp_path.iterdir()) == []

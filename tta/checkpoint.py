@@ -180,6 +180,16 @@ def _remove_made(folder: Path, top: Path | None) -> None:
             return
 
 
+def output_path(text: str) -> Path:
+    """argparse `type=` of a flag naming something to write (`--out`, `-o`, `--out-dir`, ...): an empty value is
+    refused, as Path("") is the current folder (`--out ""` from an unset shell variable wrote there)."""
+    if not text:
+        import argparse
+
+        raise argparse.ArgumentTypeError("an empty path; expected the path to write (. for the current folder)")
+    return Path(text)
+
+
 def check_output_path(path: str | os.PathLike, flag: str, *, folder: bool = False) -> None:
     """Refuse, before any work, an output `path` (a file, or a folder with `folder`) that cannot be written:
     a folder where a file goes (or the reverse), a file where a parent folder goes, or an unwritable place."""

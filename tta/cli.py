@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from tta import UsageError, __version__
+from tta.checkpoint import output_path
 
 log = logging.getLogger("tta")
 
@@ -150,7 +151,7 @@ def _add_train(sub) -> None:
                    help="which component to train (vocoder: HiFi-GAN; vocos: a frame-rate vocoder with an inverse "
                         "STFT; postnet: a learned magnitude front-end for Griffin-Lim)")
     p.add_argument("--config", required=True, type=Path, help="run config JSON (e.g. configs/vae/tiny.json)")
-    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--out", required=True, type=output_path, help="run folder")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=100 (repeatable; JSON values)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -172,8 +173,8 @@ def _add_generate(sub) -> None:
                        description="Generate audio from text prompts with a tta pipeline folder "
                                    "(default: the embedded model). Writes a generation.json beside the outputs.")
     p.add_argument("prompts", nargs="*", metavar="PROMPT")
-    p.add_argument("-o", "--output", type=Path, help="output wav (one prompt)")
-    p.add_argument("--out-dir", type=Path, help="output folder (many prompts; default: the current folder)")
+    p.add_argument("-o", "--output", type=output_path, help="output wav (one prompt)")
+    p.add_argument("--out-dir", type=output_path, help="output folder (many prompts; default: the current folder)")
     p.add_argument("--prompts", dest="prompts_file", type=Path,
                    help="txt (one prompt per line), CSV or JSONL file with a prompt column/key and an optional "
                         "file or id column, which names the output (as `tta eval --prompts` pairs it)")

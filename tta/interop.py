@@ -40,6 +40,8 @@ import math
 import os
 from pathlib import Path
 
+from tta.checkpoint import output_path
+
 log = logging.getLogger(__name__)
 
 FRAMINGS = ("hifigan", "tacotron")   # tta.audio.FRAMINGS, spelled out: the CLI parser imports no numpy
@@ -627,7 +629,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                        help="how audio is framed into mels for the VAE (audio-to-audio, inpainting): tacotron "
                             "(default; as AudioLDM's own inference, TacotronSTFT) or hifigan (half a hop later, "
                             "tta's own and AudioLDM's later training code's)")
-        p.add_argument("--out", required=True, type=Path, help="tta pipeline folder to write")
+        p.add_argument("--out", required=True, type=output_path, help="tta pipeline folder to write")
         p = sub.add_parser("diffusers", help="a diffusers AudioLDM folder -> a tta pipeline folder")
         p.add_argument("folder", type=Path, help="diffusers AudioLDM folder (model_index.json, unet/, vae/, ...)")
         p.add_argument("--clap", required=True, help="the full CLAP its text encoder belongs to "
@@ -636,15 +638,15 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--mel-framing", choices=FRAMINGS,
                        help="how audio is framed into mels for the VAE (default: the framing a tta export "
                             "recorded, else tacotron, AudioLDM's TacotronSTFT)")
-        p.add_argument("--out", required=True, type=Path, help="tta pipeline folder to write")
+        p.add_argument("--out", required=True, type=output_path, help="tta pipeline folder to write")
     else:
         p = sub.add_parser("diffusers", help="a tta pipeline folder (LAION-CLAP) -> a diffusers AudioLDM folder")
         p.add_argument("folder", type=Path, help="tta pipeline folder")
-        p.add_argument("--out", required=True, type=Path, help="diffusers folder to write")
+        p.add_argument("--out", required=True, type=output_path, help="diffusers folder to write")
         p = sub.add_parser("pipeline", help="a tta pipeline folder -> a compact copy (half-precision storage, "
                                             "new generation defaults); how the embedded default model is packed")
         p.add_argument("folder", type=Path, help="tta pipeline folder")
-        p.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
+        p.add_argument("--out", required=True, type=output_path, help="pipeline folder to write")
         p.add_argument("--dtype", default="float16",
                        help="storage dtype of the larger tensors: float16 (default), bfloat16, float32, or "
                             "int8: the UNet's linear layers in 8 bits with a scale per output row (the "

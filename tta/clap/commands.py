@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from tta import UsageError
+from tta.checkpoint import output_path
 from tta.device import DEVICES, pick_device
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     src.add_argument("--audio", type=Path, help="folder of audio files")
     src.add_argument("--manifest", type=Path, help="JSONL manifest")
     p.add_argument("--split", default="test", help="manifest split (default: test)")
-    p.add_argument("--out", type=Path, help="write the full result (per-item values) as JSON here")
+    p.add_argument("--out", type=output_path, help="write the full result (per-item values) as JSON here")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--cache", type=Path, help="embedding cache folder (content hash + model identity)")
+    p.add_argument("--cache", type=output_path, help="embedding cache folder (content hash + model identity)")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="torch device (default cpu; auto: CUDA, then "
                    "MPS, then the CPU)")
 

@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from tta.checkpoint import output_path
+
 
 def add_parsers(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT")
@@ -23,7 +25,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                        description=__doc__.split("\n\nLight module")[0].strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--config", required=True, type=Path, help="experiment JSON (configs/experiment/retrieval-*.json)")
-    r.add_argument("--out", required=True, type=Path, help="experiment folder (runs, audio, evals, report)")
+    r.add_argument("--out", required=True, type=output_path, help="experiment folder (runs, audio, evals, report)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override an experiment config value, e.g. --set components.clap=DIR (repeatable)")
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tta import UsageError
+from tta.checkpoint import output_path
 
 KINDS = ("folder", "audiocaps", "audioldm", "tango", "webdataset")
 
@@ -49,7 +50,7 @@ def _add_import(sub) -> None:
     p.add_argument("source", type=Path, metavar="SOURCE",
                    help="folder (folder), CSV (audiocaps), JSON (audioldm), JSONL (tango), .tar or folder of "
                         ".tar shards (webdataset)")
-    p.add_argument("--out", required=True, type=Path, metavar="MANIFEST", help="JSONL manifest to write")
+    p.add_argument("--out", required=True, type=output_path, metavar="MANIFEST", help="JSONL manifest to write")
     p.add_argument("--root", type=Path, help="folder the source's audio paths are relative to "
                    "(audiocaps: required; audioldm/tango: default the source file's folder)")
     p.add_argument("--captions", type=Path, metavar="CSV",
@@ -59,7 +60,7 @@ def _add_import(sub) -> None:
                         "captions_validation.csv) holds its rows without a split column out in that split, a train "
                         "token (or Clotho's development) makes them training rows, of which --valid-fraction "
                         "holds a share out")
-    p.add_argument("--audio-dir", type=Path, help="webdataset: folder to extract audio into "
+    p.add_argument("--audio-dir", type=output_path, help="webdataset: folder to extract audio into "
                    "(default: MANIFEST's name + '_audio' beside it; must not exist)")
     p.add_argument("--split", choices=("train", "valid", "test"), help="put every row into this split")
     p.add_argument("--valid-fraction", type=float, default=0.0, metavar="F",
@@ -131,7 +132,7 @@ def _add_check(sub) -> None:
                     "row; "
                     "near-duplicates within one split are listed. Exit 1 if any row or line is bad.")
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
-    p.add_argument("--drop-bad", type=Path, metavar="OUT", help="write the good rows to OUT (a clean manifest)")
+    p.add_argument("--drop-bad", type=output_path, metavar="OUT", help="write the good rows to OUT (a clean manifest)")
     p.add_argument("--min-seconds", type=float, default=0.1, help="shorter clips are bad (default 0.1)")
     p.add_argument("--silence-db", type=float, default=-60.0,
                    help="clips whose peak is below this many dBFS are silent (default -60)")

