@@ -59,24 +59,74 @@ def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict], 
     return out / RESULT_NAME
 
 
+# The parts of an eval.json that `tta report` reads beyond metrics and breakdown, by dotted path (parents
+# first), and what each must be where present and not null: a hand-edited or damaged file failed on Python's
+# own message ("'str' object has no attribute 'get'") or rendered half a page.
+PARTS = {
+    "protocol": dict, "protocol.fad": dict, "protocol.clap": dict, "protocol.panns": dict, "protocol.common": dict,
+    "protocol.fad.embedder": dict, "protocol.fad.reference": dict, "protocol.fad.generated": dict,
+    "protocol.fad.fad_inf": dict, "protocol.clap.model": dict, "protocol.clap.generated": dict,
+    "protocol.panns.embedder": dict, "protocol.panns.reference": dict, "protocol.panns.is": dict,
+    "protocol.panns.generated": dict, "breakdown.head": dict, "breakdown.tail": dict,
+    "protocol.fad.embedder.identity": str, "protocol.fad.reference_stats_sha256": str,
+    "protocol.fad.reference.stats_file": str, "protocol.fad.reference.folder": str,
+    "protocol.fad.reference.content_sha256": str, "protocol.fad.fad_inf.method": str,
+    "protocol.clap.model.identity": str, "protocol.clap.prompts_sha256": str, "protocol.clap.prompt_set_sha256": str,
+    "protocol.panns.embedder.identity": str, "protocol.panns.reference.folder": str,
+    "protocol.panns.reference.content_sha256": str, "items_csv": str, "items_sha256": str,
+}
+CELL_NUMBERS = ("fad", "clap_score", "kl_softmax", "kl_sigmoid")   # a category's (or head/tail's) values
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _seen(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_shape(body: dict, file: Path) -> None:
     """Refuse an eval.json whose parts are not what `tta eval` writes, naming the field (a hand-edited or damaged
     file rendered half a report and failed on a bare key)."""
+    if "protocol" in body and not isinstance(body["protocol"], dict):
+        raise ResultError(f"{file}: 'protocol' must be an object")
     metrics = body.get("metrics", {})
     if not isinstance(metrics, dict):
         raise ResultError(f"{file}: 'metrics' must be an object of numbers")
     for name, value in metrics.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ResultError(f"{file}: metrics.{name} is {value!r}, not a number")
-    if not isinstance(body.get("protocol", {}), dict):
-        raise ResultError(f"{file}: 'protocol' must be an object")
+        if value is not None and not _number(value):
+            raise ResultError(f"{file}: metrics.{name} is {_seen(value)}, not a number")
     breakdown = body.get("breakdown", {})
     categories = breakdown.get("categories", {}) if isinstance(breakdown, dict) else None
     if not isinstance(categories, dict):
         raise ResultError(f"{file}: 'breakdown' must be an object with a 'categories' object")
-    for name, cat in categories.items():
-        if not isinstance(cat, dict) or not isinstance(cat.get("files"), int):
-            raise ResultError(f"{file}: breakdown.categories.{name} must be an object with a 'files' count")
+    for path, kind in PARTS.items():
+        node = body
+        for key in path.split("."):   # the parents were checked before (or are absent)
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, kind):
+            raise ResultError(f"{file}: {path} is {_seen(node)}, not {'an object' if kind is dict else 'a string'}")
+    parts = {f"breakdown.categories.{name}": cat for name, cat in categories.items()}
+    for name in ("head", "tail"):
+        if breakdown.get(name) is not None:
+            parts[f"breakdown.{name}"] = breakdown[name]
+            names = breakdown[name].get("categories")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ResultError(f"{file}: breakdown.{name}.categories is {_seen(names)}, not a list of category "
+                                  "names")
+    for where, cat in parts.items():
+        if not isinstance(cat, dict) or isinstance(cat.get("files"), bool) or not isinstance(cat.get("files"), int):
+            raise ResultError(f"{file}: {where} must be an object with a 'files' count")
+        for key in CELL_NUMBERS:
+            if cat.get(key) is not None and not _number(cat[key]):
+                raise ResultError(f"{file}: {where}.{key} is {_seen(cat[key])}, not a number")
+        if cat.get("fad_frames") is not None and (isinstance(cat["fad_frames"], bool)
+                                                   or not isinstance(cat["fad_frames"], int)):
+            raise ResultError(f"{file}: {where}.fad_frames is {_seen(cat['fad_frames'])}, not a count")
+        if cat.get("warning") is not None and not isinstance(cat["warning"], str):
+            raise ResultError(f"{file}: {where}.warning is {_seen(cat['warning'])}, not a string")
 
 
 def read_result(path: str | os.PathLike) -> tuple[dict, list[dict], Path]:

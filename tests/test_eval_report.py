@@ -249,6 +249,34 @@ def test_report_refuses_a_result_twice_another_version_and_a_damaged_body(report
     assert "'protocol' must be an object" in refused(edited("noproto", lambda b: b.update(protocol=None)))
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b["protocol"]["fad"].update(embedder="mfcc"), "protocol.fad.embedder is 'mfcc', not an object"),
+    (lambda b: b["protocol"].update(common=[]), "protocol.common is [], not an object"),
+    (lambda b: b["protocol"]["clap"].update(model=3), "protocol.clap.model is 3, not an object"),
+    (lambda b: b["protocol"]["fad"]["embedder"].update(identity=5), "protocol.fad.embedder.identity is 5, not a string"),
+    (lambda b: b["breakdown"]["head"].pop("categories"), "breakdown.head.categories is None, not a list of"),
+    (lambda b: b["breakdown"]["categories"]["beep"].update(warning=3),
+     "breakdown.categories.beep.warning is 3, not a string"),
+    (lambda b: b["breakdown"]["categories"]["beep"].update(fad="x"), "breakdown.categories.beep.fad is 'x', not a number"),
+    (lambda b: b.update(items_csv=3), "items_csv is 3, not a string"),
+])
+def test_a_damaged_part_of_an_eval_json_is_named(report, tmp_path, capsys, change, message):
+    """These failed on Python's own words ("'str' object has no attribute 'get'", "'categories'") or, for the
+    Markdown page, were written as if whole."""
+    import json
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(report / "run_a", folder)
+    body = json.loads((folder / "eval.json").read_text())
+    change(body)
+    (folder / "eval.json").write_text(json.dumps(body))
+    for out in ("r.html", "r.md"):
+        code = main(["-q", "report", str(report / "run_b"), str(folder), "--out", str(tmp_path / out)])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith(f"tta: error: {folder / 'eval.json'}: {message}"), err
+        assert len(err.splitlines()) == 1 and not (tmp_path / out).exists()
+
+
 def test_upper_case_md_writes_markdown_labels_stay_unique_and_changed_audio_is_not_played(report, tmp_path):
     from eval.report import load_runs
 
