@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -15,6 +16,8 @@ ITEMS_NAME = "items.csv"
 ITEM_COLUMNS = ("name", "file", "seconds", "frames", "category", "prompt", "clap_score", "kl_softmax", "kl_sigmoid",
                 "sha256")   # sha256: the file's bytes when it was scored (the report plays only that audio)
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class ResultError(ValueError):
@@ -129,8 +132,9 @@ def _check_shape(body: dict, file: Path) -> None:
             raise ResultError(f"{file}: {where}.warning is {_seen(cat['warning'])}, not a string")
 
 
-def read_result(path: str | os.PathLike) -> tuple[dict, list[dict], Path]:
-    """An eval result (its folder or its eval.json) -> (eval.json content, item rows, folder)."""
+def read_result(path: str | os.PathLike) -> tuple[dict, list[dict] | None, Path]:
+    """An eval result (its folder or its eval.json) -> (eval.json content, item rows, folder). The rows are None,
+    with a warning, when the result's items.csv is missing."""
     path = Path(path)
     file = path / RESULT_NAME if path.is_dir() else path
     if not file.is_file():
@@ -146,9 +150,13 @@ def read_result(path: str | os.PathLike) -> tuple[dict, list[dict], Path]:
         raise ResultError(f"{file}: eval result format version {version!r}; this tta reads version {FORMAT_VERSION} "
                           "(run `tta eval` again with this version)")
     _check_shape(body, file)
-    rows: list[dict] = []
+    rows: list[dict] | None = []
     items = file.parent / body.get("items_csv", ITEMS_NAME)
-    if items.is_file():
+    if not items.is_file():   # the metrics stand without it; the per-item sections cannot
+        log.warning("%s: not found beside %s: the report has no per-item sections for this result (run `tta eval` "
+                    "again to write it)", items, file.name)
+        rows = None
+    else:
         text = items.read_bytes()
         expected = body.get("items_sha256")
         # as written, or with text mode's \r\n on Windows (a prompt may hold a \r\n of its own)

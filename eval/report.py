@@ -54,6 +54,7 @@ class Run:
     body: dict
     rows: list[dict]
     folder: Path
+    items_missing: Path | None = None   # the result's items.csv, when it was not found
 
 
 def load_runs(paths: list[str | os.PathLike], labels: list[str] | None = None) -> list[Run]:
@@ -68,7 +69,8 @@ def load_runs(paths: list[str | os.PathLike], labels: list[str] | None = None) -
             raise ResultError(f"{p}: the same result as {same}; give each result once")
         given[folder.resolve()] = (p, body)
         label = labels[i] if labels and i < len(labels) else folder.name
-        runs.append(Run(label, body, rows, folder))
+        missing = folder / body.get("items_csv", "items.csv") if rows is None else None
+        runs.append(Run(label, body, rows or [], folder, missing))
     taken: set[str] = set()
     for r in runs:  # keep column headers unique ("A", "A (2)", ... never a label given elsewhere)
         label, n = r.label, 1
@@ -307,6 +309,10 @@ def pick_items(run: Run, k: int = 3) -> tuple[str, list[dict], list[dict]]:
     return "examples (this run has no CLAP score)", [r for r in run.rows if r.get("file")][:k], []
 
 
+def _items_missing(run: Run) -> str:
+    return f"no per-item sections: {run.items_missing} (the result's items.csv) was not found"
+
+
 # ------------------------------------------------------------------------------------------ HTML
 
 
@@ -401,6 +407,9 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
             parts.append(f'<p class="note">⚠ {FEW_FRAMES_NOTE}</p>')
     parts.append("<h2>Items</h2>")
     for r in runs:
+        if r.items_missing is not None:
+            parts.append(f"<h3>{html.escape(r.label)}</h3><p class=\"note\">⚠ {html.escape(_items_missing(r))}</p>")
+            continue
         how, best, worst = pick_items(r)
         parts.append(f"<h3>{html.escape(r.label)} — {html.escape(how)}</h3>")
         for caption, rows in (("best", best), ("worst", worst)):
@@ -449,11 +458,14 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
             lines += [f"| {_md(c)} | {v['files']} | {_fmt(v.get('fad'))} | {_frames_cell(v)} | {_fmt(v.get('clap_score'))} | "
                       f"{_fmt(v.get('kl_softmax'))} |" for c, v in cats.items()]
             lines += [f"- ⚠ {_md(c)}: {v['warning']}" for c, v in cats.items() if v.get("warning")]
-        how, best, worst = pick_items(r)
-        lines += ["", f"## {_md(r.label)}: items {how}", ""]
-        tags = (("best" if how.startswith("by CLAP") else "example", best), ("worst", worst))
-        lines += [f"- {tag} `{_md(row['name'])}` {_fmt(_num(row.get('clap_score')))} {_md(row.get('prompt') or '')}"
-                  .rstrip() for tag, rows in tags for row in rows]
+        if r.items_missing is not None:
+            lines += ["", f"## {_md(r.label)}: items", "", f"⚠ {_md(_items_missing(r))}"]
+        else:
+            how, best, worst = pick_items(r)
+            lines += ["", f"## {_md(r.label)}: items {how}", ""]
+            tags = (("best" if how.startswith("by CLAP") else "example", best), ("worst", worst))
+            lines += [f"- {tag} `{_md(row['name'])}` {_fmt(_num(row.get('clap_score')))} "
+                      f"{_md(row.get('prompt') or '')}".rstrip() for tag, rows in tags for row in rows]
         common = r.body.get("protocol", {}).get("common", {})
         fad = r.body.get("protocol", {}).get("fad", {})
         summary = (f"Protocol: embedder `{fad.get('embedder', {}).get('identity', '–')}`, "

@@ -4,6 +4,7 @@ a real headless browser (Debian's chromium; skipped where /usr/bin/chromium is a
 from __future__ import annotations
 
 import csv
+import html
 import re
 import shutil
 import subprocess
@@ -275,6 +276,22 @@ def test_a_damaged_part_of_an_eval_json_is_named(report, tmp_path, capsys, chang
         err = capsys.readouterr().err
         assert code == 1 and err.startswith(f"tta: error: {folder / 'eval.json'}: {message}"), err
         assert len(err.splitlines()) == 1 and not (tmp_path / out).exists()
+
+
+def test_a_missing_items_csv_is_warned_about_and_said_in_the_report(report, tmp_path, caplog):
+    """The report dropped its per-item sections without a word (and called the run one "with no CLAP score")."""
+    folder = tmp_path / "no_items"
+    shutil.copytree(report / "run_a", folder)
+    (folder / "items.csv").unlink()
+    with caplog.at_level("WARNING", logger="eval.outputs"):
+        code = main(["-q", "report", str(report / "run_b"), str(folder), "--out", str(tmp_path / "r.html"),
+                     "--markdown", str(tmp_path / "r.md")])
+    assert code == 0
+    assert f"{folder / 'items.csv'}: not found" in caplog.text and "no per-item sections" in caplog.text
+    note = f"no per-item sections: {folder / 'items.csv'} (the result's items.csv) was not found"
+    md, page = (tmp_path / "r.md").read_text(), (tmp_path / "r.html").read_text()
+    assert note in md and "no_items: items examples" not in md and "no CLAP score" not in md.split("no_items")[-1]
+    assert html.escape(note) in page and page.count("<audio") >= 1   # the other run keeps its items
 
 
 def test_upper_case_md_writes_markdown_labels_stay_unique_and_changed_audio_is_not_played(report, tmp_path):
