@@ -193,3 +193,21 @@ def test_a_long_file_name_is_written_atomically_and_a_too_long_one_refused_up_fr
         check_output_path(tmp_path / ("b" * 256 + ".wav"), "--out")
     with pytest.raises(CheckpointError, match="has a name of 300 bytes"):
         check_output_path(tmp_path / ("c" * 300) / "x.wav", "--out")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("class", 3, "class is 3; expected a string naming a tta class"),
+    ("config", [], "config: expected an object, got list"),
+    ("format_version", "1", "format_version '1' is not supported"),
+])
+def test_a_damaged_component_config_names_the_field(tmp_path, field, value, message):
+    """A class that is not a string failed on "'int' object has no attribute 'rpartition'" (`tta train vocoder`
+    with such a vae), and format_version "1" read "format_version 1 is not supported (this tta reads 1)"."""
+    folder = save_component(tmp_path / "vae", TinyNet(TinyNetConfig()))
+    body = json.loads((folder / "config.json").read_text())
+    body[field] = value
+    (folder / "config.json").write_text(json.dumps(body))
+    for cls in (None, TinyNet):
+        with pytest.raises(CheckpointError) as e:
+            load_component(folder, cls)
+        assert str(e.value).startswith(f"{folder / 'config.json'}: {message}"), e.value

@@ -133,6 +133,28 @@ def test_bad_input_and_bad_usage_are_one_line(tmp_path, capsys, broken_model, ex
     assert not (tmp_path / "out").exists()          # not even an empty --out-dir is left behind
 
 
+@pytest.mark.parametrize("file, change, message", [
+    ("vae/config.json", lambda b: b.update(config=[]), "vae/config.json: config: expected an object, got list"),
+    ("vae/config.json", lambda b: b["config"].update(mel=[]), "vae/config.json: mel: expected an object for MelConfig"),
+    ("vae/config.json", lambda b: b["config"]["mel"].update(n_mels="64"),
+     "vae/config.json: config key 'mel.n_mels': expected int, got string '64'"),
+    ("pipeline.json", lambda b: b["components"].update(vae=3),
+     "pipeline.json: components.vae is 3; expected the name of its sub-folder"),
+])
+def test_a_damaged_model_config_names_the_file_and_field(tmp_path, capsys, file, change, message):
+    """With --seconds (read from the VAE's config before loading) these failed on "'list' object has no attribute
+    'get'" or named no file ("config key 'n_mels': ..."); a components entry that was not a folder name on
+    "unsupported operand type(s) for /: 'PosixPath' and 'int'"."""
+    folder = copy_pipeline(tmp_path / "p")
+    body = json.loads((folder / file).read_text())
+    change(body)
+    (folder / file).write_text(json.dumps(body))
+    for seconds in ([], ["--seconds", "0.1"]):
+        code, _, err = run(capsys, "a dog", "--model", folder, "--steps", 1, "-o", tmp_path / "x.wav", *seconds)
+        assert code == 1 and err.startswith("tta: error: ") and f"{folder}/{message}" in err, err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.wav").exists()
+
+
 def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")

@@ -332,8 +332,12 @@ def read_component_config(folder: str | os.PathLike, expected_class: str | None 
     if not isinstance(body, dict) or not {"class", "format_version", "config"} <= set(body):
         raise CheckpointError(f"{cfg_path}: expected keys class, format_version, config")
     if body["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path}: format_version {body['format_version']} is not supported "
+        raise CheckpointError(f"{cfg_path}: format_version {body['format_version']!r} is not supported "
                               f"(this tta reads {FORMAT_VERSION})")
+    if not isinstance(body["class"], str):   # it is imported by name (import_class)
+        raise CheckpointError(f"{cfg_path}: class is {body['class']!r}; expected a string naming a tta class")
+    if not isinstance(body["config"], dict):
+        raise CheckpointError(f"{cfg_path}: config: expected an object, got {type(body['config']).__name__}")
     if expected_class is not None and body["class"] != expected_class:
         raise CheckpointError(f"{folder}: holds a {body['class']}, expected a {expected_class}")
     return body

@@ -281,15 +281,21 @@ def model_folder(args: argparse.Namespace) -> Path:
 def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | None = None) -> None:
     """What only the model's configs can check, before any weights load: --seconds and an edit's input against
     its mel frame, --cutoff against its mel band, --strength against its sampler steps."""
-    from tta.audio import MelConfig
-    from tta.checkpoint import read_component_config
-    from tta.config import from_dict
+    from tta.checkpoint import CONFIG_NAME, CheckpointError, read_component_config
+    from tta.config import ConfigError, from_dict
     from tta.pipeline import read_pipeline_json
+    from vae.model import VAEConfig
 
     if args.seconds is None and edit is None:
         return
-    vae = read_component_config(folder / read_pipeline_json(folder)["components"]["vae"])["config"]
-    mel = from_dict(MelConfig, vae.get("mel", {}))
+    vae_dir = folder / read_pipeline_json(folder)["components"]["vae"]
+    try:   # errors as loading the VAE gives them
+        vae = from_dict(VAEConfig, read_component_config(vae_dir)["config"])
+        mel = vae.mel
+    except CheckpointError as e:
+        raise GenerateError(f"{folder}: component 'vae' cannot be loaded: {e}") from None
+    except ConfigError as e:
+        raise GenerateError(f"{folder}: component 'vae' cannot be loaded: {vae_dir / CONFIG_NAME}: {e}") from None
     hop, rate = mel.hop_length, mel.sample_rate
     if args.seconds is not None and round(args.seconds * rate) < hop:
         raise GenerateError(f"--seconds {args.seconds} is shorter than one mel frame of this model ({hop / rate:g} s)")
@@ -300,8 +306,7 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
                                 f"{high:g}) Hz")
         from tta.pipeline import latent_row_tops
 
-        factor = 2 ** (len(vae.get("block_out_channels", (0,))) - 1)
-        lowest = float(latent_row_tops(mel, factor).min())
+        lowest = float(latent_row_tops(mel, vae.downsample_factor).min())
         if edit["cutoff_hz"] < lowest:
             raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} keeps none of this model's latent frequency rows "
                                 f"(the lowest reaches {lowest:.0f} Hz); raise it to at least that")

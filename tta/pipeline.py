@@ -792,6 +792,9 @@ def read_pipeline_json(folder: str | os.PathLike) -> dict:
     for name in REQUIRED:
         if name not in parts:
             raise PipelineError(f"{path}: component {name!r} is missing from 'components'")
+    for name, sub in parts.items():
+        if not isinstance(sub, str) or not sub.strip():
+            raise PipelineError(f"{path}: components.{name} is {sub!r}; expected the name of its sub-folder")
     return spec
 
 
