@@ -44,6 +44,37 @@ def test_audioldm_s_config_matches_the_reference_layout():
             LDMConfig.from_diffusers(dict(kw, **{field: value}))
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"block_out_channels": "abc"}, "config key 'block_out_channels': expected a list (list of int), got string"),
+    ({"layers_per_block": "2"}, "config key 'layers_per_block': expected int, got string '2'"),
+    ({"down_block_types": [1, 2]}, "config key 'down_block_types[0]': expected str, got int 1"),
+    ({"projection_class_embeddings_input_dim": None}, "'projection_class_embeddings_input_dim': expected int, got null"),
+    ({"attention_head_dim": 0}, "attention_head_dim=0 must be positive"),
+    ({"block_out_channels": ...}, "missing required config key 'block_out_channels'"),   # ...: left out
+])
+def test_a_damaged_diffusers_unet_config_names_the_field(change, message):
+    """These failed on Python's own words ("unsupported operand type(s) for //: 'str' and 'int'", "integer division
+    or modulo by zero", "'int' object has no attribute 'startswith'")."""
+    from tta.ldm.train import RunConfig
+
+    kw = dict(load_config(RunConfig, ROOT / "configs" / "ldm" / "tiny.json").model.diffusers_kwargs(),
+              _class_name="UNet2DConditionModel")
+    kw = {k: v for k, v in {**kw, **change}.items() if v is not ...}
+    with pytest.raises(ValueError) as e:
+        LDMConfig.from_diffusers(kw, where="unet/config.json")
+    assert str(e.value).startswith("unet/config.json: ") and message in str(e.value), e.value
+
+
+def test_a_diffusers_unet_folder_whose_config_is_not_an_object_is_named(tmp_path):
+    from tta.checkpoint import CheckpointError
+    from tta.ldm.model import LDMUNet
+
+    (tmp_path / "config.json").write_text("[]")
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"config.json: expected a JSON object, got list \(not a diffusers UNet"):
+        LDMUNet.load_diffusers(tmp_path)
+
+
 def test_config_invariants_name_the_field():
     with pytest.raises(ValueError, match="attention_downsample"):
         LDMConfig(block_out_channels=(32, 64), attention_downsample=(4,), norm_num_groups=32)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from tests.test_ldm_fixtures import (
@@ -102,6 +103,60 @@ def test_import_names_the_missing_part(tmp_path, capsys):
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 1 and "model_index.json: not valid JSON" in err and err.count("\n") == 1, err
+
+
+def _set(body: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        body = body[key]
+    if value is ...:
+        del body[last]
+    else:
+        body[last] = value
+
+
+@pytest.mark.parametrize("part, field, value, message", [
+    ("vocoder", "tta_mel", [], "tta_mel is []; expected an object (the recorded mel config)"),
+    ("vocoder", "tta_mel.n_mels", "64", "config key 'tta_mel.n_mels': expected int, got string '64'"),
+    ("vocoder", "tta_mel.bogus", 1, "unknown config key 'tta_mel.bogus' for MelConfig"),
+    ("vocoder", "tta_mel.hop_length", ..., "tta_mel has no hop_length (a recorded mel config names every field)"),
+    ("vae", "tta_mel", [], "tta_mel is []; expected an object"),
+    ("vae", "tta_mel.f_max", None, "config key 'tta_mel.f_max': expected float, got null"),
+    ("vae", "tta_mel.framing", 3, "config key 'tta_mel.framing': expected str, got int 3"),
+    ("vocoder", "upsample_rates", "ab", "config key 'upsample_rates': expected a list (list of int), got string"),
+    ("vocoder", "resblock_dilation_sizes", [1], "config key 'resblock_dilation_sizes[0]': expected a list"),
+    ("vocoder", "sampling_rate", ..., "missing required config key 'sampling_rate' (int)"),
+    ("vae", "layers_per_block", [1], "config key 'layers_per_block': expected int, got list [1]"),
+    ("vae", "scaling_factor", None, "config key 'scaling_factor': expected float, got null"),
+    ("unet", "block_out_channels", "abc", "config key 'block_out_channels': expected a list (list of int)"),
+])
+def test_a_damaged_diffusers_folder_config_names_the_file_and_field(tmp_path, capsys, part, field, value, message):
+    """These failed on Python's own words: "MelConfig.__init__() got an unexpected keyword argument 'bogus'",
+    "'<=' not supported between instances of 'str' and 'int'", "can't multiply sequence by non-int of type 'str'",
+    "float() argument must be a string or a real number, not 'NoneType'"; a vae/ tta_mel that was not an object was
+    ignored, and a recorded mel without a field took tta's default for it."""
+    write_diffusers_audioldm(tmp_path / "d")
+    if part == "vae":   # as `tta export diffusers` writes it: the VAE's mel recorded beside the vocoder's
+        voc = json.loads((tmp_path / "d" / "vocoder" / "config.json").read_text())
+        body = json.loads((tmp_path / "d" / "vae" / "config.json").read_text())
+        (tmp_path / "d" / "vae" / "config.json").write_text(json.dumps({**body, "tta_mel": voc["tta_mel"]}))
+    path = tmp_path / "d" / part / "config.json"
+    body = json.loads(path.read_text())
+    _set(body, field, value)
+    path.write_text(json.dumps(body))
+    code = main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(tiny_components()["clap"]),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f"tta: error: {path}: ") and message in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_recorded_mel_without_its_framing_is_an_earlier_exports_hifigan():
+    from tta.audio import MelConfig, recorded_mel
+
+    record = dataclasses.asdict(MelConfig(n_mels=80, f_max=7000.0))
+    del record["framing"]   # written before MelConfig had one
+    assert recorded_mel(record) == MelConfig(n_mels=80, f_max=7000.0, framing="hifigan")
 
 
 def test_export_refuses_own_clap_with_the_reason(tmp_path, capsys):

@@ -592,6 +592,8 @@ def read_foreign_folder(folder: str | os.PathLike, weight_names: tuple[str, ...]
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(config).__name__} (not {what})")
     weights = next((folder / n for n in weight_names if (folder / n).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder}: none of {', '.join(weight_names)} found (expected {what})")

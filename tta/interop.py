@@ -93,13 +93,14 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     vae_mel = vocoder.config.mel
     recorded = _read_json_object(folder / "vae" / "config.json").get("tta_mel") \
         if (folder / "vae" / "config.json").is_file() else None
-    if isinstance(recorded, dict):   # a tta export's VAE mel (its framing may differ from the vocoder's)
-        from tta.audio import MelConfig
+    if recorded is not None:   # a tta export's VAE mel (its framing may differ from the vocoder's)
+        from tta.audio import recorded_mel
 
         try:
-            vae_mel = MelConfig(**{**recorded, **({"framing": mel_framing} if mel_framing else {})})
-        except (TypeError, ValueError) as e:
-            raise InteropError(f"{folder / 'vae' / 'config.json'}: tta_mel: {e}") from None
+            vae_mel = recorded_mel(recorded)
+            vae_mel = dataclasses.replace(vae_mel, framing=mel_framing) if mel_framing else vae_mel
+        except ValueError as e:
+            raise InteropError(f"{folder / 'vae' / 'config.json'}: {e}") from None
     vae = load_diffusers_vae(folder / "vae", mel=vae_mel)
     sched_cfg = folder / "scheduler" / "scheduler_config.json"
     if not sched_cfg.is_file():

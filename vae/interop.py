@@ -29,6 +29,7 @@ import torch
 from tta.audio import AUDIOLDM_MEL, MelConfig
 from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, load_into, load_torch_file,
                             read_foreign_folder)
+from tta.config import ConfigError, from_dict
 from vae.model import MelVAE, VAEConfig
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,18 @@ def reference_state_dict(model: MelVAE) -> dict:
 _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
+@dataclasses.dataclass(frozen=True)
+class DiffusersVAEFields:
+    """The fields of a diffusers AutoencoderKL config.json that `config_from_diffusers` reads into a VAEConfig,
+    typed as they must be (read with tta.config.from_dict, so a damaged file names the field)."""
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    mid_block_add_attention: bool = True
+    scaling_factor: float = 0.18215
+
+
 def config_from_diffusers(
     body: dict, *, mel: MelConfig | None = None, where: str = "config.json"
 ) -> VAEConfig:
@@ -237,7 +250,11 @@ def config_from_diffusers(
     need("in_channels", lambda v: v == 1, "1 (a mel image)")
     need("out_channels", lambda v: v == 1, "1 (a mel image)")
     need("block_out_channels", lambda v: isinstance(v, list) and v, "a list of channels")
-    levels = len(body["block_out_channels"])
+    try:
+        f = from_dict(DiffusersVAEFields, {k: body[k] for k in DiffusersVAEFields.__dataclass_fields__ if k in body})
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    levels = len(f.block_out_channels)
     for name, kind in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
         if name in body:
             need(name, lambda v, k=kind: list(v) == [k] * levels, f"{levels} x {kind!r}")
@@ -252,13 +269,9 @@ def config_from_diffusers(
         )
     try:
         return VAEConfig(
-            mel=mel or AUDIOLDM_MEL,
-            block_out_channels=tuple(int(c) for c in body["block_out_channels"]),
-            layers_per_block=int(body.get("layers_per_block", 1)),
-            latent_channels=int(body.get("latent_channels", 4)),
-            norm_num_groups=int(body.get("norm_num_groups", 32)),
-            mid_block_add_attention=bool(body.get("mid_block_add_attention", True)),
-            scale_factor=float(body.get("scaling_factor", 0.18215)),
+            mel=mel or AUDIOLDM_MEL, block_out_channels=f.block_out_channels, layers_per_block=f.layers_per_block,
+            latent_channels=f.latent_channels, norm_num_groups=f.norm_num_groups,
+            mid_block_add_attention=f.mid_block_add_attention, scale_factor=f.scaling_factor,
         )
     except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from None

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from tta.audio import AUDIOLDM_MEL, MelConfig
+from tta.audio import AUDIOLDM_MEL, MelConfig, recorded_mel
 from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, load_into, load_torch_file,
                             read_foreign_folder, save_safetensors)
+from tta.config import from_dict
 from vocoder.model import HiFiGAN, HiFiGANConfig
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,21 @@ def vocoder_from_audioldm_state(ckpt, path, config: HiFiGANConfig | None = None,
 # --------------------------------------------------------------------------------------- SpeechT5
 
 
+@dataclasses.dataclass(frozen=True)
+class SpeechT5Fields:
+    """The fields of a transformers SpeechT5HifiGan config.json that `load_speecht5_folder` reads, typed as they
+    must be (read with tta.config.from_dict, so a damaged file names the field)."""
+    upsample_rates: tuple[int, ...]
+    sampling_rate: int
+    model_in_dim: int
+    upsample_kernel_sizes: tuple[int, ...]
+    upsample_initial_channel: int
+    resblock_kernel_sizes: tuple[int, ...]
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...]
+    leaky_relu_slope: float = 0.1
+    normalize_before: bool = True
+
+
 def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None, *,
                          weight_norm: bool = False) -> HiFiGAN:
     """A transformers SpeechT5HifiGan folder. The mel config comes from `mel`, else from the folder's
@@ -148,9 +164,10 @@ def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None
     if h.get("model_type") != SPEECHT5_MODEL_TYPE:
         raise CheckpointError(f"{cfg_path}: model_type is {h.get('model_type')!r}, expected {SPEECHT5_MODEL_TYPE!r}")
     try:
-        hop, sr, n_mels = math.prod(h["upsample_rates"]), int(h["sampling_rate"]), int(h["model_in_dim"])
+        f = from_dict(SpeechT5Fields, {k: h[k] for k in SpeechT5Fields.__dataclass_fields__ if k in h})
+        hop, sr, n_mels = math.prod(f.upsample_rates), f.sampling_rate, f.model_in_dim
         if mel is None and "tta_mel" in h:
-            mel = MelConfig(**h["tta_mel"])
+            mel = recorded_mel(h["tta_mel"])
         if mel is None:
             base = AUDIOLDM_MEL
             mel = dataclasses.replace(base, sample_rate=sr, n_mels=n_mels, hop_length=hop,
@@ -161,14 +178,10 @@ def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None
                                   f"the given mel config (sample_rate={mel.sample_rate}, n_mels={mel.n_mels}, "
                                   f"hop_length={mel.hop_length})")
         config = HiFiGANConfig(
-            mel=mel, upsample_rates=tuple(h["upsample_rates"]), upsample_kernel_sizes=tuple(h["upsample_kernel_sizes"]),
-            upsample_initial_channel=int(h["upsample_initial_channel"]), resblock="1",
-            resblock_kernel_sizes=tuple(h["resblock_kernel_sizes"]),
-            resblock_dilation_sizes=tuple(tuple(d) for d in h["resblock_dilation_sizes"]),
-            leaky_relu_slope=float(h.get("leaky_relu_slope", 0.1)),
-            normalize_before=bool(h.get("normalize_before", True)))
-    except KeyError as e:
-        raise CheckpointError(f"{cfg_path}: missing key {e.args[0]!r}") from None
+            mel=mel, upsample_rates=f.upsample_rates, upsample_kernel_sizes=f.upsample_kernel_sizes,
+            upsample_initial_channel=f.upsample_initial_channel, resblock="1",
+            resblock_kernel_sizes=f.resblock_kernel_sizes, resblock_dilation_sizes=f.resblock_dilation_sizes,
+            leaky_relu_slope=f.leaky_relu_slope, normalize_before=f.normalize_before)
     except (TypeError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise

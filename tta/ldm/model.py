@@ -32,7 +32,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -116,6 +116,13 @@ class LDMConfig:
     @classmethod
     def from_diffusers(cls, config: dict, *, where: str = "unet config") -> LDMConfig:
         """The LDMConfig of a diffusers UNet2DConditionModel config (AudioLDM layout), or a ValueError."""
+        from tta.config import ConfigError, from_dict
+
+        try:
+            from_dict(DiffusersUNetFields, {k: config[k] for k in DiffusersUNetFields.__dataclass_fields__
+                                            if k in config})
+        except ConfigError as e:
+            raise ValueError(f"{where}: {e}") from None
         need = {"class_embed_type": "simple_projection", "class_embeddings_concat": True}
         for k, v in need.items():
             if config.get(k) != v:
@@ -134,6 +141,8 @@ class LDMConfig:
         attn = tuple(2 ** i for i, t in enumerate(downs) if t.startswith("CrossAttn"))
         heads = config.get("attention_head_dim", 8)
         heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(channels)
+        if any(h <= 0 for h in heads):
+            raise ValueError(f"{where}: attention_head_dim={config.get('attention_head_dim', 8)!r} must be positive")
         cross = config.get("cross_attention_dim")
         context = None if isinstance(cross, (list, tuple)) and list(cross) == list(channels) else cross
         per_head = {c // h for c, h in zip(channels, heads)}
@@ -153,6 +162,22 @@ class LDMConfig:
                    head_channels=head_channels if num_heads == 0 else 32, num_heads=num_heads,
                    class_embed_dim=config["projection_class_embeddings_input_dim"],
                    context_dim=context, transformer_layers=tl, norm_num_groups=config.get("norm_num_groups", 32))
+
+
+@dataclass(frozen=True)
+class DiffusersUNetFields:
+    """The fields of a diffusers UNet2DConditionModel config.json that `LDMConfig.from_diffusers` reads, typed as
+    they must be: read with tta.config.from_dict first, so a damaged file names the field (it failed on Python's
+    own words, e.g. "unsupported operand type(s) for //: 'str' and 'int'")."""
+    block_out_channels: tuple[int, ...]
+    down_block_types: tuple[str, ...]
+    layers_per_block: int
+    in_channels: int
+    out_channels: int
+    projection_class_embeddings_input_dim: int
+    attention_head_dim: Union[int, tuple[int, ...]] = 8
+    cross_attention_dim: Optional[Union[int, tuple[int, ...]]] = None
+    norm_num_groups: int = 32
 
 
 class LDMUNet(nn.Module):
