@@ -155,6 +155,15 @@ def test_a_damaged_model_config_names_the_file_and_field(tmp_path, capsys, file,
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.wav").exists()
 
 
+@pytest.mark.parametrize("file", ["pipeline.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"])
+def test_a_model_config_that_is_not_text_is_named(tmp_path, capsys, file):
+    """A config.json of binary bytes failed on "'utf-8' codec can't decode byte 0xff in position 0"."""
+    folder = copy_pipeline(tmp_path / "p")
+    (folder / file).write_bytes(b"\xff\xfe\x00 not json")
+    code, _, err = run(capsys, "a dog", "--model", folder, "--steps", 1, "-o", tmp_path / "x.wav")
+    assert code == 1 and f"{folder / file}: not a UTF-8 text file" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")

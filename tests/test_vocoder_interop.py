@@ -224,3 +224,14 @@ def test_a_jik876_config_listing_more_dilations_than_its_resblock_uses_loads_as_
     three = config_from_jik876({**h, "resblock": "1", "resblock_dilation_sizes": [[1, 3, 5, 7], [1, 3, 5]]},
                                where="x")
     assert three.resblock_dilation_sizes == ((1, 3, 5), (1, 3, 5))
+
+
+@pytest.mark.parametrize("text, message", [("[1]", "config.json: expected keys class, format_version, config"),
+                                           ("nope", "config.json: invalid JSON")])
+def test_load_vocoder_names_a_damaged_config(tmp_path, text, message):
+    """A config.json holding a list failed on "'list' object has no attribute 'get'" (`tta train vocoder
+    --init-from`), and one that is not JSON on the decoder's words alone, naming no file."""
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError) as e:
+        load_vocoder(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'config.json'}: ") and message in str(e.value), e.value

@@ -325,10 +325,7 @@ def read_component_config(folder: str | os.PathLike, expected_class: str | None 
         raise CheckpointError(f"{folder}: component folder not found")
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not a tta component folder)")
-    try:
-        body = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    body = _read_json(cfg_path)
     if not isinstance(body, dict) or not {"class", "format_version", "config"} <= set(body):
         raise CheckpointError(f"{cfg_path}: expected keys class, format_version, config")
     if body["format_version"] != FORMAT_VERSION:
@@ -341,6 +338,16 @@ def read_component_config(folder: str | os.PathLike, expected_class: str | None 
     if expected_class is not None and body["class"] != expected_class:
         raise CheckpointError(f"{folder}: holds a {body['class']}, expected a {expected_class}")
     return body
+
+
+def _read_json(path: Path) -> Any:
+    """A config.json's content; a file that is not UTF-8 JSON is a CheckpointError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not a UTF-8 text file ({e.reason}); expected JSON") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -588,10 +595,7 @@ def read_foreign_folder(folder: str | os.PathLike, weight_names: tuple[str, ...]
         raise CheckpointError(f"{folder}: folder not found (expected {what})")
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not {what})")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    config = _read_json(cfg_path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(config).__name__} (not {what})")
     weights = next((folder / n for n in weight_names if (folder / n).is_file()), None)

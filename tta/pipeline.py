@@ -781,7 +781,9 @@ def read_pipeline_json(folder: str | os.PathLike) -> dict:
                 if (folder / "pipeline" / PIPELINE_FILE).is_file() else "")
         raise PipelineError(f"{folder}: not a tta pipeline folder (no {PIPELINE_FILE}){hint}")
     try:
-        spec = json.loads(path.read_text())
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{path}: not a UTF-8 text file ({e.reason}); expected JSON") from None
     except json.JSONDecodeError as e:
         raise PipelineError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(spec, dict) or spec.get("format_version") != FORMAT_VERSION:

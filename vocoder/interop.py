@@ -231,10 +231,13 @@ def load_vocoder(path: str | os.PathLike, *, weight_norm: bool = False) -> HiFiG
     path = Path(path)
     if path.is_dir():
         cfg = path / "config.json"
-        body = json.loads(cfg.read_text()) if cfg.is_file() else {}
-        if body.get("model_type") == SPEECHT5_MODEL_TYPE:
+        try:
+            body = json.loads(cfg.read_text()) if cfg.is_file() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = {}
+        if isinstance(body, dict) and body.get("model_type") == SPEECHT5_MODEL_TYPE:
             return load_speecht5_folder(path, weight_norm=weight_norm)
-        read_component_config(path)  # raises a clear error for anything else
+        read_component_config(path)  # raises a clear error, naming the file, for anything else
         model = load_component(path, HiFiGAN)
         return model.apply_weight_norm() if weight_norm else model.remove_weight_norm()
     ckpt = load_torch_file(path)

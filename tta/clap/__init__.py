@@ -43,7 +43,9 @@ def backend_of(path: str | os.PathLike) -> str:
         hint = f"; a pipeline folder's CLAP is its {path / 'text_encoder'}" if (path / "pipeline.json").is_file() else ""
         raise ValueError(f"{path}: not a CLAP model folder (no config.json){hint}")
     try:
-        body = json.loads(cfg.read_text())
+        body = json.loads(cfg.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{cfg}: not a UTF-8 text file ({e.reason}); expected JSON") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg}: invalid JSON ({e.msg})") from None
     if isinstance(body, dict) and "class" in body and "format_version" in body:
