@@ -48,6 +48,11 @@ def test_txt_skips_blank_lines(tmp_path):
     ("p.csv", "id,prompt,category\nd0,rain,weather\nd1\n", "p.csv:3: 1 field, the header has 3"),
     ("p.txt", "\n\n", "no prompts"),
     ("p.yaml", "prompt: x\n", "unsupported prompts file type '.yaml'"),
+    ("p.jsonl", '{"prompt": "ok", "file": "a.wav"}\n{"prompt": "x", "file": 3}\n',
+     "p.jsonl:2: field 'file' is 3; expected a string"),
+    ("p.jsonl", '{"prompt": "x", "path": null, "id": "a"}\n', "p.jsonl:1: field 'path' is null; expected a string"),
+    ("p.jsonl", '{"prompt": "x", "audio": ["a.wav"]}\n', "p.jsonl:1: field 'audio' is [\"a.wav\"]; expected a"),
+    ("p.jsonl", '{"prompt": "x", "id": true}\n', "p.jsonl:1: field 'id' is true; expected a string or an integer"),
 ])
 def test_bad_prompt_files_name_file_and_line(tmp_path, name, content, fragment):
     (tmp_path / name).write_text(content)
@@ -101,3 +106,29 @@ def test_a_quoted_csv_prompt_may_span_lines_and_jsonl_keeps_line_separators(tmp_
     assert [r.prompt for r in read_prompt_file(tmp_path / "q.csv")] == ["rain\non a tin roof"]
     (tmp_path / "p.jsonl").write_text('{"prompt": "a\u2028b"}\n', encoding="utf-8")
     assert [r.prompt for r in read_prompt_file(tmp_path / "p.jsonl")] == ["a\u2028b"]
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "clap"])
+def test_a_file_field_that_is_not_a_string_is_refused_by_every_command(tmp_path, capsys, command):
+    """`{"prompt": "x", "file": 3}` named an output 3.wav (generate) and `"file": null` fell back to the row's id
+    (eval); now each command refuses the row, naming the line and the field, and writes nothing."""
+    from tests.signals import tone
+    from tests.test_ldm_fixtures import tiny_components, tiny_pipeline
+    from tta.audio import save_audio
+    from tta.cli import main
+
+    for name in ("a", "b"):
+        save_audio(tmp_path / "gen" / f"{name}.wav", tone(440, 0.5), 16_000)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a tone", "file": "a.wav"}\n{"prompt": "a beep", "file": 3}\n')
+    out = tmp_path / "out"
+    argv = {"generate": ["generate", "--prompts", str(prompts), "--model", str(tiny_pipeline()), "--steps", "1",
+                         "--out-dir", str(out)],
+            "eval": ["eval", "--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "gen"),
+                     "--prompts", str(prompts), "--out", str(out)],
+            "clap": ["clap", "score", "--model", str(tiny_components()["clap"]), "--audio", str(tmp_path / "gen"),
+                     "--prompts", str(prompts), "--out", str(out / "s.json")]}[command]
+    assert main(["-q", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err == f"tta: error: {prompts}:2: field 'file' is 3; expected a string (an audio file's name or path)\n"
+    assert not out.exists()

@@ -133,8 +133,14 @@ def _row(obj: dict, where: str) -> PromptRow:
     text = next((obj[f] for f in TEXT_FIELDS if f in obj and obj[f] is not None), None)
     if not isinstance(text, str):
         raise PromptFileError(f"{where}: expected a string {'/'.join(TEXT_FIELDS)} field; got fields {sorted(obj)}")
-    file = next((str(obj[f]) for f in FILE_FIELDS if obj.get(f) not in (None, "")), None)
+    for f in FILE_FIELDS:   # a JSON number or null is no file name (3 named an output "3.wav")
+        if f in obj and not isinstance(obj[f], str):
+            raise PromptFileError(f"{where}: field {f!r} is {json.dumps(obj[f])}; expected a string (an audio file's "
+                                  "name or path)")
+    file = next((obj[f] for f in FILE_FIELDS if obj.get(f)), None)
     id_ = obj.get("id")
+    if id_ is not None and (isinstance(id_, bool) or not isinstance(id_, (str, int))):
+        raise PromptFileError(f"{where}: field 'id' is {json.dumps(id_)}; expected a string or an integer")
     category = obj.get("category")
     known = {*TEXT_FIELDS, *FILE_FIELDS, "id", "category"}
     unread = tuple(k for k, v in obj.items() if k not in known and v not in (None, ""))
