@@ -562,6 +562,39 @@ def test_id_prefix_keeps_two_corpora_apart_and_their_splits(tmp_path):
     assert [r.split for r in prefixed.rows] == [r.split for r in plain.rows]
 
 
+@pytest.mark.parametrize("prefix, problem", [
+    (" ", "has a part ' ' that is empty, '.', '..', or starts or ends with a space"),
+    ("a\tb/", "has a part 'a\\tb' that holds '\\t' (U+0009)"),
+    ("x\x01", "holds '\\x01' (U+0001)"),
+    ("../", "has a part '..' that is empty, '.', '..'"),
+    ("/abs/", "has a part '' that is empty"),
+    ("a//b", "has a part '' that is empty"),
+    ("a\\b", "holds '\\\\' (U+005C)"),
+    ("c:", "holds ':' (U+003A)"),
+    ("x" * 65, "is 65 characters long"),
+])
+def test_an_id_prefix_that_cannot_make_ids_is_refused_with_the_rule(tmp_path, capsys, prefix, problem):
+    """Every one of these was put before the ids as it was (a control character, a '../', 300 characters)."""
+    from tta.cli import main
+
+    _wav(tmp_path / "one" / "1.wav")
+    (tmp_path / "one" / "1.txt").write_text("a bell")
+    code = main(["-q", "data", "import", "folder", str(tmp_path / "one"), "--out", str(tmp_path / "m.jsonl"),
+                 "--id-prefix", prefix])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("tta: error: id_prefix=") and problem in err, err
+    assert "an id prefix is at most 64 characters: names joined by '/'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.parametrize("prefix", ["", "clotho/", "esc50/v2-", "my corpus/", "fsd50k_"])
+def test_ordinary_id_prefixes_are_taken(tmp_path, prefix):
+    _wav(tmp_path / "one" / "1.wav")
+    (tmp_path / "one" / "1.txt").write_text("a bell")
+    result = import_folder(tmp_path / "one", options=ImportOptions(id_prefix=prefix, progress=False))
+    assert [r.id for r in result.rows] == [f"{prefix}1"]
+
+
 def test_a_folder_file_without_a_sidecar_names_the_sidecar_it_looked_for(tmp_path):
     _wav(tmp_path / "a.wav")
     result = import_folder(tmp_path, options=ImportOptions(progress=False))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tta import UsageError
+from tta.data.prompts import name_problem, word_char
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,6 @@ def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
     return [(Path(file_key(row.file)).name if row.file is not None else row.id, row.prompt) for row in rows]
 
 
-def _word_char(ch: str) -> bool:
-    """A letter, digit or combining mark of any script (a Devanagari vowel sign, the accent of a decomposed é)."""
-    return unicodedata.category(ch)[0] in "LNM"
-
-
 def slug(text: str, limit: int = 40) -> str:
     """A file-name stem from a prompt: its letters, digits and marks (any script, NFC) joined by _;
     "unconditional" for an empty prompt and "prompt" for one with no letters or digits."""
@@ -75,26 +71,11 @@ def slug(text: str, limit: int = 40) -> str:
     for ch in unicodedata.normalize("NFC", text.lower()):
         # a mark stays with the letter or digit it follows; after a dropped symbol (the variation selector of
         # an emoji) it would stand alone, invisible in the file name
-        keep = _word_char(ch) and (unicodedata.category(ch)[0] != "M" or prev != " ")
+        keep = word_char(ch) and (unicodedata.category(ch)[0] != "M" or prev != " ")
         kept.append(ch if keep else " ")
         prev = kept[-1]
     s = "_".join("".join(kept).split())
     return s[:limit].rstrip("_") or ("prompt" if text.strip() else "unconditional")
-
-
-NAME_PUNCTUATION = "_.-+,()[]'&@# "   # besides letters, digits and marks, in an output name a prompts file gives
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` cannot be an output file name, or None: it must hold letters, digits, marks and NAME_PUNCTUATION
-    only (no path separator, no control character, nothing Windows refuses), not start or end with a space."""
-    if name in (".", "..") or not name or name != name.strip():
-        return "is empty, '.', '..', or starts or ends with a space"
-    bad = next((ch for ch in name if not (_word_char(ch) or ch in NAME_PUNCTUATION)), None)
-    if bad is not None:
-        return (f"holds {bad!r} (U+{ord(bad):04X}); a name takes letters, digits and "
-                f"{' '.join(NAME_PUNCTUATION.strip())} and spaces")
-    return None
 
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:

@@ -72,7 +72,8 @@ def _add_import(sub) -> None:
     p.add_argument("--id-prefix", default="", metavar="PREFIX",
                    help="put PREFIX before every row's id, e.g. 'clotho/', so that manifests of corpora with the "
                         "same file names can be trained together (data.extra_manifests); the split stays the one "
-                        "the unprefixed id hashes to")
+                        "the unprefixed id hashes to. At most 64 characters: names joined by '/', of letters, "
+                        "digits, spaces and _ . - + , ( ) [ ] ' & @ #")
     p.set_defaults(data_func=cmd_import)
 
 

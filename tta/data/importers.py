@@ -31,6 +31,7 @@ from tta.audio import AUDIO_SUFFIXES, AudioError, audio_info
 from tta.checkpoint import file_sha256
 from tta.config import check_numbers
 from tta.data.manifest import SPLITS, ManifestRow, absolute_path
+from tta.data.prompts import NAME_PUNCTUATION, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,27 @@ _SPLIT_NAMES = {"train": "train", "training": "train", "development": "train",  
 
 class SourceError(ValueError):
     """The source as a whole cannot be imported (not found, wrong format); the message names it."""
+
+
+ID_PREFIX_MAX = 64   # characters: an id, with its prefix, names files (generated audio, a retrieval experiment's copies)
+ID_PREFIX_RULE = (f"an id prefix is at most {ID_PREFIX_MAX} characters: names joined by '/' (it may end with one), "
+                  f"each of letters, digits, spaces and {' '.join(NAME_PUNCTUATION.strip())}, not '.' or '..' and "
+                  "not starting or ending with a space")
+
+
+def id_prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot go before every row's id (ImportOptions.id_prefix), or None ("" is no prefix): its parts
+    must be names `name_problem` accepts, as the ids end up in file names."""
+    if not prefix:
+        return None
+    if len(prefix) > ID_PREFIX_MAX:
+        return f"is {len(prefix)} characters long"
+    parts = prefix.split("/")
+    for part in parts[:-1] if prefix.endswith("/") else parts:
+        problem = name_problem(part)
+        if problem:
+            return f"has a part {part!r} that {problem.split(';')[0]}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,10 @@ class ImportOptions:
             raise ValueError(f"split={self.split!r}, expected one of {SPLITS}")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction={self.valid_fraction}, expected a number in [0, 1)")
+        problem = id_prefix_problem(self.id_prefix)
+        if problem:
+            shown = repr(self.id_prefix) if len(self.id_prefix) <= 40 else f"{self.id_prefix[:37]!r}..."
+            raise ValueError(f"id_prefix={shown} {problem}; {ID_PREFIX_RULE}")
 
 
 @dataclass

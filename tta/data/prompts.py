@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,27 @@ def file_key(value: str) -> str:
     p = Path(str(value).strip())
     return p.with_suffix("").as_posix() if p.suffix.lower() in FILE_KEY_SUFFIXES else p.as_posix()
 SUFFIXES = (".txt", ".csv", ".jsonl", ".json")
+
+
+NAME_PUNCTUATION = "_.-+,()[]'&@# "   # besides letters, digits and marks, in an output name a prompts file gives
+
+
+def word_char(ch: str) -> bool:
+    """A letter, digit or combining mark of any script (a Devanagari vowel sign, the accent of a decomposed é)."""
+    return unicodedata.category(ch)[0] in "LNM"
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a file name tta writes (`tta generate`'s output named by a prompts file's id), or None:
+    it must hold letters, digits, marks and NAME_PUNCTUATION only (no path separator, no control character,
+    nothing Windows refuses), not start or end with a space."""
+    if name in (".", "..") or not name or name != name.strip():
+        return "is empty, '.', '..', or starts or ends with a space"
+    bad = next((ch for ch in name if not (word_char(ch) or ch in NAME_PUNCTUATION)), None)
+    if bad is not None:
+        return (f"holds {bad!r} (U+{ord(bad):04X}); a name takes letters, digits and "
+                f"{' '.join(NAME_PUNCTUATION.strip())} and spaces")
+    return None
 
 
 class PromptFileError(ValueError):
