@@ -421,6 +421,13 @@ def run_eval(opts: EvalOptions) -> dict:
         gen = gen or pgen
 
     gen = gen or scan_folder(opts.generated, "generated")
+    damaged = _damaged_generation_record(opts.generated)
+    if damaged:
+        msg = (f"generated {opts.generated}: its generation.json {damaged}: whether files of another run are mixed "
+               "in, or the run stopped part-way, cannot be told from it")
+        log.warning(msg)
+        result["protocol"]["generated_record_damaged"] = {"file": str(opts.generated / "generation.json"),
+                                                          "warning": msg}
     unlisted = _not_in_generation_record(opts.generated, gen)
     if unlisted:
         msg = (f"generated {opts.generated}: {len(unlisted)} audio files are not in its generation.json (e.g. "
@@ -466,14 +473,61 @@ def run_eval(opts: EvalOptions) -> dict:
 
 
 def _generation_record(folder: Path) -> dict:
-    """The generation.json of a `tta generate --out-dir` folder, or {} (none, or not a JSON object)."""
+    """The generation.json of a `tta generate --out-dir` folder, or {} (none, or a damaged one: see
+    _damaged_generation_record)."""
+    return _read_generation_record(folder)[0]
+
+
+def _damaged_generation_record(folder: Path) -> str | None:
+    """Why the folder's generation.json cannot be read as `tta generate`'s record, or None (a sound one, or none)."""
+    return _read_generation_record(folder)[1]
+
+
+def _read_generation_record(folder: Path) -> tuple[dict, str | None]:
+    """(record, None) for a sound generation.json, ({}, None) where there is none, ({}, why) for one that is not
+    JSON or whose fields eval reads (outputs[].file, complete, planned_outputs, settings.candidates,
+    clap_score_model) are not what `tta generate` writes."""
     import json
 
+    path = folder / "generation.json"
+    if not path.is_file():
+        return {}, None
     try:
-        record = json.loads((folder / "generation.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        return {}, f"cannot be read ({e.strerror if isinstance(e, OSError) else e.reason})"
+    except json.JSONDecodeError as e:
+        return {}, f"is not valid JSON ({e.msg} at line {e.lineno})"
+    if not isinstance(record, dict):
+        return {}, f"is a JSON {type(record).__name__}, not an object"
+    outputs = record.get("outputs")
+    if "outputs" not in record:
+        return {}, "has no outputs list"
+    if not isinstance(outputs, list):
+        return {}, f"outputs is {_shown(outputs)}, not a list"
+    for i, output in enumerate(outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("file"), str):
+            file = output.get("file") if isinstance(output, dict) else None
+            return {}, (f"outputs[{i}] is {_shown(output)}, not an object" if not isinstance(output, dict)
+                        else f"outputs[{i}].file is {_shown(file)}, not a file name")
+    settings = record.get("settings", {})
+    checks = (("complete", record.get("complete", True), bool, "true or false"),
+              ("planned_outputs", record.get("planned_outputs", 0), int, "a count"),
+              ("settings", settings, dict, "an object"),
+              ("settings.candidates", settings.get("candidates", 1) if isinstance(settings, dict) else 1, int,
+               "a count"),
+              ("clap_score_model", record.get("clap_score_model") or "", str, "a string"))
+    for name, value, kind, what in checks:
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return {}, f"{name} is {_shown(value)}, not {what}"
+    return record, None
+
+
+def _shown(value) -> str:
+    import json
+
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:

@@ -323,6 +323,36 @@ def test_audio_a_generation_record_does_not_list_is_reported(folders, tmp_path):
     assert (note["written"], note["planned"]) == (8, 12) and "stopped part-way (8 of 12" in note["warning"]
 
 
+@pytest.mark.parametrize("text, why", [
+    ("{not json", "is not valid JSON (Expecting property name enclosed in double quotes at line 1)"),
+    ("[1, 2]", "is a JSON list, not an object"),
+    ('{"outputs": [{"file": 3}]}', "outputs[0].file is 3, not a file name"),
+    ('{"outputs": [], "complete": "no"}', 'complete is "no", not true or false'),
+    ('{"outputs": [], "settings": {"candidates": "2"}}', 'settings.candidates is "2", not a count'),
+    ('{"complete": false}', "has no outputs list"),
+])
+def test_a_damaged_generation_record_is_a_protocol_warning_and_the_run_is_not_ranked(folders, tmp_path, text, why):
+    """A generation.json that is not JSON or not what `tta generate` writes was read as no record at all: the
+    checks it feeds (files of another run, a stopped run) were skipped without a word."""
+    from eval.report import load_runs, render_markdown
+
+    gen, ref, _ = folders
+    (gen / "broken.wav").unlink()   # the sound run leaves no file out: only the damaged record keeps it unranked
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "sound") == 0
+    (gen / "generation.json").write_text(text)
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "damaged") == 0
+    proto = json.loads((tmp_path / "damaged" / "eval.json").read_text())["protocol"]
+    note = proto["generated_record_damaged"]
+    assert note["file"] == str(gen / "generation.json")
+    assert note["warning"] == (f"generated {gen}: its generation.json {why}: whether files of another run are mixed "
+                               "in, or the run stopped part-way, cannot be told from it")
+    assert not [k for k in proto if k.startswith("generated_") and k != "generated_record_damaged"]
+    md = render_markdown(load_runs([tmp_path / "sound", tmp_path / "damaged"]))
+    fad_line = next(line for line in md.splitlines() if line.startswith("| FAD"))
+    assert "not ranked: damaged left files out or holds files that may not be" in fad_line and "**" not in fad_line
+    assert f"its generation.json {why}" in md
+
+
 def test_a_float_wav_scores_as_its_16_bit_copy(tmp_path, monkeypatch):
     """Clips with digital silence scored differently written as float and as 16-bit WAV (CLAP score 0.769
     against 0.744 on the embedded model's generations): the log-mel front ends hear 16-bit rounding noise

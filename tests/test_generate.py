@@ -559,6 +559,10 @@ def test_an_output_that_would_replace_another_files_record_is_warned_about(tmp_p
     with caplog.at_level("WARNING", logger="tta.generate"):
         assert run(capsys, *args, "-o", tmp_path / "x.ogg")[0] == 0
     assert any("will replace the record of" in r.message and "x.flac" in r.message for r in caplog.records)
+    # a damaged record there is replaced ("outputs": 5 failed on "'int' object is not iterable")
+    (tmp_path / "y.generation.json").write_text('{"outputs": 5}')
+    assert run(capsys, *args, "-o", tmp_path / "y.wav")[0] == 0
+    assert json.loads((tmp_path / "y.generation.json").read_text())["outputs"][0]["file"] == "y.wav"
 
 
 def test_a_mask_ending_at_the_inputs_printed_length_is_taken(tmp_path, capsys):

@@ -134,7 +134,7 @@ def _recorded_other(record: Path, output: Path) -> Path | None:
     """The output an existing single-file record describes when it is another file that still exists, else None."""
     try:
         files = [o.get("file") for o in json.loads(record.read_text(encoding="utf-8")).get("outputs", [])]
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, TypeError):   # not a record this check can read: it is replaced
         return None
     other = next((output.with_name(f) for f in files
                   if isinstance(f, str) and f and "/" not in f and f != output.name), None)
