@@ -408,7 +408,7 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
     parts.append("<h2>Items</h2>")
     for r in runs:
         if r.items_missing is not None:
-            parts.append(f"<h3>{html.escape(r.label)}</h3><p class=\"note\">⚠ {html.escape(_items_missing(r))}</p>")
+            parts.append(f'<h3>{html.escape(r.label)}</h3><p class="note">⚠ {html.escape(_items_missing(r))}</p>')
             continue
         how, best, worst = pick_items(r)
         parts.append(f"<h3>{html.escape(r.label)} — {html.escape(how)}</h3>")

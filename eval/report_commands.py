@@ -14,8 +14,9 @@ from tta.checkpoint import output_path
 def add_parsers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULT", help="tta eval output folder(s)")
     parser.add_argument("--out", type=output_path, help="report file: .html (self-contained) or .md")
-    parser.add_argument("--markdown", type=output_path, help="also (or only) write a Markdown report here (the metric and "
-                        "category tables; the spectrograms, audio and head/tail table are in the HTML page only)")
+    parser.add_argument("--markdown", type=output_path,
+                        help="also (or only) write a Markdown report here (the metric and category tables; the "
+                             "spectrograms, audio and head/tail table are in the HTML page only)")
     parser.add_argument("--label", action="append", help="column label per RESULT, in order (repeatable)")
     parser.add_argument("--title", default="tta evaluation report")
 

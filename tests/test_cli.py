@@ -150,7 +150,8 @@ def test_every_output_flag_refuses_an_empty_path():
     from tta.checkpoint import output_path
     from tta.cli import build_parser
 
-    flags = [(path, action) for path, action in _actions(build_parser()) if set(action.option_strings) & set(OUTPUT_FLAGS)]
+    flags = [(path, action) for path, action in _actions(build_parser())
+             if set(action.option_strings) & set(OUTPUT_FLAGS)]
     assert len(flags) >= 15
     for path, action in flags:
         assert action.type is output_path, (" ".join(path), action.option_strings)

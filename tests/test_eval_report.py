@@ -254,11 +254,13 @@ def test_report_refuses_a_result_twice_another_version_and_a_damaged_body(report
     (lambda b: b["protocol"]["fad"].update(embedder="mfcc"), "protocol.fad.embedder is 'mfcc', not an object"),
     (lambda b: b["protocol"].update(common=[]), "protocol.common is [], not an object"),
     (lambda b: b["protocol"]["clap"].update(model=3), "protocol.clap.model is 3, not an object"),
-    (lambda b: b["protocol"]["fad"]["embedder"].update(identity=5), "protocol.fad.embedder.identity is 5, not a string"),
+    (lambda b: b["protocol"]["fad"]["embedder"].update(identity=5),
+     "protocol.fad.embedder.identity is 5, not a string"),
     (lambda b: b["breakdown"]["head"].pop("categories"), "breakdown.head.categories is None, not a list of"),
     (lambda b: b["breakdown"]["categories"]["beep"].update(warning=3),
      "breakdown.categories.beep.warning is 3, not a string"),
-    (lambda b: b["breakdown"]["categories"]["beep"].update(fad="x"), "breakdown.categories.beep.fad is 'x', not a number"),
+    (lambda b: b["breakdown"]["categories"]["beep"].update(fad="x"),
+     "breakdown.categories.beep.fad is 'x', not a number"),
     (lambda b: b.update(items_csv=3), "items_csv is 3, not a string"),
 ])
 def test_a_damaged_part_of_an_eval_json_is_named(report, tmp_path, capsys, change, message):

@@ -135,7 +135,8 @@ def test_bad_input_and_bad_usage_are_one_line(tmp_path, capsys, broken_model, ex
 
 @pytest.mark.parametrize("file, change, message", [
     ("vae/config.json", lambda b: b.update(config=[]), "vae/config.json: config: expected an object, got list"),
-    ("vae/config.json", lambda b: b["config"].update(mel=[]), "vae/config.json: mel: expected an object for MelConfig"),
+    ("vae/config.json", lambda b: b["config"].update(mel=[]),
+     "vae/config.json: mel: expected an object for MelConfig"),
     ("vae/config.json", lambda b: b["config"]["mel"].update(n_mels="64"),
      "vae/config.json: config key 'mel.n_mels': expected int, got string '64'"),
     ("pipeline.json", lambda b: b["components"].update(vae=3),
@@ -155,7 +156,8 @@ def test_a_damaged_model_config_names_the_file_and_field(tmp_path, capsys, file,
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.wav").exists()
 
 
-@pytest.mark.parametrize("file", ["pipeline.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"])
+@pytest.mark.parametrize("file", ["pipeline.json", "unet/config.json", "vae/config.json",
+                                  "text_encoder/config.json"])
 def test_a_model_config_that_is_not_text_is_named(tmp_path, capsys, file):
     """A config.json of binary bytes failed on "'utf-8' codec can't decode byte 0xff in position 0"."""
     folder = copy_pipeline(tmp_path / "p")

@@ -48,7 +48,8 @@ def test_audioldm_s_config_matches_the_reference_layout():
     ({"block_out_channels": "abc"}, "config key 'block_out_channels': expected a list (list of int), got string"),
     ({"layers_per_block": "2"}, "config key 'layers_per_block': expected int, got string '2'"),
     ({"down_block_types": [1, 2]}, "config key 'down_block_types[0]': expected str, got int 1"),
-    ({"projection_class_embeddings_input_dim": None}, "'projection_class_embeddings_input_dim': expected int, got null"),
+    ({"projection_class_embeddings_input_dim": None},
+     "'projection_class_embeddings_input_dim': expected int, got null"),
     ({"attention_head_dim": 0}, "attention_head_dim=0 must be positive"),
     ({"block_out_channels": ...}, "missing required config key 'block_out_channels'"),   # ...: left out
 ])
@@ -71,7 +72,7 @@ def test_a_diffusers_unet_folder_whose_config_is_not_an_object_is_named(tmp_path
 
     (tmp_path / "config.json").write_text("[]")
     (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"config.json: expected a JSON object, got list \(not a diffusers UNet"):
+    with pytest.raises(CheckpointError, match=r"config.json: expected a JSON object, got list \(not a diffusers"):
         LDMUNet.load_diffusers(tmp_path)
 
 

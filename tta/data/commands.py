@@ -133,7 +133,8 @@ def _add_check(sub) -> None:
                     "row; "
                     "near-duplicates within one split are listed. Exit 1 if any row or line is bad.")
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
-    p.add_argument("--drop-bad", type=output_path, metavar="OUT", help="write the good rows to OUT (a clean manifest)")
+    p.add_argument("--drop-bad", type=output_path, metavar="OUT",
+                   help="write the good rows to OUT (a clean manifest)")
     p.add_argument("--min-seconds", type=float, default=0.1, help="shorter clips are bad (default 0.1)")
     p.add_argument("--silence-db", type=float, default=-60.0,
                    help="clips whose peak is below this many dBFS are silent (default -60)")

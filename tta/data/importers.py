@@ -45,7 +45,7 @@ class SourceError(ValueError):
     """The source as a whole cannot be imported (not found, wrong format); the message names it."""
 
 
-ID_PREFIX_MAX = 64   # characters: an id, with its prefix, names files (generated audio, a retrieval experiment's copies)
+ID_PREFIX_MAX = 64   # characters: an id with its prefix names files (generated audio, an experiment's copies)
 ID_PREFIX_RULE = (f"an id prefix is at most {ID_PREFIX_MAX} characters: names joined by '/' (it may end with one), "
                   f"each of letters, digits, spaces and {' '.join(NAME_PUNCTUATION.strip())}, not '.' or '..' and "
                   "not starting or ending with a space")

