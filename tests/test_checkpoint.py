@@ -199,6 +199,7 @@ def test_a_long_file_name_is_written_atomically_and_a_too_long_one_refused_up_fr
     ("class", 3, "class is 3; expected a string naming a tta class"),
     ("config", [], "config: expected an object, got list"),
     ("format_version", "1", "format_version '1' is not supported"),
+    ("format_version", True, "format_version True is not supported"),   # true == 1 in Python
 ])
 def test_a_damaged_component_config_names_the_field(tmp_path, field, value, message):
     """A class that is not a string failed on "'int' object has no attribute 'rpartition'" (`tta train vocoder`

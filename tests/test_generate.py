@@ -141,6 +141,7 @@ def test_bad_input_and_bad_usage_are_one_line(tmp_path, capsys, broken_model, ex
      "vae/config.json: config key 'mel.n_mels': expected int, got string '64'"),
     ("pipeline.json", lambda b: b["components"].update(vae=3),
      "pipeline.json: components.vae is 3; expected the name of its sub-folder"),
+    ("pipeline.json", lambda b: b.update(format_version=True), "pipeline.json: expected format_version 1"),
 ])
 def test_a_damaged_model_config_names_the_file_and_field(tmp_path, capsys, file, change, message):
     """With --seconds (read from the VAE's config before loading) these failed on "'list' object has no attribute

@@ -328,7 +328,7 @@ def read_component_config(folder: str | os.PathLike, expected_class: str | None 
     body = _read_json(cfg_path)
     if not isinstance(body, dict) or not {"class", "format_version", "config"} <= set(body):
         raise CheckpointError(f"{cfg_path}: expected keys class, format_version, config")
-    if body["format_version"] != FORMAT_VERSION:
+    if type(body["format_version"]) is not int or body["format_version"] != FORMAT_VERSION:   # true == 1 in Python
         raise CheckpointError(f"{cfg_path}: format_version {body['format_version']!r} is not supported "
                               f"(this tta reads {FORMAT_VERSION})")
     if not isinstance(body["class"], str):   # it is imported by name (import_class)

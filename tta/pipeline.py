@@ -786,7 +786,8 @@ def read_pipeline_json(folder: str | os.PathLike) -> dict:
         raise PipelineError(f"{path}: not a UTF-8 text file ({e.reason}); expected JSON") from None
     except json.JSONDecodeError as e:
         raise PipelineError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(spec, dict) or spec.get("format_version") != FORMAT_VERSION:
+    if not isinstance(spec, dict) or type(spec.get("format_version")) is not int \
+            or spec["format_version"] != FORMAT_VERSION:   # true == 1 in Python, not in the format
         raise PipelineError(f"{path}: expected format_version {FORMAT_VERSION}")
     parts = spec.get("components")
     if not isinstance(parts, dict):
