@@ -88,6 +88,26 @@ def test_writes_to_a_full_disk_name_the_file_and_leave_nothing(full_disk):
         assert _left(disk) == []
 
 
+def test_an_error_of_the_work_inside_a_write_on_a_nearly_full_disk_stays_itself(full_disk):
+    # a write whose writer loses the reason is read as a full disk where little room is left; a computation
+    # that failed inside the block (build_datastore's CLAP and FAISS work runs in one) was reported as
+    # "No space left on device" too, its own error lost
+    import torch
+
+    from tta.checkpoint import atomic_dir, atomic_path
+
+    disk = full_disk(200_000)
+    with pytest.raises(RuntimeError, match="must match the size of tensor b"):
+        with atomic_dir(disk / "new" / "store") as tmp:
+            (tmp / "emb.npy").write_bytes(b"\0" * 1000)
+            torch.zeros(2).add_(torch.zeros(3))
+    assert _left(disk) == []
+    with pytest.raises(RuntimeError, match="must match the size of tensor b"):
+        with atomic_path(disk / "new" / "state.pt") as tmp:
+            torch.save(torch.zeros(2).add_(torch.zeros(3)), tmp)
+    assert _left(disk) == []
+
+
 def test_commands_on_a_full_disk_say_so_in_one_line_and_leave_nothing(full_disk, tmp_path, capsys):
     from tests.signals import noise, tone
     from tta.audio import save_audio

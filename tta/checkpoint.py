@@ -128,6 +128,12 @@ def atomic_files(folder: str | os.PathLike, names) -> Iterator[dict[str, Path]]:
         yield {name: stack.enter_context(atomic_path(Path(folder) / name)) for name in names}
 
 
+# what writers that drop the reason say when the file system is full: torch.save ("[enforce fail at
+# inline_container.cc] unexpected pos ..." or "PytorchStreamWriter failed writing file ...: file write failed"),
+# faiss.write_index ("... failed: write error in PATH"); libsndfile's are told by their type ("System error.")
+_LOST_REASON = re.compile(r"unexpected pos|PytorchStreamWriter failed|file write failed|write error in ")
+
+
 def _write_error(e: Exception, tmp: Path, path: Path) -> OSError | None:
     """`e`, raised while writing the temporary `tmp`, as an OSError about `path`, the file or folder asked for; None
     when it is no failure to write. A write that fails names no file ("[Errno 28] No space left on device") or the
@@ -148,6 +154,8 @@ def _write_error(e: Exception, tmp: Path, path: Path) -> OSError | None:
     code = re.search(r"\(os error (\d+)\)", str(e))
     if code:
         return OSError(int(code[1]), os.strerror(int(code[1])), str(path))
+    if not (type(e).__module__ == "soundfile" or _LOST_REASON.search(str(e))):
+        return None   # a computation in the block failed (a CLAP, FAISS, pickling): its own error, disk full or not
     try:
         st = os.statvfs(tmp.parent)
     except (OSError, AttributeError):
