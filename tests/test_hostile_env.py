@@ -47,11 +47,7 @@ def test_librosa_imports_when_neither_its_folder_nor_home_takes_numbas_cache(tmp
 def full_disk(tmp_path):
     """fill(free) -> a folder on a 512 KiB file system with about `free` bytes left: a tmpfs, so only where the
     tests may mount one (root); skipped elsewhere."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("needs a small file system: mounting a tmpfs needs root")
+    mnt = _small_tmpfs(tmp_path / "disk", "size=512k")
 
     def fill(free: int = 0) -> Path:
         filler = mnt / "filler"
@@ -64,8 +60,33 @@ def full_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+@pytest.fixture
+def one_inode_left(tmp_path):
+    """A folder on a file system with room for one more file or folder (its inodes used up, as a disk full of
+    small files has them); only where the tests may mount a tmpfs (root)."""
+    mnt = _small_tmpfs(tmp_path / "disk", "size=512k,nr_inodes=16")
+    n = 0
+    while True:
+        try:
+            (mnt / f"filler{n}").touch()
+        except OSError:
+            break
+        n += 1
+    (mnt / f"filler{n - 1}").unlink()
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _small_tmpfs(mnt: Path, options: str) -> Path:
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs a small file system: mounting a tmpfs needs root")
+    return mnt
+
+
 def _left(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name != "filler")
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("filler"))
 
 
 def test_writes_to_a_full_disk_name_the_file_and_leave_nothing(full_disk):
@@ -106,6 +127,19 @@ def test_an_error_of_the_work_inside_a_write_on_a_nearly_full_disk_stays_itself(
         with atomic_path(disk / "new" / "state.pt") as tmp:
             torch.save(torch.zeros(2).add_(torch.zeros(3)), tmp)
     assert _left(disk) == []
+
+
+def test_a_folder_write_that_cannot_make_its_temporary_folder_names_the_folder_and_leaves_nothing(one_inode_left):
+    # room for the new parent folder, not for the temporary folder inside it: the error named the hidden
+    # temporary folder and the parent folder stayed behind
+    from tta.checkpoint import CheckpointError, atomic_dir
+
+    target = one_inode_left / "new" / "store"
+    with pytest.raises(CheckpointError) as e:
+        with atomic_dir(target):
+            pass
+    assert str(e.value) == f"{target}: cannot write there (No space left on device)"
+    assert _left(one_inode_left) == []
 
 
 def test_commands_on_a_full_disk_say_so_in_one_line_and_leave_nothing(full_disk, tmp_path, capsys):

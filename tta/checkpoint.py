@@ -95,10 +95,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp" + path.suffix, dir=path.parent)
     except OSError as e:
         _remove_made(path.parent, made)
-        blocker = next((a for a in path.parents if a.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise CheckpointError(f"{path}: cannot write there ({blocker} is a file, not a folder)") from None
-        raise CheckpointError(f"{path}: cannot write there ({e.strerror or e})") from None
+        raise _cannot_write(path, e) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -126,6 +123,14 @@ def atomic_files(folder: str | os.PathLike, names) -> Iterator[dict[str, Path]]:
     (`atomic_write_text(tmp[name], ...)`): a failure then names the file it was writing."""
     with contextlib.ExitStack() as stack:
         yield {name: stack.enter_context(atomic_path(Path(folder) / name)) for name in names}
+
+
+def _cannot_write(path: Path, e: OSError) -> CheckpointError:
+    """The error for a temporary file or folder that cannot be made beside `path` (named, not the temporary)."""
+    blocker = next((a for a in path.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return CheckpointError(f"{path}: cannot write there ({blocker} is a file, not a folder)")
+    return CheckpointError(f"{path}: cannot write there ({e.strerror or e})")
 
 
 # what writers that drop the reason say when the file system is full: torch.save ("[enforce fail at
@@ -243,8 +248,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: exists and is not a folder; choose another output path")
     made = _missing_top(path.parent)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    try:   # as atomic_path: the folder asked for is named, and the folders made for it go
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        _remove_made(path.parent, made)
+        raise _cannot_write(path, e) from None
     try:
         try:
             yield tmp
