@@ -123,10 +123,22 @@ def test_thresholds_given_as_strings_are_named_before_any_row_is_read(tmp_path):
     'less' did not contain a loop with signature matching types", at the first row."""
     manifest, _ = make_bad_manifest(tmp_path)
     for kwargs, match in (({"min_seconds": "0.1"}, "min_seconds='0.1' must be a finite number"),
-                          ({"silence_db": "-60"}, "silence_db='-60' must be a finite number"),
-                          ({"seconds_tolerance": None}, "seconds_tolerance=None must be a finite number")):
+                          ({"silence_db": "-60"}, r"silence_db='-60' must be a number \(not NaN\)"),
+                          ({"seconds_tolerance": None}, r"seconds_tolerance=None must be a number \(not NaN\)"),
+                          ({"seconds_tolerance": float("nan")}, r"seconds_tolerance=nan must be a number")):
         with pytest.raises(ValueError, match=match):
             check_manifest(manifest, progress=False, **kwargs)
     a = check_manifest(manifest, min_seconds=np.float32(0.1), silence_db=np.int64(-60), progress=False)
     b = check_manifest(manifest, progress=False)
     assert a.problems == b.problems and a.good_rows == b.good_rows
+
+
+def test_an_infinite_threshold_turns_its_check_off(tmp_path):
+    """silence_db=-inf (no clip is silent) and seconds_tolerance=inf (a row's seconds is not compared) turned
+    those checks off, until the thresholds were checked as finite numbers and refused them."""
+    manifest, _ = make_bad_manifest(tmp_path)
+    every = check_manifest(manifest, progress=False)
+    assert {"silent", "mismatch"} <= {p.reason for p in every.problems}
+    for kwargs, off in (({"silence_db": -np.inf}, "silent"), ({"seconds_tolerance": np.float64("inf")}, "mismatch")):
+        report = check_manifest(manifest, progress=False, **kwargs)
+        assert report.problems == [p for p in every.problems if p.reason != off], kwargs

@@ -144,11 +144,13 @@ def installed_configs() -> Path | None:
     return None
 
 
-def check_number(value: Any, kind: type, what: str, error: type[Exception] = ValueError) -> Any:
+def check_number(value: Any, kind: type, what: str, error: type[Exception] = ValueError, *,
+                 finite: bool = True) -> Any:
     """`value` as a number of `kind` (int or float) for a setting given in Python, or `error` naming `what`: a str
     such as "16000" failed later on Python's "'<=' not supported between instances of 'str' and 'int'". numpy
     numbers become Python's (so the setting writes as JSON); like from_dict, an int takes an integral float and a
-    float takes finite numbers only; bools are not numbers. Python ints and floats are returned as they are."""
+    float takes finite numbers only (`finite=False`: infinities too, for a limit that turns its check off, never
+    NaN); bools are not numbers. Python ints and floats are returned as they are."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         if kind is int:
             if type(value) is int:
@@ -157,9 +159,10 @@ def check_number(value: Any, kind: type, what: str, error: type[Exception] = Val
                 return int(value)
             if math.isfinite(value) and float(value).is_integer():
                 return int(value)
-        elif _finite(value):
+        elif _finite(value) or not finite and value == value:   # NaN is no number here
             return value if type(value) in (int, float) else float(value)
-    raise error(f"{what}={value!r} must be {'an integer' if kind is int else 'a finite number'}")
+    expected = "an integer" if kind is int else "a finite number" if finite else "a number (not NaN)"
+    raise error(f"{what}={value!r} must be {expected}")
 
 
 def check_numbers(obj: Any, where: str = "", error: type[Exception] = ValueError) -> None:

@@ -105,10 +105,11 @@ def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, sil
     """Check every line and every row of `manifest`; never stops at the first bad one. `near_duplicates` also
     compares the decoded clips with each other (`tta.data.duplicates`), and with the clips of the manifest
     `against` when given."""
-    # given in Python, a str failed part-way on "'<' not supported" or numpy's "ufunc 'less' did not contain a loop"
+    # given in Python, a str failed part-way on "'<' not supported" or numpy's "ufunc 'less' did not contain a loop";
+    # silence_db=-inf and seconds_tolerance=inf turn their checks off
     min_seconds = check_number(min_seconds, float, "min_seconds")
-    silence_db = check_number(silence_db, float, "silence_db")
-    seconds_tolerance = check_number(seconds_tolerance, float, "seconds_tolerance")
+    silence_db = check_number(silence_db, float, "silence_db", finite=False)
+    seconds_tolerance = check_number(seconds_tolerance, float, "seconds_tolerance", finite=False)
     manifest = Path(manifest)
     line_errors: list[str] = []
     rows = read_manifest(manifest, errors=line_errors)
