@@ -202,3 +202,5 @@ def test_load_audio_checks_its_sample_rate_and_takes_numpy_numbers(tmp_path):
     wav, sr = load_audio(tmp_path / "a.wav", np.int64(16_000), start_seconds=np.float32(0.1),
                          max_seconds=np.float32(0.2))
     assert type(sr) is int and sr == 16_000 and wav.shape == (3200,)
+    wav, sr = load_audio(tmp_path / "a.wav", 16_000.0, max_seconds=0.2)   # an integral float, as configs take it
+    assert type(sr) is int and sr == 16_000 and wav.shape == (3200,)

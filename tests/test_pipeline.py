@@ -582,9 +582,12 @@ def test_call_arguments_of_the_wrong_type_are_named_before_compute(pipe):
     otherwise), and a strength, inpaint range or cutoff given as a string failed on Python's "'<' not supported
     between instances of 'int' and 'str'"."""
     wav = signals.chirp(300, 3000, 0.2).astype(np.float32)
-    for negative in (None, ["hiss"], 3):
+    for negative in (["hiss"], 3):
         with pytest.raises(PipelineError, match=re.escape(f"negative={negative!r} must be a string")):
             pipe(["a bell"], seconds=0.1, negative=negative)
+    # None is no negative prompt (diffusers' negative_prompt=None), as "" is
+    none, empty = (pipe(["a bell"], seconds=0.1, steps=2, negative=n) for n in (None, ""))
+    assert np.array_equal(none.wavs[0], empty.wavs[0])
     with pytest.raises(PipelineError, match=r"prompt_ids=\['x'\] must name each of the 2 prompts"):
         pipe(["a bell", ""], seconds=0.1, prompt_ids=["x"])
     with pytest.raises(PipelineError, match="prompt_ids='ab' must name each"):

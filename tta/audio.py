@@ -362,13 +362,14 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     Returns (wav (T,) float32, sample_rate). Raises AudioError naming the file for missing, empty,
     undecodable, truncated, zero-length or non-finite audio, and for sample rates outside 8-192 kHz.
     """
-    if not (_is_real(start_seconds) and math.isfinite(start_seconds) and start_seconds >= 0):
+    if not (is_real(start_seconds) and start_seconds >= 0):
         raise ValueError(f"load_audio start_seconds={start_seconds!r}: expected a finite number >= 0")
-    if max_seconds is not None and not (_is_real(max_seconds) and math.isfinite(max_seconds) and max_seconds > 0):
+    if max_seconds is not None and not (is_real(max_seconds) and max_seconds > 0):
         raise ValueError(f"load_audio max_seconds={max_seconds!r}: expected a finite number > 0, or None for the "
                          "whole file")
-    if sample_rate is not None:
-        if not (isinstance(sample_rate, numbers.Integral) and not isinstance(sample_rate, bool) and sample_rate > 0):
+    if sample_rate is not None:   # an integral float (16000.0) is taken, as configs take it
+        if not (is_real(sample_rate) and float(sample_rate).is_integer()
+                and sample_rate > 0):
             raise ValueError(f"load_audio sample_rate={sample_rate!r}: expected a positive integer (Hz), or None for "
                              "the file's own")
         sample_rate = int(sample_rate)
@@ -474,9 +475,9 @@ def _sf_reason(e: Exception) -> str:
     return text.replace("Error opening", "cannot open").strip()
 
 
-def _is_real(x) -> bool:
-    """A real number, numpy scalars included (np.float32 is no Python float), bools not."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+def is_real(x) -> bool:
+    """A finite real number, numpy scalars included (np.float32 is no Python float), bools not."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def seconds_to_samples(seconds: float, sample_rate: int) -> int:

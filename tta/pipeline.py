@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tta.audio import AudioError, check_same_mel, float_audio, log_mel
+from tta.audio import AudioError, check_same_mel, float_audio, is_real, log_mel
 from tta.checkpoint import CheckpointError, load_component
 from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, write_pipeline
 from tta.ldm.folder import vocoder_class as _vocoder_class
@@ -145,11 +145,6 @@ class PipelineDefaults:
         if self.context_guidance not in CONTEXT_GUIDANCE:
             raise ValueError(f"defaults.context_guidance={self.context_guidance!r} must be one of "
                              f"{', '.join(CONTEXT_GUIDANCE)}")
-
-
-def is_real(x) -> bool:
-    """A finite real number, numpy scalars included, bools not."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def is_integer(x) -> bool:
@@ -544,6 +539,7 @@ class TTAPipeline:
             precision = check_precision(d.precision if precision is None else precision)
         except ValueError as e:
             raise PipelineError(str(e)) from None
+        negative = "" if negative is None else negative   # diffusers' negative_prompt=None: no negative prompt
         check_call(prompts, steps=steps, guidance=guidance, candidates=candidates, batch_size=batch_size, eta=eta,
                    seed=seed, negative=negative, prompt_ids=prompt_ids)
         steps, candidates, batch_size, seed = int(steps), int(candidates), int(batch_size), int(seed)
@@ -739,8 +735,8 @@ def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float =
     if any(not isinstance(p, str) for p in prompts):
         raise PipelineError("every prompt must be a string")
     if not isinstance(negative, str):
-        raise PipelineError(f"negative={negative!r} must be a string (one negative prompt for every prompt; \"\" is "
-                            "the unconditional embedding)")
+        raise PipelineError(f"negative={negative!r} must be a string (one negative prompt for every prompt; \"\" or "
+                            "None is the unconditional embedding)")
     if prompt_ids is not None and (isinstance(prompt_ids, str) or len(prompt_ids) != len(prompts)):
         raise PipelineError(f"prompt_ids={prompt_ids!r} must name each of the {len(prompts)} prompts")
     if not is_integer(steps) or steps < 1:
