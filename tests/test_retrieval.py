@@ -125,10 +125,15 @@ def test_a_quiet_copy_is_stored_and_found_at_the_level_of_its_loud_original(corp
     assert raw.query_audio(clap, torch.from_numpy(0.05 * loud), SR, k=1).ids[0] == ["quiet"]
     # a store written before the setting existed has no "normalize": it is read as raw, and still checks out
     info = json.loads((stores["raw"] / "datastore.json").read_text())
+    assert info["format_version"] == 2   # an older tta (it reads 1) refuses it instead of querying it with raw audio
     del info["config"]["normalize"]
-    (stores["raw"] / "datastore.json").write_text(json.dumps(info))
+    (stores["raw"] / "datastore.json").write_text(json.dumps({**info, "format_version": 1}))
     old = Datastore.load(stores["raw"])
     assert not old.normalize and old._audio_agrees(clap)
+    for version in (3, True, "2"):
+        (stores["raw"] / "datastore.json").write_text(json.dumps({**info, "format_version": version}))
+        with pytest.raises(DatastoreError, match=rf"format_version {version!r} is not one this tta reads \(1, 2\)"):
+            Datastore.load(stores["raw"])
     assert not norm._audio_agrees(load_clap(_clap_folder(tmp_path / "other", seed=3)))
     assert norm._audio_agrees(clap)
 

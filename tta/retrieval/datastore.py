@@ -47,7 +47,8 @@ from tta.config import check_numbers
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: clips embedded at the level config.normalize says (1: the file's own; still read)
+READABLE_VERSIONS = (1, 2)
 INFO_NAME = "datastore.json"
 META_NAME = "meta.jsonl"
 META_KEYS = ("id", "captions", "path", "audio_sha256")   # every meta.jsonl line ("source": newer stores only)
@@ -420,7 +421,8 @@ class Datastore:
 
     @property
     def normalize(self) -> bool:
-        """Whether clips were embedded normalised (DatastoreConfig.normalize; False for stores built before it)."""
+        """Whether clips were embedded normalised (DatastoreConfig.normalize; False for stores built before it, of
+        format version 1: an older tta refuses version 2 rather than query a normalised store with raw audio)."""
         return bool(self.info.get("config", {}).get("normalize", False))
 
     def level(self, wav: np.ndarray) -> np.ndarray:
@@ -500,9 +502,10 @@ class Datastore:
             raise DatastoreError(f"{info_path}: invalid JSON ({e.msg})") from None
         if not isinstance(info, dict):
             raise DatastoreError(f"{info_path}: expected a JSON object")
-        if info.get("format_version") != FORMAT_VERSION:
-            raise DatastoreError(f"{info_path}: format_version {info.get('format_version')!r} is not the "
-                                 f"supported {FORMAT_VERSION}")
+        version = info.get("format_version")
+        if type(version) is not int or version not in READABLE_VERSIONS:
+            raise DatastoreError(f"{info_path}: format_version {version!r} is not one this tta reads "
+                                 f"({', '.join(map(str, READABLE_VERSIONS))})")
         for key, kind in (("clap_identity", str), ("dim", int), ("count", int)):
             if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
                 raise DatastoreError(f"{info_path}: {key!r} is {'missing' if key not in info else repr(info[key])}, "
@@ -675,8 +678,10 @@ class Datastore:
         store's level first (`level`)."""
         self.check_clap(clap)
         if self.normalize:
-            clips = list(wav) if isinstance(wav, (list, tuple)) else list(np.atleast_2d(_numpy(wav)))
-            wav = [self.level(c) if c.dtype.kind == "f" else c for c in map(_numpy, clips)]
+            from tta.audio import float_audio   # integer samples: an AudioError, as the CLAP's own check gives
+
+            clips = list(wav) if isinstance(wav, (list, tuple)) else list(np.atleast_2d(float_audio(wav, "query audio")))
+            wav = [self.level(float_audio(c, "query audio")) for c in clips]
         return self.query(clap.embed_audio(wav, sample_rate), k, modality, **exclude)
 
     def embeddings(self, indices: np.ndarray, modality: Literal["audio", "text"]) -> np.ndarray:
@@ -705,14 +710,6 @@ class Datastore:
         """datastore.json plus the live index sizes (for `tta index info`)."""
         return {**self.info, "folder": str(self.folder),
                 "ntotal": {name: int(ix.ntotal) for name, ix in self.indexes.items()}}
-
-
-def _numpy(wav) -> np.ndarray:
-    """A tensor or array-like as a NumPy array, float tensors as float32 (other dtypes stay for the CLAP to refuse)."""
-    if hasattr(wav, "detach"):
-        wav = wav.detach().cpu()
-        return (wav.float() if wav.is_floating_point() else wav).numpy()
-    return np.asarray(wav)
 
 
 def _per_query(values, i: int, batch: int, what: str) -> list[str]:
