@@ -249,6 +249,27 @@ def test_generate_bad_retrieval_input_is_one_line_exit_1(trained, store, bad_sto
     assert __import__("re").search(message, err), err
     assert not list(tmp_path.glob("*.wav"))
 
+def test_the_record_holds_the_store_as_the_run_opened_it(trained, store, tmp_path, capsys, monkeypatch):
+    """generation.json re-read datastore.json whenever it was written, so a store rebuilt under the same path during
+    a long run was recorded instead of the one the run used."""
+    from tta import generate
+
+    copy = shutil.copytree(store, tmp_path / "store")
+    built = json.loads((copy / "datastore.json").read_text())
+    real = generate.open_datastore
+
+    def open_then_rebuild(args):
+        loaded = real(args)
+        (copy / "datastore.json").write_text(json.dumps({**built, "manifest": "another.jsonl"}))
+        return loaded
+
+    monkeypatch.setattr(generate, "open_datastore", open_then_rebuild)
+    code, _, err = run(capsys, "generate", "a low steady hum", "--model", trained / "pipeline", "--steps", 2,
+                       "-o", tmp_path / "x.wav", "--datastore", copy)
+    assert code == 0, err
+    assert json.loads((tmp_path / "x.generation.json").read_text())["retrieval"]["datastore_info"] == built
+
+
 
 def test_train_bad_retrieval_input_and_plain_models(corpus, store, bad_stores, tmp_path, capsys):
     from tests.test_ldm_fixtures import tiny_pipeline

@@ -555,10 +555,12 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     except BaseException:   # stopped part-way (Ctrl-C included): the record lists every file written
         bar.close()
         if records:
-            write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs))
+            write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs),
+                         store=store)
         raise
     bar.close()
-    write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs))
+    write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs),
+                 store=store)
     for job in jobs:
         print(job.path)
     return 0
@@ -615,22 +617,20 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
         # long prompt list does not rewrite a growing record after every clip
         if start + len(chunk) < len(jobs) and time.time() - last_record >= RECORD_EVERY:
             write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0,
-                         planned=len(jobs))
+                         planned=len(jobs), store=common.get("datastore"))
             last_record = time.time()
 
 
-def retrieval_record(args, pipe) -> dict | None:
-    """The retrieval settings of a run (None for a plain model)."""
+def retrieval_record(args, pipe, loaded=None) -> dict | None:
+    """The retrieval settings of a run (None for a plain model). `loaded`: the Datastore the run opened, whose
+    datastore.json (what it was built from and how: a store rebuilt under the same path differs there) is recorded
+    as it was read then, not as the folder holds it when a record is written."""
     r = getattr(pipe, "retrieval", None)
     if r is None:
         return None
     store = getattr(args, "datastore", None)
     k = getattr(args, "neighbours", None)
-    info = None
-    if store is not None:   # what the store was built from and how: a store rebuilt under the same path differs here
-        from tta.retrieval.datastore import INFO_NAME
-
-        info = json.loads((Path(store) / INFO_NAME).read_text())
+    info = None if loaded is None else loaded.info
     return {"datastore": None if store is None else str(Path(store).resolve()), "datastore_info": info,
             "neighbours": (k or r.config.neighbours) if store is not None else 0,
             "index": r.config.index, "features": r.config.features, "trained_modality": r.config.modality,
@@ -640,7 +640,7 @@ def retrieval_record(args, pipe) -> dict | None:
 
 
 def write_record(path: Path, args, folder: Path, pipe, device: str, edit, records, seconds: float, *,
-                 planned: int) -> None:
+                 planned: int, store=None) -> None:
     """Write the generation record; `complete` is false while fewer than `planned` outputs are written (a run
     stopped part-way leaves the record of what it did write)."""
     import diffusers
@@ -673,7 +673,7 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                      "device": device, "threads": torch.get_num_threads(), "sample_rate": pipe.sample_rate,
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
         "clap_score_model": getattr(pipe.clap, "identity", ""),
-        "retrieval": retrieval_record(args, pipe),
+        "retrieval": retrieval_record(args, pipe, store),
         "edit": edit, "complete": len(records) == planned, "planned_outputs": planned, "outputs": records,
         "wall_seconds": round(seconds, 3),
     }
