@@ -163,3 +163,10 @@ def test_configs_built_in_python_name_a_str_where_a_number_belongs_and_take_nump
     assert DatastoreConfig(nprobe=np.int32(4), max_seconds=np.float64(5)).nprobe == 4
     assert StarterOptions(workers=np.int64(2)).workers == 2
     assert DataConfig(segment_seconds=10).segment_seconds == 10   # a Python int in a float field is kept as it is
+    # bools: "false" (true to Python) or 0 is named; numpy's bool becomes Python's
+    for bad in ("false", 0, None):
+        with pytest.raises(ValueError, match=rf"data.normalize={bad!r} must be true or false"):
+            DataConfig(normalize=bad)
+    with pytest.raises(ValueError, match="normalize='no' must be true or false"):
+        DatastoreConfig(normalize="no")
+    assert type(DataConfig(normalize=np.bool_(False)).normalize) is bool

@@ -167,7 +167,8 @@ def check_number(value: Any, kind: type, what: str, error: type[Exception] = Val
 
 def check_numbers(obj: Any, where: str = "", error: type[Exception] = ValueError) -> None:
     """For a config dataclass's `__post_init__`: every int or float in its fields (optional ones, tuples and the
-    values of mappings included) is checked with `check_number`, and numpy numbers are replaced by Python's.
+    values of mappings included) is checked with `check_number`, every bool is a bool, and numpy numbers and
+    bools are replaced by Python's.
     from_dict checks a config read from JSON; this checks one built in Python. `where` prefixes the field names."""
     hints = _field_hints(type(obj))
     for f in dataclasses.fields(obj):
@@ -193,6 +194,12 @@ def _check_numbers_in(tp: Any, value: Any, key: str, error: type[Exception]) -> 
     origin = get_origin(tp)
     if tp in (int, float):
         return check_number(value, tp, key, error)
+    if tp is bool:   # a str such as "false" is true to Python; numpy's bool becomes Python's (JSON writes it)
+        if type(value) is bool:
+            return value
+        if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+            return bool(value)
+        raise error(f"{key}={value!r} must be true or false (a bool)")
     if origin in (Union, types.UnionType):
         kinds = [a for a in get_args(tp) if a is not type(None)]
         if value is None or len(kinds) != 1:
