@@ -486,7 +486,8 @@ def _damaged_generation_record(folder: Path) -> str | None:
 def _read_generation_record(folder: Path) -> tuple[dict, str | None]:
     """(record, None) for a sound generation.json, ({}, None) where there is none, ({}, why) for one that is not
     JSON or whose fields eval reads (outputs[].file, complete, planned_outputs, settings.candidates,
-    clap_score_model) are not what `tta generate` writes."""
+    clap_score_model) are not what `tta generate` (or `tta experiment retrieval`, whose outputs name no file)
+    writes."""
     import json
 
     path = folder / "generation.json"
@@ -505,11 +506,12 @@ def _read_generation_record(folder: Path) -> tuple[dict, str | None]:
         return {}, "has no outputs list"
     if not isinstance(outputs, list):
         return {}, f"outputs is {_shown(outputs)}, not a list"
+    # an output with no "file" at all is of a record that names no files (`tta experiment retrieval` writes ids):
+    # the files-of-another-run check has nothing to go on, the others stand; a "file" of another type is damage
     for i, output in enumerate(outputs):
-        if not isinstance(output, dict) or not isinstance(output.get("file"), str):
-            file = output.get("file") if isinstance(output, dict) else None
+        if not isinstance(output, dict) or ("file" in output and not isinstance(output["file"], str)):
             return {}, (f"outputs[{i}] is {_shown(output)}, not an object" if not isinstance(output, dict)
-                        else f"outputs[{i}].file is {_shown(file)}, not a file name")
+                        else f"outputs[{i}].file is {_shown(output['file'])}, not a file name")
     settings = record.get("settings", {})
     checks = (("complete", record.get("complete", True), bool, "true or false"),
               ("planned_outputs", record.get("planned_outputs", 0), int, "a count"),

@@ -541,3 +541,24 @@ def test_eval_goes_on_without_a_cache_it_cannot_write(folders, tmp_path, caplog)
     assert _eval(tmp_path, *args, "--out", tmp_path / "cached") == 0
     uncached, cached = (json.loads((tmp_path / n / "eval.json").read_text()) for n in ("uncached", "cached"))
     assert uncached["metrics"]["fad"] == cached["metrics"]["fad"]
+
+
+def test_a_retrieval_experiment_generation_record_is_not_called_damaged(folders, tmp_path):
+    """`tta experiment retrieval` writes a generation.json whose outputs hold ids, buckets and neighbours but no
+    file names; every variant's eval was marked generated_record_damaged ("outputs[0].file is null") and left
+    unranked. It is a sound record: no warning, and its settings still feed the checks that read them."""
+    gen, ref, _ = folders
+    (gen / "broken.wav").unlink()
+    outputs = [{"id": f"clip{i}", "prompt": "a tone", "bucket": "head", "clap_score": 0.1, "neighbours": []}
+               for i in range(8)]
+    (gen / "generation.json").write_text(json.dumps({"variant": {"name": "k1"}, "settings": {"candidates": 1},
+                                                     "datastore": None, "outputs": outputs}))
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "exp") == 0
+    proto = json.loads((tmp_path / "exp" / "eval.json").read_text())["protocol"]
+    assert not [k for k in proto if k.startswith("generated_")]
+    # a file name of another type is still damage
+    outputs[3]["file"] = None
+    (gen / "generation.json").write_text(json.dumps({"outputs": outputs}))
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "bad") == 0
+    note = json.loads((tmp_path / "bad" / "eval.json").read_text())["protocol"]["generated_record_damaged"]
+    assert "outputs[3].file is null, not a file name" in note["warning"]
