@@ -64,11 +64,12 @@ def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict], 
 
 # The parts of an eval.json that `tta report` reads beyond metrics and breakdown, by dotted path (parents
 # first), and what each must be where present and not null: a hand-edited or damaged file failed on Python's
-# own message ("'str' object has no attribute 'get'") or rendered half a page.
+# own message ("'str' object has no attribute 'get'") or rendered half a page. protocol.fad.fad_inf was the
+# --fad-inf flag (a bool) in the eval.json of tta's first versions, which is still read.
 PARTS = {
     "protocol": dict, "protocol.fad": dict, "protocol.clap": dict, "protocol.panns": dict, "protocol.common": dict,
     "protocol.fad.embedder": dict, "protocol.fad.reference": dict, "protocol.fad.generated": dict,
-    "protocol.fad.fad_inf": dict, "protocol.clap.model": dict, "protocol.clap.generated": dict,
+    "protocol.fad.fad_inf": (dict, bool), "protocol.clap.model": dict, "protocol.clap.generated": dict,
     "protocol.panns.embedder": dict, "protocol.panns.reference": dict, "protocol.panns.is": dict,
     "protocol.panns.generated": dict, "breakdown.head": dict, "breakdown.tail": dict,
     "protocol.fad.embedder.identity": str, "protocol.fad.reference_stats_sha256": str,
@@ -110,7 +111,7 @@ def _check_shape(body: dict, file: Path) -> None:
         for key in path.split("."):   # the parents were checked before (or are absent)
             node = node.get(key) if isinstance(node, dict) else None
         if node is not None and not isinstance(node, kind):
-            raise ResultError(f"{file}: {path} is {_seen(node)}, not {'an object' if kind is dict else 'a string'}")
+            raise ResultError(f"{file}: {path} is {_seen(node)}, not {'a string' if kind is str else 'an object'}")
     parts = {f"breakdown.categories.{name}": cat for name, cat in categories.items()}
     for name in ("head", "tail"):
         if breakdown.get(name) is not None:

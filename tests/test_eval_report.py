@@ -280,6 +280,22 @@ def test_a_damaged_part_of_an_eval_json_is_named(report, tmp_path, capsys, chang
         assert len(err.splitlines()) == 1 and not (tmp_path / out).exists()
 
 
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_an_eval_json_of_the_first_versions_with_fad_inf_as_a_flag_is_read(report, tmp_path, flag):
+    """tta's first versions recorded protocol.fad.fad_inf as the --fad-inf flag (a bool), not FAD-inf's record;
+    the shape check refused such a result ("protocol.fad.fad_inf is False, not an object")."""
+    import json
+
+    folder = tmp_path / "first"
+    shutil.copytree(report / "run_a", folder)
+    body = json.loads((folder / "eval.json").read_text())
+    body["protocol"]["fad"]["fad_inf"] = flag
+    (folder / "eval.json").write_text(json.dumps(body))
+    for out in ("r.html", "r.md"):
+        assert main(["-q", "report", str(report / "run_b"), str(folder), "--out", str(tmp_path / out)]) == 0
+    assert "| FAD" in (tmp_path / "r.md").read_text()
+
 def test_a_missing_items_csv_is_warned_about_and_said_in_the_report(report, tmp_path, caplog):
     """The report dropped its per-item sections without a word (and called the run one "with no CLAP score")."""
     folder = tmp_path / "no_items"
