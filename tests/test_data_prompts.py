@@ -50,7 +50,8 @@ def test_txt_skips_blank_lines(tmp_path):
     ("p.yaml", "prompt: x\n", "unsupported prompts file type '.yaml'"),
     ("p.jsonl", '{"prompt": "ok", "file": "a.wav"}\n{"prompt": "x", "file": 3}\n',
      "p.jsonl:2: field 'file' is 3; expected a string"),
-    ("p.jsonl", '{"prompt": "x", "path": null, "id": "a"}\n', "p.jsonl:1: field 'path' is null; expected a string"),
+    ("p.jsonl", '{"prompt": "x", "path": {"a": 1}, "id": "a"}\n',
+     "p.jsonl:1: field 'path' is {\"a\": 1}; expected a string"),
     ("p.jsonl", '{"prompt": "x", "audio": ["a.wav"]}\n', "p.jsonl:1: field 'audio' is [\"a.wav\"]; expected a"),
     ("p.jsonl", '{"prompt": "x", "id": true}\n', "p.jsonl:1: field 'id' is true; expected a string or an integer"),
 ])
@@ -108,10 +109,21 @@ def test_a_quoted_csv_prompt_may_span_lines_and_jsonl_keeps_line_separators(tmp_
     assert [r.prompt for r in read_prompt_file(tmp_path / "p.jsonl")] == ["a\u2028b"]
 
 
+def test_a_null_file_field_is_no_field_as_an_empty_csv_cell(tmp_path):
+    """A JSON Lines table with an empty file column (pandas writes null there) reads as the same table in CSV
+    does: the row falls back to its id. Null was refused ("field 'file' is null; expected a string") while null
+    in the prompt, id and category fields stayed no value."""
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "a dog barks", "file": null, "category": null}\n'
+                                      '{"id": "b", "prompt": "rain", "file": "rain.wav"}\n')
+    (tmp_path / "p.csv").write_text("id,prompt,file,category\na,a dog barks,,\nb,rain,rain.wav,\n")
+    rows = [[(r.id, r.prompt, r.file, r.category) for r in read_prompt_file(tmp_path / name)]
+            for name in ("p.jsonl", "p.csv")]
+    assert rows[0] == rows[1] == [("a", "a dog barks", None, None), ("b", "rain", "rain.wav", None)]
+
 @pytest.mark.parametrize("command", ["generate", "eval", "clap"])
 def test_a_file_field_that_is_not_a_string_is_refused_by_every_command(tmp_path, capsys, command):
-    """`{"prompt": "x", "file": 3}` named an output 3.wav (generate) and `"file": null` fell back to the row's id
-    (eval); now each command refuses the row, naming the line and the field, and writes nothing."""
+    """`{"prompt": "x", "file": 3}` named an output 3.wav (generate); now each command refuses the row, naming the
+    line and the field, and writes nothing."""
     from tests.signals import tone
     from tests.test_ldm_fixtures import tiny_components, tiny_pipeline
     from tta.audio import save_audio

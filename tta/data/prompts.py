@@ -155,8 +155,9 @@ def _row(obj: dict, where: str) -> PromptRow:
     text = next((obj[f] for f in TEXT_FIELDS if f in obj and obj[f] is not None), None)
     if not isinstance(text, str):
         raise PromptFileError(f"{where}: expected a string {'/'.join(TEXT_FIELDS)} field; got fields {sorted(obj)}")
-    for f in FILE_FIELDS:   # a JSON number or null is no file name (3 named an output "3.wav")
-        if f in obj and not isinstance(obj[f], str):
+    for f in FILE_FIELDS:   # a JSON number is no file name (3 named an output "3.wav"); null is no field, as a
+        # CSV's empty cell and as null in the other fields (a table written by pandas has them)
+        if obj.get(f) is not None and not isinstance(obj[f], str):
             raise PromptFileError(f"{where}: field {f!r} is {json.dumps(obj[f])}; expected a string (an audio "
                                   "file's name or path)")
     file = next((obj[f] for f in FILE_FIELDS if obj.get(f)), None)
