@@ -476,8 +476,14 @@ def _sf_reason(e: Exception) -> str:
 
 
 def is_real(x) -> bool:
-    """A finite real number, numpy scalars included (np.float32 is no Python float), bools not."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite real number, numpy scalars included (np.float32 is no Python float), bools not; an int beyond
+    float range is not one."""
+    if not isinstance(x, numbers.Real) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def seconds_to_samples(seconds: float, sample_rate: int) -> int:
