@@ -323,6 +323,26 @@ def test_an_edit_comes_out_at_its_inputs_level(tmp_path, capsys):
     assert ratio == pytest.approx(4.0, rel=1e-3)
 
 
+def test_an_inpainted_file_holds_the_inputs_own_16_bit_samples_outside_the_gap(tmp_path, capsys):
+    """The kept parts went through the edit's level and back in float32 and came out a rounding step under the
+    16-bit grid, which the file writer floors: a 16 kHz 16-bit recording got ~2 % of its kept samples one step
+    lower."""
+    from tta.pipeline import inpaint_weight
+
+    sr = 16_000
+    raw = 0.62 * signals.chirp(200, 4000, 0.64) + 0.2 * signals.noise(0.64, seed=3) + 0.013   # with a DC offset
+    sf.write(tmp_path / "take.wav", raw, sr, subtype="PCM_16")
+    take, _ = sf.read(tmp_path / "take.wav", dtype="int16")
+    code, _, err = run(capsys, "a bell", "--model", tiny_pipeline(), "--steps", 2, "--inpaint", tmp_path / "take.wav",
+                       "--mask", "0.2:0.4", "-o", tmp_path / "out.wav")
+    assert code == 0, err
+    out, rate = sf.read(tmp_path / "out.wav", dtype="int16")
+    outside = inpaint_weight(len(take), 0.2, 0.4, sr) == 0
+    assert rate == sr and len(out) == len(take) and outside.sum() > 0.6 * len(take)
+    np.testing.assert_array_equal(out[outside], take[outside])
+    assert not np.array_equal(out[~outside], take[~outside])
+
+
 def test_a_loud_generated_part_is_turned_down_alone_and_the_kept_audio_stays_the_inputs():
     """fit_full_scale on the whole spliced clip turned the kept part down with a loud gap (gain 0.2: the kept
     samples came out at a fifth of the input's level)."""

@@ -170,8 +170,8 @@ def test_inpainting_keeps_the_inputs_own_samples_outside_the_gap(pipe):
                            outside="decoded")
     mean = float(wav.mean())   # the input's DC offset: kept with its samples, added to the generated gap too
     for got, whole in zip(spliced.candidate_wavs[0], decoded.candidate_wavs[0]):
-        np.testing.assert_allclose(got[:first - half], wav[:first - half], atol=1e-6)
-        np.testing.assert_allclose(got[last + half:], wav[last + half:], atol=1e-6)
+        np.testing.assert_array_equal(got[:first - half], wav[:first - half])   # exactly: not a float step off
+        np.testing.assert_array_equal(got[last + half:], wav[last + half:])
         np.testing.assert_allclose(got[first + half:last - half], whole[first + half:last - half] + mean, atol=1e-6)
         assert not np.allclose(whole[:first - half], wav[:first - half], atol=1e-3)   # the decoder's rendering
         edge = slice(first - half, first + half)

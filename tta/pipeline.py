@@ -464,7 +464,8 @@ class TTAPipeline:
             raise PipelineError(f"outside={outside!r}: expected one of {', '.join(EDIT_OUTSIDE)}")
         if not is_real(start) or not is_real(end):
             raise PipelineError(f"inpaint range start={start!r}, end={end!r}: expected numbers of seconds")
-        wav, level, offset = edit_input(wav)
+        raw = mono_audio(wav, "edit input")
+        wav, level, offset = edit_input(raw)
         n, sampled = self._edit_length(wav)
         if 0 <= start < end and n / self.sample_rate < end <= (n + 1) / self.sample_rate:
             end = n / self.sample_rate   # the header's length, within a sample of the resampled one
@@ -488,7 +489,12 @@ class TTAPipeline:
         span = (max(0, first - context), min(n, last + context))
         out = self._run(prompts, sampled, init_wav=wav, keep=(~gap).view(1, 1, t, 1), finish=finish, cut=n,
                         rank_span=span, **kwargs)
-        return at_level(out, level, offset if outside == "original" else 0.0)
+        if outside == "decoded":
+            return at_level(out, level)
+        # back at the input's level in float32 the kept samples are within a rounding step of the input's, and a
+        # step under a 16-bit value is written as the value below: they are the input's own, exactly
+        kept = weight.numpy() == 0
+        return at_level(out, level, offset, exact=(raw, kept))
 
     def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, outside: str = "original",
                       **kwargs) -> Generation:
@@ -684,12 +690,20 @@ def mono_audio(wav, what: str) -> np.ndarray:
     return arr
 
 
-def at_level(out: Generation, level: float, offset: float = 0.0) -> Generation:
+def at_level(out: Generation, level: float, offset: float = 0.0,
+             exact: tuple[np.ndarray, np.ndarray] | None = None) -> Generation:
     """An edit's Generation scaled back to its input's level (see edit_input), plus `offset` (the input's DC,
-    for an output that holds the input's own samples)."""
-    out.wavs = [w * np.float32(level) + np.float32(offset) for w in out.wavs]
+    for an output that holds the input's own samples); `exact` (input (T,), where (T,) bool): the samples the
+    output holds of the input, copied from it rather than scaled back."""
+    def back(w: np.ndarray) -> np.ndarray:
+        w = w * np.float32(level) + np.float32(offset)
+        if exact is not None:
+            w[exact[1]] = exact[0][:len(w)][exact[1]]
+        return w
+
+    out.wavs = [back(w) for w in out.wavs]
     if out.candidate_wavs is not None:
-        out.candidate_wavs = [[w * np.float32(level) + np.float32(offset) for w in ws] for ws in out.candidate_wavs]
+        out.candidate_wavs = [[back(w) for w in ws] for ws in out.candidate_wavs]
     out.input_level = float(level)
     return out
 
