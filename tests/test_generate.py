@@ -442,6 +442,34 @@ def test_an_edit_input_with_no_or_one_sample_is_refused_before_the_model_loads(t
         assert code == 1 and message in err and err.count("\n") == 1, err
 
 
+def test_a_sampler_that_cannot_start_part_way_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """--init-audio with --strength below 1 and --sampler pndm (or a model whose default sampler is lms) was
+    refused only once the model had loaded and the input was encoded (5 s for the embedded model)."""
+    from tta.pipeline import TTAPipeline
+
+    save_audio(tmp_path / "in.wav", signals.tone(440, 0.32), 16_000)
+    model = copy_pipeline(tmp_path / "model")
+    spec = json.loads((model / "pipeline.json").read_text())
+    spec["defaults"]["sampler"] = "lms"
+    (model / "pipeline.json").write_text(json.dumps(spec))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(TTAPipeline, "from_pretrained", no_load)
+    for extra, message in ((["--model", tiny_pipeline(), "--sampler", "pndm"], "--sampler pndm: the pndm sampler "
+                            "cannot start part-way"),
+                           (["--model", model], "--strength 0.5 with this model's sampler (lms): the lms sampler "
+                            "cannot start part-way")):
+        code, _, err = run(capsys, "a bell", "--init-audio", tmp_path / "in.wav", *extra, "-o", tmp_path / "o.wav")
+        assert code == 1 and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o.wav").exists()
+    monkeypatch.undo()   # strength 1 starts from noise: any sampler takes it
+    code, _, err = run(capsys, "a bell", "--init-audio", tmp_path / "in.wav", "--model", model, "--strength", 1,
+                       "-o", tmp_path / "o.wav")
+    assert code == 0 and (tmp_path / "o.wav").is_file(), err
+
+
 def test_an_edit_never_overwrites_its_input_and_records_what_it_read(tmp_path, capsys):
     """`-o clip.wav --inpaint clip.wav` replaced the 44.1 kHz original with the 16 kHz edit, and the record named
     the new file as its input."""

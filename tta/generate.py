@@ -298,10 +298,18 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
         raise GenerateError(f"{edit['input']}: {edit['input_seconds']:g} s of audio, shorter than one mel frame of "
                             f"this model ({hop / rate:g} s)")
     if edit is not None and "strength" in edit:
-        from tta.ldm.sampling import strength_steps
+        from tta.ldm.sampling import check_part_way, strength_steps
         from tta.pipeline import PipelineDefaults
 
-        steps = args.steps or int(read_pipeline_json(folder).get("defaults", {}).get("steps", PipelineDefaults.steps))
+        defaults = read_pipeline_json(folder).get("defaults", {})
+        sampler = args.sampler or defaults.get("sampler", PipelineDefaults.sampler)
+        try:
+            check_part_way(sampler, edit["strength"])
+        except ValueError as e:
+            where = f"--sampler {sampler}" if args.sampler else f"--strength {edit['strength']} with this model's " \
+                                                                f"sampler ({sampler})"
+            raise GenerateError(f"{where}: {e}") from None
+        steps = args.steps or int(defaults.get("steps", PipelineDefaults.steps))
         if steps and strength_steps(steps, edit["strength"]) < 1:
             raise GenerateError(f"--strength {edit['strength']} at {steps} sampler steps leaves no denoising step "
                                 f"(it needs more than {0.5 / steps:.3g}, or more --steps)")

@@ -44,6 +44,7 @@ from tta.ldm.sampling import (
     PRECISIONS,
     DiffusionConfig,
     check_guidance_rule,
+    check_part_way,
     check_precision,
     check_sampler,
     denoise,
@@ -446,6 +447,10 @@ class TTAPipeline:
         n, sampled = self._edit_length(wav)
         if not is_real(strength) or not 0 < strength <= 1:
             raise PipelineError(f"strength={strength!r} must be a number in (0, 1]")
+        try:   # before the input is encoded and the prompts embedded
+            check_part_way(self.defaults.sampler if kwargs.get("sampler") is None else kwargs["sampler"], strength)
+        except ValueError as e:
+            raise PipelineError(str(e)) from None
         return at_level(self._run(prompts, sampled, init_wav=wav, strength=strength, cut=n, **kwargs), level)
 
     def inpaint(self, wav: np.ndarray, prompts: list[str], *, start: float, end: float, outside: str = "original",

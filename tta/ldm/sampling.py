@@ -131,6 +131,14 @@ def strength_steps(steps: int, strength: float) -> int:
     return min(int(round(steps * strength)), steps)
 
 
+def check_part_way(sampler: str, strength: float) -> None:
+    """Refuse an edit that starts part-way (strength < 1) with a sampler that cannot (PART_WAY_REFUSED), before
+    anything is computed; an unknown sampler name is left to check_sampler."""
+    if strength < 1 and SCHEDULERS.get(sampler, ("",))[0] in PART_WAY_REFUSED:
+        raise ValueError(f"the {sampler} sampler cannot start part-way (strength < 1): its multistep history would "
+                         "restart at the wrong timestep or order; use ddim, euler, euler_a, heun, dpmsolver++ or ddpm")
+
+
 def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
     """Set `steps` inference steps and return the timesteps to run: all of them at strength 1, the last
     round(steps * strength) for an SDEdit start part-way."""
@@ -139,9 +147,7 @@ def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
     if not 0 < strength <= 1:
         raise ValueError(f"strength={strength} must be in (0, 1]")
     if strength < 1 and type(scheduler).__name__ in PART_WAY_REFUSED:
-        raise ValueError(f"the {sampler_name_of(scheduler)} sampler cannot start part-way (strength < 1): its "
-                         "multistep history would restart at the wrong timestep or order; use ddim, euler, "
-                         "euler_a, heun, dpmsolver++ or ddpm")
+        check_part_way(sampler_name_of(scheduler), strength)
     train_steps = int(scheduler.config.num_train_timesteps)
     if steps > train_steps:
         raise ValueError(f"steps={steps} exceeds the {train_steps} timesteps the model was trained on")
