@@ -62,6 +62,17 @@ def test_bad_file_raises_one_line_error_naming_it(tmp_path, name):
     assert isinstance(info.value, ValueError)
 
 
+def test_a_file_that_is_not_audio_is_named_once_with_libsndfiles_reason(tmp_path):
+    """The reason repeated the path as a Python bytes literal: "x.wav: not a readable audio file (cannot open
+    b'/.../x.wav': Format not recognised.)"."""
+    path = tmp_path / "notes.ogg"
+    path.write_text("not audio\n" * 20)
+    for read in (audio_info, load_audio):
+        with pytest.raises(AudioError) as info:
+            read(path)
+        assert str(info.value) == f"{path}: not a readable audio file (Format not recognised)"
+
+
 def test_truncated_compressed_stream_is_an_error(tmp_path):
     # mp3 decodes a cut file without complaint; the length check must catch the shortfall.
     path = tmp_path / "cut.mp3"

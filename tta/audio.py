@@ -471,6 +471,11 @@ def _check_truncated(path: Path, extra_info: str) -> None:
 
 
 def _sf_reason(e: Exception) -> str:
+    """libsndfile's reason, without soundfile's "Error opening <the path as Python bytes>: " before it (the
+    message names the file already)."""
+    reason = getattr(e, "error_string", None)
+    if isinstance(reason, str) and reason.strip():
+        return reason.strip().rstrip(".")
     text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     return text.replace("Error opening", "cannot open").strip()
 
