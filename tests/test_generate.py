@@ -521,6 +521,21 @@ def test_bad_usage_exits_2_with_v_too_and_names_only_the_flags_given(tmp_path, c
     assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1] == "tta: error: --mask needs --inpaint WAV"
 
 
+def test_an_edit_input_or_range_given_twice_is_refused(tmp_path, capsys):
+    """argparse kept the last of two --init-audio (or --mask) without a word: one output, of the second file."""
+    from tta.cli import main
+
+    for flag, first, second in (("--init-audio", "a.wav", "b.wav"), ("--inpaint", "a.wav", "b.wav"),
+                                ("--super-resolution", "a.wav", "b.wav"), ("--mask", "0:1", "2:3")):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "x", flag, first, flag, second, "-o", str(tmp_path / "o.wav")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.strip().splitlines()[-1] == (
+            f"tta generate: error: {flag} given twice ({first}, {second}): an edit takes one input audio and one "
+            "range; run tta generate once for each"), err
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_batch_stopped_with_sigterm_records_every_file_it_wrote(tmp_path, capsys, monkeypatch):
     """kill, timeout, a scheduler's cancel and docker stop send SIGTERM, which ended the process at once: the
     record (rewritten at most every 10 s) listed only the first of six files written."""

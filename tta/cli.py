@@ -168,6 +168,18 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+class _Once(argparse.Action):
+    """Store a flag's value and refuse it given twice: an edit takes one input and one range, and argparse kept the
+    last one without a word (`--init-audio a.wav --init-audio b.wav` edited b.wav alone)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        if before is not None:
+            parser.error(f"{option_string} given twice ({before}, {values}): an edit takes one input audio and one "
+                         f"range; run tta generate once for each")
+        setattr(namespace, self.dest, values)
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="turn prompts into wav files",
                        description="Generate audio from text prompts with a tta pipeline folder "
@@ -211,17 +223,19 @@ def _add_generate(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's, one per core). On a busy machine 1 can be twice as "
                         "fast as 2; the output's bytes depend on it (recorded in generation.json)")
-    p.add_argument("--init-audio", type=Path, metavar="WAV", help="audio-to-audio / style transfer input")
+    p.add_argument("--init-audio", type=Path, action=_Once, metavar="WAV",
+                   help="audio-to-audio / style transfer input")
     p.add_argument("--strength", type=float, default=None,
                    help="with --init-audio: how much to change (0, 1]; default 0.5")
-    p.add_argument("--inpaint", type=Path, metavar="WAV", help="audio to inpaint (with --mask START:END)")
-    p.add_argument("--mask", metavar="START:END", help="with --inpaint: seconds to regenerate")
+    p.add_argument("--inpaint", type=Path, action=_Once, metavar="WAV",
+                   help="audio to inpaint (with --mask START:END)")
+    p.add_argument("--mask", action=_Once, metavar="START:END", help="with --inpaint: seconds to regenerate")
     p.add_argument("--outside", choices=["original", "decoded"],
                    help="with --inpaint or --super-resolution, what the output holds outside the regenerated part "
                         "(the gap; the band below --cutoff): the input's own audio (original, the default; 20 ms "
                         "crossfades at a gap's edges, a crossover just below the cutoff) or the whole clip as the VAE "
                         "and vocoder decode it (decoded, as AudioLDM)")
-    p.add_argument("--super-resolution", type=Path, metavar="WAV",
+    p.add_argument("--super-resolution", type=Path, action=_Once, metavar="WAV",
                    help="band-limited audio whose upper mel bands are regenerated (with --cutoff)")
     p.add_argument("--cutoff", type=float, metavar="HZ", help="with --super-resolution: highest kept frequency")
     p.add_argument("--datastore", type=Path, metavar="DIR",
