@@ -430,6 +430,25 @@ def test_a_prompt_rows_file_column_names_its_output_as_tta_eval_pairs_it(tmp_pat
     assert not (tmp_path / "h").exists()
 
 
+def test_an_edit_input_that_is_silent_as_heard_is_named_in_a_warning(tmp_path, capsys, caplog):
+    """A stereo take whose channels cancel (one wired in antiphase) or a silent file was edited without a word: the
+    edit heard silence, or the 16-bit rounding left of it normalised to the training audio's peak."""
+    take = signals.chirp(300, 3000, 0.32)
+    sf.write(tmp_path / "antiphase.wav", np.stack([take, -take], axis=1), 16_000)
+    sf.write(tmp_path / "take.wav", np.stack([take, 0.5 * take], axis=1), 16_000)
+    sf.write(tmp_path / "quiet.wav", 0.004 * take, 16_000)                     # -54 dBFS: quiet, not silent
+    for name, how in (("antiphase", "16000 Hz mono, its 2 channels averaged: peak below -60 dBFS"), ("take", None),
+                      ("quiet", None)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tta.generate"):
+            code, _, err = run(capsys, "a bell", "--model", tiny_pipeline(), "--steps", 2, "--init-audio",
+                               tmp_path / f"{name}.wav", "-o", tmp_path / f"{name}-out.wav")
+        assert code == 0 and (tmp_path / f"{name}-out.wav").is_file(), err
+        silent = [r.message for r in caplog.records if "silent as the edit hears it" in r.message]
+        assert silent == ([f"{tmp_path / 'antiphase.wav'}: silent as the edit hears it ({how}): there is nothing "
+                           "for it to keep or follow"] if how else [])
+
+
 def test_an_edit_input_with_no_or_one_sample_is_refused_before_the_model_loads(tmp_path, capsys):
     """A 1-sample or 0-sample input was found only after the model loaded (16 s here), and the 1-sample
     message named neither the file nor the flag."""

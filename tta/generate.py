@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 QUIET_GAIN = 0.1   # an output turned down more than this to fit full scale is reported (a broken sample)
 EDIT_HEADROOM = 0.9   # an edit's input louder than this x the peak is turned down to it, to leave room beside it
+SILENCE_DB = -60.0   # an edit's input whose peak, its DC removed, lies below this is silent (as tta data check)
 RECORD_EVERY = 10.0   # seconds between rewrites of generation.json while a batch run goes on
 
 
@@ -541,6 +542,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     if edit is not None:
         # the pipeline hears it normalised (DC removed, peak 0.5) as the training audio was, and scales its
         # outputs back, so the part an edit keeps comes out at the input's level
+        import numpy as np
+
         from tta.pipeline import edit_input
 
         wav_in, _ = load_audio(edit["input"], pipe.sample_rate)
@@ -548,6 +551,10 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
             log.info("%s: %d Hz, %d channel(s); the edit hears it, and writes it, as %d Hz mono", edit["input"],
                      edit["input_sample_rate"], edit["input_channels"], pipe.sample_rate)
         edit["input_level"] = round(edit_input(wav_in)[1], 6)
+        if float(np.max(np.abs(wav_in - wav_in.mean()))) < 10 ** (SILENCE_DB / 20):   # channels that cancel too
+            how = f"its {edit['input_channels']} channels averaged" if edit["input_channels"] > 1 else "DC removed"
+            log.warning("%s: silent as the edit hears it (%d Hz mono, %s: peak below %g dBFS): there is nothing "
+                        "for it to keep or follow", edit["input"], pipe.sample_rate, how, SILENCE_DB)
         kept = kept_part(edit, wav_in, pipe.sample_rate)
     records = []
     record_path = record_path_of(args.output if args.output is not None else jobs[0].path.parent,
