@@ -540,6 +540,21 @@ def test_bad_usage_exits_2_with_v_too_and_names_only_the_flags_given(tmp_path, c
     assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1] == "tta: error: --mask needs --inpaint WAV"
 
 
+def test_a_cutoff_above_what_the_input_file_can_hold_is_refused(tmp_path, capsys):
+    """--super-resolution of an 8 kHz file with --cutoff 6000 kept 4-6 kHz as the silence the file holds there: a
+    hole in the output's spectrum, without a word."""
+    sf.write(tmp_path / "phone.wav", signals.chirp(200, 3500, 0.4, sample_rate=8_000), 8_000)
+    code, _, err = run(capsys, "a voice", "--model", tiny_pipeline(), "--super-resolution",
+                       tmp_path / "phone.wav", "--cutoff", 6000, "-o", tmp_path / "o.wav")
+    assert code == 1 and err.count("\n") == 1 and (
+        f"--cutoff 6000 Hz is above the highest frequency {tmp_path / 'phone.wav'} can hold (8000 Hz sampling: "
+        "4000 Hz); the band between would stay silent: give --cutoff 4000 or lower") in err, err
+    assert not (tmp_path / "o.wav").exists()
+    code, _, err = run(capsys, "a voice", "--model", tiny_pipeline(), "--steps", 2, "--super-resolution",
+                       tmp_path / "phone.wav", "--cutoff", 4000, "-o", tmp_path / "o.wav")
+    assert code == 0 and sf.info(str(tmp_path / "o.wav")).samplerate == 16_000, err
+
+
 def test_an_edit_input_or_range_given_twice_is_refused(tmp_path, capsys):
     """argparse kept the last of two --init-audio (or --mask) without a word: one output, of the second file."""
     from tta.cli import main

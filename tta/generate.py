@@ -292,6 +292,11 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
         if edit["cutoff_hz"] < lowest:
             raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} keeps none of this model's latent frequency rows "
                                 f"(the lowest reaches {lowest:.0f} Hz); raise it to at least that")
+        top = edit["input_sample_rate"] / 2
+        if edit["cutoff_hz"] > top:   # the band between would be kept as the silence the file holds there
+            raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} Hz is above the highest frequency {edit['input']} can "
+                                f"hold ({edit['input_sample_rate']} Hz sampling: {top:g} Hz); the band between would "
+                                f"stay silent: give --cutoff {top:g} or lower")
     if edit is not None and "start" in edit and round((edit["end"] - edit["start"]) * rate) < hop:
         raise GenerateError(f"--mask {edit['start']:g}:{edit['end']:g} is shorter than one mel frame of this model "
                             f"({hop / rate:g} s): there is nothing to regenerate")
