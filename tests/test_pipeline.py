@@ -369,6 +369,20 @@ def test_part_way_starts_refuse_the_samplers_that_cannot_take_them(pipe, monkeyp
     assert pipe.audio_to_audio(wav, ["x"], strength=0.5, steps=4, sampler="ddim").wavs[0].shape == (5120,)
 
 
+def test_a_strength_that_leaves_no_step_is_refused_before_the_input_is_encoded(pipe, monkeypatch):
+    """It came from the sampler loop as a plain ValueError naming the command line's flags, after the input was
+    encoded and the prompts embedded."""
+    wav = signals.tone(440, 0.32)
+    monkeypatch.setattr(pipe, "encode_audio", lambda *a: pytest.fail("the input was encoded"))
+    with pytest.raises(PipelineError, match=r"^strength=0\.05 with steps=4 leaves no denoising step \(it needs "
+                                            r"strength above 0\.125, or more steps\)$"):
+        pipe.audio_to_audio(wav, ["x"], strength=0.05, steps=4)
+    with pytest.raises(PipelineError, match="strength=0.2 with steps=2 leaves no denoising step"):
+        pipe.audio_to_audio(wav, ["x"], strength=0.2)                      # the model's 2 steps
+    monkeypatch.undo()
+    assert pipe.audio_to_audio(wav, ["x"], strength=0.13, steps=4).wavs[0].shape == (5120,)   # one step of four
+
+
 def test_step_counts_a_sampler_cannot_take_are_refused_before_denoising():
     """DPM-Solver++'s linspace spacing puts two of 1 000 steps on one timestep of a 1 000-step schedule: a
     zero-length step that turned the latents into NaN half-way through; more steps than training timesteps

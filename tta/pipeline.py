@@ -50,6 +50,7 @@ from tta.ldm.sampling import (
     denoise,
     draw_noise,
     make_scheduler,
+    strength_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -451,6 +452,10 @@ class TTAPipeline:
             check_part_way(self.defaults.sampler if kwargs.get("sampler") is None else kwargs["sampler"], strength)
         except ValueError as e:
             raise PipelineError(str(e)) from None
+        steps = self.defaults.steps if kwargs.get("steps") is None else kwargs["steps"]
+        if is_integer(steps) and steps >= 1 and strength_steps(int(steps), strength) < 1:
+            raise PipelineError(f"strength={strength} with steps={steps} leaves no denoising step (it needs strength "
+                                f"above {0.5 / steps:.3g}, or more steps)")
         return at_level(self._run(prompts, sampled, init_wav=wav, strength=strength, cut=n, **kwargs), level)
 
     def inpaint(self, wav: np.ndarray, prompts: list[str], *, start: float, end: float, outside: str = "original",

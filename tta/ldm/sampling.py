@@ -172,7 +172,7 @@ def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
         run = strength_steps(steps, strength)
         if run < 1:
             raise ValueError(f"strength={strength} with steps={steps} leaves no denoising step; "
-                             "raise --strength or --steps")
+                             "raise strength or steps")
         start = (steps - run) * scheduler.order
         timesteps = timesteps[start:]
         if hasattr(scheduler, "set_begin_index"):
