@@ -575,7 +575,8 @@ def test_loading_a_pipeline_does_not_read_the_cuda_generators(monkeypatch):
 def test_resynthesise_and_the_edits_refuse_audio_that_is_not_one_mono_clip(pipe):
     """resynthesise took a (2, T) array to numpy's "could not broadcast input array from shape (2,16000) into shape
     (2,)" and an empty one to the VAE's "MelVAE expects mel of shape (B, n_mels=64, frames), got (1, 64, 0)"; an
-    empty edit input was refused as "seconds=0.0 must be a positive number", a length no one had given."""
+    empty edit input was refused as "seconds=0.0 must be a positive number", a length no one had given (and a
+    long one as "seconds=121.0 exceeds the maximum of 120 s per clip")."""
     wav = signals.chirp(300, 3000, 0.2).astype(np.float32)
     for through in ("vae", "vocoder"):
         with pytest.raises(PipelineError, match=r"resynthesise: expected mono audio of shape \(T,\) with T > 0, "
@@ -589,6 +590,11 @@ def test_resynthesise_and_the_edits_refuse_audio_that_is_not_one_mono_clip(pipe)
             pipe.resynthesise((wav * 32767).astype(np.int16), through=through)
     with pytest.raises(PipelineError, match=r"edit input: expected mono.*got \(0,\)"):
         pipe.audio_to_audio(np.zeros(0, np.float32), ["x"], strength=0.5)
+    # too long or too short was "seconds=121.0 exceeds the maximum of 120 s per clip": no seconds= was given
+    with pytest.raises(PipelineError, match=r"^edit input: 121 s of audio; an edit takes at most 120 s \(cut it\)$"):
+        pipe.inpaint(np.zeros(121 * 16_000, np.float32), ["x"], start=1.0, end=2.0)
+    with pytest.raises(PipelineError, match=r"^edit input: 0\.005 s of audio, shorter than one mel frame \(0\.01 s\)$"):
+        pipe.super_resolve(wav[:80], ["x"], cutoff_hz=3000.0)
     assert pipe.resynthesise(torch.from_numpy(wav)).shape == wav.shape    # a tensor or a list is a clip too
     assert pipe.resynthesise(wav.tolist(), through="vocoder").shape == wav.shape
 

@@ -432,7 +432,13 @@ class TTAPipeline:
         """(the edit's length in samples, the length it is sampled at): an input shorter than the model's window
         is sampled padded with silence to the window and cut back, as a shorter text-to-audio clip is (a UNet
         trained on 10 s clips renders a 0.3 s one poorly)."""
-        n = self.check_seconds(len(wav) / self.sample_rate)
+        seconds, hop = len(wav) / self.sample_rate, self.mel.hop_length
+        if seconds > MAX_SECONDS:   # as check_seconds, which names a seconds= the edit was not given
+            raise PipelineError(f"edit input: {seconds:g} s of audio; an edit takes at most {MAX_SECONDS:g} s (cut it)")
+        if len(wav) < hop:
+            raise PipelineError(f"edit input: {seconds:g} s of audio, shorter than one mel frame "
+                                f"({hop / self.sample_rate:g} s)")
+        n = self.check_seconds(seconds)
         return n, max(n, round(self.defaults.window * self.sample_rate))
 
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
