@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -105,10 +105,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 os.chmod(tmp, _default_mode(folder=tmp.is_dir()))
             os.replace(tmp, path)
         except Exception as e:
-            error = _write_error(e, tmp, path)
-            if error is None:
-                raise
-            raise error from e
+            _raise_write_error(e, tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -137,6 +134,14 @@ def _cannot_write(path: Path, e: OSError) -> CheckpointError:
 # inline_container.cc] unexpected pos ..." or "PytorchStreamWriter failed writing file ...: file write failed"),
 # faiss.write_index ("... failed: write error in PATH"); libsndfile's are told by their type ("System error.")
 _LOST_REASON = re.compile(r"unexpected pos|PytorchStreamWriter failed|file write failed|write error in ")
+
+
+def _raise_write_error(e: Exception, tmp: Path, path: Path) -> NoReturn:
+    """Raise `e` as `_write_error` reads it (a full disk named by `path`), or as it is."""
+    error = _write_error(e, tmp, path)
+    if error is None:
+        raise e
+    raise error from e
 
 
 def _write_error(e: Exception, tmp: Path, path: Path) -> OSError | None:
@@ -268,10 +273,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             else:
                 os.replace(tmp, path)
         except Exception as e:
-            error = _write_error(e, tmp, path)
-            if error is None:
-                raise
-            raise error from e
+            _raise_write_error(e, tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
