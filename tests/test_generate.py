@@ -86,6 +86,7 @@ BAD = [
     (1, ["--sampler", "fast"], "valid samplers: ddim, dpmsolver++"),
     (1, ["--guidance", "nan"], "--guidance nan"),
     (1, ["--steps", "0"], "--steps 0 must be >= 1"),
+    (1, ["--steps", "100000"], "timesteps this model was trained on"),   # before the model loads (it was after)
     (1, ["-o", "/proc/nope/x.wav"], "does not exist"),
     (1, ["--init-audio", "MISSING.wav"], "unreadable input audio"),
     (2, ["--inpaint", "IN.wav"], "--mask START:END"),

@@ -261,13 +261,22 @@ def model_folder(args: argparse.Namespace) -> Path:
 
 
 def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | None = None) -> None:
-    """What only the model's configs can check, before any weights load: --seconds and an edit's input against
-    its mel frame, --cutoff against its mel band, --strength against its sampler steps."""
+    """What only the model's configs can check, before any weights load: --steps against the timesteps its UNet
+    was trained on, --seconds and an edit's input against its mel frame, --cutoff against its mel band, --strength
+    against its sampler steps."""
     from tta.checkpoint import CONFIG_NAME, CheckpointError, read_component_config
     from tta.config import ConfigError, from_dict
     from tta.pipeline import read_pipeline_json
     from vae.model import VAEConfig
 
+    if args.steps is not None:   # it failed after the model had loaded, on the same line as the progress bar
+        config = folder / read_pipeline_json(folder)["components"]["scheduler"] / "scheduler_config.json"
+        try:
+            trained = json.loads(config.read_text(encoding="utf-8")).get("num_train_timesteps")
+        except (OSError, ValueError, AttributeError):
+            trained = None   # loading the scheduler names what is wrong with it
+        if type(trained) is int and args.steps > trained:
+            raise GenerateError(f"--steps {args.steps} exceeds the {trained} timesteps this model was trained on")
     if args.seconds is None and edit is None:
         return
     vae_dir = folder / read_pipeline_json(folder)["components"]["vae"]
