@@ -1194,3 +1194,49 @@ def test_the_experiment_reuses_a_variant_only_with_the_same_component_and_store_
     assert run(capsys, *args)[0] == 0
     third = stamps()
     assert third["none"] != second["none"] and third["k1"] != second["k1"]
+
+
+def test_a_variant_recorded_before_content_hashes_is_reused_said_and_its_record_completed(corpus, store, tmp_path,
+                                                                                         capsys, caplog,
+                                                                                         monkeypatch):
+    """experiment-variant.json of an older tta holds no inputs_sha256 / datastore.files_sha256; a key the record
+    lacks is ignored, so such a variant was reused without a word after its store was rebuilt under the same path
+    (e.g. with clips normalised), and, its record never completed, after every later rebuild too."""
+    from tta.clap import load_clap
+    from tta.commands.retrieval_experiment import VARIANT_RECORD, store_files_sha256
+    from tta.retrieval import DatastoreConfig, build_datastore
+
+    monkeypatch.chdir(tmp_path)
+    given = tmp_path / "store"
+    shutil.copytree(store, given)
+    out = tmp_path / "exp"
+    args = ["experiment", "retrieval", "--config", ROOT / "configs" / "experiment" / "retrieval-tiny.json",
+            "--out", out, *_experiment_sets(corpus, f"datastore={json.dumps(str(given))}",
+                                            'variants=[{"name": "k1", "neighbours": 1}]')]
+    pipeline, record_path = out / "runs" / "k1" / "pipeline" / "pipeline.json", out / "runs" / "k1" / VARIANT_RECORD
+    assert run(capsys, *args)[0] == 0
+    first = pipeline.stat().st_mtime_ns
+    record = json.loads(record_path.read_text())
+    old = {k: v for k, v in record.items() if k != "inputs_sha256"}   # as the older tta wrote it
+    old["datastore"] = {k: v for k, v in record["datastore"].items() if k != "files_sha256"}
+    record_path.write_text(json.dumps(old))
+
+    def rebuild(seconds: float) -> None:
+        shutil.rmtree(given)
+        build_datastore(corpus, load_clap(tiny_components()["clap"]), given,
+                        DatastoreConfig(split="train", batch_size=16, max_seconds=seconds), progress=False)
+
+    rebuild(0.2)
+    with caplog.at_level("WARNING", logger="tta.commands.retrieval_experiment"):
+        assert run(capsys, *args)[0] == 0
+    assert pipeline.stat().st_mtime_ns == first
+    assert any(r.levelname == "WARNING" and "variant k1: reusing" in r.message
+               and "trained before the experiment recorded the content" in r.message for r in caplog.records)
+    assert json.loads(record_path.read_text())["datastore"]["files_sha256"] == store_files_sha256(given, False)
+    assert "inputs_sha256" in json.loads(record_path.read_text())
+    rebuild(0.3)   # a later rebuild is seen
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.commands.retrieval_experiment"):
+        assert run(capsys, *args)[0] == 0
+    assert pipeline.stat().st_mtime_ns != first
+    assert any("first difference at datastore.files_sha256" in r.message for r in caplog.records)

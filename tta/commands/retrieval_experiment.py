@@ -402,6 +402,17 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
             atomic_write_text(run / VARIANT_RECORD, json.dumps(record, indent=2) + "\n")
             return run / "pipeline"
         if _same_settings(old, json.loads(json.dumps(record))):
+            # recorded before the content of its inputs was: a component or store rebuilt
+            # under the same path since cannot be seen, so it is kept, as an unrecorded run is, and said, and its
+            # record completed, so a later change is seen
+            if "inputs_sha256" not in old or ("files_sha256" in record.get("datastore", {})
+                                              and "files_sha256" not in old.get("datastore", {})):
+                log.warning("variant %s: reusing %s, trained before the experiment recorded the content of its "
+                            "components and datastore files: one rebuilt under the same path since (e.g. a store "
+                            "rebuilt with clips normalised) is not seen (delete %s to train it again)",
+                            variant.name, run / "pipeline", run)
+                atomic_write_text(run / VARIANT_RECORD, json.dumps(record, indent=2) + "\n")
+                return run / "pipeline"
             log.info("variant %s: reusing %s", variant.name, run / "pipeline")
             return run / "pipeline"
         log.warning("variant %s: %s was trained with other settings or data (first difference at %s); training it "
