@@ -130,6 +130,7 @@ def test_a_quiet_copy_is_stored_and_found_at_the_level_of_its_loud_original(corp
     (stores["raw"] / "datastore.json").write_text(json.dumps({**info, "format_version": 1}))
     old = Datastore.load(stores["raw"])
     assert not old.normalize and old._audio_agrees(clap)
+    assert old.summary()["config"]["normalize"] is False   # tta index info says it, though the file does not
     for version in (3, True, "2"):
         (stores["raw"] / "datastore.json").write_text(json.dumps({**info, "format_version": version}))
         with pytest.raises(DatastoreError, match=rf"format_version {version!r} is not one this tta reads \(1, 2\)"):

@@ -707,9 +707,10 @@ class Datastore:
         return np.asarray(lat[idx.reshape(-1)], dtype=np.float32).reshape(*idx.shape, *lat.shape[1:])
 
     def summary(self) -> dict:
-        """datastore.json plus the live index sizes (for `tta index info`)."""
-        return {**self.info, "folder": str(self.folder),
-                "ntotal": {name: int(ix.ntotal) for name, ix in self.indexes.items()}}
+        """datastore.json plus the live index sizes (for `tta index info`); the config always says `normalize` (a
+        version 1 store, built before the setting, embedded raw levels)."""
+        return {**self.info, "config": {**self.info.get("config", {}), "normalize": self.normalize},
+                "folder": str(self.folder), "ntotal": {name: int(ix.ntotal) for name, ix in self.indexes.items()}}
 
 
 def _per_query(values, i: int, batch: int, what: str) -> list[str]:
