@@ -22,7 +22,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated subset of fad,fd,kl,is,clap (default: fad)")
     parser.add_argument("--embedder", default="mfcc",
                         help="FAD embedder: mfcc, aisfx, vggish, panns, clap, laion-clap (default: mfcc)")
-    parser.add_argument("--embedder-weights", help="local weights file for the embedder (vggish/panns .pth)")
+    parser.add_argument("--embedder-weights", help="local weights file for the embedder (aisfx, vggish or panns)")
     parser.add_argument("--panns-weights", help="local PANNs Cnn14_16k .pth for fd/kl/is (or $TTA_PANNS_WEIGHTS)")
     parser.add_argument("--prompts", type=Path,
                         help="CSV/JSONL with file (or id), prompt and optional category columns; .txt by position")

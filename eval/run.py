@@ -15,7 +15,6 @@ import datetime as _dt
 import functools
 import hashlib
 import logging
-import numbers
 import os
 import platform
 from collections import Counter
@@ -29,7 +28,8 @@ from eval.embedders import Embedder, get_embedder
 from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infinity
 from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
-from tta.audio import AUDIO_SUFFIXES
+from tta.audio import AUDIO_SUFFIXES, SILENCE_DB
+from tta.config import check_number
 from tta import UsageError
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ class EvalOptions:
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or not self.metrics:
             raise EvalError(f"--metrics: unknown {bad or 'empty list'}; valid metrics: {', '.join(METRICS)}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
+        object.__setattr__(self, "batch_size", check_number(self.batch_size, int, "batch_size", EvalError))
+        if self.batch_size < 1:
             raise EvalError(f"batch_size={self.batch_size!r} must be an integer >= 1")
 
 
@@ -542,14 +543,13 @@ def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in gen.files.values() if p.parent == folder and p.name not in listed)
 
 
-SILENCE_DB = -60.0   # a generated clip whose peak, its DC offset removed, lies below this is silent (as tta data check)
 PEAK_CACHE = "peak-dc-removed@v1"   # the cache's entries of each file's peak, by content hash
 
 
 def _silent_files(gen: EmbeddedSet, cache: EmbeddingCache | None = None) -> list[str]:
     """The generated files (relative, sorted) that hold silence or a DC offset alone, read as AUDIO_READ reads them
     (at their own rate: a peak needs no resampling). Peaks are cached by content hash where the set has one."""
-    from tta.audio import AudioError, load_audio
+    from tta.audio import AudioError, dc_removed_peak, load_audio
 
     floor = 10 ** (SILENCE_DB / 20)
     found = []
@@ -561,7 +561,7 @@ def _silent_files(gen: EmbeddedSet, cache: EmbeddingCache | None = None) -> list
                 wav, _ = load_audio(gen.files[key], pcm16=True)
             except AudioError:
                 continue   # reported where it was skipped
-            peak = np.array(float(np.max(np.abs(wav - wav.mean(dtype=np.float64)))) if wav.size else 0.0)
+            peak = np.array(dc_removed_peak(wav))
             if cache is not None and digest:
                 cache.put(digest, peak, "peak")
         if float(peak) < floor:

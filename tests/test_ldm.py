@@ -52,6 +52,7 @@ def test_audioldm_s_config_matches_the_reference_layout():
      "'projection_class_embeddings_input_dim': expected int, got null"),
     ({"attention_head_dim": 0}, "attention_head_dim=0 must be positive"),
     ({"block_out_channels": ...}, "missing required config key 'block_out_channels'"),   # ...: left out
+    ({"cross_attention_dim": [8, 8]}, "cross_attention_dim=[8, 8] per block is not supported"),   # was "'<=' not"
 ])
 def test_a_damaged_diffusers_unet_config_names_the_field(change, message):
     """These failed on Python's own words ("unsupported operand type(s) for //: 'str' and 'int'", "integer division

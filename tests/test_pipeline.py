@@ -615,6 +615,10 @@ def test_call_arguments_of_the_wrong_type_are_named_before_compute(pipe):
         pipe(["a bell", ""], seconds=0.1, prompt_ids=["x"])
     with pytest.raises(PipelineError, match="prompt_ids='ab' must name each"):
         pipe(["a", "b"], seconds=0.1, prompt_ids="ab")
+    with pytest.raises(PipelineError, match="prompt_ids=3 must name each"):   # was "object of type 'int' has no len()"
+        pipe(["a"], seconds=0.1, prompt_ids=3)
+    with pytest.raises(PipelineError, match=r"unknown sampler \['ddim'\]"):   # was "unhashable type: 'list'"
+        pipe.audio_to_audio(wav, ["x"], strength=0.5, sampler=["ddim"])
     with pytest.raises(PipelineError, match=r"strength='0.5' must be a number in \(0, 1\]"):
         pipe.audio_to_audio(wav, ["x"], strength="0.5")
     with pytest.raises(PipelineError, match="inpaint range start='0.05', end=0.1: expected numbers of seconds"):

@@ -102,7 +102,7 @@ def test_import_names_the_missing_part(tmp_path, capsys):
     code = main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(tiny_components()["clap"]),
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 1 and "model_index.json: not valid JSON" in err and err.count("\n") == 1, err
+    assert code == 1 and "model_index.json: invalid JSON" in err and err.count("\n") == 1, err
 
 
 def _set(body: dict, dotted: str, value) -> None:

@@ -131,6 +131,11 @@ def test_a_quiet_copy_is_stored_and_found_at_the_level_of_its_loud_original(corp
     old = Datastore.load(stores["raw"])
     assert not old.normalize and old._audio_agrees(clap)
     assert old.summary()["config"]["normalize"] is False   # tta index info says it, though the file does not
+    # tta experiment retrieval rebuilds its own store when an older tta built it raw
+    from tta.commands.retrieval_experiment import stale_store
+
+    assert "own level" in stale_store(old, tmp_path / "m.jsonl", None, clap.identity)
+    assert stale_store(norm, tmp_path / "m.jsonl", None, clap.identity) == ""
     for version in (3, True, "2"):
         (stores["raw"] / "datastore.json").write_text(json.dumps({**info, "format_version": version}))
         with pytest.raises(DatastoreError, match=rf"format_version {version!r} is not one this tta reads \(1, 2\)"):
@@ -198,9 +203,6 @@ def test_ivf_matches_flat_recall_on_random_vectors():
 
 
 def test_ivf_datastore_round_trip(corpus, clap, store_dir, tmp_path, caplog, capfd):
-    from tta.retrieval import datastore
-
-    datastore._warned_small.clear()
     with caplog.at_level("WARNING", logger="tta.retrieval"):
         ivf_dir = build_datastore(corpus, clap, tmp_path / "ivf", DatastoreConfig(index="ivf", nlist=2, nprobe=2),
                                   progress=False)

@@ -601,18 +601,18 @@ def test_the_input_hash_covers_the_loaded_component_not_notes_beside_it(tmp_path
     from types import SimpleNamespace
 
     from tests.test_ldm_fixtures import tiny_pipeline
-    from tta.training import TrainingRun
+    from tta.training import input_digests
 
     pipe = tmp_path / "pipe"
     shutil.copytree(tiny_pipeline(), pipe)
-    run = SimpleNamespace(config=SimpleNamespace(vae=str(pipe)))
-    before = TrainingRun._input_digests(run)
+    config = SimpleNamespace(vae=str(pipe))
+    before = input_digests(config)
     (pipe / "README.md").write_text("a card\n")
     (pipe / "unet" / "notes.txt").write_text("x\n")
     (pipe / "vae" / "README.md").write_text("the VAE\n")
-    assert TrainingRun._input_digests(run) == before
+    assert input_digests(config) == before
     (pipe / "vae" / "config.json").write_text((pipe / "vae" / "config.json").read_text() + " ")
-    assert TrainingRun._input_digests(run) != before
+    assert input_digests(config) != before
 
 
 def test_restarting_an_unstarted_run_accepts_the_run_folder_its_checkpoint_came_from(tmp_path, repo_root):

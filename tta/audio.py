@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import numbers
 import os
 import re
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tta.config import check_numbers
+from tta.config import check_numbers, is_real
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +302,14 @@ def float_audio(wav, what: str = "audio") -> np.ndarray:
     return np.asarray(arr, dtype=np.float32)
 
 
+SILENCE_DB = -60.0   # a clip whose peak, its DC removed, lies below this is silent (tta data check's default level)
+
+
+def dc_removed_peak(wav: np.ndarray) -> float:
+    """The largest |sample| once the clip's mean (DC) is removed: 0 for digital silence and for a constant offset."""
+    return float(np.max(np.abs(wav - wav.mean(dtype=np.float64)))) if wav.size else 0.0
+
+
 def normalize_wav(wav: np.ndarray, peak: float = 0.5) -> np.ndarray:
     """Remove DC and scale to |max| = `peak` (AudioLDM's loader). Digital silence is returned unchanged."""
     wav = wav - wav.mean()
@@ -478,17 +485,6 @@ def _sf_reason(e: Exception) -> str:
         return reason.strip().rstrip(".")
     text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     return text.replace("Error opening", "cannot open").strip()
-
-
-def is_real(x) -> bool:
-    """A finite real number, numpy scalars included (np.float32 is no Python float), bools not; an int beyond
-    float range is not one."""
-    if not isinstance(x, numbers.Real) or isinstance(x, bool):
-        return False
-    try:
-        return math.isfinite(x)
-    except OverflowError:
-        return False
 
 
 def seconds_to_samples(seconds: float, sample_rate: int) -> int:

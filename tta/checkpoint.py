@@ -344,7 +344,7 @@ def read_component_config(folder: str | os.PathLike, expected_class: str | None 
         raise CheckpointError(f"{folder}: component folder not found")
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not a tta component folder)")
-    body = _read_json(cfg_path)
+    body = read_json(cfg_path)
     if not isinstance(body, dict) or not {"class", "format_version", "config"} <= set(body):
         raise CheckpointError(f"{cfg_path}: expected keys class, format_version, config")
     if type(body["format_version"]) is not int or body["format_version"] != FORMAT_VERSION:   # true == 1 in Python
@@ -359,14 +359,15 @@ def read_component_config(folder: str | os.PathLike, expected_class: str | None 
     return body
 
 
-def _read_json(path: Path) -> Any:
-    """A config.json's content; a file that is not UTF-8 JSON is a CheckpointError naming it."""
+def read_json(path: str | os.PathLike, error: type[Exception] = CheckpointError) -> Any:
+    """A JSON file's content (a component's config.json, pipeline.json, a foreign folder's configs); a file that is
+    not UTF-8 JSON is an `error` naming it and the line."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path}: not a UTF-8 text file ({e.reason}); expected JSON") from None
+        raise error(f"{path}: not a UTF-8 text file ({e.reason}); expected JSON") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        raise error(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -614,7 +615,7 @@ def read_foreign_folder(folder: str | os.PathLike, weight_names: tuple[str, ...]
         raise CheckpointError(f"{folder}: folder not found (expected {what})")
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not {what})")
-    config = _read_json(cfg_path)
+    config = read_json(cfg_path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(config).__name__} (not {what})")
     weights = next((folder / n for n in weight_names if (folder / n).is_file()), None)

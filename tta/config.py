@@ -159,7 +159,7 @@ def check_number(value: Any, kind: type, what: str, error: type[Exception] = Val
                 return int(value)
             if math.isfinite(value) and float(value).is_integer():
                 return int(value)
-        elif _finite(value) or not finite and value == value:   # NaN is no number here
+        elif is_real(value) or not finite and value == value:   # NaN is no number here
             return value if type(value) in (int, float) else float(value)
     expected = "an integer" if kind is int else "a finite number" if finite else "a number (not NaN)"
     raise error(f"{what}={value!r} must be {expected}")
@@ -178,10 +178,14 @@ def check_numbers(obj: Any, where: str = "", error: type[Exception] = ValueError
             object.__setattr__(obj, f.name, fixed)
 
 
-def _finite(value: numbers.Real) -> bool:
+def is_real(x) -> bool:
+    """A finite real number, numpy scalars included (np.float32 is no Python float), bools not; an int beyond
+    float range is not one."""
+    if not isinstance(x, numbers.Real) or isinstance(x, bool):
+        return False
     try:
-        return math.isfinite(value)
-    except OverflowError:      # an int beyond float range
+        return math.isfinite(x)
+    except OverflowError:
         return False
 
 

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 QUIET_GAIN = 0.1   # an output turned down more than this to fit full scale is reported (a broken sample)
 EDIT_HEADROOM = 0.9   # an edit's input louder than this x the peak is turned down to it, to leave room beside it
-SILENCE_DB = -60.0   # an edit's input whose peak, its DC removed, lies below this is silent (as tta data check)
 RECORD_EVERY = 10.0   # seconds between rewrites of generation.json while a batch run goes on
 
 
@@ -266,11 +265,12 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
     against its sampler steps."""
     from tta.checkpoint import CONFIG_NAME, CheckpointError, read_component_config
     from tta.config import ConfigError, from_dict
+    from tta.ldm.folder import SCHEDULER_FILE
     from tta.pipeline import read_pipeline_json
     from vae.model import VAEConfig
 
     if args.steps is not None:   # it failed after the model had loaded, on the same line as the progress bar
-        config = folder / read_pipeline_json(folder)["components"]["scheduler"] / "scheduler_config.json"
+        config = folder / read_pipeline_json(folder)["components"]["scheduler"] / SCHEDULER_FILE
         try:
             trained = json.loads(config.read_text(encoding="utf-8")).get("num_train_timesteps")
         except (OSError, ValueError, AttributeError):
@@ -529,7 +529,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
 
-    from tta.audio import load_audio
+    from tta.audio import SILENCE_DB, dc_removed_peak, load_audio
     from tta.pipeline import TTAPipeline
 
     if threads is not None:
@@ -556,8 +556,6 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     if edit is not None:
         # the pipeline hears it normalised (DC removed, peak 0.5) as the training audio was, and scales its
         # outputs back, so the part an edit keeps comes out at the input's level
-        import numpy as np
-
         from tta.pipeline import edit_input
 
         wav_in, _ = load_audio(edit["input"], pipe.sample_rate)
@@ -565,7 +563,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
             log.info("%s: %d Hz, %d channel(s); the edit hears it, and writes it, as %d Hz mono", edit["input"],
                      edit["input_sample_rate"], edit["input_channels"], pipe.sample_rate)
         edit["input_level"] = round(edit_input(wav_in)[1], 6)
-        if float(np.max(np.abs(wav_in - wav_in.mean()))) < 10 ** (SILENCE_DB / 20):   # channels that cancel too
+        if dc_removed_peak(wav_in) < 10 ** (SILENCE_DB / 20):   # channels that cancel too
             how = f"its {edit['input_channels']} channels averaged" if edit["input_channels"] > 1 else "DC removed"
             log.warning("%s: silent as the edit hears it (%d Hz mono, %s: peak below %g dBFS): there is nothing "
                         "for it to keep or follow", edit["input"], pipe.sample_rate, how, SILENCE_DB)

@@ -40,7 +40,7 @@ import math
 import os
 from pathlib import Path
 
-from tta.checkpoint import output_path
+from tta.checkpoint import output_path, read_json
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ class InteropError(ValueError):
 
 def _read_json_object(path: Path) -> dict:
     """A foreign folder's JSON file as a dict; bad JSON or another encoding is an InteropError naming it."""
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InteropError(f"{path}: not valid JSON ({e})") from None
+    body = read_json(path, InteropError)
     if not isinstance(body, dict):
         raise InteropError(f"{path}: expected a JSON object")
     return body

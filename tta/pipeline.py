@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tta.audio import AudioError, check_same_mel, float_audio, is_real, log_mel
-from tta.checkpoint import CheckpointError, load_component
+from tta.audio import AudioError, check_same_mel, float_audio, log_mel
+from tta.checkpoint import CheckpointError, load_component, read_json
+from tta.config import is_real
 from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, write_pipeline
 from tta.ldm.folder import vocoder_class as _vocoder_class
 from tta.ldm.model import LDMUNet
@@ -455,7 +456,8 @@ class TTAPipeline:
         if not is_real(strength) or not 0 < strength <= 1:
             raise PipelineError(f"strength={strength!r} must be a number in (0, 1]")
         try:   # before the input is encoded and the prompts embedded
-            check_part_way(self.defaults.sampler if kwargs.get("sampler") is None else kwargs["sampler"], strength)
+            check_part_way(check_sampler(self.defaults.sampler if kwargs.get("sampler") is None else kwargs["sampler"]),
+                           strength)
         except ValueError as e:
             raise PipelineError(str(e)) from None
         steps = self.defaults.steps if kwargs.get("steps") is None else kwargs["steps"]
@@ -767,7 +769,7 @@ def check_call(prompts, *, steps, guidance, candidates, batch_size, eta: float =
     if not isinstance(negative, str):
         raise PipelineError(f"negative={negative!r} must be a string (one negative prompt for every prompt; \"\" or "
                             "None is the unconditional embedding)")
-    if prompt_ids is not None and (isinstance(prompt_ids, str) or len(prompt_ids) != len(prompts)):
+    if prompt_ids is not None and (not isinstance(prompt_ids, (list, tuple)) or len(prompt_ids) != len(prompts)):
         raise PipelineError(f"prompt_ids={prompt_ids!r} must name each of the {len(prompts)} prompts")
     if not is_integer(steps) or steps < 1:
         raise PipelineError(f"steps={steps!r} must be an integer >= 1")
@@ -806,12 +808,7 @@ def read_pipeline_json(folder: str | os.PathLike) -> dict:
         hint = (f"; it looks like an LDM training run: its pipeline is {folder / 'pipeline'}"
                 if (folder / "pipeline" / PIPELINE_FILE).is_file() else "")
         raise PipelineError(f"{folder}: not a tta pipeline folder (no {PIPELINE_FILE}){hint}")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise PipelineError(f"{path}: not a UTF-8 text file ({e.reason}); expected JSON") from None
-    except json.JSONDecodeError as e:
-        raise PipelineError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    spec = read_json(path, PipelineError)
     if not isinstance(spec, dict) or type(spec.get("format_version")) is not int \
             or spec["format_version"] != FORMAT_VERSION:   # true == 1 in Python, not in the format
         raise PipelineError(f"{path}: expected format_version {FORMAT_VERSION}")

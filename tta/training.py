@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -58,8 +57,8 @@ from torch import nn
 from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_dir,
                             atomic_write_text, load_component, load_into, load_state_dict, load_train_state,
                             read_foreign_folder, save_component, save_train_state)
-from tta.checkpoint import complete_checkpoints, step_of
-from tta.config import ConfigError, from_dict, save_config, to_dict
+from tta.checkpoint import complete_checkpoints, file_sha256, step_of
+from tta.config import ConfigError, check_numbers, from_dict, save_config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +112,7 @@ class TrainConfig:
                                              # (RUN, RUN/checkpoints/step_N or a component folder)
 
     def __post_init__(self) -> None:
+        check_numbers(self, "train")       # a config built in Python: "100" or a numpy number named by field
         if not 0 <= self.seed < 2**32:     # numpy's and the sampler's seeds are 32-bit
             raise ValueError(f"train.seed={self.seed} must be in [0, 2**32)")
         if self.mixed_precision == "fp16" and self.cpu:
@@ -437,7 +437,7 @@ class TrainingRun:
 
     def _check_data(self, *, resume: bool) -> None:
         """Record the training manifests' sha256 (data.manifest and data.extra_manifests), the frozen inputs'
-        (`_input_digests`), the process and thread counts and the working directory in DATA_RECORD when the run
+        (`input_digests`), the process and thread counts and the working directory in DATA_RECORD when the run
         starts (or first resumes), and refuse a resume once a manifest or input has changed: the same path with
         other rows (re-running `tta data check --drop-bad` into the same file does it), or another VAE or
         datastore, trains on what neither the checkpoint's run nor a new one would have. Another process count
@@ -447,8 +447,8 @@ class TrainingRun:
         paths = [str(p) for p in paths if p and Path(p).is_file()]
         if not paths:
             return
-        digests = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
-        inputs = self._input_digests()
+        digests = {p: file_sha256(p) for p in paths}
+        inputs = input_digests(self.config)
         processes, threads = self.accelerator.num_processes, torch.get_num_threads()
         record = self.out / DATA_RECORD
         saved = None
@@ -498,9 +498,6 @@ class TrainingRun:
             body = {"manifests_sha256": digests, "inputs_sha256": inputs, "num_processes": processes,
                     "threads": threads, "cwd": os.getcwd()}
             atomic_write_text(record, json.dumps(body, indent=1) + "\n")
-
-    def _input_digests(self) -> dict[str, str]:
-        return input_digests(self.config)
 
     # -- objects -----------------------------------------------------------------------------------
 
@@ -994,7 +991,9 @@ def resume_view(config, saved: dict) -> tuple[dict, dict]:
             pass
     old_init = saved.get("train", {}).get("init_from") if isinstance(saved.get("train"), dict) else None
     new_init = resolved.get("train", {}).get("init_from")
-    if old_init and (not new_init or Path(old_init).is_relative_to(Path(new_init))):
+    named = Path(new_init) if new_init else None   # the run folder it resolved: RUN/checkpoints/step_N or RUN/final
+    if old_init and (not new_init or Path(old_init).parent in (named / "checkpoints", named)
+                     or Path(old_init) == named):
         resolved["train"]["init_from"] = old_init
     return saved, resolved
 

@@ -13,7 +13,6 @@ The empty caption "" is allowed: it is the unconditional embedding (the LDM's nu
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -42,12 +41,9 @@ def backend_of(path: str | os.PathLike) -> str:
     if not cfg.is_file():
         hint = f"; a pipeline folder's CLAP is its {path / 'text_encoder'}" if (path / "pipeline.json").is_file() else ""
         raise ValueError(f"{path}: not a CLAP model folder (no config.json){hint}")
-    try:
-        body = json.loads(cfg.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{cfg}: not a UTF-8 text file ({e.reason}); expected JSON") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg}: invalid JSON ({e.msg})") from None
+    from tta.checkpoint import read_json
+
+    body = read_json(cfg, ValueError)
     if isinstance(body, dict) and "class" in body and "format_version" in body:
         return "tta"
     if isinstance(body, dict) and body.get("model_type") == "clap":

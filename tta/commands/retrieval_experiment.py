@@ -313,8 +313,9 @@ def check_store(store, rows, manifest: Path, sample_rate: int, reference: Path |
 
 def stale_store(store, manifest: Path, split: str, clap_identity: str, vae_identity: str = "") -> str:
     """Why an experiment's own OUT/datastore does not serve this run ("" when it does): built from another
-    manifest file, another content of it (stores that record its sha256), another split or another CLAP, or
-    (`vae_identity`: a variant reads neighbour latents of this VAE) holding latents of another VAE."""
+    manifest file, another content of it (stores that record its sha256), another split or another CLAP,
+    (`vae_identity`: a variant reads neighbour latents of this VAE) holding latents of another VAE, or with clips
+    embedded at their files' own level (an older tta's store; see DatastoreConfig.normalize)."""
     import hashlib
 
     if store.manifest != str(manifest.resolve()):
@@ -328,6 +329,8 @@ def stale_store(store, manifest: Path, split: str, clap_identity: str, vae_ident
         return f"with CLAP {store.identity}, not {clap_identity}"
     if vae_identity and store.latent_info and store.latent_info.get("vae_identity") != vae_identity:
         return f"with latents of VAE {store.latent_info.get('vae_identity')}, not {vae_identity}"
+    if not store.normalize:   # an older tta's store: this one builds stores with clips normalised
+        return "with clips at their files' own level (built before stores normalised them)"
     return ""
 
 

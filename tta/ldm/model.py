@@ -144,7 +144,10 @@ class LDMConfig:
         if any(h <= 0 for h in heads):
             raise ValueError(f"{where}: attention_head_dim={config.get('attention_head_dim', 8)!r} must be positive")
         cross = config.get("cross_attention_dim")
-        context = None if isinstance(cross, (list, tuple)) and list(cross) == list(channels) else cross
+        if isinstance(cross, (list, tuple)) and list(cross) != list(channels):
+            raise ValueError(f"{where}: cross_attention_dim={list(cross)!r} per block is not supported (a list must "
+                             f"equal block_out_channels {list(channels)}: AudioLDM's self-attention layout)")
+        context = None if isinstance(cross, (list, tuple)) else cross
         per_head = {c // h for c, h in zip(channels, heads)}
         if len(per_head) == 1 and all(c % h == 0 for c, h in zip(channels, heads)):
             head_channels, num_heads = per_head.pop(), 0

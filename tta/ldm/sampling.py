@@ -69,7 +69,7 @@ class DiffusionConfig:
 
 
 def check_sampler(name: str) -> str:
-    if name not in SAMPLERS:
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
     return name
 

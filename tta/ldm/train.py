@@ -597,7 +597,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     if not resume:
         # the check builds the source's CLAP: it must leave every random stream as it found it, or the run's noise
         # and timesteps would depend on whether the source folder can still be read
-        streams = rng_state()
+        streams = rng_state(cuda=False)   # the source's CLAP is built on the CPU
         warn_other_conditioning(config.train.init_from, frozen)
         set_rng_state(streams)
     sr = frozen.vae.config.mel.sample_rate

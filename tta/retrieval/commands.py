@@ -122,20 +122,19 @@ def run(args: argparse.Namespace) -> int:
             if hasattr(index, "nprobe"):
                 index.nprobe = args.nprobe
     clap = load_clap(args.clap, tokenizer=args.tokenizer, device=device)
-    store.check_clap(clap)
+    queries = args.text or [str(p) for p in args.audio]
+    excl = [args.exclude_id] * len(queries) if args.exclude_id else None
     if args.text:
-        queries, emb = args.text, clap.embed_text(args.text)
-    else:
+        hits = store.query_text(clap, args.text, args.k, args.modality, exclude_ids=excl)
+    else:   # query_audio brings each clip to the level the store's clips were embedded at
         from tta.audio import load_audio
 
-        wavs = [load_audio(p, clap.sample_rate, normalize=store.normalize)[0] for p in args.audio]
+        wavs = [load_audio(p, clap.sample_rate)[0] for p in args.audio]
         for p, w in zip(args.audio, wavs):
             if w.shape[0] < clap.min_samples:
                 raise ValueError(f"--audio {p}: {w.shape[0]} samples at {clap.sample_rate} Hz, shorter than the "
                                  f"CLAP's analysis window ({clap.min_samples})")
-        queries, emb = [str(p) for p in args.audio], clap.embed_audio(wavs, clap.sample_rate)
-    excl = [args.exclude_id] * len(queries) if args.exclude_id else None
-    hits = store.query(emb, args.k, args.modality, exclude_ids=excl)
+        hits = store.query_audio(clap, wavs, clap.sample_rate, args.k, args.modality, exclude_ids=excl)
     if args.json:
         print(json.dumps({"store": str(store.folder), "clap": store.identity, "modality": args.modality,
                           "results": [{"query": qy, "hits": [{"rank": r + 1, "id": i, "score": float(s), "caption": c}

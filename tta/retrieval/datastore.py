@@ -54,7 +54,6 @@ META_NAME = "meta.jsonl"
 META_KEYS = ("id", "captions", "path", "audio_sha256")   # every meta.jsonl line ("source": newer stores only)
 MODALITIES = ("audio", "text")
 PQ_POINTS_PER_CENTROID = 39   # FAISS warns (and k-means is poor) below 39 training points per centroid
-_warned_small: set[tuple[str, int, int]] = set()
 _CROP = re.compile(r"(?P<file>.+)@\d+(?:\.\d+)?s")
 
 
@@ -108,8 +107,9 @@ def auto_nlist(count: int) -> int:
     return max(1, min(round(4 * math.sqrt(count)), count // 39))
 
 
-def make_index(config: DatastoreConfig, dim: int, count: int):
-    """An untrained FAISS index (inner-product metric) for `count` vectors of `dim` floats."""
+def make_index(config: DatastoreConfig, dim: int, count: int, *, warn: bool = True):
+    """An untrained FAISS index (inner-product metric) for `count` vectors of `dim` floats; `warn`: log, in tta's
+    words, an IVF with too few entries per cell (FAISS's own warning is silenced either way)."""
     import faiss
 
     if config.index == "flat":
@@ -132,11 +132,9 @@ def make_index(config: DatastoreConfig, dim: int, count: int):
     ivf = faiss.extract_index_ivf(index)
     ivf.nprobe = min(config.nprobe, nlist)
     if count < PQ_POINTS_PER_CENTROID * nlist:
-        # said once in our words; FAISS would print its own clustering warning at every training
-        if (config.index, count, nlist) not in _warned_small:
-            _warned_small.add((config.index, count, nlist))
+        if warn:   # FAISS would print its own clustering warning at every training
             log.warning("%s index: %d entries for %d IVF cells (fewer than %d per cell): k-means is poor%s; a "
-                        "flat index is exact and as fast at this size", config.index, count, nlist,
+                        "flat index is exact, and fast at this size", config.index, count, nlist,
                         PQ_POINTS_PER_CENTROID, ", and one cell searches everything" if nlist == 1 else "")
         ivf.cp.min_points_per_centroid = 1
     return index
@@ -319,7 +317,7 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
             n = kept
         for name, emb in (("audio", audio_emb), ("text", text_emb)):
             emb.flush()
-            index = fill_index(make_index(config, dim, n), emb)
+            index = fill_index(make_index(config, dim, n, warn=False), emb)   # warned before embedding
             faiss.write_index(index, str(tmp / f"{name}.index"))
         if latent is not None:
             latent.flush()
@@ -424,12 +422,6 @@ class Datastore:
         """Whether clips were embedded normalised (DatastoreConfig.normalize; False for stores built before it, of
         format version 1: an older tta refuses version 2 rather than query a normalised store with raw audio)."""
         return bool(self.info.get("config", {}).get("normalize", False))
-
-    def level(self, wav: np.ndarray) -> np.ndarray:
-        """One (T,) clip at the level the store's clips were embedded at (`normalize`), for an audio query."""
-        from tta.audio import normalize_wav
-
-        return normalize_wav(wav) if self.normalize else wav
 
     @property
     def manifest(self) -> str:
@@ -675,13 +667,13 @@ class Datastore:
     def query_audio(self, clap, wav, sample_rate: int, k: int, modality: Literal["audio", "text"] = "audio",
                     **exclude) -> Neighbours:
         """Neighbours of audio clips: wav (T,), (B, T) or a list of (T_i,) at `sample_rate` Hz, each brought to the
-        store's level first (`level`)."""
+        level the store's clips were embedded at first (`normalize`)."""
         self.check_clap(clap)
         if self.normalize:
-            from tta.audio import float_audio   # integer samples: an AudioError, as the CLAP's own check gives
+            from tta.audio import float_audio, normalize_wav   # integer samples: an AudioError, as the CLAP's gives
 
             clips = list(wav) if isinstance(wav, (list, tuple)) else list(np.atleast_2d(float_audio(wav, "query audio")))
-            wav = [self.level(float_audio(c, "query audio")) for c in clips]
+            wav = [normalize_wav(float_audio(c, "query audio")) for c in clips]
         return self.query(clap.embed_audio(wav, sample_rate), k, modality, **exclude)
 
     def embeddings(self, indices: np.ndarray, modality: Literal["audio", "text"]) -> np.ndarray:
