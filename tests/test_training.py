@@ -669,3 +669,19 @@ def test_every_trainer_reads_a_dict_config_strictly_and_names_what_else_it_expec
     with pytest.raises(ConfigError, match=rf"expected a {module}\.RunConfig .*got {other.__name__}\.RunConfig"):
         trainer.train(other.RunConfig(), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_train_config_built_in_python_names_a_wrong_type_and_takes_numpy_numbers():
+    """TrainConfig(max_steps="100") failed on "'<=' not supported", cpu="false" was taken (and true), and a numpy
+    int was kept and could not be written as JSON."""
+    import numpy as np
+
+    from tta.config import to_dict
+    from tta.training import TrainConfig
+
+    for kw, message in (({"max_steps": "100"}, "train.max_steps='100' must be an integer"),
+                        ({"cpu": "false"}, "train.cpu='false' must be true or false")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**kw)
+    config = TrainConfig(max_steps=np.int64(5), learning_rate=np.float32(1e-4))
+    assert json.loads(json.dumps(to_dict(config)))["max_steps"] == 5

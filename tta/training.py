@@ -112,7 +112,14 @@ class TrainConfig:
                                              # (RUN, RUN/checkpoints/step_N or a component folder)
 
     def __post_init__(self) -> None:
-        check_numbers(self, "train")       # a config built in Python: "100" or a numpy number named by field
+        try:
+            self._check_values()
+        except TypeError:   # a config built in Python with "100" where a number goes: named by field
+            check_numbers(self, "train")
+            raise
+        check_numbers(self, "train")   # numpy numbers become Python's (JSON writes them); bools must be bools
+
+    def _check_values(self) -> None:
         if not 0 <= self.seed < 2**32:     # numpy's and the sampler's seeds are 32-bit
             raise ValueError(f"train.seed={self.seed} must be in [0, 2**32)")
         if self.mixed_precision == "fp16" and self.cpu:
