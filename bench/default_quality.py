@@ -376,9 +376,11 @@ def main(argv: list[str] | None = None) -> dict:
         gen.append(out.wavs[0][:n])
         if candidates > 1:
             draws.append([w[:n] for w in out.candidate_wavs[0]])
+    from tta.data.prompts import id_file_name   # one file per id, as tta generate names it
+
     for name, wavs in (("gen", gen), ("real", real), ("copy", copy)):
         for (row, _), w in zip(items, wavs):
-            save_audio(args.out / name / f"{row.id}.wav", w, sr)
+            save_audio(args.out / name / f"{id_file_name(row.id)}.wav", w, sr)
 
     scores = {name: clap_score(clap, captions, wavs, sr) for name, wavs in
               (("gen", gen), ("real", real), ("copy", copy))}
@@ -405,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
         ceiling = decoder_ceiling(pipe, clap, captions, real, copy, embedder, stats["real"], fad_gen, clap_gen,
                                   progress=progress)
         for (row, _), w in zip(items, ceiling.pop("wavs")):
-            save_audio(args.out / "decoded" / f"{row.id}.wav", w, sr)
+            save_audio(args.out / "decoded" / f"{id_file_name(row.id)}.wav", w, sr)
 
     cost = measure_cost({"model": str(Path(args.model).resolve()), "caption": captions[0], "seconds": args.seconds,
                          "steps": steps, "sampler": sampler, "guidance": guidance, "candidates": candidates,

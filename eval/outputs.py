@@ -14,7 +14,8 @@ from pathlib import Path
 RESULT_NAME = "eval.json"
 ITEMS_NAME = "items.csv"
 ITEM_COLUMNS = ("name", "file", "seconds", "frames", "category", "prompt", "clap_score", "kl_softmax", "kl_sigmoid",
-                "sha256")   # sha256: the file's bytes when it was scored (the report plays only that audio)
+                "sha256", "id")   # sha256: the file's bytes when it was scored (the report plays only that audio);
+# id: the prompts file row's id as written, where the file name is its escaped form (id_file_name) or a path
 FORMAT_VERSION = 1
 
 log = logging.getLogger(__name__)

@@ -457,7 +457,7 @@ def run_eval(opts: EvalOptions) -> dict:
         result["protocol"]["generated_silent"] = {"files": silent, "warning": msg}
 
     for key, row in prompts.items():
-        items.setdefault(key, {}).update(prompt=row.prompt, category=row.category)
+        items.setdefault(key, {}).update(prompt=row.prompt, category=row.category, id=row.id)
     for key in gen.files:
         items.setdefault(key, {}).update(file=str(gen.files[key].resolve()), seconds=round(gen.seconds[key], 4),
                                          sha256=gen.digests.get(key) or content_hash(gen.files[key]))
@@ -601,8 +601,11 @@ def _embedder_options(opts: EvalOptions) -> dict:
 
 def _match_prompts(rows: dict[str, PromptRow], names: list[str], path: Path) -> dict[str, PromptRow]:
     by_name = {Path(k).name: r for k, r in rows.items()}
+    # an id names the file tta writes for it (id_file_name: 'a/b' -> 'a%2Fb'), else a file at that path ('a/b.wav')
+    by_path = {r.id: r for r in rows.values() if r.id is not None and r.key != r.id}
     counts = Counter(Path(n).name for n in names)   # a bare name stands for one file only: a/x and b/x need paths
-    out = {n: rows.get(n) or (by_name.get(Path(n).name) if counts[Path(n).name] == 1 else None) for n in names}
+    out = {n: rows.get(n) or by_path.get(n) or (by_name.get(Path(n).name) if counts[Path(n).name] == 1 else None)
+           for n in names}
     missing = [n for n, r in out.items() if r is None]
     if missing:
         raise EvalError(f"{path}: no prompt for {len(missing)} generated file(s), e.g. {', '.join(missing[:3])}")

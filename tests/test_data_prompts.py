@@ -3,7 +3,7 @@
 import pytest
 
 from eval.prompts import read_prompts
-from tta.data.prompts import PromptFileError, read_prompt_file
+from tta.data.prompts import PromptFileError, id_file_name, name_problem, read_prompt_file
 from tta.generate import read_prompts_file
 
 
@@ -21,10 +21,43 @@ def test_one_file_drives_generate_and_eval(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"id": "dog", "prompt": "a dog barks", "category": "animals"}\n'
                     '{"id": "empty", "prompt": ""}\n')
-    assert read_prompts_file(path) == [("dog", "a dog barks"), ("empty", "")]
+    assert read_prompts_file(path) == [("dog", "a dog barks", "dog"), ("empty", "", "empty")]
     # `tta generate --out-dir` writes <id>.wav; eval matches rows to those file names by id
     by_key = read_prompts(path, ["dog", "empty"])
     assert by_key["dog"].prompt == "a dog barks" and by_key["dog"].category == "animals"
+
+
+def test_an_id_names_one_file_of_its_own_and_a_valid_name_stays_as_it_is():
+    """Ids of corpora imported with --id-prefix ('clotho/a_dog', an older tta's 'audioset:x') were refused by
+    every writer; one rule now names their files, and leaves every name that was already valid unchanged."""
+    for valid in ("dog", "0001_a_dog", "my corpus-1 (v2)", "Größe", "日本語", "a.b", "x+y"):
+        assert id_file_name(valid) == valid
+    assert id_file_name("clotho/a_dog") == "clotho%2Fa_dog" and id_file_name("audioset:x") == "audioset%3Ax"
+    ids = ["a/b", "a:b", "a%2Fb", "a%3Ab", "a%b", "a_b", ".", "..", "%2E", " x", "x ", "%20x", "a\\b", "a*b",
+           "c:/d", "c%3A%2Fd", "mix/overlay/a+b", "a\tb", "é/", "\ud800"]
+    names = [id_file_name(i) for i in ids]
+    assert len(set(names)) == len(ids), names   # injective: two ids never share a file
+    for name in names:   # each is one file name: no separator, no '.'/'..', no space at an end, no control character
+        assert name_problem(name.replace("%", "_")) is None, name
+    with pytest.raises(ValueError, match="empty id"):
+        id_file_name("")
+
+
+def test_ids_with_a_slash_or_colon_drive_generate_and_eval(tmp_path):
+    import argparse
+
+    from tta.generate import plan_jobs
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"id": "clotho/dog", "prompt": "a dog barks"}\n{"id": "audioset:dog", "prompt": "a dog"}\n'
+                    '{"id": "dog", "prompt": "dog"}\n')
+    jobs = plan_jobs(argparse.Namespace(prompts=[], prompts_file=path, output=None, out_dir=tmp_path / "gen"))
+    assert [(j.id, j.path.name) for j in jobs] == [("clotho/dog", "clotho%2Fdog.wav"),
+                                                  ("audioset:dog", "audioset%3Adog.wav"), ("dog", "dog.wav")]
+    rows = read_prompts(path, sorted(j.path.stem for j in jobs))
+    assert {k: (r.id, r.prompt) for k, r in rows.items()} == {
+        "clotho%2Fdog": ("clotho/dog", "a dog barks"), "audioset%3Adog": ("audioset:dog", "a dog"),
+        "dog": ("dog", "dog")}
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):

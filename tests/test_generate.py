@@ -231,10 +231,37 @@ def test_a_bad_prompt_id_names_the_prompts_file(tmp_path, capsys):
     code, _, err = run(capsys, "--prompts", prompts, "--model", tmp_path / "no-model", "--out-dir", tmp_path / "o")
     assert code == 1 and f"{prompts}: output name '1' (a row's file field, as its base name, or its id) appears twice" \
         in err, err
-    prompts.write_text("id,prompt\na/b,a dog\n")
+    # a file field's base name is the output's name as written (tta eval pairs by it): one a name cannot be is
+    # refused, saying what to do; an id is escaped instead (test_ids_with_a_slash_or_colon_...)
+    prompts.write_text("file,prompt\nsub/a:b.wav,a dog\n")
     code, _, err = run(capsys, "--prompts", prompts, "--model", tmp_path / "no-model", "--out-dir", tmp_path / "o")
-    assert code == 1 and f"{prompts}: output name 'a/b' (a row's file or id field) cannot be a file name: it holds '/'" \
-        in err, err
+    assert code == 1 and f"{prompts}: output name 'a:b' (a row's file field) cannot be a file name: it holds ':'" \
+        in err and "leave the field out to name the output by the row's id" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_ids_with_a_slash_or_colon_name_their_files_and_the_record_keeps_the_ids(tmp_path, capsys):
+    """Ids of a manifest imported with --id-prefix ('clotho/...', an older tta's 'audioset:...') were refused:
+    'cannot be a file name: it holds '/''. `tta eval --prompts` with the same file pairs the outputs back."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "clotho/dog", "prompt": "a dog"}\n{"id": "audioset:dog", "prompt": "a dog barks"}\n'
+                       '{"id": "dog", "prompt": "dog"}\n')
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,
+                       "--out-dir", out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("*.wav")) == ["audioset%3Adog.wav", "clotho%2Fdog.wav", "dog.wav"]
+    record = json.loads((out / "generation.json").read_text())
+    assert [(o["id"], o["file"]) for o in record["outputs"]] == [
+        ("clotho/dog", "clotho%2Fdog.wav"), ("audioset:dog", "audioset%3Adog.wav"), ("dog", "dog.wav")]
+    assert main(["-q", "eval", "--generated", str(out), "--reference", str(out), "--metrics", "fad", "--embedder",
+                 "mfcc", "--prompts", str(prompts), "--out", str(tmp_path / "e"), "--cache-dir", str(tmp_path / "c")]) == 0
+    import csv
+
+    with open(tmp_path / "e" / "items.csv") as f:
+        assert {r["name"]: (r["id"], r["prompt"]) for r in csv.DictReader(f)} == {
+            "clotho%2Fdog": ("clotho/dog", "a dog"), "audioset%3Adog": ("audioset:dog", "a dog barks"),
+            "dog": ("dog", "dog")}
 
 
 def test_an_empty_prompt_is_named_by_its_file_in_the_warning(tmp_path, capsys, caplog):

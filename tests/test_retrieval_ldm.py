@@ -1240,3 +1240,34 @@ def test_a_variant_recorded_before_content_hashes_is_reused_said_and_its_record_
         assert run(capsys, *args)[0] == 0
     assert pipeline.stat().st_mtime_ns != first
     assert any("first difference at datastore.files_sha256" in r.message for r in caplog.records)
+
+
+def test_the_experiment_runs_on_ids_with_a_slash_or_colon(corpus, tmp_path, capsys):
+    """A manifest of corpora imported with --id-prefix ('clotho/...', an older tta's 'audioset:...') was
+    refused: "eval prompt id 'clotho/...' cannot be a file name". Its clips' files are named by
+    tta.data.prompts.id_file_name, and `tta eval` pairs them back to the prompts by the same rule."""
+    from dataclasses import replace
+
+    from tta.data.manifest import read_manifest, write_manifest
+
+    rows = [replace(r, id=f"{'clotho/' if i % 2 else 'audioset:'}{r.id}") for i, r in enumerate(read_manifest(corpus))]
+    manifest = write_manifest(corpus.parent / "prefixed.jsonl", rows)
+    out = tmp_path / "exp"
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", out,
+                       *_experiment_sets(manifest, 'variants=[{"name": "none"}, {"name": "k1", "neighbours": 1}]'))
+    assert code == 0, err
+    valid = sorted(r.id for r in rows if r.split == "valid")
+    assert sorted(json.loads(line)["id"] for line in (out / "prompts.jsonl").read_text().splitlines()) == valid
+    files = sorted(i.replace("/", "%2F").replace(":", "%3A") + ".wav" for i in valid)
+    assert sorted(p.name for p in (out / "reference").glob("*.wav")) == files
+    gen = json.loads((out / "generated" / "k1" / "generation.json").read_text())
+    assert sorted((o["id"], o["file"]) for o in gen["outputs"]) == list(zip(valid, files))
+    assert all(n["id"] in {r.id for r in rows if r.split == "train"} for o in gen["outputs"] for n in o["neighbours"])
+    assert sorted(p.name for p in (out / "generated" / "k1").glob("*.wav")) == files
+    import csv
+
+    with open(out / "eval" / "k1" / "items.csv") as f:
+        assert sorted(r["id"] for r in csv.DictReader(f)) == valid
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(summary["variants"]["k1"]["buckets"][b]["files"] or 0 for b in ("head", "mid", "tail")) == 8

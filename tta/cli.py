@@ -189,7 +189,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--out-dir", type=output_path, help="output folder (many prompts; default: the current folder)")
     p.add_argument("--prompts", dest="prompts_file", type=Path,
                    help="txt (one prompt per line), CSV or JSONL file with a prompt column/key and an optional "
-                        "file or id column, which names the output (as `tta eval --prompts` pairs it)")
+                        "file or id column, which names the output (as `tta eval --prompts` pairs it; an id a "
+                        "file name cannot be is escaped: 'clotho/a_dog' -> clotho%%2Fa_dog.wav)")
     p.add_argument("--model", type=Path, help="pipeline folder (default: the embedded model)")
     p.add_argument("--seconds", type=float, help="length of each clip (default: the model's, usually 10)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's)")

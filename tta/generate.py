@@ -4,8 +4,9 @@ Every argument, the output paths, the model folder and any edit input are checke
 loaded, so a typo costs nothing. Outputs are written atomically as they are finished.
 
 Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.json` beside it;
-otherwise each prompt goes to `<out-dir>/<id>.wav` (id from the prompts file, or `NNN_<slug>`) and the
-record to `<out-dir>/generation.json`.
+otherwise each prompt goes to `<out-dir>/<name>.wav` (the base name of a prompts file row's file field, else
+its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`) and the record to
+`<out-dir>/generation.json`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tta import UsageError
-from tta.data.prompts import name_problem, word_char
+from tta.data.prompts import id_file_name, name_problem, word_char
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class GenerateError(ValueError):
 
 @dataclass(frozen=True)
 class Job:
-    id: str
+    id: str        # the row's id as written (its file name is id_file_name's), else the output's name
     prompt: str
     path: Path
 
@@ -48,10 +49,11 @@ class Job:
 # ----------------------------------------------------------------------------------------- prompts
 
 
-def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
-    """(output name or None, prompt) pairs from a prompt file (tta.data.prompts: .txt, .csv or .jsonl). A row
-    names its output as `tta eval --prompts` pairs it: by its file column (file/path/audio/name; the name without
-    an audio suffix) when it has one, else by its id; None for neither."""
+def read_prompts_file(path: Path) -> list[tuple[str | None, str, str | None]]:
+    """(output name or None, prompt, id or None) of each row of a prompt file (tta.data.prompts: .txt, .csv or
+    .jsonl). A row names its output as `tta eval --prompts` pairs it: by its file column (file/path/audio/name;
+    the base name without an audio suffix) when it has one, else by its id as `id_file_name` writes it (an id
+    with '/' or ':' is escaped); None for neither."""
     from tta.data.prompts import file_key, read_prompt_file
 
     rows = read_prompt_file(path)
@@ -61,7 +63,8 @@ def read_prompts_file(path: Path) -> list[tuple[str | None, str]]:
                     "(seeds, lengths and settings come from the command line)", path, "" if len(unread) == 1 else "s",
                     ", ".join(unread))
     # a path's base name: tta eval pairs a generated file by it too
-    return [(Path(file_key(row.file)).name if row.file is not None else row.id, row.prompt) for row in rows]
+    return [(Path(file_key(row.file)).name if row.file is not None else
+             None if row.id is None else id_file_name(row.id), row.prompt, row.id) for row in rows]
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -79,7 +82,7 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
-    pairs: list[tuple[str | None, str]] = [(None, p) for p in args.prompts]
+    pairs: list[tuple[str | None, str, str | None]] = [(None, p, None) for p in args.prompts]
     if args.prompts_file is not None:
         pairs += read_prompts_file(args.prompts_file)
     if not pairs:
@@ -96,19 +99,20 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         if other is not None:   # x.flac and x.ogg share x.generation.json
             log.warning("%s will replace the record of %s, which is still there (a record is named after its "
                         "output's stem); write to another stem to keep both", record, other)
-        return [Job(pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output)]
+        return [Job(pairs[0][2] or pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output)]
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
     jobs = []
     where = f"{args.prompts_file}: " if args.prompts_file is not None else ""   # ids come from that file
     width = max(3, len(str(len(pairs) - 1)))  # names sort in prompt order, also past 1000 prompts
     seen: dict[str, str] = {}   # case-folded NFC name -> name: one file on macOS and Windows file systems
-    for i, (id_, prompt) in enumerate(pairs):
-        name = id_ if id_ is not None else f"{i:0{width}d}_{slug(prompt)}"   # as written: tta eval pairs by it
-        problem = name_problem(name)
-        if problem:
-            raise GenerateError(f"{where}output name {name!r} (a row's file or id field) cannot be a file name: it "
-                                f"{problem}")
+    for i, (given, prompt, id_) in enumerate(pairs):
+        name = given if given is not None else f"{i:0{width}d}_{slug(prompt)}"   # tta eval pairs by it
+        problem = None if id_ is not None and given == id_file_name(id_) else name_problem(name)
+        if problem:   # a file field's base name is used as written (tta eval pairs it so); an id is escaped
+            raise GenerateError(f"{where}output name {name!r} (a row's file field) cannot be a file name: it "
+                                f"{problem}; rename it there, or leave the field out to name the output by the "
+                                "row's id")
         folded = unicodedata.normalize("NFC", name).casefold()
         if folded in seen:
             how = "twice" if seen[folded] == name else f"twice, as {seen[folded]!r} and {name!r} (one file where " \
@@ -116,7 +120,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             raise GenerateError(f"{where}output name {name!r} (a row's file field, as its base name, or its id) "
                                 f"appears {how}; each row's output needs its own name")
         seen[folded] = name
-        jobs.append(Job(name, prompt, out_dir / f"{name}.wav"))
+        jobs.append(Job(id_ if id_ is not None else name, prompt, out_dir / f"{name}.wav"))
         check_output_path(jobs[-1].path)
     check_output_path(record_path_of(out_dir, single=False))
     if out_dir.is_dir():   # audio this run does not write would sit beside its outputs, e.g. in one `tta eval`

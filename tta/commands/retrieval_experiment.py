@@ -12,6 +12,8 @@
     OUT/reference/             reference clips for FAD (unless `eval.reference` is given): by default the
                                evaluation prompts' own clips
     OUT/generated/<variant>/   wavs + generation.json (retrieved ids and captions per prompt)
+                               (a clip's wav is named by its id as tta.data.prompts.id_file_name writes it: an
+                               id with '/' or ':', 'clotho/a_dog', becomes clotho%2Fa_dog.wav)
     OUT/eval/<variant>/        `tta eval` results (eval.json, items.csv; per-bucket breakdown)
     OUT/report.html            `tta report` over all variants; OUT/summary.{md,json,png}: variant x bucket table
 
@@ -214,9 +216,6 @@ def eval_prompts(config: ExperimentConfig, rows, train_rows, out: Path) -> tuple
                    for r in rows]
     if len(prompts) < 3:
         raise ValueError(f"eval: {len(prompts)} prompts; the head/mid/tail split needs at least 3")
-    for p in prompts:
-        if not re.fullmatch(r"[\w.\-]+", p["id"]):
-            raise ValueError(f"eval prompt id {p['id']!r} cannot be a file name")
     freqs = prompt_frequencies(prompts, train_rows, e.bucket_by)
     for p, f, b in zip(prompts, freqs, assign_buckets(freqs)):
         p.update(frequency=round(f, 3), label=p["category"], category=b)
@@ -231,6 +230,7 @@ def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, s
     from tta.audio import load_audio, save_audio
     from tta.checkpoint import atomic_write_text
     from tta.data.manifest import resolve_path
+    from tta.data.prompts import id_file_name
 
     if config.eval.reference:
         return Path(config.eval.reference)
@@ -238,7 +238,7 @@ def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, s
     if len(rows) < 2:
         raise ValueError(f"{manifest}: split {config.eval.prompt_split!r} gives {len(rows)} reference clips; FAD "
                          "needs >= 2 (set eval.reference)")
-    _remove_stale_wavs(folder, {r.id for r in rows})
+    _remove_stale_wavs(folder, {id_file_name(r.id) for r in rows})
     # a clip is reused only when made from the same file (size, mtime) at the same length: a re-run with another
     # generation.seconds or edited audio would otherwise score against clips of the earlier run
     stamp_path = out / REFERENCE_STAMP
@@ -248,7 +248,7 @@ def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, s
         old = {}
     stamp = {}
     for r in rows:
-        target, source = folder / f"{r.id}.wav", resolve_path(r, manifest)
+        target, source = folder / f"{id_file_name(r.id)}.wav", resolve_path(r, manifest)
         st = source.stat()
         stamp[r.id] = [str(Path(source).resolve()), st.st_size, st.st_mtime_ns, seconds]
         if not target.is_file() or old.get(r.id) != stamp[r.id]:
@@ -260,6 +260,7 @@ def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, s
 
 
 def _remove_stale_wavs(folder: Path, keep: set[str]) -> None:
+    """Remove the wavs of `folder` whose names (without suffix) are not in `keep`."""
     stale = [p for p in folder.glob("*.wav") if p.stem not in keep] if folder.is_dir() else []
     if stale:
         log.info("%s: removing %d wavs of an earlier prompt selection", folder, len(stale))
@@ -451,11 +452,12 @@ def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: lis
 
     from tta.audio import save_audio
     from tta.checkpoint import atomic_write_text
+    from tta.data.prompts import id_file_name
     from tta.pipeline import TTAPipeline
 
     pipe = TTAPipeline.from_pretrained(pipeline)
     k = variant.neighbours or None
-    _remove_stale_wavs(folder, {p["id"] for p in prompts})
+    _remove_stale_wavs(folder, {id_file_name(p["id"]) for p in prompts})
     t0, outputs = time.time(), []
     for start in tqdm(range(0, len(prompts), g.batch_size), desc=f"generate {variant.name}", disable=not progress):
         chunk = prompts[start:start + g.batch_size]
@@ -463,8 +465,8 @@ def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: lis
                    sampler=g.sampler, seed=g.seed + start, batch_size=len(chunk),
                    datastore=store if k else None, neighbours=k)
         for i, p in enumerate(chunk):
-            save_audio(folder / f"{p['id']}.wav", out.wavs[i], out.sample_rate)
-            outputs.append({"id": p["id"], "prompt": p["prompt"], "bucket": p["category"],
+            path = save_audio(folder / f"{id_file_name(p['id'])}.wav", out.wavs[i], out.sample_rate)
+            outputs.append({"id": p["id"], "file": path.name, "prompt": p["prompt"], "bucket": p["category"],
                             "clap_score": round(out.scores[i], 6),
                             "neighbours": out.neighbours[i] if out.neighbours else []})
     d = pipe.defaults   # what ran: a setting left to the pipeline is its default (variants may differ there)

@@ -53,6 +53,33 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+ID_ESCAPE = "%"   # not in NAME_PUNCTUATION: a name that holds it is an escaped id, never one kept as it is
+
+
+def id_file_name(id_: str) -> str:
+    """The file name (without suffix) tta writes an item's audio under, from its id (a manifest's or a prompts
+    file's): the id itself when `name_problem` accepts it, else the id with each character a name cannot hold,
+    a space at either end and a whole '.' or '..' written as %XX (its UTF-8 bytes in hex): 'clotho/a_dog' ->
+    'clotho%2Fa_dog', 'audioset:x' -> 'audioset%3Ax'. The one rule of every writer (`tta generate`, the
+    retrieval experiment) and of every reader that pairs files back to ids (`tta eval --prompts`). Two ids never
+    share a name: a kept id holds no '%', an escaped one does, and escapes a '%' of its own."""
+    if not id_:
+        raise ValueError("an empty id names no file")
+    if name_problem(id_) is None:
+        return id_
+
+    def escape(ch: str) -> str:
+        return "".join(f"{ID_ESCAPE}{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+
+    if id_ in (".", ".."):
+        return "".join(map(escape, id_))
+    out = [ch if word_char(ch) or ch in NAME_PUNCTUATION else escape(ch) for ch in id_]
+    for end in (0, -1):
+        if out[end] == " ":
+            out[end] = escape(" ")
+    return "".join(out)
+
+
 class PromptFileError(ValueError):
     """A prompt file that cannot be read; the message names the file (and line) and what was expected."""
 
