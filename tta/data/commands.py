@@ -72,8 +72,10 @@ def _add_import(sub) -> None:
     p.add_argument("--id-prefix", default="", metavar="PREFIX",
                    help="put PREFIX before every row's id, e.g. 'clotho/', so that manifests of corpora with the "
                         "same file names can be trained together (data.extra_manifests); the split stays the one "
-                        "the unprefixed id hashes to. At most 64 characters: names joined by '/', of letters, "
-                        "digits, spaces and _ . - + , ( ) [ ] ' & @ #")
+                        "the unprefixed id hashes to; '' (the default) is none. At most 64 characters: names "
+                        "joined by '/', of printable characters other than '\\', not '.' or '..'. Files tta "
+                        "writes for an id (tta generate, tta experiment retrieval) escape what a file name cannot "
+                        "hold: 'clotho/a_dog' -> clotho%%2Fa_dog.wav, 'audioset:x' -> audioset%%3Ax.wav")
     p.set_defaults(data_func=cmd_import)
 
 

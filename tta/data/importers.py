@@ -31,7 +31,6 @@ from tta.audio import AUDIO_SUFFIXES, AudioError, audio_info
 from tta.checkpoint import file_sha256
 from tta.config import check_numbers
 from tta.data.manifest import SPLITS, ManifestRow, absolute_path
-from tta.data.prompts import NAME_PUNCTUATION, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +46,26 @@ class SourceError(ValueError):
 
 ID_PREFIX_MAX = 64   # characters: an id with its prefix names files (generated audio, an experiment's copies)
 ID_PREFIX_RULE = (f"an id prefix is at most {ID_PREFIX_MAX} characters: names joined by '/' (it may end with one), "
-                  f"each of letters, digits, spaces and {' '.join(NAME_PUNCTUATION.strip())}, not '.' or '..' and "
-                  "not starting or ending with a space")
+                  "each of printable characters other than '\\', not '.' or '..' and not starting or ending with a "
+                  "space; a character a file name cannot hold (':') is escaped in the names of the files tta writes "
+                  "for an id ('audioset:x' -> 'audioset%3Ax')")
 
 
 def id_prefix_problem(prefix: str) -> str | None:
-    """Why `prefix` cannot go before every row's id (ImportOptions.id_prefix), or None ("" is no prefix): its parts
-    must be names `name_problem` accepts, as the ids end up in file names."""
+    """Why `prefix` cannot go before every row's id (ImportOptions.id_prefix), or None ("" is no prefix). The
+    ids need not be file names (tta.data.prompts.id_file_name escapes what a name cannot hold), but a part that
+    is empty, '.' or '..', a control character or a backslash is a path typed by mistake."""
     if not prefix:
         return None
     if len(prefix) > ID_PREFIX_MAX:
         return f"is {len(prefix)} characters long"
     parts = prefix.split("/")
     for part in parts[:-1] if prefix.endswith("/") else parts:
-        problem = name_problem(part)
-        if problem:
-            return f"has a part {part!r} that {problem.split(';')[0]}"
+        if part in ("", ".", "..") or part != part.strip():
+            return f"has a part {part!r} that is empty, '.', '..', or starts or ends with a space"
+        bad = next((ch for ch in part if ch == "\\" or not ch.isprintable()), None)
+        if bad is not None:
+            return f"has a part {part!r} that holds {bad!r} (U+{ord(bad):04X})"
     return None
 
 
