@@ -587,6 +587,35 @@ def test_fine_tune_from_a_half_precision_pipeline_folder_with_a_griffin_lim_voco
               progress=False)
 
 
+def test_the_generation_defaults_follow_a_chain_of_fine_tunes(tmp_path):
+    """A fine-tune of a pipeline writes RUN/pipeline with that pipeline's generation defaults; a fine-tune of that
+    fine-tune got its own validation settings (another sampler, guidance, candidates) when started from RUN,
+    RUN/final or a checkpoint (only RUN/pipeline was read), and so did one from a run that wrote no pipeline/."""
+    from tta.ldm.train import pipeline_defaults, train
+
+    source = shutil.copytree(tiny_pipeline(), tmp_path / "source")
+    spec = json.loads((source / "pipeline.json").read_text())
+    spec["defaults"] = {**spec["defaults"], "sampler": "dpmsolver++", "guidance": 4.0, "candidates": 2}
+    (source / "pipeline.json").write_text(json.dumps(spec))
+    one = {"train.max_steps": 1, "validation.prompts": []}
+    train(tiny_run_config(**one, **{"train.init_from": str(source)}), tmp_path / "ft1", progress=False)
+    assert json.loads((tmp_path / "ft1" / "pipeline" / "pipeline.json").read_text())["defaults"] == spec["defaults"]
+    train(tiny_run_config(**one, **{"train.init_from": str(tmp_path / "ft1" / "final")}), tmp_path / "ft2",
+          progress=False)
+    assert json.loads((tmp_path / "ft2" / "pipeline" / "pipeline.json").read_text())["defaults"] == spec["defaults"]
+    for start in ("ft2", "ft2/final", "ft2/pipeline", "ft2/checkpoints/step_1"):
+        assert pipeline_defaults(str(tmp_path / start)) == spec["defaults"], start
+    # a run that wrote no pipeline/ (stopped early, or no vocoder): the run it started from says, up the chain
+    shutil.rmtree(tmp_path / "ft2" / "pipeline")
+    shutil.rmtree(tmp_path / "ft1" / "pipeline")
+    assert pipeline_defaults(str(tmp_path / "ft2" / "checkpoints" / "step_1")) == spec["defaults"]
+    # a chain that starts from no pipeline: None (the run's validation settings), also for a loop in the records
+    config = json.loads((tmp_path / "ft1" / "config.json").read_text())
+    config["train"]["init_from"] = str(tmp_path / "ft2")
+    (tmp_path / "ft1" / "config.json").write_text(json.dumps(config))
+    assert pipeline_defaults(str(tmp_path / "ft2")) is None
+
+
 def test_a_process_that_does_not_encode_waits_for_the_damaged_cache_to_be_written_again(tmp_path):
     """With several processes each found the damaged cache, encoded the corpus and wrote the shared file (N full
     encodings, and one could remove the file the main process had just written): the others now wait for it."""

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from tta.audio import log_mel
 from tta.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_path, load_component, load_torch_file,
-                            save_train_state)
+                            read_json, save_train_state)
 from tta.config import to_dict
 from tta.data.manifest import DataConfig
 from tta.ldm.model import LDMConfig, LDMUNet, identity_new_blocks
@@ -219,16 +219,52 @@ def load_frozen(config: RunConfig, device) -> Frozen:
     return Frozen(vae, clap, vocoder, clap.embed_text([""])[0])
 
 
-def _pipeline_defaults(source: str) -> dict | None:
-    """The generation defaults of an init_from pipeline folder (its pipeline.json), or None."""
-    path = Path(source) / "pipeline.json" if source else None
-    if path is None or not path.is_file():
+def _init_run(src: Path) -> Path | None:
+    """The LDM run folder an init_from names: the folder itself, its final/ or one of its checkpoints; else None."""
+    if (src / "checkpoints").is_dir() or (src / "final").is_dir():
+        return src
+    if src.parent.name == "checkpoints":
+        return src.parent.parent
+    return src.parent if src.name == "final" else None
+
+
+def init_pipeline(source: str) -> tuple[Path, dict] | None:
+    """(folder, its pipeline.json) of the pipeline an init_from stands for: a pipeline folder itself, and for an LDM
+    run folder, its final/ or one of its checkpoints, the run's pipeline/ when written. None where there is none,
+    or it cannot be read (loading the weights reports what is wrong)."""
+    if not source:
+        return None
+    src = Path(source)
+    run = _init_run(src)
+    if run is not None and (run / "pipeline" / "pipeline.json").is_file():
+        src = run / "pipeline"
+    if not (src / "pipeline.json").is_file():
         return None
     try:
-        defaults = json.loads(path.read_text()).get("defaults")
-    except (OSError, ValueError, AttributeError):
+        spec = read_json(src / "pipeline.json")
+    except (OSError, CheckpointError):
         return None
-    return dict(defaults) if isinstance(defaults, dict) and defaults else None
+    return (src, spec) if isinstance(spec, dict) else None
+
+
+def pipeline_defaults(source: str) -> dict | None:
+    """The generation defaults a fine-tune from `source` (train.init_from) keeps: those of the pipeline it stands for
+    (`init_pipeline`); for an LDM run that wrote no pipeline/ (yet), those of the run it started from, and so on up
+    the chain of fine-tunes. None where the chain starts from no pipeline: the run's validation settings then."""
+    seen = set()
+    while source and source not in seen:
+        seen.add(source)
+        found = init_pipeline(source)
+        if found is not None:
+            defaults = found[1].get("defaults")
+            return dict(defaults) if isinstance(defaults, dict) and defaults else None
+        run = _init_run(Path(source))
+        try:
+            source = read_json(run / CONFIG_NAME)["train"]["init_from"] if run is not None else ""
+        except (OSError, CheckpointError, KeyError, TypeError):
+            return None
+        source = source if isinstance(source, str) else ""
+    return None
 
 
 def warn_other_conditioning(source: str, frozen: Frozen) -> None:
@@ -238,28 +274,24 @@ def warn_other_conditioning(source: str, frozen: Frozen) -> None:
     Meant sometimes (moving a UNet to a new CLAP), so a warning, where `tta export pipeline --average` refuses."""
     import torch
 
-    from tta.checkpoint import CONFIG_NAME, load_state_dict
+    from tta.checkpoint import load_state_dict
 
-    src = Path(source) if source else None
-    if src is None:
+    if not source:
         return
-    # an LDM run folder, its final/ or one of its checkpoints: its pipeline/ when written, else its components
-    run = src if (src / "checkpoints").is_dir() else src.parent.parent if src.parent.name == "checkpoints" \
-        else src.parent if src.name == "final" else None
-    if run is not None and (run / "pipeline" / "pipeline.json").is_file():
-        src = run / "pipeline"
-    if (src / "pipeline.json").is_file():
-        try:   # read here, not through tta.pipeline (a higher layer)
-            parts = json.loads((src / "pipeline.json").read_text())["components"]
-            parts = {k: str(v) for k, v in parts.items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    src, run = Path(source), _init_run(Path(source))
+    found = init_pipeline(source)   # an LDM run folder's pipeline/ when written, else its components
+    if found is not None:
+        src, spec = found
+        try:
+            parts = {k: str(v) for k, v in spec["components"].items()}
+        except (KeyError, TypeError, AttributeError):
             return   # not a folder this check can read: loading its weights reports what is wrong
         clap_dir, vae_dir = src / parts.get("text_encoder", "text_encoder"), src / parts.get("vae", "vae")
     elif run is not None and (run / CONFIG_NAME).is_file():
         try:
-            components = json.loads((run / CONFIG_NAME).read_text())["components"]
+            components = read_json(run / CONFIG_NAME)["components"]
             clap_dir, vae_dir = Path(components["clap"]), Path(components["vae"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, CheckpointError, KeyError, TypeError):
             return
     else:
         return
@@ -716,8 +748,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         v = config.validation
         defaults = {"sampler": v.sampler, "steps": v.steps, "guidance": v.guidance, "seconds": v.seconds,
                     "candidates": 1}
-        inherited = _pipeline_defaults(config.train.init_from)
-        if inherited:   # a fine-tune of a pipeline generates as it did (the embedded default: APG, 2 candidates, ...)
+        inherited = pipeline_defaults(config.train.init_from)
+        if inherited:   # a fine-tune of a pipeline, or of a run, generates as it did (the embedded default: APG, ...)
             defaults = inherited
         write_pipeline(run.out / "pipeline", unet=load(final, LDMUNet), scheduler=make_scheduler(
             defaults.get("sampler", v.sampler), config.diffusion.scheduler_config()), vae=frozen.vae,
