@@ -191,7 +191,8 @@ def test_init_from_starts_a_fresh_run_from_another_runs_ema_weights(tmp_path):
     assert run.step == 0 and not (tmp_path / "ft" / "checkpoints").exists()
     loaded = run.unwrap(model).state_dict()
     assert all(torch.equal(loaded[k], ema_weights[k]) for k in ema_weights)     # the EMA, not the raw weights
-    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["init_from"] == str(tmp_path / "base")
+    # recorded as the checkpoint it started from, as `tta train --init-from RUN` records it
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["init_from"] == str(ckpt)
     # a fine-tune run trains on from there; its metrics start at step 1 and its optimizer is fresh
     run, _ = run_toy(tmp_path / "ft2", 2, init_from=ckpt)
     assert [json.loads(r)["step"] for r in (tmp_path / "ft2" / "metrics.jsonl").open()] == [1, 2]
@@ -216,7 +217,8 @@ def test_a_fine_tune_resumes_without_repeating_init_from(tmp_path):
     run_toy(tmp_path / "ft", 6, init_from=tmp_path / "base", stop_at=2)
     run_toy(tmp_path / "ft", 6, resume=True, stop_at=4)                       # init_from not repeated
     run, model = run_toy(tmp_path / "ft", 8, resume=True, init_from=tmp_path / "base", stop_at=6)
-    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["init_from"] == str(tmp_path / "base")
+    recorded = str(tmp_path / "base" / "checkpoints" / "step_2")    # the checkpoint the run folder held then
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["init_from"] == recorded
     b = run.unwrap(model).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(RunError, match="different config.*init_from"):
@@ -353,6 +355,29 @@ def _tta_train(capsys, kind, out, *sets, extra=()):
     capsys.readouterr()
     rc = main(args)
     return rc, capsys.readouterr().err
+
+
+def test_python_train_records_init_from_a_run_folder_as_tta_train_does(tmp_path, capsys):
+    """`tta train --init-from RUN` recorded RUN's latest checkpoint in config.json (so `--config ft/config.json`
+    starts from the same weights); the trainers' train() called from Python recorded RUN, a moving start."""
+    from tests.test_ldm_fixtures import ROOT
+    from tests.test_vocoder_train import make_manifest
+    from tta.checkpoint import load_state_dict
+    from tta.config import apply_overrides, load_config
+    from vocoder.train import RunConfig, train
+
+    sets = [f"data.manifest={make_manifest(tmp_path)}", "train.max_steps=1", "valid_items=0", "sample_items=0"]
+    assert _tta_train(capsys, "vocoder", tmp_path / "base", *sets)[0] == 0
+    assert _tta_train(capsys, "vocoder", tmp_path / "cli", *sets, extra=["--init-from", str(tmp_path / "base")])[0] == 0
+    config = apply_overrides(load_config(RunConfig, ROOT / "configs" / "vocoder" / "tiny.json"),
+                             [*sets, f"train.init_from={json.dumps(str(tmp_path / 'base'))}"])
+    train(config, tmp_path / "python", progress=False)
+    recorded = json.loads((tmp_path / "python" / "config.json").read_text())
+    assert recorded["train"]["init_from"] == str(tmp_path / "base" / "checkpoints" / "step_1")
+    assert recorded == json.loads((tmp_path / "cli" / "config.json").read_text())
+    # and it started from those weights: the same run, bit for bit
+    a, b = (load_state_dict(tmp_path / run / "final" / "model.safetensors") for run in ("cli", "python"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_tta_train_errors_found_after_start_up_leave_no_run_folder(tmp_path, capsys):

@@ -65,13 +65,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tta.training import discard_on_failure, restart_unstarted, run_lock
 
     check_output_path(args.out, "--out", folder=True)
-    if not args.resume and config.train.init_from:   # a run folder: the checkpoint it holds now, in config.json, so
-        from tta.training import init_source          # that `--config RUN/config.json` starts from the same weights
-
-        source = init_source(config.train.init_from)
-        if source != Path(config.train.init_from) and source.is_dir():
-            log.info("train.init_from %s: its latest checkpoint (or final/), %s", config.train.init_from, source)
-            config = apply_overrides(config, [f"train.init_from={json.dumps(str(source))}"])
     # a fresh run that fails early leaves no folder (but a pre-encoded cache/), also when a launcher stops it with
     # SIGTERM (main() turns it into an exit for every command); a second command into a folder a run is training in
     # is refused (run_lock)

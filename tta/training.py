@@ -354,6 +354,8 @@ class TrainingRun:
             raise RunError("train.mixed_precision='fp16' needs a CUDA GPU and this run is on the CPU: use 'bf16' "
                            "(or 'no') there")
         self.out = Path(out_dir)
+        if not resume and train.init_from:
+            config, train = _with_init_checkpoint(config, train)
         self.config = config
         self.train = train
         self.progress = progress
@@ -1003,6 +1005,22 @@ def resume_view(config, saved: dict) -> tuple[dict, dict]:
                      or Path(old_init) == named):
         resolved["train"]["init_from"] = old_init
     return saved, resolved
+
+
+def _with_init_checkpoint(config, train: TrainConfig):
+    """(config, train) of a fresh run with a train.init_from naming a run folder: its checkpoint now (else its
+    final/) in their place, so config.json records the weights the run starts from and `--config RUN/config.json`
+    starts from the same ones (a later checkpoint of that run would be another start)."""
+    from dataclasses import replace
+
+    source = init_source(train.init_from)
+    if source == Path(train.init_from) or not source.is_dir():
+        return config, train
+    log.info("train.init_from %s: its latest checkpoint (or final/), %s", train.init_from, source)
+    resolved = replace(train, init_from=str(source))
+    if is_dataclass(config) and getattr(config, "train", None) is train:
+        config = replace(config, train=resolved)
+    return config, resolved
 
 
 def init_source(source: str | os.PathLike) -> Path:
