@@ -142,3 +142,20 @@ def test_an_infinite_threshold_turns_its_check_off(tmp_path):
     for kwargs, off in (({"silence_db": -np.inf}, "silent"), ({"seconds_tolerance": np.float64("inf")}, "mismatch")):
         report = check_manifest(manifest, progress=False, **kwargs)
         assert report.problems == [p for p in every.problems if p.reason != off], kwargs
+
+
+def test_out_of_range_limits_are_refused_in_python_as_on_the_command_line(tmp_path):
+    """The range checks lived in `tta data check` only: check_manifest(m, silence_db=6) called every clip silent,
+    seconds_tolerance=-1 every row a mismatch, min_seconds=-1 went through. Refused before any row is read."""
+    manifest, _ = make_bad_manifest(tmp_path)
+    for kwargs, match in (({"min_seconds": -1.0}, r"min_seconds=-1.0: expected a finite number of seconds >= 0"),
+                          ({"silence_db": 6}, r"silence_db=6: expected a level in dBFS <= 0"),
+                          ({"seconds_tolerance": -0.5}, r"seconds_tolerance=-0.5: expected a number of seconds >= 0")):
+        with pytest.raises(ValueError, match=match):
+            check_manifest(manifest, progress=False, **kwargs)
+    # the limits of the range are in it, and the command line names its options as it did
+    check_manifest(manifest, min_seconds=0, silence_db=0, seconds_tolerance=0, progress=False)
+    from tta.data.check import check_limits
+
+    with pytest.raises(ValueError, match=r"^--silence-db -inf: expected a finite level in dBFS <= 0$"):
+        check_limits(0.1, -np.inf, 0.1, flags=True)

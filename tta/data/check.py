@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tta.audio import AudioError, load_audio
-from tta.config import check_number
+from tta.config import check_number, is_real
 from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_manifest
 
 log = logging.getLogger(__name__)
@@ -99,17 +99,40 @@ def check_row(row: ManifestRow, path: Path, *, min_seconds: float, silence_db: f
     return out
 
 
+def check_limits(min_seconds, silence_db, seconds_tolerance, *, flags: bool = False) -> tuple[float, float, float]:
+    """`check_manifest`'s limits as numbers in range, or a ValueError naming the bad one: min_seconds >= 0,
+    silence_db <= 0 dBFS, seconds_tolerance >= 0 (silence_db=-inf and seconds_tolerance=inf turn their checks off).
+    A silence_db above 0 made every clip silent, a negative tolerance every row a mismatch, without a word.
+    `flags`: named as `tta data check`'s options (--min-seconds, --silence-db), which take finite values only."""
+    def refuse(key: str, value, expected: str):
+        name = f"--{key.replace('_', '-')} {value}" if flags else f"{key}={value!r}"
+        raise ValueError(f"{name}: expected {expected}")
+
+    if flags:   # floats from argparse: "nan", "inf" and "-inf" parse
+        if not (is_real(min_seconds) and min_seconds >= 0):
+            refuse("min_seconds", min_seconds, "a finite number of seconds >= 0")
+        if not (is_real(silence_db) and silence_db <= 0):
+            refuse("silence_db", silence_db, "a finite level in dBFS <= 0")
+    # given in Python, a str failed part-way on "'<' not supported" or numpy's "ufunc 'less' did not contain a loop"
+    min_seconds = check_number(min_seconds, float, "min_seconds")
+    silence_db = check_number(silence_db, float, "silence_db", finite=False)
+    seconds_tolerance = check_number(seconds_tolerance, float, "seconds_tolerance", finite=False)
+    if min_seconds < 0:
+        refuse("min_seconds", min_seconds, "a finite number of seconds >= 0")
+    if silence_db > 0:
+        refuse("silence_db", silence_db, "a level in dBFS <= 0 (-inf: no clip is silent)")
+    if seconds_tolerance < 0:
+        refuse("seconds_tolerance", seconds_tolerance, "a number of seconds >= 0 (inf: lengths are not compared)")
+    return min_seconds, silence_db, seconds_tolerance
+
+
 def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, silence_db: float = -60.0,
                    seconds_tolerance: float = 0.1, near_duplicates: bool = False,
                    against: str | os.PathLike | None = None, progress: bool = True) -> CheckReport:
     """Check every line and every row of `manifest`; never stops at the first bad one. `near_duplicates` also
     compares the decoded clips with each other (`tta.data.duplicates`), and with the clips of the manifest
     `against` when given."""
-    # given in Python, a str failed part-way on "'<' not supported" or numpy's "ufunc 'less' did not contain a loop";
-    # silence_db=-inf and seconds_tolerance=inf turn their checks off
-    min_seconds = check_number(min_seconds, float, "min_seconds")
-    silence_db = check_number(silence_db, float, "silence_db", finite=False)
-    seconds_tolerance = check_number(seconds_tolerance, float, "seconds_tolerance", finite=False)
+    min_seconds, silence_db, seconds_tolerance = check_limits(min_seconds, silence_db, seconds_tolerance)
     manifest = Path(manifest)
     line_errors: list[str] = []
     rows = read_manifest(manifest, errors=line_errors)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
@@ -149,12 +148,9 @@ def _add_check(sub) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from tta.data.check import check_manifest, write_clean
+    from tta.data.check import check_limits, check_manifest, write_clean
 
-    if not (math.isfinite(args.min_seconds) and args.min_seconds >= 0):
-        raise ValueError(f"--min-seconds {args.min_seconds}: expected a finite number of seconds >= 0")
-    if not (math.isfinite(args.silence_db) and args.silence_db <= 0):
-        raise ValueError(f"--silence-db {args.silence_db}: expected a finite level in dBFS <= 0")
+    check_limits(args.min_seconds, args.silence_db, seconds_tolerance=0.1, flags=True)   # before any decoding
     if args.against is not None and not args.near_duplicates:
         raise UsageError("--against needs --near-duplicates")
     if args.against is not None and not args.against.is_file():
