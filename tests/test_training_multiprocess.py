@@ -94,3 +94,29 @@ def test_ldm_precompute_encodes_once_for_all_processes(tmp_path):
     for key, value in a["weights"].items():
         assert torch.equal(value, b["weights"][key]), f"{key} differs between the processes"
 
+
+
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
+def test_a_second_run_on_two_processes_refused_by_the_lock_stops_at_once(tmp_path):
+    """The main process, refused by run_lock, stopped before it joined the processes' group; the other one waited
+    for it inside torch's C++ rendezvous, where SIGTERM (made a SystemExit) cannot act, until torchrun's SIGKILL
+    30 s later ("Unable to shutdown process ... via 15, forcefully exiting via 9")."""
+    import time
+
+    from tests.test_training import _vae_manifest
+    from tta.training import run_lock
+
+    manifest = _vae_manifest(tmp_path)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)])}
+    with run_lock(tmp_path / "run"):      # the first run, training there
+        start = time.monotonic()
+        done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "tta", "-q", "train", "vae",
+                               "--config", str(ROOT / "configs" / "vae" / "tiny.json"), "--out", str(tmp_path / "run"),
+                               "--set", f"data.manifest={manifest}", "--set", "valid_items=0"],
+                              env=env, capture_output=True, text=True, timeout=240)
+        seconds = time.monotonic() - start
+    assert done.returncode != 0
+    assert "is training in this folder; wait for it, or choose another --out" in done.stderr, done.stderr[-3000:]
+    assert "forcefully exiting" not in done.stderr, f"{seconds:.0f} s: {done.stderr[-3000:]}"
+    assert os.listdir(tmp_path / "run") == [".lock"]      # the running one's folder as it was

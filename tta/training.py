@@ -348,19 +348,20 @@ class TrainingRun:
                  progress: bool = True):
         from accelerate import Accelerator, PartialState
 
-        if train.mixed_precision == "fp16" and PartialState(cpu=train.cpu).device.type == "cpu":
-            # accelerate makes neither autocast nor a loss scaler for fp16 on the CPU: the run would train in
-            # float32 while config.json says fp16
-            raise RunError("train.mixed_precision='fp16' needs a CUDA GPU and this run is on the CPU: use 'bf16' "
-                           "(or 'no') there")
+        with _killable_while_joining():   # the first of these joins the processes' group
+            if train.mixed_precision == "fp16" and PartialState(cpu=train.cpu).device.type == "cpu":
+                # accelerate makes neither autocast nor a loss scaler for fp16 on the CPU: the run would train in
+                # float32 while config.json says fp16
+                raise RunError("train.mixed_precision='fp16' needs a CUDA GPU and this run is on the CPU: use "
+                               "'bf16' (or 'no') there")
+            self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=train.cpu,
+                                           gradient_accumulation_steps=train.gradient_accumulation_steps)
         self.out = Path(out_dir)
         if not resume and train.init_from:
             config, train = _with_init_checkpoint(config, train)
         self.config = config
         self.train = train
         self.progress = progress
-        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=train.cpu,
-                                       gradient_accumulation_steps=train.gradient_accumulation_steps)
         self.step = 0               # optimizer steps done
         self.micro_step = 0         # batches consumed by this process
         self.data_position = 0      # samples consumed over all processes (sampler position)
@@ -1206,6 +1207,30 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def _killable_while_joining() -> Iterator[None]:
+    """Around joining the group of a run's processes: a process other than the main one takes SIGTERM's default
+    action there (it ends at once). It waits for the main process inside torch's C++ rendezvous, where the
+    SystemExit that `terminate_as_exit` raises cannot run: when the main process stopped before joining (a second
+    `tta train` refused by `run_lock`), the launcher's SIGTERM went unanswered until its SIGKILL 30 s later. Such a
+    process has written nothing yet."""
+    import signal
+    import threading
+
+    if _is_main_process() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN:   # a parent's `trap '' TERM` stays in force
+        yield
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _is_main_process() -> bool:
