@@ -151,6 +151,30 @@ def test_generator_warmup_runs_without_the_discriminator_then_hands_over(tmp_pat
     assert "stft" not in train[2]   # not computed with loss.stft 0: it was logged as 0.0, a perfect match
 
 
+def test_the_discriminators_rate_decays_during_the_warm_up_without_torchs_ordering_warning(tmp_path, repo_root):
+    """With disc_start > 0 the discriminators' LR schedule steps while they are off (the shipped runs trained so,
+    and their resumes depend on it): they start at lr_decay ** disc_start x the rate here. Each such run printed
+    torch's "Detected call of `lr_scheduler.step()` before `optimizer.step()`" warning, even under -q."""
+    import warnings
+
+    from tta.checkpoint import load_train_state
+
+    manifest = make_manifest(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(["-q", "train", "vocoder", "--config", str(repo_root / "configs/vocoder/tiny.json"), "--out",
+                   str(tmp_path / "run"), "--set", f"data.manifest={manifest}", "--set", "train.max_steps=3",
+                   "--set", "disc_start=2", "--set", "lr_decay=0.5", "--set", "lr_decay_every=1", "--set",
+                   "train.checkpoint_every=1", "--set", "valid_items=0", "--set", "sample_items=0"])
+    assert rc == 0
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
+    lr = 2e-4   # configs/vocoder/tiny.json
+    for step in (2, 3):   # after steps 1-2 (generator only), and after the first discriminator step
+        state = load_train_state(tmp_path / "run" / "checkpoints" / f"step_{step}" / "train_state.pt")
+        rates = {name: state["optimizers"][name]["param_groups"][0]["lr"] for name in ("optimizer_g", "optimizer_d")}
+        assert rates == {"optimizer_g": pytest.approx(lr * 0.5 ** step), "optimizer_d": pytest.approx(lr * 0.5 ** step)}
+
+
 def test_run_config_rejects_a_negative_disc_start(tiny):
     from dataclasses import replace
 

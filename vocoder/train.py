@@ -4,7 +4,10 @@ Each step: wav segment (B, T) -> `tta.audio.log_mel` -> generator -> wav_hat; on
 (LSGAN on MPD + MSD) then one generator update (adversarial + 2 x feature matching + 45 x mel L1). Both
 AdamW optimizers (betas 0.8 / 0.99 in the configs) and their exponential LR decays (x `lr_decay` every
 `lr_decay_every` steps, the paper's per-epoch decay expressed in steps) are tracked by `TrainingRun`, so
-`--resume` continues where the last checkpoint stopped. Every `train.validate_every` steps (and after the
+`--resume` continues where the last checkpoint stopped. Both decays count every optimizer step from 0: with
+`disc_start` > 0 the discriminators' rate decays while they are off too, so they start at
+`lr_decay ** (disc_start // lr_decay_every)` x the rate (0.99 x at configs/vocoder/default.json's 10 000 warm-up
+steps); the shipped runs trained so, and their resumes depend on it. Every `train.validate_every` steps (and after the
 last) held-out clips are vocoded from their mels: mel L1 and the multi-resolution STFT distance go to
 metrics.jsonl (split "valid"), and a few generated wavs + real-vs-generated spectrogram PNGs to
 RUN/samples/step_N/, scored with the EMA weights when train.ema_decay > 0 (what final/ holds). final/ is the
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -66,7 +70,8 @@ class RunConfig:
     sample_items: int = 2          # of those, how many get a wav + PNG in samples/step_N/
     # Optimizer step at which the discriminators start. Before it the generator alone is trained on mel L1 +
     # multi-resolution STFT (loss.stft), which is several times cheaper per step on a CPU (Parallel WaveGAN
-    # pre-trains its generator the same way). 0 = adversarial from the first step (the paper's recipe).
+    # pre-trains its generator the same way). 0 = adversarial from the first step (the paper's recipe). The
+    # discriminators' learning rate decays from step 0 all the same (see the module docstring).
     disc_start: int = 0
     vae: str = ""                  # MelVAE component, run or pipeline folder whose reconstructions are mixed
                                    # into the generator's inputs ("" = real mels only)
@@ -194,7 +199,13 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         run.clip_grad(generator)
         opt_g.step()
         sched_g.step()
-        sched_d.step()
+        if adversarial:
+            sched_d.step()
+        else:   # decays while the discriminators are off (the shipped runs' schedule); torch's warning that it
+            # steps before its optimizer ever has (once per run, on every warm-up) changes nothing here
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                sched_d.step()
 
         if not adversarial or config.loss.stft:   # logged where the loss computed it: 0.0 would read as a perfect match
             logged["stft"] = losses.stft.item()
