@@ -30,6 +30,7 @@ from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
 from tta.audio import AUDIO_SUFFIXES, SILENCE_DB
 from tta.config import check_number
+from tta.data.prompts import match_audio
 from tta import UsageError
 
 log = logging.getLogger(__name__)
@@ -600,12 +601,9 @@ def _embedder_options(opts: EvalOptions) -> dict:
 
 
 def _match_prompts(rows: dict[str, PromptRow], names: list[str], path: Path) -> dict[str, PromptRow]:
-    by_name = {Path(k).name: r for k, r in rows.items()}
     # an id names the file tta writes for it (id_file_name: 'a/b' -> 'a%2Fb'), else a file at that path ('a/b.wav')
-    by_path = {r.id: r for r in rows.values() if r.id is not None and r.key != r.id}
-    counts = Counter(Path(n).name for n in names)   # a bare name stands for one file only: a/x and b/x need paths
-    out = {n: rows.get(n) or by_path.get(n) or (by_name.get(Path(n).name) if counts[Path(n).name] == 1 else None)
-           for n in names}
+    found = match_audio({k: r.id for k, r in rows.items()}, names)
+    out = {n: None if k is None else rows[k] for n, k in found.items()}
     missing = [n for n, r in out.items() if r is None]
     if missing:
         raise EvalError(f"{path}: no prompt for {len(missing)} generated file(s), e.g. {', '.join(missing[:3])}")

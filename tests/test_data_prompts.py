@@ -177,3 +177,53 @@ def test_a_file_field_that_is_not_a_string_is_refused_by_every_command(tmp_path,
     err = capsys.readouterr().err
     assert err == f"tta: error: {prompts}:2: field 'file' is 3; expected a string (an audio file's name or path)\n"
     assert not out.exists()
+
+
+def test_clap_score_pairs_id_rows_with_the_audio_as_tta_eval_does(tmp_path, capsys):
+    """`tta clap score --prompts` refused a row with an id and no file field ("expected a file/path/audio/name
+    field naming the audio"), so the prompts file `tta generate` named its outputs by (and `tta eval` paired them
+    by) could not be scored; it now pairs such rows by eval's rule (tta.data.prompts.match_audio): the escaped
+    id's file, else a file at the id's path. A row whose id pairs with no file is reported and the rest scored;
+    a file field is read as before."""
+    import json
+    from pathlib import Path
+
+    from eval.run import _match_prompts
+    from tests.signals import chirp, noise, tone
+    from tests.test_ldm_fixtures import tiny_components
+    from tta.audio import save_audio
+    from tta.cli import main
+
+    gen = tmp_path / "gen"
+    clips = {"clotho%2Fdog": tone(440, 0.5), "sub/cat": chirp(300, 3000, 0.5), "plain": noise(0.5),
+             "rain": tone(880, 0.5)}
+    for name, wav in clips.items():
+        save_audio(gen / f"{name}.wav", wav, 16_000)
+    by_id = tmp_path / "p.jsonl"
+    by_id.write_text('{"id": "clotho/dog", "prompt": "a dog"}\n{"id": "sub/cat", "prompt": "a cat"}\n'
+                     '{"id": "plain", "prompt": "noise"}\n{"id": "r", "file": "rain.wav", "prompt": "rain"}\n'
+                     '{"id": "gone/x", "prompt": "lost"}\n')
+    by_file = tmp_path / "f.jsonl"
+    by_file.write_text("".join(json.dumps({"file": f"{n}.wav", "prompt": p}) + "\n"
+                               for n, p in zip(clips, ("a dog", "a cat", "noise", "rain"))))
+    model, scores = str(tiny_components()["clap"]), []
+    for prompts in (by_id, by_file):
+        out = tmp_path / f"{prompts.stem}.json"
+        assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(prompts),
+                     "--out", str(out)]) == 0
+        scores.append(json.loads(out.read_text()))
+    pairs = [(Path(i["file"]).relative_to(gen).with_suffix("").as_posix(), i["prompt"]) for i in scores[0]["per_item"]]
+    assert pairs == [("clotho%2Fdog", "a dog"), ("sub/cat", "a cat"), ("plain", "noise"), ("rain", "rain")]
+    assert [i["score"] for i in scores[0]["per_item"]] == [i["score"] for i in scores[1]["per_item"]]
+    assert scores[0]["skipped"] == [f"{by_id}:5: id 'gone/x' pairs with no audio file in {gen} (tta generate "
+                                    "names it gone%2Fx.wav)"]
+    names = sorted(clips)   # tta eval pairs the same file the same way
+    assert {n: r.prompt for n, r in _match_prompts(read_prompts(by_id, names), names, by_id).items()} == dict(pairs)
+
+    save_audio(gen / "plain.flac", noise(0.5), 16_000)   # two files for one id: refused, naming the row
+    assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
+    assert capsys.readouterr().err == (f"tta: error: {by_id}:3: id 'plain' pairs with 2 audio files in {gen} "
+                                       "(plain.flac, plain.wav); keep one\n")
+    by_id.write_text('{"id": "gone/x", "prompt": "lost"}\n')
+    assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
+    assert "no row pairs with an audio file" in capsys.readouterr().err

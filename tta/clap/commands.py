@@ -8,6 +8,9 @@ Inputs: `--audio DIR` (audio files found recursively, sorted by path) with `--pr
 A prompts file is .txt (one prompt per line, paired in order with the sorted files of --audio),
 .jsonl ({"file": ..., "caption": ...} per line; "path"/"audio" and "prompt"/"text" also accepted) or .csv
 (a header naming the same columns); relative files are looked up under --audio, else beside the prompts file.
+A CSV/JSONL row without a file field pairs by its `id` with a file of --audio as `tta eval --prompts` pairs it
+(the file `tta generate --prompts` names by the id: 'clotho/a_dog' -> clotho%2Fa_dog.wav), so one prompts file
+drives the three.
 Every printed or written number names the CLAP model identity (backend + checkpoint hash).
 """
 
@@ -34,7 +37,9 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                                        "as `tta eval` reads them (mono, on the 16-bit grid, then resampled), so both "
                                        "give one score per file.")
     _common(score)
-    score.add_argument("--prompts", type=Path, help="prompts file (.txt / .jsonl / .csv), paired with --audio")
+    score.add_argument("--prompts", type=Path, help="prompts file (.txt / .jsonl / .csv), paired with --audio: a "
+                       "row's file field, else its id as `tta eval --prompts` pairs it ('clotho/a_dog' -> "
+                       "clotho%%2Fa_dog.wav), else the row's position")
     retrieve = sub.add_parser("retrieve", help="text->audio search, or retrieval metrics of a manifest",
                               description="Text->audio search over --audio, or retrieval metrics of a manifest. Files "
                                           "are read as `tta eval` reads them (mono, on the 16-bit grid, then "
@@ -98,11 +103,13 @@ def _audio_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_prompts(path: Path, audio_dir: Path | None) -> list[tuple[Path, str]]:
-    """(audio file, prompt) pairs from a prompt file (tta.data.prompts); .txt rows (and CSV/JSONL rows with no file
-    or id field) pair in order with the sorted files of --audio, CSV/JSONL rows name their file (relative to
-    --audio, else to the file's folder)."""
-    from tta.data.prompts import PromptFileError, read_prompt_file
+def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, str]], list[str]]:
+    """(audio file, prompt) pairs from a prompt file (tta.data.prompts), and one message per row left out; .txt
+    rows (and CSV/JSONL rows with no file or id field) pair in order with the sorted files of --audio, CSV/JSONL
+    rows name their file (relative to --audio, else to the file's folder), or else pair by their id with a file
+    of --audio as `tta eval --prompts` pairs them (the file `tta generate` names by the id: 'clotho/a_dog' ->
+    clotho%2Fa_dog.wav); a row whose id pairs with no file is reported and left out."""
+    from tta.data.prompts import PromptFileError, id_file_name, read_prompt_file
 
     rows = read_prompt_file(path)
     if all(r.file is None for r in rows) and (path.suffix.lower() == ".txt" or all(r.id is None for r in rows)):
@@ -112,15 +119,51 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> list[tuple[Path, str]]:
         files = _audio_files(audio_dir)
         if len(files) != len(rows):
             raise PromptFileError(f"{path}: {len(rows)} prompts but {len(files)} audio files in {audio_dir}")
-        return [(f, r.prompt) for f, r in zip(files, rows)]
+        return [(f, r.prompt) for f, r in zip(files, rows)], []
     base = audio_dir if audio_dir is not None else path.parent
-    pairs = []
+    by_id = _files_of_ids([r for r in rows if r.file is None], audio_dir)
+    pairs, skipped = [], []
     for r in rows:
-        if r.file is None:
-            raise PromptFileError(f"{r.where}: expected a file/path/audio/name field naming the audio")
-        f = Path(r.file)
-        pairs.append((f if f.is_absolute() else base / f, r.prompt))
-    return pairs
+        if r.file is not None:
+            f = Path(r.file)
+            pairs.append((f if f.is_absolute() else base / f, r.prompt))
+        elif by_id[r.id] is not None:
+            pairs.append((by_id[r.id], r.prompt))
+        else:
+            skipped.append(f"{r.where}: id {r.id!r} pairs with no audio file in {audio_dir} (tta generate names it "
+                           f"{id_file_name(r.id)}.wav)")
+    return pairs, skipped
+
+
+def _files_of_ids(rows: list, audio_dir: Path | None) -> dict[str, Path | None]:
+    """The audio file of --audio each id (of rows without a file field) pairs with, or None, by the rule of
+    `tta eval --prompts` (tta.data.prompts.match_audio)."""
+    from tta.data.prompts import PromptFileError, id_file_name, match_audio
+
+    if not rows:
+        return {}
+    no_id = next((r for r in rows if r.id is None), None)
+    if no_id is not None:
+        raise PromptFileError(f"{no_id.where}: expected a file/path/audio/name field naming the audio, or an id")
+    if audio_dir is None:
+        raise PromptFileError(f"{rows[0].where}: a row without a file field pairs by its id with a file of "
+                              "--audio DIR")
+    keys = {id_file_name(r.id): r.id for r in rows}
+    by_name: dict[str, list[Path]] = {}   # x.wav and x.flac share a name
+    for f in _audio_files(audio_dir):
+        by_name.setdefault(f.relative_to(audio_dir).with_suffix("").as_posix(), []).append(f)
+    of_key: dict[str, list[Path]] = {}
+    for name, key in match_audio(keys, by_name).items():
+        if key is not None:
+            of_key.setdefault(key, []).extend(by_name[name])
+    out: dict[str, Path | None] = {}
+    for r in rows:
+        files = of_key.get(id_file_name(r.id), [])
+        if len(files) > 1:
+            raise PromptFileError(f"{r.where}: id {r.id!r} pairs with {len(files)} audio files in {audio_dir} ("
+                                  f"{', '.join(str(f.relative_to(audio_dir)) for f in files[:3])}); keep one")
+        out[r.id] = files[0] if files else None
+    return out
 
 
 def _manifest_items(path: Path, split: str) -> list[tuple[Path, tuple[str, ...]]]:
@@ -168,6 +211,7 @@ def _load(files: list[Path], sample_rate: int, progress: bool,
 def _score(clap, args, progress: bool) -> dict:
     from tta.clap.metrics import clap_score
 
+    unpaired: list[str] = []   # prompts file rows whose id pairs with no audio file
     if args.manifest is not None:
         if args.prompts is not None:
             raise UsageError("--prompts pairs with --audio; a manifest already holds the captions")
@@ -175,8 +219,13 @@ def _score(clap, args, progress: bool) -> dict:
     else:
         if args.prompts is None:
             raise UsageError("tta clap score --audio DIR needs --prompts FILE (or use --manifest)")
-        pairs = _read_prompts(args.prompts, args.audio)
+        pairs, unpaired = _read_prompts(args.prompts, args.audio)
+        for msg in unpaired:
+            log.warning("skipping %s", msg)
+        if not pairs:
+            raise ValueError(f"{args.prompts}: no row pairs with an audio file (first: {unpaired[0]})")
     kept, wavs, skipped = _load([f for f, _ in pairs], clap.sample_rate, progress, clap.min_samples)
+    skipped = unpaired + skipped
     pairs = [pairs[i] for i in kept]
     result = clap_score(clap, [p for _, p in pairs], wavs, clap.sample_rate, batch_size=args.batch_size,
                         progress=progress)

@@ -16,6 +16,8 @@ import io
 import json
 import os
 import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +63,8 @@ def id_file_name(id_: str) -> str:
     file's): the id itself when `name_problem` accepts it, else the id with each character a name cannot hold,
     a space at either end and a whole '.' or '..' written as %XX (its UTF-8 bytes in hex): 'clotho/a_dog' ->
     'clotho%2Fa_dog', 'audioset:x' -> 'audioset%3Ax'. The one rule of every writer (`tta generate`, the
-    retrieval experiment) and of every reader that pairs files back to ids (`tta eval --prompts`). Two ids never
-    share a name: a kept id holds no '%', an escaped one does, and escapes a '%' of its own."""
+    retrieval experiment) and of every reader that pairs files back to ids (`tta eval --prompts`, `tta clap
+    score --prompts`: match_audio). Two ids never share a name: a kept id holds no '%', an escaped one does, and escapes a '%' of its own."""
     if not id_:
         raise ValueError("an empty id names no file")
     if name_problem(id_) is None:
@@ -78,6 +80,22 @@ def id_file_name(id_: str) -> str:
         if out[end] == " ":
             out[end] = escape(" ")
     return "".join(out)
+
+
+def match_audio(keys: Mapping[str, str | None], names: Iterable[str]) -> dict[str, str | None]:
+    """Pair audio files with prompt rows, the one rule of `tta eval --prompts` and `tta clap score --prompts`:
+    for each name (a file's path under its folder without suffix, '/'-joined), the key of its row, or None.
+    `keys` maps each row's key (its file field's `file_key`, else its id's `id_file_name`) to its id (None for
+    none). A name pairs with the row of the same key; else with the row whose id is that path (a file at the
+    id's own path, 'clotho/a_dog.wav'); else, when no other file has its base name, with the row whose key has
+    that base name."""
+    names = list(names)
+    by_name = {Path(k).name: k for k in keys}
+    by_path = {i: k for k, i in keys.items() if i is not None and k != i}
+    counts = Counter(Path(n).name for n in names)   # a bare name stands for one file only: a/x and b/x need paths
+    return {n: n if n in keys else by_path.get(n) or (by_name.get(Path(n).name) if counts[Path(n).name] == 1
+                                                       else None)
+            for n in names}
 
 
 class PromptFileError(ValueError):
