@@ -227,3 +227,25 @@ def test_clap_score_pairs_id_rows_with_the_audio_as_tta_eval_does(tmp_path, caps
     by_id.write_text('{"id": "gone/x", "prompt": "lost"}\n')
     assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
     assert "no row pairs with an audio file" in capsys.readouterr().err
+
+
+def test_an_id_whose_file_name_passes_the_limit_is_refused_naming_the_id(tmp_path):
+    """Escaping makes a character 3 to 12 bytes, so an id well under 255 characters named a file the file system
+    refuses; the experiment failed with the OS's "File name too long" after building its store. Such an id is
+    refused up front, by name; every name that could be written before still is."""
+    import argparse
+
+    from tta.data.prompts import id_name_problem
+    from tta.generate import GenerateError, plan_jobs
+
+    assert id_name_problem("a" * 251) is None and id_name_problem("é" * 125) is None   # 251 and 250 bytes + .wav
+    assert id_name_problem("clotho/" + ":" * 80) is None                                # 9 + 240 + 4 bytes
+    assert id_name_problem("a" * 252).startswith(f"id {'a' * 37!r}... names a file of 256 bytes (")
+    problem = id_name_problem("clotho/" + ":" * 81)
+    assert problem == ("id 'clotho/::::::::::::::::::::::::::::::'... names a file of 256 bytes (clotho%2F%3A%3A%3A%3"
+                       "....wav, escaped); a file name takes at most 255 bytes: give it a shorter id")
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "ok", "prompt": "a bell"}\n{"id": "clotho/' + ":" * 81 + '", "prompt": "a dog"}\n')
+    with pytest.raises(GenerateError) as e:
+        plan_jobs(argparse.Namespace(prompts=[], prompts_file=path, output=None, out_dir=tmp_path / "gen"))
+    assert str(e.value) == f"{path}: {problem}"

@@ -1271,3 +1271,23 @@ def test_the_experiment_runs_on_ids_with_a_slash_or_colon(corpus, tmp_path, caps
         assert sorted(r["id"] for r in csv.DictReader(f)) == valid
     summary = json.loads((out / "summary.json").read_text())
     assert sum(summary["variants"]["k1"]["buckets"][b]["files"] or 0 for b in ("head", "mid", "tail")) == 8
+
+
+def test_an_id_too_long_for_a_file_name_is_refused_before_the_store_is_built(corpus, tmp_path, capsys):
+    """An evaluation clip whose id, escaped, names a file of more than 255 bytes failed with "File name too long"
+    (naming only the escaped file) after the store was built; it is refused first, naming the manifest and id."""
+    from dataclasses import replace
+
+    from tta.data.manifest import read_manifest, write_manifest
+
+    rows = read_manifest(corpus)
+    v = next(i for i, r in enumerate(rows) if r.split == "valid")
+    rows[v] = replace(rows[v], id="clotho/" + ":" * 90 + rows[v].id)
+    manifest = write_manifest(corpus.parent / "long-id.jsonl", rows)
+    out = tmp_path / "exp"
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", out,
+                       *_experiment_sets(manifest, 'variants=[{"name": "none"}]'))
+    assert code == 1 and err.startswith(f"tta: error: {manifest}: id 'clotho/::::") and err.count("\n") == 1
+    assert "names a file of" in err and "give it a shorter id" in err
+    assert not out.exists()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tta import UsageError
-from tta.data.prompts import id_file_name, name_problem, word_char
+from tta.data.prompts import id_file_name, id_name_problem, name_problem, word_char
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,9 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             raise GenerateError(f"{where}output name {name!r} (a row's file field) cannot be a file name: it "
                                 f"{problem}; rename it there, or leave the field out to name the output by the "
                                 "row's id")
+        too_long = id_name_problem(id_) if id_ is not None and given == id_file_name(id_) else None
+        if too_long:   # named here: check_output_path's message would name only the escaped file
+            raise GenerateError(f"{where}{too_long}")
         folded = unicodedata.normalize("NFC", name).casefold()
         if folded in seen:
             how = "twice" if seen[folded] == name else f"twice, as {seen[folded]!r} and {name!r} (one file where " \

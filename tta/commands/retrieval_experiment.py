@@ -201,6 +201,20 @@ def eval_rows(config: ExperimentConfig, manifest: Path) -> tuple[list, list]:
     return prompts, [split[i] for i in sorted(order[:max(e.max_reference, len(prompts))])]
 
 
+def check_id_names(config: ExperimentConfig, prompt_rows, reference_rows, manifest: Path) -> None:
+    """Refuse, before a store is built, an evaluation clip or prompt whose id names a file (its generated and
+    reference wavs, tta.data.prompts.id_file_name) longer than a file name can be."""
+    from tta.data.prompts import id_name_problem, read_prompt_file
+
+    rows = [(manifest, r.id) for r in [*prompt_rows, *reference_rows]]
+    if config.eval.prompts:
+        rows += [(Path(config.eval.prompts), r.id) for r in read_prompt_file(config.eval.prompts) if r.id]
+    for where, id_ in rows:
+        problem = id_name_problem(id_)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+
+
 def eval_prompts(config: ExperimentConfig, rows, train_rows, out: Path) -> tuple[list[dict], Path]:
     """The evaluation prompts (a prompt file's, else the captions of the sampled `rows`) with bucket and
     frequency, written to OUT/prompts.jsonl."""
@@ -503,6 +517,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     check_component_fit(base.model, base_vae, clap.embed_dim)
     train_rows = [r for r in read_manifest(manifest) if r.split == base.data.train_split]
     prompt_rows, reference_rows = eval_rows(config, manifest)
+    check_id_names(config, prompt_rows, reference_rows, manifest)
     if not config.eval.prompts and len(prompt_rows) < 3:
         raise ValueError(f"eval: {len(prompt_rows)} prompts from split {config.eval.prompt_split!r} of {manifest}; "
                          "the head/mid/tail split needs at least 3")

@@ -82,6 +82,23 @@ def id_file_name(id_: str) -> str:
     return "".join(out)
 
 
+NAME_MAX_BYTES = 255   # the longest file name in bytes most file systems take (ext4, XFS, APFS, Btrfs)
+
+
+def id_name_problem(id_: str, suffix: str = ".wav") -> str | None:
+    """Why the file tta writes for `id_` (`id_file_name` + `suffix`) cannot be written, or None: its name passes
+    NAME_MAX_BYTES (escaping writes a character a name cannot hold as 3 to 12 bytes, so an id well under the
+    limit can pass it). Checked before any work: the write fails with the OS's "File name too long" otherwise."""
+    name = id_file_name(id_) + suffix
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size <= NAME_MAX_BYTES:
+        return None
+    shown = repr(id_) if len(id_) <= 40 else f"{id_[:37]!r}..."
+    how = "" if name == id_ + suffix else ", escaped"
+    return (f"id {shown} names a file of {size} bytes ({name[:20]}...{suffix}{how}); a file name takes at most "
+            f"{NAME_MAX_BYTES} bytes: give it a shorter id")
+
+
 def match_audio(keys: Mapping[str, str | None], names: Iterable[str]) -> dict[str, str | None]:
     """Pair audio files with prompt rows, the one rule of `tta eval --prompts` and `tta clap score --prompts`:
     for each name (a file's path under its folder without suffix, '/'-joined), the key of its row, or None.
