@@ -65,13 +65,10 @@ class Embedder:
 
     def embed(self, wav, sample_rate: int) -> np.ndarray:
         """wav (T,) mono float at `sample_rate` Hz -> (frames, dim) float64; resampled when needed."""
-        from tta.audio import AudioError, float_audio, resample
-        from tta.config import check_number
+        from tta.audio import AudioError, check_sample_rate, float_audio, resample
 
         # a str rate was taken through int() ("16000"), a fractional one cut down (16000.7 -> 16000), 0 failed in soxr
-        sample_rate = check_number(sample_rate, int, f"{self.name}: sample_rate")
-        if sample_rate <= 0:
-            raise ValueError(f"{self.name}: sample_rate={sample_rate} must be a positive integer (Hz)")
+        sample_rate = check_sample_rate(sample_rate, f"{self.name}: sample_rate")
         x = float_audio(wav, self.name)
         if x.ndim != 1 or x.size == 0:
             raise AudioError(f"{self.name}: expected mono audio of shape (T,), got {x.shape}")

@@ -193,9 +193,37 @@ def test_load_and_save_arguments_are_checked_not_blamed_on_the_file(tmp_path):
         load_audio(tmp_path / "a.wav", start_seconds=-1)
     with pytest.raises(ValueError, match="max_seconds=-1"):
         load_audio(tmp_path / "a.wav", max_seconds=-1)
-    for rate in (48_000.0, 0):
+    for rate in (48_000.5, 0):
         with pytest.raises(AudioError, match="expected a positive integer"):
             save_audio(tmp_path / "b.wav", tone(440, 0.2), rate)
+    assert not (tmp_path / "b.wav").exists()
+
+
+def test_one_sample_rate_rule_for_load_save_and_the_embedders(tmp_path):
+    """save_audio refused 16000.0, which load_audio takes (a rate read back from a config may be a float), and
+    the eval embedders and the CLAP named a bad rate in words of their own: one rule and one message now."""
+    from eval.embedders import get_embedder
+    from tests.test_ldm_fixtures import tiny_model_config
+    from tta.audio import save_audio
+    from tta.clap.model import ClapConfig, TTAClap, TTAClapEmbedder
+
+    save_audio(tmp_path / "int.wav", tone(440, 0.2), 16_000)
+    save_audio(tmp_path / "float.wav", tone(440, 0.2), 16_000.0)
+    assert (tmp_path / "int.wav").read_bytes() == (tmp_path / "float.wav").read_bytes()
+    clap = TTAClapEmbedder(TTAClap(tiny_model_config(ClapConfig, "clap")), cache_dir=tmp_path / "cache")
+    wav = tone(440, 1.0)
+    first = clap.embed_audio(wav, 16_000)
+    np.testing.assert_array_equal(clap.embed_audio(wav, 16_000.0), first)
+    assert clap.cache.hits == 1          # one rate, one cache key
+    checks = ((lambda r: load_audio(tmp_path / "int.wav", r), ValueError, "load_audio sample_rate"),
+              (lambda r: save_audio(tmp_path / "b.wav", wav, r), AudioError, f"{tmp_path / 'b.wav'}: sample_rate"),
+              (lambda r: get_embedder("mfcc").embed(wav, r), ValueError, "mfcc: sample_rate"),
+              (lambda r: clap.embed_audio(wav, r), ValueError, "embed_audio sample_rate"))
+    for call, error, what in checks:
+        for rate in (16_000.5, 0, -16_000, "16000", True, float("nan")):
+            with pytest.raises(error) as e:
+                call(rate)
+            assert str(e.value) == f"{what}={rate!r}: expected a positive integer (Hz)"
     assert not (tmp_path / "b.wav").exists()
 
 

@@ -252,9 +252,9 @@ def test_embed_names_a_sample_rate_that_is_not_a_positive_integer():
     ("Sample rate should be over 0")."""
     emb = get_embedder("mfcc")
     wav = tone(440, 1.0)
-    for rate, match in (("16000", "mfcc: sample_rate='16000' must be an integer"),
-                        (16000.7, "mfcc: sample_rate=16000.7 must be an integer"),
-                        (0, r"mfcc: sample_rate=0 must be a positive integer \(Hz\)")):
+    for rate, match in (("16000", r"mfcc: sample_rate='16000': expected a positive integer \(Hz\)"),
+                        (16000.7, r"mfcc: sample_rate=16000.7: expected a positive integer \(Hz\)"),
+                        (0, r"mfcc: sample_rate=0: expected a positive integer \(Hz\)")):
         with pytest.raises(ValueError, match=match):
             emb.embed(wav, rate)
     assert np.array_equal(emb.embed(wav, np.int64(16_000)), emb.embed(wav, 16_000))

@@ -43,6 +43,14 @@ class AudioError(ValueError):
     """An audio file or buffer that cannot be used; the message names the file and what was expected."""
 
 
+def check_sample_rate(value, what: str, error: type[Exception] = ValueError) -> int:
+    """`value` as a sample rate in Hz (an int), or `error` naming `what`: a positive integer, numpy's included; an
+    integral float (16000.0) is taken, as configs take it; a str, a bool, a fraction or a rate <= 0 is refused."""
+    if is_real(value) and float(value).is_integer() and value > 0:
+        return int(value)
+    raise error(f"{what}={value!r}: expected a positive integer (Hz)")
+
+
 @dataclass(frozen=True)
 class MelConfig:
     sample_rate: int = 16_000
@@ -374,12 +382,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     if max_seconds is not None and not (is_real(max_seconds) and max_seconds > 0):
         raise ValueError(f"load_audio max_seconds={max_seconds!r}: expected a finite number > 0, or None for the "
                          "whole file")
-    if sample_rate is not None:   # an integral float (16000.0) is taken, as configs take it
-        if not (is_real(sample_rate) and float(sample_rate).is_integer()
-                and sample_rate > 0):
-            raise ValueError(f"load_audio sample_rate={sample_rate!r}: expected a positive integer (Hz), or None for "
-                             "the file's own")
-        sample_rate = int(sample_rate)
+    if sample_rate is not None:
+        sample_rate = check_sample_rate(sample_rate, "load_audio sample_rate")
     path = _check_path(path)
     try:
         with sf.SoundFile(os.fsencode(path)) as f:
@@ -431,8 +435,7 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
     """
     from tta.checkpoint import atomic_path
 
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise AudioError(f"{path}: sample_rate={sample_rate!r}: expected a positive integer (Hz)")
+    sample_rate = check_sample_rate(sample_rate, f"{path}: sample_rate", AudioError)
     arr = float_audio(wav, str(path))
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)

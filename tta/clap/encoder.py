@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from tta.audio import AudioError, resample
+from tta.audio import AudioError, check_sample_rate, resample
 from tta.clap.cache import EmbeddingCache, audio_key, text_key
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class ClapEmbedder:
         wav: (T,) or (B, T) float tensor/ndarray, or a list of (T_i,) clips of different lengths, at
         `sample_rate` Hz (resampled to `self.sample_rate` inside).
         """
+        sample_rate = check_sample_rate(sample_rate, "embed_audio sample_rate")   # 48000.0 keys the cache as 48000
         clips = self._check_audio(wav, sample_rate)
         cache = self.cache
         keys = [audio_key(self.identity, c, sample_rate) for c in clips] if cache else [None] * len(clips)
@@ -128,9 +129,7 @@ class ClapEmbedder:
         bar.close()
         return torch.from_numpy(np.stack(out))
 
-    def _check_audio(self, wav, sample_rate) -> list[np.ndarray]:
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-            raise ValueError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
+    def _check_audio(self, wav, sample_rate: int) -> list[np.ndarray]:
         if isinstance(wav, (list, tuple)):
             clips = [_as_numpy(w) for w in wav]
             if any(c.ndim != 1 for c in clips):
