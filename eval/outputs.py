@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+from tta.config import shortened
+
 RESULT_NAME = "eval.json"
 ITEMS_NAME = "items.csv"
 ITEM_COLUMNS = ("name", "file", "seconds", "frames", "category", "prompt", "clap_score", "kl_softmax", "kl_sigmoid",
@@ -88,8 +90,7 @@ def _number(value) -> bool:
 
 
 def _seen(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shortened(repr(value))
 
 
 def _check_shape(body: dict, file: Path) -> None:

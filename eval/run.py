@@ -29,7 +29,7 @@ from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infini
 from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
 from tta.audio import AUDIO_SUFFIXES, SILENCE_DB
-from tta.config import check_number
+from tta.config import check_number, shortened
 from tta.data.prompts import match_audio
 from tta import UsageError
 
@@ -530,8 +530,7 @@ def _read_generation_record(folder: Path) -> tuple[dict, str | None]:
 def _shown(value) -> str:
     import json
 
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return shortened(json.dumps(value), 40)
 
 
 def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:

@@ -170,3 +170,16 @@ def test_configs_built_in_python_name_a_str_where_a_number_belongs_and_take_nump
     with pytest.raises(ValueError, match="normalize='no' must be true or false"):
         DatastoreConfig(normalize="no")
     assert type(DataConfig(normalize=np.bool_(False)).normalize) is bool
+
+
+def test_a_long_value_is_shortened_one_way_in_every_message():
+    """The cut to '...' was written five times (an id prefix, a resume's config difference, eval.json's and
+    generation.json's fields, a long caption); the id prefix put its '...' after the closing quote."""
+    from tta.config import shortened
+    from tta.data.importers import ImportOptions
+
+    assert shortened("x" * 60) == "x" * 60 and shortened("x" * 61) == "x" * 57 + "..."
+    assert shortened("abcdef", 5) == "ab..." and len(shortened("y" * 500, 40)) == 40
+    with pytest.raises(ValueError) as e:
+        ImportOptions(id_prefix="ab" * 40)
+    assert str(e.value).startswith(f"id_prefix={'ab' * 18 + 'a...'!r} is 80 characters long; ")

@@ -325,6 +325,12 @@ def _dataclass_of(tp: Any) -> Any:
     return None
 
 
+def shortened(text: str, limit: int = 60) -> str:
+    """`text` (a value as a message shows it: its repr, its JSON, a caption) cut to at most `limit` characters,
+    ending in '...' where it was cut: a long value leaves the rest of its line readable."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _join(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 

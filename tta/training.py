@@ -58,7 +58,7 @@ from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAM
                             atomic_write_text, load_component, load_into, load_state_dict, load_train_state,
                             read_foreign_folder, save_component, save_train_state)
 from tta.checkpoint import complete_checkpoints, file_sha256, step_of
-from tta.config import ConfigError, check_numbers, from_dict, save_config, to_dict
+from tta.config import ConfigError, check_numbers, from_dict, save_config, shortened, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -1291,8 +1291,7 @@ def _first_diff(a: Any, b: Any) -> str:
         return "'<top>'"
 
     def value(v) -> str:
-        text = "absent" if v is _MISSING else repr(v)
-        return text if len(text) <= 60 else text[:57] + "..."
+        return shortened("absent" if v is _MISSING else repr(v))
 
     key, old, new = found[0]
     rest = [k for k, _, _ in found[1:]]

@@ -27,6 +27,7 @@ import torch
 
 from tta.audio import AudioError, check_sample_rate, resample
 from tta.clap.cache import EmbeddingCache, audio_key, text_key
+from tta.config import shortened
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,7 @@ def warn_truncated(captions: list[str], lengths: list[int], limit: int) -> None:
     """Log a warning for every caption whose token count exceeds the tower's `limit`."""
     for c, n in zip(captions, lengths):
         if n > limit:
-            short = c if len(c) <= 60 else c[:57] + "..."
-            log.warning("caption %r has %d tokens; truncated to the text tower's limit of %d", short, n, limit)
+            log.warning("caption %r has %d tokens; truncated to the text tower's limit of %d", shortened(c), n, limit)
 
 
 def _bar(total: int, desc: str, progress: bool):

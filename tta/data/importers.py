@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from tta.audio import AUDIO_SUFFIXES, AudioError, audio_info
 from tta.checkpoint import file_sha256
-from tta.config import check_numbers
+from tta.config import check_numbers, shortened
 from tta.data.manifest import SPLITS, ManifestRow, absolute_path
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,7 @@ class ImportOptions:
             raise ValueError(f"valid_fraction={self.valid_fraction}, expected a number in [0, 1)")
         problem = id_prefix_problem(self.id_prefix)
         if problem:
-            shown = repr(self.id_prefix) if len(self.id_prefix) <= 40 else f"{self.id_prefix[:37]!r}..."
-            raise ValueError(f"id_prefix={shown} {problem}; {ID_PREFIX_RULE}")
+            raise ValueError(f"id_prefix={shortened(self.id_prefix, 40)!r} {problem}; {ID_PREFIX_RULE}")
 
 
 @dataclass
