@@ -423,20 +423,20 @@ def run_eval(opts: EvalOptions) -> dict:
         gen = gen or pgen
 
     gen = gen or scan_folder(opts.generated, "generated")
-    damaged = _damaged_generation_record(opts.generated)
+    record, damaged = _read_generation_record(opts.generated)   # read once: the checks below agree on one record
     if damaged:
         msg = (f"generated {opts.generated}: its generation.json {damaged}: whether files of another run are mixed "
                "in, or the run stopped part-way, cannot be told from it")
         log.warning(msg)
         result["protocol"]["generated_record_damaged"] = {"file": str(opts.generated / "generation.json"),
                                                           "warning": msg}
-    unlisted = _not_in_generation_record(opts.generated, gen)
+    unlisted = _not_in_generation_record(opts.generated, gen, record)
     if unlisted:
         msg = (f"generated {opts.generated}: {len(unlisted)} audio files are not in its generation.json (e.g. "
                f"{unlisted[0]}): files of another run may be mixed into this evaluation")
         log.warning(msg)
         result["protocol"]["generated_not_in_record"] = {"files": unlisted, "warning": msg}
-    unfinished = _unfinished_generation(opts.generated)
+    unfinished = _unfinished_generation(record)
     if unfinished is not None:
         written, planned = unfinished
         msg = (f"generated {opts.generated}: its generation.json says the run stopped part-way ({written} of "
@@ -448,7 +448,7 @@ def run_eval(opts: EvalOptions) -> dict:
         names = sorted(gen.files)
         prompts = _match_prompts(read_prompts(opts.prompts, names), names, opts.prompts)
     if "clap" in metrics:
-        _clap_metric(opts, gen, prompts, result, items)
+        _clap_metric(opts, gen, prompts, result, items, record)
     silent = _silent_files(gen, EmbeddingCache(cache_root, PEAK_CACHE) if cache_root else None)
     if silent:
         msg = (f"generated {opts.generated}: {len(silent)} of {len(gen.files)} files are silent (peak, DC removed, "
@@ -472,17 +472,6 @@ def run_eval(opts: EvalOptions) -> dict:
         if name not in stats_out:
             (opts.out / name).unlink(missing_ok=True)
     return result
-
-
-def _generation_record(folder: Path) -> dict:
-    """The generation.json of a `tta generate --out-dir` folder, or {} (none, or a damaged one: see
-    _damaged_generation_record)."""
-    return _read_generation_record(folder)[0]
-
-
-def _damaged_generation_record(folder: Path) -> str | None:
-    """Why the folder's generation.json cannot be read as `tta generate`'s record, or None (a sound one, or none)."""
-    return _read_generation_record(folder)[1]
 
 
 def _read_generation_record(folder: Path) -> tuple[dict, str | None]:
@@ -533,11 +522,11 @@ def _shown(value) -> str:
     return shortened(json.dumps(value), 40)
 
 
-def _not_in_generation_record(folder: Path, gen: EmbeddedSet) -> list[str]:
-    """Audio files of a `tta generate --out-dir` folder that its generation.json does not list (sorted, relative);
-    [] when the folder has no record."""
+def _not_in_generation_record(folder: Path, gen: EmbeddedSet, record: dict) -> list[str]:
+    """Audio files of a `tta generate --out-dir` folder that its generation.json `record` does not list (sorted,
+    relative); [] when the folder has no record."""
     try:
-        listed = {o["file"] for o in _generation_record(folder)["outputs"]}
+        listed = {o["file"] for o in record["outputs"]}
     except (KeyError, TypeError):
         return []
     return sorted(str(p.relative_to(folder)) for p in gen.files.values() if p.parent == folder and p.name not in listed)
@@ -569,10 +558,9 @@ def _silent_files(gen: EmbeddedSet, cache: EmbeddingCache | None = None) -> list
     return found
 
 
-def _unfinished_generation(folder: Path) -> tuple[int, int] | None:
-    """(outputs written, outputs planned) when the folder's generation.json records a `tta generate` run that
-    stopped part-way (`complete` false), else None."""
-    record = _generation_record(folder)
+def _unfinished_generation(record: dict) -> tuple[int, int] | None:
+    """(outputs written, outputs planned) when a generated folder's generation.json `record` is of a `tta generate`
+    run that stopped part-way (`complete` false), else None."""
     if record.get("complete", True) is not False:
         return None
     try:
@@ -581,10 +569,9 @@ def _unfinished_generation(folder: Path) -> tuple[int, int] | None:
         return None
 
 
-def _picked_by(folder: Path, identity: str | None) -> int:
+def _picked_by(record: dict, identity: str | None) -> int:
     """The candidates per prompt of a `tta generate` folder whose clips were kept by the CLAP `identity` (its
-    generation.json's clap_score_model), or 0 (no record, one candidate, or another CLAP)."""
-    record = _generation_record(folder)
+    generation.json `record`'s clap_score_model), or 0 (no record, one candidate, or another CLAP)."""
     try:
         candidates = int(record["settings"]["candidates"])
     except (KeyError, TypeError, ValueError):
@@ -609,7 +596,7 @@ def _match_prompts(rows: dict[str, PromptRow], names: list[str], path: Path) -> 
     return out  # type: ignore[return-value]
 
 
-def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
+def _clap_metric(opts: EvalOptions, gen, prompts, result, items, record: dict) -> None:
     from eval.clap_score import clap_score
     from eval.embedders import clap_embedder, load_clap_model
     from tta.audio import load_audio
@@ -638,7 +625,7 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items) -> None:
                                   "prompt_set_sha256": hashlib.sha256(prompt_set.encode()).hexdigest()[:16],
                                   "skipped": [{"file": str(gen.files[k]), "reason": "shorter than one analysis "
                                                "window"} for k in short]}
-    picked = _picked_by(opts.generated, getattr(model, "identity", None))
+    picked = _picked_by(record, getattr(model, "identity", None))
     if picked:
         msg = (f"the generated clips were each kept from {picked} candidates by this same CLAP (generation.json): "
                "its score of them is flattered; score with another CLAP, or compare with one-candidate runs")

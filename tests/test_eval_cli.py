@@ -422,6 +422,37 @@ def test_clap_scores_of_renamed_files_compare_and_a_self_picked_set_is_flagged(f
     assert "not comparable" not in row and "⚠" in row, row
 
 
+def test_eval_reads_the_generation_record_once(folders, tmp_path, monkeypatch):
+    """generation.json was read and checked four times in one run (damaged? files not listed? stopped part-way?
+    picked by this CLAP?): each check is now of the one record read."""
+    from eval import embedders
+
+    toy = ToyClap()
+    toy.identity = "tta-clap:toy"
+    monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: toy)
+    gen, ref, prompts = folders
+    (gen / "generation.json").write_text(json.dumps({
+        "complete": False, "planned_outputs": 12, "settings": {"candidates": 2}, "clap_score_model": "tta-clap:toy",
+        "outputs": [{"file": f"clip{i}.wav"} for i in range(6)]}))
+    reads = []
+    real = Path.read_text
+
+    def counting(self, *args, **kwargs):
+        if self.name == "generation.json":
+            reads.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "run", "--metrics",
+                 "fad,clap", "--prompts", prompts, "--clap-model", tmp_path / "toy-clap") == 0
+    monkeypatch.undo()
+    assert reads == [gen / "generation.json"]
+    proto = json.loads((tmp_path / "run" / "eval.json").read_text())["protocol"]
+    assert proto["generated_not_in_record"]["files"] == ["clip6.wav", "clip7.wav"]
+    assert (proto["generated_incomplete"]["written"], proto["generated_incomplete"]["planned"]) == (6, 12)
+    assert "kept from 2 candidates by this same CLAP" in proto["clap"]["warning"]
+
+
 def test_a_clip_too_short_for_the_clap_is_named_and_left_out_of_the_clap_score(folders, tmp_path, monkeypatch):
     """One 60 ms clip stopped the whole CLAP score with "clip 0 has 1 samples", naming no file."""
     from eval import embedders
