@@ -183,3 +183,16 @@ def test_a_long_value_is_shortened_one_way_in_every_message():
     with pytest.raises(ValueError) as e:
         ImportOptions(id_prefix="ab" * 40)
     assert str(e.value).startswith(f"id_prefix={'ab' * 18 + 'a...'!r} is 80 characters long; ")
+
+
+def test_a_foreign_configs_known_fields_are_picked_and_checked():
+    """The diffusers / transformers readers (UNet, VAE, SpeechT5 vocoder, scheduler) each picked the fields they
+    know by hand before from_dict: one helper, the same checks and messages."""
+    from tta.config import from_known_fields
+    from tta.ldm.sampling import DiffusionConfig
+
+    foreign = {"_class_name": "DDIMScheduler", "clip_sample": False, "num_train_timesteps": 500.0, "beta_end": 0.02}
+    assert from_known_fields(DiffusionConfig, foreign) == DiffusionConfig(num_train_timesteps=500, beta_end=0.02)
+    with pytest.raises(ConfigError, match=r"config key 'scheduler.num_train_timesteps': expected int, got "
+                                          r"string '1000'"):
+        from_known_fields(DiffusionConfig, {**foreign, "num_train_timesteps": "1000"}, where="scheduler")

@@ -64,6 +64,13 @@ def from_dict(cls: type[T], data: Any, *, where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
+def from_known_fields(cls: type[T], data: dict, *, where: str = "") -> T:
+    """Build dataclass `cls` from the keys of a foreign config `data` (diffusers', transformers') that `cls` has
+    fields for, checked as from_dict checks them; its other keys (many: the foreign class's own) are not read."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return from_dict(cls, {k: v for k, v in data.items() if k in names}, where=where)
+
+
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:

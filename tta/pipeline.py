@@ -279,7 +279,7 @@ class TTAPipeline:
 
     @classmethod
     def _load_folder(cls, folder: Path, device) -> TTAPipeline:
-        from tta.config import ConfigError, from_dict
+        from tta.config import ConfigError, from_dict, from_known_fields
 
         spec = read_pipeline_json(folder)
         parts = spec["components"]
@@ -300,8 +300,7 @@ class TTAPipeline:
                 raise ValueError(f"expected a JSON object, got {type(scheduler_config).__name__}")
             # the noise schedule's own fields, checked by type and range like any config (diffusers would
             # otherwise fail deep inside set_timesteps with an error that names no file)
-            from_dict(DiffusionConfig, {f: scheduler_config[f] for f in DiffusionConfig.__dataclass_fields__
-                                        if f in scheduler_config}, where="scheduler")
+            from_known_fields(DiffusionConfig, scheduler_config, where="scheduler")
         except (UnicodeDecodeError, json.JSONDecodeError, ConfigError, ValueError) as e:
             raise PipelineError(f"{sched_path}: {e}") from None
         unet = LDMUNet.load_diffusers(folder / parts["unet"])

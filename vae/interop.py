@@ -29,7 +29,7 @@ import torch
 from tta.audio import AUDIOLDM_MEL, MelConfig
 from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, load_into, load_torch_file,
                             read_foreign_folder)
-from tta.config import ConfigError, from_dict
+from tta.config import ConfigError, from_known_fields
 from vae.model import MelVAE, VAEConfig
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_o
 @dataclasses.dataclass(frozen=True)
 class DiffusersVAEFields:
     """The fields of a diffusers AutoencoderKL config.json that `config_from_diffusers` reads into a VAEConfig,
-    typed as they must be (read with tta.config.from_dict, so a damaged file names the field)."""
+    typed as they must be (read with tta.config.from_known_fields, so a damaged file names the field)."""
     block_out_channels: tuple[int, ...]
     layers_per_block: int = 1
     latent_channels: int = 4
@@ -251,7 +251,7 @@ def config_from_diffusers(
     need("out_channels", lambda v: v == 1, "1 (a mel image)")
     need("block_out_channels", lambda v: isinstance(v, list) and v, "a list of channels")
     try:
-        f = from_dict(DiffusersVAEFields, {k: body[k] for k in DiffusersVAEFields.__dataclass_fields__ if k in body})
+        f = from_known_fields(DiffusersVAEFields, body)
     except ConfigError as e:
         raise CheckpointError(f"{where}: {e}") from None
     levels = len(f.block_out_channels)

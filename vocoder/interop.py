@@ -29,7 +29,7 @@ import torch
 from tta.audio import AUDIOLDM_MEL, MelConfig, recorded_mel
 from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, load_into, load_torch_file,
                             read_foreign_folder, save_safetensors)
-from tta.config import from_dict
+from tta.config import from_known_fields
 from vocoder.model import HiFiGAN, HiFiGANConfig
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def vocoder_from_audioldm_state(ckpt, path, config: HiFiGANConfig | None = None,
 @dataclasses.dataclass(frozen=True)
 class SpeechT5Fields:
     """The fields of a transformers SpeechT5HifiGan config.json that `load_speecht5_folder` reads, typed as they
-    must be (read with tta.config.from_dict, so a damaged file names the field)."""
+    must be (read with tta.config.from_known_fields, so a damaged file names the field)."""
     upsample_rates: tuple[int, ...]
     sampling_rate: int
     model_in_dim: int
@@ -164,7 +164,7 @@ def load_speecht5_folder(folder: str | os.PathLike, mel: MelConfig | None = None
     if h.get("model_type") != SPEECHT5_MODEL_TYPE:
         raise CheckpointError(f"{cfg_path}: model_type is {h.get('model_type')!r}, expected {SPEECHT5_MODEL_TYPE!r}")
     try:
-        f = from_dict(SpeechT5Fields, {k: h[k] for k in SpeechT5Fields.__dataclass_fields__ if k in h})
+        f = from_known_fields(SpeechT5Fields, h)
         hop, sr, n_mels = math.prod(f.upsample_rates), f.sampling_rate, f.model_in_dim
         if mel is None and "tta_mel" in h:
             mel = recorded_mel(h["tta_mel"])

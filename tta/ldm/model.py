@@ -116,11 +116,10 @@ class LDMConfig:
     @classmethod
     def from_diffusers(cls, config: dict, *, where: str = "unet config") -> LDMConfig:
         """The LDMConfig of a diffusers UNet2DConditionModel config (AudioLDM layout), or a ValueError."""
-        from tta.config import ConfigError, from_dict
+        from tta.config import ConfigError, from_known_fields
 
         try:
-            from_dict(DiffusersUNetFields, {k: config[k] for k in DiffusersUNetFields.__dataclass_fields__
-                                            if k in config})
+            from_known_fields(DiffusersUNetFields, config)
         except ConfigError as e:
             raise ValueError(f"{where}: {e}") from None
         need = {"class_embed_type": "simple_projection", "class_embeddings_concat": True}
@@ -170,8 +169,8 @@ class LDMConfig:
 @dataclass(frozen=True)
 class DiffusersUNetFields:
     """The fields of a diffusers UNet2DConditionModel config.json that `LDMConfig.from_diffusers` reads, typed as
-    they must be: read with tta.config.from_dict first, so a damaged file names the field (it failed on Python's
-    own words, e.g. "unsupported operand type(s) for //: 'str' and 'int'")."""
+    they must be: read with tta.config.from_known_fields first, so a damaged file names the field (it failed on
+    Python's own words, e.g. "unsupported operand type(s) for //: 'str' and 'int'")."""
     block_out_channels: tuple[int, ...]
     down_block_types: tuple[str, ...]
     layers_per_block: int
