@@ -101,7 +101,8 @@ BAD = [
     (1, ["--super-resolution", "IN.wav", "--cutoff", "9000"], "--cutoff 9000 must lie inside this model's mel band"),
     (1, ["--super-resolution", "IN.wav", "--cutoff", "10"], "--cutoff 10 keeps none of this model's latent frequency"),
     (1, ["--inpaint", "IN.wav", "--mask", "0.1:0.10001"], "--mask 0.1:0.10001 is shorter than one mel frame"),
-    (1, ["--init-audio", "IN.wav", "--strength", "0.01"], "--strength 0.01 at 2 sampler steps leaves no denoising"),
+    (1, ["--init-audio", "IN.wav", "--strength", "0.01"], "--strength 0.01 at 2 sampler steps leaves no denoising "
+                                                          "step (it needs strength above 0.25, or more --steps)"),
     (1, ["--init-audio", "IN.wav", "--strength", "7"], "--strength 7.0 must be in (0, 1]"),
     (1, ["--seed", "18446744073709551616"], "--seed 18446744073709551616 must be in [0, 2**62)"),
     (1, ["--seed", "-1"], "--seed -1 must be in"),

@@ -383,6 +383,20 @@ def test_a_strength_that_leaves_no_step_is_refused_before_the_input_is_encoded(p
     assert pipe.audio_to_audio(wav, ["x"], strength=0.13, steps=4).wavs[0].shape == (5120,)   # one step of four
 
 
+def test_a_strength_that_leaves_no_step_is_explained_alike_by_the_sampler_and_the_pipeline(pipe):
+    """The check was written three times (the sampler loop, audio_to_audio, tta generate): the sampler's said
+    '; raise strength or steps' where the others named the least strength that runs a step."""
+    from tta.ldm.sampling import make_scheduler, set_steps
+
+    scheduler = make_scheduler("ddim", pipe.scheduler_config)
+    with pytest.raises(ValueError) as sampler:
+        set_steps(scheduler, 4, 0.05, "cpu")
+    with pytest.raises(PipelineError) as pipeline:
+        pipe.audio_to_audio(signals.tone(440, 0.32), ["x"], strength=0.05, steps=4)
+    assert str(sampler.value) == str(pipeline.value) == ("strength=0.05 with steps=4 leaves no denoising step (it "
+                                                         "needs strength above 0.125, or more steps)")
+
+
 def test_step_counts_a_sampler_cannot_take_are_refused_before_denoising():
     """DPM-Solver++'s linspace spacing puts two of 1 000 steps on one timestep of a 1 000-step schedule: a
     zero-length step that turned the latents into NaN half-way through; more steps than training timesteps

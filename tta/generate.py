@@ -320,7 +320,7 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
         raise GenerateError(f"{edit['input']}: {edit['input_seconds']:g} s of audio, shorter than one mel frame of "
                             f"this model ({hop / rate:g} s)")
     if edit is not None and "strength" in edit:
-        from tta.ldm.sampling import check_part_way, strength_steps
+        from tta.ldm.sampling import check_part_way, check_strength_leaves_a_step
         from tta.pipeline import PipelineDefaults
 
         defaults = read_pipeline_json(folder).get("defaults", {})
@@ -332,9 +332,12 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
                                                                 f"sampler ({sampler})"
             raise GenerateError(f"{where}: {e}") from None
         steps = args.steps or int(defaults.get("steps", PipelineDefaults.steps))
-        if steps and strength_steps(steps, edit["strength"]) < 1:
-            raise GenerateError(f"--strength {edit['strength']} at {steps} sampler steps leaves no denoising step "
-                                f"(it needs more than {0.5 / steps:.3g}, or more --steps)")
+        try:
+            if steps:
+                check_strength_leaves_a_step(steps, edit["strength"], more_steps="more --steps",
+                                             where=f"--strength {edit['strength']} at {steps} sampler steps")
+        except ValueError as e:
+            raise GenerateError(str(e)) from None
 
 
 def component_hashes(folder: Path) -> dict:

@@ -48,10 +48,10 @@ from tta.ldm.sampling import (
     check_part_way,
     check_precision,
     check_sampler,
+    check_strength_leaves_a_step,
     denoise,
     draw_noise,
     make_scheduler,
-    strength_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -460,9 +460,11 @@ class TTAPipeline:
         except ValueError as e:
             raise PipelineError(str(e)) from None
         steps = self.defaults.steps if kwargs.get("steps") is None else kwargs["steps"]
-        if is_integer(steps) and steps >= 1 and strength_steps(int(steps), strength) < 1:
-            raise PipelineError(f"strength={strength} with steps={steps} leaves no denoising step (it needs strength "
-                                f"above {0.5 / steps:.3g}, or more steps)")
+        if is_integer(steps) and steps >= 1:
+            try:
+                check_strength_leaves_a_step(int(steps), strength, where=f"strength={strength} with steps={steps}")
+            except ValueError as e:
+                raise PipelineError(str(e)) from None
         return at_level(self._run(prompts, sampled, init_wav=wav, strength=strength, cut=n, **kwargs), level)
 
     def inpaint(self, wav: np.ndarray, prompts: list[str], *, start: float, end: float, outside: str = "original",

@@ -131,6 +131,16 @@ def strength_steps(steps: int, strength: float) -> int:
     return min(int(round(steps * strength)), steps)
 
 
+def check_strength_leaves_a_step(steps: int, strength: float, *, where: str | None = None,
+                                 more_steps: str = "more steps") -> None:
+    """Refuse an edit at `strength` that runs none of its `steps` sampler steps (strength_steps is 0) with a
+    ValueError naming the least strength that runs one; `where` names the two settings (by default
+    "strength=S with steps=N"), `more_steps` the other way out (a command line names its flag)."""
+    if strength_steps(steps, strength) < 1:
+        raise ValueError(f"{where or f'strength={strength} with steps={steps}'} leaves no denoising step (it needs "
+                         f"strength above {0.5 / steps:.3g}, or {more_steps})")
+
+
 def check_part_way(sampler: str, strength: float) -> None:
     """Refuse an edit that starts part-way (strength < 1) with a sampler that cannot (PART_WAY_REFUSED), before
     anything is computed; an unknown sampler name is left to check_sampler."""
@@ -169,11 +179,8 @@ def set_steps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
         raise ValueError(f"steps={steps} is too many for the {sampler_name_of(scheduler)} sampler on a "
                          f"{train_steps}-step schedule (timesteps repeat); use fewer steps")
     if strength < 1:
-        run = strength_steps(steps, strength)
-        if run < 1:
-            raise ValueError(f"strength={strength} with steps={steps} leaves no denoising step; "
-                             "raise strength or steps")
-        start = (steps - run) * scheduler.order
+        check_strength_leaves_a_step(steps, strength)
+        start = (steps - strength_steps(steps, strength)) * scheduler.order
         timesteps = timesteps[start:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start)
