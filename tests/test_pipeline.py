@@ -679,3 +679,17 @@ def test_an_edit_names_itself_and_the_keyword_it_does_not_take(pipe):
                                   precision="float32", progress=False, prompt_ids=["a"], negative="hiss", eta=0.0,
                                   sampler="ddim", batch_size=1, guidance=2.0, context_guidance="shared")
     assert len(out.candidate_wavs[0]) == 2
+
+
+def test_sample_names_itself_for_a_keyword_it_does_not_take(pipe):
+    """TTAPipeline.sample(..., bogus=1) raised "denoise() got an unexpected keyword argument 'bogus'", naming a
+    function the caller never called."""
+    num_samples = 1600
+    noise = torch.randn((1, *pipe.latent_shape(num_samples)), generator=torch.Generator().manual_seed(0))
+    cond = pipe.clap.embed_text(["a bell"])
+    for name in ("bogus", "unet", "scheduler"):
+        with pytest.raises(TypeError, match=rf"^TTAPipeline\.sample\(\) got an unexpected keyword argument '{name}'$"):
+            pipe.sample(noise, cond, None, num_samples, steps=2, guidance=1.0, sampler="ddim", **{name: 1})
+    wav = pipe.sample(noise, cond, None, num_samples, steps=2, guidance=1.0, sampler="ddim", progress=False,
+                      guidance_rule="cfg")   # what denoise takes is passed on
+    assert wav.shape == (1, num_samples)

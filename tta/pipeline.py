@@ -23,6 +23,7 @@ denoised towards the prompt), `inpaint` (a time range regenerated, the rest kept
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -186,6 +187,11 @@ def open_text_encoder(folder: str | os.PathLike, device="cpu"):
     if backend_of(folder) == "laion-hf" and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")):
         tokenizer = folder
     return load_clap(folder, tokenizer=tokenizer, device=device)
+
+
+# the keywords TTAPipeline.sample passes on to denoise: all of denoise's but those sample sets itself
+SAMPLE_PASSES_ON = frozenset(inspect.signature(denoise).parameters) - {
+    "unet", "scheduler", "noise", "cond", "uncond", "steps", "guidance", "eta"}
 
 
 class TTAPipeline:
@@ -648,6 +654,9 @@ class TTAPipeline:
         are not taken from the model's defaults here: they are "cfg" and "float32" unless given (the parity
         checks against diffusers call this directly).
         """
+        for name in edit:   # before any compute, naming this method (denoise's own TypeError named denoise())
+            if name not in SAMPLE_PASSES_ON:
+                raise TypeError(f"TTAPipeline.sample() got an unexpected keyword argument {name!r}")
         scheduler = make_scheduler(check_sampler(sampler), self.scheduler_config)
         if edit.get("context") is None and self.retrieval is not None:    # a retrieval model, no neighbours
             edit["context"] = self.retrieval.null_context(noise.shape[0])
