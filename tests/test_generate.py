@@ -709,3 +709,19 @@ def test_a_mask_ending_at_the_inputs_printed_length_is_taken(tmp_path, capsys):
     code, _, err = run(capsys, "a beep", "--model", tiny_pipeline(), "--inpaint", clip, "--mask", "0:0.06",
                        "--steps", 1, "-o", tmp_path / "p.wav")
     assert code == 1 and "(551 samples at 11025 Hz: 0.0499773 s)" in err, err
+
+
+def test_the_flag_check_has_a_name_of_its_own():
+    """tta.generate.check_numbers checked flag ranges while tta.config.check_numbers checks a config dataclass's
+    number types: one name for two different rules."""
+    import argparse
+
+    import tta.generate
+    from tta.generate import GenerateError, check_flag_values
+
+    assert not hasattr(tta.generate, "check_numbers")
+    flags = dict(seconds=None, window=None, steps=None, guidance=None, candidates=None, batch_size=1, seed=0,
+                 eta=None, sampler=None)
+    check_flag_values(argparse.Namespace(**flags))
+    with pytest.raises(GenerateError, match=r"^--steps 0 must be >= 1$"):
+        check_flag_values(argparse.Namespace(**{**flags, "steps": 0}))

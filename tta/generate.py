@@ -358,7 +358,9 @@ def component_hashes(folder: Path) -> dict:
     return out
 
 
-def check_numbers(args: argparse.Namespace) -> None:
+def check_flag_values(args: argparse.Namespace) -> None:
+    """The ranges of tta generate's flags that need no model (and the sampler's name): a GenerateError naming the
+    flag. (It was called check_numbers, as tta.config's check of a config dataclass's number types is.)"""
     from tta.ldm.sampling import check_sampler
     from tta.pipeline import MAX_SECONDS, MAX_SEED, valid_window
 
@@ -517,7 +519,7 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     import gc
 
-    check_numbers(args)
+    check_flag_values(args)
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise GenerateError(f"--threads {threads} must be >= 1")
