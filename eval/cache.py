@@ -30,9 +30,12 @@ def content_hash(path: str | os.PathLike) -> str:
 class EmbeddingCache:
     """Cache of (frames, D) arrays per (file content, embedder identity, kind)."""
 
-    def __init__(self, root: str | os.PathLike, identity: str) -> None:
+    def __init__(self, root: str | os.PathLike, identity: str, *, unwritable: set[Path] | None = None) -> None:
+        """`unwritable`: the cache folders found unwritable so far, shared by the caches of one eval run (each
+        warned about once a run); a later run tries again (the disk may have room by then)."""
         self.folder = Path(root) / re.sub(r"[^A-Za-z0-9_.@-]+", "_", identity)
         self.identity = identity
+        self.unwritable = set() if unwritable is None else unwritable
         self.hits = 0
         self.misses = 0
 
@@ -59,16 +62,13 @@ class EmbeddingCache:
         from tta.checkpoint import CheckpointError, atomic_path
 
         root = self.folder.parent
-        if root in _UNWRITABLE:
+        if root in self.unwritable:
             return
         try:
             with atomic_path(self._path(digest, kind)) as tmp, open(tmp, "wb") as f:
                 np.save(f, np.asarray(value), allow_pickle=False)
         except (OSError, CheckpointError) as e:
-            _UNWRITABLE.add(root)
+            self.unwritable.add(root)
             reason = f"{e.filename or root}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
             log.warning("%s; going on without the embedding cache (--cache-dir or $TTA_CACHE_DIR names another "
                         "folder)", reason)
-
-
-_UNWRITABLE: set[Path] = set()   # cache folders found unwritable in this process: warned about once

@@ -317,6 +317,7 @@ def run_eval(opts: EvalOptions) -> dict:
     if "clap" in metrics and (opts.prompts is None or not opts.clap_model):   # bad usage (exit 2); an EvalError too
         raise ClapUsageError("--metrics clap needs --prompts FILE (prompt per generated file) and --clap-model DIR")
     cache_root = opts.cache_dir or default_cache_dir()
+    unwritable: set[Path] = set()   # shared by this run's caches: a folder it cannot write is warned about once
     result: dict = {"metrics": {}, "protocol": {}, "breakdown": {}}
     items: dict[str, dict] = {}
     stats_out: dict[str, FrechetStats] = {}  # written with eval.json at the end: a failed run writes nothing
@@ -326,7 +327,7 @@ def run_eval(opts: EvalOptions) -> dict:
     ref_stats: FrechetStats | None = None
     if "fad" in metrics:
         embedder = get_embedder(opts.embedder, **_embedder_options(opts))
-        cache = EmbeddingCache(cache_root, embedder.identity) if cache_root else None
+        cache = EmbeddingCache(cache_root, embedder.identity, unwritable=unwritable) if cache_root else None
         gen = embed_folder(opts.generated, embedder, cache, what="generated", batch_size=opts.batch_size,
                            progress=opts.progress)
         if ref_is_stats:
@@ -378,7 +379,7 @@ def run_eval(opts: EvalOptions) -> dict:
         except ValueError as e:
             raise EvalError(f"--metrics {','.join(panns_metrics)} need PANNs Cnn14_16k weights: pass --panns-weights "
                             f"PATH or set $TTA_PANNS_WEIGHTS ({e})") from None
-        pcache = EmbeddingCache(cache_root, panns.identity) if cache_root else None
+        pcache = EmbeddingCache(cache_root, panns.identity, unwritable=unwritable) if cache_root else None
         pgen = embed_folder(opts.generated, panns, pcache, what="generated", want_logits=True,
                             batch_size=opts.batch_size, progress=opts.progress)
         pref = None if set(panns_metrics) == {"is"} else embed_folder(
@@ -449,7 +450,7 @@ def run_eval(opts: EvalOptions) -> dict:
         prompts = _match_prompts(read_prompts(opts.prompts, names), names, opts.prompts)
     if "clap" in metrics:
         _clap_metric(opts, gen, prompts, result, items, record)
-    silent = _silent_files(gen, EmbeddingCache(cache_root, PEAK_CACHE) if cache_root else None)
+    silent = _silent_files(gen, EmbeddingCache(cache_root, PEAK_CACHE, unwritable=unwritable) if cache_root else None)
     if silent:
         msg = (f"generated {opts.generated}: {len(silent)} of {len(gen.files)} files are silent (peak, DC removed, "
                f"below {SILENCE_DB:g} dBFS; e.g. {silent[0]}): a generator that failed on them is scored as if "

@@ -576,6 +576,21 @@ def test_eval_goes_on_without_a_cache_it_cannot_write(folders, tmp_path, caplog)
     assert uncached["metrics"]["fad"] == cached["metrics"]["fad"]
 
 
+def test_a_cache_found_unwritable_is_tried_again_by_the_next_eval_run(folders, tmp_path, caplog):
+    """A cache folder that could not be written (a full disk) was skipped for the rest of the Python process:
+    later evals in it never cached again, even once the folder could be written. Each run warns once."""
+    gen, ref, _ = folders
+    blocked = tmp_path / "home"
+    blocked.write_text("not a folder")
+    args = ["-q", "eval", "--cache-dir", str(blocked / "cache"), "--generated", str(gen), "--reference", str(ref)]
+    assert main([*args, "--out", str(tmp_path / "first")]) == 0
+    assert caplog.text.count("going on without the embedding cache") == 1
+    blocked.unlink()                                  # room again
+    assert main([*args, "--out", str(tmp_path / "second")]) == 0
+    assert caplog.text.count("going on without the embedding cache") == 1
+    assert len(list((blocked / "cache").rglob("*.npy"))) == 16 + 8      # embeddings of 8 + 8 files, 8 peaks
+
+
 def test_a_retrieval_experiment_generation_record_is_not_called_damaged(folders, tmp_path):
     """`tta experiment retrieval` writes a generation.json whose outputs hold ids, buckets and neighbours but no
     file names; every variant's eval was marked generated_record_damaged ("outputs[0].file is null") and left
