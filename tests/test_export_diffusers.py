@@ -125,6 +125,22 @@ def test_the_vaes_own_framing_survives_a_diffusers_round_trip(laion_pipeline, tm
     assert back.vocoder.config.mel.framing == pipe.vocoder.config.mel.framing != other
 
 
+def test_import_names_a_scheduler_config_field_of_the_wrong_type(laion_pipeline, tmp_path, capsys):
+    """diffusers took "num_train_timesteps": "1000" and the import failed on torch.linspace's many-line error
+    ("linspace() received an invalid combination of arguments ..."), naming no file."""
+    import json
+
+    assert main(["-q", "export", "diffusers", str(laion_pipeline), "--out", str(tmp_path / "d")]) == 0
+    path = tmp_path / "d" / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_train_timesteps": "1000"}))
+    capsys.readouterr()
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(laion_pipeline.parent / "clap"),
+                 "--out", str(tmp_path / "back")]) == 1
+    assert capsys.readouterr().err == (f"tta: error: {path}: config key 'scheduler.num_train_timesteps': expected "
+                                       "int, got string '1000'\n")
+    assert not (tmp_path / "back").exists()
+
+
 def test_a_resblock_2_hifigan_is_refused_before_anything_is_written(laion_pipeline, tmp_path, capsys):
     """configs/vocoder/*.json train resblock '2', which SpeechT5HifiGan lacks: the refusal came after the UNet and
     VAE were written, named the deleted temporary folder and left the output's parent behind."""

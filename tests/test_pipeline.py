@@ -263,6 +263,26 @@ def test_a_bad_scheduler_config_is_named(tmp_path, change, fragment):
     assert str(e.value).startswith(f"{path}: ")
 
 
+def test_a_scheduler_config_given_in_python_is_checked_as_its_file_is(pipe):
+    """A noise schedule built in Python ("1000" failed on "'<' not supported", a bool beta passed as a number) and
+    a scheduler config handed to TTAPipeline (its "1000" failed in torch.linspace at the first call; beta_end=True
+    sampled on a schedule that ends at 1) went unchecked: only from_pretrained's file was checked."""
+    from tta.ldm.sampling import DiffusionConfig
+
+    with pytest.raises(ValueError, match=r"^diffusion.num_train_timesteps='1000' must be an integer$"):
+        DiffusionConfig(num_train_timesteps="1000")
+    with pytest.raises(ValueError, match=r"^diffusion.beta_start=True must be a finite number$"):
+        DiffusionConfig(beta_start=True)
+    assert type(DiffusionConfig(beta_end=np.float32(0.02)).beta_end) is float
+    parts = (pipe.unet, pipe.vae, pipe.vocoder, pipe.clap)
+    for change, message in (({"num_train_timesteps": "1000"}, "'scheduler.num_train_timesteps': expected int, got "
+                                                              "string '1000'"),
+                            ({"beta_end": True}, "'scheduler.beta_end': expected float, got bool True")):
+        with pytest.raises(PipelineError, match=f"^scheduler config: config key {re.escape(message)}$"):
+            TTAPipeline(*parts, {**pipe.scheduler_config, **change}, pipe.defaults)
+    TTAPipeline(*parts, {**pipe.scheduler_config, "clip_sample": False}, pipe.defaults)   # other keys: diffusers'
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_apg_keeps_only_the_push_orthogonal_to_the_conditional_estimate(prediction_type):
     """In x0 space: a difference along x0_cond is dropped (the conditional prediction comes back), and a

@@ -69,8 +69,9 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     import diffusers
 
     from tta.clap import load_clap
+    from tta.config import ConfigError, from_known_fields
     from tta.ldm.model import LDMUNet
-    from tta.ldm.sampling import sampler_name_of
+    from tta.ldm.sampling import DiffusionConfig, sampler_name_of
     from tta.pipeline import PipelineDefaults, TTAPipeline
     from vae.interop import load_diffusers_vae
     from vocoder.interop import load_speecht5_folder
@@ -103,6 +104,10 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     if not sched_cfg.is_file():
         raise InteropError(f"{folder}: scheduler/ has no scheduler_config.json")
     raw = _read_json_object(sched_cfg)
+    try:   # diffusers takes "1000" and fails later in torch.linspace, naming no file
+        from_known_fields(DiffusionConfig, raw, where="scheduler")
+    except ConfigError as e:
+        raise InteropError(f"{sched_cfg}: {e}") from None
     cls = getattr(diffusers, str(raw.get("_class_name")), None)
     if cls is None:
         raise InteropError(f"{sched_cfg}: unknown scheduler class {raw.get('_class_name')!r}")

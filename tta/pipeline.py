@@ -37,7 +37,7 @@ import torch
 
 from tta.audio import AudioError, check_same_mel, float_audio, log_mel
 from tta.checkpoint import CheckpointError, load_component, read_json
-from tta.config import is_real
+from tta.config import ConfigError, from_known_fields, is_real
 from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, write_pipeline
 from tta.ldm.folder import vocoder_class as _vocoder_class
 from tta.ldm.model import LDMUNet
@@ -206,6 +206,10 @@ class TTAPipeline:
     # -- assembly --------------------------------------------------------------------------------
 
     def _check_fit(self) -> None:
+        try:   # the noise schedule's own fields, as from_pretrained checks a scheduler_config.json's
+            from_known_fields(DiffusionConfig, self.scheduler_config, where="scheduler")
+        except ConfigError as e:
+            raise PipelineError(f"scheduler config: {e}") from None
         check_same_mel(self.vae.config.mel, self.vocoder.config.mel, "vae/", "vocoder/")
         u = self.unet.config
         if u.latent_channels != self.vae.config.latent_channels:
@@ -285,7 +289,7 @@ class TTAPipeline:
 
     @classmethod
     def _load_folder(cls, folder: Path, device) -> TTAPipeline:
-        from tta.config import ConfigError, from_dict, from_known_fields
+        from tta.config import from_dict
 
         spec = read_pipeline_json(folder)
         parts = spec["components"]

@@ -28,6 +28,8 @@ from typing import Literal
 
 import torch
 
+from tta.config import check_numbers
+
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("ddim", "dpmsolver++", "euler", "euler_a", "heun", "lms", "pndm", "ddpm")
@@ -56,6 +58,8 @@ class DiffusionConfig:
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
 
     def __post_init__(self) -> None:
+        # a schedule built in Python: "1000" failed on "'<' not supported", a bool beta passed as a number
+        check_numbers(self, "diffusion")
         if self.num_train_timesteps < 2:
             raise ValueError(f"diffusion.num_train_timesteps={self.num_train_timesteps} must be >= 2")
         if not 0 < self.beta_start < self.beta_end < 1:
