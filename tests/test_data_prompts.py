@@ -240,9 +240,9 @@ def test_an_id_whose_file_name_passes_the_limit_is_refused_naming_the_id(tmp_pat
 
     assert id_name_problem("a" * 251) is None and id_name_problem("é" * 125) is None   # 251 and 250 bytes + .wav
     assert id_name_problem("clotho/" + ":" * 80) is None                                # 9 + 240 + 4 bytes
-    assert id_name_problem("a" * 252).startswith(f"id {'a' * 37!r}... names a file of 256 bytes (")
+    assert id_name_problem("a" * 252).startswith(f"id {'a' * 37 + '...'!r} names a file of 256 bytes (")
     problem = id_name_problem("clotho/" + ":" * 81)
-    assert problem == ("id 'clotho/::::::::::::::::::::::::::::::'... names a file of 256 bytes (clotho%2F%3A%3A%3A%3"
+    assert problem == ("id 'clotho/::::::::::::::::::::::::::::::...' names a file of 256 bytes (clotho%2F%3A%3A%3A%3"
                        "....wav, escaped); a file name takes at most 255 bytes: give it a shorter id")
     path = tmp_path / "p.jsonl"
     path.write_text('{"id": "ok", "prompt": "a bell"}\n{"id": "clotho/' + ":" * 81 + '", "prompt": "a dog"}\n')

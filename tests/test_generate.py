@@ -636,7 +636,7 @@ def test_batch_names_and_seeds_are_checked_before_the_model_loads(tmp_path, caps
     prompts = tmp_path / "p.csv"
     prompts.write_text(f"id,prompt\nfirst,a dog\n{'a' * 300},a cat\n")
     code, _, err = run(capsys, "--prompts", prompts, "--model", no_model, "--out-dir", tmp_path / "o")
-    assert code == 1 and f"{prompts}: id {'a' * 37!r}... names a file of 304 bytes" in err, err
+    assert code == 1 and f"{prompts}: id {'a' * 37 + '...'!r} names a file of 304 bytes" in err, err
     code, _, err = run(capsys, "a", "b", "--seed", 2**62 - 1, "--model", no_model, "--out-dir", tmp_path / "o")
     assert code == 1 and "--seed 4611686018427387903 with 2 prompts" in err, err
     prompts.write_text("id,prompt\nDog,a dog\ndog,a small dog\n")

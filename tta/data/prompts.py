@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tta.config import shortened
+
 TEXT_FIELDS = ("prompt", "caption", "text")
 FILE_FIELDS = ("file", "path", "audio", "name")
 FILE_KEY_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")   # dropped from a row's file name to make its key
@@ -93,9 +95,8 @@ def id_name_problem(id_: str, suffix: str = ".wav") -> str | None:
     size = len(name.encode("utf-8", "surrogatepass"))
     if size <= NAME_MAX_BYTES:
         return None
-    shown = repr(id_) if len(id_) <= 40 else f"{id_[:37]!r}..."
     how = "" if name == id_ + suffix else ", escaped"
-    return (f"id {shown} names a file of {size} bytes ({name[:20]}...{suffix}{how}); a file name takes at most "
+    return (f"id {shortened(id_, 40)!r} names a file of {size} bytes ({name[:20]}...{suffix}{how}); a file name takes at most "
             f"{NAME_MAX_BYTES} bytes: give it a shorter id")
 
 
