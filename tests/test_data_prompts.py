@@ -60,6 +60,27 @@ def test_ids_with_a_slash_or_colon_drive_generate_and_eval(tmp_path):
         "dog": ("dog", "dog")}
 
 
+def test_eval_pairs_an_id_row_as_before_ids_named_files_and_a_file_row_by_its_file_only(tmp_path):
+    """Keying id rows by id_file_name lost two pairings tta eval --prompts made before: an id with a folder to
+    the file of its base name ('clotho/a_dog' -> a_dog.wav, another generator's folder), an id with an audio
+    suffix to that file ('dog.wav' -> dog.wav); and a row with a file field also took a file named by its id."""
+    from eval.run import EvalError, _match_prompts
+
+    def paired(path, names):
+        return {n: r.prompt for n, r in _match_prompts(read_prompts(path, names), names, path).items()}
+
+    ids = tmp_path / "ids.csv"
+    ids.write_text("id,prompt\nclotho/a_dog,a dog barks\ndog.wav,a cat\n")
+    for names in (["a_dog", "dog"], ["clotho/a_dog", "dog"], ["clotho%2Fa_dog", "dog.wav"]):
+        assert paired(ids, names) == dict(zip(names, ("a dog barks", "a cat"))), names
+    both = tmp_path / "both.csv"
+    both.write_text("id,file,prompt\nr,rain.wav,rain falls\n")
+    assert paired(both, ["rain"]) == {"rain": "rain falls"}
+    for names in (["r"], ["r", "rain"]):
+        with pytest.raises(EvalError, match="no prompt for 1 generated file"):
+            paired(both, names)
+
+
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     # Excel's "CSV UTF-8" starts the file with U+FEFF
     (tmp_path / "p.csv").write_bytes("prompt,id\na dog barks,d1\n".encode("utf-8-sig"))

@@ -104,15 +104,17 @@ def match_audio(keys: Mapping[str, str | None], names: Iterable[str]) -> dict[st
     """Pair audio files with prompt rows, the one rule of `tta eval --prompts` and `tta clap score --prompts`:
     for each name (a file's path under its folder without suffix, '/'-joined), the key of its row, or None.
     `keys` maps each row's key (its file field's `file_key`, else its id's `id_file_name`) to its id (None for
-    none). A name pairs with the row of the same key; else with the row whose id is that path (a file at the
-    id's own path, 'clotho/a_dog.wav'); else, when no other file has its base name, with the row whose key has
-    that base name."""
+    none). A name pairs with the row of the same key; else with the id row whose id read as a path (`file_key`,
+    as tta before id_file_name keyed it) is that name (a file at the id's own path, 'clotho/a_dog.wav'); else,
+    when no other file has its base name, with the row whose key, or id read as a path, has that base name
+    ('a_dog.wav' for 'clotho/a_dog'). A row with a file field pairs by that field only."""
     names = list(names)
-    by_name = {Path(k).name: k for k in keys}
-    by_path = {i: k for k, i in keys.items() if i is not None and k != i}
+    by_id = {file_key(i): k for k, i in keys.items() if i is not None and k == id_file_name(i)}   # id rows
+    by_name = {Path(p).name: k for p, k in by_id.items()}
+    by_name.update((Path(k).name, k) for k in keys)   # a row's own key before another row's id
     counts = Counter(Path(n).name for n in names)   # a bare name stands for one file only: a/x and b/x need paths
-    return {n: n if n in keys else by_path.get(n) or (by_name.get(Path(n).name) if counts[Path(n).name] == 1
-                                                       else None)
+    return {n: n if n in keys else by_id.get(n) or (by_name.get(Path(n).name) if counts[Path(n).name] == 1
+                                                     else None)
             for n in names}
 
 
