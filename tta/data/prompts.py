@@ -66,7 +66,8 @@ def id_file_name(id_: str) -> str:
     a space at either end and a whole '.' or '..' written as %XX (its UTF-8 bytes in hex): 'clotho/a_dog' ->
     'clotho%2Fa_dog', 'audioset:x' -> 'audioset%3Ax'. The one rule of every writer (`tta generate`, the
     retrieval experiment) and of every reader that pairs files back to ids (`tta eval --prompts`, `tta clap
-    score --prompts`: match_audio). Two ids never share a name: a kept id holds no '%', an escaped one does, and escapes a '%' of its own."""
+    score --prompts`: match_audio). Two ids never share a name: a kept id holds no '%', an escaped one does, and
+    escapes a '%' of its own."""
     if not id_:
         raise ValueError("an empty id names no file")
     if name_problem(id_) is None:
@@ -96,8 +97,8 @@ def id_name_problem(id_: str, suffix: str = ".wav") -> str | None:
     if size <= NAME_MAX_BYTES:
         return None
     how = "" if name == id_ + suffix else ", escaped"
-    return (f"id {shortened(id_, 40)!r} names a file of {size} bytes ({name[:20]}...{suffix}{how}); a file name takes at most "
-            f"{NAME_MAX_BYTES} bytes: give it a shorter id")
+    return (f"id {shortened(id_, 40)!r} names a file of {size} bytes ({name[:20]}...{suffix}{how}); a file name "
+            f"takes at most {NAME_MAX_BYTES} bytes: give it a shorter id")
 
 
 def match_audio(keys: Mapping[str, str | None], names: Iterable[str]) -> dict[str, str | None]:
