@@ -478,8 +478,8 @@ def run_eval(opts: EvalOptions) -> dict:
 def _read_generation_record(folder: Path) -> tuple[dict, str | None]:
     """(record, None) for a sound generation.json, ({}, None) where there is none, ({}, why) for one that is not
     JSON or whose fields eval reads (outputs[].file, complete, planned_outputs, settings.candidates,
-    clap_score_model) are not what `tta generate` (or `tta experiment retrieval`, whose outputs name no file)
-    writes."""
+    clap_score_model) are not what `tta generate` (or `tta experiment retrieval`, whose outputs named no file
+    before they were named by id_file_name) writes."""
     import json
 
     path = folder / "generation.json"
@@ -498,7 +498,7 @@ def _read_generation_record(folder: Path) -> tuple[dict, str | None]:
         return {}, "has no outputs list"
     if not isinstance(outputs, list):
         return {}, f"outputs is {_shown(outputs)}, not a list"
-    # an output with no "file" at all is of a record that names no files (`tta experiment retrieval` writes ids):
+    # an output with no "file" at all is of a record that names no files (an older `tta experiment retrieval`'s):
     # the files-of-another-run check has nothing to go on, the others stand; a "file" of another type is damage
     for i, output in enumerate(outputs):
         if not isinstance(output, dict) or ("file" in output and not isinstance(output["file"], str)):
