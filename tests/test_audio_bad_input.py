@@ -215,15 +215,16 @@ def test_one_sample_rate_rule_for_load_save_and_the_embedders(tmp_path):
     first = clap.embed_audio(wav, 16_000)
     np.testing.assert_array_equal(clap.embed_audio(wav, 16_000.0), first)
     assert clap.cache.hits == 1          # one rate, one cache key
-    checks = ((lambda r: load_audio(tmp_path / "int.wav", r), ValueError, "load_audio sample_rate"),
-              (lambda r: save_audio(tmp_path / "b.wav", wav, r), AudioError, f"{tmp_path / 'b.wav'}: sample_rate"),
-              (lambda r: get_embedder("mfcc").embed(wav, r), ValueError, "mfcc: sample_rate"),
-              (lambda r: clap.embed_audio(wav, r), ValueError, "embed_audio sample_rate"))
-    for call, error, what in checks:
+    none = ", or None for the file's own"
+    checks = ((lambda r: load_audio(tmp_path / "int.wav", r), ValueError, "load_audio sample_rate", none),
+              (lambda r: save_audio(tmp_path / "b.wav", wav, r), AudioError, f"{tmp_path / 'b.wav'}: sample_rate", ""),
+              (lambda r: get_embedder("mfcc").embed(wav, r), ValueError, "mfcc: sample_rate", ""),
+              (lambda r: clap.embed_audio(wav, r), ValueError, "embed_audio sample_rate", ""))
+    for call, error, what, also in checks:
         for rate in (16_000.5, 0, -16_000, "16000", True, float("nan")):
             with pytest.raises(error) as e:
                 call(rate)
-            assert str(e.value) == f"{what}={rate!r}: expected a positive integer (Hz)"
+            assert str(e.value) == f"{what}={rate!r}: expected a positive integer (Hz){also}"
     assert not (tmp_path / "b.wav").exists()
 
 

@@ -43,12 +43,13 @@ class AudioError(ValueError):
     """An audio file or buffer that cannot be used; the message names the file and what was expected."""
 
 
-def check_sample_rate(value, what: str, error: type[Exception] = ValueError) -> int:
+def check_sample_rate(value, what: str, error: type[Exception] = ValueError, *, also: str = "") -> int:
     """`value` as a sample rate in Hz (an int), or `error` naming `what`: a positive integer, numpy's included; an
-    integral float (16000.0) is taken, as configs take it; a str, a bool, a fraction or a rate <= 0 is refused."""
+    integral float (16000.0) is taken, as configs take it; a str, a bool, a fraction or a rate <= 0 is refused.
+    `also` ends the message with what else the caller takes (", or None for the file's own")."""
     if is_real(value) and float(value).is_integer() and value > 0:
         return int(value)
-    raise error(f"{what}={value!r}: expected a positive integer (Hz)")
+    raise error(f"{what}={value!r}: expected a positive integer (Hz){also}")
 
 
 @dataclass(frozen=True)
@@ -383,7 +384,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
         raise ValueError(f"load_audio max_seconds={max_seconds!r}: expected a finite number > 0, or None for the "
                          "whole file")
     if sample_rate is not None:
-        sample_rate = check_sample_rate(sample_rate, "load_audio sample_rate")
+        sample_rate = check_sample_rate(sample_rate, "load_audio sample_rate", also=", or None for the file's own")
     path = _check_path(path)
     try:
         with sf.SoundFile(os.fsencode(path)) as f:
