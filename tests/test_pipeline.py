@@ -713,3 +713,37 @@ def test_sample_names_itself_for_a_keyword_it_does_not_take(pipe):
     wav = pipe.sample(noise, cond, None, num_samples, steps=2, guidance=1.0, sampler="ddim", progress=False,
                       guidance_rule="cfg")   # what denoise takes is passed on
     assert wav.shape == (1, num_samples)
+
+
+@pytest.mark.parametrize("outside", ["original", "decoded"])
+def test_inpainting_a_long_clip_samples_only_a_window_around_the_gap(pipe, monkeypatch, outside):
+    """A 2 s gap in a 42.5 s clip was sampled with the whole clip's latents (117 s on 2 threads), though the
+    latents outside the gap are the input's either way: only the gap with INPAINT_CONTEXT on each side is
+    sampled now. "original" keeps the input's own samples outside the gap; "decoded" is the whole clip's latents,
+    the gap's put in, as the VAE and vocoder render them."""
+    import tta.pipeline
+
+    monkeypatch.setattr(tta.pipeline, "INPAINT_CONTEXT", 0.3, raising=False)
+    sr = pipe.sample_rate
+    wav = (signals.chirp(300, 3000, 3.0) * 0.6 + 0.01).astype(np.float32)
+    n, first, last = len(wav), round(1.5 * sr), round(1.7 * sr)
+    frames = []
+    forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda x, *args, **kw: frames.append(x.shape[2]) or forward(x, *args, **kw))
+    out = pipe.inpaint(wav, ["a bird"], start=1.5, end=1.7, steps=2, candidates=2, return_candidates=True,
+                       outside=outside)
+    window = last - first + 2 * round(0.3 * sr)          # 0.8 s, as whole UNet-sized runs of latent steps
+    assert set(frames) == {pipe.latent_shape(window)[1]} and frames[0] < pipe.latent_shape(n)[1] / 3
+    a, b = pipe._inpaint_segment(n, n, first, last)
+    assert 0 < a <= first - round(0.3 * sr) and last + round(0.3 * sr) <= b < n   # the window, inside the clip
+    for got in out.candidate_wavs[0]:
+        assert got.shape == (n,) and not np.allclose(got[first:last], wav[first:last], atol=1e-2)
+        if outside == "original":
+            kept = tta.pipeline.inpaint_weight(n, 1.5, 1.7, sr) == 0
+            np.testing.assert_array_equal(got[kept], wav[kept])
+        else:
+            x, level, _ = tta.pipeline.edit_input(wav)
+            whole = pipe.resynthesise(x) * np.float32(level)
+            outside_window = np.r_[got[:a] - whole[:a], got[b:] - whole[b:]]   # the decoder hears the gap too
+            assert np.abs(outside_window).max() < 0.01 * np.abs(whole).max()
+    assert any(np.array_equal(out.wavs[0], c) for c in out.candidate_wavs[0])

@@ -70,6 +70,7 @@ EDIT_OUTSIDE = ("original", "decoded")   # what an inpainted or super-resolved c
 MAX_SEED = 2**62           # prompt i, candidate j draw with seed + i + 1000003 * j: a 64-bit generator seed
 INPAINT_FADE = 0.02        # seconds of raised-cosine crossfade centred on each edge of a spliced gap
 INPAINT_RANK_CONTEXT = 0.5  # seconds on each side of an inpainted gap that candidate ranking hears with it
+INPAINT_CONTEXT = 2.5       # seconds at least on each side of a gap that inpainting a longer clip samples with it
 SR_CROSSOVER = 0.1          # super-resolution's crossover: input below (1 - this) x cutoff, generated above cutoff
 
 
@@ -487,6 +488,11 @@ class TTAPipeline:
         samples (its DC offset too); "decoded" returns the whole decoded clip, the kept parts too as the VAE and
         vocoder render them (AudioLDM's inpainting output). Candidates are ranked by CLAP on the gap with up to
         INPAINT_RANK_CONTEXT seconds on each side, not on the whole clip, which is mostly the input.
+
+        A clip longer than the gap with INPAINT_CONTEXT seconds on each side, and longer than the model's window,
+        is sampled only there (a window of at least the model's window, centred on the gap where the clip allows):
+        the UNet runs on that window's latents; with "decoded" the gap's latents are put into the whole clip's and
+        decoded with them.
         """
         check_edit_settings("inpaint", kwargs)
         if outside not in EDIT_OUTSIDE:
@@ -501,29 +507,68 @@ class TTAPipeline:
         if not 0 <= start < end <= n / self.sample_rate + 1e-9:
             raise PipelineError(f"inpaint range {start}:{end} s must satisfy 0 <= start < end <= "
                                 f"{n / self.sample_rate:g} (the input's length)")
+        first, last = round(start * self.sample_rate), round(end * self.sample_rate)
+        a, b = self._inpaint_segment(n, sampled, first, last)
+        if b - a < n:   # a long clip: only a window around the gap is sampled
+            sampled = b - a
         _, t, _ = self.latent_shape(sampled)
         per = self.vae.downsample_factor * self.mel.hop_length          # samples per latent step (an integer)
         # latent step idx covers samples [idx * per, (idx + 1) * per) with HiFi-GAN framing (frame k centred on
-        # hop * k + hop / 2); TacotronSTFT centres frame k on hop * k, half a hop earlier
+        # hop * k + hop / 2); TacotronSTFT centres frame k on hop * k, half a hop earlier. A window starts on a
+        # latent step of the clip (a is a multiple of per): its steps are the clip's own
         shift = self.mel.hop_length // 2 if self.mel.framing == "tacotron" else 0
-        first, last = round(start * self.sample_rate), round(end * self.sample_rate)
         idx = torch.arange(t)
-        gap = ((idx + 1) * per - shift > first) & (idx * per - shift < last)
-        finish = None
+        gap = ((idx + 1) * per - shift > first - a) & (idx * per - shift < last - a)
+        finish = place = None
         if outside == "original":
             original = torch.from_numpy(np.ascontiguousarray(wav[:n], np.float32))
             weight = torch.from_numpy(inpaint_weight(n, start, end, self.sample_rate))
-            finish = lambda w: weight * w + (1 - weight) * original   # noqa: E731 (one expression)
+            if b - a == n:
+                finish = lambda w: weight * w + (1 - weight) * original   # noqa: E731 (one expression)
+            else:   # a window's output put into the input, which it is outside the gap
+                def finish(w: torch.Tensor) -> torch.Tensor:
+                    return torch.cat([original[:a], weight[a:b] * w + (1 - weight[a:b]) * original[a:b], original[b:]])
+        elif b - a < n:   # the gap's latents decoded with the whole clip's: no seam where the window ends
+            place = self._gap_into_clip(wav, n, a // per, gap)
         context = round(INPAINT_RANK_CONTEXT * self.sample_rate)
         span = (max(0, first - context), min(n, last + context))
-        out = self._run(prompts, sampled, init_wav=wav, keep=(~gap).view(1, 1, t, 1), finish=finish, cut=n,
-                        rank_span=span, **kwargs)
+        out = self._run(prompts, sampled, init_wav=wav[a:b], keep=(~gap).view(1, 1, t, 1), finish=finish,
+                        cut=n if place is not None else b - a, rank_span=span, place=place, **kwargs)
         if outside == "decoded":
             return at_level(out, level)
         # back at the input's level in float32 the kept samples are within a rounding step of the input's, and a
         # step under a 16-bit value is written as the value below: they are the input's own, exactly
         kept = weight.numpy() == 0
         return at_level(out, level, offset, exact=(raw, kept))
+
+    def _inpaint_segment(self, n: int, sampled: int, first: int, last: int) -> tuple[int, int]:
+        """The samples [a, b) of an n-sample clip that inpainting samples for the gap [first, last): the gap with
+        INPAINT_CONTEXT seconds on each side and at least the model's window (it was trained on clips that long),
+        as whole UNet-sized runs of latent steps starting on one of the clip's; the whole clip (0, n) when that is
+        not shorter than what sampling the clip would take. Outside it the latents are the input's either way."""
+        per = self.vae.downsample_factor * self.mel.hop_length
+        unit = per * self.unet.downsample_factor
+        want = max(last - first + 2 * round(INPAINT_CONTEXT * self.sample_rate),
+                   round(self.defaults.window * self.sample_rate))
+        length = math.ceil(want / unit) * unit
+        if length >= sampled or length >= n:
+            return 0, n
+        a = min(max(0, (first + last - length) // 2), n - length) // per * per   # centred, inside the clip
+        return a, a + length
+
+    def _gap_into_clip(self, wav: np.ndarray, n: int, step: int, gap: torch.Tensor):
+        """outside="decoded" for a window of a longer clip starting at latent step `step`: a function putting the
+        window's latents (B, C, t, F') at the steps `gap` (t,) marks into the whole clip's own latents, and the
+        length to decode them at (n), so the output is the whole clip as the VAE and vocoder render it."""
+        whole = self.encode_audio(np.ascontiguousarray(wav[:n], np.float32), n)
+
+        def place(latents: torch.Tensor) -> tuple[torch.Tensor, int]:
+            out = whole.to(latents.device).expand(latents.shape[0], -1, -1, -1).clone()
+            g = gap.to(latents.device)
+            out[:, :, step:step + latents.shape[2]][:, :, g] = latents[:, :, g]
+            return out, n
+
+        return place
 
     def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, outside: str = "original",
                       **kwargs) -> Generation:
@@ -560,7 +605,8 @@ class TTAPipeline:
              init_wav: np.ndarray | None = None, strength: float = 1.0, keep: torch.Tensor | None = None,
              context: torch.Tensor | None = None, datastore=None, neighbours: int | None = None,
              cut: int | None = None, context_guidance: str | None = None,
-             prompt_ids: list[str] | None = None, finish=None, rank_span: tuple[int, int] | None = None) -> Generation:
+             prompt_ids: list[str] | None = None, finish=None, rank_span: tuple[int, int] | None = None,
+             place=None) -> Generation:
         from tqdm.auto import tqdm
 
         d = self.defaults
@@ -617,7 +663,7 @@ class TTAPipeline:
                               steps=steps, guidance=guidance, sampler=sampler, eta=eta, strength=strength,
                               guidance_rule=rule, precision=precision,
                               init_latents=None if init is None else init.expand(len(chunk), -1, -1, -1),
-                              keep=keep, context=_rows(context, [i for i, _, _ in chunk]),
+                              keep=keep, place=place, context=_rows(context, [i for i, _, _ in chunk]),
                               uncond_context=_rows(uncond_context, [i for i, _, _ in chunk]), generator=generator,
                               progress=progress and len(jobs) <= per)
             for (i, j, _), w in zip(chunk, out):
@@ -650,13 +696,14 @@ class TTAPipeline:
         return prompt_context(self.retrieval, store, text, k)
 
     def sample(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, num_samples: int, *,
-               steps: int, guidance: float, sampler: str, eta: float = 0.0, **edit) -> torch.Tensor:
+               steps: int, guidance: float, sampler: str, eta: float = 0.0, place=None, **edit) -> torch.Tensor:
         """The core: noise (B, C, T', F') + embeddings cond / uncond (B, D) -> wav (B, num_samples) on CPU.
 
         `edit` passes strength / init_latents / keep / context / uncond_context / generator / progress /
         guidance_rule / precision on to `denoise`. Like steps and guidance, the guidance rule and the precision
         are not taken from the model's defaults here: they are "cfg" and "float32" unless given (the parity
-        checks against diffusers call this directly).
+        checks against diffusers call this directly). `place` (latents -> (latents, num_samples)), where given,
+        puts the denoised latents into others before they are decoded (an inpainted window into its clip).
         """
         for name in edit:   # before any compute, naming this method (denoise's own TypeError named denoise())
             if name not in SAMPLE_PASSES_ON:
@@ -665,6 +712,8 @@ class TTAPipeline:
         if edit.get("context") is None and self.retrieval is not None:    # a retrieval model, no neighbours
             edit["context"] = self.retrieval.null_context(noise.shape[0])
         latents = denoise(self.unet, scheduler, noise, cond, uncond, steps=steps, guidance=guidance, eta=eta, **edit)
+        if place is not None:   # an edit of a window of a longer clip: its latents placed into the clip's
+            latents, num_samples = place(latents)
         return self.decode(latents, num_samples)
 
     def _rank(self, text, wavs, num_prompts: int, candidates: int, jobs, span=None) -> Generation:
