@@ -91,6 +91,9 @@ BAD = [
     (1, ["--init-audio", "MISSING.wav"], "unreadable input audio"),
     (2, ["--inpaint", "IN.wav"], "--mask START:END"),
     (1, ["--inpaint", "IN.wav", "--mask", "2:1"], "--mask '2:1'"),
+    # a value starting with "-" and a digit is the flag's, as "-1" is: argparse read these two as unknown options
+    (1, ["--inpaint", "IN.wav", "--mask", "-1:1"], "--mask '-1:1' must be START:END seconds with 0 <= START"),
+    (1, ["--super-resolution", "IN.wav", "--cutoff", "-1e3"], "--cutoff -1000.0 must be a frequency > 0 Hz"),
     (1, ["--window", "-1"], "--window -1.0 must be between 0"),
     (2, ["--inpaint", "IN.wav", "--mask", "0.1:0.2", "--window", "1"], "--window does not apply to edits"),
     (2, ["--strength", "0.7"], "--strength needs --init-audio"),

@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -267,7 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_train(sub)
     _add_modules(sub)
+    _numbers_as_values(parser)
     return parser
+
+
+def _numbers_as_values(parser: argparse.ArgumentParser) -> None:
+    """Take an argument that starts with "-" and a digit (`--mask -1:1`, `--cutoff -1e3`) as a value, in
+    `parser` and its sub-commands, as argparse takes "-1" and "-0.5": it read the others as options, and the
+    flag's own check, which names what it expects, never saw them ("expected one argument"). No tta option
+    starts with a digit."""
+    parser._negative_number_matcher = re.compile(r"-\.?\d.*", re.DOTALL)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _numbers_as_values(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
