@@ -229,7 +229,9 @@ def _add_generate(sub) -> None:
                    help="with --inpaint or --super-resolution, what the output holds outside the regenerated part "
                         "(the gap; the band below --cutoff): the input's own audio (original, the default; 20 ms "
                         "crossfades at a gap's edges, a crossover just below the cutoff) or the whole clip as the VAE "
-                        "and vocoder decode it (decoded, as AudioLDM)")
+                        "and vocoder decode it (decoded, as AudioLDM: the kept part as the model renders it, e.g. "
+                        "speech 2-5 dB quieter below 1 kHz with the embedded model, whose VAE round trip alone loses "
+                        "2-4 dB there)")
     p.add_argument("--super-resolution", type=Path, action=_Once, metavar="WAV",
                    help="band-limited audio whose upper mel bands are regenerated (with --cutoff)")
     p.add_argument("--cutoff", type=float, metavar="HZ", help="with --super-resolution: highest kept frequency")
