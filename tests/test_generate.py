@@ -88,6 +88,7 @@ BAD = [
     (1, ["--steps", "0"], "--steps 0 must be >= 1"),
     (1, ["--steps", "100000"], "timesteps this model was trained on"),   # before the model loads (it was after)
     (1, ["-o", "/proc/nope/x.wav"], "does not exist"),
+    (2, ["-o", "/proc/nope/x.wav", "--resume"], "--resume continues a --out-dir batch; -o FILE writes one clip"),
     (1, ["--init-audio", "MISSING.wav"], "unreadable input audio"),
     (2, ["--inpaint", "IN.wav"], "--mask START:END"),
     (1, ["--inpaint", "IN.wav", "--mask", "2:1"], "--mask '2:1'"),

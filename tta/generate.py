@@ -6,7 +6,9 @@ loaded, so a typo costs nothing. Outputs are written atomically as they are fini
 Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.json` beside it;
 otherwise each prompt goes to `<out-dir>/<name>.wav` (the base name of a prompts file row's file field, else
 its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`) and the record to
-`<out-dir>/generation.json`.
+`<out-dir>/generation.json`. `--resume` keeps the outputs an earlier run of the same batch wrote into the
+out-dir (its record lists them with their sha256) and generates the rest (read_earlier_run, check_same_run,
+kept_outputs).
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         raise UsageError("no prompts: give PROMPT arguments or --prompts FILE")
     if args.output is not None and args.out_dir is not None:
         raise UsageError("give either -o FILE or --out-dir DIR, not both")
+    if args.output is not None and getattr(args, "resume", False):
+        raise UsageError("--resume continues a --out-dir batch; -o FILE writes one clip: run it again without "
+                         "--resume")
     if args.output is not None:
         if len(pairs) != 1:
             raise UsageError(f"-o FILE takes exactly one prompt, got {len(pairs)}; use --out-dir DIR")
@@ -540,6 +545,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
+    earlier = read_earlier_run(args, jobs, folder) if getattr(args, "resume", False) else None
 
     from tta.audio import SILENCE_DB, dc_removed_peak, load_audio
     from tta.pipeline import TTAPipeline
@@ -580,12 +586,20 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
             log.warning("%s: silent as the edit hears it (%d Hz mono, %s: peak below %g dBFS): there is nothing "
                         "for it to keep or follow", edit["input"], pipe.sample_rate, how, SILENCE_DB)
         kept = kept_part(edit, wav_in, pipe.sample_rate)
-    records = []
+    records: dict[int, dict] = {}   # row index -> its output's record
     record_path = record_path_of(args.output if args.output is not None else jobs[0].path.parent,
                                  single=args.output is not None)
+    if earlier is not None:
+        check_same_run(earlier, record_header(args, folder, pipe, device, edit, store), record_path)
+        records = kept_outputs(earlier, jobs, args.batch_size, pipe.sample_rate)
+        log.info("%s: resuming: %d of %d outputs kept, %d to generate", record_path.parent, len(records), len(jobs),
+                 len(jobs) - len(records))
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(jobs), desc="tta generate", unit="clip", disable=not progress or len(jobs) == 1)
+    bar = tqdm(total=len(jobs), initial=len(records), desc="tta generate", unit="clip",
+               disable=not progress or len(jobs) == 1)
+    if records:
+        bar.set_postfix_str(f"{len(records)} kept")
     from tta.checkpoint import terminate_as_exit
 
     try:
@@ -610,10 +624,14 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
     import numpy as np
 
     from tta.audio import save_audio
+    from tta.checkpoint import file_sha256
 
     last_record = 0.0
+    resumed = bool(records)   # the earlier record describes the files kept; it is rewritten, not removed
     for start in range(0, len(jobs), args.batch_size):
         chunk = jobs[start:start + args.batch_size]
+        if all(start + k in records for k in range(len(chunk))):   # kept whole by --resume (kept_outputs)
+            continue
         prompts = [j.prompt for j in chunk]
         seed = args.seed + start     # prompt i always gets seed + i, whatever the chunking
         ids = [j.id for j in chunk]  # messages name the prompt as its file does
@@ -628,7 +646,7 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
         else:
             out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], outside=edit["outside"],
                                      seed=seed, prompt_ids=ids, **common)
-        if start == 0:   # an earlier run's record would describe the files this run replaces
+        if start == 0 and not resumed:   # an earlier run's record would describe the files this run replaces
             record_path.unlink(missing_ok=True)
         for k, job in enumerate(chunk):
             extra = {}
@@ -643,14 +661,16 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
                 log.warning("%s came out %.0fx over full scale and was turned down to fit (gain %.2g): too few "
                             "sampler steps for this sampler?", job.path.name, 1 / gain, gain)
             save_audio(job.path, wav, out.sample_rate)
-            records.append({"id": job.id, "prompt": job.prompt, "file": job.path.name, "seeds": out.seeds[k],
-                            "gain": round(gain, 6), **{key: round(v, 6) for key, v in extra.items()},
-                            "clap_score": round(out.scores[k], 6),
-                            "candidate_clap_scores": [round(s, 6) for s in out.candidate_scores[k]],
-                            "kept_candidate": int(np.argmax(out.candidate_scores[k])),
-                            "seconds": round(len(out.wavs[k]) / out.sample_rate, 6)})
+            # the file's sha256: a --resume keeps a file only while it holds these bytes
+            records[start + k] = {"id": job.id, "prompt": job.prompt, "file": job.path.name,
+                                  "sha256": file_sha256(job.path), "seeds": out.seeds[k],
+                                  "gain": round(gain, 6), **{key: round(v, 6) for key, v in extra.items()},
+                                  "clap_score": round(out.scores[k], 6),
+                                  "candidate_clap_scores": [round(s, 6) for s in out.candidate_scores[k]],
+                                  "kept_candidate": int(np.argmax(out.candidate_scores[k])),
+                                  "seconds": round(len(out.wavs[k]) / out.sample_rate, 6)}
             if out.neighbours is not None:
-                records[-1]["neighbours"] = out.neighbours[k]
+                records[start + k]["neighbours"] = out.neighbours[k]
         bar.update(len(chunk))
         # the files written so far stay described if the run stops; at most every RECORD_EVERY seconds, so a
         # long prompt list does not rewrite a growing record after every clip
@@ -658,6 +678,148 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
             write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0,
                          planned=len(jobs), store=common.get("datastore"))
             last_record = time.time()
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+# what a resumed run's record must share with the earlier one (the model by its files' sha256, not its path; an
+# edit's input by its sha256); the rest (command, paths, tta and python versions, wall time) may differ
+RESUME_CHECKED = ("torch", "diffusers", "model_files_sha256", "model_defaults", "settings", "clap_score_model",
+                  "retrieval", "edit")
+RESUME_ADVICE = "run it as the earlier run did (its command is in the record), or without --resume to generate every " \
+                "row again"
+
+
+def _refused(path: Path, difference: str) -> GenerateError:
+    return GenerateError(f"{path}: cannot resume another run (first difference at {difference}); {RESUME_ADVICE}")
+
+
+def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path) -> dict | None:
+    """For --resume, before the model loads: the earlier run's generation.json in the --out-dir, its model (by
+    its files' sha256), --seed and the rows it wrote checked against this run's; None when there is none (a plain
+    run). A GenerateError names the first difference."""
+    from tta.config import shortened
+
+    path = record_path_of(jobs[0].path.parent, single=False)
+    if not path.is_file():
+        log.info("%s: nothing to resume (no %s): generating every row", path.parent, path.name)
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        why = None if isinstance(record, dict) else "not a JSON object"
+    except (OSError, ValueError) as e:
+        record, why = None, f"{type(e).__name__}: {e}"
+    if why is None:
+        outputs = record.get("outputs")
+        if not isinstance(record.get("settings"), dict) or not isinstance(record.get("model_files_sha256"), dict):
+            why = "no settings or model_files_sha256"
+        elif not isinstance(outputs, list) or not all(
+                isinstance(o, dict) and all(isinstance(o.get(k), str) for k in ("file", "id", "prompt"))
+                and isinstance(o.get("seeds"), list) and o["seeds"] and type(o["seeds"][0]) is int for o in outputs):
+            why = "its outputs are not a list of objects with file, id, prompt and seeds"
+    if why is not None:
+        raise GenerateError(f"{path}: not a tta generate record that --resume can read ({why}); move it away, or run "
+                            "without --resume to generate every row again")
+    now = component_hashes(Path(folder).resolve())
+    for name in sorted(set(now) | set(record["model_files_sha256"])):
+        then = record["model_files_sha256"].get(name)
+        if then != now.get(name):
+            raise _refused(path, f"'model_files_sha256.{name}': {then!r} saved, {now.get(name)!r} now")
+    if record["settings"].get("seed") != args.seed:
+        raise _refused(path, f"'settings.seed': {record['settings'].get('seed')!r} saved, {args.seed!r} now")
+    where = args.prompts_file if args.prompts_file is not None else "the prompts given"
+    rows = {job.path.name: (i, job) for i, job in enumerate(jobs)}
+    for o in record["outputs"]:
+        if o["file"] not in rows:
+            raise GenerateError(f"{path}: cannot resume: the earlier run wrote {o['file']} (id {o['id']!r}), which no "
+                                f"row of {where} names now; {RESUME_ADVICE}")
+        i, job = rows[o["file"]]
+        for what, then, given in (("id", o["id"], job.id), ("prompt", o["prompt"], job.prompt)):
+            if then != given:
+                raise GenerateError(f"{path}: cannot resume: {o['file']} was generated for the {what} "
+                                    f"{shortened(repr(then))}, and {where} gives {shortened(repr(given))} now; "
+                                    f"{RESUME_ADVICE}")
+        if o["seeds"][0] != args.seed + i:   # row i takes seed + i: a row added or removed before it moved it
+            raise GenerateError(f"{path}: cannot resume: {o['file']} was generated as row {o['seeds'][0] - args.seed} "
+                                f"(seed {o['seeds'][0]}), and it is row {i} of {where} now; {RESUME_ADVICE}")
+    return record
+
+
+def check_same_run(record: dict, header: dict, path: Path) -> None:
+    """Refuse to resume when the earlier `record` ran other settings, model defaults, CLAP, retrieval, edit or
+    torch than this run's record `header` says, naming the first difference (as `tta train --resume` does)."""
+    from tta.training import _first_diff
+
+    def checked(d: dict) -> dict:
+        out = {k: d.get(k) for k in RESUME_CHECKED}
+        if isinstance(out["edit"], dict):   # the input by its sha256, wherever it is now
+            out["edit"] = {k: v for k, v in out["edit"].items() if k != "input"}
+        return out
+
+    then, now = checked(record), json.loads(json.dumps(checked(header)))   # as JSON holds them: lists, not tuples
+    if then != now:
+        raise _refused(path, _first_diff(then, now))
+
+
+def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: int) -> dict[int, dict]:
+    """The earlier run's outputs --resume keeps, by row index (their records as it wrote them): a file kept holds
+    the bytes its record's sha256 says (a record of a tta before it: a readable file of the recorded length), and
+    a batch of --batch-size rows is kept only whole: its rows come out as they did only generated together (the
+    earlier run's last batch, before rows were added after it, is generated again with them). The rest are named
+    in a warning and generated again."""
+    from tta.audio import AudioError, audio_info
+    from tta.checkpoint import file_sha256
+
+    rows = {job.path.name: i for i, job in enumerate(jobs)}
+    kept: dict[int, dict] = {}
+    missing, changed, unhashed = [], [], 0
+    for o in record["outputs"]:
+        i = rows[o["file"]]
+        path = jobs[i].path
+        if not path.is_file():
+            missing.append(o["file"])
+            continue
+        if "sha256" in o:
+            if file_sha256(path) != o["sha256"]:
+                changed.append(o["file"])
+                continue
+            kept[i] = o
+            continue
+        try:   # an older record: the file was written whole (atomically), its length and rate are what it says
+            info = audio_info(path)
+            same = isinstance(o.get("seconds"), (int, float)) and info.sample_rate == sample_rate and \
+                info.num_samples == round(o["seconds"] * sample_rate)
+        except AudioError:
+            same = False
+        if not same:
+            changed.append(o["file"])
+            continue
+        unhashed += 1   # from now on its record names its bytes
+        kept[i] = {**{k: v for k, v in o.items() if k in ("id", "prompt", "file")}, "sha256": file_sha256(path),
+                   **{k: v for k, v in o.items() if k not in ("id", "prompt", "file")}}
+    folder = jobs[0].path.parent
+    if missing:
+        log.warning("%s: %d output%s the earlier record lists %s missing (e.g. %s): generating %s again", folder,
+                    len(missing), "" if len(missing) == 1 else "s", "is" if len(missing) == 1 else "are", missing[0],
+                    "it" if len(missing) == 1 else "them")
+    if changed:
+        log.warning("%s: %d output%s the earlier record lists no longer hold%s what it says (e.g. %s; replaced or "
+                    "changed since): generating %s again", folder, len(changed), "" if len(changed) == 1 else "s",
+                    "s" if len(changed) == 1 else "", changed[0], "it" if len(changed) == 1 else "them")
+    if unhashed:
+        log.warning("%s: the earlier record (of a tta before --resume) has no sha256 of its outputs: %d files of the "
+                    "recorded length kept as they are", folder, unhashed)
+    regrouped = []
+    for start in range(0, len(jobs), batch_size):   # a batch's rows are generated together: whole or not at all
+        chunk = range(start, min(start + batch_size, len(jobs)))
+        if any(i not in kept for i in chunk):
+            regrouped += [jobs[i].path.name for i in chunk if kept.pop(i, None) is not None]
+    if regrouped:
+        log.info("%s: %d kept output%s generated again with the rest of %s batch of --batch-size %d (e.g. %s): a "
+                 "batch's rows come out as they did only generated together", folder, len(regrouped),
+                 "" if len(regrouped) == 1 else "s", "its" if len(regrouped) == 1 else "their", batch_size,
+                 regrouped[0])
+    return kept
 
 
 def retrieval_record(args, pipe, loaded=None) -> dict | None:
@@ -678,20 +840,31 @@ def retrieval_record(args, pipe, loaded=None) -> dict | None:
             if store is not None else None}
 
 
-def write_record(path: Path, args, folder: Path, pipe, device: str, edit, records, seconds: float, *,
+def write_record(path: Path, args, folder: Path, pipe, device: str, edit, records: dict, seconds: float, *,
                  planned: int, store=None) -> None:
-    """Write the generation record; `complete` is false while fewer than `planned` outputs are written (a run
-    stopped part-way leaves the record of what it did write)."""
+    """Write the generation record: `records` is each written output's record by its row's index; `complete` is
+    false while fewer than `planned` outputs are written (a run stopped part-way leaves the record of what it did
+    write)."""
+    from tta.checkpoint import atomic_write_text
+
+    body = {**record_header(args, folder, pipe, device, edit, store), "complete": len(records) == planned,
+            "planned_outputs": planned, "outputs": [records[i] for i in sorted(records)],
+            "wall_seconds": round(seconds, 3)}
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")
+
+
+def record_header(args, folder: Path, pipe, device: str, edit, store=None) -> dict:
+    """What a generation record says of the run as a whole (versions, command, model, settings, edit), the part
+    before its outputs."""
     import diffusers
     import torch
 
     from tta import __version__
-    from tta.checkpoint import atomic_write_text
     from tta.config import to_dict
     from tta.ldm.sampling import resolve_precision
 
     d = pipe.defaults
-    body = {
+    return {
         "tta_version": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
         "python": platform.python_version(), "command": sys.argv,
         "model": str(Path(folder).resolve()), "model_files_sha256": dict(component_hashes(Path(folder).resolve())),
@@ -713,7 +886,5 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
         "clap_score_model": getattr(pipe.clap, "identity", ""),
         "retrieval": retrieval_record(args, pipe, store),
-        "edit": edit, "complete": len(records) == planned, "planned_outputs": planned, "outputs": records,
-        "wall_seconds": round(seconds, 3),
+        "edit": edit,
     }
-    atomic_write_text(path, json.dumps(body, indent=2) + "\n")

@@ -1,0 +1,184 @@
+"""`tta generate --resume`: a batch stopped part-way is finished as one uninterrupted run would have written it,
+and only a run of the same batch (model, settings, rows) is resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from tests.test_generate import run
+from tests.test_ldm_fixtures import copy_pipeline, one_thread, tiny_pipeline  # noqa: F401 (autouse)
+from tta.audio import save_audio
+
+
+class Calls(list):
+    """The prompts of each batch the pipeline generated; a batch whose first prompt is in `stop_at` raises
+    KeyboardInterrupt (Ctrl-C) instead."""
+
+    def __init__(self):
+        super().__init__()
+        self.stop_at: set[str] = set()
+
+
+@pytest.fixture
+def calls(monkeypatch) -> Calls:
+    from tta.pipeline import TTAPipeline
+
+    real = TTAPipeline.__call__
+    seen = Calls()
+
+    def recorded(self, prompts, *a, **kw):
+        if prompts[0] in seen.stop_at:
+            raise KeyboardInterrupt
+        seen.append(list(prompts))
+        return real(self, prompts, *a, **kw)
+
+    monkeypatch.setattr(TTAPipeline, "__call__", recorded)
+    return seen
+
+
+def batch(tmp_path, rows: str, *extra) -> tuple[list, object]:
+    prompts = tmp_path / ("prompts.jsonl" if rows.startswith("{") else "prompts.txt")
+    prompts.write_text(rows)
+    return ["--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--seed", 5,
+            "--candidates", 2, *extra], prompts
+
+
+def wavs(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.wav"))}
+
+
+def record(folder) -> dict:
+    return json.loads((folder / "generation.json").read_text())
+
+
+def test_a_resumed_batch_writes_what_one_uninterrupted_run_writes(tmp_path, capsys, calls):
+    """The interrupted run (--resume with nothing to resume is a plain run) is stopped on its second batch; the
+    resumed run generates only the batches it did not write, and the folder then holds the same wav bytes and
+    the same outputs' records as one run."""
+    args, _ = batch(tmp_path, "a\nb\nc\nd\ne\n", "--batch-size", 2)
+    assert run(capsys, *args, "--out-dir", tmp_path / "whole")[0] == 0
+    whole = record(tmp_path / "whole")
+    calls.clear()
+    calls.stop_at.add("c")
+    code, _, err = run(capsys, *args, "--out-dir", tmp_path / "part", "--resume")
+    assert code == 130 and "interrupted" in err
+    assert [o["file"] for o in record(tmp_path / "part")["outputs"]] == ["000_a.wav", "001_b.wav"]
+    first = (tmp_path / "part" / "000_a.wav").stat().st_mtime_ns
+    calls.clear()
+    calls.stop_at.clear()
+    code, out, err = run(capsys, *args, "--out-dir", tmp_path / "part", "--resume")
+    assert code == 0, err
+    assert calls == [["c", "d"], ["e"]]               # the first batch is kept, not generated again
+    assert (tmp_path / "part" / "000_a.wav").stat().st_mtime_ns == first
+    assert len(out.split()) == 5                      # every output is named, the kept ones too
+    assert wavs(tmp_path / "part") == wavs(tmp_path / "whole") and len(wavs(tmp_path / "whole")) == 5
+    resumed = record(tmp_path / "part")
+    assert resumed["complete"] and resumed["planned_outputs"] == 5
+    assert resumed["outputs"] == whole["outputs"] and resumed["settings"] == whole["settings"]
+    assert all(len(o["sha256"]) == 64 for o in whole["outputs"])
+    # a finished batch resumed again generates nothing and keeps its files
+    calls.clear()
+    assert run(capsys, *args, "--out-dir", tmp_path / "part", "--resume")[0] == 0
+    assert calls == [] and wavs(tmp_path / "part") == wavs(tmp_path / "whole")
+
+
+TWO_ROWS = "a\nb\n"
+ID_ROW = '{"id": "b", "prompt": "b"}\n'
+
+
+@pytest.mark.parametrize("rows, change, message", [
+    (TWO_ROWS, ["--steps", 3], "cannot resume another run (first difference at 'settings.steps': 2 saved, 3 now)"),
+    (TWO_ROWS, ["--guidance", 1.5], "first difference at 'settings.guidance': 2.5 saved, 1.5 now"),
+    (TWO_ROWS, ["--batch-size", 2], "first difference at 'settings.batch_size': 1 saved, 2 now"),
+    (TWO_ROWS, ["--seed", 6], "first difference at 'settings.seed': 5 saved, 6 now"),
+    (TWO_ROWS, ["MODEL"], "first difference at 'model_files_sha256.unet': "),
+    (TWO_ROWS, ["ROWS", "a\nB\n"], "cannot resume: 001_b.wav was generated for the prompt 'b', and PROMPTS gives 'B' now"),
+    (TWO_ROWS, ["ROWS", "a\n"], "cannot resume: the earlier run wrote 001_b.wav (id '001_b'), which no row of PROMPTS names"),
+    (ID_ROW, ["ROWS", '{"id": "x", "prompt": "x"}\n' + ID_ROW],
+     "cannot resume: b.wav was generated as row 0 (seed 5), and it is row 1 of PROMPTS now"),
+    (TWO_ROWS, ["NOT JSON"], "generation.json: not a tta generate record that --resume can read (JSONDecodeError"),
+], ids=["steps", "guidance", "batch-size", "seed", "model", "prompt", "row-removed", "row-moved", "not-json"])
+def test_a_resume_of_another_batch_is_refused_naming_the_first_difference(tmp_path, capsys, calls, rows, change,
+                                                                          message):
+    """Refused before anything is generated or written (the model, the seed and the rows before the model loads);
+    a prompts file whose rows moved (one added before them) would give them other seeds."""
+    args, prompts = batch(tmp_path, rows)
+    out = tmp_path / "out"
+    assert run(capsys, *args, "--out-dir", out)[0] == 0
+    before = wavs(out), (out / "generation.json").read_text()
+    if change[0] == "MODEL":   # other weights under the same path
+        model = copy_pipeline(tmp_path / "model")
+        weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1
+        weights.write_bytes(bytes(data))
+        change = ["--model", model]
+    elif change[0] == "ROWS":
+        prompts.write_text(change[1])
+        change = []
+    elif change[0] == "NOT JSON":
+        (out / "generation.json").write_text("{")
+        before = before[0], "{"
+        change = []
+    calls.clear()
+    code, _, err = run(capsys, *args, *change, "--out-dir", out, "--resume")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and message.replace("PROMPTS", str(prompts)) in lines[0], err
+    assert calls == [] and (wavs(out), (out / "generation.json").read_text()) == before
+
+
+def test_a_missing_or_changed_output_and_rows_added_at_the_end_are_generated(tmp_path, capsys, calls, caplog):
+    """A file the record lists but that is gone, or holds other bytes, is generated again (a warning names it);
+    rows added at the end are generated, and with --batch-size the earlier run's last batch, made without them,
+    is generated again with them, as one run of the longer file batches them."""
+    args, prompts = batch(tmp_path, "a\nb\nc\n", "--batch-size", 2)
+    out = tmp_path / "out"
+    assert run(capsys, *args, "--out-dir", out)[0] == 0
+    (out / "000_a.wav").unlink()
+    save_audio(out / "001_b.wav", [0.0] * 3200, 16_000)
+    calls.clear()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
+    assert code == 0, err
+    assert calls == [["a", "b"]]
+    assert "1 output the earlier record lists is missing (e.g. 000_a.wav): generating it again" in caplog.text
+    assert "1 output the earlier record lists no longer holds what it says (e.g. 001_b.wav" in caplog.text
+    prompts.write_text("a\nb\nc\nd\n")
+    assert run(capsys, *args, "--out-dir", tmp_path / "whole")[0] == 0
+    calls.clear()
+    code, err = run_with_progress(capsys, *args, "--out-dir", out, "--resume")
+    assert code == 0 and "2 kept" in err, err   # the bar shows how many outputs were kept
+    assert calls == [["c", "d"]]
+    assert wavs(out) == wavs(tmp_path / "whole") and record(out)["outputs"] == record(tmp_path / "whole")["outputs"]
+
+
+def run_with_progress(capsys, *argv) -> tuple[int, str]:
+    from tta.cli import main
+
+    code = main(["generate", *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+def test_a_record_of_a_tta_before_resume_keeps_files_of_the_recorded_length(tmp_path, capsys, calls, caplog):
+    """An older record names no sha256 of its outputs: a file of the length and rate it records is kept (it was
+    written whole), and its sha256 is recorded from then on; one of another length is generated again."""
+    args, _ = batch(tmp_path, "a\nb\nc\n")
+    out = tmp_path / "out"
+    assert run(capsys, *args, "--out-dir", out)[0] == 0
+    whole = wavs(out)
+    older = record(out)
+    for o in older["outputs"]:
+        del o["sha256"]
+    (out / "generation.json").write_text(json.dumps(older))
+    save_audio(out / "002_c.wav", [0.0] * 100, 16_000)
+    calls.clear()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
+    assert code == 0, err
+    assert calls == [["c"]] and wavs(out) == whole
+    assert "has no sha256 of its outputs: 2 files of the recorded length kept" in caplog.text
+    assert "no longer holds what it says (e.g. 002_c.wav" in caplog.text
+    assert [o["sha256"] for o in record(out)["outputs"]] == [hashlib.sha256(b).hexdigest() for b in whole.values()]
