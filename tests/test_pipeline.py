@@ -747,3 +747,33 @@ def test_inpainting_a_long_clip_samples_only_a_window_around_the_gap(pipe, monke
             outside_window = np.r_[got[:a] - whole[:a], got[b:] - whole[b:]]   # the decoder hears the gap too
             assert np.abs(outside_window).max() < 0.01 * np.abs(whole).max()
     assert any(np.array_equal(out.wavs[0], c) for c in out.candidate_wavs[0])
+
+
+@pytest.mark.parametrize("outside", ["original", "decoded"])
+def test_inpainting_a_long_clip_to_its_end_regenerates_the_gap_to_its_last_sample(pipe, monkeypatch, outside):
+    """A window at the end of a clip that is not a whole number of latent steps ended up to a step short of it
+    (a multiple of the step from its start, inside the clip): a gap reaching the end kept its last 300 samples
+    the input's. It ends with the clip now, its last step the clip's last, as when the whole clip is sampled."""
+    import tta.pipeline
+
+    monkeypatch.setattr(tta.pipeline, "INPAINT_CONTEXT", 0.3, raising=False)
+    sr, per = pipe.sample_rate, pipe.vae.downsample_factor * pipe.mel.hop_length
+    wav = (signals.chirp(300, 3000, 3.0) * 0.6 + 0.01).astype(np.float32)
+    wav = np.concatenate([wav, wav[:300]])                   # 48300 samples: 150 latent steps and 300 samples
+    n, first = len(wav), round(2.7 * sr)
+    assert n % per == 300
+    decoded = []
+    decode = pipe.decode
+    monkeypatch.setattr(pipe, "decode", lambda latents, k: decoded.append(latents) or decode(latents, k))
+    got = pipe.inpaint(wav, ["a bird"], start=2.7, end=n / sr, steps=2, outside=outside).wavs[0]
+    assert got.shape == (n,)
+    a, b = pipe._inpaint_segment(n, n, first, n)
+    if outside == "original":
+        assert not np.allclose(got[-300:], wav[-300:], atol=1e-2)
+    else:   # the clip's last latent step, which holds its last 300 samples, is the sampled one, not the input's
+        x, _, _ = tta.pipeline.edit_input(wav)
+        last = n // per
+        whole = pipe.encode_audio(x, n)
+        assert not torch.allclose(decoded[0][0, :, last], whole[0, :, last], atol=1e-3)
+        assert torch.equal(decoded[0][0, :, :a // per], whole[0, :, :a // per])
+    assert 0 < a and a % per == 0 and b == n

@@ -545,7 +545,9 @@ class TTAPipeline:
         """The samples [a, b) of an n-sample clip that inpainting samples for the gap [first, last): the gap with
         INPAINT_CONTEXT seconds on each side and at least the model's window (it was trained on clips that long),
         as whole UNet-sized runs of latent steps starting on one of the clip's; the whole clip (0, n) when that is
-        not shorter than what sampling the clip would take. Outside it the latents are the input's either way."""
+        not shorter than what sampling the clip would take. Outside it the latents are the input's either way. A
+        window at the clip's end ends with it, its last step the clip's last (in part past the clip, padded as the
+        whole clip's is): one ending up to a step short of it left a gap's last samples the input's."""
         per = self.vae.downsample_factor * self.mel.hop_length
         unit = per * self.unet.downsample_factor
         want = max(last - first + 2 * round(INPAINT_CONTEXT * self.sample_rate),
@@ -553,8 +555,8 @@ class TTAPipeline:
         length = math.ceil(want / unit) * unit
         if length >= sampled or length >= n:
             return 0, n
-        a = min(max(0, (first + last - length) // 2), n - length) // per * per   # centred, inside the clip
-        return a, a + length
+        a = min(max(0, (first + last - length) // 2) // per, math.ceil((n - length) / per)) * per   # centred
+        return a, min(a + length, n)
 
     def _gap_into_clip(self, wav: np.ndarray, n: int, step: int, gap: torch.Tensor):
         """outside="decoded" for a window of a longer clip starting at latent step `step`: a function putting the
