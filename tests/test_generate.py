@@ -729,3 +729,20 @@ def test_the_flag_check_has_a_name_of_its_own():
     check_flag_values(argparse.Namespace(**flags))
     with pytest.raises(GenerateError, match=r"^--steps 0 must be >= 1$"):
         check_flag_values(argparse.Namespace(**{**flags, "steps": 0}))
+
+
+def test_the_record_says_which_seconds_of_an_inpainted_clip_were_sampled(tmp_path, capsys, monkeypatch):
+    """A clip longer than the model's window and the gap with INPAINT_CONTEXT on each side is sampled only in a
+    window around the gap, and its generation.json did not say so: edit.sampled_seconds is that window now, and
+    the whole clip for a shorter one."""
+    import tta.pipeline
+
+    monkeypatch.setattr(tta.pipeline, "INPAINT_CONTEXT", 0.3)
+    save_audio(tmp_path / "in.wav", signals.chirp(300, 3000, 3.0) * 0.6, 16_000)
+    for mask, sampled in (("1.5:1.7", [1.2, 2.0]), ("0.5:2.9", [0.0, 3.0])):
+        out = tmp_path / f"out{mask}.wav"
+        code, _, err = run(capsys, "a bird", "--model", tiny_pipeline(), "--inpaint", tmp_path / "in.wav",
+                           "--mask", mask, "-o", out, "--steps", 2)
+        assert code == 0, err
+        record = json.loads(out.with_name(out.stem + ".generation.json").read_text())
+        assert record["edit"]["sampled_seconds"] == sampled

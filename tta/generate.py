@@ -646,6 +646,8 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
         else:
             out = pipe.super_resolve(wav_in, prompts, cutoff_hz=edit["cutoff_hz"], outside=edit["outside"],
                                      seed=seed, prompt_ids=ids, **common)
+        if out.sampled is not None:   # an inpainting: the whole clip, or a window of a long one
+            edit["sampled_seconds"] = [round(x, 6) for x in out.sampled]
         if start == 0 and not resumed:   # an earlier run's record would describe the files this run replaces
             record_path.unlink(missing_ok=True)
         for k, job in enumerate(chunk):
@@ -752,8 +754,9 @@ def check_same_run(record: dict, header: dict, path: Path) -> None:
 
     def checked(d: dict) -> dict:
         out = {k: d.get(k) for k in RESUME_CHECKED}
-        if isinstance(out["edit"], dict):   # the input by its sha256, wherever it is now
-            out["edit"] = {k: v for k, v in out["edit"].items() if k != "input"}
+        if isinstance(out["edit"], dict):   # the input by its sha256, wherever it is now; the seconds sampled
+            # follow from the rest and are recorded only once a batch has run
+            out["edit"] = {k: v for k, v in out["edit"].items() if k not in ("input", "sampled_seconds")}
         return out
 
     then, now = checked(record), json.loads(json.dumps(checked(header)))   # as JSON holds them: lists, not tuples

@@ -176,6 +176,7 @@ class Generation:
     neighbours: list[list[dict]] | None = None   # per prompt, the retrieved entries (rank, id, caption, score)
     candidate_wavs: list[list[np.ndarray]] | None = None   # per prompt, every candidate (return_candidates)
     input_level: float = 1.0   # an edit's: the factor that took the model's output back to the input's level
+    sampled: tuple[float, float] | None = None   # an inpainting's: the seconds of its input the UNet ran on
 
 
 def open_text_encoder(folder: str | os.PathLike, device="cpu"):
@@ -492,7 +493,7 @@ class TTAPipeline:
         A clip longer than the gap with INPAINT_CONTEXT seconds on each side, and longer than the model's window,
         is sampled only there (a window of at least the model's window, centred on the gap where the clip allows):
         the UNet runs on that window's latents; with "decoded" the gap's latents are put into the whole clip's and
-        decoded with them.
+        decoded with them. `Generation.sampled` says which seconds of the input were sampled.
         """
         check_edit_settings("inpaint", kwargs)
         if outside not in EDIT_OUTSIDE:
@@ -534,6 +535,7 @@ class TTAPipeline:
         span = (max(0, first - context), min(n, last + context))
         out = self._run(prompts, sampled, init_wav=wav[a:b], keep=(~gap).view(1, 1, t, 1), finish=finish,
                         cut=n if place is not None else b - a, rank_span=span, place=place, **kwargs)
+        out.sampled = (a / self.sample_rate, b / self.sample_rate)   # the whole clip, or a window of a long one
         if outside == "decoded":
             return at_level(out, level)
         # back at the input's level in float32 the kept samples are within a rounding step of the input's, and a
