@@ -177,7 +177,8 @@ class _Once(argparse.Action):
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="turn prompts into wav files",
                        description="Generate audio from text prompts with a tta pipeline folder "
-                                   "(default: the embedded model). Writes a generation.json beside the outputs.")
+                                   "(default: the embedded model). Writes a generation.json beside the outputs "
+                                   "(with -o x.wav: x.generation.json).")
     p.add_argument("prompts", nargs="*", metavar="PROMPT")
     p.add_argument("-o", "--output", type=output_path, help="output wav (one prompt)")
     p.add_argument("--out-dir", type=output_path, help="output folder (many prompts; default: the current folder)")
