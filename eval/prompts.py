@@ -4,11 +4,10 @@ The file is read by tta.data.prompts (the reader `tta generate` and `tta clap` s
 their file by a file column (file/path/audio/name) or by `id` — matched against the audio file name
 without its suffix, or its path relative to the folder without suffix; an id as `tta generate` names its file
 (`tta.data.prompts.id_file_name`: 'clotho/a_dog' -> 'clotho%2Fa_dog'), else as a path — and may carry a
-`category`. A
-`.txt` file is one prompt per line, and a CSV/JSONL file none of whose rows has a file or id field one prompt
-per row: both are matched to the generated files by position, only if the counts agree;
-the files are in the order of their leading number when all have one (`tta generate`'s `NNN_<slug>`
-names), else sorted by name.
+`category`. A `.txt` file is one prompt per line, and a CSV/JSONL file none of whose rows has a file or id field
+one prompt per row: both are matched to the generated files by position, only if the counts agree; the files
+are in the order of their leading number when all have one (`tta generate`'s `NNN_<slug>` names), else sorted
+by name.
 """
 
 from __future__ import annotations

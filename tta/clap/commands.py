@@ -6,7 +6,7 @@ search, or the retrieval metrics of a captioned manifest.
 Inputs: `--audio DIR` (audio files found recursively, sorted by path) with `--prompts FILE`, or
 `--manifest FILE [--split S]` (each row's audio and its first caption; retrieval metrics use every caption).
 A prompts file is .txt (one prompt per line, paired in order with the sorted files of --audio),
-.jsonl ({"file": ..., "caption": ...} per line; "path"/"audio" and "prompt"/"text" also accepted) or .csv
+.jsonl ({"file": ..., "caption": ...} per line; "path"/"audio"/"name" and "prompt"/"text" also accepted) or .csv
 (a header naming the same columns); relative files are looked up under --audio, else beside the prompts file.
 A CSV/JSONL row without a file field pairs by its `id` with a file of --audio as `tta eval --prompts` pairs it
 (the file `tta generate --prompts` names by the id: 'clotho/a_dog' -> clotho%2Fa_dog.wav), so one prompts file
