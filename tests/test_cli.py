@@ -63,6 +63,19 @@ def test_verbose_shows_the_traceback(tmp_path):
     assert out.returncode == 1 and "Traceback" in out.stderr
 
 
+def test_quiet_and_verbose_are_taken_after_the_sub_command_too():
+    """`tta generate "rain" -q` was "unrecognized arguments: -q"; the flags work at either place, and a sub-command
+    without them keeps what the top level set."""
+    from tta.cli import build_parser
+
+    parser = build_parser()
+    for argv, quiet, verbose in ((["-q", "generate", "x"], True, False), (["generate", "x", "-q"], True, False),
+                                 (["generate", "x"], False, False), (["data", "check", "m.csv", "--verbose"], False, True),
+                                 (["-q", "index", "info", "s", "-v"], True, True)):
+        args = parser.parse_args(argv)
+        assert (args.quiet, args.verbose) == (quiet, verbose), argv
+
+
 def test_every_trainer_module_exposes_the_contract():
     import importlib
     import importlib.util

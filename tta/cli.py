@@ -276,7 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_modules(sub)
     _numbers_as_values(parser)
+    _logging_flags_anywhere(parser, top=True)
     return parser
+
+
+def _logging_flags_anywhere(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """-v and -q in every sub-command too (`tta generate "rain" -q` was "unrecognized arguments: -q"): there they
+    leave the value the top level set unless given (SUPPRESS), so `tta -q generate` still works."""
+    if not top:
+        parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="debug logging and full tracebacks (as `tta -v`)")
+        parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                            help="warnings and errors only; no progress bars (as `tta -q`)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _logging_flags_anywhere(sub)
 
 
 def _numbers_as_values(parser: argparse.ArgumentParser) -> None:
