@@ -187,9 +187,9 @@ def _add_generate(sub) -> None:
                         "file or id column, which names the output (as `tta eval --prompts` pairs it; an id a "
                         "file name cannot be is escaped: 'clotho/a_dog' -> clotho%%2Fa_dog.wav)")
     p.add_argument("--resume", action="store_true",
-                   help="with --out-dir: continue a batch that stopped part-way; keeps the outputs its "
-                        "generation.json lists with the bytes it records and generates the rest, refusing when the "
-                        "model, a setting or a row it wrote differs (rows added at the end are generated)")
+                   help="with --out-dir (or the current folder): continue a batch that stopped part-way; keeps the "
+                        "outputs its generation.json lists with the bytes it records and generates the rest, refusing "
+                        "when the model, a setting or a row it wrote differs (rows added at the end are generated)")
     p.add_argument("--model", type=Path, help="pipeline folder (default: the embedded model)")
     p.add_argument("--seconds", type=float, help="length of each clip (default: the model's, usually 10)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
