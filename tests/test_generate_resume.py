@@ -204,3 +204,8 @@ def test_an_inpainting_batch_resumes(tmp_path, capsys):
     code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
     assert code == 0, err
     assert wavs(out) == whole and record(out)["complete"]
+    # a resume that keeps every output runs no batch and still records the seconds sampled (it dropped them)
+    edited = record(out)["edit"]
+    code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
+    assert code == 0, err
+    assert record(out)["edit"] == edited and wavs(out) == whole

@@ -592,6 +592,9 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     if earlier is not None:
         check_same_run(earlier, record_header(args, folder, pipe, device, edit, store), record_path)
         records = kept_outputs(earlier, jobs, args.batch_size, pipe.sample_rate)
+        if edit is not None and "sampled_seconds" in earlier["edit"]:   # check_same_run: the same edit
+            # recorded once a batch has run: a resume that keeps every output runs none
+            edit["sampled_seconds"] = earlier["edit"]["sampled_seconds"]
         log.info("%s: resuming: %d of %d outputs kept, %d to generate", record_path.parent, len(records), len(jobs),
                  len(jobs) - len(records))
     from tqdm.auto import tqdm
