@@ -210,6 +210,29 @@ def test_generate_with_and_without_neighbours(trained, store, tmp_path, capsys):
     assert a.shape == b.shape and np.isfinite(a).all() and not np.allclose(a, b)   # the context matters
 
 
+def test_generate_resume_takes_the_datastore_moved_and_refuses_another(trained, store, tmp_path, capsys):
+    """--resume knows a datastore by its datastore.json (what it was built from and how), as it knows the model by
+    its files: the batch's store copied elsewhere (another machine) was refused at 'retrieval.datastore', its
+    path; a store built otherwise is refused, naming it, with nothing written."""
+    args = ["generate", "a low steady hum", "a rising whistle sweep", "--model", trained / "pipeline", "--steps", 2,
+            "--seconds", 0.2, "--neighbours", 2, "--out-dir", tmp_path / "out"]
+    code, _, err = run(capsys, *args, "--datastore", store)
+    assert code == 0, err
+    whole = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.wav")}
+    (tmp_path / "out" / "001_a_rising_whistle_sweep.wav").unlink()
+    moved = shutil.copytree(store, tmp_path / "moved")
+    code, _, err = run(capsys, *args, "--datastore", moved, "--resume")
+    assert code == 0, err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.wav")} == whole
+    before = (tmp_path / "out" / "generation.json").read_text()
+    info = json.loads((moved / "datastore.json").read_text())
+    (moved / "datastore.json").write_text(json.dumps({**info, "manifest_sha256": "0" * 64}))   # built from another
+    code, _, err = run(capsys, *args, "--datastore", moved, "--resume")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "cannot resume another run (first difference at 'retrieval.datastore_info.manifest_sha256': " in err
+    assert (tmp_path / "out" / "generation.json").read_text() == before
+
+
 @pytest.fixture(scope="module")
 def bad_stores(store, corpus, tmp_path_factory):
     from tests.test_ldm_fixtures import tiny_model_config

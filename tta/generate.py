@@ -688,7 +688,7 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
 # ------------------------------------------------------------------------------------------ resume
 
 # what a resumed run's record must share with the earlier one (the model by its files' sha256, not its path; an
-# edit's input by its sha256); the rest (command, paths, tta and python versions, wall time) may differ
+# edit's input by its sha256; a datastore by its datastore.json); the rest (command, paths, tta and python versions, wall time) may differ
 RESUME_CHECKED = ("torch", "diffusers", "model_files_sha256", "model_defaults", "settings", "clap_score_model",
                   "retrieval", "edit")
 RESUME_ADVICE = "run it as the earlier run did (its command is in the record), or without --resume to generate every " \
@@ -760,6 +760,9 @@ def check_same_run(record: dict, header: dict, path: Path) -> None:
         if isinstance(out["edit"], dict):   # the input by its sha256, wherever it is now; the seconds sampled
             # follow from the rest and are recorded only once a batch has run
             out["edit"] = {k: v for k, v in out["edit"].items() if k not in ("input", "sampled_seconds")}
+        if isinstance(out["retrieval"], dict):   # the datastore by its datastore.json (what it was built from and
+            # how), wherever it is now, as the model is by its files and an edit's input by its sha256
+            out["retrieval"] = {k: v for k, v in out["retrieval"].items() if k != "datastore"}
         return out
 
     then, now = checked(record), json.loads(json.dumps(checked(header)))   # as JSON holds them: lists, not tuples
