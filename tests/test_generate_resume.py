@@ -94,13 +94,16 @@ ID_ROW = '{"id": "b", "prompt": "b"}\n'
     (TWO_ROWS, ["--guidance", 1.5], "first difference at 'settings.guidance': 2.5 saved, 1.5 now"),
     (TWO_ROWS, ["--batch-size", 2], "first difference at 'settings.batch_size': 1 saved, 2 now"),
     (TWO_ROWS, ["--seed", 6], "first difference at 'settings.seed': 5 saved, 6 now"),
+    # --threads left out takes the machine's cores: the earlier command, run on another machine, cannot resume
+    (TWO_ROWS, ["--threads", 2], "first difference at 'settings.threads': 1 saved, 2 now); pass --threads 1 as the "
+                                 "earlier run ran (the output's bytes depend on it), or run without --resume"),
     (TWO_ROWS, ["MODEL"], "first difference at 'model_files_sha256.unet': "),
     (TWO_ROWS, ["ROWS", "a\nB\n"], "cannot resume: 001_b.wav was generated for the prompt 'b', and PROMPTS gives 'B' now"),
     (TWO_ROWS, ["ROWS", "a\n"], "cannot resume: the earlier run wrote 001_b.wav (id '001_b'), which no row of PROMPTS names"),
     (ID_ROW, ["ROWS", '{"id": "x", "prompt": "x"}\n' + ID_ROW],
      "cannot resume: b.wav was generated as row 0 (seed 5), and it is row 1 of PROMPTS now"),
     (TWO_ROWS, ["NOT JSON"], "generation.json: not a tta generate record that --resume can read (JSONDecodeError"),
-], ids=["steps", "guidance", "batch-size", "seed", "model", "prompt", "row-removed", "row-moved", "not-json"])
+], ids=["steps", "guidance", "batch-size", "seed", "threads", "model", "prompt", "row-removed", "row-moved", "not-json"])
 def test_a_resume_of_another_batch_is_refused_naming_the_first_difference(tmp_path, capsys, calls, rows, change,
                                                                           message):
     """Refused before anything is generated or written (the model, the seed and the rows before the model loads);

@@ -695,8 +695,8 @@ RESUME_ADVICE = "run it as the earlier run did (its command is in the record), o
                 "row again"
 
 
-def _refused(path: Path, difference: str) -> GenerateError:
-    return GenerateError(f"{path}: cannot resume another run (first difference at {difference}); {RESUME_ADVICE}")
+def _refused(path: Path, difference: str, advice: str = RESUME_ADVICE) -> GenerateError:
+    return GenerateError(f"{path}: cannot resume another run (first difference at {difference}); {advice}")
 
 
 def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path) -> dict | None:
@@ -767,7 +767,14 @@ def check_same_run(record: dict, header: dict, path: Path) -> None:
 
     then, now = checked(record), json.loads(json.dumps(checked(header)))   # as JSON holds them: lists, not tuples
     if then != now:
-        raise _refused(path, _first_diff(then, now))
+        difference = _first_diff(then, now)
+        for flag in ("threads", "device"):   # picked by the machine where the flag is left out: the earlier run's
+            # command, run here, picks another
+            if difference.startswith(f"'settings.{flag}'"):
+                raise _refused(path, difference, f"pass --{flag} {then['settings'][flag]} as the earlier run ran (the "
+                                                 "output's bytes depend on it), or run without --resume to generate "
+                                                 "every row again")
+        raise _refused(path, difference)
 
 
 def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: int) -> dict[int, dict]:
