@@ -208,8 +208,10 @@ def test_file_names_keep_any_script_and_an_unused_negative_prompt_is_not_recorde
 
 
 def test_audio_of_an_earlier_run_in_the_out_dir_is_warned_about(tmp_path, capsys, caplog):
+    """Hidden files are not counted (a temporary file a killed run left, which `tta eval` does not score)."""
     args = ["--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--out-dir", tmp_path]
     assert run(capsys, "a", "b", *args)[0] == 0
+    (tmp_path / ".000_a.wav.x1y2.tmp.wav").write_bytes(b"")
     with caplog.at_level("WARNING", logger="tta.generate"):
         assert run(capsys, "c", *args)[0] == 0
     assert any("already holds 2 audio files this run does not write (e.g. 000_a.wav)" in r.message

@@ -134,7 +134,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     if out_dir.is_dir():   # audio this run does not write would sit beside its outputs, e.g. in one `tta eval`
         planned = {j.path.name for j in jobs}
         others = sorted(p.name for p in out_dir.iterdir() if p.suffix.lower() in (".wav", ".flac", ".ogg")
-                        and p.name not in planned)
+                        and p.name not in planned and not p.name.startswith("."))   # tta eval skips hidden files
         if others:
             log.warning("%s already holds %d audio files this run does not write (e.g. %s); generation.json will "
                         "list only this run's, and `tta eval` scores every file of a folder", out_dir, len(others),
