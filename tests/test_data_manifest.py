@@ -59,3 +59,42 @@ def test_write_manifest_takes_rows_as_dicts_checked_as_manifest_lines(tmp_path):
     with pytest.raises(ManifestError, match=rf"{bad}: row 0 is a tuple, expected a ManifestRow or a dict"):
         write_manifest(bad, [("a", "audio/a.wav")])
     assert not bad.exists()
+
+
+def test_a_manifest_read_builds_and_checks_each_row_once(tmp_path, monkeypatch):
+    """read_manifest built every row twice (the row, then dataclasses.replace to set its base), so every check ran
+    twice: a third of a 200 000-row read (bench/manifest.py)."""
+    from tta.data.manifest import ManifestRow, read_manifest, write_manifest
+
+    path = write_manifest(tmp_path / "m.jsonl", [ManifestRow(str(i), f"audio/{i}.wav", ("a dog",), 1.0, 16_000)
+                                                 for i in range(3)])
+    checks = []
+    real = ManifestRow.__post_init__
+    monkeypatch.setattr(ManifestRow, "__post_init__", lambda self: (checks.append(self.id), real(self))[1])
+    rows = read_manifest(path)
+    assert checks == ["0", "1", "2"]
+    assert all(r.base == str(tmp_path.resolve()) for r in rows)
+
+
+def test_write_manifest_resolves_links_only_for_a_path_not_under_the_folder_as_written(tmp_path, monkeypatch):
+    """write_manifest resolved every row's path and the folder (two realpath walks a row, most of a 200 000-row
+    write) before trying the path as written; a path under the folder only through a link is still stored
+    relative."""
+    import os
+    from pathlib import Path
+
+    from tta.data.manifest import ManifestRow, read_manifest, write_manifest
+
+    (tmp_path / "real" / "audio").mkdir(parents=True)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    rows = [ManifestRow(str(i), f"audio/{i}.wav", ("a dog",), 1.0, 16_000) for i in range(3)]
+    source = read_manifest(write_manifest(tmp_path / "real" / "m.jsonl", rows))
+    resolved = []
+    real = Path.resolve
+    monkeypatch.setattr(Path, "resolve", lambda self, *a, **k: (resolved.append(self), real(self, *a, **k))[1])
+    again = write_manifest(tmp_path / "real" / "again.jsonl", source)
+    audio = lambda: [p.name for p in resolved if p.suffix == ".wav"]   # noqa: E731 (the write resolves its file)
+    assert audio() == [] and read_manifest(again) == rows
+    linked = write_manifest(tmp_path / "link" / "linked.jsonl",
+                            [ManifestRow("x", str(tmp_path / "real" / "audio" / "x.wav"), ("rain",), 1.0, 16_000)])
+    assert '"path": "audio/x.wav"' in linked.read_text() and audio() == ["x.wav"]

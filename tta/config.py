@@ -158,6 +158,8 @@ def check_number(value: Any, kind: type, what: str, error: type[Exception] = Val
     numbers become Python's (so the setting writes as JSON); like from_dict, an int takes an integral float and a
     float takes finite numbers only (`finite=False`: infinities too, for a limit that turns its check off, never
     NaN); bools are not numbers. Python ints and floats are returned as they are."""
+    if type(value) is kind and (kind is int or math.isfinite(value)):   # the common case, without the ABC checks
+        return value                                                     # (a manifest read checks 2 a row)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         if kind is int:
             if type(value) is int:
