@@ -98,3 +98,22 @@ def test_write_manifest_resolves_links_only_for_a_path_not_under_the_folder_as_w
     linked = write_manifest(tmp_path / "link" / "linked.jsonl",
                             [ManifestRow("x", str(tmp_path / "real" / "audio" / "x.wav"), ("rain",), 1.0, 16_000)])
     assert '"path": "audio/x.wav"' in linked.read_text() and audio() == ["x.wav"]
+
+
+def test_a_number_too_large_is_a_bad_line_naming_file_and_line(tmp_path):
+    """A seconds integer beyond float range stopped the read on "int too large to convert to float" and one of
+    more than 4300 digits on Python's "Exceeds the limit ... use sys.set_int_max_str_digits()", neither naming
+    the file or line, and `tta data check` gave up instead of reporting the line and going on."""
+    import pytest
+
+    from tta.data.manifest import ManifestError, read_manifest
+
+    good = '{"id": "ok", "path": "a.wav", "captions": ["x"], "seconds": 1, "sample_rate": 16000}'
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join([good.replace('"ok"', '"a"').replace(": 1,", ": 1" + "0" * 400 + ","),
+                               good.replace('"ok"', '"b"').replace(": 1,", ": 1" + "0" * 5000 + ","), good]) + "\n")
+    with pytest.raises(ManifestError, match=rf"^{path}:1: field 'seconds' is too large, expected a finite number$"):
+        read_manifest(path)
+    errors = []
+    assert [r.id for r in read_manifest(path, errors=errors)] == ["ok"]
+    assert errors[1] == f"{path}:2: a number with more than 4300 digits"

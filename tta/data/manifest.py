@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -112,7 +113,10 @@ def row_from_json(obj: object, *, where: str, base: str | None = None) -> Manife
             if not isinstance(value, list) or not all(map(str.__instancecheck__, value)):
                 raise ManifestError(f"{where}: field {name!r} must be a list of strings")
             obj[name] = tuple(value)
-    obj["seconds"] = float(obj["seconds"])
+    try:
+        obj["seconds"] = float(obj["seconds"])
+    except OverflowError:   # an int beyond float range: "int too large to convert to float", no file or line
+        raise ManifestError(f"{where}: field 'seconds' is too large, expected a finite number") from None
     try:
         return ManifestRow(**obj, base=base)
     except ManifestError as e:
@@ -143,6 +147,9 @@ def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -
                         obj = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ManifestError(f"{where}: broken JSON ({e.msg} at column {e.colno})") from None
+                    except ValueError:   # json's own: "Exceeds the limit (4300 digits) for integer string conversion"
+                        raise ManifestError(f"{where}: a number with more than {sys.get_int_max_str_digits()} "
+                                            "digits") from None
                     row = row_from_json(obj, where=where, base=folder)
                     if row.id in seen:
                         raise ManifestError(f"{where}: duplicate id {row.id!r} (first on line {seen[row.id]})")
