@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.record import machine_info, time_alternately, git_commit
     from tta.data import manifest as new
 
+    machine = machine_info()   # before timing: the commit whose code is timed
     old = import_old(args.old)
     profiles = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +129,6 @@ def main(argv: list[str] | None = None) -> dict:
     for name, lines in profiles.items():
         print(f"\ncProfile, one {name}:")
         print("\n".join(lines))
-    machine = machine_info()
     record = {"bench": "manifest", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine,
               "versions": {"python": machine["python"], "tta": machine["tta"]},
               "settings": {"rows": args.rows, "rounds": args.rounds, "bytes": size, "format": "jsonl",
