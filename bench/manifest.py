@@ -8,8 +8,8 @@ category. Peers, timed alternately round by round (bench.record.time_alternately
   write   this checkout's write_manifest of the rows read   old_write   the `--old` tree's
 The old code is imported from a git worktree of the commit (default 776c9e0, before the per-row number checks):
 
-    git worktree add /tmp/tta-old 776c9e0
-    .venv/bin/python bench/manifest.py --old /tmp/tta-old [--rows 200000] [--rounds 3] [--profile]
+    git worktree add ../tta-old 776c9e0
+    .venv/bin/python bench/manifest.py --old ../tta-old [--rows 200000] [--rounds 3] [--profile]
 
 Both peers read the same file just written (from the page cache): this times parsing and checking, not disk.
 Manifests are JSON lines only (read_manifest); a CSV is an importer's input (tta data import), which also probes
