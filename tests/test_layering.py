@@ -1,9 +1,9 @@
 """Imports run one way (DESIGN.md): a lower layer never imports a higher one, and `import tta` stays light."""
 
 import ast
+import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +97,12 @@ def test_import_tta_and_cli_do_not_import_torch():
 
 
 def test_help_answers_in_under_a_second():
-    start = time.perf_counter()
+    """Counted in the child's CPU seconds, not wall seconds: on the shared 2-core machine under load the wall of
+    this ~0.15 s (CPU) command reached 1.12 s while waiting for a core, and the test failed although --help had
+    not grown; importing torch alone costs ~1.9 s of CPU, so a heavy import still fails it."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, "-m", "tta", "--help"], capture_output=True, text=True, cwd=ROOT)
-    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert out.returncode == 0 and "generate" in out.stdout
-    assert elapsed < 1.0, f"tta --help took {elapsed:.2f} s"
+    assert cpu < 1.0, f"tta --help took {cpu:.2f} s of CPU"
