@@ -457,8 +457,10 @@ class TTAPipeline:
         """Style transfer (SDEdit): wav (T,) at sample_rate noised to `strength` in (0, 1], denoised to the prompt.
 
         Every edit (this, inpaint, super_resolve) takes float audio at any level: the model hears it as it heard
-        its training audio (DC removed, peak 0.5) and the outputs come back at the input's level
-        (`Generation.input_level`, the factor applied). An input shorter than the model's `window` is sampled
+        its training audio (DC removed, peak 0.5) and the outputs are scaled back by the same factor
+        (`Generation.input_level`), so they sit at the input's scale; what the model regenerates may still come
+        out quieter (audio-to-audio of speech and sound clips with the embedded model: 4-11 dB under the input at
+        strength 0.3 and 0.6). An input shorter than the model's `window` is sampled
         padded with silence to the window, and the output cut back to the input's length. The other settings are
         __call__'s (EDIT_SETTINGS), less its length: an edit's is its input's."""
         check_edit_settings("audio_to_audio", kwargs)
