@@ -79,10 +79,17 @@ def test_a_resumed_batch_writes_what_one_uninterrupted_run_writes(tmp_path, caps
     assert resumed["complete"] and resumed["planned_outputs"] == 5
     assert resumed["outputs"] == whole["outputs"] and resumed["settings"] == whole["settings"]
     assert all(len(o["sha256"]) == 64 for o in whole["outputs"])
+    # the record says what ran before (its command and wall time were the last run's only)
+    assert "earlier_runs" not in whole and len(resumed["earlier_runs"]) == 1
+    assert set(resumed["earlier_runs"][0]) == {"command", "cwd", "tta_version", "wall_seconds"}
+    assert resumed["earlier_runs"][0]["wall_seconds"] > 0
     # a finished batch resumed again generates nothing and keeps its files
     calls.clear()
     assert run(capsys, *args, "--out-dir", tmp_path / "part", "--resume")[0] == 0
     assert calls == [] and wavs(tmp_path / "part") == wavs(tmp_path / "whole")
+    again = record(tmp_path / "part")["earlier_runs"]
+    assert len(again) == 2 and again[0] == resumed["earlier_runs"][0]
+    assert again[1]["wall_seconds"] == resumed["wall_seconds"]
 
 
 TWO_ROWS = "a\nb\n"

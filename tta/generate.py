@@ -595,6 +595,9 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
         if edit is not None and "sampled_seconds" in earlier["edit"]:   # check_same_run: the same edit
             # recorded once a batch has run: a resume that keeps every output runs none
             edit["sampled_seconds"] = earlier["edit"]["sampled_seconds"]
+        if records:   # the record this run writes describes the earlier runs' outputs too: say what they ran
+            args.earlier_runs = [*earlier.get("earlier_runs", []), {
+                k: earlier.get(k) for k in ("command", "cwd", "tta_version", "wall_seconds")}]
         log.info("%s: resuming: %d of %d outputs kept, %d to generate", record_path.parent, len(records), len(jobs),
                  len(jobs) - len(records))
     from tqdm.auto import tqdm
@@ -860,12 +863,15 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                  planned: int, store=None) -> None:
     """Write the generation record: `records` is each written output's record by its row's index; `complete` is
     false while fewer than `planned` outputs are written (a run stopped part-way leaves the record of what it did
-    write)."""
+    write). A run that --resume continued lists the earlier runs (`earlier_runs`: command, cwd, tta version and
+    wall seconds of each, oldest first); `command` and `wall_seconds` are this run's."""
     from tta.checkpoint import atomic_write_text
 
     body = {**record_header(args, folder, pipe, device, edit, store), "complete": len(records) == planned,
             "planned_outputs": planned, "outputs": [records[i] for i in sorted(records)],
             "wall_seconds": round(seconds, 3)}
+    if getattr(args, "earlier_runs", None):
+        body["earlier_runs"] = args.earlier_runs
     atomic_write_text(path, json.dumps(body, indent=2) + "\n")
 
 
