@@ -81,7 +81,8 @@ def profile_top(fn, n: int) -> list[str]:
     prof = cProfile.Profile()
     prof.runcall(fn)
     out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(n)
+    # file names only: a record must not carry the paths of the machine that ran it
+    pstats.Stats(prof, stream=out).strip_dirs().sort_stats("tottime").print_stats(n)
     lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
     start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
     return [lines[0].strip()] + lines[start:start + n + 1]
