@@ -248,6 +248,19 @@ def test_clap_score_pairs_id_rows_with_the_audio_as_tta_eval_does(tmp_path, caps
     by_id.write_text('{"id": "gone/x", "prompt": "lost"}\n')
     assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
     assert "no row pairs with an audio file" in capsys.readouterr().err
+    # a file a file-field row names is not an id row's too (rain.wav was scored twice, with "rain" and "storm"),
+    # and two rows of one key are refused, as tta eval refuses them (both were scored against rain.wav)
+    (gen / "plain.flac").unlink()
+    by_id.write_text('{"file": "rain.wav", "prompt": "rain"}\n{"id": "weather/rain", "prompt": "storm"}\n'
+                     '{"id": "plain", "prompt": "noise"}\n')
+    out = tmp_path / "mixed.json"
+    assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id),
+                 "--out", str(out)]) == 0
+    assert [(Path(i["file"]).name, i["prompt"]) for i in json.loads(out.read_text())["per_item"]] == [
+        ("rain.wav", "rain"), ("plain.wav", "noise")]
+    by_id.write_text('{"id": "rain", "prompt": "a"}\n{"id": "rain", "prompt": "b"}\n')
+    assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
+    assert capsys.readouterr().err == f"tta: error: {by_id}:2: file 'rain' appears twice\n"
 
 
 def test_an_id_whose_file_name_passes_the_limit_is_refused_naming_the_id(tmp_path):

@@ -121,7 +121,7 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, 
             raise PromptFileError(f"{path}: {len(rows)} prompts but {len(files)} audio files in {audio_dir}")
         return [(f, r.prompt) for f, r in zip(files, rows)], []
     base = audio_dir if audio_dir is not None else path.parent
-    by_id = _files_of_ids([r for r in rows if r.file is None], audio_dir)
+    by_id = _files_of_ids(rows, audio_dir)
     pairs, skipped = [], []
     for r in rows:
         if r.file is not None:
@@ -135,11 +135,13 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, 
     return pairs, skipped
 
 
-def _files_of_ids(rows: list, audio_dir: Path | None) -> dict[str, Path | None]:
-    """The audio file of --audio each id (of rows without a file field) pairs with, or None, by the rule of
-    `tta eval --prompts` (tta.data.prompts.match_audio)."""
-    from tta.data.prompts import PromptFileError, id_file_name, match_audio
+def _files_of_ids(every: list, audio_dir: Path | None) -> dict[str, Path | None]:
+    """The audio file of --audio each id (of the rows without a file field) pairs with, or None, by the rule of
+    `tta eval --prompts` (tta.data.prompts.match_audio): keyed by every row, so a file a file-field row names is
+    never an id row's too, and a key two rows share is refused, as tta eval refuses it."""
+    from tta.data.prompts import PromptFileError, file_key, id_file_name, match_audio
 
+    rows = [r for r in every if r.file is None]
     if not rows:
         return {}
     no_id = next((r for r in rows if r.id is None), None)
@@ -148,7 +150,12 @@ def _files_of_ids(rows: list, audio_dir: Path | None) -> dict[str, Path | None]:
     if audio_dir is None:
         raise PromptFileError(f"{rows[0].where}: a row without a file field pairs by its id with a file of "
                               "--audio DIR")
-    keys = {id_file_name(r.id): r.id for r in rows}
+    keys: dict[str, str | None] = {}
+    for r in every:
+        key = file_key(r.file) if r.file is not None else id_file_name(r.id)
+        if key in keys:
+            raise PromptFileError(f"{r.where}: file {key!r} appears twice")
+        keys[key] = None if r.file is not None else r.id
     by_name: dict[str, list[Path]] = {}   # x.wav and x.flac share a name
     for f in _audio_files(audio_dir):
         by_name.setdefault(f.relative_to(audio_dir).with_suffix("").as_posix(), []).append(f)
