@@ -110,7 +110,10 @@ ID_ROW = '{"id": "b", "prompt": "b"}\n'
     (ID_ROW, ["ROWS", '{"id": "x", "prompt": "x"}\n' + ID_ROW],
      "cannot resume: b.wav was generated as row 0 (seed 5), and it is row 1 of PROMPTS now"),
     (TWO_ROWS, ["NOT JSON"], "generation.json: not a tta generate record that --resume can read (JSONDecodeError"),
-], ids=["steps", "guidance", "batch-size", "seed", "threads", "model", "prompt", "row-removed", "row-moved", "not-json"])
+    (TWO_ROWS, ["EARLIER RUNS"], "generation.json: not a tta generate record that --resume can read (its "
+                                 "earlier_runs is not a list of objects)"),
+], ids=["steps", "guidance", "batch-size", "seed", "threads", "model", "prompt", "row-removed", "row-moved", "not-json",
+        "earlier-runs"])
 def test_a_resume_of_another_batch_is_refused_naming_the_first_difference(tmp_path, capsys, calls, rows, change,
                                                                           message):
     """Refused before anything is generated or written (the model, the seed and the rows before the model loads);
@@ -132,6 +135,11 @@ def test_a_resume_of_another_batch_is_refused_naming_the_first_difference(tmp_pa
     elif change[0] == "NOT JSON":
         (out / "generation.json").write_text("{")
         before = before[0], "{"
+        change = []
+    elif change[0] == "EARLIER RUNS":   # a damaged record stopped the run on Python's "Value after * must be..."
+        damaged = json.dumps({**record(out), "earlier_runs": 3})
+        (out / "generation.json").write_text(damaged)
+        before = before[0], damaged
         change = []
     calls.clear()
     code, _, err = run(capsys, *args, *change, "--out-dir", out, "--resume")

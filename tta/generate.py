@@ -275,7 +275,7 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
     """What only the model's configs can check, before any weights load: --steps against the timesteps its UNet
     was trained on, --seconds and an edit's input against its mel frame, --cutoff against its mel band, --strength
     against its sampler steps."""
-    from tta.checkpoint import CONFIG_NAME, CheckpointError, read_component_config
+    from tta.checkpoint import CONFIG_NAME, CheckpointError, read_component_config, read_json
     from tta.config import ConfigError, from_dict
     from tta.ldm.folder import SCHEDULER_FILE
     from tta.pipeline import read_pipeline_json
@@ -284,8 +284,8 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
     if args.steps is not None:   # it failed after the model had loaded, on the same line as the progress bar
         config = folder / read_pipeline_json(folder)["components"]["scheduler"] / SCHEDULER_FILE
         try:
-            trained = json.loads(config.read_text(encoding="utf-8")).get("num_train_timesteps")
-        except (OSError, ValueError, AttributeError):
+            trained = read_json(config).get("num_train_timesteps")
+        except (OSError, CheckpointError, AttributeError):
             trained = None   # loading the scheduler names what is wrong with it
         if type(trained) is int and args.steps > trained:
             raise GenerateError(f"--steps {args.steps} exceeds the {trained} timesteps this model was trained on")
@@ -691,7 +691,8 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
 # ------------------------------------------------------------------------------------------ resume
 
 # what a resumed run's record must share with the earlier one (the model by its files' sha256, not its path; an
-# edit's input by its sha256; a datastore by its datastore.json); the rest (command, paths, tta and python versions, wall time) may differ
+# edit's input by its sha256; a datastore by its datastore.json); the rest (command, paths, tta and python
+# versions, wall time) may differ
 RESUME_CHECKED = ("torch", "diffusers", "model_files_sha256", "model_defaults", "settings", "clap_score_model",
                   "retrieval", "edit")
 RESUME_ADVICE = "run it as the earlier run did (its command is in the record), or without --resume to generate every " \
@@ -725,6 +726,9 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path) ->
                 isinstance(o, dict) and all(isinstance(o.get(k), str) for k in ("file", "id", "prompt"))
                 and isinstance(o.get("seeds"), list) and o["seeds"] and type(o["seeds"][0]) is int for o in outputs):
             why = "its outputs are not a list of objects with file, id, prompt and seeds"
+        elif not (isinstance(record.get("earlier_runs", []), list)
+                  and all(isinstance(r, dict) for r in record.get("earlier_runs", []))):
+            why = "its earlier_runs is not a list of objects"
     if why is not None:
         raise GenerateError(f"{path}: not a tta generate record that --resume can read ({why}); move it away, or run "
                             "without --resume to generate every row again")
