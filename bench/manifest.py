@@ -6,7 +6,8 @@ path, one or five captions, two labels, seconds, sample_rate, split, source, lic
 category. Peers, timed alternately round by round (bench.record.time_alternately, medians reported):
   read    this checkout's read_manifest           old_read    the `--old` tree's read_manifest
   write   this checkout's write_manifest of the rows read   old_write   the `--old` tree's
-The old code is imported from a git worktree of the commit (default 776c9e0, before the per-row number checks):
+The old code is imported from a git worktree of the commit to compare with (776c9e0 was before the per-row
+number checks):
 
     git worktree add ../tta-old 776c9e0
     .venv/bin/python bench/manifest.py --old ../tta-old [--rows 200000] [--rounds 3] [--profile]

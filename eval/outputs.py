@@ -43,7 +43,8 @@ def _clean(obj):
 def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict], stats: dict | None = None) -> Path:
     """Write OUT/items.csv, OUT/eval.json and the statistics `stats` ({file name: FrechetStats}) together: each is
     written in full before any replaces an earlier run's file, so a failed write (a full disk) leaves the folder
-    as it was, never an eval.json beside the statistics of another run."""
+    as it was, never an eval.json beside the statistics of another run (tta eval removes an earlier run's
+    statistics this run did not write once these are in place)."""
     from tta.checkpoint import atomic_files, atomic_write_text
 
     out, stats = Path(out), stats or {}

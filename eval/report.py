@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.outputs import ResultError, read_result
+from eval.outputs import ITEMS_NAME, ResultError, read_result
 from tta import UsageError
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def load_runs(paths: list[str | os.PathLike], labels: list[str] | None = None) -
             raise ResultError(f"{p}: the same result as {same}; give each result once")
         given[folder.resolve()] = (p, body)
         label = labels[i] if labels and i < len(labels) else folder.name
-        missing = folder / body.get("items_csv", "items.csv") if rows is None else None
+        missing = folder / body.get("items_csv", ITEMS_NAME) if rows is None else None
         runs.append(Run(label, body, rows or [], folder, missing))
     taken: set[str] = set()
     for r in runs:  # keep column headers unique ("A", "A (2)", ... never a label given elsewhere)

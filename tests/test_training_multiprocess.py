@@ -95,7 +95,6 @@ def test_ldm_precompute_encodes_once_for_all_processes(tmp_path):
         assert torch.equal(value, b["weights"][key]), f"{key} differs between the processes"
 
 
-
 @pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
 def test_a_second_run_on_two_processes_refused_by_the_lock_stops_at_once(tmp_path):
     """The main process, refused by run_lock, stopped before it joined the processes' group; the other one waited

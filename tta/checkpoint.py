@@ -116,7 +116,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_files(folder: str | os.PathLike, names) -> Iterator[dict[str, Path]]:
     """{name: temporary path beside folder/name}: when the block succeeds each is renamed onto folder/name, when it
-    fails none is, so files that belong together are never half replaced. Write each through its own atomic write
+    fails none is, so an error while they are written never leaves them half replaced (the renames
+    themselves run one after another). Write each through its own atomic write
     (`atomic_write_text(tmp[name], ...)`): a failure then names the file it was writing."""
     with contextlib.ExitStack() as stack:
         yield {name: stack.enter_context(atomic_path(Path(folder) / name)) for name in names}

@@ -1001,7 +1001,8 @@ def resume_view(config, saved: dict) -> tuple[dict, dict]:
             pass
     old_init = saved.get("train", {}).get("init_from") if isinstance(saved.get("train"), dict) else None
     new_init = resolved.get("train", {}).get("init_from")
-    named = Path(new_init) if new_init else None   # the run folder it resolved: RUN/checkpoints/step_N or RUN/final
+    named = Path(new_init) if new_init else None   # init_from as given now (e.g. RUN); old_init is what was
+    # recorded (RUN/checkpoints/step_N or RUN/final)
     if old_init and (not new_init or Path(old_init).parent in (named / "checkpoints", named)
                      or Path(old_init) == named):
         resolved["train"]["init_from"] = old_init

@@ -28,7 +28,7 @@ import torch
 
 from tta.audio import AUDIOLDM_MEL, MelConfig, recorded_mel
 from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, load_into, load_torch_file,
-                            read_foreign_folder, save_safetensors)
+                            read_foreign_folder, read_json, save_safetensors)
 from tta.config import from_known_fields
 from vocoder.model import HiFiGAN, HiFiGANConfig
 
@@ -232,8 +232,8 @@ def load_vocoder(path: str | os.PathLike, *, weight_norm: bool = False) -> HiFiG
     if path.is_dir():
         cfg = path / "config.json"
         try:
-            body = json.loads(cfg.read_text()) if cfg.is_file() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = read_json(cfg) if cfg.is_file() else {}
+        except CheckpointError:   # read_component_config names the file
             body = {}
         if isinstance(body, dict) and body.get("model_type") == SPEECHT5_MODEL_TYPE:
             return load_speecht5_folder(path, weight_norm=weight_norm)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from tta.audio import AudioError, load_audio
+from tta.audio import SILENCE_DB, AudioError, load_audio
 from tta.config import check_number, is_real
 from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_manifest
 
@@ -126,7 +126,7 @@ def check_limits(min_seconds, silence_db, seconds_tolerance, *, flags: bool = Fa
     return min_seconds, silence_db, seconds_tolerance
 
 
-def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, silence_db: float = -60.0,
+def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, silence_db: float = SILENCE_DB,
                    seconds_tolerance: float = 0.1, near_duplicates: bool = False,
                    against: str | os.PathLike | None = None, progress: bool = True) -> CheckReport:
     """Check every line and every row of `manifest`; never stops at the first bad one. `near_duplicates` also

@@ -43,6 +43,7 @@ from typing import Literal
 
 import numpy as np
 
+from tta.checkpoint import read_json
 from tta.config import check_numbers
 
 log = logging.getLogger(__name__)
@@ -488,10 +489,7 @@ class Datastore:
         info_path = folder / INFO_NAME
         if not info_path.is_file():
             raise DatastoreError(f"{folder}: not a datastore (no {INFO_NAME})")
-        try:
-            info = json.loads(info_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DatastoreError(f"{info_path}: invalid JSON ({e.msg})") from None
+        info = read_json(info_path, DatastoreError)
         if not isinstance(info, dict):
             raise DatastoreError(f"{info_path}: expected a JSON object")
         version = info.get("format_version")
