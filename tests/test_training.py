@@ -586,6 +586,35 @@ def test_terminate_as_exit_leaves_an_ignored_sigterm_ignored():
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_sigterm_handler_puts_the_one_before_back_and_leaves_other_threads_alone():
+    """terminate_as_exit (every command) and the joining of a run's processes (SIG_DFL) share it."""
+    import signal
+    import threading
+
+    from tta.checkpoint import sigterm_handler
+
+    def before(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        with sigterm_handler(signal.SIG_DFL):
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is before
+        seen = []
+
+        def other():
+            with sigterm_handler(signal.SIG_DFL):   # Python sets handlers in the main thread only
+                seen.append(signal.getsignal(signal.SIGTERM))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert seen == [before]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_file_system_without_locks_trains_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
     """Lustre mounted without -o flock answers ENOSYS: every run was refused as 'another tta train'."""
     import errno

@@ -48,22 +48,30 @@ def terminate_as_exit() -> Iterator[None]:
     torchrun and accelerate stop the other processes of a training run with SIGTERM when one fails (a run stopped
     that way left its folder, blocking the corrected rerun), and `kill`, `timeout`, a batch scheduler's cancel or
     `docker stop` send it to a `tta generate` batch, which then still writes the record of the files it wrote."""
-    import signal
-    import threading
-
-    ignored = signal.getsignal(signal.SIGTERM) is signal.SIG_IGN   # a parent's `trap '' TERM` stays in force
-    if threading.current_thread() is not threading.main_thread() or ignored:
-        yield
-        return
-
     def stop(signum, frame):
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    with sigterm_handler(stop):
+        yield
+
+
+@contextlib.contextmanager
+def sigterm_handler(handler) -> Iterator[None]:
+    """Within it, SIGTERM goes to `handler` (a function or signal.SIG_DFL); the handler before is put back after.
+    Left as it is outside the main thread (where Python cannot set one) and where SIGTERM is ignored (a parent's
+    `trap '' TERM` stays in force)."""
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGTERM, handler)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:   # None: a handler set outside Python, which cannot be put back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _temp_prefix(path: Path) -> str:

@@ -57,7 +57,7 @@ from torch import nn
 from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_dir,
                             atomic_write_text, load_component, load_into, load_state_dict, load_train_state,
                             read_foreign_folder, save_component, save_train_state)
-from tta.checkpoint import complete_checkpoints, file_sha256, step_of
+from tta.checkpoint import complete_checkpoints, file_sha256, sigterm_handler, step_of
 from tta.config import ConfigError, check_numbers, from_dict, save_config, shortened, to_dict
 
 log = logging.getLogger(__name__)
@@ -1218,20 +1218,12 @@ def _killable_while_joining() -> Iterator[None]:
     `tta train` refused by `run_lock`), the launcher's SIGTERM went unanswered until its SIGKILL 30 s later. Such a
     process has written nothing yet."""
     import signal
-    import threading
 
-    if _is_main_process() or threading.current_thread() is not threading.main_thread():
+    if _is_main_process():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN:   # a parent's `trap '' TERM` stays in force
+    with sigterm_handler(signal.SIG_DFL):
         yield
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _is_main_process() -> bool:
