@@ -238,3 +238,21 @@ def test_a_command_stopped_with_sigterm_removes_its_temporary_files(capsys, tmp_
     assert stopped.value.code == 143
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.tar"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_data_check_flags_default_to_the_library_levels():
+    """--silence-db's default was a literal -60.0 beside tta.audio.SILENCE_DB (the CLI stays clear of tta.audio so
+    that --help is fast): a change of the one would not have reached the other."""
+    import inspect
+
+    from tta.audio import SILENCE_DB
+    from tta.cli import build_parser
+    from tta.data.check import check_manifest
+
+    args = build_parser().parse_args(["data", "check", "m.jsonl"])
+    library = inspect.signature(check_manifest).parameters
+    assert args.silence_db == SILENCE_DB == library["silence_db"].default
+    assert args.min_seconds == library["min_seconds"].default
+    check = next(a for a in build_parser()._actions if a.dest == "command").choices["data"]
+    text = next(a for a in check._actions if a.dest == "data_command").choices["check"].format_help()
+    assert f"(default {SILENCE_DB:g})" in " ".join(text.split())
