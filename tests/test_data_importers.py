@@ -431,6 +431,22 @@ def test_folder_import_follows_symlinked_folders_and_keeps_the_names_under_the_r
     assert sorted(_by_id(result)) == ["birds/001", "cats/001", "dogs/001"], result.errors
 
 
+def test_a_source_naming_a_link_loop_reports_that_row_and_imports_the_rest(tmp_path):
+    """A captions CSV (or AudioLDM / Tango list) row naming a file that is a symbolic link loop stopped the whole
+    import with "Symlink loop from ..." (pathlib's resolve() raises on a loop); it is one bad item."""
+    import os
+
+    root = tmp_path / "corpus"
+    _wav(root / "a.wav")
+    os.symlink("loop2.wav", root / "loop1.wav")
+    os.symlink("loop1.wav", root / "loop2.wav")
+    csv_path = tmp_path / "captions.csv"
+    csv_path.write_text("file,caption\na.wav,a tone\nloop1.wav,a loop\n")
+    result = import_folder(root, captions_csv=csv_path, options=ImportOptions(progress=False))
+    assert sorted(_by_id(result)) == ["a"]
+    _one_error(result, "captions.csv:3", "loop1.wav", "skipped")
+
+
 def test_a_webdataset_shard_cut_short_keeps_the_samples_before_the_cut(tmp_path):
     """A shard truncated part-way lost every sample with "damaged tar shard; skipped", the whole ones too."""
     shards = tmp_path / "shards"

@@ -181,7 +181,7 @@ class Collector:
         self.errors: list[str] = []
 
     def add(self, entry: Entry) -> None:
-        key = entry.path.resolve()
+        key = Path(os.path.realpath(entry.path))   # resolve() raised on a link loop, stopping the whole import
         old = self.by_path.get(key)
         if old is not None and old.id != entry.id:   # two different clips resolved to one file
             self.errors.append(f"{entry.where}: {entry.id!r} resolves to {entry.path}, the file of {old.id!r} "
@@ -303,7 +303,7 @@ def _stem_id(path: Path, root: Path) -> str:
         rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
     except ValueError:
         try:
-            rel = path.resolve().relative_to(root.resolve())
+            rel = Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
         except ValueError:
             rel = Path(path.name)
     return PurePosixPath(rel.with_suffix("")).as_posix()
@@ -364,7 +364,7 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
                 c.error(f"{where}: empty {file_col!r} column; skipped")
                 continue
             p = folder / rec[file_col]
-            listed.add(p.resolve())
+            listed.add(Path(os.path.realpath(p)))
             try:
                 split = row_split(rec.get("split"), where)
             except SourceError as e:
@@ -375,7 +375,7 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
                          labels=tuple(x.strip() for x in rec.get("labels", "").split(";") if x.strip()),
                          category=rec.get("category") or None, group=rec.get("group") or None))
     for p in files:
-        if p.resolve() not in listed:
+        if Path(os.path.realpath(p)) not in listed:
             c.error(f"{p}: not listed in {csv_path} (no caption); skipped")
     return c.result(f"import {folder}")
 
