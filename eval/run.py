@@ -28,7 +28,7 @@ from eval.embedders import Embedder, get_embedder
 from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infinity
 from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
-from tta.audio import AUDIO_SUFFIXES, SILENCE_DB
+from tta.audio import AUDIO_SUFFIXES, SILENCE_DB, is_audio_entry
 from tta.config import check_number, shortened
 from tta.data.prompts import match_audio
 from tta import UsageError
@@ -116,8 +116,7 @@ def list_audio(folder: Path, what: str) -> list[Path]:
         raise EvalError(f"{what} {folder}: folder not found")
     if not folder.is_dir():
         raise EvalError(f"{what} {folder}: expected a folder of audio files")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-                   and not p.name.startswith("."))
+    files = sorted(p for p in folder.rglob("*") if is_audio_entry(p))   # a dead link is reported, not left out
     if not files:
         raise EvalError(f"{what} {folder}: no audio files (looked for {', '.join(AUDIO_SUFFIXES)})")
     seen: dict[str, Path] = {}

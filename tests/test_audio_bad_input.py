@@ -7,6 +7,8 @@ with the right content (the dominant frequency of a test tone survives the trip)
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -45,6 +47,8 @@ BAD = {
     "inf.wav": (_write_nonfinite(np.inf), "non-finite"),
     "no_samples.wav": (lambda p: sf.write(p, np.zeros((0, 1), np.float32), 16_000), "0 samples"),
     "folder.wav": (lambda p: p.mkdir(), "is a directory"),
+    "dead_link.wav": (lambda p: os.symlink(p.parent / "gone.wav", p), "file not found (a symbolic link to"),
+    "link_loop.wav": (lambda p: os.symlink(p.name, p), "file not found (a symbolic link to link_loop.wav"),
 }
 
 

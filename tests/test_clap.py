@@ -226,15 +226,17 @@ def test_cli_skips_unreadable_audio_and_goes_on(trained, toy, tmp_path, capsys, 
     import soundfile as sf
 
     sf.write(audio_dir / "zz_short.wav", np.zeros(100, np.float32), SR)   # shorter than one analysis window
+    (audio_dir / "zz_link.wav").symlink_to(tmp_path / "moved.wav")   # a dead link was left out without a word
     out = tmp_path / "r.json"
     assert main(["-q", "clap", "retrieve", "--model", str(run), "--audio", str(audio_dir),
                  "--query", "a tone", "--top-k", "1000", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert len(res["queries"][0]["hits"]) == len(good) and len(res["skipped"]) == 2
+    assert len(res["queries"][0]["hits"]) == len(good) and len(res["skipped"]) == 3
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("zz_text.wav" in m for m in warned) and any("zz_short.wav: 100 samples" in m for m in warned)
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("\n".join(["a tone"] * (len(good) + 2)) + "\n")
+    assert any("zz_link.wav: file not found (a symbolic link to" in m for m in warned)
+    prompts = tmp_path / "p.txt"   # paired by position with the folder's files, the dead link included
+    prompts.write_text("\n".join(["a tone"] * (len(good) + 3)) + "\n")
     assert main(["-q", "clap", "score", "--model", str(run), "--audio", str(audio_dir),
                  "--prompts", str(prompts), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["num_items"] == len(good)
@@ -243,7 +245,7 @@ def test_cli_skips_unreadable_audio_and_goes_on(trained, toy, tmp_path, capsys, 
     capsys.readouterr()
     assert main(["-q", "clap", "retrieve", "--model", str(run), "--audio", str(audio_dir),
                  "--query", "x"]) == 1
-    assert "none of the 2 audio files is readable and long enough" in capsys.readouterr().err
+    assert "none of the 3 audio files is readable and long enough" in capsys.readouterr().err
 
 
 def test_retrieval_metrics_follow_their_definitions():

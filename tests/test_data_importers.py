@@ -447,6 +447,22 @@ def test_a_source_naming_a_link_loop_reports_that_row_and_imports_the_rest(tmp_p
     _one_error(result, "captions.csv:3", "loop1.wav", "skipped")
 
 
+def test_folder_import_reports_a_dead_link_beside_its_captions(tmp_path):
+    """A clip that is a symbolic link to nothing (its target moved), with its captions beside it, was left out
+    without a word ("0 bad items"); it is a bad item naming the link."""
+    import os
+
+    root = tmp_path / "corpus"
+    _wav(root / "a.wav")
+    os.symlink(tmp_path / "moved" / "b.wav", root / "b.wav")
+    for name in ("a", "b"):
+        (root / f"{name}.txt").write_text("a sound\n")
+    result = import_folder(root, options=ImportOptions(progress=False))
+    assert sorted(_by_id(result)) == ["a"]
+    _one_error(result, "b.wav", "file not found (a symbolic link to", "skipped")
+    assert len(result.errors) == 1
+
+
 def test_a_webdataset_shard_cut_short_keeps_the_samples_before_the_cut(tmp_path):
     """A shard truncated part-way lost every sample with "damaged tar shard; skipped", the whole ones too."""
     shards = tmp_path / "shards"

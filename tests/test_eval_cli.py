@@ -214,6 +214,20 @@ def test_tta_eval_skips_a_clip_too_short_to_embed_and_names_it(folders, tmp_path
         assert "tiny" not in {r["name"] for r in csv.DictReader(f)}
 
 
+def test_tta_eval_names_a_dead_link_among_the_generated_files(folders, tmp_path):
+    """A generated file that is a symbolic link to nothing (a moved target, a link loop) was left out of the
+    listing without a word: files_found did not count it and no warning said the scores miss it."""
+    gen, ref, _ = folders
+    (gen / "moved.wav").symlink_to(tmp_path / "elsewhere" / "moved.wav")
+    (gen / "loop.wav").symlink_to("loop.wav")
+    out = tmp_path / "run"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out) == 0
+    proto = json.loads((out / "eval.json").read_text())["protocol"]["fad"]["generated"]
+    assert proto["files_found"] == 11 and proto["files_used"] == 8 and proto["files_skipped"] == 3
+    dead = {Path(s["file"]).name: s["reason"] for s in proto["skipped"]}
+    assert "file not found (a symbolic link to" in dead["moved.wav"] and "file not found" in dead["loop.wav"]
+
+
 def test_tta_eval_records_the_fad_inf_fit(folders, tmp_path, monkeypatch):
     """The whole FAD-inf fit goes into eval.json (the subset floor is lowered so that small folders fit)."""
     from eval import fad as fad_module

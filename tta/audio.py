@@ -150,6 +150,14 @@ def check_same_mel(a: MelConfig, b: MelConfig, what_a: str, what_b: str) -> None
 AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64",
                   ".caf")
 
+
+def is_audio_entry(path: Path) -> bool:
+    """Whether an entry of a folder of clips is one to read: an audio suffix, not hidden (a write's temporary file,
+    macOS's ._ resource forks), and a file, or a symbolic link that leads to none (its target gone, or links in a
+    loop), which the reader then reports by name: a listing of files alone left such a clip out without a word."""
+    return (path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+            and (path.is_file() or (path.is_symlink() and not path.exists())))
+
 # --------------------------------------------------------------------------------------------- mel
 
 
@@ -460,6 +468,9 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
 def _check_path(path) -> Path:
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():   # "file not found" stays in the message: tta data check's reason `missing`
+            raise AudioError(f"{path}: file not found (a symbolic link to {os.readlink(path)}, which is missing or "
+                             "leads back to the link)")
         raise AudioError(f"{path}: file not found")
     if path.is_dir():
         raise AudioError(f"{path}: is a directory, expected an audio file")

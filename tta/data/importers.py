@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from tta.audio import AUDIO_SUFFIXES, AudioError, audio_info
+from tta.audio import AudioError, audio_info, is_audio_entry
 from tta.checkpoint import file_sha256
 from tta.config import check_numbers, shortened
 from tta.data.manifest import SPLITS, ManifestRow, absolute_path
@@ -291,9 +291,8 @@ def _audio_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))   # hidden: e.g. another import's staging folder
-        found += [Path(top) / f for f in files if Path(f).suffix.lower() in AUDIO_SUFFIXES
-                  and not f.startswith(".")]   # hidden: e.g. a write's temporary file, macOS's ._ resource forks
-    return sorted(p for p in found if p.is_file())
+        found += [Path(top) / f for f in files]
+    return sorted(p for p in found if is_audio_entry(p))   # a dead link is reported, not left out
 
 
 def _stem_id(path: Path, root: Path) -> str:
