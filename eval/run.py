@@ -102,9 +102,10 @@ class EmbeddedSet:
                "files_used": len(self.files), "files_skipped": len(self.skipped), "skipped": self.skipped,
                "original_sample_rates": {str(k): v for k, v in sorted(self.sample_rates.items())}}
         if self.skipped:   # shown beside the scores (tta report), which describe the readable files alone
+            first, reason = self.skipped[0]["file"], self.skipped[0]["reason"]
+            first = reason if reason.startswith(f"{first}: ") else f"{first}: {reason}"   # an AudioError names it
             out["warning"] = (f"{len(self.skipped)} of {out['files_found']} files in {self.folder} could not be "
-                              f"scored and are left out (first: {self.skipped[0]['file']}: "
-                              f"{self.skipped[0]['reason']})")
+                              f"scored and are left out (first: {first})")
         if self.digests:  # what the files hold, wherever the folder is: runs on the same audio share it
             lines = "\n".join(f"{k}:{self.digests[k]}" for k in sorted(self.digests))
             out["content_sha256"] = hashlib.sha256(lines.encode()).hexdigest()[:16]

@@ -224,6 +224,8 @@ def test_tta_eval_names_a_dead_link_among_the_generated_files(folders, tmp_path)
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out) == 0
     proto = json.loads((out / "eval.json").read_text())["protocol"]["fad"]["generated"]
     assert proto["files_found"] == 11 and proto["files_used"] == 8 and proto["files_skipped"] == 3
+    # the warning names the first file once (it read "first: X: X: not a readable audio file (...)")
+    assert proto["warning"].count("broken.wav") == 1 and "broken.wav: not a readable audio file" in proto["warning"]
     dead = {Path(s["file"]).name: s["reason"] for s in proto["skipped"]}
     assert "file not found (a symbolic link to" in dead["moved.wav"] and "file not found" in dead["loop.wav"]
 
