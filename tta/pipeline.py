@@ -350,16 +350,17 @@ class TTAPipeline:
         t = math.ceil(math.ceil(frames / f) / m) * m
         return (self.unet.config.latent_channels, t, self.mel.n_mels // f)
 
-    def check_seconds(self, seconds: float) -> int:
-        """Samples for `seconds`, or a PipelineError when the length is not usable."""
+    def check_seconds(self, seconds: float, *, what: str | None = None) -> int:
+        """Samples for `seconds`, or a PipelineError when the length is not usable. `what` names the length in
+        the message (default: the argument, "seconds=10.0"); an edit, given no seconds=, names its input."""
         if not is_real(seconds) or seconds <= 0:
-            raise PipelineError(f"seconds={seconds!r} must be a positive number")
+            raise PipelineError(f"{what or f'seconds={seconds!r}'} must be a positive number")
+        what = what or f"seconds={seconds}"
         if seconds > MAX_SECONDS:
-            raise PipelineError(f"seconds={seconds} exceeds the maximum of {MAX_SECONDS:g} s per clip")
+            raise PipelineError(f"{what} exceeds the maximum of {MAX_SECONDS:g} s per clip")
         n = int(round(seconds * self.sample_rate))
         if n < self.mel.hop_length:
-            raise PipelineError(f"seconds={seconds} is shorter than one mel frame "
-                                f"({self.mel.hop_length / self.sample_rate:g} s)")
+            raise PipelineError(f"{what} is shorter than one mel frame ({self.mel.hop_length / self.sample_rate:g} s)")
         return n
 
     # -- encode / decode -------------------------------------------------------------------------
@@ -444,13 +445,8 @@ class TTAPipeline:
         """(the edit's length in samples, the length it is sampled at): an input shorter than the model's window
         is sampled padded with silence to the window and cut back, as a shorter text-to-audio clip is (a UNet
         trained on 10 s clips renders a 0.3 s one poorly)."""
-        seconds, hop = len(wav) / self.sample_rate, self.mel.hop_length
-        if seconds > MAX_SECONDS:   # as check_seconds, which names a seconds= the edit was not given
-            raise PipelineError(f"edit input: {seconds:g} s of audio; an edit takes at most {MAX_SECONDS:g} s (cut it)")
-        if len(wav) < hop:
-            raise PipelineError(f"edit input: {seconds:g} s of audio, shorter than one mel frame "
-                                f"({hop / self.sample_rate:g} s)")
-        n = self.check_seconds(seconds)
+        seconds = len(wav) / self.sample_rate
+        n = self.check_seconds(seconds, what=f"edit input: {seconds:g} s of audio")
         return n, max(n, round(self.defaults.window * self.sample_rate))
 
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
