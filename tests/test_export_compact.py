@@ -56,8 +56,11 @@ def test_compact_copy_is_smaller_loads_and_generates_close_to_the_original(tmp_p
                                           (["--default", "candidates=0"], "defaults.candidates=0"),
                                           (["--default", "guidance=NaN"], "guidance"),
                                           (["--default", "seconds=-1"], "defaults.seconds=-1"),
-                                          (["--default", "seconds=0.001"], "--default seconds=0.001: seconds=0.001 is "
-                                                                           "shorter than one mel frame"),
+                                          (["--default", "seconds=0.001"], "--default seconds=0.001 is shorter than one "
+                                                                           "mel frame (0.01 s)"),
+                                          # was "--default window=0.001: seconds=0.001 is shorter ..."
+                                          (["--default", "window=0.001"], "--default window=0.001 is shorter than one "
+                                                                          "mel frame (0.01 s)"),
                                           (["--dtype", "int4"], "int4")])
 def test_bad_export_options_are_one_line_errors(tmp_path, capsys, args, needle):
     out = tmp_path / "packed"

@@ -359,10 +359,10 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
         for key in ("seconds", "window"):   # a default the model cannot generate makes every default call fail
             value = getattr(pipe.defaults, key, 0)
             if key in defaults and value:
-                try:
-                    pipe.check_seconds(value)
+                try:   # named as given: a window's message said seconds=
+                    pipe.check_seconds(value, what=f"--default {key}={value:g}")
                 except ValueError as e:
-                    raise InteropError(f"--default {key}={value:g}: {e}") from None
+                    raise InteropError(str(e)) from None
     # the source's notes (a model card, its data's attribution and licences) go with the weights; nothing else
     # (an earlier export or generated audio kept in the folder)
     components = set(read_pipeline_json(pipeline).get("components", {}).values()) | {PIPELINE_FILE, "scheduler"}
