@@ -74,7 +74,10 @@ INPAINT_CONTEXT = 2.5       # seconds at least on each side of a gap that inpain
 SR_CROSSOVER = 0.1          # super-resolution's crossover: input below (1 - this) x cutoff, generated above cutoff
 
 
-# what an edit (audio_to_audio, inpaint, super_resolve) passes on to generation: __call__'s settings but its length
+# what an edit (audio_to_audio, inpaint, super_resolve) passes on to generation: __call__'s settings but its
+# length. Written out rather than read from __call__'s signature, so that a keyword added there is a decision
+# for the edits too: test_pipeline.py compares the two and fails until the new one is listed here or left out
+# there (as seconds= and window= are)
 EDIT_SETTINGS = ("steps", "guidance", "negative", "candidates", "seed", "sampler", "eta", "batch_size",
                  "guidance_rule", "precision", "progress", "return_candidates", "datastore", "neighbours",
                  "context_guidance", "prompt_ids")
