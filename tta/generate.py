@@ -7,8 +7,7 @@ Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.js
 otherwise each prompt goes to `<out-dir>/<name>.wav` (the base name of a prompts file row's file field, else
 its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`) and the record to
 `<out-dir>/generation.json`. `--resume` keeps the outputs an earlier run of the same batch wrote into the
-out-dir (its record lists them with their sha256) and generates the rest (read_earlier_run, check_same_run,
-kept_outputs).
+out-dir (its record lists them with their sha256) and generates the rest (tta.generate_resume).
 """
 
 from __future__ import annotations
@@ -254,7 +253,9 @@ def fit_full_scale(wav, peak: float = 0.99):
 # ----------------------------------------------------------------------------------------- checks
 
 
-def model_folder(args: argparse.Namespace) -> Path:
+def model_folder(args: argparse.Namespace) -> tuple[Path, dict]:
+    """The model folder (--model, else the embedded default) and its pipeline.json, read once and checked: the
+    checks before loading take it from here."""
     from tta.pipeline import REQUIRED, read_pipeline_json
 
     if args.model is None:
@@ -268,21 +269,20 @@ def model_folder(args: argparse.Namespace) -> Path:
     for name in REQUIRED:
         if not (folder / spec["components"][name]).is_dir():
             raise GenerateError(f"{folder}: component {name!r} is missing (no {spec['components'][name]}/ folder)")
-    return folder
+    return folder, spec
 
 
-def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | None = None) -> None:
+def check_against_model(args: argparse.Namespace, folder: Path, spec: dict, edit: dict | None = None) -> None:
     """What only the model's configs can check, before any weights load: --steps against the timesteps its UNet
     was trained on, --seconds and an edit's input against its mel frame, --cutoff against its mel band, --strength
-    against its sampler steps."""
+    against its sampler steps. `spec`: the folder's pipeline.json (model_folder)."""
     from tta.checkpoint import CONFIG_NAME, CheckpointError, read_component_config, read_json
     from tta.config import ConfigError, from_dict
     from tta.ldm.folder import SCHEDULER_FILE
-    from tta.pipeline import read_pipeline_json
     from vae.model import VAEConfig
 
     if args.steps is not None:   # it failed after the model had loaded, on the same line as the progress bar
-        config = folder / read_pipeline_json(folder)["components"]["scheduler"] / SCHEDULER_FILE
+        config = folder / spec["components"]["scheduler"] / SCHEDULER_FILE
         try:
             trained = read_json(config).get("num_train_timesteps")
         except (OSError, CheckpointError, AttributeError):
@@ -291,7 +291,7 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
             raise GenerateError(f"--steps {args.steps} exceeds the {trained} timesteps this model was trained on")
     if args.seconds is None and edit is None:
         return
-    vae_dir = folder / read_pipeline_json(folder)["components"]["vae"]
+    vae_dir = folder / spec["components"]["vae"]
     try:   # errors as loading the VAE gives them
         vae = from_dict(VAEConfig, read_component_config(vae_dir)["config"])
         mel = vae.mel
@@ -328,7 +328,7 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
         from tta.ldm.sampling import check_part_way, check_strength_leaves_a_step
         from tta.pipeline import PipelineDefaults
 
-        defaults = read_pipeline_json(folder).get("defaults", {})
+        defaults = spec.get("defaults", {})
         sampler = args.sampler or defaults.get("sampler", PipelineDefaults.sampler)
         try:
             check_part_way(sampler, edit["strength"])
@@ -345,18 +345,19 @@ def check_against_model(args: argparse.Namespace, folder: Path, edit: dict | Non
             raise GenerateError(str(e)) from None
 
 
-def component_hashes(folder: Path) -> dict:
+def component_hashes(folder: Path, spec: dict | None = None) -> dict:
     """sha256 (first 16 hex digits) of each component folder's files (weights and configs, e.g. the VAE's
     scale_factor), by component name, and of pipeline.json (its generation defaults): which model made the audio,
     whatever the folder's path (a wheel's site-packages, a copy). A CLAP's separately installed text tower (the
-    MiniLM files a tta CLAP names by its own sha256 in its config) is covered through that config."""
+    MiniLM files a tta CLAP names by its own sha256 in its config) is covered through that config. `spec`: the
+    folder's pipeline.json as model_folder read it (else it is read here)."""
     from tta.checkpoint import files_sha256
     from tta.pipeline import PIPELINE_FILE, read_pipeline_json
 
     out = {}
     parts = [("pipeline.json", [folder / PIPELINE_FILE])]
     parts += [(name, sorted(f for f in (folder / sub).rglob("*") if f.is_file()))
-              for name, sub in sorted(read_pipeline_json(folder)["components"].items())]
+              for name, sub in sorted((spec or read_pipeline_json(folder))["components"].items())]
     for name, files in parts:   # each file's sha256 (remembered while it is unchanged), by its place in the folder
         if files:
             out[name] = files_sha256(files, folder)
@@ -540,12 +541,16 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
         for job in jobs:
             if job.path.resolve() == source:
                 raise GenerateError(f"{job.path}: is the edit's input audio; write the output to another file")
-    folder = model_folder(args)
-    check_against_model(args, folder, edit)
+    folder, spec = model_folder(args)
+    check_against_model(args, folder, spec, edit)
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
-    earlier = read_earlier_run(args, jobs, folder) if getattr(args, "resume", False) else None
+    earlier = None
+    if getattr(args, "resume", False):
+        from tta.generate_resume import read_earlier_run
+
+        earlier = read_earlier_run(args, jobs, folder, spec)
 
     from tta.audio import SILENCE_DB, dc_removed_peak, load_audio
     from tta.pipeline import TTAPipeline
@@ -590,16 +595,10 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     record_path = record_path_of(args.output if args.output is not None else jobs[0].path.parent,
                                  single=args.output is not None)
     if earlier is not None:
-        check_same_run(earlier, record_header(args, folder, pipe, device, edit, store), record_path)
-        records = kept_outputs(earlier, jobs, args.batch_size, pipe.sample_rate)
-        if edit is not None and "sampled_seconds" in earlier["edit"]:   # check_same_run: the same edit
-            # recorded once a batch has run: a resume that keeps every output runs none
-            edit["sampled_seconds"] = earlier["edit"]["sampled_seconds"]
-        if records:   # the record this run writes describes the earlier runs' outputs too: say what they ran
-            args.earlier_runs = [*earlier.get("earlier_runs", []), {
-                k: earlier.get(k) for k in ("command", "cwd", "tta_version", "wall_seconds")}]
-        log.info("%s: resuming: %d of %d outputs kept, %d to generate", record_path.parent, len(records), len(jobs),
-                 len(jobs) - len(records))
+        from tta.generate_resume import resume_batch
+
+        records = resume_batch(earlier, args, jobs, record_header(args, folder, pipe, device, edit, store),
+                               record_path, pipe.sample_rate, edit)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), initial=len(records), desc="tta generate", unit="clip",
@@ -686,163 +685,6 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
             write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0,
                          planned=len(jobs), store=common.get("datastore"))
             last_record = time.time()
-
-
-# ------------------------------------------------------------------------------------------ resume
-
-# what a resumed run's record must share with the earlier one (the model by its files' sha256, not its path; an
-# edit's input by its sha256; a datastore by its datastore.json); the rest (command, paths, tta and python
-# versions, wall time) may differ
-RESUME_CHECKED = ("torch", "diffusers", "model_files_sha256", "model_defaults", "settings", "clap_score_model",
-                  "retrieval", "edit")
-RESUME_ADVICE = "run it as the earlier run did (its command is in the record), or without --resume to generate every " \
-                "row again"
-
-
-def _refused(path: Path, difference: str, advice: str = RESUME_ADVICE) -> GenerateError:
-    return GenerateError(f"{path}: cannot resume another run (first difference at {difference}); {advice}")
-
-
-def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path) -> dict | None:
-    """For --resume, before the model loads: the earlier run's generation.json in the --out-dir, its model (by
-    its files' sha256), --seed and the rows it wrote checked against this run's; None when there is none (a plain
-    run). A GenerateError names the first difference."""
-    from tta.config import shortened
-
-    path = record_path_of(jobs[0].path.parent, single=False)
-    if not path.is_file():
-        log.info("%s: nothing to resume (no %s): generating every row", path.parent, path.name)
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        why = None if isinstance(record, dict) else "not a JSON object"
-    except (OSError, ValueError) as e:
-        record, why = None, f"{type(e).__name__}: {e}"
-    if why is None:
-        outputs = record.get("outputs")
-        if not isinstance(record.get("settings"), dict) or not isinstance(record.get("model_files_sha256"), dict):
-            why = "no settings or model_files_sha256"
-        elif not isinstance(outputs, list) or not all(
-                isinstance(o, dict) and all(isinstance(o.get(k), str) for k in ("file", "id", "prompt"))
-                and isinstance(o.get("seeds"), list) and o["seeds"] and type(o["seeds"][0]) is int for o in outputs):
-            why = "its outputs are not a list of objects with file, id, prompt and seeds"
-        elif not (isinstance(record.get("earlier_runs", []), list)
-                  and all(isinstance(r, dict) for r in record.get("earlier_runs", []))):
-            why = "its earlier_runs is not a list of objects"
-    if why is not None:
-        raise GenerateError(f"{path}: not a tta generate record that --resume can read ({why}); move it away, or run "
-                            "without --resume to generate every row again")
-    now = component_hashes(Path(folder).resolve())
-    for name in sorted(set(now) | set(record["model_files_sha256"])):
-        then = record["model_files_sha256"].get(name)
-        if then != now.get(name):
-            raise _refused(path, f"'model_files_sha256.{name}': {then!r} saved, {now.get(name)!r} now")
-    if record["settings"].get("seed") != args.seed:
-        raise _refused(path, f"'settings.seed': {record['settings'].get('seed')!r} saved, {args.seed!r} now")
-    where = args.prompts_file if args.prompts_file is not None else "the prompts given"
-    rows = {job.path.name: (i, job) for i, job in enumerate(jobs)}
-    for o in record["outputs"]:
-        if o["file"] not in rows:
-            raise GenerateError(f"{path}: cannot resume: the earlier run wrote {o['file']} (id {o['id']!r}), which no "
-                                f"row of {where} names now; {RESUME_ADVICE}")
-        i, job = rows[o["file"]]
-        for what, then, given in (("id", o["id"], job.id), ("prompt", o["prompt"], job.prompt)):
-            if then != given:
-                raise GenerateError(f"{path}: cannot resume: {o['file']} was generated for the {what} "
-                                    f"{shortened(repr(then))}, and {where} gives {shortened(repr(given))} now; "
-                                    f"{RESUME_ADVICE}")
-        if o["seeds"][0] != args.seed + i:   # row i takes seed + i: a row added or removed before it moved it
-            raise GenerateError(f"{path}: cannot resume: {o['file']} was generated as row {o['seeds'][0] - args.seed} "
-                                f"(seed {o['seeds'][0]}), and it is row {i} of {where} now; {RESUME_ADVICE}")
-    return record
-
-
-def check_same_run(record: dict, header: dict, path: Path) -> None:
-    """Refuse to resume when the earlier `record` ran other settings, model defaults, CLAP, retrieval, edit or
-    torch than this run's record `header` says, naming the first difference (as `tta train --resume` does)."""
-    from tta.training import _first_diff
-
-    def checked(d: dict) -> dict:
-        out = {k: d.get(k) for k in RESUME_CHECKED}
-        if isinstance(out["edit"], dict):   # the input by its sha256, wherever it is now; the seconds sampled
-            # follow from the rest and are recorded only once a batch has run
-            out["edit"] = {k: v for k, v in out["edit"].items() if k not in ("input", "sampled_seconds")}
-        if isinstance(out["retrieval"], dict):   # the datastore by its datastore.json (what it was built from and
-            # how), wherever it is now, as the model is by its files and an edit's input by its sha256
-            out["retrieval"] = {k: v for k, v in out["retrieval"].items() if k != "datastore"}
-        return out
-
-    then, now = checked(record), json.loads(json.dumps(checked(header)))   # as JSON holds them: lists, not tuples
-    if then != now:
-        difference = _first_diff(then, now)
-        for flag in ("threads", "device"):   # picked by the machine where the flag is left out: the earlier run's
-            # command, run here, picks another
-            if difference.startswith(f"'settings.{flag}'"):
-                raise _refused(path, difference, f"pass --{flag} {then['settings'][flag]} as the earlier run ran (the "
-                                                 "output's bytes depend on it), or run without --resume to generate "
-                                                 "every row again")
-        raise _refused(path, difference)
-
-
-def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: int) -> dict[int, dict]:
-    """The earlier run's outputs --resume keeps, by row index (their records as it wrote them): a file kept holds
-    the bytes its record's sha256 says (a record of a tta before it: a readable file of the recorded length), and
-    a batch of --batch-size rows is kept only whole: its rows come out as they did only generated together (the
-    earlier run's last batch, before rows were added after it, is generated again with them). The rest are named
-    in a warning and generated again."""
-    from tta.audio import AudioError, audio_info
-    from tta.checkpoint import file_sha256
-
-    rows = {job.path.name: i for i, job in enumerate(jobs)}
-    kept: dict[int, dict] = {}
-    missing, changed, unhashed = [], [], 0
-    for o in record["outputs"]:
-        i = rows[o["file"]]
-        path = jobs[i].path
-        if not path.is_file():
-            missing.append(o["file"])
-            continue
-        if "sha256" in o:
-            if file_sha256(path) != o["sha256"]:
-                changed.append(o["file"])
-                continue
-            kept[i] = o
-            continue
-        try:   # an older record: the file was written whole (atomically), its length and rate are what it says
-            info = audio_info(path)
-            same = isinstance(o.get("seconds"), (int, float)) and info.sample_rate == sample_rate and \
-                info.num_samples == round(o["seconds"] * sample_rate)
-        except AudioError:
-            same = False
-        if not same:
-            changed.append(o["file"])
-            continue
-        unhashed += 1   # from now on its record names its bytes
-        kept[i] = {**{k: v for k, v in o.items() if k in ("id", "prompt", "file")}, "sha256": file_sha256(path),
-                   **{k: v for k, v in o.items() if k not in ("id", "prompt", "file")}}
-    folder = jobs[0].path.parent
-    if missing:
-        log.warning("%s: %d output%s the earlier record lists %s missing (e.g. %s): generating %s again", folder,
-                    len(missing), "" if len(missing) == 1 else "s", "is" if len(missing) == 1 else "are", missing[0],
-                    "it" if len(missing) == 1 else "them")
-    if changed:
-        log.warning("%s: %d output%s the earlier record lists no longer hold%s what it says (e.g. %s; replaced or "
-                    "changed since): generating %s again", folder, len(changed), "" if len(changed) == 1 else "s",
-                    "s" if len(changed) == 1 else "", changed[0], "it" if len(changed) == 1 else "them")
-    if unhashed:
-        log.warning("%s: the earlier record (of a tta before --resume) has no sha256 of its outputs: %d files of the "
-                    "recorded length kept as they are", folder, unhashed)
-    regrouped = []
-    for start in range(0, len(jobs), batch_size):   # a batch's rows are generated together: whole or not at all
-        chunk = range(start, min(start + batch_size, len(jobs)))
-        if any(i not in kept for i in chunk):
-            regrouped += [jobs[i].path.name for i in chunk if kept.pop(i, None) is not None]
-    if regrouped:
-        log.info("%s: %d kept output%s generated again with the rest of %s batch of --batch-size %d (e.g. %s): a "
-                 "batch's rows come out as they did only generated together", folder, len(regrouped),
-                 "" if len(regrouped) == 1 else "s", "its" if len(regrouped) == 1 else "their", batch_size,
-                 regrouped[0])
-    return kept
 
 
 def retrieval_record(args, pipe, loaded=None) -> dict | None:

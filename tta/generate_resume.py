@@ -1,0 +1,196 @@
+"""`tta generate --resume`: finish a `--prompts ... --out-dir` batch that stopped part-way.
+
+Before the model loads, `read_earlier_run` reads the out-dir's generation.json and checks its model (by its files'
+sha256), --seed and the rows it wrote against this run's; once the model has loaded, `resume_batch` checks the
+rest of the record (`check_same_run`), picks the outputs to keep (`kept_outputs`: the files that still hold the
+bytes it records, whole batches only) and says what ran before (`earlier_runs`). tta.generate writes the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from tta.generate import GenerateError, Job, component_hashes, record_path_of
+
+log = logging.getLogger("tta.generate")   # tta generate's messages, under its name as before they moved here
+
+# what a resumed run's record must share with the earlier one (the model by its files' sha256, not its path; an
+# edit's input by its sha256; a datastore by its datastore.json); the rest (command, paths, tta and python
+# versions, wall time) may differ
+RESUME_CHECKED = ("torch", "diffusers", "model_files_sha256", "model_defaults", "settings", "clap_score_model",
+                  "retrieval", "edit")
+RESUME_ADVICE = "run it as the earlier run did (its command is in the record), or without --resume to generate every " \
+                "row again"
+
+
+def _refused(path: Path, difference: str, advice: str = RESUME_ADVICE) -> GenerateError:
+    return GenerateError(f"{path}: cannot resume another run (first difference at {difference}); {advice}")
+
+
+def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, spec: dict) -> dict | None:
+    """For --resume, before the model loads: the earlier run's generation.json in the --out-dir, its model (by
+    its files' sha256; `spec`: the model folder's pipeline.json), --seed and the rows it wrote checked against
+    this run's; None when there is none (a plain run). A GenerateError names the first difference."""
+    from tta.config import shortened
+
+    path = record_path_of(jobs[0].path.parent, single=False)
+    if not path.is_file():
+        log.info("%s: nothing to resume (no %s): generating every row", path.parent, path.name)
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        why = None if isinstance(record, dict) else "not a JSON object"
+    except (OSError, ValueError) as e:
+        record, why = None, f"{type(e).__name__}: {e}"
+    if why is None:
+        outputs = record.get("outputs")
+        if not isinstance(record.get("settings"), dict) or not isinstance(record.get("model_files_sha256"), dict):
+            why = "no settings or model_files_sha256"
+        elif not isinstance(outputs, list) or not all(
+                isinstance(o, dict) and all(isinstance(o.get(k), str) for k in ("file", "id", "prompt"))
+                and isinstance(o.get("seeds"), list) and o["seeds"] and type(o["seeds"][0]) is int for o in outputs):
+            why = "its outputs are not a list of objects with file, id, prompt and seeds"
+        elif not (isinstance(record.get("earlier_runs", []), list)
+                  and all(isinstance(r, dict) for r in record.get("earlier_runs", []))):
+            why = "its earlier_runs is not a list of objects"
+    if why is not None:
+        raise GenerateError(f"{path}: not a tta generate record that --resume can read ({why}); move it away, or run "
+                            "without --resume to generate every row again")
+    now = component_hashes(Path(folder).resolve(), spec)
+    for name in sorted(set(now) | set(record["model_files_sha256"])):
+        then = record["model_files_sha256"].get(name)
+        if then != now.get(name):
+            raise _refused(path, f"'model_files_sha256.{name}': {then!r} saved, {now.get(name)!r} now")
+    if record["settings"].get("seed") != args.seed:
+        raise _refused(path, f"'settings.seed': {record['settings'].get('seed')!r} saved, {args.seed!r} now")
+    where = args.prompts_file if args.prompts_file is not None else "the prompts given"
+    rows = {job.path.name: (i, job) for i, job in enumerate(jobs)}
+    for o in record["outputs"]:
+        if o["file"] not in rows:
+            raise GenerateError(f"{path}: cannot resume: the earlier run wrote {o['file']} (id {o['id']!r}), which no "
+                                f"row of {where} names now; {RESUME_ADVICE}")
+        i, job = rows[o["file"]]
+        for what, then, given in (("id", o["id"], job.id), ("prompt", o["prompt"], job.prompt)):
+            if then != given:
+                raise GenerateError(f"{path}: cannot resume: {o['file']} was generated for the {what} "
+                                    f"{shortened(repr(then))}, and {where} gives {shortened(repr(given))} now; "
+                                    f"{RESUME_ADVICE}")
+        if o["seeds"][0] != args.seed + i:   # row i takes seed + i: a row added or removed before it moved it
+            raise GenerateError(f"{path}: cannot resume: {o['file']} was generated as row {o['seeds'][0] - args.seed} "
+                                f"(seed {o['seeds'][0]}), and it is row {i} of {where} now; {RESUME_ADVICE}")
+    return record
+
+
+def check_same_run(record: dict, header: dict, path: Path) -> None:
+    """Refuse to resume when the earlier `record` ran other settings, model defaults, CLAP, retrieval, edit or
+    torch than this run's record `header` says, naming the first difference (as `tta train --resume` does)."""
+    from tta.training import _first_diff
+
+    def checked(d: dict) -> dict:
+        out = {k: d.get(k) for k in RESUME_CHECKED}
+        if isinstance(out["edit"], dict):   # the input by its sha256, wherever it is now; the seconds sampled
+            # follow from the rest and are recorded only once a batch has run
+            out["edit"] = {k: v for k, v in out["edit"].items() if k not in ("input", "sampled_seconds")}
+        if isinstance(out["retrieval"], dict):   # the datastore by its datastore.json (what it was built from and
+            # how), wherever it is now, as the model is by its files and an edit's input by its sha256
+            out["retrieval"] = {k: v for k, v in out["retrieval"].items() if k != "datastore"}
+        return out
+
+    then, now = checked(record), json.loads(json.dumps(checked(header)))   # as JSON holds them: lists, not tuples
+    if then != now:
+        difference = _first_diff(then, now)
+        for flag in ("threads", "device"):   # picked by the machine where the flag is left out: the earlier run's
+            # command, run here, picks another
+            if difference.startswith(f"'settings.{flag}'"):
+                raise _refused(path, difference, f"pass --{flag} {then['settings'][flag]} as the earlier run ran (the "
+                                                 "output's bytes depend on it), or run without --resume to generate "
+                                                 "every row again")
+        raise _refused(path, difference)
+
+
+def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: int) -> dict[int, dict]:
+    """The earlier run's outputs --resume keeps, by row index (their records as it wrote them): a file kept holds
+    the bytes its record's sha256 says (a record of a tta before it: a readable file of the recorded length), and
+    a batch of --batch-size rows is kept only whole: its rows come out as they did only generated together (the
+    earlier run's last batch, before rows were added after it, is generated again with them). The rest are named
+    in a warning and generated again."""
+    from tta.audio import AudioError, audio_info
+    from tta.checkpoint import file_sha256
+
+    rows = {job.path.name: i for i, job in enumerate(jobs)}
+    kept: dict[int, dict] = {}
+    missing, changed, unhashed = [], [], 0
+    for o in record["outputs"]:
+        i = rows[o["file"]]
+        path = jobs[i].path
+        if not path.is_file():
+            missing.append(o["file"])
+            continue
+        if "sha256" in o:
+            if file_sha256(path) != o["sha256"]:
+                changed.append(o["file"])
+                continue
+            kept[i] = o
+            continue
+        try:   # an older record: the file was written whole (atomically), its length and rate are what it says
+            info = audio_info(path)
+            same = isinstance(o.get("seconds"), (int, float)) and info.sample_rate == sample_rate and \
+                info.num_samples == round(o["seconds"] * sample_rate)
+        except AudioError:
+            same = False
+        if not same:
+            changed.append(o["file"])
+            continue
+        unhashed += 1   # from now on its record names its bytes
+        kept[i] = {**{k: v for k, v in o.items() if k in ("id", "prompt", "file")}, "sha256": file_sha256(path),
+                   **{k: v for k, v in o.items() if k not in ("id", "prompt", "file")}}
+    folder = jobs[0].path.parent
+    if missing:
+        log.warning("%s: %d output%s the earlier record lists %s missing (e.g. %s): generating %s again", folder,
+                    len(missing), "" if len(missing) == 1 else "s", "is" if len(missing) == 1 else "are", missing[0],
+                    "it" if len(missing) == 1 else "them")
+    if changed:
+        log.warning("%s: %d output%s the earlier record lists no longer hold%s what it says (e.g. %s; replaced or "
+                    "changed since): generating %s again", folder, len(changed), "" if len(changed) == 1 else "s",
+                    "s" if len(changed) == 1 else "", changed[0], "it" if len(changed) == 1 else "them")
+    if unhashed:
+        log.warning("%s: the earlier record (of a tta before --resume) has no sha256 of its outputs: %d files of the "
+                    "recorded length kept as they are", folder, unhashed)
+    regrouped = []
+    for start in range(0, len(jobs), batch_size):   # a batch's rows are generated together: whole or not at all
+        chunk = range(start, min(start + batch_size, len(jobs)))
+        if any(i not in kept for i in chunk):
+            regrouped += [jobs[i].path.name for i in chunk if kept.pop(i, None) is not None]
+    if regrouped:
+        log.info("%s: %d kept output%s generated again with the rest of %s batch of --batch-size %d (e.g. %s): a "
+                 "batch's rows come out as they did only generated together", folder, len(regrouped),
+                 "" if len(regrouped) == 1 else "s", "its" if len(regrouped) == 1 else "their", batch_size,
+                 regrouped[0])
+    return kept
+
+
+def resume_batch(earlier: dict, args: argparse.Namespace, jobs: list[Job], header: dict, record_path: Path,
+                 sample_rate: int, edit: dict | None) -> dict[int, dict]:
+    """Once the model has loaded: check the earlier run's `record` against this run's record `header`
+    (check_same_run) and return the outputs kept (kept_outputs), by row index. An edit takes the seconds the
+    earlier run sampled; a run that keeps outputs lists the runs before it in `args.earlier_runs`."""
+    check_same_run(earlier, header, record_path)
+    records = kept_outputs(earlier, jobs, args.batch_size, sample_rate)
+    if edit is not None and "sampled_seconds" in earlier["edit"]:   # check_same_run: the same edit
+        # recorded once a batch has run: a resume that keeps every output runs none
+        edit["sampled_seconds"] = earlier["edit"]["sampled_seconds"]
+    if records:   # the record this run writes describes the earlier runs' outputs too: say what they ran
+        args.earlier_runs = earlier_runs(earlier)
+    log.info("%s: resuming: %d of %d outputs kept, %d to generate", record_path.parent, len(records), len(jobs),
+             len(jobs) - len(records))
+    return records
+
+
+def earlier_runs(earlier: dict) -> list[dict]:
+    """The runs before this one, oldest first: those the earlier record lists, then the earlier run itself
+    (command, cwd, tta version and wall seconds of each)."""
+    return [*earlier.get("earlier_runs", []), {k: earlier.get(k) for k in ("command", "cwd", "tta_version",
+                                                                           "wall_seconds")}]
