@@ -84,6 +84,22 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_leftover_temps_are_the_atomic_writers_own_names_only(tmp_path):
+    """What a kill in the middle of atomic_path leaves (its temporary file, not yet renamed) is found for the path
+    it was writing, a long name's (prefix .tta.) too; no file named otherwise is, nor a folder."""
+    from tta.checkpoint import leftover_temps
+
+    out, long = tmp_path / "a.wav", tmp_path / ("x" * 240 + ".wav")
+    with atomic_path(out) as tmp, atomic_path(long) as tmp_long:
+        tmp.write_bytes(b"half")
+        for name in (".a.wav.notes.tmp.wav", ".a.wav.abcdefgh.tmp.flac", ".b.wav.abcdefgh.tmp.wav",
+                     "a.wav.abcdefgh.tmp.wav", ".a.wav.ABCDEFGH.tmp.wav", ".a.wav.abcdefghi.tmp.wav"):
+            (tmp_path / name).write_bytes(b"mine")
+        (tmp_path / ".a.wav.abcdefgh.tmp.wav").mkdir()
+        assert tmp_long.name.startswith(".tta.")
+        assert leftover_temps([out, long, tmp_path / "nowhere" / "c.wav"]) == sorted([tmp, tmp_long])
+
+
 def test_atomic_dir_keeps_old_folder_until_complete(tmp_path):
     folder = save_component(tmp_path / "net", TinyNet(TinyNetConfig(channels=4)))
     with pytest.raises(RuntimeError):

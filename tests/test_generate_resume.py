@@ -173,6 +173,30 @@ def test_a_missing_or_changed_output_and_rows_added_at_the_end_are_generated(tmp
     assert wavs(out) == wavs(tmp_path / "whole") and record(out)["outputs"] == record(tmp_path / "whole")["outputs"]
 
 
+def test_a_resume_removes_the_temporary_files_a_killed_run_left_and_no_other_file(tmp_path, capsys):
+    """A run killed (SIGKILL) while writing an output or the record leaves the atomic writer's temporary file
+    (.NAME.<8 random characters>.tmp.wav); --resume removes those of the batch's outputs and generation.json
+    once it is sure to resume (a refused one removes nothing), with or without a record, and no other file."""
+    args, _ = batch(tmp_path, "a\nb\nc\n")
+    out = tmp_path / "out"
+    assert run(capsys, *args, "--out-dir", out)[0] == 0
+    (out / "002_c.wav").unlink()
+    left = [".002_c.wav.k3j_9x0a.tmp.wav", ".000_a.wav.zz00zz00.tmp.wav", ".generation.json.ab_12cd3.tmp.json"]
+    mine = [".002_c.wav.notes.tmp.wav", ".002_c.wav.k3j_9x0a.tmp.flac", ".x.wav.k3j_9x0a.tmp.wav",
+            "002_c.wav.k3j_9x0a.tmp.wav"]
+    for name in left + mine:
+        (out / name).write_bytes(b"RIFF")
+    code, _, err = run(capsys, *args, "--steps", 3, "--out-dir", out, "--resume")
+    assert code == 1 and "cannot resume another run" in err and all((out / n).exists() for n in left + mine)
+    code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(["000_a.wav", "001_b.wav", "002_c.wav", "generation.json",
+                                                            *mine])
+    (out / "generation.json").unlink()   # killed before its first record: --resume is a plain run, and tidies
+    (out / left[0]).write_bytes(b"RIFF")
+    assert run(capsys, *args, "--out-dir", out, "--resume")[0] == 0 and not (out / left[0]).exists()
+
+
 def run_with_progress(capsys, *argv) -> tuple[int, str]:
     from tta.cli import main
 

@@ -131,6 +131,32 @@ def atomic_files(folder: str | os.PathLike, names) -> Iterator[dict[str, Path]]:
         yield {name: stack.enter_context(atomic_path(Path(folder) / name)) for name in names}
 
 
+_TEMP_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")   # tempfile's 8 random characters
+
+
+def leftover_temps(paths) -> list[Path]:
+    """The temporary files that atomic writes of `paths` left beside them when a kill no clean-up survives
+    (SIGKILL, the out-of-memory killer, a power cut) stopped them before their rename: files named exactly as
+    atomic_path names them (`_temp_prefix`, 8 random characters, ".tmp" and the path's suffix), so no file named
+    otherwise is ever among them. Names too long to repeat share the prefix `.tta.`: such a leftover may be any
+    of them."""
+    wanted: dict[Path, set[tuple[str, str]]] = {}   # folder -> (prefix, ".tmp" + suffix) of each path
+    for path in map(Path, paths):
+        wanted.setdefault(path.parent, set()).add((_temp_prefix(path), ".tmp" + path.suffix))
+    found = []
+    for folder, names in wanted.items():
+        if not folder.is_dir():
+            continue
+        tails = {tail for _, tail in names}
+        for entry in os.scandir(folder):
+            for tail in tails:
+                head = entry.name[:-len(tail)] if entry.name.endswith(tail) else ""
+                if len(head) > 8 and set(head[-8:]) <= _TEMP_CHARACTERS and (head[:-8], tail) in names \
+                        and entry.is_file(follow_symlinks=False):
+                    found.append(folder / entry.name)
+    return sorted(found)
+
+
 def _cannot_write(path: Path, e: OSError) -> CheckpointError:
     """The error for a temporary file or folder that cannot be made beside `path` (named, not the temporary)."""
     blocker = next((a for a in path.parents if a.exists()), None)

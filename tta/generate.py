@@ -594,11 +594,13 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     records: dict[int, dict] = {}   # row index -> its output's record
     record_path = record_path_of(args.output if args.output is not None else jobs[0].path.parent,
                                  single=args.output is not None)
-    if earlier is not None:
-        from tta.generate_resume import resume_batch
+    if getattr(args, "resume", False):
+        from tta.generate_resume import remove_leftovers, resume_batch
 
-        records = resume_batch(earlier, args, jobs, record_header(args, folder, pipe, device, edit, store),
-                               record_path, pipe.sample_rate, edit)
+        if earlier is not None:
+            records = resume_batch(earlier, args, jobs, record_header(args, folder, pipe, device, edit, store),
+                                   record_path, pipe.sample_rate, edit)
+        remove_leftovers(jobs, record_path)   # the earlier run's, once it is sure to be resumed
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), initial=len(records), desc="tta generate", unit="clip",

@@ -3,7 +3,8 @@
 Before the model loads, `read_earlier_run` reads the out-dir's generation.json and checks its model (by its files'
 sha256), --seed and the rows it wrote against this run's; once the model has loaded, `resume_batch` checks the
 rest of the record (`check_same_run`), picks the outputs to keep (`kept_outputs`: the files that still hold the
-bytes it records, whole batches only) and says what ran before (`earlier_runs`). tta.generate writes the rest.
+bytes it records, whole batches only) and says what ran before (`earlier_runs`), and `remove_leftovers` removes
+the temporary files a killed run left. tta.generate writes the rest.
 """
 
 from __future__ import annotations
@@ -194,3 +195,21 @@ def earlier_runs(earlier: dict) -> list[dict]:
     (command, cwd, tta version and wall seconds of each)."""
     return [*earlier.get("earlier_runs", []), {k: earlier.get(k) for k in ("command", "cwd", "tta_version",
                                                                            "wall_seconds")}]
+
+
+def remove_leftovers(jobs: list[Job], record_path: Path) -> None:
+    """Remove the temporary files a run of this batch left when it was killed while writing an output or the
+    record (SIGKILL, the out-of-memory killer: no clean-up runs): only those named as tta's atomic writer names
+    the temporary files of this batch's outputs and generation.json (tta.checkpoint.leftover_temps), never
+    another file of the folder."""
+    from tta.checkpoint import leftover_temps
+
+    left = leftover_temps([*(job.path for job in jobs), record_path])
+    for path in left:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("%s: cannot remove this temporary file a stopped run left (%s)", path, e.strerror or e)
+    if left:
+        log.info("%s: removed %d temporary file%s a stopped run left (e.g. %s)", record_path.parent, len(left),
+                 "" if len(left) == 1 else "s", left[0].name)
