@@ -197,6 +197,45 @@ def test_a_resume_removes_the_temporary_files_a_killed_run_left_and_no_other_fil
     assert run(capsys, *args, "--out-dir", out, "--resume")[0] == 0 and not (out / left[0]).exists()
 
 
+def test_a_run_into_a_folder_a_batch_is_generating_in_is_refused(tmp_path, capsys, calls):
+    """Two runs into one out-dir at once (two --resume, or a run and a --resume) both generated the rows left and
+    wrote one record in turn. While a batch runs its folder is locked: another run into it is refused in one line
+    naming the process, before it reads or writes anything; the lock file goes with the run that held it."""
+    fcntl = pytest.importorskip("fcntl")
+
+    args, _ = batch(tmp_path, "a\nb\n")
+    out = tmp_path / "out"
+    assert run(capsys, *args, "--out-dir", out)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["000_a.wav", "001_b.wav", "generation.json"]
+    (out / "001_b.wav").unlink()
+    before = wavs(out), (out / "generation.json").read_text()
+    calls.clear()
+    with open(out / ".lock", "a+") as held:   # a run generating there (as tta.training.run_lock holds it)
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("12345\n")
+        held.flush()
+        for extra in (["--resume"], []):
+            code, _, err = run(capsys, *args, "--out-dir", out, *extra)
+            assert code == 1 and err.splitlines() == [f"tta: error: {out}: another tta generate (process 12345) is "
+                                                      "generating in this folder; wait for it, or choose another "
+                                                      "--out-dir"], err
+        assert calls == [] and (wavs(out), (out / "generation.json").read_text()) == before
+        assert (out / ".lock").read_text() == "12345\n"   # the refused run left the holder's lock as it was
+    code, _, err = run(capsys, *args, "--out-dir", out, "--resume")   # the other run is gone: its file is no lock
+    assert code == 0 and calls == [["b"]], err
+    assert sorted(p.name for p in out.iterdir()) == ["000_a.wav", "001_b.wav", "generation.json"]
+
+
+def test_a_run_that_fails_before_its_first_output_leaves_no_folder(tmp_path, capsys):
+    """The out-dir's lock makes the folder; a run that fails later (weights that do not load) removes it again."""
+    model = copy_pipeline(tmp_path / "model")
+    (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    args, _ = batch(tmp_path, "a\n")
+    code, _, err = run(capsys, *args, "--model", model, "--out-dir", tmp_path / "new" / "out")
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "new").exists()
+
+
 def run_with_progress(capsys, *argv) -> tuple[int, str]:
     from tta.cli import main
 

@@ -1,6 +1,7 @@
 """The shared training loop: run folder, checkpoints, and bit-exact resume on CPU."""
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -629,6 +630,29 @@ def test_a_file_system_without_locks_trains_unguarded_with_a_warning(tmp_path, m
     with caplog.at_level("WARNING", logger="tta.training"), run_lock(tmp_path / "run"):
         pass
     assert any("cannot lock the run folder" in r.message for r in caplog.records)
+
+
+def test_a_removed_run_lock_file_goes_when_released_and_a_replaced_one_is_locked_again(tmp_path, monkeypatch):
+    """run_lock(remove=True) (tta generate's out-dir) removes its file on release, while it holds it; a command
+    that opened the file just before the holder removed it locked a file no path names (and a third command the
+    new file): it opens and locks the file the path names now."""
+    fcntl = pytest.importorskip("fcntl")
+    from tta.training import run_lock
+
+    out = tmp_path / "out"
+    real, removed = fcntl.flock, []
+
+    def removed_meanwhile(fd, op):   # the run before removes the file between this open and this lock
+        if not removed:
+            removed.append((out / ".lock").unlink())
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", removed_meanwhile)
+    with run_lock(out, remove=True):
+        assert (out / ".lock").read_text() == f"{os.getpid()}\n"
+        with open(out / ".lock") as other, pytest.raises(BlockingIOError):
+            real(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert removed and list(out.iterdir()) == []
 
 
 def test_a_run_stopped_before_its_first_checkpoint_keeps_its_pre_encoded_cache(tmp_path):

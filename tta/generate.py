@@ -13,6 +13,7 @@ out-dir (its record lists them with their sha256) and generates the rest (tta.ge
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from tta import UsageError
 from tta.data.prompts import id_file_name, id_name_problem, name_problem, word_char
@@ -485,6 +487,24 @@ def pick_device(name: str) -> str:
 # ------------------------------------------------------------------------------------------- main
 
 
+@contextlib.contextmanager
+def lock_out_dir(folder: Path) -> Iterator[None]:
+    """Hold the lock of a batch's out-dir while the batch runs (tta.training.run_lock; its file goes when it is
+    released): two runs into one folder at once (two --resume, or a run and a --resume) generated the same rows
+    twice and wrote one record in turn; the second is refused, naming the process that holds it. A folder made
+    for the lock is removed again when the run wrote nothing into it, as a run that fails before its first
+    output leaves no folder."""
+    from tta.checkpoint import _missing_top, _remove_made
+    from tta.training import run_lock
+
+    made = _missing_top(folder.absolute())
+    try:
+        with run_lock(folder, command="tta generate", doing="generating", flag="--out-dir", remove=True):
+            yield
+    finally:
+        _remove_made(folder.absolute(), made)
+
+
 def open_datastore(args: argparse.Namespace):
     """The --datastore (loaded, memory-mapped) or None; checked before the model loads."""
     store, k = getattr(args, "datastore", None), getattr(args, "neighbours", None)
@@ -516,13 +536,14 @@ def main(args: argparse.Namespace) -> int:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _main(args, t0, enabled)
+        with contextlib.ExitStack() as held:   # the --out-dir's lock (lock_out_dir), once _main's checks pass
+            return _main(args, t0, enabled, held)
     finally:
         if enabled:
             gc.enable()
 
 
-def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
+def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextlib.ExitStack) -> int:
     import gc
 
     check_flag_values(args)
@@ -546,6 +567,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool) -> int:
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
+    if args.output is None:   # before the earlier record is read: another run may be rewriting it
+        held.enter_context(lock_out_dir(jobs[0].path.parent))
     earlier = None
     if getattr(args, "resume", False):
         from tta.generate_resume import read_earlier_run

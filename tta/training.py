@@ -45,6 +45,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
@@ -1132,11 +1133,15 @@ def clear_unstarted(out: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(out: str | os.PathLike, *, create: bool = True) -> Iterator[None]:
+def run_lock(out: str | os.PathLike, *, create: bool = True, command: str = "tta train", doing: str = "training",
+             flag: str = "--out", remove: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on `out`/.lock while a run trains there (main process only; POSIX): the same command
     started twice, or two --resume at once, would write one folder together (and the second, refused as "already
     holds a run", removed the folder the first was training in). The lock goes with the process, also when it is
-    killed. Without `create`, a folder that does not exist is not made (nothing to lock: a resume fails on its own)."""
+    killed. Without `create`, a folder that does not exist is not made (nothing to lock: a resume fails on its own).
+    `command`, `doing` and `flag` name the command, what it does there and its folder's flag in the refusal
+    (`tta generate` locks its --out-dir too). With `remove` the lock file goes when the lock is released, so the
+    folder is left as it was found."""
     if not _is_main_process() or not create and not Path(out).is_dir():
         yield
         return
@@ -1149,18 +1154,27 @@ def run_lock(out: str | os.PathLike, *, create: bool = True) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     path = out / RUN_LOCK
     f = open(path, "a+")   # noqa: SIM115 -- held for the whole run, closed below
+    held = False
     try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):   # e.g. Lustre without -o flock
-                log.warning("%s: cannot lock the run folder (%s); training without the lock", out, e.strerror or e)
-                yield
-                return
-            f.seek(0)
-            holder = f.read().strip()
-            raise RunError(f"{out}: another tta train{f' (process {holder})' if holder else ''} is training in this "
-                           "folder; wait for it, or choose another --out") from None
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):   # e.g. Lustre without -o flock
+                    log.warning("%s: cannot lock the run folder (%s); %s without the lock", out, e.strerror or e,
+                                doing)
+                    yield
+                    return
+                f.seek(0)
+                holder = f.read().strip()
+                raise RunError(f"{out}: another {command}{f' (process {holder})' if holder else ''} is {doing} in "
+                               f"this folder; wait for it, or choose another {flag}") from None
+            if _is_open_file(path, f):
+                break
+            f.close()   # the run before removed the file (`remove`) after this one opened it: lock the new one
+            out.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+")   # noqa: SIM115 -- as above
+        held = True
         try:   # who holds the lock, for a refused command's message; on a full disk the lock holds without it
             os.ftruncate(f.fileno(), 0)
             os.write(f.fileno(), f"{os.getpid()}\n".encode())
@@ -1168,7 +1182,19 @@ def run_lock(out: str | os.PathLike, *, create: bool = True) -> Iterator[None]:
             log.warning("%s: cannot write the process id into the lock file (%s)", path, e.strerror or e)
         yield
     finally:
+        if remove and held:   # while it is held: a command that opens it now finds it gone once it has the lock
+            with contextlib.suppress(OSError):
+                path.unlink()
         f.close()
+
+
+def _is_open_file(path: Path, f) -> bool:
+    """Whether `path` still names the file `f` has open."""
+    try:
+        a, b = os.stat(path), os.fstat(f.fileno())
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _discard_unstarted(out: Path, made: Path | None, before: set[str] | None) -> None:
@@ -1227,6 +1253,8 @@ def _killable_while_joining() -> Iterator[None]:
 
 
 def _is_main_process() -> bool:
+    if "accelerate" not in sys.modules:   # then no accelerate state was made (tta generate takes run_lock without it)
+        return os.environ.get("RANK", "0") == "0"
     from accelerate.state import PartialState, is_initialized
 
     if is_initialized():
