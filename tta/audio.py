@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tta.config import check_numbers, is_real
+from tta.config import check_number, check_numbers, is_real, shortened
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,20 @@ class AudioError(ValueError):
 
 
 def check_sample_rate(value, what: str, error: type[Exception] = ValueError, *, also: str = "") -> int:
-    """`value` as a sample rate in Hz (an int), or `error` naming `what`: a positive integer, numpy's included; an
-    integral float (16000.0) is taken, as configs take it; a str, a bool, a fraction or a rate <= 0 is refused.
-    `also` ends the message with what else the caller takes (", or None for the file's own")."""
-    if is_real(value) and float(value).is_integer() and value > 0:
-        return int(value)
-    raise error(f"{what}={value!r}: expected a positive integer (Hz){also}")
+    """`value` as a sample rate in Hz (an int), or `error` naming `what`: a positive integer by the rule of a
+    config's int (`check_number`: numpy's included, an integral float such as 16000.0 taken; a str, a bool or a
+    fraction refused), at most MAX_SAMPLE_RATE, the most a file tta reads may have (2**40 reached libsndfile as
+    "integer does not fit 'int'", and load_audio resampled to it until memory ran out). `also` ends the message
+    with what else the caller takes (", or None for the file's own")."""
+    try:
+        rate = check_number(value, int, what)
+    except ValueError:
+        rate = 0
+    if rate > MAX_SAMPLE_RATE:
+        raise error(f"{what}={shortened(repr(value))}: expected at most {MAX_SAMPLE_RATE} Hz{also}")
+    if rate <= 0:
+        raise error(f"{what}={shortened(repr(value))}: expected a positive integer (Hz){also}")
+    return rate
 
 
 @dataclass(frozen=True)
