@@ -336,11 +336,15 @@ def test_audio_files_gone_since_the_manifest_was_written_are_named_up_front(corp
 
 def test_numbers_given_in_python_are_checked_and_numpy_numbers_taken(corpus):
     """AudioDataset(M, "train", "16000", 1.0) failed on "can't multiply sequence by non-int of type 'float'",
-    segment_seconds="1.0" on "'<=' not supported", and repeat_below="0.5" was read with float()."""
+    segment_seconds="1.0" on "'<=' not supported", and repeat_below="0.5" was read with float(). The sample
+    rate is checked as load_audio checks it: 10**400 failed on "int too large to convert to float", and 2**40
+    was taken (each item then resampled until memory ran out)."""
     manifest, _ = corpus
-    for args, kwargs, match in ((("16000", 1.0), {}, "sample_rate='16000' must be an integer"),
+    for args, kwargs, match in ((("16000", 1.0), {}, r"sample_rate='16000': expected a positive integer"),
                                 ((SR, "1.0"), {}, "segment_seconds='1.0' must be a finite number"),
-                                ((0, 1.0), {}, "sample_rate=0 must be a positive integer"),
+                                ((0, 1.0), {}, r"sample_rate=0: expected a positive integer \(Hz\)"),
+                                ((10**400, 1.0), {}, r"sample_rate=1000\d+\.\.\.: expected at most 192000"),
+                                ((2**40, 1.0), {}, "sample_rate=1099511627776: expected at most 192000 Hz"),
                                 ((SR, 1.0), {"repeat_below": "0.5"}, "repeat_below='0.5' must be a finite number"),
                                 ((SR, 1.0), {"repeat_gap": (0.2, "1")}, r"repeat_gap\[1\]='1' must be a finite"),
                                 ((SR, 1.0), {"repeat_gap": 0.2}, r"repeat_gap=0.2 must be a pair of numbers"),

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tta.audio import audio_info, load_audio, normalize_wav, resample
+from tta.audio import audio_info, check_sample_rate, load_audio, normalize_wav, resample
 from tta.config import check_number
 from tta.data.manifest import DataConfig, ManifestError, ManifestRow, read_manifest, resolve_path, split_rows
 
@@ -67,9 +67,9 @@ class AudioDataset(torch.utils.data.Dataset):
                  speed_by_key: dict[str, tuple[float, float]] | None = None):
         # numbers given in Python: a str failed on "can't multiply sequence by non-int" (sample_rate), "'<=' not
         # supported" (segment_seconds) or was read with float() (repeat_below="0.5"); numpy numbers are numbers
-        sample_rate = check_number(sample_rate, int, "sample_rate")
-        if sample_rate <= 0:
-            raise ValueError(f"sample_rate={sample_rate} must be a positive integer (Hz)")
+        # and sample_rate is checked as load_audio checks it (10**400 failed on "int too large to convert to
+        # float", 2**40 was taken)
+        sample_rate = check_sample_rate(sample_rate, "sample_rate")
         segment_seconds = check_number(segment_seconds, float, "segment_seconds")
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds={segment_seconds} must be > 0")
