@@ -118,3 +118,30 @@ def test_a_number_too_large_is_a_bad_line_naming_file_and_line(tmp_path):
     errors = []
     assert [r.id for r in read_manifest(path, errors=errors)] == ["ok"]
     assert errors[1] == f"{path}:2: a number with more than 4300 digits"
+
+
+def test_a_lines_sample_rate_is_an_integer_by_the_rule_of_a_row_built_in_python(tmp_path):
+    """A line's "sample_rate": 16000.0 (a manifest a pandas float column wrote) was refused as "field
+    'sample_rate' has type float, expected int", and so was a dict given to write_manifest, while
+    ManifestRow(..., 16000.0), a config's int and load_audio take an integral float; a bad one names the
+    row."""
+    import json
+
+    import pytest
+
+    from tta.data.manifest import ManifestError, read_manifest, write_manifest
+
+    line = {"id": "a", "path": "a.wav", "captions": ["x"], "seconds": 1.0, "sample_rate": 16_000.0}
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    assert [(r.sample_rate, type(r.sample_rate)) for r in read_manifest(path)] == [(16_000, int)]
+    written = write_manifest(tmp_path / "w.jsonl", [line])
+    assert '"sample_rate": 16000,' in written.read_text()   # an int, as read
+    for bad in (16_000.5, "16000", True, None, [16_000]):
+        path.write_text(json.dumps({**line, "sample_rate": bad}) + "\n")
+        with pytest.raises(ManifestError) as e:
+            read_manifest(path)
+        assert str(e.value) == f"{path}:1: row 'a': field 'sample_rate' is {bad!r}, expected an integer"
+    path.write_text(json.dumps({**line, "sample_rate": 0}) + "\n")
+    with pytest.raises(ManifestError, match=rf"^{path}:1: row 'a': field 'sample_rate' is 0, expected > 0$"):
+        read_manifest(path)
