@@ -119,13 +119,15 @@ def test_bad_lines_are_located_by_line_even_when_the_folder_name_holds_a_colon(t
 
 
 def test_thresholds_given_as_strings_are_named_before_any_row_is_read(tmp_path):
-    """check_manifest(m, min_seconds="0.1") failed on "'<' not supported" and silence_db="-60" on numpy's "ufunc
-    'less' did not contain a loop with signature matching types", at the first row."""
+    """check_manifest(m, min_seconds="0.1") failed on "'<' not supported" and silence_db="-60" on numpy's
+    "ufunc 'less' did not contain a loop with signature matching types", at the first row. A bad one is named
+    with what it takes, as one out of range is (silence_db="-60" was told "must be a number (not NaN)")."""
     manifest, _ = make_bad_manifest(tmp_path)
-    for kwargs, match in (({"min_seconds": "0.1"}, "min_seconds='0.1' must be a finite number"),
-                          ({"silence_db": "-60"}, r"silence_db='-60' must be a number \(not NaN\)"),
-                          ({"seconds_tolerance": None}, r"seconds_tolerance=None must be a number \(not NaN\)"),
-                          ({"seconds_tolerance": float("nan")}, r"seconds_tolerance=nan must be a number")):
+    for kwargs, match in (({"min_seconds": "0.1"}, r"^min_seconds='0.1': expected a finite number of seconds"),
+                          ({"silence_db": "-60"}, r"^silence_db='-60': expected a level in dBFS <= 0 \(-inf: no "),
+                          ({"seconds_tolerance": None}, r"^seconds_tolerance=None: expected a number of seconds"),
+                          ({"seconds_tolerance": float("nan")}, r"^seconds_tolerance=nan: expected a number"),
+                          ({"silence_db": True}, r"^silence_db=True: expected a level in dBFS <= 0")):
         with pytest.raises(ValueError, match=match):
             check_manifest(manifest, progress=False, **kwargs)
     a = check_manifest(manifest, min_seconds=np.float32(0.1), silence_db=np.int64(-60), progress=False)
@@ -157,5 +159,5 @@ def test_out_of_range_limits_are_refused_in_python_as_on_the_command_line(tmp_pa
     check_manifest(manifest, min_seconds=0, silence_db=0, seconds_tolerance=0, progress=False)
     from tta.data.check import check_limits
 
-    with pytest.raises(ValueError, match=r"^--silence-db -inf: expected a finite level in dBFS <= 0$"):
-        check_limits(0.1, -np.inf, 0.1, flags=True)
+    with pytest.raises(ValueError, match=r"^--silence-db 3.0: expected a level in dBFS <= 0 \(-inf: no "):
+        check_limits(0.1, 3.0, 0.1, flags=True)

@@ -178,6 +178,22 @@ def test_check_refuses_an_empty_or_binary_manifest_and_non_finite_thresholds(cap
         _assert_one_line_error(err, flag)
 
 
+def test_check_takes_what_check_manifest_takes_and_names_the_option(capsys, tmp_path):
+    """tta data check kept a second set of limit checks of its own: --silence-db=-inf, which turns the silence
+    check off in check_manifest, was refused ("--silence-db -inf: expected a finite level in dBFS <= 0")."""
+    manifest, _ = make_bad_manifest(tmp_path)
+    code, stdout, _ = _run(capsys, "data", "check", manifest)
+    assert code == 1 and "silent\tsilent\t" in stdout
+    code, stdout, err = _run(capsys, "data", "check", manifest, "--silence-db=-inf")
+    assert code == 1 and err == "" and "silent\t" not in stdout and "too-short\tshort\t" in stdout
+    for flag, value, words in (("--silence-db", "nan", "--silence-db nan: expected a level in dBFS <= 0 (-inf"),
+                               ("--silence-db", "inf", "--silence-db inf: expected a level in dBFS <= 0"),
+                               ("--min-seconds", "-inf", "--min-seconds -inf: expected a finite number of")):
+        code, _, err = _run(capsys, "data", "check", manifest, f"{flag}={value}")
+        assert code == 1
+        _assert_one_line_error(err, words)
+
+
 def test_webdataset_audio_folder_gets_the_umask_mode_and_goes_when_the_manifest_fails(capsys, tmp_path, monkeypatch):
     import os
     import stat

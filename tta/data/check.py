@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tta.audio import SILENCE_DB, AudioError, load_audio
-from tta.config import check_number, is_real
+from tta.config import check_number
 from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_manifest
 
 log = logging.getLogger(__name__)
@@ -100,30 +100,26 @@ def check_row(row: ManifestRow, path: Path, *, min_seconds: float, silence_db: f
 
 
 def check_limits(min_seconds, silence_db, seconds_tolerance, *, flags: bool = False) -> tuple[float, float, float]:
-    """`check_manifest`'s limits as numbers in range, or a ValueError naming the bad one: min_seconds >= 0,
-    silence_db <= 0 dBFS, seconds_tolerance >= 0 (silence_db=-inf and seconds_tolerance=inf turn their checks off).
-    A silence_db above 0 made every clip silent, a negative tolerance every row a mismatch, without a word.
-    `flags`: named as `tta data check`'s options (--min-seconds, --silence-db), which take finite values only."""
-    def refuse(key: str, value, expected: str):
-        name = f"--{key.replace('_', '-')} {value}" if flags else f"{key}={value!r}"
-        raise ValueError(f"{name}: expected {expected}")
+    """`check_manifest`'s limits as numbers in range, or a ValueError naming the bad one and what it takes:
+    min_seconds a finite number >= 0, silence_db <= 0 dBFS, seconds_tolerance >= 0 (silence_db=-inf and
+    seconds_tolerance=inf turn their checks off). A silence_db above 0 made every clip silent, a negative
+    tolerance every row a mismatch, without a word. `flags`: the bad one is named as `tta data check`'s option
+    (`--silence-db 3.0`), not as an argument (`silence_db=3.0`); the options take what the arguments take."""
+    def limit(key: str, value, finite: bool, in_range, expected: str) -> float:
+        try:   # given in Python, a str failed part-way on "'<' not supported" or numpy's "ufunc 'less' ..."
+            number = check_number(value, float, key, finite=finite)
+        except ValueError:   # a str, None, NaN, or an infinity where a finite number is needed
+            number = None
+        if number is None or not in_range(number):
+            name = f"--{key.replace('_', '-')} {value}" if flags else f"{key}={value!r}"
+            raise ValueError(f"{name}: expected {expected}")
+        return number
 
-    if flags:   # floats from argparse: "nan", "inf" and "-inf" parse
-        if not (is_real(min_seconds) and min_seconds >= 0):
-            refuse("min_seconds", min_seconds, "a finite number of seconds >= 0")
-        if not (is_real(silence_db) and silence_db <= 0):
-            refuse("silence_db", silence_db, "a finite level in dBFS <= 0")
-    # given in Python, a str failed part-way on "'<' not supported" or numpy's "ufunc 'less' did not contain a loop"
-    min_seconds = check_number(min_seconds, float, "min_seconds")
-    silence_db = check_number(silence_db, float, "silence_db", finite=False)
-    seconds_tolerance = check_number(seconds_tolerance, float, "seconds_tolerance", finite=False)
-    if min_seconds < 0:
-        refuse("min_seconds", min_seconds, "a finite number of seconds >= 0")
-    if silence_db > 0:
-        refuse("silence_db", silence_db, "a level in dBFS <= 0 (-inf: no clip is silent)")
-    if seconds_tolerance < 0:
-        refuse("seconds_tolerance", seconds_tolerance, "a number of seconds >= 0 (inf: lengths are not compared)")
-    return min_seconds, silence_db, seconds_tolerance
+    return (limit("min_seconds", min_seconds, True, lambda x: x >= 0, "a finite number of seconds >= 0"),
+            limit("silence_db", silence_db, False, lambda x: x <= 0,
+                  "a level in dBFS <= 0 (-inf: no clip is silent)"),
+            limit("seconds_tolerance", seconds_tolerance, False, lambda x: x >= 0,
+                  "a number of seconds >= 0 (inf: lengths are not compared)"))
 
 
 def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, silence_db: float = SILENCE_DB,

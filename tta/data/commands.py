@@ -140,7 +140,8 @@ def _add_check(sub) -> None:
     # test keeps them equal
     p.add_argument("--min-seconds", type=float, default=0.1, help="shorter clips are bad (default %(default)g)")
     p.add_argument("--silence-db", type=float, default=-60.0,
-                   help="clips whose peak is below this many dBFS are silent (default %(default)g)")
+                   help="clips whose peak is below this many dBFS are silent (default %(default)g); "
+                        "--silence-db=-inf: none is")
     p.add_argument("--near-duplicates", action="store_true",
                    help="also find near-duplicate clips (leaks across splits are bad rows; ~6 ms per clip)")
     p.add_argument("--against", type=Path, metavar="OTHER",
