@@ -78,7 +78,8 @@ def test_import_with_no_good_rows_fails_and_writes_nothing(capsys, tmp_path):
     (["audiocaps", "{tmp}/c.csv", "--out", "{tmp}/m.jsonl"], ["needs --root"]),
     (["tango", "{tmp}/none.jsonl", "--out", "{tmp}/m.jsonl"], ["none.jsonl", "Tango JSONL not found"]),
     (["audioldm", "{tmp}/d.json", "--out", "{tmp}/m.jsonl", "--captions", "{tmp}/c.csv"], ["--captions"]),
-    (["folder", "{tmp}", "--out", "{tmp}/m.jsonl", "--valid-fraction", "2"], ["valid_fraction"]),
+    (["folder", "{tmp}", "--out", "{tmp}/m.jsonl", "--valid-fraction", "2"],
+     ["--valid-fraction 2.0, expected a number in [0, 1)"]),
     (["folder", "{tmp}", "--out", "{tmp}/m.jsonl", "--root", "{tmp}"], ["--root is only for"]),
 ])
 def test_import_user_errors_are_one_line(capsys, tmp_path, argv, fragments):
@@ -88,6 +89,27 @@ def test_import_user_errors_are_one_line(capsys, tmp_path, argv, fragments):
     assert code == (2 if "only for" in err or "needs --root" in err else 1), err
     _assert_one_line_error(err, *fragments)
     assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_import_names_the_option_a_user_typed_not_the_python_field(capsys, folder, tmp_path):
+    """tta data import --id-prefix ../x said "id_prefix='../x' has a part '..' ..." and --valid-fraction nan
+    "valid_fraction=nan must be a finite number": ImportOptions' field names, no word the user typed. The
+    Python API keeps naming its fields."""
+    from tta.data.importers import ImportOptions
+
+    out = tmp_path / "m.jsonl"
+    for flag, value, words in (("--id-prefix", "../x", "--id-prefix '../x' has a part '..' that is empty"),
+                               ("--id-prefix", "a//b", "--id-prefix 'a//b' has a part '' that is empty"),
+                               ("--valid-fraction", "nan", "--valid-fraction nan, expected a number in [0,"),
+                               ("--valid-fraction", "-0.5", "--valid-fraction -0.5, expected a number in")):
+        code, _, err = _run(capsys, "data", "import", "folder", folder, "--out", out, f"{flag}={value}")
+        assert code == 1 and not out.exists()
+        _assert_one_line_error(err, words)
+        assert "id_prefix" not in err and "valid_fraction" not in err
+    with pytest.raises(ValueError, match=r"^id_prefix='\.\./x' has a part '\.\.' that is empty"):
+        ImportOptions(id_prefix="../x")
+    with pytest.raises(ValueError, match=r"^valid_fraction=-0.5, expected a number in \[0, 1\)$"):
+        ImportOptions(valid_fraction=-0.5)
 
 
 def test_bad_usage_exits_2(capsys, tmp_path):

@@ -608,13 +608,15 @@ def test_id_prefix_keeps_two_corpora_apart_and_their_splits(tmp_path):
 def test_an_id_prefix_that_cannot_make_ids_is_refused_with_the_rule(tmp_path, capsys, prefix, problem):
     """Every one of these was put before the ids as it was (a control character, a '../', 300 characters)."""
     from tta.cli import main
+    from tta.config import shortened
 
     _wav(tmp_path / "one" / "1.wav")
     (tmp_path / "one" / "1.txt").write_text("a bell")
     code = main(["-q", "data", "import", "folder", str(tmp_path / "one"), "--out", str(tmp_path / "m.jsonl"),
                  "--id-prefix", prefix])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("tta: error: id_prefix=") and problem in err, err
+    assert err.startswith(f"tta: error: --id-prefix {shortened(prefix, 40)!r} ") and problem in err, err
+    assert code == 1
     assert "an id prefix is at most 64 characters: names joined by '/'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "m.jsonl").exists()
 

@@ -79,7 +79,7 @@ def _add_import(sub) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from tta.data.importers import ImportOptions, import_source
+    from tta.data.importers import ImportOptions, check_import_options, import_source
     from tta.data.manifest import write_manifest
 
     for flag, value, kinds in (("--captions", args.captions, ("folder",)),
@@ -92,6 +92,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from tta.checkpoint import check_output_path
 
     check_output_path(args.out, "--out")   # before any work: a WebDataset import would extract its audio first
+    check_import_options(args.split, args.valid_fraction, args.id_prefix, flags=True)   # named as the options
     options = ImportOptions(split=args.split, valid_fraction=args.valid_fraction, source=args.source_name,
                             licence=args.licence, id_prefix=args.id_prefix, progress=not args.quiet)
     audio_dir = args.audio_dir

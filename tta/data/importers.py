@@ -80,13 +80,24 @@ class ImportOptions:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        if self.split is not None and self.split not in SPLITS:
-            raise ValueError(f"split={self.split!r}, expected one of {SPLITS}")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction={self.valid_fraction}, expected a number in [0, 1)")
-        problem = id_prefix_problem(self.id_prefix)
-        if problem:
-            raise ValueError(f"id_prefix={shortened(self.id_prefix, 40)!r} {problem}; {ID_PREFIX_RULE}")
+        check_import_options(self.split, self.valid_fraction, self.id_prefix)
+
+
+def check_import_options(split: str | None, valid_fraction: float, id_prefix: str, *,
+                         flags: bool = False) -> None:
+    """ImportOptions' checks of these fields: a ValueError naming the bad one as the field (`id_prefix='../'`)
+    or, with `flags`, as `tta data import`'s option (`--id-prefix '../'`): the field's name was no word a user of
+    the command typed."""
+    def name(key: str, shown: str) -> str:
+        return f"--{key.replace('_', '-')} {shown}" if flags else f"{key}={shown}"
+
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"{name('split', repr(split))}, expected one of {SPLITS}")
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"{name('valid_fraction', str(valid_fraction))}, expected a number in [0, 1)")
+    problem = id_prefix_problem(id_prefix)
+    if problem:
+        raise ValueError(f"{name('id_prefix', repr(shortened(id_prefix, 40)))} {problem}; {ID_PREFIX_RULE}")
 
 
 @dataclass
