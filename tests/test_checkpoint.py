@@ -150,6 +150,44 @@ def test_foreign_checkpoints_are_weights_only(tmp_path):
         load_torch_file(tmp_path / "zero.ckpt")
 
 
+def test_a_file_that_is_no_torch_checkpoint_is_named_for_what_it_is(tmp_path, recwarn):
+    """torch's message for a Git LFS pointer, a web page or a plain pickle said that re-running with
+    weights_only=False "will likely succeed" (it would not, and it runs the file's code); a zip of other files
+    and a cut-short checkpoint were a "miniz" or "hasRecord" error. Each is named for what it is, and a
+    safetensors file under a .ckpt name loads as its tensors."""
+    import zipfile
+
+    from safetensors.torch import save_file
+
+    def refused(path):
+        with pytest.raises(CheckpointError) as e:
+            load_torch_file(path)
+        assert str(e.value).startswith(f"{path}: ") and "weights_only" not in str(e.value), e.value
+        return str(e.value)
+
+    lfs = tmp_path / "lfs.ckpt"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 2556439\n")
+    assert "a Git LFS pointer file, not the weights" in refused(lfs)
+    page = tmp_path / "page.ckpt"
+    page.write_text("<!DOCTYPE html><html><body>Sign in</body></html>")
+    assert "a web page" in refused(page)
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, good)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert "a zip archive cut short or damaged" in refused(cut)
+    with zipfile.ZipFile(tmp_path / "zipped.ckpt", "w") as z:
+        z.write(good, "model.ckpt")
+    assert refused(tmp_path / "zipped.ckpt").endswith("not a torch checkpoint: unzip it and pass model.ckpt")
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    assert "not a torch checkpoint: its bytes are no pickle of tensors" in refused(plain)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]   # no torch warning beside the error
+    renamed = tmp_path / "weights.ckpt"
+    save_file({"w": torch.ones(2)}, str(renamed))
+    assert torch.equal(load_torch_file(renamed)["w"], torch.ones(2))
+
+
 def test_numpy_numbers_in_a_checkpoint_load_and_other_objects_are_named(tmp_path):
     """LAION-CLAP's released .pt files carry their optimizer state, whose learning rates its cosine schedule
     computed as np.float64: weights-only loading takes NumPy numbers. Any other pickled class is still

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
@@ -616,11 +617,26 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes)")
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        with torch.serialization.safe_globals(_numpy_scalar_globals()), warnings.catch_warnings():
+            # (a plain pickle's protocol is warned about before the load fails and names the file anyway)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
-        reason = reason.splitlines()[0] if reason else type(e).__name__
+        other = _other_content(path)
+        if other is not None:
+            if other == "safetensors":   # a safetensors file under a torch file's name: its tensors
+                return load_state_dict(path)
+            raise CheckpointError(f"{path}: {other}") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+        reason = text.splitlines()[0] if text else type(e).__name__
+        # torch's own advice (re-run with weights_only=False, "will likely succeed") is wrong for a file that is
+        # no pickle at all and unsafe for one that is: what its unpickler found is the reason
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        if found:
+            reason = found[1].strip()
+            unsafe = re.match(r"Unsupported global: GLOBAL (\S+)", reason)
+            reason = (f"it pickles Python objects a weights-only load does not rebuild: {unsafe[1]}" if unsafe else
+                      f"not a torch checkpoint: its bytes are no pickle of tensors ({reason})")
         try:
             blocked = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception:
@@ -629,6 +645,39 @@ def load_torch_file(path: str | os.PathLike) -> Any:
             reason = (f"it pickles Python objects a weights-only load does not rebuild: {', '.join(blocked[:5])}"
                       f"{' ...' if len(blocked) > 5 else ''}; re-save the tensors, e.g. torch.save(state_dict)")
         raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({reason[:300]})") from None
+
+
+TORCH_FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+
+
+def _other_content(path: Path) -> str | None:
+    """What a file that torch.load could not read holds instead, told from its bytes: "safetensors", or why it
+    is no checkpoint (a Git LFS pointer, a zip archive of other files or one cut short, a web page); None when
+    it looks like neither."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"version https://git-lfs.github.com/spec/"):
+        return ("a Git LFS pointer file, not the weights (a clone without git-lfs): fetch the file itself "
+                "(git lfs pull)")
+    size = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    if head[8:9] == b"{" and 8 + size <= path.stat().st_size:
+        return "safetensors"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "a zip archive cut short or damaged (an interrupted download or copy?): fetch it again"
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return None                                      # torch's own layout: torch's reason stands
+        inner = [n for n in names if n.lower().endswith(TORCH_FILE_SUFFIXES)]
+        return (f"a zip archive of {len(names)} other file(s) ({', '.join(names[:3])}), not a torch checkpoint"
+                + (f": unzip it and pass {inner[0]}" if inner else ""))
+    if head.lstrip()[:1] == b"<":
+        return "a web page or XML file, not weights (a download that saved a login or error page?)"
+    return None
 
 
 # ------------------------------------------------------------------ foreign folders (diffusers, transformers)
