@@ -235,3 +235,27 @@ def test_load_vocoder_names_a_damaged_config(tmp_path, text, message):
     with pytest.raises(CheckpointError) as e:
         load_vocoder(tmp_path)
     assert str(e.value).startswith(f"{tmp_path / 'config.json'}: ") and message in str(e.value), e.value
+
+
+@pytest.mark.parametrize("change, message", [
+    (b"\xff\xfe{}", "config.json: not a UTF-8 text file"),
+    (b"[16000]", "config.json: expected a JSON object of HiFi-GAN hyper-parameters, got list"),
+    ({"upsample_rates": "10,16"}, "config.json: config key 'upsample_rates': expected a list (list of int), got string"),
+    ({"resblock": 1}, "config.json: config key 'resblock': expected one of ['1', '2'], got 1"),
+    ({"sampling_rate": None}, "config.json: missing required config key 'sampling_rate' (int)"),
+])
+def test_a_damaged_jik876_config_names_the_file_and_field(tmp_path, change, message):
+    """A jik876 config.json that is not UTF-8 failed on the codec's words alone, naming no file; a list on "list
+    indices must be integers", a field of the wrong type on "can't multiply sequence by non-int"; an int resblock
+    1 was taken as ResBlock1 (jik876 compares with the string '1' and builds its ResBlock2)."""
+    folder = tmp_path / "run"
+    write_jik876(folder, jik876_state(reference_model()))
+    path = folder / "config.json"
+    if isinstance(change, bytes):
+        path.write_bytes(change)
+    else:
+        h = {**json.loads(path.read_text()), **change}
+        path.write_text(json.dumps({k: v for k, v in h.items() if v is not None}))
+    with pytest.raises(CheckpointError) as e:
+        load_vocoder(folder / "g_00000010")
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value), e.value

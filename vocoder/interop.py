@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import typing
 from pathlib import Path
 
 import torch
@@ -68,24 +69,45 @@ def model_from_reference_state(config: HiFiGANConfig, state: dict, *, where: str
 # ------------------------------------------------------------------------------------------ jik876
 
 
+@dataclasses.dataclass(frozen=True)
+class Jik876Fields:
+    """The fields of a jik876 config.json that `config_from_jik876` reads, typed as they must be (read with
+    tta.config.from_known_fields, so a damaged file names the field). resblock is the string jik876 compares
+    with '1' (an int 1 builds its ResBlock2 there)."""
+    sampling_rate: int
+    n_fft: int
+    win_size: int
+    hop_size: int
+    num_mels: int
+    fmin: float
+    resblock: typing.Literal["1", "2"]
+    upsample_rates: tuple[int, ...]
+    upsample_kernel_sizes: tuple[int, ...]
+    upsample_initial_channel: int
+    resblock_kernel_sizes: tuple[int, ...]
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...]
+    fmax: float | None = None
+
+
 def config_from_jik876(h: dict, *, where: str) -> HiFiGANConfig:
     """HiFiGANConfig from a jik876 config.json dict (`num_mels`, `hop_size`, `upsample_rates`, ...)."""
+    if not isinstance(h, dict):
+        raise CheckpointError(f"{where}: expected a JSON object of HiFi-GAN hyper-parameters, got "
+                              f"{type(h).__name__}")
     try:
-        sr = int(h["sampling_rate"])
-        mel = MelConfig(sample_rate=sr, n_fft=int(h["n_fft"]), win_length=int(h["win_size"]),
-                        hop_length=int(h["hop_size"]), n_mels=int(h["num_mels"]), f_min=float(h["fmin"]),
-                        f_max=float(h["fmax"]) if h.get("fmax") is not None else sr / 2)
+        f = from_known_fields(Jik876Fields, h)
+        sr = f.sampling_rate
+        mel = MelConfig(sample_rate=sr, n_fft=f.n_fft, win_length=f.win_size, hop_length=f.hop_size,
+                        n_mels=f.num_mels, f_min=f.fmin, f_max=f.fmax if f.fmax is not None else sr / 2)
         # jik876's ResBlock1 builds convolutions for the first three dilations of each list and ResBlock2 for the
         # first two, whatever the list holds: a config listing more loads there, so it loads here the same way
-        used = 3 if str(h["resblock"]) == "1" else 2
+        used = 3 if f.resblock == "1" else 2
         return HiFiGANConfig(
-            mel=mel, upsample_rates=tuple(h["upsample_rates"]), upsample_kernel_sizes=tuple(h["upsample_kernel_sizes"]),
-            upsample_initial_channel=int(h["upsample_initial_channel"]), resblock=str(h["resblock"]),
-            resblock_kernel_sizes=tuple(h["resblock_kernel_sizes"]),
-            resblock_dilation_sizes=tuple(tuple(d)[:used] for d in h["resblock_dilation_sizes"]))
-    except KeyError as e:
-        raise CheckpointError(f"{where}: missing HiFi-GAN hyper-parameter {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
+            mel=mel, upsample_rates=f.upsample_rates, upsample_kernel_sizes=f.upsample_kernel_sizes,
+            upsample_initial_channel=f.upsample_initial_channel, resblock=f.resblock,
+            resblock_kernel_sizes=f.resblock_kernel_sizes,
+            resblock_dilation_sizes=tuple(d[:used] for d in f.resblock_dilation_sizes))
+    except (TypeError, ValueError) as e:   # ConfigError is a ValueError
         raise CheckpointError(f"{where}: {e}") from None
 
 
@@ -99,11 +121,7 @@ def _jik876_from(ckpt, checkpoint: Path, config: str | os.PathLike | None, *, we
     config_path = Path(config) if config is not None else checkpoint.parent / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: HiFi-GAN config.json not found (pass the run's config.json)")
-    try:
-        h = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    hparams = config_from_jik876(h, where=str(config_path))
+    hparams = config_from_jik876(read_json(config_path), where=str(config_path))
     if not isinstance(ckpt, dict) or "generator" not in ckpt:
         found = ", ".join(list(ckpt)[:5]) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{checkpoint}: expected a jik876 generator checkpoint with a 'generator' entry, "
