@@ -254,3 +254,22 @@ def test_tta_model_weights_are_not_an_audioldm_ckpt(tmp_path):
     torch.save({"state_dict": model.state_dict()}, tmp_path / "ours.ckpt")
     with pytest.raises(CheckpointError, match="neither an AudioLDM checkpoint"):
         load_audioldm_ckpt(tmp_path / "ours.ckpt")
+
+
+@pytest.mark.parametrize("scale, message", [
+    (torch.tensor(float("nan")), "scale_factor=nan must be a positive finite number"),
+    (torch.tensor([0.5, 0.6]), "its 'scale_factor' is a tensor of shape (2,) and dtype torch.float32; expected one "
+                               "number"),
+    ("0.5", "its 'scale_factor' is a str; expected one number"),
+])
+def test_a_bad_scale_factor_names_the_checkpoint(tmp_path, scale, message):
+    """A nan scale_factor failed on the config's words alone, naming no file; two values were read as the first
+    one, and a string failed inside torch.as_tensor."""
+    path = tmp_path / "bad-scale.ckpt"
+    _audioldm_ckpt(path, reference_vae_state(), scale=0.5)
+    obj = torch.load(path, weights_only=True)
+    obj["state_dict"]["scale_factor"] = scale
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError) as e:
+        load_audioldm_ckpt(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value), e.value

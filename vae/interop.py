@@ -159,7 +159,13 @@ def split_audioldm_checkpoint(obj) -> tuple[dict, float | None]:
             raise CheckpointError(
                 "AudioLDM checkpoint has first_stage_model.* but no top-level 'scale_factor'"
             )
-        return vae, float(torch.as_tensor(state["scale_factor"]).reshape(-1)[0])
+        scale = state["scale_factor"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)) or (
+                isinstance(scale, torch.Tensor) and (scale.numel() != 1 or scale.dtype == torch.bool or scale.is_complex())):
+            what = (f"a tensor of shape {tuple(scale.shape)} and dtype {scale.dtype}" if isinstance(scale, torch.Tensor)
+                    else f"a {type(scale).__name__}")
+            raise CheckpointError(f"its 'scale_factor' is {what}; expected one number (the latent scale)")
+        return vae, float(scale)
     if "encoder.conv_in.weight" in state:  # a stand-alone VAE training checkpoint
         return {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}, None
     raise CheckpointError(
@@ -186,11 +192,11 @@ def vae_from_audioldm_state(
     try:
         vae_state, scale = split_audioldm_checkpoint(obj)
         config = config_from_reference(vae_state, mel=mel, norm_num_groups=norm_num_groups)
+        if scale is not None:   # (a nan or negative one is refused by the config, here naming the file)
+            config = dataclasses.replace(config, scale_factor=scale)
     except (CheckpointError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
-    if scale is not None:
-        config = dataclasses.replace(config, scale_factor=scale)
-    else:
+    if scale is None:
         log.warning(
             "%s: no scale_factor in the checkpoint; using 1.0 (measure it with compute_scale_factor)", where
         )
