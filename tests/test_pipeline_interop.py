@@ -316,3 +316,20 @@ def test_import_checks_the_clap_against_the_folders_text_encoder(tmp_path, capsy
     text.half().save_pretrained(str(tmp_path / "d" / "text_encoder"))   # a float16 copy of the same tower
     code, err = imported(tmp_path / "clap1", tmp_path / "p1-half")
     assert code == 0, err
+
+
+def test_a_scheduler_tta_has_no_sampler_for_is_warned_about(tmp_path, capsys, caplog):
+    """A folder whose scheduler/ is a diffusers class tta offers no sampler for (KDPM2DiscreteScheduler) was
+    imported with DDIM as its default sampler without a word."""
+    from tta.pipeline import TTAPipeline
+
+    write_diffusers_audioldm(tmp_path / "d")
+    path = tmp_path / "d" / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "KDPM2DiscreteScheduler"}))
+    with caplog.at_level("WARNING"):
+        code = main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(tiny_components()["clap"]),
+                     "--out", str(tmp_path / "p")])
+    assert code == 0, capsys.readouterr().err
+    assert f"{path}: tta has no sampler for KDPM2DiscreteScheduler; the pipeline's default sampler is ddim" in \
+        caplog.text
+    assert TTAPipeline.from_pretrained(tmp_path / "p").defaults.sampler == "ddim"
