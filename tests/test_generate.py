@@ -496,6 +496,31 @@ def test_an_edit_input_with_no_or_one_sample_is_refused_before_the_model_loads(t
         assert code == 1 and message in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("flag", [["--init-audio"], ["--inpaint", "--mask", "0.1:0.2"],
+                                  ["--super-resolution", "--cutoff", "3000"]], ids=lambda f: f[0])
+def test_an_edit_input_that_does_not_decode_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, flag):
+    """A FLAC cut short (its header reads, its audio loses sync) or a float WAV holding NaN passed the header
+    check and failed once the model had loaded (11 s for the embedded model), without the 'unreadable input
+    audio:' the other input errors begin with."""
+    from tta.pipeline import TTAPipeline
+
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "whole.flac", 0.3 * rng.standard_normal(16_000), 16_000)
+    (tmp_path / "cut.flac").write_bytes((tmp_path / "whole.flac").read_bytes()[:15_000])
+    sf.write(tmp_path / "nan.wav", np.array([0.1, np.nan] * 2400, np.float32), 16_000, subtype="FLOAT")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(TTAPipeline, "from_pretrained", no_load)
+    for name, why in (("cut.flac", "not a readable audio file (Error : flac decoder lost sync)"),
+                      ("nan.wav", "contains non-finite samples (NaN or inf)")):
+        code, _, err = run(capsys, "x", "--model", tiny_pipeline(), flag[0], tmp_path / name, *flag[1:], "--out-dir",
+                           tmp_path / "o")
+        assert code == 1 and err.splitlines() == [f"tta: error: unreadable input audio: {tmp_path / name}: {why}"], err
+        assert not (tmp_path / "o").exists()
+
+
 def test_a_sampler_that_cannot_start_part_way_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
     """--init-audio with --strength below 1 and --sampler pndm (or a model whose default sampler is lms) was
     refused only once the model had loaded and the input was encoded (5 s for the embedded model)."""

@@ -475,6 +475,18 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
     return edit
 
 
+def read_edit_input(edit: dict):
+    """(wav (T,) float32 mono, sample_rate) of an edit's input, decoded whole before the model loads: a file whose
+    header reads but whose audio does not decode (a cut FLAC: "flac decoder lost sync"; NaN samples) was found
+    only once the model had loaded. The run keeps it (resampled to the model's rate then), so it is decoded once."""
+    from tta.audio import AudioError, load_audio
+
+    try:
+        return load_audio(edit["input"])
+    except AudioError as e:
+        raise GenerateError(f"unreadable input audio: {e}") from None
+
+
 def pick_device(name: str) -> str:
     from tta.device import pick_device as pick
 
@@ -564,6 +576,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
                 raise GenerateError(f"{job.path}: is the edit's input audio; write the output to another file")
     folder, spec = model_folder(args)
     check_against_model(args, folder, spec, edit)
+    decoded = read_edit_input(edit) if edit is not None else None   # after the cheaper checks: it reads the file
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
@@ -575,7 +588,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
 
         earlier = read_earlier_run(args, jobs, folder, spec)
 
-    from tta.audio import SILENCE_DB, dc_removed_peak, load_audio
+    from tta.audio import SILENCE_DB, dc_removed_peak, resample
     from tta.pipeline import TTAPipeline
 
     if threads is not None:
@@ -604,7 +617,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
         # outputs back, so the part an edit keeps comes out at the input's level
         from tta.pipeline import edit_input
 
-        wav_in, _ = load_audio(edit["input"], pipe.sample_rate)
+        wav_in = resample(*decoded, pipe.sample_rate)   # as load_audio(input, pipe.sample_rate) reads it
+        decoded = None   # its copy at the file's rate (a 2-minute 192 kHz input: 92 MB) is not used again
         if edit["input_sample_rate"] != pipe.sample_rate or edit["input_channels"] != 1:
             log.info("%s: %d Hz, %d channel(s); the edit hears it, and writes it, as %d Hz mono", edit["input"],
                      edit["input_sample_rate"], edit["input_channels"], pipe.sample_rate)
