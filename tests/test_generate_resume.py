@@ -197,6 +197,27 @@ def test_a_resume_removes_the_temporary_files_a_killed_run_left_and_no_other_fil
     assert run(capsys, *args, "--out-dir", out, "--resume")[0] == 0 and not (out / left[0]).exists()
 
 
+def test_a_plain_batch_run_removes_the_temporary_files_of_the_outputs_it_writes(tmp_path, capsys):
+    """A plain --out-dir run (no --resume) left a killed run's temporary files of the very outputs and record it
+    writes again; it removes them as --resume does, once it is sure to run (a refused run removes nothing), and no
+    other file. A -o FILE run takes no lock (another run may be writing that file): it leaves them."""
+    args, _ = batch(tmp_path, "a\nb\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    left = [".001_b.wav.k3j_9x0a.tmp.wav", ".generation.json.ab_12cd3.tmp.json"]
+    mine = [".002_c.wav.k3j_9x0a.tmp.wav", ".001_b.wav.notes.tmp.wav", "001_b.wav.k3j_9x0a.tmp.wav"]
+    for name in left + mine:
+        (out / name).write_bytes(b"RIFF")
+    code, _, err = run(capsys, *args, "--steps", 100_000, "--out-dir", out)
+    assert code == 1 and "timesteps this model was trained on" in err and all((out / n).exists() for n in left + mine)
+    code, _, err = run(capsys, *args, "--out-dir", out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(["000_a.wav", "001_b.wav", "generation.json", *mine])
+    (tmp_path / ".one.wav.k3j_9x0a.tmp.wav").write_bytes(b"RIFF")
+    assert run(capsys, *args[2:], "a", "-o", tmp_path / "one.wav")[0] == 0
+    assert (tmp_path / ".one.wav.k3j_9x0a.tmp.wav").exists()
+
+
 def test_a_run_into_a_folder_a_batch_is_generating_in_is_refused(tmp_path, capsys, calls):
     """Two runs into one out-dir at once (two --resume, or a run and a --resume) both generated the rows left and
     wrote one record in turn. While a batch runs its folder is locked: another run into it is refused in one line

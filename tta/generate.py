@@ -631,13 +631,18 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     records: dict[int, dict] = {}   # row index -> its output's record
     record_path = record_path_of(args.output if args.output is not None else jobs[0].path.parent,
                                  single=args.output is not None)
-    if getattr(args, "resume", False):
-        from tta.generate_resume import remove_leftovers, resume_batch
+    if getattr(args, "resume", False) and earlier is not None:
+        from tta.generate_resume import resume_batch
 
-        if earlier is not None:
-            records = resume_batch(earlier, args, jobs, record_header(args, folder, pipe, device, edit, store),
-                                   record_path, pipe.sample_rate, edit)
-        remove_leftovers(jobs, record_path)   # the earlier run's, once it is sure to be resumed
+        records = resume_batch(earlier, args, jobs, record_header(args, folder, pipe, device, edit, store),
+                               record_path, pipe.sample_rate, edit)
+    if args.output is None:
+        # a killed run's temporary files of this batch's outputs and record, once this run is sure to run (it writes
+        # those files again, or keeps them); the out-dir's lock stops another run writing them meanwhile. -o FILE
+        # takes no lock: another run may be writing that file, and a temporary file beside it is left alone
+        from tta.generate_resume import remove_leftovers
+
+        remove_leftovers(jobs, record_path)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), initial=len(records), desc="tta generate", unit="clip",

@@ -4,7 +4,7 @@ Before the model loads, `read_earlier_run` reads the out-dir's generation.json a
 sha256), --seed and the rows it wrote against this run's; once the model has loaded, `resume_batch` checks the
 rest of the record (`check_same_run`), picks the outputs to keep (`kept_outputs`: the files that still hold the
 bytes it records, whole batches only) and says what ran before (`earlier_runs`), and `remove_leftovers` removes
-the temporary files a killed run left. tta.generate writes the rest.
+the temporary files a killed run left (a plain --out-dir run calls it too). tta.generate writes the rest.
 """
 
 from __future__ import annotations
@@ -201,7 +201,8 @@ def remove_leftovers(jobs: list[Job], record_path: Path) -> None:
     """Remove the temporary files a run of this batch left when it was killed while writing an output or the
     record (SIGKILL, the out-of-memory killer: no clean-up runs): only those named as tta's atomic writer names
     the temporary files of this batch's outputs and generation.json (tta.checkpoint.leftover_temps), never
-    another file of the folder."""
+    another file of the folder. A --resume and a plain --out-dir run both call it (the plain run writes those
+    files again), once the model has loaded and the folder is locked."""
     from tta.checkpoint import leftover_temps
 
     left = leftover_temps([*(job.path for job in jobs), record_path])
