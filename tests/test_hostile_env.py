@@ -228,3 +228,45 @@ def test_training_sample_plots_on_a_full_disk_name_the_file_and_leave_nothing(fu
             write(disk / "samples" / name)
         assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(disk / "samples" / name)
         assert _left(disk) == []
+
+
+def test_train_out_is_an_existing_writable_folder_in_a_read_only_one_or_a_read_only_folder(tmp_path, repo_root,
+                                                                                         capsys):
+    # a folder of one's own inside a folder one cannot write (a scratch folder under a shared one) was refused
+    # ("cannot be written there (PARENT is not writable)") though the run writes only inside it; a read-only
+    # existing --out was refused by the run lock's "OUT/.lock: Permission denied" instead of the check
+    from tests.signals import noise
+    from tta.audio import save_audio
+    from tta.cli import main
+
+    for i in range(4):
+        save_audio(tmp_path / "clips" / f"c{i}.wav", noise(1.0, seed=i), 16_000)
+        (tmp_path / "clips" / f"c{i}.txt").write_text("noise\n")
+    manifest = tmp_path / "m.jsonl"
+    assert main(["-q", "data", "import", "folder", str(tmp_path / "clips"), "--out", str(manifest),
+                 "--valid-fraction", "0.25"]) == 0
+    shared = _small_tmpfs(tmp_path / "shared", "size=64k")
+    (shared / "mine").mkdir()
+    (shared / "theirs").mkdir()
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(shared)], check=True)
+        mine = shared / "mine"   # writable, in the read-only `shared`
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mine)], check=True)
+        try:
+            train = ["-q", "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"),
+                     "--set", f"data.manifest={json.dumps(str(manifest))}", "--set", "train.max_steps=1",
+                     "--set", "train.checkpoint_every=1", "--set", "valid_items=0", "--out"]
+            capsys.readouterr()
+            assert main([*train, str(mine)]) == 0, capsys.readouterr().err
+            assert (mine / "final").is_dir()
+            capsys.readouterr()
+            assert main([*train, str(shared / "theirs")]) == 1
+            assert capsys.readouterr().err.strip() == (f"tta: error: {shared / 'theirs'}: --out is a folder that "
+                                                       "is not writable")
+            assert main([*train, str(shared / "new")]) == 1
+            assert capsys.readouterr().err.strip() == (f"tta: error: {shared / 'new'}: --out cannot be written "
+                                                       f"there ({shared} is not writable)")
+        finally:
+            subprocess.run(["umount", "-l", str(mine)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(shared)], check=True)

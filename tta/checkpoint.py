@@ -261,6 +261,10 @@ def check_output_path(path: str | os.PathLike, flag: str, *, folder: bool = Fals
     if path.exists() and path.is_dir() != folder:
         raise CheckpointError(f"{path}: {flag} is {'a file' if folder else 'a folder'}; expected the path of a "
                               f"{'folder' if folder else 'file'} to write")
+    if folder and path.is_dir():   # what is written goes inside it: its parent may be another user's folder
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise CheckpointError(f"{path}: {flag} is a folder that is not writable")
+        return
     existing = next((a for a in path.parents if a.exists()), None)
     if existing is not None and not existing.is_dir():
         raise CheckpointError(f"{path}: {flag} cannot be written there ({existing} is a file, not a folder)")
