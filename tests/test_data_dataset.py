@@ -334,6 +334,20 @@ def test_audio_files_gone_since_the_manifest_was_written_are_named_up_front(corp
     assert len(AudioDataset(manifest, "valid", SR, 1.0)) == 1     # the other split is whole
 
 
+def test_empty_clips_are_named_up_front(corpus, tmp_path):
+    """A row of 0 seconds (an empty file; a hand-written manifest's, import skips them) stopped a training run
+    with "contains 0 samples" when it was first drawn, which on a large corpus can be hours in."""
+    manifest, _ = corpus
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), SR)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows.append(dict(rows[1], id="empty", path="empty.wav", seconds=0.0))
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ManifestError, match=r"1 of split 'train''s rows have 0 seconds of audio \(rows empty\); "
+                                            r"`tta data check MANIFEST --drop-bad"):
+        AudioDataset(manifest, "train", SR, 1.0)
+    assert len(AudioDataset(manifest, "valid", SR, 1.0)) == 1     # the other split is whole
+
+
 def test_numbers_given_in_python_are_checked_and_numpy_numbers_taken(corpus):
     """AudioDataset(M, "train", "16000", 1.0) failed on "can't multiply sequence by non-int of type 'float'",
     segment_seconds="1.0" on "'<=' not supported", and repeat_below="0.5" was read with float(). The sample

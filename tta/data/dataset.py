@@ -106,6 +106,13 @@ class AudioDataset(torch.utils.data.Dataset):
             raise ManifestError(f"{names}: {len(missing)} of split {split!r}'s audio files are missing (rows "
                                 f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); `tta data check "
                                 "MANIFEST --drop-bad CLEAN.jsonl` writes a manifest without them")
+        # an empty clip (a hand-written manifest's; import skips them) stopped a run at its draw, maybe hours in
+        empty = [row.id for row in self.rows if row.seconds == 0]
+        if empty:
+            names = ", ".join(str(p) for p in paths)
+            raise ManifestError(f"{names}: {len(empty)} of split {split!r}'s rows have 0 seconds of audio (rows "
+                                f"{', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}); `tta data check "
+                                "MANIFEST --drop-bad CLEAN.jsonl` writes a manifest without them")
         self.split = split
         self.sample_rate = sample_rate
         self.segment_seconds = float(segment_seconds)
