@@ -167,6 +167,12 @@ def test_vocoder_replacement_is_used_and_a_mismatched_one_refused(tmp_path, caps
                str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert rc == 1 and "--vocoder" in err and "f_max" in err and not (tmp_path / "x").exists()
+    # a folder of another component (the VAE): the vocoder classes were listed twice in the one line
+    rc = main(["export", "pipeline", str(tiny_pipeline()), "--out", str(tmp_path / "x"), "--vocoder",
+               str(tiny_pipeline() / "vae")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "holds a vae.model.MelVAE; expected a vocoder" in err and err.count("HiFiGAN") == 1, err
+    assert err.rstrip().endswith("(or griffin-lim[:ITERS])") and not (tmp_path / "x").exists()
 
 
 def test_a_griffin_lim_vocoder_can_replace_the_hifigan(tmp_path, capsys):

@@ -581,8 +581,10 @@ def _replacement_vocoder(spec: str, mel):
         check_same_mel(mel, model.config.mel, "the pipeline's vae", f"--vocoder {spec}")
         return model
     except (CheckpointError, ValueError, OSError) as e:
-        raise InteropError(f"--vocoder {spec}: {e} (expected griffin-lim[:ITERS] or a folder holding one of "
-                           f"{', '.join(VOCODER_CLASSES)})") from None
+        classes = ", ".join(VOCODER_CLASSES)   # named once: a folder of another component's error lists them
+        expected = "or griffin-lim[:ITERS]" if classes in str(e) else f"expected griffin-lim[:ITERS] or a folder " \
+                                                                       f"holding one of {classes}"
+        raise InteropError(f"--vocoder {spec}: {e} ({expected})") from None
 
 
 def _reconfigured_vocoder(model, overrides: list[str]):
