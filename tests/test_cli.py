@@ -40,6 +40,29 @@ def test_user_error_is_one_line_exit_1(capsys, tmp_path):
     assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
+def test_an_error_mid_run_starts_its_own_line_after_the_progress_bar(capsys, tmp_path, repo_root):
+    # a run stopped after its bar was drawn (an unreadable clip, a full disk, Ctrl-C): the error went on at the
+    # end of the bar's line ("train run:   0%|  | 0/2 [00:00<?, ?it/s]tta: error: ...")
+    import json
+
+    from tests.signals import noise
+    from tta.audio import save_audio
+
+    rows = []
+    for i in range(3):
+        save_audio(tmp_path / f"c{i}.wav", noise(1.0, seed=i), 16_000)
+        rows.append({"id": f"c{i}", "path": f"c{i}.wav", "captions": ["noise"], "seconds": 1.0,
+                     "sample_rate": 16_000, "split": "train"})
+    (tmp_path / "c1.wav").write_bytes(b"not audio" * 100)   # found, read only when drawn
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run_cli(capsys, "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"), "--out",
+                           str(tmp_path / "run"), "--set", f"data.manifest={json.dumps(str(tmp_path / 'm.jsonl'))}",
+                           "--set", "train.batch_size=3")
+    assert code == 1 and "train run:" in err and "c1.wav" in err, err
+    assert err.endswith("\n") and err.splitlines()[-1].startswith("tta: error: "), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_operating_system_error_names_the_users_path(capsys, tmp_path, monkeypatch):
     import tta.data.commands
 

@@ -336,6 +336,7 @@ def _main(argv: list[str] | None) -> int:
         with terminate_as_exit():
             return int(args.func(args) or 0)
     except UsageError as e:   # one line, as for bad input, but exit 2 as argparse's own usage errors
+        _end_progress_bars()
         if args.verbose:
             import traceback
 
@@ -343,9 +344,11 @@ def _main(argv: list[str] | None) -> int:
         print(f"tta: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _end_progress_bars()
         print("tta: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # the one place a user-facing error is turned into a line and an exit code
+        _end_progress_bars()
         if args.verbose:
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -355,6 +358,17 @@ def _main(argv: list[str] | None) -> int:
 
         print(f"tta: error: {message}", file=sys.stderr)
         return 1
+
+
+def _end_progress_bars() -> None:
+    """End the progress bars a stopped command left open (a training run's bar stays open until final/): the
+    error line went on at the end of the bar's line ("... it/s, loss=1.2]tta: error: ...")."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:   # noqa: BLE001 -- a bar that cannot be drawn must not hide the error
+            pass
 
 
 if __name__ == "__main__":
