@@ -383,6 +383,28 @@ def test_the_logit_scale_parameter_is_kept_at_its_cap(toy, tmp_path):
     assert scale == pytest.approx(math.log(100.0), abs=1e-6)
 
 
+def test_a_valid_split_with_missing_files_is_an_error_and_an_empty_one_a_warning(toy, tmp_path, caplog):
+    """A held-out clip gone since the manifest was written made CLAP train without validation (a warning), where
+    the VAE and vocoder trainers refuse; only an empty held-out split is a warning."""
+    from tta.data.manifest import ManifestError
+
+    rows = [json.loads(line) for line in toy.read_text().splitlines()]
+    rows = [dict(r, path=str(toy.parent / r["path"])) for r in rows]   # the manifest is written elsewhere
+    assert any(r["split"] == "valid" for r in rows)
+    gone = dict(next(r for r in rows if r["split"] == "valid"), id="gone", path=str(tmp_path / "gone.wav"))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in [*rows, gone]))
+    cfg = apply_overrides(load_config(RunConfig, "configs/clap/tiny.json"),
+                          [f"data.manifest={json.dumps(str(manifest))}", "train.max_steps=1",
+                           "augment.template_prob=0.0"])
+    with pytest.raises(ManifestError, match=r"1 of split 'valid''s audio files are missing \(rows gone\)"):
+        train(cfg, tmp_path / "a", progress=False)
+    cfg = apply_overrides(cfg, ['data.valid_split="test"'])
+    with caplog.at_level("WARNING"):
+        assert (train(cfg, tmp_path / "b", progress=False) / "model.safetensors").is_file()
+    assert "no validation" in caplog.text and "split 'test' has no rows" in caplog.text
+
+
 def test_an_empty_cache_entry_is_recomputed(tmp_path):
     """An empty .npy (a crash before the data reached the disk) raised EOFError out of the cache."""
     import numpy as np
