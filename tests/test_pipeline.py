@@ -581,6 +581,23 @@ def test_to_refuses_a_dtype_or_a_missing_device_before_moving_any_part(pipe):
     assert pipe.to(torch.device("cpu")) is pipe and pipe.device == torch.device("cpu")
 
 
+def test_to_takes_a_dtype_beside_the_device_as_diffusers_does(pipe):
+    """pipe.to("cpu", torch.bfloat16) and pipe.to("cpu", dtype=torch.float32), diffusers' calls, failed on Python's
+    own TypeError ("takes 2 positional arguments but 3 were given", "unexpected keyword argument 'dtype'"), which
+    said nothing of precision=; float32, the parts' dtype, is taken, another dtype named before any part moves."""
+    before = pipe(["a bell"], seconds=0.1, steps=2, seed=3).wavs[0]
+    for call in (lambda: pipe.to("cpu", torch.bfloat16), lambda: pipe.to("cpu", dtype=torch.float16)):
+        with pytest.raises(PipelineError, match=r"dtype=torch.(bfloat16|float16): the pipeline's weights stay "
+                                                r"float32.*precision= \(float32, bfloat16, auto\)"):
+            call()
+    with pytest.raises(PipelineError, match="dtype=torch.bfloat16"):
+        pipe.to("meta", torch.bfloat16)
+    assert pipe.device == torch.device("cpu")
+    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.vocoder) for p in m.parameters()} == {torch.float32}
+    assert pipe.to("cpu", torch.float32) is pipe and pipe.to(torch.device("cpu"), dtype=torch.float32) is pipe
+    assert np.array_equal(pipe(["a bell"], seconds=0.1, steps=2, seed=3).wavs[0], before)
+
+
 def test_loading_a_pipeline_leaves_the_global_random_generators_as_they_were():
     """Building the parts drew their initial weights (replaced by the stored ones) from torch's global generator,
     so a script's torch.rand after loading a model gave other numbers than without it."""

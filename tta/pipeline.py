@@ -261,11 +261,15 @@ class TTAPipeline:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def to(self, device) -> TTAPipeline:
+    def to(self, device, dtype=None) -> TTAPipeline:
         """Move every part, the CLAP included (it ranks candidates and embeds prompts; its embeddings come back on
         the CPU either way). `device` is a torch.device or its name ("cpu", "cuda:1"); a dtype, an unknown name or
         a device this machine lacks is a PipelineError before any part moves (the UNet's arithmetic is chosen per
-        call: `precision=`)."""
+        call: `precision=`). `dtype` (diffusers' `pipe.to("cuda", torch.float16)`) may only be torch.float32, the
+        dtype the parts keep; another is a PipelineError naming it, before any part moves."""
+        if dtype is not None and dtype != torch.float32:
+            raise PipelineError(f"dtype={dtype}: the pipeline's weights stay float32; the UNet's arithmetic is chosen "
+                                f"per call with precision= ({', '.join(PRECISIONS)})")
         device = check_device(device)
         self.unet.to(device)
         self.vae.to(device)
