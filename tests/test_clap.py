@@ -513,3 +513,26 @@ def test_a_device_this_machine_lacks_is_named_before_the_clap_loads(tmp_path):
     with pytest.raises(ValueError, match="device='cuda:99'"):
         TTAClapEmbedder(clap.model, device="cuda:99")
     assert clap.to("cpu").device == torch.device("cpu") and clap.embed_text(["a"]).shape == (1, clap.embed_dim)
+
+
+def test_loading_a_clap_leaves_the_global_random_generators_as_they_were(tmp_path):
+    """load_clap drew the model's initial weights (replaced by the stored ones) from torch's global generator, so a
+    script's torch.rand after loading the CLAP alone gave other numbers than without it (TTAPipeline.from_pretrained
+    already kept them). An LDM training run still draws them (open_clap): its UNet is built after, from the seed."""
+    import random
+
+    from tta.checkpoint import save_component
+    from tta.clap import load_clap, open_clap
+
+    torch.manual_seed(0)
+    save_component(tmp_path / "clap", TTAClap(load_config(RunConfig, "configs/clap/tiny.json").model))
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    clap = load_clap(tmp_path / "clap")
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+    torch.manual_seed(5)
+    same = open_clap(tmp_path / "clap")
+    assert not torch.equal(torch.rand(3), expected[0])
+    assert torch.equal(same.embed_text(["a dog barks"]), clap.embed_text(["a dog barks"]))

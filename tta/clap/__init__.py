@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["backend_of", "load_clap"]
+__all__ = ["backend_of", "load_clap", "open_clap"]
 
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
@@ -54,7 +54,23 @@ def backend_of(path: str | os.PathLike) -> str:
 def load_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None, device: str = "cpu",
               batch_size: int = 32, cache_dir: str | os.PathLike | None = None):
     """A ready `ClapEmbedder` for a CLAP checkpoint on disk (never downloads anything), on `device` (checked before
-    anything loads: tta.device.torch_device)."""
+    anything loads: tta.device.torch_device). The global random generators are left as they were, as
+    TTAPipeline.from_pretrained leaves them: building the model draws initial weights that the stored ones replace
+    (on the CPU: CUDA's generators are not touched)."""
+    from tta.training import rng_state, set_rng_state
+
+    streams = rng_state(cuda=False)
+    try:
+        return open_clap(path, tokenizer=tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir)
+    finally:
+        set_rng_state(streams)
+
+
+def open_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None, device: str = "cpu",
+              batch_size: int = 32, cache_dir: str | os.PathLike | None = None):
+    """load_clap, drawing the model's initial weights from the global random generators: an LDM training run loads
+    its CLAP this way between seeding and building its UNet, whose initial weights (and every run's reproduction)
+    depend on those draws."""
     from tta.device import torch_device
 
     torch_device(device)

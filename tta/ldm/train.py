@@ -199,7 +199,7 @@ class Frozen:
 
 
 def load_frozen(config: RunConfig, device) -> Frozen:
-    from tta.clap import load_clap
+    from tta.clap import open_clap
     from tta.ldm.folder import vocoder_class
     from vae.model import MelVAE
 
@@ -207,7 +207,7 @@ def load_frozen(config: RunConfig, device) -> Frozen:
     vae = load_component(component_dir(c.vae, "vae"), MelVAE, device=device).requires_grad_(False)
     if not c.clap:
         raise ValueError("components.clap is empty; set it with --set components.clap=FOLDER")
-    clap = load_clap(c.clap, device=device)
+    clap = open_clap(c.clap, device=device)   # draws from the seeded streams, as runs always have
     vocoder = None
     if c.vocoder or config.validation.prompts:
         folder = component_dir(c.vocoder, "vocoder")
