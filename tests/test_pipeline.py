@@ -134,6 +134,13 @@ def test_bad_arguments_are_refused_before_compute(pipe):
             pipe(["x"], **kwargs)
     with pytest.raises(PipelineError, match="non-empty list"):
         pipe("a bare string")
+    # a bad sampler name was a plain ValueError, not the PipelineError the README promises for every bad argument
+    # (`except PipelineError` missed it), where a bad guidance_rule or precision already was one
+    for kwargs, match in [({"sampler": "dpm"}, "unknown sampler 'dpm'; valid samplers: ddim, dpmsolver"),
+                          ({"sampler": 3}, "unknown sampler 3"), ({"guidance_rule": "x"}, "guidance rule"),
+                          ({"precision": "fp16"}, "unknown precision 'fp16'")]:
+        with pytest.raises(PipelineError, match=match):
+            pipe(["x"], **kwargs)
 
 
 def test_empty_prompt_generates_unconditionally_with_a_warning(pipe, caplog):

@@ -623,8 +623,8 @@ class TTAPipeline:
         guidance = d.guidance if guidance is None else guidance
         candidates = d.candidates if candidates is None else candidates
         eta = d.eta if eta is None else eta
-        sampler = check_sampler(d.sampler if sampler is None else sampler)
         try:
+            sampler = check_sampler(d.sampler if sampler is None else sampler)
             rule = check_guidance_rule(d.guidance_rule if guidance_rule is None else guidance_rule)
             precision = check_precision(d.precision if precision is None else precision)
         except ValueError as e:
