@@ -807,3 +807,29 @@ def test_inpainting_a_long_clip_to_its_end_regenerates_the_gap_to_its_last_sampl
         assert not torch.allclose(decoded[0][0, :, last], whole[0, :, last], atol=1e-3)
         assert torch.equal(decoded[0][0, :, :a // per], whole[0, :, :a // per])
     assert 0 < a and a % per == 0 and b == n
+
+
+def test_a_pipeline_with_a_weight_normed_vocoder_pickles_and_copies(pipe):
+    """pickle.dumps(pipe) (multiprocessing's spawn, a notebook's cache) failed deep in torch with "Serialization
+    of parametrized modules is only supported through state_dict()" for a HiFi-GAN that keeps its weight norm (this
+    tiny one, a checkpoint's), and a deep copy shared its parametrized classes with the original. Both give the
+    same audio, leave the global random generators alone, and a copy's vocoder is its own."""
+    import copy
+    import pickle
+
+    from torch.nn.utils import parametrize
+
+    assert parametrize.is_parametrized(pipe.vocoder.conv_pre)
+    before = pipe(["a bell"], seconds=0.1, steps=2, seed=3).wavs[0]
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    loaded = pickle.loads(pickle.dumps(pipe))
+    copied = copy.deepcopy(pipe)
+    assert torch.equal(torch.rand(3), expected)
+    assert parametrize.is_parametrized(loaded.vocoder.conv_pre) and not loaded.vocoder.training
+    for other in (loaded, copied):
+        assert np.array_equal(other(["a bell"], seconds=0.1, steps=2, seed=3).wavs[0], before)
+    copied.vocoder.remove_weight_norm()
+    assert parametrize.is_parametrized(pipe.vocoder.conv_pre)
+    assert np.array_equal(pipe(["a bell"], seconds=0.1, steps=2, seed=3).wavs[0], before)

@@ -182,6 +182,16 @@ class Generation:
     sampled: tuple[float, float] | None = None   # an inpainting's: the seconds of its input the UNet ran on
 
 
+@dataclass
+class _VocoderState:
+    """A parametrized (weight-normed) vocoder as TTAPipeline.__getstate__ sends it: enough to build it again."""
+
+    cls: type
+    config: object
+    weights: dict
+    device: torch.device
+
+
 def open_text_encoder(folder: str | os.PathLike, device="cpu"):
     """The CLAP embedder (embed_text / embed_audio) stored in text_encoder/: a tta CLAP component, or a
     transformers CLAP folder holding its own tokenizer files (tta.clap.load_clap reads both)."""
@@ -207,6 +217,35 @@ class TTAPipeline:
         self.scheduler_config = dict(scheduler_config)
         self.defaults = defaults
         self._check_fit()
+
+    def __getstate__(self) -> dict:
+        """What pickle and copy.deepcopy keep: torch refuses to pickle a weight-normed vocoder (HiFi-GAN as trained,
+        before remove_weight_norm: its convolutions are parametrized), and a deep copy of one shares its generated
+        classes with the original, so such a vocoder goes as its class, config, weights and device, and is built
+        again (__setstate__)."""
+        from torch.nn.utils import parametrize
+
+        state = dict(self.__dict__)
+        if any(parametrize.is_parametrized(m) for m in self.vocoder.modules()):
+            v = self.vocoder
+            state["vocoder"] = _VocoderState(type(v), v.config, v.state_dict(), next(v.parameters()).device)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """A pickled or copied pipeline; a vocoder sent as its weights is built again, leaving the global random
+        generators as they were (building it draws initial weights that the stored ones replace)."""
+        v = state["vocoder"]
+        if isinstance(v, _VocoderState):
+            from tta.training import rng_state, set_rng_state
+
+            streams = rng_state(cuda=False)
+            try:
+                vocoder = v.cls(v.config)
+            finally:
+                set_rng_state(streams)
+            vocoder.load_state_dict(v.weights)
+            state["vocoder"] = vocoder.to(v.device).eval()
+        self.__dict__.update(state)
 
     # -- assembly --------------------------------------------------------------------------------
 
