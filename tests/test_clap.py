@@ -536,3 +536,22 @@ def test_loading_a_clap_leaves_the_global_random_generators_as_they_were(tmp_pat
     same = open_clap(tmp_path / "clap")
     assert not torch.equal(torch.rand(3), expected[0])
     assert torch.equal(same.embed_text(["a dog barks"]), clap.embed_text(["a dog barks"]))
+
+
+def test_a_clap_batch_size_that_is_no_integer_is_named_when_the_clap_loads(tmp_path):
+    """load_clap(..., batch_size=2.5) loaded and failed at the first embed_text on range()'s "'float' object cannot
+    be interpreted as an integer", and batch_size="8" or None on "'<=' not supported between instances of ..."."""
+    from tta.checkpoint import save_component
+    from tta.clap import load_clap
+
+    torch.manual_seed(0)
+    save_component(tmp_path / "clap", TTAClap(load_config(RunConfig, "configs/clap/tiny.json").model))
+    for bad in (2.5, "8", None, True):
+        with pytest.raises(ValueError, match=f"batch_size={bad!r} must be an integer"):
+            load_clap(tmp_path / "clap", batch_size=bad)
+    with pytest.raises(ValueError, match="batch_size=0 must be > 0"):
+        load_clap(tmp_path / "clap", batch_size=0)
+    clap = load_clap(tmp_path / "clap", batch_size=np.int64(1))
+    assert clap.batch_size == 1 and type(clap.batch_size) is int
+    # one caption a batch against both in one: the same up to float rounding of batched sums
+    assert torch.allclose(clap.embed_text(["a", "b"]), load_clap(tmp_path / "clap").embed_text(["a", "b"]), atol=1e-6)

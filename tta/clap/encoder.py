@@ -27,7 +27,7 @@ import torch
 
 from tta.audio import AudioError, check_sample_rate, resample
 from tta.clap.cache import EmbeddingCache, audio_key, text_key
-from tta.config import shortened
+from tta.config import check_number, shortened
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class ClapEmbedder:
     embed_dim: int = 512
 
     def __init__(self, *, batch_size: int = 32, cache_dir: str | os.PathLike | None = None):
+        # a str failed here on Python's "'<=' not supported", a float such as 2.5 only at the first embed_*, in range()
+        batch_size = check_number(batch_size, int, "batch_size")
         if batch_size <= 0:
             raise ValueError(f"batch_size={batch_size} must be > 0")
         self.batch_size = batch_size
