@@ -207,9 +207,14 @@ class FrechetDistanceMetric(Metric):
         which = "gen" if generated else "ref"
         if not generated and self._fixed_reference is not None:
             return self._fixed_reference
-        return FrechetStats.from_sums(int(getattr(self, f"{which}_n").item()),
-                                      getattr(self, f"{which}_sum").cpu().numpy(),
-                                      getattr(self, f"{which}_outer").cpu().numpy(), **protocol)
+        try:
+            return FrechetStats.from_sums(int(getattr(self, f"{which}_n").item()),
+                                          getattr(self, f"{which}_sum").cpu().numpy(),
+                                          getattr(self, f"{which}_outer").cpu().numpy(), **protocol)
+        except StatsError as e:   # which of the two sets: compute() needs both
+            how = "update(x, generated=True)" if generated else "update(x, generated=False) or set_reference(stats)"
+            raise StatsError(f"FrechetDistanceMetric's {'generated' if generated else 'reference'} set: {e} "
+                             f"({how})") from None
 
     def compute(self):
         value = frechet_distance(*_pair(self.stats(True)), *_pair(self.stats(False)))

@@ -153,3 +153,22 @@ def test_fad_infinity_recovers_the_true_distance_when_d_is_large():
         assert result["fad_inf"] == pytest.approx(true_fd, rel=0.06)
         assert result["sizes"][0] == 500 and result["r2"] > 0.9
     assert np.mean(values) == pytest.approx(true_fd, rel=0.02)
+
+
+def test_a_streaming_fad_without_one_of_its_sets_names_the_missing_set():
+    """FrechetDistanceMetric.compute() with no reference said "need at least 2 embeddings to estimate a covariance,
+    got 0", naming neither set nor how to give it."""
+    metric = FrechetDistanceMetric(4)
+    metric.update(_data(n=20, d=4, seed=1), generated=True)
+    with pytest.raises(StatsError, match=r"reference set: need at least 2 embeddings .* got 0 \(update\(x, "
+                                         r"generated=False\) or set_reference\(stats\)\)"):
+        metric.compute()
+    metric.update(_data(n=1, d=4, seed=2), generated=False)
+    with pytest.raises(StatsError, match="reference set: .* got 1"):
+        metric.compute()
+    other = FrechetDistanceMetric(4)
+    other.set_reference(FrechetStats.from_embeddings(_data(n=20, d=4, seed=2)))
+    with pytest.raises(StatsError, match=r"generated set: .* got 0 \(update\(x, generated=True\)\)"):
+        other.compute()
+    other.update(_data(n=20, d=4, seed=1), generated=True)
+    assert float(other.compute()) == pytest.approx(float(metric.stats(True).distance(other.stats(False))))
