@@ -555,3 +555,14 @@ def test_a_clap_batch_size_that_is_no_integer_is_named_when_the_clap_loads(tmp_p
     assert clap.batch_size == 1 and type(clap.batch_size) is int
     # one caption a batch against both in one: the same up to float rounding of batched sums
     assert torch.allclose(clap.embed_text(["a", "b"]), load_clap(tmp_path / "clap").embed_text(["a", "b"]), atol=1e-6)
+
+
+def test_a_clap_score_of_no_pairs_is_an_error_not_zero():
+    """ClapScore().compute() before any update returned 0.0 (with torchmetrics' warning only), which reads as a
+    real, poor CLAP score."""
+    metric = ClapScore()
+    with pytest.raises(ValueError, match=r"ClapScore has no text-audio pairs .* update\(text_emb, audio_emb\)"):
+        metric.compute()
+    a = torch.randn(3, 8)
+    metric.update(a, a)
+    assert float(metric.compute()) == pytest.approx(1.0)

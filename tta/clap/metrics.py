@@ -105,7 +105,9 @@ class ClapScore(torchmetrics.Metric):
         self.count += cos.numel()
 
     def compute(self) -> torch.Tensor:
-        return self.total / self.count.clamp(min=1)
+        if int(self.count) == 0:   # 0.0 (torchmetrics only warning) read as a real, if poor, score
+            raise ValueError("ClapScore has no text-audio pairs to average: call update(text_emb, audio_emb) first")
+        return self.total / self.count
 
 
 def cosine_scores(text_emb, audio_emb) -> np.ndarray:
