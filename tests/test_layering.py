@@ -17,7 +17,8 @@ LAYERS = {
     "vae": 2, "vocoder": 2, "tta.clap": 2, "eval": 2,
     "tta.ldm": 3, "tta.retrieval": 3,
     "tta.pipeline": 4, "tta.interop": 4,
-    "tta.cli": 5, "tta.__main__": 5, "tta.generate": 5, "tta.generate_resume": 5, "tta.commands": 5,
+    "tta.cli": 5, "tta.__main__": 5, "tta.generate": 5, "tta.generate_resume": 5, "tta.generate_edits": 5,
+    "tta.commands": 5,
 }
 # Same-layer imports between different rooms are not allowed either, except these (importer, imported):
 SAME_LAYER_ALLOWED = {("eval", "tta.clap"), ("tta.interop", "tta.pipeline"), ("tta.ldm", "tta.retrieval")}

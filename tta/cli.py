@@ -240,6 +240,13 @@ def _add_generate(sub) -> None:
     p.add_argument("--super-resolution", type=Path, action=_Once, metavar="WAV",
                    help="band-limited audio whose upper mel bands are regenerated (with --cutoff)")
     p.add_argument("--cutoff", type=float, metavar="HZ", help="with --super-resolution: highest kept frequency")
+    p.add_argument("--edit", choices=["init-audio", "inpaint", "super-resolution"], metavar="KIND",
+                   help="edit many clips in one run: each row of --prompts FILE (CSV/JSONL) edits the audio its input "
+                        "field names (a path relative to FILE's folder), as --init-audio, --inpaint or "
+                        "--super-resolution edits one (KIND: init-audio, inpaint or super-resolution; --strength, "
+                        "--mask, --cutoff and --outside apply to every row). A row whose input is missing or bad is "
+                        "reported and left out, the others are written, and the run exits 1; rows run one at a "
+                        "time (no --batch-size), row i with seed SEED + i")
     p.add_argument("--datastore", type=Path, metavar="DIR",
                    help="retrieval models: condition each prompt on its nearest entries of this datastore "
                         "(built with the model's CLAP); without it they run on the null context")

@@ -7,7 +7,8 @@ Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.js
 otherwise each prompt goes to `<out-dir>/<name>.wav` (the base name of a prompts file row's file field, else
 its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`) and the record to
 `<out-dir>/generation.json`. `--resume` keeps the outputs an earlier run of the same batch wrote into the
-out-dir (its record lists them with their sha256) and generates the rest (tta.generate_resume).
+out-dir (its record lists them with their sha256) and generates the rest (tta.generate_resume). `--edit KIND`
+edits each --prompts row's own input audio, its `input` field (tta.generate_edits).
 """
 
 from __future__ import annotations
@@ -47,27 +48,37 @@ class Job:
     id: str        # the row's id as written (its file name is id_file_name's), else the output's name
     prompt: str
     path: Path
+    input: str | None = None   # with --edit: the row's input field as written (the audio it edits)
+    where: str = ""            # "prompts file:line" of a prompts file's row, for messages
 
 
 # ----------------------------------------------------------------------------------------- prompts
 
 
-def read_prompts_file(path: Path) -> list[tuple[str | None, str, str | None]]:
+def read_prompts_file(path: Path, *, editing: bool = False) -> list[tuple[str | None, str, str | None]]:
     """(output name or None, prompt, id or None) of each row of a prompt file (tta.data.prompts: .txt, .csv or
     .jsonl). A row names its output as `tta eval --prompts` pairs it: by its file column (file/path/audio/name;
     the base name without an audio suffix) when it has one, else by its id as `id_file_name` writes it (an id
     with '/' or ':' is escaped); None for neither."""
+    return [pair for pair, _ in prompt_rows(path, editing=editing)]
+
+
+def prompt_rows(path: Path, *, editing: bool = False) -> list[tuple[tuple[str | None, str, str | None], object]]:
+    """read_prompts_file's (name, prompt, id) of each row beside the row itself (tta.data.prompts.PromptRow: its
+    input field and line). `editing`: the run has --edit, which reads the rows' input field."""
     from tta.data.prompts import file_key, read_prompt_file
 
     rows = read_prompt_file(path)
-    unread = sorted({name for row in rows for name in row.unread})
+    unread = sorted({name for row in rows for name in row.unread} | (
+        set() if editing or all(row.input is None for row in rows) else {"input"}))
     if unread:   # a "seed" or "seconds" column would otherwise be ignored without a word
         log.warning("%s: tta generate does not read its field%s %s; a row gives a prompt, and a file name or id "
-                    "(seeds, lengths and settings come from the command line)", path, "" if len(unread) == 1 else "s",
-                    ", ".join(unread))
+                    "(seeds, lengths and settings come from the command line%s)", path,
+                    "" if len(unread) == 1 else "s", ", ".join(unread),
+                    "; an input is read with --edit KIND, which edits each row's input" if "input" in unread else "")
     # a path's base name: tta eval pairs a generated file by it too
-    return [(Path(file_key(row.file)).name if row.file is not None else
-             None if row.id is None else id_file_name(row.id), row.prompt, row.id) for row in rows]
+    return [((Path(file_key(row.file)).name if row.file is not None else
+              None if row.id is None else id_file_name(row.id), row.prompt, row.id), row) for row in rows]
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -86,8 +97,11 @@ def slug(text: str, limit: int = 40) -> str:
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
     pairs: list[tuple[str | None, str, str | None]] = [(None, p, None) for p in args.prompts]
+    rows = [None] * len(pairs)   # the prompts file's row of each pair (its input and line), None for a PROMPT
     if args.prompts_file is not None:
-        pairs += read_prompts_file(args.prompts_file)
+        read = prompt_rows(args.prompts_file, editing=getattr(args, "edit", None) is not None)
+        pairs += [pair for pair, _ in read]
+        rows += [row for _, row in read]
     if not pairs:
         raise UsageError("no prompts: give PROMPT arguments or --prompts FILE")
     if args.output is not None and args.out_dir is not None:
@@ -105,7 +119,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         if other is not None:   # x.flac and x.ogg share x.generation.json
             log.warning("%s will replace the record of %s, which is still there (a record is named after its "
                         "output's stem); write to another stem to keep both", record, other)
-        return [Job(pairs[0][2] or pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output)]
+        return [Job(pairs[0][2] or pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output, *row_fields(rows[0]))]
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
     jobs = []
@@ -129,7 +143,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             raise GenerateError(f"{where}output name {name!r} (a row's file field, as its base name, or its id) "
                                 f"appears {how}; each row's output needs its own name")
         seen[folded] = name
-        jobs.append(Job(id_ if id_ is not None else name, prompt, out_dir / f"{name}.wav"))
+        jobs.append(Job(id_ if id_ is not None else name, prompt, out_dir / f"{name}.wav", *row_fields(rows[i])))
         check_output_path(jobs[-1].path)
     check_output_path(record_path_of(out_dir, single=False))
     if out_dir.is_dir():   # audio this run does not write would sit beside its outputs, e.g. in one `tta eval`
@@ -141,6 +155,11 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                         "list only this run's, and `tta eval` scores every file of a folder", out_dir, len(others),
                         others[0])
     return jobs
+
+
+def row_fields(row) -> tuple[str | None, str]:
+    """A Job's input and where from a prompts file's row (None: a PROMPT argument)."""
+    return (None, "") if row is None else (row.input, row.where)
 
 
 def _recorded_other(record: Path, output: Path) -> Path | None:
@@ -278,10 +297,8 @@ def check_against_model(args: argparse.Namespace, folder: Path, spec: dict, edit
     """What only the model's configs can check, before any weights load: --steps against the timesteps its UNet
     was trained on, --seconds and an edit's input against its mel frame, --cutoff against its mel band, --strength
     against its sampler steps. `spec`: the folder's pipeline.json (model_folder)."""
-    from tta.checkpoint import CONFIG_NAME, CheckpointError, read_component_config, read_json
-    from tta.config import ConfigError, from_dict
+    from tta.checkpoint import CheckpointError, read_json
     from tta.ldm.folder import SCHEDULER_FILE
-    from vae.model import VAEConfig
 
     if args.steps is not None:   # it failed after the model had loaded, on the same line as the progress bar
         config = folder / spec["components"]["scheduler"] / SCHEDULER_FILE
@@ -293,14 +310,8 @@ def check_against_model(args: argparse.Namespace, folder: Path, spec: dict, edit
             raise GenerateError(f"--steps {args.steps} exceeds the {trained} timesteps this model was trained on")
     if args.seconds is None and edit is None:
         return
-    vae_dir = folder / spec["components"]["vae"]
-    try:   # errors as loading the VAE gives them
-        vae = from_dict(VAEConfig, read_component_config(vae_dir)["config"])
-        mel = vae.mel
-    except CheckpointError as e:
-        raise GenerateError(f"{folder}: component 'vae' cannot be loaded: {e}") from None
-    except ConfigError as e:
-        raise GenerateError(f"{folder}: component 'vae' cannot be loaded: {vae_dir / CONFIG_NAME}: {e}") from None
+    vae = model_vae_config(folder, spec)
+    mel = vae.mel
     hop, rate = mel.hop_length, mel.sample_rate
     if args.seconds is not None and round(args.seconds * rate) < hop:
         raise GenerateError(f"--seconds {args.seconds} is shorter than one mel frame of this model ({hop / rate:g} s)")
@@ -315,17 +326,11 @@ def check_against_model(args: argparse.Namespace, folder: Path, spec: dict, edit
         if edit["cutoff_hz"] < lowest:
             raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} keeps none of this model's latent frequency rows "
                                 f"(the lowest reaches {lowest:.0f} Hz); raise it to at least that")
-        top = edit["input_sample_rate"] / 2
-        if edit["cutoff_hz"] > top:   # the band between would be kept as the silence the file holds there
-            raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} Hz is above the highest frequency {edit['input']} can "
-                                f"hold ({edit['input_sample_rate']} Hz sampling: {top:g} Hz); the band between would "
-                                f"stay silent: give --cutoff {top:g} or lower")
     if edit is not None and "start" in edit and round((edit["end"] - edit["start"]) * rate) < hop:
         raise GenerateError(f"--mask {edit['start']:g}:{edit['end']:g} is shorter than one mel frame of this model "
                             f"({hop / rate:g} s): there is nothing to regenerate")
-    if edit is not None and round(edit["input_seconds"] * rate) < hop:
-        raise GenerateError(f"{edit['input']}: {edit['input_seconds']:g} s of audio, shorter than one mel frame of "
-                            f"this model ({hop / rate:g} s)")
+    if edit is not None and edit["input"] is not None:   # with --edit each row's (tta.generate_edits)
+        check_input_against_model(edit, mel)
     if edit is not None and "strength" in edit:
         from tta.ldm.sampling import check_part_way, check_strength_leaves_a_step
         from tta.pipeline import PipelineDefaults
@@ -345,6 +350,36 @@ def check_against_model(args: argparse.Namespace, folder: Path, spec: dict, edit
                                              where=f"--strength {edit['strength']} at {steps} sampler steps")
         except ValueError as e:
             raise GenerateError(str(e)) from None
+
+
+def check_input_against_model(edit: dict, mel) -> None:
+    """What the model's mel frame (`mel`: its VAE's MelConfig) says of an edit's input: at least one mel frame long,
+    and, for a super-resolution, able to hold the frequencies up to --cutoff."""
+    hop, rate = mel.hop_length, mel.sample_rate
+    if "cutoff_hz" in edit:
+        top = edit["input_sample_rate"] / 2
+        if edit["cutoff_hz"] > top:   # the band between would be kept as the silence the file holds there
+            raise GenerateError(f"--cutoff {edit['cutoff_hz']:g} Hz is above the highest frequency {edit['input']} can "
+                                f"hold ({edit['input_sample_rate']} Hz sampling: {top:g} Hz); the band between would "
+                                f"stay silent: give --cutoff {top:g} or lower")
+    if round(edit["input_seconds"] * rate) < hop:
+        raise GenerateError(f"{edit['input']}: {edit['input_seconds']:g} s of audio, shorter than one mel frame of "
+                            f"this model ({hop / rate:g} s)")
+
+
+def model_vae_config(folder: Path, spec: dict):
+    """The model's VAEConfig (its mel frame and downsampling), read as loading the VAE reads it, without weights."""
+    from tta.checkpoint import CONFIG_NAME, CheckpointError, read_component_config
+    from tta.config import ConfigError, from_dict
+    from vae.model import VAEConfig
+
+    vae_dir = folder / spec["components"]["vae"]
+    try:   # errors as loading the VAE gives them
+        return from_dict(VAEConfig, read_component_config(vae_dir)["config"])
+    except CheckpointError as e:
+        raise GenerateError(f"{folder}: component 'vae' cannot be loaded: {e}") from None
+    except ConfigError as e:
+        raise GenerateError(f"{folder}: component 'vae' cannot be loaded: {vae_dir / CONFIG_NAME}: {e}") from None
 
 
 def component_hashes(folder: Path, spec: dict | None = None) -> dict:
@@ -411,16 +446,19 @@ def parse_mask(text: str | None) -> tuple[float, float]:
     return start, end
 
 
-def plan_edit(args: argparse.Namespace) -> dict | None:
-    """The edit asked for (kind, input path, parameters), checked; None for plain text-to-audio."""
-    from tta.audio import AudioError, audio_info
-    from tta.checkpoint import file_sha256
+EDIT_KINDS = {"init-audio": "audio_to_audio", "inpaint": "inpaint", "super-resolution": "super_resolution"}   # --edit
 
+
+def plan_edit(args: argparse.Namespace) -> dict | None:
+    """The edit asked for (kind, input path, parameters), checked; None for plain text-to-audio. With --edit
+    (each row of --prompts edits its own input: tta.generate_edits) the settings the rows share, with "input"
+    None: each output's record holds its input's part."""
     given = [(k, p) for k, p in (("audio_to_audio", args.init_audio), ("inpaint", args.inpaint),
                                  ("super_resolution", args.super_resolution)) if p is not None]
+    per_row = getattr(args, "edit", None)
     strength = getattr(args, "strength", None)
     outside = getattr(args, "outside", None)
-    if not given:
+    if not given and per_row is None:
         needs = [need for flag, need in ((args.mask, "--mask needs --inpaint WAV"),
                                          (args.cutoff, "--cutoff needs --super-resolution WAV"),
                                          (strength, "--strength needs --init-audio WAV"),
@@ -431,58 +469,93 @@ def plan_edit(args: argparse.Namespace) -> dict | None:
         return None
     if len(given) > 1:
         raise UsageError("give only one of --init-audio, --inpaint, --super-resolution")
+    if per_row is not None:
+        from tta.generate_edits import plan_row_edit
+
+        return plan_row_edit(args, EDIT_KINDS[per_row], given)
     kind, path = given[0]
+    info = edit_input_info(path)
+    check_edit_flags(args, kind)
+    # what the edit read, to redo it: the file's content and format (it is heard as 16 kHz mono)
+    return {"kind": kind, **input_record(path, str(path), info), **edit_settings(args, kind, path, info)}
+
+
+def edit_input_info(path: Path):
+    """The AudioInfo of an edit's input, refused (GenerateError) when its header does not read or it holds no
+    sample."""
+    from tta.audio import AudioError, audio_info
+
     try:
         info = audio_info(path)
     except AudioError as e:
         raise GenerateError(f"unreadable input audio: {e}") from None
     if info.num_samples == 0:
         raise GenerateError(f"unreadable input audio: {path}: contains 0 samples")
+    return info
+
+
+def check_edit_flags(args: argparse.Namespace, kind: str) -> None:
+    """The flags an edit of `kind` excludes (UsageError)."""
     if args.seconds is not None:
         raise UsageError("--seconds does not apply to edits: the input audio sets the length")
     if getattr(args, "window", None) is not None:
         raise UsageError("--window does not apply to edits: the input audio sets the length")
-    if strength is not None and kind != "audio_to_audio":
+    if getattr(args, "strength", None) is not None and kind != "audio_to_audio":
         raise UsageError("--strength applies to --init-audio only")
-    if outside is not None and kind == "audio_to_audio":
+    if getattr(args, "outside", None) is not None and kind == "audio_to_audio":
         raise UsageError("--outside applies to --inpaint and --super-resolution only")
+
+
+def input_record(path: Path, given: str, info) -> dict:
+    """What an edit records of its input (`given`: its path as written), refused when it is too long."""
+    from tta.checkpoint import file_sha256
     from tta.pipeline import MAX_SECONDS
 
     if info.seconds > MAX_SECONDS:
         raise GenerateError(f"{path}: {info.seconds:.1f} s of audio; an edit takes at most {MAX_SECONDS:g} s "
                             "(cut the input)")
-    # what the edit read, to redo it: the file's content and format (it is heard as 16 kHz mono)
-    edit = {"kind": kind, "input": str(path), "input_seconds": round(info.seconds, 4),
-            "input_sha256": file_sha256(path), "input_sample_rate": info.sample_rate,
-            "input_channels": info.channels}
+    return {"input": given, "input_seconds": round(info.seconds, 4), "input_sha256": file_sha256(path),
+            "input_sample_rate": info.sample_rate, "input_channels": info.channels}
+
+
+def edit_settings(args: argparse.Namespace, kind: str, path: Path | None = None, info=None) -> dict:
+    """An edit's settings from the flags (--strength; --mask and --outside; --cutoff and --outside), checked;
+    with `info` (its input's AudioInfo) an inpainting's end is checked against the input and kept inside it."""
+    strength, outside = getattr(args, "strength", None), getattr(args, "outside", None)
     if kind == "audio_to_audio":
         strength = 0.5 if strength is None else strength
         if not (math.isfinite(strength) and 0 < strength <= 1):
             raise GenerateError(f"--strength {strength} must be in (0, 1]")
-        edit["strength"] = strength
-    elif kind == "inpaint":
+        return {"strength": strength}
+    if kind == "inpaint":
         start, end = parse_mask(args.mask)
-        if end > info.seconds + 1 / info.sample_rate:   # the length as printed may round up by part of a sample
-            raise GenerateError(f"--mask end {end} s is past the end of {path} ({info.num_samples} samples at "
-                                f"{info.sample_rate} Hz: {info.seconds:.6g} s)")
-        edit.update(start=start, end=min(end, info.seconds), outside=outside or "original")
-    else:
-        if args.cutoff is None:
-            raise UsageError("--super-resolution needs --cutoff HZ (the highest frequency the input holds)")
-        if not math.isfinite(args.cutoff) or args.cutoff <= 0:
-            raise GenerateError(f"--cutoff {args.cutoff} must be a frequency > 0 Hz")
-        edit.update(cutoff_hz=args.cutoff, outside=outside or "original")
-    return edit
+        if info is not None:
+            end = mask_end_in(end, path, info)
+        return {"start": start, "end": end, "outside": outside or "original"}
+    if args.cutoff is None:
+        raise UsageError("--super-resolution needs --cutoff HZ (the highest frequency the input holds)")
+    if not math.isfinite(args.cutoff) or args.cutoff <= 0:
+        raise GenerateError(f"--cutoff {args.cutoff} must be a frequency > 0 Hz")
+    return {"cutoff_hz": args.cutoff, "outside": outside or "original"}
 
 
-def read_edit_input(edit: dict):
-    """(wav (T,) float32 mono, sample_rate) of an edit's input, decoded whole before the model loads: a file whose
-    header reads but whose audio does not decode (a cut FLAC: "flac decoder lost sync"; NaN samples) was found
-    only once the model had loaded. The run keeps it (resampled to the model's rate then), so it is decoded once."""
+def mask_end_in(end: float, path: Path, info) -> float:
+    """--mask's end, refused past the end of the input and kept within its length."""
+    if end > info.seconds + 1 / info.sample_rate:   # the length as printed may round up by part of a sample
+        raise GenerateError(f"--mask end {end} s is past the end of {path} ({info.num_samples} samples at "
+                            f"{info.sample_rate} Hz: {info.seconds:.6g} s)")
+    return min(end, info.seconds)
+
+
+def read_edit_input(edit: dict, path: Path | None = None):
+    """(wav (T,) float32 mono, sample_rate) of an edit's input (`path`, else the edit's input as given), decoded
+    whole before the model loads: a file whose header reads but whose audio does not decode (a cut FLAC: "flac
+    decoder lost sync"; NaN samples) was found only once the model had loaded. The run keeps it (resampled to the
+    model's rate then), so it is decoded once."""
     from tta.audio import AudioError, load_audio
 
     try:
-        return load_audio(edit["input"])
+        return load_audio(edit["input"] if path is None else path)
     except AudioError as e:
         raise GenerateError(f"unreadable input audio: {e}") from None
 
@@ -569,14 +642,20 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
         raise GenerateError(f"--seed {args.seed} with {len(jobs)} prompts: row i takes seed + i, which must stay below "
                             "2**62")
     edit = plan_edit(args)
-    if edit is not None:   # `-o clip.wav --inpaint clip.wav` replaced the input with the edit, and no record can redo it
-        source = Path(edit["input"]).resolve()
+    if edit is not None and edit["input"] is not None:   # `-o clip.wav --inpaint clip.wav` replaced the input with
+        source = Path(edit["input"]).resolve()           # the edit, and no record can redo it
         for job in jobs:
             if job.path.resolve() == source:
                 raise GenerateError(f"{job.path}: is the edit's input audio; write the output to another file")
     folder, spec = model_folder(args)
     check_against_model(args, folder, spec, edit)
-    decoded = read_edit_input(edit) if edit is not None else None   # after the cheaper checks: it reads the file
+    rows = None   # with --edit: each row's input, checked (tta.generate_edits)
+    if edit is not None and edit["input"] is None:
+        from tta.generate_edits import plan_rows
+
+        rows = plan_rows(args, jobs, edit, model_vae_config(folder, spec).mel)
+    # after the cheaper checks: it reads the file
+    decoded = read_edit_input(edit) if edit is not None and rows is None else None
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
@@ -586,9 +665,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     if getattr(args, "resume", False):
         from tta.generate_resume import read_earlier_run
 
-        earlier = read_earlier_run(args, jobs, folder, spec)
+        earlier = read_earlier_run(args, jobs, folder, spec, rows)
 
-    from tta.audio import SILENCE_DB, dc_removed_peak, resample
     from tta.pipeline import TTAPipeline
 
     if threads is not None:
@@ -612,22 +690,9 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     if store is not None:
         common.update(datastore=store, neighbours=getattr(args, "neighbours", None))
     wav_in = kept = None
-    if edit is not None:
-        # the pipeline hears it normalised (DC removed, peak 0.5) as the training audio was, and scales its
-        # outputs back, so the part an edit keeps comes out at the input's level
-        from tta.pipeline import edit_input
-
-        wav_in = resample(*decoded, pipe.sample_rate)   # as load_audio(input, pipe.sample_rate) reads it
+    if decoded is not None:
+        wav_in, kept = prepare_input(edit, decoded, pipe)
         decoded = None   # its copy at the file's rate (a 2-minute 192 kHz input: 92 MB) is not used again
-        if edit["input_sample_rate"] != pipe.sample_rate or edit["input_channels"] != 1:
-            log.info("%s: %d Hz, %d channel(s); the edit hears it, and writes it, as %d Hz mono", edit["input"],
-                     edit["input_sample_rate"], edit["input_channels"], pipe.sample_rate)
-        edit["input_level"] = round(edit_input(wav_in)[1], 6)
-        if dc_removed_peak(wav_in) < 10 ** (SILENCE_DB / 20):   # channels that cancel too
-            how = f"its {edit['input_channels']} channels averaged" if edit["input_channels"] > 1 else "DC removed"
-            log.warning("%s: silent as the edit hears it (%d Hz mono, %s: peak below %g dBFS): there is nothing "
-                        "for it to keep or follow", edit["input"], pipe.sample_rate, how, SILENCE_DB)
-        kept = kept_part(edit, wav_in, pipe.sample_rate)
     records: dict[int, dict] = {}   # row index -> its output's record
     record_path = record_path_of(args.output if args.output is not None else jobs[0].path.parent,
                                  single=args.output is not None)
@@ -653,7 +718,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
 
     try:
         with terminate_as_exit():   # SIGTERM (kill, timeout, a scheduler's cancel) stops it as Ctrl-C does
-            run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path, bar, folder, device, t0)
+            run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path, bar, folder, device, t0,
+                     rows)
     except BaseException:   # stopped part-way (Ctrl-C included): the record lists every file written
         bar.close()
         if records:
@@ -663,13 +729,39 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     bar.close()
     write_record(record_path, args, folder, pipe, device, edit, records, time.time() - t0, planned=len(jobs),
                  store=store)
-    for job in jobs:
-        print(job.path)
+    for i, job in enumerate(jobs):
+        if rows is None or i in records:   # --edit: a bad row wrote nothing
+            print(job.path)
+    if rows is not None and rows.bad:
+        rows.refuse_left_out(len(jobs))
     return 0
 
 
-def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path, bar, folder, device, t0) -> None:
-    """Generate and write every job in batches, appending each output's record to `records`."""
+def prepare_input(edit: dict, decoded, pipe):
+    """(wav_in, kept) of an edit's input `decoded` (wav, sample_rate as read_edit_input read it): the input at the
+    model's rate, and the part of the output that is the input's own audio (kept_part). Records its level as the
+    pipeline hears it in `edit`, and warns of an input silent as heard."""
+    from tta.audio import SILENCE_DB, dc_removed_peak, resample
+    from tta.pipeline import edit_input
+
+    # the pipeline hears it normalised (DC removed, peak 0.5) as the training audio was, and scales its
+    # outputs back, so the part an edit keeps comes out at the input's level
+    wav_in = resample(*decoded, pipe.sample_rate)   # as load_audio(input, pipe.sample_rate) reads it
+    if edit["input_sample_rate"] != pipe.sample_rate or edit["input_channels"] != 1:
+        log.info("%s: %d Hz, %d channel(s); the edit hears it, and writes it, as %d Hz mono", edit["input"],
+                 edit["input_sample_rate"], edit["input_channels"], pipe.sample_rate)
+    edit["input_level"] = round(edit_input(wav_in)[1], 6)
+    if dc_removed_peak(wav_in) < 10 ** (SILENCE_DB / 20):   # channels that cancel too
+        how = f"its {edit['input_channels']} channels averaged" if edit["input_channels"] > 1 else "DC removed"
+        log.warning("%s: silent as the edit hears it (%d Hz mono, %s: peak below %g dBFS): there is nothing "
+                    "for it to keep or follow", edit["input"], pipe.sample_rate, how, SILENCE_DB)
+    return wav_in, kept_part(edit, wav_in, pipe.sample_rate)
+
+
+def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path, bar, folder, device, t0,
+             rows=None) -> None:
+    """Generate and write every job in batches, appending each output's record to `records`. `rows` (--edit,
+    tta.generate_edits.RowEdits): each row edits its own input, one row at a time; a row found bad is left out."""
     import numpy as np
 
     from tta.audio import save_audio
@@ -681,6 +773,13 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
         chunk = jobs[start:start + args.batch_size]
         if all(start + k in records for k in range(len(chunk))):   # kept whole by --resume (kept_outputs)
             continue
+        shared, row = edit, None
+        if rows is not None:   # --edit: this row's own input (a batch is one row)
+            row = rows.load(start, pipe)
+            if row is None:   # a bad row, reported
+                bar.update(len(chunk))
+                continue
+            edit, wav_in, kept = row
         prompts = [j.prompt for j in chunk]
         seed = args.seed + start     # prompt i always gets seed + i, whatever the chunking
         ids = [j.id for j in chunk]  # messages name the prompt as its file does
@@ -697,7 +796,8 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
                                      seed=seed, prompt_ids=ids, **common)
         if out.sampled is not None:   # an inpainting: the whole clip, or a window of a long one
             edit["sampled_seconds"] = [round(x, 6) for x in out.sampled]
-        if start == 0 and not resumed:   # an earlier run's record would describe the files this run replaces
+        if not resumed and not records:   # the first batch written (with --edit row 0 may be a bad row): an
+            # earlier run's record would describe the files this run replaces
             record_path.unlink(missing_ok=True)
         for k, job in enumerate(chunk):
             extra = {}
@@ -722,6 +822,9 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
                                   "seconds": round(len(out.wavs[k]) / out.sample_rate, 6)}
             if out.neighbours is not None:
                 records[start + k]["neighbours"] = out.neighbours[k]
+            if row is not None:   # what a one-input run records of its input in the record's edit
+                records[start + k]["edit"] = {key: v for key, v in edit.items() if key not in shared or shared[key] != v}
+        edit = shared
         bar.update(len(chunk))
         # the files written so far stay described if the run stops; at most every RECORD_EVERY seconds, so a
         # long prompt list does not rewrite a growing record after every clip
@@ -783,7 +886,7 @@ def record_header(args, folder: Path, pipe, device: str, edit, store=None) -> di
         "cwd": os.getcwd(),
         "model_defaults": to_dict(d),
         "settings": {"seconds": args.seconds if args.seconds is not None else (
-                         edit["input_seconds"] if edit else d.seconds),
+                         edit.get("input_seconds") if edit else d.seconds),
                      "steps": args.steps or d.steps,
                      "guidance": d.guidance if args.guidance is None else args.guidance,
                      "guidance_rule": getattr(args, "guidance_rule", None) or d.guidance_rule,

@@ -31,10 +31,12 @@ def _refused(path: Path, difference: str, advice: str = RESUME_ADVICE) -> Genera
     return GenerateError(f"{path}: cannot resume another run (first difference at {difference}); {advice}")
 
 
-def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, spec: dict) -> dict | None:
+def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, spec: dict,
+                     row_edits=None) -> dict | None:
     """For --resume, before the model loads: the earlier run's generation.json in the --out-dir, its model (by
     its files' sha256; `spec`: the model folder's pipeline.json), --seed and the rows it wrote checked against
-    this run's; None when there is none (a plain run). A GenerateError names the first difference."""
+    this run's (with --edit, `row_edits`: tta.generate_edits.RowEdits, each row's input by its sha256 too); None when
+    there is none (a plain run). A GenerateError names the first difference."""
     from tta.config import shortened
 
     path = record_path_of(jobs[0].path.parent, single=False)
@@ -82,6 +84,10 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
         if o["seeds"][0] != args.seed + i:   # row i takes seed + i: a row added or removed before it moved it
             raise GenerateError(f"{path}: cannot resume: {o['file']} was generated as row {o['seeds'][0] - args.seed} "
                                 f"(seed {o['seeds'][0]}), and it is row {i} of {where} now; {RESUME_ADVICE}")
+        if row_edits is not None:
+            from tta.generate_edits import check_row_input
+
+            check_row_input(path, o, i, job, row_edits, RESUME_ADVICE)
     return record
 
 

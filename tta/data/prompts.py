@@ -4,7 +4,8 @@ So the same file drives generation, evaluation and CLAP scoring:
 
 - `.txt`: one prompt per line (blank lines skipped); rows carry no id or file.
 - `.csv`: a header with a text column (`prompt`, `caption` or `text`) and optionally `id`, a file column
-  (`file`, `path`, `audio` or `name`) and `category`.
+  (`file`, `path`, `audio` or `name`), `category` and `input` (the audio `tta generate --edit` edits for the row,
+  relative to the prompts file's folder).
 - `.jsonl` / `.json`: one object per line with the same fields. An empty string is a valid prompt
   (the unconditional one).
 """
@@ -130,6 +131,7 @@ class PromptRow:
     file: str | None = None      # the row's file field (file/path/audio/name), as written
     category: str | None = None
     where: str = ""              # "path:line", for error messages
+    input: str | None = None     # the row's `input` field as written: the audio `tta generate --edit` edits
     unread: tuple[str, ...] = ()   # the names of the row's other non-empty fields (e.g. a "seed" column)
 
 
@@ -227,11 +229,14 @@ def _row(obj: dict, where: str) -> PromptRow:
             raise PromptFileError(f"{where}: field {f!r} is {json.dumps(obj[f])}; expected a string (an audio "
                                   "file's name or path)")
     file = next((obj[f] for f in FILE_FIELDS if obj.get(f)), None)
+    if obj.get("input") is not None and not isinstance(obj["input"], str):
+        raise PromptFileError(f"{where}: field 'input' is {json.dumps(obj['input'])}; expected a string (the path of "
+                              "the audio the row edits)")
     id_ = obj.get("id")
     if id_ is not None and (isinstance(id_, bool) or not isinstance(id_, (str, int))):
         raise PromptFileError(f"{where}: field 'id' is {json.dumps(id_)}; expected a string or an integer")
     category = obj.get("category")
-    known = {*TEXT_FIELDS, *FILE_FIELDS, "id", "category"}
+    known = {*TEXT_FIELDS, *FILE_FIELDS, "id", "category", "input"}
     unread = tuple(k for k, v in obj.items() if k not in known and v not in (None, ""))
     return PromptRow(text, None if id_ in (None, "") else str(id_), file,
-                     None if category in (None, "") else str(category), where, unread)
+                     None if category in (None, "") else str(category), where, obj.get("input") or None, unread)
