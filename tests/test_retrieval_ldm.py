@@ -969,6 +969,25 @@ def test_the_experiment_refuses_a_store_holding_evaluation_clips(corpus, store, 
                     clap.sample_rate)
 
 
+def test_the_store_check_lists_the_reference_folder_as_eval_does(corpus, store, tmp_path):
+    """A folder named x.wav and a hidden temporary file in `eval.reference` are no reference clips: the check
+    counted 10 files where `tta eval` scores the 8 clips."""
+    from eval.run import list_audio
+    from tta.commands.retrieval_experiment import check_store
+    from tta.data.manifest import read_manifest, resolve_path
+    from tta.retrieval import Datastore
+
+    valid = [r for r in read_manifest(corpus) if r.split == "valid"]
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for r in valid:
+        shutil.copy(resolve_path(r, corpus), reference / f"{r.id}.wav")
+    (reference / "x.wav").mkdir()
+    (reference / ".partial.wav").write_bytes(b"RIFF")
+    record = check_store(Datastore.load(store), valid, corpus, 16_000, reference=reference)
+    assert record["passed"] and record["reference_files"] == len(list_audio(reference, "reference")) == 8
+
+
 def _store_of_copies(corpus, tmp_path, clap, split=None):
     """A datastore built from a copy of the corpus in another folder, every clip under the id copy-<id>."""
     from tta.data.manifest import read_manifest, resolve_path, write_manifest

@@ -299,9 +299,10 @@ def check_store(store, rows, manifest: Path, sample_rate: int, reference: Path |
     by_audio = [r.id for r, h in zip(rows, hashes) if h in store.rows_of_hash]
     related = [r.id for r, rel in zip(rows, relations) if store.related_rows(rel)]
     if reference is not None:
-        from eval.run import AUDIO_SUFFIXES
+        from tta.audio import is_audio_entry
 
-        files = sorted(p for p in Path(reference).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        # listed as `tta eval` lists the folder it scores: a folder named x.wav or a hidden temporary file is none
+        files = sorted(p for p in Path(reference).rglob("*") if is_audio_entry(p))
         ref_paths = [os.path.realpath(p) for p in files]
         ref_hashes = clip_hashes(ref_paths, sample_rate, store.max_seconds)
         by_path += [f"{reference}/{p.name}" for p, rp in zip(files, ref_paths) if rp in store.rows_of_path]
