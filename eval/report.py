@@ -8,7 +8,8 @@ a run has no CLAP score) with spectrograms and players, and each run's full prot
 Each metric row names its embedder (in the row when the runs share it, else in each cell). A best value is
 marked only when the runs used the same embedder and the same reference (statistics or audio, by content);
 otherwise the row says what differs ("not comparable: different reference"; for the CLAP score, the CLAP or
-the set of prompts). Category FADs carry their frame count.
+the set of prompts; for every metric, files read otherwise: `protocol.common.audio_read`). Runs evaluated by
+different tta versions get a note. Category FADs carry their frame count.
 """
 
 from __future__ import annotations
@@ -179,6 +180,9 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
     comparable = len(set(present)) <= 1
     sources = [_reference_source(r, metric) for r, v in zip(runs, values) if isinstance(v, (int, float))]
     why = None if comparable else not_comparable(metric, present, sources)
+    reads = {_audio_read(r) for r, v in zip(runs, values) if isinstance(v, (int, float))}
+    if why is None and len(reads) > 1:   # the same float files score otherwise (README: tta eval's 16-bit reading)
+        why = "not comparable: different audio reading, protocol.common.audio_read"
     real = [v for v in values if isinstance(v, (int, float))]
     short = [r.label for r, v in zip(runs, values) if isinstance(v, (int, float))
              and (_skipped_files(r, metric) or _generated_warnings(r))]
@@ -189,6 +193,23 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
     if why is None and len(real) > 1 and metric != "is_std":
         best = min(real) if metric in LOWER_BETTER else max(real)
     return values, keys, best, shared, why
+
+
+def _audio_read(run: Run) -> str | None:
+    """How the run's tta eval read the audio files (None: an eval from before the rule was recorded, which read
+    float files as stored rather than on the 16-bit grid)."""
+    common = (run.body.get("protocol", {}) or {}).get("common", {}) or {}
+    return common.get("audio_read")
+
+
+def version_note(runs: list[Run]) -> str | None:
+    """A note when the runs were evaluated by different tta versions (None when they all name one)."""
+    versions = [((r.body.get("protocol", {}) or {}).get("common", {}) or {}).get("tta_version") for r in runs]
+    if len(set(versions)) <= 1:
+        return None
+    named = ", ".join(f"{r.label} {v or 'unrecorded'}" for r, v in zip(runs, versions))
+    return (f"evaluated by different tta versions ({named}): the rows rank them as if each metric were computed "
+            "alike in both; compare with care")
 
 
 def _skipped_files(run: Run, metric: str) -> int:
@@ -374,6 +395,8 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
             + "</td>" for v, k, r in zip(values, keys, runs))
         parts.append(f'<tr><td class="name">{label}</td>{cells}</tr>')
     parts.append("</table>")
+    if version_note(runs):
+        parts.append(f'<p class="note">⚠ {html.escape(version_note(runs))}</p>')
     warned = [(r, where, msg) for r in runs for where, msg in protocol_warnings(r)]
     if warned:
         parts.append('<ul class="note">' + "".join(
@@ -447,6 +470,8 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
                  + (" ⚠" if v is not None and _warned(r, m) else "")
                  + (f" `{k[0]}`" if not shared and k[0] and v is not None else "") for v, k, r in zip(values, keys, runs)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if version_note(runs):
+        lines += ["", f"⚠ {_md(version_note(runs))}"]
     warned = [(r, where, msg) for r in runs for where, msg in protocol_warnings(r)]
     if warned:
         lines += [""] + [f"- ⚠ {_md(r.label)} ({_md(where or 'eval')}): {_md(msg)}" for r, where, msg in warned]

@@ -147,6 +147,30 @@ def test_clap_scores_on_other_prompts_are_not_compared():
     assert "**0.5**" in next(line for line in same.splitlines() if line.startswith("| CLAP score"))
 
 
+def test_runs_read_or_evaluated_otherwise_are_not_ranked_silently():
+    """An eval.json from before tta eval read files on the 16-bit grid (no audio_read) scores the same float
+    files otherwise: ranked against a current one, it got a bold "best"; tta versions that differ get a note."""
+    from eval.report import render_html, render_markdown
+    from eval.run import AUDIO_READ
+
+    def runs(read_a, version_b):
+        a, b = _run("a", 2.0, "mfcc@v1", "ref1", clap=0.2), _run("b", 1.0, "mfcc@v1", "ref1", clap=0.3)
+        a.body["protocol"]["common"] = {"tta_version": "0.1.0", **({"audio_read": read_a} if read_a else {})}
+        b.body["protocol"]["common"] = {"tta_version": version_b, "audio_read": AUDIO_READ}
+        return [a, b]
+
+    md = render_markdown(runs(None, "0.1.0"))
+    for metric in ("| FAD ↓", "| CLAP score ↑"):
+        row = next(line for line in md.splitlines() if line.startswith(metric))
+        assert "not comparable: different audio reading" in row and "**" not in row, row
+    assert 'class="best"' not in render_html(runs(None, "0.1.0")) and "different tta versions" not in md
+    same = runs(AUDIO_READ, "0.1.0")
+    assert "| **1** |" in render_markdown(same) and "not comparable" not in render_markdown(same)
+    later = render_markdown(runs(AUDIO_READ, "0.2.0"))
+    assert "evaluated by different tta versions (a 0.1.0, b 0.2.0)" in later
+    assert "evaluated by different tta versions (a 0.1.0, b 0.2.0)" in render_html(runs(AUDIO_READ, "0.2.0"))
+
+
 def test_markdown_cells_escape_bars_and_html():
     from eval.report import render_markdown
 
