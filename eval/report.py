@@ -5,7 +5,8 @@ The HTML has no external references at all: inline CSS, charts and spectrograms 
 per-category bar charts and tables, head/tail table, best and worst items by CLAP score (or example items when
 a run has no CLAP score) with spectrograms and players, and each run's full protocol.
 
-Each metric row names its embedder (in the row when the runs share it, else in each cell). A best value is
+Each value carries the number of items it rests on (FAD: generated files and frames; CLAP score: prompts, with
+the 95% confidence interval of the mean). Each metric row names its embedder (in the row when the runs share it, else in each cell). A best value is
 marked only when the runs used the same embedder and the same reference (statistics or audio, by content);
 otherwise the row says what differs ("not comparable: different reference"; for the CLAP score, the CLAP or
 the set of prompts; for every metric, files read otherwise: `protocol.common.audio_read`). Runs evaluated by
@@ -212,6 +213,28 @@ def version_note(runs: list[Run]) -> str | None:
             "alike in both; compare with care")
 
 
+def sample_note(run: Run, metric: str) -> str | None:
+    """How many items a run's value rests on and, for the CLAP score (a mean over items), the half-width of its
+    95% confidence interval (1.96 sd / sqrt(n), from items.csv): a difference between runs smaller than that is
+    within the noise of the prompts drawn. None when the result records neither."""
+    proto = run.body.get("protocol", {}) or {}
+    if metric in ("fad", "fad_inf"):
+        fad = proto.get("fad", {}) or {}
+        used = (fad.get("generated", {}) or {}).get("files_used")
+        frames = fad.get("generated_frames")
+        if not isinstance(used, int):
+            return None
+        return f"n {used} files" + (f", {frames} frames" if isinstance(frames, int) and frames != used else "")
+    if metric != "clap_score":
+        return None
+    values = [float(r["clap_score"]) for r in run.rows if r.get("clap_score") not in (None, "")]
+    if len(values) >= 2:
+        half = 1.96 * float(np.std(values, ddof=1)) / np.sqrt(len(values))
+        return f"n {len(values)}, 95% CI ±{half:.2g}"
+    n = (proto.get("clap", {}) or {}).get("num_items")
+    return f"n {n}" if isinstance(n, int) else None
+
+
 def _skipped_files(run: Run, metric: str) -> int:
     """How many generated files the run's `metric` left out (unreadable, or, for the CLAP score, shorter than its
     window), from tta eval's protocol."""
@@ -392,6 +415,8 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
             f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}'
             + (" ⚠" if v is not None and _warned(r, m) else "")
             + (f'<br><span class="muted">{html.escape(k[0])}</span>' if not shared and k[0] and v is not None else "")
+            + (f'<br><span class="muted">{html.escape(n)}</span>' if v is not None and (n := sample_note(r, m))
+               else "")
             + "</td>" for v, k, r in zip(values, keys, runs))
         parts.append(f'<tr><td class="name">{label}</td>{cells}</tr>')
     parts.append("</table>")
@@ -468,7 +493,8 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
             label = f"{label} ({why})"
         cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v))
                  + (" ⚠" if v is not None and _warned(r, m) else "")
-                 + (f" `{k[0]}`" if not shared and k[0] and v is not None else "") for v, k, r in zip(values, keys, runs)]
+                 + (f" `{k[0]}`" if not shared and k[0] and v is not None else "")
+                 + (f" ({n})" if v is not None and (n := sample_note(r, m)) else "") for v, k, r in zip(values, keys, runs)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if version_note(runs):
         lines += ["", f"⚠ {_md(version_note(runs))}"]

@@ -74,8 +74,28 @@ def test_report_is_self_contained(report):
     # the protocol's small-sample warning on the overall FAD is shown by the value and listed (it was only in the
     # collapsed protocol dump)
     assert re.search(r"FAD ↓.*?<td[^>]*>[0-9.]+ ⚠", row) and "⚠ run_a (fad): FAD generated:" in page
-    assert re.search(r"\| FAD ↓ .*\| [0-9.*]+ ⚠ \|", md) and "- ⚠ run_a (fad): FAD generated:" in md
+    assert re.search(r"\| FAD ↓ .*\| [0-9.*]+ ⚠ \(n 6 files[^|]*\) \|", md) and "- ⚠ run_a (fad): FAD generated:" in md
     assert "| category | files | FAD | FAD frames |" in md and "⚠ beep: FAD on" in md
+
+
+def test_each_value_says_how_many_items_it_rests_on_and_the_clap_scores_interval(report):
+    """The metrics table gave a CLAP score of 6 prompts as a bare mean, with no n or spread, and bolded it as
+    "best" against any other run, however small the difference."""
+    import numpy as np
+
+    with open(report / "run_a" / "items.csv", newline="") as f:
+        scores = [float(r["clap_score"]) for r in csv.DictReader(f)]
+    half = 1.96 * np.std(scores, ddof=1) / np.sqrt(len(scores))
+    assert len(scores) == 6 and half > 0
+    note = f"n 6, 95% CI ±{half:.2g}"
+    md = (report / "report.md").read_text()
+    clap = next(line for line in md.splitlines() if line.startswith("| CLAP score"))
+    assert f"({note})" in clap and clap.count("n 6") == 1, clap   # run_b has no CLAP score
+    fad = next(line for line in md.splitlines() if line.startswith("| FAD"))
+    assert fad.count("(n 6 files") == 2, fad
+    page = (report / "report.html").read_text()
+    row = re.search(r'<tr><td class="name">CLAP score.*?</tr>', page).group(0)
+    assert f'<span class="muted">{html.escape(note)}</span>' in row
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
