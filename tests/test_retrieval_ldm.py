@@ -364,6 +364,8 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monke
     assert all(b in html for b in ("head", "mid", "tail")) and "k3-audio" in html
     assert 'id="categories"' in html and 'id="headtail"' not in html   # no file-count split of the buckets
     assert "| k1 | 1 | both |" in (out / "summary.md").read_text()
+    assert "FAD ↓ by embedder `mfcc@v1`" in (out / "summary.md").read_text()
+    assert summary["variants"]["k1"]["generation"]["steps"] == 2
     assert (out / "runs" / "k3-audio" / "pipeline" / "retrieval").is_dir()
     enc = json.loads((out / "runs" / "k2-latent" / "pipeline" / "retrieval" / "config.json").read_text())["config"]
     assert enc["features"] == "text+latent" and enc["latent_tokens"] == 8
@@ -468,6 +470,30 @@ def test_average_covers_the_retrieval_context_and_refuses_a_plain_model(trained,
                        "--average", tiny_pipeline())
     assert code == 1 and "--average" in err and "unet/ config" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_summary_names_what_measured_the_scores_and_the_settings():
+    """summary.md gave FAD and CLAP numbers without the embedder or CLAP behind them, the bucket counts as a
+    Python dict, and no generation settings."""
+    from tta.commands.retrieval_experiment import render_summary
+
+    def variant(embedder, steps):
+        return {"neighbours": 0, "features": None, "metrics": {"fad": 3.0, "clap_score": 0.2},
+                "buckets": {b: {"files": 1, "fad": 3.0, "clap_score": 0.2} for b in ("head", "mid", "tail")},
+                "measured_by": {"fad": embedder, "clap_score": "clap@tta-clap:01"},
+                "generation": {"seconds": 0.32, "steps": steps, "guidance": 2.5, "sampler": "ddim", "candidates": 1,
+                               "seed": 0, "batch_size": 8}}
+
+    summary = {"bucket_counts": {"mid": 6, "head": 2}, "store_entries": 16, "report": "r.html",
+               "variants": {"none": variant("mfcc@v1", 2), "k1": variant("mfcc@v1", 2)}}
+    md = render_summary(summary)
+    assert "Prompts per bucket: head 2, mid 6, tail 0;" in md
+    assert "FAD ↓ by embedder `mfcc@v1`; CLAP score ↑ (mean text-audio cosine, -1 to 1) by `clap@tta-clap:01`" in md
+    assert "Generation: seconds 0.32, steps 2, guidance 2.5, sampler ddim, candidates 1, seed 0." in md
+    summary["variants"]["k1"] = variant("aisfx@sha256:1a2b", 4)
+    md = render_summary(summary)
+    assert "The FAD embedder or the CLAP differ per variant (see summary.json)." in md
+    assert "The generation settings differ per variant (see summary.json)." in md
 
 
 def test_buckets_follow_training_frequency_of_caption_words_and_classes():

@@ -574,7 +574,9 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
         summary["variants"][variant.name] = {
             "neighbours": variant.neighbours, "features": variant.features if variant.neighbours else None,
             "pipeline": str(pipeline), "train_or_load_seconds": round(trained_s, 2),
-            "generate_seconds": record["wall_seconds"], "metrics": result["metrics"],
+            "generate_seconds": record["wall_seconds"], "generation": record["settings"], "metrics": result["metrics"],
+            "measured_by": {"fad": result["protocol"]["fad"]["embedder"]["identity"],
+                            "clap_score": (result["protocol"].get("clap") or {}).get("model", {}).get("identity")},
             "buckets": {b: {k: cats.get(b, {}).get(k) for k in ("files", "fad", "clap_score")} for b in BUCKETS}}
     from eval.report import write_report
 
@@ -591,14 +593,27 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
 
 
 def render_summary(summary: dict) -> str:
-    """Markdown: one row per variant, FAD and CLAP score overall and per bucket."""
+    """Markdown: one row per variant, FAD and CLAP score overall and per bucket, under what measured them (the
+    FAD embedder, the CLAP), the prompts per bucket and the generation settings."""
     def f(v):
         return "–" if v is None else f"{v:.4g}"
 
+    def one(key: str, show, differ: str) -> str:   # the variants' common value, or where to find each one's
+        values = {json.dumps(v.get(key), sort_keys=True) for v in summary["variants"].values()}
+        first = next(iter(summary["variants"].values()), {}).get(key)
+        return show(first) if len(values) == 1 and first else f"{differ} differ per variant (see summary.json)"
+
+    counts = ", ".join(f"{b} {summary['bucket_counts'].get(b, 0)}" for b in BUCKETS)
+    measured = one("measured_by", lambda m: f"FAD ↓ by embedder `{m['fad']}`" + (
+        f"; CLAP score ↑ (mean text-audio cosine, -1 to 1) by `{m['clap_score']}`" if m.get("clap_score") else ""),
+        "The FAD embedder or the CLAP")
+    settings = one("generation", lambda g: "Generation: " + ", ".join(
+        f"{k} {g[k]}" for k in ("seconds", "steps", "guidance", "sampler", "candidates", "seed") if k in g),
+        "The generation settings")
     head = "| variant | k | features | FAD | CLAP | " + " | ".join(f"FAD {b} | CLAP {b}" for b in BUCKETS) + " |"
-    lines = ["# Retrieval experiment", "", (f"Prompts per bucket: {summary['bucket_counts']}; datastore "
-             f"{summary['store_entries']} entries. FAD per bucket: that bucket's generated audio vs the whole "
-             "reference."), "", head, "|" + "---|" * (5 + 2 * len(BUCKETS))]
+    lines = ["# Retrieval experiment", "", (f"Prompts per bucket: {counts}; datastore {summary['store_entries']} "
+             "entries. FAD per bucket: that bucket's generated audio vs the whole reference."), "",
+             f"{measured}.", "", f"{settings}.", "", head, "|" + "---|" * (5 + 2 * len(BUCKETS))]
     for name, v in summary["variants"].items():
         m, b = v["metrics"], v["buckets"]
         lines.append(f"| {name} | {v['neighbours']} | {v['features'] or '–'} | {f(m.get('fad'))} | "
