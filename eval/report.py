@@ -6,11 +6,12 @@ per-category bar charts and tables, head/tail table, best and worst items by CLA
 a run has no CLAP score) with spectrograms and players, and each run's full protocol.
 
 Each value carries the number of items it rests on (FAD: generated files and frames; CLAP score: prompts, with
-the 95% confidence interval of the mean). Each metric row names its embedder (in the row when the runs share it, else in each cell). A best value is
-marked only when the runs used the same embedder and the same reference (statistics or audio, by content);
-otherwise the row says what differs ("not comparable: different reference"; for the CLAP score, the CLAP or
-the set of prompts; for every metric, files read otherwise: `protocol.common.audio_read`). Runs evaluated by
-different tta versions get a note. Category FADs carry their frame count.
+the 95% confidence interval of the mean). Each metric row names its embedder (in the row when the runs share
+it, else in each cell). A best value is marked only when the runs used the same embedder and the same
+reference (statistics or audio, by content); otherwise the row says what differs ("not comparable: different
+reference"; for the CLAP score, the CLAP or the set of prompts; for every metric, files read otherwise:
+`protocol.common.audio_read`). Runs evaluated by different tta versions get a note. Category FADs carry their
+frame count.
 """
 
 from __future__ import annotations
@@ -494,7 +495,8 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
         cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v))
                  + (" ⚠" if v is not None and _warned(r, m) else "")
                  + (f" `{k[0]}`" if not shared and k[0] and v is not None else "")
-                 + (f" ({n})" if v is not None and (n := sample_note(r, m)) else "") for v, k, r in zip(values, keys, runs)]
+                 + (f" ({n})" if v is not None and (n := sample_note(r, m)) else "")
+                 for v, k, r in zip(values, keys, runs)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if version_note(runs):
         lines += ["", f"⚠ {_md(version_note(runs))}"]
