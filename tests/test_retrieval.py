@@ -323,6 +323,27 @@ def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, err
 
 
+def test_cli_audio_query_is_cut_as_the_store_cut_its_clips(corpus, tmp_path, capsys):
+    """A store embeds each clip's first --max-seconds; an audio query was embedded whole, so a clip longer than
+    that, held in the store, was not its own nearest entry at cosine 1."""
+    from tests.signals import noise, tone
+    from tta.audio import save_audio
+    from tta.cli import main
+
+    rows = [type(r)(**{**r.__dict__, "path": str(corpus.parent / r.path)}) for r in read_manifest(corpus)[:6]]
+    clip = tmp_path / "hum-then-hiss.wav"
+    save_audio(clip, np.concatenate([0.3 * tone(220, 0.5), 0.9 * noise(1.0, seed=3)]), SR)
+    rows.append(type(rows[0])(**{**rows[0].__dict__, "id": "long", "path": str(clip), "seconds": 1.5}))
+    write_manifest(tmp_path / "m.jsonl", rows)
+    clap_dir, out = _clap_folder(tmp_path / "clap", seed=0), tmp_path / "store"
+    assert main(["-q", "index", "build", "--manifest", str(tmp_path / "m.jsonl"), "--clap", str(clap_dir),
+                 "--out", str(out), "--max-seconds", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["index", "query", str(out), "--clap", str(clap_dir), "--audio", str(clip), "-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"][0]["hits"]
+    assert hits[0]["id"] == "long" and hits[0]["score"] > 1 - 1e-5, hits
+
+
 def _with_bad_rows(corpus, folder, good: int = 6):
     """A manifest of the corpus's first `good` rows (absolute paths) with bad rows in between: a missing
     file, NaN samples, a text file named .wav, and a clip too short for the CLAP. Returns (manifest, good ids)."""

@@ -50,7 +50,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     _clap_args(q)
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", metavar="PROMPT", help="text query (repeatable)")
-    src.add_argument("--audio", action="append", type=Path, metavar="WAV", help="audio query (repeatable)")
+    src.add_argument("--audio", action="append", type=Path, metavar="WAV",
+                     help="audio query (repeatable), cut as the store cut its clips (build's --max-seconds)")
     q.add_argument("-k", type=int, default=5, help="hits per query (default 5)")
     q.add_argument("--modality", choices=("audio", "text"), default="audio",
                    help="which index to search: the clips' audio (default) or their captions' text embeddings")
@@ -129,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     else:   # query_audio brings each clip to the level the store's clips were embedded at
         from tta.audio import load_audio
 
-        wavs = [load_audio(p, clap.sample_rate)[0] for p in args.audio]
+        # the first max_seconds, as the store embedded its clips: a longer clip held in the store came back
+        # behind other entries, its whole length compared with its stored opening
+        wavs = [load_audio(p, clap.sample_rate, max_seconds=store.max_seconds or None)[0] for p in args.audio]
         for p, w in zip(args.audio, wavs):
             if w.shape[0] < clap.min_samples:
                 raise ValueError(f"--audio {p}: {w.shape[0]} samples at {clap.sample_rate} Hz, shorter than the "
