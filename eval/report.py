@@ -9,9 +9,9 @@ Each value carries the number of items it rests on (FAD: generated files and fra
 the 95% confidence interval of the mean). Each metric row names its embedder (in the row when the runs share
 it, else in each cell). A best value is marked only when the runs used the same embedder and the same
 reference (statistics or audio, by content); otherwise the row says what differs ("not comparable: different
-reference"; for the CLAP score, the CLAP or the set of prompts; for every metric, files read otherwise:
-`protocol.common.audio_read`). Runs evaluated by different tta versions get a note. Category FADs carry their
-frame count.
+reference"; for the CLAP score, the CLAP or the set of prompts; for FAD, the number of generated frames; for
+every metric, files read otherwise: `protocol.common.audio_read`). Runs evaluated by different tta versions
+get a note. Category FADs carry their frame count.
 """
 
 from __future__ import annotations
@@ -191,6 +191,9 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
     if why is None and short and len(real) > 1:   # a run that lost files scored a subset of what it was given
         why = (f"not ranked: {', '.join(short)} left files out or holds files that may not be what they should "
                "(see the warnings)")
+    frames = {_generated_frames(r) for r, v in zip(runs, values) if isinstance(v, (int, float))}
+    if why is None and metric == "fad" and len(frames) > 1 and None not in frames:
+        why = "not comparable: different numbers of generated frames, and FAD is biased upward as they fall"
     best = None
     if why is None and len(real) > 1 and metric != "is_std":
         best = min(real) if metric in LOWER_BETTER else max(real)
@@ -202,6 +205,12 @@ def _audio_read(run: Run) -> str | None:
     float files as stored rather than on the 16-bit grid)."""
     common = (run.body.get("protocol", {}) or {}).get("common", {}) or {}
     return common.get("audio_read")
+
+
+def _generated_frames(run: Run) -> int | None:
+    """How many generated embeddings (frames) a run's FAD was computed on (None where not recorded)."""
+    frames = ((run.body.get("protocol", {}) or {}).get("fad", {}) or {}).get("generated_frames")
+    return frames if isinstance(frames, int) else None
 
 
 def version_note(runs: list[Run]) -> str | None:

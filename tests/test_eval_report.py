@@ -191,6 +191,21 @@ def test_runs_read_or_evaluated_otherwise_are_not_ranked_silently():
     assert "evaluated by different tta versions (a 0.1.0, b 0.2.0)" in render_html(runs(AUDIO_READ, "0.2.0"))
 
 
+def test_fads_of_different_numbers_of_generated_frames_are_not_ranked():
+    """FAD falls as the generated set grows (its bias goes as 1/n): 8 clips against 5 got a bold "best"."""
+    from eval.report import render_markdown
+
+    def runs(frames_b):
+        a, b = _run("a", 1519.0, "mfcc@v1", "ref1"), _run("b", 1528.0, "mfcc@v1", "ref1")
+        a.body["protocol"]["fad"]["generated_frames"], b.body["protocol"]["fad"]["generated_frames"] = 8, frames_b
+        return [a, b]
+
+    row = next(line for line in render_markdown(runs(5)).splitlines() if line.startswith("| FAD"))
+    assert "not comparable: different numbers of generated frames" in row and "**" not in row, row
+    row = next(line for line in render_markdown(runs(8)).splitlines() if line.startswith("| FAD"))
+    assert "**1519**" in row and "not comparable" not in row, row
+
+
 def test_markdown_cells_escape_bars_and_html():
     from eval.report import render_markdown
 
