@@ -913,9 +913,12 @@ def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, ca
     few = write_manifest(corpus.parent / "two-valid.jsonl",
                          [r for r in rows if r.split == "train"] + [r for r in rows if r.split == "valid"][:2])
     unfit = 'ldm_overrides=["model.latent_channels=3", "model.class_embed_dim=7"]'   # both named in one line
+    (tmp_path / "empty").mkdir()   # an eval.reference without clips failed at the first variant's eval, trained
+    noref = f"eval.reference={json.dumps(str(tmp_path / 'empty'))}"
     for name, clap, manifest, extra, message in (
             ("badclap", c["vae"], corpus, [], ""), ("few", c["clap"], few, [], "at least 3"),
-            ("unfit", c["clap"], corpus, [unfit], "latent_channels=3 differs .*; model.class_embed_dim=7 differs")):
+            ("unfit", c["clap"], corpus, [unfit], "latent_channels=3 differs .*; model.class_embed_dim=7 differs"),
+            ("noref", c["clap"], corpus, [noref], "eval.reference .*empty: no audio files")):
         sets = [f"components.vae={json.dumps(str(c['vae']))}", f"components.vocoder={json.dumps(str(c['vocoder']))}",
                 f"components.clap={json.dumps(str(clap))}", f"manifest={json.dumps(str(manifest))}", *extra]
         code, _, err = run(capsys, "experiment", "retrieval", "--config",

@@ -522,6 +522,10 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     if not config.eval.prompts and len(prompt_rows) < 3:
         raise ValueError(f"eval: {len(prompt_rows)} prompts from split {config.eval.prompt_split!r} of {manifest}; "
                          "the head/mid/tail split needs at least 3")
+    if config.eval.reference:   # a missing or empty folder failed only at the first variant's eval, after its training
+        from eval.run import list_audio
+
+        list_audio(Path(config.eval.reference), "eval.reference")
     out.mkdir(parents=True, exist_ok=True)
     store_dir = Path(config.datastore) if config.datastore else out / "datastore"
     latent = any(v.neighbours and "latent" in feature_names(v.features) for v in config.variants)
