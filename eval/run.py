@@ -326,7 +326,7 @@ def run_eval(opts: EvalOptions) -> dict:
     gen = ref_set = None
     ref_stats: FrechetStats | None = None
     if "fad" in metrics:
-        embedder = get_embedder(opts.embedder, **_embedder_options(opts))
+        embedder = fad_embedder(opts)
         cache = EmbeddingCache(cache_root, embedder.identity, unwritable=unwritable) if cache_root else None
         gen = embed_folder(opts.generated, embedder, cache, what="generated", batch_size=opts.batch_size,
                            progress=opts.progress)
@@ -579,6 +579,12 @@ def _picked_by(record: dict, identity: str | None) -> int:
         return 0
     model = record.get("clap_score_model")
     return candidates if identity and model == identity and candidates > 1 else 0
+
+
+def fad_embedder(opts: EvalOptions) -> Embedder:
+    """The FAD embedder `opts` names, with its options (an EmbedderError for an unknown name, weights it cannot
+    find or options it does not take): what a caller checks before work that the eval comes after."""
+    return get_embedder(opts.embedder, **_embedder_options(opts))
 
 
 def _embedder_options(opts: EvalOptions) -> dict:

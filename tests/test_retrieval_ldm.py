@@ -918,7 +918,10 @@ def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, ca
     for name, clap, manifest, extra, message in (
             ("badclap", c["vae"], corpus, [], ""), ("few", c["clap"], few, [], "at least 3"),
             ("unfit", c["clap"], corpus, [unfit], "latent_channels=3 differs .*; model.class_embed_dim=7 differs"),
-            ("noref", c["clap"], corpus, [noref], "eval.reference .*empty: no audio files")):
+            ("noref", c["clap"], corpus, [noref], "eval.reference .*empty: no audio files"),
+            ("embedder", c["clap"], corpus, ['eval.embedder="vggsh"'], "eval.embedder='vggsh': unknown embedder"),
+            ("weights", c["clap"], corpus, ['eval.embedder_weights="w.pt"'],
+             "eval.embedder='mfcc', eval.embedder_weights='w.pt': embedder 'mfcc' takes no option")):
         sets = [f"components.vae={json.dumps(str(c['vae']))}", f"components.vocoder={json.dumps(str(c['vocoder']))}",
                 f"components.clap={json.dumps(str(clap))}", f"manifest={json.dumps(str(manifest))}", *extra]
         code, _, err = run(capsys, "experiment", "retrieval", "--config",

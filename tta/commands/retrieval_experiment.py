@@ -499,7 +499,7 @@ def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: lis
 
 def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress: bool = True) -> dict:
     """Run every stage (reusing finished ones); returns the summary (also OUT/summary.json)."""
-    from eval.run import EvalOptions, run_eval
+    from eval.run import run_eval
     from tta.checkpoint import atomic_write_text
     from tta.clap import load_clap
     from tta.data.manifest import read_manifest
@@ -522,10 +522,20 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     if not config.eval.prompts and len(prompt_rows) < 3:
         raise ValueError(f"eval: {len(prompt_rows)} prompts from split {config.eval.prompt_split!r} of {manifest}; "
                          "the head/mid/tail split needs at least 3")
-    if config.eval.reference:   # a missing or empty folder failed only at the first variant's eval, after its training
+    # a missing or empty reference folder, an unknown embedder or its missing weights failed only at the first
+    # variant's eval, after its store was built and its model trained
+    if config.eval.reference:
         from eval.run import list_audio
 
         list_audio(Path(config.eval.reference), "eval.reference")
+    from eval.embedders import EmbedderError
+    from eval.run import fad_embedder
+
+    try:
+        fad_embedder(eval_options(config, base, out, out / "reference", out / "prompts.jsonl", "check", False))
+    except EmbedderError as e:
+        weights = f", eval.embedder_weights={config.eval.embedder_weights!r}" if config.eval.embedder_weights else ""
+        raise EmbedderError(f"eval.embedder={config.eval.embedder!r}{weights}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     store_dir = Path(config.datastore) if config.datastore else out / "datastore"
     latent = any(v.neighbours and "latent" in feature_names(v.features) for v in config.variants)
@@ -566,12 +576,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
         trained_s = time.time() - t0
         gen_dir = out / "generated" / variant.name
         record = generate_variant(pipeline, variant, store, prompts, config.generation, gen_dir, progress)
-        metrics = ("fad", "clap") if config.eval.clap_score else ("fad",)
-        opts = EvalOptions(generated=gen_dir, reference=Path(reference), out=out / "eval" / variant.name,
-                           metrics=metrics, embedder=config.eval.embedder,
-                           embedder_weights=config.eval.embedder_weights or None,
-                           clap_model=base.components.clap,
-                           prompts=prompts_path, cache_dir=out / "cache", progress=progress)
+        opts = eval_options(config, base, out, Path(reference), prompts_path, variant.name, progress)
         result = run_eval(opts)
         evals.append(opts.out)
         cats = result.get("breakdown", {}).get("categories", {})
@@ -594,6 +599,17 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     summary["report"] = report
     return summary
+
+
+def eval_options(config: ExperimentConfig, base, out: Path, reference: Path, prompts: Path, name: str,
+                 progress: bool):
+    """`tta eval`'s options for variant `name`: its generated clips in OUT/generated/<name> vs `reference`."""
+    from eval.run import EvalOptions
+
+    return EvalOptions(generated=out / "generated" / name, reference=reference, out=out / "eval" / name,
+                       metrics=("fad", "clap") if config.eval.clap_score else ("fad",), embedder=config.eval.embedder,
+                       embedder_weights=config.eval.embedder_weights or None, clap_model=base.components.clap,
+                       prompts=prompts, cache_dir=out / "cache", progress=progress)
 
 
 def render_summary(summary: dict) -> str:
