@@ -915,10 +915,13 @@ def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, ca
     unfit = 'ldm_overrides=["model.latent_channels=3", "model.class_embed_dim=7"]'   # both named in one line
     (tmp_path / "empty").mkdir()   # an eval.reference without clips failed at the first variant's eval, trained
     noref = f"eval.reference={json.dumps(str(tmp_path / 'empty'))}"
+    (tmp_path / "two.txt").write_text("a low hum\nrapid ticking clicks\n")   # found once the store was built
+    two = f"eval.prompts={json.dumps(str(tmp_path / 'two.txt'))}"
     for name, clap, manifest, extra, message in (
             ("badclap", c["vae"], corpus, [], ""), ("few", c["clap"], few, [], "at least 3"),
             ("unfit", c["clap"], corpus, [unfit], "latent_channels=3 differs .*; model.class_embed_dim=7 differs"),
             ("noref", c["clap"], corpus, [noref], "eval.reference .*empty: no audio files"),
+            ("twoprompts", c["clap"], corpus, [two], "eval.prompts .*two.txt: 2 prompts; the head/mid/tail split"),
             ("embedder", c["clap"], corpus, ['eval.embedder="vggsh"'], "eval.embedder='vggsh': unknown embedder"),
             ("weights", c["clap"], corpus, ['eval.embedder_weights="w.pt"'],
              "eval.embedder='mfcc', eval.embedder_weights='w.pt': embedder 'mfcc' takes no option")):

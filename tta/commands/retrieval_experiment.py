@@ -522,6 +522,13 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     if not config.eval.prompts and len(prompt_rows) < 3:
         raise ValueError(f"eval: {len(prompt_rows)} prompts from split {config.eval.prompt_split!r} of {manifest}; "
                          "the head/mid/tail split needs at least 3")
+    if config.eval.prompts:   # too few was found only once the store was built
+        from tta.data.prompts import read_prompt_file
+
+        n = len(read_prompt_file(config.eval.prompts))
+        if n < 3:
+            raise ValueError(f"eval.prompts {config.eval.prompts}: {n} prompts; the head/mid/tail split needs at "
+                             "least 3")
     # a missing or empty reference folder, an unknown embedder or its missing weights failed only at the first
     # variant's eval, after its store was built and its model trained
     if config.eval.reference:
