@@ -922,6 +922,8 @@ def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, ca
             ("unfit", c["clap"], corpus, [unfit], "latent_channels=3 differs .*; model.class_embed_dim=7 differs"),
             ("noref", c["clap"], corpus, [noref], "eval.reference .*empty: no audio files"),
             ("twoprompts", c["clap"], corpus, [two], "eval.prompts .*two.txt: 2 prompts; the head/mid/tail split"),
+            ("bigk", c["clap"], corpus, ['variants=[{"name": "k16", "neighbours": 16}]'],
+             "variant k16: k=16 neighbours .* split 'train' of .* holds only 16 clips"),
             ("embedder", c["clap"], corpus, ['eval.embedder="vggsh"'], "eval.embedder='vggsh': unknown embedder"),
             ("weights", c["clap"], corpus, ['eval.embedder_weights="w.pt"'],
              "eval.embedder='mfcc', eval.embedder_weights='w.pt': embedder 'mfcc' takes no option")):

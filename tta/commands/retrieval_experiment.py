@@ -543,6 +543,13 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     except EmbedderError as e:
         weights = f", eval.embedder_weights={config.eval.embedder_weights!r}" if config.eval.embedder_weights else ""
         raise EmbedderError(f"eval.embedder={config.eval.embedder!r}{weights}: {e}") from None
+    too_big = [v for v in config.variants if not config.datastore and not v.pipeline and v.neighbours
+               and v.neighbours + 1 > len(train_rows)]
+    if too_big:   # OUT/datastore would hold the training split: check_variants refused it only once it was built
+        v = too_big[0]
+        raise ValueError(f"variant {v.name}: k={v.neighbours} neighbours (+1: the query clip itself is excluded in "
+                         f"training) but split {base.data.train_split!r} of {manifest} holds only {len(train_rows)} "
+                         "clips for the datastore")
     out.mkdir(parents=True, exist_ok=True)
     store_dir = Path(config.datastore) if config.datastore else out / "datastore"
     latent = any(v.neighbours and "latent" in feature_names(v.features) for v in config.variants)
