@@ -240,6 +240,47 @@ def test_save_load_round_trip_is_identical(pipe, tmp_path):
     assert np.array_equal(a, again(["a drum"], seconds=0.1, seed=7).wavs[0])
 
 
+def test_save_pretrained_carries_the_model_card_attribution_and_licences_of_its_folder(tmp_path):
+    """TTAPipeline.from_pretrained(DEFAULT_MODEL).save_pretrained(d) wrote the components only: the model card,
+    ATTRIBUTION.md, EXPERIMENTS.md and licences/ that `tta export pipeline` copies (and the training data's
+    licences require with the weights) were left behind. A pipeline built in memory has no notes to carry."""
+    from tta.generate import DEFAULT_MODEL
+    from tta.ldm.folder import find_notes
+
+    assert [p.name for p in find_notes(DEFAULT_MODEL, ["unet", "scheduler", "vae", "vocoder", "text_encoder"])] \
+        == ["ATTRIBUTION.md", "EXPERIMENTS.md", "README.md", "licences"]
+    src = copy_pipeline(tmp_path / "src")
+    notes = {"README.md": "# card\n", "ATTRIBUTION.md": "CC-BY 4.0: x\n", "EXPERIMENTS.md": "run 1\n",
+             "licences/pkg.copyright": "CC-BY-SA-3.0\n"}
+    for name, text in notes.items():
+        (src / name).parent.mkdir(exist_ok=True)
+        (src / name).write_text(text)
+    (src / "generated").mkdir()                 # what else is kept in the folder is no note on the weights
+    (src / "generated" / "x.wav").write_bytes(b"RIFF")
+    (src / "ref.wav").write_bytes(b"RIFF")
+    loaded = TTAPipeline.from_pretrained(src)
+    saved = loaded.save_pretrained(tmp_path / "dst")
+    files = sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())
+    assert {n: (saved / n).read_text() for n in notes} == notes
+    assert not any(f.startswith(("generated", "ref.wav")) for f in files)
+    # saved again over its own folder, it keeps them; what it saved loads with them, and saves them on
+    TTAPipeline.from_pretrained(saved).save_pretrained(saved)
+    again = TTAPipeline.from_pretrained(saved).save_pretrained(tmp_path / "again")
+    assert sorted(str(p.relative_to(again)) for p in again.rglob("*") if p.is_file()) == files
+    assert {n: (again / n).read_text() for n in notes} == notes
+    # built in memory: components only, and pipeline.json as it was
+    built = TTAPipeline(loaded.unet, loaded.vae, loaded.vocoder, loaded.clap, loaded.scheduler_config,
+                        loaded.defaults).save_pretrained(tmp_path / "built")
+    assert sorted(p.name for p in built.iterdir()) == ["pipeline.json", "scheduler", "text_encoder", "unet", "vae",
+                                                       "vocoder"]
+    assert (built / "pipeline.json").read_bytes() == (saved / "pipeline.json").read_bytes()
+    # a note gone since loading is named before anything is written
+    (src / "ATTRIBUTION.md").unlink()
+    with pytest.raises(PipelineError, match="ATTRIBUTION.md: a note on this pipeline's weights"):
+        loaded.save_pretrained(tmp_path / "lost")
+    assert not (tmp_path / "lost").exists()
+
+
 def test_mismatched_or_missing_components_are_named(tmp_path):
     folder = copy_pipeline(tmp_path / "p")
     cfg_path = folder / "vocoder" / "config.json"

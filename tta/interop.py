@@ -326,12 +326,10 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
     import torch
     from safetensors.torch import load_file
 
-    import shutil
-
     from tta.checkpoint import QUANTO_INT8, atomic_dir, quantize_int8, save_safetensors
     from tta.config import ConfigError, apply_overrides
     from tta.ldm.sampling import check_sampler
-    from tta.pipeline import PIPELINE_FILE, TTAPipeline, read_pipeline_json
+    from tta.pipeline import TTAPipeline
 
     store = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
              "int8": torch.float16}
@@ -366,10 +364,9 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
                     pipe.check_seconds(value, what=f"--default {key}={value:g}")
                 except ValueError as e:
                     raise InteropError(str(e)) from None
-    # the source's notes (a model card, its data's attribution and licences) go with the weights; nothing else
-    # (an earlier export or generated audio kept in the folder)
-    components = set(read_pipeline_json(pipeline).get("components", {}).values()) | {PIPELINE_FILE, "scheduler"}
-    extras = sorted(p for p in Path(pipeline).iterdir() if p.name not in components and _is_note(p))
+    # the source's notes (a model card, its data's attribution and licences) go with the weights, as save_pretrained
+    # writes them; nothing else (an earlier export or generated audio kept in the folder)
+    extras = pipe.notes
     changed = [flag for flag, given in (("--average", average), ("--vae", vae), ("--vocoder", vocoder),
                                         ("--vocoder-set", vocoder_set)) if given]
     if extras and changed:
@@ -396,22 +393,7 @@ def export_compact(pipeline: str | os.PathLike, out: str | os.PathLike, *, dtype
         for item in (tmp / "pipeline").iterdir():
             item.rename(tmp / item.name)
         (tmp / "pipeline").rmdir()
-        for item in extras:
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name)
-            else:
-                shutil.copy2(item, tmp / item.name)
     return Path(out)
-
-
-def _is_note(path: Path) -> bool:
-    """A file or folder of notes that describe a pipeline's weights: a Markdown or text file (model card,
-    attribution, lab notebook), a licence file, or a licences/ folder."""
-    if path.name.startswith("."):
-        return False
-    if path.is_dir():
-        return path.name.lower() in ("licences", "licenses")
-    return path.suffix.lower() in (".md", ".txt") or path.name.upper().startswith(("LICEN", "COPYING", "NOTICE"))
 
 
 def _stored(value, dtype, name: str):

@@ -12,6 +12,8 @@ A pipeline folder:
     text_encoder/    CLAP: a tta component (tta.clap.model.TTAClap) or a transformers CLAP folder + tokenizer
     retrieval/       optional: the context encoder of a retrieval-augmented (Re-AudioLDM) model; its
                      datastore is passed per call (`datastore=`, `tta generate --datastore DIR`)
+    README.md ...    optional notes on the weights (model card, ATTRIBUTION.md, licences/), which save_pretrained
+                     and `tta export pipeline` copy with them (tta.ldm.folder.find_notes)
 
 The pipeline refuses components that do not fit together (VAE and vocoder mel configs, latent channels,
 CLAP width vs the UNet's class-embedding width), naming the component and field.
@@ -38,7 +40,7 @@ import torch
 from tta.audio import AudioError, check_same_mel, float_audio, log_mel
 from tta.checkpoint import CheckpointError, load_component, read_json
 from tta.config import ConfigError, from_known_fields, is_real
-from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, write_pipeline
+from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, find_notes, write_pipeline
 from tta.ldm.folder import vocoder_class as _vocoder_class
 from tta.ldm.model import LDMUNet
 from tta.ldm.sampling import (
@@ -216,6 +218,8 @@ class TTAPipeline:
         self.retrieval = None if retrieval is None else retrieval.eval()   # RetrievalContext (Re-AudioLDM)
         self.scheduler_config = dict(scheduler_config)
         self.defaults = defaults
+        # notes on the weights that save_pretrained copies with them: from_pretrained sets those of its folder
+        self.notes: list[Path] = []
         self._check_fit()
 
     def __getstate__(self) -> dict:
@@ -245,6 +249,7 @@ class TTAPipeline:
                 set_rng_state(streams)
             vocoder.load_state_dict(v.weights)
             state["vocoder"] = vocoder.to(v.device).eval()
+        state.setdefault("notes", [])   # pickled before pipelines kept their notes
         self.__dict__.update(state)
 
     # -- assembly --------------------------------------------------------------------------------
@@ -375,17 +380,30 @@ class TTAPipeline:
 
             retrieval = _load(folder, parts, "retrieval", RetrievalContext)
         try:
-            return cls(unet, vae, vocoder, clap, scheduler_config, defaults, retrieval).to(device)
+            pipe = cls(unet, vae, vocoder, clap, scheduler_config, defaults, retrieval).to(device)
         except ValueError as e:
             raise PipelineError(f"{folder}: components do not fit together: {e}") from None
+        pipe.notes = find_notes(folder, parts.values())
+        return pipe
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write the pipeline folder atomically (layout: tta.ldm.folder)."""
+        """Write the pipeline folder atomically (layout: tta.ldm.folder), with the notes on its weights (`notes`):
+        a pipeline loaded from a folder carries that folder's model card, attribution and licences (which the
+        training data's licences require to go with the weights), read from it now, as `tta export pipeline`
+        copies them; one built in memory has none, and its folder says nothing of them (tta does not know where
+        weights it was handed come from). Notes describe the loaded model: after replacing a part, edit them or
+        set `notes` (a list of files and folders) to what describes this one. A note that is gone is a
+        PipelineError before anything is written."""
         from tta.config import to_dict
 
+        for note in self.notes:
+            if not os.path.exists(note):
+                raise PipelineError(f"{note}: a note on this pipeline's weights (model card, attribution, licences) "
+                                    "to save with them is gone; restore it, or drop it from the pipeline's notes")
         return write_pipeline(folder, unet=self.unet, scheduler=make_scheduler(self.defaults.sampler,
                               self.scheduler_config), vae=self.vae, vocoder=self.vocoder,
-                              text_encoder=self.clap, defaults=to_dict(self.defaults), retrieval=self.retrieval)
+                              text_encoder=self.clap, defaults=to_dict(self.defaults), retrieval=self.retrieval,
+                              notes=self.notes)
 
     # -- shapes ----------------------------------------------------------------------------------
 

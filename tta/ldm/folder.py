@@ -5,6 +5,7 @@
     scheduler/       diffusers' scheduler_config.json (the training noise schedule + prediction type)
     vae/ vocoder/ text_encoder/   tta component folders (config.json + model.safetensors)
     retrieval/       optional: the retrieval context encoder of a Re-AudioLDM model (tta component)
+    README.md ...    optional notes on the weights (model card, attribution, licences/): `find_notes`
 
 It lives in tta.ldm so a training run can write a ready-to-use pipeline beside its final/ weights.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from tta.checkpoint import atomic_dir, atomic_write_text, save_component
@@ -37,11 +40,30 @@ def vocoder_class(folder: str | os.PathLike) -> type:
     return import_class(name)
 
 
+def is_note(path: Path) -> bool:
+    """A file or folder of notes that describe a pipeline's weights: a Markdown or text file (model card,
+    attribution, lab notebook), a licence file, or a licences/ folder."""
+    if path.name.startswith("."):
+        return False
+    if path.is_dir():
+        return path.name.lower() in ("licences", "licenses")
+    return path.suffix.lower() in (".md", ".txt") or path.name.upper().startswith(("LICEN", "COPYING", "NOTICE"))
+
+
+def find_notes(folder: str | os.PathLike, components: Iterable[str]) -> list[Path]:
+    """The notes at the top of pipeline folder `folder` that go with its weights wherever they are written (its
+    model card, its training data's attribution and licences, which those licences require to travel with it),
+    sorted; nothing else (the `components`' sub-folders, an earlier export or generated audio kept there)."""
+    skip = set(components) | {PIPELINE_FILE}
+    return sorted(p for p in Path(folder).iterdir() if p.name not in skip and is_note(p))
+
+
 def write_pipeline(folder: str | os.PathLike, *, unet, scheduler, vae, vocoder, text_encoder,
-                   defaults: dict, retrieval=None) -> Path:
+                   defaults: dict, retrieval=None, notes: Iterable[str | os.PathLike] = ()) -> Path:
     """Write a pipeline folder atomically. unet: LDMUNet; scheduler: a diffusers scheduler (its config is
     the noise schedule); vae / vocoder: tta modules with a `.config` dataclass; text_encoder: a CLAP
-    embedder (tta.clap), saved by `save_text_encoder`; retrieval: an optional RetrievalContext."""
+    embedder (tta.clap), saved by `save_text_encoder`; retrieval: an optional RetrievalContext; notes: files and
+    folders copied in beside the components (`find_notes` of the folder the weights came from)."""
     with atomic_dir(folder) as tmp:
         unet.save_diffusers(tmp / "unet")
         scheduler.save_pretrained(str(tmp / "scheduler"))
@@ -55,6 +77,11 @@ def write_pipeline(folder: str | os.PathLike, *, unet, scheduler, vae, vocoder, 
         body = {"class": PIPELINE_CLASS, "format_version": FORMAT_VERSION,
                 "components": {n: n for n in names}, "defaults": defaults}
         atomic_write_text(tmp / PIPELINE_FILE, json.dumps(body, indent=2) + "\n")
+        for note in map(Path, notes):
+            if note.is_dir():
+                shutil.copytree(note, tmp / note.name)
+            else:
+                shutil.copy2(note, tmp / note.name)
     return Path(folder)
 
 
