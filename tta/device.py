@@ -1,8 +1,14 @@
-"""The `--device` choice every command shares: auto, cpu, cuda or mps, checked before any model loads."""
+"""The `--device` choice every command shares: auto, cpu, cuda or mps, checked before any model loads; and the
+arithmetic a model runs in whatever `torch.autocast` its caller entered (`without_caller_autocast`)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# the device types a caller's torch.autocast can be on for (torch lists none)
+AUTOCAST_TYPES = ("cpu", "cuda", "mps", "xpu", "hpu", "mtia", "maia", "xla", "ipu")
 
 
 def pick_device(name: str, flag: str = "--device") -> str:
@@ -58,3 +64,28 @@ def _mps_available() -> bool:
     import torch
 
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+@contextlib.contextmanager
+def caller_autocast_off():
+    """A block run with every torch.autocast its caller has on switched off, on each device type; nothing changes
+    when none is on. A model whose arithmetic is its own setting (a pipeline's precision=, which turns autocast on
+    for its UNet itself; a CLAP's float32 embeddings, which its identity names) runs as set and recorded, not as
+    an autocast around the call would round it (bfloat16 text embeddings, VAE and vocoder in a float32 call)."""
+    import torch
+
+    with contextlib.ExitStack() as stack:
+        for kind in AUTOCAST_TYPES:
+            if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+                stack.enter_context(torch.autocast(kind, enabled=False))
+        yield
+
+
+def without_caller_autocast(fn):
+    """`fn` run under caller_autocast_off."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with caller_autocast_off():
+            return fn(*args, **kwargs)
+
+    return run

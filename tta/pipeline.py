@@ -40,6 +40,7 @@ import torch
 from tta.audio import AudioError, check_same_mel, float_audio, log_mel
 from tta.checkpoint import CheckpointError, load_component, read_json
 from tta.config import ConfigError, from_known_fields, is_real
+from tta.device import without_caller_autocast
 from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, find_notes, write_pipeline
 from tta.ldm.folder import vocoder_class as _vocoder_class
 from tta.ldm.model import LDMUNet
@@ -430,6 +431,7 @@ class TTAPipeline:
     # -- encode / decode -------------------------------------------------------------------------
 
     @torch.no_grad()
+    @without_caller_autocast
     def encode_audio(self, wav: np.ndarray, num_samples: int) -> torch.Tensor:
         """wav (T,) at sample_rate -> scaled latents (1, C, T', F') of the padded generation length."""
         _, t, _ = self.latent_shape(num_samples)
@@ -442,6 +444,7 @@ class TTAPipeline:
         return self.vae.mel_to_latents(mel.to(self.device)).float()
 
     @torch.no_grad()
+    @without_caller_autocast
     def decode(self, latents: torch.Tensor, num_samples: int) -> torch.Tensor:
         """Scaled latents (B, C, T', F') -> wav (B, num_samples) float32 on CPU."""
         mel = self.vae.latents_to_mel(latents)
@@ -449,6 +452,7 @@ class TTAPipeline:
         return wav[:, :num_samples].float().cpu()
 
     @torch.no_grad()
+    @without_caller_autocast
     def resynthesise(self, wav: np.ndarray, *, through: str = "vae") -> np.ndarray:
         """wav (T,) back out of the pipeline's own parts, as long as it went in: `through="vocoder"` makes
         its mel and vocodes it; `through="vae"` also encodes that mel to latents and decodes them first. What
@@ -467,6 +471,7 @@ class TTAPipeline:
 
     # -- generation ------------------------------------------------------------------------------
 
+    @without_caller_autocast
     def __call__(self, prompts: list[str], *, seconds: float | None = None, steps: int | None = None,
                  guidance: float | None = None, negative: str = "", candidates: int | None = None,
                  seed: int = 0, sampler: str | None = None, eta: float | None = None, batch_size: int = 1,
@@ -489,7 +494,9 @@ class TTAPipeline:
         sampled at `window` seconds and cut to `seconds` from the start (before CLAP ranking).
         return_candidates: also return every candidate's wav (`Generation.candidate_wavs`), e.g. to score
         one draw with another CLAP. precision (default: the model's `defaults.precision`): the UNet's arithmetic,
-        "float32", "bfloat16" or "auto" (tta.ldm.sampling.PRECISIONS). context_guidance (default: the model's
+        "float32", "bfloat16" or "auto" (tta.ldm.sampling.PRECISIONS); it is what runs under a caller's
+        torch.autocast too: every method of the pipeline switches that off (tta.device.caller_autocast_off), and
+        bfloat16 turns autocast on for the UNet's forward passes only, as without one. context_guidance (default: the model's
         `defaults.context_guidance`): with a datastore, "guided" gives the unconditional branch the null context,
         so guidance amplifies the neighbours' effect with the prompt's; "shared" gives both branches the neighbours.
         prompt_ids: names for the prompts in messages (default: their index in `prompts`).
@@ -513,6 +520,7 @@ class TTAPipeline:
         n = self.check_seconds(seconds, what=f"edit input: {seconds:g} s of audio")
         return n, max(n, round(self.defaults.window * self.sample_rate))
 
+    @without_caller_autocast
     def audio_to_audio(self, wav: np.ndarray, prompts: list[str], *, strength: float = 0.5, **kwargs) -> Generation:
         """Style transfer (SDEdit): wav (T,) at sample_rate noised to `strength` in (0, 1], denoised to the prompt.
 
@@ -541,6 +549,7 @@ class TTAPipeline:
                 raise PipelineError(str(e)) from None
         return at_level(self._run(prompts, sampled, init_wav=wav, strength=strength, cut=n, **kwargs), level)
 
+    @without_caller_autocast
     def inpaint(self, wav: np.ndarray, prompts: list[str], *, start: float, end: float, outside: str = "original",
                 **kwargs) -> Generation:
         """Regenerate seconds [start, end) of wav (T,) from the prompt; the rest of the clip is kept.
@@ -636,6 +645,7 @@ class TTAPipeline:
 
         return place
 
+    @without_caller_autocast
     def super_resolve(self, wav: np.ndarray, prompts: list[str], *, cutoff_hz: float, outside: str = "original",
                       **kwargs) -> Generation:
         """Regenerate the mel bands above `cutoff_hz` of wav (T,) (e.g. audio upsampled from 8 kHz).
@@ -743,6 +753,7 @@ class TTAPipeline:
             out.candidate_wavs = [[wavs[(i, j)].numpy() for j in range(candidates)] for i in range(len(prompts))]
         return out
 
+    @without_caller_autocast
     def retrieve(self, text: torch.Tensor, datastore, neighbours: int | None):
         """(context (P, L, C) or None, neighbours per prompt or None) for prompts' embeddings text (P, D).
 
@@ -761,6 +772,7 @@ class TTAPipeline:
         store = open_store(datastore, self.clap, k, latent_vae=self.retrieval.config.latent_vae)
         return prompt_context(self.retrieval, store, text, k)
 
+    @without_caller_autocast
     def sample(self, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, num_samples: int, *,
                steps: int, guidance: float, sampler: str, eta: float = 0.0, place=None, **edit) -> torch.Tensor:
         """The core: noise (B, C, T', F') + embeddings cond / uncond (B, D) -> wav (B, num_samples) on CPU.
