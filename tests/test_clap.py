@@ -566,3 +566,28 @@ def test_a_clap_score_of_no_pairs_is_an_error_not_zero():
     a = torch.randn(3, 8)
     metric.update(a, a)
     assert float(metric.compute()) == pytest.approx(1.0)
+
+
+def test_a_callers_autocast_does_not_round_the_embeddings_or_reach_the_cache(tmp_path):
+    """Under torch.autocast("cpu", dtype=torch.bfloat16) embed_text / embed_audio ran the towers in bfloat16 (the
+    embedded model's text embedding moved by 4e-4, this tiny one's by 1e-3) under the float32 model's identity, and
+    a cache folder kept those numbers for every later call without autocast. The embeddings are the same bytes
+    inside and outside one, and the caller's autocast is on again after."""
+    from tta.checkpoint import save_component
+    from tta.clap import load_clap
+
+    torch.manual_seed(0)
+    save_component(tmp_path / "clap", TTAClap(load_config(RunConfig, "configs/clap/tiny.json").model))
+    wav = tone(440.0, 1.0, 16_000)
+    plain = load_clap(tmp_path / "clap")
+    expected = plain.embed_text(["a dog barks"]), plain.embed_audio(wav, 16_000)
+    cached = load_clap(tmp_path / "clap", cache_dir=tmp_path / "cache")
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            inside = plain.embed_text(["a dog barks"]), plain.embed_audio(wav, 16_000)
+            assert torch.is_autocast_enabled("cpu")
+        assert all(torch.equal(a, b) for a, b in zip(inside, expected)), dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cached.embed_text(["a dog barks"]), cached.embed_audio(wav, 16_000)
+    again = cached.embed_text(["a dog barks"]), cached.embed_audio(wav, 16_000)
+    assert cached.cache.hits == 2 and all(torch.equal(a, b) for a, b in zip(again, expected))

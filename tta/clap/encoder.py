@@ -12,7 +12,8 @@ Conventions shared by all backends:
 - An empty caption list, a bare string instead of a list, audio shorter than one analysis window
   (`min_samples` at the backend's rate), non-finite samples or a non-positive sample rate raise ValueError.
 - Audio at any rate is resampled (soxr) to the backend's `sample_rate` inside.
-- Results are torch float32 tensors on the CPU. With a cache folder, embeddings are read from / written to
+- Results are torch float32 tensors on the CPU, computed in float32 under a caller's torch.autocast too (the
+  identity names the numbers, and a cache keeps them). With a cache folder, embeddings are read from / written to
   an `EmbeddingCache` keyed by content hash + `identity`; a hit returns bit-identical values.
 """
 
@@ -28,6 +29,7 @@ import torch
 from tta.audio import AudioError, check_sample_rate, resample
 from tta.clap.cache import EmbeddingCache, audio_key, text_key
 from tta.config import check_number, shortened
+from tta.device import without_caller_autocast
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class ClapEmbedder:
 
     # ----------------------------------------------------------------------------------- text
 
+    @without_caller_autocast
     def embed_text(self, captions: Sequence[str], progress: bool = False) -> torch.Tensor:
         """(B, D) L2-normalised text embeddings of `captions` ("" = the unconditional embedding)."""
         if isinstance(captions, str):
@@ -103,6 +106,7 @@ class ClapEmbedder:
 
     # ---------------------------------------------------------------------------------- audio
 
+    @without_caller_autocast
     def embed_audio(self, wav, sample_rate: int, progress: bool = False) -> torch.Tensor:
         """(B, D) L2-normalised audio embeddings.
 
