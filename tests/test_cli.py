@@ -63,6 +63,79 @@ def test_an_error_mid_run_starts_its_own_line_after_the_progress_bar(capsys, tmp
     assert not (tmp_path / "run").exists()
 
 
+def _noise_manifest(folder, n: int) -> str:
+    """A manifest of n one-second noise clips (training split), as --set data.manifest=VALUE."""
+    import json
+
+    from tests.signals import noise
+    from tta.audio import save_audio
+
+    rows = []
+    for i in range(n):
+        save_audio(folder / f"c{i}.wav", noise(1.0, seed=i), 16_000)
+        rows.append({"id": f"c{i}", "path": f"c{i}.wav", "captions": ["noise"], "seconds": 1.0,
+                     "sample_rate": 16_000, "split": "train"})
+    (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f"data.manifest={json.dumps(str(folder / 'm.jsonl'))}"
+
+
+def test_a_log_record_written_while_a_bar_is_open_starts_its_own_line_in_a_log_file(tmp_path, repo_root):
+    """`tta train ... 2>log`: the checkpoint record went on at the end of the bar's line ("...it/s]INFO
+    tta.training: checkpoint ..."); the bar's line is ended, the record follows and the bar is written again,
+    with no "\\r" or blanking spaces before the record."""
+    import re
+
+    data = _noise_manifest(tmp_path, 2)
+    cmd = [sys.executable, "-m", "tta", "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"),
+           "--set", data, "--set", "train.max_steps=2", "--set", "train.checkpoint_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([*cmd, "--out", str(tmp_path / "run")], capture_output=True, cwd=repo_root, env=env)
+    err = out.stderr.decode()   # bytes: text mode would read each "\\r" as a newline
+    assert out.returncode == 0, err
+    records = re.findall(r"INFO tta\.training: checkpoint \S+step_\d", err)
+    assert len(records) == 2, repr(err)
+    for record in records:   # each on its own line, the bar's line ended before it and the bar drawn after it
+        assert f"]\n{record}\n\rtrain run:" in err, repr(err)
+    assert not re.search(r"[^\n](INFO|WARNING) ", err), repr(err)
+    assert err.startswith("WARNING vae.train: no validation: ")   # before the bar: as it was
+
+
+def test_a_log_record_in_a_terminal_clears_the_bar_and_draws_it_again_below_it():
+    """In a terminal tqdm blanks the bar's line, the record is written there and the bar is drawn again on the
+    line below; with no bar open the record is written as it always was."""
+    import logging
+    import re
+
+    from tqdm import tqdm
+
+    from tta.cli import _BesideProgressBars
+
+    master, replica = os.openpty()
+    with open(replica, "w", encoding="utf-8") as terminal:
+        assert terminal.isatty()
+        handler = _BesideProgressBars(terminal)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        record = logging.LogRecord("tta.training", logging.INFO, __file__, 1, "checkpoint %s", ("run/step_1",), None)
+        bar = tqdm(total=2, desc="train run", file=terminal, ncols=60, mininterval=0)
+        bar.update(1)
+        handler.handle(record)
+        bar.close()
+        handler.handle(record)
+    shown = b""
+    while True:   # what the terminal was sent, in the pieces the pseudo-terminal passes on, until it is closed
+        try:
+            piece = os.read(master, 1 << 16)
+        except OSError:   # EIO: read to the end
+            break
+        if not piece:
+            break
+        shown += piece
+    os.close(master)
+    shown = shown.decode()
+    assert re.search(r"\]\r +\rINFO tta\.training: checkpoint run/step_1\r\n\rtrain run:  50%", shown), repr(shown)
+    assert shown.endswith("\r\nINFO tta.training: checkpoint run/step_1\r\n"), repr(shown)
+
+
 def test_an_operating_system_error_names_the_users_path(capsys, tmp_path, monkeypatch):
     import tta.data.commands
 

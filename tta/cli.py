@@ -326,7 +326,9 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = _BesideProgressBars()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if args.quiet:   # transformers draws a "Loading weights" bar per model load: none under -q
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         if "transformers" in sys.modules:   # already imported (the setting is read at import)
@@ -365,6 +367,53 @@ def _main(argv: list[str] | None) -> int:
 
         print(f"tta: error: {message}", file=sys.stderr)
         return 1
+
+
+class _BesideProgressBars(logging.StreamHandler):
+    """The log's handler: a record written while a progress bar is open starts on its own line and leaves the bar
+    whole. It went on at the end of the bar's line ("... 2.24it/s]INFO tta.training: checkpoint ..."), in a
+    terminal and in a log file alike. In a terminal tqdm clears the bars, the record is written and the bars are
+    drawn again below it; elsewhere (a file, a pipe) the bar's line is ended with a newline instead of being
+    blanked ("\\r" and spaces), and the bar is written again after the record. With no bar open (no tqdm loaded,
+    -q) a record is written as StreamHandler writes it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)   # never imported here: `tta --help` stays light
+        bars = [bar for bar in list(getattr(tqdm, "_instances", ())) if _draws_on(bar, self.stream)]
+        if not bars:
+            super().emit(record)
+            return
+        try:
+            message = self.format(record)
+            if _is_terminal(self.stream):
+                tqdm.write(message, file=self.stream)
+            else:
+                with tqdm.get_lock():
+                    self.stream.write(f"\n{message}\n")
+                    for bar in bars:
+                        bar.refresh(nolock=True)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:   # noqa: BLE001 -- as StreamHandler: logging reports it and the command goes on
+            self.handleError(record)
+
+
+def _draws_on(bar, stream) -> bool:
+    """Whether an open progress bar is drawn where `stream` writes (tqdm's own rule: stdout and stderr share a
+    terminal)."""
+    if getattr(bar, "disable", True) or not hasattr(bar, "start_t"):
+        return False
+    if bar.fp == stream:
+        return True
+    return _is_terminal(stream) and all(f in (sys.stdout, sys.stderr) for f in (bar.fp, stream))
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):   # no isatty, or closed
+        return False
 
 
 def _end_progress_bars() -> None:
