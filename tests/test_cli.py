@@ -152,6 +152,26 @@ def test_an_operating_system_error_names_the_users_path(capsys, tmp_path, monkey
     assert code == 1 and err == f"tta: error: {tmp_path / 'mine.jsonl'}: No such file or directory\n"
 
 
+@pytest.mark.parametrize("stop, code, line", [("sigterm", 143, "tta: terminated"), ("ctrl-c", 130, "tta: interrupted")])
+def test_a_stopped_command_says_so_in_one_line(stop, code, line, capsys, monkeypatch):
+    """SIGTERM (kill, timeout, a scheduler's cancel), which every command takes as Ctrl-C, ended the process with
+    143 and no word, where Ctrl-C prints `tta: interrupted`."""
+    import signal
+
+    import tta.data.commands
+
+    def stopped(args):
+        if stop == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(tta.data.commands, "cmd_check", stopped)
+    assert run_cli(capsys, "data", "check", "m.jsonl") == (code, "", line + "\n")
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_verbose_shows_the_traceback(tmp_path):
     cmd = [sys.executable, "-m", "tta", "-v", "train", "vae", "--config", str(tmp_path / "missing.json"),
            "--out", str(tmp_path / "run")]

@@ -649,10 +649,9 @@ def test_a_batch_stopped_with_sigterm_records_every_file_it_wrote(tmp_path, caps
 
     monkeypatch.setattr(TTAPipeline, "__call__", terminated_on_the_third_batch)
     monkeypatch.setattr(generate, "RECORD_EVERY", 1e6)
-    with pytest.raises(SystemExit) as stopped:
-        run(capsys, "a", "b", "c", "d", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 1,
-            "--out-dir", tmp_path)
-    assert stopped.value.code == 143
+    code, _, err = run(capsys, "a", "b", "c", "d", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 1,
+                       "--out-dir", tmp_path)
+    assert code == 143 and err == "tta: terminated\n"
     record = json.loads((tmp_path / "generation.json").read_text())
     assert not record["complete"] and [o["file"] for o in record["outputs"]] == ["000_a.wav", "001_b.wav"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

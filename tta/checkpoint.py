@@ -43,14 +43,19 @@ def _default_mode(folder: bool) -> int:
     return (0o777 if folder else 0o666) & ~umask
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised by `terminate_as_exit` as SystemExit(143): `tta` ends it with one line, as Ctrl-C."""
+
+
 @contextlib.contextmanager
 def terminate_as_exit() -> Iterator[None]:
-    """Within it, SIGTERM raises SystemExit(143) instead of ending the process at once, so `finally` blocks run:
-    torchrun and accelerate stop the other processes of a training run with SIGTERM when one fails (a run stopped
-    that way left its folder, blocking the corrected rerun), and `kill`, `timeout`, a batch scheduler's cancel or
-    `docker stop` send it to a `tta generate` batch, which then still writes the record of the files it wrote."""
+    """Within it, SIGTERM raises Terminated (a SystemExit(143)) instead of ending the process at once, so
+    `finally` blocks run: torchrun and accelerate stop the other processes of a training run with SIGTERM when one
+    fails (a run stopped that way left its folder, blocking the corrected rerun), and `kill`, `timeout`, a batch
+    scheduler's cancel or `docker stop` send it to a `tta generate` batch, which then still writes the record of
+    the files it wrote."""
     def stop(signum, frame):
-        raise SystemExit(128 + signum)
+        raise Terminated(128 + signum)
 
     with sigterm_handler(stop):
         yield

@@ -1,6 +1,7 @@
 """The `tta` command: parse arguments, configure logging, dispatch. No logic lives here.
 
-Exit codes: 0 ok; 1 a user-facing error printed as one line (the traceback only with -v); 2 bad usage.
+Exit codes: 0 ok; 1 a user-facing error printed as one line (the traceback only with -v); 2 bad usage;
+130 Ctrl-C ("tta: interrupted") and 143 SIGTERM ("tta: terminated"), as a shell reports a process they ended.
 Heavy modules (torch, diffusers, ...) are imported inside each handler so `tta --help` stays instant.
 """
 
@@ -337,7 +338,7 @@ def _main(argv: list[str] | None) -> int:
         for noisy in ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock",
                       "faiss"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-    from tta.checkpoint import terminate_as_exit
+    from tta.checkpoint import Terminated, terminate_as_exit
 
     try:
         # SIGTERM (kill, timeout, a batch scheduler, docker stop) unwinds as an exception, so every command's
@@ -356,6 +357,10 @@ def _main(argv: list[str] | None) -> int:
         _end_progress_bars()
         print("tta: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:   # SIGTERM, as Ctrl-C: the process ended without a word (128 + 15)
+        _end_progress_bars()
+        print("tta: terminated", file=sys.stderr)
+        return e.code
     except Exception as e:  # the one place a user-facing error is turned into a line and an exit code
         _end_progress_bars()
         if args.verbose:
