@@ -186,6 +186,19 @@ def test_check_missing_manifest_is_one_line_error(capsys, tmp_path):
     _assert_one_line_error(err, "none.jsonl", "manifest not found")
 
 
+def test_a_manifest_that_is_a_folder_is_named_as_one(capsys, tmp_path, repo_root):
+    """A folder given as the manifest (the corpus folder, say) was reported as 'manifest not found'."""
+    (tmp_path / "snd").mkdir()
+    (tmp_path / "m.jsonl").write_text("")
+    expected = f"{tmp_path / 'snd'}: is a folder, expected a manifest file (.jsonl)"
+    assert _run(capsys, "data", "check", tmp_path / "snd") == (1, "", f"tta: error: {expected}\n")
+    assert _run(capsys, "data", "check", tmp_path / "m.jsonl", "--near-duplicates", "--against",
+                tmp_path / "snd") == (1, "", f"tta: error: --against {expected}\n")
+    code, _, err = _run(capsys, "train", "vae", "--config", repo_root / "configs/vae/tiny.json", "--out",
+                        tmp_path / "run", "--set", f"data.manifest={json.dumps(str(tmp_path / 'snd'))}")
+    assert code == 1 and err == f"tta: error: {expected}\n" and not (tmp_path / "run").exists()
+
+
 def test_check_refuses_an_empty_or_binary_manifest_and_non_finite_thresholds(capsys, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     code, stdout, err = _run(capsys, "data", "check", tmp_path / "empty.jsonl")

@@ -157,6 +157,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     check_limits(args.min_seconds, args.silence_db, seconds_tolerance=0.1, flags=True)   # before any decoding
     if args.against is not None and not args.near_duplicates:
         raise UsageError("--against needs --near-duplicates")
+    if args.against is not None and args.against.is_dir():
+        raise ValueError(f"--against {args.against}: is a folder, expected a manifest file (.jsonl)")
     if args.against is not None and not args.against.is_file():
         raise ValueError(f"--against {args.against}: manifest not found")
     if args.against is not None and args.against.resolve() == Path(args.manifest).resolve():

@@ -133,6 +133,8 @@ def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -
     the good rows.
     """
     path = Path(path)
+    if path.is_dir():   # "manifest not found" sent the user looking for a path that is there
+        raise ManifestError(f"{path}: is a folder, expected a manifest file (.jsonl)")
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     rows: list[ManifestRow] = []
