@@ -266,3 +266,40 @@ def test_a_damaged_component_config_names_the_field(tmp_path, field, value, mess
         with pytest.raises(CheckpointError) as e:
             load_component(folder, cls)
         assert str(e.value).startswith(f"{folder / 'config.json'}: {message}"), e.value
+
+
+def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_the_first_key(tmp_path):
+    """A component whose weights held NaN or inf loaded without a word and made NaN audio, found at the end of a
+    generation as "clip 0 contains non-finite samples", naming neither the file nor the part."""
+    from safetensors.torch import load_file, save_file
+
+    from tta.checkpoint import TRANSFORMERS_WEIGHT_NAMES, check_finite, read_foreign_folder
+
+    folder = save_component(tmp_path / "net", TinyNet(TinyNetConfig()), dtype=torch.float16)
+    weights = folder / "model.safetensors"
+    state = load_file(str(weights))
+    assert len(state) > 2
+    key = sorted(state)[1]
+    state[key] = state[key].clone()
+    state[key].view(-1)[-1] = float("inf")          # one value of one tensor, as a float16 overflow leaves it
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError) as e:
+        load_component(folder, TinyNet)
+    assert str(e.value).startswith(f"{weights}: 1 of its {len(state)} weight tensors hold NaN or inf values "
+                                   f"(first: {key}); the weights are damaged"), e.value
+    # a foreign folder's torch .bin weights, the first bad key in the file's order and how many are bad
+    other = tmp_path / "foreign"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    torch.save({"a.weight": torch.ones(3), "b.weight": torch.tensor([1.0, float("nan")]),
+                "c.bias": torch.full((2,), -float("inf")), "steps": torch.tensor([7])}, other / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"pytorch_model.bin: 2 of its 3 weight tensors hold NaN or inf values "
+                                              r"\(first: b.weight\)"):
+        read_foreign_folder(other, TRANSFORMERS_WEIGHT_NAMES, what="a model folder")
+    # finite weights pass, also where a half-precision sum overflows (the exact test decides) or the storage has no
+    # sum of its own (float8); integer tensors and other entries are not weights
+    check_finite({"big": torch.full((10_000,), 60_000.0, dtype=torch.float16), "ids": torch.arange(4),
+                  "fp8": torch.ones(3).to(torch.float8_e4m3fn), "note": "x", "empty": torch.zeros(0)}, "w")
+    with pytest.raises(CheckpointError, match=r"^w: 1 of its 2 weight tensors .* \(first: x.fp8\)"):
+        check_finite({"ok": torch.ones(2), "fp8": torch.tensor([1.0, float("nan")]).to(torch.float8_e5m2)}, "w",
+                     prefix="x.")

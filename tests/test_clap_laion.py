@@ -445,3 +445,32 @@ def test_a_laion_pt_identity_names_its_tokenizer(laion_pt, tokenizer_dir, tmp_pa
     a = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config()).identity
     b = LaionClapEmbedder.from_path(laion_pt, other, config=tiny_config()).identity
     assert a != b and a == LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config()).identity
+
+
+def test_clap_weights_holding_nan_are_refused_naming_the_file_and_key(tmp_path, tokenizer_dir):
+    """A LAION .pt, the CLAP inside an AudioLDM .ckpt or a transformers CLAP folder holding NaN loaded without a
+    word: NaN text embeddings, NaN audio from every model conditioned on them, NaN CLAP scores."""
+    from transformers import ClapModel
+
+    from tta.clap import load_clap
+
+    sd = laion_layout()
+    tensors = sum(v.is_floating_point() for v in sd.values())
+    sd["module.text_projection.2.bias"] = torch.full_like(sd["module.text_projection.2.bias"], float("nan"))
+    torch.save({"epoch": 1, "state_dict": sd}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_clap(tmp_path / "nan.pt", tokenizer=tokenizer_dir)
+    assert str(e.value).startswith(f"{tmp_path / 'nan.pt'}: 1 of its {tensors} weight tensors hold NaN or inf "
+                                   "values (first: module.text_projection.2.bias)"), e.value
+    ckpt = {f"cond_stage_model.model.{k[len('module.'):]}": v for k, v in sd.items()}
+    torch.save({"state_dict": ckpt}, tmp_path / "audioldm.ckpt")
+    with pytest.raises(CheckpointError, match=r"audioldm.ckpt: 1 of its \d+ weight tensors hold NaN or inf values "
+                                              r"\(first: cond_stage_model.model.text_projection.2.bias\)"):
+        load_laion_checkpoint(tmp_path / "audioldm.ckpt")
+    model = ClapModel(tiny_config())
+    with torch.no_grad():
+        model.text_projection.linear1.weight[0, 0] = float("inf")
+    model.save_pretrained(str(tmp_path / "hf"))
+    with pytest.raises(CheckpointError, match=r"hf/model.safetensors: 1 of its \d+ weight tensors hold NaN or inf "
+                                              r"values \(first: text_projection.linear1.weight\)"):
+        load_clap(tmp_path / "hf", tokenizer=tokenizer_dir)

@@ -344,3 +344,26 @@ def test_the_model_card_attribution_and_licences_go_with_the_weights(tmp_path, c
                      str(src)]) == 0
     assert any("copied README.md, licences" in r.message and "--average changed" in r.message
                for r in caplog.records)
+
+
+def test_a_damaged_half_precision_copy_is_refused_naming_the_file_and_key(tmp_path, capsys):
+    """A pipeline folder whose float16 weights held inf (a copy damaged after export) loaded without a word: `tta
+    generate` failed after sampling on "latents ... contain non-finite values", naming neither file nor part."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "packed"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(out)]) == 0
+    weights = out / "vae" / "model.safetensors"
+    state = load_file(str(weights))
+    key = next(k for k, v in state.items() if v.dtype == torch.float16)
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("inf")
+    save_file(state, str(weights), metadata={"format": "pt"})
+    capsys.readouterr()
+    wav = tmp_path / "x.wav"
+    assert main(["generate", "a bell", "--model", str(out), "-o", str(wav), "--seconds", "0.1", "--steps", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{weights}: 1 of its {len(state)} weight tensors hold NaN or inf values (first: {key})" in err, err
+    assert not wav.exists()

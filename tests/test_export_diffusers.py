@@ -157,3 +157,25 @@ def test_a_resblock_2_hifigan_is_refused_before_anything_is_written(laion_pipeli
     err = capsys.readouterr().err
     assert code == 1 and f"{folder}/vocoder: a HiFi-GAN with resblock type '2'" in err, err
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("part", ["unet", "vae", "vocoder"])
+def test_import_refuses_a_part_holding_nan_naming_the_file_and_key(laion_pipeline, tmp_path, capsys, part):
+    """Every tensor of one part set to NaN imported with rc 0; `tta generate` then failed on "clip 0 contains
+    non-finite samples (NaN or inf)", naming neither the weights nor the part."""
+    from safetensors.torch import load_file, save_file
+
+    assert main(["-q", "export", "diffusers", str(laion_pipeline), "--out", str(tmp_path / "d")]) == 0
+    weights = next((tmp_path / "d" / part).glob("*.safetensors"))
+    state = load_file(str(weights))
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(weights), metadata={"format": "pt"})
+    capsys.readouterr()
+    out = tmp_path / "back"
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(laion_pipeline.parent / "clap"),
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    n = sum(v.is_floating_point() for v in state.values())
+    assert err.startswith(f"tta: error: {weights}: {n} of its {n} weight tensors hold NaN or inf values (first: "
+                          f"{next(k for k, v in state.items() if v.is_floating_point())}); ") and err.count("\n") == 1
+    assert not out.exists()

@@ -246,6 +246,19 @@ def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_pa
         {k: v for k, v in state.items() if not k.startswith("model_ema.")
          and k != "model.diffusion_model.input_blocks.0.0.weight"}, "no-conv-in.ckpt", "--clap",
         str(tiny_components()["clap"]))
+    # weights holding NaN or inf are refused, named by their key in the file: the EMA copy the import uses (they
+    # imported without a word, and every generation failed on "clip 0 contains non-finite samples")
+    nan = {**state, ema_key: torch.full_like(state[ema_key], float("nan"))}
+    unet_tensors = sum(k.startswith("model_ema.") for k in state)
+    assert f"nan.ckpt: 1 of its {unet_tensors} weight tensors hold NaN or inf values (first: {ema_key})" in refused(
+        nan, "nan.ckpt", "--clap", str(tiny_components()["clap"]))
+    # the raw weights beside an EMA copy are not used, and are not looked at
+    raw_key = next(k for k in state if k.startswith("model.diffusion_model."))
+    torch.save({"state_dict": {**state, raw_key: torch.full_like(state[raw_key], float("inf"))}},
+               tmp_path / "raw-inf.ckpt")
+    out = import_audioldm_ckpt(tmp_path / "raw-inf.ckpt", tmp_path / "raw-inf", clap=tiny_components()["clap"],
+                               vocoder_config=voc_cfg, vae_norm_groups=vae.config.norm_num_groups)
+    assert all(bool(torch.isfinite(v).all()) for v in TTAPipeline.from_pretrained(out).unet.state_dict().values())
 
 
 def test_audioldm_l_heads_are_64_channels_wide():

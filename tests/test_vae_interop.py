@@ -273,3 +273,22 @@ def test_a_bad_scale_factor_names_the_checkpoint(tmp_path, scale, message):
     with pytest.raises(CheckpointError) as e:
         load_audioldm_ckpt(path)
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value), e.value
+
+
+def test_vae_weights_holding_nan_are_refused_naming_the_checkpoint_and_key(tmp_path):
+    """A VAE whose weights held NaN imported without a word; every generation then failed on "HiFiGAN got a mel
+    with non-finite values", naming neither the file nor the part."""
+    ref = reference_vae_state()
+    ref["decoder.conv_in.weight"] = torch.full_like(ref["decoder.conv_in.weight"], float("nan"))
+    ref["encoder.conv_out.bias"][0] = float("inf")
+    path = tmp_path / "nan.ckpt"
+    _audioldm_ckpt(path, ref)
+    with pytest.raises(CheckpointError) as e:
+        load_audioldm_ckpt(path)
+    assert str(e.value).startswith(f"{path}: 2 of its {len(ref)} weight tensors hold NaN or inf values (first: "
+                                   "first_stage_model.encoder.conv_out.bias)"), e.value
+    # a stand-alone VAE checkpoint names its keys without the prefix
+    torch.save({"state_dict": ref}, tmp_path / "vae.ckpt")
+    with pytest.raises(CheckpointError, match=r"vae.ckpt: 2 of its \d+ weight tensors .*\(first: "
+                                              r"encoder.conv_out.bias\)"):
+        load_audioldm_ckpt(tmp_path / "vae.ckpt")

@@ -259,3 +259,22 @@ def test_a_damaged_jik876_config_names_the_file_and_field(tmp_path, change, mess
     with pytest.raises(CheckpointError) as e:
         load_vocoder(folder / "g_00000010")
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value), e.value
+
+
+def test_vocoder_weights_holding_nan_are_refused_naming_the_checkpoint_and_key(tmp_path):
+    """A jik876 generator or an AudioLDM .ckpt's vocoder holding NaN loaded without a word and made NaN audio."""
+    state = jik876_state(reference_model())
+    state["ups.1.weight_v"] = torch.full_like(state["ups.1.weight_v"], float("nan"))
+    write_jik876(tmp_path / "jik", state)
+    path = tmp_path / "jik" / "g_00000010"
+    with pytest.raises(CheckpointError) as e:
+        load_vocoder(path)
+    assert str(e.value).startswith(f"{path}: 1 of its {len(state)} weight tensors hold NaN or inf values (first: "
+                                   "ups.1.weight_v)"), e.value
+    plain = plain_reference_state(reference_model())
+    plain["conv_post.bias"] = torch.full_like(plain["conv_post.bias"], -float("inf"))
+    torch.save({"state_dict": {f"first_stage_model.vocoder.{k}": v for k, v in plain.items()}},
+               tmp_path / "audioldm.ckpt")
+    with pytest.raises(CheckpointError, match=r"audioldm.ckpt: 1 of its \d+ weight tensors hold NaN or inf values "
+                                              r"\(first: first_stage_model.vocoder.conv_post.bias\)"):
+        load_audioldm_ckpt(tmp_path / "audioldm.ckpt", tiny_config())

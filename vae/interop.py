@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from tta.audio import AUDIOLDM_MEL, MelConfig
-from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, load_into, load_torch_file,
+from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, check_finite, load_into, load_torch_file,
                             read_foreign_folder)
 from tta.config import ConfigError, from_known_fields
 from vae.model import MelVAE, VAEConfig
@@ -196,6 +196,7 @@ def vae_from_audioldm_state(
             config = dataclasses.replace(config, scale_factor=scale)
     except (CheckpointError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
+    check_finite(vae_state, where, prefix=PREFIX if scale is not None else "")   # (its keys as the file has them)
     if scale is None:
         log.warning(
             "%s: no scale_factor in the checkpoint; using 1.0 (measure it with compute_scale_factor)", where

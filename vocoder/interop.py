@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from tta.audio import AUDIOLDM_MEL, MelConfig, recorded_mel
-from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, load_into, load_torch_file,
-                            read_foreign_folder, read_json, save_safetensors)
+from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, check_finite, load_into,
+                            load_torch_file, read_foreign_folder, read_json, save_safetensors)
 from tta.config import from_known_fields
 from vocoder.model import HiFiGAN, HiFiGANConfig
 
@@ -126,6 +126,7 @@ def _jik876_from(ckpt, checkpoint: Path, config: str | os.PathLike | None, *, we
         found = ", ".join(list(ckpt)[:5]) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{checkpoint}: expected a jik876 generator checkpoint with a 'generator' entry, "
                               f"found {found}")
+    check_finite(ckpt["generator"], str(checkpoint))
     return model_from_reference_state(hparams, ckpt["generator"], where=str(checkpoint), weight_norm=weight_norm)
 
 
@@ -149,6 +150,7 @@ def vocoder_from_audioldm_state(ckpt, path, config: HiFiGANConfig | None = None,
     vocoder = {k[len(AUDIOLDM_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIOLDM_PREFIX)}
     if not vocoder:
         raise CheckpointError(f"{path}: no '{AUDIOLDM_PREFIX}*' keys (not an AudioLDM checkpoint with a vocoder)")
+    check_finite(vocoder, str(path), prefix=AUDIOLDM_PREFIX)
     return model_from_reference_state(config or HiFiGANConfig(mel=AUDIOLDM_MEL), vocoder, where=f"{path} [{AUDIOLDM_PREFIX}*]",
                                       weight_norm=weight_norm)
 

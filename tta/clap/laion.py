@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tta.checkpoint import CheckpointError, load_torch_file
+from tta.checkpoint import CheckpointError, check_finite, load_torch_file
 from tta.clap.encoder import ClapEmbedder, warn_truncated
 from tta.device import torch_device
 
@@ -169,9 +169,12 @@ def load_laion_checkpoint(path: str | os.PathLike, config=None, *, loaded=None):
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{path}: expected a LAION-CLAP checkpoint ({{'state_dict': {{...}}}}), "
                               f"got {type(raw).__name__}")
+    prefix = ""
     if any(k.startswith(AUDIOLDM_CLAP_PREFIX) for k in state):
         state = {k[len(AUDIOLDM_CLAP_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIOLDM_CLAP_PREFIX)}
+        prefix = AUDIOLDM_CLAP_PREFIX
         log.info("%s: using the CLAP under %s*", path, AUDIOLDM_CLAP_PREFIX)
+    check_finite(state, str(path), prefix=prefix)
     converted, origin = convert_laion_state_dict(state)
     types = converted.get("text_model.embeddings.token_type_embeddings.weight")
     if types is not None and types.shape[0] != 1:   # BERT has 2 token types; RoBERTa, LAION's default, 1
@@ -304,6 +307,7 @@ class LaionClapEmbedder(ClapEmbedder):
                                   f"({str(e).splitlines()[0][:200]})") from None
         weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
         shards = sorted([*path.glob("model-*.safetensors"), *path.glob("pytorch_model-*.bin")])
+        check_finite(model.state_dict(), str(weights or path))   # (transformers loads NaN without a word)
         if weights is not None:
             ident = f"laion-clap:{_file_hash(weights)}"
         else:   # sharded weights (or none found): every shard's hash, so two such models never share caches

@@ -140,7 +140,7 @@ def load_reference_unet(state: dict, *, where: str, prefer_ema: bool = True,
                         head_channels: int | None = None) -> LDMUNet:
     """An LDMUNet carrying the UNet of an AudioLDM checkpoint's state_dict (EMA weights when present);
     `head_channels` as in `config_from_reference`."""
-    from tta.checkpoint import CheckpointError, load_into
+    from tta.checkpoint import CheckpointError, check_finite, load_into
 
     try:
         ref, used_ema = unet_state_from_checkpoint(state, prefer_ema=prefer_ema)
@@ -149,6 +149,9 @@ def load_reference_unet(state: dict, *, where: str, prefer_ema: bool = True,
         raise CheckpointError(f"{where}: not a complete AudioLDM UNet (no {PREFIX}{e.args[0]})") from None
     except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from None
+    # the weights used (EMA or raw), each named by its key in the file
+    check_finite({(EMA_PREFIX + ("diffusion_model." + k).replace(".", "") if used_ema else PREFIX + k): v
+                  for k, v in ref.items()}, where)
     model = LDMUNet(config)
     renamed, unknown = {}, []
     for k, v in ref.items():
