@@ -179,3 +179,64 @@ def test_import_refuses_a_part_holding_nan_naming_the_file_and_key(laion_pipelin
     assert err.startswith(f"tta: error: {weights}: {n} of its {n} weight tensors hold NaN or inf values (first: "
                           f"{next(k for k, v in state.items() if v.is_floating_point())}); ") and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_import_takes_back_the_defaults_the_export_recorded_and_the_length_as_diffusers_does(laion_pipeline,
+                                                                                              tmp_path, capsys,
+                                                                                              caplog):
+    """`tta import diffusers` of a folder `tta export diffusers` wrote set 200 steps and 10 s, whatever the exported
+    pipeline's defaults were; the default length, recorded in unet/config.json's sample_size, was not read back."""
+    import diffusers
+
+    from tta.pipeline import TTAPipeline
+
+    pipe = TTAPipeline.from_pretrained(laion_pipeline)
+    pipe.defaults = dataclasses.replace(pipe.defaults, sampler="dpmsolver++", steps=7, guidance=3.5, seconds=0.3,
+                                        candidates=2, eta=0.5, precision="auto")
+    source = pipe.save_pretrained(tmp_path / "source")
+    assert main(["-q", "export", "diffusers", str(source), "--out", str(tmp_path / "d")]) == 0
+    clap = str(laion_pipeline.parent / "clap")
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", clap, "--out", str(tmp_path / "back")]) == 0
+    # every default comes back, the length too (0.3 s, not the 0.32 s its 16 latent frames make)
+    assert TTAPipeline.from_pretrained(tmp_path / "back").defaults == pipe.defaults
+
+    # a folder tta did not write (no record): AudioLDM's steps and guidance, and AudioLDMPipeline's default length,
+    # sample_size latent frames x the VAE's downsampling x the vocoder's hop
+    index = tmp_path / "d" / "model_index.json"
+    body = json.loads(index.read_text())
+    del body["_tta_defaults"]
+    index.write_text(json.dumps(body))
+    unet_config = tmp_path / "d" / "unet" / "config.json"
+    body = json.loads(unet_config.read_text())
+    unet_config.write_text(json.dumps({**body, "sample_size": 20}))
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", clap, "--out", str(tmp_path / "b2")]) == 0
+    d = TTAPipeline.from_pretrained(tmp_path / "b2").defaults
+    assert (d.sampler, d.steps, d.guidance, d.candidates) == ("dpmsolver++", 200, 2.5, 1)
+    assert d.seconds == 20 * 2 * 160 / 16_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = diffusers.AudioLDMPipeline.from_pretrained(str(tmp_path / "d"), local_files_only=True)
+        theirs.set_progress_bar_config(disable=True)
+        default = theirs("a dog barks", num_inference_steps=1, output_type="pt").audios[0]
+    assert default.shape == (round(d.seconds * 16_000),)
+
+    # a sample_size that gives no length, and a damaged record, are named with the file and the field
+    capsys.readouterr()
+    unet_config.write_text(json.dumps({**body, "sample_size": "20"}))
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", clap, "--out", str(tmp_path / "b3")]) == 1
+    assert capsys.readouterr().err == (f"tta: error: {unet_config}: sample_size='20'; expected a whole number of "
+                                       "latent frames >= 1 (AudioLDMPipeline's default length) or null\n")
+    unet_config.write_text(json.dumps(body))
+    index.write_text(json.dumps({**json.loads(index.read_text()), "_tta_defaults": {"steps": 0}}))
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", clap, "--out", str(tmp_path / "b3")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tta: error: {index}: ") and "steps=0 must be an integer >= 1" in err and \
+        err.count("\n") == 1, err
+    assert not (tmp_path / "b3").exists()
+    # a length beyond what tta generates per clip is its longest, said with the file and the field
+    from tta.interop import _default_seconds
+    from tta.pipeline import MAX_SECONDS
+
+    with caplog.at_level("WARNING"):
+        assert _default_seconds(pipe, 10**6, None, where=unet_config) == MAX_SECONDS
+    assert f"{unet_config}: sample_size=1000000 makes a default length of 20000 s" in caplog.text

@@ -16,15 +16,18 @@ A diffusers AudioLDM folder (the `cvssp/audioldm-s-full-v2` layout) holds `model
 SpeechT5HifiGan), `scheduler/`, `text_encoder/` (ClapTextModelWithProjection: the text half of LAION-CLAP)
 and `tokenizer/` (RoBERTa).
 
-Import: the UNet, VAE, vocoder and scheduler convert as they are. The text half alone cannot score audio,
-and tta's pipeline re-ranks candidates by CLAP, so the import takes the full CLAP the folder's text encoder
-came from (`--clap`: a LAION `.pt`, a transformers CLAP folder, or any CLAP tta can load); its embedding
-width must equal the UNet's class-embedding width.
+Import: the UNet, VAE, vocoder and scheduler convert as they are; the default length is the one diffusers'
+AudioLDMPipeline takes from the UNet's `sample_size`, the other generation defaults (steps, guidance, ...)
+those a tta export recorded, else AudioLDM's. The text half alone cannot score audio, and tta's pipeline
+re-ranks candidates by CLAP, so the import takes the full CLAP the folder's text encoder came from (`--clap`: a
+LAION `.pt`, a transformers CLAP folder, or any CLAP tta can load); its embedding width must equal the UNet's
+class-embedding width.
 
 Export: writes that layout from a tta pipeline folder whose text encoder is a transformers CLAP (LAION):
 its text tower + projection become `text_encoder/` (ClapTextModelWithProjection) and its tokenizer
-`tokenizer/`. A pipeline built on tta's own CLAP (MiniLM text tower) has no diffusers equivalent and is
-refused with that reason.
+`tokenizer/`; the default length becomes the UNet's `sample_size`, the other defaults a private entry of
+`model_index.json` (`_tta_defaults`, which diffusers' loader skips). A pipeline built on tta's own CLAP
+(MiniLM text tower) has no diffusers equivalent and is refused with that reason.
 
 This module is also the `tta import` / `tta export` command group (argparse only at import time).
 """
@@ -47,6 +50,9 @@ log = logging.getLogger(__name__)
 FRAMINGS = ("hifigan", "tacotron")   # tta.audio.FRAMINGS, spelled out: the CLI parser imports no numpy
 
 AUDIOLDM_PARTS = ("unet", "vae", "vocoder", "scheduler")
+# model_index.json's entry for the generation defaults of the pipeline `tta export diffusers` wrote (pipeline.json's
+# "defaults"): diffusers' format has no place for them, and a pipeline loader drops private ("_") keys unread
+DEFAULTS_KEY = "_tta_defaults"
 
 
 class InteropError(ValueError):
@@ -65,14 +71,17 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
                               tokenizer: str | os.PathLike | None = None, mel_framing: str | None = None) -> Path:
     """Convert a diffusers AudioLDM folder (+ the full CLAP at `clap`) into a tta pipeline folder `out`. The mels
     are the ones a tta export recorded in vocoder/config.json and vae/config.json, else AudioLDM's (TacotronSTFT
-    framing) for both; `mel_framing` overrides the framing."""
+    framing) for both; `mel_framing` overrides the framing. The generation defaults: the sampler is the
+    scheduler/ folder's, the length AudioLDMPipeline's (from unet/config.json's sample_size; 10 s without one),
+    the rest those a tta export recorded in model_index.json (DEFAULTS_KEY), else AudioLDM's (200 steps,
+    guidance 2.5)."""
     import diffusers
 
     from tta.clap import load_clap
-    from tta.config import ConfigError, from_known_fields
+    from tta.config import ConfigError, from_dict, from_known_fields
     from tta.ldm.model import LDMUNet
     from tta.ldm.sampling import SCHEDULERS, DiffusionConfig, sampler_name_of
-    from tta.pipeline import PipelineDefaults, TTAPipeline
+    from tta.pipeline import PipelineDefaults, TTAPipeline, is_integer
     from vae.interop import load_diffusers_vae
     from vocoder.interop import load_speecht5_folder
 
@@ -87,6 +96,11 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
         if not (folder / part).is_dir():
             raise InteropError(f"{folder}: part {part!r} is missing (no {part}/ folder)")
     unet = LDMUNet.load_diffusers(folder / "unet")
+    unet_config = folder / "unet" / "config.json"
+    sample_size = _read_json_object(unet_config).get("sample_size")   # AudioLDMPipeline's default length
+    if sample_size is not None and (not is_integer(sample_size) or sample_size < 1):
+        raise InteropError(f"{unet_config}: sample_size={sample_size!r}; expected a whole number of latent frames "
+                           ">= 1 (AudioLDMPipeline's default length) or null")
     vocoder = _with_framing(load_speecht5_folder(folder / "vocoder"), mel_framing)
     vae_mel = vocoder.config.mel
     recorded = _read_json_object(folder / "vae" / "config.json").get("tta_mel") \
@@ -115,15 +129,49 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     if cls.__name__ not in {name for name, _ in SCHEDULERS.values()}:   # sampler_name_of falls back to DDIM
         log.warning("%s: tta has no sampler for %s; the pipeline's default sampler is ddim (pick another with "
                     "tta generate --sampler, or tta export pipeline --default sampler=...)", sched_cfg, cls.__name__)
+    defaults = PipelineDefaults(steps=200, guidance=2.5, seconds=10.0)   # AudioLDM's; 10 s without a sample_size
+    recorded = body.get(DEFAULTS_KEY)
+    if recorded is not None:   # a tta export's (the sampler is the scheduler/ folder's, below)
+        try:
+            defaults = from_dict(PipelineDefaults, recorded, where=DEFAULTS_KEY)
+        except ConfigError as e:
+            raise InteropError(f"{index}: {e}") from None
     embedder = load_clap(clap, tokenizer=tokenizer)
     if (folder / "text_encoder").is_dir():
         check_text_encoder(folder / "text_encoder", embedder, clap)
-    defaults = PipelineDefaults(sampler=sampler_name_of(scheduler), steps=200, guidance=2.5, seconds=10.0)
     try:
-        pipe = TTAPipeline(unet, vae, vocoder, embedder, dict(scheduler.config), defaults)
+        pipe = TTAPipeline(unet, vae, vocoder, embedder, dict(scheduler.config),
+                           dataclasses.replace(defaults, sampler=sampler_name_of(scheduler)))
     except ValueError as e:
         raise InteropError(f"{folder}: parts do not fit together: {e}") from None
+    if sample_size is not None:
+        seconds = _default_seconds(pipe, sample_size, defaults.seconds if recorded is not None else None,
+                                   where=unet_config)
+        pipe.defaults = dataclasses.replace(pipe.defaults, seconds=seconds)
     return pipe.save_pretrained(out)
+
+
+def _default_seconds(pipe, sample_size, recorded: float | None, *, where: Path) -> float:
+    """The default length of a diffusers AudioLDM folder, as AudioLDMPipeline derives it when no
+    audio_length_in_s is given: the UNet's sample_size in latent frames, times the VAE's downsampling factor
+    (2 ** (levels - 1)), times the vocoder's hop over its sample rate. `recorded` (a tta export's own default
+    seconds, whose latent frames, rounded up to the UNet's multiple, it wrote as sample_size) is kept when it still
+    gives that sample_size: 10 s comes back as 10 s, not as the 10.24 s that 256 latent frames make."""
+    from tta.pipeline import MAX_SECONDS
+
+    if recorded is not None:
+        try:
+            if pipe.latent_shape(pipe.check_seconds(recorded))[1] == sample_size:
+                return recorded
+        except ValueError:
+            pass
+    seconds = sample_size * pipe.vae.downsample_factor * pipe.mel.hop_length / pipe.mel.sample_rate
+    if seconds > MAX_SECONDS:
+        log.warning("%s: sample_size=%d makes a default length of %g s (AudioLDMPipeline's), beyond the %g s tta "
+                    "generates per clip; the pipeline's default is %g s", where, sample_size, seconds, MAX_SECONDS,
+                    MAX_SECONDS)
+        return MAX_SECONDS
+    return seconds
 
 
 def check_text_encoder(folder: Path, embedder, clap) -> None:
@@ -229,6 +277,7 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
     import diffusers
 
     from tta.checkpoint import atomic_dir
+    from tta.config import to_dict
     from tta.ldm.sampling import make_scheduler
     from tta.pipeline import TTAPipeline
     from vocoder.interop import export_speecht5
@@ -290,7 +339,10 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
                  "text_encoder": ["transformers", "ClapTextModelWithProjection"],
                  "tokenizer": ["transformers", type(pipe.clap.tokenizer).__name__],
                  "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-                 "vocoder": ["transformers", "SpeechT5HifiGan"]}
+                 "vocoder": ["transformers", "SpeechT5HifiGan"],
+                 # what AudioLDMPipeline has no place for (steps, guidance, ...; the length is sample_size above),
+                 # for `tta import diffusers`
+                 DEFAULTS_KEY: to_dict(pipe.defaults)}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return Path(out)
 
