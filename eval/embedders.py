@@ -228,13 +228,14 @@ class VggishEmbedder(_NetEmbedder):
 
 def make_vggish(weights: str | os.PathLike | None = None, **options) -> Embedder:
     from eval.networks import VGGish
-    from tta.checkpoint import load_into, load_torch_file
+    from tta.checkpoint import check_finite, load_into, load_torch_file
 
     _no_options("vggish", options)
     path = _weights_path("vggish", weights, "TTA_VGGISH_WEIGHTS", "the torchvggish vggish-10086976.pth")
     state = load_torch_file(path)
     if not isinstance(state, dict):
         raise EmbedderError(f"{path}: expected a state dict, got {type(state).__name__}")
+    check_finite(state, str(path))   # NaN weights give NaN embeddings and a NaN FAD, naming nothing
     # PCA/quantisation parameters (pproc.*) belong to the AudioSet release format, not to FAD embeddings
     pca = sorted(k for k in state if k.startswith("pproc."))
     if pca and pca != ["pproc.pca_matrix", "pproc.pca_means"]:
@@ -296,7 +297,7 @@ def _min_length(wav: np.ndarray, n: int) -> np.ndarray:
 
 def make_panns(weights: str | os.PathLike | None = None, **options) -> Embedder:
     from eval.networks import Cnn14_16k
-    from tta.checkpoint import load_into, load_torch_file
+    from tta.checkpoint import check_finite, load_into, load_torch_file
 
     _no_options("panns", options)
     path = _weights_path("panns", weights, "TTA_PANNS_WEIGHTS", "the PANNs Cnn14_16k_mAP=0.438.pth")
@@ -305,6 +306,7 @@ def make_panns(weights: str | os.PathLike | None = None, **options) -> Embedder:
         state = state["model"]  # the released files wrap the state dict as {"model": ...}
     if not isinstance(state, dict) or "fc_audioset.weight" not in state:
         raise EmbedderError(f"{path}: not a PANNs Cnn14 state dict (no fc_audioset.weight)")
+    check_finite(state, str(path))
     net = Cnn14_16k(classes_num=int(state["fc_audioset.weight"].shape[0]))
     load_into(net, state, where=str(path))
     return PannsEmbedder(name="panns", dim=2048, sample_rate=16_000, hop_seconds=0.0, has_logits=True,

@@ -258,3 +258,17 @@ def test_embed_names_a_sample_rate_that_is_not_a_positive_integer():
         with pytest.raises(ValueError, match=match):
             emb.embed(wav, rate)
     assert np.array_equal(emb.embed(wav, np.int64(16_000)), emb.embed(wav, 16_000))
+
+
+@pytest.mark.parametrize("name, wrap", [("vggish", False), ("panns", True)])
+def test_weights_holding_nan_are_refused_naming_the_file_and_key(tmp_path, name, wrap):
+    """A VGGish or PANNs file holding NaN loaded without a word: NaN embeddings, a NaN FAD naming nothing."""
+    from tta.checkpoint import CheckpointError
+
+    state = {"features.0.weight": torch.zeros(2, 1, 3, 3), "fc_audioset.weight": torch.zeros(527, 4),
+             "fc1.bias": torch.tensor([0.0, float("nan")])}
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": state} if wrap else state, path)
+    with pytest.raises(CheckpointError, match=rf"^{path}: 1 of its 3 weight tensors hold NaN or inf values "
+                                              r"\(first: fc1.bias\)"):
+        get_embedder(name, weights=str(path))
