@@ -653,3 +653,21 @@ def test_hidden_audio_files_are_not_imported(tmp_path):
     _wav(tmp_path / ".x.wav.abc123.tmp.wav")
     (tmp_path / ".x.wav.abc123.tmp.txt").write_text("a tone")
     assert sorted(_by_id(import_folder(tmp_path, options=ImportOptions(progress=False)))) == ["x"]
+
+
+def test_paths_written_on_windows_find_their_files(tmp_path):
+    """A captions CSV, an AudioLDM JSON or a Tango JSONL made on Windows names `sub\\a.wav`: each was 'file not
+    found' beside the file sub/a.wav; a name that holds a backslash is still taken as written when it is there."""
+    root = tmp_path / "corpus"
+    _wav(root / "sub" / "a.wav")
+    _wav(root / "b\\c.wav")   # a POSIX file name with a backslash in it
+    opts = ImportOptions(progress=False)
+    (tmp_path / "caps.csv").write_text("file,caption\r\nsub\\a.wav,rain\r\nb\\c.wav,wind\r\nsub\\gone.wav,x\r\n")
+    result = import_folder(root, captions_csv=tmp_path / "caps.csv", options=opts)
+    rows = _by_id(result)
+    assert sorted(rows) == ["b\\c", "sub/a"] and rows["sub/a"].path == str(root / "sub" / "a.wav")
+    _one_error(result, "caps.csv:4", "sub\\gone.wav: file not found")
+    (tmp_path / "d.json").write_text(json.dumps({"data": [{"wav": "sub\\a.wav", "caption": "rain"}]}))
+    assert [r.id for r in import_audioldm(tmp_path / "d.json", root=root, options=opts).rows] == ["sub/a"]
+    (tmp_path / "t.jsonl").write_text(json.dumps({"location": "corpus\\sub\\a.wav", "captions": "rain"}) + "\n")
+    assert [r.id for r in import_tango(tmp_path / "t.jsonl", options=opts).rows] == ["corpus/sub/a"]

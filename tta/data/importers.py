@@ -306,6 +306,18 @@ def _audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in found if is_audio_entry(p))   # a dead link is reported, not left out
 
 
+def source_path(root: Path, text: str) -> Path:
+    """The file a source entry names under `root`. A list made on Windows names `sub\\a.wav`: where no file has
+    that name (a backslash in a file name is rare here), the path with '/' for each backslash is the one meant;
+    the message for a file that is not there names the path as written."""
+    path = root / text
+    if "\\" in text and os.sep == "/" and not os.path.lexists(path):
+        slashed = root / text.replace("\\", "/")
+        if os.path.lexists(slashed):
+            return slashed
+    return path
+
+
 def _stem_id(path: Path, root: Path) -> str:
     """Id of a file under root: its relative path without suffix (posix separators), as the folder shows it
     (a symlinked file or folder keeps its name under root, not its target's)."""
@@ -373,7 +385,7 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
             if not rec.get(file_col):
                 c.error(f"{where}: empty {file_col!r} column; skipped")
                 continue
-            p = folder / rec[file_col]
+            p = source_path(folder, rec[file_col])
             listed.add(Path(os.path.realpath(p)))
             try:
                 split = row_split(rec.get("split"), where)
@@ -477,7 +489,7 @@ def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | N
         if not isinstance(item, dict) or not isinstance(item.get("wav"), str) or not item["wav"]:
             c.error(f'{where}: expected an object with a "wav" path; skipped')
             continue
-        p = root / item["wav"]
+        p = source_path(root, item["wav"])
         labels = item.get("labels", ())
         labels = tuple(x for x in labels.split(",") if x) if isinstance(labels, str) else \
             tuple(x for x in labels if isinstance(x, str)) if isinstance(labels, list) else ()
@@ -519,7 +531,7 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
             if not isinstance(item, dict) or not isinstance(item.get("location"), str) or not item["location"]:
                 c.error(f'{where}: expected an object with a "location" path; skipped')
                 continue
-            p = root / item["location"]
+            p = source_path(root, item["location"])
             caps = clean_captions(item.get("captions", item.get("caption")))
             try:
                 split = row_split(item.get("split"), where)
