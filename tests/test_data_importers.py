@@ -671,3 +671,16 @@ def test_paths_written_on_windows_find_their_files(tmp_path):
     assert [r.id for r in import_audioldm(tmp_path / "d.json", root=root, options=opts).rows] == ["sub/a"]
     (tmp_path / "t.jsonl").write_text(json.dumps({"location": "corpus\\sub\\a.wav", "captions": "rain"}) + "\n")
     assert [r.id for r in import_tango(tmp_path / "t.jsonl", options=opts).rows] == ["corpus/sub/a"]
+
+
+def test_an_audioldm_json_with_a_byte_order_mark_is_read(tmp_path):
+    """A dataset JSON saved by a Windows editor starts with a byte-order mark: the import stopped with 'not valid
+    JSON (Unexpected UTF-8 BOM ...)', where CSVs and Tango files with one were read."""
+    _wav(tmp_path / "a.wav")
+    doc = json.dumps({"data": [{"wav": "a.wav", "caption": "rain on a roof"}]})
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + doc.encode("utf-8"))
+    result = import_audioldm(tmp_path / "bom.json", options=ImportOptions(progress=False))
+    assert [(r.id, r.captions) for r in result.rows] == [("a", ("rain on a roof",))] and not result.errors
+    (tmp_path / "latin.json").write_bytes('{"data": [{"wav": "caf\xe9.wav"}]}'.encode("latin-1"))
+    with pytest.raises(SourceError, match=r"latin.json: not UTF-8 text \(invalid continuation byte at byte 22\)"):
+        import_audioldm(tmp_path / "latin.json", options=ImportOptions(progress=False))

@@ -478,8 +478,8 @@ def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | N
     json_path = _require_file(Path(json_path), "AudioLDM dataset JSON")
     root = Path(root) if root else json_path.parent
     try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        doc = json.loads(_read_utf8(json_path))   # a byte-order mark (a Windows editor's) is no JSON
+    except json.JSONDecodeError as e:
         raise SourceError(f"{json_path}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise SourceError(f'{json_path}: expected {{"data": [{{"wav": ..., "caption": ...}}, ...]}}')
