@@ -684,3 +684,23 @@ def test_an_audioldm_json_with_a_byte_order_mark_is_read(tmp_path):
     (tmp_path / "latin.json").write_bytes('{"data": [{"wav": "caf\xe9.wav"}]}'.encode("latin-1"))
     with pytest.raises(SourceError, match=r"latin.json: not UTF-8 text \(invalid continuation byte at byte 22\)"):
         import_audioldm(tmp_path / "latin.json", options=ImportOptions(progress=False))
+
+
+def test_a_folder_of_shards_takes_tgz_shards_and_leaves_their_checksums_alone(tmp_path):
+    """A folder of `.tgz` shards was 'no WebDataset .tar shards found'; a checksum beside a shard
+    (`000000.tar.md5`) was opened as one and reported as 'not a readable tar shard'."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "000000.tgz", "w:gz") as tar:
+        _add(tar, "k1.flac", _audio_bytes("FLAC"))
+        _add(tar, "k1.json", json.dumps({"caption": "a chirp rises"}).encode())
+    with tarfile.open(shards / "000001.tar", "w") as tar:
+        _add(tar, "k2.wav", _audio_bytes())
+        _add(tar, "k2.txt", b"a chirp")
+    (shards / "000001.tar.md5").write_text("0123456789abcdef0123456789abcdef  000001.tar\n")
+    result = import_webdataset(shards, audio_dir=tmp_path / "audio", options=ImportOptions(progress=False))
+    assert sorted(_by_id(result)) == ["k1", "k2"] and result.errors == []
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "000000.tar.sha256").write_text("00  000000.tar\n")
+    with pytest.raises(SourceError, match=r"none: no WebDataset shards found \(expected .tar, .tar.gz, .tgz"):
+        import_webdataset(tmp_path / "none", audio_dir=tmp_path / "audio2", options=ImportOptions(progress=False))

@@ -47,8 +47,8 @@ def _add_import(sub) -> None:
                     "at least one row was imported, else 1 (and no manifest is written).")
     p.add_argument("kind", choices=KINDS, metavar="KIND", help=f"source layout: {', '.join(KINDS)}")
     p.add_argument("source", type=Path, metavar="SOURCE",
-                   help="folder (folder), CSV (audiocaps), JSON (audioldm), JSONL (tango), .tar or folder of "
-                        ".tar shards (webdataset)")
+                   help="folder (folder), CSV (audiocaps), JSON (audioldm), JSONL (tango), a shard (.tar, .tar.gz, "
+                        ".tgz, ...) or a folder of them (webdataset)")
     p.add_argument("--out", required=True, type=output_path, metavar="MANIFEST", help="JSONL manifest to write")
     p.add_argument("--root", type=Path, help="folder the source's audio paths are relative to "
                    "(audiocaps: required; audioldm/tango: default the source file's folder)")

@@ -26,17 +26,21 @@ from tta.data.importers import (
 from tta.data.manifest import absolute_path
 
 AUDIO_MEMBERS = ("wav", "flac", "ogg", "opus", "mp3")  # preference order when a key has several
+# the shards of a folder; its other files (`shard-000000.tar.md5`, an index) are no shards
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike,
                       options: ImportOptions | None = None) -> ImportResult:
-    """WebDataset tar shards (a .tar file or a folder of them): members `KEY.{wav,flac,ogg,opus,mp3}` with
-    `KEY.json` (caption / captions / text, optional split) or `KEY.txt`. Audio is extracted under
-    `audio_dir` (which must not exist yet; it is created only when at least one row imports)."""
+    """WebDataset tar shards (a .tar file or a folder of them: its files named with SHARD_SUFFIXES): members
+    `KEY.{wav,flac,ogg,opus,mp3}` with `KEY.json` (caption / captions / text, optional split) or `KEY.txt`.
+    Audio is extracted under `audio_dir` (which must not exist yet; it is created only when at least one row
+    imports)."""
     shards, audio_dir, options = Path(shards), Path(audio_dir), options or ImportOptions()
-    tars = sorted(p for p in shards.iterdir() if ".tar" in p.name) if shards.is_dir() else [shards]
+    tars = sorted(p for p in shards.iterdir() if p.name.lower().endswith(SHARD_SUFFIXES)) if shards.is_dir() \
+        else [shards]
     if not tars or not tars[0].is_file():
-        raise SourceError(f"{shards}: no WebDataset .tar shards found")
+        raise SourceError(f"{shards}: no WebDataset shards found (expected {', '.join(SHARD_SUFFIXES)} files)")
     if audio_dir.exists() and any(audio_dir.iterdir()):
         raise SourceError(f"{audio_dir}: audio folder for extracted files already exists and is not empty")
     audio_dir.parent.mkdir(parents=True, exist_ok=True)
