@@ -704,3 +704,20 @@ def test_a_folder_of_shards_takes_tgz_shards_and_leaves_their_checksums_alone(tm
     (tmp_path / "none" / "000000.tar.sha256").write_text("00  000000.tar\n")
     with pytest.raises(SourceError, match=r"none: no WebDataset shards found \(expected .tar, .tar.gz, .tgz"):
         import_webdataset(tmp_path / "none", audio_dir=tmp_path / "audio2", options=ImportOptions(progress=False))
+
+
+def test_a_valid_fraction_that_holds_out_every_row_is_reported(tmp_path, caplog):
+    """Two rows at valid_fraction 0.5 could both go to 'valid': a manifest with no training row and no word."""
+    root = tmp_path / "few"
+    ids = [f"c{i}" for i in range(200) if held_out(f"c{i}", 0.5)][:2]   # two ids the hash holds out
+    for i in ids:
+        _wav(root / f"{i}.wav", 0.1)
+        (root / f"{i}.txt").write_text(f"clip {i}")
+    with caplog.at_level("WARNING", logger="tta.data.importers"):
+        rows = import_folder(root, options=ImportOptions(valid_fraction=0.5, progress=False)).rows
+    assert {r.split for r in rows} == {"valid"}
+    assert "valid_fraction 0.5 put all 2 rows that name no split in 'valid' and none in 'train'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.data.importers"):   # a forced split is what was asked for
+        import_folder(root, options=ImportOptions(valid_fraction=0.5, split="valid", progress=False))
+    assert "none in 'train'" not in caplog.text

@@ -273,6 +273,10 @@ class Collector:
             log.warning("%s: valid_fraction %g put none of %d rows in 'valid' (a hash of each id decides, so a "
                         "small set can get none): raise it, or name a split per row", desc, opts.valid_fraction,
                         hashed["train"])
+        if hashed["valid"] and not hashed["train"]:
+            log.warning("%s: valid_fraction %g put all %d rows that name no split in 'valid' and none in 'train' "
+                        "(a hash of each id decides, so a small set can get none): lower it, or name a split per "
+                        "row", desc, opts.valid_fraction, hashed["valid"])
         return out
 
 
