@@ -306,3 +306,18 @@ def test_data_check_flags_default_to_the_library_levels():
     check = next(a for a in build_parser()._actions if a.dest == "command").choices["data"]
     text = next(a for a in check._actions if a.dest == "data_command").choices["check"].format_help()
     assert f"(default {SILENCE_DB:g})" in " ".join(text.split())
+
+
+def test_the_count_table_lines_its_counts_up_under_its_heading(capsys, tmp_path):
+    """With only reasons shorter than the heading ('leak', 'empty') the counts stood left of 'count':
+    'reason  count' over 'empty  1'."""
+    _wav(tmp_path / "a.wav")
+    (tmp_path / "b.wav").write_bytes(b"")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"id": i, "path": f"{i}.wav", "captions": ["x"],
+                                                          "seconds": 0.5, "sample_rate": 16_000}) + "\n"
+                                              for i in ("a", "b")))
+    code, stdout, _ = _run(capsys, "data", "check", tmp_path / "m.jsonl")
+    lines = stdout.splitlines()
+    heading = next(i for i, line in enumerate(lines) if line.startswith("reason"))
+    assert code == 1 and lines[heading + 1].split() == ["empty", "1"]
+    assert lines[heading].index("count") == lines[heading + 1].index("1")

@@ -174,7 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for a, b, how in report.duplicates:
         print(f"near-duplicate\t{a}\t{b}: {how}")
     if report.problems:
-        width = max(len(r) for r in report.counts)
+        width = max(len(r) for r in ["reason", *report.counts])   # "leak", "empty": shorter than the heading
         print("reason".ljust(width) + "  count")
         for reason, count in report.counts.items():
             print(f"{reason.ljust(width)}  {count}")
