@@ -721,3 +721,31 @@ def test_a_valid_fraction_that_holds_out_every_row_is_reported(tmp_path, caplog)
     with caplog.at_level("WARNING", logger="tta.data.importers"):   # a forced split is what was asked for
         import_folder(root, options=ImportOptions(valid_fraction=0.5, split="valid", progress=False))
     assert "none in 'train'" not in caplog.text
+
+
+def test_a_rows_own_licence_and_source_are_kept(tmp_path):
+    """A captions CSV with each clip's licence (Freesound clips, Clotho's metadata) and JSON sources with a
+    'license' field: the column was dropped without a word and every row took --licence (or none); the row's
+    own licence and source are kept now, and the options fill the rows that name none."""
+    root = tmp_path / "corpus"
+    for name in ("a", "b"):
+        _wav(root / f"{name}.wav")
+    opts = ImportOptions(source="mine", licence="CC0", progress=False)
+    (tmp_path / "caps.csv").write_text("file,caption,License,source\n"
+                                       "a.wav,rain,  CC-BY 4.0 ,freesound\nb.wav,wind,,\n")
+    rows = _by_id(import_folder(root, captions_csv=tmp_path / "caps.csv", options=opts))
+    assert (rows["a"].licence, rows["a"].source) == ("CC-BY 4.0", "freesound")
+    assert (rows["b"].licence, rows["b"].source) == ("CC0", "mine")
+    (tmp_path / "d.json").write_text(json.dumps({"data": [{"wav": "a.wav", "caption": "rain", "license": "CC-BY"},
+                                                          {"wav": "b.wav", "caption": "wind", "licence": None}]}))
+    rows = _by_id(import_audioldm(tmp_path / "d.json", root=root, options=opts))
+    assert (rows["a"].licence, rows["b"].licence) == ("CC-BY", "CC0")
+    (tmp_path / "t.jsonl").write_text(json.dumps({"location": "a.wav", "captions": "rain", "licence": "CC-BY-NC"}))
+    assert [r.licence for r in import_tango(tmp_path / "t.jsonl", root=root, options=opts).rows] == ["CC-BY-NC"]
+    with tarfile.open(tmp_path / "000000.tar", "w") as tar:
+        _add(tar, "k1.wav", _audio_bytes())
+        _add(tar, "k1.json", json.dumps({"caption": "a chirp", "license": "CC-BY-SA", "source": "wds"}).encode())
+        _add(tar, "k2.flac", _audio_bytes("FLAC"))
+        _add(tar, "k2.txt", b"a chirp again")
+    rows = _by_id(import_webdataset(tmp_path / "000000.tar", audio_dir=tmp_path / "x", options=opts))
+    assert [(r.licence, r.source) for r in (rows["k1"], rows["k2"])] == [("CC-BY-SA", "wds"), ("CC0", "mine")]

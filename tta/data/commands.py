@@ -53,12 +53,12 @@ def _add_import(sub) -> None:
     p.add_argument("--root", type=Path, help="folder the source's audio paths are relative to "
                    "(audiocaps: required; audioldm/tango: default the source file's folder)")
     p.add_argument("--captions", type=Path, metavar="CSV",
-                   help="folder: captions CSV (file/path column + caption columns; optional id, split, category, "
-                        "labels, and group: rows of one group land in one split) instead of sidecar .txt files "
-                        "(a.wav's captions in a.txt, one per line); a val/test token in the CSV's name (Clotho's "
-                        "captions_validation.csv) holds its rows without a split column out in that split, a train "
-                        "token (or Clotho's development) makes them training rows, of which --valid-fraction "
-                        "holds a share out")
+                   help="folder: captions CSV (file/path column + caption columns; optional id, split, "
+                        "category, labels, licence, source, and group: rows of one group land in one split) "
+                        "instead of sidecar .txt files (a.wav's captions in a.txt, one per line); a val/test "
+                        "token in the CSV's name (Clotho's captions_validation.csv) holds its rows without a "
+                        "split column out in that split, a train token (or Clotho's development) makes them "
+                        "training rows, of which --valid-fraction holds a share out")
     p.add_argument("--audio-dir", type=output_path, help="webdataset: folder to extract audio into "
                    "(default: MANIFEST's name + '_audio' beside it; must not exist)")
     p.add_argument("--split", choices=("train", "valid", "test"), help="put every row into this split")
@@ -66,8 +66,11 @@ def _add_import(sub) -> None:
                    help="rows whose source names no split (a file named for training counts as naming none): "
                         "this share goes to 'valid' (hash of id; default 0)")
     p.add_argument("--source", dest="source_name", default="", metavar="NAME",
-                   help="value of each row's 'source' field (e.g. the package or corpus name)")
-    p.add_argument("--licence", default="", metavar="LICENCE", help="value of each row's 'licence' field")
+                   help="value of each row's 'source' field (e.g. the package or corpus name) where the source "
+                        "names none (a 'source' CSV column or JSON field)")
+    p.add_argument("--licence", default="", metavar="LICENCE",
+                   help="value of each row's 'licence' field where the source names none (a 'licence' or 'license' "
+                        "CSV column or JSON field, e.g. each Freesound clip's own)")
     p.add_argument("--id-prefix", default="", metavar="PREFIX",
                    help="put PREFIX before every row's id, e.g. 'clotho/', so that manifests of corpora with the "
                         "same file names can be trained together (data.extra_manifests); the split stays the one "

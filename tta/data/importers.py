@@ -118,6 +118,8 @@ class Entry:
     labels: tuple[str, ...] = ()
     category: str | None = None
     group: str | None = None      # entries of one recording (e.g. one YouTube video): held out together
+    source: str | None = None     # the entry's own source / licence (a CSV column, a JSON field): before the
+    licence: str | None = None    # ImportOptions' ones, which fill the rows that name none
 
 
 # ------------------------------------------------------------------------------------------- shared
@@ -171,6 +173,19 @@ def held_out(row_id: str, fraction: float) -> bool:
     """Deterministic split by hash of the id: the same id lands in the same split on every machine."""
     h = int.from_bytes(hashlib.sha1(row_id.encode("utf-8")).digest()[:8], "big")
     return h / 2**64 < fraction
+
+
+LICENCE_KEYS = ("licence", "license")   # a source entry's own licence, under either spelling
+
+
+def own_text(item: dict, keys: tuple[str, ...]) -> str | None:
+    """The text of the first of `keys` that an entry (a CSV row, a JSON object) fills, on one line, or None:
+    a row's own licence or source."""
+    for key in keys:
+        value = item.get(key)
+        if isinstance(value, str) and value.strip():
+            return " ".join(value.split())
+    return None
 
 
 def clean_captions(values) -> list[str]:
@@ -266,8 +281,8 @@ class Collector:
             # relative to a folder of links); resolve() would store the links' targets
             out.rows.append(ManifestRow(id=opts.id_prefix + e.id, path=str(absolute_path(e.path)),
                                         captions=tuple(e.captions), seconds=round(info.seconds, 6),
-                                        sample_rate=info.sample_rate, split=split, source=opts.source,
-                                        licence=opts.licence, labels=e.labels, category=e.category))
+                                        sample_rate=info.sample_rate, split=split, source=e.source or opts.source,
+                                        licence=e.licence or opts.licence, labels=e.labels, category=e.category))
         log.info("%s: %d rows, %d bad items", desc, len(out.rows), len(out.errors))
         if opts.valid_fraction > 0 and hashed["train"] and not hashed["valid"]:
             log.warning("%s: valid_fraction %g put none of %d rows in 'valid' (a hash of each id decides, so a "
@@ -346,8 +361,9 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
     """Audio files under `folder` (recursively) with captions from `captions_csv` or sidecar `.txt` files.
 
     CSV: a file column (`file`, `path`, `filename`, ...; relative to `folder`) and one or more columns whose
-    names start with `caption`; optional `id`, `split`, `category`, `labels` (`;`-separated) and `group`
-    columns (rows of one group, e.g. pieces of one recording, land in the same split of `valid_fraction`).
+    names start with `caption`; optional `id`, `split`, `category`, `labels` (`;`-separated), `licence` (or
+    `license`), `source` and `group` columns (rows of one group, e.g. pieces of one recording, land in the same
+    split of `valid_fraction`).
     Sidecar: `a.wav` takes its captions from `a.txt`, one per non-empty line.
     """
     folder = Path(folder)
@@ -399,7 +415,8 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
             caps = clean_captions([rec.get(col, "") for col in caption_cols])
             c.add(Entry(rec.get("id") or _stem_id(p, folder), p, where, caps, split=split,
                          labels=tuple(x.strip() for x in rec.get("labels", "").split(";") if x.strip()),
-                         category=rec.get("category") or None, group=rec.get("group") or None))
+                         category=rec.get("category") or None, group=rec.get("group") or None,
+                         source=own_text(rec, ("source",)), licence=own_text(rec, LICENCE_KEYS)))
     for p in files:
         if Path(os.path.realpath(p)) not in listed:
             c.error(f"{p}: not listed in {csv_path} (no caption); skipped")
@@ -503,7 +520,8 @@ def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | N
         except SourceError as e:
             c.error(str(e))
             continue
-        c.add(Entry(_stem_id(p, root), p, where, caps, split=split, labels=labels))
+        c.add(Entry(_stem_id(p, root), p, where, caps, split=split, labels=labels,
+                    source=own_text(item, ("source",)), licence=own_text(item, LICENCE_KEYS)))
     return c.result(f"import {json_path.name}")
 
 
@@ -542,7 +560,8 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
             except SourceError as e:
                 c.error(str(e))
                 continue
-            c.add(Entry(_stem_id(p, root), p, where, caps, split=split))
+            c.add(Entry(_stem_id(p, root), p, where, caps, split=split, source=own_text(item, ("source",)),
+                        licence=own_text(item, LICENCE_KEYS)))
     return c.result(f"import {jsonl_path.name}")
 
 

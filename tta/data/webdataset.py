@@ -15,12 +15,14 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from tta.data.importers import (
+    LICENCE_KEYS,
     Collector,
     Entry,
     ImportOptions,
     ImportResult,
     SourceError,
     clean_captions,
+    own_text,
     row_split,
 )
 from tta.data.manifest import absolute_path
@@ -112,7 +114,7 @@ def _read_shard(tar_path: Path, out: Path, c: Collector) -> None:
             if audio_ext is None:
                 c.error(f"{where}: no audio member (.wav/.flac/.ogg/.opus/.mp3); skipped")
                 continue
-            caps, split = [], None
+            caps, split, meta = [], None, {}
             try:
                 if "json" in parts:
                     meta = json.loads(tf.extractfile(parts["json"]).read().decode("utf-8"))
@@ -132,4 +134,5 @@ def _read_shard(tar_path: Path, out: Path, c: Collector) -> None:
             except (ValueError, UnicodeDecodeError, tarfile.TarError, OSError, EOFError) as e:
                 c.error(f"{where}: unreadable member ({e}); skipped")
                 continue
-            c.add(Entry(row_id, dest, where, caps, split=split))
+            c.add(Entry(row_id, dest, where, caps, split=split, source=own_text(meta, ("source",)),
+                        licence=own_text(meta, LICENCE_KEYS)))
