@@ -278,6 +278,24 @@ def test_a_damaged_store_names_its_file_line_and_field(store_dir, tmp_path, dama
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("name, row, value", [("audio", 5, np.nan), ("text", 16, -np.inf)])
+def test_a_store_with_non_finite_embeddings_is_refused_naming_the_file_and_first_bad_row(store_dir, clap, tmp_path,
+                                                                                       name, row, value):
+    """A NaN in audio_emb.npy went unnoticed: the FAISS index still answered text queries (NaN scores)."""
+    broken = shutil.copytree(store_dir, tmp_path / "broken")
+    emb = np.load(broken / f"{name}_emb.npy")
+    emb[row, 3] = value
+    emb[row + 1:, 0] = value   # later bad rows: the first is named
+    np.save(broken / f"{name}_emb.npy", emb)
+    rid = Datastore.load(store_dir).ids[row]
+    with pytest.raises(DatastoreError, match=rf"{name}_emb.npy: row {row} \(entry '{rid}'\) holds NaN or inf") as e:
+        Datastore.load(broken)
+    assert "\n" not in str(e.value)
+    from tta.retrieval.datastore import first_non_finite_row
+
+    assert first_non_finite_row(emb, chunk=4) == row and first_non_finite_row(emb[:row], chunk=4) is None
+
+
 def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
     from tta.cli import main
 

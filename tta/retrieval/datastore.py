@@ -15,7 +15,8 @@ Folder layout (written atomically by `build_datastore`):
                      feature (Re-AudioLDM's acoustic neighbour features) read them; other uses ignore them.
 
 `Datastore.load(folder)` memory-maps the arrays (and the indexes where FAISS supports it), so a store of
-millions of entries costs little resident memory. `query` searches one modality and can leave out given
+millions of entries costs little resident memory; it reads each embedding file once, in chunks, to refuse a row
+holding NaN or inf (`first_non_finite_row`). `query` searches one modality and can leave out given
 ids, audio files, audio hashes and clips related to the query's (the query's own clip during training, its
 duplicates, other crops of its source file and mixtures built from it), still returning k hits.
 
@@ -514,6 +515,10 @@ class Datastore:
                 raise DatastoreError(f"{path}: unreadable embeddings ({e})") from None
             if emb[name].shape != (count, dim):
                 raise DatastoreError(f"{path}: shape {emb[name].shape}, expected ({count}, {dim})")
+            bad = first_non_finite_row(emb[name])   # a NaN row scores NaN; the index still answers without it
+            if bad is not None:
+                raise DatastoreError(f"{path}: row {bad} (entry {meta[bad]['id']!r}) holds NaN or inf; rebuild the "
+                                     "datastore")
         if info.get("latent") is not None:
             path, lat = folder / "latent.npy", info["latent"]
             try:
@@ -701,6 +706,17 @@ class Datastore:
         version 1 store, built before the setting, embedded raw levels)."""
         return {**self.info, "config": {**self.info.get("config", {}), "normalize": self.normalize},
                 "folder": str(self.folder), "ntotal": {name: int(ix.ntotal) for name, ix in self.indexes.items()}}
+
+
+def first_non_finite_row(arr: np.ndarray, chunk: int = 16_384) -> int | None:
+    """The first row of the (N, D) array `arr` holding a NaN or inf, or None; reads a memory-mapped array in
+    chunks of `chunk` rows, so it holds one chunk in memory at a time. One pass over the file: about 40 ms for
+    100 000 x 512 float32 (205 MB) in the page cache, or the time to read the file from a cold disk."""
+    for start in range(0, arr.shape[0], chunk):
+        finite = np.isfinite(np.asarray(arr[start:start + chunk])).all(axis=1)
+        if not finite.all():
+            return start + int(np.argmin(finite))
+    return None
 
 
 def _per_query(values, i: int, batch: int, what: str) -> list[str]:
