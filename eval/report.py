@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,11 +308,25 @@ def _plt():
     return plt
 
 
-def category_chart(runs: list[Run], metric: str) -> str | None:
-    """Grouped bar chart of one per-category metric across runs -> PNG data URI (None if no data)."""
+def categories(run: Run, order: Sequence[str] = ()) -> list[tuple[str, dict]]:
+    """A run's (category, breakdown) pairs: those named in `order` first, in that order, then the rest as the
+    result lists them (by file count)."""
+    cats = run.body.get("breakdown", {}).get("categories", {})
+    return [(c, cats[c]) for c in order if c in cats] + [(c, b) for c, b in cats.items() if c not in order]
+
+
+def category_names(runs: list[Run], order: Sequence[str] = ()) -> list[str]:
+    """Every run's categories once: those named in `order` first, in that order, then the rest as first seen."""
     cats: list[str] = []
     for r in runs:
-        cats += [c for c in r.body.get("breakdown", {}).get("categories", {}) if c not in cats]
+        cats += [c for c, _ in categories(r) if c not in cats]
+    return [c for c in order if c in cats] + [c for c in cats if c not in order]
+
+
+def category_chart(runs: list[Run], metric: str, order: Sequence[str] = ()) -> str | None:
+    """Grouped bar chart of one per-category metric across runs -> PNG data URI (None if no data); the bars in
+    `category_names` order."""
+    cats = category_names(runs, order)
     values = [[(r.body.get("breakdown", {}).get("categories", {}).get(c) or {}).get(metric) for c in cats]
               for r in runs]
     if not cats or all(v is None for row in values for v in row):
@@ -407,7 +422,8 @@ def _category_cells_html(b: dict) -> str:
             f'<td>{_fmt(b.get("clap_score"))}</td><td>{_fmt(b.get("kl_softmax"))}</td>')
 
 
-def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_tail: bool = True) -> str:
+def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_tail: bool = True,
+                category_order: Sequence[str] = ()) -> str:
     names = _metric_names(runs)
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -437,7 +453,7 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
         parts.append('<ul class="note">' + "".join(
             f"<li>⚠ {html.escape(r.label)} ({html.escape(where or 'eval')}): {html.escape(msg)}</li>"
             for r, where, msg in warned) + "</ul>")
-    charts = [(m, category_chart(runs, m)) for m in ("fad", "clap_score", "kl_softmax")]
+    charts = [(m, category_chart(runs, m, category_order)) for m in ("fad", "clap_score", "kl_softmax")]
     charts = [(m, c) for m, c in charts if c]
     if charts:
         parts.append("<h2>By category</h2>")
@@ -445,7 +461,7 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
         parts.append('<table id="categories"><tr><th class="name">run</th><th class="name">category</th><th>files</th>'
                      "<th>FAD</th><th>FAD frames</th><th>CLAP</th><th>KL softmax</th></tr>")
         for r in runs:
-            for c, b in r.body.get("breakdown", {}).get("categories", {}).items():
+            for c, b in categories(r, category_order):
                 parts.append(f'<tr><td class="name">{html.escape(r.label)}</td><td class="name">{html.escape(c)}</td>'
                              f"{_category_cells_html(b)}</tr>")
         parts.append("</table>")
@@ -492,7 +508,8 @@ def _md(text) -> str:
     return text
 
 
-def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> str:
+def render_markdown(runs: list[Run], title: str = "tta evaluation report", *,
+                    category_order: Sequence[str] = ()) -> str:
     names = _metric_names(runs)
     lines = [f"# {_md(title)}", "", "| metric | " + " | ".join(_md(r.label) for r in runs) + " |",
              "|---|" + "---|" * len(runs)]
@@ -513,7 +530,7 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
     if warned:
         lines += [""] + [f"- ⚠ {_md(r.label)} ({_md(where or 'eval')}): {_md(msg)}" for r, where, msg in warned]
     for r in runs:
-        cats = r.body.get("breakdown", {}).get("categories", {})
+        cats = dict(categories(r, category_order))
         if cats:
             lines += ["", f"## {_md(r.label)}: by category", "", "| category | files | FAD | FAD frames | CLAP | KL softmax |",
                       "|---|---|---|---|---|---|"]
@@ -540,11 +557,13 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report") -> st
 
 def write_report(results: list[str | os.PathLike], out: str | os.PathLike | None = None, *,
                  markdown: str | os.PathLike | None = None, labels: list[str] | None = None,
-                 title: str = "tta evaluation report", head_tail: bool = True) -> list[Path]:
+                 title: str = "tta evaluation report", head_tail: bool = True,
+                 category_order: Sequence[str] = ()) -> list[Path]:
     """Write the HTML page (`out`, or Markdown if it ends in .md) and/or `markdown`; returns the paths.
 
     `head_tail` False leaves out the HTML page's head/tail-by-file-count table (for prompt categories that are
-    already such a split, as `tta experiment retrieval`'s frequency buckets are)."""
+    already such a split, as `tta experiment retrieval`'s frequency buckets are). `category_order`: categories
+    listed first, in this order, in charts and tables (the buckets' head, mid, tail); the rest by file count."""
     from tta.checkpoint import atomic_write_text
 
     if out is None and markdown is None:
@@ -565,6 +584,6 @@ def write_report(results: list[str | os.PathLike], out: str | os.PathLike | None
     texts = []   # every text rendered before any is written: a result that fails to render leaves no file
     for path, as_md in ((out, out is not None and Path(out).suffix.lower() == ".md"), (markdown, True)):
         if path is not None:
-            texts.append((path, render_markdown(runs, title) if as_md else render_html(runs, title,
-                                                                                        head_tail=head_tail)))
+            texts.append((path, render_markdown(runs, title, category_order=category_order) if as_md else
+                          render_html(runs, title, head_tail=head_tail, category_order=category_order)))
     return [atomic_write_text(path, text) for path, text in texts]

@@ -445,3 +445,24 @@ def test_a_run_with_silent_generated_files_is_warned_and_not_ranked():
     a.body["protocol"]["generated_silent"] = {"files": ["q.wav"], "warning": "1 of 10 files are silent"}
     line = next(x for x in render_markdown([a, b]).splitlines() if x.startswith("| FAD"))
     assert "not ranked: a" in line and "**" not in line and "⚠" in line, line
+
+
+def test_categories_in_a_given_order_lead_the_charts_and_tables():
+    """`tta experiment retrieval`'s report listed its buckets by file count ("mid, head"): its categories are the
+    long-tail buckets, listed head, mid, tail in the charts, the HTML table and the Markdown."""
+    from eval.report import category_names, render_html, render_markdown
+
+    def cell(files):
+        return {"files": files, "fad": 1.0, "fad_frames": 100, "clap_score": 0.1, "kl_softmax": None}
+
+    a, b = _run("a", 1.0, "mfcc@v1", "ref1"), _run("b", 2.0, "mfcc@v1", "ref1")
+    a.body["breakdown"] = {"categories": {"mid": cell(6), "head": cell(2)}}   # by file count, as eval writes
+    b.body["breakdown"] = {"categories": {"mid": cell(4), "other": cell(3), "tail": cell(2), "head": cell(1)}}
+    order = ("head", "mid", "tail")
+    assert category_names([a, b]) == ["mid", "head", "other", "tail"]   # without an order: as the results list them
+    assert category_names([a, b], order) == ["head", "mid", "tail", "other"]
+    page = render_html([a, b], category_order=order)
+    rows = re.findall(r'<td class="name">(\w)</td><td class="name">(\w+)</td>', page)
+    assert rows == [("a", "head"), ("a", "mid"), ("b", "head"), ("b", "mid"), ("b", "tail"), ("b", "other")], rows
+    md = render_markdown([a, b], category_order=order)
+    assert re.findall(r"^\| (\w+) \| \d+ \|", md, re.M) == ["head", "mid", "head", "mid", "tail", "other"]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -362,6 +363,10 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monke
                                                      .read_text())["outputs"])
     html = (out / "report.html").read_text()
     assert all(b in html for b in ("head", "mid", "tail")) and "k3-audio" in html
+    # buckets in the long-tail order (they were by file count, "mid, head"), in summary.json and the report
+    listed = [b for b in ("head", "mid", "tail") if b in summary["bucket_counts"]]
+    assert list(summary["bucket_counts"]) == listed, summary["bucket_counts"]
+    assert re.findall(r'<td class="name">none</td><td class="name">(\w+)</td>', html) == listed
     assert 'id="categories"' in html and 'id="headtail"' not in html   # no file-count split of the buckets
     assert "| k1 | 1 | both |" in (out / "summary.md").read_text()
     assert "FAD ↓ by embedder `mfcc@v1`" in (out / "summary.md").read_text()
@@ -494,6 +499,14 @@ def test_the_summary_names_what_measured_the_scores_and_the_settings():
     md = render_summary(summary)
     assert "The FAD embedder or the CLAP differ per variant (see summary.json)." in md
     assert "The generation settings differ per variant (see summary.json)." in md
+
+
+def test_bucket_counts_are_in_the_long_tail_order():
+    from tta.commands.retrieval_experiment import bucket_counts
+
+    prompts = [{"category": c} for c in ("mid", "tail", "mid", "head", "mid")]
+    assert list(bucket_counts(prompts).items()) == [("head", 1), ("mid", 3), ("tail", 1)]
+    assert list(bucket_counts(prompts[1:3])) == ["mid", "tail"]   # first seen: tail, mid
 
 
 def test_buckets_follow_training_frequency_of_caption_words_and_classes():

@@ -582,7 +582,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
                      "prompt_sample": {"seed": config.eval.seed, "split": config.eval.prompt_split,
                                        "prompts": len(prompts), "reference_clips": len(reference_rows) or None},
                      "reference": str(Path(reference).resolve()),
-                     "bucket_counts": dict(Counter(p["category"] for p in prompts)), "variants": {}}
+                     "bucket_counts": bucket_counts(prompts), "variants": {}}
     evals = []
     for variant in config.variants:
         t0 = time.time()
@@ -605,7 +605,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
 
     report = out / "report.html"
     # the prompts' categories are the frequency buckets: no second head/tail split of them by file count
-    write_report(evals, report, labels=[v.name for v in config.variants], head_tail=False,
+    write_report(evals, report, labels=[v.name for v in config.variants], head_tail=False, category_order=BUCKETS,
                  title=f"Retrieval experiment ({len(prompts)} prompts, head/mid/tail by training frequency)")
     summary["report"] = str(report)
     summary["plot"] = str(plot_buckets(summary, out / "summary.png"))
@@ -613,6 +613,12 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     summary["report"] = report
     return summary
+
+
+def bucket_counts(prompts: list[dict]) -> dict[str, int]:
+    """Prompts per bucket, in the long-tail order head, mid, tail (a bucket no prompt fell in is left out)."""
+    counts = Counter(p["category"] for p in prompts)
+    return {b: counts[b] for b in BUCKETS if b in counts}
 
 
 def eval_options(config: ExperimentConfig, base, out: Path, reference: Path, prompts: Path, name: str,
