@@ -1038,6 +1038,25 @@ def test_the_store_check_lists_the_reference_folder_as_eval_does(corpus, store, 
     assert record["passed"] and record["reference_files"] == len(list_audio(reference, "reference")) == 8
 
 
+def test_the_store_check_names_a_reference_file_by_its_path_under_the_reference(corpus, store, tmp_path):
+    """A leaked file in a subfolder of `eval.reference` was named <reference>/<name>, without its subfolder (and two
+    of one name in two subfolders counted as one)."""
+    from tta.commands.retrieval_experiment import check_store
+    from tta.data.manifest import read_manifest, resolve_path
+    from tta.retrieval import Datastore, DatastoreError
+
+    rows = read_manifest(corpus)
+    valid = [r for r in rows if r.split == "valid"]
+    reference = tmp_path / "reference"
+    for sub in ("a/deeper", "b"):
+        (reference / sub).mkdir(parents=True)
+        shutil.copy(resolve_path(next(r for r in rows if r.split == "train"), corpus), reference / sub / "leak.wav")
+    shutil.copy(resolve_path(valid[0], corpus), reference / "clean.wav")
+    with pytest.raises(DatastoreError, match=rf"holds 2 of the 11 evaluation clips \(by id 0, by audio file 0, by "
+                                             rf"decoded audio 2, related 0; e.g. {re.escape(str(reference))}/a/deeper/leak.wav;"):
+        check_store(Datastore.load(store), valid, corpus, 16_000, reference=reference)
+
+
 def _store_of_copies(corpus, tmp_path, clap, split=None):
     """A datastore built from a copy of the corpus in another folder, every clip under the id copy-<id>."""
     from tta.data.manifest import read_manifest, resolve_path, write_manifest

@@ -305,8 +305,9 @@ def check_store(store, rows, manifest: Path, sample_rate: int, reference: Path |
         files = sorted(p for p in Path(reference).rglob("*") if is_audio_entry(p))
         ref_paths = [os.path.realpath(p) for p in files]
         ref_hashes = clip_hashes(ref_paths, sample_rate, store.max_seconds)
-        by_path += [f"{reference}/{p.name}" for p, rp in zip(files, ref_paths) if rp in store.rows_of_path]
-        by_audio += [f"{reference}/{p.name}" for p, h in zip(files, ref_hashes) if h in store.rows_of_hash]
+        names = [f"{reference}/{p.relative_to(reference).as_posix()}" for p in files]   # a subfolder's file: with it
+        by_path += [n for n, rp in zip(names, ref_paths) if rp in store.rows_of_path]
+        by_audio += [n for n, h in zip(names, ref_hashes) if h in store.rows_of_hash]
     record = {"datastore_split": store.info.get("config", {}).get("split"), "datastore_manifest": store.manifest,
               "eval_clips": len(rows), "reference_files": None if reference is None else len(files),
               "by_id": len(by_id), "by_path": len(by_path), "by_audio": len(by_audio), "related": len(related),
