@@ -341,6 +341,32 @@ def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, err
 
 
+def test_too_few_entries_left_after_exclusion_names_the_query_by_its_text_or_audio_file(store_dir, corpus, clap,
+                                                                                         tmp_path, capsys):
+    """`tta index query -k N --exclude-id X` on a store of N entries said "query 0: only ... remain": which one?"""
+    from tta.cli import main
+    from tta.config import shortened
+
+    store, first = Datastore.load(store_dir), read_manifest(corpus)[0]
+    long = "a low steady hum " * 6
+    assert shortened(repr(long)).endswith("...")   # named shortened
+    with pytest.raises(ValueError, match=r"^query 'a hum': only 16 of the 17 entries remain after exclusion, k=17"):
+        store.query_text(clap, ["a dog", "a hum"], 17, exclude_ids=[None, first.id])
+    with pytest.raises(ValueError, match=r"^query 1: only 16 of the 17"):   # bare embeddings: their position
+        store.query(clap.embed_text(["a dog", "a hum"]), 17, exclude_ids=[None, first.id])
+    with pytest.raises(ValueError, match="names must hold one name per query"):
+        store.query(clap.embed_text(["a dog", "a hum"]), 1, names=["a dog"])
+    wav = corpus.parent / first.path
+    clap_dir = _clap_folder(tmp_path / "clap", seed=0)
+    for query, name in ((["--text", long, "--text", "a dog"], f"--text {shortened(repr(long))}"),
+                        (["--audio", str(wav)], f"--audio {wav}")):
+        capsys.readouterr()
+        assert main(["index", "query", str(store_dir), "--clap", str(clap_dir), *query, "-k", "17", "--exclude-id",
+                     first.id]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: {name}: only 16 of the 17 entries remain" in err, err
+
+
 def test_cli_audio_query_is_cut_as_the_store_cut_its_clips(corpus, tmp_path, capsys):
     """A store embeds each clip's first --max-seconds; an audio query was embedded whole, so a clip longer than
     that, held in the store, was not its own nearest entry at cosine 1."""

@@ -122,11 +122,14 @@ def run(args: argparse.Namespace) -> int:
         for index in store.indexes.values():
             if hasattr(index, "nprobe"):
                 index.nprobe = args.nprobe
+    from tta.config import shortened
+
     clap = load_clap(args.clap, tokenizer=args.tokenizer, device=device)
     queries = args.text or [str(p) for p in args.audio]
     excl = [args.exclude_id] * len(queries) if args.exclude_id else None
     if args.text:
-        hits = store.query_text(clap, args.text, args.k, args.modality, exclude_ids=excl)
+        hits = store.query_text(clap, args.text, args.k, args.modality, exclude_ids=excl,
+                                names=[f"--text {shortened(repr(t))}" for t in args.text])
     else:   # query_audio brings each clip to the level the store's clips were embedded at
         from tta.audio import load_audio
 
@@ -137,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
             if w.shape[0] < clap.min_samples:
                 raise ValueError(f"--audio {p}: {w.shape[0]} samples at {clap.sample_rate} Hz, shorter than the "
                                  f"CLAP's analysis window ({clap.min_samples})")
-        hits = store.query_audio(clap, wavs, clap.sample_rate, args.k, args.modality, exclude_ids=excl)
+        hits = store.query_audio(clap, wavs, clap.sample_rate, args.k, args.modality, exclude_ids=excl,
+                                 names=[f"--audio {p}" for p in args.audio])
     if args.json:
         print(json.dumps({"store": str(store.folder), "clap": store.identity, "modality": args.modality,
                           "results": [{"query": qy, "hits": [{"rank": r + 1, "id": i, "score": float(s), "caption": c}

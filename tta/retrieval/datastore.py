@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 
 from tta.checkpoint import read_json
-from tta.config import check_numbers
+from tta.config import check_numbers, shortened
 
 log = logging.getLogger(__name__)
 
@@ -580,7 +580,7 @@ class Datastore:
               exclude_hashes: Sequence[str | Iterable[str] | None] | None = None,
               exclude_paths: Sequence[str | Iterable[str] | None] | None = None,
               exclude_related: Sequence[Relation | None] | None = None,
-              exclude_duplicates: bool = False) -> Neighbours:
+              exclude_duplicates: bool = False, names: Sequence[str] | None = None) -> Neighbours:
         """Top-k entries of the `modality` index by inner product with each query embedding, best first.
 
         emb: (B, D) or (D,) CLAP embeddings (text or audio: one joint space), L2-normalised.
@@ -590,7 +590,8 @@ class Datastore:
         recorded sources warns once and leaves out exact duplicates instead). With `exclude_duplicates`, an
         excluded id or path also excludes every entry with the same audio hash. Over-fetches so that k hits are
         still returned. IVF indexes are searched for a shortlist of max(10 k, 64) (approximate, PQ codes most
-        of all), which is re-ranked by the exact inner product.
+        of all), which is re-ranked by the exact inner product. names: how an error names each query (its prompt,
+        its audio file; default "query <position>").
         """
         if exclude_related is not None and not self.has_sources:
             self.warn_without_sources()
@@ -607,13 +608,16 @@ class Datastore:
             raise ValueError(f"k={k} is larger than the datastore ({self.count} entries in {self.folder})")
         if exclude_related is not None and len(exclude_related) != len(q):
             raise ValueError(f"exclude_related has {len(exclude_related)} entries for {len(q)} queries")
+        if names is not None and (isinstance(names, str) or len(names) != len(q)):
+            raise ValueError(f"names must hold one name per query ({len(q)}), got {names!r}")
+        names = [f"query {i}" for i in range(len(q))] if names is None else list(names)
         excluded = [self._excluded(i, len(q), exclude_ids, exclude_hashes, exclude_duplicates, exclude_paths,
                                    None if exclude_related is None else exclude_related[i])
                     for i in range(len(q))]
         for i, ex in enumerate(excluded):
             if self.count - len(ex) < k:
-                raise ValueError(f"query {i}: only {self.count - len(ex)} entries remain after exclusion, "
-                                 f"k={k} requested")
+                raise ValueError(f"{names[i]}: only {self.count - len(ex)} of the {self.count} entries remain after "
+                                 f"exclusion, k={k} requested")
         index = self.indexes[modality]
         approximate = self.info.get("index", "flat") != "flat"
         shortlist = max(10 * k, 64) if approximate else k
@@ -661,10 +665,12 @@ class Datastore:
 
     def query_text(self, clap, prompts: Sequence[str], k: int, modality: Literal["audio", "text"] = "audio",
                    **exclude) -> Neighbours:
-        """Neighbours of text prompts (text->audio by default, text->text with modality="text")."""
+        """Neighbours of text prompts (text->audio by default, text->text with modality="text"); an error names a
+        query by its prompt (shortened) unless `names` is given."""
         if isinstance(prompts, str):   # list() would make each character a query
             raise ValueError("query_text expects a list of prompts, got a single str (wrap it in a list)")  # noqa: TRY004
         self.check_clap(clap)
+        exclude.setdefault("names", [f"query {shortened(repr(p))}" for p in prompts])
         return self.query(clap.embed_text(list(prompts)), k, modality, **exclude)
 
     def query_audio(self, clap, wav, sample_rate: int, k: int, modality: Literal["audio", "text"] = "audio",
