@@ -367,6 +367,20 @@ def test_too_few_entries_left_after_exclusion_names_the_query_by_its_text_or_aud
         assert err.count("\n") == 1 and f"error: {name}: only 16 of the 17 entries remain" in err, err
 
 
+def test_a_file_given_as_the_store_is_said_to_be_a_file(store_dir, corpus, capsys):
+    """`tta index info corpus/manifest.jsonl` said "datastore folder not found" of a file that is there."""
+    from tta.cli import main
+
+    for path, hint in ((corpus, "(tta index build --out writes one)"),
+                       (store_dir / "audio.index", f"(the datastore is its folder {store_dir})")):
+        capsys.readouterr()
+        assert main(["index", "info", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err == f"tta: error: {path}: is a file, not a datastore folder {hint}\n", err
+    with pytest.raises(DatastoreError, match="is a file, not a datastore folder"):
+        Datastore.load(corpus)
+
+
 def test_cli_audio_query_is_cut_as_the_store_cut_its_clips(corpus, tmp_path, capsys):
     """A store embeds each clip's first --max-seconds; an audio query was embedded whole, so a clip longer than
     that, held in the store, was not its own nearest entry at cosine 1."""

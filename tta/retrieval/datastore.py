@@ -485,6 +485,10 @@ class Datastore:
     def load(cls, folder: str | os.PathLike, *, mmap: bool = True) -> Datastore:
         """Open a datastore folder; `mmap` maps the embeddings (and indexes, where FAISS can) from disk."""
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():   # e.g. the manifest, or a file of the store
+            inside = (folder.parent / INFO_NAME).is_file()
+            raise DatastoreError(f"{folder}: is a file, not a datastore folder " + (
+                f"(the datastore is its folder {folder.parent})" if inside else "(tta index build --out writes one)"))
         if not folder.is_dir():
             raise DatastoreError(f"{folder}: datastore folder not found")
         info_path = folder / INFO_NAME
