@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -102,6 +103,25 @@ def test_a_bad_row_is_reported_and_the_others_are_written(tmp_path, capsys):
     r = record(tmp_path / "out")
     assert [o["id"] for o in r["outputs"]] == ["bird", "late"] and [o["seeds"] for o in r["outputs"]] == [[5], [9]]
     assert not r["complete"] and r["planned_outputs"] == 7
+
+
+def test_the_bar_counts_the_outputs_written_and_shows_bad_rows_beside_them(tmp_path, capsys):
+    """The bar counted a bad row as done ("4/4" of a batch that wrote 2), where a plain batch's counts outputs."""
+    from tta.cli import main
+
+    clips(tmp_path)
+    rows = tmp_path / "rows.csv"
+    rows.write_text(ROWS.replace("clips/b.wav", "clips/missing.wav") + "none,no input,\n")
+    args = ["generate", "--prompts", str(rows), "--edit", "init-audio", *map(str, base(tmp_path)), "--out-dir",
+            str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main(args) == 1
+    bars = [b for b in re.split(r"[\r\n]+", capsys.readouterr().err) if b.startswith("tta generate:")]
+    assert "2/4" in bars[-1] and "2 bad" in bars[-1] and not any("3/4" in b or "4/4" in b for b in bars), bars
+    (tmp_path / "clips" / "b.wav").rename(tmp_path / "clips" / "missing.wav")
+    assert main([*args, "--resume"]) == 1   # the row fixed since is generated, the one without input is still bad
+    bars = [b for b in re.split(r"[\r\n]+", capsys.readouterr().err) if b.startswith("tta generate:")]
+    assert "3/4" in bars[-1] and "2 kept, 1 bad" in bars[-1] and not any("4/4" in b for b in bars), bars
 
 
 def test_a_batch_with_no_usable_row_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):

@@ -712,8 +712,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
 
     bar = tqdm(total=len(jobs), initial=len(records), desc="tta generate", unit="clip",
                disable=not progress or len(jobs) == 1)
-    if records:
-        bar.set_postfix_str(f"{len(records)} kept")
+    if progress_note(len(records), rows):
+        bar.set_postfix_str(progress_note(len(records), rows))
     from tta.checkpoint import terminate_as_exit
 
     try:
@@ -735,6 +735,13 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     if rows is not None and rows.bad:
         rows.refuse_left_out(len(jobs))
     return 0
+
+
+def progress_note(kept: int, rows=None) -> str:
+    """The bar's note: outputs `kept` by --resume (counted as done, as the bar starts there) and, with --edit
+    (`rows`, RowEdits), the bad rows left out so far (not counted: the bar counts outputs written)."""
+    bad = len(rows.bad) if rows is not None else 0
+    return ", ".join([f"{kept} kept"] * bool(kept) + [f"{bad} bad"] * bool(bad))
 
 
 def prepare_input(edit: dict, decoded, pipe):
@@ -769,6 +776,7 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
 
     last_record = 0.0
     resumed = bool(records)   # the earlier record describes the files kept; it is rewritten, not removed
+    kept_outputs = len(records)
     for start in range(0, len(jobs), args.batch_size):
         chunk = jobs[start:start + args.batch_size]
         if all(start + k in records for k in range(len(chunk))):   # kept whole by --resume (kept_outputs)
@@ -776,8 +784,8 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
         shared, row = edit, None
         if rows is not None:   # --edit: this row's own input (a batch is one row)
             row = rows.load(start, pipe)
-            if row is None:   # a bad row, reported
-                bar.update(len(chunk))
+            if row is None:   # a bad row, reported: shown beside the count of outputs written, not in it
+                bar.set_postfix_str(progress_note(kept_outputs, rows))
                 continue
             edit, wav_in, kept = row
         prompts = [j.prompt for j in chunk]
