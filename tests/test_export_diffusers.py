@@ -124,6 +124,51 @@ def test_the_vaes_own_framing_survives_a_diffusers_round_trip(laion_pipeline, tm
     assert back.vae.config.mel.framing == other
     assert back.vocoder.config.mel.framing == pipe.vocoder.config.mel.framing != other
 
+    # a folder an earlier tta exported recorded the VAE's mel as "tta_mel": it imports as it did
+    vae_config = tmp_path / "d" / "vae" / "config.json"
+    body = json.loads(vae_config.read_text())
+    body["tta_mel"] = body.pop("_tta_mel")
+    vae_config.write_text(json.dumps(body))
+    assert main(["-q", "import", "diffusers", str(tmp_path / "d"), "--clap", str(laion_pipeline.parent / "clap"),
+                 "--out", str(tmp_path / "old")]) == 0, capsys.readouterr().err
+    old = TTAPipeline.from_pretrained(tmp_path / "old")
+    assert old.vae.config.mel.framing == other and old.vocoder.config.mel.framing != other
+
+
+def test_diffusers_loads_an_export_without_a_warning_about_its_config(laion_pipeline, tmp_path, capsys):
+    """The export recorded the VAE's mel as "tta_mel" in vae/config.json, and every AudioLDMPipeline.from_pretrained
+    of the folder logged "The config attributes {'tta_mel': ...} were passed to AutoencoderKL, but are not expected
+    and will be ignored": the record is a private ("_") key now, which diffusers skips."""
+    import logging
+
+    import diffusers
+
+    out = tmp_path / "d"
+    assert main(["-q", "export", "diffusers", str(laion_pipeline), "--out", str(out)]) == 0, capsys.readouterr().err
+    body = json.loads((out / "vae" / "config.json").read_text())
+    assert "tta_mel" not in body and set(body["_tta_mel"]) >= {"sample_rate", "n_mels", "hop_length", "framing"}
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    records, logger = Records(), logging.getLogger("diffusers")
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.WARNING)   # tta's CLI quiets diffusers; its own default level is WARNING
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            diffusers.AudioLDMPipeline.from_pretrained(str(out), local_files_only=True)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    assert not [m for m in records.messages if "not expected" in m], records.messages
+
 
 def test_import_names_a_scheduler_config_field_of_the_wrong_type(laion_pipeline, tmp_path, capsys):
     """diffusers took "num_train_timesteps": "1000" and the import failed on torch.linspace's many-line error

@@ -123,6 +123,8 @@ def _set(body: dict, dotted: str, value) -> None:
     ("vae", "tta_mel", [], "tta_mel is []; expected an object"),
     ("vae", "tta_mel.f_max", None, "config key 'tta_mel.f_max': expected float, got null"),
     ("vae", "tta_mel.framing", 3, "config key 'tta_mel.framing': expected str, got int 3"),
+    ("vae", "_tta_mel.framing", 3, "config key '_tta_mel.framing': expected str, got int 3"),
+    ("vae", "_tta_mel", [], "_tta_mel is []; expected an object"),
     ("vocoder", "upsample_rates", "ab", "config key 'upsample_rates': expected a list (list of int), got string"),
     ("vocoder", "resblock_dilation_sizes", [1], "config key 'resblock_dilation_sizes[0]': expected a list"),
     ("vocoder", "sampling_rate", ..., "missing required config key 'sampling_rate' (int)"),
@@ -136,10 +138,11 @@ def test_a_damaged_diffusers_folder_config_names_the_file_and_field(tmp_path, ca
     "float() argument must be a string or a real number, not 'NoneType'"; a vae/ tta_mel that was not an object was
     ignored, and a recorded mel without a field took tta's default for it."""
     write_diffusers_audioldm(tmp_path / "d")
-    if part == "vae":   # as `tta export diffusers` writes it: the VAE's mel recorded beside the vocoder's
+    if part == "vae":   # as `tta export diffusers` writes it (earlier versions: "tta_mel"): the VAE's mel
         voc = json.loads((tmp_path / "d" / "vocoder" / "config.json").read_text())
         body = json.loads((tmp_path / "d" / "vae" / "config.json").read_text())
-        (tmp_path / "d" / "vae" / "config.json").write_text(json.dumps({**body, "tta_mel": voc["tta_mel"]}))
+        key = field.split(".")[0]
+        (tmp_path / "d" / "vae" / "config.json").write_text(json.dumps({**body, key: voc["tta_mel"]}))
     path = tmp_path / "d" / part / "config.json"
     body = json.loads(path.read_text())
     _set(body, field, value)

@@ -132,18 +132,19 @@ AUDIOLDM_MEL = MelConfig(framing="tacotron")
 """AudioLDM's own mel front end (TacotronSTFT framing): what the AudioLDM and diffusers importers assume."""
 
 
-def recorded_mel(record) -> MelConfig:
-    """The mel config a tta export recorded as `tta_mel` (in a diffusers folder's vae/ or vocoder/ config.json), or
-    a ConfigError naming the field: a type, an unknown field or a missing one. Every export wrote every field but
-    `framing`, which came later (missing: "hifigan", the framing tta used then)."""
+def recorded_mel(record, key: str = "tta_mel") -> MelConfig:
+    """The mel config a tta export recorded as `key` (`tta_mel` in a diffusers folder's vocoder/ config.json,
+    `_tta_mel` in its vae/ one, `tta_mel` there from earlier exports), or a ConfigError naming the field: a type,
+    an unknown field or a missing one. Every export wrote every field but `framing`, which came later (missing:
+    "hifigan", the framing tta used then)."""
     from tta.config import ConfigError, from_dict
 
     if not isinstance(record, dict):
-        raise ConfigError(f"tta_mel is {record!r}; expected an object (the recorded mel config)")
+        raise ConfigError(f"{key} is {record!r}; expected an object (the recorded mel config)")
     missing = [name for name in MelConfig.__dataclass_fields__ if name != "framing" and name not in record]
     if missing:
-        raise ConfigError(f"tta_mel has no {', '.join(missing)} (a recorded mel config names every field)")
-    return from_dict(MelConfig, record, where="tta_mel")
+        raise ConfigError(f"{key} has no {', '.join(missing)} (a recorded mel config names every field)")
+    return from_dict(MelConfig, record, where=key)
 
 
 def check_same_mel(a: MelConfig, b: MelConfig, what_a: str, what_b: str) -> None:

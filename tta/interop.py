@@ -53,6 +53,10 @@ AUDIOLDM_PARTS = ("unet", "vae", "vocoder", "scheduler")
 # model_index.json's entry for the generation defaults of the pipeline `tta export diffusers` wrote (pipeline.json's
 # "defaults"): diffusers' format has no place for them, and a pipeline loader drops private ("_") keys unread
 DEFAULTS_KEY = "_tta_defaults"
+# vae/config.json's entry for the VAE's mel config, private for the same reason: diffusers' AutoencoderKL warns of
+# any other key it does not take ("The config attributes {...} were passed to AutoencoderKL, but are not expected")
+# on every load; folders that tta exported before wrote it as LEGACY_VAE_MEL_KEY, still read
+VAE_MEL_KEY, LEGACY_VAE_MEL_KEY = "_tta_mel", "tta_mel"
 
 
 class InteropError(ValueError):
@@ -70,11 +74,11 @@ def _read_json_object(path: Path) -> dict:
 def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike, *, clap: str | os.PathLike,
                               tokenizer: str | os.PathLike | None = None, mel_framing: str | None = None) -> Path:
     """Convert a diffusers AudioLDM folder (+ the full CLAP at `clap`) into a tta pipeline folder `out`. The mels
-    are the ones a tta export recorded in vocoder/config.json and vae/config.json, else AudioLDM's (TacotronSTFT
-    framing) for both; `mel_framing` overrides the framing. The generation defaults: the sampler is the
-    scheduler/ folder's, the length AudioLDMPipeline's (from unet/config.json's sample_size; 10 s without one),
-    the rest those a tta export recorded in model_index.json (DEFAULTS_KEY), else AudioLDM's (200 steps,
-    guidance 2.5)."""
+    are the ones a tta export recorded in vocoder/config.json and vae/config.json (VAE_MEL_KEY, or an earlier
+    export's LEGACY_VAE_MEL_KEY), else AudioLDM's (TacotronSTFT framing) for both; `mel_framing` overrides the
+    framing. The generation defaults: the sampler is the scheduler/ folder's, the length AudioLDMPipeline's (from
+    unet/config.json's sample_size; 10 s without one), the rest those a tta export recorded in model_index.json
+    (DEFAULTS_KEY), else AudioLDM's (200 steps, guidance 2.5)."""
     import diffusers
 
     from tta.clap import load_clap
@@ -103,16 +107,18 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
                            ">= 1 (AudioLDMPipeline's default length) or null")
     vocoder = _with_framing(load_speecht5_folder(folder / "vocoder"), mel_framing)
     vae_mel = vocoder.config.mel
-    recorded = _read_json_object(folder / "vae" / "config.json").get("tta_mel") \
-        if (folder / "vae" / "config.json").is_file() else None
+    vae_config = folder / "vae" / "config.json"
+    vae_body = _read_json_object(vae_config) if vae_config.is_file() else {}
+    key = VAE_MEL_KEY if VAE_MEL_KEY in vae_body else LEGACY_VAE_MEL_KEY
+    recorded = vae_body.get(key)
     if recorded is not None:   # a tta export's VAE mel (its framing may differ from the vocoder's)
         from tta.audio import recorded_mel
 
         try:
-            vae_mel = recorded_mel(recorded)
+            vae_mel = recorded_mel(recorded, key=key)
             vae_mel = dataclasses.replace(vae_mel, framing=mel_framing) if mel_framing else vae_mel
         except ValueError as e:
-            raise InteropError(f"{folder / 'vae' / 'config.json'}: {e}") from None
+            raise InteropError(f"{vae_config}: {e}") from None
     vae = load_diffusers_vae(folder / "vae", mel=vae_mel)
     sched_cfg = folder / "scheduler" / "scheduler_config.json"
     if not sched_cfg.is_file():
@@ -321,10 +327,11 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
         unet_config.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         pipe.vae.net.save_pretrained(str(tmp / "vae"), safe_serialization=True)
         # the pipeline's mel is the VAE's: its framing may differ from the vocoder's (which reads mels alike
-        # either way); recorded, as the vocoder's is, so that an import gives the VAE its own
+        # either way); recorded, as the vocoder's is, so that an import gives the VAE its own (a private key, which
+        # AutoencoderKL skips without a warning)
         vae_config = tmp / "vae" / "config.json"
         body = json.loads(vae_config.read_text())
-        body["tta_mel"] = dataclasses.asdict(pipe.mel)
+        body[VAE_MEL_KEY] = dataclasses.asdict(pipe.mel)
         vae_config.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         export_speecht5(pipe.vocoder, tmp / "vocoder")
         scheduler.save_pretrained(str(tmp / "scheduler"))
