@@ -172,6 +172,28 @@ def test_a_stopped_command_says_so_in_one_line(stop, code, line, capsys, monkeyp
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_a_run_that_fails_before_it_starts_says_only_the_error(tmp_path, repo_root):
+    """`tta train vae ... 2>log` with a manifest that is a folder (or missing) wrote "INFO tta.training: removed r4:
+    the run failed before its first checkpoint" before the error line, for the folder (holding its lock file
+    only) that the command itself had made; -v still tells. A folder that was there stays, as it was."""
+    (tmp_path / "snd").mkdir()
+    (tmp_path / "kept").mkdir()
+    cmd = [sys.executable, "-m", "tta", "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"),
+           "--set", 'data.manifest="snd"']
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo_root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    error = "tta: error: snd: is a folder, expected a manifest file (.jsonl)\n"
+    for out in ("r4", "kept"):
+        done = subprocess.run([*cmd, "--out", out], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert (done.returncode, done.stderr) == (1, error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "snd"] and not any((tmp_path / "kept").iterdir())
+    done = subprocess.run([cmd[0], *cmd[1:3], "-v", *cmd[3:], "--out", "r4"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 1 and "snd: is a folder" in done.stderr
+    assert "DEBUG tta.training: removed r4: the run failed before its first checkpoint\n" in done.stderr
+    assert not (tmp_path / "r4").exists()
+
+
 def test_verbose_shows_the_traceback(tmp_path):
     cmd = [sys.executable, "-m", "tta", "-v", "train", "vae", "--config", str(tmp_path / "missing.json"),
            "--out", str(tmp_path / "run")]

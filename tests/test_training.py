@@ -1,6 +1,7 @@
 """The shared training loop: run folder, checkpoints, and bit-exact resume on CPU."""
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -298,6 +299,36 @@ def test_a_fresh_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_p
     with pytest.raises(RunError), discard_on_failure(kept):
         run_toy(kept, 2, init_from=tmp_path / "nowhere")
     assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+
+
+def test_the_removal_of_a_run_that_never_started_is_said_only_at_debug_level(tmp_path, caplog):
+    """A run that failed with only its lock and config.json written logged "removed ...: the run failed before its
+    first checkpoint" at info level, just before the error line, for a folder the user never saw used; a run that
+    wrote metrics still says it."""
+    from tta.training import discard_on_failure
+
+    def removals(level):
+        return [r.getMessage() for r in caplog.records if r.levelno == level and "first checkpoint" in r.getMessage()]
+
+    with caplog.at_level(logging.DEBUG, logger="tta.training"):
+        with pytest.raises(RunError, match="init_from"), discard_on_failure(tmp_path / "new"):
+            run_toy(tmp_path / "new", 2, init_from=tmp_path / "nowhere")
+        kept = tmp_path / "kept"
+        kept.mkdir()
+        with pytest.raises(RunError, match="init_from"), discard_on_failure(kept):
+            run_toy(kept, 2, init_from=tmp_path / "nowhere")
+        assert not removals(logging.INFO)
+        assert removals(logging.DEBUG) == [f"removed {tmp_path / 'new'}: the run failed before its first checkpoint",
+                                           f"removed .lock, config.json from {kept}: the run failed before its "
+                                           "first checkpoint"]
+        caplog.clear()
+        with pytest.raises(RuntimeError, match="bad batch"), discard_on_failure(tmp_path / "loop"):
+            run, _ = run_toy(tmp_path / "loop", 4, stop_at=0)
+            for _ in run.batches(ToyClips()):
+                run.end_step(loss=1.0)
+                raise RuntimeError("bad batch")
+        assert removals(logging.INFO) == [f"removed {tmp_path / 'loop'}: the run failed before its first checkpoint"]
+    assert not (tmp_path / "new").exists() and not (tmp_path / "loop").exists() and not any(kept.iterdir())
 
 
 def test_a_run_with_a_checkpoint_and_a_resume_are_never_discarded(tmp_path):

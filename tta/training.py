@@ -957,8 +957,10 @@ def discard_on_failure(out: str | os.PathLike, *, resume: bool = False, lock: bo
     The folder itself (with the parents this call made) goes only when it did not exist before; in a folder
     that did, only the entries that were not there before go. A pre-encoded cache/ stays (with the folder and its
     lock file): the same command, run again, reads it. A resume (`resume=True`) and a run that has a
-    complete checkpoint (it can be resumed) are left as they are. Only the main process removes anything.
-    With `lock` (the default) the run holds `run_lock(out)` throughout; a command refused by it removes nothing."""
+    complete checkpoint (it can be resumed) are left as they are. Only the main process removes anything. What
+    it removed is logged at info level, or at debug level when the run had written no more than its lock file,
+    config.json and data.json (it never started: the error says all there is). With `lock` (the default) the
+    run holds `run_lock(out)` throughout; a command refused by it removes nothing."""
     out = Path(out)
     if resume:
         with run_lock(out) if lock else contextlib.nullcontext():
@@ -1076,6 +1078,7 @@ def getattr_path(obj, dotted: str):
 
 RUN_LOCK = ".lock"   # in a run folder: held (flock) by the main process of the run training there
 _RUN_ENTRIES = (CONFIG_NAME, DATA_RECORD, "metrics.jsonl", "samples", "checkpoints", "pipeline")  # not cache/
+_RUN_BOOKKEEPING = {RUN_LOCK, CONFIG_NAME, DATA_RECORD}   # what a run writes before it loads or trains anything
 
 
 def unstarted_run(out: str | os.PathLike) -> dict | None:
@@ -1211,20 +1214,25 @@ def _discard_unstarted(out: Path, made: Path | None, before: set[str] | None) ->
         log.warning("%s: the run stopped before its first checkpoint; removed %s and kept its pre-encoded cache/ "
                     "for the next run", out, ", ".join(gone) or "nothing")
         return
+    # said when the run wrote something a user may have looked at (metrics.jsonl, samples/, a partial checkpoint);
+    # a run that stopped with only its lock, config.json and data.json written never started, and its folder goes
+    # without a word, as an out-dir `tta generate` made does (-v tells)
     if made is not None:
+        level = logging.INFO if set(os.listdir(out)) - _RUN_BOOKKEEPING else logging.DEBUG
         shutil.rmtree(out, ignore_errors=True)
         for parent in out.parents:        # the empty parents this call made, up to `made`
             if parent == made.parent:
                 break
             with contextlib.suppress(OSError):
                 parent.rmdir()
-        log.info("removed %s: the run failed before its first checkpoint", out)
+        log.log(level, "removed %s: the run failed before its first checkpoint", out)
         return
     new = sorted(set(os.listdir(out)) - (before or set()))
     for name in new:
         _remove(out / name)
     if new:
-        log.info("removed %s from %s: the run failed before its first checkpoint", ", ".join(new), out)
+        log.log(logging.INFO if set(new) - _RUN_BOOKKEEPING else logging.DEBUG,
+                "removed %s from %s: the run failed before its first checkpoint", ", ".join(new), out)
 
 
 def _remove(path: Path) -> None:
