@@ -22,6 +22,7 @@ from tta.data.importers import (
     import_tango,
 )
 from tta.data.manifest import read_manifest, write_manifest
+from tta.data.prompts import TEXT_FIELDS, read_prompt_file
 from tta.data.webdataset import import_webdataset
 
 
@@ -233,6 +234,43 @@ def test_text_in_another_encoding_is_named_not_mangled(tmp_path):
     assert [r.captions for r in result.rows] == [("rain",)]
     _one_error(result, "t.jsonl:1", "not UTF-8 text")
 
+
+
+@pytest.mark.parametrize("name", TEXT_FIELDS)
+def test_every_importer_takes_the_caption_names_a_prompts_file_takes(tmp_path, name):
+    """A captions CSV with a `Text` or `prompt` column was refused ("needs ... a caption column"), though the
+    prompts reader takes it; the JSON importers took `caption`/`captions` only (AudioLDM, Tango) or not
+    `prompt` (WebDataset)."""
+    _wav(tmp_path / "a.wav")
+    _wav(tmp_path / "b.wav", 0.25)
+    csv_path = tmp_path / "prompts.csv"
+    csv_path.write_text(f"File,{name.title()}\na.wav,a dog barks\nb.wav,a door slams\n")
+    assert [r.prompt for r in read_prompt_file(csv_path)] == ["a dog barks", "a door slams"]
+    opts = ImportOptions(progress=False)
+    rows = _by_id(import_folder(tmp_path, captions_csv=csv_path, options=opts))
+    assert {k: r.captions for k, r in rows.items()} == {"a": ("a dog barks",), "b": ("a door slams",)}
+    (tmp_path / "ldm.json").write_text(json.dumps({"data": [{"wav": "a.wav", name: "a dog barks"}]}))
+    assert [r.captions for r in import_audioldm(tmp_path / "ldm.json", options=opts).rows] == [("a dog barks",)]
+    (tmp_path / "tango.jsonl").write_text(json.dumps({"location": "a.wav", name: "a dog barks"}) + "\n")
+    assert [r.captions for r in import_tango(tmp_path / "tango.jsonl", options=opts).rows] == [("a dog barks",)]
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        _add(tar, "k.wav", _audio_bytes())
+        _add(tar, "k.json", json.dumps({name: "a chirp"}).encode())
+    result = import_webdataset(tmp_path / "shard.tar", audio_dir=tmp_path / "x", options=opts)
+    assert [r.captions for r in result.rows] == [("a chirp",)]
+
+
+def test_a_captions_csv_takes_caption_columns_before_text_and_no_id_column(tmp_path):
+    """Song Describer's CSV (caption_id, track_id, caption, ..., path) made each clip's caption id one of its
+    captions ("17"): every column whose name began with `caption` was read as one."""
+    _wav(tmp_path / "a.wav")
+    _wav(tmp_path / "b.wav", 0.25)
+    csv_path = tmp_path / "song_describer.csv"
+    csv_path.write_text("caption_id,track_id,caption,text,path\n17,5,a guitar strums,guitar,a.wav\n"
+                        "18,6,,a piano,b.wav\n")
+    rows = _by_id(import_folder(tmp_path, captions_csv=csv_path, options=ImportOptions(progress=False)))
+    assert rows["a"].captions == ("a guitar strums",)   # `text` is read where no caption column holds one
+    assert rows["b"].captions == ("a piano",)
 
 def test_tango_jsonl(tmp_path):
     _wav(tmp_path / "audio" / "t1.wav")

@@ -53,7 +53,8 @@ def _add_import(sub) -> None:
     p.add_argument("--root", type=Path, help="folder the source's audio paths are relative to "
                    "(audiocaps: required; audioldm/tango: default the source file's folder)")
     p.add_argument("--captions", type=Path, metavar="CSV",
-                   help="folder: captions CSV (file/path column + caption columns; optional id, split, "
+                   help="folder: captions CSV (file/path column + caption columns: caption, caption_1, ..., "
+                        "captions, else text or prompt; optional id, split, "
                         "category, labels, licence, source, and group: rows of one group land in one split) "
                         "instead of sidecar .txt files (a.wav's captions in a.txt, one per line); a val/test "
                         "token in the CSV's name (Clotho's captions_validation.csv) holds its rows without a "

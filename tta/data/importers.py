@@ -196,6 +196,27 @@ def clean_captions(values) -> list[str]:
     return [" ".join(v.split()) for v in values if isinstance(v, str) and v.strip()]
 
 
+# The names a caption's field (a JSON key, a CSV column) has in the formats, in the order they are tried: Tango's
+# and WebDataset's `captions`, AudioLDM's and Clotho's `caption`, LAION-Audio-630K's `text`, and a prompts
+# file's `prompt` (tta.data.prompts.TEXT_FIELDS: a prompts CSV or JSONL imports as captions). Not `description`
+# (WavCaps' raw Freesound text beside its caption) or `labels` (AudioSet's classes).
+CAPTION_FIELDS = ("captions", "caption", "text", "prompt")
+
+
+def item_captions(item: dict) -> list[str]:
+    """The captions of the first of CAPTION_FIELDS that a JSON object fills ({"captions": null, "caption": ...})."""
+    return next((caps for caps in (clean_captions(item.get(k)) for k in CAPTION_FIELDS) if caps), [])
+
+
+def caption_columns(fields: list[str]) -> list[list[str]]:
+    """A captions CSV's caption columns (lower-case names), in groups tried in turn for each row: the columns
+    named `caption`, `captions` or `caption` and a suffix (Clotho's caption_1 ... caption_5; not an id column
+    such as Song Describer's caption_id), then `text`, then `prompt` (CAPTION_FIELDS)."""
+    groups = [[h for h in fields if h.startswith("caption") and not re.search(r"(^|[^a-z])ids?$", h[7:])]]
+    groups += [[h] for h in CAPTION_FIELDS if h in fields and not h.startswith("caption")]
+    return [g for g in groups if g]
+
+
 class Collector:
     """Gathers entries (merging several captions of one file), then probes and builds rows."""
 
@@ -360,8 +381,8 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
                   options: ImportOptions = ImportOptions()) -> ImportResult:
     """Audio files under `folder` (recursively) with captions from `captions_csv` or sidecar `.txt` files.
 
-    CSV: a file column (`file`, `path`, `filename`, ...; relative to `folder`) and one or more columns whose
-    names start with `caption`; optional `id`, `split`, `category`, `labels` (`;`-separated), `licence` (or
+    CSV: a file column (`file`, `path`, `filename`, ...; relative to `folder`) and caption columns: `caption`,
+    `captions` or Clotho's `caption_1` ... `caption_5`, else `text` or `prompt` (`caption_columns`); optional `id`, `split`, `category`, `labels` (`;`-separated), `licence` (or
     `license`), `source` and `group` columns (rows of one group, e.g. pieces of one recording, land in the same
     split of `valid_fraction`).
     Sidecar: `a.wav` takes its captions from `a.txt`, one per non-empty line.
@@ -390,10 +411,11 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
         reader = csv.DictReader(f, strict=True)
         fields = [h.strip().lower() for h in reader.fieldnames or []]
         file_col = next((h for h in _FILE_COLUMNS if h in fields), None)
-        caption_cols = [h for h in fields if h.startswith("caption")]
+        caption_cols = caption_columns(fields)
         if file_col is None or not caption_cols:
             raise SourceError(f"{csv_path}: needs a file column (one of {', '.join(_FILE_COLUMNS)}) and a "
-                               f"caption column; found columns {fields}")
+                               f"caption column (caption, caption_1, ..., captions, text or prompt); found columns "
+                               f"{fields}")
         listed: set[Path] = set()
         for raw in csv_records(reader, csv_path):
             where = f"{csv_path}:{reader.line_num}"    # the row's last physical line (quoted captions span lines)
@@ -412,7 +434,8 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
             except SourceError as e:
                 c.error(str(e))
                 continue
-            caps = clean_captions([rec.get(col, "") for col in caption_cols])
+            caps = next((caps for caps in (clean_captions([rec.get(col, "") for col in group])
+                                           for group in caption_cols) if caps), [])
             c.add(Entry(rec.get("id") or _stem_id(p, folder), p, where, caps, split=split,
                          labels=tuple(x.strip() for x in rec.get("labels", "").split(";") if x.strip()),
                          category=rec.get("category") or None, group=rec.get("group") or None,
@@ -494,8 +517,8 @@ def import_audiocaps(csv_path: str | os.PathLike, *, root: str | os.PathLike,
 
 def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
                     options: ImportOptions = ImportOptions()) -> ImportResult:
-    """AudioLDM dataset JSON `{"data": [{"wav": PATH, "caption": TEXT, "labels": "..."}, ...]}`; wav paths
-    are relative to `root` (default: the JSON's folder)."""
+    """AudioLDM dataset JSON `{"data": [{"wav": PATH, "caption": TEXT, "labels": "..."}, ...]}` (the caption
+    under any of CAPTION_FIELDS); wav paths are relative to `root` (default: the JSON's folder)."""
     json_path = _require_file(Path(json_path), "AudioLDM dataset JSON")
     root = Path(root) if root else json_path.parent
     try:
@@ -514,7 +537,7 @@ def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | N
         labels = item.get("labels", ())
         labels = tuple(x for x in labels.split(",") if x) if isinstance(labels, str) else \
             tuple(x for x in labels if isinstance(x, str)) if isinstance(labels, list) else ()
-        caps = clean_captions(item.get("caption", item.get("captions")))
+        caps = item_captions(item)
         try:
             split = row_split(item.get("split"), where)
         except SourceError as e:
@@ -527,8 +550,9 @@ def import_audioldm(json_path: str | os.PathLike, *, root: str | os.PathLike | N
 
 def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
                  options: ImportOptions = ImportOptions()) -> ImportResult:
-    """Tango JSONL: one `{"location": PATH, "captions": TEXT or [TEXT, ...]}` per line; locations are
-    relative to `root` (default: the JSONL's folder). A broken line is reported and skipped."""
+    """Tango JSONL: one `{"location": PATH, "captions": TEXT or [TEXT, ...]}` per line (the captions under any
+    of CAPTION_FIELDS); locations are relative to `root` (default: the JSONL's folder). A broken line is
+    reported and skipped."""
     jsonl_path = _require_file(Path(jsonl_path), "Tango JSONL")
     root = Path(root) if root else jsonl_path.parent
     c = Collector(options, default_split=_split_from_filename(jsonl_path))
@@ -554,7 +578,7 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
                 c.error(f'{where}: expected an object with a "location" path; skipped')
                 continue
             p = source_path(root, item["location"])
-            caps = clean_captions(item.get("captions", item.get("caption")))
+            caps = item_captions(item)
             try:
                 split = row_split(item.get("split"), where)
             except SourceError as e:

@@ -22,6 +22,7 @@ from tta.data.importers import (
     ImportResult,
     SourceError,
     clean_captions,
+    item_captions,
     own_text,
     row_split,
 )
@@ -35,8 +36,8 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike,
                       options: ImportOptions | None = None) -> ImportResult:
     """WebDataset tar shards (a .tar file or a folder of them: its files named with SHARD_SUFFIXES): members
-    `KEY.{wav,flac,ogg,opus,mp3}` with `KEY.json` (caption / captions / text, optional split) or `KEY.txt`.
-    Audio is extracted under `audio_dir` (which must not exist yet; it is created only when at least one row
+    `KEY.{wav,flac,ogg,opus,mp3}` with `KEY.json` (captions / caption / text / prompt, optional split) or
+    `KEY.txt`. Audio is extracted under `audio_dir` (which must not exist yet; it is created only when at least one row
     imports)."""
     shards, audio_dir, options = Path(shards), Path(audio_dir), options or ImportOptions()
     tars = sorted(p for p in shards.iterdir() if p.name.lower().endswith(SHARD_SUFFIXES)) if shards.is_dir() \
@@ -120,8 +121,7 @@ def _read_shard(tar_path: Path, out: Path, c: Collector) -> None:
                     meta = json.loads(tf.extractfile(parts["json"]).read().decode("utf-8"))
                     if not isinstance(meta, dict):
                         raise ValueError("expected a JSON object")
-                    caps = next((c for c in (clean_captions(meta.get(k)) for k in ("captions", "caption", "text"))
-                                 if c), [])   # the first field that holds a caption ({"captions": null, ...})
+                    caps = item_captions(meta)
                     split = row_split(meta.get("split"), where)
                 if not caps and "txt" in parts:
                     caps = clean_captions(tf.extractfile(parts["txt"]).read().decode("utf-8").splitlines())
