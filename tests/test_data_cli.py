@@ -148,6 +148,44 @@ def test_import_webdataset_default_audio_dir(capsys, tmp_path):
     assert not (tmp_path / "folder_out_audio").exists()
 
 
+
+def test_a_webdataset_import_runs_again_over_its_own_audio_and_never_over_other_files(capsys, tmp_path):
+    """A re-run to the same --out was refused ("wds_audio: audio folder ... already exists and is not empty")
+    where every other import writes --out over: it gives the same manifest and audio bytes; a folder that
+    holds a file the import does not extract is refused and left as it is."""
+    beeps = [io.BytesIO(), io.BytesIO()]
+    for buf, hz in zip(beeps, (700, 900)):
+        sf.write(buf, tone(hz, 0.2), 16_000, format="WAV")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for name, data in [("s1.wav", beeps[0].getvalue()), ("s1.json", json.dumps({"text": "a beep"}).encode()),
+                           ("sub/s2.wav", beeps[1].getvalue()), ("sub/s2.txt", b"a higher beep"),
+                           ("bad.wav", b"not audio"), ("bad.txt", b"no sound")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    argv = ("data", "import", "webdataset", tmp_path / "shard.tar", "--out", tmp_path / "wds.jsonl")
+    audio = tmp_path / "wds_audio"
+
+    def written():
+        files = {f.relative_to(audio).as_posix(): f.read_bytes() for f in audio.rglob("*") if f.is_file()}
+        return (tmp_path / "wds.jsonl").read_bytes(), files
+
+    assert _run(capsys, *argv)[0] == 0
+    first = written()
+    assert sorted(first[1]) == ["s1.wav", "sub/s2.wav"]
+    assert _run(capsys, *argv)[0] == 0
+    assert written() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.tar", "wds.jsonl", "wds_audio"]   # no staging
+    for extra, named in ((audio / "notes.txt", "holds notes.txt,"), (audio / "sub" / "old" / "x.wav", "holds sub/old/,")):
+        extra.parent.mkdir(exist_ok=True)
+        extra.write_text("mine")
+        code, _, err = _run(capsys, *argv)
+        assert code == 1
+        _assert_one_line_error(err, str(audio), named, "does not extract")
+        assert extra.read_text() == "mine" and written()[0] == first[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.tar", "wds.jsonl", "wds_audio"]
+        extra.unlink()
+
 def test_import_tango_and_audioldm(capsys, tmp_path):
     _wav(tmp_path / "w" / "one.wav")
     (tmp_path / "train.jsonl").write_text(json.dumps({"location": "w/one.wav", "captions": "a tone"}) + "\n")

@@ -343,8 +343,13 @@ def test_webdataset_shards(tmp_path):
     manifest = write_manifest(tmp_path / "m.jsonl", result.rows)
     assert [r.id for r in read_manifest(manifest)] == [r.id for r in result.rows]
 
-    with pytest.raises(SourceError, match="already exists"):
+    # A re-run writes over its own files; a folder holding another file is refused before anything moves.
+    again = import_webdataset(shards, audio_dir=audio_dir, options=ImportOptions(progress=False))
+    assert again.rows == result.rows and again.errors == result.errors
+    (audio_dir / "k2.txt").write_text("mine")
+    with pytest.raises(SourceError, match="holds k2.txt, which this import does not extract"):
         import_webdataset(shards, audio_dir=audio_dir, options=ImportOptions(progress=False))
+    assert sorted(f.name for f in audio_dir.rglob("*") if f.is_file()) == ["k1.wav", "k2.flac", "k2.txt", "k6.mp3"]
 
 
 def test_webdataset_without_good_rows_leaves_no_folder(tmp_path):

@@ -61,7 +61,8 @@ def _add_import(sub) -> None:
                         "split column out in that split, a train token (or Clotho's development) makes them "
                         "training rows, of which --valid-fraction holds a share out")
     p.add_argument("--audio-dir", type=output_path, help="webdataset: folder to extract audio into "
-                   "(default: MANIFEST's name + '_audio' beside it; must not exist)")
+                   "(default: MANIFEST's name + '_audio' beside it); a re-run of the import writes over the "
+                        "files an earlier run extracted there, and refuses a folder that holds any other file")
     p.add_argument("--split", choices=("train", "valid", "test"), help="put every row into this split")
     p.add_argument("--valid-fraction", type=float, default=0.0, metavar="F",
                    help="rows whose source names no split (a file named for training counts as naming none): "

@@ -1,7 +1,9 @@
 """WebDataset tar shards as a manifest: members `KEY.{wav,flac,ogg,opus,mp3}` + `KEY.json` or `KEY.txt`.
 
 The audio is extracted (the manifest needs files to point at) into a staging folder beside `audio_dir`
-and moved into place only when at least one row imports, so a failed import leaves nothing behind.
+and moved into place only when at least one row imports, so a failed import leaves nothing behind. A re-run
+of an import extracts into the folder an earlier run filled: its files are replaced with this run's, and a
+folder that holds anything this run does not write (a user's files, another import's audio) is refused.
 """
 
 from __future__ import annotations
@@ -37,15 +39,15 @@ def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike
                       options: ImportOptions | None = None) -> ImportResult:
     """WebDataset tar shards (a .tar file or a folder of them: its files named with SHARD_SUFFIXES): members
     `KEY.{wav,flac,ogg,opus,mp3}` with `KEY.json` (captions / caption / text / prompt, optional split) or
-    `KEY.txt`. Audio is extracted under `audio_dir` (which must not exist yet; it is created only when at least one row
-    imports)."""
+    `KEY.txt`. Audio is extracted under `audio_dir`, created only when at least one row imports; an existing
+    one may hold only files this import writes (an earlier run's), which are replaced."""
     shards, audio_dir, options = Path(shards), Path(audio_dir), options or ImportOptions()
     tars = sorted(p for p in shards.iterdir() if p.name.lower().endswith(SHARD_SUFFIXES)) if shards.is_dir() \
         else [shards]
     if not tars or not tars[0].is_file():
         raise SourceError(f"{shards}: no WebDataset shards found (expected {', '.join(SHARD_SUFFIXES)} files)")
-    if audio_dir.exists() and any(audio_dir.iterdir()):
-        raise SourceError(f"{audio_dir}: audio folder for extracted files already exists and is not empty")
+    if audio_dir.exists() and not audio_dir.is_dir():
+        raise SourceError(f"{audio_dir}: audio folder for extracted files is a file")
     audio_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{audio_dir.name}.", suffix=".tmp", dir=audio_dir.parent))
     try:
@@ -60,17 +62,40 @@ def import_webdataset(shards: str | os.PathLike, *, audio_dir: str | os.PathLike
             keep = {r.path for r in result.rows}
             for f in [f for f in tmp.rglob("*") if f.is_file() and str(absolute_path(f)) not in keep]:
                 f.unlink()  # audio of skipped items is not left behind
+            written = {f.relative_to(tmp) for f in tmp.rglob("*") if f.is_file()}
             if audio_dir.exists():
-                audio_dir.rmdir()
-            from tta.checkpoint import _default_mode
+                _replace_earlier_run(audio_dir, tmp, written)
+            else:
+                from tta.checkpoint import _default_mode
 
-            os.chmod(tmp, _default_mode(folder=True))   # mkdtemp made it private; a folder made here is not
-            os.replace(tmp, audio_dir)
+                os.chmod(tmp, _default_mode(folder=True))   # mkdtemp made it private; a folder made here is not
+                os.replace(tmp, audio_dir)
             result.rows = [replace(r, path=final + r.path[len(staged):]) for r in result.rows]
         return result
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _replace_earlier_run(audio_dir: Path, staged: Path, written: set[Path]) -> None:
+    """Move the `written` files (paths relative to `staged`) into the existing `audio_dir`, over an earlier
+    run's copies; a SourceError, before anything moves, when `audio_dir` holds anything else: a file or link
+    this import does not write, a folder no written file goes in, or a linked folder (files would land in its
+    target)."""
+    parents = {d for f in written for d in f.parents}
+    for top, dirs, files in os.walk(audio_dir):
+        for name in sorted(dirs) + sorted(files):
+            path = Path(top, name)
+            rel = path.relative_to(audio_dir)
+            real_dir = path.is_dir() and not path.is_symlink()
+            if (rel in parents) if real_dir else (rel in written and not path.is_dir()):
+                continue
+            raise SourceError(f"{audio_dir}: the audio folder holds {rel.as_posix()}{'/' if path.is_dir() else ''}, "
+                              "which this import does not extract (it writes over an earlier run's files only); "
+                              "move it away, or extract into another folder")
+    for rel in sorted(written):
+        (audio_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged / rel, audio_dir / rel)
 
 
 def _one_line(e: Exception) -> str:
