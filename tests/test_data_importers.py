@@ -506,6 +506,23 @@ def test_folder_import_reports_a_dead_link_beside_its_captions(tmp_path):
     assert len(result.errors) == 1
 
 
+
+def test_a_webdataset_member_that_cannot_be_read_is_named(tmp_path):
+    """Broken JSON said "shard.tar:a: unreadable member (Expecting property name ...)": never which of the key's
+    members (a.json, a.txt, a.wav) it was."""
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for key, member, data in [("a", "a.json", b'{"caption": "x",\n}'), ("b", "b.json", b'["a list"]'),
+                                  ("c", "c.txt", "un café".encode("latin-1")), ("d", "sub/d.json", b"\xff{}"),
+                                  ("e", "e.json", b'{"caption": "a chirp"}')]:
+            _add(tar, member, data)
+            _add(tar, member.rpartition(".")[0] + ".wav", _audio_bytes())
+    result = import_webdataset(tmp_path / "shard.tar", audio_dir=tmp_path / "x", options=ImportOptions(progress=False))
+    assert sorted(_by_id(result)) == ["e"] and len(result.errors) == 4
+    _one_error(result, "shard.tar:a: member a.json is not valid JSON", "at line 2 column 1")
+    _one_error(result, "shard.tar:b: unreadable member b.json (expected a JSON object, not list)")
+    _one_error(result, "shard.tar:c: member c.txt is not UTF-8 text")
+    _one_error(result, "shard.tar:sub/d: member sub/d.json is not UTF-8 text")
+
 def test_a_webdataset_shard_cut_short_keeps_the_samples_before_the_cut(tmp_path):
     """A shard truncated part-way lost every sample with "damaged tar shard; skipped", the whole ones too."""
     shards = tmp_path / "shards"

@@ -141,23 +141,34 @@ def _read_shard(tar_path: Path, out: Path, c: Collector) -> None:
                 c.error(f"{where}: no audio member (.wav/.flac/.ogg/.opus/.mp3); skipped")
                 continue
             caps, split, meta = [], None, {}
+            member = None   # the one being read, named by a message: a key's json, txt and audio go together
             try:
                 if "json" in parts:
-                    meta = json.loads(tf.extractfile(parts["json"]).read().decode("utf-8"))
+                    member = parts["json"]
+                    meta = json.loads(tf.extractfile(member).read().decode("utf-8"))
                     if not isinstance(meta, dict):
-                        raise ValueError("expected a JSON object")
+                        raise ValueError(f"expected a JSON object, not {type(meta).__name__}")
                     caps = item_captions(meta)
                     split = row_split(meta.get("split"), where)
                 if not caps and "txt" in parts:
-                    caps = clean_captions(tf.extractfile(parts["txt"]).read().decode("utf-8").splitlines())
+                    member = parts["txt"]
+                    caps = clean_captions(tf.extractfile(member).read().decode("utf-8").splitlines())
+                member = parts[audio_ext]
                 dest = out / f"{key}.{audio_ext}"
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tf.extractfile(parts[audio_ext]).read())
+                dest.write_bytes(tf.extractfile(member).read())
             except SourceError as e:      # a split value that names no split
                 c.error(str(e))
                 continue
-            except (ValueError, UnicodeDecodeError, tarfile.TarError, OSError, EOFError) as e:
-                c.error(f"{where}: unreadable member ({e}); skipped")
+            except json.JSONDecodeError as e:
+                c.error(f"{where}: member {member.name} is not valid JSON ({e.msg} at line {e.lineno} column "
+                        f"{e.colno}); skipped")
+                continue
+            except UnicodeDecodeError as e:
+                c.error(f"{where}: member {member.name} is not UTF-8 text ({e.reason} at byte {e.start}); skipped")
+                continue
+            except (ValueError, tarfile.TarError, OSError, EOFError) as e:
+                c.error(f"{where}: unreadable member {member.name} ({e}); skipped")
                 continue
             c.add(Entry(row_id, dest, where, caps, split=split, source=own_text(meta, ("source",)),
                         licence=own_text(meta, LICENCE_KEYS)))
