@@ -209,12 +209,19 @@ def _add_generate(sub) -> None:
                         "the neighbours change (default: the model's)")
     p.add_argument("--candidates", type=int, help="clips drawn per prompt; the best by the model's CLAP score is kept "
                    "(default: the model's; the embedded model draws 2)")
+    p.add_argument("--takes", default=1, metavar="N",
+                   help="files written per prompt (default 1): N takes of each prompt, each its own file, where "
+                        "--candidates draws several clips behind each file and keeps one. The run is the one with "
+                        "each prompt written N times in a row (row r takes seed SEED + r, the same bytes): a row "
+                        "named by its file or id names its takes NAME_1 .. NAME_N, others are NNN_<slug> by row; "
+                        "needs --out-dir (or the current folder), not -o")
     p.add_argument("--window", type=float, metavar="S",
                    help="sample at least S seconds and cut to --seconds (default: the model's window, 10.24 "
                         "for the embedded model, which was trained on 10.24 s clips; 0 = sample exactly --seconds)")
     p.add_argument("--seed", type=int, default=0,
-                   help="prompt i of the run (in order) takes seed SEED + i (default 0); for new variations of a "
-                        "batch of N prompts, move --seed by N or more, else its rows repeat earlier rows' noise")
+                   help="prompt i of the run (in order; with --takes, each take is a row) takes seed SEED + i (default "
+                        "0); for new variations of a batch of N rows, move --seed by N or more, else its rows repeat "
+                        "earlier rows' noise")
     p.add_argument("--sampler", help="ddim, dpmsolver++, euler, euler_a, heun, lms, pndm or ddpm")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic; default: the model's, "
                    "usually 0)")

@@ -6,7 +6,9 @@ loaded, so a typo costs nothing. Outputs are written atomically as they are fini
 Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.json` beside it;
 otherwise each prompt goes to `<out-dir>/<name>.wav` (the base name of a prompts file row's file field, else
 its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`) and the record to
-`<out-dir>/generation.json`. `--resume` keeps the outputs an earlier run of the same batch wrote into the
+`<out-dir>/generation.json`. `--takes N` is the run with each prompt written N times in a row (row r takes seed
+SEED + r): a row named by its file or id names its takes `<name>_1` .. `<name>_N`, an unnamed one `NNN_<slug>`
+by row as repeated rows are. `--resume` keeps the outputs an earlier run of the same batch wrote into the
 out-dir (its record lists them with their sha256) and generates the rest (tta.generate_resume). `--edit KIND`
 edits each --prompts row's own input audio, its `input` field (tta.generate_edits).
 """
@@ -37,6 +39,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 QUIET_GAIN = 0.1   # an output turned down more than this to fit full scale is reported (a broken sample)
 EDIT_HEADROOM = 0.9   # an edit's input louder than this x the peak is turned down to it, to leave room beside it
 RECORD_EVERY = 10.0   # seconds between rewrites of generation.json while a batch run goes on
+MAX_TAKES = 10_000    # --takes: each take is a file (a typo such as 10**9 would plan that many rows in memory)
 
 
 class GenerateError(ValueError):
@@ -50,6 +53,7 @@ class Job:
     path: Path
     input: str | None = None   # with --edit: the row's input field as written (the audio it edits)
     where: str = ""            # "prompts file:line" of a prompts file's row, for messages
+    take: int = 1              # with --takes N: which of its row's N takes (1..N)
 
 
 # ----------------------------------------------------------------------------------------- prompts
@@ -109,9 +113,13 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     if args.output is not None and getattr(args, "resume", False):
         raise UsageError("--resume continues a --out-dir batch; -o FILE writes one clip: run it again without "
                          "--resume")
+    takes = getattr(args, "takes", 1)
     if args.output is not None:
         if len(pairs) != 1:
             raise UsageError(f"-o FILE takes exactly one prompt, got {len(pairs)}; use --out-dir DIR")
+        if takes != 1:   # as a prompt given N times: -o writes one clip and the record beside it
+            raise UsageError(f"-o FILE writes one clip, --takes {takes} writes {takes}; use --out-dir DIR (each take "
+                             "is a file there)")
         check_writable_file(args.output)
         record = record_path_of(args.output, single=True)
         check_output_path(record)
@@ -124,26 +132,33 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     check_writable_dir(out_dir)
     jobs = []
     where = f"{args.prompts_file}: " if args.prompts_file is not None else ""   # ids come from that file
+    # --takes N: each prompt N times in a row, row r (of the rows so written) taking seed SEED + r
+    pairs = [(pair, take) for pair in pairs for take in range(1, takes + 1)]
+    rows = [row for row in rows for _ in range(takes)]
     width = max(3, len(str(len(pairs) - 1)))  # names sort in prompt order, also past 1000 prompts
     seen: dict[str, str] = {}   # case-folded NFC name -> name: one file on macOS and Windows file systems
-    for i, (given, prompt, id_) in enumerate(pairs):
+    for i, ((given, prompt, id_), take) in enumerate(pairs):
         name = given if given is not None else f"{i:0{width}d}_{slug(prompt)}"   # tta eval pairs by it
         problem = None if id_ is not None and given == id_file_name(id_) else name_problem(name)
         if problem:   # a file field's base name is used as written (tta eval pairs it so); an id is escaped
             raise GenerateError(f"{where}output name {name!r} (a row's file field) cannot be a file name: it "
                                 f"{problem}; rename it there, or leave the field out to name the output by the "
                                 "row's id")
-        too_long = id_name_problem(id_) if id_ is not None and given == id_file_name(id_) else None
+        suffix = f"_{take}" if takes > 1 and given is not None else ""   # a named row's takes: door_1, door_2
+        name += suffix
+        too_long = id_name_problem(id_, f"{suffix}.wav") if id_ is not None and given == id_file_name(id_) else None
         if too_long:   # named here: check_output_path's message would name only the escaped file
             raise GenerateError(f"{where}{too_long}")
         folded = unicodedata.normalize("NFC", name).casefold()
         if folded in seen:
             how = "twice" if seen[folded] == name else f"twice, as {seen[folded]!r} and {name!r} (one file where " \
                                                         f"case does not count)"
-            raise GenerateError(f"{where}output name {name!r} (a row's file field, as its base name, or its id) "
-                                f"appears {how}; each row's output needs its own name")
+            raise GenerateError(f"{where}output name {name!r} (a row's file field, as its base name, or its id"
+                                f"{', with its take number' if suffix else ''}) appears {how}; each row's output "
+                                "needs its own name")
         seen[folded] = name
-        jobs.append(Job(id_ if id_ is not None else name, prompt, out_dir / f"{name}.wav", *row_fields(rows[i])))
+        jobs.append(Job(id_ if id_ is not None else name, prompt, out_dir / f"{name}.wav", *row_fields(rows[i]),
+                        take=take))
         check_output_path(jobs[-1].path)
     check_output_path(record_path_of(out_dir, single=False))
     if out_dir.is_dir():   # audio this run does not write would sit beside its outputs, e.g. in one `tta eval`
@@ -422,6 +437,17 @@ def check_flag_values(args: argparse.Namespace) -> None:
         raise GenerateError(f"--candidates {args.candidates} must be >= 1")
     if args.batch_size < 1:
         raise GenerateError(f"--batch-size {args.batch_size} must be >= 1")
+    takes = getattr(args, "takes", 1)
+    if isinstance(takes, str):   # read here, not by argparse: "2.5" is a one-line error too, not a usage screen
+        text = takes.strip()
+        takes = int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
+        if takes is None or not 1 <= takes <= MAX_TAKES:
+            raise GenerateError(f"--takes {text} must be a whole number from 1 to {MAX_TAKES} (the files written "
+                                "per prompt)")
+        args.takes = takes
+    elif not (type(takes) is int and 1 <= takes <= MAX_TAKES):
+        raise GenerateError(f"--takes {takes!r} must be a whole number from 1 to {MAX_TAKES} (the files written "
+                            "per prompt)")
     if not 0 <= args.seed < MAX_SEED:
         raise GenerateError(f"--seed {args.seed} must be in [0, 2**62)")
     if args.eta is not None and not (math.isfinite(args.eta) and 0 <= args.eta <= 1):
@@ -733,7 +759,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
         if rows is None or i in records:   # --edit: a bad row wrote nothing
             print(job.path)
     if rows is not None and rows.bad:
-        rows.refuse_left_out(len(jobs))
+        rows.refuse_left_out(len(jobs) // getattr(args, "takes", 1))   # the prompts file's rows, not takes
     return 0
 
 
@@ -822,7 +848,7 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
             save_audio(job.path, wav, out.sample_rate)
             # the file's sha256: a --resume keeps a file only while it holds these bytes
             records[start + k] = {"id": job.id, "prompt": job.prompt, "file": job.path.name,
-                                  "sha256": file_sha256(job.path), "seeds": out.seeds[k],
+                                  "sha256": file_sha256(job.path), "take": job.take, "seeds": out.seeds[k],
                                   "gain": round(gain, 6), **{key: round(v, 6) for key, v in extra.items()},
                                   "clap_score": round(out.scores[k], 6),
                                   "candidate_clap_scores": [round(s, 6) for s in out.candidate_scores[k]],
@@ -904,7 +930,7 @@ def record_header(args, folder: Path, pipe, device: str, edit, store=None) -> di
                      "window": None if edit else (d.window if getattr(args, "window", None) is None
                                                   else args.window),
                      "seed": args.seed, "sampler": args.sampler, "eta": d.eta if args.eta is None else args.eta,
-                     "batch_size": args.batch_size,
+                     "batch_size": args.batch_size, "takes": getattr(args, "takes", 1),
                      "device": device, "threads": torch.get_num_threads(), "sample_rate": pipe.sample_rate,
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
         "clap_score_model": getattr(pipe.clap, "identity", ""),

@@ -13,7 +13,8 @@ many were left out, and its record says it is not complete, so a `--resume` once
 them alone. Rows run one at a time (each has its own input and length; --batch-size above 1 is refused), so
 row i comes out as the one-input run `--init-audio WAV --seed SEED+i` writes it, byte for byte. An input is
 decoded again at its turn (a batch holding every input decoded would grow with it); one changed since it was
-checked is a bad row then.
+checked is a bad row then. With --takes N a row's N takes are N rows in a row (seeds SEED + r): its input is
+checked once, and a bad row is reported once and counted as one row.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class RowEdits:
     prompts_file: Path | None = None
 
     def report(self, i: int, job: Job, message: str) -> None:
+        said = f"{job.where}: {message}" in self.bad.values()   # with --takes N, the row's other takes: said once
         self.bad[i] = f"{job.where}: {message}"
-        print(f"tta: bad row: {self.bad[i]}", file=sys.stderr)
+        if not said:
+            print(f"tta: bad row: {self.bad[i]}", file=sys.stderr)
 
     def load(self, i: int, pipe) -> tuple[dict, object, object] | None:
         """(edit, wav_in, kept) of row i once the model has loaded (prepare_input), or None for a bad row: one
@@ -78,8 +81,9 @@ class RowEdits:
         return edit, wav_in, kept
 
     def refuse_left_out(self, rows: int) -> None:
-        """End the run with exit 1 when a row was left out (its outputs written and recorded)."""
-        n = len(self.bad)
+        """End the run with exit 1 when a row was left out (its outputs written and recorded); `rows` counts
+        the prompts file's rows (with --takes N, a row's N takes are one row)."""
+        n = len({self.jobs[i].where for i in self.bad})
         raise GenerateError(f"{n} of {rows} rows of {self.prompts_file} not generated (bad input, reported above as "
                             f"'bad row'); fix {'it' if n == 1 else 'them'} and run the same command with --resume to "
                             f"generate only {'that row' if n == 1 else 'those rows'}")
@@ -94,7 +98,15 @@ def plan_rows(args: argparse.Namespace, jobs: list[Job], edit: dict, mel) -> Row
     rows = RowEdits(jobs=jobs, prompts_file=args.prompts_file)
     base = args.prompts_file.parent
     outputs = {job.path.resolve(): job for job in jobs}
+    first: dict[str, int] = {}   # a row's first job: with --takes N its other takes edit the same input
     for i, job in enumerate(jobs):
+        j = first.setdefault(job.where, i)
+        if j != i:   # checked and decoded once
+            if j in rows.bad:
+                rows.report(i, job, rows.bad[j].removeprefix(f"{job.where}: "))
+            else:
+                rows.paths[i], rows.edits[i] = rows.paths[j], dict(rows.edits[j])
+            continue
         try:
             rows.paths[i], rows.edits[i] = plan_row(job, edit, mel, base, outputs)
         except GenerateError as e:

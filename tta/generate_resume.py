@@ -70,25 +70,37 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
     if record["settings"].get("seed") != args.seed:
         raise _refused(path, f"'settings.seed': {record['settings'].get('seed')!r} saved, {args.seed!r} now")
     where = args.prompts_file if args.prompts_file is not None else "the prompts given"
+    advice = takes_advice(record["settings"].get("takes", 1), getattr(args, "takes", 1))
     rows = {job.path.name: (i, job) for i, job in enumerate(jobs)}
     for o in record["outputs"]:
         if o["file"] not in rows:
             raise GenerateError(f"{path}: cannot resume: the earlier run wrote {o['file']} (id {o['id']!r}), which no "
-                                f"row of {where} names now; {RESUME_ADVICE}")
+                                f"row of {where} names now; {advice}")
         i, job = rows[o["file"]]
         for what, then, given in (("id", o["id"], job.id), ("prompt", o["prompt"], job.prompt)):
             if then != given:
                 raise GenerateError(f"{path}: cannot resume: {o['file']} was generated for the {what} "
                                     f"{shortened(repr(then))}, and {where} gives {shortened(repr(given))} now; "
-                                    f"{RESUME_ADVICE}")
+                                    f"{advice}")
         if o["seeds"][0] != args.seed + i:   # row i takes seed + i: a row added or removed before it moved it
             raise GenerateError(f"{path}: cannot resume: {o['file']} was generated as row {o['seeds'][0] - args.seed} "
-                                f"(seed {o['seeds'][0]}), and it is row {i} of {where} now; {RESUME_ADVICE}")
+                                f"(seed {o['seeds'][0]}), and it is row {i} of {where} now; {advice}")
         if row_edits is not None:
             from tta.generate_edits import check_row_input
 
-            check_row_input(path, o, i, job, row_edits, RESUME_ADVICE)
+            check_row_input(path, o, i, job, row_edits, advice)
     return record
+
+
+def takes_advice(then, now) -> str:
+    """What a refused --resume advises: with --takes changed (`then` the earlier run's, an older record's 1) the
+    cause too. The rows decide, as for any batch: more takes of one prompt are rows added at the end, and
+    resume; of several prompts they move every later prompt's takes to other rows and seeds."""
+    if then == now:
+        return RESUME_ADVICE
+    return (f"the earlier run wrote --takes {then} of each prompt and this one --takes {now}: each prompt's takes "
+            "are consecutive rows, so the takes of every prompt after the first move to other rows and seeds; run "
+            f"it with --takes {then} as the earlier run did, or without --resume to generate every row again")
 
 
 def check_same_run(record: dict, header: dict, path: Path) -> None:
@@ -98,6 +110,9 @@ def check_same_run(record: dict, header: dict, path: Path) -> None:
 
     def checked(d: dict) -> dict:
         out = {k: d.get(k) for k in RESUME_CHECKED}
+        if isinstance(out["settings"], dict):   # --takes: read_earlier_run's row checks decide (more takes of one
+            # prompt are rows added at the end)
+            out["settings"] = {k: v for k, v in out["settings"].items() if k != "takes"}
         if isinstance(out["edit"], dict):   # the input by its sha256, wherever it is now; the seconds sampled
             # follow from the rest and are recorded only once a batch has run
             out["edit"] = {k: v for k, v in out["edit"].items() if k not in ("input", "sampled_seconds")}
