@@ -392,11 +392,17 @@ def run_eval(opts: EvalOptions) -> dict:
             proto["reference"] = pref.protocol()
         if "fd" in metrics:
             gen_frames, ref_frames = _frames(pgen), _frames(pref)
+            fd_stats = {}
+            for what, folder, x in (("generated", opts.generated, gen_frames), ("reference", opts.reference,
+                                                                                  ref_frames)):
+                try:   # one clip is one PANNs embedding: no covariance (the message named neither set)
+                    fd_stats[what] = FrechetStats.from_embeddings(x)
+                except StatsError as e:
+                    raise EvalError(f"--metrics fd: {what} {folder}: {e} (PANNs gives one per file)") from None
             proto["fd"] = {"pooling": panns.pooling, "warnings": [
                 w for what, x in (("FD generated", gen_frames), ("FD reference", ref_frames))
                 if (w := few_frames_warning(what, x.shape[0], panns.dim))]}
-            result["metrics"]["fd"] = FrechetStats.from_embeddings(gen_frames).distance(
-                FrechetStats.from_embeddings(ref_frames))
+            result["metrics"]["fd"] = fd_stats["generated"].distance(fd_stats["reference"])
         if "kl" in metrics:
             try:
                 kl = kl_divergence(pgen.logits, pref.logits)

@@ -626,3 +626,25 @@ def test_a_retrieval_experiment_generation_record_is_not_called_damaged(folders,
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "bad") == 0
     note = json.loads((tmp_path / "bad" / "eval.json").read_text())["protocol"]["generated_record_damaged"]
     assert "outputs[3].file is null, not a file name" in note["warning"]
+
+
+def test_fd_on_a_folder_of_one_clip_names_the_folder(folders, tmp_path, capsys):
+    """PANNs gives one embedding per file: a folder of one clip has no covariance, and the error says which
+    folder (it said only 'need at least 2 embeddings to estimate a covariance, got 1')."""
+    import torch
+
+    from tests.test_eval_embedders import _panns_front_end_state, _panns_keys, _random_state
+
+    gen, ref, _ = folders
+    weights = tmp_path / "Cnn14_16k_mAP=0.438.pth"
+    torch.save({"model": {**_random_state(_panns_keys()), **_panns_front_end_state()}}, weights)
+    one = tmp_path / "one"
+    save_audio(one / "clip0.wav", tone(440, 2.0), 16_000)
+    for g, r, what, folder in ((one, ref, "generated", one), (gen, one, "reference", one)):
+        capsys.readouterr()
+        out = tmp_path / f"fd-{what}"
+        assert _eval(tmp_path, "--generated", g, "--reference", r, "--out", out, "--metrics", "fd",
+                     "--panns-weights", weights) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tta: error: --metrics fd: {what} {folder}: need at least 2 embeddings")
+        assert len(err.splitlines()) == 1 and not out.exists()
