@@ -453,7 +453,14 @@ def run_eval(opts: EvalOptions) -> dict:
     prompts: dict[str, PromptRow] = {}
     if opts.prompts is not None:
         names = sorted(gen.files)
-        prompts = _match_prompts(read_prompts(opts.prompts, names), names, opts.prompts)
+        rows = read_prompts(opts.prompts, names)
+        prompts = _match_prompts(rows, names, opts.prompts)
+        unpaired = _prompts_without_audio(rows, prompts, gen)
+        if unpaired:   # a prompt whose output is missing: the scores describe the others (tta clap score names them)
+            msg = (f"{opts.prompts}: {len(unpaired)} of {len(rows)} rows pair with no audio file in {opts.generated} "
+                   f"(e.g. {unpaired[0]}): the scores describe the {len(rows) - len(unpaired)} prompts that have one")
+            log.warning(msg)
+            result["protocol"]["prompts_without_audio"] = {"rows": unpaired, "warning": msg}
     if "clap" in metrics:
         _clap_metric(opts, gen, prompts, result, items, record)
     silent = _silent_files(gen, EmbeddingCache(cache_root, PEAK_CACHE, unwritable=unwritable) if cache_root else None)
@@ -607,6 +614,14 @@ def _match_prompts(rows: dict[str, PromptRow], names: list[str], path: Path) -> 
     if missing:
         raise EvalError(f"{path}: no prompt for {len(missing)} generated file(s), e.g. {', '.join(missing[:3])}")
     return out  # type: ignore[return-value]
+
+
+def _prompts_without_audio(rows: dict[str, PromptRow], prompts: dict[str, PromptRow], gen: EmbeddedSet) -> list[str]:
+    """The prompt rows (by their file key, or id where they name none) that pair with no generated file: neither a
+    scored one nor one skipped as unreadable (reported as such)."""
+    used = {id(r) for r in prompts.values()}
+    skipped = {_key(gen.folder, Path(s["file"])) for s in gen.skipped}
+    return [r.id or k for k, r in rows.items() if id(r) not in used and k not in skipped]
 
 
 def _clap_metric(opts: EvalOptions, gen, prompts, result, items, record: dict) -> None:

@@ -648,3 +648,22 @@ def test_fd_on_a_folder_of_one_clip_names_the_folder(folders, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"tta: error: --metrics fd: {what} {folder}: need at least 2 embeddings")
         assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_prompt_rows_without_a_generated_file_are_named(folders, tmp_path, caplog):
+    """A prompts row whose output is missing was left out without a word (tta clap score names such rows): the
+    scores describe fewer prompts than the file holds. A row of a file skipped as unreadable is reported as
+    such, not again."""
+    gen, ref, prompts = folders
+    with open(prompts, "a", newline="") as f:
+        f.write("clip8.wav,a lost tone,hum\nbroken.wav,a broken tone,hum\n")
+    out = tmp_path / "out"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--prompts", prompts) == 0
+    body = json.loads((out / "eval.json").read_text())
+    missing = body["protocol"]["prompts_without_audio"]
+    assert missing["rows"] == ["clip8"]
+    assert "1 of 10 rows pair with no audio file" in missing["warning"]
+    assert missing["warning"] in caplog.text
+    prompts.write_text("file,prompt\n" + "".join(f"clip{i}.wav,a tone\n" for i in range(8)))
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--prompts", prompts) == 0
+    assert "prompts_without_audio" not in json.loads((out / "eval.json").read_text())["protocol"]
