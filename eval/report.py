@@ -224,6 +224,18 @@ def version_note(runs: list[Run]) -> str | None:
             "alike in both; compare with care")
 
 
+def clap_scale_note(runs: list[Run]) -> str | None:
+    """What the CLAP score's numbers are (eval.json's protocol.clap.scale), for the runs with one: papers print it
+    raw or x100, and a reader comparing with them needs to know which. None when no run has a CLAP score."""
+    scored = [r for r in runs if isinstance(r.body.get("metrics", {}).get("clap_score"), (int, float))]
+    if not scored:
+        return None
+    scales = sorted({str(((r.body.get("protocol", {}) or {}).get("clap", {}) or {}).get("scale") or "unrecorded")
+                     for r in scored})
+    return (f"CLAP score: the mean cosine of each prompt's text embedding and its audio's ({'; '.join(scales)}), "
+            "not x100: a paper that prints it x100 shows 100 times these values")
+
+
 def sample_note(run: Run, metric: str) -> str | None:
     """How many items a run's value rests on and, for the CLAP score (a mean over items), the half-width of its
     95% confidence interval (1.96 sd / sqrt(n), from items.csv): a difference between runs smaller than that is
@@ -446,6 +458,8 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
             + "</td>" for v, k, r in zip(values, keys, runs))
         parts.append(f'<tr><td class="name">{label}</td>{cells}</tr>')
     parts.append("</table>")
+    if clap_scale_note(runs):
+        parts.append(f'<p class="muted">{html.escape(clap_scale_note(runs))}</p>')
     if version_note(runs):
         parts.append(f'<p class="note">⚠ {html.escape(version_note(runs))}</p>')
     warned = [(r, where, msg) for r in runs for where, msg in protocol_warnings(r)]
@@ -524,6 +538,8 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report", *,
                  + (f" ({n})" if v is not None and (n := sample_note(r, m)) else "")
                  for v, k, r in zip(values, keys, runs)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if clap_scale_note(runs):
+        lines += ["", _md(clap_scale_note(runs))]
     if version_note(runs):
         lines += ["", f"⚠ {_md(version_note(runs))}"]
     warned = [(r, where, msg) for r in runs for where, msg in protocol_warnings(r)]

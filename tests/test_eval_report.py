@@ -466,3 +466,15 @@ def test_categories_in_a_given_order_lead_the_charts_and_tables():
     assert rows == [("a", "head"), ("a", "mid"), ("b", "head"), ("b", "mid"), ("b", "tail"), ("b", "other")], rows
     md = render_markdown([a, b], category_order=order)
     assert re.findall(r"^\| (\w+) \| \d+ \|", md, re.M) == ["head", "mid", "head", "mid", "tail", "other"]
+
+
+def test_report_says_what_scale_the_clap_score_is_on(report):
+    """eval.json records the CLAP score as a raw cosine (protocol.clap.scale); the report showed the number alone,
+    and papers print it raw or x100."""
+    md = (report / "report.md").read_text()
+    page = (report / "report.html").read_text()
+    assert md.count("raw cosine in [-1, 1]") == 1 and "not x100" in md
+    assert "raw cosine in [-1, 1]" in page and "not x100" in page
+    from eval.report import clap_scale_note
+
+    assert clap_scale_note([_run("a", 1.0, "mfcc@v1", "ref1")]) is None   # no CLAP score, no note
