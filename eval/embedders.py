@@ -107,6 +107,15 @@ class MfccEmbedder(Embedder):
     window_frames: int = 100  # 1 s at hop 160 / 16 kHz
     hop_frames: int = 50
 
+    @property
+    def identity(self) -> str:
+        """"mfcc@v1" for make_mfcc's settings (the key of existing caches and statistics); other settings are named
+        in it, so that their embeddings never share a cache entry or a statistics file with the default's."""
+        settings = (self.n_mfcc, self.window_frames, self.hop_frames, self.sample_rate)
+        if settings == (20, 100, 50, 16_000):
+            return super().identity
+        return f"{super().identity}-n{self.n_mfcc}-w{self.window_frames}-h{self.hop_frames}-sr{self.sample_rate}"
+
     def _embed_batch(self, wavs):
         import torch
 

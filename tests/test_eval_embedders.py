@@ -272,3 +272,24 @@ def test_weights_holding_nan_are_refused_naming_the_file_and_key(tmp_path, name,
     with pytest.raises(CheckpointError, match=rf"^{path}: 1 of its 3 weight tensors hold NaN or inf values "
                                               r"\(first: fc1.bias\)"):
         get_embedder(name, weights=str(path))
+
+
+def test_mfcc_settings_other_than_the_default_are_in_its_identity(tmp_path):
+    """An MFCC embedder with other settings was 'mfcc@v1' too: a cache served it the default's 40-d embeddings
+    (and a statistics file of the default passed its embedder check). The default keeps 'mfcc@v1'."""
+    from eval.cache import EmbeddingCache
+    from eval.embedders import MfccEmbedder
+    from eval.run import embed_folder
+    from tta.audio import save_audio
+
+    for i in range(2):
+        save_audio(tmp_path / "gen" / f"c{i}.wav", tone(300 + 200 * i, 3.0), 16_000)
+    default = get_embedder("mfcc")
+    other = MfccEmbedder(name="mfcc", dim=26, sample_rate=16_000, hop_seconds=0.25, n_mfcc=13, window_frames=50,
+                         hop_frames=25)
+    assert default.identity == "mfcc@v1" and other.identity != default.identity
+    embed_folder(tmp_path / "gen", default, EmbeddingCache(tmp_path / "cache", default.identity), what="generated",
+                 progress=False)
+    cache = EmbeddingCache(tmp_path / "cache", other.identity)
+    got = embed_folder(tmp_path / "gen", other, cache, what="generated", progress=False)
+    assert cache.hits == 0 and got.embeddings["c0"].shape[1] == 26
