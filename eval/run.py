@@ -323,7 +323,7 @@ def run_eval(opts: EvalOptions) -> dict:
     stats_out: dict[str, FrechetStats] = {}  # written with eval.json at the end: a failed run writes nothing
 
     embedder = None
-    gen = ref_set = None
+    gen = ref_set = pgen = None
     ref_stats: FrechetStats | None = None
     if "fad" in metrics:
         embedder = fad_embedder(opts)
@@ -473,9 +473,11 @@ def run_eval(opts: EvalOptions) -> dict:
 
     for key, row in prompts.items():
         items.setdefault(key, {}).update(prompt=row.prompt, category=row.category, id=row.id)
-    for key in gen.files:
-        items.setdefault(key, {}).update(file=str(gen.files[key].resolve()), seconds=round(gen.seconds[key], 4),
-                                         sha256=gen.digests.get(key) or content_hash(gen.files[key]))
+    for scored in (pgen, gen):   # a file one embedder skipped may hold the other's values (KL of a clip too short
+        for key in scored.files if scored else ():   # for the FAD's): its row names its file all the same
+            items.setdefault(key, {}).update(file=str(scored.files[key].resolve()),
+                                             seconds=round(scored.seconds[key], 4),
+                                             sha256=scored.digests.get(key) or content_hash(scored.files[key]))
     if any(r.category for r in prompts.values()):
         from eval.breakdown import category_breakdown
 

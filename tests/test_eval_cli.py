@@ -667,3 +667,32 @@ def test_prompt_rows_without_a_generated_file_are_named(folders, tmp_path, caplo
     prompts.write_text("file,prompt\n" + "".join(f"clip{i}.wav,a tone\n" for i in range(8)))
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--prompts", prompts) == 0
     assert "prompts_without_audio" not in json.loads((out / "eval.json").read_text())["protocol"]
+
+
+def test_an_items_row_of_a_file_only_one_embedder_took_names_its_file(folders, tmp_path):
+    """A clip too short for the FAD embedder (a tiny tta CLAP: one 1024-sample STFT window) is skipped there, but
+    PANNs pads it and pairs it for KL: its items.csv row held the KL values and no file, seconds or sha256."""
+    import torch
+
+    clap_train = pytest.importorskip("tta.clap.train")
+    from tests.test_eval_embedders import _panns_front_end_state, _panns_keys, _random_state
+    from tta.checkpoint import save_component
+    from tta.clap.model import TTAClap
+    from tta.config import load_config
+
+    torch.manual_seed(0)
+    save_component(tmp_path / "clap", TTAClap(load_config(clap_train.RunConfig, "configs/clap/tiny.json").model))
+    weights = tmp_path / "Cnn14_16k_mAP=0.438.pth"
+    torch.save({"model": {**_random_state(_panns_keys()), **_panns_front_end_state()}}, weights)
+    gen, ref, _ = folders
+    (gen / "broken.wav").unlink()
+    for folder in (gen, ref):
+        save_audio(folder / "short.wav", tone(440, 0.03), 16_000)
+    out = tmp_path / "out"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--metrics", "fad,kl",
+                 "--embedder", "clap", "--clap-model", tmp_path / "clap", "--panns-weights", weights) == 0
+    with open(out / "items.csv") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert rows["short"]["kl_softmax"] != "" and rows["short"]["frames"] == ""
+    assert rows["short"]["file"] == str((gen / "short.wav").resolve()) and float(rows["short"]["seconds"]) == 0.03
+    assert all(r["file"] and r["sha256"] for r in rows.values())
