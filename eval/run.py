@@ -307,6 +307,26 @@ def few_frames_warning(what: str, n: int, dim: int, warnings: list | None = None
     return msg
 
 
+def band_warning(what: str, gen: EmbeddedSet, ref: EmbeddedSet, embedder: Embedder, warnings: list) -> str | None:
+    """Log (and collect) a warning when the embedder hears a band in one set that the other set's files lack: files
+    at a rate under the embedder's hold nothing above half their rate, so 16 kHz generated audio against a 44.1 kHz
+    reference, embedded at 44.1 kHz, scores the missing 8-22 kHz band as a difference (the same audio, once at
+    16 kHz: FAD 253 where another draw of it at 44.1 kHz gave 8)."""
+    heard = [sorted({min(r, embedder.sample_rate) for r in s.sample_rates}) for s in (gen, ref)]
+    if heard[0] == heard[1]:
+        return None
+    msg = (f"{what}: the {embedder.name} embedder hears up to {embedder.sample_rate / 2000:g} kHz, and the generated "
+           f"files are at {_rates(gen)} but the reference files at {_rates(ref)}: the band one set lacks counts as a "
+           "difference; resample both to one rate to compare what was generated")
+    log.warning(msg)
+    warnings.append(msg)
+    return msg
+
+
+def _rates(s: EmbeddedSet) -> str:
+    return "/".join(f"{r / 1000:g}" for r in sorted(s.sample_rates)) + " kHz"
+
+
 def run_eval(opts: EvalOptions) -> dict:
     """Evaluate and write `opts.out/eval.json` + `items.csv`; returns the eval.json content."""
     metrics = tuple(dict.fromkeys(opts.metrics))
@@ -351,6 +371,8 @@ def run_eval(opts: EvalOptions) -> dict:
         warnings: list[str] = []
         for what, n in (("FAD generated", fad["frames"]), ("FAD reference", ref_stats.n)):
             few_frames_warning(what, n, embedder.dim, warnings)
+        if ref_set is not None:
+            band_warning("FAD", gen, ref_set, embedder, warnings)
         fad_inf = None
         if opts.fad_inf:
             try:
@@ -402,6 +424,7 @@ def run_eval(opts: EvalOptions) -> dict:
             proto["fd"] = {"pooling": panns.pooling, "warnings": [
                 w for what, x in (("FD generated", gen_frames), ("FD reference", ref_frames))
                 if (w := few_frames_warning(what, x.shape[0], panns.dim))]}
+            band_warning("FD", pgen, pref, panns, proto["fd"]["warnings"])
             result["metrics"]["fd"] = fd_stats["generated"].distance(fd_stats["reference"])
         if "kl" in metrics:
             try:

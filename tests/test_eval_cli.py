@@ -696,3 +696,26 @@ def test_an_items_row_of_a_file_only_one_embedder_took_names_its_file(folders, t
     assert rows["short"]["kl_softmax"] != "" and rows["short"]["frames"] == ""
     assert rows["short"]["file"] == str((gen / "short.wav").resolve()) and float(rows["short"]["seconds"]) == 0.03
     assert all(r["file"] and r["sha256"] for r in rows.values())
+
+
+def test_sets_whose_rates_leave_a_band_the_embedder_hears_empty_are_warned_about(tmp_path):
+    """Files below the embedder's rate hold nothing above half their rate; against a reference that does, FAD
+    counts the missing band (a 16 kHz copy of 44.1 kHz audio under aisfx: FAD 253 where another draw at 44.1 kHz
+    gave 8), and nothing said so. Rates the embedder resamples down to its own (22.05 vs 16 kHz for mfcc) are
+    alike to it: no warning."""
+    from tta.audio import resample
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        x = (tone(300 + 100 * i, 2.0, sample_rate=22_050) + rng.standard_normal(44_100) * 0.05).astype(np.float32)
+        save_audio(tmp_path / "ref" / f"c{i}.wav", resample(x, 22_050, 16_000), 16_000)
+        save_audio(tmp_path / "gen8k" / f"c{i}.wav", resample(x, 22_050, 8_000), 8_000)
+        save_audio(tmp_path / "gen22k" / f"c{i}.wav", x, 22_050)
+    out = tmp_path / "out"
+    assert _eval(tmp_path, "--generated", tmp_path / "gen8k", "--reference", tmp_path / "ref", "--out", out) == 0
+    warnings = json.loads((out / "eval.json").read_text())["protocol"]["fad"]["warnings"]
+    band = [w for w in warnings if "hears up to 8 kHz" in w]
+    assert len(band) == 1 and "generated files are at 8 kHz but the reference files at 16 kHz" in band[0]
+    assert _eval(tmp_path, "--generated", tmp_path / "gen22k", "--reference", tmp_path / "ref", "--out", out) == 0
+    warnings = json.loads((out / "eval.json").read_text())["protocol"]["fad"]["warnings"]
+    assert not [w for w in warnings if "hears up to" in w]
