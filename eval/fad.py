@@ -146,6 +146,12 @@ class FrechetStats:
             raise StatsError(f"{path}: mu {stats.mu.shape} and sigma {stats.sigma.shape} do not match")
         if stats.n < 2:
             raise StatsError(f"{path}: statistics of {stats.n} embedding(s); at least 2 are needed")
+        for name, value in (("mu", stats.mu), ("sigma", stats.sigma)):   # a NaN gave FAD nan, exit 0, "fad": null
+            if not np.isfinite(value).all():
+                raise StatsError(f"{path}: {name} holds NaN or inf; recompute the statistics")
+        if (np.diag(stats.sigma) < 0).any():
+            raise StatsError(f"{path}: sigma has a negative variance on its diagonal (index "
+                             f"{int(np.argmax(np.diag(stats.sigma) < 0))}); not a covariance, recompute the statistics")
         if expected_embedder is not None and stats.embedder != expected_embedder:
             raise StatsError(f"{path}: statistics were computed with embedder {stats.embedder!r}, "
                              f"but this evaluation uses {expected_embedder!r}; recompute them with the same embedder")

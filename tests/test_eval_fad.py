@@ -172,3 +172,16 @@ def test_a_streaming_fad_without_one_of_its_sets_names_the_missing_set():
         other.compute()
     other.update(_data(n=20, d=4, seed=1), generated=True)
     assert float(other.compute()) == pytest.approx(float(metric.stats(True).distance(other.stats(False))))
+
+
+def test_reference_statistics_holding_nan_or_a_negative_variance_are_refused(tmp_path):
+    """A stats file with a NaN in mu gave `tta eval` 'fad nan', exit 0 and "fad": null in eval.json; one with a
+    negative variance a number. Both are refused, naming the file and the array."""
+    stats = FrechetStats.from_embeddings(_data(n=50, d=8), embedder="mfcc@v1", sample_rate=16_000)
+    stats.mu[3] = np.nan
+    with pytest.raises(StatsError, match=r"nan\.npz: mu holds NaN or inf"):
+        FrechetStats.load(stats.save(tmp_path / "nan.npz"))
+    stats = FrechetStats.from_embeddings(_data(n=50, d=8), embedder="mfcc@v1", sample_rate=16_000)
+    stats.sigma[2, 2] = -1.0
+    with pytest.raises(StatsError, match=r"neg\.npz: sigma has a negative variance on its diagonal \(index 2\)"):
+        FrechetStats.load(stats.save(tmp_path / "neg.npz"))
