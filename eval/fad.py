@@ -81,6 +81,7 @@ class FrechetStats:
     embedder: str = ""  # embedder identity, e.g. "mfcc@v1" or "aisfx@sha256:1a2b..."
     sample_rate: int = 0
     num_files: int = 0
+    audio_read: str = ""  # how the files were read (tta eval's AUDIO_READ); "" where not recorded
 
     @classmethod
     def from_sums(cls, n: int, total: np.ndarray, outer: np.ndarray, **protocol) -> FrechetStats:
@@ -111,7 +112,8 @@ class FrechetStats:
         return frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a named `.npz` (mu, sigma, n, embedder, sample_rate, num_files, format_version) atomically."""
+        """Write a named `.npz` (mu, sigma, n, embedder, sample_rate, num_files, audio_read, format_version)
+        atomically."""
         from tta.checkpoint import atomic_path
 
         path = Path(path)
@@ -120,7 +122,7 @@ class FrechetStats:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), embedder=np.str_(self.embedder),
                      sample_rate=np.int64(self.sample_rate), num_files=np.int64(self.num_files),
-                     format_version=np.int64(STATS_FORMAT_VERSION))
+                     audio_read=np.str_(self.audio_read), format_version=np.int64(STATS_FORMAT_VERSION))
         return path
 
     @classmethod
@@ -136,7 +138,8 @@ class FrechetStats:
                     raise StatsError(f"{path}: not a tta statistics file (missing {', '.join(missing)})")
                 stats = cls(mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), n=int(z["n"]),
                             embedder=str(z["embedder"]), sample_rate=int(z["sample_rate"]),
-                            num_files=int(z["num_files"]) if "num_files" in z.files else 0)
+                            num_files=int(z["num_files"]) if "num_files" in z.files else 0,
+                            audio_read=str(z["audio_read"]) if "audio_read" in z.files else "")
         except StatsError:
             raise
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:

@@ -353,14 +353,15 @@ def run_eval(opts: EvalOptions) -> dict:
         if ref_is_stats:
             ref_stats = FrechetStats.load(opts.reference, expected_embedder=embedder.identity)
             ref_protocol = {"stats_file": str(opts.reference.resolve()), "frames": ref_stats.n,
-                            "files_used": ref_stats.num_files, "sample_rate": ref_stats.sample_rate}
+                            "files_used": ref_stats.num_files, "sample_rate": ref_stats.sample_rate,
+                            "audio_read": ref_stats.audio_read or None}
         else:
             ref_set = embed_folder(opts.reference, embedder, cache, what="reference", batch_size=opts.batch_size,
                                    progress=opts.progress)
             try:
                 ref_stats = FrechetStats.from_embeddings(_frames(ref_set), embedder=embedder.identity,
                                                          sample_rate=embedder.sample_rate,
-                                                         num_files=len(ref_set.embeddings))
+                                                         num_files=len(ref_set.embeddings), audio_read=AUDIO_READ)
             except StatsError as e:
                 raise EvalError(f"reference {opts.reference}: {e}") from None
             stats_out["reference_stats.npz"] = ref_stats
@@ -373,6 +374,12 @@ def run_eval(opts: EvalOptions) -> dict:
             few_frames_warning(what, n, embedder.dim, warnings)
         if ref_set is not None:
             band_warning("FAD", gen, ref_set, embedder, warnings)
+        elif ref_stats.audio_read != AUDIO_READ:   # the generated files are read as AUDIO_READ says; were these?
+            how = ("record no reading rule (tta read float and 24-bit files at full resolution before it read them on "
+                   "the 16-bit grid)" if not ref_stats.audio_read else f"were read otherwise ({ref_stats.audio_read})")
+            warnings.append(f"FAD reference: the statistics {opts.reference} {how}: reference files that were not "
+                            "16-bit PCM scored otherwise than the generated files are; recompute them from the folder")
+            log.warning(warnings[-1])
         fad_inf = None
         if opts.fad_inf:
             try:
@@ -380,7 +387,8 @@ def run_eval(opts: EvalOptions) -> dict:
             except StatsError as e:
                 raise EvalError(f"--fad-inf: generated {opts.generated}: {e}") from None
         stats_out["generated_stats.npz"] = FrechetStats.from_embeddings(
-            _frames(gen), embedder=embedder.identity, sample_rate=embedder.sample_rate, num_files=len(gen.embeddings))
+            _frames(gen), embedder=embedder.identity, sample_rate=embedder.sample_rate, num_files=len(gen.embeddings),
+            audio_read=AUDIO_READ)
         result["metrics"]["fad"] = fad["value"]
         if fad_inf is not None:
             result["metrics"]["fad_inf"] = fad_inf["fad_inf"]

@@ -719,3 +719,25 @@ def test_sets_whose_rates_leave_a_band_the_embedder_hears_empty_are_warned_about
     assert _eval(tmp_path, "--generated", tmp_path / "gen22k", "--reference", tmp_path / "ref", "--out", out) == 0
     warnings = json.loads((out / "eval.json").read_text())["protocol"]["fad"]["warnings"]
     assert not [w for w in warnings if "hears up to" in w]
+
+
+def test_reference_statistics_record_how_their_audio_was_read(folders, tmp_path):
+    """eval.json says how the generated files were read (protocol.common.audio_read) but, with --reference
+    stats.npz, not how the reference was: statistics written before the 16-bit reading (or by other code) were
+    compared without a word. Statistics now carry the rule; a file without it (or another) is warned about."""
+    gen, ref, _ = folders
+    first = tmp_path / "first"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", first) == 0
+    again = tmp_path / "again"
+    assert _eval(tmp_path, "--generated", gen, "--reference", first / "reference_stats.npz", "--out", again) == 0
+    fad = json.loads((again / "eval.json").read_text())["protocol"]["fad"]
+    common = json.loads((again / "eval.json").read_text())["protocol"]["common"]
+    assert fad["reference"]["audio_read"] == common["audio_read"]
+    assert not [w for w in fad["warnings"] if "reading rule" in w or "read otherwise" in w]
+    old = FrechetStats.load(first / "reference_stats.npz")
+    old.audio_read = ""   # as a tta before the rule wrote it
+    old.save(tmp_path / "old.npz")
+    assert _eval(tmp_path, "--generated", gen, "--reference", tmp_path / "old.npz", "--out", again) == 0
+    fad = json.loads((again / "eval.json").read_text())["protocol"]["fad"]
+    assert fad["reference"]["audio_read"] is None
+    assert [w for w in fad["warnings"] if "old.npz record no reading rule" in w]
