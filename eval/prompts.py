@@ -5,19 +5,21 @@ their file by a file column (file/path/audio/name) or by `id` — matched agains
 without its suffix, or its path relative to the folder without suffix; an id as `tta generate` names its file
 (`tta.data.prompts.id_file_name`: 'clotho/a_dog' -> 'clotho%2Fa_dog'), else as a path — and may carry a
 `category`. A `.txt` file is one prompt per line, and a CSV/JSONL file none of whose rows has a file or id field
-one prompt per row: both are matched to the generated files by position, only if the counts agree; the files
-are in the order of their leading number when all have one (`tta generate`'s `NNN_<slug>` names), else sorted
-by name.
+one prompt per row: both are matched to the generated files by position (tta.data.prompts.position_order): in
+the order of the run whose generation.json lists them all (a row's `--takes N` files pair with it), else one file
+per row in the order of their leading number when all have one (`tta generate`'s `NNN_<slug>` names), else
+sorted by name where no number in the names says otherwise.
 """
 
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tta.data.prompts import PromptFileError, file_key, id_file_name, read_prompt_file
+from tta.data.prompts import (PromptFileError, RecordedOutput, file_key, id_file_name, position_order,
+                              read_prompt_file)
 
 __all__ = ["PromptFileError", "PromptRow", "read_prompts"]
 
@@ -30,27 +32,17 @@ class PromptRow:
     id: str | None = None   # the row's id, as written
 
 
-def _by_index(names: list[str]) -> list[str]:
-    """Generated files in prompt order: by their leading number when all have one (`tta generate` names them
-    `NNN_<slug>`, and a plain sort puts 1000_x before 100_x), else in sorted order."""
-    index = [re.match(r"(\d+)_", Path(n).name) for n in names]
-    if all(index):
-        return [n for _, n in sorted(zip((int(m.group(1)) for m in index), names))]
-    return sorted(names)
-
-
-def read_prompts(path: str | os.PathLike, names: list[str] | None = None) -> dict[str, PromptRow]:
-    """Prompt rows keyed by file key. `names` (sorted generated keys) is needed for .txt files."""
+def read_prompts(path: str | os.PathLike, names: list[str] | None = None,
+                 recorded: Mapping[str, RecordedOutput] | None = None) -> dict[str, PromptRow]:
+    """Prompt rows keyed by file key. `names` (sorted generated keys) is needed for .txt files; `recorded` (the
+    generated folder's `recorded_outputs`) pairs them in its run's order."""
     path = Path(path)
     rows = read_prompt_file(path)
     by_position = path.suffix.lower() == ".txt" or all(r.file is None and r.id is None for r in rows)
     if by_position:   # `tta generate` names such rows' outputs NNN_<slug>, in file order
-        if names is None or len(rows) != len(names):
-            what = "a .txt prompt file" if path.suffix.lower() == ".txt" else "a prompt file without file or id fields"
-            raise PromptFileError(f"{path}: {what} pairs by position and needs exactly one row per generated file "
-                                  f"({len(rows)} rows, {0 if names is None else len(names)} files); give each row a "
-                                  "file or id field otherwise")
-        keyed = [PromptRow(n, r.prompt, r.category, r.id) for n, r in zip(_by_index(names), rows)]
+        what = "a .txt prompt file" if path.suffix.lower() == ".txt" else "a prompt file without file or id fields"
+        order = position_order(Path(f"{path} ({what})"), names or [], len(rows), recorded or {})
+        keyed = [PromptRow(n, rows[i].prompt, rows[i].category, rows[i].id) for n, i in order]
     else:
         keyed = []
         for r in rows:

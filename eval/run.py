@@ -30,7 +30,7 @@ from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
 from tta.audio import AUDIO_SUFFIXES, SILENCE_DB, is_audio_entry
 from tta.config import check_number, shortened
-from tta.data.prompts import match_audio
+from tta.data.prompts import RecordedOutput, match_audio, recorded_outputs
 from tta import UsageError
 
 log = logging.getLogger(__name__)
@@ -482,10 +482,11 @@ def run_eval(opts: EvalOptions) -> dict:
         log.warning(msg)
         result["protocol"]["generated_incomplete"] = {"written": written, "planned": planned, "warning": msg}
     prompts: dict[str, PromptRow] = {}
+    recorded = recorded_outputs(record)   # a --takes run's files pair with their row, each with its take
     if opts.prompts is not None:
         names = sorted(gen.files)
-        rows = read_prompts(opts.prompts, names)
-        prompts = _match_prompts(rows, names, opts.prompts)
+        rows = read_prompts(opts.prompts, names, recorded)
+        prompts = _match_prompts(rows, names, opts.prompts, recorded)
         unpaired = _prompts_without_audio(rows, prompts, gen)
         if unpaired:   # a prompt whose output is missing: the scores describe the others (tta clap score names them)
             msg = (f"{opts.prompts}: {len(unpaired)} of {len(rows)} rows pair with no audio file in {opts.generated} "
@@ -502,6 +503,7 @@ def run_eval(opts: EvalOptions) -> dict:
         log.warning(msg)
         result["protocol"]["generated_silent"] = {"files": silent, "warning": msg}
 
+    takes = isinstance(record.get("settings"), dict) and record["settings"].get("takes", 1) != 1
     for key, row in prompts.items():
         items.setdefault(key, {}).update(prompt=row.prompt, category=row.category, id=row.id)
     for scored in (pgen, gen):   # a file one embedder skipped may hold the other's values (KL of a clip too short
@@ -509,6 +511,8 @@ def run_eval(opts: EvalOptions) -> dict:
             items.setdefault(key, {}).update(file=str(scored.files[key].resolve()),
                                              seconds=round(scored.seconds[key], 4),
                                              sha256=scored.digests.get(key) or content_hash(scored.files[key]))
+            if takes and key in recorded:   # which of its row's takes the file is
+                items[key]["take"] = recorded[key].take
     if any(r.category for r in prompts.values()):
         from eval.breakdown import category_breakdown
 
@@ -639,9 +643,11 @@ def _embedder_options(opts: EvalOptions) -> dict:
     return {"weights": opts.embedder_weights} if opts.embedder_weights else {}
 
 
-def _match_prompts(rows: dict[str, PromptRow], names: list[str], path: Path) -> dict[str, PromptRow]:
-    # an id names the file tta writes for it (id_file_name: 'a/b' -> 'a%2Fb'), else a file at that path ('a/b.wav')
-    found = match_audio({k: r.id for k, r in rows.items()}, names)
+def _match_prompts(rows: dict[str, PromptRow], names: list[str], path: Path,
+                   recorded: dict[str, RecordedOutput] | None = None) -> dict[str, PromptRow]:
+    # an id names the file tta writes for it (id_file_name: 'a/b' -> 'a%2Fb'), else a file at that path ('a/b.wav');
+    # a named row's takes the generated folder's generation.json lists (door_1, door_2) pair with it
+    found = match_audio({k: r.id for k, r in rows.items()}, names, recorded)
     out = {n: None if k is None else rows[k] for n, k in found.items()}
     missing = [n for n, r in out.items() if r is None]
     if missing:

@@ -102,46 +102,64 @@ def _audio_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, str]], list[str]]:
-    """(audio file, prompt) pairs from a prompt file (tta.data.prompts), and one message per row left out; .txt
-    rows (and CSV/JSONL rows with no file or id field) pair in order with the sorted files of --audio, CSV/JSONL
-    rows name their file (relative to --audio, else to the file's folder), or else pair by their id with a file
-    of --audio as `tta eval --prompts` pairs them (the file `tta generate` names by the id: 'clotho/a_dog' ->
-    clotho%2Fa_dog.wav); a row whose id pairs with no file is reported and left out."""
-    from tta.data.prompts import PromptFileError, id_file_name, read_prompt_file
+def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, str, int | None]], list[str]]:
+    """(audio file, prompt, take) triples from a prompt file (tta.data.prompts), and one message per row left out;
+    .txt rows (and CSV/JSONL rows with no file or id field) pair by position with the files of --audio
+    (tta.data.prompts.position_order, as `tta eval --prompts` pairs them), CSV/JSONL rows name their file
+    (relative to --audio, else to the file's folder), or else pair by their id with a file of --audio as `tta eval
+    --prompts` pairs them (the file `tta generate` names by the id: 'clotho/a_dog' -> clotho%2Fa_dog.wav); a row
+    whose id pairs with no file is reported and left out. Where the generation.json of --audio (a `tta generate
+    --takes N` folder) lists a row's takes, the row pairs with each of them (the take is its number, else None)."""
+    from tta.data.prompts import (PromptFileError, file_key, generation_outputs, id_file_name, position_order,
+                                  read_prompt_file)
 
     rows = read_prompt_file(path)
+    recorded = generation_outputs(audio_dir) if audio_dir is not None and audio_dir.is_dir() else {}
+    takes = recorded if any(o.take > 1 for o in recorded.values()) else {}
+
+    def take(f: Path) -> int | None:
+        name = f.relative_to(audio_dir).with_suffix("").as_posix() if audio_dir is not None else None
+        return takes[name].take if name in takes else None
+
     if all(r.file is None for r in rows) and (path.suffix.lower() == ".txt" or all(r.id is None for r in rows)):
         if audio_dir is None:   # as `tta eval --prompts` pairs them: a .txt file, or rows with no file or id
             raise PromptFileError(f"{path}: a prompts file whose rows name no file pairs with the sorted files of "
                                   "--audio DIR")
         files = _audio_files(audio_dir)
-        if len(files) != len(rows):
+        if len(files) != len(rows) and not recorded:
             raise PromptFileError(f"{path}: {len(rows)} prompts but {len(files)} audio files in {audio_dir}")
-        return [(f, r.prompt) for f, r in zip(files, rows)], []
+        by_name = {f.relative_to(audio_dir).as_posix(): f for f in files}
+        if recorded:   # the names of the run's record, without suffix (x.wav beside x.flac: two names, no record)
+            stems = {file_key(n): f for n, f in by_name.items()}
+            if len(stems) == len(by_name) and set(stems) == set(recorded):
+                by_name = stems
+        order = position_order(path, list(by_name), len(rows), recorded)
+        return [(by_name[n], rows[i].prompt, take(by_name[n])) for n, i in order], []
     base = audio_dir if audio_dir is not None else path.parent
-    by_id = _files_of_ids(rows, audio_dir)
+    of_key = _files_of_keys(rows, audio_dir, takes)
     pairs, skipped = [], []
     for r in rows:
-        if r.file is not None:
+        key = file_key(r.file) if r.file is not None else id_file_name(r.id)
+        if r.file is not None and not of_key.get(key):
             f = Path(r.file)
-            pairs.append((f if f.is_absolute() else base / f, r.prompt))
-        elif by_id[r.id] is not None:
-            pairs.append((by_id[r.id], r.prompt))
+            pairs.append((f if f.is_absolute() else base / f, r.prompt, None))
+        elif of_key.get(key):   # a file-field row's files here are its recorded takes only
+            pairs.extend((f, r.prompt, take(f)) for f in of_key[key])
         else:
             skipped.append(f"{r.where}: id {r.id!r} pairs with no audio file in {audio_dir} (tta generate names it "
                            f"{id_file_name(r.id)}.wav)")
     return pairs, skipped
 
 
-def _files_of_ids(every: list, audio_dir: Path | None) -> dict[str, Path | None]:
-    """The audio file of --audio each id (of the rows without a file field) pairs with, or None, by the rule of
-    `tta eval --prompts` (tta.data.prompts.match_audio): keyed by every row, so a file a file-field row names is
-    never an id row's too, and a key two rows share is refused, as tta eval refuses it."""
+def _files_of_keys(every: list, audio_dir: Path | None, takes: dict) -> dict[str, list[Path]]:
+    """The audio files of --audio each row's key pairs with (those of the rows without a file field; of the rows
+    with one too where `takes`, the `recorded_outputs` of a --takes run's folder, lists the files: a row's takes),
+    by the rule of `tta eval --prompts` (tta.data.prompts.match_audio): keyed by every row, so a file a file-field
+    row names is never an id row's too, and a key two rows share is refused, as tta eval refuses it."""
     from tta.data.prompts import PromptFileError, file_key, id_file_name, match_audio
 
     rows = [r for r in every if r.file is None]
-    if not rows:
+    if not rows and not takes:
         return {}
     no_id = next((r for r in rows if r.id is None), None)
     if no_id is not None:
@@ -159,17 +177,18 @@ def _files_of_ids(every: list, audio_dir: Path | None) -> dict[str, Path | None]
     for f in _audio_files(audio_dir):
         by_name.setdefault(f.relative_to(audio_dir).with_suffix("").as_posix(), []).append(f)
     of_key: dict[str, list[Path]] = {}
-    for name, key in match_audio(keys, by_name).items():
-        if key is not None:
+    for name, key in match_audio(keys, by_name, takes).items():
+        if key is not None and (keys[key] is not None or name in takes):   # a file-field row: its takes only
             of_key.setdefault(key, []).extend(by_name[name])
-    out: dict[str, Path | None] = {}
-    for r in rows:
-        files = of_key.get(id_file_name(r.id), [])
-        if len(files) > 1:
-            raise PromptFileError(f"{r.where}: id {r.id!r} pairs with {len(files)} audio files in {audio_dir} ("
+    for r in every:
+        key = file_key(r.file) if r.file is not None else id_file_name(r.id)
+        files = of_key.get(key, [])
+        names = [f.relative_to(audio_dir).with_suffix("").as_posix() for f in files]
+        if len(files) > 1 and (len(set(names)) < len(names) or not all(n in takes for n in names)):
+            what = f"id {r.id!r}" if r.file is None else f"file {r.file!r}"
+            raise PromptFileError(f"{r.where}: {what} pairs with {len(files)} audio files in {audio_dir} ("
                                   f"{', '.join(str(f.relative_to(audio_dir)) for f in files[:3])}); keep one")
-        out[r.id] = files[0] if files else None
-    return out
+    return of_key
 
 
 def _manifest_items(path: Path, split: str) -> list[tuple[Path, tuple[str, ...]]]:
@@ -230,13 +249,13 @@ def _score(clap, args, progress: bool) -> dict:
             log.warning("skipping %s", msg)
         if not pairs:
             raise ValueError(f"{args.prompts}: no row pairs with an audio file (first: {unpaired[0]})")
-    kept, wavs, skipped = _load([f for f, _ in pairs], clap.sample_rate, progress, clap.min_samples)
+    kept, wavs, skipped = _load([f for f, *_ in pairs], clap.sample_rate, progress, clap.min_samples)
     skipped = unpaired + skipped
     pairs = [pairs[i] for i in kept]
-    result = clap_score(clap, [p for _, p in pairs], wavs, clap.sample_rate, batch_size=args.batch_size,
+    result = clap_score(clap, [p for _, p, *_ in pairs], wavs, clap.sample_rate, batch_size=args.batch_size,
                         progress=progress)
-    result["per_item"] = [{"file": str(f), "prompt": p, "score": s}
-                          for (f, p), s in zip(pairs, result["per_item"])]
+    result["per_item"] = [{"file": str(f), "prompt": p, "score": s, **({"take": t[0]} if t and t[0] else {})}
+                          for (f, p, *t), s in zip(pairs, result["per_item"])]   # a --takes run's file: its take
     result["source"] = str(args.manifest or args.prompts)
     result["skipped"] = skipped
     return result

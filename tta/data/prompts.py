@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -102,22 +103,114 @@ def id_name_problem(id_: str, suffix: str = ".wav") -> str | None:
             f"takes at most {NAME_MAX_BYTES} bytes: give it a shorter id")
 
 
-def match_audio(keys: Mapping[str, str | None], names: Iterable[str]) -> dict[str, str | None]:
+def match_audio(keys: Mapping[str, str | None], names: Iterable[str],
+                takes: Mapping[str, RecordedOutput] | None = None) -> dict[str, str | None]:
     """Pair audio files with prompt rows, the one rule of `tta eval --prompts` and `tta clap score --prompts`:
     for each name (a file's path under its folder without suffix, '/'-joined), the key of its row, or None.
     `keys` maps each row's key (its file field's `file_key`, else its id's `id_file_name`) to its id (None for
     none). A name pairs with the row of the same key; else with the id row whose id read as a path (`file_key`,
     as tta before id_file_name keyed it) is that name (a file at the id's own path, 'clotho/a_dog.wav'); else,
     when no other file has its base name, with the row whose key, or id read as a path, has that base name
-    ('a_dog.wav' for 'clotho/a_dog'). A row with a file field pairs by that field only."""
+    ('a_dog.wav' for 'clotho/a_dog'). A row with a file field pairs by that field only. `takes` (the folder's
+    `recorded_outputs`): a named row's take that the record lists ('door_2') pairs as its row's one file
+    ('door') would, so each of a row's takes pairs with it."""
     names = list(names)
+    stands = {n: takes[n].row_name if takes and n in takes and takes[n].row_name else n for n in names}
     by_id = {file_key(i): k for k, i in keys.items() if i is not None and k == id_file_name(i)}   # id rows
     by_name = {Path(p).name: k for p, k in by_id.items()}
     by_name.update((Path(k).name, k) for k in keys)   # a row's own key before another row's id
-    counts = Counter(Path(n).name for n in names)   # a bare name stands for one file only: a/x and b/x need paths
-    return {n: n if n in keys else by_id.get(n) or (by_name.get(Path(n).name) if counts[Path(n).name] == 1
-                                                     else None)
-            for n in names}
+    # a bare name stands for one file only (a/x and b/x need paths); a row's takes stand for one file together
+    counts = Counter(Path(s).name for s in set(stands.values()))
+    return {n: n if n in keys else s if s in keys else by_id.get(s) or (
+                by_name.get(Path(s).name) if counts[Path(s).name] == 1 else None)
+            for n, s in stands.items()}
+
+
+@dataclass(frozen=True)
+class RecordedOutput:
+    """An output a `tta generate` folder's generation.json lists: which row of its run it is, and which take."""
+    row: int                # the row's position among the run's rows (a prompt and its --takes N files are one)
+    take: int               # 1..N
+    row_name: str | None    # a named row's take (door_2): the name its row's one file has (door); else None
+
+
+def recorded_outputs(record: Mapping) -> dict[str, RecordedOutput]:
+    """The outputs a `tta generate` generation.json `record` lists, by file name without suffix (as
+    `match_audio` names files), in the record's order (the run's rows'): with `--takes N` (settings.takes) a row
+    is N outputs, an unnamed prompt's takes NNN_<slug> (NNN the output's position in the run: row NNN // N) and a
+    named row's <name>_1 .. <name>_N (its record's `take`). {} for a record that lists no such outputs (none,
+    an output with no file name or a take that is no count, a take name that is no take of its row)."""
+    try:
+        outputs, takes = record["outputs"], record.get("settings", {}).get("takes", 1)
+    except (KeyError, AttributeError):
+        return {}
+    if type(takes) is not int or takes < 1 or not isinstance(outputs, list):
+        return {}
+    found: dict[str, RecordedOutput] = {}
+    rows: dict[object, int] = {}   # a row's identity -> its position
+    for output in outputs:
+        file = output.get("file") if isinstance(output, dict) else None
+        take = output.get("take", 1) if isinstance(output, dict) else None
+        if not isinstance(file, str) or type(take) is not int or not 1 <= take <= takes:
+            return {}
+        name = file_key(file)
+        index = re.match(r"(\d+)_", name)
+        row_name = None
+        if takes == 1:
+            row = name
+        elif output.get("id") == name and index:   # an unnamed prompt's take: NNN_<slug>, its id its name
+            row = ("#", int(index.group(1)) // takes)
+            if int(index.group(1)) % takes != take - 1:
+                return {}
+        elif name.endswith(f"_{take}"):
+            row = row_name = name[:-len(f"_{take}")]
+        else:
+            return {}
+        if name in found:
+            return {}
+        found[name] = RecordedOutput(rows.setdefault(row, len(rows)), take, row_name)
+    return found
+
+
+def generation_outputs(folder: Path) -> dict[str, RecordedOutput]:
+    """`recorded_outputs` of the generation.json of a `tta generate --out-dir` folder; {} where there is none or
+    it cannot be read (the files then pair as any folder's)."""
+    try:
+        record = json.loads((Path(folder) / "generation.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return recorded_outputs(record) if isinstance(record, dict) else {}
+
+
+def position_order(path: Path, names: list[str], rows: int,
+                   recorded: Mapping[str, RecordedOutput]) -> list[tuple[str, int]]:
+    """Each file name (without suffix) beside the position of the prompts file row it pairs with, for rows that
+    pair by position (a .txt; rows with no file or id field), `rows` rows; PromptFileError when they cannot.
+    The files of a `tta generate` folder whose generation.json lists them all (`recorded`) pair in the run's
+    row order, a row's --takes N files with it; else there must be one file per row, in the order of their
+    leading number when all have one (`NNN_<slug>`), else sorted by name, when that order is the one of the
+    numbers in the names too (clip_10 sorts before clip_2 and would take the third row without a word)."""
+    if recorded and set(names) == set(recorded):
+        count = len({recorded[n].row for n in names})
+        if count != rows:
+            raise PromptFileError(f"{path}: {rows} rows pair by position with the {count} prompts of the run whose "
+                                  f"generation.json lists the {len(names)} generated files; give each row a file "
+                                  "or id field otherwise")
+        return sorted(((n, recorded[n].row) for n in names), key=lambda p: (p[1], recorded[p[0]].take))
+    if len(names) != rows:
+        raise PromptFileError(f"{path}: pairs by position and needs exactly one row per generated file ({rows} rows, "
+                              f"{len(names)} files); give each row a file or id field otherwise")
+    index = [re.match(r"(\d+)_", Path(n).name) for n in names]
+    if all(index):
+        return [(n, i) for i, (_, n) in enumerate(sorted(zip((int(m.group(1)) for m in index), names)))]
+    ordered = sorted(names)
+    natural = sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+    if ordered != natural:
+        first = next(i for i, (a, b) in enumerate(zip(ordered, natural)) if a != b)
+        raise PromptFileError(f"{path}: pairs its rows with the generated files by position, and their names give "
+                              f"no one order ({ordered[first]!r} sorts before {natural[first]!r}, their numbers say "
+                              "otherwise); give each row a file or id field, or name the files NNN_<name>")
+    return [(n, i) for i, n in enumerate(ordered)]
 
 
 class PromptFileError(ValueError):

@@ -1,0 +1,135 @@
+"""`tta eval --prompts` and `tta clap score --prompts` score a `tta generate --takes N` folder against the prompts
+file that made it: its generation.json pairs each take with its row (tta.data.prompts.match_audio and
+position_order, the one pairing of both); rows that pair by position pair in the run's order."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+
+from tests.test_generate import run
+from tests.test_ldm_fixtures import one_thread, tiny_pipeline  # noqa: F401 (autouse)
+from tta.audio import save_audio
+from tta.cli import main
+
+
+def generate(capsys, prompts, out, *extra) -> None:
+    code, _, err = run(capsys, "--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.5, "--steps", 2,
+                       "--seed", 3, *extra, "--out-dir", out)
+    assert code == 0, err
+
+
+def clap() -> str:
+    return str(tiny_pipeline() / "text_encoder")
+
+
+def evaluate(capsys, gen, prompts, out, *metrics) -> tuple[int, str, dict]:
+    """exit code, stderr and {name: (prompt, id, take, clap score)} of items.csv."""
+    extra = ["--metrics", "fad,clap", "--clap-model", clap()] if "clap" in metrics else []
+    code = main(["-q", "eval", "--generated", str(gen), "--reference", str(gen), "--embedder", "mfcc", "--prompts",
+                 str(prompts), "--out", str(out), "--cache-dir", str(out.parent / "cache"), *extra])
+    err = capsys.readouterr().err
+    if code != 0:
+        return code, err, {}
+    with open(out / "items.csv", newline="") as f:
+        return code, err, {r["name"]: (r["prompt"], r["id"], r.get("take"), r["clap_score"]) for r in csv.DictReader(f)}
+
+
+def clap_score(capsys, audio, prompts, out) -> tuple[int, str, dict]:
+    """exit code, stderr and {file name: (prompt, take, score)} of the result."""
+    code = main(["-q", "clap", "score", "--model", clap(), "--audio", str(audio), "--prompts", str(prompts),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    if code != 0:
+        return code, err, {}
+    items = json.loads(out.read_text())["per_item"]
+    return code, err, {i["file"].rsplit("/", 1)[-1]: (i["prompt"], i.get("take"), i["score"]) for i in items}
+
+
+def test_a_named_rows_takes_pair_with_it_in_eval_and_clap_score_alike(tmp_path, capsys):
+    """An id row's and a file row's takes (door_1, door_2; rain_1, rain_2) had no prompt ('no prompt for 4
+    generated file(s), e.g. door_1, door_2, rain_1'; clap score: "id 'door' pairs with no audio file"). Each
+    take now pairs with its row, items.csv one row per file with its take; both score each file the same."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "door", "prompt": "a door creaks"}\n{"file": "sfx/rain.wav", "prompt": "rain"}\n')
+    gen = tmp_path / "gen"
+    generate(capsys, prompts, gen, "--takes", 2)
+    code, err, items = evaluate(capsys, gen, prompts, tmp_path / "e", "clap")
+    assert code == 0, err
+    assert {n: i[:3] for n, i in items.items()} == {
+        "door_1": ("a door creaks", "door", "1"), "door_2": ("a door creaks", "door", "2"),
+        "rain_1": ("rain", "", "1"), "rain_2": ("rain", "", "2")}
+    code, err, scored = clap_score(capsys, gen, prompts, tmp_path / "c.json")
+    assert code == 0, err
+    assert {n: s[:2] for n, s in scored.items()} == {
+        "door_1.wav": ("a door creaks", 1), "door_2.wav": ("a door creaks", 2), "rain_1.wav": ("rain", 1),
+        "rain_2.wav": ("rain", 2)}
+    assert {n: float(i[3]) for n, i in items.items()} == {n[:-4]: s[2] for n, s in scored.items()}
+
+    (gen / "generation.json").unlink()   # no record: one file per row, as before
+    code, err, _ = evaluate(capsys, gen, prompts, tmp_path / "e2")
+    assert code == 1 and "no prompt for 4 generated file(s), e.g. door_1, door_2, rain_1" in err
+    code, err, _ = clap_score(capsys, gen, prompts, tmp_path / "c2.json")
+    assert code == 1 and "sfx/rain.wav: file not found" in err   # door is left out, rain's file read as named
+
+
+def test_an_unnamed_prompts_takes_pair_by_position_with_a_txt_of_each_prompt_once(tmp_path, capsys):
+    """A .txt of 2 prompts against their 4 takes was refused for its count; the record pairs rows 0 and 1 with
+    000, 001 and 002, 003. A .txt of another count is still refused."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a door creaks\nheavy rain\n")
+    gen = tmp_path / "gen"
+    generate(capsys, prompts, gen, "--takes", 2)
+    code, err, items = evaluate(capsys, gen, prompts, tmp_path / "e")
+    assert code == 0, err
+    assert {n: i[:3] for n, i in items.items()} == {
+        "000_a_door_creaks": ("a door creaks", "", "1"), "001_a_door_creaks": ("a door creaks", "", "2"),
+        "002_heavy_rain": ("heavy rain", "", "1"), "003_heavy_rain": ("heavy rain", "", "2")}
+    code, err, scored = clap_score(capsys, gen, prompts, tmp_path / "c.json")
+    assert code == 0, err
+    assert {n: s[:2] for n, s in scored.items()} == {
+        "000_a_door_creaks.wav": ("a door creaks", 1), "001_a_door_creaks.wav": ("a door creaks", 2),
+        "002_heavy_rain.wav": ("heavy rain", 1), "003_heavy_rain.wav": ("heavy rain", 2)}
+    prompts.write_text("a door creaks\nheavy rain\nwind\n")
+    code, err, _ = evaluate(capsys, gen, prompts, tmp_path / "e2")
+    assert code == 1 and "3 rows pair by position with the 2 prompts of the run" in err
+    assert not (tmp_path / "e2" / "eval.json").exists()
+
+
+def test_a_txt_pairs_with_a_runs_named_files_in_the_runs_order(tmp_path, capsys):
+    """A .txt against the files of ids zeta, alpha paired by sorted name: alpha took zeta's prompt without a
+    word. The run's record gives their order."""
+    rows = tmp_path / "p.jsonl"
+    rows.write_text('{"id": "zeta", "prompt": "a door creaks"}\n{"id": "alpha", "prompt": "heavy rain"}\n')
+    gen = tmp_path / "gen"
+    generate(capsys, rows, gen)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a door creaks\nheavy rain\n")
+    code, err, items = evaluate(capsys, gen, prompts, tmp_path / "e")
+    assert code == 0, err
+    assert {n: i[0] for n, i in items.items()} == {"zeta": "a door creaks", "alpha": "heavy rain"}
+    code, err, scored = clap_score(capsys, gen, prompts, tmp_path / "c.json")
+    assert code == 0, err
+    assert {n: s[0] for n, s in scored.items()} == {"zeta.wav": "a door creaks", "alpha.wav": "heavy rain"}
+
+
+def test_a_txt_is_refused_for_files_whose_numbers_sort_otherwise_than_their_names(tmp_path, capsys):
+    """clip_1 .. clip_10 sorted by name put clip_10 second: it took the second row's prompt without a word."""
+    gen = tmp_path / "gen"
+    rng = np.random.default_rng(0)
+    for i in range(1, 11):
+        save_audio(gen / f"clip_{i}.wav", rng.uniform(-0.5, 0.5, 16000).astype(np.float32), 16000)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"sound number {i}\n" for i in range(1, 11)))
+    code, err, _ = evaluate(capsys, gen, prompts, tmp_path / "e")
+    assert code == 1 and "'clip_10' sorts before 'clip_2'" in err and "Traceback" not in err
+    assert not (tmp_path / "e" / "eval.json").exists()
+    code, err, _ = clap_score(capsys, gen, prompts, tmp_path / "c.json")
+    assert code == 1 and "'clip_10.wav' sorts before 'clip_2.wav'" in err and not (tmp_path / "c.json").exists()
+    for i in range(1, 11):   # names in one order pair as before
+        (gen / f"clip_{i}.wav").rename(gen / f"clip_{chr(96 + i)}.wav")
+    code, err, items = evaluate(capsys, gen, prompts, tmp_path / "e")
+    assert code == 0, err
+    assert items["clip_j"][0] == "sound number 10"
