@@ -474,3 +474,61 @@ def test_clap_weights_holding_nan_are_refused_naming_the_file_and_key(tmp_path, 
     with pytest.raises(CheckpointError, match=r"hf/model.safetensors: 1 of its \d+ weight tensors hold NaN or inf "
                                               r"values \(first: text_projection.linear1.weight\)"):
         load_clap(tmp_path / "hf", tokenizer=tokenizer_dir)
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_a_folders_front_end_is_in_its_identity_unless_it_is_laions(tmp_path, tokenizer_dir, fusion):
+    """The same weights read through another preprocessor_config.json (frequency_max 4000 instead of LAION's
+    14000) embed audio otherwise, yet had the same identity: eval caches, embedding caches, datastores and
+    reference statistics mixed them. A config equal to the official folders' front end (fields that change no
+    embedding aside) keeps the weights-only identity that existing caches and datastores are keyed by."""
+    import shutil
+
+    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+
+    from tta.clap import load_clap
+    from tta.clap.laion import _file_hash
+
+    config = tiny_config()
+    config.audio_config.enable_fusion = fusion
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    ClapModel(config).save_pretrained(str(base))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    plain = load_clap(base).identity          # no preprocessor_config.json: LAION's front end
+    assert plain == "laion-clap:" + _file_hash(base / "model.safetensors")
+    official = {"frequency_min": 50, "frequency_max": 14000, "padding": "repeatpad",
+                "truncation": "fusion" if fusion else "rand_trunc"}
+    wav = chirp(200, 4000, 2.0, 16_000)
+    found = {}
+    for name, change in (("official", {}), ("cosmetic", {"top_db": 80, "padding_value": 1.0,
+                                                           "return_attention_mask": True}),
+                         ("fmax", {"frequency_max": 4000}), ("fmin", {"frequency_min": 0}),
+                         ("window", {"fft_window_size": 2048})):
+        folder = tmp_path / name
+        shutil.copytree(base, folder)
+        ClapFeatureExtractor(**{**official, **change}).save_pretrained(str(folder))
+        clap = load_clap(folder)
+        found[name] = (clap.identity, clap.embed_audio(wav, 16_000))
+    assert found["official"][0] == found["cosmetic"][0] == plain
+    assert torch.equal(found["official"][1], found["cosmetic"][1])
+    changed = [found[n][0] for n in ("fmax", "fmin", "window")]
+    assert len(set(changed)) == 3 and all(i.startswith(plain + "-fe") for i in changed)
+    assert not torch.allclose(found["fmax"][1], found["official"][1], atol=1e-4)
+    again = tmp_path / "again"                  # the suffix is stable: a cache written once is found again
+    shutil.copytree(tmp_path / "fmax", again)
+    assert load_clap(again).identity == found["fmax"][0]
+
+
+def test_an_extractor_given_with_a_laion_pt_is_in_its_identity(laion_pt, tokenizer_dir):
+    """A LAION .pt has no preprocessor config (LAION's fixed front end); an extractor passed in through the
+    Python API reads it otherwise and gets its own identity."""
+    from transformers import ClapFeatureExtractor
+
+    plain = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config())
+    laions = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config(), feature_extractor=
+                                         ClapFeatureExtractor(frequency_min=50, truncation="rand_trunc"))
+    other = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config(), feature_extractor=
+                                        ClapFeatureExtractor(frequency_min=50, frequency_max=8000,
+                                                             truncation="rand_trunc"))
+    assert laions.identity == plain.identity and other.identity.startswith(plain.identity + "-fe")

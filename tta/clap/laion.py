@@ -19,7 +19,10 @@ Audio is prepared as LAION does: mono at 48 kHz, a float32 -> int16 -> float32 r
 exactly 10 s — longer clips are randomly cropped ("rand_trunc"; the crop comes from a fixed seed so
 embeddings are reproducible and cacheable), shorter ones are repeated whole and zero-padded ("repeatpad")
 — then the 64-bin log-mel of transformers' ClapFeatureExtractor (LAION's 50 Hz - 14 kHz, hop 480).
-Feature-fusion checkpoints (`enable_fusion`) use the extractor's "fusion" mode on the full clip.
+Feature-fusion checkpoints (`enable_fusion`) use the extractor's "fusion" mode on the full clip. A
+transformers folder's preprocessor_config.json replaces that extractor; where it differs from LAION's front end
+in a field that changes embeddings, the identity gets "-fe" and a hash of those fields (official folders keep
+the weights-only identity).
 
 The RoBERTa tokenizer must come from local files the user names; a tokenizer with a tiny vocabulary
 (what transformers 5 builds offline when the files are missing) is refused.
@@ -28,6 +31,7 @@ The RoBERTa tokenizer must come from local files the user names; a tokenizer wit
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -46,6 +50,13 @@ SAMPLE_RATE = 48_000
 MAX_SAMPLES = 480_000          # 10 s at 48 kHz
 TEXT_MAX_LENGTH = 77           # LAION tokenises RoBERTa input to 77 tokens
 MIN_VOCAB = 1000
+# LAION's front end (its training code and the official transformers folders' preprocessor_config.json, with
+# truncation "fusion" for feature-fusion models, "rand_trunc" otherwise): the ClapFeatureExtractor fields that
+# change an embedding. A folder's preprocessor_config.json that differs in any of them adds to the identity.
+# Not here: top_db (stored, never applied by the extractor), padding_value, return_attention_mask,
+# padding_side and the type names, which no embedding depends on.
+FRONT_END = {"feature_size": 64, "sampling_rate": SAMPLE_RATE, "hop_length": 480, "fft_window_size": 1024,
+             "max_length_s": 10, "frequency_min": 50, "frequency_max": 14_000, "padding": "repeatpad"}
 
 _DROP_PREFIXES = ("audio_branch.spectrogram_extractor.", "audio_branch.logmel_extractor.",
                   "audio_branch.tscam_conv.", "audio_branch.head.", "text_transform.", "audio_transform.")
@@ -246,6 +257,26 @@ def _tokenizer_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def front_end_suffix(features, fusion: bool) -> str:
+    """A feature extractor's part of the identity: "" for LAION's front end (`FRONT_END`), else "-fe" + 8 hex
+    digits hashing the fields that differ from it. The same weights read through another mel range, hop or
+    window embed otherwise, so they must not share embedding caches, datastores or reference statistics;
+    official folders keep the weights-only identity their caches and datastores are keyed by."""
+    official = {**FRONT_END, "truncation": "fusion" if fusion else "rand_trunc"}
+    changed = {}
+    for name, want in official.items():
+        window = getattr(features, "nb_max_samples", MAX_SAMPLES)
+        if name == "padding" and not fusion and window <= MAX_SAMPLES:
+            continue   # unfused clips reach the extractor padded to the window already (laion_prepare)
+        have = getattr(features, name, None)
+        if have != want:
+            number = isinstance(have, (int, float)) and not isinstance(have, bool)
+            changed[name] = float(have) if number else have
+    if not changed:
+        return ""
+    return "-fe" + hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def _file_hash(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -255,7 +286,10 @@ def _file_hash(path: Path) -> str:
 
 
 class LaionClapEmbedder(ClapEmbedder):
-    """The shared interface over a transformers ClapModel holding LAION-CLAP weights."""
+    """The shared interface over a transformers ClapModel holding LAION-CLAP weights.
+
+    `identity` names the weights (and tokenizer); a `feature_extractor` other than LAION's front end appends
+    `front_end_suffix` to it."""
 
     sample_rate = SAMPLE_RATE
     min_samples = 1024     # one STFT window at 48 kHz
@@ -278,7 +312,7 @@ class LaionClapEmbedder(ClapEmbedder):
             frequency_min=50, frequency_max=14_000, truncation="fusion" if self.fusion else "rand_trunc",
             padding="repeatpad")
         self.crop_seed = crop_seed
-        self.identity = identity
+        self.identity = identity + front_end_suffix(self.features, self.fusion)
         self.embed_dim = model.config.projection_dim
         self.max_length = min(TEXT_MAX_LENGTH, model.config.text_config.max_position_embeddings - 2)
 
