@@ -66,7 +66,8 @@ def test_a_named_rows_takes_are_name_1_to_name_n(tmp_path, capsys):
                                                                       ("rain_1", 1, 7), ("rain_2", 2, 8)]
     # --takes 1 names the rows as ever
     code, _, err = run(capsys, "--prompts", prompts, *base(), "--out-dir", tmp_path / "one")
-    assert code == 0, err and list(wavs(tmp_path / "one")) == ["door.wav", "rain.wav"]
+    assert code == 0, err
+    assert list(wavs(tmp_path / "one")) == ["door.wav", "rain.wav"]
 
 
 def test_a_take_name_that_is_another_rows_name_is_refused_before_the_model_loads(tmp_path, capsys):
@@ -97,7 +98,8 @@ def test_takes_with_one_output_file_are_refused_and_one_take_is_allowed(tmp_path
                                 "take is a file there)\n"
     assert list(tmp_path.iterdir()) == []
     code, _, err = run(capsys, "a door", "--takes", 1, *base(), "-o", tmp_path / "x.wav")
-    assert code == 0, err and (tmp_path / "x.wav").is_file()
+    assert code == 0, err
+    assert (tmp_path / "x.wav").is_file()
 
 
 def test_more_takes_of_one_prompt_resume_as_rows_added_at_the_end(tmp_path, capsys, calls):  # noqa: F811
