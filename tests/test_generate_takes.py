@@ -82,13 +82,26 @@ def test_a_take_name_that_is_another_rows_name_is_refused_before_the_model_loads
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "2.5", str(10 ** 9), "three"])
-def test_a_bad_takes_value_is_one_line_before_the_model_loads(tmp_path, capsys, value):
+@pytest.mark.parametrize("value", ["0", "-1", str(10 ** 9)])
+def test_a_takes_value_out_of_range_is_one_line_before_the_model_loads(tmp_path, capsys, value):
     code, out, err = run(capsys, "a door", "--takes", value, "--model", tmp_path / "no-model",
                          "--out-dir", tmp_path / "out")
     assert (code, out) == (1, "")
     assert err == f"tta: error: --takes {value} must be a whole number from 1 to 10000 (the files written per " \
                   "prompt)\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["2.5", "three"])
+def test_a_takes_value_that_is_no_whole_number_is_bad_usage_as_for_candidates(tmp_path, capsys, value):
+    """One rule for tta generate's whole-number flags: argparse reads them (it read --takes with a regex of its
+    own, so --takes 2.5 exited 1 where --candidates 2.5 exits 2)."""
+    for flag in ("--takes", "--candidates"):
+        with pytest.raises(SystemExit) as stop:
+            run(capsys, "a door", flag, value, "--model", tmp_path / "no-model", "--out-dir", tmp_path / "out")
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == \
+            f"tta generate: error: argument {flag}: invalid int value: '{value}'"
     assert not (tmp_path / "out").exists()
 
 

@@ -209,7 +209,7 @@ def _add_generate(sub) -> None:
                         "the neighbours change (default: the model's)")
     p.add_argument("--candidates", type=int, help="clips drawn per prompt; the best by the model's CLAP score is kept "
                    "(default: the model's; the embedded model draws 2)")
-    p.add_argument("--takes", default=1, metavar="N",
+    p.add_argument("--takes", type=int, default=1, metavar="N",
                    help="files written per prompt (default 1): N takes of each prompt, each its own file, where "
                         "--candidates draws several clips behind each file and keeps one. The run is the one with "
                         "each prompt written N times in a row (row r takes seed SEED + r, the same bytes): a row "

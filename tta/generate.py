@@ -438,14 +438,7 @@ def check_flag_values(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise GenerateError(f"--batch-size {args.batch_size} must be >= 1")
     takes = getattr(args, "takes", 1)
-    if isinstance(takes, str):   # read here, not by argparse: "2.5" is a one-line error too, not a usage screen
-        text = takes.strip()
-        takes = int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
-        if takes is None or not 1 <= takes <= MAX_TAKES:
-            raise GenerateError(f"--takes {text} must be a whole number from 1 to {MAX_TAKES} (the files written "
-                                "per prompt)")
-        args.takes = takes
-    elif not (type(takes) is int and 1 <= takes <= MAX_TAKES):
+    if not (type(takes) is int and 1 <= takes <= MAX_TAKES):   # a whole number: argparse's type=int, as --candidates
         raise GenerateError(f"--takes {takes!r} must be a whole number from 1 to {MAX_TAKES} (the files written "
                             "per prompt)")
     if not 0 <= args.seed < MAX_SEED:
