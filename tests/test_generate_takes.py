@@ -147,6 +147,47 @@ def test_a_changed_takes_of_several_prompts_is_another_batch_and_is_refused(tmp_
     assert calls == [] and wavs(tmp_path / "out") == before[0]
 
 
+def test_a_named_rows_takes_resume_from_two_takes_and_not_from_its_one_file(tmp_path, capsys, calls):  # noqa: F811
+    """A named row's one file (door.wav, --takes 1) is not its first take (door_1.wav): more takes of it are
+    refused naming that rename (it named the takes of every prompt after the first moving), before the model
+    loads; from --takes 2 up they resume as an unnamed prompt's do."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "door", "prompt": "a creaking door"}\n')
+    assert run(capsys, "--prompts", prompts, *base(), "--out-dir", tmp_path / "one")[0] == 0
+    before = wavs(tmp_path / "one"), (tmp_path / "one" / "generation.json").read_bytes()
+    calls.clear()
+    code, _, err = run(capsys, "--prompts", prompts, "--takes", 3, *base(), "--out-dir", tmp_path / "one", "--resume")
+    assert code == 1 and calls == []
+    assert err.splitlines()[-1] == f"tta: error: {tmp_path / 'one' / 'generation.json'}: cannot resume: the earlier " \
+        f"run wrote door.wav (id 'door'), which no row of {prompts} names now: a row named by its file or id writes " \
+        "NAME.wav with --takes 1 and NAME_1.wav .. NAME_N.wav with more, so with --takes 3 its row writes " \
+        "door_1.wav; run it with --takes 1 as the earlier run did, write the takes to a new --out-dir, or run " \
+        "without --resume to generate every row again"
+    assert (wavs(tmp_path / "one"), (tmp_path / "one" / "generation.json").read_bytes()) == before
+    # back from takes to --takes 1: door_1.wav is no row's either
+    assert run(capsys, "--prompts", prompts, "--takes", 2, *base(), "--out-dir", tmp_path / "two")[0] == 0
+    code, _, err = run(capsys, "--prompts", prompts, *base(), "--out-dir", tmp_path / "two", "--resume")
+    assert code == 1 and "wrote door_1.wav (id 'door'), which no row" in err and "its row writes door.wav; run it " \
+        "with --takes 2 as" in err
+    calls.clear()
+    code, _, err = run(capsys, "--prompts", prompts, "--takes", 3, *base(), "--out-dir", tmp_path / "two", "--resume")
+    assert code == 0, err
+    assert calls == [["a creaking door"]]   # door_3 only
+    assert list(wavs(tmp_path / "two")) == ["door_1.wav", "door_2.wav", "door_3.wav"]
+
+
+def test_fewer_takes_of_one_prompt_are_refused_naming_the_takes_left_without_a_row(tmp_path, capsys, calls):  # noqa: F811
+    assert run(capsys, "a door", "--takes", 4, *base(), "--out-dir", tmp_path / "out")[0] == 0
+    calls.clear()
+    code, _, err = run(capsys, "a door", "--takes", 2, *base(), "--out-dir", tmp_path / "out", "--resume")
+    assert code == 1 and calls == []
+    assert err.splitlines()[-1].endswith("cannot resume: the earlier run wrote 002_a_door.wav (id '002_a_door'), "
+                                         "which no row of the prompts given names now; the earlier run wrote --takes "
+                                         "4 of its prompt and this one --takes 2: its takes 3 to 4 are no rows of "
+                                         "this run; run it with --takes 4 as the earlier run did, or without "
+                                         "--resume to generate every row again")
+
+
 def test_an_edit_batch_edits_each_rows_input_n_times_and_names_a_bad_row_once(tmp_path, capsys):
     """--edit with --takes: a row's takes are its input edited with seeds SEED + r, as the rows written N times
     in a row give them; a bad row is reported once and counted as one row."""

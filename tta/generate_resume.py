@@ -70,10 +70,19 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
     if record["settings"].get("seed") != args.seed:
         raise _refused(path, f"'settings.seed': {record['settings'].get('seed')!r} saved, {args.seed!r} now")
     where = args.prompts_file if args.prompts_file is not None else "the prompts given"
-    advice = takes_advice(record["settings"].get("takes", 1), getattr(args, "takes", 1))
+    then_takes, now_takes = record["settings"].get("takes", 1), getattr(args, "takes", 1)
+    advice = takes_advice(then_takes, now_takes, len(jobs) // now_takes)
     rows = {job.path.name: (i, job) for i, job in enumerate(jobs)}
     for o in record["outputs"]:
         if o["file"] not in rows:
+            renamed = renamed_take(o, rows, then_takes, now_takes)
+            if renamed is not None:
+                raise GenerateError(f"{path}: cannot resume: the earlier run wrote {o['file']} (id {o['id']!r}), which "
+                                    f"no row of {where} names now: a row named by its file or id writes NAME.wav with "
+                                    f"--takes 1 and NAME_1.wav .. NAME_N.wav with more, so with --takes {now_takes} "
+                                    f"its row writes {renamed}; run it with --takes {then_takes} as the earlier run "
+                                    f"did, write the takes to a new --out-dir, or run without --resume to generate "
+                                    "every row again")
             raise GenerateError(f"{path}: cannot resume: the earlier run wrote {o['file']} (id {o['id']!r}), which no "
                                 f"row of {where} names now; {advice}")
         i, job = rows[o["file"]]
@@ -92,15 +101,39 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
     return record
 
 
-def takes_advice(then, now) -> str:
+def takes_advice(then, now, prompts: int) -> str:
     """What a refused --resume advises: with --takes changed (`then` the earlier run's, an older record's 1) the
     cause too. The rows decide, as for any batch: more takes of one prompt are rows added at the end, and
-    resume; of several prompts they move every later prompt's takes to other rows and seeds."""
-    if then == now:
+    resume; of several prompts (`prompts`: this run's) they move every later prompt's takes to other rows and
+    seeds; fewer takes of one prompt leave the earlier run's last takes no row. (A named row's file, renamed
+    when --takes passes 1, is renamed_take's.)"""
+    if then == now or prompts == 1 and now > then:   # not the cause
         return RESUME_ADVICE
-    return (f"the earlier run wrote --takes {then} of each prompt and this one --takes {now}: each prompt's takes "
-            "are consecutive rows, so the takes of every prompt after the first move to other rows and seeds; run "
-            f"it with --takes {then} as the earlier run did, or without --resume to generate every row again")
+    if prompts == 1:
+        cause = (f"the earlier run wrote --takes {then} of its prompt and this one --takes {now}: its takes "
+                 f"{now + 1} to {then} are no rows of this run")
+    else:
+        cause = (f"the earlier run wrote --takes {then} of each prompt and this one --takes {now}: each prompt's "
+                 "takes are consecutive rows, so the takes of every prompt after the first move to other rows and "
+                 "seeds")
+    return f"{cause}; run it with --takes {then} as the earlier run did, or without --resume to generate every row again"
+
+
+def renamed_take(output: dict, rows: dict, then, now) -> str | None:
+    """The file this run (--takes `now`) writes for the earlier run's (--takes `then`) `output` of a named row
+    when --takes passed 1 (door.wav and door_1.wav, the same row's prompt), else None. `rows`: this run's rows
+    by file name, (index, Job)."""
+    import re
+
+    stem, dot, suffix = output["file"].rpartition(".")
+    if not dot or then == now or 1 not in (then, now):
+        return None
+    if then == 1:
+        name = f"{stem}_1.{suffix}"
+    else:
+        match = re.fullmatch(r"(.+)_[0-9]+", stem)
+        name = f"{match[1]}.{suffix}" if match else None
+    return name if name in rows and rows[name][1].prompt == output["prompt"] else None
 
 
 def check_same_run(record: dict, header: dict, path: Path) -> None:
