@@ -117,11 +117,11 @@ def test_the_bar_counts_the_outputs_written_and_shows_bad_rows_beside_them(tmp_p
     capsys.readouterr()
     assert main(args) == 1
     bars = [b for b in re.split(r"[\r\n]+", capsys.readouterr().err) if b.startswith("tta generate:")]
-    assert "2/4" in bars[-1] and "2 bad" in bars[-1] and not any("3/4" in b or "4/4" in b for b in bars), bars
+    assert "2/4" in bars[-1] and "2 bad rows" in bars[-1] and not any("3/4" in b or "4/4" in b for b in bars), bars
     (tmp_path / "clips" / "b.wav").rename(tmp_path / "clips" / "missing.wav")
     assert main([*args, "--resume"]) == 1   # the row fixed since is generated, the one without input is still bad
     bars = [b for b in re.split(r"[\r\n]+", capsys.readouterr().err) if b.startswith("tta generate:")]
-    assert "3/4" in bars[-1] and "2 kept, 1 bad" in bars[-1] and not any("4/4" in b for b in bars), bars
+    assert "3/4" in bars[-1] and "2 kept, 1 bad row" in bars[-1] and not any("4/4" in b for b in bars), bars
 
 
 def test_a_batch_with_no_usable_row_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
@@ -135,7 +135,7 @@ def test_a_batch_with_no_usable_row_is_refused_before_the_model_loads(tmp_path, 
     code, _, err = run(capsys, "--prompts", tmp_path / "rows.csv", "--edit", "init-audio", *base(tmp_path),
                        "--out-dir", tmp_path / "out")
     assert code == 1 and err.splitlines()[-1] == f"tta: error: {tmp_path / 'rows.csv'}: no row has a usable input (1 " \
-                                                 "bad rows, reported above); nothing generated"
+                                                 "bad row, reported above); nothing generated"
     (tmp_path / "rows.txt").write_text("a\nb\n")
     code, _, err = run(capsys, "--prompts", tmp_path / "rows.txt", "--edit", "init-audio", *base(tmp_path),
                        "--out-dir", tmp_path / "out")

@@ -205,3 +205,23 @@ def test_an_edit_batch_edits_each_rows_input_n_times_and_names_a_bad_row_once(tm
     assert list(wavs(tmp_path / "t").values()) == list(wavs(tmp_path / "r").values())
     assert [o["seeds"] for o in record(tmp_path / "t")["outputs"]] == [[5], [6]]
     assert not record(tmp_path / "t")["complete"] and record(tmp_path / "t")["planned_outputs"] == 4
+
+
+def test_a_bad_rows_takes_count_as_one_row_in_the_refusal_and_on_the_bar(tmp_path, capsys):
+    """With --takes 3 a bad row was "3 bad rows" when no row was usable, and "3 bad" on the bar."""
+    import re
+
+    from tta.cli import main
+
+    (tmp_path / "clips").mkdir()
+    save_audio(tmp_path / "clips" / "a.wav", signals.chirp(200, 2000, 0.3), 16_000)
+    (tmp_path / "bad.csv").write_text("id,prompt,input\nnone,no input,clips/gone.wav\n")
+    edit = ["--edit", "init-audio", "--model", tiny_pipeline(), "--steps", 2, "--seed", 5]
+    code, _, err = run(capsys, "--prompts", tmp_path / "bad.csv", "--takes", 3, *edit, "--out-dir", tmp_path / "b")
+    assert code == 1 and err.splitlines()[-1] == f"tta: error: {tmp_path / 'bad.csv'}: no row has a usable input " \
+                                                 "(1 bad row, reported above); nothing generated"
+    (tmp_path / "rows.csv").write_text("id,prompt,input\nbird,a bird,clips/a.wav\nnone,no input,clips/gone.wav\n")
+    assert main(["generate", "--prompts", str(tmp_path / "rows.csv"), "--takes", "3", *map(str, edit), "--out-dir",
+                 str(tmp_path / "t")]) == 1
+    bars = [b for b in re.split(r"[\r\n]+", capsys.readouterr().err) if b.startswith("tta generate:")]
+    assert "3/6" in bars[-1] and "1 bad row" in bars[-1] and not any("bad rows" in b for b in bars), bars

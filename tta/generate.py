@@ -758,9 +758,10 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
 
 def progress_note(kept: int, rows=None) -> str:
     """The bar's note: outputs `kept` by --resume (counted as done, as the bar starts there) and, with --edit
-    (`rows`, RowEdits), the bad rows left out so far (not counted: the bar counts outputs written)."""
-    bad = len(rows.bad) if rows is not None else 0
-    return ", ".join([f"{kept} kept"] * bool(kept) + [f"{bad} bad"] * bool(bad))
+    (`rows`, RowEdits), the bad rows left out so far, as rows (not counted: the bar counts outputs written; with
+    --takes N a bad row leaves N out)."""
+    bad = rows.bad_rows() if rows is not None else 0
+    return ", ".join([f"{kept} kept"] * bool(kept) + [f"{bad} bad row{'' if bad == 1 else 's'}"] * bool(bad))
 
 
 def prepare_input(edit: dict, decoded, pipe):

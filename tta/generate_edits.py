@@ -61,6 +61,10 @@ class RowEdits:
         if not said:
             print(f"tta: bad row: {self.bad[i]}", file=sys.stderr)
 
+    def bad_rows(self) -> int:
+        """How many rows are bad: with --takes N a bad row's N takes are one row."""
+        return len({self.jobs[i].where for i in self.bad})
+
     def load(self, i: int, pipe) -> tuple[dict, object, object] | None:
         """(edit, wav_in, kept) of row i once the model has loaded (prepare_input), or None for a bad row: one
         found before (reported then) or now (its input changed since it was checked: reported here)."""
@@ -83,7 +87,7 @@ class RowEdits:
     def refuse_left_out(self, rows: int) -> None:
         """End the run with exit 1 when a row was left out (its outputs written and recorded); `rows` counts
         the prompts file's rows (with --takes N, a row's N takes are one row)."""
-        n = len({self.jobs[i].where for i in self.bad})
+        n = self.bad_rows()
         raise GenerateError(f"{n} of {rows} rows of {self.prompts_file} not generated (bad input, reported above as "
                             f"'bad row'); fix {'it' if n == 1 else 'them'} and run the same command with --resume to "
                             f"generate only {'that row' if n == 1 else 'those rows'}")
@@ -112,8 +116,9 @@ def plan_rows(args: argparse.Namespace, jobs: list[Job], edit: dict, mel) -> Row
         except GenerateError as e:
             rows.report(i, job, str(e))
     if not rows.edits:
-        raise GenerateError(f"{args.prompts_file}: no row has a usable input ({len(rows.bad)} bad rows, reported "
-                            "above); nothing generated")
+        n = rows.bad_rows()
+        raise GenerateError(f"{args.prompts_file}: no row has a usable input ({n} bad row{'' if n == 1 else 's'}, "
+                            "reported above); nothing generated")
     return rows
 
 
