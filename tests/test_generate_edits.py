@@ -240,3 +240,19 @@ def test_help_and_readme_describe_an_edit_batch(capsys):
     assert "--edit KIND" in text and "input field names (a path relative to FILE's folder)" in text
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "--edit inpaint" in readme and "`input` field" in readme
+
+
+def test_a_bad_row_is_said_through_the_commands_printer_once_per_row(tmp_path, capsys):
+    """RowEdits printed its line itself (no print in library code): the command passes the printer, and a row's
+    other takes are not said again."""
+    from tta.generate import Job
+    from tta.generate_edits import RowEdits
+
+    said: list[str] = []
+    jobs = [Job("a", "a bird", tmp_path / f"a_{k}.wav", "gone.wav", "rows.csv:2", take=k) for k in (1, 2)]
+    rows = RowEdits(said.append, jobs=jobs, prompts_file=tmp_path / "rows.csv")
+    for i, job in enumerate(jobs):
+        rows.report(i, job, "unreadable input audio: gone.wav")
+    assert said == ["tta: bad row: rows.csv:2: unreadable input audio: gone.wav"]
+    assert rows.bad_rows() == 1 and sorted(rows.bad) == [0, 1]
+    assert capsys.readouterr() == ("", "")

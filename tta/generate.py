@@ -672,7 +672,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     if edit is not None and edit["input"] is None:
         from tta.generate_edits import plan_rows
 
-        rows = plan_rows(args, jobs, edit, model_vae_config(folder, spec).mel)
+        rows = plan_rows(args, jobs, edit, model_vae_config(folder, spec).mel,
+                         lambda line: print(line, file=sys.stderr))   # a bad row's line, as outputs' paths are printed
     # after the cheaper checks: it reads the file
     decoded = read_edit_input(edit) if edit is not None and rows is None else None
     store = open_datastore(args)

@@ -20,7 +20,7 @@ checked once, and a bad row is reported once and counted as one row.
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,9 @@ def plan_row_edit(args: argparse.Namespace, kind: str, given: list) -> dict:
 @dataclass
 class RowEdits:
     """The rows of an --edit batch: each good row's input file and edit (what a one-input run of it records), and
-    one message per bad row, by row index."""
+    one message per bad row, by row index. `say` shows a bad row's line to the user when it is found (the
+    command's printer: tta.generate's main passes one that writes it to stderr)."""
+    say: Callable[[str], None]
     paths: dict[int, Path] = field(default_factory=dict)
     edits: dict[int, dict] = field(default_factory=dict)
     bad: dict[int, str] = field(default_factory=dict)
@@ -59,7 +61,7 @@ class RowEdits:
         said = f"{job.where}: {message}" in self.bad.values()   # with --takes N, the row's other takes: said once
         self.bad[i] = f"{job.where}: {message}"
         if not said:
-            print(f"tta: bad row: {self.bad[i]}", file=sys.stderr)
+            self.say(f"tta: bad row: {self.bad[i]}")
 
     def bad_rows(self) -> int:
         """How many rows are bad: with --takes N a bad row's N takes are one row."""
@@ -93,13 +95,14 @@ class RowEdits:
                             f"generate only {'that row' if n == 1 else 'those rows'}")
 
 
-def plan_rows(args: argparse.Namespace, jobs: list[Job], edit: dict, mel) -> RowEdits:
+def plan_rows(args: argparse.Namespace, jobs: list[Job], edit: dict, mel, say: Callable[[str], None]) -> RowEdits:
     """Each row's input checked before the model loads (`edit`: the batch's settings; `mel`: the model's mel
-    frame): a bad row is reported and left out; no row with an input at all, or none left, is refused."""
+    frame): a bad row is reported (`say`: RowEdits') and left out; no row with an input at all, or none left, is
+    refused."""
     if not any(job.input is not None for job in jobs):
         raise GenerateError(f"{args.prompts_file}: no row has an input field (--edit edits each row's input audio: "
                             "a path relative to the prompts file's folder); add an input column")
-    rows = RowEdits(jobs=jobs, prompts_file=args.prompts_file)
+    rows = RowEdits(say, jobs=jobs, prompts_file=args.prompts_file)
     base = args.prompts_file.parent
     outputs = {job.path.resolve(): job for job in jobs}
     first: dict[str, int] = {}   # a row's first job: with --takes N its other takes edit the same input
