@@ -247,6 +247,29 @@ def test_a_run_into_a_folder_a_batch_is_generating_in_is_refused(tmp_path, capsy
     assert sorted(p.name for p in out.iterdir()) == ["000_a.wav", "001_b.wav", "generation.json"]
 
 
+def test_a_run_with_rank_in_its_environment_still_locks_its_folder(tmp_path, capsys, calls, monkeypatch):
+    """The out-dir lock followed training's main-process rule: a tta generate started with RANK=1 in its
+    environment (a shell left from a distributed job) took no lock and generated beside the run holding it."""
+    fcntl = pytest.importorskip("fcntl")
+
+    args, _ = batch(tmp_path, "a\nb\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setenv("RANK", "1")
+    calls.clear()
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("12345\n")
+        held.flush()
+        code, _, err = run(capsys, *args, "--out-dir", out)
+        assert code == 1 and err.splitlines() == [f"tta: error: {out}: another tta generate (process 12345) is "
+                                                  "generating in this folder; wait for it, or choose another "
+                                                  "--out-dir"], err
+    assert calls == [] and sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert run(capsys, *args, "--out-dir", out)[0] == 0 and calls == [["a"], ["b"]]
+    assert not (out / ".lock").exists()   # the lock this run took (RANK=1) went with it
+
+
 def test_a_run_that_fails_before_its_first_output_leaves_no_folder(tmp_path, capsys):
     """The out-dir's lock makes the folder; a run that fails later (weights that do not load) removes it again."""
     model = copy_pipeline(tmp_path / "model")

@@ -603,7 +603,9 @@ def lock_out_dir(folder: Path) -> Iterator[None]:
 
     made = _missing_top(folder.absolute())
     try:
-        with run_lock(folder, command="tta generate", doing="generating", flag="--out-dir", remove=True):
+        # one process, whatever RANK its environment holds (run_lock's main-process rule is training's)
+        with run_lock(folder, command="tta generate", doing="generating", flag="--out-dir", remove=True,
+                      main_only=False):
             yield
     finally:
         _remove_made(folder.absolute(), made)

@@ -1137,15 +1137,16 @@ def clear_unstarted(out: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def run_lock(out: str | os.PathLike, *, create: bool = True, command: str = "tta train", doing: str = "training",
-             flag: str = "--out", remove: bool = False) -> Iterator[None]:
+             flag: str = "--out", remove: bool = False, main_only: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on `out`/.lock while a run trains there (main process only; POSIX): the same command
     started twice, or two --resume at once, would write one folder together (and the second, refused as "already
     holds a run", removed the folder the first was training in). The lock goes with the process, also when it is
     killed. Without `create`, a folder that does not exist is not made (nothing to lock: a resume fails on its own).
     `command`, `doing` and `flag` name the command, what it does there and its folder's flag in the refusal
     (`tta generate` locks its --out-dir too). With `remove` the lock file goes when the lock is released, so the
-    folder is left as it was found."""
-    if not _is_main_process() or not create and not Path(out).is_dir():
+    folder is left as it was found. `main_only`: only the main process of a distributed training run locks (a
+    single-process command such as tta generate passes False: a RANK in its environment says nothing of it)."""
+    if main_only and not _is_main_process() or not create and not Path(out).is_dir():
         yield
         return
     try:
@@ -1261,7 +1262,7 @@ def _killable_while_joining() -> Iterator[None]:
 
 
 def _is_main_process() -> bool:
-    if "accelerate" not in sys.modules:   # then no accelerate state was made (tta generate takes run_lock without it)
+    if "accelerate" not in sys.modules:   # then no accelerate state was made
         return os.environ.get("RANK", "0") == "0"
     from accelerate.state import PartialState, is_initialized
 
