@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -261,6 +262,9 @@ def test_tta_model_weights_are_not_an_audioldm_ckpt(tmp_path):
     (torch.tensor([0.5, 0.6]), "its 'scale_factor' is a tensor of shape (2,) and dtype torch.float32; expected one "
                                "number"),
     ("0.5", "its 'scale_factor' is a str; expected one number"),
+    (np.float32("nan"), "scale_factor=nan must be a positive finite number"),
+    (np.bool_(True), "; expected one number (the latent scale)"),
+    (True, "its 'scale_factor' is a bool; expected one number"),
 ])
 def test_a_bad_scale_factor_names_the_checkpoint(tmp_path, scale, message):
     """A nan scale_factor failed on the config's words alone, naming no file; two values were read as the first
@@ -273,6 +277,18 @@ def test_a_bad_scale_factor_names_the_checkpoint(tmp_path, scale, message):
     with pytest.raises(CheckpointError) as e:
         load_audioldm_ckpt(path)
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value), e.value
+
+
+@pytest.mark.parametrize("scale", [np.float32(0.5), np.float64(0.5), np.int64(2), torch.tensor(0.5), 0.5])
+def test_a_numpy_or_tensor_scale_factor_loads(tmp_path, scale):
+    """A NumPy scalar scale_factor loaded until the scale_factor check took Python ints and floats only ("its
+    'scale_factor' is a float32; expected one number")."""
+    path = tmp_path / "scale.ckpt"
+    _audioldm_ckpt(path, reference_vae_state(), scale=0.5)
+    obj = torch.load(path, weights_only=True)
+    obj["state_dict"]["scale_factor"] = scale
+    torch.save(obj, path)
+    assert float(load_audioldm_ckpt(path).scale_factor) == float(scale)
 
 
 def test_vae_weights_holding_nan_are_refused_naming_the_checkpoint_and_key(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import os
 import re
 from pathlib import Path
@@ -160,7 +161,10 @@ def split_audioldm_checkpoint(obj) -> tuple[dict, float | None]:
                 "AudioLDM checkpoint has first_stage_model.* but no top-level 'scale_factor'"
             )
         scale = state["scale_factor"]
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)) or (
+        # one number as tta.config's rule has it (numpy scalars too, bools not); whether it is finite and
+        # positive the config checks, in its own words
+        number = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
+        if not number and not isinstance(scale, torch.Tensor) or (
                 isinstance(scale, torch.Tensor) and (scale.numel() != 1 or scale.dtype == torch.bool or scale.is_complex())):
             what = (f"a tensor of shape {tuple(scale.shape)} and dtype {scale.dtype}" if isinstance(scale, torch.Tensor)
                     else f"a {type(scale).__name__}")
