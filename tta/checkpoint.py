@@ -505,9 +505,10 @@ def check_finite(state: Any, where: str, *, prefix: str = "") -> None:
     a word and make NaN audio, found only at the end of a generation with no word of the file or the part.
     Anything in `state` that is no floating-point tensor is left alone (and a `state` that is no dict, for the
     caller's own error). The test is one sum per tensor (a NaN or inf makes it NaN or inf; a finite sum that
-    overflows is told apart by the exact test): on one core it added 0.04 s to reading and loading 300 M float32
-    parameters from safetensors (0.1 s) and 0.06 s from a torch file (0.8 s), and took 0.03 s of an AudioLDM-S
-    size UNet's 1 s load (bench/check_finite.py)."""
+    overflows is told apart by the exact test). bench/check_finite.py's two records (bench/results.jsonl; 302 M
+    float32 parameters, one thread of a 2-core machine under load average 5.5 and 2.4): the check alone took 0.16
+    and 0.12 s, it added 0.15 and 0.09 s to a 0.29 and 0.19 s safetensors load, and a 2.3 and 1.5 s torch load
+    varied more than that (each with the check was the faster)."""
     import torch
 
     if not isinstance(state, dict):
