@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import warnings
 
 import pytest
@@ -241,13 +242,13 @@ def test_load_vocoder_names_a_damaged_config(tmp_path, text, message):
     (b"\xff\xfe{}", "config.json: not a UTF-8 text file"),
     (b"[16000]", "config.json: expected a JSON object of HiFi-GAN hyper-parameters, got list"),
     ({"upsample_rates": "10,16"}, "config.json: config key 'upsample_rates': expected a list (list of int), got string"),
-    ({"resblock": 1}, "config.json: config key 'resblock': expected one of ['1', '2'], got 1"),
+    ({"resblock": 3}, "config.json: config key 'resblock': expected one of ['1', '2'], got 3"),
+    ({"resblock": True}, "config.json: config key 'resblock': expected one of ['1', '2'], got True"),
     ({"sampling_rate": None}, "config.json: missing required config key 'sampling_rate' (int)"),
 ])
 def test_a_damaged_jik876_config_names_the_file_and_field(tmp_path, change, message):
     """A jik876 config.json that is not UTF-8 failed on the codec's words alone, naming no file; a list on "list
-    indices must be integers", a field of the wrong type on "can't multiply sequence by non-int"; an int resblock
-    1 was taken as ResBlock1 (jik876 compares with the string '1' and builds its ResBlock2)."""
+    indices must be integers", a field of the wrong type on "can't multiply sequence by non-int"."""
     folder = tmp_path / "run"
     write_jik876(folder, jik876_state(reference_model()))
     path = folder / "config.json"
@@ -278,3 +279,31 @@ def test_vocoder_weights_holding_nan_are_refused_naming_the_checkpoint_and_key(t
     with pytest.raises(CheckpointError, match=r"audioldm.ckpt: 1 of its \d+ weight tensors hold NaN or inf values "
                                               r"\(first: first_stage_model.vocoder.conv_post.bias\)"):
         load_audioldm_ckpt(tmp_path / "audioldm.ckpt", tiny_config())
+
+
+@pytest.mark.parametrize("resblock", ["2", 2, 1])
+def test_a_jik876_resblock_number_loads_as_jik876_builds_it(tmp_path, caplog, resblock):
+    """jik876 builds ResBlock1 for the string '1' only (`h.resblock == '1'`): the numbers 2 and 1 both build its
+    ResBlock2. An int resblock 2 loaded before the config's fields were typed and was then refused ("expected
+    one of ['1', '2'], got 2"); an int 1 was refused too, where jik876 trains ResBlock2 weights for it."""
+    torch.manual_seed(3)
+    config = dataclasses.replace(tiny_config(), resblock="2", resblock_dilation_sizes=((1, 2), (2, 6)),
+                                 weight_norm=False)
+    ours = HiFiGAN(config).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0.0, 0.15)
+    folder = tmp_path / "run"
+    write_jik876(folder, ours.state_dict())
+    h = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**h, "resblock": resblock,
+                                                    "resblock_dilation_sizes": [[1, 2], [2, 6]]}))
+    with caplog.at_level(logging.WARNING, logger="vocoder.interop"):
+        loaded = load_vocoder(folder / "g_00000010")
+    assert loaded.config.resblock == "2"
+    mel = torch.randn(1, 64, 5) - 3.0
+    with torch.no_grad():
+        assert torch.equal(loaded(mel), ours(mel))
+    warned = [r.getMessage() for r in caplog.records if "resblock is the number 1" in r.getMessage()]
+    assert len(warned) == (resblock == 1), caplog.text
+    assert resblock != 1 or warned[0].startswith(f"{folder / 'config.json'}: "), warned

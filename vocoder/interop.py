@@ -73,7 +73,7 @@ def model_from_reference_state(config: HiFiGANConfig, state: dict, *, where: str
 class Jik876Fields:
     """The fields of a jik876 config.json that `config_from_jik876` reads, typed as they must be (read with
     tta.config.from_known_fields, so a damaged file names the field). resblock is the string jik876 compares
-    with '1' (an int 1 builds its ResBlock2 there)."""
+    with '1'; config_from_jik876 reads the numbers 1 and 2 as jik876 builds them (both ResBlock2)."""
     sampling_rate: int
     n_fft: int
     win_size: int
@@ -94,6 +94,14 @@ def config_from_jik876(h: dict, *, where: str) -> HiFiGANConfig:
     if not isinstance(h, dict):
         raise CheckpointError(f"{where}: expected a JSON object of HiFi-GAN hyper-parameters, got "
                               f"{type(h).__name__}")
+    if type(h.get("resblock")) is int and h["resblock"] in (1, 2):
+        # jik876 builds ResBlock1 for the string '1' only (h.resblock == '1'), ResBlock2 for anything else: a run
+        # trained with the number 1 holds ResBlock2 weights, so it loads as it was built, with a word
+        if h["resblock"] == 1:
+            log.warning("%s: resblock is the number 1, which jik876 builds as ResBlock2 (it compares with the "
+                        "string '1'); loading ResBlock2 as a run with this config trained (write \"1\" for "
+                        "ResBlock1 weights)", where)
+        h = {**h, "resblock": "2"}
     try:
         f = from_known_fields(Jik876Fields, h)
         sr = f.sampling_rate
