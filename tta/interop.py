@@ -76,9 +76,10 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     """Convert a diffusers AudioLDM folder (+ the full CLAP at `clap`) into a tta pipeline folder `out`. The mels
     are the ones a tta export recorded in vocoder/config.json and vae/config.json (VAE_MEL_KEY, or an earlier
     export's LEGACY_VAE_MEL_KEY), else AudioLDM's (TacotronSTFT framing) for both; `mel_framing` overrides the
-    framing. The generation defaults: the sampler is the scheduler/ folder's, the length AudioLDMPipeline's (from
-    unet/config.json's sample_size; 10 s without one), the rest those a tta export recorded in model_index.json
-    (DEFAULTS_KEY), else AudioLDM's (200 steps, guidance 2.5)."""
+    framing. The generation defaults: the sampler is the scheduler/ folder's; the rest those a tta export
+    recorded in model_index.json (DEFAULTS_KEY), else AudioLDM's (200 steps, guidance 2.5); the length
+    AudioLDMPipeline's (from unet/config.json's sample_size), except that a recorded length is kept where it
+    still gives that sample_size, and without a sample_size the recorded length, else 10 s."""
     import diffusers
 
     from tta.clap import load_clap
@@ -135,7 +136,7 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     if cls.__name__ not in {name for name, _ in SCHEDULERS.values()}:   # sampler_name_of falls back to DDIM
         log.warning("%s: tta has no sampler for %s; the pipeline's default sampler is ddim (pick another with "
                     "tta generate --sampler, or tta export pipeline --default sampler=...)", sched_cfg, cls.__name__)
-    defaults = PipelineDefaults(steps=200, guidance=2.5, seconds=10.0)   # AudioLDM's; 10 s without a sample_size
+    defaults = PipelineDefaults(steps=200, guidance=2.5, seconds=10.0)   # AudioLDM's (10 s: none recorded)
     recorded = body.get(DEFAULTS_KEY)
     if recorded is not None:   # a tta export's (the sampler is the scheduler/ folder's, below)
         try:
