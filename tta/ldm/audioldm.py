@@ -36,13 +36,19 @@ _RES = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_em
         "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
 
 
+def ema_key(key: str) -> str:
+    """The key of the EMA copy of the UNet tensor `key` (relative to PREFIX): `diffusion_model.<key>` without
+    its dots, under EMA_PREFIX."""
+    return EMA_PREFIX + ("diffusion_model." + key).replace(".", "")
+
+
 def unet_state_from_checkpoint(state: dict, *, prefer_ema: bool = True) -> tuple[dict, bool]:
     """(UNet state with reference keys, whether EMA weights were used) from an AudioLDM state_dict."""
     raw = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
     if not raw:
         raise ValueError(f"no {PREFIX}* keys: not an AudioLDM checkpoint (first keys: {', '.join(list(state)[:4])})")
     if prefer_ema:
-        ema = {k: state.get(EMA_PREFIX + ("diffusion_model." + k).replace(".", "")) for k in raw}
+        ema = {k: state.get(ema_key(k)) for k in raw}
         if all(v is not None for v in ema.values()):
             return ema, True
         missing = [k for k, v in ema.items() if v is None]
@@ -150,8 +156,7 @@ def load_reference_unet(state: dict, *, where: str, prefer_ema: bool = True,
     except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from None
     # the weights used (EMA or raw), each named by its key in the file
-    check_finite({(EMA_PREFIX + ("diffusion_model." + k).replace(".", "") if used_ema else PREFIX + k): v
-                  for k, v in ref.items()}, where)
+    check_finite({(ema_key(k) if used_ema else PREFIX + k): v for k, v in ref.items()}, where)
     model = LDMUNet(config)
     renamed, unknown = {}, []
     for k, v in ref.items():
