@@ -85,7 +85,7 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     from tta.clap import load_clap
     from tta.config import ConfigError, from_dict, from_known_fields
     from tta.ldm.model import LDMUNet
-    from tta.ldm.sampling import SCHEDULERS, DiffusionConfig, sampler_name_of
+    from tta.ldm.sampling import DiffusionConfig, sampler_name_of
     from tta.pipeline import PipelineDefaults, TTAPipeline, is_integer
     from vae.interop import load_diffusers_vae
     from vocoder.interop import load_speecht5_folder
@@ -133,7 +133,7 @@ def import_diffusers_audioldm(folder: str | os.PathLike, out: str | os.PathLike,
     if cls is None:
         raise InteropError(f"{sched_cfg}: unknown scheduler class {raw.get('_class_name')!r}")
     scheduler = cls.from_config(raw)
-    if cls.__name__ not in {name for name, _ in SCHEDULERS.values()}:   # sampler_name_of falls back to DDIM
+    if sampler_name_of(scheduler, default=None) is None:   # (the pipeline's default falls back to ddim)
         log.warning("%s: tta has no sampler for %s; the pipeline's default sampler is ddim (pick another with "
                     "tta generate --sampler, or tta export pipeline --default sampler=...)", sched_cfg, cls.__name__)
     defaults = PipelineDefaults(steps=200, guidance=2.5, seconds=10.0)   # AudioLDM's (10 s: none recorded)

@@ -109,10 +109,11 @@ def make_scheduler(name: str, base: dict):
     return cls(**common, **settings)
 
 
-def sampler_name_of(scheduler) -> str:
-    """The sampler name of a diffusers scheduler instance (for pipeline defaults), or 'ddim'."""
+def sampler_name_of(scheduler, default: str | None = "ddim") -> str | None:
+    """The sampler name of a diffusers scheduler instance (for pipeline defaults), or `default` for a scheduler
+    class tta has no sampler for."""
     names = {cls_name: name for name, (cls_name, _) in SCHEDULERS.items()}
-    return names.get(type(scheduler).__name__, "ddim")
+    return names.get(type(scheduler).__name__, default)
 
 
 def draw_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
