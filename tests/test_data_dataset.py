@@ -14,7 +14,7 @@ import torch
 from tests.signals import chirp, noise, tone
 from tta.audio import AudioError
 from tta.data.dataset import AudioDataset
-from tta.data.manifest import DataConfig, ManifestError, ManifestRow, write_manifest
+from tta.data.manifest import DataConfig, EmptySplitError, ManifestError, ManifestRow, write_manifest
 
 SR = 16_000
 
@@ -139,8 +139,9 @@ def test_split_selection_from_config_and_errors(corpus, tmp_path):
     manifest, _ = corpus
     valid = AudioDataset.from_config(DataConfig(manifest=str(manifest), segment_seconds=0.5), "valid", SR, False)
     assert len(valid) == 1 and valid[0]["id"] == "val" and valid[0]["wav"].shape == (SR // 2,)
-    with pytest.raises(ManifestError, match="'test' has no rows"):
+    with pytest.raises(EmptySplitError, match="'test' has no rows"):   # (a trainer goes on without it)
         AudioDataset(manifest, "test", SR, 1.0)
+    assert issubclass(EmptySplitError, ManifestError)
     with pytest.raises(ValueError, match="data.manifest is empty"):
         AudioDataset.from_config(DataConfig(), "train", SR, True)
     with pytest.raises(IndexError):
@@ -329,8 +330,9 @@ def test_audio_files_gone_since_the_manifest_was_written_are_named_up_front(corp
     manifest, _ = corpus
     (tmp_path / "short.wav").unlink()
     with pytest.raises(ManifestError, match=r"1 of split 'train''s audio files are missing \(rows short\); "
-                                            r"`tta data check MANIFEST --drop-bad"):
+                                            r"`tta data check MANIFEST --drop-bad") as e:
         AudioDataset(manifest, "train", SR, 1.0)
+    assert not isinstance(e.value, EmptySplitError)   # (a trainer stops on it, as for a missing valid file)
     assert len(AudioDataset(manifest, "valid", SR, 1.0)) == 1     # the other split is whole
 
 

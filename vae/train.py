@@ -29,7 +29,7 @@ import torch
 
 from tta.audio import log_mel
 from tta.checkpoint import TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_path, load_state_dict
-from tta.data.manifest import DataConfig, ManifestError
+from tta.data.manifest import DataConfig, EmptySplitError
 from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer, make_warmup_scheduler
 from vae.losses import LossConfig, VAELoss
 from vae.metrics import ReconstructionMetrics
@@ -89,9 +89,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             valid_set = AudioDataset.from_config(
                 config.data, config.data.valid_split, mel_cfg.sample_rate, random_crop=False
             )
-        except ManifestError as e:   # an empty held-out split: train anyway, say so (valid_items=0 says nothing)
-            if "has no rows" not in str(e):
-                raise
+        except EmptySplitError as e:   # an empty held-out split: train anyway, say so (valid_items=0 says nothing)
             log.warning("no validation: %s (set valid_items=0 to train without it)", e)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     vae = MelVAE(config.model)

@@ -266,15 +266,13 @@ def vae_inputs(vae: torch.nn.Module, wav: torch.Tensor, mel_cfg: MelConfig, frac
 def held_out_set(data: DataConfig, sample_rate: int, seconds: float):
     """The validation clips of a vocoder run: the first `seconds` of each held-out row, its first caption."""
     from tta.data.dataset import AudioDataset
-    from tta.data.manifest import ManifestError
+    from tta.data.manifest import EmptySplitError
 
     try:
         return AudioDataset([data.manifest, *data.extra_manifests], data.valid_split, sample_rate, seconds,
                             normalize=data.normalize, random_crop=False, cache_dir=data.cache_dir or None,
                             caption_choice="first")
-    except ManifestError as e:   # an empty held-out split: train anyway, say so (valid_items=0 says nothing)
-        if "has no rows" not in str(e):
-            raise
+    except EmptySplitError as e:   # an empty held-out split: train anyway, say so (valid_items=0 says nothing)
         log.warning("no validation: %s (set valid_items=0 to train without it)", e)
         return None
 

@@ -153,7 +153,7 @@ def validate(model: TTAClap, dataset, batch_size: int, max_items: int, device, *
 def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a TTAClap; returns the run's final/ component folder."""
     from tta.data.dataset import AudioDataset
-    from tta.data.manifest import ManifestError
+    from tta.data.manifest import EmptySplitError
 
     config = check_run_config(config, RunConfig)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
@@ -162,10 +162,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     try:
         valid_ds = AudioDataset.from_config(config.data, config.data.valid_split, sr, random_crop=False,
                                             caption_choice="first")
-    except ManifestError as e:   # an empty valid split: train anyway, say so; a split with missing files is an
-        if "has no rows" not in str(e):   # error, as for the other trainers (it trained without validation)
-            raise
-        log.warning("no validation: %s", e)
+    except EmptySplitError as e:   # an empty valid split: train anyway, say so (a split with missing files is
+        log.warning("no validation: %s", e)   # an error, as for the other trainers)
         valid_ds = None
     model = TTAClap(config.model)
     opt = make_optimizer(param_groups(model, config), config.train)

@@ -33,7 +33,8 @@ import torch
 
 from tta.audio import audio_info, check_sample_rate, load_audio, normalize_wav, resample
 from tta.config import check_number
-from tta.data.manifest import DataConfig, ManifestError, ManifestRow, read_manifest, resolve_path, split_rows
+from tta.data.manifest import (DataConfig, EmptySplitError, ManifestError, ManifestRow, read_manifest, resolve_path,
+                               split_rows)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class AudioDataset(torch.utils.data.Dataset):
                 self.paths.append(resolve_path(row, mpath))
         if not self.rows:
             names = ", ".join(str(p) for p in paths)
-            raise ManifestError(f"{names}: split {split!r} has no rows")
+            raise EmptySplitError(f"{names}: split {split!r} has no rows")
         # a file gone since the manifest was written stopped a run at its first draw (and every resume with it)
         missing = [row.id for row, path in zip(self.rows, self.paths) if not path.is_file()]
         if missing:

@@ -25,6 +25,10 @@ class ManifestError(ValueError):
     """A manifest file or row that does not fit the schema; the message names file, line and field."""
 
 
+class EmptySplitError(ManifestError):
+    """The manifests hold no row of the split asked for (a trainer goes on without an empty validation split)."""
+
+
 @dataclass(frozen=True)
 class ManifestRow:
     id: str
