@@ -67,8 +67,6 @@ from tta.training import (
     check_run_config,
     make_optimizer,
     make_warmup_scheduler,
-    rng_state,
-    set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -626,12 +624,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         freeze_except(LDMUNet(config.model), config.trainable)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     frozen = load_frozen(config, run.device)
-    if not resume:
-        # the check builds the source's CLAP: it must leave every random stream as it found it, or the run's noise
-        # and timesteps would depend on whether the source folder can still be read
-        streams = rng_state(cuda=False)   # the source's CLAP is built on the CPU
+    if not resume:   # (it builds the source's CLAP with load_clap, which leaves every random stream as it was)
         warn_other_conditioning(config.train.init_from, frozen)
-        set_rng_state(streams)
     sr = frozen.vae.config.mel.sample_rate
     caption_choice = "first" if config.precompute else "random"
     data = config.data
