@@ -27,7 +27,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=Path,
                         help="CSV/JSONL with file (or id), prompt and optional category columns; .txt by position "
                              "(an id pairs with the file `tta generate` names by it: 'clotho/a_dog' -> "
-                             "clotho%%2Fa_dog.wav)")
+                             "clotho%%2Fa_dog.wav; a `tta generate --takes` run's takes pair with their row "
+                             "where its generation.json lists them)")
     parser.add_argument("--clap-model", help="CLAP model (tta CLAP folder or LAION checkpoint) for --metrics clap")
     parser.add_argument("--clap-tokenizer", help="local tokenizer folder for an original LAION CLAP .pt")
     parser.add_argument("--cache-dir", type=output_path, help="embedding cache (default $TTA_CACHE_DIR/eval or "

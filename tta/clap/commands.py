@@ -39,7 +39,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     _common(score)
     score.add_argument("--prompts", type=Path, help="prompts file (.txt / .jsonl / .csv), paired with --audio: a "
                        "row's file field, else its id as `tta eval --prompts` pairs it ('clotho/a_dog' -> "
-                       "clotho%%2Fa_dog.wav), else the row's position")
+                       "clotho%%2Fa_dog.wav), else the row's position; a `tta generate --takes` run's takes pair "
+                       "with their row where its generation.json lists them")
     retrieve = sub.add_parser("retrieve", help="text->audio search, or retrieval metrics of a manifest",
                               description="Text->audio search over --audio, or retrieval metrics of a manifest. Files "
                                           "are read as `tta eval` reads them (mono, on the 16-bit grid, then "
