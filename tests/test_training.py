@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -616,6 +617,36 @@ def test_terminate_as_exit_leaves_an_ignored_sigterm_ignored():
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_sigterm_that_arrives_in_a_finaliser_still_ends_the_command():
+    """Raised inside a __del__ (a progress bar's as `tta generate` ended), Terminated was printed as 'Exception
+    ignored in ...' with a traceback and lost: the command went on and ended with status 0."""
+    import gc
+    import signal
+
+    from tta.checkpoint import Terminated, terminate_as_exit
+
+    seen = []
+
+    class SignalledWhileFinalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for i in range(100_000):   # the handler runs here, inside the finaliser
+                seen.append(i)
+
+    unraisable = []
+    handler_before = signal.getsignal(signal.SIGTERM)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with pytest.raises(Terminated) as stopped, terminate_as_exit():
+            SignalledWhileFinalised()
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous_hook
+    assert stopped.value.code == 143 and len(seen) < 100_000 and not unraisable
+    assert signal.getsignal(signal.SIGTERM) is handler_before and sys.unraisablehook is previous_hook
 
 
 def test_sigterm_handler_puts_the_one_before_back_and_leaves_other_threads_alone():

@@ -54,12 +54,34 @@ def terminate_as_exit() -> Iterator[None]:
     `finally` blocks run: torchrun and accelerate stop the other processes of a training run with SIGTERM when one
     fails (a run stopped that way left its folder, blocking the corrected rerun), and `kill`, `timeout`, a batch
     scheduler's cancel or `docker stop` send it to a `tta generate` batch, which then still writes the record of
-    the files it wrote."""
+    the files it wrote.
+
+    A SIGTERM that arrives while a finaliser runs (an object's __del__, e.g. a progress bar's as the command
+    ends) raises there, where Python prints 'Exception ignored in ...' with a traceback and goes on: the
+    command then ended with status 0. Such a Terminated is not printed, and the block that goes on to its end
+    raises it as it leaves."""
+    import sys
+
+    received: list[int] = []
+
     def stop(signum, frame):
+        received.append(signum)
         raise Terminated(128 + signum)
 
-    with sigterm_handler(stop):
-        yield
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info):
+        if not isinstance(info.exc_value, Terminated):
+            previous_hook(info)
+
+    sys.unraisablehook = unraisable
+    try:
+        with sigterm_handler(stop):
+            yield
+    finally:
+        sys.unraisablehook = previous_hook
+    if received:
+        raise Terminated(128 + received[0])
 
 
 @contextlib.contextmanager
