@@ -447,6 +447,40 @@ def test_a_laion_pt_identity_names_its_tokenizer(laion_pt, tokenizer_dir, tmp_pa
     assert a != b and a == LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config()).identity
 
 
+
+def test_a_folders_identity_names_a_tokenizer_other_than_its_own(tmp_path, tokenizer_dir):
+    """A transformers CLAP folder read with another tokenizer (two tokens swapped) embeds captions otherwise, yet
+    kept the folder's identity: caches and datastores mixed the two. The folder's own tokenizer files, named or
+    not, keep the weights-only identity."""
+    import shutil
+
+    from transformers import AutoTokenizer, ClapModel
+
+    from tta.clap import load_clap
+    from tta.clap.laion import _file_hash
+
+    torch.manual_seed(0)
+    folder = tmp_path / "hf"
+    ClapModel(tiny_config()).save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
+    other = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, other)
+    (other / "tokenizer.json").unlink(missing_ok=True)      # the slow tokenizer reads vocab.txt
+    vocab = other / "vocab.txt"
+    lines = vocab.read_text().splitlines()
+    lines[2000], lines[2001] = lines[2001], lines[2000]      # "to" and "was": another vocabulary of the same size
+    vocab.write_text("\n".join(lines) + "\n")
+    weights_only = "laion-clap:" + _file_hash(folder / "model.safetensors")
+    own, named, swapped = load_clap(folder), load_clap(folder, tokenizer=folder), load_clap(folder, tokenizer=other)
+    assert own.identity == named.identity == weights_only
+    assert swapped.identity.startswith(weights_only + "-tok") and swapped.identity != weights_only
+    assert not torch.allclose(own.embed_text(["it was to"]), swapped.embed_text(["it was to"]), atol=1e-4)
+    bare = tmp_path / "bare"                                   # no tokenizer files: each named one is its own
+    ClapModel(tiny_config()).save_pretrained(str(bare))
+    a, b = load_clap(bare, tokenizer=tokenizer_dir).identity, load_clap(bare, tokenizer=other).identity
+    assert a != b and a == load_clap(bare, tokenizer=tokenizer_dir).identity
+
+
 def test_clap_weights_holding_nan_are_refused_naming_the_file_and_key(tmp_path, tokenizer_dir):
     """A LAION .pt, the CLAP inside an AudioLDM .ckpt or a transformers CLAP folder holding NaN loaded without a
     word: NaN text embeddings, NaN audio from every model conditioned on them, NaN CLAP scores."""

@@ -320,7 +320,8 @@ class LaionClapEmbedder(ClapEmbedder):
     def from_path(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None, *, config=None,
                   loaded=None, **kwargs) -> LaionClapEmbedder:
         """A LAION `.pt` file (needs `tokenizer`; `loaded`: its content, when already read) or a transformers
-        CLAP folder (tokenizer files inside it, or `tokenizer`)."""
+        CLAP folder (tokenizer files inside it, or `tokenizer`: one whose files differ from the folder's adds
+        "-tok" and 8 hex digits of their hash to the identity)."""
         from transformers import ClapFeatureExtractor, ClapModel
 
         path = Path(path)
@@ -347,6 +348,10 @@ class LaionClapEmbedder(ClapEmbedder):
         else:   # sharded weights (or none found): every shard's hash, so two such models never share caches
             h = hashlib.sha256("".join(_file_hash(f) for f in shards or [path / "config.json"]).encode())
             ident = f"laion-clap:{h.hexdigest()[:16]}"
+        if tokenizer is not None and _tokenizer_hash(Path(tokenizer)) != _tokenizer_hash(path):
+            # another tokenizer than the folder's own embeds captions otherwise (as with a .pt): in the identity;
+            # the folder's own files, or copies of them, keep the weights-only identity caches are keyed by
+            ident += f"-tok{_tokenizer_hash(Path(tokenizer))[:8]}"
         fe = None
         if (path / "preprocessor_config.json").is_file():
             fe = ClapFeatureExtractor.from_pretrained(str(path), local_files_only=True)
