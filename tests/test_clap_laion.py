@@ -566,3 +566,69 @@ def test_an_extractor_given_with_a_laion_pt_is_in_its_identity(laion_pt, tokeniz
                                         ClapFeatureExtractor(frequency_min=50, frequency_max=8000,
                                                              truncation="rand_trunc"))
     assert laions.identity == plain.identity and other.identity.startswith(plain.identity + "-fe")
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path, tokenizer_dir, fusion):
+    """Such configs failed only at the first embedding, deep in transformers ('expected input[1, 4, 256,
+    256] to have 1 channels', 'the wav size should be less than or equal to the swin input size', a
+    sample-rate mismatch), or, with a window under 10 s and no fusion, cropped tta's 10 s clips with numpy's
+    unseeded generator: each call another embedding, and a cache kept the first. They are refused when the
+    folder loads, naming the file and the field; settings the model takes still load and embed the same each
+    call."""
+    import shutil
+
+    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+
+    from tta.clap import load_clap
+
+    config = tiny_config()
+    config.audio_config.enable_fusion = fusion
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    ClapModel(config).save_pretrained(str(base))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    official = ClapFeatureExtractor(frequency_min=50, truncation="fusion" if fusion else "rand_trunc")
+    official.save_pretrained(str(base))
+
+    def folder_with(name, **change):
+        folder = tmp_path / name
+        shutil.copytree(base, folder)
+        path = folder / "preprocessor_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+        return folder
+
+    refused = [("rate", {"sampling_rate": 44_100}, r"sampling_rate is 44100; expected 48000"),
+               ("mels", {"feature_size": 32}, r"feature_size is 32; expected the model's 64 mel bins"),
+               ("hop", {"hop_length": 320}, r"hop_length 320 with max_length_s 10 makes 1501 mel frames; "
+                                            r"expected at most the 1024"),
+               ("long", {"max_length_s": 20}, r"hop_length 480 with max_length_s 20 makes 2001 mel frames"),
+               ("float", {"hop_length": 480.0}, r"hop_length is 480.0; expected a positive integer"),
+               ("frac", {"max_length_s": 10.5}, r"max_length_s is 10.5; expected an integer"),
+               ("bounds", {"frequency_min": 14_000, "frequency_max": 50},
+                r"not a ClapFeatureExtractor configuration \(Require min_frequency")]
+    if fusion:
+        refused.append(("trunc", {"truncation": "crop"}, r"truncation is 'crop'; expected 'fusion'"))
+    else:
+        refused += [("trunc", {"truncation": "fusion"}, r"truncation is 'fusion'; expected 'rand_trunc'"),
+                    ("short", {"max_length_s": 5}, r"max_length_s is 5; expected at least 10 .* at random")]
+    for name, change, message in refused:
+        with pytest.raises(ValueError, match=f"{name}/preprocessor_config.json: {message}"):
+            load_clap(folder_with(name, **change))
+    wav = chirp(200, 4000, 12.0, 16_000)                    # longer than the window: crops and fusion chunks
+    taken = [("slower", {"hop_length": 960}), ("both", {"hop_length": 960, "max_length_s": 20})]
+    if fusion:
+        taken.append(("fused5", {"max_length_s": 5}))     # its crops come from tta's seeded draws
+    for name, change in taken:
+        clap = load_clap(folder_with(name, **change))
+        assert clap.identity.startswith(load_clap(base).identity + "-fe")
+        assert torch.equal(clap.embed_audio(wav, 16_000), clap.embed_audio(wav, 16_000))
+
+
+def test_an_extractor_the_model_cannot_take_is_refused_through_the_api(laion_pt, tokenizer_dir):
+    from transformers import ClapFeatureExtractor
+
+    fused = ClapFeatureExtractor(frequency_min=50, truncation="fusion")   # for a model without fusion
+    refused = r"^feature_extractor: truncation is 'fusion'; expected 'rand_trunc'"
+    with pytest.raises(ValueError, match=refused):
+        LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config(), feature_extractor=fused)

@@ -22,7 +22,9 @@ embeddings are reproducible and cacheable), shorter ones are repeated whole and 
 Feature-fusion checkpoints (`enable_fusion`) use the extractor's "fusion" mode on the full clip. A
 transformers folder's preprocessor_config.json replaces that extractor; where it differs from LAION's front end
 in a field that changes embeddings, the identity gets "-fe" and a hash of those fields (official folders keep
-the weights-only identity).
+the weights-only identity). One the model cannot take (another sample rate or mel-bin count, "fusion"
+truncation without feature fusion, more mel frames than HTSAT's input) or that would crop at random (a window
+under 10 s without fusion) is refused when the folder loads.
 
 The RoBERTa tokenizer must come from local files the user names; a tokenizer with a tiny vocabulary
 (what transformers 5 builds offline when the files are missing) is refused.
@@ -277,6 +279,48 @@ def front_end_suffix(features, fusion: bool) -> str:
     return "-fe" + hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def check_front_end(features, audio_config, where: str) -> None:
+    """Refuses a feature extractor this model cannot embed through, or only at random, naming `where` (the
+    preprocessor_config.json) and the field: transformers fails only at the first embedding otherwise.
+    Another mel range, window or hop that the model takes is no error (the identity tells them apart:
+    `front_end_suffix`)."""
+    fusion = bool(audio_config.enable_fusion)
+
+    def refuse(name: str, expected: str):
+        raise ValueError(f"{where}: {name} is {getattr(features, name, None)!r}; expected {expected}")
+
+    for name in ("feature_size", "hop_length", "fft_window_size"):
+        value = getattr(features, name, None)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            refuse(name, "a positive integer")
+    if features.sampling_rate != SAMPLE_RATE:
+        refuse("sampling_rate", f"{SAMPLE_RATE} (LAION-CLAP hears 48 kHz; tta resamples every clip to it)")
+    if features.feature_size != audio_config.num_mel_bins:
+        refuse("feature_size", f"the model's {audio_config.num_mel_bins} mel bins "
+                               "(config.json audio_config.num_mel_bins)")
+    if fusion and features.truncation not in ("fusion", "rand_trunc"):
+        refuse("truncation", "'fusion' (LAION's for feature-fusion models) or 'rand_trunc'")
+    if not fusion and features.truncation == "fusion":
+        refuse("truncation", "'rand_trunc': 'fusion' makes 4-channel mels for feature-fusion models only, "
+                             "and this model has none (config.json audio_config.enable_fusion)")
+    seconds = getattr(features, "max_length_s", None)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        refuse("max_length_s", "a positive number of seconds (10 in LAION's front end)")
+    window = features.nb_max_samples
+    if not fusion and window < MAX_SAMPLES:   # the crop would come from numpy's unseeded global generator
+        refuse("max_length_s", "at least 10 for a model without feature fusion: tta hands it 10 s clips, "
+                               "and a shorter window crops them at random (another embedding each call)")
+    if not isinstance(window, int) and (fusion or window != MAX_SAMPLES):   # a float window breaks slicing
+        refuse("max_length_s" if not isinstance(seconds, int) else "sampling_rate",
+               "an integer (LAION's front end: max_length_s 10, sampling_rate 48000)")
+    frames = int(window) // features.hop_length + 1
+    limit = audio_config.spec_size * (audio_config.spec_size // audio_config.num_mel_bins)
+    if frames > limit:
+        raise ValueError(f"{where}: hop_length {features.hop_length} with max_length_s {seconds} makes "
+                         f"{frames} mel frames; expected at most the {limit} this model takes "
+                         f"(audio_config.spec_size {audio_config.spec_size}; LAION: hop 480, 10 s, 1001)")
+
+
 def _file_hash(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -304,6 +348,8 @@ class LaionClapEmbedder(ClapEmbedder):
         if len(tokenizer) > model.config.text_config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the text model only "
                              f"{model.config.text_config.vocab_size}: not this model's tokenizer")
+        if feature_extractor is not None:
+            check_front_end(feature_extractor, model.config.audio_config, "feature_extractor")
         self.device = torch_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -354,7 +400,12 @@ class LaionClapEmbedder(ClapEmbedder):
             ident += f"-tok{_tokenizer_hash(Path(tokenizer))[:8]}"
         fe = None
         if (path / "preprocessor_config.json").is_file():
-            fe = ClapFeatureExtractor.from_pretrained(str(path), local_files_only=True)
+            try:
+                fe = ClapFeatureExtractor.from_pretrained(str(path), local_files_only=True)
+            except Exception as e:  # noqa: BLE001 - transformers raises ValueError/TypeError/OSError by field
+                raise ValueError(f"{path / 'preprocessor_config.json'}: not a ClapFeatureExtractor "
+                                 f"configuration ({str(e).splitlines()[0][:200]})") from None
+            check_front_end(fe, model.config.audio_config, str(path / "preprocessor_config.json"))
         return cls(model, load_roberta_tokenizer(tokenizer or path), identity=ident, feature_extractor=fe, **kwargs)
 
     @torch.no_grad()
