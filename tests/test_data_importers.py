@@ -523,6 +523,19 @@ def test_a_webdataset_member_that_cannot_be_read_is_named(tmp_path):
     _one_error(result, "shard.tar:c: member c.txt is not UTF-8 text")
     _one_error(result, "shard.tar:sub/d: member sub/d.json is not UTF-8 text")
 
+def test_a_webdataset_member_with_a_byte_order_mark_reads_like_a_sidecar_file(tmp_path):
+    """A Windows editor's byte-order mark skipped a.json ("Unexpected UTF-8 BOM") and stayed in b.txt's caption
+    ('\\ufeffa bell'), where the folder importer's sidecar files and the other importers drop it."""
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for member, text, seconds in [("a.json", '\ufeff{"caption": "x"}', 0.5), ("b.txt", "\ufeffa bell\n", 0.75)]:
+            _add(tar, member, text.encode("utf-8"))
+            _add(tar, member.rpartition(".")[0] + ".wav", _audio_bytes(seconds=seconds))
+    result = import_webdataset(tmp_path / "shard.tar", audio_dir=tmp_path / "x", options=ImportOptions(progress=False))
+    rows = _by_id(result)
+    assert result.errors == []
+    assert rows["a"].captions == ("x",) and rows["b"].captions == ("a bell",)
+
+
 def test_a_webdataset_shard_cut_short_keeps_the_samples_before_the_cut(tmp_path):
     """A shard truncated part-way lost every sample with "damaged tar shard; skipped", the whole ones too."""
     shards = tmp_path / "shards"

@@ -145,14 +145,14 @@ def _read_shard(tar_path: Path, out: Path, c: Collector) -> None:
             try:
                 if "json" in parts:
                     member = parts["json"]
-                    meta = json.loads(tf.extractfile(member).read().decode("utf-8"))
+                    meta = json.loads(tf.extractfile(member).read().decode("utf-8-sig"))   # a BOM is no JSON
                     if not isinstance(meta, dict):
                         raise ValueError(f"expected a JSON object, not {type(meta).__name__}")
                     caps = item_captions(meta)
                     split = row_split(meta.get("split"), where)
                 if not caps and "txt" in parts:
                     member = parts["txt"]
-                    caps = clean_captions(tf.extractfile(member).read().decode("utf-8").splitlines())
+                    caps = clean_captions(tf.extractfile(member).read().decode("utf-8-sig").splitlines())
                 member = parts[audio_ext]
                 dest = out / f"{key}.{audio_ext}"
                 dest.parent.mkdir(parents=True, exist_ok=True)
