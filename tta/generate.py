@@ -161,15 +161,21 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                         take=take))
         check_output_path(jobs[-1].path)
     check_output_path(record_path_of(out_dir, single=False))
-    if out_dir.is_dir():   # audio this run does not write would sit beside its outputs, e.g. in one `tta eval`
-        planned = {j.path.name for j in jobs}
-        others = sorted(p.name for p in out_dir.iterdir() if p.suffix.lower() in (".wav", ".flac", ".ogg")
-                        and p.name not in planned and not p.name.startswith("."))   # tta eval skips hidden files
-        if others:
-            log.warning("%s already holds %d audio files this run does not write (e.g. %s); generation.json will "
-                        "list only this run's, and `tta eval` scores every file of a folder", out_dir, len(others),
-                        others[0])
     return jobs
+
+
+def warn_other_audio(jobs: list[Job]) -> None:
+    """Warn of audio in the --out-dir that this batch does not write: it would sit beside the batch's outputs, e.g.
+    in one `tta eval`. Called once the run is sure to run (a refused run prints only its error)."""
+    out_dir = jobs[0].path.parent
+    if not out_dir.is_dir():
+        return
+    planned = {j.path.name for j in jobs}
+    others = sorted(p.name for p in out_dir.iterdir() if p.suffix.lower() in (".wav", ".flac", ".ogg")
+                    and p.name not in planned and not p.name.startswith("."))   # tta eval skips hidden files
+    if others:
+        log.warning("%s already holds %d audio files this run does not write (e.g. %s); generation.json will list "
+                    "only this run's, and `tta eval` scores every file of a folder", out_dir, len(others), others[0])
 
 
 def row_fields(row) -> tuple[str | None, str]:
@@ -729,6 +735,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
         # takes no lock: another run may be writing that file, and a temporary file beside it is left alone
         from tta.generate_resume import remove_leftovers
 
+        warn_other_audio(jobs)
         remove_leftovers(jobs, record_path)
     from tqdm.auto import tqdm
 
