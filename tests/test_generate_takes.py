@@ -229,3 +229,14 @@ def test_a_bad_rows_takes_count_as_one_row_in_the_refusal_and_on_the_bar(tmp_pat
                  str(tmp_path / "t")]) == 1
     bars = [b for b in re.split(r"[\r\n]+", capsys.readouterr().err) if b.startswith("tta generate:")]
     assert "3/6" in bars[-1] and "1 bad row" in bars[-1] and not any("bad rows" in b for b in bars), bars
+
+
+def test_help_says_what_a_changed_takes_resumes(capsys):
+    """The README said which --takes changes --resume continues and which it refuses; --help did not."""
+    from tta.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--resume adds takes of an unnamed prompt, and of a named row from --takes 2 up; fewer takes, or a " \
+           "changed --takes of several prompts, are refused" in text

@@ -214,7 +214,9 @@ def _add_generate(sub) -> None:
                         "--candidates draws several clips behind each file and keeps one. The run is the one with "
                         "each prompt written N times in a row (row r takes seed SEED + r, the same bytes): a row "
                         "named by its file or id names its takes NAME_1 .. NAME_N, others are NNN_<slug> by row; "
-                        "needs --out-dir (or the current folder), not -o")
+                        "needs --out-dir (or the current folder), not -o. --resume adds takes of an unnamed prompt, "
+                        "and of a named row from --takes 2 up; fewer takes, or a changed --takes of several "
+                        "prompts, are refused")
     p.add_argument("--window", type=float, metavar="S",
                    help="sample at least S seconds and cut to --seconds (default: the model's window, 10.24 "
                         "for the embedded model, which was trained on 10.24 s clips; 0 = sample exactly --seconds)")
