@@ -127,9 +127,29 @@ def test_a_txt_is_refused_for_files_whose_numbers_sort_otherwise_than_their_name
     assert code == 1 and "'clip_10' sorts before 'clip_2'" in err and "Traceback" not in err
     assert not (tmp_path / "e" / "eval.json").exists()
     code, err, _ = clap_score(capsys, gen, prompts, tmp_path / "c.json")
-    assert code == 1 and "'clip_10.wav' sorts before 'clip_2.wav'" in err and not (tmp_path / "c.json").exists()
+    assert code == 1 and "'clip_10' sorts before 'clip_2'" in err and not (tmp_path / "c.json").exists()
     for i in range(1, 11):   # names in one order pair as before
         (gen / f"clip_{i}.wav").rename(gen / f"clip_{chr(96 + i)}.wav")
     code, err, items = evaluate(capsys, gen, prompts, tmp_path / "e")
     assert code == 0, err
     assert items["clip_j"][0] == "sound number 10"
+
+
+def test_a_txt_pairs_in_one_order_in_eval_and_clap_score(tmp_path, capsys):
+    """clap score sorted the files by name with their suffix, eval without: 'rain-2.wav' sorts before 'rain.wav'
+    ('-' before '.'), 'rain' before 'rain-2', so the two gave the rows in opposite orders. Both sort the names
+    without suffix now (x before 'x 2' too)."""
+    gen = tmp_path / "gen"
+    rng = np.random.default_rng(0)
+    for name in ("rain", "rain-2", "x", "x 2"):
+        save_audio(gen / f"{name}.wav", rng.uniform(-0.5, 0.5, 16000).astype(np.float32), 16000)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("light rain\nheavy rain\nwind\nthunder\n")
+    code, err, items = evaluate(capsys, gen, prompts, tmp_path / "e", "clap")
+    assert code == 0, err
+    want = {"rain": "light rain", "rain-2": "heavy rain", "x": "wind", "x 2": "thunder"}
+    assert {n: i[0] for n, i in items.items()} == want
+    code, err, scored = clap_score(capsys, gen, prompts, tmp_path / "c.json")
+    assert code == 0, err
+    assert {n: s[0] for n, s in scored.items()} == {f"{n}.wav": p for n, p in want.items()}
+    assert {n: float(i[3]) for n, i in items.items()} == {n[:-4]: s[2] for n, s in scored.items()}

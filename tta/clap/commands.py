@@ -111,8 +111,8 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, 
     --prompts` pairs them (the file `tta generate` names by the id: 'clotho/a_dog' -> clotho%2Fa_dog.wav); a row
     whose id pairs with no file is reported and left out. Where the generation.json of --audio (a `tta generate
     --takes N` folder) lists a row's takes, the row pairs with each of them (the take is its number, else None)."""
-    from tta.data.prompts import (PromptFileError, file_key, generation_outputs, id_file_name, position_order,
-                                  read_prompt_file)
+    from tta.data.prompts import (PromptFileError, file_key, generation_outputs, id_file_name, position_names,
+                                  position_order, read_prompt_file)
 
     rows = read_prompt_file(path)
     recorded = generation_outputs(audio_dir) if audio_dir is not None and audio_dir.is_dir() else {}
@@ -129,11 +129,8 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, 
         files = _audio_files(audio_dir)
         if len(files) != len(rows) and not recorded:
             raise PromptFileError(f"{path}: {len(rows)} prompts but {len(files)} audio files in {audio_dir}")
-        by_name = {f.relative_to(audio_dir).as_posix(): f for f in files}
-        if recorded:   # the names of the run's record, without suffix (x.wav beside x.flac: two names, no record)
-            stems = {file_key(n): f for n, f in by_name.items()}
-            if len(stems) == len(by_name) and set(stems) == set(recorded):
-                by_name = stems
+        paths = {f.relative_to(audio_dir).as_posix(): f for f in files}
+        by_name = {n: paths[p] for n, p in position_names(paths).items()}   # as tta eval names them
         order = position_order(path, list(by_name), len(rows), recorded)
         return [(by_name[n], rows[i].prompt, take(by_name[n])) for n, i in order], []
     base = audio_dir if audio_dir is not None else path.parent

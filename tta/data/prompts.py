@@ -182,6 +182,15 @@ def generation_outputs(folder: Path) -> dict[str, RecordedOutput]:
     return recorded_outputs(record) if isinstance(record, dict) else {}
 
 
+def position_names(paths: Iterable[str]) -> dict[str, str]:
+    """The names audio files pair by position under (`position_order`), each beside its path: the '/'-joined
+    path under the folder without its suffix (as `tta eval` keys files), so 'rain.wav' sorts before 'rain-2.wav'
+    in `tta clap score` as in `tta eval`; the paths themselves where two files share a name (x.wav, x.flac)."""
+    paths = list(paths)
+    names = {Path(n).with_suffix("").as_posix(): n for n in paths}
+    return names if len(names) == len(paths) else {n: n for n in paths}
+
+
 def position_order(path: Path, names: list[str], rows: int,
                    recorded: Mapping[str, RecordedOutput]) -> list[tuple[str, int]]:
     """Each file name (without suffix) beside the position of the prompts file row it pairs with, for rows that
