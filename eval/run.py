@@ -482,7 +482,8 @@ def run_eval(opts: EvalOptions) -> dict:
         log.warning(msg)
         result["protocol"]["generated_incomplete"] = {"written": written, "planned": planned, "warning": msg}
     prompts: dict[str, PromptRow] = {}
-    recorded = recorded_outputs(record)   # a --takes run's files pair with their row, each with its take
+    # a --takes run's files pair with their row, each with its take
+    recorded = recorded_outputs(record, str(opts.generated / "generation.json"))
     if opts.prompts is not None:
         names = sorted(gen.files)
         rows = read_prompts(opts.prompts, names, recorded)

@@ -153,3 +153,37 @@ def test_a_txt_pairs_in_one_order_in_eval_and_clap_score(tmp_path, capsys):
     assert code == 0, err
     assert {n: s[0] for n, s in scored.items()} == {f"{n}.wav": p for n, p in want.items()}
     assert {n: float(i[3]) for n, i in items.items()} == {n[:-4]: s[2] for n, s in scored.items()}
+
+
+def test_the_takes_of_rows_whose_files_are_numbered_pair_with_them(tmp_path, capsys, caplog):
+    """A file field's 001_door.wav names its takes 001_door_1, 001_door_2, their id their name as an unnamed
+    prompt's take's: read as an unnamed take (row 1 // 2), 001_door_1 failed the row number check and the whole
+    record was dropped without a word ('no prompt for 4 generated file(s)'). A record that is not its run's
+    takes is still ignored, with a warning naming it."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"file": "001_door.wav", "prompt": "a door creaks"}\n'
+                       '{"file": "002_rain.wav", "prompt": "heavy rain"}\n')
+    gen = tmp_path / "gen"
+    generate(capsys, prompts, gen, "--takes", 2)
+    code, err, items = evaluate(capsys, gen, prompts, tmp_path / "e", "clap")
+    assert code == 0, err
+    assert {n: (i[0], i[2]) for n, i in items.items()} == {
+        "001_door_1": ("a door creaks", "1"), "001_door_2": ("a door creaks", "2"),
+        "002_rain_1": ("heavy rain", "1"), "002_rain_2": ("heavy rain", "2")}
+    code, err, scored = clap_score(capsys, gen, prompts, tmp_path / "c.json")
+    assert code == 0, err
+    assert {n: float(i[3]) for n, i in items.items()} == {n[:-4]: s[2] for n, s in scored.items()}
+    assert {n: s[:2] for n, s in scored.items()} == {
+        "001_door_1.wav": ("a door creaks", 1), "001_door_2.wav": ("a door creaks", 2),
+        "002_rain_1.wav": ("heavy rain", 1), "002_rain_2.wav": ("heavy rain", 2)}
+
+    record = json.loads((gen / "generation.json").read_text())
+    record["outputs"][0]["take"] = 2   # 001_door_1 is no take 2
+    (gen / "generation.json").write_text(json.dumps(record))
+    caplog.clear()
+    code, err, _ = evaluate(capsys, gen, prompts, tmp_path / "e2")
+    assert code == 1 and "no prompt for 4 generated file(s)" in err
+    assert f"{gen / 'generation.json'}: output '001_door_1.wav' is take 2 of a --takes 2 run" in caplog.text
+    assert caplog.text.count("the record is ignored") == 1
+    code, err, _ = clap_score(capsys, gen, prompts, tmp_path / "c2.json")
+    assert code == 1 and caplog.text.count("the record is ignored") == 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import unicodedata
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tta.config import shortened
+
+log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("prompt", "caption", "text")
 FILE_FIELDS = ("file", "path", "audio", "name")
@@ -134,40 +137,58 @@ class RecordedOutput:
     row_name: str | None    # a named row's take (door_2): the name its row's one file has (door); else None
 
 
-def recorded_outputs(record: Mapping) -> dict[str, RecordedOutput]:
+def recorded_outputs(record: Mapping, where: str = "generation.json") -> dict[str, RecordedOutput]:
     """The outputs a `tta generate` generation.json `record` lists, by file name without suffix (as
     `match_audio` names files), in the record's order (the run's rows'): with `--takes N` (settings.takes) a row
-    is N outputs, an unnamed prompt's takes NNN_<slug> (NNN the output's position in the run: row NNN // N) and a
-    named row's <name>_1 .. <name>_N (its record's `take`). {} for a record that lists no such outputs (none,
-    an output with no file name or a take that is no count, a take name that is no take of its row)."""
+    is N outputs, an unnamed prompt's takes NNN_<slug of its prompt> (NNN the output's position in the run: row
+    NNN // N) and a named row's <name>_1 .. <name>_N (its record's `take`; a file field's 001_door.wav names
+    001_door_1, whose id is its name as an unnamed take's is). {} for a record that lists no such outputs (none,
+    an output with no file name); one that lists outputs that are not its run's takes (a take that is no count,
+    a name that is no take of its row, a name twice) is ignored with a warning naming `where`."""
+    from tta.generate import slug
+
     try:
         outputs, takes = record["outputs"], record.get("settings", {}).get("takes", 1)
     except (KeyError, AttributeError):
         return {}
     if type(takes) is not int or takes < 1 or not isinstance(outputs, list):
         return {}
+
+    def ignored(why: str) -> dict:
+        log.warning("%s: %s; the record is ignored and the files pair as any folder's", where, why)
+        return {}
+
     found: dict[str, RecordedOutput] = {}
     rows: dict[object, int] = {}   # a row's identity -> its position
     for output in outputs:
         file = output.get("file") if isinstance(output, dict) else None
-        take = output.get("take", 1) if isinstance(output, dict) else None
-        if not isinstance(file, str) or type(take) is not int or not 1 <= take <= takes:
+        if not isinstance(file, str):
             return {}
+        take = output.get("take", 1)
+        if type(take) is not int or not 1 <= take <= takes:
+            return ignored(f"output {file!r} has take {json.dumps(take)}; expected a count of 1 to {takes} "
+                           f"(settings.takes)")
         name = file_key(file)
         index = re.match(r"(\d+)_", name)
+        prompt = output.get("prompt")   # an unnamed prompt's take: NNN_<slug of its prompt>, its id its name
+        unnamed = output.get("id") == name and index and isinstance(prompt, str) and \
+            name == f"{index.group(1)}_{slug(prompt)}"
         row_name = None
         if takes == 1:
             row = name
-        elif output.get("id") == name and index:   # an unnamed prompt's take: NNN_<slug>, its id its name
-            row = ("#", int(index.group(1)) // takes)
-            if int(index.group(1)) % takes != take - 1:
-                return {}
+        elif unnamed:
+            position = int(index.group(1))
+            row = ("#", position // takes)
+            if position % takes != take - 1:
+                return ignored(f"output {file!r} is take {take} of a --takes {takes} run, and its number "
+                               f"{position} is the position of a take {position % takes + 1}")
         elif name.endswith(f"_{take}"):
             row = row_name = name[:-len(f"_{take}")]
         else:
-            return {}
+            return ignored(f"output {file!r} is take {take} of a --takes {takes} run, and its name is neither "
+                           f"NAME_{take} nor NNN_<its prompt>")
         if name in found:
-            return {}
+            return ignored(f"output {file!r} is listed twice")
         found[name] = RecordedOutput(rows.setdefault(row, len(rows)), take, row_name)
     return found
 
@@ -179,7 +200,7 @@ def generation_outputs(folder: Path) -> dict[str, RecordedOutput]:
         record = json.loads((Path(folder) / "generation.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
-    return recorded_outputs(record) if isinstance(record, dict) else {}
+    return recorded_outputs(record, str(Path(folder) / "generation.json")) if isinstance(record, dict) else {}
 
 
 def position_names(paths: Iterable[str]) -> dict[str, str]:
