@@ -5,9 +5,13 @@ search, or the retrieval metrics of a captioned manifest.
 
 Inputs: `--audio DIR` (audio files found recursively, sorted by path) with `--prompts FILE`, or
 `--manifest FILE [--split S]` (each row's audio and its first caption; retrieval metrics use every caption).
-A prompts file is .txt (one prompt per line, paired in order with the sorted files of --audio),
-.jsonl ({"file": ..., "caption": ...} per line; "path"/"audio"/"name" and "prompt"/"text" also accepted) or .csv
-(a header naming the same columns); relative files are looked up under --audio, else beside the prompts file.
+A prompts file is .txt (one prompt per line), .jsonl ({"file": ..., "caption": ...} per line;
+"path"/"audio"/"name" and "prompt"/"text" also accepted) or .csv (a header naming the same columns); relative
+files are looked up under --audio, else beside the prompts file. Rows that name no file (a .txt) pair by
+position with the files of --audio as `tta eval --prompts` pairs them (tta.data.prompts.position_order): in the
+run's order where the folder's generation.json lists every file (a `tta generate --takes N` row with each of its
+N takes), else one file per row in the order of their leading numbers (NNN_<slug>), else by name without suffix;
+refused where the names sort otherwise than the numbers in them (clip_10 before clip_2).
 A CSV/JSONL row without a file field pairs by its `id` with a file of --audio as `tta eval --prompts` pairs it
 (the file `tta generate --prompts` names by the id: 'clotho/a_dog' -> clotho%2Fa_dog.wav), so one prompts file
 drives the three.
@@ -124,8 +128,9 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, 
 
     if all(r.file is None for r in rows) and (path.suffix.lower() == ".txt" or all(r.id is None for r in rows)):
         if audio_dir is None:   # as `tta eval --prompts` pairs them: a .txt file, or rows with no file or id
-            raise PromptFileError(f"{path}: a prompts file whose rows name no file pairs with the sorted files of "
-                                  "--audio DIR")
+            raise PromptFileError(f"{path}: a prompts file whose rows name no file pairs by position with the "
+                                  "files of --audio DIR (the run's order where its generation.json lists them, "
+                                  "else by leading number, else by name)")
         files = _audio_files(audio_dir)
         if len(files) != len(rows) and not recorded:
             raise PromptFileError(f"{path}: {len(rows)} prompts but {len(files)} audio files in {audio_dir}")
