@@ -9,9 +9,9 @@ Each value carries the number of items it rests on (FAD: generated files and fra
 the 95% confidence interval of the mean). Each metric row names its embedder (in the row when the runs share
 it, else in each cell). A best value is marked only when the runs used the same embedder and the same
 reference (statistics or audio, by content); otherwise the row says what differs ("not comparable: different
-reference"; for the CLAP score, the CLAP or the set of prompts; for FAD, the number of generated frames; for
-every metric, files read otherwise: `protocol.common.audio_read`). Runs evaluated by different tta versions
-get a note. Category FADs carry their frame count.
+reference"; for the CLAP score, the CLAP or the set of prompts; for FAD, numbers of generated frames more than
+10 % apart; for every metric, files read otherwise: `protocol.common.audio_read`). Runs evaluated by different
+tta versions get a note. Category FADs carry their frame count.
 """
 
 from __future__ import annotations
@@ -133,6 +133,10 @@ def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | None]:
 
 
 LOWER_BETTER = {"fad", "fad_inf", "fd", "kl_softmax", "kl_sigmoid"}
+# FADs rank where their generated frame counts are within 10 % of each other: FAD's small-sample bias goes as
+# 1/n (Chong & Forsyth 2020), so counts that close differ in bias by under a tenth of it (10.24 s clips against
+# 10.0 s ones rank); a set of half the clips, or half as long, does not
+FAD_FRAMES_SPREAD = 1.10
 
 
 def protocol_warnings(run: Run) -> list[tuple[str, str]]:
@@ -193,8 +197,9 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
         why = (f"not ranked: {', '.join(short)} left files out or holds files that may not be what they should "
                "(see the warnings)")
     frames = {_generated_frames(r) for r, v in zip(runs, values) if isinstance(v, (int, float))}
-    if why is None and metric == "fad" and len(frames) > 1 and None not in frames:
-        why = "not comparable: different numbers of generated frames, and FAD is biased upward as they fall"
+    if why is None and metric == "fad" and None not in frames and max(frames) > min(frames) * FAD_FRAMES_SPREAD:
+        why = (f"not comparable: different numbers of generated frames ({min(frames)} to {max(frames)}, more than "
+               f"{FAD_FRAMES_SPREAD - 1:.0%} apart), and FAD is biased upward as they fall")
     best = None
     if why is None and len(real) > 1 and metric != "is_std":
         best = min(real) if metric in LOWER_BETTER else max(real)

@@ -192,18 +192,20 @@ def test_runs_read_or_evaluated_otherwise_are_not_ranked_silently():
 
 
 def test_fads_of_different_numbers_of_generated_frames_are_not_ranked():
-    """FAD falls as the generated set grows (its bias goes as 1/n): 8 clips against 5 got a bold "best"."""
+    """FAD falls as the generated set grows (its bias goes as 1/n): 8 clips against 5 got a bold "best". Counts
+    within 10 % of each other rank: 10.0 s clips against 10.24 s ones (1000 and 1024 frames) never got one."""
     from eval.report import render_markdown
 
-    def runs(frames_b):
+    def row(frames_a, frames_b):
         a, b = _run("a", 1519.0, "mfcc@v1", "ref1"), _run("b", 1528.0, "mfcc@v1", "ref1")
-        a.body["protocol"]["fad"]["generated_frames"], b.body["protocol"]["fad"]["generated_frames"] = 8, frames_b
-        return [a, b]
+        a.body["protocol"]["fad"]["generated_frames"] = frames_a
+        b.body["protocol"]["fad"]["generated_frames"] = frames_b
+        return next(line for line in render_markdown([a, b]).splitlines() if line.startswith("| FAD"))
 
-    row = next(line for line in render_markdown(runs(5)).splitlines() if line.startswith("| FAD"))
-    assert "not comparable: different numbers of generated frames" in row and "**" not in row, row
-    row = next(line for line in render_markdown(runs(8)).splitlines() if line.startswith("| FAD"))
-    assert "**1519**" in row and "not comparable" not in row, row
+    assert "not comparable: different numbers of generated frames (5 to 8, more than 10% apart)" in row(8, 5)
+    assert "**" not in row(8, 5) and "**" not in row(1000, 1101) and "**" not in row(1101, 1000)
+    for frames in ((8, 8), (1000, 1024), (1024, 1000), (1000, 1100)):
+        assert "**1519**" in row(*frames) and "not comparable" not in row(*frames), row(*frames)
 
 
 def test_markdown_cells_escape_bars_and_html():
