@@ -6,12 +6,13 @@ per-category bar charts and tables, head/tail table, best and worst items by CLA
 a run has no CLAP score) with spectrograms and players, and each run's full protocol.
 
 Each value carries the number of items it rests on (FAD: generated files and frames; CLAP score: prompts, with
-the 95% confidence interval of the mean). Each metric row names its embedder (in the row when the runs share
-it, else in each cell). A best value is marked only when the runs used the same embedder and the same
-reference (statistics or audio, by content); otherwise the row says what differs ("not comparable: different
-reference"; for the CLAP score, the CLAP or the set of prompts; for FAD, numbers of generated frames more than
-10 % apart; for every metric, files read otherwise: `protocol.common.audio_read`). Runs evaluated by different
-tta versions get a note. Category FADs carry their frame count.
+the 95% confidence interval of the mean; of a `--takes` run, over the prompts, each its takes' mean). Each
+metric row names its embedder (in the row when the runs share it, else in each cell). A best value is marked
+only when the runs used the same embedder and the same reference (statistics or audio, by content); otherwise
+the row says what differs ("not comparable: different reference"; for the CLAP score, the CLAP or the set of
+prompts; for FAD, numbers of generated frames more than 10 % apart; for every metric, files read otherwise:
+`protocol.common.audio_read`). Runs evaluated by different tta versions get a note. Category FADs carry their
+frame count.
 """
 
 from __future__ import annotations
@@ -244,7 +245,9 @@ def clap_scale_note(runs: list[Run]) -> str | None:
 def sample_note(run: Run, metric: str) -> str | None:
     """How many items a run's value rests on and, for the CLAP score (a mean over items), the half-width of its
     95% confidence interval (1.96 sd / sqrt(n), from items.csv): a difference between runs smaller than that is
-    within the noise of the prompts drawn. None when the result records neither."""
+    within the noise of the prompts drawn. For a `tta generate --takes N` folder (items.csv gives files a take)
+    n counts prompts and the interval is over their means: a prompt's N takes are not N independent draws, and
+    counted as files they narrow it by about sqrt(N). None when the result records neither."""
     proto = run.body.get("protocol", {}) or {}
     if metric in ("fad", "fad_inf"):
         fad = proto.get("fad", {}) or {}
@@ -255,10 +258,20 @@ def sample_note(run: Run, metric: str) -> str | None:
         return f"n {used} files" + (f", {frames} frames" if isinstance(frames, int) and frames != used else "")
     if metric != "clap_score":
         return None
-    values = [float(r["clap_score"]) for r in run.rows if r.get("clap_score") not in (None, "")]
+    scored = [r for r in run.rows if r.get("clap_score") not in (None, "")]
+    values = [float(r["clap_score"]) for r in scored]
+    takes = any(r.get("take") not in (None, "") for r in scored)
+    if takes:   # each prompt's takes averaged first: the prompts are the independent draws
+        by_prompt: dict[str, list[float]] = {}
+        for r, v in zip(scored, values):
+            by_prompt.setdefault(r.get("prompt") or "", []).append(v)
+        values = [float(np.mean(v)) for v in by_prompt.values()]
+    unit = f" prompts, {len(scored)} takes" if takes else ""
     if len(values) >= 2:
         half = 1.96 * float(np.std(values, ddof=1)) / np.sqrt(len(values))
-        return f"n {len(values)}, 95% CI ±{half:.2g}"
+        return f"n {len(values)}{unit}, 95% CI ±{half:.2g}" + (" over the prompts' means" if takes else "")
+    if takes:
+        return f"n {len(values)}{unit}"
     n = (proto.get("clap", {}) or {}).get("num_items")
     return f"n {n}" if isinstance(n, int) else None
 

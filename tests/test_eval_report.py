@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.signals import chirp, noise, tone
@@ -206,6 +207,30 @@ def test_fads_of_different_numbers_of_generated_frames_are_not_ranked():
     assert "**" not in row(8, 5) and "**" not in row(1000, 1101) and "**" not in row(1101, 1000)
     for frames in ((8, 8), (1000, 1024), (1024, 1000), (1000, 1100)):
         assert "**1519**" in row(*frames) and "not comparable" not in row(*frames), row(*frames)
+
+
+def test_the_clap_score_interval_of_a_takes_run_is_over_its_prompts():
+    """items.csv is one row per file: a --takes 2 run's 3 prompts gave 'n 6' and an interval as if its 6 files
+    were 6 independent draws. It is over the 3 prompts' means now (no take: one file per prompt, as before)."""
+    from eval.report import render_markdown, sample_note
+
+    scores = {"a": (0.1, 0.3), "b": (0.4, 0.4), "c": (0.5, 0.7)}
+
+    def items(takes):
+        return [{"name": f"{p}_{t}", "prompt": p, "clap_score": str(v), "file": f"/nowhere/{p}_{t}.wav",
+                 "take": str(t) if takes else ""} for p, vs in scores.items() for t, v in enumerate(vs, 1)]
+
+    run = _run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items(True))
+    half = 1.96 * np.std([0.2, 0.4, 0.6], ddof=1) / np.sqrt(3)
+    note = sample_note(run, "clap_score")
+    assert note == f"n 3 prompts, 6 takes, 95% CI ±{half:.2g} over the prompts' means", note
+    assert "n 3 prompts, 6 takes" in render_markdown([run])
+    files = 1.96 * np.std([v for vs in scores.values() for v in vs], ddof=1) / np.sqrt(6)
+    assert sample_note(_run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items(False)), "clap_score") == \
+        f"n 6, 95% CI ±{files:.2g}"
+    one = [i for i in items(True) if i["prompt"] == "a"]
+    assert sample_note(_run("a", 1.0, "mfcc@v1", "ref1", clap=0.2, items=one), "clap_score") == \
+        "n 1 prompts, 2 takes"
 
 
 def test_markdown_cells_escape_bars_and_html():
