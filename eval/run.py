@@ -30,7 +30,7 @@ from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
 from tta.audio import AUDIO_SUFFIXES, SILENCE_DB, is_audio_entry
 from tta.config import check_number, shortened
-from tta.data.prompts import RecordedOutput, match_audio, recorded_outputs
+from tta.data.prompts import RecordedOutput, match_audio, recorded_outputs, takes_run
 from tta import UsageError
 
 log = logging.getLogger(__name__)
@@ -504,7 +504,7 @@ def run_eval(opts: EvalOptions) -> dict:
         log.warning(msg)
         result["protocol"]["generated_silent"] = {"files": silent, "warning": msg}
 
-    takes = isinstance(record.get("settings"), dict) and record["settings"].get("takes", 1) != 1
+    takes = takes_run(recorded)
     for key, row in prompts.items():
         items.setdefault(key, {}).update(prompt=row.prompt, category=row.category, id=row.id)
     for scored in (pgen, gen):   # a file one embedder skipped may hold the other's values (KL of a clip too short

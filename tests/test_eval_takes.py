@@ -187,3 +187,25 @@ def test_the_takes_of_rows_whose_files_are_numbered_pair_with_them(tmp_path, cap
     assert caplog.text.count("the record is ignored") == 1
     code, err, _ = clap_score(capsys, gen, prompts, tmp_path / "c2.json")
     assert code == 1 and caplog.text.count("the record is ignored") == 2
+
+
+def test_a_takes_run_stopped_after_its_first_take_is_one_in_eval_and_clap_score(tmp_path, capsys):
+    """eval told a --takes run by its record's settings.takes, clap score by a take > 1 among its outputs: a run
+    stopped before any second take gave items.csv take 1 and clap score none. One helper (takes_run) now."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a door creaks\nheavy rain\n")
+    gen = tmp_path / "gen"
+    generate(capsys, prompts, gen, "--takes", 2)
+    record = json.loads((gen / "generation.json").read_text())
+    for output in record["outputs"][1::2]:   # each prompt's second take: as if never written
+        (gen / output["file"]).unlink()
+    record["outputs"], record["complete"] = record["outputs"][::2], False
+    (gen / "generation.json").write_text(json.dumps(record))
+    code, err, items = evaluate(capsys, gen, prompts, tmp_path / "e")
+    assert code == 0, err
+    assert {n: i[:3] for n, i in items.items()} == {"000_a_door_creaks": ("a door creaks", "", "1"),
+                                                     "002_heavy_rain": ("heavy rain", "", "1")}
+    code, err, scored = clap_score(capsys, gen, prompts, tmp_path / "c.json")
+    assert code == 0, err
+    assert {n: s[:2] for n, s in scored.items()} == {"000_a_door_creaks.wav": ("a door creaks", 1),
+                                                     "002_heavy_rain.wav": ("heavy rain", 1)}

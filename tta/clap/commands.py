@@ -116,11 +116,11 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, 
     whose id pairs with no file is reported and left out. Where the generation.json of --audio (a `tta generate
     --takes N` folder) lists a row's takes, the row pairs with each of them (the take is its number, else None)."""
     from tta.data.prompts import (PromptFileError, file_key, generation_outputs, id_file_name, position_names,
-                                  position_order, read_prompt_file)
+                                  position_order, read_prompt_file, takes_run)
 
     rows = read_prompt_file(path)
     recorded = generation_outputs(audio_dir) if audio_dir is not None and audio_dir.is_dir() else {}
-    takes = recorded if any(o.take > 1 for o in recorded.values()) else {}
+    takes = recorded if takes_run(recorded) else {}
 
     def take(f: Path) -> int | None:
         name = f.relative_to(audio_dir).with_suffix("").as_posix() if audio_dir is not None else None

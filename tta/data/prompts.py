@@ -135,6 +135,13 @@ class RecordedOutput:
     row: int                # the row's position among the run's rows (a prompt and its --takes N files are one)
     take: int               # 1..N
     row_name: str | None    # a named row's take (door_2): the name its row's one file has (door); else None
+    takes: int = 1          # the run's --takes N (settings.takes)
+
+
+def takes_run(recorded: Mapping[str, RecordedOutput]) -> bool:
+    """Whether `recorded` (`recorded_outputs`) is of a `tta generate --takes N` run with N > 1, whose files each
+    name their take (also one stopped before any take but the first was written)."""
+    return any(o.takes > 1 for o in recorded.values())
 
 
 def recorded_outputs(record: Mapping, where: str = "generation.json") -> dict[str, RecordedOutput]:
@@ -189,7 +196,7 @@ def recorded_outputs(record: Mapping, where: str = "generation.json") -> dict[st
                            f"NAME_{take} nor NNN_<its prompt>")
         if name in found:
             return ignored(f"output {file!r} is listed twice")
-        found[name] = RecordedOutput(rows.setdefault(row, len(rows)), take, row_name)
+        found[name] = RecordedOutput(rows.setdefault(row, len(rows)), take, row_name, takes)
     return found
 
 
