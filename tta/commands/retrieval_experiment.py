@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tta.ldm.retrieval_context import Modality, feature_names
+from tta.ldm.retrieval_context import Modality, entries_needed, feature_names
 from tta.ldm.train import ComponentsConfig
 
 log = logging.getLogger(__name__)
@@ -545,7 +545,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
         weights = f", eval.embedder_weights={config.eval.embedder_weights!r}" if config.eval.embedder_weights else ""
         raise EmbedderError(f"eval.embedder={config.eval.embedder!r}{weights}: {e}") from None
     too_big = [v for v in config.variants if not config.datastore and not v.pipeline and v.neighbours
-               and v.neighbours + 1 > len(train_rows)]
+               and entries_needed(v.neighbours, exclude_self=True) > len(train_rows)]
     if too_big:   # OUT/datastore would hold the training split: check_variants refused it only once it was built
         v = too_big[0]
         raise ValueError(f"variant {v.name}: k={v.neighbours} neighbours (+1: the query clip itself is excluded in "

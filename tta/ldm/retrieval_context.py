@@ -342,6 +342,11 @@ def attach_decoupled(unet, config: RetrievalContextConfig) -> None:
     unet.decoupled_width = config.width
 
 
+def entries_needed(k: int, *, exclude_self: bool = False) -> int:
+    """The datastore entries k neighbours need: one more where the query clip itself is left out (training)."""
+    return k + 1 if exclude_self else k
+
+
 def open_store(store, clap, k: int, *, exclude_self: bool = False, latent_vae: str = ""):
     """A Datastore (loaded from a folder path unless already one), checked against `clap` and `k`.
 
@@ -357,8 +362,7 @@ def open_store(store, clap, k: int, *, exclude_self: bool = False, latent_vae: s
         store.check_latents(latent_vae)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"neighbours={k!r} must be a positive int")
-    need = k + 1 if exclude_self else k
-    if need > store.count:
+    if entries_needed(k, exclude_self=exclude_self) > store.count:
         extra = " (+1: the query clip itself is excluded in training)" if exclude_self else ""
         raise DatastoreError(f"{store.folder}: k={k} neighbours{extra} but the datastore holds only "
                              f"{store.count} entries")
