@@ -148,7 +148,6 @@ def test_import_webdataset_default_audio_dir(capsys, tmp_path):
     assert not (tmp_path / "folder_out_audio").exists()
 
 
-
 def test_a_webdataset_import_runs_again_over_its_own_audio_and_never_over_other_files(capsys, tmp_path):
     """A re-run to the same --out was refused ("wds_audio: audio folder ... already exists and is not empty")
     where every other import writes --out over: it gives the same manifest and audio bytes; a folder that

@@ -382,9 +382,9 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
     """Audio files under `folder` (recursively) with captions from `captions_csv` or sidecar `.txt` files.
 
     CSV: a file column (`file`, `path`, `filename`, ...; relative to `folder`) and caption columns: `caption`,
-    `captions` or Clotho's `caption_1` ... `caption_5`, else `text` or `prompt` (`caption_columns`); optional `id`, `split`, `category`, `labels` (`;`-separated), `licence` (or
-    `license`), `source` and `group` columns (rows of one group, e.g. pieces of one recording, land in the same
-    split of `valid_fraction`).
+    `captions` or Clotho's `caption_1` ... `caption_5`, else `text` or `prompt` (`caption_columns`); optional
+    `id`, `split`, `category`, `labels` (`;`-separated), `licence` (or `license`), `source` and `group` columns
+    (rows of one group, e.g. pieces of one recording, land in the same split of `valid_fraction`).
     Sidecar: `a.wav` takes its captions from `a.txt`, one per non-empty line.
     """
     folder = Path(folder)
