@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tta import UsageError
-from tta.data.prompts import id_file_name, id_name_problem, name_problem, word_char
+from tta.data.prompts import id_file_name, id_name_problem, name_problem, slug
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +83,6 @@ def prompt_rows(path: Path, *, editing: bool = False) -> list[tuple[tuple[str | 
     # a path's base name: tta eval pairs a generated file by it too
     return [((Path(file_key(row.file)).name if row.file is not None else
               None if row.id is None else id_file_name(row.id), row.prompt, row.id), row) for row in rows]
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name stem from a prompt: its letters, digits and marks (any script, NFC) joined by _;
-    "unconditional" for an empty prompt and "prompt" for one with no letters or digits."""
-    kept, prev = [], " "
-    for ch in unicodedata.normalize("NFC", text.lower()):
-        # a mark stays with the letter or digit it follows; after a dropped symbol (the variation selector of
-        # an emoji) it would stand alone, invisible in the file name
-        keep = word_char(ch) and (unicodedata.category(ch)[0] != "M" or prev != " ")
-        kept.append(ch if keep else " ")
-        prev = kept[-1]
-    s = "_".join("".join(kept).split())
-    return s[:limit].rstrip("_") or ("prompt" if text.strip() else "unconditional")
 
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:

@@ -62,6 +62,20 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name stem from a prompt: its letters, digits and marks (any script, NFC) joined by _;
+    "unconditional" for an empty prompt and "prompt" for one with no letters or digits."""
+    kept, prev = [], " "
+    for ch in unicodedata.normalize("NFC", text.lower()):
+        # a mark stays with the letter or digit it follows; after a dropped symbol (the variation selector of
+        # an emoji) it would stand alone, invisible in the file name
+        keep = word_char(ch) and (unicodedata.category(ch)[0] != "M" or prev != " ")
+        kept.append(ch if keep else " ")
+        prev = kept[-1]
+    s = "_".join("".join(kept).split())
+    return s[:limit].rstrip("_") or ("prompt" if text.strip() else "unconditional")
+
+
 ID_ESCAPE = "%"   # not in NAME_PUNCTUATION: a name that holds it is an escaped id, never one kept as it is
 
 
@@ -152,7 +166,6 @@ def recorded_outputs(record: Mapping, where: str = "generation.json") -> dict[st
     001_door_1, whose id is its name as an unnamed take's is). {} for a record that lists no such outputs (none,
     an output with no file name); one that lists outputs that are not its run's takes (a take that is no count,
     a name that is no take of its row, a name twice) is ignored with a warning naming `where`."""
-    from tta.generate import slug
 
     try:
         outputs, takes = record["outputs"], record.get("settings", {}).get("takes", 1)
