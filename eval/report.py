@@ -198,7 +198,8 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
         why = (f"not ranked: {', '.join(short)} left files out or holds files that may not be what they should "
                "(see the warnings)")
     frames = {_generated_frames(r) for r, v in zip(runs, values) if isinstance(v, (int, float))}
-    if why is None and metric == "fad" and None not in frames and max(frames) > min(frames) * FAD_FRAMES_SPREAD:
+    if (why is None and metric == "fad" and len(frames) > 1 and None not in frames
+            and max(frames) > min(frames) * FAD_FRAMES_SPREAD):
         why = (f"not comparable: different numbers of generated frames ({min(frames)} to {max(frames)}, more than "
                f"{FAD_FRAMES_SPREAD - 1:.0%} apart), and FAD is biased upward as they fall")
     best = None

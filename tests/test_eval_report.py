@@ -505,3 +505,14 @@ def test_report_says_what_scale_the_clap_score_is_on(report):
     from eval.report import clap_scale_note
 
     assert clap_scale_note([_run("a", 1.0, "mfcc@v1", "ref1")]) is None   # no CLAP score, no note
+
+
+def test_a_report_of_runs_without_a_numeric_fad_renders():
+    """A FAD eval.json stores as null (NaN or inf) left no frame counts to compare: the frames check took max() of
+    an empty set and the report stopped on Python's 'max() arg is an empty sequence'."""
+    from eval.report import render_html, render_markdown
+
+    runs = [_run("a", None, "mfcc@v1", "ref1"), _run("b", None, "mfcc@v1", "ref1")]
+    line = next(x for x in render_markdown(runs).splitlines() if x.startswith("| FAD"))
+    assert "**" not in line
+    assert "FAD" in render_html(runs)
