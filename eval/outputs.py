@@ -16,9 +16,10 @@ from tta.config import shortened
 RESULT_NAME = "eval.json"
 ITEMS_NAME = "items.csv"
 ITEM_COLUMNS = ("name", "file", "seconds", "frames", "category", "prompt", "clap_score", "kl_softmax", "kl_sigmoid",
-                "sha256", "id", "take")   # sha256: the file's bytes when it was scored (the report plays only that
-# audio); id: the prompts file row's id as written, where the file name is its escaped form (id_file_name) or a
-# path; take: which of its row's takes the file is (1..N), for a `tta generate --takes N` folder's files
+                "sha256", "id", "take", "row")   # sha256: the file's bytes when it was scored (the report plays
+# only that audio); id: the prompts file row's id as written, where the file name is its escaped form
+# (id_file_name) or a path; take, row: which of its row's takes the file is (1..N) and which row of the run
+# (0-based), for a `tta generate --takes N` folder's files
 FORMAT_VERSION = 1
 
 log = logging.getLogger(__name__)

@@ -263,9 +263,11 @@ def sample_note(run: Run, metric: str) -> str | None:
     values = [float(r["clap_score"]) for r in scored]
     takes = any(r.get("take") not in (None, "") for r in scored)
     if takes:   # each prompt's takes averaged first: the prompts are the independent draws
-        by_prompt: dict[str, list[float]] = {}
-        for r, v in zip(scored, values):
-            by_prompt.setdefault(r.get("prompt") or "", []).append(v)
+        by_prompt: dict[tuple, list[float]] = {}
+        for r, v in zip(scored, values):   # by the run's row (two rows may share a prompt's text); older items by text
+            row = r.get("row")
+            by_prompt.setdefault(("row", row) if row not in (None, "") else ("prompt", r.get("prompt") or ""),
+                                 []).append(v)
         values = [float(np.mean(v)) for v in by_prompt.values()]
     unit = f" prompts, {len(scored)} takes" if takes else ""
     if len(values) >= 2:

@@ -513,7 +513,7 @@ def run_eval(opts: EvalOptions) -> dict:
                                              seconds=round(scored.seconds[key], 4),
                                              sha256=scored.digests.get(key) or content_hash(scored.files[key]))
             if takes and key in recorded:   # which of its row's takes the file is
-                items[key]["take"] = recorded[key].take
+                items[key].update(take=recorded[key].take, row=recorded[key].row)
     if any(r.category for r in prompts.values()):
         from eval.breakdown import category_breakdown
 

@@ -516,3 +516,16 @@ def test_a_report_of_runs_without_a_numeric_fad_renders():
     line = next(x for x in render_markdown(runs).splitlines() if x.startswith("| FAD"))
     assert "**" not in line
     assert "FAD" in render_html(runs)
+
+
+def test_the_takes_of_two_rows_of_one_prompt_text_are_two_prompts_in_the_interval():
+    """The interval of a --takes run grouped the takes by prompt text: two rows of one caption (a prompts file
+    that repeats it under two ids) were one prompt, averaged together. items.csv's row column keeps them apart."""
+    from eval.report import sample_note
+
+    rows = [("a dog barks", 0, (0.1, 0.3)), ("a dog barks", 1, (0.5, 0.7)), ("rain", 2, (0.4, 0.4))]
+    items = [{"name": f"r{row}_{t}", "prompt": p, "clap_score": str(v), "file": f"/nowhere/r{row}_{t}.wav",
+              "take": str(t), "row": str(row)} for p, row, vs in rows for t, v in enumerate(vs, 1)]
+    half = 1.96 * np.std([0.2, 0.6, 0.4], ddof=1) / np.sqrt(3)
+    note = sample_note(_run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items), "clap_score")
+    assert note == f"n 3 prompts, 6 takes, 95% CI ±{half:.2g} over the prompts' means", note
