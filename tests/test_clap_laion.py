@@ -554,6 +554,30 @@ def test_a_folders_front_end_is_in_its_identity_unless_it_is_laions(tmp_path, to
     assert load_clap(again).identity == found["fmax"][0]
 
 
+def test_a_clap_saved_into_a_pipeline_folder_embeds_as_the_folder_it_came_from(tmp_path, tokenizer_dir):
+    """save_text_encoder (a pipeline's text_encoder/) wrote the weights and the tokenizer but not the folder's
+    preprocessor_config.json, which the loader reads: the saved copy heard audio through LAION's default front
+    end, not the folder's (frequency_max 4000 here), and embedded it otherwise under another identity."""
+    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+
+    from tta.clap import load_clap
+    from tta.ldm.folder import save_text_encoder
+
+    torch.manual_seed(0)
+    source = tmp_path / "source"
+    ClapModel(tiny_config()).save_pretrained(str(source))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(source))
+    ClapFeatureExtractor(frequency_min=50, frequency_max=4000, truncation="rand_trunc",
+                         padding="repeatpad").save_pretrained(str(source))
+    original = load_clap(source)
+    save_text_encoder(original, tmp_path / "pipeline" / "text_encoder")
+    copy = load_clap(tmp_path / "pipeline" / "text_encoder")
+    wav = chirp(200, 4000, 2.0, 16_000)
+    assert copy.identity == original.identity and "-fe" in original.identity
+    assert torch.equal(copy.embed_audio(wav, 16_000), original.embed_audio(wav, 16_000))
+    assert torch.equal(copy.embed_text(["a dog barks", ""]), original.embed_text(["a dog barks", ""]))
+
+
 def test_an_extractor_given_with_a_laion_pt_is_in_its_identity(laion_pt, tokenizer_dir):
     """A LAION .pt has no preprocessor config (LAION's fixed front end); an extractor passed in through the
     Python API reads it otherwise and gets its own identity."""

@@ -86,8 +86,9 @@ def write_pipeline(folder: str | os.PathLike, *, unet, scheduler, vae, vocoder, 
 
 
 def save_text_encoder(embedder, folder: Path) -> None:
-    """Write a CLAP embedder so `tta.clap.load_clap(folder)` reads it back: a tta component for the own
-    CLAP, or a transformers CLAP folder (+ its tokenizer files) for LAION-CLAP."""
+    """Write a CLAP embedder so `tta.clap.load_clap(folder)` reads it back and embeds as it does: a tta component
+    for the own CLAP, or for LAION-CLAP a transformers CLAP folder with its tokenizer files and its audio front
+    end (preprocessor_config.json: another mel range, hop or window embeds audio otherwise)."""
     model = embedder.model
     from tta.checkpoint import TTA_PACKAGES
 
@@ -101,3 +102,6 @@ def save_text_encoder(embedder, folder: Path) -> None:
     tokenizer = getattr(embedder, "tokenizer", None)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+    features = getattr(embedder, "features", None)
+    if features is not None:
+        features.save_pretrained(str(folder))
