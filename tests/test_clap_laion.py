@@ -457,7 +457,7 @@ def test_a_folders_identity_names_a_tokenizer_other_than_its_own(tmp_path, token
     from transformers import AutoTokenizer, ClapModel
 
     from tta.clap import load_clap
-    from tta.clap.laion import _file_hash
+    from tta.clap.laion import _file_hash, model_config_suffix
 
     torch.manual_seed(0)
     folder = tmp_path / "hf"
@@ -470,7 +470,7 @@ def test_a_folders_identity_names_a_tokenizer_other_than_its_own(tmp_path, token
     lines = vocab.read_text().splitlines()
     lines[2000], lines[2001] = lines[2001], lines[2000]      # "to" and "was": another vocabulary of the same size
     vocab.write_text("\n".join(lines) + "\n")
-    weights_only = "laion-clap:" + _file_hash(folder / "model.safetensors")
+    weights_only = "laion-clap:" + _file_hash(folder / "model.safetensors") + model_config_suffix(tiny_config())
     own, named, swapped = load_clap(folder), load_clap(folder, tokenizer=folder), load_clap(folder, tokenizer=other)
     assert own.identity == named.identity == weights_only
     assert swapped.identity.startswith(weights_only + "-tok") and swapped.identity != weights_only
@@ -521,7 +521,7 @@ def test_a_folders_front_end_is_in_its_identity_unless_it_is_laions(tmp_path, to
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
     from tta.clap import load_clap
-    from tta.clap.laion import _file_hash
+    from tta.clap.laion import _file_hash, model_config_suffix
 
     config = tiny_config()
     config.audio_config.enable_fusion = fusion
@@ -530,7 +530,7 @@ def test_a_folders_front_end_is_in_its_identity_unless_it_is_laions(tmp_path, to
     ClapModel(config).save_pretrained(str(base))
     AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
     plain = load_clap(base).identity          # no preprocessor_config.json: LAION's front end
-    assert plain == "laion-clap:" + _file_hash(base / "model.safetensors")
+    assert plain == "laion-clap:" + _file_hash(base / "model.safetensors") + model_config_suffix(config)
     official = {"frequency_min": 50, "frequency_max": 14000, "padding": "repeatpad",
                 "truncation": "fusion" if fusion else "rand_trunc"}
     wav = chirp(200, 4000, 2.0, 16_000)
@@ -576,6 +576,71 @@ def test_a_clap_saved_into_a_pipeline_folder_embeds_as_the_folder_it_came_from(t
     assert copy.identity == original.identity and "-fe" in original.identity
     assert torch.equal(copy.embed_audio(wav, 16_000), original.embed_audio(wav, 16_000))
     assert torch.equal(copy.embed_text(["a dog barks", ""]), original.embed_text(["a dog barks", ""]))
+
+
+def test_the_official_config_values_are_transformers_defaults():
+    """MODEL_CONFIG holds the official laion folders' values of the fields that change embeddings without changing
+    shapes; transformers' conversion script leaves them at its ClapTextConfig / ClapAudioConfig defaults."""
+    from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig
+
+    from tta.clap.laion import MODEL_CONFIG, model_config_suffix
+
+    for part, cls in (("text_config", ClapTextConfig), ("audio_config", ClapAudioConfig)):
+        defaults = cls()
+        for name, value in MODEL_CONFIG[part].items():
+            have = getattr(defaults, name)
+            assert (tuple(have) if name == "patch_stride" else have) == value, (part, name)
+    assert model_config_suffix(ClapConfig()) == ""
+
+
+def test_a_folders_config_that_embeds_otherwise_is_in_its_identity(tmp_path, tokenizer_dir):
+    """The same weights under a config.json with another text LayerNorm epsilon (RoBERTa's 1e-5, not the official
+    folders' 1e-12), audio activation or patch stride embed otherwise, yet had the same identity: embedding
+    caches, datastores and reference statistics mixed them. Official values (shape fields aside) keep the
+    weights-only identity, and fields no embedding depends on change nothing."""
+    import shutil
+
+    from transformers import AutoTokenizer, ClapConfig, ClapModel
+
+    from tta.clap import load_clap
+    from tta.clap.laion import _file_hash
+
+    tiny = tiny_config()      # sizes as small as tiny_config, the rest as transformers' conversion leaves it
+    config = ClapConfig(text_config={"vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 1,
+                                     "intermediate_size": 64, "max_position_embeddings": POS},
+                        audio_config={k: getattr(tiny.audio_config, k) for k in (
+                            "patch_embeds_hidden_size", "depths", "num_attention_heads", "hidden_size")},
+                        projection_dim=PROJ)
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    ClapModel(config).save_pretrained(str(base))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    official = load_clap(base)
+    assert official.identity == "laion-clap:" + _file_hash(base / "model.safetensors")
+    wav, text = chirp(200, 4000, 2.0, 16_000), ["a dog barks loudly"]
+
+    def edited(name, part, **change):
+        folder = tmp_path / name
+        shutil.copytree(base, folder)
+        body = json.loads((folder / "config.json").read_text())
+        (body[part] if part else body).update(change)
+        (folder / "config.json").write_text(json.dumps(body))
+        clap = load_clap(folder)
+        return clap.identity, clap.embed_audio(wav, 16_000), clap.embed_text(text)
+
+    cosmetic = edited("cosmetic", None, logit_scale_init_value=5.0)
+    assert cosmetic[0] == official.identity
+    assert torch.equal(cosmetic[1], official.embed_audio(wav, 16_000))
+    assert torch.equal(edited("ids", "text_config", bos_token_id=5)[2], official.embed_text(text))
+    eps = edited("eps", "text_config", layer_norm_eps=1e-5)
+    act = edited("act", "audio_config", hidden_act="relu")
+    stride = edited("stride", "audio_config", patch_stride=[2, 2])
+    assert not torch.allclose(eps[2], official.embed_text(text), atol=1e-5)
+    assert not torch.allclose(act[1], official.embed_audio(wav, 16_000), atol=1e-5)
+    assert not torch.allclose(stride[1], official.embed_audio(wav, 16_000), atol=1e-5)
+    changed = [eps[0], act[0], stride[0]]
+    assert len(set(changed)) == 3 and all(i.startswith(official.identity + "-cfg") for i in changed)
+    assert edited("again", "text_config", layer_norm_eps=1e-5)[0] == eps[0]     # stable: a cache is found again
 
 
 def test_an_extractor_given_with_a_laion_pt_is_in_its_identity(laion_pt, tokenizer_dir):

@@ -24,7 +24,9 @@ transformers folder's preprocessor_config.json replaces that extractor; where it
 in a field that changes embeddings, the identity gets "-fe" and a hash of those fields (official folders keep
 the weights-only identity). One the model cannot take (another sample rate or mel-bin count, "fusion"
 truncation without feature fusion, more mel frames than HTSAT's input) or that would crop at random (a window
-under 10 s without fusion) is refused when the folder loads.
+under 10 s without fusion) is refused when the folder loads. A config.json whose activations, LayerNorm
+epsilons, text head count, padding id, patch stride or spec size differ from the official folders' adds "-cfg"
+and a hash of those fields to the identity (`model_config_suffix`).
 
 The RoBERTa tokenizer must come from local files the user names; a tokenizer with a tiny vocabulary
 (what transformers 5 builds offline when the files are missing) is refused.
@@ -59,6 +61,16 @@ MIN_VOCAB = 1000
 # padding_side and the type names, which no embedding depends on.
 FRONT_END = {"feature_size": 64, "sampling_rate": SAMPLE_RATE, "hop_length": 480, "fft_window_size": 1024,
              "max_length_s": 10, "frequency_min": 50, "frequency_max": 14_000, "padding": "repeatpad"}
+# The config.json fields of a transformers CLAP folder that change an embedding without changing any weight's
+# shape, at the values of transformers' ClapTextConfig / ClapAudioConfig defaults: the official laion folders'
+# values (transformers' conversion script sets only the sizes it reads off LAION's weights, and enable_fusion).
+# A folder that differs in any of them adds to the identity (`model_config_suffix`). Not here: the fields that
+# shape weights (another value fails to load or leaves weights unused), dropout and initialisation, bos/eos ids
+# and logit_scale_init_value (the logit scale is a weight, and no embedding uses it).
+MODEL_CONFIG = {"text_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-12, "num_attention_heads": 12,
+                                "pad_token_id": 1, "projection_hidden_act": "relu"},
+                "audio_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-5, "patch_stride": (4, 4),
+                                 "spec_size": 256, "projection_hidden_act": "relu"}}
 
 _DROP_PREFIXES = ("audio_branch.spectrogram_extractor.", "audio_branch.logmel_extractor.",
                   "audio_branch.tscam_conv.", "audio_branch.head.", "text_transform.", "audio_transform.")
@@ -279,6 +291,25 @@ def front_end_suffix(features, fusion: bool) -> str:
     return "-fe" + hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def model_config_suffix(config) -> str:
+    """A transformers ClapConfig's part of the identity: "" where the fields of `MODEL_CONFIG` hold the official
+    folders' values, else "-cfg" + 8 hex digits hashing those that differ. The same weights with another
+    activation, LayerNorm epsilon, text head count, padding id or patch stride embed otherwise, so they must not
+    share embedding caches, datastores or reference statistics; official folders keep the identity they had."""
+    changed = {}
+    for part, fields in MODEL_CONFIG.items():
+        for name, want in fields.items():
+            have = getattr(getattr(config, part), name, None)
+            if name == "patch_stride":     # an int means the same stride in both directions (as the model reads it)
+                have = (have, have) if isinstance(have, int) else tuple(have)
+            if have != want:
+                number = isinstance(have, (int, float)) and not isinstance(have, bool)
+                changed[f"{part}.{name}"] = float(have) if number else have
+    if not changed:
+        return ""
+    return "-cfg" + hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def check_front_end(features, audio_config, where: str) -> None:
     """Refuses a feature extractor this model cannot embed through, or only at random, naming `where` (the
     preprocessor_config.json) and the field: transformers fails only at the first embedding otherwise.
@@ -367,7 +398,8 @@ class LaionClapEmbedder(ClapEmbedder):
                   loaded=None, **kwargs) -> LaionClapEmbedder:
         """A LAION `.pt` file (needs `tokenizer`; `loaded`: its content, when already read) or a transformers
         CLAP folder (tokenizer files inside it, or `tokenizer`: one whose files differ from the folder's adds
-        "-tok" and 8 hex digits of their hash to the identity)."""
+        "-tok" and 8 hex digits of their hash to the identity; a config.json that embeds otherwise than the
+        official folders' adds "-cfg": `model_config_suffix`)."""
         from transformers import ClapFeatureExtractor, ClapModel
 
         path = Path(path)
@@ -394,6 +426,7 @@ class LaionClapEmbedder(ClapEmbedder):
         else:   # sharded weights (or none found): every shard's hash, so two such models never share caches
             h = hashlib.sha256("".join(_file_hash(f) for f in shards or [path / "config.json"]).encode())
             ident = f"laion-clap:{h.hexdigest()[:16]}"
+        ident += model_config_suffix(model.config)
         if tokenizer is not None and _tokenizer_hash(Path(tokenizer)) != _tokenizer_hash(path):
             # another tokenizer than the folder's own embeds captions otherwise (as with a .pt): in the identity;
             # the folder's own files, or copies of them, keep the weights-only identity caches are keyed by
