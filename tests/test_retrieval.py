@@ -296,6 +296,44 @@ def test_a_store_with_non_finite_embeddings_is_refused_naming_the_file_and_first
     assert first_non_finite_row(emb, chunk=4) == row and first_non_finite_row(emb[:row], chunk=4) is None
 
 
+def test_an_unchanged_store_is_not_read_again_for_non_finite_rows(store_dir, tmp_path, monkeypatch):
+    """Every load read both embedding files whole to look for NaN (a 1 M-entry store: 4 GB each time). The
+    verdict is kept in the store's finite.json: an unchanged store is not read again, while a file changed since
+    (rewritten, or copied in with its mtime kept: a copied store, cp -p, rsync -t) is checked again. The digest a
+    training run records of its datastore does not change with finite.json."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from tta.retrieval import datastore
+    from tta.training import input_digests
+
+    Datastore.load(store_dir)            # the fixture's store has its verdict; a copy carries it along
+    store = shutil.copytree(store_dir, tmp_path / "store")
+    assert (store / "finite.json").is_file()
+    real, scans = datastore.first_non_finite_row, []
+    monkeypatch.setattr(datastore, "first_non_finite_row", lambda arr, *a, **k: scans.append(1) or real(arr, *a, **k))
+    digest = input_digests(SimpleNamespace(retrieval=SimpleNamespace(datastore=str(store))))
+    Datastore.load(store)
+    assert len(scans) == 2               # copies: other files than those the verdict was recorded for
+    Datastore.load(store)
+    Datastore.load(store, mmap=False)
+    assert len(scans) == 2               # unchanged: not read again
+    assert input_digests(SimpleNamespace(retrieval=SimpleNamespace(datastore=str(store)))) == digest
+    path = store / "text_emb.npy"
+    before = path.stat()
+    emb = np.load(path)
+    emb[4, 1] = np.nan
+    time.sleep(0.05)                     # past the file system clock's tick (the copy's ctime)
+    np.save(path, emb)
+    assert path.stat().st_size == before.st_size
+    with pytest.raises(DatastoreError, match=r"text_emb.npy: row 4 \(entry '[^']+'\) holds NaN or inf"):
+        Datastore.load(store)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))    # size and mtime as recorded
+    with pytest.raises(DatastoreError, match=r"text_emb.npy: row 4 "):
+        Datastore.load(store)
+
+
 def test_cli_build_query_info(corpus, clap, tmp_path, capsys):
     from tta.cli import main
 

@@ -1062,9 +1062,12 @@ def input_digests(config) -> dict[str, str]:
             path = path / "final"
         elif (path / "pipeline.json").is_file() and key in subfolder:   # the component the run loads from it
             path = path / subfolder[key]
-        # what the model holds, not notes beside it (a README added to a component folder is no new model)
+        # what the model holds, not notes beside it (a README added to a component folder is no new model), nor a
+        # datastore's finite.json (tta.retrieval.datastore.FINITE_NAME: its load's record of the embeddings it found
+        # finite, written by the first load, which changes no entry)
         files = [path] if path.is_file() else sorted(
-            f for f in path.rglob("*") if f.is_file() and f.suffix.lower() not in (".md", ".txt", ".png"))
+            f for f in path.rglob("*") if f.is_file() and f.suffix.lower() not in (".md", ".txt", ".png")
+            and not (key == "retrieval.datastore" and f.name == "finite.json"))
         out[key] = files_sha256(files, path.parent if path.is_file() else path)
     return out
 

@@ -13,10 +13,13 @@ Folder layout (written atomically by `build_datastore`):
                      mean x scale_factor) average-pooled over time to L tokens; datastore.json's "latent"
                      names the VAE (its identity), L and the token width. Retrieval models with the "latent"
                      feature (Re-AudioLDM's acoustic neighbour features) read them; other uses ignore them.
+    finite.json      written by `Datastore.load`: the embedding files it found finite, each by its size,
+                     mtime_ns and ctime_ns (a file since changed, copied or replaced is checked again)
 
 `Datastore.load(folder)` memory-maps the arrays (and the indexes where FAISS supports it), so a store of
 millions of entries costs little resident memory; it reads each embedding file once, in chunks, to refuse a row
-holding NaN or inf (`first_non_finite_row`). `query` searches one modality and can leave out given
+holding NaN or inf (`first_non_finite_row`), the first time it opens the file: finite.json keeps the verdict, so
+loading an unchanged store does not read its embeddings again (a 1 M-entry store holds 4 GB of them). `query` searches one modality and can leave out given
 ids, audio files, audio hashes and clips related to the query's (the query's own clip during training, its
 duplicates, other crops of its source file and mixtures built from it), still returning k hits.
 
@@ -53,6 +56,7 @@ FORMAT_VERSION = 2   # 2: clips embedded at the level config.normalize says (1: 
 READABLE_VERSIONS = (1, 2)
 INFO_NAME = "datastore.json"
 META_NAME = "meta.jsonl"
+FINITE_NAME = "finite.json"
 META_KEYS = ("id", "captions", "path", "audio_sha256")   # every meta.jsonl line ("source": newer stores only)
 MODALITIES = ("audio", "text")
 PQ_POINTS_PER_CENTROID = 39   # FAISS warns (and k-means is poor) below 39 training points per centroid
@@ -510,6 +514,8 @@ class Datastore:
         count, dim = int(info["count"]), int(info["dim"])
         meta = _read_meta(folder / META_NAME, count)
         indexes, emb = {}, {}
+        finite = _read_finite(folder / FINITE_NAME)
+        found = dict(finite)
         for name in MODALITIES:
             indexes[name] = _read_index(folder / f"{name}.index", count, dim, mmap)
             path = folder / f"{name}_emb.npy"
@@ -519,10 +525,15 @@ class Datastore:
                 raise DatastoreError(f"{path}: unreadable embeddings ({e})") from None
             if emb[name].shape != (count, dim):
                 raise DatastoreError(f"{path}: shape {emb[name].shape}, expected ({count}, {dim})")
+            stamp = _file_stamp(path)
+            if finite.get(path.name) == stamp:   # checked before, and not changed since
+                continue
             bad = first_non_finite_row(emb[name])   # a NaN row scores NaN; the index still answers without it
             if bad is not None:
                 raise DatastoreError(f"{path}: row {bad} (entry {meta[bad]['id']!r}) holds NaN or inf; rebuild the "
                                      "datastore")
+            if _file_stamp(path) == stamp:   # (not written to while it was read)
+                found[path.name] = stamp
         if info.get("latent") is not None:
             path, lat = folder / "latent.npy", info["latent"]
             try:
@@ -532,6 +543,8 @@ class Datastore:
             want = (count, int(lat.get("tokens", 0)), int(lat.get("dim", 0)))
             if emb["latent"].shape != want:
                 raise DatastoreError(f"{path}: shape {emb['latent'].shape}, expected {want}")
+        if found != finite:
+            _write_finite(folder / FINITE_NAME, found)
         return cls(folder, info, indexes, emb, meta)
 
     # ----------------------------------------------------------------------------------------- query
@@ -727,6 +740,35 @@ def first_non_finite_row(arr: np.ndarray, chunk: int = 16_384) -> int | None:
         if not finite.all():
             return start + int(np.argmin(finite))
     return None
+
+
+def _file_stamp(path: Path) -> list[int]:
+    """What tells a file's content changed without reading it: size, mtime_ns and ctime_ns (which a copy or a
+    replacement that keeps the mtime still changes)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _read_finite(path: Path) -> dict[str, list[int]]:
+    """finite.json's {file name: `_file_stamp`} of the embedding files found finite; {} when it is missing or
+    unreadable (a cache: the files are checked again)."""
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    files = body.get("files") if isinstance(body, dict) else None
+    return {k: v for k, v in files.items() if isinstance(v, list)} if isinstance(files, dict) else {}
+
+
+def _write_finite(path: Path, files: dict[str, list[int]]) -> None:
+    """Record the embedding files found finite, atomically; a store that cannot be written (read-only, shared)
+    is checked at every load instead."""
+    from tta.checkpoint import CheckpointError, atomic_write_text
+
+    try:
+        atomic_write_text(path, json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
+    except (OSError, CheckpointError) as e:
+        log.debug("%s: not recorded (%s); the embeddings are checked again at the next load", path, e)
 
 
 def _per_query(values, i: int, batch: int, what: str) -> list[str]:
