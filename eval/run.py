@@ -632,9 +632,15 @@ def _picked_by(record: dict, identity: str | None) -> int:
     return candidates if identity and model == identity and candidates > 1 else 0
 
 
-def fad_embedder(opts: EvalOptions) -> Embedder:
+def fad_embedder(opts: EvalOptions, *, clap=None) -> Embedder:
     """The FAD embedder `opts` names, with its options (an EmbedderError for an unknown name, weights it cannot
-    find or options it does not take): what a caller checks before work that the eval comes after."""
+    find or options it does not take): what a caller checks before work that the eval comes after. `clap`: the CLAP
+    of opts.clap_model (and opts.clap_tokenizer), already loaded by the caller; tta's clap and laion-clap embedders,
+    which take nothing but that model, wrap it instead of loading it a second time."""
+    from eval.embedders import EMBEDDERS, clap_embedder, make_clap, make_laion_clap
+
+    if clap is not None and EMBEDDERS.get(opts.embedder) in (make_clap, make_laion_clap):
+        return clap_embedder(clap, name=opts.embedder, checkpoint=str(opts.clap_model))
     return get_embedder(opts.embedder, **_embedder_options(opts))
 
 

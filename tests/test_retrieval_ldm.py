@@ -949,6 +949,27 @@ def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, ca
         assert not (tmp_path / name).exists()
 
 
+def test_the_experiments_early_check_of_a_clap_fad_embedder_loads_the_clap_once(corpus, tmp_path, capsys,
+                                                                                monkeypatch):
+    """With eval.embedder "clap" the up-front check of the FAD embedder built it, loading the experiment's CLAP a
+    second time (a LAION CLAP: 600 MB and seconds) only to drop it. Its CLAP is the one loaded to check the inputs;
+    the check wraps that one, and still refuses before OUT is made."""
+    import tta.clap
+
+    monkeypatch.chdir(tmp_path)
+    c = tiny_components()
+    real, loads = tta.clap.open_clap, []
+    monkeypatch.setattr(tta.clap, "open_clap", lambda path, **k: loads.append(str(path)) or real(path, **k))
+    sets = [f"components.{k}={json.dumps(str(c[k]))}" for k in ("vae", "vocoder", "clap")]
+    sets += [f"manifest={json.dumps(str(corpus))}", 'eval.embedder="clap"',
+             'variants=[{"name": "k16", "neighbours": 16}]']     # refused after the embedder's check
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", tmp_path / "out",
+                       *[a for s in sets for a in ("--set", s)])
+    assert code == 1 and "variant k16: k=16 neighbours" in err and not (tmp_path / "out").exists(), err
+    assert loads == [str(c["clap"])]
+
+
 def test_the_experiment_remakes_reference_clips_made_at_another_length_or_from_other_audio(corpus, tmp_path):
     """A re-run into the same OUT with another generation.seconds scored against the earlier run's clips."""
     import shutil

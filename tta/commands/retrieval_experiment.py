@@ -531,7 +531,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
             raise ValueError(f"eval.prompts {config.eval.prompts}: {n} prompts; the head/mid/tail split needs at "
                              "least 3")
     # a missing or empty reference folder, an unknown embedder or its missing weights failed only at the first
-    # variant's eval, after its store was built and its model trained
+    # variant's eval, after its store was built and its model trained (a CLAP embedder's CLAP is the one loaded
+    # above: wrapped, not loaded again)
     if config.eval.reference:
         from eval.run import list_audio
 
@@ -540,7 +541,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     from eval.run import fad_embedder
 
     try:
-        fad_embedder(eval_options(config, base, out, out / "reference", out / "prompts.jsonl", "check", False))
+        fad_embedder(eval_options(config, base, out, out / "reference", out / "prompts.jsonl", "check", False),
+                     clap=clap)
     except EmbedderError as e:
         weights = f", eval.embedder_weights={config.eval.embedder_weights!r}" if config.eval.embedder_weights else ""
         raise EmbedderError(f"eval.embedder={config.eval.embedder!r}{weights}: {e}") from None
