@@ -119,3 +119,24 @@ def test_a_second_run_on_two_processes_refused_by_the_lock_stops_at_once(tmp_pat
     assert "is training in this folder; wait for it, or choose another --out" in done.stderr, done.stderr[-3000:]
     assert "forcefully exiting" not in done.stderr, f"{seconds:.0f} s: {done.stderr[-3000:]}"
     assert os.listdir(tmp_path / "run") == [".lock"]      # the running one's folder as it was
+
+
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
+def test_unreadable_rows_are_checked_once_and_stop_every_process_at_once(tmp_path):
+    """The main process reads the headers of the run's audio files, once for the run, and the other process
+    stops with its answer (one stopped alone would leave the other waiting in its next collective call)."""
+    from tests.test_training_unreadable import _manifest
+
+    manifest = _manifest(tmp_path, {"junk.wav": b"not audio\n" * 40})
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)])}
+    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "tta", "-v", "train", "vae",
+                           "--config", str(ROOT / "configs" / "vae" / "tiny.json"), "--out", str(tmp_path / "run"),
+                           "--set", f"data.manifest={manifest}", "--set", "train.max_steps=20"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    refusal = f"{manifest}: 1 of split 'train''s 4 audio files cannot be read (row junk at {manifest}:5: "
+    assert done.stderr.count(f"tta.training.RunError: {refusal}") == 2, done.stderr[-3000:]   # both processes
+    assert done.stderr.count("read the headers of 4 audio files of split 'train'") == 1      # checked once
+    assert "forcefully exiting" not in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "run").exists()

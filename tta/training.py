@@ -510,6 +510,34 @@ class TrainingRun:
                     "threads": threads, "cwd": os.getcwd()}
             atomic_write_text(record, json.dumps(body, indent=1) + "\n")
 
+    def check_audio(self, *datasets) -> None:
+        """Refuse to train on datasets (None: skipped) with a row whose audio file cannot be read, before the
+        first step and on every resume: each one's `check_audio()` (`AudioDataset`'s reads every file's header),
+        which raises a ValueError naming the bad rows. Such a row stopped the run when it was first drawn, maybe
+        hours in, and every resume with it. The main process checks, once for the run; the others wait for its
+        answer and stop with it (a main process stopped alone left them waiting in the next collective call)."""
+        message = ""
+        error = None
+        if self.is_main:
+            for dataset in datasets:
+                if dataset is None or not hasattr(dataset, "check_audio"):
+                    continue
+                try:
+                    dataset.check_audio(progress=self.progress)
+                except ValueError as e:
+                    message, error = str(e), e
+                    break
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            message = broadcast_object_list([message], from_process=0)[0]
+        if not message:
+            return
+        if self.resume:   # a resume refuses another manifest
+            message += ("; a resume goes on with the manifest the run began with: restore the files, or start a new "
+                        "run from this one with --init-from")
+        raise RunError(message) from error
+
     # -- objects -----------------------------------------------------------------------------------
 
     def prepare(self, *objects):

@@ -92,6 +92,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         except EmptySplitError as e:   # an empty held-out split: train anyway, say so (valid_items=0 says nothing)
             log.warning("no validation: %s (set valid_items=0 to train without it)", e)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
+    run.check_audio(train_set, valid_set)
     vae = MelVAE(config.model)
     if config.freeze_encoder:
         for part in (vae.net.encoder, vae.net.quant_conv):

@@ -143,6 +143,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     valid_set = None
     if config.valid_items:
         valid_set = held_out_set(config.data, mel_cfg.sample_rate, config.valid_seconds)
+    run.check_audio(train_set, valid_set)
 
     model = PostnetGriffinLim(config.model)
     optimizer = make_optimizer(model.parameters(), config.train)

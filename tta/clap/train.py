@@ -165,6 +165,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     except EmptySplitError as e:   # an empty valid split: train anyway, say so (a split with missing files is
         log.warning("no validation: %s", e)   # an error, as for the other trainers)
         valid_ds = None
+    run.check_audio(train_ds, valid_ds)
     model = TTAClap(config.model)
     opt = make_optimizer(param_groups(model, config), config.train)
     sched = make_warmup_scheduler(opt, config.train)

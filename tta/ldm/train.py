@@ -642,6 +642,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     check_key_weights(config.data.key_weights, names)   # before any pre-encoding, not after it
     check_key_weights(config.data.repeat_gap_by_key, names, "data.repeat_gap_by_key")
     check_key_weights(config.data.speed_by_key, names, "data.speed_by_key")
+    run.check_audio(train_set)   # before any pre-encoding too
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
         # one process per machine encodes; the others wait for its cache file, then load it

@@ -1,0 +1,78 @@
+"""Training rows whose audio cannot be read: every trainer refuses them before its first step (and on resume),
+naming the rows, instead of stopping when the sampler first draws one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.signals import chirp, noise, tone
+from tests.test_ldm_fixtures import one_thread  # noqa: F401 (one_thread: autouse)
+from tests.test_training import _tta_train
+from tta.audio import save_audio
+from tta.data.manifest import ManifestRow, write_manifest
+
+SR = 16_000
+
+
+def _manifest(root, bad: dict[str, bytes | None] | None = None) -> str:
+    """Three 1 s train clips and a held-out one, then a train row per `bad` entry (file name: its bytes, written
+    as they are; None: a 10 s FLAC tone cut to its first tenth, whose header is whole)."""
+    rows = []
+    for i, (name, wav) in enumerate({"tone": tone(440, 1.0), "chirp": chirp(100, 7000, 1.0),
+                                     "noise": noise(1.0, seed=1), "held": tone(150, 1.0)}.items()):
+        save_audio(root / f"{name}.wav", np.clip(wav, -1, 1), SR)
+        rows.append(ManifestRow(id=name, path=f"{name}.wav", captions=(f"a {name}",), seconds=1.0, sample_rate=SR,
+                                split="valid" if name == "held" else "train"))
+    for name, data in (bad or {}).items():
+        seconds = 1.0
+        if data is None:
+            seconds = 10.0
+            sf.write(root / name, tone(440, seconds), SR)
+            data = (root / name).read_bytes()[:(root / name).stat().st_size // 10]
+        (root / name).write_bytes(data)
+        rows.append(ManifestRow(id=name.split(".")[0], path=name, captions=("a sound",), seconds=seconds,
+                                sample_rate=SR, split="train"))
+    return str(write_manifest(root / "manifest.jsonl", rows))
+
+
+def _sets(kind: str, manifest: str) -> list[str]:
+    sets = [f"data.manifest={json.dumps(manifest)}", "train.max_steps=20"]
+    if kind == "ldm":
+        from tests.test_ldm_fixtures import tiny_components
+
+        c = tiny_components()
+        sets += [f"components.{name}={json.dumps(str(c[name]))}" for name in ("vae", "vocoder", "clap")]
+        sets += ['validation.prompts=[]']
+    return sets
+
+
+@pytest.mark.parametrize("kind", ["vae", "vocoder", "postnet", "clap", "ldm"])
+def test_every_trainer_refuses_unreadable_rows_before_its_first_step(tmp_path, capsys, kind):
+    """A row whose file is not audio (its row says 1 s) stopped `tta train` only when the sampler drew it (step 27
+    of 40 on a 60-row manifest); now every trainer names it, with its manifest line, before training."""
+    manifest = _manifest(tmp_path, {"junk.wav": b"RIFF" + bytes(100)})
+    out = tmp_path / "run"
+    rc, err = _tta_train(capsys, kind, out, *_sets(kind, manifest))
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"tta: error: {manifest}: 1 of split 'train''s 4 audio files cannot be read (row junk at "
+                          f"{manifest}:5: {tmp_path / 'junk.wav'}: not a readable audio file"), err
+    assert "`tta data check MANIFEST --drop-bad CLEAN.jsonl`" in err and "--init-from" not in err
+    assert not out.exists()
+
+
+def test_a_resume_refuses_a_file_damaged_since_the_run_began_and_keeps_the_run(tmp_path, capsys):
+    manifest = _manifest(tmp_path)
+    out = tmp_path / "run"
+    sets = [f"data.manifest={manifest}", "valid_items=0", "train.checkpoint_every=1"]
+    assert _tta_train(capsys, "vae", out, *sets, "train.max_steps=1")[0] == 0
+    (tmp_path / "chirp.wav").write_text("overwritten\n" * 40)
+    rc, err = _tta_train(capsys, "vae", out, *sets, "train.max_steps=3", extra=["--resume"])
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"1 of split 'train''s 3 audio files cannot be read (row chirp at {manifest}:2: " in err
+    assert err.strip().endswith("a resume goes on with the manifest the run began with: restore the files, or start "
+                                "a new run from this one with --init-from")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"] and (out / "final").is_dir()
