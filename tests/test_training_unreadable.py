@@ -1,5 +1,6 @@
 """Training rows whose audio cannot be read: every trainer refuses them before its first step (and on resume),
-naming the rows, instead of stopping when the sampler first draws one."""
+naming the rows, instead of stopping when the sampler first draws one; a read that fails in a DataLoader worker
+names its file."""
 
 from __future__ import annotations
 
@@ -76,3 +77,17 @@ def test_a_resume_refuses_a_file_damaged_since_the_run_began_and_keeps_the_run(t
     assert err.strip().endswith("a resume goes on with the manifest the run began with: restore the files, or start "
                                 "a new run from this one with --init-from")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"] and (out / "final").is_dir()
+
+
+def test_a_file_cut_short_behind_a_whole_header_is_named_when_a_worker_reads_it(tmp_path, capsys):
+    """A FLAC cut short keeps its header (its first tenth is there: crops from the rest fail), so the header
+    check passes it; read in a DataLoader worker (data.num_workers > 0), the error was "Caught AudioError in
+    DataLoader worker process 0." and nothing else."""
+    manifest = _manifest(tmp_path, {"cut.flac": None})
+    out = tmp_path / "run"
+    rc, err = _tta_train(capsys, "vae", out, f"data.manifest={manifest}", "valid_items=0", "train.max_steps=6",
+                         "data.num_workers=1")
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"tta: error: {tmp_path / 'cut.flac'}: not a readable audio file ("), err
+    assert "DataLoader" not in err and "Traceback" not in err
+    assert not out.exists()

@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -599,13 +600,19 @@ class TrainingRun:
             self._bar = tqdm(total=self.train.max_steps, initial=self.step, desc=f"train {self.out.name}",
                              dynamic_ncols=True, smoothing=0.05)
         per_batch = self.train.batch_size * acc.num_processes
-        for batch in loader:
-            if self.step >= self.train.max_steps:
-                break
-            self.data_position += per_batch
-            yield _to_device(batch, self.device)
-            if self.step >= self.train.max_steps:
-                break
+        try:
+            for batch in loader:
+                if self.step >= self.train.max_steps:
+                    break
+                self.data_position += per_batch
+                yield _to_device(batch, self.device)
+                if self.step >= self.train.max_steps:
+                    break
+        except Exception as e:
+            error = worker_error(e)
+            if error is None:
+                raise
+            raise error from e
 
     def _balance_weights(self, dataset, keys: list[str] | None, names: list | None = None) -> torch.Tensor | None:
         data = getattr(self.config, "data", None)
@@ -1290,6 +1297,28 @@ def _killable_while_joining() -> Iterator[None]:
         return
     with sigterm_handler(signal.SIG_DFL):
         yield
+
+
+def worker_error(e: Exception) -> Exception | None:
+    """The error a DataLoader worker raised, with its own message again, from torch's copy of it (None: `e` is not
+    such a copy). The copy's message begins "Caught AudioError in DataLoader worker process 0." with the worker's
+    traceback below it, and that first line was all `tta train` printed (`data.num_workers` > 0), without the
+    file the error named."""
+    text = str(e)
+    caught = re.match(r"Caught (\w+) in DataLoader worker process \d+\.\n", text)
+    if caught is None:
+        return None
+    # the traceback ends in "module.Name: message" (traceback.format_exception), the message maybe of several lines
+    last = None
+    for last in re.finditer(rf"^(?:\w+\.)*{caught.group(1)}: ", text, re.MULTILINE):
+        pass
+    if last is None:
+        return None
+    message = text[last.end():].strip()
+    try:
+        return type(e)(message)
+    except Exception:   # noqa: BLE001 -- a type that takes other arguments: the message is what matters
+        return RuntimeError(message)
 
 
 def _is_main_process() -> bool:
