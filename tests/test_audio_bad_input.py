@@ -88,6 +88,20 @@ def test_truncated_compressed_stream_is_an_error(tmp_path):
         load_audio(path)
 
 
+def test_a_flac_cut_short_behind_a_whole_header_says_so_where_a_read_seeks_past_the_cut(tmp_path):
+    """audio_info passes it (the header says 2 s); a crop from the lost part failed on libsndfile's "Internal
+    psf_fseek() failed" alone."""
+    path = tmp_path / "cut.flac"
+    sf.write(path, tone(FREQ, 2.0), 16_000)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 4])
+    assert audio_info(path).num_samples == 32_000
+    assert load_audio(path, start_seconds=0.1, max_seconds=0.1)[0].shape == (1600,)   # before the cut: read
+    with pytest.raises(AudioError) as info:
+        load_audio(path, start_seconds=1.5, max_seconds=0.1)
+    assert str(info.value).startswith(f"{path}: not a readable audio file (cannot seek to sample 24000 of the 32000 "
+                                      "its header declares: cut short or damaged; ")
+
+
 def test_audio_info_sees_truncated_wav_and_text_file(tmp_path):
     cut, text = tmp_path / "cut.wav", tmp_path / "text.wav"
     _write_truncated(cut)

@@ -412,7 +412,12 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
             _check_truncated(path, f.extra_info)
             start = int(round(start_seconds * sr))
             if start:
-                f.seek(min(start, max(f.frames, 0)))
+                try:
+                    f.seek(min(start, max(f.frames, 0)))
+                except Exception as e:  # a FLAC cut short behind a sound header: "Internal psf_fseek() failed"
+                    raise AudioError(f"{path}: not a readable audio file (cannot seek to sample {start} of the "
+                                     f"{f.frames} its header declares: cut short or damaged; "
+                                     f"{_sf_reason(e)})") from None
             frames = -1 if max_seconds is None else int(round(max_seconds * sr))
             data = f.read(frames=frames, dtype="float32", always_2d=True)
             expected = max(f.frames - min(start, f.frames), 0)
