@@ -303,3 +303,70 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_the_first_ke
     with pytest.raises(CheckpointError, match=r"^w: 1 of its 2 weight tensors .* \(first: x.fp8\)"):
         check_finite({"ok": torch.ones(2), "fp8": torch.tensor([1.0, float("nan")]).to(torch.float8_e5m2)}, "w",
                      prefix="x.")
+
+
+def assert_leaves_global_rng(load, raises: type[Exception] | None = None):
+    """Run `load()` (expecting it to raise `raises`, when given) and assert that torch's CPU generator,
+    numpy's and Python's draw after it what they would have drawn without it; returns what it loaded."""
+    import contextlib
+    import random
+
+    import numpy as np
+
+    def draws():
+        return torch.rand(3), np.random.rand(3), random.random()
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    expected = draws()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    loaded = None
+    with pytest.raises(raises) if raises is not None else contextlib.nullcontext():
+        loaded = load()
+    got = draws()
+    assert torch.equal(got[0], expected[0]), "torch's global generator moved"
+    assert np.array_equal(got[1], expected[1]) and got[2] == expected[2], "numpy's or Python's generator moved"
+    return loaded
+
+
+def test_loading_a_component_leaves_the_global_random_generators_as_they_were(tmp_path):
+    """load_component built the model, drawing initial weights (replaced by the stored ones) from torch's
+    global generator, so a script's torch.rand after loading a component gave other numbers than without it
+    (load_clap and TTAPipeline.from_pretrained already kept them); so did tta.training.load_final through it.
+    A load that fails puts them back too."""
+    from tta.training import load_final
+
+    model = TinyNet(TinyNetConfig()).eval()
+    folder = save_component(tmp_path / "run" / "final", model)
+    loaded = assert_leaves_global_rng(lambda: load_component(folder, TinyNet))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert isinstance(assert_leaves_global_rng(lambda: load_final(tmp_path / "run", TinyNet)), TinyNet)
+    other = save_component(tmp_path / "other", TinyNet(TinyNetConfig(channels=5)))
+    (folder / "model.safetensors").unlink()
+    os.replace(other / "model.safetensors", folder / "model.safetensors")
+    assert_leaves_global_rng(lambda: load_component(folder, TinyNet), raises=CheckpointError)
+
+
+def test_inside_loads_draw_a_load_draws_as_building_the_model_does(tmp_path):
+    """Training runs load their frozen parts inside loads_draw() (an LDM run's VAE, CLAP and vocoder): the
+    draws are those of building the model, as every load drew before loaders kept the generators, so the model
+    built after them starts from the weights the recorded runs started from; a loader nested in another
+    (open_clap's load_component) draws too. Outside it, loads keep the generators again."""
+    from tta.checkpoint import keep_global_rng, loads_draw
+
+    folder = save_component(tmp_path / "net", TinyNet(TinyNetConfig()))
+    torch.manual_seed(5)
+    TinyNet(TinyNetConfig())
+    built_once = torch.rand(3)
+    torch.manual_seed(5)
+    TinyNet(TinyNetConfig()), TinyNet(TinyNetConfig())
+    built_twice = torch.rand(3)
+    torch.manual_seed(5)
+    with loads_draw():
+        load_component(folder, TinyNet)
+    assert torch.equal(torch.rand(3), built_once)
+    torch.manual_seed(5)
+    with loads_draw(), keep_global_rng():
+        load_component(folder, TinyNet)
+        TinyNet(TinyNetConfig())
+    assert torch.equal(torch.rand(3), built_twice)
+    assert_leaves_global_rng(lambda: load_component(folder, TinyNet))

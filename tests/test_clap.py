@@ -536,6 +536,11 @@ def test_loading_a_clap_leaves_the_global_random_generators_as_they_were(tmp_pat
     same = open_clap(tmp_path / "clap")
     assert not torch.equal(torch.rand(3), expected[0])
     assert torch.equal(same.embed_text(["a dog barks"]), clap.embed_text(["a dog barks"]))
+    # the embedder's own loader (the tests' pipelines use it) kept them neither, through load_component
+    from tests.test_checkpoint import assert_leaves_global_rng
+    from tta.clap.model import TTAClapEmbedder
+
+    assert_leaves_global_rng(lambda: TTAClapEmbedder.from_folder(tmp_path / "clap"))
 
 
 def test_a_clap_batch_size_that_is_no_integer_is_named_when_the_clap_loads(tmp_path):

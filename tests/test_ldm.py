@@ -653,3 +653,29 @@ def test_the_conditioning_check_leaves_the_random_streams_alone(tmp_path, monkey
     unchecked = ldm_train.train(cfg, tmp_path / "unchecked", progress=False)
     a, b = load_state_dict(checked / "model.safetensors"), load_state_dict(unchecked / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_ldm_run_builds_its_unet_after_drawing_as_its_frozen_parts_are_built(tmp_path):
+    """Loaders keep the global random generators now, but an LDM run still loads its VAE, CLAP and vocoder
+    drawing from the seeded streams (load_frozen, inside tta.checkpoint.loads_draw), as the runs that trained
+    the shipped weights did: its UNet starts from the weights built after those three models, else no recorded
+    run (the model card's reproduction from its seeds) would train to the same weights again. Only conv_out
+    trains here, so the other tensors of final/ are the UNet's initial ones."""
+    from tests.test_ldm_fixtures import tiny_components, tiny_model_config
+    from tta.checkpoint import load_component
+    from tta.clap.model import ClapConfig, TTAClap
+    from tta.ldm.train import train
+    from tta.training import seed_everything
+    from vae.model import MelVAE, VAEConfig
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    tiny_components()
+    cfg = tiny_run_config(**{"train.max_steps": 1, "train.ema_decay": 0.0, "trainable": ["net.conv_out.*"]})
+    trained = load_component(train(cfg, tmp_path / "run", progress=False), LDMUNet).state_dict()
+    seed_everything(cfg.train.seed)
+    MelVAE(tiny_model_config(VAEConfig, "vae")), TTAClap(tiny_model_config(ClapConfig, "clap"))
+    HiFiGAN(tiny_model_config(HiFiGANConfig, "vocoder"))
+    initial = LDMUNet(cfg.model).state_dict()
+    frozen = [k for k in initial if not k.startswith("net.conv_out.")]
+    assert len(frozen) > 100 and all(torch.equal(trained[k], initial[k]) for k in frozen)
+    assert not torch.equal(trained["net.conv_out.weight"], initial["net.conv_out.weight"])   # it did train

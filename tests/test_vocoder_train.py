@@ -327,3 +327,24 @@ def test_a_record_of_the_first_data_json_form_still_guards_the_resume(tmp_path, 
     capsys.readouterr()
     assert main([*common, "--set", "train.max_steps=3", "--resume"]) == 1
     assert "has changed since the run started" in capsys.readouterr().err
+
+
+def test_a_runs_init_from_loader_draws_as_building_the_generator_does(tiny):
+    """Loaders keep the global random generators now, but a vocoder run's init_from loader still draws from
+    the seeded streams exactly as building the generator does (inside tta.checkpoint.loads_draw), as the
+    recorded runs' did: the random state after it, which the run's checkpoints record, stays theirs."""
+    from tests.test_ldm_fixtures import tiny_components
+    from tta.checkpoint import read_component_config
+    from tta.config import from_dict
+    from vocoder.model import HiFiGANConfig
+    from vocoder.train import weight_norm_state
+
+    folder = tiny_components()["vocoder"]
+    generator = HiFiGAN(tiny.model)
+    torch.manual_seed(5)
+    HiFiGAN(from_dict(HiFiGANConfig, read_component_config(folder)["config"]))
+    built = torch.rand(3)
+    torch.manual_seed(5)
+    state = weight_norm_state(folder, generator)
+    assert torch.equal(torch.rand(3), built)
+    assert state.keys() == generator.state_dict().keys()

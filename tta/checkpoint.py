@@ -7,11 +7,14 @@ go to a temporary name in the same folder and are renamed into place, folders ar
 temporary name and renamed, so a kill never leaves a half-written file or folder that loads.
 Foreign `.ckpt/.pt/.pth/.bin` files are only ever read with `weights_only=True`. Weights holding NaN or inf,
 own or foreign, are refused where they are read (`check_finite`), naming the file and the first bad key.
+Loaders build their model inside `keep_global_rng`, so loading leaves the caller's global random generators as
+they were; training runs load their frozen parts inside `loads_draw`, drawing as every load once did.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib
 import json
@@ -578,7 +581,8 @@ def load_component(folder: str | os.PathLike, cls: type | None = None, *, device
         config = from_dict(cls.config_class, body["config"])
     except ConfigError as e:
         raise CheckpointError(f"{Path(folder) / CONFIG_NAME}: {e}") from None
-    model = cls(config)
+    with keep_global_rng():   # (the initial weights drawn are replaced by the stored ones)
+        model = cls(config)
     state = load_state_dict(Path(folder) / WEIGHTS_NAME)
     load_into(model, state, where=str(folder), strict=strict)
     return model.to(device).eval()
@@ -632,6 +636,77 @@ def _untie(state: dict) -> dict:
             seen[ptr] = k
         out[k] = v
     return out
+
+
+# ------------------------------------------------------------------------- global random generators
+
+
+def rng_state(*, cuda: bool = True) -> dict:
+    """Every global random stream (torch's CPU and, with `cuda`, CUDA generators, numpy's, Python's);
+    `cuda=False` leaves CUDA alone where only CPU streams can move (reading the CUDA state starts CUDA on
+    every GPU)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_gauss": random.getstate()[2],
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+    if cuda and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+_LOADS_DRAW = contextvars.ContextVar("tta_loads_draw", default=False)
+
+
+@contextlib.contextmanager
+def keep_global_rng() -> Iterator[None]:
+    """Within it a model may be built, drawing initial weights that stored ones then replace; after it torch's
+    CPU generator, numpy's and Python's are as they were, so a script's random numbers do not depend on
+    whether it loaded a model. Every loader of stored weights builds its model inside one. CUDA's generators
+    are neither read nor put back: models are built on the CPU, and reading them would start CUDA on every GPU
+    of the machine. Inside `loads_draw()` it does nothing."""
+    if _LOADS_DRAW.get():
+        yield
+        return
+    streams = rng_state(cuda=False)
+    try:
+        yield
+    finally:
+        set_rng_state(streams)
+
+
+@contextlib.contextmanager
+def loads_draw() -> Iterator[None]:
+    """Within it, loading a model draws its discarded initial weights from the global random generators, as
+    every load did before loaders kept them (`keep_global_rng`). A training run loads its frozen parts this
+    way (an LDM run's VAE, CLAP and vocoder, a vocoder's init_from) between seeding and building what it
+    trains: that model's initial weights and the run's noise depend on those draws, and so does every recorded
+    run's reproduction (the model card's from its recorded seeds)."""
+    token = _LOADS_DRAW.set(True)
+    try:
+        yield
+    finally:
+        _LOADS_DRAW.reset(token)
 
 
 # ------------------------------------------------------------------------------ train state / foreign

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from tta.audio import AudioError, check_same_mel, float_audio, log_mel
-from tta.checkpoint import CheckpointError, load_component, read_json
+from tta.checkpoint import CheckpointError, keep_global_rng, load_component, read_json
 from tta.config import ConfigError, from_known_fields, is_real
 from tta.device import without_caller_autocast
 from tta.ldm.folder import FORMAT_VERSION, PIPELINE_FILE, REQUIRED, SCHEDULER_FILE, find_notes, write_pipeline
@@ -241,13 +241,8 @@ class TTAPipeline:
         generators as they were (building it draws initial weights that the stored ones replace)."""
         v = state["vocoder"]
         if isinstance(v, _VocoderState):
-            from tta.training import rng_state, set_rng_state
-
-            streams = rng_state(cuda=False)
-            try:
+            with keep_global_rng():
                 vocoder = v.cls(v.config)
-            finally:
-                set_rng_state(streams)
             vocoder.load_state_dict(v.weights)
             state["vocoder"] = vocoder.to(v.device).eval()
         state.setdefault("notes", [])   # pickled before pipelines kept their notes
@@ -332,14 +327,9 @@ class TTAPipeline:
         script's own random numbers must not depend on whether it loaded a model. The parts are built on the CPU
         (and moved after), so CUDA's generators are neither read nor drawn from: reading them would start CUDA
         on every GPU of the machine."""
-        from tta.training import rng_state, set_rng_state
-
         check_device(device)
-        streams = rng_state(cuda=False)
-        try:
+        with keep_global_rng():
             return cls._load_folder(Path(folder), device)
-        finally:
-            set_rng_state(streams)
 
     @classmethod
     def _load_folder(cls, folder: Path, device) -> TTAPipeline:

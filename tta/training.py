@@ -59,7 +59,7 @@ from torch import nn
 from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_dir,
                             atomic_write_text, load_component, load_into, load_state_dict, load_train_state,
                             read_foreign_folder, save_component, save_train_state)
-from tta.checkpoint import complete_checkpoints, file_sha256, sigterm_handler, step_of
+from tta.checkpoint import complete_checkpoints, file_sha256, rng_state, set_rng_state, sigterm_handler, step_of
 from tta.config import ConfigError, check_numbers, from_dict, save_config, shortened, to_dict
 
 log = logging.getLogger(__name__)
@@ -314,32 +314,6 @@ class EMA:
         self.decay = state["decay"]
         self.num_updates = state["num_updates"]
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
-
-
-# ----------------------------------------------------------------------------------------- RNG
-
-
-def rng_state(*, cuda: bool = True) -> dict:
-    """Every global random stream (torch's CPU and, with `cuda`, CUDA generators, numpy's, Python's); `cuda=False`
-    leaves CUDA alone where only CPU streams can move (reading the CUDA state starts CUDA on every GPU)."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_gauss": random.getstate()[2],
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
-    if cuda and torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ----------------------------------------------------------------------------------------- the run

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from tta.audio import MelConfig, check_same_mel, log_mel, save_audio
-from tta.checkpoint import CONFIG_NAME, atomic_path, find_component, load_component
+from tta.checkpoint import CONFIG_NAME, atomic_path, find_component, load_component, loads_draw
 from tta.data.manifest import DataConfig
 from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer
 from vocoder.discriminators import DiscriminatorConfig, HiFiGANDiscriminator
@@ -221,11 +221,14 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 def weight_norm_state(folder: Path, generator: HiFiGAN) -> dict:
     """The state dict, in `generator`'s training form (weight norm on), of the HiFi-GAN in a component folder
     (a run's final/, a pipeline's vocoder/) or an imported SpeechT5HifiGan folder, which hold it with weight
-    norm removed: weight norm is re-applied, g = ||w|| and v = w, so the function stays the same."""
+    norm removed: weight norm is re-applied, g = ||w|| and v = w, so the function stays the same. Loaded as
+    runs always loaded it (tta.checkpoint.loads_draw), drawing its discarded initial weights from the seeded
+    global streams: the random state after it, which the run's checkpoints record, stays the recorded runs'."""
     from vocoder.interop import load_vocoder
 
     try:
-        source = load_vocoder(folder, weight_norm=generator.config.weight_norm)
+        with loads_draw():
+            source = load_vocoder(folder, weight_norm=generator.config.weight_norm)
     except ValueError as e:      # CheckpointError, ConfigError: a folder of something else
         raise ValueError(f"train.init_from: {folder} is not a HiFi-GAN vocoder folder ({e})") from None
     return source.state_dict()

@@ -57,20 +57,25 @@ def load_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
     anything loads: tta.device.torch_device). The global random generators are left as they were, as
     TTAPipeline.from_pretrained leaves them: building the model draws initial weights that the stored ones replace
     (on the CPU: CUDA's generators are not touched)."""
-    from tta.training import rng_state, set_rng_state
+    from tta.checkpoint import keep_global_rng
 
-    streams = rng_state(cuda=False)
-    try:
-        return open_clap(path, tokenizer=tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir)
-    finally:
-        set_rng_state(streams)
+    with keep_global_rng():
+        return _open_clap(path, tokenizer=tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir)
 
 
 def open_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None, device: str = "cpu",
               batch_size: int = 32, cache_dir: str | os.PathLike | None = None):
     """load_clap, drawing the model's initial weights from the global random generators: an LDM training run loads
     its CLAP this way between seeding and building its UNet, whose initial weights (and every run's reproduction)
-    depend on those draws."""
+    depend on those draws (tta.checkpoint.loads_draw)."""
+    from tta.checkpoint import loads_draw
+
+    with loads_draw():
+        return _open_clap(path, tokenizer=tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir)
+
+
+def _open_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None, device: str, batch_size: int,
+               cache_dir: str | os.PathLike | None):
     from tta.device import torch_device
 
     torch_device(device)

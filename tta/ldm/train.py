@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from tta.audio import log_mel
 from tta.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_path, load_component, load_torch_file,
-                            read_json, save_train_state)
+                            loads_draw, read_json, save_train_state)
 from tta.config import to_dict
 from tta.data.manifest import DataConfig
 from tta.ldm.model import LDMConfig, LDMUNet, identity_new_blocks
@@ -197,22 +197,26 @@ class Frozen:
 
 
 def load_frozen(config: RunConfig, device) -> Frozen:
+    """The run's frozen VAE, CLAP and vocoder. Loaded as runs always loaded them, drawing each model's
+    discarded initial weights from the seeded global streams (tta.checkpoint.loads_draw): the UNet built after
+    them, and so every recorded run, depends on those draws."""
     from tta.clap import open_clap
     from tta.ldm.folder import vocoder_class
     from vae.model import MelVAE
 
     c = config.components
-    vae = load_component(component_dir(c.vae, "vae"), MelVAE, device=device).requires_grad_(False)
-    if not c.clap:
-        raise ValueError("components.clap is empty; set it with --set components.clap=FOLDER")
-    clap = open_clap(c.clap, device=device)   # draws from the seeded streams, as runs always have
-    vocoder = None
-    if c.vocoder or config.validation.prompts:
-        folder = component_dir(c.vocoder, "vocoder")
-        vocoder = load_component(folder, vocoder_class(folder), device=device).requires_grad_(False)
-        from tta.audio import check_same_mel
+    with loads_draw():
+        vae = load_component(component_dir(c.vae, "vae"), MelVAE, device=device).requires_grad_(False)
+        if not c.clap:
+            raise ValueError("components.clap is empty; set it with --set components.clap=FOLDER")
+        clap = open_clap(c.clap, device=device)
+        vocoder = None
+        if c.vocoder or config.validation.prompts:
+            folder = component_dir(c.vocoder, "vocoder")
+            vocoder = load_component(folder, vocoder_class(folder), device=device).requires_grad_(False)
+            from tta.audio import check_same_mel
 
-        check_same_mel(vae.config.mel, vocoder.config.mel, "components.vae", "components.vocoder")
+            check_same_mel(vae.config.mel, vocoder.config.mel, "components.vae", "components.vocoder")
     check_component_fit(config.model, vae, clap.embed_dim)
     return Frozen(vae, clap, vocoder, clap.embed_text([""])[0])
 
