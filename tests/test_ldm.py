@@ -655,6 +655,18 @@ def test_the_conditioning_check_leaves_the_random_streams_alone(tmp_path, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_loading_a_diffusers_unet_leaves_the_global_random_generators_as_they_were(tmp_path):
+    """LDMUNet.load_diffusers built the UNet, drawing initial weights (replaced by the stored ones) from
+    torch's global generator, so a script's torch.rand after loading one gave other numbers than without
+    it."""
+    from tests.test_checkpoint import assert_leaves_global_rng
+
+    unet = tiny_unet()
+    unet.save_diffusers(tmp_path / "unet")
+    back = assert_leaves_global_rng(lambda: LDMUNet.load_diffusers(tmp_path / "unet"))
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), unet.state_dict().values()))
+
+
 def test_an_ldm_run_builds_its_unet_after_drawing_as_its_frozen_parts_are_built(tmp_path):
     """Loaders keep the global random generators now, but an LDM run still loads its VAE, CLAP and vocoder
     drawing from the seeded streams (load_frozen, inside tta.checkpoint.loads_draw), as the runs that trained

@@ -349,3 +349,33 @@ def test_a_scheduler_tta_has_no_sampler_for_is_warned_about(tmp_path, capsys, ca
     assert f"{path}: tta has no sampler for KDPM2DiscreteScheduler; the pipeline's default sampler is ddim" in \
         caplog.text
     assert TTAPipeline.from_pretrained(tmp_path / "p").defaults.sampler == "ddim"
+
+
+def test_importing_leaves_the_global_random_generators_as_they_were(tmp_path):
+    """The imports built every part, drawing initial weights (replaced by the stored ones) from torch's global
+    generator, so a script's torch.rand after an import (or after loading an AudioLDM UNet) gave other numbers
+    than without it."""
+    from tests.test_checkpoint import assert_leaves_global_rng
+    from tta.interop import import_audioldm_ckpt, import_diffusers_audioldm
+    from tta.ldm.audioldm import load_reference_unet, reference_state_dict
+    from tta.ldm.model import LDMUNet
+    from vae.interop import reference_state_dict as vae_reference
+    from vae.model import MelVAE, VAEConfig
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    clap = tiny_components()["clap"]
+    write_diffusers_audioldm(tmp_path / "d")
+    assert_leaves_global_rng(lambda: import_diffusers_audioldm(tmp_path / "d", tmp_path / "from-diffusers", clap=clap))
+    torch.manual_seed(0)
+    unet = LDMUNet(dataclasses.replace(tiny_run_config().model, head_channels=32)).eval()
+    state = {f"model.diffusion_model.{k}": v for k, v in reference_state_dict(unet).items()}
+    vae = MelVAE(tiny_model_config(VAEConfig, "vae"))
+    state.update({f"first_stage_model.{k}": v for k, v in vae_reference(vae).items()}, scale_factor=torch.tensor(0.6))
+    voc_cfg = dataclasses.replace(tiny_model_config(HiFiGANConfig, "vocoder"), weight_norm=False)
+    state.update({f"first_stage_model.vocoder.{k}": v for k, v in HiFiGAN(voc_cfg).state_dict().items()})
+    torch.save({"state_dict": state}, tmp_path / "audioldm.ckpt")
+    loaded = assert_leaves_global_rng(lambda: load_reference_unet(state, where="audioldm.ckpt"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), unet.state_dict().values()))
+    assert_leaves_global_rng(lambda: import_audioldm_ckpt(tmp_path / "audioldm.ckpt", tmp_path / "from-ckpt", clap=clap,
+                                                          vocoder_config=voc_cfg,
+                                                          vae_norm_groups=vae.config.norm_num_groups))

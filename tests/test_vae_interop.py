@@ -308,3 +308,21 @@ def test_vae_weights_holding_nan_are_refused_naming_the_checkpoint_and_key(tmp_p
     with pytest.raises(CheckpointError, match=r"vae.ckpt: 2 of its \d+ weight tensors .*\(first: "
                                               r"encoder.conv_out.bias\)"):
         load_audioldm_ckpt(tmp_path / "vae.ckpt")
+
+
+def test_loading_a_vae_leaves_the_global_random_generators_as_they_were(tmp_path):
+    """Every VAE loader built the MelVAE, drawing initial weights (replaced by the stored ones) from torch's
+    global generator, so a script's torch.rand after loading a VAE gave other numbers than without it."""
+    from tests.test_checkpoint import assert_leaves_global_rng
+    from tta.checkpoint import save_component
+    from vae.model import load_vae
+
+    _audioldm_ckpt(tmp_path / "audioldm.ckpt", reference_vae_state())
+    from_ckpt = assert_leaves_global_rng(lambda: load_audioldm_ckpt(tmp_path / "audioldm.ckpt"))
+    save_diffusers_vae(from_ckpt, tmp_path / "diffusers")
+    from_diffusers = assert_leaves_global_rng(lambda: load_diffusers_vae(tmp_path / "diffusers"))
+    save_component(tmp_path / "component", from_ckpt)
+    from_component = assert_leaves_global_rng(lambda: load_vae(tmp_path / "component"))
+    want = from_ckpt.state_dict()
+    for model in (from_diffusers, from_component):
+        assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())

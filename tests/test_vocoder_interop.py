@@ -307,3 +307,24 @@ def test_a_jik876_resblock_number_loads_as_jik876_builds_it(tmp_path, caplog, re
     warned = [r.getMessage() for r in caplog.records if "resblock is the number 1" in r.getMessage()]
     assert len(warned) == (resblock == 1), caplog.text
     assert resblock != 1 or warned[0].startswith(f"{folder / 'config.json'}: "), warned
+
+
+def test_loading_a_vocoder_leaves_the_global_random_generators_as_they_were(tmp_path):
+    """Every vocoder loader built the HiFiGAN, drawing initial weights (replaced by the stored ones) from
+    torch's global generator, so a script's torch.rand after loading a vocoder gave other numbers than without
+    it."""
+    from tests.test_checkpoint import assert_leaves_global_rng
+    from tta.checkpoint import save_component
+
+    ref = reference_model()
+    ref.save_pretrained(tmp_path / "speecht5")
+    write_jik876(tmp_path / "jik", jik876_state(ref))
+    state = {f"first_stage_model.vocoder.{k}": v for k, v in plain_reference_state(ref).items()}
+    torch.save({"state_dict": state}, tmp_path / "audioldm.ckpt")
+    save_component(tmp_path / "ours", load_speecht5_folder(tmp_path / "speecht5"))
+    loads = [lambda: load_speecht5_folder(tmp_path / "speecht5"), lambda: load_jik876(tmp_path / "jik" / "g_00000010"),
+             lambda: load_audioldm_ckpt(tmp_path / "audioldm.ckpt", tiny_config()),
+             lambda: load_vocoder(tmp_path / "ours", weight_norm=True), lambda: load_vocoder(tmp_path / "speecht5"),
+             lambda: load_vocoder(tmp_path / "jik" / "g_00000010")]
+    for load in loads:
+        assert_parity(assert_leaves_global_rng(load), ref)

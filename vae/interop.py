@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from tta.audio import AUDIOLDM_MEL, MelConfig
-from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, check_finite, load_into, load_torch_file,
-                            read_foreign_folder)
+from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, check_finite, keep_global_rng, load_into,
+                            load_torch_file, read_foreign_folder)
 from tta.config import ConfigError, from_known_fields
 from vae.model import MelVAE, VAEConfig
 
@@ -205,7 +205,8 @@ def vae_from_audioldm_state(
         log.warning(
             "%s: no scale_factor in the checkpoint; using 1.0 (measure it with compute_scale_factor)", where
         )
-    model = MelVAE(config)
+    with keep_global_rng():   # (the initial weights drawn are replaced by the stored ones)
+        model = MelVAE(config)
     load_reference_state(model, vae_state, where=where)
     return model.eval()
 
@@ -292,7 +293,8 @@ def load_diffusers_vae(folder: str | os.PathLike, *, mel: MelConfig | None = Non
     """A MelVAE from a diffusers AudioLDM `vae/` folder (config.json + diffusion_pytorch_model.*)."""
     body, state, weights = read_foreign_folder(folder, DIFFUSERS_WEIGHT_NAMES, what="a diffusers VAE folder")
     config = config_from_diffusers(body, mel=mel, where=str(Path(folder) / "config.json"))
-    model = MelVAE(config)
+    with keep_global_rng():   # (the initial weights drawn are replaced by the stored ones)
+        model = MelVAE(config)
     load_into(model.net, _modernise_diffusers_keys(state, model.net.state_dict()), where=str(weights))
     return model.eval()
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from tta.audio import AUDIOLDM_MEL, MelConfig, recorded_mel
-from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, check_finite, load_into,
-                            load_torch_file, read_foreign_folder, read_json, save_safetensors)
+from tta.checkpoint import (TRANSFORMERS_WEIGHT_NAMES, CheckpointError, atomic_dir, check_finite, keep_global_rng,
+                            load_into, load_torch_file, read_foreign_folder, read_json, save_safetensors)
 from tta.config import from_known_fields
 from vocoder.model import HiFiGAN, HiFiGANConfig
 
@@ -57,7 +57,8 @@ def model_from_reference_state(config: HiFiGANConfig, state: dict, *, where: str
         elif ".parametrizations.weight.original" in key:
             normed = True
         renamed[key] = value
-    model = HiFiGAN(dataclasses.replace(config, weight_norm=normed))
+    with keep_global_rng():   # (the initial weights drawn are replaced by the stored ones)
+        model = HiFiGAN(dataclasses.replace(config, weight_norm=normed))
     load_into(model, renamed, where=where)
     if weight_norm:
         model.apply_weight_norm()

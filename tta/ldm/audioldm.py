@@ -146,7 +146,7 @@ def load_reference_unet(state: dict, *, where: str, prefer_ema: bool = True,
                         head_channels: int | None = None) -> LDMUNet:
     """An LDMUNet carrying the UNet of an AudioLDM checkpoint's state_dict (EMA weights when present);
     `head_channels` as in `config_from_reference`."""
-    from tta.checkpoint import CheckpointError, check_finite, load_into
+    from tta.checkpoint import CheckpointError, check_finite, keep_global_rng, load_into
 
     try:
         ref, used_ema = unet_state_from_checkpoint(state, prefer_ema=prefer_ema)
@@ -157,7 +157,8 @@ def load_reference_unet(state: dict, *, where: str, prefer_ema: bool = True,
         raise CheckpointError(f"{where}: {e}") from None
     # the weights used (EMA or raw), each named by its key in the file
     check_finite({(ema_key(k) if used_ema else PREFIX + k): v for k, v in ref.items()}, where)
-    model = LDMUNet(config)
+    with keep_global_rng():   # (the initial weights drawn are replaced by the stored ones)
+        model = LDMUNet(config)
     renamed, unknown = {}, []
     for k, v in ref.items():
         try:

@@ -238,7 +238,8 @@ class LDMUNet(nn.Module):
     @classmethod
     def load_diffusers(cls, folder: str | os.PathLike, *, device="cpu") -> LDMUNet:
         """Load a diffusers UNet folder (AudioLDM layout) into an LDMUNet; errors name the folder."""
-        from tta.checkpoint import DIFFUSERS_WEIGHT_NAMES, CheckpointError, load_into, read_foreign_folder
+        from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, keep_global_rng, load_into,
+                                    read_foreign_folder)
 
         raw, state, _ = read_foreign_folder(folder, DIFFUSERS_WEIGHT_NAMES, what="a diffusers UNet folder")
         cfg_path = Path(folder) / "config.json"
@@ -249,7 +250,8 @@ class LDMUNet(nn.Module):
             config = LDMConfig.from_diffusers(raw, where=str(cfg_path))
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{cfg_path}: missing or malformed UNet field ({e})") from None
-        model = cls(config)
+        with keep_global_rng():   # (the initial weights drawn are replaced by the stored ones)
+            model = cls(config)
         load_into(model.net, state, where=str(folder))
         return model.to(device).eval()
 
