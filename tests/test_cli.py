@@ -324,3 +324,30 @@ def test_an_empty_output_path_is_refused_before_any_work(argv, capsys, tmp_path,
     flag = argv[argv.index("") - 1]
     assert e.value.code == 2 and f"argument {flag}" in err and "an empty path" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_python_m_tta_uses_its_own_top_level_packages_beside_a_users_of_the_same_names(tmp_path, repo_root):
+    """`python -m tta` put the current folder first on sys.path: run from a folder holding its own `eval/`,
+    `vae/` or `vocoder/` package, tta imported that one (`tta --help` builds the eval command's parser) and
+    stopped with its error. tta here lives elsewhere, as an installed copy does (PYTHONPATH names the tree)."""
+    for name in ("eval", "vae", "vocoder"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise RuntimeError('the user package {name} was imported')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(repo_root)]))}
+    out = subprocess.run([sys.executable, "-m", "tta", "--help"], capture_output=True, text=True, cwd=tmp_path,
+                         env=env)
+    assert out.returncode == 0 and "generate" in out.stdout, out.stderr
+    # the trainers import vae and vocoder; the missing config is reported after the import, in one line
+    out = subprocess.run([sys.executable, "-m", "tta", "train", "vocoder", "--config", "missing.json", "--out", "run"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert (out.returncode, out.stderr) == (1, "tta: error: missing.json: config file not found\n"), out.stderr
+    assert not (tmp_path / "run").exists()
+    # run from where tta lives (the repository root) the current folder stays first and its siblings are the ones
+    # imported, as before (run_module as `python -m` runs it, to see sys.path and eval afterwards)
+    code = ("import os, runpy, sys\n"
+            "sys.path[0] = os.getcwd(); sys.argv = ['tta', '--help']\n"
+            "try:\n    runpy.run_module('tta', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as e:\n    print(e.code, sys.path[0], sys.modules['eval'].__file__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root)
+    assert out.stdout.split()[-3:] == ["0", str(repo_root), str(repo_root / "eval" / "__init__.py")], out.stderr
