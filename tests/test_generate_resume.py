@@ -200,7 +200,7 @@ def test_a_resume_removes_the_temporary_files_a_killed_run_left_and_no_other_fil
 def test_a_plain_batch_run_removes_the_temporary_files_of_the_outputs_it_writes(tmp_path, capsys):
     """A plain --out-dir run (no --resume) left a killed run's temporary files of the very outputs and record it
     writes again; it removes them as --resume does, once it is sure to run (a refused run removes nothing), and no
-    other file. A -o FILE run takes no lock (another run may be writing that file): it leaves them."""
+    other file. A -o FILE run, under its file's lock, removes its output's and its record's, and no other."""
     args, _ = batch(tmp_path, "a\nb\n")
     out = tmp_path / "out"
     out.mkdir()
@@ -213,9 +213,12 @@ def test_a_plain_batch_run_removes_the_temporary_files_of_the_outputs_it_writes(
     code, _, err = run(capsys, *args, "--out-dir", out)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == sorted(["000_a.wav", "001_b.wav", "generation.json", *mine])
-    (tmp_path / ".one.wav.k3j_9x0a.tmp.wav").write_bytes(b"RIFF")
+    left = [".one.wav.k3j_9x0a.tmp.wav", ".one.generation.json.ab_12cd3.tmp.json"]
+    mine = [".two.wav.k3j_9x0a.tmp.wav", ".one.flac.k3j_9x0a.tmp.flac"]
+    for name in left + mine:
+        (tmp_path / name).write_bytes(b"RIFF")
     assert run(capsys, *args[2:], "a", "-o", tmp_path / "one.wav")[0] == 0
-    assert (tmp_path / ".one.wav.k3j_9x0a.tmp.wav").exists()
+    assert not any((tmp_path / n).exists() for n in left) and all((tmp_path / n).exists() for n in mine)
 
 
 def test_a_run_into_a_folder_a_batch_is_generating_in_is_refused(tmp_path, capsys, calls):
@@ -245,6 +248,40 @@ def test_a_run_into_a_folder_a_batch_is_generating_in_is_refused(tmp_path, capsy
     code, _, err = run(capsys, *args, "--out-dir", out, "--resume")   # the other run is gone: its file is no lock
     assert code == 0 and calls == [["b"]], err
     assert sorted(p.name for p in out.iterdir()) == ["000_a.wav", "001_b.wav", "generation.json"]
+
+
+def test_a_run_into_a_file_another_run_is_writing_is_refused(tmp_path, capsys, calls):
+    """`-o FILE` took no lock: two runs into one file at once both wrote it and its record (one run's audio
+    beside the other's record). The file is locked while it is written, with its record's stem (x.wav and x.flac
+    share x.generation.json): another run into it is refused in one line naming the file and the process, before
+    it writes anything. A lock file a killed run left (kill -9: no clean-up) is no lock: the next run takes it and
+    removes it, as the out-dir's lock."""
+    fcntl = pytest.importorskip("fcntl")
+
+    args = [*batch(tmp_path, "")[0][2:], "a dog"]
+    one = tmp_path / "one.wav"
+    lock = tmp_path / ".one.generation.json.lock"
+    with open(lock, "a+") as held:   # a run writing one.wav (as tta.training.run_lock holds it)
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("12345\n")
+        held.flush()
+        for output in (one, tmp_path / "one.flac"):
+            code, out, err = run(capsys, *args, "-o", output)
+            assert code == 1 and out == "" and err.splitlines() == [
+                f"tta: error: {output}: another tta generate (process 12345) is writing this output or its record "
+                "one.generation.json; wait for it, or choose another -o"], err
+        assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == [lock.name, "prompts.txt"]
+        assert lock.read_text() == "12345\n"   # the refused run left the holder's lock as it was
+        assert run(capsys, *args, "-o", tmp_path / "two.wav")[0] == 0   # another stem: another lock
+    code, out, err = run(capsys, *args, "-o", one)   # the holder is gone (killed): its file is no lock
+    assert code == 0 and out.splitlines() == [str(one)] and calls == [["a dog"], ["a dog"]], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.generation.json", "one.wav", "prompts.txt",
+                                                          "two.generation.json", "two.wav"]
+    # a folder the lock made for a file that is never written goes again, as the out-dir's does
+    model = copy_pipeline(tmp_path / "model")
+    (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    code, _, err = run(capsys, *args, "--model", model, "-o", tmp_path / "new" / "sub" / "x.wav")
+    assert code == 1 and len(err.splitlines()) == 1 and not (tmp_path / "new").exists(), err
 
 
 def test_a_run_with_rank_in_its_environment_still_locks_its_folder(tmp_path, capsys, calls, monkeypatch):

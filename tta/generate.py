@@ -590,14 +590,44 @@ def lock_out_dir(folder: Path) -> Iterator[None]:
     twice and wrote one record in turn; the second is refused, naming the process that holds it. A folder made
     for the lock is removed again when the run wrote nothing into it, as a run that fails before its first
     output leaves no folder."""
+    with _lock_in(folder, doing="generating", flag="--out-dir"):
+        yield
+
+
+def output_lock_name(output: Path) -> str:
+    """The lock file of `-o FILE`, beside it: `.<stem>.generation.json.lock`, named after the record, which the
+    outputs of one stem share (x.wav, x.flac); `.tta.<hash>.lock` where that name would be too long."""
+    from tta.checkpoint import _name_max
+
+    record = record_path_of(output, single=True).name
+    name = f".{record}.lock"
+    if len(os.fsencode(name)) <= _name_max(output.parent if output.parent.is_dir() else Path(".")):
+        return name
+    import hashlib
+
+    return f".tta.{hashlib.sha256(os.fsencode(record)).hexdigest()[:16]}.lock"
+
+
+@contextlib.contextmanager
+def lock_output(output: Path) -> Iterator[None]:
+    """Hold the lock of `-o FILE` while it is written, as lock_out_dir holds a batch's folder: two runs into one
+    file at once both wrote it and its record (the record of one beside the audio of the other). The unit is the
+    record's stem, so `-o x.flac` beside a running `-o x.wav` (one x.generation.json) is refused too."""
+    record = record_path_of(output, single=True)
+    with _lock_in(output.parent, doing="writing", flag="-o", name=output_lock_name(output), subject=output,
+                  place=f"this output or its record {record.name}"):
+        yield
+
+
+@contextlib.contextmanager
+def _lock_in(folder: Path, **lock) -> Iterator[None]:
     from tta.checkpoint import _missing_top, _remove_made
     from tta.training import run_lock
 
     made = _missing_top(folder.absolute())
     try:
         # one process, whatever RANK its environment holds (run_lock's main-process rule is training's)
-        with run_lock(folder, command="tta generate", doing="generating", flag="--out-dir", remove=True,
-                      main_only=False):
+        with run_lock(folder, command="tta generate", remove=True, main_only=False, **lock):
             yield
     finally:
         _remove_made(folder.absolute(), made)
@@ -673,8 +703,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     store = open_datastore(args)
     device = pick_device(args.device)
     progress = not getattr(args, "quiet", False)
-    if args.output is None:   # before the earlier record is read: another run may be rewriting it
-        held.enter_context(lock_out_dir(jobs[0].path.parent))
+    # before the earlier record is read: another run may be rewriting it
+    held.enter_context(lock_out_dir(jobs[0].path.parent) if args.output is None else lock_output(args.output))
     earlier = None
     if getattr(args, "resume", False):
         from tta.generate_resume import read_earlier_run
@@ -715,14 +745,13 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
 
         records = resume_batch(earlier, args, jobs, record_header(args, folder, pipe, device, edit, store),
                                record_path, pipe.sample_rate, edit)
-    if args.output is None:
-        # a killed run's temporary files of this batch's outputs and record, once this run is sure to run (it writes
-        # those files again, or keeps them); the out-dir's lock stops another run writing them meanwhile. -o FILE
-        # takes no lock: another run may be writing that file, and a temporary file beside it is left alone
-        from tta.generate_resume import remove_leftovers
+    # a killed run's temporary files of this batch's outputs and record, once this run is sure to run (it writes
+    # those files again, or keeps them); the out-dir's lock, or -o FILE's, stops another run writing them meanwhile
+    from tta.generate_resume import remove_leftovers
 
+    if args.output is None:
         warn_other_audio(jobs)
-        remove_leftovers(jobs, record_path)
+    remove_leftovers(jobs, record_path)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), initial=len(records), desc="tta generate", unit="clip",

@@ -1149,7 +1149,8 @@ def clear_unstarted(out: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def run_lock(out: str | os.PathLike, *, create: bool = True, command: str = "tta train", doing: str = "training",
-             flag: str = "--out", remove: bool = False, main_only: bool = True) -> Iterator[None]:
+             flag: str = "--out", remove: bool = False, main_only: bool = True, name: str = RUN_LOCK,
+             subject: str | os.PathLike | None = None, place: str = "in this folder") -> Iterator[None]:
     """Hold an exclusive lock on `out`/.lock while a run trains there (main process only; POSIX): the same command
     started twice, or two --resume at once, would write one folder together (and the second, refused as "already
     holds a run", removed the folder the first was training in). The lock goes with the process, also when it is
@@ -1157,7 +1158,9 @@ def run_lock(out: str | os.PathLike, *, create: bool = True, command: str = "tta
     `command`, `doing` and `flag` name the command, what it does there and its folder's flag in the refusal
     (`tta generate` locks its --out-dir too). With `remove` the lock file goes when the lock is released, so the
     folder is left as it was found. `main_only`: only the main process of a distributed training run locks (a
-    single-process command such as tta generate passes False: a RANK in its environment says nothing of it)."""
+    single-process command such as tta generate passes False: a RANK in its environment says nothing of it).
+    A lock of one file in `out` rather than of the folder (`tta generate -o FILE`) names its lock file `name`, and
+    the refusal names `subject` (FILE) where it names `out`, and says `place` for "in this folder"."""
     if main_only and not _is_main_process() or not create and not Path(out).is_dir():
         yield
         return
@@ -1168,7 +1171,7 @@ def run_lock(out: str | os.PathLike, *, create: bool = True, command: str = "tta
         return
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / RUN_LOCK
+    path = out / name
     f = open(path, "a+")   # noqa: SIM115 -- held for the whole run, closed below
     held = False
     try:
@@ -1177,14 +1180,15 @@ def run_lock(out: str | os.PathLike, *, create: bool = True, command: str = "tta
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):   # e.g. Lustre without -o flock
-                    log.warning("%s: cannot lock the run folder (%s); %s without the lock", out, e.strerror or e,
-                                doing)
+                    log.warning("%s: cannot lock %s (%s); %s without the lock", out if subject is None else subject,
+                                "the run folder" if subject is None else "it", e.strerror or e, doing)
                     yield
                     return
                 f.seek(0)
                 holder = f.read().strip()
-                raise RunError(f"{out}: another {command}{f' (process {holder})' if holder else ''} is {doing} in "
-                               f"this folder; wait for it, or choose another {flag}") from None
+                raise RunError(f"{out if subject is None else subject}: another {command}"
+                               f"{f' (process {holder})' if holder else ''} is {doing} {place}; wait for it, or "
+                               f"choose another {flag}") from None
             if _is_open_file(path, f):
                 break
             f.close()   # the run before removed the file (`remove`) after this one opened it: lock the new one
