@@ -100,6 +100,74 @@ def test_a_log_record_written_while_a_bar_is_open_starts_its_own_line_in_a_log_f
     assert err.startswith("WARNING vae.train: no validation: ")   # before the bar: as it was
 
 
+def test_transformers_records_start_their_own_line_beside_a_bar_and_show_only_with_verbose(tmp_path, repo_root):
+    """transformers writes its records with a handler of its own, and at its import (inside a command) set its
+    level back to warnings: "[transformers] Token indices sequence length is longer ..." (a caption past the
+    tokenizer's 512) went on at the end of `tta generate`'s bar, also without -v, beside tta's own warning of the
+    truncation. Its records now take tta's handler while a command runs: on their own line, under -v only."""
+    import re
+
+    from tests.test_ldm_fixtures import tiny_pipeline
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog barks\n" + "rain " * 600 + "\n")
+    cmd = [sys.executable, "-m", "tta", "generate", "--prompts", str(prompts), "--model", str(tiny_pipeline()),
+           "--seconds", "0.2", "--steps", "2", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for verbose in (["-v"], []):
+        out = subprocess.run([*cmd, *verbose, "--out-dir", str(tmp_path / f"out{len(verbose)}")], capture_output=True,
+                             cwd=repo_root, env=env)
+        err = out.stderr.decode()   # bytes: text mode would read each "\r" as a newline
+        assert out.returncode == 0, err
+        assert "[transformers]" not in err and not re.search(r"[^\n](DEBUG|INFO|WARNING) ", err), repr(err)
+        assert "]\nWARNING tta.clap.encoder: caption 'rain rain" in err, repr(err)   # beside the bar, as before
+        record = "WARNING transformers.tokenization_utils_base: Token indices sequence length is longer"
+        assert (f"]\n{record}" in err) == bool(verbose), repr(err)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux's CPU affinity")
+def test_a_python_warning_raised_while_a_bar_is_open_starts_its_own_line(tmp_path, repo_root):
+    """torch's DataLoader warns when it starts more workers than the CPUs the process may use, as the training
+    bar is open: "train run:   0%|   | 0/2 [00:00<?, ?it/s]/.../dataloader.py:437: UserWarning: This DataLoader
+    ...". Python's warnings are written as before, through the handler of tta's records while a command runs."""
+    import re
+
+    data = _noise_manifest(tmp_path, 2)
+    cmd = [sys.executable, "-m", "tta", "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"),
+           "--set", data, "--set", "train.max_steps=1", "--set", "data.num_workers=2", "--set", "valid_items=0"]
+    cpu = min(os.sched_getaffinity(0))
+    out = subprocess.run([*cmd, "--out", str(tmp_path / "run")], capture_output=True, cwd=repo_root,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    err = out.stderr.decode()
+    assert out.returncode == 0, err
+    warned = [line for line in err.split("\n") if "UserWarning: This DataLoader will create 2 worker" in line]
+    assert len(warned) == 2, repr(err)   # as the loader is made, then as the bar is open and it starts its workers
+    assert all(re.match(r"/\S+/dataloader\.py:\d+: UserWarning", line) for line in warned), repr(err)
+    assert f"?it/s]\n{warned[1]}\n  self.check_worker_number_rationality()\n\rtrain run:" in err, repr(err)
+    assert not re.search(r"[^\n](DEBUG|INFO|WARNING) ", err), repr(err)
+
+
+def test_a_command_leaves_transformers_logging_and_python_warnings_as_it_found_them(tmp_path, capsys):
+    """The routing above lasts while the command runs: afterwards (main() called in a process that goes on)
+    transformers writes with its own handler again, and warnings are shown as before. (Its level stays where the
+    command's -q/-v put it, as every noisy library's did before.)"""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from tests.test_ldm_fixtures import tiny_pipeline
+
+    logger = logging.getLogger("transformers")
+    hf_logging.get_verbosity()   # set up, as transformers sets its logger up on first use
+    before = list(logger.handlers), logger.propagate, warnings.showwarning
+    assert before[0] and not before[1]   # its own handler, not the root logger's
+    code = main(["-q", "generate", "rain " * 600, "--model", str(tiny_pipeline()), "--seconds", "0.2", "--steps", "2",
+                 "-o", str(tmp_path / "x.wav")])
+    assert code == 0, capsys.readouterr().err
+    assert (list(logger.handlers), logger.propagate, warnings.showwarning) == before
+
+
 def test_a_log_record_in_a_terminal_clears_the_bar_and_draws_it_again_below_it():
     """In a terminal tqdm blanks the bar's line, the record is written there and the bar is drawn again on the
     line below; with no bar open the record is written as it always was."""

@@ -8,6 +8,7 @@ Heavy modules (torch, diffusers, ...) are imported inside each handler so `tta -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from tta import UsageError, __version__
 from tta.checkpoint import output_path
@@ -352,7 +354,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         # SIGTERM (kill, timeout, a batch scheduler, docker stop) unwinds as an exception, so every command's
         # clean-up runs: temporary files and folders are removed and a stopped batch keeps its record
-        with terminate_as_exit():
+        with terminate_as_exit(), _others_beside_progress_bars(handler, verbose=args.verbose):
             return int(args.func(args) or 0)
     except UsageError as e:   # one line, as for bad input, but exit 2 as argparse's own usage errors
         _end_progress_bars()
@@ -389,28 +391,132 @@ class _BesideProgressBars(logging.StreamHandler):
     terminal and in a log file alike. In a terminal tqdm clears the bars, the record is written and the bars are
     drawn again below it; elsewhere (a file, a pipe) the bar's line is ended with a newline instead of being
     blanked ("\\r" and spaces), and the bar is written again after the record. With no bar open (no tqdm loaded,
-    -q) a record is written as StreamHandler writes it."""
+    -q) a record is written as StreamHandler writes it. Python's warnings take the same path while a command
+    runs (write_lines, _others_beside_progress_bars)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)   # never imported here: `tta --help` stays light
-        bars = [bar for bar in list(getattr(tqdm, "_instances", ())) if _draws_on(bar, self.stream)]
-        if not bars:
-            super().emit(record)
-            return
         try:
-            message = self.format(record)
-            if _is_terminal(self.stream):
-                tqdm.write(message, file=self.stream)
-            else:
-                with tqdm.get_lock():
-                    self.stream.write(f"\n{message}\n")
-                    for bar in bars:
-                        bar.refresh(nolock=True)
-            self.flush()
+            self.write_lines(self.format(record))
         except RecursionError:
             raise
         except Exception:   # noqa: BLE001 -- as StreamHandler: logging reports it and the command goes on
             self.handleError(record)
+
+    def write_lines(self, message: str) -> None:
+        """Write `message` (one line or several, no newline at its end) and a newline beside the open bars."""
+        tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)   # never imported here: `tta --help` stays light
+        bars = [bar for bar in list(getattr(tqdm, "_instances", ())) if _draws_on(bar, self.stream)]
+        if not bars:
+            self.stream.write(message + self.terminator)
+        elif _is_terminal(self.stream):
+            tqdm.write(message, file=self.stream)
+        else:
+            with tqdm.get_lock():
+                self.stream.write(f"\n{message}\n")
+                for bar in bars:
+                    bar.refresh(nolock=True)
+        self.flush()
+
+
+class _WarningsBesideProgressBars:
+    """The file Python's warnings are written to while a command runs (as they are, to stderr): through the
+    log's handler, so that a warning raised while a bar is open starts on its own line. One came at the end of
+    the training bar's line ("train run:   0%|   | 0/2 [00:00<?, ?it/s]/.../dataloader.py:437: UserWarning:
+    This DataLoader will create 3 worker processes ...")."""
+
+    def __init__(self, handler: _BesideProgressBars):
+        self.handler = handler
+
+    def write(self, text: str) -> None:
+        self.handler.acquire()
+        try:
+            self.handler.write_lines(text.rstrip("\n"))
+        finally:
+            self.handler.release()
+
+
+@contextlib.contextmanager
+def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool) -> Iterator[None]:
+    """While a command runs, Python's warnings and transformers' log records are written as tta's own records
+    are, beside the open progress bars (`handler`), and the command's -q/-v decide which of transformers'
+    records show, as they decide for the other libraries': under -v its own verbosity (warnings), otherwise its
+    errors only. transformers writes with a handler of its own, not through the root logger's, and at its import
+    (inside a command) it set its level to warnings again: "[transformers] Token indices sequence length is
+    longer ..." came at the end of `tta generate`'s bar, without -v too. Its handler is left out, its records
+    go to the root logger's handler (tta's), until the command ends, when it is as it was."""
+    import warnings
+
+    show = warnings.showwarning   # as it is (a recorder in catch_warnings(record=True) keeps recording)
+
+    def show_beside_bars(message, category, filename, lineno, file=None, line=None):
+        show(message, category, filename, lineno, _WarningsBesideProgressBars(handler) if file is None else file,
+             line)
+
+    undo: list = []
+
+    def route(hf_logging) -> None:
+        logger = logging.getLogger("transformers")
+        hf_logging.get_verbosity()   # transformers sets its logger up on first use: its handler, level, propagate
+        handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
+        if not verbose:
+            logger.setLevel(logging.ERROR)
+
+        def restore() -> None:
+            logger.propagate = propagate
+            logger.setLevel(level)
+            for i, h in enumerate(handlers):   # where it was among them
+                if h not in logger.handlers:
+                    logger.handlers.insert(i, h)
+
+        undo.append(restore)
+
+    warnings.showwarning = show_beside_bars
+    hook = _AfterImport("transformers.utils.logging", route)
+    if hook.name in sys.modules:
+        route(sys.modules[hook.name])
+    else:
+        sys.meta_path.insert(0, hook)
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(hook)
+        for restore in undo:
+            restore()
+
+
+class _AfterImport:
+    """A meta-path finder that calls `then(module)` once the module `name` is imported (and does not otherwise
+    change how it is found or loaded)."""
+
+    def __init__(self, name: str, then) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if fullname != self.name:
+            return None
+        for finder in sys.meta_path:   # the spec the import system would find without this finder
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module, then = loader.exec_module, self.then
+
+        def exec_then(module) -> None:
+            exec_module(module)
+            then(module)
+
+        loader.exec_module = exec_then   # this module's own loader (one per module found)
+        return spec
 
 
 def _draws_on(bar, stream) -> bool:
