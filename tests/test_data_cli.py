@@ -112,6 +112,38 @@ def test_import_names_the_option_a_user_typed_not_the_python_field(capsys, folde
         ImportOptions(valid_fraction=-0.5)
 
 
+def test_import_warnings_name_the_option_a_user_typed_not_the_python_field(capsys, caplog, tmp_path):
+    """`tta data import ... --valid-fraction 0.05` warned "valid_fraction 0.05 put none of 1 rows in 'valid'"
+    (and "... put all ... in 'valid'"), the field's name where the user typed --valid-fraction; the warning of a
+    source whose file name names a split said --valid-fraction to Python callers. The command's warnings name
+    the option, the Python API's its field."""
+    from tta.data.importers import ImportOptions, held_out, import_audiocaps, import_folder
+
+    # one clip, that the hash of its id keeps in 'train' at 0.05 and holds out at 0.95
+    name = next(f"c{i}" for i in range(200) if not held_out(f"c{i}", 0.05) and held_out(f"c{i}", 0.95))
+    _wav(tmp_path / "one" / f"{name}.wav")
+    (tmp_path / "one" / f"{name}.txt").write_text("a dog barks")
+    _wav(tmp_path / "audio" / "abcdefghijk_30.wav")
+    (tmp_path / "val.csv").write_text("audiocap_id,youtube_id,start_time,caption\n1,abcdefghijk,30,A man speaks\n")
+    said = ["--valid-fraction 0.05 put none of 1 rows in 'valid'", "--valid-fraction 0.95 put all 1 rows",
+            "so rows that name no split go to 'valid' and --valid-fraction holds none of them out"]
+    with caplog.at_level("WARNING", logger="tta.data.importers"):
+        for fraction in ("0.05", "0.95"):
+            assert _run(capsys, "data", "import", "folder", tmp_path / "one", "--out", tmp_path / "m.jsonl",
+                        "--valid-fraction", fraction)[0] == 0
+        assert _run(capsys, "data", "import", "audiocaps", tmp_path / "val.csv", "--root", tmp_path / "audio",
+                    "--out", tmp_path / "m.jsonl", "--valid-fraction", "0.5")[0] == 0
+    assert all(words in caplog.text for words in said) and "valid_fraction" not in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.data.importers"):
+        for fraction in (0.05, 0.95):
+            import_folder(tmp_path / "one", options=ImportOptions(valid_fraction=fraction, progress=False))
+        import_audiocaps(tmp_path / "val.csv", root=tmp_path / "audio",
+                         options=ImportOptions(valid_fraction=0.5, progress=False))
+    assert all(words.replace("--valid-fraction", "valid_fraction") in caplog.text for words in said), caplog.text
+    assert "--valid-fraction" not in caplog.text
+
+
 def test_bad_usage_exits_2(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["data", "import", "soundcloud", str(tmp_path), "--out", str(tmp_path / "m.jsonl")])

@@ -99,7 +99,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     check_output_path(args.out, "--out")   # before any work: a WebDataset import would extract its audio first
     check_import_options(args.split, args.valid_fraction, args.id_prefix, flags=True)   # named as the options
     options = ImportOptions(split=args.split, valid_fraction=args.valid_fraction, source=args.source_name,
-                            licence=args.licence, id_prefix=args.id_prefix, progress=not args.quiet)
+                            licence=args.licence, id_prefix=args.id_prefix, progress=not args.quiet,
+                            flags=True)   # its warnings too name the options typed, not the fields
     audio_dir = args.audio_dir
     if args.kind == "webdataset" and audio_dir is None:
         audio_dir = args.out.with_name(args.out.stem + "_audio")

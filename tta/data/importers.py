@@ -77,10 +77,15 @@ class ImportOptions:
     licence: str = ""               # written to each row's `licence`
     id_prefix: str = ""             # put before each row's id (two corpora with a `1.wav` each, trained together)
     progress: bool = True
+    flags: bool = False             # warnings name an option as `tta data import`'s flag typed, not as the field
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        check_import_options(self.split, self.valid_fraction, self.id_prefix)
+        check_import_options(self.split, self.valid_fraction, self.id_prefix, flags=self.flags)
+
+    def named(self, key: str) -> str:
+        """A field's name in a message: `valid_fraction`, or with `flags` the option typed, `--valid-fraction`."""
+        return f"--{key.replace('_', '-')}" if self.flags else key
 
 
 def check_import_options(split: str | None, valid_fraction: float, id_prefix: str, *,
@@ -262,8 +267,9 @@ class Collector:
         if named == "train" and opts.valid_fraction > 0:
             named = None   # a training set, of which --valid-fraction holds a share out
         elif named is not None and opts.valid_fraction > 0 and opts.split is None:
-            log.warning("%s: its file name says %r, so rows that name no split go to %r and --valid-fraction holds "
-                        "none of them out (rename the file, or give each row a split)", desc, named, named)
+            log.warning("%s: its file name says %r, so rows that name no split go to %r and %s holds none of them "
+                        "out (rename the file, or give each row a split)", desc, named, named,
+                        opts.named("valid_fraction"))
         for e in tqdm(list(self.by_path.values()), desc=desc, unit="file", disable=not opts.progress):
             # Messages name the source entry, then the file (once, when the entry is the file itself).
             prefix = "" if e.where == str(e.path) else f"{e.where}: "
@@ -306,13 +312,13 @@ class Collector:
                                         licence=e.licence or opts.licence, labels=e.labels, category=e.category))
         log.info("%s: %d rows, %d bad items", desc, len(out.rows), len(out.errors))
         if opts.valid_fraction > 0 and hashed["train"] and not hashed["valid"]:
-            log.warning("%s: valid_fraction %g put none of %d rows in 'valid' (a hash of each id decides, so a "
-                        "small set can get none): raise it, or name a split per row", desc, opts.valid_fraction,
-                        hashed["train"])
+            log.warning("%s: %s %g put none of %d rows in 'valid' (a hash of each id decides, so a small set can "
+                        "get none): raise it, or name a split per row", desc, opts.named("valid_fraction"),
+                        opts.valid_fraction, hashed["train"])
         if hashed["valid"] and not hashed["train"]:
-            log.warning("%s: valid_fraction %g put all %d rows that name no split in 'valid' and none in 'train' "
-                        "(a hash of each id decides, so a small set can get none): lower it, or name a split per "
-                        "row", desc, opts.valid_fraction, hashed["valid"])
+            log.warning("%s: %s %g put all %d rows that name no split in 'valid' and none in 'train' (a hash of "
+                        "each id decides, so a small set can get none): lower it, or name a split per row", desc,
+                        opts.named("valid_fraction"), opts.valid_fraction, hashed["valid"])
         return out
 
 
