@@ -68,3 +68,21 @@ def test_a_shipped_config_asked_for_outside_the_repository_names_where_it_is_ins
     assert not (tmp_path / "run").exists()
     assert main(["-q", "train", "vae", "--config", "configs/vae/nope.json", "--out", "run"]) == 1
     assert capsys.readouterr().err.strip() == "tta: error: configs/vae/nope.json: config file not found"
+
+
+def test_a_shipped_config_asked_for_outside_a_source_checkout_names_the_checkouts_folder(tmp_path, monkeypatch,
+                                                                                          capsys):
+    # `make venv` installs tta editable, which puts no configs under <prefix>/share: run from the user's data
+    # folder, `--config configs/vae/tiny.json` said only "config file not found"
+    import tta.config
+    from tta.cli import main
+
+    monkeypatch.setattr(tta.config, "installed_configs", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "train", "vae", "--config", "configs/vae/tiny.json", "--out", "run"]) == 1
+    assert capsys.readouterr().err.strip() == ("tta: error: configs/vae/tiny.json: config file not found here; tta's "
+                                               f"shipped configs are in its source checkout, {CONFIGS}: --config "
+                                               f"{CONFIGS / 'vae' / 'tiny.json'}")
+    assert not (tmp_path / "run").exists()
+    assert main(["-q", "train", "vae", "--config", "configs/vae/nope.json", "--out", "run"]) == 1
+    assert capsys.readouterr().err.strip() == "tta: error: configs/vae/nope.json: config file not found"

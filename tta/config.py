@@ -151,6 +151,14 @@ def installed_configs() -> Path | None:
     return None
 
 
+def source_configs() -> Path | None:
+    """The configs/ folder of the source checkout tta runs from (`make venv` installs it editable, which puts no
+    data files under <prefix>/share), or None where tta is no checkout's (a wheel's site-packages)."""
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "configs"
+    return folder if (root / "pyproject.toml").is_file() and folder.is_dir() else None
+
+
 def check_number(value: Any, kind: type, what: str, error: type[Exception] = ValueError, *,
                  finite: bool = True) -> Any:
     """`value` as a number of `kind` (int or float) for a setting given in Python, or `error` naming `what`: a str
@@ -238,6 +246,10 @@ def load_config(cls: type[T], path: str | os.PathLike) -> T:
         if path.parts[:1] == ("configs",) and shipped is not None and (shipped.parent / path).is_file():
             raise ConfigError(f"{path}: config file not found here; tta's shipped configs are installed in "
                               f"{shipped}: --config {shipped.parent / path}")
+        checkout = source_configs()
+        if path.parts[:1] == ("configs",) and checkout is not None and (checkout.parent / path).is_file():
+            raise ConfigError(f"{path}: config file not found here; tta's shipped configs are in its source "
+                              f"checkout, {checkout}: --config {checkout.parent / path}")
         raise ConfigError(f"{path}: config file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
