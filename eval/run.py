@@ -692,7 +692,9 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items, record: dict) -
                        progress=opts.progress)
     result["metrics"]["clap_score"] = score["clap_score"]
     pairs = "\n".join(f"{k}\t{prompts[k].prompt}" for k in keys)   # which prompt scored which file
-    prompt_set = "\n".join(sorted(prompts[k].prompt for k in keys))  # the prompts alone: what makes runs comparable
+    # the prompts alone, each row once: what makes runs comparable (a --takes run's takes of a row pair with that one
+    # row, and score its prompt as often as each other row's: the set of a run of one take each)
+    prompt_set = "\n".join(sorted({id(prompts[k]): prompts[k].prompt for k in keys}.values()))
     result["protocol"]["clap"] = {"model": emb.protocol(), "generated": gen.protocol(),
                                   "scale": "raw cosine in [-1, 1]", "num_items": score["num_items"],
                                   "prompts_sha256": hashlib.sha256(pairs.encode()).hexdigest()[:16],

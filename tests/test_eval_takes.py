@@ -209,3 +209,30 @@ def test_a_takes_run_stopped_after_its_first_take_is_one_in_eval_and_clap_score(
     assert code == 0, err
     assert {n: s[:2] for n, s in scored.items()} == {"000_a_door_creaks.wav": ("a door creaks", 1),
                                                      "002_heavy_rain.wav": ("heavy rain", 1)}
+
+
+def test_a_takes_runs_clap_score_compares_with_a_run_of_one_take_of_the_same_prompts(tmp_path, capsys):
+    """eval.json's prompt set counted each take's prompt, so tta report called a --takes 2 run and a run of one
+    take of the same prompts file "not comparable: different prompts"; a row's takes now count it once."""
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("id,prompt\ndoor,a door creaks\nrain,heavy rain\n")
+    sets = []
+    for name, takes in (("one", 1), ("two", 2), ("three", 3)):
+        generate(capsys, prompts, tmp_path / name, "--takes", takes)
+        code, err, _ = evaluate(capsys, tmp_path / name, prompts, tmp_path / f"e-{name}", "clap")
+        assert code == 0, err
+        sets.append(json.loads((tmp_path / f"e-{name}" / "eval.json").read_text())["protocol"]["clap"]
+                    ["prompt_set_sha256"])
+    assert sets[0] == sets[1] == sets[2]
+    assert main(["-q", "report", *(str(tmp_path / f"e-{n}") for n in ("one", "two")), "--out",
+                 str(tmp_path / "r.md")]) == 0
+    row = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| CLAP score"))
+    assert "not comparable" not in row and "**" in row   # ranked: the better run's value is marked
+
+    other = tmp_path / "q.csv"   # another prompt is still another set
+    other.write_text("id,prompt\ndoor,a door creaks\nrain,light rain\n")
+    generate(capsys, other, tmp_path / "other", "--takes", 2)
+    code, err, _ = evaluate(capsys, tmp_path / "other", other, tmp_path / "e-other", "clap")
+    assert code == 0, err
+    assert json.loads((tmp_path / "e-other" / "eval.json").read_text())["protocol"]["clap"]["prompt_set_sha256"] \
+        != sets[1]
