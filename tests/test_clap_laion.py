@@ -643,6 +643,61 @@ def test_a_folders_config_that_embeds_otherwise_is_in_its_identity(tmp_path, tok
     assert edited("again", "text_config", layer_norm_eps=1e-5)[0] == eps[0]     # stable: a cache is found again
 
 
+def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path, tokenizer_dir):
+    """A config.json building a model its weights do not fit loaded with only transformers' logged report: fusion
+    switched on over unfused weights left the fusion layers at random, the patch LayerNorm or the qkv biases
+    switched off dropped their weights, and the folder embedded otherwise under the same identity. It is refused,
+    naming the folder, the count and the first keys. Deterministic buffers and logit scales that another
+    transformers version did not save are no misfit: such a folder loads and embeds as the full one."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, ClapModel
+
+    from tta.clap import load_clap
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    ClapModel(tiny_config()).save_pretrained(str(base))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    full = load_clap(base)
+
+    def edited(name, part, **change):
+        folder = tmp_path / name
+        shutil.copytree(base, folder)
+        body = json.loads((folder / "config.json").read_text())
+        body[part].update(change)
+        (folder / "config.json").write_text(json.dumps(body))
+        return folder
+
+    enc = "audio_model.audio_encoder."
+    refused = [(edited("fusion", "audio_config", enable_fusion=True),
+                rf"\d+ model weights missing from the folder \(first: {enc}patch_embed\.fusion_model\."),
+               (edited("norm", "audio_config", enable_patch_layer_norm=False),
+                rf"2 weights the model does not use \(first: {enc}patch_embed\.norm\.bias, {enc}patch_embed"),
+               (edited("qkv", "audio_config", qkv_bias=False),
+                rf"15 weights the model does not use \(first: {enc}layers\.0\.blocks\.0\.attention\.self\.")]
+    for folder, message in refused:
+        with pytest.raises(CheckpointError, match=f"^{folder}: its weights do not fit the CLAP model its "
+                                                  f"config.json describes: {message}.* \\(check config.json"):
+            load_clap(folder)
+    older = tmp_path / "older"          # saved without the rebuilt buffers and the logit scales
+    shutil.copytree(base, older)
+    weights = load_file(older / "model.safetensors")
+    dropped = [k for k in weights if k.endswith(("position_ids", "token_type_ids", "relative_position_index"))
+               or k.startswith("logit_scale")]
+    assert len(dropped) > 4
+    save_file({k: v for k, v in weights.items() if k not in dropped}, older / "model.safetensors",
+              metadata={"format": "pt"})
+    wav, text = chirp(200, 4000, 2.0, 16_000), ["a dog barks loudly"]
+    clap = load_clap(older)
+    rebuilt, saved = clap.model.state_dict(), full.model.state_dict()
+    assert rebuilt.keys() == saved.keys() and all(torch.equal(rebuilt[k], saved[k]) for k in saved)
+    # (equal weights; the kernels may round otherwise on tensors laid out otherwise in memory)
+    assert torch.allclose(clap.embed_audio(wav, 16_000), full.embed_audio(wav, 16_000), atol=1e-6)
+    assert torch.allclose(clap.embed_text(text), full.embed_text(text), atol=1e-6)
+
+
 def test_an_extractor_given_with_a_laion_pt_is_in_its_identity(laion_pt, tokenizer_dir):
     """A LAION .pt has no preprocessor config (LAION's fixed front end); an extractor passed in through the
     Python API reads it otherwise and gets its own identity."""

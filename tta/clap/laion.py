@@ -2,7 +2,9 @@
 
 Two on-disk forms are read:
 
-- a transformers CLAP folder (config.json with model_type "clap" + weights; `save_pretrained` output);
+- a transformers CLAP folder (config.json with model_type "clap" + weights; `save_pretrained` output), whose
+  weights must fit the model its config.json builds: one that leaves model weights missing or file weights
+  unused is refused with the first keys (transformers would initialise or drop them with a logged report);
 - an original LAION `.pt` (e.g. 630k-audioset-best.pt): {"state_dict": {"module.<key>": tensor}} in
   LAION's layout (or an AudioLDM `.ckpt`, whose `cond_stage_model.model.*` is the CLAP it was trained with,
   in the same layout) (`text_branch.*` RoBERTa, `audio_branch.*` HTSAT, `text_projection.{0,2}`,
@@ -78,6 +80,8 @@ _DROP_EXACT = ("text_branch.embeddings.position_ids",)
 # Model tensors that are deterministic buffers, not weights: taken from the fresh model when absent.
 _BUFFERS_OK_MISSING = (re.compile(r"text_model\.embeddings\.(position_ids|token_type_ids)$"),
                        re.compile(r".*\.relative_position_index$"))
+# The logit scales: used by ClapModel's contrastive logits only, never by an embedding.
+_LOGIT_SCALE = re.compile(r"logit_scale(_[at])?$")
 
 _BLOCK = re.compile(r"^(audio_model\.audio_encoder\.layers\.\d+\.blocks\.\d+\.)(.*)$")
 _BLOCK_RENAMES = (("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."),
@@ -227,6 +231,29 @@ def load_laion_checkpoint(path: str | os.PathLike, config=None, *, loaded=None):
     full = {k: converted.get(k, v) for k, v in own.items()}
     model.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in full.items()})
     return model
+
+
+def _check_loading_info(path: Path, info: dict) -> None:
+    """Refuses a transformers CLAP folder whose config.json builds a model its weights do not fit: transformers only
+    logs a report, then initialises the weights the file lacks at random (e.g. `audio_config.enable_fusion` true on
+    unfused weights) or drops those the model has no place for (`enable_patch_layer_norm` false, `qkv_bias` false),
+    and the folder embeds otherwise under the same identity. Keys transformers itself expects to be absent or left
+    over (the old `position_ids` buffers, a model's `_keys_to_ignore_on_load_*`) are not in `info`; deterministic
+    buffers another transformers version did not save (`_BUFFERS_OK_MISSING`, rebuilt by transformers) and the logit
+    scales (which no embedding uses) may be absent, or left over under another name."""
+    missing = sorted(k for k in info.get("missing_keys") or ()
+                     if not _LOGIT_SCALE.match(k) and not any(p.match(k) for p in _BUFFERS_OK_MISSING))
+    unexpected = sorted(k for k in info.get("unexpected_keys") or () if not _LOGIT_SCALE.match(k))
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} model weights missing from the folder (first: {', '.join(missing[:5])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weights the model does not use (first: {', '.join(unexpected[:5])})")
+    raise CheckpointError(f"{path}: its weights do not fit the CLAP model its config.json describes: "
+                          + "; ".join(parts) + " (check config.json against the config the weights were saved "
+                          "with, e.g. audio_config.enable_fusion, enable_patch_layer_norm, qkv_bias)")
 
 
 def load_roberta_tokenizer(folder: str | os.PathLike):
@@ -414,10 +441,11 @@ class LaionClapEmbedder(ClapEmbedder):
         if not (path / "config.json").is_file():
             raise ValueError(f"{path}: neither a LAION .pt file nor a transformers CLAP folder (no config.json)")
         try:
-            model = ClapModel.from_pretrained(str(path), local_files_only=True)
+            model, info = ClapModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
         except Exception as e:  # noqa: BLE001 - any failure means "not a usable folder"
             raise CheckpointError(f"{path}: not a loadable transformers CLAP folder "
                                   f"({str(e).splitlines()[0][:200]})") from None
+        _check_loading_info(path, info)
         weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
         shards = sorted([*path.glob("model-*.safetensors"), *path.glob("pytorch_model-*.bin")])
         check_finite(model.state_dict(), str(weights or path))   # (transformers loads NaN without a word)
