@@ -3,7 +3,9 @@
 Protocol (`Embedder`): `name`, `dim`, `sample_rate` (Hz it consumes), `hop_seconds` (time between
 embedding frames), `identity` (name + checkpoint hash: every reported number carries it) and
 `embed(wav, sample_rate) -> (frames, dim)` float64 numpy; `embed_batch(wavs)` embeds several clips that are
-already at `sample_rate` (batched where the network allows).
+already at `sample_rate` (batched where the network allows). Building an embedder leaves the caller's global
+random generators as they were (tta.checkpoint.keep_global_rng; CLAP through tta.clap.load_clap): the
+initial weights a network draws are replaced by the stored ones.
 
 | name | weights | sample rate | frames |
 |---|---|---|---|
@@ -195,14 +197,15 @@ def load_aisfx_state(path: str | os.PathLike) -> tuple[dict, dict]:
 
 def make_aisfx(weights: str | os.PathLike | None = None, **options) -> Embedder:
     from eval.networks import AisfxNet
-    from tta.checkpoint import load_into
+    from tta.checkpoint import keep_global_rng, load_into
 
     _no_options("aisfx", options)
     path = Path(weights) if weights else aisfx_checkpoint_path()
     state, _datasets = load_aisfx_state(path)
     # the fc.* heads are the per-dataset classifiers of cross-dataset training; the embedding is before them
-    net = AisfxNet()
-    load_into(net, {k: v for k, v in state.items() if k.startswith("embedding_net.")}, where=str(path))
+    with keep_global_rng():   # (the initial weights drawn are replaced by the stored ones)
+        net = AisfxNet()
+        load_into(net, {k: v for k, v in state.items() if k.startswith("embedding_net.")}, where=str(path))
     return AisfxEmbedder(name="aisfx", dim=512, sample_rate=44_100, hop_seconds=50 * 1024 / 44_100,
                          checkpoint_sha256=file_sha256(str(path)), checkpoint_path=str(path), net=net.eval(),
                          options={"frontend": "librosa (package's librosa path), blocks 100 frames hop 50"})
@@ -237,7 +240,7 @@ class VggishEmbedder(_NetEmbedder):
 
 def make_vggish(weights: str | os.PathLike | None = None, **options) -> Embedder:
     from eval.networks import VGGish
-    from tta.checkpoint import check_finite, load_into, load_torch_file
+    from tta.checkpoint import check_finite, keep_global_rng, load_into, load_torch_file
 
     _no_options("vggish", options)
     path = _weights_path("vggish", weights, "TTA_VGGISH_WEIGHTS", "the torchvggish vggish-10086976.pth")
@@ -249,8 +252,9 @@ def make_vggish(weights: str | os.PathLike | None = None, **options) -> Embedder
     pca = sorted(k for k in state if k.startswith("pproc."))
     if pca and pca != ["pproc.pca_matrix", "pproc.pca_means"]:
         raise EmbedderError(f"{path}: unexpected post-processing keys {pca}")
-    net = VGGish()
-    load_into(net, {k: v for k, v in state.items() if not k.startswith("pproc.")}, where=str(path))
+    with keep_global_rng():   # (the initial weights drawn are replaced by the stored ones)
+        net = VGGish()
+        load_into(net, {k: v for k, v in state.items() if not k.startswith("pproc.")}, where=str(path))
     return VggishEmbedder(name="vggish", dim=128, sample_rate=16_000, hop_seconds=0.96,
                           checkpoint_sha256=file_sha256(str(path)), checkpoint_path=str(path), net=net.eval(),
                           options={"layer": "embeddings before the last ReLU, no PCA"})
@@ -306,7 +310,7 @@ def _min_length(wav: np.ndarray, n: int) -> np.ndarray:
 
 def make_panns(weights: str | os.PathLike | None = None, **options) -> Embedder:
     from eval.networks import Cnn14_16k
-    from tta.checkpoint import check_finite, load_into, load_torch_file
+    from tta.checkpoint import check_finite, keep_global_rng, load_into, load_torch_file
 
     _no_options("panns", options)
     path = _weights_path("panns", weights, "TTA_PANNS_WEIGHTS", "the PANNs Cnn14_16k_mAP=0.438.pth")
@@ -316,8 +320,9 @@ def make_panns(weights: str | os.PathLike | None = None, **options) -> Embedder:
     if not isinstance(state, dict) or "fc_audioset.weight" not in state:
         raise EmbedderError(f"{path}: not a PANNs Cnn14 state dict (no fc_audioset.weight)")
     check_finite(state, str(path))
-    net = Cnn14_16k(classes_num=int(state["fc_audioset.weight"].shape[0]))
-    load_into(net, state, where=str(path))
+    with keep_global_rng():   # (the initial weights drawn are replaced by the stored ones)
+        net = Cnn14_16k(classes_num=int(state["fc_audioset.weight"].shape[0]))
+        load_into(net, state, where=str(path))
     return PannsEmbedder(name="panns", dim=2048, sample_rate=16_000, hop_seconds=0.0, has_logits=True,
                          checkpoint_sha256=file_sha256(str(path)), checkpoint_path=str(path), net=net.eval(),
                          options={"model": "Cnn14_16k"})

@@ -9,6 +9,7 @@ import torch
 
 from eval.embedders import EmbedderError, available_embedders, get_embedder
 from tests.signals import chirp, noise, tone
+from tests.test_checkpoint import assert_leaves_global_rng
 
 # harritaylor/torchvggish: features = make_layers() Sequential (conv indices 0,3,6,8,11,13), embeddings 0,2,4
 VGGISH_KEYS = {
@@ -149,7 +150,7 @@ def test_panns_front_end_equals_librosa():
 def test_vggish_loads_reference_state_dict(tmp_path):
     path = tmp_path / "vggish-10086976.pth"
     torch.save(_random_state(VGGISH_KEYS), path)
-    emb = get_embedder("vggish", weights=str(path))
+    emb = assert_leaves_global_rng(lambda: get_embedder("vggish", weights=str(path)))
     out = emb.embed(tone(440, 2.0), 16_000)  # 2 s -> 2 patches of 0.96 s
     assert out.shape == (2, 128) and np.isfinite(out).all()
     assert emb.identity.startswith("vggish@sha256:")
@@ -165,7 +166,7 @@ def test_panns_loads_reference_checkpoint(tmp_path):
     state = {**_random_state(_panns_keys()), **_panns_front_end_state()}
     path = tmp_path / "Cnn14_16k_mAP=0.438.pth"
     torch.save({"model": state, "iteration": 0}, path)  # the released files wrap the state dict
-    emb = get_embedder("panns", weights=str(path))
+    emb = assert_leaves_global_rng(lambda: get_embedder("panns", weights=str(path)))
     assert emb.embed(noise(1.0, amplitude=0.2), 16_000).shape == (1, 2048)
     assert [z.shape for z in emb.logits([noise(1.0), tone(1000, 1.2)])] == [(527,), (527,)]
     # clips are prepared as audioldm_eval's WaveDataset does: the mean removed, zero-padded to 2 s (32 000 samples)
@@ -185,7 +186,7 @@ def test_aisfx_network_matches_package_class():
     pytest.importorskip("aisfx")
     from aisfx.models.cnn2d import EmbeddingNet
 
-    emb = get_embedder("aisfx")
+    emb = assert_leaves_global_rng(lambda: get_embedder("aisfx"))
     assert (emb.dim, emb.sample_rate) == (512, 44_100) and emb.identity.startswith("aisfx@sha256:")
     from eval.embedders import load_aisfx_state
 
