@@ -40,7 +40,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tta import UsageError
-    from eval.run import EvalOptions, run_eval
+    from eval.run import EvalOptions, check_embedder_weights, run_eval
     from tta.checkpoint import check_output_path
 
     check_output_path(args.out, "--out", folder=True)   # before embedding both folders
@@ -50,9 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.clap_tokenizer and "clap" not in metrics and args.embedder not in ("clap", "laion-clap"):
         raise UsageError("--clap-tokenizer is for a LAION CLAP .pt: it needs --metrics clap or --embedder "
                          "clap/laion-clap")
-    if args.embedder_weights and args.embedder in ("mfcc", "clap", "laion-clap"):
-        raise UsageError(f"--embedder-weights is for aisfx, vggish and panns; --embedder {args.embedder} takes none "
-                         "(a CLAP comes with --clap-model)")
+    check_embedder_weights(args.embedder, args.embedder_weights, embedder_field="--embedder",
+                           weights_field="--embedder-weights", clap_field="--clap-model")
     opts = EvalOptions(generated=args.generated, reference=args.reference, out=args.out,
                        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
                        embedder=args.embedder, embedder_weights=args.embedder_weights,

@@ -632,6 +632,16 @@ def _picked_by(record: dict, identity: str | None) -> int:
     return candidates if identity and model == identity and candidates > 1 else 0
 
 
+def check_embedder_weights(embedder: str, weights, *, embedder_field: str, weights_field: str, clap_field: str,
+                           error: type[ValueError] = UsageError) -> None:
+    """Refuses (with `error`, naming the fields) a weights file for an embedder that takes none: mfcc has no
+    network, and tta's clap and laion-clap embedders are the CLAP model named by `clap_field` (they ignored the
+    file). `tta eval` (--embedder-weights) and `tta experiment retrieval` (eval.embedder_weights) check here."""
+    if weights and embedder in ("mfcc", "clap", "laion-clap"):
+        raise error(f"{weights_field} is for aisfx, vggish and panns; {embedder_field} {embedder!r} takes none "
+                    f"(a CLAP comes with {clap_field})")
+
+
 def fad_embedder(opts: EvalOptions, *, clap=None) -> Embedder:
     """The FAD embedder `opts` names, with its options (an EmbedderError for an unknown name, weights it cannot
     find or options it does not take): what a caller checks before work that the eval comes after. `clap`: the CLAP

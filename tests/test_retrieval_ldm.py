@@ -917,7 +917,8 @@ def test_training_exclusions_log_the_overlap_and_a_plain_store_keeps_every_clip(
 
 
 def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, capsys, monkeypatch):
-    """A VAE given as the CLAP, or a split with too few prompts, left an empty OUT (or a built datastore)."""
+    """A VAE given as the CLAP, or a split with too few prompts, left an empty OUT (or a built datastore).
+    eval.embedder_weights with eval.embedder "clap" was ignored (`tta eval` refuses --embedder-weights there)."""
     from tta.data.manifest import read_manifest, write_manifest
 
     monkeypatch.chdir(tmp_path)
@@ -939,7 +940,9 @@ def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, ca
              "variant k16: k=16 neighbours .* split 'train' of .* holds only 16 clips"),
             ("embedder", c["clap"], corpus, ['eval.embedder="vggsh"'], "eval.embedder='vggsh': unknown embedder"),
             ("weights", c["clap"], corpus, ['eval.embedder_weights="w.pt"'],
-             "eval.embedder='mfcc', eval.embedder_weights='w.pt': embedder 'mfcc' takes no option")):
+             "eval.embedder_weights is for aisfx, vggish and panns; eval.embedder 'mfcc' takes none"),
+            ("clapweights", c["clap"], corpus, ['eval.embedder="clap"', 'eval.embedder_weights="w.pt"'],
+             r"eval.embedder_weights is for .*; eval.embedder 'clap' takes none \(a CLAP comes with components.clap")):
         sets = [f"components.vae={json.dumps(str(c['vae']))}", f"components.vocoder={json.dumps(str(c['vocoder']))}",
                 f"components.clap={json.dumps(str(clap))}", f"manifest={json.dumps(str(manifest))}", *extra]
         code, _, err = run(capsys, "experiment", "retrieval", "--config",

@@ -538,8 +538,11 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
 
         list_audio(Path(config.eval.reference), "eval.reference")
     from eval.embedders import EmbedderError
-    from eval.run import fad_embedder
+    from eval.run import check_embedder_weights, fad_embedder
 
+    # (the file was ignored: a clap or laion-clap embedder wraps components.clap)
+    check_embedder_weights(config.eval.embedder, config.eval.embedder_weights, embedder_field="eval.embedder",
+                           weights_field="eval.embedder_weights", clap_field="components.clap", error=ValueError)
     try:
         fad_embedder(eval_options(config, base, out, out / "reference", out / "prompts.jsonl", "check", False),
                      clap=clap)
