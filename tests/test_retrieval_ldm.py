@@ -961,8 +961,8 @@ def test_the_experiments_early_check_of_a_clap_fad_embedder_loads_the_clap_once(
 
     monkeypatch.chdir(tmp_path)
     c = tiny_components()
-    real, loads = tta.clap.open_clap, []
-    monkeypatch.setattr(tta.clap, "open_clap", lambda path, **k: loads.append(str(path)) or real(path, **k))
+    real, loads = tta.clap._open_clap, []
+    monkeypatch.setattr(tta.clap, "_open_clap", lambda path, **k: loads.append(str(path)) or real(path, **k))
     sets = [f"components.{k}={json.dumps(str(c[k]))}" for k in ("vae", "vocoder", "clap")]
     sets += [f"manifest={json.dumps(str(corpus))}", 'eval.embedder="clap"',
              'variants=[{"name": "k16", "neighbours": 16}]']     # refused after the embedder's check
