@@ -320,6 +320,78 @@ def test_loud_generations_are_turned_down_not_clipped():
     assert fit_full_scale(quiet)[1] == 1.0 and np.array_equal(fit_full_scale(quiet)[0], quiet)
 
 
+def test_the_recorded_clap_scores_and_the_kept_candidate_are_those_of_the_audio_written(tmp_path, capsys):
+    """generation.json's clap_score and candidate_clap_scores, and the best-of-N ranking, scored a clip before the
+    gain that fits it in the file: with a Griffin-Lim vocoder the tiny model's clips come out 4-5x over full
+    scale, and the record named candidate 2 kept (-0.029093) where the file, candidate 2 turned down, scored
+    -0.029161 and candidate 1 as written scored best (-0.028985)."""
+    from tta.generate import fit_full_scale
+    from tta.pipeline import TTAPipeline
+
+    loud = tmp_path / "gl"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(loud),
+                 "--vocoder", "griffin-lim:4"]) == 0
+    prompts = ["a tone sound", "a chirp sound"]
+    code, _, err = run(capsys, *prompts, "--model", loud, "--seconds", 0.32, "--steps", 2, "--candidates", 3,
+                       "--out-dir", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "generation.json").read_text())
+    pipe = TTAPipeline.from_pretrained(loud)
+    for k, output in enumerate(record["outputs"]):   # one prompt a batch, prompt k with seed k, as generate draws
+        drawn = pipe([prompts[k]], seconds=0.32, steps=2, candidates=3, seed=k, return_candidates=True)
+        fitted = [fit_full_scale(w) for w in drawn.candidate_wavs[0]]
+        assert all(gain < 0.5 for _, gain in fitted)   # every candidate is turned down
+        written = pipe.clap_scores([prompts[k]] * 3, [w for w, _ in fitted])
+        assert output["candidate_clap_scores"] == pytest.approx(written, abs=2e-6)
+        best = int(np.argmax(written))
+        assert output["kept_candidate"] == best and output["clap_score"] == pytest.approx(written[best], abs=2e-6)
+        assert output["gain"] == pytest.approx(fitted[best][1], rel=1e-5)
+        got, _ = sf.read(tmp_path / "out" / output["file"], dtype="float32")
+        np.testing.assert_allclose(got, fitted[best][0], atol=1 / 32768)
+        assert pipe.clap_scores([prompts[k]], [got])[0] == pytest.approx(output["clap_score"], abs=2e-5)
+    # no candidate turned down (the HiFi-GAN's tanh keeps the tiny model's clips under full scale): the pipeline's
+    # own scores and ranking, not scored again
+    code, _, err = run(capsys, *prompts, "--model", tiny_pipeline(), "--seconds", 0.32, "--steps", 2,
+                       "--candidates", 3, "--out-dir", tmp_path / "quiet")
+    assert code == 0, err
+    record = json.loads((tmp_path / "quiet" / "generation.json").read_text())
+    pipe = TTAPipeline.from_pretrained(tiny_pipeline())
+    for k, output in enumerate(record["outputs"]):
+        drawn = pipe([prompts[k]], seconds=0.32, steps=2, candidates=3, seed=k)
+        assert output["gain"] == 1.0
+        assert output["candidate_clap_scores"] == [round(s, 6) for s in drawn.candidate_scores[0]]
+        assert output["kept_candidate"] == int(np.argmax(drawn.candidate_scores[0]))
+
+
+def test_an_edit_turned_down_for_its_file_ranks_its_candidates_as_written(tmp_path, capsys):
+    """An inpainting of a full-scale input is turned down whole to leave room for the gap: its candidates are
+    scored again as written, at the level the model heard its input, on the gap and its surroundings."""
+    from tta.generate import fit_generated, kept_part
+    from tta.pipeline import TTAPipeline
+
+    sr = 16_000
+    raw = signals.chirp(200, 4000, 2.0)
+    raw = (0.999 * raw / np.abs(raw).max()).astype(np.float32)
+    save_audio(tmp_path / "in.wav", raw, sr)
+    code, _, err = run(capsys, "a bell", "--model", tiny_pipeline(), "--steps", 2, "--candidates", 3,
+                       "--inpaint", tmp_path / "in.wav", "--mask", "0.8:1.0", "-o", tmp_path / "out.wav")
+    assert code == 0, err
+    output = json.loads((tmp_path / "out.generation.json").read_text())["outputs"][0]
+    assert output["gain"] < 0.95
+    given, _ = sf.read(tmp_path / "in.wav", dtype="float32")
+    pipe = TTAPipeline.from_pretrained(tiny_pipeline())
+    drawn = pipe.inpaint(given, ["a bell"], start=0.8, end=1.0, steps=2, candidates=3, return_candidates=True)
+    kept = kept_part({"kind": "inpaint", "outside": "original", "start": 0.8, "end": 1.0}, given, sr)
+    fitted = [fit_generated(w, kept)[0] for w in drawn.candidate_wavs[0]]
+    heard = [(w - np.float32(drawn.input_offset)) / np.float32(drawn.input_level) for w in fitted]
+    assert drawn.rank_span == (4800, 24_000)   # the gap [12 800, 16 000) with 0.5 s on each side
+    written = pipe.clap_scores(["a bell"] * 3, heard, drawn.rank_span)
+    assert output["candidate_clap_scores"] == pytest.approx(written, abs=2e-6)
+    assert output["kept_candidate"] == int(np.argmax(written))
+    got, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    np.testing.assert_allclose(got, fitted[output["kept_candidate"]], atol=1 / 32768)
+
+
 def test_guidance_rule_flag_is_used_and_recorded(tmp_path, capsys):
     args = ["a bell", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--guidance", 3.0]
     assert run(capsys, *args, "-o", tmp_path / "cfg.wav")[0] == 0
@@ -428,8 +500,9 @@ def test_a_stopped_run_records_every_file_it_wrote_and_a_broken_sample_is_report
         if len(calls) == 3:
             raise KeyboardInterrupt
         loud = 40.0 if len(calls) == 2 else 0.5
-        return Generation([np.full(1600, loud, np.float32) for _ in prompts], 16_000, [0.1] * len(prompts),
-                          [[0.1]] * len(prompts), [[seed + i] for i in range(len(prompts))])
+        wavs = [np.full(1600, loud, np.float32) for _ in prompts]
+        return Generation(wavs, 16_000, [0.1] * len(prompts), [[0.1]] * len(prompts),
+                          [[seed + i] for i in range(len(prompts))], candidate_wavs=[[w] for w in wavs])
 
     monkeypatch.setattr(TTAPipeline, "__call__", fake_call)
     with caplog.at_level("WARNING", logger="tta.generate"):

@@ -101,6 +101,11 @@ def test_return_candidates_gives_every_draw_with_the_kept_one_among_them(pipe):
     # candidate j of prompt i is what one draw from seed i + 1_000_003 j gives
     alone = pipe(["noise"], seconds=0.1, candidates=1, seed=1 + 1_000_003).wavs[0]
     np.testing.assert_allclose(out.candidate_wavs[1][1], alone, atol=1e-4)
+    # clap_scores scores a wav as the ranking did (tta generate scores a candidate again once it is turned down)
+    again = pipe.clap_scores(["a tone", "a tone", "noise", "noise"], [w for ws in out.candidate_wavs for w in ws])
+    np.testing.assert_allclose(again, [s for ss in out.candidate_scores for s in ss], atol=1e-6)
+    with pytest.raises(PipelineError, match="clap_scores: 1 prompts for 2 wavs"):
+        pipe.clap_scores(["a tone"], out.candidate_wavs[0])
 
 
 def test_a_prompts_candidates_share_one_forward_pass(pipe, monkeypatch):

@@ -278,6 +278,34 @@ def fit_full_scale(wav, peak: float = 0.99):
     return (wav * gain if gain != 1.0 else wav), gain
 
 
+def fit_output(wav, kept):
+    """(wav as the file gets it, gain, extra record fields): fit_generated for an edit that keeps its input's
+    audio (`kept`, kept_part), fit_full_scale for any other output."""
+    if kept is not None:
+        wav, gain, generated_gain = fit_generated(wav, kept)
+        return wav, gain, {"generated_gain": generated_gain}
+    wav, gain = fit_full_scale(wav)
+    return wav, gain, {}
+
+
+def rank_written(pipe, out, k: int, prompt: str, kept) -> tuple[tuple, list[float], int]:
+    """((wav, gain, extra) as fit_output writes it, the candidates' CLAP scores, the index kept) for prompt k of
+    the pipeline's Generation `out` (made with return_candidates): candidates are ranked on the audio the file
+    would hold. The pipeline scored them before the file's gain; where a candidate is turned down, every
+    candidate of the prompt is scored again as fitted (an edit's heard at the level the model heard its input:
+    the written audio less the input's DC, over its level), so the ranking and scores of outputs no candidate of
+    which is turned down stay the pipeline's."""
+    import numpy as np
+
+    fitted = [fit_output(w, kept) for w in out.candidate_wavs[k]]
+    scores = list(out.candidate_scores[k])
+    if any(gain != 1.0 or extra.get("generated_gain", 1.0) != 1.0 for _, gain, extra in fitted):
+        heard = [(w - np.float32(out.input_offset)) / np.float32(out.input_level) for w, _, _ in fitted]
+        scores = pipe.clap_scores([prompt] * len(heard), heard, out.rank_span)
+    best = int(np.argmax(scores))
+    return fitted[best], scores, best
+
+
 # ----------------------------------------------------------------------------------------- checks
 
 
@@ -727,10 +755,11 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     if negative and (pipe.defaults.guidance if args.guidance is None else args.guidance) <= 1:
         log.warning("--negative has no effect at guidance <= 1 (there is no unconditional branch to steer)")
         negative = ""   # said once here, not again by the pipeline for every batch
+    # every candidate's wav comes back: the one kept is the best as the file will hold it (rank_written)
     common = dict(steps=args.steps, guidance=args.guidance, negative=negative, candidates=args.candidates,
                   guidance_rule=getattr(args, "guidance_rule", None), precision=getattr(args, "precision", None),
                   context_guidance=getattr(args, "context_guidance", None), sampler=args.sampler, eta=args.eta,
-                  batch_size=args.batch_size, progress=progress and len(jobs) == 1)
+                  batch_size=args.batch_size, progress=progress and len(jobs) == 1, return_candidates=True)
     if store is not None:
         common.update(datastore=store, neighbours=getattr(args, "neighbours", None))
     wav_in = kept = None
@@ -814,8 +843,6 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
              rows=None) -> None:
     """Generate and write every job in batches, appending each output's record to `records`. `rows` (--edit,
     tta.generate_edits.RowEdits): each row edits its own input, one row at a time; a row found bad is left out."""
-    import numpy as np
-
     from tta.audio import save_audio
     from tta.checkpoint import file_sha256
 
@@ -853,14 +880,10 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
             # earlier run's record would describe the files this run replaces
             record_path.unlink(missing_ok=True)
         for k, job in enumerate(chunk):
-            extra = {}
-            if kept is not None:
-                wav, gain, extra["generated_gain"] = fit_generated(out.wavs[k], kept)
-                if extra["generated_gain"] < QUIET_GAIN:
-                    log.warning("%s: what the edit generated came out too loud for the file and was turned down "
-                                "alone (generated_gain %.2g)", job.path.name, extra["generated_gain"])
-            else:
-                wav, gain = fit_full_scale(out.wavs[k])
+            (wav, gain, extra), scores, best = rank_written(pipe, out, k, job.prompt, kept)
+            if extra.get("generated_gain", 1.0) < QUIET_GAIN:
+                log.warning("%s: what the edit generated came out too loud for the file and was turned down "
+                            "alone (generated_gain %.2g)", job.path.name, extra["generated_gain"])
             if gain < QUIET_GAIN:
                 log.warning("%s came out %.0fx over full scale and was turned down to fit (gain %.2g): too few "
                             "sampler steps for this sampler?", job.path.name, 1 / gain, gain)
@@ -869,10 +892,9 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
             records[start + k] = {"id": job.id, "prompt": job.prompt, "file": job.path.name,
                                   "sha256": file_sha256(job.path), "take": job.take, "seeds": out.seeds[k],
                                   "gain": round(gain, 6), **{key: round(v, 6) for key, v in extra.items()},
-                                  "clap_score": round(out.scores[k], 6),
-                                  "candidate_clap_scores": [round(s, 6) for s in out.candidate_scores[k]],
-                                  "kept_candidate": int(np.argmax(out.candidate_scores[k])),
-                                  "seconds": round(len(out.wavs[k]) / out.sample_rate, 6)}
+                                  "clap_score": round(scores[best], 6),
+                                  "candidate_clap_scores": [round(s, 6) for s in scores], "kept_candidate": best,
+                                  "seconds": round(len(wav) / out.sample_rate, 6)}
             if out.neighbours is not None:
                 records[start + k]["neighbours"] = out.neighbours[k]
             if row is not None:   # what a one-input run records of its input in the record's edit

@@ -182,7 +182,9 @@ class Generation:
     neighbours: list[list[dict]] | None = None   # per prompt, the retrieved entries (rank, id, caption, score)
     candidate_wavs: list[list[np.ndarray]] | None = None   # per prompt, every candidate (return_candidates)
     input_level: float = 1.0   # an edit's: the factor that took the model's output back to the input's level
+    input_offset: float = 0.0  # an edit's: the DC offset added back with it (the input's, where the output holds it)
     sampled: tuple[float, float] | None = None   # an inpainting's: the seconds of its input the UNet ran on
+    rank_span: tuple[int, int] | None = None   # an inpainting's: the samples its candidates were ranked on
 
 
 @dataclass
@@ -738,7 +740,7 @@ class TTAPipeline:
             bar.update(len(chunk))
         bar.close()
         out = self._rank(text, wavs, len(prompts), candidates, jobs, rank_span)
-        out.neighbours = found
+        out.neighbours, out.rank_span = found, rank_span
         if return_candidates:
             out.candidate_wavs = [[wavs[(i, j)].numpy() for j in range(candidates)] for i in range(len(prompts))]
         return out
@@ -789,18 +791,32 @@ class TTAPipeline:
         when given: an inpainted gap and its surroundings)."""
         keys = [(i, j) for i in range(num_prompts) for j in range(candidates)]
         clips = torch.stack([wavs[k] for k in keys])
+        sims = self._scores(text[[i for i, _ in keys]], clips, span).view(num_prompts, candidates)
+        best = sims.argmax(dim=1)
+        seeds = [[s for i2, _, s in jobs if i2 == i] for i in range(num_prompts)]
+        return Generation(wavs=[wavs[(i, int(best[i]))].numpy() for i in range(num_prompts)],
+                          sample_rate=self.sample_rate, scores=[float(sims[i, best[i]]) for i in range(num_prompts)],
+                          candidate_scores=sims.tolist(), seeds=seeds)
+
+    @without_caller_autocast
+    def clap_scores(self, prompts: list[str], wavs, span: tuple[int, int] | None = None) -> list[float]:
+        """The CLAP score cos(text, audio) of each wav (T,) (all of one length) against its prompt, heard as
+        candidates are ranked (samples span[0]:span[1] when given, Generation.rank_span): e.g. to score a
+        candidate again once its caller has changed it (tta generate turns a clip too loud for its file down)."""
+        if len(prompts) != len(wavs):
+            raise PipelineError(f"clap_scores: {len(prompts)} prompts for {len(wavs)} wavs")
+        clips = torch.from_numpy(np.stack([mono_audio(w, "clap_scores wav") for w in wavs]))
+        return self._scores(self.clap.embed_text(list(prompts)), clips, span).tolist()
+
+    def _scores(self, text: torch.Tensor, clips: torch.Tensor, span=None) -> torch.Tensor:
+        """(N,) cos(text[n], audio of clips[n]) for text (N, D) and clips (N, T)."""
         if span is not None:
             clips = clips[:, span[0]:span[1]]
         shortest = int(0.1 * self.sample_rate)    # a CLAP needs at least one analysis window: score a very short
         if clips.shape[1] < shortest:             # clip zero-padded (the clip itself is returned as generated)
             clips = torch.nn.functional.pad(clips, (0, shortest - clips.shape[1]))
         audio = self.clap.embed_audio(clips.numpy(), self.sample_rate)
-        sims = (audio * text[[i for i, _ in keys]]).sum(-1).view(num_prompts, candidates)
-        best = sims.argmax(dim=1)
-        seeds = [[s for i2, _, s in jobs if i2 == i] for i in range(num_prompts)]
-        return Generation(wavs=[wavs[(i, int(best[i]))].numpy() for i in range(num_prompts)],
-                          sample_rate=self.sample_rate, scores=[float(sims[i, best[i]]) for i in range(num_prompts)],
-                          candidate_scores=sims.tolist(), seeds=seeds)
+        return (audio * text).sum(-1)
 
 
 def latent_row_tops(mel, factor: int) -> np.ndarray:
@@ -853,7 +869,7 @@ def at_level(out: Generation, level: float, offset: float = 0.0,
     out.wavs = [back(w) for w in out.wavs]
     if out.candidate_wavs is not None:
         out.candidate_wavs = [[back(w) for w in ws] for ws in out.candidate_wavs]
-    out.input_level = float(level)
+    out.input_level, out.input_offset = float(level), float(offset)
     return out
 
 
