@@ -165,8 +165,12 @@ def scan_folder(folder: Path, what: str) -> EmbeddedSet:
     return result
 
 
-AUDIO_READ = ("mono (channels averaged), rounded to the 16-bit PCM grid, then resampled to the embedder's rate: "
-              "a mono float or 24-bit file scores as its 16-bit copy (fadtk reads every file as 16-bit)")
+# the words are the rule's identity: an eval.json or a reference's statistics that record other words read float
+# and 24-bit files otherwise (the words before "nearest step" put a sample on the step below, as libsndfile
+# writes a float into a 16-bit WAV; save_audio writes the nearest)
+AUDIO_READ = ("mono (channels averaged), rounded to the nearest step of the 16-bit PCM grid, then resampled to the "
+              "embedder's rate: a mono float or 24-bit file scores as its 16-bit copy (fadtk reads every file as "
+              "16-bit)")
 
 
 def on_pcm16_grid(info) -> bool:
@@ -195,8 +199,9 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
                 info = audio_info(path)
                 digest = content_hash(path)
                 # read at 16-bit resolution (AUDIO_READ); entries of files that changes are keyed apart from the
-                # embeddings of the same bytes read at full resolution by earlier versions
-                entry = digest if on_pcm16_grid(info) else f"{digest}-pcm16"
+                # embeddings of the same bytes read at full resolution, or rounded down to the grid ("-pcm16"),
+                # by earlier versions
+                entry = digest if on_pcm16_grid(info) else f"{digest}-pcm16-nearest"
                 emb = cache.get(entry) if cache else None
                 logit = cache.get(entry, "logits") if cache and want_logits else None
                 if emb is None or (want_logits and logit is None):

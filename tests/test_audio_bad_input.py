@@ -283,3 +283,28 @@ def test_a_sample_rate_above_the_readable_range_is_refused_before_any_work(tmp_p
     save_audio(tmp_path / "b.wav", wav, np.uint32(MAX_SAMPLE_RATE))   # the top of the range is in it
     assert sf.info(tmp_path / "b.wav").samplerate == MAX_SAMPLE_RATE
     assert load_audio(tmp_path / "b.wav", np.int64(MAX_SAMPLE_RATE))[1] == MAX_SAMPLE_RATE
+
+
+def test_integer_files_hold_the_nearest_step_and_pcm16_reading_uses_that_grid(tmp_path):
+    """libsndfile writes a float sample into an integer WAV as the integer below it (floor(x * 32768) at 16
+    bits; 24 and 8 bits too): half a step low on average (a DC offset), and a sample a hair under 0 came out
+    -1, so near-silence written as 16-bit turned into rounding noise. save_audio rounds to the nearest step, for
+    FLAC too (which rounded already), and load_audio(pcm16=True) reads a float file on that grid."""
+    from tta.audio import save_audio
+
+    rng = np.random.default_rng(0)
+    edges = [0.49 / 32768, -0.49 / 32768, 0.51 / 32768, -0.51 / 32768, -1e-7, 1e-7, 1.0, -1.0, 1.5, -1.5]
+    wav = np.concatenate([rng.uniform(-1, 1, 20_000), edges]).astype(np.float32)
+    for suffix, subtype, bits in ((".wav", "PCM_16", 16), (".flac", "PCM_16", 16), (".wav", "PCM_24", 24),
+                                  (".flac", "PCM_24", 24), (".wav", "PCM_U8", 8)):
+        path = save_audio(tmp_path / f"{subtype}{suffix}", wav, 16_000, subtype)
+        got = sf.read(path, dtype="int32")[0].astype(np.int64) >> (32 - bits)
+        top = 2 ** (bits - 1)
+        scaled = np.clip(wav, -1, 1).astype(np.float64) * top
+        np.testing.assert_array_equal(got, np.clip(np.rint(scaled), -top, top - 1), err_msg=path.name)
+        assert abs(float(np.mean(got[:20_000] - scaled[:20_000]))) < 0.01, path.name   # floor: -0.5
+    assert list(sf.read(tmp_path / "PCM_16.wav", dtype="int16")[0][-10:]) == [0, 0, 1, -1, 0, 0, 32767, -32768,
+                                                                                32767, -32768]
+    sf.write(tmp_path / "float.wav", wav, 16_000, subtype="FLOAT")   # scores as save_audio's 16-bit copy
+    np.testing.assert_array_equal(load_audio(tmp_path / "float.wav", pcm16=True)[0],
+                                  load_audio(tmp_path / "PCM_16.wav")[0])

@@ -421,6 +421,7 @@ def test_clap_score_reads_a_float_file_as_tta_eval_does(trained, tmp_path):
     """`tta clap score` scored a float WAV's raw samples and `tta eval` its 16-bit copy: one file, two scores."""
     import soundfile as sf
 
+    from tta.audio import save_audio
     from tta.cli import main
 
     run, _ = trained
@@ -429,7 +430,7 @@ def test_clap_score_reads_a_float_file_as_tta_eval_does(trained, tmp_path):
     (tmp_path / "f").mkdir()
     (tmp_path / "i").mkdir()
     sf.write(tmp_path / "f" / "q.wav", wav, SR, subtype="FLOAT")
-    sf.write(tmp_path / "i" / "q.wav", wav, SR, subtype="PCM_16")
+    save_audio(tmp_path / "i" / "q.wav", wav, SR)   # its 16-bit copy, as tta writes it
     scores = []
     for folder in ("f", "i"):
         (tmp_path / "p.txt").write_text("a rising chirp\n")

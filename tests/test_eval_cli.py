@@ -372,7 +372,8 @@ def test_a_damaged_generation_record_is_a_protocol_warning_and_the_run_is_not_ra
 def test_a_float_wav_scores_as_its_16_bit_copy(tmp_path, monkeypatch):
     """Clips with digital silence scored differently written as float and as 16-bit WAV (CLAP score 0.769
     against 0.744 on the embedded model's generations): the log-mel front ends hear 16-bit rounding noise
-    where float silence sits at the log floor. Every file is now read at 16-bit resolution, as fadtk does."""
+    where float silence sits at the log floor. Every file is now read at 16-bit resolution, as fadtk does, on
+    the grid save_audio writes (the nearest step; libsndfile's own float writer rounds down)."""
     import soundfile as sf
 
     from eval import embedders
@@ -384,7 +385,10 @@ def test_a_float_wav_scores_as_its_16_bit_copy(tmp_path, monkeypatch):
         for i in range(6):
             wav = np.zeros(32_000, np.float32)
             wav[:12_000] = tone(300 + 500 * i, 0.75) * np.hanning(12_000)   # a tone, then digital silence
-            sf.write(tmp_path / subtype / f"c{i}.wav", wav, 16_000, subtype=subtype)
+            if subtype == "PCM_16":
+                save_audio(tmp_path / subtype / f"c{i}.wav", wav, 16_000)
+            else:
+                sf.write(tmp_path / subtype / f"c{i}.wav", wav, 16_000, subtype=subtype)
             if subtype == "FLOAT":
                 rows.append(f"c{i}.wav,a {'low' if i < 3 else 'high'} tone")
     (tmp_path / "p.csv").write_text("file,prompt\n" + "\n".join(rows) + "\n")

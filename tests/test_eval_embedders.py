@@ -294,3 +294,22 @@ def test_mfcc_settings_other_than_the_default_are_in_its_identity(tmp_path):
     cache = EmbeddingCache(tmp_path / "cache", other.identity)
     got = embed_folder(tmp_path / "gen", other, cache, what="generated", progress=False)
     assert cache.hits == 0 and got.embeddings["c0"].shape[1] == 26
+
+
+def test_a_float_files_embeddings_read_by_the_earlier_16_bit_rule_are_not_served_again(tmp_path):
+    """A float file's cached embedding was keyed "<sha256>-pcm16", read with its samples put on the 16-bit step
+    below; they are read on the nearest step now, and that entry would have been served for them."""
+    import soundfile as sf
+
+    from eval.cache import EmbeddingCache, content_hash
+    from eval.run import embed_folder
+
+    (tmp_path / "gen").mkdir()
+    sf.write(tmp_path / "gen" / "c0.wav", tone(300, 3.0) * 0.3, 16_000, subtype="FLOAT")
+    mfcc = get_embedder("mfcc")
+    fresh = embed_folder(tmp_path / "gen", mfcc, None, what="generated", progress=False).embeddings["c0"]
+    cache = EmbeddingCache(tmp_path / "cache", mfcc.identity)
+    cache.put(f"{content_hash(tmp_path / 'gen' / 'c0.wav')}-pcm16", np.zeros_like(fresh))   # an earlier version's
+    got = embed_folder(tmp_path / "gen", mfcc, cache, what="generated", progress=False).embeddings["c0"]
+    assert cache.hits == 0
+    np.testing.assert_array_equal(got, fresh)

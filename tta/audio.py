@@ -437,12 +437,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
         raise AudioError(f"{path}: contains non-finite samples (NaN or inf)")
     wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     wav = np.ascontiguousarray(wav, dtype=np.float32)
-    if pcm16:
-        # floor(x * 32768 + 1e-6): the 16-bit value libsndfile writes for a float sample (save_audio's PCM_16
-        # files), as measured on random audio (a sample within ~1e-5 of a step below a negative grid point can
-        # come out one step lower); samples on the grid stay put
-        q = np.floor(wav.astype(np.float64) * 32768.0 + 1e-6)
-        wav = (np.clip(q, -32768, 32767) / 32768.0).astype(np.float32)
+    if pcm16:   # the nearest 16-bit value, as save_audio writes a PCM_16 file (pcm_samples); grid samples stay put
+        wav = (pcm_samples(wav, 16) / 32768.0).astype(np.float32)
     if sample_rate is not None and sample_rate != sr:
         wav = resample(wav, sr, sample_rate)
         sr = sample_rate
@@ -451,10 +447,24 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     return wav, sr
 
 
+# libsndfile turns a float sample into the integer below it for WAV's integer subtypes (floor(x * 32768) at 16
+# bits, at 24 and 8 bits too; FLAC and 32-bit WAV round): half a step too low on average, a DC offset and
+# truncation distortion in quiet passages. save_audio rounds these itself and hands libsndfile the integers.
+PCM_BITS = {"PCM_U8": 8, "PCM_S8": 8, "PCM_16": 16, "PCM_24": 24}
+
+
+def pcm_samples(wav, bits: int) -> np.ndarray:
+    """float samples (k / 2**(bits - 1) full scale) -> the nearest `bits`-bit integers (float64, clipped to
+    the integer range; a sample halfway between two goes to the even one)."""
+    top = 2.0 ** (bits - 1)
+    return np.clip(np.rint(np.asarray(wav, np.float64) * top), -top, top - 1)
+
+
 def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "PCM_16") -> Path:
     """Write (T,) mono audio atomically (temp file + rename): a kill never leaves a half-written file.
 
-    The format follows the suffix (wav, flac, ogg); samples are clipped to [-1, 1].
+    The format follows the suffix (wav, flac, ogg); samples are clipped to [-1, 1] and, for an integer subtype
+    (PCM_16 by default), rounded to the nearest step (PCM_BITS).
     """
     from tta.checkpoint import atomic_path
 
@@ -474,8 +484,12 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
         raise AudioError(f"{path}: unsupported output suffix {path.suffix!r} (expected .wav, .flac or .ogg)")
     if fmt == "OGG":
         subtype = "VORBIS"
+    data = np.clip(arr, -1.0, 1.0)
+    bits = PCM_BITS.get(subtype)
+    if bits is not None:   # int32 samples, the value in the top bits: libsndfile drops the low ones exactly
+        data = (pcm_samples(data, bits).astype(np.int64) << (32 - bits)).astype(np.int32)
     with atomic_path(path) as tmp:
-        sf.write(os.fsencode(tmp), np.clip(arr, -1.0, 1.0), sample_rate, subtype=subtype, format=fmt)
+        sf.write(os.fsencode(tmp), data, sample_rate, subtype=subtype, format=fmt)
     return path
 
 

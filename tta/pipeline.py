@@ -601,8 +601,9 @@ class TTAPipeline:
         out.sampled = (a / self.sample_rate, b / self.sample_rate)   # the whole clip, or a window of a long one
         if outside == "decoded":
             return at_level(out, level)
-        # back at the input's level in float32 the kept samples are within a rounding step of the input's, and a
-        # step under a 16-bit value is written as the value below: they are the input's own, exactly
+        # back at the input's level in float32 the kept samples are within a rounding step of the input's, not on
+        # them (a writer that rounds down, as libsndfile's does, put ~2 % of a 16-bit input's one step lower):
+        # they are the input's own, exactly
         kept = weight.numpy() == 0
         return at_level(out, level, offset, exact=(raw, kept))
 
