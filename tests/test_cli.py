@@ -419,3 +419,66 @@ def test_python_m_tta_uses_its_own_top_level_packages_beside_a_users_of_the_same
             "except SystemExit as e:\n    print(e.code, sys.path[0], sys.modules['eval'].__file__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root)
     assert out.stdout.split()[-3:] == ["0", str(repo_root), str(repo_root / "eval" / "__init__.py")], out.stderr
+
+
+def _gone_reader_pipe() -> int:
+    """The write end of a pipe whose reader has gone (as `| head` leaves it once head exits)."""
+    r, w = os.pipe()
+    os.close(r)
+    return w
+
+
+def test_a_command_whose_stdout_reader_goes_away_finishes_its_work(tmp_path, capsys, monkeypatch):
+    """`tta data check m.jsonl --drop-bad clean.jsonl | head -1`: the first line after the reader went ended the
+    command with "tta: error: [Errno 32] Broken pipe" and exit 1, before --drop-bad was written. What is
+    written to stdout is now dropped, and the command ends as it would have (here 1: a bad row)."""
+    import json
+
+    _noise_manifest(tmp_path, 2)
+    rows = (tmp_path / "m.jsonl").read_text() + json.dumps({"id": "gone", "path": "gone.wav", "captions": ["x"],
+                                                             "seconds": 1.0, "sample_rate": 16_000}) + "\n"
+    (tmp_path / "m.jsonl").write_text(rows)
+    w = _gone_reader_pipe()
+    with open(w, "w", buffering=1) as stdout:   # line-buffered: each line is written as it is printed
+        monkeypatch.setattr(sys, "stdout", stdout)
+        code = main(["-q", "data", "check", str(tmp_path / "m.jsonl"), "--drop-bad", str(tmp_path / "clean.jsonl")])
+        assert (code, capsys.readouterr().err) == (1, "")
+        assert sys.stdout is stdout   # as it was
+        stdout.write("dropped\n")   # its descriptor now writes to the null device
+    assert [json.loads(line)["id"] for line in (tmp_path / "clean.jsonl").read_text().splitlines()] == ["c0", "c1"]
+
+
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_a_process_whose_stdout_reader_goes_away_exits_0_without_a_word(tmp_path, repo_root, unbuffered):
+    """`tta index info STORE | head -1` (or `tta generate ... | head -2`): with stdout's buffer held to the end,
+    the interpreter's last flush printed "Exception ignored in: <_io.TextIOWrapper name='<stdout>' ...>
+    BrokenPipeError" and the process exited 120; unbuffered (PYTHONUNBUFFERED=1) it printed "tta: error: [Errno
+    32] Broken pipe" and exited 1, after the work was done."""
+    _noise_manifest(tmp_path, 1)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    w = _gone_reader_pipe()
+    try:
+        out = subprocess.run([sys.executable, "-m", "tta", "-q", "data", "check", str(tmp_path / "m.jsonl")],
+                             stdout=w, stderr=subprocess.PIPE, cwd=repo_root, env=env)
+    finally:
+        os.close(w)
+    assert (out.returncode, out.stderr.decode()) == (0, "")
+
+
+def test_a_broken_pipe_that_is_not_stdouts_is_an_error(capsys, monkeypatch):
+    """Only stdout's reader going away is taken quietly: a pipe or socket of the command's own (a child process's,
+    a library's) that breaks is an error as any other."""
+    import tta.data.commands
+
+    def writes_to_a_gone_reader(args):
+        print("a line")
+        w = _gone_reader_pipe()
+        try:
+            os.write(w, b"x")
+        finally:
+            os.close(w)
+
+    monkeypatch.setattr(tta.data.commands, "cmd_check", writes_to_a_gone_reader)
+    assert run_cli(capsys, "data", "check", "m.jsonl") == (1, "a line\n", "tta: error: [Errno 32] Broken pipe\n")

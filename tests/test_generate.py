@@ -845,3 +845,21 @@ def test_the_record_says_which_seconds_of_an_inpainted_clip_were_sampled(tmp_pat
         assert code == 0, err
         record = json.loads(out.with_name(out.stem + ".generation.json").read_text())
         assert record["edit"]["sampled_seconds"] == sampled
+
+
+def test_a_batch_whose_stdout_reader_goes_away_writes_every_file_and_its_record(tmp_path, capsys, monkeypatch):
+    """`tta generate --prompts p.txt --out-dir D | head -2` wrote every clip and a complete record, then printed
+    "tta: error: [Errno 32] Broken pipe" and exited 1 at the paths it prints last. The paths the reader
+    did not take are dropped and the run ends as it would have."""
+    import os
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)   # the reader has gone
+    with open(w, "w", buffering=1) as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        code, _, err = run(capsys, "a", "b", "c", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 1,
+                           "--out-dir", tmp_path)
+        assert (code, err) == (0, "")
+    record = json.loads((tmp_path / "generation.json").read_text())
+    assert record["complete"] and [o["file"] for o in record["outputs"]] == ["000_a.wav", "001_b.wav", "002_c.wav"]

@@ -1,7 +1,8 @@
 """The `tta` command: parse arguments, configure logging, dispatch. No logic lives here.
 
 Exit codes: 0 ok; 1 a user-facing error printed as one line (the traceback only with -v); 2 bad usage;
-130 Ctrl-C ("tta: interrupted") and 143 SIGTERM ("tta: terminated"), as a shell reports a process they ended.
+130 Ctrl-C ("tta: interrupted") and 143 SIGTERM ("tta: terminated"), as a shell reports a process they ended. A
+reader of stdout that goes away (`| head`) changes none of them: the command finishes, writing no more to stdout.
 Heavy modules (torch, diffusers, ...) are imported inside each handler so `tta --help` stays instant.
 """
 
@@ -354,7 +355,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         # SIGTERM (kill, timeout, a batch scheduler, docker stop) unwinds as an exception, so every command's
         # clean-up runs: temporary files and folders are removed and a stopped batch keeps its record
-        with terminate_as_exit(), _others_beside_progress_bars(handler, verbose=args.verbose):
+        with terminate_as_exit(), _others_beside_progress_bars(handler, verbose=args.verbose), _stdout_while_read():
             return int(args.func(args) or 0)
     except UsageError as e:   # one line, as for bad input, but exit 2 as argparse's own usage errors
         _end_progress_bars()
@@ -486,6 +487,75 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
             sys.meta_path.remove(hook)
         for restore in undo:
             restore()
+
+
+class _StdoutWhileRead:
+    """sys.stdout while a command runs: once its reader has gone (`tta generate ... | head -2`, a pipe closed), what
+    is written to it is dropped, and the command goes on to its end as it would have. It stopped at the next
+    print with "tta: error: [Errno 32] Broken pipe" and exit 1 (from a batch whose files and record were all
+    written), or, when the paths were still in stdout's buffer, the interpreter's last flush said "Exception
+    ignored ... BrokenPipeError" and the process exited 120. Its file descriptor is pointed at the null device,
+    so that last flush writes what is left there. A BrokenPipeError raised by another pipe or socket is an
+    error as before."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._went()
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._went()
+
+    def _went(self) -> None:
+        self.gone = True
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, ValueError, OSError):   # no file descriptor (a stream in memory): dropped here only
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str):   # isatty, fileno, encoding, buffer, ...: the stream's own
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _stdout_while_read() -> Iterator[None]:
+    """sys.stdout is a _StdoutWhileRead while the command runs, flushed as it ends: what its buffer holds then is
+    written by then, not by the interpreter's last flush after main() returns."""
+    if sys.stdout is None:   # started with stdout closed (`>&-`): print() writes nothing
+        yield
+        return
+    before = sys.stdout
+    stdout = sys.stdout = _StdoutWhileRead(before)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError, ValueError):   # the command's own error is the one to report
+            stdout.flush()
+        raise
+    else:
+        stdout.flush()   # e.g. a full disk under `> file`: an error of the command's
+    finally:
+        if sys.stdout is stdout:
+            sys.stdout = before
 
 
 class _AfterImport:
