@@ -125,6 +125,32 @@ def test_transformers_records_start_their_own_line_beside_a_bar_and_show_only_wi
         assert (f"]\n{record}" in err) == bool(verbose), repr(err)
 
 
+def test_diffusers_records_take_tta_s_handler_and_show_only_with_verbose(tmp_path, repo_root):
+    """diffusers, as transformers, writes its records with a handler of its own and at its import (inside a
+    command) set its level back to warnings: `tta -q import diffusers` of a folder whose scheduler_config.json
+    has a key DDIMScheduler does not take printed "The config attributes {'a_later_setting': 1} were passed to
+    DDIMScheduler, but are not expected ..." under -q, in diffusers' own format."""
+    import json
+
+    from tests.test_ldm_fixtures import tiny_components
+    from tests.test_pipeline_interop import write_diffusers_audioldm
+
+    write_diffusers_audioldm(tmp_path / "d")
+    path = tmp_path / "d" / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "a_later_setting": 1}))
+    cmd = [sys.executable, "-m", "tta", "-q", "import", "diffusers", str(tmp_path / "d"), "--clap",
+           str(tiny_components()["clap"])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for verbose in (["-v"], []):
+        out = subprocess.run([*cmd, *verbose, "--out", str(tmp_path / f"p{len(verbose)}")], capture_output=True,
+                             cwd=repo_root, env=env)
+        err = out.stderr.decode()
+        assert out.returncode == 0, err
+        record = ("WARNING diffusers.configuration_utils: The config attributes {'a_later_setting': 1} were passed "
+                  "to DDIMScheduler, but are not expected")
+        assert ("not expected" in err) == bool(verbose) and (record in err) == bool(verbose), repr(err)
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux's CPU affinity")
 def test_a_python_warning_raised_while_a_bar_is_open_starts_its_own_line(tmp_path, repo_root):
     """torch's DataLoader warns when it starts more workers than the CPUs the process may use, as the training
@@ -149,23 +175,25 @@ def test_a_python_warning_raised_while_a_bar_is_open_starts_its_own_line(tmp_pat
 
 def test_a_command_leaves_transformers_logging_and_python_warnings_as_it_found_them(tmp_path, capsys):
     """The routing above lasts while the command runs: afterwards (main() called in a process that goes on)
-    transformers writes with its own handler again, and warnings are shown as before. (Its level stays where the
-    command's -q/-v put it, as every noisy library's did before.)"""
+    transformers and diffusers write with their own handlers again, and warnings are shown as before. (Their
+    levels stay where the command's -q/-v put them, as every noisy library's did before.)"""
     import logging
     import warnings
 
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as hf_logging
 
     from tests.test_ldm_fixtures import tiny_pipeline
 
-    logger = logging.getLogger("transformers")
-    hf_logging.get_verbosity()   # set up, as transformers sets its logger up on first use
-    before = list(logger.handlers), logger.propagate, warnings.showwarning
-    assert before[0] and not before[1]   # its own handler, not the root logger's
+    loggers = [logging.getLogger("transformers"), logging.getLogger("diffusers")]
+    hf_logging.get_verbosity()   # set up, as each library sets its logger up on first use
+    diffusers_logging.get_verbosity()
+    before = [(list(logger.handlers), logger.propagate) for logger in loggers], warnings.showwarning
+    assert all(handlers and not propagate for handlers, propagate in before[0])   # their own, not the root's
     code = main(["-q", "generate", "rain " * 600, "--model", str(tiny_pipeline()), "--seconds", "0.2", "--steps", "2",
                  "-o", str(tmp_path / "x.wav")])
     assert code == 0, capsys.readouterr().err
-    assert (list(logger.handlers), logger.propagate, warnings.showwarning) == before
+    assert ([(list(logger.handlers), logger.propagate) for logger in loggers], warnings.showwarning) == before
 
 
 def test_a_log_record_in_a_terminal_clears_the_bar_and_draws_it_again_below_it():

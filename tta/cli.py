@@ -438,13 +438,15 @@ class _WarningsBesideProgressBars:
 
 @contextlib.contextmanager
 def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool) -> Iterator[None]:
-    """While a command runs, Python's warnings and transformers' log records are written as tta's own records
-    are, beside the open progress bars (`handler`), and the command's -q/-v decide which of transformers'
-    records show, as they decide for the other libraries': under -v its own verbosity (warnings), otherwise its
-    errors only. transformers writes with a handler of its own, not through the root logger's, and at its import
-    (inside a command) it set its level to warnings again: "[transformers] Token indices sequence length is
-    longer ..." came at the end of `tta generate`'s bar, without -v too. Its handler is left out, its records
-    go to the root logger's handler (tta's), until the command ends, when it is as it was."""
+    """While a command runs, Python's warnings and transformers' and diffusers' log records are written as tta's
+    own records are, beside the open progress bars (`handler`), and the command's -q/-v decide which of their
+    records show, as they decide for the other libraries': under -v their own verbosity (warnings), otherwise
+    errors only. Each writes with a handler of its own, not through the root logger's, and at its import (inside
+    a command) set its level to warnings again: "[transformers] Token indices sequence length is longer ..."
+    came at the end of `tta generate`'s bar, without -v too, and `tta -q import diffusers` of a folder whose
+    scheduler_config.json has a key its class does not take printed diffusers' "The config attributes {...} were
+    passed to DDIMScheduler, but are not expected ...". Their handlers are left out, their records go to the root
+    logger's handler (tta's), until the command ends, when they are as they were."""
     import warnings
 
     show = warnings.showwarning   # as it is (a recorder in catch_warnings(record=True) keeps recording)
@@ -455,9 +457,9 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
 
     undo: list = []
 
-    def route(hf_logging) -> None:
-        logger = logging.getLogger("transformers")
-        hf_logging.get_verbosity()   # transformers sets its logger up on first use: its handler, level, propagate
+    def route(hf_logging) -> None:   # transformers.utils.logging or diffusers.utils.logging: the same functions
+        logger = logging.getLogger(hf_logging.__name__.split(".")[0])
+        hf_logging.get_verbosity()   # the library sets its logger up on first use: its handler, level, propagate
         handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
         hf_logging.disable_default_handler()
         hf_logging.enable_propagation()
@@ -474,17 +476,19 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
         undo.append(restore)
 
     warnings.showwarning = show_beside_bars
-    hook = _AfterImport("transformers.utils.logging", route)
-    if hook.name in sys.modules:
-        route(sys.modules[hook.name])
-    else:
-        sys.meta_path.insert(0, hook)
+    hooks = [_AfterImport(f"{library}.utils.logging", route) for library in ("transformers", "diffusers")]
+    for hook in hooks:
+        if hook.name in sys.modules:
+            route(sys.modules[hook.name])
+        else:
+            sys.meta_path.insert(0, hook)
     try:
         yield
     finally:
         warnings.showwarning = show
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(hook)
+        for hook in hooks:
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(hook)
         for restore in undo:
             restore()
 
