@@ -168,6 +168,15 @@ def test_export_refuses_own_clap_with_the_reason(tmp_path, capsys):
     assert code == 1 and "LAION-CLAP text encoder" in err and not (tmp_path / "x").exists()
 
 
+def test_export_diffusers_help_says_what_a_pipeline_needs(capsys):
+    """`tta export diffusers --help` showed the usage line and the flags alone: what the export needs (which the
+    README says, and the refusal names) was found only by being refused."""
+    with pytest.raises(SystemExit) as e:
+        main(["export", "diffusers", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and 'needs a LAION-CLAP text encoder and a HiFi-GAN vocoder with resblock type "1"' in out
+
+
 def test_import_audioldm_ckpt_prefers_ema_and_matches_the_reference_names(tmp_path, capsys):
     """A checkpoint in AudioLDM's own layout (built from tiny parts with the reference key names) imports
     into a pipeline whose UNet computes what the source UNet computes."""

@@ -690,7 +690,11 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                             "recorded, else tacotron, AudioLDM's TacotronSTFT)")
         p.add_argument("--out", required=True, type=output_path, help="tta pipeline folder to write")
     else:
-        p = sub.add_parser("diffusers", help="a tta pipeline folder (LAION-CLAP) -> a diffusers AudioLDM folder")
+        p = sub.add_parser("diffusers", help="a tta pipeline folder (LAION-CLAP) -> a diffusers AudioLDM folder",
+                           description="A tta pipeline folder -> a diffusers AudioLDM folder. It needs a LAION-CLAP "
+                                       "text encoder and a HiFi-GAN vocoder with resblock type \"1\" (diffusers' "
+                                       "SpeechT5HifiGan has no other; configs/vocoder/*.json train type \"2\"); "
+                                       "other pipelines are refused before anything is written.")
         p.add_argument("folder", type=Path, help="tta pipeline folder")
         p.add_argument("--out", required=True, type=output_path, help="diffusers folder to write")
         p = sub.add_parser("pipeline", help="a tta pipeline folder -> a compact copy (half-precision storage, "
