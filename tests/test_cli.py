@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tta import __version__
@@ -50,15 +51,19 @@ def test_an_error_mid_run_starts_its_own_line_after_the_progress_bar(capsys, tmp
 
     rows = []
     for i in range(3):
-        save_audio(tmp_path / f"c{i}.wav", noise(1.0, seed=i), 16_000)
-        rows.append({"id": f"c{i}", "path": f"c{i}.wav", "captions": ["noise"], "seconds": 1.0,
+        save_audio(tmp_path / f"c{i}.flac", noise(1.0, seed=i), 16_000)
+        rows.append({"id": f"c{i}", "path": f"c{i}.flac", "captions": ["noise"], "seconds": 1.0,
                      "sample_rate": 16_000, "split": "train"})
-    (tmp_path / "c1.wav").write_bytes(b"not audio" * 100)   # found, read only when drawn
+    # a whole header, so the check of every file's header before the first step passes it, and frames that do
+    # not decode (FLAC "lost sync"): found only when it is read, after the bar is drawn
+    damaged = bytearray((tmp_path / "c1.flac").read_bytes())
+    damaged[200:] = bytes(np.random.default_rng(1).integers(0, 256, len(damaged) - 200, dtype=np.uint8))
+    (tmp_path / "c1.flac").write_bytes(bytes(damaged))
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, _, err = run_cli(capsys, "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"), "--out",
                            str(tmp_path / "run"), "--set", f"data.manifest={json.dumps(str(tmp_path / 'm.jsonl'))}",
                            "--set", "train.batch_size=3")
-    assert code == 1 and "train run:" in err and "c1.wav" in err, err
+    assert code == 1 and "train run:" in err and "c1.flac" in err, err
     assert err.endswith("\n") and err.splitlines()[-1].startswith("tta: error: "), err
     assert not (tmp_path / "run").exists()
 
@@ -168,7 +173,10 @@ def test_a_python_warning_raised_while_a_bar_is_open_starts_its_own_line(tmp_pat
     assert out.returncode == 0, err
     warned = [line for line in err.split("\n") if "UserWarning: This DataLoader will create 2 worker" in line]
     assert len(warned) == 2, repr(err)   # as the loader is made, then as the bar is open and it starts its workers
-    assert all(re.match(r"/\S+/dataloader\.py:\d+: UserWarning", line) for line in warned), repr(err)
+    # what a line shows once the terminal has carried out its carriage returns (a closed bar clears its line
+    # with "\r   \r" before the warning is written at its start)
+    shown = [line.rsplit("\r", 1)[-1] for line in warned]
+    assert all(re.match(r"/\S+/dataloader\.py:\d+: UserWarning", line) for line in shown), repr(err)
     assert f"?it/s]\n{warned[1]}\n  self.check_worker_number_rationality()\n\rtrain run:" in err, repr(err)
     assert not re.search(r"[^\n](DEBUG|INFO|WARNING) ", err), repr(err)
 
