@@ -647,8 +647,9 @@ def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path, token
     """A config.json building a model its weights do not fit loaded with only transformers' logged report: fusion
     switched on over unfused weights left the fusion layers at random, the patch LayerNorm or the qkv biases
     switched off dropped their weights, and the folder embedded otherwise under the same identity. It is refused,
-    naming the folder, the count and the first keys. Deterministic buffers and logit scales that another
-    transformers version did not save are no misfit: such a folder loads and embeds as the full one."""
+    naming the folder, the count and the first keys (a weight shaped otherwise: its shapes in both; transformers
+    stopped pointing to its report). Deterministic buffers and logit scales that another transformers version did
+    not save are no misfit: such a folder loads and embeds as the full one."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -676,7 +677,11 @@ def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path, token
                (edited("norm", "audio_config", enable_patch_layer_norm=False),
                 rf"2 weights the model does not use \(first: {enc}patch_embed\.norm\.bias, {enc}patch_embed"),
                (edited("qkv", "audio_config", qkv_bias=False),
-                rf"15 weights the model does not use \(first: {enc}layers\.0\.blocks\.0\.attention\.self\.")]
+                rf"15 weights the model does not use \(first: {enc}layers\.0\.blocks\.0\.attention\.self\."),
+               # transformers stopped with only "For details look at the above report!", a report hidden unless -v
+               (edited("mlp", "audio_config", mlp_ratio=2.0),
+                rf"\d+ weights shaped otherwise than the model's \(first: {enc}layers\.0\.blocks\.0\.intermediate"
+                rf"\.dense\.bias, \[{EMBED * 4}\] in the folder, \[{EMBED * 2}\] in the model\)")]
     for folder, message in refused:
         with pytest.raises(CheckpointError, match=f"^{folder}: its weights do not fit the CLAP model its "
                                                   f"config.json describes: {message}.* \\(check config.json"):

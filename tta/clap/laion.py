@@ -3,8 +3,9 @@
 Two on-disk forms are read:
 
 - a transformers CLAP folder (config.json with model_type "clap" + weights; `save_pretrained` output), whose
-  weights must fit the model its config.json builds: one that leaves model weights missing or file weights
-  unused is refused with the first keys (transformers would initialise or drop them with a logged report);
+  weights must fit the model its config.json builds: one that leaves model weights missing, file weights
+  unused or shaped otherwise than the model's is refused with the first keys (and shapes) (transformers would
+  initialise or drop them with a logged report, or stop pointing to that report);
 - an original LAION `.pt` (e.g. 630k-audioset-best.pt): {"state_dict": {"module.<key>": tensor}} in
   LAION's layout (or an AudioLDM `.ckpt`, whose `cond_stage_model.model.*` is the CLAP it was trained with,
   in the same layout) (`text_branch.*` RoBERTa, `audio_branch.*` HTSAT, `text_projection.{0,2}`,
@@ -240,20 +241,28 @@ def _check_loading_info(path: Path, info: dict) -> None:
     and the folder embeds otherwise under the same identity. Keys transformers itself expects to be absent or left
     over (the old `position_ids` buffers, a model's `_keys_to_ignore_on_load_*`) are not in `info`; deterministic
     buffers another transformers version did not save (`_BUFFERS_OK_MISSING`, rebuilt by transformers) and the logit
-    scales (which no embedding uses) may be absent, or left over under another name."""
+    scales (which no embedding uses) may be absent, or left over under another name. Weights shaped otherwise
+    than the model's (e.g. `audio_config.mlp_ratio` edited) come as `mismatched_keys` (key, file's shape, model's
+    shape), loaded with `ignore_mismatched_sizes`: without it transformers stops with only a pointer to the report
+    it logged ("For details look at the above report!"), which tta's log hides unless -v."""
     missing = sorted(k for k in info.get("missing_keys") or ()
                      if not _LOGIT_SCALE.match(k) and not any(p.match(k) for p in _BUFFERS_OK_MISSING))
     unexpected = sorted(k for k in info.get("unexpected_keys") or () if not _LOGIT_SCALE.match(k))
-    if not missing and not unexpected:
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: m[0])
+    if not missing and not unexpected and not mismatched:
         return
     parts = []
+    if mismatched:
+        key, saved, built = mismatched[0]
+        parts.append(f"{len(mismatched)} weights shaped otherwise than the model's (first: {key}, "
+                     f"{list(saved)} in the folder, {list(built)} in the model)")
     if missing:
         parts.append(f"{len(missing)} model weights missing from the folder (first: {', '.join(missing[:5])})")
     if unexpected:
         parts.append(f"{len(unexpected)} weights the model does not use (first: {', '.join(unexpected[:5])})")
     raise CheckpointError(f"{path}: its weights do not fit the CLAP model its config.json describes: "
                           + "; ".join(parts) + " (check config.json against the config the weights were saved "
-                          "with, e.g. audio_config.enable_fusion, enable_patch_layer_norm, qkv_bias)")
+                          "with, e.g. audio_config.enable_fusion, enable_patch_layer_norm, qkv_bias, mlp_ratio)")
 
 
 def load_roberta_tokenizer(folder: str | os.PathLike):
@@ -441,7 +450,8 @@ class LaionClapEmbedder(ClapEmbedder):
         if not (path / "config.json").is_file():
             raise ValueError(f"{path}: neither a LAION .pt file nor a transformers CLAP folder (no config.json)")
         try:
-            model, info = ClapModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+            model, info = ClapModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True,
+                                                    ignore_mismatched_sizes=True)   # refused below, with the shapes
         except Exception as e:  # noqa: BLE001 - any failure means "not a usable folder"
             raise CheckpointError(f"{path}: not a loadable transformers CLAP folder "
                                   f"({str(e).splitlines()[0][:200]})") from None
