@@ -703,6 +703,48 @@ def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path, token
     assert torch.allclose(clap.embed_text(text), full.embed_text(text), atol=1e-6)
 
 
+def test_a_folder_whose_audio_tower_cannot_embed_is_refused_naming_its_config(tmp_path, tokenizer_dir, caplog):
+    """A config.json whose weights fit but whose audio tower cannot embed at all (flatten_patch_embeds false, a
+    patch stride the mels do not fit) loads, and its first audio embedding failed with transformers' bare reason
+    ("Given normalized_shape=[8], expected input ..."), naming neither the folder nor its config; a datastore
+    skipped every row of a spec size the mels do not fit as a clip the CLAP refused. Both are one error naming
+    the config.json, with transformers' reason; the text tower embeds as before."""
+    import shutil
+
+    from transformers import AutoTokenizer, ClapModel
+
+    from tests.clap_toy import make_corpus
+    from tta.clap import load_clap
+    from tta.retrieval.datastore import build_datastore
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    ClapModel(tiny_config()).save_pretrained(str(base))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    text = ["a dog barks loudly"]
+    expected = load_clap(base).embed_text(text)
+    manifest = make_corpus(tmp_path / "corpus", per_kind_train=1, per_kind_valid=0)
+    for name, change, reason in (("flat", {"flatten_patch_embeds": False}, r"Given normalized_shape=\[8\]"),
+                                 ("stride", {"patch_stride": [3, 3]}, "shape .* is invalid for input"),
+                                 ("spec", {"spec_size": 128}, "the wav size should be less than or equal")):
+        folder = tmp_path / name
+        shutil.copytree(base, folder)
+        body = json.loads((folder / "config.json").read_text())
+        body["audio_config"].update(change)
+        (folder / "config.json").write_text(json.dumps(body))
+        clap = load_clap(folder)
+        assert torch.allclose(clap.embed_text(text), expected, atol=1e-6)
+        message = (f"^{folder / 'config.json'}: the CLAP audio tower its audio_config builds cannot embed audio "
+                   rf"\(transformers: {reason}.*\); check audio_config against the config the weights were saved")
+        with pytest.raises(CheckpointError, match=message):
+            clap.embed_audio(chirp(200, 4000, 2.0, 16_000), 16_000)
+        caplog.clear()
+        with pytest.raises(CheckpointError, match=message):
+            build_datastore(manifest, clap, tmp_path / f"store-{name}", progress=False)
+        assert not (tmp_path / f"store-{name}").exists()
+        assert not [r for r in caplog.records if "skipping" in r.getMessage()]
+
+
 def test_an_extractor_given_with_a_laion_pt_is_in_its_identity(laion_pt, tokenizer_dir):
     """A LAION .pt has no preprocessor config (LAION's fixed front end); an extractor passed in through the
     Python API reads it otherwise and gets its own identity."""

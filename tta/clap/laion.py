@@ -29,7 +29,11 @@ the weights-only identity). One the model cannot take (another sample rate or me
 truncation without feature fusion, more mel frames than HTSAT's input) or that would crop at random (a window
 under 10 s without fusion) is refused when the folder loads. A config.json whose activations, LayerNorm
 epsilons, text head count, padding id, patch stride or spec size differ from the official folders' adds "-cfg"
-and a hash of those fields to the identity (`model_config_suffix`).
+and a hash of those fields to the identity (`model_config_suffix`). One that builds an audio tower that cannot
+embed at all (e.g. `flatten_patch_embeds` false, a patch stride or spec size the mels do not fit) loads, as
+its weights fit; its first audio embedding is refused naming the config.json (a probe embedding when the
+folder loads would put a 10 s window through HTSAT: ~0.4 s on one CPU core for the official size, a quarter
+of its load, paid by text-only uses such as AudioLDM's conditioning too).
 
 The RoBERTa tokenizer must come from local files the user names; a tokenizer with a tiny vocabulary
 (what transformers 5 builds offline when the files are missing) is refused.
@@ -400,13 +404,15 @@ class LaionClapEmbedder(ClapEmbedder):
     """The shared interface over a transformers ClapModel holding LAION-CLAP weights.
 
     `identity` names the weights (and tokenizer); a `feature_extractor` other than LAION's front end appends
-    `front_end_suffix` to it."""
+    `front_end_suffix` to it. `config_source`: where the model's config came from (a folder's config.json, a
+    .pt), named when its audio tower cannot embed."""
 
     sample_rate = SAMPLE_RATE
     min_samples = 1024     # one STFT window at 48 kHz
 
     def __init__(self, model, tokenizer, *, identity: str, feature_extractor=None, crop_seed: int = 0,
-                 device: str | torch.device = "cpu", batch_size: int = 16, cache_dir=None):
+                 device: str | torch.device = "cpu", batch_size: int = 16, cache_dir=None,
+                 config_source: str | None = None):
         from transformers import ClapFeatureExtractor
 
         super().__init__(batch_size=batch_size, cache_dir=cache_dir)
@@ -428,6 +434,8 @@ class LaionClapEmbedder(ClapEmbedder):
         self.identity = identity + front_end_suffix(self.features, self.fusion)
         self.embed_dim = model.config.projection_dim
         self.max_length = min(TEXT_MAX_LENGTH, model.config.text_config.max_position_embeddings - 2)
+        self.config_source = config_source
+        self._audio_embedded = False   # until the audio tower has embedded once (_audio_features)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None, *, config=None,
@@ -446,7 +454,8 @@ class LaionClapEmbedder(ClapEmbedder):
             model = load_laion_checkpoint(path, config, loaded=loaded)
             # the tokenizer comes from elsewhere: another one embeds captions otherwise, so it is in the identity
             ident = hashlib.sha256(f"{_file_hash(path)}:{_tokenizer_hash(Path(tokenizer))}".encode()).hexdigest()[:16]
-            return cls(model, load_roberta_tokenizer(tokenizer), identity=f"laion-clap:{ident}", **kwargs)
+            return cls(model, load_roberta_tokenizer(tokenizer), identity=f"laion-clap:{ident}",
+                       config_source=str(path), **kwargs)
         if not (path / "config.json").is_file():
             raise ValueError(f"{path}: neither a LAION .pt file nor a transformers CLAP folder (no config.json)")
         try:
@@ -477,7 +486,8 @@ class LaionClapEmbedder(ClapEmbedder):
                 raise ValueError(f"{path / 'preprocessor_config.json'}: not a ClapFeatureExtractor "
                                  f"configuration ({str(e).splitlines()[0][:200]})") from None
             check_front_end(fe, model.config.audio_config, str(path / "preprocessor_config.json"))
-        return cls(model, load_roberta_tokenizer(tokenizer or path), identity=ident, feature_extractor=fe, **kwargs)
+        return cls(model, load_roberta_tokenizer(tokenizer or path), identity=ident, feature_extractor=fe,
+                   config_source=str(path / "config.json"), **kwargs)
 
     @torch.no_grad()
     def _text_batch(self, captions: list[str]) -> torch.Tensor:
@@ -510,8 +520,27 @@ class LaionClapEmbedder(ClapEmbedder):
         else:
             clips = [laion_prepare(w, np.random.default_rng(self.crop_seed)) for w in wav]
             feats = self.features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        return _pooled(self.model.get_audio_features(input_features=feats["input_features"].to(self.device),
-                                                     is_longer=feats["is_longer"].to(self.device)))
+        return self._audio_features(feats["input_features"].to(self.device), feats["is_longer"].to(self.device))
+
+    def _audio_features(self, features: torch.Tensor, is_longer: torch.Tensor) -> torch.Tensor:
+        """The audio tower's embeddings of a batch of mels. A config.json whose audio tower cannot embed at all
+        loads (its weights fit) and failed here with transformers' bare reason ("Given normalized_shape=[8],
+        expected input with shape [*, 8], but got input of size[1, 8, 64, 64]" for `flatten_patch_embeds`
+        false; a spec size or patch stride the mels do not fit): before the tower's first embedding, such a
+        failure is a CheckpointError naming the config. After it, a failure has another cause (the tower works
+        whatever the batch), as has running out of memory, and is raised as it is."""
+        try:
+            out = _pooled(self.model.get_audio_features(input_features=features, is_longer=is_longer))
+        except (RuntimeError, ValueError) as e:
+            if self._audio_embedded or isinstance(e, torch.cuda.OutOfMemoryError):
+                raise
+            where = self.config_source or "this CLAP's config"
+            raise CheckpointError(f"{where}: the CLAP audio tower its audio_config builds cannot embed audio "
+                                  f"(transformers: {str(e).strip().splitlines()[0][:200]}); check audio_config "
+                                  "against the config the weights were saved with, e.g. flatten_patch_embeds, "
+                                  "patch_stride, spec_size") from e
+        self._audio_embedded = True
+        return out
 
 
 def _pooled(out) -> torch.Tensor:

@@ -47,7 +47,7 @@ from typing import Literal
 
 import numpy as np
 
-from tta.checkpoint import read_json
+from tta.checkpoint import CheckpointError, read_json
 from tta.config import check_numbers, shortened
 
 log = logging.getLogger(__name__)
@@ -341,17 +341,22 @@ def build_datastore(manifest: str | os.PathLike, clap, out_dir: str | os.PathLik
 
 def _embed_rows(clap, batch: list, wavs: list, manifest: Path, level) -> tuple[list, list, np.ndarray]:
     """CLAP audio embeddings of a batch, each clip through `level` first (returned as read); if the CLAP refuses
-    the batch, clip by clip, skipping those it refuses."""
+    the batch, clip by clip, skipping those it refuses. A CLAP that cannot embed at all (a CheckpointError: a
+    config.json whose audio tower fails on any clip) stops the build; it had every row skipped as a bad clip."""
     from tta.data.manifest import resolve_path
 
     try:
         return batch, wavs, clap.embed_audio([level(w) for w in wavs], clap.sample_rate).numpy()
+    except CheckpointError:
+        raise
     except ValueError:  # the embedder only knows batch positions: find the clip(s) by embedding one at a time
         pass
     rows, kept, emb = [], [], []
     for r, w in zip(batch, wavs):
         try:
             emb.append(clap.embed_audio([level(w)], clap.sample_rate).numpy()[0])
+        except CheckpointError:
+            raise
         except ValueError as e:
             log.warning("%s: skipping row %s: %s: refused by the CLAP (%s)", manifest, r.id,
                         resolve_path(r, manifest), e)
@@ -763,7 +768,7 @@ def _read_finite(path: Path) -> dict[str, list[int]]:
 def _write_finite(path: Path, files: dict[str, list[int]]) -> None:
     """Record the embedding files found finite, atomically; a store that cannot be written (read-only, shared)
     is checked at every load instead."""
-    from tta.checkpoint import CheckpointError, atomic_write_text
+    from tta.checkpoint import atomic_write_text
 
     try:
         atomic_write_text(path, json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
