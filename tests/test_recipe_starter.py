@@ -210,6 +210,38 @@ def test_reruns_and_workers_give_identical_manifest_bytes(tmp_path, trees):
         r.id for r in read_manifest(tmp_path / "a" / "manifest.jsonl") if r.id.startswith("sfx")}
 
 
+def test_versions_1_to_7_write_their_clips_as_they_always_did(tmp_path):
+    """The recipe wrote a clip's int16 `pcm` as the float pcm / 32767 through save_audio, which handed it to
+    libsndfile: floor(x * 32768), one step below pcm for a negative sample. save_audio takes the nearest step
+    since, and a rebuilt corpus got other audio bytes than the one the shipped weights trained on (same
+    manifest). Versions 1-7 write libsndfile's values still; the hash pins a file the recipe wrote before."""
+    import hashlib
+
+    from tta.audio import load_audio
+    from tta.data.recipes.clips import Candidate, segment
+
+    source = tmp_path / "tree" / MT / "default/sounds/default_break_glass.1.wav"
+    source.parent.mkdir(parents=True)
+    wav = noise(1.5, SAMPLE_RATE, 0.3, seed=7) * np.geomspace(1.0, 1e-3, int(1.5 * SAMPLE_RATE))   # into quiet
+    sf.write(source, wav.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+    candidate = Candidate(key="k", kind="sfx", captions=("x",), label="x", role="event", source="s", licence="l",
+                          spec=(), max_segments=2)
+    (clip,) = segment(load_audio(source, SAMPLE_RATE)[0], candidate)   # the samples the recipe cuts
+    pcm = np.frombuffer(clip.pcm, "<i2")
+    written = np.floor((pcm.astype(np.float32) / np.float32(32767)).astype(np.float64) * 32768)   # libsndfile's
+    assert np.count_nonzero(written != pcm) > 1000 and written.min() >= -32768
+    expected = tmp_path / "expected.wav"
+    sf.write(expected, written.astype(np.int16), SAMPLE_RATE, subtype="PCM_16")
+    for version in (1, 7):
+        out = tmp_path / f"v{version}"
+        options = StarterOptions(sources=("sfx",), file_roots=(("minetest-data", str(tmp_path / "tree")),),
+                                 version=version)
+        (row,) = build_starter(out, options, progress=False).rows
+        got = Path(row.path).read_bytes()
+        assert got == expected.read_bytes(), version
+        assert hashlib.sha256(got).hexdigest() == "10c958687b3d3a9490b7a0a5f7d83a98502a23b66f4370a147d2ec05de0d678e"
+
+
 def test_max_clips_takes_a_subset_and_removes_stale_files(tmp_path, trees):
     full = build_starter(tmp_path / "out", _options(trees), progress=False)
     small = build_starter(tmp_path / "out", _options(trees, max_clips=3), progress=False)

@@ -49,7 +49,7 @@ class Candidate:
 class Clip:
     candidate: Candidate
     segment: int
-    pcm: bytes                      # int16 little-endian, 16 kHz mono: exactly what is written
+    pcm: bytes                      # int16 little-endian, 16 kHz mono, k / 32767 full scale; its file holds wav()
     num_samples: int
 
     @property
@@ -61,7 +61,19 @@ class Clip:
         return hashlib.sha1(self.pcm).hexdigest()
 
     def wav(self) -> np.ndarray:
-        return np.frombuffer(self.pcm, dtype="<i2").astype(np.float32) / 32767.0
+        """The samples the recipe writes to the clip's file, on the 16-bit grid (file_pcm(pcm) / 32768, which
+        save_audio writes as those integers)."""
+        return (file_pcm(self.pcm) / 32768.0).astype(np.float32)
+
+
+def file_pcm(pcm: bytes) -> np.ndarray:
+    """The 16-bit values recipe versions 1-7 write for a clip's `pcm` (float64): floor(x * 32768) of x = pcm /
+    32767 in float32, the value libsndfile's float writer put in a 16-bit WAV (soundfile 0.14, libsndfile 1.2.2),
+    through which save_audio wrote until it took the nearest step: pcm's own value for pcm >= 0 (31 values above
+    32735 one step up), one step below it for pcm < 0. So these versions rebuild their files byte for byte
+    (a corpus's audio is what its weights trained on); writing pcm itself is for a later version."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32767.0)
+    return np.clip(np.floor(x.astype(np.float64) * 32768.0), -32768, 32767)
 
 
 def is_silent(wav: np.ndarray) -> bool:

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 # grunts, coughs and laughs are no phrases, rules that gave two files each other's caption are split, a few
 # tilesets' day/night loops that hold wind or water are left out, and mixtures carry their parts' labels
 # instead of ("mixture", "overlay") (tta.data.recipes.mixtures). The corrections are rules with since=7 placed
-# before the rules they override (which older versions keep using).
-# `--recipe-version N` rebuilds version N.
+# before the rules they override (which older versions keep using). Versions 1-7 write a clip's samples as
+# libsndfile's float writer did (tta.data.recipes.clips.file_pcm), whatever save_audio's rounding; writing them
+# exactly is for a later version. `--recipe-version N` rebuilds version N.
 RECIPE_VERSION = 7
 
 
