@@ -347,6 +347,37 @@ def test_a_record_of_a_tta_before_resume_keeps_files_of_the_recorded_length(tmp_
     assert [o["sha256"] for o in record(out)["outputs"]] == [hashlib.sha256(b).hexdigest() for b in whole.values()]
 
 
+def test_a_batch_begun_by_a_tta_that_rounded_16_bit_samples_down_is_written_again(tmp_path, capsys, calls,
+                                                                                      caplog):
+    """A tta before the record's pcm_rounding wrote a WAV's 16-bit samples on the step below (libsndfile's float
+    writer), this one on the nearest: keeping its files, a resumed batch held both rules, as no uninterrupted run
+    writes it. Its WAVs are generated again, and the folder holds what one run writes."""
+    import numpy as np
+    import soundfile as sf
+
+    args, prompts = batch(tmp_path, "a\nb\n")
+    out = tmp_path / "out"
+    assert run(capsys, *args, "--out-dir", out)[0] == 0
+    older = record(out)
+    older.pop("pcm_rounding", None)
+    for o in older["outputs"]:   # the earlier tta's file of the same audio: a sample a hair under k on k - 1
+        k, sr = sf.read(out / o["file"], dtype="int16")
+        sf.write(out / o["file"], (k.astype(np.float32) - 0.25) / 32768, sr, subtype="PCM_16")
+        assert np.array_equal(sf.read(out / o["file"], dtype="int16")[0], k - 1)
+        o["sha256"] = hashlib.sha256((out / o["file"]).read_bytes()).hexdigest()
+    (out / "generation.json").write_text(json.dumps(older))
+    prompts.write_text("a\nb\nc\n")   # a row added at the end
+    assert run(capsys, *args, "--out-dir", tmp_path / "whole")[0] == 0
+    calls.clear()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
+    assert code == 0, err
+    assert calls == [["a"], ["b"], ["c"]] and wavs(out) == wavs(tmp_path / "whole")
+    assert "2 outputs the earlier record lists were written by a tta that put each 16-bit sample on the step " \
+           "below (e.g. 000_a.wav): generating them again" in caplog.text
+    assert record(out)["pcm_rounding"] == "nearest"
+
+
 def test_an_inpainting_batch_resumes(tmp_path, capsys):
     """The record's edit.sampled_seconds (written once a batch has run) is not a difference: an inpainting batch
     with an output missing was refused at 'edit' although it ran with the same flags."""

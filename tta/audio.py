@@ -451,6 +451,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
 # bits, at 24 and 8 bits too; FLAC and 32-bit WAV round): half a step too low on average, a DC offset and
 # truncation distortion in quiet passages. save_audio rounds these itself and hands libsndfile the integers.
 PCM_BITS = {"PCM_U8": 8, "PCM_S8": 8, "PCM_16": 16, "PCM_24": 24}
+# the rule's name in records of files save_audio wrote (tta generate's generation.json): a record without it is
+# of a tta that wrote WAV's integer samples on the step below
+PCM_ROUNDING = "nearest"
 
 
 def pcm_samples(wav, bits: int) -> np.ndarray:

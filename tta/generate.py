@@ -950,6 +950,7 @@ def record_header(args, folder: Path, pipe, device: str, edit, store=None) -> di
     import torch
 
     from tta import __version__
+    from tta.audio import PCM_ROUNDING
     from tta.config import to_dict
     from tta.ldm.sampling import resolve_precision
 
@@ -975,6 +976,7 @@ def record_header(args, folder: Path, pipe, device: str, edit, store=None) -> di
                      "device": device, "threads": torch.get_num_threads(), "sample_rate": pipe.sample_rate,
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
         "clap_score_model": getattr(pipe.clap, "identity", ""),
+        "pcm_rounding": PCM_ROUNDING,   # how a WAV's 16-bit samples were rounded: --resume keeps only this rule's
         "retrieval": retrieval_record(args, pipe, store),
         "edit": edit,
     }

@@ -170,19 +170,23 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: in
     """The earlier run's outputs --resume keeps, by row index (their records as it wrote them): a file kept holds
     the bytes its record's sha256 says (a record of a tta before it: a readable file of the recorded length), and
     a batch of --batch-size rows is kept only whole: its rows come out as they did only generated together (the
-    earlier run's last batch, before rows were added after it, is generated again with them). The rest are named
-    in a warning and generated again."""
-    from tta.audio import AudioError, audio_info
+    earlier run's last batch, before rows were added after it, is generated again with them). A WAV of a record
+    without `pcm_rounding` is not kept: a tta before it put each 16-bit sample on the step below, and this run
+    writes the nearest (tta.audio.PCM_ROUNDING). The rest are named in a warning and generated again."""
+    from tta.audio import PCM_ROUNDING, AudioError, audio_info
     from tta.checkpoint import file_sha256
 
     rows = {job.path.name: i for i, job in enumerate(jobs)}
     kept: dict[int, dict] = {}
-    missing, changed, unhashed = [], [], 0
+    missing, changed, rounded, unhashed = [], [], [], 0
     for o in record["outputs"]:
         i = rows[o["file"]]
         path = jobs[i].path
         if not path.is_file():
             missing.append(o["file"])
+            continue
+        if path.suffix.lower() == ".wav" and record.get("pcm_rounding") != PCM_ROUNDING:
+            rounded.append(o["file"])
             continue
         if "sha256" in o:
             if file_sha256(path) != o["sha256"]:
@@ -211,6 +215,11 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: in
         log.warning("%s: %d output%s the earlier record lists no longer hold%s what it says (e.g. %s; replaced or "
                     "changed since): generating %s again", folder, len(changed), "" if len(changed) == 1 else "s",
                     "s" if len(changed) == 1 else "", changed[0], "it" if len(changed) == 1 else "them")
+    if rounded:
+        log.warning("%s: %d output%s the earlier record lists %s written by a tta that put each 16-bit sample on the "
+                    "step below (e.g. %s): generating %s again, with each sample on the nearest step as this run "
+                    "writes the rest", folder, len(rounded), "" if len(rounded) == 1 else "s",
+                    "was" if len(rounded) == 1 else "were", rounded[0], "it" if len(rounded) == 1 else "them")
     if unhashed:
         log.warning("%s: the earlier record (of a tta before --resume) has no sha256 of its outputs: %d files of the "
                     "recorded length kept as they are", folder, unhashed)
