@@ -1009,6 +1009,42 @@ def test_the_experiment_remakes_reference_clips_made_at_another_length_or_from_o
         k: v for k, v in stamp.items() if k != f"{rows[0].id}.wav"}
 
 
+def test_the_experiment_remakes_reference_clips_an_earlier_tta_rounded_down(tmp_path):
+    """A tta before save_audio took the nearest step wrote a reference clip's 16-bit samples on the step below;
+    its stamp (the same source file and length) reused them, so a re-run into the same OUT scored against other
+    bytes than a fresh OUT's (and tta eval saw another reference)."""
+    import json
+
+    import soundfile as sf
+
+    from tests.signals import noise
+    from tta.audio import load_audio
+    from tta.commands.retrieval_experiment import ExperimentConfig, write_reference
+    from tta.data.manifest import ManifestRow, write_manifest
+
+    rows = []
+    for i in range(2):   # float sources: their 16-bit clips depend on the rounding
+        sf.write(tmp_path / f"c{i}.wav", noise(0.5, 22_050, 0.1, seed=i), 22_050, subtype="FLOAT")
+        rows.append(ManifestRow(id=f"c{i}", path=str(tmp_path / f"c{i}.wav"), captions=("x",), seconds=0.5,
+                                sample_rate=22_050, split="valid"))
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    config = ExperimentConfig("configs/ldm/tiny.json")
+    fresh, out = tmp_path / "fresh", tmp_path / "exp"
+    for folder in (fresh, out):
+        folder.mkdir()
+        write_reference(config, rows, manifest, folder, 0.5)
+    stamp = json.loads((out / "reference.json").read_text())
+    for r in rows:   # as the earlier tta left them: libsndfile's float writer, its stamp without the rounding
+        wav, sr = load_audio(r.path, 16_000, max_seconds=0.5, normalize=True)
+        sf.write(out / "reference" / f"{r.id}.wav", wav, sr, subtype="PCM_16")
+        stamp["clips"][r.id] = stamp["clips"][r.id][:4]
+    (out / "reference.json").write_text(json.dumps(stamp))
+    assert (out / "reference" / "c0.wav").read_bytes() != (fresh / "reference" / "c0.wav").read_bytes()
+    write_reference(config, rows, manifest, out, 0.5)
+    for r in rows:
+        assert (out / "reference" / f"{r.id}.wav").read_bytes() == (fresh / "reference" / f"{r.id}.wav").read_bytes()
+
+
 def test_the_experiment_refuses_a_store_holding_evaluation_clips(corpus, store, tmp_path, capsys, monkeypatch):
     """By id (a store over every split) or only through a related clip (a train crop of a valid clip's file)."""
     from tta.clap import load_clap

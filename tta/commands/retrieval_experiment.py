@@ -241,7 +241,7 @@ def eval_prompts(config: ExperimentConfig, rows, train_rows, out: Path) -> tuple
 def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, seconds: float) -> Path:
     """Reference clips for FAD: eval.reference, or `rows` (first `seconds`) in OUT/reference (wavs of an earlier
     selection that are not among them are removed)."""
-    from tta.audio import load_audio, save_audio
+    from tta.audio import PCM_ROUNDING, load_audio, save_audio
     from tta.checkpoint import atomic_write_text
     from tta.data.manifest import resolve_path
     from tta.data.prompts import id_file_name
@@ -253,8 +253,9 @@ def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, s
         raise ValueError(f"{manifest}: split {config.eval.prompt_split!r} gives {len(rows)} reference clips; FAD "
                          "needs >= 2 (set eval.reference)")
     _remove_stale_wavs(folder, {id_file_name(r.id) for r in rows})
-    # a clip is reused only when made from the same file (size, mtime) at the same length: a re-run with another
-    # generation.seconds or edited audio would otherwise score against clips of the earlier run
+    # a clip is reused only when made from the same file (size, mtime) at the same length and written with the same
+    # 16-bit rounding: a re-run with another generation.seconds, edited audio or a tta that rounded down (a stamp
+    # without PCM_ROUNDING) would otherwise score against clips a fresh run does not write
     stamp_path = out / REFERENCE_STAMP
     try:
         old = json.loads(stamp_path.read_text())["clips"]
@@ -264,7 +265,7 @@ def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, s
     for r in rows:
         target, source = folder / f"{id_file_name(r.id)}.wav", resolve_path(r, manifest)
         st = source.stat()
-        stamp[r.id] = [str(Path(source).resolve()), st.st_size, st.st_mtime_ns, seconds]
+        stamp[r.id] = [str(Path(source).resolve()), st.st_size, st.st_mtime_ns, seconds, PCM_ROUNDING]
         if not target.is_file() or old.get(r.id) != stamp[r.id]:
             stamp_path.unlink(missing_ok=True)   # a run stopped here rewrites the rest next time
             wav, sr = load_audio(source, 16_000, max_seconds=seconds, normalize=True)
