@@ -388,6 +388,30 @@ def test_unreadable_audio_files_are_named_with_their_manifest_lines(corpus, tmp_
         ds.check_audio()
 
 
+def test_unreadable_rows_of_several_manifests_name_the_lines_read_without_reading_them_again(corpus, tmp_path):
+    """check_audio names each bad row's manifest and line as the dataset read them: it re-read and re-parsed the
+    whole manifest for each row it named (and failed on FileNotFoundError when the manifest had gone since), and
+    kept a Path per row for it (200 MB per million rows, copied into every DataLoader worker)."""
+    manifest, _ = corpus
+    (tmp_path / "text.wav").write_text("not audio\n" * 50)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("\n" + json.dumps(dict(rows[3], id="v2", path="val.wav")) + "\n\n"    # blank lines count
+                     + json.dumps(dict(rows[1], id="t\u00e9xt", path="text.wav", seconds=1.0)) + "\n")
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows[:2])
+                        + json.dumps(dict(rows[1], id="bad", path="text.wav", seconds=1.0)) + "\n"
+                        + "".join(json.dumps(r) + "\n" for r in rows[2:]))
+    ds = AudioDataset([manifest, extra], "train", SR, 1.0)
+    assert [ds.rows[i].id for i, _ in ds.unreadable_rows()] == ["bad", "t\u00e9xt"]
+    manifest.unlink()
+    extra.unlink()   # gone since the dataset was made: its rows' lines are still known
+    with pytest.raises(ManifestError) as e:
+        ds.check_audio()
+    assert (f"(row bad at {manifest}:3: {tmp_path / 'text.wav'}: not a readable audio file (Format not "
+            f"recognised); row t\u00e9xt at {extra}:4: {tmp_path / 'text.wav'}: not a readable") in str(e.value)
+    assert str(e.value).startswith(f"{manifest}, {extra}: 2 of split 'train''s 5 audio files cannot be read")
+
+
 def test_numbers_given_in_python_are_checked_and_numpy_numbers_taken(corpus):
     """AudioDataset(M, "train", "16000", 1.0) failed on "can't multiply sequence by non-int of type 'float'",
     segment_seconds="1.0" on "'<=' not supported", and repeat_below="0.5" was read with float(). The sample

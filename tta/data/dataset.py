@@ -19,8 +19,9 @@ data setting.
 
 from __future__ import annotations
 
+import array
+import bisect
 import hashlib
-import json
 import logging
 import math
 import os
@@ -91,31 +92,36 @@ class AudioDataset(torch.utils.data.Dataset):
             raise ValueError("AudioDataset needs at least one manifest")
         self.rows: list[ManifestRow] = []
         self.paths: list[Path] = []  # absolute audio path of each row
-        seen: dict[str, Path] = {}   # the manifest each row id came from
-        for mpath in paths:
-            for row in split_rows(read_manifest(mpath), split):
+        # for check_audio's message, the manifest and line of each row: one Path per manifest, the rows of
+        # manifest i ending at _manifest_ends[i], and a line number per row (4 bytes; a Path per row was 200 MB
+        # per million rows, copied into every DataLoader worker)
+        self._manifests = [Path(p) for p in paths]
+        self._manifest_ends: list[int] = []
+        self._lines = array.array("I")
+        seen: dict[str, int] = {}   # the index in `paths` of the manifest each row id came from
+        for i, mpath in enumerate(paths):
+            lines: dict[str, int] = {}
+            for row in split_rows(read_manifest(mpath, lines=lines), split):
                 if row.id in seen:
-                    raise ManifestError(f"{mpath}: id {row.id!r} is also in {seen[row.id]}; ids must be unique "
-                                        "across the manifests of one dataset")
-                seen[row.id] = Path(mpath)
+                    raise ManifestError(f"{mpath}: id {row.id!r} is also in {self._manifests[seen[row.id]]}; ids "
+                                        "must be unique across the manifests of one dataset")
+                seen[row.id] = i
                 self.rows.append(row)
                 self.paths.append(resolve_path(row, mpath))
-        self._manifest_of = seen
-        self._manifest_names = ", ".join(str(p) for p in paths)
+                self._lines.append(lines[row.id])
+            self._manifest_ends.append(len(self.rows))
+        self._manifest_names = names = ", ".join(str(p) for p in paths)
         if not self.rows:
-            names = ", ".join(str(p) for p in paths)
             raise EmptySplitError(f"{names}: split {split!r} has no rows")
         # a file gone since the manifest was written stopped a run at its first draw (and every resume with it)
         missing = [row.id for row, path in zip(self.rows, self.paths) if not path.is_file()]
         if missing:
-            names = ", ".join(str(p) for p in paths)
             raise ManifestError(f"{names}: {len(missing)} of split {split!r}'s audio files are missing (rows "
                                 f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); `tta data check "
                                 "MANIFEST --drop-bad CLEAN.jsonl` writes a manifest without them")
         # an empty clip (a hand-written manifest's; import skips them) stopped a run at its draw, maybe hours in
         empty = [row.id for row in self.rows if row.seconds == 0]
         if empty:
-            names = ", ".join(str(p) for p in paths)
             raise ManifestError(f"{names}: {len(empty)} of split {split!r}'s rows have 0 seconds of audio (rows "
                                 f"{', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}); `tta data check "
                                 "MANIFEST --drop-bad CLEAN.jsonl` writes a manifest without them")
@@ -209,9 +215,8 @@ class AudioDataset(torch.utils.data.Dataset):
             return
         shown = []
         for index, why in bad[:3]:
-            row = self.rows[index]
-            manifest = self._manifest_of[row.id]
-            shown.append(f"row {row.id} at {manifest}:{_line_of(manifest, row.id)}: {why}")
+            manifest = self._manifests[bisect.bisect_right(self._manifest_ends, index)]
+            shown.append(f"row {self.rows[index].id} at {manifest}:{self._lines[index]}: {why}")
         raise ManifestError(f"{self._manifest_names}: {len(bad)} of split {self.split!r}'s {len(self.rows)} audio "
                             f"files cannot be read ({'; '.join(shown)}{'; ...' if len(bad) > 3 else ''}); `tta "
                             "data check MANIFEST --drop-bad CLEAN.jsonl` writes a manifest without them")
@@ -349,14 +354,3 @@ class AudioDataset(torch.utils.data.Dataset):
             os.replace(tmp, cache_file)
             return np.load(cache_file, mmap_mode="r")
 
-
-def _line_of(manifest: Path, row_id: str) -> int | str:
-    """The line of `manifest` that holds the row `row_id` ("?" when it is no longer there)."""
-    with open(manifest, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                if json.loads(line).get("id") == row_id:   # (an id can be written escaped: parse every line)
-                    return lineno
-            except (ValueError, AttributeError):   # a blank line, or one that is not a row
-                continue
-    return "?"

@@ -129,12 +129,14 @@ def row_from_json(obj: object, *, where: str, base: str | None = None) -> Manife
         raise ManifestError(f"{where}: {e}") from None
 
 
-def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -> list[ManifestRow]:
+def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None,
+                  lines: dict[str, int] | None = None) -> list[ManifestRow]:
     """Read a JSONL manifest.
 
     Strict by default: the first bad line raises ManifestError naming file and line. Pass a list as
     `errors` to collect one message per bad line (bad JSON, missing caption, duplicate id, ...) and keep
-    the good rows.
+    the good rows. Pass an empty dict as `lines` to get each row's line (id -> line number, from 1), for a
+    later message that names a row's line without reading the file again.
     """
     path = Path(path)
     if path.is_dir():   # "manifest not found" sent the user looking for a path that is there
@@ -142,7 +144,9 @@ def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None) -
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     rows: list[ManifestRow] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {} if lines is None else lines   # each row's line
+    if seen:
+        raise ValueError("read_manifest(lines=...) takes an empty dict")
     folder = str(path.resolve().parent)
     try:
         with open(path, encoding="utf-8-sig") as f:
