@@ -187,8 +187,9 @@ def test_import_names_a_scheduler_config_field_of_the_wrong_type(laion_pipeline,
 
 
 def test_a_resblock_2_hifigan_is_refused_before_anything_is_written(laion_pipeline, tmp_path, capsys):
-    """configs/vocoder/*.json train resblock '2', which SpeechT5HifiGan lacks: the refusal came after the UNet and
-    VAE were written, named the deleted temporary folder and left the output's parent behind."""
+    """configs/vocoder/default.json and tiny.json train resblock '2', which SpeechT5HifiGan lacks: the refusal
+    came after the UNet and VAE were written, named the deleted temporary folder and left the output's parent
+    behind."""
     from tests.test_ldm_fixtures import tiny_model_config
     from tta.pipeline import TTAPipeline
     from vocoder.model import HiFiGAN, HiFiGANConfig

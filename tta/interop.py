@@ -315,8 +315,8 @@ def export_diffusers_audioldm(pipeline: str | os.PathLike, out: str | os.PathLik
                     "classifier-free guidance", pipeline, pipe.defaults.guidance_rule)
     if getattr(pipe.vocoder.config, "resblock", "1") != "1":   # before any part is written, naming the source
         raise InteropError(f"{pipeline}/vocoder: a HiFi-GAN with resblock type {pipe.vocoder.config.resblock!r} "
-                           "(configs/vocoder/*.json train type '2'); diffusers' SpeechT5HifiGan has type '1' only, "
-                           "so this pipeline cannot be exported")
+                           "(configs/vocoder/default.json and tiny.json train type '2', audioldm-16k.json type "
+                           "'1'); diffusers' SpeechT5HifiGan has type '1' only, so this pipeline cannot be exported")
     scheduler = make_scheduler(pipe.defaults.sampler, pipe.scheduler_config)
     with atomic_dir(out) as tmp:
         pipe.unet.save_diffusers(tmp / "unet")
@@ -693,7 +693,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser("diffusers", help="a tta pipeline folder (LAION-CLAP) -> a diffusers AudioLDM folder",
                            description="A tta pipeline folder -> a diffusers AudioLDM folder. It needs a LAION-CLAP "
                                        "text encoder and a HiFi-GAN vocoder with resblock type \"1\" (diffusers' "
-                                       "SpeechT5HifiGan has no other; configs/vocoder/*.json train type \"2\"); "
+                                       "SpeechT5HifiGan has no other: of configs/vocoder/*.json only "
+                                       "audioldm-16k.json trains it, default.json and tiny.json train type \"2\"); "
                                        "other pipelines are refused before anything is written.")
         p.add_argument("folder", type=Path, help="tta pipeline folder")
         p.add_argument("--out", required=True, type=output_path, help="diffusers folder to write")
