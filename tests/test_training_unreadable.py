@@ -4,17 +4,22 @@ names its file."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tests.signals import chirp, noise, tone
 from tests.test_ldm_fixtures import one_thread  # noqa: F401 (one_thread: autouse)
 from tests.test_training import _tta_train
 from tta.audio import save_audio
 from tta.data.manifest import ManifestRow, write_manifest
+from tta.training import worker_error
 
 SR = 16_000
 
@@ -91,3 +96,57 @@ def test_a_file_cut_short_behind_a_whole_header_is_named_when_a_worker_reads_it(
     assert err.startswith(f"tta: error: {tmp_path / 'cut.flac'}: not a readable audio file ("), err
     assert "DataLoader" not in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_an_os_error_in_a_worker_names_its_file_as_in_the_main_process(tmp_path, capsys):
+    """An OSError raised in a DataLoader worker came back rebuilt from its message alone, with no errno, strerror
+    or file name, so `tta train` printed "[Errno 20] Not a directory: '.../cache/3f'" where the same error in the
+    main process (data.num_workers=0) prints ".../cache/3f: Not a directory". Here data.cache_dir is a file."""
+    manifest = _manifest(tmp_path)
+    (tmp_path / "cache").write_text("a file where the cache folder should be\n")
+    errs = []
+    for workers in (0, 1):
+        rc, err = _tta_train(capsys, "vae", tmp_path / f"run{workers}", f"data.manifest={manifest}", "valid_items=0",
+                             "train.max_steps=2", f"data.cache_dir={tmp_path / 'cache'}",
+                             f"data.num_workers={workers}")
+        assert rc == 1 and len(err.strip().splitlines()) == 1, err
+        errs.append(err)
+    assert re.fullmatch(rf"tta: error: {re.escape(str(tmp_path / 'cache'))}/[0-9a-f]{{2}}: Not a directory\n",
+                        errs[1]), errs
+    assert errs[0].split("/")[:-1] == errs[1].split("/")[:-1]   # (the entry's folder is a hash of the file drawn)
+
+
+class _Raises(torch.utils.data.Dataset):
+    """An item that raises `error` (in a DataLoader worker)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "a b/it's.wav"),
+                                   OSError(errno.EXDEV, os.strerror(errno.EXDEV), "a", None, "b\n"),
+                                   PermissionError(errno.EACCES, os.strerror(errno.EACCES)),
+                                   KeyError("x"), KeyError(("a", 1)), ValueError("one\ntwo")],
+                         ids=lambda e: type(e).__name__)
+def test_a_worker_error_is_rebuilt_as_the_worker_raised_it(error):
+    """worker_error rebuilt torch's copy of a worker's error as type(e)(message): an OSError lost its errno,
+    strerror and file names (the CLI names the file from them) and a KeyError's key came back quoted twice
+    ("\\"'x'\\"")."""
+    loader = iter(torch.utils.data.DataLoader(_Raises(error), num_workers=1))
+    try:
+        with pytest.raises(type(error)) as caught:
+            next(loader)
+    finally:
+        loader._shutdown_workers()
+    rebuilt = worker_error(caught.value)
+    assert type(rebuilt) is type(error) and str(rebuilt) == str(error)
+    if isinstance(error, OSError):
+        assert (rebuilt.errno, rebuilt.strerror, rebuilt.filename, rebuilt.filename2) == (
+            error.errno, error.strerror, error.filename, error.filename2)
+    assert worker_error(error) is None   # raised in this process: not a copy

@@ -36,6 +36,7 @@ Usage inside a component's train.py:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import errno
@@ -1292,11 +1293,37 @@ def worker_error(e: Exception) -> Exception | None:
         pass
     if last is None:
         return None
-    message = text[last.end():].strip()
+    return _rebuilt(type(e), text[last.end():].strip())
+
+
+# an OSError's str(): "[Errno 2] No such file or directory: 'x'", and " -> 'y'" after it for a second file; a file
+# name is written as its repr (a str, bytes, or a descriptor's number)
+_REPR = r"""(b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*"|-?\d+)"""
+_OS_ERROR = re.compile(rf"\[Errno (-?\d+)\] (.*?)(?:: {_REPR}(?: -> {_REPR})?)?", re.DOTALL)
+
+
+def _rebuilt(kind: type, message: str) -> Exception:
+    """An exception of `kind` that reads as the worker's did, whose str() was `message`: an OSError with its errno,
+    strerror and file names again (the CLI writes such an error as "FILE: No such file or directory", where
+    OSError(message) has none and printed "[Errno 2] No such file or directory: 'FILE'"), a KeyError with its key
+    again (its str() is the key's repr, which KeyError(message) quoted a second time)."""
+    args: tuple = (message,)
     try:
-        return type(e)(message)
-    except Exception:   # noqa: BLE001 -- a type that takes other arguments: the message is what matters
-        return RuntimeError(message)
+        if issubclass(kind, OSError) and (m := _OS_ERROR.fullmatch(message)):
+            files = [ast.literal_eval(name) for name in m.group(3, 4) if name is not None]
+            args = (int(m[1]), m[2], *files[:1], *((None, files[1]) if len(files) > 1 else ()))
+        elif issubclass(kind, KeyError):
+            args = (ast.literal_eval(message),)
+    except Exception:   # noqa: BLE001 -- not a literal's repr (a key of another type): its message as it is
+        pass
+    for tried in (args, (message,)):
+        try:
+            error = kind(*tried)
+        except Exception:   # noqa: BLE001 -- a type that takes other arguments: the message is what matters
+            continue
+        if str(error) == message:
+            return error
+    return RuntimeError(message)
 
 
 def _is_main_process() -> bool:
