@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tta.audio import SILENCE_DB, AudioError, load_audio
-from tta.config import check_number
+from tta.config import check_number, option_name
 from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_manifest
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ def check_limits(min_seconds, silence_db, seconds_tolerance, *, flags: bool = Fa
         except ValueError:   # a str, None, NaN, or an infinity where a finite number is needed
             number = None
         if number is None or not in_range(number):
-            name = f"--{key.replace('_', '-')} {value}" if flags else f"{key}={value!r}"
-            raise ValueError(f"{name}: expected {expected}")
+            shown = option_name(key, flags, str(value) if flags else repr(value))
+            raise ValueError(f"{shown}: expected {expected}")
         return number
 
     return (limit("min_seconds", min_seconds, True, lambda x: x >= 0, "a finite number of seconds >= 0"),

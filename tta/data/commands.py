@@ -97,7 +97,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     from tta.checkpoint import check_output_path
 
     check_output_path(args.out, "--out")   # before any work: a WebDataset import would extract its audio first
-    check_import_options(args.split, args.valid_fraction, args.id_prefix, flags=True)   # named as the options
+    # before ImportOptions, whose check_numbers would refuse --valid-fraction nan or inf first, as the field
+    # ("valid_fraction=nan must be a finite number"); this names the option the user typed
+    check_import_options(args.split, args.valid_fraction, args.id_prefix, flags=True)
     options = ImportOptions(split=args.split, valid_fraction=args.valid_fraction, source=args.source_name,
                             licence=args.licence, id_prefix=args.id_prefix, progress=not args.quiet,
                             flags=True)   # its warnings too name the options typed, not the fields

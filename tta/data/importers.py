@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from tta.audio import AudioError, audio_info, is_audio_entry
 from tta.checkpoint import file_sha256
-from tta.config import check_numbers, shortened
+from tta.config import check_numbers, option_name, shortened
 from tta.data.manifest import SPLITS, ManifestRow, absolute_path
 
 log = logging.getLogger(__name__)
@@ -83,26 +83,20 @@ class ImportOptions:
         check_numbers(self)
         check_import_options(self.split, self.valid_fraction, self.id_prefix, flags=self.flags)
 
-    def named(self, key: str) -> str:
-        """A field's name in a message: `valid_fraction`, or with `flags` the option typed, `--valid-fraction`."""
-        return f"--{key.replace('_', '-')}" if self.flags else key
-
 
 def check_import_options(split: str | None, valid_fraction: float, id_prefix: str, *,
                          flags: bool = False) -> None:
     """ImportOptions' checks of these fields: a ValueError naming the bad one as the field (`id_prefix='../'`)
     or, with `flags`, as `tta data import`'s option (`--id-prefix '../'`): the field's name was no word a user of
     the command typed."""
-    def name(key: str, shown: str) -> str:
-        return f"--{key.replace('_', '-')} {shown}" if flags else f"{key}={shown}"
-
     if split is not None and split not in SPLITS:
-        raise ValueError(f"{name('split', repr(split))}, expected one of {SPLITS}")
+        raise ValueError(f"{option_name('split', flags, repr(split))}, expected one of {SPLITS}")
     if not 0.0 <= valid_fraction < 1.0:
-        raise ValueError(f"{name('valid_fraction', str(valid_fraction))}, expected a number in [0, 1)")
+        raise ValueError(f"{option_name('valid_fraction', flags, str(valid_fraction))}, expected a number in [0, 1)")
     problem = id_prefix_problem(id_prefix)
     if problem:
-        raise ValueError(f"{name('id_prefix', repr(shortened(id_prefix, 40)))} {problem}; {ID_PREFIX_RULE}")
+        shown = option_name("id_prefix", flags, repr(shortened(id_prefix, 40)))
+        raise ValueError(f"{shown} {problem}; {ID_PREFIX_RULE}")
 
 
 @dataclass
@@ -269,7 +263,7 @@ class Collector:
         elif named is not None and opts.valid_fraction > 0 and opts.split is None:
             log.warning("%s: its file name says %r, so rows that name no split go to %r and %s holds none of them "
                         "out (rename the file, or give each row a split)", desc, named, named,
-                        opts.named("valid_fraction"))
+                        option_name("valid_fraction", opts.flags))
         for e in tqdm(list(self.by_path.values()), desc=desc, unit="file", disable=not opts.progress):
             # Messages name the source entry, then the file (once, when the entry is the file itself).
             prefix = "" if e.where == str(e.path) else f"{e.where}: "
@@ -313,12 +307,12 @@ class Collector:
         log.info("%s: %d rows, %d bad items", desc, len(out.rows), len(out.errors))
         if opts.valid_fraction > 0 and hashed["train"] and not hashed["valid"]:
             log.warning("%s: %s %g put none of %d rows in 'valid' (a hash of each id decides, so a small set can "
-                        "get none): raise it, or name a split per row", desc, opts.named("valid_fraction"),
-                        opts.valid_fraction, hashed["train"])
+                        "get none): raise it, or name a split per row", desc,
+                        option_name("valid_fraction", opts.flags), opts.valid_fraction, hashed["train"])
         if hashed["valid"] and not hashed["train"]:
             log.warning("%s: %s %g put all %d rows that name no split in 'valid' and none in 'train' (a hash of "
                         "each id decides, so a small set can get none): lower it, or name a split per row", desc,
-                        opts.named("valid_fraction"), opts.valid_fraction, hashed["valid"])
+                        option_name("valid_fraction", opts.flags), opts.valid_fraction, hashed["valid"])
         return out
 
 
