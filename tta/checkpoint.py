@@ -30,6 +30,9 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TRAIN_STATE_NAME = "train_state.pt"
+# a retrieval datastore's record of the embeddings its first load found finite (tta.retrieval.datastore): no part
+# of what the store holds, so a run's digest of its inputs leaves it out (tta.training.input_digests)
+FINITE_NAME = "finite.json"
 
 
 class CheckpointError(ValueError):

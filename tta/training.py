@@ -57,8 +57,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, TRAIN_STATE_NAME, WEIGHTS_NAME, atomic_dir,
-                            atomic_write_text, load_component, load_into, load_state_dict, load_train_state,
+from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, FINITE_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME,
+                            atomic_dir, atomic_write_text, load_component, load_into, load_state_dict, load_train_state,
                             read_foreign_folder, save_component, save_train_state)
 from tta.checkpoint import complete_checkpoints, file_sha256, rng_state, set_rng_state, sigterm_handler, step_of
 from tta.config import ConfigError, check_numbers, from_dict, save_config, shortened, to_dict
@@ -1073,11 +1073,11 @@ def input_digests(config) -> dict[str, str]:
         elif (path / "pipeline.json").is_file() and key in subfolder:   # the component the run loads from it
             path = path / subfolder[key]
         # what the model holds, not notes beside it (a README added to a component folder is no new model), nor a
-        # datastore's finite.json (tta.retrieval.datastore.FINITE_NAME: its load's record of the embeddings it found
-        # finite, written by the first load, which changes no entry)
+        # datastore's finite.json (FINITE_NAME: its load's record of the embeddings it found finite, written by the
+        # first load, which changes no entry)
         files = [path] if path.is_file() else sorted(
             f for f in path.rglob("*") if f.is_file() and f.suffix.lower() not in (".md", ".txt", ".png")
-            and not (key == "retrieval.datastore" and f.name == "finite.json"))
+            and not (key == "retrieval.datastore" and f.name == FINITE_NAME))
         out[key] = files_sha256(files, path.parent if path.is_file() else path)
     return out
 

@@ -47,7 +47,7 @@ from typing import Literal
 
 import numpy as np
 
-from tta.checkpoint import CheckpointError, read_json
+from tta.checkpoint import FINITE_NAME, CheckpointError, read_json
 from tta.config import check_numbers, shortened
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ FORMAT_VERSION = 2   # 2: clips embedded at the level config.normalize says (1: 
 READABLE_VERSIONS = (1, 2)
 INFO_NAME = "datastore.json"
 META_NAME = "meta.jsonl"
-FINITE_NAME = "finite.json"
 META_KEYS = ("id", "captions", "path", "audio_sha256")   # every meta.jsonl line ("source": newer stores only)
 MODALITIES = ("audio", "text")
 PQ_POINTS_PER_CENTROID = 39   # FAISS warns (and k-means is poor) below 39 training points per centroid
