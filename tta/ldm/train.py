@@ -207,16 +207,17 @@ def load_frozen(config: RunConfig, device) -> Frozen:
     c = config.components
     with loads_draw():
         vae = load_component(component_dir(c.vae, "vae"), MelVAE, device=device).requires_grad_(False)
-        if not c.clap:
-            raise ValueError("components.clap is empty; set it with --set components.clap=FOLDER")
-        clap = open_clap(c.clap, device=device)
-        vocoder = None
-        if c.vocoder or config.validation.prompts:
-            folder = component_dir(c.vocoder, "vocoder")
+    if not c.clap:
+        raise ValueError("components.clap is empty; set it with --set components.clap=FOLDER")
+    clap = open_clap(c.clap, device=device)   # (it loads inside loads_draw itself)
+    vocoder = None
+    if c.vocoder or config.validation.prompts:
+        folder = component_dir(c.vocoder, "vocoder")
+        with loads_draw():
             vocoder = load_component(folder, vocoder_class(folder), device=device).requires_grad_(False)
-            from tta.audio import check_same_mel
+        from tta.audio import check_same_mel
 
-            check_same_mel(vae.config.mel, vocoder.config.mel, "components.vae", "components.vocoder")
+        check_same_mel(vae.config.mel, vocoder.config.mel, "components.vae", "components.vocoder")
     check_component_fit(config.model, vae, clap.embed_dim)
     return Frozen(vae, clap, vocoder, clap.embed_text([""])[0])
 
