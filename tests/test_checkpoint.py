@@ -98,6 +98,8 @@ def test_leftover_temps_are_the_atomic_writers_own_names_only(tmp_path):
         (tmp_path / ".a.wav.abcdefgh.tmp.wav").mkdir()
         assert tmp_long.name.startswith(".tta.")
         assert leftover_temps([out, long, tmp_path / "nowhere" / "c.wav"]) == sorted([tmp, tmp_long])
+        # not `shared` (a caller holding one file, not the folder): a .tta. file may be another long name's
+        assert leftover_temps([out, long], shared=False) == [tmp]
 
 
 def test_atomic_dir_keeps_old_folder_until_complete(tmp_path):

@@ -284,6 +284,49 @@ def test_a_run_into_a_file_another_run_is_writing_is_refused(tmp_path, capsys, c
     assert code == 1 and len(err.splitlines()) == 1 and not (tmp_path / "new").exists(), err
 
 
+def test_a_file_run_and_a_batch_into_one_folder_refuse_each_other(tmp_path, capsys, calls):
+    """`-o D/000_a.wav` beside a batch generating in D held another lock than the batch's (its file's), so it ran
+    and its clean-up removed `.000_a.wav.XXXXXXXX.tmp.wav`, which may be the batch's output half written. A -o run
+    into a folder whose out-dir lock a live process holds is refused in one line naming the folder and the
+    process, and so is a batch into a folder where a -o run is writing; a -o run removes no `.tta.` temporary
+    file (a name too long to repeat: maybe another -o run's), only those of its own names."""
+    fcntl = pytest.importorskip("fcntl")
+
+    args, _ = batch(tmp_path, "a\nb\n")
+    one = [*args[2:], "a"]
+    out = tmp_path / "out"
+    out.mkdir()
+    temp = out / ".000_a.wav.k3j_9x0a.tmp.wav"   # the batch's output, being written
+    temp.write_bytes(b"RIFF")
+    with open(out / ".lock", "a+") as held:   # the batch generating there (as tta.training.run_lock holds it)
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("12345\n")
+        held.flush()
+        code, stdout, err = run(capsys, *one, "-o", out / "000_a.wav")
+        assert code == 1 and stdout == "" and err.splitlines() == [
+            f"tta: error: {out}: another run (process 12345) holds this folder's lock .lock (a --out-dir batch "
+            "generating there, or tta train); wait for it, or write 000_a.wav into another folder"], err
+    assert calls == [] and sorted(p.name for p in out.iterdir()) == [".000_a.wav.k3j_9x0a.tmp.wav", ".lock"]
+    lock = out / ".one.generation.json.lock"
+    with open(lock, "a+") as held:   # a -o run writing out/one.wav
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("12345\n")
+        held.flush()
+        code, _, err = run(capsys, *args, "--out-dir", out)
+        assert code == 1 and err.splitlines() == [
+            f"tta: error: {out}: another tta generate (process 12345) is writing a file in this folder with -o (its "
+            "lock .one.generation.json.lock); wait for it, or choose another --out-dir"], err
+        assert calls == [] and temp.exists() and not (out / "generation.json").exists()
+        assert run(capsys, *one, "-o", out / "two.wav")[0] == 0   # -o runs beside each other: each its own file
+    assert run(capsys, *args, "--out-dir", out)[0] == 0   # both holders gone (killed): their files lock nothing
+    assert not temp.exists() and (out / "000_a.wav").exists()
+    other = tmp_path / ".tta.k3j_9x0a.tmp.wav"   # another long name's -o run, writing
+    other.write_bytes(b"RIFF")
+    long = tmp_path / ("x" * 230 + ".wav")   # its temporary name: .tta.XXXXXXXX.tmp.wav
+    code, _, err = run(capsys, *one, "-o", long)
+    assert code == 0 and long.exists() and other.exists(), err
+
+
 def test_a_run_with_rank_in_its_environment_still_locks_its_folder(tmp_path, capsys, calls, monkeypatch):
     """The out-dir lock followed training's main-process rule: a tta generate started with RANK=1 in its
     environment (a shell left from a distributed job) took no lock and generated beside the run holding it."""

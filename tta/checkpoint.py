@@ -169,15 +169,17 @@ def atomic_files(folder: str | os.PathLike, names) -> Iterator[dict[str, Path]]:
 _TEMP_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")   # tempfile's 8 random characters
 
 
-def leftover_temps(paths) -> list[Path]:
+def leftover_temps(paths, *, shared: bool = True) -> list[Path]:
     """The temporary files that atomic writes of `paths` left beside them when a kill no clean-up survives
     (SIGKILL, the out-of-memory killer, a power cut) stopped them before their rename: files named exactly as
     atomic_path names them (`_temp_prefix`, 8 random characters, ".tmp" and the path's suffix), so no file named
     otherwise is ever among them. Names too long to repeat share the prefix `.tta.`: such a leftover may be any
-    of them."""
+    of them, and is among them only with `shared` (a caller that holds the whole folder)."""
     wanted: dict[Path, set[tuple[str, str]]] = {}   # folder -> (prefix, ".tmp" + suffix) of each path
     for path in map(Path, paths):
-        wanted.setdefault(path.parent, set()).add((_temp_prefix(path), ".tmp" + path.suffix))
+        prefix = _temp_prefix(path)
+        if shared or prefix != ".tta.":
+            wanted.setdefault(path.parent, set()).add((prefix, ".tmp" + path.suffix))
     found = []
     for folder, names in wanted.items():
         if not folder.is_dir():

@@ -617,9 +617,28 @@ def lock_out_dir(folder: Path) -> Iterator[None]:
     released): two runs into one folder at once (two --resume, or a run and a --resume) generated the same rows
     twice and wrote one record in turn; the second is refused, naming the process that holds it. A folder made
     for the lock is removed again when the run wrote nothing into it, as a run that fails before its first
-    output leaves no folder."""
+    output leaves no folder. A `-o FILE` run writing into the folder meanwhile (output_lock_name's lock held) is
+    refused too: the batch's clean-up of a killed run's temporary files could take that run's file."""
+    from tta.training import lock_holder
+
     with _lock_in(folder, doing="generating", flag="--out-dir"):
+        for name in _output_locks(folder):   # after taking the folder's: a -o run starting now is refused by it
+            holder = lock_holder(folder / name)
+            if holder is not None:
+                raise GenerateError(f"{folder}: another tta generate{f' (process {holder})' if holder else ''} is "
+                                    f"writing a file in this folder with -o (its lock {name}); wait for it, or "
+                                    "choose another --out-dir")
         yield
+
+
+def _output_locks(folder: Path) -> list[str]:
+    """The names of the `-o FILE` locks (output_lock_name) in `folder`."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith(".") and n.endswith(".generation.json.lock")
+                  or re.fullmatch(r"\.tta\.[0-9a-f]{16}\.lock", n))
 
 
 def output_lock_name(output: Path) -> str:
@@ -642,8 +661,17 @@ def lock_output(output: Path) -> Iterator[None]:
     file at once both wrote it and its record (the record of one beside the audio of the other). The unit is the
     record's stem, so `-o x.flac` beside a running `-o x.wav` (one x.generation.json) is refused too."""
     record = record_path_of(output, single=True)
+    from tta.training import RUN_LOCK, lock_holder
+
     with _lock_in(output.parent, doing="writing", flag="-o", name=output_lock_name(output), subject=output,
                   place=f"this output or its record {record.name}"):
+        # a batch generating in the folder (lock_out_dir) may be writing this very file; after taking this lock, so
+        # that a batch starting now is refused by it
+        holder = lock_holder(output.parent / RUN_LOCK)
+        if holder is not None:
+            raise GenerateError(f"{output.parent}: another run{f' (process {holder})' if holder else ''} holds this "
+                                f"folder's lock {RUN_LOCK} (a --out-dir batch generating there, or tta train); wait "
+                                f"for it, or write {output.name} into another folder")
         yield
 
 
@@ -780,7 +808,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
 
     if args.output is None:
         warn_other_audio(jobs)
-    remove_leftovers(jobs, record_path)
+    remove_leftovers(jobs, record_path, folder_locked=args.output is None)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), initial=len(records), desc="tta generate", unit="clip",

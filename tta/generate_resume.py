@@ -260,16 +260,17 @@ def earlier_runs(earlier: dict) -> list[dict]:
                                                                            "wall_seconds")}]
 
 
-def remove_leftovers(jobs: list[Job], record_path: Path) -> None:
+def remove_leftovers(jobs: list[Job], record_path: Path, *, folder_locked: bool = True) -> None:
     """Remove the temporary files a run of this batch left when it was killed while writing an output or the
     record (SIGKILL, the out-of-memory killer: no clean-up runs): only those named as tta's atomic writer names
     the temporary files of this batch's outputs and generation.json (tta.checkpoint.leftover_temps), never
     another file of the folder. A --resume, a plain --out-dir run and a -o FILE run call it (a plain run writes
     those files again), once the model has loaded and the folder (-o: the file, tta.generate.lock_output) is
-    locked."""
+    locked. A -o run (not `folder_locked`: other -o runs may write beside it) leaves the `.tta.` files of names
+    too long to repeat, which may be another file's."""
     from tta.checkpoint import leftover_temps
 
-    left = leftover_temps([*(job.path for job in jobs), record_path])
+    left = leftover_temps([*(job.path for job in jobs), record_path], shared=folder_locked)
     for path in left:
         try:
             path.unlink(missing_ok=True)

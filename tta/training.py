@@ -1166,7 +1166,7 @@ def run_lock(out: str | os.PathLike, *, create: bool = True, command: str = "tta
         yield
         return
     try:
-        import fcntl
+        import fcntl  # noqa: F401 -- taken by _holder
     except ImportError:   # no flock here (Windows): unguarded, as before
         yield
         return
@@ -1178,15 +1178,13 @@ def run_lock(out: str | os.PathLike, *, create: bool = True, command: str = "tta
     try:
         while True:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):   # e.g. Lustre without -o flock
-                    log.warning("%s: cannot lock %s (%s); %s without the lock", out if subject is None else subject,
-                                "the run folder" if subject is None else "it", e.strerror or e, doing)
-                    yield
-                    return
-                f.seek(0)
-                holder = f.read().strip()
+                holder = _holder(f)
+            except OSError as e:   # e.g. Lustre without -o flock
+                log.warning("%s: cannot lock %s (%s); %s without the lock", out if subject is None else subject,
+                            "the run folder" if subject is None else "it", e.strerror or e, doing)
+                yield
+                return
+            if holder is not None:
                 raise RunError(f"{out if subject is None else subject}: another {command}"
                                f"{f' (process {holder})' if holder else ''} is {doing} {place}; wait for it, or "
                                f"choose another {flag}") from None
@@ -1207,6 +1205,37 @@ def run_lock(out: str | os.PathLike, *, create: bool = True, command: str = "tta
             with contextlib.suppress(OSError):
                 path.unlink()
         f.close()
+
+
+def _holder(f) -> str | None:
+    """Take run_lock's lock of the open lock file `f`: None when taken, else the process id that the live process
+    holding it wrote there ('' when none; a killed process's lock went with it). An OSError other than "held"
+    (a file system without flock) is raised."""
+    import fcntl
+
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        f.seek(0)
+        return f.read().strip()
+    return None
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """The process id written in run_lock's lock file `path` while a live process holds it ('' when it wrote
+    none), else None (no such file, a file a killed run left, no flock here): for a command that must not run
+    beside another's lock without holding that lock itself (tta generate -o FILE in a batch's --out-dir)."""
+    try:
+        import fcntl  # noqa: F401 -- no flock here (Windows): no lock is held
+    except ImportError:
+        return None
+    try:
+        with open(path) as f:   # closing it releases the lock _holder took
+            return _holder(f)
+    except OSError:
+        return None
 
 
 def _is_open_file(path: Path, f) -> bool:
