@@ -172,7 +172,10 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: in
     a batch of --batch-size rows is kept only whole: its rows come out as they did only generated together (the
     earlier run's last batch, before rows were added after it, is generated again with them). A WAV of a record
     without `pcm_rounding` is not kept: a tta before it put each 16-bit sample on the step below, and this run
-    writes the nearest (tta.audio.PCM_ROUNDING). The rest are named in a warning and generated again."""
+    writes the nearest (tta.audio.PCM_ROUNDING); it also ranked candidates on the audio before the file's gain,
+    where this one ranks them as the file holds them (tta.generate.rank_written: every tta that records
+    pcm_rounding does). A batch's outputs are all WAVs, so none of such a record's is kept. The rest are named in a
+    warning and generated again."""
     from tta.audio import PCM_ROUNDING, AudioError, audio_info
     from tta.checkpoint import file_sha256
 
