@@ -363,15 +363,18 @@ def test_the_recorded_clap_scores_and_the_kept_candidate_are_those_of_the_audio_
         assert output["kept_candidate"] == int(np.argmax(drawn.candidate_scores[0]))
 
 
-def test_an_edit_turned_down_for_its_file_ranks_its_candidates_as_written(tmp_path, capsys):
+@pytest.mark.parametrize("dc", [0.0, 0.35])
+def test_an_edit_turned_down_for_its_file_ranks_its_candidates_as_written(tmp_path, capsys, dc):
     """An inpainting of a full-scale input is turned down whole to leave room for the gap: its candidates are
-    scored again as written, at the level the model heard its input, on the gap and its surroundings."""
+    scored again as written, at the level the model heard its input, on the gap and its surroundings. An input
+    with a DC offset: the file holds it turned down with the whole clip, and the audio scored held the part of it
+    the turn-down took off (the input's whole offset was subtracted)."""
     from tta.generate import fit_generated, kept_part
-    from tta.pipeline import TTAPipeline
+    from tta.pipeline import TTAPipeline, edit_input
 
     sr = 16_000
     raw = signals.chirp(200, 4000, 2.0)
-    raw = (0.999 * raw / np.abs(raw).max()).astype(np.float32)
+    raw = ((0.999 - dc) * raw / np.abs(raw).max() + dc).astype(np.float32)
     save_audio(tmp_path / "in.wav", raw, sr)
     code, _, err = run(capsys, "a bell", "--model", tiny_pipeline(), "--steps", 2, "--candidates", 3,
                        "--inpaint", tmp_path / "in.wav", "--mask", "0.8:1.0", "-o", tmp_path / "out.wav")
@@ -382,8 +385,16 @@ def test_an_edit_turned_down_for_its_file_ranks_its_candidates_as_written(tmp_pa
     pipe = TTAPipeline.from_pretrained(tiny_pipeline())
     drawn = pipe.inpaint(given, ["a bell"], start=0.8, end=1.0, steps=2, candidates=3, return_candidates=True)
     kept = kept_part({"kind": "inpaint", "outside": "original", "start": 0.8, "end": 1.0}, given, sr)
-    fitted = [fit_generated(w, kept)[0] for w in drawn.candidate_wavs[0]]
-    heard = [(w - np.float32(drawn.input_offset)) / np.float32(drawn.input_level) for w in fitted]
+    fits = [fit_generated(w, kept) for w in drawn.candidate_wavs[0]]
+    fitted = [w for w, _, _ in fits]
+    assert all(generated_gain == 1.0 for _, _, generated_gain in fits)
+    # what the model heard and made (its input, normalised by edit_input, outside the gap), turned down as the
+    # file is: the candidate back at the model's scale (as the pipeline ranked it) times the file's gain
+    heard = [gain * (w - np.float32(drawn.input_offset)) / np.float32(drawn.input_level)
+             for w, (_, gain, _) in zip(drawn.candidate_wavs[0], fits)]
+    outside = slice(0, 12_000)   # before the gap's crossfade: the input's own samples
+    for h, (_, gain, _) in zip(heard, fits):
+        np.testing.assert_allclose(h[outside], gain * edit_input(given)[0][outside], atol=1e-5)
     assert drawn.rank_span == (4800, 24_000)   # the gap [12 800, 16 000) with 0.5 s on each side
     written = pipe.clap_scores(["a bell"] * 3, heard, drawn.rank_span)
     assert output["candidate_clap_scores"] == pytest.approx(written, abs=2e-6)

@@ -293,14 +293,15 @@ def rank_written(pipe, out, k: int, prompt: str, kept) -> tuple[tuple, list[floa
     the pipeline's Generation `out` (made with return_candidates): candidates are ranked on the audio the file
     would hold. The pipeline scored them before the file's gain; where a candidate is turned down, every
     candidate of the prompt is scored again as fitted (an edit's heard at the level the model heard its input:
-    the written audio less the input's DC, over its level), so the ranking and scores of outputs no candidate of
-    which is turned down stay the pipeline's."""
+    the written audio less the input's DC as the file holds it, turned down with the whole clip by `gain`, over
+    the input's level), so the ranking and scores of outputs no candidate of which is turned down stay the
+    pipeline's."""
     import numpy as np
 
     fitted = [fit_output(w, kept) for w in out.candidate_wavs[k]]
     scores = list(out.candidate_scores[k])
     if any(gain != 1.0 or extra.get("generated_gain", 1.0) != 1.0 for _, gain, extra in fitted):
-        heard = [(w - np.float32(out.input_offset)) / np.float32(out.input_level) for w, _, _ in fitted]
+        heard = [(w - np.float32(gain * out.input_offset)) / np.float32(out.input_level) for w, gain, _ in fitted]
         scores = pipe.clap_scores([prompt] * len(heard), heard, out.rank_span)
     best = int(np.argmax(scores))
     return fitted[best], scores, best
