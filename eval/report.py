@@ -383,7 +383,7 @@ def spectrogram_and_audio(path: str | os.PathLike) -> tuple[str, str]:
     """(spectrogram PNG data URI, WAV data URI) of the first MAX_PLAYER_SECONDS of an audio file."""
     import soundfile as sf
 
-    from tta.audio import MelConfig, load_audio, log_mel
+    from tta.audio import MelConfig, load_audio, log_mel, pcm_samples
 
     wav, sr = load_audio(path, sample_rate=PLAYER_SAMPLE_RATE, max_seconds=MAX_PLAYER_SECONDS)
     if wav.shape[0] <= MelConfig().pad:
@@ -397,7 +397,8 @@ def spectrogram_and_audio(path: str | os.PathLike) -> tuple[str, str]:
     ax.set_ylabel("mel band")
     image = _png_data_uri(fig)
     buf = io.BytesIO()
-    sf.write(buf, np.clip(wav, -1, 1), sr, format="WAV", subtype="PCM_16")
+    # on the nearest 16-bit step, as tta.audio.save_audio writes (libsndfile puts a float sample on the one below)
+    sf.write(buf, pcm_samples(wav, 16).astype(np.int16), sr, format="WAV", subtype="PCM_16")
     return image, "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

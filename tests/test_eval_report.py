@@ -529,3 +529,22 @@ def test_the_takes_of_two_rows_of_one_prompt_text_are_two_prompts_in_the_interva
     half = 1.96 * np.std([0.2, 0.6, 0.4], ddof=1) / np.sqrt(3)
     note = sample_note(_run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items), "clap_score")
     assert note == f"n 3 prompts, 6 takes, 95% CI ±{half:.2g} over the prompts' means", note
+
+
+def test_the_players_audio_is_on_the_nearest_16_bit_step(tmp_path):
+    """The page's player WAV was written by libsndfile from float samples, which puts each on the 16-bit step
+    below (half a step low on average): it holds the nearest step, as tta.audio.save_audio writes."""
+    import base64
+    import io
+
+    import soundfile as sf
+
+    from eval.report import PLAYER_SAMPLE_RATE, spectrogram_and_audio
+    from tta.audio import load_audio, pcm_samples
+
+    path = tmp_path / "float.wav"
+    sf.write(path, noise(1.0, amplitude=0.05), PLAYER_SAMPLE_RATE, subtype="FLOAT")
+    _, uri = spectrogram_and_audio(path)
+    played, _ = sf.read(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), dtype="int16")
+    wav, _ = load_audio(path, sample_rate=PLAYER_SAMPLE_RATE)
+    np.testing.assert_array_equal(played, pcm_samples(wav, 16))
