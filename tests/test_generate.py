@@ -320,7 +320,8 @@ def test_loud_generations_are_turned_down_not_clipped():
     assert fit_full_scale(quiet)[1] == 1.0 and np.array_equal(fit_full_scale(quiet)[0], quiet)
 
 
-def test_the_recorded_clap_scores_and_the_kept_candidate_are_those_of_the_audio_written(tmp_path, capsys):
+def test_the_recorded_clap_scores_and_the_kept_candidate_are_those_of_the_audio_written(tmp_path, capsys,
+                                                                                        monkeypatch):
     """generation.json's clap_score and candidate_clap_scores, and the best-of-N ranking, scored a clip before the
     gain that fits it in the file: with a Griffin-Lim vocoder the tiny model's clips come out 4-5x over full
     scale, and the record named candidate 2 kept (-0.029093) where the file, candidate 2 turned down, scored
@@ -331,10 +332,19 @@ def test_the_recorded_clap_scores_and_the_kept_candidate_are_those_of_the_audio_
     loud = tmp_path / "gl"
     assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(loud),
                  "--vocoder", "griffin-lim:4"]) == 0
+    rescored = []   # the prompts tta generate scored again (TTAPipeline.clap_scores, which still scores)
+    real = TTAPipeline.clap_scores
+
+    def counted(self, prompts, *a, **kw):
+        rescored.append(prompts[0])
+        return real(self, prompts, *a, **kw)
+
+    monkeypatch.setattr(TTAPipeline, "clap_scores", counted)
     prompts = ["a tone sound", "a chirp sound"]
     code, _, err = run(capsys, *prompts, "--model", loud, "--seconds", 0.32, "--steps", 2, "--candidates", 3,
                        "--out-dir", tmp_path / "out")
     assert code == 0, err
+    assert rescored == prompts
     record = json.loads((tmp_path / "out" / "generation.json").read_text())
     pipe = TTAPipeline.from_pretrained(loud)
     for k, output in enumerate(record["outputs"]):   # one prompt a batch, prompt k with seed k, as generate draws
@@ -351,9 +361,10 @@ def test_the_recorded_clap_scores_and_the_kept_candidate_are_those_of_the_audio_
         assert pipe.clap_scores([prompts[k]], [got])[0] == pytest.approx(output["clap_score"], abs=2e-5)
     # no candidate turned down (the HiFi-GAN's tanh keeps the tiny model's clips under full scale): the pipeline's
     # own scores and ranking, not scored again
+    rescored.clear()
     code, _, err = run(capsys, *prompts, "--model", tiny_pipeline(), "--seconds", 0.32, "--steps", 2,
                        "--candidates", 3, "--out-dir", tmp_path / "quiet")
-    assert code == 0, err
+    assert code == 0 and rescored == [], err
     record = json.loads((tmp_path / "quiet" / "generation.json").read_text())
     pipe = TTAPipeline.from_pretrained(tiny_pipeline())
     for k, output in enumerate(record["outputs"]):
