@@ -242,14 +242,11 @@ def load_config(cls: type[T], path: str | os.PathLike) -> T:
     """Read a strict JSON config file into `cls`."""
     path = Path(path)
     if not path.is_file():
-        shipped = installed_configs()
-        if path.parts[:1] == ("configs",) and shipped is not None and (shipped.parent / path).is_file():
-            raise ConfigError(f"{path}: config file not found here; tta's shipped configs are installed in "
-                              f"{shipped}: --config {shipped.parent / path}")
-        checkout = source_configs()
-        if path.parts[:1] == ("configs",) and checkout is not None and (checkout.parent / path).is_file():
-            raise ConfigError(f"{path}: config file not found here; tta's shipped configs are in its source "
-                              f"checkout, {checkout}: --config {checkout.parent / path}")
+        for where, place in ((installed_configs, "installed in {}"), (source_configs, "in its source checkout, {}")):
+            shipped = where() if path.parts[:1] == ("configs",) else None
+            if shipped is not None and (shipped.parent / path).is_file():
+                raise ConfigError(f"{path}: config file not found here; tta's shipped configs are "
+                                  f"{place.format(shipped)}: --config {shipped.parent / path}")
         raise ConfigError(f"{path}: config file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
