@@ -204,6 +204,41 @@ def test_a_command_leaves_transformers_logging_and_python_warnings_as_it_found_t
     assert ([(list(logger.handlers), logger.propagate) for logger in loggers], warnings.showwarning) == before
 
 
+def test_the_after_import_hook_acts_on_its_module_only_and_leaves_its_loader_as_it_was(tmp_path, monkeypatch):
+    """The hook that routes transformers' and diffusers' logging replaced exec_module on the loader it found for
+    good: a loader shared by several modules (a zipimporter loads every module of its archive's folder) called
+    `then` for each module imported after it. It acts once, on its own module, and then the loader and
+    sys.meta_path are as they were; removed before its module is imported, it leaves them as they were too."""
+    import zipfile
+
+    from tta.cli import _AfterImport
+
+    archive = tmp_path / "lib.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("__init__", "target", "other", "late"):
+            z.writestr(f"zpkg/{name}.py", f"NAME = {name!r}\n")
+    monkeypatch.syspath_prepend(str(archive))
+    for name in ("zpkg", "zpkg.target", "zpkg.other", "zpkg.late"):   # gone again when the test ends
+        monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.delitem(sys.modules, name)
+    seen = []
+    hook = _AfterImport("zpkg.target", lambda module: seen.append(module.__name__))
+    monkeypatch.setattr(sys, "meta_path", [hook, *sys.meta_path])
+    import zpkg.target   # noqa: F401
+    import zpkg.other
+
+    assert seen == ["zpkg.target"] and hook not in sys.meta_path
+    assert zpkg.other.__loader__ is sys.modules["zpkg.target"].__loader__   # one loader for both
+    assert "exec_module" not in vars(zpkg.other.__loader__)   # the zipimporter's own method again
+    late = _AfterImport("zpkg.late", lambda module: seen.append(module.__name__))
+    sys.meta_path.insert(0, late)
+    late.find_spec("zpkg.late")   # found, then the command ended before the module was imported
+    late.remove()
+    import zpkg.late   # noqa: F401
+
+    assert seen == ["zpkg.target"] and late not in sys.meta_path and "exec_module" not in vars(zpkg.other.__loader__)
+
+
 def test_a_log_record_in_a_terminal_clears_the_bar_and_draws_it_again_below_it():
     """In a terminal tqdm blanks the bar's line, the record is written there and the bar is drawn again on the
     line below; with no bar open the record is written as it always was."""

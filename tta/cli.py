@@ -487,8 +487,7 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
     finally:
         warnings.showwarning = show
         for hook in hooks:
-            with contextlib.suppress(ValueError):
-                sys.meta_path.remove(hook)
+            hook.remove()
         for restore in undo:
             restore()
 
@@ -564,10 +563,13 @@ def _stdout_while_read() -> Iterator[None]:
 
 class _AfterImport:
     """A meta-path finder that calls `then(module)` once the module `name` is imported (and does not otherwise
-    change how it is found or loaded)."""
+    change how it is found or loaded). Once it has found the module it leaves sys.meta_path; the loader's
+    exec_module, wrapped for that import, is its own again when the module has run or `remove` is called (a
+    loader may load several modules: a zipimporter loads every module of its archive's folder)."""
 
     def __init__(self, name: str, then) -> None:
         self.name, self.then = name, then
+        self._unwrap = None   # puts the wrapped loader's exec_module back, while it is wrapped
 
     def find_spec(self, fullname: str, path=None, target=None):
         if fullname != self.name:
@@ -580,17 +582,41 @@ class _AfterImport:
                 break
         else:
             return None
+        self.remove()   # found: the import system stops at the spec returned, and finds this module once
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
         exec_module, then = loader.exec_module, self.then
+        own = getattr(loader, "__dict__", {}).get("exec_module")   # one set on the loader itself, else its class's
+
+        def unwrap() -> None:
+            if own is None:
+                del loader.exec_module
+            else:
+                loader.exec_module = own
+            self._unwrap = None
 
         def exec_then(module) -> None:
+            if getattr(module, "__name__", None) != fullname:   # another module of a shared loader
+                exec_module(module)
+                return
+            unwrap()   # before it runs: what it imports through the same loader is loaded as usual
             exec_module(module)
             then(module)
 
-        loader.exec_module = exec_then   # this module's own loader (one per module found)
+        try:
+            loader.exec_module = exec_then
+        except (AttributeError, TypeError):   # a loader that takes no attributes: imported as it would be
+            return spec
+        self._unwrap = unwrap
         return spec
+
+    def remove(self) -> None:
+        """Leave sys.meta_path, and put back a loader's exec_module still wrapped (its module not yet run)."""
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        if self._unwrap is not None:
+            self._unwrap()
 
 
 def _draws_on(bar, stream) -> bool:
