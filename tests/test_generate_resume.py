@@ -367,29 +367,6 @@ def run_with_progress(capsys, *argv) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_a_record_of_a_tta_before_resume_keeps_files_of_the_recorded_length(tmp_path, capsys, calls, caplog):
-    """An older record names no sha256 of its outputs: a file of the length and rate it records is kept (it was
-    written whole), and its sha256 is recorded from then on; one of another length is generated again."""
-    args, _ = batch(tmp_path, "a\nb\nc\n")
-    out = tmp_path / "out"
-    code, _, err = run(capsys, *args, "--out-dir", out)
-    assert code == 0, err
-    whole = wavs(out)
-    older = record(out)
-    for o in older["outputs"]:
-        del o["sha256"]
-    (out / "generation.json").write_text(json.dumps(older))
-    save_audio(out / "002_c.wav", [0.0] * 100, 16_000)
-    calls.clear()
-    with caplog.at_level("WARNING", logger="tta.generate"):
-        code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
-    assert code == 0, err
-    assert calls == [["c"]] and wavs(out) == whole
-    assert "has no sha256 of its outputs: 2 files of the recorded length kept" in caplog.text
-    assert "no longer holds what it says (e.g. 002_c.wav" in caplog.text
-    assert [o["sha256"] for o in record(out)["outputs"]] == [hashlib.sha256(b).hexdigest() for b in whole.values()]
-
-
 def test_a_batch_begun_by_a_tta_that_rounded_16_bit_samples_down_is_written_again(tmp_path, capsys, calls,
                                                                                       caplog):
     """A tta before the record's pcm_rounding wrote a WAV's 16-bit samples on the step below (libsndfile's float

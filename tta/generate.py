@@ -802,7 +802,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
         from tta.generate_resume import resume_batch
 
         records = resume_batch(earlier, args, jobs, record_header(args, folder, pipe, device, edit, store),
-                               record_path, pipe.sample_rate, edit)
+                               record_path, edit)
     # a killed run's temporary files of this batch's outputs and record, once this run is sure to run (it writes
     # those files again, or keeps them); the out-dir's lock, or -o FILE's, stops another run writing them meanwhile
     from tta.generate_resume import remove_leftovers

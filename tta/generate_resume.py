@@ -166,22 +166,22 @@ def check_same_run(record: dict, header: dict, path: Path) -> None:
         raise _refused(path, difference)
 
 
-def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: int) -> dict[int, dict]:
+def kept_outputs(record: dict, jobs: list[Job], batch_size: int) -> dict[int, dict]:
     """The earlier run's outputs --resume keeps, by row index (their records as it wrote them): a file kept holds
-    the bytes its record's sha256 says (a record of a tta before it: a readable file of the recorded length), and
-    a batch of --batch-size rows is kept only whole: its rows come out as they did only generated together (the
-    earlier run's last batch, before rows were added after it, is generated again with them). A WAV of a record
-    without `pcm_rounding` is not kept: a tta before it put each 16-bit sample on the step below, and this run
-    writes the nearest (tta.audio.PCM_ROUNDING); it also ranked candidates on the audio before the file's gain,
-    where this one ranks them as the file holds them (tta.generate.rank_written: every tta that records
-    pcm_rounding does). A batch's outputs are all WAVs, so none of such a record's is kept. The rest are named in a
-    warning and generated again."""
-    from tta.audio import PCM_ROUNDING, AudioError, audio_info
+    the bytes its record's sha256 says, and a batch of --batch-size rows is kept only whole: its rows come out as
+    they did only generated together (the earlier run's last batch, before rows were added after it, is generated
+    again with them). A WAV of a record without `pcm_rounding` is not kept: a tta before it put each 16-bit
+    sample on the step below, and this run writes the nearest (tta.audio.PCM_ROUNDING); it also ranked
+    candidates on the audio before the file's gain, where this one ranks them as the file holds them
+    (tta.generate.rank_written: every tta that records pcm_rounding does). A batch's outputs are all WAVs, so
+    none of such a record's is kept (records of a tta before --resume, which named no sha256, among them). The
+    rest are named in a warning and generated again."""
+    from tta.audio import PCM_ROUNDING
     from tta.checkpoint import file_sha256
 
     rows = {job.path.name: i for i, job in enumerate(jobs)}
     kept: dict[int, dict] = {}
-    missing, changed, rounded, unhashed = [], [], [], 0
+    missing, changed, rounded = [], [], []
     for o in record["outputs"]:
         i = rows[o["file"]]
         path = jobs[i].path
@@ -191,24 +191,10 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: in
         if path.suffix.lower() == ".wav" and record.get("pcm_rounding") != PCM_ROUNDING:
             rounded.append(o["file"])
             continue
-        if "sha256" in o:
-            if file_sha256(path) != o["sha256"]:
-                changed.append(o["file"])
-                continue
-            kept[i] = o
-            continue
-        try:   # an older record: the file was written whole (atomically), its length and rate are what it says
-            info = audio_info(path)
-            same = isinstance(o.get("seconds"), (int, float)) and info.sample_rate == sample_rate and \
-                info.num_samples == round(o["seconds"] * sample_rate)
-        except AudioError:
-            same = False
-        if not same:
+        if file_sha256(path) != o.get("sha256"):   # every record with pcm_rounding names its outputs' sha256
             changed.append(o["file"])
             continue
-        unhashed += 1   # from now on its record names its bytes
-        kept[i] = {**{k: v for k, v in o.items() if k in ("id", "prompt", "file")}, "sha256": file_sha256(path),
-                   **{k: v for k, v in o.items() if k not in ("id", "prompt", "file")}}
+        kept[i] = o
     folder = jobs[0].path.parent
     if missing:
         log.warning("%s: %d output%s the earlier record lists %s missing (e.g. %s): generating %s again", folder,
@@ -223,9 +209,6 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: in
                     "step below (e.g. %s): generating %s again, with each sample on the nearest step as this run "
                     "writes the rest", folder, len(rounded), "" if len(rounded) == 1 else "s",
                     "was" if len(rounded) == 1 else "were", rounded[0], "it" if len(rounded) == 1 else "them")
-    if unhashed:
-        log.warning("%s: the earlier record (of a tta before --resume) has no sha256 of its outputs: %d files of the "
-                    "recorded length kept as they are", folder, unhashed)
     regrouped = []
     for start in range(0, len(jobs), batch_size):   # a batch's rows are generated together: whole or not at all
         chunk = range(start, min(start + batch_size, len(jobs)))
@@ -240,12 +223,12 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int, sample_rate: in
 
 
 def resume_batch(earlier: dict, args: argparse.Namespace, jobs: list[Job], header: dict, record_path: Path,
-                 sample_rate: int, edit: dict | None) -> dict[int, dict]:
+                 edit: dict | None) -> dict[int, dict]:
     """Once the model has loaded: check the earlier run's `record` against this run's record `header`
     (check_same_run) and return the outputs kept (kept_outputs), by row index. An edit takes the seconds the
     earlier run sampled; a run that keeps outputs lists the runs before it in `args.earlier_runs`."""
     check_same_run(earlier, header, record_path)
-    records = kept_outputs(earlier, jobs, args.batch_size, sample_rate)
+    records = kept_outputs(earlier, jobs, args.batch_size)
     if edit is not None and "sampled_seconds" in earlier["edit"]:   # check_same_run: the same edit
         # recorded once a batch has run: a resume that keeps every output runs none
         edit["sampled_seconds"] = earlier["edit"]["sampled_seconds"]
