@@ -334,8 +334,9 @@ def front_end_suffix(features, fusion: bool) -> str:
 def model_config_suffix(config) -> str:
     """A transformers ClapConfig's part of the identity: "" where the fields of `MODEL_CONFIG` hold the official
     folders' values, else "-cfg" + 8 hex digits hashing those that differ. The same weights with another
-    activation, LayerNorm epsilon, text head count, padding id or patch stride embed otherwise, so they must not
-    share embedding caches, datastores or reference statistics; official folders keep the identity they had."""
+    activation, LayerNorm epsilon, text head count, padding id, patch stride or spec size embed otherwise, so they
+    must not share embedding caches, datastores or reference statistics; official folders keep the identity they
+    had."""
     changed = {}
     for part, fields in MODEL_CONFIG.items():
         for name, want in fields.items():
