@@ -643,6 +643,35 @@ def test_a_folders_config_that_embeds_otherwise_is_in_its_identity(tmp_path, tok
     assert edited("again", "text_config", layer_norm_eps=1e-5)[0] == eps[0]     # stable: a cache is found again
 
 
+def test_a_folder_tta_wrote_from_a_laion_pt_keeps_its_weights_only_identity(laion_pt, tokenizer_dir, tmp_path):
+    """A .pt's config is inferred with LAION's text LayerNorm epsilon (1e-5) and 64-wide text heads, not the official
+    folders' values: every folder tta wrote from a .pt or .ckpt (tta import, a pipeline's text_encoder/) got "-cfg"
+    in its identity, and its latent caches, datastores and embedding caches were made again. Those values count as
+    known; an edit of such a folder still changes the identity."""
+    import shutil
+
+    from tta.clap import load_clap
+    from tta.clap.laion import _file_hash
+    from tta.ldm.folder import save_text_encoder
+
+    written = tmp_path / "text_encoder"
+    save_text_encoder(LaionClapEmbedder.from_path(laion_pt, tokenizer_dir), written)
+    body = json.loads((written / "config.json").read_text())
+    assert body["text_config"]["layer_norm_eps"] == 1e-5 and body["text_config"]["num_attention_heads"] == 1
+    assert load_clap(written).identity == "laion-clap:" + _file_hash(written / "model.safetensors")
+    identities = []
+    for name, change in (("eps", {"layer_norm_eps": 1e-6}), ("official-eps", {"layer_norm_eps": 1e-12}),
+                         ("heads", {"num_attention_heads": 2}), ("act", {"hidden_act": "relu"})):
+        folder = tmp_path / name
+        shutil.copytree(written, folder)
+        edited = json.loads((folder / "config.json").read_text())
+        edited["text_config"].update(change)
+        (folder / "config.json").write_text(json.dumps(edited))
+        identities.append(load_clap(folder).identity)
+    weights_only = "laion-clap:" + _file_hash(written / "model.safetensors")
+    assert len(set(identities)) == 4 and all(i.startswith(weights_only + "-cfg") for i in identities)
+
+
 def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path, tokenizer_dir):
     """A config.json building a model its weights do not fit loaded with only transformers' logged report: fusion
     switched on over unfused weights left the fusion layers at random, the patch LayerNorm or the qkv biases

@@ -29,11 +29,12 @@ the weights-only identity). One the model cannot take (another sample rate or me
 truncation without feature fusion, more mel frames than HTSAT's input) or that would crop at random (a window
 under 10 s without fusion) is refused when the folder loads. A config.json whose activations, LayerNorm
 epsilons, text head count, padding id, patch stride or spec size differ from the official folders' adds "-cfg"
-and a hash of those fields to the identity (`model_config_suffix`). One that builds an audio tower that cannot
-embed at all (e.g. `flatten_patch_embeds` false, a patch stride or spec size the mels do not fit) loads, as
-its weights fit; its first audio embedding is refused naming the config.json (a probe embedding when the
-folder loads would put a 10 s window through HTSAT: ~0.4 s on one CPU core for the official size, a quarter
-of its load, paid by text-only uses such as AudioLDM's conditioning too).
+and a hash of those fields to the identity (`model_config_suffix`), unless they are the values tta infers for a
+.pt (a folder tta wrote from a .pt or .ckpt keeps the weights-only identity it had). One that builds an audio
+tower that cannot embed at all (e.g. `flatten_patch_embeds` false, a patch stride or spec size the mels do not
+fit) loads, as its weights fit; its first audio embedding is refused naming the config.json (a probe embedding
+when the folder loads would put a 10 s window through HTSAT: ~0.4 s on one CPU core for the official size, a
+quarter of its load, paid by text-only uses such as AudioLDM's conditioning too).
 
 The RoBERTa tokenizer must come from local files the user names; a tokenizer with a tiny vocabulary
 (what transformers 5 builds offline when the files are missing) is refused.
@@ -73,11 +74,22 @@ FRONT_END = {"feature_size": 64, "sampling_rate": SAMPLE_RATE, "hop_length": 480
 # values (transformers' conversion script sets only the sizes it reads off LAION's weights, and enable_fusion).
 # A folder that differs in any of them adds to the identity (`model_config_suffix`). Not here: the fields that
 # shape weights (another value fails to load or leaves weights unused), dropout and initialisation, bos/eos ids
-# and logit_scale_init_value (the logit scale is a weight, and no embedding uses it).
+# and logit_scale_init_value (the logit scale is a weight, and no embedding uses it). The values
+# `infer_clap_config` writes for a .pt (LAION_TEXT_LAYER_NORM_EPS, laion_text_heads) count as known as well.
 MODEL_CONFIG = {"text_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-12, "num_attention_heads": 12,
                                 "pad_token_id": 1, "projection_hidden_act": "relu"},
                 "audio_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-5, "patch_stride": (4, 4),
                                  "spec_size": 256, "projection_hidden_act": "relu"}}
+
+# LAION builds its text tower from roberta-base: LayerNorm epsilon 1e-5 (ClapTextConfig's default, which the
+# official folders keep, is 1e-12) and attention heads 64 wide (not visible in the weights).
+LAION_TEXT_LAYER_NORM_EPS = 1e-5
+
+
+def laion_text_heads(hidden_size: int) -> int:
+    """The text attention heads of a LAION RoBERTa tower of `hidden_size` (12 for roberta-base's 768)."""
+    return max(1, hidden_size // 64)
+
 
 _DROP_PREFIXES = ("audio_branch.spectrogram_extractor.", "audio_branch.logmel_extractor.",
                   "audio_branch.tscam_conv.", "audio_branch.head.", "text_transform.", "audio_transform.")
@@ -151,7 +163,8 @@ def infer_clap_config(state: dict):
 
     Text attention heads are not visible in the weights: hidden_size // 64 (RoBERTa's head width) is used;
     the text tower's LayerNorm epsilon is RoBERTa's 1e-5 (LAION builds it from roberta-base), not
-    ClapTextConfig's default 1e-12.
+    ClapTextConfig's default 1e-12. A folder saved with this config keeps the weights-only identity
+    (`model_config_suffix`).
     """
     from transformers import ClapConfig
 
@@ -179,11 +192,11 @@ def infer_clap_config(state: dict):
                      "projection_dim": shape("audio_projection.linear1.weight")[0],
                      "enable_fusion": f"{enc}patch_embed.mel_conv2d.weight" in state}
     text_cfg = {"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": text_layers,
-                    "num_attention_heads": max(1, hidden // 64),
+                    "num_attention_heads": laion_text_heads(hidden),
                     "intermediate_size": shape("text_model.encoder.layer.0.intermediate.dense.weight")[0],
                     "max_position_embeddings": shape("text_model.embeddings.position_embeddings.weight")[0],
                     "type_vocab_size": shape("text_model.embeddings.token_type_embeddings.weight")[0],
-                    "layer_norm_eps": 1e-5,
+                    "layer_norm_eps": LAION_TEXT_LAYER_NORM_EPS,
                     "projection_dim": shape("text_projection.linear1.weight")[0]}
     return ClapConfig(text_config=text_cfg, audio_config=audio_cfg,
                       projection_dim=shape("text_projection.linear1.weight")[0])
@@ -336,7 +349,11 @@ def model_config_suffix(config) -> str:
     folders' values, else "-cfg" + 8 hex digits hashing those that differ. The same weights with another
     activation, LayerNorm epsilon, text head count, padding id, patch stride or spec size embed otherwise, so they
     must not share embedding caches, datastores or reference statistics; official folders keep the identity they
-    had."""
+    had. So does a config whose fields are the official values but for those `infer_clap_config` writes for a .pt
+    (text LayerNorm epsilon 1e-5, text heads 64 wide), all of them: a folder tta wrote from a .pt or an AudioLDM
+    .ckpt (`tta import`, a pipeline's text_encoder/), whose caches and datastores are keyed by its weights alone;
+    one of those edited otherwise gets the suffix. (Official weights edited to exactly those values, e.g. text
+    layer_norm_eps 1e-5 at roberta-base size, share the official folder's identity in turn.)"""
     changed = {}
     for part, fields in MODEL_CONFIG.items():
         for name, want in fields.items():
@@ -346,7 +363,11 @@ def model_config_suffix(config) -> str:
             if have != want:
                 number = isinstance(have, (int, float)) and not isinstance(have, bool)
                 changed[f"{part}.{name}"] = float(have) if number else have
-    if not changed:
+    heads = laion_text_heads(config.text_config.hidden_size)
+    inferred = {"text_config.layer_norm_eps": LAION_TEXT_LAYER_NORM_EPS}
+    if heads != MODEL_CONFIG["text_config"]["num_attention_heads"]:
+        inferred["text_config.num_attention_heads"] = float(heads)
+    if not changed or changed == inferred:
         return ""
     return "-cfg" + hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
