@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -772,6 +773,50 @@ def test_a_folder_whose_audio_tower_cannot_embed_is_refused_naming_its_config(tm
             build_datastore(manifest, clap, tmp_path / f"store-{name}", progress=False)
         assert not (tmp_path / f"store-{name}").exists()
         assert not [r for r in caplog.records if "skipping" in r.getMessage()]
+
+
+def test_a_first_audio_batchs_dtype_failure_is_raised_as_it_is_and_a_pts_names_its_config(laion_pt, tokenizer_dir):
+    """Every failure of the first audio batch but a CUDA out-of-memory was reported as a config.json that cannot
+    embed: a dtype mismatch too, and for a .pt the message said to check audio_config, which a .pt has none of.
+    Only a failure worded about shapes or sizes is the config's; a .pt's message names the config it was built
+    with."""
+    wav = chirp(200, 4000, 2.0, 16_000)
+    clap = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir)
+    clap.model.double()       # float32 mels into a float64 tower
+    with pytest.raises(RuntimeError, match="dtype") as info:
+        clap.embed_audio(wav, 16_000)
+    assert not isinstance(info.value, CheckpointError)
+
+    config = tiny_config()
+    config.audio_config.spec_size = 128
+    clap = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config)
+    with pytest.raises(CheckpointError, match=f"^{laion_pt}: the CLAP audio tower built for it cannot embed audio "
+                                              r"\(transformers: the wav size should be .*\); its config is the one "
+                                              r"passed as config= .* check the config passed, e\.g\. "):
+        clap.embed_audio(wav, 16_000)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status, limits RLIMIT_AS")
+def test_running_out_of_memory_on_the_first_audio_batch_is_raised_as_it_is(laion_pt, tokenizer_dir):
+    """On CPU an allocation failure is a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory"), and on
+    the first audio batch it was reported as a config.json whose audio tower cannot embed."""
+    import resource
+
+    clap = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir)
+    frames = clap.features.nb_max_samples // clap.features.hop_length + 1
+    # as the extractor makes them, (B, 1, 1001, 64): 64 MiB, so that the tower's first tensor of that size is
+    # over malloc's largest mmap threshold (32 MiB) and is mapped afresh, past the limit, whatever the heap holds
+    mels = torch.zeros(256, 1, frames, MELS)
+    used = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (used + (16 << 20), hard))
+    try:
+        with pytest.raises(RuntimeError, match="allocate") as info:
+            clap._audio_features(mels, torch.zeros(256, 1, dtype=torch.bool))
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert not isinstance(info.value, CheckpointError)
+    assert clap.embed_audio(chirp(200, 4000, 2.0, 16_000), 16_000).shape == (1, PROJ)   # embeds once memory is there
 
 
 def test_an_extractor_given_with_a_laion_pt_is_in_its_identity(laion_pt, tokenizer_dir):

@@ -100,6 +100,12 @@ _BUFFERS_OK_MISSING = (re.compile(r"text_model\.embeddings\.(position_ids|token_
 # The logit scales: used by ClapModel's contrastive logits only, never by an embedding.
 _LOGIT_SCALE = re.compile(r"logit_scale(_[at])?$")
 
+# A first audio batch's failure that a config whose audio tower cannot embed makes (flatten_patch_embeds, patch
+# stride, spec size: torch's and transformers' words about shapes and sizes), and what is never the config's
+# (out of memory, a device or dtype mismatch), whatever its other words.
+_SHAPE_FAILURE = re.compile(r"shape|size", re.IGNORECASE)
+_NOT_CONFIG_FAILURE = re.compile(r"memory|alloc|device|dtype|scalar type", re.IGNORECASE)
+
 _BLOCK = re.compile(r"^(audio_model\.audio_encoder\.layers\.\d+\.blocks\.\d+\.)(.*)$")
 _BLOCK_RENAMES = (("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."),
                   ("attn.proj.", "attention.output.dense."),
@@ -549,18 +555,27 @@ class LaionClapEmbedder(ClapEmbedder):
         loads (its weights fit) and failed here with transformers' bare reason ("Given normalized_shape=[8],
         expected input with shape [*, 8], but got input of size[1, 8, 64, 64]" for `flatten_patch_embeds`
         false; a spec size or patch stride the mels do not fit): before the tower's first embedding, such a
-        failure is a CheckpointError naming the config. After it, a failure has another cause (the tower works
-        whatever the batch), as has running out of memory, and is raised as it is."""
+        failure (one worded about shapes or sizes) is a CheckpointError naming the config. After it, a failure
+        has another cause (the tower works whatever the batch), as have running out of memory (CPU or GPU) and a
+        device or dtype mismatch at any batch, and is raised as it is."""
         try:
             out = _pooled(self.model.get_audio_features(input_features=features, is_longer=is_longer))
         except (RuntimeError, ValueError) as e:
-            if self._audio_embedded or isinstance(e, torch.cuda.OutOfMemoryError):
+            reason = str(e).strip()
+            if (self._audio_embedded or isinstance(e, torch.cuda.OutOfMemoryError)
+                    or not _SHAPE_FAILURE.search(reason) or _NOT_CONFIG_FAILURE.search(reason)):
                 raise
+            reason = f"(transformers: {reason.splitlines()[0][:200]})"
+            fields = "e.g. flatten_patch_embeds, patch_stride, spec_size"
             where = self.config_source or "this CLAP's config"
-            raise CheckpointError(f"{where}: the CLAP audio tower its audio_config builds cannot embed audio "
-                                  f"(transformers: {str(e).strip().splitlines()[0][:200]}); check audio_config "
-                                  "against the config the weights were saved with, e.g. flatten_patch_embeds, "
-                                  "patch_stride, spec_size") from e
+            if where.endswith("config.json") or self.config_source is None:
+                message = (f"the CLAP audio tower its audio_config builds cannot embed audio {reason}; check "
+                           f"audio_config against the config the weights were saved with, {fields}")
+            else:   # a .pt: its config is inferred from its weights, or passed in through the Python API
+                message = (f"the CLAP audio tower built for it cannot embed audio {reason}; its config is the one "
+                           "passed as config= or, without one, read off its weights as LAION's HTSAT (spec_size "
+                           f"256, patch_stride 4): check the config passed, {fields}")
+            raise CheckpointError(f"{where}: {message}") from e
         self._audio_embedded = True
         return out
 
