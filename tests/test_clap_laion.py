@@ -291,7 +291,7 @@ def test_the_clap_inside_an_audioldm_ckpt_loads(laion_pt, tokenizer_dir, tmp_pat
 
 @pytest.mark.parametrize("change, expect", [
     ("drop", "missing from the file (first: audio_model.audio_encoder.layers.1.blocks.0.attention.self.query.weight"),
-    ("extra", "1 unexpected keys (first: module.audio_branch.layers.9.blocks.0.attn.qkv.weight"),
+    ("extra", "model: 1 unexpected key (first: module.audio_branch.layers.9.blocks.0.attn.qkv.weight)"),
     ("shape", "other shapes (first: module.text_projection.2.weight"),
 ])
 def test_mismatched_keys_are_listed(tmp_path, change, expect):
@@ -712,6 +712,12 @@ def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path, token
                (edited("mlp", "audio_config", mlp_ratio=2.0),
                 rf"\d+ weights shaped otherwise than the model's \(first: {enc}layers\.0\.blocks\.0\.intermediate"
                 rf"\.dense\.bias, \[{EMBED * 4}\] in the folder, \[{EMBED * 2}\] in the model\)")]
+    one = tmp_path / "one"              # one weight missing: counted as one (it said "1 model weights")
+    shutil.copytree(base, one)
+    weights = load_file(one / "model.safetensors")
+    del weights["text_projection.linear1.bias"]
+    save_file(weights, one / "model.safetensors", metadata={"format": "pt"})
+    refused.append((one, r"1 model weight missing from the folder \(first: text_projection\.linear1\.bias\)"))
     for folder, message in refused:
         with pytest.raises(CheckpointError, match=f"^{folder}: its weights do not fit the CLAP model its "
                                                   f"config.json describes: {message}.* \\(check config.json"):

@@ -593,6 +593,22 @@ def load_component(folder: str | os.PathLike, cls: type | None = None, *, device
     return model.to(device).eval()
 
 
+def weights_mismatch(*, missing=(), unexpected=(), shapes=(),
+                     words: tuple[str, str, str] = ("missing", "unexpected", "with other shapes"),
+                     shapes_listed: int = 3, shapes_first: bool = False) -> str:
+    """What a file's weights and the model they are loaded into do not share, for an error naming the file: the
+    "; "-joined "N <words> (first: ...)" of each list that is not empty, in the order missing, unexpected, shapes
+    (shapes first with `shapes_first`), listing at most 5 keys (", ") or `shapes_listed` shapes ("; "; each
+    "key: (3, 4) vs (3, 5)" or as the caller writes it). `words`: what each count says, "{s}" where its noun
+    takes the plural ("model weight{s} missing": 1 model weight missing, 2 model weights missing). "" when all
+    three are empty."""
+    parts = [(missing, words[0], 5, ", "), (unexpected, words[1], 5, ", "), (shapes, words[2], shapes_listed, "; ")]
+    if shapes_first:
+        parts.insert(0, parts.pop())
+    return "; ".join(f"{len(items)} {what.format(s='' if len(items) == 1 else 's')} "
+                     f"(first: {sep.join(list(items)[:listed])})" for items, what, listed, sep in parts if items)
+
+
 def load_into(model: Any, state: dict, *, where: str, strict: bool = True) -> None:
     """load_state_dict with an error that lists the first missing/unexpected/mis-shaped keys."""
     own = model.state_dict()
@@ -601,14 +617,8 @@ def load_into(model: Any, state: dict, *, where: str, strict: bool = True) -> No
     shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if shapes or (strict and (missing or unexpected)):
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:5])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:5])})")
-        if shapes:
-            parts.append(f"{len(shapes)} with other shapes (first: {'; '.join(shapes[:3])})")
-        raise CheckpointError(f"{where}: weights do not match {type(model).__name__}: " + "; ".join(parts))
+        raise CheckpointError(f"{where}: weights do not match {type(model).__name__}: "
+                              + weights_mismatch(missing=missing, unexpected=unexpected, shapes=shapes))
     own_dtypes = {k: v.dtype for k, v in own.items()}
     state = {k: (v.to(own_dtypes[k]) if k in own_dtypes and v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(state, strict=strict)

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tta.checkpoint import CheckpointError, check_finite, load_torch_file
+from tta.checkpoint import CheckpointError, check_finite, load_torch_file, weights_mismatch
 from tta.clap.encoder import ClapEmbedder, warn_truncated
 from tta.device import torch_device
 
@@ -112,6 +112,11 @@ _BLOCK_RENAMES = (("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."
                   ("attn.relative_position_bias_table", "attention.self.relative_position_bias_table"),
                   ("attn.relative_position_index", "attention.self.relative_position_index"),
                   ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."))
+
+
+def _rebuilt_buffer(key: str) -> bool:
+    """Whether a model key is one of the deterministic buffers a missing copy of is taken from the fresh model."""
+    return any(p.match(key) for p in _BUFFERS_OK_MISSING)
 
 
 def _dropped(key: str) -> bool:
@@ -239,19 +244,14 @@ def load_laion_checkpoint(path: str | os.PathLike, config=None, *, loaded=None):
         raise CheckpointError(f"{path}: {e} (a damaged or non-HTSAT LAION-CLAP checkpoint)") from None
     model = ClapModel(config).eval()
     own = model.state_dict()
-    missing = [k for k in own if k not in converted and not any(p.match(k) for p in _BUFFERS_OK_MISSING)]
+    missing = [k for k in own if k not in converted and not _rebuilt_buffer(k)]
     unexpected = list(dict.fromkeys(origin[k] for k in converted if k not in own))  # qkv: 3 parts, 1 key
     shapes = [f"{origin[k]}: {tuple(converted[k].shape)} vs {tuple(own[k].shape)}"
               for k in converted if k in own and tuple(converted[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} model weights missing from the file (first: {', '.join(missing[:5])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
-        if shapes:
-            parts.append(f"{len(shapes)} with other shapes (first: {'; '.join(shapes[:3])})")
-        raise CheckpointError(f"{path}: LAION-CLAP weights do not match the CLAP model: " + "; ".join(parts))
+        raise CheckpointError(f"{path}: LAION-CLAP weights do not match the CLAP model: " + weights_mismatch(
+            missing=missing, unexpected=unexpected, shapes=shapes,
+            words=("model weight{s} missing from the file", "unexpected key{s}", "with other shapes")))
     full = {k: converted.get(k, v) for k, v in own.items()}
     model.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in full.items()})
     return model
@@ -268,23 +268,18 @@ def _check_loading_info(path: Path, info: dict) -> None:
     than the model's (e.g. `audio_config.mlp_ratio` edited) come as `mismatched_keys` (key, file's shape, model's
     shape), loaded with `ignore_mismatched_sizes`: without it transformers stops with only a pointer to the report
     it logged ("For details look at the above report!"), which tta's log hides unless -v."""
-    missing = sorted(k for k in info.get("missing_keys") or ()
-                     if not _LOGIT_SCALE.match(k) and not any(p.match(k) for p in _BUFFERS_OK_MISSING))
+    missing = sorted(k for k in info.get("missing_keys") or () if not _LOGIT_SCALE.match(k) and not _rebuilt_buffer(k))
     unexpected = sorted(k for k in info.get("unexpected_keys") or () if not _LOGIT_SCALE.match(k))
-    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: m[0])
-    if not missing and not unexpected and not mismatched:
+    shapes = [f"{key}, {list(saved)} in the folder, {list(built)} in the model"
+              for key, saved, built in sorted(info.get("mismatched_keys") or (), key=lambda m: m[0])]
+    if not missing and not unexpected and not shapes:
         return
-    parts = []
-    if mismatched:
-        key, saved, built = mismatched[0]
-        parts.append(f"{len(mismatched)} weights shaped otherwise than the model's (first: {key}, "
-                     f"{list(saved)} in the folder, {list(built)} in the model)")
-    if missing:
-        parts.append(f"{len(missing)} model weights missing from the folder (first: {', '.join(missing[:5])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} weights the model does not use (first: {', '.join(unexpected[:5])})")
+    report = weights_mismatch(missing=missing, unexpected=unexpected, shapes=shapes, shapes_listed=1,
+                              shapes_first=True, words=("model weight{s} missing from the folder",
+                                                        "weight{s} the model does not use",
+                                                        "weight{s} shaped otherwise than the model's"))
     raise CheckpointError(f"{path}: its weights do not fit the CLAP model its config.json describes: "
-                          + "; ".join(parts) + " (check config.json against the config the weights were saved "
+                          + report + " (check config.json against the config the weights were saved "
                           "with, e.g. audio_config.enable_fusion, enable_patch_layer_norm, qkv_bias, mlp_ratio)")
 
 
