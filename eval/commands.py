@@ -40,7 +40,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tta import UsageError
-    from eval.run import EvalOptions, check_embedder_weights, run_eval
+    from eval.run import EvalOptions, run_eval
     from tta.checkpoint import check_output_path
 
     check_output_path(args.out, "--out", folder=True)   # before embedding both folders
@@ -50,15 +50,13 @@ def run(args: argparse.Namespace) -> int:
     if args.clap_tokenizer and "clap" not in metrics and args.embedder not in ("clap", "laion-clap"):
         raise UsageError("--clap-tokenizer is for a LAION CLAP .pt: it needs --metrics clap or --embedder "
                          "clap/laion-clap")
-    check_embedder_weights(args.embedder, args.embedder_weights, embedder_field="--embedder",
-                           weights_field="--embedder-weights", clap_field="--clap-model")
     opts = EvalOptions(generated=args.generated, reference=args.reference, out=args.out,
                        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
                        embedder=args.embedder, embedder_weights=args.embedder_weights,
                        panns_weights=args.panns_weights, clap_model=args.clap_model,
                        clap_tokenizer=args.clap_tokenizer, prompts=args.prompts,
                        cache_dir=args.cache_dir, fad_inf=args.fad_inf, batch_size=args.batch_size,
-                       progress=not getattr(args, "quiet", False))
+                       progress=not getattr(args, "quiet", False), flags=True)
     result = run_eval(opts)
     for name, value in result["metrics"].items():
         print(f"{name}\t{value:.6g}" if isinstance(value, float) else f"{name}\t{value}")

@@ -42,7 +42,11 @@ class EvalError(ValueError):
     """Inputs that cannot be evaluated; the message names the folder/file/option and what was expected."""
 
 
-class ClapUsageError(EvalError, UsageError):
+class EvalUsageError(EvalError, UsageError):
+    """Options that do not go together: a flag combination, so `tta eval` exits 2."""
+
+
+class ClapUsageError(EvalUsageError):
     """--metrics clap without what it needs: a flag combination, so `tta eval` exits 2."""
 
 
@@ -53,7 +57,7 @@ class EvalOptions:
     out: Path
     metrics: tuple[str, ...] = ("fad",)
     embedder: str = "mfcc"
-    embedder_weights: str | None = None  # local weights for vggish / panns / aisfx
+    embedder_weights: str | None = None  # local weights for vggish / panns / aisfx (refused for the others)
     panns_weights: str | None = None  # for fd / kl / is when the embedder is not panns
     clap_model: str | None = None
     clap_tokenizer: str | None = None  # local RoBERTa tokenizer folder for an original LAION .pt
@@ -62,6 +66,7 @@ class EvalOptions:
     fad_inf: bool = False
     batch_size: int = 32
     progress: bool = True
+    flags: bool = False   # errors name an option as `tta eval`'s flag typed (--embedder-weights), not as the field
 
     def __post_init__(self) -> None:
         for name in ("generated", "reference", "out", "prompts", "cache_dir"):   # str paths from Python callers
@@ -77,6 +82,13 @@ class EvalOptions:
         object.__setattr__(self, "batch_size", check_number(self.batch_size, int, "batch_size", EvalError))
         if self.batch_size < 1:
             raise EvalError(f"batch_size={self.batch_size!r} must be an integer >= 1")
+        check_embedder_weights(self.embedder, self.embedder_weights, embedder_field=self.named("embedder"),
+                               weights_field=self.named("embedder_weights"), clap_field=self.named("clap_model"),
+                               error=EvalUsageError)
+
+    def named(self, key: str) -> str:
+        """A field's name in a message: `embedder_weights`, or with `flags` the option typed, `--embedder-weights`."""
+        return f"--{key.replace('_', '-')}" if self.flags else key
 
 
 @dataclass
@@ -641,7 +653,8 @@ def check_embedder_weights(embedder: str, weights, *, embedder_field: str, weigh
                            error: type[ValueError] = UsageError) -> None:
     """Refuses (with `error`, naming the fields) a weights file for an embedder that takes none: mfcc has no
     network, and tta's clap and laion-clap embedders are the CLAP model named by `clap_field` (they ignored the
-    file). `tta eval` (--embedder-weights) and `tta experiment retrieval` (eval.embedder_weights) check here."""
+    file). EvalOptions (`tta eval`'s --embedder-weights, a Python caller's embedder_weights) and the retrieval
+    experiment's EvalSettings (eval.embedder_weights) check here, as they are made."""
     if weights and embedder in ("mfcc", "clap", "laion-clap"):
         raise error(f"{weights_field} is for aisfx, vggish and panns; {embedder_field} {embedder!r} takes none "
                     f"(a CLAP comes with {clap_field})")

@@ -517,6 +517,28 @@ def test_eval_options_from_python_name_a_bare_string_or_a_bad_batch_size(folders
     assert run_eval(opts)["metrics"]["fad"] >= 0
 
 
+def test_eval_options_refuse_embedder_weights_for_an_embedder_that_takes_none(folders, tmp_path):
+    """run_eval(EvalOptions(embedder="clap", embedder_weights=...)) ignored the file (the embedder is the CLAP of
+    clap_model): only `tta eval` refused it, before it made its options. EvalOptions refuses it as it is made,
+    naming its fields (`tta eval`, with flags, names its options and exits 2: test above)."""
+    from eval.run import EvalError, EvalOptions
+    from tta import UsageError
+
+    gen, ref, _ = folders
+    for embedder in ("clap", "laion-clap", "mfcc"):
+        with pytest.raises(EvalError, match=rf"^embedder_weights is for aisfx, vggish and panns; embedder "
+                                            rf"'{embedder}' takes none \(a CLAP comes with clap_model\)$") as info:
+            EvalOptions(generated=gen, reference=ref, out=tmp_path / "e", embedder=embedder,
+                        embedder_weights=str(tmp_path / "w.pt"), clap_model=str(tmp_path / "clap"))
+        assert isinstance(info.value, UsageError)
+    with pytest.raises(EvalError, match=r"^--embedder-weights is for .*; --embedder 'clap' takes none \(a CLAP "
+                                        r"comes with --clap-model\)$"):
+        EvalOptions(generated=gen, reference=ref, out=tmp_path / "e", embedder="clap", embedder_weights="w.pt",
+                    flags=True)
+    assert EvalOptions(generated=gen, reference=ref, out=tmp_path / "e", embedder="vggish",
+                       embedder_weights="w.pt").embedder_weights == "w.pt"
+
+
 def test_clap_scores_recorded_before_the_prompt_set_hash_still_compare():
     """A run recorded before prompt_set_sha256 and one after, same files and prompts, were "not comparable"."""
     from pathlib import Path

@@ -952,6 +952,18 @@ def test_the_experiment_checks_its_inputs_before_making_out(corpus, tmp_path, ca
         assert not (tmp_path / name).exists()
 
 
+def test_eval_settings_refuse_embedder_weights_for_an_embedder_that_takes_none():
+    """The experiment refused eval.embedder_weights for a clap embedder only when it ran; its settings, as a
+    Python caller or a config file makes them, took it (and the eval ignored the file). They refuse it."""
+    from tta.commands.retrieval_experiment import EvalSettings
+
+    for embedder in ("clap", "laion-clap", "mfcc"):
+        with pytest.raises(ValueError, match=rf"^eval.embedder_weights is for aisfx, vggish and panns; eval.embedder "
+                                             rf"'{embedder}' takes none \(a CLAP comes with components.clap\)$"):
+            EvalSettings(embedder=embedder, embedder_weights="w.pt")
+    assert EvalSettings(embedder="panns", embedder_weights="w.pt").embedder_weights == "w.pt"
+
+
 def test_the_experiments_early_check_of_a_clap_fad_embedder_loads_the_clap_once(corpus, tmp_path, capsys,
                                                                                 monkeypatch):
     """With eval.embedder "clap" the up-front check of the FAD embedder built it, loading the experiment's CLAP a

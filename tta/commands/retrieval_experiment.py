@@ -108,6 +108,11 @@ class EvalSettings:
             raise ValueError("eval.max_prompts must be >= 3 (three buckets) and eval.max_reference >= 2")
         if self.reference_from not in ("prompts", "split"):
             raise ValueError(f"eval.reference_from={self.reference_from!r} must be 'prompts' or 'split'")
+        from eval.run import check_embedder_weights
+
+        # (a clap or laion-clap embedder wraps components.clap and ignored the file)
+        check_embedder_weights(self.embedder, self.embedder_weights, embedder_field="eval.embedder",
+                               weights_field="eval.embedder_weights", clap_field="components.clap", error=ValueError)
 
 
 @dataclass(frozen=True)
@@ -539,11 +544,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
 
         list_audio(Path(config.eval.reference), "eval.reference")
     from eval.embedders import EmbedderError
-    from eval.run import check_embedder_weights, fad_embedder
+    from eval.run import fad_embedder
 
-    # (the file was ignored: a clap or laion-clap embedder wraps components.clap)
-    check_embedder_weights(config.eval.embedder, config.eval.embedder_weights, embedder_field="eval.embedder",
-                           weights_field="eval.embedder_weights", clap_field="components.clap", error=ValueError)
     try:
         fad_embedder(eval_options(config, base, out, out / "reference", out / "prompts.jsonl", "check", False),
                      clap=clap)
