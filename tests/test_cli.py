@@ -215,10 +215,10 @@ def test_the_after_import_hook_acts_on_its_module_only_and_leaves_its_loader_as_
 
     archive = tmp_path / "lib.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        for name in ("__init__", "target", "other", "late"):
+        for name in ("__init__", "target", "other", "late", "looked"):
             z.writestr(f"zpkg/{name}.py", f"NAME = {name!r}\n")
     monkeypatch.syspath_prepend(str(archive))
-    for name in ("zpkg", "zpkg.target", "zpkg.other", "zpkg.late"):   # gone again when the test ends
+    for name in ("zpkg", "zpkg.target", "zpkg.other", "zpkg.late", "zpkg.looked"):   # gone again when the test ends
         monkeypatch.setitem(sys.modules, name, None)
         monkeypatch.delitem(sys.modules, name)
     seen = []
@@ -237,6 +237,17 @@ def test_the_after_import_hook_acts_on_its_module_only_and_leaves_its_loader_as_
     import zpkg.late   # noqa: F401
 
     assert seen == ["zpkg.target"] and late not in sys.meta_path and "exec_module" not in vars(zpkg.other.__loader__)
+    # a lookup without an import (importlib.util.find_spec) took the hook out of sys.meta_path, so the import
+    # that followed it ran without `then`
+    import importlib.util
+
+    looked = _AfterImport("zpkg.looked", lambda module: seen.append(module.__name__))
+    sys.meta_path.insert(0, looked)
+    assert importlib.util.find_spec("zpkg.looked") is not None
+    import zpkg.looked   # noqa: F401
+
+    assert seen == ["zpkg.target", "zpkg.looked"] and looked not in sys.meta_path
+    assert "exec_module" not in vars(zpkg.other.__loader__)
 
 
 def test_a_log_record_in_a_terminal_clears_the_bar_and_draws_it_again_below_it():

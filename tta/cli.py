@@ -563,9 +563,11 @@ def _stdout_while_read() -> Iterator[None]:
 
 class _AfterImport:
     """A meta-path finder that calls `then(module)` once the module `name` is imported (and does not otherwise
-    change how it is found or loaded). Once it has found the module it leaves sys.meta_path; the loader's
-    exec_module, wrapped for that import, is its own again when the module has run or `remove` is called (a
-    loader may load several modules: a zipimporter loads every module of its archive's folder)."""
+    change how it is found or loaded). It leaves sys.meta_path when the module runs (a lookup alone, such as
+    importlib.util.find_spec, does not end it: the import that follows finds the module again); the loader's
+    exec_module, wrapped for the latest lookup, is its own again when the module runs, at the next lookup, or
+    when `remove` is called (a loader may load several modules: a zipimporter loads every module of its
+    archive's folder)."""
 
     def __init__(self, name: str, then) -> None:
         self.name, self.then = name, then
@@ -582,7 +584,8 @@ class _AfterImport:
                 break
         else:
             return None
-        self.remove()   # found: the import system stops at the spec returned, and finds this module once
+        if self._unwrap is not None:   # an earlier lookup's loader, whose module did not run
+            self._unwrap()
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
@@ -600,7 +603,7 @@ class _AfterImport:
             if getattr(module, "__name__", None) != fullname:   # another module of a shared loader
                 exec_module(module)
                 return
-            unwrap()   # before it runs: what it imports through the same loader is loaded as usual
+            self.remove()   # before it runs: what it imports through the same loader is loaded as usual
             exec_module(module)
             then(module)
 
