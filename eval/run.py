@@ -29,7 +29,7 @@ from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infini
 from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
 from tta.audio import AUDIO_SUFFIXES, SILENCE_DB, is_audio_entry
-from tta.config import check_number, shortened
+from tta.config import check_number, option_name, shortened
 from tta.data.prompts import RecordedOutput, match_audio, recorded_outputs, takes_run
 from tta import UsageError
 
@@ -82,13 +82,10 @@ class EvalOptions:
         object.__setattr__(self, "batch_size", check_number(self.batch_size, int, "batch_size", EvalError))
         if self.batch_size < 1:
             raise EvalError(f"batch_size={self.batch_size!r} must be an integer >= 1")
-        check_embedder_weights(self.embedder, self.embedder_weights, embedder_field=self.named("embedder"),
-                               weights_field=self.named("embedder_weights"), clap_field=self.named("clap_model"),
+        named = functools.partial(option_name, flags=self.flags)
+        check_embedder_weights(self.embedder, self.embedder_weights, embedder_field=named("embedder"),
+                               weights_field=named("embedder_weights"), clap_field=named("clap_model"),
                                error=EvalUsageError)
-
-    def named(self, key: str) -> str:
-        """A field's name in a message: `embedder_weights`, or with `flags` the option typed, `--embedder-weights`."""
-        return f"--{key.replace('_', '-')}" if self.flags else key
 
 
 @dataclass

@@ -188,7 +188,7 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int) -> dict[int, di
         if not path.is_file():
             missing.append(o["file"])
             continue
-        if path.suffix.lower() == ".wav" and record.get("pcm_rounding") != PCM_ROUNDING:
+        if record.get("pcm_rounding") != PCM_ROUNDING:   # a batch's outputs are WAVs (tta.generate's job paths)
             rounded.append(o["file"])
             continue
         if file_sha256(path) != o.get("sha256"):   # every record with pcm_rounding names its outputs' sha256

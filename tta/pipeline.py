@@ -604,7 +604,7 @@ class TTAPipeline:
         # back at the input's level in float32 the kept samples are near the input's, not on them (within 0.002 of
         # a 16-bit step at full scale): save_audio's nearest step writes a 16-bit input's integers back anyway, but
         # the float samples returned (and a float file) would differ, and a writer that rounds down (libsndfile's
-        # floor, which tta used before) put some 10-17 % of a 16-bit input's one step lower, depending on the
+        # floor, which tta used before) put some 11-17 % of a 16-bit input's one step lower, depending on the
         # input: they are the input's own, exactly
         kept = weight.numpy() == 0
         return at_level(out, level, offset, exact=(raw, kept))
