@@ -101,9 +101,12 @@ def test_a_file_cut_short_behind_a_whole_header_is_named_when_a_worker_reads_it(
 def test_an_os_error_in_a_worker_names_its_file_as_in_the_main_process(tmp_path, capsys):
     """An OSError raised in a DataLoader worker came back rebuilt from its message alone, with no errno, strerror
     or file name, so `tta train` printed "[Errno 20] Not a directory: '.../cache/3f'" where the same error in the
-    main process (data.num_workers=0) prints ".../cache/3f: Not a directory". Here data.cache_dir is a file."""
+    main process (data.num_workers=0) prints ".../cache/3f: Not a directory". Here data.cache_dir holds a file
+    where each entry's folder goes (a data.cache_dir that is a file is refused before the run)."""
     manifest = _manifest(tmp_path)
-    (tmp_path / "cache").write_text("a file where the cache folder should be\n")
+    (tmp_path / "cache").mkdir()
+    for i in range(256):
+        (tmp_path / "cache" / f"{i:02x}").write_text("a file where an entry's folder should be\n")
     errs = []
     for workers in (0, 1):
         rc, err = _tta_train(capsys, "vae", tmp_path / f"run{workers}", f"data.manifest={manifest}", "valid_items=0",
@@ -111,9 +114,35 @@ def test_an_os_error_in_a_worker_names_its_file_as_in_the_main_process(tmp_path,
                              f"data.num_workers={workers}")
         assert rc == 1 and len(err.strip().splitlines()) == 1, err
         errs.append(err)
-    assert re.fullmatch(rf"tta: error: {re.escape(str(tmp_path / 'cache'))}/[0-9a-f]{{2}}: Not a directory\n",
+    assert re.fullmatch(rf"tta: error: {re.escape(str(tmp_path / 'cache'))}/[0-9a-f]{{2}}: File exists\n",
                         errs[1]), errs
     assert errs[0].split("/")[:-1] == errs[1].split("/")[:-1]   # (the entry's folder is a hash of the file drawn)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_cache_dir_that_cannot_be_a_folder_is_refused_before_the_run_folder(tmp_path, capsys, where):
+    """data.cache_dir at a file, or under one, stopped `tta train` at step 0, once the run had begun, with
+    ".../cache/3f: Not a directory", and train() called from Python left its run folder behind; it is refused, by
+    name, before the run folder is made."""
+    from tests.test_ldm_fixtures import ROOT
+    from tta.checkpoint import CheckpointError
+    from tta.config import apply_overrides, load_config
+    from vae.train import RunConfig, train
+
+    manifest = _manifest(tmp_path)
+    (tmp_path / "file").write_text("not a folder\n")
+    cache = tmp_path / "file" if where == "a file" else tmp_path / "file" / "cache"
+    sets = [f"data.manifest={manifest}", "valid_items=0", "train.max_steps=2", f"data.cache_dir={cache}"]
+    rc, err = _tta_train(capsys, "vae", tmp_path / "run", *sets)
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    expected = "is a file; expected the path of a folder to write" if where == "a file" else \
+        f"cannot be written there ({tmp_path / 'file'} is a file, not a folder)"
+    assert err == f"tta: error: {cache}: data.cache_dir {expected}\n"
+    config = apply_overrides(load_config(RunConfig, ROOT / "configs" / "vae" / "tiny.json"), sets)
+    with pytest.raises(CheckpointError, match="data.cache_dir"):
+        train(config, tmp_path / "python", progress=False)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "python").exists()
+    assert (tmp_path / "file").read_text() == "not a folder\n"
 
 
 class _Raises(torch.utils.data.Dataset):

@@ -60,7 +60,8 @@ from torch import nn
 from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, FINITE_NAME, TRAIN_STATE_NAME, WEIGHTS_NAME,
                             atomic_dir, atomic_write_text, load_component, load_into, load_state_dict, load_train_state,
                             read_foreign_folder, save_component, save_train_state)
-from tta.checkpoint import complete_checkpoints, file_sha256, rng_state, set_rng_state, sigterm_handler, step_of
+from tta.checkpoint import (check_output_path, complete_checkpoints, file_sha256, rng_state, set_rng_state,
+                            sigterm_handler, step_of)
 from tta.config import ConfigError, check_numbers, from_dict, save_config, shortened, to_dict
 
 log = logging.getLogger(__name__)
@@ -360,6 +361,7 @@ class TrainingRun:
         self._pending: dict[str, list[float]] = {}    # scalars of this optimizer step's micro-batches
         self._last_logged: dict[str, float] = {}
         self._t0 = time.time()
+        self._check_cache_dir()
         self._check_folder(resume)
         self.resume = resume
         seed_everything(train.seed)
@@ -421,6 +423,14 @@ class TrainingRun:
             save_config(self.config, cfg_path)
         self._check_data(resume=False)
         self.accelerator.wait_for_everyone()
+
+    def _check_cache_dir(self) -> None:
+        """Refuse, before the run folder is made, a data.cache_dir that is a file or cannot be made (under a file,
+        or in an unwritable folder): the first item read stopped the run at step 0 with ".../cache/3f: Not a
+        directory". An existing folder passes even when it cannot be written: a filled cache is only read."""
+        cache = getattr(getattr(self.config, "data", None), "cache_dir", "")
+        if cache and not Path(cache).is_dir():
+            check_output_path(cache, "data.cache_dir", folder=True)
 
     def _check_data(self, *, resume: bool) -> None:
         """Record the training manifests' sha256 (data.manifest and data.extra_manifests), the frozen inputs'
