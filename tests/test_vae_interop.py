@@ -173,8 +173,18 @@ def test_audioldm_ckpt_mismatch_lists_keys(tmp_path):
     _audioldm_ckpt(tmp_path / "bad.ckpt", ref)
     with pytest.raises(CheckpointError) as err:
         load_audioldm_ckpt(tmp_path / "bad.ckpt")
-    for part in ("decoder.up.1.block.2.conv2.weight", "encoder.down.0.block.0.temb_proj.weight", "bad.ckpt"):
-        assert part in str(err.value)
+    # (tta.checkpoint.weights_mismatch's report: a count of one says its noun in the singular)
+    assert str(err.value) == (
+        f"{tmp_path / 'bad.ckpt'}: VAE weights do not match: 1 reference key missing (first: "
+        "decoder.up.1.block.2.conv2.weight); 1 key not used by (32, 64, 64) x 2 (first: "
+        "encoder.down.0.block.0.temb_proj.weight)"
+    )
+    del ref["decoder.up.1.block.1.conv2.weight"]
+    ref["encoder.down.0.block.1.temb_proj.weight"] = torch.zeros(32, 512)
+    _audioldm_ckpt(tmp_path / "bad2.ckpt", ref)
+    with pytest.raises(CheckpointError, match=r": 2 reference keys missing \(first: decoder\.up\.1\.block\.1\.conv2"
+                       r"\.weight, decoder\.up\.1\.block\.2\.conv2\.weight\); 2 keys not used by \(32, 64, 64\) x 2 "):
+        load_audioldm_ckpt(tmp_path / "bad2.ckpt")
 
     ref = reference_vae_state()
     ref["decoder.conv_in.weight"] = torch.zeros(64, 4, 5, 5)

@@ -29,7 +29,7 @@ import torch
 
 from tta.audio import AUDIOLDM_MEL, MelConfig
 from tta.checkpoint import (DIFFUSERS_WEIGHT_NAMES, CheckpointError, check_finite, keep_global_rng, load_into,
-                            load_torch_file, read_foreign_folder)
+                            load_torch_file, read_foreign_folder, weights_mismatch)
 from tta.config import ConfigError, from_known_fields
 from vae.model import MelVAE, VAEConfig
 
@@ -133,15 +133,10 @@ def load_reference_state(model: MelVAE, state: dict, *, where: str) -> None:
     missing = [ref for ref in wanted if ref not in state]
     unused = [k for k in state if k not in used]
     if missing or unused:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} reference keys missing (first: {', '.join(missing[:5])})")
-        if unused:
-            parts.append(
-                f"{len(unused)} keys not used by {model.config.block_out_channels} x "
-                f"{model.config.layers_per_block} (first: {', '.join(unused[:5])})"
-            )
-        raise CheckpointError(f"{where}: VAE weights do not match: " + "; ".join(parts))
+        shape = f"{model.config.block_out_channels} x {model.config.layers_per_block}"
+        raise CheckpointError(f"{where}: VAE weights do not match: " + weights_mismatch(
+            missing=missing, unexpected=unused,
+            words=("reference key{s} missing", f"key{{s}} not used by {shape}", "with other shapes")))
     load_into(model.net, converted, where=where)
 
 
