@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -379,6 +380,22 @@ def test_a_runs_own_latent_cache_drops_encodings_it_no_longer_reads(tmp_path, sh
     precompute(cfg, data, load_frozen(cfg, "cpu"), cache, progress=False)
     assert (cache / "latents-0123456789abcdef.pt").exists() == shared
     assert len(list(cache.glob("latents-*.pt"))) == (2 if shared else 1)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_latent_cache_dir_that_cannot_be_a_folder_is_refused_before_the_run(tmp_path, where):
+    """With precompute, a cache_dir at a file (or under one) stopped the run with "cache: File exists" once every
+    clip had been encoded, and left the run folder behind; it is refused, by name, before the run folder is made."""
+    from tta.checkpoint import CheckpointError
+    from tta.ldm.train import train
+
+    (tmp_path / "file").write_text("not a folder\n")
+    cache = tmp_path / "file" if where == "a file" else tmp_path / "file" / "cache"
+    cfg = tiny_run_config(precompute=True, cache_dir=str(cache), condition="text",
+                          **{"train.max_steps": 1, "validation.prompts": []})
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(cache))}: cache_dir (is a file|cannot be written there)"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() and (tmp_path / "file").read_text() == "not a folder\n"
 
 
 def test_precompute_longer_clips_then_train_on_random_latent_crops(tmp_path):
