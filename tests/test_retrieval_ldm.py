@@ -1474,3 +1474,33 @@ def test_an_id_too_long_for_a_file_name_is_refused_before_the_store_is_built(cor
     assert code == 1 and err.startswith(f"tta: error: {manifest}: id 'clotho/::::") and err.count("\n") == 1
     assert "names a file of" in err and "give it a shorter id" in err
     assert not out.exists()
+
+
+def test_the_experiment_writes_each_clip_as_tta_generate_does(corpus, tmp_path, capsys):
+    """The experiment wrote a variant's kept clip as the pipeline returned it: one over full scale was clipped by
+    the WAV writer (the Griffin-Lim tiny model, 4-5x over: ~1700 of 5120 samples at full scale) and its candidates
+    were ranked before any gain, so its file and CLAP scores were not those `tta generate` writes for the same
+    prompt, seed and settings. It writes through tta generate's fitting and ranking (rank_written) now."""
+    from tests.test_ldm_fixtures import tiny_pipeline
+
+    loud = tmp_path / "gl"
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(loud), "--vocoder", "griffin-lim:4",
+                 "--default", "candidates=3"]) == 0
+    out = tmp_path / "exp"   # one prompt a batch, as tta generate -o draws it (batched sums round otherwise)
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", out,
+                       *_experiment_sets(corpus, "generation.batch_size=1",
+                                         f'variants=[{{"name": "gl", "pipeline": {json.dumps(str(loud))}}}]'))
+    assert code == 0, err
+    prompts = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    outputs = {o["id"]: o for o in json.loads((out / "generated" / "gl" / "generation.json").read_text())["outputs"]}
+    row = 1   # the experiment's row r takes seed generation.seed (0) + r, as tta generate's prompt r does
+    code, _, err = run(capsys, "generate", prompts[row]["prompt"], "--model", loud, "--seconds", 0.32, "--steps", 2,
+                       "--guidance", 2.5, "--sampler", "ddim", "--seed", row, "-o", tmp_path / "one.wav")
+    assert code == 0, err
+    mine = json.loads((tmp_path / "one.generation.json").read_text())["outputs"][0]
+    theirs = outputs[prompts[row]["id"]]
+    assert mine["gain"] < 0.5   # every candidate is turned down to fit
+    assert (out / "generated" / "gl" / theirs["file"]).read_bytes() == (tmp_path / "one.wav").read_bytes()
+    keys = ("gain", "clap_score", "candidate_clap_scores", "kept_candidate")
+    assert {k: theirs[k] for k in keys} == {k: mine[k] for k in keys}

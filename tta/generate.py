@@ -288,6 +288,17 @@ def fit_output(wav, kept):
     return wav, gain, {}
 
 
+def warn_turned_down(name: str, gain: float, extra: dict) -> None:
+    """Warn of an output (file `name`) turned down by more than QUIET_GAIN to fit its file, as fit_output
+    returned it (a broken sample), or of an edit whose generated part was."""
+    if extra.get("generated_gain", 1.0) < QUIET_GAIN:
+        log.warning("%s: what the edit generated came out too loud for the file and was turned down alone "
+                    "(generated_gain %.2g)", name, extra["generated_gain"])
+    if gain < QUIET_GAIN:
+        log.warning("%s came out %.0fx over full scale and was turned down to fit (gain %.2g): too few sampler "
+                    "steps for this sampler?", name, 1 / gain, gain)
+
+
 def rank_written(pipe, out, k: int, prompt: str, kept) -> tuple[tuple, list[float], int]:
     """((wav, gain, extra) as fit_output writes it, the candidates' CLAP scores, the index kept) for prompt k of
     the pipeline's Generation `out` (made with return_candidates): candidates are ranked on the audio the file
@@ -910,12 +921,7 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
             record_path.unlink(missing_ok=True)
         for k, job in enumerate(chunk):
             (wav, gain, extra), scores, best = rank_written(pipe, out, k, job.prompt, kept)
-            if extra.get("generated_gain", 1.0) < QUIET_GAIN:
-                log.warning("%s: what the edit generated came out too loud for the file and was turned down "
-                            "alone (generated_gain %.2g)", job.path.name, extra["generated_gain"])
-            if gain < QUIET_GAIN:
-                log.warning("%s came out %.0fx over full scale and was turned down to fit (gain %.2g): too few "
-                            "sampler steps for this sampler?", job.path.name, 1 / gain, gain)
+            warn_turned_down(job.path.name, gain, extra)
             save_audio(job.path, wav, out.sample_rate)
             # the file's sha256: a --resume keeps a file only while it holds these bytes
             records[start + k] = {"id": job.id, "prompt": job.prompt, "file": job.path.name,

@@ -469,12 +469,15 @@ def _first_difference(old, new, where: str = "") -> str:
 
 def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: list[dict], g: GenerationSettings,
                      folder: Path, progress: bool) -> dict:
-    """Generate every prompt with the variant's pipeline into `folder`; returns its generation record."""
+    """Generate every prompt with the variant's pipeline into `folder`; returns its generation record. Each clip
+    is written as `tta generate` writes it for the same prompt, seed and settings: its candidates ranked, and
+    recorded, as the file holds them, one over full scale turned down to fit (tta.generate.rank_written)."""
     from tqdm.auto import tqdm
 
     from tta.audio import save_audio
     from tta.checkpoint import atomic_write_text
     from tta.data.prompts import id_file_name
+    from tta.generate import rank_written, warn_turned_down
     from tta.pipeline import TTAPipeline
 
     pipe = TTAPipeline.from_pretrained(pipeline)
@@ -485,11 +488,15 @@ def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: lis
         chunk = prompts[start:start + g.batch_size]
         out = pipe([p["prompt"] for p in chunk], seconds=g.seconds, steps=g.steps, guidance=g.guidance,
                    sampler=g.sampler, seed=g.seed + start, batch_size=len(chunk),
-                   datastore=store if k else None, neighbours=k)
+                   datastore=store if k else None, neighbours=k, return_candidates=True)
         for i, p in enumerate(chunk):
-            path = save_audio(folder / f"{id_file_name(p['id'])}.wav", out.wavs[i], out.sample_rate)
+            (wav, gain, _), scores, best = rank_written(pipe, out, i, p["prompt"], None)
+            path = folder / f"{id_file_name(p['id'])}.wav"
+            warn_turned_down(f"{variant.name}/{path.name}", gain, {})
+            save_audio(path, wav, out.sample_rate)
             outputs.append({"id": p["id"], "file": path.name, "prompt": p["prompt"], "bucket": p["category"],
-                            "clap_score": round(out.scores[i], 6),
+                            "gain": round(gain, 6), "clap_score": round(scores[best], 6),
+                            "candidate_clap_scores": [round(s, 6) for s in scores], "kept_candidate": best,
                             "neighbours": out.neighbours[i] if out.neighbours else []})
     d = pipe.defaults   # what ran: a setting left to the pipeline is its default (variants may differ there)
     ran = {**vars(g), **{k: getattr(d, k) for k in ("seconds", "steps", "guidance", "sampler") if getattr(g, k) is None},
