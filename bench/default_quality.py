@@ -39,6 +39,11 @@ clip, capped at --seconds (clips are cropped from their start, never padded), so
 like; --length fixed generates --seconds for every caption. Real and copied clips are read with the
 training loader's normalisation (DC removed, peak 0.5).
 
+Generations are written and scored as `tta generate` writes them for the same caption, seed and settings
+(tta.generate.rank_written: a clip over full scale is turned down to fit, its gain in per_item, and candidates
+are ranked as the file holds them); records without settings.output_fit "generate" scored and ranked them as
+the pipeline returned them, and gen/ held them clipped.
+
 Writes --out/{gen,real,copy,decoded}/<id>.wav (decoded: the real clip through the VAE and vocoder),
 --out/summary.json (settings, per-item rows, all numbers, goals) and appends one JSON line to
 bench/results.jsonl. Timings on a shared CPU are noisy: the record says so and carries the load average.
@@ -362,20 +367,25 @@ def main(argv: list[str] | None = None) -> dict:
         exclude=[{r.id, str(r.path)} for r, _ in items])
     copy = [read_clip(r, args.manifest, sr, n) for (r, _, _), n in zip(copies, lengths)]
 
-    # generations, one caption at a time (lengths differ); prompt i gets seed + i as in `tta generate`
+    # generations, one caption at a time (lengths differ); prompt i gets seed + i as in `tta generate`, and
+    # is kept, fitted to full scale and scored as tta generate writes it (rank_written); each draw fitted too
     from tqdm.auto import tqdm
 
-    gen, gen_walls, draws = [], [], []     # draws: per prompt, every candidate's wav (candidates > 1)
+    from tta.generate import fit_output, rank_written
+
+    gen, gains, gen_walls, draws = [], [], [], []   # draws: per prompt, each candidate's wav (candidates > 1)
     for i, (caption, n) in enumerate(tqdm(list(zip(captions, lengths)), desc="generate", unit="clip",
                                           disable=not progress)):
         t = time.perf_counter()
         out = pipe([caption], seconds=n / sr, steps=steps, sampler=sampler, guidance=guidance,
                    candidates=candidates, precision=precision, seed=args.seed + i,
-                   return_candidates=candidates > 1, datastore=args.datastore, neighbours=args.neighbours)
+                   return_candidates=True, datastore=args.datastore, neighbours=args.neighbours)
         gen_walls.append(time.perf_counter() - t)
-        gen.append(out.wavs[0][:n])
+        (wav, gain, _), _, _ = rank_written(pipe, out, 0, caption, None)
+        gen.append(wav[:n])
+        gains.append(gain)
         if candidates > 1:
-            draws.append([w[:n] for w in out.candidate_wavs[0]])
+            draws.append([fit_output(w, None)[0][:n] for w in out.candidate_wavs[0]])
     from tta.data.prompts import id_file_name   # one file per id, as tta generate names it
 
     for name, wavs in (("gen", gen), ("real", real), ("copy", copy)):
@@ -424,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "split": args.split, "items": len(items), "seed": args.seed, "seconds": args.seconds,
                      "length": args.length, "steps": steps, "sampler": sampler, "guidance": guidance,
                      "candidates": candidates, "precision": precision,
+                     "output_fit": "generate",   # absent in older records: clips as the pipeline gave them
                      **({} if args.datastore is None else {
                          "datastore": os.path.relpath(Path(args.datastore).resolve(), ROOT),
                          "neighbours": args.neighbours}),
@@ -463,10 +474,12 @@ def main(argv: list[str] | None = None) -> dict:
                       "peak_rss": bool(cost["peak_rss_mib"] * 2**20 <= GOALS["peak_rss_max_bytes"]),
                       "model_size": bool(size_mb <= GOALS["model_size_max_mb"])},
         "per_item": [{"id": row.id, "caption": c, "seconds": n / sr, "clap_gen": g, "clap_real": r, "clap_copy": k,
-                      "copy_id": cr.id, "copy_caption": cc, "caption_cosine": cs, "copy_seconds": len(w) / sr}
-                     for (row, c), n, g, r, k, (cr, cc, cs), w in zip(items, lengths, scores["gen"]["per_item"],
-                                                                       scores["real"]["per_item"],
-                                                                       scores["copy"]["per_item"], copies, copy)],
+                      "copy_id": cr.id, "copy_caption": cc, "caption_cosine": cs, "copy_seconds": len(w) / sr,
+                      "gain": gain}
+                     for (row, c), n, g, r, k, (cr, cc, cs), w, gain in zip(items, lengths, scores["gen"]["per_item"],
+                                                                             scores["real"]["per_item"],
+                                                                             scores["copy"]["per_item"], copies, copy,
+                                                                             gains)],
     }
     from tta.checkpoint import atomic_write_text
 

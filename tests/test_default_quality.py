@@ -191,3 +191,35 @@ def test_the_copy_is_the_nearest_caption_long_enough_and_never_the_item_itself()
     copies, passed, _ = bench.nearest_training(WordClap(), ["dog barks"], train, progress=False,
                                                exclude=[{"short-dog", "short-dog.wav"}])
     assert [r.id for r, _, _ in copies] == ["long-dog"] and passed == 1
+
+
+def test_generations_are_written_and_scored_as_tta_generate_writes_them(tmp_path, capsys):
+    """The bench wrote and scored each generation as the pipeline returned it: a clip over full scale was clipped
+    in gen/ (the Griffin-Lim tiny model comes out 4-5x over) and candidates were ranked before any gain, so its
+    files and CLAP scores were not what `tta generate` writes for the same caption, seed and settings. The record
+    says the generations are fitted as tta generate's (settings.output_fit)."""
+    import numpy as np
+
+    from tta.cli import main as cli
+
+    bench = load_bench()
+    manifest = corpus(tmp_path / "corpus")
+    loud = tmp_path / "gl"
+    assert cli(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(loud), "--vocoder", "griffin-lim:4",
+                "--default", "candidates=3"]) == 0
+    s = bench.main(["--model", str(loud), "--manifest", str(manifest), "--items", "2", "--steps", "2",
+                    "--seconds", "1.5", "--embedder", "mfcc", "--threads", "1", "--cost-runs", "1", "--no-ceiling",
+                    "--seed", "5", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r.jsonl"), "--quiet"])
+    assert s["settings"]["output_fit"] == "generate" and s["settings"]["candidates"] == 3
+    assert json.loads((tmp_path / "r.jsonl").read_text())["settings"]["output_fit"] == "generate"
+    for i, item in enumerate(s["per_item"]):   # item i is drawn with seed --seed + i, as tta generate's prompt i
+        assert cli(["-q", "generate", item["caption"], "--model", str(loud), "--seconds", "1.5", "--steps", "2",
+                    "--seed", str(5 + i), "-o", str(tmp_path / f"{i}.wav")]) == 0
+        mine = json.loads((tmp_path / f"{i}.generation.json").read_text())["outputs"][0]
+        assert mine["gain"] < 0.5 and item["gain"] == pytest.approx(mine["gain"], abs=1e-6)
+        assert (tmp_path / "out" / "gen" / f"{item['id']}.wav").read_bytes() == (tmp_path / f"{i}.wav").read_bytes()
+        # the bench's own CLAP is the pipeline's here: it scores the kept clip as tta generate recorded it
+        assert item["clap_gen"] == pytest.approx(mine["clap_score"], abs=2e-6)
+        assert mine["clap_score"] == max(mine["candidate_clap_scores"])
+    capsys.readouterr()
+    assert np.isfinite(s["clap"]["gen_per_draw"]) and s["clap"]["gen_per_draw"] <= s["clap"]["gen"] + 1e-5
