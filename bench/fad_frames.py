@@ -20,7 +20,7 @@ frames (subsets of one pool vary less than independent sets: between the std acr
 sqrt(1 - n/N), see summarise), the paired step from n to n/1.1 against (a) that std and (b) the FAD, and the
 spread at which the bias step would equal one std (1 + 0.1 x std / step). The slope of the mean FAD in 1/n is
 fitted over the rungs with more than D frames, and eval/fad.py's fad_infinity fit is run on the same pool and
-sizes (one draw per size).
+sizes as tta eval runs it (whole clips, FAD_INF_DRAWS draws per size).
 
 Usage: .venv/bin/python bench/fad_frames.py --generated DIR|MANIFEST [...] (--reference DIR|MANIFEST [...] |
        --halves) [--embedders aisfx,mfcc] [--draws 60] [--top 0.5] [--seed 0] [--threads 1] [--cache-dir DIR]
@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 BASES = (1.0, 1.25, 1.5, 2.0, 4.0)   # the rungs below the top: n = top / base, each with its partner n / STEP
 STEP = 1.1                           # eval/report.py's FAD_FRAMES_SPREAD as it was when this was written
+INF_KEYS = ("fad_inf", "fad_inf_se", "slope", "r2", "sizes", "draws", "unit")   # of fad_infinity's record
 
 
 def ladder(top: int, bases=BASES, step: float = STEP) -> list[int]:
@@ -226,11 +227,12 @@ def measure(args, embedder, gen_files, ref_files, cache_root, tmp) -> list[dict]
     full = FrechetStats.from_sums(len(gen), gen.sum(axis=0), gen.T @ gen).distance(reference)
     sizes = ladder(int(args.top * len(gen)))
     try:
-        default_inf = fad_infinity(gen, reference, seed=args.seed)
-        default_inf = {k: default_inf[k] for k in ("fad_inf", "slope", "r2", "sizes")}
+        default_inf = fad_infinity(gen, reference, clip_frames=clip_frames, seed=args.seed)
+        default_inf = {k: default_inf[k] for k in INF_KEYS}
     except StatsError as e:
         default_inf = {"skipped": str(e)}
-    same_inf = fad_infinity(gen, reference, sizes=tuple(s for s in sizes if s > embedder.dim), seed=args.seed)
+    same_inf = fad_infinity(gen, reference, sizes=tuple(s for s in sizes if s > embedder.dim), clip_frames=clip_frames,
+                            seed=args.seed)
     out = []
     for unit in args.units.split(","):
         t0 = time.perf_counter()
@@ -240,7 +242,7 @@ def measure(args, embedder, gen_files, ref_files, cache_root, tmp) -> list[dict]
         out.append({"embedder": embedder.identity, "dim": embedder.dim, "unit": unit,
                     "generated": {**gen_proto, "frames": len(gen), "clips": len(clip_frames)},
                     "reference": {**ref_proto, "frames": len(ref)}, "fad_all_frames": full, **summary,
-                    "fad_infinity_same_sizes": {k: same_inf[k] for k in ("fad_inf", "slope", "r2", "sizes")},
+                    "fad_infinity_same_sizes": {k: same_inf[k] for k in INF_KEYS},
                     "fad_infinity_default": default_inf,
                     "verdict": verdict(summary, embedder.dim, MIN_FRAMES_PER_DIM),
                     "seconds": round(time.perf_counter() - t0, 1)})

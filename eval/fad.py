@@ -44,10 +44,15 @@ def _as_float64(x, what: str) -> np.ndarray:
     return arr
 
 
+def _sqrt_psd(sigma: np.ndarray) -> np.ndarray:
+    """S^(1/2) of a symmetric PSD (D, D) matrix, symmetric (negative round-off eigenvalues taken as 0)."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def trace_sqrt_product(sigma_a: np.ndarray, sigma_b: np.ndarray) -> float:
     """tr((S_a S_b)^(1/2)) for symmetric PSD (D, D) matrices, float64."""
-    w, v = np.linalg.eigh(sigma_a)
-    half = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # S_a^(1/2), symmetric
+    half = _sqrt_psd(sigma_a)
     m = half @ sigma_b @ half
     eig = np.linalg.eigvalsh((m + m.T) / 2)
     return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
@@ -237,8 +242,14 @@ def _pair(s: FrechetStats):
 # ------------------------------------------------------------------------------------------ FAD-inf
 
 
-FAD_INF_METHOD = "Chung et al. 2020: subsets without replacement, linear fit in 1/N"
+FAD_INF_METHOD = ("Chung et al. 2020: nested subsets without replacement (whole clips where known), several draws "
+                  "per size, linear fit in 1/N; se from the draws and a delete-d jackknife of the generated set")
 FAD_INF_MIN_SUBSET = 500  # fadtk's min_n; Chung et al. start at 5 000
+# Draws per subset size. One draw per size left the fit at the mercy of the subsets drawn: on the mfcc FAD of
+# two halves of one speech corpus (bench/fad_frames.py's near pair, 5 517 frames) FAD-inf moved over seeds 0-9
+# with sd 0.057 around 0.073 and its slope from 43 to 526; with ten draws of whole clips, sd 0.024 and slope 153
+# to 308 (the far pair: sd 1.11 and 0.46). What is left is mostly the set's own noise, which the se counts.
+FAD_INF_DRAWS = 10
 
 
 def fad_inf_smallest_subset(dim: int) -> int:
@@ -246,36 +257,96 @@ def fad_inf_smallest_subset(dim: int) -> int:
     return max(FAD_INF_MIN_SUBSET, 5 * int(dim))
 
 
-def fad_infinity(generated, reference: FrechetStats, *, sizes: tuple[int, ...] | None = None,
-                 num_points: int = 15, seed: int = 0) -> dict:
-    """FAD extrapolated to an infinite sample, as Chung et al. 2020 ("FID∞") do.
+def fad_infinity(generated, reference: FrechetStats, *, clip_frames: list[int] | None = None,
+                 sizes: tuple[int, ...] | None = None, num_points: int = 15, draws: int = FAD_INF_DRAWS,
+                 seed: int = 0, progress: bool = False) -> dict:
+    """FAD extrapolated to an infinite sample, as Chung et al. 2020 ("FID∞") do, with its standard error.
 
     FD is biased upward by ~1/N once N is well above D; FD is computed on random subsets (without
     replacement) of the generated embeddings (N, D), from max(500, 5 x D) frames up to all N, a line is
     fitted in 1/N, and its intercept is FAD∞. Refuses fewer than 2 x max(500, 5 x D) frames. fadtk (Gui et
-    al. 2024) samples with replacement, so its FAD∞ is not directly comparable. Returns {"fad_inf",
-    "slope", "r2", "sizes", "values", "seed", "method"}.
+    al. 2024) samples with replacement, so its FAD∞ is not directly comparable.
+
+    Each of `draws` draws (seeded by `seed`) is one random order of the rows, or, with `clip_frames` (the
+    number of rows of each clip, in row order), of whole clips, the last one cut to the size: the frames of a
+    clip are not independent draws, and drawn one by one they leave the part of the bias and of the noise that
+    the clips share out. A draw's subsets are its prefixes (nested), so its statistics are summed once. The line
+    is fitted to each size's mean FD over the draws (the mean of the draws' own intercepts). Its standard error
+    adds two parts: the draws' (their intercepts' sd / sqrt(draws): what another seed would change) and the
+    generated set's own sampling noise (what another set of N frames of the same model would change; the subsets'
+    variance at each size n < N times n / (N - n), a delete-d jackknife, averaged over the sizes). The
+    reference is taken as fixed: its own noise is common to every run scored against it.
+
+    Returns {"fad_inf", "fad_inf_se", "fad_inf_ci95" ([low, high], +-1.96 se), "se_from_draws",
+    "se_from_generated_set", "slope", "r2" (of the mean FDs), "sizes", "values" (mean FD per size), "draws",
+    "unit" ("clips" or "frames"), "seed", "method"}.
     """
     x = _as_float64(generated, "generated")
     n, dim = x.shape
+    if reference.mu.shape != (dim,):
+        raise StatsError(f"embedding sizes differ: {dim} generated vs {reference.mu.shape[0]} in the reference")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise ValueError(f"FAD-inf draws={draws!r}: expected a whole number >= 2 (the standard error needs the spread "
+                         "of several)")
+    if clip_frames is not None:
+        clip_frames = [int(c) for c in clip_frames]
+        if min(clip_frames, default=0) < 1 or sum(clip_frames) != n:
+            raise ValueError(f"FAD-inf clip_frames: expected counts >= 1 adding up to the {n} generated frames, got "
+                             f"{len(clip_frames)} counts adding up to {sum(clip_frames)}")
     if sizes is None:
         low = fad_inf_smallest_subset(dim)
         if n < 2 * low:
             raise StatsError(f"FAD-inf needs at least {2 * low} generated frames (subsets from max(500, 5 x D={dim}) "
                              f"= {low} frames up to all of them); got {n}")
         sizes = tuple(sorted(set(np.linspace(low, n, num_points).astype(int).tolist())))
-    if len(sizes) < 2 or min(sizes) < 2 or max(sizes) > n:
+    sizes = tuple(sorted(int(s) for s in sizes))
+    if len(set(sizes)) < 2 or min(sizes) < 2 or max(sizes) > n:
         raise ValueError(f"FAD-inf needs >= 2 subset sizes in [2, {n}], got {sizes}")
-    rng = np.random.default_rng(seed)
-    values = []
-    for size in sizes:
-        pick = rng.choice(n, size=size, replace=False)
-        values.append(FrechetStats.from_embeddings(x[pick]).distance(reference))
+    values = _nested_subset_distances(x, reference, sizes, draws, clip_frames, seed, progress)
     inv = 1.0 / np.asarray(sizes, dtype=np.float64)
-    slope, intercept = np.polyfit(inv, np.asarray(values), 1)
-    pred = slope * inv + intercept
-    ss_res = float(((np.asarray(values) - pred) ** 2).sum())
-    ss_tot = float(((np.asarray(values) - np.mean(values)) ** 2).sum())
-    return {"fad_inf": float(intercept), "slope": float(slope), "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
-            "sizes": [int(s) for s in sizes], "values": [float(v) for v in values], "seed": int(seed),
-            "method": FAD_INF_METHOD}
+    fits = np.polyfit(inv, values.T, 1)    # (2, draws): each draw's slope and intercept
+    mean = values.mean(axis=0)
+    slope, intercept = np.polyfit(inv, mean, 1)
+    ss_res = float(((mean - (slope * inv + intercept)) ** 2).sum())
+    ss_tot = float(((mean - mean.mean()) ** 2).sum())
+    se_draws = float(fits[1].std(ddof=1) / np.sqrt(draws))
+    below = np.asarray(sizes) < n           # the subsets of all N frames are the set itself: no spread
+    jackknife = values[:, below].var(axis=0, ddof=1) * np.asarray(sizes)[below] / (n - np.asarray(sizes)[below])
+    se_set = float(np.sqrt(jackknife.mean()))
+    se = float(np.hypot(se_draws, se_set))
+    return {"fad_inf": float(intercept), "fad_inf_se": se,
+            "fad_inf_ci95": [float(intercept - 1.96 * se), float(intercept + 1.96 * se)],
+            "se_from_draws": se_draws, "se_from_generated_set": se_set, "slope": float(slope),
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0, "sizes": list(sizes),
+            "values": [float(v) for v in mean], "draws": draws, "unit": "frames" if clip_frames is None else "clips",
+            "seed": int(seed), "method": FAD_INF_METHOD}
+
+
+def _nested_subset_distances(x: np.ndarray, reference: FrechetStats, sizes: tuple[int, ...], draws: int,
+                             clip_frames: list[int] | None, seed: int, progress: bool) -> np.ndarray:
+    """FD against `reference` of the first `sizes` rows of `draws` random orders of x (N, D) (of whole clips with
+    `clip_frames`) -> (draws, len(sizes)); each order's statistics are summed once, as its prefixes grow."""
+    from tqdm.auto import tqdm
+
+    n, dim = x.shape
+    ref_half = _sqrt_psd(reference.sigma)   # tr((S R)^(1/2)) = tr((R^(1/2) S R^(1/2))^(1/2)): R's root once
+    ref_trace = float(np.trace(reference.sigma))
+    starts = np.cumsum([0, *clip_frames]) if clip_frames is not None else None
+    rng = np.random.default_rng(seed)
+    values = np.empty((draws, len(sizes)))
+    for d in tqdm(range(draws), disable=not progress, desc="FAD-inf draws", unit="draw"):
+        if starts is None:
+            order = rng.permutation(n)
+        else:
+            order = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in rng.permutation(len(starts) - 1)])
+        rows = x[order[:sizes[-1]]]
+        total, outer, done = np.zeros(dim), np.zeros((dim, dim)), 0
+        for k, size in enumerate(sizes):
+            part = rows[done:size]
+            total, outer, done = total + part.sum(axis=0), outer + part.T @ part, size
+            s = FrechetStats.from_sums(size, total, outer)
+            m = ref_half @ s.sigma @ ref_half
+            root = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
+            diff = s.mu - reference.mu
+            values[d, k] = max(float(diff @ diff + np.trace(s.sigma) + ref_trace - 2.0 * root), 0.0)
+    return values

@@ -397,7 +397,8 @@ def run_eval(opts: EvalOptions) -> dict:
         fad_inf = None
         if opts.fad_inf:
             try:
-                fad_inf = fad_infinity(_frames(gen), ref_stats)
+                fad_inf = fad_infinity(_frames(gen), ref_stats, progress=opts.progress,
+                                       clip_frames=[int(gen.embeddings[k].shape[0]) for k in gen.in_file_order()])
             except StatsError as e:
                 raise EvalError(f"--fad-inf: generated {opts.generated}: {e}") from None
         stats_out["generated_stats.npz"] = FrechetStats.from_embeddings(

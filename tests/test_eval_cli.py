@@ -242,7 +242,11 @@ def test_tta_eval_records_the_fad_inf_fit(folders, tmp_path, monkeypatch):
     fit = body["protocol"]["fad"]["fad_inf"]
     assert fit["fad_inf"] == body["metrics"]["fad_inf"] and fit["sizes"][0] == 8
     assert fit["sizes"][-1] == body["protocol"]["fad"]["generated_frames"] and len(fit["values"]) == len(fit["sizes"])
-    assert {"slope", "r2", "seed"} <= set(fit) and fit["method"].startswith("Chung et al. 2020: subsets without")
+    assert {"slope", "r2", "seed"} <= set(fit) and fit["method"].startswith("Chung et al. 2020: nested subsets")
+    # several draws of whole files per size, and the interval of the intercept beside it
+    assert fit["draws"] == 10 and fit["unit"] == "clips" and fit["fad_inf_se"] > 0
+    assert fit["fad_inf_ci95"][0] < fit["fad_inf"] < fit["fad_inf_ci95"][1]
+    assert fit["fad_inf_se"] == pytest.approx(np.hypot(fit["se_from_draws"], fit["se_from_generated_set"]))
 
 
 @pytest.mark.slow
