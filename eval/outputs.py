@@ -117,6 +117,11 @@ def _check_shape(body: dict, file: Path) -> None:
             node = node.get(key) if isinstance(node, dict) else None
         if node is not None and not isinstance(node, kind):
             raise ResultError(f"{file}: {path} is {_seen(node)}, not {'a string' if kind is str else 'an object'}")
+    fit = ((body.get("protocol") or {}).get("fad") or {}).get("fad_inf")   # an object, a bool or None (above)
+    interval = fit.get("fad_inf_ci95") if isinstance(fit, dict) else None
+    if interval is not None and not (isinstance(interval, list) and len(interval) == 2 and all(map(_number, interval))):
+        raise ResultError(f"{file}: protocol.fad.fad_inf.fad_inf_ci95 is {_seen(interval)}, not [low, high] (two "
+                          "numbers)")
     parts = {f"breakdown.categories.{name}": cat for name, cat in categories.items()}
     for name in ("head", "tail"):
         if breakdown.get(name) is not None:

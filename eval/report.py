@@ -5,14 +5,15 @@ The HTML has no external references at all: inline CSS, charts and spectrograms 
 per-category bar charts and tables, head/tail table, best and worst items by CLAP score (or example items when
 a run has no CLAP score) with spectrograms and players, and each run's full protocol.
 
-Each value carries the number of items it rests on (FAD: generated files and frames; CLAP score: prompts, with
-the 95% confidence interval of the mean; of a `--takes` run, over the prompts, each its takes' mean). Each
-metric row names its embedder (in the row when the runs share it, else in each cell). A best value is marked
-only when the runs used the same embedder and the same reference (statistics or audio, by content); otherwise
-the row says what differs ("not comparable: different reference"; for the CLAP score, the CLAP or the set of
-prompts; for FAD, numbers of generated frames more than 1 % apart; for every metric, files read otherwise:
-`protocol.common.audio_read`). Runs evaluated by different tta versions get a note. Category FADs carry their
-frame count.
+Each value carries the number of items it rests on (FAD: generated files and frames; FAD∞: also its 95%
+interval; CLAP score: prompts, with the 95% confidence interval of the mean; of a `--takes` run, over the
+prompts, each its takes' mean). Each metric row names its embedder (in the row when the runs share it, else in
+each cell). A best value is marked only when the runs used the same embedder and the same reference
+(statistics or audio, by content); otherwise the row says what differs ("not comparable: different reference";
+for the CLAP score, the CLAP or the set of prompts; for FAD, numbers of generated frames more than 1 % apart,
+where FAD∞, extrapolated to infinite frames, still ranks the runs and the reason says so; for every metric,
+files read otherwise: `protocol.common.audio_read`). Runs evaluated by different tta versions get a note.
+Category FADs carry their frame count.
 """
 
 from __future__ import annotations
@@ -115,9 +116,9 @@ def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | None]:
         fad = proto.get("fad", {}) or {}
         ref = fad.get("reference", {}) or {}
         ref_id = fad.get("reference_stats_sha256") or ref.get("stats_file") or ref.get("folder")
-        if metric == "fad_inf":
+        if metric == "fad_inf":   # (reference, method): an estimate made otherwise is not ranked against it
             method = fad.get("fad_inf").get("method") if isinstance(fad.get("fad_inf"), dict) else None
-            ref_id = f"{ref_id} | {method}"
+            ref_id = (ref_id, method)
         return (fad.get("embedder", {}) or {}).get("identity"), ref_id
     panns = proto.get("panns", {}) or {}
     emb = (panns.get("embedder", {}) or {}).get("identity")
@@ -203,10 +204,29 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
             and max(frames) > min(frames) * FAD_FRAMES_SPREAD):
         why = (f"not comparable: different numbers of generated frames ({min(frames)} to {max(frames)}, more than "
                f"{FAD_FRAMES_SPREAD - 1:.0%} apart), and FAD is biased upward as they fall")
+        if _fad_inf_ranks(runs, values):
+            why += "; FAD∞, extrapolated to infinite frames, compares them"
     best = None
     if why is None and len(real) > 1 and metric != "is_std":
         best = min(real) if metric in LOWER_BETTER else max(real)
     return values, keys, best, shared, why
+
+
+def _fad_inf_ranks(runs: list[Run], fads: list) -> bool:
+    """Whether every run with a FAD has a FAD∞ and the FAD∞ row ranks them (FAD∞ is extrapolated to infinite
+    frames, so their frame counts do not keep it from ranking)."""
+    scored = [r for r, v in zip(runs, fads) if isinstance(v, (int, float))]
+    if len(scored) < 2 or not all(isinstance(r.body.get("metrics", {}).get("fad_inf"), (int, float)) for r in scored):
+        return False
+    return _metric_row(scored, "fad_inf")[4] is None
+
+
+def fad_inf_interval(run: Run) -> tuple[float, float] | None:
+    """The run's FAD∞ 95% interval (low, high) from protocol.fad.fad_inf.fad_inf_ci95; None where not recorded
+    (tta eval recorded none before it fitted several draws per subset size)."""
+    fit = ((run.body.get("protocol", {}) or {}).get("fad", {}) or {}).get("fad_inf")
+    interval = fit.get("fad_inf_ci95") if isinstance(fit, dict) else None
+    return (float(interval[0]), float(interval[1])) if isinstance(interval, list) and len(interval) == 2 else None
 
 
 def _audio_read(run: Run) -> str | None:
@@ -255,9 +275,12 @@ def sample_note(run: Run, metric: str) -> str | None:
         fad = proto.get("fad", {}) or {}
         used = (fad.get("generated", {}) or {}).get("files_used")
         frames = fad.get("generated_frames")
-        if not isinstance(used, int):
-            return None
-        return f"n {used} files" + (f", {frames} frames" if isinstance(frames, int) and frames != used else "")
+        notes = [f"n {used} files" + (f", {frames} frames" if isinstance(frames, int) and frames != used else "")
+                 ] if isinstance(used, int) else []
+        interval = fad_inf_interval(run) if metric == "fad_inf" else None
+        if interval:   # of the intercept: the fit's draws and the generated set's own noise (eval.fad.fad_infinity)
+            notes.append(f"95% CI ±{(interval[1] - interval[0]) / 2:.2g}")
+        return ", ".join(notes) or None
     if metric != "clap_score":
         return None
     scored = [r for r in run.rows if r.get("clap_score") not in (None, "")]
@@ -308,12 +331,16 @@ def not_comparable(metric: str, keys: list, sources: list | None = None) -> str:
     """Why values of `metric` with these (embedder, reference) keys cannot be ranked: what differs. `sources`
     (the runs' `_reference_source`) tells whether the reference differs when the embedders do."""
     parts = []
+    methods = {k[1][1] for k in keys if isinstance(k[1], tuple)}   # FAD∞'s (reference, method)
+    keys = [(k[0], k[1][0] if isinstance(k[1], tuple) else k[1]) for k in keys]
     embedders_differ = len({k[0] for k in keys}) > 1
     if embedders_differ:
         parts.append("embedder" if metric != "clap_score" else "CLAP")
     known = sources is not None and all(sources)
     if len(set(sources)) > 1 if embedders_differ and known else len({k[1] for k in keys}) > 1:
         parts.append(WHAT_DIFFERS.get(metric, "reference"))
+    if len(methods) > 1:
+        parts.append("FAD∞ method (protocol.fad.fad_inf.method)")
     return f"not comparable: different {' and '.join(parts) or 'protocol'}"
 
 

@@ -212,6 +212,63 @@ def test_fads_of_different_numbers_of_generated_frames_are_not_ranked():
         assert "**1519**" in row(*frames) and "not comparable" not in row(*frames), row(*frames)
 
 
+def _with_fad_inf(run, value, interval=None, method="Chung et al. 2020: nested subsets", frames=None):
+    run.body["metrics"]["fad_inf"] = value
+    run.body["protocol"]["fad"]["fad_inf"] = {"fad_inf": value, "method": method,
+                                              **({"fad_inf_ci95": list(interval)} if interval else {})}
+    if frames is not None:
+        run.body["protocol"]["fad"]["generated_frames"] = frames
+    return run
+
+
+def test_fad_inf_shows_its_interval_and_compares_runs_that_fad_cannot():
+    """FAD∞ was shown bare; its 95% interval (eval.json's protocol.fad.fad_inf.fad_inf_ci95) goes beside it as the
+    CLAP score's does, and a result from before it was recorded shows none. Two runs whose FADs do not rank for
+    their frame counts but which both have a FAD∞ (extrapolated to infinite frames, so ranked whatever the counts)
+    are told that FAD∞ compares them; not where one has none or the FAD∞s were made otherwise."""
+    from eval.report import render_html, render_markdown
+
+    def md_row(runs, metric):
+        return next(line for line in render_markdown(runs).splitlines() if line.startswith(f"| {metric}"))
+
+    a = _with_fad_inf(_run("a", 1519.0, "mfcc@v1", "ref1"), 1500.0, (1480.0, 1520.0), frames=5000)
+    b = _with_fad_inf(_run("b", 1528.0, "mfcc@v1", "ref1"), 1490.0, frames=6000)   # an older result: no interval
+    inf = md_row([a, b], "FAD∞")
+    assert "| 1500 (95% CI ±20) | **1490** |" in inf and "not comparable" not in inf, inf
+    cell = re.search(r'<tr><td class="name">FAD∞.*?</tr>', render_html([a, b])).group(0)
+    assert '<span class="muted">95% CI ±20</span>' in cell and cell.count("95% CI") == 1
+    fad = md_row([a, b], "FAD ↓")
+    assert ("not comparable: different numbers of generated frames (5000 to 6000, more than 1% apart), and FAD is "
+            "biased upward as they fall; FAD∞, extrapolated to infinite frames, compares them") in fad and "**" not in fad
+
+    plain = _run("c", 1528.0, "mfcc@v1", "ref1")
+    plain.body["protocol"]["fad"]["generated_frames"] = 6000
+    assert "FAD∞" not in md_row([a, plain], "FAD ↓")
+    older = _with_fad_inf(_run("d", 1528.0, "mfcc@v1", "ref1"), 1490.0, method="Chung et al. 2020: subsets without "
+                          "replacement, linear fit in 1/N", frames=6000)
+    assert "FAD∞" not in md_row([a, older], "FAD ↓")
+    assert "not comparable: different FAD∞ method (protocol.fad.fad_inf.method)" in md_row([a, older], "FAD∞")
+    other = _with_fad_inf(_run("e", 1528.0, "mfcc@v1", "ref2"), 1490.0, frames=6000)
+    assert "not comparable: different reference)" in md_row([a, other], "FAD∞")
+
+
+def test_a_fad_inf_interval_recorded_by_tta_eval_is_the_one_shown(report, tmp_path, monkeypatch):
+    """End to end: tta eval --fad-inf (its subset floor lowered so that six short files fit) writes the interval,
+    tta report shows its half-width beside FAD∞."""
+    import json
+
+    from eval import fad as fad_module
+
+    monkeypatch.setattr(fad_module, "fad_inf_smallest_subset", lambda dim: 4)
+    out = tmp_path / "inf"
+    assert main(["-q", "eval", "--generated", str(report / "gen"), "--reference", str(report / "ref"), "--out",
+                 str(out), "--cache-dir", str(report / "cache"), "--fad-inf"]) == 0
+    low, high = json.loads((out / "eval.json").read_text())["protocol"]["fad"]["fad_inf"]["fad_inf_ci95"]
+    assert main(["-q", "report", str(out), "--out", str(tmp_path / "r.md")]) == 0
+    row = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| FAD∞"))
+    assert f", 95% CI ±{(high - low) / 2:.2g})" in row, row
+
+
 def test_the_clap_score_interval_of_a_takes_run_is_over_its_prompts():
     """items.csv is one row per file: a --takes 2 run's 3 prompts gave 'n 6' and an interval as if its 6 files
     were 6 independent draws. It is over the 3 prompts' means now (no take: one file per prompt, as before)."""
@@ -351,6 +408,8 @@ def test_report_refuses_a_result_twice_another_version_and_a_damaged_body(report
     (lambda b: b["breakdown"]["categories"]["beep"].update(fad="x"),
      "breakdown.categories.beep.fad is 'x', not a number"),
     (lambda b: b.update(items_csv=3), "items_csv is 3, not a string"),
+    (lambda b: b["protocol"]["fad"].update(fad_inf={"fad_inf": 1.0, "fad_inf_ci95": [0.5, "x"]}),
+     "protocol.fad.fad_inf.fad_inf_ci95 is [0.5, 'x'], not [low, high] (two numbers)"),
 ])
 def test_a_damaged_part_of_an_eval_json_is_named(report, tmp_path, capsys, change, message):
     """These failed on Python's own words ("'str' object has no attribute 'get'", "'categories'") or, for the
