@@ -24,6 +24,10 @@ learns to generate its training items, so this is what its generations can be re
 
 Several --model folders are compared in one run (same prompts, seeds, judge). Writes --out/summary.json and
 --out/<model>/<label>-<seed>.wav, appends one JSON line to bench/results.jsonl (repository-relative paths).
+Each generation is saved and judged as `tta generate` writes it for the same prompt, seed and settings
+(tta.generate.rank_written: a clip over full scale is turned down to fit, its gain in per_prompt's gains, and
+candidates are ranked as the file holds them); runs without settings.output_fit "generate" judged them as the
+pipeline returned them and saved them clipped.
 
 The judge's result depends on the seeds: v0.6 scored hit@1 0.417 on seeds 0-7 and 0.333 on seeds 8-15 and on
 16-23. So every model's hit@1 comes with a 95 % bootstrap interval (seeds resampled within each prompt), and
@@ -715,6 +719,7 @@ def main(argv: list[str] | None = None) -> dict:
     from eval.embedders import get_embedder
     from tta.audio import load_audio, save_audio
     from tta.data.manifest import read_manifest, resolve_path, split_rows
+    from tta.generate import rank_written
     from tta.pipeline import TTAPipeline
 
     progress = not args.quiet
@@ -772,6 +777,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "seed_start": args.seed_start, "k": args.k,
                             "guidance": args.guidance, "generation": generation, "labels": args.labels,
                             "threads": args.threads, "embedder": embedder.identity, "trim_db": TRIM_DB,
+                            "output_fit": "generate",   # absent in older runs: clips as the pipeline gave
                             "reference_clips": len(train), "distractors": args.distractors, "prompts": [list(p) for p in PROMPTS]},
                "chance": round(chance, 4),
                "real_held_out": {"clips": len(held_rows), **rates(held_j, args.k)},
@@ -809,17 +815,21 @@ def main(argv: list[str] | None = None) -> dict:
                 train_ceilings[part]["cosine"] = round(float(np.mean(np.sum(emb * refs[loo], axis=1))), 4)
         per_prompt = []
         for prompt, label in (judged if args.seeds > 0 else ()):
-            out = pipe([prompt] * args.seeds, seed=args.seed_start, batch_size=args.seeds, **generation,
+            # seed s's clip kept, fitted to full scale and judged as tta generate writes it (rank_written)
+            out = pipe([prompt] * args.seeds, seed=args.seed_start, batch_size=args.seeds,
+                       return_candidates=True, **generation,
                        **({"datastore": args.datastore, "neighbours": args.neighbours} if retrieval else {}))
-            clips = [active(np.asarray(w, dtype=np.float32), out.sample_rate) for w in out.wavs]
-            for s, w in enumerate(out.wavs):
-                save_audio(folder / f"{label}-{args.seed_start + s}.wav", np.asarray(w), out.sample_rate)
+            written = [rank_written(pipe, out, s, prompt, None)[0] for s in range(args.seeds)]
+            clips = [active(np.asarray(w, dtype=np.float32), out.sample_rate) for w, _, _ in written]
+            for s, (w, _, _) in enumerate(written):
+                save_audio(folder / f"{label}-{args.seed_start + s}.wav", w, out.sample_rate)
             emb = pooled(embedder, clips, out.sample_rate, desc=f"aisfx {label}", progress=False)
             js = [judge(e, refs, ref_labels, label, args.k) for e in emb]
             per_prompt.append({"prompt": prompt, "label": label, "hit@1": sum(h for h, _ in js),
                                f"vote@{args.k}": sum(v for _, v in js), "of": len(js),
                                "nearest": [nearest(e, refs, ref_labels, 1)[0] for e in emb],
-                               "active_seconds": [round(len(c) / out.sample_rate, 2) for c in clips]})
+                               "active_seconds": [round(len(c) / out.sample_rate, 2) for c in clips],
+                               "gains": [round(gain, 6) for _, gain, _ in written]})
         n = max(1, sum(p["of"] for p in per_prompt))
         summary["models"].append({
             "model": relative(model), "fingerprint": fingerprint(model),

@@ -422,3 +422,29 @@ def test_labels_and_settings_judge_a_subset_with_other_generation_settings(tmp_p
                 ["--labels", "unicorn"], ["--labels", ","]):
         with pytest.raises(SystemExit):
             bench.parse_args(["--model", "x", "--manifest", "m.jsonl", *bad])
+
+
+def test_generations_are_written_and_judged_as_tta_generate_writes_them(tmp_path):
+    """The bench saved and judged each generation as the pipeline returned it: a clip over full scale was
+    clipped by the WAV writer (the Griffin-Lim tiny model comes out 4-5x over) and candidates were ranked
+    before any gain, so its files were not what `tta generate` writes for the same prompt, seed and settings.
+    The record says the generations are fitted as tta generate's (settings.output_fit), with their gains."""
+    from tta.cli import main as cli
+
+    bench, common = one_seed_run(tmp_path)
+    loud = tmp_path / "gl"
+    assert cli(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(loud), "--vocoder",
+                "griffin-lim:4", "--default", "candidates=3"]) == 0
+    common[common.index("--model") + 1] = str(loud)
+    s = bench.main(common + ["--out", str(tmp_path / "out"), "--labels", "dog", "--seed-start", "2"])
+    assert s["settings"]["output_fit"] == "generate"
+    assert json.loads((tmp_path / "r.jsonl").read_text())["settings"]["output_fit"] == "generate"
+    (m,) = s["models"]
+    (p,) = m["per_prompt"]
+    assert m["defaults"]["candidates"] == 3 and p["label"] == "dog"
+    assert cli(["-q", "generate", p["prompt"], "--model", str(loud), "--seed", "2", "-o",
+                str(tmp_path / "g.wav")]) == 0
+    mine = json.loads((tmp_path / "g.generation.json").read_text())["outputs"][0]
+    assert mine["gain"] < 0.5 and p["gains"] == [mine["gain"]]
+    (folder,) = [f for f in (tmp_path / "out").iterdir() if f.is_dir()]
+    assert (folder / "dog-2.wav").read_bytes() == (tmp_path / "g.wav").read_bytes()
