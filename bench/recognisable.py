@@ -27,7 +27,8 @@ Several --model folders are compared in one run (same prompts, seeds, judge). Wr
 Each generation is saved and judged as `tta generate` writes it for the same prompt, seed and settings
 (tta.generate.rank_written: a clip over full scale is turned down to fit, its gain in per_prompt's gains, and
 candidates are ranked as the file holds them); runs without settings.output_fit "generate" judged them as the
-pipeline returned them and saved them clipped.
+pipeline returned them and saved them clipped ("pipeline"), so --merge and --baseline neither pool nor pair
+runs of different output_fit: a baseline recorded only before the field must be rerun with this bench.
 
 The judge's result depends on the seeds: v0.6 scored hit@1 0.417 on seeds 0-7 and 0.333 on seeds 8-15 and on
 16-23. So every model's hit@1 comes with a 95 % bootstrap interval (seeds resampled within each prompt), and
@@ -147,8 +148,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "takes line N of a results file, e.g. bench/results.jsonl:290")
     ap.add_argument("--baseline", type=Path, metavar="FOLDER",
                     help="with --merge (or alone): first pool the runs of FOLDER's weights and generation defaults "
-                         "recorded in --results (e.g. the shipped default's), on the seeds the summaries cover, so "
-                         "every model's paired difference is from them; no folder of earlier runs is needed")
+                         "recorded in --results (e.g. the shipped default's), on the seeds the summaries cover and "
+                         "written as theirs (settings.output_fit), so every model's paired difference is from them; "
+                         "no folder of earlier runs is needed")
     ap.add_argument("--best-of", type=int, nargs="+", default=[], metavar="G",
                     help="with --merge: also estimate each model's hit@1 had it kept the best of G generations by its "
                          "own CLAP (what `candidates` G does), averaged over every G of its judged seeds, from the "
@@ -342,6 +344,33 @@ def read_summaries(paths: list[Path], out: Path | None = None) -> list[dict]:
     return runs
 
 
+def output_fit(run: dict) -> str:
+    """How a summary's generations were written and judged: "generate" (as `tta generate` writes them) or
+    "pipeline" (a run recorded without settings.output_fit: as the pipeline returned them); a merge's is its
+    runs' (settings.runs, nested in merges of merges), "generate+pipeline" if it pooled both."""
+    def fits(settings: dict) -> set[str]:
+        if settings.get("runs"):
+            return set().union(*(fits(s) for s in settings["runs"]))
+        return {settings.get("output_fit", "pipeline")}
+
+    return "+".join(sorted(fits(run["settings"])))
+
+
+def same_output_fit(paths: list, runs: list[dict]) -> str | None:
+    """The output_fit every run shares (None without runs); a run of another one, or a merge that pooled both,
+    is refused: the clips of one are not the files of the other, so a difference would measure the writing."""
+    first = output_fit(runs[0]) if runs else None
+    for path, run in zip(paths, runs):
+        fit = output_fit(run)
+        if "+" in fit:
+            raise SystemExit(f"{path}: pools runs of settings.output_fit {fit.replace('+', ' and ')}; merge runs "
+                             "written alike")
+        if fit != first:
+            raise SystemExit(f"{path}: judged with settings.output_fit {fit!r}, not {first!r} as {paths[0]} "
+                             "(absent: 'pipeline', clips as the pipeline returned them); merge runs written alike")
+    return first
+
+
 def recorded_config_prints(runs: list[dict]) -> dict[tuple[str, str | None], str]:
     """(folder, weights fingerprint) -> its components' configs' fingerprint, from the runs that recorded one."""
     return {(m["model"], m.get("fingerprint")): m["config_fingerprint"]
@@ -382,6 +411,7 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
         if judged_labels(run) != labels:
             raise SystemExit(f"{path}: judged the prompts of {', '.join(judged_labels(run))}, not those of "
                              f"{', '.join(labels)} as {paths[0]}; merge runs of the same prompts")
+    fit = same_output_fit(paths, runs)
     models: dict[object, dict] = {}
     for path, run in zip(paths, runs):
         if run["settings"].get("k", k) != k:
@@ -434,7 +464,7 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
                 m["wavs"][label] = [m["wavs"][label][i] for i in order]
     summary = {"bench": "recognisable-merged", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "sources": [relative(Path(p)) for p in paths],
-               "settings": {"k": k, "labels": None if len(labels) == len(PROMPTS) else labels,
+               "settings": {"k": k, "labels": None if len(labels) == len(PROMPTS) else labels, "output_fit": fit,
                             "runs": [r["settings"] for r in runs]},
                "chance": runs[0].get("chance"), "real_held_out": runs[0].get("real_held_out"), "models": []}
     for m in models.values():
@@ -488,13 +518,14 @@ def folder_defaults(folder: Path) -> dict:
 def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> list[tuple[str, dict]]:
     """The runs of `folder`'s weights and defaults recorded in `results`, as (source, one-model run) pairs.
 
-    Only single runs ("recognisable", not merges) with the same judge as the summaries at `paths` count, the
-    earliest run of each seed. With summaries, exactly the seeds they hold are taken and each must be recorded;
-    alone, every recorded seed judged as the earliest such run was.
+    Only single runs ("recognisable", not merges) with the same judge and output_fit as the summaries at
+    `paths` count, the earliest run of each seed. With summaries, exactly the seeds they hold are taken and each
+    must be recorded; alone, every recorded seed judged (and written) as the earliest such run was.
     """
     fp, defaults = fingerprint(Path(folder)), with_unset_defaults(folder_defaults(folder))
     cfp = config_fingerprint(Path(folder))
     others = read_summaries(paths)
+    fit = same_output_fit(paths, others)
     wanted = sorted({s for run in others for m in run["models"] if m["per_prompt"]
                      for s in (m.get("seeds") or run_seeds(run["settings"]))})
     judges = [r for run in others for r in (run["settings"].get("runs") or [run["settings"]])]
@@ -505,6 +536,7 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
     except OSError as e:
         raise SystemExit(f"{results}: cannot read the recorded results ({e})")
     taken, out, first = set(held), [], None
+    other_fit: dict[int, str] = {}        # seed -> the output_fit of a run passed over for it
     for n, line in enumerate(lines, 1):
         try:
             run = json.loads(line)
@@ -523,11 +555,22 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
                 continue
             if judges and judged_labels(run) != judged_labels(others[0] if others else first):
                 continue
-            if not judges:                    # alone: the judge and prompts of the earliest run found
-                judges, first = [run["settings"]], run
+            if fit is not None and output_fit(run) != fit:
+                other_fit.update(dict.fromkeys(seeds, output_fit(run)))
+                continue
+            if not judges:                    # alone: the judge, prompts and output_fit of the earliest run
+                judges, first, fit = [run["settings"]], run, output_fit(run)
             taken |= set(seeds)
             out.append((f"{relative(Path(results))}:{n}", {**run, "models": [m]}))
     missing = sorted(set(wanted) - taken)
+    unfit = [s for s in missing if s in other_fit]
+    if unfit:
+        rerun = (f"a baseline must be rerun with this bench (--model {folder} --seed-start {unfit[0]})"
+                 if fit == "generate" else "rerun the summaries' models with this bench")
+        raise SystemExit(f"{folder}: its runs in {results} on seed(s) {unfit[:5]}"
+                         f"{' ...' if len(unfit) > 5 else ''} were judged with settings.output_fit "
+                         f"{other_fit[unfit[0]]!r}, not {fit!r} as the summaries (absent: 'pipeline', clips as the "
+                         f"pipeline returned them); {rerun}")
     if missing:
         raise SystemExit(f"{folder}: no recorded run in {results} on seed(s) {missing[:5]}"
                          f"{' ...' if len(missing) > 5 else ''} with the same judge; run it with --seed-start "

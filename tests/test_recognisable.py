@@ -448,3 +448,70 @@ def test_generations_are_written_and_judged_as_tta_generate_writes_them(tmp_path
     assert mine["gain"] < 0.5 and p["gains"] == [mine["gain"]]
     (folder,) = [f for f in (tmp_path / "out").iterdir() if f.is_dir()]
     assert (folder / "dog-2.wav").read_bytes() == (tmp_path / "g.wav").read_bytes()
+
+
+def test_runs_judged_before_and_after_output_fit_are_neither_pooled_nor_paired(tmp_path):
+    """Runs recorded without settings.output_fit judged the pipeline's clips (saved clipped); runs since judge
+    them fitted as tta generate writes them. --baseline paired a new candidate with the old recorded runs and
+    --merge pooled them, so a difference partly measured the writing. Now neither: each says which field."""
+    bench = load_bench()
+    folder = tiny_pipeline()
+    fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
+    judge = {"manifest": "corpus/manifest.jsonl", "k": 5, "embedder": "aisfx@x", "trim_db": 40.0,
+             "reference_clips": 30, "distractors": 0}
+
+    def run(start, nearest, *, model="base", fingerprint=fp, **settings):
+        return {"bench": "recognisable", "settings": {**judge, "seeds": 2, "seed_start": start, **settings},
+                "chance": 0.1, "real_held_out": {},
+                "models": [{"model": model, "fingerprint": fingerprint, "defaults": defaults,
+                            "seeds": [start, start + 1],
+                            "per_prompt": [{"prompt": "a dog barks", "label": "dog", "of": 2, "nearest": nearest,
+                                            "hit@1": nearest.count("dog"), "vote@5": nearest.count("dog")}]}]}
+
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps(run(0, ["dog", "cow"])) + "\n")            # recorded before output_fit
+    cand = tmp_path / "cand.json"
+    cand.write_text(json.dumps(run(0, ["dog", "dog"], model="cand", fingerprint="cc", output_fit="generate")))
+    argv = ["--baseline", str(folder), "--out", str(tmp_path / "o"), "--results", str(results)]
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[0, 1\] were judged with settings.output_fit 'pipeline', "
+                                         r"not 'generate' .* a baseline must be rerun with this bench"):
+        bench.main(argv + ["--merge", str(cand)])
+    # the baseline rerun with this bench is recorded later: the candidate is paired with it, not the old run
+    with open(results, "a") as f:
+        f.write(json.dumps(run(0, ["cow", "cow"], output_fit="generate")) + "\n")
+    merged = bench.main(argv + ["--merge", str(cand)])
+    base, other = merged["models"]
+    assert base["per_prompt"][0]["nearest"] == ["cow", "cow"] and other["hit@1_minus_first"] == 1.0
+    assert merged["sources"][0].endswith("results.jsonl:2") and merged["settings"]["output_fit"] == "generate"
+    (alone,) = bench.main(argv)["models"]                                    # alone: as the earliest run was
+    assert alone["per_prompt"][0]["nearest"] == ["dog", "cow"]
+    old_cand = tmp_path / "old.json"                                         # a candidate judged the old way
+    old_cand.write_text(json.dumps(run(0, ["dog", "dog"], model="cand", fingerprint="cc")))
+    results.write_text(json.dumps(run(0, ["cow", "cow"], output_fit="generate")) + "\n")
+    with pytest.raises(SystemExit, match="'generate', not 'pipeline' .* rerun the summaries' models"):
+        bench.main(argv + ["--merge", str(old_cand)])
+
+    # --merge pools one model's runs on other seeds only when they were written alike
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps(run(2, ["dog", "dog"], output_fit="generate")))
+    old = tmp_path / "old-base.json"
+    old.write_text(json.dumps(run(0, ["dog", "cow"])))
+    merge = ["--out", str(tmp_path / "m"), "--results", str(tmp_path / "r.jsonl"), "--merge"]
+    with pytest.raises(SystemExit, match=r"later.json: judged with settings.output_fit 'generate', not 'pipeline'"):
+        bench.main(merge + [str(old), str(later)])
+    with pytest.raises(SystemExit, match="output_fit 'pipeline', not 'generate'"):   # nor paired: other models
+        bench.main(merge + [str(cand), str(old)])
+    (m,) = bench.main(merge + [f"{results}:1", str(later)])["models"]       # both fitted: they pool
+    assert m["seeds"] == [0, 1, 2, 3]
+    (tmp_path / "m" / "summary.json").rename(tmp_path / "pooled.json")    # a merge of merges keeps its runs' field
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps(run(4, ["dog", "dog"], output_fit="generate")))
+    assert bench.main(merge + [str(tmp_path / "pooled.json"), str(newer)])["models"][0]["seeds"] == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(SystemExit, match="output_fit 'generate', not 'pipeline'"):
+        bench.main(merge + [str(old), str(tmp_path / "pooled.json")])
+    mixed = json.loads((tmp_path / "pooled.json").read_text())             # pooled before runs were told apart
+    mixed["settings"].pop("output_fit")
+    mixed["settings"]["runs"][0].pop("output_fit")
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    with pytest.raises(SystemExit, match="mixed.json: pools runs of settings.output_fit generate and pipeline"):
+        bench.main(merge + [str(tmp_path / "mixed.json"), str(newer)])
