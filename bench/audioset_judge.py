@@ -15,7 +15,8 @@ label's classes.
   named@5   one of the label's classes is among YAMNet's 5 highest of its 521 (open set)
 
 The generations are judged as recognisable.py wrote them (not trimmed: windows of silence score as "Silence"
-and do not raise any label). With --manifest, the manifest's real recordings of those labels (rows from Debian
+and do not raise any label), so runs written otherwise are not judged together: settings.output_fit "generate"
+(as tta generate writes them) or, absent in older runs, "pipeline" (saved clipped). With --manifest, the manifest's real recordings of those labels (rows from Debian
 packages, training and held-out splits) are judged the same way: what the judge makes of real audio; --ceiling
 MODEL judges them through MODEL's vocoder alone and through its VAE and vocoder as well (what a generation
 through those parts could reach). Per model, hit@1 comes with a 95 % bootstrap interval over seeds and, for
@@ -50,7 +51,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.default_quality import machine, versions
-from bench.recognisable import config_print_of, folder_name, intervals, recorded_config_prints, relative
+from bench.recognisable import (config_print_of, folder_name, intervals, output_fit, recorded_config_prints,
+                                 relative)
 
 # judged label -> AudioSet classes (YAMNet's class names) that name it; a class belongs to one label only
 LABEL_CLASSES: dict[str, tuple[str, ...]] = {
@@ -267,6 +269,12 @@ def main(argv: list[str] | None = None) -> dict:
     for folder, run in runs[1:]:
         if [p[1] for p in run["settings"]["prompts"]] != judged:
             raise SystemExit(f"{folder}/summary.json: other prompts than {args.run[0]}'s")
+    fit = output_fit(runs[0][1])         # the runs' wavs were saved as tta generate writes them, or clipped
+    for folder, run in runs[1:]:
+        if output_fit(run) != fit:
+            raise SystemExit(f"{folder}/summary.json: saved with settings.output_fit {output_fit(run)!r}, not "
+                             f"{fit!r} as {args.run[0]}'s (absent: 'pipeline', clipped as the pipeline returned "
+                             "them); judge runs written alike")
     labels = [lab for lab in judged if lab in LABEL_CLASSES]
     try:
         judge = Judge(Yamnet(args.yamnet, threads=args.threads), labels, args.pool)
@@ -282,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"bench": "audioset_judge", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": machine(), "versions": versions(),
                "settings": {"runs": [relative(f) for f in args.run], "judge": judge.yamnet.identity,
-                            "pool": args.pool, "window": 15_600, "hop": 7_800, "top": TOP, "labels": labels,
+                            "pool": args.pool, "output_fit": fit, "window": 15_600, "hop": 7_800, "top": TOP, "labels": labels,
                             "label_classes": {lab: list(LABEL_CLASSES[lab]) for lab in labels},
                             "left_out": [lab for lab in judged if lab not in LABEL_CLASSES]},
                "chance": round(1 / len(labels), 4), "models": models}

@@ -149,3 +149,24 @@ def test_audioset_judge_judges_the_real_clips_and_their_resynthesis(tmp_path):
     for part in ("vocoder", "vae"):
         assert sum(x["of"] for x in c[part]["per_label"].values()) == s["real"]["clips"]
         assert 0 <= c[part]["hit@1"] <= 1
+
+
+def test_audioset_judge_does_not_pool_runs_written_otherwise(tmp_path):
+    """A recognisable.py run recorded before settings.output_fit saved its generations clipped as the pipeline
+    returned them; one since saves them as tta generate writes them. Pooled, a model's hit@1 and its paired
+    difference mixed the two writings; now the second run is refused, naming the field."""
+    yamnet_or_skip()
+    bench = bench_module("audioset_judge")
+    clips, models = {"dog": [signals.tone(440, 1.0), signals.noise(1.0, seed=1)]}, {"a": {"dog": ["dog", "cow"]}}
+    old, new, newer = (fake_run(tmp_path / name, seeds, models, clips)
+                       for name, seeds in (("old", [0, 1]), ("new", [2, 3]), ("newer", [4, 5])))
+    for run in (new, newer):
+        summary = json.loads((run / "summary.json").read_text())
+        summary["settings"]["output_fit"] = "generate"
+        (run / "summary.json").write_text(json.dumps(summary))
+    argv = ["--out", str(tmp_path / "out"), "--results", str(tmp_path / "r.jsonl"), "--quiet", "--run"]
+    with pytest.raises(SystemExit, match="new/summary.json: saved with settings.output_fit 'generate', not "
+                                         "'pipeline' as .*old's"):
+        bench.main(argv + [str(old), str(new)])
+    s = bench.main(argv + [str(new), str(newer)])
+    assert s["settings"]["output_fit"] == "generate" and s["models"][0]["per_prompt"][0]["seeds"] == [2, 3, 4, 5]
