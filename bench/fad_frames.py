@@ -59,31 +59,16 @@ def draw_fads(frames: np.ndarray, clip_frames: list[int] | None, sizes: list[int
     """FAD of `draws` random subsets of `frames` (N, D) against `reference` (eval.fad.FrechetStats) at each of
     `sizes` -> (draws, len(sizes)). The subsets of one draw are nested prefixes of one random order: of whole
     clips (`clip_frames`: frames per clip, in row order; the last clip cut to the size) or, with None, of rows.
-    The statistics are summed frame by frame, as tta eval's FrechetDistanceMetric does."""
-    from eval.fad import FrechetStats
+    The statistics are summed frame by frame, as tta eval's FrechetDistanceMetric does: eval/fad.py's
+    nested_subset_distances, which fad_infinity draws with."""
+    from eval.fad import nested_subset_distances
 
     sizes = sorted(sizes)
     if sizes[0] < 2 or sizes[-1] > len(frames):
         raise ValueError(f"sizes must lie in [2, {len(frames)}], got {sizes[0]} to {sizes[-1]}")
-    rng = np.random.default_rng(seed)
-    if clip_frames is not None:
-        if sum(clip_frames) != len(frames):
-            raise ValueError(f"clip_frames add up to {sum(clip_frames)} frames, not the {len(frames)} given")
-        starts = np.cumsum([0, *clip_frames])
-        rows = [np.arange(starts[i], starts[i + 1]) for i in range(len(clip_frames))]
-    out = np.empty((draws, len(sizes)))
-    for d in range(draws):
-        if clip_frames is None:
-            order = rng.permutation(len(frames))[:sizes[-1]]
-        else:
-            order = np.concatenate([rows[i] for i in rng.permutation(len(rows))])[:sizes[-1]]
-        x = frames[order]
-        total, outer, done = np.zeros(frames.shape[1]), np.zeros((frames.shape[1],) * 2), 0
-        for k, n in enumerate(sizes):
-            part = x[done:n]
-            total, outer, done = total + part.sum(axis=0), outer + part.T @ part, n
-            out[d, k] = FrechetStats.from_sums(n, total, outer).distance(reference)
-    return out
+    if clip_frames is not None and sum(clip_frames) != len(frames):
+        raise ValueError(f"clip_frames add up to {sum(clip_frames)} frames, not the {len(frames)} given")
+    return nested_subset_distances(np.asarray(frames, dtype=np.float64), reference, sizes, draws, clip_frames, seed)
 
 
 def summarise(values: np.ndarray, sizes: list[int], pool: int, dim: int, step: float = STEP) -> dict:

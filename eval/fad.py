@@ -50,23 +50,29 @@ def _sqrt_psd(sigma: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def trace_sqrt_product(sigma_a: np.ndarray, sigma_b: np.ndarray) -> float:
-    """tr((S_a S_b)^(1/2)) for symmetric PSD (D, D) matrices, float64."""
-    half = _sqrt_psd(sigma_a)
-    m = half @ sigma_b @ half
+def trace_sqrt_product(sigma_a: np.ndarray, sigma_b: np.ndarray, *, sqrt_b: np.ndarray | None = None) -> float:
+    """tr((S_a S_b)^(1/2)) for symmetric PSD (D, D) matrices, float64. `sqrt_b`: S_b^(1/2) computed once (as
+    _sqrt_psd does) for many S_a against one S_b; tr((S_a S_b)^(1/2)) = tr((S_b^(1/2) S_a S_b^(1/2))^(1/2))."""
+    if sqrt_b is None:
+        half = _sqrt_psd(sigma_a)
+        m = half @ sigma_b @ half
+    else:
+        m = sqrt_b @ sigma_a @ sqrt_b
     eig = np.linalg.eigvalsh((m + m.T) / 2)
     return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
 
 
-def frechet_distance(mu_a, sigma_a, mu_b, sigma_b) -> float:
-    """Fréchet distance between N(mu_a, sigma_a) and N(mu_b, sigma_b); mu (D,), sigma (D, D)."""
+def frechet_distance(mu_a, sigma_a, mu_b, sigma_b, *, sqrt_b: np.ndarray | None = None) -> float:
+    """Fréchet distance between N(mu_a, sigma_a) and N(mu_b, sigma_b); mu (D,), sigma (D, D). `sqrt_b`:
+    sigma_b^(1/2) computed once, for many sets against one reference (trace_sqrt_product)."""
     mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
     sigma_a, sigma_b = np.asarray(sigma_a, np.float64), np.asarray(sigma_b, np.float64)
     if mu_a.shape != mu_b.shape or sigma_a.shape != sigma_b.shape or sigma_a.shape != mu_a.shape * 2:
         raise ValueError(f"Fréchet distance needs matching shapes, got mu {mu_a.shape} vs {mu_b.shape}, "
                          f"sigma {sigma_a.shape} vs {sigma_b.shape}")
     diff = mu_a - mu_b
-    value = float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * trace_sqrt_product(sigma_a, sigma_b))
+    value = float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b)
+                  - 2.0 * trace_sqrt_product(sigma_a, sigma_b, sqrt_b=sqrt_b))
     return max(value, 0.0)  # tiny negative values are round-off around 0 (identical sets)
 
 
@@ -302,7 +308,7 @@ def fad_infinity(generated, reference: FrechetStats, *, clip_frames: list[int] |
     sizes = tuple(sorted(int(s) for s in sizes))
     if len(set(sizes)) < 2 or min(sizes) < 2 or max(sizes) > n:
         raise ValueError(f"FAD-inf needs >= 2 subset sizes in [2, {n}], got {sizes}")
-    values = _nested_subset_distances(x, reference, sizes, draws, clip_frames, seed, progress)
+    values = nested_subset_distances(x, reference, sizes, draws, clip_frames, seed, progress)
     inv = 1.0 / np.asarray(sizes, dtype=np.float64)
     fits = np.polyfit(inv, values.T, 1)    # (2, draws): each draw's slope and intercept
     mean = values.mean(axis=0)
@@ -322,15 +328,16 @@ def fad_infinity(generated, reference: FrechetStats, *, clip_frames: list[int] |
             "seed": int(seed), "method": FAD_INF_METHOD}
 
 
-def _nested_subset_distances(x: np.ndarray, reference: FrechetStats, sizes: tuple[int, ...], draws: int,
-                             clip_frames: list[int] | None, seed: int, progress: bool) -> np.ndarray:
-    """FD against `reference` of the first `sizes` rows of `draws` random orders of x (N, D) (of whole clips with
-    `clip_frames`) -> (draws, len(sizes)); each order's statistics are summed once, as its prefixes grow."""
+def nested_subset_distances(x: np.ndarray, reference: FrechetStats, sizes, draws: int,
+                            clip_frames: list[int] | None = None, seed: int = 0, progress: bool = False) -> np.ndarray:
+    """FD against `reference` of the first `sizes` (ascending) rows of `draws` random orders (seeded) of x (N, D),
+    of whole clips with `clip_frames` (rows per clip, in row order; the last clip cut to the size) -> (draws,
+    len(sizes)); each order's statistics are summed once, as its prefixes grow (as FrechetDistanceMetric sums).
+    Also bench/fad_frames.py's draws."""
     from tqdm.auto import tqdm
 
     n, dim = x.shape
     ref_half = _sqrt_psd(reference.sigma)   # tr((S R)^(1/2)) = tr((R^(1/2) S R^(1/2))^(1/2)): R's root once
-    ref_trace = float(np.trace(reference.sigma))
     starts = np.cumsum([0, *clip_frames]) if clip_frames is not None else None
     rng = np.random.default_rng(seed)
     values = np.empty((draws, len(sizes)))
@@ -345,8 +352,5 @@ def _nested_subset_distances(x: np.ndarray, reference: FrechetStats, sizes: tupl
             part = rows[done:size]
             total, outer, done = total + part.sum(axis=0), outer + part.T @ part, size
             s = FrechetStats.from_sums(size, total, outer)
-            m = ref_half @ s.sigma @ ref_half
-            root = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
-            diff = s.mu - reference.mu
-            values[d, k] = max(float(diff @ diff + np.trace(s.sigma) + ref_trace - 2.0 * root), 0.0)
+            values[d, k] = frechet_distance(s.mu, s.sigma, reference.mu, reference.sigma, sqrt_b=ref_half)
     return values

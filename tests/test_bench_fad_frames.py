@@ -83,6 +83,19 @@ def test_whole_clips_move_together(fad_frames):
         fad_frames.draw_fads(frames, [3] * 2999 + [2], sizes, reference(np.zeros(D)), draws=3)
 
 
+
+def test_the_draws_are_those_fad_infinity_fits(fad_frames):
+    """One sampling code: the bench's draws of one seed are eval/fad.py's, by rows and by whole clips (the mean
+    over draws is fad_infinity's value per size, to the bit)."""
+    from eval.fad import fad_infinity
+
+    frames = np.random.default_rng(6).standard_normal((600, D)) + 0.1
+    sizes = [100, 250, 600]
+    for clips in (None, [3] * 200):
+        values = fad_frames.draw_fads(frames, clips, sizes, reference(np.zeros(D)), draws=4, seed=7)
+        fit = fad_infinity(frames, reference(np.zeros(D)), sizes=tuple(sizes), clip_frames=clips, draws=4, seed=7)
+        assert values.mean(axis=0).tolist() == fit["values"]
+
 def test_the_verdict_reads_the_step_against_the_noise(fad_frames):
     def rung(n, low, high, fad, spread):
         return {"n": n, "step": 1.0, "step_over_sd": [low, high], "step_over_fad": fad, "spread_at_one_sd": spread}

@@ -71,6 +71,20 @@ def test_matches_scipy_sqrtm_and_torchmetrics(seed):
     assert ours == pytest.approx(float(tm), rel=1e-6)
 
 
+
+def test_a_precomputed_reference_root_gives_the_same_distance():
+    """sqrt_b (the reference's root, computed once for FAD-inf's many subsets) is tr((S_a S_b)^(1/2)) read from
+    S_b's side: the same distance as from S_a's, and the one scipy's sqrtm gives."""
+    from eval.fad import _sqrt_psd, trace_sqrt_product
+
+    a, b = _data(n=300, d=16, seed=3), _data(n=250, d=16, seed=13, shift=0.2, scale=0.8)
+    sa, sb = FrechetStats.from_embeddings(a), FrechetStats.from_embeddings(b)
+    root = _sqrt_psd(sb.sigma)
+    assert trace_sqrt_product(sa.sigma, sb.sigma, sqrt_b=root) == pytest.approx(
+        trace_sqrt_product(sa.sigma, sb.sigma), rel=1e-10)
+    assert frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma, sqrt_b=root) == pytest.approx(_scipy_fd(a, b), rel=1e-6)
+    assert frechet_distance(sb.mu, sb.sigma, sb.mu, sb.sigma, sqrt_b=root) == 0.0   # round-off below 0 clamped
+
 def test_streaming_equals_batch_and_states_merge_across_processes():
     gen, ref = _data(n=333, d=10, seed=4, shift=0.5), _data(n=290, d=10, seed=5)
     batch = frechet_distance_from_embeddings(gen, ref)
