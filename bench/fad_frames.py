@@ -12,8 +12,8 @@ random subsets are drawn without replacement (seeded) and scored with eval/fad.p
 from summed frames, as tta eval's FrechetDistanceMetric keeps them). The subsets of one draw are nested (the
 first n/1.1 of the first n), so the 10 % bias step is measured as a paired difference, with little noise of
 its own. Two ways of drawing: "clips" takes whole files in random order (the frames of a clip move together,
-as between runs; the last clip is cut to make n exactly) and "frames" takes frame rows independently (as
-eval/fad.py's fad_infinity does).
+as between runs; the last clip is cut to make n exactly, as tta eval's FAD-inf draws) and "frames" takes frame
+rows independently (as eval/fad.py's fad_infinity does without clip_frames).
 
 Per n it reports the mean FAD, the std across draws and the bounds on the std of one independent run of n
 frames (subsets of one pool vary less than independent sets: between the std across draws and that over
