@@ -281,7 +281,7 @@ def sample_note(run: Run, metric: str) -> str | None:
                  ] if isinstance(used, int) else []
         interval = fad_inf_interval(run) if metric == "fad_inf" else None
         if interval:   # of the intercept: the fit's draws and the generated set's own noise (eval.fad.fad_infinity)
-            notes.append(f"95% CI ±{(interval[1] - interval[0]) / 2:.2g}")
+            notes.append(f"95% CI ±{_fmt((interval[1] - interval[0]) / 2)}")   # as the value: .2g read 1.2e+02
         return ", ".join(notes) or None
     if metric != "clap_score":
         return None

@@ -252,6 +252,15 @@ def test_fad_inf_shows_its_interval_and_compares_runs_that_fad_cannot():
     assert "not comparable: different reference)" in md_row([a, other], "FAD∞")
 
 
+def test_a_fad_inf_interval_of_a_hundred_or_more_is_written_as_the_value_is():
+    """The half-width was formatted .2g: ±120 printed as ±1.2e+02 beside a FAD∞ of 1500."""
+    from eval.report import render_markdown
+
+    a = _with_fad_inf(_run("a", 1519.0, "mfcc@v1", "ref1"), 1500.0, (1380.0, 1620.0), frames=5000)
+    row = next(line for line in render_markdown([a]).splitlines() if line.startswith("| FAD∞"))
+    assert "| 1500 (95% CI ±120) |" in row, row
+
+
 def test_a_fad_inf_interval_recorded_by_tta_eval_is_the_one_shown(report, tmp_path, monkeypatch):
     """End to end: tta eval --fad-inf (its subset floor lowered so that six short files fit) writes the interval,
     tta report shows its half-width beside FAD∞."""
@@ -266,7 +275,7 @@ def test_a_fad_inf_interval_recorded_by_tta_eval_is_the_one_shown(report, tmp_pa
     low, high = json.loads((out / "eval.json").read_text())["protocol"]["fad"]["fad_inf"]["fad_inf_ci95"]
     assert main(["-q", "report", str(out), "--out", str(tmp_path / "r.md")]) == 0
     row = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| FAD∞"))
-    assert f", 95% CI ±{(high - low) / 2:.2g})" in row, row
+    assert f", 95% CI ±{(high - low) / 2:.4g})" in row, row
 
 
 def test_the_clap_score_interval_of_a_takes_run_is_over_its_prompts():
