@@ -33,8 +33,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clap-tokenizer", help="local tokenizer folder for an original LAION CLAP .pt")
     parser.add_argument("--cache-dir", type=output_path, help="embedding cache (default $TTA_CACHE_DIR/eval or "
                                                         "~/.cache/tta/eval)")
-    parser.add_argument("--fad-inf", action="store_true", help="also report FAD-inf and its 95%% interval (Chung et al. 2020; "
-                        "needs 2 x max(500, 5 x D) generated frames)")
+    parser.add_argument("--fad-inf", action="store_true", help="also report FAD-inf and its nominal 95%% interval (nearer 90%% "
+                        "measured on real speech; Chung et al. 2020; needs 2 x max(500, 5 x D) generated frames)")
     parser.add_argument("--batch-size", type=int, default=32)
 
 
