@@ -109,8 +109,9 @@ FEW_FRAMES_NOTE = ("fewer than 5 x D frames: that FAD is biased upward by the sm
                    "categories of similar frame counts")
 
 
-def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | None]:
-    """(embedder identity, reference identity) a metric value depends on, read from the run's protocol."""
+def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | tuple[str | None, str | None] | None]:
+    """(embedder identity, reference identity) a metric value depends on, read from the run's protocol; for
+    fad_inf the second is (reference identity, FAD∞ method)."""
     proto = run.body.get("protocol", {}) or {}
     if metric in ("fad", "fad_inf"):
         fad = proto.get("fad", {}) or {}
