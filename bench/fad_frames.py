@@ -216,8 +216,12 @@ def measure(args, embedder, gen_files, ref_files, cache_root, tmp) -> list[dict]
         default_inf = {k: default_inf[k] for k in INF_KEYS}
     except StatsError as e:
         default_inf = {"skipped": str(e)}
-    same_inf = fad_infinity(gen, reference, sizes=tuple(s for s in sizes if s > embedder.dim), clip_frames=clip_frames,
-                            seed=args.seed)
+    try:    # fewer than two rungs above D: no line to fit
+        same_inf = fad_infinity(gen, reference, sizes=tuple(s for s in sizes if s > embedder.dim),
+                                clip_frames=clip_frames, seed=args.seed)
+        same_inf = {k: same_inf[k] for k in INF_KEYS}
+    except ValueError as e:
+        same_inf = {"skipped": str(e)}
     out = []
     for unit in args.units.split(","):
         t0 = time.perf_counter()
@@ -227,7 +231,7 @@ def measure(args, embedder, gen_files, ref_files, cache_root, tmp) -> list[dict]
         out.append({"embedder": embedder.identity, "dim": embedder.dim, "unit": unit,
                     "generated": {**gen_proto, "frames": len(gen), "clips": len(clip_frames)},
                     "reference": {**ref_proto, "frames": len(ref)}, "fad_all_frames": full, **summary,
-                    "fad_infinity_same_sizes": {k: same_inf[k] for k in INF_KEYS},
+                    "fad_infinity_same_sizes": same_inf,
                     "fad_infinity_default": default_inf,
                     "verdict": verdict(summary, embedder.dim, MIN_FRAMES_PER_DIM),
                     "seconds": round(time.perf_counter() - t0, 1)})
@@ -240,7 +244,7 @@ def print_table(r: dict) -> None:
     print(f"\n{r['embedder']} (D {r['dim']}), draws of {r['unit']}: pool {r['generated']['frames']} frames of "
           f"{r['generated']['clips']} clips, FAD of all {r['fad_all_frames']:.4g}; slope in 1/n "
           f"{fit.get('slope', 0):.4g} (r2 {fit.get('r2', 0):.3f}), fad_infinity's "
-          f"{r['fad_infinity_same_sizes']['slope']:.4g}")
+          + (f"{inf['slope']:.4g}" if "slope" in (inf := r["fad_infinity_same_sizes"]) else f"– ({inf['skipped']})"))
     print(f"{'n':>6s} {'mean FAD':>9s} {'sd draws':>9s} {'sd run <=':>9s} {'step n/1.1':>10s} {'± se':>8s} "
           f"{'step/sd':>11s} {'step/FAD':>8s} {'spread@1sd':>12s}")
     for g in reversed(r["rungs"]):

@@ -115,13 +115,8 @@ def test_the_verdict_reads_the_step_against_the_noise(fad_frames):
 
 def test_the_script_embeds_real_files_and_appends_a_record_without_machine_paths(fad_frames, tmp_path):
     from tests.test_recorded_results import machine_path, strings
-    from tta.audio import save_audio
 
-    rng = np.random.default_rng(6)
-    t = np.arange(3 * 16_000) / 16_000
-    for i in range(24):
-        wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * t) + 0.05 * rng.standard_normal(t.shape)
-        save_audio(tmp_path / "clips" / f"c{i:02d}.wav", wav.astype(np.float32), 16_000)
+    _write_clips(tmp_path / "clips")
     results = tmp_path / "results.jsonl"
     fad_frames.main(["--generated", str(tmp_path / "clips"), "--halves", "--embedders", "mfcc", "--draws", "4",
                      "--top", "0.9", "--cache-dir", str(tmp_path / "cache"), "--results", str(results)])
@@ -131,3 +126,27 @@ def test_the_script_embeds_real_files_and_appends_a_record_without_machine_paths
     assert r["generated"]["clips"] == 12 and r["generated"]["frames"] == 12 * 5 and r["reference"]["files_used"] == 12
     assert {"mean", "sd_draws", "sd_run_high"} <= set(r["rungs"][0]) and record["answer"]
     assert not [s for s in strings(record) if machine_path(s)]
+
+
+def _write_clips(folder):
+    """24 clips of 3 s (5 mfcc frames each): tones in noise."""
+    from tta.audio import save_audio
+
+    rng = np.random.default_rng(6)
+    t = np.arange(3 * 16_000) / 16_000
+    for i in range(24):
+        wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * t) + 0.05 * rng.standard_normal(t.shape)
+        save_audio(folder / f"c{i:02d}.wav", wav.astype(np.float32), 16_000)
+
+
+def test_a_ladder_with_one_rung_above_d_records_the_same_sizes_fit_as_skipped(fad_frames, tmp_path, capsys):
+    """--top 0.7 of 60 mfcc frames (D 40) leaves one rung above D: fad_infinity's ValueError stopped the bench
+    with a traceback. It records the fit as skipped with the reason, as it does the default fit."""
+    _write_clips(tmp_path / "clips")
+    record = fad_frames.main(["--generated", str(tmp_path / "clips"), "--halves", "--embedders", "mfcc", "--draws",
+                              "4", "--top", "0.7", "--units", "clips", "--cache-dir", str(tmp_path / "cache"),
+                              "--results", str(tmp_path / "results.jsonl")])
+    (r,) = record["results"]
+    assert r["fad_infinity_same_sizes"] == {"skipped": "FAD-inf needs >= 2 subset sizes in [2, 60], got (42,)"}
+    assert "skipped" in r["fad_infinity_default"] and r["rungs"]
+    assert "fad_infinity's – (FAD-inf needs >= 2 subset sizes" in capsys.readouterr().out
