@@ -16,8 +16,8 @@ label's classes.
 
 The generations are judged as recognisable.py wrote them (not trimmed: windows of silence score as "Silence"
 and do not raise any label), so runs written otherwise are not judged together: settings.output_fit "generate"
-(as tta generate writes them) or, absent in older runs, "pipeline" (saved clipped). With --manifest, the manifest's real recordings of those labels (rows from Debian
-packages, training and held-out splits) are judged the same way: what the judge makes of real audio; --ceiling
+(as tta generate writes them) or, absent in older runs, "pipeline" (saved clipped). With --manifest, the
+manifest's real recordings of those labels (rows from Debian packages, training and held-out splits) are judged the same way: what the judge makes of real audio; --ceiling
 MODEL judges them through MODEL's vocoder alone and through its VAE and vocoder as well (what a generation
 through those parts could reach). Per model, hit@1 comes with a 95 % bootstrap interval over seeds and, for
 every model after the first judged on the same prompts and seeds, the paired difference from the first (the
@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"bench": "audioset_judge", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": machine(), "versions": versions(),
                "settings": {"runs": [relative(f) for f in args.run], "judge": judge.yamnet.identity,
-                            "pool": args.pool, "output_fit": fit, "window": 15_600, "hop": 7_800, "top": TOP, "labels": labels,
+                            "pool": args.pool, "output_fit": fit, "window": 15_600, "hop": 7_800, "top": TOP,
+                            "labels": labels,
                             "label_classes": {lab: list(LABEL_CLASSES[lab]) for lab in labels},
                             "left_out": [lab for lab in judged if lab not in LABEL_CLASSES]},
                "chance": round(1 / len(labels), 4), "models": models}

@@ -259,7 +259,8 @@ def print_table(r: dict) -> None:
         spread = v["spread_at_one_sd"]
         print(f"{STEP - 1:.0%} apart, over {v['over']}: step / sd at most {_range(v['max_step_over_sd'], '.2f')}, "
               f"step / FAD at most {v['max_step_over_fad']:.2%}, within the noise: {v['ten_percent_within_noise']}; "
-              "the step equals one sd at a spread of " + (_range(spread, ".3f") if spread else "– (no step told from 0)"))
+              "the step equals one sd at a spread of "
+              + (_range(spread, ".3f") if spread else "– (no step told from 0)"))
 
 
 def _range(pair, fmt: str) -> str:

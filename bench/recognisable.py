@@ -3,8 +3,8 @@
 For each (prompt, label) pair, each pipeline folder generates --seeds clips with its default settings. Every
 generation, trimmed to where it is not silent, is embedded with aisfx (a sound-effects CNN that never saw
 this corpus) and mean-pooled; so is every real recorded clip of the manifest's training split (rows from
-Debian packages, the real recordings) of the prompts' labels, plus --distractors of other labels. The judge is a k-nearest-neighbour vote among those real clips
-(cosine):
+Debian packages, the real recordings) of the prompts' labels, plus --distractors of other labels. The judge is
+a k-nearest-neighbour vote among those real clips (cosine):
 
   hit@1   the nearest real clip carries the prompt's label
   vote@k  the prompt's label is the most common among the k nearest (ties count as a miss)

@@ -413,6 +413,15 @@ def test_cli_score_with_a_laion_checkpoint(laion_pt, tokenizer_dir, tmp_path):
     assert res["model"].startswith("laion-clap:") and res["num_items"] == 2
 
 
+def save_folder(folder, config, tokenizer_dir) -> None:
+    """A transformers CLAP folder as the hub holds one: a ClapModel of `config` (at the global RNG's weights) and
+    the test tokenizer, without a preprocessor_config.json."""
+    from transformers import AutoTokenizer, ClapModel
+
+    ClapModel(config).save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
+
+
 def test_sharded_transformers_folders_get_their_own_identity(tmp_path, tokenizer_dir):
     """The identity names a CLAP in embedding caches and datastores: two different models saved in shards
     must not share one (it was "laion-clap:unknown" for every sharded folder)."""
@@ -455,15 +464,14 @@ def test_a_folders_identity_names_a_tokenizer_other_than_its_own(tmp_path, token
     not, keep the weights-only identity."""
     import shutil
 
-    from transformers import AutoTokenizer, ClapModel
+    from transformers import ClapModel
 
     from tta.clap import load_clap
     from tta.clap.laion import _file_hash, model_config_suffix
 
     torch.manual_seed(0)
     folder = tmp_path / "hf"
-    ClapModel(tiny_config()).save_pretrained(str(folder))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
+    save_folder(folder, tiny_config(), tokenizer_dir)
     other = tmp_path / "tok"
     shutil.copytree(tokenizer_dir, other)
     (other / "tokenizer.json").unlink(missing_ok=True)      # the slow tokenizer reads vocab.txt
@@ -519,7 +527,7 @@ def test_a_folders_front_end_is_in_its_identity_unless_it_is_laions(tmp_path, to
     embedding aside) keeps the weights-only identity that existing caches and datastores are keyed by."""
     import shutil
 
-    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+    from transformers import ClapFeatureExtractor
 
     from tta.clap import load_clap
     from tta.clap.laion import _file_hash, model_config_suffix
@@ -528,8 +536,7 @@ def test_a_folders_front_end_is_in_its_identity_unless_it_is_laions(tmp_path, to
     config.audio_config.enable_fusion = fusion
     torch.manual_seed(0)
     base = tmp_path / "base"
-    ClapModel(config).save_pretrained(str(base))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    save_folder(base, config, tokenizer_dir)
     plain = load_clap(base).identity          # no preprocessor_config.json: LAION's front end
     assert plain == "laion-clap:" + _file_hash(base / "model.safetensors") + model_config_suffix(config)
     official = {"frequency_min": 50, "frequency_max": 14000, "padding": "repeatpad",
@@ -559,15 +566,14 @@ def test_a_clap_saved_into_a_pipeline_folder_embeds_as_the_folder_it_came_from(t
     """save_text_encoder (a pipeline's text_encoder/) wrote the weights and the tokenizer but not the folder's
     preprocessor_config.json, which the loader reads: the saved copy heard audio through LAION's default front
     end, not the folder's (frequency_max 4000 here), and embedded it otherwise under another identity."""
-    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+    from transformers import ClapFeatureExtractor
 
     from tta.clap import load_clap
     from tta.ldm.folder import save_text_encoder
 
     torch.manual_seed(0)
     source = tmp_path / "source"
-    ClapModel(tiny_config()).save_pretrained(str(source))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(source))
+    save_folder(source, tiny_config(), tokenizer_dir)
     ClapFeatureExtractor(frequency_min=50, frequency_max=4000, truncation="rand_trunc",
                          padding="repeatpad").save_pretrained(str(source))
     original = load_clap(source)
@@ -601,7 +607,7 @@ def test_a_folders_config_that_embeds_otherwise_is_in_its_identity(tmp_path, tok
     weights-only identity, and fields no embedding depends on change nothing."""
     import shutil
 
-    from transformers import AutoTokenizer, ClapConfig, ClapModel
+    from transformers import ClapConfig
 
     from tta.clap import load_clap
     from tta.clap.laion import _file_hash
@@ -614,8 +620,7 @@ def test_a_folders_config_that_embeds_otherwise_is_in_its_identity(tmp_path, tok
                         projection_dim=PROJ)
     torch.manual_seed(0)
     base = tmp_path / "base"
-    ClapModel(config).save_pretrained(str(base))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    save_folder(base, config, tokenizer_dir)
     official = load_clap(base)
     assert official.identity == "laion-clap:" + _file_hash(base / "model.safetensors")
     wav, text = chirp(200, 4000, 2.0, 16_000), ["a dog barks loudly"]
@@ -683,14 +688,12 @@ def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path, token
     import shutil
 
     from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer, ClapModel
 
     from tta.clap import load_clap
 
     torch.manual_seed(0)
     base = tmp_path / "base"
-    ClapModel(tiny_config()).save_pretrained(str(base))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    save_folder(base, tiny_config(), tokenizer_dir)
     full = load_clap(base)
 
     def edited(name, part, **change):
@@ -747,7 +750,6 @@ def test_a_folder_whose_audio_tower_cannot_embed_is_refused_naming_its_config(tm
     the config.json, with transformers' reason; the text tower embeds as before."""
     import shutil
 
-    from transformers import AutoTokenizer, ClapModel
 
     from tests.clap_toy import make_corpus
     from tta.clap import load_clap
@@ -755,8 +757,7 @@ def test_a_folder_whose_audio_tower_cannot_embed_is_refused_naming_its_config(tm
 
     torch.manual_seed(0)
     base = tmp_path / "base"
-    ClapModel(tiny_config()).save_pretrained(str(base))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    save_folder(base, tiny_config(), tokenizer_dir)
     text = ["a dog barks loudly"]
     expected = load_clap(base).embed_text(text)
     manifest = make_corpus(tmp_path / "corpus", per_kind_train=1, per_kind_valid=0)
@@ -849,7 +850,7 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
     call."""
     import shutil
 
-    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+    from transformers import ClapFeatureExtractor
 
     from tta.clap import load_clap
 
@@ -857,8 +858,7 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
     config.audio_config.enable_fusion = fusion
     torch.manual_seed(0)
     base = tmp_path / "base"
-    ClapModel(config).save_pretrained(str(base))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(base))
+    save_folder(base, config, tokenizer_dir)
     official = ClapFeatureExtractor(frequency_min=50, truncation="fusion" if fusion else "rand_trunc")
     official.save_pretrained(str(base))
 

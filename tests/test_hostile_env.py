@@ -164,9 +164,8 @@ def test_commands_on_a_full_disk_say_so_in_one_line_and_leave_nothing(full_disk,
         assert _left(disk) == []
 
 
-def test_a_training_run_whose_checkpoint_finds_the_disk_full_says_so_and_leaves_nothing(full_disk, tmp_path,
-                                                                                         repo_root, capsys):
-    # torch.save's "[enforce fail at inline_container.cc:672] . unexpected pos 142272 vs 142164" was the message
+def noise_manifest(tmp_path):
+    """TMP/m.jsonl: four one-second noise clips of TMP/clips imported by `tta data import folder`, one held out."""
     from tests.signals import noise
     from tta.audio import save_audio
     from tta.cli import main
@@ -177,6 +176,15 @@ def test_a_training_run_whose_checkpoint_finds_the_disk_full_says_so_and_leaves_
     manifest = tmp_path / "m.jsonl"
     assert main(["-q", "data", "import", "folder", str(tmp_path / "clips"), "--out", str(manifest),
                  "--valid-fraction", "0.25"]) == 0
+    return manifest
+
+
+def test_a_training_run_whose_checkpoint_finds_the_disk_full_says_so_and_leaves_nothing(full_disk, tmp_path,
+                                                                                         repo_root, capsys):
+    # torch.save's "[enforce fail at inline_container.cc:672] . unexpected pos 142272 vs 142164" was the message
+    from tta.cli import main
+
+    manifest = noise_manifest(tmp_path)
     disk = full_disk(200_000)   # room for the run's config, metrics and samples; not for its checkpoint
     capsys.readouterr()
     assert main(["-q", "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"), "--out",
@@ -235,16 +243,9 @@ def test_train_out_is_an_existing_writable_folder_in_a_read_only_one_or_a_read_o
     # a folder of one's own inside a folder one cannot write (a scratch folder under a shared one) was refused
     # ("cannot be written there (PARENT is not writable)") though the run writes only inside it; a read-only
     # existing --out was refused by the run lock's "OUT/.lock: Permission denied" instead of the check
-    from tests.signals import noise
-    from tta.audio import save_audio
     from tta.cli import main
 
-    for i in range(4):
-        save_audio(tmp_path / "clips" / f"c{i}.wav", noise(1.0, seed=i), 16_000)
-        (tmp_path / "clips" / f"c{i}.txt").write_text("noise\n")
-    manifest = tmp_path / "m.jsonl"
-    assert main(["-q", "data", "import", "folder", str(tmp_path / "clips"), "--out", str(manifest),
-                 "--valid-fraction", "0.25"]) == 0
+    manifest = noise_manifest(tmp_path)
     shared = _small_tmpfs(tmp_path / "shared", "size=64k")
     (shared / "mine").mkdir()
     (shared / "theirs").mkdir()

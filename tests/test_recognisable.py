@@ -287,22 +287,30 @@ def test_merge_rejects_what_is_not_a_summary(tmp_path):
         bench.parse_args(["--model", "x", "--manifest", "m.jsonl", "--seed-start", "-1"])
 
 
+JUDGE = {"manifest": "corpus/manifest.jsonl", "k": 5, "embedder": "aisfx@x", "trim_db": 40.0, "reference_clips": 30,
+         "distractors": 0}
+
+
+def recorded_run(fingerprint, defaults, nearest, *, start=0, model="base", model_fields=None, **settings):
+    """A recognisable line of bench/results.jsonl as the bench writes it: one model judged by JUDGE (with
+    `settings` over it) on "a dog barks", seeds start and start + 1, whose nearest labels are `nearest`."""
+    return {"bench": "recognisable", "settings": {**JUDGE, "seeds": 2, "seed_start": start, **settings},
+            "chance": 0.1, "real_held_out": {},
+            "models": [{"model": model, "fingerprint": fingerprint, "defaults": defaults, "seeds": [start, start + 1],
+                        **(model_fields or {}),
+                        "per_prompt": [{"prompt": "a dog barks", "label": "dog", "of": 2, "nearest": nearest,
+                                        "hit@1": nearest.count("dog"), "vote@5": nearest.count("dog")}]}]}
+
+
 def test_baseline_pairs_with_the_recorded_runs_of_a_folder(tmp_path):
     """--baseline FOLDER takes FOLDER's runs from the results file (its weights and defaults, the same judge,
     the seeds the summaries hold), puts them first and pairs every other model with them on those seeds."""
     bench = load_bench()
     folder = tiny_pipeline()
     fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
-    judge = {"manifest": "corpus/manifest.jsonl", "k": 5, "embedder": "aisfx@x", "trim_db": 40.0,
-             "reference_clips": 30, "distractors": 0}
 
     def run(start, nearest, *, model="base", fingerprint=fp, defaults=defaults, **settings):
-        return {"bench": "recognisable", "settings": {**judge, "seeds": 2, "seed_start": start, **settings},
-                "chance": 0.1, "real_held_out": {},
-                "models": [{"model": model, "fingerprint": fingerprint, "defaults": defaults,
-                            "seeds": [start, start + 1],
-                            "per_prompt": [{"prompt": "a dog barks", "label": "dog", "of": 2, "nearest": nearest,
-                                            "hit@1": nearest.count("dog"), "vote@5": nearest.count("dog")}]}]}
+        return recorded_run(fingerprint, defaults, nearest, start=start, model=model, **settings)
 
     results = tmp_path / "results.jsonl"
     lines = [run(0, ["dog", "cow"]), run(0, ["dog", "dog"], defaults={**defaults, "candidates": 9}),
@@ -363,15 +371,9 @@ def test_a_folder_with_the_same_weights_and_other_component_configs_is_another_m
     assert bench.fingerprint(copy) == bench.fingerprint(folder)
     assert bench.config_fingerprint(copy) != bench.config_fingerprint(folder)
     fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
-    judge = {"manifest": "corpus/manifest.jsonl", "k": 5, "embedder": "aisfx@x", "trim_db": 40.0,
-             "reference_clips": 30, "distractors": 0}
 
     def run(nearest, model, **extra):
-        return {"bench": "recognisable", "settings": {**judge, "seeds": 2, "seed_start": 0},
-                "chance": 0.1, "real_held_out": {},
-                "models": [{"model": model, "fingerprint": fp, "defaults": defaults, "seeds": [0, 1], **extra,
-                            "per_prompt": [{"prompt": "a dog barks", "label": "dog", "of": 2, "nearest": nearest,
-                                            "hit@1": nearest.count("dog"), "vote@5": nearest.count("dog")}]}]}
+        return recorded_run(fp, defaults, nearest, model=model, model_fields=extra)
 
     results = tmp_path / "results.jsonl"
     results.write_text(json.dumps(run(["dog", "cow"], "base")) + "\n")        # recorded before config prints
@@ -457,16 +459,9 @@ def test_runs_judged_before_and_after_output_fit_are_neither_pooled_nor_paired(t
     bench = load_bench()
     folder = tiny_pipeline()
     fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
-    judge = {"manifest": "corpus/manifest.jsonl", "k": 5, "embedder": "aisfx@x", "trim_db": 40.0,
-             "reference_clips": 30, "distractors": 0}
 
     def run(start, nearest, *, model="base", fingerprint=fp, **settings):
-        return {"bench": "recognisable", "settings": {**judge, "seeds": 2, "seed_start": start, **settings},
-                "chance": 0.1, "real_held_out": {},
-                "models": [{"model": model, "fingerprint": fingerprint, "defaults": defaults,
-                            "seeds": [start, start + 1],
-                            "per_prompt": [{"prompt": "a dog barks", "label": "dog", "of": 2, "nearest": nearest,
-                                            "hit@1": nearest.count("dog"), "vote@5": nearest.count("dog")}]}]}
+        return recorded_run(fingerprint, defaults, nearest, start=start, model=model, **settings)
 
     results = tmp_path / "results.jsonl"
     results.write_text(json.dumps(run(0, ["dog", "cow"])) + "\n")            # recorded before output_fit
