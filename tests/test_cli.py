@@ -197,7 +197,8 @@ def test_a_command_leaves_transformers_logging_and_python_warnings_as_it_found_t
     hf_logging.get_verbosity()   # set up, as each library sets its logger up on first use
     diffusers_logging.get_verbosity()
     before = [(list(logger.handlers), logger.propagate) for logger in loggers], warnings.showwarning
-    assert all(handlers and not propagate for handlers, propagate in before[0])   # their own, not the root's
+    # their own handlers (transformers also writes through the root's where the environment says CI=1/true)
+    assert all(handlers for handlers, _ in before[0])
     code = main(["-q", "generate", "rain " * 600, "--model", str(tiny_pipeline()), "--seconds", "0.2", "--steps", "2",
                  "-o", str(tmp_path / "x.wav")])
     assert code == 0, capsys.readouterr().err
