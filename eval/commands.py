@@ -8,6 +8,7 @@ both sets (OUT/reference_stats.npz can be passed as --reference later).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from tta.checkpoint import output_path
@@ -59,6 +60,18 @@ def run(args: argparse.Namespace) -> int:
                        progress=not getattr(args, "quiet", False), flags=True)
     result = run_eval(opts)
     for name, value in result["metrics"].items():
-        print(f"{name}\t{value:.6g}" if isinstance(value, float) else f"{name}\t{value}")
+        line = f"{name}\t{value:.6g}" if isinstance(value, float) else f"{name}\t{value}"
+        print(line + (f"\t{note}" if name == "fad_inf" and (note := _fad_inf_note(result)) else ""))
     print(args.out / "eval.json")
     return 0
+
+
+def _fad_inf_note(result: dict) -> str | None:
+    """FAD∞'s interval as `tta report` writes it ("95% CI ±x": the interval is the value ± 1.96 se, so its
+    half-width says all of it), from the run's protocol.fad.fad_inf.fad_inf_ci95; None where there is none."""
+    fit = ((result.get("protocol", {}) or {}).get("fad", {}) or {}).get("fad_inf")
+    interval = fit.get("fad_inf_ci95") if isinstance(fit, dict) else None
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        return None
+    half = (float(interval[1]) - float(interval[0])) / 2
+    return f"95% CI ±{half:.4g}" if math.isfinite(half) else None

@@ -230,14 +230,17 @@ def test_tta_eval_names_a_dead_link_among_the_generated_files(folders, tmp_path)
     assert "file not found (a symbolic link to" in dead["moved.wav"] and "file not found" in dead["loop.wav"]
 
 
-def test_tta_eval_records_the_fad_inf_fit(folders, tmp_path, monkeypatch):
-    """The whole FAD-inf fit goes into eval.json (the subset floor is lowered so that small folders fit)."""
+def test_tta_eval_records_the_fad_inf_fit(folders, tmp_path, monkeypatch, capsys):
+    """The whole FAD-inf fit goes into eval.json (the subset floor is lowered so that small folders fit), and the
+    printed summary gives FAD-inf's interval beside it, as tta report writes it (it printed the value bare)."""
     from eval import fad as fad_module
 
     monkeypatch.setattr(fad_module, "fad_inf_smallest_subset", lambda dim: 8)
     gen, ref, _ = folders
     out = tmp_path / "inf"
+    capsys.readouterr()
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--fad-inf") == 0
+    printed = capsys.readouterr().out.splitlines()
     body = json.loads((out / "eval.json").read_text())
     fit = body["protocol"]["fad"]["fad_inf"]
     assert fit["fad_inf"] == body["metrics"]["fad_inf"] and fit["sizes"][0] == 8
@@ -247,6 +250,9 @@ def test_tta_eval_records_the_fad_inf_fit(folders, tmp_path, monkeypatch):
     assert fit["draws"] == 10 and fit["unit"] == "clips" and fit["fad_inf_se"] > 0
     assert fit["fad_inf_ci95"][0] < fit["fad_inf"] < fit["fad_inf_ci95"][1]
     assert fit["fad_inf_se"] == pytest.approx(np.hypot(fit["se_from_draws"], fit["se_from_generated_set"]))
+    low, high = fit["fad_inf_ci95"]
+    assert printed[:2] == [f"fad\t{body['metrics']['fad']:.6g}",
+                           f"fad_inf\t{fit['fad_inf']:.6g}\t95% CI ±{(high - low) / 2:.4g}"], printed
 
 
 @pytest.mark.slow
