@@ -12,8 +12,9 @@ each cell). A best value is marked only when the runs used the same embedder and
 (statistics or audio, by content); otherwise the row says what differs ("not comparable: different reference";
 for the CLAP score, the CLAP or the set of prompts; for FAD, numbers of generated frames more than 1 % apart,
 where FAD∞, extrapolated to infinite frames, still ranks the runs and the reason says so; for every metric,
-files read otherwise: `protocol.common.audio_read`). Runs evaluated by different tta versions get a note.
-Category FADs carry their frame count.
+files read otherwise: `protocol.common.audio_read`). Where a row ranks, runs the data cannot tell from the best
+at 95% are marked with it (FAD∞ and CLAP score; `_marked`), and a note under the table says so. Runs evaluated
+by different tta versions get a note. Category FADs carry their frame count.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 padding:0 1rem;background:#fafbfc}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px solid #d6dbe3;padding-bottom:.3rem}
 table{border-collapse:collapse;margin:.6rem 0;background:#fff}th,td{border:1px solid #d6dbe3;padding:.35rem .7rem;
-text-align:right}th{background:#eef1f6}td.name,th.name{text-align:left}td.best{font-weight:700;color:#0b6b2b}
+text-align:right}th{background:#eef1f6}td.name,th.name{text-align:left}.best{font-weight:700;color:#0b6b2b}
 .items{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1rem}
 .item{background:#fff;border:1px solid #d6dbe3;border-radius:6px;padding:.6rem}.item img{width:100%}
 .item audio{width:100%}.muted{color:#667085;font-size:.9rem}pre{background:#fff;border:1px solid #d6dbe3;
@@ -178,9 +179,10 @@ def _generated_warnings(run: Run) -> list[str]:
     return [k for k, v in proto.items() if k.startswith("generated_") and isinstance(v, dict) and v.get("warning")]
 
 
-def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None, str | None, str | None]:
-    """One metric across runs: (values, per-run (embedder, reference) keys, the best value to mark or None,
-    the embedder all runs with a value share or None, why those runs cannot be compared or None)."""
+def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, set[int], str | None, str | None]:
+    """One metric across runs: (values, per-run (embedder, reference) keys, the indices of the runs to mark (see
+    `_marked`; none where the row does not rank), the embedder all runs with a value share or None, why those runs
+    cannot be compared or None)."""
     values = [r.body.get("metrics", {}).get(metric) for r in runs]
     keys = [_comparison_key(r, metric) for r in runs]
     if metric == "clap_score":   # the set of prompts, whatever the files are named, when every run records it
@@ -209,10 +211,42 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, float | None,
                f"{FAD_FRAMES_SPREAD - 1:.0%} apart), and FAD is biased upward as they fall")
         if _fad_inf_ranks(runs, values):
             why += "; FAD∞, extrapolated to infinite frames, compares them"
-    best = None
+    marked: set[int] = set()
     if why is None and len(real) > 1 and metric != "is_std":
-        best = min(real) if metric in LOWER_BETTER else max(real)
-    return values, keys, best, shared, why
+        marked = _marked(runs, values, metric, min(real) if metric in LOWER_BETTER else max(real))
+    return values, keys, marked, shared, why
+
+
+def _marked(runs: list[Run], values: list, metric: str, best: float) -> set[int]:
+    """The runs a ranked row marks: those at the best value and those the data cannot tell from one of them at
+    95%: for FAD∞, an interval (protocol.fad.fad_inf.fad_inf_ci95) that overlaps the best's; for the CLAP score, a
+    paired difference whose interval holds 0 where the two runs scored the same items (`_paired_differences`),
+    else an interval (`_clap_half_width`) that overlaps the best's. A row where a ranked run has no interval (a
+    result from before FAD∞ recorded one, a CLAP score without its items.csv) marks the best value alone, as the
+    other metrics' rows do (plain FAD, FD, KL, IS have no interval)."""
+    ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
+    tops = {i for i in ranked if values[i] == best}
+    if metric == "fad_inf":
+        intervals = {i: fad_inf_interval(runs[i]) for i in ranked}
+    elif metric == "clap_score":
+        intervals = {i: (values[i] - h, values[i] + h) if (h := _clap_half_width(runs[i])) is not None else None
+                     for i in ranked}
+    else:
+        return tops
+    if any(interval is None or not np.isfinite(interval).all() for interval in intervals.values()):
+        return tops
+
+    def apart(i: int, j: int) -> bool:
+        if metric == "clap_score" and (diffs := _paired_differences(runs[i], runs[j])) is not None:
+            return abs(float(np.mean(diffs))) > 1.96 * float(np.std(diffs, ddof=1)) / np.sqrt(len(diffs))
+        (low_i, high_i), (low_j, high_j) = intervals[i], intervals[j]
+        return high_i < low_j or high_j < low_i
+
+    return tops | {i for i in ranked if any(not apart(i, t) for t in tops)}
+
+
+MARK_NOTE = ("best, or not separable from the best at 95% (FAD∞: intervals; CLAP score: paired difference on "
+             "the same prompts, else intervals)")
 
 
 def _fad_inf_ranks(runs: list[Run], fads: list) -> bool:
@@ -286,24 +320,53 @@ def sample_note(run: Run, metric: str) -> str | None:
         return ", ".join(notes) or None
     if metric != "clap_score":
         return None
-    scored = [r for r in run.rows if r.get("clap_score") not in (None, "")]
-    values = [float(r["clap_score"]) for r in scored]
-    takes = any(r.get("take") not in (None, "") for r in scored)
-    if takes:   # each prompt's takes averaged first: the prompts are the independent draws
-        by_prompt: dict[tuple, list[float]] = {}
-        for r, v in zip(scored, values):   # by the run's row (two rows may share a prompt's text); older items by text
-            row = r.get("row")
-            by_prompt.setdefault(("row", row) if row not in (None, "") else ("prompt", r.get("prompt") or ""),
-                                 []).append(v)
-        values = [float(np.mean(v)) for v in by_prompt.values()]
-    unit = f" prompts, {len(scored)} takes" if takes else ""
-    if len(values) >= 2:
-        half = 1.96 * float(np.std(values, ddof=1)) / np.sqrt(len(values))
-        return f"n {len(values)}{unit}, 95% CI ±{half:.2g}" + (" over the prompts' means" if takes else "")
+    draws, files, takes = _clap_draws(run)
+    unit = f" prompts, {files} takes" if takes else ""
+    half = _clap_half_width(run)
+    if half is not None:
+        return f"n {len(draws)}{unit}, 95% CI ±{half:.2g}" + (" over the prompts' means" if takes else "")
     if takes:
-        return f"n {len(values)}{unit}"
+        return f"n {len(draws)}{unit}"
     n = (proto.get("clap", {}) or {}).get("num_items")
     return f"n {n}" if isinstance(n, int) else None
+
+
+def _clap_draws(run: Run) -> tuple[list[tuple[tuple, str, float]], int, bool]:
+    """A run's CLAP scores as independent draws, from items.csv: ([(key, prompt, score)], files scored, whether
+    it is a `--takes` run). A file is one draw, keyed ("file", its name); a `--takes` run's prompt is one, its
+    takes' mean, keyed ("row", its row of the run), or ("prompt", its text) in older items without the row."""
+    scored = [r for r in run.rows if r.get("clap_score") not in (None, "")]
+    takes = any(r.get("take") not in (None, "") for r in scored)
+    if not takes:
+        return [(("file", r.get("name")), r.get("prompt") or "", float(r["clap_score"])) for r in scored], \
+            len(scored), False
+    by_prompt: dict[tuple, list[float]] = {}
+    texts: dict[tuple, str] = {}
+    for r in scored:   # by the run's row (two rows may share a prompt's text); older items by text
+        row = r.get("row")
+        key = ("row", row) if row not in (None, "") else ("prompt", r.get("prompt") or "")
+        by_prompt.setdefault(key, []).append(float(r["clap_score"]))
+        texts[key] = r.get("prompt") or ""
+    return [(k, texts[k], float(np.mean(v))) for k, v in by_prompt.items()], len(scored), True
+
+
+def _clap_half_width(run: Run) -> float | None:
+    """The half-width of the 95% confidence interval of a run's CLAP score (1.96 sd / sqrt(n) over its draws,
+    `_clap_draws`); None with fewer than 2 draws (or no items.csv)."""
+    values = [v for _, _, v in _clap_draws(run)[0]]
+    return 1.96 * float(np.std(values, ddof=1)) / np.sqrt(len(values)) if len(values) >= 2 else None
+
+
+def _paired_differences(a: Run, b: Run) -> np.ndarray | None:
+    """a's CLAP score minus b's per item where both runs scored the same items, else None: paired by file name
+    (or a `--takes` run's row) and prompt when both runs' draws (`_clap_draws`) match so, else by prompt text
+    where each run scored each text once and they scored the same texts. Fewer than 2 pairs: None."""
+    draws_a, draws_b = _clap_draws(a)[0], _clap_draws(b)[0]
+    for key in (lambda d: (d[0], d[1]), lambda d: d[1]):
+        by_a, by_b = {key(d): d[2] for d in draws_a}, {key(d): d[2] for d in draws_b}
+        if len(by_a) == len(draws_a) >= 2 and len(by_b) == len(draws_b) and by_a.keys() == by_b.keys():
+            return np.array([by_a[k] - by_b[k] for k in by_a])
+    return None
 
 
 def _skipped_files(run: Run, metric: str) -> int:
@@ -495,22 +558,27 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
              f'<p class="muted">{len(runs)} run(s): {html.escape(", ".join(r.label for r in runs))}</p>',
              '<h2>Metrics</h2><table id="metrics"><tr><th class="name">metric</th>',
              *[f"<th>{html.escape(r.label)}</th>" for r in runs], "</tr>"]
+    marks = False
     for m in names:
-        values, keys, best, shared, why = _metric_row(runs, m)
+        values, keys, marked, shared, why = _metric_row(runs, m)
+        marks = marks or bool(marked)
         label = html.escape(METRIC_LABELS.get(m, m))
         if shared:
             label += f' <span class="muted">{html.escape(shared)}</span>'
         if why:
             label += f'<div class="note">{html.escape(why)}</div>'
         cells = "".join(
-            f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}'
+            f'<td class="{"best" if i in marked else ""}">{_fmt(v)}'
             + (" ⚠" if v is not None and _warned(r, m) else "")
             + (f'<br><span class="muted">{html.escape(k[0])}</span>' if not shared and k[0] and v is not None else "")
             + (f'<br><span class="muted">{html.escape(n)}</span>' if v is not None and (n := sample_note(r, m))
                else "")
-            + "</td>" for v, k, r in zip(values, keys, runs))
+            + "</td>" for i, (v, k, r) in enumerate(zip(values, keys, runs)))
         parts.append(f'<tr><td class="name">{label}</td>{cells}</tr>')
     parts.append("</table>")
+    if marks:
+        parts.append(f'<p class="muted" id="mark-note"><span class="best">Bold green</span>: '
+                     f"{html.escape(MARK_NOTE)}.</p>")
     if clap_scale_note(runs):
         parts.append(f'<p class="muted">{html.escape(clap_scale_note(runs))}</p>')
     if version_note(runs):
@@ -578,19 +646,23 @@ def _md(text) -> str:
 def render_markdown(runs: list[Run], title: str = "tta evaluation report", *,
                     category_order: Sequence[str] = ()) -> str:
     names = _metric_names(runs)
+    marks = False
     lines = [f"# {_md(title)}", "", "| metric | " + " | ".join(_md(r.label) for r in runs) + " |",
              "|---|" + "---|" * len(runs)]
     for m in names:
-        values, keys, best, shared, why = _metric_row(runs, m)
+        values, keys, marked, shared, why = _metric_row(runs, m)
+        marks = marks or bool(marked)
         label = METRIC_LABELS.get(m, m) + (f" `{shared}`" if shared else "")
         if why:
             label = f"{label} ({why})"
-        cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v))
+        cells = [(f"**{_fmt(v)}**" if i in marked else _fmt(v))
                  + (" ⚠" if v is not None and _warned(r, m) else "")
                  + (f" `{k[0]}`" if not shared and k[0] and v is not None else "")
                  + (f" ({n})" if v is not None and (n := sample_note(r, m)) else "")
-                 for v, k, r in zip(values, keys, runs)]
+                 for i, (v, k, r) in enumerate(zip(values, keys, runs))]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if marks:
+        lines += ["", f"**Bold**: {_md(MARK_NOTE)}."]
     if clap_scale_note(runs):
         lines += ["", _md(clap_scale_note(runs))]
     if version_note(runs):

@@ -252,6 +252,92 @@ def test_fad_inf_shows_its_interval_and_compares_runs_that_fad_cannot():
     assert "not comparable: different reference)" in md_row([a, other], "FAD∞")
 
 
+def _written(folder, run):
+    """`run` written as tta eval writes a result (eval.json and items.csv, by eval.outputs.write_outputs)."""
+    from eval.outputs import write_outputs
+
+    items = {r["name"]: {k: v for k, v in r.items() if k != "name"} for r in run.rows}
+    write_outputs(folder, {"metrics": run.body["metrics"], "protocol": run.body["protocol"], "breakdown": {}}, items)
+    return folder
+
+
+def _reported(tmp_path, name, runs, metric):
+    """`tta report` of `runs` written to result folders: (the metric's Markdown row, its HTML row, md, page)."""
+    root = tmp_path / name
+    folders = [str(_written(root / r.label, r)) for r in runs]
+    assert main(["-q", "report", *folders, "--out", str(root / "r.html"), "--markdown", str(root / "r.md")]) == 0
+    md, page = (root / "r.md").read_text(), (root / "r.html").read_text()
+    row = next(line for line in md.splitlines() if line.startswith(f"| {metric}"))
+    return row, re.search(rf'<tr><td class="name">{re.escape(metric)}.*?</tr>', page).group(0), md, page
+
+
+MARK_NOTE = ("best, or not separable from the best at 95% (FAD∞: intervals; CLAP score: paired difference on the "
+             "same prompts, else intervals)")
+
+
+def test_fad_inf_marks_every_run_whose_interval_overlaps_the_bests(tmp_path):
+    """The FAD∞ row bolded the single lowest value although the runs' 95% intervals overlapped (the data cannot
+    tell them apart): a run whose interval overlaps the best's is marked with it, one whose interval does not
+    (even if it overlaps another marked run's) is not. The plain FAD has no interval: its best alone, as before."""
+    def runs():
+        return (_with_fad_inf(_run("a", 1519.0, "mfcc@v1", "ref1"), 1500.0, (1480.0, 1520.0), frames=5000),
+                _with_fad_inf(_run("b", 1528.0, "mfcc@v1", "ref1"), 1510.0, (1495.0, 1525.0), frames=5000),
+                _with_fad_inf(_run("c", 1540.0, "mfcc@v1", "ref1"), 1535.0, (1521.0, 1549.0), frames=5000))
+
+    a, b, c = runs()
+    row, cells, md, page = _reported(tmp_path, "abc", [a, b, c], "FAD∞")
+    assert "| **1500** (" in row and "| **1510** (" in row and "| 1535 (" in row, row
+    assert cells.count('<td class="best">') == 2 and '<td class="">1535' in cells, cells
+    fad = next(line for line in md.splitlines() if line.startswith("| FAD ↓"))
+    assert fad.count("**") == 2 and "**1519**" in fad, fad
+    assert f"**Bold**: {MARK_NOTE}." in md and html.escape(MARK_NOTE) in page
+    a, _, c = runs()
+    row, cells, *_ = _reported(tmp_path, "ac", [a, c], "FAD∞")
+    assert "| **1500** (" in row and "| 1535 (" in row and cells.count('<td class="best">') == 1, row
+
+
+def _clap_run(label, scores, names=None, prompts=None):
+    """A run with a CLAP score of these per-file scores (items.csv rows); its mean is the run's CLAP score."""
+    names = names or [f"f{i}" for i in range(len(scores))]
+    prompts = prompts or [f"prompt {i}" for i in range(len(scores))]
+    items = [{"name": n, "prompt": p, "clap_score": repr(v), "file": f"/nowhere/{n}.wav"}
+             for n, p, v in zip(names, prompts, scores)]
+    run = _run(label, 1.0 + len(label), "mfcc@v1", "ref1", clap=float(np.mean(scores)), prompts="same",
+               items=items)
+    run.body["protocol"]["clap"]["prompt_set_sha256"] = "set"
+    return run
+
+
+def test_clap_score_marks_runs_the_paired_difference_or_the_intervals_do_not_separate(tmp_path):
+    """The CLAP row bolded the single highest mean however wide the runs' intervals. Runs that scored the same
+    prompts are compared by their paired difference (mean of the per-item differences ± 1.96 sd / sqrt(n)): here
+    the intervals overlap (the prompts' scores spread widely) but every prompt scored 0.02 higher, so one run is
+    marked; a difference that flips sign from prompt to prompt does not separate them. Items that do not pair
+    (other file names, a prompt text twice) are compared by their intervals."""
+    from eval.report import sample_note
+
+    base = [0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40]
+    a = _clap_run("a", base)
+    b = _clap_run("b", [v + 0.02 + 0.001 * (i % 2) for i, v in enumerate(base)])
+    half = [float(re.search(r"±([0-9.]+)", sample_note(r, "clap_score")).group(1)) for r in (a, b)]
+    assert b.body["metrics"]["clap_score"] - half[1] < a.body["metrics"]["clap_score"] + half[0]   # they overlap
+    row, cells, md, _ = _reported(tmp_path, "paired", [a, b], "CLAP score")
+    assert row.count("**") == 2 and "| **0.2455** (" in row and cells.count('<td class="best">') == 1, row
+
+    noisy = _clap_run("b", [v + (0.06 if i % 2 else -0.05) for i, v in enumerate(base)])
+    row, cells, *_ = _reported(tmp_path, "noisy", [a, noisy], "CLAP score")
+    assert row.count("**") == 4 and cells.count('<td class="best">') == 2, row
+
+    twice = [f"prompt {i // 2}" for i in range(8)]   # no pairing: other names, and each text twice
+    a = _clap_run("a", base, prompts=twice)
+    near = _clap_run("b", [v + 0.02 for v in base], names=[f"g{i}" for i in range(8)], prompts=twice)
+    row, *_ = _reported(tmp_path, "unpaired", [a, near], "CLAP score")
+    assert row.count("**") == 4, row
+    far = _clap_run("b", [v + 0.3 for v in base], names=[f"g{i}" for i in range(8)], prompts=twice)
+    row, *_ = _reported(tmp_path, "apart", [a, far], "CLAP score")
+    assert row.count("**") == 2 and "**0.525**" in row, row
+
+
 def test_a_fad_inf_interval_of_a_hundred_or_more_is_written_as_the_value_is():
     """The half-width was formatted .2g: ±120 printed as ±1.2e+02 beside a FAD∞ of 1500."""
     from eval.report import render_markdown
