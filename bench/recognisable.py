@@ -35,9 +35,10 @@ The judge's result depends on the seeds: v0.6 scored hit@1 0.417 on seeds 0-7 an
 every model after the first with its paired difference from the first (the same resampled seeds for both: a
 model's generation for a prompt and seed starts from the same noise). A difference whose interval spans 0 is
 not a difference. --seed-start extends a run with new seeds, and --merge pools the summaries of such runs (per
-model: its weights, its components' configs and its generation defaults) into one, with intervals over all
-their generations; --merge ... --best-of G estimates from the saved generations what keeping the best of G by
-the model's own CLAP (`candidates` G) would score. --baseline FOLDER pools FOLDER's runs recorded in
+model: its weights, its components' configs and its generation defaults; only runs of the same judge:
+references, embedder, k) into one, with intervals over all their generations; --merge ... --best-of G
+estimates from the saved generations what keeping the best of G by the model's own CLAP (`candidates` G) would
+score. --baseline FOLDER pools FOLDER's runs recorded in
 bench/results.jsonl (its weights' and components' configs' fingerprints and generation defaults, the same
 judge: references, embedder, k) on the seeds the --merge summaries hold and puts them first, so a candidate is
 paired with the shipped default without the default's own summary files, which live outside the repository and
@@ -143,9 +144,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--manifest", type=Path, help="manifest whose train split holds the judges' clips")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="SUMMARY|FILE:N",
                     help="instead of a run: pool the generations of these summary.json files (runs of the same "
-                         "models and prompts on other seeds) into one summary with intervals over all of them; a "
-                         "model is its weights plus its generation defaults, so copies of a folder pool; FILE:N "
-                         "takes line N of a results file, e.g. bench/results.jsonl:290")
+                         "models and prompts on other seeds, judged against the same references by the same "
+                         "embedder and k) into one summary with intervals over all of them; a model is its "
+                         "weights plus its generation defaults, so copies of a folder pool; FILE:N takes line "
+                         "N of a results file, e.g. bench/results.jsonl:290")
     ap.add_argument("--baseline", type=Path, metavar="FOLDER",
                     help="with --merge (or alone): first pool the runs of FOLDER's weights and generation defaults "
                          "recorded in --results (e.g. the shipped default's), on the seeds the summaries cover and "
@@ -344,16 +346,20 @@ def read_summaries(paths: list[Path], out: Path | None = None) -> list[dict]:
     return runs
 
 
+def run_settings(run: dict) -> list[dict]:
+    """The settings of the single runs a summary holds: its own, or a merge's runs' (settings.runs, nested in
+    merges of merges)."""
+    def leaves(settings: dict) -> list[dict]:
+        return [x for s in settings["runs"] for x in leaves(s)] if settings.get("runs") else [settings]
+
+    return leaves(run["settings"])
+
+
 def output_fit(run: dict) -> str:
     """How a summary's generations were written and judged: "generate" (as `tta generate` writes them) or
     "pipeline" (a run recorded without settings.output_fit: as the pipeline returned them); a merge's is its
-    runs' (settings.runs, nested in merges of merges), "generate+pipeline" if it pooled both."""
-    def fits(settings: dict) -> set[str]:
-        if settings.get("runs"):
-            return set().union(*(fits(s) for s in settings["runs"]))
-        return {settings.get("output_fit", "pipeline")}
-
-    return "+".join(sorted(fits(run["settings"])))
+    runs', "generate+pipeline" if it pooled both."""
+    return "+".join(sorted({s.get("output_fit", "pipeline") for s in run_settings(run)}))
 
 
 def same_output_fit(paths: list, runs: list[dict]) -> str | None:
@@ -368,6 +374,23 @@ def same_output_fit(paths: list, runs: list[dict]) -> str | None:
         if fit != first:
             raise SystemExit(f"{path}: judged with settings.output_fit {fit!r}, not {first!r} as {paths[0]} "
                              "(absent: 'pipeline', clips as the pipeline returned them); merge runs written alike")
+    return first
+
+
+def same_judges(paths: list, runs: list[dict]) -> dict | None:
+    """The judge (a run's settings) every run shares (None without runs); a run judged against other
+    reference clips, by another embedder or vote (`judge_differences`), or a merge that pooled such runs, is
+    refused: its hits are not the same measure."""
+    first = run_settings(runs[0])[0] if runs else None
+    for path, run in zip(paths, runs):
+        for settings in run_settings(run):
+            differs = judge_differences(settings, first)
+            if differs and path == paths[0]:
+                raise SystemExit(f"{path}: pools runs judged against other references "
+                                 f"({'; '.join(differs)}); merge runs of the same judge")
+            if differs:
+                raise SystemExit(f"{path}: judged with {'; '.join(differs)} as {paths[0]}; merge runs of the "
+                                 "same judge (references, embedder, k)")
     return first
 
 
@@ -412,6 +435,7 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
             raise SystemExit(f"{path}: judged the prompts of {', '.join(judged_labels(run))}, not those of "
                              f"{', '.join(labels)} as {paths[0]}; merge runs of the same prompts")
     fit = same_output_fit(paths, runs)
+    same_judges(paths, runs)
     models: dict[object, dict] = {}
     for path, run in zip(paths, runs):
         if run["settings"].get("k", k) != k:
@@ -486,18 +510,27 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
 
 def judge_identity(settings: dict) -> dict:
     """What makes two runs' judges the same: the reference clips, the embedder and the vote."""
-    keys = ("embedder", "k", "trim_db", "distractors", "reference_clips", "prompts", "labels")
+    keys = ("embedder", "k", "trim_db", "distractors", "reference_clips", "prompts")
     ident = {key: settings.get(key) for key in keys}
+    ident["labels"] = judged_labels({"settings": settings})       # none recorded: every prompt's
     # the manifest's hash where both runs recorded it, else its path as given
     ident["manifest"] = settings.get("manifest_sha256") or settings.get("manifest")
     return ident
 
 
+def judge_differences(a: dict, b: dict) -> list[str]:
+    """What differs between the judges of two runs' settings, as "KEY A, not B" ("other KEY" for long values);
+    empty when they are the same judge."""
+    ia, ib = judge_identity(a), judge_identity(b)
+    if not (a.get("manifest_sha256") and b.get("manifest_sha256")):
+        ia["manifest"], ib["manifest"] = a.get("manifest"), b.get("manifest")
+    short = lambda v: len(repr(v)) <= 40
+    return [f"{key} {ia[key]!r}, not {ib[key]!r}" if short(ia[key]) and short(ib[key]) else f"other {key}"
+            for key in ia if ia[key] != ib[key]]
+
+
 def same_judge(a: dict, b: dict) -> bool:
-    if a.get("manifest_sha256") and b.get("manifest_sha256"):
-        return judge_identity(a) == judge_identity(b)
-    strip = lambda s: {**judge_identity(s), "manifest": s.get("manifest")}
-    return strip(a) == strip(b)
+    return not judge_differences(a, b)
 
 
 def folder_defaults(folder: Path) -> dict:
@@ -526,9 +559,9 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
     cfp = config_fingerprint(Path(folder))
     others = read_summaries(paths)
     fit = same_output_fit(paths, others)
+    judge = same_judges(paths, others)
     wanted = sorted({s for run in others for m in run["models"] if m["per_prompt"]
                      for s in (m.get("seeds") or run_seeds(run["settings"]))})
-    judges = [r for run in others for r in (run["settings"].get("runs") or [run["settings"]])]
     held = {s for run in others for m in run["models"] if m.get("fingerprint") == fp and same_configs(m, cfp)
             and with_unset_defaults(m["defaults"]) == defaults for s in (m.get("seeds") or run_seeds(run["settings"]))}
     try:
@@ -544,7 +577,7 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
             continue
         if not isinstance(run, dict) or run.get("bench") != "recognisable" or run["settings"].get("k", k) != k:
             continue
-        if judges and not same_judge(run["settings"], judges[0]):
+        if judge and not same_judge(run["settings"], judge):
             continue
         for m in run["models"]:
             if (m.get("fingerprint") != fp or not same_configs(m, cfp)
@@ -553,13 +586,13 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
             seeds = m.get("seeds") or run_seeds(run["settings"])
             if set(seeds) & taken or (wanted and not set(seeds) <= set(wanted)):
                 continue
-            if judges and judged_labels(run) != judged_labels(others[0] if others else first):
+            if judge and judged_labels(run) != judged_labels(others[0] if others else first):
                 continue
             if fit is not None and output_fit(run) != fit:
                 other_fit.update(dict.fromkeys(seeds, output_fit(run)))
                 continue
-            if not judges:                    # alone: the judge, prompts and output_fit of the earliest run
-                judges, first, fit = [run["settings"]], run, output_fit(run)
+            if not judge:                     # alone: the judge, prompts and output_fit of the earliest run
+                judge, first, fit = run["settings"], run, output_fit(run)
             taken |= set(seeds)
             out.append((f"{relative(Path(results))}:{n}", {**run, "models": [m]}))
     missing = sorted(set(wanted) - taken)

@@ -510,3 +510,63 @@ def test_runs_judged_before_and_after_output_fit_are_neither_pooled_nor_paired(t
     (tmp_path / "mixed.json").write_text(json.dumps(mixed))
     with pytest.raises(SystemExit, match="mixed.json: pools runs of settings.output_fit generate and pipeline"):
         bench.main(merge + [str(tmp_path / "mixed.json"), str(newer)])
+
+
+def test_merge_refuses_runs_judged_against_other_references_or_by_another_judge(tmp_path):
+    """--merge pooled runs judged against other reference clips (or by another embedder) into one figure, so a
+    model's hit@1 mixed two measures; --baseline already kept its recorded runs to one judge. Now --merge
+    refuses such runs in one line naming both summaries and what differs, with the check --baseline uses."""
+    bench = load_bench()
+
+    def run(start, nearest, model="m", fingerprint="aa", **settings):
+        return recorded_run(fingerprint, {}, nearest, start=start, model=model, output_fit="generate", **settings)
+
+    first, other = tmp_path / "first.json", tmp_path / "other.json"
+    first.write_text(json.dumps(run(0, ["dog", "cow"])))
+    merge = ["--out", str(tmp_path / "m"), "--results", str(tmp_path / "r.jsonl"), "--merge", str(first), str(other)]
+    for differs, message in (({"reference_clips": 31}, "reference_clips 31, not 30"),
+                             ({"distractors": 400}, "distractors 400, not 0"),
+                             ({"embedder": "aisfx@y"}, "embedder 'aisfx@y', not 'aisfx@x'"),
+                             ({"manifest": "other/manifest.jsonl"}, "manifest 'other/manifest.jsonl', not")):
+        other.write_text(json.dumps(run(2, ["dog", "dog"], **differs)))
+        with pytest.raises(SystemExit, match=rf"other.json: judged with {message}.* as .*first.json; merge runs "
+                                             "of the same judge"):
+            bench.main(merge)
+        assert not (tmp_path / "m" / "summary.json").exists()
+        other.write_text(json.dumps(run(2, ["dog", "dog"], model="cand", fingerprint="cc", **differs)))
+        with pytest.raises(SystemExit, match="judged with"):                # nor paired as two models
+            bench.main(merge)
+    # the same manifest's hash where both recorded it (its path may differ), another hash otherwise
+    first.write_text(json.dumps(run(0, ["dog", "cow"], manifest_sha256="a" * 64)))
+    other.write_text(json.dumps(run(2, ["dog", "dog"], manifest="moved/manifest.jsonl", manifest_sha256="a" * 64)))
+    assert bench.main(merge)["models"][0]["seeds"] == [0, 1, 2, 3]
+    other.write_text(json.dumps(run(2, ["dog", "dog"], manifest_sha256="b" * 64)))
+    with pytest.raises(SystemExit, match="judged with other manifest"):
+        bench.main(merge)
+    # a merge of merges: its runs' judges count, and a merge that pooled two judges is refused
+    first.write_text(json.dumps(run(0, ["dog", "cow"])))
+    other.write_text(json.dumps(run(2, ["dog", "dog"])))
+    bench.main(merge)
+    (tmp_path / "m" / "summary.json").rename(tmp_path / "pooled.json")
+    third = tmp_path / "third.json"
+    third.write_text(json.dumps(run(4, ["dog", "dog"], reference_clips=31)))
+    with pytest.raises(SystemExit, match="third.json: judged with reference_clips 31, not 30 as .*pooled.json"):
+        bench.main(merge[:-2] + [str(tmp_path / "pooled.json"), str(third)])
+    mixed = json.loads((tmp_path / "pooled.json").read_text())                # pooled before the check
+    mixed["settings"]["runs"][1]["reference_clips"] = 31
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    with pytest.raises(SystemExit, match="mixed.json: pools runs judged against other references"):
+        bench.main(merge[:-2] + [str(tmp_path / "mixed.json"), str(third)])
+
+    # --baseline with summaries of two judges: refused, not paired with the first one's recorded runs
+    folder = tiny_pipeline()
+    fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(recorded_run(fp, defaults, ["dog", "cow"], start=s, output_fit="generate"))
+                               + "\n" for s in (0, 2)))
+    cand = [tmp_path / "c0.json", tmp_path / "c2.json"]
+    cand[0].write_text(json.dumps(run(0, ["dog", "dog"], model="cand", fingerprint="cc")))
+    cand[1].write_text(json.dumps(run(2, ["dog", "dog"], model="cand", fingerprint="cc", reference_clips=31)))
+    with pytest.raises(SystemExit, match="c2.json: judged with reference_clips 31, not 30 as .*c0.json"):
+        bench.main(["--baseline", str(folder), "--out", str(tmp_path / "b"), "--results", str(results),
+                    "--merge", *map(str, cand)])
