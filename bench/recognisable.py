@@ -28,7 +28,8 @@ Each generation is saved and judged as `tta generate` writes it for the same pro
 (tta.generate.rank_written: a clip over full scale is turned down to fit, its gain in per_prompt's gains, and
 candidates are ranked as the file holds them); runs without settings.output_fit "generate" judged them as the
 pipeline returned them and saved them clipped ("pipeline"), so --merge and --baseline neither pool nor pair
-runs of different output_fit: a baseline recorded only before the field must be rerun with this bench.
+runs of different output_fit (--baseline alone takes only runs written as a run now writes them): a baseline
+recorded only before the field must be rerun with this bench.
 
 The judge's result depends on the seeds: v0.6 scored hit@1 0.417 on seeds 0-7 and 0.333 on seeds 8-15 and on
 16-23. So every model's hit@1 comes with a 95 % bootstrap interval (seeds resampled within each prompt), and
@@ -38,11 +39,10 @@ not a difference. --seed-start extends a run with new seeds, and --merge pools t
 model: its weights, its components' configs and its generation defaults; only runs of the same judge:
 references, embedder, k) into one, with intervals over all their generations; --merge ... --best-of G
 estimates from the saved generations what keeping the best of G by the model's own CLAP (`candidates` G) would
-score. --baseline FOLDER pools FOLDER's runs recorded in
-bench/results.jsonl (its weights' and components' configs' fingerprints and generation defaults, the same
-judge: references, embedder, k) on the seeds the --merge summaries hold and puts them first, so a candidate is
-paired with the shipped default without the default's own summary files, which live outside the repository and
-can be lost.
+score. --baseline FOLDER pools FOLDER's runs recorded in bench/results.jsonl (its weights' and components'
+configs' fingerprints and generation defaults, the same judge: references, embedder, k) on the seeds the
+--merge summaries hold and puts them first, so a candidate is paired with the shipped default without the
+default's own summary files, which live outside the repository and can be lost.
 
 --labels dog[,...] judges only those prompts (the reference clips stay every prompt's, so a label's hits compare
 with a full run's), and --setting KEY=VALUE (steps, candidates, sampler, guidance, guidance_rule, window,
@@ -90,6 +90,7 @@ PROMPTS: tuple[tuple[str, str], ...] = (
 GENERATION_SETTINGS = {"steps": int, "candidates": int, "sampler": str, "guidance": float, "guidance_rule": str,
                        "window": float, "precision": str, "context_guidance": str}
 RESAMPLES = 2000    # bootstrap resamples of the hit@1 intervals
+OUTPUT_FIT = "generate"   # how a run writes and judges its generations (settings.output_fit; see output_fit)
 TRIM_DB = 40.0      # a generation is cut to its span above peak - TRIM_DB (generations often end in silence)
 
 
@@ -152,7 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="with --merge (or alone): first pool the runs of FOLDER's weights and generation defaults "
                          "recorded in --results (e.g. the shipped default's), on the seeds the summaries cover and "
                          "written as theirs (settings.output_fit), so every model's paired difference is from them; "
-                         "no folder of earlier runs is needed")
+                         "no folder of earlier runs is needed. Alone: its runs written as this bench writes "
+                         "generations now (output_fit 'generate'), on every seed recorded so")
     ap.add_argument("--best-of", type=int, nargs="+", default=[], metavar="G",
                     help="with --merge: also estimate each model's hit@1 had it kept the best of G generations by its "
                          "own CLAP (what `candidates` G does), averaged over every G of its judged seeds, from the "
@@ -553,12 +555,13 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
 
     Only single runs ("recognisable", not merges) with the same judge and output_fit as the summaries at
     `paths` count, the earliest run of each seed. With summaries, exactly the seeds they hold are taken and each
-    must be recorded; alone, every recorded seed judged (and written) as the earliest such run was.
+    must be recorded; alone, every recorded seed written as this bench writes generations (OUTPUT_FIT) and
+    judged as the earliest such run was: runs written otherwise are not the baseline of a run made now.
     """
     fp, defaults = fingerprint(Path(folder)), with_unset_defaults(folder_defaults(folder))
     cfp = config_fingerprint(Path(folder))
     others = read_summaries(paths)
-    fit = same_output_fit(paths, others)
+    fit = same_output_fit(paths, others) or OUTPUT_FIT    # alone: as a run made now writes its generations
     judge = same_judges(paths, others)
     wanted = sorted({s for run in others for m in run["models"] if m["per_prompt"]
                      for s in (m.get("seeds") or run_seeds(run["settings"]))})
@@ -588,11 +591,11 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
                 continue
             if judge and judged_labels(run) != judged_labels(others[0] if others else first):
                 continue
-            if fit is not None and output_fit(run) != fit:
+            if output_fit(run) != fit:
                 other_fit.update(dict.fromkeys(seeds, output_fit(run)))
                 continue
-            if not judge:                     # alone: the judge, prompts and output_fit of the earliest run
-                judge, first, fit = run["settings"], run, output_fit(run)
+            if not judge:                     # alone: the judge and prompts of the earliest such run
+                judge, first = run["settings"], run
             taken |= set(seeds)
             out.append((f"{relative(Path(results))}:{n}", {**run, "models": [m]}))
     missing = sorted(set(wanted) - taken)
@@ -608,6 +611,13 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
         raise SystemExit(f"{folder}: no recorded run in {results} on seed(s) {missing[:5]}"
                          f"{' ...' if len(missing) > 5 else ''} with the same judge; run it with --seed-start "
                          f"{missing[0]} (and whole runs of the seeds the summaries hold)")
+    if not out and not held and other_fit:
+        seeds = sorted(other_fit)
+        raise SystemExit(f"{folder}: its runs in {results} (seed(s) {seeds[:5]}"
+                         f"{' ...' if len(seeds) > 5 else ''}) were all judged with settings.output_fit "
+                         f"{other_fit[seeds[0]]!r}, none with {fit!r} as this bench judges generations "
+                         "(absent: 'pipeline', clips as the pipeline returned them); a baseline must be rerun "
+                         f"with this bench (--model {folder} --seed-start {seeds[0]})")
     if not out and not held:
         raise SystemExit(f"{folder}: no run of its weights and defaults is recorded in {results}")
     return out
@@ -853,7 +863,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "seed_start": args.seed_start, "k": args.k,
                             "guidance": args.guidance, "generation": generation, "labels": args.labels,
                             "threads": args.threads, "embedder": embedder.identity, "trim_db": TRIM_DB,
-                            "output_fit": "generate",   # absent in older runs: clips as the pipeline gave
+                            "output_fit": OUTPUT_FIT,   # absent in older runs: clips as the pipeline gave
                             "reference_clips": len(train), "distractors": args.distractors, "prompts": [list(p) for p in PROMPTS]},
                "chance": round(chance, 4),
                "real_held_out": {"clips": len(held_rows), **rates(held_j, args.k)},

@@ -310,7 +310,8 @@ def test_baseline_pairs_with_the_recorded_runs_of_a_folder(tmp_path):
     fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
 
     def run(start, nearest, *, model="base", fingerprint=fp, defaults=defaults, **settings):
-        return recorded_run(fingerprint, defaults, nearest, start=start, model=model, **settings)
+        return recorded_run(fingerprint, defaults, nearest, start=start, model=model, output_fit="generate",
+                            **settings)
 
     results = tmp_path / "results.jsonl"
     lines = [run(0, ["dog", "cow"]), run(0, ["dog", "dog"], defaults={**defaults, "candidates": 9}),
@@ -478,8 +479,8 @@ def test_runs_judged_before_and_after_output_fit_are_neither_pooled_nor_paired(t
     base, other = merged["models"]
     assert base["per_prompt"][0]["nearest"] == ["cow", "cow"] and other["hit@1_minus_first"] == 1.0
     assert merged["sources"][0].endswith("results.jsonl:2") and merged["settings"]["output_fit"] == "generate"
-    (alone,) = bench.main(argv)["models"]                                    # alone: as the earliest run was
-    assert alone["per_prompt"][0]["nearest"] == ["dog", "cow"]
+    (alone,) = bench.main(argv)["models"]                                    # alone: as a run now writes
+    assert alone["per_prompt"][0]["nearest"] == ["cow", "cow"]
     old_cand = tmp_path / "old.json"                                         # a candidate judged the old way
     old_cand.write_text(json.dumps(run(0, ["dog", "dog"], model="cand", fingerprint="cc")))
     results.write_text(json.dumps(run(0, ["cow", "cow"], output_fit="generate")) + "\n")
@@ -570,3 +571,31 @@ def test_merge_refuses_runs_judged_against_other_references_or_by_another_judge(
     with pytest.raises(SystemExit, match="c2.json: judged with reference_clips 31, not 30 as .*c0.json"):
         bench.main(["--baseline", str(folder), "--out", str(tmp_path / "b"), "--results", str(results),
                     "--merge", *map(str, cand)])
+
+
+def test_baseline_alone_takes_the_runs_written_as_a_run_now_writes_them(tmp_path):
+    """--baseline alone took the judge and output_fit of the folder's earliest recorded run, so where that was
+    recorded before settings.output_fit it pooled the old runs (clips as the pipeline returned them) as the
+    baseline of runs now written as tta generate writes them. Now it takes only runs of output_fit "generate"
+    (the judge of the earliest of them), and says so in one line when the folder has none."""
+    bench = load_bench()
+    folder = tiny_pipeline()
+    fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
+    results = tmp_path / "results.jsonl"
+    argv = ["--baseline", str(folder), "--out", str(tmp_path / "o"), "--results", str(results)]
+    old = [recorded_run(fp, defaults, ["dog", "cow"], reference_clips=31),        # before output_fit, another judge
+           recorded_run(fp, defaults, ["dog", "dog"], start=2)]
+    results.write_text("".join(json.dumps(r) + "\n" for r in old))
+    with pytest.raises(SystemExit, match=r"its runs in .*results.jsonl \(seed\(s\) \[0, 1, 2, 3\]\) were all judged "
+                                         r"with settings.output_fit 'pipeline', none with 'generate' .* rerun with "
+                                         r"this bench \(--model .* --seed-start 0\)"):
+        bench.main(argv)
+    assert not (tmp_path / "o" / "summary.json").exists()
+    new = [recorded_run(fp, defaults, ["cow", "cow"], output_fit="generate"),
+           recorded_run(fp, defaults, ["cow", "dog"], start=2, output_fit="generate", reference_clips=29)]
+    with open(results, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in new))
+    summary = bench.main(argv)
+    (alone,) = summary["models"]                          # the fitted run on 0-1; 2-3's has another judge
+    assert alone["seeds"] == [0, 1] and alone["per_prompt"][0]["nearest"] == ["cow", "cow"]
+    assert summary["sources"] == [f"{bench.relative(results)}:3"] and summary["settings"]["output_fit"] == "generate"
