@@ -180,7 +180,7 @@ def test_cli_score_and_retrieve(trained, toy, tmp_path, capsys):
 
     run, _ = trained
     out = tmp_path / "score.json"
-    assert main(["-q", "clap", "score", "--model", str(run), "--manifest", str(toy), "--split", "valid",
+    assert main(["-q", "clap", "score", "--clap", str(run), "--manifest", str(toy), "--split", "valid",
                  "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["num_items"] == len(KINDS) and len(res["per_item"]) == len(KINDS)
@@ -193,20 +193,20 @@ def test_cli_score_and_retrieve(trained, toy, tmp_path, capsys):
     files = sorted(audio_dir.glob("*.wav"))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(KINDS[f.stem.split("_")[1]] for f in files) + "\n")
-    assert main(["-q", "clap", "score", "--model", str(run), "--audio", str(audio_dir), "--prompts",
+    assert main(["-q", "clap", "score", "--clap", str(run), "--audio", str(audio_dir), "--prompts",
                  str(prompts), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["num_items"] == len(files)
     prompts.write_text("only one prompt\n")
-    assert main(["-q", "clap", "score", "--model", str(run), "--audio", str(audio_dir), "--prompts",
+    assert main(["-q", "clap", "score", "--clap", str(run), "--audio", str(audio_dir), "--prompts",
                  str(prompts)]) == 1
     assert "1 prompts but" in capsys.readouterr().err
 
     rout = tmp_path / "retrieve.json"
-    assert main(["-q", "clap", "retrieve", "--model", str(run), "--manifest", str(toy), "--split", "valid",
+    assert main(["-q", "clap", "retrieve", "--clap", str(run), "--manifest", str(toy), "--split", "valid",
                  "--out", str(rout)]) == 0
     metrics = json.loads(rout.read_text())
     assert metrics["t2a_R@1"] >= 0.5 and metrics["model"].startswith("tta-clap:")
-    assert main(["-q", "clap", "retrieve", "--model", str(run), "--manifest", str(toy), "--split", "valid",
+    assert main(["-q", "clap", "retrieve", "--clap", str(run), "--manifest", str(toy), "--split", "valid",
                  "--query", "a rising whistle sweep", "--top-k", "2", "--out", str(rout)]) == 0
     hits = json.loads(rout.read_text())["queries"][0]["hits"]
     assert len(hits) == 2 and "rise" in hits[0]["file"]
@@ -228,7 +228,7 @@ def test_cli_skips_unreadable_audio_and_goes_on(trained, toy, tmp_path, capsys, 
     sf.write(audio_dir / "zz_short.wav", np.zeros(100, np.float32), SR)   # shorter than one analysis window
     (audio_dir / "zz_link.wav").symlink_to(tmp_path / "moved.wav")   # a dead link was left out without a word
     out = tmp_path / "r.json"
-    assert main(["-q", "clap", "retrieve", "--model", str(run), "--audio", str(audio_dir),
+    assert main(["-q", "clap", "retrieve", "--clap", str(run), "--audio", str(audio_dir),
                  "--query", "a tone", "--top-k", "1000", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert len(res["queries"][0]["hits"]) == len(good) and len(res["skipped"]) == 3
@@ -237,15 +237,37 @@ def test_cli_skips_unreadable_audio_and_goes_on(trained, toy, tmp_path, capsys, 
     assert any("zz_link.wav: file not found (a symbolic link to" in m for m in warned)
     prompts = tmp_path / "p.txt"   # paired by position with the folder's files, the dead link included
     prompts.write_text("\n".join(["a tone"] * (len(good) + 3)) + "\n")
-    assert main(["-q", "clap", "score", "--model", str(run), "--audio", str(audio_dir),
+    assert main(["-q", "clap", "score", "--clap", str(run), "--audio", str(audio_dir),
                  "--prompts", str(prompts), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["num_items"] == len(good)
     for f in good:
         f.unlink()
     capsys.readouterr()
-    assert main(["-q", "clap", "retrieve", "--model", str(run), "--audio", str(audio_dir),
+    assert main(["-q", "clap", "retrieve", "--clap", str(run), "--audio", str(audio_dir),
                  "--query", "x"]) == 1
     assert "none of the 3 audio files is readable and long enough" in capsys.readouterr().err
+
+
+def test_cli_names_its_clap_as_index_and_import_do(trained, toy, tmp_path, capsys):
+    """`tta clap score|retrieve` named the CLAP --model where `tta index` and `tta import` name it --clap:
+    `--clap DIR` was refused ('the following arguments are required: --model'). --clap is its name, shown
+    first in --help; --model, its older name, gives the same result."""
+    from tta.cli import main
+
+    run, _ = trained
+    for action, extra in (("score", []), ("retrieve", ["--query", "a rising whistle sweep"])):
+        results = []
+        for flag in ("--clap", "--model"):
+            out = tmp_path / f"{action}{flag}.json"
+            assert main(["-q", "clap", action, flag, str(run), "--manifest", str(toy), "--split", "valid",
+                         *extra, "--out", str(out)]) == 0
+            results.append(json.loads(out.read_text()))
+        assert results[0] == results[1] and results[0]["model"].startswith("tta-clap:")
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(["clap", action, "--help"])
+        text = capsys.readouterr().out
+        assert " --clap CLAP " in text.split("\n\n")[0] and "--clap CLAP, --model CLAP" in text
 
 
 def test_retrieval_metrics_follow_their_definitions():
@@ -434,7 +456,7 @@ def test_clap_score_reads_a_float_file_as_tta_eval_does(trained, tmp_path):
     scores = []
     for folder in ("f", "i"):
         (tmp_path / "p.txt").write_text("a rising chirp\n")
-        assert main(["-q", "clap", "score", "--model", str(run), "--audio", str(tmp_path / folder), "--prompts",
+        assert main(["-q", "clap", "score", "--clap", str(run), "--audio", str(tmp_path / folder), "--prompts",
                      str(tmp_path / "p.txt"), "--out", str(tmp_path / f"{folder}.json")]) == 0
         scores.append(json.loads((tmp_path / f"{folder}.json").read_text())["clap_score"])
     assert scores[0] == scores[1]

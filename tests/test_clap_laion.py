@@ -407,7 +407,7 @@ def test_cli_score_with_a_laion_checkpoint(laion_pt, tokenizer_dir, tmp_path):
                                  for i, p in enumerate(["a whistle", "a higher whistle"])) + "\n")
     out = tmp_path / "s.json"
     # sizes are inferred from the weights here (text heads = hidden // 64)
-    assert main(["-q", "clap", "score", "--model", str(laion_pt), "--tokenizer", str(tokenizer_dir),
+    assert main(["-q", "clap", "score", "--clap", str(laion_pt), "--tokenizer", str(tokenizer_dir),
                  "--audio", str(audio), "--prompts", str(prompts), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["model"].startswith("laion-clap:") and res["num_items"] == 2

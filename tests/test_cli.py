@@ -394,7 +394,7 @@ def test_wrong_type_in_set_names_the_key(capsys, tmp_path, repo_root):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("argv", [["clap", "score", "--model", "M", "--audio", "."],
+@pytest.mark.parametrize("argv", [["clap", "score", "--clap", "M", "--audio", "."],
                                   ["index", "query", "STORE", "--clap", "C", "--text", "x"]])
 def test_every_device_flag_takes_the_same_choices_and_names_itself(argv, capsys):
     """clap and index commands took any --device string and failed inside torch with a message that named no

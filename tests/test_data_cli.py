@@ -330,7 +330,7 @@ def test_output_paths_are_checked_before_the_work(capsys, tmp_path, monkeypatch)
     (tmp_path / "file").write_text("x")
     code, _, err = _run(capsys, "data", "check", tmp_path / "m.jsonl", "--drop-bad", tmp_path / "folder")
     assert code == 1 and "--drop-bad is a folder" in err
-    code, _, err = _run(capsys, "clap", "score", "--model", tmp_path / "none", "--audio", tmp_path,
+    code, _, err = _run(capsys, "clap", "score", "--clap", tmp_path / "none", "--audio", tmp_path,
                         "--out", tmp_path / "file" / "out.json")
     assert code == 1 and "file is a file, not a folder" in err
     code, _, err = _run(capsys, "eval", "--generated", tmp_path, "--reference", tmp_path, "--out", tmp_path / "file")

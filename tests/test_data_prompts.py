@@ -192,7 +192,7 @@ def test_a_file_field_that_is_not_a_string_is_refused_by_every_command(tmp_path,
                          "--out-dir", str(out)],
             "eval": ["eval", "--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "gen"),
                      "--prompts", str(prompts), "--out", str(out)],
-            "clap": ["clap", "score", "--model", str(tiny_components()["clap"]), "--audio", str(tmp_path / "gen"),
+            "clap": ["clap", "score", "--clap", str(tiny_components()["clap"]), "--audio", str(tmp_path / "gen"),
                      "--prompts", str(prompts), "--out", str(out / "s.json")]}[command]
     assert main(["-q", *argv]) == 1
     err = capsys.readouterr().err
@@ -230,7 +230,7 @@ def test_clap_score_pairs_id_rows_with_the_audio_as_tta_eval_does(tmp_path, caps
     model, scores = str(tiny_components()["clap"]), []
     for prompts in (by_id, by_file):
         out = tmp_path / f"{prompts.stem}.json"
-        assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(prompts),
+        assert main(["-q", "clap", "score", "--clap", model, "--audio", str(gen), "--prompts", str(prompts),
                      "--out", str(out)]) == 0
         scores.append(json.loads(out.read_text()))
     pairs = [(Path(i["file"]).relative_to(gen).with_suffix("").as_posix(), i["prompt"]) for i in scores[0]["per_item"]]
@@ -242,11 +242,11 @@ def test_clap_score_pairs_id_rows_with_the_audio_as_tta_eval_does(tmp_path, caps
     assert {n: r.prompt for n, r in _match_prompts(read_prompts(by_id, names), names, by_id).items()} == dict(pairs)
 
     save_audio(gen / "plain.flac", noise(0.5), 16_000)   # two files for one id: refused, naming the row
-    assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
+    assert main(["-q", "clap", "score", "--clap", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
     assert capsys.readouterr().err == (f"tta: error: {by_id}:3: id 'plain' pairs with 2 audio files in {gen} "
                                        "(plain.flac, plain.wav); keep one\n")
     by_id.write_text('{"id": "gone/x", "prompt": "lost"}\n')
-    assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
+    assert main(["-q", "clap", "score", "--clap", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
     assert "no row pairs with an audio file" in capsys.readouterr().err
     # a file a file-field row names is not an id row's too (rain.wav was scored twice, with "rain" and "storm"),
     # and two rows of one key are refused, as tta eval refuses them (both were scored against rain.wav)
@@ -254,12 +254,12 @@ def test_clap_score_pairs_id_rows_with_the_audio_as_tta_eval_does(tmp_path, caps
     by_id.write_text('{"file": "rain.wav", "prompt": "rain"}\n{"id": "weather/rain", "prompt": "storm"}\n'
                      '{"id": "plain", "prompt": "noise"}\n')
     out = tmp_path / "mixed.json"
-    assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id),
+    assert main(["-q", "clap", "score", "--clap", model, "--audio", str(gen), "--prompts", str(by_id),
                  "--out", str(out)]) == 0
     assert [(Path(i["file"]).name, i["prompt"]) for i in json.loads(out.read_text())["per_item"]] == [
         ("rain.wav", "rain"), ("plain.wav", "noise")]
     by_id.write_text('{"id": "rain", "prompt": "a"}\n{"id": "rain", "prompt": "b"}\n')
-    assert main(["-q", "clap", "score", "--model", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
+    assert main(["-q", "clap", "score", "--clap", model, "--audio", str(gen), "--prompts", str(by_id)]) == 1
     assert capsys.readouterr().err == f"tta: error: {by_id}:2: file 'rain' appears twice\n"
 
 

@@ -305,7 +305,7 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path):
     # `tta clap score` on the same files and prompts gives each file the score `tta eval` gave it, under the same
     # key names: two implementations disagreed in the last digits (one embedded equal-length clips in batches and
     # took float32 cosines) and named the count "num_items" and "count"
-    assert main(["-q", "clap", "score", "--model", str(tmp_path / "clap"), "--audio", str(gen), "--prompts",
+    assert main(["-q", "clap", "score", "--clap", str(tmp_path / "clap"), "--audio", str(gen), "--prompts",
                  str(prompts), "--out", str(tmp_path / "score.json")]) == 0
     score = json.loads((tmp_path / "score.json").read_text())
     with open(out / "items.csv") as f:

@@ -39,7 +39,7 @@ def evaluate(capsys, gen, prompts, out, *metrics) -> tuple[int, str, dict]:
 
 def clap_score(capsys, audio, prompts, out) -> tuple[int, str, dict]:
     """exit code, stderr and {file name: (prompt, take, score)} of the result."""
-    code = main(["-q", "clap", "score", "--model", clap(), "--audio", str(audio), "--prompts", str(prompts),
+    code = main(["-q", "clap", "score", "--clap", clap(), "--audio", str(audio), "--prompts", str(prompts),
                  "--out", str(out)])
     err = capsys.readouterr().err
     if code != 0:

@@ -55,8 +55,9 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path,
-                   help="tta CLAP folder (or run folder), transformers CLAP folder, or LAION .pt")
+    p.add_argument("--clap", "--model", dest="clap", required=True, type=Path,
+                   help="CLAP: tta folder (or run folder), transformers CLAP folder, or LAION .pt "
+                        "(as `tta index` and `tta import` name it; --model is its older name)")
     p.add_argument("--tokenizer", type=Path, help="RoBERTa tokenizer folder (LAION .pt checkpoints)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", type=Path, help="folder of audio files")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         from tta.checkpoint import check_output_path
 
         check_output_path(args.out, "--out")
-    clap = load_clap(args.model, tokenizer=args.tokenizer, device=device, batch_size=args.batch_size,
+    clap = load_clap(args.clap, tokenizer=args.tokenizer, device=device, batch_size=args.batch_size,
                      cache_dir=args.cache)
     progress = not getattr(args, "quiet", False)
     if args.clap_command == "score":
