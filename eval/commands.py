@@ -30,8 +30,13 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                              "(an id pairs with the file `tta generate` names by it: 'clotho/a_dog' -> "
                              "clotho%%2Fa_dog.wav; a `tta generate --takes` run's takes pair with their row "
                              "where its generation.json lists them)")
-    parser.add_argument("--clap-model", help="CLAP model (tta CLAP folder or LAION checkpoint) for --metrics clap")
-    parser.add_argument("--clap-tokenizer", help="local tokenizer folder for an original LAION CLAP .pt")
+    parser.add_argument("--clap", "--clap-model", dest="clap_model", metavar="CLAP",
+                        help="CLAP for --metrics clap and --embedder clap/laion-clap: tta folder (or run "
+                             "folder), transformers CLAP folder, or LAION .pt (--clap-model is its older "
+                             "name)")
+    parser.add_argument("--tokenizer", "--clap-tokenizer", dest="clap_tokenizer", metavar="TOKENIZER",
+                        help="local RoBERTa tokenizer folder for an original LAION CLAP .pt "
+                             "(--clap-tokenizer is its older name)")
     parser.add_argument("--cache-dir", type=output_path, help="embedding cache (default $TTA_CACHE_DIR/eval or "
                                                         "~/.cache/tta/eval)")
     parser.add_argument("--fad-inf", action="store_true", help="also report FAD-inf and its nominal 95%% interval (nearer 90%% "
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fad_inf and "fad" not in metrics:
         raise UsageError("--fad-inf extends the FAD: it needs fad in --metrics")
     if args.clap_tokenizer and "clap" not in metrics and args.embedder not in ("clap", "laion-clap"):
-        raise UsageError("--clap-tokenizer is for a LAION CLAP .pt: it needs --metrics clap or --embedder "
+        raise UsageError("--tokenizer is for a LAION CLAP .pt: it needs --metrics clap or --embedder "
                          "clap/laion-clap")
     opts = EvalOptions(generated=args.generated, reference=args.reference, out=args.out,
                        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),

@@ -403,7 +403,7 @@ CLAP_LOADERS: dict[str, Callable] = {"tta": _tta_clap_loader, "laion": _tta_clap
 def load_clap_model(model: str | os.PathLike | None, *, backend: str = "tta", **kwargs):
     """Load a CLAP model from local files through the registered loader of `backend`."""
     if not model:
-        raise EmbedderError(f"CLAP ({backend}) needs a model: pass --clap-model DIR (a tta CLAP folder or a LAION "
+        raise EmbedderError(f"CLAP ({backend}) needs a model: pass --clap DIR (a tta CLAP folder or a LAION "
                             "checkpoint)")
     if backend not in CLAP_LOADERS:
         raise EmbedderError(f"unknown CLAP backend {backend!r}; valid: {', '.join(sorted(CLAP_LOADERS))}")

@@ -5,7 +5,7 @@ Metrics: `fad` (Fréchet distance of the chosen embedder's embeddings, all of th
 mfcc/vggish/aisfx as fadtk and the FAD paper do, one per clip for panns/clap/laion-clap; the protocol
 says which), `fd` (Fréchet distance of PANNs Cnn14 clip embeddings), `kl` (PANNs, paired by file name;
 needs > 99 % of both sets paired, as audioldm_eval), `is` (PANNs logits), `clap` (CLAP score; needs
---prompts and --clap-model). Unreadable files are skipped, reported by name and counted; two files whose
+--prompts and --clap). Unreadable files are skipped, reported by name and counted; two files whose
 names differ only in the suffix (x.wav, x.flac) are refused; nothing is dropped silently.
 """
 
@@ -84,7 +84,8 @@ class EvalOptions:
             raise EvalError(f"batch_size={self.batch_size!r} must be an integer >= 1")
         named = functools.partial(option_name, flags=self.flags)
         check_embedder_weights(self.embedder, self.embedder_weights, embedder_field=named("embedder"),
-                               weights_field=named("embedder_weights"), clap_field=named("clap_model"),
+                               weights_field=named("embedder_weights"),
+                               clap_field=named("clap_model", flag="--clap"),
                                error=EvalUsageError)
 
 
@@ -349,7 +350,7 @@ def run_eval(opts: EvalOptions) -> dict:
         raise EvalError(f"--reference {opts.reference} is a statistics file; it serves fad only, "
                         f"{'/'.join(sorted(set(metrics) - {'fad', 'clap'}))} need a reference folder")
     if "clap" in metrics and (opts.prompts is None or not opts.clap_model):   # bad usage (exit 2); an EvalError too
-        raise ClapUsageError("--metrics clap needs --prompts FILE (prompt per generated file) and --clap-model DIR")
+        raise ClapUsageError("--metrics clap needs --prompts FILE (prompt per generated file) and --clap DIR")
     cache_root = opts.cache_dir or default_cache_dir()
     unwritable: set[Path] = set()   # shared by this run's caches: a folder it cannot write is warned about once
     result: dict = {"metrics": {}, "protocol": {}, "breakdown": {}}

@@ -411,6 +411,14 @@ def test_cli_score_with_a_laion_checkpoint(laion_pt, tokenizer_dir, tmp_path):
                  "--audio", str(audio), "--prompts", str(prompts), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["model"].startswith("laion-clap:") and res["num_items"] == 2
+    # `tta eval` takes them as --clap and --tokenizer too (it had --clap-model and --clap-tokenizer alone,
+    # which it still takes): both give the score `tta clap score` gave
+    for flags in (["--clap", "--tokenizer"], ["--clap-model", "--clap-tokenizer"]):
+        assert main(["-q", "eval", "--generated", str(audio), "--reference", str(audio), "--metrics", "clap",
+                     "--prompts", str(prompts), flags[0], str(laion_pt), flags[1], str(tokenizer_dir),
+                     "--out", str(tmp_path / flags[0]), "--cache-dir", str(tmp_path / "cache")]) == 0
+        body = json.loads((tmp_path / flags[0] / "eval.json").read_text())
+        assert body["metrics"]["clap_score"] == res["clap_score"]
 
 
 def save_folder(folder, config, tokenizer_dir) -> None:

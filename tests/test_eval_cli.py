@@ -67,7 +67,7 @@ def test_tta_eval_end_to_end(folders, tmp_path, monkeypatch):
     gen, ref, prompts = folders
     out = tmp_path / "run"
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--metrics", "fad,clap",
-                 "--prompts", prompts, "--clap-model", tmp_path / "toy-clap") == 0
+                 "--prompts", prompts, "--clap", tmp_path / "toy-clap") == 0
     body = json.loads((out / "eval.json").read_text())
     assert body["metrics"]["fad"] > 1.0
     fad = body["protocol"]["fad"]
@@ -169,7 +169,7 @@ def test_tta_eval_failed_rerun_keeps_the_earlier_result_whole(folders, tmp_path,
 
     monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: ToyClap())
     assert _eval(tmp_path, "--generated", gen, "--reference", ref2, "--out", out, "--metrics", "clap",
-                 "--prompts", prompts, "--clap-model", tmp_path / "toy-clap") == 0
+                 "--prompts", prompts, "--clap", tmp_path / "toy-clap") == 0
     assert "fad" not in json.loads((out / "eval.json").read_text())["metrics"]
     assert not (out / "reference_stats.npz").exists() and not (out / "generated_stats.npz").exists()
 
@@ -192,7 +192,7 @@ def test_tta_eval_clap_score_reads_the_clips_batch_by_batch(folders, tmp_path, m
 
     monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: Spy())
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "run", "--metrics", "clap",
-                 "--prompts", prompts, "--clap-model", tmp_path / "toy-clap", "--batch-size", "3") == 0
+                 "--prompts", prompts, "--clap", tmp_path / "toy-clap", "--batch-size", "3") == 0
     assert seen[-8] <= 3 and seen[-1] == 8   # the last 8 calls embed the 8 clips, one by one (the silence check
     # reads them after the CLAP score)
 
@@ -297,7 +297,7 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path):
     gen, ref, prompts = folders
     out = tmp_path / "clap_run"
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--metrics", "clap",
-                 "--prompts", prompts, "--clap-model", tmp_path / "clap") == 0
+                 "--prompts", prompts, "--clap", tmp_path / "clap") == 0
     body = json.loads((out / "eval.json").read_text())
     assert -1.0 <= body["metrics"]["clap_score"] <= 1.0
     assert body["protocol"]["clap"]["model"]["identity"].startswith("clap@tta-clap:")
@@ -313,6 +313,13 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path):
     assert score["num_items"] == 8 and len(by_file) == 8
     assert {Path(r["file"]).name: r["score"] for r in score["per_item"]} == {Path(k).name: v for k, v in by_file.items()}
     assert score["clap_score"] == body["metrics"]["clap_score"]
+    # the CLAP is --clap, as `tta clap`, `tta index` and `tta import` name it (it was --clap-model, and
+    # `--clap DIR` was 'ambiguous option: --clap could match --clap-model, --clap-tokenizer'); the older name
+    # gives the same
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "old", "--metrics",
+                 "clap", "--prompts", prompts, "--clap-model", tmp_path / "clap") == 0
+    assert json.loads((tmp_path / "old" / "eval.json").read_text())["metrics"] == body["metrics"]
+    assert (tmp_path / "old" / "items.csv").read_text() == (out / "items.csv").read_text()
 
 
 def test_a_prompt_row_naming_a_bare_file_name_pairs_with_one_file_only(tmp_path):
@@ -408,7 +415,7 @@ def test_a_float_wav_scores_as_its_16_bit_copy(tmp_path, monkeypatch):
     metrics = {}
     for subtype in ("FLOAT", "PCM_16"):
         assert _eval(tmp_path, "--generated", tmp_path / subtype, "--reference", ref, "--out", tmp_path / f"e{subtype}",
-                     "--metrics", "fad,clap", "--prompts", tmp_path / "p.csv", "--clap-model", tmp_path / "toy") == 0
+                     "--metrics", "fad,clap", "--prompts", tmp_path / "p.csv", "--clap", tmp_path / "toy") == 0
         body = json.loads((tmp_path / f"e{subtype}" / "eval.json").read_text())
         metrics[subtype] = body["metrics"], body["protocol"]["common"].get("audio_read", "")
     assert metrics["FLOAT"][0]["clap_score"] == pytest.approx(metrics["PCM_16"][0]["clap_score"], abs=1e-6)
@@ -443,7 +450,7 @@ def test_clap_scores_of_renamed_files_compare_and_a_self_picked_set_is_flagged(f
         "outputs": [{"file": f"x_{r['file']}"} for r in rows]}))
     for name, folder, p in (("a", gen, prompts), ("b", renamed, tmp_path / "renamed.csv")):
         assert _eval(tmp_path, "--generated", folder, "--reference", ref, "--out", tmp_path / name, "--metrics",
-                     "clap", "--prompts", p, "--clap-model", tmp_path / "toy-clap") == 0
+                     "clap", "--prompts", p, "--clap", tmp_path / "toy-clap") == 0
     b = json.loads((tmp_path / "b" / "eval.json").read_text())
     assert "kept from 2 candidates by this same CLAP" in b["protocol"]["clap"]["warning"]
     assert "warning" not in json.loads((tmp_path / "a" / "eval.json").read_text())["protocol"]["clap"]
@@ -474,7 +481,7 @@ def test_eval_reads_the_generation_record_once(folders, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "read_text", counting)
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "run", "--metrics",
-                 "fad,clap", "--prompts", prompts, "--clap-model", tmp_path / "toy-clap") == 0
+                 "fad,clap", "--prompts", prompts, "--clap", tmp_path / "toy-clap") == 0
     monkeypatch.undo()
     assert reads == [gen / "generation.json"]
     proto = json.loads((tmp_path / "run" / "eval.json").read_text())["protocol"]
@@ -495,7 +502,7 @@ def test_a_clip_too_short_for_the_clap_is_named_and_left_out_of_the_clap_score(f
     with open(prompts, "a", newline="") as f:
         f.write("tiny.wav,a high tone,whistle\n")
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "run", "--metrics", "clap",
-                 "--prompts", prompts, "--clap-model", tmp_path / "toy-clap") == 0
+                 "--prompts", prompts, "--clap", tmp_path / "toy-clap") == 0
     body = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert body["protocol"]["clap"]["num_items"] == 8
     assert [s["file"].endswith("tiny.wav") for s in body["protocol"]["clap"]["skipped"]] == [True]
@@ -542,7 +549,7 @@ def test_eval_options_refuse_embedder_weights_for_an_embedder_that_takes_none(fo
                         embedder_weights=str(tmp_path / "w.pt"), clap_model=str(tmp_path / "clap"))
         assert isinstance(info.value, UsageError)
     with pytest.raises(EvalError, match=r"^--embedder-weights is for .*; --embedder 'clap' takes none \(a CLAP "
-                                        r"comes with --clap-model\)$"):
+                                        r"comes with --clap\)$"):
         EvalOptions(generated=gen, reference=ref, out=tmp_path / "e", embedder="clap", embedder_weights="w.pt",
                     flags=True)
     assert EvalOptions(generated=gen, reference=ref, out=tmp_path / "e", embedder="vggish",
@@ -600,17 +607,29 @@ def test_a_partly_warm_cache_gives_the_fad_of_a_cold_one(folders, tmp_path):
 
 
 def test_flags_the_chosen_metrics_do_not_use_are_bad_usage(folders, tmp_path, capsys):
-    """--fad-inf without the FAD, --clap-tokenizer with no CLAP and --embedder-weights for mfcc were ignored
-    (exit 0) or an exit-1 error."""
+    """--fad-inf without the FAD, --tokenizer (or its older name --clap-tokenizer) with no CLAP and
+    --embedder-weights for mfcc were ignored (exit 0) or an exit-1 error."""
     gen, ref, prompts = folders
-    for extra, message in ((["--metrics", "clap", "--prompts", str(prompts), "--clap-model", "x", "--fad-inf"],
+    for extra, message in ((["--metrics", "clap", "--prompts", str(prompts), "--clap", "x", "--fad-inf"],
                             "--fad-inf extends the FAD"),
-                           (["--clap-tokenizer", str(tmp_path)], "--clap-tokenizer is for a LAION CLAP .pt"),
+                           (["--tokenizer", str(tmp_path)], "--tokenizer is for a LAION CLAP .pt"),
+                           (["--clap-tokenizer", str(tmp_path)], "--tokenizer is for a LAION CLAP .pt"),
                            (["--embedder-weights", str(tmp_path / "w.pth")], "--embedder-weights is for aisfx")):
         capsys.readouterr()
         assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "o", *extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_help_names_the_clap_and_its_tokenizer_as_the_other_commands_do(capsys):
+    """`tta eval` named them --clap-model and --clap-tokenizer; `tta clap`, `tta index` and `tta import` name
+    them --clap and --tokenizer. The new names come first; the older ones still work (the tests above)."""
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    assert "[--clap CLAP] [--tokenizer TOKENIZER]" in " ".join(text.split("\n\n")[0].split())
+    assert "--clap CLAP, --clap-model CLAP" in text
+    assert "--tokenizer TOKENIZER, --clap-tokenizer TOKENIZER" in text
 
 
 def test_eval_goes_on_without_a_cache_it_cannot_write(folders, tmp_path, caplog):
@@ -726,7 +745,7 @@ def test_an_items_row_of_a_file_only_one_embedder_took_names_its_file(folders, t
         save_audio(folder / "short.wav", tone(440, 0.03), 16_000)
     out = tmp_path / "out"
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--metrics", "fad,kl",
-                 "--embedder", "clap", "--clap-model", tmp_path / "clap", "--panns-weights", weights) == 0
+                 "--embedder", "clap", "--clap", tmp_path / "clap", "--panns-weights", weights) == 0
     with open(out / "items.csv") as f:
         rows = {r["name"]: r for r in csv.DictReader(f)}
     assert rows["short"]["kl_softmax"] != "" and rows["short"]["frames"] == ""

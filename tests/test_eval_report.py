@@ -43,7 +43,7 @@ def report(tmp_path_factory):
         common = ["-q", "eval", "--generated", str(gen), "--prompts", str(root / "prompts.csv"),
                   "--cache-dir", str(root / "cache")]
         assert main([*common, "--reference", str(ref), "--out", str(root / "run_a"), "--metrics", "fad,clap",
-                     "--clap-model", str(root / "toy")]) == 0
+                     "--clap", str(root / "toy")]) == 0
         assert main([*common, "--reference", str(gen), "--out", str(root / "run_b")]) == 0
     finally:
         embedders.CLAP_LOADERS["tta"] = saved

@@ -27,7 +27,7 @@ def clap() -> str:
 
 def evaluate(capsys, gen, prompts, out, *metrics) -> tuple[int, str, dict]:
     """exit code, stderr and {name: (prompt, id, take, clap score)} of items.csv."""
-    extra = ["--metrics", "fad,clap", "--clap-model", clap()] if "clap" in metrics else []
+    extra = ["--metrics", "fad,clap", "--clap", clap()] if "clap" in metrics else []
     code = main(["-q", "eval", "--generated", str(gen), "--reference", str(gen), "--embedder", "mfcc", "--prompts",
                  str(prompts), "--out", str(out), "--cache-dir", str(out.parent / "cache"), *extra])
     err = capsys.readouterr().err

@@ -349,12 +349,13 @@ def shortened(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def option_name(key: str, flags: bool, shown: str | None = None) -> str:
+def option_name(key: str, flags: bool, shown: str | None = None, *, flag: str | None = None) -> str:
     """A setting as a message names it: the field (`valid_fraction`; with its value shown,
     `valid_fraction=0.5`) or, with `flags`, the command's option a user typed (`--valid-fraction`,
-    `--valid-fraction 0.5`)."""
+    `--valid-fraction 0.5`; `flag` where the option is not named after the field: `tta eval`'s clap_model is
+    `--clap`)."""
     if flags:
-        name = f"--{key.replace('_', '-')}"
+        name = flag or f"--{key.replace('_', '-')}"
         return name if shown is None else f"{name} {shown}"
     return key if shown is None else f"{key}={shown}"
 

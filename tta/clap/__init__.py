@@ -84,8 +84,8 @@ def _open_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None, 
         from tta.clap.model import TTAClapEmbedder
 
         if tokenizer is not None:
-            raise ValueError(f"{path}: a tta CLAP carries its own tokenizer; a tokenizer folder (--tokenizer, "
-                             "--clap-tokenizer in tta eval) is for LAION .pt checkpoints")
+            raise ValueError(f"{path}: a tta CLAP carries its own tokenizer; a tokenizer folder (--tokenizer) "
+                             "is for LAION .pt checkpoints")
         return TTAClapEmbedder.from_folder(path, device=device, batch_size=batch_size, cache_dir=cache_dir)
     from tta.clap.laion import LaionClapEmbedder
 

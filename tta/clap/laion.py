@@ -472,8 +472,7 @@ class LaionClapEmbedder(ClapEmbedder):
         path = Path(path)
         if path.is_file():
             if tokenizer is None:
-                raise ValueError(f"{path}: a LAION .pt needs the RoBERTa tokenizer folder (--tokenizer DIR; "
-                                 "--clap-tokenizer DIR in tta eval)")
+                raise ValueError(f"{path}: a LAION .pt needs the RoBERTa tokenizer folder (--tokenizer DIR)")
             model = load_laion_checkpoint(path, config, loaded=loaded)
             # the tokenizer comes from elsewhere: another one embeds captions otherwise, so it is in the identity
             ident = hashlib.sha256(f"{_file_hash(path)}:{_tokenizer_hash(Path(tokenizer))}".encode()).hexdigest()[:16]
