@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_eval(opts)
     for name, value in result["metrics"].items():
         line = f"{name}\t{value:.6g}" if isinstance(value, float) else f"{name}\t{value}"
-        print(line + (f"\t{note}" if name == "fad_inf" and (note := _fad_inf_note(result)) else ""))
+        note = _fad_inf_note(result) if name == "fad_inf" else _clap_note(result) if name == "clap_score" else None
+        print(line + (f"\t{note}" if note else ""))
     print(args.out / "eval.json")
     return 0
 
@@ -80,3 +81,17 @@ def _fad_inf_note(result: dict) -> str | None:
         return None
     half = (float(interval[1]) - float(interval[0])) / 2
     return f"95% CI ±{half:.4g}" if math.isfinite(half) else None
+
+
+def _clap_note(result: dict) -> str | None:
+    """The CLAP score's interval as `tta report` writes it ("95% CI ±x", and of a `--takes` run "over the prompts'
+    means"), from the run's protocol.clap.clap_score_ci95 (eval.outputs.clap_half_width over items.csv's rows);
+    None where there is none (fewer than 2 files or prompts scored)."""
+    clap = (result.get("protocol", {}) or {}).get("clap", {}) or {}
+    interval = clap.get("clap_score_ci95")
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        return None
+    half = (float(interval[1]) - float(interval[0])) / 2
+    if not math.isfinite(half):
+        return None
+    return f"95% CI ±{half:.2g}" + (" over the prompts' means" if clap.get("clap_score_ci95_unit") == "prompts" else "")

@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from tta.config import shortened
 
 RESULT_NAME = "eval.json"
@@ -40,6 +42,33 @@ def _clean(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def clap_draws(rows: list[dict]) -> tuple[list[tuple[tuple, str, float]], int, bool]:
+    """A result's CLAP scores as independent draws, from its item rows (items.csv's, or the items `tta eval` writes
+    there): ([(key, prompt, score)], files scored, whether it is a `--takes` run). A file is one draw, keyed ("file",
+    its name); a `--takes` run's prompt is one, its takes' mean, keyed ("row", its row of the run), or ("prompt",
+    its text) in older items without the row. `tta eval` and `tta report` both count the draws here."""
+    scored = [r for r in rows if r.get("clap_score") not in (None, "")]
+    takes = any(r.get("take") not in (None, "") for r in scored)
+    if not takes:
+        return [(("file", r.get("name")), r.get("prompt") or "", float(r["clap_score"])) for r in scored], \
+            len(scored), False
+    by_prompt: dict[tuple, list[float]] = {}
+    texts: dict[tuple, str] = {}
+    for r in scored:   # by the run's row (two rows may share a prompt's text); older items by text
+        row = r.get("row")
+        key = ("row", row) if row not in (None, "") else ("prompt", r.get("prompt") or "")
+        by_prompt.setdefault(key, []).append(float(r["clap_score"]))
+        texts[key] = r.get("prompt") or ""
+    return [(k, texts[k], float(np.mean(v))) for k, v in by_prompt.items()], len(scored), True
+
+
+def clap_half_width(rows: list[dict]) -> float | None:
+    """The half-width of the 95% confidence interval of a result's CLAP score (1.96 sd / sqrt(n) over its draws,
+    `clap_draws`); None with fewer than 2 draws (or no rows)."""
+    values = [v for _, _, v in clap_draws(rows)[0]]
+    return 1.96 * float(np.std(values, ddof=1)) / np.sqrt(len(values)) if len(values) >= 2 else None
 
 
 def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict], stats: dict | None = None) -> Path:
@@ -76,6 +105,7 @@ PARTS = {
     "protocol": dict, "protocol.fad": dict, "protocol.clap": dict, "protocol.panns": dict, "protocol.common": dict,
     "protocol.fad.embedder": dict, "protocol.fad.reference": dict, "protocol.fad.generated": dict,
     "protocol.fad.fad_inf": (dict, bool), "protocol.clap.model": dict, "protocol.clap.generated": dict,
+    "protocol.clap.clap_score_ci95_unit": str,
     "protocol.panns.embedder": dict, "protocol.panns.reference": dict, "protocol.panns.is": dict,
     "protocol.panns.generated": dict, "breakdown.head": dict, "breakdown.tail": dict,
     "protocol.fad.embedder.identity": str, "protocol.fad.reference_stats_sha256": str,
@@ -117,11 +147,17 @@ def _check_shape(body: dict, file: Path) -> None:
             node = node.get(key) if isinstance(node, dict) else None
         if node is not None and not isinstance(node, kind):
             raise ResultError(f"{file}: {path} is {_seen(node)}, not {'a string' if kind is str else 'an object'}")
-    fit = ((body.get("protocol") or {}).get("fad") or {}).get("fad_inf")   # an object, a bool or None (above)
-    interval = fit.get("fad_inf_ci95") if isinstance(fit, dict) else None
-    if interval is not None and not (isinstance(interval, list) and len(interval) == 2 and all(map(_number, interval))):
-        raise ResultError(f"{file}: protocol.fad.fad_inf.fad_inf_ci95 is {_seen(interval)}, not [low, high] (two "
-                          "numbers)")
+    proto = body.get("protocol") or {}
+    fit = (proto.get("fad") or {}).get("fad_inf")   # an object, a bool or None (above)
+    clap = proto.get("clap") or {}
+    for path, interval in (("protocol.fad.fad_inf.fad_inf_ci95", fit.get("fad_inf_ci95") if isinstance(fit, dict)
+                            else None), ("protocol.clap.clap_score_ci95", clap.get("clap_score_ci95"))):
+        if interval is not None and not (isinstance(interval, list) and len(interval) == 2
+                                         and all(map(_number, interval))):
+            raise ResultError(f"{file}: {path} is {_seen(interval)}, not [low, high] (two numbers)")
+    draws = clap.get("clap_score_ci95_draws")
+    if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int)):
+        raise ResultError(f"{file}: protocol.clap.clap_score_ci95_draws is {_seen(draws)}, not a count")
     parts = {f"breakdown.categories.{name}": cat for name, cat in categories.items()}
     for name in ("head", "tail"):
         if breakdown.get(name) is not None:

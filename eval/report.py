@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.outputs import ITEMS_NAME, ResultError, read_result
+from eval.outputs import ITEMS_NAME, ResultError, clap_draws, clap_half_width, read_result
 from tta import UsageError
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> set[int]
     """The runs a ranked row marks: those at the best value and those the data cannot tell from one of them at
     95%: for FAD∞, an interval (protocol.fad.fad_inf.fad_inf_ci95) that overlaps the best's; for the CLAP score, a
     paired difference whose interval holds 0 where the two runs scored the same items (`_paired_differences`),
-    else an interval (`_clap_half_width`) that overlaps the best's. A row where a ranked run has no interval (a
+    else an interval (`clap_half_width`) that overlaps the best's. A row where a ranked run has no interval (a
     result from before FAD∞ recorded one, a CLAP score without its items.csv) marks the best value alone, as the
     other metrics' rows do (plain FAD, FD, KL, IS have no interval)."""
     ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
@@ -229,7 +229,7 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> set[int]
     if metric == "fad_inf":
         intervals = {i: fad_inf_interval(runs[i]) for i in ranked}
     elif metric == "clap_score":
-        intervals = {i: (values[i] - h, values[i] + h) if (h := _clap_half_width(runs[i])) is not None else None
+        intervals = {i: (values[i] - h, values[i] + h) if (h := clap_half_width(runs[i].rows)) is not None else None
                      for i in ranked}
     else:
         return tops
@@ -320,9 +320,9 @@ def sample_note(run: Run, metric: str) -> str | None:
         return ", ".join(notes) or None
     if metric != "clap_score":
         return None
-    draws, files, takes = _clap_draws(run)
+    draws, files, takes = clap_draws(run.rows)
     unit = f" prompts, {files} takes" if takes else ""
-    half = _clap_half_width(run)
+    half = clap_half_width(run.rows)
     if half is not None:
         return f"n {len(draws)}{unit}, 95% CI ±{half:.2g}" + (" over the prompts' means" if takes else "")
     if takes:
@@ -331,37 +331,11 @@ def sample_note(run: Run, metric: str) -> str | None:
     return f"n {n}" if isinstance(n, int) else None
 
 
-def _clap_draws(run: Run) -> tuple[list[tuple[tuple, str, float]], int, bool]:
-    """A run's CLAP scores as independent draws, from items.csv: ([(key, prompt, score)], files scored, whether
-    it is a `--takes` run). A file is one draw, keyed ("file", its name); a `--takes` run's prompt is one, its
-    takes' mean, keyed ("row", its row of the run), or ("prompt", its text) in older items without the row."""
-    scored = [r for r in run.rows if r.get("clap_score") not in (None, "")]
-    takes = any(r.get("take") not in (None, "") for r in scored)
-    if not takes:
-        return [(("file", r.get("name")), r.get("prompt") or "", float(r["clap_score"])) for r in scored], \
-            len(scored), False
-    by_prompt: dict[tuple, list[float]] = {}
-    texts: dict[tuple, str] = {}
-    for r in scored:   # by the run's row (two rows may share a prompt's text); older items by text
-        row = r.get("row")
-        key = ("row", row) if row not in (None, "") else ("prompt", r.get("prompt") or "")
-        by_prompt.setdefault(key, []).append(float(r["clap_score"]))
-        texts[key] = r.get("prompt") or ""
-    return [(k, texts[k], float(np.mean(v))) for k, v in by_prompt.items()], len(scored), True
-
-
-def _clap_half_width(run: Run) -> float | None:
-    """The half-width of the 95% confidence interval of a run's CLAP score (1.96 sd / sqrt(n) over its draws,
-    `_clap_draws`); None with fewer than 2 draws (or no items.csv)."""
-    values = [v for _, _, v in _clap_draws(run)[0]]
-    return 1.96 * float(np.std(values, ddof=1)) / np.sqrt(len(values)) if len(values) >= 2 else None
-
-
 def _paired_differences(a: Run, b: Run) -> np.ndarray | None:
     """a's CLAP score minus b's per item where both runs scored the same items, else None: paired by file name
-    (or a `--takes` run's row) and prompt when both runs' draws (`_clap_draws`) match so, else by prompt text
+    (or a `--takes` run's row) and prompt when both runs' draws (`clap_draws`) match so, else by prompt text
     where each run scored each text once and they scored the same texts. Fewer than 2 pairs: None."""
-    draws_a, draws_b = _clap_draws(a)[0], _clap_draws(b)[0]
+    draws_a, draws_b = clap_draws(a.rows)[0], clap_draws(b.rows)[0]
     for key in (lambda d: (d[0], d[1]), lambda d: d[1]):
         by_a, by_b = {key(d): d[2] for d in draws_a}, {key(d): d[2] for d in draws_b}
         if len(by_a) == len(draws_a) >= 2 and len(by_b) == len(draws_b) and by_a.keys() == by_b.keys():

@@ -283,8 +283,10 @@ def test_tta_eval_panns_metrics(folders, tmp_path):
         assert all(r["kl_softmax"] != "" for r in csv.DictReader(f))
 
 
-def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path):
-    """The lazy CLAP registry against the real tta.clap: an (untrained) tiny tta CLAP component folder."""
+def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path, capsys):
+    """The lazy CLAP registry against the real tta.clap: an (untrained) tiny tta CLAP component folder. The
+    printed summary gives the CLAP score's 95% interval as tta report computes and writes it for the same result
+    (it printed the score bare), and eval.json records it."""
     clap_train = pytest.importorskip("tta.clap.train")
     from tta.checkpoint import save_component
     from tta.clap.model import TTAClap
@@ -296,12 +298,24 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path):
     save_component(tmp_path / "clap", model)
     gen, ref, prompts = folders
     out = tmp_path / "clap_run"
+    capsys.readouterr()
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--metrics", "clap",
                  "--prompts", prompts, "--clap", tmp_path / "clap") == 0
+    printed = capsys.readouterr().out.splitlines()
     body = json.loads((out / "eval.json").read_text())
     assert -1.0 <= body["metrics"]["clap_score"] <= 1.0
     assert body["protocol"]["clap"]["model"]["identity"].startswith("clap@tta-clap:")
     assert body["protocol"]["clap"]["num_items"] == 8
+    from eval.outputs import clap_half_width
+    from eval.report import load_runs, sample_note
+
+    run = load_runs([out])[0]
+    half = clap_half_width(run.rows)
+    assert half > 0 and sample_note(run, "clap_score") == f"n 8, 95% CI ±{half:.2g}"
+    assert printed[0] == f"clap_score\t{body['metrics']['clap_score']:.6g}\t95% CI ±{half:.2g}", printed
+    clap = body["protocol"]["clap"]
+    assert clap["clap_score_ci95"] == [body["metrics"]["clap_score"] - half, body["metrics"]["clap_score"] + half]
+    assert clap["clap_score_ci95_draws"] == 8 and clap["clap_score_ci95_unit"] == "files"
     # `tta clap score` on the same files and prompts gives each file the score `tta eval` gave it, under the same
     # key names: two implementations disagreed in the last digits (one embedded equal-length clips in batches and
     # took float32 cosines) and named the count "num_items" and "count"

@@ -505,6 +505,12 @@ def test_report_refuses_a_result_twice_another_version_and_a_damaged_body(report
     (lambda b: b.update(items_csv=3), "items_csv is 3, not a string"),
     (lambda b: b["protocol"]["fad"].update(fad_inf={"fad_inf": 1.0, "fad_inf_ci95": [0.5, "x"]}),
      "protocol.fad.fad_inf.fad_inf_ci95 is [0.5, 'x'], not [low, high] (two numbers)"),
+    (lambda b: b["protocol"]["clap"].update(clap_score_ci95=0.02),
+     "protocol.clap.clap_score_ci95 is 0.02, not [low, high] (two numbers)"),
+    (lambda b: b["protocol"]["clap"].update(clap_score_ci95_draws="8"),
+     "protocol.clap.clap_score_ci95_draws is '8', not a count"),
+    (lambda b: b["protocol"]["clap"].update(clap_score_ci95_unit=["files"]),
+     "protocol.clap.clap_score_ci95_unit is ['files'], not a string"),
 ])
 def test_a_damaged_part_of_an_eval_json_is_named(report, tmp_path, capsys, change, message):
     """These failed on Python's own words ("'str' object has no attribute 'get'", "'categories'") or, for the

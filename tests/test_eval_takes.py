@@ -25,12 +25,14 @@ def clap() -> str:
     return str(tiny_pipeline() / "text_encoder")
 
 
-def evaluate(capsys, gen, prompts, out, *metrics) -> tuple[int, str, dict]:
-    """exit code, stderr and {name: (prompt, id, take, clap score)} of items.csv."""
+def evaluate(capsys, gen, prompts, out, *metrics, printed: list | None = None) -> tuple[int, str, dict]:
+    """exit code, stderr and {name: (prompt, id, take, clap score)} of items.csv; `printed` gets stdout's lines."""
     extra = ["--metrics", "fad,clap", "--clap", clap()] if "clap" in metrics else []
     code = main(["-q", "eval", "--generated", str(gen), "--reference", str(gen), "--embedder", "mfcc", "--prompts",
                  str(prompts), "--out", str(out), "--cache-dir", str(out.parent / "cache"), *extra])
-    err = capsys.readouterr().err
+    stdout, err = capsys.readouterr()
+    if printed is not None:
+        printed += stdout.splitlines()
     if code != 0:
         return code, err, {}
     with open(out / "items.csv", newline="") as f:
@@ -213,16 +215,28 @@ def test_a_takes_run_stopped_after_its_first_take_is_one_in_eval_and_clap_score(
 
 def test_a_takes_runs_clap_score_compares_with_a_run_of_one_take_of_the_same_prompts(tmp_path, capsys):
     """eval.json's prompt set counted each take's prompt, so tta report called a --takes 2 run and a run of one
-    take of the same prompts file "not comparable: different prompts"; a row's takes now count it once."""
+    take of the same prompts file "not comparable: different prompts"; a row's takes now count it once. tta eval
+    prints a --takes run's CLAP interval over the prompts' means, as tta report computes and writes it."""
+    from eval.outputs import clap_half_width
+    from eval.report import load_runs, sample_note
+
     prompts = tmp_path / "p.csv"
     prompts.write_text("id,prompt\ndoor,a door creaks\nrain,heavy rain\n")
     sets = []
     for name, takes in (("one", 1), ("two", 2), ("three", 3)):
         generate(capsys, prompts, tmp_path / name, "--takes", takes)
-        code, err, _ = evaluate(capsys, tmp_path / name, prompts, tmp_path / f"e-{name}", "clap")
+        printed: list[str] = []
+        code, err, _ = evaluate(capsys, tmp_path / name, prompts, tmp_path / f"e-{name}", "clap", printed=printed)
         assert code == 0, err
-        sets.append(json.loads((tmp_path / f"e-{name}" / "eval.json").read_text())["protocol"]["clap"]
-                    ["prompt_set_sha256"])
+        clap_proto = json.loads((tmp_path / f"e-{name}" / "eval.json").read_text())["protocol"]["clap"]
+        sets.append(clap_proto["prompt_set_sha256"])
+        run = load_runs([tmp_path / f"e-{name}"])[0]
+        half = clap_half_width(run.rows)
+        over = " over the prompts' means" if takes > 1 else ""
+        assert sample_note(run, "clap_score").endswith(f"95% CI ±{half:.2g}{over}")
+        assert printed[1].startswith("clap_score\t") and printed[1].endswith(f"\t95% CI ±{half:.2g}{over}"), printed
+        assert clap_proto["clap_score_ci95_draws"] == 2   # the prompts, not the files
+        assert clap_proto["clap_score_ci95_unit"] == ("prompts" if takes > 1 else "files")
     assert sets[0] == sets[1] == sets[2]
     assert main(["-q", "report", *(str(tmp_path / f"e-{n}") for n in ("one", "two")), "--out",
                  str(tmp_path / "r.md")]) == 0
