@@ -183,8 +183,9 @@ def test_a_python_warning_raised_while_a_bar_is_open_starts_its_own_line(tmp_pat
 
 def test_a_command_leaves_transformers_logging_and_python_warnings_as_it_found_them(tmp_path, capsys):
     """The routing above lasts while the command runs: afterwards (main() called in a process that goes on)
-    transformers and diffusers write with their own handlers again, and warnings are shown as before. (Their
-    levels stay where the command's -q/-v put them, as every noisy library's did before.)"""
+    transformers and diffusers write with their own handlers again, and warnings are shown as before. The levels
+    of the noisy libraries, transformers' and diffusers' verbosity among them, are as the caller set them too:
+    they stayed at errors (the command's -q) for good."""
     import logging
     import warnings
 
@@ -192,17 +193,52 @@ def test_a_command_leaves_transformers_logging_and_python_warnings_as_it_found_t
     from transformers.utils import logging as hf_logging
 
     from tests.test_ldm_fixtures import tiny_pipeline
+    from tta.cli import NOISY_LIBRARIES
 
     loggers = [logging.getLogger("transformers"), logging.getLogger("diffusers")]
     hf_logging.get_verbosity()   # set up, as each library sets its logger up on first use
     diffusers_logging.get_verbosity()
-    before = [(list(logger.handlers), logger.propagate) for logger in loggers], warnings.showwarning
-    # their own handlers (transformers also writes through the root's where the environment says CI=1/true)
-    assert all(handlers for handlers, _ in before[0])
-    code = main(["-q", "generate", "rain " * 600, "--model", str(tiny_pipeline()), "--seconds", "0.2", "--steps", "2",
-                 "-o", str(tmp_path / "x.wav")])
-    assert code == 0, capsys.readouterr().err
-    assert ([(list(logger.handlers), logger.propagate) for logger in loggers], warnings.showwarning) == before
+    levels = {name: logging.getLogger(name).level for name in NOISY_LIBRARIES}
+    try:   # a caller's own levels: transformers' INFO, diffusers' DEBUG, urllib3's DEBUG, the others' as they are
+        hf_logging.set_verbosity_info()
+        diffusers_logging.set_verbosity_debug()
+        logging.getLogger("urllib3").setLevel(logging.DEBUG)
+        before = ([(list(logger.handlers), logger.propagate) for logger in loggers], warnings.showwarning,
+                  {name: logging.getLogger(name).level for name in NOISY_LIBRARIES})
+        # their own handlers (transformers also writes through the root's where the environment says CI=1/true)
+        assert all(handlers for handlers, _ in before[0])
+        code = main(["-q", "generate", "rain " * 600, "--model", str(tiny_pipeline()), "--seconds", "0.2", "--steps",
+                     "2", "-o", str(tmp_path / "x.wav")])
+        assert code == 0, capsys.readouterr().err
+        assert ([(list(logger.handlers), logger.propagate) for logger in loggers], warnings.showwarning,
+                {name: logging.getLogger(name).level for name in NOISY_LIBRARIES}) == before
+        assert (hf_logging.get_verbosity(), diffusers_logging.get_verbosity()) == (logging.INFO, logging.DEBUG)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def test_a_library_the_command_imported_is_left_at_its_own_default_level(tmp_path, repo_root):
+    """main() called from a script that has not imported transformers: the command imports it (the embedded
+    model's text tower), which sets its logger to its default (warnings); afterwards it is there, as if the script
+    had imported it, and a level the script set on another noisy library (urllib3's DEBUG) is as it set it."""
+    from tests.test_ldm_fixtures import tiny_pipeline
+
+    script = f"""
+import logging, sys
+from tta.cli import main
+assert "transformers" not in sys.modules
+logging.getLogger("urllib3").setLevel(logging.DEBUG)
+code = main(["-q", "generate", "a dog barks", "--model", {str(tiny_pipeline())!r}, "--seconds", "0.2", "--steps", "2",
+             "--threads", "1", "-o", {str(tmp_path / "x.wav")!r}])
+from transformers.utils import logging as hf_logging
+print(code, logging.getLogger("urllib3").level, logging.getLogger("transformers").level, hf_logging.get_verbosity())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=repo_root,
+                         env={**env, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1].split() == ["0", "10", "30", "30"], out.stdout + out.stderr
 
 
 def test_the_after_import_hook_acts_on_its_module_only_and_leaves_its_loader_as_it_was(tmp_path, monkeypatch):

@@ -24,6 +24,9 @@ from tta.checkpoint import output_path
 
 log = logging.getLogger("tta")
 
+# libraries whose records a command shows under -v only (errors always): their levels while it runs
+NOISY_LIBRARIES = ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock", "faiss")
+
 # `tta train KIND` -> module exposing `RunConfig` (the run's config dataclass) and
 # `train(config, out, *, resume, progress) -> Path` (returns the final/ folder).
 TRAINERS = {
@@ -346,10 +349,6 @@ def _main(argv: list[str] | None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         if "transformers" in sys.modules:   # already imported (the setting is read at import)
             sys.modules["transformers"].utils.logging.disable_progress_bar()
-    if not args.verbose:
-        for noisy in ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock",
-                      "faiss"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
     from tta.checkpoint import Terminated, terminate_as_exit
 
     try:
@@ -446,7 +445,10 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
     came at the end of `tta generate`'s bar, without -v too, and `tta -q import diffusers` of a folder whose
     scheduler_config.json has a key its class does not take printed diffusers' "The config attributes {...} were
     passed to DDIMScheduler, but are not expected ...". Their handlers are left out, their records go to the root
-    logger's handler (tta's), until the command ends, when they are as they were."""
+    logger's handler (tta's), until the command ends, when they are as they were. So are the levels of all of
+    NOISY_LIBRARIES (errors only without -v): main() called from Python (a notebook, a script) left them at
+    errors for good, transformers' and diffusers' verbosity with them; a library first imported by the command
+    is left at the level its own set-up gives, as if the caller had imported it."""
     import warnings
 
     show = warnings.showwarning   # as it is (a recorder in catch_warnings(record=True) keeps recording)
@@ -475,6 +477,7 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
 
         undo.append(restore)
 
+    levels = {name: logging.getLogger(name).level for name in NOISY_LIBRARIES}
     warnings.showwarning = show_beside_bars
     hooks = [_AfterImport(f"{library}.utils.logging", route) for library in ("transformers", "diffusers")]
     for hook in hooks:
@@ -482,13 +485,18 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
             route(sys.modules[hook.name])
         else:
             sys.meta_path.insert(0, hook)
+    if not verbose:
+        for name in NOISY_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         yield
     finally:
         warnings.showwarning = show
         for hook in hooks:
             hook.remove()
-        for restore in undo:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for restore in undo:   # after: one the command imported takes the level its set-up gave it
             restore()
 
 
