@@ -107,6 +107,37 @@ def test_export_into_an_existing_folder_is_refused(laion_pipeline, tmp_path, cap
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_export_and_import_show_no_bar_of_transformers_and_leave_its_bars_as_they_were(laion_pipeline, tmp_path,
+                                                                                       capsys):
+    """Without -q, `tta export diffusers` drew transformers' own "Loading weights" bar (the CLAP) and "Writing model
+    shards" bar (text_encoder/), and `tta import diffusers` the same two (--clap, the pipeline's CLAP): tta's bars
+    are the command's. They are off while a command runs, and afterwards as the caller had them (-q left them off
+    for good in a process that goes on)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as hf_logging
+
+    libraries = (hf_logging, diffusers_logging)
+    was = [library.is_progress_bar_enabled() for library in libraries]
+    try:
+        for library in libraries:
+            library.enable_progress_bar()
+        capsys.readouterr()
+        assert main(["export", "diffusers", str(laion_pipeline), "--out", str(tmp_path / "d")]) == 0
+        assert main(["import", "diffusers", str(tmp_path / "d"), "--clap", str(laion_pipeline.parent / "clap"),
+                     "--out", str(tmp_path / "back")]) == 0
+        err = capsys.readouterr().err
+        assert "Loading weights" not in err and "Writing model shards" not in err and "it/s" not in err, repr(err)
+        assert all(library.is_progress_bar_enabled() for library in libraries)
+        assert main(["-q", "export", "diffusers", str(laion_pipeline), "--out", str(tmp_path / "q")]) == 0
+        assert all(library.is_progress_bar_enabled() for library in libraries)
+        hf_logging.disable_progress_bar()   # the caller's own choice is left as it is too
+        assert main(["export", "diffusers", str(laion_pipeline), "--out", str(tmp_path / "off")]) == 0
+        assert not hf_logging.is_progress_bar_enabled() and diffusers_logging.is_progress_bar_enabled()
+    finally:
+        for library, enabled in zip(libraries, was):
+            (library.enable_progress_bar if enabled else library.disable_progress_bar)()
+
+
 def test_the_vaes_own_framing_survives_a_diffusers_round_trip(laion_pipeline, tmp_path, capsys):
     """A pipeline whose VAE frames mels otherwise than its vocoder (allowed: the vocoder reads mels alike) came
     back from export + import with the vocoder's framing on its VAE: edits encoded input half a hop off."""

@@ -345,10 +345,6 @@ def _main(argv: list[str] | None) -> int:
     handler = _BesideProgressBars()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
-    if args.quiet:   # transformers draws a "Loading weights" bar per model load: none under -q
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        if "transformers" in sys.modules:   # already imported (the setting is read at import)
-            sys.modules["transformers"].utils.logging.disable_progress_bar()
     from tta.checkpoint import Terminated, terminate_as_exit
 
     try:
@@ -448,7 +444,10 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
     logger's handler (tta's), until the command ends, when they are as they were. So are the levels of all of
     NOISY_LIBRARIES (errors only without -v): main() called from Python (a notebook, a script) left them at
     errors for good, transformers' and diffusers' verbosity with them; a library first imported by the command
-    is left at the level its own set-up gives, as if the caller had imported it."""
+    is left at the level its own set-up gives, as if the caller had imported it. Their own progress bars are off
+    while a command runs, -q or not, and as they were when it ends: tta's bars are the command's, and
+    transformers drew a "Loading weights" bar per model it loaded and a "Writing model shards" bar per model it
+    saved (`tta export diffusers`, `tta import diffusers|audioldm` of a LAION-CLAP, `tta generate` with one)."""
     import warnings
 
     show = warnings.showwarning   # as it is (a recorder in catch_warnings(record=True) keeps recording)
@@ -463,14 +462,18 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
         logger = logging.getLogger(hf_logging.__name__.split(".")[0])
         hf_logging.get_verbosity()   # the library sets its logger up on first use: its handler, level, propagate
         handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+        bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_default_handler()
         hf_logging.enable_propagation()
+        hf_logging.disable_progress_bar()
         if not verbose:
             logger.setLevel(logging.ERROR)
 
         def restore() -> None:
             logger.propagate = propagate
             logger.setLevel(level)
+            if bars:
+                hf_logging.enable_progress_bar()
             for i, h in enumerate(handlers):   # where it was among them
                 if h not in logger.handlers:
                     logger.handlers.insert(i, h)
