@@ -241,6 +241,30 @@ print(code, logging.getLogger("urllib3").level, logging.getLogger("transformers"
     assert out.stdout.splitlines()[-1].split() == ["0", "10", "30", "30"], out.stdout + out.stderr
 
 
+def test_a_command_leaves_the_root_logger_of_a_script_as_it_found_it(tmp_path, repo_root):
+    """main() called from a script whose logging is not set up: the command gave the root logger tta's handler
+    and its own level for good, so that the script's own records at INFO (DEBUG after -v) were shown in tta's
+    format, and a later main()'s -q or -v was not taken (logging.basicConfig does nothing once a handler is
+    there). The root logger is as the script had it when each command ends."""
+    script = f"""
+import logging
+from tta.cli import main
+for argv in (["-v"], [], ["-q"]):
+    try:
+        main([*argv, "data", "check", {str(tmp_path / "missing.jsonl")!r}])
+    except Exception:   # -v: the error is raised to the caller
+        pass
+    print(logging.root.level, len(logging.root.handlers))
+logging.getLogger("mine").info("a script's own record")
+logging.getLogger("mine").debug("a script's own record")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=repo_root,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n") == ["30 0"] * 3 + [""], out.stdout + out.stderr
+    assert "manifest not found" in out.stderr and "a script's own record" not in out.stderr, out.stderr
+
+
 def test_the_after_import_hook_acts_on_its_module_only_and_leaves_its_loader_as_it_was(tmp_path, monkeypatch):
     """The hook that routes transformers' and diffusers' logging replaced exec_module on the loader it found for
     good: a loader shared by several modules (a zipimporter loads every module of its archive's folder) called

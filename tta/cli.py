@@ -344,7 +344,8 @@ def _main(argv: list[str] | None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = _BesideProgressBars()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
+    root_level = logging.root.level
+    logging.basicConfig(level=level, handlers=[handler])   # (where no handler is there: a caller's own is kept)
     from tta.checkpoint import Terminated, terminate_as_exit
 
     try:
@@ -379,6 +380,13 @@ def _main(argv: list[str] | None) -> int:
 
         print(f"tta: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        # main() called from Python (a script, a notebook): the root logger as it was, not at the command's level
+        # with tta's handler for good (every later record of the caller's at INFO or, after -v, DEBUG shown in
+        # tta's format, and a later main()'s -q or -v not taken, basicConfig doing nothing once it has a handler)
+        if handler in logging.root.handlers:
+            logging.root.removeHandler(handler)
+            logging.root.setLevel(root_level)
 
 
 class _BesideProgressBars(logging.StreamHandler):
