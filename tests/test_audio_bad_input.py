@@ -308,3 +308,78 @@ def test_integer_files_hold_the_nearest_step_and_pcm16_reading_uses_that_grid(tm
     sf.write(tmp_path / "float.wav", wav, 16_000, subtype="FLOAT")   # scores as save_audio's 16-bit copy
     np.testing.assert_array_equal(load_audio(tmp_path / "float.wav", pcm16=True)[0],
                                   load_audio(tmp_path / "PCM_16.wav")[0])
+
+
+def _ogg_crc_bit_by_bit(data: bytes) -> int:
+    """Ogg's page CRC as RFC 3533 defines it, one bit at a time (polynomial 0x04C11DB7, not reflected, initial
+    value 0, no final xor): a check of tta.audio's table-driven one."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def _ogg_page_fields(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(serial number, stored CRC, CRC of the page with its CRC field zeroed) of each page; asserts that the
+    bytes are whole pages."""
+    out, start = [], 0
+    while start < len(data):
+        assert data[start:start + 4] == b"OggS", start
+        segments = data[start + 27:start + 27 + data[start + 26]]
+        end = start + 27 + len(segments) + sum(segments)
+        assert end <= len(data), start
+        page = bytearray(data[start:end])
+        stored = int.from_bytes(page[22:26], "little")
+        page[22:26] = bytes(4)
+        out.append((bytes(page[14:18]), stored, _ogg_crc_bit_by_bit(bytes(page))))
+        start = end
+    return out
+
+
+@pytest.mark.parametrize("subtype", [s for s in ("VORBIS", "OPUS") if s in sf.available_subtypes("OGG")])
+def test_an_ogg_file_holds_the_same_bytes_for_the_same_audio(tmp_path, subtype):
+    """libsndfile draws an Ogg stream's serial number at random, so the same audio written twice gave two files
+    (the serial in every page header, and so every page's CRC); save_audio draws it from the content. The
+    samples decode as libsndfile's own file of them does, and every page's CRC is valid."""
+    import io
+
+    from tests.signals import noise
+    from tta.audio import save_audio
+
+    wav = tone(FREQ, 1.0) + noise(1.0, amplitude=0.05)
+    a, b = (save_audio(tmp_path / name, wav, 16_000, subtype) for name in ("a.ogg", "b.ogg"))
+    assert a.read_bytes() == b.read_bytes()
+    assert audio_info(a).subtype == subtype
+    plain = io.BytesIO()   # what save_audio wrote before: libsndfile's file as it comes, its serial random
+    sf.write(plain, np.clip(wav, -1, 1), 16_000, format="OGG", subtype=subtype)
+    libsndfile_pages = _ogg_page_fields(plain.getvalue())
+    assert all(stored == crc for _, stored, crc in libsndfile_pages)   # as libsndfile computes them
+    plain.seek(0)
+    np.testing.assert_array_equal(sf.read(a, dtype="float32")[0], sf.read(plain, dtype="float32")[0])
+    pages = _ogg_page_fields(a.read_bytes())
+    assert len(pages) == len(libsndfile_pages) >= 3 and len({serial for serial, _, _ in pages}) == 1
+    assert all(stored == crc for _, stored, crc in pages)
+    other = save_audio(tmp_path / "other.ogg", wav[::-1].copy(), 16_000, subtype)   # its own serial
+    assert _ogg_page_fields(other.read_bytes())[0][0] != pages[0][0]
+
+
+def test_an_ogg_file_refuses_what_it_cannot_hold(tmp_path):
+    """subtype "OPUS" writes Opus (it wrote Vorbis, ignoring it), at the rates Opus has: another is refused up
+    front, naming the file, and nothing is written; bytes that are not whole Ogg pages are refused."""
+    from tta.audio import fixed_ogg_serial, save_audio
+
+    path = tmp_path / "x.ogg"
+    with pytest.raises(AudioError, match=r"x\.ogg: Opus takes a sample rate of 8, 12, 16, 24 or 48 kHz, "
+                                         r"got 44100 Hz$"):
+        save_audio(path, tone(FREQ, 0.2, 44_100), 44_100, "OPUS")
+    assert list(tmp_path.iterdir()) == []
+    save_audio(path, tone(FREQ, 0.2), 16_000, "OPUS")
+    data = path.read_bytes()
+    with pytest.raises(AudioError, match=r"^y\.ogg: the Ogg page at byte 0 runs past the end \(20 bytes\)$"):
+        fixed_ogg_serial(data[:20], "y.ogg")
+    with pytest.raises(AudioError, match=r"^y\.ogg: the Ogg page at byte 0 runs past the end \(100 bytes\)$"):
+        fixed_ogg_serial(data[:26] + bytes([255]) + data[27:100], "y.ogg")   # of 255 segments
+    with pytest.raises(AudioError, match=r"^y\.ogg: not an Ogg page at byte 0$"):
+        fixed_ogg_serial(b"RIFF" + data[4:], "y.ogg")

@@ -19,6 +19,8 @@ second mel implementation anywhere in the project.
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import logging
 import math
 import os
@@ -467,9 +469,11 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
     """Write (T,) mono audio atomically (temp file + rename): a kill never leaves a half-written file.
 
     The format follows the suffix (wav, flac, ogg); samples are clipped to [-1, 1] and, for an integer subtype
-    (PCM_16 by default), rounded to the nearest step (PCM_BITS).
+    (PCM_16 by default), rounded to the nearest step (PCM_BITS). An .ogg file holds Vorbis, or Opus with
+    subtype "OPUS" (at 8, 12, 16, 24 or 48 kHz), under a stream serial number drawn from its content
+    (fixed_ogg_serial): the same audio gives the same bytes.
     """
-    from tta.checkpoint import atomic_path
+    from tta.checkpoint import atomic_path, atomic_write_bytes
 
     sample_rate = check_sample_rate(sample_rate, f"{path}: sample_rate", AudioError)
     arr = float_audio(wav, str(path))
@@ -486,14 +490,88 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
     if fmt is None:
         raise AudioError(f"{path}: unsupported output suffix {path.suffix!r} (expected .wav, .flac or .ogg)")
     if fmt == "OGG":
-        subtype = "VORBIS"
+        subtype = "OPUS" if subtype == "OPUS" else "VORBIS"
+        if subtype == "OPUS" and sample_rate not in OPUS_SAMPLE_RATES:
+            raise AudioError(f"{path}: Opus takes a sample rate of 8, 12, 16, 24 or 48 kHz, got {sample_rate} "
+                             "Hz")
     data = np.clip(arr, -1.0, 1.0)
     bits = PCM_BITS.get(subtype)
     if bits is not None:   # int32 samples, the value in the top bits: libsndfile drops the low ones exactly
         data = (pcm_samples(data, bits).astype(np.int64) << (32 - bits)).astype(np.int32)
+    if fmt == "OGG":   # encoded in memory: its serial number is replaced before the file is written
+        encoded = io.BytesIO()
+        sf.write(encoded, data, sample_rate, subtype=subtype, format=fmt)
+        atomic_write_bytes(path, fixed_ogg_serial(encoded.getvalue(), str(path)))
+        return path
     with atomic_path(path) as tmp:
         sf.write(os.fsencode(tmp), data, sample_rate, subtype=subtype, format=fmt)
     return path
+
+
+# Ogg (RFC 3533): a file is a run of pages, each "OggS", version, flags, granule position (8 bytes), the
+# stream's serial number (4), page sequence number (4), CRC (4), segment count and table, then the body.
+# libsndfile draws the serial number at random: two writes of the same audio differed in those 4 bytes and
+# each page's CRC.
+OPUS_SAMPLE_RATES = (8_000, 12_000, 16_000, 24_000, 48_000)
+_OGG_HEADER = 27   # bytes of a page header before its segment table
+
+
+def _ogg_crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+        table.append(crc)
+    return tuple(table)
+
+
+_OGG_CRC_TABLE = _ogg_crc_table()
+
+
+def ogg_crc(data: bytes) -> int:
+    """Ogg's page checksum: CRC-32 with polynomial 0x04C11DB7, not reflected, initial value 0, no final xor
+    (over a page whose CRC field holds zeros)."""
+    crc, table = 0, _OGG_CRC_TABLE
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ byte]
+    return crc
+
+
+def ogg_pages(data: bytes, what: str) -> list[tuple[int, int]]:
+    """(start, end) of each page of the Ogg stream `data`; an AudioError naming `what` where it is not whole
+    pages."""
+    pages, start = [], 0
+    while start < len(data):
+        if data[start:start + 4] != b"OggS":
+            raise AudioError(f"{what}: not an Ogg page at byte {start}")
+        count = data[start + 26] if start + 26 < len(data) else 256   # segments; 256: the header is cut short
+        table = data[start + _OGG_HEADER:start + _OGG_HEADER + count]
+        end = start + _OGG_HEADER + len(table) + sum(table)
+        if len(table) < count or end > len(data):
+            raise AudioError(f"{what}: the Ogg page at byte {start} runs past the end ({len(data)} bytes)")
+        pages.append((start, end))
+        start = end
+    return pages
+
+
+def fixed_ogg_serial(data: bytes, what: str) -> bytes:
+    """The single-stream Ogg file `data` with its stream serial number replaced by one drawn from its content
+    (the first 4 bytes of the sha256 of its pages with serial numbers and CRCs zeroed) and every page's CRC
+    computed again: libsndfile's encoders give the same pages for the same audio, so this gives the same bytes.
+    `what` names the file in an AudioError."""
+    out = bytearray(data)
+    pages = ogg_pages(data, what)
+    streams = len({data[a + 14:a + 18] for a, _ in pages})
+    if streams != 1:
+        raise AudioError(f"{what}: expected one Ogg stream, got {streams}")
+    for a, _ in pages:
+        out[a + 14:a + 26] = bytes(4) + data[a + 18:a + 22] + bytes(4)
+    serial = hashlib.sha256(out).digest()[:4]
+    for a, b in pages:
+        out[a + 14:a + 18] = serial
+        out[a + 22:a + 26] = ogg_crc(memoryview(out)[a:b]).to_bytes(4, "little")
+    return bytes(out)
 
 
 def _check_path(path) -> Path:
