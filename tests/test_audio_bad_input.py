@@ -383,3 +383,26 @@ def test_an_ogg_file_refuses_what_it_cannot_hold(tmp_path):
         fixed_ogg_serial(data[:26] + bytes([255]) + data[27:100], "y.ogg")   # of 255 segments
     with pytest.raises(AudioError, match=r"^y\.ogg: not an Ogg page at byte 0$"):
         fixed_ogg_serial(b"RIFF" + data[4:], "y.ogg")
+
+
+def test_a_long_ogg_file_is_written_from_a_thread_whose_stack_is_smaller_than_its_samples(tmp_path, repo_root):
+    """libvorbis copies the samples of a write onto the stack, and save_audio hands them over in one write: past
+    about 2M samples (131 s at 16 kHz) an 8 MiB stack overflowed and the process died of a segmentation fault,
+    leaving the temporary file. A caller's thread of 256 KiB and 16 s of audio (1 MiB of samples) stand in for
+    that here; the file is written, with the bytes of the same call from the main thread."""
+    import subprocess
+    import sys
+
+    from tests.signals import noise
+    from tta.audio import save_audio
+
+    code = ("import sys, threading\nfrom tests.signals import noise\nfrom tta.audio import save_audio\n"
+            "threading.stack_size(256 << 10)\n"
+            "thread = threading.Thread(target=save_audio, args=(sys.argv[1], noise(16.0), 16_000))\n"
+            "thread.start()\nthread.join()\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "thread.ogg")], capture_output=True, text=True,
+                         cwd=repo_root, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thread.ogg"]
+    main = save_audio(tmp_path / "main.ogg", noise(16.0), 16_000)
+    assert (tmp_path / "thread.ogg").read_bytes() == main.read_bytes()

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -499,9 +500,7 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
     if bits is not None:   # int32 samples, the value in the top bits: libsndfile drops the low ones exactly
         data = (pcm_samples(data, bits).astype(np.int64) << (32 - bits)).astype(np.int32)
     if fmt == "OGG":   # encoded in memory: its serial number is replaced before the file is written
-        encoded = io.BytesIO()
-        sf.write(encoded, data, sample_rate, subtype=subtype, format=fmt)
-        atomic_write_bytes(path, fixed_ogg_serial(encoded.getvalue(), str(path)))
+        atomic_write_bytes(path, fixed_ogg_serial(_encoded_ogg(data, sample_rate, subtype), str(path)))
         return path
     with atomic_path(path) as tmp:
         sf.write(os.fsencode(tmp), data, sample_rate, subtype=subtype, format=fmt)
@@ -514,6 +513,36 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
 # each page's CRC.
 OPUS_SAMPLE_RATES = (8_000, 12_000, 16_000, 24_000, 48_000)
 _OGG_HEADER = 27   # bytes of a page header before its segment table
+
+
+_OGG_STACK_LOCK = threading.Lock()
+
+
+def _encoded_ogg(data: np.ndarray, sample_rate: int, subtype: str) -> bytes:
+    """libsndfile's Ogg file of the (T,) samples `data`, encoded in a thread whose stack has room for them:
+    libvorbis copies the samples of its first write onto the stack (`alloca` in _preextrapolate_helper), so
+    one write of more than about 2M samples (131 s at 16 kHz, 44 s at 48 kHz) overflowed an 8 MiB stack and
+    the process died of a segmentation fault. Writing in parts would avoid it but change the encoding."""
+    encoded, failed = io.BytesIO(), []
+
+    def encode() -> None:
+        try:
+            sf.write(encoded, data, sample_rate, subtype=subtype, format="OGG")
+        except BaseException as e:   # noqa: BLE001 -- raised again in the calling thread
+            failed.append(e)
+
+    room = -(-(4 * len(data) + (16 << 20)) // (1 << 20)) << 20   # float32 samples and 16 MiB, in whole MiB
+    with _OGG_STACK_LOCK:   # the size applies to threads started while it is set: this one alone
+        before = threading.stack_size(room)
+        try:
+            thread = threading.Thread(target=encode, name="tta-ogg-encoder")
+            thread.start()
+        finally:
+            threading.stack_size(before)
+    thread.join()
+    if failed:
+        raise failed[0]
+    return encoded.getvalue()
 
 
 def _ogg_crc_table() -> tuple[int, ...]:
