@@ -822,3 +822,13 @@ def test_a_rows_own_licence_and_source_are_kept(tmp_path):
         _add(tar, "k2.txt", b"a chirp again")
     rows = _by_id(import_webdataset(tmp_path / "000000.tar", audio_dir=tmp_path / "x", options=opts))
     assert [(r.licence, r.source) for r in (rows["k1"], rows["k2"])] == [("CC-BY-SA", "wds"), ("CC0", "mine")]
+
+
+def test_tango_line_cut_short_names_its_own_column(tmp_path):
+    """As a manifest's: a Tango line cut short was "at column 1" (of the line after it) unless it was the last."""
+    _wav(tmp_path / "a.wav")
+    cut = '{"location": "a.wav", "captions": "x"'
+    path = tmp_path / "tango.jsonl"
+    path.write_text(json.dumps({"location": "a.wav", "captions": "y"}) + "\n" + cut + "\n")
+    result = import_tango(path, options=ImportOptions(progress=False))
+    _one_error(result, "tango.jsonl:2", f"broken JSON (Expecting ',' delimiter at column {len(cut) + 1})")

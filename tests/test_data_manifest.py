@@ -145,3 +145,20 @@ def test_a_lines_sample_rate_is_an_integer_by_the_rule_of_a_row_built_in_python(
     path.write_text(json.dumps({**line, "sample_rate": 0}) + "\n")
     with pytest.raises(ManifestError, match=rf"^{path}:1: row 'a': field 'sample_rate' is 0, expected > 0$"):
         read_manifest(path)
+
+
+def test_a_line_cut_short_names_its_own_column_whatever_ends_it(tmp_path):
+    """A line cut short (the usual broken line: an editor or a killed writer) was reported "at column 1": json
+    read its line ending and gave the column of the line after it, where the same line last in the file, with no
+    ending, named the column where it broke."""
+    from tta.data.manifest import read_manifest
+
+    cut = '{"id": "b", "path": "b.wav",'
+    good = '{"id": "a", "path": "a.wav", "captions": ["x"], "seconds": 1, "sample_rate": 16000}'
+    for ending, name in (("\n", "lf"), ("\r\n", "crlf"), ("", "last")):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes((good + "\n" + cut + ending).encode())
+        errors = []
+        assert [r.id for r in read_manifest(path, errors=errors)] == ["a"]
+        assert errors == [f"{path}:2: broken JSON (Expecting property name enclosed in double quotes at column "
+                          f"{len(cut) + 1})"], name

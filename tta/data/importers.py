@@ -569,8 +569,8 @@ def import_tango(jsonl_path: str | os.PathLike, *, root: str | os.PathLike | Non
                 continue
             if not line.strip():
                 continue
-            try:
-                item = json.loads(line)
+            try:   # without its line ending: a line cut short was "at column 1" (of the next line)
+                item = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 c.error(f"{where}: broken JSON ({e.msg} at column {e.colno}); skipped")
                 continue

@@ -155,8 +155,8 @@ def read_manifest(path: str | os.PathLike, *, errors: list[str] | None = None,
                     continue
                 where = f"{path}:{lineno}"
                 try:
-                    try:
-                        obj = json.loads(line)
+                    try:   # without its line ending: a line cut short was "at column 1" (of the next line)
+                        obj = json.loads(line.rstrip("\r\n"))
                     except json.JSONDecodeError as e:
                         raise ManifestError(f"{where}: broken JSON ({e.msg} at column {e.colno})") from None
                     except ValueError:   # json's own: "Exceeds the limit (4300 digits) for integer string conversion"
