@@ -41,7 +41,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                                                         "~/.cache/tta/eval)")
     parser.add_argument("--fad-inf", action="store_true", help="also report FAD-inf and its nominal 95%% interval (nearer 90%% "
                         "measured on real speech; Chung et al. 2020; needs 2 x max(500, 5 x D) generated frames)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="files embedded per batch (default 32)")
 
 
 def run(args: argparse.Namespace) -> int:

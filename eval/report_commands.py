@@ -18,7 +18,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                         help="also (or only) write a Markdown report here (the metric and category tables; the "
                              "spectrograms, audio and head/tail table are in the HTML page only)")
     parser.add_argument("--label", action="append", help="column label per RESULT, in order (repeatable)")
-    parser.add_argument("--title", default="tta evaluation report")
+    parser.add_argument("--title", default="tta evaluation report",
+                        help="the report's heading (default: tta evaluation report)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -625,3 +625,27 @@ def test_a_broken_pipe_that_is_not_stdouts_is_an_error(capsys, monkeypatch):
 
     monkeypatch.setattr(tta.data.commands, "cmd_check", writes_to_a_gone_reader)
     assert run_cli(capsys, "data", "check", "m.jsonl") == (1, "a line\n", "tta: error: [Errno 32] Broken pipe\n")
+
+
+def test_every_option_says_what_it_does_in_help():
+    """`tta eval --help` listed `--batch-size BATCH_SIZE` with no word on what it batches (and clap score,
+    clap retrieve, index build the same; generate's --device, report's --title)."""
+    import argparse
+
+    from tta.cli import build_parser
+
+    bare = [(" ".join(path), action.option_strings) for path, action in _actions(build_parser())
+            if action.option_strings and not action.help and not isinstance(action, argparse._HelpAction)]
+    assert bare == []
+
+
+@pytest.mark.parametrize("command", ["score", "retrieve"])
+def test_clap_commands_take_the_embedding_cache_flag_tta_eval_names(command, tmp_path):
+    """`tta eval --cache-dir DIR` and `tta clap score --cache DIR` name one thing, an embedding cache: a user
+    who passed eval's name to clap score got "unrecognized arguments"."""
+    from tta.cli import build_parser
+
+    argv = ["clap", command, "--model", "M", "--audio", "A"]
+    for flag in ("--cache", "--cache-dir"):
+        args = build_parser().parse_args([*argv, flag, str(tmp_path / "c")])
+        assert args.cache == tmp_path / "c", flag

@@ -235,7 +235,8 @@ def _add_generate(sub) -> None:
                    "usually 0)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="prompts generated together; each brings its candidates into the same pass (default 1)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="torch device (default auto: CUDA, then MPS, then the CPU)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's, one per core). On a busy machine 1 can be twice as "
                         "fast as 2; the output's bytes depend on it (recorded in generation.json)")

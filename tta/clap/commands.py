@@ -64,8 +64,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     src.add_argument("--manifest", type=Path, help="JSONL manifest")
     p.add_argument("--split", default="test", help="manifest split (default: test)")
     p.add_argument("--out", type=output_path, help="write the full result (per-item values) as JSON here")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--cache", type=output_path, help="embedding cache folder (content hash + model identity)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips embedded per forward pass (default 16)")
+    # --cache-dir: the name `tta eval` gives its embedding cache
+    p.add_argument("--cache", "--cache-dir", dest="cache", type=output_path,
+                   help="embedding cache folder (content hash + model identity; default: none)")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="torch device (default cpu; auto: CUDA, then "
                    "MPS, then the CPU)")
 

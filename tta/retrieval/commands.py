@@ -35,7 +35,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--nbits", type=int, default=8, help="bits per PQ code (ivfpq)")
     b.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query")
     b.add_argument("--max-seconds", type=float, default=10.0, help="embed the first S seconds of each clip (default 10; 0 = the whole clip)")
-    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--batch-size", type=int, default=32, help="clips embedded per forward pass (default 32)")
     b.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="embed each clip at its file's own level (default: DC removed and scaled to peak 0.5, as "
                         "the training loader reads clips; audio queries are then normalised alike)")
