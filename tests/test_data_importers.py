@@ -832,3 +832,15 @@ def test_tango_line_cut_short_names_its_own_column(tmp_path):
     path.write_text(json.dumps({"location": "a.wav", "captions": "y"}) + "\n" + cut + "\n")
     result = import_tango(path, options=ImportOptions(progress=False))
     _one_error(result, "tango.jsonl:2", f"broken JSON (Expecting ',' delimiter at column {len(cut) + 1})")
+
+
+def test_folder_sidecar_without_caption_text_is_named(tmp_path):
+    """A sidecar holding only blank lines was reported as "a.wav: no caption", as a missing one is not: the user
+    went looking for an a.txt that is there."""
+    _wav(tmp_path / "a.wav")
+    (tmp_path / "a.txt").write_text("\n  \n")
+    _wav(tmp_path / "b.wav")
+    (tmp_path / "b.txt").write_text("a tone")
+    result = import_folder(tmp_path, options=ImportOptions(progress=False))
+    assert [r.id for r in result.rows] == ["b"]
+    _one_error(result, "a.wav", "no caption (its sidecar a.txt is empty or holds only blank lines)")

@@ -403,6 +403,9 @@ def import_folder(folder: str | os.PathLike, *, captions_csv: str | os.PathLike 
             except UnicodeDecodeError as e:
                 c.error(f"{txt}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8; skipped")
                 continue
+            if not caps:   # was "a.wav: no caption", which sent the user looking for a.txt that is there
+                c.error(f"{p}: no caption (its sidecar {txt.name} is empty or holds only blank lines); skipped")
+                continue
             c.add(Entry(_stem_id(p, folder), p, str(p), caps))
         return c.result(f"import {folder}")
     csv_path = _require_file(Path(captions_csv), "captions CSV")
