@@ -323,6 +323,34 @@ def test_keyword_captions_come_from_labels():
     assert 20 < sum(c != "orig" for c in out) < 80 and all("dog" in c for c in out if c != "orig")
 
 
+def test_loading_the_minilm_text_tower_hides_transformers_bars_and_leaves_huggingface_hubs_as_they_were(capfd):
+    """Its BertModel load hides transformers' "Loading weights" bar, and that alone: transformers' own switches
+    (5.x) turned huggingface_hub's bars on for the whole process afterwards, dropping a caller's per-group
+    settings ("huggingface_hub.http_get" off)."""
+    import importlib
+
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    from tta.checkpoint import set_library_bars
+    from tta.clap.towers import TextTower, TextTowerConfig
+
+    hub_states = importlib.import_module("huggingface_hub.utils.tqdm").progress_bar_states
+    was, bars = dict(hub_states), hf_logging.is_progress_bar_enabled()
+    try:
+        hf_logging.enable_progress_bar()
+        hub_utils.disable_progress_bars("huggingface_hub.http_get")
+        capfd.readouterr()
+        TextTower(TextTowerConfig())
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hub_utils.are_progress_bars_disabled("huggingface_hub.http_get")
+        assert not hub_utils.are_progress_bars_disabled() and hf_logging.is_progress_bar_enabled()
+    finally:
+        set_library_bars(hf_logging, bars)
+        hub_states.clear()
+        hub_states.update(was)
+
+
 def test_minilm_text_tower_is_referenced_not_copied(tmp_path):
     """The real sentence model: frozen weights stay in the package (hash recorded); tuned layers are saved."""
     from tta.checkpoint import load_component, read_component_config, save_component

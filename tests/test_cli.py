@@ -218,6 +218,35 @@ def test_a_command_leaves_transformers_logging_and_python_warnings_as_it_found_t
             logging.getLogger(name).setLevel(level)
 
 
+def test_a_command_leaves_huggingface_hubs_progress_bars_as_it_found_them(tmp_path, capsys):
+    """transformers' disable_progress_bar()/enable_progress_bar() (5.x) switch huggingface_hub's bars for the
+    whole process too and drop its per-group settings: a caller who had turned the hub's bars off, all of them
+    or one group's, found them all on after main(). The command hides transformers' own bars alone."""
+    import importlib
+
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    from tests.test_ldm_fixtures import tiny_pipeline
+
+    hub_states = importlib.import_module("huggingface_hub.utils.tqdm").progress_bar_states
+    was, bars = dict(hub_states), hf_logging.is_progress_bar_enabled()
+    argv = ["-q", "generate", "a dog barks", "--model", str(tiny_pipeline()), "--seconds", "0.2", "--steps", "2",
+            "--threads", "1", "-o", str(tmp_path / "x.wav")]
+    try:
+        hub_utils.enable_progress_bars()
+        hub_utils.disable_progress_bars("huggingface_hub.http_get")   # one group's
+        assert main(argv) == 0, capsys.readouterr().err
+        assert hub_utils.are_progress_bars_disabled("huggingface_hub.http_get")
+        assert not hub_utils.are_progress_bars_disabled() and not hub_utils.are_progress_bars_disabled("other")
+        hub_utils.disable_progress_bars()   # all of them, transformers' own left on
+        assert main(argv) == 0, capsys.readouterr().err
+        assert hub_utils.are_progress_bars_disabled() and hf_logging.is_progress_bar_enabled() == bars
+    finally:
+        hub_states.clear()
+        hub_states.update(was)
+
+
 def test_a_library_the_command_imported_is_left_at_its_own_default_level(tmp_path, repo_root):
     """main() called from a script that has not imported transformers: the command imports it (the embedded
     model's text tower), which sets its logger to its default (warnings); afterwards it is there, as if the script

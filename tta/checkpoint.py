@@ -724,6 +724,18 @@ def loads_draw() -> Iterator[None]:
         _LOADS_DRAW.reset(token)
 
 
+def set_library_bars(library_logging: Any, on: bool) -> None:
+    """transformers' or diffusers' own progress bars ("Loading weights", "Writing model shards", "Loading pipeline
+    components") on or off (`library_logging`: its `utils.logging` module), and nothing else. transformers'
+    disable_progress_bar() and enable_progress_bar() also switch huggingface_hub's bars for the whole process and
+    drop its per-group settings: a caller who had turned the hub's bars off (all, or a group such as
+    "huggingface_hub.http_get") found them on after a tta command or a CLAP's text tower had loaded, and with
+    HF_HUB_DISABLE_PROGRESS_BARS=0 each switch warned "Cannot disable progress bars". Both libraries draw their
+    bars only while this one flag of theirs (what is_progress_bar_enabled() reads) is on; tta loads from local
+    folders, so the hub draws none."""
+    library_logging._tqdm_active = on
+
+
 # ------------------------------------------------------------------------------ train state / foreign
 
 

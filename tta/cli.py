@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tta import UsageError, __version__
-from tta.checkpoint import output_path
+from tta.checkpoint import output_path, set_library_bars
 
 log = logging.getLogger("tta")
 
@@ -456,7 +456,8 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
     is left at the level its own set-up gives, as if the caller had imported it. Their own progress bars are off
     while a command runs, -q or not, and as they were when it ends: tta's bars are the command's, and
     transformers drew a "Loading weights" bar per model it loaded and a "Writing model shards" bar per model it
-    saved (`tta export diffusers`, `tta import diffusers|audioldm` of a LAION-CLAP, `tta generate` with one)."""
+    saved (`tta export diffusers`, `tta import diffusers|audioldm` of a LAION-CLAP, `tta generate` with one).
+    huggingface_hub's bars are not touched (`set_library_bars`)."""
     import warnings
 
     show = warnings.showwarning   # as it is (a recorder in catch_warnings(record=True) keeps recording)
@@ -474,15 +475,14 @@ def _others_beside_progress_bars(handler: _BesideProgressBars, *, verbose: bool)
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_default_handler()
         hf_logging.enable_propagation()
-        hf_logging.disable_progress_bar()
+        set_library_bars(hf_logging, False)   # theirs alone: huggingface_hub's bars are the caller's
         if not verbose:
             logger.setLevel(logging.ERROR)
 
         def restore() -> None:
             logger.propagate = propagate
             logger.setLevel(level)
-            if bars:
-                hf_logging.enable_progress_bar()
+            set_library_bars(hf_logging, bars)
             for i, h in enumerate(handlers):   # where it was among them
                 if h not in logger.handlers:
                     logger.handlers.insert(i, h)

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from tta.audio import MelConfig, log_mel
-from tta.checkpoint import file_sha256
+from tta.checkpoint import file_sha256, set_library_bars
 from tta.clap.encoder import warn_truncated
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,12 @@ class TextTower(nn.Module):
 
             level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
             hf_logging.set_verbosity_error()  # the package's unused pooler weights are expected, not news
-            hf_logging.disable_progress_bar()
+            set_library_bars(hf_logging, False)
             try:
                 self.bert = BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True)
             finally:
                 hf_logging.set_verbosity(level)
-                if bars:
-                    hf_logging.enable_progress_bar()
+                set_library_bars(hf_logging, bars)
         else:
             self.bert = BertModel(BertConfig(
                 vocab_size=len(self.tokenizer), hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
