@@ -515,6 +515,11 @@ OPUS_SAMPLE_RATES = (8_000, 12_000, 16_000, 24_000, 48_000)
 _OGG_HEADER = 27   # bytes of a page header before its segment table
 
 
+# threading.stack_size is the process's setting, not the calling thread's: a thread that any other thread starts
+# while a save has it set gets as big a stack too (address space; its pages are touched only as it uses them).
+# The window is short, one Thread.start. The lock covers saves alone: two at once would set the size and put it
+# back across each other, so one encoder could start with the default stack (too small for a long clip) or the
+# big size could stay set for good.
 _OGG_STACK_LOCK = threading.Lock()
 
 
@@ -532,7 +537,7 @@ def _encoded_ogg(data: np.ndarray, sample_rate: int, subtype: str) -> bytes:
             failed.append(e)
 
     room = -(-(4 * len(data) + (16 << 20)) // (1 << 20)) << 20   # float32 samples and 16 MiB, in whole MiB
-    with _OGG_STACK_LOCK:   # the size applies to threads started while it is set: this one alone
+    with _OGG_STACK_LOCK:   # one save at a time sets the size and puts it back (see above)
         before = threading.stack_size(room)
         try:
             thread = threading.Thread(target=encode, name="tta-ogg-encoder")
