@@ -385,6 +385,23 @@ def test_an_ogg_file_refuses_what_it_cannot_hold(tmp_path):
         fixed_ogg_serial(b"RIFF" + data[4:], "y.ogg")
 
 
+@pytest.mark.parametrize("name, subtype", [("x.ogg", "opus"), ("x.ogg", "Vorbis"), ("x.wav", "pcm_16"),
+                                           ("x.flac", "pcm_24"), ("x.wav", "Pcm_U8"), ("x.wav", "float")])
+def test_a_subtype_in_lower_case_writes_what_its_upper_case_name_does(tmp_path, name, subtype):
+    """libsndfile takes a subtype in any case, and save_audio compared it as written: "opus" wrote Vorbis, and a
+    WAV's "pcm_16" or "pcm_u8" left the rounding to libsndfile, the step below, where "PCM_16" rounds to the
+    nearest."""
+    from tta.audio import save_audio
+
+    if subtype.upper() not in sf.available_subtypes():
+        pytest.skip(f"this libsndfile has no {subtype.upper()}")
+    wav = tone(FREQ, 0.5, amplitude=0.3) + 0.7 / 65536   # between two 16-bit steps, nearer the upper one
+    lower = save_audio(tmp_path / "lower" / name, wav, 16_000, subtype)
+    upper = save_audio(tmp_path / "upper" / name, wav, 16_000, subtype.upper())
+    assert audio_info(lower).subtype == subtype.upper()
+    assert lower.read_bytes() == upper.read_bytes()
+
+
 def test_a_long_ogg_file_is_written_from_a_thread_whose_stack_is_smaller_than_its_samples(tmp_path, repo_root):
     """libvorbis copies the samples of a write onto the stack, and save_audio hands them over in one write: past
     about 2M samples (131 s at 16 kHz) an 8 MiB stack overflowed and the process died of a segmentation fault,

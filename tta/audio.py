@@ -471,12 +471,13 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
 
     The format follows the suffix (wav, flac, ogg); samples are clipped to [-1, 1] and, for an integer subtype
     (PCM_16 by default), rounded to the nearest step (PCM_BITS). An .ogg file holds Vorbis, or Opus with
-    subtype "OPUS" (at 8, 12, 16, 24 or 48 kHz), under a stream serial number drawn from its content
+    subtype "OPUS" (at 8, 12, 16, 24 or 48 kHz; a subtype in any case), under a stream serial number drawn from its content
     (fixed_ogg_serial): the same audio gives the same bytes.
     """
     from tta.checkpoint import atomic_path, atomic_write_bytes
 
     sample_rate = check_sample_rate(sample_rate, f"{path}: sample_rate", AudioError)
+    subtype = subtype.upper()   # libsndfile takes any case: "opus" wrote Vorbis, "pcm_16" rounded down
     arr = float_audio(wav, str(path))
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
