@@ -754,8 +754,9 @@ def test_a_folder_whose_audio_tower_cannot_embed_is_refused_naming_its_config(tm
     """A config.json whose weights fit but whose audio tower cannot embed at all (flatten_patch_embeds false, a
     patch stride the mels do not fit) loads, and its first audio embedding failed with transformers' bare reason
     ("Given normalized_shape=[8], expected input ..."), naming neither the folder nor its config; a datastore
-    skipped every row of a spec size the mels do not fit as a clip the CLAP refused. Both are one error naming
-    the config.json, with transformers' reason; the text tower embeds as before."""
+    skipped every row of such a config as a clip the CLAP refused. Both are one error naming the config.json,
+    with transformers' reason; the text tower embeds as before. (A spec size the mels do not fit is refused at
+    load: the next test.)"""
     import shutil
 
 
@@ -770,8 +771,7 @@ def test_a_folder_whose_audio_tower_cannot_embed_is_refused_naming_its_config(tm
     expected = load_clap(base).embed_text(text)
     manifest = make_corpus(tmp_path / "corpus", per_kind_train=1, per_kind_valid=0)
     for name, change, reason in (("flat", {"flatten_patch_embeds": False}, r"Given normalized_shape=\[8\]"),
-                                 ("stride", {"patch_stride": [3, 3]}, "shape .* is invalid for input"),
-                                 ("spec", {"spec_size": 128}, "the wav size should be less than or equal")):
+                                 ("stride", {"patch_stride": [3, 3]}, "shape .* is invalid for input")):
         folder = tmp_path / name
         shutil.copytree(base, folder)
         body = json.loads((folder / "config.json").read_text())
@@ -788,6 +788,50 @@ def test_a_folder_whose_audio_tower_cannot_embed_is_refused_naming_its_config(tm
             build_datastore(manifest, clap, tmp_path / f"store-{name}", progress=False)
         assert not (tmp_path / f"store-{name}").exists()
         assert not [r for r in caplog.records if "skipping" in r.getMessage()]
+
+
+def test_an_audio_config_laions_mels_do_not_fit_is_refused_when_the_folder_loads(tmp_path, tokenizer_dir):
+    """A folder without a preprocessor_config.json is read through LAION's front end (64-bin mels, 1001 frames),
+    yet its audio_config was not checked against it: a spec size of 128 (256 frames) loaded and was refused only
+    at the first audio, after any text-side work ('the wav size should be less than or equal to the swin input
+    size'); one under the mel-bin count failed there with a bare ZeroDivisionError, and weights made for 32-bin
+    mels with 'running_mean should contain 64 elements not 32'. Each is refused when the folder loads, as the
+    first audio refused it, naming the config.json and the field; the 32-bin weights load and embed once their
+    folder has the preprocessor_config.json they need."""
+    import shutil
+
+    from transformers import ClapFeatureExtractor
+
+    from tta.clap import load_clap
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    save_folder(base, tiny_config(), tokenizer_dir)
+    narrow = tiny_config()
+    narrow.audio_config.num_mel_bins = 32      # weights made for 32-bin mels: they fit this config
+    save_folder(tmp_path / "mel32", narrow, tokenizer_dir)
+    refused = [(tmp_path / "mel32", r"audio_config.num_mel_bins is 32; without a preprocessor_config.json, LAION's "
+                                    r"front end makes 64-bin mels\); give the folder the preprocessor_config.json "
+                                    r"its weights were trained with \(feature_size 32\)$")]
+    for name, spec, reason in (("spec128", 128, r"audio_config.spec_size 128 takes at most 256 mel frames; without a "
+                                                r"preprocessor_config.json, LAION's front end makes 1001, of 10 s at "
+                                                r"hop 480"),
+                               ("spec32", 32, r"audio_config.spec_size 32 is under its num_mel_bins 64: HTSAT folds "
+                                              r"the frames into spec_size // num_mel_bins strips, here none")):
+        folder = tmp_path / name
+        shutil.copytree(base, folder)
+        body = json.loads((folder / "config.json").read_text())
+        body["audio_config"]["spec_size"] = spec
+        (folder / "config.json").write_text(json.dumps(body))
+        refused.append((folder, reason + r"\); check audio_config against the config the weights were saved with, "
+                                         r"in particular spec_size$"))
+    for folder, message in refused:
+        with pytest.raises(CheckpointError, match=f"^{folder / 'config.json'}: the CLAP audio tower its "
+                                                  rf"audio_config builds cannot embed audio \({message}"):
+            load_clap(folder)
+    ClapFeatureExtractor(feature_size=32, frequency_min=50, truncation="rand_trunc").save_pretrained(
+        str(tmp_path / "mel32"))
+    assert load_clap(tmp_path / "mel32").embed_audio(chirp(200, 4000, 2.0, 16_000), 16_000).shape == (1, PROJ)
 
 
 def test_a_first_audio_batchs_dtype_failure_is_raised_as_it_is_and_a_pts_names_its_config(laion_pt, tokenizer_dir):

@@ -30,11 +30,13 @@ truncation without feature fusion, more mel frames than HTSAT's input) or that w
 under 10 s without fusion) is refused when the folder loads. A config.json whose activations, LayerNorm
 epsilons, text head count, padding id, patch stride or spec size differ from the official folders' adds "-cfg"
 and a hash of those fields to the identity (`model_config_suffix`), unless they are the values tta infers for a
-.pt (a folder tta wrote from a .pt or .ckpt keeps the weights-only identity it had). One that builds an audio
-tower that cannot embed at all (e.g. `flatten_patch_embeds` false, a patch stride or spec size the mels do not
-fit) loads, as its weights fit; its first audio embedding is refused naming the config.json (a probe embedding
-when the folder loads would put a 10 s window through HTSAT: ~0.4 s on one CPU core for the official size, a
-quarter of its load, paid by text-only uses such as AudioLDM's conditioning too).
+.pt (a folder tta wrote from a .pt or .ckpt keeps the weights-only identity it had). One whose spec size or
+mel-bin count the front end's mels do not fit is refused when the folder loads, naming the config.json and the
+field (`front_end_misfit`; with a preprocessor_config.json, `check_front_end`). One that builds an audio tower
+that cannot embed otherwise (e.g. `flatten_patch_embeds` false, a patch stride the mels do not fit) loads, as its
+weights fit; its first audio embedding is refused naming the config.json (a probe embedding when the folder
+loads would put a 10 s window through HTSAT: ~0.4 s on one CPU core for the official size, a quarter of its
+load, paid by text-only uses such as AudioLDM's conditioning too).
 
 The RoBERTa tokenizer must come from local files the user names; a tokenizer with a tiny vocabulary
 (what transformers 5 builds offline when the files are missing) is refused.
@@ -415,6 +417,36 @@ def check_front_end(features, audio_config, where: str) -> None:
                          f"(audio_config.spec_size {audio_config.spec_size}; LAION: hop 480, 10 s, 1001)")
 
 
+def front_end_misfit(audio_config) -> tuple[str, str] | None:
+    """(why, what to check) where the mels of LAION's front end (`FRONT_END`: 64 bins, 1001 frames of 10 s at hop
+    480), which a folder without a preprocessor_config.json is read through, cannot go through the audio tower
+    `audio_config` builds, else None. HTSAT reads `num_mel_bins` bins and folds a clip's frames into a `spec_size`
+    square, in spec_size // num_mel_bins strips of spec_size frames each; otherwise transformers fails at the first
+    embedding (a batch norm of another width, 'the wav size should be less than or equal to the swin input size',
+    or a division by zero where spec_size is under num_mel_bins)."""
+    bins, spec = audio_config.num_mel_bins, audio_config.spec_size
+    made = FRONT_END["feature_size"]
+    frames = FRONT_END["max_length_s"] * SAMPLE_RATE // FRONT_END["hop_length"] + 1
+    laions = "without a preprocessor_config.json, LAION's front end makes"
+    check = "check audio_config against the config the weights were saved with, in particular spec_size"
+    if bins != made:   # the weights are shaped by it (the batch norm): their front end is another one
+        return (f"audio_config.num_mel_bins is {bins}; {laions} {made}-bin mels",
+                f"give the folder the preprocessor_config.json its weights were trained with (feature_size {bins})")
+    if spec < bins:
+        return (f"audio_config.spec_size {spec} is under its num_mel_bins {bins}: HTSAT folds the frames into "
+                "spec_size // num_mel_bins strips, here none"), check
+    if frames > spec * (spec // bins):
+        return (f"audio_config.spec_size {spec} takes at most {spec * (spec // bins)} mel frames; {laions} {frames}, "
+                f"of 10 s at hop {FRONT_END['hop_length']}"), check
+    return None
+
+
+def _config_cannot_embed(config_json: str, reason: str, check: str) -> str:
+    """The refusal of a config.json whose audio tower cannot embed, at load or at its first audio: `reason` in
+    parentheses, then what to `check`."""
+    return f"{config_json}: the CLAP audio tower its audio_config builds cannot embed audio ({reason}); {check}"
+
+
 def _file_hash(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -508,6 +540,10 @@ class LaionClapEmbedder(ClapEmbedder):
                 raise ValueError(f"{path / 'preprocessor_config.json'}: not a ClapFeatureExtractor "
                                  f"configuration ({str(e).splitlines()[0][:200]})") from None
             check_front_end(fe, model.config.audio_config, str(path / "preprocessor_config.json"))
+        else:   # LAION's front end: an audio_config its mels do not fit is refused now, not at the first audio
+            misfit = front_end_misfit(model.config.audio_config)
+            if misfit:
+                raise CheckpointError(_config_cannot_embed(str(path / "config.json"), *misfit))
         return cls(model, load_roberta_tokenizer(tokenizer or path), identity=ident, feature_extractor=fe,
                    config_source=str(path / "config.json"), **kwargs)
 
@@ -559,17 +595,17 @@ class LaionClapEmbedder(ClapEmbedder):
             if (self._audio_embedded or isinstance(e, torch.cuda.OutOfMemoryError)
                     or not _SHAPE_FAILURE.search(reason) or _NOT_CONFIG_FAILURE.search(reason)):
                 raise
-            reason = f"(transformers: {reason.splitlines()[0][:200]})"
+            reason = f"transformers: {reason.splitlines()[0][:200]}"
             fields = "e.g. flatten_patch_embeds, patch_stride, spec_size"
             where = self.config_source or "this CLAP's config"
             if where.endswith("config.json") or self.config_source is None:
-                message = (f"the CLAP audio tower its audio_config builds cannot embed audio {reason}; check "
-                           f"audio_config against the config the weights were saved with, {fields}")
-            else:   # a .pt: its config is inferred from its weights, or passed in through the Python API
-                message = (f"the CLAP audio tower built for it cannot embed audio {reason}; its config is the one "
-                           "passed as config= or, without one, read off its weights as LAION's HTSAT (spec_size "
-                           f"256, patch_stride 4): check the config passed, {fields}")
-            raise CheckpointError(f"{where}: {message}") from e
+                check = f"check audio_config against the config the weights were saved with, {fields}"
+                raise CheckpointError(_config_cannot_embed(where, reason, check)) from e
+            # a .pt: its config is inferred from its weights, or passed in through the Python API
+            raise CheckpointError(f"{where}: the CLAP audio tower built for it cannot embed audio ({reason}); its "
+                                  "config is the one passed as config= or, without one, read off its weights as "
+                                  "LAION's HTSAT (spec_size 256, patch_stride 4): check the config passed, "
+                                  f"{fields}") from e
         self._audio_embedded = True
         return out
 
