@@ -498,6 +498,40 @@ def test_a_folders_identity_names_a_tokenizer_other_than_its_own(tmp_path, token
     assert a != b and a == load_clap(bare, tokenizer=tokenizer_dir).identity
 
 
+def test_a_folders_tokenizer_identity_follows_what_the_tokenizer_makes_of_text(tmp_path, tokenizer_dir):
+    """The '-tok' part hashed the tokenizer's files: the original tokenizer folder and the save_pretrained copy of
+    it in a CLAP folder (other files, the same tokens) made a folder read with the original '-tok55cc1d0c' though
+    it embeds as the folder itself, and a folder without tokenizer files two identities for one embedding. The
+    tokenizer's content decides: the same tokenizer, whatever its files, gives the same identity; one that pads on
+    the other side (other caption embeddings in a batch) another."""
+    import shutil
+
+    from transformers import ClapModel
+
+    from tta.clap import load_clap
+    from tta.clap.laion import _file_hash, _tokenizer_hash, model_config_suffix
+
+    torch.manual_seed(0)
+    folder = tmp_path / "hf"
+    save_folder(folder, tiny_config(), tokenizer_dir)
+    assert _tokenizer_hash(folder) != _tokenizer_hash(tokenizer_dir)     # other files (vocab.txt, bytes)
+    weights_only = "laion-clap:" + _file_hash(folder / "model.safetensors") + model_config_suffix(tiny_config())
+    assert load_clap(folder, tokenizer=tokenizer_dir).identity == weights_only
+    bare = tmp_path / "bare"                                   # no tokenizer files: the named one is in the identity
+    ClapModel(tiny_config()).save_pretrained(str(bare))
+    original, copy = load_clap(bare, tokenizer=tokenizer_dir), load_clap(bare, tokenizer=folder)
+    assert original.identity == copy.identity and "-tok" in original.identity
+    left = tmp_path / "left"
+    left.mkdir()
+    shutil.copy(folder / "tokenizer.json", left)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (left / "tokenizer_config.json").write_text(json.dumps({**settings, "padding_side": "left"}))
+    padded_left = load_clap(bare, tokenizer=left)
+    captions = ["a dog", "a dog barks loudly at night"]
+    assert not torch.allclose(padded_left.embed_text(captions), copy.embed_text(captions), atol=1e-3)
+    assert padded_left.identity != copy.identity and "-tok" in padded_left.identity
+
+
 def test_clap_weights_holding_nan_are_refused_naming_the_file_and_key(tmp_path, tokenizer_dir):
     """A LAION .pt, the CLAP inside an AudioLDM .ckpt or a transformers CLAP folder holding NaN loaded without a
     word: NaN text embeddings, NaN audio from every model conditioned on them, NaN CLAP scores."""

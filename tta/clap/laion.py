@@ -327,6 +327,39 @@ def _tokenizer_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _tokenizer_content_hash(tok, folder: Path) -> str:
+    """sha256 (16 hex) of what tokenizer `tok` (read from `folder`) makes of a caption: its tokenizers pipeline
+    (normaliser, pre-tokenizer, vocabulary and merges, post-processor, added tokens) and the sides it pads and
+    truncates on. Not its decoder, nor the padding and truncation saved with it (tta sets both on every call),
+    nor the file names and other settings its folder holds them in: the original files and a save_pretrained
+    copy of them hash alike. A tokenizer without a tokenizers pipeline is hashed by its files."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return _tokenizer_hash(folder)
+    body = json.loads(backend.to_str())
+    for key in ("version", "padding", "truncation", "decoder"):
+        body.pop(key, None)
+    body["sides"] = [tok.padding_side, tok.truncation_side, tok.pad_token_id]
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tokenizer_suffix(folder: Path, tokenizer: Path, tok) -> str:
+    """A transformers CLAP folder's identity part for the tokenizer `tok` read from `tokenizer`: "" where it is
+    the folder's own (its files, or another copy of the same tokenizer), else "-tok" and 8 hex digits of
+    `_tokenizer_content_hash`. A folder without tokenizer files has none of its own: the tokenizer named makes
+    its caption embeddings, so it is in the identity, and identical tokenizers give the same one."""
+    if _tokenizer_hash(tokenizer) == _tokenizer_hash(folder):
+        return ""
+    named = _tokenizer_content_hash(tok, tokenizer)
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        try:
+            if _tokenizer_content_hash(load_roberta_tokenizer(folder), folder) == named:
+                return ""
+        except ValueError:   # its own files do not make a tokenizer: the named one is another
+            pass
+    return f"-tok{named[:8]}"
+
+
 def front_end_suffix(features, fusion: bool) -> str:
     """A feature extractor's part of the identity: "" for LAION's front end (`FRONT_END`), else "-fe" + 8 hex
     digits hashing the fields that differ from it. The same weights read through another mel range, hop or
@@ -496,9 +529,9 @@ class LaionClapEmbedder(ClapEmbedder):
     def from_path(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None, *, config=None,
                   loaded=None, **kwargs) -> LaionClapEmbedder:
         """A LAION `.pt` file (needs `tokenizer`; `loaded`: its content, when already read) or a transformers
-        CLAP folder (tokenizer files inside it, or `tokenizer`: one whose files differ from the folder's adds
-        "-tok" and 8 hex digits of their hash to the identity; a config.json that embeds otherwise than the
-        official folders' adds "-cfg": `model_config_suffix`)."""
+        CLAP folder (tokenizer files inside it, or `tokenizer`: another tokenizer than the folder's own adds
+        "-tok" and 8 hex digits of its content's hash to the identity, `_tokenizer_suffix`; a config.json that
+        embeds otherwise than the official folders' adds "-cfg": `model_config_suffix`)."""
         from transformers import ClapFeatureExtractor, ClapModel
 
         path = Path(path)
@@ -528,10 +561,6 @@ class LaionClapEmbedder(ClapEmbedder):
             h = hashlib.sha256("".join(_file_hash(f) for f in shards or [path / "config.json"]).encode())
             ident = f"laion-clap:{h.hexdigest()[:16]}"
         ident += model_config_suffix(model.config)
-        if tokenizer is not None and _tokenizer_hash(Path(tokenizer)) != _tokenizer_hash(path):
-            # another tokenizer than the folder's own embeds captions otherwise (as with a .pt): in the identity;
-            # the folder's own files, or copies of them, keep the weights-only identity caches are keyed by
-            ident += f"-tok{_tokenizer_hash(Path(tokenizer))[:8]}"
         fe = None
         if (path / "preprocessor_config.json").is_file():
             try:
@@ -544,8 +573,13 @@ class LaionClapEmbedder(ClapEmbedder):
             misfit = front_end_misfit(model.config.audio_config)
             if misfit:
                 raise CheckpointError(_config_cannot_embed(str(path / "config.json"), *misfit))
-        return cls(model, load_roberta_tokenizer(tokenizer or path), identity=ident, feature_extractor=fe,
-                   config_source=str(path / "config.json"), **kwargs)
+        tok = load_roberta_tokenizer(tokenizer or path)
+        if tokenizer is not None:
+            # another tokenizer than the folder's own embeds captions otherwise (as with a .pt): in the identity;
+            # the folder's own, or a copy of it, keeps the weights-only identity caches are keyed by
+            ident += _tokenizer_suffix(path, Path(tokenizer), tok)
+        return cls(model, tok, identity=ident, feature_extractor=fe, config_source=str(path / "config.json"),
+                   **kwargs)
 
     @torch.no_grad()
     def _text_batch(self, captions: list[str]) -> torch.Tensor:
