@@ -720,6 +720,67 @@ def test_a_folder_tta_wrote_from_a_laion_pt_keeps_its_weights_only_identity(laio
     assert len(set(identities)) == 4 and all(i.startswith(weights_only + "-cfg") for i in identities)
 
 
+def test_a_roberta_width_folder_edited_to_laions_text_epsilon_has_its_own_identity(tmp_path, tokenizer_dir):
+    """At roberta-base's width (768, 12 heads: every official folder's) the values infer_clap_config writes for a
+    .pt are the official ones but for the text LayerNorm epsilon (1e-5), so an official folder whose only edit is
+    that epsilon counted as one tta wrote and kept the official identity, though its caption embeddings moved. It
+    gets "-cfg"; the official folder keeps the weights-only identity, and so does the text_encoder/ of a pipeline
+    tta writes from a .pt of that width (where tta writes such folders)."""
+    import dataclasses
+    import shutil
+
+    from transformers import BertTokenizer, ClapConfig, ClapModel
+
+    from tests.test_ldm_fixtures import tiny_model_config, tiny_run_config
+    from tta.clap import load_clap
+    from tta.clap.laion import _file_hash, infer_clap_config
+    from tta.ldm.model import LDMUNet
+    from tta.pipeline import PipelineDefaults, TTAPipeline
+    from vae.model import MelVAE, VAEConfig
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    small = tmp_path / "tok"            # 1000 tokens: a 768-wide text tower stays small
+    small.mkdir()
+    (small / "vocab.txt").write_text("\n".join((tokenizer_dir / "vocab.txt").read_text().splitlines()[:1000]) + "\n")
+    tok = BertTokenizer(str(small / "vocab.txt"))
+    tiny = tiny_config()
+    config = ClapConfig(text_config={"vocab_size": 1000, "hidden_size": 768, "num_hidden_layers": 1,
+                                     "intermediate_size": 64, "max_position_embeddings": POS},
+                        audio_config={k: getattr(tiny.audio_config, k) for k in (
+                            "patch_embeds_hidden_size", "depths", "num_attention_heads", "hidden_size")},
+                        projection_dim=PROJ)
+    torch.manual_seed(0)
+    official = tmp_path / "official"
+    model = ClapModel(config)
+    model.save_pretrained(str(official))
+    tok.save_pretrained(str(official))
+    base = load_clap(official)
+    assert base.identity == "laion-clap:" + _file_hash(official / "model.safetensors")
+    edited = tmp_path / "eps"
+    shutil.copytree(official, edited)
+    body = json.loads((edited / "config.json").read_text())
+    body["text_config"]["layer_norm_eps"] = 1e-5
+    (edited / "config.json").write_text(json.dumps(body))
+    eps = load_clap(edited)
+    text = ["a dog barks loudly"]
+    assert not torch.allclose(eps.embed_text(text), base.embed_text(text), atol=1e-5)
+    assert eps.identity.startswith(base.identity + "-cfg")
+
+    inferred = infer_clap_config(model.state_dict())          # as a .pt of these weights loads
+    assert inferred.text_config.layer_norm_eps == 1e-5 and inferred.text_config.num_attention_heads == 12
+    from_pt = ClapModel(inferred).eval()
+    from_pt.load_state_dict(model.state_dict())
+    clap = LaionClapEmbedder(from_pt, tok, identity="laion-clap:pt", config_source=str(tmp_path / "x.pt"))
+    vocoder = HiFiGAN(dataclasses.replace(tiny_model_config(HiFiGANConfig, "vocoder"), weight_norm=False)).eval()
+    unet = LDMUNet(dataclasses.replace(tiny_run_config().model, class_embed_dim=PROJ)).eval()
+    pipe = TTAPipeline(unet, MelVAE(tiny_model_config(VAEConfig, "vae")).eval(), vocoder, clap,
+                       tiny_run_config().diffusion.scheduler_config(), PipelineDefaults(steps=2))
+    written = pipe.save_pretrained(tmp_path / "pipeline") / "text_encoder"
+    assert json.loads((written / "config.json").read_text())["text_config"]["layer_norm_eps"] == 1e-5
+    assert load_clap(written).identity == "laion-clap:" + _file_hash(written / "model.safetensors")
+    assert TTAPipeline.from_pretrained(tmp_path / "pipeline").clap.identity == load_clap(written).identity
+
+
 def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path, tokenizer_dir):
     """A config.json building a model its weights do not fit loaded with only transformers' logged report: fusion
     switched on over unfused weights left the fusion layers at random, the patch LayerNorm or the qkv biases

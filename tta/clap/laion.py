@@ -30,7 +30,8 @@ truncation without feature fusion, more mel frames than HTSAT's input) or that w
 under 10 s without fusion) is refused when the folder loads. A config.json whose activations, LayerNorm
 epsilons, text head count, padding id, patch stride or spec size differ from the official folders' adds "-cfg"
 and a hash of those fields to the identity (`model_config_suffix`), unless they are the values tta infers for a
-.pt (a folder tta wrote from a .pt or .ckpt keeps the weights-only identity it had). One whose spec size or
+.pt (a folder tta wrote from a .pt or .ckpt keeps the weights-only identity it had; at roberta-base's width, where
+those values are the official ones but for the text LayerNorm epsilon, only in a tta pipeline's text_encoder/). One whose spec size or
 mel-bin count the front end's mels do not fit is refused when the folder loads, naming the config.json and the
 field (`front_end_misfit`; with a preprocessor_config.json, `check_front_end`). One that builds an audio tower
 that cannot embed otherwise (e.g. `flatten_patch_embeds` false, a patch stride the mels do not fit) loads, as its
@@ -77,7 +78,8 @@ FRONT_END = {"feature_size": 64, "sampling_rate": SAMPLE_RATE, "hop_length": 480
 # A folder that differs in any of them adds to the identity (`model_config_suffix`). Not here: the fields that
 # shape weights (another value fails to load or leaves weights unused), dropout and initialisation, bos/eos ids
 # and logit_scale_init_value (the logit scale is a weight, and no embedding uses it). The values
-# `infer_clap_config` writes for a .pt (LAION_TEXT_LAYER_NORM_EPS, laion_text_heads) count as known as well.
+# `infer_clap_config` writes for a .pt (LAION_TEXT_LAYER_NORM_EPS, laion_text_heads) count as known as well
+# (at roberta-base's width, in a tta pipeline's text_encoder/ only).
 MODEL_CONFIG = {"text_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-12, "num_attention_heads": 12,
                                 "pad_token_id": 1, "projection_hidden_act": "relu"},
                 "audio_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-5, "patch_stride": (4, 4),
@@ -177,7 +179,7 @@ def infer_clap_config(state: dict):
     Text attention heads are not visible in the weights: hidden_size // 64 (RoBERTa's head width) is used;
     the text tower's LayerNorm epsilon is RoBERTa's 1e-5 (LAION builds it from roberta-base), not
     ClapTextConfig's default 1e-12. A folder saved with this config keeps the weights-only identity
-    (`model_config_suffix`).
+    (`model_config_suffix`; at roberta-base's width, as a tta pipeline's text_encoder/).
     """
     from transformers import ClapConfig
 
@@ -380,7 +382,7 @@ def front_end_suffix(features, fusion: bool) -> str:
     return "-fe" + hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def model_config_suffix(config) -> str:
+def model_config_suffix(config, *, in_pipeline: bool = False) -> str:
     """A transformers ClapConfig's part of the identity: "" where the fields of `MODEL_CONFIG` hold the official
     folders' values, else "-cfg" + 8 hex digits hashing those that differ. The same weights with another
     activation, LayerNorm epsilon, text head count, padding id, patch stride or spec size embed otherwise, so they
@@ -388,8 +390,12 @@ def model_config_suffix(config) -> str:
     had. So does a config whose fields are the official values but for those `infer_clap_config` writes for a .pt
     (text LayerNorm epsilon 1e-5, text heads 64 wide), all of them: a folder tta wrote from a .pt or an AudioLDM
     .ckpt (`tta import`, a pipeline's text_encoder/), whose caches and datastores are keyed by its weights alone;
-    one of those edited otherwise gets the suffix. (Official weights edited to exactly those values, e.g. text
-    layer_norm_eps 1e-5 at roberta-base size, share the official folder's identity in turn.)"""
+    one of those edited otherwise gets the suffix. At roberta-base's width (768: 12 heads, the official count)
+    the epsilon is the only such value, and an official folder whose text layer_norm_eps is edited to 1e-5 (its
+    embeddings move) holds the same config: there it counts as tta's own only `in_pipeline`, for a folder that is
+    a tta pipeline's text_encoder/ (`_in_tta_pipeline`), where tta writes every transformers CLAP folder it makes;
+    elsewhere it gets the suffix. (A pipeline's text_encoder/ of that width edited to the official 1e-12 keeps the
+    weights-only identity in turn: its config alone cannot tell that edit from an official folder's.)"""
     changed = {}
     for part, fields in MODEL_CONFIG.items():
         for name, want in fields.items():
@@ -403,9 +409,21 @@ def model_config_suffix(config) -> str:
     inferred = {"text_config.layer_norm_eps": LAION_TEXT_LAYER_NORM_EPS}
     if heads != MODEL_CONFIG["text_config"]["num_attention_heads"]:
         inferred["text_config.num_attention_heads"] = float(heads)
-    if not changed or changed == inferred:
+    if not changed or (changed == inferred and (len(inferred) > 1 or in_pipeline)):
         return ""
     return "-cfg" + hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _in_tta_pipeline(folder: Path) -> bool:
+    """Whether `folder` is the text_encoder/ of a tta pipeline folder: the pipeline.json beside it names it."""
+    from tta.ldm.folder import PIPELINE_FILE
+
+    folder = Path(os.path.abspath(folder))
+    try:
+        spec = json.loads((folder.parent / PIPELINE_FILE).read_text(encoding="utf-8"))
+        return spec["components"]["text_encoder"] == folder.name
+    except (OSError, ValueError, TypeError, KeyError):   # none there, or not a pipeline's: not tta's
+        return False
 
 
 def check_front_end(features, audio_config, where: str) -> None:
@@ -560,7 +578,7 @@ class LaionClapEmbedder(ClapEmbedder):
         else:   # sharded weights (or none found): every shard's hash, so two such models never share caches
             h = hashlib.sha256("".join(_file_hash(f) for f in shards or [path / "config.json"]).encode())
             ident = f"laion-clap:{h.hexdigest()[:16]}"
-        ident += model_config_suffix(model.config)
+        ident += model_config_suffix(model.config, in_pipeline=_in_tta_pipeline(path))
         fe = None
         if (path / "preprocessor_config.json").is_file():
             try:
