@@ -395,6 +395,10 @@ def _tta_clap_loader(model, **kwargs):
     return loader(model, **kwargs)
 
 
+# what --clap (a Python caller's model) may name: every kind of CLAP tta.clap.load_clap loads, as `tta clap --help`
+# names them
+CLAP_KINDS = "a tta CLAP folder or run folder, a transformers CLAP folder, or a LAION .pt"
+
 # backend name -> loader(path) returning an object with embed_text / embed_audio (tta.clap's interface);
 # "laion" goes through the same tta.clap entry point, which tells LAION checkpoints from tta folders
 CLAP_LOADERS: dict[str, Callable] = {"tta": _tta_clap_loader, "laion": _tta_clap_loader}
@@ -403,8 +407,7 @@ CLAP_LOADERS: dict[str, Callable] = {"tta": _tta_clap_loader, "laion": _tta_clap
 def load_clap_model(model: str | os.PathLike | None, *, backend: str = "tta", **kwargs):
     """Load a CLAP model from local files through the registered loader of `backend`."""
     if not model:
-        raise EmbedderError(f"CLAP ({backend}) needs a model: pass --clap DIR (a tta CLAP folder or a LAION "
-                            "checkpoint)")
+        raise EmbedderError(f"CLAP ({backend}) needs a model: pass --clap CLAP ({CLAP_KINDS})")
     if backend not in CLAP_LOADERS:
         raise EmbedderError(f"unknown CLAP backend {backend!r}; valid: {', '.join(sorted(CLAP_LOADERS))}")
     return CLAP_LOADERS[backend](model, **{k: v for k, v in kwargs.items() if v is not None})

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.cache import EmbeddingCache, content_hash
-from eval.embedders import Embedder, get_embedder
+from eval.embedders import CLAP_KINDS, Embedder, get_embedder
 from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infinity
 from eval.outputs import clap_draws, clap_half_width, write_outputs
 from eval.prompts import PromptRow, read_prompts
@@ -350,7 +350,10 @@ def run_eval(opts: EvalOptions) -> dict:
         raise EvalError(f"--reference {opts.reference} is a statistics file; it serves fad only, "
                         f"{'/'.join(sorted(set(metrics) - {'fad', 'clap'}))} need a reference folder")
     if "clap" in metrics and (opts.prompts is None or not opts.clap_model):   # bad usage (exit 2); an EvalError too
-        raise ClapUsageError("--metrics clap needs --prompts FILE (prompt per generated file) and --clap DIR")
+        raise ClapUsageError("--metrics clap needs --prompts FILE (prompt per generated file) and --clap CLAP "
+                             f"({CLAP_KINDS})")
+    if "fad" in metrics and opts.embedder in ("clap", "laion-clap") and not opts.clap_model:   # as bad a usage
+        raise ClapUsageError(f"--embedder {opts.embedder} needs --clap CLAP ({CLAP_KINDS})")
     cache_root = opts.cache_dir or default_cache_dir()
     unwritable: set[Path] = set()   # shared by this run's caches: a folder it cannot write is warned about once
     result: dict = {"metrics": {}, "protocol": {}, "breakdown": {}}

@@ -527,7 +527,21 @@ def test_a_clap_score_without_its_prompts_or_model_is_bad_usage(folders, tmp_pat
     assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "e", "--metrics", "clap") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--metrics clap needs --prompts FILE" in err
+    assert "--clap CLAP (a tta CLAP folder or run folder, a transformers CLAP folder, or a LAION .pt)" in err
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("embedder", ["clap", "laion-clap"])
+def test_a_clap_embedder_without_its_clap_is_bad_usage_as_the_clap_score_is(folders, tmp_path, capsys, embedder):
+    """`--embedder clap` with no --clap exited 1 ("CLAP (tta) needs a model: pass --clap DIR (a tta CLAP folder or
+    a LAION checkpoint)"), where `--metrics clap` without it is bad usage (exit 2); neither named every CLAP that
+    loads."""
+    gen, ref, _ = folders
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", tmp_path / "e", "--embedder", embedder) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--embedder {embedder} needs --clap CLAP (a tta CLAP folder or run folder, " \
+        "a transformers CLAP folder, or a LAION .pt)" in err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "cache").exists()   # refused before any work
 
 
 def test_eval_options_from_python_name_a_bare_string_or_a_bad_batch_size(folders, tmp_path):
