@@ -85,8 +85,10 @@ def _fad_inf_note(result: dict) -> str | None:
 
 def _clap_note(result: dict) -> str | None:
     """The CLAP score's interval as `tta report` writes it ("95% CI ±x", and of a `--takes` run "over the prompts'
-    means"), from the run's protocol.clap.clap_score_ci95 (eval.outputs.clap_half_width over items.csv's rows);
+    means"), from the run's protocol.clap.clap_score_ci95 (tta.clap.interval.clap_interval over items.csv's rows);
     None where there is none (fewer than 2 files or prompts scored)."""
+    from tta.clap.interval import ci95_words
+
     clap = (result.get("protocol", {}) or {}).get("clap", {}) or {}
     interval = clap.get("clap_score_ci95")
     if not isinstance(interval, (list, tuple)) or len(interval) != 2:
@@ -94,4 +96,4 @@ def _clap_note(result: dict) -> str | None:
     half = (float(interval[1]) - float(interval[0])) / 2
     if not math.isfinite(half):
         return None
-    return f"95% CI ±{half:.2g}" + (" over the prompts' means" if clap.get("clap_score_ci95_unit") == "prompts" else "")
+    return ci95_words(half, over_prompts=clap.get("clap_score_ci95_unit") == "prompts")

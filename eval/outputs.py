@@ -11,8 +11,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
-
 from tta.config import shortened
 
 RESULT_NAME = "eval.json"
@@ -42,33 +40,6 @@ def _clean(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def clap_draws(rows: list[dict]) -> tuple[list[tuple[tuple, str, float]], int, bool]:
-    """A result's CLAP scores as independent draws, from its item rows (items.csv's, or the items `tta eval` writes
-    there): ([(key, prompt, score)], files scored, whether it is a `--takes` run). A file is one draw, keyed ("file",
-    its name); a `--takes` run's prompt is one, its takes' mean, keyed ("row", its row of the run), or ("prompt",
-    its text) in older items without the row. `tta eval` and `tta report` both count the draws here."""
-    scored = [r for r in rows if r.get("clap_score") not in (None, "")]
-    takes = any(r.get("take") not in (None, "") for r in scored)
-    if not takes:
-        return [(("file", r.get("name")), r.get("prompt") or "", float(r["clap_score"])) for r in scored], \
-            len(scored), False
-    by_prompt: dict[tuple, list[float]] = {}
-    texts: dict[tuple, str] = {}
-    for r in scored:   # by the run's row (two rows may share a prompt's text); older items by text
-        row = r.get("row")
-        key = ("row", row) if row not in (None, "") else ("prompt", r.get("prompt") or "")
-        by_prompt.setdefault(key, []).append(float(r["clap_score"]))
-        texts[key] = r.get("prompt") or ""
-    return [(k, texts[k], float(np.mean(v))) for k, v in by_prompt.items()], len(scored), True
-
-
-def clap_half_width(rows: list[dict]) -> float | None:
-    """The half-width of the 95% confidence interval of a result's CLAP score (1.96 sd / sqrt(n) over its draws,
-    `clap_draws`); None with fewer than 2 draws (or no rows)."""
-    values = [v for _, _, v in clap_draws(rows)[0]]
-    return 1.96 * float(np.std(values, ddof=1)) / np.sqrt(len(values)) if len(values) >= 2 else None
 
 
 def write_outputs(out: str | os.PathLike, result: dict, items: dict[str, dict], stats: dict | None = None) -> Path:

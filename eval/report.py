@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.outputs import ITEMS_NAME, ResultError, clap_draws, clap_half_width, read_result
+from eval.outputs import ITEMS_NAME, ResultError, read_result
 from tta import UsageError
+from tta.clap.interval import ci95_words, clap_draws, clap_half_width
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ def sample_note(run: Run, metric: str) -> str | None:
     unit = f" prompts, {files} takes" if takes else ""
     half = clap_half_width(run.rows)
     if half is not None:
-        return f"n {len(draws)}{unit}, 95% CI ±{half:.2g}" + (" over the prompts' means" if takes else "")
+        return f"n {len(draws)}{unit}, {ci95_words(half, over_prompts=takes)}"
     if takes:
         return f"n {len(draws)}{unit}"
     n = (proto.get("clap", {}) or {}).get("num_items")

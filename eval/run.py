@@ -26,9 +26,10 @@ import numpy as np
 from eval.cache import EmbeddingCache, content_hash
 from eval.embedders import CLAP_KINDS, Embedder, get_embedder
 from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infinity
-from eval.outputs import clap_draws, clap_half_width, write_outputs
+from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
 from tta.audio import AUDIO_SUFFIXES, SILENCE_DB, is_audio_entry
+from tta.clap.interval import clap_interval
 from tta.config import check_number, option_name, shortened
 from tta.data.prompts import RecordedOutput, match_audio, recorded_outputs, takes_run
 from tta import UsageError
@@ -534,7 +535,8 @@ def run_eval(opts: EvalOptions) -> dict:
             if takes and key in recorded:   # which of its row's takes the file is
                 items[key].update(take=recorded[key].take, row=recorded[key].row)
     if "clap" in result["protocol"]:   # once the items hold their takes
-        result["protocol"]["clap"].update(_clap_interval(result["metrics"]["clap_score"], items))
+        result["protocol"]["clap"].update(clap_interval(result["metrics"]["clap_score"],   # as tta report has it
+                                                        [{"name": name, **items[name]} for name in sorted(items)]))
     if any(r.category for r in prompts.values()):
         from eval.breakdown import category_breakdown
 
@@ -741,17 +743,6 @@ def _clap_metric(opts: EvalOptions, gen, prompts, result, items, record: dict) -
         result["protocol"]["clap"]["warning"] = msg
     for k, v in zip(keys, score["per_item"]):
         items.setdefault(k, {})["clap_score"] = v
-
-
-def _clap_interval(score: float, items: dict[str, dict]) -> dict:
-    """The CLAP score's 95% interval for protocol.clap, as `tta report` computes it from items.csv (score ± the
-    half-width of eval.outputs.clap_half_width, over the rows as written: by file name, files or, of a `--takes`
-    run, prompts, each its takes' mean); clap_score_ci95 is None with fewer than 2 draws."""
-    rows = [{"name": name, **items[name]} for name in sorted(items)]
-    draws, _, takes = clap_draws(rows)
-    half = clap_half_width(rows)
-    return {"clap_score_ci95": None if half is None else [score - half, score + half],
-            "clap_score_ci95_draws": len(draws), "clap_score_ci95_unit": "prompts" if takes else "files"}
 
 
 class _LazyClips:

@@ -306,7 +306,7 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path, capsys):
     assert -1.0 <= body["metrics"]["clap_score"] <= 1.0
     assert body["protocol"]["clap"]["model"]["identity"].startswith("clap@tta-clap:")
     assert body["protocol"]["clap"]["num_items"] == 8
-    from eval.outputs import clap_half_width
+    from tta.clap.interval import clap_half_width
     from eval.report import load_runs, sample_note
 
     run = load_runs([out])[0]
@@ -318,10 +318,14 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path, capsys):
     assert clap["clap_score_ci95_draws"] == 8 and clap["clap_score_ci95_unit"] == "files"
     # `tta clap score` on the same files and prompts gives each file the score `tta eval` gave it, under the same
     # key names: two implementations disagreed in the last digits (one embedded equal-length clips in batches and
-    # took float32 cosines) and named the count "num_items" and "count"
+    # took float32 cosines) and named the count "num_items" and "count"; it prints and records the score's
+    # interval as tta eval does (it printed "CLAP score X over 8 clips" bare)
     assert main(["-q", "clap", "score", "--clap", str(tmp_path / "clap"), "--audio", str(gen), "--prompts",
                  str(prompts), "--out", str(tmp_path / "score.json")]) == 0
+    assert f" over 8 clips (95% CI ±{half:.2g}; raw cosine; model " in capsys.readouterr().out
     score = json.loads((tmp_path / "score.json").read_text())
+    assert {k: score[k] for k in ("clap_score_ci95", "clap_score_ci95_draws", "clap_score_ci95_unit")} == \
+        {k: clap[k] for k in ("clap_score_ci95", "clap_score_ci95_draws", "clap_score_ci95_unit")}
     with open(out / "items.csv") as f:
         by_file = {r["file"]: float(r["clap_score"]) for r in csv.DictReader(f)}
     assert score["num_items"] == 8 and len(by_file) == 8

@@ -217,7 +217,7 @@ def test_a_takes_runs_clap_score_compares_with_a_run_of_one_take_of_the_same_pro
     """eval.json's prompt set counted each take's prompt, so tta report called a --takes 2 run and a run of one
     take of the same prompts file "not comparable: different prompts"; a row's takes now count it once. tta eval
     prints a --takes run's CLAP interval over the prompts' means, as tta report computes and writes it."""
-    from eval.outputs import clap_half_width
+    from tta.clap.interval import clap_half_width
     from eval.report import load_runs, sample_note
 
     prompts = tmp_path / "p.csv"
@@ -237,6 +237,13 @@ def test_a_takes_runs_clap_score_compares_with_a_run_of_one_take_of_the_same_pro
         assert printed[1].startswith("clap_score\t") and printed[1].endswith(f"\t95% CI ±{half:.2g}{over}"), printed
         assert clap_proto["clap_score_ci95_draws"] == 2   # the prompts, not the files
         assert clap_proto["clap_score_ci95_unit"] == ("prompts" if takes > 1 else "files")
+        # tta clap score prints and records the same interval (it printed the score bare)
+        assert main(["-q", "clap", "score", "--clap", clap(), "--audio", str(tmp_path / name), "--prompts",
+                     str(prompts), "--out", str(tmp_path / f"c-{name}.json")]) == 0
+        assert f" clips (95% CI ±{half:.2g}{over}; raw cosine; model " in capsys.readouterr().out
+        score = json.loads((tmp_path / f"c-{name}.json").read_text())
+        assert score["clap_score_ci95"] == clap_proto["clap_score_ci95"]
+        assert (score["clap_score_ci95_draws"], score["clap_score_ci95_unit"]) == (2, clap_proto["clap_score_ci95_unit"])
     assert sets[0] == sets[1] == sets[2]
     assert main(["-q", "report", *(str(tmp_path / f"e-{n}") for n in ("one", "two")), "--out",
                  str(tmp_path / "r.md")]) == 0

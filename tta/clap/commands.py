@@ -84,9 +84,14 @@ def run(args: argparse.Namespace) -> int:
                      cache_dir=args.cache)
     progress = not getattr(args, "quiet", False)
     if args.clap_command == "score":
+        from tta.clap.interval import ci95_words
+
         result = _score(clap, args, progress)
+        interval = result["clap_score_ci95"]   # as tta eval and tta report give it; none with fewer than 2 draws
+        words = "" if interval is None else ci95_words((interval[1] - interval[0]) / 2, over_prompts=(
+            result["clap_score_ci95_unit"] == "prompts")) + "; "
         print(f"CLAP score {result['clap_score']:.4f} over {result['num_items']} clips "
-              f"(raw cosine; model {result['model']})")
+              f"({words}raw cosine; model {result['model']})")
     else:
         result = _retrieve(clap, args, progress)
     if args.out:
@@ -110,14 +115,15 @@ def _audio_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, str, int | None]], list[str]]:
-    """(audio file, prompt, take) triples from a prompt file (tta.data.prompts), and one message per row left out;
+def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, str, int | None, int]], list[str]]:
+    """(audio file, prompt, take, row) from a prompt file (tta.data.prompts), and one message per row left out;
     .txt rows (and CSV/JSONL rows with no file or id field) pair by position with the files of --audio
     (tta.data.prompts.position_order, as `tta eval --prompts` pairs them), CSV/JSONL rows name their file
     (relative to --audio, else to the file's folder), or else pair by their id with a file of --audio as `tta eval
     --prompts` pairs them (the file `tta generate` names by the id: 'clotho/a_dog' -> clotho%2Fa_dog.wav); a row
     whose id pairs with no file is reported and left out. Where the generation.json of --audio (a `tta generate
-    --takes N` folder) lists a row's takes, the row pairs with each of them (the take is its number, else None)."""
+    --takes N` folder) lists a row's takes, the row pairs with each of them (the take is its number, else None);
+    row: the row's position in the file, 0-based (a `--takes` run's takes of one row are one draw of its score)."""
     from tta.data.prompts import (PromptFileError, file_key, generation_outputs, id_file_name, position_names,
                                   position_order, read_prompt_file, takes_run)
 
@@ -140,17 +146,17 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, 
         paths = {f.relative_to(audio_dir).as_posix(): f for f in files}
         by_name = {n: paths[p] for n, p in position_names(paths).items()}   # as tta eval names them
         order = position_order(path, list(by_name), len(rows), recorded)
-        return [(by_name[n], rows[i].prompt, take(by_name[n])) for n, i in order], []
+        return [(by_name[n], rows[i].prompt, take(by_name[n]), i) for n, i in order], []
     base = audio_dir if audio_dir is not None else path.parent
     of_key = _files_of_keys(rows, audio_dir, takes)
     pairs, skipped = [], []
-    for r in rows:
+    for i, r in enumerate(rows):
         key = file_key(r.file) if r.file is not None else id_file_name(r.id)
         if r.file is not None and not of_key.get(key):
             f = Path(r.file)
-            pairs.append((f if f.is_absolute() else base / f, r.prompt, None))
+            pairs.append((f if f.is_absolute() else base / f, r.prompt, None, i))
         elif of_key.get(key):   # a file-field row's files here are its recorded takes only
-            pairs.extend((f, r.prompt, take(f)) for f in of_key[key])
+            pairs.extend((f, r.prompt, take(f), i) for f in of_key[key])
         else:
             skipped.append(f"{r.where}: id {r.id!r} pairs with no audio file in {audio_dir} (tta generate names it "
                            f"{id_file_name(r.id)}.wav)")
@@ -240,6 +246,7 @@ def _load(files: list[Path], sample_rate: int, progress: bool,
 
 
 def _score(clap, args, progress: bool) -> dict:
+    from tta.clap.interval import clap_interval
     from tta.clap.metrics import clap_score
 
     unpaired: list[str] = []   # prompts file rows whose id pairs with no audio file
@@ -260,6 +267,12 @@ def _score(clap, args, progress: bool) -> dict:
     pairs = [pairs[i] for i in kept]
     result = clap_score(clap, [p for _, p, *_ in pairs], wavs, clap.sample_rate, batch_size=args.batch_size,
                         progress=progress)
+    # the score's 95% interval over its draws, as tta eval records it: the files, or a --takes run's prompts (a
+    # row's takes, one draw: their mean)
+    interval = clap_interval(result["clap_score"], [
+        {"name": str(f), "prompt": p, "clap_score": s, **({"take": t[0], "row": t[1]} if t and t[0] else {})}
+        for (f, p, *t), s in zip(pairs, result["per_item"])])
+    result = {"clap_score": result.pop("clap_score"), **interval, **result}
     result["per_item"] = [{"file": str(f), "prompt": p, "score": s, **({"take": t[0]} if t and t[0] else {})}
                           for (f, p, *t), s in zip(pairs, result["per_item"])]   # a --takes run's file: its take
     result["source"] = str(args.manifest or args.prompts)
