@@ -222,15 +222,15 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> set[int]
     """The runs a ranked row marks: those at the best value and those the data cannot tell from one of them at
     95%: for FAD∞, an interval (protocol.fad.fad_inf.fad_inf_ci95) that overlaps the best's; for the CLAP score, a
     paired difference whose interval holds 0 where the two runs scored the same items (`_paired_differences`),
-    else an interval (`clap_half_width`) that overlaps the best's. A row where a ranked run has no interval (a
-    result from before FAD∞ recorded one, a CLAP score without its items.csv) marks the best value alone, as the
-    other metrics' rows do (plain FAD, FD, KL, IS have no interval)."""
+    else an interval (`clap_ci95`) that overlaps the best's. A row where a ranked run has no interval (a result
+    from before FAD∞ recorded one, a CLAP score without its items.csv from before eval.json recorded its interval)
+    marks the best value alone, as the other metrics' rows do (plain FAD, FD, KL, IS have no interval)."""
     ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
     tops = {i for i in ranked if values[i] == best}
     if metric == "fad_inf":
         intervals = {i: fad_inf_interval(runs[i]) for i in ranked}
     elif metric == "clap_score":
-        intervals = {i: (values[i] - h, values[i] + h) if (h := clap_half_width(runs[i].rows)) is not None else None
+        intervals = {i: (values[i] - h, values[i] + h) if (h := clap_ci95(runs[i])[0]) is not None else None
                      for i in ranked}
     else:
         return tops
@@ -307,7 +307,8 @@ def sample_note(run: Run, metric: str) -> str | None:
     95% confidence interval (1.96 sd / sqrt(n), from items.csv): a difference between runs smaller than that is
     within the noise of the prompts drawn. For a `tta generate --takes N` folder (items.csv gives files a take)
     n counts prompts and the interval is over their means: a prompt's N takes are not N independent draws, and
-    counted as files they narrow it by about sqrt(N). None when the result records neither."""
+    counted as files they narrow it by about sqrt(N). Where the result's items.csv was not found, the interval
+    eval.json records (`clap_ci95`). None when the result records neither."""
     proto = run.body.get("protocol", {}) or {}
     if metric in ("fad", "fad_inf"):
         fad = proto.get("fad", {}) or {}
@@ -321,15 +322,33 @@ def sample_note(run: Run, metric: str) -> str | None:
         return ", ".join(notes) or None
     if metric != "clap_score":
         return None
-    draws, files, takes = clap_draws(run.rows)
-    unit = f" prompts, {files} takes" if takes else ""
-    half = clap_half_width(run.rows)
+    half, draws, files, takes = clap_ci95(run)
+    unit = (f" prompts, {files} takes" if isinstance(files, int) else " prompts") if takes else ""
     if half is not None:
-        return f"n {len(draws)}{unit}, {ci95_words(half, over_prompts=takes)}"
+        return f"n {draws}{unit}, {ci95_words(half, over_prompts=takes)}"
     if takes:
-        return f"n {len(draws)}{unit}"
+        return f"n {draws}{unit}"
     n = (proto.get("clap", {}) or {}).get("num_items")
     return f"n {n}" if isinstance(n, int) else None
+
+
+def clap_ci95(run: Run) -> tuple[float | None, int | None, int | None, bool]:
+    """The half-width of the run's CLAP score's 95% interval (None without one: fewer than 2 draws), its draws, the
+    files scored and whether it is a `--takes` run (its draws are prompts): from items.csv's rows
+    (`clap_half_width`) or, where the result's items.csv was not found, as eval.json records it
+    (protocol.clap.clap_score_ci95, tta eval's same computation over the same rows; none in a result from before
+    it was recorded)."""
+    if run.items_missing is None:
+        draws, files, takes = clap_draws(run.rows)
+        return clap_half_width(run.rows), len(draws), files, takes
+    clap = (run.body.get("protocol", {}) or {}).get("clap", {}) or {}
+    interval, draws = clap.get("clap_score_ci95"), clap.get("clap_score_ci95_draws")   # checked on reading
+    files = clap.get("num_items") if isinstance(clap.get("num_items"), int) else None
+    if draws is None:   # recorded with the interval: a result from before it
+        return None, None, files, False
+    half = (float(interval[1]) - float(interval[0])) / 2 if interval else None
+    return half if half is not None and np.isfinite(half) else None, draws, files, \
+        clap.get("clap_score_ci95_unit") == "prompts"
 
 
 def _paired_differences(a: Run, b: Run) -> np.ndarray | None:

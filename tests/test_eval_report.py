@@ -559,6 +559,39 @@ def test_a_missing_items_csv_is_warned_about_and_said_in_the_report(report, tmp_
     md, page = (tmp_path / "r.md").read_text(), (tmp_path / "r.html").read_text()
     assert note in md and "no_items: items examples" not in md and "no CLAP score" not in md.split("no_items")[-1]
     assert html.escape(note) in page and page.count("<audio") >= 1   # the other run keeps its items
+    # the CLAP score's interval is the one eval.json records (it showed "n 6" alone, the interval computed from
+    # items.csv only)
+    with open(report / "run_a" / "items.csv", newline="") as f:
+        scores = [float(r["clap_score"]) for r in csv.DictReader(f)]
+    half = 1.96 * np.std(scores, ddof=1) / np.sqrt(len(scores))
+    clap = next(line for line in md.splitlines() if line.startswith("| CLAP score"))
+    assert f"(n 6, 95% CI ±{half:.2g})" in clap, clap
+
+
+def test_a_result_without_its_items_csv_ranks_and_shows_its_clap_score_by_the_recorded_interval():
+    """Without items.csv a CLAP score had no interval: shown as "n 6" and ranked as a bare value (the better one
+    marked alone however much the intervals overlapped). eval.json's protocol.clap.clap_score_ci95 gives it."""
+    from eval.report import render_markdown, sample_note
+
+    def run(label, score, half, unit="files", draws=6):
+        r = _run(label, 1.0, "mfcc@v1", "ref1", clap=score)
+        r.body["protocol"]["clap"].update(num_items=6, clap_score_ci95=[score - half, score + half],
+                                          clap_score_ci95_draws=draws, clap_score_ci95_unit=unit)
+        r.items_missing = r.folder / "items.csv"
+        return r
+
+    assert sample_note(run("a", 0.4, 0.05), "clap_score") == "n 6, 95% CI ±0.05"
+    assert sample_note(run("a", 0.4, 0.05, "prompts", 3), "clap_score") == \
+        "n 3 prompts, 6 takes, 95% CI ±0.05 over the prompts' means"
+    old = run("a", 0.4, 0.05)
+    for key in ("clap_score_ci95", "clap_score_ci95_draws", "clap_score_ci95_unit"):   # from before it was recorded
+        del old.body["protocol"]["clap"][key]
+    assert sample_note(old, "clap_score") == "n 6"
+    for half, marked in ((0.1, "| **0.4** (n 6, 95% CI ±0.1) | **0.45** (n 6, 95% CI ±0.1) |"),
+                         (0.01, "| 0.4 (n 6, 95% CI ±0.01) | **0.45** (n 6, 95% CI ±0.01) |")):
+        md = render_markdown([run("a", 0.4, half), run("b", 0.45, half)])
+        row = next(line for line in md.splitlines() if line.startswith("| CLAP score"))
+        assert row.endswith(marked), row
 
 
 def test_upper_case_md_writes_markdown_labels_stay_unique_and_changed_audio_is_not_played(report, tmp_path):
