@@ -687,6 +687,24 @@ def test_generate_leaves_the_callers_garbage_collector_as_it_found_it(tmp_path, 
     assert code == 1 and gc.isenabled() and gc.get_freeze_count() == frozen
 
 
+def test_generate_leaves_the_callers_torch_thread_count_as_it_found_it(tmp_path, capsys):
+    """main() from Python left torch at --threads N for good, after the command: the caller's later work ran on N
+    threads. The run itself uses N (its record says so), and a run that fails after setting it puts it back too."""
+    import torch
+
+    torch.set_num_threads(2)   # the caller's (conftest sets 1 again before the next test)
+    code, _, err = run(capsys, "x", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 1, "--threads", 1,
+                       "--out-dir", tmp_path / "a")
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "generation.json").read_text())["settings"]["threads"] == 1
+    assert torch.get_num_threads() == 2
+    broken = copy_pipeline(tmp_path / "broken")   # a model whose weights fail to load, once the threads are set
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run(capsys, "x", "--model", broken, "--threads", 1, "--out-dir", tmp_path / "b")
+    assert code == 1 and "unreadable safetensors file" in err and torch.get_num_threads() == 2
+
+
 def test_bad_usage_exits_2_with_v_too_and_names_only_the_flags_given(tmp_path, capsys):
     from tta.cli import main
 

@@ -784,6 +784,9 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     if threads is not None:
         import torch
 
+        # main() called from Python (a script, a notebook): the caller's thread count again when the command ends,
+        # not --threads for good
+        held.callback(torch.set_num_threads, torch.get_num_threads())
         torch.set_num_threads(threads)
     pipe = TTAPipeline.from_pretrained(folder, device=device)
     gc.collect()   # e.g. the loaded UNet state dict, held by a cycle of import frames (31 MB for the default)
