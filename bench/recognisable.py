@@ -28,8 +28,8 @@ Each generation is saved and judged as `tta generate` writes it for the same pro
 (tta.generate.rank_written: a clip over full scale is turned down to fit, its gain in per_prompt's gains, and
 candidates are ranked as the file holds them); runs without settings.output_fit "generate" judged them as the
 pipeline returned them and saved them clipped ("pipeline"), so --merge and --baseline neither pool nor pair
-runs of different output_fit (--baseline alone takes only runs written as a run now writes them): a baseline
-recorded only before the field must be rerun with this bench.
+runs of different output_fit (--baseline alone takes only runs written as a run now writes them, and names the
+seeds it leaves out on stderr): a baseline recorded only before the field must be rerun with this bench.
 
 The judge's result depends on the seeds: v0.6 scored hit@1 0.417 on seeds 0-7 and 0.333 on seeds 8-15 and on
 16-23. So every model's hit@1 comes with a 95 % bootstrap interval (seeds resampled within each prompt), and
@@ -196,7 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, help="folder for the summary and the wavs (default bench/out/recognisable; "
                                               "required with --merge)")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.jsonl")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars, nor --baseline's note of the seeds it "
+                                                         "leaves out")
     args = ap.parse_args(argv)
     if args.seeds < 0 or args.seed_start < 0:
         ap.error("--seeds and --seed-start must be >= 0")
@@ -550,13 +551,15 @@ def folder_defaults(folder: Path) -> dict:
     return {k: v for k, v in asdict(defaults).items() if isinstance(v, (int, float, str))}
 
 
-def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> list[tuple[str, dict]]:
+def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int,
+                  quiet: bool = False) -> list[tuple[str, dict]]:
     """The runs of `folder`'s weights and defaults recorded in `results`, as (source, one-model run) pairs.
 
     Only single runs ("recognisable", not merges) with the same judge and output_fit as the summaries at
     `paths` count, the earliest run of each seed. With summaries, exactly the seeds they hold are taken and each
     must be recorded; alone, every recorded seed written as this bench writes generations (OUTPUT_FIT) and
-    judged as the earliest such run was: runs written otherwise are not the baseline of a run made now.
+    judged as the earliest such run was: runs written otherwise are not the baseline of a run made now, and
+    the seeds recorded only so are named in a note on stderr (unless `quiet`).
     """
     fp, defaults = fingerprint(Path(folder)), with_unset_defaults(folder_defaults(folder))
     cfp = config_fingerprint(Path(folder))
@@ -620,7 +623,25 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int) -> lis
                          f"with this bench (--model {folder} --seed-start {seeds[0]})")
     if not out and not held:
         raise SystemExit(f"{folder}: no run of its weights and defaults is recorded in {results}")
+    dropped = sorted(set(other_fit) - taken)   # (with summaries, an error above)
+    if dropped and not quiet:
+        fits = sorted({other_fit[s] for s in dropped})
+        print(f"note: {folder}: seed(s) {seed_spans(dropped)} of its runs in {results} left out of the baseline: "
+              f"judged with settings.output_fit {' or '.join(map(repr, fits))}, not {fit!r} as this bench judges "
+              "generations (absent: 'pipeline', clips as the pipeline returned them); rerun them with this bench "
+              f"(--model {folder} --seed-start {dropped[0]}) to pool them", file=sys.stderr)
     return out
+
+
+def seed_spans(seeds: list[int]) -> str:
+    """Sorted seeds as runs of consecutive ones: [0, 1, 2, 5, 8, 9] -> "0-2, 5, 8-9"."""
+    spans: list[list[int]] = []
+    for s in seeds:
+        if spans and s == spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
 
 
 def with_unset_defaults(defaults: dict) -> dict:
@@ -798,7 +819,8 @@ def resynthesised(pipe, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], list[
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.merge or args.baseline is not None:
-        recorded = recorded_runs(args.baseline, args.results, args.merge or [], args.k) if args.baseline else []
+        recorded = (recorded_runs(args.baseline, args.results, args.merge or [], args.k, quiet=args.quiet)
+                    if args.baseline else [])
         return finish(merge(args.merge or [], args.k, args.out, args.best_of, recorded=recorded), args)
     import torch
 

@@ -599,3 +599,31 @@ def test_baseline_alone_takes_the_runs_written_as_a_run_now_writes_them(tmp_path
     (alone,) = summary["models"]                          # the fitted run on 0-1; 2-3's has another judge
     assert alone["seeds"] == [0, 1] and alone["per_prompt"][0]["nearest"] == ["cow", "cow"]
     assert summary["sources"] == [f"{bench.relative(results)}:3"] and summary["settings"]["output_fit"] == "generate"
+
+
+def test_baseline_alone_names_the_seeds_it_leaves_out_for_their_output_fit(tmp_path, capsys):
+    """--baseline alone dropped the seeds recorded only before settings.output_fit without a word: the summary
+    rested on fewer seeds than the results file holds for the folder. It names them on stderr in one line (not
+    with --quiet), with the rerun that would pool them; seeds also recorded as a run now writes them are kept."""
+    bench = load_bench()
+    folder = tiny_pipeline()
+    fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
+    results = tmp_path / "results.jsonl"
+    argv = ["--baseline", str(folder), "--out", str(tmp_path / "o"), "--results", str(results)]
+    lines = [recorded_run(fp, defaults, ["dog", "cow"]), recorded_run(fp, defaults, ["dog", "dog"], start=2),
+             recorded_run(fp, defaults, ["dog", "dog"], start=6),                  # before output_fit: 0-3, 6-7
+             recorded_run(fp, defaults, ["cow", "cow"], output_fit="generate")]   # as a run now writes: 0-1
+    results.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    capsys.readouterr()
+    (alone,) = bench.main(argv)["models"]
+    assert alone["seeds"] == [0, 1]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"note: {folder}: seed(s) 2-3, 6-7 of its runs in {results} "
+                                                   "left out of the baseline: judged with settings.output_fit "
+                                                   "'pipeline', not 'generate' as this bench judges"), err
+    assert err.rstrip().endswith(f"rerun them with this bench (--model {folder} --seed-start 2) to pool them")
+    assert bench.main([*argv, "--quiet"])["models"][0]["seeds"] == [0, 1] and capsys.readouterr().err == ""
+    results.write_text("".join(json.dumps(r) + "\n" for r in (lines[0], lines[3])))   # 0-1 taken as now: no note
+    bench.main(argv)
+    assert capsys.readouterr().err == ""
+    assert bench.seed_spans([0, 1, 2, 5, 8, 9]) == "0-2, 5, 8-9"
