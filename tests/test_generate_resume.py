@@ -422,3 +422,65 @@ def test_an_inpainting_batch_resumes(tmp_path, capsys):
     code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
     assert code == 0, err
     assert record(out)["edit"] == edited and wavs(out) == whole
+
+
+def audio_files(folder, fmt: str) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob(f"*.{fmt}"))}
+
+
+@pytest.mark.parametrize("fmt", ["flac", "ogg"])
+def test_a_resumed_flac_or_ogg_batch_writes_what_one_uninterrupted_run_writes(tmp_path, capsys, calls, fmt):
+    """--resume continues in the format generation.json records, without --format; it keeps an output by its
+    sha256, as save_audio writes the same bytes for the same samples in every format. Another --format is
+    refused in one line naming both, before the model loads."""
+    args, _ = batch(tmp_path, "a\nb\nc\n")
+    assert run(capsys, *args, "--format", fmt, "--out-dir", tmp_path / "whole")[0] == 0
+    calls.clear()
+    calls.stop_at.add("c")
+    code, _, err = run(capsys, *args, "--format", fmt, "--out-dir", tmp_path / "part")
+    assert code == 130 and "interrupted" in err
+    assert [o["file"] for o in record(tmp_path / "part")["outputs"]] == [f"000_a.{fmt}", f"001_b.{fmt}"]
+    calls.clear()
+    calls.stop_at.clear()
+    code, out, err = run(capsys, *args, "--out-dir", tmp_path / "part", "--resume")
+    assert code == 0, err
+    assert calls == [["c"]] and out.split()[-1] == str(tmp_path / "part" / f"002_c.{fmt}")
+    whole = audio_files(tmp_path / "whole", fmt)
+    assert audio_files(tmp_path / "part", fmt) == whole and len(whole) == 3 and wavs(tmp_path / "part") == {}
+    resumed = record(tmp_path / "part")
+    assert resumed["complete"] and resumed["settings"]["format"] == fmt
+    assert resumed["outputs"] == record(tmp_path / "whole")["outputs"]
+    before = (tmp_path / "part" / "generation.json").read_text()
+    calls.clear()
+    code, _, err = run(capsys, *args, "--out-dir", tmp_path / "part", "--resume", "--format", "wav")
+    assert code == 1 and err.strip().splitlines() == [
+        f"tta: error: {tmp_path / 'part' / 'generation.json'}: cannot resume: the earlier run wrote {fmt} files and "
+        f"this one writes wav (--format wav); run it with --format {fmt}, or without --format (--resume continues "
+        "in the recorded format), or write the wav files to a new --out-dir"]
+    assert calls == [] and audio_files(tmp_path / "part", fmt) == whole and wavs(tmp_path / "part") == {}
+    assert (tmp_path / "part" / "generation.json").read_text() == before
+
+
+def test_a_record_without_a_format_is_of_wav_files(tmp_path, capsys, calls):
+    """A tta before --format wrote wav batches and no settings.format: --resume keeps them as wav, and refuses
+    --format flac there; a format the record names that is none of tta's makes it a record --resume cannot read."""
+    args, prompts = batch(tmp_path, "a\nb\n")
+    out = tmp_path / "out"
+    assert run(capsys, *args, "--out-dir", out)[0] == 0
+    older = record(out)
+    del older["settings"]["format"]
+    (out / "generation.json").write_text(json.dumps(older))
+    before = wavs(out)
+    calls.clear()
+    code, _, err = run(capsys, *args, "--out-dir", out, "--resume", "--format", "flac")
+    assert code == 1 and "cannot resume: the earlier run wrote wav files and this one writes flac (--format flac)" \
+        in err and calls == [] and "format" not in record(out)["settings"]
+    prompts.write_text("a\nb\nc\n")
+    code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
+    assert code == 0, err
+    assert calls == [["c"]] and {k: v for k, v in wavs(out).items() if k != "002_c.wav"} == before
+    assert record(out)["settings"]["format"] == "wav" and record(out)["complete"]
+    (out / "generation.json").write_text(json.dumps({**older, "settings": {**older["settings"], "format": "mp3"}}))
+    code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
+    assert code == 1 and "generation.json: not a tta generate record that --resume can read (its settings.format " \
+                         "is \"mp3\", not wav, flac or ogg)" in err, err

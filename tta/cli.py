@@ -187,8 +187,15 @@ def _add_generate(sub) -> None:
                                    "(default: the embedded model). Writes a generation.json beside the outputs "
                                    "(with -o x.wav: x.generation.json).")
     p.add_argument("prompts", nargs="*", metavar="PROMPT")
-    p.add_argument("-o", "--output", type=output_path, help="output wav (one prompt)")
+    p.add_argument("-o", "--output", type=output_path,
+                   help="output file, .wav, .flac or .ogg (one prompt; its suffix is the format)")
     p.add_argument("--out-dir", type=output_path, help="output folder (many prompts; default: the current folder)")
+    p.add_argument("--format", choices=["wav", "flac", "ogg"],
+                   help="the format of a batch's files: wav (16-bit PCM; the default), flac (the same 16-bit "
+                        "samples, lossless, about half the size) or ogg (Vorbis, lossy); every output takes its "
+                        "suffix (a --prompts row's file field names the output without its own), generation.json "
+                        "records it and --resume continues in it (another --format is refused). With -o FILE it "
+                        "must agree with FILE's suffix")
     p.add_argument("--prompts", dest="prompts_file", type=Path,
                    help="txt (one prompt per line), CSV or JSONL file with a prompt column/key and an optional "
                         "file or id column, which names the output (as `tta eval --prompts` pairs it; an id a "

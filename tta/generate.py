@@ -1,11 +1,12 @@
-"""`tta generate`: prompts -> wav files + a generation.json recording everything that produced them.
+"""`tta generate`: prompts -> audio files + a generation.json recording everything that produced them.
 
 Every argument, the output paths, the model folder and any edit input are checked before the model is
 loaded, so a typo costs nothing. Outputs are written atomically as they are finished.
 
 Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.json` beside it;
-otherwise each prompt goes to `<out-dir>/<name>.wav` (the base name of a prompts file row's file field, else
-its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`) and the record to
+otherwise each prompt goes to `<out-dir>/<name>.<format>` (the base name of a prompts file row's file field
+without its audio suffix, else its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`; --format:
+wav, flac or ogg, recorded in the record's settings, which a --resume continues in) and the record to
 `<out-dir>/generation.json`. `--takes N` is the run with each prompt written N times in a row (row r takes seed
 SEED + r): a row named by its file or id names its takes `<name>_1` .. `<name>_N`, an unnamed one `NNN_<slug>`
 by row as repeated rows are. `--resume` keeps the outputs an earlier run of the same batch wrote into the
@@ -40,6 +41,7 @@ QUIET_GAIN = 0.1   # an output turned down more than this to fit full scale is r
 EDIT_HEADROOM = 0.9   # an edit's input louder than this x the peak is turned down to it, to leave room beside it
 RECORD_EVERY = 10.0   # seconds between rewrites of generation.json while a batch run goes on
 MAX_TAKES = 10_000    # --takes: each take is a file (a typo such as 10**9 would plan that many rows in memory)
+OUTPUT_FORMATS = ("wav", "flac", "ogg")   # what save_audio writes: -o FILE's suffix, a batch's --format
 
 
 class GenerateError(ValueError):
@@ -100,6 +102,10 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         raise UsageError("--resume continues a --out-dir batch; -o FILE writes one clip: run it again without "
                          "--resume")
     takes = getattr(args, "takes", 1)
+    given_format = getattr(args, "format", None)
+    if args.output is not None and given_format is not None and args.output.suffix.lower() != f".{given_format}":
+        raise UsageError(f"-o {args.output} and --format {given_format} disagree: with -o FILE the file's suffix is "
+                         f"the format; leave --format out, or write to a .{given_format} file")
     if args.output is not None:
         if len(pairs) != 1:
             raise UsageError(f"-o FILE takes exactly one prompt, got {len(pairs)}; use --out-dir DIR")
@@ -116,6 +122,8 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         return [Job(pairs[0][2] or pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output, *row_fields(rows[0]))]
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
+    fmt = batch_format(args, out_dir)
+    warn_other_suffixes(rows, fmt, takes)
     jobs = []
     where = f"{args.prompts_file}: " if args.prompts_file is not None else ""   # ids come from that file
     # --takes N: each prompt N times in a row, row r (of the rows so written) taking seed SEED + r
@@ -132,7 +140,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                                 "row's id")
         suffix = f"_{take}" if takes > 1 and given is not None else ""   # a named row's takes: door_1, door_2
         name += suffix
-        too_long = id_name_problem(id_, f"{suffix}.wav") if id_ is not None and given == id_file_name(id_) else None
+        too_long = id_name_problem(id_, f"{suffix}.{fmt}") if id_ is not None and given == id_file_name(id_) else None
         if too_long:   # named here: check_output_path's message would name only the escaped file
             raise GenerateError(f"{where}{too_long}")
         folded = unicodedata.normalize("NFC", name).casefold()
@@ -143,11 +151,40 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                                 f"{', with its take number' if suffix else ''}) appears {how}; each row's output "
                                 "needs its own name")
         seen[folded] = name
-        jobs.append(Job(id_ if id_ is not None else name, prompt, out_dir / f"{name}.wav", *row_fields(rows[i]),
+        jobs.append(Job(id_ if id_ is not None else name, prompt, out_dir / f"{name}.{fmt}", *row_fields(rows[i]),
                         take=take))
         check_output_path(jobs[-1].path)
     check_output_path(record_path_of(out_dir, single=False))
     return jobs
+
+
+def batch_format(args: argparse.Namespace, out_dir: Path) -> str:
+    """The format of a batch's files: --format; without it a --resume's is the one the out-dir's generation.json
+    records (read again and checked by read_earlier_run once the folder is locked), any other run's wav."""
+    given = getattr(args, "format", None)
+    if given is not None or not getattr(args, "resume", False):
+        return given or "wav"
+    from tta.generate_resume import recorded_format
+
+    return recorded_format(record_path_of(out_dir, single=False)) or "wav"
+
+
+def warn_other_suffixes(rows: list, fmt: str, takes: int) -> None:
+    """Warn once of the prompts file's rows whose file field ends in another audio suffix than the batch's format
+    `fmt` (door.flac in a wav batch): the output is written in the batch's format, under the field's name without
+    its suffix (the key tta eval pairs it by), as a row's other fields do not decide the output either (a warning
+    names those). Refusing would stop a batch driven by a reference set's prompts file (its .wav names) in FLAC."""
+    from tta.data.prompts import FILE_KEY_SUFFIXES, file_key
+
+    other = [row for row in rows if row is not None and row.file is not None
+             and Path(str(row.file).strip()).suffix.lower() in FILE_KEY_SUFFIXES
+             and Path(str(row.file).strip()).suffix.lower() != f".{fmt}"]
+    if other:
+        name = Path(file_key(other[0].file)).name + ("_N" if takes > 1 else "")
+        more = len(other) - 1
+        log.warning("%s: file field %r is written as %s.%s%s, in the batch's format (--format %s); tta eval pairs an "
+                    "output by its name without suffix", other[0].where, str(other[0].file).strip(), name, fmt,
+                    f" (and {more} more row{'' if more == 1 else 's'} with another audio suffix)" if more else "", fmt)
 
 
 def warn_other_audio(jobs: list[Job]) -> None:
@@ -747,6 +784,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     if threads is not None and threads < 1:
         raise GenerateError(f"--threads {threads} must be >= 1")
     jobs = plan_jobs(args)
+    args.format = jobs[0].path.suffix.lower()[1:]   # -o FILE's, or the batch's (batch_format): settings.format
     from tta.pipeline import MAX_SEED
 
     if args.seed + len(jobs) - 1 >= MAX_SEED:   # row i takes seed + i
@@ -1011,6 +1049,7 @@ def record_header(args, folder: Path, pipe, device: str, edit, store=None) -> di
                                                   else args.window),
                      "seed": args.seed, "sampler": args.sampler, "eta": d.eta if args.eta is None else args.eta,
                      "batch_size": args.batch_size, "takes": getattr(args, "takes", 1),
+                     "format": getattr(args, "format", None) or "wav",
                      "device": device, "threads": torch.get_num_threads(), "sample_rate": pipe.sample_rate,
                      "noise": "per prompt i, candidate j: CPU torch.Generator seeded seed + i + 1000003 * j"},
         "clap_score_model": getattr(pipe.clap, "identity", ""),

@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from tta.generate import GenerateError, Job, component_hashes, record_path_of
+from tta.generate import OUTPUT_FORMATS, GenerateError, Job, component_hashes, record_path_of
 
 log = logging.getLogger("tta.generate")   # tta generate's messages, under its name as before they moved here
 
@@ -59,9 +59,17 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
         elif not (isinstance(record.get("earlier_runs", []), list)
                   and all(isinstance(r, dict) for r in record.get("earlier_runs", []))):
             why = "its earlier_runs is not a list of objects"
+        elif record["settings"].get("format", "wav") not in OUTPUT_FORMATS:
+            why = f"its settings.format is {json.dumps(record['settings']['format'])}, not wav, flac or ogg"
     if why is not None:
         raise GenerateError(f"{path}: not a tta generate record that --resume can read ({why}); move it away, or run "
                             "without --resume to generate every row again")
+    then_format, now_format = record["settings"].get("format", "wav"), jobs[0].path.suffix[1:]
+    if then_format != now_format:   # a record without the field is of a tta whose batches wrote wav
+        raise GenerateError(f"{path}: cannot resume: the earlier run wrote {then_format} files and this one writes "
+                            f"{now_format} (--format {now_format}); run it with --format {then_format}, or without "
+                            f"--format (--resume continues in the recorded format), or write the {now_format} files "
+                            "to a new --out-dir")
     now = component_hashes(Path(folder).resolve(), spec)
     for name in sorted(set(now) | set(record["model_files_sha256"])):
         then = record["model_files_sha256"].get(name)
@@ -77,12 +85,13 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
         if o["file"] not in rows:
             renamed = renamed_take(o, rows, then_takes, now_takes)
             if renamed is not None:
+                ext = now_format
                 raise GenerateError(f"{path}: cannot resume: the earlier run wrote {o['file']} (id {o['id']!r}), which "
-                                    f"no row of {where} names now: a row named by its file or id writes NAME.wav with "
-                                    f"--takes 1 and NAME_1.wav .. NAME_N.wav with more, so with --takes {now_takes} "
-                                    f"its row writes {renamed}; run it with --takes {then_takes} as the earlier run "
-                                    f"did, write the takes to a new --out-dir, or run without --resume to generate "
-                                    "every row again")
+                                    f"no row of {where} names now: a row named by its file or id writes NAME.{ext} "
+                                    f"with --takes 1 and NAME_1.{ext} .. NAME_N.{ext} with more, so with --takes "
+                                    f"{now_takes} its row writes {renamed}; run it with --takes {then_takes} as the "
+                                    "earlier run did, write the takes to a new --out-dir, or run without --resume to "
+                                    "generate every row again")
             raise GenerateError(f"{path}: cannot resume: the earlier run wrote {o['file']} (id {o['id']!r}), which no "
                                 f"row of {where} names now; {advice}")
         i, job = rows[o["file"]]
@@ -99,6 +108,17 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
 
             check_row_input(path, o, i, job, row_edits, advice)
     return record
+
+
+def recorded_format(path: Path) -> str | None:
+    """The format of the outputs the batch record at `path` lists (settings.format; a record without it is of a
+    tta whose batches wrote wav), None where there is none or it says none of OUTPUT_FORMATS (read_earlier_run
+    names what is wrong with it)."""
+    try:
+        fmt = json.loads(path.read_text(encoding="utf-8"))["settings"].get("format", "wav")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return fmt if isinstance(fmt, str) and fmt in OUTPUT_FORMATS else None
 
 
 def takes_advice(then, now, prompts: int) -> str:
@@ -144,8 +164,8 @@ def check_same_run(record: dict, header: dict, path: Path) -> None:
     def checked(d: dict) -> dict:
         out = {k: d.get(k) for k in RESUME_CHECKED}
         if isinstance(out["settings"], dict):   # --takes: read_earlier_run's row checks decide (more takes of one
-            # prompt are rows added at the end)
-            out["settings"] = {k: v for k, v in out["settings"].items() if k != "takes"}
+            # prompt are rows added at the end); the format is read_earlier_run's (a record without it is of wav)
+            out["settings"] = {k: v for k, v in out["settings"].items() if k not in ("takes", "format")}
         if isinstance(out["edit"], dict):   # the input by its sha256, wherever it is now; the seconds sampled
             # follow from the rest and are recorded only once a batch has run
             out["edit"] = {k: v for k, v in out["edit"].items() if k not in ("input", "sampled_seconds")}
@@ -173,9 +193,10 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int) -> dict[int, di
     again with them). A WAV of a record without `pcm_rounding` is not kept: a tta before it put each 16-bit
     sample on the step below, and this run writes the nearest (tta.audio.PCM_ROUNDING); it also ranked
     candidates on the audio before the file's gain, where this one ranks them as the file holds them
-    (tta.generate.rank_written: every tta that records pcm_rounding does). A batch's outputs are all WAVs, so
-    none of such a record's is kept (records of a tta before --resume, which named no sha256, among them). The
-    rest are named in a warning and generated again."""
+    (tta.generate.rank_written: every tta that records pcm_rounding does). Such a record is of a tta whose
+    batches wrote only WAVs, so none of its outputs is kept (records of a tta before --resume, which named no
+    sha256, among them). The rest are named in a warning and generated again. Any format's file (--format) is
+    kept by its sha256: save_audio writes the same bytes for the same samples (Ogg's serial number included)."""
     from tta.audio import PCM_ROUNDING
     from tta.checkpoint import file_sha256
 
@@ -188,7 +209,7 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int) -> dict[int, di
         if not path.is_file():
             missing.append(o["file"])
             continue
-        if record.get("pcm_rounding") != PCM_ROUNDING:   # a batch's outputs are WAVs (tta.generate's job paths)
+        if record.get("pcm_rounding") != PCM_ROUNDING:   # a tta before it wrote only WAV batches
             rounded.append(o["file"])
             continue
         if file_sha256(path) != o.get("sha256"):   # every record with pcm_rounding names its outputs' sha256

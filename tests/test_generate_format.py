@@ -1,0 +1,87 @@
+"""`tta generate --format flac|ogg`: a batch's files in another format than wav, the same samples (FLAC), the
+format recorded, and `tta eval` pairing them by name as it pairs wav files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.test_generate import run
+from tests.test_ldm_fixtures import one_thread, tiny_pipeline  # noqa: F401 (autouse)
+from tta.cli import main
+
+
+def test_a_flac_batch_holds_the_wav_batchs_samples_and_tta_eval_pairs_it_by_name(tmp_path, capsys, caplog):
+    """A row's file field names its output without its audio suffix (rain.flac of a wav batch is rain.wav; one
+    warning names the first such row and how many there are); --format flac writes the same 16-bit samples."""
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("file,caption\ndoor.wav,a door slams\nrain.flac,rain on a roof\nwind.ogg,wind\n")
+    args = ["--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--seed", 3,
+            "--batch-size", 2]
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args, "--out-dir", tmp_path / "wav")[0] == 0
+    assert f"{prompts}:3: file field 'rain.flac' is written as rain.wav (and 1 more row with another audio " \
+           "suffix), in the batch's format (--format wav)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, out, err = run(capsys, *args, "--out-dir", tmp_path / "flac", "--format", "flac")
+    assert code == 0, err
+    assert f"{prompts}:2: file field 'door.wav' is written as door.flac (and 1 more row" in caplog.text
+    names = ["door", "rain", "wind"]
+    assert out.split() == [str(tmp_path / "flac" / f"{n}.flac") for n in names]
+    assert sorted(p.name for p in (tmp_path / "flac").iterdir()) == ["door.flac", "generation.json", "rain.flac",
+                                                                      "wind.flac"]
+    for name in names:
+        flac, wav = tmp_path / "flac" / f"{name}.flac", tmp_path / "wav" / f"{name}.wav"
+        assert sf.info(str(flac)).format == "FLAC" and sf.info(str(flac)).subtype == "PCM_16"
+        np.testing.assert_array_equal(sf.read(flac, dtype="int16")[0], sf.read(wav, dtype="int16")[0])
+        assert flac.stat().st_size < wav.stat().st_size
+    record = json.loads((tmp_path / "flac" / "generation.json").read_text())
+    assert record["settings"]["format"] == "flac"
+    assert json.loads((tmp_path / "wav" / "generation.json").read_text())["settings"]["format"] == "wav"
+    import hashlib
+
+    assert [(o["file"], o["sha256"]) for o in record["outputs"]] == [
+        (f"{n}.flac", hashlib.sha256((tmp_path / "flac" / f"{n}.flac").read_bytes()).hexdigest()) for n in names]
+    # tta eval pairs the flac files with the prompts file's rows by name (rain.flac's row with rain.flac,
+    # door.wav's with door.flac), and their FAD against the wav batch is that of identical audio
+    assert main(["-q", "eval", "--cache-dir", str(tmp_path / "cache"), "--generated", str(tmp_path / "flac"),
+                 "--reference", str(tmp_path / "wav"), "--prompts", str(prompts), "--out", str(tmp_path / "e")]) == 0
+    with open(tmp_path / "e" / "items.csv", newline="") as f:
+        items = {row["name"]: row["prompt"] for row in csv.DictReader(f)}
+    assert items == {"door": "a door slams", "rain": "rain on a roof", "wind": "wind"}
+    assert abs(json.loads((tmp_path / "e" / "eval.json").read_text())["metrics"]["fad"]) < 1e-6
+
+
+def test_an_ogg_batch_into_a_folder_of_wavs_is_warned_about_and_writes_vorbis(tmp_path, capsys, caplog):
+    args = ["a", "b", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--out-dir", tmp_path]
+    assert run(capsys, *args)[0] == 0
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, out, err = run(capsys, *args, "--format", "ogg")
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "000_a.ogg"), str(tmp_path / "001_b.ogg")]
+    assert "already holds 2 audio files this run does not write (e.g. 000_a.wav)" in caplog.text
+    assert sf.info(str(tmp_path / "000_a.ogg")).subtype == "VORBIS"
+    assert sf.info(str(tmp_path / "000_a.ogg")).frames == sf.info(str(tmp_path / "000_a.wav")).frames
+    assert json.loads((tmp_path / "generation.json").read_text())["settings"]["format"] == "ogg"
+
+
+def test_a_format_that_disagrees_with_o_files_suffix_is_bad_usage(tmp_path, capsys):
+    model = ["--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2]
+    code, _, err = run(capsys, "a dog", *model, "-o", tmp_path / "x.wav", "--format", "flac")
+    assert code == 2 and err.strip().splitlines() == [
+        f"tta: error: -o {tmp_path / 'x.wav'} and --format flac disagree: with -o FILE the file's suffix is the "
+        "format; leave --format out, or write to a .flac file"]
+    assert list(tmp_path.iterdir()) == []
+    code, out, err = run(capsys, "a dog", *model, "-o", tmp_path / "x.FLAC", "--format", "flac")
+    assert code == 0 and out.split() == [str(tmp_path / "x.FLAC")], err
+    assert sf.info(str(tmp_path / "x.FLAC")).format == "FLAC"
+    assert json.loads((tmp_path / "x.generation.json").read_text())["settings"]["format"] == "flac"
+    with pytest.raises(SystemExit) as e:   # argparse: usage + one line, exit status 2
+        run(capsys, "a dog", *model, "--out-dir", tmp_path / "o", "--format", "mp3")
+    assert e.value.code == 2 and "--format: invalid choice: 'mp3'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
