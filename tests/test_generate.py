@@ -216,6 +216,14 @@ def test_audio_of_an_earlier_run_in_the_out_dir_is_warned_about(tmp_path, capsys
         assert run(capsys, "c", *args)[0] == 0
     assert any("already holds 2 audio files this run does not write (e.g. 000_a.wav)" in r.message
                for r in caplog.records)
+    # any file tta eval scores: an .mp3 or .aiff beside a batch's wav files was not named
+    for folder, name in ((tmp_path / "mp3", "old.mp3"), (tmp_path / "aiff", "old.aiff")):
+        folder.mkdir()
+        sf.write(folder / name, signals.tone(440, 0.2), 16_000)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tta.generate"):
+            assert run(capsys, "c", *args[:-1], folder)[0] == 0
+        assert f"already holds 1 audio file this run does not write (e.g. {name})" in caplog.text
 
 
 def test_a_long_run_rewrites_its_record_at_most_every_few_seconds(tmp_path, capsys, monkeypatch):

@@ -189,16 +189,19 @@ def warn_other_suffixes(rows: list, fmt: str, takes: int) -> None:
 
 def warn_other_audio(jobs: list[Job]) -> None:
     """Warn of audio in the --out-dir that this batch does not write: it would sit beside the batch's outputs, e.g.
-    in one `tta eval`. Called once the run is sure to run (a refused run prints only its error)."""
+    in one `tta eval`, which scores every audio file it reads (tta.audio.is_audio_entry: an .mp3 or .aiff too, not a
+    hidden file). Called once the run is sure to run (a refused run prints only its error)."""
+    from tta.audio import is_audio_entry
+
     out_dir = jobs[0].path.parent
     if not out_dir.is_dir():
         return
     planned = {j.path.name for j in jobs}
-    others = sorted(p.name for p in out_dir.iterdir() if p.suffix.lower() in (".wav", ".flac", ".ogg")
-                    and p.name not in planned and not p.name.startswith("."))   # tta eval skips hidden files
+    others = sorted(p.name for p in out_dir.iterdir() if is_audio_entry(p) and p.name not in planned)
     if others:
-        log.warning("%s already holds %d audio files this run does not write (e.g. %s); generation.json will list "
-                    "only this run's, and `tta eval` scores every file of a folder", out_dir, len(others), others[0])
+        log.warning("%s already holds %d audio file%s this run does not write (e.g. %s); generation.json will list "
+                    "only this run's, and `tta eval` scores every file of a folder", out_dir, len(others),
+                    "" if len(others) == 1 else "s", others[0])
 
 
 def row_fields(row) -> tuple[str | None, str]:
