@@ -220,34 +220,46 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, set[int], str
 
 def _marked(runs: list[Run], values: list, metric: str, best: float) -> set[int]:
     """The runs a ranked row marks: those at the best value and those the data cannot tell from one of them at
-    95%: for FAD∞, an interval (protocol.fad.fad_inf.fad_inf_ci95) that overlaps the best's; for the CLAP score, a
-    paired difference whose interval holds 0 where the two runs scored the same items (`_paired_differences`),
-    else an interval (`clap_ci95`) that overlaps the best's. A row where a ranked run has no interval (a result
-    from before FAD∞ recorded one, a CLAP score without its items.csv from before eval.json recorded its interval)
-    marks the best value alone, as the other metrics' rows do (plain FAD, FD, KL, IS have no interval)."""
+    95%: for FAD∞ and the CLAP score, a difference within 1.96 standard errors of the difference, each run's
+    standard error its 95% interval's half-width / 1.96 (FAD∞: protocol.fad.fad_inf.fad_inf_ci95; CLAP score:
+    `clap_ci95`); not whether the intervals overlap, which two of equal width do up to 2.77 standard errors of
+    the difference, runs separable at 95% among them. For the CLAP score of two runs that scored the same items
+    (`_paired_differences`), a paired difference whose 95% interval (Student's t with n - 1 degrees of freedom,
+    `t95`) holds 0. A row where a ranked run has no interval (a result from before FAD∞ recorded one, a CLAP
+    score without its items.csv from before eval.json recorded its interval) marks the best value alone, as the
+    other metrics' rows do (plain FAD, FD, KL, IS have no interval)."""
     ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
     tops = {i for i in ranked if values[i] == best}
     if metric == "fad_inf":
-        intervals = {i: fad_inf_interval(runs[i]) for i in ranked}
+        halves = {i: (interval[1] - interval[0]) / 2 if (interval := fad_inf_interval(runs[i])) else None
+                  for i in ranked}
     elif metric == "clap_score":
-        intervals = {i: (values[i] - h, values[i] + h) if (h := clap_ci95(runs[i])[0]) is not None else None
-                     for i in ranked}
+        halves = {i: clap_ci95(runs[i])[0] for i in ranked}
     else:
         return tops
-    if any(interval is None or not np.isfinite(interval).all() for interval in intervals.values()):
+    if any(half is None or not np.isfinite(half) for half in halves.values()):
         return tops
 
     def apart(i: int, j: int) -> bool:
         if metric == "clap_score" and (diffs := _paired_differences(runs[i], runs[j])) is not None:
-            return abs(float(np.mean(diffs))) > 1.96 * float(np.std(diffs, ddof=1)) / np.sqrt(len(diffs))
-        (low_i, high_i), (low_j, high_j) = intervals[i], intervals[j]
-        return high_i < low_j or high_j < low_i
+            return abs(float(np.mean(diffs))) > t95(len(diffs) - 1) * float(np.std(diffs, ddof=1)) \
+                / np.sqrt(len(diffs))
+        return abs(values[i] - values[j]) > 1.96 * float(np.hypot(halves[i] / 1.96, halves[j] / 1.96))
 
     return tops | {i for i in ranked if any(not apart(i, t) for t in tops)}
 
 
-MARK_NOTE = ("best, or not separable from the best at 95% (FAD∞: intervals; CLAP score: paired difference on "
-             "the same prompts, else intervals)")
+def t95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with `df` degrees of freedom (12.71 at 1, 2.26 at 9, 1.96 in
+    the limit): a mean of a few differences is not known to 1.96 of its estimated standard errors."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+MARK_NOTE = ("best, or not separable from the best at 95% (FAD∞: difference within 1.96 standard errors of the "
+             "difference, each from its interval; CLAP score: paired difference on the same prompts, its "
+             "Student's t interval holding 0, else as FAD∞)")
 
 
 def _fad_inf_ranks(runs: list[Run], fads: list) -> bool:

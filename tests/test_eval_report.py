@@ -271,14 +271,16 @@ def _reported(tmp_path, name, runs, metric):
     return row, re.search(rf'<tr><td class="name">{re.escape(metric)}.*?</tr>', page).group(0), md, page
 
 
-MARK_NOTE = ("best, or not separable from the best at 95% (FAD∞: intervals; CLAP score: paired difference on the "
-             "same prompts, else intervals)")
+MARK_NOTE = ("best, or not separable from the best at 95% (FAD∞: difference within 1.96 standard errors of the "
+             "difference, each from its interval; CLAP score: paired difference on the same prompts, its Student's "
+             "t interval holding 0, else as FAD∞)")
 
 
-def test_fad_inf_marks_every_run_whose_interval_overlaps_the_bests(tmp_path):
+def test_fad_inf_marks_every_run_the_data_cannot_tell_from_the_best(tmp_path):
     """The FAD∞ row bolded the single lowest value although the runs' 95% intervals overlapped (the data cannot
-    tell them apart): a run whose interval overlaps the best's is marked with it, one whose interval does not
-    (even if it overlaps another marked run's) is not. The plain FAD has no interval: its best alone, as before."""
+    tell them apart): a run whose difference from the best is within 1.96 standard errors of the difference is
+    marked with it, one further (even if its interval overlaps another marked run's) is not. The plain FAD has no
+    interval: its best alone, as before."""
     def runs():
         return (_with_fad_inf(_run("a", 1519.0, "mfcc@v1", "ref1"), 1500.0, (1480.0, 1520.0), frames=5000),
                 _with_fad_inf(_run("b", 1528.0, "mfcc@v1", "ref1"), 1510.0, (1495.0, 1525.0), frames=5000),
@@ -296,6 +298,22 @@ def test_fad_inf_marks_every_run_whose_interval_overlaps_the_bests(tmp_path):
     assert "| **1500** (" in row and "| 1535 (" in row and cells.count('<td class="best">') == 1, row
 
 
+def test_fad_inf_runs_whose_intervals_overlap_but_whose_difference_is_significant_are_told_apart():
+    """Two runs were marked alike while their 95% intervals overlapped; two intervals of equal width overlap until
+    the difference reaches 2.77 standard errors of it, so runs separable at 95% (1.96 to 2.77) were marked
+    as if they were not. 10 ±1 against 11.8 ±1 is 2.49 standard errors apart: the best alone is marked; 11.3
+    (1.80) is not separable from it."""
+    from eval.report import render_markdown
+
+    def row(other):
+        runs = [_with_fad_inf(_run("a", 11.0, "mfcc@v1", "ref1"), 10.0, (9.0, 11.0), frames=5000),
+                _with_fad_inf(_run("b", 12.0, "mfcc@v1", "ref1"), other, (other - 1.0, other + 1.0), frames=5000)]
+        return next(line for line in render_markdown(runs).splitlines() if line.startswith("| FAD∞"))
+
+    assert "| **10** (95% CI ±1) | 11.8 (95% CI ±1) |" in row(11.8), row(11.8)
+    assert "| **10** (95% CI ±1) | **11.3** (95% CI ±1) |" in row(11.3), row(11.3)
+
+
 def _clap_run(label, scores, names=None, prompts=None):
     """A run with a CLAP score of these per-file scores (items.csv rows); its mean is the run's CLAP score."""
     names = names or [f"f{i}" for i in range(len(scores))]
@@ -310,10 +328,10 @@ def _clap_run(label, scores, names=None, prompts=None):
 
 def test_clap_score_marks_runs_the_paired_difference_or_the_intervals_do_not_separate(tmp_path):
     """The CLAP row bolded the single highest mean however wide the runs' intervals. Runs that scored the same
-    prompts are compared by their paired difference (mean of the per-item differences ± 1.96 sd / sqrt(n)): here
-    the intervals overlap (the prompts' scores spread widely) but every prompt scored 0.02 higher, so one run is
-    marked; a difference that flips sign from prompt to prompt does not separate them. Items that do not pair
-    (other file names, a prompt text twice) are compared by their intervals."""
+    prompts are compared by their paired difference (mean of the per-item differences ± t sd / sqrt(n), t
+    Student's 95% quantile): here the intervals overlap (the prompts' scores spread widely) but every prompt
+    scored 0.02 higher, so one run is marked; a difference that flips sign from prompt to prompt does not separate
+    them. Items that do not pair (other file names, a prompt text twice) are compared by their intervals."""
     from eval.report import sample_note
 
     base = [0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40]
@@ -336,6 +354,21 @@ def test_clap_score_marks_runs_the_paired_difference_or_the_intervals_do_not_sep
     far = _clap_run("b", [v + 0.3 for v in base], names=[f"g{i}" for i in range(8)], prompts=twice)
     row, *_ = _reported(tmp_path, "apart", [a, far], "CLAP score")
     assert row.count("**") == 2 and "**0.525**" in row, row
+
+
+def test_a_paired_clap_difference_over_few_prompts_takes_students_t():
+    """The paired rule took 1.96 sd / sqrt(n) whatever n: three prompts each 0.01, 0.03 and 0.05 higher (mean
+    0.03, 1.96 se 0.023) separated the runs, though with 2 degrees of freedom the 95% quantile is 4.30 (0.050):
+    both are marked now. Ten prompts of the same spread do separate them (t 2.26)."""
+    from eval.report import render_markdown
+
+    def row(base, diffs):
+        runs = [_clap_run("a", base), _clap_run("b", [v + d for v, d in zip(base, diffs)])]
+        return next(line for line in render_markdown(runs).splitlines() if line.startswith("| CLAP score"))
+
+    assert row([0.1, 0.3, 0.5], [0.01, 0.03, 0.05]).count("**") == 4
+    many = row([0.1 * i for i in range(10)], [0.01, 0.03, 0.05] * 3 + [0.03])
+    assert many.count("**") == 2 and "| **0.48** (" in many, many
 
 
 def test_a_fad_inf_interval_of_a_hundred_or_more_is_written_as_the_value_is():
