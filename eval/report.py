@@ -13,8 +13,9 @@ each cell). A best value is marked only when the runs used the same embedder and
 for the CLAP score, the CLAP or the set of prompts; for FAD, numbers of generated frames more than 1 % apart,
 where FAD∞, extrapolated to infinite frames, still ranks the runs and the reason says so; for every metric,
 files read otherwise: `protocol.common.audio_read`). Where a row ranks, runs the data cannot tell from the best
-at 95% are marked with it (FAD∞ and CLAP score; `_marked`), and a note under the table says so. Runs evaluated
-by different tta versions get a note. Category FADs carry their frame count.
+at 95% are marked with it (FAD∞ and CLAP score; `_marked`), and a note under the table says by which rules,
+those of the rows shown (`mark_note`). Runs evaluated by different tta versions get a note. Category FADs carry
+their frame count.
 """
 
 from __future__ import annotations
@@ -180,10 +181,10 @@ def _generated_warnings(run: Run) -> list[str]:
     return [k for k, v in proto.items() if k.startswith("generated_") and isinstance(v, dict) and v.get("warning")]
 
 
-def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, set[int], str | None, str | None]:
+def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, set[int], str | None, str | None, set[str]]:
     """One metric across runs: (values, per-run (embedder, reference) keys, the indices of the runs to mark (see
     `_marked`; none where the row does not rank), the embedder all runs with a value share or None, why those runs
-    cannot be compared or None)."""
+    cannot be compared or None, the rules the marks followed (`_marked`; none where the row does not rank))."""
     values = [r.body.get("metrics", {}).get(metric) for r in runs]
     keys = [_comparison_key(r, metric) for r in runs]
     if metric == "clap_score":   # the set of prompts, whatever the files are named, when every run records it
@@ -213,13 +214,15 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, set[int], str
         if _fad_inf_ranks(runs, values):
             why += "; FAD∞, extrapolated to infinite frames, compares them"
     marked: set[int] = set()
+    rules: set[str] = set()
     if why is None and len(real) > 1 and metric != "is_std":
-        marked = _marked(runs, values, metric, min(real) if metric in LOWER_BETTER else max(real))
-    return values, keys, marked, shared, why
+        marked, rules = _marked(runs, values, metric, min(real) if metric in LOWER_BETTER else max(real))
+    return values, keys, marked, shared, why, rules
 
 
-def _marked(runs: list[Run], values: list, metric: str, best: float) -> set[int]:
-    """The runs a ranked row marks: those at the best value and those the data cannot tell from one of them at
+def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[set[int], set[str]]:
+    """(The runs a ranked row marks, the rules it compared them by, for the note under the table: `mark_note`):
+    those at the best value and those the data cannot tell from one of them at
     95%: for FAD∞ and the CLAP score, a difference within 1.96 standard errors of the difference, each run's
     standard error its 95% interval's half-width / 1.96 (FAD∞: protocol.fad.fad_inf.fad_inf_ci95; CLAP score:
     `clap_ci95`); not whether the intervals overlap, which two of equal width do up to 2.77 standard errors of
@@ -227,7 +230,7 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> set[int]
     (`_paired_differences`), a paired difference whose 95% interval (Student's t with n - 1 degrees of freedom,
     `t95`) holds 0. A row where a ranked run has no interval (a result from before FAD∞ recorded one, a CLAP
     score without its items.csv from before eval.json recorded its interval) marks the best value alone, as the
-    other metrics' rows do (plain FAD, FD, KL, IS have no interval)."""
+    other metrics' rows do (plain FAD, FD, KL, IS have no interval): rule "best"."""
     ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
     tops = {i for i in ranked if values[i] == best}
     if metric == "fad_inf":
@@ -236,17 +239,21 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> set[int]
     elif metric == "clap_score":
         halves = {i: clap_ci95(runs[i])[0] for i in ranked}
     else:
-        return tops
+        return tops, {"best"}
     if any(half is None or not np.isfinite(half) for half in halves.values()):
-        return tops
+        return tops, {"best"}
+    rules: set[str] = set()
 
     def apart(i: int, j: int) -> bool:
         if metric == "clap_score" and (diffs := _paired_differences(runs[i], runs[j])) is not None:
+            rules.add("clap_paired")
             return abs(float(np.mean(diffs))) > t95(len(diffs) - 1) * float(np.std(diffs, ddof=1)) \
                 / np.sqrt(len(diffs))
+        rules.add(f"{metric}_intervals")
         return abs(values[i] - values[j]) > 1.96 * float(np.hypot(halves[i] / 1.96, halves[j] / 1.96))
 
-    return tops | {i for i in ranked if any(not apart(i, t) for t in tops)}
+    near = {i for i in ranked if i not in tops and not all([apart(i, t) for t in tops])}   # each rule it takes
+    return tops | near, rules or {"best"}   # (runs all at the best value: nothing compared)
 
 
 def t95(df: int) -> float:
@@ -257,9 +264,22 @@ def t95(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-MARK_NOTE = ("best, or not separable from the best at 95% (FAD∞: difference within 1.96 standard errors of the "
-             "difference, each from its interval; CLAP score: paired difference on the same prompts, its "
-             "Student's t interval holding 0, else as FAD∞)")
+def mark_note(rules: set[str]) -> str | None:
+    """What a mark means, for the rules the table's marked rows followed (`_marked`) and no other: a report of
+    FAD, KL and IS rows alone, which mark their best value, is not told of FAD∞'s intervals. None without
+    marks."""
+    if not rules - {"best"}:
+        return "the best value" if rules else None
+    unpaired = "difference within 1.96 standard errors of the difference, each from its interval"
+    parts = [f"FAD∞: {unpaired}"] if "fad_inf_intervals" in rules else []
+    paired = "paired difference on the same prompts, its Student's t interval holding 0"
+    clap = ([paired] if "clap_paired" in rules else []) \
+        + (["as FAD∞" if parts else unpaired] if "clap_score_intervals" in rules else [])
+    if clap:
+        parts.append(f"CLAP score: {', else '.join(clap)}")
+    if "best" in rules:
+        parts.append("other rows: the best value alone")
+    return f"best, or not separable from the best at 95% ({'; '.join(parts)})"
 
 
 def _fad_inf_ranks(runs: list[Run], fads: list) -> bool:
@@ -564,10 +584,10 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
              f'<p class="muted">{len(runs)} run(s): {html.escape(", ".join(r.label for r in runs))}</p>',
              '<h2>Metrics</h2><table id="metrics"><tr><th class="name">metric</th>',
              *[f"<th>{html.escape(r.label)}</th>" for r in runs], "</tr>"]
-    marks = False
+    rules: set[str] = set()
     for m in names:
-        values, keys, marked, shared, why = _metric_row(runs, m)
-        marks = marks or bool(marked)
+        values, keys, marked, shared, why, row_rules = _metric_row(runs, m)
+        rules |= row_rules
         label = html.escape(METRIC_LABELS.get(m, m))
         if shared:
             label += f' <span class="muted">{html.escape(shared)}</span>'
@@ -582,9 +602,9 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
             + "</td>" for i, (v, k, r) in enumerate(zip(values, keys, runs)))
         parts.append(f'<tr><td class="name">{label}</td>{cells}</tr>')
     parts.append("</table>")
-    if marks:
+    if mark_note(rules):
         parts.append(f'<p class="muted" id="mark-note"><span class="best">Bold green</span>: '
-                     f"{html.escape(MARK_NOTE)}.</p>")
+                     f"{html.escape(mark_note(rules))}.</p>")
     if clap_scale_note(runs):
         parts.append(f'<p class="muted">{html.escape(clap_scale_note(runs))}</p>')
     if version_note(runs):
@@ -652,12 +672,12 @@ def _md(text) -> str:
 def render_markdown(runs: list[Run], title: str = "tta evaluation report", *,
                     category_order: Sequence[str] = ()) -> str:
     names = _metric_names(runs)
-    marks = False
+    rules: set[str] = set()
     lines = [f"# {_md(title)}", "", "| metric | " + " | ".join(_md(r.label) for r in runs) + " |",
              "|---|" + "---|" * len(runs)]
     for m in names:
-        values, keys, marked, shared, why = _metric_row(runs, m)
-        marks = marks or bool(marked)
+        values, keys, marked, shared, why, row_rules = _metric_row(runs, m)
+        rules |= row_rules
         label = METRIC_LABELS.get(m, m) + (f" `{shared}`" if shared else "")
         if why:
             label = f"{label} ({why})"
@@ -667,8 +687,8 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report", *,
                  + (f" ({n})" if v is not None and (n := sample_note(r, m)) else "")
                  for i, (v, k, r) in enumerate(zip(values, keys, runs))]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if marks:
-        lines += ["", f"**Bold**: {_md(MARK_NOTE)}."]
+    if mark_note(rules):
+        lines += ["", f"**Bold**: {_md(mark_note(rules))}."]
     if clap_scale_note(runs):
         lines += ["", _md(clap_scale_note(runs))]
     if version_note(runs):

@@ -271,16 +271,15 @@ def _reported(tmp_path, name, runs, metric):
     return row, re.search(rf'<tr><td class="name">{re.escape(metric)}.*?</tr>', page).group(0), md, page
 
 
-MARK_NOTE = ("best, or not separable from the best at 95% (FAD∞: difference within 1.96 standard errors of the "
-             "difference, each from its interval; CLAP score: paired difference on the same prompts, its Student's "
-             "t interval holding 0, else as FAD∞)")
+MARK_NOTE = ("best, or not separable from the best at 95% (FAD∞: difference within 1.96 standard errors of "
+             "the difference, each from its interval; other rows: the best value alone)")
 
 
 def test_fad_inf_marks_every_run_the_data_cannot_tell_from_the_best(tmp_path):
     """The FAD∞ row bolded the single lowest value although the runs' 95% intervals overlapped (the data cannot
     tell them apart): a run whose difference from the best is within 1.96 standard errors of the difference is
-    marked with it, one further (even if its interval overlaps another marked run's) is not. The plain FAD has no
-    interval: its best alone, as before."""
+    marked with it, one further (even if its interval overlaps another marked run's) is not. The plain FAD has
+    no interval: its best alone, as before."""
     def runs():
         return (_with_fad_inf(_run("a", 1519.0, "mfcc@v1", "ref1"), 1500.0, (1480.0, 1520.0), frames=5000),
                 _with_fad_inf(_run("b", 1528.0, "mfcc@v1", "ref1"), 1510.0, (1495.0, 1525.0), frames=5000),
@@ -299,15 +298,15 @@ def test_fad_inf_marks_every_run_the_data_cannot_tell_from_the_best(tmp_path):
 
 
 def test_fad_inf_runs_whose_intervals_overlap_but_whose_difference_is_significant_are_told_apart():
-    """Two runs were marked alike while their 95% intervals overlapped; two intervals of equal width overlap until
-    the difference reaches 2.77 standard errors of it, so runs separable at 95% (1.96 to 2.77) were marked
-    as if they were not. 10 ±1 against 11.8 ±1 is 2.49 standard errors apart: the best alone is marked; 11.3
-    (1.80) is not separable from it."""
+    """Two runs were marked alike while their 95% intervals overlapped; two intervals of equal width overlap
+    until the difference reaches 2.77 standard errors of it, so runs separable at 95% (1.96 to 2.77) were
+    marked as if they were not. 10 ±1 against 11.8 ±1 is 2.49 standard errors apart: the best alone is
+    marked; 11.3 (1.80) is not separable from it."""
     from eval.report import render_markdown
 
     def row(other):
         runs = [_with_fad_inf(_run("a", 11.0, "mfcc@v1", "ref1"), 10.0, (9.0, 11.0), frames=5000),
-                _with_fad_inf(_run("b", 12.0, "mfcc@v1", "ref1"), other, (other - 1.0, other + 1.0), frames=5000)]
+                _with_fad_inf(_run("b", 12.0, "mfcc@v1", "ref1"), other, (other - 1, other + 1), frames=5000)]
         return next(line for line in render_markdown(runs).splitlines() if line.startswith("| FAD∞"))
 
     assert "| **10** (95% CI ±1) | 11.8 (95% CI ±1) |" in row(11.8), row(11.8)
@@ -330,8 +329,9 @@ def test_clap_score_marks_runs_the_paired_difference_or_the_intervals_do_not_sep
     """The CLAP row bolded the single highest mean however wide the runs' intervals. Runs that scored the same
     prompts are compared by their paired difference (mean of the per-item differences ± t sd / sqrt(n), t
     Student's 95% quantile): here the intervals overlap (the prompts' scores spread widely) but every prompt
-    scored 0.02 higher, so one run is marked; a difference that flips sign from prompt to prompt does not separate
-    them. Items that do not pair (other file names, a prompt text twice) are compared by their intervals."""
+    scored 0.02 higher, so one run is marked; a difference that flips sign from prompt to prompt does not
+    separate them. Items that do not pair (other file names, a prompt text twice) are compared by their
+    intervals."""
     from eval.report import sample_note
 
     base = [0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40]
@@ -354,6 +354,27 @@ def test_clap_score_marks_runs_the_paired_difference_or_the_intervals_do_not_sep
     far = _clap_run("b", [v + 0.3 for v in base], names=[f"g{i}" for i in range(8)], prompts=twice)
     row, *_ = _reported(tmp_path, "apart", [a, far], "CLAP score")
     assert row.count("**") == 2 and "**0.525**" in row, row
+
+
+def test_the_mark_note_names_only_the_rules_of_the_rows_shown():
+    """The note under the table explained FAD∞'s intervals and the CLAP score's paired differences whenever a
+    row was marked, in a report of FAD rows alone too (which mark their best value): it names the rules the
+    marked rows followed and no other; a table that marks nothing has no note."""
+    from eval.report import render_html, render_markdown
+
+    def notes(runs):
+        md = [line for line in render_markdown(runs).splitlines() if line.startswith("**Bold**")]
+        page = re.findall(r'<p class="muted" id="mark-note">.*?</p>', render_html(runs))
+        return md, page
+
+    md, page = notes([_run("a", 116.2, "mfcc@v1", "ref1"), _run("b", 82.9, "mfcc@v1", "ref1")])
+    assert md == ["**Bold**: the best value."] and len(page) == 1, (md, page)
+    assert ": the best value.</p>" in page[0], page
+    paired = "CLAP score: paired difference on the same prompts, its Student's t interval holding 0"
+    md, page = notes([_clap_run("a", [0.1, 0.2, 0.3]), _clap_run("b", [0.2, 0.3, 0.4])])
+    assert md == [f"**Bold**: best, or not separable from the best at 95% ({paired}; other rows: the best "
+                  "value alone)."] and html.escape(paired) in page[0], (md, page)
+    assert notes([_run("a", 116.2, "mfcc@v1", "ref1"), _run("b", 82.9, "mfcc@v1", "ref2")]) == ([], [])
 
 
 def test_a_paired_clap_difference_over_few_prompts_takes_students_t():
