@@ -8,6 +8,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from tests.test_generate import run
 from tests.test_ldm_fixtures import one_thread, tiny_pipeline  # noqa: F401 (autouse)
@@ -257,3 +258,63 @@ def test_a_takes_runs_clap_score_compares_with_a_run_of_one_take_of_the_same_pro
     assert code == 0, err
     assert json.loads((tmp_path / "e-other" / "eval.json").read_text())["protocol"]["clap"]["prompt_set_sha256"] \
         != sets[1]
+
+
+def test_the_clap_interval_of_a_run_of_unequal_takes_is_about_its_score(tmp_path, capsys):
+    """With different numbers of takes per prompt (a run stopped part-way), the CLAP score (the mean over the
+    files) is not the mean of the prompts' means, yet its interval was the score ± 1.96 sd / sqrt(k) of those
+    means: centred on one statistic, as wide as another's. It is the score's own now, prompts drawn at random
+    with their takes (the standard error of a mean over clusters), the same where tta eval prints and records
+    it, tta clap score does and tta report writes it."""
+    from eval.report import load_runs, sample_note
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in
+                               (("door", "a door creaks"), ("rain", "heavy rain"), ("wind", "wind howls"))))
+    gen = tmp_path / "gen"
+    generate(capsys, prompts, gen, "--takes", 3)
+    record = json.loads((gen / "generation.json").read_text())
+    gone = {"rain_2.wav", "rain_3.wav", "wind_3.wav"}   # takes 3, 1 and 2
+    for name in gone:
+        (gen / name).unlink()
+    record["outputs"], record["complete"] = [o for o in record["outputs"] if o["file"] not in gone], False
+    (gen / "generation.json").write_text(json.dumps(record))
+    printed: list[str] = []
+    code, err, items = evaluate(capsys, gen, prompts, tmp_path / "e", "clap", printed=printed)
+    assert code == 0, err
+    body = json.loads((tmp_path / "e" / "eval.json").read_text())
+    score, clap_proto = body["metrics"]["clap_score"], body["protocol"]["clap"]
+    by_prompt: dict[str, list[float]] = {}
+    for name, (_, _, _, value) in items.items():
+        by_prompt.setdefault(name.split("_")[0], []).append(float(value))
+    assert sorted(map(len, by_prompt.values())) == [1, 2, 3]
+    assert score == np.mean([v for vs in by_prompt.values() for v in vs])
+    # each prompt's summed residuals from the score: its cluster total's deviation
+    totals = [sum(v - score for v in vs) for vs in by_prompt.values()]
+    half = 1.96 * np.sqrt(3 / 2 * np.sum(np.square(totals))) / 6
+    low, high = clap_proto["clap_score_ci95"]
+    assert (low + high) / 2 == pytest.approx(score, abs=1e-12)
+    assert (high - low) / 2 == pytest.approx(half, abs=1e-12)
+    words = f"95% CI ±{half:.2g} over the prompts' means"
+    assert printed[1] == f"clap_score\t{score:.6g}\t{words}", printed
+    assert sample_note(load_runs([tmp_path / "e"])[0], "clap_score") == f"n 3 prompts, 6 takes, {words}"
+    assert main(["-q", "clap", "score", "--clap", clap(), "--audio", str(gen), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "c.json")]) == 0
+    assert f" clips ({words}; raw cosine; model " in capsys.readouterr().out
+    recorded = json.loads((tmp_path / "c.json").read_text())["clap_score_ci95"]
+    assert recorded == pytest.approx([low, high], abs=1e-12)
+
+
+def test_the_clap_interval_of_unequal_takes_by_hand():
+    """Three takes of one prompt (0.1, 0.3, 0.5) and one of another (0.9): the score is 0.45, the prompts'
+    means 0.3 and 0.9. The interval was 0.45 ± 0.588 (1.96 sd of the means / sqrt(2)), its width the mean of
+    the means'; the score's standard error over the two prompts is sqrt(2 (3^2 0.15^2 + 0.45^2)) / 4 = 0.225
+    (± 0.441)."""
+    from tta.clap.interval import clap_interval
+
+    rows = [{"name": f"a_{t}", "prompt": "a", "clap_score": v, "take": t, "row": 0}
+            for t, v in ((1, 0.1), (2, 0.3), (3, 0.5))] + [{"name": "b_1", "prompt": "b", "clap_score": 0.9,
+                                                             "take": 1, "row": 1}]
+    got = clap_interval(0.45, rows)
+    assert got["clap_score_ci95"] == pytest.approx([0.45 - 1.96 * 0.225, 0.45 + 1.96 * 0.225], abs=1e-12)
+    assert (got["clap_score_ci95_draws"], got["clap_score_ci95_unit"]) == (2, "prompts")

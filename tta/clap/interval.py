@@ -3,8 +3,9 @@
 A CLAP score is a mean over the clips scored, so it comes with the noise of the prompts drawn: a difference
 between two runs smaller than the interval's half-width says little. The clips are the draws, except in a
 `tta generate --takes N` run, where a prompt's N takes are not N independent draws (counted as files they
-narrow the interval by about sqrt(N)): there each prompt is one draw, its takes' mean. Light to import (numpy
-only): `tta report` uses it without torch.
+narrow the interval by about sqrt(N)): there each prompt is one draw, its takes' mean, weighed by its takes
+where prompts hold different numbers of them, so that the interval stays about the score, the mean over the
+files (`clap_half_width`). Light to import (numpy only): `tta report` uses it without torch.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ def clap_draws(rows: list[dict]) -> tuple[list[tuple[tuple, str, float]], int, b
     `--takes` run, "take" and "row" (its row of the run). A file is one draw, keyed ("file", its name); a `--takes`
     run's prompt is one, its takes' mean, keyed ("row", its row of the run), or ("prompt", its text) in older items
     without the row."""
+    groups, scored, takes = _grouped(rows)
+    return [(k, text, float(np.mean(v))) for k, text, v in groups], scored, takes
+
+
+def _grouped(rows: list[dict]) -> tuple[list[tuple[tuple, str, list[float]]], int, bool]:
+    """The scored rows as draws (`clap_draws`): ([(key, prompt, its files' scores)], files scored, whether it
+    is a `--takes` run)."""
     scored = [r for r in rows if r.get("clap_score") not in (None, "")]
-    takes = any(r.get("take") not in (None, "") for r in scored)
-    if not takes:
-        return [(("file", r.get("name")), r.get("prompt") or "", float(r["clap_score"])) for r in scored], \
+    if not any(r.get("take") not in (None, "") for r in scored):
+        return [(("file", r.get("name")), r.get("prompt") or "", [float(r["clap_score"])]) for r in scored], \
             len(scored), False
     by_prompt: dict[tuple, list[float]] = {}
     texts: dict[tuple, str] = {}
@@ -31,14 +38,29 @@ def clap_draws(rows: list[dict]) -> tuple[list[tuple[tuple, str, float]], int, b
         key = ("row", row) if row not in (None, "") else ("prompt", r.get("prompt") or "")
         by_prompt.setdefault(key, []).append(float(r["clap_score"]))
         texts[key] = r.get("prompt") or ""
-    return [(k, texts[k], float(np.mean(v))) for k, v in by_prompt.items()], len(scored), True
+    return [(k, texts[k], v) for k, v in by_prompt.items()], len(scored), True
 
 
 def clap_half_width(rows: list[dict]) -> float | None:
-    """The half-width of the 95% confidence interval of a result's CLAP score (1.96 sd / sqrt(n) over its draws,
-    `clap_draws`); None with fewer than 2 draws (or no rows)."""
-    values = [v for _, _, v in clap_draws(rows)[0]]
-    return 1.96 * float(np.std(values, ddof=1)) / np.sqrt(len(values)) if len(values) >= 2 else None
+    """The half-width of the 95% confidence interval of a result's CLAP score, the mean over its scored files:
+    1.96 standard errors, its draws (`clap_draws`) drawn at random; None with fewer than 2 draws (or no rows).
+
+    With one file a draw, or a `--takes` run's prompts each of as many takes, that is 1.96 sd / sqrt(n) of the
+    draws' values. Where a `--takes` run's prompts hold different numbers of takes (a run stopped part-way,
+    files left out), the score weighs each prompt by its takes and is not the mean of the prompts' means, and
+    the standard error is the score's as a mean over clusters (the ratio estimator's, the prompts the
+    clusters): sqrt(k / (k - 1) * sum(n_i^2 (m_i - m)^2)) / N for k prompts of n_i takes of mean m_i, m the
+    score and N the files. With equal takes it is the one above; either way [score - x, score + x] is about the
+    score it is printed beside."""
+    groups = [scores for _, _, scores in _grouped(rows)[0]]
+    if len(groups) < 2:
+        return None
+    sizes = np.array([len(g) for g in groups], dtype=np.float64)
+    means = np.array([np.mean(g) for g in groups])
+    score = float(np.sum(sizes * means) / np.sum(sizes))   # the mean over the files
+    k = len(groups)
+    se = float(np.sqrt(k / (k - 1) * np.sum((sizes * (means - score)) ** 2)) / np.sum(sizes))
+    return 1.96 * se
 
 
 def clap_interval(score: float, rows: list[dict]) -> dict:
