@@ -8,7 +8,6 @@ both sets (OUT/reference_stats.npz can be passed as --reference later).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from tta.checkpoint import output_path
@@ -46,6 +45,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tta import UsageError
+    from eval.report import clap_words, fad_inf_words   # the intervals as tta report writes them (numpy only)
     from eval.run import EvalOptions, run_eval
     from tta.checkpoint import check_output_path
 
@@ -66,34 +66,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_eval(opts)
     for name, value in result["metrics"].items():
         line = f"{name}\t{value:.6g}" if isinstance(value, float) else f"{name}\t{value}"
-        note = _fad_inf_note(result) if name == "fad_inf" else _clap_note(result) if name == "clap_score" else None
+        note = (fad_inf_words(result) if name == "fad_inf" else clap_words(result) if name == "clap_score"
+                else None)
         print(line + (f"\t{note}" if note else ""))
     print(args.out / "eval.json")
     return 0
-
-
-def _fad_inf_note(result: dict) -> str | None:
-    """FAD∞'s interval as `tta report` writes it ("95% CI ±x": the interval is the value ± 1.96 se, so its
-    half-width says all of it), from the run's protocol.fad.fad_inf.fad_inf_ci95; None where there is none."""
-    fit = ((result.get("protocol", {}) or {}).get("fad", {}) or {}).get("fad_inf")
-    interval = fit.get("fad_inf_ci95") if isinstance(fit, dict) else None
-    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
-        return None
-    half = (float(interval[1]) - float(interval[0])) / 2
-    return f"95% CI ±{half:.4g}" if math.isfinite(half) else None
-
-
-def _clap_note(result: dict) -> str | None:
-    """The CLAP score's interval as `tta report` writes it ("95% CI ±x", and of a `--takes` run "over the prompts'
-    means"), from the run's protocol.clap.clap_score_ci95 (tta.clap.interval.clap_interval over items.csv's rows);
-    None where there is none (fewer than 2 files or prompts scored)."""
-    from tta.clap.interval import ci95_words
-
-    clap = (result.get("protocol", {}) or {}).get("clap", {}) or {}
-    interval = clap.get("clap_score_ci95")
-    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
-        return None
-    half = (float(interval[1]) - float(interval[0])) / 2
-    if not math.isfinite(half):
-        return None
-    return ci95_words(half, over_prompts=clap.get("clap_score_ci95_unit") == "prompts")

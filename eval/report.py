@@ -234,7 +234,7 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[se
     ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
     tops = {i for i in ranked if values[i] == best}
     if metric == "fad_inf":
-        halves = {i: (interval[1] - interval[0]) / 2 if (interval := fad_inf_interval(runs[i])) else None
+        halves = {i: (interval[1] - interval[0]) / 2 if (interval := fad_inf_interval(runs[i].body)) else None
                   for i in ranked}
     elif metric == "clap_score":
         halves = {i: clap_ci95(runs[i])[0] for i in ranked}
@@ -291,12 +291,47 @@ def _fad_inf_ranks(runs: list[Run], fads: list) -> bool:
     return _metric_row(scored, "fad_inf")[4] is None
 
 
-def fad_inf_interval(run: Run) -> tuple[float, float] | None:
-    """The run's FAD∞ 95% interval (low, high) from protocol.fad.fad_inf.fad_inf_ci95; None where not recorded
-    (tta eval recorded none before it fitted several draws per subset size)."""
-    fit = ((run.body.get("protocol", {}) or {}).get("fad", {}) or {}).get("fad_inf")
+# The intervals a result records, read and written alike by `tta eval` (beside the values it prints) and
+# `tta report` (in the cells): `body` is an eval.json's content or the result tta eval writes into it
+
+
+def fad_inf_interval(body: dict) -> tuple[float, float] | None:
+    """A result's FAD∞ 95% interval (low, high) from protocol.fad.fad_inf.fad_inf_ci95; None where not recorded
+    (tta eval recorded none before it fitted several draws per subset size) or not finite."""
+    fit = ((body.get("protocol", {}) or {}).get("fad", {}) or {}).get("fad_inf")
     interval = fit.get("fad_inf_ci95") if isinstance(fit, dict) else None
-    return (float(interval[0]), float(interval[1])) if isinstance(interval, list) and len(interval) == 2 else None
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        return None
+    low, high = float(interval[0]), float(interval[1])
+    return (low, high) if np.isfinite([low, high]).all() else None
+
+
+def fad_inf_words(body: dict) -> str | None:
+    """A result's FAD∞ interval as written beside the value: "95% CI ±x", its half-width (the interval is the
+    value ± 1.96 se, so that says all of it: the fit's draws and the generated set's own noise,
+    eval.fad.fad_infinity) written as the value is (.2g read ±1.2e+02 beside 1500); None without one."""
+    interval = fad_inf_interval(body)
+    return None if interval is None else f"95% CI ±{_fmt((interval[1] - interval[0]) / 2)}"
+
+
+def recorded_clap_ci95(body: dict) -> tuple[float | None, int | None, bool]:
+    """A result's CLAP score interval as recorded (protocol.clap.clap_score_ci95,
+    tta.clap.interval.clap_interval over its items): (its half-width, None without one: fewer than 2 draws, or
+    a result from before it was recorded; its draws, None in such a result; whether they are prompts: a
+    `--takes` run)."""
+    clap = (body.get("protocol", {}) or {}).get("clap", {}) or {}
+    interval, draws = clap.get("clap_score_ci95"), clap.get("clap_score_ci95_draws")   # checked on reading
+    if draws is None:   # recorded with the interval: a result from before it
+        return None, None, False
+    half = (float(interval[1]) - float(interval[0])) / 2 if interval else None
+    return half if half is not None and np.isfinite(half) else None, draws, \
+        clap.get("clap_score_ci95_unit") == "prompts"
+
+
+def clap_words(body: dict) -> str | None:
+    """A result's recorded CLAP score interval as written beside the score (`ci95_words`); None without one."""
+    half, _, takes = recorded_clap_ci95(body)
+    return None if half is None else ci95_words(half, over_prompts=takes)
 
 
 def _audio_read(run: Run) -> str | None:
@@ -348,10 +383,8 @@ def sample_note(run: Run, metric: str) -> str | None:
         frames = fad.get("generated_frames")
         notes = [f"n {used} files" + (f", {frames} frames" if isinstance(frames, int) and frames != used else "")
                  ] if isinstance(used, int) else []
-        interval = fad_inf_interval(run) if metric == "fad_inf" else None
-        if interval:   # of the intercept: the fit's draws and the generated set's own noise (eval.fad.fad_infinity)
-            notes.append(f"95% CI ±{_fmt((interval[1] - interval[0]) / 2)}")   # as the value: .2g read 1.2e+02
-        return ", ".join(notes) or None
+        words = fad_inf_words(run.body) if metric == "fad_inf" else None
+        return ", ".join([*notes, words] if words else notes) or None
     if metric != "clap_score":
         return None
     half, draws, files, takes = clap_ci95(run)
@@ -373,14 +406,9 @@ def clap_ci95(run: Run) -> tuple[float | None, int | None, int | None, bool]:
     if run.items_missing is None:
         draws, files, takes = clap_draws(run.rows)
         return clap_half_width(run.rows), len(draws), files, takes
-    clap = (run.body.get("protocol", {}) or {}).get("clap", {}) or {}
-    interval, draws = clap.get("clap_score_ci95"), clap.get("clap_score_ci95_draws")   # checked on reading
-    files = clap.get("num_items") if isinstance(clap.get("num_items"), int) else None
-    if draws is None:   # recorded with the interval: a result from before it
-        return None, None, files, False
-    half = (float(interval[1]) - float(interval[0])) / 2 if interval else None
-    return half if half is not None and np.isfinite(half) else None, draws, files, \
-        clap.get("clap_score_ci95_unit") == "prompts"
+    half, draws, takes = recorded_clap_ci95(run.body)
+    files = ((run.body.get("protocol", {}) or {}).get("clap", {}) or {}).get("num_items")
+    return half, draws, files if isinstance(files, int) else None, takes
 
 
 def _paired_differences(a: Run, b: Run) -> np.ndarray | None:

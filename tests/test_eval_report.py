@@ -418,6 +418,45 @@ def test_a_fad_inf_interval_recorded_by_tta_eval_is_the_one_shown(report, tmp_pa
     assert f", 95% CI ±{(high - low) / 2:.4g})" in row, row
 
 
+def test_tta_eval_prints_the_intervals_as_the_report_writes_them(report, tmp_path, monkeypatch, capsys):
+    """tta eval printed FAD∞'s and the CLAP score's intervals with a formatter of its own, a copy of the
+    report's that could drift from it: both print with eval.report's (fad_inf_words, clap_words), so the third
+    field of each line is what the report writes beside the value, from items.csv or, where it is gone, from
+    eval.json."""
+    from eval import embedders
+    from eval import fad as fad_module
+
+    monkeypatch.setattr(fad_module, "fad_inf_smallest_subset", lambda dim: 4)
+    monkeypatch.setitem(embedders.CLAP_LOADERS, "tta", lambda path: ToyClap())
+    out = tmp_path / "e"
+    capsys.readouterr()
+    assert main(["-q", "eval", "--generated", str(report / "gen"), "--reference", str(report / "ref"), "--out",
+                 str(out), "--cache-dir", str(report / "cache"), "--fad-inf", "--metrics", "fad,clap",
+                 "--prompts", str(report / "prompts.csv"), "--clap", str(report / "toy")]) == 0
+    printed = dict(line.split("\t", 1) for line in capsys.readouterr().out.splitlines() if "\t" in line)
+    words = {m: printed[m].split("\t")[1] for m in ("fad_inf", "clap_score")}
+    assert words["fad_inf"].startswith("95% CI ±") and words["clap_score"].startswith("95% CI ±"), printed
+
+    def rows():
+        assert main(["-q", "report", str(out), "--out", str(tmp_path / "r.md")]) == 0
+        lines = (tmp_path / "r.md").read_text().splitlines()
+        return {m: next(line for line in lines if line.startswith(f"| {label}"))
+                for m, label in (("fad_inf", "FAD∞"), ("clap_score", "CLAP score"))}
+
+    for m, row in rows().items():
+        assert f", {words[m]})" in row, (m, row)
+    (out / "items.csv").unlink()
+    assert f", {words['clap_score']})" in rows()["clap_score"]
+    # an interval that is not finite (a hand-edited eval.json: Python's json reads Infinity) was none to tta
+    # eval's copy and "95% CI ±inf" to the report's
+    from eval.report import fad_inf_words, render_markdown
+
+    odd = _with_fad_inf(_run("a", 1519.0, "mfcc@v1", "ref1"), 1500.0, (1480.0, float("inf")), frames=5000)
+    assert fad_inf_words(odd.body) is None
+    row = next(line for line in render_markdown([odd]).splitlines() if line.startswith("| FAD∞"))
+    assert "95% CI" not in row, row
+
+
 def test_the_clap_score_interval_of_a_takes_run_is_over_its_prompts():
     """items.csv is one row per file: a --takes 2 run's 3 prompts gave 'n 6' and an interval as if its 6 files
     were 6 independent draws. It is over the 3 prompts' means now (no take: one file per prompt, as before)."""
