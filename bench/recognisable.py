@@ -388,9 +388,9 @@ def same_judges(paths: list, runs: list[dict]) -> dict | None:
     for path, run in zip(paths, runs):
         for settings in run_settings(run):
             differs = judge_differences(settings, first)
-            if differs and path == paths[0]:
-                raise SystemExit(f"{path}: pools runs judged against other references "
-                                 f"({'; '.join(differs)}); merge runs of the same judge")
+            if differs and path == paths[0]:   # what differs, whichever it is (references, embedder, k, labels)
+                raise SystemExit(f"{path}: pools runs of different judges (one judged with {'; '.join(differs)} "
+                                 "as its first run); merge runs of the same judge")
             if differs:
                 raise SystemExit(f"{path}: judged with {'; '.join(differs)} as {paths[0]}; merge runs of the "
                                  "same judge (references, embedder, k)")

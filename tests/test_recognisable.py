@@ -553,11 +553,15 @@ def test_merge_refuses_runs_judged_against_other_references_or_by_another_judge(
     third.write_text(json.dumps(run(4, ["dog", "dog"], reference_clips=31)))
     with pytest.raises(SystemExit, match="third.json: judged with reference_clips 31, not 30 as .*pooled.json"):
         bench.main(merge[:-2] + [str(tmp_path / "pooled.json"), str(third)])
-    mixed = json.loads((tmp_path / "pooled.json").read_text())                # pooled before the check
-    mixed["settings"]["runs"][1]["reference_clips"] = 31
-    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
-    with pytest.raises(SystemExit, match="mixed.json: pools runs judged against other references"):
-        bench.main(merge[:-2] + [str(tmp_path / "mixed.json"), str(third)])
+    # the message names what differs: it said "judged against other references" of another embedder too
+    for differs, message in (({"reference_clips": 31}, "reference_clips 31, not 30"),
+                             ({"embedder": "aisfx@y"}, "embedder 'aisfx@y', not 'aisfx@x'")):
+        mixed = json.loads((tmp_path / "pooled.json").read_text())            # pooled before the check
+        mixed["settings"]["runs"][1].update(differs)
+        (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+        with pytest.raises(SystemExit, match=rf"mixed.json: pools runs of different judges \(one judged with "
+                                             rf"{message} as its first run\); merge runs of the same judge$"):
+            bench.main(merge[:-2] + [str(tmp_path / "mixed.json"), str(third)])
 
     # --baseline with summaries of two judges: refused, not paired with the first one's recorded runs
     folder = tiny_pipeline()
