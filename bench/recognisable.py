@@ -574,7 +574,7 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int,
         lines = Path(results).read_text().splitlines()
     except OSError as e:
         raise SystemExit(f"{results}: cannot read the recorded results ({e})")
-    taken, out, first = set(held), [], None
+    taken, out = set(held), []
     other_fit: dict[int, str] = {}        # seed -> the output_fit of a run passed over for it
     for n, line in enumerate(lines, 1):
         try:
@@ -592,13 +592,11 @@ def recorded_runs(folder: Path, results: Path, paths: list[Path], k: int,
             seeds = m.get("seeds") or run_seeds(run["settings"])
             if set(seeds) & taken or (wanted and not set(seeds) <= set(wanted)):
                 continue
-            if judge and judged_labels(run) != judged_labels(others[0] if others else first):
-                continue
             if output_fit(run) != fit:
                 other_fit.update(dict.fromkeys(seeds, output_fit(run)))
                 continue
-            if not judge:                     # alone: the judge and prompts of the earliest such run
-                judge, first = run["settings"], run
+            if not judge:                     # alone: the judge (its labels too) of the earliest such run
+                judge = run["settings"]
             taken |= set(seeds)
             out.append((f"{relative(Path(results))}:{n}", {**run, "models": [m]}))
     missing = sorted(set(wanted) - taken)

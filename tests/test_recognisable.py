@@ -356,6 +356,24 @@ def test_baseline_pairs_with_the_recorded_runs_of_a_folder(tmp_path):
         bench.parse_args(["--baseline", str(folder), "--model", "x", "--out", "o"])
 
 
+def test_a_baseline_is_not_taken_from_runs_of_other_prompts_labels(tmp_path):
+    """A recorded run that judged other prompts' labels (--labels) is another judge (judge_identity holds the
+    labels), passed over as the baseline of summaries of every prompt, as another reference set is."""
+    bench = load_bench()
+    folder = tiny_pipeline()
+    fp, defaults = bench.fingerprint(folder), bench.folder_defaults(folder)
+    results = tmp_path / "results.jsonl"
+    runs = [recorded_run(fp, defaults, ["dog", "dog"], output_fit="generate", labels=["dog"]),
+            recorded_run(fp, defaults, ["cow", "dog"], output_fit="generate")]
+    results.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    cand = tmp_path / "c0.json"
+    cand.write_text(json.dumps(recorded_run("cc", defaults, ["dog", "dog"], model="cand",
+                                            output_fit="generate")))
+    base, _ = bench.main(["--baseline", str(folder), "--out", str(tmp_path / "o"), "--results", str(results),
+                          "--merge", str(cand)])["models"]
+    assert base["per_prompt"][0]["nearest"] == ["cow", "dog"]
+
+
 def test_a_folder_with_the_same_weights_and_other_component_configs_is_another_model(tmp_path):
     """A copy of the baseline with another Griffin-Lim n_iter has the same weights' fingerprint: the components'
     config fingerprint keeps it apart, in --baseline and in --merge; records without one match any."""
