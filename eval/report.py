@@ -373,9 +373,10 @@ def sample_note(run: Run, metric: str) -> str | None:
     """How many items a run's value rests on and, for the CLAP score (a mean over items), the half-width of its
     95% confidence interval (1.96 sd / sqrt(n), from items.csv): a difference between runs smaller than that is
     within the noise of the prompts drawn. For a `tta generate --takes N` folder (items.csv gives files a take)
-    n counts prompts and the interval is over their means: a prompt's N takes are not N independent draws, and
-    counted as files they narrow it by about sqrt(N). Where the result's items.csv was not found, the interval
-    eval.json records (`clap_ci95`). None when the result records neither."""
+    n counts prompts and the interval is over their means (weighed by their takes where those differ in number,
+    `clap_half_width`): a prompt's N takes are not N independent draws, and counted as files they narrow it by
+    about sqrt(N). Where the result's items.csv was not found, the interval eval.json records (`clap_ci95`).
+    None when the result records neither."""
     proto = run.body.get("protocol", {}) or {}
     if metric in ("fad", "fad_inf"):
         fad = proto.get("fad", {}) or {}
