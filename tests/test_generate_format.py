@@ -85,3 +85,36 @@ def test_a_format_that_disagrees_with_o_files_suffix_is_bad_usage(tmp_path, caps
         run(capsys, "a dog", *model, "--out-dir", tmp_path / "o", "--format", "mp3")
     assert e.value.code == 2 and "--format: invalid choice: 'mp3'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_formats_tta_generate_takes_are_save_audios(tmp_path, capsys, monkeypatch):
+    """-o FILE's suffixes, --format's names and the formats a --resume reads from a record are save_audio's
+    (tta.audio.SAVE_FORMATS), not lists of their own (three lists and a help's choices agreed by hand): a format
+    save_audio gains is taken by all of them."""
+    import tta.audio
+
+    model = ["--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2]
+    monkeypatch.setattr(tta.audio, "SAVE_FORMATS", {**tta.audio.SAVE_FORMATS, ".w64": "W64"})
+    code, out, err = run(capsys, "a dog", *model, "-o", tmp_path / "x.w64")
+    assert code == 0 and out.split() == [str(tmp_path / "x.w64")], err
+    assert sf.info(str(tmp_path / "x.w64")).format == "W64"
+    batch = tmp_path / "b"
+    code, out, err = run(capsys, "a", "b", *model, "--out-dir", batch, "--format", "w64")
+    assert code == 0 and out.split() == [str(batch / "000_a.w64"), str(batch / "001_b.w64")], err
+    before = {p.name: p.read_bytes() for p in batch.iterdir()}
+    code, out, err = run(capsys, "a", "b", "c", *model, "--out-dir", batch, "--resume")
+    assert code == 0 and out.split()[-1] == str(batch / "002_c.w64"), err
+    assert json.loads((batch / "generation.json").read_text())["settings"]["format"] == "w64"
+    assert all((batch / name).read_bytes() == data for name, data in before.items() if name != "generation.json")
+    code, _, err = run(capsys, "a dog", *model, "-o", tmp_path / "x.mp3")
+    assert code == 1 and err.strip() == f"tta: error: {tmp_path / 'x.mp3'}: output must end in .wav, .flac, .ogg or .w64"
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "a", *model, "--out-dir", tmp_path / "o", "--format", "w64")
+    assert e.value.code == 2 and "--format: invalid choice: 'w64' (choose from wav, flac or ogg)" in \
+        capsys.readouterr().err
+    from tta.cli import build_parser
+
+    generate = next(a for a in build_parser()._actions if a.dest == "command").choices["generate"]
+    help_text = next(a for a in generate._actions if a.dest == "format").help
+    assert all(suffix[1:] in help_text for suffix in tta.audio.SAVE_FORMATS)   # the help describes each

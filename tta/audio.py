@@ -457,6 +457,15 @@ PCM_BITS = {"PCM_U8": 8, "PCM_S8": 8, "PCM_16": 16, "PCM_24": 24}
 # the rule's name in records of files save_audio wrote (tta generate's generation.json): a record without it is
 # of a tta that wrote WAV's integer samples on the step below
 PCM_ROUNDING = "nearest"
+# the files save_audio writes, by suffix: libsndfile's format for each (the one list of `tta generate`'s -o FILE
+# suffixes and --format names)
+SAVE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+
+
+def save_format_names(dot: str = ".") -> str:
+    """SAVE_FORMATS for a message: ".wav, .flac or .ogg" (`dot=""`: "wav, flac or ogg")."""
+    names = [dot + suffix[1:] for suffix in SAVE_FORMATS]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def pcm_samples(wav, bits: int) -> np.ndarray:
@@ -469,10 +478,10 @@ def pcm_samples(wav, bits: int) -> np.ndarray:
 def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "PCM_16") -> Path:
     """Write (T,) mono audio atomically (temp file + rename): a kill never leaves a half-written file.
 
-    The format follows the suffix (wav, flac, ogg); samples are clipped to [-1, 1] and, for an integer subtype
-    (PCM_16 by default), rounded to the nearest step (PCM_BITS). An .ogg file holds Vorbis, or Opus with
-    subtype "OPUS" (at 8, 12, 16, 24 or 48 kHz; a subtype in any case), under a stream serial number drawn from its content
-    (fixed_ogg_serial): the same audio gives the same bytes.
+    The format follows the suffix (SAVE_FORMATS: wav, flac, ogg); samples are clipped to [-1, 1] and, for an
+    integer subtype (PCM_16 by default), rounded to the nearest step (PCM_BITS). An .ogg file holds Vorbis, or
+    Opus with subtype "OPUS" (at 8, 12, 16, 24 or 48 kHz; a subtype in any case), under a stream serial number
+    drawn from its content (fixed_ogg_serial): the same audio gives the same bytes.
     """
     from tta.checkpoint import atomic_path, atomic_write_bytes
 
@@ -488,9 +497,9 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
     if not np.isfinite(arr).all():
         raise AudioError(f"{path}: refusing to write non-finite samples")
     path = Path(path)
-    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())
+    fmt = SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise AudioError(f"{path}: unsupported output suffix {path.suffix!r} (expected .wav, .flac or .ogg)")
+        raise AudioError(f"{path}: unsupported output suffix {path.suffix!r} (expected {save_format_names()})")
     if fmt == "OGG":
         subtype = "OPUS" if subtype == "OPUS" else "VORBIS"
         if subtype == "OPUS" and sample_rate not in OPUS_SAMPLE_RATES:

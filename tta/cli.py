@@ -181,6 +181,16 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def save_format(value: str) -> str:
+    """--format: a format save_audio writes (tta.audio.SAVE_FORMATS), checked when the flag is parsed: tta.audio
+    (numpy) is not imported to build the parser, so `tta --help` stays light."""
+    from tta.audio import SAVE_FORMATS, save_format_names
+
+    if f".{value}" not in SAVE_FORMATS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {save_format_names('')})")
+    return value
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="turn prompts into wav files",
                        description="Generate audio from text prompts with a tta pipeline folder "
@@ -188,9 +198,9 @@ def _add_generate(sub) -> None:
                                    "(with -o x.wav: x.generation.json).")
     p.add_argument("prompts", nargs="*", metavar="PROMPT")
     p.add_argument("-o", "--output", type=output_path,
-                   help="output file, .wav, .flac or .ogg (one prompt; its suffix is the format)")
+                   help="output file (one prompt; its suffix is the format: a --format name, e.g. x.flac)")
     p.add_argument("--out-dir", type=output_path, help="output folder (many prompts; default: the current folder)")
-    p.add_argument("--format", choices=["wav", "flac", "ogg"],
+    p.add_argument("--format", type=save_format, metavar="FORMAT",
                    help="the format of a batch's files: wav (16-bit PCM; the default), flac (the same 16-bit "
                         "samples, lossless, about half the size) or ogg (Vorbis, lossy); every output takes its "
                         "suffix (a --prompts row's file field names the output without its own), generation.json "

@@ -6,7 +6,7 @@ loaded, so a typo costs nothing. Outputs are written atomically as they are fini
 Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.json` beside it;
 otherwise each prompt goes to `<out-dir>/<name>.<format>` (the base name of a prompts file row's file field
 without its audio suffix, else its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`; --format:
-wav, flac or ogg, recorded in the record's settings, which a --resume continues in) and the record to
+one of tta.audio.SAVE_FORMATS, wav, flac or ogg, recorded in the record's settings, which a --resume continues in) and the record to
 `<out-dir>/generation.json`. `--takes N` is the run with each prompt written N times in a row (row r takes seed
 SEED + r): a row named by its file or id names its takes `<name>_1` .. `<name>_N`, an unnamed one `NNN_<slug>`
 by row as repeated rows are. `--resume` keeps the outputs an earlier run of the same batch wrote into the
@@ -41,7 +41,6 @@ QUIET_GAIN = 0.1   # an output turned down more than this to fit full scale is r
 EDIT_HEADROOM = 0.9   # an edit's input louder than this x the peak is turned down to it, to leave room beside it
 RECORD_EVERY = 10.0   # seconds between rewrites of generation.json while a batch run goes on
 MAX_TAKES = 10_000    # --takes: each take is a file (a typo such as 10**9 would plan that many rows in memory)
-OUTPUT_FORMATS = ("wav", "flac", "ogg")   # what save_audio writes: -o FILE's suffix, a batch's --format
 
 
 class GenerateError(ValueError):
@@ -237,8 +236,10 @@ def check_output_path(path: Path) -> None:
 
 
 def check_writable_file(path: Path) -> None:
-    if path.suffix.lower() not in (".wav", ".flac", ".ogg"):
-        raise GenerateError(f"{path}: output must end in .wav, .flac or .ogg")
+    from tta.audio import SAVE_FORMATS, save_format_names
+
+    if path.suffix.lower() not in SAVE_FORMATS:
+        raise GenerateError(f"{path}: output must end in {save_format_names()}")
     if path.is_dir():
         raise GenerateError(f"{path}: is a directory; use --out-dir for a folder")
     parent = path.parent if str(path.parent) else Path(".")

@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from tta.generate import OUTPUT_FORMATS, GenerateError, Job, component_hashes, record_path_of
+from tta.generate import GenerateError, Job, component_hashes, record_path_of
 
 log = logging.getLogger("tta.generate")   # tta generate's messages, under its name as before they moved here
 
@@ -37,6 +37,7 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
     its files' sha256; `spec`: the model folder's pipeline.json), --seed and the rows it wrote checked against
     this run's (with --edit, `row_edits`: tta.generate_edits.RowEdits, each row's input by its sha256 too); None when
     there is none (a plain run). A GenerateError names the first difference."""
+    from tta.audio import save_format_names
     from tta.config import shortened
 
     path = record_path_of(jobs[0].path.parent, single=False)
@@ -59,8 +60,8 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
         elif not (isinstance(record.get("earlier_runs", []), list)
                   and all(isinstance(r, dict) for r in record.get("earlier_runs", []))):
             why = "its earlier_runs is not a list of objects"
-        elif record["settings"].get("format", "wav") not in OUTPUT_FORMATS:
-            why = f"its settings.format is {json.dumps(record['settings']['format'])}, not wav, flac or ogg"
+        elif not is_save_format(record["settings"].get("format", "wav")):
+            why = f"its settings.format is {json.dumps(record['settings']['format'])}, not {save_format_names('')}"
     if why is not None:
         raise GenerateError(f"{path}: not a tta generate record that --resume can read ({why}); move it away, or run "
                             "without --resume to generate every row again")
@@ -112,13 +113,20 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
 
 def recorded_format(path: Path) -> str | None:
     """The format of the outputs the batch record at `path` lists (settings.format; a record without it is of a
-    tta whose batches wrote wav), None where there is none or it says none of OUTPUT_FORMATS (read_earlier_run
-    names what is wrong with it)."""
+    tta whose batches wrote wav), None where there is none or it says none of save_audio's formats
+    (read_earlier_run names what is wrong with it)."""
     try:
         fmt = json.loads(path.read_text(encoding="utf-8"))["settings"].get("format", "wav")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return fmt if isinstance(fmt, str) and fmt in OUTPUT_FORMATS else None
+    return fmt if is_save_format(fmt) else None
+
+
+def is_save_format(fmt) -> bool:
+    """Whether a record's settings.format names a format save_audio writes (tta.audio.SAVE_FORMATS, by suffix)."""
+    from tta.audio import SAVE_FORMATS
+
+    return isinstance(fmt, str) and f".{fmt}" in SAVE_FORMATS   # as --format names it: "FLAC" is none
 
 
 def takes_advice(then, now, prompts: int) -> str:
