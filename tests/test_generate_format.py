@@ -118,3 +118,26 @@ def test_the_formats_tta_generate_takes_are_save_audios(tmp_path, capsys, monkey
     generate = next(a for a in build_parser()._actions if a.dest == "command").choices["generate"]
     help_text = next(a for a in generate._actions if a.dest == "format").help
     assert all(suffix[1:] in help_text for suffix in tta.audio.SAVE_FORMATS)   # the help describes each
+
+
+def test_a_refused_run_prints_its_error_alone_not_the_suffix_warning_first(tmp_path, capsys, caplog):
+    """The warning of rows whose file field ends in another suffix than the batch's format came while the jobs
+    were planned, before the refusals that follow (here --resume of a wav batch with --format flac): a refused
+    run printed it and then its error. It comes once the run is sure to run, as the out-dir's other audio's."""
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("file,caption\ndoor.wav,a door slams\nrain.wav,rain on a roof\n")
+    args = ["--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--out-dir",
+            tmp_path / "b"]
+    assert run(capsys, *args)[0] == 0
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, out, err = run(capsys, *args, "--format", "flac", "--resume")
+    assert code == 1 and out == "" and caplog.records == []
+    assert err.strip().splitlines() == [
+        f"tta: error: {tmp_path / 'b' / 'generation.json'}: cannot resume: the earlier run wrote wav files and this "
+        "one writes flac (--format flac); run it with --format wav, or without --format (--resume continues in the "
+        "recorded format), or write the flac files to a new --out-dir"]
+    prompts.write_text("file,caption\ndoor.wav,a door slams\nrain.wav,rain on a roof\ndoor.flac,a door\n")
+    with caplog.at_level("WARNING", logger="tta.generate"):   # refused once the rows are named
+        code, _, err = run(capsys, *args, "--format", "flac")
+    assert code == 1 and caplog.records == [] and len(err.strip().splitlines()) == 1
+    assert "output name 'door' (a row's file field, as its base name, or its id) appears twice" in err

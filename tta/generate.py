@@ -55,6 +55,7 @@ class Job:
     input: str | None = None   # with --edit: the row's input field as written (the audio it edits)
     where: str = ""            # "prompts file:line" of a prompts file's row, for messages
     take: int = 1              # with --takes N: which of its row's N takes (1..N)
+    file: str | None = None    # a prompts file row's file field as written (its output's name, without suffix)
 
 
 # ----------------------------------------------------------------------------------------- prompts
@@ -122,7 +123,6 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
     fmt = batch_format(args, out_dir)
-    warn_other_suffixes(rows, fmt, takes)
     jobs = []
     where = f"{args.prompts_file}: " if args.prompts_file is not None else ""   # ids come from that file
     # --takes N: each prompt N times in a row, row r (of the rows so written) taking seed SEED + r
@@ -151,7 +151,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                                 "needs its own name")
         seen[folded] = name
         jobs.append(Job(id_ if id_ is not None else name, prompt, out_dir / f"{name}.{fmt}", *row_fields(rows[i]),
-                        take=take))
+                        take=take, file=None if rows[i] is None else rows[i].file))
         check_output_path(jobs[-1].path)
     check_output_path(record_path_of(out_dir, single=False))
     return jobs
@@ -168,16 +168,18 @@ def batch_format(args: argparse.Namespace, out_dir: Path) -> str:
     return recorded_format(record_path_of(out_dir, single=False)) or "wav"
 
 
-def warn_other_suffixes(rows: list, fmt: str, takes: int) -> None:
+def warn_other_suffixes(jobs: list[Job], takes: int) -> None:
     """Warn once of the prompts file's rows whose file field ends in another audio suffix than the batch's format
-    `fmt` (door.flac in a wav batch): the output is written in the batch's format, under the field's name without
+    (door.flac in a wav batch): the output is written in the batch's format, under the field's name without
     its suffix (the key tta eval pairs it by), as a row's other fields do not decide the output either (a warning
-    names those). Refusing would stop a batch driven by a reference set's prompts file (its .wav names) in FLAC."""
+    names those). Refusing would stop a batch driven by a reference set's prompts file (its .wav names) in FLAC.
+    Called once the run is sure to run (a refused run prints only its error), as warn_other_audio is."""
     from tta.data.prompts import FILE_KEY_SUFFIXES, file_key
 
-    other = [row for row in rows if row is not None and row.file is not None
-             and Path(str(row.file).strip()).suffix.lower() in FILE_KEY_SUFFIXES
-             and Path(str(row.file).strip()).suffix.lower() != f".{fmt}"]
+    fmt = jobs[0].path.suffix[1:]
+    other = [job for job in jobs if job.take == 1 and job.file is not None
+             and Path(str(job.file).strip()).suffix.lower() in FILE_KEY_SUFFIXES
+             and Path(str(job.file).strip()).suffix.lower() != f".{fmt}"]
     if other:
         name = Path(file_key(other[0].file)).name + ("_N" if takes > 1 else "")
         more = len(other) - 1
@@ -864,6 +866,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     from tta.generate_resume import remove_leftovers
 
     if args.output is None:
+        warn_other_suffixes(jobs, getattr(args, "takes", 1))
         warn_other_audio(jobs)
     remove_leftovers(jobs, record_path, folder_locked=args.output is None)
     from tqdm.auto import tqdm
