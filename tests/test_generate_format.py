@@ -25,12 +25,13 @@ def test_a_flac_batch_holds_the_wav_batchs_samples_and_tta_eval_pairs_it_by_name
     with caplog.at_level("WARNING", logger="tta.generate"):
         assert run(capsys, *args, "--out-dir", tmp_path / "wav")[0] == 0
     assert f"{prompts}:3: file field 'rain.flac' is written as rain.wav (and 1 more row with another audio " \
-           "suffix), in the batch's format (--format wav)" in caplog.text
+           "suffix), in the batch's format (wav, the default); tta eval" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="tta.generate"):
         code, out, err = run(capsys, *args, "--out-dir", tmp_path / "flac", "--format", "flac")
     assert code == 0, err
-    assert f"{prompts}:2: file field 'door.wav' is written as door.flac (and 1 more row" in caplog.text
+    assert f"{prompts}:2: file field 'door.wav' is written as door.flac (and 1 more row with another audio " \
+           "suffix), in the batch's format (--format flac); tta eval" in caplog.text
     names = ["door", "rain", "wind"]
     assert out.split() == [str(tmp_path / "flac" / f"{n}.flac") for n in names]
     assert sorted(p.name for p in (tmp_path / "flac").iterdir()) == ["door.flac", "generation.json", "rain.flac",
@@ -141,3 +142,21 @@ def test_a_refused_run_prints_its_error_alone_not_the_suffix_warning_first(tmp_p
         code, _, err = run(capsys, *args, "--format", "flac")
     assert code == 1 and caplog.records == [] and len(err.strip().splitlines()) == 1
     assert "output name 'door' (a row's file field, as its base name, or its id) appears twice" in err
+
+
+def test_the_suffix_warning_says_where_the_batchs_format_came_from(tmp_path, capsys, caplog):
+    """It said "(--format wav)" of a run given no --format: the default's, or a --resume's read from the record."""
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("file,caption\ndoor.wav,a door slams\n")
+    args = ["--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--out-dir",
+            tmp_path / "b"]
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args, "--format", "ogg")[0] == 0
+    assert "'door.wav' is written as door.ogg, in the batch's format (--format ogg); tta eval" in caplog.text
+    prompts.write_text("file,caption\ndoor.wav,a door slams\nrain.wav,rain\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, out, err = run(capsys, *args, "--resume")
+    assert code == 0 and out.split() == [str(tmp_path / "b" / "door.ogg"), str(tmp_path / "b" / "rain.ogg")], err
+    assert "'door.wav' is written as door.ogg (and 1 more row with another audio suffix), in the batch's format " \
+           "(ogg, the earlier run's, which --resume continues in); tta eval" in caplog.text

@@ -168,12 +168,14 @@ def batch_format(args: argparse.Namespace, out_dir: Path) -> str:
     return recorded_format(record_path_of(out_dir, single=False)) or "wav"
 
 
-def warn_other_suffixes(jobs: list[Job], takes: int) -> None:
+def warn_other_suffixes(jobs: list[Job], takes: int, given: str | None, resumed: bool) -> None:
     """Warn once of the prompts file's rows whose file field ends in another audio suffix than the batch's format
     (door.flac in a wav batch): the output is written in the batch's format, under the field's name without
     its suffix (the key tta eval pairs it by), as a row's other fields do not decide the output either (a warning
     names those). Refusing would stop a batch driven by a reference set's prompts file (its .wav names) in FLAC.
-    Called once the run is sure to run (a refused run prints only its error), as warn_other_audio is."""
+    Called once the run is sure to run (a refused run prints only its error), as warn_other_audio is. The
+    warning says where the format came from: --format `given`, else the earlier run's record a --resume
+    (`resumed`) continues, else the default."""
     from tta.data.prompts import FILE_KEY_SUFFIXES, file_key
 
     fmt = jobs[0].path.suffix[1:]
@@ -183,9 +185,11 @@ def warn_other_suffixes(jobs: list[Job], takes: int) -> None:
     if other:
         name = Path(file_key(other[0].file)).name + ("_N" if takes > 1 else "")
         more = len(other) - 1
-        log.warning("%s: file field %r is written as %s.%s%s, in the batch's format (--format %s); tta eval pairs an "
-                    "output by its name without suffix", other[0].where, str(other[0].file).strip(), name, fmt,
-                    f" (and {more} more row{'' if more == 1 else 's'} with another audio suffix)" if more else "", fmt)
+        how = f"--format {fmt}" if given is not None else \
+            f"{fmt}, the earlier run's, which --resume continues in" if resumed else f"{fmt}, the default"
+        log.warning("%s: file field %r is written as %s.%s%s, in the batch's format (%s); tta eval pairs an output by "
+                    "its name without suffix", other[0].where, str(other[0].file).strip(), name, fmt,
+                    f" (and {more} more row{'' if more == 1 else 's'} with another audio suffix)" if more else "", how)
 
 
 def warn_other_audio(jobs: list[Job]) -> None:
@@ -790,6 +794,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     if threads is not None and threads < 1:
         raise GenerateError(f"--threads {threads} must be >= 1")
     jobs = plan_jobs(args)
+    given_format = getattr(args, "format", None)   # the warning of other suffixes says where the format came from
     args.format = jobs[0].path.suffix.lower()[1:]   # -o FILE's, or the batch's (batch_format): settings.format
     from tta.pipeline import MAX_SEED
 
@@ -866,7 +871,7 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     from tta.generate_resume import remove_leftovers
 
     if args.output is None:
-        warn_other_suffixes(jobs, getattr(args, "takes", 1))
+        warn_other_suffixes(jobs, getattr(args, "takes", 1), given_format, earlier is not None)
         warn_other_audio(jobs)
     remove_leftovers(jobs, record_path, folder_locked=args.output is None)
     from tqdm.auto import tqdm
