@@ -283,3 +283,28 @@ def test_an_id_whose_file_name_passes_the_limit_is_refused_naming_the_id(tmp_pat
     with pytest.raises(GenerateError) as e:
         plan_jobs(argparse.Namespace(prompts=[], prompts_file=path, output=None, out_dir=tmp_path / "gen"))
     assert str(e.value) == f"{path}: {problem}"
+
+
+def test_a_file_field_loses_any_audio_suffix_tta_eval_reads_in_generate_and_eval_alike(tmp_path, caplog):
+    """A row's key dropped .wav, .flac, .ogg and .mp3 only, while tta eval reads .aiff, .opus, ... and names each
+    file without its suffix: a reference set's row door.aiff paired with no file ("no prompt for 1 generated
+    file(s), e.g. door"), and tta generate wrote it as door.aiff.flac without a word. A folder an older tta
+    generate wrote for such rows (door.aiff.wav, named door.aiff) still pairs with them."""
+    import argparse
+
+    from eval.run import _match_prompts
+    from tta.generate import plan_jobs, warn_other_suffixes
+
+    path = tmp_path / "p.csv"
+    path.write_text("file,prompt\ndoor.aiff,a door slams\nbell.OPUS,a bell\nrain.wav,rain\nnotes.v2,a tone\n")
+    jobs = plan_jobs(argparse.Namespace(prompts=[], prompts_file=path, output=None, out_dir=tmp_path / "gen",
+                                        format="flac"))
+    assert [j.path.name for j in jobs] == ["door.flac", "bell.flac", "rain.flac", "notes.v2.flac"]
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        warn_other_suffixes(jobs, 1, "flac", False)
+    assert f"{path}:2: file field 'door.aiff' is written as door.flac (and 2 more rows with another audio suffix)" \
+        in caplog.text
+    prompts = ["a door slams", "a bell", "rain", "a tone"]
+    for names in (["door", "bell", "rain", "notes.v2"], ["door.aiff", "bell.OPUS", "rain", "notes.v2"]):
+        paired = _match_prompts(read_prompts(path, names), names, path)
+        assert {n: r.prompt for n, r in paired.items()} == dict(zip(names, prompts)), names

@@ -30,14 +30,16 @@ log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("prompt", "caption", "text")
 FILE_FIELDS = ("file", "path", "audio", "name")
-FILE_KEY_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")   # dropped from a row's file name to make its key
 
 
 def file_key(value: str) -> str:
-    """The key a row's file field names its audio by: the path as written, without an audio suffix (`tta eval`
-    pairs generated files by it; `tta generate` names its outputs by its base name)."""
+    """The key a row's file field names its audio by: the path as written, without its suffix where that is one
+    of the audio suffixes `tta eval` reads (tta.audio.AUDIO_SUFFIXES), as eval names its files: a door.aiff row
+    pairs with door.aiff. `tta eval` pairs files by it; `tta generate` names its outputs by its base name."""
+    from tta.audio import AUDIO_SUFFIXES
+
     p = Path(str(value).strip())
-    return p.with_suffix("").as_posix() if p.suffix.lower() in FILE_KEY_SUFFIXES else p.as_posix()
+    return p.with_suffix("").as_posix() if p.suffix.lower() in AUDIO_SUFFIXES else p.as_posix()
 SUFFIXES = (".txt", ".csv", ".jsonl", ".json")
 
 
@@ -138,7 +140,9 @@ def match_audio(keys: Mapping[str, str | None], names: Iterable[str],
     by_name.update((Path(k).name, k) for k in keys)   # a row's own key before another row's id
     # a bare name stands for one file only (a/x and b/x need paths); a row's takes stand for one file together
     counts = Counter(Path(s).name for s in set(stands.values()))
-    return {n: n if n in keys else s if s in keys else by_id.get(s) or (
+    # a name that still ends in an audio suffix (door.aiff, of door.aiff.wav) pairs with the row of its key: `tta
+    # generate` named a door.aiff row's output so when file_key dropped only .wav, .flac, .ogg and .mp3
+    return {n: n if n in keys else s if s in keys else file_key(s) if file_key(s) in keys else by_id.get(s) or (
                 by_name.get(Path(s).name) if counts[Path(s).name] == 1 else None)
             for n, s in stands.items()}
 
