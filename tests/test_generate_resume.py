@@ -484,3 +484,41 @@ def test_a_record_without_a_format_is_of_wav_files(tmp_path, capsys, calls):
     code, _, err = run(capsys, *args, "--out-dir", out, "--resume")
     assert code == 1 and "generation.json: not a tta generate record that --resume can read (its settings.format " \
                          "is \"mp3\", not wav, flac or ogg)" in err, err
+
+
+@pytest.mark.parametrize("fmt", ["flac", "ogg"])
+def test_a_resume_under_another_libsndfile_says_so_of_the_flac_or_ogg_files_it_writes_anew(tmp_path, capsys, caplog,
+                                                                                         fmt):
+    """A FLAC's or Ogg's bytes are the encoder's built into libsndfile (a FLAC names its libFLAC's version, an Ogg
+    its libvorbis's), which generation.json did not record: after an upgrade --resume found every file changed and
+    said they were "replaced or changed since", blaming their owner. The record names its libsndfile, and a
+    --resume under another one says that the library changed and writes the files anew."""
+    import re
+
+    import soundfile
+
+    args, _ = batch(tmp_path, "a\nb\n", "--format", fmt)
+    out = tmp_path / "out"
+    assert run(capsys, *args, "--out-dir", out)[0] == 0
+    assert record(out)["libsndfile"] == soundfile.__libsndfile_version__
+    this_build = audio_files(out, fmt)
+    for name, data in this_build.items():   # as another build wrote them: its encoder's version in the file
+        other, n = re.subn(rb"(libFLAC |libVorbis I )([0-9])", lambda m: m[1] + (b"8" if m[2] == b"9" else b"9"),
+                           data, count=1)
+        assert n == 1
+        (out / name).write_bytes(other)
+    (out / "generation.json").write_text(json.dumps({**record(out), "libsndfile": "1.0.9"}))
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args, "--out-dir", out, "--resume")[0] == 0
+    assert f"{out}: the audio library changed from libsndfile 1.0.9 (the earlier run's) to " \
+           f"{soundfile.__libsndfile_version__}, so 2 {fmt.upper()} files the earlier record lists are written anew " \
+           f"(e.g. 000_a.{fmt}): its encoder writes other bytes for the same samples" in caplog.text
+    assert "replaced or changed" not in caplog.text
+    assert audio_files(out, fmt) == this_build and record(out)["libsndfile"] == soundfile.__libsndfile_version__
+    (out / f"000_a.{fmt}").write_bytes(b"not what it was")   # the same library: the file was changed since
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args, "--out-dir", out, "--resume")[0] == 0
+    assert f"1 output the earlier record lists no longer holds what it says (e.g. 000_a.{fmt}; replaced or changed " \
+           "since)" in caplog.text and "audio library" not in caplog.text
+    assert audio_files(out, fmt) == this_build

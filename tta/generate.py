@@ -1036,6 +1036,7 @@ def record_header(args, folder: Path, pipe, device: str, edit, store=None) -> di
     """What a generation record says of the run as a whole (versions, command, model, settings, edit), the part
     before its outputs."""
     import diffusers
+    import soundfile
     import torch
 
     from tta import __version__
@@ -1046,6 +1047,8 @@ def record_header(args, folder: Path, pipe, device: str, edit, store=None) -> di
     d = pipe.defaults
     return {
         "tta_version": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        # a FLAC's or Ogg's bytes are its build's encoder's: --resume names a change of it (kept_outputs)
+        "libsndfile": soundfile.__libsndfile_version__,
         "python": platform.python_version(), "command": sys.argv,
         "model": str(Path(folder).resolve()), "model_files_sha256": dict(component_hashes(Path(folder).resolve())),
         "cwd": os.getcwd(),
