@@ -160,3 +160,25 @@ def test_the_suffix_warning_says_where_the_batchs_format_came_from(tmp_path, cap
     assert code == 0 and out.split() == [str(tmp_path / "b" / "door.ogg"), str(tmp_path / "b" / "rain.ogg")], err
     assert "'door.wav' is written as door.ogg (and 1 more row with another audio suffix), in the batch's format " \
            "(ogg, the earlier run's, which --resume continues in); tta eval" in caplog.text
+
+
+def test_the_help_and_the_readme_say_format_is_any_batchs_not_wav_only_or_out_dirs_only(capsys):
+    """`tta --help` said generate turns prompts "into wav files", the README's synopsis nested --format in
+    --out-dir (it also applies to the default out-dir, and to -o FILE whose suffix agrees), and --prompts' help
+    named an id's file as a .wav only."""
+    from pathlib import Path
+
+    import tta.audio
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "generate turn prompts into audio files (wav, or flac or ogg with --format)" in \
+        " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the format of a batch's files (in --out-dir or the current folder): wav" in text
+    assert "'clotho/a_dog' -> clotho%2Fa_dog.wav, or .flac with --format flac)" in text
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    names = "|".join(suffix[1:] for suffix in tta.audio.SAVE_FORMATS)
+    assert f"tta generate PROMPT... [-o FILE | --out-dir DIR] [--format {names}] [--prompts FILE]" in readme

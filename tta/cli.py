@@ -192,7 +192,7 @@ def save_format(value: str) -> str:
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="turn prompts into wav files",
+    p = sub.add_parser("generate", help="turn prompts into audio files (wav, or flac or ogg with --format)",
                        description="Generate audio from text prompts with a tta pipeline folder "
                                    "(default: the embedded model). Writes a generation.json beside the outputs "
                                    "(with -o x.wav: x.generation.json).")
@@ -201,15 +201,16 @@ def _add_generate(sub) -> None:
                    help="output file (one prompt; its suffix is the format: a --format name, e.g. x.flac)")
     p.add_argument("--out-dir", type=output_path, help="output folder (many prompts; default: the current folder)")
     p.add_argument("--format", type=save_format, metavar="FORMAT",
-                   help="the format of a batch's files: wav (16-bit PCM; the default), flac (the same 16-bit "
-                        "samples, lossless, about half the size) or ogg (Vorbis, lossy); every output takes its "
-                        "suffix (a --prompts row's file field names the output without its own), generation.json "
-                        "records it and --resume continues in it (another --format is refused). With -o FILE it "
-                        "must agree with FILE's suffix")
+                   help="the format of a batch's files (in --out-dir or the current folder): wav (16-bit PCM; "
+                        "the default), flac (the same 16-bit samples, lossless, about half the size) or ogg "
+                        "(Vorbis, lossy); every output takes its suffix (a --prompts row's file field names the "
+                        "output without its own), generation.json records it and --resume continues in it "
+                        "(another --format is refused). With -o FILE it must agree with FILE's suffix")
     p.add_argument("--prompts", dest="prompts_file", type=Path,
                    help="txt (one prompt per line), CSV or JSONL file with a prompt column/key and an optional "
                         "file or id column, which names the output (as `tta eval --prompts` pairs it; an id a "
-                        "file name cannot be is escaped: 'clotho/a_dog' -> clotho%%2Fa_dog.wav)")
+                        "file name cannot be is escaped: 'clotho/a_dog' -> clotho%%2Fa_dog.wav, or .flac with "
+                        "--format flac)")
     p.add_argument("--resume", action="store_true",
                    help="with --out-dir (or the current folder): continue a batch that stopped part-way; keeps the "
                         "outputs its generation.json lists with the bytes it records and generates the rest, refusing "
