@@ -929,6 +929,69 @@ def test_an_audio_config_laions_mels_do_not_fit_is_refused_when_the_folder_loads
     assert load_clap(tmp_path / "mel32").embed_audio(chirp(200, 4000, 2.0, 16_000), 16_000).shape == (1, PROJ)
 
 
+def test_a_clap_whose_audio_tower_cannot_take_its_front_end_loads_text_only(tmp_path, tokenizer_dir, laion_pt):
+    """Refusing such a folder at load (the test above) also refused its text-only use, which embedded captions as
+    any other until then (AudioLDM's conditioning). Loaded `text_only`, its text tower embeds as the unedited
+    folder's, and its first audio (a clip, a datastore build) is refused with the words of the refusal at load;
+    a pipeline, which scores every output by its audio, refuses it before generating. A .pt read with a config=
+    of that spec size and a model handed to LaionClapEmbedder itself (no config file) get the same check, which
+    ran for a folder only: they loaded, and only their first audio was refused (with transformers' reason)."""
+    import dataclasses
+    import shutil
+
+    from transformers import AutoTokenizer, ClapModel
+
+    from tests.clap_toy import make_corpus
+    from tests.test_ldm_fixtures import tiny_model_config, tiny_run_config
+    from tta.clap import load_clap
+    from tta.ldm.model import LDMUNet
+    from tta.pipeline import PipelineDefaults, PipelineError, TTAPipeline
+    from tta.retrieval.datastore import build_datastore
+    from vae.model import MelVAE, VAEConfig
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    save_folder(base, tiny_config(), tokenizer_dir)
+    folder = tmp_path / "spec128"
+    shutil.copytree(base, folder)
+    body = json.loads((folder / "config.json").read_text())
+    body["audio_config"]["spec_size"] = 128
+    (folder / "config.json").write_text(json.dumps(body))
+    text, wav = ["a dog barks loudly"], chirp(200, 4000, 2.0, 16_000)
+    laions = r"\(audio_config.spec_size 128 takes at most 256 mel frames; (without a preprocessor_config.json, )?" \
+             r"LAION's front end makes 1001, of 10 s at hop 480\); "
+    message = f"^{folder / 'config.json'}: the CLAP audio tower its audio_config builds cannot embed audio {laions}"
+    with pytest.raises(CheckpointError, match=message):
+        load_clap(folder)
+    clap = load_clap(folder, text_only=True)
+    assert torch.allclose(clap.embed_text(text), load_clap(base).embed_text(text), atol=1e-6)
+    with pytest.raises(CheckpointError, match=message):
+        clap.embed_audio(wav, 16_000)
+    manifest = make_corpus(tmp_path / "corpus", per_kind_train=1, per_kind_valid=0)
+    with pytest.raises(CheckpointError, match=message):
+        build_datastore(manifest, clap, tmp_path / "store", progress=False)
+    assert not (tmp_path / "store").exists()
+    vae = MelVAE(tiny_model_config(VAEConfig, "vae")).eval()
+    vocoder = HiFiGAN(tiny_model_config(HiFiGANConfig, "vocoder")).eval()
+    unet = LDMUNet(dataclasses.replace(tiny_run_config().model, class_embed_dim=PROJ)).eval()
+    with pytest.raises(PipelineError, match="text_encoder/ cannot embed audio, and the pipeline scores every output "
+                                            f"by its audio embedding: {folder / 'config.json'}: "):
+        TTAPipeline(unet, vae, vocoder, clap, tiny_run_config().diffusion.scheduler_config(), PipelineDefaults())
+
+    config = tiny_config()
+    config.audio_config.spec_size = 128
+    with pytest.raises(CheckpointError, match=f"^{laion_pt}: the CLAP audio tower built for it cannot embed audio "
+                                              f"{laions}its config is the one passed as config="):
+        LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config)
+    pt = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config, text_only=True)
+    assert pt.embed_text(text).shape == (1, PROJ)
+    model = ClapModel(config)
+    with pytest.raises(CheckpointError, match=f"^this CLAP's config: the CLAP audio tower its audio_config builds "
+                                              f"cannot embed audio {laions}check audio_config"):
+        LaionClapEmbedder(model, AutoTokenizer.from_pretrained(str(tokenizer_dir)), identity="laion-clap:x")
+
+
 def test_a_first_audio_batchs_dtype_failure_is_raised_as_it_is_and_a_pts_names_its_config(laion_pt, tokenizer_dir):
     """Every failure of the first audio batch but a CUDA out-of-memory was reported as a config.json that cannot
     embed: a dtype mismatch too, and for a .pt the message said to check audio_config, which a .pt has none of.
@@ -942,10 +1005,10 @@ def test_a_first_audio_batchs_dtype_failure_is_raised_as_it_is_and_a_pts_names_i
     assert not isinstance(info.value, CheckpointError)
 
     config = tiny_config()
-    config.audio_config.spec_size = 128
+    config.audio_config.patch_stride = [3, 3]
     clap = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config)
     with pytest.raises(CheckpointError, match=f"^{laion_pt}: the CLAP audio tower built for it cannot embed audio "
-                                              r"\(transformers: the wav size should be .*\); its config is the one "
+                                              r"\(transformers: shape .* is invalid .*\); its config is the one "
                                               r"passed as config= .* check the config passed, e\.g\. "):
         clap.embed_audio(wav, 16_000)
 
@@ -1016,22 +1079,31 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
         path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
         return folder
 
-    refused = [("rate", {"sampling_rate": 44_100}, r"sampling_rate is 44100; expected 48000"),
-               ("mels", {"feature_size": 32}, r"feature_size is 32; expected the model's 64 mel bins"),
-               ("hop", {"hop_length": 320}, r"hop_length 320 with max_length_s 10 makes 1501 mel frames; "
-                                            r"expected at most the 1024"),
-               ("long", {"max_length_s": 20}, r"hop_length 480 with max_length_s 20 makes 2001 mel frames"),
-               ("float", {"hop_length": 480.0}, r"hop_length is 480.0; expected a positive integer"),
-               ("frac", {"max_length_s": 10.5}, r"max_length_s is 10.5; expected an integer"),
+    def misfit(reason, fields):   # the model's config and the preprocessor_config.json: either may be wrong
+        return (f"config.json: the CLAP audio tower its audio_config builds cannot embed audio \\({reason}\\); check "
+                f"audio_config against the config the weights were saved with, in particular {fields}'s ")
+
+    pre = "preprocessor_config.json"
+    refused = [("rate", {"sampling_rate": 44_100}, rf"{pre}: sampling_rate is 44100; expected 48000"),
+               ("mels", {"feature_size": 32}, misfit(rf"audio_config.num_mel_bins is 64; .*/mels/{pre} makes 32-bin "
+                                                     r"mels", rf"num_mel_bins \(and {pre}")),
+               ("hop", {"hop_length": 320}, misfit(r"audio_config.spec_size 256 takes at most 1024 mel frames; "
+                                                   rf".*/hop/{pre} makes 1501, of 10 s at hop 320",
+                                                   rf"spec_size \(and {pre}")),
+               ("long", {"max_length_s": 20}, misfit(r"audio_config.spec_size 256 takes at most 1024 mel frames; "
+                                                     rf".*/long/{pre} makes 2001, of 20 s at hop 480",
+                                                     rf"spec_size \(and {pre}")),
+               ("float", {"hop_length": 480.0}, rf"{pre}: hop_length is 480.0; expected a positive integer"),
+               ("frac", {"max_length_s": 10.5}, rf"{pre}: max_length_s is 10.5; expected an integer"),
                ("bounds", {"frequency_min": 14_000, "frequency_max": 50},
-                r"not a ClapFeatureExtractor configuration \(Require min_frequency")]
+                rf"{pre}: not a ClapFeatureExtractor configuration \(Require min_frequency")]
     if fusion:
-        refused.append(("trunc", {"truncation": "crop"}, r"truncation is 'crop'; expected 'fusion'"))
+        refused.append(("trunc", {"truncation": "crop"}, rf"{pre}: truncation is 'crop'; expected 'fusion'"))
     else:
-        refused += [("trunc", {"truncation": "fusion"}, r"truncation is 'fusion'; expected 'rand_trunc'"),
-                    ("short", {"max_length_s": 5}, r"max_length_s is 5; expected at least 10 .* at random")]
+        refused += [("trunc", {"truncation": "fusion"}, rf"{pre}: truncation is 'fusion'; expected 'rand_trunc'"),
+                    ("short", {"max_length_s": 5}, rf"{pre}: max_length_s is 5; expected at least 10 .* at random")]
     for name, change, message in refused:
-        with pytest.raises(ValueError, match=f"{name}/preprocessor_config.json: {message}"):
+        with pytest.raises(ValueError, match=f"{name}/{message}"):
             load_clap(folder_with(name, **change))
     wav = chirp(200, 4000, 12.0, 16_000)                    # longer than the window: crops and fusion chunks
     taken = [("slower", {"hop_length": 960}), ("both", {"hop_length": 960, "max_length_s": 20})]

@@ -265,6 +265,10 @@ class TTAPipeline:
         if u.class_embed_dim != self.clap.embed_dim:
             raise PipelineError(f"unet/ class embedding width {u.class_embed_dim} differs from text_encoder/ "
                                 f"embedding width {self.clap.embed_dim}")
+        refusal = getattr(self.clap, "audio_refusal", None)   # a CLAP loaded text_only (tta.clap.load_clap)
+        if refusal:   # every output is ranked and scored by its audio embedding (_rank), after all its steps
+            raise PipelineError(f"text_encoder/ cannot embed audio, and the pipeline scores every output by its "
+                                f"audio embedding: {refusal}")
         freq = self.vae.config.mel.n_mels // self.vae.downsample_factor
         if freq % self.unet.downsample_factor:
             raise PipelineError(f"vae/ latent frequency size {freq} is not a multiple of the unet/ "

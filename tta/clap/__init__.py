@@ -52,30 +52,34 @@ def backend_of(path: str | os.PathLike) -> str:
 
 
 def load_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None, device: str = "cpu",
-              batch_size: int = 32, cache_dir: str | os.PathLike | None = None):
+              batch_size: int = 32, cache_dir: str | os.PathLike | None = None, text_only: bool = False):
     """A ready `ClapEmbedder` for a CLAP checkpoint on disk (never downloads anything), on `device` (checked before
     anything loads: tta.device.torch_device). The global random generators are left as they were, as
     TTAPipeline.from_pretrained leaves them: building the model draws initial weights that the stored ones replace
-    (on the CPU: CUDA's generators are not touched)."""
+    (on the CPU: CUDA's generators are not touched). A LAION-CLAP whose audio tower cannot take its front end's
+    mels (tta.clap.laion.front_end_refusal) is refused, unless `text_only`: for captions alone (e.g. to condition
+    on them), it loads, and its first audio embedding is refused instead."""
     from tta.checkpoint import keep_global_rng
 
     with keep_global_rng():
-        return _open_clap(path, tokenizer=tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir)
+        return _open_clap(path, tokenizer=tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir,
+                          text_only=text_only)
 
 
 def open_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None, device: str = "cpu",
-              batch_size: int = 32, cache_dir: str | os.PathLike | None = None):
+              batch_size: int = 32, cache_dir: str | os.PathLike | None = None, text_only: bool = False):
     """load_clap, drawing the model's initial weights from the global random generators: an LDM training run loads
     its CLAP this way between seeding and building its UNet, whose initial weights (and every run's reproduction)
     depend on those draws (tta.checkpoint.loads_draw)."""
     from tta.checkpoint import loads_draw
 
     with loads_draw():
-        return _open_clap(path, tokenizer=tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir)
+        return _open_clap(path, tokenizer=tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir,
+                          text_only=text_only)
 
 
 def _open_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None, device: str, batch_size: int,
-               cache_dir: str | os.PathLike | None):
+               cache_dir: str | os.PathLike | None, text_only: bool = False):
     from tta.device import torch_device
 
     torch_device(device)
@@ -89,4 +93,5 @@ def _open_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None, 
         return TTAClapEmbedder.from_folder(path, device=device, batch_size=batch_size, cache_dir=cache_dir)
     from tta.clap.laion import LaionClapEmbedder
 
-    return LaionClapEmbedder.from_path(path, tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir)
+    return LaionClapEmbedder.from_path(path, tokenizer, device=device, batch_size=batch_size, cache_dir=cache_dir,
+                                       text_only=text_only)

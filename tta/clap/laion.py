@@ -23,21 +23,23 @@ exactly 10 s — longer clips are randomly cropped ("rand_trunc"; the crop comes
 embeddings are reproducible and cacheable), shorter ones are repeated whole and zero-padded ("repeatpad")
 — then the 64-bin log-mel of transformers' ClapFeatureExtractor (LAION's 50 Hz - 14 kHz, hop 480).
 Feature-fusion checkpoints (`enable_fusion`) use the extractor's "fusion" mode on the full clip. A
-transformers folder's preprocessor_config.json replaces that extractor; where it differs from LAION's front end
-in a field that changes embeddings, the identity gets "-fe" and a hash of those fields (official folders keep
-the weights-only identity). One the model cannot take (another sample rate or mel-bin count, "fusion"
-truncation without feature fusion, more mel frames than HTSAT's input) or that would crop at random (a window
-under 10 s without fusion) is refused when the folder loads. A config.json whose activations, LayerNorm
-epsilons, text head count, padding id, patch stride or spec size differ from the official folders' adds "-cfg"
-and a hash of those fields to the identity (`model_config_suffix`), unless they are the values tta infers for a
-.pt (a folder tta wrote from a .pt or .ckpt keeps the weights-only identity it had; at roberta-base's width, where
-those values are the official ones but for the text LayerNorm epsilon, only in a tta pipeline's text_encoder/). One whose spec size or
-mel-bin count the front end's mels do not fit is refused when the folder loads, naming the config.json and the
-field (`front_end_misfit`; with a preprocessor_config.json, `check_front_end`). One that builds an audio tower
-that cannot embed otherwise (e.g. `flatten_patch_embeds` false, a patch stride the mels do not fit) loads, as its
-weights fit; its first audio embedding is refused naming the config.json (a probe embedding when the folder
-loads would put a 10 s window through HTSAT: ~0.4 s on one CPU core for the official size, a quarter of its
-load, paid by text-only uses such as AudioLDM's conditioning too).
+transformers folder's preprocessor_config.json replaces that extractor; where it differs from LAION's front
+end in a field that changes embeddings, the identity gets "-fe" and a hash of those fields (official folders
+keep the weights-only identity). One that is no such front end (another sample rate, "fusion" truncation
+without feature fusion) or that would crop at random (a window under 10 s without fusion) is refused
+(`check_front_end`), and so is a model whose audio tower cannot take the mels of its front end, LAION's or a
+preprocessor_config.json's (another mel-bin count, more mel frames than its spec size holds:
+`front_end_refusal`), naming the file and the field, when it loads; unless it is loaded `text_only` (for its
+captions alone, e.g. AudioLDM's conditioning): then its text tower embeds as any other, and its first audio
+is refused with the same words. A config.json whose activations, LayerNorm epsilons, text head count, padding
+id, patch stride or spec size differ from the official folders' adds "-cfg" and a hash of those fields to the
+identity (`model_config_suffix`), unless they are the values tta infers for a .pt (a folder tta wrote from a
+.pt or .ckpt keeps the weights-only identity it had; at roberta-base's width, where those values are the
+official ones but for the text LayerNorm epsilon, only in a tta pipeline's text_encoder/). One that builds an
+audio tower that cannot embed otherwise (e.g. `flatten_patch_embeds` false, a patch stride the mels do not
+fit) loads, as its weights fit; its first audio embedding is refused naming the config.json (a probe
+embedding when the folder loads would put a 10 s window through HTSAT: ~0.4 s on one CPU core for the
+official size, a quarter of its load, paid by text-only uses such as AudioLDM's conditioning too).
 
 The RoBERTa tokenizer must come from local files the user names; a tokenizer with a tiny vocabulary
 (what transformers 5 builds offline when the files are missing) is refused.
@@ -427,10 +429,10 @@ def _in_tta_pipeline(folder: Path) -> bool:
 
 
 def check_front_end(features, audio_config, where: str) -> None:
-    """Refuses a feature extractor this model cannot embed through, or only at random, naming `where` (the
-    preprocessor_config.json) and the field: transformers fails only at the first embedding otherwise.
-    Another mel range, window or hop that the model takes is no error (the identity tells them apart:
-    `front_end_suffix`)."""
+    """Refuses a feature extractor that is no LAION front end, or would crop at random, naming `where` (the
+    preprocessor_config.json) and the field: transformers fails only at the first embedding otherwise. Whether
+    the model's audio tower takes its mels is `front_end_refusal`'s to say. Another mel range, window or hop
+    that the model takes is no error (the identity tells them apart: `front_end_suffix`)."""
     fusion = bool(audio_config.enable_fusion)
 
     def refuse(name: str, expected: str):
@@ -442,9 +444,6 @@ def check_front_end(features, audio_config, where: str) -> None:
             refuse(name, "a positive integer")
     if features.sampling_rate != SAMPLE_RATE:
         refuse("sampling_rate", f"{SAMPLE_RATE} (LAION-CLAP hears 48 kHz; tta resamples every clip to it)")
-    if features.feature_size != audio_config.num_mel_bins:
-        refuse("feature_size", f"the model's {audio_config.num_mel_bins} mel bins "
-                               "(config.json audio_config.num_mel_bins)")
     if fusion and features.truncation not in ("fusion", "rand_trunc"):
         refuse("truncation", "'fusion' (LAION's for feature-fusion models) or 'rand_trunc'")
     if not fusion and features.truncation == "fusion":
@@ -460,42 +459,55 @@ def check_front_end(features, audio_config, where: str) -> None:
     if not isinstance(window, int) and (fusion or window != MAX_SAMPLES):   # a float window breaks slicing
         refuse("max_length_s" if not isinstance(seconds, int) else "sampling_rate",
                "an integer (LAION's front end: max_length_s 10, sampling_rate 48000)")
-    frames = int(window) // features.hop_length + 1
-    limit = audio_config.spec_size * (audio_config.spec_size // audio_config.num_mel_bins)
-    if frames > limit:
-        raise ValueError(f"{where}: hop_length {features.hop_length} with max_length_s {seconds} makes "
-                         f"{frames} mel frames; expected at most the {limit} this model takes "
-                         f"(audio_config.spec_size {audio_config.spec_size}; LAION: hop 480, 10 s, 1001)")
 
 
-def front_end_misfit(audio_config) -> tuple[str, str] | None:
-    """(why, what to check) where the mels of LAION's front end (`FRONT_END`: 64 bins, 1001 frames of 10 s at hop
-    480), which a folder without a preprocessor_config.json is read through, cannot go through the audio tower
-    `audio_config` builds, else None. HTSAT reads `num_mel_bins` bins and folds a clip's frames into a `spec_size`
-    square, in spec_size // num_mel_bins strips of spec_size frames each; otherwise transformers fails at the first
-    embedding (a batch norm of another width, 'the wav size should be less than or equal to the swin input size',
-    or a division by zero where spec_size is under num_mel_bins)."""
-    bins, spec = audio_config.num_mel_bins, audio_config.spec_size
-    made = FRONT_END["feature_size"]
-    frames = FRONT_END["max_length_s"] * SAMPLE_RATE // FRONT_END["hop_length"] + 1
-    laions = "without a preprocessor_config.json, LAION's front end makes"
-    check = "check audio_config against the config the weights were saved with, in particular spec_size"
-    if bins != made:   # the weights are shaped by it (the batch norm): their front end is another one
-        return (f"audio_config.num_mel_bins is {bins}; {laions} {made}-bin mels",
-                f"give the folder the preprocessor_config.json its weights were trained with (feature_size {bins})")
+def front_end_refusal(features, audio_config, *, config_source: str | None,
+                      front_end_source: str | None = None) -> str | None:
+    """The refusal of a model whose audio tower (`audio_config`) cannot take the mels `features` makes, naming
+    where its config came from (`config_source`: a folder's config.json, a .pt, None through the Python
+    API), else None. `front_end_source`: the preprocessor_config.json (or "feature_extractor") `features` came
+    from, None for LAION's front end (`FRONT_END`: 64 bins, 1001 frames of 10 s at hop 480). HTSAT reads
+    `num_mel_bins` bins and folds a clip's frames into a `spec_size` square, in spec_size // num_mel_bins
+    strips of spec_size frames each; otherwise transformers fails at the first embedding (a batch norm of
+    another width, 'the wav size should be less than or equal to the swin input size', or a division by zero
+    where spec_size is under num_mel_bins)."""
+    bins, spec, made = audio_config.num_mel_bins, audio_config.spec_size, features.feature_size
+    folder = config_source is not None and config_source.endswith("config.json")
+    front = front_end_source or f"{'without a preprocessor_config.json, ' if folder else ''}LAION's front end"
+    theirs = f" (and {Path(front_end_source).name}'s {{}})" if front_end_source else ""
+    if made != bins:   # the weights are shaped by num_mel_bins (the batch norm): theirs is another front end
+        reason = f"audio_config.num_mel_bins is {bins}; {front} makes {made}-bin mels"
+        if front_end_source:
+            return _config_cannot_embed(config_source, reason, "in particular num_mel_bins"
+                                        + theirs.format("feature_size"))
+        give = "give the folder the preprocessor_config.json" if folder else "pass the feature_extractor"
+        return _config_cannot_embed(config_source, reason, check=f"{give} its weights were trained with "
+                                                                 f"(feature_size {bins})")
+    fields = "in particular spec_size" + theirs.format("hop_length and max_length_s")
     if spec < bins:
-        return (f"audio_config.spec_size {spec} is under its num_mel_bins {bins}: HTSAT folds the frames into "
-                "spec_size // num_mel_bins strips, here none"), check
+        return _config_cannot_embed(config_source, f"audio_config.spec_size {spec} is under its num_mel_bins "
+                                    f"{bins}: HTSAT folds the frames into spec_size // num_mel_bins strips, here "
+                                    "none", fields)
+    frames = int(features.nb_max_samples) // features.hop_length + 1
     if frames > spec * (spec // bins):
-        return (f"audio_config.spec_size {spec} takes at most {spec * (spec // bins)} mel frames; {laions} {frames}, "
-                f"of 10 s at hop {FRONT_END['hop_length']}"), check
+        return _config_cannot_embed(config_source, f"audio_config.spec_size {spec} takes at most "
+                                    f"{spec * (spec // bins)} mel frames; {front} makes {frames}, of "
+                                    f"{features.max_length_s:g} s at hop {features.hop_length}", fields)
     return None
 
 
-def _config_cannot_embed(config_json: str, reason: str, check: str) -> str:
-    """The refusal of a config.json whose audio tower cannot embed, at load or at its first audio: `reason` in
-    parentheses, then what to `check`."""
-    return f"{config_json}: the CLAP audio tower its audio_config builds cannot embed audio ({reason}); {check}"
+def _config_cannot_embed(config_source: str | None, reason: str, fields: str = "", *, check: str = "") -> str:
+    """The refusal of a model whose audio tower cannot embed, at load or at its first audio, naming where its
+    config came from (`config_source`: a folder's config.json, a .pt, None through the Python API): `reason`
+    in parentheses, then to check the config's `fields` (or `check`, what to do instead)."""
+    if config_source is None or config_source.endswith("config.json"):
+        where = config_source or "this CLAP's config"
+        return (f"{where}: the CLAP audio tower its audio_config builds cannot embed audio ({reason}); "
+                + (check or f"check audio_config against the config the weights were saved with, {fields}"))
+    # a .pt: its config is inferred from its weights, or passed in through the Python API
+    return (f"{config_source}: the CLAP audio tower built for it cannot embed audio ({reason}); " + (check or (
+            "its config is the one passed as config= or, without one, read off its weights as LAION's HTSAT "
+            f"(spec_size 256, patch_stride 4): check the config passed, {fields}")))
 
 
 def _file_hash(path: Path) -> str:
@@ -511,14 +523,18 @@ class LaionClapEmbedder(ClapEmbedder):
 
     `identity` names the weights (and tokenizer); a `feature_extractor` other than LAION's front end appends
     `front_end_suffix` to it. `config_source`: where the model's config came from (a folder's config.json, a
-    .pt), named when its audio tower cannot embed."""
+    .pt), named when its audio tower cannot embed; `front_end_source`: where `feature_extractor` came from (a
+    folder's preprocessor_config.json), named when it is refused. A front end the audio tower cannot embed
+    through (`check_front_end`, `front_end_refusal`) is refused here, unless `text_only`: then the text tower
+    embeds as any other, and the first audio is refused with the same words (`audio_refusal`)."""
 
     sample_rate = SAMPLE_RATE
     min_samples = 1024     # one STFT window at 48 kHz
 
     def __init__(self, model, tokenizer, *, identity: str, feature_extractor=None, crop_seed: int = 0,
                  device: str | torch.device = "cpu", batch_size: int = 16, cache_dir=None,
-                 config_source: str | None = None):
+                 config_source: str | None = None, front_end_source: str | None = None,
+                 text_only: bool = False):
         from transformers import ClapFeatureExtractor
 
         super().__init__(batch_size=batch_size, cache_dir=cache_dir)
@@ -527,15 +543,28 @@ class LaionClapEmbedder(ClapEmbedder):
         if len(tokenizer) > model.config.text_config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the text model only "
                              f"{model.config.text_config.vocab_size}: not this model's tokenizer")
-        if feature_extractor is not None:
-            check_front_end(feature_extractor, model.config.audio_config, "feature_extractor")
-        self.device = torch_device(device)
-        self.model = model.to(self.device).eval()
-        self.tokenizer = tokenizer
         self.fusion = bool(model.config.audio_config.enable_fusion)
         self.features = feature_extractor or ClapFeatureExtractor(
             frequency_min=50, frequency_max=14_000, truncation="fusion" if self.fusion else "rand_trunc",
             padding="repeatpad")
+        refusal = None
+        if feature_extractor is not None:
+            front_end_source = front_end_source or "feature_extractor"
+            try:
+                check_front_end(feature_extractor, model.config.audio_config, front_end_source)
+            except ValueError as e:
+                if not text_only:
+                    raise
+                refusal = str(e)
+        refusal = refusal or front_end_refusal(self.features, model.config.audio_config,
+                                               config_source=config_source, front_end_source=front_end_source)
+        if refusal and not text_only:
+            raise CheckpointError(refusal)
+        # why the audio tower cannot embed, for a model loaded text_only: its first audio is refused with it
+        self.audio_refusal: str | None = refusal
+        self.device = torch_device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
         self.crop_seed = crop_seed
         self.identity = identity + front_end_suffix(self.features, self.fusion)
         self.embed_dim = model.config.projection_dim
@@ -586,18 +615,13 @@ class LaionClapEmbedder(ClapEmbedder):
             except Exception as e:  # noqa: BLE001 - transformers raises ValueError/TypeError/OSError by field
                 raise ValueError(f"{path / 'preprocessor_config.json'}: not a ClapFeatureExtractor "
                                  f"configuration ({str(e).splitlines()[0][:200]})") from None
-            check_front_end(fe, model.config.audio_config, str(path / "preprocessor_config.json"))
-        else:   # LAION's front end: an audio_config its mels do not fit is refused now, not at the first audio
-            misfit = front_end_misfit(model.config.audio_config)
-            if misfit:
-                raise CheckpointError(_config_cannot_embed(str(path / "config.json"), *misfit))
         tok = load_roberta_tokenizer(tokenizer or path)
         if tokenizer is not None:
             # another tokenizer than the folder's own embeds captions otherwise (as with a .pt): in the identity;
             # the folder's own, or a copy of it, keeps the weights-only identity caches are keyed by
             ident += _tokenizer_suffix(path, Path(tokenizer), tok)
         return cls(model, tok, identity=ident, feature_extractor=fe, config_source=str(path / "config.json"),
-                   **kwargs)
+                   front_end_source=None if fe is None else str(path / "preprocessor_config.json"), **kwargs)
 
     @torch.no_grad()
     def _text_batch(self, captions: list[str]) -> torch.Tensor:
@@ -610,6 +634,8 @@ class LaionClapEmbedder(ClapEmbedder):
 
     @torch.no_grad()
     def _audio_batch(self, wav: np.ndarray) -> torch.Tensor:
+        if self.audio_refusal:   # loaded text_only: refused as loading refuses it
+            raise CheckpointError(self.audio_refusal)
         # every clip draws its crop (or its fusion chunks) from crop_seed afresh: a clip longer than the window
         # embeds the same whatever batch it is in and wherever (a shared generator gave each position its own crop)
         if self.fusion:  # the extractor makes the fused global+local mels from the whole (quantised) clip
@@ -648,16 +674,8 @@ class LaionClapEmbedder(ClapEmbedder):
                     or not _SHAPE_FAILURE.search(reason) or _NOT_CONFIG_FAILURE.search(reason)):
                 raise
             reason = f"transformers: {reason.splitlines()[0][:200]}"
-            fields = "e.g. flatten_patch_embeds, patch_stride, spec_size"
-            where = self.config_source or "this CLAP's config"
-            if where.endswith("config.json") or self.config_source is None:
-                check = f"check audio_config against the config the weights were saved with, {fields}"
-                raise CheckpointError(_config_cannot_embed(where, reason, check)) from e
-            # a .pt: its config is inferred from its weights, or passed in through the Python API
-            raise CheckpointError(f"{where}: the CLAP audio tower built for it cannot embed audio ({reason}); its "
-                                  "config is the one passed as config= or, without one, read off its weights as "
-                                  "LAION's HTSAT (spec_size 256, patch_stride 4): check the config passed, "
-                                  f"{fields}") from e
+            raise CheckpointError(_config_cannot_embed(self.config_source, reason, "e.g. flatten_patch_embeds, "
+                                                       "patch_stride, spec_size")) from e
         self._audio_embedded = True
         return out
 
