@@ -725,7 +725,7 @@ def test_a_roberta_width_folder_edited_to_laions_text_epsilon_has_its_own_identi
     .pt are the official ones but for the text LayerNorm epsilon (1e-5), so an official folder whose only edit is
     that epsilon counted as one tta wrote and kept the official identity, though its caption embeddings moved. It
     gets "-cfg"; the official folder keeps the weights-only identity, and so does the text_encoder/ of a pipeline
-    tta writes from a .pt of that width (where tta writes such folders)."""
+    tta writes from a .pt of that width (where tta writes such folders), read through a link too."""
     import dataclasses
     import shutil
 
@@ -779,6 +779,18 @@ def test_a_roberta_width_folder_edited_to_laions_text_epsilon_has_its_own_identi
     assert json.loads((written / "config.json").read_text())["text_config"]["layer_norm_eps"] == 1e-5
     assert load_clap(written).identity == "laion-clap:" + _file_hash(written / "model.safetensors")
     assert TTAPipeline.from_pretrained(tmp_path / "pipeline").clap.identity == load_clap(written).identity
+
+    # a link to the text_encoder/ is that folder (its path as given has no pipeline.json beside it: it got -cfg),
+    # as is the text_encoder/ of a pipeline that links it; a copy taken out of its pipeline gets "-cfg"
+    ours = load_clap(written).identity
+    (tmp_path / "link").symlink_to(written.resolve(), target_is_directory=True)
+    assert load_clap(tmp_path / "link").identity == ours
+    shutil.copytree(written, tmp_path / "copy")
+    assert load_clap(tmp_path / "copy").identity.startswith(ours + "-cfg")
+    shutil.copytree(tmp_path / "pipeline", tmp_path / "linked")
+    shutil.rmtree(tmp_path / "linked" / "text_encoder")
+    (tmp_path / "linked" / "text_encoder").symlink_to((tmp_path / "copy").resolve(), target_is_directory=True)
+    assert load_clap(tmp_path / "linked" / "text_encoder").identity == ours
 
 
 def test_a_folder_whose_weights_do_not_fit_its_config_is_refused(tmp_path, tokenizer_dir):

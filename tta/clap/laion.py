@@ -417,15 +417,20 @@ def model_config_suffix(config, *, in_pipeline: bool = False) -> str:
 
 
 def _in_tta_pipeline(folder: Path) -> bool:
-    """Whether `folder` is the text_encoder/ of a tta pipeline folder: the pipeline.json beside it names it."""
+    """Whether `folder` is the text_encoder/ of a tta pipeline folder: the pipeline.json beside it names it,
+    where the path leads as given or once its links are resolved (a link to a pipeline's text_encoder/, and a
+    pipeline whose text_encoder/ is a link, are both). A text_encoder/ copied out of its pipeline is not, so
+    at roberta-base's width its identity gets "-cfg" (`model_config_suffix`): a cache miss, never a mix."""
     from tta.ldm.folder import PIPELINE_FILE
 
-    folder = Path(os.path.abspath(folder))
-    try:
-        spec = json.loads((folder.parent / PIPELINE_FILE).read_text(encoding="utf-8"))
-        return spec["components"]["text_encoder"] == folder.name
-    except (OSError, ValueError, TypeError, KeyError):   # none there, or not a pipeline's: not tta's
-        return False
+    for place in dict.fromkeys((Path(os.path.abspath(folder)), Path(folder).resolve())):
+        try:
+            spec = json.loads((place.parent / PIPELINE_FILE).read_text(encoding="utf-8"))
+            if spec["components"]["text_encoder"] == place.name:
+                return True
+        except (OSError, ValueError, TypeError, KeyError):   # none there, or not a pipeline's: not tta's
+            continue
+    return False
 
 
 def check_front_end(features, audio_config, where: str) -> None:
