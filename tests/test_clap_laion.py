@@ -460,9 +460,51 @@ def test_a_laion_pt_identity_names_its_tokenizer(laion_pt, tokenizer_dir, tmp_pa
     lines = vocab.read_text().splitlines()
     lines[2000], lines[2001] = lines[2001], lines[2000]      # another vocabulary of the same size
     vocab.write_text("\n".join(lines) + "\n")
-    a = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config()).identity
-    b = LaionClapEmbedder.from_path(laion_pt, other, config=tiny_config()).identity
-    assert a != b and a == LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config()).identity
+    body = json.loads((other / "tokenizer.json").read_text())   # (the file the tokenizer is read from)
+    ids = body["model"]["vocab"]
+    ids[lines[2000]], ids[lines[2001]] = ids[lines[2001]], ids[lines[2000]]
+    (other / "tokenizer.json").write_text(json.dumps(body))
+    a = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config())
+    b = LaionClapEmbedder.from_path(laion_pt, other, config=tiny_config())
+    caption = [f"a dog barks {lines[2000]}"]
+    assert a.tokenizer(caption)["input_ids"] != b.tokenizer(caption)["input_ids"]
+    assert not torch.equal(a.embed_text(caption), b.embed_text(caption))
+    assert a.identity != b.identity
+    assert a.identity == LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config()).identity
+
+
+def test_a_laion_pt_identity_follows_its_tokenizers_content_and_its_old_datastores_still_load(
+        laion_pt, tokenizer_dir, tmp_path, caplog):
+    """A .pt's identity hashed its tokenizer's files, where a folder's '-tok' follows what the tokenizer makes of
+    text: the .pt read with the original tokenizer folder and with its save_pretrained copy (other files, the same
+    tokens) got two identities for one embedding, and two sets of caches. It follows the content too. A datastore
+    built under the old identity still loads and answers queries: its stored embeddings are reproduced."""
+    import hashlib
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from tests.clap_toy import make_corpus
+    from tta.clap.laion import _file_hash, _tokenizer_hash
+    from tta.retrieval.datastore import INFO_NAME, Datastore, build_datastore
+
+    copy = tmp_path / "tok"
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(copy))
+    assert _tokenizer_hash(copy) != _tokenizer_hash(tokenizer_dir)
+    clap = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config())
+    assert LaionClapEmbedder.from_path(laion_pt, copy, config=tiny_config()).identity == clap.identity
+
+    manifest = make_corpus(tmp_path / "corpus", per_kind_train=1, per_kind_valid=0)
+    store = build_datastore(manifest, clap, tmp_path / "store", progress=False)
+    old = "laion-clap:" + hashlib.sha256(f"{_file_hash(laion_pt)}:{_tokenizer_hash(tokenizer_dir)}".encode()
+                                         ).hexdigest()[:16]     # the identity the old rule gave it
+    assert old != clap.identity
+    info = json.loads((store / INFO_NAME).read_text())
+    (store / INFO_NAME).write_text(json.dumps({**info, "clap_identity": old}))
+    with caplog.at_level(logging.INFO, logger="tta.retrieval.datastore"):
+        hits = Datastore.load(store).query_text(clap, ["a dog barks"], 1)
+    assert len(hits.ids[0]) == 1
+    assert f"CLAP {clap.identity} reproduces the stored embeddings of CLAP {old}: same model" in caplog.text
 
 
 

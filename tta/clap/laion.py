@@ -580,10 +580,11 @@ class LaionClapEmbedder(ClapEmbedder):
     @classmethod
     def from_path(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None, *, config=None,
                   loaded=None, **kwargs) -> LaionClapEmbedder:
-        """A LAION `.pt` file (needs `tokenizer`; `loaded`: its content, when already read) or a transformers
-        CLAP folder (tokenizer files inside it, or `tokenizer`: another tokenizer than the folder's own adds
-        "-tok" and 8 hex digits of its content's hash to the identity, `_tokenizer_suffix`; a config.json that
-        embeds otherwise than the official folders' adds "-cfg": `model_config_suffix`)."""
+        """A LAION `.pt` file (needs `tokenizer`, in the identity by its content: `_tokenizer_content_hash`;
+        `loaded`: its content, when already read) or a transformers CLAP folder (tokenizer files inside it, or
+        `tokenizer`: another tokenizer than the folder's own adds "-tok" and 8 hex digits of its content's hash
+        to the identity, `_tokenizer_suffix`; a config.json that embeds otherwise than the official folders' adds
+        "-cfg": `model_config_suffix`)."""
         from transformers import ClapFeatureExtractor, ClapModel
 
         path = Path(path)
@@ -591,10 +592,12 @@ class LaionClapEmbedder(ClapEmbedder):
             if tokenizer is None:
                 raise ValueError(f"{path}: a LAION .pt needs the RoBERTa tokenizer folder (--tokenizer DIR)")
             model = load_laion_checkpoint(path, config, loaded=loaded)
-            # the tokenizer comes from elsewhere: another one embeds captions otherwise, so it is in the identity
-            ident = hashlib.sha256(f"{_file_hash(path)}:{_tokenizer_hash(Path(tokenizer))}".encode()).hexdigest()[:16]
-            return cls(model, load_roberta_tokenizer(tokenizer), identity=f"laion-clap:{ident}",
-                       config_source=str(path), **kwargs)
+            # the tokenizer comes from elsewhere: another one embeds captions otherwise, so it is in the identity,
+            # by its content as a folder's '-tok' is (the same tokenizer in other files gives the same identity)
+            tok = load_roberta_tokenizer(tokenizer)
+            content = _tokenizer_content_hash(tok, Path(tokenizer))
+            ident = hashlib.sha256(f"{_file_hash(path)}:{content}".encode()).hexdigest()[:16]
+            return cls(model, tok, identity=f"laion-clap:{ident}", config_source=str(path), **kwargs)
         if not (path / "config.json").is_file():
             raise ValueError(f"{path}: neither a LAION .pt file nor a transformers CLAP folder (no config.json)")
         try:
