@@ -247,6 +247,81 @@ def test_a_command_leaves_huggingface_hubs_progress_bars_as_it_found_them(tmp_pa
         hub_states.update(was)
 
 
+@pytest.mark.parametrize("library", ["transformers", "diffusers"])
+def test_a_librarys_own_bars_are_switched_and_huggingface_hubs_left_as_they_were(library, capfd):
+    """set_library_bars, which a command uses to hide transformers' and diffusers' bars while it runs: diffusers'
+    ("Loading pipeline components") as transformers' ("Loading weights"), each
+    library's bar drawn or not as it is switched, and huggingface_hub's bars (one group's off) as they were."""
+    import importlib
+
+    from huggingface_hub import utils as hub_utils
+
+    from tta.checkpoint import set_library_bars
+
+    hf_logging = importlib.import_module(f"{library}.utils.logging")
+    hub_states = importlib.import_module("huggingface_hub.utils.tqdm").progress_bar_states
+    was, bars = dict(hub_states), hf_logging.is_progress_bar_enabled()
+    try:
+        hub_utils.enable_progress_bars()
+        hub_utils.disable_progress_bars("huggingface_hub.http_get")
+        kept = dict(hub_states)
+        for on in (False, True, False):
+            set_library_bars(hf_logging, on)
+            capfd.readouterr()
+            for _ in hf_logging.tqdm(range(2), desc="Loading pipeline components"):
+                pass
+            assert ("Loading pipeline components" in capfd.readouterr().err) == on
+            assert hf_logging.is_progress_bar_enabled() == on and dict(hub_states) == kept
+    finally:
+        set_library_bars(hf_logging, bars)
+        hub_states.clear()
+        hub_states.update(was)
+
+
+def test_a_release_without_the_private_bar_flag_is_switched_by_its_public_functions():
+    """set_library_bars set transformers' and diffusers' private `_tqdm_active`: a release that renamed it would
+    have been left with its bars on (the attribute created, nothing reading it). Such a library is switched by
+    its enable_progress_bar()/disable_progress_bar(), and huggingface_hub's bars, which transformers' (5.x)
+    switch too, are put back as they were."""
+    import importlib
+
+    from huggingface_hub import utils as hub_utils
+
+    from tta.checkpoint import set_library_bars
+
+    class Release:   # a library's utils.logging as transformers 5 has it, its flag under another name
+        def __init__(self):
+            self.progress_bars = True
+
+        def enable_progress_bar(self):
+            self.progress_bars = True
+            hub_utils.enable_progress_bars()
+
+        def disable_progress_bar(self):
+            self.progress_bars = False
+            hub_utils.disable_progress_bars()
+
+        def is_progress_bar_enabled(self):
+            return self.progress_bars
+
+    release = Release()
+    hub_states = importlib.import_module("huggingface_hub.utils.tqdm").progress_bar_states
+    was = dict(hub_states)
+    try:
+        hub_utils.enable_progress_bars()
+        hub_utils.disable_progress_bars("huggingface_hub.http_get")
+        kept = dict(hub_states)
+        set_library_bars(release, False)
+        assert not release.is_progress_bar_enabled() and dict(hub_states) == kept
+        hub_utils.disable_progress_bars()
+        kept = dict(hub_states)
+        set_library_bars(release, True)
+        assert release.is_progress_bar_enabled() and dict(hub_states) == kept
+    finally:
+        hub_states.clear()
+        hub_states.update(was)
+
+
 def test_a_library_the_command_imported_is_left_at_its_own_default_level(tmp_path, repo_root):
     """main() called from a script that has not imported transformers: the command imports it (the embedded
     model's text tower), which sets its logger to its default (warnings); afterwards it is there, as if the script

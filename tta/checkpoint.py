@@ -732,8 +732,27 @@ def set_library_bars(library_logging: Any, on: bool) -> None:
     "huggingface_hub.http_get") found them on after a tta command or a CLAP's text tower had loaded, and with
     HF_HUB_DISABLE_PROGRESS_BARS=0 each switch warned "Cannot disable progress bars". Both libraries draw their
     bars only while this one flag of theirs (what is_progress_bar_enabled() reads) is on; tta loads from local
-    folders, so the hub draws none."""
-    library_logging._tqdm_active = on
+    folders, so the hub draws none. A release without that flag (a private name, which setting would create
+    and nothing read) is switched by its enable_progress_bar()/disable_progress_bar(), and the hub's bars are put
+    back as they were (its per-group states, the switch's warning under HF_HUB_DISABLE_PROGRESS_BARS=0
+    silenced)."""
+    if hasattr(library_logging, "_tqdm_active"):
+        library_logging._tqdm_active = on
+        return
+    import importlib
+    import warnings
+
+    try:
+        states = importlib.import_module("huggingface_hub.utils.tqdm").progress_bar_states
+    except (ImportError, AttributeError):   # a hub without per-group states: nothing of it to put back
+        states = None
+    kept = None if states is None else dict(states)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (library_logging.enable_progress_bar if on else library_logging.disable_progress_bar)()
+    if kept is not None:
+        states.clear()
+        states.update(kept)
 
 
 # ------------------------------------------------------------------------------ train state / foreign
