@@ -824,12 +824,14 @@ def test_a_rows_own_licence_and_source_are_kept(tmp_path):
     assert [(r.licence, r.source) for r in (rows["k1"], rows["k2"])] == [("CC-BY-SA", "wds"), ("CC0", "mine")]
 
 
-def test_tango_line_cut_short_names_its_own_column(tmp_path):
-    """As a manifest's: a Tango line cut short was "at column 1" (of the line after it) unless it was the last."""
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_tango_line_cut_short_names_its_own_column(tmp_path, ending):
+    """As a manifest's: a Tango line cut short was "at column 1" (of the line after it) unless it was the last.
+    The reader reads bytes (no newline translation), so a \r\n ending (a file written on Windows) reaches it too."""
     _wav(tmp_path / "a.wav")
     cut = '{"location": "a.wav", "captions": "x"'
     path = tmp_path / "tango.jsonl"
-    path.write_text(json.dumps({"location": "a.wav", "captions": "y"}) + "\n" + cut + "\n")
+    path.write_bytes((json.dumps({"location": "a.wav", "captions": "y"}) + ending + cut + ending).encode())
     result = import_tango(path, options=ImportOptions(progress=False))
     _one_error(result, "tango.jsonl:2", f"broken JSON (Expecting ',' delimiter at column {len(cut) + 1})")
 

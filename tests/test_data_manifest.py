@@ -150,12 +150,13 @@ def test_a_lines_sample_rate_is_an_integer_by_the_rule_of_a_row_built_in_python(
 def test_a_line_cut_short_names_its_own_column_whatever_ends_it(tmp_path):
     """A line cut short (the usual broken line: an editor or a killed writer) was reported "at column 1": json
     read its line ending and gave the column of the line after it, where the same line last in the file, with no
-    ending, named the column where it broke."""
+    ending, named the column where it broke. (The manifest is read as text, whose newline translation makes a
+    \r\n ending a \n before the reader sees it: the Tango reader, which reads bytes, is tested with both.)"""
     from tta.data.manifest import read_manifest
 
     cut = '{"id": "b", "path": "b.wav",'
     good = '{"id": "a", "path": "a.wav", "captions": ["x"], "seconds": 1, "sample_rate": 16000}'
-    for ending, name in (("\n", "lf"), ("\r\n", "crlf"), ("", "last")):
+    for ending, name in (("\n", "lf"), ("", "last")):
         path = tmp_path / f"{name}.jsonl"
         path.write_bytes((good + "\n" + cut + ending).encode())
         errors = []
