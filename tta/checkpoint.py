@@ -33,6 +33,7 @@ TRAIN_STATE_NAME = "train_state.pt"
 # a retrieval datastore's record of the embeddings its first load found finite (tta.retrieval.datastore): no part
 # of what the store holds, so a run's digest of its inputs leaves it out (tta.training.input_digests)
 FINITE_NAME = "finite.json"
+PIPELINE_FILE = "pipeline.json"   # a pipeline folder's spec (tta.ldm.folder writes it; tta.clap reads it)
 
 
 class CheckpointError(ValueError):

@@ -421,7 +421,7 @@ def _in_tta_pipeline(folder: Path) -> bool:
     where the path leads as given or once its links are resolved (a link to a pipeline's text_encoder/, and a
     pipeline whose text_encoder/ is a link, are both). A text_encoder/ copied out of its pipeline is not, so
     at roberta-base's width its identity gets "-cfg" (`model_config_suffix`): a cache miss, never a mix."""
-    from tta.ldm.folder import PIPELINE_FILE
+    from tta.checkpoint import PIPELINE_FILE
 
     for place in dict.fromkeys((Path(os.path.abspath(folder)), Path(folder).resolve())):
         try:

@@ -18,9 +18,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from tta.checkpoint import atomic_dir, atomic_write_text, save_component
+from tta.checkpoint import PIPELINE_FILE, atomic_dir, atomic_write_text, save_component
 
-PIPELINE_FILE = "pipeline.json"
 PIPELINE_CLASS = "tta.pipeline.TTAPipeline"
 FORMAT_VERSION = 1
 REQUIRED = ("unet", "scheduler", "vae", "vocoder", "text_encoder")
