@@ -820,6 +820,38 @@ def test_prompt_file_columns_generate_does_not_read_are_named(tmp_path, capsys, 
     assert {k: r.prompt for k, r in read_prompts(prompts, ["000_a_dog"]).items()} == {"000_a_dog": "a dog"}
 
 
+def test_a_refused_run_prints_its_error_alone_not_the_warning_of_unread_fields_first(tmp_path, capsys, caplog):
+    """The warning of a prompts file's fields tta generate does not read came as the file was read, before the
+    refusals that follow (--format flac --resume into a wav batch, --steps past the model's timesteps): a refused
+    run printed it and then its error. It comes once the run is sure to run, once, in a batch and with -o."""
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("file,caption,seed\ndoor,a door slams,3\nrain,rain on a roof,4\n")
+    args = ["--prompts", prompts, "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 1]
+
+    def unread():
+        return [r for r in caplog.records if "does not read its field seed;" in r.message]
+
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args, "--out-dir", tmp_path / "b")[0] == 0
+    assert len(unread()) == 1
+    for more in (["--out-dir", tmp_path / "b", "--format", "flac", "--resume"], ["--out-dir", tmp_path / "c",
+                                                                                "--steps", 5000]):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tta.generate"):
+            code, out, err = run(capsys, *args, *more)
+        assert code == 1 and out == "" and caplog.records == [], caplog.text
+        assert len(err.strip().splitlines()) == 1 and err.startswith("tta: error: "), err
+    assert not (tmp_path / "c").exists()
+    prompts.write_text("file,caption,seed\ndoor,a door slams,3\n")   # -o FILE: one row
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        code, _, err = run(capsys, *args, "-o", tmp_path / "x.wav", "--steps", 5000)
+    assert code == 1 and caplog.records == [] and len(err.strip().splitlines()) == 1, err
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args, "-o", tmp_path / "x.wav")[0] == 0
+    assert len(unread()) == 1
+
+
 def test_slugs_keep_marks_and_txt_prompts_end_at_newlines_only(tmp_path):
     import unicodedata
 

@@ -56,6 +56,7 @@ class Job:
     where: str = ""            # "prompts file:line" of a prompts file's row, for messages
     take: int = 1              # with --takes N: which of its row's N takes (1..N)
     file: str | None = None    # a prompts file row's file field as written (its output's name, without suffix)
+    unread: tuple[str, ...] = ()   # a prompts file row's fields tta generate does not read (warn_unread_fields)
 
 
 # ----------------------------------------------------------------------------------------- prompts
@@ -65,33 +66,43 @@ def read_prompts_file(path: Path, *, editing: bool = False) -> list[tuple[str | 
     """(output name or None, prompt, id or None) of each row of a prompt file (tta.data.prompts: .txt, .csv or
     .jsonl). A row names its output as `tta eval --prompts` pairs it: by its file column (file/path/audio/name;
     the base name without an audio suffix) when it has one, else by its id as `id_file_name` writes it (an id
-    with '/' or ':' is escaped); None for neither."""
-    return [pair for pair, _ in prompt_rows(path, editing=editing)]
+    with '/' or ':' is escaped); None for neither. Warns of the fields tta generate does not read
+    (warn_unread_fields; `editing`: the run has --edit, which reads the rows' input field)."""
+    read = prompt_rows(path)
+    warn_unread_fields(path, [row for _, row in read], editing=editing)
+    return [pair for pair, _ in read]
 
 
-def prompt_rows(path: Path, *, editing: bool = False) -> list[tuple[tuple[str | None, str, str | None], object]]:
+def prompt_rows(path: Path) -> list[tuple[tuple[str | None, str, str | None], object]]:
     """read_prompts_file's (name, prompt, id) of each row beside the row itself (tta.data.prompts.PromptRow: its
-    input field and line). `editing`: the run has --edit, which reads the rows' input field."""
+    input field, line and the fields tta generate does not read)."""
     from tta.data.prompts import file_key, read_prompt_file
 
     rows = read_prompt_file(path)
+    # a path's base name: tta eval pairs a generated file by it too
+    return [((Path(file_key(row.file)).name if row.file is not None else
+              None if row.id is None else id_file_name(row.id), row.prompt, row.id), row) for row in rows]
+
+
+def warn_unread_fields(path: Path, rows: list, *, editing: bool) -> None:
+    """Warn once of the fields of prompts file `path` that tta generate does not read: a "seed" or "seconds" column
+    would otherwise be ignored without a word, as would an input column without --edit (`editing`). `rows`: its
+    rows (PromptRow), or the Jobs made of them (each carries its row's unread field names and input). tta generate
+    calls it once the run is sure to run (a refused run prints only its error), as warn_other_audio is."""
     unread = sorted({name for row in rows for name in row.unread} | (
         set() if editing or all(row.input is None for row in rows) else {"input"}))
-    if unread:   # a "seed" or "seconds" column would otherwise be ignored without a word
+    if unread:
         log.warning("%s: tta generate does not read its field%s %s; a row gives a prompt, and a file name or id "
                     "(seeds, lengths and settings come from the command line%s)", path,
                     "" if len(unread) == 1 else "s", ", ".join(unread),
                     "; an input is read with --edit KIND, which edits each row's input" if "input" in unread else "")
-    # a path's base name: tta eval pairs a generated file by it too
-    return [((Path(file_key(row.file)).name if row.file is not None else
-              None if row.id is None else id_file_name(row.id), row.prompt, row.id), row) for row in rows]
 
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
     pairs: list[tuple[str | None, str, str | None]] = [(None, p, None) for p in args.prompts]
     rows = [None] * len(pairs)   # the prompts file's row of each pair (its input and line), None for a PROMPT
     if args.prompts_file is not None:
-        read = prompt_rows(args.prompts_file, editing=getattr(args, "edit", None) is not None)
+        read = prompt_rows(args.prompts_file)
         pairs += [pair for pair, _ in read]
         rows += [row for _, row in read]
     if not pairs:
@@ -119,7 +130,8 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         if other is not None:   # x.flac and x.ogg share x.generation.json
             log.warning("%s will replace the record of %s, which is still there (a record is named after its "
                         "output's stem); write to another stem to keep both", record, other)
-        return [Job(pairs[0][2] or pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output, *row_fields(rows[0]))]
+        return [Job(pairs[0][2] or pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output, *row_fields(rows[0]),
+                    unread=() if rows[0] is None else rows[0].unread)]
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
     check_writable_dir(out_dir)
     fmt = batch_format(args, out_dir)
@@ -151,7 +163,8 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                                 "needs its own name")
         seen[folded] = name
         jobs.append(Job(id_ if id_ is not None else name, prompt, out_dir / f"{name}.{fmt}", *row_fields(rows[i]),
-                        take=take, file=None if rows[i] is None else rows[i].file))
+                        take=take, file=None if rows[i] is None else rows[i].file,
+                        unread=() if rows[i] is None else rows[i].unread))
         check_output_path(jobs[-1].path)
     check_output_path(record_path_of(out_dir, single=False))
     return jobs
@@ -871,6 +884,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     # those files again, or keeps them); the out-dir's lock, or -o FILE's, stops another run writing them meanwhile
     from tta.generate_resume import remove_leftovers
 
+    if args.prompts_file is not None:
+        warn_unread_fields(args.prompts_file, jobs, editing=getattr(args, "edit", None) is not None)
     if args.output is None:
         warn_other_suffixes(jobs, getattr(args, "takes", 1), given_format, earlier is not None)
         warn_other_audio(jobs)
