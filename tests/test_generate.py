@@ -877,6 +877,27 @@ def test_an_output_that_would_replace_another_files_record_is_warned_about(tmp_p
     assert json.loads((tmp_path / "y.generation.json").read_text())["outputs"][0]["file"] == "y.wav"
 
 
+def test_a_refused_run_prints_its_error_alone_not_the_warning_of_a_replaced_record_first(tmp_path, capsys, caplog):
+    """-o x.flac beside x.wav (x.generation.json records it) warned that its record will replace x.wav's while the
+    jobs were planned, before the refusals that follow (a bad flag for the model, a missing model, a busy lock):
+    a refused run printed it and then its error. It comes once the run is sure to run, once."""
+    args = ["a dog", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 1]
+    assert run(capsys, *args, "-o", tmp_path / "x.wav")[0] == 0
+    caplog.clear()
+    refusals = [["--steps", 5000], ["--model", tmp_path / "no_model"], ["--strength", 0.3]]
+    for more in refusals:
+        with caplog.at_level("WARNING", logger="tta.generate"):
+            code, out, err = run(capsys, *args, "-o", tmp_path / "x.flac", *more)
+        assert code in (1, 2) and out == "" and caplog.records == [], (more, caplog.text)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("tta: error: "), err
+    assert not (tmp_path / "x.flac").exists()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args, "-o", tmp_path / "x.flac")[0] == 0
+    assert [r.message for r in caplog.records if "will replace the record of" in r.message] == [
+        f"{tmp_path / 'x.generation.json'} will replace the record of {tmp_path / 'x.wav'}, which is still there (a "
+        "record is named after its output's stem); write to another stem to keep both"]
+
+
 def test_a_mask_ending_at_the_inputs_printed_length_is_taken(tmp_path, capsys):
     """551 samples at 11.025 kHz print as 0.050 s; --mask 0:0.05 ends a quarter sample past them and was refused
     as 'past the end of ... (0.050 s)'."""

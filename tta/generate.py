@@ -126,10 +126,6 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         check_writable_file(args.output)
         record = record_path_of(args.output, single=True)
         check_output_path(record)
-        other = _recorded_other(record, args.output)
-        if other is not None:   # x.flac and x.ogg share x.generation.json
-            log.warning("%s will replace the record of %s, which is still there (a record is named after its "
-                        "output's stem); write to another stem to keep both", record, other)
         return [Job(pairs[0][2] or pairs[0][0] or slug(pairs[0][1]), pairs[0][1], args.output, *row_fields(rows[0]),
                     unread=() if rows[0] is None else rows[0].unread)]
     out_dir = args.out_dir if args.out_dir is not None else Path(".")
@@ -226,6 +222,17 @@ def warn_other_audio(jobs: list[Job]) -> None:
 def row_fields(row) -> tuple[str | None, str]:
     """A Job's input and where from a prompts file's row (None: a PROMPT argument)."""
     return (None, "") if row is None else (row.input, row.where)
+
+
+def warn_replaced_record(output: Path) -> None:
+    """Warn when `-o FILE`'s record (<stem>.generation.json) describes another output of its stem that is still
+    there (x.flac and x.ogg share x.generation.json): this run's record replaces it. Called once the run is sure
+    to run (a refused run prints only its error), as warn_other_audio is."""
+    record = record_path_of(output, single=True)
+    other = _recorded_other(record, output)
+    if other is not None:
+        log.warning("%s will replace the record of %s, which is still there (a record is named after its "
+                    "output's stem); write to another stem to keep both", record, other)
 
 
 def _recorded_other(record: Path, output: Path) -> Path | None:
@@ -889,6 +896,8 @@ def _main(args: argparse.Namespace, t0: float, gc_enabled: bool, held: contextli
     if args.output is None:
         warn_other_suffixes(jobs, getattr(args, "takes", 1), given_format, earlier is not None)
         warn_other_audio(jobs)
+    else:
+        warn_replaced_record(args.output)
     remove_leftovers(jobs, record_path, folder_locked=args.output is None)
     from tqdm.auto import tqdm
 
