@@ -124,6 +124,7 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, 
     whose id pairs with no file is reported and left out. Where the generation.json of --audio (a `tta generate
     --takes N` folder) lists a row's takes, the row pairs with each of them (the take is its number, else None);
     row: the row's position in the file, 0-based (a `--takes` run's takes of one row are one draw of its score)."""
+    from tta.audio import save_format_names
     from tta.data.prompts import (PromptFileError, file_key, generation_outputs, id_file_name, position_names,
                                   position_order, read_prompt_file, takes_run)
 
@@ -158,8 +159,9 @@ def _read_prompts(path: Path, audio_dir: Path | None) -> tuple[list[tuple[Path, 
         elif of_key.get(key):   # a file-field row's files here are its recorded takes only
             pairs.extend((f, r.prompt, take(f), i) for f in of_key[key])
         else:
+            # tta generate --format writes any of its formats: x.wav, .flac or .ogg
             skipped.append(f"{r.where}: id {r.id!r} pairs with no audio file in {audio_dir} (tta generate names it "
-                           f"{id_file_name(r.id)}.wav)")
+                           f"{id_file_name(r.id)}{save_format_names()})")
     return pairs, skipped
 
 
