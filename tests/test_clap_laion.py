@@ -1133,14 +1133,17 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
         path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
         return folder
 
-    def misfit(reason, fields):   # the model's config and the preprocessor_config.json: either may be wrong
+    def misfit(reason, fields):   # frames that do not fit: config.json or preprocessor_config.json may be wrong
         return (f"config.json: the CLAP audio tower its audio_config builds cannot embed audio \\({reason}\\); check "
                 f"audio_config against the config the weights were saved with, in particular {fields}'s ")
 
     pre = "preprocessor_config.json"
     refused = [("rate", {"sampling_rate": 44_100}, rf"{pre}: sampling_rate is 44100; expected 48000"),
-               ("mels", {"feature_size": 32}, misfit(rf"audio_config.num_mel_bins is 64; .*/mels/{pre} makes 32-bin "
-                                                     r"mels", rf"num_mel_bins \(and {pre}")),
+               # the weights fit config.json's num_mel_bins (loading refuses them otherwise): only the
+               # preprocessor_config.json can be wrong, and it is named first
+               ("mels", {"feature_size": 32}, rf"{pre}: feature_size is 32; expected the model's 64 mel bins "
+                                              r"\(config.json audio_config.num_mel_bins, which its weights are shaped "
+                                              r"by\)$"),
                ("hop", {"hop_length": 320}, misfit(r"audio_config.spec_size 256 takes at most 1024 mel frames; "
                                                    rf".*/hop/{pre} makes 1501, of 10 s at hop 320",
                                                    rf"spec_size \(and {pre}")),
@@ -1176,3 +1179,7 @@ def test_an_extractor_the_model_cannot_take_is_refused_through_the_api(laion_pt,
     refused = r"^feature_extractor: truncation is 'fusion'; expected 'rand_trunc'"
     with pytest.raises(ValueError, match=refused):
         LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config(), feature_extractor=fused)
+    narrow = ClapFeatureExtractor(feature_size=32, frequency_min=50, truncation="rand_trunc")
+    with pytest.raises(ValueError, match=r"^feature_extractor: feature_size is 32; expected the model's 64 mel bins "
+                                         r"\(audio_config.num_mel_bins, which its weights are shaped by\)$"):
+        LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, feature_extractor=narrow)

@@ -475,7 +475,9 @@ def front_end_refusal(features, audio_config, *, config_source: str | None,
     `num_mel_bins` bins and folds a clip's frames into a `spec_size` square, in spec_size // num_mel_bins
     strips of spec_size frames each; otherwise transformers fails at the first embedding (a batch norm of
     another width, 'the wav size should be less than or equal to the swin input size', or a division by zero
-    where spec_size is under num_mel_bins)."""
+    where spec_size is under num_mel_bins). The weights are shaped by num_mel_bins (the batch norm; loading
+    refuses weights that do not fit their config), so where the mel-bin counts differ, a front end given is
+    the one to blame, named first; where the frames do not fit, the config or the front end may be wrong."""
     bins, spec, made = audio_config.num_mel_bins, audio_config.spec_size, features.feature_size
     folder = config_source is not None and config_source.endswith("config.json")
     front = front_end_source or f"{'without a preprocessor_config.json, ' if folder else ''}LAION's front end"
@@ -483,8 +485,8 @@ def front_end_refusal(features, audio_config, *, config_source: str | None,
     if made != bins:   # the weights are shaped by num_mel_bins (the batch norm): theirs is another front end
         reason = f"audio_config.num_mel_bins is {bins}; {front} makes {made}-bin mels"
         if front_end_source:
-            return _config_cannot_embed(config_source, reason, "in particular num_mel_bins"
-                                        + theirs.format("feature_size"))
+            return (f"{front_end_source}: feature_size is {made}; expected the model's {bins} mel bins "
+                    f"({'config.json ' if folder else ''}audio_config.num_mel_bins, which its weights are shaped by)")
         give = "give the folder the preprocessor_config.json" if folder else "pass the feature_extractor"
         return _config_cannot_embed(config_source, reason, check=f"{give} its weights were trained with "
                                                                  f"(feature_size {bins})")
