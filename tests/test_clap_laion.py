@@ -1046,6 +1046,33 @@ def test_a_clap_whose_audio_tower_cannot_take_its_front_end_loads_text_only(tmp_
         LaionClapEmbedder(model, AutoTokenizer.from_pretrained(str(tokenizer_dir)), identity="laion-clap:x")
 
 
+def test_a_pt_whose_weights_take_other_mels_says_what_can_still_be_done(tmp_path, tokenizer_dir):
+    """A .pt is read through LAION's 64-bin front end. One whose weights take 32-bin mels was refused at load
+    with 'pass the feature_extractor its weights were trained with', which neither load_clap nor any flag can
+    do. The refusal says where the 32 comes from (its weights) and what is left: its captions, loaded
+    text_only, or a 32-bin front end through LaionClapEmbedder.from_path; both work."""
+    from transformers import ClapFeatureExtractor
+
+    from tta.clap import load_clap
+
+    state = laion_layout()
+    for key in [k for k in state if ".bn0." in k and not k.endswith("num_batches_tracked")]:
+        state[key] = state[key][:32].clone()          # the batch norm over the mel bins: 32-bin weights
+    path = tmp_path / "mel32.pt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError, match=rf"^{path}: the CLAP audio tower built for it cannot embed audio here "
+                                              r"\(its weights take 32-bin mels, audio_config.num_mel_bins as read off "
+                                              r"its weights; LAION's front end, which tta reads a .pt through, makes "
+                                              r"64-bin mels\); from Python it can still be loaded for its captions "
+                                              r"alone \(load_clap\(..., text_only=True\)\), or with a 32-bin front "
+                                              r"end \(LaionClapEmbedder.from_path\(..., feature_extractor=...\)\)$"):
+        load_clap(path, tokenizer=tokenizer_dir)
+    assert load_clap(path, tokenizer=tokenizer_dir, text_only=True).embed_text(["a dog barks"]).shape == (1, PROJ)
+    narrow = ClapFeatureExtractor(feature_size=32, frequency_min=50, truncation="rand_trunc")
+    clap = LaionClapEmbedder.from_path(path, tokenizer_dir, feature_extractor=narrow)
+    assert clap.embed_audio(chirp(200, 4000, 2.0, 16_000), 16_000).shape == (1, PROJ)
+
+
 def test_a_first_audio_batchs_dtype_failure_is_raised_as_it_is_and_a_pts_names_its_config(laion_pt, tokenizer_dir):
     """Every failure of the first audio batch but a CUDA out-of-memory was reported as a config.json that cannot
     embed: a dtype mismatch too, and for a .pt the message said to check audio_config, which a .pt has none of.

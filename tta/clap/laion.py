@@ -487,6 +487,12 @@ def front_end_refusal(features, audio_config, *, config_source: str | None,
         if front_end_source:
             return (f"{front_end_source}: feature_size is {made}; expected the model's {bins} mel bins "
                     f"({'config.json ' if folder else ''}audio_config.num_mel_bins, which its weights are shaped by)")
+        if config_source is not None and not folder:   # a .pt: LAION's front end, which no flag replaces
+            return (f"{config_source}: the CLAP audio tower built for it cannot embed audio here (its weights take "
+                    f"{bins}-bin mels, audio_config.num_mel_bins as read off its weights; LAION's front end, which "
+                    f"tta reads a .pt through, makes {made}-bin mels); from Python it can still be loaded for its "
+                    f"captions alone (load_clap(..., text_only=True)), or with a {bins}-bin front end "
+                    "(LaionClapEmbedder.from_path(..., feature_extractor=...))")
         give = "give the folder the preprocessor_config.json" if folder else "pass the feature_extractor"
         return _config_cannot_embed(config_source, reason, check=f"{give} its weights were trained with "
                                                                  f"(feature_size {bins})")
