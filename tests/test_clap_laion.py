@@ -11,6 +11,7 @@ import torch
 
 from tests.signals import chirp, noise
 from tta.checkpoint import CheckpointError
+from tta.clap.cache import audio_key
 from tta.clap.laion import (
     MAX_SAMPLES,
     LaionClapEmbedder,
@@ -1044,6 +1045,23 @@ def test_a_clap_whose_audio_tower_cannot_take_its_front_end_loads_text_only(tmp_
     with pytest.raises(CheckpointError, match=f"^this CLAP's config: the CLAP audio tower its audio_config builds "
                                               f"cannot embed audio {laions}check audio_config"):
         LaionClapEmbedder(model, AutoTokenizer.from_pretrained(str(tokenizer_dir)), identity="laion-clap:x")
+
+
+def test_a_text_only_clap_refuses_audio_its_cache_holds(tmp_path, laion_pt, tokenizer_dir):
+    """embed_audio answered cache hits before the audio batch checked `audio_refusal`: a text_only CLAP whose
+    cache held a clip under its identity (a shared cache; a .pt read with and without a config= has one
+    identity) returned that embedding, and refused only the clips not cached."""
+    wav = chirp(200, 4000, 2.0, 16_000)
+    config = tiny_config()
+    config.audio_config.spec_size = 128
+    clap = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config, text_only=True,
+                                       cache_dir=tmp_path / "cache")
+    key = audio_key(clap.identity, wav, 16_000)
+    clap.cache.put(key, np.full(PROJ, 0.25, dtype=np.float32))
+    assert clap.cache.get(key) is not None
+    with pytest.raises(CheckpointError, match=rf"^{laion_pt}: the CLAP audio tower built for it cannot embed audio "
+                                              r"\(audio_config.spec_size 128 takes at most 256 mel frames"):
+        clap.embed_audio(wav, 16_000)
 
 
 def test_a_pt_whose_weights_take_other_mels_says_what_can_still_be_done(tmp_path, tokenizer_dir):

@@ -113,6 +113,7 @@ class ClapEmbedder:
         wav: (T,) or (B, T) float tensor/ndarray, or a list of (T_i,) clips of different lengths, at
         `sample_rate` Hz (resampled to `self.sample_rate` inside).
         """
+        self._refuse_audio()   # before the cache: an embedding cached under this identity is no answer either
         sample_rate = check_sample_rate(sample_rate, "embed_audio sample_rate")   # 48000.0 keys the cache as 48000
         clips = self._check_audio(wav, sample_rate)
         cache = self.cache
@@ -161,6 +162,10 @@ class ClapEmbedder:
         return [np.ascontiguousarray(c, dtype=np.float32) for c in clips]
 
     # ---------------------------------------------------------------------------------- hooks
+
+    def _refuse_audio(self) -> None:
+        """Raise where this embedder cannot embed audio at all (a LAION-CLAP loaded text_only); embed_audio
+        calls it before anything else."""
 
     def _text_batch(self, captions: list[str]) -> torch.Tensor:
         raise NotImplementedError

@@ -648,10 +648,12 @@ class LaionClapEmbedder(ClapEmbedder):
         return _pooled(self.model.get_text_features(input_ids=batch["input_ids"],
                                                     attention_mask=batch["attention_mask"]))
 
-    @torch.no_grad()
-    def _audio_batch(self, wav: np.ndarray) -> torch.Tensor:
+    def _refuse_audio(self) -> None:
         if self.audio_refusal:   # loaded text_only: refused as loading refuses it
             raise CheckpointError(self.audio_refusal)
+
+    @torch.no_grad()
+    def _audio_batch(self, wav: np.ndarray) -> torch.Tensor:
         # every clip draws its crop (or its fusion chunks) from crop_seed afresh: a clip longer than the window
         # embeds the same whatever batch it is in and wherever (a shared generator gave each position its own crop)
         if self.fusion:  # the extractor makes the fused global+local mels from the whole (quantised) clip
