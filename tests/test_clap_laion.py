@@ -1155,8 +1155,8 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
     256] to have 1 channels', 'the wav size should be less than or equal to the swin input size', a
     sample-rate mismatch), or, with a window under 10 s and no fusion, cropped tta's 10 s clips with numpy's
     unseeded generator: each call another embedding, and a cache kept the first. They are refused when the
-    folder loads, naming the file and the field; settings the model takes still load and embed the same each
-    call."""
+    folder loads, naming the file and the field (loaded text_only, its audio is refused with the same error);
+    settings the model takes still load and embed the same each call."""
     import shutil
 
     from transformers import ClapFeatureExtractor
@@ -1204,10 +1204,19 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
     else:
         refused += [("trunc", {"truncation": "fusion"}, rf"{pre}: truncation is 'fusion'; expected 'rand_trunc'"),
                     ("short", {"max_length_s": 5}, rf"{pre}: max_length_s is 5; expected at least 10 .* at random")]
-    for name, change, message in refused:
-        with pytest.raises(ValueError, match=f"{name}/{message}"):
-            load_clap(folder_with(name, **change))
     wav = chirp(200, 4000, 12.0, 16_000)                    # longer than the window: crops and fusion chunks
+    for name, change, message in refused:
+        folder = folder_with(name, **change)
+        with pytest.raises(ValueError, match=f"{name}/{message}") as at_load:
+            load_clap(folder)
+        if name == "bounds":   # transformers cannot read it: nothing to load text_only
+            continue
+        # loaded text_only, the audio is refused with the error loading raised: check_front_end's were
+        # ValueErrors at load and CheckpointErrors at the first audio
+        clap = load_clap(folder, text_only=True)
+        with pytest.raises(ValueError) as at_audio:
+            clap.embed_audio(wav, 16_000)
+        assert (type(at_audio.value), str(at_audio.value)) == (type(at_load.value), str(at_load.value)), name
     taken = [("slower", {"hop_length": 960}), ("both", {"hop_length": 960, "max_length_s": 20})]
     if fusion:
         taken.append(("fused5", {"max_length_s": 5}))     # its crops come from tta's seeded draws

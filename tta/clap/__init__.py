@@ -33,13 +33,13 @@ def backend_of(path: str | os.PathLike) -> str:
     cfg = path / "config.json"
     if (path / "final" / "config.json").is_file():  # a run folder: its release artifact is final/
         return "tta"
-    from tta.checkpoint import unfinished_run
+    from tta.checkpoint import PIPELINE_FILE, unfinished_run
 
     why = unfinished_run(path)
     if why:
         raise ValueError(f"{path}: {why}")
     if not cfg.is_file():
-        hint = f"; a pipeline folder's CLAP is its {path / 'text_encoder'}" if (path / "pipeline.json").is_file() else ""
+        hint = f"; a pipeline folder's CLAP is its {path / 'text_encoder'}" if (path / PIPELINE_FILE).is_file() else ""
         raise ValueError(f"{path}: not a CLAP model folder (no config.json){hint}")
     from tta.checkpoint import read_json
 
@@ -56,9 +56,12 @@ def load_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
     """A ready `ClapEmbedder` for a CLAP checkpoint on disk (never downloads anything), on `device` (checked before
     anything loads: tta.device.torch_device). The global random generators are left as they were, as
     TTAPipeline.from_pretrained leaves them: building the model draws initial weights that the stored ones replace
-    (on the CPU: CUDA's generators are not touched). A LAION-CLAP whose audio tower cannot take its front end's
-    mels (tta.clap.laion.front_end_refusal) is refused, unless `text_only`: for captions alone (e.g. to condition
-    on them), it loads, and its first audio embedding is refused instead."""
+    (on the CPU: CUDA's generators are not touched). A LAION-CLAP that cannot embed audio through its front end
+    is refused: a preprocessor_config.json that is no LAION front end or would crop at random (another sample
+    rate or truncation, a short window, a field of the wrong type: tta.clap.laion.check_front_end, a
+    ValueError), or an audio tower that cannot take its front end's mels (front_end_refusal, a CheckpointError).
+    Unless `text_only`: for captions alone (e.g. to condition on them), it loads, and every audio embedding (a
+    cached one too) is refused instead, with the error loading raises without it (the same type and words)."""
     from tta.checkpoint import keep_global_rng
 
     with keep_global_rng():

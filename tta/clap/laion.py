@@ -26,12 +26,13 @@ Feature-fusion checkpoints (`enable_fusion`) use the extractor's "fusion" mode o
 transformers folder's preprocessor_config.json replaces that extractor; where it differs from LAION's front
 end in a field that changes embeddings, the identity gets "-fe" and a hash of those fields (official folders
 keep the weights-only identity). One that is no such front end (another sample rate, "fusion" truncation
-without feature fusion) or that would crop at random (a window under 10 s without fusion) is refused
-(`check_front_end`), and so is a model whose audio tower cannot take the mels of its front end, LAION's or a
-preprocessor_config.json's (another mel-bin count, more mel frames than its spec size holds:
-`front_end_refusal`), naming the file and the field, when it loads; unless it is loaded `text_only` (for its
-captions alone, e.g. AudioLDM's conditioning): then its text tower embeds as any other, and its first audio
-is refused with the same words. A config.json whose activations, LayerNorm epsilons, text head count, padding
+without feature fusion) or that would crop at random (a window under 10 s without fusion) is refused with a
+ValueError (`check_front_end`), and a model whose audio tower cannot take the mels of its front end, LAION's
+or a preprocessor_config.json's (another mel-bin count, more mel frames than its spec size holds), with a
+CheckpointError (`front_end_refusal`), naming the file and the field, when it loads; unless it is loaded
+`text_only` (for its captions alone, e.g. AudioLDM's conditioning): then either loads, its text tower embeds
+as any other, and every audio embedding (a cached one too) is refused with the error loading raises without
+it, of the same type and words. A config.json whose activations, LayerNorm epsilons, text head count, padding
 id, patch stride or spec size differ from the official folders' adds "-cfg" and a hash of those fields to the
 identity (`model_config_suffix`), unless they are the values tta infers for a .pt (a folder tta wrote from a
 .pt or .ckpt keeps the weights-only identity it had; at roberta-base's width, where those values are the
@@ -537,9 +538,11 @@ class LaionClapEmbedder(ClapEmbedder):
     `identity` names the weights (and tokenizer); a `feature_extractor` other than LAION's front end appends
     `front_end_suffix` to it. `config_source`: where the model's config came from (a folder's config.json, a
     .pt), named when its audio tower cannot embed; `front_end_source`: where `feature_extractor` came from (a
-    folder's preprocessor_config.json), named when it is refused. A front end the audio tower cannot embed
-    through (`check_front_end`, `front_end_refusal`) is refused here, unless `text_only`: then the text tower
-    embeds as any other, and the first audio is refused with the same words (`audio_refusal`)."""
+    folder's preprocessor_config.json), named when it is refused. A front end that is refused (`check_front_end`,
+    a ValueError) or that the audio tower cannot embed through (`front_end_refusal`, a CheckpointError) is
+    refused here, unless `text_only`: then the text tower embeds as any other, and every audio embedding (a
+    cached one too) is refused with the error loading raises without it, of the same type and words
+    (`audio_refusal`)."""
 
     sample_rate = SAMPLE_RATE
     min_samples = 1024     # one STFT window at 48 kHz
@@ -560,7 +563,7 @@ class LaionClapEmbedder(ClapEmbedder):
         self.features = feature_extractor or ClapFeatureExtractor(
             frequency_min=50, frequency_max=14_000, truncation="fusion" if self.fusion else "rand_trunc",
             padding="repeatpad")
-        refusal = None
+        refusal, refused_as = None, CheckpointError
         if feature_extractor is not None:
             front_end_source = front_end_source or "feature_extractor"
             try:
@@ -568,13 +571,15 @@ class LaionClapEmbedder(ClapEmbedder):
             except ValueError as e:
                 if not text_only:
                     raise
-                refusal = str(e)
+                refusal, refused_as = str(e), type(e)
         refusal = refusal or front_end_refusal(self.features, model.config.audio_config,
                                                config_source=config_source, front_end_source=front_end_source)
         if refusal and not text_only:
             raise CheckpointError(refusal)
-        # why the audio tower cannot embed, for a model loaded text_only: its first audio is refused with it
+        # why the audio tower cannot embed, for a model loaded text_only: every audio embedding is refused with
+        # it, as the error loading raises without text_only (the same type and words)
         self.audio_refusal: str | None = refusal
+        self._refused_as: type[ValueError] = refused_as
         self.device = torch_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -650,7 +655,7 @@ class LaionClapEmbedder(ClapEmbedder):
 
     def _refuse_audio(self) -> None:
         if self.audio_refusal:   # loaded text_only: refused as loading refuses it
-            raise CheckpointError(self.audio_refusal)
+            raise self._refused_as(self.audio_refusal)
 
     @torch.no_grad()
     def _audio_batch(self, wav: np.ndarray) -> torch.Tensor:
