@@ -605,6 +605,39 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_relative_data_path_not_found_says_where_it_is_read_from(tmp_path, capsys, monkeypatch):
+    """`tta train vae --config RUN/config.json --out RUN --resume` run from another folder failed on
+    "data/manifest.jsonl: manifest not found": a run config's relative paths are read from the current folder, and
+    the message said neither that nor where the run had been started (data.json records it)."""
+    from tta.cli import main
+
+    start, other = tmp_path / "start", tmp_path / "other"
+    (start / "data").mkdir(parents=True)
+    other.mkdir()
+    _vae_manifest(start / "data")
+    run = tmp_path / "run"
+    monkeypatch.chdir(start)
+    rc, err = _tta_train(capsys, "vae", run, "data.manifest=data/manifest.jsonl", "valid_items=0",
+                         "train.max_steps=1")
+    assert rc == 0, err
+    held = sorted(p.name for p in run.iterdir())
+    monkeypatch.chdir(other)
+    rc = main(["-q", "train", "vae", "--config", str(run / "config.json"), "--out", str(run), "--resume"])
+    assert rc == 1
+    assert capsys.readouterr().err == (
+        "tta: error: data.manifest=data/manifest.jsonl: manifest not found; a run config's relative paths are read "
+        f"from the current folder, {other}; the run was started in {start}: run from there or give an absolute "
+        "path\n")
+    assert sorted(p.name for p in run.iterdir()) == held
+    # a new run: the current folder only, and no run folder made
+    rc, err = _tta_train(capsys, "vae", tmp_path / "new", "data.manifest=data/manifest.jsonl")
+    assert rc == 1 and err == ("tta: error: data.manifest=data/manifest.jsonl: manifest not found; a run config's "
+                               f"relative paths are read from the current folder, {other}\n"), err
+    assert not (tmp_path / "new").exists()
+    monkeypatch.chdir(start)   # from where it began, the resume goes on
+    assert main(["-q", "train", "vae", "--config", str(run / "config.json"), "--out", str(run), "--resume"]) == 0
+
+
 def test_terminate_as_exit_leaves_an_ignored_sigterm_ignored():
     """A parent's `trap '' TERM` made SIGTERM ignored; the handler turned it into an exit again."""
     import signal

@@ -70,9 +70,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         config = _as_the_run_began(module.RunConfig, config, load_config(module.RunConfig, args.config), sets, args.out)
     from tta.checkpoint import check_output_path
-    from tta.training import discard_on_failure, restart_unstarted, run_lock
+    from tta.training import check_run_paths, discard_on_failure, restart_unstarted, run_lock
 
     check_output_path(args.out, "--out", folder=True)
+    check_run_paths(config, args.out)   # before a restart clears the record of where the run was started
     # a fresh run that fails early leaves no folder (but a pre-encoded cache/), also when a launcher stops it with
     # SIGTERM (main() turns it into an exit for every command); a second command into a folder a run is training in
     # is refused (run_lock)

@@ -1092,6 +1092,42 @@ def input_digests(config) -> dict[str, str]:
     return out
 
 
+# the paths of a run config that name data a run reads (manifests, frozen components, a datastore)
+RUN_PATH_KEYS = ("data.manifest", "data.extra_manifests", "components.vae", "components.clap", "components.vocoder",
+                 "vae", "retrieval.datastore")
+
+
+def check_run_paths(config, out: str | os.PathLike) -> None:
+    """Refuse a relative path of a run config (RUN_PATH_KEYS) that does not exist from the current folder, saying
+    that it is read from there: `--config RUN/config.json --resume` run from another folder failed on
+    "data/clean.jsonl: manifest not found", with no word that the path starts where the run was started, not at
+    the config or the run folder. The folder the run in `out` was started in (DATA_RECORD's cwd) is named when it
+    is another. Absolute paths, and those that exist, are left to the trainer's own checks."""
+    cwd = Path.cwd()
+    started = None
+    try:
+        record = json.loads((Path(out) / DATA_RECORD).read_text())
+        if isinstance(record, dict) and isinstance(record.get("cwd"), str) and Path(record["cwd"]) != cwd:
+            started = Path(record["cwd"])
+    except (OSError, ValueError):
+        pass
+    for key in RUN_PATH_KEYS:
+        value = getattr_path(config, key)
+        named = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, (list, tuple)) \
+            else [(key, value)]
+        for name, path in named:
+            if not isinstance(path, str) or not path or Path(path).is_absolute() or Path(path).exists():
+                continue
+            what = "manifest not found" if key.startswith("data.") else "not found"
+            where = ""
+            if started is not None:
+                where = (f"; the run was started in {started}: run from there or give an absolute path"
+                         if (started / path).exists() else f"; the run was started in {started}, where it is "
+                         "missing too")
+            raise RunError(f"{name}={path}: {what}; a run config's relative paths are read from the current "
+                           f"folder, {cwd}{where}")
+
+
 def getattr_path(obj, dotted: str):
     """obj.a.b for "a.b", or None where a part is missing."""
     for part in dotted.split("."):
