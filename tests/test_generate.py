@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -192,6 +193,16 @@ def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
     code, _, err = run(capsys, "x", "--model", tmp_path / "no-model", "-o", tmp_path / "single.wav")
     assert code == 1 and "single.generation.json: an output file is a folder" in err, err
     assert not [p for p in tmp_path.rglob("*.wav") if p.is_file()]
+
+
+@pytest.mark.skipif(not os.access("/proc", os.W_OK), reason="needs a /proc that passes the write check (root)")
+def test_a_folder_that_takes_no_new_file_is_named_with_the_output_not_its_lock(tmp_path, capsys):
+    """/proc passes the write check (root) and takes no new file: `-o /proc/x.wav` failed on
+    "/proc/.x.generation.json.lock: No such file or directory", a hidden file the user never named."""
+    code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "-o", "/proc/x.wav")
+    assert code == 1 and err == "tta: error: /proc/x.wav: cannot create a file in /proc (No such file or directory)\n"
+    code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "--out-dir", "/proc/y")
+    assert code == 1 and err == "tta: error: /proc/y: cannot create the output folder (No such file or directory)\n"
 
 
 def test_file_names_keep_any_script_and_an_unused_negative_prompt_is_not_recorded(tmp_path, capsys, caplog):

@@ -762,11 +762,27 @@ def _lock_in(folder: Path, **lock) -> Iterator[None]:
 
     made = _missing_top(folder.absolute())
     try:
-        # one process, whatever RANK its environment holds (run_lock's main-process rule is training's)
-        with run_lock(folder, command="tta generate", remove=True, main_only=False, **lock):
+        with contextlib.ExitStack() as held:
+            try:   # one process, whatever RANK its environment holds (run_lock's main-process rule is training's)
+                held.enter_context(run_lock(folder, command="tta generate", remove=True, main_only=False, **lock))
+            except OSError as e:
+                raise _cannot_lock(folder, lock.get("subject"), e) from None
             yield
     finally:
         _remove_made(folder.absolute(), made)
+
+
+def _cannot_lock(folder: Path, output: Path | None, e: OSError) -> GenerateError:
+    """The error for a lock that cannot be taken in `folder` (the folder, or the lock file in it, cannot be made),
+    named by what the user gave: `-o /proc/x.wav` failed on "/proc/.x.generation.json.lock: No such file or
+    directory", the hidden lock file's name, and `--out-dir /proc/y` on the folder's bare "No such file or
+    directory"."""
+    reason = e.strerror or str(e)
+    if folder.is_dir():
+        where = f"cannot create a file in {folder}" if output is not None else "cannot create a file in this folder"
+    else:
+        where = f"cannot create its folder {folder}" if output is not None else "cannot create the output folder"
+    return GenerateError(f"{folder if output is None else output}: {where} ({reason})")
 
 
 def open_datastore(args: argparse.Namespace):
