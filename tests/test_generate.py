@@ -88,7 +88,7 @@ BAD = [
     (1, ["--guidance", "nan"], "--guidance nan"),
     (1, ["--steps", "0"], "--steps 0 must be >= 1"),
     (1, ["--steps", "100000"], "timesteps this model was trained on"),   # before the model loads (it was after)
-    (1, ["-o", "/proc/nope/x.wav"], "does not exist"),
+    (1, ["-o", "/proc/nope/x.wav"], "/proc/nope/x.wav: cannot create its folder /proc/nope"),
     (2, ["-o", "/proc/nope/x.wav", "--resume"], "--resume continues a --out-dir batch; -o FILE writes one clip"),
     (1, ["--init-audio", "MISSING.wav"], "unreadable input audio"),
     (2, ["--inpaint", "IN.wav"], "--mask START:END"),
@@ -193,6 +193,26 @@ def test_unwritable_output_paths_are_refused_before_loading(tmp_path, capsys):
     code, _, err = run(capsys, "x", "--model", tmp_path / "no-model", "-o", tmp_path / "single.wav")
     assert code == 1 and "single.generation.json: an output file is a folder" in err, err
     assert not [p for p in tmp_path.rglob("*.wav") if p.is_file()]
+
+
+def test_o_makes_the_folders_of_its_file_as_out_dir_does(tmp_path, capsys):
+    """`-o newdir/sub/x.wav` was refused ("output folder newdir/sub does not exist") where --out-dir, `tta data
+    import --out`, eval, report and export make theirs; the record goes beside the file, and a run that fails
+    before writing leaves no folder."""
+    code, out, err = run(capsys, "a dog", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,
+                         "-o", tmp_path / "new" / "sub" / "x.wav")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "new" / "sub").iterdir()) == ["x.generation.json", "x.wav"]
+    model = copy_pipeline(tmp_path / "model")
+    (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    code, _, err = run(capsys, "a dog", "--model", model, "-o", tmp_path / "other" / "sub" / "x.wav")
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "other").exists()
+    if os.geteuid() != 0:   # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        code, _, err = run(capsys, "a dog", "--model", tiny_pipeline(), "-o", locked / "sub" / "x.wav")
+        assert code == 1 and f"cannot create its folder {locked / 'sub'} ({locked} is not writable)" in err, err
 
 
 @pytest.mark.skipif(not os.access("/proc", os.W_OK), reason="needs a /proc that passes the write check (root)")

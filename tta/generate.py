@@ -269,12 +269,15 @@ def check_writable_file(path: Path) -> None:
         raise GenerateError(f"{path}: output must end in {save_format_names()}")
     if path.is_dir():
         raise GenerateError(f"{path}: is a directory; use --out-dir for a folder")
+    # a missing folder is made by the first write (its lock's), as --out-dir and the other commands' --out are, and
+    # removed again when the run writes nothing
     parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise GenerateError(f"{path}: cannot be written there ({parent} is a file, not a folder)")
-    if not parent.is_dir():
-        raise GenerateError(f"{path}: output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    existing = next(a for a in (parent, *parent.parents) if a.exists())
+    if not existing.is_dir():
+        raise GenerateError(f"{path}: cannot be written there ({existing} is a file, not a folder)")
+    if existing != parent and not os.access(existing, os.W_OK):
+        raise GenerateError(f"{path}: cannot create its folder {parent} ({existing} is not writable)")
+    if not os.access(existing, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise GenerateError(f"{path}: output path is not writable")
 
 
