@@ -599,7 +599,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_
     with caplog.at_level("WARNING", logger="tta"):
         rc, err = _tta_train(capsys, "vae", killed, *sets, extra=["--resume"])
     assert rc == 0, err
-    assert any("starting it again from step 0" in r.message for r in caplog.records)
+    assert any("starting it from step 0" in r.message for r in caplog.records)
     a = load_state_dict(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_state_dict(killed / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -636,6 +636,49 @@ def test_a_relative_data_path_not_found_says_where_it_is_read_from(tmp_path, cap
     assert not (tmp_path / "new").exists()
     monkeypatch.chdir(start)   # from where it began, the resume goes on
     assert main(["-q", "train", "vae", "--config", str(run / "config.json"), "--out", str(run), "--resume"]) == 0
+
+
+def test_resume_of_a_run_stopped_by_ctrl_c_before_its_first_checkpoint_starts_it_as_a_killed_one(tmp_path, capsys,
+                                                                                                 caplog, monkeypatch):
+    """Ctrl-C before the first checkpoint leaves no run (its clean-up removes it) and --resume refused it ("nothing
+    to resume (no config.json); start without --resume"), while one killed with SIGKILL at the same point started
+    again under --resume. Both start from step 0 now, with the same warning and an uninterrupted run's weights."""
+    import shutil
+
+    from tta.checkpoint import load_state_dict
+    from tta.training import TrainingRun
+
+    good = _vae_manifest(tmp_path)
+    sets = (f"data.manifest={good}", "valid_items=0", "train.max_steps=2", "train.checkpoint_every=2")
+    assert _tta_train(capsys, "vae", tmp_path / "straight", *sets)[0] == 0
+    killed = tmp_path / "killed"   # what SIGKILL leaves: config.json, data.json, metrics.jsonl
+    shutil.copytree(tmp_path / "straight", killed)
+    shutil.rmtree(killed / "checkpoints")
+    shutil.rmtree(killed / "final")
+    end_step = TrainingRun.end_step
+
+    def ctrl_c(self, **scalars):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingRun, "end_step", ctrl_c)   # Ctrl-C in the first step
+    for out in (tmp_path / "stopped", tmp_path / "cached"):
+        if out.name == "cached":   # a pre-encoded cache/ stays, with the lock
+            (out / "cache").mkdir(parents=True)
+            (out / "cache" / "latents-0.pt").write_bytes(b"latents")
+        assert _tta_train(capsys, "vae", out, *sets)[0] == 130
+    assert not (tmp_path / "stopped").exists()
+    assert sorted(p.name for p in (tmp_path / "cached").iterdir()) == [".lock", "cache"]
+    monkeypatch.setattr(TrainingRun, "end_step", end_step)
+    a = load_state_dict(tmp_path / "straight" / "final" / "model.safetensors")
+    for out in (tmp_path / "stopped", tmp_path / "cached", killed):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tta"):
+            rc, err = _tta_train(capsys, "vae", out, *sets, extra=["--resume"])
+        assert rc == 0, err
+        assert [r.getMessage() for r in caplog.records if "resume" in r.getMessage()] == [
+            f"{out} holds no checkpoint to resume from (a run stopped before its first one): starting it from step 0"]
+        b = load_state_dict(out / "final" / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_terminate_as_exit_leaves_an_ignored_sigterm_ignored():

@@ -1158,11 +1158,19 @@ def restart_unstarted(out: str | os.PathLike, config):
     """For `tta train --resume` on one process: when `out` holds a run stopped before its first complete
     checkpoint, clear it (keeping cache/) and return the config to start it again from step 0 with: `config`
     with the train.init_from the run began with. A config that differs from the saved one otherwise (but for
-    train.max_steps, which a resume may change) is refused, as a resume refuses it. None when there is
-    nothing to restart (or on several processes, which cannot agree on it before they start)."""
+    train.max_steps, which a resume may change) is refused, as a resume refuses it. When `out` holds no run at all
+    (missing, or only the cache/ and lock a run stopped by Ctrl-C, SIGTERM or an error leaves), `config` as it is:
+    --resume restarted a run killed with SIGKILL and refused one stopped by Ctrl-C at the same point ("nothing to
+    resume"). None when there is a run to resume (or on several processes, which cannot agree on it before they
+    start)."""
     from tta.config import apply_overrides
 
-    saved = unstarted_run(out) if int(os.environ.get("WORLD_SIZE", "1")) == 1 else None
+    if int(os.environ.get("WORLD_SIZE", "1")) != 1:
+        return None
+    if not has_run(out):   # a run stopped by Ctrl-C, SIGTERM or an error left none (but cache/): as one killed
+        log.warning(RESTART_MESSAGE, out)
+        return config
+    saved = unstarted_run(out)
     if saved is None:
         return None
     then, now = resume_view(config, saved)
@@ -1180,10 +1188,19 @@ def restart_unstarted(out: str | os.PathLike, config):
     if then != now:
         raise RunError(f"{out}: cannot resume with a different config (first difference at "
                        f"{_first_diff(then, now)}); resume with the saved config, or start a new --out")
-    log.warning("%s holds no complete checkpoint (the run was stopped before its first one): starting it again "
-                "from step 0", out)
+    log.warning(RESTART_MESSAGE, out)
     clear_unstarted(out)
     return config
+
+
+# said by `tta train --resume` for a run folder stopped before its first checkpoint, however it was stopped
+RESTART_MESSAGE = "%s holds no checkpoint to resume from (a run stopped before its first one): starting it from step 0"
+
+
+def has_run(out: str | os.PathLike) -> bool:
+    """Whether `out` holds anything of a run (config.json, a checkpoint or final/), begun or stopped."""
+    out = Path(out)
+    return (out / CONFIG_NAME).exists() or (out / "checkpoints").exists() or (out / "final").exists()
 
 
 def clear_unstarted(out: str | os.PathLike) -> None:
