@@ -311,12 +311,18 @@ def test_ids_with_a_slash_or_colon_name_their_files_and_the_record_keeps_the_ids
 
 
 def test_an_empty_prompt_is_named_by_its_file_in_the_warning(tmp_path, capsys, caplog):
+    """-o x.wav warned "prompt unconditional is empty": the slug its file name would take, not what the user
+    typed or named. A batch's prompt is named by its file stem, -o's by the file."""
     with caplog.at_level("WARNING", logger="tta.pipeline"):
         code, _, err = run(capsys, "a dog", "", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,
                            "--out-dir", tmp_path)
-    assert code == 0, err
-    assert [r.message for r in caplog.records if "is empty" in r.message] == [
-        "prompt 001_unconditional is empty: generating unconditionally"]
+        assert code == 0, err
+        code, _, err = run(capsys, "", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2,
+                           "-o", tmp_path / "x.wav")
+        assert code == 0, err
+    assert [r.message for r in caplog.records if "empty" in r.message] == [
+        "001_unconditional: an empty prompt generates unconditionally",
+        f"{tmp_path / 'x.wav'}: an empty prompt generates unconditionally"]
 
 
 def test_a_run_stopped_part_way_leaves_a_record_of_what_it_wrote(tmp_path, capsys, monkeypatch):

@@ -999,7 +999,9 @@ def run_jobs(args, jobs, edit, pipe, common, wav_in, kept, records, record_path,
             edit, wav_in, kept = row
         prompts = [j.prompt for j in chunk]
         seed = args.seed + start     # prompt i always gets seed + i, whatever the chunking
-        ids = [j.id for j in chunk]  # messages name the prompt as its file does
+        # messages name the prompt as its file does, and -o's by the file the user named (its id is a slug of the
+        # prompt: an empty prompt's was "unconditional", which the user never typed)
+        ids = [str(j.path) if args.output is not None else j.id for j in chunk]
         if edit is None:
             out = pipe(prompts, seconds=args.seconds, seed=seed, window=getattr(args, "window", None), prompt_ids=ids,
                        **common)

@@ -495,7 +495,7 @@ class TTAPipeline:
         bfloat16 turns autocast on for the UNet's forward passes only, as without one. context_guidance (default: the model's
         `defaults.context_guidance`): with a datastore, "guided" gives the unconditional branch the null context,
         so guidance amplifies the neighbours' effect with the prompt's; "shared" gives both branches the neighbours.
-        prompt_ids: names for the prompts in messages (default: their index in `prompts`).
+        prompt_ids: names for the prompts in messages (default: `prompts[i]`).
         """
         n = self.check_seconds(self.defaults.seconds if seconds is None else seconds)
         window = self.defaults.window if window is None else window
@@ -710,7 +710,8 @@ class TTAPipeline:
             raise PipelineError(str(e)) from None
         for i, p in enumerate(prompts):
             if not p.strip():
-                log.warning("prompt %s is empty: generating unconditionally", prompt_ids[i] if prompt_ids else i)
+                log.warning("%s: an empty prompt generates unconditionally",
+                            prompt_ids[i] if prompt_ids else f"prompts[{i}]")
         text = self.clap.embed_text(list(prompts))                               # (P, D)
         found = None
         if context is None:
