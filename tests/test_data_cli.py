@@ -247,6 +247,10 @@ def test_check_bad_manifest_exits_1_and_drop_bad_writes_clean(capsys, tmp_path):
     assert "13 rows, 4 good, 12 bad" in stdout
     assert sorted(r.id for r in read_manifest(clean)) == ["good", "good6ch", "good8k", "good96k"]
     assert _run(capsys, "data", "check", clean)[0] == 0
+    # a bad line names its place once ("manifest\tm.jsonl:14\tm.jsonl:14: broken JSON ..." said it twice)
+    lines = [l.split("\t") for l in problem_lines if l.startswith("manifest\t")]
+    assert [where for _, where, _ in lines] == [f"{path}:{n}" for n in (14, 15, 16)]
+    assert lines[0][2].startswith("broken JSON (") and all(str(path) not in detail for _, _, detail in lines), lines
 
 
 def test_check_missing_manifest_is_one_line_error(capsys, tmp_path):

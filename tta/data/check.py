@@ -136,7 +136,9 @@ def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, sil
     for message in line_errors:   # "<manifest>:<line>: ...": the path itself may hold ": "
         line = re.match(r"(\d+):", message[len(str(manifest)) + 1:]) if message.startswith(f"{manifest}:") else None
         where = f"{manifest}:{line.group(1)}" if line else message.split(": ", 1)[0]
-        report.problems.append(Problem(where, "manifest", message))
+        # the detail without the place, which `where` holds: `tta data check` printed "m.jsonl:22" twice
+        detail = message[len(where) + 2:] if message.startswith(f"{where}: ") else message
+        report.problems.append(Problem(where, "manifest", detail))
     prints: list = []
     for row in tqdm(rows, desc=f"check {manifest.name}", unit="file", disable=not progress):
         path = resolve_path(row, manifest)
