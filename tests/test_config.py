@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 
 from tta.audio import MelConfig
-from tta.config import ConfigError, apply_overrides, from_dict, load_config, save_config, to_dict
+from tta.config import ConfigError, apply_overrides, counted, from_dict, load_config, save_config, to_dict
 
 
 @dataclass(frozen=True)
@@ -196,3 +196,8 @@ def test_a_foreign_configs_known_fields_are_picked_and_checked():
     with pytest.raises(ConfigError, match=r"config key 'scheduler.num_train_timesteps': expected int, got "
                                           r"string '1000'"):
         from_known_fields(DiffusionConfig, {**foreign, "num_train_timesteps": "1000"}, where="scheduler")
+
+
+def test_counted_gives_the_noun_the_number_of_its_count():
+    assert [counted(n, "bad item") for n in (0, 1, 2)] == ["0 bad items", "1 bad item", "2 bad items"]
+    assert counted(1, "entry", "entries") == "1 entry" and counted(3, "entry", "entries") == "3 entries"

@@ -55,7 +55,14 @@ def test_import_folder_writes_manifest_and_reports_bad_items(capsys, tmp_path, f
     assert {r.source for r in rows} == {"synthetic"} and {r.licence for r in rows} == {"CC0"}
     bad = err.strip().splitlines()
     assert len(bad) == 1 and "c.wav" in bad[0] and "no caption" in bad[0]
-    assert "2 rows" in stdout and "1 bad items" in stdout
+    # a count takes its noun's number ("1 bad items skipped" was said)
+    assert stdout == f"{out}: 2 rows (train 2; 0.00 h), 1 bad item skipped\n"
+    (folder / "b.txt").unlink()
+    code, stdout, _ = _run(capsys, "data", "import", "folder", folder, "--out", out)
+    assert code == 0 and stdout == f"{out}: 1 row (train 1; 0.00 h), 2 bad items skipped\n"
+    code, stdout, _ = _run(capsys, "data", "check", out, "--drop-bad", tmp_path / "clean.jsonl")
+    assert code == 0 and stdout.splitlines() == [f"{out}: 1 row, 1 good, 0 bad",
+                                                 f"{tmp_path / 'clean.jsonl'}: 1 good row written"]
 
 
 def test_import_with_no_good_rows_fails_and_writes_nothing(capsys, tmp_path):
@@ -125,7 +132,7 @@ def test_import_warnings_name_the_option_a_user_typed_not_the_python_field(capsy
     (tmp_path / "one" / f"{name}.txt").write_text("a dog barks")
     _wav(tmp_path / "audio" / "abcdefghijk_30.wav")
     (tmp_path / "val.csv").write_text("audiocap_id,youtube_id,start_time,caption\n1,abcdefghijk,30,A man speaks\n")
-    said = ["--valid-fraction 0.05 put none of 1 rows in 'valid'", "--valid-fraction 0.95 put all 1 rows",
+    said = ["--valid-fraction 0.05 put none of 1 row in 'valid'", "--valid-fraction 0.95 put all 1 row that names no split",
             "so rows that name no split go to 'valid' and --valid-fraction holds none of them out"]
     with caplog.at_level("WARNING", logger="tta.data.importers"):
         for fraction in ("0.05", "0.95"):

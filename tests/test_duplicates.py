@@ -112,7 +112,7 @@ def test_check_near_duplicates_marks_leaks_and_lists_twins(tmp_path, capsys, cli
     assert len(leaks) == 2 and all(line.startswith("leak\tquieter\t") for line in leaks)   # twin of 2 train rows
     assert any(line.split() == ["leak", "1"] for line in out.splitlines())     # one leaked row in the counts
     assert "near-duplicate\tbase\tother_rate: image" in out
-    assert "1 near-duplicate pairs within a split (kept), 1 leaked rows (a held-out row with a twin in" in out
+    assert "1 near-duplicate pair within a split (kept), 1 leaked row (a held-out row with a twin in" in out
     assert [r.id for r in read_manifest(tmp_path / "c.jsonl")] == ["base", "other_rate", "rain_1", "rain_2", "other"]
 
 

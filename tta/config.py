@@ -349,6 +349,13 @@ def shortened(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and its noun in the number it takes, for a count in a message: counted(1, "bad item") is "1 bad item",
+    counted(0, "row") "0 rows" (an import summary said "1 rows ..., 1 bad items skipped"); `plural` where it is not
+    the noun and "s" (counted(2, "entry", "entries"))."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def option_name(key: str, flags: bool, shown: str | None = None, *, flag: str | None = None) -> str:
     """A setting as a message names it: the field (`valid_fraction`; with its value shown,
     `valid_fraction=0.5`) or, with `flags`, the command's option a user typed (`--valid-fraction`,

@@ -214,9 +214,11 @@ def warn_other_audio(jobs: list[Job]) -> None:
     planned = {j.path.name for j in jobs}
     others = sorted(p.name for p in out_dir.iterdir() if is_audio_entry(p) and p.name not in planned)
     if others:
-        log.warning("%s already holds %d audio file%s this run does not write (e.g. %s); generation.json will list "
-                    "only this run's, and `tta eval` scores every file of a folder", out_dir, len(others),
-                    "" if len(others) == 1 else "s", others[0])
+        from tta.config import counted
+
+        log.warning("%s already holds %s this run does not write (e.g. %s); generation.json will list only this "
+                    "run's, and `tta eval` scores every file of a folder", out_dir, counted(len(others), "audio file"),
+                    others[0])
 
 
 def row_fields(row) -> tuple[str | None, str]:

@@ -283,7 +283,9 @@ def _remove_stale_wavs(folder: Path, keep: set[str]) -> None:
     """Remove the wavs of `folder` whose names (without suffix) are not in `keep`."""
     stale = [p for p in folder.glob("*.wav") if p.stem not in keep] if folder.is_dir() else []
     if stale:
-        log.info("%s: removing %d wavs of an earlier prompt selection", folder, len(stale))
+        from tta.config import counted
+
+        log.info("%s: removing %s of an earlier prompt selection", folder, counted(len(stale), "wav"))
         for p in stale:
             p.unlink()
 

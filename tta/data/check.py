@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tta.audio import SILENCE_DB, AudioError, load_audio
-from tta.config import check_number, option_name
+from tta.config import check_number, counted, option_name
 from tta.data.manifest import ManifestRow, read_manifest, resolve_path, write_manifest
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def check_manifest(manifest: str | os.PathLike, *, min_seconds: float = 0.1, sil
                 prints.append(fingerprint(*audio[0]))
     if near_duplicates or against is not None:
         _near_duplicates(report, prints, progress, against)
-    log.info("%s: %d rows, %d bad", manifest, report.num_rows, report.num_bad)
+    log.info("%s: %s, %d bad", manifest, counted(report.num_rows, "row"), report.num_bad)
     return report
 
 
@@ -185,8 +185,8 @@ def _near_duplicates(report: CheckReport, prints: list, progress: bool, against=
             except AudioError:
                 unreadable += 1
         if unreadable or bad_lines:
-            log.warning("%s: %d rows could not be read or decoded and were not compared", against,
-                        unreadable + len(bad_lines))
+            log.warning("%s: %s left out of the comparison (not readable or not decodable)", against,
+                        counted(unreadable + len(bad_lines), "row"))
         for pair in find_near_duplicates(prints, others, progress=progress):
             twin = other_rows[pair.b]
             leaked.add(pair.a)

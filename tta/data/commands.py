@@ -111,10 +111,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     made = audio_dir is not None and not audio_dir.exists()
     result = import_source(args.kind, args.source, root=args.root, captions_csv=args.captions,
                            audio_dir=audio_dir, options=options)
+    from tta.config import counted
+
     for message in result.errors:
         print(f"tta: bad item: {message}", file=sys.stderr)
     if not result.rows:
-        raise ValueError(f"{args.source}: no usable rows ({len(result.errors)} bad items); {args.out} not written")
+        raise ValueError(f"{args.source}: no usable rows ({counted(len(result.errors), 'bad item')}); {args.out} not "
+                         "written")
     try:
         write_manifest(args.out, result.rows)
     except BaseException:   # no manifest names the extracted audio: remove it, so the same command can run again
@@ -125,8 +128,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise
     splits = {s: sum(r.split == s for r in result.rows) for s in ("train", "valid", "test")}
     hours = sum(r.seconds for r in result.rows) / 3600
-    print(f"{args.out}: {len(result.rows)} rows ({', '.join(f'{k} {v}' for k, v in splits.items() if v)}; "
-          f"{hours:.2f} h), {len(result.errors)} bad items skipped")
+    print(f"{args.out}: {counted(len(result.rows), 'row')} ({', '.join(f'{k} {v}' for k, v in splits.items() if v)}; "
+          f"{hours:.2f} h), {counted(len(result.errors), 'bad item')} skipped")
     return 0
 
 
@@ -160,6 +163,7 @@ def _add_check(sub) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from tta.config import counted
     from tta.data.check import check_limits, check_manifest, write_clean
 
     check_limits(args.min_seconds, args.silence_db, seconds_tolerance=0.1, flags=True)   # before any decoding
@@ -186,20 +190,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("reason".ljust(width) + "  count")
         for reason, count in report.counts.items():
             print(f"{reason.ljust(width)}  {count}")
-    print(f"{args.manifest}: {report.num_rows} rows, {len(report.good_rows)} good, {report.num_bad} bad")
+    print(f"{args.manifest}: {counted(report.num_rows, 'row')}, {len(report.good_rows)} good, {report.num_bad} bad")
     if args.near_duplicates:
         leaked = len({p.where for p in report.problems if p.reason == "leak"})
         where = "a held-out row with a twin in another split" + (f", or any row with one in {args.against}"
                                                                   if args.against else "")
-        print(f"{args.manifest}: {len(report.duplicates)} near-duplicate pairs within a split (kept), {leaked} "
-              f"leaked rows ({where})")
+        print(f"{args.manifest}: {counted(len(report.duplicates), 'near-duplicate pair')} within a split (kept), "
+              f"{counted(leaked, 'leaked row')} ({where})")
     if report.num_rows == 0 and report.ok:
         print(f"tta: {args.manifest}: no rows (an empty manifest)", file=sys.stderr)
         return 1
     if args.drop_bad is not None:
         if report.good_rows:
             write_clean(report, args.drop_bad)
-            print(f"{args.drop_bad}: {len(report.good_rows)} good rows written")
+            print(f"{args.drop_bad}: {counted(len(report.good_rows), 'good row')} written")
         else:
             print(f"tta: no good rows; {args.drop_bad} not written", file=sys.stderr)
     return 0 if report.ok else 1

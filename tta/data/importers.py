@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from tta.audio import AudioError, audio_info, is_audio_entry
 from tta.checkpoint import file_sha256
-from tta.config import check_numbers, option_name, shortened
+from tta.config import check_numbers, counted, option_name, shortened
 from tta.data.manifest import SPLITS, ManifestRow, absolute_path
 
 log = logging.getLogger(__name__)
@@ -304,15 +304,16 @@ class Collector:
                                         captions=tuple(e.captions), seconds=round(info.seconds, 6),
                                         sample_rate=info.sample_rate, split=split, source=e.source or opts.source,
                                         licence=e.licence or opts.licence, labels=e.labels, category=e.category))
-        log.info("%s: %d rows, %d bad items", desc, len(out.rows), len(out.errors))
+        log.info("%s: %s, %s", desc, counted(len(out.rows), "row"), counted(len(out.errors), "bad item"))
         if opts.valid_fraction > 0 and hashed["train"] and not hashed["valid"]:
-            log.warning("%s: %s %g put none of %d rows in 'valid' (a hash of each id decides, so a small set can "
+            log.warning("%s: %s %g put none of %s in 'valid' (a hash of each id decides, so a small set can "
                         "get none): raise it, or name a split per row", desc,
-                        option_name("valid_fraction", opts.flags), opts.valid_fraction, hashed["train"])
+                        option_name("valid_fraction", opts.flags), opts.valid_fraction, counted(hashed["train"], "row"))
         if hashed["valid"] and not hashed["train"]:
-            log.warning("%s: %s %g put all %d rows that name no split in 'valid' and none in 'train' (a hash of "
-                        "each id decides, so a small set can get none): lower it, or name a split per row", desc,
-                        option_name("valid_fraction", opts.flags), opts.valid_fraction, hashed["valid"])
+            log.warning("%s: %s %g put all %s that %s no split in 'valid' and none in 'train' (a hash of each id "
+                        "decides, so a small set can get none): lower it, or name a split per row", desc,
+                        option_name("valid_fraction", opts.flags), opts.valid_fraction, counted(hashed["valid"], "row"),
+                        "names" if hashed["valid"] == 1 else "name")
         return out
 
 

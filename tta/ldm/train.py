@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from tta.audio import log_mel
 from tta.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_path, check_output_path, load_component,
                             load_torch_file, loads_draw, read_json, save_train_state)
-from tta.config import to_dict
+from tta.config import counted, to_dict
 from tta.data.manifest import DataConfig
 from tta.ldm.model import LDMConfig, LDMUNet, identity_new_blocks
 from tta.ldm.retrieval_context import RetrievalConfig
@@ -504,10 +504,10 @@ def precompute(config: RunConfig, dataset, frozen: Frozen, cache_dir: Path, prog
     if others and not config.cache_dir:   # the run's own cache: its earlier encodings will not be read again
         for f in others:
             f.unlink(missing_ok=True)
-        log.info("%s: removed %d latent caches of earlier settings", cache_dir, len(others))
+        log.info("%s: removed %s of earlier settings", cache_dir, counted(len(others), "latent cache"))
     elif others:   # a shared cache_dir: other runs may still read them
-        log.info("%s also holds %d other latent caches (%.0f MB); delete those no run needs to free the space",
-                 cache_dir, len(others), sum(f.stat().st_size for f in others) / 1e6)
+        log.info("%s also holds %s (%.0f MB); delete those no run needs to free the space",
+                 cache_dir, counted(len(others), "other latent cache"), sum(f.stat().st_size for f in others) / 1e6)
     return CachedLatents(tensors, crop)
 
 

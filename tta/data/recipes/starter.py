@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tta.audio import AudioError, load_audio, save_audio
-from tta.config import check_numbers
+from tta.config import check_numbers, counted
 from tta.data.manifest import ManifestRow, write_manifest
 from tta.data.recipes import music, packages, rules, speech
 from tta.data.recipes.clips import (
@@ -159,7 +159,7 @@ def sfx_candidates(options: StarterOptions, cache: Path, out: Path, result: Buil
                 max_segments=MAX_SEGMENTS[rule.role], labels=(rule.label,)))
         result.counts[f"files_seen:{source.package}"] = len(files)
         result.counts[f"files_matched:{source.package}"] = matched
-        log.info("%s: %d audio files, %d matched a caption rule", source.package, len(files), matched)
+        log.info("%s: %s, %d matched a caption rule", source.package, counted(len(files), "audio file"), matched)
     if options.version >= 2:
         candidates = keep_rare_in_train(candidates)
     return candidates
@@ -400,7 +400,7 @@ def _drop_held_out_twins(kept: list[tuple[ManifestRow, str]], result: BuildResul
     leaked = {held_out_member(pair, splits) for pair in find_near_duplicates(prints, progress=progress)} - {None}
     result.counts["dropped_held_out_twin"] = len(leaked)
     if leaked:
-        log.info("dropped %d held-out clips that nearly duplicate a training clip", len(leaked))
+        log.info("dropped %s nearly duplicating a training clip", counted(len(leaked), "held-out clip"))
     return [item for i, item in enumerate(kept) if i not in leaked]
 
 
