@@ -48,6 +48,23 @@ def test_compact_copy_is_smaller_loads_and_generates_close_to_the_original(tmp_p
     assert np.abs(wa - wb).max() < 0.05 * max(np.abs(wa).max(), 1e-3)
 
 
+def test_the_default_flags_help_lists_every_key_it_takes(tmp_path, capsys):
+    """--help listed the --default keys written out beside PipelineDefaults, and left `eta` out although it is
+    taken; the list is now read from the fields, when the help is shown."""
+    from dataclasses import fields
+
+    from tta.pipeline import PipelineDefaults
+
+    with pytest.raises(SystemExit):
+        main(["export", "pipeline", "--help"])
+    keys = [f.name for f in fields(PipelineDefaults)]
+    assert f"({', '.join(keys)}); repeatable" in " ".join(capsys.readouterr().out.split())
+    assert "eta" in keys
+    assert main(["-q", "export", "pipeline", str(tiny_pipeline()), "--out", str(tmp_path / "p"), "--default",
+                 "eta=0.5"]) == 0
+    assert json.loads((tmp_path / "p" / "pipeline.json").read_text())["defaults"]["eta"] == 0.5
+
+
 @pytest.mark.parametrize("args, needle", [(["--default", "nope=1"], "nope"),
                                           (["--default", "sampler=wat"], "wat"),
                                           (["--default", "steps"], "KEY=VALUE"),
