@@ -460,9 +460,6 @@ PCM_ROUNDING = "nearest"
 # the files save_audio writes, by suffix: libsndfile's format for each (the one list of `tta generate`'s -o FILE
 # suffixes and --format names)
 SAVE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
-# those whose bytes are an encoder's, the libFLAC or libvorbis built into libsndfile (a FLAC names its libFLAC's
-# version): another libsndfile writes other bytes for the same samples, where a WAV holds the samples themselves
-ENCODED_FORMATS = ("FLAC", "OGG")
 
 
 def save_format_names(dot: str = ".") -> str:
@@ -484,8 +481,8 @@ def save_audio(path: str | os.PathLike, wav, sample_rate: int, subtype: str = "P
     The format follows the suffix (SAVE_FORMATS: wav, flac, ogg); samples are clipped to [-1, 1] and, for an
     integer subtype (PCM_16 by default), rounded to the nearest step (PCM_BITS). An .ogg file holds Vorbis, or
     Opus with subtype "OPUS" (at 8, 12, 16, 24 or 48 kHz; a subtype in any case), under a stream serial number
-    drawn from its content (fixed_ogg_serial): the same audio gives the same bytes (a FLAC or Ogg file, with the
-    same libsndfile: ENCODED_FORMATS).
+    drawn from its content (fixed_ogg_serial): the same audio gives the same bytes (a FLAC's or Ogg's with the
+    same libsndfile, as they are its encoders': libFLAC's, libvorbis's).
     """
     from tta.checkpoint import atomic_path, atomic_write_bytes
 

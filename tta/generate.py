@@ -1094,7 +1094,7 @@ def record_header(args, folder: Path, pipe, device: str, edit, store=None) -> di
     d = pipe.defaults
     return {
         "tta_version": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        # a FLAC's or Ogg's bytes are its build's encoder's: --resume names a change of it (kept_outputs)
+        # a FLAC's or Ogg's bytes are its encoders' (the same command writes the same bytes under the same one)
         "libsndfile": soundfile.__libsndfile_version__,
         "python": platform.python_version(), "command": sys.argv,
         "model": str(Path(folder).resolve()), "model_files_sha256": dict(component_hashes(Path(folder).resolve())),

@@ -204,12 +204,10 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int) -> dict[int, di
     (tta.generate.rank_written: every tta that records pcm_rounding does). Such a record is of a tta whose
     batches wrote only WAVs, so none of its outputs is kept (records of a tta before --resume, which named no
     sha256, among them). The rest are named in a warning and generated again. Any format's file (--format) is
-    kept by its sha256: save_audio writes the same bytes for the same samples (Ogg's serial number included), a
-    FLAC or Ogg file with the same libsndfile (its encoders'): where the record names another libsndfile than this
-    run's, the warning of files that changed says so instead of blaming their owner."""
-    import soundfile
-
-    from tta.audio import ENCODED_FORMATS, PCM_ROUNDING, SAVE_FORMATS
+    kept by its sha256: save_audio writes the same bytes for the same samples (Ogg's serial number included), with
+    the same libsndfile for a FLAC or Ogg (its encoders'); the sha256 is of the very file the earlier run wrote,
+    so another libsndfile since changes none of the files kept, only those this run writes anew."""
+    from tta.audio import PCM_ROUNDING
     from tta.checkpoint import file_sha256
 
     rows = {job.path.name: i for i, job in enumerate(jobs)}
@@ -233,14 +231,7 @@ def kept_outputs(record: dict, jobs: list[Job], batch_size: int) -> dict[int, di
         log.warning("%s: %d output%s the earlier record lists %s missing (e.g. %s): generating %s again", folder,
                     len(missing), "" if len(missing) == 1 else "s", "is" if len(missing) == 1 else "are", missing[0],
                     "it" if len(missing) == 1 else "them")
-    then, now = record.get("libsndfile"), soundfile.__libsndfile_version__
-    encoded = SAVE_FORMATS.get(jobs[0].path.suffix.lower()) in ENCODED_FORMATS   # a batch is of one format
-    if changed and encoded and isinstance(then, str) and then != now:
-        log.warning("%s: the audio library changed from libsndfile %s (the earlier run's) to %s, so %d %s file%s the "
-                    "earlier record lists %s written anew (e.g. %s): its encoder writes other bytes for the same "
-                    "samples", folder, then, now, len(changed), SAVE_FORMATS[jobs[0].path.suffix.lower()],
-                    "" if len(changed) == 1 else "s", "is" if len(changed) == 1 else "are", changed[0])
-    elif changed:
+    if changed:
         log.warning("%s: %d output%s the earlier record lists no longer hold%s what it says (e.g. %s; replaced or "
                     "changed since): generating %s again", folder, len(changed), "" if len(changed) == 1 else "s",
                     "s" if len(changed) == 1 else "", changed[0], "it" if len(changed) == 1 else "them")
