@@ -34,7 +34,7 @@ import numpy as np
 
 from eval.outputs import ITEMS_NAME, ResultError, read_result
 from tta import UsageError
-from tta.clap.interval import ci95_words, clap_draws, clap_half_width
+from tta.clap.interval import ci95_words, clap_draws, clap_groups, clap_half_width, paired_clap_difference
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +227,10 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[se
     standard error its 95% interval's half-width / 1.96 (FAD∞: protocol.fad.fad_inf.fad_inf_ci95; CLAP score:
     `clap_ci95`); not whether the intervals overlap, which two of equal width do up to 2.77 standard errors of
     the difference, runs separable at 95% among them. For the CLAP score of two runs that scored the same items
-    (`_paired_differences`), a paired difference whose 95% interval (Student's t with n - 1 degrees of freedom,
-    `t95`) holds 0. A row where a ranked run has no interval (a result from before FAD∞ recorded one, a CLAP
-    score without its items.csv from before eval.json recorded its interval) marks the best value alone, as the
-    other metrics' rows do (plain FAD, FD, KL, IS have no interval): rule "best"."""
+    (`_paired_difference`), a paired difference of the scores whose 95% interval (Student's t with n - 1
+    degrees of freedom, `t95`) holds 0. A row where a ranked run has no interval (a result from before FAD∞
+    recorded one, a CLAP score without its items.csv from before eval.json recorded its interval) marks the best
+    value alone, as the other metrics' rows do (plain FAD, FD, KL, IS have no interval): rule "best"."""
     ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
     tops = {i for i in ranked if values[i] == best}
     if metric == "fad_inf":
@@ -245,10 +245,10 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[se
     rules: set[str] = set()
 
     def apart(i: int, j: int) -> bool:
-        if metric == "clap_score" and (diffs := _paired_differences(runs[i], runs[j])) is not None:
+        if metric == "clap_score" and (paired := _paired_difference(runs[i], runs[j])) is not None:
             rules.add("clap_paired")
-            return abs(float(np.mean(diffs))) > t95(len(diffs) - 1) * float(np.std(diffs, ddof=1)) \
-                / np.sqrt(len(diffs))
+            difference, se, pairs = paired
+            return abs(difference) > t95(pairs - 1) * se
         rules.add(f"{metric}_intervals")
         return abs(values[i] - values[j]) > 1.96 * float(np.hypot(halves[i] / 1.96, halves[j] / 1.96))
 
@@ -412,15 +412,17 @@ def clap_ci95(run: Run) -> tuple[float | None, int | None, int | None, bool]:
     return half, draws, files if isinstance(files, int) else None, takes
 
 
-def _paired_differences(a: Run, b: Run) -> np.ndarray | None:
-    """a's CLAP score minus b's per item where both runs scored the same items, else None: paired by file name
-    (or a `--takes` run's row) and prompt when both runs' draws (`clap_draws`) match so, else by prompt text
-    where each run scored each text once and they scored the same texts. Fewer than 2 pairs: None."""
-    draws_a, draws_b = clap_draws(a.rows)[0], clap_draws(b.rows)[0]
+def _paired_difference(a: Run, b: Run) -> tuple[float, float, int] | None:
+    """a's CLAP score minus b's, its standard error and the pairs, where both runs scored the same items
+    (`paired_clap_difference`: each run's score weighs a draw by its files, as the row's values do), else None:
+    paired by file name (or a `--takes` run's row) and prompt when both runs' draws (`clap_draws`) match so,
+    else by prompt text where each run scored each text once and they scored the same texts. Fewer than 2
+    pairs: None."""
+    draws_a, draws_b = clap_groups(a.rows)[0], clap_groups(b.rows)[0]
     for key in (lambda d: (d[0], d[1]), lambda d: d[1]):
         by_a, by_b = {key(d): d[2] for d in draws_a}, {key(d): d[2] for d in draws_b}
         if len(by_a) == len(draws_a) >= 2 and len(by_b) == len(draws_b) and by_a.keys() == by_b.keys():
-            return np.array([by_a[k] - by_b[k] for k in by_a])
+            return (*paired_clap_difference([(by_a[k], by_b[k]) for k in by_a]), len(by_a))
     return None
 
 

@@ -392,6 +392,46 @@ def test_a_paired_clap_difference_over_few_prompts_takes_students_t():
     assert many.count("**") == 2 and "| **0.48** (" in many, many
 
 
+def _takes_run(label, prompts):
+    """A --takes run whose prompt i holds the takes scored `prompts[i]` (items.csv rows with take and row); its
+    CLAP score is the mean over its files."""
+    items = [{"name": f"p{row}_{t}", "prompt": f"prompt {row}", "clap_score": repr(v),
+              "file": f"/nowhere/p{row}_{t}.wav", "take": str(t), "row": str(row)}
+             for row, takes in enumerate(prompts) for t, v in enumerate(takes, 1)]
+    run = _run(label, 1.0 + len(label), "mfcc@v1", "ref1", clap=float(np.mean([v for t in prompts for v in t])),
+               prompts="same", items=items)
+    run.body["protocol"]["clap"]["prompt_set_sha256"] = "set"
+    return run
+
+
+def test_a_paired_clap_difference_of_runs_of_unequal_takes_is_about_their_scores():
+    """The row ranks the scores, each the mean over its run's files, which weighs a prompt by its takes; the
+    paired rule took the mean of the prompts' unweighted differences. Here a's prompts each score 0.02 over b's,
+    but a holds four takes of its weakest: b's score is the higher, and a was marked as separable from b, below
+    it, by a difference of +0.021 the other way. The paired difference is the scores' now (-0.063, the prompts
+    as clusters, as the interval's): not separable, both marked. And where a's extra takes are of prompts it
+    scores higher, its score's lead (+0.037) was not separated by the unweighted differences (+0.01 ± 0.046)
+    and is now. With equal takes the rule is the paired t test's, as before."""
+    from eval.report import render_markdown
+    from tta.clap.interval import paired_clap_difference
+
+    def row(a, b):
+        runs = [_takes_run("a", a), _takes_run("b", b)]
+        return next(line for line in render_markdown(runs).splitlines() if line.startswith("| CLAP score"))
+
+    base = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    a = [[v + 0.02 + 0.002 * (i % 2)] for i, v in enumerate(base)]
+    a[0] = [base[0] + 0.02] * 4
+    marked = row(a, [[v] for v in base])
+    assert marked.count("**") == 4 and "| **0.2873** (" in marked and "| **0.35** (" in marked, marked
+    a = [[0.35] * 5] * 3 + [[0.27 + d] for d in (0.0, 0.01, -0.01)]
+    apart = row(a, [[0.3 + d] for d in (0.0, 0.005, -0.005, 0.0, 0.005, -0.005)])
+    assert apart.count("**") == 2 and "| **0.3367** (" in apart, apart
+    d = [0.03, 0.01, 0.02, 0.05]
+    assert np.allclose(paired_clap_difference([([v + x] * 2, [v]) for v, x in zip(base, d)]),
+                       (np.mean(d), np.std(d, ddof=1) / np.sqrt(4)))
+
+
 def test_a_fad_inf_interval_of_a_hundred_or_more_is_written_as_the_value_is():
     """The half-width was formatted .2g: ±120 printed as ±1.2e+02 beside a FAD∞ of 1500."""
     from eval.report import render_markdown

@@ -5,7 +5,9 @@ between two runs smaller than the interval's half-width says little. The clips a
 `tta generate --takes N` run, where a prompt's N takes are not N independent draws (counted as files they
 narrow the interval by about sqrt(N)): there each prompt is one draw, its takes' mean, weighed by its takes
 where prompts hold different numbers of them, so that the interval stays about the score, the mean over the
-files (`clap_half_width`). Light to import (numpy only): `tta report` uses it without torch.
+files (`clap_half_width`); the same weights hold in the paired difference of two runs' scores over the same
+draws that `tta report` ranks by (`paired_clap_difference`). Light to import (numpy only): `tta report` uses
+it without torch.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ def clap_draws(rows: list[dict]) -> tuple[list[tuple[tuple, str, float]], int, b
     `--takes` run, "take" and "row" (its row of the run). A file is one draw, keyed ("file", its name); a `--takes`
     run's prompt is one, its takes' mean, keyed ("row", its row of the run), or ("prompt", its text) in older items
     without the row."""
-    groups, scored, takes = _grouped(rows)
+    groups, scored, takes = clap_groups(rows)
     return [(k, text, float(np.mean(v))) for k, text, v in groups], scored, takes
 
 
-def _grouped(rows: list[dict]) -> tuple[list[tuple[tuple, str, list[float]]], int, bool]:
+def clap_groups(rows: list[dict]) -> tuple[list[tuple[tuple, str, list[float]]], int, bool]:
     """The scored rows as draws (`clap_draws`): ([(key, prompt, its files' scores)], files scored, whether it
     is a `--takes` run)."""
     scored = [r for r in rows if r.get("clap_score") not in (None, "")]
@@ -52,15 +54,37 @@ def clap_half_width(rows: list[dict]) -> float | None:
     clusters): sqrt(k / (k - 1) * sum(n_i^2 (m_i - m)^2)) / N for k prompts of n_i takes of mean m_i, m the
     score and N the files. With equal takes it is the one above; either way [score - x, score + x] is about the
     score it is printed beside."""
-    groups = [scores for _, _, scores in _grouped(rows)[0]]
+    groups = [scores for _, _, scores in clap_groups(rows)[0]]
     if len(groups) < 2:
         return None
+    deviations, files = _deviations(groups)
+    k = len(groups)
+    se = float(np.sqrt(k / (k - 1) * np.sum(deviations ** 2)) / files)
+    return 1.96 * se
+
+
+def paired_clap_difference(pairs: list[tuple[list[float], list[float]]]) -> tuple[float, float]:
+    """Two runs' CLAP scores over the same k >= 2 draws (`clap_draws`), `pairs[i]` draw i's files' scores in
+    run a and in run b -> (a's score minus b's, its standard error), the scores being the means over the files.
+
+    Each score weighs a draw by its files in its run (`clap_half_width`), so the difference is that of two
+    ratio estimators over the same clusters: its standard error is sqrt(k / (k - 1) * sum(z_i^2)), z_i the
+    difference of n_i (m_i - m) / N between the runs. Where each run's draws hold equal numbers of files (one
+    file a draw, or equal takes) that is sd / sqrt(k) of the draws' differences, the paired t test's; with
+    unequal takes that test was about the prompts' unweighted means, not about the scores."""
+    (deviations_a, files_a), (deviations_b, files_b) = (_deviations([p[run] for p in pairs]) for run in (0, 1))
+    z = deviations_a / files_a - deviations_b / files_b
+    k = len(pairs)
+    difference = np.mean(np.concatenate([a for a, _ in pairs])) - np.mean(np.concatenate([b for _, b in pairs]))
+    return float(difference), float(np.sqrt(k / (k - 1) * np.sum(z ** 2)))
+
+
+def _deviations(groups: list[list[float]]) -> tuple[np.ndarray, float]:
+    """(n_i (m_i - m) of each draw of n_i files of mean m_i, m the mean over the files; N, the files)."""
     sizes = np.array([len(g) for g in groups], dtype=np.float64)
     means = np.array([np.mean(g) for g in groups])
     score = float(np.sum(sizes * means) / np.sum(sizes))   # the mean over the files
-    k = len(groups)
-    se = float(np.sqrt(k / (k - 1) * np.sum((sizes * (means - score)) ** 2)) / np.sum(sizes))
-    return 1.96 * se
+    return sizes * (means - score), float(np.sum(sizes))
 
 
 def clap_interval(score: float, rows: list[dict]) -> dict:
