@@ -499,7 +499,7 @@ def test_tta_eval_prints_the_intervals_as_the_report_writes_them(report, tmp_pat
 
 def test_the_clap_score_interval_of_a_takes_run_is_over_its_prompts():
     """items.csv is one row per file: a --takes 2 run's 3 prompts gave 'n 6' and an interval as if its 6 files
-    were 6 independent draws. It is over the 3 prompts' means now (no take: one file per prompt, as before)."""
+    were 6 independent draws. It counts the 3 prompts as the draws now (no take: one file per prompt, as before)."""
     from eval.report import render_markdown, sample_note
 
     scores = {"a": (0.1, 0.3), "b": (0.4, 0.4), "c": (0.5, 0.7)}
@@ -511,7 +511,7 @@ def test_the_clap_score_interval_of_a_takes_run_is_over_its_prompts():
     run = _run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items(True))
     half = 1.96 * np.std([0.2, 0.4, 0.6], ddof=1) / np.sqrt(3)
     note = sample_note(run, "clap_score")
-    assert note == f"n 3 prompts, 6 takes, 95% CI ±{half:.2g} over the prompts' means", note
+    assert note == f"n 3 prompts, 6 takes, 95% CI ±{half:.2g} with the prompts as the draws", note
     assert "n 3 prompts, 6 takes" in render_markdown([run])
     files = 1.96 * np.std([v for vs in scores.values() for v in vs], ddof=1) / np.sqrt(6)
     assert sample_note(_run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items(False)), "clap_score") == \
@@ -715,7 +715,7 @@ def test_a_result_without_its_items_csv_ranks_and_shows_its_clap_score_by_the_re
 
     assert sample_note(run("a", 0.4, 0.05), "clap_score") == "n 6, 95% CI ±0.05"
     assert sample_note(run("a", 0.4, 0.05, "prompts", 3), "clap_score") == \
-        "n 3 prompts, 6 takes, 95% CI ±0.05 over the prompts' means"
+        "n 3 prompts, 6 takes, 95% CI ±0.05 with the prompts as the draws"
     old = run("a", 0.4, 0.05)
     for key in ("clap_score_ci95", "clap_score_ci95_draws", "clap_score_ci95_unit"):   # from before it was recorded
         del old.body["protocol"]["clap"][key]
@@ -857,7 +857,7 @@ def test_the_takes_of_two_rows_of_one_prompt_text_are_two_prompts_in_the_interva
               "take": str(t), "row": str(row)} for p, row, vs in rows for t, v in enumerate(vs, 1)]
     half = 1.96 * np.std([0.2, 0.6, 0.4], ddof=1) / np.sqrt(3)
     note = sample_note(_run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items), "clap_score")
-    assert note == f"n 3 prompts, 6 takes, 95% CI ±{half:.2g} over the prompts' means", note
+    assert note == f"n 3 prompts, 6 takes, 95% CI ±{half:.2g} with the prompts as the draws", note
 
 
 def test_the_players_audio_is_on_the_nearest_16_bit_step(tmp_path):

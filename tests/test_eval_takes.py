@@ -217,7 +217,7 @@ def test_a_takes_run_stopped_after_its_first_take_is_one_in_eval_and_clap_score(
 def test_a_takes_runs_clap_score_compares_with_a_run_of_one_take_of_the_same_prompts(tmp_path, capsys):
     """eval.json's prompt set counted each take's prompt, so tta report called a --takes 2 run and a run of one
     take of the same prompts file "not comparable: different prompts"; a row's takes now count it once. tta eval
-    prints a --takes run's CLAP interval over the prompts' means, as tta report computes and writes it."""
+    prints a --takes run's CLAP interval with the prompts as the draws, as tta report computes and writes it."""
     from tta.clap.interval import clap_half_width
     from eval.report import load_runs, sample_note
 
@@ -233,7 +233,7 @@ def test_a_takes_runs_clap_score_compares_with_a_run_of_one_take_of_the_same_pro
         sets.append(clap_proto["prompt_set_sha256"])
         run = load_runs([tmp_path / f"e-{name}"])[0]
         half = clap_half_width(run.rows)
-        over = " over the prompts' means" if takes > 1 else ""
+        over = " with the prompts as the draws" if takes > 1 else ""
         assert sample_note(run, "clap_score").endswith(f"95% CI ±{half:.2g}{over}")
         assert printed[1].startswith("clap_score\t") and printed[1].endswith(f"\t95% CI ±{half:.2g}{over}"), printed
         assert clap_proto["clap_score_ci95_draws"] == 2   # the prompts, not the files
@@ -295,7 +295,7 @@ def test_the_clap_interval_of_a_run_of_unequal_takes_is_about_its_score(tmp_path
     low, high = clap_proto["clap_score_ci95"]
     assert (low + high) / 2 == pytest.approx(score, abs=1e-12)
     assert (high - low) / 2 == pytest.approx(half, abs=1e-12)
-    words = f"95% CI ±{half:.2g} over the prompts' means"
+    words = f"95% CI ±{half:.2g} with the prompts as the draws"
     assert printed[1] == f"clap_score\t{score:.6g}\t{words}", printed
     assert sample_note(load_runs([tmp_path / "e"])[0], "clap_score") == f"n 3 prompts, 6 takes, {words}"
     assert main(["-q", "clap", "score", "--clap", clap(), "--audio", str(gen), "--prompts", str(prompts),

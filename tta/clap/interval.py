@@ -99,5 +99,6 @@ def clap_interval(score: float, rows: list[dict]) -> dict:
 
 def ci95_words(half: float, *, over_prompts: bool) -> str:
     """The interval as the commands print it: "95% CI ±x" (x to 2 significant digits), and of a `--takes` run
-    " over the prompts' means"."""
-    return f"95% CI ±{half:.2g}" + (" over the prompts' means" if over_prompts else "")
+    " with the prompts as the draws": it is about the score, the mean over the files, beside which it is
+    printed, its standard error counting each prompt as one draw (`clap_half_width`), not each file."""
+    return f"95% CI ±{half:.2g}" + (" with the prompts as the draws" if over_prompts else "")
