@@ -381,19 +381,20 @@ def same_output_fit(paths: list, runs: list[dict]) -> str | None:
 
 
 def same_judges(paths: list, runs: list[dict]) -> dict | None:
-    """The judge (a run's settings) every run shares (None without runs); a run judged against other
-    reference clips, by another embedder or vote (`judge_differences`), or a merge that pooled such runs, is
-    refused: its hits are not the same measure."""
+    """The judge (a run's settings) every run shares (None without runs); a run judged otherwise (any part
+    of `judge_identity`: reference clips, embedder, vote, labels, trim, distractors, prompts, manifest), or a
+    merge that pooled such runs, is refused, naming what differs (`judge_differences`): its hits are not the
+    same measure."""
     first = run_settings(runs[0])[0] if runs else None
     for path, run in zip(paths, runs):
         for settings in run_settings(run):
-            differs = judge_differences(settings, first)
-            if differs and path == paths[0]:   # what differs, whichever it is (references, embedder, k, labels)
+            differs = judge_differences(settings, first)   # what differs, whichever it is (judge_identity)
+            if differs and path == paths[0]:
                 raise SystemExit(f"{path}: pools runs of different judges (one judged with {'; '.join(differs)} "
                                  "as its first run); merge runs of the same judge")
             if differs:
                 raise SystemExit(f"{path}: judged with {'; '.join(differs)} as {paths[0]}; merge runs of the "
-                                 "same judge (references, embedder, k)")
+                                 "same judge")
     return first
 
 

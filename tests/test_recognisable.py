@@ -549,7 +549,7 @@ def test_merge_refuses_runs_judged_against_other_references_or_by_another_judge(
                              ({"manifest": "other/manifest.jsonl"}, "manifest 'other/manifest.jsonl', not")):
         other.write_text(json.dumps(run(2, ["dog", "dog"], **differs)))
         with pytest.raises(SystemExit, match=rf"other.json: judged with {message}.* as .*first.json; merge runs "
-                                             "of the same judge"):
+                                             "of the same judge$"):   # it added "(references, embedder, k)" whatever differed
             bench.main(merge)
         assert not (tmp_path / "m" / "summary.json").exists()
         other.write_text(json.dumps(run(2, ["dog", "dog"], model="cand", fingerprint="cc", **differs)))
