@@ -121,6 +121,18 @@ def test_the_formats_tta_generate_takes_are_save_audios(tmp_path, capsys, monkey
     assert all(suffix[1:] in help_text for suffix in tta.audio.SAVE_FORMATS)   # the help describes each
 
 
+def test_one_predicate_says_which_format_names_save_audio_writes(monkeypatch):
+    """--format's check (tta.cli) and --resume's reading of a record's settings.format (tta.generate_resume)
+    each tested f".{name}" in SAVE_FORMATS: one predicate beside the list now, which follows it."""
+    import tta.audio
+    from tta.audio import is_save_format
+
+    assert [is_save_format(x) for x in ("wav", "flac", "ogg")] == [True] * 3
+    assert not any(is_save_format(x) for x in (".flac", "FLAC", "mp3", "", None, 3, ["flac"]))
+    monkeypatch.setattr(tta.audio, "SAVE_FORMATS", {**tta.audio.SAVE_FORMATS, ".w64": "W64"})
+    assert is_save_format("w64")
+
+
 def test_a_refused_run_prints_its_error_alone_not_the_suffix_warning_first(tmp_path, capsys, caplog):
     """The warning of rows whose file field ends in another suffix than the batch's format came while the jobs
     were planned, before the refusals that follow (here --resume of a wav batch with --format flac): a refused
@@ -172,7 +184,7 @@ def test_the_help_and_the_readme_say_format_is_any_batchs_not_wav_only_or_out_di
 
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "generate turn prompts into audio files (wav, or flac or ogg with --format)" in \
+    assert "generate turn prompts into audio files (wav, flac or ogg: -o FILE's suffix or --format)" in \
         " ".join(capsys.readouterr().out.split())
     with pytest.raises(SystemExit):
         main(["generate", "--help"])

@@ -462,6 +462,12 @@ PCM_ROUNDING = "nearest"
 SAVE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 
 
+def is_save_format(name) -> bool:
+    """Whether `name` names a format save_audio writes (SAVE_FORMATS, by suffix) as `tta generate --format` and a
+    generation.json's settings.format write it: "flac" is one, ".flac", "FLAC" and a non-string none."""
+    return isinstance(name, str) and f".{name}" in SAVE_FORMATS
+
+
 def save_format_names(dot: str = ".") -> str:
     """SAVE_FORMATS for a message: ".wav, .flac or .ogg" (`dot=""`: "wav, flac or ogg")."""
     names = [dot + suffix[1:] for suffix in SAVE_FORMATS]

@@ -186,15 +186,15 @@ class _Once(argparse.Action):
 def save_format(value: str) -> str:
     """--format: a format save_audio writes (tta.audio.SAVE_FORMATS), checked when the flag is parsed: tta.audio
     (numpy) is not imported to build the parser, so `tta --help` stays light."""
-    from tta.audio import SAVE_FORMATS, save_format_names
+    from tta.audio import is_save_format, save_format_names
 
-    if f".{value}" not in SAVE_FORMATS:
+    if not is_save_format(value):
         raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {save_format_names('')})")
     return value
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="turn prompts into audio files (wav, or flac or ogg with --format)",
+    p = sub.add_parser("generate", help="turn prompts into audio files (wav, flac or ogg: -o FILE's suffix or --format)",
                        description="Generate audio from text prompts with a tta pipeline folder "
                                    "(default: the embedded model). Writes a generation.json beside the outputs "
                                    "(with -o x.wav: x.generation.json).")

@@ -3,15 +3,16 @@
 Every argument, the output paths, the model folder and any edit input are checked before the model is
 loaded, so a typo costs nothing. Outputs are written atomically as they are finished.
 
-Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.json` beside it;
-otherwise each prompt goes to `<out-dir>/<name>.<format>` (the base name of a prompts file row's file field
-without its audio suffix, else its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`; --format:
-one of tta.audio.SAVE_FORMATS, wav, flac or ogg, recorded in the record's settings, which a --resume continues in) and the record to
-`<out-dir>/generation.json`. `--takes N` is the run with each prompt written N times in a row (row r takes seed
-SEED + r): a row named by its file or id names its takes `<name>_1` .. `<name>_N`, an unnamed one `NNN_<slug>`
-by row as repeated rows are. `--resume` keeps the outputs an earlier run of the same batch wrote into the
-out-dir (its record lists them with their sha256) and generates the rest (tta.generate_resume). `--edit KIND`
-edits each --prompts row's own input audio, its `input` field (tta.generate_edits).
+Output naming: `-o FILE` (one prompt) writes FILE and `<FILE stem>.generation.json` beside it; otherwise each
+prompt goes to `<out-dir>/<name>.<format>` (the base name of a prompts file row's file field without its audio
+suffix, else its id as `tta.data.prompts.id_file_name` writes it, else `NNN_<slug>`; --format: one of
+tta.audio.SAVE_FORMATS, wav, flac or ogg, recorded in the record's settings, which a --resume continues in)
+and the record to `<out-dir>/generation.json`. `--takes N` is the run with each prompt written N times in a
+row (row r takes seed SEED + r): a row named by its file or id names its takes `<name>_1` .. `<name>_N`, an
+unnamed one `NNN_<slug>` by row as repeated rows are. `--resume` keeps the outputs an earlier run of the same
+batch wrote into the out-dir (its record lists them with their sha256) and generates the rest
+(tta.generate_resume). `--edit KIND` edits each --prompts row's own input audio, its `input` field
+(tta.generate_edits).
 """
 
 from __future__ import annotations

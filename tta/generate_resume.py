@@ -37,7 +37,7 @@ def read_earlier_run(args: argparse.Namespace, jobs: list[Job], folder: Path, sp
     its files' sha256; `spec`: the model folder's pipeline.json), --seed and the rows it wrote checked against
     this run's (with --edit, `row_edits`: tta.generate_edits.RowEdits, each row's input by its sha256 too); None when
     there is none (a plain run). A GenerateError names the first difference."""
-    from tta.audio import save_format_names
+    from tta.audio import is_save_format, save_format_names
     from tta.config import shortened
 
     path = record_path_of(jobs[0].path.parent, single=False)
@@ -115,18 +115,13 @@ def recorded_format(path: Path) -> str | None:
     """The format of the outputs the batch record at `path` lists (settings.format; a record without it is of a
     tta whose batches wrote wav), None where there is none or it says none of save_audio's formats
     (read_earlier_run names what is wrong with it)."""
+    from tta.audio import is_save_format
+
     try:
         fmt = json.loads(path.read_text(encoding="utf-8"))["settings"].get("format", "wav")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return fmt if is_save_format(fmt) else None
-
-
-def is_save_format(fmt) -> bool:
-    """Whether a record's settings.format names a format save_audio writes (tta.audio.SAVE_FORMATS, by suffix)."""
-    from tta.audio import SAVE_FORMATS
-
-    return isinstance(fmt, str) and f".{fmt}" in SAVE_FORMATS   # as --format names it: "FLAC" is none
 
 
 def takes_advice(then, now, prompts: int) -> str:
