@@ -97,6 +97,22 @@ def test_import_tta_and_cli_do_not_import_torch():
     assert out.stdout.strip() == "[]"
 
 
+def test_reading_every_help_imports_no_torch():
+    """Python 3.14's argparse reads each option's help as the option is added, and every `tta` command builds
+    every sub-command's parser: `tta export pipeline --default`'s help read PipelineDefaults' fields from
+    tta.pipeline when read, so every command would have imported torch there."""
+    code = ("import argparse, sys, tta.cli\n"
+            "def walk(p):\n"
+            "    for a in p._actions:\n"
+            "        str(a.help)\n"
+            "        if isinstance(a, argparse._SubParsersAction):\n"
+            "            for s in a.choices.values(): walk(s)\n"
+            "walk(tta.cli.build_parser())\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'librosa', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_help_answers_in_under_a_second():
     """Counted in the child's CPU seconds, not wall seconds: on the shared 2-core machine under load the wall of
     this ~0.15 s (CPU) command reached 1.12 s while waiting for a core, and the test failed although --help had

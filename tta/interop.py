@@ -44,6 +44,7 @@ import os
 from pathlib import Path
 
 from tta.checkpoint import output_path, read_json
+from tta.ldm.folder import DEFAULT_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -661,23 +662,6 @@ def _reconfigured_vocoder(model, overrides: list[str]):
 # ------------------------------------------------------------------------------------------- CLI
 
 
-class _DefaultFlag(argparse._AppendAction):
-    """`tta export pipeline --default KEY=VALUE`, whose help lists the keys export_compact takes, PipelineDefaults'
-    fields, read when the help is shown (tta.pipeline imports torch, which building the parser must not): a list
-    written out beside them left `eta` out."""
-
-    @property
-    def help(self) -> str:
-        from tta.pipeline import PipelineDefaults
-
-        keys = ", ".join(f.name for f in dataclasses.fields(PipelineDefaults))
-        return f"set a generation default in pipeline.json ({keys}); repeatable"
-
-    @help.setter
-    def help(self, value) -> None:   # argparse.Action.__init__ sets help=None
-        pass
-
-
 def add_parsers(parser: argparse.ArgumentParser) -> None:
     """Fills `tta import` or `tta export` (this module serves both command names)."""
     verb = parser.prog.split()[-1]
@@ -723,7 +707,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                        help="storage dtype of the larger tensors: float16 (default), bfloat16, float32, or "
                             "int8: the UNet's linear layers in 8 bits with a scale per output row (the "
                             "layout diffusers' optimum-quanto backend reads), everything else float16")
-        p.add_argument("--default", action=_DefaultFlag, default=[], metavar="KEY=VALUE")
+        p.add_argument("--default", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"set a generation default in pipeline.json ({', '.join(DEFAULT_KEYS)}); repeatable")
         p.add_argument("--vocoder", help="replace the vocoder: a HiFiGAN, Vocos or PostnetGriffinLim component, or "
                                          "a `tta train vocoder` / `vocos` / `postnet` run folder (same mel config), "
                                          "or griffin-lim[:ITERS] for the untrained baseline")

@@ -24,6 +24,10 @@ PIPELINE_CLASS = "tta.pipeline.TTAPipeline"
 FORMAT_VERSION = 1
 REQUIRED = ("unet", "scheduler", "vae", "vocoder", "text_encoder")
 SCHEDULER_FILE = "scheduler_config.json"
+# the keys of pipeline.json's "defaults", tta.pipeline.PipelineDefaults' fields (tests check they agree): here so
+# `tta export pipeline --help` can list them without importing torch
+DEFAULT_KEYS = ("sampler", "steps", "guidance", "seconds", "candidates", "window", "guidance_rule", "precision",
+                "context_guidance", "eta")
 VOCODER_CLASSES = ("vocoder.model.HiFiGAN", "vocoder.griffinlim.GriffinLim", "vocoder.postnet.PostnetGriffinLim",
                    "vocoder.vocos.Vocos")
 
