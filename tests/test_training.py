@@ -642,7 +642,9 @@ def test_resume_of_a_run_stopped_by_ctrl_c_before_its_first_checkpoint_starts_it
                                                                                                  caplog, monkeypatch):
     """Ctrl-C before the first checkpoint leaves no run (its clean-up removes it) and --resume refused it ("nothing
     to resume (no config.json); start without --resume"), while one killed with SIGKILL at the same point started
-    again under --resume. Both start from step 0 now, with the same warning and an uninterrupted run's weights."""
+    again under --resume. Both start from step 0 now, with the same warning and an uninterrupted run's weights,
+    where the folder shows a run was started there (the pre-encoded cache/ the clean-up keeps); without one the
+    clean-up left nothing to tell it from a mistyped --out, and --resume refuses it as before."""
     import shutil
 
     from tta.checkpoint import load_state_dict
@@ -669,8 +671,11 @@ def test_resume_of_a_run_stopped_by_ctrl_c_before_its_first_checkpoint_starts_it
     assert not (tmp_path / "stopped").exists()
     assert sorted(p.name for p in (tmp_path / "cached").iterdir()) == [".lock", "cache"]
     monkeypatch.setattr(TrainingRun, "end_step", end_step)
+    rc, err = _tta_train(capsys, "vae", tmp_path / "stopped", *sets, extra=["--resume"])
+    assert rc == 1 and "nothing to resume (no config.json); start without --resume" in err, err
+    assert not (tmp_path / "stopped").exists()
     a = load_state_dict(tmp_path / "straight" / "final" / "model.safetensors")
-    for out in (tmp_path / "stopped", tmp_path / "cached", killed):
+    for out in (tmp_path / "cached", killed):
         caplog.clear()
         with caplog.at_level("WARNING", logger="tta"):
             rc, err = _tta_train(capsys, "vae", out, *sets, extra=["--resume"])
@@ -679,6 +684,41 @@ def test_resume_of_a_run_stopped_by_ctrl_c_before_its_first_checkpoint_starts_it
             f"{out} holds no checkpoint to resume from (a run stopped before its first one): starting it from step 0"]
         b = load_state_dict(out / "final" / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_into_a_folder_no_run_was_started_in_is_refused_and_makes_nothing(tmp_path, capsys, caplog):
+    """--resume into a mistyped --out or an unrelated folder started a fresh run there, warning that "a run stopped
+    before its first one" was in it; it is refused again ("nothing to resume"), and a missing folder is not made."""
+    good = _vae_manifest(tmp_path)
+    sets = (f"data.manifest={good}", "valid_items=0", "train.max_steps=1")
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    (unrelated / "todo.txt").write_text("buy milk\n")
+    for out in (tmp_path / "typo", unrelated):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tta"):
+            rc, err = _tta_train(capsys, "vae", out, *sets, extra=["--resume"])
+        assert rc == 1 and err == f"tta: error: {out}: nothing to resume (no config.json); start without --resume\n"
+        assert not any("step 0" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "typo").exists()
+    assert {p.name for p in unrelated.iterdir()} - {".lock"} == {"todo.txt"}
+
+
+def test_a_resume_on_several_processes_into_a_missing_folder_makes_nothing(tmp_path):
+    """On several processes (WORLD_SIZE > 1) --resume into a missing --out made the folder and its .lock, and left
+    them when the resume failed; it makes nothing, as on one process."""
+    import subprocess
+
+    from tests.test_ldm_fixtures import ROOT
+
+    out = tmp_path / "missing" / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+    env.update(WORLD_SIZE="2", RANK="0", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "tta", "-q", "train", "vae", "--config",
+                           str(ROOT / "configs" / "vae" / "tiny.json"), "--out", str(out), "--resume"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert not (tmp_path / "missing").exists()
 
 
 def test_terminate_as_exit_leaves_an_ignored_sigterm_ignored():

@@ -81,12 +81,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         with discard_on_failure(args.out):
             final = module.train(config, args.out, progress=not args.quiet)
     else:
-        locked = args.out.is_dir()   # run_lock(create=False) locks a folder that is there, and makes none
+        # run_lock(create=False) locks a folder that is there, and makes none: a restart is of a folder a run left
         with run_lock(args.out, create=False):
             restarted = restart_unstarted(args.out, config)   # stopped before its first checkpoint: from step 0
             resume = restarted is None
             config = restarted or config
-            with discard_on_failure(args.out, resume=resume, lock=not locked):
+            with discard_on_failure(args.out, resume=resume, lock=False):
                 final = module.train(config, args.out, resume=resume, progress=not args.quiet)
     print(final)
     return 0

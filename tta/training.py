@@ -1158,16 +1158,19 @@ def restart_unstarted(out: str | os.PathLike, config):
     """For `tta train --resume` on one process: when `out` holds a run stopped before its first complete
     checkpoint, clear it (keeping cache/) and return the config to start it again from step 0 with: `config`
     with the train.init_from the run began with. A config that differs from the saved one otherwise (but for
-    train.max_steps, which a resume may change) is refused, as a resume refuses it. When `out` holds no run at all
-    (missing, or only the cache/ and lock a run stopped by Ctrl-C, SIGTERM or an error leaves), `config` as it is:
-    --resume restarted a run killed with SIGKILL and refused one stopped by Ctrl-C at the same point ("nothing to
-    resume"). None when there is a run to resume (or on several processes, which cannot agree on it before they
-    start)."""
+    train.max_steps, which a resume may change) is refused, as a resume refuses it. When `out` holds no run but the
+    pre-encoded cache/ a run stopped by Ctrl-C, SIGTERM or an error keeps (`left_by_a_stopped_run`), `config` as it
+    is: --resume restarted a run killed with SIGKILL and refused one stopped by Ctrl-C at the same point ("nothing
+    to resume"). None when there is a run to resume, or nothing that shows a run was started in `out` (a missing
+    or mistyped folder, an unrelated one: the resume refuses it), or on several processes (which cannot agree on
+    it before they start)."""
     from tta.config import apply_overrides
 
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
         return None
     if not has_run(out):   # a run stopped by Ctrl-C, SIGTERM or an error left none (but cache/): as one killed
+        if not left_by_a_stopped_run(out):
+            return None
         log.warning(RESTART_MESSAGE, out)
         return config
     saved = unstarted_run(out)
@@ -1201,6 +1204,13 @@ def has_run(out: str | os.PathLike) -> bool:
     """Whether `out` holds anything of a run (config.json, a checkpoint or final/), begun or stopped."""
     out = Path(out)
     return (out / CONFIG_NAME).exists() or (out / "checkpoints").exists() or (out / "final").exists()
+
+
+def left_by_a_stopped_run(out: str | os.PathLike) -> bool:
+    """Whether `out` holds the pre-encoded cache/ that a run stopped before its first checkpoint by Ctrl-C, SIGTERM
+    or an error keeps (`_discard_unstarted`; without one its clean-up leaves nothing of the run, or no folder)."""
+    cache = Path(out) / "cache"
+    return cache.is_dir() and any(cache.iterdir())
 
 
 def clear_unstarted(out: str | os.PathLike) -> None:
