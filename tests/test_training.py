@@ -721,6 +721,21 @@ def test_a_resume_on_several_processes_into_a_missing_folder_makes_nothing(tmp_p
     assert not (tmp_path / "missing").exists()
 
 
+def test_a_fresh_run_names_no_start_folder_of_an_older_run_in_its_out(tmp_path, capsys, monkeypatch):
+    """A relative path not found named the folder an older run in --out was started in (its data.json) also for a
+    fresh command, which is no run started there: only a --resume reads that record."""
+    here = tmp_path / "here"
+    here.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data.json").write_text(json.dumps({"cwd": str(tmp_path)}))
+    (tmp_path / "data.jsonl").write_text("")   # found from where the older run was started
+    monkeypatch.chdir(here)
+    rc, err = _tta_train(capsys, "vae", run, "data.manifest=data.jsonl")
+    assert rc == 1 and err == ("tta: error: data.manifest=data.jsonl: manifest not found; a run config's relative "
+                               f"paths are read from the current folder, {here}\n"), err
+
+
 def test_terminate_as_exit_leaves_an_ignored_sigterm_ignored():
     """A parent's `trap '' TERM` made SIGTERM ignored; the handler turned it into an exit again."""
     import signal

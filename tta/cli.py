@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tta.training import check_run_paths, discard_on_failure, restart_unstarted, run_lock
 
     check_output_path(args.out, "--out", folder=True)
-    check_run_paths(config, args.out)   # before a restart clears the record of where the run was started
+    check_run_paths(config, args.out, resume=args.resume)   # before a restart clears where the run was started
     # a fresh run that fails early leaves no folder (but a pre-encoded cache/), also when a launcher stops it with
     # SIGTERM (main() turns it into an exit for every command); a second command into a folder a run is training in
     # is refused (run_lock)

@@ -1097,20 +1097,22 @@ RUN_PATH_KEYS = ("data.manifest", "data.extra_manifests", "components.vae", "com
                  "vae", "retrieval.datastore")
 
 
-def check_run_paths(config, out: str | os.PathLike) -> None:
+def check_run_paths(config, out: str | os.PathLike, *, resume: bool) -> None:
     """Refuse a relative path of a run config (RUN_PATH_KEYS) that does not exist from the current folder, saying
     that it is read from there: `--config RUN/config.json --resume` run from another folder failed on
     "data/clean.jsonl: manifest not found", with no word that the path starts where the run was started, not at
-    the config or the run folder. The folder the run in `out` was started in (DATA_RECORD's cwd) is named when it
-    is another. Absolute paths, and those that exist, are left to the trainer's own checks."""
+    the config or the run folder. On a `resume`, the folder the run in `out` was started in (DATA_RECORD's cwd) is
+    named when it is another (a fresh run is no run started there, whatever an older one in `out` recorded).
+    Absolute paths, and those that exist, are left to the trainer's own checks."""
     cwd = Path.cwd()
     started = None
-    try:
-        record = json.loads((Path(out) / DATA_RECORD).read_text())
-        if isinstance(record, dict) and isinstance(record.get("cwd"), str) and Path(record["cwd"]) != cwd:
-            started = Path(record["cwd"])
-    except (OSError, ValueError):
-        pass
+    if resume:
+        try:
+            record = json.loads((Path(out) / DATA_RECORD).read_text())
+            if isinstance(record, dict) and isinstance(record.get("cwd"), str) and Path(record["cwd"]) != cwd:
+                started = Path(record["cwd"])
+        except (OSError, ValueError):
+            pass
     for key in RUN_PATH_KEYS:
         value = getattr_path(config, key)
         named = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, (list, tuple)) \
