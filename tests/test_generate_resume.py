@@ -81,7 +81,7 @@ def test_a_resumed_batch_writes_what_one_uninterrupted_run_writes(tmp_path, caps
     assert all(len(o["sha256"]) == 64 for o in whole["outputs"])
     # the record says what ran before (its command and wall time were the last run's only)
     assert "earlier_runs" not in whole and len(resumed["earlier_runs"]) == 1
-    assert set(resumed["earlier_runs"][0]) == {"command", "cwd", "tta_version", "wall_seconds"}
+    assert set(resumed["earlier_runs"][0]) == {"command", "cwd", "tta_version", "libsndfile", "wall_seconds"}
     assert resumed["earlier_runs"][0]["wall_seconds"] > 0
     # a finished batch resumed again generates nothing and keeps its files
     calls.clear()
@@ -492,24 +492,30 @@ def test_a_record_of_another_libsndfile_keeps_its_files_and_blames_no_library_fo
     """The record names its libsndfile (a FLAC's or Ogg's bytes are its encoders'), but a kept file's sha256 is
     that of the very file the earlier run wrote, which another libsndfile since does not change: a finished
     batch is kept whole. A file changed since was said to be written anew because "the audio library changed"
-    when the record named another libsndfile; it was its owner's change, and the warning says so."""
+    when the record named another libsndfile; it was its owner's change, and the warning says so. The resumed
+    run's record names its own libsndfile and each earlier run's in earlier_runs: it named only the last run's,
+    so files kept from a run under another libsndfile were put down to this one."""
     import soundfile
 
+    now = soundfile.__libsndfile_version__
     args, _ = batch(tmp_path, "a\nb\n", "--format", fmt)
     out = tmp_path / "out"
     assert run(capsys, *args, "--out-dir", out)[0] == 0
-    assert record(out)["libsndfile"] == soundfile.__libsndfile_version__
+    assert record(out)["libsndfile"] == now
     written = audio_files(out, fmt)
     (out / "generation.json").write_text(json.dumps({**record(out), "libsndfile": "1.0.9"}))
     calls.clear()
     with caplog.at_level("WARNING", logger="tta.generate"):
         assert run(capsys, *args, "--out-dir", out, "--resume")[0] == 0
     assert calls == [] and audio_files(out, fmt) == written and caplog.text == ""
-    (out / "generation.json").write_text(json.dumps({**record(out), "libsndfile": "1.0.9"}))
+    assert record(out)["libsndfile"] == now and [r["libsndfile"] for r in record(out)["earlier_runs"]] == ["1.0.9"]
+    (out / "generation.json").write_text(json.dumps({**record(out), "libsndfile": "1.0.10"}))
     (out / f"000_a.{fmt}").write_bytes(b"not what it was")
     with caplog.at_level("WARNING", logger="tta.generate"):
         assert run(capsys, *args, "--out-dir", out, "--resume")[0] == 0
     assert f"1 output the earlier record lists no longer holds what it says (e.g. 000_a.{fmt}; replaced or changed " \
            "since)" in caplog.text and "libsndfile" not in caplog.text
     assert calls == [["a"]] and audio_files(out, fmt) == written
-    assert record(out)["libsndfile"] == soundfile.__libsndfile_version__
+    # 000_a is this run's, 001_b the first run's, kept through the second
+    assert record(out)["libsndfile"] == now
+    assert [r["libsndfile"] for r in record(out)["earlier_runs"]] == ["1.0.9", "1.0.10"]

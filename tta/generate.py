@@ -1068,8 +1068,8 @@ def write_record(path: Path, args, folder: Path, pipe, device: str, edit, record
                  planned: int, store=None) -> None:
     """Write the generation record: `records` is each written output's record by its row's index; `complete` is
     false while fewer than `planned` outputs are written (a run stopped part-way leaves the record of what it did
-    write). A run that --resume continued lists the earlier runs (`earlier_runs`: command, cwd, tta version and
-    wall seconds of each, oldest first); `command` and `wall_seconds` are this run's."""
+    write). A run that --resume continued lists the earlier runs (`earlier_runs`: command, cwd, tta version,
+    libsndfile and wall seconds of each, oldest first); `command`, `libsndfile` and `wall_seconds` are this run's."""
     from tta.checkpoint import atomic_write_text
 
     body = {**record_header(args, folder, pipe, device, edit, store), "complete": len(records) == planned,

@@ -267,9 +267,11 @@ def resume_batch(earlier: dict, args: argparse.Namespace, jobs: list[Job], heade
 
 def earlier_runs(earlier: dict) -> list[dict]:
     """The runs before this one, oldest first: those the earlier record lists, then the earlier run itself
-    (command, cwd, tta version and wall seconds of each)."""
-    return [*earlier.get("earlier_runs", []), {k: earlier.get(k) for k in ("command", "cwd", "tta_version",
-                                                                           "wall_seconds")}]
+    (command, cwd, tta version, libsndfile and wall seconds of each: the files a run wrote in FLAC or Ogg are its
+    libsndfile's encoders' bytes, and the record's own `libsndfile` is this run's; None where a record named
+    none)."""
+    return [*earlier.get("earlier_runs", []),
+            {k: earlier.get(k) for k in ("command", "cwd", "tta_version", "libsndfile", "wall_seconds")}]
 
 
 def remove_leftovers(jobs: list[Job], record_path: Path, *, folder_locked: bool = True) -> None:
