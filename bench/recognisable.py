@@ -36,13 +36,15 @@ The judge's result depends on the seeds: v0.6 scored hit@1 0.417 on seeds 0-7 an
 every model after the first with its paired difference from the first (the same resampled seeds for both: a
 model's generation for a prompt and seed starts from the same noise). A difference whose interval spans 0 is
 not a difference. --seed-start extends a run with new seeds, and --merge pools the summaries of such runs (per
-model: its weights, its components' configs and its generation defaults; only runs of the same judge:
-references, embedder, k) into one, with intervals over all their generations; --merge ... --best-of G
-estimates from the saved generations what keeping the best of G by the model's own CLAP (`candidates` G) would
-score. --baseline FOLDER pools FOLDER's runs recorded in bench/results.jsonl (its weights' and components'
-configs' fingerprints and generation defaults, the same judge: references, embedder, k) on the seeds the
---merge summaries hold and puts them first, so a candidate is paired with the shipped default without the
-default's own summary files, which live outside the repository and can be lost.
+model: its weights, its components' configs and its generation defaults; only runs of the same judge, as
+judge_identity compares them: the embedder, k, the trim threshold, the number of reference clips and of
+distractors, the prompts, the labels judged and the manifest, by its sha256 where both runs recorded it) into
+one, with intervals over all their generations; --merge ... --best-of G estimates from the saved generations
+what keeping the best of G by the model's own CLAP (`candidates` G) would score. --baseline FOLDER pools
+FOLDER's runs recorded in bench/results.jsonl (its weights' and components' configs' fingerprints and
+generation defaults, the same judge as for --merge) on the seeds the --merge summaries hold and puts them
+first, so a candidate is paired with the shipped default without the default's own summary files, which live
+outside the repository and can be lost.
 
 --labels dog[,...] judges only those prompts (the reference clips stay every prompt's, so a label's hits compare
 with a full run's), and --setting KEY=VALUE (steps, candidates, sampler, guidance, guidance_rule, window,
@@ -513,7 +515,9 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
 
 
 def judge_identity(settings: dict) -> dict:
-    """What makes two runs' judges the same: the reference clips, the embedder and the vote."""
+    """What makes two runs' judges the same, from their settings: the embedder, the vote's k, the trim threshold
+    (trim_db), the number of reference clips and of distractors, the (prompt, label) pairs, the labels judged
+    (every prompt's where none are recorded) and the manifest (its sha256, else its path as given)."""
     keys = ("embedder", "k", "trim_db", "distractors", "reference_clips", "prompts")
     ident = {key: settings.get(key) for key in keys}
     ident["labels"] = judged_labels({"settings": settings})       # none recorded: every prompt's
