@@ -1155,8 +1155,9 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
     256] to have 1 channels', 'the wav size should be less than or equal to the swin input size', a
     sample-rate mismatch), or, with a window under 10 s and no fusion, cropped tta's 10 s clips with numpy's
     unseeded generator: each call another embedding, and a cache kept the first. They are refused when the
-    folder loads, naming the file and the field (loaded text_only, its audio is refused with the same error);
-    settings the model takes still load and embed the same each call."""
+    folder loads, naming the file and the field (loaded text_only, its audio is refused with the same error,
+    unless transformers cannot build the extractor: then text_only is refused too); settings the model takes
+    still load and embed the same each call."""
     import shutil
 
     from transformers import ClapFeatureExtractor
@@ -1198,7 +1199,10 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
                ("float", {"hop_length": 480.0}, rf"{pre}: hop_length is 480.0; expected a positive integer"),
                ("frac", {"max_length_s": 10.5}, rf"{pre}: max_length_s is 10.5; expected an integer"),
                ("bounds", {"frequency_min": 14_000, "frequency_max": 50},
-                rf"{pre}: not a ClapFeatureExtractor configuration \(Require min_frequency")]
+                rf"{pre}: not a ClapFeatureExtractor configuration \(Require min_frequency"),
+               # wrong types transformers fails on while it builds the extractor, before check_front_end
+               ("bins", {"feature_size": 64.0}, rf"{pre}: not a ClapFeatureExtractor configuration \("),
+               ("fft", {"fft_window_size": 1024.0}, rf"{pre}: not a ClapFeatureExtractor configuration \(")]
     if fusion:
         refused.append(("trunc", {"truncation": "crop"}, rf"{pre}: truncation is 'crop'; expected 'fusion'"))
     else:
@@ -1209,7 +1213,7 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
         folder = folder_with(name, **change)
         with pytest.raises(ValueError, match=f"{name}/{message}") as at_load:
             load_clap(folder)
-        if name == "bounds":   # transformers cannot read it: nothing to load text_only
+        if name in ("bounds", "bins", "fft"):   # transformers cannot read it: nothing to load text_only
             continue
         # loaded text_only, the audio is refused with the error loading raised: check_front_end's were
         # ValueErrors at load and CheckpointErrors at the first audio
