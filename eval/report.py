@@ -417,12 +417,13 @@ def _paired_difference(a: Run, b: Run) -> tuple[float, float, int] | None:
     (`paired_clap_difference`: each run's score weighs a draw by its files, as the row's values do), else None:
     paired by file name (or a `--takes` run's row) and prompt when both runs' draws (`clap_draws`) match so,
     else by prompt text where each run scored each text once and they scored the same texts. Fewer than 2
-    pairs: None."""
+    pairs: None (paired_clap_difference's)."""
     draws_a, draws_b = clap_groups(a.rows)[0], clap_groups(b.rows)[0]
     for key in (lambda d: (d[0], d[1]), lambda d: d[1]):
         by_a, by_b = {key(d): d[2] for d in draws_a}, {key(d): d[2] for d in draws_b}
-        if len(by_a) == len(draws_a) >= 2 and len(by_b) == len(draws_b) and by_a.keys() == by_b.keys():
-            return (*paired_clap_difference([(by_a[k], by_b[k]) for k in by_a]), len(by_a))
+        if len(by_a) == len(draws_a) and len(by_b) == len(draws_b) and by_a.keys() == by_b.keys():
+            paired = paired_clap_difference([(by_a[k], by_b[k]) for k in by_a])
+            return None if paired is None else (*paired, len(by_a))
     return None
 
 

@@ -432,6 +432,22 @@ def test_a_paired_clap_difference_of_runs_of_unequal_takes_is_about_their_scores
                        (np.mean(d), np.std(d, ddof=1) / np.sqrt(4)))
 
 
+def test_a_paired_clap_difference_of_fewer_than_two_draws_is_none_as_the_interval_is():
+    """paired_clap_difference divided by k - 1: one draw raised ZeroDivisionError (no draws, a ValueError),
+    while clap_half_width gives no interval below 2 draws. It gives None likewise, and a report of runs
+    scoring one file each ranks their CLAP scores without a paired test."""
+    from eval.report import _paired_difference, render_markdown
+    from tta.clap.interval import clap_half_width, paired_clap_difference
+
+    assert paired_clap_difference([([0.3, 0.32], [0.2])]) is None and paired_clap_difference([]) is None
+    assert clap_half_width([{"name": "a", "prompt": "x", "clap_score": "0.3"}]) is None
+    assert paired_clap_difference([([0.3], [0.2]), ([0.5], [0.3])]) == pytest.approx((0.15, 0.05))
+    runs = [_takes_run("a", [[0.3, 0.32]]), _takes_run("b", [[0.2, 0.22]])]
+    assert _paired_difference(*runs) is None
+    row = next(line for line in render_markdown(runs).splitlines() if line.startswith("| CLAP score"))
+    assert row.count("**") == 2 and "| **0.31** (" in row, row
+
+
 def test_a_fad_inf_interval_of_a_hundred_or_more_is_written_as_the_value_is():
     """The half-width was formatted .2g: ±120 printed as ±1.2e+02 beside a FAD∞ of 1500."""
     from eval.report import render_markdown

@@ -63,18 +63,22 @@ def clap_half_width(rows: list[dict]) -> float | None:
     return 1.96 * se
 
 
-def paired_clap_difference(pairs: list[tuple[list[float], list[float]]]) -> tuple[float, float]:
-    """Two runs' CLAP scores over the same k >= 2 draws (`clap_draws`), `pairs[i]` draw i's files' scores in
-    run a and in run b -> (a's score minus b's, its standard error), the scores being the means over the files.
+def paired_clap_difference(pairs: list[tuple[list[float], list[float]]]) -> tuple[float, float] | None:
+    """Two runs' CLAP scores over the same k draws, `pairs[i]` draw i's files' scores in run a and in run b (as
+    `clap_groups` lists each draw's: one file's score, or a `--takes` run's prompt's takes') -> (a's score minus
+    b's, its standard error), the scores being the means over the files; None with fewer than 2 draws, as
+    `clap_half_width` gives no interval then.
 
     Each score weighs a draw by its files in its run (`clap_half_width`), so the difference is that of two
     ratio estimators over the same clusters: its standard error is sqrt(k / (k - 1) * sum(z_i^2)), z_i the
     difference of n_i (m_i - m) / N between the runs. Where each run's draws hold equal numbers of files (one
     file a draw, or equal takes) that is sd / sqrt(k) of the draws' differences, the paired t test's; with
     unequal takes that test was about the prompts' unweighted means, not about the scores."""
+    k = len(pairs)
+    if k < 2:
+        return None
     (deviations_a, files_a), (deviations_b, files_b) = (_deviations([p[run] for p in pairs]) for run in (0, 1))
     z = deviations_a / files_a - deviations_b / files_b
-    k = len(pairs)
     difference = np.mean(np.concatenate([a for a, _ in pairs])) - np.mean(np.concatenate([b for _, b in pairs]))
     return float(difference), float(np.sqrt(k / (k - 1) * np.sum(z ** 2)))
 
