@@ -736,6 +736,69 @@ def test_a_fresh_run_names_no_start_folder_of_an_older_run_in_its_out(tmp_path, 
                                f"paths are read from the current folder, {here}\n"), err
 
 
+def test_a_refused_restart_leaves_the_stopped_run_as_it_was(tmp_path, capsys):
+    """--resume on a run killed before its first checkpoint cleared it (config.json, data.json, metrics.jsonl) and
+    only then started it again, so a restart that failed on what it reads ("gone.jsonl: manifest not found")
+    left nothing but .lock, and `--config RUN/config.json` had no config to read once the data was back. What
+    the restart reads or makes before its first step is checked first now; the folder stays as it was."""
+    import shutil
+
+    from tta.cli import main
+
+    good = _vae_manifest(tmp_path)
+    sets = (f"data.manifest={good}", "valid_items=0", "train.max_steps=2", "train.checkpoint_every=2")
+    rc, err = _tta_train(capsys, "vae", tmp_path / "straight", *sets)
+    assert rc == 0, err
+    killed = tmp_path / "killed"   # what SIGKILL leaves: config.json, data.json, metrics.jsonl
+    shutil.copytree(tmp_path / "straight", killed)
+    shutil.rmtree(killed / "checkpoints")
+    shutil.rmtree(killed / "final")
+    (killed / "samples").mkdir()
+    (killed / "samples" / "step_0.png").write_bytes(b"png")
+    partial = tmp_path / "partial"   # the train split's audio files, one of them gone
+    partial.mkdir()
+    _vae_manifest(partial)
+    (partial / "tone.wav").unlink()
+    broken = tmp_path / "broken"   # one of them no audio file now
+    broken.mkdir()
+    _vae_manifest(broken)
+    (broken / "chirp.wav").write_bytes(b"not audio")
+    (tmp_path / "cache_file").write_text("not a folder")
+    gone = tmp_path / "gone.jsonl"
+    cases = [("data.manifest", str(gone), f"data.manifest={gone}: manifest not found"),
+             ("train.init_from", str(tmp_path / "moved"), f"train.init_from='{tmp_path / 'moved'}': no such run"),
+             ("data.cache_dir", str(tmp_path / "cache_file"), "data.cache_dir"),
+             ("data.manifest", str(partial / "manifest.jsonl"), "1 of split 'train''s audio files are missing"),
+             ("data.manifest", str(broken / "manifest.jsonl"), "1 of split 'train''s 3 audio files cannot be read")]
+    if not torch.cuda.is_available():
+        cases.append(("train.mixed_precision", "fp16", "'fp16' needs a CUDA GPU"))
+
+    def files(folder):
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.name != ".lock"}
+
+    saved = json.loads((killed / "config.json").read_text())
+    for key, value, said in cases:
+        section, name = key.split(".")
+        config = {**saved, section: {**saved[section], name: value}}
+        if key == "train.mixed_precision":
+            config["train"]["cpu"] = False
+        (killed / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        held = files(killed)
+        capsys.readouterr()
+        rc = main(["-q", "train", "vae", "--config", str(killed / "config.json"), "--out", str(killed), "--resume"])
+        err = capsys.readouterr().err
+        assert rc == 1, (key, err)
+        assert files(killed) == held, (key, err)
+        assert said in err and err.count("\n") == 1, (key, err)
+    # the manifest back where the config says: the same command starts the run again
+    (killed / "config.json").write_text(json.dumps({**saved, "data": {**saved["data"], "manifest": str(gone)}}))
+    shutil.copy(good, gone)
+    rc = main(["-q", "train", "vae", "--config", str(killed / "config.json"), "--out", str(killed), "--resume"])
+    assert rc == 0, capsys.readouterr().err
+    assert (killed / "final" / "model.safetensors").is_file() and not (killed / "samples").exists()
+
+
 def test_terminate_as_exit_leaves_an_ignored_sigterm_ignored():
     """A parent's `trap '' TERM` made SIGTERM ignored; the handler turned it into an exit again."""
     import signal

@@ -83,13 +83,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         # run_lock(create=False) locks a folder that is there, and makes none: a restart is of a folder a run left
         with run_lock(args.out, create=False):
-            restarted = restart_unstarted(args.out, config)   # stopped before its first checkpoint: from step 0
+            # stopped before its first checkpoint: from step 0, once what it reads is checked
+            restarted = restart_unstarted(args.out, config,
+                                          check=lambda c: _check_training_rows(c, progress=not args.quiet))
             resume = restarted is None
             config = restarted or config
             with discard_on_failure(args.out, resume=resume, lock=False):
                 final = module.train(config, args.out, resume=resume, progress=not args.quiet)
     print(final)
     return 0
+
+
+def _check_training_rows(config, *, progress: bool) -> None:
+    """A run's training split as every trainer reads and checks it before its first step (its manifests, rows,
+    audio files there and their headers readable), for `tta train --resume` to refuse a restart that would fail
+    on it before it clears the stopped run. Only headers are read, so the sample rate (the mel contract's)
+    changes nothing."""
+    from tta.audio import MelConfig
+    from tta.data.dataset import AudioDataset
+
+    rows = AudioDataset.from_config(config.data, config.data.train_split, MelConfig().sample_rate, random_crop=True)
+    rows.check_audio(progress=progress)
 
 
 def _as_the_run_began(cls, config, base, sets, out: Path):

@@ -318,20 +318,37 @@ class EMA:
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
 
+def check_precision(train: TrainConfig) -> None:
+    """Refuse train.mixed_precision='fp16' where the run would be on the CPU: accelerate makes neither autocast nor
+    a loss scaler for fp16 there, so the run would train in float32 while config.json says fp16."""
+    if train.mixed_precision != "fp16":
+        return
+    from accelerate import PartialState
+
+    if PartialState(cpu=train.cpu).device.type == "cpu":
+        raise RunError("train.mixed_precision='fp16' needs a CUDA GPU and this run is on the CPU: use 'bf16' (or "
+                       "'no') there")
+
+
+def check_cache_dir(config: Any) -> None:
+    """Refuse, before the run folder is made, a data.cache_dir that is a file or cannot be made (under a file, or
+    in an unwritable folder): the first item read stopped the run at step 0 with ".../cache/3f: Not a directory".
+    An existing folder passes even when it cannot be written: a filled cache is only read."""
+    cache = getattr(getattr(config, "data", None), "cache_dir", "")
+    if cache and not Path(cache).is_dir():
+        check_output_path(cache, "data.cache_dir", folder=True)
+
+
 # ----------------------------------------------------------------------------------------- the run
 
 
 class TrainingRun:
     def __init__(self, out_dir: str | os.PathLike, config: Any, train: TrainConfig, *, resume: bool = False,
                  progress: bool = True):
-        from accelerate import Accelerator, PartialState
+        from accelerate import Accelerator
 
         with _killable_while_joining():   # the first of these joins the processes' group
-            if train.mixed_precision == "fp16" and PartialState(cpu=train.cpu).device.type == "cpu":
-                # accelerate makes neither autocast nor a loss scaler for fp16 on the CPU: the run would train in
-                # float32 while config.json says fp16
-                raise RunError("train.mixed_precision='fp16' needs a CUDA GPU and this run is on the CPU: use "
-                               "'bf16' (or 'no') there")
+            check_precision(train)
             self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=train.cpu,
                                            gradient_accumulation_steps=train.gradient_accumulation_steps)
         self.out = Path(out_dir)
@@ -361,7 +378,7 @@ class TrainingRun:
         self._pending: dict[str, list[float]] = {}    # scalars of this optimizer step's micro-batches
         self._last_logged: dict[str, float] = {}
         self._t0 = time.time()
-        self._check_cache_dir()
+        check_cache_dir(self.config)
         self._check_folder(resume)
         self.resume = resume
         seed_everything(train.seed)
@@ -423,14 +440,6 @@ class TrainingRun:
             save_config(self.config, cfg_path)
         self._check_data(resume=False)
         self.accelerator.wait_for_everyone()
-
-    def _check_cache_dir(self) -> None:
-        """Refuse, before the run folder is made, a data.cache_dir that is a file or cannot be made (under a file,
-        or in an unwritable folder): the first item read stopped the run at step 0 with ".../cache/3f: Not a
-        directory". An existing folder passes even when it cannot be written: a filled cache is only read."""
-        cache = getattr(getattr(self.config, "data", None), "cache_dir", "")
-        if cache and not Path(cache).is_dir():
-            check_output_path(cache, "data.cache_dir", folder=True)
 
     def _check_data(self, *, resume: bool) -> None:
         """Record the training manifests' sha256 (data.manifest and data.extra_manifests), the frozen inputs'
@@ -1113,21 +1122,28 @@ def check_run_paths(config, out: str | os.PathLike, *, resume: bool) -> None:
                 started = Path(record["cwd"])
         except (OSError, ValueError):
             pass
-    for key in RUN_PATH_KEYS:
+    for key, name, path in run_paths(config):
+        if Path(path).is_absolute() or Path(path).exists():
+            continue
+        what = "manifest not found" if key.startswith("data.") else "not found"
+        where = ""
+        if started is not None:
+            where = (f"; the run was started in {started}: run from there or give an absolute path"
+                     if (started / path).exists() else f"; the run was started in {started}, where it is "
+                     "missing too")
+        raise RunError(f"{name}={path}: {what}; a run config's relative paths are read from the current "
+                       f"folder, {cwd}{where}")
+
+
+def run_paths(config, keys: tuple[str, ...] = RUN_PATH_KEYS) -> Iterator[tuple[str, str, str]]:
+    """(key, name, path) of each path a run config sets under `keys`: a list's items named key[i]."""
+    for key in keys:
         value = getattr_path(config, key)
         named = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, (list, tuple)) \
             else [(key, value)]
         for name, path in named:
-            if not isinstance(path, str) or not path or Path(path).is_absolute() or Path(path).exists():
-                continue
-            what = "manifest not found" if key.startswith("data.") else "not found"
-            where = ""
-            if started is not None:
-                where = (f"; the run was started in {started}: run from there or give an absolute path"
-                         if (started / path).exists() else f"; the run was started in {started}, where it is "
-                         "missing too")
-            raise RunError(f"{name}={path}: {what}; a run config's relative paths are read from the current "
-                           f"folder, {cwd}{where}")
+            if isinstance(path, str) and path:
+                yield key, name, path
 
 
 def getattr_path(obj, dotted: str):
@@ -1156,11 +1172,13 @@ def unstarted_run(out: str | os.PathLike) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
-def restart_unstarted(out: str | os.PathLike, config):
+def restart_unstarted(out: str | os.PathLike, config, check: Callable[[Any], None] | None = None):
     """For `tta train --resume` on one process: when `out` holds a run stopped before its first complete
     checkpoint, clear it (keeping cache/) and return the config to start it again from step 0 with: `config`
     with the train.init_from the run began with. A config that differs from the saved one otherwise (but for
-    train.max_steps, which a resume may change) is refused, as a resume refuses it. When `out` holds no run but the
+    train.max_steps, which a resume may change) is refused, as a resume refuses it, and so is one the restart
+    would fail on before its first step (`check_restart`, then `check(config)`, e.g. the training split's rows):
+    both before anything is cleared, so a refused restart leaves `out` as it was. When `out` holds no run but the
     pre-encoded cache/ a run stopped by Ctrl-C, SIGTERM or an error keeps (`left_by_a_stopped_run`), `config` as it
     is: --resume restarted a run killed with SIGKILL and refused one stopped by Ctrl-C at the same point ("nothing
     to resume"). None when there is a run to resume, or nothing that shows a run was started in `out` (a missing
@@ -1193,9 +1211,28 @@ def restart_unstarted(out: str | os.PathLike, config):
     if then != now:
         raise RunError(f"{out}: cannot resume with a different config (first difference at "
                        f"{_first_diff(then, now)}); resume with the saved config, or start a new --out")
+    check_restart(config)
+    if check is not None:
+        check(config)
     log.warning(RESTART_MESSAGE, out)
     clear_unstarted(out)
     return config
+
+
+def check_restart(config) -> None:
+    """Refuse a restart (`restart_unstarted`) that would fail on what the run reads or makes before its first
+    step: a manifest, frozen component, datastore or train.init_from gone since the run was stopped, a
+    data.cache_dir that cannot be made, fp16 without a CUDA GPU. The run checks them too, but only once the
+    stopped run was cleared: a refused restart left its folder holding nothing but its lock, the config.json
+    that `--config RUN/config.json` names gone with the rest."""
+    for key, name, path in run_paths(config, (*RUN_PATH_KEYS, "train.init_from")):
+        if Path(path).exists():
+            continue
+        if key == "train.init_from":   # as TrainingRun.init_weights says it
+            raise RunError(f"train.init_from={path!r}: no such run, checkpoint, component or pipeline folder")
+        raise RunError(f"{name}={path}: {'manifest not found' if key.startswith('data.') else 'not found'}")
+    check_cache_dir(config)
+    check_precision(config.train)
 
 
 # said by `tta train --resume` for a run folder stopped before its first checkpoint, however it was stopped
