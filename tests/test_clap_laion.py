@@ -46,6 +46,17 @@ def tiny_config(fusion: bool = False):
         projection_dim=PROJ)
 
 
+def conversion_config(tiny, *, vocab_size: int, hidden_size: int):
+    """A one-layer text tower of `hidden_size` with tiny_config's audio sizes, the rest as transformers' conversion
+    leaves it."""
+    from transformers import ClapConfig
+
+    return ClapConfig(text_config={"vocab_size": vocab_size, "hidden_size": hidden_size, "num_hidden_layers": 1,
+                                   "intermediate_size": 64, "max_position_embeddings": POS},
+                      audio_config={k: getattr(tiny.audio_config, k) for k in (
+                          "patch_embeds_hidden_size", "depths", "num_attention_heads", "hidden_size")},
+                      projection_dim=PROJ)
+
 def _relative_position_index(w: int) -> torch.Tensor:
     """Swin's pairwise relative-position index for a w x w window, (w*w, w*w)."""
     coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
@@ -692,17 +703,12 @@ def test_a_folders_config_that_embeds_otherwise_is_in_its_identity(tmp_path, tok
     weights-only identity, and fields no embedding depends on change nothing."""
     import shutil
 
-    from transformers import ClapConfig
 
     from tta.clap import load_clap
     from tta.clap.laion import _file_hash
 
     tiny = tiny_config()      # sizes as small as tiny_config, the rest as transformers' conversion leaves it
-    config = ClapConfig(text_config={"vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 1,
-                                     "intermediate_size": 64, "max_position_embeddings": POS},
-                        audio_config={k: getattr(tiny.audio_config, k) for k in (
-                            "patch_embeds_hidden_size", "depths", "num_attention_heads", "hidden_size")},
-                        projection_dim=PROJ)
+    config = conversion_config(tiny, vocab_size=VOCAB, hidden_size=48)
     torch.manual_seed(0)
     base = tmp_path / "base"
     save_folder(base, config, tokenizer_dir)
@@ -772,7 +778,7 @@ def test_a_roberta_width_folder_edited_to_laions_text_epsilon_has_its_own_identi
     import dataclasses
     import shutil
 
-    from transformers import BertTokenizer, ClapConfig, ClapModel
+    from transformers import BertTokenizer, ClapModel
 
     from tests.test_ldm_fixtures import tiny_model_config, tiny_run_config
     from tta.clap import load_clap
@@ -787,11 +793,7 @@ def test_a_roberta_width_folder_edited_to_laions_text_epsilon_has_its_own_identi
     (small / "vocab.txt").write_text("\n".join((tokenizer_dir / "vocab.txt").read_text().splitlines()[:1000]) + "\n")
     tok = BertTokenizer(str(small / "vocab.txt"))
     tiny = tiny_config()
-    config = ClapConfig(text_config={"vocab_size": 1000, "hidden_size": 768, "num_hidden_layers": 1,
-                                     "intermediate_size": 64, "max_position_embeddings": POS},
-                        audio_config={k: getattr(tiny.audio_config, k) for k in (
-                            "patch_embeds_hidden_size", "depths", "num_attention_heads", "hidden_size")},
-                        projection_dim=PROJ)
+    config = conversion_config(tiny, vocab_size=1000, hidden_size=768)
     torch.manual_seed(0)
     official = tmp_path / "official"
     model = ClapModel(config)
