@@ -701,7 +701,7 @@ def test_resume_into_a_folder_no_run_was_started_in_is_refused_and_makes_nothing
         assert rc == 1 and err == f"tta: error: {out}: nothing to resume (no config.json); start without --resume\n"
         assert not any("step 0" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "typo").exists()
-    assert {p.name for p in unrelated.iterdir()} - {".lock"} == {"todo.txt"}
+    assert {p.name for p in unrelated.iterdir()} == {"todo.txt"}   # not even an empty .lock
 
 
 def test_a_resume_on_several_processes_into_a_missing_folder_makes_nothing(tmp_path):

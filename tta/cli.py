@@ -70,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         config = _as_the_run_began(module.RunConfig, config, load_config(module.RunConfig, args.config), sets, args.out)
     from tta.checkpoint import check_output_path
-    from tta.training import check_run_paths, discard_on_failure, restart_unstarted, run_lock
+    from tta.training import RUN_LOCK, check_run_paths, discard_on_failure, restart_unstarted, run_lock
 
     check_output_path(args.out, "--out", folder=True)
     check_run_paths(config, args.out, resume=args.resume)   # before a restart clears where the run was started
@@ -81,8 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         with discard_on_failure(args.out):
             final = module.train(config, args.out, progress=not args.quiet)
     else:
-        # run_lock(create=False) locks a folder that is there, and makes none: a restart is of a folder a run left
-        with run_lock(args.out, create=False):
+        # run_lock(create=False) locks a folder that is there, and makes none: a restart is of a folder a run left;
+        # a lock file it makes (in a folder no run locked: an unrelated one, refused) goes with the lock
+        with run_lock(args.out, create=False, remove=not (Path(args.out) / RUN_LOCK).exists()):
             # stopped before its first checkpoint: from step 0, once what it reads is checked
             restarted = restart_unstarted(args.out, config,
                                           check=lambda c: _check_training_rows(c, progress=not args.quiet))
