@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from bench.record import append_record, machine_info
+    from bench.record import append_record, machine_info, package_version
     from eval.embedders import get_embedder
     from eval.fad import STATS_FORMAT_VERSION
     from eval.run import default_cache_dir
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = [r for e in embedders for r in measure(args, e, gen_files, ref_files, cache_root, Path(tmp))]
     record = {"bench": "fad_frames", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": machine_info(), "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
-              "versions": {"aisfx": _version("aisfx"), "fad_stats_format": STATS_FORMAT_VERSION},
+              "versions": {"aisfx": package_version("aisfx"), "fad_stats_format": STATS_FORMAT_VERSION},
               "settings": {"label": args.label, "generated": [display(p) for p in args.generated],
                            "reference": [display(p) for p in args.reference or []], "halves": args.halves,
                            "embedders": args.embedders.split(","), "units": args.units.split(","),
@@ -306,15 +306,6 @@ def main(argv: list[str] | None = None) -> dict:
               "answer": {f"{r['embedder']} {r['unit']}": r["verdict"] for r in results}}
     append_record(args.results, record)
     return record
-
-
-def _version(dist: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -147,8 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--manifest", type=Path, help="manifest whose train split holds the judges' clips")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="SUMMARY|FILE:N",
                     help="instead of a run: pool the generations of these summary.json files (runs of the same "
-                         "models and prompts on other seeds, judged against the same references by the same "
-                         "embedder and k) into one summary with intervals over all of them; a model is its "
+                         "models and prompts on other seeds, judged by the same judge: references, embedder, k, "
+                         "trim, distractors, prompts and labels, manifest) into one summary with intervals over all of them; a model is its "
                          "weights plus its generation defaults, so copies of a folder pool; FILE:N takes line "
                          "N of a results file, e.g. bench/results.jsonl:290")
     ap.add_argument("--baseline", type=Path, metavar="FOLDER",

@@ -81,7 +81,7 @@ def clear_text_memo(embedder) -> None:
         text.clear_memo()
 
 
-def _version(dist: str) -> str:
+def package_version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -111,8 +111,8 @@ def machine_info() -> dict:
         # old key: platform.processor() is "" on Linux, so it now falls back to the cpuinfo model name
         "processor": platform.processor() or cpu["model_name"],
         "python": platform.python_version(),
-        "torch": _version("torch"),
-        "numpy": _version("numpy"),
+        "torch": package_version("torch"),
+        "numpy": package_version("numpy"),
         "tta": tta_version(),
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),

@@ -253,8 +253,8 @@ FAD_INF_METHOD = ("Chung et al. 2020: nested subsets without replacement (whole 
 FAD_INF_MIN_SUBSET = 500  # fadtk's min_n; Chung et al. start at 5 000
 # Draws per subset size. One draw per size left the fit at the mercy of the subsets drawn: on the mfcc FAD of
 # two halves of one speech corpus (bench/fad_frames.py's near pair, 5 517 frames) FAD-inf moved over seeds 0-9
-# with sd 0.057 around 0.073 and its slope from 43 to 526; with ten draws of whole clips, sd 0.024 and slope 153
-# to 308 (the far pair: sd 1.11 and 0.46). What is left is mostly the set's own noise, which the se counts.
+# with sd 0.057 around 0.073 and its slope from 43 to 526; with ten draws of whole clips, sd 0.024 (the far
+# pair: sd 1.11 and 0.46). What is left is mostly the set's own noise, which the se counts.
 FAD_INF_DRAWS = 10
 
 

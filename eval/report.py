@@ -6,17 +6,16 @@ per-category bar charts and tables, head/tail table, best and worst items by CLA
 a run has no CLAP score) with spectrograms and players, and each run's full protocol.
 
 Each value carries the number of items it rests on (FAD: generated files and frames; FAD∞: also its 95%
-interval; CLAP score: prompts, with the 95% confidence interval of the mean; of a `--takes` run, over the
-prompts, each its takes' mean). Each metric row names its embedder (in the row when the runs share it, else in
-each cell). A best value is marked only when the runs used the same embedder and the same reference
-(statistics or audio, by content); otherwise the row says what differs ("not comparable: different reference";
-for the CLAP score, the CLAP or the set of prompts; for FAD, numbers of generated frames more than 1 % apart,
-where FAD∞, extrapolated to infinite frames, still ranks the runs and the reason says so; for every metric,
-files read otherwise: `protocol.common.audio_read`). Where a row ranks, runs the data cannot tell from the best
-at 95% are marked with it (FAD∞ and CLAP score; `_marked`), and a note under the table says by which rules,
-those of the rows shown (`mark_note`). Runs evaluated by different tta versions get a note. Category FADs carry
-their frame count.
-"""
+interval; CLAP score: prompts, with the 95% confidence interval of the mean; of a `--takes` run, with the
+prompts as the draws, each weighed by its takes: `clap_half_width`). Each metric row names its embedder (in
+the row when the runs share it, else in each cell). A best value is marked only when the runs used the same
+embedder and the same reference (statistics or audio, by content); otherwise the row says what differs ("not
+comparable: different reference"; for the CLAP score, the CLAP or the set of prompts; for FAD, numbers of
+generated frames more than 1 % apart, where FAD∞, extrapolated to infinite frames, still ranks the runs and
+the reason says so; for every metric, files read otherwise: `protocol.common.audio_read`). Where a row ranks,
+runs the data cannot tell from the best at 95% are marked with it (FAD∞ and CLAP score; `_marked`), and a note
+under the table says by which rules, those of the rows shown (`mark_note`). Runs evaluated by different tta
+versions get a note. Category FADs carry their frame count. """
 
 from __future__ import annotations
 
@@ -371,7 +370,7 @@ def clap_scale_note(runs: list[Run]) -> str | None:
 
 def sample_note(run: Run, metric: str) -> str | None:
     """How many items a run's value rests on and, for the CLAP score (a mean over items), the half-width of its
-    95% confidence interval (1.96 sd / sqrt(n), from items.csv): a difference between runs smaller than that is
+    95% confidence interval (`clap_half_width`, from items.csv; 1.96 sd / sqrt(n) where each prompt is one file): a difference between runs smaller than that is
     within the noise of the prompts drawn. For a `tta generate --takes N` folder (items.csv gives files a take)
     n counts prompts and the interval is over their means (weighed by their takes where those differ in number,
     `clap_half_width`): a prompt's N takes are not N independent draws, and counted as files they narrow it by

@@ -57,6 +57,7 @@ def conversion_config(tiny, *, vocab_size: int, hidden_size: int):
                           "patch_embeds_hidden_size", "depths", "num_attention_heads", "hidden_size")},
                       projection_dim=PROJ)
 
+
 def _relative_position_index(w: int) -> torch.Tensor:
     """Swin's pairwise relative-position index for a w x w window, (w*w, w*w)."""
     coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
@@ -703,7 +704,6 @@ def test_a_folders_config_that_embeds_otherwise_is_in_its_identity(tmp_path, tok
     weights-only identity, and fields no embedding depends on change nothing."""
     import shutil
 
-
     from tta.clap import load_clap
     from tta.clap.laion import _file_hash
 
@@ -910,7 +910,6 @@ def test_a_folder_whose_audio_tower_cannot_embed_is_refused_naming_its_config(tm
     with transformers' reason; the text tower embeds as before. (A spec size the mels do not fit is refused at
     load: the next test.)"""
     import shutil
-
 
     from tests.clap_toy import make_corpus
     from tta.clap import load_clap

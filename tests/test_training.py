@@ -1019,3 +1019,24 @@ def test_a_train_config_built_in_python_names_a_wrong_type_and_takes_numpy_numbe
             TrainConfig(**kw)
     config = TrainConfig(max_steps=np.int64(5), learning_rate=np.float32(1e-4))
     assert json.loads(json.dumps(to_dict(config)))["max_steps"] == 5
+
+
+def test_a_restart_checks_the_ldms_latent_cache_folder_before_it_clears_anything(tmp_path):
+    """check_cache_dir, which `check_restart` runs before a stopped run is cleared, checked data.cache_dir but
+    not the LDM's latent `cache_dir` under `precompute`, which the LDM checked on its own only once the run was
+    cleared; it covers both now."""
+    from pathlib import Path
+
+    from tta.checkpoint import CheckpointError
+    from tta.config import apply_overrides, load_config
+    from tta.ldm.train import RunConfig as LDMRunConfig
+    from tta.training import check_cache_dir
+
+    root = Path(__file__).resolve().parent.parent
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    config = load_config(LDMRunConfig, root / "configs" / "ldm" / "tiny.json")
+    config = apply_overrides(config, ["precompute=true", f"cache_dir={json.dumps(str(blocked))}"])
+    with pytest.raises(CheckpointError, match="cache_dir is a file"):
+        check_cache_dir(config)
+    check_cache_dir(apply_overrides(config, ["precompute=false"]))   # unused without precompute: not checked

@@ -333,10 +333,15 @@ def check_precision(train: TrainConfig) -> None:
 def check_cache_dir(config: Any) -> None:
     """Refuse, before the run folder is made, a data.cache_dir that is a file or cannot be made (under a file, or
     in an unwritable folder): the first item read stopped the run at step 0 with ".../cache/3f: Not a directory".
-    An existing folder passes even when it cannot be written: a filled cache is only read."""
-    cache = getattr(getattr(config, "data", None), "cache_dir", "")
-    if cache and not Path(cache).is_dir():
-        check_output_path(cache, "data.cache_dir", folder=True)
+    So too the LDM's latent `cache_dir` under `precompute` (a file there stopped the run once every clip was
+    encoded, "File exists"). An existing folder passes even when it cannot be written: a filled cache is only
+    read."""
+    caches = [("data.cache_dir", getattr(getattr(config, "data", None), "cache_dir", ""))]
+    if getattr(config, "precompute", False):
+        caches.append(("cache_dir", getattr(config, "cache_dir", "")))
+    for name, cache in caches:
+        if cache and not Path(cache).is_dir():
+            check_output_path(cache, name, folder=True)
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -1364,9 +1369,8 @@ def _discard_unstarted(out: Path, made: Path | None, before: set[str] | None) ->
         return
     if not _is_main_process():
         return
-    cache = out / "cache"
-    if cache.is_dir() and any(cache.iterdir()):   # pre-encoded latents (hours on a large corpus): the same
-        keep = {"cache", RUN_LOCK}                # command, run again, reads them instead of encoding again
+    if left_by_a_stopped_run(out):   # pre-encoded latents (hours on a large corpus): the same
+        keep = {"cache", RUN_LOCK}   # command, run again, reads them instead of encoding again
         gone = sorted(n for n in os.listdir(out) if n not in keep and (before is None or n not in before))
         for name in gone:
             _remove(out / name)

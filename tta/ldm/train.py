@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from tta.audio import log_mel
-from tta.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_path, check_output_path, load_component,
+from tta.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_path, load_component,
                             load_torch_file, loads_draw, read_json, save_train_state)
 from tta.config import counted, to_dict
 from tta.data.manifest import DataConfig
@@ -627,9 +627,6 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             store.check_latents("")   # raises: the store holds no latents (its VAE is checked once loaded)
     if config.trainable:   # a pattern that matches nothing fails before the run folder exists
         freeze_except(LDMUNet(config.model), config.trainable)
-    if config.precompute and config.cache_dir and not Path(config.cache_dir).is_dir():
-        # a file there stopped the run once every clip was encoded ("File exists"); a filled folder is only read
-        check_output_path(config.cache_dir, "cache_dir", folder=True)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     frozen = load_frozen(config, run.device)
     if not resume:   # (it builds the source's CLAP with load_clap, which leaves every random stream as it was)

@@ -44,8 +44,8 @@ def add_recipe_parser(subparsers) -> argparse.ArgumentParser:
                    help="recipe version (default 7: version 6 with reviewed captions (Hedgewars' Polish pack, "
                         "grunts and laughs, split rules) and mixtures labelled by their parts; 6: version 5 "
                         "without held-out clips that nearly duplicate a training clip; 5: music21's scores chosen "
-                        "independently of where music21 is installed; 4: adds Festival and Piper speech; 3: Scratch 1.4's recorded "
-                        "sounds; 2: more dog/animal/instrument packages, classes with fewer than 3 recordings "
+                        "independently of where music21 is installed; 4: adds Festival and Piper speech; 3: "
+                        "Scratch 1.4's recorded sounds; 2: more dog/animal/instrument packages, classes with fewer than 3 recordings "
                         "kept in train); 1 and 2 rebuild the corpora the default model was trained on exactly "
                         "where music21 sits at the path they were built with (README)")
     s.set_defaults(data_func=run_starter)
