@@ -697,6 +697,62 @@ def test_the_official_config_values_are_transformers_defaults():
     assert model_config_suffix(ClapConfig()) == ""
 
 
+def test_the_identity_of_each_kind_of_clap_stays_what_caches_are_keyed_by(laion_pt, tokenizer_dir, tmp_path):
+    """Embedding caches, datastores, latent caches and recorded results are keyed by a CLAP's identity: a change to
+    how it is made must not move it for a model that embeds as before. One of each kind: the shipped tta CLAP (in
+    bench/results.jsonl), a .pt with its tokenizer (with and without the config its weights give), a transformers
+    folder (weights only, another tokenizer "-tok", an edited config "-cfg", another front end "-fe", the last
+    loaded text_only too) and the text_encoder/ tta writes from a .pt."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    from transformers import ClapFeatureExtractor
+
+    from tta.clap import load_clap
+    from tta.clap.laion import _file_hash, _tokenizer_content_hash, infer_clap_config
+    from tta.ldm.folder import save_text_encoder
+
+    shipped = Path(__file__).resolve().parents[1] / "tta" / "assets" / "default" / "text_encoder"
+    assert load_clap(shipped).identity == "tta-clap:aefee460f12a694b"
+
+    tok = load_roberta_tokenizer(tokenizer_dir)
+    pt = "laion-clap:" + hashlib.sha256(f"{_file_hash(laion_pt)}:{_tokenizer_content_hash(tok, tokenizer_dir)}"
+                                        .encode()).hexdigest()[:16]
+    assert load_clap(laion_pt, tokenizer=tokenizer_dir).identity == pt
+    inferred = infer_clap_config(convert_laion_state_dict(torch.load(laion_pt)["state_dict"])[0])
+    assert LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=inferred).identity == pt
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    save_folder(base, conversion_config(tiny_config(), vocab_size=VOCAB, hidden_size=48), tokenizer_dir)
+    weights = "laion-clap:" + _file_hash(base / "model.safetensors")
+    assert load_clap(base).identity == weights
+    other = tmp_path / "tok"                                   # two tokens swapped
+    shutil.copytree(tokenizer_dir, other)
+    (other / "tokenizer.json").unlink(missing_ok=True)
+    lines = (other / "vocab.txt").read_text().splitlines()
+    lines[2000], lines[2001] = lines[2001], lines[2000]
+    (other / "vocab.txt").write_text("\n".join(lines) + "\n")
+    swapped = load_roberta_tokenizer(other)
+    assert load_clap(base, tokenizer=other).identity == weights + "-tok" + _tokenizer_content_hash(swapped, other)[:8]
+    act = tmp_path / "act"
+    shutil.copytree(base, act)
+    body = json.loads((act / "config.json").read_text())
+    body["audio_config"]["hidden_act"] = "relu"
+    (act / "config.json").write_text(json.dumps(body))
+    assert load_clap(act).identity == weights + "-cfg3c1dae83"
+    fmax = tmp_path / "fmax"
+    shutil.copytree(base, fmax)
+    ClapFeatureExtractor(frequency_min=50, frequency_max=4000, truncation="rand_trunc",
+                         padding="repeatpad").save_pretrained(str(fmax))
+    assert load_clap(fmax).identity == load_clap(fmax, text_only=True).identity == weights + "-fea4a872e8"
+
+    written = tmp_path / "text_encoder"
+    save_text_encoder(LaionClapEmbedder.from_path(laion_pt, tokenizer_dir), written)
+    assert load_clap(written).identity == "laion-clap:" + _file_hash(written / "model.safetensors")
+
+
 def test_a_folders_config_that_embeds_otherwise_is_in_its_identity(tmp_path, tokenizer_dir):
     """The same weights under a config.json with another text LayerNorm epsilon (RoBERTa's 1e-5, not the official
     folders' 1e-12), audio activation or patch stride embed otherwise, yet had the same identity: embedding
