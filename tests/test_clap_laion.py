@@ -1106,8 +1106,8 @@ def test_a_clap_whose_audio_tower_cannot_take_its_front_end_loads_text_only(tmp_
 
 def test_a_text_only_clap_refuses_audio_its_cache_holds(tmp_path, laion_pt, tokenizer_dir):
     """embed_audio answered cache hits before the audio batch checked `audio_refusal`: a text_only CLAP whose
-    cache held a clip under its identity (a shared cache; a .pt read with and without a config= has one
-    identity) returned that embedding, and refused only the clips not cached."""
+    cache held a clip under its identity (a shared cache, written by hand or by an older tta) returned that
+    embedding, and refused only the clips not cached."""
     wav = chirp(200, 4000, 2.0, 16_000)
     config = tiny_config()
     config.audio_config.spec_size = 128
@@ -1204,6 +1204,36 @@ def test_an_extractor_given_with_a_laion_pt_is_in_its_identity(laion_pt, tokeniz
                                         ClapFeatureExtractor(frequency_min=50, frequency_max=8000,
                                                              truncation="rand_trunc"))
     assert laions.identity == plain.identity and other.identity.startswith(plain.identity + "-fe")
+
+
+def test_a_config_given_with_a_laion_pt_that_embeds_otherwise_is_in_its_identity(laion_pt, tokenizer_dir):
+    """A .pt read with a config= kept the identity of its weights and tokenizer whatever the config: another text
+    activation moved its caption embeddings by 4e-4 under the same identity, and an embedding cache made with one
+    config was reused by the other. A config that embeds as the one read off the weights keeps that identity, and
+    fields no embedding depends on change nothing; one that embeds otherwise gets "-cfg", the same each time."""
+    from tta.clap.laion import infer_clap_config
+
+    def config(part=None, **change):
+        made = infer_clap_config(convert_laion_state_dict(torch.load(laion_pt)["state_dict"])[0])
+        for name, value in change.items():
+            setattr(getattr(made, part) if part else made, name, value)
+        return made
+
+    text = ["a dog barks loudly"]
+    plain = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir)
+    cosmetic = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config(logit_scale_init_value=5.0))
+    assert cosmetic.identity == plain.identity
+    assert torch.equal(cosmetic.embed_text(text), plain.embed_text(text))
+    relu = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config("text_config", hidden_act="relu"))
+    assert not torch.allclose(relu.embed_text(text), plain.embed_text(text), atol=1e-4)
+    heads = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config("text_config", num_attention_heads=2))
+    stride = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config("audio_config", patch_stride=2),
+                                         text_only=True)
+    changed = [relu.identity, heads.identity, stride.identity,
+               LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=tiny_config()).identity]
+    assert len(set(changed)) == 4 and all(i.startswith(plain.identity + "-cfg") for i in changed)
+    again = LaionClapEmbedder.from_path(laion_pt, tokenizer_dir, config=config("text_config", hidden_act="relu"))
+    assert again.identity == relu.identity          # stable: a cache written once is found again
 
 
 @pytest.mark.parametrize("fusion", [False, True])

@@ -40,7 +40,10 @@ official ones but for the text LayerNorm epsilon, only in a tta pipeline's text_
 audio tower that cannot embed otherwise (e.g. `flatten_patch_embeds` false, a patch stride the mels do not
 fit) loads, as its weights fit; its first audio embedding is refused naming the config.json (a probe
 embedding when the folder loads would put a 10 s window through HTSAT: ~0.4 s on one CPU core for the
-official size, a quarter of its load, paid by text-only uses such as AudioLDM's conditioning too).
+official size, a quarter of its load, paid by text-only uses such as AudioLDM's conditioning too). A .pt read
+from Python with a `config=` whose values of those fields differ from the ones its weights give
+(`infer_clap_config`, what it is read with by default) gets "-cfg" and a hash of the fields that differ
+(`pt_config_suffix`).
 
 The RoBERTa tokenizer must come from local files the user names; a tokenizer with a tiny vocabulary
 (what transformers 5 builds offline when the files are missing) is refused.
@@ -399,21 +402,43 @@ def model_config_suffix(config, *, in_pipeline: bool = False) -> str:
     a tta pipeline's text_encoder/ (`_in_tta_pipeline`), where tta writes every transformers CLAP folder it makes;
     elsewhere it gets the suffix. (A pipeline's text_encoder/ of that width edited to the official 1e-12 keeps the
     weights-only identity in turn: its config alone cannot tell that edit from an official folder's.)"""
-    changed = {}
-    for part, fields in MODEL_CONFIG.items():
-        for name, want in fields.items():
-            have = getattr(getattr(config, part), name, None)
-            if name == "patch_stride":     # an int means the same stride in both directions (as the model reads it)
-                have = (have, have) if isinstance(have, int) else tuple(have)
-            if have != want:
-                number = isinstance(have, (int, float)) and not isinstance(have, bool)
-                changed[f"{part}.{name}"] = float(have) if number else have
+    official = {f"{part}.{name}": want for part, fields in MODEL_CONFIG.items() for name, want in fields.items()}
+    changed = {key: have for key, have in _embedding_fields(config).items() if have != official[key]}
     heads = laion_text_heads(config.text_config.hidden_size)
     inferred = {"text_config.layer_norm_eps": LAION_TEXT_LAYER_NORM_EPS}
     if heads != MODEL_CONFIG["text_config"]["num_attention_heads"]:
         inferred["text_config.num_attention_heads"] = float(heads)
     if not changed or (changed == inferred and (len(inferred) > 1 or in_pipeline)):
         return ""
+    return _config_hash(changed)
+
+
+def pt_config_suffix(config, weights_config) -> str:
+    """A .pt's part of the identity for the ClapConfig `config` it is read with (`config=`): "" where the fields of
+    `MODEL_CONFIG` hold the values of `weights_config`, the config `infer_clap_config` reads off its weights (what
+    the .pt is read with by default), else "-cfg" + 8 hex digits hashing those that differ, as a folder's
+    `model_config_suffix`: another activation, LayerNorm epsilon, text head count, padding id, patch stride or
+    spec size embeds otherwise, so it must not share the caches of the .pt read as it is by default."""
+    inferred = _embedding_fields(weights_config)
+    changed = {key: have for key, have in _embedding_fields(config).items() if have != inferred[key]}
+    return _config_hash(changed) if changed else ""
+
+
+def _embedding_fields(config) -> dict:
+    """The `MODEL_CONFIG` fields of a ClapConfig as {"part.name": value}: numbers as floats, a patch stride as a
+    pair (an int means the same stride in both directions, as the model reads it)."""
+    out = {}
+    for part, fields in MODEL_CONFIG.items():
+        for name in fields:
+            have = getattr(getattr(config, part), name, None)
+            if name == "patch_stride":
+                have = (have, have) if isinstance(have, int) else tuple(have)
+            number = isinstance(have, (int, float)) and not isinstance(have, bool)
+            out[f"{part}.{name}"] = float(have) if number else have
+    return out
+
+
+def _config_hash(changed: dict) -> str:
     return "-cfg" + hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -594,10 +619,11 @@ class LaionClapEmbedder(ClapEmbedder):
     def from_path(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None, *, config=None,
                   loaded=None, **kwargs) -> LaionClapEmbedder:
         """A LAION `.pt` file (needs `tokenizer`, in the identity by its content: `_tokenizer_content_hash`;
-        `loaded`: its content, when already read) or a transformers CLAP folder (tokenizer files inside it, or
-        `tokenizer`: another tokenizer than the folder's own adds "-tok" and 8 hex digits of its content's hash
-        to the identity, `_tokenizer_suffix`; a config.json that embeds otherwise than the official folders' adds
-        "-cfg": `model_config_suffix`)."""
+        `loaded`: its content, when already read; `config`: a ClapConfig to build the model of, which adds "-cfg"
+        where it embeds otherwise than the one read off the weights: `pt_config_suffix`) or a transformers CLAP
+        folder (tokenizer files inside it, or `tokenizer`: another tokenizer than the folder's own adds "-tok" and
+        8 hex digits of its content's hash to the identity, `_tokenizer_suffix`; a config.json that embeds
+        otherwise than the official folders' adds "-cfg": `model_config_suffix`)."""
         from transformers import ClapFeatureExtractor, ClapModel
 
         path = Path(path)
@@ -610,6 +636,8 @@ class LaionClapEmbedder(ClapEmbedder):
             tok = load_roberta_tokenizer(tokenizer)
             content = _tokenizer_content_hash(tok, Path(tokenizer))
             ident = hashlib.sha256(f"{_file_hash(path)}:{content}".encode()).hexdigest()[:16]
+            if config is not None:   # another activation, epsilon, ... than its weights give embeds otherwise
+                ident += pt_config_suffix(model.config, infer_clap_config(model.state_dict()))
             return cls(model, tok, identity=f"laion-clap:{ident}", config_source=str(path), **kwargs)
         if not (path / "config.json").is_file():
             raise ValueError(f"{path}: neither a LAION .pt file nor a transformers CLAP folder (no config.json)")
