@@ -1242,9 +1242,10 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
     256] to have 1 channels', 'the wav size should be less than or equal to the swin input size', a
     sample-rate mismatch), or, with a window under 10 s and no fusion, cropped tta's 10 s clips with numpy's
     unseeded generator: each call another embedding, and a cache kept the first. They are refused when the
-    folder loads, naming the file and the field (loaded text_only, its audio is refused with the same error,
-    unless transformers cannot build the extractor: then text_only is refused too); settings the model takes
-    still load and embed the same each call."""
+    folder loads, naming the file and the field (loaded text_only, its audio is refused with the same error);
+    settings the model takes still load and embed the same each call. One transformers cannot build an
+    extractor from was refused even text_only, though captions need no front end: loaded text_only, it embeds
+    captions as the folder with LAION's front end, under its identity, and refuses audio as loading does."""
     import shutil
 
     from transformers import ClapFeatureExtractor
@@ -1300,14 +1301,15 @@ def test_a_preprocessor_config_the_model_cannot_take_is_refused_at_load(tmp_path
         folder = folder_with(name, **change)
         with pytest.raises(ValueError, match=f"{name}/{message}") as at_load:
             load_clap(folder)
-        if name in ("bounds", "bins", "fft"):   # transformers cannot read it: nothing to load text_only
-            continue
         # loaded text_only, the audio is refused with the error loading raised: check_front_end's were
         # ValueErrors at load and CheckpointErrors at the first audio
         clap = load_clap(folder, text_only=True)
         with pytest.raises(ValueError) as at_audio:
             clap.embed_audio(wav, 16_000)
         assert (type(at_audio.value), str(at_audio.value)) == (type(at_load.value), str(at_load.value)), name
+        if name in ("bounds", "bins", "fft"):   # transformers cannot read it: no front end, and no "-fe"
+            assert clap.identity == load_clap(base).identity
+            assert torch.equal(clap.embed_text(["a dog barks"]), load_clap(base).embed_text(["a dog barks"]))
     taken = [("slower", {"hop_length": 960}), ("both", {"hop_length": 960, "max_length_s": 20})]
     if fusion:
         taken.append(("fused5", {"max_length_s": 5}))     # its crops come from tta's seeded draws

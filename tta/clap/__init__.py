@@ -60,12 +60,13 @@ def load_clap(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = 
     is refused: a preprocessor_config.json that is no LAION front end or would crop at random (another sample
     rate or truncation, a short window, a field of the wrong type: tta.clap.laion.check_front_end, a
     ValueError), or an audio tower that cannot take its front end's mels (front_end_refusal, a CheckpointError).
-    Unless `text_only`: for captions alone (e.g. to condition on them), it loads, and every audio embedding (a
-    cached one too) is refused instead, with the error loading raises without it (the same type and words). A
-    preprocessor_config.json transformers cannot build its feature extractor from is refused even `text_only`
-    (a ValueError, "not a ClapFeatureExtractor configuration"): frequency bounds out of order, and some fields of
+    A preprocessor_config.json transformers cannot build its feature extractor from is refused likewise (a
+    ValueError, "not a ClapFeatureExtractor configuration"): frequency bounds out of order, and some fields of
     the wrong type, which fail there before check_front_end sees them (feature_size "64" or 64.0,
-    fft_window_size 1024.0; hop_length 480.0 reaches check_front_end and loads text_only)."""
+    fft_window_size 1024.0). Unless `text_only`: for captions alone (e.g. to condition on them), it loads, and
+    every audio embedding (a cached one too) is refused instead, with the error loading raises without it (the
+    same type and words); a preprocessor_config.json that cannot be read then leaves the identity as it is
+    without one (its captions embed alike, and it embeds no audio)."""
     from tta.checkpoint import keep_global_rng
 
     with keep_global_rng():

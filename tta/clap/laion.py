@@ -26,8 +26,9 @@ Feature-fusion checkpoints (`enable_fusion`) use the extractor's "fusion" mode o
 transformers folder's preprocessor_config.json replaces that extractor; where it differs from LAION's front
 end in a field that changes embeddings, the identity gets "-fe" and a hash of those fields (official folders
 keep the weights-only identity). One that is no such front end (another sample rate, "fusion" truncation
-without feature fusion) or that would crop at random (a window under 10 s without fusion) is refused with a
-ValueError (`check_front_end`), and a model whose audio tower cannot take the mels of its front end, LAION's
+without feature fusion), that would crop at random (a window under 10 s without fusion: `check_front_end`) or
+that transformers cannot build an extractor from (its identity part is then LAION's) is refused with a
+ValueError, and a model whose audio tower cannot take the mels of its front end, LAION's
 or a preprocessor_config.json's (another mel-bin count, more mel frames than its spec size holds), with a
 CheckpointError (`front_end_refusal`), naming the file and the field, when it loads; unless it is loaded
 `text_only` (for its captions alone, e.g. AudioLDM's conditioning): then either loads, its text tower embeds
@@ -563,11 +564,13 @@ class LaionClapEmbedder(ClapEmbedder):
     `identity` names the weights (and tokenizer); a `feature_extractor` other than LAION's front end appends
     `front_end_suffix` to it. `config_source`: where the model's config came from (a folder's config.json, a
     .pt), named when its audio tower cannot embed; `front_end_source`: where `feature_extractor` came from (a
-    folder's preprocessor_config.json), named when it is refused. A front end that is refused (`check_front_end`,
-    a ValueError) or that the audio tower cannot embed through (`front_end_refusal`, a CheckpointError) is
-    refused here, unless `text_only`: then the text tower embeds as any other, and every audio embedding (a
-    cached one too) is refused with the error loading raises without it, of the same type and words
-    (`audio_refusal`)."""
+    folder's preprocessor_config.json), named when it is refused; `unreadable_front_end`: why the folder's
+    preprocessor_config.json gave no extractor (transformers cannot build one from it), refused as a ValueError.
+    A front end that is refused (`check_front_end` or unreadable, a ValueError) or that the audio tower cannot
+    embed through (`front_end_refusal`, a CheckpointError) is refused here, unless `text_only`: then the text
+    tower embeds as any other, and every audio embedding (a cached one too) is refused with the error loading
+    raises without it, of the same type and words (`audio_refusal`). An unreadable front end leaves the
+    identity as LAION's would: its captions embed alike, and it embeds no audio."""
 
     sample_rate = SAMPLE_RATE
     min_samples = 1024     # one STFT window at 48 kHz
@@ -575,7 +578,7 @@ class LaionClapEmbedder(ClapEmbedder):
     def __init__(self, model, tokenizer, *, identity: str, feature_extractor=None, crop_seed: int = 0,
                  device: str | torch.device = "cpu", batch_size: int = 16, cache_dir=None,
                  config_source: str | None = None, front_end_source: str | None = None,
-                 text_only: bool = False):
+                 unreadable_front_end: str | None = None, text_only: bool = False):
         from transformers import ClapFeatureExtractor
 
         super().__init__(batch_size=batch_size, cache_dir=cache_dir)
@@ -589,7 +592,11 @@ class LaionClapEmbedder(ClapEmbedder):
             frequency_min=50, frequency_max=14_000, truncation="fusion" if self.fusion else "rand_trunc",
             padding="repeatpad")
         refusal, refused_as = None, CheckpointError
-        if feature_extractor is not None:
+        if unreadable_front_end is not None:   # no extractor to check: refused as check_front_end refuses
+            if not text_only:
+                raise ValueError(unreadable_front_end)
+            refusal, refused_as = unreadable_front_end, ValueError
+        elif feature_extractor is not None:
             front_end_source = front_end_source or "feature_extractor"
             try:
                 check_front_end(feature_extractor, model.config.audio_config, front_end_source)
@@ -657,20 +664,23 @@ class LaionClapEmbedder(ClapEmbedder):
             h = hashlib.sha256("".join(_file_hash(f) for f in shards or [path / "config.json"]).encode())
             ident = f"laion-clap:{h.hexdigest()[:16]}"
         ident += model_config_suffix(model.config, in_pipeline=_in_tta_pipeline(path))
-        fe = None
+        fe = unreadable = None
         if (path / "preprocessor_config.json").is_file():
             try:
                 fe = ClapFeatureExtractor.from_pretrained(str(path), local_files_only=True)
             except Exception as e:  # noqa: BLE001 - transformers raises ValueError/TypeError/OSError by field
-                raise ValueError(f"{path / 'preprocessor_config.json'}: not a ClapFeatureExtractor "
-                                 f"configuration ({str(e).splitlines()[0][:200]})") from None
+                unreadable = (f"{path / 'preprocessor_config.json'}: not a ClapFeatureExtractor configuration "
+                              f"({str(e).splitlines()[0][:200]})")
+                if not kwargs.get("text_only"):   # (text_only: its captions need no front end)
+                    raise ValueError(unreadable) from None
         tok = load_roberta_tokenizer(tokenizer or path)
         if tokenizer is not None:
             # another tokenizer than the folder's own embeds captions otherwise (as with a .pt): in the identity;
             # the folder's own, or a copy of it, keeps the weights-only identity caches are keyed by
             ident += _tokenizer_suffix(path, Path(tokenizer), tok)
         return cls(model, tok, identity=ident, feature_extractor=fe, config_source=str(path / "config.json"),
-                   front_end_source=None if fe is None else str(path / "preprocessor_config.json"), **kwargs)
+                   front_end_source=None if fe is None else str(path / "preprocessor_config.json"),
+                   unreadable_front_end=unreadable, **kwargs)
 
     @torch.no_grad()
     def _text_batch(self, captions: list[str]) -> torch.Tensor:
