@@ -447,7 +447,9 @@ def _in_tta_pipeline(folder: Path) -> bool:
     """Whether `folder` is the text_encoder/ of a tta pipeline folder: the pipeline.json beside it names it,
     where the path leads as given or once its links are resolved (a link to a pipeline's text_encoder/, and a
     pipeline whose text_encoder/ is a link, are both). A text_encoder/ copied out of its pipeline is not, so
-    at roberta-base's width its identity gets "-cfg" (`model_config_suffix`): a cache miss, never a mix."""
+    at roberta-base's width its identity gets "-cfg" (`model_config_suffix`): a cache miss, never a mix. Its
+    config.json cannot tell it apart: an official folder whose text layer_norm_eps is set to 1e-5 and saved by
+    transformers (ClapConfig.from_pretrained, save_pretrained) holds the very bytes tta writes."""
     from tta.checkpoint import PIPELINE_FILE
 
     for place in dict.fromkeys((Path(os.path.abspath(folder)), Path(folder).resolve())):
