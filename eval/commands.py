@@ -45,7 +45,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tta import UsageError
-    from eval.report import clap_words, fad_inf_words   # the intervals as tta report writes them (numpy only)
+    from eval.report import clap_words, fad_inf_words   # the intervals as tta report writes them (no torch)
     from eval.run import EvalOptions, run_eval
     from tta.checkpoint import check_output_path
 

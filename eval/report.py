@@ -33,7 +33,8 @@ import numpy as np
 
 from eval.outputs import ITEMS_NAME, ResultError, read_result
 from tta import UsageError
-from tta.clap.interval import ci95_words, clap_draws, clap_groups, clap_half_width, paired_clap_difference
+from tta.clap.interval import (ci95_words, clap_draws, clap_groups, clap_half_width, clap_standard_error,
+                               interval_words, paired_clap_difference, recorded_interval, t95)
 
 log = logging.getLogger(__name__)
 
@@ -223,23 +224,24 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[se
     """(The runs a ranked row marks, the rules it compared them by, for the note under the table: `mark_note`):
     those at the best value and those the data cannot tell from one of them at
     95%: for FAD∞ and the CLAP score, a difference within 1.96 standard errors of the difference, each run's
-    standard error its 95% interval's half-width / 1.96 (FAD∞: protocol.fad.fad_inf.fad_inf_ci95; CLAP score:
-    `clap_ci95`); not whether the intervals overlap, which two of equal width do up to 2.77 standard errors of
-    the difference, runs separable at 95% among them. For the CLAP score of two runs that scored the same items
+    standard error its 95% interval's half-width / 1.96 (FAD∞: protocol.fad.fad_inf.fad_inf_ci95), the CLAP
+    score's / its t quantile (`clap_ci95`: t95(draws - 1), or 1.96 where a result from before recorded it);
+    not whether the intervals overlap, which two of equal width do up to 2.77 standard errors of the
+    difference, runs separable at 95% among them. For the CLAP score of two runs that scored the same items
     (`_paired_difference`), a paired difference of the scores whose 95% interval (Student's t with n - 1
     degrees of freedom, `t95`) holds 0. A row where a ranked run has no interval (a result from before FAD∞
     recorded one, a CLAP score without its items.csv from before eval.json recorded its interval) marks the best
     value alone, as the other metrics' rows do (plain FAD, FD, KL, IS have no interval): rule "best"."""
     ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
     tops = {i for i in ranked if values[i] == best}
-    if metric == "fad_inf":
-        halves = {i: (interval[1] - interval[0]) / 2 if (interval := fad_inf_interval(runs[i].body)) else None
-                  for i in ranked}
+    if metric == "fad_inf":   # the standard errors
+        errors = {i: (interval[1] - interval[0]) / 2 / 1.96 if (interval := fad_inf_interval(runs[i].body))
+                  else None for i in ranked}
     elif metric == "clap_score":
-        halves = {i: clap_ci95(runs[i])[0] for i in ranked}
+        errors = {i: clap_ci95(runs[i])[1] for i in ranked}
     else:
         return tops, {"best"}
-    if any(half is None or not np.isfinite(half) for half in halves.values()):
+    if any(se is None or not np.isfinite(se) for se in errors.values()):
         return tops, {"best"}
     rules: set[str] = set()
 
@@ -249,18 +251,10 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[se
             difference, se, pairs = paired
             return abs(difference) > t95(pairs - 1) * se
         rules.add(f"{metric}_intervals")
-        return abs(values[i] - values[j]) > 1.96 * float(np.hypot(halves[i] / 1.96, halves[j] / 1.96))
+        return abs(values[i] - values[j]) > 1.96 * float(np.hypot(errors[i], errors[j]))
 
     near = {i for i in ranked if i not in tops and not all([apart(i, t) for t in tops])}   # each rule it takes
     return tops | near, rules or {"best"}   # (runs all at the best value: nothing compared)
-
-
-def t95(df: int) -> float:
-    """The two-sided 95% quantile of Student's t with `df` degrees of freedom (12.71 at 1, 2.26 at 9, 1.96 in
-    the limit): a mean of a few differences is not known to 1.96 of its estimated standard errors."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
 
 
 def mark_note(rules: set[str]) -> str | None:
@@ -313,24 +307,10 @@ def fad_inf_words(body: dict) -> str | None:
     return None if interval is None else f"95% CI ±{_fmt((interval[1] - interval[0]) / 2)}"
 
 
-def recorded_clap_ci95(body: dict) -> tuple[float | None, int | None, bool]:
-    """A result's CLAP score interval as recorded (protocol.clap.clap_score_ci95,
-    tta.clap.interval.clap_interval over its items): (its half-width, None without one: fewer than 2 draws, or
-    a result from before it was recorded; its draws, None in such a result; whether they are prompts: a
-    `--takes` run)."""
-    clap = (body.get("protocol", {}) or {}).get("clap", {}) or {}
-    interval, draws = clap.get("clap_score_ci95"), clap.get("clap_score_ci95_draws")   # checked on reading
-    if draws is None:   # recorded with the interval: a result from before it
-        return None, None, False
-    half = (float(interval[1]) - float(interval[0])) / 2 if interval else None
-    return half if half is not None and np.isfinite(half) else None, draws, \
-        clap.get("clap_score_ci95_unit") == "prompts"
-
-
 def clap_words(body: dict) -> str | None:
-    """A result's recorded CLAP score interval as written beside the score (`ci95_words`); None without one."""
-    half, _, takes = recorded_clap_ci95(body)
-    return None if half is None else ci95_words(half, over_prompts=takes)
+    """A result's recorded CLAP score interval (protocol.clap) as written beside the score
+    (`tta.clap.interval.interval_words`, as `tta clap score` writes its own); None without one."""
+    return interval_words((body.get("protocol", {}) or {}).get("clap", {}) or {})
 
 
 def _audio_read(run: Run) -> str | None:
@@ -370,11 +350,12 @@ def clap_scale_note(runs: list[Run]) -> str | None:
 
 def sample_note(run: Run, metric: str) -> str | None:
     """How many items a run's value rests on and, for the CLAP score (a mean over items), the half-width of its
-    95% confidence interval (`clap_half_width`, from items.csv; 1.96 sd / sqrt(n) where each prompt is one file): a difference between runs smaller than that is
-    within the noise of the prompts drawn. For a `tta generate --takes N` folder (items.csv gives files a take)
-    n counts prompts and the interval is over their means (weighed by their takes where those differ in number,
-    `clap_half_width`): a prompt's N takes are not N independent draws, and counted as files they narrow it by
-    about sqrt(N). Where the result's items.csv was not found, the interval eval.json records (`clap_ci95`).
+    95% confidence interval (`clap_half_width`, from items.csv; t95(n - 1) sd / sqrt(n) where each prompt is
+    one file): a difference between runs smaller than that is within the noise of the prompts drawn. For a
+    `tta generate --takes N` folder (items.csv gives files a take) n counts prompts and the interval is over
+    their means (weighed by their takes where those differ in number, `clap_half_width`): a prompt's N takes
+    are not N independent draws, and counted as files they narrow it by about sqrt(N). Where the result's
+    items.csv was not found, the interval eval.json records (`clap_ci95`).
     None when the result records neither."""
     proto = run.body.get("protocol", {}) or {}
     if metric in ("fad", "fad_inf"):
@@ -387,7 +368,7 @@ def sample_note(run: Run, metric: str) -> str | None:
         return ", ".join([*notes, words] if words else notes) or None
     if metric != "clap_score":
         return None
-    half, draws, files, takes = clap_ci95(run)
+    half, _, draws, files, takes = clap_ci95(run)
     unit = (f" prompts, {files} takes" if isinstance(files, int) else " prompts") if takes else ""
     if half is not None:
         return f"n {draws}{unit}, {ci95_words(half, over_prompts=takes)}"
@@ -397,18 +378,20 @@ def sample_note(run: Run, metric: str) -> str | None:
     return f"n {n}" if isinstance(n, int) else None
 
 
-def clap_ci95(run: Run) -> tuple[float | None, int | None, int | None, bool]:
-    """The half-width of the run's CLAP score's 95% interval (None without one: fewer than 2 draws), its draws, the
-    files scored and whether it is a `--takes` run (its draws are prompts): from items.csv's rows
-    (`clap_half_width`) or, where the result's items.csv was not found, as eval.json records it
-    (protocol.clap.clap_score_ci95, tta eval's same computation over the same rows; none in a result from before
-    it was recorded)."""
+def clap_ci95(run: Run) -> tuple[float | None, float | None, int | None, int | None, bool]:
+    """The half-width of the run's CLAP score's 95% interval (None without one: fewer than 2 draws), the
+    standard error it is made of, its draws, the files scored and whether it is a `--takes` run (its draws
+    are prompts): from items.csv's rows (`clap_half_width`, `clap_standard_error`) or, where the result's
+    items.csv was not found, as eval.json records it (protocol.clap.clap_score_ci95, tta eval's computation
+    over the same rows, read as its tta version meant it: `recorded_interval`; none in a result from before it
+    was recorded)."""
     if run.items_missing is None:
         draws, files, takes = clap_draws(run.rows)
-        return clap_half_width(run.rows), len(draws), files, takes
-    half, draws, takes = recorded_clap_ci95(run.body)
-    files = ((run.body.get("protocol", {}) or {}).get("clap", {}) or {}).get("num_items")
-    return half, draws, files if isinstance(files, int) else None, takes
+        return clap_half_width(run.rows), clap_standard_error(run.rows), len(draws), files, takes
+    clap = (run.body.get("protocol", {}) or {}).get("clap", {}) or {}
+    half, se, draws, takes = recorded_interval(clap)
+    files = clap.get("num_items")
+    return half, se, draws, files if isinstance(files, int) else None, takes
 
 
 def _paired_difference(a: Run, b: Run) -> tuple[float, float, int] | None:

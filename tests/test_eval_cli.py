@@ -311,11 +311,14 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path, capsys):
 
     run = load_runs([out])[0]
     half = clap_half_width(run.rows)
+    scores = [float(r["clap_score"]) for r in run.rows]   # Student's t with 7 degrees of freedom: 2.36 se, not 1.96
+    assert half == pytest.approx(2.3646 * np.std(scores, ddof=1) / np.sqrt(8), rel=1e-4)
     assert half > 0 and sample_note(run, "clap_score") == f"n 8, 95% CI ±{half:.2g}"
     assert printed[0] == f"clap_score\t{body['metrics']['clap_score']:.6g}\t95% CI ±{half:.2g}", printed
     clap = body["protocol"]["clap"]
     assert clap["clap_score_ci95"] == [body["metrics"]["clap_score"] - half, body["metrics"]["clap_score"] + half]
     assert clap["clap_score_ci95_draws"] == 8 and clap["clap_score_ci95_unit"] == "files"
+    assert clap["clap_score_ci95_distribution"] == "t" and clap["clap_score_ci95_df"] == 7
     # `tta clap score` on the same files and prompts gives each file the score `tta eval` gave it, under the same
     # key names: two implementations disagreed in the last digits (one embedded equal-length clips in batches and
     # took float32 cosines) and named the count "num_items" and "count"; it prints and records the score's
@@ -324,8 +327,9 @@ def test_tta_eval_clap_score_with_real_tta_clap(folders, tmp_path, capsys):
                  str(prompts), "--out", str(tmp_path / "score.json")]) == 0
     assert f" over 8 clips (95% CI ±{half:.2g}; raw cosine; model " in capsys.readouterr().out
     score = json.loads((tmp_path / "score.json").read_text())
-    assert {k: score[k] for k in ("clap_score_ci95", "clap_score_ci95_draws", "clap_score_ci95_unit")} == \
-        {k: clap[k] for k in ("clap_score_ci95", "clap_score_ci95_draws", "clap_score_ci95_unit")}
+    keys = ("clap_score_ci95", "clap_score_ci95_draws", "clap_score_ci95_unit", "clap_score_ci95_distribution",
+            "clap_score_ci95_df")
+    assert {k: score[k] for k in keys} == {k: clap[k] for k in keys}
     with open(out / "items.csv") as f:
         by_file = {r["file"]: float(r["clap_score"]) for r in csv.DictReader(f)}
     assert score["num_items"] == 8 and len(by_file) == 8

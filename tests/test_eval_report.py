@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
 from tests.signals import chirp, noise, tone
 from tests.test_eval_cli import ToyClap
@@ -86,7 +87,7 @@ def test_each_value_says_how_many_items_it_rests_on_and_the_clap_scores_interval
 
     with open(report / "run_a" / "items.csv", newline="") as f:
         scores = [float(r["clap_score"]) for r in csv.DictReader(f)]
-    half = 1.96 * np.std(scores, ddof=1) / np.sqrt(len(scores))
+    half = student_t.ppf(0.975, 5) * np.std(scores, ddof=1) / np.sqrt(len(scores))   # Student's t, 5 df
     assert len(scores) == 6 and half > 0
     note = f"n 6, 95% CI ±{half:.2g}"
     md = (report / "report.md").read_text()
@@ -525,11 +526,11 @@ def test_the_clap_score_interval_of_a_takes_run_is_over_its_prompts():
                  "take": str(t) if takes else ""} for p, vs in scores.items() for t, v in enumerate(vs, 1)]
 
     run = _run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items(True))
-    half = 1.96 * np.std([0.2, 0.4, 0.6], ddof=1) / np.sqrt(3)
+    half = student_t.ppf(0.975, 2) * np.std([0.2, 0.4, 0.6], ddof=1) / np.sqrt(3)
     note = sample_note(run, "clap_score")
     assert note == f"n 3 prompts, 6 takes, 95% CI ±{half:.2g} with the prompts as the draws", note
     assert "n 3 prompts, 6 takes" in render_markdown([run])
-    files = 1.96 * np.std([v for vs in scores.values() for v in vs], ddof=1) / np.sqrt(6)
+    files = student_t.ppf(0.975, 5) * np.std([v for vs in scores.values() for v in vs], ddof=1) / np.sqrt(6)
     assert sample_note(_run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items(False)), "clap_score") == \
         f"n 6, 95% CI ±{files:.2g}"
     one = [i for i in items(True) if i["prompt"] == "a"]
@@ -660,6 +661,12 @@ def test_report_refuses_a_result_twice_another_version_and_a_damaged_body(report
      "protocol.clap.clap_score_ci95_draws is '8', not a count"),
     (lambda b: b["protocol"]["clap"].update(clap_score_ci95_unit=["files"]),
      "protocol.clap.clap_score_ci95_unit is ['files'], not a string"),
+    (lambda b: b["protocol"]["clap"].update(clap_score_ci95_distribution="normal"),
+     "protocol.clap.clap_score_ci95_distribution is 'normal', not 't'"),
+    (lambda b: b["protocol"]["clap"].update(clap_score_ci95_df="5"),
+     "protocol.clap.clap_score_ci95_df is '5', not the interval's degrees of freedom (a count, 1 or more)"),
+    (lambda b: b["protocol"]["clap"].pop("clap_score_ci95_df"),
+     "protocol.clap.clap_score_ci95_df is None, not the interval's degrees of freedom (a count, 1 or more)"),
 ])
 def test_a_damaged_part_of_an_eval_json_is_named(report, tmp_path, capsys, change, message):
     """These failed on Python's own words ("'str' object has no attribute 'get'", "'categories'") or, for the
@@ -712,7 +719,7 @@ def test_a_missing_items_csv_is_warned_about_and_said_in_the_report(report, tmp_
     # items.csv only)
     with open(report / "run_a" / "items.csv", newline="") as f:
         scores = [float(r["clap_score"]) for r in csv.DictReader(f)]
-    half = 1.96 * np.std(scores, ddof=1) / np.sqrt(len(scores))
+    half = student_t.ppf(0.975, 5) * np.std(scores, ddof=1) / np.sqrt(len(scores))   # Student's t, 5 df
     clap = next(line for line in md.splitlines() if line.startswith("| CLAP score"))
     assert f"(n 6, 95% CI ±{half:.2g})" in clap, clap
 
@@ -741,6 +748,32 @@ def test_a_result_without_its_items_csv_ranks_and_shows_its_clap_score_by_the_re
         md = render_markdown([run("a", 0.4, half), run("b", 0.45, half)])
         row = next(line for line in md.splitlines() if line.startswith("| CLAP score"))
         assert row.endswith(marked), row
+
+
+def test_a_recorded_clap_interval_is_read_by_the_rule_it_was_made_by():
+    """eval.json's CLAP interval is Student's t's now (protocol.clap.clap_score_ci95_distribution "t", with its
+    degrees of freedom); one from before names no distribution and took 1.96 standard errors whatever the
+    draws. Without items.csv the report ranks by the standard errors the recorded intervals give: an old
+    record's half-width / 1.96, as before (here 0.4 and 0.45, each ± 0.05 over 3 files: within 1.96 standard
+    errors of the difference, both marked), a t record's / 4.30 (3 draws), so the same half-widths of t
+    intervals are narrower standard errors, and the runs separate. Each shows its interval as recorded."""
+    from eval.report import render_markdown, sample_note
+
+    def run(label, score, new):
+        r = _run(label, 1.0, "mfcc@v1", "ref1", clap=score)
+        r.body["protocol"]["clap"].update(num_items=3, clap_score_ci95=[score - 0.05, score + 0.05],
+                                          clap_score_ci95_draws=3, clap_score_ci95_unit="files",
+                                          **({"clap_score_ci95_distribution": "t", "clap_score_ci95_df": 2}
+                                             if new else {}))
+        r.items_missing = r.folder / "items.csv"
+        return r
+
+    for new, marked in ((False, "| **0.4** (n 3, 95% CI ±0.05) | **0.45** (n 3, 95% CI ±0.05) |"),
+                        (True, "| 0.4 (n 3, 95% CI ±0.05) | **0.45** (n 3, 95% CI ±0.05) |")):
+        assert sample_note(run("a", 0.4, new), "clap_score") == "n 3, 95% CI ±0.05"
+        md = render_markdown([run("a", 0.4, new), run("b", 0.45, new)])
+        row = next(line for line in md.splitlines() if line.startswith("| CLAP score"))
+        assert row.endswith(marked), (new, row)
 
 
 def test_upper_case_md_writes_markdown_labels_stay_unique_and_changed_audio_is_not_played(report, tmp_path):
@@ -871,7 +904,7 @@ def test_the_takes_of_two_rows_of_one_prompt_text_are_two_prompts_in_the_interva
     rows = [("a dog barks", 0, (0.1, 0.3)), ("a dog barks", 1, (0.5, 0.7)), ("rain", 2, (0.4, 0.4))]
     items = [{"name": f"r{row}_{t}", "prompt": p, "clap_score": str(v), "file": f"/nowhere/r{row}_{t}.wav",
               "take": str(t), "row": str(row)} for p, row, vs in rows for t, v in enumerate(vs, 1)]
-    half = 1.96 * np.std([0.2, 0.6, 0.4], ddof=1) / np.sqrt(3)
+    half = student_t.ppf(0.975, 2) * np.std([0.2, 0.6, 0.4], ddof=1) / np.sqrt(3)
     note = sample_note(_run("a", 1.0, "mfcc@v1", "ref1", clap=0.4, items=items), "clap_score")
     assert note == f"n 3 prompts, 6 takes, 95% CI ±{half:.2g} with the prompts as the draws", note
 

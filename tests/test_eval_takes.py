@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
 from tests.test_generate import run
 from tests.test_ldm_fixtures import one_thread, tiny_pipeline  # noqa: F401 (autouse)
@@ -264,8 +265,8 @@ def test_the_clap_interval_of_a_run_of_unequal_takes_is_about_its_score(tmp_path
     """With different numbers of takes per prompt (a run stopped part-way), the CLAP score (the mean over the
     files) is not the mean of the prompts' means, yet its interval was the score ± 1.96 sd / sqrt(k) of those
     means: centred on one statistic, as wide as another's. It is the score's own now, prompts drawn at random
-    with their takes (the standard error of a mean over clusters), the same where tta eval prints and records
-    it, tta clap score does and tta report writes it."""
+    with their takes (the standard error of a mean over clusters, times Student's t for 3 prompts), the same
+    where tta eval prints and records it, tta clap score does and tta report writes it."""
     from eval.report import load_runs, sample_note
 
     prompts = tmp_path / "p.jsonl"
@@ -291,7 +292,7 @@ def test_the_clap_interval_of_a_run_of_unequal_takes_is_about_its_score(tmp_path
     assert score == np.mean([v for vs in by_prompt.values() for v in vs])
     # each prompt's summed residuals from the score: its cluster total's deviation
     totals = [sum(v - score for v in vs) for vs in by_prompt.values()]
-    half = 1.96 * np.sqrt(3 / 2 * np.sum(np.square(totals))) / 6
+    half = student_t.ppf(0.975, 2) * np.sqrt(3 / 2 * np.sum(np.square(totals))) / 6   # Student's t, 2 df
     low, high = clap_proto["clap_score_ci95"]
     assert (low + high) / 2 == pytest.approx(score, abs=1e-12)
     assert (high - low) / 2 == pytest.approx(half, abs=1e-12)
@@ -309,12 +310,14 @@ def test_the_clap_interval_of_unequal_takes_by_hand():
     """Three takes of one prompt (0.1, 0.3, 0.5) and one of another (0.9): the score is 0.45, the prompts'
     means 0.3 and 0.9. The interval was 0.45 ± 0.588 (1.96 sd of the means / sqrt(2)), its width the mean of
     the means'; the score's standard error over the two prompts is sqrt(2 (3^2 0.15^2 + 0.45^2)) / 4 = 0.225
-    (± 0.441)."""
+    (± 2.86: Student's t with 1 degree of freedom, 12.71 standard errors; 1.96 of them, ± 0.441, before)."""
     from tta.clap.interval import clap_interval
 
     rows = [{"name": f"a_{t}", "prompt": "a", "clap_score": v, "take": t, "row": 0}
             for t, v in ((1, 0.1), (2, 0.3), (3, 0.5))] + [{"name": "b_1", "prompt": "b", "clap_score": 0.9,
                                                              "take": 1, "row": 1}]
     got = clap_interval(0.45, rows)
-    assert got["clap_score_ci95"] == pytest.approx([0.45 - 1.96 * 0.225, 0.45 + 1.96 * 0.225], abs=1e-12)
+    half = student_t.ppf(0.975, 1) * 0.225
+    assert got["clap_score_ci95"] == pytest.approx([0.45 - half, 0.45 + half], abs=1e-12)
     assert (got["clap_score_ci95_draws"], got["clap_score_ci95_unit"]) == (2, "prompts")
+    assert (got["clap_score_ci95_distribution"], got["clap_score_ci95_df"]) == ("t", 1)
