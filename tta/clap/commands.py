@@ -84,12 +84,11 @@ def run(args: argparse.Namespace) -> int:
                      cache_dir=args.cache)
     progress = not getattr(args, "quiet", False)
     if args.clap_command == "score":
-        from tta.clap.interval import ci95_words
+        from tta.clap.interval import interval_words
 
         result = _score(clap, args, progress)
-        interval = result["clap_score_ci95"]   # as tta eval and tta report give it; none with fewer than 2 draws
-        words = "" if interval is None else ci95_words((interval[1] - interval[0]) / 2, over_prompts=(
-            result["clap_score_ci95_unit"] == "prompts")) + "; "
+        words = interval_words(result)   # as tta eval and tta report print it; none with fewer than 2 draws
+        words = f"{words}; " if words else ""
         print(f"CLAP score {result['clap_score']:.4f} over {result['num_items']} clips "
               f"({words}raw cosine; model {result['model']})")
     else:
