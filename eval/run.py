@@ -28,7 +28,7 @@ from eval.embedders import CLAP_KINDS, Embedder, get_embedder
 from eval.fad import FrechetDistanceMetric, FrechetStats, StatsError, fad_infinity
 from eval.outputs import write_outputs
 from eval.prompts import PromptRow, read_prompts
-from tta.audio import AUDIO_SUFFIXES, SILENCE_DB, is_audio_entry
+from tta.audio import AUDIO_SUFFIXES, SILENCE_DB, audio_entries
 from tta.clap.interval import clap_interval
 from tta.config import check_number, option_name, shortened
 from tta.data.prompts import RecordedOutput, match_audio, recorded_outputs, takes_run
@@ -128,7 +128,7 @@ def list_audio(folder: Path, what: str) -> list[Path]:
         raise EvalError(f"{what} {folder}: folder not found")
     if not folder.is_dir():
         raise EvalError(f"{what} {folder}: expected a folder of audio files")
-    files = sorted(p for p in folder.rglob("*") if is_audio_entry(p))   # a dead link is reported, not left out
+    files = audio_entries(folder)   # a dead link is reported, not left out
     if not files:
         raise EvalError(f"{what} {folder}: no audio files (looked for {', '.join(AUDIO_SUFFIXES)})")
     seen: dict[str, Path] = {}

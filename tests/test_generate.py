@@ -257,6 +257,28 @@ def test_audio_of_an_earlier_run_in_the_out_dir_is_warned_about(tmp_path, capsys
         assert f"already holds 1 audio file this run does not write (e.g. {name})" in caplog.text
 
 
+def test_audio_in_a_sub_folder_of_the_out_dir_is_warned_about_as_tta_eval_would_score_it(tmp_path, capsys, caplog):
+    """`tta eval` of a folder scores the clips of its sub-folders too (eval.run.list_audio): a batch warned only of
+    the folder's own files, so a clip in DIR/sub/ entered a later eval of DIR without a word. The batch's own
+    outputs and record (a rerun of it) and a hidden file are not warned of."""
+    from eval.run import list_audio
+
+    args = ["a", "b", "--model", tiny_pipeline(), "--seconds", 0.2, "--steps", 2, "--out-dir", tmp_path]
+    assert run(capsys, *args)[0] == 0
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args)[0] == 0
+    assert "does not write" not in caplog.text
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    sf.write(tmp_path / "sub" / "deeper" / "old.flac", signals.tone(440, 0.2), 16_000)
+    sf.write(tmp_path / "sub" / ".old.wav", signals.tone(440, 0.2), 16_000)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        assert run(capsys, *args)[0] == 0
+    assert "already holds 1 audio file this run does not write (e.g. sub/deeper/old.flac)" in caplog.text
+    assert [p.relative_to(tmp_path).as_posix() for p in list_audio(tmp_path, "generated")] == \
+        ["000_a.wav", "001_b.wav", "sub/deeper/old.flac"]
+
+
 def test_a_long_run_rewrites_its_record_at_most_every_few_seconds(tmp_path, capsys, monkeypatch):
     """Rewriting the growing record after every clip is quadratic in a long prompt list."""
     import tta.generate as generate

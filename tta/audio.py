@@ -170,6 +170,13 @@ def is_audio_entry(path: Path) -> bool:
     return (path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
             and (path.is_file() or (path.is_symlink() and not path.exists())))
 
+
+def audio_entries(folder: Path) -> list[Path]:
+    """The clips of a folder as `tta eval` scores them: every is_audio_entry under it, sub-folders too, sorted by
+    path. One listing for the commands that read a folder of clips and for tta generate's warning of the audio
+    a batch's out-dir holds that the batch does not write."""
+    return sorted(p for p in Path(folder).rglob("*") if is_audio_entry(p))
+
 # --------------------------------------------------------------------------------------------- mel
 
 

@@ -205,21 +205,22 @@ def warn_other_suffixes(jobs: list[Job], takes: int, given: str | None, resumed:
 
 def warn_other_audio(jobs: list[Job]) -> None:
     """Warn of audio in the --out-dir that this batch does not write: it would sit beside the batch's outputs, e.g.
-    in one `tta eval`, which scores every audio file it reads (tta.audio.is_audio_entry: an .mp3 or .aiff too, not a
-    hidden file). Called once the run is sure to run (a refused run prints only its error)."""
-    from tta.audio import is_audio_entry
+    in one `tta eval`, which scores every audio file it reads, in sub-folders too (tta.audio.audio_entries: an
+    .mp3 or .aiff too, not a hidden file; a batch writes its outputs into the folder itself, and its record and
+    lock are not audio). Called once the run is sure to run (a refused run prints only its error)."""
+    from tta.audio import audio_entries
 
     out_dir = jobs[0].path.parent
     if not out_dir.is_dir():
         return
-    planned = {j.path.name for j in jobs}
-    others = sorted(p.name for p in out_dir.iterdir() if is_audio_entry(p) and p.name not in planned)
+    planned = {j.path for j in jobs}
+    others = [p for p in audio_entries(out_dir) if p not in planned]
     if others:
         from tta.config import counted
 
         log.warning("%s already holds %s this run does not write (e.g. %s); generation.json will list only this "
-                    "run's, and `tta eval` scores every file of a folder", out_dir, counted(len(others), "audio file"),
-                    others[0])
+                    "run's, and `tta eval` scores every audio file under a folder, sub-folders too", out_dir,
+                    counted(len(others), "audio file"), others[0].relative_to(out_dir).as_posix())
 
 
 def row_fields(row) -> tuple[str | None, str]:

@@ -104,11 +104,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _audio_files(folder: Path) -> list[Path]:
-    from tta.audio import AUDIO_SUFFIXES, is_audio_entry
+    from tta.audio import AUDIO_SUFFIXES, audio_entries
 
     if not folder.is_dir():
         raise ValueError(f"{folder}: audio folder not found")
-    files = sorted(p for p in folder.rglob("*") if is_audio_entry(p))   # a dead link is reported, not left out
+    files = audio_entries(folder)   # a dead link is reported, not left out
     if not files:
         raise ValueError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
     return files

@@ -307,10 +307,10 @@ def check_store(store, rows, manifest: Path, sample_rate: int, reference: Path |
     by_audio = [r.id for r, h in zip(rows, hashes) if h in store.rows_of_hash]
     related = [r.id for r, rel in zip(rows, relations) if store.related_rows(rel)]
     if reference is not None:
-        from tta.audio import is_audio_entry
+        from tta.audio import audio_entries
 
         # listed as `tta eval` lists the folder it scores: a folder named x.wav or a hidden temporary file is none
-        files = sorted(p for p in Path(reference).rglob("*") if is_audio_entry(p))
+        files = audio_entries(Path(reference))
         ref_paths = [os.path.realpath(p) for p in files]
         ref_hashes = clip_hashes(ref_paths, sample_rate, store.max_seconds)
         names = [f"{reference}/{p.relative_to(reference).as_posix()}" for p in files]   # a subfolder's file: with it
