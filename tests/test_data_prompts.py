@@ -309,3 +309,29 @@ def test_a_file_field_loses_any_audio_suffix_tta_eval_reads_in_generate_and_eval
     for names in (["door", "bell", "rain", "notes.v2"], ["door.aiff", "bell.OPUS", "rain", "notes.v2"]):
         paired = _match_prompts(read_prompts(path, names), names, path)
         assert {n: r.prompt for n, r in paired.items()} == dict(zip(names, prompts)), names
+
+
+def test_the_row_suffix_warning_reads_file_keys_audio_suffix_rule(tmp_path, caplog):
+    """tta generate's warning of a row whose file field has another audio suffix than the batch's repeated
+    file_key's suffix rule; both read audio_suffix: the suffix file_key drops (any case, after the field's
+    spaces), and the warning counts the rows whose such suffix is not the batch format's."""
+    import argparse
+
+    from tta.data.prompts import audio_suffix, file_key
+    from tta.generate import plan_jobs, warn_other_suffixes
+
+    fields = ["door.AIFF", " bell.opus ", "rain.flac", "wind.FLAC", "notes.v2", "dir/clip.Wav", "plain", ".wav"]
+    assert [audio_suffix(f) for f in fields] == [".aiff", ".opus", ".flac", ".flac", "", ".wav", "", ""]
+    for field in fields:
+        suffix = audio_suffix(field)
+        assert file_key(field) == (field.strip()[:-len(suffix)] if suffix else field.strip()), field
+    path = tmp_path / "p.csv"
+    path.write_text("file,prompt\n" + "".join(f"{f},a sound {i}\n" for i, f in enumerate(fields[:-1])))
+    jobs = plan_jobs(argparse.Namespace(prompts=[], prompts_file=path, output=None, out_dir=tmp_path / "gen",
+                                        format="flac"))
+    assert [j.path.name for j in jobs] == ["door.flac", "bell.flac", "rain.flac", "wind.flac", "notes.v2.flac",
+                                           "clip.flac", "plain.flac"]
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        warn_other_suffixes(jobs, 1, "flac", False)
+    assert f"{path}:2: file field 'door.AIFF' is written as door.flac (and 2 more rows with another audio suffix)" \
+        in caplog.text

@@ -186,13 +186,11 @@ def warn_other_suffixes(jobs: list[Job], takes: int, given: str | None, resumed:
     Called once the run is sure to run (a refused run prints only its error), as warn_other_audio is. The
     warning says where the format came from: --format `given`, else the earlier run's record a --resume
     (`resumed`) continues, else the default."""
-    from tta.audio import AUDIO_SUFFIXES
-    from tta.data.prompts import file_key
+    from tta.data.prompts import audio_suffix, file_key
 
     fmt = jobs[0].path.suffix[1:]
     other = [job for job in jobs if job.take == 1 and job.file is not None
-             and Path(str(job.file).strip()).suffix.lower() in AUDIO_SUFFIXES   # as file_key drops it
-             and Path(str(job.file).strip()).suffix.lower() != f".{fmt}"]
+             and audio_suffix(job.file) not in ("", f".{fmt}")]   # the suffix file_key drops, not the batch's
     if other:
         name = Path(file_key(other[0].file)).name + ("_N" if takes > 1 else "")
         more = len(other) - 1

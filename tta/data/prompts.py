@@ -34,12 +34,22 @@ FILE_FIELDS = ("file", "path", "audio", "name")
 
 def file_key(value: str) -> str:
     """The key a row's file field names its audio by: the path as written, without its suffix where that is one
-    of the audio suffixes `tta eval` reads (tta.audio.AUDIO_SUFFIXES), as eval names its files: a door.aiff row
-    pairs with door.aiff. `tta eval` pairs files by it; `tta generate` names its outputs by its base name."""
+    of the audio suffixes `tta eval` reads (tta.audio.AUDIO_SUFFIXES; audio_suffix), as eval names its files: a
+    door.aiff row pairs with door.aiff. `tta eval` pairs files by it; `tta generate` names its outputs by its
+    base name."""
+    p = Path(str(value).strip())
+    return p.with_suffix("").as_posix() if audio_suffix(value) else p.as_posix()
+
+
+def audio_suffix(value: str) -> str:
+    """The audio suffix a row's file field ends in, in lower case ('.aiff' of door.AIFF), which file_key drops;
+    '' for none (notes.v2, door)."""
     from tta.audio import AUDIO_SUFFIXES
 
-    p = Path(str(value).strip())
-    return p.with_suffix("").as_posix() if p.suffix.lower() in AUDIO_SUFFIXES else p.as_posix()
+    suffix = Path(str(value).strip()).suffix.lower()
+    return suffix if suffix in AUDIO_SUFFIXES else ""
+
+
 SUFFIXES = (".txt", ".csv", ".jsonl", ".json")
 
 
