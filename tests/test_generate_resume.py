@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -519,3 +520,21 @@ def test_a_record_of_another_libsndfile_keeps_its_files_and_blames_no_library_fo
     # 000_a is this run's, 001_b the first run's, kept through the second
     assert record(out)["libsndfile"] == now
     assert [r["libsndfile"] for r in record(out)["earlier_runs"]] == ["1.0.9", "1.0.10"]
+
+
+def test_a_folders_output_locks_are_the_names_output_lock_name_makes(tmp_path):
+    """A batch finds the -o locks of its folder by their names; the naming (output_lock_name) and that listing
+    (output_locks) sit together and agree: each output's lock, by its record's name or hashed where that is too
+    long, is found, one for the outputs of one stem, and no other file (the batch's .lock, a temporary output,
+    another long name's temporary file, a record) is."""
+    from tta.generate import output_lock_name, output_locks
+
+    outputs = [tmp_path / "x.wav", tmp_path / "x.flac", tmp_path / "a b.ogg", tmp_path / ("y" * 240 + ".wav")]
+    names = {output_lock_name(o) for o in outputs}
+    assert len(names) == 3 and ".x.generation.json.lock" in names
+    assert any(re.fullmatch(r"\.tta\.[0-9a-f]{16}\.lock", n) for n in names)
+    for name in (*names, ".lock", ".000_a.wav.k3j_9x0a.tmp.wav", ".tta.k3j_9x0a.tmp.wav", "x.generation.json",
+                 "generation.json"):
+        (tmp_path / name).write_text("")
+    assert output_locks(tmp_path) == sorted(names)
+    assert output_locks(tmp_path / "missing") == []

@@ -707,7 +707,7 @@ def lock_out_dir(folder: Path) -> Iterator[None]:
     from tta.training import lock_holder
 
     with _lock_in(folder, doing="generating", flag="--out-dir"):
-        for name in _output_locks(folder):   # after taking the folder's: a -o run starting now is refused by it
+        for name in output_locks(folder):   # after taking the folder's: a -o run starting now is refused by it
             holder = lock_holder(folder / name)
             if holder is not None:
                 raise GenerateError(f"{folder}: another tta generate{f' (process {holder})' if holder else ''} is "
@@ -716,19 +716,10 @@ def lock_out_dir(folder: Path) -> Iterator[None]:
         yield
 
 
-def _output_locks(folder: Path) -> list[str]:
-    """The names of the `-o FILE` locks (output_lock_name) in `folder`."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return sorted(n for n in names if n.startswith(".") and n.endswith(".generation.json.lock")
-                  or re.fullmatch(r"\.tta\.[0-9a-f]{16}\.lock", n))
-
-
 def output_lock_name(output: Path) -> str:
     """The lock file of `-o FILE`, beside it: `.<stem>.generation.json.lock`, named after the record, which the
-    outputs of one stem share (x.wav, x.flac); `.tta.<hash>.lock` where that name would be too long."""
+    outputs of one stem share (x.wav, x.flac); `.tta.<hash>.lock` where that name would be too long. The
+    names of a folder's -o locks are output_locks' (the two are one naming rule)."""
     from tta.checkpoint import _name_max
 
     record = record_path_of(output, single=True).name
@@ -738,6 +729,17 @@ def output_lock_name(output: Path) -> str:
     import hashlib
 
     return f".tta.{hashlib.sha256(os.fsencode(record)).hexdigest()[:16]}.lock"
+
+
+def output_locks(folder: Path) -> list[str]:
+    """The names in `folder` that output_lock_name makes (of any output there), sorted: the `-o FILE` locks a
+    batch into the folder checks. An unreadable folder has none."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith(".") and n.endswith(".generation.json.lock")
+                  or re.fullmatch(r"\.tta\.[0-9a-f]{16}\.lock", n))
 
 
 @contextlib.contextmanager
