@@ -435,13 +435,9 @@ def merge(paths: list[Path], k: int, out: Path, best_of: list[int] = (),
             if fp and prints.setdefault(m["model"], fp) != fp:
                 raise SystemExit(f"{path}: {m['model']} holds other weights than in an earlier summary "
                                  f"(fingerprint {fp} vs {prints[m['model']]})")
-    labels = judged_labels(runs[0])
-    for path, run in zip(paths[1:], runs[1:]):
-        if judged_labels(run) != labels:
-            raise SystemExit(f"{path}: judged the prompts of {', '.join(judged_labels(run))}, not those of "
-                             f"{', '.join(labels)} as {paths[0]}; merge runs of the same prompts")
     fit = same_output_fit(paths, runs)
-    same_judges(paths, runs)
+    same_judges(paths, runs)   # the labels judged are part of the judge: one message names all that differs
+    labels = judged_labels(runs[0])
     models: dict[object, dict] = {}
     for path, run in zip(paths, runs):
         if run["settings"].get("k", k) != k:
@@ -527,14 +523,17 @@ def judge_identity(settings: dict) -> dict:
 
 
 def judge_differences(a: dict, b: dict) -> list[str]:
-    """What differs between the judges of two runs' settings, as "KEY A, not B" ("other KEY" for long values);
-    empty when they are the same judge."""
+    """What differs between the judges of two runs' settings, as "KEY A, not B" ("other KEY" for long values;
+    the labels of every prompt, a run without --labels, as "every prompt's"); empty when they are the same
+    judge."""
     ia, ib = judge_identity(a), judge_identity(b)
     if not (a.get("manifest_sha256") and b.get("manifest_sha256")):
         ia["manifest"], ib["manifest"] = a.get("manifest"), b.get("manifest")
-    short = lambda v: len(repr(v)) <= 40
-    return [f"{key} {ia[key]!r}, not {ib[key]!r}" if short(ia[key]) and short(ib[key]) else f"other {key}"
-            for key in ia if ia[key] != ib[key]]
+    every = [label for _, label in PROMPTS]
+    shown = lambda key, v: "every prompt's" if key == "labels" and v == every else repr(v)
+    pairs = {key: (shown(key, ia[key]), shown(key, ib[key])) for key in ia if ia[key] != ib[key]}
+    return [f"{key} {x}, not {y}" if len(x) <= 40 and len(y) <= 40 else f"other {key}"
+            for key, (x, y) in pairs.items()]
 
 
 def same_judge(a: dict, b: dict) -> bool:

@@ -431,7 +431,9 @@ def test_labels_and_settings_judge_a_subset_with_other_generation_settings(tmp_p
     assert merged["settings"]["labels"] == ["dog", "rain"] and merged["models"][0]["seeds"] == [0, 1]
     assert again["models"][0]["defaults"] == m["defaults"]
     full = bench.main(common + ["--out", str(tmp_path / "full"), "--seed-start", "5"])
-    with pytest.raises(SystemExit, match="same prompts"):
+    with pytest.raises(SystemExit, match=r"full/summary.json: judged with labels every prompt's, not "
+                                         r"\['dog', 'rain'\] as .*sub/summary.json; merge runs of the same "
+                                         "judge$"):
         bench.main(["--merge", str(tmp_path / "sub" / "summary.json"), str(tmp_path / "full" / "summary.json"),
                     "--out", str(tmp_path / "m2"), "--results", str(tmp_path / "r.jsonl")])
     assert full["settings"]["generation"] == {} and full["settings"]["labels"] is None
@@ -555,6 +557,13 @@ def test_merge_refuses_runs_judged_against_other_references_or_by_another_judge(
         other.write_text(json.dumps(run(2, ["dog", "dog"], model="cand", fingerprint="cc", **differs)))
         with pytest.raises(SystemExit, match="judged with"):                # nor paired as two models
             bench.main(merge)
+    # labels are the judge's too: runs of other labels and another embedder are told both, the labels not
+    # first (a check of the labels alone came before the judge's and named only them)
+    other.write_text(json.dumps(run(2, ["dog", "dog"], embedder="aisfx@y", labels=["dog"])))
+    with pytest.raises(SystemExit, match=r"other.json: judged with embedder 'aisfx@y', not 'aisfx@x'; labels "
+                                         r"\['dog'\], not every prompt's as .*first.json; merge runs of the "
+                                         "same judge$"):
+        bench.main(merge)
     # the same manifest's hash where both recorded it (its path may differ), another hash otherwise
     first.write_text(json.dumps(run(0, ["dog", "cow"], manifest_sha256="a" * 64)))
     other.write_text(json.dumps(run(2, ["dog", "dog"], manifest="moved/manifest.jsonl", manifest_sha256="a" * 64)))
