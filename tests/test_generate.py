@@ -279,6 +279,26 @@ def test_audio_in_a_sub_folder_of_the_out_dir_is_warned_about_as_tta_eval_would_
         ["000_a.wav", "001_b.wav", "sub/deeper/old.flac"]
 
 
+def test_the_out_dir_warning_stops_its_walk_and_says_at_least(tmp_path, caplog):
+    """The default --out-dir is the current folder, maybe a home folder of 100 000s of files: the walk for the
+    warning stops after a budget of entries and then says "at least"."""
+    from types import SimpleNamespace
+
+    from tta.generate import warn_other_audio
+
+    for i in range(6):
+        (tmp_path / f"d{i}").mkdir()
+        sf.write(tmp_path / f"d{i}" / "x.wav", signals.tone(440, 0.05), 16_000)
+    jobs = [SimpleNamespace(path=tmp_path / "000_a.wav")]
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        warn_other_audio(jobs)
+    assert "already holds 6 audio files this run does not write (e.g. d0/x.wav)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tta.generate"):
+        warn_other_audio(jobs, budget=8)   # 6 folders, then one file in each
+    assert "already holds at least 2 audio files this run does not write (e.g. d0/x.wav)" in caplog.text
+
+
 def test_a_long_run_rewrites_its_record_at_most_every_few_seconds(tmp_path, capsys, monkeypatch):
     """Rewriting the growing record after every clip is quadratic in a long prompt list."""
     import tta.generate as generate

@@ -173,8 +173,8 @@ def is_audio_entry(path: Path) -> bool:
 
 def audio_entries(folder: Path) -> list[Path]:
     """The clips of a folder as `tta eval` scores them: every is_audio_entry under it, sub-folders too, sorted by
-    path. One listing for the commands that read a folder of clips and for tta generate's warning of the audio
-    a batch's out-dir holds that the batch does not write."""
+    path. One listing for the commands that read a folder of clips (tta generate's warning of the audio a batch's
+    out-dir holds that it does not write walks the same entries, but stops early: tta.generate.warn_other_audio)."""
     return sorted(p for p in Path(folder).rglob("*") if is_audio_entry(p))
 
 # --------------------------------------------------------------------------------------------- mel
