@@ -34,7 +34,7 @@ import numpy as np
 from eval.outputs import ITEMS_NAME, ResultError, read_result
 from tta import UsageError
 from tta.clap.interval import (ci95_words, clap_draws, clap_groups, clap_half_width, clap_standard_error,
-                               interval_words, paired_clap_difference, recorded_interval, t95)
+                               interval_words, paired_clap_difference, recorded_interval, t95, welch_df)
 
 log = logging.getLogger(__name__)
 
@@ -222,23 +222,27 @@ def _metric_row(runs: list[Run], metric: str) -> tuple[list, list, set[int], str
 
 def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[set[int], set[str]]:
     """(The runs a ranked row marks, the rules it compared them by, for the note under the table: `mark_note`):
-    those at the best value and those the data cannot tell from one of them at
-    95%: for FAD∞ and the CLAP score, a difference within 1.96 standard errors of the difference, each run's
-    standard error its 95% interval's half-width / 1.96 (FAD∞: protocol.fad.fad_inf.fad_inf_ci95), the CLAP
-    score's / its t quantile (`clap_ci95`: t95(draws - 1), or 1.96 where a result from before recorded it);
-    not whether the intervals overlap, which two of equal width do up to 2.77 standard errors of the
-    difference, runs separable at 95% among them. For the CLAP score of two runs that scored the same items
-    (`_paired_difference`), a paired difference of the scores whose 95% interval (Student's t with n - 1
-    degrees of freedom, `t95`) holds 0. A row where a ranked run has no interval (a result from before FAD∞
-    recorded one, a CLAP score without its items.csv from before eval.json recorded its interval) marks the best
-    value alone, as the other metrics' rows do (plain FAD, FD, KL, IS have no interval): rule "best"."""
+    those at the best value and those the data cannot tell from one of them at 95%: for FAD∞, a difference
+    within 1.96 standard errors of the difference, each run's standard error its 95% interval's half-width /
+    1.96 (protocol.fad.fad_inf.fad_inf_ci95); not whether the intervals overlap, which two of equal width do
+    up to 2.77 standard errors of the difference, runs separable at 95% among them. For the CLAP score of two
+    runs that scored the same items (`_paired_difference`), a paired difference of the scores whose 95%
+    interval (Student's t with n - 1 degrees of freedom, `t95`) holds 0; else Welch's test: the difference
+    within t95(`welch_df`) standard errors of it, each run's its interval's half-width / its t quantile with
+    its degrees of freedom (`clap_ci95`: t95(draws - 1)), or, where either run's interval is a result's from
+    before, which meant 1.96 whatever the draws (no df), within 1.96 as FAD∞'s. A row where a ranked run has
+    no interval (a result from before FAD∞ recorded one, a CLAP score without its items.csv from before
+    eval.json recorded its interval) marks the best value alone, as the other metrics' rows do (plain FAD, FD,
+    KL, IS have no interval): rule "best"."""
     ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
     tops = {i for i in ranked if values[i] == best}
     if metric == "fad_inf":   # the standard errors
         errors = {i: (interval[1] - interval[0]) / 2 / 1.96 if (interval := fad_inf_interval(runs[i].body))
                   else None for i in ranked}
-    elif metric == "clap_score":
-        errors = {i: clap_ci95(runs[i])[1] for i in ranked}
+        dfs = {i: None for i in ranked}
+    elif metric == "clap_score":   # and their degrees of freedom (None: 1.96, a result from before t)
+        intervals = {i: clap_ci95(runs[i]) for i in ranked}
+        errors, dfs = {i: ci[1] for i, ci in intervals.items()}, {i: ci[2] for i, ci in intervals.items()}
     else:
         return tops, {"best"}
     if any(se is None or not np.isfinite(se) for se in errors.values()):
@@ -250,8 +254,12 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[se
             rules.add("clap_paired")
             difference, se, pairs = paired
             return abs(difference) > t95(pairs - 1) * se
+        se = float(np.hypot(errors[i], errors[j]))
+        if dfs[i] is not None and dfs[j] is not None:   # Welch's test (the CLAP score's t intervals)
+            rules.add("clap_welch")
+            return abs(values[i] - values[j]) > t95(welch_df(errors[i], dfs[i], errors[j], dfs[j])) * se
         rules.add(f"{metric}_intervals")
-        return abs(values[i] - values[j]) > 1.96 * float(np.hypot(errors[i], errors[j]))
+        return abs(values[i] - values[j]) > 1.96 * se
 
     near = {i for i in ranked if i not in tops and not all([apart(i, t) for t in tops])}   # each rule it takes
     return tops | near, rules or {"best"}   # (runs all at the best value: nothing compared)
@@ -266,8 +274,10 @@ def mark_note(rules: set[str]) -> str | None:
     unpaired = "difference within 1.96 standard errors of the difference, each from its interval"
     parts = [f"FAD∞: {unpaired}"] if "fad_inf_intervals" in rules else []
     paired = "paired difference on the same prompts, its Student's t interval holding 0"
-    clap = ([paired] if "clap_paired" in rules else []) \
-        + (["as FAD∞" if parts else unpaired] if "clap_score_intervals" in rules else [])
+    welch = "Welch's t interval of the difference holding 0"
+    normal = ("(an older interval) " if "clap_welch" in rules else "") + ("as FAD∞" if parts else unpaired)
+    clap = ([paired] if "clap_paired" in rules else []) + ([welch] if "clap_welch" in rules else []) \
+        + ([normal] if "clap_score_intervals" in rules else [])
     if clap:
         parts.append(f"CLAP score: {', else '.join(clap)}")
     if "best" in rules:
@@ -368,7 +378,7 @@ def sample_note(run: Run, metric: str) -> str | None:
         return ", ".join([*notes, words] if words else notes) or None
     if metric != "clap_score":
         return None
-    half, _, draws, files, takes = clap_ci95(run)
+    half, _, _, draws, files, takes = clap_ci95(run)
     unit = (f" prompts, {files} takes" if isinstance(files, int) else " prompts") if takes else ""
     if half is not None:
         return f"n {draws}{unit}, {ci95_words(half, over_prompts=takes)}"
@@ -378,20 +388,23 @@ def sample_note(run: Run, metric: str) -> str | None:
     return f"n {n}" if isinstance(n, int) else None
 
 
-def clap_ci95(run: Run) -> tuple[float | None, float | None, int | None, int | None, bool]:
+def clap_ci95(run: Run) -> tuple[float | None, float | None, int | None, int | None, int | None, bool]:
     """The half-width of the run's CLAP score's 95% interval (None without one: fewer than 2 draws), the
-    standard error it is made of, its draws, the files scored and whether it is a `--takes` run (its draws
-    are prompts): from items.csv's rows (`clap_half_width`, `clap_standard_error`) or, where the result's
-    items.csv was not found, as eval.json records it (protocol.clap.clap_score_ci95, tta eval's computation
-    over the same rows, read as its tta version meant it: `recorded_interval`; none in a result from before it
-    was recorded)."""
+    standard error it is made of, the degrees of freedom of its t quantile (None where it took 1.96: a
+    result from before t), its draws, the files scored and whether it is a `--takes` run (its draws are
+    prompts): from items.csv's rows (`clap_half_width`, `clap_standard_error`, draws - 1) or, where the
+    result's items.csv was not found, as eval.json records it (protocol.clap.clap_score_ci95, tta eval's
+    computation over the same rows, read as its tta version meant it: `recorded_interval`; none in a result
+    from before it was recorded)."""
     if run.items_missing is None:
         draws, files, takes = clap_draws(run.rows)
-        return clap_half_width(run.rows), clap_standard_error(run.rows), len(draws), files, takes
+        se = clap_standard_error(run.rows)
+        return clap_half_width(run.rows), se, None if se is None else len(draws) - 1, len(draws), files, takes
     clap = (run.body.get("protocol", {}) or {}).get("clap", {}) or {}
     half, se, draws, takes = recorded_interval(clap)
+    df = clap.get("clap_score_ci95_df") if clap.get("clap_score_ci95_distribution") == "t" else None
     files = clap.get("num_items")
-    return half, se, draws, files if isinstance(files, int) else None, takes
+    return half, se, None if se is None else df, draws, files if isinstance(files, int) else None, takes
 
 
 def _paired_difference(a: Run, b: Run) -> tuple[float, float, int] | None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tta.clap.interval import (clap_half_width, clap_interval, clap_standard_error, interval_words,
-                               recorded_interval)
+                               recorded_interval, t95, welch_df)
 
 
 def _files(scores) -> list[dict]:
@@ -72,3 +72,22 @@ def test_a_recorded_interval_gives_back_its_standard_error_by_the_rule_it_was_ma
     assert recorded_interval(old) == pytest.approx((0.05, 0.05 / 1.96, 3, False))
     assert interval_words(old) == "95% CI ±0.05"   # as it was printed
     assert recorded_interval({}) == (None, None, None, False)   # from before intervals were recorded
+
+
+def test_welch_df_gives_the_p_value_of_scipys_welch_test():
+    """The report's unpaired CLAP comparison takes t95(welch_df) standard errors of the difference: the
+    Welch-Satterthwaite degrees of freedom, so that the two-sided p-value of the difference over its standard
+    error at them is scipy's Welch's t test's (ttest_ind, equal_var=False), here of unequal sizes and spreads.
+    Equal standard errors and degrees of freedom give twice them (3 draws a run: 4, t 2.78, not 1.96); one
+    standard error 0, the other's; both 0, the sum (the difference is then compared with 0)."""
+    from scipy.stats import t, ttest_ind
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.4, 0.05, 5), rng.normal(0.44, 0.12, 9)
+    se_a, se_b = (np.std(x, ddof=1) / np.sqrt(len(x)) for x in (a, b))
+    df = welch_df(se_a, len(a) - 1, se_b, len(b) - 1)
+    p = 2 * t.sf(abs(np.mean(a) - np.mean(b)) / np.hypot(se_a, se_b), df)
+    assert p == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+    assert min(len(a), len(b)) - 1 < df < len(a) + len(b) - 2
+    assert welch_df(0.01, 2, 0.01, 2) == pytest.approx(4.0) and t95(4.0) == pytest.approx(2.776, abs=1e-3)
+    assert welch_df(0.0, 2, 0.03, 7) == pytest.approx(7.0) and welch_df(0.0, 2, 0.0, 7) == 9.0

@@ -776,6 +776,78 @@ def test_a_recorded_clap_interval_is_read_by_the_rule_it_was_made_by():
         assert row.endswith(marked), (new, row)
 
 
+def _recorded_clap_run(label, score, half, df):
+    """A run without its items.csv whose eval.json records a CLAP interval over 3 files: score ± half,
+    Student's t with `df` degrees of freedom, or a record from before t (df None: 1.96 standard errors); no
+    other metric, so that the note under the table is the CLAP score's alone."""
+    r = _run(label, 1.0, "mfcc@v1", "ref1", clap=score)
+    del r.body["metrics"]["fad"]
+    r.body["protocol"]["clap"].update(num_items=3, clap_score_ci95=[score - half, score + half],
+                                      clap_score_ci95_draws=3, clap_score_ci95_unit="files",
+                                      **({} if df is None else {"clap_score_ci95_distribution": "t",
+                                                                "clap_score_ci95_df": df}))
+    r.items_missing = r.folder / "items.csv"
+    return r
+
+
+def _clap_row_and_note(runs) -> tuple[str, str]:
+    from eval.report import render_markdown
+
+    md = render_markdown(runs).splitlines()
+    return (next(line for line in md if line.startswith("| CLAP score")),
+            next(line for line in md if line.startswith("**Bold**")))
+
+
+def test_unpaired_clap_scores_of_t_intervals_are_compared_by_welchs_test():
+    """Unpaired CLAP scores (no items.csv, or items that do not pair) were told apart beyond 1.96 standard
+    errors of the difference whatever their draws: 0.40 and 0.44 over 3 files each, each ± 0.05 (t, 2 degrees
+    of freedom: se 0.0116), are 0.04 apart, over 1.96 x 0.0164 = 0.032, and 0.44 was marked alone; Welch's
+    test (Welch-Satterthwaite: 4 degrees of freedom) takes 2.78 x 0.0164 = 0.046: both are marked, and the
+    note says by Welch's test. The same standard errors over many draws (df 1000: ±0.023) are separable.
+    Items that do not pair (a prompt text twice, other file names) take it too, with draws - 1 each."""
+    from scipy.stats import t as student_t
+
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.05, 2),
+                                    _recorded_clap_run("b", 0.44, 0.05, 2)])
+    assert row.endswith("| **0.4** (n 3, 95% CI ±0.05) | **0.44** (n 3, 95% CI ±0.05) |"), row
+    assert note == ("**Bold**: best, or not separable from the best at 95% (CLAP score: Welch's t interval "
+                    "of the difference holding 0)."), note
+
+    half = 0.05 / student_t.ppf(0.975, 2) * student_t.ppf(0.975, 1000)   # the same standard error, df 1000
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, half, 1000),
+                                    _recorded_clap_run("b", 0.44, half, 1000)])
+    assert row.endswith("| 0.4 (n 3, 95% CI ±0.023) | **0.44** (n 3, 95% CI ±0.023) |"), row
+    assert "Welch's t interval" in note, note
+
+    twice = ["prompt 0", "prompt 0", "prompt 1"]   # no pairing: se 0.0289 each, 0.0408 of the difference
+    a = _clap_run("a", [0.35, 0.40, 0.45], prompts=twice)
+    b = _clap_run("b", [0.44, 0.49, 0.54], names=["g0", "g1", "g2"], prompts=twice)   # 0.09 > 1.96 x 0.0408
+    row, note = _clap_row_and_note([a, b])
+    assert row.count("**") == 4 and "Welch's t interval" in note, (row, note)
+
+
+def test_a_clap_interval_from_before_t_keeps_the_1_96_rule_for_its_pairs():
+    """A record from before t (no clap_score_ci95_distribution: 1.96 standard errors, no degrees of freedom)
+    has no Welch-Satterthwaite degrees of freedom: a pair with it keeps 1.96 (0.40 ± 0.02 as recorded then,
+    se 0.0102, against 0.44 ± 0.05 with t at 2 df, se 0.0116: 0.04 over 1.96 x 0.0155 = 0.030, 0.44 alone
+    marked, where Welch's 2.78 would mark both), and the note does not name Welch's test. A third run of t
+    compared with the best, of t too, takes Welch's test, and the note names both rules."""
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.02, None),
+                                    _recorded_clap_run("b", 0.44, 0.05, 2)])
+    assert row.endswith("| 0.4 (n 3, 95% CI ±0.02) | **0.44** (n 3, 95% CI ±0.05) |"), row
+    assert note == ("**Bold**: best, or not separable from the best at 95% (CLAP score: difference within "
+                    "1.96 standard errors of the difference, each from its interval)."), note
+
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.02, None),
+                                    _recorded_clap_run("b", 0.44, 0.05, 2),
+                                    _recorded_clap_run("c", 0.40, 0.05, 2)])
+    assert row.endswith("| 0.4 (n 3, 95% CI ±0.02) | **0.44** (n 3, 95% CI ±0.05) | **0.4** (n 3, 95% CI "
+                        "±0.05) |"), row
+    assert note == ("**Bold**: best, or not separable from the best at 95% (CLAP score: Welch's t interval "
+                    "of the difference holding 0, else (an older interval) difference within 1.96 standard "
+                    "errors of the difference, each from its interval)."), note
+
+
 def test_upper_case_md_writes_markdown_labels_stay_unique_and_changed_audio_is_not_played(report, tmp_path):
     from eval.report import load_runs
 

@@ -73,12 +73,25 @@ def clap_standard_error(rows: list[dict]) -> float | None:
     return float(np.sqrt(k / (k - 1) * np.sum(deviations ** 2)) / files)
 
 
-def t95(df: int) -> float:
+def t95(df: float) -> float:
     """The two-sided 95% quantile of Student's t with `df` degrees of freedom (12.71 at 1, 4.30 at 2, 2.26 at
-    9, 1.96 in the limit): a mean of a few draws is not known to 1.96 of its estimated standard errors."""
+    9, 1.96 in the limit; `welch_df`'s need not be whole): a mean of a few draws is not known to 1.96 of its
+    estimated standard errors."""
     from scipy.stats import t
 
     return float(t.ppf(0.975, df))
+
+
+def welch_df(se_a: float, df_a: int, se_b: float, df_b: int) -> float:
+    """The degrees of freedom of the difference of two independent means of standard errors `se_a` and `se_b`,
+    each with its own (Welch 1947, Satterthwaite 1946): (se_a^2 + se_b^2)^2 / (se_a^4 / df_a + se_b^4 / df_b),
+    between min(df_a, df_b) and df_a + df_b; its 95% interval is ± t95 of it times sqrt(se_a^2 + se_b^2),
+    not 1.96 times (two runs of 3 draws each, of equal standard errors: 4 degrees of freedom, t 2.78). Both
+    standard errors 0: df_a + df_b (the difference is then compared with 0 whatever the quantile)."""
+    a, b = se_a ** 2, se_b ** 2
+    if a + b == 0:
+        return float(df_a + df_b)
+    return float((a + b) ** 2 / (a ** 2 / df_a + b ** 2 / df_b))
 
 
 def paired_clap_difference(pairs: list[tuple[list[float], list[float]]]) -> tuple[float, float] | None:
