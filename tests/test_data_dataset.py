@@ -170,6 +170,53 @@ def test_dataloader_with_resumable_sampler_is_reproducible(corpus):
         assert torch.equal(x["wav"], y["wav"]) and x["caption"] == y["caption"]
 
 
+@pytest.mark.parametrize("cache", [False, True], ids=["read", "cache_dir"])
+def test_a_training_item_whose_file_is_gone_is_another_rows_drawn_from_its_seed(tmp_path, cache):
+    """A file gone since the run began (its header was checked at the start) stopped training when drawn; with
+    max_unreadable > 0 a training item of its row is another row's, drawn from the item's seed (the same every
+    time), and names the row it skipped. An evaluation item (an index), and max_unreadable=0, raise as before;
+    so does an item for which more rows fail than the dataset allows."""
+    rows = []
+    for i in range(7):
+        sf.write(tmp_path / f"c{i}.wav", tone(200 + 100 * i, 1.0), SR)
+        rows.append(_row(tmp_path / f"c{i}.wav", f"c{i}", 1.0, SR))
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    cache_dir = tmp_path / "cache" if cache else None
+    ds = AudioDataset(manifest, "train", SR, 0.5, cache_dir=cache_dir, max_unreadable=0.01)
+    strict = AudioDataset(manifest, "train", SR, 0.5, cache_dir=cache_dir)
+    assert ds.unreadable_allowed == 3 and strict.unreadable_allowed == 0   # 3, fewer than half of 7
+    before = ds[(2, 99)]
+    (tmp_path / "c2.wav").unlink()
+    item = ds[(2, 99)]
+    why = f"{tmp_path / 'c2.wav'}: {'No such file or directory' if cache else 'file not found'}"
+    assert item["unreadable"] == [(2, why)] and item["id"] != "c2" and item["index"] != 2
+    again = ds[(2, 99)]
+    assert (again["id"], again["caption"], again["unreadable"]) == (item["id"], item["caption"], item["unreadable"])
+    assert torch.equal(again["wav"], item["wav"]) and not torch.equal(item["wav"], before["wav"])
+    assert "unreadable" not in ds[(3, 99)]   # a readable row's item is as it was
+    assert torch.equal(ds[(3, 99)]["wav"], strict[(3, 99)]["wav"])
+    for key in (2, (2, 99)):
+        with pytest.raises(OSError if cache else AudioError, match="c2.wav"):
+            (ds if key == 2 else strict)[key]
+    for i in range(7):
+        (tmp_path / f"c{i}.wav").unlink(missing_ok=True)
+    with pytest.raises(ManifestError, match=r"4 of split 'train''s 7 audio files could not be decoded when drawn, "
+                                            r"more than the 3 data.max_unreadable=0.01 allows \(row c"):
+        ds[(0, 5)]
+
+
+def test_how_many_unreadable_files_a_run_may_skip():
+    from tta.data.dataset import unreadable_allowed
+
+    assert [unreadable_allowed(0.01, n) for n in (1, 2, 4, 6, 7, 300, 450, 10_000)] == [0, 0, 1, 2, 3, 3, 4, 100]
+    assert unreadable_allowed(0, 10_000) == 0 and unreadable_allowed(0.5, 4) == 2
+    for value in (-0.1, 0.6):
+        with pytest.raises(ValueError, match=f"data.max_unreadable={value} must be a fraction"):
+            DataConfig(max_unreadable=value)
+        with pytest.raises(ValueError, match=f"max_unreadable={value} must be a fraction"):
+            AudioDataset("m.jsonl", "train", SR, 1.0, max_unreadable=value)
+
+
 def test_bad_manifest_line_and_bad_audio_are_one_line_errors(tmp_path):
     good = {"id": "a", "path": "a.wav", "captions": ["x"], "seconds": 1.0, "sample_rate": SR}
     (tmp_path / "a.wav").write_text("not audio")

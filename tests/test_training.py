@@ -414,8 +414,9 @@ def test_python_train_records_init_from_a_run_folder_as_tta_train_does(tmp_path,
 
 
 def test_tta_train_errors_found_after_start_up_leave_no_run_folder(tmp_path, capsys):
-    """`tta train`: a bad --init-from or a bad manifest row reached while training is a one-line error and
-    leaves no run folder, so the corrected command runs as it is (no "already holds a run")."""
+    """`tta train`: a bad --init-from or a bad manifest row reached while training (data.max_unreadable=0: no
+    file may fail) is a one-line error and leaves no run folder, so the corrected command runs as it is (no
+    "already holds a run")."""
     good = _vae_manifest(tmp_path)
     nan = _vae_manifest(tmp_path, "nan")
     (tmp_path / "notckpt.pt").write_text("not a checkpoint\n")
@@ -424,7 +425,7 @@ def test_tta_train_errors_found_after_start_up_leave_no_run_folder(tmp_path, cap
     assert rc == 1 and err.startswith("tta: error: train.init_from=") and "notckpt.pt" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
     rc, err = _tta_train(capsys, "vae", out, f"data.manifest={nan}", "valid_items=0", "train.max_steps=4",
-                         "train.checkpoint_every=4")
+                         "train.checkpoint_every=4", "data.max_unreadable=0")
     assert rc == 1 and "nan.wav" in err and "non-finite" in err and "Traceback" not in err
     assert not out.exists()
     rc, err = _tta_train(capsys, "vae", out, f"data.manifest={good}", "valid_items=0", "train.max_steps=1")

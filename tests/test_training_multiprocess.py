@@ -4,6 +4,7 @@ with the batch gathered over both, and the tiny LDM on latents encoded once."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -140,3 +141,25 @@ def test_unreadable_rows_are_checked_once_and_stop_every_process_at_once(tmp_pat
     assert done.stderr.count("read the headers of 4 audio files of split 'train'") == 1      # checked once
     assert "forcefully exiting" not in done.stderr, done.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
+def test_files_cut_short_are_skipped_by_each_process_and_listed_once_by_the_main_one(tmp_path):
+    """Each process warns of the unreadable rows it draws and skips them; metrics.jsonl, which the main process
+    writes, lists every process's, once each (with train.seed=2 only the second process draws a.flac)."""
+    from tests.test_training_unreadable import _manifest
+
+    manifest = _manifest(tmp_path, {"a.flac": None, "b.flac": None})
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)])}
+    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "tta", "-q", "train", "vae",
+                           "--config", str(ROOT / "configs" / "vae" / "tiny.json"), "--out", str(tmp_path / "run"),
+                           "--set", f"data.manifest={manifest}", "--set", "train.max_steps=4", "--set",
+                           "train.seed=2", "--set", "valid_items=0", "--set", "data.max_unreadable=0.5"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    skipped = ": skipped, another row drawn in its place"
+    assert done.stderr.count(f"(row a at {manifest}:5){skipped}") == 1, done.stderr[-3000:]   # the second process
+    assert done.stderr.count(f"(row b at {manifest}:6){skipped}") == 2, done.stderr[-3000:]   # both
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(row["row"] for row in rows if "unreadable" in row) == ["a", "b"]

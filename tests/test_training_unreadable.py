@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -86,16 +88,103 @@ def test_a_resume_refuses_a_file_damaged_since_the_run_began_and_keeps_the_run(t
 
 def test_a_file_cut_short_behind_a_whole_header_is_named_when_a_worker_reads_it(tmp_path, capsys):
     """A FLAC cut short keeps its header (its first tenth is there: crops from the rest fail), so the header
-    check passes it; read in a DataLoader worker (data.num_workers > 0), the error was "Caught AudioError in
-    DataLoader worker process 0." and nothing else."""
+    check passes it; read in a DataLoader worker (data.num_workers > 0) with data.max_unreadable=0 (no file
+    may fail), the error was "Caught AudioError in DataLoader worker process 0." and nothing else."""
     manifest = _manifest(tmp_path, {"cut.flac": None})
     out = tmp_path / "run"
     rc, err = _tta_train(capsys, "vae", out, f"data.manifest={manifest}", "valid_items=0", "train.max_steps=6",
-                         "data.num_workers=1")
+                         "data.num_workers=1", "data.max_unreadable=0")
     assert rc == 1 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"tta: error: {tmp_path / 'cut.flac'}: not a readable audio file ("), err
     assert "DataLoader" not in err and "Traceback" not in err
     assert not out.exists()
+
+
+def _rows(run) -> list:
+    """metrics.jsonl's rows without their times."""
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(capsys, caplog, kind, out, *sets, extra=()) -> tuple[int, str, list[str]]:
+    """`tta train` as _tta_train runs it; (exit code, stderr, the warnings tta.training logged)."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tta.training"):
+        rc, err = _tta_train(capsys, kind, out, *sets, extra=extra)
+    return rc, err, [r.getMessage() for r in caplog.records if r.name == "tta.training" and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("kind", ["vae", "vocoder", "postnet", "clap", "ldm"])
+def test_a_file_cut_short_behind_a_whole_header_is_skipped_with_one_warning(tmp_path, capsys, caplog, kind):
+    """A FLAC cut short behind a whole header passes the header check and stopped every trainer when a crop
+    reached what it lost ("cannot seek to sample 104715 of the 160000 its header declares"), maybe hours in;
+    the row is skipped with one warning naming the file and its manifest line (however many times it is drawn,
+    and from a DataLoader worker too), another row is drawn in its place and metrics.jsonl lists it."""
+    manifest = _manifest(tmp_path, {"cut.flac": None})
+    cut = tmp_path / "cut.flac"
+    sets = _sets(kind, manifest)
+    sets += {"vae": ["valid_items=0"], "vocoder": ["valid_items=0", "sample_items=0"],
+             "postnet": ["valid_items=0", "sample_items=0"]}.get(kind, [])
+    runs = {0: tmp_path / "run"}
+    if kind == "vae":   # DataLoader workers read the items: the same run
+        runs[2] = tmp_path / "workers"
+    for workers, out in runs.items():
+        rc, err, warned = _train(capsys, caplog, kind, out, *sets, f"data.num_workers={workers}")
+        assert rc == 0, err
+        assert len(warned) == 1 and warned[0].startswith(
+            f"{cut}: not a readable audio file (cannot seek to sample "), warned
+        assert warned[0].endswith(f"(row cut at {manifest}:5): skipped, another row drawn in its place (1 of the 1 "
+                                  "unreadable files data.max_unreadable=0.01 allows; listed in metrics.jsonl)"), warned
+        listed = [row for row in _rows(out) if "unreadable" in row]
+        assert [(r["unreadable"], r["row"], r["at"]) for r in listed] == [(str(cut), "cut", f"{manifest}:5")]
+        assert listed[0]["error"] == warned[0].split(" (row cut at ")[0]
+    if kind == "vae":
+        assert _rows(runs[0]) == _rows(runs[2])
+
+
+def test_more_unreadable_files_than_data_max_unreadable_allows_stop_the_run_naming_them(tmp_path, capsys, caplog):
+    """Three of six training files cut short: more than the 2 a corpus of six may lose (3, but fewer than half
+    of the rows). The run stops, in one line naming the rows, once a third fails."""
+    manifest = _manifest(tmp_path, {"a.flac": None, "b.flac": None, "c.flac": None})
+    sets = [f"data.manifest={manifest}", "valid_items=0", "train.max_steps=12"]
+    rc, err, warned = _train(capsys, caplog, "vae", tmp_path / "run", *sets, "data.num_workers=1")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and len(warned) == 2, (err, warned)
+    assert err.startswith(f"tta: error: {manifest}: 3 of split 'train''s 6 audio files could not be decoded when "
+                          "drawn, more than the 2 data.max_unreadable=0.01 allows (row "), err
+    assert err.count(": not a readable audio file (") == 3 and "Traceback" not in err
+    assert err.endswith("`tta data check MANIFEST --drop-bad CLEAN.jsonl` decodes every file and writes a "
+                        "manifest without the bad ones\n")
+    # data.max_unreadable=0.5: three of six may fail
+    rc, err, warned = _train(capsys, caplog, "vae", tmp_path / "half", *sets, "data.max_unreadable=0.5")
+    assert rc == 0 and len(warned) == 3, (err, warned)
+
+
+def test_a_resumed_run_draws_what_an_uninterrupted_one_draws_around_files_cut_short(tmp_path, capsys, caplog):
+    """The item that stands in for an unreadable row is drawn from the item's seed: a run stopped after a
+    checkpoint and resumed trains on the same items as one that was not (the same losses and weights), counts
+    the row found before the checkpoint without warning of it again, and warns of the one found after it."""
+    from safetensors.torch import load_file
+
+    manifest = _manifest(tmp_path, {"a.flac": None, "b.flac": None})
+    sets = [f"data.manifest={manifest}", "valid_items=0", "train.max_steps=8", "train.checkpoint_every=1",
+            "train.keep_checkpoints=0", "data.max_unreadable=0.5", "train.seed=8"]
+    runs = {"full": tmp_path / "full", "cut": tmp_path / "cut"}
+    for out in runs.values():
+        rc, err, warned = _train(capsys, caplog, "vae", out, *sets)
+        assert rc == 0 and len(warned) == 2, (err, warned)
+    found = [row["step"] for row in _rows(runs["full"]) if "unreadable" in row]
+    assert found == [2, 3], found   # (train.seed=8 draws a.flac and b.flac apart)
+    for step in range(3, 9):   # as if killed after the checkpoint of the step that found the first
+        shutil.rmtree(runs["cut"] / "checkpoints" / f"step_{step}")
+    shutil.rmtree(runs["cut"] / "final")
+    rc, err, resumed = _train(capsys, caplog, "vae", runs["cut"], *sets, extra=["--resume"])
+    assert rc == 0, err
+    assert resumed == [f"{runs['cut']}: 1 training file could not be decoded before step 2 (listed in "
+                       "metrics.jsonl); skipped as before (2 allowed by data.max_unreadable=0.5)",
+                       warned[1]], resumed
+    assert _rows(runs["cut"]) == _rows(runs["full"])
+    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in runs.values())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_an_os_error_in_a_worker_names_its_file_as_in_the_main_process(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 A run folder holds `config.json` (the fully resolved run config), `data.json` (the training manifests' sha256
 and the frozen components' and datastore's, which a resume checks, the process and thread counts and the working
-directory its relative paths start from), `metrics.jsonl` (one JSON object per logged step),
+directory its relative paths start from), `metrics.jsonl` (one JSON object per logged step, and one per
+training file skipped as unreadable when drawn: `AudioDataset`'s data.max_unreadable),
 `checkpoints/step_N/` (one component folder per tracked module + `train_state.pt`) and `final/` (the release
 artifact). The same loop runs as one CPU process or under `accelerate launch` on
 many GPUs. A fresh run that fails before its first checkpoint (a bad init_from, component or data row found
@@ -62,7 +63,7 @@ from tta.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHT_NAMES, FINITE_NAME, TR
                             read_foreign_folder, save_component, save_train_state)
 from tta.checkpoint import (check_output_path, complete_checkpoints, file_sha256, rng_state, set_rng_state,
                             sigterm_handler, step_of)
-from tta.config import ConfigError, check_numbers, from_dict, save_config, shortened, to_dict
+from tta.config import ConfigError, check_numbers, counted, from_dict, save_config, shortened, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,12 @@ class TrainingRun:
         self._resumed_at = 0   # the step restore() resumed at, until missed_validation() has looked at it
         self._pending: dict[str, list[float]] = {}    # scalars of this optimizer step's micro-batches
         self._last_logged: dict[str, float] = {}
+        # training rows whose files failed to decode when drawn (`AudioDataset`'s data.max_unreadable): index ->
+        # why, as this process found them; the rows metrics.jsonl lists (main process), and the records another
+        # process keeps for the main one until the next checkpoint gathers them
+        self._unreadable: dict[int, str] = {}
+        self._recorded_unreadable: set[str] = set()
+        self._unrecorded: list[dict] = []
         self._t0 = time.time()
         check_cache_dir(self.config)
         self._check_folder(resume)
@@ -583,6 +590,10 @@ class TrainingRun:
             by_key = getattr(data, field, None)
             if by_key and hasattr(dataset, "weight_names"):
                 check_key_weights(by_key, dataset.weight_names(), f"data.{field}")
+        allowed = getattr(dataset, "unreadable_allowed", 0)
+        if allowed:   # its items may stand in for rows that failed to decode, and say which
+            collate_fn = _SetAsideUnreadable(collate_fn)
+            self._recall_unreadable(dataset)
         acc = self.accelerator
         sampler = ResumableSampler(len(dataset), self.train.seed, start=self.data_position,
                                    rank=acc.process_index, world_size=acc.num_processes, shuffle=shuffle,
@@ -603,6 +614,9 @@ class TrainingRun:
             for batch in loader:
                 if self.step >= self.train.max_steps:
                     break
+                if allowed:
+                    found, batch = batch
+                    self._skip_unreadable(dataset, found)
                 self.data_position += per_batch
                 yield _to_device(batch, self.device)
                 if self.step >= self.train.max_steps:
@@ -612,6 +626,52 @@ class TrainingRun:
             if error is None:
                 raise
             raise error from e
+
+    def _skip_unreadable(self, dataset, found: list[tuple[int, str]]) -> None:
+        """Warn about, record (metrics.jsonl) and count the rows whose files failed to decode when the batch's
+        items drew them (each item stands in another row's, drawn from its seed): once each, however many
+        DataLoader workers draw them. One more than the dataset allows (data.max_unreadable) stops the run. Each
+        process counts the rows it draws; the main one records every process's, the others' at checkpoints."""
+        for index, why in found:
+            if index in self._unreadable:
+                continue
+            self._unreadable[index] = why
+            if len(self._unreadable) > dataset.unreadable_allowed:
+                raise dataset.unreadable_error(self._unreadable)
+            log.warning("%s (%s): skipped, another row drawn in its place (%d of the %d unreadable files "
+                        "data.max_unreadable=%g allows; listed in metrics.jsonl)", why, dataset.row_place(index),
+                        len(self._unreadable), dataset.unreadable_allowed, dataset.max_unreadable)
+            record = {"step": self.step + 1, "unreadable": str(dataset.paths[index]), "row": dataset.rows[index].id,
+                      "at": dataset.manifest_line(index), "error": why}
+            if self.is_main:
+                self._record_unreadable([record])
+            else:
+                self._unrecorded.append(record)
+
+    def _record_unreadable(self, records: list[dict]) -> None:
+        """Append to metrics.jsonl each record of a row it does not list yet (main process)."""
+        for record in records:
+            if record["row"] not in self._recorded_unreadable:
+                self._recorded_unreadable.add(record["row"])
+                self.log_metrics(**record)
+
+    def _recall_unreadable(self, dataset) -> None:
+        """On a resume (main process), the rows metrics.jsonl lists as unreadable up to the resumed step: counted
+        again, and not warned about again, as in the run that found them."""
+        path = self.out / "metrics.jsonl"
+        if not self.step or not self.is_main or not path.is_file():
+            return
+        ids = {row.id: i for i, row in enumerate(dataset.rows)}
+        for line in path.read_text().splitlines():
+            row = json.loads(line) if line.strip() else None
+            if isinstance(row, dict) and "unreadable" in row and row.get("row") in ids:
+                self._unreadable.setdefault(ids[row["row"]], str(row.get("error", "")))
+                self._recorded_unreadable.add(row["row"])
+        if self._unreadable:
+            log.warning("%s: %s could not be decoded before step %d (listed in metrics.jsonl); skipped as "
+                        "before (%d allowed by data.max_unreadable=%g)", self.out,
+                        counted(len(self._unreadable), "training file"), self.step, dataset.unreadable_allowed,
+                        dataset.max_unreadable)
 
     def _balance_weights(self, dataset, keys: list[str] | None, names: list | None = None) -> torch.Tensor | None:
         data = getattr(self.config, "data", None)
@@ -745,6 +805,9 @@ class TrainingRun:
             from accelerate.utils import gather_object
 
             ranks = gather_object([rng_state()])
+            records, self._unrecorded = gather_object(self._unrecorded), []   # the other processes' unreadable rows
+            if self.is_main:
+                self._record_unreadable(records)
         if not self.is_main:
             return None
         with atomic_dir(folder) as tmp:
@@ -1469,6 +1532,18 @@ def _rebuilt(kind: type, message: str) -> Exception:
         if str(error) == message:
             return error
     return RuntimeError(message)
+
+
+class _SetAsideUnreadable:
+    """A DataLoader's collate_fn for a dataset whose items may stand in for rows that failed to decode: (the
+    [(index, why), ...] its items list under "unreadable", the batch `collate_fn` makes of them without it)."""
+
+    def __init__(self, collate_fn: Callable | None):
+        self.collate_fn = collate_fn or torch.utils.data.default_collate
+
+    def __call__(self, items: list) -> tuple[list[tuple[int, str]], Any]:
+        found = [entry for item in items if isinstance(item, dict) for entry in item.pop("unreadable", ())]
+        return found, self.collate_fn(items)
 
 
 def _is_main_process() -> bool:

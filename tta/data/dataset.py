@@ -6,7 +6,10 @@ Two ways to index it:
   with `deterministic_crop="centre"`) and the first caption.
 - `ds[(index, item_seed)]` is the training form (`tta.training.ResumableSampler` yields these pairs): the
   crop offset and the caption are drawn from `numpy.random.default_rng(item_seed)`, so an item depends on
-  nothing but its key — the same across workers, processes and resumed runs.
+  nothing but its key — the same across workers, processes and resumed runs. With `max_unreadable` > 0, an
+  item whose file fails to decode (a FLAC or MP3 cut short behind a whole header, found only when a crop
+  reaches what it lost; a file gone since the run began) is another row's, drawn from the same key, and lists
+  the row it skipped under "unreadable" (`tta.training.TrainingRun.batches` warns, records and counts them).
 
 Only the needed part of a file is decoded (soundfile seeks), resampled with soxr to `sample_rate`, then
 (AudioLDM's loader) DC-removed and peak-normalised to 0.5, and zero-padded at the end to exactly
@@ -54,12 +57,22 @@ def _number_pair(pair, what: str) -> tuple[float, float]:
     return float(check_number(lo, float, f"{what}[0]")), float(check_number(hi, float, f"{what}[1]"))
 
 
+def unreadable_allowed(fraction: float, rows: int) -> int:
+    """How many of `rows` training files may fail to decode before a run stops (`data.max_unreadable`): that
+    fraction of them, or 3 if that is more but fewer than half of them; none with `fraction` 0."""
+    if fraction <= 0:
+        return 0
+    return max(math.floor(fraction * rows), min(3, (rows - 1) // 2))
+
+
 class AudioDataset(torch.utils.data.Dataset):
     """Clips of one manifest split as fixed-length segments.
 
     Items are dicts: {"wav": float32 tensor (segment_samples,), "caption": str, "id": str, "index": int,
     "seconds": float (length of real audio inside the segment; the rest is zero padding)}. The default
     collate turns a batch into {"wav": (B, T), "caption": [str], "id": [str], "index": (B,), "seconds": (B,)}.
+    A training item that stands in for rows whose files failed to decode (`max_unreadable`) also has
+    "unreadable": [(index, why), ...], which `TrainingRun.batches` takes out before the collate.
     """
 
     def __init__(self, manifest_path: str | os.PathLike | Sequence[str | os.PathLike], split: str,
@@ -69,7 +82,7 @@ class AudioDataset(torch.utils.data.Dataset):
                  repeat_gap: tuple[float, float] = (0.2, 1.0), repeat_categories: Sequence[str] = (),
                  repeat_skip_words: Sequence[str] = ("once", "single"),
                  repeat_gap_by_key: dict[str, tuple[float, float]] | None = None,
-                 speed_by_key: dict[str, tuple[float, float]] | None = None):
+                 speed_by_key: dict[str, tuple[float, float]] | None = None, max_unreadable: float = 0.0):
         # numbers given in Python: a str failed on "can't multiply sequence by non-int" (sample_rate), "'<=' not
         # supported" (segment_seconds) or was read with float() (repeat_below="0.5"); numpy numbers are numbers
         # and sample_rate is checked as load_audio checks it (10**400 failed on "int too large to convert to
@@ -83,6 +96,9 @@ class AudioDataset(torch.utils.data.Dataset):
         repeat_gap_by_key = {str(k): _number_pair(v, f"repeat_gap_by_key[{k!r}]")
                              for k, v in (repeat_gap_by_key or {}).items()}
         speed_by_key = {str(k): _number_pair(v, f"speed_by_key[{k!r}]") for k, v in (speed_by_key or {}).items()}
+        max_unreadable = check_number(max_unreadable, float, "max_unreadable")
+        if not 0 <= max_unreadable <= 0.5:
+            raise ValueError(f"max_unreadable={max_unreadable} must be a fraction of the rows in [0, 0.5]")
         if caption_choice not in ("random", "first"):
             raise ValueError(f"caption_choice={caption_choice!r}, expected 'random' or 'first'")
         if deterministic_crop not in ("start", "centre"):
@@ -141,6 +157,8 @@ class AudioDataset(torch.utils.data.Dataset):
         self.speed_by_key = speed_by_key
         words = "|".join(re.escape(w) for w in repeat_skip_words)
         self.repeat_skip = re.compile(rf"\b({words})\b", re.IGNORECASE) if repeat_skip_words else None
+        self.max_unreadable = float(max_unreadable)
+        self.unreadable_allowed = unreadable_allowed(self.max_unreadable, len(self.rows))
 
     @classmethod
     def from_config(cls, data: DataConfig, split: str, sample_rate: int, random_crop: bool,
@@ -152,7 +170,8 @@ class AudioDataset(torch.utils.data.Dataset):
                    normalize=data.normalize, random_crop=random_crop, cache_dir=data.cache_dir or None,
                    caption_choice=caption_choice, repeat_below=data.repeat_below, repeat_gap=data.repeat_gap,
                    repeat_categories=data.repeat_categories, repeat_skip_words=data.repeat_skip_words,
-                   repeat_gap_by_key=data.repeat_gap_by_key, speed_by_key=data.speed_by_key)
+                   repeat_gap_by_key=data.repeat_gap_by_key, speed_by_key=data.speed_by_key,
+                   max_unreadable=data.max_unreadable)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -187,7 +206,7 @@ class AudioDataset(torch.utils.data.Dataset):
         (`audio_info`: not audio, a WAV cut short, a sample rate out of range, no samples, gone or unreadable
         since the dataset was made): about a second for 7 000 files, where decoding them would take minutes. A
         compressed file (FLAC, MP3, Ogg) cut short behind a sound header passes; reading it fails, naming it,
-        when a crop reaches the part it lost."""
+        when a crop reaches the part it lost (a training item then stands in another row: `max_unreadable`)."""
         bad = []
         for index, path in enumerate(tqdm(self.paths, desc=f"check {self.split} audio", unit="file",
                                           disable=not progress, leave=False)):
@@ -213,15 +232,68 @@ class AudioDataset(torch.utils.data.Dataset):
                   time.monotonic() - start)
         if not bad:
             return
-        shown = []
-        for index, why in bad[:3]:
-            manifest = self._manifests[bisect.bisect_right(self._manifest_ends, index)]
-            shown.append(f"row {self.rows[index].id} at {manifest}:{self._lines[index]}: {why}")
+        shown = [f"{self.row_place(index)}: {why}" for index, why in bad[:3]]
         raise ManifestError(f"{self._manifest_names}: {len(bad)} of split {self.split!r}'s {len(self.rows)} audio "
                             f"files cannot be read ({'; '.join(shown)}{'; ...' if len(bad) > 3 else ''}); `tta "
                             "data check MANIFEST --drop-bad CLEAN.jsonl` writes a manifest without them")
 
+    def manifest_line(self, index: int) -> str:
+        """"MANIFEST:LINE" of the row at `index`."""
+        return f"{self._manifests[bisect.bisect_right(self._manifest_ends, index)]}:{self._lines[index]}"
+
+    def row_place(self, index: int) -> str:
+        """"row ID at MANIFEST:LINE" of the row at `index`."""
+        return f"row {self.rows[index].id} at {self.manifest_line(index)}"
+
+    def unreadable_error(self, failed: dict[int, str]) -> ManifestError:
+        """The error that stops a run once more rows than `unreadable_allowed` failed to decode (`failed`:
+        index -> why, in the order found), naming the first three."""
+        shown = [f"{self.row_place(index)}: {why}" for index, why in list(failed.items())[:3]]
+        return ManifestError(f"{self._manifest_names}: {len(failed)} of split {self.split!r}'s {len(self.rows)} "
+                             f"audio files could not be decoded when drawn, more than the {self.unreadable_allowed} "
+                             f"data.max_unreadable={self.max_unreadable:g} allows ({'; '.join(shown)}"
+                             f"{'; ...' if len(failed) > 3 else ''}); `tta data check MANIFEST --drop-bad "
+                             "CLEAN.jsonl` decodes every file and writes a manifest without the bad ones")
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if not isinstance(key, tuple) or not self.unreadable_allowed:
+            return self._item(key)
+        index, item_seed = key
+        failed: dict[int, str] = {}
+        rng = None
+        while True:
+            try:
+                item = self._item((index, item_seed))
+                break
+            except (AudioError, OSError) as e:
+                why = self._unreadable(e, int(index))
+                if why is None:   # not the file's fault (a data.cache_dir that cannot be written): the run's
+                    raise
+                failed[int(index)] = why
+                if len(failed) > self.unreadable_allowed:   # (the run counts every item's; this is one item's)
+                    raise self.unreadable_error(failed) from None
+            # another row, and a seed for its crop and caption, drawn from the item's own seed: the same item
+            # in every worker, process and resumed run (uniformly: a data.balance weight is not looked at)
+            if rng is None:
+                rng = np.random.default_rng([int(item_seed), 1])
+            while (index := int(rng.integers(len(self.rows)))) in failed:   # (fewer than half the rows failed)
+                pass
+            item_seed = int(rng.integers(2**63))
+        if failed:
+            item["unreadable"] = list(failed.items())
+        return item
+
+    def _unreadable(self, error: Exception, index: int) -> str | None:
+        """Why the row at `index` cannot be read, when `error` (raised reading it) is about its audio file: an
+        AudioError, or an OSError naming the file (gone, or cannot be opened, since the run began); else None."""
+        path = self.paths[index]
+        if isinstance(error, AudioError):
+            return str(error)
+        if isinstance(error, OSError) and error.filename is not None and os.fsdecode(error.filename) == str(path):
+            return f"{path}: {error.strerror or error}"
+        return None
+
+    def _item(self, key: int | tuple[int, int]) -> dict:
         if isinstance(key, tuple):
             index, item_seed = key
             rng = np.random.default_rng(int(item_seed))

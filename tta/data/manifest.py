@@ -277,6 +277,12 @@ class DataConfig:
                                        # is repeated: a bigger or smaller dog from the same few recordings
     repeat_skip_words: tuple[str, ...] = ("once", "single")  # an item whose caption has one of these words
                                                              # (whole word, any case) is never repeated
+    max_unreadable: float = 0.01       # training items only: a file that fails to decode when drawn (a FLAC or
+                                       # MP3 cut short behind a whole header, a file gone since the start) is
+                                       # skipped with a warning and another row drawn in its place, until more
+                                       # than this fraction of the training rows, or 3 files if that is more
+                                       # (but never half the rows), have failed: then the run stops. 0 = the
+                                       # first such file stops the run
 
     def __post_init__(self) -> None:
         check_numbers(self, "data")
@@ -303,6 +309,9 @@ class DataConfig:
             if not 0 < lo <= hi < float("inf"):
                 raise ValueError(f"data.speed_by_key[{k!r}]={[lo, hi]} must be [min, max] speed factors, "
                                  "0 < min <= max")
+        if not 0 <= self.max_unreadable <= 0.5:
+            raise ValueError(f"data.max_unreadable={self.max_unreadable} must be a fraction of the training rows "
+                             "in [0, 0.5]")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
         for s in (self.train_split, self.valid_split):

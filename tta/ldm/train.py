@@ -391,7 +391,8 @@ def latent_cache_path(config: RunConfig, dataset, frozen: Frozen, cache_dir: Pat
     """The cache file `precompute` writes: named by the data and the identity of the components that encode."""
     data = to_dict(config.data)
     for k in ("balance", "balance_labels", "key_weights", "repeat_below", "repeat_gap", "repeat_categories",
-              "repeat_gap_by_key", "speed_by_key", "repeat_skip_words", "num_workers", "valid_split", "cache_dir"):
+              "repeat_gap_by_key", "speed_by_key", "repeat_skip_words", "num_workers", "valid_split", "cache_dir",
+              "max_unreadable"):
         data.pop(k, None)   # how training items are drawn or loaded, not what is encoded
     if config.precompute_seconds:   # what is encoded: whole clips up to precompute_seconds (crops come later)
         data["segment_seconds"] = config.precompute_seconds
