@@ -129,6 +129,9 @@ def _check_shape(body: dict, file: Path) -> None:
     draws = clap.get("clap_score_ci95_draws")
     if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int)):
         raise ResultError(f"{file}: protocol.clap.clap_score_ci95_draws is {_seen(draws)}, not a count")
+    if clap.get("clap_score_ci95") is not None and (draws is None or draws < 2):   # recorded with it, always
+        raise ResultError(f"{file}: protocol.clap.clap_score_ci95_draws is {_seen(draws)}, not the interval's "
+                          "draws (a count, 2 or more)")
     # Student's t's (tta.clap.interval.recorded_interval; a result from before names none: 1.96)
     distribution, df = clap.get("clap_score_ci95_distribution"), clap.get("clap_score_ci95_df")
     if distribution is not None and distribution != "t":
@@ -138,6 +141,9 @@ def _check_shape(body: dict, file: Path) -> None:
             (isinstance(df, bool) or not isinstance(df, int) or df < 1):
         raise ResultError(f"{file}: protocol.clap.clap_score_ci95_df is {_seen(df)}, not the interval's "
                           "degrees of freedom (a count, 1 or more)")
+    if df is not None and df != (draws or 0) - 1:   # the draws give it (recorded_interval reads them)
+        raise ResultError(f"{file}: protocol.clap.clap_score_ci95_df is {df}, not clap_score_ci95_draws - 1 "
+                          f"({'no draws recorded' if draws is None else draws - 1})")
     parts = {f"breakdown.categories.{name}": cat for name, cat in categories.items()}
     for name in ("head", "tail"):
         if breakdown.get(name) is not None:

@@ -667,6 +667,17 @@ def test_report_refuses_a_result_twice_another_version_and_a_damaged_body(report
      "protocol.clap.clap_score_ci95_df is '5', not the interval's degrees of freedom (a count, 1 or more)"),
     (lambda b: b["protocol"]["clap"].pop("clap_score_ci95_df"),
      "protocol.clap.clap_score_ci95_df is None, not the interval's degrees of freedom (a count, 1 or more)"),
+    (lambda b: b["protocol"]["clap"].update(clap_score_ci95_df=1000),   # 6 draws
+     "protocol.clap.clap_score_ci95_df is 1000, not clap_score_ci95_draws - 1 (5)"),
+    (lambda b: b["protocol"]["clap"].update(clap_score_ci95_draws=1000),
+     "protocol.clap.clap_score_ci95_df is 5, not clap_score_ci95_draws - 1 (999)"),
+    (lambda b: b["protocol"]["clap"].pop("clap_score_ci95_draws"),   # no tta wrote an interval without them
+     "protocol.clap.clap_score_ci95_draws is None, not the interval's draws (a count, 2 or more)"),
+    (lambda b: [b["protocol"]["clap"].pop(k) for k in ("clap_score_ci95_draws", "clap_score_ci95_distribution",
+                                                       "clap_score_ci95_df")],   # nor one from before t
+     "protocol.clap.clap_score_ci95_draws is None, not the interval's draws (a count, 2 or more)"),
+    (lambda b: b["protocol"]["clap"].update(clap_score_ci95_draws=1, clap_score_ci95_df=None),
+     "protocol.clap.clap_score_ci95_draws is 1, not the interval's draws (a count, 2 or more)"),
 ])
 def test_a_damaged_part_of_an_eval_json_is_named(report, tmp_path, capsys, change, message):
     """These failed on Python's own words ("'str' object has no attribute 'get'", "'categories'") or, for the
@@ -776,16 +787,16 @@ def test_a_recorded_clap_interval_is_read_by_the_rule_it_was_made_by():
         assert row.endswith(marked), (new, row)
 
 
-def _recorded_clap_run(label, score, half, df):
-    """A run without its items.csv whose eval.json records a CLAP interval over 3 files: score ± half,
-    Student's t with `df` degrees of freedom, or a record from before t (df None: 1.96 standard errors); no
-    other metric, so that the note under the table is the CLAP score's alone."""
+def _recorded_clap_run(label, score, half, draws=3, t=True):
+    """A run without its items.csv whose eval.json records a CLAP interval over `draws` files: score ± half,
+    Student's t with draws - 1 degrees of freedom, or a record from before t (not `t`: no distribution or df,
+    1.96 standard errors); no other metric, so that the note under the table is the CLAP score's alone."""
     r = _run(label, 1.0, "mfcc@v1", "ref1", clap=score)
     del r.body["metrics"]["fad"]
-    r.body["protocol"]["clap"].update(num_items=3, clap_score_ci95=[score - half, score + half],
-                                      clap_score_ci95_draws=3, clap_score_ci95_unit="files",
-                                      **({} if df is None else {"clap_score_ci95_distribution": "t",
-                                                                "clap_score_ci95_df": df}))
+    r.body["protocol"]["clap"].update(num_items=draws, clap_score_ci95=[score - half, score + half],
+                                      clap_score_ci95_draws=draws, clap_score_ci95_unit="files",
+                                      **({"clap_score_ci95_distribution": "t", "clap_score_ci95_df": draws - 1}
+                                         if t else {}))
     r.items_missing = r.folder / "items.csv"
     return r
 
@@ -807,16 +818,15 @@ def test_unpaired_clap_scores_of_t_intervals_are_compared_by_welchs_test():
     Items that do not pair (a prompt text twice, other file names) take it too, with draws - 1 each."""
     from scipy.stats import t as student_t
 
-    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.05, 2),
-                                    _recorded_clap_run("b", 0.44, 0.05, 2)])
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.05), _recorded_clap_run("b", 0.44, 0.05)])
     assert row.endswith("| **0.4** (n 3, 95% CI ±0.05) | **0.44** (n 3, 95% CI ±0.05) |"), row
     assert note == ("**Bold**: best, or not separable from the best at 95% (CLAP score: Welch's t interval "
                     "of the difference holding 0)."), note
 
     half = 0.05 / student_t.ppf(0.975, 2) * student_t.ppf(0.975, 1000)   # the same standard error, df 1000
-    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, half, 1000),
-                                    _recorded_clap_run("b", 0.44, half, 1000)])
-    assert row.endswith("| 0.4 (n 3, 95% CI ±0.023) | **0.44** (n 3, 95% CI ±0.023) |"), row
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, half, 1001),
+                                    _recorded_clap_run("b", 0.44, half, 1001)])
+    assert row.endswith("| 0.4 (n 1001, 95% CI ±0.023) | **0.44** (n 1001, 95% CI ±0.023) |"), row
     assert "Welch's t interval" in note, note
 
     twice = ["prompt 0", "prompt 0", "prompt 1"]   # no pairing: se 0.0289 each, 0.0408 of the difference
@@ -832,15 +842,14 @@ def test_a_clap_interval_from_before_t_keeps_the_1_96_rule_for_its_pairs():
     se 0.0102, against 0.44 ± 0.05 with t at 2 df, se 0.0116: 0.04 over 1.96 x 0.0155 = 0.030, 0.44 alone
     marked, where Welch's 2.78 would mark both), and the note does not name Welch's test. A third run of t
     compared with the best, of t too, takes Welch's test, and the note names both rules."""
-    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.02, None),
-                                    _recorded_clap_run("b", 0.44, 0.05, 2)])
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.02, t=False),
+                                    _recorded_clap_run("b", 0.44, 0.05)])
     assert row.endswith("| 0.4 (n 3, 95% CI ±0.02) | **0.44** (n 3, 95% CI ±0.05) |"), row
     assert note == ("**Bold**: best, or not separable from the best at 95% (CLAP score: difference within "
                     "1.96 standard errors of the difference, each from its interval)."), note
 
-    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.02, None),
-                                    _recorded_clap_run("b", 0.44, 0.05, 2),
-                                    _recorded_clap_run("c", 0.40, 0.05, 2)])
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.02, t=False),
+                                    _recorded_clap_run("b", 0.44, 0.05), _recorded_clap_run("c", 0.40, 0.05)])
     assert row.endswith("| 0.4 (n 3, 95% CI ±0.02) | **0.44** (n 3, 95% CI ±0.05) | **0.4** (n 3, 95% CI "
                         "±0.05) |"), row
     assert note == ("**Bold**: best, or not separable from the best at 95% (CLAP score: Welch's t interval "
