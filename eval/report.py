@@ -228,19 +228,18 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[se
     up to 2.77 standard errors of the difference, runs separable at 95% among them. For the CLAP score of two
     runs that scored the same items (`_paired_difference`), a paired difference of the scores whose 95%
     interval (Student's t with n - 1 degrees of freedom, `t95`) holds 0; else Welch's test: the difference
-    within t95(`welch_df`) standard errors of it, each run's its interval's half-width / its t quantile with
-    its degrees of freedom (`clap_ci95`: t95(draws - 1)), or, where either run's interval is a result's from
-    before, which meant 1.96 whatever the draws (no df), within 1.96 as FAD∞'s. A row where a ranked run has
-    no interval (a result from before FAD∞ recorded one, a CLAP score without its items.csv from before
-    eval.json recorded its interval) marks the best value alone, as the other metrics' rows do (plain FAD, FD,
-    KL, IS have no interval): rule "best"."""
+    within t95(`welch_df`) standard errors of it, each run's with its degrees of freedom, draws - 1
+    (`clap_ci95`; an eval.json's from before t too, whose standard error is its half-width / 1.96 where a
+    newer one's is / t95(draws - 1)). A row where a ranked run has no interval (a result from before FAD∞
+    recorded one, a CLAP score without its items.csv from before eval.json recorded its interval) marks the
+    best value alone, as the other metrics' rows do (plain FAD, FD, KL, IS have no interval): rule "best"."""
     ranked = [i for i, v in enumerate(values) if isinstance(v, (int, float))]
     tops = {i for i in ranked if values[i] == best}
     if metric == "fad_inf":   # the standard errors
         errors = {i: (interval[1] - interval[0]) / 2 / 1.96 if (interval := fad_inf_interval(runs[i].body))
                   else None for i in ranked}
         dfs = {i: None for i in ranked}
-    elif metric == "clap_score":   # and their degrees of freedom (None: 1.96, a result from before t)
+    elif metric == "clap_score":   # and their degrees of freedom
         intervals = {i: clap_ci95(runs[i]) for i in ranked}
         errors, dfs = {i: ci[1] for i, ci in intervals.items()}, {i: ci[2] for i, ci in intervals.items()}
     else:
@@ -255,10 +254,10 @@ def _marked(runs: list[Run], values: list, metric: str, best: float) -> tuple[se
             difference, se, pairs = paired
             return abs(difference) > t95(pairs - 1) * se
         se = float(np.hypot(errors[i], errors[j]))
-        if dfs[i] is not None and dfs[j] is not None:   # Welch's test (the CLAP score's t intervals)
+        if metric == "clap_score":   # Welch's test
             rules.add("clap_welch")
             return abs(values[i] - values[j]) > t95(welch_df(errors[i], dfs[i], errors[j], dfs[j])) * se
-        rules.add(f"{metric}_intervals")
+        rules.add("fad_inf_intervals")
         return abs(values[i] - values[j]) > 1.96 * se
 
     near = {i for i in ranked if i not in tops and not all([apart(i, t) for t in tops])}   # each rule it takes
@@ -275,9 +274,7 @@ def mark_note(rules: set[str]) -> str | None:
     parts = [f"FAD∞: {unpaired}"] if "fad_inf_intervals" in rules else []
     paired = "paired difference on the same prompts, its Student's t interval holding 0"
     welch = "Welch's t interval of the difference holding 0"
-    normal = ("(an older interval) " if "clap_welch" in rules else "") + ("as FAD∞" if parts else unpaired)
-    clap = ([paired] if "clap_paired" in rules else []) + ([welch] if "clap_welch" in rules else []) \
-        + ([normal] if "clap_score_intervals" in rules else [])
+    clap = ([paired] if "clap_paired" in rules else []) + ([welch] if "clap_welch" in rules else [])
     if clap:
         parts.append(f"CLAP score: {', else '.join(clap)}")
     if "best" in rules:
@@ -390,21 +387,19 @@ def sample_note(run: Run, metric: str) -> str | None:
 
 def clap_ci95(run: Run) -> tuple[float | None, float | None, int | None, int | None, int | None, bool]:
     """The half-width of the run's CLAP score's 95% interval (None without one: fewer than 2 draws), the
-    standard error it is made of, the degrees of freedom of its t quantile (None where it took 1.96: a
-    result from before t), its draws, the files scored and whether it is a `--takes` run (its draws are
-    prompts): from items.csv's rows (`clap_half_width`, `clap_standard_error`, draws - 1) or, where the
-    result's items.csv was not found, as eval.json records it (protocol.clap.clap_score_ci95, tta eval's
-    computation over the same rows, read as its tta version meant it: `recorded_interval`; none in a result
-    from before it was recorded)."""
+    standard error it is made of, its degrees of freedom (draws - 1; None without an interval), its draws,
+    the files scored and whether it is a `--takes` run (its draws are prompts): from items.csv's rows
+    (`clap_half_width`, `clap_standard_error`) or, where the result's items.csv was not found, as eval.json
+    records it (protocol.clap.clap_score_ci95, tta eval's computation over the same rows, read as its tta
+    version meant it: `recorded_interval`; none in a result from before it was recorded)."""
     if run.items_missing is None:
         draws, files, takes = clap_draws(run.rows)
         se = clap_standard_error(run.rows)
         return clap_half_width(run.rows), se, None if se is None else len(draws) - 1, len(draws), files, takes
     clap = (run.body.get("protocol", {}) or {}).get("clap", {}) or {}
-    half, se, draws, takes = recorded_interval(clap)
-    df = clap.get("clap_score_ci95_df") if clap.get("clap_score_ci95_distribution") == "t" else None
+    half, se, df, draws, takes = recorded_interval(clap)
     files = clap.get("num_items")
-    return half, se, None if se is None else df, draws, files if isinstance(files, int) else None, takes
+    return half, se, df, draws, files if isinstance(files, int) else None, takes
 
 
 def _paired_difference(a: Run, b: Run) -> tuple[float, float, int] | None:

@@ -56,22 +56,24 @@ def test_one_draw_has_no_interval_and_records_null():
                    "clap_score_ci95_distribution": "t", "clap_score_ci95_df": None}
     json.dumps(got, allow_nan=False)   # no inf or nan in eval.json
     assert clap_half_width(_files([0.3])) is None and interval_words(got) is None
-    assert recorded_interval(got) == (None, None, 1, False)
+    assert recorded_interval(got) == (None, None, None, 1, False)
 
 
 def test_a_recorded_interval_gives_back_its_standard_error_by_the_rule_it_was_made_by():
     """The report compares runs without their items.csv by the standard errors of their recorded intervals:
     half-width / t95(df) where the record names t, half-width / 1.96 in a record from before (no
-    clap_score_ci95_distribution), which took 1.96 whatever the draws."""
+    clap_score_ci95_distribution), which took 1.96 whatever the draws; the degrees of freedom are the draws - 1
+    in both (an old record's standard error was over its draws too), for Welch's test."""
     rows = _files([0.1, 0.25, 0.4])
     recorded = clap_interval(0.25, rows)
-    half, se, draws, takes = recorded_interval(recorded)
+    half, se, df, draws, takes = recorded_interval(recorded)
     assert half == pytest.approx(clap_half_width(rows)) and se == pytest.approx(clap_standard_error(rows))
-    assert (draws, takes) == (3, False)
+    assert (df, draws, takes) == (2, 3, False)
     old = {"clap_score_ci95": [0.2, 0.3], "clap_score_ci95_draws": 3, "clap_score_ci95_unit": "files"}
-    assert recorded_interval(old) == pytest.approx((0.05, 0.05 / 1.96, 3, False))
+    assert recorded_interval(old) == pytest.approx((0.05, 0.05 / 1.96, 2, 3, False))
     assert interval_words(old) == "95% CI ±0.05"   # as it was printed
-    assert recorded_interval({}) == (None, None, None, False)   # from before intervals were recorded
+    assert recorded_interval({**old, "clap_score_ci95_draws": 1}) == (None, None, None, 1, False)   # none wrote
+    assert recorded_interval({}) == (None, None, None, None, False)   # from before intervals were recorded
 
 
 def test_welch_df_gives_the_p_value_of_scipys_welch_test():

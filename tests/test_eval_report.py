@@ -765,9 +765,9 @@ def test_a_recorded_clap_interval_is_read_by_the_rule_it_was_made_by():
     """eval.json's CLAP interval is Student's t's now (protocol.clap.clap_score_ci95_distribution "t", with its
     degrees of freedom); one from before names no distribution and took 1.96 standard errors whatever the
     draws. Without items.csv the report ranks by the standard errors the recorded intervals give: an old
-    record's half-width / 1.96, as before (here 0.4 and 0.45, each ± 0.05 over 3 files: within 1.96 standard
-    errors of the difference, both marked), a t record's / 4.30 (3 draws), so the same half-widths of t
-    intervals are narrower standard errors, and the runs separate. Each shows its interval as recorded."""
+    record's half-width / 1.96 (here 0.4 and 0.45, each ± 0.05 over 3 files: within Welch's test's 2.78
+    standard errors of the difference, both marked), a t record's / 4.30 (3 draws), so the same half-widths
+    of t intervals are narrower standard errors, and the runs separate. Each shows its interval as recorded."""
     from eval.report import render_markdown, sample_note
 
     def run(label, score, new):
@@ -836,25 +836,36 @@ def test_unpaired_clap_scores_of_t_intervals_are_compared_by_welchs_test():
     assert row.count("**") == 4 and "Welch's t interval" in note, (row, note)
 
 
-def test_a_clap_interval_from_before_t_keeps_the_1_96_rule_for_its_pairs():
-    """A record from before t (no clap_score_ci95_distribution: 1.96 standard errors, no degrees of freedom)
-    has no Welch-Satterthwaite degrees of freedom: a pair with it keeps 1.96 (0.40 ± 0.02 as recorded then,
-    se 0.0102, against 0.44 ± 0.05 with t at 2 df, se 0.0116: 0.04 over 1.96 x 0.0155 = 0.030, 0.44 alone
-    marked, where Welch's 2.78 would mark both), and the note does not name Welch's test. A third run of t
-    compared with the best, of t too, takes Welch's test, and the note names both rules."""
+def test_a_clap_interval_from_before_t_is_compared_by_welchs_test_with_its_draws_less_one():
+    """A record from before t (no clap_score_ci95_distribution) took 1.96 standard errors whatever the draws,
+    but its standard error was over its draws as a newer one's is: its degrees of freedom are the draws - 1,
+    and a pair with it takes Welch's test too (it took 1.96 standard errors of the difference). 0.40 ± 0.02
+    as recorded then (se 0.0102) against 0.44 ± 0.05 of t (se 0.0116), 3 draws each: 0.04 apart, over 1.96 x
+    0.0155 = 0.030 (0.44 was marked alone), within Welch's 2.79 x 0.0155 = 0.043: both marked. Two old
+    records of 3 draws each ± 0.025 (se 0.0128), 0.04 apart: over 1.96 x 0.018 = 0.035, within 2.78 x 0.018 =
+    0.050. The same old records over 1001 draws separate. The note names Welch's test alone."""
+    welch = ("**Bold**: best, or not separable from the best at 95% (CLAP score: Welch's t interval of the "
+             "difference holding 0).")
     row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.02, t=False),
                                     _recorded_clap_run("b", 0.44, 0.05)])
-    assert row.endswith("| 0.4 (n 3, 95% CI ±0.02) | **0.44** (n 3, 95% CI ±0.05) |"), row
-    assert note == ("**Bold**: best, or not separable from the best at 95% (CLAP score: difference within "
-                    "1.96 standard errors of the difference, each from its interval)."), note
+    assert row.endswith("| **0.4** (n 3, 95% CI ±0.02) | **0.44** (n 3, 95% CI ±0.05) |"), row
+    assert note == welch, note
+
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.025, t=False),
+                                    _recorded_clap_run("b", 0.44, 0.025, t=False)])
+    assert row.endswith("| **0.4** (n 3, 95% CI ±0.025) | **0.44** (n 3, 95% CI ±0.025) |"), row
+    assert note == welch, note
+
+    row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.025, 1001, t=False),
+                                    _recorded_clap_run("b", 0.44, 0.025, 1001, t=False)])
+    assert row.endswith("| 0.4 (n 1001, 95% CI ±0.025) | **0.44** (n 1001, 95% CI ±0.025) |"), row
+    assert note == welch, note
 
     row, note = _clap_row_and_note([_recorded_clap_run("a", 0.40, 0.02, t=False),
-                                    _recorded_clap_run("b", 0.44, 0.05), _recorded_clap_run("c", 0.40, 0.05)])
-    assert row.endswith("| 0.4 (n 3, 95% CI ±0.02) | **0.44** (n 3, 95% CI ±0.05) | **0.4** (n 3, 95% CI "
+                                    _recorded_clap_run("b", 0.44, 0.05), _recorded_clap_run("c", 0.34, 0.05)])
+    assert row.endswith("| **0.4** (n 3, 95% CI ±0.02) | **0.44** (n 3, 95% CI ±0.05) | 0.34 (n 3, 95% CI "
                         "±0.05) |"), row
-    assert note == ("**Bold**: best, or not separable from the best at 95% (CLAP score: Welch's t interval "
-                    "of the difference holding 0, else (an older interval) difference within 1.96 standard "
-                    "errors of the difference, each from its interval)."), note
+    assert note == welch, note
 
 
 def test_upper_case_md_writes_markdown_labels_stay_unique_and_changed_audio_is_not_played(report, tmp_path):

@@ -136,29 +136,30 @@ def clap_interval(score: float, rows: list[dict]) -> dict:
             "clap_score_ci95_distribution": "t", "clap_score_ci95_df": df}
 
 
-def recorded_interval(record: dict) -> tuple[float | None, float | None, int | None, bool]:
+def recorded_interval(record: dict) -> tuple[float | None, float | None, int | None, int | None, bool]:
     """A CLAP score's interval as `clap_interval` recorded it in `record` (eval.json's protocol.clap, or a
     `tta clap score` result): (its half-width, None without one: fewer than 2 draws, or a record from before
     the interval was recorded; the standard error it is made of, the half-width / t95(df) where the record
     names Student's t, / 1.96 in a record from before (no clap_score_ci95_distribution), which took 1.96
-    whatever the draws: read as it was meant, not as a t interval; its draws, None in a record from before
-    them; whether they are prompts: a `--takes` run). Its fields are checked where read (eval.outputs)."""
+    whatever the draws: read as it was meant, not as a t interval; its degrees of freedom, the draws - 1 in
+    either, whose standard error was over its k draws too (eval.json's clap_score_ci95_df repeats it); its
+    draws, None in a record from before them; whether they are prompts: a `--takes` run).
+    Its fields are checked where read (eval.outputs: every interval recorded its draws with it)."""
     interval, draws = record.get("clap_score_ci95"), record.get("clap_score_ci95_draws")
     if draws is None:   # recorded with the interval: a record from before it
-        return None, None, None, False
+        return None, None, None, None, False
     takes = record.get("clap_score_ci95_unit") == "prompts"
     half = (float(interval[1]) - float(interval[0])) / 2 if interval else None
-    if half is None or not np.isfinite(half):
-        return None, None, draws, takes
+    if half is None or not np.isfinite(half) or draws < 2:
+        return None, None, None, draws, takes
     t = record.get("clap_score_ci95_distribution") == "t"   # else 1.96, as results from before it meant
-    quantile = t95(record["clap_score_ci95_df"]) if t else 1.96
-    return half, half / quantile, draws, takes
+    return half, half / (t95(draws - 1) if t else 1.96), draws - 1, draws, takes
 
 
 def interval_words(record: dict) -> str | None:
     """A recorded interval (`recorded_interval`) as `tta clap score`, `tta eval` and `tta report` print it
     (`ci95_words`); None without one."""
-    half, _, _, takes = recorded_interval(record)
+    half, _, _, _, takes = recorded_interval(record)
     return None if half is None else ci95_words(half, over_prompts=takes)
 
 
