@@ -27,8 +27,9 @@ log = logging.getLogger("tta")
 # libraries whose records a command shows under -v only (errors always): their levels while it runs
 NOISY_LIBRARIES = ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock", "faiss")
 
-# `tta train KIND` -> module exposing `RunConfig` (the run's config dataclass) and
-# `train(config, out, *, resume, progress) -> Path` (returns the final/ folder).
+# `tta train KIND` -> module exposing `RunConfig` (the run's config dataclass),
+# `train(config, out, *, resume, progress) -> Path` (returns the final/ folder) and, where the trainer refuses
+# more than every trainer does before its first step, `check_start(config)`, which its `train` calls too.
 TRAINERS = {
     "vae": "vae.train",
     "vocoder": "vocoder.train",
@@ -86,13 +87,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         with run_lock(args.out, create=False, remove=not (Path(args.out) / RUN_LOCK).exists()):
             # stopped before its first checkpoint: from step 0, once what it reads is checked
             restarted = restart_unstarted(args.out, config,
-                                          check=lambda c: _check_training_rows(c, progress=not args.quiet))
+                                          check=lambda c: _check_start(module, c, progress=not args.quiet))
             resume = restarted is None
             config = restarted or config
             with discard_on_failure(args.out, resume=resume, lock=False):
                 final = module.train(config, args.out, resume=resume, progress=not args.quiet)
     print(final)
     return 0
+
+
+def _check_start(module, config, *, progress: bool) -> None:
+    """What the trainer `module` refuses before its first step, beyond `tta.training.check_restart`: its own
+    checks (`check_start`, where it has them) and the training split's rows, for `tta train --resume` to refuse
+    a restart that would fail on them before it clears the stopped run."""
+    check = getattr(module, "check_start", None)
+    if check is not None:
+        check(config)
+    _check_training_rows(config, progress=progress)
 
 
 def _check_training_rows(config, *, progress: bool) -> None:

@@ -1245,7 +1245,7 @@ def restart_unstarted(out: str | os.PathLike, config, check: Callable[[Any], Non
     checkpoint, clear it (keeping cache/) and return the config to start it again from step 0 with: `config`
     with the train.init_from the run began with. A config that differs from the saved one otherwise (but for
     train.max_steps, which a resume may change) is refused, as a resume refuses it, and so is one the restart
-    would fail on before its first step (`check_restart`, then `check(config)`, e.g. the training split's rows):
+    would fail on before its first step (`check_restart`, then `check(config)`: the trainer's own, the rows):
     both before anything is cleared, so a refused restart leaves `out` as it was. When `out` holds no run but the
     pre-encoded cache/ a run stopped by Ctrl-C, SIGTERM or an error keeps (`left_by_a_stopped_run`), `config` as it
     is: --resume restarted a run killed with SIGKILL and refused one stopped by Ctrl-C at the same point ("nothing

@@ -74,12 +74,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 
     config = check_run_config(config, RunConfig)
     mel_cfg = config.model.mel
-    if config.freeze_encoder and not (config.train.init_from or resume):
-        raise ValueError("freeze_encoder=true fine-tunes the decoder of a trained VAE: set train.init_from "
-                         "(--init-from RUN, component or pipeline folder)")
-    measured = None      # freeze_encoder from a run: its final/, which holds the measured scale_factor
-    if config.freeze_encoder and not resume:
-        measured = measured_scale_source(config.train.init_from)
+    measured = frozen_encoder_source(config, resume=resume)
     train_set = AudioDataset.from_config(
         config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=True
     )
@@ -175,6 +170,25 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             min(config.scale_items, len(scale_set)),
         )
     return run.finish(release)
+
+
+def check_start(config: RunConfig) -> None:
+    """Refuse what `train` refuses of a new run before it makes the run folder, beyond what every trainer checks
+    (tta.training.check_restart, the training split's rows): `tta train vae --resume` calls it before it clears
+    a run stopped before its first checkpoint to start it again, so that a refused restart leaves it as it was."""
+    frozen_encoder_source(config, resume=False)
+
+
+def frozen_encoder_source(config: RunConfig, *, resume: bool) -> Path | None:
+    """freeze_encoder's start: refused without train.init_from on a new run; the final/ weights file whose
+    measured scale_factor it keeps when init_from is a run or one of its checkpoints (`measured_scale_source`),
+    else None (and on a resume, which restores what the run kept)."""
+    if config.freeze_encoder and not (config.train.init_from or resume):
+        raise ValueError("freeze_encoder=true fine-tunes the decoder of a trained VAE: set train.init_from "
+                         "(--init-from RUN, component or pipeline folder)")
+    if config.freeze_encoder and not resume:
+        return measured_scale_source(config.train.init_from)
+    return None
 
 
 def measured_scale_source(source: str) -> Path | None:

@@ -130,6 +130,15 @@ def targets(model: PostnetGriffinLim, wav: torch.Tensor) -> tuple[torch.Tensor, 
     return mel, mag
 
 
+def check_start(config: RunConfig) -> None:
+    """Refuse what `train` refuses of a new run before it makes the run folder, beyond what every trainer checks
+    (tta.training.check_restart, the training split's rows): the frozen `vae` (loaded, as the run loads it).
+    `tta train postnet --resume` calls it before it clears a run stopped before its first checkpoint to start
+    it again, so that a refused restart leaves it as it was."""
+    if config.vae:
+        load_frozen_vae(config.vae, config.model.mel)
+
+
 def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) a post-net run in `out`; returns the final/ component folder."""
     from tta.data.dataset import AudioDataset

@@ -234,6 +234,15 @@ def weight_norm_state(folder: Path, generator: HiFiGAN) -> dict:
     return source.state_dict()
 
 
+def check_start(config: RunConfig) -> None:
+    """Refuse what `train` refuses of a new run before it makes the run folder, beyond what every trainer checks
+    (tta.training.check_restart, the training split's rows): the frozen `vae` (loaded, as the run loads it).
+    `tta train vocoder|vocos --resume` calls it before it clears a run stopped before its first checkpoint
+    to start it again, so that a refused restart leaves it as it was."""
+    if config.vae:
+        load_frozen_vae(config.vae, config.model.mel)
+
+
 def load_frozen_vae(path: str, mel: MelConfig) -> torch.nn.Module:
     """The frozen VAE named by a run config's `vae`: a component folder, a run folder (its final/) or a
     pipeline folder (its vae/). Its mel config must be the model's."""

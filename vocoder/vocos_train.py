@@ -27,6 +27,9 @@ class RunConfig(hifigan_train.RunConfig):
         return Vocos(self.model)
 
 
+check_start = hifigan_train.check_start   # what `train` refuses before its first step: the vocoder's
+
+
 def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) a Vocos run in `out`; returns the final/ component folder."""
     from tta.training import check_run_config

@@ -605,12 +605,18 @@ def freeze_except(unet: torch.nn.Module, patterns) -> int:
     return count
 
 
-def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or resume) a run in `out`; returns the final/ component folder (RUN/pipeline/ is written too)."""
-    from tta.data.dataset import AudioDataset
+def check_start(config: RunConfig) -> None:
+    """Refuse what `train` refuses of a new run before it makes the run folder, beyond what every trainer checks
+    (tta.training.check_restart, the training split's rows): `check_inputs`. `tta train ldm --resume` calls it
+    before it clears a run stopped before its first checkpoint to start it again, so that a refused restart
+    leaves it as it was."""
+    check_inputs(config)
 
-    config = check_run_config(config, RunConfig)
-    # component paths are checked before the run folder is created, so a typo leaves nothing behind
+
+def check_inputs(config: RunConfig):
+    """Refuse component folders that are none (no config.json) or not set, a CLAP that is not there, a missing,
+    empty or corrupted datastore (one without latents where the features read them) and a `trainable` pattern
+    that matches no UNet parameter. Returns the loaded Datastore (None without retrieval)."""
     component_dir(config.components.vae, "vae")
     if config.components.vocoder or config.validation.prompts:
         component_dir(config.components.vocoder, "vocoder")
@@ -619,15 +625,25 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
                          "set it with --set components.clap=PATH")
     r = config.retrieval
     store = None
-    if r.enabled:   # a missing, empty or corrupted datastore fails before the run folder exists
+    if r.enabled:
         from tta.ldm.retrieval_context import feature_names
         from tta.retrieval import Datastore
 
         store = Datastore.load(r.datastore)
         if "latent" in feature_names(r.features) and store.latent_info is None:
             store.check_latents("")   # raises: the store holds no latents (its VAE is checked once loaded)
-    if config.trainable:   # a pattern that matches nothing fails before the run folder exists
+    if config.trainable:
         freeze_except(LDMUNet(config.model), config.trainable)
+    return store
+
+
+def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a run in `out`; returns the final/ component folder (RUN/pipeline/ is written too)."""
+    from tta.data.dataset import AudioDataset
+
+    config = check_run_config(config, RunConfig)
+    store = check_inputs(config)   # before the run folder is created, so a typo leaves nothing behind
+    r = config.retrieval
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
     frozen = load_frozen(config, run.device)
     if not resume:   # (it builds the source's CLAP with load_clap, which leaves every random stream as it was)
@@ -659,7 +675,8 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     unet = LDMUNet(config.model)
     ctx = ctx_ema = None
     if store is not None:
-        from tta.ldm.retrieval_context import RetrievalContext, context_config, open_store, training_exclusions
+        from tta.ldm.retrieval_context import (RetrievalContext, context_config, feature_names, open_store,
+                                               training_exclusions)
 
         uses_latent = "latent" in feature_names(r.features)    # neighbours' latents of the run's own VAE
         store = open_store(store, frozen.clap, r.neighbours, exclude_self=True,

@@ -1,0 +1,96 @@
+"""`tta train KIND --resume` on a run stopped before its first checkpoint starts it again from step 0 once what
+the restart would be refused on is checked: each trainer's own refusals too (the VAE's freeze_encoder, the
+LDM's components and `trainable`, a vocoder's frozen VAE), which ran only after the stopped run was cleared,
+so a restart they refused left its folder without the config.json that `--config RUN/config.json` names."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_ldm_fixtures import ROOT, one_thread, tiny_components  # noqa: F401 (one_thread: autouse)
+from tests.test_training import _vae_manifest
+
+
+def _stopped_run(kind: str, out: Path, sets: list[str]) -> None:
+    """What a run killed before its first checkpoint leaves in `out` (config.json, data.json): its TrainingRun
+    set up, nothing trained."""
+    from tta.cli import TRAINERS
+    from tta.config import apply_overrides, load_config
+    from tta.training import TrainingRun
+
+    module = importlib.import_module(TRAINERS[kind])
+    config = apply_overrides(load_config(module.RunConfig, ROOT / "configs" / kind / "tiny.json"), sets)
+    TrainingRun(out, config, config.train, progress=False)
+    assert (out / "config.json").is_file() and not (out / "checkpoints").exists()
+
+
+def _ldm_sets() -> list[str]:
+    c = tiny_components()
+    return [f"data.manifest={json.dumps(str(c['manifest']))}",
+            *(f"components.{name}={json.dumps(str(c[name]))}" for name in ("vae", "vocoder", "clap"))]
+
+
+def _case(name: str, tmp_path: Path) -> tuple[str, list[str], dict, str]:
+    """(kind, the stopped run's --set, the edit of its config.json, what the refusal says)."""
+    empty = tmp_path / "empty"     # a folder with no component in it
+    empty.mkdir(exist_ok=True)
+    manifest = [f"data.manifest={json.dumps(str(_vae_manifest(tmp_path)))}"]
+    if name == "vae-freeze-encoder-without-init-from":
+        return "vae", manifest, {"freeze_encoder": True}, "freeze_encoder=true fine-tunes the decoder"
+    if name == "vae-freeze-encoder-from-a-run-without-final":
+        source = tmp_path / "source"   # a run still training: a checkpoint, no final/
+        (source / "checkpoints" / "step_1").mkdir(parents=True)
+        return "vae", manifest, {"freeze_encoder": True, "train": {"init_from": str(source)}}, "has no final/"
+    if name == "ldm-vae-folder-without-a-component":
+        return "ldm", _ldm_sets(), {"components": {"vae": str(empty)}}, "components.vae=" \
+            f"{empty}: not a component folder (no config.json)"
+    if name == "ldm-no-clap":
+        return "ldm", _ldm_sets(), {"components": {"clap": ""}}, "components.clap='': CLAP model not found"
+    if name == "ldm-trainable-matching-nothing":
+        return "ldm", _ldm_sets(), {"trainable": ["nothing.*"]}, "trainable: 'nothing.*' matches no UNet parameter"
+    kind, _, what = name.partition("-")
+    if what == "vae-folder-without-a-component":
+        return kind, manifest, {"vae": str(empty)}, f"vae={empty}: not a VAE component, run or pipeline folder"
+    if what == "vae-holding-a-vocoder":
+        vocoder = tiny_components()["vocoder"]
+        return kind, manifest, {"vae": str(vocoder)}, f"vae={vocoder}: holds a HiFiGAN, not a mel VAE"
+    raise AssertionError(name)
+
+
+def _edited(saved: dict, edit: dict) -> dict:
+    return {k: _edited(saved[k], v) if isinstance(v, dict) else v for k, v in edit.items()} | \
+        {k: v for k, v in saved.items() if k not in edit}
+
+
+@pytest.mark.parametrize("name", ["vae-freeze-encoder-without-init-from", "vae-freeze-encoder-from-a-run-without-final",
+                                  "ldm-vae-folder-without-a-component", "ldm-no-clap",
+                                  "ldm-trainable-matching-nothing", "vocoder-vae-folder-without-a-component",
+                                  "vocoder-vae-holding-a-vocoder", "vocos-vae-folder-without-a-component",
+                                  "postnet-vae-folder-without-a-component"])
+def test_a_restart_a_trainer_refuses_leaves_the_stopped_run_as_it_was(tmp_path, capsys, name):
+    """The config.json of a run killed before its first checkpoint edited to what the trainer refuses before
+    its first step, then `tta train KIND --config RUN/config.json --out RUN --resume`: refused in the one line
+    a new run with that config gets, and the stopped run's files are all still there (they were cleared, the
+    refusal came after)."""
+    from tta.cli import main
+
+    kind, sets, edit, said = _case(name, tmp_path)
+    run = tmp_path / "run"
+    _stopped_run(kind, run, sets)
+    config = _edited(json.loads((run / "config.json").read_text()), edit)
+    (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    held = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
+    capsys.readouterr()
+    rc = main(["-q", "train", kind, "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "new")])
+    fresh = capsys.readouterr().err
+    assert rc == 1 and said in fresh and fresh.count("\n") == 1, fresh
+    assert not (tmp_path / "new").exists()
+    rc = main(["-q", "train", kind, "--config", str(run / "config.json"), "--out", str(run), "--resume"])
+    assert rc == 1
+    assert capsys.readouterr().err == fresh
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == held
