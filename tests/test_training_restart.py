@@ -1,7 +1,8 @@
 """`tta train KIND --resume` on a run stopped before its first checkpoint starts it again from step 0 once what
 the restart would be refused on is checked: each trainer's own refusals too (the VAE's freeze_encoder, the
-LDM's components and `trainable`, a vocoder's frozen VAE), which ran only after the stopped run was cleared,
-so a restart they refused left its folder without the config.json that `--config RUN/config.json` names."""
+LDM's components, `trainable` and the fit of its UNet, vocoder and datastore to them, a vocoder's frozen VAE),
+which ran only after the stopped run was cleared, so a restart they refused left its folder without the
+config.json that `--config RUN/config.json` names."""
 
 from __future__ import annotations
 
@@ -52,6 +53,30 @@ def _case(name: str, tmp_path: Path) -> tuple[str, list[str], dict, str]:
         return "ldm", _ldm_sets(), {"components": {"clap": ""}}, "components.clap='': CLAP model not found"
     if name == "ldm-trainable-matching-nothing":
         return "ldm", _ldm_sets(), {"trainable": ["nothing.*"]}, "trainable: 'nothing.*' matches no UNet parameter"
+    if name == "ldm-unet-not-fitting-the-vae":
+        return "ldm", _ldm_sets(), {"model": {"latent_channels": 8}}, \
+            "model.latent_channels=8 differs from the VAE's latent_channels=4"
+    if name == "ldm-vocoder-in-another-mel-space":
+        from dataclasses import replace
+
+        from tests.test_ldm_fixtures import tiny_model_config
+        from tta.checkpoint import save_component
+        from vocoder.model import HiFiGAN, HiFiGANConfig
+
+        config = tiny_model_config(HiFiGANConfig, "vocoder")
+        save_component(tmp_path / "vocoder", HiFiGAN(replace(config, mel=replace(config.mel, n_mels=80))))
+        return "ldm", _ldm_sets(), {"components": {"vocoder": str(tmp_path / "vocoder")}}, \
+            "mel config of components.vae differs from components.vocoder"
+    if name == "ldm-more-neighbours-than-the-datastore-holds":
+        from tta.clap import load_clap
+        from tta.retrieval import DatastoreConfig, build_datastore
+
+        c = tiny_components()
+        build_datastore(c["manifest"], load_clap(c["clap"]), tmp_path / "store", DatastoreConfig(split="train"),
+                        progress=False)   # 6 clips
+        sets = [*_ldm_sets(), f"retrieval.datastore={json.dumps(str(tmp_path / 'store'))}", "retrieval.neighbours=2"]
+        return "ldm", sets, {"retrieval": {"neighbours": 6}}, "k=6 neighbours (+1: the query clip itself is " \
+            "excluded in training) but the datastore holds only 6 entries"
     kind, _, what = name.partition("-")
     if what == "vae-folder-without-a-component":
         return kind, manifest, {"vae": str(empty)}, f"vae={empty}: not a VAE component, run or pipeline folder"
@@ -68,7 +93,9 @@ def _edited(saved: dict, edit: dict) -> dict:
 
 @pytest.mark.parametrize("name", ["vae-freeze-encoder-without-init-from", "vae-freeze-encoder-from-a-run-without-final",
                                   "ldm-vae-folder-without-a-component", "ldm-no-clap",
-                                  "ldm-trainable-matching-nothing", "vocoder-vae-folder-without-a-component",
+                                  "ldm-trainable-matching-nothing", "ldm-unet-not-fitting-the-vae",
+                                  "ldm-vocoder-in-another-mel-space", "ldm-more-neighbours-than-the-datastore-holds",
+                                  "vocoder-vae-folder-without-a-component",
                                   "vocoder-vae-holding-a-vocoder", "vocos-vae-folder-without-a-component",
                                   "postnet-vae-folder-without-a-component"])
 def test_a_restart_a_trainer_refuses_leaves_the_stopped_run_as_it_was(tmp_path, capsys, name):

@@ -606,11 +606,26 @@ def freeze_except(unet: torch.nn.Module, patterns) -> int:
 
 
 def check_start(config: RunConfig) -> None:
-    """Refuse what `train` refuses of a new run before it makes the run folder, beyond what every trainer checks
-    (tta.training.check_restart, the training split's rows): `check_inputs`. `tta train ldm --resume` calls it
-    before it clears a run stopped before its first checkpoint to start it again, so that a refused restart
-    leaves it as it was."""
-    check_inputs(config)
+    """Refuse what `train` refuses of a new run before its first step, beyond what every trainer checks
+    (tta.training.check_restart, the training split's rows): `check_inputs`, then the frozen components as the
+    run loads them (`load_frozen`, on the CPU: the UNet must fit the VAE and CLAP, the vocoder's mel be the
+    VAE's) and the datastore against them (`training_store`). `tta train ldm --resume` calls it before it clears
+    a run stopped before its first checkpoint to start it again, so that a refused restart leaves it as it was.
+    (Loading draws from the global random streams, which the run seeds afterwards.)"""
+    store = check_inputs(config)
+    frozen = load_frozen(config, torch.device("cpu"))
+    if store is not None:
+        training_store(store, frozen, config.retrieval)
+
+
+def training_store(store, frozen: Frozen, r: RetrievalConfig):
+    """The loaded datastore `store` as a retrieval run reads it, checked against the run's CLAP, its neighbour
+    count (one more: a clip is not its own neighbour) and, when the features read them, its VAE's latents."""
+    from tta.ldm.retrieval_context import feature_names, open_store
+
+    uses_latent = "latent" in feature_names(r.features)    # neighbours' latents of the run's own VAE
+    return open_store(store, frozen.clap, r.neighbours, exclude_self=True,
+                      latent_vae=frozen.vae.identity if uses_latent else "")
 
 
 def check_inputs(config: RunConfig):
@@ -675,12 +690,9 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     unet = LDMUNet(config.model)
     ctx = ctx_ema = None
     if store is not None:
-        from tta.ldm.retrieval_context import (RetrievalContext, context_config, feature_names, open_store,
-                                               training_exclusions)
+        from tta.ldm.retrieval_context import RetrievalContext, context_config, training_exclusions
 
-        uses_latent = "latent" in feature_names(r.features)    # neighbours' latents of the run's own VAE
-        store = open_store(store, frozen.clap, r.neighbours, exclude_self=True,
-                           latent_vae=frozen.vae.identity if uses_latent else "")
+        store = training_store(store, frozen, r)
         exclusions = training_exclusions(store, train_rows, train_paths, r, frozen.clap.sample_rate)
         if r.attention == "decoupled":   # the branch projections live in the context encoder
             from tta.ldm.retrieval_context import attach_decoupled, attention_layers
