@@ -78,6 +78,11 @@ def _case(name: str, tmp_path: Path) -> tuple[str, list[str], dict, str]:
         return "ldm", sets, {"retrieval": {"neighbours": 6}}, "k=6 neighbours (+1: the query clip itself is " \
             "excluded in training) but the datastore holds only 6 entries"
     kind, _, what = name.partition("-")
+    if what.endswith("-naming-no-item"):   # what TrainingRun.batches (and the LDM before it) refuses
+        field = what.removesuffix("-naming-no-item").replace("-", "_")
+        sets = _ldm_sets() if kind == "ldm" else manifest
+        return kind, sets, {"data": {field: {"nothing": 2.0 if field == "key_weights" else [1.0, 1.0]}}}, \
+            f"data.{field}: no training item has the key 'nothing'"
     if what == "vae-folder-without-a-component":
         return kind, manifest, {"vae": str(empty)}, f"vae={empty}: not a VAE component, run or pipeline folder"
     if what == "vae-holding-a-vocoder":
@@ -97,7 +102,8 @@ def _edited(saved: dict, edit: dict) -> dict:
                                   "ldm-vocoder-in-another-mel-space", "ldm-more-neighbours-than-the-datastore-holds",
                                   "vocoder-vae-folder-without-a-component",
                                   "vocoder-vae-holding-a-vocoder", "vocos-vae-folder-without-a-component",
-                                  "postnet-vae-folder-without-a-component"])
+                                  "postnet-vae-folder-without-a-component", "vae-key-weights-naming-no-item",
+                                  "clap-repeat-gap-by-key-naming-no-item", "ldm-speed-by-key-naming-no-item"])
 def test_a_restart_a_trainer_refuses_leaves_the_stopped_run_as_it_was(tmp_path, capsys, name):
     """The config.json of a run killed before its first checkpoint edited to what the trainer refuses before
     its first step, then `tta train KIND --config RUN/config.json --out RUN --resume`: refused in the one line

@@ -108,14 +108,19 @@ def _check_start(module, config, *, progress: bool) -> None:
 
 def _check_training_rows(config, *, progress: bool) -> None:
     """A run's training split as every trainer reads and checks it before its first step (its manifests, rows,
-    audio files there and their headers readable), for `tta train --resume` to refuse a restart that would fail
-    on it before it clears the stopped run. Only headers are read, so the sample rate (the mel contract's)
+    audio files there and their headers readable, and the keys data.key_weights, data.repeat_gap_by_key and
+    data.speed_by_key name, which some item must have), for `tta train --resume` to refuse a restart that would
+    fail on it before it clears the stopped run. Only headers are read, so the sample rate (the mel contract's)
     changes nothing."""
     from tta.audio import MelConfig
     from tta.data.dataset import AudioDataset
+    from tta.training import check_key_weights
 
     rows = AudioDataset.from_config(config.data, config.data.train_split, MelConfig().sample_rate, random_crop=True)
     rows.check_audio(progress=progress)
+    names = rows.weight_names()
+    for field in ("key_weights", "repeat_gap_by_key", "speed_by_key"):
+        check_key_weights(getattr(config.data, field), names, f"data.{field}")
 
 
 def _as_the_run_began(cls, config, base, sets, out: Path):
