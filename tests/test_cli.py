@@ -537,7 +537,7 @@ def test_every_trainer_module_exposes_the_contract():
         if importlib.util.find_spec(name.rsplit(".", 1)[0]) is None or importlib.util.find_spec(name) is None:
             continue  # component not in this build yet
         module = importlib.import_module(name)
-        assert hasattr(module, "RunConfig") and callable(module.train), kind
+        assert hasattr(module, "RunConfig") and callable(module.train) and callable(module.check_start), kind
 
 
 def test_wrong_type_in_set_names_the_key(capsys, tmp_path, repo_root):

@@ -78,6 +78,9 @@ def _case(name: str, tmp_path: Path) -> tuple[str, list[str], dict, str]:
         return "ldm", sets, {"retrieval": {"neighbours": 6}}, "k=6 neighbours (+1: the query clip itself is " \
             "excluded in training) but the datastore holds only 6 entries"
     kind, _, what = name.partition("-")
+    if what == "held-out-audio-file-missing":
+        (tmp_path / "clicks.wav").unlink()   # the manifest's one valid row
+        return kind, manifest, {}, "1 of split 'valid''s audio files are missing (rows clicks)"
     if what.endswith("-naming-no-item"):   # what TrainingRun.batches (and the LDM before it) refuses
         field = what.removesuffix("-naming-no-item").replace("-", "_")
         sets = _ldm_sets() if kind == "ldm" else manifest
@@ -103,7 +106,9 @@ def _edited(saved: dict, edit: dict) -> dict:
                                   "vocoder-vae-folder-without-a-component",
                                   "vocoder-vae-holding-a-vocoder", "vocos-vae-folder-without-a-component",
                                   "postnet-vae-folder-without-a-component", "vae-key-weights-naming-no-item",
-                                  "clap-repeat-gap-by-key-naming-no-item", "ldm-speed-by-key-naming-no-item"])
+                                  "clap-repeat-gap-by-key-naming-no-item", "ldm-speed-by-key-naming-no-item",
+                                  "vae-held-out-audio-file-missing", "vocoder-held-out-audio-file-missing",
+                                  "postnet-held-out-audio-file-missing", "clap-held-out-audio-file-missing"])
 def test_a_restart_a_trainer_refuses_leaves_the_stopped_run_as_it_was(tmp_path, capsys, name):
     """The config.json of a run killed before its first checkpoint edited to what the trainer refuses before
     its first step, then `tta train KIND --config RUN/config.json --out RUN --resume`: refused in the one line
@@ -127,3 +132,20 @@ def test_a_restart_a_trainer_refuses_leaves_the_stopped_run_as_it_was(tmp_path, 
     assert rc == 1
     assert capsys.readouterr().err == fresh
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == held
+
+
+def test_a_restart_without_a_held_out_split_trains_without_validation_and_says_so_once(tmp_path, capsys, caplog):
+    """An empty held-out split is no refusal: the restart's check of the held-out rows lets the run say it."""
+    from tta.cli import main
+    from tta.data.manifest import read_manifest, write_manifest
+
+    manifest = _vae_manifest(tmp_path)
+    write_manifest(manifest, [row for row in read_manifest(manifest) if row.split == "train"])
+    run = tmp_path / "run"
+    _stopped_run("vae", run, [f"data.manifest={json.dumps(str(manifest))}", "train.max_steps=1"])
+    with caplog.at_level("WARNING"):
+        rc = main(["-q", "train", "vae", "--config", str(run / "config.json"), "--out", str(run), "--resume"])
+    assert rc == 0, capsys.readouterr().err
+    assert [r.getMessage() for r in caplog.records if "no validation" in r.getMessage()] == [
+        f"no validation: {manifest}: split 'valid' has no rows (set valid_items=0 to train without it)"]
+    assert (run / "final" / "model.safetensors").is_file()

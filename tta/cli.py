@@ -28,8 +28,8 @@ log = logging.getLogger("tta")
 NOISY_LIBRARIES = ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock", "faiss")
 
 # `tta train KIND` -> module exposing `RunConfig` (the run's config dataclass),
-# `train(config, out, *, resume, progress) -> Path` (returns the final/ folder) and, where the trainer refuses
-# more than every trainer does before its first step, `check_start(config)`, which its `train` calls too.
+# `train(config, out, *, resume, progress) -> Path` (returns the final/ folder) and `check_start(config)` (what
+# its `train` refuses of a new run before the first step, beyond what every trainer checks).
 TRAINERS = {
     "vae": "vae.train",
     "vocoder": "vocoder.train",
@@ -98,11 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _check_start(module, config, *, progress: bool) -> None:
     """What the trainer `module` refuses before its first step, beyond `tta.training.check_restart`: its own
-    checks (`check_start`, where it has them) and the training split's rows, for `tta train --resume` to refuse
-    a restart that would fail on them before it clears the stopped run."""
-    check = getattr(module, "check_start", None)
-    if check is not None:
-        check(config)
+    checks (`check_start`) and the training split's rows, for `tta train --resume` to refuse a restart that would
+    fail on them before it clears the stopped run."""
+    module.check_start(config)
     _check_training_rows(config, progress=progress)
 
 

@@ -18,6 +18,7 @@ checkpoints) the scale_factor comes from the run's final/, which must hold the s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -81,9 +82,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     valid_set = None
     if config.valid_items:
         try:
-            valid_set = AudioDataset.from_config(
-                config.data, config.data.valid_split, mel_cfg.sample_rate, random_crop=False
-            )
+            valid_set = held_out_clips(config)
         except EmptySplitError as e:   # an empty held-out split: train anyway, say so (valid_items=0 says nothing)
             log.warning("no validation: %s (set valid_items=0 to train without it)", e)
     run = TrainingRun(out, config, config.train, resume=resume, progress=progress)
@@ -173,10 +172,23 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
 
 
 def check_start(config: RunConfig) -> None:
-    """Refuse what `train` refuses of a new run before it makes the run folder, beyond what every trainer checks
-    (tta.training.check_restart, the training split's rows): `tta train vae --resume` calls it before it clears
-    a run stopped before its first checkpoint to start it again, so that a refused restart leaves it as it was."""
+    """Refuse what `train` refuses of a new run before its first step, beyond what every trainer checks
+    (tta.training.check_restart, the training split's rows): freeze_encoder's start (`frozen_encoder_source`)
+    and, with validation, the held-out split's rows and audio files. `tta train vae --resume` calls it before it
+    clears a run stopped before its first checkpoint to start it again, so that a refused restart leaves it as
+    it was."""
     frozen_encoder_source(config, resume=False)
+    if config.valid_items:
+        with contextlib.suppress(EmptySplitError):   # the run trains without validation, and says so
+            held_out_clips(config).check_audio()
+
+
+def held_out_clips(config: RunConfig):
+    """The held-out split validation reconstructs (EmptySplitError when it has no rows)."""
+    from tta.data.dataset import AudioDataset
+
+    return AudioDataset.from_config(config.data, config.data.valid_split, config.model.mel.sample_rate,
+                                    random_crop=False)
 
 
 def frozen_encoder_source(config: RunConfig, *, resume: bool) -> Path | None:

@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from tta.audio import log_mel
 from tta.data.manifest import DataConfig
 from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer, make_warmup_scheduler
+from vocoder import train as hifigan_train
 from vocoder.postnet import PostnetGriffinLim, PostnetGriffinLimConfig, magnitude_loss
 from vocoder.train import _safe, held_out_set, load_frozen_vae, log_valid, through_vae, write_sample
 
@@ -130,13 +131,8 @@ def targets(model: PostnetGriffinLim, wav: torch.Tensor) -> tuple[torch.Tensor, 
     return mel, mag
 
 
-def check_start(config: RunConfig) -> None:
-    """Refuse what `train` refuses of a new run before it makes the run folder, beyond what every trainer checks
-    (tta.training.check_restart, the training split's rows): the frozen `vae` (loaded, as the run loads it).
-    `tta train postnet --resume` calls it before it clears a run stopped before its first checkpoint to start
-    it again, so that a refused restart leaves it as it was."""
-    if config.vae:
-        load_frozen_vae(config.vae, config.model.mel)
+# what `train` refuses before its first step (its frozen `vae`, its held-out split): the vocoder's, same fields
+check_start = hifigan_train.check_start
 
 
 def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:

@@ -28,6 +28,7 @@ also logs the mel L1 of the held-out clips vocoded from their VAE reconstruction
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -39,7 +40,7 @@ import torch
 
 from tta.audio import MelConfig, check_same_mel, log_mel, save_audio
 from tta.checkpoint import CONFIG_NAME, atomic_path, find_component, load_component, loads_draw
-from tta.data.manifest import DataConfig
+from tta.data.manifest import DataConfig, EmptySplitError
 from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer
 from vocoder.discriminators import DiscriminatorConfig, HiFiGANDiscriminator
 from vocoder.losses import (
@@ -235,12 +236,16 @@ def weight_norm_state(folder: Path, generator: HiFiGAN) -> dict:
 
 
 def check_start(config: RunConfig) -> None:
-    """Refuse what `train` refuses of a new run before it makes the run folder, beyond what every trainer checks
-    (tta.training.check_restart, the training split's rows): the frozen `vae` (loaded, as the run loads it).
-    `tta train vocoder|vocos --resume` calls it before it clears a run stopped before its first checkpoint
-    to start it again, so that a refused restart leaves it as it was."""
+    """Refuse what `train` refuses of a new run before its first step, beyond what every trainer checks
+    (tta.training.check_restart, the training split's rows): the frozen `vae` (loaded, as the run loads it) and,
+    with validation, the held-out split's rows and audio files. `tta train vocoder|vocos|postnet --resume`
+    calls it before it clears a run stopped before its first checkpoint to start it again, so that a refused
+    restart leaves it as it was."""
     if config.vae:
         load_frozen_vae(config.vae, config.model.mel)
+    if config.valid_items:
+        with contextlib.suppress(EmptySplitError):   # the run trains without validation, and says so
+            held_out_clips(config.data, config.model.mel.sample_rate, config.valid_seconds).check_audio()
 
 
 def load_frozen_vae(path: str, mel: MelConfig) -> torch.nn.Module:
@@ -277,17 +282,21 @@ def vae_inputs(vae: torch.nn.Module, wav: torch.Tensor, mel_cfg: MelConfig, frac
 
 
 def held_out_set(data: DataConfig, sample_rate: int, seconds: float):
-    """The validation clips of a vocoder run: the first `seconds` of each held-out row, its first caption."""
-    from tta.data.dataset import AudioDataset
-    from tta.data.manifest import EmptySplitError
-
+    """The validation clips of a vocoder run (`held_out_clips`); None, said, for an empty held-out split."""
     try:
-        return AudioDataset([data.manifest, *data.extra_manifests], data.valid_split, sample_rate, seconds,
-                            normalize=data.normalize, random_crop=False, cache_dir=data.cache_dir or None,
-                            caption_choice="first")
+        return held_out_clips(data, sample_rate, seconds)
     except EmptySplitError as e:   # an empty held-out split: train anyway, say so (valid_items=0 says nothing)
         log.warning("no validation: %s (set valid_items=0 to train without it)", e)
         return None
+
+
+def held_out_clips(data: DataConfig, sample_rate: int, seconds: float):
+    """The first `seconds` of each held-out row, its first caption (EmptySplitError when there is none)."""
+    from tta.data.dataset import AudioDataset
+
+    return AudioDataset([data.manifest, *data.extra_manifests], data.valid_split, sample_rate, seconds,
+                        normalize=data.normalize, random_crop=False, cache_dir=data.cache_dir or None,
+                        caption_choice="first")
 
 
 @torch.no_grad()

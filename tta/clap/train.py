@@ -13,6 +13,7 @@ EMA weights when train.ema_decay > 0 (what final/ holds).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -150,6 +151,25 @@ def validate(model: TTAClap, dataset, batch_size: int, max_items: int, device, *
     return retrieval_metrics(text_emb, torch.cat(audio), text_to_audio, model=model_name)
 
 
+def check_start(config: RunConfig) -> None:
+    """Refuse what `train` refuses of a new run before its first step, beyond what every trainer checks
+    (tta.training.check_restart, the training split's rows): the held-out split's rows and audio files.
+    `tta train clap --resume` calls it before it clears a run stopped before its first checkpoint to start it
+    again, so that a refused restart leaves it as it was."""
+    from tta.data.manifest import EmptySplitError
+
+    with contextlib.suppress(EmptySplitError):   # the run trains without validation, and says so
+        held_out_clips(config).check_audio()
+
+
+def held_out_clips(config: RunConfig):
+    """The held-out split validation scores, its first caption (EmptySplitError when it has no rows)."""
+    from tta.data.dataset import AudioDataset
+
+    return AudioDataset.from_config(config.data, config.data.valid_split, config.model.mel.sample_rate,
+                                    random_crop=False, caption_choice="first")
+
+
 def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a TTAClap; returns the run's final/ component folder."""
     from tta.data.dataset import AudioDataset
@@ -160,8 +180,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     sr = config.model.mel.sample_rate
     train_ds = AudioDataset.from_config(config.data, config.data.train_split, sr, random_crop=True)
     try:
-        valid_ds = AudioDataset.from_config(config.data, config.data.valid_split, sr, random_crop=False,
-                                            caption_choice="first")
+        valid_ds = held_out_clips(config)
     except EmptySplitError as e:   # an empty valid split: train anyway, say so (a split with missing files is
         log.warning("no validation: %s", e)   # an error, as for the other trainers)
         valid_ds = None
