@@ -62,7 +62,7 @@ def test_an_error_mid_run_starts_its_own_line_after_the_progress_bar(capsys, tmp
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, _, err = run_cli(capsys, "train", "vae", "--config", str(repo_root / "configs/vae/tiny.json"), "--out",
                            str(tmp_path / "run"), "--set", f"data.manifest={json.dumps(str(tmp_path / 'm.jsonl'))}",
-                           "--set", "train.batch_size=3")
+                           "--set", "train.batch_size=3", "--set", "data.max_unreadable=0")   # 0: stop at it
     assert code == 1 and "train run:" in err and "c1.flac" in err, err
     assert err.endswith("\n") and err.splitlines()[-1].startswith("tta: error: "), err
     assert not (tmp_path / "run").exists()
