@@ -368,7 +368,12 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monke
     assert list(summary["bucket_counts"]) == listed, summary["bucket_counts"]
     assert re.findall(r'<td class="name">none</td><td class="name">(\w+)</td>', html) == listed
     assert 'id="categories"' in html and 'id="headtail"' not in html   # no file-count split of the buckets
-    assert "| k1 | 1 | both |" in (out / "summary.md").read_text()
+    assert "| k1 | 1 | both | text_to_audio |" in (out / "summary.md").read_text()
+    # k3-audio and k3-text also differ in how they search: the table and summary.json say which index
+    assert "| k3-text | 3 | text | text_to_text |" in (out / "summary.md").read_text()
+    assert "| none | 0 | – | – |" in (out / "summary.md").read_text()
+    assert summary["variants"]["k3-text"]["modality"] == "text_to_text"
+    assert gen["retrieval"]["index"] == "text" and gen["retrieval"]["features"] == "text"
     assert "FAD ↓ by embedder `mfcc@v1`" in (out / "summary.md").read_text()
     assert summary["variants"]["k1"]["generation"]["steps"] == 2
     assert (out / "runs" / "k3-audio" / "pipeline" / "retrieval").is_dir()
@@ -491,14 +496,44 @@ def test_the_summary_names_what_measured_the_scores_and_the_settings():
 
     summary = {"bucket_counts": {"mid": 6, "head": 2}, "store_entries": 16, "report": "r.html",
                "variants": {"none": variant("mfcc@v1", 2), "k1": variant("mfcc@v1", 2)}}
+    summary["variants"]["k1"].update(neighbours=1, features="text", modality="text_to_text")
     md = render_summary(summary)
     assert "Prompts per bucket: head 2, mid 6, tail 0;" in md
+    assert "| variant | k | features | modality | FAD |" in md and "| k1 | 1 | text | text_to_text | 3 |" in md
     assert "FAD ↓ by embedder `mfcc@v1`; CLAP score ↑ (mean text-audio cosine, -1 to 1) by `clap@tta-clap:01`" in md
     assert "Generation: seconds 0.32, steps 2, guidance 2.5, sampler ddim, candidates 1, seed 0." in md
     summary["variants"]["k1"] = variant("aisfx@sha256:1a2b", 4)
     md = render_summary(summary)
     assert "The FAD embedder or the CLAP differ per variant (see summary.json)." in md
     assert "The generation settings differ per variant (see summary.json)." in md
+
+
+def test_a_given_pipeline_is_recorded_with_the_retrieval_it_was_trained_with(trained, store, tmp_path, caplog):
+    """A variant given as a trained `pipeline` retrieves as that pipeline was trained, whatever the variant's
+    features and modality say; the experiment recorded (and summary.md showed) the variant's, so a pipeline
+    trained on text->audio neighbours with both features was reported as an audio-only, text->text one."""
+    from tta.commands.retrieval_experiment import GenerationSettings, VariantConfig, generate_variant
+    from tta.retrieval import Datastore
+
+    variant = VariantConfig("given", 2, features="audio", modality="text_to_text", pipeline=str(trained / "pipeline"))
+    prompts = [{"id": "p0", "prompt": "a low steady hum", "category": "head"}]
+    with caplog.at_level("WARNING"):
+        record = generate_variant(trained / "pipeline", variant, Datastore.load(store), prompts,
+                                  GenerationSettings(seconds=0.32, steps=1, batch_size=1), tmp_path / "gen", False)
+    assert record["retrieval"] == {"features": "both", "modality": "text_to_audio", "index": "audio",
+                                   "trained_neighbours": 2, "attention": "replace"}
+    assert json.loads((tmp_path / "gen" / "generation.json").read_text())["retrieval"] == record["retrieval"]
+    assert "trained with features 'both' and modality 'text_to_audio', not the variant's 'audio'" in caplog.text
+    # a plain model given with neighbours is refused naming the variant
+    plain = VariantConfig("plain", 2, pipeline=str(trained / "pipeline"))
+    from tta.pipeline import TTAPipeline
+
+    pipe = TTAPipeline.from_pretrained(trained / "pipeline")
+    pipe.retrieval = None
+    from tta.commands.retrieval_experiment import ran_retrieval
+
+    with pytest.raises(ValueError, match=r"variants\.plain: .* was not trained with retrieval"):
+        ran_retrieval(pipe, plain, trained / "pipeline")
 
 
 def test_bucket_counts_are_in_the_long_tail_order():

@@ -484,6 +484,7 @@ def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: lis
 
     pipe = TTAPipeline.from_pretrained(pipeline)
     k = variant.neighbours or None
+    retrieval = ran_retrieval(pipe, variant, pipeline) if k else None
     _remove_stale_wavs(folder, {id_file_name(p["id"]) for p in prompts})
     t0, outputs = time.time(), []
     for start in tqdm(range(0, len(prompts), g.batch_size), desc=f"generate {variant.name}", disable=not progress):
@@ -503,11 +504,28 @@ def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: lis
     d = pipe.defaults   # what ran: a setting left to the pipeline is its default (variants may differ there)
     ran = {**vars(g), **{k: getattr(d, k) for k in ("seconds", "steps", "guidance", "sampler") if getattr(g, k) is None},
            "candidates": d.candidates, "guidance_rule": d.guidance_rule, "precision": d.precision}
-    record = {"variant": vars(variant), "model": str(pipeline.resolve()), "settings": ran,
+    record = {"variant": vars(variant), "retrieval": retrieval, "model": str(pipeline.resolve()), "settings": ran,
               "datastore": str(store.folder) if k else None, "wall_seconds": round(time.time() - t0, 3),
               "outputs": outputs}
     atomic_write_text(folder / "generation.json", json.dumps(record, indent=2) + "\n")
     return record
+
+
+def ran_retrieval(pipe, variant: VariantConfig, pipeline: Path) -> dict:
+    """What the variant's pipeline retrieves with: its context encoder's features and modality (the index it
+    searches), not the variant's settings, which only the runs the experiment trains are made from; a given
+    `pipeline` trained with others retrieves with its own (it was reported under the variant's)."""
+    if pipe.retrieval is None:
+        raise ValueError(f"variants.{variant.name}: {pipeline} was not trained with retrieval (no retrieval/ "
+                         f"component), but neighbours={variant.neighbours}; set its neighbours to 0")
+    c = pipe.retrieval.config
+    if variant.pipeline and (feature_names(c.features), c.modality) != (feature_names(variant.features),
+                                                                         variant.modality):
+        log.warning("variant %s: %s was trained with features %r and modality %r, not the variant's %r and %r; "
+                    "it generates, and is reported, with its own", variant.name, pipeline, c.features, c.modality,
+                    variant.features, variant.modality)
+    return {"features": c.features, "modality": c.modality, "index": c.index, "trained_neighbours": c.neighbours,
+            "attention": c.attention}
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -613,7 +631,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
         evals.append(opts.out)
         cats = result.get("breakdown", {}).get("categories", {})
         summary["variants"][variant.name] = {
-            "neighbours": variant.neighbours, "features": variant.features if variant.neighbours else None,
+            "neighbours": variant.neighbours, "features": (record["retrieval"] or {}).get("features"),
+            "modality": (record["retrieval"] or {}).get("modality"),
             "pipeline": str(pipeline), "train_or_load_seconds": round(trained_s, 2),
             "generate_seconds": record["wall_seconds"], "generation": record["settings"], "metrics": result["metrics"],
             "measured_by": {"fad": result["protocol"]["fad"]["embedder"]["identity"],
@@ -668,13 +687,15 @@ def render_summary(summary: dict) -> str:
     settings = one("generation", lambda g: "Generation: " + ", ".join(
         f"{k} {g[k]}" for k in ("seconds", "steps", "guidance", "sampler", "candidates", "seed") if k in g),
         "The generation settings")
-    head = "| variant | k | features | FAD | CLAP | " + " | ".join(f"FAD {b} | CLAP {b}" for b in BUCKETS) + " |"
+    head = ("| variant | k | features | modality | FAD | CLAP | " + " | ".join(f"FAD {b} | CLAP {b}" for b in BUCKETS)
+            + " |")
     lines = ["# Retrieval experiment", "", (f"Prompts per bucket: {counts}; datastore {summary['store_entries']} "
              "entries. FAD per bucket: that bucket's generated audio vs the whole reference."), "",
-             f"{measured}.", "", f"{settings}.", "", head, "|" + "---|" * (5 + 2 * len(BUCKETS))]
+             f"{measured}.", "", f"{settings}.", "", head, "|" + "---|" * (6 + 2 * len(BUCKETS))]
     for name, v in summary["variants"].items():
         m, b = v["metrics"], v["buckets"]
-        lines.append(f"| {name} | {v['neighbours']} | {v['features'] or '–'} | {f(m.get('fad'))} | "
+        lines.append(f"| {name} | {v['neighbours']} | {v['features'] or '–'} | {v.get('modality') or '–'} | "
+                     f"{f(m.get('fad'))} | "
                      f"{f(m.get('clap_score'))} | " + " | ".join(f"{f(b[x]['fad'])} | {f(b[x]['clap_score'])}"
                                                             for x in BUCKETS) + " |")
     lines += ["", f"Full report: {summary['report']}"]
