@@ -339,6 +339,8 @@ def test_experiment_runner_reports_head_mid_tail(corpus, tmp_path, capsys, monke
 
     assert Datastore.load(out / "datastore").latent_info["vae_identity"].startswith("tta-vae:")
     assert summary["store_entries"] == 16 and sum(summary["bucket_counts"].values()) == 8
+    assert summary["bucket_by"] == "words" and list(summary["bucket_frequencies"]) == list(summary["bucket_counts"])
+    assert "Buckets (`eval.bucket_by` words)" in (out / "summary.md").read_text()
     assert set(summary["bucket_counts"]) <= {"head", "mid", "tail"} and len(summary["bucket_counts"]) >= 2
     for v in summary["variants"].values():
         assert v["metrics"]["fad"] >= 0 and -1 <= v["metrics"]["clap_score"] <= 1
@@ -502,6 +504,14 @@ def test_the_summary_names_what_measured_the_scores_and_the_settings():
     assert "| variant | k | features | modality | FAD |" in md and "| k1 | 1 | text | text_to_text | 3 |" in md
     assert "FAD ↓ by embedder `mfcc@v1`; CLAP score ↑ (mean text-audio cosine, -1 to 1) by `clap@tta-clap:01`" in md
     assert "Generation: seconds 0.32, steps 2, guidance 2.5, sampler ddim, candidates 1, seed 0." in md
+    # what the buckets measured: the frequency the prompts were ranked by and each bucket's range of it
+    assert "Buckets" not in md   # a summary that does not record them
+    md = render_summary({**summary, "bucket_by": "words", "bucket_frequencies": {"head": [5.0, 8.5], "mid": [4.0, 4.0]}})
+    assert ("Buckets (`eval.bucket_by` words): the prompts in thirds by rank of their training frequency (per prompt: "
+            "the mean, over its content words, of the number of training clips whose captions hold the word): "
+            "head 5–8.5, mid 4 (each prompt's in prompts.jsonl).") in md
+    md = render_summary({**summary, "bucket_by": "category", "bucket_frequencies": {"tail": [0.0, 1.0]}})
+    assert "(per prompt: the number of training clips labelled with its category): tail 0–1 " in md
     summary["variants"]["k1"] = variant("aisfx@sha256:1a2b", 4)
     md = render_summary(summary)
     assert "The FAD embedder or the CLAP differ per variant (see summary.json)." in md
@@ -541,6 +551,12 @@ def test_bucket_counts_are_in_the_long_tail_order():
 
     prompts = [{"category": c} for c in ("mid", "tail", "mid", "head", "mid")]
     assert list(bucket_counts(prompts).items()) == [("head", 1), ("mid", 3), ("tail", 1)]
+    from tta.commands.retrieval_experiment import bucket_frequencies
+
+    for p, f in zip(prompts, (3.0, 0.5, 2.0, 7.0, 3.0)):
+        p["frequency"] = f
+    assert list(bucket_frequencies(prompts).items()) == [("head", [7.0, 7.0]), ("mid", [2.0, 3.0]),
+                                                         ("tail", [0.5, 0.5])]
     assert list(bucket_counts(prompts[1:3])) == ["mid", "tail"]   # first seen: tail, mid
 
 

@@ -618,7 +618,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
                      "prompt_sample": {"seed": config.eval.seed, "split": config.eval.prompt_split,
                                        "prompts": len(prompts), "reference_clips": len(reference_rows) or None},
                      "reference": str(Path(reference).resolve()),
-                     "bucket_counts": bucket_counts(prompts), "variants": {}}
+                     "bucket_counts": bucket_counts(prompts), "bucket_by": config.eval.bucket_by,
+                     "bucket_frequencies": bucket_frequencies(prompts), "variants": {}}
     evals = []
     for variant in config.variants:
         t0 = time.time()
@@ -658,6 +659,19 @@ def bucket_counts(prompts: list[dict]) -> dict[str, int]:
     return {b: counts[b] for b in BUCKETS if b in counts}
 
 
+def bucket_frequencies(prompts: list[dict]) -> dict[str, list[float]]:
+    """Each bucket's [lowest, highest] training frequency of its prompts (long-tail order)."""
+    freqs: dict[str, list[float]] = {}
+    for p in prompts:
+        freqs.setdefault(p["category"], []).append(p["frequency"])
+    return {b: [min(freqs[b]), max(freqs[b])] for b in BUCKETS if b in freqs}
+
+
+BUCKET_RULES = {"words": "the mean, over its content words, of the number of training clips whose captions hold "
+                         "the word",
+                "category": "the number of training clips labelled with its category"}
+
+
 def eval_options(config: ExperimentConfig, base, out: Path, reference: Path, prompts: Path, name: str,
                  progress: bool):
     """`tta eval`'s options for variant `name`: its generated clips in OUT/generated/<name> vs `reference`."""
@@ -691,7 +705,8 @@ def render_summary(summary: dict) -> str:
             + " |")
     lines = ["# Retrieval experiment", "", (f"Prompts per bucket: {counts}; datastore {summary['store_entries']} "
              "entries. FAD per bucket: that bucket's generated audio vs the whole reference."), "",
-             f"{measured}.", "", f"{settings}.", "", head, "|" + "---|" * (6 + 2 * len(BUCKETS))]
+             *bucket_rule(summary), f"{measured}.", "", f"{settings}.", "", head,
+             "|" + "---|" * (6 + 2 * len(BUCKETS))]
     for name, v in summary["variants"].items():
         m, b = v["metrics"], v["buckets"]
         lines.append(f"| {name} | {v['neighbours']} | {v['features'] or '–'} | {v.get('modality') or '–'} | "
@@ -700,6 +715,21 @@ def render_summary(summary: dict) -> str:
                                                             for x in BUCKETS) + " |")
     lines += ["", f"Full report: {summary['report']}"]
     return "\n".join(lines) + "\n"
+
+
+def bucket_rule(summary: dict) -> list[str]:
+    """summary.md's lines saying what the buckets measured: the frequency each prompt was ranked by, and each
+    bucket's range of it (none for a summary that does not record them)."""
+    by, ranges = summary.get("bucket_by"), summary.get("bucket_frequencies")
+    if by not in BUCKET_RULES or not ranges:
+        return []
+
+    def span(lo: float, hi: float) -> str:
+        return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
+    spans = ", ".join(f"{b} {span(*ranges[b])}" for b in BUCKETS if b in ranges)
+    return [f"Buckets (`eval.bucket_by` {by}): the prompts in thirds by rank of their training frequency (per "
+            f"prompt: {BUCKET_RULES[by]}): {spans} (each prompt's in prompts.jsonl).", ""]
 
 
 def plot_buckets(summary: dict, path: Path) -> Path:
