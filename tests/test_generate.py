@@ -281,22 +281,31 @@ def test_audio_in_a_sub_folder_of_the_out_dir_is_warned_about_as_tta_eval_would_
 
 def test_the_out_dir_warning_stops_its_walk_and_says_at_least(tmp_path, caplog):
     """The default --out-dir is the current folder, maybe a home folder of 100 000s of files: the walk for the
-    warning stops after a budget of entries and then says "at least"."""
+    warning looks at a budget of entries and then says "at least", only where entries were left unread; hidden
+    folders (a checkout's .venv, which holds installed packages' test audio) are not entered, as eval skips
+    them."""
     from types import SimpleNamespace
 
+    from eval.run import list_audio
     from tta.generate import warn_other_audio
 
     for i in range(6):
         (tmp_path / f"d{i}").mkdir()
         sf.write(tmp_path / f"d{i}" / "x.wav", signals.tone(440, 0.05), 16_000)
+    (tmp_path / ".venv" / "lib").mkdir(parents=True)
+    sf.write(tmp_path / ".venv" / "lib" / "test.wav", signals.tone(440, 0.05), 16_000)
     jobs = [SimpleNamespace(path=tmp_path / "000_a.wav")]
-    with caplog.at_level("WARNING", logger="tta.generate"):
-        warn_other_audio(jobs)
-    assert "already holds 6 audio files this run does not write (e.g. d0/x.wav)" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="tta.generate"):
-        warn_other_audio(jobs, budget=8)   # 6 folders, then one file in each
-    assert "already holds at least 2 audio files this run does not write (e.g. d0/x.wav)" in caplog.text
+
+    def warned(**budget):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tta.generate"):
+            warn_other_audio(jobs, **budget)
+        return caplog.text
+
+    assert "already holds 6 audio files this run does not write (e.g. d0/x.wav)" in warned()
+    assert "already holds 6 audio files" in warned(budget=6)     # all 6 read: none left, not "at least"
+    assert "already holds at least 2 audio files this run does not write (e.g. d0/x.wav)" in warned(budget=2)
+    assert len(list_audio(tmp_path, "generated")) == 6          # eval leaves .venv out too
 
 
 def test_a_long_run_rewrites_its_record_at_most_every_few_seconds(tmp_path, capsys, monkeypatch):

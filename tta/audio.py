@@ -29,6 +29,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -171,11 +172,23 @@ def is_audio_entry(path: Path) -> bool:
             and (path.is_file() or (path.is_symlink() and not path.exists())))
 
 
+def walk_entries(folder: Path) -> Iterator[Path]:
+    """Every file-like entry under `folder` (files, and links that are not to a folder), a folder's own entries
+    before its sub-folders', each sorted by name. Hidden folders (.git, .venv, a tool's cache) are not entered,
+    as hidden files are not read: a clip folder does not keep its clips there, and a checkout's .venv holds the
+    test audio of installed packages. Symbolic links to folders are not followed."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            yield Path(root) / name
+
+
 def audio_entries(folder: Path) -> list[Path]:
-    """The clips of a folder as `tta eval` scores them: every is_audio_entry under it, sub-folders too, sorted by
-    path. One listing for the commands that read a folder of clips (tta generate's warning of the audio a batch's
-    out-dir holds that it does not write walks the same entries, but stops early: tta.generate.warn_other_audio)."""
-    return sorted(p for p in Path(folder).rglob("*") if is_audio_entry(p))
+    """The clips of a folder as `tta eval` scores them: every is_audio_entry under it, sub-folders too (not hidden
+    ones: walk_entries), sorted by path. One listing for the commands that read a folder of clips (tta generate's
+    warning of the audio a batch's out-dir holds that it does not write walks the same entries, but stops early:
+    tta.generate.warn_other_audio)."""
+    return sorted(p for p in walk_entries(Path(folder)) if is_audio_entry(p))
 
 # --------------------------------------------------------------------------------------------- mel
 

@@ -203,35 +203,31 @@ def warn_other_suffixes(jobs: list[Job], takes: int, given: str | None, resumed:
 
 def warn_other_audio(jobs: list[Job], *, budget: int = 20_000) -> None:
     """Warn of audio in the --out-dir that this batch does not write: it would sit beside the batch's outputs, e.g.
-    in one `tta eval`, which scores every audio file it reads, in sub-folders too (tta.audio.is_audio_entry: an
-    .mp3 or .aiff too, not a hidden file; a batch writes its outputs into the folder itself, and its record and
-    lock are not audio). Called once the run is sure to run (a refused run prints only its error). The walk
-    stops after `budget` files (the default --out-dir is the current folder, which may be a home folder: a full
-    walk of 140 000 files took 8 s), and the warning then says "at least"."""
-    from tta.audio import is_audio_entry
+    in one `tta eval`, which scores every audio file it reads, in sub-folders too (tta.audio.audio_entries: an
+    .mp3 or .aiff too, not a hidden file or folder; a batch writes its outputs into the folder itself, and its
+    record and lock are not audio). Called once the run is sure to run (a refused run prints only its error). The
+    walk looks at `budget` entries at most (the default --out-dir is the current folder, which may be a home
+    folder: a full walk of 140 000 files took 8 s here), and the warning then says "at least"."""
+    from tta.audio import is_audio_entry, walk_entries
 
     out_dir = jobs[0].path.parent
     if not out_dir.is_dir():
         return
     planned = {j.path for j in jobs}
-    others, seen, cut = [], 0, False
-    for root, dirs, files in os.walk(out_dir):   # symbolic links to folders not followed, as rglob does
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(root) / name
-            if path not in planned and is_audio_entry(path):
-                others.append(path)
-        seen += len(files) + len(dirs)
-        if seen >= budget:
+    others, cut = [], False
+    for seen, path in enumerate(walk_entries(out_dir)):
+        if seen == budget:   # one more entry than the budget looks at: the walk is cut short
             cut = True
             break
+        if path not in planned and is_audio_entry(path):
+            others.append(path)
     if others:
         from tta.config import counted
 
         log.warning("%s already holds %s%s this run does not write (e.g. %s); generation.json will list only this "
                     "run's, and `tta eval` scores every audio file under a folder, sub-folders too", out_dir,
                     "at least " if cut else "", counted(len(others), "audio file"),
-                    others[0].relative_to(out_dir).as_posix())
+                    min(others).relative_to(out_dir).as_posix())
 
 
 def row_fields(row) -> tuple[str | None, str]:
