@@ -7,6 +7,8 @@ with the right content (the dominant frequency of a test tone survives the trip)
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 
 import numpy as np
@@ -100,6 +102,57 @@ def test_a_flac_cut_short_behind_a_whole_header_says_so_where_a_read_seeks_past_
         load_audio(path, start_seconds=1.5, max_seconds=0.1)
     assert str(info.value).startswith(f"{path}: not a readable audio file (cannot seek to sample 24000 of the 32000 "
                                       "its header declares: cut short or damaged; ")
+
+
+@contextlib.contextmanager
+def out_of_file_descriptors():
+    """Every file descriptor this process may open taken (its limit lowered to a few more than it has open, then
+    those opened), until the block ends."""
+    resource = pytest.importorskip("resource")
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd to count the open file descriptors")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(len(os.listdir("/proc/self/fd")) + 16, soft), hard))
+    held = []
+    try:
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as e:
+                assert e.errno == errno.EMFILE, e
+                break
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_machines_errors_are_not_blamed_on_the_file(tmp_path, monkeypatch):
+    """Out of file descriptors, audio_info and load_audio said "not a readable audio file (System error)" and
+    out of memory "not a readable audio file (MemoryError)": an AudioError, the file's fault, so a training run
+    skipped the file and `tta data check --drop-bad` dropped it. They stop as the OSError (naming the file) or
+    MemoryError they are; a file that does not decode is still an AudioError."""
+    path = tmp_path / "a.flac"
+    sf.write(path, tone(FREQ, 1.0), 16_000)
+    for read in (audio_info, load_audio):
+        with out_of_file_descriptors(), pytest.raises(OSError) as caught:
+            read(path)
+        assert not isinstance(caught.value, AudioError)
+        assert (caught.value.errno, caught.value.strerror, caught.value.filename) == (
+            errno.EMFILE, os.strerror(errno.EMFILE), str(path))
+    assert load_audio(path)[0].shape == (16_000,)   # the descriptors back: it reads
+
+    def no_memory(*args, **kwargs):   # numpy's allocation of the samples failing
+        raise MemoryError("Unable to allocate 7.63 GiB for an array with shape (2048000000, 1)")
+
+    monkeypatch.setattr(sf.SoundFile, "read", no_memory)
+    with pytest.raises(MemoryError, match="Unable to allocate"):
+        load_audio(path)
+    (tmp_path / "b.flac").write_bytes(path.read_bytes()[:60])   # the header alone: still the file's fault
+    monkeypatch.undo()
+    with pytest.raises(AudioError, match="b.flac: not a readable audio file"):
+        load_audio(tmp_path / "b.flac")
 
 
 def test_audio_info_sees_truncated_wav_and_text_file(tmp_path):

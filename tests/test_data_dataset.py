@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 from dataclasses import replace
@@ -203,6 +204,34 @@ def test_a_training_item_whose_file_is_gone_is_another_rows_drawn_from_its_seed(
     with pytest.raises(ManifestError, match=r"4 of split 'train''s 7 audio files could not be decoded when drawn, "
                                             r"more than the 3 data.max_unreadable=0.01 allows \(row c"):
         ds[(0, 5)]
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["read", "cache_dir"])
+def test_a_training_item_stops_on_the_machines_errors_instead_of_skipping_the_file(tmp_path, monkeypatch, cache):
+    """Out of file descriptors or of memory, reading a file raised an AudioError ("not a readable audio file
+    (System error)", "(MemoryError)"), so a training item with max_unreadable > 0 skipped the row as unreadable,
+    drew others that failed the same way and stopped on "4 of split 'train''s 7 audio files could not be decoded
+    when drawn"; the header check before a run listed every file as unreadable. They stop as the error they are."""
+    from tests.test_audio_bad_input import out_of_file_descriptors
+
+    rows = []
+    for i in range(7):
+        sf.write(tmp_path / f"c{i}.wav", tone(200 + 100 * i, 1.0), SR)
+        rows.append(_row(tmp_path / f"c{i}.wav", f"c{i}", 1.0, SR))
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    ds = AudioDataset(manifest, "train", SR, 0.5, cache_dir=tmp_path / "cache" if cache else None,
+                      max_unreadable=0.01)
+    expected = ds[(2, 99)]
+    for check in (lambda: ds[(4, 99)], ds.check_audio):
+        with out_of_file_descriptors(), pytest.raises(OSError) as caught:
+            check()
+        assert caught.value.errno == errno.EMFILE and not isinstance(caught.value, (AudioError, ManifestError))
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *args, **kwargs: np.empty(2**60, dtype=np.float32))
+    with pytest.raises(MemoryError):
+        ds[(4, 99)]
+    monkeypatch.undo()
+    item = ds[(2, 99)]   # the machine's resources back: the row's own item
+    assert "unreadable" not in item and torch.equal(item["wav"], expected["wav"])
 
 
 def test_how_many_unreadable_files_a_run_may_skip():

@@ -18,6 +18,7 @@ second mel implementation anywhere in the project.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
 FRAMINGS = ("hifigan", "tacotron")
+# errors of the machine, not of a file being read: out of memory, out of file descriptors (the process's or the
+# system's). Reading stops with them as they are; an AudioError would have a run skip the file, `tta data check
+# --drop-bad` drop it and `tta eval` leave it out
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+_SFE_SYSTEM = 2   # libsndfile's "System error": a system call failed, and libsndfile keeps no errno
 
 
 class AudioError(ValueError):
@@ -398,6 +404,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     try:
         info = sf.info(os.fsencode(path))   # bytes: a file name that is not UTF-8 is a name too
     except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError with its own text
+        raise_resource_error(e, path)
         raise AudioError(f"{path}: not a readable audio file ({_sf_reason(e)})") from None
     if not MIN_SAMPLE_RATE <= int(info.samplerate) <= MAX_SAMPLE_RATE:
         raise AudioError(f"{path}: sample rate {int(info.samplerate)} Hz is outside the supported "
@@ -416,7 +423,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     and the log-mel front ends hear the difference between digital silence and 16-bit rounding noise.
 
     Returns (wav (T,) float32, sample_rate). Raises AudioError naming the file for missing, empty,
-    undecodable, truncated, zero-length or non-finite audio, and for sample rates outside 8-192 kHz.
+    undecodable, truncated, zero-length or non-finite audio, and for sample rates outside 8-192 kHz; the machine's
+    errors (out of memory or of file descriptors: `raise_resource_error`) as they are.
     """
     if not (is_real(start_seconds) and start_seconds >= 0):
         raise ValueError(f"load_audio start_seconds={start_seconds!r}: expected a finite number >= 0")
@@ -438,6 +446,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
                 try:
                     f.seek(min(start, max(f.frames, 0)))
                 except Exception as e:  # a FLAC cut short behind a sound header: "Internal psf_fseek() failed"
+                    raise_resource_error(e, path)
                     raise AudioError(f"{path}: not a readable audio file (cannot seek to sample {start} of the "
                                      f"{f.frames} its header declares: cut short or damaged; "
                                      f"{_sf_reason(e)})") from None
@@ -453,6 +462,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     except AudioError:
         raise
     except Exception as e:
+        raise_resource_error(e, path)
         raise AudioError(f"{path}: not a readable audio file ({_sf_reason(e)})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: contains 0 samples")
@@ -670,6 +680,23 @@ def _check_truncated(path: Path, extra_info: str) -> None:
         if declared > present and declared not in (0, 0xFFFFFFFF):  # 0 / 0xFFFFFFFF: streaming writers
             raise AudioError(f"{path}: truncated file (header declares {declared} data bytes, "
                              f"only {present} are present)")
+
+
+def raise_resource_error(error: Exception, path: Path) -> None:
+    """Raise `error`, met reading `path`, when it is the machine's fault, not the file's: a MemoryError, or an
+    OSError of RESOURCE_ERRNOS (too many open files, out of memory), which callers must not take for a bad file.
+    libsndfile says only "System error" when it cannot open a file: `path` is then opened once more to learn why,
+    and an OSError of RESOURCE_ERRNOS naming it raised. Else nothing: the caller's AudioError says the file is
+    bad."""
+    if isinstance(error, MemoryError) or isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+        raise error
+    if isinstance(error, RuntimeError) and getattr(error, "code", None) == _SFE_SYSTEM:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            if e.errno in RESOURCE_ERRNOS:
+                raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _sf_reason(e: Exception) -> str:

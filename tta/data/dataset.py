@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tta.audio import AudioError, audio_info, check_sample_rate, load_audio, normalize_wav, resample
+from tta.audio import (RESOURCE_ERRNOS, AudioError, audio_info, check_sample_rate, load_audio, normalize_wav,
+                       resample)
 from tta.config import check_number
 from tta.data.manifest import (DataConfig, EmptySplitError, ManifestError, ManifestRow, read_manifest, resolve_path,
                                split_rows)
@@ -216,6 +217,8 @@ class AudioDataset(torch.utils.data.Dataset):
                 bad.append((index, str(e)))
                 continue
             except OSError as e:   # a folder on the way that cannot be searched (permissions)
+                if e.errno in RESOURCE_ERRNOS:   # the machine's (too many open files), not the file's
+                    raise
                 bad.append((index, f"{path}: {e.strerror or e}"))
                 continue
             if info.num_samples == 0:   # an Ogg cut short can say so; load_audio refuses it
@@ -285,11 +288,14 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def _unreadable(self, error: Exception, index: int) -> str | None:
         """Why the row at `index` cannot be read, when `error` (raised reading it) is about its audio file: an
-        AudioError, or an OSError naming the file (gone, or cannot be opened, since the run began); else None."""
+        AudioError, or an OSError naming the file (gone, or cannot be opened, since the run began); else None
+        (the machine's: out of memory or of file descriptors, which load_audio raises as they are; a cache_dir
+        that cannot be written)."""
         path = self.paths[index]
         if isinstance(error, AudioError):
             return str(error)
-        if isinstance(error, OSError) and error.filename is not None and os.fsdecode(error.filename) == str(path):
+        if isinstance(error, OSError) and error.errno not in RESOURCE_ERRNOS and error.filename is not None \
+                and os.fsdecode(error.filename) == str(path):
             return f"{path}: {error.strerror or error}"
         return None
 
