@@ -234,6 +234,29 @@ def test_a_training_item_stops_on_the_machines_errors_instead_of_skipping_the_fi
     assert "unreadable" not in item and torch.equal(item["wav"], expected["wav"])
 
 
+def test_the_two_errors_that_name_bad_rows_have_one_form(tmp_path):
+    """The header check before a run and the stop once too many files failed to decode when drawn name the rows
+    alike: how many of the split's, the first three with their manifest lines, then "; ..." for the rest."""
+    rows = []
+    for i in range(9):
+        sf.write(tmp_path / f"c{i}.wav", tone(200 + 100 * i, 0.5), SR)
+        rows.append(_row(tmp_path / f"c{i}.wav", f"c{i}", 0.5, SR))
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    ds = AudioDataset(manifest, "train", SR, 0.5, max_unreadable=0.01)
+    for i in (1, 3, 4, 6):
+        (tmp_path / f"c{i}.wav").unlink()
+    with pytest.raises(ManifestError) as checked:
+        ds.check_audio()
+    drawn = str(ds.unreadable_error({i: f"{tmp_path / f'c{i}.wav'}: file not found" for i in (1, 3, 4, 6)}))
+    shown = "; ".join(f"row c{i} at {manifest}:{i + 1}: {tmp_path / f'c{i}.wav'}: file not found" for i in (1, 3, 4))
+    head = f"{manifest}: 4 of split 'train''s 9 audio files"
+    assert str(checked.value) == (f"{head} cannot be read ({shown}; ...); `tta data check MANIFEST --drop-bad "
+                                  "CLEAN.jsonl` writes a manifest without them")
+    assert drawn == (f"{head} could not be decoded when drawn, more than the 3 data.max_unreadable=0.01 allows "
+                     f"({shown}; ...); `tta data check MANIFEST --drop-bad CLEAN.jsonl` decodes every file and "
+                     "writes a manifest without the bad ones")
+
+
 def test_how_many_unreadable_files_a_run_may_skip():
     from tta.data.dataset import unreadable_allowed
 

@@ -235,10 +235,7 @@ class AudioDataset(torch.utils.data.Dataset):
                   time.monotonic() - start)
         if not bad:
             return
-        shown = [f"{self.row_place(index)}: {why}" for index, why in bad[:3]]
-        raise ManifestError(f"{self._manifest_names}: {len(bad)} of split {self.split!r}'s {len(self.rows)} audio "
-                            f"files cannot be read ({'; '.join(shown)}{'; ...' if len(bad) > 3 else ''}); `tta "
-                            "data check MANIFEST --drop-bad CLEAN.jsonl` writes a manifest without them")
+        raise self._bad_rows_error(bad, "cannot be read", "writes a manifest without them")
 
     def manifest_line(self, index: int) -> str:
         """"MANIFEST:LINE" of the row at `index`."""
@@ -251,12 +248,18 @@ class AudioDataset(torch.utils.data.Dataset):
     def unreadable_error(self, failed: dict[int, str]) -> ManifestError:
         """The error that stops a run once more rows than `unreadable_allowed` failed to decode (`failed`:
         index -> why, in the order found), naming the first three."""
-        shown = [f"{self.row_place(index)}: {why}" for index, why in list(failed.items())[:3]]
-        return ManifestError(f"{self._manifest_names}: {len(failed)} of split {self.split!r}'s {len(self.rows)} "
-                             f"audio files could not be decoded when drawn, more than the {self.unreadable_allowed} "
-                             f"data.max_unreadable={self.max_unreadable:g} allows ({'; '.join(shown)}"
-                             f"{'; ...' if len(failed) > 3 else ''}); `tta data check MANIFEST --drop-bad "
-                             "CLEAN.jsonl` decodes every file and writes a manifest without the bad ones")
+        return self._bad_rows_error(list(failed.items()), f"could not be decoded when drawn, more than the "
+                                    f"{self.unreadable_allowed} data.max_unreadable={self.max_unreadable:g} allows",
+                                    "decodes every file and writes a manifest without the bad ones")
+
+    def _bad_rows_error(self, bad: Sequence[tuple[int, str]], what: str, remedy: str) -> ManifestError:
+        """"MANIFESTS: N of split S's M audio files WHAT (row ID at MANIFEST:LINE: why; two more; ...); `tta data
+        check MANIFEST --drop-bad CLEAN.jsonl` REMEDY": `bad` is (index, why) of each bad row, the first three
+        named."""
+        shown = [f"{self.row_place(index)}: {why}" for index, why in bad[:3]]
+        return ManifestError(f"{self._manifest_names}: {len(bad)} of split {self.split!r}'s {len(self.rows)} audio "
+                             f"files {what} ({'; '.join(shown)}{'; ...' if len(bad) > 3 else ''}); `tta data check "
+                             f"MANIFEST --drop-bad CLEAN.jsonl` {remedy}")
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         if not isinstance(key, tuple) or not self.unreadable_allowed:
