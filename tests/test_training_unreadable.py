@@ -5,8 +5,10 @@ names its file."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
+import logging.handlers
 import os
 import re
 import shutil
@@ -26,9 +28,9 @@ from tta.training import worker_error
 SR = 16_000
 
 
-def _manifest(root, bad: dict[str, bytes | None] | None = None) -> str:
-    """Three 1 s train clips and a held-out one, then a train row per `bad` entry (file name: its bytes, written
-    as they are; None: a 10 s FLAC tone cut to its first tenth, whose header is whole)."""
+def _manifest(root, bad: dict[str, bytes | None] | None = None, *, split: str = "train", kept: int = 10) -> str:
+    """Three 1 s train clips and a held-out one, then a `split` row per `bad` entry (file name: its bytes, written
+    as they are; None: a 10 s FLAC tone cut to its first `kept`-th, whose header is whole)."""
     rows = []
     for i, (name, wav) in enumerate({"tone": tone(440, 1.0), "chirp": chirp(100, 7000, 1.0),
                                      "noise": noise(1.0, seed=1), "held": tone(150, 1.0)}.items()):
@@ -40,10 +42,10 @@ def _manifest(root, bad: dict[str, bytes | None] | None = None) -> str:
         if data is None:
             seconds = 10.0
             sf.write(root / name, tone(440, seconds), SR)
-            data = (root / name).read_bytes()[:(root / name).stat().st_size // 10]
+            data = (root / name).read_bytes()[:(root / name).stat().st_size // kept]
         (root / name).write_bytes(data)
         rows.append(ManifestRow(id=name.split(".")[0], path=name, captions=("a sound",), seconds=seconds,
-                                sample_rate=SR, split="train"))
+                                sample_rate=SR, split=split))
     return str(write_manifest(root / "manifest.jsonl", rows))
 
 
@@ -185,6 +187,63 @@ def test_a_resumed_run_draws_what_an_uninterrupted_one_draws_around_files_cut_sh
     assert _rows(runs["cut"]) == _rows(runs["full"])
     a, b = (load_file(str(run / "final" / "model.safetensors")) for run in runs.values())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_vae_measures_scale_factor_over_the_first_training_rows_it_can_read(tmp_path, capsys, caplog):
+    """After its last step the VAE reads its first scale_items training rows (their first segment) to measure
+    scale_factor; a file cut short within its first segment (or gone since the start), skipped at every step,
+    failed the run there: no final/, and a resume failed the same way. The pass skips it as the steps do and
+    measures over the next rows (the three others here)."""
+    manifest = _manifest(tmp_path, {"cut.flac": None}, kept=50)   # 0.2 s of 10 s: the first segment is lost
+    cut = tmp_path / "cut.flac"
+    out = tmp_path / "run"
+    sets = [f"data.manifest={manifest}", "valid_items=0", "train.max_steps=2", "train.checkpoint_every=1",
+            "data.max_unreadable=0.5"]
+    caplog.set_level(logging.INFO, logger="vae.train")
+    said = logging.handlers.BufferingHandler(100)
+    logging.getLogger("vae.train").addHandler(said)
+    try:
+        rc, err, warned = _train(capsys, caplog, "vae", out, *sets)
+    finally:
+        logging.getLogger("vae.train").removeHandler(said)
+    assert rc == 0, err
+    assert (out / "final").is_dir()
+    assert len(warned) == 1 and warned[0].startswith(f"{cut}: not a readable audio file (") and \
+        f"(row cut at {manifest}:5): skipped, " in warned[0], warned
+    assert [r["row"] for r in _rows(out) if "unreadable" in r] == ["cut"]
+    assert [r.getMessage().split(" (")[1] for r in said.buffer if r.getMessage().startswith("scale_factor = ")] == \
+        ["1 / std of latents over 3 training clips)"]
+    scale = [r["scale_factor"] for r in _rows(out) if r.get("split") == "final"]
+    shutil.rmtree(out / "final")   # as if stopped while measuring it: the resume measures it again, alike
+    rc, err, resumed = _train(capsys, caplog, "vae", out, *sets, extra=["--resume"])
+    assert rc == 0 and (out / "final").is_dir(), err
+    assert [r["scale_factor"] for r in _rows(out) if r.get("split") == "final"] == scale * 2   # (a row each)
+    assert len(resumed) == 1 and resumed[0].startswith(f"{out}: 1 training file could not be decoded before "), \
+        resumed
+
+
+@pytest.mark.parametrize("kind", ["vae", "vocoder", "postnet", "clap"])
+def test_validation_skips_a_held_out_file_cut_short_for_the_next_row(tmp_path, capsys, caplog, kind):
+    """Validation reads the first held-out rows (valid_items; clap: all) from their start: a held-out file cut
+    short behind a whole header stopped the run at the first validation ("not a readable audio file"). It is
+    skipped for the next row, warned about once over two validations, counted toward the held-out rows'
+    data.max_unreadable (1 of 3 here) and listed in metrics.jsonl at the step that read it."""
+    good = io.BytesIO()
+    sf.write(good, tone(300, 1.0), SR, format="WAV")
+    manifest = _manifest(tmp_path, {"cut.flac": None, "held2.wav": good.getvalue()}, split="valid", kept=50)
+    out = tmp_path / "run"
+    sets = _sets(kind, manifest)[:1] + ["train.max_steps=2", "train.validate_every=1"]
+    sets += {"vae": ["valid_items=2"], "vocoder": ["valid_items=2", "sample_items=0"],
+             "postnet": ["valid_items=2", "sample_items=0"]}.get(kind, [])
+    rc, err, warned = _train(capsys, caplog, kind, out, *sets)
+    assert rc == 0, err
+    cut = tmp_path / "cut.flac"
+    assert len(warned) == 1 and warned[0].startswith(f"{cut}: not a readable audio file ("), warned
+    assert warned[0].endswith(f"(row cut at {manifest}:5): skipped, the next row taken in its place (1 of the 1 "
+                              "unreadable files data.max_unreadable=0.01 allows; listed in metrics.jsonl)"), warned
+    rows = _rows(out)
+    assert [(r["step"], r["row"]) for r in rows if "unreadable" in r] == [(1, "cut")]
+    assert [r["step"] for r in rows if r.get("split") == "valid"] == [1, 2]
 
 
 def test_an_os_error_in_a_worker_names_its_file_as_in_the_main_process(tmp_path, capsys):

@@ -3,7 +3,8 @@
 A run folder holds `config.json` (the fully resolved run config), `data.json` (the training manifests' sha256
 and the frozen components' and datastore's, which a resume checks, the process and thread counts and the working
 directory its relative paths start from), `metrics.jsonl` (one JSON object per logged step, and one per
-training file skipped as unreadable when drawn: `AudioDataset`'s data.max_unreadable),
+audio file skipped as unreadable when a training item drew it or a pass such as validation read it:
+`AudioDataset`'s data.max_unreadable),
 `checkpoints/step_N/` (one component folder per tracked module + `train_state.pt`) and `final/` (the release
 artifact). The same loop runs as one CPU process or under `accelerate launch` on
 many GPUs. A fresh run that fails before its first checkpoint (a bad init_from, component or data row found
@@ -383,10 +384,11 @@ class TrainingRun:
         self._resumed_at = 0   # the step restore() resumed at, until missed_validation() has looked at it
         self._pending: dict[str, list[float]] = {}    # scalars of this optimizer step's micro-batches
         self._last_logged: dict[str, float] = {}
-        # training rows whose files failed to decode when drawn (`AudioDataset`'s data.max_unreadable): index ->
-        # why, as this process found them; the rows metrics.jsonl lists (main process), and the records another
-        # process keeps for the main one until the next checkpoint gathers them
-        self._unreadable: dict[int, str] = {}
+        # rows whose files failed to decode when read during the run (`AudioDataset`'s data.max_unreadable): split
+        # -> index -> why, as this process found them (each split counted apart: the training rows, the held-out
+        # ones validation reads); the rows metrics.jsonl lists (main process), and the records another process
+        # keeps for the main one until the next checkpoint gathers them
+        self._unreadable: dict[str, dict[int, str]] = {}
         self._recorded_unreadable: set[str] = set()
         self._unrecorded: list[dict] = []
         self._t0 = time.time()
@@ -616,7 +618,7 @@ class TrainingRun:
                     break
                 if allowed:
                     found, batch = batch
-                    self._skip_unreadable(dataset, found)
+                    self._skip_unreadable(dataset, found, self.step + 1)
                 self.data_position += per_batch
                 yield _to_device(batch, self.device)
                 if self.step >= self.train.max_steps:
@@ -627,21 +629,36 @@ class TrainingRun:
                 raise
             raise error from e
 
-    def _skip_unreadable(self, dataset, found: list[tuple[int, str]]) -> None:
-        """Warn about, record (metrics.jsonl) and count the rows whose files failed to decode when the batch's
-        items drew them (each item stands in another row's, drawn from its seed): once each, however many
+    def evaluation_items(self, dataset, count: int | None = None) -> Iterator:
+        """dataset[index] of its first `count` rows (None: every row), in order, for a pass over them during the
+        run: validation's held-out clips, the VAE's scale_factor over training clips. An AudioDataset with
+        data.max_unreadable > 0 leaves out a row whose file fails to decode as a training item does (warned about
+        once, counted toward the rows of its split the run may lose, listed in metrics.jsonl) and takes the next
+        row in its place; otherwise such a file stops the run, as it did."""
+        if not getattr(dataset, "unreadable_allowed", 0) or not hasattr(dataset, "first_items"):
+            return (dataset[index] for index in range(len(dataset) if count is None else min(count, len(dataset))))
+        self._recall_unreadable(dataset)
+        return dataset.first_items(count, lambda index, why: self._skip_unreadable(dataset, [(index, why)],
+                                                                                   self.step, drawn=False))
+
+    def _skip_unreadable(self, dataset, found: list[tuple[int, str]], step: int, *, drawn: bool = True) -> None:
+        """Warn about, record (metrics.jsonl, at `step`) and count the rows whose files failed to decode when read:
+        when the batch's items drew them (each item stands in another row's, drawn from its seed; `drawn`), or in
+        a pass over the first rows (`evaluation_items`: the next row is taken). Once each, however many
         DataLoader workers draw them. One more than the dataset allows (data.max_unreadable) stops the run. Each
         process counts the rows it draws; the main one records every process's, the others' at checkpoints."""
+        unreadable = self._unreadable.setdefault(dataset.split, {})
         for index, why in found:
-            if index in self._unreadable:
+            if index in unreadable:
                 continue
-            self._unreadable[index] = why
-            if len(self._unreadable) > dataset.unreadable_allowed:
-                raise dataset.unreadable_error(self._unreadable)
-            log.warning("%s (%s): skipped, another row drawn in its place (%d of the %d unreadable files "
-                        "data.max_unreadable=%g allows; listed in metrics.jsonl)", why, dataset.row_place(index),
-                        len(self._unreadable), dataset.unreadable_allowed, dataset.max_unreadable)
-            record = {"step": self.step + 1, "unreadable": str(dataset.paths[index]), "row": dataset.rows[index].id,
+            unreadable[index] = why
+            if len(unreadable) > dataset.unreadable_allowed:
+                raise dataset.unreadable_error(unreadable)
+            log.warning("%s (%s): skipped, %s in its place (%d of the %d unreadable files data.max_unreadable=%g "
+                        "allows; listed in metrics.jsonl)", why, dataset.row_place(index),
+                        "another row drawn" if drawn else "the next row taken", len(unreadable),
+                        dataset.unreadable_allowed, dataset.max_unreadable)
+            record = {"step": step, "unreadable": str(dataset.paths[index]), "row": dataset.rows[index].id,
                       "at": dataset.manifest_line(index), "error": why}
             if self.is_main:
                 self._record_unreadable([record])
@@ -656,8 +673,13 @@ class TrainingRun:
                 self.log_metrics(**record)
 
     def _recall_unreadable(self, dataset) -> None:
-        """On a resume (main process), the rows metrics.jsonl lists as unreadable up to the resumed step: counted
-        again, and not warned about again, as in the run that found them."""
+        """On a resume (main process), the rows of `dataset`'s split that metrics.jsonl lists as unreadable up to
+        the resumed step: counted again, and not warned about again, as in the run that found them. Once a
+        split."""
+        split = dataset.split
+        if split in self._unreadable:
+            return
+        unreadable = self._unreadable[split] = {}
         path = self.out / "metrics.jsonl"
         if not self.step or not self.is_main or not path.is_file():
             return
@@ -665,13 +687,15 @@ class TrainingRun:
         for line in path.read_text().splitlines():
             row = json.loads(line) if line.strip() else None
             if isinstance(row, dict) and "unreadable" in row and row.get("row") in ids:
-                self._unreadable.setdefault(ids[row["row"]], str(row.get("error", "")))
+                unreadable.setdefault(ids[row["row"]], str(row.get("error", "")))
                 self._recorded_unreadable.add(row["row"])
-        if self._unreadable:
+        if unreadable:
+            training = split == getattr(getattr(self.config, "data", None), "train_split", split)
             log.warning("%s: %s could not be decoded before step %d (listed in metrics.jsonl); skipped as "
                         "before (%d allowed by data.max_unreadable=%g)", self.out,
-                        counted(len(self._unreadable), "training file"), self.step, dataset.unreadable_allowed,
-                        dataset.max_unreadable)
+                        counted(len(unreadable), "training file") if training else
+                        counted(len(unreadable), f"file of split {split!r}", f"files of split {split!r}"),
+                        self.step, dataset.unreadable_allowed, dataset.max_unreadable)
 
     def _balance_weights(self, dataset, keys: list[str] | None, names: list | None = None) -> torch.Tensor | None:
         data = getattr(self.config, "data", None)

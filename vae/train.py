@@ -19,12 +19,13 @@ checkpoints) the scale_factor comes from the run's final/, which must hold the s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterable
 
 import torch
 
@@ -159,15 +160,19 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
         scale_set = AudioDataset.from_config(
             config.data, config.data.train_split, mel_cfg.sample_rate, random_crop=False
         )
-        mels = (mel for mel, _ in _mels(scale_set, config, config.scale_items, run.device))
-        scale = compute_scale_factor(release, mels, seed=config.train.seed, progress=progress)
+        # the first scale_items training rows whose files can be read (a file cut short within its first
+        # segment, or gone since the start, is skipped as when drawn: run.evaluation_items)
+        clips: list[str] = []
+
+        def mels():
+            for mel, ids in _mels(run.evaluation_items(scale_set, config.scale_items), config, run.device):
+                clips.extend(ids)
+                yield mel
+
+        scale = compute_scale_factor(release, mels(), seed=config.train.seed, progress=progress)
         release.set_scale_factor(scale)
         run.log_metrics(split="final", scale_factor=scale)
-        log.info(
-            "scale_factor = %.6g (1 / std of latents over %d training clips)",
-            scale,
-            min(config.scale_items, len(scale_set)),
-        )
+        log.info("scale_factor = %.6g (1 / std of latents over %d training clips)", scale, len(clips))
     return run.finish(release)
 
 
@@ -235,27 +240,30 @@ def kept_scale_factor(final: Path, vae: MelVAE, source: str) -> float:
     return float(state["scale_factor"])
 
 
-def _mels(dataset, config: RunConfig, limit: int, device):
-    """Deterministic (B, n_mels, frames) log-mels of the first `limit` items, in train.batch_size chunks."""
-    n = min(limit, len(dataset))
-    for start in range(0, n, config.train.batch_size):
-        items = [dataset[i] for i in range(start, min(n, start + config.train.batch_size))]
-        wav = torch.stack([it["wav"] for it in items]).to(device)
-        yield log_mel(wav, config.model.mel), [it["id"] for it in items]
+def _mels(items: Iterable[dict], config: RunConfig, device):
+    """Deterministic (B, n_mels, frames) log-mels of evaluation `items` (a dataset's `ds[index]`), in
+    train.batch_size chunks, and their ids."""
+    items = iter(items)
+    while chunk := list(itertools.islice(items, config.train.batch_size)):
+        wav = torch.stack([it["wav"] for it in chunk]).to(device)
+        yield log_mel(wav, config.model.mel), [it["id"] for it in chunk]
 
 
 @torch.no_grad()
 def validate(
     model: MelVAE, dataset, config: RunConfig, sample_dir: Path, *, run: TrainingRun | None = None
 ) -> dict:
-    """Reconstruct `config.valid_items` held-out clips (posterior mode); log metrics and write PNGs."""
+    """Reconstruct `config.valid_items` held-out clips (posterior mode); log metrics and write PNGs. During a
+    `run`, a clip whose file fails to decode is skipped for the next (`TrainingRun.evaluation_items`)."""
     was_training = model.training
     model.eval()
     metrics = ReconstructionMetrics()
     images_left = config.sample_images
     device = model.scale_factor.device
     try:
-        for mel, ids in _mels(dataset, config, config.valid_items, device):
+        items = run.evaluation_items(dataset, config.valid_items) if run is not None else \
+            (dataset[i] for i in range(min(config.valid_items, len(dataset))))
+        for mel, ids in _mels(items, config, device):
             rec, _ = model(mel, sample=False)
             metrics.update(mel, rec)
             for i in range(min(images_left, mel.shape[0])):

@@ -246,8 +246,7 @@ def validate(run: TrainingRun, model: torch.nn.Module, valid_set, config: RunCon
     folder = run.out / "samples" / f"step_{run.step}"
     totals: dict[str, float] = {}
     count = 0
-    for k in range(min(config.valid_items, len(valid_set))):
-        item = valid_set[k]
+    for k, item in enumerate(run.evaluation_items(valid_set, config.valid_items)):   # unreadable ones skipped
         n = min(int(item["seconds"] * mel_cfg.sample_rate), item["wav"].shape[0]) // hop * hop
         if n < mel_cfg.n_fft:
             log.warning("validation clip %s is shorter than %d samples; skipped", item["id"], mel_cfg.n_fft)

@@ -296,7 +296,7 @@ def held_out_clips(data: DataConfig, sample_rate: int, seconds: float):
 
     return AudioDataset([data.manifest, *data.extra_manifests], data.valid_split, sample_rate, seconds,
                         normalize=data.normalize, random_crop=False, cache_dir=data.cache_dir or None,
-                        caption_choice="first")
+                        caption_choice="first", max_unreadable=data.max_unreadable)
 
 
 @torch.no_grad()
@@ -316,8 +316,7 @@ def validate(run: TrainingRun, generator: torch.nn.Module, valid_set, config: Ru
     if vae is not None:
         totals["vae_mel_l1"] = 0.0
     count = 0   # the clips scored: a clip too short to score is left out of the means, not counted as 0
-    for k in range(min(config.valid_items, len(valid_set))):
-        item = valid_set[k]
+    for k, item in enumerate(run.evaluation_items(valid_set, config.valid_items)):   # unreadable ones skipped
         n = min(int(item["seconds"] * mel_cfg.sample_rate), item["wav"].shape[0]) // hop * hop
         if n < 2 * mel_cfg.n_fft:
             log.warning("validation clip %s (%.3f s) is shorter than %d samples; skipped", item["id"],

@@ -14,6 +14,7 @@ EMA weights when train.ema_decay > 0 (what final/ holds).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -133,19 +134,25 @@ def gather_batch(audio_emb: torch.Tensor, text_emb: torch.Tensor, captions: list
 
 
 @torch.no_grad()
-def validate(model: TTAClap, dataset, batch_size: int, max_items: int, device, *, model_name: str) -> dict:
-    """Retrieval metrics of `model` on a deterministic dataset (every caption of every row)."""
+def validate(model: TTAClap, dataset, batch_size: int, max_items: int, device, *, model_name: str,
+             run: TrainingRun | None = None) -> dict:
+    """Retrieval metrics of `model` on a deterministic dataset (every caption of every row; the first
+    `max_items` rows, 0: all). During a `run`, a row whose file fails to decode is skipped for the next
+    (`TrainingRun.evaluation_items`)."""
     was_training = model.training
     model.eval()
-    n = len(dataset) if max_items == 0 else min(len(dataset), max_items)
+    count = None if max_items == 0 else max_items
+    every = run.evaluation_items(dataset, count) if run is not None else \
+        (dataset[i] for i in range(len(dataset) if count is None else min(len(dataset), count)))
     audio, texts, text_to_audio = [], [], []
-    for start in range(0, n, batch_size):
-        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+    clips = 0
+    while items := list(itertools.islice(every, batch_size)):
         audio.append(model.encode_audio(torch.stack([it["wav"] for it in items]).to(device)).cpu())
-        for it in items:
+        for it in items:   # each caption's clip: its place among the clips read (a skipped row has none)
             caps = dataset.rows[it["index"]].captions
             texts += caps
-            text_to_audio += [it["index"]] * len(caps)
+            text_to_audio += [clips] * len(caps)
+            clips += 1
     text_emb = torch.cat([model.encode_text(texts[i:i + batch_size]).cpu() for i in range(0, len(texts), batch_size)])
     model.train(was_training)
     return retrieval_metrics(text_emb, torch.cat(audio), text_to_audio, model=model_name)
@@ -203,7 +210,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
             return
         scored = ema.averaged(core) if ema is not None else core     # the weights final/ will hold
         metrics = validate(scored, valid_ds, config.train.batch_size, config.valid_max_items, run.device,
-                           model_name=f"tta-clap:{Path(out).name}@step{run.step}")
+                           model_name=f"tta-clap:{Path(out).name}@step{run.step}", run=run)
         run.log_metrics(split="valid", **metrics)
         log.info("valid step %d: t2a R@5 %.3f (chance %.3f)", run.step, metrics["t2a_R@5"], metrics["t2a_R@5_chance"])
         last_valid = run.step

@@ -10,6 +10,9 @@ Two ways to index it:
   item whose file fails to decode (a FLAC or MP3 cut short behind a whole header, found only when a crop
   reaches what it lost; a file gone since the run began) is another row's, drawn from the same key, and lists
   the row it skipped under "unreadable" (`tta.training.TrainingRun.batches` warns, records and counts them).
+- `ds.first_items(count, on_unreadable)` is a pass over the first rows' evaluation items during a run
+  (validation, the VAE's scale_factor): with `max_unreadable` > 0 a row whose file fails to decode is left out
+  for the next one (`tta.training.TrainingRun.evaluation_items` warns, records and counts it).
 
 Only the needed part of a file is decoded (soundfile seeks), resampled with soxr to `sample_rate`, then
 (AudioLDM's loader) DC-removed and peak-normalised to 0.5, and zero-padded at the end to exactly
@@ -30,7 +33,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -288,6 +291,27 @@ class AudioDataset(torch.utils.data.Dataset):
         if failed:
             item["unreadable"] = list(failed.items())
         return item
+
+    def first_items(self, count: int | None = None,
+                    on_unreadable: Callable[[int, str], None] | None = None) -> Iterator[dict]:
+        """The evaluation items (`self[index]`, in row order) of the first `count` rows (None: every row) whose
+        files can be read. With `on_unreadable` and `max_unreadable` > 0, a row whose file fails to decode (as for
+        a training item: a file cut short or gone since the run began) is left out, `on_unreadable(index, why)`
+        told of it (it raises to stop) and the next row taken; otherwise the error is raised."""
+        taken = 0
+        for index in range(len(self.rows)):
+            if count is not None and taken >= count:
+                return
+            try:
+                item = self._item(index)
+            except (AudioError, OSError) as e:
+                why = self._unreadable(e, index) if on_unreadable is not None and self.unreadable_allowed else None
+                if why is None:
+                    raise
+                on_unreadable(index, why)
+                continue
+            taken += 1
+            yield item
 
     def _unreadable(self, error: Exception, index: int) -> str | None:
         """Why the row at `index` cannot be read, when `error` (raised reading it) is about its audio file: an

@@ -277,10 +277,11 @@ class DataConfig:
                                        # is repeated: a bigger or smaller dog from the same few recordings
     repeat_skip_words: tuple[str, ...] = ("once", "single")  # an item whose caption has one of these words
                                                              # (whole word, any case) is never repeated
-    max_unreadable: float = 0.01       # training items only: a file that fails to decode when drawn (a FLAC or
-                                       # MP3 cut short behind a whole header, a file gone since the start) is
-                                       # skipped with a warning and another row drawn in its place, until more
-                                       # than this fraction of the training rows, or 3 files if that is more
+    max_unreadable: float = 0.01       # during a run (not the LDM's pre-encoding): a file that fails to decode
+                                       # when read (a FLAC or MP3 cut short behind a whole header, a file gone
+                                       # since the start) is skipped with a warning and another row drawn in
+                                       # its place (validation, the VAE's scale_factor: the next row), until
+                                       # more than this fraction of the split's rows, or 3 files if that is more
                                        # (but never half the rows), have failed: then the run stops. 0 = the
                                        # first such file stops the run
 
