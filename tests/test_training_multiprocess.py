@@ -143,23 +143,80 @@ def test_unreadable_rows_are_checked_once_and_stop_every_process_at_once(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def _train_vae_on_two_processes(tmp_path, manifest: str, out: Path, *sets: str) -> str:
+    """`tta -q train vae` of the tiny VAE on two processes; its stderr."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)])}
+    args = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "tta", "-q", "train", "vae", "--config",
+            str(ROOT / "configs" / "vae" / "tiny.json"), "--out", str(out), "--set", f"data.manifest={manifest}"]
+    for s in sets:
+        args += ["--set", s] if s != "--resume" else [s]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def _unreadable_records(run: Path) -> list[tuple]:
+    """(step, row, process, processes) of each row metrics.jsonl lists as unreadable."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["row"], r.get("process"), r.get("processes")) for r in rows if "unreadable" in r]
+
+
 @pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
-def test_files_cut_short_are_skipped_by_each_process_and_listed_once_by_the_main_one(tmp_path):
+def test_files_cut_short_are_skipped_by_each_process_and_listed_for_each_by_the_main_one(tmp_path):
     """Each process warns of the unreadable rows it draws and skips them; metrics.jsonl, which the main process
-    writes, lists every process's, once each (with train.seed=2 only the second process draws a.flac)."""
+    writes, lists every process's, naming the process (with train.seed=2 only the second process draws a.flac)."""
     from tests.test_training_unreadable import _manifest
 
     manifest = _manifest(tmp_path, {"a.flac": None, "b.flac": None})
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)])}
-    done = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "tta", "-q", "train", "vae",
-                           "--config", str(ROOT / "configs" / "vae" / "tiny.json"), "--out", str(tmp_path / "run"),
-                           "--set", f"data.manifest={manifest}", "--set", "train.max_steps=4", "--set",
-                           "train.seed=2", "--set", "valid_items=0", "--set", "data.max_unreadable=0.5"],
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    stderr = _train_vae_on_two_processes(tmp_path, manifest, tmp_path / "run", "train.max_steps=4", "train.seed=2",
+                                         "valid_items=0", "data.max_unreadable=0.5")
     skipped = ": skipped, another row drawn in its place"
-    assert done.stderr.count(f"(row a at {manifest}:5){skipped}") == 1, done.stderr[-3000:]   # the second process
-    assert done.stderr.count(f"(row b at {manifest}:6){skipped}") == 2, done.stderr[-3000:]   # both
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert sorted(row["row"] for row in rows if "unreadable" in row) == ["a", "b"]
+    assert stderr.count(f"(row a at {manifest}:5){skipped}") == 1, stderr[-3000:]   # the second process
+    assert stderr.count(f"(row b at {manifest}:6){skipped}") == 2, stderr[-3000:]   # both
+    assert sorted(r[1:] for r in _unreadable_records(tmp_path / "run")) == [("a", 1, 2), ("b", 0, 2), ("b", 1, 2)]
+
+
+@pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
+def test_a_resume_on_two_processes_counts_and_warns_as_the_uninterrupted_run(tmp_path, capsys, caplog):
+    """On a resume only the main process recalled the rows metrics.jsonl lists, and every process's: it counted
+    rows it never drew ("2 training files could not be decoded before step 1"), while the other one, starting
+    from none, warned again of the rows it had found and counted them anew ("1 of the 2 unreadable files" where
+    the uninterrupted run said "2 of the 2"). Each process recalls the rows it found itself; resumed on another
+    number of processes, each recalls every row the run found."""
+    from tests.test_training_unreadable import _manifest, _train
+
+    manifest = _manifest(tmp_path, {"a.flac": None, "b.flac": None})
+    sets = ["train.max_steps=4", "train.seed=2", "valid_items=0", "data.max_unreadable=0.5",
+            "train.checkpoint_every=1", "train.keep_checkpoints=0"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    stderr = _train_vae_on_two_processes(tmp_path, manifest, full, *sets)
+    found = _unreadable_records(full)
+    assert found == [(1, "b", 0, 2), (1, "a", 1, 2), (2, "b", 1, 2)], found   # (train.seed=2)
+    warned = [line for line in stderr.splitlines() if "skipped, another row drawn in its place" in line]
+    later = [line for line in warned if "(row b " in line and "(2 of the 2 " in line]   # process 1 at step 2
+    assert len(warned) == 3 and len(later) == 1, warned
+
+    def stopped_after_step_1() -> None:
+        shutil.rmtree(cut, ignore_errors=True)
+        shutil.copytree(full, cut)
+        for step in range(2, 5):
+            shutil.rmtree(cut / "checkpoints" / f"step_{step}")
+        shutil.rmtree(cut / "final")
+
+    stopped_after_step_1()
+    stderr = _train_vae_on_two_processes(tmp_path, manifest, cut, *sets, "--resume")
+    said = [line.split("tta.training: ")[1] for line in stderr.splitlines() if "WARNING tta.training" in line]
+    assert sorted(said) == sorted([f"{cut}: 1 training file could not be decoded by process {p} of 2 before step 1 "
+                                   "(listed in metrics.jsonl); skipped as before (2 allowed by "
+                                   "data.max_unreadable=0.5)" for p in (0, 1)] + [later[0].split("tta.training: ")[1]]), \
+        said   # (the two processes' lines come in either order)
+    assert _unreadable_records(cut) == found
+
+    stopped_after_step_1()   # resumed on one process: the rows every process found before step 1 are its own
+    rc, err, said = _train(capsys, caplog, "vae", cut, f"data.manifest={manifest}", *sets, extra=["--resume"])
+    assert rc == 0, err
+    assert said == [f"{cut}: resumed on 1 processes, started on 2: the global batch changes with them",
+                    f"{cut}: 2 training files could not be decoded before step 1 (listed in metrics.jsonl); skipped "
+                    "as before (2 allowed by data.max_unreadable=0.5)"], said
+    assert _unreadable_records(cut) == found[:2]

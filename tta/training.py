@@ -389,7 +389,7 @@ class TrainingRun:
         # ones validation reads); the rows metrics.jsonl lists (main process), and the records another process
         # keeps for the main one until the next checkpoint gathers them
         self._unreadable: dict[str, dict[int, str]] = {}
-        self._recorded_unreadable: set[str] = set()
+        self._recorded_unreadable: set[tuple[int, str]] = set()   # (process, row id)
         self._unrecorded: list[dict] = []
         self._t0 = time.time()
         check_cache_dir(self.config)
@@ -646,7 +646,8 @@ class TrainingRun:
         when the batch's items drew them (each item stands in another row's, drawn from its seed; `drawn`), or in
         a pass over the first rows (`evaluation_items`: the next row is taken). Once each, however many
         DataLoader workers draw them. One more than the dataset allows (data.max_unreadable) stops the run. Each
-        process counts the rows it draws; the main one records every process's, the others' at checkpoints."""
+        process counts the rows it draws; the main one records every process's, the others' at checkpoints, each
+        record naming its process when there are several ("process", "processes": what a resume recalls)."""
         unreadable = self._unreadable.setdefault(dataset.split, {})
         for index, why in found:
             if index in unreadable:
@@ -660,41 +661,57 @@ class TrainingRun:
                         dataset.unreadable_allowed, dataset.max_unreadable)
             record = {"step": step, "unreadable": str(dataset.paths[index]), "row": dataset.rows[index].id,
                       "at": dataset.manifest_line(index), "error": why}
+            acc = self.accelerator
+            if acc.num_processes > 1:
+                record.update(process=acc.process_index, processes=acc.num_processes)
             if self.is_main:
                 self._record_unreadable([record])
             else:
                 self._unrecorded.append(record)
 
     def _record_unreadable(self, records: list[dict]) -> None:
-        """Append to metrics.jsonl each record of a row it does not list yet (main process)."""
+        """Append to metrics.jsonl each record of a row it does not list yet for the same process (main
+        process)."""
         for record in records:
-            if record["row"] not in self._recorded_unreadable:
-                self._recorded_unreadable.add(record["row"])
+            key = (record.get("process", 0), record["row"])
+            if key not in self._recorded_unreadable:
+                self._recorded_unreadable.add(key)
                 self.log_metrics(**record)
 
     def _recall_unreadable(self, dataset) -> None:
-        """On a resume (main process), the rows of `dataset`'s split that metrics.jsonl lists as unreadable up to
-        the resumed step: counted again, and not warned about again, as in the run that found them. Once a
-        split."""
+        """On a resume, the rows of `dataset`'s split that metrics.jsonl lists as unreadable up to the resumed step,
+        as this process found them: counted again, and not warned about again, as in the run that found them (on
+        several processes each counts and warns of the rows it draws itself). A record without "process" is the
+        only process's (one process, or a tta before the field). Resumed on another number of processes, which
+        deals the rows out anew, every process recalls every row the run found. Once a split."""
         split = dataset.split
         if split in self._unreadable:
             return
         unreadable = self._unreadable[split] = {}
         path = self.out / "metrics.jsonl"
-        if not self.step or not self.is_main or not path.is_file():
+        if not self.step or not path.is_file():
             return
+        acc = self.accelerator
         ids = {row.id: i for i, row in enumerate(dataset.rows)}
         for line in path.read_text().splitlines():
-            row = json.loads(line) if line.strip() else None
-            if isinstance(row, dict) and "unreadable" in row and row.get("row") in ids:
+            try:   # (another process may be appending a line while this one reads)
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict) or "unreadable" not in row or row.get("row") not in ids or \
+                    not isinstance(row.get("step"), int) or row["step"] > self.step:
+                continue   # (a later step's: the main process drops those from the file as it resumes)
+            process, processes = row.get("process", 0), row.get("processes", 1)
+            self._recorded_unreadable.add((process, row["row"]))
+            if processes != acc.num_processes or process == acc.process_index:
                 unreadable.setdefault(ids[row["row"]], str(row.get("error", "")))
-                self._recorded_unreadable.add(row["row"])
         if unreadable:
             training = split == getattr(getattr(self.config, "data", None), "train_split", split)
-            log.warning("%s: %s could not be decoded before step %d (listed in metrics.jsonl); skipped as "
-                        "before (%d allowed by data.max_unreadable=%g)", self.out,
+            log.warning("%s: %s could not be decoded%s before step %d (listed in metrics.jsonl); skipped as before "
+                        "(%d allowed by data.max_unreadable=%g)", self.out,
                         counted(len(unreadable), "training file") if training else
                         counted(len(unreadable), f"file of split {split!r}", f"files of split {split!r}"),
+                        f" by process {acc.process_index} of {acc.num_processes}" if acc.num_processes > 1 else "",
                         self.step, dataset.unreadable_allowed, dataset.max_unreadable)
 
     def _balance_weights(self, dataset, keys: list[str] | None, names: list | None = None) -> torch.Tensor | None:
