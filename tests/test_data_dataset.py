@@ -262,6 +262,10 @@ def test_how_many_unreadable_files_a_run_may_skip():
 
     assert [unreadable_allowed(0.01, n) for n in (1, 2, 4, 6, 7, 300, 450, 10_000)] == [0, 0, 1, 2, 3, 3, 4, 100]
     assert unreadable_allowed(0, 10_000) == 0 and unreadable_allowed(0.5, 4) == 2
+    assert unreadable_allowed(0.5, 6) == 3 and unreadable_allowed(0.5, 7) == 3   # half, at most
+    # the fraction as written: floor(0.29 * 100) is 28 (0.29 * 100 == 28.999999999999996), floor(0.35 * 180) 62
+    assert unreadable_allowed(0.29, 100) == 29 and unreadable_allowed(0.35, 180) == 63
+    assert unreadable_allowed(np.float64(0.29), 100) == 29
     for value in (-0.1, 0.6):
         with pytest.raises(ValueError, match=f"data.max_unreadable={value} must be a fraction"):
             DataConfig(max_unreadable=value)

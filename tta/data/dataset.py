@@ -34,6 +34,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -62,11 +63,13 @@ def _number_pair(pair, what: str) -> tuple[float, float]:
 
 
 def unreadable_allowed(fraction: float, rows: int) -> int:
-    """How many of `rows` training files may fail to decode before a run stops (`data.max_unreadable`): that
-    fraction of them, or 3 if that is more but fewer than half of them; none with `fraction` 0."""
+    """How many of a split's `rows` files may fail to decode before a run stops (`data.max_unreadable`): that
+    fraction of them rounded down (the fraction as written: 0.29 of 100 rows is 29, where 0.29 * 100 is
+    28.999999999999996; 0.5 of 6 rows is 3, half), or 3 if that is more, cut to fewer than half of them on fewer
+    than 7 rows (2 of 6, 1 of 4, none of 2); none with `fraction` 0."""
     if fraction <= 0:
         return 0
-    return max(math.floor(fraction * rows), min(3, (rows - 1) // 2))
+    return max(math.floor(Fraction(str(float(fraction))) * rows), min(3, (rows - 1) // 2))
 
 
 class AudioDataset(torch.utils.data.Dataset):

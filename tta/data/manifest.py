@@ -281,9 +281,10 @@ class DataConfig:
                                        # when read (a FLAC or MP3 cut short behind a whole header, a file gone
                                        # since the start) is skipped with a warning and another row drawn in
                                        # its place (validation, the VAE's scale_factor: the next row), until
-                                       # more than this fraction of the split's rows, or 3 files if that is more
-                                       # (but never half the rows), have failed: then the run stops. 0 = the
-                                       # first such file stops the run
+                                       # more files have failed than this fraction of the split's rows (rounded
+                                       # down; at most 0.5: half of them), or than 3 if that is more (on fewer
+                                       # than 7 rows, fewer than half of them: 2 of 6): then the run stops.
+                                       # 0 = the first such file stops the run
 
     def __post_init__(self) -> None:
         check_numbers(self, "data")
