@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -232,6 +233,25 @@ def test_a_training_item_stops_on_the_machines_errors_instead_of_skipping_the_fi
     monkeypatch.undo()
     item = ds[(2, 99)]   # the machine's resources back: the row's own item
     assert "unreadable" not in item and torch.equal(item["wav"], expected["wav"])
+
+
+def test_a_training_item_skips_a_file_that_decodes_to_nan_or_to_no_samples(tmp_path):
+    """Not only a file cut short: one whose samples are NaN or inf (the header check does not decode), or one
+    rewritten with no samples since the run began, is skipped as unreadable when drawn (with max_unreadable > 0,
+    the default 0.01 of a run's config); with 0 it stops the run, as every such file did before."""
+    rows = []
+    for i in range(7):
+        sf.write(tmp_path / f"c{i}.wav", tone(200 + 100 * i, 1.0), SR)
+        rows.append(_row(tmp_path / f"c{i}.wav", f"c{i}", 1.0, SR))
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    ds = AudioDataset(manifest, "train", SR, 0.5, max_unreadable=DataConfig().max_unreadable)
+    strict = AudioDataset(manifest, "train", SR, 0.5)
+    sf.write(tmp_path / "c1.wav", np.full(SR, np.nan, dtype=np.float32), SR, subtype="FLOAT")
+    sf.write(tmp_path / "c2.wav", np.zeros(0, dtype=np.float32), SR)
+    for index, why in ((1, "contains non-finite samples (NaN or inf)"), (2, "contains 0 samples")):
+        assert ds[(index, 5)]["unreadable"] == [(index, f"{tmp_path / f'c{index}.wav'}: {why}")]
+        with pytest.raises(AudioError, match=re.escape(why)):
+            strict[(index, 5)]
 
 
 def test_the_two_errors_that_name_bad_rows_have_one_form(tmp_path):

@@ -277,14 +277,15 @@ class DataConfig:
                                        # is repeated: a bigger or smaller dog from the same few recordings
     repeat_skip_words: tuple[str, ...] = ("once", "single")  # an item whose caption has one of these words
                                                              # (whole word, any case) is never repeated
-    max_unreadable: float = 0.01       # during a run (not the LDM's pre-encoding): a file that fails to decode
-                                       # when read (a FLAC or MP3 cut short behind a whole header, a file gone
-                                       # since the start) is skipped with a warning and another row drawn in
-                                       # its place (validation, the VAE's scale_factor: the next row), until
-                                       # more files have failed than this fraction of the split's rows (rounded
-                                       # down; at most 0.5: half of them), or than 3 if that is more (on fewer
-                                       # than 7 rows, fewer than half of them: 2 of 6): then the run stops.
-                                       # 0 = the first such file stops the run
+    max_unreadable: float = 0.01       # during a run (not the LDM's pre-encoding): a file that fails to
+                                       # decode when read (a FLAC or MP3 cut short behind a whole header, NaN
+                                       # or inf samples, a file gone or emptied since the start: all of which
+                                       # stopped the run before this field) is skipped with a warning and
+                                       # another row drawn in its place (validation, the VAE's scale_factor:
+                                       # the next row), until more files have failed than this fraction of the
+                                       # split's rows (rounded down; at most 0.5: half of them), or than 3 if
+                                       # that is more (on fewer than 7 rows, fewer than half of them: 2 of 6):
+                                       # then the run stops. 0 = the first such file stops the run
 
     def __post_init__(self) -> None:
         check_numbers(self, "data")
