@@ -281,11 +281,13 @@ class DataConfig:
                                        # decode when read (a FLAC or MP3 cut short behind a whole header, NaN
                                        # or inf samples, a file gone or emptied since the start: all of which
                                        # stopped the run before this field) is skipped with a warning and
-                                       # another row drawn in its place (validation, the VAE's scale_factor:
-                                       # the next row), until more files have failed than this fraction of the
-                                       # split's rows (rounded down; at most 0.5: half of them), or than 3 if
-                                       # that is more (on fewer than 7 rows, fewer than half of them: 2 of 6):
-                                       # then the run stops. 0 = the first such file stops the run
+                                       # another row drawn in its place (uniformly: data.balance and
+                                       # data.key_weights do not weigh it; validation and the VAE's
+                                       # scale_factor take the next row), until more files have failed than
+                                       # this fraction of the split's rows (rounded down; at most 0.5: half of
+                                       # them), or than 3 if that is more (on fewer than 7 rows, fewer than
+                                       # half of them: 2 of 6): then the run stops. 0 = the first such file
+                                       # stops the run
 
     def __post_init__(self) -> None:
         check_numbers(self, "data")
