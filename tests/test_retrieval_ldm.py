@@ -1348,6 +1348,29 @@ def _experiment_sets(corpus, *extra, **components):
     return [a for s in [*sets, f"manifest={json.dumps(str(corpus))}", *extra] for a in ("--set", s)]
 
 
+def test_the_summary_names_its_own_files_relative_to_its_folder(corpus, store, tmp_path, capsys, monkeypatch):
+    """summary.md's link to report.html, and summary.json's report, prompts, plot and pipelines, were relative to
+    the folder the command ran in (`--out work/exp`: "work/exp/report.html", so the link opened from work/exp
+    pointed at work/exp/work/exp/report.html), while its datastore and reference were absolute. The experiment
+    folder's own files are named relative to it now, files outside it by their absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(store, tmp_path / "store")
+    code, stdout, err = run(capsys, "experiment", "retrieval", "--config",
+                            ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", "work/exp",
+                            *_experiment_sets(corpus, 'datastore="store"', 'variants=[{"name": "none"}]'))
+    assert code == 0, err
+    assert stdout.strip() == "work/exp/report.html"   # printed for the terminal: from the current folder
+    out = tmp_path / "work" / "exp"
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: summary[k] for k in ("report", "plot", "prompts", "reference")} == {
+        "report": "report.html", "plot": "summary.png", "prompts": "prompts.jsonl", "reference": "reference"}
+    assert summary["variants"]["none"]["pipeline"] == "runs/none/pipeline"
+    assert summary["datastore"] == str(tmp_path / "store")   # outside the folder: absolute
+    assert (out / summary["variants"]["none"]["pipeline"] / "pipeline.json").is_file()
+    link = re.search(r"^Full report: \[report\.html\]\((.+)\)$", (out / "summary.md").read_text(), re.M)
+    assert link and (out / link.group(1)).is_file()
+
+
 def test_the_experiment_checks_the_store_against_every_variant_before_training_any(corpus, store, tmp_path, capsys,
                                                                                   monkeypatch):
     """A store without latents, built with another CLAP or too small for a variant's k was refused only when that

@@ -613,11 +613,12 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     seconds = config.generation.seconds or base.validation.seconds
     reference = write_reference(config, reference_rows, manifest, out, seconds)
 
-    summary: dict = {"config": _plain(config), "datastore": str(store_dir.resolve()), "store_entries": store.count,
-                     "store_check": store_check, "prompts": str(prompts_path),
+    summary: dict = {"config": _plain(config), "datastore": summary_path(store_dir, out),
+                     "store_entries": store.count, "store_check": store_check,
+                     "prompts": summary_path(prompts_path, out),
                      "prompt_sample": {"seed": config.eval.seed, "split": config.eval.prompt_split,
                                        "prompts": len(prompts), "reference_clips": len(reference_rows) or None},
-                     "reference": str(Path(reference).resolve()),
+                     "reference": summary_path(reference, out),
                      "bucket_counts": bucket_counts(prompts), "bucket_by": config.eval.bucket_by,
                      "bucket_frequencies": bucket_frequencies(prompts), "variants": {}}
     evals = []
@@ -634,7 +635,7 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
         summary["variants"][variant.name] = {
             "neighbours": variant.neighbours, "features": (record["retrieval"] or {}).get("features"),
             "modality": (record["retrieval"] or {}).get("modality"),
-            "pipeline": str(pipeline), "train_or_load_seconds": round(trained_s, 2),
+            "pipeline": summary_path(pipeline, out), "train_or_load_seconds": round(trained_s, 2),
             "generate_seconds": record["wall_seconds"], "generation": record["settings"], "metrics": result["metrics"],
             "measured_by": {"fad": result["protocol"]["fad"]["embedder"]["identity"],
                             "clap_score": (result["protocol"].get("clap") or {}).get("model", {}).get("identity")},
@@ -645,12 +646,21 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
     # the prompts' categories are the frequency buckets: no second head/tail split of them by file count
     write_report(evals, report, labels=[v.name for v in config.variants], head_tail=False, category_order=BUCKETS,
                  title=f"Retrieval experiment ({len(prompts)} prompts, head/mid/tail by training frequency)")
-    summary["report"] = str(report)
-    summary["plot"] = str(plot_buckets(summary, out / "summary.png"))
+    summary["report"] = summary_path(report, out)
+    summary["plot"] = summary_path(plot_buckets(summary, out / "summary.png"), out)
     atomic_write_text(out / "summary.md", render_summary(summary))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    summary["report"] = report
+    summary["report"] = report   # the caller's: from the current folder, as `tta experiment` prints it
     return summary
+
+
+def summary_path(path: str | os.PathLike, out: Path) -> str:
+    """`path` as summary.json and summary.md name it: relative to their folder `out` when it lies inside it (the
+    experiment folder moves or is copied as a whole), else absolute. They named OUT's own files relative to the
+    folder the command ran in, so summary.md's link to report.html, opened from OUT, pointed at OUT/OUT/."""
+    from tta.data.manifest import absolute_path, relative_path
+
+    return Path(relative_path(str(absolute_path(path)), absolute_path(out))).as_posix()
 
 
 def bucket_counts(prompts: list[dict]) -> dict[str, int]:
@@ -713,7 +723,8 @@ def render_summary(summary: dict) -> str:
                      f"{f(m.get('fad'))} | "
                      f"{f(m.get('clap_score'))} | " + " | ".join(f"{f(b[x]['fad'])} | {f(b[x]['clap_score'])}"
                                                             for x in BUCKETS) + " |")
-    lines += ["", f"Full report: {summary['report']}"]
+    report = summary["report"]   # relative to summary.md's folder (summary_path)
+    lines += ["", f"Full report: [{report}]({report})"]
     return "\n".join(lines) + "\n"
 
 
