@@ -313,10 +313,18 @@ def test_train_bad_retrieval_input_and_plain_models(corpus, store, bad_stores, t
                        "--out", tmp_path / "l", "--neighbours", "2")
     assert code == 2 and err.count("\n") == 1 and "--neighbours 2 needs --datastore DIR" in err, err
     assert not (tmp_path / "v").exists()
-    # a model trained without retrieval refuses a datastore
+    # a model trained without retrieval refuses a datastore, naming the model (it named none), the embedded
+    # default included
     code, _, err = run(capsys, "generate", "a tone", "--model", tiny_pipeline(), "--out-dir", tmp_path / "g",
                        "--datastore", store)
-    assert code == 1 and "not trained with retrieval" in err
+    assert code == 1 and err == f"tta: error: {tiny_pipeline()}: this model was not trained with retrieval (no " \
+                                "retrieval/ component); generate without --datastore\n", err
+    from tta.generate import DEFAULT_MODEL
+
+    code, _, err = run(capsys, "generate", "a tone", "-o", tmp_path / "d.wav", "--datastore", store)
+    assert code == 1 and err.startswith(f"tta: error: {DEFAULT_MODEL}: this model was not trained") and \
+        err.count("\n") == 1, err
+    assert not (tmp_path / "g").exists() and not list(tmp_path.glob("d.*"))
 
 
 # --------------------------------------------------------------------------------- experiment

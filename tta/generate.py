@@ -425,10 +425,15 @@ def model_folder(args: argparse.Namespace) -> tuple[Path, dict]:
 def check_against_model(args: argparse.Namespace, folder: Path, spec: dict, edit: dict | None = None) -> None:
     """What only the model's configs can check, before any weights load: --steps against the timesteps its UNet
     was trained on, --seconds and an edit's input against its mel frame, --cutoff against its mel band, --strength
-    against its sampler steps. `spec`: the folder's pipeline.json (model_folder)."""
+    against its sampler steps, --datastore against a model without retrieval. `spec`: the folder's pipeline.json
+    (model_folder)."""
     from tta.checkpoint import CheckpointError, read_json
     from tta.ldm.folder import SCHEDULER_FILE
 
+    if getattr(args, "datastore", None) is not None and "retrieval" not in spec["components"]:
+        # the pipeline refused it once the model had loaded, naming no model
+        raise GenerateError(f"{folder}: this model was not trained with retrieval (no retrieval/ component); "
+                            "generate without --datastore")
     if args.steps is not None:   # it failed after the model had loaded, on the same line as the progress bar
         config = folder / spec["components"]["scheduler"] / SCHEDULER_FILE
         try:
