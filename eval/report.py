@@ -15,7 +15,8 @@ generated frames more than 1 % apart, where FAD∞, extrapolated to infinite fra
 the reason says so; for every metric, files read otherwise: `protocol.common.audio_read`). Where a row ranks,
 runs the data cannot tell from the best at 95% are marked with it (FAD∞ and CLAP score; `_marked`), and a note
 under the table says by which rules, those of the rows shown (`mark_note`). Runs evaluated by different tta
-versions get a note. Category FADs carry their frame count. """
+versions get a note. Category FADs carry their frame count; one too few frames had none for is marked † and
+a note says why (NO_FAD_NOTE, which `tta experiment retrieval`'s summary.md shares). """
 
 from __future__ import annotations
 
@@ -110,6 +111,24 @@ def _fmt(v) -> str:
 WHAT_DIFFERS = {"clap_score": "prompts", "is_mean": "IS splits", "is_std": "IS splits"}   # else "reference"
 FEW_FRAMES_NOTE = ("fewer than 5 x D frames: that FAD is biased upward by the small set alone; compare only "
                    "categories of similar frame counts")
+# why a category's (or a `tta experiment retrieval` bucket's) FAD is "–" where its frames were counted
+# (eval.breakdown scores none below 2): the mark on such cells and the note under the table, here and in
+# the experiment's summary.md
+NO_FAD_MARK = "†"
+NO_FAD_NOTE = "no FAD from fewer than 2 generated frames (a Fréchet distance needs their covariance)"
+
+
+def fad_cell(b: dict) -> str:
+    """A breakdown entry's FAD (category, head or tail; a retrieval experiment's bucket), "–" marked with
+    NO_FAD_MARK where it has too few frames for one (eval.breakdown counted them and scored none)."""
+    return _fmt(b.get("fad")) + (NO_FAD_MARK if no_fad_for_frames(b) else "")
+
+
+def no_fad_for_frames(b: dict) -> bool:
+    """Whether a breakdown entry has no FAD for too few frames (not for no FAD measured, which counts none, nor for
+    a distance stored as null, NaN or inf)."""
+    frames = b.get("fad_frames")
+    return b.get("fad") is None and isinstance(frames, int) and frames < 2
 
 
 def _comparison_key(run: Run, metric: str) -> tuple[str | None, str | tuple[str | None, str | None] | None]:
@@ -594,7 +613,8 @@ def _frames_cell(b: dict) -> str:
 
 def _category_cells_html(b: dict) -> str:
     warn = f' title="{html.escape(b["warning"])}"' if b.get("warning") else ""
-    return (f'<td>{b.get("files", "–")}</td><td>{_fmt(b.get("fad"))}</td><td{warn}>{_frames_cell(b)}</td>'
+    why = f' title="{html.escape(NO_FAD_NOTE)}"' if no_fad_for_frames(b) else ""
+    return (f'<td>{b.get("files", "–")}</td><td{why}>{fad_cell(b)}</td><td{warn}>{_frames_cell(b)}</td>'
             f'<td>{_fmt(b.get("clap_score"))}</td><td>{_fmt(b.get("kl_softmax"))}</td>')
 
 
@@ -662,6 +682,11 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
             parts.append("</table>")
         if any(b.get("warning") for r in runs for b in r.body.get("breakdown", {}).get("categories", {}).values()):
             parts.append(f'<p class="note">⚠ {FEW_FRAMES_NOTE}</p>')
+        shown = [b for r in runs for _, b in categories(r)]
+        if head_tail:
+            shown += [r.body.get("breakdown", {}).get(part) or {} for r in runs for part in ("head", "tail")]
+        if any(no_fad_for_frames(b) for b in shown):
+            parts.append(f'<p class="note">{NO_FAD_MARK} {html.escape(NO_FAD_NOTE)}</p>')
     parts.append("<h2>Items</h2>")
     for r in runs:
         if r.items_missing is not None:
@@ -723,9 +748,11 @@ def render_markdown(runs: list[Run], title: str = "tta evaluation report", *,
         if cats:
             lines += ["", f"## {_md(r.label)}: by category", "", "| category | files | FAD | FAD frames | CLAP | KL softmax |",
                       "|---|---|---|---|---|---|"]
-            lines += [f"| {_md(c)} | {v['files']} | {_fmt(v.get('fad'))} | {_frames_cell(v)} | {_fmt(v.get('clap_score'))} | "
+            lines += [f"| {_md(c)} | {v['files']} | {fad_cell(v)} | {_frames_cell(v)} | {_fmt(v.get('clap_score'))} | "
                       f"{_fmt(v.get('kl_softmax'))} |" for c, v in cats.items()]
             lines += [f"- ⚠ {_md(c)}: {v['warning']}" for c, v in cats.items() if v.get("warning")]
+            if any(no_fad_for_frames(v) for v in cats.values()):
+                lines.append(f"- {NO_FAD_MARK} {NO_FAD_NOTE}")
         if r.items_missing is not None:
             lines += ["", f"## {_md(r.label)}: items", "", f"⚠ {_md(_items_missing(r))}"]
         else:

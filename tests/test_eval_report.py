@@ -965,6 +965,25 @@ def test_categories_in_a_given_order_lead_the_charts_and_tables():
     assert re.findall(r"^\| (\w+) \| \d+ \|", md, re.M) == ["head", "mid", "head", "mid", "tail", "other"]
 
 
+def test_a_category_too_small_for_a_fad_is_marked_and_said_why():
+    """A category of one clip (one frame per clip, as mfcc embeds) has no FAD: the table showed "–" with only the
+    few-frames warning on its frame count, which speaks of a FAD biased upward. The cell is marked and a note
+    says why; a category whose FAD was not measured (no frame count) is not."""
+    from eval.report import NO_FAD_NOTE, render_html, render_markdown
+
+    a = _run("a", 1.0, "mfcc@v1", "ref1")
+    a.body["breakdown"] = {"categories": {
+        "dog": {"files": 3, "fad": 2.0, "fad_frames": 3, "clap_score": 0.1, "kl_softmax": None},
+        "cat": {"files": 1, "fad": None, "fad_frames": 1, "clap_score": 0.2, "kl_softmax": None}}}
+    page = render_html([a])
+    assert re.search(r'<td class="name">cat</td><td>1</td><td title="[^"]+">–†</td>', page)
+    assert f'<p class="note">† {NO_FAD_NOTE}</p>' in page
+    md = render_markdown([a])
+    assert "| cat | 1 | –† | 1 |" in md and f"- † {NO_FAD_NOTE}" in md and "| dog | 3 | 2 | 3 |" in md
+    del a.body["breakdown"]["categories"]["cat"]["fad_frames"]
+    assert "†" not in render_html([a]) and "†" not in render_markdown([a])
+
+
 def test_report_says_what_scale_the_clap_score_is_on(report):
     """eval.json records the CLAP score as a raw cosine (protocol.clap.scale); the report showed the number alone,
     and papers print it raw or x100."""

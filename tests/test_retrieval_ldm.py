@@ -526,6 +526,30 @@ def test_the_summary_names_what_measured_the_scores_and_the_settings():
     assert "The generation settings differ per variant (see summary.json)." in md
 
 
+def test_the_summary_says_why_a_bucket_has_no_fad():
+    """A bucket of one prompt (one frame per clip, as mfcc embeds) has no FAD: summary.md showed "–" without a
+    word, where report.html marks the cell and says why. It marks the cell and says it in the report's words; a
+    bucket no prompt fell in, and a summary that records no frame counts (an older one), are left unmarked."""
+    from eval.report import NO_FAD_NOTE
+    from tta.commands.retrieval_experiment import render_summary
+
+    def bucket(files, fad, frames):
+        return {"files": files, "fad": fad, "fad_frames": frames, "clap_score": 0.1 if files else None}
+
+    variant = {"neighbours": 0, "features": None, "metrics": {"fad": 3.0, "clap_score": 0.1},
+               "buckets": {"head": bucket(1, None, 1), "mid": bucket(2, 4.0, 2), "tail": bucket(0, None, None)}}
+    summary = {"bucket_counts": {"head": 1, "mid": 2}, "store_entries": 16, "report": "report.html",
+               "variants": {"none": variant, "k1": {**variant, "neighbours": 1}}}
+    md = render_summary(summary)
+    assert "| none | 0 | – | – | 3 | 0.1 | –† | 0.1 | 4 | 0.1 | – | – |" in md
+    footnotes = [line for line in md.splitlines() if line.startswith("†")]
+    assert footnotes == [f"† N{NO_FAD_NOTE[1:]}; each bucket's frames are in report.html."]
+    for b in variant["buckets"].values():
+        del b["fad_frames"]
+    md = render_summary(summary)
+    assert "†" not in md and "| none | 0 | – | – | 3 | 0.1 | – | 0.1 | 4 |" in md
+
+
 def test_a_given_pipeline_is_recorded_with_the_retrieval_it_was_trained_with(trained, store, tmp_path, caplog):
     """A variant given as a trained `pipeline` retrieves as that pipeline was trained, whatever the variant's
     features and modality say; the experiment recorded (and summary.md showed) the variant's, so a pipeline
@@ -1365,7 +1389,8 @@ def test_the_summary_names_its_own_files_relative_to_its_folder(corpus, store, t
     shutil.copytree(store, tmp_path / "store")
     code, stdout, err = run(capsys, "experiment", "retrieval", "--config",
                             ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", "work/exp",
-                            *_experiment_sets(corpus, 'datastore="store"', 'variants=[{"name": "none"}]'))
+                            *_experiment_sets(corpus, 'datastore="store"', 'variants=[{"name": "none"}]',
+                                              "eval.max_prompts=3", "eval.seed=1"))
     assert code == 0, err
     assert stdout.strip() == "work/exp/report.html"   # printed for the terminal: from the current folder
     out = tmp_path / "work" / "exp"
@@ -1377,6 +1402,14 @@ def test_the_summary_names_its_own_files_relative_to_its_folder(corpus, store, t
     assert (out / summary["variants"]["none"]["pipeline"] / "pipeline.json").is_file()
     link = re.search(r"^Full report: \[report\.html\]\((.+)\)$", (out / "summary.md").read_text(), re.M)
     assert link and (out / link.group(1)).is_file()
+    # a bucket of one prompt: one mfcc frame, no FAD; summary.md showed "–" without the reason report.html gives
+    from eval.report import NO_FAD_NOTE
+
+    head = summary["variants"]["none"]["buckets"]["head"]
+    assert head["files"] == 1 and head["fad_frames"] == 1 and head["fad"] is None, summary["bucket_counts"]
+    md = (out / "summary.md").read_text()
+    assert "| none | 0 | – | – | " in md and " | –† | " in md and md.count(NO_FAD_NOTE[1:]) == 1
+    assert NO_FAD_NOTE in (out / "report.html").read_text()
 
 
 def test_the_experiment_checks_the_store_against_every_variant_before_training_any(corpus, store, tmp_path, capsys,

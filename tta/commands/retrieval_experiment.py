@@ -639,7 +639,8 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
             "generate_seconds": record["wall_seconds"], "generation": record["settings"], "metrics": result["metrics"],
             "measured_by": {"fad": result["protocol"]["fad"]["embedder"]["identity"],
                             "clap_score": (result["protocol"].get("clap") or {}).get("model", {}).get("identity")},
-            "buckets": {b: {k: cats.get(b, {}).get(k) for k in ("files", "fad", "clap_score")} for b in BUCKETS}}
+            "buckets": {b: {k: cats.get(b, {}).get(k) for k in ("files", "fad", "fad_frames", "clap_score")}
+                        for b in BUCKETS}}
     from eval.report import write_report
 
     report = out / "report.html"
@@ -696,6 +697,8 @@ def eval_options(config: ExperimentConfig, base, out: Path, reference: Path, pro
 def render_summary(summary: dict) -> str:
     """Markdown: one row per variant, FAD and CLAP score overall and per bucket, under what measured them (the
     FAD embedder, the CLAP), the prompts per bucket and the generation settings."""
+    from eval.report import NO_FAD_MARK, NO_FAD_NOTE, fad_cell, no_fad_for_frames
+
     def f(v):
         return "–" if v is None else f"{v:.4g}"
 
@@ -721,8 +724,12 @@ def render_summary(summary: dict) -> str:
         m, b = v["metrics"], v["buckets"]
         lines.append(f"| {name} | {v['neighbours']} | {v['features'] or '–'} | {v.get('modality') or '–'} | "
                      f"{f(m.get('fad'))} | "
-                     f"{f(m.get('clap_score'))} | " + " | ".join(f"{f(b[x]['fad'])} | {f(b[x]['clap_score'])}"
+                     f"{f(m.get('clap_score'))} | " + " | ".join(f"{fad_cell(b[x])} | {f(b[x]['clap_score'])}"
                                                             for x in BUCKETS) + " |")
+    # a bucket of one prompt (with an embedder of one frame per clip) has no FAD: the report's note says why
+    if any(no_fad_for_frames(v["buckets"][x]) for v in summary["variants"].values() for x in BUCKETS):
+        lines += ["", f"{NO_FAD_MARK} {NO_FAD_NOTE[0].upper()}{NO_FAD_NOTE[1:]}; each bucket's frames are in "
+                  "report.html."]
     report = summary["report"]   # relative to summary.md's folder (summary_path)
     lines += ["", f"Full report: [{report}]({report})"]
     return "\n".join(lines) + "\n"
