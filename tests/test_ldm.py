@@ -530,6 +530,41 @@ def test_trainable_patterns_train_only_the_matching_parameters(tmp_path, capsys)
     assert not (tmp_path / "bad").exists()
 
 
+def test_training_only_the_down_blocks_does_not_crash_the_process(tmp_path):
+    """trainable=["net.down_blocks.*"] on latents encoded on the fly: torch's CPU GroupNorm backward crashed
+    the process (SIGSEGV, exit 139) at the first step, as the VAE's latents are channels-last and the first
+    norm's input needs no gradient (conv_in is frozen) while its weight does. Run in a subprocess, so that a
+    crash fails this test instead of ending pytest; only the down blocks move."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_ldm_fixtures import tiny_model_config
+    from tta.checkpoint import load_component
+    from tta.clap.model import ClapConfig, TTAClap
+    from tta.training import seed_everything
+    from vae.model import MelVAE, VAEConfig
+    from vocoder.model import HiFiGAN, HiFiGANConfig
+
+    c = tiny_run_config()
+    sets = {"components.vae": c.components.vae, "components.vocoder": c.components.vocoder,
+            "components.clap": c.components.clap, "data.manifest": c.data.manifest, "validation.prompts": [],
+            "train.max_steps": 1, "train.ema_decay": 0.0, "trainable": ["net.down_blocks.*"]}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    cmd = [sys.executable, "-m", "tta", "-q", "train", "ldm", "--config", str(ROOT / "configs/ldm/tiny.json"),
+           "--out", str(tmp_path / "run"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    trained = load_component(tmp_path / "run" / "final", LDMUNet).state_dict()
+    seed_everything(c.train.seed)   # the UNet's initial weights, built as the run builds them (see below)
+    MelVAE(tiny_model_config(VAEConfig, "vae")), TTAClap(tiny_model_config(ClapConfig, "clap"))
+    HiFiGAN(tiny_model_config(HiFiGANConfig, "vocoder"))
+    initial = LDMUNet(c.model).state_dict()
+    moved = {k for k in initial if not torch.equal(trained[k], initial[k])}
+    assert moved and all(k.startswith("net.down_blocks.") for k in moved)
+
+
 def test_component_paths_may_name_a_training_run_folder(tmp_path):
     from tta.ldm.train import component_dir
 

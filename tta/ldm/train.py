@@ -590,7 +590,8 @@ def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, prediction_type: str)
 
 def freeze_except(unet: torch.nn.Module, patterns) -> int:
     """Leave only the parameters whose names match one of the fnmatch `patterns` trainable (`trainable`);
-    returns how many values train. RunError when a pattern matches no parameter."""
+    returns how many values train. RunError when a pattern matches no parameter. Each GroupNorm that trains
+    gets `contiguous_frozen_input` as a forward pre-hook."""
     from fnmatch import fnmatchcase
 
     names = [n for n, _ in unet.named_parameters()]
@@ -602,7 +603,24 @@ def freeze_except(unet: torch.nn.Module, patterns) -> int:
     for name, p in unet.named_parameters():
         p.requires_grad_(any(fnmatchcase(name, pattern) for pattern in patterns))
         count += p.numel() if p.requires_grad else 0
+    for module in unet.modules():
+        if isinstance(module, torch.nn.GroupNorm) and any(p.requires_grad for p in module.parameters()):
+            module.register_forward_pre_hook(contiguous_frozen_input)
     return count
+
+
+def contiguous_frozen_input(module: torch.nn.Module, args: tuple):
+    """A GroupNorm's input that needs no gradient (everything before the norm is frozen), made contiguous
+    when it is not. torch's CPU GroupNorm backward crashes the process (SIGSEGV, no Python error) on a
+    channels-last input that needs no gradient under a weight or bias that does, and latents encoded on the
+    fly come out of the VAE channels-last (`trainable=["net.down_blocks.*"]` crashed at its first step).
+    Only that case computes otherwise: an input that is contiguous or needs a gradient passes as it is, and
+    torch makes any other one contiguous in the layout it suggests (channels-last: the crash), so every run
+    that did not crash trains to the same weights as before."""
+    x = args[0]
+    if torch.is_grad_enabled() and not x.requires_grad and not x.is_contiguous():
+        return (x.contiguous(), *args[1:])
+    return None
 
 
 def check_start(config: RunConfig) -> None:
