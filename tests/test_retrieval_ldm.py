@@ -565,15 +565,30 @@ def test_a_given_pipeline_is_recorded_with_the_retrieval_it_was_trained_with(tra
     assert record["retrieval"] == {"features": "both", "modality": "text_to_audio", "index": "audio",
                                    "trained_neighbours": 2, "attention": "replace"}
     assert json.loads((tmp_path / "gen" / "generation.json").read_text())["retrieval"] == record["retrieval"]
-    assert "trained with features 'both' and modality 'text_to_audio', not the variant's 'audio'" in caplog.text
-    # a plain model given with neighbours is refused naming the variant
-    plain = VariantConfig("plain", 2, pipeline=str(trained / "pipeline"))
+    assert ("trained with features 'both', not the variant's 'audio' and modality 'text_to_audio', not the "
+            "variant's 'text_to_text'") in caplog.text
+    # only what the variant sets is compared: its defaults are those of the runs the experiment trains (a given
+    # pipeline trained with other values was warned of as "not the variant's 'both' and 'text_to_audio'")
+    other = shutil.copytree(trained / "pipeline", tmp_path / "a2a")
+    cfg = json.loads((other / "retrieval" / "config.json").read_text())
+    cfg["config"]["modality"] = "audio_to_audio"   # searches the same (audio) index
+    (other / "retrieval" / "config.json").write_text(json.dumps(cfg))
+    from tta.commands.retrieval_experiment import ran_retrieval
     from tta.pipeline import TTAPipeline
 
+    pipe = TTAPipeline.from_pretrained(other)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert ran_retrieval(pipe, VariantConfig("given", 2, pipeline=str(other)), other)["modality"] == "audio_to_audio"
+        assert caplog.text == ""
+        ran_retrieval(pipe, VariantConfig("given", 2, features="both", modality="text_to_text", pipeline=str(other)),
+                      other)
+    assert "trained with modality 'audio_to_audio', not the variant's 'text_to_text';" in caplog.text
+    assert "features" not in caplog.text
+    # a plain model given with neighbours is refused naming the variant
+    plain = VariantConfig("plain", 2, pipeline=str(trained / "pipeline"))
     pipe = TTAPipeline.from_pretrained(trained / "pipeline")
     pipe.retrieval = None
-    from tta.commands.retrieval_experiment import ran_retrieval
-
     with pytest.raises(ValueError, match=r"variants\.plain: .* was not trained with retrieval"):
         ran_retrieval(pipe, plain, trained / "pipeline")
 
@@ -793,6 +808,42 @@ def latent_store(corpus, tmp_path_factory):
                  str(tiny_components()["clap"]), "--vae", str(tiny_components()["vae"]), "--latent-tokens", "4",
                  "--out", str(out)]) == 0
     return out
+
+
+def test_a_given_latent_pipeline_gets_a_store_with_latents_and_no_false_warning(corpus, tmp_path, capsys,
+                                                                               monkeypatch):
+    """Whether the experiment's own store needs latents was decided by the variant's features (unset: "both"),
+    not by what a given `pipeline` was trained with: one trained with latent features found OUT/datastore
+    without them ("holds no VAE latents", after every variant before it had run), and was warned of as "not the
+    variant's 'both' and 'text_to_audio'", values the variant never set."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"   # latents pooled as the experiment's own store pools them (the default tokens)
+    assert main(["-q", "index", "build", "--manifest", str(corpus), "--split", "train", "--clap",
+                 str(tiny_components()["clap"]), "--vae", str(tiny_components()["vae"]), "--out", str(store)]) == 0
+    run_dir = tmp_path / "lat"
+    code, _, err = run(capsys, *train_args(corpus, run_dir, "--datastore", store, "--neighbours", 2,
+                                           "--set", "retrieval.features=\"text+latent\""))
+    assert code == 0, err
+    variants = json.dumps([{"name": "given", "neighbours": 2, "pipeline": str(run_dir / "pipeline")}])
+    out = tmp_path / "exp"
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", out,
+                       *_experiment_sets(corpus, f"variants={variants}", "eval.max_prompts=3"))
+    assert code == 0, err
+    assert "not the variant's" not in err, err
+    from tta.retrieval import Datastore
+
+    assert Datastore.load(out / "datastore").latent_info is not None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["variants"]["given"]["features"] == "text+latent"
+    assert summary["config"]["variants"][0]["features"] is None   # as the config gave it: not set
+    # a given folder that is no pipeline is refused naming the variant before OUT is made
+    variants = json.dumps([{"name": "given", "neighbours": 2, "pipeline": str(run_dir)}])
+    code, _, err = run(capsys, "experiment", "retrieval", "--config",
+                       ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", tmp_path / "exp2",
+                       *_experiment_sets(corpus, f"variants={variants}", "eval.max_prompts=3"))
+    assert code == 1 and err.count("\n") == 1 and "variants.given.pipeline: " in err, err
+    assert not (tmp_path / "exp2").exists()
 
 
 def test_latent_tokens_without_a_vae_is_bad_usage(corpus, tmp_path, capsys):

@@ -62,10 +62,13 @@ STOPWORDS = frozenset((
 
 @dataclass(frozen=True)
 class VariantConfig:
+    """features and modality: those of the run the experiment trains; None (not set): "both" and
+    "text_to_audio". A variant given as a trained `pipeline` retrieves as that was trained (generates_with,
+    ran_retrieval), with a warning only where the variant sets one that differs."""
     name: str
     neighbours: int = 0                        # 0: no retrieval (the baseline)
-    features: str = "both"
-    modality: Modality = "text_to_audio"
+    features: str | None = None                # None: "both"
+    modality: Modality | None = None           # None: "text_to_audio"
     pipeline: str = ""                         # an already trained pipeline folder: load, do not train
 
     def __post_init__(self) -> None:
@@ -74,9 +77,37 @@ class VariantConfig:
         if self.neighbours < 0:
             raise ValueError(f"variants.{self.name}.neighbours={self.neighbours} must be >= 0")
         try:
-            feature_names(self.features)
+            feature_names(self.run_features)
         except ValueError as e:
             raise ValueError(f"variants.{self.name}: {e}") from None
+
+    @property
+    def run_features(self) -> str:
+        """The features of the run the experiment trains for the variant."""
+        return "both" if self.features is None else self.features
+
+    @property
+    def run_modality(self) -> str:
+        return "text_to_audio" if self.modality is None else self.modality
+
+    def generates_with(self) -> tuple[str, ...]:
+        """The neighbour features the variant generates with (none without neighbours): a given `pipeline`'s
+        as it was trained, read from its retrieval/ config (none without one: generating refuses it), else
+        those of the run the experiment trains."""
+        if not self.neighbours:
+            return ()
+        if not self.pipeline:
+            return feature_names(self.run_features)
+        from tta.checkpoint import CheckpointError, read_component_config
+        from tta.pipeline import PipelineError, read_pipeline_json
+
+        try:
+            part = read_pipeline_json(self.pipeline)["components"].get("retrieval")
+            if part is None:
+                return ()
+            return feature_names(read_component_config(Path(self.pipeline) / part)["config"].get("features", "both"))
+        except (PipelineError, CheckpointError, ValueError) as e:
+            raise ValueError(f"variants.{self.name}.pipeline: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -372,7 +403,7 @@ def check_variants(store, variants, clap, vae_identity: str) -> None:
             continue
         try:
             open_store(store, clap, v.neighbours, exclude_self=True,
-                       latent_vae=vae_identity if "latent" in feature_names(v.features) else "")
+                       latent_vae=vae_identity if "latent" in feature_names(v.run_features) else "")
         except DatastoreError as e:
             raise DatastoreError(f"variant {v.name}: {e}") from None
 
@@ -407,8 +438,8 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
     if variant.neighbours:
         cfg = apply_overrides(base, [f"retrieval.datastore={json.dumps(str(store))}",
                                      f"retrieval.neighbours={variant.neighbours}",
-                                     f"retrieval.features={json.dumps(variant.features)}",
-                                     f"retrieval.modality={json.dumps(variant.modality)}",
+                                     f"retrieval.features={json.dumps(variant.run_features)}",
+                                     f"retrieval.modality={json.dumps(variant.run_modality)}",
                                      f"retrieval.max_neighbours={max(10, variant.neighbours)}"])
     # the content of the components and of the store, not only their paths: one replaced under the same path
     # (a VAE trained again into the folder the config names, a store rebuilt with other settings) is another input
@@ -417,7 +448,7 @@ def train_variant(base, variant: VariantConfig, store: Path, out: Path, progress
     if variant.neighbours:
         info = json.loads((Path(store) / "datastore.json").read_text())
         record["datastore"] = {k: info.get(k) for k in ("clap_identity", "count", "manifest", "manifest_sha256")}
-        record["datastore"]["files_sha256"] = store_files_sha256(store, "latent" in feature_names(variant.features))
+        record["datastore"]["files_sha256"] = store_files_sha256(store, "latent" in feature_names(variant.run_features))
     if (run / "pipeline" / "pipeline.json").is_file():
         try:
             old = json.loads((run / VARIANT_RECORD).read_text())
@@ -519,11 +550,15 @@ def ran_retrieval(pipe, variant: VariantConfig, pipeline: Path) -> dict:
         raise ValueError(f"variants.{variant.name}: {pipeline} was not trained with retrieval (no retrieval/ "
                          f"component), but neighbours={variant.neighbours}; set its neighbours to 0")
     c = pipe.retrieval.config
-    if variant.pipeline and (feature_names(c.features), c.modality) != (feature_names(variant.features),
-                                                                         variant.modality):
-        log.warning("variant %s: %s was trained with features %r and modality %r, not the variant's %r and %r; "
-                    "it generates, and is reported, with its own", variant.name, pipeline, c.features, c.modality,
-                    variant.features, variant.modality)
+    # only what the variant sets: its defaults are those of the runs the experiment trains (a pipeline trained
+    # with features "text" was warned of as "not the variant's 'both' and 'text_to_audio'", which it never set)
+    differ = [f"{what} {mine!r}, not the variant's {theirs!r}" for what, mine, theirs, same in (
+        ("features", c.features, variant.features,
+         variant.features is None or feature_names(variant.features) == feature_names(c.features)),
+        ("modality", c.modality, variant.modality, variant.modality in (None, c.modality))) if not same]
+    if variant.pipeline and differ:
+        log.warning("variant %s: %s was trained with %s; it generates, and is reported, with its own",
+                    variant.name, pipeline, " and ".join(differ))
     return {"features": c.features, "modality": c.modality, "index": c.index, "trained_neighbours": c.neighbours,
             "attention": c.attention}
 
@@ -586,9 +621,11 @@ def run_experiment(config: ExperimentConfig, out: str | os.PathLike, *, progress
         raise ValueError(f"variant {v.name}: k={v.neighbours} neighbours (+1: the query clip itself is excluded in "
                          f"training) but split {base.data.train_split!r} of {manifest} holds only {len(train_rows)} "
                          "clips for the datastore")
+    # what each variant generates with: a given pipeline's own features, not the variant's (its OUT/datastore was
+    # built without latents for one trained with them, and with them for one the variant said reads them)
+    latent = any("latent" in v.generates_with() for v in config.variants)
     out.mkdir(parents=True, exist_ok=True)
     store_dir = Path(config.datastore) if config.datastore else out / "datastore"
-    latent = any(v.neighbours and "latent" in feature_names(v.features) for v in config.variants)
     built = (store_dir / "datastore.json").is_file()
     if built and not config.datastore:
         stale = stale_store(Datastore.load(store_dir), manifest, base.data.train_split, clap.identity,
