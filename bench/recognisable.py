@@ -523,17 +523,27 @@ def judge_identity(settings: dict) -> dict:
 
 
 def judge_differences(a: dict, b: dict) -> list[str]:
-    """What differs between the judges of two runs' settings, as "KEY A, not B" ("other KEY" for long values;
-    the labels of every prompt, a run without --labels, as "every prompt's"); empty when they are the same
-    judge."""
+    """What differs between the judges of two runs' settings, as "KEY A, not B" ("other KEY" for long values);
+    empty when they are the same judge. The labels are always named in full (a list of six or more read only
+    "other labels"): those of every prompt, a run without --labels, as "every prompt's", and a long list
+    followed by the labels A holds that B lacks and those it lacks."""
     ia, ib = judge_identity(a), judge_identity(b)
     if not (a.get("manifest_sha256") and b.get("manifest_sha256")):
         ia["manifest"], ib["manifest"] = a.get("manifest"), b.get("manifest")
     every = [label for _, label in PROMPTS]
     shown = lambda key, v: "every prompt's" if key == "labels" and v == every else repr(v)
-    pairs = {key: (shown(key, ia[key]), shown(key, ib[key])) for key in ia if ia[key] != ib[key]}
-    return [f"{key} {x}, not {y}" if len(x) <= 40 and len(y) <= 40 else f"other {key}"
-            for key, (x, y) in pairs.items()]
+    out = []
+    for key in (key for key in ia if ia[key] != ib[key]):
+        x, y = shown(key, ia[key]), shown(key, ib[key])
+        short = len(x) <= 40 and len(y) <= 40
+        if key == "labels" and not short:
+            changes = [f"{word} {', '.join(labels)}" for word, labels in (
+                ("with", [v for v in ia[key] if v not in ib[key]]), ("without", [v for v in ib[key] if v not in ia[key]]))
+                if labels]
+            out.append(f"{key} {x}, not {y}" + (f" ({'; '.join(changes)})" if changes else ""))
+        else:
+            out.append(f"{key} {x}, not {y}" if short else f"other {key}")
+    return out
 
 
 def same_judge(a: dict, b: dict) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -563,6 +564,17 @@ def test_merge_refuses_runs_judged_against_other_references_or_by_another_judge(
     with pytest.raises(SystemExit, match=r"other.json: judged with embedder 'aisfx@y', not 'aisfx@x'; labels "
                                          r"\['dog'\], not every prompt's as .*first.json; merge runs of the "
                                          "same judge$"):
+        bench.main(merge)
+    # however many: a list of six labels or more read "other labels"; now both lists, and what each lacks
+    first.write_text(json.dumps(run(0, ["dog", "cow"], labels=["dog", "rain"])))
+    six = ["dog", "cow", "sheep", "pig", "horse", "chicken"]
+    other.write_text(json.dumps(run(2, ["dog", "dog"], labels=six)))
+    with pytest.raises(SystemExit, match=re.escape(f"other.json: judged with labels {six!r}, not ['dog', 'rain'] "
+                                                   "(with cow, sheep, pig, horse, chicken; without rain) as ")):
+        bench.main(merge)
+    first.write_text(json.dumps(run(0, ["dog", "cow"])))   # every prompt's
+    with pytest.raises(SystemExit, match=re.escape(f"labels {six!r}, not every prompt's (without wolf, elephant, "
+                                                   "rain, footsteps, birds, explosion, thunder, fire, chopping) as ")):
         bench.main(merge)
     # the same manifest's hash where both recorded it (its path may differ), another hash otherwise
     first.write_text(json.dumps(run(0, ["dog", "cow"], manifest_sha256="a" * 64)))
