@@ -543,8 +543,9 @@ def generate_variant(pipeline: Path, variant: VariantConfig, store, prompts: lis
 
 
 def ran_retrieval(pipe, variant: VariantConfig, pipeline: Path) -> dict:
-    """What the variant's pipeline retrieves with: its context encoder's features and modality (the index it
-    searches), not the variant's settings, which only the runs the experiment trains are made from; a given
+    """What the variant's pipeline retrieves with: its context encoder's features, modality (how its training
+    clips found their neighbours) and index (the one generation searches: "text" for text_to_text, else
+    "audio"), not the variant's settings, which only the runs the experiment trains are made from; a given
     `pipeline` trained with others retrieves with its own (it was reported under the variant's)."""
     if pipe.retrieval is None:
         raise ValueError(f"variants.{variant.name}: {pipeline} was not trained with retrieval (no retrieval/ "
