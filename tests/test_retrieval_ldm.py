@@ -627,6 +627,36 @@ def test_buckets_follow_training_frequency_of_caption_words_and_classes():
     assert by_class == [6.0, 3.0, 1.0, 0.0] and assign_buckets(by_class) == ["head", "head", "mid", "tail"]
 
 
+def test_nearly_tied_prompts_of_different_buckets_show_apart(tmp_path):
+    """Each bucket's frequency range was taken from frequencies already rounded to 3 decimals, so two prompts
+    of different buckets, 91/45 and 93/46, showed the same range (mid 2.022, tail 2.022), as prompts.jsonl
+    showed them; the ranges are of the exact frequencies now, shown with the decimals that tell them apart."""
+    import itertools
+
+    from tta.commands.retrieval_experiment import ExperimentConfig, bucket_frequencies, bucket_rule, eval_prompts
+    from tta.data.manifest import ManifestRow
+
+    def row(i, caption):
+        return ManifestRow(id=f"r{i}", path=f"{i}.wav", captions=(caption,), seconds=1.0, sample_rate=16_000)
+
+    words = ["q" + a + b for a, b in itertools.product("abcdefgh", repeat=2)][:46]
+    count = {w: 3 if i == 0 else 2 for i, w in enumerate(words)} | {"zebra": 5}   # training clips with the word
+    train = [row(j, " ".join(w for w in count if count[w] > j)) for j in range(5)]
+    rows = [row(10, "zebra"), row(11, " ".join(words[:45])), row(12, " ".join(words))]   # 5, 91/45, 93/46
+    prompts, path = eval_prompts(ExperimentConfig(ldm_config="x"), rows, train, tmp_path)
+    assert [p["category"] for p in prompts] == ["head", "mid", "tail"]
+    ranges = bucket_frequencies(prompts)
+    assert ranges == {"head": [5.0, 5.0], "mid": [2.0222, 2.0222], "tail": [2.0217, 2.0217]}
+    assert "head 5, mid 2.0222, tail 2.0217 (each" in bucket_rule({"bucket_by": "words", "bucket_frequencies": ranges})[0]
+    written = [json.loads(line)["frequency"] for line in path.read_text().splitlines()]
+    assert written == [5.0, 2.0222, 2.0217]   # as the ranges show them
+    # frequencies 3 decimals tell apart keep 3 (a range ends on its prompts' exact values, rounded)
+    rows = [row(10, "zebra"), row(11, " ".join(words[:2])), row(12, " ".join(words[:3]))]   # 5, 2.5, 7/3
+    prompts, path = eval_prompts(ExperimentConfig(ldm_config="x"), rows, train, tmp_path)
+    assert bucket_frequencies(prompts) == {"head": [5.0, 5.0], "mid": [2.5, 2.5], "tail": [2.333, 2.333]}
+    assert [json.loads(line)["frequency"] for line in path.read_text().splitlines()] == [5.0, 2.5, 2.333]
+
+
 # --------------------------------------------------------------------------- decoupled attention
 
 

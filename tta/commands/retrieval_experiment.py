@@ -268,10 +268,22 @@ def eval_prompts(config: ExperimentConfig, rows, train_rows, out: Path) -> tuple
         raise ValueError(f"eval: {len(prompts)} prompts; the head/mid/tail split needs at least 3")
     freqs = prompt_frequencies(prompts, train_rows, e.bucket_by)
     for p, f, b in zip(prompts, freqs, assign_buckets(freqs)):
-        p.update(frequency=round(f, 3), label=p["category"], category=b)
+        p.update(frequency=f, label=p["category"], category=b)   # exact: bucket_frequencies' ranges are of these
     path = out / "prompts.jsonl"
-    atomic_write_text(path, "".join(json.dumps(p) + "\n" for p in prompts))
+    digits = shown_decimals(freqs)
+    atomic_write_text(path, "".join(json.dumps({**p, "frequency": round(p["frequency"], digits)}) + "\n"
+                                    for p in prompts))
     return prompts, path
+
+
+def shown_decimals(values: list[float], decimals: int = 3) -> int:
+    """The decimals a frequency is shown with (prompts.jsonl, the bucket ranges): `decimals`, or as many more as
+    tell every two different `values` apart (rounded first, nearly tied prompts of different buckets showed one
+    frequency, and touching ranges)."""
+    exact = set(values)
+    while decimals < 15 and len({round(v, decimals) for v in exact}) < len(exact):
+        decimals += 1
+    return decimals
 
 
 def write_reference(config: ExperimentConfig, rows, manifest: Path, out: Path, seconds: float) -> Path:
@@ -709,11 +721,13 @@ def bucket_counts(prompts: list[dict]) -> dict[str, int]:
 
 
 def bucket_frequencies(prompts: list[dict]) -> dict[str, list[float]]:
-    """Each bucket's [lowest, highest] training frequency of its prompts (long-tail order)."""
+    """Each bucket's [lowest, highest] training frequency of its prompts (long-tail order), from their exact
+    frequencies, rounded as prompts.jsonl rounds them (shown_decimals) only for display."""
     freqs: dict[str, list[float]] = {}
     for p in prompts:
         freqs.setdefault(p["category"], []).append(p["frequency"])
-    return {b: [min(freqs[b]), max(freqs[b])] for b in BUCKETS if b in freqs}
+    digits = shown_decimals([p["frequency"] for p in prompts])
+    return {b: [round(min(freqs[b]), digits), round(max(freqs[b]), digits)] for b in BUCKETS if b in freqs}
 
 
 BUCKET_RULES = {"words": "the mean, over its content words, of the number of training clips whose captions hold "
@@ -780,8 +794,8 @@ def bucket_rule(summary: dict) -> list[str]:
     if by not in BUCKET_RULES or not ranges:
         return []
 
-    def span(lo: float, hi: float) -> str:
-        return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+    def span(lo: float, hi: float) -> str:   # as recorded (:g kept 6 digits: 1234.567 read 1234.57)
+        return f"{lo:.15g}" if lo == hi else f"{lo:.15g}–{hi:.15g}"
 
     spans = ", ".join(f"{b} {span(*ranges[b])}" for b in BUCKETS if b in ranges)
     return [f"Buckets (`eval.bucket_by` {by}): the prompts in thirds by rank of their training frequency (per "
