@@ -5,7 +5,8 @@ reference is not split: its files need not carry categories) with its frame coun
 mean KL of its items. Head/tail: categories sorted by file count; the head is the smallest set of most
 frequent categories that holds at least half of the files, the tail the rest (the long-tail view of the
 AudioCaps/Clotho papers). FAD is biased upward by ~1/N, so a small category scores worse for its size
-alone: sets with fewer than MIN_FRAMES_PER_DIM x D frames carry a "warning".
+alone: sets with fewer than MIN_FRAMES_PER_DIM x D frames carry a "warning"; one of fewer than 2 frames has no
+FAD, and its warning says so (eval.report.NO_FAD_NOTE).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from eval.fad import FrechetDistanceMetric, FrechetStats
+from tta.config import counted
 
 MIN_FRAMES_PER_DIM = 5  # below 5 x D frames the 1/N bias of FAD dominates differences between sets
 
@@ -23,11 +25,14 @@ def _fad(gen, keys: list[str], ref: FrechetStats | None) -> dict:
     frames = [gen.embeddings[k] for k in keys if k in gen.embeddings]
     n, dim = sum(f.shape[0] for f in frames), ref.mu.shape[0]
     out: dict = {"fad": None, "fad_frames": n}
-    if n < MIN_FRAMES_PER_DIM * dim:
-        out["warning"] = (f"FAD on {n} frames, fewer than {MIN_FRAMES_PER_DIM} x D = {MIN_FRAMES_PER_DIM * dim}: "
-                          "biased upward by its small size; compare only sets of similar frame counts")
-    if n < 2:
+    if n < 2:   # it warned "FAD on 1 frames, ...: biased upward by its small size" of a FAD it did not compute
+        from eval.report import NO_FAD_NOTE
+
+        out["warning"] = f"{counted(n, 'generated frame')}: {NO_FAD_NOTE}"
         return out
+    if n < MIN_FRAMES_PER_DIM * dim:
+        out["warning"] = (f"FAD on {counted(n, 'frame')}, fewer than {MIN_FRAMES_PER_DIM} x D = {MIN_FRAMES_PER_DIM * dim}: "
+                          "biased upward by its small size; compare only sets of similar frame counts")
     metric = FrechetDistanceMetric(dim)
     metric.set_reference(ref)
     for f in frames:

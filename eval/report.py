@@ -680,7 +680,9 @@ def render_html(runs: list[Run], title: str = "tta evaluation report", *, head_t
                         parts.append(f'<tr><td class="name">{html.escape(r.label)}</td><td class="name">{part}: '
                                      f'{html.escape(", ".join(b["categories"]))}</td>{_category_cells_html(b)}</tr>')
             parts.append("</table>")
-        if any(b.get("warning") for r in runs for b in r.body.get("breakdown", {}).get("categories", {}).values()):
+        # of a FAD: a category without one (fewer than 2 frames) has its own warning and note
+        if any(b.get("warning") and not no_fad_for_frames(b) for r in runs
+               for b in r.body.get("breakdown", {}).get("categories", {}).values()):
             parts.append(f'<p class="note">⚠ {FEW_FRAMES_NOTE}</p>')
         shown = [b for r in runs for _, b in categories(r)]
         if head_tail:

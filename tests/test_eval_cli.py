@@ -60,6 +60,45 @@ def _eval(tmp_path, *args):
     return main(["-q", "eval", "--cache-dir", str(tmp_path / "cache"), *map(str, args)])
 
 
+def test_a_category_of_one_frame_is_warned_of_as_having_no_fad(tmp_path):
+    """A category whose clips gave one frame (one clip of 0.32 s with mfcc) has no FAD, yet its warning read "FAD
+    on 1 frames, fewer than 5 x D = 200: biased upward by its small size", of a FAD that was never computed."""
+    from eval.report import FEW_FRAMES_NOTE, NO_FAD_NOTE
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    rows = []
+    for i in range(3):
+        save_audio(gen / f"c{i}.wav", tone(200 + 300 * i, 0.32) + noise(0.32, amplitude=0.05, seed=i), 16_000)
+        rows.append({"file": f"c{i}.wav", "prompt": "a tone", "category": "solo" if i == 0 else "pair"})
+    for i in range(4):
+        save_audio(ref / f"r{i}.wav", chirp(200 + 50 * i, 3000, 0.32), 16_000)
+    prompts = tmp_path / "prompts.csv"
+    with open(prompts, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "prompt", "category"])
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "run"
+    assert _eval(tmp_path, "--generated", gen, "--reference", ref, "--out", out, "--metrics", "fad",
+                 "--prompts", prompts) == 0
+    cats = json.loads((out / "eval.json").read_text())["breakdown"]["categories"]
+    assert (cats["solo"]["fad"], cats["solo"]["fad_frames"]) == (None, 1)
+    assert cats["solo"]["warning"] == f"1 generated frame: {NO_FAD_NOTE}"
+    assert cats["pair"]["fad"] is not None and cats["pair"]["warning"].startswith("FAD on 2 frames, fewer than 5 x D")
+    # the report's note on few frames speaks of a FAD: it is given for the categories that have one
+    report = tmp_path / "report.html"
+    assert main(["-q", "report", str(out), "--out", str(report)]) == 0
+    assert FEW_FRAMES_NOTE in report.read_text()
+    del cats["pair"]["warning"]
+    body = json.loads((out / "eval.json").read_text())
+    body["breakdown"]["categories"] = cats
+    (out / "eval.json").write_text(json.dumps(body))
+    assert main(["-q", "report", str(out), "--out", str(report)]) == 0
+    page = report.read_text()
+    assert FEW_FRAMES_NOTE not in page and f"† {NO_FAD_NOTE}" in page
+
+
 def test_tta_eval_end_to_end(folders, tmp_path, monkeypatch):
     from eval import embedders
 
