@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.test_ldm_fixtures import ROOT, one_thread, tiny_components  # noqa: F401 (one_thread: autouse)
 from tests.test_training import _vae_manifest
@@ -149,3 +150,33 @@ def test_a_restart_without_a_held_out_split_trains_without_validation_and_says_s
     assert [r.getMessage() for r in caplog.records if "no validation" in r.getMessage()] == [
         f"no validation: {manifest}: split 'valid' has no rows (set valid_items=0 to train without it)"]
     assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_an_ldm_restart_trains_the_run_an_uninterrupted_one_trains(tmp_path):
+    """The LDM's check before a restart loads its components, datastore and a UNet for `trainable`, drawing from
+    the global random streams; the run seeds them after, so a retrieval run stopped before its first checkpoint
+    and started again with --resume ends with the very weights (UNet, context encoder) of one never stopped."""
+    from safetensors.torch import load_file
+
+    from tta.clap import load_clap
+    from tta.cli import main
+    from tta.retrieval import DatastoreConfig, build_datastore
+
+    c = tiny_components()
+    build_datastore(c["manifest"], load_clap(c["clap"]), tmp_path / "store", DatastoreConfig(split="train"),
+                    progress=False)
+    run = tmp_path / "run"
+    _stopped_run("ldm", run, [*_ldm_sets(), f"retrieval.datastore={json.dumps(str(tmp_path / 'store'))}",
+                              "retrieval.neighbours=2", 'trainable=["*"]', "validation.prompts=[]"])
+    for out, resume in ((run, ["--resume"]), (tmp_path / "uninterrupted", [])):
+        assert main(["-q", "train", "ldm", "--config", str(run / "config.json"), "--out", str(out), *resume]) == 0
+
+    def weights(out: Path) -> dict:
+        return {str(p.relative_to(out)): load_file(p) for p in sorted((out / "final").rglob("*.safetensors"))}
+
+    restarted, uninterrupted = weights(run), weights(tmp_path / "uninterrupted")
+    assert list(restarted) == ["final/model.safetensors", "final/retrieval/model.safetensors"]
+    assert list(uninterrupted) == list(restarted)
+    for name, tensors in restarted.items():
+        assert tensors.keys() == uninterrupted[name].keys()
+        assert all(torch.equal(t, uninterrupted[name][k]) for k, t in tensors.items()), name
