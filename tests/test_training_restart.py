@@ -82,6 +82,9 @@ def _case(name: str, tmp_path: Path) -> tuple[str, list[str], dict, str]:
     if what == "held-out-audio-file-missing":
         (tmp_path / "clicks.wav").unlink()   # the manifest's one valid row
         return kind, manifest, {}, "1 of split 'valid''s audio files are missing (rows clicks)"
+    if what == "held-out-audio-file-unreadable":   # there, but no audio: its header is read, not the constructor's
+        (tmp_path / "clicks.wav").write_text("not a wav\n")
+        return kind, manifest, {}, "1 of split 'valid''s 1 audio files cannot be read (row clicks at"
     if what.endswith("-naming-no-item"):   # what TrainingRun.batches (and the LDM before it) refuses
         field = what.removesuffix("-naming-no-item").replace("-", "_")
         sets = _ldm_sets() if kind == "ldm" else manifest
@@ -109,7 +112,9 @@ def _edited(saved: dict, edit: dict) -> dict:
                                   "postnet-vae-folder-without-a-component", "vae-key-weights-naming-no-item",
                                   "clap-repeat-gap-by-key-naming-no-item", "ldm-speed-by-key-naming-no-item",
                                   "vae-held-out-audio-file-missing", "vocoder-held-out-audio-file-missing",
-                                  "postnet-held-out-audio-file-missing", "clap-held-out-audio-file-missing"])
+                                  "postnet-held-out-audio-file-missing", "clap-held-out-audio-file-missing",
+                                  "vae-held-out-audio-file-unreadable", "vocoder-held-out-audio-file-unreadable",
+                                  "clap-held-out-audio-file-unreadable"])
 def test_a_restart_a_trainer_refuses_leaves_the_stopped_run_as_it_was(tmp_path, capsys, name):
     """The config.json of a run killed before its first checkpoint edited to what the trainer refuses before
     its first step, then `tta train KIND --config RUN/config.json --out RUN --resume`: refused in the one line
