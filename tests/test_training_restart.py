@@ -185,3 +185,34 @@ def test_an_ldm_restart_trains_the_run_an_uninterrupted_one_trains(tmp_path):
     for name, tensors in restarted.items():
         assert tensors.keys() == uninterrupted[name].keys()
         assert all(torch.equal(t, uninterrupted[name][k]) for k, t in tensors.items()), name
+
+
+@pytest.mark.parametrize("name", ["ldm-more-neighbours-than-the-datastore-holds", "vae-held-out-audio-file-missing",
+                                  "vae-freeze-encoder-without-init-from", "vocoder-vae-folder-without-a-component"])
+def test_a_restart_wrong_in_two_ways_names_the_fault_a_new_run_names(tmp_path, capsys, name):
+    """A trainer's refusal (`_case`) and a training file gone: the restart checks the training rows where the
+    trainer's `train` reads them, so it names the training file where a new run does (before the datastore's
+    fit to the components, before the held-out split) and the trainer's fault where a new run does (a frozen
+    encoder without init_from, a frozen VAE folder, refused before any row is read)."""
+    import shutil
+
+    from tta.cli import main
+
+    kind, sets, edit, said = _case(name, tmp_path)
+    if kind == "ldm":   # a copy of the shared corpus, so that one of its files can go
+        shutil.copytree(tiny_components()["audio"], tmp_path / "audio")
+        shutil.copy(tiny_components()["manifest"], tmp_path / "manifest.jsonl")
+        sets = [*sets, f"data.manifest={json.dumps(str(tmp_path / 'manifest.jsonl'))}"]
+    run = tmp_path / "run"
+    _stopped_run(kind, run, sets)
+    (tmp_path / ("audio/tone.wav" if kind == "ldm" else "tone.wav")).unlink()   # a training row's file
+    config = _edited(json.loads((run / "config.json").read_text()), edit)
+    (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    capsys.readouterr()
+    assert main(["-q", "train", kind, "--config", str(run / "config.json"), "--out", str(tmp_path / "new")]) == 1
+    fresh = capsys.readouterr().err
+    first = "freeze_encoder=true" in said or "not a VAE component" in said
+    assert (said if first else "1 of split 'train''s audio files are missing (rows tone)") in fresh, fresh
+    assert main(["-q", "train", kind, "--config", str(run / "config.json"), "--out", str(run), "--resume"]) == 1
+    assert capsys.readouterr().err == fresh
+    assert (run / "config.json").is_file()

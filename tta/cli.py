@@ -28,8 +28,9 @@ log = logging.getLogger("tta")
 NOISY_LIBRARIES = ("accelerate", "diffusers", "transformers", "numba", "matplotlib", "urllib3", "filelock", "faiss")
 
 # `tta train KIND` -> module exposing `RunConfig` (the run's config dataclass),
-# `train(config, out, *, resume, progress) -> Path` (returns the final/ folder) and `check_start(config)` (what
-# its `train` refuses of a new run before the first step, beyond what every trainer checks).
+# `train(config, out, *, resume, progress) -> Path` (returns the final/ folder) and `check_start(config,
+# training_rows)` (what its `train` refuses of a new run before the first step, beyond what every trainer
+# checks, calling `training_rows()` where `train` reads the training split).
 TRAINERS = {
     "vae": "vae.train",
     "vocoder": "vocoder.train",
@@ -98,10 +99,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _check_start(module, config, *, progress: bool) -> None:
     """What the trainer `module` refuses before its first step, beyond `tta.training.check_restart`: its own
-    checks (`check_start`) and the training split's rows, for `tta train --resume` to refuse a restart that would
-    fail on them before it clears the stopped run."""
-    module.check_start(config)
-    _check_training_rows(config, progress=progress)
+    checks (`check_start`) and the training split's rows, which it checks where its `train` reads them, so that
+    a restart wrong in two ways names the fault a new run names; for `tta train --resume` to refuse a restart
+    that would fail on them before it clears the stopped run."""
+    module.check_start(config, lambda: _check_training_rows(config, progress=progress))
 
 
 def _check_training_rows(config, *, progress: bool) -> None:

@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable
+from typing import Callable, ClassVar, Iterable
 
 import torch
 
@@ -176,13 +176,14 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     return run.finish(release)
 
 
-def check_start(config: RunConfig) -> None:
+def check_start(config: RunConfig, training_rows: Callable[[], None]) -> None:
     """Refuse what `train` refuses of a new run before its first step, beyond what every trainer checks
-    (tta.training.check_restart, the training split's rows): freeze_encoder's start (`frozen_encoder_source`)
-    and, with validation, the held-out split's rows and audio files. `tta train vae --resume` calls it before it
-    clears a run stopped before its first checkpoint to start it again, so that a refused restart leaves it as
-    it was."""
+    (tta.training.check_restart): freeze_encoder's start (`frozen_encoder_source`), the training split's rows
+    (`training_rows()`, where `train` reads them: of two faults, the one a new run names) and, with validation,
+    the held-out split's rows and audio files. `tta train vae --resume` calls it before it clears a run stopped
+    before its first checkpoint to start it again, so that a refused restart leaves it as it was."""
     frozen_encoder_source(config, resume=False)
+    training_rows()
     if config.valid_items:
         with contextlib.suppress(EmptySplitError):   # the run trains without validation, and says so
             held_out_clips(config).check_audio()

@@ -35,6 +35,7 @@ import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -235,14 +236,16 @@ def weight_norm_state(folder: Path, generator: HiFiGAN) -> dict:
     return source.state_dict()
 
 
-def check_start(config: RunConfig) -> None:
+def check_start(config: RunConfig, training_rows: Callable[[], None]) -> None:
     """Refuse what `train` refuses of a new run before its first step, beyond what every trainer checks
-    (tta.training.check_restart, the training split's rows): the frozen `vae` (loaded, as the run loads it) and,
-    with validation, the held-out split's rows and audio files. `tta train vocoder|vocos|postnet --resume`
-    calls it before it clears a run stopped before its first checkpoint to start it again, so that a refused
-    restart leaves it as it was."""
+    (tta.training.check_restart): the frozen `vae` (loaded, as the run loads it), the training split's rows
+    (`training_rows()`, where `train` reads them: of two faults, the one a new run names) and, with validation,
+    the held-out split's rows and audio files. `tta train vocoder|vocos|postnet --resume` calls it before it
+    clears a run stopped before its first checkpoint to start it again, so that a refused restart leaves it as
+    it was."""
     if config.vae:
         load_frozen_vae(config.vae, config.model.mel)
+    training_rows()
     if config.valid_items:
         with contextlib.suppress(EmptySplitError):   # the run trains without validation, and says so
             held_out_clips(config.data, config.model.mel.sample_rate, config.valid_seconds).check_audio()

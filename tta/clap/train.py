@@ -20,6 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -158,13 +159,15 @@ def validate(model: TTAClap, dataset, batch_size: int, max_items: int, device, *
     return retrieval_metrics(text_emb, torch.cat(audio), text_to_audio, model=model_name)
 
 
-def check_start(config: RunConfig) -> None:
+def check_start(config: RunConfig, training_rows: Callable[[], None]) -> None:
     """Refuse what `train` refuses of a new run before its first step, beyond what every trainer checks
-    (tta.training.check_restart, the training split's rows): the held-out split's rows and audio files.
-    `tta train clap --resume` calls it before it clears a run stopped before its first checkpoint to start it
-    again, so that a refused restart leaves it as it was."""
+    (tta.training.check_restart): the training split's rows (`training_rows()`, first, as `train` reads them
+    first) and then the held-out split's rows and audio files. `tta train clap --resume` calls it before it
+    clears a run stopped before its first checkpoint to start it again, so that a refused restart leaves it as
+    it was."""
     from tta.data.manifest import EmptySplitError
 
+    training_rows()
     with contextlib.suppress(EmptySplitError):   # the run trains without validation, and says so
         held_out_clips(config).check_audio()
 

@@ -38,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -623,15 +623,17 @@ def contiguous_frozen_input(module: torch.nn.Module, args: tuple):
     return None
 
 
-def check_start(config: RunConfig) -> None:
+def check_start(config: RunConfig, training_rows: Callable[[], None]) -> None:
     """Refuse what `train` refuses of a new run before its first step, beyond what every trainer checks
-    (tta.training.check_restart, the training split's rows): `check_inputs`, then the frozen components as the
-    run loads them (`load_frozen`, on the CPU: the UNet must fit the VAE and CLAP, the vocoder's mel be the
-    VAE's) and the datastore against them (`training_store`). `tta train ldm --resume` calls it before it clears
-    a run stopped before its first checkpoint to start it again, so that a refused restart leaves it as it was.
+    (tta.training.check_restart): `check_inputs`, then the frozen components as the run loads them
+    (`load_frozen`, on the CPU: the UNet must fit the VAE and CLAP, the vocoder's mel be the VAE's), the training
+    split's rows (`training_rows()`, where `train` reads them: of two faults, the one a new run names) and the
+    datastore against the components (`training_store`). `tta train ldm --resume` calls it before it clears a
+    run stopped before its first checkpoint to start it again, so that a refused restart leaves it as it was.
     (Loading draws from the global random streams, which the run seeds afterwards.)"""
     store = check_inputs(config)
     frozen = load_frozen(config, torch.device("cpu"))
+    training_rows()
     if store is not None:
         training_store(store, frozen, config.retrieval)
 
