@@ -85,6 +85,9 @@ def _case(name: str, tmp_path: Path) -> tuple[str, list[str], dict, str]:
     if what == "held-out-audio-file-unreadable":   # there, but no audio: its header is read, not the constructor's
         (tmp_path / "clicks.wav").write_text("not a wav\n")
         return kind, manifest, {}, "1 of split 'valid''s 1 audio files cannot be read (row clicks at"
+    if what == "key-weights-and-repeat-gap-by-key-naming-no-item":   # refused in one order, a new run's too
+        return kind, manifest, {"data": {"key_weights": {"nothing": 2.0}, "repeat_gap_by_key": {"gap": [1.0, 1.0]}}}, \
+            "data.key_weights: no training item has the key 'nothing'"
     if what.endswith("-naming-no-item"):   # what TrainingRun.batches (and the LDM before it) refuses
         field = what.removesuffix("-naming-no-item").replace("-", "_")
         sets = _ldm_sets() if kind == "ldm" else manifest
@@ -111,6 +114,7 @@ def _edited(saved: dict, edit: dict) -> dict:
                                   "vocoder-vae-holding-a-vocoder", "vocos-vae-folder-without-a-component",
                                   "postnet-vae-folder-without-a-component", "vae-key-weights-naming-no-item",
                                   "clap-repeat-gap-by-key-naming-no-item", "ldm-speed-by-key-naming-no-item",
+                                  "vae-key-weights-and-repeat-gap-by-key-naming-no-item",
                                   "vae-held-out-audio-file-missing", "vocoder-held-out-audio-file-missing",
                                   "postnet-held-out-audio-file-missing", "clap-held-out-audio-file-missing",
                                   "vae-held-out-audio-file-unreadable", "vocoder-held-out-audio-file-unreadable",

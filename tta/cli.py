@@ -113,13 +113,11 @@ def _check_training_rows(config, *, progress: bool) -> None:
     changes nothing."""
     from tta.audio import MelConfig
     from tta.data.dataset import AudioDataset
-    from tta.training import check_key_weights
+    from tta.training import check_keyed_fields
 
     rows = AudioDataset.from_config(config.data, config.data.train_split, MelConfig().sample_rate, random_crop=True)
     rows.check_audio(progress=progress)
-    names = rows.weight_names()
-    for field in ("key_weights", "repeat_gap_by_key", "speed_by_key"):
-        check_key_weights(getattr(config.data, field), names, f"data.{field}")
+    check_keyed_fields(config.data, rows.weight_names())
 
 
 def _as_the_run_began(cls, config, base, sets, out: Path):

@@ -278,6 +278,16 @@ def check_key_weights(key_weights: dict, names: list, field: str = "data.key_wei
                        "first label or its category)")
 
 
+KEYED_FIELDS = ("key_weights", "repeat_gap_by_key", "speed_by_key")   # the data.* fields keyed by label
+
+
+def check_keyed_fields(data, names: list) -> None:
+    """`check_key_weights` of data.key_weights, data.repeat_gap_by_key and data.speed_by_key against the
+    items' `names`, in that order: the one order every trainer and a restart's check of the rows refuse them in."""
+    for field in KEYED_FIELDS:
+        check_key_weights(getattr(data, field), names, f"data.{field}")
+
+
 # -------------------------------------------------------------------------------------------- EMA
 
 
@@ -588,10 +598,8 @@ class TrainingRun:
         `dataset.balance_keys()`, `names` (the names key_weights can match, per item) to
         `dataset.weight_names()`, else the keys."""
         data = getattr(self.config, "data", None)
-        for field in ("repeat_gap_by_key", "speed_by_key"):     # every trainer's items can repeat or change speed
-            by_key = getattr(data, field, None)
-            if by_key and hasattr(dataset, "weight_names"):
-                check_key_weights(by_key, dataset.weight_names(), f"data.{field}")
+        if any(getattr(data, field, None) for field in KEYED_FIELDS) and hasattr(dataset, "weight_names"):
+            check_keyed_fields(data, dataset.weight_names())   # every trainer's items can repeat or change speed
         allowed = getattr(dataset, "unreadable_allowed", 0)
         if allowed:   # its items may stand in for rows that failed to decode, and say which
             collate_fn = _SetAsideUnreadable(collate_fn)

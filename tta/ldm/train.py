@@ -63,7 +63,7 @@ from tta.training import (
     RunError,
     TrainConfig,
     TrainingRun,
-    check_key_weights,
+    check_keyed_fields,
     check_run_config,
     make_optimizer,
     make_warmup_scheduler,
@@ -696,9 +696,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, pr
     train_rows, train_paths = list(train_set.rows), list(train_set.paths)   # retrieval: what to exclude
     keys = train_set.balance_keys(config.data.balance_labels)   # data.balance; CachedLatents keeps the order
     names = train_set.weight_names()    # data.key_weights
-    check_key_weights(config.data.key_weights, names)   # before any pre-encoding, not after it
-    check_key_weights(config.data.repeat_gap_by_key, names, "data.repeat_gap_by_key")
-    check_key_weights(config.data.speed_by_key, names, "data.speed_by_key")
+    check_keyed_fields(config.data, names)   # before any pre-encoding, not after it
     run.check_audio(train_set)   # before any pre-encoding too
     if config.precompute:
         cache = Path(config.cache_dir) if config.cache_dir else run.out / "cache"
