@@ -18,7 +18,6 @@ checkpoints) the scale_factor comes from the run's final/, which must hold the s
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -185,8 +184,9 @@ def check_start(config: RunConfig, training_rows: Callable[[], None]) -> None:
     frozen_encoder_source(config, resume=False)
     training_rows()
     if config.valid_items:
-        with contextlib.suppress(EmptySplitError):   # the run trains without validation, and says so
-            held_out_clips(config).check_audio()
+        from tta.data.dataset import check_held_out
+
+        check_held_out(lambda: held_out_clips(config))
 
 
 def held_out_clips(config: RunConfig):

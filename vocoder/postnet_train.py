@@ -39,9 +39,10 @@ from torch.nn import functional as F
 from tta.audio import log_mel
 from tta.data.manifest import DataConfig
 from tta.training import TrainConfig, TrainingRun, check_run_config, make_optimizer, make_warmup_scheduler
-from vocoder import train as hifigan_train
 from vocoder.postnet import PostnetGriffinLim, PostnetGriffinLimConfig, magnitude_loss
 from vocoder.train import _safe, held_out_set, load_frozen_vae, log_valid, through_vae, write_sample
+# what `train` refuses before its first step (its frozen `vae`, its held-out split): the vocoder's, same fields
+from vocoder.train import check_start as check_start
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,6 @@ def targets(model: PostnetGriffinLim, wav: torch.Tensor) -> tuple[torch.Tensor, 
     mel = log_mel(wav, model.config.mel).float()
     mag = model._stft(wav.float()).abs()[..., : mel.shape[-1]]
     return mel, mag
-
-
-# what `train` refuses before its first step (its frozen `vae`, its held-out split): the vocoder's, same fields
-check_start = hifigan_train.check_start
 
 
 def train(config: RunConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> Path:

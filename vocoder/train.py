@@ -28,7 +28,6 @@ also logs the mel L1 of the held-out clips vocoded from their VAE reconstruction
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -247,8 +246,9 @@ def check_start(config: RunConfig, training_rows: Callable[[], None]) -> None:
         load_frozen_vae(config.vae, config.model.mel)
     training_rows()
     if config.valid_items:
-        with contextlib.suppress(EmptySplitError):   # the run trains without validation, and says so
-            held_out_clips(config.data, config.model.mel.sample_rate, config.valid_seconds).check_audio()
+        from tta.data.dataset import check_held_out
+
+        check_held_out(lambda: held_out_clips(config.data, config.model.mel.sample_rate, config.valid_seconds))
 
 
 def load_frozen_vae(path: str, mel: MelConfig) -> torch.nn.Module:

@@ -13,7 +13,6 @@ EMA weights when train.ema_decay > 0 (what final/ holds).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -165,11 +164,10 @@ def check_start(config: RunConfig, training_rows: Callable[[], None]) -> None:
     first) and then the held-out split's rows and audio files. `tta train clap --resume` calls it before it
     clears a run stopped before its first checkpoint to start it again, so that a refused restart leaves it as
     it was."""
-    from tta.data.manifest import EmptySplitError
+    from tta.data.dataset import check_held_out
 
     training_rows()
-    with contextlib.suppress(EmptySplitError):   # the run trains without validation, and says so
-        held_out_clips(config).check_audio()
+    check_held_out(lambda: held_out_clips(config))
 
 
 def held_out_clips(config: RunConfig):

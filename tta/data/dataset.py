@@ -462,3 +462,13 @@ class AudioDataset(torch.utils.data.Dataset):
             os.replace(tmp, cache_file)
             return np.load(cache_file, mmap_mode="r")
 
+
+def check_held_out(clips: Callable[[], AudioDataset]) -> None:
+    """Refuse (ManifestError) the held-out split `clips()` builds as a run reads it: a row's audio file missing
+    (its constructor) or unreadable (`check_audio`). An empty split (EmptySplitError) passes: the run trains
+    without validation and says so itself."""
+    try:
+        held_out = clips()
+    except EmptySplitError:
+        return
+    held_out.check_audio()
