@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from tests.signals import tone
-from tta.audio import AudioError, audio_info, load_audio
+from tta.audio import AudioError, audio_info, load_audio, physical_memory
 from tta.config import shortened
 
 FREQ = 440.0
@@ -128,11 +128,39 @@ def out_of_file_descriptors():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@contextlib.contextmanager
+def address_space_limited(headroom: int = 2**30):
+    """This process's address space (RLIMIT_AS) limited to `headroom` bytes more than it has mapped, until the
+    block ends: a larger array cannot be allocated, on a machine that overcommits memory too."""
+    resource = pytest.importorskip("resource")
+    if not os.path.isfile("/proc/self/statm"):
+        pytest.skip("no /proc/self/statm to measure the address space")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = mapped + headroom if hard == resource.RLIM_INFINITY else min(mapped + headroom, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def write_declaring_flac(path, frames: int, channels: int = 1) -> None:
+    """A 0.1 s FLAC at 16 kHz whose header (STREAMINFO's total samples, 36 bits) declares `frames` samples."""
+    sf.write(path, np.zeros((1600, channels), dtype=np.float32), 16_000)
+    data = bytearray(path.read_bytes())
+    at = 8 + 13   # "fLaC", the block's 4-byte header, then STREAMINFO: its 14th byte's low 4 bits begin the count
+    data[at] = (data[at] & 0xF0) | (frames >> 32)
+    data[at + 1:at + 5] = (frames & 0xFFFFFFFF).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
 def test_the_machines_errors_are_not_blamed_on_the_file(tmp_path, monkeypatch):
     """Out of file descriptors, audio_info and load_audio said "not a readable audio file (System error)" and
     out of memory "not a readable audio file (MemoryError)": an AudioError, the file's fault, so a training run
     skipped the file and `tta data check --drop-bad` dropped it. They stop as the OSError (naming the file) or
-    MemoryError they are; a file that does not decode is still an AudioError."""
+    MemoryError (its message naming the file) they are; a file that does not decode is still an AudioError."""
     path = tmp_path / "a.flac"
     sf.write(path, tone(FREQ, 1.0), 16_000)
     for read in (audio_info, load_audio):
@@ -147,12 +175,43 @@ def test_the_machines_errors_are_not_blamed_on_the_file(tmp_path, monkeypatch):
         raise MemoryError("Unable to allocate 7.63 GiB for an array with shape (2048000000, 1)")
 
     monkeypatch.setattr(sf.SoundFile, "read", no_memory)
-    with pytest.raises(MemoryError, match="Unable to allocate"):
+    with pytest.raises(MemoryError) as caught:
         load_audio(path)
+    assert str(caught.value) == (f"{path}: out of memory reading it (Unable to allocate 7.63 GiB for an array with "
+                                 "shape (2048000000, 1))")
     (tmp_path / "b.flac").write_bytes(path.read_bytes()[:60])   # the header alone: still the file's fault
     monkeypatch.undo()
     with pytest.raises(AudioError, match="b.flac: not a readable audio file"):
         load_audio(tmp_path / "b.flac")
+
+
+def test_a_header_declaring_more_samples_than_memory_holds_is_the_files_fault(tmp_path):
+    """A FLAC whose header declares 2**36 - 1 samples (8 channels: 2 TiB as float32): soundfile sizes its array
+    from the header, and numpy cannot allocate it on any machine. Since 05f32bc every MemoryError was the
+    machine's, so `tta data check` stopped on "tta: error: Unable to allocate 2.00 TiB ..." naming no file (and
+    --drop-bad could not drop it); it is an AudioError saying what the header declares. A header that declares
+    less than the machine's memory, its array not allocated here (the address space limited), is the machine's:
+    a MemoryError naming the file."""
+    huge, large = tmp_path / "huge.flac", tmp_path / "large.flac"
+    write_declaring_flac(huge, 2**36 - 1, channels=8)
+    memory = physical_memory()
+    if memory is None or memory >= (2**36 - 1) * 8 * 4:
+        pytest.skip("this machine does not say its memory, or has more than 2 TiB")
+    with address_space_limited(), pytest.raises(AudioError) as caught:
+        load_audio(huge)
+    assert str(caught.value) == (
+        f"{huge}: not a readable audio file (its header declares 68719476735 samples (4294967 seconds at 16000 Hz) "
+        f"of 8 channels to read: 2048.0 GiB as float32, more than this machine's {memory / 2**30:.1f} GiB of "
+        "memory; damaged)")
+    assert audio_info(huge).num_samples == 2**36 - 1   # the header alone is read
+    with pytest.raises(AudioError, match="huge.flac: not a readable audio file .cannot seek"):
+        load_audio(huge, start_seconds=1.0, max_seconds=0.5)   # a part: its array is small, the seek fails
+
+    write_declaring_flac(large, 2**28)   # 1 GiB as float32
+    with address_space_limited(2**28), pytest.raises(MemoryError) as caught:
+        load_audio(large)
+    assert str(caught.value).startswith(f"{large}: out of memory reading it (Unable to allocate 1.00 GiB")
+    assert not isinstance(caught.value, AudioError)
 
 
 def test_audio_info_sees_truncated_wav_and_text_file(tmp_path):

@@ -212,13 +212,17 @@ def test_a_training_item_stops_on_the_machines_errors_instead_of_skipping_the_fi
     """Out of file descriptors or of memory, reading a file raised an AudioError ("not a readable audio file
     (System error)", "(MemoryError)"), so a training item with max_unreadable > 0 skipped the row as unreadable,
     drew others that failed the same way and stopped on "4 of split 'train''s 7 audio files could not be decoded
-    when drawn"; the header check before a run listed every file as unreadable. They stop as the error they are."""
-    from tests.test_audio_bad_input import out_of_file_descriptors
+    when drawn"; the header check before a run listed every file as unreadable. They stop as the error they are,
+    a MemoryError naming the file. A file whose header declares more samples than the machine's memory holds is
+    the file's fault, skipped: since 05f32bc it stopped the run with data.cache_dir (which reads whole files) on
+    numpy's "Unable to allocate 2.00 TiB", naming no file."""
+    from tests.test_audio_bad_input import address_space_limited, out_of_file_descriptors, write_declaring_flac
+    from tta.audio import physical_memory
 
     rows = []
     for i in range(7):
-        sf.write(tmp_path / f"c{i}.wav", tone(200 + 100 * i, 1.0), SR)
-        rows.append(_row(tmp_path / f"c{i}.wav", f"c{i}", 1.0, SR))
+        sf.write(tmp_path / f"c{i}.flac", tone(200 + 100 * i, 1.0), SR)
+        rows.append(_row(tmp_path / f"c{i}.flac", f"c{i}", 1.0, SR))
     manifest = write_manifest(tmp_path / "m.jsonl", rows)
     ds = AudioDataset(manifest, "train", SR, 0.5, cache_dir=tmp_path / "cache" if cache else None,
                       max_unreadable=0.01)
@@ -228,11 +232,22 @@ def test_a_training_item_stops_on_the_machines_errors_instead_of_skipping_the_fi
             check()
         assert caught.value.errno == errno.EMFILE and not isinstance(caught.value, (AudioError, ManifestError))
     monkeypatch.setattr(sf.SoundFile, "read", lambda *args, **kwargs: np.empty(2**60, dtype=np.float32))
-    with pytest.raises(MemoryError):
+    with pytest.raises(MemoryError, match=f"^{re.escape(str(tmp_path / 'c4.flac'))}: out of memory reading it "):
         ds[(4, 99)]
     monkeypatch.undo()
     item = ds[(2, 99)]   # the machine's resources back: the row's own item
     assert "unreadable" not in item and torch.equal(item["wav"], expected["wav"])
+
+    memory = physical_memory()
+    if memory is None or memory >= (2**36 - 1) * 8 * 4:
+        pytest.skip("this machine does not say its memory, or has more than 2 TiB")
+    write_declaring_flac(tmp_path / "c4.flac", 2**36 - 1, channels=8)
+    with address_space_limited():
+        item = ds[(4, 99)]
+    [(index, why)] = item["unreadable"]
+    assert index == 4 and why.startswith(f"{tmp_path / 'c4.flac'}: not a readable audio file (")
+    if cache:   # the whole file read: its array is what the header declares ("cannot seek" reading a part)
+        assert "its header declares 68719476735 samples" in why and "more than this machine's" in why
 
 
 def test_a_training_item_skips_a_file_that_decodes_to_nan_or_to_no_samples(tmp_path):

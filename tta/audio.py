@@ -423,8 +423,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     and the log-mel front ends hear the difference between digital silence and 16-bit rounding noise.
 
     Returns (wav (T,) float32, sample_rate). Raises AudioError naming the file for missing, empty,
-    undecodable, truncated, zero-length or non-finite audio, and for sample rates outside 8-192 kHz; the machine's
-    errors (out of memory or of file descriptors: `raise_resource_error`) as they are.
+    undecodable, truncated, zero-length or non-finite audio, for sample rates outside 8-192 kHz and for a header
+    that declares more samples than the machine's memory holds; the machine's errors (out of memory, named
+    MemoryError, or out of file descriptors: `raise_resource_error`) as they are.
     """
     if not (is_real(start_seconds) and start_seconds >= 0):
         raise ValueError(f"load_audio start_seconds={start_seconds!r}: expected a finite number >= 0")
@@ -434,6 +435,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     if sample_rate is not None:
         sample_rate = check_sample_rate(sample_rate, "load_audio sample_rate", also=", or None for the file's own")
     path = _check_path(path)
+    reading = None
     try:
         with sf.SoundFile(os.fsencode(path)) as f:
             sr = int(f.samplerate)
@@ -445,15 +447,18 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
             if start:
                 try:
                     f.seek(min(start, max(f.frames, 0)))
+                except MemoryError:   # the machine's: named once, below
+                    raise
                 except Exception as e:  # a FLAC cut short behind a sound header: "Internal psf_fseek() failed"
                     raise_resource_error(e, path)
                     raise AudioError(f"{path}: not a readable audio file (cannot seek to sample {start} of the "
                                      f"{f.frames} its header declares: cut short or damaged; "
                                      f"{_sf_reason(e)})") from None
             frames = -1 if max_seconds is None else int(round(max_seconds * sr))
-            data = f.read(frames=frames, dtype="float32", always_2d=True)
             expected = max(f.frames - min(start, f.frames), 0)
             expected = expected if frames < 0 else min(frames, expected)
+            reading = (expected, int(f.channels), sr)   # soundfile's array: `expected` frames of float32
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
             # Compressed streams (mp3, ...) that end early decode short without an error; the header's
             # length is an estimate for some of them, so only a clear shortfall counts as truncation.
             if expected - data.shape[0] > max(4096, expected // 20):
@@ -462,7 +467,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     except AudioError:
         raise
     except Exception as e:
-        raise_resource_error(e, path)
+        raise_resource_error(e, path, reading)
         raise AudioError(f"{path}: not a readable audio file ({_sf_reason(e)})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: contains 0 samples")
@@ -682,13 +687,30 @@ def _check_truncated(path: Path, extra_info: str) -> None:
                              f"only {present} are present)")
 
 
-def raise_resource_error(error: Exception, path: Path) -> None:
-    """Raise `error`, met reading `path`, when it is the machine's fault, not the file's: a MemoryError, or an
-    OSError of RESOURCE_ERRNOS (too many open files, out of memory), which callers must not take for a bad file.
-    libsndfile says only "System error" when it cannot open a file: `path` is then opened once more to learn why,
-    and an OSError of RESOURCE_ERRNOS naming it raised. Else nothing: the caller's AudioError says the file is
-    bad."""
-    if isinstance(error, MemoryError) or isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+def raise_resource_error(error: Exception, path: Path,
+                         reading: tuple[int, int, int] | None = None) -> None:
+    """Raise `error`, met reading `path`, when it is the machine's fault, not the file's: a MemoryError (with its
+    message naming `path`), or an OSError of RESOURCE_ERRNOS (too many open files, out of memory), which callers
+    must not take for a bad file. libsndfile says only "System error" when it cannot open a file: `path` is then
+    opened once more to learn why, and an OSError of RESOURCE_ERRNOS naming it raised. Else nothing: the caller's
+    AudioError says the file is bad.
+
+    `reading` is (frames, channels, sample rate) of the float32 array being read, as the header declares them:
+    a MemoryError on an array larger than the machine's physical memory is the file's (a damaged header that
+    declares days of audio: soundfile sizes its array from it and numpy cannot allocate it on any machine), an
+    AudioError saying what the header declares."""
+    if isinstance(error, MemoryError):
+        memory = physical_memory()
+        if reading is not None and memory is not None and reading[0] * reading[1] * 4 > memory:
+            frames, channels, sample_rate = reading
+            raise AudioError(f"{path}: not a readable audio file (its header declares {frames} samples "
+                             f"({frames / sample_rate:.0f} seconds at {sample_rate} Hz) of {channels} channel"
+                             f"{'s' if channels != 1 else ''} to read: {frames * channels * 4 / 2**30:.1f} GiB as "
+                             f"float32, more than this machine's {memory / 2**30:.1f} GiB of memory; damaged)"
+                             ) from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MemoryError(f"{path}: out of memory reading it ({reason})") from error
+    if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
         raise error
     if isinstance(error, RuntimeError) and getattr(error, "code", None) == _SFE_SYSTEM:
         try:
@@ -697,6 +719,16 @@ def raise_resource_error(error: Exception, path: Path) -> None:
         except OSError as e:
             if e.errno in RESOURCE_ERRNOS:
                 raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (os.sysconf's SC_PHYS_PAGES x SC_PAGE_SIZE); None where it does
+    not say."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):   # no os.sysconf (Windows), or no such name here
+        return None
+    return pages * page_size if pages > 0 and page_size > 0 else None
 
 
 def _sf_reason(e: Exception) -> str:
