@@ -107,7 +107,7 @@ def test_a_flac_cut_short_behind_a_whole_header_says_so_where_a_read_seeks_past_
 @contextlib.contextmanager
 def out_of_file_descriptors():
     """Every file descriptor this process may open taken (its limit lowered to a few more than it has open, then
-    those opened), until the block ends."""
+    those opened), until the block ends. It gives the list of those taken: one closed (and removed) is free."""
     resource = pytest.importorskip("resource")
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("no /proc/self/fd to count the open file descriptors")
@@ -121,7 +121,7 @@ def out_of_file_descriptors():
             except OSError as e:
                 assert e.errno == errno.EMFILE, e
                 break
-        yield
+        yield held
     finally:
         for fd in held:
             os.close(fd)
@@ -183,6 +183,45 @@ def test_the_machines_errors_are_not_blamed_on_the_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(AudioError, match="b.flac: not a readable audio file"):
         load_audio(tmp_path / "b.flac")
+
+
+def test_descriptors_freed_before_the_second_open_read_the_file_instead_of_blaming_it(tmp_path, monkeypatch):
+    """On libsndfile's bare "System error" (out of file descriptors) the file is opened once more to learn why;
+    when descriptors were freed in between (another thread closed a file), that open succeeded and the file was
+    blamed: "a.flac: not a readable audio file (System error)", an AudioError a training run skips the row on
+    and `tta data check --drop-bad` drops it for. The file is read from that open file instead: a good one loads
+    (as it does with the descriptors back), a text file is the file's fault for what libsndfile says of it."""
+    import tta.audio
+
+    path, text = tmp_path / "a.flac", tmp_path / "text.flac"
+    sf.write(path, tone(FREQ, 1.0), 16_000)
+    text.write_text("hello, not audio")
+    expected, expected_info = load_audio(path)[0], audio_info(path)
+    with pytest.raises(AudioError) as caught:
+        load_audio(text)
+    not_audio = str(caught.value)
+    assert "System error" not in not_audio
+    for read in (audio_info, load_audio):
+        for name in (path, text):
+            with out_of_file_descriptors() as held:
+                opened = []
+
+                def free_one_then_open(*args, **kwargs):   # a descriptor freed between the two opens
+                    os.close(held.pop())
+                    opened.append(args[0])
+                    return open(*args, **kwargs)
+
+                monkeypatch.setattr(tta.audio, "open", free_one_then_open, raising=False)
+                if name == text:
+                    with pytest.raises(AudioError) as caught:
+                        read(name)
+                    assert str(caught.value) == not_audio
+                elif read is audio_info:
+                    assert read(name) == expected_info
+                else:
+                    assert np.array_equal(read(name)[0], expected)
+                monkeypatch.undo()
+            assert opened == [name]   # libsndfile's open failed, the second succeeded
 
 
 def test_a_header_declaring_more_samples_than_memory_holds_is_the_files_fault(tmp_path):

@@ -18,6 +18,7 @@ second mel implementation anywhere in the project.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -402,15 +403,17 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     and unsupported sample rates (what passes here loads)."""
     path = _check_path(path)
     try:
-        info = sf.info(os.fsencode(path))   # bytes: a file name that is not UTF-8 is a name too
+        with open_sound_file(path) as f:
+            info = AudioInfo(str(path), int(f.samplerate), int(f.channels), int(f.frames), f.format, f.subtype)
+            extra_info = f.extra_info
     except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError with its own text
         raise_resource_error(e, path)
         raise AudioError(f"{path}: not a readable audio file ({_sf_reason(e)})") from None
-    if not MIN_SAMPLE_RATE <= int(info.samplerate) <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{path}: sample rate {int(info.samplerate)} Hz is outside the supported "
+    if not MIN_SAMPLE_RATE <= info.sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{path}: sample rate {info.sample_rate} Hz is outside the supported "
                          f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
-    _check_truncated(path, info.extra_info)
-    return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+    _check_truncated(path, extra_info)
+    return info
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, normalize: bool = False,
@@ -437,7 +440,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, *, norma
     path = _check_path(path)
     reading = None
     try:
-        with sf.SoundFile(os.fsencode(path)) as f:
+        with open_sound_file(path) as f:
             sr = int(f.samplerate)
             if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
                 raise AudioError(f"{path}: sample rate {sr} Hz is outside the supported "
@@ -687,13 +690,38 @@ def _check_truncated(path: Path, extra_info: str) -> None:
                              f"only {present} are present)")
 
 
+@contextlib.contextmanager
+def open_sound_file(path: Path) -> Iterator[sf.SoundFile]:
+    """`path` open in soundfile (by its name as bytes: a name that is not UTF-8 is a name too). libsndfile says
+    only "System error" when it cannot open a file: `path` is then opened once more, by Python, to learn why. Out
+    of file descriptors or memory (RESOURCE_ERRNOS), an OSError naming it is raised, the machine's fault; when
+    it opens (descriptors freed in between: the first failure was transient), soundfile reads from that open
+    file, and what fails then is the file's. Any other error opening it is raised as it is."""
+    try:
+        f = sf.SoundFile(os.fsencode(path))
+    except Exception as e:
+        if not (isinstance(e, RuntimeError) and getattr(e, "code", None) == _SFE_SYSTEM):
+            raise
+        try:
+            opened = open(path, "rb")
+        except OSError as reopen:
+            if reopen.errno in RESOURCE_ERRNOS:
+                raise OSError(reopen.errno, reopen.strerror, str(path)) from None
+            raise e from None   # (permissions: the file's)
+    else:
+        with f:
+            yield f
+        return
+    with opened, sf.SoundFile(opened) as f:
+        yield f
+
+
 def raise_resource_error(error: Exception, path: Path,
                          reading: tuple[int, int, int] | None = None) -> None:
-    """Raise `error`, met reading `path`, when it is the machine's fault, not the file's: a MemoryError (with its
-    message naming `path`), or an OSError of RESOURCE_ERRNOS (too many open files, out of memory), which callers
-    must not take for a bad file. libsndfile says only "System error" when it cannot open a file: `path` is then
-    opened once more to learn why, and an OSError of RESOURCE_ERRNOS naming it raised. Else nothing: the caller's
-    AudioError says the file is bad.
+    """Raise `error`, met reading `path` (opened with `open_sound_file`), when it is the machine's fault, not the
+    file's: a MemoryError (with its message naming `path`), or an OSError of RESOURCE_ERRNOS (too many open
+    files, out of memory), which callers must not take for a bad file. Else nothing: the caller's AudioError
+    says the file is bad.
 
     `reading` is (frames, channels, sample rate) of the float32 array being read, as the header declares them:
     a MemoryError on an array larger than the machine's physical memory is the file's (a damaged header that
@@ -712,13 +740,6 @@ def raise_resource_error(error: Exception, path: Path,
         raise MemoryError(f"{path}: out of memory reading it ({reason})") from error
     if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
         raise error
-    if isinstance(error, RuntimeError) and getattr(error, "code", None) == _SFE_SYSTEM:
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as e:
-            if e.errno in RESOURCE_ERRNOS:
-                raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def physical_memory() -> int | None:
