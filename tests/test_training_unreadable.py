@@ -193,12 +193,16 @@ def test_the_vae_measures_scale_factor_over_the_first_training_rows_it_can_read(
     """After its last step the VAE reads its first scale_items training rows (their first segment) to measure
     scale_factor; a file cut short within its first segment (or gone since the start), skipped at every step,
     failed the run there: no final/, and a resume failed the same way. The pass skips it as the steps do and
-    measures over the next rows (the three others here)."""
-    manifest = _manifest(tmp_path, {"cut.flac": None}, kept=50)   # 0.2 s of 10 s: the first segment is lost
+    takes the next row in its place: of the rows tone, chirp, noise, cut and more, with scale_items=4, it
+    measures over tone, chirp, noise and more (3 clips, were cut dropped)."""
+    more = io.BytesIO()
+    sf.write(more, tone(300, 1.0), SR, format="WAV")
+    # cut: 0.2 s of 10 s, the first segment lost
+    manifest = _manifest(tmp_path, {"cut.flac": None, "more.wav": more.getvalue()}, kept=50)
     cut = tmp_path / "cut.flac"
     out = tmp_path / "run"
     sets = [f"data.manifest={manifest}", "valid_items=0", "train.max_steps=2", "train.checkpoint_every=1",
-            "data.max_unreadable=0.5"]
+            "data.max_unreadable=0.5", "scale_items=4"]
     caplog.set_level(logging.INFO, logger="vae.train")
     said = logging.handlers.BufferingHandler(100)
     logging.getLogger("vae.train").addHandler(said)
@@ -212,7 +216,7 @@ def test_the_vae_measures_scale_factor_over_the_first_training_rows_it_can_read(
         f"(row cut at {manifest}:5): skipped, " in warned[0], warned
     assert [r["row"] for r in _rows(out) if "unreadable" in r] == ["cut"]
     assert [r.getMessage().split(" (")[1] for r in said.buffer if r.getMessage().startswith("scale_factor = ")] == \
-        ["1 / std of latents over 3 training clips)"]
+        ["1 / std of latents over 4 training clips)"]
     scale = [r["scale_factor"] for r in _rows(out) if r.get("split") == "final"]
     shutil.rmtree(out / "final")   # as if stopped while measuring it: the resume measures it again, alike
     rc, err, resumed = _train(capsys, caplog, "vae", out, *sets, extra=["--resume"])
@@ -224,17 +228,18 @@ def test_the_vae_measures_scale_factor_over_the_first_training_rows_it_can_read(
 
 @pytest.mark.parametrize("kind", ["vae", "vocoder", "postnet", "clap"])
 def test_validation_skips_a_held_out_file_cut_short_for_the_next_row(tmp_path, capsys, caplog, kind):
-    """Validation reads the first held-out rows (valid_items; clap: all) from their start: a held-out file cut
-    short behind a whole header stopped the run at the first validation ("not a readable audio file"). It is
-    skipped for the next row, warned about once over two validations, counted toward the held-out rows'
-    data.max_unreadable (1 of 3 here) and listed in metrics.jsonl at the step that read it."""
+    """Validation reads the first held-out rows (valid_items; clap: valid_max_items) from their start: a held-out
+    file cut short behind a whole header stopped the run at the first validation ("not a readable audio file").
+    It is skipped for the next row, warned about once over two validations, counted toward the held-out rows'
+    data.max_unreadable (1 of 3 here) and listed in metrics.jsonl at the step that read it. Of the rows held,
+    cut and held2, with 2 to score, both validations score held and held2 (held alone, were cut dropped)."""
     good = io.BytesIO()
     sf.write(good, tone(300, 1.0), SR, format="WAV")
     manifest = _manifest(tmp_path, {"cut.flac": None, "held2.wav": good.getvalue()}, split="valid", kept=50)
     out = tmp_path / "run"
     sets = _sets(kind, manifest)[:1] + ["train.max_steps=2", "train.validate_every=1"]
-    sets += {"vae": ["valid_items=2"], "vocoder": ["valid_items=2", "sample_items=0"],
-             "postnet": ["valid_items=2", "sample_items=0"]}.get(kind, [])
+    sets += {"vae": ["valid_items=2", "sample_images=2"], "vocoder": ["valid_items=2", "sample_items=2"],
+             "postnet": ["valid_items=2", "sample_items=2"], "clap": ["valid_max_items=2"]}[kind]
     rc, err, warned = _train(capsys, caplog, kind, out, *sets)
     assert rc == 0, err
     cut = tmp_path / "cut.flac"
@@ -244,6 +249,13 @@ def test_validation_skips_a_held_out_file_cut_short_for_the_next_row(tmp_path, c
     rows = _rows(out)
     assert [(r["step"], r["row"]) for r in rows if "unreadable" in r] == [(1, "cut")]
     assert [r["step"] for r in rows if r.get("split") == "valid"] == [1, 2]
+    # the clips each validation scored: the clips clap retrieved among, the others' sample files
+    if kind == "clap":
+        assert [r["num_audio"] for r in rows if r.get("split") == "valid"] == [2, 2]
+    else:
+        expected = ["held", "held2"] if kind == "vae" else ["0_held", "0_held_real", "1_held2", "1_held2_real"]
+        for step in (1, 2):
+            assert sorted({f.stem for f in (out / "samples" / f"step_{step}").iterdir()}) == expected, step
 
 
 def test_an_os_error_in_a_worker_names_its_file_as_in_the_main_process(tmp_path, capsys):
