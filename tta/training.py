@@ -689,9 +689,12 @@ class TrainingRun:
     def _recall_unreadable(self, dataset) -> None:
         """On a resume, the rows of `dataset`'s split that metrics.jsonl lists as unreadable up to the resumed step,
         as this process found them: counted again, and not warned about again, as in the run that found them (on
-        several processes each counts and warns of the rows it draws itself). A record without "process" is the
-        only process's (one process, or a tta before the field). Resumed on another number of processes, which
-        deals the rows out anew, every process recalls every row the run found. Once a split."""
+        several processes each counts and warns of the rows it draws itself). Resumed on another number of
+        processes, which deals the rows out anew, every process recalls every row the run found. A record
+        without "process" and "processes" is taken for a one-process run's: of a run on one process, or of a
+        tta before those fields (d5dbf32), which wrote none on several processes either: such a run resumed on
+        several processes has every process recall every row, as on another number of processes. Once a
+        split."""
         split = dataset.split
         if split in self._unreadable:
             return
