@@ -195,7 +195,7 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
     """Load, resample and embed every audio file under `folder` (cached by content hash + embedder)."""
     from tqdm.auto import tqdm
 
-    from tta.audio import AudioError, audio_info, load_audio
+    from tta.audio import AudioError, audio_info, load_audio, raise_resource_error
 
     folder = Path(folder)
     result = EmbeddedSet(folder=folder)
@@ -218,7 +218,8 @@ def embed_folder(folder: Path, embedder: Embedder, cache: EmbeddingCache | None,
                 if emb is None or (want_logits and logit is None):
                     wav, _ = load_audio(path, sample_rate=embedder.sample_rate, pcm16=True)
                     todo.append((key, entry, wav))
-            except (AudioError, OSError) as e:
+            except (AudioError, OSError) as e:   # (hashing: the file gone or not readable to this user)
+                raise_resource_error(e, path)   # out of file descriptors or memory: the machine's, not the file's
                 log.warning("skipping unreadable file: %s", e)
                 result.skipped.append({"file": str(path), "reason": str(e)})
                 continue

@@ -313,3 +313,33 @@ def test_a_float_files_embeddings_read_by_the_earlier_16_bit_rule_are_not_served
     got = embed_folder(tmp_path / "gen", mfcc, cache, what="generated", progress=False).embeddings["c0"]
     assert cache.hits == 0
     np.testing.assert_array_equal(got, fresh)
+
+
+def test_running_out_of_file_descriptors_stops_an_eval_instead_of_leaving_the_files_out(tmp_path, monkeypatch,
+                                                                                         caplog):
+    """Out of file descriptors, embed_folder warned "skipping unreadable file" for each clip and left it out of the
+    report (or said none could be read), blaming the files: the OSError naming the file now stops it, as a
+    training run stops. A file that does not decode is still left out with its warning."""
+    import errno
+
+    import soundfile as sf
+
+    import eval.run
+    from eval.run import embed_folder, list_audio
+    from tests.test_audio_bad_input import out_of_file_descriptors
+
+    (tmp_path / "gen").mkdir()
+    for i in range(2):
+        sf.write(tmp_path / "gen" / f"c{i}.wav", tone(300 + 200 * i, 3.0), 16_000)
+    (tmp_path / "gen" / "d.wav").write_text("not audio")
+    mfcc = get_embedder("mfcc")
+    got = embed_folder(tmp_path / "gen", mfcc, None, what="generated", progress=False)
+    assert sorted(got.embeddings) == ["c0", "c1"]
+    assert [s["file"] for s in got.skipped] == [str(tmp_path / "gen" / "d.wav")]
+    files = list_audio(tmp_path / "gen", "generated")   # listed first: the walk needs a descriptor too
+    monkeypatch.setattr(eval.run, "list_audio", lambda folder, what: files)
+    caplog.clear()
+    with out_of_file_descriptors(), pytest.raises(OSError) as caught:
+        embed_folder(tmp_path / "gen", mfcc, None, what="generated", progress=False)
+    assert (caught.value.errno, caught.value.filename) == (errno.EMFILE, str(tmp_path / "gen" / "c0.wav"))
+    assert "unreadable" not in caplog.text

@@ -668,3 +668,18 @@ def test_ivfpq_hits_are_reranked_by_exact_score_and_sorted():
     make_index(config, d, 39 * 16)
     with pytest.raises(ValueError, match=r"nbits=4 needs >= 624 entries.*--index ivf, or a smaller --nbits"):
         make_index(config, d, 39 * 16 - 1)
+
+
+def test_the_clap_check_stops_out_of_file_descriptors_instead_of_passing_on_no_audio(store_dir, clap):
+    """_audio_agrees skipped every entry it could not load, OSErrors too, and with none read said the CLAP
+    agrees: out of file descriptors a LAION CLAP whose audio tower differs passed the check. The machine's error
+    now stops it, naming the file."""
+    import errno
+
+    from tests.test_audio_bad_input import out_of_file_descriptors
+
+    store = Datastore.load(store_dir)
+    with out_of_file_descriptors(), pytest.raises(OSError) as caught:
+        store._audio_agrees(clap)
+    assert (caught.value.errno, caught.value.filename) == (errno.EMFILE, str(store.paths[0]))
+    assert store._audio_agrees(clap)

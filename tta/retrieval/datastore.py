@@ -578,8 +578,9 @@ class Datastore:
     def _audio_agrees(self, clap, probe: int = 2) -> bool:
         """Whether `clap` reproduces the stored audio embeddings of the first `probe` entries whose audio can be
         read (a CLAP whose audio tower alone changed has the same text embeddings); True when none can be read.
-        The tolerance (1e-2 on unit vectors) allows for batch padding; another audio tower is far beyond it."""
-        from tta.audio import AudioError, load_audio
+        The tolerance (1e-2 on unit vectors) allows for batch padding; another audio tower is far beyond it. Out of
+        file descriptors or memory, the error is raised: the file is not the one at fault."""
+        from tta.audio import AudioError, load_audio, raise_resource_error
 
         checked = 0
         for i in range(self.count):
@@ -588,7 +589,8 @@ class Datastore:
             try:
                 wav = load_audio(self.paths[i], clap.sample_rate, max_seconds=self.max_seconds or None,
                                  normalize=self.normalize)[0]
-            except (AudioError, OSError):
+            except (AudioError, OSError) as e:
+                raise_resource_error(e, self.paths[i])   # out of file descriptors or memory: not the file's
                 continue
             mine = np.asarray(clap.embed_audio(wav[None], clap.sample_rate), dtype=np.float32)[0]
             if float(np.abs(mine - np.asarray(self.emb["audio"][i])).max()) > 1e-2:
