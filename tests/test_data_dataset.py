@@ -202,7 +202,7 @@ def test_a_training_item_whose_file_is_gone_is_another_rows_drawn_from_its_seed(
             (ds if key == 2 else strict)[key]
     for i in range(7):
         (tmp_path / f"c{i}.wav").unlink(missing_ok=True)
-    with pytest.raises(ManifestError, match=r"4 of split 'train''s 7 audio files could not be decoded when drawn, "
+    with pytest.raises(ManifestError, match=r"4 of split 'train''s 7 audio files could not be decoded when read, "
                                             r"more than the 3 data.max_unreadable=0.01 allows \(row c"):
         ds[(0, 5)]
 
@@ -270,7 +270,7 @@ def test_a_training_item_skips_a_file_that_decodes_to_nan_or_to_no_samples(tmp_p
 
 
 def test_the_two_errors_that_name_bad_rows_have_one_form(tmp_path):
-    """The header check before a run and the stop once too many files failed to decode when drawn name the rows
+    """The header check before a run and the stop once too many files failed to decode when read name the rows
     alike: how many of the split's, the first three with their manifest lines, then "; ..." for the rest."""
     rows = []
     for i in range(9):
@@ -287,7 +287,7 @@ def test_the_two_errors_that_name_bad_rows_have_one_form(tmp_path):
     head = f"{manifest}: 4 of split 'train''s 9 audio files"
     assert str(checked.value) == (f"{head} cannot be read ({shown}; ...); `tta data check MANIFEST --drop-bad "
                                   "CLEAN.jsonl` writes a manifest without them")
-    assert drawn == (f"{head} could not be decoded when drawn, more than the 3 data.max_unreadable=0.01 allows "
+    assert drawn == (f"{head} could not be decoded when read, more than the 3 data.max_unreadable=0.01 allows "
                      f"({shown}; ...); `tta data check MANIFEST --drop-bad CLEAN.jsonl` decodes every file and "
                      "writes a manifest without the bad ones")
 

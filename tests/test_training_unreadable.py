@@ -152,13 +152,25 @@ def test_more_unreadable_files_than_data_max_unreadable_allows_stop_the_run_nami
     rc, err, warned = _train(capsys, caplog, "vae", tmp_path / "run", *sets, "data.num_workers=1")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and len(warned) == 2, (err, warned)
     assert err.startswith(f"tta: error: {manifest}: 3 of split 'train''s 6 audio files could not be decoded when "
-                          "drawn, more than the 2 data.max_unreadable=0.01 allows (row "), err
+                          "read, more than the 2 data.max_unreadable=0.01 allows (row "), err
     assert err.count(": not a readable audio file (") == 3 and "Traceback" not in err
     assert err.endswith("`tta data check MANIFEST --drop-bad CLEAN.jsonl` decodes every file and writes a "
                         "manifest without the bad ones\n")
     # data.max_unreadable=0.5: three of six may fail
     rc, err, warned = _train(capsys, caplog, "vae", tmp_path / "half", *sets, "data.max_unreadable=0.5")
     assert rc == 0 and len(warned) == 3, (err, warned)
+
+
+def test_too_many_unreadable_held_out_files_stop_validation_in_words_true_of_it(tmp_path, capsys, caplog):
+    """Three of the four held-out files cut to a tenth of a second: validation (not a draw) reads them, leaves out
+    two and stops on the third; the error said they "could not be decoded when drawn", as if training drew them."""
+    manifest = _manifest(tmp_path, {"a.flac": None, "b.flac": None, "c.flac": None}, split="valid", kept=100)
+    rc, err, warned = _train(capsys, caplog, "vae", tmp_path / "run", f"data.manifest={manifest}", "valid_items=4",
+                             "train.max_steps=2", "train.validate_every=1", "data.max_unreadable=0.5")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and len(warned) == 2, (err, warned)
+    assert all("the next row taken in its place" in w for w in warned), warned
+    assert err.startswith(f"tta: error: {manifest}: 3 of split 'valid''s 4 audio files could not be decoded when "
+                          "read, more than the 2 data.max_unreadable=0.5 allows (row a at "), err
 
 
 def test_a_resumed_run_draws_what_an_uninterrupted_one_draws_around_files_cut_short(tmp_path, capsys, caplog):

@@ -253,8 +253,9 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def unreadable_error(self, failed: dict[int, str]) -> ManifestError:
         """The error that stops a run once more rows than `unreadable_allowed` failed to decode (`failed`:
-        index -> why, in the order found), naming the first three."""
-        return self._bad_rows_error(list(failed.items()), f"could not be decoded when drawn, more than the "
+        index -> why, in the order found), naming the first three: when a training item drew them, or validation
+        or the VAE's scale pass read them (its words say "when read", true of each)."""
+        return self._bad_rows_error(list(failed.items()), f"could not be decoded when read, more than the "
                                     f"{self.unreadable_allowed} data.max_unreadable={self.max_unreadable:g} allows",
                                     "decodes every file and writes a manifest without the bad ones")
 
