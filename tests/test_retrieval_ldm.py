@@ -1463,18 +1463,18 @@ def _experiment_sets(corpus, *extra, **components):
 
 def test_the_summary_names_its_own_files_relative_to_its_folder(corpus, store, tmp_path, capsys, monkeypatch):
     """summary.md's link to report.html, and summary.json's report, prompts, plot and pipelines, were relative to
-    the folder the command ran in (`--out work/exp`: "work/exp/report.html", so the link opened from work/exp
-    pointed at work/exp/work/exp/report.html), while its datastore and reference were absolute. The experiment
+    the folder the command ran in (`--out runs/exp`: "runs/exp/report.html", so the link opened from runs/exp
+    pointed at runs/exp/runs/exp/report.html), while its datastore and reference were absolute. The experiment
     folder's own files are named relative to it now, files outside it by their absolute paths."""
     monkeypatch.chdir(tmp_path)
     shutil.copytree(store, tmp_path / "store")
     code, stdout, err = run(capsys, "experiment", "retrieval", "--config",
-                            ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", "work/exp",
+                            ROOT / "configs" / "experiment" / "retrieval-tiny.json", "--out", "runs/exp",
                             *_experiment_sets(corpus, 'datastore="store"', 'variants=[{"name": "none"}]',
                                               "eval.max_prompts=3", "eval.seed=1"))
     assert code == 0, err
-    assert stdout.strip() == "work/exp/report.html"   # printed for the terminal: from the current folder
-    out = tmp_path / "work" / "exp"
+    assert stdout.strip() == "runs/exp/report.html"   # printed for the terminal: from the current folder
+    out = tmp_path / "runs" / "exp"
     summary = json.loads((out / "summary.json").read_text())
     assert {k: summary[k] for k in ("report", "plot", "prompts", "reference")} == {
         "report": "report.html", "plot": "summary.png", "prompts": "prompts.jsonl", "reference": "reference"}
