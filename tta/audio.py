@@ -732,7 +732,8 @@ def raise_resource_error(error: Exception, path: Path,
         if reading is not None and memory is not None and reading[0] * reading[1] * 4 > memory:
             frames, channels, sample_rate = reading
             raise AudioError(f"{path}: not a readable audio file (its header declares {frames} samples "
-                             f"({frames / sample_rate:.0f} seconds at {sample_rate} Hz) of {counted(channels, 'channel')} to read: {frames * channels * 4 / 2**30:.1f} GiB as "
+                             f"({frames / sample_rate:.0f} seconds at {sample_rate} Hz) of "
+                             f"{counted(channels, 'channel')} to read: {frames * channels * 4 / 2**30:.1f} GiB as "
                              f"float32, more than this machine's {memory / 2**30:.1f} GiB of memory; damaged)"
                              ) from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
