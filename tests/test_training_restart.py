@@ -122,8 +122,8 @@ def _edited(saved: dict, edit: dict) -> dict:
 def test_a_restart_a_trainer_refuses_leaves_the_stopped_run_as_it_was(tmp_path, capsys, name):
     """The config.json of a run killed before its first checkpoint edited to what the trainer refuses before
     its first step, then `tta train KIND --config RUN/config.json --out RUN --resume`: refused in the one line
-    a new run with that config gets, and the stopped run's files are all still there (they were cleared, the
-    refusal came after)."""
+    a new run with that config gets, and the stopped run's files are all still there (before, they were
+    cleared and the refusal came after)."""
     from tta.cli import main
 
     kind, sets, edit, said = _case(name, tmp_path)
